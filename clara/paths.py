@@ -1,0 +1,23 @@
+"""Where clara keeps its data: `CLARA_HOME` (default `~/.cache/clara`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The data home: converted models, checkpoints, indexes."""
+    return Path(os.environ.get("CLARA_HOME") or Path.home() / ".cache" / "clara").expanduser()
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def indexes_dir() -> Path:
+    return home() / "indexes"
+
+
+def checkpoints_dir() -> Path:
+    return home() / "checkpoints"
