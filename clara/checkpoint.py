@@ -1,0 +1,131 @@
+"""CLaRa checkpoints: adapters + memory-token embeddings (safetensors) + a JSON config.
+
+A checkpoint directory holds `clara_config.json` and `adapters.safetensors`. The config
+records the base model it was trained on (id and weight fingerprint); loading it on another
+base model is refused with a message naming both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from clara.errors import CheckpointError
+from clara.loader import DEFAULT_MODEL, BaseModel, load_base
+from clara.model import FORMAT_VERSION, ClaraConfig, ClaraModel
+
+CONFIG_FILE = "clara_config.json"
+WEIGHTS_FILE = "adapters.safetensors"
+
+
+def _clara_weights(cm: ClaraModel) -> dict[str, mx.array]:
+    """Only what CLaRa adds: LoRA matrices and the learned special embeddings."""
+    keep = ("lora_", "mem_embeddings", "enc_embedding", "sep_embedding")
+    return {k: v for k, v in tree_flatten(cm.parameters()) if any(p in k for p in keep)}
+
+
+def _file_fingerprint(weights: Path, config: dict) -> str:
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    h.update(weights.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write `cm`'s adapters and config to `path` atomically (temp dir, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "base_model": cm.info.model_id,
+        "base_fingerprint": cm.info.fingerprint,
+        "hidden_size": cm.hidden_size,
+        "clara": cm.config.to_dict(),
+        **(extra or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    mx.save_safetensors(str(tmp / WEIGHTS_FILE), _clara_weights(cm))
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if path.exists():  # replace an older checkpoint at the same place
+        old = path.with_name(f".{path.name}.old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        os.replace(tmp, path)
+    cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
+    return path
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    cfg = path / CONFIG_FILE
+    if not cfg.exists() or not (path / WEIGHTS_FILE).exists():
+        raise CheckpointError(
+            f"{path} is not a CLaRa checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    try:
+        config = json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg} is not valid JSON: {exc}") from exc
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {config.get('format_version')}, this clara reads "
+            f"{FORMAT_VERSION}; re-train or convert it"
+        )
+    return config
+
+
+def load_checkpoint(cm: ClaraModel, path: str | os.PathLike) -> ClaraModel:
+    """Load adapters into `cm` after checking the checkpoint was made for its base model."""
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    if config["base_fingerprint"] != cm.info.fingerprint:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on base model {config['base_model']!r} "
+            f"(fingerprint {config['base_fingerprint']}), but the loaded base model is "
+            f"{cm.info.model_id!r} (fingerprint {cm.info.fingerprint}); load it with "
+            f"--model {config['base_model']} or train a checkpoint for this model"
+        )
+    weights = mx.load(str(path / WEIGHTS_FILE))
+    expected = _clara_weights(cm)
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[0]}")
+    for k, v in weights.items():
+        if k in expected and expected[k].shape != v.shape:
+            raise CheckpointError(
+                f"checkpoint {path}: {k} has shape {v.shape}, expected {expected[k].shape}"
+            )
+    cm.load_weights(list(weights.items()), strict=False)
+    mx.eval(cm.parameters())
+    cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
+    return cm
+
+
+def load_clara(
+    model: str | os.PathLike | BaseModel = DEFAULT_MODEL,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    dtype: str | None = "auto",
+    config: ClaraConfig | None = None,
+) -> ClaraModel:
+    """The one loader: base model (+ CLaRa checkpoint, or fresh adapters when None).
+
+    With a checkpoint, its `ClaraConfig` wins; `config` only shapes fresh adapters.
+    """
+    ck_config = read_checkpoint_config(checkpoint) if checkpoint is not None else None
+    base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype)
+    if ck_config is not None:
+        config = ClaraConfig.from_dict(ck_config["clara"])
+    cm = ClaraModel(base, config)
+    if checkpoint is not None:
+        load_checkpoint(cm, checkpoint)
+    return cm

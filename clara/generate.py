@@ -1,0 +1,249 @@
+"""Generation from memory vectors (and the uncompressed-text baseline) as a token stream.
+
+The prompt goes through the base model's chat template; each memory block occupies `n_mem`
+placeholder positions whose input embeddings are the block's memory vectors, blocks separated
+by the learned `<SEP>` embedding. The CLI and the server consume the same stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.sample_utils import make_sampler
+
+from clara.errors import ClaraError, ContextLengthError
+from clara.model import ClaraModel
+
+SYSTEM_PROMPT = "Answer the question as briefly as possible from the documents."
+_MEM = "\ue000"  # private-use characters mark where memory blocks and separators go
+_SEP = "\ue001"
+
+
+@dataclass
+class Prompt:
+    """Token ids plus, for memory prompts, the input embeddings that replace them."""
+
+    tokens: list[int]
+    embeddings: mx.array | None  # (L, d) or None for a plain text prompt
+
+    @property
+    def positions(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class GenerationChunk:
+    """One step of a generation stream."""
+
+    text: str  # new text since the previous chunk (may be "")
+    token: int | None
+    prompt_positions: int  # positions the generator read (memory slots count as one each)
+    generation_tokens: int
+    finish_reason: str | None = None  # "stop" | "length" on the last chunk
+    prompt_seconds: float = 0.0  # time to first token
+
+
+def _messages(question: str, background: str | None, history, system: str | None) -> list[dict]:
+    msgs = [{"role": "system", "content": system or SYSTEM_PROMPT}]
+    msgs += [dict(m) for m in history or []]
+    user = question if background is None else f"Background:\n{background}\n\nQuestion:{question}"
+    msgs.append({"role": "user", "content": user})
+    return msgs
+
+
+def _render(tokenizer, messages: list[dict]) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    parts = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(parts) + "\nassistant:"
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+
+def _clean(text: str) -> str:
+    return text.replace(_MEM, "").replace(_SEP, "")
+
+
+def memory_prompt(
+    cm: ClaraModel,
+    question: str,
+    memories: Sequence[mx.array],
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+) -> Prompt:
+    """The generator's prompt: memory blocks `(n_mem, d)` placed as input embeddings."""
+    if not memories:
+        return text_prompt(cm, question, None, history, system)
+    background = _SEP.join([_MEM] * len(memories))
+    hist = [{**m, "content": _clean(m["content"])} for m in history or []]
+    rendered = _render(cm.tokenizer, _messages(_clean(question), background, hist, system))
+    tokens: list[int] = []
+    pieces: list[mx.array] = []
+    block = 0
+    text = ""
+    for ch in rendered + _MEM:  # walk the markers; the sentinel flushes the tail
+        if ch not in (_MEM, _SEP):
+            text += ch
+            continue
+        ids = _encode(cm.tokenizer, text)
+        text = ""
+        if ids:
+            tokens += ids
+            pieces.append(cm.embed(mx.array(ids)))
+        if ch == _SEP:
+            tokens.append(0)
+            pieces.append(cm.sep_embedding)
+        elif block < len(memories):
+            mem = memories[block]
+            if mem.shape != (cm.n_mem, cm.hidden_size):
+                raise ClaraError(
+                    f"memory block has shape {mem.shape}, expected ({cm.n_mem}, {cm.hidden_size})"
+                )
+            tokens += [0] * cm.n_mem
+            pieces.append(mem)
+            block += 1
+    dtype = pieces[0].dtype
+    return Prompt(tokens, mx.concatenate([p.astype(dtype) for p in pieces], axis=0))
+
+
+def text_prompt(
+    cm: ClaraModel,
+    question: str,
+    chunks: Sequence[str] | None,
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+) -> Prompt:
+    """The same prompt with the chunks' raw text (uncompressed RAG), or no background at all."""
+    background = "\n".join(chunks) if chunks else None
+    return Prompt(
+        _encode(
+            cm.tokenizer, _render(cm.tokenizer, _messages(question, background, history, system))
+        ),
+        None,
+    )
+
+
+def _stop_cut(text: str, stops: Sequence[str]) -> tuple[int | None, int]:
+    """(index where a stop string starts, or None; how many trailing chars may start one)."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if found:
+        return min(found), 0
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return None, hold
+
+
+def generate(
+    cm: ClaraModel,
+    prompt: Prompt,
+    *,
+    adapter: str | None = "generator",
+    max_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: Sequence[str] | None = None,
+    max_context: int | None = None,
+    prefill_step: int = 512,
+) -> Iterator[GenerationChunk]:
+    """Stream tokens for `prompt`; the last chunk carries `finish_reason`."""
+    limit = max_context or int(cm.info.config.get("max_position_embeddings", 4096))
+    if prompt.positions >= limit:
+        raise ContextLengthError(
+            f"prompt needs {prompt.positions} positions but the model's context is {limit}; "
+            "shorten the conversation or retrieve fewer chunks"
+        )
+    max_tokens = max(0, min(max_tokens, limit - prompt.positions))
+    stops = [s for s in stop or [] if s]
+    eos = set(getattr(cm.tokenizer, "eos_token_ids", None) or [cm.tokenizer.eos_token_id])
+    sampler = make_sampler(temp=temperature, top_p=top_p)
+    if seed is not None:
+        mx.random.seed(seed)
+    cache = make_prompt_cache(cm.lm)
+    tokens = mx.array(prompt.tokens)
+    emb = prompt.embeddings
+
+    def forward(lo: int, hi: int) -> mx.array:
+        with cm.adapter(adapter):
+            return cm.lm(
+                tokens[None, lo:hi],
+                cache=cache,
+                input_embeddings=None if emb is None else emb[None, lo:hi],
+            )
+
+    start = time.perf_counter()
+    n = prompt.positions
+    for lo in range(0, n - 1, prefill_step):
+        forward(lo, min(lo + prefill_step, n - 1))
+        mx.eval([c.state for c in cache])
+    logits = forward(n - 1, n)[:, -1, :]
+    generated: list[int] = []
+    emitted = 0  # chars of the decoded text already sent
+    prompt_seconds = 0.0
+    finish = "length"
+    while len(generated) < max_tokens:
+        logprobs = logits - mx.logsumexp(logits, keepdims=True)
+        token = int(sampler(logprobs).item())
+        if not generated:
+            prompt_seconds = time.perf_counter() - start
+        if token in eos:
+            finish = "stop"
+            break
+        generated.append(token)
+        text = cm.tokenizer.decode(generated)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+            text = text[:-1]
+        cut, hold = _stop_cut(text, stops) if stops else (None, 0)
+        if cut is not None:
+            yield GenerationChunk(
+                text[emitted:cut], token, n, len(generated), "stop", prompt_seconds
+            )
+            return
+        safe = len(text) - hold
+        if len(generated) < max_tokens:
+            yield GenerationChunk(
+                text[emitted:safe], token, n, len(generated), None, prompt_seconds
+            )
+            emitted = max(emitted, safe)
+            with cm.adapter(adapter):
+                logits = cm.lm(mx.array([[token]]), cache=cache)[:, -1, :]
+    tail = cm.tokenizer.decode(generated)[emitted:] if generated else ""
+    yield GenerationChunk(tail, None, n, len(generated), finish, prompt_seconds)
+
+
+def stream_from_memory(
+    cm: ClaraModel,
+    question: str,
+    memories: Sequence[mx.array],
+    *,
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+    **kwargs,
+) -> Iterator[GenerationChunk]:
+    """Answer `question` from retrieved memory blocks with the generator adapter."""
+    return generate(cm, memory_prompt(cm, question, memories, history, system), **kwargs)
+
+
+def stream_from_text(
+    cm: ClaraModel,
+    question: str,
+    chunks: Sequence[str] | None,
+    *,
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+    adapter: str | None = None,
+    **kwargs,
+) -> Iterator[GenerationChunk]:
+    """Uncompressed baseline (or no retrieval with `chunks=None`) on the bare base model."""
+    prompt = text_prompt(cm, question, chunks, history, system)
+    return generate(cm, prompt, adapter=adapter, **kwargs)

@@ -1,0 +1,90 @@
+"""Several LoRA adapters over one frozen linear layer; exactly one is active per forward pass."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+ADAPTERS = ("compressor", "query", "generator")
+# Linear layers of a Llama-style block that get adapters ("all linear layers" but lm_head).
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class AdapterSwitch:
+    """Shared by every MultiLoRALinear of a model: which adapter is active (None = base)."""
+
+    def __init__(self) -> None:
+        self.active: str | None = None
+
+
+def _linear_dims(layer: nn.Module) -> tuple[int, int]:
+    out_dims, in_dims = layer.weight.shape
+    if isinstance(layer, nn.QuantizedLinear):
+        in_dims = in_dims * 32 // layer.bits
+    return in_dims, out_dims
+
+
+class MultiLoRALinear(nn.Module):
+    """`y = base(x) + scale * dropout(x) @ A[name] @ B[name]` for the active adapter `name`."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        switch: AdapterSwitch,
+        names: tuple[str, ...] = ADAPTERS,
+        rank: int = 16,
+        alpha: float = 32.0,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.switch = switch
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+        in_dims, out_dims = _linear_dims(base)
+        bound = 1.0 / math.sqrt(in_dims)
+        # One attribute per adapter (`lora_compressor`, ...) so each can be frozen on its own.
+        # B starts at zero so a fresh adapter leaves the base model unchanged.
+        for name in names:
+            setattr(
+                self,
+                f"lora_{name}",
+                {
+                    "a": mx.random.uniform(-bound, bound, (in_dims, rank)),
+                    "b": mx.zeros((rank, out_dims)),
+                },
+            )
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = self.base(x)
+        name = self.switch.active
+        if name is None:
+            return y
+        p = self[f"lora_{name}"]
+        z = (self.dropout(x) @ p["a"].astype(x.dtype)) @ p["b"].astype(x.dtype)
+        return y + (self.scale * z).astype(y.dtype)
+
+
+def apply_lora(
+    model: nn.Module,
+    switch: AdapterSwitch,
+    rank: int = 16,
+    alpha: float = 32.0,
+    dropout: float = 0.1,
+    names: tuple[str, ...] = ADAPTERS,
+) -> int:
+    """Wrap every target linear in each transformer block; returns how many were wrapped."""
+    count = 0
+    for layer in model.layers:
+        for parent in (getattr(layer, "self_attn", None), getattr(layer, "mlp", None)):
+            if parent is None:
+                continue
+            for attr in TARGETS:
+                lin = getattr(parent, attr, None)
+                if isinstance(lin, (nn.Linear, nn.QuantizedLinear)):
+                    wrapped = MultiLoRALinear(lin, switch, names, rank, alpha, dropout)
+                    setattr(parent, attr, wrapped)
+                    count += 1
+    return count

@@ -1,0 +1,246 @@
+"""The CLaRa model: one frozen base LM, three LoRA adapters, learned memory-token embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import create_causal_mask
+
+from clara.errors import ClaraError
+from clara.loader import BaseModel
+from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
+
+COMPRESSION_RATES = (4, 16, 32, 64, 128)
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ClaraConfig:
+    """Everything that shapes a CLaRa checkpoint (saved as JSON beside the weights)."""
+
+    compression_rate: int = 16
+    doc_max_tokens: int = 256
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.1
+    prompt_version: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.compression_rate not in COMPRESSION_RATES:
+            raise ClaraError(
+                f"compression rate {self.compression_rate} not supported; use one of "
+                f"{', '.join(map(str, COMPRESSION_RATES))}"
+            )
+        if (
+            self.doc_max_tokens % self.compression_rate
+            or self.doc_max_tokens < self.compression_rate
+        ):
+            raise ClaraError(
+                f"doc_max_tokens ({self.doc_max_tokens}) must be a positive multiple of the "
+                f"compression rate ({self.compression_rate})"
+            )
+
+    @property
+    def n_mem(self) -> int:
+        return self.doc_max_tokens // self.compression_rate
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClaraConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class _Positions:
+    """A stateless stand-in for a KV cache that gives left-padded rows correct positions.
+
+    mlx-lm attention applies RoPE with `cache.offset` and asks the cache for the mask, so an
+    offset of -pad per row makes every row's first real token position 0, and the mask hides
+    the padding. Pad queries see themselves so no softmax row is empty (NaN).
+    """
+
+    def __init__(self, left_pad: mx.array) -> None:
+        self.left_pad = left_pad  # (B,)
+        self.offset = -left_pad
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        return keys, values
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None):
+        mask = create_causal_mask(n, window_size=window_size, left_padding=self.left_pad)
+        return mask | mx.eye(n, dtype=mx.bool_)  # (B, 1, n, n)
+
+
+@dataclass
+class Encoded:
+    """One batched encoder pass: memory states plus what the training losses need."""
+
+    memory: mx.array  # (B, n_mem, d) post-norm last-layer states at the memory positions
+    hidden: mx.array  # (B, L, d) all post-norm last-layer states
+    text_mask: mx.array  # (B, L) True at the document/query token positions
+
+
+class ClaraModel(nn.Module):
+    """Frozen base LM + `compressor` / `query` / `generator` LoRA adapters + memory tokens."""
+
+    def __init__(self, base: BaseModel, config: ClaraConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ClaraConfig()
+        self.info = base  # not a child module: parameters live in self.lm
+        self.lm = base.model
+        self.tokenizer = base.tokenizer
+        self.switch = AdapterSwitch()
+        mx.random.seed(self.config.seed)
+        apply_lora(
+            self.lm,
+            self.switch,
+            self.config.lora_rank,
+            self.config.lora_alpha,
+            self.config.lora_dropout,
+        )
+        d = base.hidden_size
+        mean, std = self._embedding_stats()
+        noise = mx.random.normal((self.config.n_mem + 2, d))
+        init = mean + std * noise  # distinct rows near the embedding distribution
+        self.mem_embeddings = init[: self.config.n_mem]  # (n_mem, d)
+        self.enc_embedding = init[-2:-1]  # (1, d)
+        self.sep_embedding = init[-1:]  # (1, d)
+        mx.eval(self.parameters())
+        self.freeze()
+        self.eval()
+        self._fingerprint = self._fresh_fingerprint()
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def n_mem(self) -> int:
+        return self.config.n_mem
+
+    @property
+    def hidden_size(self) -> int:
+        return self.info.hidden_size
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies base weights + adapters + memory tokens (what an index must match)."""
+        return self._fingerprint
+
+    def _fresh_fingerprint(self) -> str:
+        blob = json.dumps([self.info.fingerprint, self.config.to_dict(), "fresh"], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def manifest(self) -> dict:
+        return {
+            "checkpoint_fingerprint": self.fingerprint,
+            "base_model": self.info.model_id,
+            "base_fingerprint": self.info.fingerprint,
+            "compression_rate": self.config.compression_rate,
+            "doc_max_tokens": self.config.doc_max_tokens,
+            "n_mem": self.n_mem,
+            "hidden_size": self.hidden_size,
+        }
+
+    # ---- adapters -------------------------------------------------------------------------
+    def use(self, adapter: str | None) -> None:
+        """Make `adapter` (or None: the bare base model) active for the next forward passes."""
+        if adapter is not None and adapter not in ADAPTERS:
+            raise ClaraError(f"unknown adapter {adapter!r}; expected one of {ADAPTERS}")
+        self.switch.active = adapter
+
+    @contextmanager
+    def adapter(self, adapter: str | None) -> Iterator[None]:
+        previous = self.switch.active
+        self.use(adapter)
+        try:
+            yield
+        finally:
+            self.switch.active = previous
+
+    def lora_layers(self) -> list[MultiLoRALinear]:
+        return [m for _, m in self.lm.named_modules() if isinstance(m, MultiLoRALinear)]
+
+    def set_trainable(self, adapters: Sequence[str], memory_tokens: bool = True) -> None:
+        """Freeze everything, then unfreeze the given adapters (and the memory-token rows)."""
+        self.freeze()
+        keys = [f"lora_{name}.{ab}" for name in adapters for ab in "ab"]
+        for layer in self.lora_layers():
+            layer.unfreeze(keys=keys, recurse=False)
+        if memory_tokens:
+            self.unfreeze(keys=["mem_embeddings", "enc_embedding", "sep_embedding"], recurse=False)
+
+    # ---- embeddings -----------------------------------------------------------------------
+    def embed(self, tokens: mx.array) -> mx.array:
+        """Raw input-embedding rows of the base model (any multiplier is applied inside)."""
+        return self.lm.model.embed_tokens(tokens)
+
+    def _embedding_stats(self) -> tuple[mx.array, mx.array]:
+        vocab = self.info.config.get("vocab_size", 0) or 1
+        ids = mx.random.randint(0, vocab, (min(vocab, 4096),), key=mx.random.key(0))
+        rows = self.embed(ids).astype(mx.float32)
+        return rows.mean(axis=0), rows.std()
+
+    # ---- encoding -------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Document/query token ids, truncated to `doc_max_tokens`."""
+        enc = self.tokenizer._tokenizer if hasattr(self.tokenizer, "_tokenizer") else self.tokenizer
+        out = enc(list(texts), add_special_tokens=False)["input_ids"]
+        return [ids[: self.config.doc_max_tokens] for ids in out]
+
+    def encode_tokens(self, token_lists: Sequence[Sequence[int]], adapter: str) -> Encoded:
+        """`<ENC> BOS tokens EOS <MEM0..n-1>` per row, left-padded, through `adapter`."""
+        tok = self.tokenizer
+        bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
+        eos = [tok.eos_token_id] if getattr(tok, "eos_token_id", None) is not None else []
+        n_mem, head = self.n_mem, 1 + len(bos)
+        bodies = [[0] + bos + list(ids) + eos for ids in token_lists]  # 0: <ENC> placeholder
+        width = max(len(b) for b in bodies) + n_mem
+        pads = [width - n_mem - len(b) for b in bodies]
+        tokens = mx.array([[0] * p + b + [0] * n_mem for p, b in zip(pads, bodies)])  # (B, L)
+        left_pad = mx.array(pads)
+        pos = mx.arange(width)[None]  # (1, L)
+        lengths = mx.array([len(ids) for ids in token_lists])[:, None]
+        is_enc = pos == left_pad[:, None]  # (B, L)
+        text_mask = (pos >= left_pad[:, None] + head) & (pos < left_pad[:, None] + head + lengths)
+
+        emb = self.embed(tokens)  # (B, L, d)
+        enc = self.enc_embedding.astype(emb.dtype)
+        emb = mx.where(is_enc[..., None], enc[None], emb)
+        mem = mx.broadcast_to(
+            self.mem_embeddings.astype(emb.dtype)[None], (len(bodies), n_mem, emb.shape[-1])
+        )
+        emb = mx.concatenate([emb[:, :-n_mem], mem], axis=1)
+
+        cache = [_Positions(left_pad)] * len(self.lm.layers)
+        with self.adapter(adapter):
+            hidden = self.lm.model(None, cache=cache, input_embeddings=emb)  # (B, L, d) post-norm
+        return Encoded(memory=hidden[:, -n_mem:], hidden=hidden, text_mask=text_mask)
+
+    def _encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int) -> mx.array:
+        if not texts:
+            return mx.zeros((0, self.n_mem, self.hidden_size))
+        ids = self.tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
+        out: list[mx.array | None] = [None] * len(ids)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            mem = self.encode_tokens([ids[i] for i in batch], adapter).memory
+            mx.eval(mem)
+            for j, i in enumerate(batch):
+                out[i] = mem[j]
+        return mx.stack(out)
+
+    def compress(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
+        """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter."""
+        return self._encode_texts(texts, "compressor", batch_size)
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
+        """Questions -> query memory vectors `(N, n_mem, d)` with the query adapter."""
+        return self._encode_texts(texts, "query", batch_size)
