@@ -1,0 +1,1 @@
+"""Test package (lets tests import the builders as `from tests.tiny import ...`)."""
