@@ -190,17 +190,20 @@ def generate(
     generated: list[int] = []
     emitted = 0  # chars of the decoded text already sent
     prompt_seconds = 0.0
-    finish = "length"
     while len(generated) < max_tokens:
         logprobs = logits - mx.logsumexp(logits, keepdims=True)
         token = int(sampler(logprobs).item())
         if not generated:
             prompt_seconds = time.perf_counter() - start
         if token in eos:
-            finish = "stop"
             break
         generated.append(token)
         text = cm.tokenizer.decode(generated)
+        if len(generated) == max_tokens:
+            yield GenerationChunk(
+                text[emitted:], token, n, len(generated), "length", prompt_seconds
+            )
+            return
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
             text = text[:-1]
         cut, hold = _stop_cut(text, stops) if stops else (None, 0)
@@ -209,16 +212,14 @@ def generate(
                 text[emitted:cut], token, n, len(generated), "stop", prompt_seconds
             )
             return
-        safe = len(text) - hold
-        if len(generated) < max_tokens:
-            yield GenerationChunk(
-                text[emitted:safe], token, n, len(generated), None, prompt_seconds
-            )
-            emitted = max(emitted, safe)
-            with cm.adapter(adapter):
-                logits = cm.lm(mx.array([[token]]), cache=cache)[:, -1, :]
+        safe = max(emitted, len(text) - hold)
+        yield GenerationChunk(text[emitted:safe], token, n, len(generated), None, prompt_seconds)
+        emitted = safe
+        with cm.adapter(adapter):
+            logits = cm.lm(mx.array([[token]]), cache=cache)[:, -1, :]
     tail = cm.tokenizer.decode(generated)[emitted:] if generated else ""
-    yield GenerationChunk(tail, None, n, len(generated), finish, prompt_seconds)
+    reason = "length" if max_tokens == 0 else "stop"
+    yield GenerationChunk(tail, None, n, len(generated), reason, prompt_seconds)
 
 
 def stream_from_memory(

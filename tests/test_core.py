@@ -1,0 +1,206 @@
+"""CLaRa core on tiny random models: shapes, padding, adapters, generation, checkpoints."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from clara.checkpoint import load_clara, save_checkpoint
+from clara.errors import CheckpointError, ClaraError, ContextLengthError
+from clara.generate import Prompt, generate, memory_prompt, stream_from_memory, text_prompt
+from clara.loader import load_base
+from clara.model import COMPRESSION_RATES, ClaraConfig, ClaraModel
+
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France and its largest city.",
+    "A tiny model is enough to check shapes and numerics.",
+]
+
+
+def _randomize_adapters(cm: ClaraModel, scale: float = 0.5) -> None:
+    """Fresh adapters are no-ops (B = 0); give every adapter a random, distinct B."""
+    updates = []
+    for i, (k, v) in enumerate(tree_flatten(cm.parameters())):
+        if ".lora_" in k and k.endswith(".b"):
+            updates.append((k, scale * mx.random.normal(v.shape, key=mx.random.key(i))))
+    cm.load_weights(updates, strict=False)
+
+
+@pytest.fixture
+def cm(tiny_base) -> ClaraModel:
+    model = ClaraModel(tiny_base, ClaraConfig(compression_rate=16, doc_max_tokens=64))
+    _randomize_adapters(model)
+    return model
+
+
+@pytest.mark.parametrize("rate", COMPRESSION_RATES)
+def test_memory_shape_for_every_rate(tiny_base, rate):
+    cm = ClaraModel(tiny_base, ClaraConfig(compression_rate=rate, doc_max_tokens=256))
+    mem = cm.compress(DOCS)
+    assert mem.shape == (len(DOCS), 256 // rate, 64)
+    assert cm.encode_queries(["where is paris?"]).shape == (1, 256 // rate, 64)
+
+
+def test_bad_rate_is_refused():
+    with pytest.raises(ClaraError, match="compression rate 5"):
+        ClaraConfig(compression_rate=5)
+    with pytest.raises(ClaraError, match="multiple"):
+        ClaraConfig(compression_rate=16, doc_max_tokens=40)
+
+
+def test_padded_batch_matches_alone(cm):
+    batched = cm.compress(DOCS, batch_size=8)
+    for i, doc in enumerate(DOCS):
+        alone = cm.compress([doc], batch_size=1)[0]
+        np.testing.assert_allclose(np.array(batched[i]), np.array(alone), atol=2e-5, rtol=1e-4)
+    # explicit left padding of very different lengths
+    ids = cm.tokenize(["x", DOCS[1] * 3])
+    both = cm.encode_tokens(ids, "compressor").memory
+    short = cm.encode_tokens(ids[:1], "compressor").memory
+    np.testing.assert_allclose(np.array(both[0]), np.array(short[0]), atol=2e-5, rtol=1e-4)
+
+
+def test_truncates_to_doc_max_tokens(cm):
+    long_doc = " ".join(DOCS * 20)
+    assert len(cm.tokenize([long_doc])[0]) == cm.config.doc_max_tokens
+    a, b = cm.compress([long_doc, long_doc + " extra words beyond the limit"])
+    np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+
+
+def test_adapters_switch_and_restore(cm):
+    ids = cm.tokenize(DOCS[:1])
+    comp = cm.encode_tokens(ids, "compressor").memory
+    query = cm.encode_tokens(ids, "query").memory
+    gen = cm.encode_tokens(ids, "generator").memory
+    assert float(mx.abs(comp - query).max()) > 1e-3
+    assert float(mx.abs(comp - gen).max()) > 1e-3
+    again = cm.encode_tokens(ids, "compressor").memory
+    np.testing.assert_array_equal(np.array(comp), np.array(again))
+    assert cm.switch.active is None  # encoding leaves no adapter switched on
+    with pytest.raises(ClaraError):
+        cm.use("decoder")
+
+
+def test_fresh_adapters_leave_base_unchanged(tiny_base):
+    tokens = mx.array([[5, 6, 7, 8]])
+    before = tiny_base.model(tokens)
+    cm = ClaraModel(tiny_base)
+    for name in ("compressor", "query", "generator"):
+        with cm.adapter(name):
+            np.testing.assert_allclose(np.array(cm.lm(tokens)), np.array(before), atol=1e-5)
+
+
+def test_quantized_base(tiny_llama_q4_dir):
+    base = load_base(tiny_llama_q4_dir, dtype=None)
+    cm = ClaraModel(base, ClaraConfig(compression_rate=32, doc_max_tokens=64))
+    _randomize_adapters(cm)
+    mem = cm.compress(DOCS)
+    assert mem.shape == (3, 2, 64)
+    assert bool(mx.all(mx.isfinite(mem)))
+
+
+def test_hyperclovax_base(tiny_hcx_dir):
+    cm = ClaraModel(load_base(tiny_hcx_dir, dtype=None), ClaraConfig(doc_max_tokens=64))
+    batched = cm.compress(DOCS)
+    alone = cm.compress(DOCS[2:])
+    np.testing.assert_allclose(np.array(batched[2]), np.array(alone[0]), atol=2e-5, rtol=1e-4)
+
+
+def test_trainable_selection(cm):
+    cm.set_trainable(["query", "generator"], memory_tokens=False)
+    names = [k for k, _ in tree_flatten(cm.trainable_parameters())]
+    assert names and all(".lora_query." in k or ".lora_generator." in k for k in names)
+    cm.set_trainable(["compressor"])
+    names = [k for k, _ in tree_flatten(cm.trainable_parameters())]
+    assert "mem_embeddings" in names and not any("lora_query" in k for k in names)
+
+
+def _tokens(stream) -> list[int]:
+    return [c.token for c in stream if c.token is not None]
+
+
+def test_memory_equal_to_token_embeddings_generates_same_tokens(cm):
+    prompt = text_prompt(cm, "What is the capital of France?", [DOCS[1]])
+    as_text = _tokens(generate(cm, prompt, max_tokens=12))
+    as_embeddings = Prompt([0] * prompt.positions, cm.embed(mx.array(prompt.tokens)))
+    assert _tokens(generate(cm, as_embeddings, max_tokens=12)) == as_text
+    assert len(as_text) == 12  # a random model never emits EOS this early, so both ran fully
+
+
+def test_memory_prompt_layout(cm):
+    mem = cm.compress(DOCS)
+    prompt = memory_prompt(cm, "Where is Paris?", list(mem))
+    plain = text_prompt(cm, "Where is Paris?", ["", "", ""])
+    # three blocks of n_mem slots and two <SEP> slots replace the (empty) chunk texts
+    assert prompt.positions > 3 * cm.n_mem + 2
+    assert prompt.embeddings.shape == (prompt.positions, 64)
+    assert abs(prompt.positions - (plain.positions + 3 * cm.n_mem + 2)) <= 4
+    with pytest.raises(ClaraError, match="shape"):
+        memory_prompt(cm, "q", [mx.zeros((3, 64))])
+
+
+def test_stream_reports_lengths_and_finish(cm):
+    mem = cm.compress(DOCS[:2])
+    chunks = list(stream_from_memory(cm, "Where is Paris?", list(mem), max_tokens=5))
+    last = chunks[-1]
+    assert last.finish_reason == "length" and last.generation_tokens == 5
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    assert last.prompt_positions == memory_prompt(cm, "Where is Paris?", list(mem)).positions
+    text = "".join(c.text for c in chunks)
+    assert text == cm.tokenizer.decode(_tokens(chunks))
+
+
+def test_sampling_seed_is_reproducible(cm):
+    prompt = text_prompt(cm, "Tell me a story", None)
+    a = _tokens(generate(cm, prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=7))
+    b = _tokens(generate(cm, prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=7))
+    c = _tokens(generate(cm, prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=8))
+    assert a == b and a != c
+
+
+def test_stop_strings_cut_the_text(cm):
+    prompt = text_prompt(cm, "Tell me a story", None)
+    full = "".join(c.text for c in generate(cm, prompt, max_tokens=20))
+    stop = full[5:8]
+    assert stop.strip(), "need a non-trivial stop string from the greedy text"
+    chunks = list(generate(cm, prompt, max_tokens=20, stop=[stop]))
+    text = "".join(c.text for c in chunks)
+    assert chunks[-1].finish_reason == "stop"
+    assert text == full[: full.find(stop)]
+
+
+def test_context_length_is_checked(cm):
+    prompt = text_prompt(cm, "hello " * 50, None)
+    with pytest.raises(ContextLengthError, match="context"):
+        list(generate(cm, prompt, max_context=prompt.positions - 1))
+    chunks = list(generate(cm, prompt, max_tokens=50, max_context=prompt.positions + 3))
+    assert chunks[-1].generation_tokens == 3 and chunks[-1].finish_reason == "length"
+
+
+def test_checkpoint_round_trip(cm, tiny_llama_dir, tmp_path):
+    before = cm.compress(DOCS)
+    path = save_checkpoint(cm, tmp_path / "ck")
+    loaded = load_clara(tiny_llama_dir, path, dtype=None)
+    assert loaded.config == cm.config
+    assert loaded.fingerprint == cm.fingerprint
+    np.testing.assert_array_equal(np.array(loaded.compress(DOCS)), np.array(before))
+    q = "Where is Paris?"
+    np.testing.assert_array_equal(
+        np.array(loaded.encode_queries([q])), np.array(cm.encode_queries([q]))
+    )
+
+
+def test_checkpoint_refuses_other_base(cm, tiny_hcx_dir, tmp_path):
+    path = save_checkpoint(cm, tmp_path / "ck")
+    with pytest.raises(CheckpointError) as err:
+        load_clara(tiny_hcx_dir, path, dtype=None)
+    msg = str(err.value)
+    assert cm.info.fingerprint in msg and "fingerprint" in msg and str(tiny_hcx_dir) in msg
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not a CLaRa checkpoint"):
+        load_clara("unused", tmp_path)

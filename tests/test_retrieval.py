@@ -1,0 +1,93 @@
+"""Retrieval math against hand-computed values and finite differences."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from clara.retrieval import (
+    cosine_scores,
+    differentiable_topk,
+    flatten_normalize,
+    hard_topk,
+    recall_precision_at_k,
+    soft_topk,
+)
+
+
+def test_cosine_of_flattened_vectors_by_hand():
+    q = mx.array([[[1.0, 0.0], [0.0, 1.0]]])  # flattened (1, 0, 0, 1)
+    docs = mx.array(
+        [
+            [[1.0, 0.0], [0.0, 1.0]],  # identical -> 1
+            [[0.0, 1.0], [1.0, 0.0]],  # (0,1,1,0) orthogonal -> 0
+            [[2.0, 0.0], [0.0, 0.0]],  # (2,0,0,0) -> 2 / (sqrt2 * 2) = 0.7071
+            [[-1.0, 0.0], [0.0, -1.0]],  # opposite -> -1
+        ]
+    )
+    np.testing.assert_allclose(
+        np.array(cosine_scores(q, docs)), [[1.0, 0.0, 1 / np.sqrt(2), -1.0]], atol=1e-6
+    )
+    # not mean pooling: mean-pooled vectors of docs 0 and 1 are equal, flattened ones are not
+    flat = flatten_normalize(np.array(docs))
+    assert flat.shape == (4, 4)
+    np.testing.assert_allclose(np.linalg.norm(flat, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(flat @ flat[0], [1.0, 0.0, 1 / np.sqrt(2), -1.0], atol=1e-6)
+
+
+def test_hard_topk_rows():
+    scores = mx.array([0.1, 0.9, 0.5, 0.7])
+    np.testing.assert_array_equal(
+        np.array(hard_topk(scores, 3)),
+        [[0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]],
+    )
+
+
+def test_soft_topk_by_hand():
+    scores = mx.array([0.0, 1.0, 2.0])
+    rows = np.array(soft_topk(scores, 2, tau=1.0))
+    e = np.exp([0.0, 1.0, 2.0])
+    np.testing.assert_allclose(rows[0], e / e.sum(), atol=1e-6)
+    second = np.array([e[0], e[1], 0.0]) / (e[0] + e[1])  # item 2 was picked, masked out
+    np.testing.assert_allclose(rows[1], second, atol=1e-6)
+
+
+def test_straight_through_forward_is_hard():
+    scores = mx.random.normal((2, 6), key=mx.random.key(3))
+    w = differentiable_topk(scores, 3, tau=0.02)
+    np.testing.assert_allclose(np.array(w), np.array(hard_topk(scores, 3)), atol=1e-6)
+
+
+def test_straight_through_gradient_matches_soft_finite_differences():
+    scores = mx.array([0.3, -0.2, 0.5, 0.1, 0.05])
+    docs = mx.random.normal((5, 3), key=mx.random.key(1))
+    target = mx.random.normal((2, 3), key=mx.random.key(2))
+    tau = 0.5
+
+    def loss_st(s):
+        return mx.sum((differentiable_topk(s, 2, tau) @ docs - target) ** 2)
+
+    def loss_soft_linear(s):
+        # the STE gradient is d/ds of <dL/dW at W_hard, K_soft(s)>
+        w_hard = hard_topk(scores, 2)
+        g = 2 * ((w_hard @ docs - target) @ docs.T)
+        return mx.sum(g * soft_topk(s, 2, tau))
+
+    grad = np.array(mx.grad(loss_st)(scores))
+    eps = 1e-3
+    fd = []
+    for i in range(5):
+        d = np.zeros(5, dtype=np.float32)
+        d[i] = eps
+        hi = loss_soft_linear(scores + mx.array(d))
+        lo = loss_soft_linear(scores - mx.array(d))
+        fd.append(float(hi - lo) / (2 * eps))
+    np.testing.assert_allclose(grad, fd, rtol=2e-2, atol=2e-3)
+    assert np.abs(grad).max() > 1e-3  # gradients actually flow
+
+
+def test_recall_precision():
+    got = recall_precision_at_k([[3, 1, 2], [0, 4, 5]], [[1], [5, 9]], ks=(1, 3))
+    assert got["recall@1"] == 0.0
+    assert got["recall@3"] == (1.0 + 0.5) / 2
+    assert got["precision@3"] == (1 / 3 + 1 / 3) / 2
