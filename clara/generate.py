@@ -199,17 +199,15 @@ def generate(
             break
         generated.append(token)
         text = cm.tokenizer.decode(generated)
-        if len(generated) == max_tokens:
-            yield GenerationChunk(
-                text[emitted:], token, n, len(generated), "length", prompt_seconds
-            )
-            return
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+        final = len(generated) == max_tokens
+        if not final and text.endswith("\ufffd"):  # incomplete multi-byte character: wait
             text = text[:-1]
         cut, hold = _stop_cut(text, stops) if stops else (None, 0)
-        if cut is not None:
+        if cut is not None or final:
+            reason = "stop" if cut is not None else "length"
+            end = cut if cut is not None else len(text)
             yield GenerationChunk(
-                text[emitted:cut], token, n, len(generated), "stop", prompt_seconds
+                text[emitted:end], token, n, len(generated), reason, prompt_seconds
             )
             return
         safe = max(emitted, len(text) - hold)
