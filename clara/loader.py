@@ -39,7 +39,8 @@ class BaseModel:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.config["hidden_size"])
+        cfg = self.config.get("text_config", self.config)
+        return int(cfg["hidden_size"])
 
 
 def _model_classes(config: dict):
@@ -61,8 +62,9 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{path} has no config.json: not an mlx-lm model directory")
-        return path.resolve(), name
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return path.resolve(), str(path.resolve())
+    local_looking = name.startswith((".", "/", "~")) or Path(path.parts[0]).is_dir()
+    if path.exists() or local_looking or name.count("/") != 1:
         raise ModelNotFoundError(
             f"model {name!r} not found: give a local mlx-lm directory, a hub id (org/name), "
             f"or {DEFAULT_MODEL!r} (run `clara-models list` to see prepared models)"
