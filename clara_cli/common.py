@@ -1,0 +1,87 @@
+"""Plumbing shared by every clara CLI: the error convention, model options, progress bars.
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main("clara-index", lambda: args.func(args))
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from clara.errors import ClaraError
+
+T = TypeVar("T")
+
+DTYPE_CHOICES = ("auto", "stored", "float32", "bfloat16", "float16")
+
+
+def run_main(prog: str, fn: Callable[[], int | None]) -> int:
+    """Run a command; a `ClaraError` becomes one `prog: error: ...` line and exit status 1.
+
+    `CLARA_DEBUG=1` also prints the traceback. Ctrl-C exits with 130 without a traceback.
+    """
+    try:
+        return fn() or 0
+    except ClaraError as exc:
+        if os.environ.get("CLARA_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --checkpoint and --dtype, with the same meaning in every CLI."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="base model: 'smollm2-135m' (the embedded default), a local mlx-lm directory, "
+        "or a Hugging Face id already in the local cache (default: %(default)s)",
+    )
+    group.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="DIR",
+        help="CLaRa checkpoint directory (compressor/query/generator adapters) made by "
+        "clara-train; without it the untrained adapters are used",
+    )
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="weight precision: 'auto' picks the fastest for this machine, 'stored' keeps the "
+        "weights as saved (e.g. 4-bit), others dequantize and cast (default: %(default)s)",
+    )
+
+
+def model_dtype(args: argparse.Namespace) -> str | None:
+    """`--dtype` as `clara.loader.load_base` takes it ('stored' -> None)."""
+    return None if args.dtype == "stored" else args.dtype
+
+
+def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def progress(
+    iterable: Iterable[T],
+    total: int | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    *,
+    quiet: bool = False,
+) -> Iterable[T]:
+    """Wrap `iterable` in a tqdm bar on stderr; silent when `quiet` or stderr is not a terminal."""
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)

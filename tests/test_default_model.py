@@ -1,0 +1,150 @@
+"""The embedded default model (SmolLM2-135M-Instruct from its GGUF): conversion and behaviour.
+
+Uses the real model from the shared CLARA_HOME (prepared once, ~100 MB); conversion tests write
+to temporary directories.
+"""
+
+from __future__ import annotations
+
+import clara  # noqa: F401  # isort: skip  (first: preloads OpenBLAS before mlx loads)
+
+import json
+from pathlib import Path
+
+import mlx.nn as nn
+import mlx_lm
+import pytest
+from mlx_lm import generate
+
+from clara import gguf
+from clara.loader import load_base
+from clara_cli.models import main as models_main
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module", params=[None, "float32"], ids=["stored-4bit", "float32"])
+def base(request: pytest.FixtureRequest):
+    return load_base("smollm2-135m", dtype=request.param)
+
+
+@pytest.fixture(scope="module")
+def stored_base():
+    return load_base("smollm2-135m", dtype=None)
+
+
+def test_answers_capital_of_france(base) -> None:
+    prompt = base.tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)
+    answer = generate(base.model, base.tokenizer, prompt, max_tokens=20)  # greedy by default
+    assert "Paris" in answer, answer
+
+
+def test_stored_weights_stay_quantized(stored_base) -> None:
+    attn = stored_base.model.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, nn.QuantizedLinear) and attn.q_proj.bits == 4
+    embed = stored_base.model.model.embed_tokens
+    assert isinstance(embed, nn.QuantizedEmbedding) and embed.bits == 8  # the GGUF's Q8_0 table
+    assert not hasattr(stored_base.model, "lm_head")  # tied to the embeddings
+
+
+def test_plain_mlx_lm_load_works_offline(stored_base) -> None:
+    model, tokenizer = mlx_lm.load(str(stored_base.path))  # HF_HUB_OFFLINE=1 (conftest)
+    assert tokenizer.chat_template is not None and tokenizer.eos_token_ids == {2}
+    assert model.args.rope_traditional and model.args.tie_word_embeddings
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "naïve café — 東京 🚀",
+        "line one\nline two\n\n\nend",
+        "multiple   spaces\tand a tab,  trailing  ",
+        "  leading spaces and unicode: Ωμέγα, Привет, مرحبا, 😀👍🏽",
+    ],
+)
+def test_tokenizer_round_trips(stored_base, text: str) -> None:
+    tok = stored_base.tokenizer
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+
+
+def test_tokenizer_matches_smollm2_ids(stored_base) -> None:
+    tok = stored_base.tokenizer
+    vocab = tok.get_vocab()
+    assert tok.encode("Hello") == [vocab["Hello"]] == [19556]
+    # SmolLM2 splits every digit before byte-level BPE (llama.cpp's "smollm" pre-tokenizer)
+    assert tok.encode(" 2024") == [vocab[t] for t in ("Ġ", "2", "0", "2", "4")]
+    assert tok.encode("<|im_start|>user") == [1, vocab["user"]]  # control tokens stay whole
+    assert tok.bos_token_id == 1 and tok.eos_token_id == 2
+    prompt = tok.apply_chat_template(QUESTION, add_generation_prompt=True)
+    assert prompt[:3] == [1, vocab["system"], vocab["Ċ"]]  # template from the GGUF
+    tail = [1, *tok.encode("assistant"), vocab["Ċ"]]
+    assert prompt[-len(tail) :] == tail
+    assert tok.decode([1, 19556, 2], skip_special_tokens=True) == "Hello"
+
+
+def test_conversion_is_deterministic(tmp_path: Path) -> None:
+    source = gguf.default_gguf_path()
+    a = gguf.convert_gguf(source, tmp_path / "a")
+    b = gguf.convert_gguf(source, tmp_path / "b")
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(
+        names
+    )
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    config = json.loads((a / "config.json").read_text())
+    assert config["rope_traditional"] is True and config["tie_word_embeddings"] is True
+    assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 32
+
+
+def test_failed_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash while writing the tokenizer")
+
+    monkeypatch.setattr(gguf, "_write_tokenizer", broken)
+    with pytest.raises(RuntimeError):
+        gguf.convert_gguf(gguf.default_gguf_path(), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_is_cached_and_redone_when_stale(clara_home: Path) -> None:
+    path = gguf.prepare_default_model()
+    assert path == clara_home / "models" / "smollm2-135m"
+    weights = path / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert gguf.prepare_default_model() == path
+    assert weights.stat().st_mtime_ns == stamp  # cached: not converted again
+
+    marker = json.loads((path / gguf.MARKER).read_text())
+    marker["source"]["sha256"] = "0" * 64  # as if the GGUF had changed
+    (path / gguf.MARKER).write_text(json.dumps(marker))
+    assert gguf.prepare_default_model() == path
+    assert gguf.converted_source(path) == gguf._source_info(gguf.default_gguf_path())
+    assert not [
+        p
+        for p in path.parent.iterdir()
+        if p.name.startswith(".smollm2-135m.") and p.suffix in (".tmp", ".old")
+    ]
+
+
+def test_models_list_shows_the_default_model(stored_base, capsys: pytest.CaptureFixture) -> None:
+    assert models_main(["list"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("smollm2-135m"))
+    assert (
+        "llama" in row and "134.5M" in row and "4-bit g32" in row and str(stored_base.path) in row
+    )
+
+
+def test_models_list_marks_unprepared_default(clara_home: Path, capsys) -> None:
+    assert models_main(["list"]) == 0
+    assert "not prepared — run clara-models prepare" in capsys.readouterr().out
+
+
+def test_models_convert_error_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("CLARA_DEBUG", raising=False)
+    assert models_main(["convert", str(tmp_path / "missing.gguf"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("clara-models: error: GGUF file") and err.count("\n") == 1
