@@ -1,0 +1,301 @@
+"""Split a document into chunks of at most `max_tokens` base-model tokens.
+
+Chunks are exact substrings of the document's text (pages joined by `PAGE_SEPARATOR`), cut
+only where no character or grapheme is split, preferably at a paragraph or sentence end in
+the last ~20% of the budget. Consecutive chunks share about `overlap` tokens. Every chunk
+re-tokenises to at most `max_tokens` tokens: `n_tokens` is that count.
+"""
+
+from __future__ import annotations
+
+import bisect
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clara.errors import ClaraError
+from indexing.readers import Document, Page
+
+PAGE_SEPARATOR = "\n\n"
+PREFER_BOUNDARY_WITHIN = 0.2  # look for a sentence/paragraph end in the last 20% of a chunk
+
+_SENTENCE_END = ".!?;:…"
+_CJK_SENTENCE_END = "。！？；"
+_CLOSERS = "\"')]}»”’」』）"
+
+
+class ChunkingError(ClaraError, ValueError):
+    """Invalid chunking options, or text that cannot be cut within the token budget."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    page_start: int
+    page_end: int
+    n_tokens: int  # len(tokenizer.encode(text, add_special_tokens=False))
+    ordinal: int  # position in the document, from 0
+
+
+def chunk_document(
+    doc: Document, tokenizer: Any, max_tokens: int = 256, overlap: int = 32
+) -> list[Chunk]:
+    """Chunk `doc` by the tokens of `tokenizer` (mlx-lm TokenizerWrapper or HF tokenizer)."""
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ChunkingError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    if not isinstance(overlap, int) or not 0 <= overlap < max_tokens:
+        raise ChunkingError(
+            f"overlap must be between 0 and max_tokens - 1 ({max_tokens - 1}), got {overlap!r}"
+        )
+    text, starts, numbers = join_pages(doc.pages)
+    if not text.strip():
+        return []
+
+    def count(s: str) -> int:
+        return len(tokenizer.encode(s, add_special_tokens=False))
+
+    offsets = _token_offsets(tokenizer, text)
+    if offsets is not None:
+        spans = _TokenSplitter(text, offsets, count).spans(max_tokens, overlap)
+    else:
+        spans = _CharSplitter(text, count).spans(max_tokens, overlap)
+
+    chunks = []
+    for cs, ce, n in spans:
+        first = numbers[bisect.bisect_right(starts, cs) - 1]
+        last = numbers[bisect.bisect_right(starts, ce - 1) - 1]
+        chunks.append(Chunk(text[cs:ce], first, last, n, len(chunks)))
+    return chunks
+
+
+def join_pages(pages: Sequence[Page]) -> tuple[str, list[int], list[int]]:
+    """Pages with text joined by PAGE_SEPARATOR -> (text, start offset of each, page numbers)."""
+    parts, starts, numbers, pos = [], [], [], 0
+    for page in pages:
+        if not page.text.strip():
+            continue
+        if parts:
+            pos += len(PAGE_SEPARATOR)
+        parts.append(page.text)
+        starts.append(pos)
+        numbers.append(page.number)
+        pos += len(page.text)
+    return PAGE_SEPARATOR.join(parts), starts, numbers
+
+
+def _token_offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
+    """Character offsets of every token of `text`, from the HF fast (Rust) tokenizer if any."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    backend = tokenizer
+    for _ in range(3):  # TokenizerWrapper -> PreTrainedTokenizerFast -> tokenizers.Tokenizer
+        if isinstance(backend, Tokenizer):
+            break
+        inner = getattr(backend, "backend_tokenizer", None)
+        backend = inner if isinstance(inner, Tokenizer) else getattr(backend, "_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        return None
+    if backend.truncation or backend.padding:  # never cut or pad a whole document
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+    offsets = backend.encode(text, add_special_tokens=False).offsets
+    if any(b[0] < a[0] for a, b in zip(offsets, offsets[1:])):
+        return None  # not monotonic: cannot map token positions to text positions
+    return offsets
+
+
+def _bad_grapheme_cut(text: str, pos: int) -> bool:
+    """Would cutting before text[pos] split a grapheme (accent, emoji ZWJ sequence, flag)?"""
+    if pos <= 0 or pos >= len(text):
+        return False
+    c, prev = text[pos], text[pos - 1]
+    o = ord(c)
+    return (
+        unicodedata.category(c) in ("Mn", "Mc", "Me")  # combining marks
+        or c in "\u200c\u200d"
+        or prev == "\u200d"  # zero-width (non-)joiners
+        or 0xFE00 <= o <= 0xFE0F  # variation selectors
+        or 0x1F3FB <= o <= 0x1F3FF  # skin tones
+        or (0x1F1E6 <= o <= 0x1F1FF and 0x1F1E6 <= ord(prev) <= 0x1F1FF)  # flag pairs
+    )
+
+
+def _rank(text: str, pos: int) -> int:
+    """How good a cut before text[pos] is: 3 paragraph, 2 sentence/line end, 1 word, 0 none."""
+    if pos <= 0 or pos >= len(text):
+        return 3
+    i = j = pos  # the whitespace run around pos (looking at most 64 characters each way)
+    while i > max(0, pos - 64) and text[i - 1].isspace():
+        i -= 1
+    while j < min(len(text), pos + 64) and text[j].isspace():
+        j += 1
+    gap, left = text[i:j], text[max(0, i - 2) : i]
+    if gap.count("\n") >= 2:
+        return 3
+    last = left[-1:]
+    if "\n" in gap or (last and last in _CJK_SENTENCE_END):
+        return 2
+    if gap and last and (last in _SENTENCE_END or (last in _CLOSERS and left[0] in _SENTENCE_END)):
+        return 2
+    return 1 if gap else 0
+
+
+def _trim(text: str, cs: int, ce: int) -> tuple[int, int]:
+    while cs < ce and text[cs].isspace():
+        cs += 1
+    while ce > cs and text[ce - 1].isspace():
+        ce -= 1
+    return cs, ce
+
+
+class _Splitter:
+    """Shared loop: pick an end, verify by re-tokenising, step back by `overlap`."""
+
+    text: str
+    count: Callable[[str], int]
+
+    def spans(self, max_tokens: int, overlap: int) -> list[tuple[int, int, int]]:
+        out: list[tuple[int, int, int]] = []
+        a = self.first()
+        while a is not None:
+            budget = max_tokens
+            while True:
+                b = self.end_for(a, budget, max_tokens)
+                cs, ce = _trim(self.text, self.pos(a), self.end_pos(a, b))
+                n = self.count(self.text[cs:ce]) if ce > cs else 0
+                if n <= max_tokens:
+                    break
+                budget -= n - max_tokens  # re-tokenising the cut text gave more tokens
+                if budget < 1:
+                    raise ChunkingError(
+                        f"cannot fit the text at character {cs} in {max_tokens} tokens"
+                    )
+            if ce > cs:
+                out.append((cs, ce, n))
+            a = self.next_start(a, b, overlap)
+        return out
+
+
+class _TokenSplitter(_Splitter):
+    """Cuts at token boundaries, using character offsets from the fast tokenizer."""
+
+    def __init__(self, text: str, offsets: list[tuple[int, int]], count) -> None:
+        self.text, self.offsets, self.count = text, offsets, count
+        n = len(offsets)
+        ends = [e for _, e in offsets]
+        running = 0
+        self.max_end = []  # max end offset of tokens [0, i]: cuts must not fall inside one
+        for e in ends:
+            running = max(running, e)
+            self.max_end.append(running)
+        # clean[i]: a chunk may start or end before token i (no character is split there).
+        self.clean = [True] + [self.max_end[i - 1] <= offsets[i][0] for i in range(1, n)] + [True]
+        self.n = n
+
+    def pos(self, i: int) -> int:
+        return self.offsets[i][0] if i < self.n else len(self.text)
+
+    def end_pos(self, a: int, b: int) -> int:
+        return self.max_end[b - 1] if b > a else self.pos(a)
+
+    def first(self) -> int | None:
+        return 0 if self.n else None
+
+    def _ok(self, i: int, strict: bool) -> bool:
+        return self.clean[i] and not (strict and _bad_grapheme_cut(self.text, self.pos(i)))
+
+    def end_for(self, a: int, budget: int, max_tokens: int) -> int:
+        limit = min(a + budget, self.n)
+        if limit == self.n:
+            return limit
+        lo = max(a + 1, a + budget - int(max_tokens * PREFER_BOUNDARY_WITHIN))
+        best, best_rank = None, -1
+        for i in range(limit, lo - 1, -1):
+            if self._ok(i, True) and (r := _rank(self.text, self.pos(i))) > best_rank:
+                best, best_rank = i, r
+        if best is not None:
+            return best
+        for strict in (True, False):  # no clean cut near the limit: take the latest one
+            for i in range(lo - 1, a, -1):
+                if self._ok(i, strict):
+                    return i
+        raise ChunkingError(f"cannot cut the text at token {a} within {max_tokens} tokens")
+
+    def next_start(self, a: int, b: int, overlap: int) -> int | None:
+        if b >= self.n:
+            return None
+        lo = max(a + 1, b - overlap)
+        end = self.max_end[b - 1]
+        starts = [
+            i for i in range(lo, b) if self._ok(i, True) and self.text[self.pos(i) : end].strip()
+        ]
+        for i in starts:  # prefer a word start, so chunks do not begin mid-word
+            if _rank(self.text, self.pos(i)) >= 1:
+                return i
+        return starts[0] if starts else b
+
+
+class _CharSplitter(_Splitter):
+    """Fallback for tokenizers without offsets: binary search on character positions."""
+
+    def __init__(self, text: str, count) -> None:
+        self.text, self.count = text, count
+        self.n = len(text)
+
+    def pos(self, i: int) -> int:
+        return i
+
+    def end_pos(self, a: int, b: int) -> int:
+        return b
+
+    def first(self) -> int | None:
+        a, _ = _trim(self.text, 0, self.n)
+        return a if a < self.n else None
+
+    def _fits(self, a: int, b: int, budget: int) -> bool:
+        cs, ce = _trim(self.text, a, b)
+        return self.count(self.text[cs:ce]) <= budget
+
+    def end_for(self, a: int, budget: int, max_tokens: int) -> int:
+        lo, hi = a + 1, min(self.n, a + 4 * budget)  # lo fits (or is a + 1), hi may not
+        while self._fits(a, hi, budget):  # gallop: never tokenise the whole rest
+            if hi == self.n:
+                return hi
+            lo, hi = hi, min(self.n, a + 2 * (hi - a))
+        while lo + 1 < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self._fits(a, mid, budget) else (lo, mid)
+        window = max(1, int((lo - a) * PREFER_BOUNDARY_WITHIN))
+        best, best_rank = None, 0
+        for i in range(lo, lo - window, -1):
+            if i > a and not _bad_grapheme_cut(self.text, i) and _rank(self.text, i) > best_rank:
+                best, best_rank = i, _rank(self.text, i)
+        if best is not None:
+            return best
+        for i in range(lo, a, -1):
+            if not _bad_grapheme_cut(self.text, i):
+                return i
+        return lo
+
+    def next_start(self, a: int, b: int, overlap: int) -> int | None:
+        rest, _ = _trim(self.text, b, self.n)
+        if rest >= self.n:
+            return None
+        if overlap == 0:
+            return rest
+        lo, hi = a + 1, b  # smallest start whose tail up to b fits in `overlap` tokens
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self._fits(mid, b, overlap) else (mid + 1, hi)
+        text = self.text
+        starts = [
+            i for i in range(lo, b) if not text[i].isspace() and not _bad_grapheme_cut(text, i)
+        ]
+        for i in starts:  # prefer a word start, so chunks do not begin mid-word
+            if _rank(text, i) >= 1:
+                return i
+        return starts[0] if starts else rest

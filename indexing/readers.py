@@ -1,0 +1,453 @@
+"""Read documents (PDF, plain text, Markdown) into pages of clean text.
+
+`read_document` returns a `Document` or raises a `DocumentError` whose message is one line:
+the file, what is wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import hashlib
+import io
+import logging
+import os
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from clara.errors import ClaraError
+
+PDF_EXTENSIONS = frozenset({".pdf"})
+MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
+TEXT_EXTENSIONS = frozenset({".txt", ".text", ".rst", ".log", ".org", ".adoc", ".asciidoc", ".tex"})
+#: What a folder or glob expands to. A file named explicitly may have any extension:
+#: if its bytes are text it is read as text, otherwise it is refused with a clear reason.
+SUPPORTED_EXTENSIONS = PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | TEXT_EXTENSIONS
+
+DocumentKind = Literal["pdf", "text", "markdown"]
+
+
+class DocumentError(ClaraError):
+    """A document cannot be read; `str()` is one line: file, reason, what to do."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, hint: str = "") -> None:
+        self.path = Path(path)
+        self.reason = _one_line(reason)
+        self.hint = _one_line(hint)
+        super().__init__(f"{path}: {self.reason}" + (f": {self.hint}" if self.hint else ""))
+
+
+class DocumentNotFoundError(DocumentError):
+    """The path does not exist, or is not a regular file."""
+
+
+class UnsupportedDocumentError(DocumentError):
+    """A type clara does not read (office files, images, archives, binaries)."""
+
+
+class EncryptedDocumentError(DocumentError):
+    """An encrypted PDF without the right password, or one needing a missing AES package."""
+
+
+class NoTextError(DocumentError):
+    """An empty file, or a PDF without extractable text (scanned pages)."""
+
+
+class CorruptDocumentError(DocumentError):
+    """A damaged or truncated file."""
+
+
+@dataclass(frozen=True)
+class Page:
+    number: int  # 1-based, as printed by a PDF viewer; 1 for a text file without form feeds
+    text: str
+
+
+@dataclass
+class Document:
+    path: Path
+    kind: DocumentKind
+    pages: list[Page]  # every page, in order; pages without text have text ""
+    sha256: str  # of the file's bytes
+    size: int  # bytes
+    warnings: list[str] = field(default_factory=list)  # e.g. pages without text
+
+    @property
+    def n_chars(self) -> int:
+        return sum(len(p.text) for p in self.pages)
+
+
+def read_document(path: str | os.PathLike, password: str | None = None) -> Document:
+    """Read a PDF, Markdown or text file into pages of cleaned text."""
+    path = Path(path)
+    if not path.exists():
+        raise DocumentNotFoundError(path, "no such file", "check the path")
+    if path.is_dir():
+        raise DocumentNotFoundError(
+            path, "is a directory", "pass the files inside it, or use iter_inputs to expand it"
+        )
+    if not path.is_file():
+        raise DocumentNotFoundError(path, "not a regular file", "pass a PDF, Markdown or text file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DocumentNotFoundError(
+            path, f"cannot read: {e.strerror or e}", "check permissions"
+        ) from None
+    if not data:
+        raise NoTextError(path, "empty file", "nothing to index")
+
+    ext = path.suffix.lower()
+    sniffed = _sniff(data, ext)
+    if ext in PDF_EXTENSIONS or sniffed == "pdf":
+        if sniffed != "pdf":
+            looks_html = data.lstrip()[:15].lower().startswith((b"<!doctype", b"<html"))
+            raise CorruptDocumentError(
+                path,
+                "not a PDF (an HTML page?)" if looks_html else "not a PDF (no %PDF header)",
+                "re-download or re-export the file",
+            )
+        kind: DocumentKind = "pdf"
+        pages, warnings = _read_pdf(path, data, password)
+    else:
+        what = _UNSUPPORTED.get(ext) or ("RTF document" if sniffed == "RTF document" else None)
+        if what:
+            raise UnsupportedDocumentError(path, f"unsupported file type ({what})", _hint_for(what))
+        try:
+            text = _decode_text(path, data)
+        except UnsupportedDocumentError:
+            if sniffed is None:
+                raise
+            raise UnsupportedDocumentError(  # name the type the magic bytes say it is
+                path, f"unsupported file type ({sniffed})", _hint_for(sniffed)
+            ) from None
+        kind = "markdown" if ext in MARKDOWN_EXTENSIONS else "text"
+        text = clean_markdown(text) if kind == "markdown" else clean_text(text)
+        # Form feeds separate pages (as in `pdftotext` output).
+        pages = [Page(i + 1, t.strip("\n")) for i, t in enumerate(text.split("\f"))]
+        warnings = []
+
+    if not any(p.text.strip() for p in pages):
+        if kind == "pdf":
+            raise NoTextError(
+                path,
+                "no extractable text (scanned/image-only PDF?)",
+                f"run OCR first, e.g. `ocrmypdf {path.name} ocr.pdf`",
+            )
+        raise NoTextError(path, "no text (only whitespace)", "nothing to index")
+    sha = hashlib.sha256(data).hexdigest()
+    return Document(path, kind, pages, sha, len(data), warnings)
+
+
+def iter_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True) -> list[Path]:
+    """Expand files, folders and glob patterns into the files to read (sorted, deduplicated).
+
+    Folders and globs yield only `SUPPORTED_EXTENSIONS`, skipping hidden files and folders;
+    a file named explicitly is kept whatever its type (read_document then says why it can't).
+    """
+    found: dict[Path, None] = {}
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_file():
+            found[p.resolve()] = None
+        elif p.is_dir():
+            found.update(dict.fromkeys(_walk(p, recursive)))
+        elif _GLOB_CHARS.search(str(raw)):
+            matches = sorted(glob.glob(str(p), recursive=recursive))
+            if not matches:
+                raise DocumentNotFoundError(raw, "no files match this pattern", "check the pattern")
+            for m in map(Path, matches):
+                if m.is_dir():
+                    found.update(dict.fromkeys(_walk(m, recursive)))
+                elif _wanted(m):
+                    found[m.resolve()] = None
+        else:
+            raise DocumentNotFoundError(p, "no such file or directory", "check the path")
+    return sorted(found)
+
+
+_GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def _walk(root: Path, recursive: bool) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d)) if recursive else []
+        for name in filenames:
+            f = Path(dirpath) / name
+            if _wanted(f) and f.is_file():
+                yield f.resolve()
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "~$"))  # ~$ = Office lock files
+
+
+def _wanted(p: Path) -> bool:
+    return not _hidden(p.name) and p.suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+# --- sniffing -------------------------------------------------------------------------
+
+_MAGIC = {  # what a file is, by how its bytes start
+    "zip archive / office document": (b"PK\x03\x04", b"PK\x05\x06"),  # docx, odt, epub too
+    "legacy Office document": (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",),
+    "RTF document": (b"{\\rtf",),
+    "image": (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*"),
+    "archive": (b"\x1f\x8b", b"BZh", b"7z\xbc\xaf\x27\x1c", b"Rar!", b"\xfd7zXZ\x00"),
+    "executable": (b"\x7fELF", b"MZ", b"\xcf\xfa\xed\xfe"),
+    "database": (b"SQLite format 3\x00",),
+}
+_UNSUPPORTED = {
+    **dict.fromkeys([".docx", ".doc", ".odt", ".rtf", ".pages"], "word-processor document"),
+    **dict.fromkeys([".pptx", ".ppt", ".odp", ".key"], "presentation"),
+    **dict.fromkeys([".xlsx", ".xls", ".ods", ".numbers"], "spreadsheet"),
+    **dict.fromkeys([".epub", ".mobi", ".djvu"], "e-book"),
+    **dict.fromkeys(
+        [".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".webp", ".heic"], "image"
+    ),
+    **dict.fromkeys([".zip", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".tar"], "archive"),
+}
+
+
+def _hint_for(what: str) -> str:
+    if what == "image":
+        return "run OCR first, e.g. `ocrmypdf --image-dpi 300 in.png out.pdf`"
+    if what == "archive":
+        return "extract it and pass the files inside"
+    if what in ("executable", "database"):
+        return "pass a PDF, Markdown or text file"
+    return "export it to PDF or text first (e.g. `libreoffice --convert-to pdf FILE`)"
+
+
+def _sniff(data: bytes, ext: str) -> str | None:
+    """The kind of binary file the bytes start with ('pdf', 'image', ...), or None."""
+    # PDF readers accept junk before the header; a text file may just mention "%PDF-".
+    head = data[:1024] if ext in PDF_EXTENSIONS or not ext else data[:5]
+    if b"%PDF-" in head:
+        return "pdf"
+    return next((kind for kind, magics in _MAGIC.items() if data.startswith(magics)), None)
+
+
+# --- text -----------------------------------------------------------------------------
+
+_BOMS = [  # UTF-32 first: its little-endian BOM starts with UTF-16's
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+]
+_BINARY_HINT = "pass a PDF, Markdown or text file (UTF-16 text needs a BOM)"
+
+
+def _decode_text(path: Path, data: bytes) -> str:
+    """Decode text: BOM, else UTF-8, else cp1252/latin-1 when the result looks like text."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom) :].decode(encoding)
+            except UnicodeDecodeError as e:
+                raise CorruptDocumentError(
+                    path, f"invalid {encoding} text at byte {e.start + len(bom)}", "re-save it"
+                ) from None
+    for encoding in ("utf-8", "cp1252", "latin-1"):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if _looks_like_text(text):
+            return text
+        break  # a different 8-bit codec would not make control bytes into text
+    raise UnsupportedDocumentError(path, "binary file (not text in a known encoding)", _BINARY_HINT)
+
+
+def _looks_like_text(text: str) -> bool:
+    sample = text[:65536]
+    controls = sum(1 for c in sample if _is_control(c) and c not in "\t\n\r\f\v")
+    return controls <= 2 + len(sample) // 50  # a stray NUL or escape is fine; binaries have ~10%
+
+
+def _is_control(c: str) -> bool:
+    o = ord(c)
+    return o < 0x20 or 0x7F <= o < 0xA0
+
+
+# Controls and invisible characters that are noise for a model: C0/C1 controls (except tab,
+# newline, form feed), zero-width space, BOM, soft hyphen. ZWJ/ZWNJ are kept (emoji, scripts).
+_NOISE = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u200b\ufeff]")
+_LIGATURES = str.maketrans(
+    {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl"}
+)
+
+
+def clean_text(text: str) -> str:
+    """Normalise newlines and drop control characters; keeps layout and indentation."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _NOISE.sub("", text)
+
+
+def clean_pdf_text(text: str) -> str:
+    """Conservative cleanup of extracted PDF text.
+
+    Joins words hyphenated across lines ("exam-\\nple" -> "example", only before a lowercase
+    letter), expands Latin ligatures, collapses runs of spaces, trims lines and keeps at most
+    one blank line between paragraphs.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
+    text = re.sub(r"(?<=[^\W\d_])\u00ad?[-\u2010\u00ad][ \t]*\n[ \t]*(?=[^\W\d_])", _dehyphen, text)
+    text = _NOISE.sub("", text).translate(_LIGATURES)
+    text = re.sub(r"[^\S\n]+", " ", text)  # tabs, NBSP, odd spaces -> one space
+    text = re.sub(r" *\n *", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return unicodedata.normalize("NFC", text).strip()  # PDFs often decompose accents
+
+
+def _dehyphen(m: re.Match) -> str:
+    # Called only for a letter + hyphen + newline + letter; keep a real hyphen before capitals
+    # ("Jean-\nPaul"), join a word split by layout ("exam-\nple").
+    return "" if m.string[m.end()].islower() else m.group(0)
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+def clean_markdown(text: str) -> str:
+    """Markdown as readable text: drops HTML comments, image and link URLs, link definitions
+    and heading markers; code blocks are kept verbatim."""
+    text = clean_text(text)
+    out: list[str] = []
+    prose: list[str] = []
+    fence = ""
+    for line in text.split("\n"):
+        m = _FENCE.match(line)
+        if fence:
+            out.append(line)
+            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+                fence = ""
+        elif m:
+            out.append(_clean_md_prose("\n".join(prose)))
+            prose = []
+            out.append(line)
+            fence = m.group(1)
+        else:
+            prose.append(line)
+    out.append(_clean_md_prose("\n".join(prose)))
+    text = "\n".join(s for s in out)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _clean_md_prose(text: str) -> str:
+    text = re.sub(r"<!--.*?(-->|\Z)", "", text, flags=re.S)
+    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)  # image -> alt text
+    text = re.sub(r"!?\[([^\]]+)\]\([^)]*\)", r"\1", text)  # [text](url) -> text
+    text = re.sub(r"!?\[([^\]]+)\]\[[^\]]*\]", r"\1", text)  # [text][ref] -> text
+    text = re.sub(r"(?m)^ {0,3}\[[^\]]+\]:\s*\S+.*$\n?", "", text)  # [ref]: url
+    text = re.sub(r"(?m)^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", r"\1", text)
+    return text
+
+
+# --- PDF ------------------------------------------------------------------------------
+
+
+def _read_pdf(path: Path, data: bytes, password: str | None) -> tuple[list[Page], list[str]]:
+    from pypdf import PasswordType, PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+
+    pdf_logger = logging.getLogger("pypdf")
+    level = pdf_logger.level
+    pdf_logger.setLevel(logging.ERROR)  # pypdf warns about every quirk it repairs
+    try:
+        try:
+            reader = PdfReader(io.BytesIO(data), strict=False)
+            if reader.is_encrypted:
+                # The given password (user or owner), else the empty one many PDFs use.
+                tries = [password, ""] if password else [""]
+                if all(reader.decrypt(p) == PasswordType.NOT_DECRYPTED for p in tries):
+                    if password is None:
+                        raise EncryptedDocumentError(path, "encrypted PDF", "pass --password")
+                    raise EncryptedDocumentError(
+                        path, "wrong password for encrypted PDF", "check --password"
+                    )
+            n_pages = len(reader.pages)
+        except DocumentError:
+            raise
+        except DependencyError:
+            raise _aes_error(path) from None
+        except FileNotDecryptedError:
+            raise EncryptedDocumentError(path, "encrypted PDF", "pass --password") from None
+        except NotImplementedError as e:  # e.g. certificate (public-key) security handlers
+            raise EncryptedDocumentError(
+                path, f"unsupported PDF encryption ({e})", "save an unencrypted copy"
+            ) from None
+        except Exception as e:  # pypdf raises many types on damaged files
+            raise _corrupt(path, data, e) from None
+        if n_pages == 0:
+            raise _corrupt(path, data, PdfReadError("no pages found"))
+
+        pages, failed, empty = [], [], []
+        for number in range(1, n_pages + 1):
+            try:
+                text = clean_pdf_text(reader.pages[number - 1].extract_text() or "")
+            except DependencyError:
+                raise _aes_error(path) from None
+            except Exception:  # one broken page should not lose the rest
+                text = ""
+                failed.append(number)
+            else:
+                if not text:
+                    empty.append(number)
+            pages.append(Page(number, text))
+    finally:
+        pdf_logger.setLevel(level)
+
+    if len(failed) == n_pages:
+        raise _corrupt(path, data, PdfReadError("no page could be read"))
+    warnings = []
+    if failed:
+        warnings.append(f"page {_ranges(failed)}: could not be read (damaged?)")
+    if empty and len(empty) < n_pages:
+        warnings.append(f"page {_ranges(empty)}: no extractable text (scanned? run OCR)")
+    if b"%%EOF" not in data[-2048:]:
+        warnings.append("file looks truncated (no %%EOF); indexed what could be read")
+    return pages, warnings
+
+
+def _aes_error(path: Path) -> EncryptedDocumentError:
+    return EncryptedDocumentError(
+        path,
+        "AES-encrypted PDF needs the 'cryptography' package",
+        "pip install cryptography (or save an unencrypted copy)",
+    )
+
+
+def _corrupt(path: Path, data: bytes, e: Exception) -> CorruptDocumentError:
+    truncated = b"%%EOF" not in data[-2048:]
+    reason = "truncated PDF" if truncated else "corrupt PDF"
+    detail = str(e) or type(e).__name__
+    return CorruptDocumentError(
+        path,
+        f"{reason} ({detail[:120]})",
+        "re-download or re-export it (or repair it with `qpdf` or `mutool clean`)",
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    out: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(out)
+
+
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split())

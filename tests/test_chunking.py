@@ -1,0 +1,234 @@
+"""Chunking by base-model tokens: budgets, exact substrings, overlap, pages, multi-byte text."""
+
+from __future__ import annotations
+
+import random
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from indexing.chunking import Chunk, ChunkingError, chunk_document, join_pages
+from indexing.readers import Document, Page
+
+WORDS = (
+    "the harbour light keeper wrote about storms and tides while ships passed the rocks "
+    "café naïve façade Ångström coöperate 日本語のテキスト 東京 😀 👩‍👩‍👧 🇯🇵 👍🏽 e\u0301te\u0301"
+).split()
+
+
+def make_doc(pages: list[str]) -> Document:
+    return Document(Path("doc.txt"), "text", [Page(i + 1, t) for i, t in enumerate(pages)], "", 0)
+
+
+def random_pages(n_pages: int, seed: int = 0) -> list[str]:
+    """Pages of random multilingual sentences; each word carries a unique number."""
+    rng, k, pages = random.Random(seed), 0, []
+    for _ in range(n_pages):
+        paras = []
+        for _ in range(rng.randint(1, 4)):
+            sentences = []
+            for _ in range(rng.randint(1, 5)):
+                words = []
+                for _ in range(rng.randint(3, 14)):
+                    words.append(f"{rng.choice(WORDS)}{k}")
+                    k += 1
+                sentences.append(" ".join(words) + rng.choice([".", "!", "?", "。"]))
+            paras.append(" ".join(sentences))
+        pages.append("\n\n".join(paras))
+    return pages
+
+
+class OffsetlessTokenizer:
+    """Only `encode`/`decode`, like a slow tokenizer: exercises the character fallback."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._inner.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._inner.decode(ids)
+
+
+@pytest.fixture(scope="module")
+def wrapper(tiny_tokenizer_dir: Path):
+    """The tiny byte-level BPE as the model loader gives it (mlx-lm TokenizerWrapper)."""
+    from mlx_lm.utils import load_tokenizer
+
+    return load_tokenizer(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module", params=["wrapper", "trimmed-offsets", "no-offsets"])
+def tokenizer(request: pytest.FixtureRequest, wrapper, tiny_tokenizer_dir: Path):
+    if request.param == "wrapper":
+        return wrapper
+    if request.param == "no-offsets":
+        return OffsetlessTokenizer(wrapper)
+    from tokenizers import Tokenizer, processors
+
+    raw = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    raw.post_processor = processors.ByteLevel(trim_offsets=True)  # spaces left out of offsets
+    return raw
+
+
+def ids_of(tokenizer, text: str) -> list[int]:
+    enc = tokenizer.encode(text, add_special_tokens=False)
+    return list(getattr(enc, "ids", enc))
+
+
+def splits_grapheme(text: str, pos: int) -> bool:
+    if pos <= 0 or pos >= len(text):
+        return False
+    c, prev = text[pos], text[pos - 1]
+    return (
+        unicodedata.category(c).startswith("M")
+        or "\u200d" in (c, prev)
+        or 0x1F3FB <= ord(c) <= 0x1F3FF
+        or all(0x1F1E6 <= ord(x) <= 0x1F1FF for x in (c, prev))
+    )
+
+
+def check_chunks(doc: Document, chunks: list[Chunk], tokenizer, max_tokens: int) -> list[int]:
+    """Every invariant a user relies on; returns each chunk's start in the joined text."""
+    text, _, _ = join_pages(doc.pages)
+    starts, covered = [], bytearray(len(text))
+    for i, c in enumerate(chunks):
+        assert c.ordinal == i and c.text and c.text == c.text.strip()
+        ids = ids_of(tokenizer, c.text)
+        assert c.n_tokens == len(ids) <= max_tokens
+        start = text.find(c.text, starts[-1] + 1 if starts else 0)
+        assert start >= 0, f"chunk {i} is not a substring after chunk {i - 1}"
+        end = start + len(c.text)
+        assert text.find(c.text, start + 1) == -1  # unique: the page check below is meaningful
+        assert not splits_grapheme(text, start) and not splits_grapheme(text, end)
+        assert "\ufffd" not in c.text
+        c.text.encode("utf-8")  # no lone surrogates
+        pages = [p.number for p in doc.pages if p.text and _page_span(doc, p.number, start, end)]
+        assert (c.page_start, c.page_end) == (pages[0], pages[-1])
+        if c.page_start == c.page_end:
+            assert c.text in next(p.text for p in doc.pages if p.number == c.page_start)
+        covered[start:end] = b"\x01" * (end - start)
+        starts.append(start)
+    missing = [ch for ch, ok in zip(text, covered) if not ok and not ch.isspace()]
+    assert not missing, f"text left out of every chunk: {''.join(missing)[:80]!r}"
+    return starts
+
+
+def _page_span(doc: Document, number: int, start: int, end: int) -> bool:
+    text, page_starts, numbers = join_pages(doc.pages)
+    k = numbers.index(number)
+    lo = page_starts[k]
+    hi = lo + len(next(p.text for p in doc.pages if p.number == number))
+    return start < hi and lo < end
+
+
+@pytest.mark.parametrize("max_tokens, overlap", [(64, 0), (64, 16), (40, 8), (128, 32)])
+def test_chunks_fit_budget_cover_text_and_track_pages(tokenizer, max_tokens, overlap) -> None:
+    doc = make_doc(random_pages(8))
+    chunks = chunk_document(doc, tokenizer, max_tokens=max_tokens, overlap=overlap)
+    assert len(chunks) > 3
+    check_chunks(doc, chunks, tokenizer, max_tokens)
+    assert any(c.page_end > c.page_start for c in chunks)  # some chunks span a page break
+    assert chunk_document(doc, tokenizer, max_tokens, overlap) == chunks  # deterministic
+
+
+@pytest.mark.parametrize("overlap", [0, 12])
+def test_overlap_is_honoured(tokenizer, overlap: int) -> None:
+    doc = make_doc(random_pages(3, seed=1))
+    chunks = chunk_document(doc, tokenizer, max_tokens=48, overlap=overlap)
+    starts = check_chunks(doc, chunks, tokenizer, 48)
+    text, _, _ = join_pages(doc.pages)
+    for (a, prev), (b, nxt) in zip(zip(starts, chunks), zip(starts[1:], chunks[1:])):
+        shared = text[b : a + len(prev.text)]
+        if overlap == 0:
+            assert b >= a + len(prev.text)
+        else:
+            assert shared.strip(), "consecutive chunks should share text"
+            assert nxt.text.startswith(shared.strip())
+            # the shared text is at most `overlap` tokens (+1: re-tokenising at the edge)
+            assert len(ids_of(tokenizer, shared.strip())) <= overlap + 1
+
+
+def test_chunks_end_at_sentence_ends_when_one_is_near(tokenizer) -> None:
+    sentences = [f"Sentence {i} is short and plain." for i in range(60)]
+    doc = make_doc([" ".join(sentences)])
+    chunks = chunk_document(doc, tokenizer, max_tokens=80, overlap=0)
+    check_chunks(doc, chunks, tokenizer, 80)
+    assert len(chunks) > 3
+    assert all(c.text.endswith(".") for c in chunks)  # each sentence < 20% of the budget
+
+
+def test_paragraph_end_beats_a_later_sentence_end(wrapper) -> None:
+    para = "Ok. Short line one. Short line two. Short line three."
+    doc = make_doc(["\n\n".join([para] * 20)])
+    n_para = len(ids_of(wrapper, para))  # the budget ends just after the next "Ok."
+    chunks = chunk_document(doc, wrapper, max_tokens=n_para + 6, overlap=0)
+    assert len(chunks) > 5 and all(c.text == para for c in chunks)
+
+
+def test_text_without_spaces_is_still_cut_between_characters(tokenizer) -> None:
+    doc = make_doc(["東京の日本語テキスト👩‍👩‍👧🇯🇵é" * 40])
+    chunks = chunk_document(doc, tokenizer, max_tokens=32, overlap=4)
+    check_chunks_loose(doc, chunks, tokenizer, 32)
+
+
+def check_chunks_loose(doc: Document, chunks: list[Chunk], tokenizer, max_tokens: int) -> None:
+    """Like check_chunks, for repetitive text where a chunk's position is not unique."""
+    text, _, _ = join_pages(doc.pages)
+    pos = 0
+    for c in chunks:
+        assert c.n_tokens == len(ids_of(tokenizer, c.text)) <= max_tokens and c.text
+        start = text.find(c.text, pos)
+        assert start >= 0
+        assert not splits_grapheme(text, start) and not splits_grapheme(text, start + len(c.text))
+        pos = start + 1
+    assert text.endswith(chunks[-1].text)
+
+
+def test_empty_pages_are_skipped_and_numbers_kept(wrapper) -> None:
+    doc = make_doc(["", "Only page two has words.", "  \n", "And page four."])
+    chunks = chunk_document(doc, wrapper, max_tokens=64, overlap=8)
+    assert [(c.text, c.page_start, c.page_end) for c in chunks] == [
+        ("Only page two has words.\n\nAnd page four.", 2, 4)
+    ]
+    assert chunk_document(make_doc(["", " \n"]), wrapper) == []
+
+
+def test_truncating_tokenizer_still_sees_the_whole_document(tiny_tokenizer_dir: Path) -> None:
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    raw.enable_truncation(max_length=16)
+    doc = make_doc(random_pages(2, seed=3))
+    chunks = chunk_document(doc, raw, max_tokens=48, overlap=8)
+    assert doc.pages[-1].text.endswith(chunks[-1].text)
+
+
+@pytest.mark.parametrize("max_tokens, overlap", [(0, 0), (16, 16), (16, -1), (16, 20), (8.5, 0)])
+def test_invalid_options(wrapper, max_tokens, overlap) -> None:
+    with pytest.raises(ChunkingError, match="max_tokens|overlap"):
+        chunk_document(make_doc(["text"]), wrapper, max_tokens=max_tokens, overlap=overlap)
+
+
+@pytest.mark.slow
+def test_default_model_tokenizer_multibyte() -> None:
+    """The real SmolLM2 tokenizer: Japanese, emoji and accents never split, budgets exact."""
+    try:
+        from clara.gguf import prepare_default_model
+
+        model_dir = prepare_default_model()
+    except Exception as e:  # not prepared here (no embedded GGUF, conversion unavailable)
+        pytest.skip(f"default model not available: {e}")
+    from mlx_lm.utils import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    doc = make_doc(random_pages(10, seed=7))
+    for max_tokens, overlap in [(256, 32), (48, 8)]:
+        chunks = chunk_document(doc, tokenizer, max_tokens=max_tokens, overlap=overlap)
+        check_chunks(doc, chunks, tokenizer, max_tokens)
+        for c in chunks:
+            assert tokenizer.decode(ids_of(tokenizer, c.text)) == c.text
+    fallback = chunk_document(doc, OffsetlessTokenizer(tokenizer), max_tokens=48, overlap=8)
+    check_chunks(doc, fallback, tokenizer, 48)

@@ -1,0 +1,285 @@
+"""Document readers: PDFs built with fpdf2, text in several encodings, and every refusal."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from fpdf import FPDF
+from fpdf.enums import EncryptionMethod
+
+from indexing.readers import (
+    SUPPORTED_EXTENSIONS,
+    CorruptDocumentError,
+    DocumentError,
+    DocumentNotFoundError,
+    EncryptedDocumentError,
+    NoTextError,
+    UnsupportedDocumentError,
+    clean_markdown,
+    clean_pdf_text,
+    iter_inputs,
+    read_document,
+)
+
+DATA = Path(__file__).parent / "data"
+HAS_CRYPTOGRAPHY = importlib.util.find_spec("cryptography") is not None
+
+
+def make_pdf(pages: list[str | None], encrypt: dict | None = None) -> bytes:
+    """A PDF with one page per item: text, or None for a page holding only an image."""
+    pdf = FPDF()
+    if encrypt:
+        pdf.set_encryption(**encrypt)
+    pdf.set_font("helvetica", size=11)
+    for content in pages:
+        pdf.add_page()
+        if content is None:
+            from PIL import Image
+
+            png = io.BytesIO()
+            Image.new("RGB", (60, 40), (200, 30, 30)).save(png, format="PNG")
+            pdf.image(png, x=20, y=20, w=120)
+            pdf.rect(10, 10, 50, 30)
+        else:
+            for line in content.split("\n"):
+                pdf.cell(0, 7, line)
+                pdf.ln()
+    return bytes(pdf.output())
+
+
+def write(tmp_path: Path, name: str, data: bytes | str, encoding: str = "utf-8") -> Path:
+    p = tmp_path / name
+    p.write_bytes(data.encode(encoding) if isinstance(data, str) else data)
+    return p
+
+
+# --- PDF ------------------------------------------------------------------------------
+
+
+def test_pdf_pages_keep_their_numbers_text_and_hash(tmp_path: Path) -> None:
+    data = make_pdf(["Alpha page about lighthouses.", "Beta page about harbours.", "Gamma."])
+    doc = read_document(write(tmp_path, "three.pdf", data))
+    assert doc.kind == "pdf"
+    assert [p.number for p in doc.pages] == [1, 2, 3]
+    assert "lighthouses" in doc.pages[0].text and "harbours" in doc.pages[1].text
+    assert doc.sha256 == hashlib.sha256(data).hexdigest() and doc.size == len(data)
+    assert doc.warnings == []
+
+
+def test_pdf_text_joins_hyphenated_line_breaks(tmp_path: Path) -> None:
+    data = make_pdf(["An exam-\nple of hyphen-\nation, said Jean-\nPaul."])
+    text = read_document(write(tmp_path, "h.pdf", data)).pages[0].text
+    assert "example of hyphenation" in text
+    assert "Jean-\nPaul" in text  # a hyphen before a capital is a real one
+
+
+def test_clean_pdf_text_is_conservative() -> None:
+    raw = "  The  \ufb01rst\tre-\n  sult\x00 is\x07 he\u0301re.\r\n\r\n\r\n\r\nNext para-\n\nGraph 3-\n4 E-\nMail\n"
+    assert clean_pdf_text(raw) == "The first result is hére.\n\nNext para-\n\nGraph 3-\n4 E-\nMail"
+
+
+def test_pdf_password_rc4(tmp_path: Path) -> None:
+    enc = {"owner_password": "owner-pw", "user_password": "user-pw"}
+    enc["encryption_method"] = EncryptionMethod.RC4
+    path = write(tmp_path, "locked.pdf", make_pdf(["Secret harbour plans."], enc))
+    with pytest.raises(
+        EncryptedDocumentError, match=r"locked\.pdf: encrypted PDF: pass --password"
+    ):
+        read_document(path)
+    with pytest.raises(EncryptedDocumentError, match="wrong password"):
+        read_document(path, password="nope")
+    assert "harbour" in read_document(path, password="user-pw").pages[0].text
+    assert "harbour" in read_document(path, password="owner-pw").pages[0].text
+
+
+def test_pdf_encrypted_with_empty_user_password_opens_without_one(tmp_path: Path) -> None:
+    enc = {"owner_password": "owner-pw", "encryption_method": EncryptionMethod.RC4}
+    path = write(tmp_path, "restricted.pdf", make_pdf(["Open but restricted."], enc))
+    assert "restricted" in read_document(path).pages[0].text
+
+
+@pytest.mark.parametrize("name", ["encrypted-aes128.pdf", "encrypted-aes256.pdf"])
+def test_pdf_password_aes(name: str) -> None:
+    """AES needs the `cryptography` package. The fixtures were made with fpdf2 2.8 and
+    cryptography: `set_encryption(owner_password="owner-secret", user_password="secret",
+    encryption_method=EncryptionMethod.AES_128 / AES_256)`."""
+    path = DATA / name
+    if HAS_CRYPTOGRAPHY:
+        assert "lighthouses" in read_document(path, password="secret").pages[0].text
+        with pytest.raises(EncryptedDocumentError, match="wrong password"):
+            read_document(path, password="nope")
+    else:
+        with pytest.raises(EncryptedDocumentError, match="pip install cryptography") as e:
+            read_document(path, password="secret")
+        assert name in str(e.value)
+    with pytest.raises(EncryptedDocumentError):
+        read_document(path)
+
+
+def test_image_only_pdf_asks_for_ocr(tmp_path: Path) -> None:
+    path = write(tmp_path, "scan.pdf", make_pdf([None, None]))
+    with pytest.raises(NoTextError, match=r"scan\.pdf: no extractable text .*ocrmypdf"):
+        read_document(path)
+
+
+def test_pdf_with_some_scanned_pages_warns_and_keeps_numbering(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path, "mixed.pdf", make_pdf(["One.", None, None, "Four."])))
+    assert [(p.number, p.text) for p in doc.pages] == [(1, "One."), (2, ""), (3, ""), (4, "Four.")]
+    assert any("page 2-3" in w and "OCR" in w for w in doc.warnings)
+
+
+@pytest.mark.parametrize("fraction", [0.4, 0.8, 0.97])
+def test_truncated_pdf_is_refused_or_flagged(tmp_path: Path, fraction: float) -> None:
+    data = make_pdf([f"Page {i} text about the sea. " * 20 for i in range(4)])
+    path = write(tmp_path, "cut.pdf", data[: int(len(data) * fraction)])
+    try:
+        doc = read_document(path)
+    except CorruptDocumentError as e:
+        assert "truncated PDF" in str(e) and "re-download" in str(e)
+    else:  # pypdf may recover what is there; then the document must say so
+        assert any("truncated" in w for w in doc.warnings)
+
+
+def test_not_really_a_pdf(tmp_path: Path) -> None:
+    html = write(tmp_path, "paper.pdf", b"<!DOCTYPE html><html><body>Not found</body></html>")
+    with pytest.raises(CorruptDocumentError, match="not a PDF .an HTML page"):
+        read_document(html)
+    junk = write(tmp_path, "junk.pdf", b"%PDF-1.7\n" + bytes(range(256)) * 4)
+    with pytest.raises(CorruptDocumentError, match="corrupt|truncated"):
+        read_document(junk)
+
+
+def test_pdf_is_recognised_without_its_extension(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path, "download", make_pdf(["Sniffed by magic bytes."])))
+    assert doc.kind == "pdf" and "magic" in doc.pages[0].text
+
+
+# --- text and Markdown ----------------------------------------------------------------
+
+SAMPLE = "Café “quoted” – naïve façade, 50 €.\nSecond line."
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-be", "cp1252"])
+def test_text_encodings(tmp_path: Path, encoding: str) -> None:
+    data = SAMPLE.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data
+    doc = read_document(write(tmp_path, "notes.txt", data))
+    assert doc.kind == "text" and doc.pages[0].text == SAMPLE
+
+
+def test_text_newlines_controls_and_form_feed_pages(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path, "a.log", "one\r\ntwo\x00\x1b\n\fpage two\r\n"))
+    assert [(p.number, p.text) for p in doc.pages] == [(1, "one\ntwo"), (2, "page two")]
+
+
+def test_unknown_extension_that_is_text_is_read(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path, "settings.cfg", "MZ is also how this text begins."))
+    assert doc.kind == "text" and doc.pages[0].text.startswith("MZ is")
+
+
+def test_markdown_keeps_readable_text_and_code() -> None:
+    md = (
+        "# Title\n\n<!-- draft note\nspanning lines -->Intro with a [link](https://x.y/z) and "
+        "![a diagram](img/d.png) and [ref link][1].\n\n## Setup ##\n\n```bash\n# not a heading\n"
+        "echo [x](y) <!-- kept -->\n```\n\n[1]: https://example.com\n"
+    )
+    assert clean_markdown(md) == (
+        "Title\n\nIntro with a link and a diagram and ref link.\n\nSetup\n\n```bash\n"
+        "# not a heading\necho [x](y) <!-- kept -->\n```"
+    )
+
+
+def test_markdown_file(tmp_path: Path) -> None:
+    doc = read_document(write(tmp_path, "README.md", "# Hello\n\nWorld."))
+    assert doc.kind == "markdown" and doc.pages[0].text == "Hello\n\nWorld."
+
+
+# --- refusals -------------------------------------------------------------------------
+
+
+def docx_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", "<w:document>Hello</w:document>")
+    return buf.getvalue()
+
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(32)
+
+
+@pytest.mark.parametrize(
+    "name, data, error, message",
+    [
+        ("report.docx", docx_bytes(), UnsupportedDocumentError, "word-processor.*convert-to pdf"),
+        ("report.txt", docx_bytes(), UnsupportedDocumentError, "zip archive / office document"),
+        ("report", docx_bytes(), UnsupportedDocumentError, "zip archive"),
+        ("notes.txt", b"{\\rtf1\\ansi Hello}", UnsupportedDocumentError, "RTF document"),
+        ("photo.png", PNG, UnsupportedDocumentError, r"\(image\): run OCR"),
+        ("photo.dat", PNG, UnsupportedDocumentError, r"\(image\)"),
+        ("blob.txt", bytes(range(256)) * 8, UnsupportedDocumentError, "binary file"),
+        ("ctrl.txt", bytes(range(1, 32)) * 40, UnsupportedDocumentError, "binary file"),
+        ("empty.txt", b"", NoTextError, "empty file"),
+        ("blank.md", b" \n\t\n", NoTextError, "no text"),
+        ("empty.pdf", b"", NoTextError, "empty file"),
+        ("bad16.txt", b"\xff\xfe\x00\xd8", CorruptDocumentError, "invalid utf-16-le"),
+    ],
+)
+def test_refusals_are_specific_one_line_messages(
+    tmp_path: Path, name: str, data: bytes, error: type, message: str
+) -> None:
+    path = write(tmp_path, name, data)
+    with pytest.raises(error, match=message) as e:
+        read_document(path)
+    text = str(e.value)
+    assert "\n" not in text and text.startswith(f"{path}: ")
+    assert e.value.path == path and e.value.reason and isinstance(e.value, DocumentError)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(DocumentNotFoundError, match="no such file"):
+        read_document(tmp_path / "nope.pdf")
+    with pytest.raises(DocumentNotFoundError, match="is a directory"):
+        read_document(tmp_path)
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+def test_iter_inputs_expands_folders_and_globs(tmp_path: Path) -> None:
+    for rel in [
+        "a.pdf", "b.md", "c.TXT", "d.docx", "e.png", ".hidden.txt", "~$lock.md",
+        "sub/f.rst", "sub/deeper/g.markdown", ".git/h.txt", "sub/.cache/i.md",
+    ]:  # fmt: skip
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    root = tmp_path.resolve()
+    names = [p.relative_to(root).as_posix() for p in iter_inputs([tmp_path])]
+    assert names == ["a.pdf", "b.md", "c.TXT", "sub/deeper/g.markdown", "sub/f.rst"]
+    flat = iter_inputs([tmp_path], recursive=False)
+    assert [p.name for p in flat] == ["a.pdf", "b.md", "c.TXT"]
+    # explicit files are kept whatever their type; duplicates collapse; globs filter by type
+    got = iter_inputs([str(tmp_path / "d.docx"), str(tmp_path / "*.*"), str(tmp_path / "a.pdf")])
+    assert [p.name for p in got] == ["a.pdf", "b.md", "c.TXT", "d.docx"]
+    got = iter_inputs([str(tmp_path / "**" / "*.md")])
+    assert [p.name for p in got] == ["b.md"]  # hidden folders and files stay out
+    assert all(p.is_absolute() for p in got)
+
+
+def test_iter_inputs_reports_missing_paths(tmp_path: Path) -> None:
+    with pytest.raises(DocumentNotFoundError, match="no such file or directory"):
+        iter_inputs([tmp_path / "missing"])
+    with pytest.raises(DocumentNotFoundError, match="no files match"):
+        iter_inputs([str(tmp_path / "*.pdf")])
+
+
+def test_supported_extensions() -> None:
+    assert {".pdf", ".txt", ".md", ".markdown", ".rst"} <= SUPPORTED_EXTENSIONS
+    assert not {".docx", ".png", ".zip"} & SUPPORTED_EXTENSIONS
