@@ -155,8 +155,12 @@ def generate(
     stop: Sequence[str] | None = None,
     max_context: int | None = None,
     prefill_step: int = 512,
+    ignore_eos: bool = False,
 ) -> Iterator[GenerationChunk]:
-    """Stream tokens for `prompt`; the last chunk carries `finish_reason`."""
+    """Stream tokens for `prompt`; the last chunk carries `finish_reason`.
+
+    `ignore_eos` keeps decoding to `max_tokens` (benchmarks compare equal lengths).
+    """
     limit = max_context or int(cm.info.config.get("max_position_embeddings", 4096))
     if prompt.positions >= limit:
         raise ContextLengthError(
@@ -166,6 +170,8 @@ def generate(
     max_tokens = max(0, min(max_tokens, limit - prompt.positions))
     stops = [s for s in stop or [] if s]
     eos = set(getattr(cm.tokenizer, "eos_token_ids", None) or [cm.tokenizer.eos_token_id])
+    if ignore_eos:
+        eos = set()
     sampler = make_sampler(temp=temperature, top_p=top_p)
     if seed is not None:
         mx.random.seed(seed)

@@ -1,0 +1,121 @@
+"""CLaRa 16x memory vs uncompressed text on the same model: TTFT, decode speed, compression.
+
+A question with K retrieved chunks of exactly `--chunk-tokens` tokens (default 5 x 256), answered
+from memory vectors (the generator reads n_mem positions per chunk) and from the chunks' raw text
+(the generator reads every token). Runs alternate so both see the same machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import clara  # noqa: F401  preloads OpenBLAS before mlx
+import mlx.core as mx
+
+from bench._common import append_report, markdown_table, sample_texts
+from clara.checkpoint import load_clara
+from clara.generate import memory_prompt, stream_from_memory, stream_from_text, text_prompt
+from clara.model import ClaraConfig
+
+
+def exact_chunks(cm, n: int, tokens: int) -> list[str]:
+    ids = [t for text in sample_texts()[:20] for t in cm.tokenize([text[:4000]])[0]]
+    out = []
+    for i in range(n):
+        piece = ids[i * tokens : (i + 1) * tokens]
+        out.append(cm.tokenizer.decode(piece))
+    return out
+
+
+def run(stream) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    ttft = None
+    n = 0
+    for chunk in stream:
+        if ttft is None and chunk.token is not None:
+            ttft = time.perf_counter() - start
+        n = chunk.generation_tokens
+    total = time.perf_counter() - start
+    decode = (n - 1) / (total - ttft) if ttft is not None and n > 1 else float("nan")
+    return ttft or float("nan"), decode, n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--chunks", type=int, default=5)
+    p.add_argument("--chunk-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compress-n", type=int, default=32)
+    args = p.parse_args()
+
+    cm = load_clara(
+        args.model,
+        args.checkpoint,
+        dtype=args.dtype,
+        config=ClaraConfig(doc_max_tokens=args.chunk_tokens),
+    )
+    chunks = exact_chunks(cm, args.chunks, args.chunk_tokens)
+    question = "How does Python evaluate this construct, in one sentence?"
+    mem = cm.compress(chunks)
+    mx.eval(mem)
+    kw = dict(max_tokens=args.max_tokens, ignore_eos=True)  # equal decode lengths
+    positions = {
+        "memory": memory_prompt(cm, question, list(mem)).positions,
+        "text": text_prompt(cm, question, chunks).positions,
+    }
+    run(stream_from_memory(cm, question, list(mem), **kw))  # warm-up both paths
+    run(stream_from_text(cm, question, chunks, **kw))
+    res: dict[str, list[tuple[float, float, int]]] = {"memory": [], "text": []}
+    for _ in range(args.repeats):
+        res["memory"].append(run(stream_from_memory(cm, question, list(mem), **kw)))
+        res["text"].append(run(stream_from_text(cm, question, chunks, **kw)))
+
+    texts = (chunks * (args.compress_n // len(chunks) + 1))[: args.compress_n]
+    comp = {}
+    for bs in (1, 8):
+        cm.compress(texts[:bs], batch_size=bs)
+        t = time.perf_counter()
+        mx.eval(cm.compress(texts, batch_size=bs))
+        comp[bs] = len(texts) / (time.perf_counter() - t)
+
+    med = {
+        k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+        for k, v in res.items()
+    }
+    rows = [
+        [
+            f"CLaRa {cm.config.compression_rate}x memory" if k == "memory" else "uncompressed text",
+            positions[k],
+            f"{med[k][0] * 1000:.0f}",
+            f"{med[k][1]:.1f}",
+        ]
+        for k in ("memory", "text")
+    ]
+    table = markdown_table(
+        ["generator input", "prompt positions", "TTFT ms (median)", "decode tok/s"], rows
+    )
+    ratio = med["text"][0] / med["memory"][0]
+    table += (
+        f"\n\nTTFT ratio text/memory: **{ratio:.1f}x** (positions ratio "
+        f"{positions['text'] / positions['memory']:.1f}x). Compression throughput "
+        f"({args.chunk_tokens}-token chunks): batch 1 **{comp[1]:.1f} chunks/s**, batch 8 **{comp[8]:.1f} chunks/s**."
+    )
+    append_report(
+        f"Core: CLaRa memory vs text, {args.chunks} x {args.chunk_tokens}-token chunks ({args.model}, dtype {cm.info.extras['dtype']})",
+        table,
+        f"{args.repeats} alternating runs after warm-up, {args.max_tokens} new tokens each (EOS ignored), untrained adapters (speed only).",
+    )
+
+
+if __name__ == "__main__":
+    main()
