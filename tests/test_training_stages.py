@@ -1,0 +1,171 @@
+"""Training inputs match inference prompts; every stage's loss is finite and trains what it should."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from clara.generate import memory_prompt
+from clara.model import ClaraConfig, ClaraModel
+from training.batches import (
+    SEP,
+    TEXT,
+    answer_logits,
+    answer_messages,
+    collate_generator,
+    generator_embeddings,
+    generator_example,
+)
+from training.data import PretrainRecord, QARecord
+from training.grads import value_and_grad
+from training.stages import StageConfig, copy_adapter, make_stage, reset_adapter, set_trainable
+
+DOCS = [
+    "The river runs past the old mill.",
+    "The capital of France is Paris.",
+    "The train leaves the station at seven.",
+    "Water boils at one hundred degrees.",
+]
+
+
+@pytest.fixture
+def cm(tiny_base) -> ClaraModel:
+    return ClaraModel(tiny_base, ClaraConfig(compression_rate=16, doc_max_tokens=32))
+
+
+def _grads(stage, examples):
+    counts = [stage.counts(e) for e in examples]
+    norm = {k: sum(c[k] for c in counts) for k in counts[0]}
+    fn = value_and_grad(stage.cm, lambda: stage.loss(examples, norm)[0])
+    loss, grads = fn()
+    return loss, dict(tree_flatten(grads))
+
+
+def test_generator_input_matches_inference_prompt(cm):
+    mem = cm.compress(DOCS[:3])
+    ex = generator_example(cm, answer_messages("Where is Paris?", 3), "In France.", 3)
+    prompt = memory_prompt(cm, "Where is Paris?", list(mem))
+    assert ex.tokens[: ex.n_prompt] == prompt.tokens
+    assert ex.slots.count(SEP) == 2 and sum(s >= 0 for s in ex.slots) == 3 * cm.n_mem
+    batch = collate_generator([ex], cm.n_mem, 3)
+    emb = generator_embeddings(cm, batch, mem[None])[0, : ex.n_prompt]
+    np.testing.assert_allclose(np.array(emb), np.array(prompt.embeddings), atol=1e-6)
+    # the answer ends with the end-of-turn token that stops generation
+    assert ex.tokens[-1] == cm.tokenizer.eos_token_id
+    assert cm.tokenizer.decode(ex.tokens[ex.n_prompt : -1]) == "In France."
+
+
+def test_answer_logits_match_full_forward(cm):
+    ex = generator_example(cm, answer_messages("Where?", 1), "There.", 1)
+    batch = collate_generator([ex], cm.n_mem, 1)
+    emb = generator_embeddings(cm, batch, cm.compress(DOCS[:1])[None])
+    full = cm.lm(None, input_embeddings=emb)  # (1, L, V)
+    part = answer_logits(cm, emb, batch.loss_pos)
+    np.testing.assert_allclose(
+        np.array(part[0]), np.array(full[0, ex.n_prompt - 1 : len(ex.tokens) - 1]), atol=1e-5
+    )
+    # the targets are the answer tokens, and only they are counted
+    assert np.array(batch.targets)[0].tolist() == ex.tokens[ex.n_prompt :]
+    assert batch.n_tokens == ex.n_answer
+
+
+def test_padding_does_not_change_the_loss(cm):
+    stage = make_stage("instruct", cm)
+    recs = [
+        QARecord("Where is Paris?", DOCS[:2], ["France"]),
+        QARecord("When does the train leave and from where?", DOCS[1:4], ["At seven."]),
+    ]
+    a, b = stage.build(recs)
+    loss_a = stage.loss([a], stage.counts(a))[1]["ce"].item()
+    loss_b = stage.loss([b], stage.counts(b))[1]["ce"].item()
+    both = stage.loss([a, b], {"tokens": 1, "docs": 1, "queries": 1})[1]["ce"].item()
+    assert both == pytest.approx(loss_a + loss_b, rel=1e-4)
+
+
+def test_pretrain_trains_compressor_and_generator(cm):
+    stage = make_stage("pretrain", cm, StageConfig(mse_weight=0.0))
+    recs = [
+        PretrainRecord("paraphrase", DOCS[0]),
+        PretrainRecord("qa", DOCS[1], ["What is the capital of France?"], ["Paris"]),
+    ]
+    examples = stage.build(recs)
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    loss, grads = _grads(stage, examples)
+    assert np.isfinite(loss.item()) and loss.item() > 0
+    assert any(".lora_compressor." in k for k in grads)
+    assert any(".lora_generator." in k for k in grads)
+    assert not any(".lora_query." in k for k in grads)
+    assert float(mx.abs(grads["mem_embeddings"]).sum()) > 0
+    norms = {k for k, v in grads.items() if ".lora_compressor.b" in k and float(mx.abs(v).sum())}
+    assert norms, "the CE reaches the compressor through the memory vectors"
+
+
+def test_full_finetuning_trains_base_weights(cm):
+    stage = make_stage("pretrain", cm)
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=True)
+    names = {k for k, _ in tree_flatten(cm.trainable_parameters())}
+    assert "lm.model.embed_tokens.weight" in names
+    assert any(k.endswith("q_proj.base.weight") for k in names)
+    assert not any(".lora_query." in k for k in names)
+
+
+def test_instruct_resets_the_generator(cm):
+    for layer in cm.lora_layers():
+        layer.lora_generator["b"] = mx.ones_like(layer.lora_generator["b"])
+    make_stage("instruct", cm).initialize(cm, seed=0)
+    assert all(float(mx.abs(la.lora_generator["b"]).sum()) == 0 for la in cm.lora_layers())
+
+
+def test_joint_trains_query_and_generator_only(cm):
+    for layer in cm.lora_layers():  # a non-trivial compressor to copy
+        layer.lora_compressor["b"] = 0.1 * mx.random.normal(layer.lora_compressor["b"].shape)
+    stage = make_stage("joint", cm)
+    recs = [
+        QARecord("What is the capital of France?", DOCS, ["Paris"], [1]),
+        QARecord("When does the train leave?", DOCS[::-1], ["At seven."], [1]),
+    ]
+    examples = stage.build(recs)
+    assert len(stage.doc_texts) == 4 and examples[1].cands == [3, 2, 1, 0]
+    stage.initialize(cm, seed=0)
+    q = cm.lora_layers()[0]
+    assert mx.array_equal(q.lora_query["b"], q.lora_compressor["b"])
+    stage.prepare(examples)
+    assert stage.doc_memory.shape == (4, cm.n_mem, 64)
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    loss, grads = _grads(stage, examples)
+    assert np.isfinite(loss.item())
+    assert any(".lora_generator." in k for k in grads)
+    assert not any(".lora_compressor." in k for k in grads)
+    assert "mem_embeddings" not in grads
+    qa = [v for k, v in grads.items() if ".lora_query." in k]
+    assert qa and sum(float(mx.abs(v).sum()) for v in qa) > 0, "CE reaches the query encoder"
+    _, aux = stage.loss(examples, {"tokens": 1, "docs": 0, "queries": 2})
+    assert aux["ranking"].shape == (2, 4)
+
+
+def test_joint_retrieval_loss_is_optional(cm):
+    stage = make_stage("joint", cm)
+    examples = stage.build([QARecord("Capital of France?", DOCS, ["Paris"], [1])])
+    stage.prepare(examples)
+    norm = {"tokens": 3, "docs": 0, "queries": 1}
+    assert "nce" not in stage.loss(examples, norm)[1]
+    stage.config.retrieval_weight = 1.0
+    assert stage.loss(examples, norm)[1]["nce"].item() > 0
+
+
+def test_lm_stage_loss(cm):
+    stage = make_stage("lm", cm)
+    examples = stage.build(DOCS[:2])
+    set_trainable(cm, (), False, full=True)
+    loss, grads = _grads(stage, examples)
+    assert np.isfinite(loss.item()) and "lm.model.embed_tokens.weight" in grads
+
+
+def test_reset_and_copy_helpers(cm):
+    reset_adapter(cm, "query", seed=1)
+    copy_adapter(cm, "query", "generator")
+    la = cm.lora_layers()[0]
+    assert mx.array_equal(la.lora_generator["a"], la.lora_query["a"])
+    assert TEXT == -1

@@ -1,0 +1,225 @@
+"""Tokenised training inputs: generator prompts with memory slots, padded into batches.
+
+A generator example is the chat-templated prompt exactly as `clara.generate.memory_prompt`
+builds it at inference time (same segments, same tokenisation), followed by the answer tokens.
+Every position is a real token (`slot == TEXT`), the `<SEP>` embedding (`slot == SEP`) or
+memory row `slot >= 0` of the example's own memory blocks. Loss is on the answer tokens only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from clara.generate import _MEM, _SEP, SYSTEM_PROMPT, _encode, _messages, _render
+from clara.model import ClaraModel
+
+TEXT, SEP = -1, -2
+
+PARAPHRASE_SYSTEM = "Paraphrase the background information."
+PARAPHRASE_USER = "Background: {docs} means the same as"
+QA_PRETRAIN_SYSTEM = (
+    "Given a document, ask single questions that cover all its key information "
+    "and answer them one after the other."
+)
+
+
+@dataclass
+class GenExample:
+    """One generator input: `tokens[:n_prompt]` is the prompt, the rest the answer."""
+
+    tokens: list[int]
+    slots: list[int]  # TEXT, SEP, or the memory row (block * n_mem + j) per position
+    n_prompt: int
+    n_blocks: int
+
+    @property
+    def n_answer(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+
+def background(n_blocks: int) -> str:
+    """The marker string `memory_prompt` uses for `n_blocks` memory blocks."""
+    return _SEP.join([_MEM] * n_blocks)
+
+
+def answer_messages(question: str, n_blocks: int) -> list[dict]:
+    """The inference prompt of stages 2-3 (system, `Background: ... Question: ...`)."""
+    if n_blocks == 0:
+        return _messages(question, None, None, None)
+    return _messages(question, background(n_blocks), None, None)
+
+
+def paraphrase_messages() -> list[dict]:
+    """Stage-1 paraphrase prompt: `Background: {mem} means the same as` -> the document."""
+    return [
+        {"role": "system", "content": PARAPHRASE_SYSTEM},
+        {"role": "user", "content": PARAPHRASE_USER.format(docs=background(1))},
+    ]
+
+
+def qa_pretrain_messages() -> list[dict]:
+    """Stage-1 QA prompt (the reference's): the answer lists `Question: q\\nAnswer: a` lines."""
+    return [
+        {"role": "system", "content": QA_PRETRAIN_SYSTEM},
+        {"role": "user", "content": f"Background:\n{background(1)}"},
+    ]
+
+
+def qa_pretrain_target(questions: Sequence[str], answers: Sequence[str]) -> str:
+    return "\n".join(f"Question: {q}\nAnswer: {a}" for q, a in zip(questions, answers))
+
+
+def _answer_text(tokenizer, messages: list[dict], prompt: str, answer: str) -> str:
+    """What the chat template puts after the generation prompt for `answer` (end marker incl.)."""
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": answer}],
+            tokenize=False,
+            add_generation_prompt=False,
+        )
+        if full.startswith(prompt):
+            return full[len(prompt) :]
+    return answer
+
+
+def _answer_ids(tokenizer, text: str) -> list[int]:
+    """Answer token ids, ending with exactly one end-of-sequence token (what stops generation)."""
+    ids = _encode(tokenizer, text)
+    eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[: i + 1]
+    return ids + [tokenizer.eos_token_id]
+
+
+def generator_example(
+    cm: ClaraModel, messages: list[dict], answer: str | None, n_blocks: int
+) -> GenExample:
+    """Tokenise `messages` (memory markers included) like `memory_prompt`, then `answer`."""
+    tok = cm.tokenizer
+    rendered = _render(tok, messages)
+    tokens: list[int] = []
+    slots: list[int] = []
+    block, text = 0, ""
+    for ch in rendered + _MEM:  # the sentinel flushes the tail, as in memory_prompt
+        if ch not in (_MEM, _SEP):
+            text += ch
+            continue
+        ids = _encode(tok, text)
+        text = ""
+        tokens += ids
+        slots += [TEXT] * len(ids)
+        if ch == _SEP:
+            tokens.append(0)
+            slots.append(SEP)
+        elif block < n_blocks:
+            tokens += [0] * cm.n_mem
+            slots += [block * cm.n_mem + j for j in range(cm.n_mem)]
+            block += 1
+    n_prompt = len(tokens)
+    if answer is not None:
+        ids = _answer_ids(tok, _answer_text(tok, messages, rendered, answer))
+        tokens += ids
+        slots += [TEXT] * len(ids)
+    return GenExample(tokens, slots, n_prompt, n_blocks)
+
+
+@dataclass
+class GenBatch:
+    """Right-padded generator inputs and the answer positions the loss reads."""
+
+    tokens: mx.array  # (B, L) int32, padding 0
+    slots: mx.array  # (B, L) int32: -1 text, -2 <SEP>, else row of the flat (B*K*n_mem) memory
+    loss_pos: mx.array  # (B, A) int32: positions whose logits predict the answer tokens
+    targets: mx.array  # (B, A) int32
+    loss_mask: mx.array  # (B, A) float32: 1 on real answer tokens
+    n_tokens: int  # answer tokens in the batch
+    blocks: int  # K: memory blocks per example the flat memory is laid out for
+
+
+def collate_generator(examples: Sequence[GenExample], n_mem: int, blocks: int) -> GenBatch:
+    """Pad examples to one batch; memory slots are offset to `b * blocks * n_mem + slot`."""
+    B = len(examples)
+    L = max(len(e.tokens) for e in examples)
+    A = max(max(e.n_answer for e in examples), 1)
+    tokens = np.zeros((B, L), np.int32)
+    slots = np.full((B, L), TEXT, np.int32)
+    loss_pos = np.zeros((B, A), np.int32)
+    targets = np.zeros((B, A), np.int32)
+    mask = np.zeros((B, A), np.float32)
+    for b, e in enumerate(examples):
+        n = len(e.tokens)
+        tokens[b, :n] = e.tokens
+        s = np.asarray(e.slots, np.int32)
+        slots[b, :n] = np.where(s >= 0, s + b * blocks * n_mem, s)
+        a = e.n_answer
+        loss_pos[b, :a] = np.arange(e.n_prompt - 1, n - 1)
+        targets[b, :a] = e.tokens[e.n_prompt :]
+        mask[b, :a] = 1.0
+    return GenBatch(
+        mx.array(tokens),
+        mx.array(slots),
+        mx.array(loss_pos),
+        mx.array(targets),
+        mx.array(mask),
+        int(mask.sum()),
+        blocks,
+    )
+
+
+def generator_embeddings(cm: ClaraModel, batch: GenBatch, memory: mx.array | None) -> mx.array:
+    """Input embeddings `(B, L, d)`: token rows, `<SEP>`, and memory rows (differentiable).
+
+    `memory` is `(B, K, n_mem, d)` with `K == batch.blocks` (or None when no example has any).
+    """
+    emb = cm.embed(batch.tokens)  # (B, L, d)
+    B, L, d = emb.shape
+    if memory is not None:
+        flat = memory.reshape(-1, d).astype(emb.dtype)  # (B*K*n_mem, d)
+        rows = mx.take(flat, mx.maximum(batch.slots, 0).reshape(-1), axis=0).reshape(B, L, d)
+        emb = mx.where((batch.slots >= 0)[..., None], rows, emb)
+    sep = cm.sep_embedding.astype(emb.dtype)[None]  # (1, 1, d)
+    return mx.where((batch.slots == SEP)[..., None], sep, emb)
+
+
+# Model types whose logits are `head(norm(h))` (times `logits_scaling` where the config has it).
+_HEAD_TYPES = {"llama", "mistral", "qwen2", "hyperclovax"}
+
+
+def _head(lm, h: mx.array) -> mx.array:
+    if getattr(lm.args, "tie_word_embeddings", False):
+        out = lm.model.embed_tokens.as_linear(h)
+    else:
+        out = lm.lm_head(h)
+    scale = getattr(lm.args, "logits_scaling", None)
+    return out if scale is None else out * scale
+
+
+def answer_logits(cm: ClaraModel, emb: mx.array, loss_pos: mx.array) -> mx.array:
+    """Logits `(B, A, V)` at `loss_pos` for input embeddings `emb` (the active adapter's)."""
+    lm = cm.lm
+    if getattr(lm, "model_type", None) in _HEAD_TYPES or lm.args.model_type in _HEAD_TYPES:
+        h = lm.model(None, None, emb)  # (B, L, d) post-norm
+        h = mx.take_along_axis(h, loss_pos[..., None], axis=1)  # (B, A, d)
+        return _head(lm, h)
+    logits = lm(None, input_embeddings=emb)  # (B, L, V): any other architecture
+    return mx.take_along_axis(logits, loss_pos[..., None], axis=1)
+
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "GenBatch",
+    "GenExample",
+    "answer_logits",
+    "answer_messages",
+    "collate_generator",
+    "generator_embeddings",
+    "generator_example",
+    "paraphrase_messages",
+    "qa_pretrain_messages",
+    "qa_pretrain_target",
+]
