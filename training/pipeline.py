@@ -1,0 +1,96 @@
+"""One call that trains a stage: load the model (fresh, from the previous stage, or to resume),
+prepare the stage, run the loop, return the final checkpoint. Used by `clara-train` and tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlx.core as mx
+
+from clara.checkpoint import load_clara, read_checkpoint_config
+from clara.errors import ClaraError
+from clara.loader import DEFAULT_MODEL, BaseModel, load_base
+from clara.model import ClaraConfig, ClaraModel
+from training.stages import StageConfig, make_stage, set_trainable
+from training.trainer import TrainConfig, Trainer, base_of, checkpoints, enable_grad_checkpoint
+
+
+def load_for_training(
+    model: str | os.PathLike | BaseModel = DEFAULT_MODEL,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    dtype: str | None = "auto",
+    config: ClaraConfig | None = None,
+) -> ClaraModel:
+    """`load_clara`, except that a full fine-tuning checkpoint brings its own base weights."""
+    base = base_of(checkpoint)
+    if base is not None:
+        model = base
+    return load_clara(model, checkpoint, dtype=dtype, config=config)
+
+
+def _is_quantized(cm: ClaraModel) -> bool:
+    return "quantization" in cm.info.config and cm.info.extras.get("dtype") in (None, "stored")
+
+
+def train(
+    records: Sequence,
+    config: TrainConfig,
+    *,
+    model: str | os.PathLike | BaseModel = DEFAULT_MODEL,
+    init_from: str | os.PathLike | None = None,
+    clara_config: ClaraConfig | None = None,
+    stage_config: StageConfig | None = None,
+    resume: bool = False,
+    dtype: str | None = "auto",
+    group: mx.distributed.Group | None = None,
+) -> Path:
+    """Train `config.stage` on `records`; returns the final checkpoint directory."""
+    if group is None:
+        group = mx.distributed.init()
+    resume_from = None
+    if resume:
+        found = checkpoints(config.out)
+        if not found:
+            raise ClaraError(
+                f"--resume: no checkpoint in {config.out} to resume from; run without --resume"
+            )
+        resume_from = found[-1]
+        done = read_checkpoint_config(resume_from).get("training", {})
+        if resume_from.name == "final" and done.get("step") == done.get("total_steps"):
+            print(f"{resume_from} is already complete", file=sys.stderr)
+            return resume_from
+    source = resume_from or init_from
+    if isinstance(model, BaseModel) and base_of(source) is not None:
+        model = load_base(base_of(source), dtype=dtype)
+    cm = load_for_training(model, source, dtype=dtype, config=clara_config)
+
+    stage = make_stage(config.stage, cm, stage_config)
+    if config.full and not stage.allows_full:
+        raise ClaraError(
+            f"--full is not available for the {config.stage} stage: the base weights are the "
+            "frozen compressor's too; it trains the query and generator adapters"
+        )
+    if not config.full and not stage.allows_lora:
+        raise ClaraError(f"the {config.stage} stage trains base weights: add --full")
+    if config.full and _is_quantized(cm):
+        raise ClaraError("--full needs float weights: load the model with --dtype float32")
+    examples = stage.build(records)
+    if resume_from is None:
+        stage.initialize(cm, config.seed)
+    set_trainable(cm, stage.adapters, stage.memory_tokens, config.full)
+    if config.grad_checkpoint:
+        enable_grad_checkpoint(cm)
+    from clara_cli.common import progress
+
+    lead = group.rank() == 0
+    stage.prepare(
+        examples,
+        progress=lambda it, n: progress(it, n, "compress docs", quiet=config.quiet or not lead),
+    )
+    trainer = Trainer(cm, stage, examples, config, group)
+    return trainer.run(resume_from)
