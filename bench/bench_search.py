@@ -1,0 +1,248 @@
+"""Index benchmark: search latency and ANN recall at 10k / 100k / 1M vectors, add throughput,
+disk and RAM per 1k chunks.
+
+Part 1 (FAISS, as the store builds it: `VectorIndex.build`) on synthetic CLUSTERED vectors
+(points = centre + noise, 100 points per centre; queries drawn the same way). Exact search is
+IndexFlatIP; recall@10 of IVF / HNSW is measured against it on the same queries. One i.i.d.
+Gaussian row shows the unstructured worst case.
+
+Dimensions: the default model stores n_mem*d = 16*576 = 9216 dims per chunk. That is used up
+to 100k vectors (a flat float32 index of 100k is 3.7 GB). At 1M it would be 37 GB of float32
+index plus 18 GB of float16 memory file, more than this 24 GiB machine, so 1M uses 1152 dims:
+the same base model at compression rate 128 (n_mem=2, d=576), a real supported config.
+
+Part 2 (the whole `Collection`) at the default shape (16 x 576): documents of 20 chunks added
+one commit each (fsync'd memory rows + SQLite + FAISS save), end-to-end search latency (FAISS +
+SQLite join), disk bytes per file and reader RAM per 1k chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import clara  # noqa: F401  preloads OpenBLAS before anything else
+import faiss
+import numpy as np
+
+from bench._common import append_report, markdown_table
+from indexing import vectors
+from indexing.store import ChunkRecord, Collection
+from indexing.vectors import VectorIndex, flatten_normalize
+
+SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+DIMS = {"10k": 9216, "100k": 9216, "1m": 1152}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def synthetic(n: int, dim: int, seed: int, clustered: bool, centres: np.ndarray | None = None):
+    """(n, dim) float16 (like the memory file): centre + N(0,1) noise, or plain N(0,1)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), np.float16)
+    for start in range(0, n, 8192):
+        m = min(8192, n - start)
+        x = rng.standard_normal((m, dim), dtype=np.float32)
+        if clustered:
+            x += centres[rng.integers(0, len(centres), m)]
+        out[start : start + m] = x
+    return out
+
+
+def latency_ms(
+    index: VectorIndex, queries: np.ndarray, budget_s: float
+) -> tuple[float, float, int]:
+    """Single-query search times (k=10): p50, p99, number of queries timed."""
+    index.search(queries[:1], 10)  # warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None], 10)
+        times.append(time.perf_counter() - t)
+        if len(times) >= 10 and time.perf_counter() - start > budget_s:
+            break
+    arr = np.array(times) * 1000
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), len(arr)
+
+
+def bench_size(label: str, n: int, dim: int, kinds: list[str], args, clustered=True) -> list[list]:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((max(1, n // 100), dim), dtype=np.float32) if clustered else None
+    t = time.perf_counter()
+    data = synthetic(n, dim, 1, clustered, centres)
+    queries = flatten_normalize(synthetic(args.queries, dim, 2, clustered, centres))
+    print(f"[{label}] generated {n} x {dim} in {time.perf_counter() - t:.1f}s", flush=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+
+    def fetch(pos: np.ndarray) -> np.ndarray:
+        return flatten_normalize(data[pos])
+
+    rows, truth = [], None
+    for kind in kinds:
+        before = rss_bytes()
+        t = time.perf_counter()
+        index = VectorIndex.build(kind, dim, ids, fetch)
+        build_s = time.perf_counter() - t
+        ram = rss_bytes() - before
+        _, found = index.search(queries, 10)  # batched: (Q, 10)
+        if kind == "flat":
+            truth = found
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+        p50, p99, n_lat = latency_ms(index, queries, args.latency_budget)
+        params = {
+            "flat": "exact",
+            "ivf": f"nlist {getattr(index.inner, 'nlist', 0)}, nprobe "
+            f"{getattr(index.inner, 'nprobe', 0)}",
+            "hnsw": f"M {vectors.HNSW_M}, efC {vectors.HNSW_EF_CONSTRUCTION}, "
+            f"efS {vectors.HNSW_EF_SEARCH}",
+        }[kind]
+        data_kind = "clustered" if clustered else "iid gaussian"
+        rows.append(
+            [f"{n:,}", dim, data_kind, kind, params, f"{build_s:.1f}", f"{n / build_s:,.0f}"]
+            + [f"{p50:.2f}", f"{p99:.2f}", n_lat, f"{recall:.3f}", f"{ram / 2**20:,.0f}"]
+        )
+        print(f"[{label}] {rows[-1]}", flush=True)
+        del index
+    return rows
+
+
+def bench_store(n_chunks: int, chunk_len: int, root: Path) -> tuple[str, str]:
+    """The whole Collection at the default model's shape."""
+    n_mem, d, per_doc = 16, 576, 20
+    manifest = {"fingerprint": "bench", "n_mem": n_mem, "hidden_size": d}
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((max(1, n_chunks // 100), n_mem * d), dtype=np.float32)
+    data = synthetic(n_chunks, n_mem * d, 1, True, centres).reshape(-1, n_mem, d)
+    text = ("lorem ipsum dolor sit amet " * (chunk_len // 27 + 1))[:chunk_len]
+    col = Collection.open(root, "bench", manifest=manifest, create=True, index_type="flat")
+    commit_times = []
+    t0 = time.perf_counter()
+    for start in range(0, n_chunks, per_doc):
+        part = data[start : start + per_doc]
+        chunks = [ChunkRecord(text, 1, 1, 256) for _ in part]
+        t = time.perf_counter()
+        col.add_document(None, f"doc{start}", f"sha{start}", chunks, part)
+        commit_times.append(time.perf_counter() - t)
+    add_s = time.perf_counter() - t0
+    col.close()
+    files = Collection.open(root, "bench", readonly=True).stats()["files"]
+    before = rss_bytes()
+    reader = Collection.open(root, "bench", readonly=True)
+    queries = synthetic(200, n_mem * d, 2, True, centres).reshape(-1, n_mem, d)
+    reader.search(queries[0], k=5)
+    lat = []
+    for q in queries:
+        t = time.perf_counter()
+        reader.search(q, k=5)
+        lat.append((time.perf_counter() - t) * 1000)
+    reader_ram = rss_bytes() - before
+    per_k = 1000 / n_chunks
+
+    def group(prefix: str) -> int:
+        return sum(v for k, v in files.items() if k.startswith(prefix))
+
+    rows = [
+        [
+            "add throughput",
+            f"{n_chunks / add_s:,.0f} chunks/s ({len(commit_times)} commits of "
+            f"{per_doc} chunks, median commit {np.median(commit_times) * 1000:.0f} ms)",
+        ],
+        [
+            "search p50 / p99 (k=5, FAISS + SQLite)",
+            f"{np.percentile(lat, 50):.2f} / {np.percentile(lat, 99):.2f} ms",
+        ],
+        ["disk: memory file (float16)", f"{group('memory-') * per_k / 2**20:.1f} MiB / 1k chunks"],
+        [
+            "disk: FAISS file (float32 flat)",
+            f"{group('faiss-') * per_k / 2**20:.1f} MiB / 1k chunks",
+        ],
+        [
+            f"disk: meta.sqlite (+WAL), {chunk_len} chars/chunk",
+            f"{group('meta.sqlite') * per_k / 2**20:.2f} MiB / 1k chunks",
+        ],
+        ["disk: total", f"{sum(files.values()) * per_k / 2**20:.1f} MiB / 1k chunks"],
+        [
+            "RAM: reader (RSS after open + search)",
+            f"{reader_ram * per_k / 2**20:.1f} MiB / 1k chunks",
+        ],
+    ]
+    reader.close()
+    title = f"{n_chunks:,} chunks, 16 x 576 = 9216 dims (default model), index_type flat"
+    return title, markdown_table(["Collection", "value"], rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", default="10k,100k,1m", help="comma list of 10k, 100k, 1m")
+    p.add_argument("--dims", default="", help="override dims, e.g. '1m=512,100k=4608'")
+    p.add_argument("--types", default="flat,ivf,hnsw", help="index kinds to compare")
+    p.add_argument(
+        "--hnsw-max",
+        type=int,
+        default=10_000,
+        help="build HNSW only up to this many vectors (slow to build at 9216 dims)",
+    )
+    p.add_argument("--queries", type=int, default=200, help="queries for recall")
+    p.add_argument(
+        "--latency-budget",
+        type=float,
+        default=10.0,
+        help="seconds per index for single-query timing (at least 10 queries)",
+    )
+    p.add_argument("--no-iid", action="store_true", help="skip the 10k i.i.d. Gaussian rows")
+    p.add_argument("--store-chunks", type=int, default=2000, help="Collection part; 0 skips")
+    p.add_argument("--chunk-chars", type=int, default=1000)
+    p.add_argument("--tmp", default=None, help="folder for the Collection part (on real disk)")
+    p.add_argument("--no-append", action="store_true", help="print only, leave BENCHMARKS.md")
+    args = p.parse_args(argv)
+    dims = dict(DIMS)
+    for item in filter(None, args.dims.split(",")):
+        key, value = item.split("=")
+        dims[key] = int(value)
+    kinds = [k for k in args.types.split(",") if k]
+    if "flat" not in kinds:
+        kinds.insert(0, "flat")  # recall needs the exact answer
+
+    t0 = time.perf_counter()
+    rows = []
+    for label in [s for s in args.sizes.split(",") if s]:
+        n = SIZES[label]
+        use = [k for k in kinds if k != "hnsw" or n <= args.hnsw_max]
+        rows += bench_size(label, n, dims[label], use, args)
+        if label == "10k" and not args.no_iid:
+            rows += bench_size("10k-iid", n, dims[label], use, args, clustered=False)
+    headers = ["vectors", "dims", "data", "index", "params", "build s", "build vec/s"]
+    headers += ["p50 ms", "p99 ms", "timed q", "recall@10", "index RAM MiB"]
+    body = "Single-query search (k=10), FAISS as built by the store:\n\n" + markdown_table(
+        headers, rows
+    )
+    if args.store_chunks:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            title, table = bench_store(args.store_chunks, args.chunk_chars, Path(tmp))
+        body += f"\n\nWhole collection, {title}:\n\n{table}"
+    notes = (
+        f"faiss {faiss.__version__}, numpy {np.__version__}, {faiss.omp_get_max_threads()} "
+        f"OpenMP threads; total bench time {time.perf_counter() - t0:.0f}s. Dims: 9216 = "
+        "n_mem 16 x d 576 (default model, 16x); 1M uses 1152 = 2 x 576 (same model at 128x) "
+        "because 1M x 9216 float32 is 37 GB. Clustered data: 100 points per centre, noise "
+        "as large as the centre spread; queries are fresh points from the same centres. "
+        "'index RAM' is the RSS growth while building. Latency is measured on a shared 2-core "
+        "machine; p99 from few samples (see 'timed q') is rough."
+    )
+    if args.no_append:
+        print(body + "\n\n" + notes)
+    else:
+        append_report("Index search and storage (bench/bench_search.py)", body, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Durability primitives for the index: fsync'd atomic writes, the writer lock, crash hooks.
+
+Crash testing: set `CLARA_CRASH_AT=<step>` and the process kills itself with SIGKILL when it
+reaches `crash_point(<step>)` (no cleanup, no atexit; like a power cut for everything not
+yet fsync'd). The steps, in the order a write goes through them:
+
+  add:before-append  add:mid-append  add:after-append  add:before-commit  add:after-commit
+  remove:before-commit  remove:after-commit
+  compact:after-write  compact:after-commit
+  faiss:after-temp  faiss:after-replace
+
+`tests/test_store.py` runs a writer subprocess at each step and checks what survives.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+from pathlib import Path
+
+from clara.errors import ClaraError
+
+CRASH_ENV = "CLARA_CRASH_AT"
+
+
+class CollectionLockedError(ClaraError):
+    """Another process holds the collection's writer lock."""
+
+
+def crash_point(step: str) -> None:
+    """Die here, uncleanly, when `CLARA_CRASH_AT` names this step (crash tests only)."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (created, renamed, deleted files) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` so that readers see either the old content or the new, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def remove_quietly(path: Path) -> bool:
+    """Delete a file if it is there; True when something was deleted."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class WriterLock:
+    """An exclusive `fcntl.flock` on `<dir>/writer.lock`, released on close or process death.
+
+    The file holds the owner's pid so a second writer can say who is in the way.
+    """
+
+    def __init__(self, directory: Path, what: str):
+        self.path = directory / "writer.lock"
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            pid = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            self._fd = None
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise CollectionLockedError(
+                    f"{what} is being written by pid {pid}; wait for it to finish "
+                    "(or stop that process) and try again"
+                ) from None
+            raise
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,117 @@
+"""Where collections live on disk, and the operations on whole collections.
+
+<root>/<collection>/
+    manifest.json       what made it (Manifest): checkpoint fingerprint, n_mem, d, ...
+    meta.sqlite         documents, chunks, state(generation, memory_file, n_rows) -- WAL
+    memory-<gen>.f16    append-only float16 rows (n_mem, d), read through np.memmap
+    faiss-<gen>.index   FAISS over flattened, L2-normalised rows; <gen> = what it reflects
+    writer.lock         flock held by the one writer process (holds its pid)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from clara.errors import ClaraError
+from clara.paths import indexes_dir
+from indexing.durable import WriterLock, fsync_dir, fsync_file
+from indexing.manifest import MANIFEST, Manifest, write_manifest
+from indexing.meta import Meta
+
+META = "meta.sqlite"
+FAISS_FILE = re.compile(r"^faiss-(\d+)\.index$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LEFTOVER = re.compile(r"^\.(.+)\.(?:creating|deleted)-(\d+)-[0-9a-f]+$")
+
+
+class CollectionError(ClaraError):
+    """A collection cannot do what was asked (read-only, damaged, ...)."""
+
+
+class CollectionNotFoundError(CollectionError):
+    pass
+
+
+def memory_file_name(generation: int) -> str:
+    return f"memory-{generation}.f16"
+
+
+def faiss_file_name(generation: int) -> str:
+    return f"faiss-{generation}.index"
+
+
+def collection_dir(root: str | Path | None, name: str) -> Path:
+    """`<root>/<name>` after checking the name; root None means `$CLARA_HOME/indexes`."""
+    if not _NAME.match(name):
+        raise ValueError(f"collection name {name!r}: use letters, digits, '.', '_' or '-'")
+    return (Path(root).expanduser() if root is not None else indexes_dir()) / name
+
+
+def list_collections(root: str | Path | None = None) -> list[str]:
+    """Names of the collections under `root` (default: `$CLARA_HOME/indexes`)."""
+    base = Path(root).expanduser() if root is not None else indexes_dir()
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if _NAME.match(p.name) and (p / MANIFEST).exists())
+
+
+def delete_collection(root: str | Path | None, name: str) -> None:
+    """Delete a collection and its files; refuses while a writer has it open."""
+    directory = collection_dir(root, name)
+    if not (directory / MANIFEST).exists():
+        raise CollectionNotFoundError(f"no collection '{name}' in {directory.parent}")
+    lock = WriterLock(directory, f"collection '{name}'")
+    try:
+        doomed = directory.with_name(f".{name}.deleted-{os.getpid()}-{secrets.token_hex(4)}")
+        os.rename(directory, doomed)  # gone from listings at once; rmtree may take a while
+        fsync_dir(directory.parent)
+    finally:
+        lock.release()
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _sweep_leftovers(root: Path, name: str) -> None:
+    """Remove hidden half-created / half-deleted folders of `name` whose process died."""
+    for p in root.glob(f".{name}.*-*-*"):
+        m = _LEFTOVER.match(p.name)
+        if m and m.group(1) == name and p.is_dir() and not _alive(int(m.group(2))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def create_collection_dir(directory: Path, manifest: Manifest) -> None:
+    """Build an empty collection in a hidden folder, then rename it into place (atomic)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(directory.parent, directory.name)
+    tmp = directory.with_name(f".{directory.name}.creating-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        write_manifest(tmp, manifest)
+        memory = memory_file_name(0)
+        Meta.create(tmp / META, memory)
+        (tmp / memory).touch()
+        for file in (META, memory):
+            fsync_file(tmp / file)
+        fsync_dir(tmp)
+        try:
+            os.rename(tmp, directory)
+        except OSError:
+            if not (directory / MANIFEST).exists():
+                raise
+            # another process created it first: use theirs
+        fsync_dir(directory.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,103 @@
+"""`manifest.json`: what made a collection, and the check that refuses a mismatched model."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from clara.errors import IndexMismatchError
+from indexing.durable import atomic_write_bytes
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: Other spellings accepted from `ClaraModel.manifest()` dicts.
+_ALIASES = {
+    "checkpoint_fingerprint": "fingerprint",
+    "d": "hidden_size",
+    "base_model_id": "base_model",
+    "base": "base_model",
+}
+
+
+@dataclass
+class Manifest:
+    """The identity of the model whose vectors a collection holds (+ how it is stored)."""
+
+    fingerprint: str  # ClaraModel.fingerprint: base weights + adapters
+    n_mem: int
+    hidden_size: int  # d
+    base_model: str = ""
+    compression_rate: int | None = None
+    checkpoint: str | None = None  # name or path of the checkpoint, for the fix-it message
+    index_type: str = "auto"  # "flat" | "hnsw" | "ivf" | "auto"
+    created: float = 0.0
+    format_version: int = FORMAT_VERSION
+    memory_dtype: str = "float16"
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept verbatim
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Build from a dict (e.g. `cm.manifest()`); unknown keys go to `extra`."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        extra = dict(data.get("extra") or {})
+        for key, value in data.items():
+            name = _ALIASES.get(key, key)
+            if name in known:
+                values.setdefault(name, value)
+            elif key != "extra":
+                extra[key] = value
+        missing = [k for k in ("fingerprint", "n_mem", "hidden_size") if values.get(k) is None]
+        if missing:
+            raise ValueError(f"an index manifest needs {', '.join(missing)}")
+        values["n_mem"], values["hidden_size"] = int(values["n_mem"]), int(values["hidden_size"])
+        return cls(**values, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(out.pop("extra"))
+        return out
+
+    @property
+    def dim(self) -> int:
+        """Flattened vector width: n_mem * d."""
+        return self.n_mem * self.hidden_size
+
+    def _describe(self) -> str:
+        base = f"base {self.base_model}, " if self.base_model else ""
+        return f"{self.fingerprint} ({base}n_mem {self.n_mem}, d {self.hidden_size})"
+
+    def check_matches(self, expected: Manifest, collection: str) -> None:
+        """Raise IndexMismatchError unless `expected` (the loaded model) built this collection."""
+        same = (self.fingerprint, self.n_mem, self.hidden_size) == (
+            expected.fingerprint,
+            expected.n_mem,
+            expected.hidden_size,
+        )
+        if not same:
+            raise IndexMismatchError(
+                f"index '{collection}' was built with checkpoint {self._describe()}, but the "
+                f"loaded model is {expected._describe()}; re-index with `clara-index rebuild`, "
+                f"or load the checkpoint {self.checkpoint or self.fingerprint} that built it"
+            )
+
+
+def read_manifest(directory: Path) -> Manifest:
+    data = json.loads((directory / MANIFEST).read_text())
+    manifest = Manifest.from_dict(data)
+    if manifest.format_version > FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"index '{directory.name}' uses format {manifest.format_version}, newer than this "
+            f"clara understands ({FORMAT_VERSION}); upgrade clara"
+        )
+    return manifest
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    if not manifest.created:
+        manifest.created = time.time()
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(directory / MANIFEST, text.encode())

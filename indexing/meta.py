@@ -1,0 +1,269 @@
+"""`meta.sqlite`: documents, chunks and the commit state. SQLite is the commit point.
+
+The `state` table holds `generation` (bumped by every commit), `memory_file` (the current
+append-only vector file), `n_rows` (rows of it that are committed) and `next_chunk_id` (chunk
+ids, which are also FAISS ids, are never reused).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE documents (
+    id TEXT PRIMARY KEY,            -- "doc-<12 hex>"
+    path TEXT,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL,
+    n_pages INTEGER,
+    created REAL NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE INDEX documents_sha256 ON documents(sha256);
+CREATE INDEX documents_path ON documents(path);
+CREATE TABLE chunks (
+    id INTEGER PRIMARY KEY,         -- = FAISS id
+    doc_id TEXT NOT NULL REFERENCES documents(id),
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    page_start INTEGER,
+    page_end INTEGER,
+    n_tokens INTEGER NOT NULL,
+    row INTEGER NOT NULL            -- row in the memory file
+);
+CREATE INDEX chunks_doc ON chunks(doc_id, ordinal);
+CREATE TABLE state (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+_SQL_VARS = 900  # stay under SQLite's bound-parameter limit
+
+
+@dataclass
+class ChunkRecord:
+    """A chunk to add: its text and where it came from."""
+
+    text: str
+    page_start: int | None = None
+    page_end: int | None = None
+    n_tokens: int = 0
+
+
+@dataclass
+class Chunk:
+    id: int
+    doc_id: str
+    ordinal: int
+    text: str
+    page_start: int | None
+    page_end: int | None
+    n_tokens: int
+
+
+@dataclass
+class Document:
+    id: str
+    path: str | None
+    name: str
+    sha256: str
+    size: int
+    mtime: float | None
+    n_pages: int | None
+    created: float
+    status: str
+    n_chunks: int = 0
+
+
+@dataclass
+class State:
+    generation: int
+    memory_file: str
+    n_rows: int
+    next_chunk_id: int
+
+
+_DOC_COLS = "d.id, d.path, d.name, d.sha256, d.size, d.mtime, d.n_pages, d.created, d.status"
+_DOC_SELECT = (
+    f"SELECT {_DOC_COLS}, (SELECT COUNT(*) FROM chunks c WHERE c.doc_id = d.id) FROM documents d"
+)
+
+
+def _batches(ids: Sequence[int]) -> Iterator[list[int]]:
+    ids = [int(i) for i in ids]
+    for start in range(0, len(ids), _SQL_VARS):
+        yield ids[start : start + _SQL_VARS]
+
+
+class Meta:
+    """One connection to `meta.sqlite` (WAL, synchronous=FULL, explicit transactions)."""
+
+    def __init__(self, path: Path, *, readonly: bool):
+        self.path = path
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread off because
+        # the owning Collection serialises access with its own lock.
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+        if readonly:
+            self.db.execute("PRAGMA query_only=ON")
+
+    @staticmethod
+    def create(path: Path, memory_file: str) -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # lets compaction give pages back
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+            state = {"generation": 0, "memory_file": memory_file, "n_rows": 0, "next_chunk_id": 1}
+            db.executemany("INSERT INTO state VALUES (?, ?)", state.items())
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (takes SQLite's write lock up front); commits or rolls back."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every SELECT inside sees the same committed state."""
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
+    # -- state ------------------------------------------------------------------------------
+    def generation(self) -> int:
+        return int(self.db.execute("SELECT value FROM state WHERE key='generation'").fetchone()[0])
+
+    def state(self) -> State:
+        values = dict(self.db.execute("SELECT key, value FROM state"))
+        return State(
+            int(values["generation"]),
+            str(values["memory_file"]),
+            int(values["n_rows"]),
+            int(values["next_chunk_id"]),
+        )
+
+    def set_state(self, **values: int | str) -> None:
+        self.db.executemany(
+            "UPDATE state SET value=? WHERE key=?", [(v, k) for k, v in values.items()]
+        )
+
+    # -- writes (inside transaction()) ------------------------------------------------------
+    def insert_document(self, doc: Document) -> None:
+        self.db.execute(
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (doc.id, doc.path, doc.name, doc.sha256, doc.size, doc.mtime, doc.n_pages)
+            + (doc.created, doc.status),
+        )
+
+    def insert_chunks(
+        self, doc_id: str, records: Sequence[ChunkRecord], ids: np.ndarray, rows: np.ndarray
+    ) -> None:
+        self.db.executemany(
+            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (int(i), doc_id, n, r.text, r.page_start, r.page_end, int(r.n_tokens), int(row))
+                for n, (r, i, row) in enumerate(zip(records, ids, rows, strict=True))
+            ],
+        )
+
+    def delete_document(self, doc_id: str) -> np.ndarray:
+        """Delete a document and its chunks; returns the deleted chunk ids."""
+        ids = self.db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc_id,)).fetchall()
+        self.db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+        self.db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
+        return np.array([i for (i,) in ids], dtype=np.int64)
+
+    def renumber(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        self.db.executemany(
+            "UPDATE chunks SET row=? WHERE id=?", zip(rows.tolist(), ids.tolist(), strict=True)
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+    def document(self, doc_id: str) -> Document | None:
+        row = self.db.execute(f"{_DOC_SELECT} WHERE d.id=?", (doc_id,)).fetchone()
+        return Document(*row) if row else None
+
+    def documents(self) -> list[Document]:
+        return [Document(*r) for r in self.db.execute(f"{_DOC_SELECT} ORDER BY d.created, d.id")]
+
+    def _newest(self, where: str, value: str) -> Document | None:
+        sql = f"{_DOC_SELECT} WHERE {where} ORDER BY d.created DESC LIMIT 1"
+        row = self.db.execute(sql, (value,)).fetchone()
+        return Document(*row) if row else None
+
+    def find_by_sha(self, sha256: str) -> Document | None:
+        return self._newest("d.sha256=?", sha256)
+
+    def find_by_path(self, path: str) -> Document | None:
+        return self._newest("d.path=?", path)
+
+    def chunks(self, ids: Sequence[int]) -> dict[int, Chunk]:
+        out: dict[int, Chunk] = {}
+        for batch in _batches(ids):
+            marks = ",".join("?" * len(batch))
+            sql = (
+                "SELECT id, doc_id, ordinal, text, page_start, page_end, n_tokens "
+                f"FROM chunks WHERE id IN ({marks})"
+            )
+            for row in self.db.execute(sql, batch):
+                out[row[0]] = Chunk(*row)
+        return out
+
+    def doc_chunk_ids(self, doc_id: str) -> list[int]:
+        sql = "SELECT id FROM chunks WHERE doc_id=? ORDER BY ordinal"
+        return [i for (i,) in self.db.execute(sql, (doc_id,))]
+
+    def hit_info(self, ids: Sequence[int]) -> dict[int, tuple]:
+        """id -> (doc_id, doc name, ordinal, page_start, page_end) for ids that still exist."""
+        out: dict[int, tuple] = {}
+        for batch in _batches(ids):
+            marks = ",".join("?" * len(batch))
+            sql = (
+                "SELECT c.id, c.doc_id, d.name, c.ordinal, c.page_start, c.page_end FROM chunks c "
+                f"JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})"
+            )
+            for row in self.db.execute(sql, batch):
+                out[row[0]] = row[1:]
+        return out
+
+    def rows_of(self, ids: Sequence[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for batch in _batches(ids):
+            marks = ",".join("?" * len(batch))
+            out.update(self.db.execute(f"SELECT id, row FROM chunks WHERE id IN ({marks})", batch))
+        return out
+
+    def live(self, by_row: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, rows) of every chunk, sorted by id (or by row)."""
+        sql = "SELECT id, row FROM chunks ORDER BY " + ("row" if by_row else "id")
+        data = self.db.execute(sql).fetchall()
+        arr = np.array(data, dtype=np.int64).reshape(-1, 2)
+        return arr[:, 0].copy(), arr[:, 1].copy()
+
+    def counts(self) -> tuple[int, int]:
+        n_docs = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        n_chunks = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        return int(n_docs), int(n_chunks)
+
+    def shrink(self) -> None:
+        """Give freed pages back to the filesystem and empty the WAL (after big deletes)."""
+        self.db.execute("PRAGMA incremental_vacuum")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,0 +1,431 @@
+"""Collections: the durable on-disk index of compressed memories (layout in `indexing.layout`).
+
+A write goes: append rows to the memory file + fsync -> ONE SQLite transaction (documents,
+chunks, generation+1) -> update FAISS in memory -> save it (temp + fsync + rename). SQLite is
+the commit point: rows past the committed `n_rows`, memory files SQLite does not name and FAISS
+files of other generations are leftovers that the next writer drops on open. A crash at any
+point therefore leaves the last committed state (crash hooks: `indexing.durable`).
+
+    col = Collection.open(root, "papers", manifest=cm.manifest(), create=True)   # writer
+    doc_id = col.add_document(path, name, sha256, chunks, memories)             # (N, n_mem, d)
+    hits = Collection.open(root, "papers", readonly=True).search(query, k=5)    # reader
+
+Only numpy, faiss and sqlite3 are used here: no mlx.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexing.durable import WriterLock, crash_point, fsync_dir, remove_quietly
+from indexing.layout import (
+    META,
+    CollectionError,
+    CollectionNotFoundError,
+    collection_dir,
+    create_collection_dir,
+    delete_collection,
+    list_collections,
+    memory_file_name,
+)
+from indexing.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from indexing.meta import Chunk, ChunkRecord, Document, Meta
+from indexing.vectors import MemoryFile, flatten_normalize, resolve_kind
+from indexing.view import IndexView
+
+__all__ = [
+    "Chunk",
+    "ChunkRecord",
+    "Collection",
+    "CollectionError",
+    "CollectionNotFoundError",
+    "Document",
+    "DocumentNotFoundError",
+    "Hit",
+    "Manifest",
+    "delete_collection",
+    "list_collections",
+]
+
+#: Compact the memory file once this share of its rows belongs to removed chunks.
+COMPACT_DEAD_SHARE = 0.25
+
+
+class DocumentNotFoundError(CollectionError, KeyError):
+    pass
+
+
+@dataclass
+class Hit:
+    """One search result; `Collection.chunks([hit.chunk_id])` gives its text."""
+
+    chunk_id: int
+    doc_id: str
+    score: float  # cosine of the flattened query and memory vectors
+    doc_name: str
+    ordinal: int  # position of the chunk in its document
+    page_start: int | None
+    page_end: int | None
+
+
+class Collection:
+    """A named, durable collection of documents, chunks and their memory vectors.
+
+    One writer process at a time (others get CollectionLockedError), any number of read-only
+    ones; a reader sees each commit whole, and picks new ones up before every search.
+    """
+
+    def __init__(self, directory: Path, manifest: Manifest, readonly: bool):
+        self.directory = directory
+        self.name = directory.name
+        self.manifest = manifest
+        self.readonly = readonly
+        self._mutex = threading.RLock()  # one operation at a time per Collection object
+        self._meta = Meta(directory / META, readonly=readonly)
+        self._view = IndexView(directory, manifest, self._meta, writer=not readonly)
+        self._lock: WriterLock | None = None
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path | None,
+        name: str,
+        manifest: dict[str, Any] | Manifest | None = None,
+        *,
+        create: bool = False,
+        readonly: bool = False,
+        index_type: str | None = None,
+    ) -> Collection:
+        """Open (with `create=True`, make if missing) collection `name` under `root`
+        (None: `$CLARA_HOME/indexes`).
+
+        `manifest` is what the loaded model records (`cm.manifest()`); a collection built by
+        another checkpoint then raises IndexMismatchError. Without one any collection is
+        accepted. `readonly=True` takes no lock and never writes. `index_type` ("flat" |
+        "hnsw" | "ivf" | "auto", default "auto") is kept in the manifest; a writer passing a
+        different one converts the index.
+        """
+        directory = collection_dir(root, name)
+        expected = Manifest.from_dict(manifest) if isinstance(manifest, dict) else manifest
+        if index_type is not None:
+            resolve_kind(index_type, 0)  # rejects unknown names early
+        if not (directory / MANIFEST).exists():
+            if not create or readonly:
+                existing = ", ".join(list_collections(root)) or "none"
+                raise CollectionNotFoundError(
+                    f"no collection '{name}' in {directory.parent} (existing: {existing}); "
+                    "index some documents into it first"
+                )
+            if expected is None:
+                raise ValueError("creating a collection needs the model's manifest")
+            fresh = Manifest.from_dict(expected.to_dict())
+            fresh.index_type = index_type or fresh.index_type
+            fresh.created = time.time()
+            create_collection_dir(directory, fresh)
+        stored = read_manifest(directory)
+        if expected is not None:
+            stored.check_matches(expected, name)
+        col = cls(directory, stored, readonly)
+        try:
+            if readonly:
+                col.refresh()
+            else:
+                col._lock = WriterLock(directory, f"collection '{name}'")
+                if index_type is not None and index_type != stored.index_type:
+                    stored.index_type = index_type
+                    write_manifest(directory, stored)
+                col._reconcile()
+        except BaseException:
+            col.close()
+            raise
+        return col
+
+    def close(self) -> None:
+        """Writer: save a lagging FAISS file and release the lock. Safe to call twice."""
+        with self._mutex:
+            try:
+                if self._lock is not None and self._view.generation >= 0:
+                    self._view.maybe_save(force=True)
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
+                self._view.close()
+                self._meta.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "reader" if self.readonly else "writer"
+        return f"Collection({self.name!r}, {mode}, generation={self._view.generation})"
+
+    def refresh(self) -> bool:
+        """Pick up commits made since the last look (one SELECT when there are none).
+        Returns True when the view changed. Runs before every search."""
+        with self._mutex:
+            return self._view.refresh()
+
+    def _reconcile(self) -> None:
+        """Writer open: drop what unfinished or superseded writes left, catch FAISS up."""
+        with self._mutex:
+            state = self._meta.state()
+            path = self.directory / state.memory_file
+            memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
+            have = path.stat().st_size if path.exists() else 0
+            if have < state.n_rows * memory.row_bytes:
+                raise CollectionError(
+                    f"{path} is shorter than its {state.n_rows} committed rows (disk damage?); "
+                    "delete the collection and index the documents again"
+                )
+            memory.truncate(state.n_rows)  # rows of an add that never committed
+            for p in self.directory.iterdir():
+                stale_memory = p.name.startswith("memory-") and p.name != state.memory_file
+                if stale_memory or (p.name.startswith(".") and p.name.endswith(".tmp")):
+                    remove_quietly(p)
+            self._view.memory = memory
+            self._view.refresh()
+            self._view.maybe_save()
+            self._view.drop_other_faiss_files()  # e.g. the old one after a crash mid-save
+
+    # -- writes ------------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self._lock is None:
+            raise CollectionError(f"collection '{self.name}' is open read-only (or closed)")
+
+    def add_document(
+        self,
+        path: str | None,
+        name: str,
+        sha256: str,
+        chunks: Sequence[ChunkRecord],
+        memories: np.ndarray,
+        *,
+        size: int | None = None,
+        mtime: float | None = None,
+        n_pages: int | None = None,
+    ) -> str:
+        """Commit a document with its chunks and their memories (N, n_mem, d) atomically.
+        `size`/`mtime` default to the file at `path`. Returns the new "doc-<12 hex>" id."""
+        return self._commit(None, path, name, sha256, chunks, memories, size, mtime, n_pages)
+
+    def replace_document(
+        self,
+        old_doc_id: str,
+        path: str | None,
+        name: str,
+        sha256: str,
+        chunks: Sequence[ChunkRecord],
+        memories: np.ndarray,
+        *,
+        size: int | None = None,
+        mtime: float | None = None,
+        n_pages: int | None = None,
+    ) -> str:
+        """Add the new version and remove `old_doc_id` in ONE commit; returns the new id."""
+        return self._commit(old_doc_id, path, name, sha256, chunks, memories, size, mtime, n_pages)
+
+    def _commit(self, old_id, path, name, sha256, chunks, memories, size, mtime, n_pages) -> str:
+        self._writable()
+        n_mem, d = self.manifest.n_mem, self.manifest.hidden_size
+        memories = np.asarray(memories)
+        if memories.shape != (len(chunks), n_mem, d):
+            raise ValueError(
+                f"memories must have shape (len(chunks)={len(chunks)}, n_mem={n_mem}, d={d}), "
+                f"got {memories.shape}"
+            )
+        mem16 = memories.astype(np.float16)  # (N, n_mem, d): exactly what the file stores
+        if not np.isfinite(mem16).all():
+            raise ValueError("memories contain NaN/inf (or values beyond float16 range)")
+        if size is None and path and os.path.isfile(path):
+            st = os.stat(path)
+            size = st.st_size
+            mtime = st.st_mtime if mtime is None else mtime
+        doc = Document(
+            id=f"doc-{secrets.token_hex(6)}",
+            path=str(path) if path is not None else None,
+            name=name,
+            sha256=sha256,
+            size=int(size or 0),
+            mtime=mtime,
+            n_pages=n_pages,
+            created=time.time(),
+            status="ready",
+        )
+        with self._mutex:
+            if old_id is not None and self._meta.document(old_id) is None:
+                raise DocumentNotFoundError(f"no document {old_id} in '{self.name}'")
+            state = self._meta.state()
+            n = len(chunks)
+            ids = np.arange(state.next_chunk_id, state.next_chunk_id + n, dtype=np.int64)
+            rows = np.arange(state.n_rows, state.n_rows + n, dtype=np.int64)
+            crash_point("add:before-append")
+            self._view.memory.append(state.n_rows, mem16)
+            crash_point("add:after-append")
+            with self._meta.transaction():
+                removed = self._meta.delete_document(old_id) if old_id else np.zeros(0, np.int64)
+                self._meta.insert_document(doc)
+                self._meta.insert_chunks(doc.id, chunks, ids, rows)
+                self._meta.set_state(
+                    generation=state.generation + 1,
+                    n_rows=state.n_rows + n,
+                    next_chunk_id=state.next_chunk_id + n,
+                )
+                crash_point("add:before-commit")
+            crash_point("add:after-commit")
+            self._after_commit(state.generation + 1, removed, ids, flatten_normalize(mem16))
+        return doc.id
+
+    def remove_document(self, doc_id: str) -> None:
+        """Remove a document with its chunks and vectors (disk space returns at compaction)."""
+        self._writable()
+        with self._mutex:
+            generation = self._meta.state().generation + 1
+            with self._meta.transaction():
+                if self._meta.document(doc_id) is None:
+                    raise DocumentNotFoundError(f"no document {doc_id} in '{self.name}'")
+                removed = self._meta.delete_document(doc_id)
+                self._meta.set_state(generation=generation)
+                crash_point("remove:before-commit")
+            crash_point("remove:after-commit")
+            self._after_commit(generation, removed, np.zeros(0, np.int64), None)
+
+    def _after_commit(self, generation: int, removed: np.ndarray, ids: np.ndarray, vecs) -> None:
+        self._view.apply(generation, removed, ids, vecs)
+        state = self._meta.state()
+        if state.n_rows - self._view.index.ntotal > COMPACT_DEAD_SHARE * state.n_rows:
+            self._compact()
+        self._view.maybe_save()
+
+    def compact(self) -> None:
+        """Rewrite the live rows into a new memory file so removed chunks free their space."""
+        self._writable()
+        with self._mutex:
+            self._compact()
+            self._view.maybe_save()
+
+    def _compact(self) -> None:
+        state = self._meta.state()
+        with self._meta.snapshot():
+            ids, rows = self._meta.live(by_row=True)
+        generation = state.generation + 1
+        old = self._view.memory
+        new = MemoryFile(
+            self.directory / memory_file_name(generation),
+            self.manifest.n_mem,
+            self.manifest.hidden_size,
+        )
+        new.copy_rows_from(old, rows)
+        fsync_dir(self.directory)
+        crash_point("compact:after-write")
+        with self._meta.transaction():
+            self._meta.renumber(ids, np.arange(len(ids), dtype=np.int64))
+            self._meta.set_state(generation=generation, memory_file=new.path.name, n_rows=len(ids))
+        crash_point("compact:after-commit")
+        self._view.memory = new
+        self._view.generation = generation  # same ids, same vectors: the index is still exact
+        old.close()
+        remove_quietly(old.path)
+        fsync_dir(self.directory)
+        self._meta.shrink()
+
+    def rebuild(self) -> None:
+        """Rebuild FAISS from the memory file and save it."""
+        self._writable()
+        with self._mutex:
+            self._view.refresh(rebuild=True)
+            self._view.maybe_save(force=True)
+
+    # -- reads -------------------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int = 5) -> list[list[Hit]]:
+        """query (Q, n_mem, d) or (n_mem, d) -> for each query up to k hits, best first."""
+        q = np.asarray(query)
+        q = q[None] if q.ndim == 2 else q
+        shape = (self.manifest.n_mem, self.manifest.hidden_size)
+        if q.ndim != 3 or q.shape[1:] != shape:
+            raise ValueError(f"query must be (Q, {shape[0]}, {shape[1]}) or {shape}, got {q.shape}")
+        with self._mutex:
+            self._view.refresh()
+            index = self._view.index
+            if index is None or index.ntotal == 0:
+                return [[] for _ in range(len(q))]
+            scores, ids = index.search(flatten_normalize(q), k)  # (Q, k) each
+            info = self._meta.hit_info(np.unique(ids[ids >= 0]).tolist())
+        # an id missing from `info` was removed after the refresh: never return it
+        return [
+            [Hit(i, info[i][0], float(s), *info[i][1:]) for s, i in zip(srow, irow) if i in info]
+            for srow, irow in zip(scores, ids.tolist())
+        ]
+
+    def memories(self, chunk_ids: Sequence[int]) -> np.ndarray:
+        """Stored memory vectors of these chunks: (k, n_mem, d) float32, in the order asked."""
+        with self._mutex:
+            return self._view.read([int(i) for i in chunk_ids]).astype(np.float32)
+
+    def chunks(self, chunk_ids: Sequence[int]) -> list[Chunk]:
+        """Chunk text and metadata in the order asked; ids that no longer exist are skipped."""
+        with self._mutex:
+            found = self._meta.chunks(chunk_ids)
+        return [found[int(i)] for i in chunk_ids if int(i) in found]
+
+    def document_chunks(self, doc_id: str) -> list[Chunk]:
+        with self._mutex:
+            return self.chunks(self._meta.doc_chunk_ids(doc_id))
+
+    def document(self, doc_id: str) -> Document | None:
+        with self._mutex:
+            return self._meta.document(doc_id)
+
+    def list_documents(self) -> list[Document]:
+        with self._mutex:
+            return self._meta.documents()
+
+    def find_by_sha(self, sha256: str) -> Document | None:
+        """The newest document with this content hash (same hash: nothing to re-index)."""
+        with self._mutex:
+            return self._meta.find_by_sha(sha256)
+
+    def find_by_path(self, path: str | Path) -> Document | None:
+        """The newest document indexed from `path` (hash changed: `replace_document`)."""
+        with self._mutex:
+            return self._meta.find_by_path(str(path))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, generation, index type and bytes on disk per file."""
+        with self._mutex:
+            with self._meta.snapshot():
+                state = self._meta.state()
+                n_docs, n_chunks = self._meta.counts()
+            files = {
+                p.name: p.stat().st_size
+                for p in sorted(self.directory.iterdir())
+                if p.is_file() and not p.name.startswith(".")
+            }
+            index = self._view.index
+            return {
+                "name": self.name,
+                "documents": n_docs,
+                "chunks": n_chunks,
+                "generation": state.generation,
+                "memory_rows": state.n_rows,
+                "dead_rows": state.n_rows - n_chunks,
+                "index_type": self.manifest.index_type,
+                "index_kind": index.kind if index else None,
+                "indexed_vectors": index.ntotal if index else 0,
+                "dim": self.manifest.dim,
+                "fingerprint": self.manifest.fingerprint,
+                "files": files,
+                "bytes_on_disk": sum(files.values()),
+            }

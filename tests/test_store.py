@@ -1,0 +1,473 @@
+"""The on-disk index: add/search/remove/replace, durability under kill -9, readers, ANN recall.
+
+Everything uses random vectors with a tiny shape (n_mem=4, d=8: 32 flat dims); no model.
+Crash tests run a writer in a subprocess with CLARA_CRASH_AT=<step> (see indexing/durable.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clara.errors import IndexMismatchError
+from indexing import vectors, view
+from indexing.durable import CollectionLockedError
+from indexing.store import (
+    ChunkRecord,
+    Collection,
+    CollectionError,
+    CollectionNotFoundError,
+    DocumentNotFoundError,
+    delete_collection,
+    list_collections,
+)
+
+N_MEM, D = 4, 8
+REPO = Path(__file__).resolve().parents[1]
+# the keys ClaraModel.manifest() produces
+MANIFEST = {
+    "checkpoint_fingerprint": "fp-aaaa",
+    "base_model": "tiny",
+    "base_fingerprint": "base-1",
+    "compression_rate": 16,
+    "doc_max_tokens": 64,
+    "n_mem": N_MEM,
+    "hidden_size": D,
+}
+
+
+def doc_vectors(seed: int, n: int = 3) -> np.ndarray:
+    """Deterministic memories for document `d<seed>`: (n, n_mem, d) float32."""
+    return np.random.default_rng(seed).standard_normal((n, N_MEM, D)).astype(np.float32)
+
+
+def cosine(q: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """Hand-written reference: cosine of flattened vectors, (Q, N)."""
+    qf, df = (
+        q.reshape(len(q), -1).astype(np.float64),
+        docs.reshape(len(docs), -1).astype(np.float64),
+    )
+    qf /= np.linalg.norm(qf, axis=1, keepdims=True)
+    df /= np.linalg.norm(df, axis=1, keepdims=True)
+    return qf @ df.T
+
+
+def add(col: Collection, seed: int, n: int = 3) -> str:
+    chunks = [ChunkRecord(f"d{seed} chunk {i}", i + 1, i + 1, 20 + i) for i in range(n)]
+    return col.add_document(
+        f"/docs/d{seed}.txt", f"d{seed}", f"sha-{seed}", chunks, doc_vectors(seed, n)
+    )
+
+
+@pytest.fixture
+def col(tmp_path: Path):
+    c = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    yield c
+    c.close()
+
+
+def test_search_scores_are_cosine_of_flattened_vectors(col: Collection):
+    for seed in range(6):
+        add(col, seed)
+    stored = np.concatenate([doc_vectors(s).astype(np.float16) for s in range(6)])  # (18, 4, 8)
+    q = np.random.default_rng(99).standard_normal((2, N_MEM, D)).astype(np.float32)
+    hits = col.search(q, k=5)
+    expected = cosine(q, stored)
+    for qi in range(2):
+        order = np.argsort(-expected[qi])[:5]
+        assert [h.chunk_id for h in hits[qi]] == [int(i) + 1 for i in order]  # ids start at 1
+        np.testing.assert_allclose([h.score for h in hits[qi]], expected[qi, order], atol=1e-5)
+    # a (n_mem, d) query is one query; a stored chunk finds itself with cosine 1
+    top = col.search(doc_vectors(3)[1], k=1)[0][0]
+    assert (top.doc_name, top.ordinal, top.page_start) == ("d3", 1, 2)
+    assert top.score == pytest.approx(1.0, abs=1e-5)
+    assert col.chunks([top.chunk_id])[0].text == "d3 chunk 1"
+    with pytest.raises(ValueError, match="query must be"):
+        col.search(np.zeros((2, D, N_MEM)))
+
+
+def test_memories_round_trip_in_order(col: Collection):
+    a, b = add(col, 1), add(col, 2)
+    ids_b = [c.id for c in col.document_chunks(b)]
+    ids_a = [c.id for c in col.document_chunks(a)]
+    got = col.memories([ids_b[2], ids_a[0]])
+    assert got.dtype == np.float32 and got.shape == (2, N_MEM, D)
+    np.testing.assert_allclose(got[0], doc_vectors(2)[2], atol=2e-3)
+    np.testing.assert_allclose(got[1], doc_vectors(1)[0], atol=2e-3)
+    with pytest.raises(KeyError):
+        col.memories([12345])
+
+
+def test_add_rejects_bad_memories(col: Collection):
+    chunks = [ChunkRecord("x")]
+    with pytest.raises(ValueError, match="shape"):
+        col.add_document(None, "x", "s", chunks, np.zeros((2, N_MEM, D)))
+    with pytest.raises(ValueError, match="NaN"):
+        col.add_document(None, "x", "s", chunks, np.full((1, N_MEM, D), np.nan))
+    assert col.stats()["generation"] == 0
+
+
+def test_removed_documents_are_never_returned_and_disk_shrinks(col: Collection):
+    ids = [add(col, s, n=4) for s in range(4)]
+    before = col.stats()
+    col.remove_document(ids[0])
+    col.remove_document(ids[1])  # 8 of 16 rows dead > 25%: compacts
+    after = col.stats()
+    assert (after["documents"], after["chunks"], after["dead_rows"]) == (2, 8, 0)
+    mem = lambda s: sum(v for k, v in s["files"].items() if k.startswith("memory-"))  # noqa: E731
+    assert mem(after) == mem(before) // 2 == 8 * N_MEM * D * 2
+    faiss_bytes = lambda s: sum(v for k, v in s["files"].items() if k.startswith("faiss-"))  # noqa: E731
+    assert faiss_bytes(after) < faiss_bytes(before)
+    for seed in (0, 1):
+        hits = col.search(doc_vectors(seed, 4), k=16)
+        assert all(h.doc_id not in ids[:2] for row in hits for h in row)
+        assert len(hits[0]) == 8
+    assert col.document(ids[0]) is None and col.document_chunks(ids[0]) == []
+    # the survivors' vectors moved to new rows and are still right
+    for seed, doc in ((2, ids[2]), (3, ids[3])):
+        chunk_ids = [c.id for c in col.document_chunks(doc)]
+        np.testing.assert_allclose(col.memories(chunk_ids), doc_vectors(seed, 4), atol=2e-3)
+    with pytest.raises(DocumentNotFoundError):
+        col.remove_document(ids[0])
+
+
+def test_small_removal_waits_for_compact(col: Collection):
+    ids = [add(col, s) for s in range(10)]
+    col.remove_document(ids[4])  # 3 of 30 rows dead: below the 25% threshold
+    stats = col.stats()
+    assert stats["dead_rows"] == 3
+    q = doc_vectors(7)
+    before = [[(h.chunk_id, round(h.score, 5)) for h in row] for row in col.search(q, k=4)]
+    col.compact()
+    stats2 = col.stats()
+    assert stats2["dead_rows"] == 0 and stats2["generation"] == stats["generation"] + 1
+    assert stats2["bytes_on_disk"] < stats["bytes_on_disk"]
+    after = [[(h.chunk_id, round(h.score, 5)) for h in row] for row in col.search(q, k=4)]
+    assert after == before
+
+
+def test_replace_and_find_for_incremental_indexing(col: Collection):
+    old = add(col, 1)
+    for seed in range(10, 14):
+        add(col, seed)  # so that replacing d1 leaves too few dead rows to compact
+    assert col.find_by_sha("sha-1").id == old
+    assert col.find_by_path("/docs/d1.txt").id == old
+    assert col.find_by_sha("nope") is None
+    generation = col.stats()["generation"]
+    chunks = [ChunkRecord("new text", 1, 1, 5)]
+    new = col.replace_document(old, "/docs/d1.txt", "d1", "sha-1b", chunks, doc_vectors(50, 1))
+    assert col.stats()["generation"] == generation + 1  # one commit
+    assert [d.name for d in col.list_documents()] == ["d10", "d11", "d12", "d13", "d1"]
+    assert col.find_by_path("/docs/d1.txt").sha256 == "sha-1b"
+    assert col.search(doc_vectors(50)[0], k=1)[0][0].doc_id == new
+    assert old not in {h.doc_id for h in col.search(doc_vectors(1), k=16)[0]}
+    with pytest.raises(DocumentNotFoundError):
+        col.replace_document(old, None, "x", "s", chunks, doc_vectors(51, 1))
+
+
+def test_reopen_gives_same_results(tmp_path: Path):
+    col = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    for s in range(5):
+        add(col, s)
+    col.remove_document(col.find_by_sha("sha-2").id)
+    q = np.random.default_rng(5).standard_normal((3, N_MEM, D))
+    before = col.search(q, k=6)
+    col.close()
+    again = Collection.open(tmp_path, "main", manifest=MANIFEST)
+    assert again.search(q, k=6) == before
+    assert len(again.list_documents()) == 4
+    again.close()
+
+
+def test_mismatched_manifest_names_both_fingerprints(tmp_path: Path):
+    Collection.open(tmp_path, "main", manifest=MANIFEST, create=True).close()
+    other = dict(MANIFEST, checkpoint_fingerprint="fp-bbbb")
+    with pytest.raises(IndexMismatchError) as err:
+        Collection.open(tmp_path, "main", manifest=other, create=True)
+    message = str(err.value)
+    assert "fp-aaaa" in message and "fp-bbbb" in message and "clara-index rebuild" in message
+    with pytest.raises(IndexMismatchError, match="n_mem 8"):
+        Collection.open(tmp_path, "main", manifest=dict(MANIFEST, n_mem=8))
+    reader = Collection.open(tmp_path, "main", readonly=True)  # no manifest: accepted
+    assert reader.manifest.fingerprint == "fp-aaaa" and reader.manifest.compression_rate == 16
+    assert reader.manifest.extra == {"base_fingerprint": "base-1", "doc_max_tokens": 64}
+    reader.close()
+
+
+def test_flatten_normalize_matches_the_retrieval_contract():
+    import clara.retrieval
+
+    x = np.random.default_rng(0).standard_normal((5, N_MEM, D)).astype(np.float32)
+    x[2] *= 1000.0
+    np.testing.assert_allclose(
+        vectors.flatten_normalize(x), clara.retrieval.flatten_normalize(x), rtol=1e-6
+    )
+
+
+def test_missing_collection_and_read_only(tmp_path: Path):
+    with pytest.raises(CollectionNotFoundError, match="no collection 'nope'"):
+        Collection.open(tmp_path, "nope", readonly=True)
+    Collection.open(tmp_path, "main", manifest=MANIFEST, create=True).close()
+    reader = Collection.open(tmp_path, "main", readonly=True)
+    with pytest.raises(CollectionError, match="read-only"):
+        add(reader, 1)
+    reader.close()
+
+
+def test_one_writer_at_a_time(tmp_path: Path):
+    col = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    with pytest.raises(CollectionLockedError, match=f"being written by pid {os.getpid()}"):
+        Collection.open(tmp_path, "main", manifest=MANIFEST)
+    out = run_child(tmp_path, "add", "7")
+    assert out.returncode == 1 and f"being written by pid {os.getpid()}" in out.stderr
+    col.close()
+    assert run_child(tmp_path, "add", "7").returncode == 0
+
+
+def test_list_and_delete_collections(tmp_path: Path):
+    (tmp_path / ".a.creating-999999999-beef").mkdir()  # left by a creator that died
+    a = Collection.open(tmp_path, "a", manifest=MANIFEST, create=True)
+    Collection.open(tmp_path, "b", manifest=MANIFEST, create=True).close()
+    assert list_collections(tmp_path) == ["a", "b"]
+    with pytest.raises(CollectionLockedError):
+        delete_collection(tmp_path, "a")
+    a.close()
+    delete_collection(tmp_path, "a")
+    assert list_collections(tmp_path) == ["b"] and sorted(os.listdir(tmp_path)) == ["b"]
+    with pytest.raises(ValueError):
+        Collection.open(tmp_path, "../x", manifest=MANIFEST, create=True)
+
+
+# -- other processes -------------------------------------------------------------------------
+
+CHILD = r"""
+import json, sys
+import numpy as np
+from indexing.store import ChunkRecord, Collection
+root, op, *args = sys.argv[1:]
+N_MEM, D = 4, 8
+vecs = lambda seed, n=3: np.random.default_rng(seed).standard_normal((n, N_MEM, D)).astype(np.float32)
+if op == "reader":  # answer "<seed>" lines: docs of the top-3 hits for that doc's first chunk
+    col = Collection.open(root, "main", readonly=True)
+    for line in sys.stdin:
+        hits = col.search(vecs(int(line))[0], k=3)[0]
+        print(json.dumps(list(dict.fromkeys(h.doc_name for h in hits))), flush=True)
+    sys.exit(0)
+try:
+    col = Collection.open(root, "main", manifest=json.loads(args[-1]), create=True)
+except Exception as e:
+    print(e, file=sys.stderr)
+    sys.exit(1)
+if op == "add":
+    seed = int(args[0])
+    chunks = [ChunkRecord(f"d{seed} chunk {i}", i + 1, i + 1, 20 + i) for i in range(3)]
+    if col.find_by_sha(f"sha-{seed}") is None:
+        col.add_document(f"/docs/d{seed}.txt", f"d{seed}", f"sha-{seed}", chunks, vecs(seed))
+elif op == "remove":
+    col.remove_document(col.find_by_sha(f"sha-{args[0]}").id)
+elif op == "compact":
+    col.compact()
+col.close()
+"""
+
+
+def child_env(crash_at: str | None = None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("CLARA_CRASH_AT", None)
+    if crash_at:
+        env["CLARA_CRASH_AT"] = crash_at
+    return env
+
+
+def run_child(root: Path, op: str, *args: str, crash_at: str | None = None):
+    cmd = [sys.executable, "-c", CHILD, str(root), op, *args, json.dumps(MANIFEST)]
+    return subprocess.run(cmd, env=child_env(crash_at), capture_output=True, text=True, timeout=120)
+
+
+def test_reader_process_follows_writer_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # the writer saves FAISS only on close, so the reader must catch up from the memory file
+    monkeypatch.setattr(view, "SAVE_ALWAYS_BYTES", 0)
+    monkeypatch.setattr(view, "SAVE_CHANGED_SHARE", 1e9)
+    col = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    add(col, 1)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path), "reader"],
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def ask(seed: int) -> list[str]:
+        reader.stdin.write(f"{seed}\n")
+        reader.stdin.flush()
+        return json.loads(reader.stdout.readline())
+
+    try:
+        assert ask(2) == ["d1"]
+        add(col, 2)
+        assert ask(2)[0] == "d2"
+        col.remove_document(col.find_by_sha("sha-1").id)  # compacts: memory file swapped
+        assert ask(1) == ["d2"]
+        for s in range(3, 40):
+            add(col, s)
+        assert ask(33)[0] == "d33"
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
+        col.close()
+    assert reader.returncode == 0
+
+
+def test_reader_sees_compaction_swap_in_process(tmp_path: Path):
+    col = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    ids = [add(col, s) for s in range(4)]
+    reader = Collection.open(tmp_path, "main", readonly=True)
+    keep = [c.id for c in reader.document_chunks(ids[3])]
+    np.testing.assert_allclose(reader.memories(keep), doc_vectors(3), atol=2e-3)  # maps file 0
+    col.remove_document(ids[0])
+    col.remove_document(ids[1])  # compaction renumbers rows and deletes the old file
+    np.testing.assert_allclose(reader.memories(keep), doc_vectors(3), atol=2e-3)
+    assert {h.doc_name for h in reader.search(doc_vectors(0), k=6)[0]} == {"d2", "d3"}
+    reader.close()
+    col.close()
+
+
+# -- crashes ---------------------------------------------------------------------------------
+
+ADD_STEPS_OLD = ["add:before-append", "add:mid-append", "add:after-append", "add:before-commit"]
+ADD_STEPS_NEW = ["add:after-commit", "faiss:after-temp", "faiss:after-replace"]
+
+
+def our_files(directory: Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of every file but SQLite's own (its last connection to close
+    checkpoints the WAL, even a read-only one; that is SQLite's atomic business, not ours)."""
+    return sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in directory.iterdir()
+        if not p.name.startswith("meta.sqlite")
+    )
+
+
+def check_consistent(root: Path, expected_docs: set[str], writer: bool) -> None:
+    """The collection holds exactly `expected_docs`, every vector is right, files are tidy."""
+    col = Collection.open(root, "main", manifest=MANIFEST if writer else None, readonly=not writer)
+    try:
+        assert {d.name for d in col.list_documents()} == expected_docs
+        stats = col.stats()
+        assert stats["indexed_vectors"] == stats["chunks"] == 3 * len(expected_docs)
+        for doc in col.list_documents():
+            seed = int(doc.name[1:])
+            ids = [c.id for c in col.document_chunks(doc.id)]
+            np.testing.assert_allclose(col.memories(ids), doc_vectors(seed), atol=2e-3)
+            top = col.search(doc_vectors(seed)[0], k=1)[0][0]
+            assert top.doc_name == doc.name and top.score == pytest.approx(1.0, abs=1e-4)
+        if writer:  # the writer tidied up: one memory file of the committed size, one FAISS file
+            memory = [f for f in stats["files"] if f.startswith("memory-")]
+            faiss_files = [f for f in stats["files"] if f.startswith("faiss-")]
+            assert faiss_files == [f"faiss-{stats['generation']}.index"]
+            assert len(memory) == 1
+            assert stats["files"][memory[0]] == stats["memory_rows"] * N_MEM * D * 2
+            assert not [f for f in os.listdir(root / "main") if f.endswith(".tmp")]
+    finally:
+        col.close()
+
+
+@pytest.mark.parametrize("step", ADD_STEPS_OLD + ADD_STEPS_NEW)
+def test_crash_during_add_leaves_old_or_new_state(tmp_path: Path, step: str):
+    assert run_child(tmp_path, "add", "1").returncode == 0
+    crashed = run_child(tmp_path, "add", "2", crash_at=step)
+    assert crashed.returncode == -9, crashed.stderr
+    expected = {"d1"} if step in ADD_STEPS_OLD else {"d1", "d2"}
+    files = our_files(tmp_path / "main")
+    check_consistent(tmp_path, expected, writer=False)  # a reader copes before any cleanup...
+    assert our_files(tmp_path / "main") == files  # ...without touching the files
+    check_consistent(tmp_path, expected, writer=True)
+    assert run_child(tmp_path, "add", "2").returncode == 0  # re-running completes the add
+    check_consistent(tmp_path, {"d1", "d2"}, writer=True)
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        ("remove:before-commit", {"d1", "d2"}),
+        ("remove:after-commit", {"d1"}),
+        ("compact:after-write", {"d1"}),  # the removal committed; its compaction did not
+        ("compact:after-commit", {"d1"}),
+    ],
+)
+def test_crash_during_remove_and_compaction(tmp_path: Path, step: str, expected: set[str]):
+    for seed in (1, 2):
+        assert run_child(tmp_path, "add", str(seed)).returncode == 0
+    crashed = run_child(tmp_path, "remove", "2", crash_at=step)  # 50% dead: compacts
+    assert crashed.returncode == -9, crashed.stderr
+    check_consistent(tmp_path, expected, writer=False)
+    check_consistent(tmp_path, expected, writer=True)
+    if "d2" in expected:
+        assert run_child(tmp_path, "remove", "2").returncode == 0
+    check_consistent(tmp_path, {"d1"}, writer=True)
+
+
+# -- index types -----------------------------------------------------------------------------
+
+
+def clustered(n: int, seed: int, n_clusters: int = 50) -> np.ndarray:
+    """(n, n_mem, d) vectors around `n_clusters` centres: structure ANN indexes can exploit."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, N_MEM * 4, D))
+    pick = rng.integers(0, n_clusters, n)
+    return (centres[pick] + 0.3 * rng.standard_normal((n, N_MEM * 4, D))).astype(np.float32)
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_approximate_index_recall_on_clustered_data(tmp_path: Path, index_type: str):
+    manifest = dict(MANIFEST, n_mem=N_MEM * 4)  # 128 flat dims
+    col = Collection.open(tmp_path, "ann", manifest=manifest, create=True, index_type=index_type)
+    data = clustered(5000, seed=0)
+    for start in range(0, len(data), 500):
+        part = data[start : start + 500]
+        chunks = [ChunkRecord(f"c{start + i}") for i in range(len(part))]
+        col.add_document(None, f"part{start}", f"sha{start}", chunks, part)
+    assert col.stats()["index_kind"] == index_type
+    queries = clustered(200, seed=1)
+    truth = np.argsort(-cosine(queries, data.astype(np.float16)), axis=1)[:, :10] + 1  # chunk ids
+    hits = col.search(queries, k=10)
+    recall = np.mean([len({h.chunk_id for h in row} & set(t)) / 10 for row, t in zip(hits, truth)])
+    assert recall > 0.9
+    # removal is honoured by both (HNSW masks removed ids until it is rebuilt)
+    col.remove_document(col.find_by_sha("sha0").id)
+    assert all(h.chunk_id > 500 for row in col.search(queries[:20], k=10) for h in row)
+    col.close()
+    again = Collection.open(tmp_path, "ann", readonly=True)
+    assert all(h.chunk_id > 500 for row in again.search(queries[:20], k=10) for h in row)
+    again.close()
+
+
+def test_auto_switches_to_ivf_and_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(vectors, "AUTO_THRESHOLD", 600)
+    col = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    data = clustered(800, seed=3)[:, :N_MEM]
+    doc_ids = []
+    for start in range(0, 800, 200):
+        chunks = [ChunkRecord("x") for _ in range(200)]
+        doc_ids.append(
+            col.add_document(None, f"p{start}", f"s{start}", chunks, data[start : start + 200])
+        )
+        assert col.stats()["index_kind"] == ("ivf" if start + 200 >= 600 else "flat")
+    for doc in doc_ids[:2]:
+        col.remove_document(doc)  # 400 left: still >= half the threshold
+    assert col.stats()["index_kind"] == "ivf"
+    col.remove_document(doc_ids[2])
+    assert col.stats()["index_kind"] == "flat"
+    col.close()
+    again = Collection.open(tmp_path, "main", manifest=MANIFEST, index_type="hnsw")
+    assert again.stats()["index_kind"] == "hnsw" and again.manifest.index_type == "hnsw"
+    top = again.search(data[700], k=1)[0][0]
+    assert top.score == pytest.approx(1.0, abs=1e-4)
+    again.close()
