@@ -1,0 +1,226 @@
+"""The FastAPI app: lifespan (starts the MLX worker), thin routes, auth, error handlers, metrics.
+
+Every error leaves as OpenAI's `{"error": {"message", "type", "param", "code"}}` with its real
+status: FastAPI's 422 for invalid bodies is rewritten to 400, and a 500 never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.engine import Engine, Settings
+from server.errors import APIError
+from server.metrics import Metrics
+from server.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    ServingDefaults,
+)
+from server.serving import OpenAIServing
+
+log = logging.getLogger("clara.serve")
+OPEN_PATHS = ("/health",)  # reachable without the API key
+ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics")
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
+
+
+def _error(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _endpoint(path: str) -> str:
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    return path if path in ENDPOINTS else "other"
+
+
+class Gate:
+    """Pure ASGI middleware (streams and disconnects pass untouched): API key, request metrics."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, metrics: Metrics) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.metrics = metrics
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and hmac.compare_digest(
+                    token.strip().encode(), self.api_key.encode()
+                )
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
+                error = APIError(
+                    401,
+                    "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the "
+                    "key clara-serve was started with (--api-key or CLARA_API_KEY)",
+                    type="invalid_request_error",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await _error(error)(scope, receive, send_status)
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = _endpoint(scope["path"])
+            self.metrics.requests.inc(endpoint=endpoint, status=str(status))
+            self.metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
+
+
+def _param(loc: tuple) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    if not parts:
+        return None
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    errors = exc.errors()
+    if not errors:
+        return APIError(400, "invalid request")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "invalid JSON")
+        return APIError(
+            400,
+            f"We could not parse the JSON body of your request ({detail}); send a JSON object",
+        )
+    param = _param(tuple(first.get("loc", ())))
+    if param is None:
+        return APIError(400, f"the request body must be a JSON object: {first.get('msg')}")
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return APIError(400, f"{first.get('msg')}: '{param}'{more}", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return _error(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return _error(APIError(500, "internal server error; the server log has the details"))
+
+
+def create_app(
+    settings: Settings,
+    defaults: ServingDefaults | None = None,
+    *,
+    served_model_name: str | None = None,
+    api_key: str | None = None,
+    keepalive_s: float = 5.0,
+    engine: Engine | None = None,
+) -> FastAPI:
+    """The clara-serve app; the model loads in the lifespan, on the MLX worker thread."""
+    engine = engine or Engine(settings)
+    defaults = defaults or ServingDefaults(collection=settings.collection)
+    serving = OpenAIServing(
+        engine, defaults, served_model_name or served_name(settings.model), keepalive_s
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()  # returns at once: requests get 503 until the model is loaded
+        yield
+        await asyncio.to_thread(engine.stop)
+
+    app = FastAPI(
+        title="clara-serve",
+        summary="OpenAI-compatible RAG over CLaRa compressed memories",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.serving = serving
+    app.add_middleware(Gate, api_key=api_key, metrics=engine.metrics)
+    install_error_handlers(app)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await request.app.state.serving.chat(body, request)
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
+    async def embeddings(body: EmbeddingRequest, request: Request):
+        return await request.app.state.serving.embeddings(body, request)
+
+    @app.get("/v1/models", response_model=ModelList, responses=ERRORS)
+    async def models(request: Request):
+        return request.app.state.serving.models()
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
+    async def model(model_id: str, request: Request):
+        return request.app.state.serving.model(model_id)
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        engine: Engine = request.app.state.engine
+        body = {"status": "ok" if engine.state == "ready" else engine.state}
+        body["model"] = request.app.state.serving.served_model_name
+        if engine.error is not None:
+            body["error"] = str(engine.error)
+        return JSONResponse(body, status_code=200 if engine.state == "ready" else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        engine: Engine = request.app.state.engine
+        m = engine.metrics
+        m.queue_depth.set(engine.queue_depth())
+        for stats in await asyncio.to_thread(engine.index_stats):
+            m.index_documents.set(stats["documents"], collection=stats["name"])
+            m.index_chunks.set(stats["chunks"], collection=stats["name"])
+        return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def served_name(model: str) -> str:
+    """The default model id clients use: "clara-" + the base model's short name."""
+    from clara.loader import DEFAULT_ALIASES, DEFAULT_MODEL
+
+    short = DEFAULT_MODEL if model.lower() in DEFAULT_ALIASES else model.rstrip("/").split("/")[-1]
+    return f"clara-{short}"

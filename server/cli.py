@@ -1,0 +1,190 @@
+"""`clara-serve`: run the OpenAI-compatible generation service.
+
+clara-serve                                  # default model, $CLARA_HOME/indexes/default
+clara-serve --index ./idx --collection docs --port 8080 --api-key secret
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from clara.errors import ClaraError
+from clara_cli.common import add_model_args, model_dtype, run_main
+from server.protocol import ServingDefaults
+
+DESCRIPTION = """\
+Serve a CLaRa model over an OpenAI-compatible HTTP API: POST /v1/chat/completions (streaming
+or not), POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometheus).
+Each chat request retrieves the top-k chunks of the index collection for the latest user
+turn and answers from their compressed memories; the answer's message carries them in
+`sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
+collection, retrieval (false: no retrieval), mode ("memory" | "text": the chunks' raw text).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clara-serve",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(parser)
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    net.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    net.add_argument(
+        "--served-model-name",
+        default=None,
+        metavar="NAME",
+        help="model id clients send and /v1/models lists (default: clara-<base model name>, "
+        "e.g. clara-smollm2-135m); the base model's own id is accepted too",
+    )
+    net.add_argument(
+        "--api-key",
+        default=os.environ.get("CLARA_API_KEY"),
+        help="require 'Authorization: Bearer <key>' on every endpoint but /health "
+        "(default: $CLARA_API_KEY; unset: no key)",
+    )
+    net.add_argument(
+        "--queue-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="requests that may wait for the model; more get 503 with Retry-After "
+        "(default: %(default)s)",
+    )
+    net.add_argument(
+        "--sse-keepalive",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="send an SSE ': keep-alive' comment after this long without a token "
+        "(default: %(default)s)",
+    )
+    net.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="(default: %(default)s)",
+    )
+    rag = parser.add_argument_group("retrieval")
+    rag.add_argument(
+        "--index",
+        default=None,
+        metavar="DIR",
+        help="index root holding the collections (default: $CLARA_HOME/indexes); it may not "
+        "exist yet: until it does, answers come without retrieval",
+    )
+    rag.add_argument(
+        "--collection",
+        default="default",
+        help="collection searched when a request names none (default: %(default)s)",
+    )
+    rag.add_argument(
+        "--top-k",
+        type=int,
+        default=5,
+        metavar="K",
+        help="chunks retrieved per request unless it sets top_k (default: %(default)s)",
+    )
+    rag.add_argument(
+        "--history-turns",
+        type=int,
+        default=2,
+        metavar="N",
+        help="earlier user/assistant turns kept in the prompt and in the retrieval query "
+        "(default: %(default)s)",
+    )
+    gen = parser.add_argument_group("generation")
+    gen.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        metavar="N",
+        help="positions the generator may use, prompt + answer (default: the model's "
+        "max_position_embeddings); longer prompts get 400 context_length_exceeded",
+    )
+    gen.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        metavar="N",
+        help="answer length when a request sets no max_tokens (default: %(default)s)",
+    )
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature when a request sets none; 0 is greedy, as CLaRa was "
+        "evaluated (default: %(default)s)",
+    )
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name, low in (("queue_size", 1), ("top_k", 0), ("history_turns", 0), ("max_tokens", 1)):
+        if getattr(args, name) < low:
+            raise ClaraError(f"--{name.replace('_', '-')} must be at least {low}")
+    if args.max_context is not None and args.max_context < 2:
+        raise ClaraError("--max-context must be at least 2")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.engine import Settings
+
+    _check(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        dtype=model_dtype(args),
+        index_root=args.index,
+        collection=args.collection,
+        max_context=args.max_context,
+        queue_size=args.queue_size,
+    )
+    defaults = ServingDefaults(
+        top_k=args.top_k,
+        collection=args.collection,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        history_turns=args.history_turns,
+    )
+    app = create_app(
+        settings,
+        defaults,
+        served_model_name=args.served_model_name,
+        api_key=args.api_key or None,
+        keepalive_s=args.sse_keepalive,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    )
+    engine = app.state.engine
+
+    def fatal(exc: BaseException) -> None:  # on the worker thread: ask uvicorn to stop
+        server.should_exit = True
+
+    engine.on_fatal = fatal
+    server.run()
+    if engine.error is not None:
+        if isinstance(engine.error, ClaraError):
+            raise engine.error
+        raise ClaraError(f"could not load the model: {engine.error}") from engine.error
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main("clara-serve", lambda: serve(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

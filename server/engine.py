@@ -1,0 +1,419 @@
+"""The MLX worker: one thread loads and owns the model; every request queues for it.
+
+MLX arrays and streams belong to the thread that made them (calling MLX from FastAPI's thread
+pool crashes), so loading, query encoding, prefill and decoding all run on this one thread.
+Routes `submit` a job and await its events, which the worker hands back to the event loop
+with `loop.call_soon_threadsafe`. Jobs run FIFO, one at a time.
+
+A chat job: encode the query (query adapter) -> search the collection (refreshed first, so
+documents the indexing service adds show up without a restart) -> read the hits' memories ->
+build the generator prompt -> emit `Ready` -> stream `GenerationChunk`s -> `DONE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from clara.checkpoint import load_clara
+from clara.errors import ContextLengthError
+from clara.generate import Prompt, generate, memory_prompt, text_prompt
+from clara.model import ClaraModel
+from clara.paths import indexes_dir
+from clara.retrieval import flatten_normalize
+from indexing.store import Collection, CollectionError, CollectionNotFoundError
+from server.errors import APIError
+from server.metrics import Metrics
+from server.protocol import RagParams
+
+log = logging.getLogger("clara.serve")
+DONE = object()  # the last event of every job
+
+
+@dataclass
+class Settings:
+    """What the engine serves (filled from the CLI)."""
+
+    model: str = "smollm2-135m"
+    checkpoint: str | None = None
+    dtype: str | None = "auto"
+    index_root: str | None = None  # default: $CLARA_HOME/indexes
+    collection: str = "default"
+    max_context: int | None = None
+    queue_size: int = 16
+
+    @property
+    def root(self) -> Path:
+        return Path(self.index_root).expanduser() if self.index_root else indexes_dir()
+
+
+@dataclass
+class ModelInfo:
+    """What the routes need to know about the loaded model (plain data, any thread)."""
+
+    model_id: str
+    fingerprint: str
+    context_limit: int
+    embedding_dim: int
+    manifest: dict[str, Any]
+
+
+@dataclass
+class SourceInfo:
+    """A retrieved chunk and where it came from."""
+
+    chunk_id: int
+    document_id: str
+    filename: str
+    path: str | None
+    page_start: int | None
+    page_end: int | None
+    score: float
+    text: str
+    collection: str
+
+
+@dataclass
+class Retrieved:
+    status: str  # ok | disabled | no_index | empty_index
+    collection: str | None
+    sources: list[SourceInfo] = field(default_factory=list)
+    memories: np.ndarray | None = None  # (k, n_mem, d) float32, memory mode only
+    detail: str | None = None  # why there are no sources
+
+
+@dataclass
+class Ready:
+    """Retrieval done and the prompt fits: generation (prefill first) starts now."""
+
+    retrieved: Retrieved
+    prompt_positions: int
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+@dataclass
+class Embedded:
+    vectors: np.ndarray  # (N, n_mem * d) float32, unit rows
+    tokens: int
+
+
+class Job:
+    """One unit of MLX work and the event queue its awaiting route reads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, kind: str, work: Callable[[Job], None]):
+        self.loop = loop
+        self.kind = kind
+        self.work = work
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.created = time.perf_counter()
+
+    def emit(self, event: object) -> None:
+        """Hand an event to the event loop (worker thread)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    async def next(self, timeout: float | None = None) -> object | None:
+        """The next event, or None after `timeout` seconds without one."""
+        try:
+            return await asyncio.wait_for(self.events.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+
+class Engine:
+    """Owns the worker thread, the model and the open collections."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.state = "starting"  # starting | loading | ready | failed | stopped
+        self.error: BaseException | None = None
+        self.info: ModelInfo | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, settings.queue_size))
+        self._thread = threading.Thread(target=self._run, name="clara-mlx", daemon=True)
+        self._current: Job | None = None
+        self._cm: ClaraModel | None = None
+        self._collections: dict[str, tuple[Collection, int]] = {}
+        self._job_seconds = 1.0  # moving average, for Retry-After
+
+    # ---- event-loop side --------------------------------------------------------------------
+    def start(self) -> None:
+        self.state = "loading"
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Fail queued jobs, cancel the running one, end the thread."""
+        self.state = "stopped"
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.emit(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+                job.emit(DONE)
+        if self._current is not None:
+            self._current.cancel()
+        try:
+            self._jobs.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def queue_depth(self) -> int:
+        return self._jobs.qsize()
+
+    def check_ready(self) -> None:
+        if self.state == "ready":
+            return
+        if self.state in ("starting", "loading"):
+            raise APIError(
+                503,
+                "the model is still loading; retry in a few seconds",
+                code="model_loading",
+                headers={"Retry-After": "5"},
+            )
+        raise APIError(503, f"the model is not available ({self.state}): {self.error}")
+
+    def submit(self, kind: str, work: Callable[[Job], None]) -> Job:
+        """Queue work for the MLX thread; a full queue is a 503 with Retry-After."""
+        self.check_ready()
+        job = Job(asyncio.get_running_loop(), kind, work)
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            wait = max(1, round(self._job_seconds * (self._jobs.qsize() + 1)))
+            raise APIError(
+                503,
+                f"the server is busy ({self._jobs.qsize()} requests waiting); retry later",
+                code="server_overloaded",
+                headers={"Retry-After": str(wait)},
+            ) from None
+        self.metrics.queue_depth.set(self._jobs.qsize())
+        return job
+
+    def chat(self, params: RagParams) -> Job:
+        return self.submit("chat", lambda job: self._chat(job, params))
+
+    def embed(self, inputs: list[str | list[int]]) -> Job:
+        return self.submit("embeddings", lambda job: self._embed(job, inputs))
+
+    def index_stats(self) -> list[dict[str, Any]]:
+        """Stats of the collections the engine has opened (safe from any thread)."""
+        out = []
+        for coll, _ in list(self._collections.values()):
+            try:
+                out.append(coll.stats())
+            except Exception:  # noqa: BLE001 - deleted under us: skip until reopened
+                continue
+        return out
+
+    # ---- worker side -----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # noqa: BLE001 - reported to the CLI, which exits
+            self.state, self.error = "failed", exc
+            log.error("clara-serve: could not start: %s", exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+            return
+        self.state = "ready"
+        self.metrics.model_ready.set(1)
+        while True:
+            job = self._jobs.get()
+            self.metrics.queue_depth.set(self._jobs.qsize())
+            if job is None:
+                break
+            if job.cancelled.is_set():  # the client left while it waited
+                self.metrics.generations.inc(reason="cancelled")
+                job.emit(DONE)
+                continue
+            self._current = job
+            self.metrics.running.set(1)
+            start = time.perf_counter()
+            try:
+                job.work(job)
+            except BaseException as exc:  # noqa: BLE001 - the route turns it into an HTTP error
+                if not isinstance(exc, (APIError, ContextLengthError, CollectionNotFoundError)):
+                    log.exception("%s job failed", job.kind)
+                job.emit(Failed(exc))
+            finally:
+                self._current = None
+                self.metrics.running.set(0)
+                self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.perf_counter() - start)
+                job.emit(DONE)
+        self._close_collections()
+
+    def _load(self) -> None:
+        s = self.settings
+        log.info("loading %s%s", s.model, f" + {s.checkpoint}" if s.checkpoint else "")
+        start = time.perf_counter()
+        cm = load_clara(s.model, s.checkpoint, dtype=s.dtype)
+        self._cm = cm
+        limit = s.max_context or int(cm.info.config.get("max_position_embeddings", 4096))
+        self.info = ModelInfo(
+            model_id=cm.info.model_id,
+            fingerprint=cm.fingerprint,
+            context_limit=limit,
+            embedding_dim=cm.n_mem * cm.hidden_size,
+            manifest=cm.manifest(),
+        )
+        # An index made by another checkpoint must stop the server now, not fail per request.
+        coll = self._collection(s.collection)
+        mx.eval(cm.encode_queries(["warm-up"]))
+        where = s.root / s.collection
+        what = f"{coll.stats()['chunks']} chunks" if coll else "not there yet: answering without"
+        log.info("model ready in %.1fs; index %s: %s", time.perf_counter() - start, where, what)
+
+    def _collection(self, name: str) -> Collection | None:
+        """The open collection `name` (reopened if it was deleted and recreated), or None."""
+        directory = self.settings.root / name
+        try:
+            inode = os.stat(directory).st_ino
+        except OSError:
+            inode = None
+        cached = self._collections.get(name)
+        if cached is not None and cached[1] == inode:
+            return cached[0]
+        if cached is not None:
+            del self._collections[name]
+            cached[0].close()
+        if inode is None:
+            return None
+        try:
+            coll = Collection.open(self.settings.root, name, self.info.manifest, readonly=True)
+        except CollectionNotFoundError:
+            return None
+        self._collections[name] = (coll, inode)
+        return coll
+
+    def _close_collections(self) -> None:
+        for coll, _ in self._collections.values():
+            coll.close()
+        self._collections.clear()
+
+    def _retrieve(self, p: RagParams) -> Retrieved:
+        if not p.retrieval or p.top_k == 0:
+            return Retrieved("disabled", None, detail="retrieval turned off by the request")
+        coll = self._collection(p.collection)
+        if coll is None:
+            if p.collection != self.settings.collection:
+                raise CollectionNotFoundError(
+                    f"no collection '{p.collection}' in {self.settings.root}; index documents "
+                    "into it first (clara-index) or leave 'collection' out"
+                )
+            self.metrics.retrievals.inc(status="no_index")
+            where = self.settings.root / p.collection
+            return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
+        query = self._cm.encode_queries([p.query])  # (1, n_mem, d)
+        qvec = np.array(query.astype(mx.float32))
+        for _ in range(3):  # a document removed between search and read: search again
+            hits = coll.search(qvec, p.top_k)[0]
+            if not hits:
+                self.metrics.retrievals.inc(status="empty_index")
+                return Retrieved("empty_index", p.collection, detail="the collection is empty")
+            texts = {c.id: c for c in coll.chunks([h.chunk_id for h in hits])}
+            hits = [h for h in hits if h.chunk_id in texts]
+            try:
+                if hits:
+                    ids = [h.chunk_id for h in hits]
+                    memories = coll.memories(ids) if p.mode == "memory" else None
+                    break
+            except KeyError:
+                continue
+        else:
+            raise CollectionError(f"collection '{p.collection}' keeps changing; try again")
+        docs = {h.doc_id: coll.document(h.doc_id) for h in hits}
+        sources = [
+            SourceInfo(
+                chunk_id=h.chunk_id,
+                document_id=h.doc_id,
+                filename=h.doc_name,
+                path=docs[h.doc_id].path if docs.get(h.doc_id) else None,
+                page_start=h.page_start,
+                page_end=h.page_end,
+                score=h.score,
+                text=texts[h.chunk_id].text,
+                collection=p.collection,
+            )
+            for h in hits
+        ]
+        self.metrics.retrievals.inc(status="ok")
+        return Retrieved("ok", p.collection, sources, memories)
+
+    def _prompt(self, p: RagParams, r: Retrieved) -> tuple[Prompt, str | None]:
+        """(prompt, adapter): memories -> generator adapter; text or nothing -> bare model."""
+        cm = self._cm
+        if r.status == "ok" and p.mode == "memory":
+            blocks = [mx.array(m) for m in r.memories]  # (n_mem, d) each
+            return memory_prompt(cm, p.question, blocks, p.history, p.system), "generator"
+        chunks = [s.text for s in r.sources] if r.status == "ok" else None
+        return text_prompt(cm, p.question, chunks, p.history, p.system), None
+
+    def _chat(self, job: Job, p: RagParams) -> None:
+        retrieved = self._retrieve(p)
+        prompt, adapter = self._prompt(p, retrieved)
+        limit = self.info.context_limit
+        if prompt.positions >= limit:  # checked here too so the 400 comes before any byte
+            raise ContextLengthError(
+                f"the prompt needs {prompt.positions} positions but the model's context is "
+                f"{limit}; shorten the conversation or retrieve fewer chunks (top_k)"
+            )
+        job.emit(Ready(retrieved, prompt.positions))
+        stream = generate(
+            self._cm,
+            prompt,
+            adapter=adapter,
+            max_tokens=p.max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            seed=p.seed,
+            stop=p.stop,
+            max_context=self.settings.max_context,
+        )
+        try:
+            for chunk in stream:
+                job.emit(chunk)
+                if chunk.finish_reason is not None:
+                    self.metrics.generations.inc(reason=chunk.finish_reason)
+                    self.metrics.completion_tokens.inc(chunk.generation_tokens)
+                    self.metrics.prompt_tokens.inc(chunk.prompt_positions)
+                elif job.cancelled.is_set():  # checked between tokens: stop decoding now
+                    self.metrics.generations.inc(reason="cancelled")
+                    self.metrics.completion_tokens.inc(chunk.generation_tokens)
+                    self.metrics.prompt_tokens.inc(chunk.prompt_positions)
+                    log.info("generation cancelled after %d tokens", chunk.generation_tokens)
+                    break
+        finally:
+            stream.close()
+
+    def _embed(self, job: Job, inputs: list[str | list[int]]) -> None:
+        cm = self._cm
+        texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
+        vectors = flatten_normalize(np.array(cm.encode_queries(texts).astype(mx.float32)))
+        tokens = sum(len(ids) for ids in cm.tokenize(texts))
+        job.emit(Embedded(vectors, tokens))

@@ -1,0 +1,361 @@
+"""Request and response models mirroring OpenAI's chat completions, embeddings and models API.
+
+Fields follow OpenAI's schema and order. CLaRa's additions sit in marked extension blocks:
+request options the official SDK sends through `extra_body`, and response fields (`sources`,
+`retrieval`) that the SDK keeps as extra attributes. Unknown request fields are ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.errors import APIError
+
+MODES = ("memory", "text")
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not know: tolerate
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- chat completion request -------------------------------------------------------------
+class ContentPart(_Request):
+    """One part of a message's content; only `{"type": "text", "text": ...}` is readable."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Request):
+    model_config = ConfigDict(extra="allow")  # tool_calls, tool_call_id, ... are checked below
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Request):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(_Request):
+    """POST /v1/chat/completions (OpenAI's fields, then CLaRa's extension block)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    audio: dict[str, Any] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    function_call: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    metadata: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    n: int | None = Field(default=None, ge=1)
+    parallel_tool_calls: bool | None = None
+    prediction: dict[str, Any] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    reasoning_effort: str | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    service_tier: str | None = None
+    stop: str | list[str] | None = None
+    store: bool | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    user: str | None = None
+
+    # ---- CLaRa extensions (the SDK's `extra_body`) ----
+    top_k: int | None = Field(default=None, ge=0, le=100)
+    """Chunks to retrieve (default: the server's --top-k); 0 turns retrieval off."""
+    collection: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    """Index collection to search (default: the server's --collection)."""
+    retrieval: bool = True
+    """False: answer with the bare base model, no retrieval."""
+    mode: Literal["memory", "text"] = "memory"
+    """"memory": the generator reads compressed memories (CLaRa); "text": the retrieved chunks'
+    raw text goes into the prompt of the bare base model (the uncompressed RAG baseline)."""
+
+    def check_supported(self) -> None:
+        """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
+
+        def refuse(param: str, what: str) -> None:
+            raise APIError(400, f"{what} is not supported by clara-serve", param=param)
+
+        if (self.n or 1) > 1:
+            refuse("n", "n > 1 (several choices per request)")
+        if self.tools or self.functions:
+            refuse("tools" if self.tools else "functions", "tool / function calling")
+        for name in ("tool_choice", "function_call"):
+            if getattr(self, name) not in (None, "none"):
+                refuse(name, "tool / function calling")
+        if self.logprobs or self.top_logprobs:
+            refuse("logprobs" if self.logprobs else "top_logprobs", "logprobs")
+        if self.logit_bias:
+            refuse("logit_bias", "logit_bias")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                refuse(name, name)
+        if self.audio is not None or any(m != "text" for m in self.modalities or []):
+            refuse("modalities", "audio output")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            refuse("response_format", f"response_format {self.response_format.get('type')!r}")
+        for i, msg in enumerate(self.messages):
+            if msg.role in ("tool", "function"):
+                refuse(f"messages.[{i}].role", f"a {msg.role!r} message")
+            extra = msg.model_extra or {}
+            for key in ("tool_calls", "function_call", "audio"):
+                if extra.get(key):
+                    refuse(f"messages.[{i}].{key}", f"{key} in messages")
+            if isinstance(msg.content, list):
+                for j, part in enumerate(msg.content):
+                    if part.type != "text":
+                        refuse(
+                            f"messages.[{i}].content.[{j}].type",
+                            f"content of type {part.type!r} (this model reads text only)",
+                        )
+        if self.messages[-1].role != "user":
+            raise APIError(
+                400,
+                "the last message must come from the user (role 'user'): the model answers it",
+                param="messages",
+            )
+
+    def to_params(self, defaults: ServingDefaults) -> RagParams:
+        """Split the conversation into question, history, system prompt and retrieval query."""
+        system = [m.text() for m in self.messages if m.role in ("system", "developer")]
+        turns = [m for m in self.messages if m.role in ("user", "assistant")]
+        question = turns[-1].text()
+        keep = 2 * defaults.history_turns
+        history = turns[:-1][-keep:] if keep else []
+        users = [m.text() for m in history if m.role == "user"] + [question]
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        temperature = defaults.temperature if self.temperature is None else self.temperature
+        return RagParams(
+            question=question,
+            query="\n".join(users),
+            history=[{"role": m.role, "content": m.text()} for m in history],
+            system="\n".join(system) if system else None,
+            retrieval=self.retrieval and self.top_k != 0,
+            mode=self.mode,
+            top_k=defaults.top_k if self.top_k is None else self.top_k,
+            collection=self.collection or defaults.collection,
+            max_tokens=self.max_completion_tokens or self.max_tokens or defaults.max_tokens,
+            # top_p 0 keeps only the most likely token: greedy
+            temperature=0.0 if self.top_p == 0 else temperature,
+            top_p=1.0 if not self.top_p else self.top_p,
+            seed=self.seed,
+            stop=stop,
+        )
+
+
+@dataclass
+class ServingDefaults:
+    """What a request gets for the options it leaves out (set from the CLI)."""
+
+    top_k: int = 5
+    collection: str = "default"
+    max_tokens: int = 512
+    temperature: float = 0.0
+    history_turns: int = 2
+
+
+@dataclass
+class RagParams:
+    """One request, as the engine's pipeline needs it (plain data: no pydantic, no MLX)."""
+
+    question: str
+    query: str  # text the query adapter encodes: recent user turns
+    history: list[dict[str, str]] = field(default_factory=list)
+    system: str | None = None
+    retrieval: bool = True
+    mode: str = "memory"
+    top_k: int = 5
+    collection: str = "default"
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+# ---- chat completion response ------------------------------------------------------------
+class Source(_Response):
+    """CLaRa extension: one retrieved chunk the answer was generated from."""
+
+    index: int  # rank, from 1
+    chunk_id: int
+    document_id: str
+    filename: str
+    page_start: int | None = None
+    page_end: int | None = None
+    score: float
+    snippet: str
+    url: str
+    collection: str
+
+
+class URLCitation(_Response):
+    start_index: int
+    end_index: int
+    title: str
+    url: str
+
+
+class Annotation(_Response):
+    type: Literal["url_citation"] = "url_citation"
+    url_citation: URLCitation
+
+
+class RetrievalInfo(_Response):
+    """CLaRa extension: what retrieval did. `status`: ok | disabled | no_index | empty_index."""
+
+    status: str
+    collection: str | None = None
+    mode: str
+    top_k: int
+    detail: str | None = None
+
+
+class ChatCompletionMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+    annotations: list[Annotation] = Field(default_factory=list)
+    # ---- CLaRa extension ----
+    sources: list[Source] = Field(default_factory=list)
+
+
+class Choice(_Response):
+    index: int = 0
+    message: ChatCompletionMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Usage(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+class ChatCompletion(_Response):
+    id: str = Field(default_factory=completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    # ---- CLaRa extension ----
+    retrieval: RetrievalInfo | None = None
+
+
+class DeltaMessage(_Response):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    refusal: str | None = None
+    # ---- CLaRa extension (sent once, in the chunk before the finishing one) ----
+    annotations: list[Annotation] | None = None
+    sources: list[Source] | None = None
+
+
+class ChunkChoice(_Response):
+    index: int = 0
+    delta: DeltaMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(_Response):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    # ---- CLaRa extension ----
+    retrieval: RetrievalInfo | None = None
+
+
+# ---- embeddings --------------------------------------------------------------------------
+class EmbeddingRequest(_Request):
+    """POST /v1/embeddings: query-adapter embeddings (flattened, L2-normalised)."""
+
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+class Embedding(_Response):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+    index: int
+
+
+class EmbeddingUsage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(_Response):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+# ---- models ------------------------------------------------------------------------------
+class ModelCard(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "clara"
+    # ---- CLaRa extension ----
+    root: str | None = None  # the base model
+    max_model_len: int | None = None
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- errors ------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

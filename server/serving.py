@@ -1,0 +1,397 @@
+"""What the routes hand their work to: chat completions (JSON or SSE), embeddings, models.
+
+Errors before the first byte become HTTP errors with the right status; once a stream has
+started, an error is sent as an SSE `data: {"error": ...}` event (the OpenAI SDK raises it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from clara.errors import ClaraError, ContextLengthError, IndexMismatchError
+from clara.generate import GenerationChunk
+from indexing.store import CollectionNotFoundError
+from server.engine import DONE, Embedded, Engine, Failed, Job, Ready, SourceInfo
+from server.errors import APIError
+from server.protocol import (
+    Annotation,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    DeltaMessage,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    ModelCard,
+    ModelList,
+    RetrievalInfo,
+    ServingDefaults,
+    Source,
+    URLCitation,
+    Usage,
+    completion_id,
+)
+
+log = logging.getLogger("clara.serve")
+SNIPPET_CHARS = 240
+MAX_EMBEDDING_INPUTS = 2048
+CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in metrics and logs
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """Library exceptions -> the HTTP error a client should see (never a traceback)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, CollectionNotFoundError):
+        return APIError(404, str(exc), param="collection", code="collection_not_found")
+    if isinstance(exc, IndexMismatchError):
+        return APIError(400, str(exc), param="collection", code="index_mismatch")
+    if isinstance(exc, ClaraError):  # written to be read by users
+        return APIError(500, str(exc))
+    return APIError(500, "internal server error; the server log has the details")
+
+
+def source_url(s: SourceInfo) -> str:
+    """`file://` URL of the indexed file (with `#page=` for PDFs), else a clara:// reference."""
+    if s.path:
+        url = Path(os.path.abspath(s.path)).as_uri()
+    else:
+        url = f"clara://{s.collection}/{s.document_id}"
+    if s.page_start is not None and s.filename.lower().endswith(".pdf"):
+        url += f"#page={s.page_start}"
+    return url
+
+
+def _snippet(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1].rstrip() + "…"
+
+
+def _title(s: Source) -> str:
+    if s.page_start is None:
+        return s.filename
+    if s.page_end is None or s.page_end == s.page_start:
+        return f"{s.filename}, p. {s.page_start}"
+    return f"{s.filename}, pp. {s.page_start}-{s.page_end}"
+
+
+def sources_of(ready: Ready) -> list[Source]:
+    return [
+        Source(
+            index=i,
+            chunk_id=s.chunk_id,
+            document_id=s.document_id,
+            filename=s.filename,
+            page_start=s.page_start,
+            page_end=s.page_end,
+            score=round(s.score, 6),
+            snippet=_snippet(s.text),
+            url=source_url(s),
+            collection=s.collection,
+        )
+        for i, s in enumerate(ready.retrieved.sources, start=1)
+    ]
+
+
+def annotations_of(sources: list[Source], content_length: int) -> list[Annotation]:
+    """One `url_citation` per source, spanning the answer (all of it came from them)."""
+    return [
+        Annotation(
+            url_citation=URLCitation(
+                start_index=0, end_index=content_length, title=_title(s), url=s.url
+            )
+        )
+        for s in sources
+    ]
+
+
+def _sse(data: ChatCompletionChunk | dict) -> str:
+    """One SSE event. Chunks are shaped like OpenAI's: a delta lists only what it carries."""
+    if isinstance(data, ChatCompletionChunk):
+        data = data.model_dump()
+        for choice in data["choices"]:
+            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+        for key in ("usage", "retrieval"):
+            if data[key] is None:
+                del data[key]
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@dataclass
+class _Reply:
+    """Per-request constants shared by every chunk of one completion."""
+
+    id: str
+    created: int
+    model: str
+    fingerprint: str
+    ready: Ready
+    retrieval: RetrievalInfo
+
+
+class OpenAIServing:
+    """The OpenAI-shaped front of the engine; one instance lives on `app.state.serving`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        defaults: ServingDefaults,
+        served_model_name: str,
+        keepalive_s: float = 5.0,
+    ) -> None:
+        self.engine = engine
+        self.defaults = defaults
+        self.served_model_name = served_model_name
+        self.keepalive_s = keepalive_s
+        self.metrics = engine.metrics
+        self.created = int(time.time())
+
+    # ---- models ----------------------------------------------------------------------------
+    def model_names(self) -> set[str]:
+        names = {self.served_model_name, self.engine.settings.model}
+        if self.engine.info is not None:
+            names.add(self.engine.info.model_id)
+        return names
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model not in self.model_names():
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist; this server serves "
+                f"'{self.served_model_name}' (GET /v1/models lists it)",
+                type="invalid_request_error",
+                param="model",
+                code="model_not_found",
+            )
+
+    def card(self) -> ModelCard:
+        info = self.engine.info
+        return ModelCard(
+            id=self.served_model_name,
+            created=self.created,
+            root=info.model_id if info else self.engine.settings.model,
+            max_model_len=info.context_limit if info else None,
+        )
+
+    def models(self) -> ModelList:
+        self.engine.check_ready()
+        return ModelList(data=[self.card()])
+
+    def model(self, model_id: str) -> ModelCard:
+        self.engine.check_ready()
+        self.check_model(model_id)
+        return self.card()
+
+    # ---- chat ------------------------------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest, request: Request):
+        start = time.perf_counter()
+        self.engine.check_ready()
+        self.check_model(req.model)
+        req.check_supported()
+        params = req.to_params(self.defaults)
+        job = self.engine.chat(params)
+        try:
+            ready = await self._until_ready(job, request)
+        except BaseException:
+            job.cancel()
+            raise
+        r = ready.retrieved
+        reply = _Reply(
+            id=completion_id(),
+            created=int(time.time()),
+            model=self.served_model_name,
+            fingerprint=self.engine.info.fingerprint,
+            ready=ready,
+            retrieval=RetrievalInfo(
+                status=r.status,
+                collection=r.collection,
+                mode=params.mode,
+                top_k=params.top_k,
+                detail=r.detail,
+            ),
+        )
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                self._stream(job, reply, usage, start),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return JSONResponse((await self._complete(job, reply, request, start)).model_dump())
+
+    async def _next(self, job: Job, request: Request) -> object:
+        """The job's next event; a client that hung up cancels the job (checked every second)."""
+        while True:
+            event = await job.next(timeout=1.0)
+            if event is not None:
+                return event
+            if await request.is_disconnected():
+                job.cancel()
+                raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
+
+    async def _until_ready(self, job: Job, request: Request) -> Ready:
+        event = await self._next(job, request)
+        if isinstance(event, Ready):
+            return event
+        if isinstance(event, Failed):
+            raise to_api_error(event.error)
+        raise APIError(CLIENT_GONE, "the request was cancelled", code="client_closed")
+
+    def _finish(self, start: float, first: float | None) -> None:
+        if first is not None:
+            self.metrics.ttft.observe(first - start)
+
+    async def _complete(
+        self, job: Job, reply: _Reply, request: Request, start: float
+    ) -> ChatCompletion:
+        text: list[str] = []
+        first: float | None = None
+        try:
+            while True:
+                event = await self._next(job, request)
+                if isinstance(event, Failed):
+                    raise to_api_error(event.error)
+                if event is DONE:
+                    raise APIError(500, "generation ended without a finish reason")
+                if isinstance(event, GenerationChunk):
+                    first = first or time.perf_counter()
+                    text.append(event.text)
+                    if event.finish_reason is not None:
+                        break
+        finally:
+            job.cancel()
+            self._finish(start, first)
+        content = "".join(text)
+        sources = sources_of(reply.ready)
+        message = ChatCompletionMessage(
+            content=content,
+            annotations=annotations_of(sources, len(content)),
+            sources=sources,
+        )
+        return ChatCompletion(
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            choices=[Choice(message=message, finish_reason=event.finish_reason)],
+            usage=Usage(
+                prompt_tokens=event.prompt_positions,
+                completion_tokens=event.generation_tokens,
+                total_tokens=event.prompt_positions + event.generation_tokens,
+            ),
+            system_fingerprint=reply.fingerprint,
+            retrieval=reply.retrieval,
+        )
+
+    def _chunk(self, reply: _Reply, delta: DeltaMessage | None, **fields) -> ChatCompletionChunk:
+        choices = [] if delta is None else [ChunkChoice(delta=delta, **fields)]
+        return ChatCompletionChunk(
+            id=reply.id,
+            created=reply.created,
+            model=reply.model,
+            system_fingerprint=reply.fingerprint,
+            choices=choices,
+        )
+
+    async def _stream(
+        self, job: Job, reply: _Reply, include_usage: bool, start: float
+    ) -> AsyncIterator[str]:
+        first: float | None = None
+        length = 0
+        try:
+            yield _sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))
+            while True:
+                event = await job.next(timeout=self.keepalive_s)
+                if event is None:  # long prefill: keep proxies and clients from timing out
+                    yield ": keep-alive\n\n"
+                    continue
+                if isinstance(event, Failed):
+                    yield _sse(to_api_error(event.error).body())
+                    break
+                if event is DONE:
+                    yield _sse(APIError(500, "generation ended without a finish reason").body())
+                    break
+                if not isinstance(event, GenerationChunk):
+                    continue
+                first = first or time.perf_counter()
+                if event.text:
+                    length += len(event.text)
+                    yield _sse(self._chunk(reply, DeltaMessage(content=event.text)))
+                if event.finish_reason is None:
+                    continue
+                sources = sources_of(reply.ready)
+                extra = DeltaMessage(sources=sources, annotations=annotations_of(sources, length))
+                chunk = self._chunk(reply, extra)
+                chunk.retrieval = reply.retrieval
+                yield _sse(chunk)
+                yield _sse(self._chunk(reply, DeltaMessage(), finish_reason=event.finish_reason))
+                if include_usage:
+                    chunk = self._chunk(reply, None)
+                    chunk.usage = Usage(
+                        prompt_tokens=event.prompt_positions,
+                        completion_tokens=event.generation_tokens,
+                        total_tokens=event.prompt_positions + event.generation_tokens,
+                    )
+                    yield _sse(chunk)
+                break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancel()  # a client that hung up stops the generation at the next token
+            self._finish(start, first)
+
+    # ---- embeddings ------------------------------------------------------------------------
+    async def embeddings(self, req: EmbeddingRequest, request: Request) -> EmbeddingResponse:
+        self.engine.check_ready()
+        self.check_model(req.model)
+        inputs = req.input
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        if not inputs or any(len(x) == 0 for x in inputs):
+            raise APIError(
+                400, "'input' must not be empty (nor contain empty items)", param="input"
+            )
+        if len(inputs) > MAX_EMBEDDING_INPUTS:
+            raise APIError(400, f"at most {MAX_EMBEDDING_INPUTS} inputs per request", param="input")
+        dim = self.engine.info.embedding_dim
+        if req.dimensions is not None and req.dimensions != dim:
+            raise APIError(
+                400,
+                f"this model's embeddings have {dim} dimensions (n_mem x hidden size); "
+                "other 'dimensions' are not supported",
+                param="dimensions",
+            )
+        job = self.engine.embed(list(inputs))
+        try:
+            event = await self._next(job, request)
+        finally:
+            job.cancel()
+        if isinstance(event, Failed):
+            raise to_api_error(event.error)
+        if not isinstance(event, Embedded):
+            raise APIError(CLIENT_GONE, "the request was cancelled", code="client_closed")
+        data = [
+            Embedding(
+                embedding=base64.b64encode(v.astype("<f4").tobytes()).decode()
+                if req.encoding_format == "base64"
+                else v.tolist(),
+                index=i,
+            )
+            for i, v in enumerate(event.vectors)
+        ]
+        usage = EmbeddingUsage(prompt_tokens=event.tokens, total_tokens=event.tokens)
+        return EmbeddingResponse(data=data, model=self.served_model_name, usage=usage)

@@ -1,0 +1,472 @@
+"""clara-serve against a real uvicorn process: the OpenAI SDK (sync + async), errors, auth,
+sources, embeddings, metrics. A tiny random model answers gibberish, which is all the
+protocol needs; retrieval is still exact because fresh query and compressor adapters agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.test_server_harness import API_KEY, DOCS, ServerProcess, add_documents, metric
+
+MODEL = "clara-tiny"
+RIVER = DOCS[0][1]
+
+
+@pytest.fixture(scope="module")
+def cm(tiny_llama_dir: Path):
+    from clara.checkpoint import load_clara
+
+    return load_clara(tiny_llama_dir, None, dtype=None)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, cm):
+    tmp = tmp_path_factory.mktemp("serve")
+    add_documents(tmp / "index", cm, DOCS)
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir),
+        "--index", str(tmp / "index"),
+        "--served-model-name", MODEL,
+        "--api-key", API_KEY,
+        "--max-tokens", "16",
+        env={"CLARA_HOME": str(tmp / "home")},
+        log=tmp / "server.log",
+    )  # fmt: skip
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def post(server: ServerProcess, path: str, body, *, key: str | None = API_KEY, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if isinstance(body, (dict, list)):
+        return httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=60, **kw)
+    headers["Content-Type"] = "application/json"
+    return httpx.post(f"{server.url}{path}", content=body, headers=headers, timeout=60, **kw)
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def assert_error(r: httpx.Response, status: int, param=None, code=None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert "Traceback" not in err["message"]
+    assert err["param"] == param and err["code"] == code, err
+    return err
+
+
+# ---- models and chat -----------------------------------------------------------------------
+def test_models_list_served_name(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].object == "model" and models.data[0].owned_by == "clara"
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_base_model_id_is_accepted(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
+    resp = client.chat.completions.create(
+        model=str(tiny_llama_dir), messages=ask("hello"), max_tokens=2
+    )
+    assert resp.model == MODEL
+
+
+def test_chat_non_streaming_shape_and_usage(client: openai.OpenAI, cm) -> None:
+    from clara.generate import memory_prompt
+
+    resp = client.chat.completions.create(model=MODEL, messages=ask(RIVER), max_tokens=5)
+    assert resp.id.startswith("chatcmpl-") and resp.object == "chat.completion"
+    assert resp.created > 0 and resp.model == MODEL
+    choice = resp.choices[0]
+    assert choice.index == 0 and choice.message.role == "assistant"
+    assert choice.finish_reason == "length"
+    # The generator read the question + 5 memory blocks of n_mem positions each.
+    blank = [np.zeros((cm.n_mem, cm.hidden_size), np.float32)] * 5
+    expected = memory_prompt(cm, RIVER, [_mx(b) for b in blank]).positions
+    assert resp.usage.prompt_tokens == expected
+    assert resp.usage.completion_tokens == 5
+    assert resp.usage.total_tokens == expected + 5
+
+
+def _mx(a):
+    import mlx.core as mx
+
+    return mx.array(a)
+
+
+def test_streaming_matches_non_streaming(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL, messages=ask("The cat sat on the mat."), max_tokens=12)
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(
+        client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finish = [i for i, c in enumerate(chunks) if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and chunks[finish[0]].choices[0].finish_reason == "length"
+    with_sources = [i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.model_extra]
+    assert with_sources == [finish[0] - 1]  # once, in the chunk before the finishing one
+    delta = chunks[with_sources[0]].choices[0].delta
+    assert delta.model_extra["sources"] == whole.choices[0].message.model_extra["sources"]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.model_dump() == whole.usage.model_dump()
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=3, stream=True)
+    )
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+
+
+def test_raw_sse_ends_with_done(server: ServerProcess) -> None:
+    body = {"model": MODEL, "messages": ask("hi"), "max_tokens": 2, "stream": True}
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_async_client_streaming_and_not(server: ServerProcess) -> None:
+    async def run() -> tuple[str, str]:
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+        kwargs = dict(model=MODEL, messages=ask("Water boils"), max_tokens=6)
+        whole = await client.chat.completions.create(**kwargs)
+        parts = []
+        async for chunk in await client.chat.completions.create(**kwargs, stream=True):
+            parts.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+        await client.close()
+        return whole.choices[0].message.content, "".join(parts)
+
+    whole, streamed = asyncio.run(run())
+    assert whole == streamed
+
+
+def test_concurrent_requests_all_answered(server: ServerProcess) -> None:
+    async def run() -> list:
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+        async def one(i: int):
+            kwargs = dict(model=MODEL, messages=ask(DOCS[i % len(DOCS)][1]), max_tokens=6)
+            if i % 2:
+                chunks = [
+                    c async for c in await client.chat.completions.create(**kwargs, stream=True)
+                ]
+                return chunks[-1].choices[0].finish_reason
+            return (await client.chat.completions.create(**kwargs)).choices[0].finish_reason
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(10)))
+        finally:
+            await client.close()
+
+    assert asyncio.run(run()) == ["length"] * 10
+
+
+# ---- sources -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,text", DOCS)
+def test_identical_text_is_the_first_source(client: openai.OpenAI, name: str, text: str) -> None:
+    resp = client.chat.completions.create(model=MODEL, messages=ask(text), max_tokens=1)
+    message = resp.choices[0].message
+    sources = message.sources  # extension field, kept by the SDK
+    assert len(sources) == 5 and [s["index"] for s in sources] == [1, 2, 3, 4, 5]
+    top = sources[0]
+    assert top["filename"] == name and top["snippet"] == text
+    assert top["score"] == pytest.approx(1.0, abs=1e-3)
+    assert all(s["score"] < top["score"] for s in sources[1:])
+    assert top["document_id"].startswith("doc-") and top["collection"] == "default"
+    if name.endswith(".pdf"):
+        assert (top["page_start"], top["page_end"]) == (3, 3)
+        assert top["url"] == f"file:///docs/{name}#page=3"
+    else:
+        assert top["url"] == f"file:///docs/{name}"
+    cite = message.annotations[0]  # typed by the SDK
+    assert cite.type == "url_citation" and cite.url_citation.url == top["url"]
+    assert cite.url_citation.end_index == len(message.content)
+    assert resp.model_extra["retrieval"]["status"] == "ok"
+
+
+def test_top_k_retrieval_off_and_text_mode(client: openai.OpenAI, cm) -> None:
+    from clara.generate import text_prompt
+
+    def create(**extra):
+        return client.chat.completions.create(
+            model=MODEL, messages=ask(RIVER), max_tokens=1, extra_body=extra
+        )
+
+    two = create(top_k=2).choices[0].message.sources
+    assert len(two) == 2 and two[0]["filename"] == "river.txt"
+    for off in (create(retrieval=False), create(top_k=0)):
+        assert off.choices[0].message.sources == [] and off.choices[0].message.annotations == []
+        assert off.model_extra["retrieval"]["status"] == "disabled"
+        assert off.usage.prompt_tokens == text_prompt(cm, RIVER, None).positions
+    text = create(mode="text", top_k=3)
+    assert [s["filename"] for s in text.choices[0].message.sources][:1] == ["river.txt"]
+    chunks = [s["snippet"] for s in text.choices[0].message.sources]
+    assert text.usage.prompt_tokens == text_prompt(cm, RIVER, chunks).positions
+
+
+def test_history_is_bounded_and_counted(client: openai.OpenAI, cm) -> None:
+    from clara.generate import memory_prompt
+
+    turns = []
+    for i in range(3):
+        turns += [
+            {"role": "user", "content": f"question {i}"},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
+    messages = [{"role": "system", "content": "Be brief."}, *turns, *ask("last question")]
+    resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    blank = [_mx(np.zeros((cm.n_mem, cm.hidden_size), np.float32))] * 5
+    expected = memory_prompt(cm, "last question", blank, turns[-4:], "Be brief.").positions
+    assert resp.usage.prompt_tokens == expected
+
+
+def test_text_content_parts(client: openai.OpenAI) -> None:
+    parts = [
+        {"type": "text", "text": "The river runs past the old mill "},
+        {"type": "text", "text": "and under the stone bridge."},
+    ]
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": parts}], max_tokens=1
+    )
+    assert resp.choices[0].message.sources[0]["filename"] == "river.txt"
+
+
+# ---- sampling options ----------------------------------------------------------------------
+def test_stop_string_and_list(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL, messages=ask("The train leaves"), max_tokens=16)
+    full = client.chat.completions.create(**kwargs).choices[0].message.content
+    start = next(i for i in range(3, len(full) - 3) if "\ufffd" not in full[i : i + 3])
+    stop = full[start : start + 3]
+    for value in (stop, ["zzzz-never", stop]):
+        resp = client.chat.completions.create(**kwargs, stop=value)
+        assert resp.choices[0].finish_reason == "stop"
+        assert resp.choices[0].message.content == full[: full.index(stop)]
+        streamed = list(client.chat.completions.create(**kwargs, stop=value, stream=True))
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in streamed) == full[: full.index(stop)]
+        )
+
+
+def test_max_completion_tokens_wins_and_ends_with_length(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(
+        model=MODEL, messages=ask("hello"), max_tokens=9, max_completion_tokens=3
+    )
+    assert resp.choices[0].finish_reason == "length" and resp.usage.completion_tokens == 3
+
+
+def test_seeded_sampling_is_reproducible(client: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL, messages=ask("hello"), max_tokens=8, temperature=1.0, top_p=0.9)
+    a = client.chat.completions.create(**kwargs, seed=7).choices[0].message.content
+    b = client.chat.completions.create(**kwargs, seed=7).choices[0].message.content
+    assert a == b
+
+
+# ---- errors --------------------------------------------------------------------------------
+def test_malformed_json_is_400(server: ServerProcess) -> None:
+    err = assert_error(post(server, "/v1/chat/completions", b'{"messages": [}'), 400)
+    assert "JSON" in err["message"]
+    assert_error(post(server, "/v1/chat/completions", b"[1, 2]"), 400)
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"model": MODEL}, "messages"),
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "user"}], "n": 2}, "n"),
+        (
+            {"messages": ask("hi"), "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+        ),
+        ({"messages": ask("hi"), "tool_choice": "required"}, "tool_choice"),
+        ({"messages": ask("hi"), "logprobs": True}, "logprobs"),
+        ({"messages": ask("hi"), "temperature": 3}, "temperature"),
+        ({"messages": ask("hi"), "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.[0].role"),
+        (
+            {"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}, *ask("hi")]},
+            "messages.[0].role",
+        ),
+        ({"messages": ask("hi") + [{"role": "assistant", "content": "x"}]}, "messages"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://x/i.png"}}],
+                    }
+                ]
+            },
+            "messages.[0].content.[0].type",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
+                ]
+            },
+            "messages.[0].content.[0].type",
+        ),
+        ({"messages": ask("hi"), "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": ask("hi"), "collection": "../etc"}, "collection"),
+    ],
+)
+def test_invalid_or_unsupported_requests_are_400(server: ServerProcess, body: dict, param) -> None:
+    err = assert_error(post(server, "/v1/chat/completions", body), 400, param=param)
+    assert err["type"] == "invalid_request_error"
+
+
+def test_unknown_fields_are_tolerated(server: ServerProcess) -> None:
+    body = {"model": MODEL, "messages": ask("hi"), "max_tokens": 1, "frobnicate": {"x": 1}}
+    assert post(server, "/v1/chat/completions", body).status_code == 200
+
+
+def test_unknown_model_is_404(client: openai.OpenAI, server: ServerProcess) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=ask("hi"))
+    assert info.value.code == "model_not_found"
+    body = {"model": "gpt-4o", "messages": ask("hi")}
+    assert_error(post(server, "/v1/chat/completions", body), 404, "model", "model_not_found")
+    assert_error(
+        httpx.get(f"{server.url}/v1/models/gpt-4o", headers={"Authorization": f"Bearer {API_KEY}"}),
+        404,
+        "model",
+        "model_not_found",
+    )
+
+
+def test_unknown_collection_is_404(server: ServerProcess) -> None:
+    body = {"messages": ask("hi"), "collection": "nope"}
+    assert_error(
+        post(server, "/v1/chat/completions", body), 404, "collection", "collection_not_found"
+    )
+
+
+def test_context_length_exceeded(client: openai.OpenAI, server: ServerProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=ask("river " * 3000))
+    assert info.value.code == "context_length_exceeded"
+    body = {"messages": ask("river " * 3000), "stream": True}  # streams fail before any byte
+    assert_error(
+        post(server, "/v1/chat/completions", body), 400, "messages", "context_length_exceeded"
+    )
+
+
+def test_unknown_route_and_method(server: ServerProcess) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    assert_error(httpx.get(f"{server.url}/v1/nothing", headers=headers), 404)
+    assert_error(httpx.get(f"{server.url}/v1/chat/completions", headers=headers), 405)
+
+
+# ---- auth ----------------------------------------------------------------------------------
+def test_api_key_required_except_health(server: ServerProcess) -> None:
+    body = {"messages": ask("hi"), "max_tokens": 1}
+    for key in (None, "wrong"):
+        err = assert_error(
+            post(server, "/v1/chat/completions", body, key=key), 401, code="invalid_api_key"
+        )
+        assert "API key" in err["message"]
+    assert_error(
+        post(server, "/v1/chat/completions", b"{bad", key=None), 401, code="invalid_api_key"
+    )
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+# ---- embeddings ----------------------------------------------------------------------------
+def test_embeddings_are_normalised_query_memories(
+    client: openai.OpenAI, server: ServerProcess, cm
+) -> None:
+    from clara.retrieval import flatten_normalize
+
+    resp = client.embeddings.create(model=MODEL, input=[RIVER, "hello"])  # SDK asks base64
+    assert resp.object == "list" and resp.model == MODEL and len(resp.data) == 2
+    vec = np.array(resp.data[0].embedding, np.float32)
+    assert vec.shape == (cm.n_mem * cm.hidden_size,)
+    assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
+    expected = flatten_normalize(np.array(cm.encode_queries([RIVER])))[0]
+    assert np.allclose(vec, expected, atol=1e-4)
+    assert (
+        resp.usage.prompt_tokens
+        == resp.usage.total_tokens
+        == sum(len(ids) for ids in cm.tokenize([RIVER, "hello"]))
+    )
+    r = post(
+        server, "/v1/embeddings", {"model": MODEL, "input": "hello", "encoding_format": "float"}
+    )
+    floats = r.json()["data"][0]["embedding"]
+    r = post(server, "/v1/embeddings", {"input": "hello", "encoding_format": "base64"})
+    decoded = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), "<f4")
+    assert np.allclose(floats, decoded)
+    ids = list(cm.tokenizer.encode("hello", add_special_tokens=False))
+    by_tokens = post(server, "/v1/embeddings", {"input": ids, "encoding_format": "float"}).json()
+    assert np.allclose(by_tokens["data"][0]["embedding"], floats, atol=1e-5)
+
+
+def test_embedding_errors(server: ServerProcess) -> None:
+    assert_error(post(server, "/v1/embeddings", {"input": []}), 400, "input")
+    assert_error(post(server, "/v1/embeddings", {"input": ""}), 400, "input")
+    assert_error(post(server, "/v1/embeddings", {"input": "x", "dimensions": 3}), 400, "dimensions")
+    assert_error(
+        post(server, "/v1/embeddings", {"model": "nope", "input": "x"}),
+        404,
+        "model",
+        "model_not_found",
+    )
+
+
+# ---- metrics -------------------------------------------------------------------------------
+def test_metrics_prometheus_text(server: ServerProcess, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=2)
+    r = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    ok = metric(text, "clara_requests_total", endpoint="/v1/chat/completions", status="200")
+    assert ok >= 1
+    assert metric(text, "clara_requests_total", endpoint="/v1/chat/completions", status="400") >= 1
+    assert (
+        metric(text, "clara_request_duration_seconds_count", endpoint="/v1/chat/completions") >= ok
+    )
+    assert metric(text, "clara_time_to_first_token_seconds_count") >= 1
+    assert 'clara_time_to_first_token_seconds_bucket{le="+Inf"}' in text
+    assert metric(text, "clara_completion_tokens_total") >= 2
+    assert metric(text, "clara_prompt_tokens_total") > 0
+    assert metric(text, "clara_queue_depth") == 0
+    assert metric(text, "clara_index_chunks", collection="default") == len(DOCS)
+    assert metric(text, "clara_index_documents", collection="default") == len(DOCS)
+    assert "# TYPE clara_request_duration_seconds histogram" in text

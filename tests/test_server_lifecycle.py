@@ -1,0 +1,217 @@
+"""clara-serve as a process: a full queue (503), client disconnects, SSE keep-alives, an index
+that appears (and grows) while it runs, a mismatched index at startup, the CLI, the default model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.test_server_harness import DOCS, ROOT, ServerProcess, add_documents, metric
+
+# A greedy random model does not meet EOS for this prompt: it runs to max_tokens (~4 ms/token).
+LONG = {"messages": [{"role": "user", "content": "count"}], "retrieval": False}
+
+
+@pytest.fixture(scope="module")
+def cm(tiny_llama_dir: Path):
+    from clara.checkpoint import load_clara
+
+    return load_clara(tiny_llama_dir, None, dtype=None)
+
+
+@pytest.fixture(scope="module")
+def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("late-index") / "indexes"  # does not exist yet
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, index_root: Path):
+    tmp = tmp_path_factory.mktemp("serve-queue")
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir),
+        "--index", str(index_root),
+        "--queue-size", "1",
+        "--sse-keepalive", "0.005",
+        env={"CLARA_HOME": str(tmp / "home")},
+        log=tmp / "server.log",
+    )  # fmt: skip
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+def metrics(server: ServerProcess) -> str:
+    return httpx.get(f"{server.url}/metrics").text
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def test_full_queue_is_503_and_disconnect_stops_generation(server: ServerProcess) -> None:
+    url = f"{server.url}/v1/chat/completions"
+    cancelled = metric(metrics(server), "clara_generations_total", reason="cancelled")
+    tokens_before = metric(metrics(server), "clara_completion_tokens_total")
+    with httpx.stream("POST", url, json={**LONG, "max_tokens": 1500, "stream": True}) as running:
+        assert running.status_code == 200
+        lines = running.iter_lines()
+        next(line for line in lines if '"content": "' in line and '"content": ""' not in line)
+        # The worker is busy with the stream; one more request fills the queue (size 1) ...
+        waiting: dict = {}
+        body = {**LONG, "max_tokens": 3}
+        t = threading.Thread(
+            target=lambda: waiting.update(r=httpx.post(url, json=body, timeout=120))
+        )
+        t.start()
+        wait_for(lambda: metric(metrics(server), "clara_queue_depth") == 1)
+        # ... so the next one is turned away at once.
+        r = httpx.post(url, json=body, timeout=30)
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+        assert r.json()["error"]["code"] == "server_overloaded"
+    # Leaving the `with` closed the connection mid-stream: the generation stops early.
+    t.join(60)
+    assert waiting["r"].status_code == 200
+    assert waiting["r"].json()["choices"][0]["finish_reason"] == "length"
+    text = metrics(server)
+    assert metric(text, "clara_generations_total", reason="cancelled") == cancelled + 1
+    generated = metric(text, "clara_completion_tokens_total") - tokens_before - 3
+    assert 0 < generated < 1000, generated
+    assert metric(text, "clara_requests_total", endpoint="/v1/chat/completions", status="503") >= 1
+
+
+def test_keepalive_comments_during_prefill(server: ServerProcess) -> None:
+    body = {**LONG, "messages": [{"role": "user", "content": "river " * 500}]}
+    body.update(max_tokens=2, stream=True)
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
+        lines = list(r.iter_lines())
+    assert ": keep-alive" in lines
+    first_token = next(i for i, x in enumerate(lines) if '"content": "' in x and '""' not in x)
+    assert lines.index(": keep-alive") < first_token
+    assert "data: [DONE]" in lines[-2:]
+
+
+def test_no_index_then_new_documents_without_restart(
+    server: ServerProcess, index_root: Path, cm
+) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+
+    def ask(text: str):
+        return client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": text}],
+            max_tokens=2,
+        )
+
+    before = ask(DOCS[0][1])
+    assert before.choices[0].message.sources == []
+    assert before.model_extra["retrieval"]["status"] == "no_index"
+    add_documents(index_root, cm, DOCS[:1])  # the collection appears while the server runs
+    first = ask(DOCS[0][1]).choices[0].message.sources
+    assert [s["filename"] for s in first] == [DOCS[0][0]]
+    add_documents(index_root, cm, DOCS[1:3])  # and grows
+    later = ask(DOCS[2][1]).choices[0].message.sources
+    assert later[0]["filename"] == DOCS[2][0] and len(later) == 3
+    text = metrics(server)
+    assert metric(text, "clara_index_chunks", collection="default") == 3
+
+
+def test_index_of_another_checkpoint_fails_at_startup(
+    tmp_path: Path, tiny_llama_dir: Path, tiny_hcx_dir: Path
+) -> None:
+    from clara.checkpoint import load_clara
+
+    other = load_clara(tiny_hcx_dir, None, dtype=None)
+    add_documents(tmp_path / "index", other, DOCS[:1])
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"),
+        env={"CLARA_HOME": str(tmp_path / "home")},
+        log=tmp_path / "server.log",
+    )  # fmt: skip
+    try:
+        assert proc.wait_exit() == 1
+    finally:
+        proc.stop()
+    lines = [x for x in proc.log().splitlines() if x.startswith("clara-serve: error:")]
+    assert len(lines) == 1, proc.log()
+    assert "index 'default' was built with checkpoint" in lines[0] and "re-index" in lines[0]
+    assert "Traceback" not in proc.log()
+
+
+def test_cli_help_and_bad_flags() -> None:
+    from server.cli import build_parser
+
+    text = build_parser().format_help()
+    for flag in (
+        "--host", "--port", "--model", "--checkpoint", "--index", "--collection", "--top-k",
+        "--max-context", "--dtype", "--queue-size", "--served-model-name", "--api-key",
+        "--max-tokens", "--sse-keepalive", "--history-turns",
+    ):  # fmt: skip
+        assert flag in text, flag
+    run = subprocess.run(
+        [sys.executable, "-m", "server.cli", "--queue-size", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip() == "clara-serve: error: --queue-size must be at least 1"
+
+
+@pytest.mark.slow
+def test_default_model_answers(tmp_path: Path) -> None:
+    pytest.importorskip("clara.gguf", reason="clara.gguf (default model converter) is missing")
+    proc = ServerProcess("--index", str(tmp_path / "none"), log=tmp_path / "server.log")
+    try:
+        wait_for(lambda: _listening(proc), timeout=120)
+        r = httpx.post(f"{proc.url}/v1/chat/completions", json=LONG, timeout=60)
+        if r.status_code == 503:  # still loading (the usual case): the documented answer
+            assert r.json()["error"]["code"] == "model_loading" and "Retry-After" in r.headers
+        proc.wait_ready()
+        client = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["clara-smollm2-135m"]
+        resp = client.chat.completions.create(
+            model="clara-smollm2-135m",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=20,
+            extra_body={"retrieval": False},
+        )
+        assert "Paris" in resp.choices[0].message.content
+        assert resp.choices[0].message.sources == []
+        chunks = list(
+            client.chat.completions.create(
+                model="smollm2-135m",  # the base model id works too
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                max_tokens=20,
+                stream=True,
+            )
+        )
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert json.loads(chunks[-2].model_dump_json())["retrieval"]["status"] == "no_index"
+    finally:
+        proc.stop()
+
+
+def _listening(proc: ServerProcess) -> bool:
+    if proc.proc.poll() is not None:
+        raise AssertionError(proc.log())
+    try:
+        httpx.get(f"{proc.url}/health", timeout=1)
+        return True
+    except httpx.HTTPError:
+        return False
