@@ -1,0 +1,163 @@
+"""`clara-train`: help texts, a short run through `main`, resume, and `synth` data building."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from training.cli import build_parser, main
+from training.data import read_pretrain, read_qa, write_jsonl
+from training.synth import openai_teacher, parse_qa_pairs, synthesize, tfidf_neighbours
+
+DOCS = [
+    "The river runs past the old mill and under the stone bridge.",
+    "The capital of France is Paris, a city on the Seine.",
+    "The train leaves the station at seven and arrives at nine.",
+]
+
+
+@pytest.mark.parametrize("cmd", ["pretrain", "instruct", "joint", "synth"])
+def test_help_for_every_subcommand(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--out" in out and (cmd == "synth" or "--resume" in out)
+
+
+def test_parser_lists_subcommands():
+    text = build_parser().format_help()
+    for cmd in ("pretrain", "instruct", "joint", "synth"):
+        assert cmd in text
+
+
+def test_pretrain_and_resume_via_main(tiny_llama_dir, tmp_path, capsys):
+    data = tmp_path / "s1.jsonl"
+    write_jsonl(data, [{"data_type": "paraphrase", "docs": [d]} for d in DOCS])
+    args = [
+        "pretrain",
+        "--model",
+        str(tiny_llama_dir),
+        "--dtype",
+        "stored",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--doc-max-tokens",
+        "32",
+        "--lora-rank",
+        "4",
+        "-q",
+        "--log-every",
+        "1",
+    ]
+    assert main([*args, "--stop-after", "2"]) == 0
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].endswith("final")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_bad_data_is_one_line_error(tiny_llama_dir, tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "q", "docs": ["d"]}\n')
+    code = main(
+        [
+            "instruct",
+            "--model",
+            str(tiny_llama_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "clara-train: error:" in err and "bad.jsonl:1: no answer" in err
+
+
+def test_parse_qa_pairs():
+    text = "1. Q: Who wrote it?\nA: The committee.\n\nQuestion: When?\nAnswer: In 1902\nnoise"
+    assert parse_qa_pairs(text) == [("Who wrote it?", "The committee."), ("When?", "In 1902")]
+    assert parse_qa_pairs(text, limit=1) == [("Who wrote it?", "The committee.")]
+    assert parse_qa_pairs("no pairs here") == []
+
+
+def test_tfidf_neighbours_put_the_matching_doc_first():
+    near = tfidf_neighbours(["what is the capital of france", "when does the train leave"], DOCS, 2)
+    assert near[0][0] == 1 and near[1][0] == 2
+
+
+def test_synthesize_with_a_fake_teacher():
+    def teacher(doc: str, n: int) -> str:
+        word = doc.split()[1]
+        return f"Q: Which thing is described?\nA: {word}\nQ: Anything else?\nA: no"
+
+    stage1, stage2 = synthesize(DOCS, teacher, questions_per_chunk=1, candidates=2)
+    assert [r.kind for r in stage1] == ["paraphrase"] * 3 + ["qa"] * 3
+    assert stage1[3].questions == ["Which thing is described?"] and stage1[3].answers == ["river"]
+    assert len(stage2) == 3
+    for i, r in enumerate(stage2):
+        assert len(r.docs) == 2 and r.docs[r.pos_index[0]] == DOCS[i]
+
+
+def test_openai_teacher_posts_chat_completions():
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["url"] = str(request.url)
+        seen["body"] = json.loads(request.content)
+        seen["auth"] = request.headers.get("authorization")
+        reply = {"choices": [{"message": {"role": "assistant", "content": "Q: a?\nA: b"}}]}
+        return httpx.Response(200, json=reply)
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    ask = openai_teacher("http://teacher:8000", "big-model", "sk-x", client=client)
+    assert ask("A document.", 2) == "Q: a?\nA: b"
+    assert seen["url"] == "http://teacher:8000/v1/chat/completions"
+    assert seen["body"]["model"] == "big-model" and seen["auth"] == "Bearer sk-x"
+    assert "A document." in seen["body"]["messages"][1]["content"]
+
+
+def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i, d in enumerate(DOCS):
+        (folder / f"d{i}.txt").write_text(d + "\n")
+
+    def fake(url, model, api_key=None, **kw):
+        return lambda doc, n: f"Q: What is this about?\nA: {doc.split()[1]}"
+
+    monkeypatch.setattr("training.synth.openai_teacher", fake)
+    code = main(
+        [
+            "synth",
+            str(folder),
+            "--out",
+            str(tmp_path / "data"),
+            "--model",
+            str(tiny_llama_dir),
+            "--dtype",
+            "stored",
+            "--teacher-url",
+            "http://x/v1",
+            "--teacher-model",
+            "m",
+            "--candidates",
+            "2",
+            "-q",
+        ]
+    )
+    assert code == 0
+    s1 = read_pretrain(tmp_path / "data" / "stage1.jsonl")
+    s2 = read_qa(tmp_path / "data" / "stage2.jsonl")
+    assert sum(r.kind == "paraphrase" for r in s1) == 3 and len(s2) == 3

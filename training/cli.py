@@ -1,0 +1,224 @@
+"""`clara-train`: the three CLaRa training stages, and synthetic stage-1/2 data from documents.
+
+clara-train pretrain --data stage1.jsonl --out runs/s1
+clara-train instruct --data qa.jsonl --init-from runs/s1/final --out runs/s2
+clara-train joint    --data qa.jsonl --init-from runs/s2/final --out runs/s3
+clara-train synth    --docs my_docs/ --out data/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from clara.model import COMPRESSION_RATES, ClaraConfig
+from clara_cli.common import add_model_args, add_quiet_arg, model_dtype, run_main
+
+PROG = "clara-train"
+
+STAGE_HELP = {
+    "pretrain": (
+        "stage 1, salient compressor pretraining: trains the compressor and generator "
+        "adapters on single documents with QA and paraphrase targets "
+        "(loss = CE + 0.1 x memory MSE). Data: jsonl records "
+        '{"data_type": "qa", "question": [...], "answers": [...], "docs": [doc]} or '
+        '{"data_type": "paraphrase", "docs": [doc]}.'
+    ),
+    "instruct": (
+        "stage 2, compression instruction tuning: loads the stage-1 compressor (--init-from), "
+        "re-initialises the generator and trains both on QA with each question's top-k "
+        "documents (loss = CE + 0.1 x memory MSE). Data: jsonl records "
+        '{"question": str, "docs": [str, ...], "answer"|"answers"|"golden_answers": ..., '
+        '"pos_index": [int, ...]}.'
+    ),
+    "joint": (
+        "stage 3, end-to-end: the compressor is frozen (documents compressed once); the query "
+        "adapter (initialised from the compressor) and the generator train through a "
+        "differentiable top-k over each question's candidate docs, on the generator's CE. "
+        "Logs recall/precision@1/3/5 against pos_index. Same data format as instruct."
+    ),
+}
+
+EPILOG = """\
+Outputs in --out: step-NNNNNN/ checkpoints (every --save-every steps) and final/, each a CLaRa
+checkpoint (clara_config.json + adapters.safetensors; with --full also base/, the fine-tuned
+base model) plus the optimiser state for --resume; metrics.jsonl and loss.png.
+Data parallel: mlx.launch -n 2 clara-train ... (or --hosts a,b for several Macs); each rank
+takes a slice of every batch, gradients are averaged, rank 0 writes.
+"""
+
+
+def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
+    add_model_args(p)
+    p.add_argument(
+        "--init-from",
+        dest="checkpoint",
+        metavar="DIR",
+        help="start from this checkpoint (the previous stage's final/); same as --checkpoint",
+    )
+    p.add_argument("--data", required=True, metavar="JSONL", help="training data (see above)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, logs)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint, exactly (same data and "
+        "options required)",
+    )
+    o = p.add_argument_group("optimisation")
+    o.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: 1e-4 for pretrain/instruct, 5e-6 for joint)",
+    )
+    o.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default: 1)")
+    o.add_argument("--max-steps", type=int, help="optimiser steps (overrides --epochs)")
+    o.add_argument(
+        "--batch-size", type=int, default=8, help="examples per micro-batch and rank (default: 8)"
+    )
+    o.add_argument(
+        "--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default: 1)"
+    )
+    o.add_argument("--warmup", type=float, default=0.03, help="warm-up fraction (default: 0.03)")
+    o.add_argument(
+        "--min-lr-ratio", type=float, default=0.1, help="cosine floor / lr (default: 0.1)"
+    )
+    o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (default: 1.0)")
+    o.add_argument("--seed", type=int, default=0, help="data order and dropout seed")
+    o.add_argument(
+        "--full",
+        action="store_true",
+        help="full fine-tuning: train the base weights too (for small models trained from "
+        "scratch; the checkpoint then carries base/). Default: LoRA adapters only",
+    )
+    o.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        help="recompute transformer blocks in the backward pass: less memory for long inputs",
+    )
+    o.add_argument(
+        "--save-every", type=int, default=0, help="checkpoint every N steps (default: end only)"
+    )
+    o.add_argument("--stop-after", type=int, help="stop with a checkpoint after step N")
+    o.add_argument("--log-every", type=int, default=10, help="metrics row every N steps")
+    m = p.add_argument_group("CLaRa (fresh adapters only; a checkpoint brings its own)")
+    m.add_argument(
+        "--compression-rate",
+        type=int,
+        default=16,
+        choices=COMPRESSION_RATES,
+        help="document tokens per memory vector (default: 16)",
+    )
+    m.add_argument(
+        "--doc-max-tokens", type=int, default=256, help="document length cap (default: 256)"
+    )
+    m.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default: 16)")
+    m.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (default: 32)")
+    m.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (default: 0.1)")
+    s = p.add_argument_group("loss")
+    if stage in ("pretrain", "instruct"):
+        s.add_argument(
+            "--mse-weight", type=float, default=0.1, help="memory MSE weight (default: 0.1)"
+        )
+    if stage in ("instruct", "joint"):
+        s.add_argument(
+            "--top-k", type=int, default=5, help="documents per question given to the generator"
+        )
+    if stage == "joint":
+        s.add_argument("--tau", type=float, default=0.02, help="top-k temperature (0.02)")
+        s.add_argument(
+            "--retrieval-weight",
+            type=float,
+            default=0.0,
+            help="add the reference's InfoNCE retrieval loss on the query scores with this "
+            "weight (default 0: generator CE only, as in the paper)",
+        )
+    add_quiet_arg(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train CLaRa adapters (compressor, query reasoner, generator) on MLX.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage, text in STAGE_HELP.items():
+        p = sub.add_parser(stage, help=text.split(":")[0], description=text, epilog=EPILOG)
+        _add_training_args(p, stage)
+        p.set_defaults(func=cmd_train, stage=stage)
+    from training.synth import add_synth_parser
+
+    add_synth_parser(sub)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.data import read_pretrain, read_qa
+    from training.pipeline import train
+    from training.stages import StageConfig
+    from training.trainer import TrainConfig
+
+    records = read_pretrain(args.data) if args.stage == "pretrain" else read_qa(args.data)
+    if args.stage in ("instruct", "joint") and args.checkpoint is None and not args.resume:
+        print(
+            f"{PROG}: note: no --init-from checkpoint; {args.stage} starts from fresh adapters",
+            file=sys.stderr,
+        )
+    config = TrainConfig(
+        stage=args.stage,
+        out=args.out,
+        lr=args.lr,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        warmup=args.warmup,
+        min_lr_ratio=args.min_lr_ratio,
+        clip=args.clip,
+        save_every=args.save_every,
+        stop_after=args.stop_after,
+        log_every=args.log_every,
+        seed=args.seed,
+        full=args.full,
+        grad_checkpoint=args.grad_checkpoint,
+        quiet=args.quiet,
+        extra={"data": str(Path(args.data).resolve()), "init_from": args.checkpoint},
+    )
+    clara_config = ClaraConfig(
+        compression_rate=args.compression_rate,
+        doc_max_tokens=args.doc_max_tokens,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        seed=args.seed,
+    )
+    stage_config = StageConfig(
+        top_k=getattr(args, "top_k", 5),
+        tau=getattr(args, "tau", 0.02),
+        mse_weight=getattr(args, "mse_weight", 0.1),
+        retrieval_weight=getattr(args, "retrieval_weight", 0.0),
+    )
+    final = train(
+        records,
+        config,
+        model=args.model,
+        init_from=args.checkpoint,
+        clara_config=clara_config,
+        stage_config=stage_config,
+        resume=args.resume,
+        dtype=model_dtype(args),
+    )
+    print(final)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
