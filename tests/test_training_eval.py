@@ -1,0 +1,243 @@
+"""Evaluation metrics against hand-computed values, and `clara-eval` end to end (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.data import write_jsonl
+from training.eval_cli import main, markdown_table, read_collection
+from training.evaluate import (
+    Row,
+    answer_scores,
+    cover_match,
+    exact_match,
+    normalize_answer,
+    token_f1,
+)
+
+
+def test_normalize_like_the_reference():
+    assert normalize_answer("The  Eiffel-Tower, in Paris!") == "eiffeltower in paris"
+    assert normalize_answer("An apple a day") == "apple day"
+    assert normalize_answer("theater") == "theater"  # articles only as whole words
+
+
+def test_exact_match():
+    assert exact_match("the Paris.", "paris") == 1.0
+    assert exact_match("Paris, France", "Paris") == 0.0
+    assert exact_match("True", "yes") == 1.0  # the reference's bool mapping
+
+
+def test_token_f1_by_hand():
+    # pred {new, york, city}, gold {new, york}: P = 2/3, R = 1 -> F1 = 0.8
+    assert token_f1("New York City", "new york") == pytest.approx(0.8)
+    # repeated tokens count with multiplicity: pred [a1 a1 b], gold [a1 b b]: common a1,b = 2
+    # P = 2/3, R = 2/3 -> 2/3
+    assert token_f1("x x y", "x y y") == pytest.approx(2 / 3)
+    assert token_f1("no", "yes") == 0.0
+    assert token_f1("no idea", "paris") == 0.0
+
+
+def test_cover_match():
+    assert cover_match("It is in Paris, France.", "paris france") == 1.0
+    assert cover_match("It is in Paris.", "paris france") == 0.0
+    assert cover_match("anything", "the") == 1.0  # a gold of only articles is empty
+
+
+def test_best_over_gold_answers():
+    s = answer_scores("NYC", ["New York City", "NYC"])
+    assert s == {"em": 1.0, "f1": 1.0, "acc": 1.0}
+    s = answer_scores("new york", ["New York City", "Boston"])
+    assert s["em"] == 0.0 and s["f1"] == pytest.approx(0.8) and s["acc"] == 0.0
+
+
+def test_markdown_table_has_recall_columns():
+    rows = [
+        Row("no retrieval", "none", n=2, em=0.5, f1=0.5, acc=0.5),
+        Row(
+            "CLaRa 16x",
+            "clara",
+            "runs/x/final",
+            16,
+            2,
+            1.0,
+            1.0,
+            1.0,
+            20.0,
+            1.0,
+            {"recall@1": 0.5, "precision@1": 0.5},
+        ),
+    ]
+    table = markdown_table(rows)
+    assert "| R@1 |" in table and "| CLaRa 16x | final | 100.0 | 100.0 | 100.0 | 50.0 |" in table
+
+
+def test_read_collection(tmp_path):
+    (tmp_path / "c.txt").write_text("doc one\n\ndoc two\n")
+    assert read_collection(str(tmp_path / "c.txt")) == ["doc one", "doc two"]
+    write_jsonl(tmp_path / "c.jsonl", [{"text": "a"}, {"docs": ["b", "c"]}])
+    assert read_collection(str(tmp_path / "c.jsonl")) == ["a", "b", "c"]
+
+
+DOCS = [
+    "The capital of France is Paris.",
+    "The train leaves the station at seven.",
+    "Water boils at one hundred degrees.",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llama_dir, tmp_path_factory):
+    from clara.model import ClaraConfig
+    from training.data import QARecord
+    from training.pipeline import train
+    from training.trainer import TrainConfig
+
+    out = tmp_path_factory.mktemp("evalrun")
+    qa = [
+        QARecord("What is the capital of France?", DOCS, ["Paris"], [0]),
+        QARecord("When does the train leave?", DOCS[::-1], ["seven"], [1]),
+    ]
+    cfg = TrainConfig(
+        stage="instruct", out=str(out / "s2"), lr=1e-3, max_steps=2, batch_size=2, quiet=True
+    )
+    final = train(
+        qa,
+        cfg,
+        model=tiny_llama_dir,
+        dtype=None,
+        clara_config=ClaraConfig(compression_rate=16, doc_max_tokens=32, lora_rank=4),
+    )
+    data = out / "test.jsonl"
+    write_jsonl(
+        data,
+        [
+            {
+                "question": r.question,
+                "docs": r.docs,
+                "answer": r.answers[0],
+                "pos_index": r.pos_index,
+            }
+            for r in qa
+        ],
+    )
+    return final, data
+
+
+@pytest.mark.parametrize("mode", ["candidates", "collection", "gold"])
+def test_eval_cli_rows(trained, tiny_llama_dir, tmp_path, capsys, mode):
+    final, data = trained
+    chart = tmp_path / "chart.png"
+    preds = tmp_path / "preds.jsonl"
+    code = main(
+        [
+            "--data",
+            str(data),
+            "--checkpoint",
+            str(final),
+            "--model",
+            str(tiny_llama_dir),
+            "--dtype",
+            "stored",
+            "--retrieval",
+            mode,
+            "--max-tokens",
+            "4",
+            "--json",
+            "-q",
+            "--chart",
+            str(chart),
+            "--predictions",
+            str(preds),
+            "--generator-only",
+        ]
+    )
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["none", "text", "clara", "clara-none"]
+    assert all(r["n"] == 2 and 0 <= r["em"] <= 1 for r in rows)
+    clara = rows[2]
+    assert clara["compression_rate"] == 16
+    if mode == "gold":
+        assert clara["retrieval"] == {}
+        assert clara["positions"] < rows[1]["positions"] + 10
+    else:
+        assert set(clara["retrieval"]) >= {"recall@1", "recall@3", "precision@5"}
+        assert clara["retrieval"]["recall@3"] == 1.0  # 3 docs: the gold one is always in
+    assert chart.stat().st_size > 1000
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == 2 and "CLaRa 16x" in lines[0]
+
+
+def test_eval_cli_markdown_and_errors(trained, tiny_llama_dir, capsys, tmp_path):
+    final, data = trained
+    assert (
+        main(
+            [
+                "--data",
+                str(data),
+                "--checkpoint",
+                str(final),
+                "--model",
+                str(tiny_llama_dir),
+                "--dtype",
+                "stored",
+                "--no-baselines",
+                "--max-tokens",
+                "2",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("| Method |") and "CLaRa 16x" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n')
+    assert main(["--data", str(bad), "--model", str(tiny_llama_dir), "-q"]) == 1
+    assert "bad.jsonl:1: no answer" in capsys.readouterr().err
+
+
+def test_eval_cli_index_mode(trained, tiny_llama_dir, tmp_path, capsys):
+    import numpy as np
+
+    from indexing.meta import ChunkRecord
+    from indexing.store import Collection
+    from training.pipeline import load_for_training
+
+    final, data = trained
+    cm = load_for_training(tiny_llama_dir, final, dtype=None)
+    mem = np.array(cm.compress(DOCS))
+    root = tmp_path / "indexes"
+    with Collection.open(root, "t", manifest=cm.manifest(), create=True) as col:
+        col.add_document(
+            None, "docs", "0" * 64, [ChunkRecord(d) for d in DOCS], mem, size=0, mtime=0.0
+        )
+    code = main(
+        [
+            "--data",
+            str(data),
+            "--checkpoint",
+            str(final),
+            "--model",
+            str(tiny_llama_dir),
+            "--dtype",
+            "stored",
+            "--retrieval",
+            "index",
+            "--index",
+            "t",
+            "--index-root",
+            str(root),
+            "--max-tokens",
+            "2",
+            "--json",
+            "-q",
+            "--no-baselines",
+        ]
+    )
+    assert code == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["retrieval"]["recall@3"] == 1.0

@@ -1,0 +1,239 @@
+"""`clara-eval`: answer quality and retrieval of CLaRa checkpoints against text baselines.
+
+    clara-eval --data test.jsonl --checkpoint runs/s3/final
+    clara-eval --data test.jsonl --checkpoint runs/x4/final --checkpoint runs/x16/final \\
+        --retrieval collection --chart results.png --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from clara_cli.common import DTYPE_CHOICES, add_quiet_arg, progress, run_main
+
+PROG = "clara-eval"
+
+DESCRIPTION = """\
+Evaluate on a QA jsonl ({"question", "docs", "answer"|"answers"|"golden_answers", "pos_index"})
+with the reference metrics: exact match (EM), token F1, cover-EM ("acc": every gold token in
+the prediction), and Recall@k / Precision@k of retrieval against pos_index.
+
+Rows, all on the same base model:
+  no retrieval           the bare base model, question only
+  text RAG               the bare base model reading the top-k documents' raw text
+  CLaRa <rate>x          each --checkpoint: query-adapter retrieval, generator reading the
+                         compressed memory vectors (n_mem positions per document)
+  (--generator-only)     each checkpoint's generator without any documents
+"""
+
+RETRIEVAL_HELP = (
+    "where documents come from: 'candidates' = each question's own docs (CLaRa ranks them with "
+    "its query adapter; text RAG reads the first --top-k, the dataset's order), 'collection' = "
+    "all documents (--collection, default: every doc in --data) ranked by each checkpoint, "
+    "'gold' = the pos_index documents (oracle), 'index' = a clara-index collection (--index). "
+    "With 'collection'/'index' the text RAG row reads what the first checkpoint retrieved."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", required=True, metavar="JSONL", help="questions with gold answers")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="CLaRa checkpoint (clara-train's final/ or step-N/); repeat to compare several, "
+        "e.g. different compression rates",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model for every row: 'smollm2-135m', a local mlx-lm directory or a hub id "
+        "in the local cache (default: the first checkpoint's own base/ if it has one, else "
+        "smollm2-135m)",
+    )
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weight precision")
+    p.add_argument(
+        "--retrieval",
+        default="candidates",
+        choices=("candidates", "collection", "gold", "index"),
+        help=RETRIEVAL_HELP,
+    )
+    p.add_argument(
+        "--collection",
+        metavar="FILE",
+        help="documents for --retrieval collection: .txt (one per line) or .jsonl (strings, "
+        '{"text": ...}, or records with "docs")',
+    )
+    p.add_argument("--index", metavar="NAME", help="clara-index collection for --retrieval index")
+    p.add_argument("--index-root", metavar="DIR", help="indexes directory (default: CLARA_HOME)")
+    p.add_argument("--top-k", type=int, default=5, help="documents per question (default: 5)")
+    p.add_argument("--max-tokens", type=int, default=64, help="answer length cap (default: 64)")
+    p.add_argument("--limit", type=int, help="evaluate the first N questions only")
+    p.add_argument("--no-baselines", action="store_true", help="skip the two text rows")
+    p.add_argument(
+        "--generator-only", action="store_true", help="add each checkpoint without documents"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    p.add_argument("--chart", metavar="PNG", help="write a bar chart of EM/F1/acc per row")
+    p.add_argument("--predictions", metavar="JSONL", help="write every prediction")
+    add_quiet_arg(p)
+    return p
+
+
+def read_collection(path: str) -> list[str]:
+    """Documents from a .txt (one per line) or .jsonl (strings, {"text"}, or {"docs"})."""
+    from training.data import DataError, iter_jsonl
+
+    p = Path(path)
+    if p.suffix != ".jsonl":
+        if not p.is_file():
+            raise DataError(f"{p}: no such collection file")
+        return [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    docs: list[str] = []
+    for where, obj in iter_jsonl(p):
+        if isinstance(obj.get("docs"), list):
+            docs += [d for d in obj["docs"] if isinstance(d, str)]
+        elif isinstance(obj.get("text") or obj.get("contents"), str):
+            docs.append(obj.get("text") or obj.get("contents"))
+        else:
+            raise DataError(f"{where}: expected a 'text' string or a 'docs' list")
+    return docs
+
+
+def markdown_table(rows) -> str:
+    ks = sorted({k for r in rows for k in r.retrieval if k.startswith("recall")})
+    head = ["Method", "Checkpoint", "EM", "F1", "Acc", *[k.replace("recall", "R") for k in ks]]
+    head += ["Positions", "Time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.name, Path(r.checkpoint).name if r.checkpoint else "-"]
+        cells += [f"{100 * v:.1f}" for v in (r.em, r.f1, r.acc)]
+        cells += [f"{100 * r.retrieval[k]:.1f}" if k in r.retrieval else "-" for k in ks]
+        cells += [f"{r.positions:.0f}", f"{r.seconds:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_chart(rows, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [r.name for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    for i, (key, label) in enumerate((("em", "EM"), ("f1", "F1"), ("acc", "Acc"))):
+        ax.bar(x + (i - 1) * 0.27, [100 * getattr(r, key) for r in rows], 0.27, label=label)
+    ax.set_xticks(x, names, rotation=15, ha="right")
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(args: argparse.Namespace) -> list:
+    from clara.checkpoint import load_clara
+    from clara.errors import ClaraError
+    from training.data import read_qa
+    from training.evaluate import (
+        clara_row,
+        generator_only_row,
+        no_retrieval_row,
+        retrieve,
+        retrieve_from_index,
+        text_rag_row,
+    )
+    from training.pipeline import load_for_training
+    from training.trainer import base_of
+
+    records = read_qa(args.data, need_docs=args.retrieval in ("candidates", "gold"))
+    if args.limit:
+        records = records[: args.limit]
+    if args.retrieval == "gold" and not all(r.pos_index for r in records):
+        raise ClaraError("--retrieval gold needs pos_index in every record")
+    if args.retrieval == "index" and not args.index:
+        raise ClaraError("--retrieval index needs --index NAME (a clara-index collection)")
+    if args.retrieval in ("collection", "index") and not args.checkpoint and not args.no_baselines:
+        raise ClaraError(f"--retrieval {args.retrieval} retrieves with a checkpoint: add one")
+    dtype = None if args.dtype == "stored" else args.dtype
+    first = args.checkpoint[0] if args.checkpoint else None
+    model = args.model or (str(base_of(first)) if base_of(first) else "smollm2-135m")
+    collection = None
+    if args.retrieval == "collection":
+        collection = (
+            read_collection(args.collection)
+            if args.collection
+            else list(dict.fromkeys(d for r in records for d in r.docs))
+        )
+
+    def bar(it, n, desc):
+        return progress(it, n, desc, unit="q", quiet=args.quiet)
+
+    def get(cm):
+        if args.retrieval == "index":
+            return retrieve_from_index(cm, records, args.index, args.index_root, args.top_k)
+        return retrieve(cm, records, args.retrieval, collection, args.top_k)
+
+    rows, contexts = [], None
+    for ck in args.checkpoint:
+        cm = load_for_training(model, ck, dtype=dtype)  # a full fine-tuning ck brings base/
+        got = get(cm)
+        contexts = contexts if contexts is not None else got.texts
+        name = f"CLaRa {cm.config.compression_rate}x"
+        if len(args.checkpoint) > 1:
+            name += f" ({Path(ck).parent.name}/{Path(ck).name})"
+        rows.append(clara_row(cm, records, got, name, ck, args.max_tokens, bar))
+        if args.generator_only:
+            rows.append(
+                generator_only_row(cm, records, name + ", no docs", ck, args.max_tokens, bar)
+            )
+    if not args.no_baselines:
+        base = load_clara(model, None, dtype=dtype)
+        if args.retrieval == "candidates":
+            contexts = [r.docs[: args.top_k] for r in records]
+        elif args.retrieval == "gold":
+            contexts = [[r.docs[j] for j in r.pos_index] for r in records]
+        baseline = [no_retrieval_row(base, records, args.max_tokens, bar)]
+        baseline.append(text_rag_row(base, records, contexts, args.max_tokens, bar))
+        rows = baseline + rows
+    if args.predictions:
+        with open(args.predictions, "w", encoding="utf-8") as fh:
+            for i, r in enumerate(records):
+                preds = {row.name: row.predictions[i] for row in rows}
+                fh.write(json.dumps({"question": r.question, "answers": r.answers, **preds}) + "\n")
+    return rows
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    rows = evaluate(args)
+    if not rows:
+        print(f"{PROG}: nothing to evaluate (give --checkpoint or drop --no-baselines)")
+        return 1
+    if args.chart:
+        write_chart(rows, args.chart)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(markdown_table(rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: cmd_eval(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

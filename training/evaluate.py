@@ -1,0 +1,306 @@
+"""Evaluation: the reference's answer metrics, retrieval metrics, and the comparison rows.
+
+Answers are normalised as in the reference (`evaluation/evaluate.py`): lowercase, punctuation
+and the articles a/an/the removed, whitespace collapsed; "True"/"False" map to yes/no.
+- `em`: normalised prediction == normalised gold.
+- `f1`: token-level F1 (0 when either side is yes/no/noanswer and they differ).
+- `acc` (cover-EM): every gold token appears among the prediction's tokens.
+With several gold answers a question takes its best score over them.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+from clara.generate import stream_from_memory, stream_from_text
+from clara.model import ClaraModel
+from clara.retrieval import cosine_scores, recall_precision_at_k
+from training.data import QARecord
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+RECALL_KS = (1, 3, 5)
+
+
+def normalize_answer(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _bool_map(text: str) -> str:
+    return {"True": "yes", "False": "no"}.get(text, text)
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(_bool_map(prediction)) == normalize_answer(_bool_map(gold)))
+
+
+def cover_match(prediction: str, gold: str) -> float:
+    pred = normalize_answer(_bool_map(prediction)).split()
+    return float(all(t in pred for t in normalize_answer(_bool_map(gold)).split()))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize_answer(_bool_map(prediction)), normalize_answer(_bool_map(gold))
+    special = ("yes", "no", "noanswer")
+    if (pred in special or ref in special) and pred != ref:
+        return 0.0
+    common = Counter(pred.split()) & Counter(ref.split())
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred.split()), same / len(ref.split())
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_scores(prediction: str, golds: Sequence[str]) -> dict[str, float]:
+    """{"em", "f1", "acc"} of one prediction, best over the gold answers."""
+    return {
+        "em": max(exact_match(prediction, g) for g in golds),
+        "f1": max(token_f1(prediction, g) for g in golds),
+        "acc": max(cover_match(prediction, g) for g in golds),
+    }
+
+
+@dataclass
+class Row:
+    """One line of the comparison table."""
+
+    name: str
+    method: str  # "none" | "text" | "clara" | "clara-none"
+    checkpoint: str | None = None
+    compression_rate: int | None = None
+    n: int = 0
+    em: float = 0.0
+    f1: float = 0.0
+    acc: float = 0.0
+    positions: float = 0.0  # mean prompt positions the generator read
+    seconds: float = 0.0
+    retrieval: dict[str, float] = field(default_factory=dict)  # recall@k / precision@k
+    predictions: list[str] = field(default_factory=list, repr=False)
+
+    def to_dict(self, with_predictions: bool = False) -> dict:
+        d = asdict(self)
+        if not with_predictions:
+            d.pop("predictions")
+        return d
+
+
+def _answer(stream) -> tuple[str, int]:
+    text, positions = "", 0
+    for chunk in stream:
+        text += chunk.text
+        positions = chunk.prompt_positions
+    return text.strip(), positions
+
+
+def score_rows(
+    name: str,
+    method: str,
+    records: Sequence[QARecord],
+    answer: Callable[[int], tuple[str, int]],
+    progress: Callable | None = None,
+    **extra,
+) -> Row:
+    """Answer every record with `answer(i) -> (text, positions)` and average the scores."""
+    start = time.perf_counter()
+    preds, totals, pos = [], Counter(), 0
+    it = range(len(records))
+    for i in progress(it, len(records), name) if progress else it:
+        text, p = answer(i)
+        preds.append(text)
+        pos += p
+        totals.update(answer_scores(text, records[i].answers))
+    n = max(len(records), 1)
+    return Row(
+        name,
+        method,
+        n=len(records),
+        em=totals["em"] / n,
+        f1=totals["f1"] / n,
+        acc=totals["acc"] / n,
+        positions=pos / n,
+        seconds=time.perf_counter() - start,
+        predictions=preds,
+        **extra,
+    )
+
+
+def no_retrieval_row(
+    cm: ClaraModel, records: Sequence[QARecord], max_tokens: int = 64, progress=None
+) -> Row:
+    """The bare base model answering from its own knowledge."""
+    return score_rows(
+        "no retrieval",
+        "none",
+        records,
+        lambda i: _answer(stream_from_text(cm, records[i].question, None, max_tokens=max_tokens)),
+        progress,
+    )
+
+
+def text_rag_row(
+    cm: ClaraModel,
+    records: Sequence[QARecord],
+    contexts: Sequence[Sequence[str]],
+    max_tokens: int = 64,
+    progress=None,
+    name: str = "text RAG (uncompressed)",
+) -> Row:
+    """The bare base model reading the retrieved documents' raw text."""
+    return score_rows(
+        name,
+        "text",
+        records,
+        lambda i: _answer(
+            stream_from_text(cm, records[i].question, list(contexts[i]), max_tokens=max_tokens)
+        ),
+        progress,
+    )
+
+
+@dataclass
+class Retrieved:
+    """Per question: the memory blocks and texts handed to the generator, and the ranking."""
+
+    memories: list[list[mx.array]]
+    texts: list[list[str]]
+    ranked: list[list[int]]  # document ids, best first (for recall@k)
+    gold: list[list[int]]
+
+
+def retrieve(
+    cm: ClaraModel,
+    records: Sequence[QARecord],
+    mode: str = "candidates",
+    collection: Sequence[str] | None = None,
+    top_k: int = 5,
+    batch_size: int = 16,
+) -> Retrieved:
+    """Compress documents and pick each question's top-k with the query adapter.
+
+    mode "candidates": among the record's own docs; "collection": among `collection` (gold =
+    the record's pos_index docs found there); "gold": the record's gold docs, no ranking.
+    """
+    questions = [r.question for r in records]
+    if mode == "gold":
+        texts = [[r.docs[j] for j in r.pos_index] or r.docs[:1] for r in records]
+        table = list(dict.fromkeys(t for ts in texts for t in ts))
+        mem = cm.compress(table, batch_size=batch_size)
+        where = {t: i for i, t in enumerate(table)}
+        return Retrieved([[mem[where[t]] for t in ts] for ts in texts], texts, [], [])
+    q = cm.encode_queries(questions, batch_size=batch_size)  # (Q, n_mem, d)
+    if mode == "collection":
+        table = list(dict.fromkeys(collection or []))
+        where = {t: i for i, t in enumerate(table)}
+        mem = cm.compress(table, batch_size=batch_size)  # (N, n_mem, d)
+        scores = np.array(cosine_scores(q, mem))  # (Q, N)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(top_k, max(RECALL_KS))]
+        ranked = [row.tolist() for row in order]
+        gold = [[where[r.docs[j]] for j in r.pos_index if r.docs[j] in where] for r in records]
+    elif mode == "candidates":
+        table = list(dict.fromkeys(d for r in records for d in r.docs))
+        where = {t: i for i, t in enumerate(table)}
+        mem = cm.compress(table, batch_size=batch_size)
+        ranked, gold = [], []
+        for i, r in enumerate(records):
+            ids = [where[d] for d in r.docs]
+            s = np.array(cosine_scores(q[i : i + 1], mem[mx.array(ids)]))[0]
+            ranked.append([ids[j] for j in np.argsort(-s, kind="stable")])
+            gold.append([ids[j] for j in r.pos_index])
+    else:
+        raise ValueError(f"unknown retrieval mode {mode!r}")
+    picks = [row[:top_k] for row in ranked]
+    return Retrieved(
+        [[mem[j] for j in p] for p in picks], [[table[j] for j in p] for p in picks], ranked, gold
+    )
+
+
+def clara_row(
+    cm: ClaraModel,
+    records: Sequence[QARecord],
+    retrieved: Retrieved,
+    name: str,
+    checkpoint: str | None,
+    max_tokens: int = 64,
+    progress=None,
+) -> Row:
+    """The generator adapter answering from the retrieved memory vectors."""
+    row = score_rows(
+        name,
+        "clara",
+        records,
+        lambda i: _answer(
+            stream_from_memory(
+                cm, records[i].question, retrieved.memories[i], max_tokens=max_tokens
+            )
+        ),
+        progress,
+        checkpoint=checkpoint,
+        compression_rate=cm.config.compression_rate,
+    )
+    if retrieved.ranked and any(retrieved.gold):
+        row.retrieval = recall_precision_at_k(retrieved.ranked, retrieved.gold, RECALL_KS)
+    return row
+
+
+def generator_only_row(
+    cm: ClaraModel,
+    records: Sequence[QARecord],
+    name: str,
+    checkpoint: str | None,
+    max_tokens: int = 64,
+    progress=None,
+) -> Row:
+    """The trained generator with no documents at all (what retrieval adds)."""
+    return score_rows(
+        name,
+        "clara-none",
+        records,
+        lambda i: _answer(stream_from_memory(cm, records[i].question, [], max_tokens=max_tokens)),
+        progress,
+        checkpoint=checkpoint,
+        compression_rate=cm.config.compression_rate,
+    )
+
+
+def retrieve_from_index(
+    cm: ClaraModel,
+    records: Sequence[QARecord],
+    name: str,
+    root: str | None = None,
+    top_k: int = 5,
+    batch_size: int = 16,
+) -> Retrieved:
+    """Top-k from a `clara-index` collection (its stored memory vectors and chunk texts).
+
+    The collection must have been built with this checkpoint (its manifest is checked); a hit
+    counts as gold when its chunk text equals one of the record's gold documents.
+    """
+    from indexing.store import Collection
+
+    q = np.array(cm.encode_queries([r.question for r in records], batch_size=batch_size))
+    with Collection.open(root, name, manifest=cm.manifest(), readonly=True) as col:
+        hits = col.search(q, k=max(top_k, max(RECALL_KS)))
+        memories, texts, ranked, gold = [], [], [], []
+        for r, row in zip(records, hits):
+            ids = [h.chunk_id for h in row]
+            chunks = {c.id: c for c in col.chunks(ids)}
+            ids = [i for i in ids if i in chunks]  # removed since the search: skip
+            mem = col.memories(ids[:top_k]) if ids else []
+            memories.append([mx.array(m) for m in mem])
+            texts.append([chunks[i].text for i in ids[:top_k]])
+            ranked.append(ids)
+            golds = {" ".join(r.docs[j].split()) for j in r.pos_index}
+            gold.append(
+                [i for i in ids if i in chunks and " ".join(chunks[i].text.split()) in golds]
+            )
+    return Retrieved(memories, texts, ranked, gold)
