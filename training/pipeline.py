@@ -5,7 +5,6 @@ prepare the stage, run the loop, return the final checkpoint. Used by `clara-tra
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def _is_quantized(cm: ClaraModel) -> bool:
     return "quantization" in cm.info.config and cm.info.extras.get("dtype") in (None, "stored")
 
 
-def train(
+def build_trainer(
     records: Sequence,
     config: TrainConfig,
     *,
@@ -49,7 +48,7 @@ def train(
     dtype: str | None = "auto",
     group: mx.distributed.Group | None = None,
 ) -> Path:
-    """Train `config.stage` on `records`; returns the final checkpoint directory."""
+    """Load the model, prepare the stage; returns `(trainer, checkpoint to resume or None)`."""
     if group is None:
         group = mx.distributed.init()
     resume_from = None
@@ -62,8 +61,7 @@ def train(
         resume_from = found[-1]
         done = read_checkpoint_config(resume_from).get("training", {})
         if resume_from.name == "final" and done.get("step") == done.get("total_steps"):
-            print(f"{resume_from} is already complete", file=sys.stderr)
-            return resume_from
+            raise ClaraError(f"{resume_from} is already complete: nothing to resume")
     source = resume_from or init_from
     if isinstance(model, BaseModel) and base_of(source) is not None:
         model = load_base(base_of(source), dtype=dtype)
@@ -92,5 +90,10 @@ def train(
         examples,
         progress=lambda it, n: progress(it, n, "compress docs", quiet=config.quiet or not lead),
     )
-    trainer = Trainer(cm, stage, examples, config, group)
+    return Trainer(cm, stage, examples, config, group), resume_from
+
+
+def train(records: Sequence, config: TrainConfig, **kwargs) -> Path:
+    """Train `config.stage` on `records` (see `build_trainer`); returns the final checkpoint."""
+    trainer, resume_from = build_trainer(records, config, **kwargs)
     return trainer.run(resume_from)

@@ -160,6 +160,10 @@ def save_base(cm: ClaraModel, path: Path) -> None:
             shutil.copy(f, path / f.name)
 
 
+def _from_checkpoint(path: Path) -> bool:
+    return path.name == BASE_DIR and (path.parent / "clara_config.json").exists()
+
+
 class Trainer:
     """Runs one stage over its examples; `run(resume_from)` returns the final checkpoint."""
 
@@ -275,14 +279,17 @@ class Trainer:
         staging = self.out / f".tmp-{name}"
         if staging.exists():
             shutil.rmtree(staging)
-        base_tmp = None
+        base_tmp = self.out / f".tmp-{name}-base"
+        if base_tmp.exists():
+            shutil.rmtree(base_tmp)
         if self.cfg.full:  # the checkpoint's adapters belong to the new base weights
-            base_tmp = self.out / f".tmp-{name}-base"
-            if base_tmp.exists():
-                shutil.rmtree(base_tmp)
             save_base(cm, base_tmp)
             cm.info.fingerprint = fingerprint_weights(base_tmp)
             cm.info.model_id = f"{self.cfg.stage} fine-tuned base ({BASE_DIR}/ beside the adapters)"
+        elif _from_checkpoint(Path(cm.info.path)):  # a fine-tuned base travels with its adapters
+            shutil.copytree(cm.info.path, base_tmp)
+        else:
+            base_tmp = None
         extra = {
             "training": {
                 "stage": self.cfg.stage,
