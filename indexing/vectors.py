@@ -38,7 +38,7 @@ BATCH = 4096
 
 def flatten_normalize(x: np.ndarray) -> np.ndarray:
     """(N, n_mem, d) any float dtype -> (N, n_mem*d) float32 with unit L2 norm (zeros stay 0)."""
-    flat = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)  # (N, D)
+    flat = np.ascontiguousarray(x.reshape(len(x), math.prod(x.shape[1:])), dtype=np.float32)
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
     np.divide(flat, norms, out=flat, where=norms > 0)
     return flat

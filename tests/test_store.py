@@ -111,6 +111,8 @@ def test_add_rejects_bad_memories(col: Collection):
     with pytest.raises(ValueError, match="NaN"):
         col.add_document(None, "x", "s", chunks, np.full((1, N_MEM, D), np.nan))
     assert col.stats()["generation"] == 0
+    empty = col.add_document(None, "blank.pdf", "s0", [], np.zeros((0, N_MEM, D)))  # no text
+    assert col.document(empty).n_chunks == 0 and col.search(doc_vectors(1)[0]) == [[]]
 
 
 def test_removed_documents_are_never_returned_and_disk_shrinks(col: Collection):
