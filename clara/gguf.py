@@ -61,6 +61,13 @@ _GPT2_PRE = {"gpt2", "default", "mpt", "olmo"}
 _LLAMA3_PRE = {"llama-bpe", "llama3", "smaug-bpe"}
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+# HF special token -> GGUF `tokenizer.ggml.<key>_token_id`
+_SPECIAL_KEYS = {
+    "bos_token": "bos",
+    "eos_token": "eos",
+    "unk_token": "unknown",
+    "pad_token": "padding",
+}
 
 
 class GGUFConversionError(ClaraError):
@@ -85,9 +92,7 @@ def _scalar(meta: dict[str, Any], key: str, default: Any = None) -> Any:
     value = meta.get(key, default)
     if isinstance(value, mx.array):
         value = value.item()
-    if isinstance(
-        value, float
-    ):  # GGUF stores float32: keep its shortest decimal (1e-05, not 9.99e-06)
+    if isinstance(value, float):  # a float32: keep its shortest decimal (1e-05, not 9.99e-06)
         value = float(str(np.float32(value)))
     return value
 
@@ -223,11 +228,7 @@ def _write_tokenizer(meta: dict[str, Any], out: Path, max_length: int) -> None:
     tok.save(str(out / "tokenizer.json"))
 
     control = [t for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL]
-    specials = {
-        f"{k}_token": v
-        for k in ("bos", "eos", "unk", "pad")
-        if (v := _token(meta, "padding" if k == "pad" else ("unknown" if k == "unk" else k)))
-    }
+    specials = {name: tok for name, key in _SPECIAL_KEYS.items() if (tok := _token(meta, key))}
     _write_json(out / "special_tokens_map.json", {**specials, "additional_special_tokens": control})
     tokenizer_config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -261,9 +262,9 @@ def _write_model(gguf: Path, out: Path) -> None:
         raw, meta = mx.load(str(gguf), return_metadata=True)
     except Exception as exc:  # noqa: BLE001 - mlx raises plain RuntimeError/ValueError here
         raise GGUFConversionError(f"cannot read {gguf} as GGUF: {exc}") from exc
-    weights = {_mlx_name(k): v for k, v in raw.items() if k != "rope_freqs.weight"}
     if "rope_freqs.weight" in raw:
         raise GGUFConversionError("llama-3 style rope_freqs scaling is not supported yet")
+    weights = {_mlx_name(k): v for k, v in raw.items()}
     config = _model_config(meta, weights)
     mx.save_safetensors(
         str(out / "model.safetensors"), dict(sorted(weights.items())), metadata={"format": "mlx"}
