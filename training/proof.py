@@ -1,0 +1,217 @@
+"""Proof that learning works: a tiny model trained FROM SCRATCH on a synthetic world, through
+language-model pretraining and the three CLaRa stages, answers held-out questions from
+compressed memory retrieved over the whole collection (and cannot without retrieval).
+
+Used by `bench/bench_learning.py` (full size) and the CI test (reduced size).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clara.model import ClaraConfig
+from training.evaluate import clara_row, generator_only_row, no_retrieval_row, retrieve
+from training.pipeline import load_for_training, train
+from training.stages import StageConfig
+from training.tinymodel import build_tiny_llama, build_word_tokenizer
+from training.trainer import TrainConfig
+from training.world import make_world
+
+
+@dataclass
+class ProofConfig:
+    # world
+    n_people: int = 1700
+    n_towns: int = 300
+    max_facts: int = 3
+    test_fraction: float = 0.15
+    seed: int = 0
+    # model
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    doc_max_tokens: int = 64
+    compression_rate: int = 16
+    lora_rank: int = 16
+    # stages: optimiser steps and learning rates (a tiny model from scratch: larger lr)
+    batch_size: int = 32
+    lm_steps: int = 200
+    lm_lr: float = 3e-3
+    pretrain_steps: int = 700
+    pretrain_lr: float = 2e-3
+    instruct_steps: int = 250
+    instruct_lr: float = 1e-3
+    instruct_docs: int = 5
+    joint_steps: int = 250
+    joint_lr: float = 2e-3
+    joint_candidates: int = 16
+    joint_top_k: int = 5
+    tau: float = 0.02
+    retrieval_weight: float = 0.0
+    # evaluation
+    top_k: int = 5
+    eval_limit: int | None = None
+    max_tokens: int = 8
+    diagnostics: bool = True
+
+
+@dataclass
+class ProofResult:
+    config: dict
+    n_docs: int
+    n_train_facts: int
+    n_test_questions: int
+    mean_doc_tokens: float
+    n_mem: int
+    vocab_size: int
+    parameters: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    total_seconds: float = 0.0
+    diagnostics: dict = field(default_factory=dict)
+
+    def row(self, method: str) -> dict:
+        return next(r for r in self.rows if r["method"] == method)
+
+
+def run_proof(
+    cfg: ProofConfig, workdir: str | Path, log: Callable[[str], None] = print, quiet: bool = True
+) -> ProofResult:
+    """World -> tokenizer + random Llama -> lm -> pretrain -> instruct -> joint -> eval."""
+    start = time.perf_counter()
+    work = Path(workdir)
+    world = make_world(
+        cfg.n_people,
+        cfg.n_towns,
+        max_facts=cfg.max_facts,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+    )
+    model_dir = build_word_tokenizer(work / "model", world.texts())
+    build_tiny_llama(
+        model_dir,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        seed=cfg.seed,
+    )
+    clara_cfg = ClaraConfig(
+        compression_rate=cfg.compression_rate,
+        doc_max_tokens=cfg.doc_max_tokens,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=2.0 * cfg.lora_rank,
+        lora_dropout=0.0,
+        seed=cfg.seed,
+    )
+    test = world.qa_records("test", n_docs=1)
+    if cfg.eval_limit:
+        test = test[: cfg.eval_limit]
+
+    def tc(stage: str, steps: int, lr: float, full: bool) -> TrainConfig:
+        return TrainConfig(
+            stage=stage,
+            out=str(work / stage),
+            lr=lr,
+            max_steps=steps,
+            batch_size=cfg.batch_size,
+            full=full,
+            seed=cfg.seed,
+            quiet=quiet,
+            log_every=20,
+        )
+
+    times: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        times[name] = round(time.perf_counter() - t, 1)
+        log(f"{name}: {times[name]:.0f}s")
+        return out
+
+    ck = timed(
+        "lm",
+        lambda: train(
+            world.docs, tc("lm", cfg.lm_steps, cfg.lm_lr, True), model=str(model_dir),
+            clara_config=clara_cfg, dtype="float32",
+        ),
+    )  # fmt: skip
+    ck = timed(
+        "pretrain",
+        lambda: train(
+            world.pretrain_records(), tc("pretrain", cfg.pretrain_steps, cfg.pretrain_lr, True),
+            init_from=ck, dtype="float32",
+        ),
+    )  # fmt: skip
+    ck = timed(
+        "instruct",
+        lambda: train(
+            world.qa_records("train", n_docs=cfg.instruct_docs, all_templates=True),
+            tc("instruct", cfg.instruct_steps, cfg.instruct_lr, True),
+            init_from=ck, dtype="float32", stage_config=StageConfig(top_k=cfg.instruct_docs),
+        ),
+    )  # fmt: skip
+    diagnostics: dict[str, float] = {}
+    if cfg.diagnostics:  # can the stage-2 generator read? (gold document, held-out questions)
+        probe = load_for_training(None, ck, dtype="float32")
+        sample = test[:200]
+        got = retrieve(probe, sample, "gold", None, 1)
+        row = clara_row(probe, sample, got, "instruct, gold doc", str(ck), cfg.max_tokens)
+        diagnostics["instruct_gold_em"] = row.em
+        log(f"instruct, gold document, held-out EM: {row.em:.3f}")
+        del probe
+    ck = timed(
+        "joint",
+        lambda: train(
+            world.qa_records("train", n_docs=cfg.joint_candidates, all_templates=True, seed=1),
+            tc("joint", cfg.joint_steps, cfg.joint_lr, False),
+            init_from=ck, dtype="float32",
+            stage_config=StageConfig(
+                top_k=cfg.joint_top_k, tau=cfg.tau, retrieval_weight=cfg.retrieval_weight
+            ),
+        ),
+    )  # fmt: skip
+
+    def evaluate():
+        cm = load_for_training(None, ck, dtype="float32")
+        got = retrieve(cm, test, "collection", world.docs, cfg.top_k)
+        rows = [
+            clara_row(cm, test, got, f"CLaRa {cfg.compression_rate}x", str(ck), cfg.max_tokens),
+            generator_only_row(cm, test, "same model, no retrieval", str(ck), cfg.max_tokens),
+        ]
+        base = load_for_training(None, work / "lm" / "final", dtype="float32")
+        rows.append(no_retrieval_row(base, test, cfg.max_tokens))
+        return cm, rows
+
+    cm, rows = timed("eval", evaluate)
+    tok = cm.tokenizer
+    lengths = [len(tok.encode(d, add_special_tokens=False)) for d in world.docs]
+    n_params = sum(v.size for k, v in _flat(cm.lm.parameters()) if ".lora_" not in k)
+    result = ProofResult(
+        config=asdict(cfg),
+        n_docs=len(world.docs),
+        n_train_facts=len(world.split("train")),
+        n_test_questions=len(test),
+        mean_doc_tokens=round(float(np.mean(lengths)), 2),
+        n_mem=cm.n_mem,
+        vocab_size=int(cm.info.config["vocab_size"]),
+        parameters=int(n_params),
+        stage_seconds=times,
+        rows=[r.to_dict() for r in rows],
+        total_seconds=round(time.perf_counter() - start, 1),
+        diagnostics=diagnostics,
+    )
+    (work / "result.json").write_text(json.dumps(asdict(result), indent=2))
+    return result
+
+
+def _flat(tree):
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(tree)

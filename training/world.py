@@ -1,0 +1,181 @@
+"""A synthetic world of invented people and towns: documents, questions, held-out facts.
+
+Every entity has a unique invented name and four attributes; its one document states one to
+three of them. Facts are split into training facts and HELD-OUT facts whose questions are never
+trained on (their documents are in the collection, so a model that reads memory can answer,
+one that does not has nothing to go on: values are invented words and numbers).
+
+    world = make_world(n_people=1000, n_towns=200, seed=0)
+    world.docs                      # the collection
+    world.pretrain_records()        # stage 1: a paraphrase record per doc + QA on train facts
+    world.qa_records("train", ...)  # stages 2-3: {question, docs (candidates), answer, pos_index}
+    world.qa_records("test", ...)   # held-out questions
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from training.data import PretrainRecord, QARecord
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
+           "gr", "kr", "tr", "st", "sk", "th", "sh", "ch"]  # fmt: skip
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
+_CODAS = ["", "", "n", "r", "l", "s", "k", "m", "th"]
+
+PROFESSIONS = ["painter", "baker", "sailor", "weaver", "miner", "poet", "farmer", "tailor",
+               "potter", "smith", "brewer", "healer", "hunter", "scribe", "mason", "carpenter",
+               "fisher", "singer", "merchant", "builder", "glassblower", "jeweller", "cook",
+               "shepherd"]  # fmt: skip
+PETS = ["cat", "dog", "parrot", "goat", "owl", "rabbit", "tortoise", "ferret", "pony", "crow",
+        "hedgehog", "lizard", "mule", "goose", "toad", "falcon"]  # fmt: skip
+PRODUCTS = ["cheese", "bridges", "wool", "glass", "apples", "boats", "bells", "salt", "honey",
+            "lanterns", "carpets", "clocks", "wine", "paper", "pottery", "horses"]  # fmt: skip
+
+# attribute -> (fact templates, question templates); {n} = entity name, {v} = value
+PERSON = {
+    "job": (["{n} works as a {v}."], ["What does {n} work as?", "What is the job of {n}?"]),
+    "home": (["{n} lives in {v}."], ["Where does {n} live?", "In which town does {n} live?"]),
+    "born": (["{n} was born in {v}."], ["In what year was {n} born?", "When was {n} born?"]),
+    "pet": (
+        ["{n} keeps a {v} as a pet."],
+        ["What pet does {n} keep?", "Which animal does {n} keep?"],
+    ),
+}
+TOWN = {
+    "river": (["{n} lies on the river {v}."], ["On which river does {n} lie?", "Which river flows through {n}?"]),
+    "founded": (["{n} was founded in {v}."], ["When was {n} founded?", "In what year was {n} founded?"]),
+    "region": (["{n} is in the region of {v}."], ["In which region is {n}?", "Which region is {n} in?"]),
+    "famous": (["{n} is famous for its {v}."], ["What is {n} famous for?", "What is {n} known for?"]),
+}  # fmt: skip
+
+
+@dataclass
+class Fact:
+    entity: str
+    kind: str  # "person" | "town"
+    attr: str
+    value: str
+    doc: int  # index of the document that states it
+    split: str = "train"  # "train" | "test"
+
+    def sentence(self) -> str:
+        table = PERSON if self.kind == "person" else TOWN
+        return table[self.attr][0][0].format(n=self.entity, v=self.value)
+
+    def questions(self) -> list[str]:
+        table = PERSON if self.kind == "person" else TOWN
+        return [q.format(n=self.entity) for q in table[self.attr][1]]
+
+
+@dataclass
+class World:
+    docs: list[str]
+    facts: list[Fact]
+    doc_facts: list[list[int]]  # fact indices per document
+    seed: int = 0
+    names: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Fact]:
+        return [f for f in self.facts if f.split == name]
+
+    def pretrain_records(self, qa: bool = True) -> list[PretrainRecord]:
+        """A paraphrase record for every document, plus one QA record per training fact."""
+        out = [PretrainRecord("paraphrase", d) for d in self.docs]
+        if qa:
+            rng = np.random.default_rng([self.seed, 1])
+            for f in self.split("train"):
+                q = f.questions()[int(rng.integers(2))]
+                out.append(PretrainRecord("qa", self.docs[f.doc], [q], [f.value]))
+        return out
+
+    def qa_records(
+        self, split: str, n_docs: int = 5, all_templates: bool = False, seed: int = 0
+    ) -> list[QARecord]:
+        """Questions of `split` with `n_docs` candidate documents (the gold one at a random
+        place, the others random documents) and `pos_index`."""
+        rng = np.random.default_rng([self.seed, 2, seed, 0 if split == "train" else 1])
+        out = []
+        for f in self.split(split):
+            qs = f.questions()
+            for q in qs if all_templates else [qs[int(rng.integers(len(qs)))]]:
+                others = rng.choice(len(self.docs) - 1, size=n_docs - 1, replace=False)
+                others = [int(o) + (o >= f.doc) for o in others]  # skip the gold document
+                docs = others + [f.doc]
+                rng.shuffle(docs)
+                out.append(
+                    QARecord(q, [self.docs[i] for i in docs], [f.value], [docs.index(f.doc)])
+                )
+        return out
+
+    def texts(self) -> list[str]:
+        """Every string the world can produce (for building a vocabulary)."""
+        out = list(self.docs)
+        for f in self.facts:
+            out += f.questions() + [f.value]
+        return out
+
+
+def _names(rng: np.random.Generator, n: int, taken: set[str], syllables=(2, 3)) -> list[str]:
+    out = []
+    while len(out) < n:
+        k = int(rng.integers(syllables[0], syllables[1] + 1))
+        parts = [_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))]
+                 for _ in range(k)]  # fmt: skip
+        name = ("".join(parts) + _CODAS[rng.integers(len(_CODAS))]).capitalize()
+        if name not in taken and len(name) >= 4:
+            taken.add(name)
+            out.append(name)
+    return out
+
+
+def make_world(
+    n_people: int = 1000,
+    n_towns: int = 200,
+    n_rivers: int = 30,
+    n_regions: int = 20,
+    max_facts: int = 3,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> World:
+    """Invent a world; documents state 1..max_facts facts of one entity each."""
+    rng = np.random.default_rng(seed)
+    taken: set[str] = set()
+    people = _names(rng, n_people, taken)
+    towns = _names(rng, n_towns, taken)
+    rivers = _names(rng, n_rivers, taken)
+    regions = _names(rng, n_regions, taken)
+    facts: list[Fact] = []
+    docs: list[str] = []
+    doc_facts: list[list[int]] = []
+    entities = [(p, "person") for p in people] + [(t, "town") for t in towns]
+    order = rng.permutation(len(entities))
+    for e in order:
+        name, kind = entities[int(e)]
+        if kind == "person":
+            values = {
+                "job": PROFESSIONS[rng.integers(len(PROFESSIONS))],
+                "home": towns[rng.integers(len(towns))],
+                "born": str(int(rng.integers(1700, 2000))),
+                "pet": PETS[rng.integers(len(PETS))],
+            }
+        else:
+            values = {
+                "river": rivers[rng.integers(len(rivers))],
+                "founded": str(int(rng.integers(1000, 1900))),
+                "region": regions[rng.integers(len(regions))],
+                "famous": PRODUCTS[rng.integers(len(PRODUCTS))],
+            }
+        n = int(rng.integers(1, max_facts + 1))
+        attrs = [list(values)[i] for i in rng.permutation(len(values))[:n]]
+        idx = []
+        for a in attrs:
+            facts.append(Fact(name, kind, a, values[a], len(docs)))
+            idx.append(len(facts) - 1)
+        docs.append(" ".join(facts[i].sentence() for i in idx))
+        doc_facts.append(idx)
+    for i in rng.permutation(len(facts))[: int(round(test_fraction * len(facts)))]:
+        facts[int(i)].split = "test"
+    return World(docs, facts, doc_facts, seed, people + towns)
