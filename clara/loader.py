@@ -114,22 +114,30 @@ def fingerprint_weights(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _dequantize(model: nn.Module, dtype: mx.Dtype) -> None:
+def _dequantize(model: nn.Module, dtype: mx.Dtype, config: dict) -> None:
+    """Unpack quantized layers exactly (float32 scales/biases first), then cast to `dtype`."""
     from mlx_lm.utils import dequantize_model
 
+    for _, m in model.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            m.scales = m.scales.astype(mx.float32)
+            if getattr(m, "biases", None) is not None:
+                m.biases = m.biases.astype(mx.float32)
     dequantize_model(model)
     model.set_dtype(dtype)
+    config.pop("quantization", None)
+    config.pop("quantization_config", None)
 
 
 def resolve_dtype(dtype: str | None, config: dict) -> str | None:
-    """`auto`: float32 on Linux CPU with the fast BLAS (4-bit and bf16 matmuls get no BLAS
-    speed-up there), otherwise keep the weights as stored."""
+    """`auto`: on a CPU, MLX has no fast 4-bit matmul, so unpack the weights: float32 when
+    OpenBLAS is loaded (~14x faster prefill than 4-bit), else bfloat16 (faster than float32 on
+    the reference BLAS). On a GPU keep the weights as stored (see bench/bench_model.py)."""
     if dtype != "auto":
         return dtype
-    on_cpu = mx.default_device() == mx.cpu
-    if on_cpu and _blas.loaded:
-        return "float32"
-    return None
+    if mx.default_device() != mx.cpu:
+        return None
+    return "float32" if _blas.loaded else "bfloat16"
 
 
 def load_base(
@@ -144,7 +152,7 @@ def load_base(
     model, config = load_model(path, get_model_classes=_model_classes)
     chosen = resolve_dtype(dtype, config)
     if chosen is not None:
-        _dequantize(model, getattr(mx, chosen))
+        _dequantize(model, getattr(mx, chosen), config)
         mx.eval(model.parameters())
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     return BaseModel(
