@@ -169,3 +169,58 @@ def test_reset_and_copy_helpers(cm):
     la = cm.lora_layers()[0]
     assert mx.array_equal(la.lora_generator["a"], la.lora_query["a"])
     assert TEXT == -1
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(cm):
+    from training.trainer import disable_grad_checkpoint, enable_grad_checkpoint
+
+    stage = make_stage("instruct", cm)
+    examples = stage.build([QARecord("Where is Paris?", DOCS[:3], ["France"])])
+    for layer in cm.lora_layers():
+        layer.lora_compressor["b"] = 0.1 * mx.random.normal(layer.lora_compressor["b"].shape)
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    mx.random.seed(5)
+    loss_a, grads_a = _grads(stage, examples)
+    enable_grad_checkpoint(cm)
+    mx.random.seed(5)
+    loss_b, grads_b = _grads(stage, examples)
+    cm.train()  # with dropout the recompute must draw the forward's masks: finite, same loss
+    mx.random.seed(7)
+    loss_c, grads_c = _grads(stage, examples)
+    mx.random.seed(7)
+    loss_d, grads_d = _grads(stage, examples)
+    disable_grad_checkpoint(cm)  # the class is patched; instances opt in
+    cm.eval()
+    assert loss_c.item() == loss_d.item() and loss_c.item() != loss_a.item()
+    assert all(np.isfinite(np.array(v)).all() for v in grads_c.values())
+    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for k in grads_a:
+        np.testing.assert_allclose(np.array(grads_a[k]), np.array(grads_b[k]), atol=1e-6)
+
+
+def test_checkpoint_recompute_uses_the_forward_dropout_masks(cm):
+    from training.grads import value_and_grad as vag
+    from training.trainer import disable_grad_checkpoint, enable_grad_checkpoint
+
+    for la in cm.lora_layers():
+        la.lora_generator["b"] = 0.1 * mx.random.normal(la.lora_generator["b"].shape)
+    set_trainable(cm, ["generator"], False, full=False)
+    cm.train()
+    layer, x = cm.lm.model.layers[0], mx.random.normal((2, 5, 64), key=mx.random.key(1))
+
+    def run():
+        with cm.adapter("generator"):
+            return layer(x, "causal").sum()
+
+    mx.random.seed(3)  # reference: the seed the patched block draws, then a plain forward
+    seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
+    mx.random.seed(seed)
+    want = dict(tree_flatten(vag(cm, run)()[1]))
+    enable_grad_checkpoint(cm)
+    mx.random.seed(3)
+    got = dict(tree_flatten(vag(cm, run)()[1]))
+    disable_grad_checkpoint(cm)
+    cm.eval()
+    for k in want:
+        np.testing.assert_allclose(np.array(got[k]), np.array(want[k]), atol=1e-6, err_msg=k)

@@ -90,26 +90,46 @@ def lr_schedule(lr: float, total: int, warmup: float = 0.03, min_ratio: float = 
 
 
 def enable_grad_checkpoint(cm: ClaraModel) -> None:
-    """Recompute each transformer block in the backward pass (`mx.checkpoint`): less memory."""
+    """Recompute each transformer block in the backward pass (`mx.checkpoint`): less memory.
+
+    The recomputation happens after the forward pass has returned, so what Python state the
+    block reads is pinned here: the active adapter, and a dropout seed drawn at forward time.
+    """
     layers = cm.lm.model.layers
     cls = type(layers[0])
     if not getattr(cls, "_clara_checkpoint_patched", False):
         call = cls.__call__
 
         def checkpointed(self, x, *args, **kwargs):
-            if not getattr(self, "_clara_checkpoint", False):
+            switch = getattr(self, "_clara_checkpoint", None)
+            if switch is None:
                 return call(self, x, *args, **kwargs)
+            active = switch.active
+            seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
 
             def inner(params, x):
-                self.update(params, strict=False)
-                return call(self, x, *args, **kwargs)  # mask/cache captured, not differentiated
+                previous, switch.active = switch.active, active
+                mx.random.seed(seed)  # same dropout masks in the forward and the recompute
+                try:
+                    self.update(params, strict=False)
+                    return call(self, x, *args, **kwargs)  # mask/cache: captured constants
+                finally:
+                    switch.active = previous
 
-            return mx.checkpoint(inner)(G.trainable(self), x)
+            params = G.trainable(self)
+            out = mx.checkpoint(inner)(params, x)
+            self.update(params, strict=False)  # the block runs again later (other adapter)
+            return out
 
         cls.__call__ = checkpointed
         cls._clara_checkpoint_patched = True
     for layer in layers:
-        layer._clara_checkpoint = True
+        layer._clara_checkpoint = cm.switch
+
+
+def disable_grad_checkpoint(cm: ClaraModel) -> None:
+    for layer in cm.lm.model.layers:
+        layer._clara_checkpoint = None
 
 
 def _work(ex: Example, n_mem: int) -> int:
