@@ -85,3 +85,14 @@ def progress(
 
     disable = quiet or not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
+
+
+def progress_bar(
+    total: int | None = None, desc: str | None = None, unit: str = "it", *, quiet: bool = False
+):
+    """A tqdm bar on stderr to `update()` by hand (same rules as `progress`); its `write()`
+    prints a line without breaking the bar."""
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)

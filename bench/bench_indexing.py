@@ -1,0 +1,193 @@
+"""Indexing throughput end to end (read -> chunk -> compress -> commit) through `indexing.pipeline`,
+the code `clara-index add` runs, on the default model at compressor batch sizes 1, 4 and 8.
+
+Corpus: Python's documentation topics (`pydoc_data.topics`, on every machine) written as .txt
+files, taken in sorted order until about `--chunks` chunks. Each batch size indexes the same
+files into a fresh collection. Also reports the time split between stages, disk use per 1k
+chunks (memory file, FAISS, SQLite) and the RAM a flat FAISS index needs per 1k chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import clara  # noqa: F401  preloads OpenBLAS before mlx
+import mlx.core as mx
+
+from bench._common import append_report, markdown_table
+from clara.checkpoint import load_clara
+from indexing import pipeline
+from indexing.chunking import chunk_document
+from indexing.pipeline import FileResult, Indexer, IndexOptions
+from indexing.readers import read_document
+from indexing.store import Collection
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def write_corpus(folder: Path, cm, want_chunks: int, overlap: int) -> tuple[list[Path], int]:
+    """Topic files in sorted order until about `want_chunks` chunks (as the pipeline cuts them)."""
+    from pydoc_data.topics import topics
+
+    paths, total = [], 0
+    for name in sorted(topics):
+        path = folder / f"{name}.txt"
+        path.write_text(topics[name], encoding="utf-8")
+        n = len(
+            chunk_document(read_document(path), cm.tokenizer, cm.config.doc_max_tokens, overlap)
+        )
+        if total and total + n > want_chunks * 1.1:
+            path.unlink()
+            continue
+        paths.append(path)
+        total += n
+        if total >= want_chunks:
+            break
+    return paths, total
+
+
+class Timed:
+    """Wraps a function and adds up the seconds spent in it."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def index_once(cm, paths: list[Path], root: Path, batch_size: int, overlap: int) -> dict:
+    col = Collection.open(root, "bench", pipeline.model_manifest(cm), create=True)
+    compress = pipeline.compress = Timed(pipeline.compress)  # what Indexer.run calls
+    col.add_document = Timed(col.add_document)
+    rss0 = rss_mib()
+    start = time.perf_counter()
+    results = [
+        e
+        for e in Indexer(cm, col, IndexOptions(None, overlap, batch_size)).run(paths)
+        if isinstance(e, FileResult)
+    ]
+    seconds = time.perf_counter() - start
+    rss1 = rss_mib()
+    commit_s = col.add_document.seconds
+    pipeline.compress = compress.fn
+    stats = col.stats()
+    col.close()
+    assert all(r.status == "added" for r in results), [r for r in results if r.status != "added"]
+    files = stats["files"]
+    return {
+        "chunks": stats["chunks"],
+        "seconds": seconds,
+        "compress_s": compress.seconds,
+        "commit_s": commit_s,
+        "read_chunk_s": seconds - compress.seconds - commit_s,
+        "rss_growth_mib": rss1 - rss0,
+        "dim": stats["dim"],
+        "disk": {
+            "memory": sum(v for k, v in files.items() if k.startswith("memory-")),
+            "faiss": sum(v for k, v in files.items() if k.startswith("faiss-")),
+            "sqlite": sum(v for k, v in files.items() if k.startswith("meta.sqlite")),
+            "total": stats["bytes_on_disk"],
+        },
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--chunks", type=int, default=32, help="corpus size in chunks (default 32)")
+    p.add_argument("--batch-sizes", default="1,4,8")
+    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    args = p.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    cm = load_clara(args.model, args.checkpoint, dtype=args.dtype)
+    load_s = time.perf_counter() - t0
+    mx.eval(cm.compress(["warm-up"] * max(batch_sizes), batch_size=max(batch_sizes)))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "corpus"
+        folder.mkdir()
+        paths, n_chunks = write_corpus(folder, cm, args.chunks, args.overlap)
+        corpus_bytes = sum(f.stat().st_size for f in paths)
+        runs = {}
+        for bs in batch_sizes:
+            runs[bs] = index_once(cm, paths, Path(tmp) / f"index-bs{bs}", bs, args.overlap)
+            print(
+                f"batch {bs}: {runs[bs]['chunks'] / runs[bs]['seconds']:.2f} chunks/s", flush=True
+            )
+    load_after = os.getloadavg()
+
+    rows = []
+    for bs, r in runs.items():
+        rows.append([
+            bs, r["chunks"], f"{r['seconds']:.1f}", f"**{r['chunks'] / r['seconds']:.2f}**",
+            f"{r['compress_s'] / r['seconds']:.0%}", f"{r['commit_s'] * 1000 / len(paths):.0f}",
+            f"{r['read_chunk_s']:.2f}",
+        ])  # fmt: skip
+    table = markdown_table(
+        ["batch", "chunks", "seconds", "chunks/s (end to end)", "compressing",
+         "commit ms/doc", "read+chunk s"],
+        rows,
+    )  # fmt: skip
+    r = runs[batch_sizes[-1]]
+    per_k = 1000 / r["chunks"]
+    mib = 2**20
+    disk = markdown_table(
+        ["per 1k chunks", "MiB"],
+        [
+            ["memory file (float16)", f"{r['disk']['memory'] * per_k / mib:.1f}"],
+            ["FAISS (flat, float32)", f"{r['disk']['faiss'] * per_k / mib:.1f}"],
+            ["meta.sqlite (+WAL, chunk text)", f"{r['disk']['sqlite'] * per_k / mib:.1f}"],
+            ["disk total", f"{r['disk']['total'] * per_k / mib:.1f}"],
+            ["RAM to search it: FAISS flat index (n_mem x d x 4 B per chunk)",
+             f"{r['dim'] * 4 * 1000 / mib:.1f}"],
+        ],
+    )  # fmt: skip
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    body = (
+        f"{table}\n\n{disk}\n\nCorpus: {len(paths)} pydoc topic files, {corpus_bytes / 1024:.0f} KiB, "
+        f"{n_chunks} chunks of <= {cm.config.doc_max_tokens} tokens (overlap {args.overlap}); "
+        f"indexing RSS growth {max(x['rss_growth_mib'] for x in runs.values()):.0f} MiB "
+        "(mostly MLX buffers at this size); "
+        f"model {args.model} (dtype {cm.info.extras.get('dtype')}, n_mem {cm.n_mem} x d "
+        f"{cm.hidden_size}), loaded in {load_s:.1f}s (not counted); peak process RSS "
+        f"{peak:.0f} MiB."
+    )
+    notes = (
+        f"Load average before {load_before[0]:.2f}/{load_before[1]:.2f}, after "
+        f"{load_after[0]:.2f}/{load_after[1]:.2f} (1/5 min): the machine is shared with other "
+        "work, so chunks/s is noisy and likely pessimistic. 'compressing' is the share of wall "
+        "time inside the compressor; batches span documents. Disk and RAM are from the last "
+        "batch size's collection (the same chunks each time)."
+    )
+    title = (
+        f"Indexing throughput, clara-index add pipeline ({args.model}, batch {args.batch_sizes})"
+    )
+    if args.no_report:
+        print(body + "\n\n" + notes)
+    else:
+        append_report(title, body, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""Read -> chunk -> compress -> store: the indexing pipeline of `clara-index` and the service.
+
+    indexer = Indexer(cm, collection, IndexOptions(batch_size=8))
+    for event in indexer.run(paths):          # FileResult per file, Progress per model batch
+        ...
+
+Compression batches span documents (small files still fill a batch); each document is
+committed on its own as soon as its last chunk is compressed, so a crash keeps every finished
+document and running again finishes the job. A file whose path is indexed with the same
+content hash is "unchanged" (not even parsed); a changed file replaces its old version in one
+commit. `run` is a generator that yields after every batch: the service steps it one batch
+at a time on its MLX thread.
+
+Crash tests: `CLARA_CRASH_AT=index:after-document-<n>` kills the process right after the n-th
+document of a run is committed (see `indexing.durable`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from clara.errors import ClaraError
+from clara.paths import indexes_dir
+from indexing.chunking import Chunk, chunk_document
+from indexing.durable import crash_point, fsync_dir
+from indexing.readers import Document, NoTextError, read_document
+from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
+
+Status = Literal["added", "replaced", "unchanged", "failed", "recompressed"]
+#: Under the index root: where `recompress` builds the new collection before swapping it in.
+STAGING = ".recompress"
+
+
+@dataclass
+class IndexOptions:
+    chunk_tokens: int | None = None  # None: the checkpoint's doc_max_tokens
+    overlap: int = 32
+    batch_size: int = 8  # chunks per compressor pass
+    password: str | None = None  # for encrypted PDFs
+    dedupe: bool = True  # skip a new path whose content is already indexed under another
+
+
+@dataclass
+class Source:
+    """A file to index: where to read it and the name shown for it (default: its file name)."""
+
+    path: Path
+    name: str | None = None
+
+
+@dataclass
+class FileResult:
+    path: Path
+    status: Status
+    doc_id: str | None = None
+    chunks: int = 0
+    pages: int | None = None
+    error: ClaraError | None = None
+    warnings: list[str] = field(default_factory=list)
+    detail: str = ""  # why "unchanged" (e.g. same content as another document)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "status": self.status,
+            "doc_id": self.doc_id,
+            "chunks": self.chunks,
+            "pages": self.pages,
+            "error": str(self.error) if self.error else None,
+            "warnings": self.warnings,
+            "detail": self.detail or None,
+        }
+
+
+@dataclass
+class Progress:
+    """One compressor batch is done."""
+
+    chunks: int
+
+
+@dataclass
+class _Pending:
+    """A read and chunked document waiting for its memories."""
+
+    source: Source
+    doc: Document
+    chunks: list[Chunk]
+    memories: np.ndarray  # (N, n_mem, d) float16, filled as batches finish
+    mtime: float | None
+    replaces: str | None  # id of the older version at the same path
+    done: int = 0
+
+
+def model_manifest(cm: Any, checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a collection records about the model (plus the checkpoint, for fix-it messages)."""
+    manifest = dict(cm.manifest())
+    if checkpoint is not None:
+        manifest["checkpoint"] = str(checkpoint)
+    return manifest
+
+
+def chunk_limits(cm: Any, chunk_tokens: int | None, overlap: int) -> tuple[int, int]:
+    """(max tokens, overlap) after checking them against the checkpoint's doc_max_tokens."""
+    limit = int(cm.config.doc_max_tokens)
+    size = limit if chunk_tokens is None else chunk_tokens
+    if not 1 <= size <= limit:
+        raise ClaraError(
+            f"chunk size {size} must be between 1 and the checkpoint's doc_max_tokens ({limit}); "
+            "the compressor reads at most that many tokens of a chunk"
+        )
+    if not 0 <= overlap < size:
+        raise ClaraError(f"overlap {overlap} must be between 0 and the chunk size - 1 ({size - 1})")
+    return size, overlap
+
+
+def compress(cm: Any, texts: list[str]) -> np.ndarray:
+    """Chunk texts -> memories (N, n_mem, d) float32, in one compressor pass."""
+    import mlx.core as mx
+
+    return np.array(cm.compress(texts, batch_size=max(1, len(texts))).astype(mx.float32))
+
+
+def file_sha256(path: Path) -> str | None:
+    """Hash of the file's bytes (what `read_document` records), or None if it can't be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def is_unchanged(collection: Collection, path: Path) -> bool:
+    """True when `path` is indexed with its current content (no model needed to know)."""
+    existing = collection.find_by_path(str(path))
+    return existing is not None and existing.sha256 == file_sha256(path)
+
+
+class Indexer:
+    """Indexes files into one collection (opened as writer) with one loaded ClaraModel."""
+
+    def __init__(self, cm: Any, collection: Collection, options: IndexOptions | None = None):
+        self.cm = cm
+        self.collection = collection
+        self.options = options or IndexOptions()
+        self.max_tokens, self.overlap = chunk_limits(
+            cm, self.options.chunk_tokens, self.options.overlap
+        )
+        if self.options.batch_size < 1:
+            raise ClaraError(f"batch size must be at least 1, got {self.options.batch_size}")
+        self.committed = 0
+
+    def run(self, sources: Iterable[Source | Path | str]) -> Iterator[FileResult | Progress]:
+        """Index every source; yields a FileResult per file and a Progress per model batch."""
+        batch_size = self.options.batch_size
+        todo = iter(sources)
+        waiting: deque[tuple[_Pending, int]] = deque()  # (document, chunk index) to compress
+        in_flight: dict[str, Path] = {}  # sha256 -> path, of documents read but not committed
+        exhausted = False
+        while True:
+            while not exhausted and len(waiting) < batch_size:
+                src = next(todo, None)
+                if src is None:
+                    exhausted = True
+                    break
+                src = src if isinstance(src, Source) else Source(Path(src))
+                prepared = self._prepare(src, in_flight)
+                if isinstance(prepared, FileResult):
+                    yield prepared
+                    continue
+                in_flight[prepared.doc.sha256] = src.path
+                waiting.extend((prepared, i) for i in range(len(prepared.chunks)))
+            if not waiting:
+                return
+            batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
+            memories = compress(self.cm, [p.chunks[i].text for p, i in batch])
+            finished: list[_Pending] = []
+            for (p, i), m in zip(batch, memories):
+                p.memories[i] = m
+                p.done += 1
+                if p.done == len(p.chunks):
+                    finished.append(p)
+            for p in finished:
+                in_flight.pop(p.doc.sha256, None)
+                yield self._commit(p)
+            yield Progress(len(batch))
+
+    def _prepare(self, src: Source, in_flight: dict[str, Path]) -> _Pending | FileResult:
+        path, coll = src.path, self.collection
+        existing = coll.find_by_path(str(path))
+        sha = file_sha256(path)
+        if sha is not None:
+            if existing is not None and existing.sha256 == sha:
+                return FileResult(
+                    path, "unchanged", existing.id, existing.n_chunks, existing.n_pages
+                )
+            if self.options.dedupe and existing is None:  # a new path with known content
+                other = coll.find_by_sha(sha)
+                if other is not None:
+                    where = other.path or other.name
+                    return FileResult(
+                        path, "unchanged", other.id, other.n_chunks, other.n_pages,
+                        detail=f"same content as {where} ({other.id})",
+                    )  # fmt: skip
+                if sha in in_flight:
+                    detail = f"same content as {in_flight[sha]}"
+                    return FileResult(path, "unchanged", detail=detail)
+        try:
+            mtime = os.stat(path).st_mtime
+            doc = read_document(path, self.options.password)
+            chunks = chunk_document(doc, self.cm.tokenizer, self.max_tokens, self.overlap)
+            if not chunks:
+                raise NoTextError(path, "no text to index", "check the file")
+        except ClaraError as exc:  # DocumentError, ChunkingError: this file only
+            return FileResult(path, "failed", error=exc)
+        except OSError as exc:
+            return FileResult(path, "failed", error=ClaraError(f"{path}: {exc.strerror or exc}"))
+        shape = (len(chunks), self.cm.n_mem, self.cm.hidden_size)
+        memories = np.zeros(shape, np.float16)
+        replaces = existing.id if existing is not None else None
+        return _Pending(src, doc, chunks, memories, mtime, replaces)
+
+    def _commit(self, p: _Pending) -> FileResult:
+        records = [ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens) for c in p.chunks]
+        path, doc = p.source.path, p.doc
+        args = (str(path), p.source.name or path.name, doc.sha256, records, p.memories)
+        info = dict(size=doc.size, mtime=p.mtime, n_pages=len(doc.pages))
+        status: Status = "added"
+        if p.replaces is not None:
+            try:
+                doc_id = self.collection.replace_document(p.replaces, *args, **info)
+                status = "replaced"
+            except DocumentNotFoundError:  # removed meanwhile: nothing left to replace
+                doc_id = self.collection.add_document(*args, **info)
+        else:
+            doc_id = self.collection.add_document(*args, **info)
+        self.committed += 1
+        crash_point(f"index:after-document-{self.committed}")
+        return FileResult(
+            path, status, doc_id, len(records), len(doc.pages), warnings=list(doc.warnings)
+        )
+
+
+# ---- recompress: re-encode a collection with another checkpoint ----------------------------
+def recompress(
+    cm: Any,
+    root: str | Path | None,
+    name: str,
+    *,
+    batch_size: int = 8,
+    checkpoint: str | os.PathLike | None = None,
+) -> Iterator[FileResult | Progress]:
+    """Re-encode every stored chunk of collection `name` with `cm` (e.g. after training).
+
+    The new collection is built under `<root>/.recompress/<name>` (one document per commit,
+    so an interrupted run resumes) while the old one stays searchable and locked against
+    writes, then swapped in. Chunk texts are reused; document ids change.
+    """
+    base = Path(root).expanduser() if root is not None else indexes_dir()
+    staging_root = base / STAGING
+    marker = staging_root / f"{name}.complete"
+    manifest = model_manifest(cm, checkpoint)
+    if marker.exists() and not (base / name).exists():
+        _swap_in(base, name)  # an earlier run died between the two renames of the swap
+        return
+    limit = int(cm.config.doc_max_tokens)
+    with Collection.open(base, name) as old:  # the writer lock: no adds while we copy
+        staging = staging_root / name
+        if staging.exists() and not _same_model(staging_root, name, manifest):
+            shutil.rmtree(staging)  # left by a run with another checkpoint
+        new = Collection.open(
+            staging_root, name, manifest, create=True, index_type=old.manifest.index_type
+        )
+        with new:
+            done = {(d.path, d.name, d.sha256) for d in new.list_documents()}
+            for d in old.list_documents():
+                if (d.path, d.name, d.sha256) in done:
+                    continue
+                chunks = old.document_chunks(d.id)
+                memories = np.zeros((len(chunks), cm.n_mem, cm.hidden_size), np.float32)
+                for start in range(0, len(chunks), batch_size):
+                    part = chunks[start : start + batch_size]
+                    memories[start : start + len(part)] = compress(cm, [c.text for c in part])
+                    yield Progress(len(part))
+                records = [
+                    ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens) for c in chunks
+                ]
+                doc_id = new.add_document(
+                    d.path, d.name, d.sha256, records, memories,
+                    size=d.size, mtime=d.mtime, n_pages=d.n_pages,
+                )  # fmt: skip
+                result = FileResult(
+                    Path(d.path or d.name), "recompressed", doc_id, len(chunks), d.n_pages
+                )
+                if too_long := sum(c.n_tokens > limit for c in chunks):
+                    result.warnings.append(
+                        f"{too_long} chunks are longer than the checkpoint's doc_max_tokens "
+                        f"({limit}) and were cut; add the file again to re-chunk it"
+                    )
+                yield result
+        marker.touch()
+        fsync_dir(staging_root)
+        doomed = _swap_in(base, name)
+    if doomed is not None:
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _same_model(staging_root: Path, name: str, manifest: dict[str, Any]) -> bool:
+    try:
+        Collection.open(staging_root, name, manifest, readonly=True).close()
+    except ClaraError:
+        return False
+    return True
+
+
+def _swap_in(base: Path, name: str) -> Path | None:
+    """Move `<base>/.recompress/<name>` to `<base>/<name>`; returns the old folder, now hidden."""
+    staging_root = base / STAGING
+    target = base / name
+    doomed = None
+    if target.exists():
+        # Hidden name that layout's sweep removes once this process is gone.
+        doomed = base / f".{name}.deleted-{os.getpid()}-{int(time.time() * 1e6) & 0xFFFFFFFF:x}"
+        os.rename(target, doomed)
+    os.rename(staging_root / name, target)
+    fsync_dir(base)
+    (staging_root / f"{name}.complete").unlink(missing_ok=True)
+    fsync_dir(staging_root)
+    return doomed

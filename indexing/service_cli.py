@@ -1,0 +1,107 @@
+"""`clara-index serve`: options and start-up of the indexing service (`indexing.service`).
+
+Kept apart from the service so `clara-index list` and friends never import fastapi or MLX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from clara.errors import ClaraError
+from clara_cli.common import model_dtype
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    net.add_argument("--port", type=int, default=8001, help="port (default: %(default)s)")
+    net.add_argument(
+        "--api-key",
+        default=os.environ.get("CLARA_API_KEY"),
+        metavar="KEY",
+        help="require 'Authorization: Bearer <key>' on every endpoint but /health "
+        "(default: $CLARA_API_KEY; unset: no key)",
+    )
+    net.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=100.0,
+        metavar="MB",
+        help="largest upload accepted; bigger ones get 413 (default: %(default)s)",
+    )
+    net.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="(default: %(default)s)",
+    )
+    idx = parser.add_argument_group("index")
+    idx.add_argument(
+        "--index",
+        default=None,
+        metavar="DIR",
+        help="folder holding the collections (= vector stores) and uploads/ "
+        "(default: $CLARA_HOME/indexes); point clara-serve at the same folder",
+    )
+    idx.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=8,
+        metavar="N",
+        help="chunks per compressor pass (default: %(default)s)",
+    )
+    idx.add_argument(
+        "--overlap",
+        type=int,
+        default=32,
+        metavar="N",
+        help="tokens shared by neighbouring chunks unless a request sets a static "
+        "chunking_strategy (default: %(default)s)",
+    )
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Run the service until Ctrl-C; a model that cannot load ends it with that error."""
+    import uvicorn
+
+    from indexing.service import ServiceSettings, create_app
+
+    if args.max_upload_mb <= 0:
+        raise ClaraError("--max-upload-mb must be positive")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = ServiceSettings(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        dtype=model_dtype(args),
+        index_root=args.index,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        batch_size=args.batch_size,
+        overlap=args.overlap,
+    )
+    app = create_app(settings, api_key=args.api_key or None)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    )
+    worker = app.state.service.worker
+
+    def fatal(exc: BaseException) -> None:  # on the worker thread: ask uvicorn to stop
+        server.should_exit = True
+
+    worker.on_fatal = fatal
+    server.run()
+    if worker.error is not None:
+        if isinstance(worker.error, ClaraError):
+            raise worker.error
+        raise ClaraError(f"could not load the model: {worker.error}") from worker.error
+    return 0

@@ -1,0 +1,527 @@
+"""The indexing service's handler (kept on `app.state.service`): files, vector stores, jobs,
+search. Routes in `indexing.service` stay thin and call it.
+
+Threads: reads (listing, stats) run in `asyncio.to_thread` on read-only collections that
+follow commits; everything that writes a collection or runs MLX runs on the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from clara.errors import ClaraError
+from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
+from indexing.pipeline import model_manifest as manifest_of
+from indexing.readers import DocumentError, UnsupportedDocumentError
+from indexing.service_protocol import (
+    ChunkingStrategy,
+    FileCounts,
+    FileDeleted,
+    FileObject,
+    LastError,
+    ListPage,
+    SearchPage,
+    SearchRequest,
+    SearchResult,
+    StaticChunking,
+    TextContent,
+    VectorStore,
+    VectorStoreCreate,
+    VectorStoreDeleted,
+    VectorStoreFile,
+    VectorStoreFileCreate,
+    VectorStoreFileDeleted,
+    paginate,
+)
+from indexing.service_state import FileRecord, Link, Registry, StoreRecord
+from indexing.store import (
+    Collection,
+    CollectionNotFoundError,
+    DocumentNotFoundError,
+    Manifest,
+    delete_collection,
+    list_collections,
+)
+from server.errors import APIError
+
+PURPOSES = ("assistants", "user_data")
+RESERVED = {"uploads"}  # folders of the index root that are not collections
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
+    return APIError(404, f"No {what} found with id '{ident}'", param=param, code="not_found")
+
+
+def _safe_name(filename: str | None) -> str:
+    name = Path((filename or "").replace("\\", "/")).name.replace("\x00", "")
+    return name[:200] if name not in ("", ".", "..") else "upload"
+
+
+class IndexService:
+    def __init__(self, settings: Any, worker: Any, registry: Registry) -> None:
+        self.settings = settings
+        self.root: Path = settings.root
+        self.uploads = registry.directory
+        self.worker = worker
+        self.registry = registry
+        self._readers: dict[str, tuple[Collection, int]] = {}
+        self._readers_lock = threading.Lock()
+        self._writers: dict[str, Collection] = {}  # worker thread only
+        for leftover in self.uploads.glob(".file-*.tmp"):  # uploads a crash cut short
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    # ---- collections -----------------------------------------------------------------------
+    def reader(self, store_id: str) -> Collection:
+        """A read-only view of the collection (cached; reopened if it was replaced)."""
+        directory = self.root / store_id
+        try:
+            if not _NAME.match(store_id) or store_id in RESERVED:
+                raise FileNotFoundError(store_id)
+            inode = os.stat(directory / "manifest.json").st_ino
+        except OSError:
+            self._drop_reader(store_id)
+            raise _not_found("vector store", store_id) from None
+        with self._readers_lock:
+            cached = self._readers.get(store_id)
+            if cached is not None and cached[1] == inode:
+                return cached[0]
+            if cached is not None:
+                cached[0].close()
+            try:
+                col = Collection.open(self.root, store_id, readonly=True)
+            except CollectionNotFoundError:
+                raise _not_found("vector store", store_id) from None
+            self._readers[store_id] = (col, inode)
+            return col
+
+    def _drop_reader(self, store_id: str) -> None:
+        with self._readers_lock:
+            cached = self._readers.pop(store_id, None)
+        if cached is not None:
+            cached[0].close()
+
+    def _check_model(self, col: Collection, cm: Any) -> None:
+        col.manifest.check_matches(Manifest.from_dict(cm.manifest()), col.name)
+
+    def _writer(self, store_id: str) -> Collection:
+        """Worker thread: the collection opened for writing until its jobs are done."""
+        col = self._writers.get(store_id)
+        if col is None:
+            col = self._writers[store_id] = Collection.open(self.root, store_id)
+        return col
+
+    def _release(self, store_id: str) -> None:
+        """Worker thread: close the writer (freeing the lock for clara-index) when idle."""
+        if not self.worker.pending(lambda key: key[0] == store_id):
+            col = self._writers.pop(store_id, None)
+            if col is not None:
+                col.close()
+
+    def close(self) -> None:
+        for col in self._writers.values():
+            col.close()
+        self._writers.clear()
+        for store_id in list(self._readers):
+            self._drop_reader(store_id)
+        self.registry.close()
+
+    # ---- files -----------------------------------------------------------------------------
+    async def create_file(self, request: Request) -> FileObject:
+        limit = self.settings.max_upload_bytes
+        too_large = APIError(
+            413, f"the upload is larger than this service accepts ({limit} bytes; "
+            "see --max-upload-mb)", param="file", code="file_too_large",
+        )  # fmt: skip
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit + 64 * 1024:
+            raise too_large
+
+        async def body() -> AsyncIterator[bytes]:
+            seen = 0
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > limit + 64 * 1024:  # room for the form's other fields
+                    raise _TooLarge
+                yield chunk
+
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise APIError(400, "upload the file as multipart/form-data with fields 'file' and "
+                           "'purpose'")  # fmt: skip
+        try:
+            form = await MultiPartParser(request.headers, body(), max_files=1).parse()
+        except _TooLarge:
+            raise too_large from None
+        except MultiPartException as exc:
+            raise APIError(400, f"could not read the multipart body: {exc.message}") from None
+        try:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if upload is None or isinstance(upload, str):
+                raise APIError(400, "missing required parameter: 'file'", param="file")
+            if purpose not in PURPOSES:
+                raise APIError(
+                    400, f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}",
+                    param="purpose",
+                )  # fmt: skip
+            if upload.size is not None and upload.size > limit:
+                raise too_large
+            rec = FileRecord(
+                f"file-{secrets.token_hex(12)}", _safe_name(upload.filename), 0, _now(), purpose
+            )
+            rec.bytes = await asyncio.to_thread(self._save_upload, rec, upload.file)
+        finally:
+            await form.close()
+        self.registry.add_file(rec)
+        return _file_object(rec)
+
+    def _save_upload(self, rec: FileRecord, source: Any) -> int:
+        tmp = self.uploads / f".{rec.id}.tmp"
+        tmp.mkdir(parents=True)
+        with open(tmp / rec.filename, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, self.uploads / rec.id)
+        return (self.uploads / rec.id / rec.filename).stat().st_size
+
+    def upload_path(self, rec: FileRecord) -> Path:
+        return self.uploads / rec.id / rec.filename
+
+    def list_files(self, purpose: str | None, after: str | None, limit: int, order: str):
+        files = [_file_object(f) for f in self.registry.files() if purpose in (None, f.purpose)]
+        return paginate(files, after=after, before=None, limit=limit, order=order)
+
+    def get_file(self, file_id: str) -> FileObject:
+        return _file_object(self._file(file_id))
+
+    def _file(self, file_id: str) -> FileRecord:
+        rec = self.registry.file(file_id)
+        if rec is None:
+            raise _not_found("file", file_id)
+        return rec
+
+    async def delete_file(self, file_id: str) -> FileDeleted:
+        """Delete an upload and remove it from every vector store (as OpenAI does)."""
+        rec = self._file(file_id)
+        for link in self.registry.links(file_id=file_id):
+            await self.worker.call(lambda cm, link=link: self._detach(link.store_id, rec, link))
+        self.registry.delete_file(file_id)
+        await asyncio.to_thread(shutil.rmtree, self.uploads / file_id, True)
+        return FileDeleted(id=file_id)
+
+    # ---- vector stores ---------------------------------------------------------------------
+    async def create_store(self, body: VectorStoreCreate) -> VectorStore:
+        self.worker.check_ready()
+        name = body.name or ""
+        taken = (self.root / name).exists() or self.registry.store(name) is not None
+        usable = _NAME.match(name) and name not in RESERVED and not taken
+        store_id = name if usable else f"vs_{secrets.token_hex(12)}"
+        manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
+        await asyncio.to_thread(
+            lambda: Collection.open(self.root, store_id, manifest, create=True).close()
+        )
+        self.registry.add_store(StoreRecord(store_id, name or store_id, _now(), body.metadata))
+        for file_id in body.file_ids or []:
+            await self.attach(
+                store_id, VectorStoreFileCreate(file_id=file_id), body.chunking_strategy
+            )
+        return await asyncio.to_thread(self.store_object, store_id)
+
+    def store_ids(self) -> list[str]:
+        return [n for n in list_collections(self.root) if n not in RESERVED]
+
+    def list_stores(self, after: str | None, before: str | None, limit: int, order: str):
+        stores = []
+        for store_id in self.store_ids():
+            try:
+                stores.append(self.store_object(store_id))
+            except APIError:  # deleted meanwhile
+                continue
+        return paginate(stores, after=after, before=before, limit=limit, order=order)
+
+    def store_object(self, store_id: str) -> VectorStore:
+        col = self.reader(store_id)
+        rec = self.registry.store(store_id)
+        files = self.store_files(store_id)
+        counts = FileCounts(total=len(files))
+        for f in files:
+            setattr(counts, f.status, getattr(counts, f.status) + 1)
+        created = rec.created_at if rec else int(col.manifest.created)
+        return VectorStore(
+            id=store_id,
+            created_at=created,
+            file_counts=counts,
+            last_active_at=max([created, *(f.created_at for f in files)]),
+            metadata=rec.metadata if rec else None,
+            name=rec.name if rec else store_id,
+            status="in_progress" if counts.in_progress else "completed",
+            usage_bytes=col.stats()["bytes_on_disk"],
+        )
+
+    async def delete_store(self, store_id: str) -> VectorStoreDeleted:
+        await asyncio.to_thread(self.reader, store_id)  # 404 if missing
+
+        def delete(cm: Any) -> None:
+            self.worker.cancel(lambda key: key[0] == store_id)
+            col = self._writers.pop(store_id, None)
+            if col is not None:
+                col.close()
+            self._drop_reader(store_id)
+            delete_collection(self.root, store_id)
+            self.registry.delete_store(store_id)
+
+        await self.worker.call(delete)
+        return VectorStoreDeleted(id=store_id)
+
+    # ---- vector store files ----------------------------------------------------------------
+    async def attach(
+        self,
+        store_id: str,
+        body: VectorStoreFileCreate,
+        default_chunking: ChunkingStrategy | None = None,
+    ) -> VectorStoreFile:
+        self.worker.check_ready()
+        col = await asyncio.to_thread(self.reader, store_id)
+        self._check_model(col, self.worker.cm)  # IndexMismatchError: 400 now, not a failed job
+        rec = self.registry.file(body.file_id)
+        if rec is None:
+            raise _not_found("file", body.file_id, param="file_id")
+        link = self.registry.link(store_id, rec.id)
+        if link is not None and link.status in ("in_progress", "completed"):
+            return self._link_object(link)
+        size, overlap = self._chunking(body.chunking_strategy or default_chunking)
+        link = Link(store_id, rec.id, _now(), "in_progress", attributes=body.attributes)
+        link.chunk_tokens, link.overlap = size, overlap
+        self.registry.put_link(link)
+        self._queue(link, rec)
+        return self._link_object(link)
+
+    def _chunking(self, strategy: ChunkingStrategy | None) -> tuple[int, int]:
+        """(chunk tokens, overlap) this file gets: "auto" is doc_max_tokens and --overlap."""
+        size, overlap = None, self.settings.overlap
+        if strategy is not None and strategy.type == "static":
+            if strategy.static is None:
+                raise APIError(
+                    400, "a static chunking_strategy needs 'static'", param="chunking_strategy"
+                )
+            size, overlap = (
+                strategy.static.max_chunk_size_tokens,
+                strategy.static.chunk_overlap_tokens,
+            )
+        else:
+            overlap = min(overlap, int(self.worker.cm.config.doc_max_tokens) - 1)
+        try:
+            return chunk_limits(self.worker.cm, size, overlap)
+        except ClaraError as exc:
+            raise APIError(400, str(exc), param="chunking_strategy") from None
+
+    def _queue(self, link: Link, rec: FileRecord) -> None:
+        from indexing.service import Task
+
+        store_id, batch = link.store_id, self.settings.batch_size
+        options = IndexOptions(link.chunk_tokens, link.overlap or 0, batch, dedupe=False)
+
+        def start(cm: Any):
+            col = self._writer(store_id)
+            self._check_model(col, cm)
+            for event in Indexer(cm, col, options).run(
+                [Source(self.upload_path(rec), rec.filename)]
+            ):
+                if isinstance(event, FileResult):
+                    self._record(link, rec, event, cm)
+                yield
+
+        def failed(exc: BaseException) -> None:
+            message = str(exc) if isinstance(exc, ClaraError) else "internal error while indexing"
+            self.registry.update_link(
+                store_id, rec.id, status="failed", error_code="server_error", error_message=message
+            )
+
+        self.worker.submit(Task((store_id, rec.id), start, failed, lambda: self._release(store_id)))
+
+    def _record(self, link: Link, rec: FileRecord, result: FileResult, cm: Any) -> None:
+        if result.status == "failed":
+            err = result.error
+            code = (
+                "unsupported_file" if isinstance(err, UnsupportedDocumentError) else "invalid_file"
+            )
+            if isinstance(err, DocumentError):
+                message = f"{rec.filename}: {err.reason}" + (f": {err.hint}" if err.hint else "")
+            else:
+                message = str(err).replace(str(self.upload_path(rec)), rec.filename)
+            values = dict(status="failed", error_code=code, error_message=message)
+        else:
+            usage = result.chunks * cm.n_mem * cm.hidden_size * 2  # float16 memory rows
+            values = dict(status="completed", doc_id=result.doc_id, usage_bytes=usage)
+            values.update(error_code=None, error_message=None)
+        self.registry.update_link(link.store_id, rec.id, **values)
+
+    def resume(self) -> None:
+        """Worker, once the model is loaded: queue again the jobs a stop interrupted."""
+        for link in self.registry.links():
+            rec = self.registry.file(link.file_id)
+            if link.status == "in_progress" and rec is not None:
+                self._queue(link, rec)
+
+    def store_files(self, store_id: str) -> list[VectorStoreFile]:
+        """Attached uploads (any status) + documents that `clara-index add` put there."""
+        col = self.reader(store_id)
+        links = {link.file_id: link for link in self.registry.links(store_id=store_id)}
+        out = [self._link_object(link) for link in links.values()]
+        row_bytes = col.manifest.n_mem * col.manifest.hidden_size * 2
+        for doc in col.list_documents():
+            if self._file_id_of(doc.path) in links:
+                continue
+            attributes = {"filename": doc.name, **({"path": doc.path} if doc.path else {})}
+            out.append(
+                VectorStoreFile(
+                    id=doc.id, created_at=int(doc.created), status="completed",
+                    usage_bytes=doc.n_chunks * row_bytes, vector_store_id=store_id,
+                    attributes=attributes,
+                )
+            )  # fmt: skip
+        return out
+
+    def _file_id_of(self, path: str | None) -> str | None:
+        """`<uploads>/<file_id>/<name>` -> file_id."""
+        if path is None:
+            return None
+        p = Path(path)
+        return p.parent.name if p.parent.parent == self.uploads else None
+
+    def _link_object(self, link: Link) -> VectorStoreFile:
+        error = None
+        if link.error_code is not None:
+            error = LastError(code=link.error_code, message=link.error_message or "")
+        chunking = None
+        if link.chunk_tokens is not None:  # OpenAI reports "auto" as the static values it used
+            static = StaticChunking(
+                max_chunk_size_tokens=link.chunk_tokens, chunk_overlap_tokens=link.overlap or 0
+            )
+            chunking = ChunkingStrategy(type="static", static=static)
+        return VectorStoreFile(
+            id=link.file_id, created_at=link.created_at, last_error=error, status=link.status,
+            usage_bytes=link.usage_bytes, vector_store_id=link.store_id,
+            attributes=link.attributes, chunking_strategy=chunking,
+        )  # fmt: skip
+
+    def list_store_files(self, store_id: str, status: str | None, **page: Any) -> ListPage:
+        files = [f for f in self.store_files(store_id) if status in (None, f.status)]
+        return paginate(files, **page)
+
+    def get_store_file(self, store_id: str, file_id: str) -> VectorStoreFile:
+        for f in self.store_files(store_id):
+            if f.id == file_id:
+                return f
+        raise _not_found("file", file_id)
+
+    async def detach(self, store_id: str, file_id: str) -> VectorStoreFileDeleted:
+        """Remove a file's chunks from the store (the upload itself stays)."""
+        self.get_store_file(store_id, file_id)  # 404 if unknown
+        rec, link = self.registry.file(file_id), self.registry.link(store_id, file_id)
+        await self.worker.call(lambda cm: self._detach(store_id, rec, link, doc_id=file_id))
+        return VectorStoreFileDeleted(id=file_id)
+
+    def _detach(self, store_id: str, rec: FileRecord | None, link: Link | None, doc_id=None):
+        """Worker: cancel the job, remove the document, forget the link."""
+        self.worker.cancel(lambda key: key == (store_id, rec.id if rec else None))
+        try:
+            col = self._writer(store_id)
+        except CollectionNotFoundError:
+            col = None
+        try:
+            doc = None
+            if col is not None and rec is not None:
+                doc = col.find_by_path(str(self.upload_path(rec)))
+            elif col is not None and doc_id is not None:
+                doc = col.document(doc_id)
+            if doc is not None:
+                try:
+                    col.remove_document(doc.id)
+                except DocumentNotFoundError:
+                    pass
+        finally:
+            if col is not None:
+                self._release(store_id)
+        if link is not None:
+            self.registry.delete_link(store_id, link.file_id)
+
+    # ---- search ----------------------------------------------------------------------------
+    async def search(self, store_id: str, body: SearchRequest) -> SearchPage:
+        queries = [body.query] if isinstance(body.query, str) else list(body.query)
+        if not queries or not all(q.strip() for q in queries):
+            raise APIError(400, "'query' must be a non-empty string", param="query")
+        if body.filters:
+            raise APIError(400, "attribute filters are not supported here", param="filters")
+        col = await asyncio.to_thread(self.reader, store_id)
+        threshold = (body.ranking_options.score_threshold if body.ranking_options else None) or 0
+        k = body.max_num_results
+
+        def encode(cm: Any) -> np.ndarray:
+            import mlx.core as mx
+
+            self._check_model(col, cm)
+            return np.array(cm.encode_queries(queries).astype(mx.float32))  # (Q, n_mem, d)
+
+        vectors = await self.worker.call(encode)
+        results = await asyncio.to_thread(self._search, store_id, col, vectors, k, threshold)
+        return SearchPage(search_query=queries, data=results)
+
+    def _search(self, store_id: str, col: Collection, q: np.ndarray, k: int, threshold: float):
+        best: dict[int, Any] = {}
+        for hits in col.search(q, k):  # several queries: a chunk keeps its best score
+            for h in hits:
+                if h.chunk_id not in best or h.score > best[h.chunk_id].score:
+                    best[h.chunk_id] = h
+        hits = sorted(best.values(), key=lambda h: -h.score)[:k]
+        hits = [h for h in hits if h.score >= threshold]
+        texts = {c.id: c.text for c in col.chunks([h.chunk_id for h in hits])}
+        docs = {h.doc_id: col.document(h.doc_id) for h in hits}
+        links = {link.doc_id: link for link in self.registry.links(store_id=store_id)}
+        out = []
+        for h in hits:
+            doc = docs.get(h.doc_id)
+            if doc is None or h.chunk_id not in texts:
+                continue  # removed since the search
+            link = links.get(h.doc_id)
+            file_id = link.file_id if link else (self._file_id_of(doc.path) or doc.id)
+            attributes: dict[str, Any] = dict(link.attributes or {}) if link else {}
+            attributes.update(document_id=doc.id, chunk_id=h.chunk_id)
+            if h.page_start is not None:
+                attributes.update(page_start=h.page_start, page_end=h.page_end or h.page_start)
+            if doc.path and not self._file_id_of(doc.path):
+                attributes["path"] = doc.path
+            content = [TextContent(text=texts[h.chunk_id])]
+            out.append(
+                SearchResult(file_id=file_id, filename=doc.name, score=round(h.score, 6),
+                             attributes=attributes, content=content)
+            )  # fmt: skip
+        return out
+
+
+def _file_object(rec: FileRecord) -> FileObject:
+    return FileObject(
+        id=rec.id, bytes=rec.bytes, created_at=rec.created_at, filename=rec.filename,
+        purpose=rec.purpose,
+    )  # fmt: skip
+
+
+def _now() -> int:
+    return int(time.time())

@@ -1,0 +1,183 @@
+"""Request and response models of the indexing service, mirroring OpenAI's Files and Vector
+Stores API field by field (as the installed `openai` SDK parses them), in OpenAI's order.
+
+A vector store is a clara collection (its id is the collection name); a vector store file is
+a document of it (its id is the uploaded file's id, or the document id for documents that
+`clara-index add` put there). CLaRa's additions are marked; unknown request fields are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Attributes = dict[str, str | float | bool]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- files ---------------------------------------------------------------------------------
+class FileObject(BaseModel):
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+    object: Literal["file"] = "file"
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class FileDeleted(BaseModel):
+    id: str
+    deleted: bool = True
+    object: Literal["file"] = "file"
+
+
+# ---- vector stores -------------------------------------------------------------------------
+class StaticChunking(BaseModel):
+    max_chunk_size_tokens: int = Field(ge=1)
+    chunk_overlap_tokens: int = Field(ge=0)
+
+
+class ChunkingStrategy(_Request):
+    """`{"type": "auto"}` or `{"type": "static", "static": {...}}` (request and response)."""
+
+    type: Literal["auto", "static", "other"]
+    static: StaticChunking | None = None
+
+
+class VectorStoreCreate(_Request):
+    chunking_strategy: ChunkingStrategy | None = None
+    description: str | None = None
+    expires_after: dict[str, Any] | None = None
+    file_ids: list[str] | None = None
+    metadata: dict[str, str] | None = None
+    name: str | None = None
+
+
+class FileCounts(BaseModel):
+    cancelled: int = 0
+    completed: int = 0
+    failed: int = 0
+    in_progress: int = 0
+    total: int = 0
+
+
+class VectorStore(BaseModel):
+    id: str
+    created_at: int
+    file_counts: FileCounts
+    last_active_at: int | None = None
+    metadata: dict[str, str] | None = None
+    name: str
+    object: Literal["vector_store"] = "vector_store"
+    status: Literal["expired", "in_progress", "completed"]
+    usage_bytes: int
+    expires_after: dict[str, Any] | None = None
+    expires_at: int | None = None
+
+
+class VectorStoreDeleted(BaseModel):
+    id: str
+    deleted: bool = True
+    object: Literal["vector_store.deleted"] = "vector_store.deleted"
+
+
+# ---- vector store files --------------------------------------------------------------------
+class VectorStoreFileCreate(_Request):
+    file_id: str
+    attributes: Attributes | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+
+
+class LastError(BaseModel):
+    code: Literal["server_error", "unsupported_file", "invalid_file"]
+    message: str
+
+
+class VectorStoreFile(BaseModel):
+    id: str
+    created_at: int
+    last_error: LastError | None = None
+    object: Literal["vector_store.file"] = "vector_store.file"
+    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    usage_bytes: int = 0
+    vector_store_id: str
+    attributes: Attributes | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+
+
+class VectorStoreFileDeleted(BaseModel):
+    id: str
+    deleted: bool = True
+    object: Literal["vector_store.file.deleted"] = "vector_store.file.deleted"
+
+
+# ---- search --------------------------------------------------------------------------------
+class RankingOptions(_Request):
+    ranker: str | None = None
+    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class SearchRequest(_Request):
+    query: str | list[str]
+    filters: dict[str, Any] | None = None
+    max_num_results: int = Field(default=10, ge=1, le=50)
+    ranking_options: RankingOptions | None = None
+    rewrite_query: bool | None = None
+
+
+class TextContent(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class SearchResult(BaseModel):
+    """One chunk. CLaRa puts `document_id`, `chunk_id`, `page_start`, `page_end` (when the
+    file has pages) and `path` in `attributes`, after the file's own attributes."""
+
+    file_id: str
+    filename: str
+    score: float
+    attributes: Attributes | None = None
+    content: list[TextContent]
+
+
+class SearchPage(BaseModel):
+    object: Literal["vector_store.search_results.page"] = "vector_store.search_results.page"
+    search_query: list[str]
+    data: list[SearchResult]
+    has_more: bool = False
+    next_page: str | None = None
+
+
+class ListPage(BaseModel):
+    """OpenAI's cursor page: `after`/`before` take an id from `data`."""
+
+    object: Literal["list"] = "list"
+    data: list[Any]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+def paginate(
+    items: list[Any], *, after: str | None, before: str | None, limit: int, order: str
+) -> ListPage:
+    """Sort by (created_at, id) in `order`, cut at the `after`/`before` cursors, keep `limit`."""
+    items = sorted(items, key=lambda x: (x.created_at, x.id), reverse=order == "desc")
+    ids = [x.id for x in items]
+    if after is not None and after in ids:
+        items = items[ids.index(after) + 1 :]
+    if before is not None and before in [x.id for x in items]:
+        items = items[: [x.id for x in items].index(before)]
+        items, more = items[-limit:], len(items) > limit
+    else:
+        items, more = items[:limit], len(items) > limit
+    first, last = (items[0].id, items[-1].id) if items else (None, None)
+    return ListPage(data=items, first_id=first, last_id=last, has_more=more)

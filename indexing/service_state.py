@@ -1,0 +1,162 @@
+"""What the indexing service remembers between restarts: uploaded files and the jobs that
+attach them to vector stores (`<index>/uploads/registry.sqlite`, next to the uploads)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY, filename TEXT NOT NULL, bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL, purpose TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stores (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at INTEGER NOT NULL, metadata TEXT
+);
+CREATE TABLE IF NOT EXISTS links (
+    store_id TEXT NOT NULL, file_id TEXT NOT NULL, created_at INTEGER NOT NULL,
+    status TEXT NOT NULL, error_code TEXT, error_message TEXT, doc_id TEXT,
+    usage_bytes INTEGER NOT NULL DEFAULT 0, attributes TEXT, chunk_tokens INTEGER,
+    overlap INTEGER, PRIMARY KEY (store_id, file_id)
+);
+"""
+
+
+@dataclass
+class FileRecord:
+    id: str
+    filename: str
+    bytes: int
+    created_at: int
+    purpose: str
+
+
+@dataclass
+class StoreRecord:
+    id: str
+    name: str
+    created_at: int
+    metadata: dict[str, str] | None = None
+
+
+@dataclass
+class Link:
+    """A file attached to a vector store: the job's status, and the document it became."""
+
+    store_id: str
+    file_id: str
+    created_at: int
+    status: str  # in_progress | completed | failed | cancelled
+    error_code: str | None = None
+    error_message: str | None = None
+    doc_id: str | None = None
+    usage_bytes: int = 0
+    attributes: dict[str, Any] | None = None
+    chunk_tokens: int | None = None  # from a static chunking_strategy
+    overlap: int | None = None
+
+
+_JSON = {"metadata", "attributes"}
+
+
+def _row(cls, row: tuple) -> Any:
+    values = [
+        json.loads(v) if f.name in _JSON and v is not None else v for f, v in zip(fields(cls), row)
+    ]
+    return cls(*values)
+
+
+def _values(obj: Any) -> list[Any]:
+    return [
+        json.dumps(v) if f.name in _JSON and v is not None else v
+        for f, v in ((f, getattr(obj, f.name)) for f in fields(obj))
+    ]
+
+
+class Registry:
+    """Thread-safe (one lock) access to the registry; every call is one short statement."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.db = sqlite3.connect(
+            directory / "registry.sqlite", isolation_level=None, check_same_thread=False
+        )
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def _all(self, sql: str, *args: Any) -> list[tuple]:
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def _run(self, sql: str, *args: Any) -> None:
+        with self._lock:
+            self.db.execute(sql, args)
+
+    # -- files -----------------------------------------------------------------------------
+    def add_file(self, rec: FileRecord) -> None:
+        self._run("INSERT INTO files VALUES (?, ?, ?, ?, ?)", *_values(rec))
+
+    def file(self, file_id: str) -> FileRecord | None:
+        rows = self._all("SELECT * FROM files WHERE id=?", file_id)
+        return _row(FileRecord, rows[0]) if rows else None
+
+    def files(self) -> list[FileRecord]:
+        return [_row(FileRecord, r) for r in self._all("SELECT * FROM files")]
+
+    def delete_file(self, file_id: str) -> None:
+        self._run("DELETE FROM files WHERE id=?", file_id)
+
+    # -- vector stores ---------------------------------------------------------------------
+    def add_store(self, rec: StoreRecord) -> None:
+        self._run("INSERT OR REPLACE INTO stores VALUES (?, ?, ?, ?)", *_values(rec))
+
+    def store(self, store_id: str) -> StoreRecord | None:
+        rows = self._all("SELECT * FROM stores WHERE id=?", store_id)
+        return _row(StoreRecord, rows[0]) if rows else None
+
+    def delete_store(self, store_id: str) -> None:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM links WHERE store_id=?", (store_id,))
+            self.db.execute("DELETE FROM stores WHERE id=?", (store_id,))
+            self.db.execute("COMMIT")
+
+    # -- links (vector store files) --------------------------------------------------------
+    def put_link(self, link: Link) -> None:
+        marks = ", ".join("?" * len(fields(Link)))
+        self._run(f"INSERT OR REPLACE INTO links VALUES ({marks})", *_values(link))
+
+    def link(self, store_id: str, file_id: str) -> Link | None:
+        rows = self._all("SELECT * FROM links WHERE store_id=? AND file_id=?", store_id, file_id)
+        return _row(Link, rows[0]) if rows else None
+
+    def links(self, *, store_id: str | None = None, file_id: str | None = None) -> list[Link]:
+        where = [(k, v) for k, v in (("store_id", store_id), ("file_id", file_id)) if v]
+        sql = "SELECT * FROM links" + (
+            " WHERE " + " AND ".join(f"{k}=?" for k, _ in where) if where else ""
+        )
+        return [_row(Link, r) for r in self._all(sql, *(v for _, v in where))]
+
+    def update_link(self, store_id: str, file_id: str, **values: Any) -> None:
+        sets = ", ".join(f"{k}=?" for k in values)
+        self._run(
+            f"UPDATE links SET {sets} WHERE store_id=? AND file_id=?",
+            *values.values(),
+            store_id,
+            file_id,
+        )
+
+    def delete_link(self, store_id: str, file_id: str) -> None:
+        self._run("DELETE FROM links WHERE store_id=? AND file_id=?", store_id, file_id)

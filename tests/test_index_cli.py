@@ -1,0 +1,383 @@
+"""`clara-index` end to end with a tiny random model: add (folders, globs, bad files), incremental
+re-runs, list/show/stats/search/remove/rebuild/collections with --json, checkpoint mismatch,
+and kill -9 of a real `clara-index add` process at several points, then a re-run.
+
+A fresh model's query and compressor adapters are equal, so a chunk's own text finds it with
+cosine 1: that is what the search checks rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from indexing import cli
+from indexing.store import Collection
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = [
+    "The river runs past the old mill and under the stone bridge before it reaches the sea.",
+    "In the spring the water is high and cold, and the fishermen wait for the salmon to return.",
+    "A library is a quiet place where people read books, study maps and search for answers.",
+    "Water boils at one hundred degrees Celsius at sea level and freezes at zero degrees.",
+    "The cat sat on the mat while the dog slept by the fire in the small wooden house.",
+    "She walked to the market on Monday, bought bread, apples, cheese and a bottle of milk.",
+    "The train leaves the station at seven o'clock and arrives in the city two hours later.",
+    "Scientists measure the temperature of the ocean to understand how the climate changes.",
+]
+CHUNKING = ["--chunk-tokens", "32", "--overlap", "4"]
+N_GOOD = 10
+
+
+def write_corpus(folder: Path, n: int = N_GOOD, paragraphs: int = 4) -> list[Path]:
+    """n text files of a few paragraphs each (several 32-token chunks per file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        paras = [  # every sentence numbered: no two chunks have the same text
+            " ".join(f"{i}.{j}.{k} {SENTENCES[(i + j + k) % len(SENTENCES)]}" for k in range(3))
+            for j in range(paragraphs)
+        ]
+        path = folder / f"doc{i:02d}.txt"
+        path.write_text("\n\n".join(paras))
+        paths.append(path)
+    return paths
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(args):
+        raise AssertionError("this command must not load the model")
+
+    monkeypatch.setattr(cli, "_load_model", refuse)
+
+
+def docs_of(index: Path, collection: str = "default") -> dict[str, list[str]]:
+    """file name -> its chunk texts in order."""
+    with Collection.open(index, collection, readonly=True) as col:
+        return {d.name: [c.text for c in col.document_chunks(d.id)] for d in col.list_documents()}
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "notes.md").write_text("# Notes\n\nThe museum opened in 1902.\n")
+    (folder / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    (folder / "empty.md").write_text("")
+    shutil.copy(REPO / "tests/data/encrypted-aes128.pdf", folder / "locked.pdf")
+    (folder / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # skipped in a folder
+    return folder
+
+
+def test_add_reports_each_bad_file_and_indexes_the_rest(
+    capsys, tmp_path: Path, corpus: Path, tiny_llama_dir: Path
+) -> None:
+    index = tmp_path / "index"
+    rc, out, err = run(
+        capsys, "add", corpus, tmp_path / "missing.pdf", corpus / "photo.png",
+        "--model", tiny_llama_dir, "--index", index, *CHUNKING,
+    )  # fmt: skip
+    assert rc == 1
+    lines = err.strip().splitlines()
+    reasons = {
+        "missing.pdf": "no such file",
+        "photo.png": "unsupported file type (image)",
+        "binary.txt": "binary file",
+        "empty.md": "empty file",
+        "locked.pdf": "encrypted PDF: pass --password",
+    }
+    assert len(lines) == len(reasons), err
+    for name, reason in reasons.items():
+        assert any(name in line and reason in line for line in lines), (name, err)
+    assert all(line.startswith("clara-index: ") for line in lines)
+    docs = docs_of(index)
+    assert set(docs) == {f"doc{i:02d}.txt" for i in range(N_GOOD)} | {"notes.md"}
+    assert all(len(chunks) >= 3 for name, chunks in docs.items() if name != "notes.md")
+    assert out.strip().splitlines()[-1].startswith(f"{N_GOOD + 1} added, 5 failed: ")
+
+    # the password opens the encrypted PDF (see tests/test_readers.py)
+    rc, out, _ = run(
+        capsys, "add", corpus / "locked.pdf", "--password", "secret",
+        "--model", tiny_llama_dir, "--index", index, "--json",
+    )  # fmt: skip
+    assert rc == 0 and json.loads(out)["added"] == 1
+
+
+def test_rerun_is_incremental_and_a_changed_file_replaces_its_chunks(
+    capsys, monkeypatch, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    paths = write_corpus(folder, n=4)
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING, "--json"]
+    rc, out, _ = run(capsys, "add", folder, *args)
+    assert rc == 0 and json.loads(out)["added"] == 4
+    before = docs_of(index)
+
+    with monkeypatch.context() as m:  # nothing changed: no model, nothing written
+        no_model(m)
+        rc, out, _ = run(capsys, "add", folder / "*.txt", *args)
+    report = json.loads(out)
+    assert rc == 0 and report["unchanged"] == 4 and report["added"] == 0
+    assert docs_of(index) == before
+
+    old_id = next(f["doc_id"] for f in report["files"] if f["path"].endswith("doc01.txt"))
+    paths[1].write_text("A brand new text about the stone bridge.")
+    rc, out, _ = run(capsys, "add", folder, *args)
+    report = json.loads(out)
+    assert rc == 0 and (report["replaced"], report["unchanged"]) == (1, 3)
+    after = docs_of(index)
+    assert after["doc01.txt"] == ["A brand new text about the stone bridge."]
+    assert {k: v for k, v in after.items() if k != "doc01.txt"} == {
+        k: v for k, v in before.items() if k != "doc01.txt"
+    }
+    rc, _, err = run(capsys, "show", old_id, "--index", index)
+    assert rc == 1 and "no such document" in err
+
+    copy = folder / "copy.txt"  # the same content under another name is not indexed twice
+    copy.write_bytes(paths[0].read_bytes())
+    rc, out, _ = run(capsys, "add", copy, *args)
+    report = json.loads(out)
+    assert report["unchanged"] == 1 and "same content as" in report["files"][0]["detail"]
+
+
+def test_read_commands_are_model_free_and_speak_json(
+    capsys, monkeypatch, tmp_path: Path, corpus: Path, tiny_llama_dir: Path
+) -> None:
+    index = tmp_path / "index"
+    run(capsys, "add", corpus, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    run(capsys, "add", corpus / "sub", "--collection", "other", "--model", tiny_llama_dir,
+        "--index", index)  # fmt: skip
+    no_model(monkeypatch)
+
+    rc, out, _ = run(capsys, "list", "--index", index, "--json")
+    docs = json.loads(out)
+    assert rc == 0 and len(docs) == N_GOOD + 1
+    doc = next(d for d in docs if d["name"] == "doc03.txt")
+    assert doc["path"] == str((corpus / "doc03.txt").resolve()) and doc["chunks"] >= 3
+
+    rc, out, _ = run(capsys, "show", corpus / "doc03.txt", "--index", index, "--json")
+    shown = json.loads(out)
+    assert rc == 0 and shown["id"] == doc["id"] and len(shown["chunk_list"]) == doc["chunks"]
+    assert all(c["page_start"] == c["page_end"] == 1 for c in shown["chunk_list"])
+    assert (corpus / "doc03.txt").read_text().startswith(shown["chunk_list"][0]["text"])
+    rc, out, _ = run(capsys, "show", doc["id"], "--index", index)
+    assert rc == 0 and "[0] p. 1," in out
+
+    rc, out, _ = run(capsys, "stats", "--index", index, "--json")
+    stats = json.loads(out)
+    assert stats["documents"] == N_GOOD + 1 and stats["chunks"] == sum(d["chunks"] for d in docs)
+    assert stats["index_kind"] == "flat" and stats["bytes_on_disk"] > 0
+    assert stats["model"]["base_model"] == str(tiny_llama_dir) and stats["fingerprint"]
+    rc, out, _ = run(capsys, "stats", "--index", index)
+    assert rc == 0 and "checkpoint" in out and "documents    11" in out
+
+    rc, out, _ = run(capsys, "collections", "--index", index, "--json")
+    assert [(c["name"], c["documents"]) for c in json.loads(out)] == [
+        ("default", N_GOOD + 1),
+        ("other", 1),
+    ]
+    rc, out, _ = run(capsys, "remove", corpus / "doc03.txt", doc["id"], "--index", index)
+    assert rc == 1 and out.count("removed") == 1  # the id was gone after the path removed it
+    rc, out, _ = run(capsys, "remove", corpus / "sub", "--index", index, "--json")  # a folder
+    assert rc == 0 and [d["name"] for d in json.loads(out)["removed"]] == ["notes.md"]
+    rc, out, _ = run(capsys, "list", "--index", index)
+    assert f"{N_GOOD - 1} documents" in out and "notes.md" not in out and "doc03" not in out
+
+    rc, _, err = run(capsys, "list", "--index", index, "--collection", "nope")
+    assert rc == 1 and "no collection 'nope'" in err and "existing: default, other" in err
+
+
+def test_search_finds_a_chunk_by_its_own_text(
+    capsys, tmp_path: Path, corpus: Path, tiny_llama_dir: Path
+) -> None:
+    index = tmp_path / "index"
+    run(capsys, "add", corpus, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    target = docs_of(index)["doc05.txt"][1]
+    rc, out, _ = run(
+        capsys, "search", target, "-k", "3", "--model", tiny_llama_dir, "--index", index, "--json"
+    )
+    results = json.loads(out)["results"]
+    assert rc == 0 and len(results) == 3
+    assert results[0]["file"] == "doc05.txt" and results[0]["text"] == target
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert results[1]["score"] < results[0]["score"]
+    assert results[0]["page_start"] == 1
+    rc, out, _ = run(capsys, "search", target, "--model", tiny_llama_dir, "--index", index)
+    assert rc == 0 and out.startswith("1. 1.000") and "doc05.txt  p. 1" in out
+
+
+def test_other_checkpoint_is_refused_and_recompress_switches(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path
+) -> None:
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    before = docs_of(index)
+    (folder / "new.txt").write_text("The cat sat on the mat.")
+    for argv in (["add", folder], ["search", "cat"]):
+        rc, _, err = run(capsys, *argv, "--model", tiny_llama_q4_dir, "--index", index)
+        assert rc == 1 and err.count("\n") == 1, err
+        assert "index 'default' was built with checkpoint" in err and "clara-index rebuild" in err
+
+    rc, out, _ = run(capsys, "rebuild", "--index", index, "--json")  # FAISS only: no model
+    assert rc == 0 and json.loads(out)["indexed_vectors"] == sum(map(len, before.values()))
+    rc, out, _ = run(
+        capsys, "rebuild", "--recompress", "--model", tiny_llama_q4_dir, "--index", index, "--json"
+    )
+    assert rc == 0 and json.loads(out)["recompressed"] == 3
+    assert docs_of(index) == before  # same chunks, new vectors
+    assert not (index / "default.recompress").exists() and cli.list_collections(index) == [
+        "default"
+    ]
+    target = before["doc01.txt"][0]
+    rc, out, _ = run(
+        capsys,
+        "search",
+        target,
+        "-k",
+        "1",
+        "--model",
+        tiny_llama_q4_dir,
+        "--index",
+        index,
+        "--json",
+    )
+    top = json.loads(out)["results"][0]
+    assert rc == 0 and top["text"] == target and top["score"] == pytest.approx(1.0, abs=1e-3)
+    rc, _, err = run(capsys, "search", "cat", "--model", tiny_llama_dir, "--index", index)
+    assert rc == 1 and "was built with checkpoint" in err
+
+
+def test_every_subcommand_has_help_with_examples(capsys) -> None:
+    commands = ["add", "remove", "list", "show", "stats", "search", "rebuild", "collections"]
+    for command in [*commands, "serve"]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and "examples:" in out, command
+        if command in ("add", "search", "rebuild", "serve"):
+            assert "--checkpoint" in out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert all(f"\n    {c} " in out or f"\n    {c}\n" in out for c in commands)
+    assert "examples:" in out
+
+
+# ---- kill -9 of a real `clara-index add` ---------------------------------------------------
+def add_process(folder: Path, index: Path, model: Path, crash_at: str | None = None, *extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("CLARA_CRASH_AT", None)
+    if crash_at:
+        env["CLARA_CRASH_AT"] = crash_at
+    cmd = [sys.executable, "-m", "indexing.cli", "add", str(folder), "--model", str(model),
+           "--index", str(index), *CHUNKING, "-q", *extra]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def committed_documents(index: Path) -> int:
+    db = index / "default" / "meta.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_llama_dir: Path) -> tuple[Path, dict[str, list[str]]]:
+    """The corpus and the index one uninterrupted run makes of it."""
+    tmp = tmp_path_factory.mktemp("crash-ref")
+    write_corpus(tmp / "docs", paragraphs=12)
+    proc = add_process(tmp / "docs", tmp / "index", tiny_llama_dir)
+    assert proc.wait(120) == 0, proc.stderr.read().decode()
+    return tmp / "docs", docs_of(tmp / "index")
+
+
+def check_complete(index: Path, expected: dict[str, list[str]]) -> None:
+    assert docs_of(index) == expected  # every document once, chunks in order, none twice
+    with Collection.open(index, "default") as col:  # writer: reconciles leftovers
+        stats = col.stats()
+        n = sum(map(len, expected.values()))
+        assert stats["chunks"] == stats["indexed_vectors"] == stats["memory_rows"] == n
+        assert len({c.id for d in col.list_documents() for c in col.document_chunks(d.id)}) == n
+
+
+@pytest.mark.parametrize(
+    "crash_at",
+    ["index:after-document-3", "index:after-document-1", "add:mid-append", "add:before-commit",
+     "add:after-commit", "faiss:after-temp"],
+)  # fmt: skip
+def test_kill_during_add_then_rerun_completes(
+    tmp_path: Path, tiny_llama_dir: Path, reference, crash_at: str
+) -> None:
+    folder, expected = reference
+    index = tmp_path / "index"
+    proc = add_process(folder, index, tiny_llama_dir, crash_at)
+    assert proc.wait(120) == -signal.SIGKILL, proc.stderr.read().decode()
+    survived = committed_documents(index)
+    # faiss:after-temp fires first when the new collection saves its empty index
+    want = {"index:after-document-3": 3, "index:after-document-1": 1, "add:after-commit": 1}
+    assert survived == want.get(crash_at, 0)
+    rerun = add_process(folder, index, tiny_llama_dir)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err.decode()
+    summary = f"{N_GOOD - survived} added" + (f", {survived} unchanged" if survived else "")
+    assert f"{summary}: " in out.decode()
+    check_complete(index, expected)
+
+
+def test_sigkill_from_outside_mid_run(tmp_path: Path, tiny_llama_dir: Path, reference) -> None:
+    folder, expected = reference
+    index = tmp_path / "index"
+    proc = add_process(folder, index, tiny_llama_dir, None, "--batch-size", "1")
+    deadline = time.monotonic() + 120
+    while committed_documents(index) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    survived = committed_documents(index)
+    if proc.returncode != -signal.SIGKILL or survived >= N_GOOD:
+        pytest.skip("the run finished before it could be killed (machine too fast)")
+    rerun = add_process(folder, index, tiny_llama_dir)
+    assert rerun.wait(120) == 0, rerun.stderr.read().decode()
+    check_complete(index, expected)
+
+
+# ---- the real default model ----------------------------------------------------------------
+@pytest.mark.slow
+def test_default_model_add_and_search(capsys, tmp_path: Path) -> None:
+    note = tmp_path / "garden.md"
+    note.write_text(
+        "# Garden notes\n\nThe tomatoes in the greenhouse need water every morning in July.\n"
+    )
+    other = tmp_path / "bank.md"
+    other.write_text("# Finance\n\nThe bank raised its interest rate by half a percent.\n")
+    index = tmp_path / "index"
+    rc, out, err = run(capsys, "add", tmp_path, "--index", index)
+    assert rc == 0, err
+    rc, out, _ = run(
+        capsys, "search", "When do the tomatoes need water?", "-k", "2", "--index", index, "--json"
+    )
+    results = json.loads(out)["results"]
+    assert rc == 0 and results[0]["file"] == "garden.md", results
+    assert "tomatoes" in results[0]["text"]

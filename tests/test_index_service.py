@@ -1,0 +1,336 @@
+"""`clara-index serve` against a real uvicorn process, driven by the official openai SDK:
+files, vector stores, queued compression jobs (with failures and their reasons), search,
+OpenAI-shaped errors, the API key, and clara-serve answering from what the service indexed.
+The 503-while-loading and resume-after-restart checks run the app in-process.
+
+A fresh model's query and compressor adapters are equal, so a chunk's own text finds it with
+cosine 1, even with a tiny random model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.test_readers import make_pdf
+from tests.test_server_harness import ROOT, ServerProcess, free_port
+
+API_KEY = "index-key"
+WATER = "Water boils at one hundred degrees Celsius at sea level and freezes at zero degrees."
+TRAIN = "The train leaves the station at seven o'clock and arrives in the city two hours later."
+LIMIT_MB = 0.25
+
+
+class ServiceProcess(ServerProcess):
+    """`python -m indexing.cli serve ...` on a free port (waits like ServerProcess)."""
+
+    def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        cmd = [sys.executable, "-m", "indexing.cli", "serve", "--port", str(self.port), *args]
+        out = open(log, "wb")  # noqa: SIM115
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=out)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service") / "index"
+
+
+@pytest.fixture(scope="module")
+def service(root: Path, tiny_llama_dir: Path):
+    proc = ServiceProcess(
+        "--model", str(tiny_llama_dir), "--index", str(root), "--api-key", API_KEY,
+        "--max-upload-mb", str(LIMIT_MB), "--log-level", "warning",
+        log=root.parent / "service.log", env={"CLARA_HOME": str(root.parent / "home")},
+    )  # fmt: skip
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def upload(client: openai.OpenAI, name: str, data: bytes | str):
+    data = data.encode() if isinstance(data, str) else data
+    return client.files.create(file=(name, data), purpose="assistants")
+
+
+def attach(client: openai.OpenAI, store: str, file_id: str, **kw):
+    return client.vector_stores.files.create_and_poll(
+        file_id=file_id, vector_store_id=store, poll_interval_ms=50, max_wait_seconds=120, **kw
+    )
+
+
+def test_files_upload_list_retrieve_delete(client: openai.OpenAI, root: Path) -> None:
+    f = upload(client, "../notes.md", "# Notes\n\n" + WATER)
+    assert f.object == "file" and f.id.startswith("file-") and f.purpose == "assistants"
+    assert f.filename == "notes.md" and f.bytes == len("# Notes\n\n" + WATER)
+    assert (root / "uploads" / f.id / "notes.md").read_text().endswith(WATER)
+    assert client.files.retrieve(f.id) == f
+    assert f.id in [x.id for x in client.files.list()]
+    assert f.id in [x.id for x in client.files.list(purpose="assistants")]
+    assert f.id not in [x.id for x in client.files.list(purpose="user_data")]
+    deleted = client.files.delete(f.id)
+    assert (deleted.id, deleted.deleted) == (f.id, True)
+    assert not (root / "uploads" / f.id).exists()
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(f.id)
+
+
+def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path) -> None:
+    vs = client.vector_stores.create(name="papers", metadata={"team": "physics"})
+    assert (vs.id, vs.name, vs.object, vs.status) == (
+        "papers",
+        "papers",
+        "vector_store",
+        "completed",
+    )
+    assert (root / "papers" / "manifest.json").exists()  # a clara collection
+    water = upload(client, "water.txt", WATER)
+    train = upload(client, "train.md", "# Trains\n\n" + TRAIN)
+
+    job = client.vector_stores.files.create(vector_store_id="papers", file_id=water.id)
+    assert job.status in ("in_progress", "completed") and job.vector_store_id == "papers"
+    done = attach(client, "papers", water.id)
+    assert done.status == "completed" and done.last_error is None and done.usage_bytes > 0
+    assert done.chunking_strategy.type == "static"
+    assert done.chunking_strategy.static.max_chunk_size_tokens == 256  # doc_max_tokens
+    static = {"type": "static", "static": {"max_chunk_size_tokens": 64, "chunk_overlap_tokens": 8}}
+    done = attach(
+        client, "papers", train.id, attributes={"topic": "rail"}, chunking_strategy=static
+    )
+    assert done.status == "completed" and done.attributes == {"topic": "rail"}
+    assert done.chunking_strategy.static.max_chunk_size_tokens == 64
+
+    store = client.vector_stores.retrieve("papers")
+    assert (store.file_counts.completed, store.file_counts.total) == (2, 2)
+    assert store.metadata == {"team": "physics"} and store.usage_bytes > 0
+    assert "papers" in [s.id for s in client.vector_stores.list()]
+    listed = client.vector_stores.files.list(vector_store_id="papers")
+    assert {f.id for f in listed} == {water.id, train.id}
+    assert [f.id for f in client.vector_stores.files.list("papers", filter="failed")] == []
+
+    page = client.vector_stores.search("papers", query=WATER, max_num_results=5)
+    assert page.search_query == [WATER] and len(page.data) == 2
+    top = page.data[0]
+    assert (top.file_id, top.filename) == (water.id, "water.txt")
+    assert top.content[0].type == "text" and top.content[0].text == WATER
+    assert top.score == pytest.approx(1.0, abs=1e-3) and page.data[1].score < top.score
+    assert top.attributes["page_start"] == top.attributes["page_end"] == 1
+    assert str(top.attributes["document_id"]).startswith("doc-")
+    rail = client.vector_stores.search("papers", query=TRAIN, max_num_results=1).data[0]
+    assert rail.file_id == train.id and rail.attributes["topic"] == "rail"
+    high = {"score_threshold": 0.999}
+    assert len(client.vector_stores.search("papers", query=WATER, ranking_options=high).data) == 1
+
+    removed = client.vector_stores.files.delete(file_id=water.id, vector_store_id="papers")
+    assert (removed.id, removed.deleted, removed.object) == (
+        water.id, True, "vector_store.file.deleted",
+    )  # fmt: skip
+    hits = client.vector_stores.search("papers", query=WATER).data
+    assert [h.file_id for h in hits] == [train.id]
+    assert client.files.retrieve(water.id).id == water.id  # the upload stays
+    client.files.delete(train.id)  # deleting a file removes it from every store
+    assert client.vector_stores.search("papers", query=TRAIN).data == []
+
+    gone = client.vector_stores.delete("papers")
+    assert (gone.id, gone.deleted, gone.object) == ("papers", True, "vector_store.deleted")
+    assert not (root / "papers").exists()
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.retrieve("papers")
+
+
+def test_failed_files_show_status_and_reason(client: openai.OpenAI, tmp_path: Path) -> None:
+    vs = client.vector_stores.create(name="My scans")  # not a collection name: gets an id
+    assert vs.id.startswith("vs_") and vs.name == "My scans"
+    cases = {
+        "scan.pdf": (make_pdf([None, None]), "invalid_file", "no extractable text"),
+        "photo.png": (b"\x89PNG\r\n\x1a\n" + bytes(64), "unsupported_file", "image"),
+        "locked.pdf": (
+            (ROOT / "tests/data/encrypted-aes128.pdf").read_bytes(), "invalid_file",
+            "encrypted PDF",
+        ),
+        "empty.txt": (b"", "invalid_file", "empty file"),
+    }  # fmt: skip
+    for name, (data, code, reason) in cases.items():
+        f = upload(client, name, data)
+        done = attach(client, vs.id, f.id)
+        assert done.status == "failed", name
+        assert done.last_error.code == code and done.last_error.message.startswith(f"{name}: ")
+        assert reason in done.last_error.message and "/uploads/" not in done.last_error.message
+    good = attach(client, vs.id, upload(client, "ok.txt", TRAIN).id)
+    store = client.vector_stores.retrieve(vs.id)
+    assert good.status == "completed"
+    assert (store.file_counts.failed, store.file_counts.completed) == (4, 1)
+    failed = client.vector_stores.files.list(vector_store_id=vs.id, filter="failed")
+    assert len(list(failed)) == 4
+    client.vector_stores.delete(vs.id)
+
+
+def error_of(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in body["error"]["message"]
+    return body["error"]
+
+
+def test_errors_are_openai_shaped(service: ServiceProcess, client: openai.OpenAI) -> None:
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    url = service.url + "/v1"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.vector_stores.retrieve("nope")
+    assert e.value.body["type"] == "not_found_error" and "nope" in e.value.body["message"]
+    vs = client.vector_stores.create(name="errors")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.vector_stores.files.create(vector_store_id=vs.id, file_id="file-missing")
+    assert e.value.body["param"] == "file_id"
+    f = upload(client, "a.txt", TRAIN)
+    too_big = {
+        "type": "static",
+        "static": {"max_chunk_size_tokens": 999, "chunk_overlap_tokens": 0},
+    }
+    with pytest.raises(openai.BadRequestError) as e:
+        client.vector_stores.files.create(vs.id, file_id=f.id, chunking_strategy=too_big)
+    assert (
+        e.value.body["param"] == "chunking_strategy" and "doc_max_tokens" in e.value.body["message"]
+    )
+    with pytest.raises(openai.BadRequestError) as e:
+        client.vector_stores.search(vs.id, query=" ")
+    assert e.value.body["param"] == "query"
+
+    big = b"x" * int((LIMIT_MB + 0.2) * 2**20)
+    err = error_of(httpx.post(f"{url}/files", headers=auth, files={"file": ("big.txt", big)},
+                              data={"purpose": "assistants"}, timeout=60), 413)  # fmt: skip
+    assert err["code"] == "file_too_large" and err["type"] == "invalid_request_error"
+    with pytest.raises(openai.APIStatusError) as e:  # the SDK gets the same 413
+        upload(client, "big.txt", big)
+    assert e.value.status_code == 413
+
+    def chunked():  # no Content-Length: the limit is enforced while reading
+        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n'
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n\r\n'
+        yield from [b"x" * 2**16] * (len(big) // 2**16)
+        yield b"\r\n--b--\r\n"
+
+    headers = {**auth, "Content-Type": "multipart/form-data; boundary=b"}
+    r = httpx.post(f"{url}/files", headers=headers, content=chunked(), timeout=60)
+    assert error_of(r, 413)["code"] == "file_too_large"
+    err = error_of(httpx.post(f"{url}/files", headers=auth, files={"file": ("a.txt", b"hi")},
+                              data={"purpose": "fine-tune"}), 400)  # fmt: skip
+    assert err["param"] == "purpose"
+    err = error_of(httpx.post(f"{url}/files", headers=auth, data={"purpose": "assistants"},
+                              files={"other": ("a.txt", b"hi")}), 400)  # fmt: skip
+    assert err["param"] == "file"
+    err = error_of(httpx.post(f"{url}/vector_stores/{vs.id}/files", headers=auth, json={}), 400)
+    assert err["param"] == "file_id"
+    err = error_of(httpx.get(f"{url}/vector_stores", headers=auth, params={"limit": 0}), 400)
+    assert err["param"] == "limit"
+    err = error_of(httpx.get(f"{url}/vector_stores"), 401)
+    assert err["code"] == "invalid_api_key"
+    assert httpx.get(f"{service.url}/health").json()["status"] == "ok"  # open without a key
+    client.vector_stores.delete(vs.id)
+
+
+def test_lists_paginate_like_openai(client: openai.OpenAI) -> None:
+    ids = [client.vector_stores.create(name=f"page-{i}").id for i in range(3)]
+    first = client.vector_stores.list(limit=2, order="asc")
+    assert first.has_more and len(first.data) == 2
+    rest = client.vector_stores.list(limit=100, order="asc", after=first.data[-1].id)
+    seen = [s.id for s in first.data] + [s.id for s in rest.data]
+    assert len(seen) == len(set(seen)) and set(ids) <= set(seen)
+    for store_id in ids:
+        client.vector_stores.delete(store_id)
+
+
+def test_generation_server_sees_files_the_service_indexes(
+    client: openai.OpenAI, root: Path, tiny_llama_dir: Path
+) -> None:
+    client.vector_stores.create(name="shared")
+    chat = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(root), "--collection", "shared",
+        "--max-tokens", "4", log=root.parent / "serve.log",
+        env={"CLARA_HOME": str(root.parent / "home")},
+    ).wait_ready()  # fmt: skip
+    try:
+        gen = openai.OpenAI(base_url=f"{chat.url}/v1", api_key="-", max_retries=0)
+        attach(client, "shared", upload(client, "timetable.txt", TRAIN).id)  # after it started
+        answer = gen.chat.completions.create(
+            model=gen.models.list().data[0].id, messages=[{"role": "user", "content": TRAIN}],
+            extra_body={"top_k": 1},
+        )  # fmt: skip
+        sources = answer.choices[0].message.model_extra["sources"]
+        assert [s["filename"] for s in sources] == ["timetable.txt"]
+        assert sources[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    finally:
+        chat.stop()
+    client.vector_stores.delete("shared")
+
+
+# ---- in-process: loading, restart ----------------------------------------------------------
+def test_model_routes_answer_503_while_loading_and_jobs_resume(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from clara.checkpoint import load_clara
+    from indexing.pipeline import model_manifest
+    from indexing.service import ServiceSettings, create_app
+    from indexing.service_state import FileRecord, Link, Registry
+    from indexing.store import Collection
+
+    root = tmp_path / "index"
+    # a job the last run left in progress (its upload is on disk)
+    registry = Registry(root / "uploads")
+    (root / "uploads" / "file-old").mkdir()
+    (root / "uploads" / "file-old" / "old.txt").write_text(WATER)
+    registry.add_file(FileRecord("file-old", "old.txt", len(WATER), int(time.time()), "assistants"))
+    registry.put_link(Link("kept", "file-old", int(time.time()), "in_progress"))
+    registry.close()
+
+    release = threading.Event()
+
+    def slow_load():
+        release.wait(60)
+        cm = load_clara(tiny_llama_dir, None, dtype=None)
+        Collection.open(root, "kept", model_manifest(cm), create=True).close()
+        return cm
+
+    app = create_app(ServiceSettings(index_root=str(root)), load=slow_load)
+    with TestClient(app) as http:
+        r = http.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        error = error_of(http.post("/v1/vector_stores", json={"name": "x"}), 503)
+        assert error["code"] == "model_loading"
+        f = http.post(
+            "/v1/files", files={"file": ("a.txt", b"hello")}, data={"purpose": "assistants"}
+        )
+        assert f.status_code == 200  # uploads do not need the model
+        release.set()
+        deadline = time.monotonic() + 60
+        while http.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = None
+        while time.monotonic() < deadline:
+            status = http.get("/v1/vector_stores/kept/files/file-old").json()["status"]
+            if status != "in_progress":
+                break
+            time.sleep(0.05)
+        assert status == "completed"
+        hits = http.post("/v1/vector_stores/kept/search", json={"query": WATER}).json()["data"]
+        assert hits[0]["file_id"] == "file-old" and hits[0]["content"][0]["text"] == WATER
