@@ -80,7 +80,7 @@ class Manifest:
         if not same:
             raise IndexMismatchError(
                 f"index '{collection}' was built with checkpoint {self._describe()}, but the "
-                f"loaded model is {expected._describe()}; re-index with `clara-index rebuild`, "
+                f"loaded model is {expected._describe()}; re-index with `clara-index rebuild --recompress`, "
                 f"or load the checkpoint {self.checkpoint or self.fingerprint} that built it"
             )
 
