@@ -199,7 +199,8 @@ def create_app(
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         engine: Engine = request.app.state.engine
-        body = {"status": "ok" if engine.state == "ready" else engine.state}
+        state = "loading" if engine.state == "starting" else engine.state
+        body = {"status": "ok" if state == "ready" else state}
         body["model"] = request.app.state.serving.served_model_name
         if engine.error is not None:
             body["error"] = str(engine.error)

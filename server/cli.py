@@ -20,7 +20,8 @@ or not), POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometh
 Each chat request retrieves the top-k chunks of the index collection for the latest user
 turn and answers from their compressed memories; the answer's message carries them in
 `sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
-collection, retrieval (false: no retrieval), mode ("memory" | "text": the chunks' raw text).
+collection, retrieval (false: no retrieval), mode ("memory" | "text": the chunks' raw text),
+ignore_eos.
 """
 
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--api-key",
         default=os.environ.get("CLARA_API_KEY"),
+        metavar="KEY",
         help="require 'Authorization: Bearer <key>' on every endpoint but /health "
         "(default: $CLARA_API_KEY; unset: no key)",
     )

@@ -196,7 +196,9 @@ class Engine:
                 code="model_loading",
                 headers={"Retry-After": "5"},
             )
-        raise APIError(503, f"the model is not available ({self.state}): {self.error}")
+        if self.state == "stopped":
+            raise APIError(503, "the server is shutting down", code="shutting_down")
+        raise APIError(503, f"the model could not be loaded: {self.error}", code="model_failed")
 
     def submit(self, kind: str, work: Callable[[Job], None]) -> Job:
         """Queue work for the MLX thread; a full queue is a 503 with Retry-After."""
@@ -237,12 +239,13 @@ class Engine:
             self._load()
         except BaseException as exc:  # noqa: BLE001 - reported to the CLI, which exits
             self.state, self.error = "failed", exc
-            log.error("clara-serve: could not start: %s", exc)
+            log.error("could not start: %s", exc)
             if self.on_fatal is not None:
                 self.on_fatal(exc)
             return
-        self.state = "ready"
-        self.metrics.model_ready.set(1)
+        if self.state == "loading":  # not stopped meanwhile
+            self.state = "ready"
+            self.metrics.model_ready.set(1)
         while True:
             job = self._jobs.get()
             self.metrics.queue_depth.set(self._jobs.qsize())
@@ -394,6 +397,7 @@ class Engine:
             seed=p.seed,
             stop=p.stop,
             max_context=self.settings.max_context,
+            ignore_eos=p.ignore_eos,
         )
         try:
             for chunk in stream:

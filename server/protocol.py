@@ -96,6 +96,8 @@ class ChatCompletionRequest(_Request):
     mode: Literal["memory", "text"] = "memory"
     """"memory": the generator reads compressed memories (CLaRa); "text": the retrieved chunks'
     raw text goes into the prompt of the bare base model (the uncompressed RAG baseline)."""
+    ignore_eos: bool = False
+    """Decode to max_tokens even past end-of-sequence (as vLLM's; benchmarks use it)."""
 
     def check_supported(self) -> None:
         """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
@@ -167,6 +169,7 @@ class ChatCompletionRequest(_Request):
             top_p=1.0 if not self.top_p else self.top_p,
             seed=self.seed,
             stop=stop,
+            ignore_eos=self.ignore_eos,
         )
 
 
@@ -198,6 +201,7 @@ class RagParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
 
 
 # ---- chat completion response ------------------------------------------------------------

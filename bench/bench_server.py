@@ -1,0 +1,267 @@
+"""End-to-end serving benchmark through HTTP: clara-serve vs mlx_lm.server.
+
+Three systems answer the same questions from the same retrieved chunks (top 5 of a small index
+of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 new tokens each
+(EOS ignored so every answer has the same length):
+
+- clara memory: clara-serve, the generator reads the chunks' compressed memories (CLaRa, 16x)
+- clara text:   clara-serve `mode: "text"`, the chunks' raw text in the base model's prompt
+- mlx_lm.server: `python -m mlx_lm.server` given that same text prompt, same float32 weights
+
+Measured per system at 1, 4 and 8 concurrent clients: time to first token and end-to-end
+latency per request (medians), requests/s and generated tokens/s over the wall time.
+
+    python bench/bench_server.py                 # appends a table to BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import clara  # noqa: F401  # isort: skip  (first: preloads OpenBLAS before mlx loads)
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
+from _common import ROOT, append_report, markdown_table  # noqa: E402
+
+CHUNK_TOKENS = 256
+SYSTEMS = ("clara memory", "clara text", "mlx_lm.server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_index(root: Path, docs: Path, n_chunks: int, n_questions: int, top_k: int):
+    """Index ~256-token chunks of Python's doc topics; return (questions, retrieved texts)."""
+    import numpy as np
+    from pydoc_data.topics import topics
+
+    from clara.checkpoint import load_clara
+    from indexing.chunking import chunk_document
+    from indexing.readers import read_document
+    from indexing.store import ChunkRecord, Collection
+
+    cm = load_clara("smollm2-135m")
+    docs.mkdir(parents=True, exist_ok=True)
+    picked = []  # (path, document, its first full-size chunks)
+    for name in sorted(topics):
+        have = sum(len(c) for _, _, c in picked)
+        if have >= n_chunks:
+            break
+        path = docs / f"{name}.txt"
+        path.write_text(topics[name])
+        doc = read_document(path)
+        chunks = chunk_document(doc, cm.tokenizer, CHUNK_TOKENS, 32)[:2]
+        chunks = [c for c in chunks if c.n_tokens >= CHUNK_TOKENS * 3 // 4][: n_chunks - have]
+        if chunks:
+            picked.append((path, doc, chunks))
+    texts = [c.text for _, _, chunks in picked for c in chunks]
+    print(f"compressing {len(texts)} chunks of ~{CHUNK_TOKENS} tokens ...", flush=True)
+    start = time.perf_counter()
+    memories = np.array(cm.compress(texts))  # (N, n_mem, d)
+    print(f"  {time.perf_counter() - start:.0f}s", flush=True)
+    row = 0
+    with Collection.open(root, "default", cm.manifest(), create=True) as coll:
+        for path, doc, chunks in picked:
+            records = [ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens) for c in chunks]
+            mem = memories[row : row + len(chunks)]
+            coll.add_document(str(path), path.name, doc.sha256, records, mem)
+            row += len(chunks)
+        step = max(1, len(texts) // n_questions)
+        questions = []
+        for i in range(n_questions):
+            words = " ".join(texts[(i * step) % len(texts)].split()[:10])
+            questions.append(f"What does the Python documentation say about this: {words}?")
+        hits = coll.search(np.array(cm.encode_queries(questions)), top_k)
+        retrieved = [[c.text for c in coll.chunks([h.chunk_id for h in hs])] for hs in hits]
+    return questions, retrieved
+
+
+def float32_copy(out: Path) -> Path:
+    """The default model's weights dequantized to float32 (what clara-serve runs on CPU)."""
+    from clara.gguf import prepare_default_model
+
+    cmd = [sys.executable, "-m", "mlx_lm.convert", "--hf-path", str(prepare_default_model())]
+    cmd += ["--mlx-path", str(out), "-d", "--dtype", "float32"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+def start(cmd: list[str], health: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:3]} exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(health, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"{cmd[:3]} did not start:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
+    t0 = time.perf_counter()
+    ttft, usage = None, None
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: {r.status_code} {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if ttft is None and any((c.get("delta") or {}).get("content") for c in data["choices"]):
+                ttft = time.perf_counter() - t0
+            usage = data.get("usage") or usage
+    return {"ttft": ttft, "latency": time.perf_counter() - t0, "usage": usage or {}}
+
+
+async def level(url: str, bodies: list[dict], concurrency: int) -> dict:
+    """Send `bodies` with `concurrency` clients at a time; return the summary row."""
+    todo = list(bodies)
+    results: list[dict] = []
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while todo:
+            results.append(await one(client, url, todo.pop(0)))
+
+    async with httpx.AsyncClient(timeout=1800) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    completion = [r["usage"].get("completion_tokens", 0) for r in results]
+    return {
+        "requests": len(results),
+        "ttft": statistics.median(r["ttft"] for r in results),
+        "latency": statistics.median(r["latency"] for r in results),
+        "prompt": statistics.mean(r["usage"].get("prompt_tokens", 0) for r in results),
+        "completion": statistics.mean(completion),
+        "rps": len(results) / wall,
+        "tps": sum(completion) / wall,
+    }
+
+
+def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -> list[dict]:
+    from clara.generate import SYSTEM_PROMPT
+
+    common = {"max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+    common["stream_options"] = {"include_usage": True}
+    out = []
+    for q, chunks in zip(questions, retrieved):
+        if system == "mlx_lm.server":  # the prompt clara's text mode builds, sent as messages
+            user = "Background:\n" + "\n".join(chunks) + f"\n\nQuestion:{q}"
+            messages = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": user},
+            ]
+            out.append({**common, "messages": messages, "logit_bias": {"2": -1e9}})
+        else:
+            mode = "memory" if system == "clara memory" else "text"
+            messages = [{"role": "user", "content": q}]
+            out.append(
+                {**common, "messages": messages, "mode": mode, "top_k": top_k, "ignore_eos": True}
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--chunks", type=int, default=24, help="chunks to index (default: 24)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--levels", default="1,4,8", help="concurrent clients (default: 1,4,8)")
+    p.add_argument("--min-requests", type=int, default=1, help="requests per level at least")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    args = p.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+    n_requests = [max(c, args.min_requests) for c in levels]
+    tmp = Path(tempfile.mkdtemp(prefix="clara-bench-server-"))
+    questions, retrieved = build_index(
+        tmp / "index", tmp / "docs", args.chunks, sum(n_requests) + 1, args.top_k
+    )
+    f32 = float32_copy(tmp / "smollm2-f32")
+    rows = []
+    for system in args.systems.split(","):
+        port = free_port()
+        if system == "mlx_lm.server":
+            # `import clara` first: the same OpenBLAS fast path clara-serve gets (the wheel's
+            # reference BLAS is ~50x slower); prompt cache off: every request prefills it all.
+            run = "import clara; from mlx_lm.server import main; main()"
+            cmd = [sys.executable, "-c", run, "--model", str(f32), "--port", str(port)]
+            cmd += ["--prompt-cache-size", "0"]
+            health = f"http://127.0.0.1:{port}/health"
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "--index",
+                str(tmp / "index"),
+                "--port",
+                str(port),
+            ]
+            cmd += ["--queue-size", "64", "--log-level", "warning"]
+            health = f"http://127.0.0.1:{port}/health"
+        proc = start(cmd, health, tmp / f"{system.replace(' ', '-')}.log")
+        try:
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            bodies = bodies_for(system, questions, retrieved, args.max_tokens, args.top_k)
+            asyncio.run(level(url, [{**bodies[0], "max_tokens": 2}], 1))  # warm-up, not measured
+            used = 1
+            for concurrency, n in zip(levels, n_requests):
+                r = asyncio.run(level(url, bodies[used : used + n], concurrency))
+                used += n
+                print(system, concurrency, r, flush=True)
+                rows.append(
+                    [system, concurrency, r["requests"], f"{r['prompt']:.0f}", f"{r['completion']:.0f}",
+                     f"{r['ttft']:.2f}", f"{r['latency']:.2f}", f"{r['rps']:.3f}", f"{r['tps']:.1f}"]
+                )  # fmt: skip
+        finally:
+            stop(proc)
+    headers = ["system", "clients", "requests", "prompt positions", "new tokens", "TTFT s (p50)",
+               "latency s (p50)", "req/s", "tok/s"]  # fmt: skip
+    table = markdown_table(headers, rows)
+    notes = (
+        f"Index: {args.chunks} chunks of ~{CHUNK_TOKENS} tokens (Python doc topics), top-{args.top_k} "
+        f"retrieval, {args.max_tokens} new tokens per answer (EOS ignored), greedy, streaming over "
+        "HTTP on localhost. clara-serve runs one generation at a time (FIFO); mlx_lm.server batches "
+        "concurrent requests (its prompt cache is off: every request prefills its whole "
+        "prompt, as in clara-serve) and runs with the same OpenBLAS as clara. Untrained CLaRa "
+        "adapters: speed only, not answer quality. Machine shared with other jobs: treat differences under ~20% as noise."
+    )
+    if args.no_report:
+        print(table + "\n\n" + notes)
+    else:
+        append_report(
+            "Serving: clara-serve (memory / text) vs mlx_lm.server, end to end", table, notes
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

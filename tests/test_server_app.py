@@ -1,0 +1,116 @@
+"""clara-serve in-process (no model loaded): 503 while loading or after a failed load, no
+traceback in a 500, request -> pipeline parameters, Prometheus formatting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app, served_name
+from server.engine import Settings
+from server.metrics import Counter, Histogram
+from server.protocol import ChatCompletionRequest, ServingDefaults
+
+
+def call(app, method: str, path: str, **kw) -> httpx.Response:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(method, path, **kw)
+
+    return asyncio.run(run())
+
+
+def test_requests_get_503_until_the_model_is_loaded() -> None:
+    app = create_app(Settings(model="/nowhere"))  # lifespan not run: the engine never starts
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    for method, path, kw in [
+        ("POST", "/v1/chat/completions", {"json": body}),
+        ("POST", "/v1/embeddings", {"json": {"input": "hi"}}),
+        ("GET", "/v1/models", {}),
+    ]:
+        r = call(app, method, path, **kw)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "model_loading" and r.headers["Retry-After"]
+    health = call(app, "GET", "/health")
+    assert health.status_code == 503 and health.json()["status"] == "loading"
+
+
+def test_a_failed_load_is_reported(tmp_path) -> None:
+    app = create_app(Settings(model=str(tmp_path / "no-model"), index_root=str(tmp_path)))
+    with TestClient(app) as client:  # runs the lifespan: the worker tries to load and fails
+        engine = app.state.engine
+        engine._thread.join(60)
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "no-model" in health.json()["error"]
+        r = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+        )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_failed"
+
+
+def test_500_never_leaks_internals() -> None:
+    app = create_app(Settings(model="/nowhere"))
+
+    def boom():
+        raise RuntimeError("secret internal detail")
+
+    app.state.serving.models = boom
+    r = call(app, "GET", "/v1/models")
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["type"] == "server_error" and "secret" not in r.text and "Traceback" not in r.text
+
+
+def test_served_model_name() -> None:
+    assert served_name("smollm2-135m") == served_name("default") == "clara-smollm2-135m"
+    assert served_name("/models/My-Model/") == "clara-My-Model"
+    assert served_name("org/name") == "clara-name"
+
+
+def test_request_to_pipeline_params() -> None:
+    msgs = [{"role": "system", "content": "Be brief."}]
+    for i in range(4):
+        msgs += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    msgs.append({"role": "user", "content": [{"type": "text", "text": "last"}]})
+    req = ChatCompletionRequest.model_validate(
+        {"messages": msgs, "stop": "END", "max_tokens": 9, "max_completion_tokens": 4, "top_k": 3}
+    )
+    req.check_supported()
+    p = req.to_params(ServingDefaults(top_k=5, collection="docs", history_turns=2))
+    assert p.question == "last" and p.system == "Be brief."
+    assert [m["content"] for m in p.history] == ["q2", "a2", "q3", "a3"]
+    assert p.query == "q2\nq3\nlast"  # recent user turns: what retrieval encodes
+    assert p.stop == ["END"] and p.max_tokens == 4 and p.top_k == 3 and p.collection == "docs"
+    assert p.temperature == 0.0 and p.retrieval and p.mode == "memory"
+    zero = ChatCompletionRequest.model_validate(
+        {"messages": msgs[-1:], "top_p": 0, "temperature": 1.0, "top_k": 0}
+    ).to_params(ServingDefaults(history_turns=0))
+    assert zero.temperature == 0.0 and not zero.retrieval and zero.history == []
+
+
+def test_prometheus_text() -> None:
+    c = Counter("x_total", "help")
+    c.inc(endpoint='/a"b', status="200")
+    c.inc(2, endpoint='/a"b', status="200")
+    assert 'x_total{endpoint="/a\\"b",status="200"} 3' in c.render()
+    h = Histogram("lat_seconds", "help", buckets=(0.1, 1.0))
+    for v in (0.05, 0.5, 5.0):
+        h.observe(v)
+    lines = h.render()
+    assert 'lat_seconds_bucket{le="0.1"} 1' in lines
+    assert 'lat_seconds_bucket{le="1"} 2' in lines
+    assert 'lat_seconds_bucket{le="+Inf"} 3' in lines
+    assert "lat_seconds_count 3" in lines
+    assert any(x.startswith("lat_seconds_sum 5.55") for x in lines)
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_empty_user_message_is_accepted(content) -> None:
+    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": content}]})
+    req.check_supported()
+    assert req.to_params(ServingDefaults()).question == ""
