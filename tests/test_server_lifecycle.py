@@ -130,6 +130,23 @@ def test_no_index_then_new_documents_without_restart(
     assert metric(text, "clara_index_chunks", collection="default") == 3
 
 
+def test_documents_added_with_clara_index_are_served(
+    server: ServerProcess, index_root: Path, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    text = "The lighthouse keeper climbs two hundred steps every evening to light the lamp."
+    doc = tmp_path / "lighthouse.txt"
+    doc.write_text(text + "\n")
+    cmd = [sys.executable, "-m", "indexing.cli", "add", str(doc), "--index", str(index_root)]
+    cmd += ["--model", str(tiny_llama_dir), "--quiet"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 1, "top_k": 2}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    top = r.json()["choices"][0]["message"]["sources"][0]
+    assert top["filename"] == "lighthouse.txt" and top["url"] == doc.resolve().as_uri()
+    assert top["score"] > 0.99
+
+
 def test_index_of_another_checkpoint_fails_at_startup(
     tmp_path: Path, tiny_llama_dir: Path, tiny_hcx_dir: Path
 ) -> None:
