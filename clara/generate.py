@@ -143,6 +143,11 @@ def _stop_cut(text: str, stops: Sequence[str]) -> tuple[int | None, int]:
     return None, hold
 
 
+def context_limit(cm: ClaraModel, max_context: int | None = None) -> int:
+    """Positions a prompt plus its answer may use: `max_context` or the model's window."""
+    return max_context or int(cm.info.config.get("max_position_embeddings", 4096))
+
+
 def generate(
     cm: ClaraModel,
     prompt: Prompt,
@@ -161,7 +166,7 @@ def generate(
 
     `ignore_eos` keeps decoding to `max_tokens` (benchmarks compare equal lengths).
     """
-    limit = max_context or int(cm.info.config.get("max_position_embeddings", 4096))
+    limit = context_limit(cm, max_context)
     if prompt.positions >= limit:
         raise ContextLengthError(
             f"prompt needs {prompt.positions} positions but the model's context is {limit}; "

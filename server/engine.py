@@ -28,7 +28,7 @@ import numpy as np
 
 from clara.checkpoint import load_clara
 from clara.errors import ContextLengthError
-from clara.generate import Prompt, generate, memory_prompt, text_prompt
+from clara.generate import Prompt, context_limit, generate, memory_prompt, text_prompt
 from clara.model import ClaraModel
 from clara.paths import indexes_dir
 from clara.retrieval import flatten_normalize
@@ -277,7 +277,7 @@ class Engine:
         start = time.perf_counter()
         cm = load_clara(s.model, s.checkpoint, dtype=s.dtype)
         self._cm = cm
-        limit = s.max_context or int(cm.info.config.get("max_position_embeddings", 4096))
+        limit = context_limit(cm, s.max_context)
         self.info = ModelInfo(
             model_id=cm.info.model_id,
             fingerprint=cm.fingerprint,
