@@ -44,7 +44,7 @@ def write_documents(folder: Path) -> Path:
         doc.add_page()
         doc.set_font("Helvetica", size=12)
         for line in PDF_FACTS:
-            doc.multi_cell(0, 8, line)
+            doc.multi_cell(0, 8, line, new_x="LMARGIN", new_y="NEXT")
         doc.output(str(pdf))
     return folder
 
