@@ -17,11 +17,15 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from clara.errors import CheckpointError
-from clara.loader import DEFAULT_MODEL, BaseModel, load_base
+from clara.loader import DEFAULT_ALIASES, DEFAULT_MODEL, BaseModel, load_base
 from clara.model import FORMAT_VERSION, ClaraConfig, ClaraModel
 
 CONFIG_FILE = "clara_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
+#: Trained adapters shipped with clara for the embedded default model (16x).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "smollm2-135m-16x"
+#: `checkpoint=` values that mean "fresh, untrained adapters" (e.g. before training).
+FRESH = ("none", "fresh")
 
 
 def _clara_weights(cm: ClaraModel) -> dict[str, mx.array]:
@@ -34,6 +38,23 @@ def _file_fingerprint(weights: Path, config: dict) -> str:
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     h.update(weights.read_bytes())
     return h.hexdigest()[:16]
+
+
+def checkpoint_fingerprint(path: str | os.PathLike) -> str:
+    """The fingerprint a model loaded from this checkpoint will have (no model needed)."""
+    path = Path(path)
+    return _file_fingerprint(path / WEIGHTS_FILE, read_checkpoint_config(path))
+
+
+def resolve_checkpoint(model: object, checkpoint: str | os.PathLike | None) -> Path | None:
+    """None means the shipped default adapters for the default model (fresh ones otherwise);
+    "none"/"fresh" always means fresh adapters."""
+    if checkpoint is None:
+        is_default = isinstance(model, str) and model.lower() in DEFAULT_ALIASES
+        return DEFAULT_CHECKPOINT if is_default and DEFAULT_CHECKPOINT.exists() else None
+    if str(checkpoint).lower() in FRESH:
+        return None
+    return Path(checkpoint).expanduser()
 
 
 def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -117,10 +138,13 @@ def load_clara(
     dtype: str | None = "auto",
     config: ClaraConfig | None = None,
 ) -> ClaraModel:
-    """The one loader: base model (+ CLaRa checkpoint, or fresh adapters when None).
+    """The one loader: base model + CLaRa checkpoint.
 
-    With a checkpoint, its `ClaraConfig` wins; `config` only shapes fresh adapters.
+    `checkpoint=None` loads the shipped default adapters when `model` is the default model
+    (fresh ones for any other model); "none" forces fresh adapters. With a checkpoint, its
+    `ClaraConfig` wins; `config` only shapes fresh adapters.
     """
+    checkpoint = resolve_checkpoint(model, checkpoint)
     ck_config = read_checkpoint_config(checkpoint) if checkpoint is not None else None
     base = model if isinstance(model, BaseModel) else load_base(model, dtype=dtype)
     if ck_config is not None:

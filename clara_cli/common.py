@@ -52,7 +52,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="CLaRa checkpoint directory (compressor/query/generator adapters) made by "
-        "clara-train; without it the untrained adapters are used",
+        "clara-train; default: the adapters shipped for smollm2-135m (untrained ones for "
+        "other models); 'none' forces untrained adapters",
     )
     group.add_argument(
         "--dtype",

@@ -204,3 +204,24 @@ def test_checkpoint_refuses_other_base(cm, tiny_hcx_dir, tmp_path):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not a CLaRa checkpoint"):
         load_clara("unused", tmp_path)
+
+
+def test_default_checkpoint_resolution(tmp_path, monkeypatch):
+    import clara.checkpoint as ck
+
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(ck, "DEFAULT_CHECKPOINT", shipped)
+    assert ck.resolve_checkpoint("smollm2-135m", None) is None  # nothing shipped yet
+    shipped.mkdir()
+    assert ck.resolve_checkpoint("smollm2-135m", None) == shipped
+    assert ck.resolve_checkpoint("default", None) == shipped
+    assert ck.resolve_checkpoint("smollm2-135m", "none") is None  # explicit opt-out
+    assert ck.resolve_checkpoint("/some/other/model", None) is None  # only for the default
+    assert ck.resolve_checkpoint("smollm2-135m", tmp_path / "x") == tmp_path / "x"
+
+
+def test_checkpoint_fingerprint_without_loading(cm, tmp_path):
+    from clara.checkpoint import checkpoint_fingerprint
+
+    path = save_checkpoint(cm, tmp_path / "ck")
+    assert checkpoint_fingerprint(path) == cm.fingerprint

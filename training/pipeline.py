@@ -25,11 +25,14 @@ def load_for_training(
     dtype: str | None = "auto",
     config: ClaraConfig | None = None,
 ) -> ClaraModel:
-    """`load_clara`, except that a full fine-tuning checkpoint brings its own base weights."""
+    """`load_clara`, except that a full fine-tuning checkpoint brings its own base weights,
+    and no checkpoint means fresh adapters (never the shipped defaults)."""
     base = base_of(checkpoint)
     if base is not None:
         model = base
-    return load_clara(model, checkpoint, dtype=dtype, config=config)
+    return load_clara(
+        model, checkpoint if checkpoint is not None else "none", dtype=dtype, config=config
+    )
 
 
 def _is_quantized(cm: ClaraModel) -> bool:

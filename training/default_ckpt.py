@@ -1,0 +1,32 @@
+"""Package a trained checkpoint as clara's shipped default adapters (small, float16)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+
+from clara.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
+
+
+def install(src: Path, dst: Path) -> Path:
+    """Copy `src` to `dst` with float16 tensors; an untrained query adapter (B = 0) becomes a
+    copy of the compressor, as CLaRa initialises the query reasoner."""
+    config = read_checkpoint_config(src)
+    weights = mx.load(str(src / WEIGHTS_FILE))
+    query_b = [v for k, v in weights.items() if ".lora_query.b" in k]
+    if query_b and all(float(mx.abs(v).max()) == 0.0 for v in query_b):
+        for k in [k for k in weights if ".lora_compressor." in k]:
+            weights[k.replace(".lora_compressor.", ".lora_query.")] = weights[k]
+    weights = {k: v.astype(mx.float16) for k, v in weights.items()}
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    mx.save_safetensors(str(tmp / WEIGHTS_FILE), weights)
+    config["installed_from"] = str(src)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
