@@ -49,6 +49,24 @@ def write_documents(folder: Path) -> Path:
     return folder
 
 
+def drop_stale_index(index: Path) -> None:
+    """The demo index is ours to rebuild: drop it when it was made by other adapters
+    (e.g. before the shipped default adapters were installed)."""
+    import json
+    import shutil
+
+    from clara.checkpoint import DEFAULT_CHECKPOINT, checkpoint_fingerprint
+
+    manifest = index / "default" / "manifest.json"
+    if not manifest.exists() or not DEFAULT_CHECKPOINT.exists():
+        return
+    if json.loads(manifest.read_text()).get("fingerprint") != checkpoint_fingerprint(
+        DEFAULT_CHECKPOINT
+    ):
+        print("==> The demo index was built by other adapters; rebuilding it", flush=True)
+        shutil.rmtree(index)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,6 +93,7 @@ def main() -> int:
     root = home() / "demo"
     docs = write_documents(root / "docs")
     index = root / "index"
+    drop_stale_index(index)
     py = sys.executable
     print(f"==> Indexing sample documents from {docs}", flush=True)
     status = subprocess.call([py, "-m", "indexing.cli", "add", str(docs), "--index", str(index)])
