@@ -12,7 +12,8 @@ def test_world_shape_and_held_out_facts():
     assert len(w.docs) == 100 and len(set(w.docs)) == 100
     assert all(1 <= len(f) <= 3 for f in w.doc_facts)
     test, train = w.split("test"), w.split("train")
-    assert len(test) == round(0.2 * len(w.facts)) and len(train) + len(test) == len(w.facts)
+    assert len(w.held_out) == 15 and len(train) + len(test) == len(w.facts)
+    assert {f.doc for f in test} == w.held_out
     for f in w.facts:  # every fact is stated in its document
         assert f.sentence() in w.docs[f.doc] and f.value in w.docs[f.doc]
     # held-out questions are never among the training records
@@ -20,6 +21,11 @@ def test_world_shape_and_held_out_facts():
     trained |= {q + "|" + a for r in w.pretrain_records() for q, a in zip(r.questions, r.answers)}
     held = w.qa_records("test")
     assert held and all(r.question + "|" + r.answers[0] not in trained for r in held)
+    # ... and neither are their documents, in any training record
+    seen = {d for r in w.qa_records("train", n_docs=8, all_templates=True) for d in r.docs}
+    seen |= {r.doc for r in w.pretrain_records()}
+    assert not seen & {w.docs[i] for i in w.held_out}
+    assert all(n in " ".join(w.registry()) for n in w.names)
     # candidates hold the gold document exactly once, where pos_index says
     for r in w.qa_records("train", n_docs=5):
         assert len(r.docs) == 5 and r.answers[0] in r.docs[r.pos_index[0]]

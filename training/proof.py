@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from clara.model import ClaraConfig
-from training.evaluate import clara_row, generator_only_row, no_retrieval_row, retrieve
+from training.evaluate import (
+    clara_row,
+    generator_only_row,
+    no_retrieval_row,
+    retrieve,
+    text_rag_row,
+)
 from training.pipeline import load_for_training, train
 from training.stages import StageConfig
 from training.tinymodel import build_tiny_llama, build_word_tokenizer
@@ -40,12 +46,14 @@ class ProofConfig:
     compression_rate: int = 16
     lora_rank: int = 16
     # stages: optimiser steps and learning rates (a tiny model from scratch: larger lr)
-    batch_size: int = 32
-    lm_steps: int = 200
+    batch_size: int = 16
+    lm_batch_size: int = 32
+    lm_steps: int = 600
     lm_lr: float = 3e-3
-    pretrain_steps: int = 700
+    lm_qa_docs: int = 3  # documents per in-context QA text of the LM pretraining
+    pretrain_steps: int = 1000
     pretrain_lr: float = 2e-3
-    instruct_steps: int = 250
+    instruct_steps: int = 400
     instruct_lr: float = 1e-3
     instruct_docs: int = 5
     joint_steps: int = 250
@@ -56,7 +64,7 @@ class ProofConfig:
     retrieval_weight: float = 0.0
     # evaluation
     top_k: int = 5
-    eval_limit: int | None = None
+    eval_limit: int | None = 300
     max_tokens: int = 8
     diagnostics: bool = True
 
@@ -119,7 +127,7 @@ def run_proof(
             out=str(work / stage),
             lr=lr,
             max_steps=steps,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.lm_batch_size if stage == "lm" else cfg.batch_size,
             full=full,
             seed=cfg.seed,
             quiet=quiet,
@@ -138,8 +146,8 @@ def run_proof(
     ck = timed(
         "lm",
         lambda: train(
-            world.docs, tc("lm", cfg.lm_steps, cfg.lm_lr, True), model=str(model_dir),
-            clara_config=clara_cfg, dtype="float32",
+            lm_texts(world, model_dir, cfg.lm_qa_docs), tc("lm", cfg.lm_steps, cfg.lm_lr, True),
+            model=str(model_dir), clara_config=clara_cfg, dtype="float32",
         ),
     )  # fmt: skip
     ck = timed(
@@ -183,10 +191,13 @@ def run_proof(
         got = retrieve(cm, test, "collection", world.docs, cfg.top_k)
         rows = [
             clara_row(cm, test, got, f"CLaRa {cfg.compression_rate}x", str(ck), cfg.max_tokens),
-            generator_only_row(cm, test, "same model, no retrieval", str(ck), cfg.max_tokens),
+            generator_only_row(cm, test, "CLaRa, no retrieval", str(ck), cfg.max_tokens),
         ]
         base = load_for_training(None, work / "lm" / "final", dtype="float32")
+        name = "base LM, uncompressed text of the same top docs"
+        rows.append(text_rag_row(base, test, got.texts, cfg.max_tokens, name=name))
         rows.append(no_retrieval_row(base, test, cfg.max_tokens))
+        rows[-1].name = "base LM, no retrieval"
         return cm, rows
 
     cm, rows = timed("eval", evaluate)
@@ -209,6 +220,21 @@ def run_proof(
     )
     (work / "result.json").write_text(json.dumps(asdict(result), indent=2))
     return result
+
+
+def lm_texts(world, model_dir: Path, n_docs: int) -> list[str]:
+    """The base LM's pretraining text: training documents, the name registry, and chat-format
+    reading-comprehension examples (training facts, their document among `n_docs`), so the
+    base model can read text in context like a pretrained LLM (held-out documents: never)."""
+    from clara.generate import _messages, _render
+    from clara.loader import load_base
+
+    tok = load_base(model_dir, dtype=None).tokenizer
+    texts = [world.docs[i] for i in world.train_docs] + world.registry()
+    for r in world.qa_records("train", n_docs=n_docs, all_templates=True, seed=2):
+        prompt = _render(tok, _messages(r.question, "\n".join(r.docs), None, None))
+        texts.append(prompt + r.answer + tok.eos_token)
+    return texts
 
 
 def _flat(tree):

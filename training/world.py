@@ -1,13 +1,13 @@
 """A synthetic world of invented people and towns: documents, questions, held-out facts.
 
 Every entity has a unique invented name and four attributes; its one document states one to
-three of them. Facts are split into training facts and HELD-OUT facts whose questions are never
-trained on (their documents are in the collection, so a model that reads memory can answer,
-one that does not has nothing to go on: values are invented words and numbers).
+three of them. A share of the documents is HELD OUT: they are in the collection, but neither
+they nor questions about them are ever trained on. A model that reads their compressed memory
+can answer; one that does not has nothing to go on (values are invented words and numbers).
 
     world = make_world(n_people=1000, n_towns=200, seed=0)
     world.docs                      # the collection
-    world.pretrain_records()        # stage 1: a paraphrase record per doc + QA on train facts
+    world.pretrain_records()        # stage 1: paraphrase + QA records of the training docs
     world.qa_records("train", ...)  # stages 2-3: {question, docs (candidates), answer, pos_index}
     world.qa_records("test", ...)   # held-out questions
 """
@@ -77,13 +77,18 @@ class World:
     doc_facts: list[list[int]]  # fact indices per document
     seed: int = 0
     names: list[str] = field(default_factory=list)
+    held_out: set[int] = field(default_factory=set)  # documents never trained on
+
+    @property
+    def train_docs(self) -> list[int]:
+        return [i for i in range(len(self.docs)) if i not in self.held_out]
 
     def split(self, name: str) -> list[Fact]:
         return [f for f in self.facts if f.split == name]
 
     def pretrain_records(self, qa: bool = True) -> list[PretrainRecord]:
-        """A paraphrase record for every document, plus one QA record per training fact."""
-        out = [PretrainRecord("paraphrase", d) for d in self.docs]
+        """A paraphrase record per training document, plus one QA record per training fact."""
+        out = [PretrainRecord("paraphrase", self.docs[i]) for i in self.train_docs]
         if qa:
             rng = np.random.default_rng([self.seed, 1])
             for f in self.split("train"):
@@ -95,20 +100,33 @@ class World:
         self, split: str, n_docs: int = 5, all_templates: bool = False, seed: int = 0
     ) -> list[QARecord]:
         """Questions of `split` with `n_docs` candidate documents (the gold one at a random
-        place, the others random documents) and `pos_index`."""
+        place, the others random documents; training documents only for "train") and
+        `pos_index`."""
         rng = np.random.default_rng([self.seed, 2, seed, 0 if split == "train" else 1])
+        pool = np.array(self.train_docs if split == "train" else range(len(self.docs)))
         out = []
         for f in self.split(split):
             qs = f.questions()
             for q in qs if all_templates else [qs[int(rng.integers(len(qs)))]]:
-                others = rng.choice(len(self.docs) - 1, size=n_docs - 1, replace=False)
-                others = [int(o) + (o >= f.doc) for o in others]  # skip the gold document
+                others = []
+                while len(others) < n_docs - 1:  # distinct random documents, not the gold one
+                    o = int(pool[rng.integers(len(pool))])
+                    if o != f.doc and o not in others:
+                        others.append(o)
                 docs = others + [f.doc]
                 rng.shuffle(docs)
                 out.append(
                     QARecord(q, [self.docs[i] for i in docs], [f.value], [docs.index(f.doc)])
                 )
         return out
+
+    def registry(self, per_line: int = 16) -> list[str]:
+        """Lines listing every name (no facts): a base model may know the words, not the facts."""
+        names = list(self.names)
+        return [
+            "Names: " + ", ".join(names[i : i + per_line]) + "."
+            for i in range(0, len(names), per_line)
+        ]
 
     def texts(self) -> list[str]:
         """Every string the world can produce (for building a vocabulary)."""
@@ -137,10 +155,11 @@ def make_world(
     n_rivers: int = 30,
     n_regions: int = 20,
     max_facts: int = 3,
-    test_fraction: float = 0.2,
+    test_fraction: float = 0.15,
     seed: int = 0,
 ) -> World:
-    """Invent a world; documents state 1..max_facts facts of one entity each."""
+    """Invent a world; documents state 1..max_facts facts of one entity each; a
+    `test_fraction` of the documents is held out."""
     rng = np.random.default_rng(seed)
     taken: set[str] = set()
     people = _names(rng, n_people, taken)
@@ -176,6 +195,8 @@ def make_world(
             idx.append(len(facts) - 1)
         docs.append(" ".join(facts[i].sentence() for i in idx))
         doc_facts.append(idx)
-    for i in rng.permutation(len(facts))[: int(round(test_fraction * len(facts)))]:
-        facts[int(i)].split = "test"
-    return World(docs, facts, doc_facts, seed, people + towns)
+    held_out = {int(i) for i in rng.permutation(len(docs))[: int(round(test_fraction * len(docs)))]}
+    for f in facts:
+        if f.doc in held_out:
+            f.split = "test"
+    return World(docs, facts, doc_facts, seed, people + towns + rivers + regions, held_out)
