@@ -131,6 +131,23 @@ def main() -> int:
             f"\nThe generator read {u.prompt_tokens} positions "
             f"({model} reads each retrieved chunk as 16x-compressed memory vectors)."
         )
+        from clara.checkpoint import DEFAULT_CHECKPOINT
+
+        if not DEFAULT_CHECKPOINT.exists():
+            # Honest comparison until trained default adapters ship: the same retrieval,
+            # the chunks given as raw text to the bare model (classic RAG).
+            text = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": QUESTION}],
+                max_tokens=64,
+                extra_body={"mode": "text"},
+            )
+            print(
+                "\nNote: no trained CLaRa adapters are installed yet (see README, 'Training'), "
+                "so the memory answer above comes from untrained adapters.\n"
+                f"Same retrieval, chunks as raw text ({text.usage.prompt_tokens} positions): "
+                f"{text.choices[0].message.content.strip()}"
+            )
     finally:
         server.terminate()
         try:
