@@ -48,12 +48,18 @@ class ProofConfig:
     # stages: optimiser steps and learning rates (a tiny model from scratch: larger lr)
     batch_size: int = 16
     lm_batch_size: int = 32
-    lm_steps: int = 600
+    lm_steps: int = 400
     lm_lr: float = 3e-3
     lm_qa_docs: int = 3  # documents per in-context QA text of the LM pretraining
-    pretrain_steps: int = 1000
+    # fresh synthetic documents (random facts over the world's names) per stage: what makes
+    # memorising useless and reading the only way to lower the loss
+    lm_synthetic: int = 6000
+    pretrain_synthetic: int = 14000
+    instruct_synthetic: int = 5000
+    joint_synthetic: int = 3000
+    pretrain_steps: int = 2500
     pretrain_lr: float = 2e-3
-    instruct_steps: int = 400
+    instruct_steps: int = 500
     instruct_lr: float = 1e-3
     instruct_docs: int = 5
     joint_steps: int = 250
@@ -146,21 +152,24 @@ def run_proof(
     ck = timed(
         "lm",
         lambda: train(
-            lm_texts(world, model_dir, cfg.lm_qa_docs), tc("lm", cfg.lm_steps, cfg.lm_lr, True),
+            lm_texts(world, world.synthetic(cfg.lm_synthetic, 1), model_dir, cfg.lm_qa_docs),
+            tc("lm", cfg.lm_steps, cfg.lm_lr, True),
             model=str(model_dir), clara_config=clara_cfg, dtype="float32",
         ),
     )  # fmt: skip
     ck = timed(
         "pretrain",
         lambda: train(
-            world.pretrain_records(), tc("pretrain", cfg.pretrain_steps, cfg.pretrain_lr, True),
+            world.synthetic(cfg.pretrain_synthetic, 2).pretrain_records() + world.pretrain_records(),
+            tc("pretrain", cfg.pretrain_steps, cfg.pretrain_lr, True),
             init_from=ck, dtype="float32",
         ),
     )  # fmt: skip
     ck = timed(
         "instruct",
         lambda: train(
-            world.qa_records("train", n_docs=cfg.instruct_docs, all_templates=True),
+            world.synthetic(cfg.instruct_synthetic, 3).qa_records("train", cfg.instruct_docs)
+            + world.qa_records("train", n_docs=cfg.instruct_docs, all_templates=True),
             tc("instruct", cfg.instruct_steps, cfg.instruct_lr, True),
             init_from=ck, dtype="float32", stage_config=StageConfig(top_k=cfg.instruct_docs),
         ),
@@ -177,7 +186,8 @@ def run_proof(
     ck = timed(
         "joint",
         lambda: train(
-            world.qa_records("train", n_docs=cfg.joint_candidates, all_templates=True, seed=1),
+            world.synthetic(cfg.joint_synthetic, 4).qa_records("train", cfg.joint_candidates)
+            + world.qa_records("train", n_docs=cfg.joint_candidates, all_templates=True, seed=1),
             tc("joint", cfg.joint_steps, cfg.joint_lr, False),
             init_from=ck, dtype="float32",
             stage_config=StageConfig(
@@ -201,6 +211,14 @@ def run_proof(
         return cm, rows
 
     cm, rows = timed("eval", evaluate)
+    probe = load_for_training(None, work / "pretrain" / "final", dtype="float32")
+    held = sorted(world.held_out)[:100]
+    own, other = paraphrase_recall(probe, world, held)
+    diagnostics["paraphrase_recall_own_memory"] = own
+    diagnostics["paraphrase_recall_other_memory"] = other
+    log(
+        f"stage-1 paraphrase of held-out docs, name+values recalled: {own:.3f} (control {other:.3f})"
+    )
     tok = cm.tokenizer
     lengths = [len(tok.encode(d, add_special_tokens=False)) for d in world.docs]
     n_params = sum(v.size for k, v in _flat(cm.lm.parameters()) if ".lora_" not in k)
@@ -222,16 +240,48 @@ def run_proof(
     return result
 
 
-def lm_texts(world, model_dir: Path, n_docs: int) -> list[str]:
-    """The base LM's pretraining text: training documents, the name registry, and chat-format
-    reading-comprehension examples (training facts, their document among `n_docs`), so the
-    base model can read text in context like a pretrained LLM (held-out documents: never)."""
+def paraphrase_recall(cm, world, doc_ids, max_tokens: int = 24) -> tuple[float, float]:
+    """Share of documents whose entity name and values the generator writes back from their
+    memory (paraphrase prompt), and the same with the NEXT document's memory (a control:
+    what the generator would guess without this document)."""
+    import mlx.core as mx
+
+    from clara.generate import Prompt, generate
+    from training.batches import (
+        collate_generator,
+        generator_embeddings,
+        generator_example,
+        paraphrase_messages,
+    )
+
+    mem = cm.compress([world.docs[i] for i in doc_ids])
+    ex = generator_example(cm, paraphrase_messages(), None, 1)
+    batch = collate_generator([ex], cm.n_mem, 1)
+
+    def hits(memory: mx.array, i: int) -> float:
+        emb = generator_embeddings(cm, batch, memory[None, None])[0]
+        text = "".join(c.text for c in generate(cm, Prompt(ex.tokens, emb), max_tokens=max_tokens))
+        words = set(text.replace(".", " ").split())
+        wanted = [world.facts[world.doc_facts[i][0]].entity]
+        wanted += [world.facts[f].value for f in world.doc_facts[i]]
+        return sum(w in words for w in wanted) / len(wanted)
+
+    own = [hits(mem[j], i) for j, i in enumerate(doc_ids)]
+    other = [hits(mem[(j + 1) % len(doc_ids)], i) for j, i in enumerate(doc_ids)]
+    return float(np.mean(own)), float(np.mean(other))
+
+
+def lm_texts(world, synthetic, model_dir: Path, n_docs: int) -> list[str]:
+    """The base LM's pretraining text: training and synthetic documents, the name registry,
+    and chat-format reading-comprehension examples (their document among `n_docs`), so the base
+    model can read text in context like a pretrained LLM (held-out documents: never)."""
     from clara.generate import _messages, _render
     from clara.loader import load_base
 
     tok = load_base(model_dir, dtype=None).tokenizer
-    texts = [world.docs[i] for i in world.train_docs] + world.registry()
-    for r in world.qa_records("train", n_docs=n_docs, all_templates=True, seed=2):
+    texts = [world.docs[i] for i in world.train_docs] + synthetic.docs + world.registry()
+    qa = world.qa_records("train", n_docs=n_docs, seed=2) + synthetic.qa_records("train", n_docs)
+    for r in qa:
         prompt = _render(tok, _messages(r.question, "\n".join(r.docs), None, None))
         texts.append(prompt + r.answer + tok.eos_token)
     return texts

@@ -78,6 +78,18 @@ class World:
     seed: int = 0
     names: list[str] = field(default_factory=list)
     held_out: set[int] = field(default_factory=set)  # documents never trained on
+    pools: Pools | None = None
+
+    def synthetic(self, n_docs: int, seed: int) -> World:
+        """Fresh documents over this world's names and values with RANDOM facts (a held-out
+        document's true facts only by chance): reading practice that cannot be memorised,
+        since no pairing of a name with a value is stable across documents."""
+        rng = np.random.default_rng([self.seed, 3, seed])
+        pools = self.pools
+        kinds = [(p, "person") for p in pools.people] + [(t, "town") for t in pools.towns]
+        entities = [kinds[int(i)] for i in rng.integers(len(kinds), size=n_docs)]
+        docs, facts, doc_facts = _documents(rng, pools, entities)
+        return World(docs, facts, doc_facts, self.seed * 1000 + seed, self.names, set(), pools)
 
     @property
     def train_docs(self) -> list[int]:
@@ -129,8 +141,10 @@ class World:
         ]
 
     def texts(self) -> list[str]:
-        """Every string the world can produce (for building a vocabulary)."""
-        out = list(self.docs)
+        """Every string the world can produce (for building a vocabulary): its documents and
+        questions, and every value a synthetic document can draw (all years included)."""
+        years = [str(y) for y in range(1000, 2000)]
+        out = list(self.docs) + [" ".join(PROFESSIONS + PETS + PRODUCTS + years + self.names)]
         for f in self.facts:
             out += f.questions() + [f.value]
         return out
@@ -149,6 +163,48 @@ def _names(rng: np.random.Generator, n: int, taken: set[str], syllables=(2, 3)) 
     return out
 
 
+@dataclass
+class Pools:
+    """Names and values a world draws from."""
+
+    people: list[str]
+    towns: list[str]
+    rivers: list[str]
+    regions: list[str]
+    max_facts: int = 3
+
+
+def _documents(rng: np.random.Generator, pools: Pools, entities: list[tuple[str, str]]):
+    """One document per (name, kind) with 1..max_facts random facts: (docs, facts, doc_facts)."""
+    facts: list[Fact] = []
+    docs: list[str] = []
+    doc_facts: list[list[int]] = []
+    for name, kind in entities:
+        if kind == "person":
+            values = {
+                "job": PROFESSIONS[rng.integers(len(PROFESSIONS))],
+                "home": pools.towns[rng.integers(len(pools.towns))],
+                "born": str(int(rng.integers(1700, 2000))),
+                "pet": PETS[rng.integers(len(PETS))],
+            }
+        else:
+            values = {
+                "river": pools.rivers[rng.integers(len(pools.rivers))],
+                "founded": str(int(rng.integers(1000, 1900))),
+                "region": pools.regions[rng.integers(len(pools.regions))],
+                "famous": PRODUCTS[rng.integers(len(PRODUCTS))],
+            }
+        n = int(rng.integers(1, pools.max_facts + 1))
+        attrs = [list(values)[i] for i in rng.permutation(len(values))[:n]]
+        idx = []
+        for a in attrs:
+            facts.append(Fact(name, kind, a, values[a], len(docs)))
+            idx.append(len(facts) - 1)
+        docs.append(" ".join(facts[i].sentence() for i in idx))
+        doc_facts.append(idx)
+    return docs, facts, doc_facts
+
+
 def make_world(
     n_people: int = 1000,
     n_towns: int = 200,
@@ -162,41 +218,19 @@ def make_world(
     `test_fraction` of the documents is held out."""
     rng = np.random.default_rng(seed)
     taken: set[str] = set()
-    people = _names(rng, n_people, taken)
-    towns = _names(rng, n_towns, taken)
-    rivers = _names(rng, n_rivers, taken)
-    regions = _names(rng, n_regions, taken)
-    facts: list[Fact] = []
-    docs: list[str] = []
-    doc_facts: list[list[int]] = []
-    entities = [(p, "person") for p in people] + [(t, "town") for t in towns]
-    order = rng.permutation(len(entities))
-    for e in order:
-        name, kind = entities[int(e)]
-        if kind == "person":
-            values = {
-                "job": PROFESSIONS[rng.integers(len(PROFESSIONS))],
-                "home": towns[rng.integers(len(towns))],
-                "born": str(int(rng.integers(1700, 2000))),
-                "pet": PETS[rng.integers(len(PETS))],
-            }
-        else:
-            values = {
-                "river": rivers[rng.integers(len(rivers))],
-                "founded": str(int(rng.integers(1000, 1900))),
-                "region": regions[rng.integers(len(regions))],
-                "famous": PRODUCTS[rng.integers(len(PRODUCTS))],
-            }
-        n = int(rng.integers(1, max_facts + 1))
-        attrs = [list(values)[i] for i in rng.permutation(len(values))[:n]]
-        idx = []
-        for a in attrs:
-            facts.append(Fact(name, kind, a, values[a], len(docs)))
-            idx.append(len(facts) - 1)
-        docs.append(" ".join(facts[i].sentence() for i in idx))
-        doc_facts.append(idx)
+    pools = Pools(
+        _names(rng, n_people, taken),
+        _names(rng, n_towns, taken),
+        _names(rng, n_rivers, taken),
+        _names(rng, n_regions, taken),
+        max_facts,
+    )
+    entities = [(p, "person") for p in pools.people] + [(t, "town") for t in pools.towns]
+    entities = [entities[int(e)] for e in rng.permutation(len(entities))]
+    docs, facts, doc_facts = _documents(rng, pools, entities)
     held_out = {int(i) for i in rng.permutation(len(docs))[: int(round(test_fraction * len(docs)))]}
     for f in facts:
         if f.doc in held_out:
             f.split = "test"
-    return World(docs, facts, doc_facts, seed, people + towns + rivers + regions, held_out)
+    names = pools.people + pools.towns + pools.rivers + pools.regions
+    return World(docs, facts, doc_facts, seed, names, held_out, pools)
