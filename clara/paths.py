@@ -21,3 +21,8 @@ def indexes_dir() -> Path:
 
 def checkpoints_dir() -> Path:
     return home() / "checkpoints"
+
+
+def index_root(root: str | os.PathLike | None = None) -> Path:
+    """An index root given by the user (`--index DIR`), or the default under CLARA_HOME."""
+    return Path(root).expanduser() if root else indexes_dir()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError
-from clara.paths import indexes_dir
+from clara.paths import index_root
 from clara_cli.common import add_model_args, model_dtype, progress_bar, run_main
 from indexing.pipeline import (
     FileResult,
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- helpers -------------------------------------------------------------------------------
 def _root(args: argparse.Namespace) -> Path:
-    return Path(args.index).expanduser().resolve() if args.index else indexes_dir()
+    return index_root(args.index).resolve()
 
 
 def _load_model(args: argparse.Namespace):
@@ -593,7 +593,7 @@ def cmd_collections(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    root = Path(args.index).expanduser() if args.index else indexes_dir()
+    root = index_root(args.index)
     if not rows:
         print(f"no collections in {root}; add documents with `clara-index add PATH`")
     for r in rows:

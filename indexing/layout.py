@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from clara.errors import ClaraError
-from clara.paths import indexes_dir
+from clara.paths import index_root
 from indexing.durable import WriterLock, fsync_dir, fsync_file
 from indexing.manifest import MANIFEST, Manifest, write_manifest
 from indexing.meta import Meta
@@ -48,12 +48,12 @@ def collection_dir(root: str | Path | None, name: str) -> Path:
     """`<root>/<name>` after checking the name; root None means `$CLARA_HOME/indexes`."""
     if not _NAME.match(name):
         raise ValueError(f"collection name {name!r}: use letters, digits, '.', '_' or '-'")
-    return (Path(root).expanduser() if root is not None else indexes_dir()) / name
+    return index_root(root) / name
 
 
 def list_collections(root: str | Path | None = None) -> list[str]:
     """Names of the collections under `root` (default: `$CLARA_HOME/indexes`)."""
-    base = Path(root).expanduser() if root is not None else indexes_dir()
+    base = index_root(root)
     if not base.is_dir():
         return []
     return sorted(p.name for p in base.iterdir() if _NAME.match(p.name) and (p / MANIFEST).exists())

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from clara.errors import ClaraError
-from clara.paths import indexes_dir
+from clara.paths import index_root
 from indexing.chunking import Chunk, chunk_document
 from indexing.durable import crash_point, fsync_dir
 from indexing.readers import Document, NoTextError, read_document
@@ -269,7 +269,7 @@ def recompress(
     so an interrupted run resumes) while the old one stays searchable and locked against
     writes, then swapped in. Chunk texts are reused; document ids change.
     """
-    base = Path(root).expanduser() if root is not None else indexes_dir()
+    base = index_root(root)
     staging_root = base / STAGING
     marker = staging_root / f"{name}.complete"
     manifest = model_manifest(cm, checkpoint)

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clara.checkpoint import load_clara
 from clara.errors import ClaraError
-from clara.paths import indexes_dir
+from clara.paths import index_root
 from indexing.durable import CollectionLockedError
 from indexing.service_handler import IndexService
 from indexing.service_protocol import (
@@ -72,7 +72,7 @@ class ServiceSettings:
 
     @property
     def root(self) -> Path:
-        return Path(self.index_root).expanduser() if self.index_root else indexes_dir()
+        return index_root(self.index_root)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from clara.checkpoint import load_clara
 from clara.errors import ContextLengthError
 from clara.generate import Prompt, context_limit, generate, memory_prompt, text_prompt
 from clara.model import ClaraModel
-from clara.paths import indexes_dir
+from clara.paths import index_root
 from clara.retrieval import flatten_normalize
 from indexing.store import Collection, CollectionError, CollectionNotFoundError
 from server.errors import APIError
@@ -55,7 +55,7 @@ class Settings:
 
     @property
     def root(self) -> Path:
-        return Path(self.index_root).expanduser() if self.index_root else indexes_dir()
+        return index_root(self.index_root)
 
 
 @dataclass
