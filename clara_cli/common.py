@@ -69,6 +69,16 @@ def model_dtype(args: argparse.Namespace) -> str | None:
     return None if args.dtype == "stored" else args.dtype
 
 
+def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--log-level for the HTTP services (uvicorn's levels)."""
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="(default: %(default)s)",
+    )
+
+
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

@@ -10,7 +10,7 @@ import logging
 import os
 
 from clara.errors import ClaraError
-from clara_cli.common import model_dtype
+from clara_cli.common import add_log_level_arg, model_dtype
 
 
 def _positive(value: str) -> int:
@@ -38,12 +38,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="largest upload accepted; bigger ones get 413 (default: %(default)s)",
     )
-    net.add_argument(
-        "--log-level",
-        default="info",
-        choices=("critical", "error", "warning", "info", "debug"),
-        help="(default: %(default)s)",
-    )
+    add_log_level_arg(net)
     idx = parser.add_argument_group("index")
     idx.add_argument(
         "--index",

@@ -11,7 +11,7 @@ import logging
 import os
 
 from clara.errors import ClaraError
-from clara_cli.common import add_model_args, model_dtype, run_main
+from clara_cli.common import add_log_level_arg, add_model_args, model_dtype, run_main
 from server.protocol import ServingDefaults
 
 DESCRIPTION = """\
@@ -65,12 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send an SSE ': keep-alive' comment after this long without a token "
         "(default: %(default)s)",
     )
-    net.add_argument(
-        "--log-level",
-        default="info",
-        choices=("critical", "error", "warning", "info", "debug"),
-        help="(default: %(default)s)",
-    )
+    add_log_level_arg(net)
     rag = parser.add_argument_group("retrieval")
     rag.add_argument(
         "--index",
