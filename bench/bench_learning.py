@@ -80,7 +80,8 @@ def report(r: ProofResult, command: str) -> str:
 
 World: {r.n_docs} documents of invented people and towns, 1-{c["max_facts"]} facts each
 (mean {r.mean_doc_tokens} tokens); {r.n_train_facts} training facts; **{r.n_test_questions} held-out
-questions** whose facts were never asked in training. Model: Llama, hidden {c["hidden_size"]},
+questions** about held-out documents (neither those documents nor questions about them are
+ever trained on; the stages also train on fresh synthetic documents with random facts). Model: Llama, hidden {c["hidden_size"]},
 {c["num_layers"]} layers, word-level vocabulary of {r.vocab_size}, {r.parameters / 1e6:.2f}M
 parameters, float32, trained from random weights: LM pretraining on the documents
 ({c["lm_steps"]} steps), `pretrain` ({c["pretrain_steps"]} steps, full fine-tuning,
@@ -94,6 +95,7 @@ collection ({r.n_docs} documents), the generator reads their memory vectors; gre
 
 {table(r)}
 
+Diagnostics: {r.diagnostics}.
 Time: {stages}; total {r.total_seconds / 60:.1f} min.
 """
 
