@@ -79,6 +79,27 @@ def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     )
 
 
+def serve_http(app, worker, args: argparse.Namespace) -> int:
+    """Run `app` under uvicorn on --host/--port/--log-level until it stops. `worker` (the MLX
+    thread) stops uvicorn through `on_fatal`; its `error` is then raised as a `ClaraError`."""
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+    )
+
+    def fatal(exc: BaseException) -> None:  # on the worker thread: ask uvicorn to stop
+        server.should_exit = True
+
+    worker.on_fatal = fatal
+    server.run()
+    if worker.error is not None:
+        if isinstance(worker.error, ClaraError):
+            raise worker.error
+        raise ClaraError(f"could not load the model: {worker.error}") from worker.error
+    return 0
+
+
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

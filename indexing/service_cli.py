@@ -10,7 +10,7 @@ import logging
 import os
 
 from clara.errors import ClaraError
-from clara_cli.common import add_log_level_arg, model_dtype
+from clara_cli.common import add_log_level_arg, model_dtype, serve_http
 
 
 def _positive(value: str) -> int:
@@ -66,7 +66,6 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     """Run the service until Ctrl-C; a model that cannot load ends it with that error."""
-    import uvicorn
 
     from indexing.service import ServiceSettings, create_app
 
@@ -85,18 +84,4 @@ def serve_command(args: argparse.Namespace) -> int:
         overlap=args.overlap,
     )
     app = create_app(settings, api_key=args.api_key or None)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
-    )
-    worker = app.state.service.worker
-
-    def fatal(exc: BaseException) -> None:  # on the worker thread: ask uvicorn to stop
-        server.should_exit = True
-
-    worker.on_fatal = fatal
-    server.run()
-    if worker.error is not None:
-        if isinstance(worker.error, ClaraError):
-            raise worker.error
-        raise ClaraError(f"could not load the model: {worker.error}") from worker.error
-    return 0
+    return serve_http(app, app.state.service.worker, args)

@@ -11,7 +11,7 @@ import logging
 import os
 
 from clara.errors import ClaraError
-from clara_cli.common import add_log_level_arg, add_model_args, model_dtype, run_main
+from clara_cli.common import add_log_level_arg, add_model_args, model_dtype, run_main, serve_http
 from server.protocol import ServingDefaults
 
 DESCRIPTION = """\
@@ -129,7 +129,6 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from server.app import create_app
     from server.engine import Settings
@@ -161,21 +160,7 @@ def serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or None,
         keepalive_s=args.sse_keepalive,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
-    )
-    engine = app.state.engine
-
-    def fatal(exc: BaseException) -> None:  # on the worker thread: ask uvicorn to stop
-        server.should_exit = True
-
-    engine.on_fatal = fatal
-    server.run()
-    if engine.error is not None:
-        if isinstance(engine.error, ClaraError):
-            raise engine.error
-        raise ClaraError(f"could not load the model: {engine.error}") from engine.error
-    return 0
+    return serve_http(app, app.state.engine, args)
 
 
 def main(argv: list[str] | None = None) -> int:
