@@ -71,6 +71,7 @@ def table(r: ProofResult) -> str:
 def report(r: ProofResult, command: str) -> str:
     c = r.config
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())
+    lm = f"LM pretraining ({c['lm_steps']} steps), " if c["lm_steps"] else ""
     return f"""
 ## Learning proof: tiny Llama from scratch, synthetic world (bench/bench_learning.py)
 
@@ -83,9 +84,8 @@ World: {r.n_docs} documents of invented people and towns, 1-{c["max_facts"]} fac
 questions** about held-out documents (neither those documents nor questions about them are
 ever trained on; the stages also train on fresh synthetic documents with random facts). Model: Llama, hidden {c["hidden_size"]},
 {c["num_layers"]} layers, word-level vocabulary of {r.vocab_size}, {r.parameters / 1e6:.2f}M
-parameters, float32, trained from random weights: LM pretraining on the documents
-({c["lm_steps"]} steps), `pretrain` ({c["pretrain_steps"]} steps, full fine-tuning,
-paraphrase + QA), `instruct` ({c["instruct_steps"]} steps, top-{c["instruct_docs"]} docs),
+parameters, float32, trained from random weights: {lm}`pretrain` ({c["pretrain_steps"]} steps, lr {c["pretrain_lr"]},
+full fine-tuning, {"paraphrase + QA" if c.get("pretrain_qa") else "paraphrase"}), `instruct` ({c["instruct_steps"]} steps, top-{c["instruct_docs"]} docs),
 `joint` ({c["joint_steps"]} steps, LoRA query + generator, differentiable top-{c["joint_top_k"]}
 of {c["joint_candidates"]} candidates, tau {c["tau"]}, retrieval loss weight
 {c["retrieval_weight"]}). Compression {c["compression_rate"]}x: a {c["doc_max_tokens"]}-token
