@@ -1,11 +1,11 @@
 """Proof that CLaRa training works: a tiny Llama trained FROM SCRATCH on a synthetic world.
 
-Language-model pretraining on the documents, then the three CLaRa stages (pretrain ->
-instruct -> joint), then held-out questions answered from 16x-compressed memory retrieved
+The three CLaRa stages (pretrain -> instruct -> joint; optionally after language-model
+pretraining of the base, `--set lm_steps=N`), then held-out questions answered from 16x-compressed memory retrieved
 over the whole collection, against the same model without retrieval.
 
-    python bench/bench_learning.py                # full size (~30 min on 2 CPU cores)
-    python bench/bench_learning.py --quick        # reduced size (what the CI test runs)
+    python bench/bench_learning.py                # full size (~15 min on 2 CPU cores)
+    python bench/bench_learning.py --quick        # reduced size, a smoke run of every stage
     python bench/bench_learning.py --no-report    # do not append to BENCHMARKS.md
 """
 
@@ -102,7 +102,7 @@ Time: {stages}; total {r.total_seconds / 60:.1f} min.
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="reduced size (the CI test's setting)")
+    p.add_argument("--quick", action="store_true", help="reduced size: a smoke run of every stage")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config")
     p.add_argument("--workdir", help="keep the run here (default: a temporary directory)")
     p.add_argument("--no-report", action="store_true", help="do not append to BENCHMARKS.md")

@@ -1,5 +1,5 @@
 """Proof that learning works: a tiny model trained FROM SCRATCH on a synthetic world, through
-language-model pretraining and the three CLaRa stages, answers held-out questions from
+the three CLaRa stages (optionally after language-model pretraining of the base), answers held-out questions from
 compressed memory retrieved over the whole collection (and cannot without retrieval).
 
 Used by `bench/bench_learning.py` (full size) and the CI test (reduced size).
@@ -45,7 +45,7 @@ class ProofConfig:
     doc_max_tokens: int = 64
     compression_rate: int = 16
     lora_rank: int = 16
-    # stages: optimiser steps and learning rates (a tiny model from scratch: larger lr)
+    # stages: optimiser steps and learning rates
     batch_size: int = 16
     lm_batch_size: int = 32
     lm_steps: int = 0  # optional LM pretraining of the base (0: the CLaRa stages start from random)
@@ -100,7 +100,7 @@ class ProofResult:
 def run_proof(
     cfg: ProofConfig, workdir: str | Path, log: Callable[[str], None] = print, quiet: bool = True
 ) -> ProofResult:
-    """World -> tokenizer + random Llama -> lm -> pretrain -> instruct -> joint -> eval."""
+    """World -> tokenizer + random Llama -> [lm] -> pretrain -> instruct -> joint -> eval."""
     start = time.perf_counter()
     work = Path(workdir)
     world = make_world(
@@ -153,6 +153,7 @@ def run_proof(
         return out
 
     init: dict = {"model": str(model_dir), "clara_config": clara_cfg}
+    lm = None  # the LM-pretrained base, when there is one
     if cfg.lm_steps:
         lm = timed(
             "lm",
@@ -210,8 +211,8 @@ def run_proof(
             clara_row(cm, test, got, f"CLaRa {cfg.compression_rate}x", str(ck), cfg.max_tokens),
             generator_only_row(cm, test, "CLaRa, no retrieval", str(ck), cfg.max_tokens),
         ]
-        if cfg.lm_steps:  # a base LM that reads text exists only after LM pretraining
-            base = load_for_training(None, work / "lm" / "final", dtype="float32")
+        if lm is not None:  # a base LM that reads text exists only after LM pretraining
+            base = load_for_training(None, lm, dtype="float32")
             name = "base LM, uncompressed text of the same top docs"
             rows.append(text_rag_row(base, test, got.texts, cfg.max_tokens, name=name))
             rows.append(no_retrieval_row(base, test, cfg.max_tokens))
