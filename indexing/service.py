@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -31,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clara.checkpoint import load_clara
 from clara.errors import ClaraError
-from clara.paths import index_root
+from clara.settings import ModelSettings
 from indexing.durable import CollectionLockedError
 from indexing.service_handler import IndexService
 from indexing.service_protocol import (
@@ -60,19 +59,11 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 5
 
 
 @dataclass
-class ServiceSettings:
-    model: str = "smollm2-135m"
-    checkpoint: str | None = None
-    dtype: str | None = "auto"
-    index_root: str | None = None  # default: $CLARA_HOME/indexes
+class ServiceSettings(ModelSettings):
     max_upload_bytes: int = 100 * 2**20
     batch_size: int = 8
     overlap: int = 32
     max_waiting_calls: int = 64
-
-    @property
-    def root(self) -> Path:
-        return index_root(self.index_root)
 
 
 @dataclass

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -30,8 +29,8 @@ from clara.checkpoint import load_clara
 from clara.errors import ContextLengthError
 from clara.generate import Prompt, context_limit, generate, memory_prompt, text_prompt
 from clara.model import ClaraModel
-from clara.paths import index_root
 from clara.retrieval import flatten_normalize
+from clara.settings import ModelSettings
 from indexing.store import Collection, CollectionError, CollectionNotFoundError
 from server.errors import APIError
 from server.metrics import Metrics
@@ -42,20 +41,12 @@ DONE = object()  # the last event of every job
 
 
 @dataclass
-class Settings:
+class Settings(ModelSettings):
     """What the engine serves (filled from the CLI)."""
 
-    model: str = "smollm2-135m"
-    checkpoint: str | None = None
-    dtype: str | None = "auto"
-    index_root: str | None = None  # default: $CLARA_HOME/indexes
     collection: str = "default"
     max_context: int | None = None
     queue_size: int = 16
-
-    @property
-    def root(self) -> Path:
-        return index_root(self.index_root)
 
 
 @dataclass
