@@ -69,6 +69,22 @@ def model_dtype(args: argparse.Namespace) -> str | None:
     return None if args.dtype == "stored" else args.dtype
 
 
+def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._ArgumentGroup:
+    """The "server" group both HTTP services share: --host, --port, --api-key. Returns the
+    group, for the service's own options (then `add_log_level_arg`)."""
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    net.add_argument("--port", type=int, default=port, help="port (default: %(default)s)")
+    net.add_argument(
+        "--api-key",
+        default=os.environ.get("CLARA_API_KEY"),
+        metavar="KEY",
+        help="require 'Authorization: Bearer <key>' on every endpoint but /health "
+        "(default: $CLARA_API_KEY; unset: no key)",
+    )
+    return net
+
+
 def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--log-level for the HTTP services (uvicorn's levels)."""
     parser.add_argument(

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from clara.errors import ClaraError
-from clara_cli.common import add_log_level_arg, model_dtype, serve_http
+from clara_cli.common import add_http_args, add_log_level_arg, model_dtype, serve_http
 
 
 def _positive(value: str) -> int:
@@ -21,16 +20,7 @@ def _positive(value: str) -> int:
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
-    net = parser.add_argument_group("server")
-    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    net.add_argument("--port", type=int, default=8001, help="port (default: %(default)s)")
-    net.add_argument(
-        "--api-key",
-        default=os.environ.get("CLARA_API_KEY"),
-        metavar="KEY",
-        help="require 'Authorization: Bearer <key>' on every endpoint but /health "
-        "(default: $CLARA_API_KEY; unset: no key)",
-    )
+    net = add_http_args(parser, port=8001)
     net.add_argument(
         "--max-upload-mb",
         type=float,

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from clara.errors import ClaraError
-from clara_cli.common import add_log_level_arg, add_model_args, model_dtype, run_main, serve_http
+from clara_cli.common import (
+    add_http_args,
+    add_log_level_arg,
+    add_model_args,
+    model_dtype,
+    run_main,
+    serve_http,
+)
 from server.protocol import ServingDefaults
 
 DESCRIPTION = """\
@@ -32,22 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(parser)
-    net = parser.add_argument_group("server")
-    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    net.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    net = add_http_args(parser, port=8000)
     net.add_argument(
         "--served-model-name",
         default=None,
         metavar="NAME",
         help="model id clients send and /v1/models lists (default: clara-<base model name>, "
         "e.g. clara-smollm2-135m); the base model's own id is accepted too",
-    )
-    net.add_argument(
-        "--api-key",
-        default=os.environ.get("CLARA_API_KEY"),
-        metavar="KEY",
-        help="require 'Authorization: Bearer <key>' on every endpoint but /health "
-        "(default: $CLARA_API_KEY; unset: no key)",
     )
     net.add_argument(
         "--queue-size",
