@@ -98,7 +98,13 @@ def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 def serve_http(app, worker, args: argparse.Namespace) -> int:
     """Run `app` under uvicorn on --host/--port/--log-level until it stops. `worker` (the MLX
     thread) stops uvicorn through `on_fatal`; its `error` is then raised as a `ClaraError`."""
+    import logging
+
     import uvicorn
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     server = uvicorn.Server(
         uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -6,7 +6,6 @@ Kept apart from the service so `clara-index list` and friends never import fasta
 from __future__ import annotations
 
 import argparse
-import logging
 
 from clara.errors import ClaraError
 from clara_cli.common import add_http_args, add_log_level_arg, model_dtype, serve_http
@@ -61,9 +60,6 @@ def serve_command(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ClaraError("--max-upload-mb must be positive")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = ServiceSettings(
         model=args.model,
         checkpoint=args.checkpoint,

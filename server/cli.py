@@ -7,7 +7,6 @@ clara-serve --index ./idx --collection docs --port 8080 --api-key secret
 from __future__ import annotations
 
 import argparse
-import logging
 
 from clara.errors import ClaraError
 from clara_cli.common import (
@@ -131,9 +130,6 @@ def serve(args: argparse.Namespace) -> int:
     from server.engine import Settings
 
     _check(args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = Settings(
         model=args.model,
         checkpoint=args.checkpoint,
