@@ -4,7 +4,7 @@ The three CLaRa stages (pretrain -> instruct -> joint; optionally after language
 pretraining of the base, `--set lm_steps=N`), then held-out questions answered from 16x-compressed memory retrieved
 over the whole collection, against the same model without retrieval.
 
-    python bench/bench_learning.py                # full size (~15 min on 2 CPU cores)
+    python bench/bench_learning.py                # full size (~20 min on 2 CPU cores)
     python bench/bench_learning.py --quick        # reduced size, a smoke run of every stage
     python bench/bench_learning.py --no-report    # do not append to BENCHMARKS.md
 """

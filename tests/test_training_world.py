@@ -32,6 +32,23 @@ def test_world_shape_and_held_out_facts():
     assert make_world(80, 20, seed=3).docs == w.docs  # deterministic
 
 
+def test_hard_negatives_state_the_asked_attribute():
+    w = make_world(n_people=160, n_towns=40, seed=1)
+    stating = {a: {w.docs[f.doc] for f in w.facts if f.attr == a} for a in {f.attr for f in w.facts}}
+    fact = {(q, f.value): f.attr for f in w.split("train") for q in f.questions()}
+
+    def share(records):
+        hits = [d in stating[fact[(r.question, r.answers[0])]] for r in records for d in r.docs]
+        return sum(hits) / len(hits)
+
+    hard = w.qa_records("train", n_docs=8, hard=1.0)
+    assert share(hard) == 1.0  # every candidate states the attribute asked about
+    assert share(w.qa_records("train", n_docs=8)) < 0.7  # random candidates mostly do not
+    for r in hard:  # still the gold document exactly once, where pos_index says
+        assert len(set(r.docs)) == 8 and r.answers[0] in r.docs[r.pos_index[0]]
+    assert w.qa_records("train", hard=0.0) == w.qa_records("train")  # same draws when off
+
+
 def test_word_tokenizer_and_tiny_llama(tmp_path):
     w = make_world(n_people=30, n_towns=10)
     path = build_word_tokenizer(tmp_path / "m", w.texts())

@@ -109,20 +109,34 @@ class World:
         return out
 
     def qa_records(
-        self, split: str, n_docs: int = 5, all_templates: bool = False, seed: int = 0
+        self,
+        split: str,
+        n_docs: int = 5,
+        all_templates: bool = False,
+        seed: int = 0,
+        hard: float = 0.0,
     ) -> list[QARecord]:
         """Questions of `split` with `n_docs` candidate documents (the gold one at a random
         place, the others random documents; training documents only for "train") and
-        `pos_index`."""
+        `pos_index`. `hard`: the share of the other candidates drawn from documents that state
+        the same attribute (hard negatives: only the name tells them from the gold one)."""
         rng = np.random.default_rng([self.seed, 2, seed, 0 if split == "train" else 1])
-        pool = np.array(self.train_docs if split == "train" else range(len(self.docs)))
+        docs_ok = self.train_docs if split == "train" else range(len(self.docs))
+        pool = np.array(docs_ok)
+        ok = set(docs_ok)
+        stating: dict[str, list[int]] = {}
+        for f in self.facts:
+            stating.setdefault(f.attr, []).extend([f.doc] if f.doc in ok else [])
+        by_attr = {a: np.array(d) for a, d in stating.items()}
         out = []
         for f in self.split(split):
             qs = f.questions()
             for q in qs if all_templates else [qs[int(rng.integers(len(qs)))]]:
-                others = []
-                while len(others) < n_docs - 1:  # distinct random documents, not the gold one
-                    o = int(pool[rng.integers(len(pool))])
+                others: list[int] = []
+                while len(others) < n_docs - 1:  # distinct documents, not the gold one
+                    same = by_attr[f.attr]
+                    src = same if hard and len(same) > n_docs and rng.random() < hard else pool
+                    o = int(src[rng.integers(len(src))])
                     if o != f.doc and o not in others:
                         others.append(o)
                 docs = others + [f.doc]
