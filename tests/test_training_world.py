@@ -34,7 +34,9 @@ def test_world_shape_and_held_out_facts():
 
 def test_hard_negatives_state_the_asked_attribute():
     w = make_world(n_people=160, n_towns=40, seed=1)
-    stating = {a: {w.docs[f.doc] for f in w.facts if f.attr == a} for a in {f.attr for f in w.facts}}
+    stating = {
+        a: {w.docs[f.doc] for f in w.facts if f.attr == a} for a in {f.attr for f in w.facts}
+    }
     fact = {(q, f.value): f.attr for f in w.split("train") for q in f.questions()}
 
     def share(records):
