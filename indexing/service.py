@@ -31,6 +31,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from clara.checkpoint import load_clara
 from clara.errors import ClaraError
 from clara.settings import ModelSettings
+from clara_cli.http import (
+    APIError,
+    check_ready,
+    error_responses,
+    install_error_handlers,
+    to_api_error,
+)
 from indexing.durable import CollectionLockedError
 from indexing.service_handler import IndexService
 from indexing.service_protocol import (
@@ -47,15 +54,11 @@ from indexing.service_protocol import (
     VectorStoreFileDeleted,
 )
 from indexing.service_state import Registry
-from server.app import install_error_handlers
-from server.errors import APIError
-from server.protocol import ErrorResponse
-from server.serving import to_api_error
 
 log = logging.getLogger("clara.index")
 T = TypeVar("T")
 OPEN_PATHS = ("/health",)
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 503)}
+ERRORS = error_responses(400, 401, 404, 409, 413, 503)
 
 
 @dataclass
@@ -113,16 +116,7 @@ class Worker:
             self._thread.join(timeout)
 
     def check_ready(self) -> None:
-        if self.state == "ready":
-            return
-        if self.state in ("starting", "loading"):
-            raise APIError(
-                503,
-                "the model is still loading; retry in a few seconds",
-                code="model_loading",
-                headers={"Retry-After": "5"},
-            )
-        raise APIError(503, f"the model is not available ({self.state}): {self.error}")
+        check_ready(self.state, self.error)
 
     async def call(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(cm)` on the worker before any queued background step; await its result."""

@@ -23,6 +23,7 @@ from fastapi import Request
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from clara.errors import ClaraError
+from clara_cli.http import APIError
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
 from indexing.readers import DocumentError, UnsupportedDocumentError
@@ -55,7 +56,6 @@ from indexing.store import (
     delete_collection,
     list_collections,
 )
-from server.errors import APIError
 
 PURPOSES = ("assistants", "user_data")
 RESERVED = {"uploads"}  # folders of the index root that are not collections

@@ -1,7 +1,6 @@
 """The FastAPI app: lifespan (starts the MLX worker), thin routes, auth, error handlers, metrics.
 
-Every error leaves as OpenAI's `{"error": {"message", "type", "param", "code"}}` with its real
-status: FastAPI's 422 for invalid bodies is rewritten to 400, and a 500 never shows a traceback.
+Every error leaves as OpenAI's error body with its real status (`clara_cli.http`).
 """
 
 from __future__ import annotations
@@ -13,20 +12,17 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clara_cli.http import APIError, error_response, error_responses, install_error_handlers
 from server.engine import Engine, Settings
-from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,
-    ErrorResponse,
     ModelCard,
     ModelList,
     ServingDefaults,
@@ -36,11 +32,7 @@ from server.serving import OpenAIServing
 log = logging.getLogger("clara.serve")
 OPEN_PATHS = ("/health",)  # reachable without the API key
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics")
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
-
-
-def _error(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+ERRORS = error_responses(400, 401, 404, 503)
 
 
 def _endpoint(path: str) -> str:
@@ -89,63 +81,13 @@ class Gate:
                     code="invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-                await _error(error)(scope, receive, send_status)
+                await error_response(error)(scope, receive, send_status)
                 return
             await self.app(scope, receive, send_status)
         finally:
             endpoint = _endpoint(scope["path"])
             self.metrics.requests.inc(endpoint=endpoint, status=str(status))
             self.metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
-
-
-def _param(loc: tuple) -> str | None:
-    parts = [p for p in loc if p != "body"]
-    if not parts:
-        return None
-    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)
-
-
-def _validation_error(exc: RequestValidationError) -> APIError:
-    errors = exc.errors()
-    if not errors:
-        return APIError(400, "invalid request")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
-        detail = first.get("ctx", {}).get("error", "invalid JSON")
-        return APIError(
-            400,
-            f"We could not parse the JSON body of your request ({detail}); send a JSON object",
-        )
-    param = _param(tuple(first.get("loc", ())))
-    if param is None:
-        return APIError(400, f"the request body must be a JSON object: {first.get('msg')}")
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return APIError(400, f"{first.get('msg')}: '{param}'{more}", param=param)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _error(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(_validation_error(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            message = f"Unknown request URL: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(exc.detail)
-        return _error(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
-
-    @app.exception_handler(Exception)
-    async def crash(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return _error(APIError(500, "internal server error; the server log has the details"))
 
 
 def create_app(

@@ -31,8 +31,8 @@ from clara.generate import Prompt, context_limit, generate, memory_prompt, text_
 from clara.model import ClaraModel
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
+from clara_cli.http import APIError, check_ready
 from indexing.store import Collection, CollectionError, CollectionNotFoundError
-from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import RagParams
 
@@ -178,18 +178,7 @@ class Engine:
         return self._jobs.qsize()
 
     def check_ready(self) -> None:
-        if self.state == "ready":
-            return
-        if self.state in ("starting", "loading"):
-            raise APIError(
-                503,
-                "the model is still loading; retry in a few seconds",
-                code="model_loading",
-                headers={"Retry-After": "5"},
-            )
-        if self.state == "stopped":
-            raise APIError(503, "the server is shutting down", code="shutting_down")
-        raise APIError(503, f"the model could not be loaded: {self.error}", code="model_failed")
+        check_ready(self.state, self.error)
 
     def submit(self, kind: str, work: Callable[[Job], None]) -> Job:
         """Queue work for the MLX thread; a full queue is a 503 with Retry-After."""

@@ -18,11 +18,9 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara.errors import ClaraError, ContextLengthError, IndexMismatchError
 from clara.generate import GenerationChunk
-from indexing.store import CollectionNotFoundError
+from clara_cli.http import APIError, to_api_error
 from server.engine import DONE, Embedded, Engine, Failed, Job, Ready, SourceInfo
-from server.errors import APIError
 from server.protocol import (
     Annotation,
     ChatCompletion,
@@ -50,21 +48,6 @@ log = logging.getLogger("clara.serve")
 SNIPPET_CHARS = 240
 MAX_EMBEDDING_INPUTS = 2048
 CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in metrics and logs
-
-
-def to_api_error(exc: BaseException) -> APIError:
-    """Library exceptions -> the HTTP error a client should see (never a traceback)."""
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, ContextLengthError):
-        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
-    if isinstance(exc, CollectionNotFoundError):
-        return APIError(404, str(exc), param="collection", code="collection_not_found")
-    if isinstance(exc, IndexMismatchError):
-        return APIError(400, str(exc), param="collection", code="index_mismatch")
-    if isinstance(exc, ClaraError):  # written to be read by users
-        return APIError(500, str(exc))
-    return APIError(500, "internal server error; the server log has the details")
 
 
 def source_url(s: SourceInfo) -> str:

@@ -334,3 +334,22 @@ def test_model_routes_answer_503_while_loading_and_jobs_resume(
         assert status == "completed"
         hits = http.post("/v1/vector_stores/kept/search", json={"query": WATER}).json()["data"]
         assert hits[0]["file_id"] == "file-old" and hits[0]["content"][0]["text"] == WATER
+
+
+def test_a_failed_load_answers_model_failed_like_clara_serve(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from indexing.service import ServiceSettings, create_app
+
+    def broken_load():
+        raise RuntimeError("no weights in /nowhere")
+
+    app = create_app(ServiceSettings(index_root=str(tmp_path / "index")), load=broken_load)
+    with TestClient(app) as http:
+        deadline = time.monotonic() + 30
+        while http.get("/health").json().get("status") == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert http.get("/health").status_code == 503
+        error = error_of(http.post("/v1/vector_stores", json={"name": "x"}), 503)
+        assert error["code"] == "model_failed" and "no weights in /nowhere" in error["message"]

@@ -1,0 +1,175 @@
+"""HTTP plumbing both services share (clara-serve and clara-index serve).
+
+Every error leaves as OpenAI's `{"error": {"message", "type", "param", "code"}}` with its real
+status: FastAPI's 422 for invalid bodies is rewritten to 400, and a 500 never shows a traceback.
+A model worker that is not ready answers 503 with a code that says why.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clara.errors import ClaraError, ContextLengthError, IndexMismatchError
+from indexing.layout import CollectionNotFoundError
+
+log = logging.getLogger("clara.http")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable_error",
+}
+
+
+class APIError(Exception):
+    """An HTTP error with OpenAI's error body; `headers` go on the response (e.g. Retry-After)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The error body, for the OpenAPI schema."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict:
+    """`responses=` for a route or app: these statuses carry an `ErrorResponse`."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """Library exceptions -> the HTTP error a client should see (never a traceback)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, CollectionNotFoundError):
+        return APIError(404, str(exc), param="collection", code="collection_not_found")
+    if isinstance(exc, IndexMismatchError):
+        return APIError(400, str(exc), param="collection", code="index_mismatch")
+    if isinstance(exc, ClaraError):  # written to be read by users
+        return APIError(500, str(exc))
+    return APIError(500, "internal server error; the server log has the details")
+
+
+def check_ready(state: str, error: str | None) -> None:
+    """Raise the 503 a request gets while the model worker is in `state` (not "ready")."""
+    if state == "ready":
+        return
+    if state in ("starting", "loading"):
+        raise APIError(
+            503,
+            "the model is still loading; retry in a few seconds",
+            code="model_loading",
+            headers={"Retry-After": "5"},
+        )
+    if state == "stopped":
+        raise APIError(503, "the server is shutting down", code="shutting_down")
+    raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
+
+
+def _param(loc: tuple) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    if not parts:
+        return None
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    errors = exc.errors()
+    if not errors:
+        return APIError(400, "invalid request")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "invalid JSON")
+        return APIError(
+            400,
+            f"We could not parse the JSON body of your request ({detail}); send a JSON object",
+        )
+    param = _param(tuple(first.get("loc", ())))
+    if param is None:
+        return APIError(400, f"the request body must be a JSON object: {first.get('msg')}")
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return APIError(400, f"{first.get('msg')}: '{param}'{more}", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error an app can raise as OpenAI's error body."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return error_response(
+            APIError(500, "internal server error; the server log has the details")
+        )
