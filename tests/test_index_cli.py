@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from indexing import cli
+from indexing import cli, commands
 from indexing.store import Collection
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(args):
         raise AssertionError("this command must not load the model")
 
-    monkeypatch.setattr(cli, "_load_model", refuse)
+    monkeypatch.setattr(commands, "_load_model", refuse)
 
 
 def docs_of(index: Path, collection: str = "default") -> dict[str, list[str]]:
@@ -243,7 +243,7 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
     )
     assert rc == 0 and json.loads(out)["recompressed"] == 3
     assert docs_of(index) == before  # same chunks, new vectors
-    assert not (index / "default.recompress").exists() and cli.list_collections(index) == [
+    assert not (index / "default.recompress").exists() and commands.list_collections(index) == [
         "default"
     ]
     target = before["doc01.txt"][0]

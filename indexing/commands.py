@@ -1,0 +1,395 @@
+"""The `clara-index` commands: each takes the parsed arguments and returns an exit status.
+
+Only `add`, `search` and `rebuild --recompress` load the model; the rest read the index alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from clara.errors import ClaraError
+from clara.paths import index_root
+from clara_cli.common import model_dtype, progress_bar
+from indexing.pipeline import (
+    FileResult,
+    Indexer,
+    IndexOptions,
+    Progress,
+    is_unchanged,
+    model_manifest,
+)
+from indexing.readers import DocumentError, iter_inputs
+from indexing.store import (
+    Collection,
+    CollectionNotFoundError,
+    Document,
+    Manifest,
+    list_collections,
+)
+
+PROG = "clara-index"
+SNIPPET = 160
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _root(args: argparse.Namespace) -> Path:
+    return index_root(args.index).resolve()
+
+
+def _load_model(args: argparse.Namespace):
+    from clara.checkpoint import load_clara
+
+    return load_clara(args.model, args.checkpoint, dtype=model_dtype(args))
+
+
+def _show_path(path: str | Path | None) -> str:
+    if path is None:
+        return "-"
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _pages(start: int | None, end: int | None) -> str:
+    if start is None:
+        return "-"
+    return f"p. {start}" if end in (None, start) else f"pp. {start}-{end}"
+
+
+def _snippet(text: str, n: int = SNIPPET) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= n else flat[: n - 1].rstrip() + "…"
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _doc_dict(d: Document) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "path": d.path,
+        "name": d.name,
+        "chunks": d.n_chunks,
+        "pages": d.n_pages,
+        "bytes": d.size,
+        "sha256": d.sha256,
+        "added": d.created,
+    }
+
+
+def _find(col: Collection, target: str) -> list[Document]:
+    """Documents named by an id, a file path, or a folder (everything under it)."""
+    doc = col.document(target)
+    if doc is not None:
+        return [doc]
+    path = Path(target).expanduser().resolve()
+    doc = col.find_by_path(str(path))
+    if doc is not None:
+        return [doc]
+    prefix = str(path).rstrip(os.sep) + os.sep
+    return [d for d in col.list_documents() if d.path and d.path.startswith(prefix)]
+
+
+def _open_read(args: argparse.Namespace) -> Collection:
+    return Collection.open(args.index, args.collection, readonly=True)
+
+
+# ---- commands ------------------------------------------------------------------------------
+def _expand(raw_paths: list[str]) -> tuple[list[Path], list[FileResult]]:
+    """Each argument on its own, so one bad path does not stop the others."""
+    found: dict[Path, None] = {}
+    failed = []
+    for raw in raw_paths:
+        try:
+            found.update(dict.fromkeys(iter_inputs([raw])))
+        except DocumentError as exc:
+            failed.append(FileResult(Path(raw), "failed", error=exc))
+    return list(found), failed
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    paths, results = _expand(args.paths)
+    for r in results:
+        print(f"{PROG}: {r.error}", file=sys.stderr)
+    try:  # the writer lock first: another writer would make us wait for nothing
+        col = Collection.open(args.index, args.collection, index_type=args.index_type)
+    except CollectionNotFoundError:
+        col = None
+    try:
+        todo = paths if col is None else [p for p in paths if not is_unchanged(col, p)]
+        load_s = 0.0
+        if todo:  # the model loads only when something has to be compressed
+            cm = _load_model(args)
+            load_s = time.perf_counter() - start
+            manifest = model_manifest(cm, args.checkpoint)
+            if col is None:
+                col = Collection.open(
+                    args.index, args.collection, manifest, create=True, index_type=args.index_type
+                )
+            else:
+                col.manifest.check_matches(Manifest.from_dict(manifest), args.collection)
+            options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
+            events = Indexer(cm, col, options).run(paths)
+        else:
+            events = (FileResult(p, "unchanged", *_known(col, p)) for p in paths)
+        results += _run_add(args, events, len(paths))
+    finally:
+        if col is not None:
+            col.close()
+    seconds = time.perf_counter() - start
+    rate = chunks / (seconds - load_s) if (chunks := _new_chunks(results)) else 0.0
+    counts = {s: sum(r.status == s for r in results) for s in ("added", "replaced", "unchanged")}
+    counts["failed"] = sum(r.status == "failed" for r in results)
+    if args.json:
+        _print_json({
+            "collection": args.collection, "index": str(_root(args)), **counts,
+            "chunks": chunks, "seconds": round(seconds, 3), "model_load_s": round(load_s, 3),
+            "chunks_per_s": round(rate, 2),
+            "files": [r.to_dict() for r in results],
+        })  # fmt: skip
+    else:
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "added")
+        loaded = f", model load {load_s:.1f}s" if load_s else ""
+        print(f"{summary}: {chunks} chunks in {seconds:.1f}s ({rate:.1f} chunks/s{loaded})")
+    return 1 if counts["failed"] else 0
+
+
+def _known(col: Collection, path: Path) -> tuple[str, int, int | None]:
+    doc = col.find_by_path(str(path))
+    return doc.id, doc.n_chunks, doc.n_pages
+
+
+def _new_chunks(results: list[FileResult]) -> int:
+    return sum(r.chunks for r in results if r.status in ("added", "replaced", "recompressed"))
+
+
+def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]:
+    """Consume the pipeline's events: progress bar (files, chunks/s), one line per file."""
+    start = time.perf_counter()
+    results: list[FileResult] = []
+    done_chunks = 0
+    with progress_bar(n_files, desc="indexing", unit="file", quiet=args.quiet) as bar:
+        for event in events:
+            if isinstance(event, Progress):
+                done_chunks += event.chunks
+                rate = done_chunks / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"{done_chunks} chunks, {rate:.1f} chunks/s")
+                continue
+            results.append(event)
+            bar.update(1)
+            if event.error is not None:
+                bar.write(f"{PROG}: {event.error}", file=sys.stderr)
+                continue
+            for warning in event.warnings:
+                bar.write(f"{PROG}: warning: {_show_path(event.path)}: {warning}", file=sys.stderr)
+            if not args.quiet and not args.json:
+                what = f"{_n(event.chunks, 'chunk')}, {event.doc_id}" if event.doc_id else ""
+                what += f"; {event.detail}" if event.detail else ""
+                bar.write(f"{event.status:<10} {_show_path(event.path)}  ({what})", file=sys.stdout)
+    return results
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    removed, missing = [], []
+    with Collection.open(args.index, args.collection) as col:
+        for target in args.targets:
+            docs = _find(col, target)
+            if not docs:
+                missing.append(target)
+                print(f"{PROG}: {target}: no such document in '{args.collection}'", file=sys.stderr)
+            for doc in docs:
+                col.remove_document(doc.id)
+                removed.append(doc)
+    if args.json:
+        _print_json({"removed": [_doc_dict(d) for d in removed], "not_found": missing})
+    else:
+        for d in removed:
+            print(f"removed    {_show_path(d.path or d.name)}  ({_n(d.n_chunks, 'chunk')}, {d.id})")
+    return 1 if missing else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _open_read(args) as col:
+        docs = col.list_documents()
+    if args.json:
+        _print_json([_doc_dict(d) for d in docs])
+        return 0
+    print(f"{'ID':<16} {'CHUNKS':>6} {'PAGES':>5} {'SIZE':>9}  {'ADDED':<16} PATH")
+    for d in docs:
+        added = dt.datetime.fromtimestamp(d.created).strftime("%Y-%m-%d %H:%M")
+        pages = "-" if d.n_pages is None else str(d.n_pages)
+        print(
+            f"{d.id:<16} {d.n_chunks:>6} {pages:>5} {_size(d.size):>9}  {added:<16} "
+            f"{_show_path(d.path or d.name)}"
+        )
+    print(f"{len(docs)} documents, {sum(d.n_chunks for d in docs)} chunks")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _open_read(args) as col:
+        docs = _find(col, args.doc)
+        if len(docs) != 1:
+            what = "no such document" if not docs else f"{len(docs)} documents match"
+            raise ClaraError(f"{args.doc}: {what} in '{args.collection}' (see clara-index list)")
+        doc = docs[0]
+        chunks = col.document_chunks(doc.id)
+    if args.json:
+        _print_json({
+            **_doc_dict(doc),
+            "chunk_list": [
+                {"id": c.id, "ordinal": c.ordinal, "page_start": c.page_start,
+                 "page_end": c.page_end, "tokens": c.n_tokens, "text": c.text}
+                for c in chunks
+            ],
+        })  # fmt: skip
+        return 0
+    print(f"{doc.id}  {_show_path(doc.path or doc.name)}")
+    print(
+        f"{_n(len(chunks), 'chunk')}, {_n(doc.n_pages or 0, 'page')}, {_size(doc.size)}, "
+        f"sha256 {doc.sha256}"
+    )
+    for c in chunks:
+        text = c.text if args.full else _snippet(c.text)
+        print(f"\n[{c.ordinal}] {_pages(c.page_start, c.page_end)}, {c.n_tokens} tokens\n{text}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _open_read(args) as col:
+        stats = col.stats()
+        manifest = col.manifest.to_dict()
+    stats["index"] = str(_root(args))
+    stats["model"] = {
+        k: manifest.get(k)
+        for k in ("base_model", "fingerprint", "checkpoint", "compression_rate", "n_mem")
+    } | {"doc_max_tokens": manifest.get("doc_max_tokens"), "hidden_size": manifest["hidden_size"]}
+    if args.json:
+        _print_json(stats)
+        return 0
+    m = stats["model"]
+    print(f"collection   {stats['name']}  ({stats['index']})")
+    print(f"documents    {stats['documents']}")
+    print(
+        f"chunks       {stats['chunks']}  ({stats['dead_rows']} removed rows awaiting compaction)"
+    )
+    print(f"disk         {_size(stats['bytes_on_disk'])}")
+    for name, size in stats["files"].items():
+        print(f"  {name:<22} {_size(size):>10}")
+    print(f"index        {stats['index_type']} -> {stats['index_kind']}, dim {stats['dim']}")
+    print(f"checkpoint   {m['fingerprint']}" + (f" ({m['checkpoint']})" if m["checkpoint"] else ""))
+    print(
+        f"model        {m['base_model']}, compression {m['compression_rate']}x, "
+        f"n_mem {m['n_mem']}, d {m['hidden_size']}, doc_max_tokens {m['doc_max_tokens']}"
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import mlx.core as mx
+    import numpy as np
+
+    cm = _load_model(args)
+    manifest = model_manifest(cm, args.checkpoint)
+    with Collection.open(args.index, args.collection, manifest, readonly=True) as col:
+        query = np.array(cm.encode_queries([args.query]).astype(mx.float32))  # (1, n_mem, d)
+        hits = col.search(query, args.top_k)[0]
+        texts = {c.id: c.text for c in col.chunks([h.chunk_id for h in hits])}
+        docs = {h.doc_id: col.document(h.doc_id) for h in hits}
+    paths = {i: d.path for i, d in docs.items() if d is not None}
+    rows = [
+        {
+            "rank": i, "score": round(h.score, 6), "doc_id": h.doc_id, "chunk_id": h.chunk_id,
+            "file": h.doc_name, "path": paths.get(h.doc_id), "page_start": h.page_start,
+            "page_end": h.page_end, "text": texts.get(h.chunk_id, ""),
+        }
+        for i, h in enumerate(hits, start=1)
+    ]  # fmt: skip
+    if args.json:
+        _print_json({"query": args.query, "collection": args.collection, "results": rows})
+        return 0
+    if not rows:
+        print(f"no results: collection '{args.collection}' is empty")
+    for r in rows:
+        where = _show_path(r["path"] or r["file"])
+        print(f"{r['rank']}. {r['score']:.4f}  {where}  {_pages(r['page_start'], r['page_end'])}")
+        print(f"   {_snippet(r['text'])}")
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    if args.recompress:
+        from indexing.pipeline import recompress
+
+        events = recompress(
+            _load_model(args), args.index, args.collection,
+            batch_size=args.batch_size, checkpoint=args.checkpoint,
+        )  # fmt: skip
+        results = _run_add(args, events, _count_docs(args))
+        if args.index_type is not None:
+            with Collection.open(args.index, args.collection, index_type=args.index_type):
+                pass
+    else:
+        with Collection.open(args.index, args.collection, index_type=args.index_type) as col:
+            col.rebuild()
+        results = []
+    with _open_read(args) as col:
+        stats = col.stats()
+    if args.json:
+        _print_json({"recompressed": len(results), **stats})
+    else:
+        what = f"re-encoded {len(results)} documents; " if args.recompress else "rebuilt: "
+        print(
+            f"{what}{stats['chunks']} chunks, index {stats['index_type']} -> "
+            f"{stats['index_kind']}, checkpoint {stats['fingerprint']}"
+        )
+    return 0
+
+
+def _count_docs(args: argparse.Namespace) -> int:
+    with _open_read(args) as col:
+        return col.stats()["documents"]
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_collections(args.index):
+        with Collection.open(args.index, name, readonly=True) as col:
+            s = col.stats()
+        rows.append({k: s[k] for k in ("name", "documents", "chunks", "bytes_on_disk")})
+        rows[-1]["fingerprint"] = s["fingerprint"]
+    if args.json:
+        _print_json(rows)
+        return 0
+    root = index_root(args.index)
+    if not rows:
+        print(f"no collections in {root}; add documents with `clara-index add PATH`")
+    for r in rows:
+        print(
+            f"{r['name']:<24} {r['documents']:>6} docs {r['chunks']:>8} chunks "
+            f"{_size(r['bytes_on_disk']):>10}  checkpoint {r['fingerprint']}"
+        )
+    return 0
