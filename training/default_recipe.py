@@ -1,15 +1,22 @@
 """Reproduce the default CLaRa adapters for SmolLM2-135M at 16x, on data every machine has.
 
-    python -m training.default_recipe --out runs/default            # ~45 min on 2 CPU cores
+    python -m training.default_recipe --out runs/default            # train (resumable)
     python -m training.default_recipe --out runs/default --install  # and copy into clara/
 
-Data: paraphrase records from Python's documentation topics (`pydoc_data.topics`: real prose,
-256-token chunks) and question/answer records over an invented world of facts
-(`training.world`: the answers are in the documents only, so the generator must read the
-memory vectors). Stage 1 (`pretrain`) trains compressor + generator on both; stage 2
-(`instruct`) re-initialises the generator and trains on world questions with 5 candidate
-documents each. The query adapter starts as a copy of the compressor. Held-out world questions
-go to eval.jsonl for `clara-eval`.
+Data: an invented world of facts (`training.world`): its answers are in the documents only, so
+the generator must read the memory vectors, and fresh documents with random facts make
+memorising useless. Stage 1 (`pretrain`) trains compressor + generator on paraphrase and QA
+records of such documents, plus paraphrase records of Python's documentation topics
+(`pydoc_data.topics`: real prose in 256-token chunks). Stage 2 (`instruct`) re-initialises the
+generator and trains on questions with 5 candidate documents. Stage 3 (`joint`) trains the query
+encoder and the generator through the differentiable top-k over 16 candidates that mostly state
+the attribute asked about (only the name tells them apart), with the reference code's
+retrieval loss. Held-out world questions (about documents never trained on) go to eval.jsonl:
+
+    clara-eval --data runs/default/eval.jsonl --checkpoint runs/default/joint/final
+    clara-eval ... --retrieval collection --collection runs/default/collection.txt  # all docs
+
+Each stage resumes where it stopped when the command is run again.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from training.cli import main as train_main
 from training.world import make_world
 
 PACKAGED = Path(clara.__file__).resolve().parent / "checkpoints" / "smollm2-135m-16x"
+STAGES = ("pretrain", "instruct", "joint")
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -35,7 +43,14 @@ def write(path: Path, rows: list[dict]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def build_data(out: Path, n_pydoc: int, n_world_qa: int, n_instruct: int, n_eval: int) -> None:
+def qa_rows(records) -> list[dict]:
+    return [
+        {"question": r.question, "docs": r.docs, "answers": r.answers, "pos_index": r.pos_index}
+        for r in records
+    ]
+
+
+def build_data(out: Path, args: argparse.Namespace) -> None:
     rng = random.Random(0)
     docs = Path(tempfile.mkdtemp(prefix="pydoc-"))
     from pydoc_data.topics import topics
@@ -47,25 +62,25 @@ def build_data(out: Path, n_pydoc: int, n_world_qa: int, n_instruct: int, n_eval
     shutil.rmtree(docs)
     pydoc = [json.loads(x) for x in (out / "pydoc" / "stage1.jsonl").read_text().splitlines()]
     world = make_world(seed=0)
-    qa = [
-        {"data_type": "qa", "question": r.questions, "answers": r.answers, "docs": [r.doc]}
-        for r in world.pretrain_records(qa=True)
-        if r.kind == "qa"
-    ]
-    stage1 = rng.sample(pydoc, min(n_pydoc, len(pydoc))) + rng.sample(qa, min(n_world_qa, len(qa)))
+    stage1 = []
+    for r in world.synthetic(args.world_docs, 1).pretrain_records(qa=True):
+        if r.kind == "qa":
+            stage1.append(
+                {"data_type": "qa", "question": r.questions, "answers": r.answers, "docs": [r.doc]}
+            )
+        else:
+            stage1.append({"data_type": "paraphrase", "docs": [r.doc]})
+    stage1 += rng.sample(pydoc, min(args.pydoc, len(pydoc)))
     rng.shuffle(stage1)
-    write(out / "stage1.jsonl", stage1)
-
-    def qa_rows(split: str, n: int) -> list[dict]:
-        recs = world.qa_records(split, n_docs=5)
-        recs = rng.sample(recs, min(n, len(recs)))
-        return [
-            {"question": r.question, "docs": r.docs, "answers": r.answers, "pos_index": r.pos_index}
-            for r in recs
-        ]
-
-    write(out / "stage2.jsonl", qa_rows("train", n_instruct))
-    write(out / "eval.jsonl", qa_rows("test", n_eval))
+    write(out / "pretrain.jsonl", stage1)
+    instruct = world.synthetic(args.world_docs, 2).qa_records("train", 5, hard=0.5)
+    write(out / "instruct.jsonl", qa_rows(rng.sample(instruct, len(instruct))))
+    # stage 3 compresses every candidate document once before training: a smaller pool
+    joint = world.synthetic(args.joint_docs, 3).qa_records("train", 16, hard=0.75)
+    write(out / "joint.jsonl", qa_rows(rng.sample(joint, len(joint))))
+    held = world.qa_records("test", n_docs=5)
+    write(out / "eval.jsonl", qa_rows(rng.sample(held, min(args.eval, len(held)))))
+    (out / "collection.txt").write_text("".join(d + "\n" for d in world.docs), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,50 +88,42 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--pydoc", type=int, default=120, help="paraphrase records (256-token chunks)")
-    p.add_argument("--world-qa", type=int, default=400, help="single-document QA records")
-    p.add_argument("--instruct", type=int, default=300, help="stage-2 questions (5 docs each)")
+    p.add_argument("--world-docs", type=int, default=3000, help="fresh world documents, stages 1-2")
+    p.add_argument("--joint-docs", type=int, default=800, help="fresh world documents, stage 3")
+    p.add_argument("--pydoc", type=int, default=200, help="pydoc paraphrase records (stage 1)")
     p.add_argument("--eval", type=int, default=100, help="held-out questions for clara-eval")
-    p.add_argument("--lr", default="2e-4")
-    p.add_argument("--batch-size", default="4")
+    p.add_argument("--steps", default="600,120,200", help="optimiser steps of the three stages")
+    p.add_argument("--lr", default="2e-4,2e-4,2e-4", help="learning rates of the three stages")
+    p.add_argument("--batch-size", default="4", help="examples per step")
     p.add_argument("--install", action="store_true", help=f"copy the result to {PACKAGED}")
     args = p.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "eval.jsonl").exists():
-        build_data(out, args.pydoc, args.world_qa, args.instruct, args.eval)
-    common = [
-        "--lr",
-        args.lr,
-        "--batch-size",
-        args.batch_size,
-        "--log-every",
-        "5",
-        "--save-every",
-        "20",
-    ]
-    s1, s2 = out / "stage1", out / "stage2"
-    if not (s1 / "final").exists():
-        resume = ["--resume"] if (s1 / "metrics.jsonl").exists() else []
-        code = train_main(
-            ["pretrain", "--data", str(out / "stage1.jsonl"), "--out", str(s1), *common, *resume]
-        )
-        if code:
-            return code
-    if not (s2 / "final").exists():
-        resume = ["--resume"] if (s2 / "metrics.jsonl").exists() else []
-        code = train_main(
-            ["instruct", "--init-from", str(s1 / "final"), "--data", str(out / "stage2.jsonl"),
-             "--out", str(s2), *common, *resume]
-        )  # fmt: skip
-        if code:
-            return code
+        build_data(out, args)
+    steps, lrs = args.steps.split(","), args.lr.split(",")
+    init: list[str] = []
+    for stage, n, lr in zip(STAGES, steps, lrs):
+        run = out / stage
+        if not (run / "final").exists():
+            extra = ["--retrieval-weight", "1.0"] if stage == "joint" else []
+            resume = ["--resume"] if (run / "metrics.jsonl").exists() else []
+            code = train_main(
+                [stage, "--data", str(out / f"{stage}.jsonl"), "--out", str(run), *init,
+                 "--max-steps", n, "--lr", lr, "--batch-size", args.batch_size,
+                 "--log-every", "5", "--save-every", "25", *extra, *resume]
+            )  # fmt: skip
+            if code:
+                return code
+        init = ["--init-from", str(run / "final")]
+    final = out / STAGES[-1] / "final"
     if args.install:
-        PACKAGED.parent.mkdir(parents=True, exist_ok=True)
         from training.default_ckpt import install
 
-        install(s2 / "final", PACKAGED)
-    print(f"done: {s2 / 'final'}", file=sys.stderr)
+        PACKAGED.parent.mkdir(parents=True, exist_ok=True)
+        install(final, PACKAGED)
+        print(f"installed {final} -> {PACKAGED}", file=sys.stderr)
+    print(f"done: {final}", file=sys.stderr)
     return 0
 
 
