@@ -74,8 +74,8 @@ class ProofConfig:
     joint_top_k: int = 5
     tau: float = 0.02
     # the reference code's InfoNCE retrieval loss on the query scores, added to the generator
-    # CE. The paper's stage 3 is CE only; on this model CE only leaves Recall@1 near chance
-    # over the collection (measured side by side; see BENCHMARKS.md)
+    # CE. The paper's stage 3 is CE only; on this model CE only reached Recall@1 0.04-0.12
+    # over the collection, vs 0.90+ with it (measured side by side; see BENCHMARKS.md)
     retrieval_weight: float = 1.0
     # evaluation
     top_k: int = 5

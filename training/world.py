@@ -126,15 +126,16 @@ class World:
         ok = set(docs_ok)
         stating: dict[str, list[int]] = {}
         for f in self.facts:
-            stating.setdefault(f.attr, []).extend([f.doc] if f.doc in ok else [])
+            if f.doc in ok:
+                stating.setdefault(f.attr, []).append(f.doc)
         by_attr = {a: np.array(d) for a, d in stating.items()}
         out = []
         for f in self.split(split):
             qs = f.questions()
             for q in qs if all_templates else [qs[int(rng.integers(len(qs)))]]:
                 others: list[int] = []
+                same = by_attr.get(f.attr, pool)
                 while len(others) < n_docs - 1:  # distinct documents, not the gold one
-                    same = by_attr[f.attr]
                     src = same if hard and len(same) > n_docs and rng.random() < hard else pool
                     o = int(src[rng.integers(len(src))])
                     if o != f.doc and o not in others:
