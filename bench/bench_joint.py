@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +27,7 @@ import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 from training.evaluate import clara_row, retrieve  # noqa: E402
 from training.pipeline import load_for_training, train  # noqa: E402
 from training.proof import ProofConfig  # noqa: E402
-from training.stages import StageConfig  # noqa: E402
 from training.trainer import TrainConfig  # noqa: E402
-from training.world import make_world  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,17 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="keep the joint run here (default: a temporary directory)")
     p.add_argument("--report", action="store_true", help="append the row to BENCHMARKS.md")
     args = p.parse_args(argv)
-    cfg = ProofConfig()
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        cfg = replace(cfg, **{key: type(getattr(cfg, key) or 0)(json.loads(value))})
-    world = make_world(cfg.n_people, cfg.n_towns, max_facts=cfg.max_facts,
-                       test_fraction=cfg.test_fraction, seed=cfg.seed)  # fmt: skip
-    records = world.synthetic(cfg.joint_synthetic, 4).qa_records(
-        "train", cfg.joint_candidates, hard=cfg.joint_hard
-    ) + world.qa_records(
-        "train", cfg.joint_candidates, all_templates=True, seed=1, hard=cfg.joint_hard
-    )
+    cfg = ProofConfig().override(args.set)
+    world = cfg.world()
+    records = cfg.joint_records(world)
     with tempfile.TemporaryDirectory(prefix="clara-joint-") as tmp:
         out = Path(args.workdir or tmp)
         start = time.perf_counter()
@@ -59,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             records,
             TrainConfig(stage="joint", out=str(out), lr=cfg.joint_lr, max_steps=cfg.joint_steps,
                         batch_size=cfg.batch_size, seed=cfg.seed, quiet=True, log_every=50),
-            init_from=args.init, dtype="float32",
-            stage_config=StageConfig(top_k=cfg.joint_top_k, tau=cfg.tau,
-                                     retrieval_weight=cfg.retrieval_weight),
+            init_from=args.init, dtype="float32", stage_config=cfg.joint_stage(),
         )  # fmt: skip
         seconds = time.perf_counter() - start
         cm = load_for_training(None, ck, dtype="float32")

@@ -17,7 +17,7 @@ import json
 import platform
 import sys
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-report", action="store_true", help="do not append to BENCHMARKS.md")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     args = p.parse_args(argv)
-    cfg = ProofConfig(**QUICK) if args.quick else ProofConfig()
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        cfg = replace(cfg, **{key: type(getattr(cfg, key) or 0)(json.loads(value))})
+    cfg = (ProofConfig(**QUICK) if args.quick else ProofConfig()).override(args.set)
     with tempfile.TemporaryDirectory(prefix="clara-proof-") as tmp:
         work = Path(args.workdir or tmp)
         result = run_proof(cfg, work, log=lambda s: print(s, file=sys.stderr, flush=True))

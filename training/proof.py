@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from clara.model import ClaraConfig
+from training.data import QARecord
 from training.evaluate import (
     clara_row,
     generator_only_row,
@@ -27,7 +28,7 @@ from training.pipeline import load_for_training, train
 from training.stages import StageConfig
 from training.tinymodel import build_tiny_llama, build_word_tokenizer
 from training.trainer import TrainConfig
-from training.world import make_world
+from training.world import World, make_world
 
 
 @dataclass
@@ -83,6 +84,34 @@ class ProofConfig:
     max_tokens: int = 8
     diagnostics: bool = True
 
+    def override(self, pairs: Sequence[str]) -> ProofConfig:
+        """A copy with `KEY=VALUE` pairs (JSON values, cast to the field's type) applied."""
+        cfg = self
+        for kv in pairs:
+            key, _, value = kv.partition("=")
+            cfg = replace(cfg, **{key: type(getattr(cfg, key) or 0)(json.loads(value))})
+        return cfg
+
+    def world(self) -> World:
+        return make_world(
+            self.n_people,
+            self.n_towns,
+            max_facts=self.max_facts,
+            test_fraction=self.test_fraction,
+            seed=self.seed,
+        )
+
+    def joint_records(self, world: World) -> list[QARecord]:
+        """Stage-3 questions: fresh synthetic documents' and the training documents'."""
+        n, hard = self.joint_candidates, self.joint_hard
+        synthetic = world.synthetic(self.joint_synthetic, 4).qa_records("train", n, hard=hard)
+        return synthetic + world.qa_records("train", n, all_templates=True, seed=1, hard=hard)
+
+    def joint_stage(self) -> StageConfig:
+        return StageConfig(
+            top_k=self.joint_top_k, tau=self.tau, retrieval_weight=self.retrieval_weight
+        )
+
 
 @dataclass
 class ProofResult:
@@ -109,13 +138,7 @@ def run_proof(
     """World -> tokenizer + random Llama -> [lm] -> pretrain -> instruct -> joint -> eval."""
     start = time.perf_counter()
     work = Path(workdir)
-    world = make_world(
-        cfg.n_people,
-        cfg.n_towns,
-        max_facts=cfg.max_facts,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
-    )
+    world = cfg.world()
     model_dir = build_word_tokenizer(work / "model", world.texts())
     build_tiny_llama(
         model_dir,
@@ -200,17 +223,9 @@ def run_proof(
     ck = timed(
         "joint",
         lambda: train(
-            world.synthetic(cfg.joint_synthetic, 4).qa_records(
-                "train", cfg.joint_candidates, hard=cfg.joint_hard
-            )
-            + world.qa_records(
-                "train", cfg.joint_candidates, all_templates=True, seed=1, hard=cfg.joint_hard
-            ),
+            cfg.joint_records(world),
             tc("joint", cfg.joint_steps, cfg.joint_lr, False),
-            init_from=ck, dtype="float32",
-            stage_config=StageConfig(
-                top_k=cfg.joint_top_k, tau=cfg.tau, retrieval_weight=cfg.retrieval_weight
-            ),
+            init_from=ck, dtype="float32", stage_config=cfg.joint_stage(),
         ),
     )  # fmt: skip
 
