@@ -31,23 +31,15 @@ from pathlib import Path
 
 import clara  # noqa: F401  preloads OpenBLAS before mlx
 from training.cli import main as train_main
+from training.data import pretrain_to_json, qa_to_json, write_jsonl
 from training.world import make_world
 
 PACKAGED = Path(clara.__file__).resolve().parent / "checkpoints" / "smollm2-135m-16x"
 STAGES = ("pretrain", "instruct", "joint")
 
 
-def write(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def qa_rows(records) -> list[dict]:
-    return [
-        {"question": r.question, "docs": r.docs, "answers": r.answers, "pos_index": r.pos_index}
-        for r in records
-    ]
+def write_qa(path: Path, records) -> None:
+    write_jsonl(path, (qa_to_json(r) for r in records))
 
 
 def build_data(out: Path, args: argparse.Namespace) -> None:
@@ -62,24 +54,17 @@ def build_data(out: Path, args: argparse.Namespace) -> None:
     shutil.rmtree(docs)
     pydoc = [json.loads(x) for x in (out / "pydoc" / "stage1.jsonl").read_text().splitlines()]
     world = make_world(seed=0)
-    stage1 = []
-    for r in world.synthetic(args.world_docs, 1).pretrain_records(qa=True):
-        if r.kind == "qa":
-            stage1.append(
-                {"data_type": "qa", "question": r.questions, "answers": r.answers, "docs": [r.doc]}
-            )
-        else:
-            stage1.append({"data_type": "paraphrase", "docs": [r.doc]})
+    stage1 = [pretrain_to_json(r) for r in world.synthetic(args.world_docs, 1).pretrain_records()]
     stage1 += rng.sample(pydoc, min(args.pydoc, len(pydoc)))
     rng.shuffle(stage1)
-    write(out / "pretrain.jsonl", stage1)
+    write_jsonl(out / "pretrain.jsonl", stage1)
     instruct = world.synthetic(args.world_docs, 2).qa_records("train", 5, hard=0.5)
-    write(out / "instruct.jsonl", qa_rows(rng.sample(instruct, len(instruct))))
+    write_qa(out / "instruct.jsonl", rng.sample(instruct, len(instruct)))
     # stage 3 compresses every candidate document once before training: a smaller pool
     joint = world.synthetic(args.joint_docs, 3).qa_records("train", 16, hard=0.75)
-    write(out / "joint.jsonl", qa_rows(rng.sample(joint, len(joint))))
+    write_qa(out / "joint.jsonl", rng.sample(joint, len(joint)))
     held = world.qa_records("test", n_docs=5)
-    write(out / "eval.jsonl", qa_rows(rng.sample(held, min(args.eval, len(held)))))
+    write_qa(out / "eval.jsonl", rng.sample(held, min(args.eval, len(held))))
     (out / "collection.txt").write_text("".join(d + "\n" for d in world.docs), encoding="utf-8")
 
 
