@@ -11,16 +11,13 @@ import asyncio
 import os
 import re
 import secrets
-import shutil
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import Request
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from clara.errors import ClaraError
 from clara_cli.http import APIError
@@ -36,9 +33,7 @@ from indexing.service_protocol import (
     ListPage,
     SearchPage,
     SearchRequest,
-    SearchResult,
     StaticChunking,
-    TextContent,
     VectorStore,
     VectorStoreCreate,
     VectorStoreDeleted,
@@ -47,7 +42,9 @@ from indexing.service_protocol import (
     VectorStoreFileDeleted,
     paginate,
 )
+from indexing.service_search import search_results
 from indexing.service_state import FileRecord, Link, Registry, StoreRecord
+from indexing.service_uploads import Uploads
 from indexing.store import (
     Collection,
     CollectionNotFoundError,
@@ -57,36 +54,24 @@ from indexing.store import (
     list_collections,
 )
 
-PURPOSES = ("assistants", "user_data")
 RESERVED = {"uploads"}  # folders of the index root that are not collections
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
     return APIError(404, f"No {what} found with id '{ident}'", param=param, code="not_found")
 
 
-def _safe_name(filename: str | None) -> str:
-    name = Path((filename or "").replace("\\", "/")).name.replace("\x00", "")
-    return name[:200] if name not in ("", ".", "..") else "upload"
-
-
 class IndexService:
     def __init__(self, settings: Any, worker: Any, registry: Registry) -> None:
         self.settings = settings
         self.root: Path = settings.root
-        self.uploads = registry.directory
+        self.uploads = Uploads(registry.directory, settings.max_upload_bytes)
         self.worker = worker
         self.registry = registry
         self._readers: dict[str, tuple[Collection, int]] = {}
         self._readers_lock = threading.Lock()
         self._writers: dict[str, Collection] = {}  # worker thread only
-        for leftover in self.uploads.glob(".file-*.tmp"):  # uploads a crash cut short
-            shutil.rmtree(leftover, ignore_errors=True)
 
     # ---- collections -----------------------------------------------------------------------
     def reader(self, store_id: str) -> Collection:
@@ -145,64 +130,12 @@ class IndexService:
 
     # ---- files -----------------------------------------------------------------------------
     async def create_file(self, request: Request) -> FileObject:
-        limit = self.settings.max_upload_bytes
-        too_large = APIError(
-            413, f"the upload is larger than this service accepts ({limit} bytes; "
-            "see --max-upload-mb)", param="file", code="file_too_large",
-        )  # fmt: skip
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit + 64 * 1024:
-            raise too_large
-
-        async def body() -> AsyncIterator[bytes]:
-            seen = 0
-            async for chunk in request.stream():
-                seen += len(chunk)
-                if seen > limit + 64 * 1024:  # room for the form's other fields
-                    raise _TooLarge
-                yield chunk
-
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise APIError(400, "upload the file as multipart/form-data with fields 'file' and "
-                           "'purpose'")  # fmt: skip
-        try:
-            form = await MultiPartParser(request.headers, body(), max_files=1).parse()
-        except _TooLarge:
-            raise too_large from None
-        except MultiPartException as exc:
-            raise APIError(400, f"could not read the multipart body: {exc.message}") from None
-        try:
-            upload, purpose = form.get("file"), form.get("purpose")
-            if upload is None or isinstance(upload, str):
-                raise APIError(400, "missing required parameter: 'file'", param="file")
-            if purpose not in PURPOSES:
-                raise APIError(
-                    400, f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}",
-                    param="purpose",
-                )  # fmt: skip
-            if upload.size is not None and upload.size > limit:
-                raise too_large
-            rec = FileRecord(
-                f"file-{secrets.token_hex(12)}", _safe_name(upload.filename), 0, _now(), purpose
-            )
-            rec.bytes = await asyncio.to_thread(self._save_upload, rec, upload.file)
-        finally:
-            await form.close()
+        rec = await self.uploads.receive(request)
         self.registry.add_file(rec)
         return _file_object(rec)
 
-    def _save_upload(self, rec: FileRecord, source: Any) -> int:
-        tmp = self.uploads / f".{rec.id}.tmp"
-        tmp.mkdir(parents=True)
-        with open(tmp / rec.filename, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, self.uploads / rec.id)
-        return (self.uploads / rec.id / rec.filename).stat().st_size
-
     def upload_path(self, rec: FileRecord) -> Path:
-        return self.uploads / rec.id / rec.filename
+        return self.uploads.path(rec)
 
     def list_files(self, purpose: str | None, after: str | None, limit: int, order: str):
         files = [_file_object(f) for f in self.registry.files() if purpose in (None, f.purpose)]
@@ -223,7 +156,7 @@ class IndexService:
         for link in self.registry.links(file_id=file_id):
             await self.worker.call(lambda cm, link=link: self._detach(link.store_id, rec, link))
         self.registry.delete_file(file_id)
-        await asyncio.to_thread(shutil.rmtree, self.uploads / file_id, True)
+        await self.uploads.delete(file_id)
         return FileDeleted(id=file_id)
 
     # ---- vector stores ---------------------------------------------------------------------
@@ -387,7 +320,7 @@ class IndexService:
         out = [self._link_object(link) for link in links.values()]
         row_bytes = col.manifest.n_mem * col.manifest.hidden_size * 2
         for doc in col.list_documents():
-            if self._file_id_of(doc.path) in links:
+            if self.uploads.file_id_of(doc.path) in links:
                 continue
             attributes = {"filename": doc.name, **({"path": doc.path} if doc.path else {})}
             out.append(
@@ -398,13 +331,6 @@ class IndexService:
                 )
             )  # fmt: skip
         return out
-
-    def _file_id_of(self, path: str | None) -> str | None:
-        """`<uploads>/<file_id>/<name>` -> file_id."""
-        if path is None:
-            return None
-        p = Path(path)
-        return p.parent.name if p.parent.parent == self.uploads else None
 
     def _link_object(self, link: Link) -> VectorStoreFile:
         error = None
@@ -481,39 +407,11 @@ class IndexService:
             return np.array(cm.encode_queries(queries).astype(mx.float32))  # (Q, n_mem, d)
 
         vectors = await self.worker.call(encode)
-        results = await asyncio.to_thread(self._search, store_id, col, vectors, k, threshold)
+        links = self.registry.links(store_id=store_id)
+        results = await asyncio.to_thread(
+            search_results, col, vectors, k, threshold, links, self.uploads
+        )
         return SearchPage(search_query=queries, data=results)
-
-    def _search(self, store_id: str, col: Collection, q: np.ndarray, k: int, threshold: float):
-        best: dict[int, Any] = {}
-        for hits in col.search(q, k):  # several queries: a chunk keeps its best score
-            for h in hits:
-                if h.chunk_id not in best or h.score > best[h.chunk_id].score:
-                    best[h.chunk_id] = h
-        hits = sorted(best.values(), key=lambda h: -h.score)[:k]
-        hits = [h for h in hits if h.score >= threshold]
-        texts = {c.id: c.text for c in col.chunks([h.chunk_id for h in hits])}
-        docs = {h.doc_id: col.document(h.doc_id) for h in hits}
-        links = {link.doc_id: link for link in self.registry.links(store_id=store_id)}
-        out = []
-        for h in hits:
-            doc = docs.get(h.doc_id)
-            if doc is None or h.chunk_id not in texts:
-                continue  # removed since the search
-            link = links.get(h.doc_id)
-            file_id = link.file_id if link else (self._file_id_of(doc.path) or doc.id)
-            attributes: dict[str, Any] = dict(link.attributes or {}) if link else {}
-            attributes.update(document_id=doc.id, chunk_id=h.chunk_id)
-            if h.page_start is not None:
-                attributes.update(page_start=h.page_start, page_end=h.page_end or h.page_start)
-            if doc.path and not self._file_id_of(doc.path):
-                attributes["path"] = doc.path
-            content = [TextContent(text=texts[h.chunk_id])]
-            out.append(
-                SearchResult(file_id=file_id, filename=doc.name, score=round(h.score, 6),
-                             attributes=attributes, content=content)
-            )  # fmt: skip
-        return out
 
 
 def _file_object(rec: FileRecord) -> FileObject:

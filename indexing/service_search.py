@@ -1,0 +1,54 @@
+"""Vector-store search results for the indexing service: a collection's hits for one or more
+query vectors, merged (a chunk keeps its best score), thresholded and shaped as OpenAI's
+`vector_stores.search` results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from indexing.service_protocol import SearchResult, TextContent
+from indexing.service_state import Link
+from indexing.service_uploads import Uploads
+from indexing.store import Collection
+
+
+def search_results(
+    col: Collection,
+    queries: np.ndarray,
+    k: int,
+    threshold: float,
+    links: list[Link],
+    uploads: Uploads,
+) -> list[SearchResult]:
+    """`queries` (Q, n_mem, d) -> up to k results with score >= threshold, best first."""
+    best: dict[int, Any] = {}
+    for hits in col.search(queries, k):
+        for h in hits:
+            if h.chunk_id not in best or h.score > best[h.chunk_id].score:
+                best[h.chunk_id] = h
+    hits = sorted(best.values(), key=lambda h: -h.score)[:k]
+    hits = [h for h in hits if h.score >= threshold]
+    texts = {c.id: c.text for c in col.chunks([h.chunk_id for h in hits])}
+    docs = {h.doc_id: col.document(h.doc_id) for h in hits}
+    by_doc = {link.doc_id: link for link in links}
+    out = []
+    for h in hits:
+        doc = docs.get(h.doc_id)
+        if doc is None or h.chunk_id not in texts:
+            continue  # removed since the search
+        link = by_doc.get(h.doc_id)
+        file_id = link.file_id if link else (uploads.file_id_of(doc.path) or doc.id)
+        attributes: dict[str, Any] = dict(link.attributes or {}) if link else {}
+        attributes.update(document_id=doc.id, chunk_id=h.chunk_id)
+        if h.page_start is not None:
+            attributes.update(page_start=h.page_start, page_end=h.page_end or h.page_start)
+        if doc.path and not uploads.file_id_of(doc.path):
+            attributes["path"] = doc.path
+        content = [TextContent(text=texts[h.chunk_id])]
+        out.append(
+            SearchResult(file_id=file_id, filename=doc.name, score=round(h.score, 6),
+                         attributes=attributes, content=content)
+        )  # fmt: skip
+    return out

@@ -1,0 +1,112 @@
+"""Uploads of the indexing service's files API: a multipart body streamed to disk with a size
+limit, then renamed into `<uploads>/<file_id>/<filename>` (a crash leaves only a temp folder,
+swept at start-up)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from clara_cli.http import APIError
+from indexing.service_state import FileRecord
+
+PURPOSES = ("assistants", "user_data")
+_FORM_SLACK = 64 * 1024  # room for the form's other fields around the file
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def safe_name(filename: str | None) -> str:
+    """The file name a client sent, without folders or NULs (never empty, '.' or '..')."""
+    name = Path((filename or "").replace("\\", "/")).name.replace("\x00", "")
+    return name[:200] if name not in ("", ".", "..") else "upload"
+
+
+class Uploads:
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        for leftover in directory.glob(".file-*.tmp"):  # uploads a crash cut short
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def path(self, rec: FileRecord) -> Path:
+        return self.directory / rec.id / rec.filename
+
+    def file_id_of(self, path: str | None) -> str | None:
+        """`<uploads>/<file_id>/<name>` -> file_id (None for any other path)."""
+        if path is None:
+            return None
+        p = Path(path)
+        return p.parent.name if p.parent.parent == self.directory else None
+
+    async def receive(self, request: Request) -> FileRecord:
+        """Parse a `file` + `purpose` multipart upload and store the file; 400/413 on bad input."""
+        limit = self.max_bytes
+        too_large = APIError(
+            413, f"the upload is larger than this service accepts ({limit} bytes; "
+            "see --max-upload-mb)", param="file", code="file_too_large",
+        )  # fmt: skip
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit + _FORM_SLACK:
+            raise too_large
+
+        async def body() -> AsyncIterator[bytes]:
+            seen = 0
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > limit + _FORM_SLACK:
+                    raise _TooLarge
+                yield chunk
+
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise APIError(400, "upload the file as multipart/form-data with fields 'file' and "
+                           "'purpose'")  # fmt: skip
+        try:
+            form = await MultiPartParser(request.headers, body(), max_files=1).parse()
+        except _TooLarge:
+            raise too_large from None
+        except MultiPartException as exc:
+            raise APIError(400, f"could not read the multipart body: {exc.message}") from None
+        try:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if upload is None or isinstance(upload, str):
+                raise APIError(400, "missing required parameter: 'file'", param="file")
+            if purpose not in PURPOSES:
+                raise APIError(
+                    400, f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}",
+                    param="purpose",
+                )  # fmt: skip
+            if upload.size is not None and upload.size > limit:
+                raise too_large
+            rec = FileRecord(
+                f"file-{secrets.token_hex(12)}", safe_name(upload.filename), 0,
+                int(time.time()), purpose,
+            )  # fmt: skip
+            rec.bytes = await asyncio.to_thread(self._save, rec, upload.file)
+        finally:
+            await form.close()
+        return rec
+
+    def _save(self, rec: FileRecord, source: Any) -> int:
+        tmp = self.directory / f".{rec.id}.tmp"
+        tmp.mkdir(parents=True)
+        with open(tmp / rec.filename, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, self.directory / rec.id)
+        return self.path(rec).stat().st_size
+
+    async def delete(self, file_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.directory / file_id, True)
