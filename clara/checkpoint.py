@@ -30,7 +30,7 @@ FRESH = ("none", "fresh")
 
 def _clara_weights(cm: ClaraModel) -> dict[str, mx.array]:
     """Only what CLaRa adds: LoRA matrices and the learned special embeddings."""
-    keep = ("lora_", "mem_embeddings", "enc_embedding", "sep_embedding")
+    keep = ("lora_", "mem_embeddings", "enc_embedding", "sep_embedding", "memory_center")
     return {k: v for k, v in tree_flatten(cm.parameters()) if any(p in k for p in keep)}
 
 

@@ -31,6 +31,11 @@ class ClaraConfig:
     lora_dropout: float = 0.1
     prompt_version: int = 1
     seed: int = 0
+    # Deviation from the paper, off by default: subtract a fixed mean memory vector (fitted
+    # once when training starts) from every encoder output. For base models whose final-norm
+    # states share one dominant component (SmolLM2-135M: norm 50 of 54) it is what lets the
+    # generator read memories at all on a small budget (BENCHMARKS.md).
+    center_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.compression_rate not in COMPRESSION_RATES:
@@ -114,6 +119,8 @@ class ClaraModel(nn.Module):
         self.mem_embeddings = init[: self.config.n_mem]  # (n_mem, d)
         self.enc_embedding = init[-2:-1]  # (1, d)
         self.sep_embedding = init[-1:]  # (1, d)
+        if self.config.center_memory:
+            self.memory_center = mx.zeros((d,))  # fitted by fit_memory_center(); never trained
         mx.eval(self.parameters())
         self.freeze()
         self.eval()
@@ -221,7 +228,30 @@ class ClaraModel(nn.Module):
         cache = [_Positions(left_pad)] * len(self.lm.layers)
         with self.adapter(adapter):
             hidden = self.lm.model(None, cache=cache, input_embeddings=emb)  # (B, L, d) post-norm
+        if self.config.center_memory:  # every position, so the memory MSE is unchanged
+            hidden = hidden - self.memory_center.astype(hidden.dtype)
         return Encoded(memory=hidden[:, -n_mem:], hidden=hidden, text_mask=text_mask)
+
+    @property
+    def memory_centered(self) -> bool:
+        """True once a `center_memory` model has its center (always True without centering)."""
+        return not self.config.center_memory or bool(mx.any(self.memory_center != 0).item())
+
+    def fit_memory_center(self, token_lists: Sequence[Sequence[int]], batch_size: int = 8) -> None:
+        """Set the center to the mean compressor output over these documents and positions."""
+        if not self.config.center_memory:
+            raise ClaraError("fit_memory_center: this model was built without center_memory")
+        if not token_lists:
+            raise ClaraError("fit_memory_center needs at least one document")
+        self.memory_center = mx.zeros_like(self.memory_center)
+        total = mx.zeros_like(self.memory_center, dtype=mx.float32)
+        for start in range(0, len(token_lists), batch_size):
+            mem = self.encode_tokens(token_lists[start : start + batch_size], "compressor").memory
+            total = total + mem.astype(mx.float32).sum(axis=(0, 1))
+            mx.eval(total)
+        center = total / (len(token_lists) * self.n_mem)
+        self.memory_center = center.astype(self.mem_embeddings.dtype)
+        mx.eval(self.memory_center)
 
     def _encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int) -> mx.array:
         if not texts:

@@ -225,3 +225,31 @@ def test_checkpoint_fingerprint_without_loading(cm, tmp_path):
 
     path = save_checkpoint(cm, tmp_path / "ck")
     assert checkpoint_fingerprint(path) == cm.fingerprint
+
+
+def test_center_memory_fits_the_mean_and_round_trips(tiny_base, tiny_llama_dir, tmp_path):
+    plain = ClaraModel(
+        load_base(tiny_llama_dir, dtype=None), ClaraConfig(compression_rate=16, doc_max_tokens=64)
+    )
+    assert "memory_center" not in dict(tree_flatten(plain.parameters()))  # contract default
+    centered = ClaraModel(
+        tiny_base, ClaraConfig(compression_rate=16, doc_max_tokens=64, center_memory=True)
+    )
+    raw = np.array(centered.compress(DOCS))  # center still zero: the plain outputs
+    np.testing.assert_allclose(raw, np.array(plain.compress(DOCS)), atol=1e-5)
+    assert not centered.memory_centered and plain.memory_centered
+    centered.fit_memory_center(centered.tokenize(DOCS))
+    assert centered.memory_centered
+    out = np.array(centered.compress(DOCS))
+    np.testing.assert_allclose(out, raw - raw.mean(axis=(0, 1)), atol=1e-4)
+    np.testing.assert_allclose(out.mean(axis=(0, 1)), 0, atol=1e-4)
+    enc = centered.encode_tokens(centered.tokenize(DOCS[:1]), "compressor")
+    np.testing.assert_allclose(  # every position moves by the same vector (MSE unchanged)
+        np.array(enc.hidden[0, -1]), np.array(enc.memory[0, -1]), atol=1e-6
+    )
+    path = save_checkpoint(centered, tmp_path / "ck")
+    loaded = load_clara(tiny_llama_dir, path, dtype=None)
+    assert loaded.config.center_memory and loaded.fingerprint == centered.fingerprint
+    np.testing.assert_array_equal(np.array(loaded.compress(DOCS)), out)
+    with pytest.raises(ClaraError, match="without center_memory"):
+        plain.fit_memory_center(plain.tokenize(DOCS))

@@ -66,6 +66,32 @@ def test_pretrain_and_resume_via_main(tiny_llama_dir, tmp_path, capsys):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
 
+def test_center_memory_is_fitted_once_and_kept_by_later_stages(tiny_llama_dir, tmp_path, capsys):
+    from clara.checkpoint import load_clara
+
+    s1, s3 = tmp_path / "s1.jsonl", tmp_path / "s3.jsonl"
+    write_jsonl(s1, [{"data_type": "paraphrase", "docs": [d]} for d in DOCS])
+    write_jsonl(s3, [{"question": "Where is Paris?", "docs": DOCS, "answer": "France",
+                      "pos_index": [1]}])  # fmt: skip
+    common = ["--model", str(tiny_llama_dir), "--dtype", "stored", "--max-steps", "2",
+              "--batch-size", "2", "--doc-max-tokens", "32", "--lora-rank", "4", "-q"]  # fmt: skip
+    out1, out3 = tmp_path / "s1", tmp_path / "s3"
+    assert (
+        main(["pretrain", *common, "--data", str(s1), "--out", str(out1), "--center-memory"]) == 0
+    )
+    cm = load_clara(tiny_llama_dir, out1 / "final", dtype=None)
+    assert cm.config.center_memory and cm.memory_centered
+    center = cm.memory_center
+    assert main(["joint", *common, "--data", str(s3), "--out", str(out3),
+                 "--init-from", str(out1 / "final"), "--top-k", "2"]) == 0  # fmt: skip
+    cm3 = load_clara(tiny_llama_dir, out3 / "final", dtype=None)
+    assert cm3.config.center_memory and bool((cm3.memory_center == center).all())
+    capsys.readouterr()
+    code = main(["joint", *common, "--data", str(s3), "--out", str(tmp_path / "x"),
+                 "--center-memory", "--top-k", "2"])  # fmt: skip
+    assert code == 1 and "start with the pretrain or instruct stage" in capsys.readouterr().err
+
+
 def test_bad_data_is_one_line_error(tiny_llama_dir, tmp_path, capsys):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"question": "q", "docs": ["d"]}\n')

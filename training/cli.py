@@ -116,6 +116,13 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     m.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default: 16)")
     m.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (default: 32)")
     m.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (default: 0.1)")
+    m.add_argument(
+        "--center-memory",
+        action="store_true",
+        help="subtract a fixed mean memory vector, fitted on the first 256 training documents, "
+        "from every compressor/query output (not in the paper; for base models whose final-norm "
+        "states share one dominant component, e.g. SmolLM2: see README)",
+    )
     s = p.add_argument_group("loss")
     if stage in ("pretrain", "instruct"):
         s.add_argument(
@@ -194,6 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         seed=args.seed,
+        center_memory=args.center_memory,
     )
     stage_config = StageConfig(
         top_k=getattr(args, "top_k", 5),

@@ -11,7 +11,9 @@ records of such documents, plus paraphrase records of Python's documentation top
 generator and trains on questions with 5 candidate documents. Stage 3 (`joint`) trains the query
 encoder and the generator through the differentiable top-k over 16 candidates that mostly state
 the attribute asked about (only the name tells them apart), with the reference code's
-retrieval loss. Held-out world questions (about documents never trained on) go to eval.jsonl:
+retrieval loss. The compressor's outputs are centered (`--center-memory`, fitted on the
+first 256 stage-1 documents): SmolLM2's final-norm states share one dominant component, and
+without centering its generator does not learn to read memories on a CPU budget. Held-out world questions (about documents never trained on) go to eval.jsonl:
 
     clara-eval --data runs/default/eval.jsonl --checkpoint runs/default/joint/final
     clara-eval ... --retrieval collection --collection runs/default/collection.txt  # all docs
@@ -77,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--joint-docs", type=int, default=800, help="fresh world documents, stage 3")
     p.add_argument("--pydoc", type=int, default=200, help="pydoc paraphrase records (stage 1)")
     p.add_argument("--eval", type=int, default=100, help="held-out questions for clara-eval")
-    p.add_argument("--steps", default="600,120,200", help="optimiser steps of the three stages")
-    p.add_argument("--lr", default="2e-4,2e-4,2e-4", help="learning rates of the three stages")
+    p.add_argument("--steps", default="500,150,200", help="optimiser steps of the three stages")
+    p.add_argument("--lr", default="1e-3,1e-3,5e-4", help="learning rates of the three stages")
+    p.add_argument(
+        "--no-center-memory",
+        dest="center_memory",
+        action="store_false",
+        help="train without --center-memory (the paper's memory vectors; SmolLM2 then does not "
+        "learn to read them on this budget, see BENCHMARKS.md)",
+    )
     p.add_argument("--batch-size", default="4", help="examples per step")
     p.add_argument("--install", action="store_true", help=f"copy the result to {PACKAGED}")
     args = p.parse_args(argv)
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         run = out / stage
         if not (run / "final").exists():
             extra = ["--retrieval-weight", "1.0"] if stage == "joint" else []
+            if stage == "pretrain" and args.center_memory:
+                extra = ["--center-memory"]
             resume = ["--resume"] if (run / "metrics.jsonl").exists() else []
             code = train_main(
                 [stage, "--data", str(out / f"{stage}.jsonl"), "--out", str(run), *init,

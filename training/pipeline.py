@@ -39,6 +39,17 @@ def _is_quantized(cm: ClaraModel) -> bool:
     return "quantization" in cm.info.config and cm.info.extras.get("dtype") in (None, "stored")
 
 
+def fit_center(cm: ClaraModel, examples: Sequence, n: int = 256) -> None:
+    """Fit a `center_memory` model's center on the first `n` documents of the stage's data."""
+    docs = [d for e in examples for d in e.docs][:n]
+    if not docs:
+        raise ClaraError(
+            "--center-memory: the center is fitted on documents when training starts; start "
+            "with the pretrain or instruct stage (joint reuses the center of its --init-from)"
+        )
+    cm.fit_memory_center(docs)
+
+
 def build_trainer(
     records: Sequence,
     config: TrainConfig,
@@ -83,6 +94,8 @@ def build_trainer(
     examples = stage.build(records)
     if resume_from is None:
         stage.initialize(cm, config.seed)
+    if not cm.memory_centered:
+        fit_center(cm, examples)
     set_trainable(cm, stage.adapters, stage.memory_tokens, config.full)
     if config.grad_checkpoint:
         enable_grad_checkpoint(cm)
