@@ -13,7 +13,8 @@ encoder and the generator through the differentiable top-k over 16 candidates th
 the attribute asked about (only the name tells them apart), with the reference code's
 retrieval loss. The compressor's outputs are centered (`--center-memory`, fitted on the
 first 256 stage-1 documents): SmolLM2's final-norm states share one dominant component, and
-without centering its generator does not learn to read memories on a CPU budget. Held-out world questions (about documents never trained on) go to eval.jsonl:
+without centering its generator does not learn to read memories on a CPU budget. Held-out
+world questions (about documents never trained on) go to eval.jsonl:
 
     clara-eval --data runs/default/eval.jsonl --checkpoint runs/default/joint/final
     clara-eval ... --retrieval collection --collection runs/default/collection.txt  # all docs
