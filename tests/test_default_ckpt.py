@@ -1,0 +1,41 @@
+"""Packaging a trained checkpoint as the shipped default adapters (`training.default_ckpt`)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from clara.checkpoint import WEIGHTS_FILE, load_clara, save_checkpoint
+from clara.model import ClaraConfig, ClaraModel
+from training.default_ckpt import install
+
+DOCS = ["The capital of France is Paris.", "The train leaves at seven and arrives at nine."]
+
+
+def test_install_halves_the_size_and_keeps_what_matters(tiny_base, tiny_llama_dir, tmp_path):
+    cm = ClaraModel(
+        tiny_base, ClaraConfig(compression_rate=16, doc_max_tokens=32, center_memory=True)
+    )
+    updates = [  # a "trained" compressor and generator; the query adapter left untrained
+        (k, 0.3 * mx.random.normal(v.shape, key=mx.random.key(i)))
+        for i, (k, v) in enumerate(tree_flatten(cm.parameters()))
+        if k.endswith(".b") and (".lora_compressor." in k or ".lora_generator." in k)
+    ]
+    cm.load_weights(updates, strict=False)
+    cm.fit_memory_center(cm.tokenize(DOCS))
+    src = save_checkpoint(cm, tmp_path / "trained")
+    dst = install(src, tmp_path / "shipped")
+
+    weights = mx.load(str(dst / WEIGHTS_FILE))
+    assert weights["memory_center"].dtype == mx.float32
+    assert all(v.dtype == mx.float16 for k, v in weights.items() if k != "memory_center")
+    assert (dst / WEIGHTS_FILE).stat().st_size < (src / WEIGHTS_FILE).stat().st_size
+    shipped = load_clara(tiny_llama_dir, dst, dtype=None)
+    assert shipped.config.center_memory
+    np.testing.assert_allclose(  # float16 adapters: the same memories to a small tolerance
+        np.array(shipped.compress(DOCS)), np.array(cm.compress(DOCS)), atol=5e-2
+    )
+    np.testing.assert_allclose(  # the untrained query adapter became the compressor
+        np.array(shipped.encode_queries(DOCS)), np.array(shipped.compress(DOCS)), atol=1e-6
+    )
