@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="500,150,200", help="optimiser steps of the three stages")
     p.add_argument("--lr", default="1e-3,1e-3,5e-4", help="learning rates of the three stages")
     p.add_argument(
+        "--stop-after",
+        default=",,",
+        help="per stage, stop at this step of its schedule and go on from that checkpoint "
+        "(e.g. '300,,': stage 1 stops at step 300 of its --steps)",
+    )
+    p.add_argument(
         "--no-center-memory",
         dest="center_memory",
         action="store_false",
@@ -97,13 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (out / "eval.jsonl").exists():
         build_data(out, args)
     steps, lrs = args.steps.split(","), args.lr.split(",")
+    stops = (args.stop_after.split(",") + ["", "", ""])[:3]
     init: list[str] = []
-    for stage, n, lr in zip(STAGES, steps, lrs):
+    for stage, n, lr, stop in zip(STAGES, steps, lrs, stops):
         run = out / stage
-        if not (run / "final").exists():
+        done = run / (f"step-{int(stop):06d}" if stop else "final")
+        if not done.exists():
             extra = ["--retrieval-weight", "1.0"] if stage == "joint" else []
             if stage == "pretrain" and args.center_memory:
                 extra = ["--center-memory"]
+            if stop:
+                extra += ["--stop-after", stop]
             resume = ["--resume"] if (run / "metrics.jsonl").exists() else []
             code = train_main(
                 [stage, "--data", str(out / f"{stage}.jsonl"), "--out", str(run), *init,
@@ -112,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             if code:
                 return code
-        init = ["--init-from", str(run / "final")]
-    final = out / STAGES[-1] / "final"
+        init = ["--init-from", str(done)]
+    final = Path(init[-1])
     if args.install:
         from training.default_ckpt import install
 
