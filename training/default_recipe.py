@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--joint-docs", type=int, default=800, help="fresh world documents, stage 3")
     p.add_argument("--pydoc", type=int, default=200, help="pydoc paraphrase records (stage 1)")
     p.add_argument("--eval", type=int, default=100, help="held-out questions for clara-eval")
-    p.add_argument("--steps", default="500,150,200", help="optimiser steps of the three stages")
+    p.add_argument("--steps", default="500,100,150", help="optimiser steps of the three stages")
     p.add_argument("--lr", default="1e-3,1e-3,5e-4", help="learning rates of the three stages")
     p.add_argument(
         "--stop-after",
-        default=",,",
+        default="300,,",
         help="per stage, stop at this step of its schedule and go on from that checkpoint "
         "(e.g. '300,,': stage 1 stops at step 300 of its --steps)",
     )
