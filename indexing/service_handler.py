@@ -134,9 +134,6 @@ class IndexService:
         self.registry.add_file(rec)
         return _file_object(rec)
 
-    def upload_path(self, rec: FileRecord) -> Path:
-        return self.uploads.path(rec)
-
     def list_files(self, purpose: str | None, after: str | None, limit: int, order: str):
         files = [_file_object(f) for f in self.registry.files() if purpose in (None, f.purpose)]
         return paginate(files, after=after, before=None, limit=limit, order=order)
@@ -275,7 +272,7 @@ class IndexService:
             col = self._writer(store_id)
             self._check_model(col, cm)
             for event in Indexer(cm, col, options).run(
-                [Source(self.upload_path(rec), rec.filename)]
+                [Source(self.uploads.path(rec), rec.filename)]
             ):
                 if isinstance(event, FileResult):
                     self._record(link, rec, event, cm)
@@ -298,7 +295,7 @@ class IndexService:
             if isinstance(err, DocumentError):
                 message = f"{rec.filename}: {err.reason}" + (f": {err.hint}" if err.hint else "")
             else:
-                message = str(err).replace(str(self.upload_path(rec)), rec.filename)
+                message = str(err).replace(str(self.uploads.path(rec)), rec.filename)
             values = dict(status="failed", error_code=code, error_message=message)
         else:
             usage = result.chunks * cm.n_mem * cm.hidden_size * 2  # float16 memory rows
@@ -375,7 +372,7 @@ class IndexService:
         try:
             doc = None
             if col is not None and rec is not None:
-                doc = col.find_by_path(str(self.upload_path(rec)))
+                doc = col.find_by_path(str(self.uploads.path(rec)))
             elif col is not None and doc_id is not None:
                 doc = col.document(doc_id)
             if doc is not None:
