@@ -138,7 +138,7 @@ class Worker:
         """Run `fn(model)` on the worker and await its result (a bounded task)."""
         future = asyncio.get_running_loop().create_future()
         task = Task(
-            key=("call", id(future)),
+            key=(":call", id(future)),  # ":" starts no collection name
             start=lambda cm: deliver(future, fn(cm), None),
             failed=lambda exc: deliver(future, None, exc),
         )
@@ -159,7 +159,11 @@ class Worker:
 
     def pending(self, match: Callable[[Any], bool]) -> bool:
         with self._cv:
-            return any(match(t.key) and not t.cancelled for q in self._queues.values() for t in q)
+            return any(match(t.key) and not t.cancelled for t in self._all())
+
+    def _all(self) -> list[Task]:
+        current = [self._current] if self._current is not None else []
+        return current + [t for q in self._queues.values() for t in q]
 
     # ---- worker thread -----------------------------------------------------------------------
     def _run(self) -> None:
