@@ -18,6 +18,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
@@ -151,7 +152,13 @@ def test_hyperclova_x_seed_twin_imports_and_matches(tmp_path: Path) -> None:
 def test_import_refuses_another_base_model(mistral, tmp_path: Path, capsys) -> None:
     src = tmp_path / "compression-16"
     twin.build_reference(
-        mistral["hf"], src, doc_max=32, rate=16, distinct=True, sep=True, stage="stage1_2",
+        mistral["hf"],
+        src,
+        doc_max=32,
+        rate=16,
+        distinct=True,
+        sep=True,
+        stage="stage1_2",
         query=False,
     )
     out = tmp_path / "imported"
