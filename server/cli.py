@@ -7,6 +7,7 @@ clara-serve --index ./idx --collection docs --port 8080 --api-key secret
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from clara.errors import ClaraError
 from clara_cli.common import (
@@ -21,7 +22,8 @@ from server.protocol import ServingDefaults
 
 DESCRIPTION = """\
 Serve a CLaRa model over an OpenAI-compatible HTTP API: POST /v1/chat/completions (streaming
-or not), POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometheus).
+or not), POST /v1/responses (Responses API with file_search; GET/DELETE /v1/responses/{id}),
+POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometheus).
 Each chat request retrieves the top-k chunks of the index collection for the latest user
 turn and answers from their compressed memories; the answer's message carries them in
 `sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
@@ -60,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="send an SSE ': keep-alive' comment after this long without a token "
         "(default: %(default)s)",
+    )
+    net.add_argument(
+        "--responses-db",
+        default=None,
+        metavar="FILE",
+        help="SQLite file keeping stored responses (store: true) for previous_response_id and "
+        "GET /v1/responses/{id} (default: $CLARA_HOME/responses.sqlite)",
     )
     add_log_level_arg(net)
     rag = parser.add_argument_group("retrieval")
@@ -152,6 +161,7 @@ def serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         api_key=args.api_key or None,
         keepalive_s=args.sse_keepalive,
+        responses_db=Path(args.responses_db).expanduser() if args.responses_db else None,
     )
     return serve_http(app, app.state.engine, args)
 
