@@ -20,7 +20,8 @@ import mlx.core as mx
 
 from bench._common import append_report, markdown_table, sample_texts
 from clara.checkpoint import load_clara
-from clara.generate import memory_prompt, stream_from_memory, stream_from_text, text_prompt
+from clara.generate import stream_from_memory, stream_from_text
+from clara.prompt import memory_prompt, text_prompt
 from clara.model import ClaraConfig
 
 

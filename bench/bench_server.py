@@ -166,7 +166,7 @@ async def level(url: str, bodies: list[dict], concurrency: int) -> dict:
 
 
 def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -> list[dict]:
-    from clara.generate import SYSTEM_PROMPT
+    from clara.prompt import SYSTEM_PROMPT
 
     common = {"max_tokens": max_tokens, "temperature": 0.0, "stream": True}
     common["stream_options"] = {"include_usage": True}

@@ -1,8 +1,7 @@
 """Generation from memory vectors (and the uncompressed-text baseline) as a token stream.
 
-The prompt goes through the base model's chat template; each memory block occupies `n_mem`
-placeholder positions whose input embeddings are the block's memory vectors, blocks separated
-by the learned `<SEP>` embedding. The CLI and the server consume the same stream.
+Prompts are built by `clara.prompt` (the one layout training and serving share); this module
+runs the token loop over them. The CLI and the server consume the same stream.
 """
 
 from __future__ import annotations
@@ -15,24 +14,9 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
-from clara.errors import ClaraError, ContextLengthError
+from clara.errors import ContextLengthError
 from clara.model import ClaraModel
-
-SYSTEM_PROMPT = "Answer the question as briefly as possible from the documents."
-_MEM = "\ue000"  # private-use characters mark where memory blocks and separators go
-_SEP = "\ue001"
-
-
-@dataclass
-class Prompt:
-    """Token ids plus, for memory prompts, the input embeddings that replace them."""
-
-    tokens: list[int]
-    embeddings: mx.array | None  # (L, d) or None for a plain text prompt
-
-    @property
-    def positions(self) -> int:
-        return len(self.tokens)
+from clara.prompt import Prompt, memory_prompt, text_prompt
 
 
 @dataclass
@@ -45,88 +29,6 @@ class GenerationChunk:
     generation_tokens: int
     finish_reason: str | None = None  # "stop" | "length" on the last chunk
     prompt_seconds: float = 0.0  # time to first token
-
-
-def _messages(question: str, background: str | None, history, system: str | None) -> list[dict]:
-    msgs = [{"role": "system", "content": system or SYSTEM_PROMPT}]
-    msgs += [dict(m) for m in history or []]
-    user = question if background is None else f"Background:\n{background}\n\nQuestion:{question}"
-    msgs.append({"role": "user", "content": user})
-    return msgs
-
-
-def _render(tokenizer, messages: list[dict]) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    parts = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join(parts) + "\nassistant:"
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
-
-
-def _clean(text: str) -> str:
-    return text.replace(_MEM, "").replace(_SEP, "")
-
-
-def memory_prompt(
-    cm: ClaraModel,
-    question: str,
-    memories: Sequence[mx.array],
-    history: Sequence[dict] | None = None,
-    system: str | None = None,
-) -> Prompt:
-    """The generator's prompt: memory blocks `(n_mem, d)` placed as input embeddings."""
-    if not memories:
-        return text_prompt(cm, question, None, history, system)
-    background = _SEP.join([_MEM] * len(memories))
-    hist = [{**m, "content": _clean(m["content"])} for m in history or []]
-    rendered = _render(cm.tokenizer, _messages(_clean(question), background, hist, system))
-    tokens: list[int] = []
-    pieces: list[mx.array] = []
-    block = 0
-    text = ""
-    for ch in rendered + _MEM:  # walk the markers; the sentinel flushes the tail
-        if ch not in (_MEM, _SEP):
-            text += ch
-            continue
-        ids = _encode(cm.tokenizer, text)
-        text = ""
-        if ids:
-            tokens += ids
-            pieces.append(cm.embed(mx.array(ids)))
-        if ch == _SEP:
-            tokens.append(0)
-            pieces.append(cm.sep_embedding)
-        elif block < len(memories):
-            mem = memories[block]
-            if mem.shape != (cm.n_mem, cm.hidden_size):
-                raise ClaraError(
-                    f"memory block has shape {mem.shape}, expected ({cm.n_mem}, {cm.hidden_size})"
-                )
-            tokens += [0] * cm.n_mem
-            pieces.append(mem)
-            block += 1
-    dtype = pieces[0].dtype
-    return Prompt(tokens, mx.concatenate([p.astype(dtype) for p in pieces], axis=0))
-
-
-def text_prompt(
-    cm: ClaraModel,
-    question: str,
-    chunks: Sequence[str] | None,
-    history: Sequence[dict] | None = None,
-    system: str | None = None,
-) -> Prompt:
-    """The same prompt with the chunks' raw text (uncompressed RAG), or no background at all."""
-    background = "\n".join(chunks) if chunks else None
-    return Prompt(
-        _encode(
-            cm.tokenizer, _render(cm.tokenizer, _messages(question, background, history, system))
-        ),
-        None,
-    )
 
 
 def _stop_cut(text: str, stops: Sequence[str]) -> tuple[int | None, int]:

@@ -27,8 +27,9 @@ import numpy as np
 
 from clara.checkpoint import load_clara
 from clara.errors import ContextLengthError
-from clara.generate import Prompt, context_limit, generate, memory_prompt, text_prompt
+from clara.generate import context_limit, generate
 from clara.model import ClaraModel
+from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara_cli.http import APIError, check_ready

@@ -9,9 +9,10 @@ from mlx.utils import tree_flatten
 
 from clara.checkpoint import load_clara, save_checkpoint
 from clara.errors import CheckpointError, ClaraError, ContextLengthError
-from clara.generate import Prompt, generate, memory_prompt, stream_from_memory, text_prompt
+from clara.generate import generate, stream_from_memory
 from clara.loader import load_base
 from clara.model import COMPRESSION_RATES, ClaraConfig, ClaraModel
+from clara.prompt import Prompt, memory_prompt, text_prompt
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -91,7 +91,7 @@ def test_base_model_id_is_accepted(client: openai.OpenAI, tiny_llama_dir: Path) 
 
 
 def test_chat_non_streaming_shape_and_usage(client: openai.OpenAI, cm) -> None:
-    from clara.generate import memory_prompt
+    from clara.prompt import memory_prompt
 
     resp = client.chat.completions.create(model=MODEL, messages=ask(RIVER), max_tokens=5)
     assert resp.id.startswith("chatcmpl-") and resp.object == "chat.completion"
@@ -216,7 +216,7 @@ def test_identical_text_is_the_first_source(client: openai.OpenAI, name: str, te
 
 
 def test_top_k_retrieval_off_and_text_mode(client: openai.OpenAI, cm) -> None:
-    from clara.generate import text_prompt
+    from clara.prompt import text_prompt
 
     def create(**extra):
         return client.chat.completions.create(
@@ -236,7 +236,7 @@ def test_top_k_retrieval_off_and_text_mode(client: openai.OpenAI, cm) -> None:
 
 
 def test_history_is_bounded_and_counted(client: openai.OpenAI, cm) -> None:
-    from clara.generate import memory_prompt
+    from clara.prompt import memory_prompt
 
     turns = []
     for i in range(3):

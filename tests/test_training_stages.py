@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from clara.generate import memory_prompt
 from clara.model import ClaraConfig, ClaraModel
+from clara.prompt import memory_prompt
 from training.batches import (
     SEP,
     TEXT,

@@ -1,7 +1,7 @@
 """Tokenised training inputs: generator prompts with memory slots, padded into batches.
 
-A generator example is the chat-templated prompt exactly as `clara.generate.memory_prompt`
-builds it at inference time (same segments, same tokenisation), followed by the answer tokens.
+A generator example is the prompt laid out by `clara.prompt.layout`, the function serving's
+`memory_prompt` uses too (same segments, same tokenisation), followed by the answer tokens.
 Every position is a real token (`slot == TEXT`), the `<SEP>` embedding (`slot == SEP`) or
 memory row `slot >= 0` of the example's own memory blocks. Loss is on the answer tokens only.
 """
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from clara.generate import _MEM, _SEP, SYSTEM_PROMPT, _encode, _messages, _render
+from clara import prompt
 from clara.model import ClaraModel
-
-TEXT, SEP = -1, -2
+from clara.prompt import SEP_SLOT as SEP
+from clara.prompt import SYSTEM_PROMPT, TEXT, background
 
 PARAPHRASE_SYSTEM = "Paraphrase the background information."
 PARAPHRASE_USER = "Background: {docs} means the same as"
@@ -41,16 +41,9 @@ class GenExample:
         return len(self.tokens) - self.n_prompt
 
 
-def background(n_blocks: int) -> str:
-    """The marker string `memory_prompt` uses for `n_blocks` memory blocks."""
-    return _SEP.join([_MEM] * n_blocks)
-
-
 def answer_messages(question: str, n_blocks: int) -> list[dict]:
     """The inference prompt of stages 2-3 (system, `Background: ... Question: ...`)."""
-    if n_blocks == 0:
-        return _messages(question, None, None, None)
-    return _messages(question, background(n_blocks), None, None)
+    return prompt.answer_messages(question, background(n_blocks) if n_blocks else None)
 
 
 def paraphrase_messages() -> list[dict]:
@@ -88,7 +81,7 @@ def _answer_text(tokenizer, messages: list[dict], prompt: str, answer: str) -> s
 
 def _answer_ids(tokenizer, text: str) -> list[int]:
     """Answer token ids, ending with exactly one end-of-sequence token (what stops generation)."""
-    ids = _encode(tokenizer, text)
+    ids = prompt.encode(tokenizer, text)
     eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     for i, t in enumerate(ids):
         if t in eos:
@@ -101,25 +94,9 @@ def generator_example(
 ) -> GenExample:
     """Tokenise `messages` (memory markers included) like `memory_prompt`, then `answer`."""
     tok = cm.tokenizer
-    rendered = _render(tok, messages)
-    tokens: list[int] = []
-    slots: list[int] = []
-    block, text = 0, ""
-    for ch in rendered + _MEM:  # the sentinel flushes the tail, as in memory_prompt
-        if ch not in (_MEM, _SEP):
-            text += ch
-            continue
-        ids = _encode(tok, text)
-        text = ""
-        tokens += ids
-        slots += [TEXT] * len(ids)
-        if ch == _SEP:
-            tokens.append(0)
-            slots.append(SEP)
-        elif block < n_blocks:
-            tokens += [0] * cm.n_mem
-            slots += [block * cm.n_mem + j for j in range(cm.n_mem)]
-            block += 1
+    rendered = prompt.render(tok, messages)
+    lay = prompt.layout(tok, rendered, cm.n_mem, n_blocks)
+    tokens, slots = list(lay.tokens), list(lay.slots)
     n_prompt = len(tokens)
     if answer is not None:
         ids = _answer_ids(tok, _answer_text(tok, messages, rendered, answer))
@@ -176,14 +153,8 @@ def generator_embeddings(cm: ClaraModel, batch: GenBatch, memory: mx.array | Non
 
     `memory` is `(B, K, n_mem, d)` with `K == batch.blocks` (or None when no example has any).
     """
-    emb = cm.embed(batch.tokens)  # (B, L, d)
-    B, L, d = emb.shape
-    if memory is not None:
-        flat = memory.reshape(-1, d).astype(emb.dtype)  # (B*K*n_mem, d)
-        rows = mx.take(flat, mx.maximum(batch.slots, 0).reshape(-1), axis=0).reshape(B, L, d)
-        emb = mx.where((batch.slots >= 0)[..., None], rows, emb)
-    sep = cm.sep_embedding.astype(emb.dtype)[None]  # (1, 1, d)
-    return mx.where((batch.slots == SEP)[..., None], sep, emb)
+    flat = None if memory is None else memory.reshape(-1, memory.shape[-1])  # (B*K*n_mem, d)
+    return prompt.embed_layout(cm, batch.tokens, batch.slots, flat)
 
 
 # Model types whose logits are `head(norm(h))` (times `logits_scaling` where the config has it).
@@ -211,6 +182,8 @@ def answer_logits(cm: ClaraModel, emb: mx.array, loss_pos: mx.array) -> mx.array
 
 
 __all__ = [
+    "SEP",
+    "TEXT",
     "SYSTEM_PROMPT",
     "GenBatch",
     "GenExample",

@@ -280,7 +280,8 @@ def paraphrase_recall(cm, world, doc_ids, max_tokens: int = 24) -> tuple[float, 
     what the generator would guess without this document)."""
     import mlx.core as mx
 
-    from clara.generate import Prompt, generate
+    from clara.generate import generate
+    from clara.prompt import Prompt
     from training.batches import (
         collate_generator,
         generator_embeddings,
@@ -309,14 +310,14 @@ def lm_texts(world, synthetic, model_dir: Path, n_docs: int) -> list[str]:
     """The base LM's pretraining text: training and synthetic documents, the name registry,
     and chat-format reading-comprehension examples (their document among `n_docs`), so the base
     model can read text in context like a pretrained LLM (held-out documents: never)."""
-    from clara.generate import _messages, _render
     from clara.loader import load_base
+    from clara.prompt import answer_messages, render
 
     tok = load_base(model_dir, dtype=None).tokenizer
     texts = [world.docs[i] for i in world.train_docs] + synthetic.docs + world.registry()
     qa = world.qa_records("train", n_docs=n_docs, seed=2) + synthetic.qa_records("train", n_docs)
     for r in qa:
-        prompt = _render(tok, _messages(r.question, "\n".join(r.docs), None, None))
+        prompt = render(tok, answer_messages(r.question, "\n".join(r.docs)))
         texts.append(prompt + r.answer + tok.eos_token)
     return texts
 

@@ -101,7 +101,8 @@ def openai_teacher(
 
 def local_teacher(cm, max_tokens: int = 256) -> Teacher:
     """The local base model (no adapter) as the teacher, greedy."""
-    from clara.generate import Prompt, generate
+    from clara.generate import generate
+    from clara.prompt import Prompt
 
     tok = cm.tokenizer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from clara.generate import SYSTEM_PROMPT
+from clara.prompt import SYSTEM_PROMPT
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>", "<unk>"]
 BOS, EOS, PAD, UNK = "<|endoftext|>", "<|im_end|>", "<pad>", "<unk>"

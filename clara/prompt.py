@@ -1,0 +1,159 @@
+"""The generator's prompt layout: one definition for training, evaluation and serving.
+
+A prompt is the base model's chat template rendered over messages in which private-use marker
+characters stand for memory blocks (`MEM`) and the learned separator (`SEP`). `layout` turns the
+rendered text into token ids plus a slot per position: a real token (`TEXT`), the `<SEP>`
+embedding (`SEP_SLOT`), or row `block * n_mem + j` of the memory blocks. `embed_layout` then
+builds the input embeddings. Serving (`memory_prompt`) and training (`training.batches`) both go
+through these two functions, so they agree token for token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from clara.errors import ClaraError
+
+SYSTEM_PROMPT = "Answer the question as briefly as possible from the documents."
+MEM = "\ue000"  # private-use characters mark where memory blocks and separators go
+SEP = "\ue001"
+TEXT, SEP_SLOT = -1, -2  # slot values that are not memory rows
+
+
+@dataclass
+class Prompt:
+    """Token ids plus, for memory prompts, the input embeddings that replace them."""
+
+    tokens: list[int]
+    embeddings: mx.array | None  # (L, d) or None for a plain text prompt
+
+    @property
+    def positions(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class Layout:
+    """A rendered prompt as token ids and, per position, what its input embedding is."""
+
+    tokens: list[int]
+    slots: list[int]  # TEXT, SEP_SLOT, or the memory row (block * n_mem + j)
+    n_blocks: int
+
+
+def background(n_blocks: int) -> str:
+    """The marker string for `n_blocks` memory blocks, separated by `<SEP>`."""
+    return SEP.join([MEM] * n_blocks)
+
+
+def clean(text: str) -> str:
+    """User text with any marker characters removed (they must never reach the template)."""
+    return text.replace(MEM, "").replace(SEP, "")
+
+
+def answer_messages(
+    question: str,
+    background_text: str | None = None,
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+) -> list[dict]:
+    """The question-answering prompt: system, history, `Background: ... Question: ...`."""
+    msgs = [{"role": "system", "content": system or SYSTEM_PROMPT}]
+    msgs += [dict(m) for m in history or []]
+    user = (
+        question
+        if background_text is None
+        else f"Background:\n{background_text}\n\nQuestion:{question}"
+    )
+    msgs.append({"role": "user", "content": user})
+    return msgs
+
+
+def render(tokenizer, messages: list[dict]) -> str:
+    """Messages through the chat template, ending with the assistant's generation prompt."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    parts = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(parts) + "\nassistant:"
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+
+def layout(tokenizer, rendered: str, n_mem: int, n_blocks: int) -> Layout:
+    """Tokenise `rendered` segment by segment between markers; each `MEM` takes `n_mem` slots.
+
+    Markers beyond `n_blocks` memory blocks are dropped (a block count the caller fixes).
+    """
+    tokens: list[int] = []
+    slots: list[int] = []
+    block, text = 0, ""
+    for ch in rendered + MEM:  # the sentinel flushes the tail
+        if ch not in (MEM, SEP):
+            text += ch
+            continue
+        ids = encode(tokenizer, text)
+        text = ""
+        tokens += ids
+        slots += [TEXT] * len(ids)
+        if ch == SEP:
+            tokens.append(0)
+            slots.append(SEP_SLOT)
+        elif block < n_blocks:
+            tokens += [0] * n_mem
+            slots += [block * n_mem + j for j in range(n_mem)]
+            block += 1
+    return Layout(tokens, slots, block)
+
+
+def embed_layout(cm, tokens: mx.array, slots: mx.array, memory: mx.array | None) -> mx.array:
+    """Input embeddings `(..., L, d)`: token rows, `<SEP>`, and rows of `memory` `(M, d)`.
+
+    `slots` has the shape of `tokens`; a slot `>= 0` indexes `memory` (differentiable).
+    """
+    emb = cm.embed(tokens)  # (..., L, d)
+    if memory is not None:
+        rows = mx.take(memory.astype(emb.dtype), mx.maximum(slots, 0), axis=0)  # (..., L, d)
+        emb = mx.where((slots >= 0)[..., None], rows, emb)
+    sep = cm.sep_embedding.reshape(-1).astype(emb.dtype)  # (d,)
+    return mx.where((slots == SEP_SLOT)[..., None], sep, emb)
+
+
+def memory_prompt(
+    cm,
+    question: str,
+    memories: Sequence[mx.array],
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+) -> Prompt:
+    """The generator's prompt: memory blocks `(n_mem, d)` placed as input embeddings."""
+    if not memories:
+        return text_prompt(cm, question, None, history, system)
+    for mem in memories:
+        if mem.shape != (cm.n_mem, cm.hidden_size):
+            raise ClaraError(
+                f"memory block has shape {mem.shape}, expected ({cm.n_mem}, {cm.hidden_size})"
+            )
+    hist = [{**m, "content": clean(m["content"])} for m in history or []]
+    msgs = answer_messages(clean(question), background(len(memories)), hist, system)
+    lay = layout(cm.tokenizer, render(cm.tokenizer, msgs), cm.n_mem, len(memories))
+    memory = mx.concatenate(list(memories), axis=0)  # (n_blocks * n_mem, d)
+    emb = embed_layout(cm, mx.array(lay.tokens), mx.array(lay.slots), memory)
+    return Prompt(lay.tokens, emb)
+
+
+def text_prompt(
+    cm,
+    question: str,
+    chunks: Sequence[str] | None,
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+) -> Prompt:
+    """The same prompt with the chunks' raw text (uncompressed RAG), or no background at all."""
+    background_text = "\n".join(chunks) if chunks else None
+    msgs = answer_messages(question, background_text, history, system)
+    return Prompt(encode(cm.tokenizer, render(cm.tokenizer, msgs)), None)
