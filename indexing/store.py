@@ -1,8 +1,8 @@
 """Collections: the durable on-disk index of compressed memories (layout in `indexing.layout`).
 
 A write goes: append rows to the memory file + fsync -> ONE SQLite transaction (documents,
-chunks, their full-text rows, generation+1) -> update FAISS in memory -> save it (temp + fsync + rename). SQLite is
-the commit point: rows past the committed `n_rows`, memory files SQLite does not name and FAISS
+chunks, their full-text rows, generation+1) -> update FAISS in memory -> save it (temp + fsync
++ rename). SQLite is the commit point: rows past the committed `n_rows`, memory files SQLite does not name and FAISS
 files of other generations are leftovers that the next writer drops on open. A crash at any
 point therefore leaves the last committed state (crash hooks: `indexing.durable`).
 
