@@ -6,7 +6,6 @@ Every error leaves as OpenAI's error body with its real status (`clara_cli.http`
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -15,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clara_cli.http import APIError, error_response, error_responses, install_error_handlers
+from clara_cli.http import BearerGate, error_response, error_responses, install_error_handlers
 from server.engine import Engine, Settings
 from server.metrics import Metrics
 from server.protocol import (
@@ -42,21 +41,13 @@ def _endpoint(path: str) -> str:
 
 
 class Gate:
-    """Pure ASGI middleware (streams and disconnects pass untouched): API key, request metrics."""
+    """Pure ASGI middleware (streams and disconnects pass untouched): the API key (the shared
+    `BearerGate`) and request metrics."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, metrics: Metrics) -> None:
         self.app = app
-        self.api_key = api_key
+        self.auth = BearerGate(app, api_key, "clara-serve", OPEN_PATHS)
         self.metrics = metrics
-
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(
-                    token.strip().encode(), self.api_key.encode()
-                )
-        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,16 +63,8 @@ class Gate:
             await send(message)
 
         try:
-            if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
-                error = APIError(
-                    401,
-                    "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the "
-                    "key clara-serve was started with (--api-key or CLARA_API_KEY)",
-                    type="invalid_request_error",
-                    code="invalid_api_key",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await error_response(error)(scope, receive, send_status)
+            if not self.auth.authorized(scope):
+                await error_response(self.auth.refusal())(scope, receive, send_status)
                 return
             await self.app(scope, receive, send_status)
         finally:

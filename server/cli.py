@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     net.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        metavar="N",
+        help="chat requests decoded together in one batch; more wait in the queue "
+        "(default: %(default)s)",
+    )
+    net.add_argument(
         "--sse-keepalive",
         type=float,
         default=5.0,
@@ -117,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name, low in (("queue_size", 1), ("top_k", 0), ("history_turns", 0), ("max_tokens", 1)):
+    for name, low in (
+        ("queue_size", 1),
+        ("max_batch", 1),
+        ("top_k", 0),
+        ("history_turns", 0),
+        ("max_tokens", 1),
+    ):
         if getattr(args, name) < low:
             raise ClaraError(f"--{name.replace('_', '-')} must be at least {low}")
     if args.max_context is not None and args.max_context < 2:
@@ -138,6 +152,7 @@ def serve(args: argparse.Namespace) -> int:
         collection=args.collection,
         max_context=args.max_context,
         queue_size=args.queue_size,
+        max_batch=args.max_batch,
     )
     defaults = ServingDefaults(
         top_k=args.top_k,
