@@ -17,6 +17,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara_cli.http import BearerGate, error_response, error_responses, install_error_handlers
+from indexing.service import ServiceSettings, mount_files_api
+from indexing.service_handler import IndexService
+from indexing.service_state import Registry
 from server.engine import Engine, Settings
 from server.metrics import Metrics
 from server.protocol import (
@@ -43,6 +46,8 @@ OPEN_PATHS = ("/health",)  # reachable without the API key
 ENDPOINTS = (
     "/v1/chat/completions",
     "/v1/responses",
+    "/v1/files",
+    "/v1/vector_stores",
     "/v1/embeddings",
     "/v1/models",
     "/health",
@@ -54,8 +59,9 @@ ERRORS = error_responses(400, 401, 404, 503)
 def _endpoint(path: str) -> str:
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
-    if path.startswith("/v1/responses/"):
-        return "/v1/responses/{id}"
+    for prefix in ("/v1/responses", "/v1/files", "/v1/vector_stores"):
+        if path.startswith(prefix + "/"):
+            return prefix + "/*"
     return path if path in ENDPOINTS else "other"
 
 
@@ -101,9 +107,13 @@ def create_app(
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
     responses_db: Path | None = None,
+    files_api: bool = True,
+    max_upload_bytes: int = 100 * 2**20,
 ) -> FastAPI:
     """The clara-serve app; the model loads in the lifespan, on the MLX worker thread.
-    Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`)."""
+    Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`).
+    `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
+    index root, on the same model worker."""
     from clara.paths import home
 
     engine = engine or Engine(settings)
@@ -112,6 +122,7 @@ def create_app(
         engine, defaults, served_model_name or served_name(settings.model), keepalive_s
     )
     store = ResponseStore(responses_db or home() / "responses.sqlite")
+    files = _files_service(settings, engine, max_upload_bytes) if files_api else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -119,6 +130,8 @@ def create_app(
         yield
         await asyncio.to_thread(engine.stop)
         store.close()
+        if files is not None:
+            await asyncio.to_thread(files.close)
 
     app = FastAPI(
         title="clara-serve",
@@ -130,6 +143,8 @@ def create_app(
     app.state.responses = ResponsesServing(serving, store)
     app.add_middleware(Gate, api_key=api_key, metrics=engine.metrics)
     install_error_handlers(app)
+    if files is not None:
+        mount_files_api(app, files)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -188,6 +203,19 @@ def create_app(
         return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _files_service(settings: Settings, engine: Engine, max_upload_bytes: int) -> IndexService:
+    """The indexing service's handler over clara-serve's index root and model worker."""
+    service_settings = ServiceSettings(
+        model=settings.model,
+        checkpoint=settings.checkpoint,
+        dtype=settings.dtype,
+        index_root=settings.index_root,
+        max_upload_bytes=max_upload_bytes,
+    )
+    registry = Registry(settings.root / "uploads")
+    return IndexService(service_settings, engine.worker, registry)
 
 
 def served_name(model: str) -> str:

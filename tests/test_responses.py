@@ -11,7 +11,6 @@ import httpx
 import openai
 import pytest
 
-from tests.test_index_service import ServiceProcess
 from tests.test_server_harness import API_KEY, DOCS, ServerProcess, add_documents, free_port
 
 MODEL = "clara-tiny"
@@ -23,10 +22,10 @@ def tmp(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("responses")
 
 
-def start_server(tmp, tiny_llama_dir) -> ServerProcess:
+def start_server(tmp, tiny_llama_dir, *args: str) -> ServerProcess:
     return ServerProcess(
         "--model", str(tiny_llama_dir), "--index", str(tmp / "index"), "--api-key", API_KEY,
-        "--max-tokens", "8", "--served-model-name", MODEL, "--responses-db", str(tmp / "responses.sqlite"),
+        "--max-tokens", "8", "--served-model-name", MODEL, "--responses-db", str(tmp / "responses.sqlite"), *args,
         env={"CLARA_HOME": str(tmp / "home")}, log=tmp / f"server-{free_port()}.log",
     ).wait_ready()  # fmt: skip
 
@@ -42,32 +41,25 @@ def server(tmp, tiny_llama_dir):
 
 
 @pytest.fixture(scope="module")
-def files_service(tmp, tiny_llama_dir, server):
-    proc = ServiceProcess(
-        "--model", str(tiny_llama_dir), "--index", str(tmp / "index"), "--api-key", API_KEY,
-        log=tmp / "service.log", env={"CLARA_HOME": str(tmp / "home")},
-    )  # fmt: skip
-    yield proc.wait_ready()
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def client(server: ServerProcess) -> openai.OpenAI:
+    """The official SDK; only base_url (and the key) differ from OpenAI's guide."""
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
 @pytest.fixture(scope="module")
-def knowledge_base(files_service: ServiceProcess, tmp) -> tuple[str, str]:
-    """OpenAI's guide, step 1 and 2: upload a file, make a vector store, attach the file."""
-    files = openai.OpenAI(base_url=f"{files_service.url}/v1", api_key=API_KEY, max_retries=0)
+def knowledge_base(client: openai.OpenAI, tmp) -> tuple[str, str]:
+    """OpenAI's guide, steps 1 and 2, on clara-serve's own port: upload a file, make a vector
+    store, attach the file (indexed by the same model worker that answers)."""
     path = tmp / "capitals.md"
     path.write_text(GUIDE)
     with open(path, "rb") as fh:
-        f = files.files.create(file=fh, purpose="assistants")
-    vs = files.vector_stores.create(name="knowledge_base")
-    files.vector_stores.files.create_and_poll(
-        vector_store_id=vs.id, file_id=f.id, poll_interval_ms=50, max_wait_seconds=120
-    )
+        f = client.files.create(file=fh, purpose="assistants")
+    vs = client.vector_stores.create(name="knowledge_base")
+    attached = client.vector_stores.files.create(vector_store_id=vs.id, file_id=f.id)
+    # the link is there right after creation, before indexing finishes
+    got = client.vector_stores.files.retrieve(vector_store_id=vs.id, file_id=f.id)
+    assert got.id == attached.id == f.id
+    client.vector_stores.files.poll(f.id, vector_store_id=vs.id, poll_interval_ms=50)
     return vs.id, f.id
 
 
@@ -177,11 +169,14 @@ def test_without_file_search_the_default_collection_is_searched(client: openai.O
 
 
 def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> None:
-    """A second server process on the same --responses-db reads and continues the chain."""
+    """A second server process on the same --responses-db reads and continues the chain
+    (that one without the files API: --no-files-api)."""
     first = client.responses.create(model=MODEL, input=DOCS[1][1])
-    other = start_server(tmp, tiny_llama_dir)
+    other = start_server(tmp, tiny_llama_dir, "--no-files-api")
     try:
         fresh = openai.OpenAI(base_url=f"{other.url}/v1", api_key=API_KEY, max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            fresh.files.list()
         assert fresh.responses.retrieve(first.id).output_text == first.output_text
         chained = fresh.responses.create(model=MODEL, input="More?", previous_response_id=first.id)
         assert chained.status in ("completed", "incomplete")
