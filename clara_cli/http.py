@@ -7,13 +7,16 @@ A model worker that is not ready answers 503 with a code that says why.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clara.errors import ClaraError, ContextLengthError, IndexMismatchError
 from indexing.layout import CollectionNotFoundError
@@ -121,8 +124,13 @@ def check_ready(state: str, error: str | None) -> None:
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 
+_UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^(str|int|float|bool|none|dict|list)$")
+
+
 def _param(loc: tuple) -> str | None:
-    parts = [p for p in loc if p != "body"]
+    """`("body", "input", "list[InputItem]", 0, "role")` -> "input.[0].role": union member
+    tags (which pydantic puts in the path) are left out."""
+    parts = [p for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.search(p))]
     if not parts:
         return None
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)
@@ -133,6 +141,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if not errors:
         return APIError(400, "invalid request")
     first = errors[0]
+    if len(errors) > 1 and first.get("type") != "json_invalid":
+        # a value matching no member of a union: the member it got furthest into says most
+        first = max(errors, key=lambda e: len(_param(tuple(e.get("loc", ()))) or ""))
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "invalid JSON")
         return APIError(
@@ -173,3 +184,47 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             APIError(500, "internal server error; the server log has the details")
         )
+
+
+class BearerGate:
+    """Pure ASGI middleware (streams and disconnects pass untouched): every path but
+    `open_paths` needs 'Authorization: Bearer <api_key>'; without a key everything is open."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        service: str = "the server",
+        open_paths: tuple[str, ...] = ("/health",),
+    ) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.service = service
+        self.open_paths = open_paths
+
+    def authorized(self, scope: Scope) -> bool:
+        if self.api_key is None or scope["path"] in self.open_paths:
+            return True
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and hmac.compare_digest(
+                    token.strip().encode(), self.api_key
+                )
+        return False
+
+    def refusal(self) -> APIError:
+        return APIError(
+            401,
+            "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
+            f"{self.service} was started with (--api-key or CLARA_API_KEY)",
+            type="invalid_request_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        await error_response(self.refusal())(scope, receive, send)

@@ -112,8 +112,16 @@ def _find(col: Collection, target: str) -> list[Document]:
     return [d for d in col.list_documents() if d.path and d.path.startswith(prefix)]
 
 
+def _open(*args: Any, **kwargs: Any) -> Collection:
+    """Collection.open, printing its one-line notes (e.g. an old index upgraded)."""
+    col = Collection.open(*args, **kwargs)
+    for note in col.notes:
+        print(f"{PROG}: {note}", file=sys.stderr)
+    return col
+
+
 def _open_read(args: argparse.Namespace) -> Collection:
-    return Collection.open(args.index, args.collection, readonly=True)
+    return _open(args.index, args.collection, readonly=True)
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -135,7 +143,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{PROG}: {r.error}", file=sys.stderr)
     try:  # the writer lock first: another writer would make us wait for nothing
-        col = Collection.open(args.index, args.collection, index_type=args.index_type)
+        col = _open(args.index, args.collection, index_type=args.index_type)
     except CollectionNotFoundError:
         col = None
     try:
@@ -146,7 +154,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             load_s = time.perf_counter() - start
             manifest = model_manifest(cm, args.checkpoint)
             if col is None:
-                col = Collection.open(
+                col = _open(
                     args.index, args.collection, manifest, create=True, index_type=args.index_type
                 )
             else:
@@ -214,7 +222,7 @@ def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]
 
 def cmd_remove(args: argparse.Namespace) -> int:
     removed, missing = [], []
-    with Collection.open(args.index, args.collection) as col:
+    with _open(args.index, args.collection) as col:
         for target in args.targets:
             docs = _find(col, target)
             if not docs:
@@ -314,7 +322,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cm = _load_model(args)
     manifest = model_manifest(cm, args.checkpoint)
-    with Collection.open(args.index, args.collection, manifest, readonly=True) as col:
+    with _open(args.index, args.collection, manifest, readonly=True) as col:
         query = np.array(cm.encode_queries([args.query]).astype(mx.float32))  # (1, n_mem, d)
         hits = col.search(query, args.top_k)[0]
         texts = {c.id: c.text for c in col.chunks([h.chunk_id for h in hits])}
@@ -350,10 +358,10 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         )  # fmt: skip
         results = _run_add(args, events, _count_docs(args))
         if args.index_type is not None:
-            with Collection.open(args.index, args.collection, index_type=args.index_type):
+            with _open(args.index, args.collection, index_type=args.index_type):
                 pass
     else:
-        with Collection.open(args.index, args.collection, index_type=args.index_type) as col:
+        with _open(args.index, args.collection, index_type=args.index_type) as col:
             col.rebuild()
         results = []
     with _open_read(args) as col:
@@ -377,7 +385,7 @@ def _count_docs(args: argparse.Namespace) -> int:
 def cmd_collections(args: argparse.Namespace) -> int:
     rows = []
     for name in list_collections(args.index):
-        with Collection.open(args.index, name, readonly=True) as col:
+        with _open(args.index, name, readonly=True) as col:
             s = col.stats()
         rows.append({k: s[k] for k in ("name", "documents", "chunks", "bytes_on_disk")})
         rows[-1]["fingerprint"] = s["fingerprint"]

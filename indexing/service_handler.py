@@ -21,6 +21,7 @@ from fastapi import Request
 
 from clara.errors import ClaraError
 from clara_cli.http import APIError
+from clara_cli.worker import BULK, Task
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
 from indexing.readers import DocumentError, UnsupportedDocumentError
@@ -263,8 +264,6 @@ class IndexService:
             raise APIError(400, str(exc), param="chunking_strategy") from None
 
     def _queue(self, link: Link, rec: FileRecord) -> None:
-        from indexing.service import Task
-
         store_id, batch = link.store_id, self.settings.batch_size
         options = IndexOptions(link.chunk_tokens, link.overlap or 0, batch, dedupe=False)
 
@@ -284,7 +283,9 @@ class IndexService:
                 store_id, rec.id, status="failed", error_code="server_error", error_message=message
             )
 
-        self.worker.submit(Task((store_id, rec.id), start, failed, lambda: self._release(store_id)))
+        task = Task((store_id, rec.id), start, failed, lambda: self._release(store_id))
+        task.bounded = False  # a persisted job, not a waiting client
+        self.worker.submit(task, BULK)
 
     def _record(self, link: Link, rec: FileRecord, result: FileResult, cm: Any) -> None:
         if result.status == "failed":

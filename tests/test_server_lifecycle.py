@@ -40,6 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, index
         "--model", str(tiny_llama_dir),
         "--index", str(index_root),
         "--queue-size", "1",
+        "--max-batch", "1",
         "--sse-keepalive", "0.005",
         env={"CLARA_HOME": str(tmp / "home")},
         log=tmp / "server.log",
@@ -70,7 +71,7 @@ def test_full_queue_is_503_and_disconnect_stops_generation(server: ServerProcess
         assert running.status_code == 200
         lines = running.iter_lines()
         next(line for line in lines if '"content": "' in line and '"content": ""' not in line)
-        # The worker is busy with the stream; one more request fills the queue (size 1) ...
+        # The one generation slot is taken; one more request fills the queue (size 1) ...
         waiting: dict = {}
         body = {**LONG, "max_tokens": 3}
         t = threading.Thread(
