@@ -200,3 +200,40 @@ def test_pth_reader_reads_tensors_and_runs_no_pickled_code(tmp_path: Path) -> No
         load_pth(tmp_path / "old.pth")
     with zipfile.ZipFile(tmp_path / "ok.pth") as z:  # what torch wrote: one data.pkl + storages
         assert sum(n.endswith("data.pkl") for n in z.namelist()) == 1
+
+
+def test_imported_checkpoint_indexes_and_searches_like_the_reference(
+    mistral, tmp_path: Path, capsys
+) -> None:
+    """`clara-index add/search --checkpoint IMPORTED`: the stored chunks' scores for a question
+    are the reference's (query reasoner vs compressor, cosine of flattened vectors)."""
+    from indexing import cli as index_cli
+    from indexing.store import Collection
+
+    src = tmp_path / "compression-16"
+    ref = twin.build_reference(
+        mistral["hf"], src, doc_max=32, rate=16, distinct=True, sep=True, stage="stage2", query=True
+    )
+    ckpt = import_reference(src, mistral["mlx"], tmp_path / "imported")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(DOCS):
+        (docs / f"d{i}.txt").write_text(text)
+    common = ["--model", str(mistral["mlx"]), "--checkpoint", str(ckpt), "--index", str(tmp_path)]
+    assert (
+        index_cli.main(["add", str(docs), "--chunk-tokens", "32", "--overlap", "4", *common]) == 0
+    )
+    capsys.readouterr()
+    assert index_cli.main(["search", QUESTIONS[1], "-k", "3", "--json", *common]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    with Collection.open(tmp_path, "default", readonly=True) as col:
+        texts = [c.text for d in col.list_documents() for c in col.document_chunks(d.id)]
+    ref_scores = twin.ref_scores(
+        twin.ref_encode(ref, [QUESTIONS[1]], "query_reasoner_adapter"),
+        twin.ref_encode(ref, texts, "encoder_adapter"),
+    )[0]
+    expected = sorted(zip(ref_scores.tolist(), texts), reverse=True)[:3]
+    assert len(texts) > 3 and len(results) == 3
+    assert [r["text"] for r in results] == [t for _, t in expected]
+    for r, (score, _) in zip(results, expected):
+        assert r["score"] == pytest.approx(score, abs=2e-3)  # memories are stored as float16
