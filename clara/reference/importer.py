@@ -66,7 +66,10 @@ def read_reference(src: str | os.PathLike) -> Reference:
         raise CheckpointError(
             f"{src} is not a reference CLaRa checkpoint folder (missing {', '.join(missing)})"
         )
-    config = json.loads((src / "config.json").read_text())
+    try:
+        config = json.loads((src / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{src}/config.json is not valid JSON: {exc}") from exc
     if not config.get("lora", False) or config.get("compr_model_name"):
         raise CheckpointError(
             f"{src}: only the reference's LoRA-on-decoder checkpoints (lora=true, no separate "
