@@ -1,9 +1,66 @@
-"""Retrieval math as pure functions: cosine of flattened memory vectors, differentiable top-k."""
+"""Retrieval math as pure functions: cosine of flattened memory vectors, differentiable top-k,
+reciprocal rank fusion of several rankings."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
 import mlx.core as mx
 import numpy as np
+
+#: Where retrieval happens, one of these: hybrid fuses the other two.
+RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Reciprocal rank fusion settings: score(d) = sum over retrievers r of
+    weights[r] / (k + rank_r(d)), ranks from 1; `depth` candidates are taken from each.
+    The defaults were tuned by bench/bench_retrieval.py (see BENCHMARKS.md)."""
+
+    k: float = 60.0
+    weights: Mapping[str, float] = field(default_factory=lambda: {"dense": 1.0, "lexical": 1.0})
+    depth: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.k > 0:
+            raise ValueError(f"fusion k must be positive, got {self.k}")
+        if any(not w >= 0 for w in self.weights.values()):
+            raise ValueError(f"fusion weights must be >= 0, got {dict(self.weights)}")
+        if self.depth < 1:
+            raise ValueError(f"fusion depth must be at least 1, got {self.depth}")
+
+
+@dataclass(frozen=True)
+class Fused:
+    """One fused item: its RRF score and its 1-based rank in each ranking (None: absent)."""
+
+    id: Hashable
+    score: float
+    ranks: dict[str, int | None]
+
+
+def reciprocal_rank_fusion(
+    rankings: Mapping[str, Sequence[Hashable]],
+    k: float = 60.0,
+    weights: Mapping[str, float] | None = None,
+) -> list[Fused]:
+    """Fuse best-first rankings by `sum_r weights[r] / (k + rank)`; best first, ties broken by
+    the best single rank, then by first appearance (rankings taken in order)."""
+    weights = weights or {}
+    ranks: dict[Hashable, dict[str, int | None]] = {}
+    for name, ranking in rankings.items():
+        for rank, item in enumerate(ranking, start=1):
+            entry = ranks.setdefault(item, dict.fromkeys(rankings))
+            if entry[name] is None:  # a repeated item keeps its best rank
+                entry[name] = rank
+    fused = []
+    for order, (item, r) in enumerate(ranks.items()):
+        score = sum(weights.get(n, 1.0) / (k + v) for n, v in r.items() if v is not None)
+        fused.append((score, min(v for v in r.values() if v is not None), order, item, r))
+    fused.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [Fused(item, score, r) for score, _, _, item, r in fused]
 
 
 def flatten_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

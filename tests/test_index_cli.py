@@ -210,8 +210,12 @@ def test_search_finds_a_chunk_by_its_own_text(
     index = tmp_path / "index"
     run(capsys, "add", corpus, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
     target = docs_of(index)["doc05.txt"][1]
+    with Collection.open(index, "default", readonly=True) as col:  # what the compressor read
+        doc = next(d for d in col.list_documents() if d.name == "doc05.txt")
+        query = col.document_chunks(doc.id)[1].contextual_text
+    assert query.endswith("\n" + target) and query.startswith("5.0.0")  # the first line
     rc, out, _ = run(
-        capsys, "search", target, "-k", "3", "--model", tiny_llama_dir, "--index", index, "--json"
+        capsys, "search", query, "-k", "3", "--model", tiny_llama_dir, "--index", index, "--json"
     )
     results = json.loads(out)["results"]
     assert rc == 0 and len(results) == 3
@@ -219,7 +223,7 @@ def test_search_finds_a_chunk_by_its_own_text(
     assert results[0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert results[1]["score"] < results[0]["score"]
     assert results[0]["page_start"] == 1
-    rc, out, _ = run(capsys, "search", target, "--model", tiny_llama_dir, "--index", index)
+    rc, out, _ = run(capsys, "search", query, "--model", tiny_llama_dir, "--index", index)
     assert rc == 0 and out.startswith("1. 1.000") and "doc05.txt  p. 1" in out
 
 
