@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -123,8 +124,13 @@ def check_ready(state: str, error: str | None) -> None:
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 
+_UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^(str|int|float|bool|none|dict|list)$")
+
+
 def _param(loc: tuple) -> str | None:
-    parts = [p for p in loc if p != "body"]
+    """`("body", "input", "list[InputItem]", 0, "role")` -> "input.[0].role": union member
+    tags (which pydantic puts in the path) are left out."""
+    parts = [p for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.search(p))]
     if not parts:
         return None
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)
@@ -135,6 +141,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if not errors:
         return APIError(400, "invalid request")
     first = errors[0]
+    if len(errors) > 1 and first.get("type") != "json_invalid":
+        # a value matching no member of a union: the member it got furthest into says most
+        first = max(errors, key=lambda e: len(_param(tuple(e.get("loc", ()))) or ""))
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "invalid JSON")
         return APIError(
