@@ -135,6 +135,16 @@ def apple_questions() -> list[tuple[str, str]]:
     return out
 
 
+def apple_train_questions() -> list[tuple[int, str]]:
+    """(line, question) of the documents that are NOT held out (for tuning, never scoring)."""
+    out = []
+    with open(apple_path(), encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if n % 5 != 0:
+                out += [(n, q) for q in json.loads(line)["question"]]
+    return out
+
+
 def apple_name(line: int) -> str:
     return f"apple-{line:04d}.txt"
 

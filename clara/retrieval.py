@@ -1,13 +1,17 @@
 """Retrieval math as pure functions: cosine of flattened memory vectors, differentiable top-k,
-reciprocal rank fusion of several rankings."""
+reciprocal rank fusion of several rankings. mlx is imported by the functions that use it, so
+the index (numpy, FAISS, SQLite) can fuse rankings without loading it."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import mlx.core as mx
 import numpy as np
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 #: Where retrieval happens, one of these: hybrid fuses the other two.
 RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
@@ -72,6 +76,8 @@ def flatten_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 def cosine_scores(queries: mx.array, docs: mx.array, eps: float = 1e-12) -> mx.array:
     """Cosine similarity of flattened vectors: `(Q, n_mem, d)` x `(N, n_mem, d)` -> `(Q, N)`."""
+    import mlx.core as mx
+
     q = queries.reshape(queries.shape[0], -1).astype(mx.float32)
     k = docs.reshape(docs.shape[0], -1).astype(mx.float32)
     q = q / mx.maximum(mx.linalg.norm(q, axis=-1, keepdims=True), eps)
@@ -85,6 +91,8 @@ def soft_topk(scores: mx.array, k: int, tau: float) -> mx.array:
     Row i is softmax(scores / tau) over the items not yet picked by rows < i, where "picked"
     is the hard argmax of each earlier row (the reference's masking).
     """
+    import mlx.core as mx
+
     rows = []
     mask = mx.zeros(scores.shape, dtype=mx.bool_)
     neg = mx.array(-1e9, dtype=scores.dtype)
@@ -99,6 +107,8 @@ def soft_topk(scores: mx.array, k: int, tau: float) -> mx.array:
 
 def hard_topk(scores: mx.array, k: int) -> mx.array:
     """One-hot rows of the k best items in descending order: `(..., N)` -> `(..., k, N)`."""
+    import mlx.core as mx
+
     idx = mx.argsort(-scores, axis=-1)[..., :k]  # (..., k)
     return (idx[..., None] == mx.arange(scores.shape[-1])).astype(scores.dtype)
 
@@ -108,6 +118,8 @@ def differentiable_topk(scores: mx.array, k: int, tau: float = 0.02) -> mx.array
 
     `W = K_hard + K_soft - stop_gradient(K_soft)`; select context with `W @ doc_vectors`.
     """
+    import mlx.core as mx
+
     soft = soft_topk(scores, k, tau)
     return hard_topk(scores, k) + soft - mx.stop_gradient(soft)
 
