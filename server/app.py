@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara_cli.http import BearerGate, error_response, error_responses, install_error_handlers
@@ -42,7 +42,9 @@ from server.responses_store import ResponseStore
 from server.serving import OpenAIServing
 
 log = logging.getLogger("clara.serve")
-OPEN_PATHS = ("/health",)  # reachable without the API key
+WEB = Path(__file__).parent / "web"  # the web chat: static files shipped in the package
+WEB_FILES = {"/": "index.html", "/web/app.js": "app.js", "/web/style.css": "style.css"}
+OPEN_PATHS = ("/health", *WEB_FILES)  # reachable without the API key (the page asks for it)
 ENDPOINTS = (
     "/v1/chat/completions",
     "/v1/responses",
@@ -182,6 +184,9 @@ def create_app(
     async def model(model_id: str, request: Request):
         return request.app.state.serving.model(model_id)
 
+    for path, name in WEB_FILES.items():
+        app.add_api_route(path, _web_file(WEB / name), methods=["GET"], include_in_schema=False)
+
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
         engine: Engine = request.app.state.engine
@@ -203,6 +208,13 @@ def create_app(
         return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _web_file(path: Path):
+    async def web_file() -> FileResponse:
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return web_file
 
 
 def _files_service(settings: Settings, engine: Engine, max_upload_bytes: int) -> IndexService:
