@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from clara.errors import DocumentNotFoundError
 from clara.retrieval import Fusion
 from indexing.durable import (
     CollectionLockedError,
@@ -72,10 +73,6 @@ log = logging.getLogger("clara.index")
 
 #: Compact the memory file once this share of its rows belongs to removed chunks.
 COMPACT_DEAD_SHARE = 0.25
-
-
-class DocumentNotFoundError(CollectionError, KeyError):
-    pass
 
 
 @dataclass
