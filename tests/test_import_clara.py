@@ -240,3 +240,45 @@ def test_imported_checkpoint_indexes_and_searches_like_the_reference(
     assert [r["text"] for r in results] == [t for _, t in expected]
     for r, (score, _) in zip(results, expected):
         assert r["score"] == pytest.approx(score, abs=2e-3)  # memories are stored as float16
+
+
+def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
+    mistral, tmp_path: Path
+) -> None:
+    """A real `clara-serve` on an imported E2E checkpoint: the sources are the reference's top-2
+    and the greedy answer is the reference's from those memories (as stored: float16)."""
+    import openai
+
+    from tests.test_server_harness import ServerProcess, add_documents
+
+    src = tmp_path / "compression-16"
+    ref = twin.build_reference(
+        mistral["hf"], src, doc_max=32, rate=16, distinct=True, sep=True, stage="stage2", query=True
+    )
+    ckpt = import_reference(src, mistral["mlx"], tmp_path / "imported")
+    cm = load_clara(mistral["mlx"], ckpt, dtype=None)
+    add_documents(tmp_path / "index", cm, [(f"d{i}.txt", t) for i, t in enumerate(DOCS)])
+    proc = ServerProcess(
+        "--model", str(mistral["mlx"]), "--checkpoint", str(ckpt),
+        "--index", str(tmp_path / "index"), "--served-model-name", "clara-7b-twin",
+        env={"CLARA_HOME": str(tmp_path / "home")}, log=tmp_path / "server.log",
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=f"{proc.wait_ready().url}/v1", api_key="x")
+        resp = client.chat.completions.create(
+            model="clara-7b-twin",
+            messages=[{"role": "user", "content": QUESTIONS[0]}],
+            max_tokens=MAX_NEW,
+            temperature=0,
+            extra_body={"top_k": 2},
+        )
+    finally:
+        proc.stop()
+    ref_mem = twin.ref_encode(ref, DOCS, "encoder_adapter")
+    scores = twin.ref_scores(twin.ref_encode(ref, QUESTIONS[:1], "query_reasoner_adapter"), ref_mem)
+    top = [int(i) for i in torch.argsort(scores[0], descending=True)[:2]]
+    sources = resp.choices[0].message.model_extra["sources"]
+    assert [s["filename"] for s in sources] == [f"d{i}.txt" for i in top]
+    stored = ref_mem[top].half().float()  # the index keeps memory vectors as float16
+    tokens = twin.ref_generate(ref, QUESTIONS[0], stored, "qa", MAX_NEW)
+    assert tokens and resp.choices[0].message.content == cm.tokenizer.decode(tokens)
