@@ -270,7 +270,7 @@ def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
             messages=[{"role": "user", "content": QUESTIONS[0]}],
             max_tokens=MAX_NEW,
             temperature=0,
-            extra_body={"top_k": 2},
+            extra_body={"top_k": 2, "retrieval_mode": "dense"},  # the reference's ranking
         )
     finally:
         proc.stop()
