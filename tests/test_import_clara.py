@@ -240,13 +240,16 @@ def test_imported_checkpoint_indexes_and_searches_like_the_reference(
         index_cli.main(["add", str(docs), "--chunk-tokens", "32", "--overlap", "4", *common]) == 0
     )
     capsys.readouterr()
-    assert index_cli.main(["search", QUESTIONS[1], "-k", "3", "--json", *common]) == 0
+    search = ["search", QUESTIONS[1], "-k", "3", "--json", "--mode", "dense", *common]
+    assert index_cli.main(search) == 0  # dense: the reference's cosine ranking
     results = json.loads(capsys.readouterr().out)["results"]
     with Collection.open(tmp_path, "default", readonly=True) as col:
-        texts = [c.text for d in col.list_documents() for c in col.document_chunks(d.id)]
+        chunks = [c for d in col.list_documents() for c in col.document_chunks(d.id)]
+    texts = [c.text for c in chunks]
     ref_scores = twin.ref_scores(
         twin.ref_encode(ref, [QUESTIONS[1]], "query_reasoner_adapter"),
-        twin.ref_encode(ref, texts, "encoder_adapter"),
+        # what the compressor read: each chunk's context line, then its text
+        twin.ref_encode(ref, [c.contextual_text for c in chunks], "encoder_adapter"),
     )[0]
     expected = sorted(zip(ref_scores.tolist(), texts), reverse=True)[:3]
     assert len(texts) > 3 and len(results) == 3
@@ -283,7 +286,7 @@ def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
             messages=[{"role": "user", "content": QUESTIONS[0]}],
             max_tokens=MAX_NEW,
             temperature=0,
-            extra_body={"top_k": 2},
+            extra_body={"top_k": 2, "retrieval_mode": "dense"},  # the reference's ranking
         )
     finally:
         proc.stop()
