@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,8 +18,17 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clara.errors import ClaraError, ContextLengthError, IndexMismatchError
-from indexing.layout import CollectionNotFoundError
+from clara.errors import (
+    ChunkingError,
+    ClaraError,
+    CollectionLockedError,
+    CollectionNotFoundError,
+    ContextLengthError,
+    DocumentError,
+    DocumentNotFoundError,
+    IndexMismatchError,
+    UnsupportedDocumentError,
+)
 
 log = logging.getLogger("clara.http")
 
@@ -100,8 +110,18 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, CollectionNotFoundError):
         return APIError(404, str(exc), param="collection", code="collection_not_found")
+    if isinstance(exc, DocumentNotFoundError):
+        return APIError(404, str(exc), code="document_not_found")
     if isinstance(exc, IndexMismatchError):
         return APIError(400, str(exc), param="collection", code="index_mismatch")
+    if isinstance(exc, CollectionLockedError):
+        return APIError(409, str(exc), code="collection_locked")
+    if isinstance(exc, UnsupportedDocumentError):
+        return APIError(400, str(exc), param="file", code="unsupported_file")
+    if isinstance(exc, DocumentError):
+        return APIError(400, str(exc), param="file", code="invalid_file")
+    if isinstance(exc, ChunkingError):
+        return APIError(400, str(exc), code="invalid_chunking")
     if isinstance(exc, ClaraError):  # written to be read by users
         return APIError(500, str(exc))
     return APIError(500, "internal server error; the server log has the details")
@@ -123,8 +143,13 @@ def check_ready(state: str, error: str | None) -> None:
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 
+_UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^(str|int|float|bool|none|dict|list)$")
+
+
 def _param(loc: tuple) -> str | None:
-    parts = [p for p in loc if p != "body"]
+    """`("body", "input", "list[InputItem]", 0, "role")` -> "input.[0].role": union member
+    tags (which pydantic puts in the path) are left out."""
+    parts = [p for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.search(p))]
     if not parts:
         return None
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)
@@ -135,6 +160,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if not errors:
         return APIError(400, "invalid request")
     first = errors[0]
+    if len(errors) > 1 and first.get("type") != "json_invalid":
+        # a value matching no member of a union: the member it got furthest into says most
+        first = max(errors, key=lambda e: len(_param(tuple(e.get("loc", ()))) or ""))
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "invalid JSON")
         return APIError(

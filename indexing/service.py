@@ -35,7 +35,6 @@ from clara_cli.http import (
     to_api_error,
 )
 from clara_cli.worker import Worker
-from indexing.durable import CollectionLockedError
 from indexing.service_handler import IndexService
 from indexing.service_protocol import (
     FileDeleted,
@@ -84,9 +83,7 @@ def create_app(
         name="clara-index-mlx",
         service="clara-index serve",
     )
-    registry = Registry(settings.root / "uploads")
-    service = IndexService(settings, worker, registry)
-    worker.ready_hooks.append(lambda cm: service.resume())
+    service = IndexService(settings, worker, Registry(settings.root / "uploads"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -100,22 +97,12 @@ def create_app(
         summary="OpenAI Files + Vector Stores API over CLaRa compressed-memory collections",
         lifespan=lifespan,
     )
-    app.state.service = service
     if api_key:
         app.add_middleware(
             BearerGate, api_key=api_key, service="`clara-index serve`", open_paths=OPEN_PATHS
         )
     install_error_handlers(app)
-
-    @app.exception_handler(ClaraError)
-    async def clara_error(request: Request, exc: ClaraError) -> JSONResponse:
-        if isinstance(exc, CollectionLockedError):
-            error = APIError(409, str(exc), code="collection_locked")
-        else:
-            error = to_api_error(exc)
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-    _routes(app)
+    mount_files_api(app, service)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -126,6 +113,21 @@ def create_app(
         return JSONResponse(body, status_code=200 if worker.state == "ready" else 503)
 
     return app
+
+
+def mount_files_api(app: FastAPI, service: IndexService) -> None:
+    """Add the Files + Vector Stores routes for `service` to `app` (this service's own app,
+    or clara-serve's, which shares its model worker). The owner closes `service` on shutdown;
+    jobs a stop interrupted are queued again once the worker's model is loaded."""
+    app.state.service = service
+    service.worker.ready_hooks.append(lambda cm: service.resume())
+
+    @app.exception_handler(ClaraError)
+    async def clara_error(request: Request, exc: ClaraError) -> JSONResponse:
+        error = to_api_error(exc)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    _routes(app)
 
 
 def _routes(app: FastAPI) -> None:
