@@ -19,8 +19,17 @@ from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clara.errors import ClaraError, ContextLengthError, IndexMismatchError
-from indexing.layout import CollectionNotFoundError
+from clara.errors import (
+    ChunkingError,
+    ClaraError,
+    CollectionLockedError,
+    CollectionNotFoundError,
+    ContextLengthError,
+    DocumentError,
+    DocumentNotFoundError,
+    IndexMismatchError,
+    UnsupportedDocumentError,
+)
 
 log = logging.getLogger("clara.http")
 
@@ -117,8 +126,18 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, CollectionNotFoundError):
         return APIError(404, str(exc), param="collection", code="collection_not_found")
+    if isinstance(exc, DocumentNotFoundError):
+        return APIError(404, str(exc), code="document_not_found")
     if isinstance(exc, IndexMismatchError):
         return APIError(400, str(exc), param="collection", code="index_mismatch")
+    if isinstance(exc, CollectionLockedError):
+        return APIError(409, str(exc), code="collection_locked")
+    if isinstance(exc, UnsupportedDocumentError):
+        return APIError(400, str(exc), param="file", code="unsupported_file")
+    if isinstance(exc, DocumentError):
+        return APIError(400, str(exc), param="file", code="invalid_file")
+    if isinstance(exc, ChunkingError):
+        return APIError(400, str(exc), code="invalid_chunking")
     if isinstance(exc, ClaraError):  # written to be read by users
         return APIError(500, str(exc))
     return APIError(500, "internal server error; the server log has the details")

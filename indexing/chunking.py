@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clara.errors import ClaraError
+from clara.errors import ChunkingError  # noqa: F401
 from indexing.readers import Document, Page
 
 PAGE_SEPARATOR = "\n\n"
@@ -23,10 +23,6 @@ PREFER_BOUNDARY_WITHIN = 0.2  # look for a sentence/paragraph end in the last 20
 _SENTENCE_END = ".!?;:…"
 _CJK_SENTENCE_END = "。！？；"
 _CLOSERS = "\"')]}»”’」』）"
-
-
-class ChunkingError(ClaraError, ValueError):
-    """Invalid chunking options, or text that cannot be cut within the token budget."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from clara.errors import ClaraError
+from clara.errors import (  # noqa: F401  re-exported: readers raise these
+    CorruptDocumentError,
+    DocumentError,
+    EncryptedDocumentError,
+    MissingFileError,
+    NoTextError,
+    UnsupportedDocumentError,
+)
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
@@ -29,36 +36,6 @@ TEXT_EXTENSIONS = frozenset({".txt", ".text", ".rst", ".log", ".org", ".adoc", "
 SUPPORTED_EXTENSIONS = PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | TEXT_EXTENSIONS
 
 DocumentKind = Literal["pdf", "text", "markdown"]
-
-
-class DocumentError(ClaraError):
-    """A document cannot be read; `str()` is one line: file, reason, what to do."""
-
-    def __init__(self, path: str | os.PathLike, reason: str, hint: str = "") -> None:
-        self.path = Path(path)
-        self.reason = _one_line(reason)
-        self.hint = _one_line(hint)
-        super().__init__(f"{path}: {self.reason}" + (f": {self.hint}" if self.hint else ""))
-
-
-class DocumentNotFoundError(DocumentError):
-    """The path does not exist, or is not a regular file."""
-
-
-class UnsupportedDocumentError(DocumentError):
-    """A type clara does not read (office files, images, archives, binaries)."""
-
-
-class EncryptedDocumentError(DocumentError):
-    """An encrypted PDF without the right password, or one needing a missing AES package."""
-
-
-class NoTextError(DocumentError):
-    """An empty file, or a PDF without extractable text (scanned pages)."""
-
-
-class CorruptDocumentError(DocumentError):
-    """A damaged or truncated file."""
 
 
 @dataclass(frozen=True)
@@ -85,17 +62,17 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
     """Read a PDF, Markdown or text file into pages of cleaned text."""
     path = Path(path)
     if not path.exists():
-        raise DocumentNotFoundError(path, "no such file", "check the path")
+        raise MissingFileError(path, "no such file", "check the path")
     if path.is_dir():
-        raise DocumentNotFoundError(
+        raise MissingFileError(
             path, "is a directory", "pass the files inside it, or use iter_inputs to expand it"
         )
     if not path.is_file():
-        raise DocumentNotFoundError(path, "not a regular file", "pass a PDF, Markdown or text file")
+        raise MissingFileError(path, "not a regular file", "pass a PDF, Markdown or text file")
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DocumentNotFoundError(
+        raise MissingFileError(
             path, f"cannot read: {e.strerror or e}", "check permissions"
         ) from None
     if not data:
@@ -159,14 +136,14 @@ def iter_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True) -> l
         elif _GLOB_CHARS.search(str(raw)):
             matches = sorted(glob.glob(str(p), recursive=recursive))
             if not matches:
-                raise DocumentNotFoundError(raw, "no files match this pattern", "check the pattern")
+                raise MissingFileError(raw, "no files match this pattern", "check the pattern")
             for m in map(Path, matches):
                 if m.is_dir():
                     found.update(dict.fromkeys(_walk(m, recursive)))
                 elif _wanted(m):
                     found[m.resolve()] = None
         else:
-            raise DocumentNotFoundError(p, "no such file or directory", "check the path")
+            raise MissingFileError(p, "no such file or directory", "check the path")
     return sorted(found)
 
 

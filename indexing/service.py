@@ -35,7 +35,6 @@ from clara_cli.http import (
     to_api_error,
 )
 from clara_cli.worker import Worker
-from indexing.durable import CollectionLockedError
 from indexing.service_handler import IndexService
 from indexing.service_protocol import (
     FileDeleted,
@@ -144,10 +143,7 @@ def mount_files_api(app: FastAPI, service: IndexService) -> None:
 
     @app.exception_handler(ClaraError)
     async def clara_error(request: Request, exc: ClaraError) -> JSONResponse:
-        if isinstance(exc, CollectionLockedError):
-            error = APIError(409, str(exc), code="collection_locked")
-        else:
-            error = to_api_error(exc)
+        error = to_api_error(exc)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     _routes(app)

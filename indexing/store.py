@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from clara.errors import DocumentNotFoundError
 from indexing.durable import (
     CollectionLockedError,
     WriterLock,
@@ -69,10 +70,6 @@ log = logging.getLogger("clara.index")
 
 #: Compact the memory file once this share of its rows belongs to removed chunks.
 COMPACT_DEAD_SHARE = 0.25
-
-
-class DocumentNotFoundError(CollectionError, KeyError):
-    pass
 
 
 @dataclass
