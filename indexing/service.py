@@ -28,7 +28,6 @@ from clara.checkpoint import load_clara
 from clara.errors import ClaraError
 from clara.settings import ModelSettings
 from clara_cli.http import (
-    APIError,
     BearerGate,
     error_responses,
     install_error_handlers,
