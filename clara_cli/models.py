@@ -130,6 +130,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract_text(args: argparse.Namespace) -> int:
+    from clara.extract import extract_text_model
+
+    if args.out.exists():
+        raise CheckpointError(f"{args.out} exists; choose a new directory")
+    print(extract_text_model(args.src, args.out))
+    return 0
+
+
 def cmd_import_clara(args: argparse.Namespace) -> int:
     from clara.reference.importer import import_reference
 
@@ -181,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "extract-text",
+        help="pull the text model out of a multimodal checkpoint (HyperCLOVA X SEED Omni 8B)",
+        description="Write the text model of a multimodal Hugging Face checkpoint whose "
+        "config.json has a text_config and whose weights are named model.language_model.* "
+        "(e.g. HyperCLOVA X SEED Omni 8B) as a plain Hugging Face folder: config, weights, "
+        "tokenizer files. Then convert it: mlx_lm.convert --hf-path OUT -q --mlx-path DIR.",
+    )
+    p.add_argument("src", type=Path, metavar="SRC", help="the downloaded multimodal checkpoint")
+    p.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist)")
+    p.set_defaults(func=cmd_extract_text)
 
     p = sub.add_parser(
         "import-clara",

@@ -320,30 +320,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     import mlx.core as mx
     import numpy as np
 
+    from clara.retrieval import Fusion
+
+    fusion = Fusion(args.fusion_k, {"dense": args.dense_weight, "lexical": args.lexical_weight})
     cm = _load_model(args)
     manifest = model_manifest(cm, args.checkpoint)
     with _open(args.index, args.collection, manifest, readonly=True) as col:
-        query = np.array(cm.encode_queries([args.query]).astype(mx.float32))  # (1, n_mem, d)
-        hits = col.search(query, args.top_k)[0]
-        texts = {c.id: c.text for c in col.chunks([h.chunk_id for h in hits])}
-        docs = {h.doc_id: col.document(h.doc_id) for h in hits}
-    paths = {i: d.path for i, d in docs.items() if d is not None}
+        query = np.array(cm.encode_queries([args.query]).astype(mx.float32))[0]  # (n_mem, d)
+        hits = col.retrieve(args.query, query, args.top_k, args.mode, fusion)
     rows = [
         {
-            "rank": i, "score": round(h.score, 6), "doc_id": h.doc_id, "chunk_id": h.chunk_id,
-            "file": h.doc_name, "path": paths.get(h.doc_id), "page_start": h.page_start,
-            "page_end": h.page_end, "text": texts.get(h.chunk_id, ""),
+            "rank": i, "score": round(h.score, 6), "ranks": h.ranks, "mode": h.mode,
+            "doc_id": h.doc_id, "chunk_id": h.chunk_id, "file": h.doc_name, "path": h.path,
+            "page_start": h.page_start, "page_end": h.page_end, "context": h.context,
+            "text": h.text,
         }
         for i, h in enumerate(hits, start=1)
     ]  # fmt: skip
     if args.json:
-        _print_json({"query": args.query, "collection": args.collection, "results": rows})
+        _print_json({"query": args.query, "collection": args.collection, "mode": args.mode,
+                     "results": rows})  # fmt: skip
         return 0
     if not rows:
-        print(f"no results: collection '{args.collection}' is empty")
+        print(f"no results in collection '{args.collection}' ({args.mode} search)")
+    elif rows[0]["mode"] != args.mode:
+        print(f"({args.mode} search found no usable words: searched by memory vectors alone)")
     for r in rows:
         where = _show_path(r["path"] or r["file"])
-        print(f"{r['rank']}. {r['score']:.4f}  {where}  {_pages(r['page_start'], r['page_end'])}")
+        ranks = ", ".join(f"{n} #{v}" for n, v in r["ranks"].items() if v is not None)
+        print(
+            f"{r['rank']}. {r['score']:.4f}  {where}  {_pages(r['page_start'], r['page_end'])}"
+            f"  [{ranks}]"
+        )
         print(f"   {_snippet(r['text'])}")
     return 0
 

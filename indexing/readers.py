@@ -52,6 +52,8 @@ class Document:
     sha256: str  # of the file's bytes
     size: int  # bytes
     warnings: list[str] = field(default_factory=list)  # e.g. pages without text
+    title: str | None = None  # the PDF's metadata title, when it has one
+    headings: list[str] = field(default_factory=list)  # Markdown `#` headings, in order
 
     @property
     def n_chars(self) -> int:
@@ -89,7 +91,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
                 "re-download or re-export the file",
             )
         kind: DocumentKind = "pdf"
-        pages, warnings = _read_pdf(path, data, password)
+        pages, warnings, title = _read_pdf(path, data, password)
+        headings: list[str] = []
     else:
         what = _UNSUPPORTED.get(ext) or ("RTF document" if sniffed == "RTF document" else None)
         if what:
@@ -103,6 +106,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
                 path, f"unsupported file type ({sniffed})", _hint_for(sniffed)
             ) from None
         kind = "markdown" if ext in MARKDOWN_EXTENSIONS else "text"
+        title = None
+        headings = markdown_headings(clean_text(text)) if kind == "markdown" else []
         text = clean_markdown(text) if kind == "markdown" else clean_text(text)
         # Form feeds separate pages (as in `pdftotext` output).
         pages = [Page(i + 1, t.strip("\n")) for i, t in enumerate(text.split("\f"))]
@@ -117,7 +122,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             )
         raise NoTextError(path, "no text (only whitespace)", "nothing to index")
     sha = hashlib.sha256(data).hexdigest()
-    return Document(path, kind, pages, sha, len(data), warnings)
+    return Document(path, kind, pages, sha, len(data), warnings, title, headings)
 
 
 def iter_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True) -> list[Path]:
@@ -317,6 +322,27 @@ def clean_markdown(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+def markdown_headings(text: str) -> list[str]:
+    """The ATX (`#`) headings of Markdown text outside code blocks, as clean_markdown shows
+    them (markers and link URLs dropped)."""
+    out, fence = [], ""
+    for line in text.split("\n"):
+        m = _FENCE.match(line)
+        if fence:
+            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+                fence = ""
+        elif m:
+            fence = m.group(1)
+        elif h := _ATX.match(line):
+            heading = _clean_md_prose(h.group(1)).strip()
+            if heading:
+                out.append(heading)
+    return out
+
+
+_ATX = re.compile(r"^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+
+
 def _clean_md_prose(text: str) -> str:
     text = re.sub(r"<!--.*?(-->|\Z)", "", text, flags=re.S)
     text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)  # image -> alt text
@@ -330,7 +356,9 @@ def _clean_md_prose(text: str) -> str:
 # --- PDF ------------------------------------------------------------------------------
 
 
-def _read_pdf(path: Path, data: bytes, password: str | None) -> tuple[list[Page], list[str]]:
+def _read_pdf(
+    path: Path, data: bytes, password: str | None
+) -> tuple[list[Page], list[str], str | None]:
     from pypdf import PasswordType, PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
 
@@ -390,7 +418,15 @@ def _read_pdf(path: Path, data: bytes, password: str | None) -> tuple[list[Page]
         warnings.append(f"page {_ranges(empty)}: no extractable text (scanned? run OCR)")
     if b"%%EOF" not in data[-2048:]:
         warnings.append("file looks truncated (no %%EOF); indexed what could be read")
-    return pages, warnings
+    return pages, warnings, _pdf_title(reader)
+
+
+def _pdf_title(reader) -> str | None:
+    try:
+        title = reader.metadata.title if reader.metadata else None
+    except Exception:  # noqa: BLE001 - a broken info dictionary only loses the title
+        return None
+    return " ".join(str(title).split()) or None if title else None
 
 
 def _aes_error(path: Path) -> EncryptedDocumentError:

@@ -8,6 +8,7 @@ follow commits; everything that writes a collection or runs MLX runs on the work
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import secrets
@@ -20,6 +21,7 @@ import numpy as np
 from fastapi import Request
 
 from clara.errors import ClaraError
+from clara.retrieval import Fusion
 from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
@@ -404,9 +406,15 @@ class IndexService:
 
         vectors = await self.worker.call(encode)
         links = self.registry.links(store_id=store_id)
+        hybrid = body.ranking_options.hybrid_search if body.ranking_options else None
+        fusion = None
+        if hybrid is not None:
+            weights = {"dense": hybrid.embedding_weight, "lexical": hybrid.text_weight}
+            fusion = dataclasses.replace(Fusion(), weights=weights)
         results = await asyncio.to_thread(
-            search_results, col, vectors, k, threshold, links, self.uploads
-        )
+            search_results, col, queries, vectors, k, threshold, links, self.uploads,
+            body.retrieval_mode, fusion,
+        )  # fmt: skip
         return SearchPage(search_query=queries, data=results)
 
 

@@ -122,9 +122,17 @@ class VectorStoreFileDeleted(BaseModel):
 
 
 # ---- search --------------------------------------------------------------------------------
+class HybridSearch(_Request):
+    """OpenAI's hybrid weights: here the per-retriever weights of the rank fusion."""
+
+    embedding_weight: float = Field(default=1.0, ge=0.0)
+    text_weight: float = Field(default=1.0, ge=0.0)
+
+
 class RankingOptions(_Request):
     ranker: str | None = None
     score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    hybrid_search: HybridSearch | None = None
 
 
 class SearchRequest(_Request):
@@ -138,6 +146,10 @@ class SearchRequest(_Request):
     max_num_results: json_int(ge=1, le=50) = 10
     ranking_options: RankingOptions | None = None
     rewrite_query: bool | None = None
+    # ---- CLaRa extension (the SDK's `extra_body`) ----
+    retrieval_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    """"hybrid" fuses "dense" (query adapter vs memories) and "lexical" (BM25) rankings;
+    `score` is then the fused score, and `score_threshold` applies to it."""
 
 
 class TextContent(BaseModel):
@@ -147,7 +159,8 @@ class TextContent(BaseModel):
 
 class SearchResult(BaseModel):
     """One chunk. CLaRa puts `document_id`, `chunk_id`, `page_start`, `page_end` (when the
-    file has pages) and `path` in `attributes`, after the file's own attributes."""
+    file has pages), `path`, `retrieval_mode` and the chunk's 1-based `rank_dense` /
+    `rank_lexical` (when that retriever found it) in `attributes`, after the file's own."""
 
     file_id: str
     filename: str

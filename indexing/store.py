@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from clara.errors import DocumentNotFoundError
+from clara.retrieval import Fusion
 from indexing.durable import (
     CollectionLockedError,
     WriterLock,
@@ -36,6 +37,7 @@ from indexing.durable import (
     fsync_dir,
     remove_quietly,
 )
+from indexing.hybrid import SearchHit, retrieve
 from indexing.layout import (
     META,
     CollectionError,
@@ -62,6 +64,7 @@ __all__ = [
     "DocumentNotFoundError",
     "Hit",
     "Manifest",
+    "SearchHit",
     "delete_collection",
     "list_collections",
 ]
@@ -425,6 +428,19 @@ class Collection:
             return None
         with self._mutex:
             return self._meta.lexical_search(match, k)
+
+    def retrieve(
+        self,
+        text: str,
+        vector: np.ndarray | None,
+        k: int = 5,
+        mode: str = "hybrid",
+        fusion: Fusion | None = None,
+    ) -> list[SearchHit]:
+        """Search by question: "hybrid" (default), "dense" or "lexical" (`indexing.hybrid`).
+        `vector` (n_mem, d) is the question's query-adapter encoding. Hits carry text and
+        document."""
+        return retrieve(self, text, vector, k, mode, fusion)
 
     def memories(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Stored memory vectors of these chunks: (k, n_mem, d) float32, in the order asked."""

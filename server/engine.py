@@ -33,6 +33,7 @@ from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara_cli.worker import Task, Worker
+from indexing.meta import contextual
 from indexing.store import Collection, CollectionError, CollectionNotFoundError
 from server.metrics import Metrics
 from server.protocol import RagParams
@@ -75,6 +76,9 @@ class SourceInfo:
     score: float
     text: str
     collection: str
+    context: str = ""  # "title / heading" the generator reads before `text`
+    ranks: dict[str, int | None] = field(default_factory=dict)  # per retriever, from 1
+    retrieval_mode: str = "dense"  # the mode that ranked it (hybrid falls back to dense)
 
 
 @dataclass
@@ -294,35 +298,37 @@ class Engine:
             where = self.settings.root / p.collection
             return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
         query = self._cm.encode_queries([p.query])  # (1, n_mem, d)
-        qvec = np.array(query.astype(mx.float32))
+        qvec = np.array(query.astype(mx.float32))[0]
         for _ in range(3):  # a document removed between search and read: search again
-            hits = coll.search(qvec, p.top_k)[0]
+            hits = coll.retrieve(p.query, qvec, p.top_k, p.retrieval_mode)  # text + document
             if not hits:
-                self.metrics.retrievals.inc(status="empty_index")
-                return Retrieved("empty_index", p.collection, detail="the collection is empty")
-            texts = {c.id: c for c in coll.chunks([h.chunk_id for h in hits])}
-            hits = [h for h in hits if h.chunk_id in texts]
+                empty = coll.stats()["chunks"] == 0
+                status = "empty_index" if empty else "no_match"
+                self.metrics.retrievals.inc(status=status)
+                detail = "the collection is empty" if empty else "no chunk matched the words"
+                return Retrieved(status, p.collection, detail=detail)
             try:
-                if hits:
-                    ids = [h.chunk_id for h in hits]
-                    memories = coll.memories(ids) if p.mode == "memory" else None
-                    break
+                ids = [h.chunk_id for h in hits]
+                memories = coll.memories(ids) if p.mode == "memory" else None
+                break
             except KeyError:
                 continue
         else:
             raise CollectionError(f"collection '{p.collection}' keeps changing; try again")
-        docs = {h.doc_id: coll.document(h.doc_id) for h in hits}
         sources = [
             SourceInfo(
                 chunk_id=h.chunk_id,
                 document_id=h.doc_id,
                 filename=h.doc_name,
-                path=docs[h.doc_id].path if docs.get(h.doc_id) else None,
+                path=h.path,
                 page_start=h.page_start,
                 page_end=h.page_end,
                 score=h.score,
-                text=texts[h.chunk_id].text,
+                text=h.text,
                 collection=p.collection,
+                context=h.context,
+                ranks=h.ranks,
+                retrieval_mode=h.mode,
             )
             for h in hits
         ]
@@ -335,7 +341,7 @@ class Engine:
         if r.status == "ok" and p.mode == "memory":
             blocks = [mx.array(m) for m in r.memories]  # (n_mem, d) each
             return memory_prompt(cm, p.question, blocks, p.history, p.system), "generator"
-        chunks = [s.text for s in r.sources] if r.status == "ok" else None
+        chunks = [contextual(s.context, s.text) for s in r.sources] if r.status == "ok" else None
         return text_prompt(cm, p.question, chunks, p.history, p.system), None
 
     def _chat(self, job: Job, p: RagParams) -> Iterator[None]:

@@ -121,6 +121,9 @@ class ChatCompletionRequest(_Request):
     mode: Literal["memory", "text"] = "memory"
     """"memory": the generator reads compressed memories (CLaRa); "text": the retrieved chunks'
     raw text goes into the prompt of the bare base model (the uncompressed RAG baseline)."""
+    retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
+    """How chunks are found: "hybrid" (default) fuses "dense" (query adapter vs compressed
+    memories) and "lexical" (BM25 over the chunks' words) by reciprocal rank fusion."""
     ignore_eos: bool = False
     """Decode to max_tokens even past end-of-sequence (as vLLM's; benchmarks use it)."""
 
@@ -183,6 +186,7 @@ class ChatCompletionRequest(_Request):
             system="\n".join(system) if system else None,
             retrieval=self.retrieval and self.top_k != 0,
             mode=self.mode,
+            retrieval_mode=self.retrieval_mode or defaults.retrieval_mode,
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or defaults.collection,
             max_tokens=self.max_completion_tokens or self.max_tokens or defaults.max_tokens,
@@ -204,6 +208,7 @@ class ServingDefaults:
     max_tokens: int = 512
     temperature: float = 0.0
     history_turns: int = 2
+    retrieval_mode: str = "hybrid"
 
 
 @dataclass
@@ -216,6 +221,7 @@ class RagParams:
     system: str | None = None
     retrieval: bool = True
     mode: str = "memory"
+    retrieval_mode: str = "hybrid"
     top_k: int = 5
     collection: str = "default"
     max_tokens: int = 512
@@ -236,10 +242,12 @@ class Source(_Response):
     filename: str
     page_start: int | None = None
     page_end: int | None = None
-    score: float
+    score: float  # hybrid: the fused (reciprocal rank) score; dense: cosine; lexical: BM25
     snippet: str
     url: str
     collection: str
+    ranks: dict[str, int | None] | None = None  # 1-based rank in each retriever ("dense", ...)
+    retrieval_mode: str | None = None  # the mode that ranked it
 
 
 class URLCitation(_Response):
@@ -255,13 +263,15 @@ class Annotation(_Response):
 
 
 class RetrievalInfo(_Response):
-    """CLaRa extension: what retrieval did. `status`: ok | disabled | no_index | empty_index."""
+    """CLaRa extension: what retrieval did. `status`: ok | disabled | no_index | empty_index |
+    no_match (lexical retrieval found no chunk with the question's words)."""
 
     status: str
     collection: str | None = None
     mode: str
     top_k: int
     detail: str | None = None
+    retrieval_mode: str | None = None  # hybrid | dense | lexical, as requested
 
 
 class ChatCompletionMessage(_Response):

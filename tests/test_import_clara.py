@@ -224,13 +224,16 @@ def test_imported_checkpoint_indexes_and_searches_like_the_reference(
         index_cli.main(["add", str(docs), "--chunk-tokens", "32", "--overlap", "4", *common]) == 0
     )
     capsys.readouterr()
-    assert index_cli.main(["search", QUESTIONS[1], "-k", "3", "--json", *common]) == 0
+    search = ["search", QUESTIONS[1], "-k", "3", "--json", "--mode", "dense", *common]
+    assert index_cli.main(search) == 0  # dense: the reference's cosine ranking
     results = json.loads(capsys.readouterr().out)["results"]
     with Collection.open(tmp_path, "default", readonly=True) as col:
-        texts = [c.text for d in col.list_documents() for c in col.document_chunks(d.id)]
+        chunks = [c for d in col.list_documents() for c in col.document_chunks(d.id)]
+    texts = [c.text for c in chunks]
     ref_scores = twin.ref_scores(
         twin.ref_encode(ref, [QUESTIONS[1]], "query_reasoner_adapter"),
-        twin.ref_encode(ref, texts, "encoder_adapter"),
+        # what the compressor read: each chunk's context line, then its text
+        twin.ref_encode(ref, [c.contextual_text for c in chunks], "encoder_adapter"),
     )[0]
     expected = sorted(zip(ref_scores.tolist(), texts), reverse=True)[:3]
     assert len(texts) > 3 and len(results) == 3
@@ -267,7 +270,7 @@ def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
             messages=[{"role": "user", "content": QUESTIONS[0]}],
             max_tokens=MAX_NEW,
             temperature=0,
-            extra_body={"top_k": 2},
+            extra_body={"top_k": 2, "retrieval_mode": "dense"},  # the reference's ranking
         )
     finally:
         proc.stop()
@@ -279,3 +282,24 @@ def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
     stored = ref_mem[top].half().float()  # the index keeps memory vectors as float16
     tokens = twin.ref_generate(ref, QUESTIONS[0], stored, "qa", MAX_NEW)
     assert tokens and resp.choices[0].message.content == cm.tokenizer.decode(tokens)
+
+
+def test_4bit_base_imports_and_stays_close_to_the_reference(mistral, tmp_path: Path) -> None:
+    """The README's 4-bit base: the import's base check accepts it (embedding dequantized), the
+    added rows sit beside a QuantizedEmbedding / quantized head, and memory vectors stay close
+    to the float32 reference (quantization error only: cosine > 0.9 on this tiny model)."""
+    from mlx_lm import convert
+
+    q4 = tmp_path / "mlx-q4"
+    convert(str(mistral["hf"]), mlx_path=str(q4), quantize=True, q_group_size=32, q_bits=4)
+    src = tmp_path / "compression-16"
+    ref = twin.build_reference(
+        mistral["hf"], src, doc_max=32, rate=16, distinct=True, sep=True, stage="stage2", query=True
+    )
+    cm = load_clara(q4, import_reference(src, q4, tmp_path / "imported"), dtype=None)
+    assert type(cm.lm.model.embed_tokens.base).__name__ == "QuantizedEmbedding"
+    mem = np.array(cm.compress(DOCS))
+    ref_mem = twin.ref_encode(ref, DOCS, "encoder_adapter").numpy()
+    cos = (mem * ref_mem).sum(-1) / np.linalg.norm(mem, axis=-1) / np.linalg.norm(ref_mem, axis=-1)
+    assert cos.mean() > 0.9
+    assert len(_greedy(cm, QUESTIONS[0], [mx.array(mem[0])])) == MAX_NEW
