@@ -29,6 +29,7 @@ from server.protocol import ChatCompletionRequest, ChatMessage
 from server.responses_protocol import (
     FileCitation,
     FileSearchCall,
+    FileSearchCallInput,
     FileSearchResult,
     IncompleteDetails,
     InputItemList,
@@ -96,10 +97,10 @@ class ResponsesServing:
     def _turn_items(self, req: ResponseCreateRequest) -> list[dict[str, Any]]:
         """This request's input as message items (what GET .../input_items lists)."""
         if isinstance(req.input, str):
-            return [_message_item("user", req.input)] if req.input.strip() else []
+            return [_message_item("user", req.input)]
         out = []
         for item in req.input:
-            if item.type == "file_search_call":
+            if isinstance(item, FileSearchCallInput):
                 continue
             part = "output_text" if item.role == "assistant" else "input_text"
             out.append(_message_item(item.role, item.text(), part))
@@ -126,12 +127,8 @@ class ResponsesServing:
         for item in history + turn:
             text = "".join(p.get("text", "") for p in item["content"])
             messages.append(ChatMessage(role=item["role"], content=text))
-        last = [m for m in messages if m.role in ("user", "assistant")]
-        if not last or last[-1].role != "user":
-            raise APIError(
-                400, "the last message of 'input' must come from the user: the model answers it",
-                param="input",
-            )  # fmt: skip
+        if not any(m.role != "system" for m in messages):  # no message to answer: an empty one
+            messages.append(ChatMessage(role="user", content=""))
         return messages
 
     def _file_search(self, req: ResponseCreateRequest) -> tuple[str, int] | None:

@@ -200,7 +200,11 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, None),
         ({"input": ""}, "input"),
         ({"input": []}, "input"),
-        ({"input": [{"role": "assistant", "content": "hi"}]}, "input"),
+        ({"input": [{"role": "user"}]}, "input.[0].content"),
+        (
+            {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["../x"]}]},
+            "tools.[0].vector_store_ids.[0]",
+        ),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "hi", "temperature": 3}, "temperature"),
     ],
