@@ -102,8 +102,9 @@ class MultiLoRALinear(nn.Module):
         if name is None:
             return y
         p = self[f"lora_{name}"]
-        z = (self.dropout(x) @ p["a"].astype(x.dtype)) @ p["b"].astype(x.dtype)
-        return y + (self.scale * z).astype(y.dtype)
+        xa = self.dropout(x) @ p["a"].astype(x.dtype)  # (..., rank)
+        # y + scale * xa @ b as one gemm accumulating into y: no full-size temporaries
+        return mx.addmm(y, xa, p["b"].astype(y.dtype), alpha=self.scale)
 
 
 def apply_lora(
