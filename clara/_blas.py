@@ -55,3 +55,14 @@ def enable() -> str | None:
             file=sys.stderr,
         )
     return None
+
+
+def set_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count at run time (False when no OpenBLAS is loaded)."""
+    if not loaded:
+        return False
+    try:
+        ctypes.CDLL(loaded, mode=ctypes.RTLD_GLOBAL).openblas_set_num_threads(int(n))
+    except (OSError, AttributeError):
+        return False
+    return True
