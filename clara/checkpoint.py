@@ -30,7 +30,14 @@ FRESH = ("none", "fresh")
 
 def _clara_weights(cm: ClaraModel) -> dict[str, mx.array]:
     """Only what CLaRa adds: LoRA matrices and the learned special embeddings."""
-    keep = ("lora_", "mem_embeddings", "enc_embedding", "sep_embedding", "memory_center")
+    keep = (
+        "lora_",
+        "mem_embeddings",
+        "enc_embedding",
+        "sep_embedding",
+        "memory_center",
+        "added_rows",
+    )
     return {k: v for k, v in tree_flatten(cm.parameters()) if any(p in k for p in keep)}
 
 
@@ -57,20 +64,12 @@ def resolve_checkpoint(model: object, checkpoint: str | os.PathLike | None) -> P
     return Path(checkpoint).expanduser()
 
 
-def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write `cm`'s adapters and config to `path` atomically (temp dir, then rename)."""
+def write_checkpoint(path: str | os.PathLike, config: dict, weights: dict[str, mx.array]) -> Path:
+    """Write a checkpoint directory atomically (temp dir, then rename over any older one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format_version": FORMAT_VERSION,
-        "base_model": cm.info.model_id,
-        "base_fingerprint": cm.info.fingerprint,
-        "hidden_size": cm.hidden_size,
-        "clara": cm.config.to_dict(),
-        **(extra or {}),
-    }
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    mx.save_safetensors(str(tmp / WEIGHTS_FILE), _clara_weights(cm))
+    mx.save_safetensors(str(tmp / WEIGHTS_FILE), weights)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if path.exists():  # replace an older checkpoint at the same place
         old = path.with_name(f".{path.name}.old")
@@ -81,6 +80,20 @@ def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None 
         old.rmdir()
     else:
         os.replace(tmp, path)
+    return path
+
+
+def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write `cm`'s adapters and config to `path` atomically (temp dir, then rename)."""
+    config = {
+        "format_version": FORMAT_VERSION,
+        "base_model": cm.info.model_id,
+        "base_fingerprint": cm.info.fingerprint,
+        "hidden_size": cm.hidden_size,
+        "clara": cm.config.to_dict(),
+        **(extra or {}),
+    }
+    path = write_checkpoint(path, config, _clara_weights(cm))
     cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
     return path
 

@@ -1,4 +1,13 @@
-"""Exceptions raised by the library; user-facing surfaces turn them into one clear line."""
+"""Exceptions raised by the library; user-facing surfaces turn them into one clear line.
+
+Every error a user can cause is defined here, so the CLIs and `clara_cli.http.to_api_error`
+(the one place that maps them to HTTP statuses) know them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 
 class ClaraError(Exception):
@@ -19,3 +28,57 @@ class IndexMismatchError(ClaraError):
 
 class ContextLengthError(ClaraError):
     """A prompt does not fit the model's context window."""
+
+
+class CollectionError(ClaraError):
+    """A collection cannot do what was asked (read-only, damaged, ...)."""
+
+
+class CollectionNotFoundError(CollectionError):
+    """No collection of that name exists."""
+
+
+class DocumentNotFoundError(CollectionError, KeyError):
+    """No document with that id in the collection."""
+
+
+class CollectionLockedError(ClaraError):
+    """Another process holds the collection's writer lock."""
+
+
+class ChunkingError(ClaraError, ValueError):
+    """Invalid chunking options, or text that cannot be cut within the token budget."""
+
+
+class DocumentError(ClaraError):
+    """A document cannot be read; `str()` is one line: file, reason, what to do."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, hint: str = "") -> None:
+        self.path = Path(path)
+        self.reason = _one_line(reason)
+        self.hint = _one_line(hint)
+        super().__init__(f"{path}: {self.reason}" + (f": {self.hint}" if self.hint else ""))
+
+
+class MissingFileError(DocumentError):
+    """The path does not exist, or is not a regular file."""
+
+
+class UnsupportedDocumentError(DocumentError):
+    """A type clara does not read (office files, images, archives, binaries)."""
+
+
+class EncryptedDocumentError(DocumentError):
+    """An encrypted PDF without the right password, or one needing a missing AES package."""
+
+
+class NoTextError(DocumentError):
+    """An empty file, or a PDF without extractable text (scanned pages)."""
+
+
+class CorruptDocumentError(DocumentError):
+    """A damaged or truncated file."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())

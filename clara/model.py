@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -15,9 +15,13 @@ from mlx_lm.models.base import create_causal_mask
 from clara.errors import ClaraError
 from clara.loader import BaseModel
 from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
+from clara.reference import runtime as reference
 
 COMPRESSION_RATES = (4, 16, 32, 64, 128)
 FORMAT_VERSION = 1
+#: "clara": this project's prompt; "apple-qa" / "apple-paraphrase": the reference's
+#: question-answering (Instruct, E2E) and paraphrase (Base) prompts, for imported checkpoints.
+PROMPT_TEMPLATES = ("clara", "apple-qa", "apple-paraphrase")
 
 
 @dataclass
@@ -36,8 +40,21 @@ class ClaraConfig:
     # states share one dominant component (SmolLM2-135M: norm 50 of 54) it is what lets the
     # generator read memories at all on a small budget (BENCHMARKS.md).
     center_memory: bool = False
+    # Checkpoints imported from Apple's reference (`clara-models import-clara`): its prompt,
+    # the special tokens it appended to the base vocabulary (ids vocab_base, vocab_base+1, ...
+    # in this order), its memory-token string per memory slot (`<MEM0>`.. or `<MEM>` repeated),
+    # and whether its memory blocks sit n_mem+1 positions apart in the prompt (its `sep`).
+    prompt_template: str = "clara"
+    added_tokens: list[str] = field(default_factory=list)
+    mem_tokens: list[str] = field(default_factory=list)
+    vocab_base: int = 0
+    reference_sep: bool = True
 
     def __post_init__(self) -> None:
+        if self.prompt_template not in PROMPT_TEMPLATES:
+            raise ClaraError(
+                f"prompt template {self.prompt_template!r} unknown; use one of {PROMPT_TEMPLATES}"
+            )
         if self.compression_rate not in COMPRESSION_RATES:
             raise ClaraError(
                 f"compression rate {self.compression_rate} not supported; use one of "
@@ -51,6 +68,15 @@ class ClaraConfig:
                 f"doc_max_tokens ({self.doc_max_tokens}) must be a positive multiple of the "
                 f"compression rate ({self.compression_rate})"
             )
+        if self.reference and (len(self.mem_tokens) != self.n_mem or self.vocab_base <= 0):
+            raise ClaraError(
+                f"a reference checkpoint needs {self.n_mem} memory tokens and the base vocab size"
+            )
+
+    @property
+    def reference(self) -> bool:
+        """True for checkpoints imported from Apple's reference code."""
+        return self.prompt_template != "clara"
 
     @property
     def n_mem(self) -> int:
@@ -121,6 +147,8 @@ class ClaraModel(nn.Module):
         self.sep_embedding = init[-1:]  # (1, d)
         if self.config.center_memory:
             self.memory_center = mx.zeros((d,))  # fitted by fit_memory_center(); never trained
+        if self.config.reference:  # the reference's added tokens: tokenizer + vocab rows
+            reference.attach(self)
         mx.eval(self.parameters())
         self.freeze()
         self.eval()
@@ -197,6 +225,8 @@ class ClaraModel(nn.Module):
     # ---- encoding -------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Document/query token ids, truncated to `doc_max_tokens`."""
+        if self.config.reference:  # its own string layout and truncation
+            return reference.document_tokens(self.tokenizer, texts, self.config.doc_max_tokens)
         enc = self.tokenizer._tokenizer if hasattr(self.tokenizer, "_tokenizer") else self.tokenizer
         out = enc(list(texts), add_special_tokens=False)["input_ids"]
         return [ids[: self.config.doc_max_tokens] for ids in out]
@@ -207,7 +237,11 @@ class ClaraModel(nn.Module):
         bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
         eos = [tok.eos_token_id] if getattr(tok, "eos_token_id", None) is not None else []
         n_mem, head = self.n_mem, 1 + len(bos)
-        bodies = [[0] + bos + list(ids) + eos for ids in token_lists]  # 0: <ENC> placeholder
+        cut = self.config.doc_max_tokens if self.config.reference else None  # EOS truncated away
+        bodies = [  # 0: <ENC> placeholder
+            [0] + bos + list(ids) + (eos if cut is None or len(ids) <= cut else [])
+            for ids in token_lists
+        ]
         width = max(len(b) for b in bodies) + n_mem
         pads = [width - n_mem - len(b) for b in bodies]
         tokens = mx.array([[0] * p + b + [0] * n_mem for p, b in zip(pads, bodies)])  # (B, L)

@@ -14,10 +14,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
+from jinja2.exceptions import TemplateError
 
 from clara.errors import ClaraError
 
 SYSTEM_PROMPT = "Answer the question as briefly as possible from the documents."
+# The prompts of Apple's reference code, used by checkpoints imported from it (the config's
+# `prompt_template`): question answering for Instruct/E2E, paraphrase for Base.
+APPLE_QA_SYSTEM = (
+    "You are a helpful assistant. Your task is to extract relevant information from provided "
+    "documents and to answer to questions as briefly as possible."
+)
+APPLE_PARAPHRASE_SYSTEM = (
+    "You are a helpful assistant. Your task is follow the instructions to paraphrase the "
+    "background information."
+)
+APPLE_PARAPHRASE_USER = "Background: {docs} means the same as"  # the first of its 13 variants
 MEM = "\ue000"  # private-use characters mark where memory blocks and separators go
 SEP = "\ue001"
 TEXT, SEP_SLOT = -1, -2  # slot values that are not memory rows
@@ -139,11 +151,66 @@ def memory_prompt(
                 f"memory block has shape {mem.shape}, expected ({cm.n_mem}, {cm.hidden_size})"
             )
     hist = [{**m, "content": clean(m["content"])} for m in history or []]
-    msgs = answer_messages(clean(question), background(len(memories)), hist, system)
-    lay = layout(cm.tokenizer, render(cm.tokenizer, msgs), cm.n_mem, len(memories))
+    if cm.config.reference:
+        lay = reference_layout(cm, question, len(memories), hist, system)
+    else:
+        msgs = answer_messages(clean(question), background(len(memories)), hist, system)
+        lay = layout(cm.tokenizer, render(cm.tokenizer, msgs), cm.n_mem, len(memories))
     memory = mx.concatenate(list(memories), axis=0)  # (n_blocks * n_mem, d)
     emb = embed_layout(cm, mx.array(lay.tokens), mx.array(lay.slots), memory)
     return Prompt(lay.tokens, emb)
+
+
+def reference_layout(
+    cm,
+    question: str,
+    n_blocks: int,
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+) -> Layout:
+    """The reference's prompt for an imported checkpoint, laid out as the reference does.
+
+    Each block is the checkpoint's memory-token strings plus `<SEP>`; the rendered text is
+    tokenized whole (the tokens are in the vocabulary) and block `b` is placed from the first
+    memory token on, `n_mem` (+1 with the reference's `sep`) positions per block.
+    """
+    cfg = cm.config
+    extra = set(cfg.added_tokens)
+
+    def scrub(text: str) -> str:
+        for t in extra:
+            text = text.replace(t, "")
+        return text
+
+    docs = ("".join(cfg.mem_tokens) + "<SEP>") * n_blocks
+    if cfg.prompt_template == "apple-paraphrase":
+        default, user = APPLE_PARAPHRASE_SYSTEM, APPLE_PARAPHRASE_USER.format(docs=docs)
+    else:
+        default, user = APPLE_QA_SYSTEM, f"Background:\n{docs}\n\nQuestion:{scrub(question)}"
+    user = user.replace(":\\ ", ": ")  # as the reference does
+    hist = [{**m, "content": scrub(m["content"])} for m in history or []]
+    msgs = [{"role": "system", "content": system or default}, *hist]
+
+    def render_ref(messages: list[dict]) -> str:
+        return cm.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )
+
+    try:
+        rendered = render_ref([*msgs, {"role": "user", "content": user}])
+    except TemplateError as exc:  # the reference's fallback: system text joins the user turn
+        if "System role not supported" not in str(exc):
+            raise
+        rendered = render_ref([*hist, {"role": "user", "content": f"{msgs[0]['content']}\n{user}"}])
+    tokens = encode(cm.tokenizer, rendered)
+    first = cm.tokenizer.convert_tokens_to_ids(cfg.mem_tokens[0])
+    start = tokens.index(first) if n_blocks else 0
+    step = cm.n_mem + (1 if cfg.reference_sep else 0)
+    slots = [TEXT] * len(tokens)
+    for b in range(n_blocks):
+        for j in range(cm.n_mem):
+            slots[start + b * step + j] = b * cm.n_mem + j
+    return Layout(tokens, slots, n_blocks)
 
 
 def text_prompt(

@@ -1,9 +1,70 @@
-"""Retrieval math as pure functions: cosine of flattened memory vectors, differentiable top-k."""
+"""Retrieval math as pure functions: cosine of flattened memory vectors, differentiable top-k,
+reciprocal rank fusion of several rankings. mlx is imported by the functions that use it, so
+the index (numpy, FAISS, SQLite) can fuse rankings without loading it."""
 
 from __future__ import annotations
 
-import mlx.core as mx
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import mlx.core as mx
+
+#: Where retrieval happens, one of these: hybrid fuses the other two.
+RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Reciprocal rank fusion settings: score(d) = sum over retrievers r of
+    weights[r] / (k + rank_r(d)), ranks from 1; `depth` candidates are taken from each.
+    The defaults were tuned by bench/bench_retrieval.py (see BENCHMARKS.md)."""
+
+    k: float = 60.0
+    weights: Mapping[str, float] = field(default_factory=lambda: {"dense": 1.0, "lexical": 1.0})
+    depth: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.k > 0:
+            raise ValueError(f"fusion k must be positive, got {self.k}")
+        if any(not w >= 0 for w in self.weights.values()):
+            raise ValueError(f"fusion weights must be >= 0, got {dict(self.weights)}")
+        if self.depth < 1:
+            raise ValueError(f"fusion depth must be at least 1, got {self.depth}")
+
+
+@dataclass(frozen=True)
+class Fused:
+    """One fused item: its RRF score and its 1-based rank in each ranking (None: absent)."""
+
+    id: Hashable
+    score: float
+    ranks: dict[str, int | None]
+
+
+def reciprocal_rank_fusion(
+    rankings: Mapping[str, Sequence[Hashable]],
+    k: float = 60.0,
+    weights: Mapping[str, float] | None = None,
+) -> list[Fused]:
+    """Fuse best-first rankings by `sum_r weights[r] / (k + rank)`; best first, ties broken by
+    the best single rank, then by first appearance (rankings taken in order)."""
+    weights = weights or {}
+    ranks: dict[Hashable, dict[str, int | None]] = {}
+    for name, ranking in rankings.items():
+        for rank, item in enumerate(ranking, start=1):
+            entry = ranks.setdefault(item, dict.fromkeys(rankings))
+            if entry[name] is None:  # a repeated item keeps its best rank
+                entry[name] = rank
+    fused = []
+    for order, (item, r) in enumerate(ranks.items()):
+        score = sum(weights.get(n, 1.0) / (k + v) for n, v in r.items() if v is not None)
+        fused.append((score, min(v for v in r.values() if v is not None), order, item, r))
+    fused.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [Fused(item, score, r) for score, _, _, item, r in fused]
 
 
 def flatten_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -15,6 +76,8 @@ def flatten_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 def cosine_scores(queries: mx.array, docs: mx.array, eps: float = 1e-12) -> mx.array:
     """Cosine similarity of flattened vectors: `(Q, n_mem, d)` x `(N, n_mem, d)` -> `(Q, N)`."""
+    import mlx.core as mx
+
     q = queries.reshape(queries.shape[0], -1).astype(mx.float32)
     k = docs.reshape(docs.shape[0], -1).astype(mx.float32)
     q = q / mx.maximum(mx.linalg.norm(q, axis=-1, keepdims=True), eps)
@@ -28,6 +91,8 @@ def soft_topk(scores: mx.array, k: int, tau: float) -> mx.array:
     Row i is softmax(scores / tau) over the items not yet picked by rows < i, where "picked"
     is the hard argmax of each earlier row (the reference's masking).
     """
+    import mlx.core as mx
+
     rows = []
     mask = mx.zeros(scores.shape, dtype=mx.bool_)
     neg = mx.array(-1e9, dtype=scores.dtype)
@@ -42,6 +107,8 @@ def soft_topk(scores: mx.array, k: int, tau: float) -> mx.array:
 
 def hard_topk(scores: mx.array, k: int) -> mx.array:
     """One-hot rows of the k best items in descending order: `(..., N)` -> `(..., k, N)`."""
+    import mlx.core as mx
+
     idx = mx.argsort(-scores, axis=-1)[..., :k]  # (..., k)
     return (idx[..., None] == mx.arange(scores.shape[-1])).astype(scores.dtype)
 
@@ -51,6 +118,8 @@ def differentiable_topk(scores: mx.array, k: int, tau: float = 0.02) -> mx.array
 
     `W = K_hard + K_soft - stop_gradient(K_soft)`; select context with `W @ doc_vectors`.
     """
+    import mlx.core as mx
+
     soft = soft_topk(scores, k, tau)
     return hard_topk(scores, k) + soft - mx.stop_gradient(soft)
 

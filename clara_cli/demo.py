@@ -118,14 +118,17 @@ def main() -> int:
             model=model,
             messages=[{"role": "user", "content": QUESTION}],
             max_tokens=64,
+            extra_body={"retrieval_mode": "hybrid"},  # the default, named for the reader
         )
         msg = resp.choices[0].message
         print(f"Answer: {msg.content.strip()}\n")
-        print("Sources:")
+        mode = (resp.model_extra or {}).get("retrieval", {}).get("retrieval_mode", "hybrid")
+        print(f"Sources ({mode} retrieval: memory vectors and words, fused by rank):")
         for s in (msg.model_extra or {}).get("sources", []):
             pages = f" p.{s['page_start']}-{s['page_end']}" if s.get("page_start") else ""
-            snippet = " ".join(s.get("snippet", "").split())[:90]
-            print(f"  [{s['score']:.3f}] {s['filename']}{pages}: {snippet}...")
+            snippet = " ".join(s.get("snippet", "").split())[:80]
+            ranks = ", ".join(f"{n} #{r}" for n, r in (s.get("ranks") or {}).items() if r)
+            print(f"  [{s['score']:.3f}] {s['filename']}{pages} ({ranks}): {snippet}...")
         u = resp.usage
         print(
             f"\nThe generator read {u.prompt_tokens} positions "

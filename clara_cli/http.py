@@ -7,16 +7,29 @@ A model worker that is not ready answers 503 with a code that says why.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import re
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clara.errors import ClaraError, ContextLengthError, IndexMismatchError
-from indexing.layout import CollectionNotFoundError
+from clara.errors import (
+    ChunkingError,
+    ClaraError,
+    CollectionLockedError,
+    CollectionNotFoundError,
+    ContextLengthError,
+    DocumentError,
+    DocumentNotFoundError,
+    IndexMismatchError,
+    UnsupportedDocumentError,
+)
 
 log = logging.getLogger("clara.http")
 
@@ -68,6 +81,21 @@ class APIError(Exception):
         }
 
 
+def _integral(value: Any) -> Any:
+    """2.0 is an integer to JSON Schema (and so to the OpenAPI schema); strict pydantic
+    would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(**constraints: Any) -> Any:
+    """An int field of a strict request model (`ge`, `le`, ... as for `Field`): takes 2 and
+    2.0, refuses "2" and 2.5, as the OpenAPI schema's "integer" does."""
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral)]
+
+
+JSONInt = json_int()
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -98,8 +126,18 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, CollectionNotFoundError):
         return APIError(404, str(exc), param="collection", code="collection_not_found")
+    if isinstance(exc, DocumentNotFoundError):
+        return APIError(404, str(exc), code="document_not_found")
     if isinstance(exc, IndexMismatchError):
         return APIError(400, str(exc), param="collection", code="index_mismatch")
+    if isinstance(exc, CollectionLockedError):
+        return APIError(409, str(exc), code="collection_locked")
+    if isinstance(exc, UnsupportedDocumentError):
+        return APIError(400, str(exc), param="file", code="unsupported_file")
+    if isinstance(exc, DocumentError):
+        return APIError(400, str(exc), param="file", code="invalid_file")
+    if isinstance(exc, ChunkingError):
+        return APIError(400, str(exc), code="invalid_chunking")
     if isinstance(exc, ClaraError):  # written to be read by users
         return APIError(500, str(exc))
     return APIError(500, "internal server error; the server log has the details")
@@ -121,8 +159,17 @@ def check_ready(state: str, error: str | None) -> None:
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 
+# union member tags pydantic puts in an error's path: types ("str", "list[int]") and model
+# names ("InputMessage"); the API's own field names are lower-case identifiers
+_UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^[A-Z]|^(str|int|float|bool|none|dict|list)$")
+
+
 def _param(loc: tuple) -> str | None:
-    parts = [p for p in loc if p != "body"]
+    """`("body", "input", "list[InputItem]", 0, "role")` -> "input.[0].role": where the value
+    came from and union member tags (which pydantic puts in the path) are left out."""
+    where = ("body", "query", "path", "header")
+    parts = list(loc[1:] if loc and loc[0] in where else loc)
+    parts = [p for p in parts if not (isinstance(p, str) and _UNION_TAG.search(p))]
     if not parts:
         return None
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)
@@ -133,6 +180,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if not errors:
         return APIError(400, "invalid request")
     first = errors[0]
+    if len(errors) > 1 and first.get("type") != "json_invalid":
+        # a value matching no member of a union: the member it got furthest into says most
+        first = max(errors, key=lambda e: len(_param(tuple(e.get("loc", ()))) or ""))
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "invalid JSON")
         return APIError(
@@ -144,6 +194,16 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return APIError(400, f"the request body must be a JSON object: {first.get('msg')}")
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return APIError(400, f"{first.get('msg')}: '{param}'{more}", param=param)
+
+
+def _allowed(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -165,7 +225,10 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"{request.method} is not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        return error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method the path has, not only its first route's
+            headers["Allow"] = ", ".join(_allowed(request))
+        return error_response(APIError(exc.status_code, message, headers=headers))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
@@ -173,3 +236,47 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             APIError(500, "internal server error; the server log has the details")
         )
+
+
+class BearerGate:
+    """Pure ASGI middleware (streams and disconnects pass untouched): every path but
+    `open_paths` needs 'Authorization: Bearer <api_key>'; without a key everything is open."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        service: str = "the server",
+        open_paths: tuple[str, ...] = ("/health",),
+    ) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.service = service
+        self.open_paths = open_paths
+
+    def authorized(self, scope: Scope) -> bool:
+        if self.api_key is None or scope["path"] in self.open_paths:
+            return True
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and hmac.compare_digest(
+                    token.strip().encode(), self.api_key
+                )
+        return False
+
+    def refusal(self) -> APIError:
+        return APIError(
+            401,
+            "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
+            f"{self.service} was started with (--api-key or CLARA_API_KEY)",
+            type="invalid_request_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        await error_response(self.refusal())(scope, receive, send)

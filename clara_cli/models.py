@@ -1,4 +1,5 @@
-"""`clara-models`: prepare the embedded default model, list local models, convert GGUFs."""
+"""`clara-models`: prepare the default model, list local models, convert GGUFs, import
+Apple's reference CLaRa checkpoints."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clara import paths
+from clara.errors import CheckpointError
 from clara.gguf import DEFAULT_MODEL_DIR, convert_gguf, default_model_dir, prepare_default_model
 from clara_cli.common import run_main
 
@@ -128,6 +130,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract_text(args: argparse.Namespace) -> int:
+    from clara.extract import extract_text_model
+
+    if args.out.exists():
+        raise CheckpointError(f"{args.out} exists; choose a new directory")
+    print(extract_text_model(args.src, args.out))
+    return 0
+
+
+def cmd_import_clara(args: argparse.Namespace) -> int:
+    from clara.reference.importer import import_reference
+
+    if args.out.exists() and not args.force:
+        raise CheckpointError(f"{args.out} exists; pass --force to replace it")
+    out = import_reference(args.src, args.base, args.out, kind=args.kind)
+    info = json.loads((out / "clara_config.json").read_text())
+    clara, src = info["clara"], info["imported_from"]
+    print(
+        f"imported {src['kind']} checkpoint: compression {clara['compression_rate']}x, "
+        f"{clara['doc_max_tokens'] // clara['compression_rate']} memory vectors per chunk, "
+        f"prompt {clara['prompt_template']}, queries via {src['query_encoder']}"
+    )
+    print(out)
+    print(f"use it: clara-serve --model {args.base} --checkpoint {out}")
+    print(f"        clara-index add DOCS --model {args.base} --checkpoint {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -160,6 +190,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "extract-text",
+        help="pull the text model out of a multimodal checkpoint (HyperCLOVA X SEED Omni 8B)",
+        description="Write the text model of a multimodal Hugging Face checkpoint whose "
+        "config.json has a text_config and whose weights are named model.language_model.* "
+        "(e.g. HyperCLOVA X SEED Omni 8B) as a plain Hugging Face folder: config, weights, "
+        "tokenizer files. Then convert it: mlx_lm.convert --hf-path OUT -q --mlx-path DIR.",
+    )
+    p.add_argument("src", type=Path, metavar="SRC", help="the downloaded multimodal checkpoint")
+    p.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist)")
+    p.set_defaults(func=cmd_extract_text)
+
+    p = sub.add_parser(
+        "import-clara",
+        help="import an Apple CLaRa checkpoint (CLaRa-7B Base/Instruct/E2E) for an MLX base",
+        description="Convert a reference CLaRa checkpoint folder (config.json, adapters.pth, "
+        "decoder_first_last_layers.pth, e.g. CLaRa-7B-Instruct/compression-16) into a clara "
+        "checkpoint for the MLX base model it was trained on (Mistral-7B-Instruct-v0.2 converted "
+        "with mlx_lm.convert). The .pth files are read without torch and without running "
+        "pickled code. A base model whose embedding rows differ is refused.",
+    )
+    p.add_argument("src", type=Path, metavar="SRC", help="the reference checkpoint folder")
+    p.add_argument("--base", required=True, metavar="MLX_DIR", help="the mlx-lm base model")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="checkpoint to write")
+    p.add_argument(
+        "--kind",
+        choices=("base", "instruct", "e2e"),
+        help="override the detected kind (e2e: has a query reasoner; base: training_stage "
+        "stage1, answers by paraphrasing; instruct otherwise)",
+    )
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    p.set_defaults(func=cmd_import_clara)
     return parser
 
 

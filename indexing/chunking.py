@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clara.errors import ClaraError
+from clara.errors import ChunkingError  # noqa: F401
+from indexing.context import chunk_contexts, document_title, find_headings
 from indexing.readers import Document, Page
 
 PAGE_SEPARATOR = "\n\n"
@@ -25,10 +26,6 @@ _CJK_SENTENCE_END = "。！？；"
 _CLOSERS = "\"')]}»”’」』）"
 
 
-class ChunkingError(ClaraError, ValueError):
-    """Invalid chunking options, or text that cannot be cut within the token budget."""
-
-
 @dataclass(frozen=True)
 class Chunk:
     text: str
@@ -36,12 +33,19 @@ class Chunk:
     page_end: int
     n_tokens: int  # len(tokenizer.encode(text, add_special_tokens=False))
     ordinal: int  # position in the document, from 0
+    context: str = ""  # "title / section heading" (indexing.context), read before the text
 
 
 def chunk_document(
-    doc: Document, tokenizer: Any, max_tokens: int = 256, overlap: int = 32
+    doc: Document,
+    tokenizer: Any,
+    max_tokens: int = 256,
+    overlap: int = 32,
+    name: str | None = None,
 ) -> list[Chunk]:
-    """Chunk `doc` by the tokens of `tokenizer` (mlx-lm TokenizerWrapper or HF tokenizer)."""
+    """Chunk `doc` by the tokens of `tokenizer` (mlx-lm TokenizerWrapper or HF tokenizer).
+    Each chunk's `context` names the document (`name`: shown file name, for the title's last
+    resort) and its section."""
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise ChunkingError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     if not isinstance(overlap, int) or not 0 <= overlap < max_tokens:
@@ -61,11 +65,14 @@ def chunk_document(
     else:
         spans = _CharSplitter(text, count).spans(max_tokens, overlap)
 
+    headings = find_headings(text, doc.kind, doc.headings)
+    title = document_title(text, headings, doc.title, name or doc.path.name)
+    contexts = chunk_contexts(title, headings, [(cs, ce) for cs, ce, _ in spans], text)
     chunks = []
-    for cs, ce, n in spans:
+    for (cs, ce, n), context in zip(spans, contexts):
         first = numbers[bisect.bisect_right(starts, cs) - 1]
         last = numbers[bisect.bisect_right(starts, ce - 1) - 1]
-        chunks.append(Chunk(text[cs:ce], first, last, n, len(chunks)))
+        chunks.append(Chunk(text[cs:ce], first, last, n, len(chunks), context))
     return chunks
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 
+from clara.retrieval import RETRIEVAL_MODES, Fusion
 from clara_cli.common import add_model_args, run_main
 from indexing.commands import (
     PROG,
@@ -55,7 +56,10 @@ chunks. Each file that cannot be read gets one error line; the others still go i
     "stats": "examples:\n  clara-index stats\n  clara-index stats --json | jq .chunks",
     "search": """examples:
   clara-index search "What is the warranty period?"
-  clara-index search "boiling point of water" -k 3 --collection physics --json""",
+  clara-index search "boiling point of water" -k 3 --collection physics --json
+  clara-index search "git branch --set-upstream-to" --mode lexical
+
+Each result shows its score (hybrid: the fused score) and its rank in each retriever.""",
     "rebuild": """examples:
   clara-index rebuild                            # re-create the FAISS index from stored vectors
   clara-index rebuild --index-type hnsw          # convert it to HNSW
@@ -201,6 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "-k", "--top-k", type=_positive, default=5, metavar="K",
         help="results to show (default: %(default)s)",
+    )  # fmt: skip
+    search.add_argument(
+        "--mode", choices=RETRIEVAL_MODES, default="hybrid",
+        help="hybrid: memory vectors and words fused by reciprocal rank (default); dense: "
+        "memory vectors (query adapter) only; lexical: BM25 over the chunks' words only",
+    )  # fmt: skip
+    fusion = search.add_argument_group("fusion (hybrid)")
+    default = Fusion()
+    fusion.add_argument(
+        "--fusion-k", type=float, default=default.k, metavar="K",
+        help="reciprocal rank fusion constant: score = sum weight / (K + rank) "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    fusion.add_argument(
+        "--dense-weight", type=float, default=default.weights["dense"], metavar="W",
+        help="weight of the memory-vector ranking (default: %(default)s)",
+    )  # fmt: skip
+    fusion.add_argument(
+        "--lexical-weight", type=float, default=default.weights["lexical"], metavar="W",
+        help="weight of the BM25 ranking (default: %(default)s)",
     )  # fmt: skip
     search.set_defaults(func=cmd_search)
 

@@ -112,8 +112,16 @@ def _find(col: Collection, target: str) -> list[Document]:
     return [d for d in col.list_documents() if d.path and d.path.startswith(prefix)]
 
 
+def _open(*args: Any, **kwargs: Any) -> Collection:
+    """Collection.open, printing its one-line notes (e.g. an old index upgraded)."""
+    col = Collection.open(*args, **kwargs)
+    for note in col.notes:
+        print(f"{PROG}: {note}", file=sys.stderr)
+    return col
+
+
 def _open_read(args: argparse.Namespace) -> Collection:
-    return Collection.open(args.index, args.collection, readonly=True)
+    return _open(args.index, args.collection, readonly=True)
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -135,7 +143,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{PROG}: {r.error}", file=sys.stderr)
     try:  # the writer lock first: another writer would make us wait for nothing
-        col = Collection.open(args.index, args.collection, index_type=args.index_type)
+        col = _open(args.index, args.collection, index_type=args.index_type)
     except CollectionNotFoundError:
         col = None
     try:
@@ -146,7 +154,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             load_s = time.perf_counter() - start
             manifest = model_manifest(cm, args.checkpoint)
             if col is None:
-                col = Collection.open(
+                col = _open(
                     args.index, args.collection, manifest, create=True, index_type=args.index_type
                 )
             else:
@@ -214,7 +222,7 @@ def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]
 
 def cmd_remove(args: argparse.Namespace) -> int:
     removed, missing = [], []
-    with Collection.open(args.index, args.collection) as col:
+    with _open(args.index, args.collection) as col:
         for target in args.targets:
             docs = _find(col, target)
             if not docs:
@@ -312,30 +320,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     import mlx.core as mx
     import numpy as np
 
+    from clara.retrieval import Fusion
+
+    fusion = Fusion(args.fusion_k, {"dense": args.dense_weight, "lexical": args.lexical_weight})
     cm = _load_model(args)
     manifest = model_manifest(cm, args.checkpoint)
-    with Collection.open(args.index, args.collection, manifest, readonly=True) as col:
-        query = np.array(cm.encode_queries([args.query]).astype(mx.float32))  # (1, n_mem, d)
-        hits = col.search(query, args.top_k)[0]
-        texts = {c.id: c.text for c in col.chunks([h.chunk_id for h in hits])}
-        docs = {h.doc_id: col.document(h.doc_id) for h in hits}
-    paths = {i: d.path for i, d in docs.items() if d is not None}
+    with _open(args.index, args.collection, manifest, readonly=True) as col:
+        query = np.array(cm.encode_queries([args.query]).astype(mx.float32))[0]  # (n_mem, d)
+        hits = col.retrieve(args.query, query, args.top_k, args.mode, fusion)
     rows = [
         {
-            "rank": i, "score": round(h.score, 6), "doc_id": h.doc_id, "chunk_id": h.chunk_id,
-            "file": h.doc_name, "path": paths.get(h.doc_id), "page_start": h.page_start,
-            "page_end": h.page_end, "text": texts.get(h.chunk_id, ""),
+            "rank": i, "score": round(h.score, 6), "ranks": h.ranks, "mode": h.mode,
+            "doc_id": h.doc_id, "chunk_id": h.chunk_id, "file": h.doc_name, "path": h.path,
+            "page_start": h.page_start, "page_end": h.page_end, "context": h.context,
+            "text": h.text,
         }
         for i, h in enumerate(hits, start=1)
     ]  # fmt: skip
     if args.json:
-        _print_json({"query": args.query, "collection": args.collection, "results": rows})
+        _print_json({"query": args.query, "collection": args.collection, "mode": args.mode,
+                     "results": rows})  # fmt: skip
         return 0
     if not rows:
-        print(f"no results: collection '{args.collection}' is empty")
+        print(f"no results in collection '{args.collection}' ({args.mode} search)")
+    elif rows[0]["mode"] != args.mode:
+        print(f"({args.mode} search found no usable words: searched by memory vectors alone)")
     for r in rows:
         where = _show_path(r["path"] or r["file"])
-        print(f"{r['rank']}. {r['score']:.4f}  {where}  {_pages(r['page_start'], r['page_end'])}")
+        ranks = ", ".join(f"{n} #{v}" for n, v in r["ranks"].items() if v is not None)
+        print(
+            f"{r['rank']}. {r['score']:.4f}  {where}  {_pages(r['page_start'], r['page_end'])}"
+            f"  [{ranks}]"
+        )
         print(f"   {_snippet(r['text'])}")
     return 0
 
@@ -350,10 +366,10 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         )  # fmt: skip
         results = _run_add(args, events, _count_docs(args))
         if args.index_type is not None:
-            with Collection.open(args.index, args.collection, index_type=args.index_type):
+            with _open(args.index, args.collection, index_type=args.index_type):
                 pass
     else:
-        with Collection.open(args.index, args.collection, index_type=args.index_type) as col:
+        with _open(args.index, args.collection, index_type=args.index_type) as col:
             col.rebuild()
         results = []
     with _open_read(args) as col:
@@ -377,7 +393,7 @@ def _count_docs(args: argparse.Namespace) -> int:
 def cmd_collections(args: argparse.Namespace) -> int:
     rows = []
     for name in list_collections(args.index):
-        with Collection.open(args.index, name, readonly=True) as col:
+        with _open(args.index, name, readonly=True) as col:
             s = col.stats()
         rows.append({k: s[k] for k in ("name", "documents", "chunks", "bytes_on_disk")})
         rows[-1]["fingerprint"] = s["fingerprint"]

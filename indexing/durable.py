@@ -20,13 +20,9 @@ import os
 import signal
 from pathlib import Path
 
-from clara.errors import ClaraError
+from clara.errors import CollectionLockedError  # noqa: F401
 
 CRASH_ENV = "CLARA_CRASH_AT"
-
-
-class CollectionLockedError(ClaraError):
-    """Another process holds the collection's writer lock."""
 
 
 def crash_point(step: str) -> None:

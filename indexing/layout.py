@@ -16,7 +16,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from clara.errors import ClaraError
+from clara.errors import CollectionError, CollectionNotFoundError  # noqa: F401
 from clara.paths import index_root
 from indexing.durable import WriterLock, fsync_dir, fsync_file
 from indexing.manifest import MANIFEST, Manifest, write_manifest
@@ -26,14 +26,6 @@ META = "meta.sqlite"
 FAISS_FILE = re.compile(r"^faiss-(\d+)\.index$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _LEFTOVER = re.compile(r"^\.(.+)\.(?:creating|deleted)-(\d+)-[0-9a-f]+$")
-
-
-class CollectionError(ClaraError):
-    """A collection cannot do what was asked (read-only, damaged, ...)."""
-
-
-class CollectionNotFoundError(CollectionError):
-    pass
 
 
 def memory_file_name(generation: int) -> str:

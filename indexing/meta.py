@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexing.lexical import LEXICAL_VERSION, TOKENIZER, index_text
+
 SCHEMA = """
 CREATE TABLE documents (
     id TEXT PRIMARY KEY,            -- "doc-<12 hex>"
@@ -37,11 +39,15 @@ CREATE TABLE chunks (
     page_start INTEGER,
     page_end INTEGER,
     n_tokens INTEGER NOT NULL,
-    row INTEGER NOT NULL            -- row in the memory file
+    row INTEGER NOT NULL,           -- row in the memory file
+    context TEXT NOT NULL DEFAULT '' -- "title / section heading", read before the text
 );
 CREATE INDEX chunks_doc ON chunks(doc_id, ordinal);
 CREATE TABLE state (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
+# rowid = chunk id; `terms` = lexical.index_text(context + text). Written in the same
+# transactions as `chunks`, so the crash guarantees cover it.
+FTS_SCHEMA = f'CREATE VIRTUAL TABLE chunks_fts USING fts5(terms, tokenize="{TOKENIZER}")'
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
 
@@ -53,6 +59,7 @@ class ChunkRecord:
     page_start: int | None = None
     page_end: int | None = None
     n_tokens: int = 0
+    context: str = ""  # "title / section heading" (see indexing.context)
 
 
 @dataclass
@@ -64,6 +71,16 @@ class Chunk:
     page_start: int | None
     page_end: int | None
     n_tokens: int
+    context: str = ""
+
+    @property
+    def contextual_text(self) -> str:
+        """What the compressor and the generator read: the context line, then the text."""
+        return contextual(self.context, self.text)
+
+
+def contextual(context: str, text: str) -> str:
+    return f"{context}\n{text}" if context else text
 
 
 @dataclass
@@ -94,6 +111,13 @@ _DOC_SELECT = (
 )
 
 
+_CHUNK_COLS = "id, doc_id, ordinal, text, page_start, page_end, n_tokens, row, context"
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
 def _batches(ids: Sequence[int]) -> Iterator[list[int]]:
     ids = [int(i) for i in ids]
     for start in range(0, len(ids), _SQL_VARS):
@@ -119,7 +143,9 @@ class Meta:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # lets compaction give pages back
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            db.execute(FTS_SCHEMA)
             state = {"generation": 0, "memory_file": memory_file, "n_rows": 0, "next_chunk_id": 1}
+            state["lexical"] = LEXICAL_VERSION
             db.executemany("INSERT INTO state VALUES (?, ?)", state.items())
         finally:
             db.close()
@@ -176,20 +202,47 @@ class Meta:
     def insert_chunks(
         self, doc_id: str, records: Sequence[ChunkRecord], ids: np.ndarray, rows: np.ndarray
     ) -> None:
+        rows_ = [
+            (int(i), doc_id, n, r.text, r.page_start, r.page_end, int(r.n_tokens), int(row))
+            + (r.context,)
+            for n, (r, i, row) in enumerate(zip(records, ids, rows, strict=True))
+        ]
+        self.db.executemany(f"INSERT INTO chunks ({_CHUNK_COLS}) VALUES ({_marks(9)})", rows_)
         self.db.executemany(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (int(i), doc_id, n, r.text, r.page_start, r.page_end, int(r.n_tokens), int(row))
-                for n, (r, i, row) in enumerate(zip(records, ids, rows, strict=True))
-            ],
+            "INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)",
+            [(int(i), index_text(contextual(r.context, r.text))) for r, i in zip(records, ids)],
         )
 
     def delete_document(self, doc_id: str) -> np.ndarray:
         """Delete a document and its chunks; returns the deleted chunk ids."""
         ids = self.db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc_id,)).fetchall()
+        sql = "DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE doc_id=?)"
+        self.db.execute(sql, (doc_id,))
         self.db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
         self.db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
         return np.array([i for (i,) in ids], dtype=np.int64)
+
+    def build_lexical(self) -> int:
+        """(Re)build the full-text table from the chunk rows (inside transaction()); also adds
+        the `context` column to an index made before it. Returns the chunks indexed."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}
+        if "context" not in cols:
+            self.db.execute("ALTER TABLE chunks ADD COLUMN context TEXT NOT NULL DEFAULT ''")
+        self.db.execute("DROP TABLE IF EXISTS chunks_fts")
+        self.db.execute(FTS_SCHEMA)
+        n = 0
+        cursor = self.db.execute("SELECT id, context, text FROM chunks ORDER BY id")
+        while batch := cursor.fetchmany(1000):
+            rows = [(i, index_text(contextual(c, t))) for i, c, t in batch]
+            self.db.executemany("INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)", rows)
+            n += len(rows)
+        self.db.execute("INSERT OR REPLACE INTO state VALUES ('lexical', ?)", (LEXICAL_VERSION,))
+        return n
+
+    def lexical_current(self) -> bool:
+        """True when the full-text table exists and was made by this version's tokenizer."""
+        row = self.db.execute("SELECT value FROM state WHERE key='lexical'").fetchone()
+        return row is not None and int(row[0]) == LEXICAL_VERSION
 
     def renumber(self, ids: np.ndarray, rows: np.ndarray) -> None:
         self.db.executemany(
@@ -220,7 +273,7 @@ class Meta:
         for batch in _batches(ids):
             marks = ",".join("?" * len(batch))
             sql = (
-                "SELECT id, doc_id, ordinal, text, page_start, page_end, n_tokens "
+                "SELECT id, doc_id, ordinal, text, page_start, page_end, n_tokens, context "
                 f"FROM chunks WHERE id IN ({marks})"
             )
             for row in self.db.execute(sql, batch):
@@ -244,6 +297,11 @@ class Meta:
                 out[row[0]] = row[1:]
         return out
 
+    def lexical_search(self, match: str, k: int) -> list[tuple[int, float]]:
+        """(chunk id, bm25 score, higher is better) of the best `k` chunks for an FTS5 query."""
+        sql = "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"
+        return [(int(i), -float(r)) for i, r in self.db.execute(sql, (match, int(k)))]
+
     def rows_of(self, ids: Sequence[int]) -> dict[int, int]:
         out: dict[int, int] = {}
         for batch in _batches(ids):
@@ -262,6 +320,9 @@ class Meta:
         n_docs = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         n_chunks = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
         return int(n_docs), int(n_chunks)
+
+    def lexical_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM chunks_fts").fetchone()[0])
 
     def shrink(self) -> None:
         """Give freed pages back to the filesystem and empty the WAL (after big deletes)."""

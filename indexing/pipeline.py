@@ -17,6 +17,7 @@ document of a run is committed (see `indexing.durable`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -31,8 +32,10 @@ import numpy as np
 
 from clara.errors import ClaraError
 from clara.paths import index_root
-from indexing.chunking import Chunk, chunk_document
+from indexing.chunking import Chunk, chunk_document, join_pages
+from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
+from indexing.meta import contextual
 from indexing.readers import Document, NoTextError, read_document
 from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
 
@@ -43,7 +46,7 @@ STAGING = ".recompress"
 
 @dataclass
 class IndexOptions:
-    chunk_tokens: int | None = None  # None: the checkpoint's doc_max_tokens
+    chunk_tokens: int | None = None  # None: doc_max_tokens less room for the context line
     overlap: int = 32
     batch_size: int = 8  # chunks per compressor pass
     password: str | None = None  # for encrypted PDFs
@@ -113,7 +116,8 @@ def model_manifest(cm: Any, checkpoint: str | os.PathLike | None = None) -> dict
 def chunk_limits(cm: Any, chunk_tokens: int | None, overlap: int) -> tuple[int, int]:
     """(max tokens, overlap) after checking them against the checkpoint's doc_max_tokens."""
     limit = int(cm.config.doc_max_tokens)
-    size = limit if chunk_tokens is None else chunk_tokens
+    room = CONTEXT_TOKENS if limit > 4 * CONTEXT_TOKENS else 0  # for the context line
+    size = limit - room if chunk_tokens is None else chunk_tokens
     if not 1 <= size <= limit:
         raise ClaraError(
             f"chunk size {size} must be between 1 and the checkpoint's doc_max_tokens ({limit}); "
@@ -129,6 +133,21 @@ def compress(cm: Any, texts: list[str]) -> np.ndarray:
     import mlx.core as mx
 
     return np.array(cm.compress(texts, batch_size=max(1, len(texts))).astype(mx.float32))
+
+
+def contextual_text(chunk: Any) -> str:
+    """What the compressor reads: the chunk's context line, then its text."""
+    return contextual(chunk.context, chunk.text)
+
+
+def fit_contexts(cm: Any, chunks: list[Any]) -> list[Any]:
+    """Cut each chunk's context line to the room its text leaves in doc_max_tokens."""
+    limit = int(cm.config.doc_max_tokens)
+    out = []
+    for c in chunks:
+        ctx = fit_context(cm.tokenizer, c.context, limit - c.n_tokens - 1)
+        out.append(c if ctx == c.context else dataclasses.replace(c, context=ctx))
+    return out
 
 
 def file_sha256(path: Path) -> str | None:
@@ -186,7 +205,7 @@ class Indexer:
             if not waiting:
                 return
             batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
-            memories = compress(self.cm, [p.chunks[i].text for p, i in batch])
+            memories = compress(self.cm, [contextual_text(p.chunks[i]) for p, i in batch])
             finished: list[_Pending] = []
             for (p, i), m in zip(batch, memories):
                 p.memories[i] = m
@@ -221,7 +240,10 @@ class Indexer:
         try:
             mtime = os.stat(path).st_mtime
             doc = read_document(path, self.options.password)
-            chunks = chunk_document(doc, self.cm.tokenizer, self.max_tokens, self.overlap)
+            chunks = chunk_document(
+                doc, self.cm.tokenizer, self.max_tokens, self.overlap, src.name or path.name
+            )
+            chunks = fit_contexts(self.cm, chunks)
             if not chunks:
                 raise NoTextError(path, "no text to index", "check the file")
         except ClaraError as exc:  # DocumentError, ChunkingError: this file only
@@ -234,7 +256,9 @@ class Indexer:
         return _Pending(src, doc, chunks, memories, mtime, replaces)
 
     def _commit(self, p: _Pending) -> FileResult:
-        records = [ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens) for c in p.chunks]
+        records = [
+            ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens, c.context) for c in p.chunks
+        ]
         path, doc = p.source.path, p.doc
         args = (str(path), p.source.name or path.name, doc.sha256, records, p.memories)
         info = dict(size=doc.size, mtime=p.mtime, n_pages=len(doc.pages))
@@ -290,13 +314,19 @@ def recompress(
                 if (d.path, d.name, d.sha256) in done:
                     continue
                 chunks = old.document_chunks(d.id)
+                if not any(c.context for c in chunks):  # indexed before contextual chunks
+                    contexts = recover_contexts([c.text for c in chunks], d.name, _source(d))
+                    chunks = [dataclasses.replace(c, context=x) for c, x in zip(chunks, contexts)]
+                chunks = fit_contexts(cm, chunks)
                 memories = np.zeros((len(chunks), cm.n_mem, cm.hidden_size), np.float32)
                 for start in range(0, len(chunks), batch_size):
                     part = chunks[start : start + batch_size]
-                    memories[start : start + len(part)] = compress(cm, [c.text for c in part])
+                    texts = [contextual_text(c) for c in part]
+                    memories[start : start + len(part)] = compress(cm, texts)
                     yield Progress(len(part))
                 records = [
-                    ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens) for c in chunks
+                    ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens, c.context)
+                    for c in chunks
                 ]
                 doc_id = new.add_document(
                     d.path, d.name, d.sha256, records, memories,
@@ -316,6 +346,18 @@ def recompress(
         doomed = _swap_in(base, name)
     if doomed is not None:
         shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _source(d: Any) -> tuple[str, str, list[str], str | None] | None:
+    """(text, kind, Markdown headings, metadata title) of a stored document's file, when it
+    is still there with the content that was indexed."""
+    if not d.path or file_sha256(Path(d.path)) != d.sha256:
+        return None
+    try:
+        doc = read_document(d.path)
+    except ClaraError:
+        return None
+    return join_pages(doc.pages)[0], doc.kind, doc.headings, doc.title
 
 
 def _same_model(staging_root: Path, name: str, manifest: dict[str, Any]) -> bool:

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from clara.errors import ClaraError
+from clara.errors import (  # noqa: F401  re-exported: readers raise these
+    CorruptDocumentError,
+    DocumentError,
+    EncryptedDocumentError,
+    MissingFileError,
+    NoTextError,
+    UnsupportedDocumentError,
+)
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
@@ -29,36 +36,6 @@ TEXT_EXTENSIONS = frozenset({".txt", ".text", ".rst", ".log", ".org", ".adoc", "
 SUPPORTED_EXTENSIONS = PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | TEXT_EXTENSIONS
 
 DocumentKind = Literal["pdf", "text", "markdown"]
-
-
-class DocumentError(ClaraError):
-    """A document cannot be read; `str()` is one line: file, reason, what to do."""
-
-    def __init__(self, path: str | os.PathLike, reason: str, hint: str = "") -> None:
-        self.path = Path(path)
-        self.reason = _one_line(reason)
-        self.hint = _one_line(hint)
-        super().__init__(f"{path}: {self.reason}" + (f": {self.hint}" if self.hint else ""))
-
-
-class DocumentNotFoundError(DocumentError):
-    """The path does not exist, or is not a regular file."""
-
-
-class UnsupportedDocumentError(DocumentError):
-    """A type clara does not read (office files, images, archives, binaries)."""
-
-
-class EncryptedDocumentError(DocumentError):
-    """An encrypted PDF without the right password, or one needing a missing AES package."""
-
-
-class NoTextError(DocumentError):
-    """An empty file, or a PDF without extractable text (scanned pages)."""
-
-
-class CorruptDocumentError(DocumentError):
-    """A damaged or truncated file."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +52,8 @@ class Document:
     sha256: str  # of the file's bytes
     size: int  # bytes
     warnings: list[str] = field(default_factory=list)  # e.g. pages without text
+    title: str | None = None  # the PDF's metadata title, when it has one
+    headings: list[str] = field(default_factory=list)  # Markdown `#` headings, in order
 
     @property
     def n_chars(self) -> int:
@@ -85,17 +64,17 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
     """Read a PDF, Markdown or text file into pages of cleaned text."""
     path = Path(path)
     if not path.exists():
-        raise DocumentNotFoundError(path, "no such file", "check the path")
+        raise MissingFileError(path, "no such file", "check the path")
     if path.is_dir():
-        raise DocumentNotFoundError(
+        raise MissingFileError(
             path, "is a directory", "pass the files inside it, or use iter_inputs to expand it"
         )
     if not path.is_file():
-        raise DocumentNotFoundError(path, "not a regular file", "pass a PDF, Markdown or text file")
+        raise MissingFileError(path, "not a regular file", "pass a PDF, Markdown or text file")
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DocumentNotFoundError(
+        raise MissingFileError(
             path, f"cannot read: {e.strerror or e}", "check permissions"
         ) from None
     if not data:
@@ -112,7 +91,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
                 "re-download or re-export the file",
             )
         kind: DocumentKind = "pdf"
-        pages, warnings = _read_pdf(path, data, password)
+        pages, warnings, title = _read_pdf(path, data, password)
+        headings: list[str] = []
     else:
         what = _UNSUPPORTED.get(ext) or ("RTF document" if sniffed == "RTF document" else None)
         if what:
@@ -126,6 +106,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
                 path, f"unsupported file type ({sniffed})", _hint_for(sniffed)
             ) from None
         kind = "markdown" if ext in MARKDOWN_EXTENSIONS else "text"
+        title = None
+        headings = markdown_headings(clean_text(text)) if kind == "markdown" else []
         text = clean_markdown(text) if kind == "markdown" else clean_text(text)
         # Form feeds separate pages (as in `pdftotext` output).
         pages = [Page(i + 1, t.strip("\n")) for i, t in enumerate(text.split("\f"))]
@@ -140,7 +122,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             )
         raise NoTextError(path, "no text (only whitespace)", "nothing to index")
     sha = hashlib.sha256(data).hexdigest()
-    return Document(path, kind, pages, sha, len(data), warnings)
+    return Document(path, kind, pages, sha, len(data), warnings, title, headings)
 
 
 def iter_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True) -> list[Path]:
@@ -159,14 +141,14 @@ def iter_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True) -> l
         elif _GLOB_CHARS.search(str(raw)):
             matches = sorted(glob.glob(str(p), recursive=recursive))
             if not matches:
-                raise DocumentNotFoundError(raw, "no files match this pattern", "check the pattern")
+                raise MissingFileError(raw, "no files match this pattern", "check the pattern")
             for m in map(Path, matches):
                 if m.is_dir():
                     found.update(dict.fromkeys(_walk(m, recursive)))
                 elif _wanted(m):
                     found[m.resolve()] = None
         else:
-            raise DocumentNotFoundError(p, "no such file or directory", "check the path")
+            raise MissingFileError(p, "no such file or directory", "check the path")
     return sorted(found)
 
 
@@ -340,6 +322,27 @@ def clean_markdown(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+def markdown_headings(text: str) -> list[str]:
+    """The ATX (`#`) headings of Markdown text outside code blocks, as clean_markdown shows
+    them (markers and link URLs dropped)."""
+    out, fence = [], ""
+    for line in text.split("\n"):
+        m = _FENCE.match(line)
+        if fence:
+            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+                fence = ""
+        elif m:
+            fence = m.group(1)
+        elif h := _ATX.match(line):
+            heading = _clean_md_prose(h.group(1)).strip()
+            if heading:
+                out.append(heading)
+    return out
+
+
+_ATX = re.compile(r"^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+
+
 def _clean_md_prose(text: str) -> str:
     text = re.sub(r"<!--.*?(-->|\Z)", "", text, flags=re.S)
     text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)  # image -> alt text
@@ -353,7 +356,9 @@ def _clean_md_prose(text: str) -> str:
 # --- PDF ------------------------------------------------------------------------------
 
 
-def _read_pdf(path: Path, data: bytes, password: str | None) -> tuple[list[Page], list[str]]:
+def _read_pdf(
+    path: Path, data: bytes, password: str | None
+) -> tuple[list[Page], list[str], str | None]:
     from pypdf import PasswordType, PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
 
@@ -413,7 +418,15 @@ def _read_pdf(path: Path, data: bytes, password: str | None) -> tuple[list[Page]
         warnings.append(f"page {_ranges(empty)}: no extractable text (scanned? run OCR)")
     if b"%%EOF" not in data[-2048:]:
         warnings.append("file looks truncated (no %%EOF); indexed what could be read")
-    return pages, warnings
+    return pages, warnings, _pdf_title(reader)
+
+
+def _pdf_title(reader) -> str | None:
+    try:
+        title = reader.metadata.title if reader.metadata else None
+    except Exception:  # noqa: BLE001 - a broken info dictionary only loses the title
+        return None
+    return " ".join(str(title).split()) or None if title else None
 
 
 def _aes_error(path: Path) -> EncryptedDocumentError:

@@ -5,9 +5,9 @@
     POST /v1/vector_stores/{id}/files {"file_id"}       -> a queued compression job
     POST /v1/vector_stores/{id}/search {"query"}        -> chunks, best first
 
-One MLX worker thread loads and owns the model (as in `server.engine`). Awaited calls (query
-encoding for search) run before background jobs; a compression job runs one model batch per
-step, so a search waits at most one batch. Job state lives in `<index>/uploads/registry.sqlite`:
+One MLX worker thread (`clara_cli.worker`, shared with clara-serve) loads and owns the model.
+Awaited calls (query encoding for search) run at interactive priority, before background jobs;
+a compression job runs one model batch per step, so a search waits at most one batch. Job state lives in `<index>/uploads/registry.sqlite`:
 a job still "in_progress" when the service stopped is queued again at start. Collections are
 opened for writing only while jobs for them run, so `clara-index` may write them in between.
 """
@@ -15,30 +15,25 @@ opened for writing only while jobs for them run, so `clara-index` may write them
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clara.checkpoint import load_clara
 from clara.errors import ClaraError
 from clara.settings import ModelSettings
 from clara_cli.http import (
-    APIError,
-    check_ready,
+    BearerGate,
     error_responses,
     install_error_handlers,
     to_api_error,
 )
-from indexing.durable import CollectionLockedError
+from clara_cli.worker import Worker
 from indexing.service_handler import IndexService
 from indexing.service_protocol import (
     FileDeleted,
@@ -54,11 +49,29 @@ from indexing.service_protocol import (
     VectorStoreFileDeleted,
 )
 from indexing.service_state import Registry
+from indexing.service_uploads import PURPOSES
 
 log = logging.getLogger("clara.index")
-T = TypeVar("T")
 OPEN_PATHS = ("/health",)
 ERRORS = error_responses(400, 401, 404, 409, 413, 503)
+Order = Literal["asc", "desc"]
+UPLOAD = {  # POST /v1/files reads its multipart body itself (streamed, size-limited)
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(PURPOSES)},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 @dataclass
@@ -67,189 +80,6 @@ class ServiceSettings(ModelSettings):
     batch_size: int = 8
     overlap: int = 32
     max_waiting_calls: int = 64
-
-
-@dataclass
-class Task:
-    """Background work for the worker: `start(cm)` gives an iterator, one `next()` per step."""
-
-    key: tuple[str, str]
-    start: Callable[[Any], Iterator[object]]
-    failed: Callable[[BaseException], None]
-    done: Callable[[], None] = lambda: None
-    cancelled: bool = False
-    steps: Iterator[object] | None = field(default=None, repr=False)
-
-
-class Worker:
-    """The one thread that runs MLX: loads the model, then runs awaited calls first and
-    background tasks one step at a time."""
-
-    def __init__(self, load: Callable[[], Any], max_waiting: int = 64) -> None:
-        self.load = load
-        self.max_waiting = max_waiting
-        self.state = "starting"  # starting | loading | ready | failed | stopped
-        self.error: BaseException | None = None
-        self.cm: Any = None
-        self.on_ready: Callable[[], None] | None = None  # on the worker, after loading
-        self.on_fatal: Callable[[BaseException], None] | None = None
-        self._calls: deque[tuple[Callable[[Any], Any], asyncio.Future]] = deque()
-        self._tasks: deque[Task] = deque()
-        self._cv = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="clara-index-mlx", daemon=True)
-
-    def start(self) -> None:
-        self.state = "loading"
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the thread after the current step; waiting calls get 503 (jobs stay queued in
-        the registry and resume at the next start)."""
-        with self._cv:
-            self.state = "stopped"
-            calls, self._calls = list(self._calls), deque()
-            self._cv.notify_all()
-        gone = APIError(503, "the service is shutting down", code="shutting_down")
-        for _, future in calls:
-            _deliver(future, None, gone)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def check_ready(self) -> None:
-        check_ready(self.state, self.error)
-
-    async def call(self, fn: Callable[[Any], T]) -> T:
-        """Run `fn(cm)` on the worker before any queued background step; await its result."""
-        self.check_ready()
-        future = asyncio.get_running_loop().create_future()
-        with self._cv:
-            if len(self._calls) >= self.max_waiting:
-                raise APIError(
-                    503, "the service is busy; retry later", code="server_overloaded",
-                    headers={"Retry-After": "2"},
-                )  # fmt: skip
-            self._calls.append((fn, future))
-            self._cv.notify()
-        return await future
-
-    def submit(self, task: Task) -> None:
-        with self._cv:
-            self._tasks.append(task)
-            self._cv.notify()
-
-    def cancel(self, match: Callable[[tuple[str, str]], bool]) -> None:
-        """Cancel queued and running tasks whose key matches (call from the worker to be sure
-        the running one does not take another step)."""
-        with self._cv:
-            for task in self._tasks:
-                if match(task.key):
-                    task.cancelled = True
-
-    def pending(self, match: Callable[[tuple[str, str]], bool]) -> bool:
-        with self._cv:
-            return any(match(t.key) and not t.cancelled for t in self._tasks)
-
-    def _run(self) -> None:
-        try:
-            self.cm = self.load()
-            with self._cv:
-                if self.state == "stopped":  # stopped while loading
-                    return
-                self.state = "ready"
-            if self.on_ready is not None:
-                self.on_ready()
-        except BaseException as exc:  # noqa: BLE001 - reported by the CLI, which exits
-            self.state, self.error = "failed", exc
-            log.error("clara-index serve: could not start: %s", exc)
-            if self.on_fatal is not None:
-                self.on_fatal(exc)
-            return
-        log.info("model ready")
-        while True:
-            with self._cv:
-                while not self._calls and not self._tasks and self.state != "stopped":
-                    self._cv.wait()
-                if self.state == "stopped":
-                    break
-                call = self._calls.popleft() if self._calls else None
-                task = None if call else self._tasks[0]
-            if call is not None:
-                self._answer(*call)
-            else:
-                self._step(task)
-
-    def _answer(self, fn: Callable[[Any], Any], future: asyncio.Future) -> None:
-        try:
-            result, error = fn(self.cm), None
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting route
-            result, error = None, exc
-        _deliver(future, result, error)
-
-    def _step(self, task: Task) -> None:
-        finished = True
-        try:
-            if not task.cancelled:
-                if task.steps is None:
-                    task.steps = task.start(self.cm)
-                next(task.steps)
-                finished = False
-        except StopIteration:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - the task records it as its last_error
-            log.exception("indexing job %s failed", task.key)
-            task.failed(exc)
-        if finished:
-            with self._cv:
-                self._tasks.remove(task)
-            task.done()
-
-
-def _deliver(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    """Resolve an event-loop future from the worker thread."""
-
-    def deliver() -> None:
-        if future.done():  # the client went away
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    try:
-        future.get_loop().call_soon_threadsafe(deliver)
-    except RuntimeError:  # the event loop is closed
-        pass
-
-
-class ApiKeyGate:
-    """Pure ASGI middleware: every path but /health needs 'Authorization: Bearer <key>'."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.api_key = api_key.encode()
-
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(
-                    token.strip().encode(), self.api_key
-                )
-        return False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
-            await self.app(scope, receive, send)
-            return
-        error = APIError(
-            401,
-            "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
-            "`clara-index serve` was started with (--api-key or CLARA_API_KEY)",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-        response = JSONResponse(error.body(), status_code=401, headers=error.headers)
-        await response(scope, receive, send)
 
 
 def create_app(
@@ -265,10 +95,13 @@ def create_app(
         log.info("loading %s%s", s.model, f" + {s.checkpoint}" if s.checkpoint else "")
         return load_clara(s.model, s.checkpoint, dtype=s.dtype)
 
-    worker = Worker(load or default_load, settings.max_waiting_calls)
-    registry = Registry(settings.root / "uploads")
-    service = IndexService(settings, worker, registry)
-    worker.on_ready = service.resume
+    worker = Worker(
+        load or default_load,
+        max_waiting=settings.max_waiting_calls,
+        name="clara-index-mlx",
+        service="clara-index serve",
+    )
+    service = IndexService(settings, worker, Registry(settings.root / "uploads"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -282,20 +115,12 @@ def create_app(
         summary="OpenAI Files + Vector Stores API over CLaRa compressed-memory collections",
         lifespan=lifespan,
     )
-    app.state.service = service
     if api_key:
-        app.add_middleware(ApiKeyGate, api_key=api_key)
+        app.add_middleware(
+            BearerGate, api_key=api_key, service="`clara-index serve`", open_paths=OPEN_PATHS
+        )
     install_error_handlers(app)
-
-    @app.exception_handler(ClaraError)
-    async def clara_error(request: Request, exc: ClaraError) -> JSONResponse:
-        if isinstance(exc, CollectionLockedError):
-            error = APIError(409, str(exc), code="collection_locked")
-        else:
-            error = to_api_error(exc)
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-    _routes(app)
+    mount_files_api(app, service)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -308,34 +133,40 @@ def create_app(
     return app
 
 
+def mount_files_api(app: FastAPI, service: IndexService) -> None:
+    """Add the Files + Vector Stores routes for `service` to `app` (this service's own app,
+    or clara-serve's, which shares its model worker). The owner closes `service` on shutdown;
+    jobs a stop interrupted are queued again once the worker's model is loaded."""
+    app.state.service = service
+    service.worker.ready_hooks.append(lambda cm: service.resume())
+
+    @app.exception_handler(ClaraError)
+    async def clara_error(request: Request, exc: ClaraError) -> JSONResponse:
+        error = to_api_error(exc)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    _routes(app)
+
+
 def _routes(app: FastAPI) -> None:
     """Thin routes: each hands its work to the IndexService on app.state."""
 
     def svc(request: Request) -> IndexService:
         return request.app.state.service
 
-    def order_of(order: str) -> str:
-        if order not in ("asc", "desc"):
-            raise APIError(400, "'order' must be 'asc' or 'desc'", param="order")
-        return order
-
-    def limit_of(limit: int, most: int = 100) -> int:
-        if not 1 <= limit <= most:
-            raise APIError(400, f"'limit' must be between 1 and {most}", param="limit")
-        return limit
+    limit = Query(20, ge=1, le=100)
 
     # -- files -------------------------------------------------------------------------------
-    @app.post("/v1/files", response_model=FileObject, responses=ERRORS)
+    @app.post("/v1/files", response_model=FileObject, responses=ERRORS, openapi_extra=UPLOAD)
     async def create_file(request: Request):
         return await svc(request).create_file(request)
 
     @app.get("/v1/files", response_model=ListPage, responses=ERRORS)
     async def list_files(
         request: Request, purpose: str | None = None, after: str | None = None,
-        limit: int = 10000, order: str = "desc",
+        limit: int = Query(10000, ge=1, le=10000), order: Order = "desc",
     ):  # fmt: skip
-        page = dict(after=after, limit=limit_of(limit, 10000), order=order_of(order))
-        return svc(request).list_files(purpose, **page)
+        return svc(request).list_files(purpose, after=after, limit=limit, order=order)
 
     @app.get("/v1/files/{file_id}", response_model=FileObject, responses=ERRORS)
     async def get_file(file_id: str, request: Request):
@@ -353,9 +184,9 @@ def _routes(app: FastAPI) -> None:
     @app.get("/v1/vector_stores", response_model=ListPage, responses=ERRORS)
     async def list_stores(
         request: Request, after: str | None = None, before: str | None = None,
-        limit: int = 20, order: str = "desc",
+        limit: int = limit, order: Order = "desc",
     ):  # fmt: skip
-        page = dict(after=after, before=before, limit=limit_of(limit), order=order_of(order))
+        page = dict(after=after, before=before, limit=limit, order=order)
         return await asyncio.to_thread(svc(request).list_stores, **page)
 
     @app.get("/v1/vector_stores/{store_id}", response_model=VectorStore, responses=ERRORS)
@@ -380,9 +211,10 @@ def _routes(app: FastAPI) -> None:
     @app.get(files, response_model=ListPage, responses=ERRORS)
     async def list_store_files(
         store_id: str, request: Request, after: str | None = None, before: str | None = None,
-        limit: int = 20, order: str = "desc", filter: str | None = None,
+        limit: int = limit, order: Order = "desc",
+        filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,
     ):  # fmt: skip
-        page = dict(after=after, before=before, limit=limit_of(limit), order=order_of(order))
+        page = dict(after=after, before=before, limit=limit, order=order)
         return await asyncio.to_thread(svc(request).list_store_files, store_id, filter, **page)
 
     @app.get(files + "/{file_id}", response_model=VectorStoreFile, responses=ERRORS)

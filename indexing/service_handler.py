@@ -8,6 +8,7 @@ follow commits; everything that writes a collection or runs MLX runs on the work
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import secrets
@@ -20,7 +21,9 @@ import numpy as np
 from fastapi import Request
 
 from clara.errors import ClaraError
+from clara.retrieval import Fusion
 from clara_cli.http import APIError
+from clara_cli.worker import BULK, Task
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
 from indexing.readers import DocumentError, UnsupportedDocumentError
@@ -263,8 +266,6 @@ class IndexService:
             raise APIError(400, str(exc), param="chunking_strategy") from None
 
     def _queue(self, link: Link, rec: FileRecord) -> None:
-        from indexing.service import Task
-
         store_id, batch = link.store_id, self.settings.batch_size
         options = IndexOptions(link.chunk_tokens, link.overlap or 0, batch, dedupe=False)
 
@@ -284,7 +285,9 @@ class IndexService:
                 store_id, rec.id, status="failed", error_code="server_error", error_message=message
             )
 
-        self.worker.submit(Task((store_id, rec.id), start, failed, lambda: self._release(store_id)))
+        task = Task((store_id, rec.id), start, failed, lambda: self._release(store_id))
+        task.bounded = False  # a persisted job, not a waiting client
+        self.worker.submit(task, BULK)
 
     def _record(self, link: Link, rec: FileRecord, result: FileResult, cm: Any) -> None:
         if result.status == "failed":
@@ -389,9 +392,7 @@ class IndexService:
     # ---- search ----------------------------------------------------------------------------
     async def search(self, store_id: str, body: SearchRequest) -> SearchPage:
         queries = [body.query] if isinstance(body.query, str) else list(body.query)
-        if not queries or not all(q.strip() for q in queries):
-            raise APIError(400, "'query' must be a non-empty string", param="query")
-        if body.filters:
+        if body.filters is not None:
             raise APIError(400, "attribute filters are not supported here", param="filters")
         col = await asyncio.to_thread(self.reader, store_id)
         threshold = (body.ranking_options.score_threshold if body.ranking_options else None) or 0
@@ -405,9 +406,15 @@ class IndexService:
 
         vectors = await self.worker.call(encode)
         links = self.registry.links(store_id=store_id)
+        hybrid = body.ranking_options.hybrid_search if body.ranking_options else None
+        fusion = None
+        if hybrid is not None:
+            weights = {"dense": hybrid.embedding_weight, "lexical": hybrid.text_weight}
+            fusion = dataclasses.replace(Fusion(), weights=weights)
         results = await asyncio.to_thread(
-            search_results, col, vectors, k, threshold, links, self.uploads
-        )
+            search_results, col, queries, vectors, k, threshold, links, self.uploads,
+            body.retrieval_mode, fusion,
+        )  # fmt: skip
         return SearchPage(search_query=queries, data=results)
 
 

@@ -1,6 +1,6 @@
 """Vector-store search results for the indexing service: a collection's hits for one or more
-query vectors, merged (a chunk keeps its best score), thresholded and shaped as OpenAI's
-`vector_stores.search` results."""
+queries (hybrid, dense or lexical: `Collection.retrieve`), merged (a chunk keeps its best
+score), thresholded and shaped as OpenAI's `vector_stores.search` results."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from clara.retrieval import Fusion
 from indexing.service_protocol import SearchResult, TextContent
 from indexing.service_state import Link
 from indexing.service_uploads import Uploads
@@ -16,27 +17,30 @@ from indexing.store import Collection
 
 def search_results(
     col: Collection,
+    texts: list[str],
     queries: np.ndarray,
     k: int,
     threshold: float,
     links: list[Link],
     uploads: Uploads,
+    mode: str = "hybrid",
+    fusion: Fusion | None = None,
 ) -> list[SearchResult]:
-    """`queries` (Q, n_mem, d) -> up to k results with score >= threshold, best first."""
+    """Questions `texts` and their vectors `queries` (Q, n_mem, d) -> up to k results with
+    score >= threshold, best first."""
     best: dict[int, Any] = {}
-    for hits in col.search(queries, k):
-        for h in hits:
+    for text, query in zip(texts, queries, strict=True):
+        for h in col.retrieve(text, query, k, mode, fusion):
             if h.chunk_id not in best or h.score > best[h.chunk_id].score:
                 best[h.chunk_id] = h
     hits = sorted(best.values(), key=lambda h: -h.score)[:k]
     hits = [h for h in hits if h.score >= threshold]
-    texts = {c.id: c.text for c in col.chunks([h.chunk_id for h in hits])}
     docs = {h.doc_id: col.document(h.doc_id) for h in hits}
     by_doc = {link.doc_id: link for link in links}
     out = []
     for h in hits:
         doc = docs.get(h.doc_id)
-        if doc is None or h.chunk_id not in texts:
+        if doc is None:
             continue  # removed since the search
         link = by_doc.get(h.doc_id)
         file_id = link.file_id if link else (uploads.file_id_of(doc.path) or doc.id)
@@ -46,7 +50,9 @@ def search_results(
             attributes.update(page_start=h.page_start, page_end=h.page_end or h.page_start)
         if doc.path and not uploads.file_id_of(doc.path):
             attributes["path"] = doc.path
-        content = [TextContent(text=texts[h.chunk_id])]
+        attributes["retrieval_mode"] = h.mode
+        attributes.update({f"rank_{n}": r for n, r in h.ranks.items() if r is not None})
+        content = [TextContent(text=h.text)]
         out.append(
             SearchResult(file_id=file_id, filename=doc.name, score=round(h.score, 6),
                          attributes=attributes, content=content)

@@ -1,8 +1,8 @@
 """Collections: the durable on-disk index of compressed memories (layout in `indexing.layout`).
 
 A write goes: append rows to the memory file + fsync -> ONE SQLite transaction (documents,
-chunks, generation+1) -> update FAISS in memory -> save it (temp + fsync + rename). SQLite is
-the commit point: rows past the committed `n_rows`, memory files SQLite does not name and FAISS
+chunks, their full-text rows, generation+1) -> update FAISS in memory -> save it (temp + fsync
++ rename). SQLite is the commit point: rows past the committed `n_rows`, memory files SQLite does not name and FAISS
 files of other generations are leftovers that the next writer drops on open. A crash at any
 point therefore leaves the last committed state (crash hooks: `indexing.durable`).
 
@@ -15,8 +15,10 @@ Only numpy, faiss and sqlite3 are used here: no mlx.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from indexing.durable import WriterLock, crash_point, fsync_dir, remove_quietly
+from clara.errors import DocumentNotFoundError
+from clara.retrieval import Fusion
+from indexing.durable import (
+    CollectionLockedError,
+    WriterLock,
+    crash_point,
+    fsync_dir,
+    remove_quietly,
+)
+from indexing.hybrid import SearchHit, retrieve
 from indexing.layout import (
     META,
     CollectionError,
@@ -37,6 +48,7 @@ from indexing.layout import (
     list_collections,
     memory_file_name,
 )
+from indexing.lexical import match_query
 from indexing.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from indexing.meta import Chunk, ChunkRecord, Document, Meta
 from indexing.vectors import MemoryFile, flatten_normalize, resolve_kind
@@ -52,16 +64,15 @@ __all__ = [
     "DocumentNotFoundError",
     "Hit",
     "Manifest",
+    "SearchHit",
     "delete_collection",
     "list_collections",
 ]
 
+log = logging.getLogger("clara.index")
+
 #: Compact the memory file once this share of its rows belongs to removed chunks.
 COMPACT_DEAD_SHARE = 0.25
-
-
-class DocumentNotFoundError(CollectionError, KeyError):
-    pass
 
 
 @dataclass
@@ -93,6 +104,8 @@ class Collection:
         self._meta = Meta(directory / META, readonly=readonly)
         self._view = IndexView(directory, manifest, self._meta, writer=not readonly)
         self._lock: WriterLock | None = None
+        self.lexical = True  # False: an old index a reader could not upgrade (dense only)
+        self.notes: list[str] = []  # one-line messages for the user (e.g. an upgrade done)
 
     @classmethod
     def open(
@@ -137,12 +150,14 @@ class Collection:
         col = cls(directory, stored, readonly)
         try:
             if readonly:
+                col._upgrade_lexical()
                 col.refresh()
             else:
                 col._lock = WriterLock(directory, f"collection '{name}'")
                 if index_type is not None and index_type != stored.index_type:
                     stored.index_type = index_type
                     write_manifest(directory, stored)
+                col._upgrade_lexical()
                 col._reconcile()
         except BaseException:
             col.close()
@@ -177,6 +192,40 @@ class Collection:
         Returns True when the view changed. Runs before every search."""
         with self._mutex:
             return self._view.refresh()
+
+    def _upgrade_lexical(self) -> None:
+        """Give an index made before the full-text table one (once, in one transaction).
+        A reader does it too when no writer holds the collection, else searches dense only."""
+        if self._meta.lexical_current():
+            return
+        lock, meta = self._lock, self._meta
+        try:
+            if self.readonly:
+                lock = WriterLock(self.directory, f"collection '{self.name}'")
+                meta = Meta(self.directory / META, readonly=False)
+            with meta.transaction():
+                n = meta.build_lexical() if not meta.lexical_current() else None
+        except (CollectionLockedError, OSError, sqlite3.Error) as exc:
+            self.lexical = False
+            self._note(
+                f"collection '{self.name}' has no full-text index yet ({exc}); searching it "
+                "by memory vectors only until `clara-index rebuild` adds one"
+            )
+            return
+        finally:
+            if lock is not None and lock is not self._lock:
+                lock.release()
+            if meta is not self._meta:
+                meta.close()
+        if n is not None:
+            self._note(
+                f"collection '{self.name}': built its full-text index ({n} chunks), which "
+                "indexes made before hybrid search lack"
+            )
+
+    def _note(self, message: str) -> None:
+        self.notes.append(message)
+        log.warning("%s", message)
 
     def _reconcile(self) -> None:
         """Writer open: drop what unfinished or superseded writes left, catch FAISS up."""
@@ -342,9 +391,11 @@ class Collection:
         self._meta.shrink()
 
     def rebuild(self) -> None:
-        """Rebuild FAISS from the memory file and save it."""
+        """Rebuild FAISS from the memory file and the full-text table from the chunks."""
         self._writable()
         with self._mutex:
+            with self._meta.transaction():
+                self._meta.build_lexical()
             self._view.refresh(rebuild=True)
             self._view.maybe_save(force=True)
 
@@ -368,6 +419,28 @@ class Collection:
             [Hit(i, info[i][0], float(s), *info[i][1:]) for s, i in zip(srow, irow) if i in info]
             for srow, irow in zip(scores, ids.tolist())
         ]
+
+    def search_lexical(self, text: str, k: int = 5) -> list[tuple[int, float]] | None:
+        """BM25 over chunk terms: [(chunk id, score)] best first; None when `text` has no
+        usable word (or the collection has no full-text index: see `lexical`)."""
+        match = match_query(text)
+        if match is None or not self.lexical:
+            return None
+        with self._mutex:
+            return self._meta.lexical_search(match, k)
+
+    def retrieve(
+        self,
+        text: str,
+        vector: np.ndarray | None,
+        k: int = 5,
+        mode: str = "hybrid",
+        fusion: Fusion | None = None,
+    ) -> list[SearchHit]:
+        """Search by question: "hybrid" (default), "dense" or "lexical" (`indexing.hybrid`).
+        `vector` (n_mem, d) is the question's query-adapter encoding. Hits carry text and
+        document."""
+        return retrieve(self, text, vector, k, mode, fusion)
 
     def memories(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Stored memory vectors of these chunks: (k, n_mem, d) float32, in the order asked."""
@@ -408,6 +481,7 @@ class Collection:
             with self._meta.snapshot():
                 state = self._meta.state()
                 n_docs, n_chunks = self._meta.counts()
+                n_lexical = self._meta.lexical_count() if self.lexical else 0
             files = {
                 p.name: p.stat().st_size
                 for p in sorted(self.directory.iterdir())
@@ -421,6 +495,7 @@ class Collection:
                 "generation": state.generation,
                 "memory_rows": state.n_rows,
                 "dead_rows": state.n_rows - n_chunks,
+                "lexical_chunks": n_lexical,
                 "index_type": self.manifest.index_type,
                 "index_kind": index.kind if index else None,
                 "indexed_vectors": index.ntotal if index else 0,

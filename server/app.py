@@ -6,16 +6,20 @@ Every error leaves as OpenAI's error body with its real status (`clara_cli.http`
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clara_cli.http import APIError, error_response, error_responses, install_error_handlers
+from clara_cli.http import BearerGate, error_response, error_responses, install_error_handlers
+from indexing.service import ServiceSettings, mount_files_api
+from indexing.service_handler import IndexService
+from indexing.service_state import Registry
 from server.engine import Engine, Settings
 from server.metrics import Metrics
 from server.protocol import (
@@ -27,36 +31,57 @@ from server.protocol import (
     ModelList,
     ServingDefaults,
 )
+from server.responses import ResponsesServing
+from server.responses_protocol import (
+    InputItemList,
+    Response,
+    ResponseCreateRequest,
+    ResponseDeleted,
+)
+from server.responses_store import ResponseStore
 from server.serving import OpenAIServing
 
 log = logging.getLogger("clara.serve")
-OPEN_PATHS = ("/health",)  # reachable without the API key
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics")
+WEB = Path(__file__).parent / "web"  # the web chat: static files shipped in the package
+WEB_FILES = {"/": "index.html", "/web/app.js": "app.js", "/web/style.css": "style.css"}
+OPEN_PATHS = ("/health", *WEB_FILES)  # reachable without the API key (the page asks for it)
+ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/files",
+    "/v1/vector_stores",
+    "/v1/embeddings",
+    "/v1/models",
+    "/health",
+    "/metrics",
+)
 ERRORS = error_responses(400, 401, 404, 503)
+# `stream: true` answers with server-sent events instead of the JSON object
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+    "required": ["data"],
+}
+STREAMS = {**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
 
 def _endpoint(path: str) -> str:
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    for prefix in ("/v1/responses", "/v1/files", "/v1/vector_stores"):
+        if path.startswith(prefix + "/"):
+            return prefix + "/*"
     return path if path in ENDPOINTS else "other"
 
 
 class Gate:
-    """Pure ASGI middleware (streams and disconnects pass untouched): API key, request metrics."""
+    """Pure ASGI middleware (streams and disconnects pass untouched): the API key (the shared
+    `BearerGate`) and request metrics."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, metrics: Metrics) -> None:
         self.app = app
-        self.api_key = api_key
+        self.auth = BearerGate(app, api_key, "clara-serve", OPEN_PATHS)
         self.metrics = metrics
-
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(
-                    token.strip().encode(), self.api_key.encode()
-                )
-        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,16 +97,8 @@ class Gate:
             await send(message)
 
         try:
-            if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
-                error = APIError(
-                    401,
-                    "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the "
-                    "key clara-serve was started with (--api-key or CLARA_API_KEY)",
-                    type="invalid_request_error",
-                    code="invalid_api_key",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await error_response(error)(scope, receive, send_status)
+            if not self.auth.authorized(scope):
+                await error_response(self.auth.refusal())(scope, receive, send_status)
                 return
             await self.app(scope, receive, send_status)
         finally:
@@ -98,19 +115,32 @@ def create_app(
     api_key: str | None = None,
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
+    responses_db: Path | None = None,
+    files_api: bool = True,
+    max_upload_bytes: int = 100 * 2**20,
 ) -> FastAPI:
-    """The clara-serve app; the model loads in the lifespan, on the MLX worker thread."""
+    """The clara-serve app; the model loads in the lifespan, on the MLX worker thread.
+    Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`).
+    `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
+    index root, on the same model worker."""
+    from clara.paths import home
+
     engine = engine or Engine(settings)
     defaults = defaults or ServingDefaults(collection=settings.collection)
     serving = OpenAIServing(
         engine, defaults, served_model_name or served_name(settings.model), keepalive_s
     )
+    store = ResponseStore(responses_db or home() / "responses.sqlite")
+    files = _files_service(settings, engine, max_upload_bytes) if files_api else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()  # returns at once: requests get 503 until the model is loaded
         yield
         await asyncio.to_thread(engine.stop)
+        store.close()
+        if files is not None:
+            await asyncio.to_thread(files.close)
 
     app = FastAPI(
         title="clara-serve",
@@ -119,12 +149,35 @@ def create_app(
     )
     app.state.engine = engine
     app.state.serving = serving
+    app.state.responses = ResponsesServing(serving, store)
     app.add_middleware(Gate, api_key=api_key, metrics=engine.metrics)
     install_error_handlers(app)
+    if files is not None:
+        mount_files_api(app, files)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAMS)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await request.app.state.serving.chat(body, request)
+
+    @app.post("/v1/responses", response_model=Response, responses=STREAMS)
+    async def create_response(body: ResponseCreateRequest, request: Request):
+        return await request.app.state.responses.create(body, request)
+
+    @app.get("/v1/responses/{response_id}", response_model=Response, responses=ERRORS)
+    async def get_response(response_id: str, request: Request):
+        return request.app.state.responses.get(response_id)
+
+    @app.delete("/v1/responses/{response_id}", response_model=ResponseDeleted, responses=ERRORS)
+    async def delete_response(response_id: str, request: Request):
+        return request.app.state.responses.delete(response_id)
+
+    @app.get(
+        "/v1/responses/{response_id}/input_items", response_model=InputItemList, responses=ERRORS
+    )
+    async def response_input_items(
+        response_id: str, request: Request, order: Literal["asc", "desc"] = Query("desc")
+    ):
+        return request.app.state.responses.input_items(response_id, order)
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
     async def embeddings(body: EmbeddingRequest, request: Request):
@@ -137,6 +190,21 @@ def create_app(
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
     async def model(model_id: str, request: Request):
         return request.app.state.serving.model(model_id)
+
+    schema = app.openapi
+
+    def openapi() -> dict:
+        """The schema, stating the loaded model's embedding size as the one `dimensions`."""
+        spec = schema()
+        if engine.info is not None:
+            request = spec["components"]["schemas"]["EmbeddingRequest"]
+            request["properties"]["dimensions"]["enum"] = [engine.info.embedding_dim, None]
+        return spec
+
+    app.openapi = openapi
+
+    for path, name in WEB_FILES.items():
+        app.add_api_route(path, _web_file(WEB / name), methods=["GET"], include_in_schema=False)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -159,6 +227,26 @@ def create_app(
         return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _web_file(path: Path):
+    async def web_file() -> FileResponse:
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return web_file
+
+
+def _files_service(settings: Settings, engine: Engine, max_upload_bytes: int) -> IndexService:
+    """The indexing service's handler over clara-serve's index root and model worker."""
+    service_settings = ServiceSettings(
+        model=settings.model,
+        checkpoint=settings.checkpoint,
+        dtype=settings.dtype,
+        index_root=settings.index_root,
+        max_upload_bytes=max_upload_bytes,
+    )
+    registry = Registry(settings.root / "uploads")
+    return IndexService(service_settings, engine.worker, registry)
 
 
 def served_name(model: str) -> str:

@@ -7,6 +7,7 @@ clara-serve --index ./idx --collection docs --port 8080 --api-key secret
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from clara.errors import ClaraError
 from clara_cli.common import (
@@ -21,7 +22,10 @@ from server.protocol import ServingDefaults
 
 DESCRIPTION = """\
 Serve a CLaRa model over an OpenAI-compatible HTTP API: POST /v1/chat/completions (streaming
-or not), POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometheus).
+or not), POST /v1/responses (Responses API with file_search; GET/DELETE /v1/responses/{id}),
+POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometheus), and OpenAI's
+Files + Vector Stores API (/v1/files, /v1/vector_stores: upload documents, index them into
+collections, search; --no-files-api turns it off).
 Each chat request retrieves the top-k chunks of the index collection for the latest user
 turn and answers from their compressed memories; the answer's message carries them in
 `sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
@@ -54,12 +58,41 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     net.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        metavar="N",
+        help="chat requests decoded together in one batch; more wait in the queue "
+        "(default: %(default)s)",
+    )
+    net.add_argument(
         "--sse-keepalive",
         type=float,
         default=5.0,
         metavar="SECONDS",
         help="send an SSE ': keep-alive' comment after this long without a token "
         "(default: %(default)s)",
+    )
+    net.add_argument(
+        "--responses-db",
+        default=None,
+        metavar="FILE",
+        help="SQLite file keeping stored responses (store: true) for previous_response_id and "
+        "GET /v1/responses/{id} (default: $CLARA_HOME/responses.sqlite)",
+    )
+    net.add_argument(
+        "--no-files-api",
+        dest="files_api",
+        action="store_false",
+        help="do not serve the Files + Vector Stores API (/v1/files, /v1/vector_stores) on this "
+        "port (run `clara-index serve` for it instead)",
+    )
+    net.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=100.0,
+        metavar="MB",
+        help="largest file POST /v1/files accepts; bigger ones get 413 (default: %(default)s)",
     )
     add_log_level_arg(net)
     rag = parser.add_argument_group("retrieval")
@@ -117,9 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name, low in (("queue_size", 1), ("top_k", 0), ("history_turns", 0), ("max_tokens", 1)):
+    for name, low in (
+        ("queue_size", 1),
+        ("max_batch", 1),
+        ("top_k", 0),
+        ("history_turns", 0),
+        ("max_tokens", 1),
+    ):
         if getattr(args, name) < low:
             raise ClaraError(f"--{name.replace('_', '-')} must be at least {low}")
+    if args.max_upload_mb <= 0:
+        raise ClaraError("--max-upload-mb must be positive")
     if args.max_context is not None and args.max_context < 2:
         raise ClaraError("--max-context must be at least 2")
 
@@ -138,6 +179,7 @@ def serve(args: argparse.Namespace) -> int:
         collection=args.collection,
         max_context=args.max_context,
         queue_size=args.queue_size,
+        max_batch=args.max_batch,
     )
     defaults = ServingDefaults(
         top_k=args.top_k,
@@ -152,6 +194,9 @@ def serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         api_key=args.api_key or None,
         keepalive_s=args.sse_keepalive,
+        responses_db=Path(args.responses_db).expanduser() if args.responses_db else None,
+        files_api=args.files_api,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
     return serve_http(app, app.state.engine, args)
 

@@ -1,9 +1,10 @@
-"""The MLX worker: one thread loads and owns the model; every request queues for it.
+"""The engine: chat and embedding work for the one MLX worker (`clara_cli.worker`).
 
 MLX arrays and streams belong to the thread that made them (calling MLX from FastAPI's thread
-pool crashes), so loading, query encoding, prefill and decoding all run on this one thread.
-Routes `submit` a job and await its events, which the worker hands back to the event loop
-with `loop.call_soon_threadsafe`. Jobs run FIFO, one at a time.
+pool crashes), so loading, query encoding, prefill and decoding all run on the worker thread.
+Routes start a job and await its events, which the worker hands back to the event loop with
+`loop.call_soon_threadsafe`. Chat jobs are interactive work: at most `max_batch` generate at
+once, the rest wait in the worker's bounded queue (full: 503 + Retry-After).
 
 A chat job: encode the query (query adapter) -> search the collection (refreshed first, so
 documents the indexing service adds show up without a restart) -> read the hits' memories ->
@@ -15,10 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,8 @@ from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
-from clara_cli.http import APIError, check_ready
+from clara_cli.worker import Task, Worker
+from indexing.meta import contextual
 from indexing.store import Collection, CollectionError, CollectionNotFoundError
 from server.metrics import Metrics
 from server.protocol import RagParams
@@ -48,6 +49,7 @@ class Settings(ModelSettings):
     collection: str = "default"
     max_context: int | None = None
     queue_size: int = 16
+    max_batch: int = 16  # chat requests generating at once
 
 
 @dataclass
@@ -74,6 +76,9 @@ class SourceInfo:
     score: float
     text: str
     collection: str
+    context: str = ""  # "title / heading" the generator reads before `text`
+    ranks: dict[str, int | None] = field(default_factory=dict)  # per retriever, from 1
+    retrieval_mode: str = "dense"  # the mode that ranked it (hybrid falls back to dense)
 
 
 @dataclass
@@ -105,25 +110,27 @@ class Embedded:
 
 
 class Job:
-    """One unit of MLX work and the event queue its awaiting route reads."""
+    """One request's MLX work and the event queue its awaiting route reads."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, kind: str, work: Callable[[Job], None]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, kind: str):
         self.loop = loop
         self.kind = kind
-        self.work = work
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
         self.created = time.perf_counter()
+        self.task: Task | None = None
 
     def emit(self, event: object) -> None:
         """Hand an event to the event loop (worker thread)."""
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancelled.set()
+            self.cancel()
 
     def cancel(self) -> None:
         self.cancelled.set()
+        if self.task is not None:
+            self.task.cancel()
 
     async def next(self, timeout: float | None = None) -> object | None:
         """The next event, or None after `timeout` seconds without one."""
@@ -134,72 +141,80 @@ class Job:
 
 
 class Engine:
-    """Owns the worker thread, the model and the open collections."""
+    """Owns the model worker and the open collections; turns requests into worker tasks."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics | None = None, worker: Worker | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.state = "starting"  # starting | loading | ready | failed | stopped
-        self.error: BaseException | None = None
         self.info: ModelInfo | None = None
-        self.on_fatal: Callable[[BaseException], None] | None = None
-        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, settings.queue_size))
-        self._thread = threading.Thread(target=self._run, name="clara-mlx", daemon=True)
-        self._current: Job | None = None
+        self.worker = worker or Worker(
+            self._load_model, max_waiting=settings.queue_size, service="the server"
+        )
+        self.worker.ready_hooks.append(self._loaded)
+        self.worker.on_depth = self.metrics.queue_depth.set
         self._cm: ClaraModel | None = None
         self._collections: dict[str, tuple[Collection, int]] = {}
-        self._job_seconds = 1.0  # moving average, for Retry-After
+        self._generating = 0  # chat jobs past retrieval (worker thread only)
 
     # ---- event-loop side --------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.worker.state
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.worker.error
+
+    @property
+    def on_fatal(self) -> Callable[[BaseException], None] | None:
+        return self.worker.on_fatal
+
+    @on_fatal.setter
+    def on_fatal(self, fn: Callable[[BaseException], None] | None) -> None:
+        self.worker.on_fatal = fn
+
     def start(self) -> None:
-        self.state = "loading"
-        self._thread.start()
+        self.worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Fail queued jobs, cancel the running one, end the thread."""
-        self.state = "stopped"
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.emit(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
-                job.emit(DONE)
-        if self._current is not None:
-            self._current.cancel()
-        try:
-            self._jobs.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        """Queued jobs get 503, running ones end; the worker thread stops."""
+        self.worker.stop(timeout)
+        self._close_collections()
 
     def queue_depth(self) -> int:
-        return self._jobs.qsize()
+        return self.worker.queue_depth()
 
     def check_ready(self) -> None:
-        check_ready(self.state, self.error)
+        self.worker.check_ready()
 
-    def submit(self, kind: str, work: Callable[[Job], None]) -> Job:
+    def submit(
+        self,
+        kind: str,
+        start: Callable[[Job], Iterator[object] | None],
+        can_start: Callable[[], bool] | None = None,
+    ) -> Job:
         """Queue work for the MLX thread; a full queue is a 503 with Retry-After."""
         self.check_ready()
-        job = Job(asyncio.get_running_loop(), kind, work)
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            wait = max(1, round(self._job_seconds * (self._jobs.qsize() + 1)))
-            raise APIError(
-                503,
-                f"the server is busy ({self._jobs.qsize()} requests waiting); retry later",
-                code="server_overloaded",
-                headers={"Retry-After": str(wait)},
-            ) from None
-        self.metrics.queue_depth.set(self._jobs.qsize())
+        job = Job(asyncio.get_running_loop(), kind)
+
+        def done() -> None:
+            if kind == "chat" and job.task.steps is None and job.task.cancelled:
+                self.metrics.generations.inc(reason="cancelled")  # left while it waited
+            job.emit(DONE)
+
+        failed = lambda exc: job.emit(Failed(exc))  # noqa: E731
+        job.task = Task((":" + kind, id(job)), lambda cm: start(job), failed, done, can_start)
+        self.worker.submit(job.task)
         return job
 
     def chat(self, params: RagParams) -> Job:
-        return self.submit("chat", lambda job: self._chat(job, params))
+        return self.submit(
+            "chat",
+            lambda job: self._chat(job, params),
+            lambda: self._generating < self.settings.max_batch,
+        )
 
     def embed(self, inputs: list[str | list[int]]) -> Job:
         return self.submit("embeddings", lambda job: self._embed(job, inputs))
@@ -215,48 +230,15 @@ class Engine:
         return out
 
     # ---- worker side -----------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self._load()
-        except BaseException as exc:  # noqa: BLE001 - reported to the CLI, which exits
-            self.state, self.error = "failed", exc
-            log.error("could not start: %s", exc)
-            if self.on_fatal is not None:
-                self.on_fatal(exc)
-            return
-        if self.state == "loading":  # not stopped meanwhile
-            self.state = "ready"
-            self.metrics.model_ready.set(1)
-        while True:
-            job = self._jobs.get()
-            self.metrics.queue_depth.set(self._jobs.qsize())
-            if job is None:
-                break
-            if job.cancelled.is_set():  # the client left while it waited
-                self.metrics.generations.inc(reason="cancelled")
-                job.emit(DONE)
-                continue
-            self._current = job
-            self.metrics.running.set(1)
-            start = time.perf_counter()
-            try:
-                job.work(job)
-            except BaseException as exc:  # noqa: BLE001 - the route turns it into an HTTP error
-                if not isinstance(exc, (APIError, ContextLengthError, CollectionNotFoundError)):
-                    log.exception("%s job failed", job.kind)
-                job.emit(Failed(exc))
-            finally:
-                self._current = None
-                self.metrics.running.set(0)
-                self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.perf_counter() - start)
-                job.emit(DONE)
-        self._close_collections()
-
-    def _load(self) -> None:
+    def _load_model(self) -> ClaraModel:
         s = self.settings
         log.info("loading %s%s", s.model, f" + {s.checkpoint}" if s.checkpoint else "")
-        start = time.perf_counter()
-        cm = load_clara(s.model, s.checkpoint, dtype=s.dtype)
+        self._load_start = time.perf_counter()
+        return load_clara(s.model, s.checkpoint, dtype=s.dtype)
+
+    def _loaded(self, cm: ClaraModel) -> None:
+        """Ready hook: model facts for the routes, the index checked, a warm-up pass."""
+        s = self.settings
         self._cm = cm
         limit = context_limit(cm, s.max_context)
         self.info = ModelInfo(
@@ -271,7 +253,9 @@ class Engine:
         mx.eval(cm.encode_queries(["warm-up"]))
         where = s.root / s.collection
         what = f"{coll.stats()['chunks']} chunks" if coll else "not there yet: answering without"
-        log.info("model ready in %.1fs; index %s: %s", time.perf_counter() - start, where, what)
+        took = time.perf_counter() - getattr(self, "_load_start", time.perf_counter())
+        log.info("model ready in %.1fs; index %s: %s", took, where, what)
+        self.metrics.model_ready.set(1)
 
     def _collection(self, name: str) -> Collection | None:
         """The open collection `name` (reopened if it was deleted and recreated), or None."""
@@ -314,35 +298,37 @@ class Engine:
             where = self.settings.root / p.collection
             return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
         query = self._cm.encode_queries([p.query])  # (1, n_mem, d)
-        qvec = np.array(query.astype(mx.float32))
+        qvec = np.array(query.astype(mx.float32))[0]
         for _ in range(3):  # a document removed between search and read: search again
-            hits = coll.search(qvec, p.top_k)[0]
+            hits = coll.retrieve(p.query, qvec, p.top_k, p.retrieval_mode)  # text + document
             if not hits:
-                self.metrics.retrievals.inc(status="empty_index")
-                return Retrieved("empty_index", p.collection, detail="the collection is empty")
-            texts = {c.id: c for c in coll.chunks([h.chunk_id for h in hits])}
-            hits = [h for h in hits if h.chunk_id in texts]
+                empty = coll.stats()["chunks"] == 0
+                status = "empty_index" if empty else "no_match"
+                self.metrics.retrievals.inc(status=status)
+                detail = "the collection is empty" if empty else "no chunk matched the words"
+                return Retrieved(status, p.collection, detail=detail)
             try:
-                if hits:
-                    ids = [h.chunk_id for h in hits]
-                    memories = coll.memories(ids) if p.mode == "memory" else None
-                    break
+                ids = [h.chunk_id for h in hits]
+                memories = coll.memories(ids) if p.mode == "memory" else None
+                break
             except KeyError:
                 continue
         else:
             raise CollectionError(f"collection '{p.collection}' keeps changing; try again")
-        docs = {h.doc_id: coll.document(h.doc_id) for h in hits}
         sources = [
             SourceInfo(
                 chunk_id=h.chunk_id,
                 document_id=h.doc_id,
                 filename=h.doc_name,
-                path=docs[h.doc_id].path if docs.get(h.doc_id) else None,
+                path=h.path,
                 page_start=h.page_start,
                 page_end=h.page_end,
                 score=h.score,
-                text=texts[h.chunk_id].text,
+                text=h.text,
                 collection=p.collection,
+                context=h.context,
+                ranks=h.ranks,
+                retrieval_mode=h.mode,
             )
             for h in hits
         ]
@@ -355,10 +341,10 @@ class Engine:
         if r.status == "ok" and p.mode == "memory":
             blocks = [mx.array(m) for m in r.memories]  # (n_mem, d) each
             return memory_prompt(cm, p.question, blocks, p.history, p.system), "generator"
-        chunks = [s.text for s in r.sources] if r.status == "ok" else None
+        chunks = [contextual(s.context, s.text) for s in r.sources] if r.status == "ok" else None
         return text_prompt(cm, p.question, chunks, p.history, p.system), None
 
-    def _chat(self, job: Job, p: RagParams) -> None:
+    def _chat(self, job: Job, p: RagParams) -> Iterator[None]:
         retrieved = self._retrieve(p)
         prompt, adapter = self._prompt(p, retrieved)
         limit = self.info.context_limit
@@ -380,21 +366,35 @@ class Engine:
             max_context=self.settings.max_context,
             ignore_eos=p.ignore_eos,
         )
+        return self._stream(job, stream)
+
+    def _stream(self, job: Job, stream: Iterator) -> Iterator[None]:
+        """One generated chunk per worker turn; the job's cancel ends it at the next one."""
+        self._generating += 1
+        self.metrics.running.set(self._generating)
+        chunk = None
         try:
             for chunk in stream:
                 job.emit(chunk)
                 if chunk.finish_reason is not None:
                     self.metrics.generations.inc(reason=chunk.finish_reason)
-                    self.metrics.completion_tokens.inc(chunk.generation_tokens)
-                    self.metrics.prompt_tokens.inc(chunk.prompt_positions)
-                elif job.cancelled.is_set():  # checked between tokens: stop decoding now
-                    self.metrics.generations.inc(reason="cancelled")
-                    self.metrics.completion_tokens.inc(chunk.generation_tokens)
-                    self.metrics.prompt_tokens.inc(chunk.prompt_positions)
-                    log.info("generation cancelled after %d tokens", chunk.generation_tokens)
-                    break
+                    self._count(chunk)
+                    return
+                yield
+        except GeneratorExit:  # cancelled (client gone) or shutting down
+            self.metrics.generations.inc(reason="cancelled")
+            if chunk is not None:
+                self._count(chunk)
+                log.info("generation cancelled after %d tokens", chunk.generation_tokens)
+            raise
         finally:
             stream.close()
+            self._generating -= 1
+            self.metrics.running.set(self._generating)
+
+    def _count(self, chunk) -> None:
+        self.metrics.completion_tokens.inc(chunk.generation_tokens)
+        self.metrics.prompt_tokens.inc(chunk.prompt_positions)
 
     def _embed(self, job: Job, inputs: list[str | list[int]]) -> None:
         cm = self._cm

@@ -87,6 +87,8 @@ def sources_of(ready: Ready) -> list[Source]:
             snippet=_snippet(s.text),
             url=source_url(s),
             collection=s.collection,
+            ranks=s.ranks,
+            retrieval_mode=s.retrieval_mode,
         )
         for i, s in enumerate(ready.retrieved.sources, start=1)
     ]
@@ -207,6 +209,7 @@ class OpenAIServing:
                 mode=params.mode,
                 top_k=params.top_k,
                 detail=r.detail,
+                retrieval_mode=params.retrieval_mode,
             ),
         )
         if req.stream:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -210,17 +211,30 @@ def test_search_finds_a_chunk_by_its_own_text(
     index = tmp_path / "index"
     run(capsys, "add", corpus, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
     target = docs_of(index)["doc05.txt"][1]
-    rc, out, _ = run(
-        capsys, "search", target, "-k", "3", "--model", tiny_llama_dir, "--index", index, "--json"
-    )
+    with Collection.open(index, "default", readonly=True) as col:  # what the compressor read
+        doc = next(d for d in col.list_documents() if d.name == "doc05.txt")
+        query = col.document_chunks(doc.id)[1].contextual_text
+    assert query.endswith("\n" + target) and query.startswith("5.0.0")  # the first line
+    model = ["--model", tiny_llama_dir, "--index", index]
+    rc, out, _ = run(capsys, "search", query, "-k", "3", *model, "--json", "--mode", "dense")
     results = json.loads(out)["results"]
     assert rc == 0 and len(results) == 3
     assert results[0]["file"] == "doc05.txt" and results[0]["text"] == target
-    assert results[0]["score"] == pytest.approx(1.0, abs=1e-3)
-    assert results[1]["score"] < results[0]["score"]
-    assert results[0]["page_start"] == 1
-    rc, out, _ = run(capsys, "search", target, "--model", tiny_llama_dir, "--index", index)
-    assert rc == 0 and out.startswith("1. 1.000") and "doc05.txt  p. 1" in out
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-3)  # cosine of identical memories
+    assert results[1]["score"] < results[0]["score"] and results[0]["ranks"] == {"dense": 1}
+    assert results[0]["page_start"] == 1 and results[0]["context"] + "\n" + target == query
+    rc, out, _ = run(capsys, "search", query, *model, "--mode", "dense")
+    assert rc == 0 and out.startswith("1. 1.000") and "doc05.txt  p. 1  [dense #1]" in out
+    rc, out, _ = run(capsys, "search", query, "-k", "3", *model, "--json")  # hybrid
+    top = json.loads(out)["results"][0]
+    assert top["mode"] == "hybrid" and top["text"] == target and top["ranks"]["dense"] == 1
+    ranks = [r for r in top["ranks"].values() if r is not None]
+    assert top["score"] == pytest.approx(sum(1 / (60 + r) for r in ranks), abs=1e-5)
+    every = [c for texts in docs_of(index).values() for c in texts]
+    own = [n for n in re.findall(r"\d+\.\d+\.\d+", target) if sum(n in c for c in every) == 1]
+    words = own[0]  # a sentence number only this chunk holds: the lexical side finds it
+    rc, out, _ = run(capsys, "search", words, "-k", "1", *model, "--json", "--mode", "lexical")
+    assert json.loads(out)["results"][0]["text"] == target
 
 
 def test_other_checkpoint_is_refused_and_recompress_switches(
@@ -238,11 +252,24 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
 
     rc, out, _ = run(capsys, "rebuild", "--index", index, "--json")  # FAISS only: no model
     assert rc == 0 and json.loads(out)["indexed_vectors"] == sum(map(len, before.values()))
-    rc, out, _ = run(
+    db = sqlite3.connect(index / "default" / "meta.sqlite")  # as an index made before
+    db.execute("DROP TABLE chunks_fts")  # contextual chunks and the full-text table
+    db.execute("DELETE FROM state WHERE key='lexical'")
+    db.execute("ALTER TABLE chunks DROP COLUMN context")
+    db.commit()
+    db.close()
+    rc, out, err = run(
         capsys, "rebuild", "--recompress", "--model", tiny_llama_q4_dir, "--index", index, "--json"
     )
     assert rc == 0 and json.loads(out)["recompressed"] == 3
+    assert "built its full-text index" in err
     assert docs_of(index) == before  # same chunks, new vectors
+    with Collection.open(index, "default", readonly=True) as col:  # contexts recovered
+        doc = next(d for d in col.list_documents() if d.name == "doc01.txt")
+        chunks = col.document_chunks(doc.id)
+        assert chunks[0].context == ""  # it opens with the title (its first line)
+        assert chunks[1].context and chunks[0].text.startswith(chunks[1].context.rstrip("…"))
+        assert col.stats()["lexical_chunks"] == col.stats()["chunks"]
     assert not (index / "default.recompress").exists() and commands.list_collections(index) == [
         "default"
     ]
@@ -258,6 +285,8 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
         "--index",
         index,
         "--json",
+        "--mode",
+        "dense",
     )
     top = json.loads(out)["results"][0]
     assert rc == 0 and top["text"] == target and top["score"] == pytest.approx(1.0, abs=1e-3)

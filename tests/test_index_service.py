@@ -109,7 +109,8 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
     done = attach(client, "papers", water.id)
     assert done.status == "completed" and done.last_error is None and done.usage_bytes > 0
     assert done.chunking_strategy.type == "static"
-    assert done.chunking_strategy.static.max_chunk_size_tokens == 256  # doc_max_tokens
+    # doc_max_tokens (256) less the room kept for the chunk's context line
+    assert done.chunking_strategy.static.max_chunk_size_tokens == 224
     static = {"type": "static", "static": {"max_chunk_size_tokens": 64, "chunk_overlap_tokens": 8}}
     done = attach(
         client, "papers", train.id, attributes={"topic": "rail"}, chunking_strategy=static
@@ -130,13 +131,30 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
     top = page.data[0]
     assert (top.file_id, top.filename) == (water.id, "water.txt")
     assert top.content[0].type == "text" and top.content[0].text == WATER
-    assert top.score == pytest.approx(1.0, abs=1e-3) and page.data[1].score < top.score
+    # hybrid (the default): first in both rankings, fused score 1/61 + 1/61
+    assert top.attributes["retrieval_mode"] == "hybrid"
+    assert top.attributes["rank_dense"] == top.attributes["rank_lexical"] == 1
+    assert top.score == pytest.approx(2 / 61, abs=1e-5) and page.data[1].score < top.score
+    dense = client.vector_stores.search(
+        "papers", query=WATER, max_num_results=5, extra_body={"retrieval_mode": "dense"}
+    )
+    top = dense.data[0]
+    assert top.attributes["retrieval_mode"] == "dense" and "rank_lexical" not in top.attributes
+    assert top.score == pytest.approx(1.0, abs=1e-3) and dense.data[1].score < top.score
+    lexical = client.vector_stores.search(
+        "papers", query="train timetable", extra_body={"retrieval_mode": "lexical"}
+    )
+    assert [r.file_id for r in lexical.data] == [train.id]  # only it has the words
     assert top.attributes["page_start"] == top.attributes["page_end"] == 1
     assert str(top.attributes["document_id"]).startswith("doc-")
     rail = client.vector_stores.search("papers", query=TRAIN, max_num_results=1).data[0]
     assert rail.file_id == train.id and rail.attributes["topic"] == "rail"
     high = {"score_threshold": 0.999}
-    assert len(client.vector_stores.search("papers", query=WATER, ranking_options=high).data) == 1
+    dense = {"retrieval_mode": "dense"}
+    found = client.vector_stores.search(
+        "papers", query=WATER, ranking_options=high, extra_body=dense
+    )
+    assert len(found.data) == 1
 
     removed = client.vector_stores.files.delete(file_id=water.id, vector_store_id="papers")
     assert (removed.id, removed.deleted, removed.object) == (
@@ -211,7 +229,7 @@ def test_errors_are_openai_shaped(service: ServiceProcess, client: openai.OpenAI
         e.value.body["param"] == "chunking_strategy" and "doc_max_tokens" in e.value.body["message"]
     )
     with pytest.raises(openai.BadRequestError) as e:
-        client.vector_stores.search(vs.id, query=" ")
+        client.vector_stores.search(vs.id, query="")
     assert e.value.body["param"] == "query"
 
     big = b"x" * int((LIMIT_MB + 0.2) * 2**20)
@@ -276,7 +294,7 @@ def test_generation_server_sees_files_the_service_indexes(
         )  # fmt: skip
         sources = answer.choices[0].message.model_extra["sources"]
         assert [s["filename"] for s in sources] == ["timetable.txt"]
-        assert sources[0]["score"] == pytest.approx(1.0, abs=1e-3)
+        assert sources[0]["ranks"] == {"dense": 1, "lexical": 1}
     finally:
         chat.stop()
     client.vector_stores.delete("shared")

@@ -16,8 +16,8 @@ from indexing.readers import (
     SUPPORTED_EXTENSIONS,
     CorruptDocumentError,
     DocumentError,
-    DocumentNotFoundError,
     EncryptedDocumentError,
+    MissingFileError,
     NoTextError,
     UnsupportedDocumentError,
     clean_markdown,
@@ -243,9 +243,9 @@ def test_refusals_are_specific_one_line_messages(
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
-    with pytest.raises(DocumentNotFoundError, match="no such file"):
+    with pytest.raises(MissingFileError, match="no such file"):
         read_document(tmp_path / "nope.pdf")
-    with pytest.raises(DocumentNotFoundError, match="is a directory"):
+    with pytest.raises(MissingFileError, match="is a directory"):
         read_document(tmp_path)
 
 
@@ -274,9 +274,9 @@ def test_iter_inputs_expands_folders_and_globs(tmp_path: Path) -> None:
 
 
 def test_iter_inputs_reports_missing_paths(tmp_path: Path) -> None:
-    with pytest.raises(DocumentNotFoundError, match="no such file or directory"):
+    with pytest.raises(MissingFileError, match="no such file or directory"):
         iter_inputs([tmp_path / "missing"])
-    with pytest.raises(DocumentNotFoundError, match="no files match"):
+    with pytest.raises(MissingFileError, match="no files match"):
         iter_inputs([str(tmp_path / "*.pdf")])
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from clara.retrieval import (
+    Fusion,
     cosine_scores,
     differentiable_topk,
     flatten_normalize,
     hard_topk,
     recall_precision_at_k,
+    reciprocal_rank_fusion,
     soft_topk,
 )
 
@@ -91,3 +94,38 @@ def test_recall_precision():
     assert got["recall@1"] == 0.0
     assert got["recall@3"] == (1.0 + 0.5) / 2
     assert got["precision@3"] == (1 / 3 + 1 / 3) / 2
+
+
+def test_reciprocal_rank_fusion_by_hand():
+    # k = 1 keeps the fractions readable: score = sum w / (1 + rank)
+    fused = reciprocal_rank_fusion({"dense": ["a", "b", "c"], "lexical": ["c", "a"]}, k=1)
+    got = {f.id: (f.score, f.ranks) for f in fused}
+    assert got["a"] == (pytest.approx(1 / 2 + 1 / 3), {"dense": 1, "lexical": 2})
+    assert got["c"] == (pytest.approx(1 / 4 + 1 / 2), {"dense": 3, "lexical": 1})
+    assert got["b"] == (pytest.approx(1 / 3), {"dense": 2, "lexical": None})
+    assert [f.id for f in fused] == ["a", "c", "b"]  # 0.833 > 0.75 > 0.333
+
+
+def test_fusion_weights_and_k_change_the_order():
+    rankings = {"dense": [1, 2], "lexical": [2, 3]}
+    # k=60: item 2 (ranks 2 and 1) beats item 1 (rank 1 only)
+    assert [f.id for f in reciprocal_rank_fusion(rankings, 60)] == [2, 1, 3]
+    # dense weight 3: 3/61 = 0.0492 for item 1 vs 3/62 + 1/61 = 0.0648 for item 2; lexical 0
+    fused = reciprocal_rank_fusion(rankings, 60, {"dense": 3.0, "lexical": 0.0})
+    assert [f.id for f in fused] == [1, 2, 3] and fused[2].score == 0.0
+    assert fused[0].score == pytest.approx(3 / 61) and fused[1].score == pytest.approx(3 / 62)
+
+
+def test_fusion_ties_break_by_best_single_rank_then_first_seen():
+    fused = reciprocal_rank_fusion({"dense": ["x", "y"], "lexical": ["y", "x"]}, k=10)
+    assert fused[0].score == pytest.approx(fused[1].score)  # 1/11 + 1/12 each
+    assert [f.id for f in fused] == ["x", "y"]  # both have a rank 1: first seen wins
+    one = reciprocal_rank_fusion({"dense": ["p", "q", "p"]}, k=1)  # a repeat keeps its best
+    assert [(f.id, f.ranks["dense"]) for f in one] == [("p", 1), ("q", 2)]
+    assert reciprocal_rank_fusion({"dense": [], "lexical": []}) == []
+
+
+def test_fusion_settings_are_checked():
+    for bad in ({"k": 0}, {"weights": {"dense": -1.0}}, {"depth": 0}):
+        with pytest.raises(ValueError):
+            Fusion(**bad)

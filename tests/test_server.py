@@ -201,7 +201,9 @@ def test_identical_text_is_the_first_source(client: openai.OpenAI, name: str, te
     assert len(sources) == 5 and [s["index"] for s in sources] == [1, 2, 3, 4, 5]
     top = sources[0]
     assert top["filename"] == name and top["snippet"] == text
-    assert top["score"] == pytest.approx(1.0, abs=1e-3)
+    # hybrid (the default): first by memory vector and by words, fused 1/61 + 1/61
+    assert top["retrieval_mode"] == "hybrid" and top["ranks"] == {"dense": 1, "lexical": 1}
+    assert top["score"] == pytest.approx(2 / 61, abs=1e-5)
     assert all(s["score"] < top["score"] for s in sources[1:])
     assert top["document_id"].startswith("doc-") and top["collection"] == "default"
     if name.endswith(".pdf"):
@@ -213,6 +215,35 @@ def test_identical_text_is_the_first_source(client: openai.OpenAI, name: str, te
     assert cite.type == "url_citation" and cite.url_citation.url == top["url"]
     assert cite.url_citation.end_index == len(message.content)
     assert resp.model_extra["retrieval"]["status"] == "ok"
+
+
+def test_sources_under_each_retrieval_mode(client: openai.OpenAI) -> None:
+    def sources(question: str, mode: str, top_k: int = 3) -> tuple[list[dict], dict]:
+        resp = client.chat.completions.create(
+            model=MODEL, messages=ask(question), max_tokens=1,
+            extra_body={"retrieval_mode": mode, "top_k": top_k},
+        )  # fmt: skip
+        return resp.choices[0].message.sources, resp.model_extra["retrieval"]
+
+    dense, info = sources(RIVER, "dense")
+    assert info["retrieval_mode"] == "dense" and dense[0]["filename"] == "river.txt"
+    assert dense[0]["score"] == pytest.approx(1.0, abs=1e-3)  # cosine of identical memories
+    assert [s["ranks"] for s in dense] == [{"dense": 1}, {"dense": 2}, {"dense": 3}]
+    lexical, info = sources("Which stone bridge and old mill?", "lexical")
+    assert [s["filename"] for s in lexical] == ["river.txt"]  # the only one with those words
+    assert lexical[0]["ranks"] == {"lexical": 1} and lexical[0]["retrieval_mode"] == "lexical"
+    hybrid, info = sources("Which stone bridge and old mill?", "hybrid")
+    assert info["retrieval_mode"] == "hybrid" and len(hybrid) == 3
+    river = next(s for s in hybrid if s["filename"] == "river.txt")
+    assert river["ranks"]["lexical"] == 1
+    assert river["score"] == pytest.approx(1 / 61 + 1 / (60 + river["ranks"]["dense"]), abs=1e-5)
+    for s in hybrid:  # each source's fused score is the sum of its reciprocal ranks
+        expected = sum(1 / (60 + r) for r in s["ranks"].values() if r is not None)
+        assert s["score"] == pytest.approx(expected, abs=1e-5)
+    fallback, _ = sources("What is it?", "lexical")  # no usable word: dense alone
+    assert len(fallback) == 3 and {s["retrieval_mode"] for s in fallback} == {"dense"}
+    nothing, info = sources("zebra", "lexical")
+    assert nothing == [] and info["status"] == "no_match"
 
 
 def test_top_k_retrieval_off_and_text_mode(client: openai.OpenAI, cm) -> None:
@@ -318,7 +349,6 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
             {"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}, *ask("hi")]},
             "messages.[0].role",
         ),
-        ({"messages": ask("hi") + [{"role": "assistant", "content": "x"}]}, "messages"),
         (
             {
                 "messages": [

@@ -43,7 +43,7 @@ def test_a_failed_load_is_reported(tmp_path) -> None:
     app = create_app(Settings(model=str(tmp_path / "no-model"), index_root=str(tmp_path)))
     with TestClient(app) as client:  # runs the lifespan: the worker tries to load and fails
         engine = app.state.engine
-        engine._thread.join(60)
+        engine.worker._thread.join(60)
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "failed"
         assert "no-model" in health.json()["error"]

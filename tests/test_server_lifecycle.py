@@ -40,6 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, index
         "--model", str(tiny_llama_dir),
         "--index", str(index_root),
         "--queue-size", "1",
+        "--max-batch", "1",
         "--sse-keepalive", "0.005",
         env={"CLARA_HOME": str(tmp / "home")},
         log=tmp / "server.log",
@@ -70,7 +71,7 @@ def test_full_queue_is_503_and_disconnect_stops_generation(server: ServerProcess
         assert running.status_code == 200
         lines = running.iter_lines()
         next(line for line in lines if '"content": "' in line and '"content": ""' not in line)
-        # The worker is busy with the stream; one more request fills the queue (size 1) ...
+        # The one generation slot is taken; one more request fills the queue (size 1) ...
         waiting: dict = {}
         body = {**LONG, "max_tokens": 3}
         t = threading.Thread(
@@ -144,7 +145,7 @@ def test_documents_added_with_clara_index_are_served(
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
     top = r.json()["choices"][0]["message"]["sources"][0]
     assert top["filename"] == "lighthouse.txt" and top["url"] == doc.resolve().as_uri()
-    assert top["score"] > 0.99
+    assert top["ranks"]["dense"] == 1 and top["retrieval_mode"] == "hybrid"
 
 
 def test_index_of_another_checkpoint_fails_at_startup(

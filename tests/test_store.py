@@ -370,6 +370,11 @@ def check_consistent(root: Path, expected_docs: set[str], writer: bool) -> None:
             np.testing.assert_allclose(col.memories(ids), doc_vectors(seed), atol=2e-3)
             top = col.search(doc_vectors(seed)[0], k=1)[0][0]
             assert top.doc_name == doc.name and top.score == pytest.approx(1.0, abs=1e-4)
+            # the full-text rows moved with the chunk rows: this document's words find
+            # exactly its chunks
+            lexical = col.search_lexical(doc.name, k=10)
+            assert sorted(i for i, _ in lexical) == sorted(ids)
+        assert stats["lexical_chunks"] == stats["chunks"]
         if writer:  # the writer tidied up: one memory file of the committed size, one FAISS file
             memory = [f for f in stats["files"] if f.startswith("memory-")]
             faiss_files = [f for f in stats["files"] if f.startswith("faiss-")]

@@ -200,7 +200,8 @@ def test_eval_cli_markdown_and_errors(trained, tiny_llama_dir, capsys, tmp_path)
     assert "bad.jsonl:1: no answer" in capsys.readouterr().err
 
 
-def test_eval_cli_index_mode(trained, tiny_llama_dir, tmp_path, capsys):
+@pytest.mark.parametrize("retrieval_mode", ["hybrid", "lexical"])
+def test_eval_cli_index_mode(trained, tiny_llama_dir, tmp_path, capsys, retrieval_mode):
     import numpy as np
 
     from indexing.meta import ChunkRecord
@@ -236,8 +237,10 @@ def test_eval_cli_index_mode(trained, tiny_llama_dir, tmp_path, capsys):
             "--json",
             "-q",
             "--no-baselines",
+            "--retrieval-mode",
+            retrieval_mode,
         ]
     )
     assert code == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["retrieval"]["recall@3"] == 1.0
+    assert row["retrieval"]["recall@3"] == 1.0  # three documents: every mode finds them all

@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--index", metavar="NAME", help="clara-index collection for --retrieval index")
     p.add_argument("--index-root", metavar="DIR", help="indexes directory (default: CLARA_HOME)")
+    p.add_argument(
+        "--retrieval-mode",
+        default="hybrid",
+        choices=("hybrid", "dense", "lexical"),
+        help="how --retrieval index searches: memory vectors and words fused (default), "
+        "memory vectors only, or BM25 over words only",
+    )
     p.add_argument("--top-k", type=int, default=5, help="documents per question (default: 5)")
     p.add_argument("--max-tokens", type=int, default=64, help="answer length cap (default: 64)")
     p.add_argument("--limit", type=int, help="evaluate the first N questions only")
@@ -183,7 +190,9 @@ def evaluate(args: argparse.Namespace) -> list:
 
     def get(cm):
         if args.retrieval == "index":
-            return retrieve_from_index(cm, records, args.index, args.index_root, args.top_k)
+            return retrieve_from_index(
+                cm, records, args.index, args.index_root, args.top_k, mode=args.retrieval_mode
+            )
         return retrieve(cm, records, args.retrieval, collection, args.top_k)
 
     rows, contexts = [], None

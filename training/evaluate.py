@@ -279,8 +279,10 @@ def retrieve_from_index(
     root: str | None = None,
     top_k: int = 5,
     batch_size: int = 16,
+    mode: str = "hybrid",
 ) -> Retrieved:
-    """Top-k from a `clara-index` collection (its stored memory vectors and chunk texts).
+    """Top-k from a `clara-index` collection (its stored memory vectors and chunk texts),
+    searched `mode` ("hybrid", "dense" or "lexical", as everywhere else).
 
     The collection must have been built with this checkpoint (its manifest is checked); a hit
     counts as gold when its chunk text equals one of the record's gold documents.
@@ -289,18 +291,14 @@ def retrieve_from_index(
 
     q = np.array(cm.encode_queries([r.question for r in records], batch_size=batch_size))
     with Collection.open(root, name, manifest=cm.manifest(), readonly=True) as col:
-        hits = col.search(q, k=max(top_k, max(RECALL_KS)))
         memories, texts, ranked, gold = [], [], [], []
-        for r, row in zip(records, hits):
-            ids = [h.chunk_id for h in row]
-            chunks = {c.id: c for c in col.chunks(ids)}
-            ids = [i for i in ids if i in chunks]  # removed since the search: skip
+        for r, vector in zip(records, q):
+            hits = col.retrieve(r.question, vector, max(top_k, max(RECALL_KS)), mode)
+            ids = [h.chunk_id for h in hits]
             mem = col.memories(ids[:top_k]) if ids else []
             memories.append([mx.array(m) for m in mem])
-            texts.append([chunks[i].text for i in ids[:top_k]])
+            texts.append([h.contextual_text for h in hits[:top_k]])
             ranked.append(ids)
             golds = {" ".join(r.docs[j].split()) for j in r.pos_index}
-            gold.append(
-                [i for i in ids if i in chunks and " ".join(chunks[i].text.split()) in golds]
-            )
+            gold.append([h.chunk_id for h in hits if " ".join(h.text.split()) in golds])
     return Retrieved(memories, texts, ranked, gold)

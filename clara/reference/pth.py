@@ -1,0 +1,150 @@
+"""A restricted reader for PyTorch `.pth` files (the zip format of `torch.save`).
+
+Nothing pickled is executed: the unpickler resolves only tensor-rebuilding functions (which
+it implements itself), storage types and plain containers, and refuses any other global with
+an error naming it. Tensors come back as `mx.array` (bfloat16 stays bfloat16); torch is not
+needed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from clara.errors import CheckpointError
+
+# torch storage class name -> (numpy dtype of the raw elements, mlx dtype to view them as)
+_STORAGES = {
+    "FloatStorage": (np.float32, None),
+    "DoubleStorage": (np.float64, None),
+    "HalfStorage": (np.float16, None),
+    "BFloat16Storage": (np.uint16, mx.bfloat16),
+    "LongStorage": (np.int64, None),
+    "IntStorage": (np.int32, None),
+    "ShortStorage": (np.int16, None),
+    "CharStorage": (np.int8, None),
+    "ByteStorage": (np.uint8, None),
+    "BoolStorage": (np.bool_, None),
+}
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    name: str
+
+
+@dataclass(frozen=True)
+class _TensorType:
+    name: str  # "Tensor" or "Parameter": both load as plain arrays
+
+
+@dataclass
+class _Storage:
+    dtype: np.dtype
+    view: Any  # mx dtype to reinterpret as (bfloat16), or None
+    data: np.ndarray  # 1-D elements
+
+
+def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *_ignored) -> mx.array:
+    if not isinstance(storage, _Storage):
+        raise CheckpointError("malformed .pth: a tensor without a storage")
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    count = int(np.prod(size)) if size else 1
+    span = 1 + sum((n - 1) * s for n, s in zip(size, stride)) if count else 0
+    if offset < 0 or offset + span > storage.data.size:
+        raise CheckpointError("malformed .pth: a tensor reaches past its storage")
+    item = storage.data.itemsize
+    arr = np.lib.stride_tricks.as_strided(
+        storage.data[offset:], shape=size, strides=[s * item for s in stride], writeable=False
+    )
+    out = mx.array(np.ascontiguousarray(arr))
+    return out.view(storage.view) if storage.view is not None else out
+
+
+def _rebuild_parameter(data: mx.array, *_ignored) -> mx.array:
+    return data
+
+
+def _rebuild_from_type(func, new_type, args, state) -> mx.array:
+    if func is not _rebuild_tensor or not isinstance(new_type, _TensorType):
+        raise CheckpointError("malformed .pth: unsupported tensor subclass")
+    return func(*args)
+
+
+_GLOBALS = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    ("torch", "Tensor"): _TensorType("Tensor"),
+    ("torch.nn.parameter", "Parameter"): _TensorType("Parameter"),
+    **{("torch", name): _StorageType(name) for name in _STORAGES},
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: Path) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix, self.path = archive, prefix, path
+        self.storages: dict[str, _Storage] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _GLOBALS.get((module, name))
+        if found is None:
+            raise CheckpointError(
+                f"{self.path} holds a pickled {module}.{name}; only tensors and plain "
+                "containers are read (nothing pickled is executed)"
+            )
+        return found
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise CheckpointError(f"{self.path}: unsupported persistent object {pid!r:.80}")
+        _, kind, key, _location, numel = pid
+        if not isinstance(kind, _StorageType):
+            raise CheckpointError(f"{self.path}: unsupported storage type {kind!r:.80}")
+        if key not in self.storages:
+            np_dtype, view = _STORAGES[kind.name]
+            try:
+                raw = self.archive.read(f"{self.prefix}data/{key}")
+            except KeyError as exc:
+                raise CheckpointError(f"{self.path}: storage {key} is missing") from exc
+            data = np.frombuffer(raw, dtype=np_dtype)
+            if data.size < int(numel):
+                raise CheckpointError(f"{self.path}: storage {key} is truncated")
+            self.storages[key] = _Storage(np.dtype(np_dtype), view, data)
+        return self.storages[key]
+
+
+def load_pth(path: str | os.PathLike) -> Any:
+    """The object `torch.save` wrote to `path`, with every tensor as an `mx.array`."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a zip-format .pth (torch >= 1.6 `torch.save`); the legacy format "
+            "is not supported: re-save it with a recent torch"
+        )
+    with zipfile.ZipFile(path) as archive:
+        pkls = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        if len(pkls) != 1:
+            raise CheckpointError(f"{path}: expected one data.pkl in the archive, found {pkls}")
+        prefix = pkls[0][: -len("data.pkl")]
+        order = f"{prefix}byteorder"
+        if order in archive.namelist() and archive.read(order).strip() != b"little":
+            raise CheckpointError(f"{path}: big-endian tensors are not supported")
+        try:
+            return _Unpickler(archive.read(pkls[0]), archive, prefix, path).load()
+        except CheckpointError:
+            raise
+        except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: not a readable .pth ({exc})") from exc

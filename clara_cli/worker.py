@@ -1,0 +1,286 @@
+"""The one MLX worker thread both services use (clara-serve and clara-index serve).
+
+MLX arrays and streams belong to the thread that made them (calling MLX from FastAPI's thread
+pool crashes), so one thread loads the model and runs every piece of MLX work. Work comes as
+`Task`s with a priority: INTERACTIVE (chat, search, embeddings) always goes before BULK
+(compressing uploaded documents). A task's `start(model)` either finishes the work or returns
+an iterator; the worker then takes one `next()` per turn, rotating with the other running
+tasks of the same priority, so new interactive work gets in between two steps of a long job
+(between two decode steps of a batch, between two compressor batches).
+
+    worker = Worker(load=lambda: load_clara(...), max_waiting=16)
+    worker.start()                                   # returns at once; state "loading"
+    result = await worker.call(lambda cm: cm.encode_queries(["q"]))
+    worker.submit(Task(key, start, failed), priority=BULK, bounded=False)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from clara_cli.http import APIError, check_ready
+
+log = logging.getLogger("clara.worker")
+T = TypeVar("T")
+INTERACTIVE, BULK = 0, 1
+PRIORITIES = (INTERACTIVE, BULK)
+
+
+def _ignore(*_: Any) -> None:
+    return None
+
+
+@dataclass(eq=False)
+class Task:
+    """Work for the worker.
+
+    `start(model)` runs once; if it returns an iterator, the worker steps it (one `next()`
+    per turn) until it ends. `failed(exc)` hears an exception from either (or the 503 of a
+    shutdown while it waited); `done()` always runs last. `can_start()` False keeps a queued
+    task waiting (e.g. no free slot in the decode batch) without blocking tasks behind it.
+    """
+
+    key: Any
+    start: Callable[[Any], Iterator[object] | None]
+    failed: Callable[[BaseException], None] = _ignore
+    done: Callable[[], None] = _ignore
+    can_start: Callable[[], bool] | None = None
+    cancelled: bool = False
+    bounded: bool = True  # counts against `max_waiting` until it starts
+    priority: int = INTERACTIVE  # set by `Worker.submit`
+    steps: Iterator[object] | None = field(default=None, repr=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Worker:
+    """Loads the model on its own thread, then runs tasks by priority until stopped."""
+
+    def __init__(
+        self,
+        load: Callable[[], Any],
+        *,
+        max_waiting: int = 16,
+        name: str = "clara-mlx",
+        service: str = "the server",
+    ) -> None:
+        self.load = load
+        self.max_waiting = max(1, max_waiting)
+        self.service = service
+        self.state = "starting"  # starting | loading | ready | failed | stopped
+        self.error: BaseException | None = None
+        self.cm: Any = None  # the loaded model (worker thread only, besides plain attributes)
+        # Run on the worker after loading, in order; an exception there fails the start.
+        self.ready_hooks: list[Callable[[Any], None]] = []
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        self.on_depth: Callable[[int], None] | None = None  # waiting-count changes (metrics)
+        self._queues: dict[int, deque[Task]] = {p: deque() for p in PRIORITIES}
+        self._waiting = 0  # bounded tasks not started yet
+        self._current: Task | None = None  # the task taking its turn (out of the queues)
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._task_seconds = 1.0  # moving average of a bounded task's run, for Retry-After
+
+    # ---- any thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.state = "loading"
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread after the current step; tasks that never started hear a 503,
+        running ones are cancelled (their iterators closed, `done()` called)."""
+        with self._cv:
+            self.state = "stopped"
+            self._cv.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._drain()
+
+    def check_ready(self) -> None:
+        check_ready(self.state, self.error)
+
+    def queue_depth(self) -> int:
+        """Tasks waiting to start (those that count against `max_waiting`)."""
+        return self._waiting
+
+    def submit(self, task: Task, priority: int = INTERACTIVE) -> Task:
+        """Queue `task`; a bounded task beyond `max_waiting` is a 503 with Retry-After.
+        Other threads get the 503 of `check_ready` until the model is loaded."""
+        if threading.current_thread() is not self._thread:
+            self.check_ready()
+        with self._cv:
+            if task.bounded:
+                if self._waiting >= self.max_waiting:
+                    wait = max(1, round(self._task_seconds * (self._waiting + 1)))
+                    raise APIError(
+                        503,
+                        f"{self.service} is busy ({self._waiting} requests waiting); retry later",
+                        code="server_overloaded",
+                        headers={"Retry-After": str(wait)},
+                    )
+                self._waiting += 1
+            task.priority = priority
+            self._queues[priority].append(task)
+            self._cv.notify()
+        self._depth_changed()
+        return task
+
+    async def call(self, fn: Callable[[Any], T], priority: int = INTERACTIVE) -> T:
+        """Run `fn(model)` on the worker and await its result (a bounded task)."""
+        future = asyncio.get_running_loop().create_future()
+        task = Task(
+            key=(":call", id(future)),  # ":" starts no collection name
+            start=lambda cm: deliver(future, fn(cm), None),
+            failed=lambda exc: deliver(future, None, exc),
+        )
+        self.submit(task, priority)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
+    def cancel(self, match: Callable[[Any], bool]) -> None:
+        """Cancel queued and running tasks whose key matches; a running one stops before its
+        next step (call it from the worker to be sure it takes no other step)."""
+        with self._cv:
+            for task in self._all():
+                if match(task.key):
+                    task.cancelled = True
+
+    def pending(self, match: Callable[[Any], bool]) -> bool:
+        with self._cv:
+            return any(match(t.key) and not t.cancelled for t in self._all())
+
+    def _all(self) -> list[Task]:
+        current = [self._current] if self._current is not None else []
+        return current + [t for q in self._queues.values() for t in q]
+
+    # ---- worker thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            model = self.load()
+            self.cm = model
+            for hook in self.ready_hooks:
+                hook(model)
+            with self._cv:
+                if self.state == "stopped":  # stopped while loading
+                    return
+                self.state = "ready"
+        except BaseException as exc:  # noqa: BLE001 - reported by the CLI, which exits
+            self.state, self.error = "failed", exc
+            log.error("could not start: %s", exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+            return
+        log.info("model ready")
+        while True:
+            with self._cv:
+                task = self._next()
+                while task is None and self.state != "stopped":
+                    self._cv.wait()
+                    task = self._next()
+                if self.state == "stopped":
+                    break
+                started = task.steps is not None
+                if not started and task.bounded:
+                    self._waiting -= 1
+                self._current = task
+            if not started:
+                self._depth_changed()
+            self._turn(task, started)
+            with self._cv:
+                self._current = None
+        self._drain()
+
+    def _next(self) -> Task | None:
+        """The task to run now (caller holds the lock): the first runnable of the highest
+        priority; cancelled tasks that never started are finished on the way."""
+        for priority in PRIORITIES:
+            q = self._queues[priority]
+            for task in list(q):
+                if task.steps is None and task.can_start is not None and not task.cancelled:
+                    if not task.can_start():
+                        continue
+                q.remove(task)
+                return task
+        return None
+
+    def _turn(self, task: Task, started: bool) -> None:
+        """Start `task` or take one step of it; requeue it at the back if it goes on."""
+        t0 = time.perf_counter()
+        more = False
+        try:
+            if task.cancelled:
+                if task.steps is not None:
+                    task.steps.close()
+            elif not started:
+                steps = task.start(self.cm)
+                if steps is not None:
+                    task.steps = iter(steps)
+                    more = True
+            else:
+                next(task.steps)
+                more = True
+        except StopIteration:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the task
+            if not isinstance(exc, APIError):
+                log.exception("task %s failed", task.key)
+            task.failed(exc)
+        if more:
+            with self._cv:
+                self._queues[task.priority].append(task)
+                self._current = None
+            return
+        if task.bounded and not started:
+            self._task_seconds = 0.8 * self._task_seconds + 0.2 * (time.perf_counter() - t0)
+        task.done()
+
+    def _drain(self) -> None:
+        """After the loop ends: fail what never started, close what was running."""
+        with self._cv:
+            tasks = [t for q in self._queues.values() for t in q]
+            for q in self._queues.values():
+                q.clear()
+            self._waiting = 0
+        gone = APIError(503, f"{self.service} is shutting down", code="shutting_down")
+        for task in tasks:
+            try:
+                if task.steps is not None:
+                    task.steps.close()
+                else:
+                    task.failed(gone)
+            except Exception:  # noqa: BLE001 - shutting down: nothing left to tell
+                log.exception("closing task %s", task.key)
+            task.done()
+
+    def _depth_changed(self) -> None:
+        if self.on_depth is not None:
+            self.on_depth(self._waiting)
+
+
+def deliver(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    """Resolve an event-loop future from the worker thread."""
+
+    def put() -> None:
+        if future.done():  # the awaiting route went away
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        future.get_loop().call_soon_threadsafe(put)
+    except RuntimeError:  # the event loop is closed
+        pass

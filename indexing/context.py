@@ -1,0 +1,154 @@
+"""Contextual chunks: the `title / section heading` line read in front of each chunk's text.
+
+A chunk from the middle of a document rarely names the document; its context line does. The
+title is the PDF's metadata title when it has one, else the document's first heading, else its
+first line, else the file name. The section heading is the last heading before the chunk (or
+inside its first third): Markdown `#` headings (the reader records them before it strips the
+markers), underlined reST/text headings, and numbered headings in PDFs (`3.2 Results`).
+The full-text index and the compressor both see `context + "\\n" + text`; snippets shown to
+users stay the chunk's own text.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MAX_CHARS = 80  # of the title and of the heading
+#: Tokens a default chunk leaves free for its context line (the compressor reads at most
+#: doc_max_tokens of `context + text`).
+CONTEXT_TOKENS = 32
+
+_UNDERLINE = re.compile(r"^\s*([=\-~^*#+\"'`])\1{2,}\s*$")
+_NUMBERED = re.compile(r"^\s*(\d{1,2}(\.\d{1,2}){0,3}\.?|[IVX]{1,4}\.|[A-H]\.)\s+([A-Z][^\n]*)$")
+_JUNK_TITLE = re.compile(r"^(untitled|document\d*|microsoft word - .*|slide \d+)$", re.I)
+
+
+def _clip(s: str, n: int = MAX_CHARS) -> str:
+    s = " ".join(s.split())
+    if len(s) <= n:
+        return s
+    cut = s[: n - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut[n // 2 :] else cut).rstrip(" ,;:-") + "…"
+
+
+def _lines(text: str) -> list[tuple[int, str]]:
+    out, pos = [], 0
+    for line in text.split("\n"):
+        out.append((pos, line))
+        pos += len(line) + 1
+    return out
+
+
+def _numbered(line: str) -> str | None:
+    m = _NUMBERED.match(line)
+    if not m or len(line.strip()) > MAX_CHARS or line.rstrip()[-1] in ".,;:":
+        return None
+    return line.strip() if len(m.group(3).split()) <= 12 else None
+
+
+def find_headings(
+    text: str, kind: str = "text", markdown: Sequence[str] = ()
+) -> list[tuple[int, str]]:
+    """(offset, heading) of every section heading in `text`, in order.
+
+    `markdown`: the heading texts a Markdown reader saw (in order), matched to whole lines.
+    """
+    lines = _lines(text)
+    wanted = [" ".join(h.split()) for h in markdown if h.strip()]
+    out: list[tuple[int, str]] = []
+    for i, (pos, line) in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or _UNDERLINE.match(line):
+            continue
+        nxt = lines[i + 1][1] if i + 1 < len(lines) else ""
+        if wanted and " ".join(stripped.split()) == wanted[0]:
+            out.append((pos, stripped))
+            wanted.pop(0)
+        elif _UNDERLINE.match(nxt) and len(nxt.strip()) >= 0.6 * len(stripped):
+            if len(stripped) <= 2 * MAX_CHARS:
+                out.append((pos, stripped))
+        elif kind == "pdf" and (h := _numbered(line)):
+            out.append((pos, h))
+    return out
+
+
+def document_title(text: str, headings: Sequence[tuple[int, str]], meta_title: str | None,
+                   name: str) -> str:  # fmt: skip
+    """Metadata title, else the first line (the first heading when the document opens with
+    a paragraph), else the file name."""
+    if meta_title and meta_title.strip() and not _JUNK_TITLE.match(meta_title.strip()):
+        return _clip(meta_title)
+    first = next((ln for ln in text.split("\n") if ln.strip() and not _UNDERLINE.match(ln)), "")
+    if headings and (len(first.strip()) > MAX_CHARS or first.strip() == headings[0][1]):
+        return _clip(headings[0][1])  # the document opens with it, or with a paragraph
+    if first.strip():
+        return _clip(first)
+    return _clip(Path(name).stem or name)
+
+
+def context_line(title: str, heading: str | None) -> str:
+    """`title / heading`, or the title alone (no heading, or the heading is the title)."""
+    heading = _clip(heading) if heading else ""
+    if not heading or heading.casefold() == title.casefold():
+        return title
+    return f"{title} / {heading}"
+
+
+def chunk_contexts(
+    title: str, headings: Sequence[tuple[int, str]], spans: Sequence[tuple[int, int]], text: str
+) -> list[str]:
+    """The context line of each chunk span (start, end) of `text` (where the headings are).
+    What the chunk's own first lines already say (the title, the heading) is left out."""
+    offsets = [p for p, _ in headings]
+    out = []
+    for start, end in spans:
+        i = bisect.bisect_right(offsets, start + (end - start) // 3) - 1
+        head = " ".join(text[start : min(end, start + 2 * MAX_CHARS)].split()[:40])
+        parts = [title, headings[i][1] if i >= 0 else ""]
+        kept = [p for p in parts if p and _clip(p).rstrip("…") not in head]
+        out.append(context_line(kept[0], kept[1] if len(kept) > 1 else None) if kept else "")
+    return out
+
+
+def fit_context(tokenizer: Any, context: str, room: int) -> str:
+    """`context` cut to at most `room` tokens (the compressor's budget left by the chunk)."""
+    if room <= 0 or not context:
+        return ""
+    ids = tokenizer.encode(context, add_special_tokens=False)
+    if len(ids) <= room:
+        return context
+    return tokenizer.decode(ids[:room]).rstrip() + "…" if room > 1 else ""
+
+
+def recover_contexts(
+    texts: Sequence[str], name: str, source: tuple[str, str, Sequence[str], str | None] | None
+) -> list[str]:
+    """Context lines for stored chunk texts (`rebuild --recompress` of an older index).
+
+    `source` = (document text, kind, markdown headings, metadata title) when the original file
+    is still there unchanged: chunks are exact substrings of it. Without it, headings are
+    looked for in the chunks themselves and the title is the first chunk's first line.
+    """
+    if source is not None:
+        text, kind, markdown, meta_title = source
+        headings = find_headings(text, kind, markdown)
+        title = document_title(text, headings, meta_title, name)
+        spans, pos = [], 0
+        for t in texts:
+            at = text.find(t, max(0, pos - len(t)))
+            at = text.find(t) if at < 0 else at
+            spans.append((max(at, 0), max(at, 0) + len(t)))
+            pos = max(pos, at + len(t))
+        return chunk_contexts(title, headings, spans, text)
+    joined = "\n".join(texts)
+    headings = find_headings(joined)
+    title = document_title(joined, headings, None, name)
+    spans, pos = [], 0
+    for t in texts:
+        spans.append((pos, pos + len(t)))
+        pos += len(t) + 1
+    return chunk_contexts(title, headings, spans, joined)

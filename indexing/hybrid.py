@@ -1,0 +1,122 @@
+"""Search a collection the way every surface does: dense, lexical, or both fused (hybrid).
+
+    hits = col.retrieve(question, query_vector, k=5, mode="hybrid")   # -> list[SearchHit]
+
+dense = cosine of the query adapter's vector with the chunks' memories (FAISS); lexical =
+BM25 over the chunks' full-text terms (SQLite FTS5); hybrid = reciprocal rank fusion of the
+two (`clara.retrieval.Fusion`). A question without one usable word (or a collection without
+a full-text index) is searched dense alone, and its hits say so (`mode`). Each hit carries
+its text, context line, document and where it ranked in each retriever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clara.retrieval import RETRIEVAL_MODES, Fusion, reciprocal_rank_fusion
+from indexing.meta import contextual
+
+if TYPE_CHECKING:
+    from indexing.store import Collection
+
+
+@dataclass
+class SearchHit:
+    """One retrieved chunk with its text and document, as the CLI, servers and eval show it."""
+
+    chunk_id: int
+    doc_id: str
+    doc_name: str
+    path: str | None
+    ordinal: int
+    page_start: int | None
+    page_end: int | None
+    text: str  # the chunk's own text (what snippets show)
+    context: str  # "title / section heading" read in front of it
+    score: float  # hybrid: fused RRF score; dense: cosine; lexical: BM25 (higher is better)
+    mode: str  # the mode that produced it (hybrid falls back to dense)
+    ranks: dict[str, int | None] = field(default_factory=dict)  # 1-based rank per retriever
+    scores: dict[str, float] = field(default_factory=dict)  # each retriever's own score
+
+    @property
+    def contextual_text(self) -> str:
+        """What the generator reads: the context line, then the text."""
+        return contextual(self.context, self.text)
+
+
+def check_mode(mode: str) -> str:
+    if mode not in RETRIEVAL_MODES:
+        raise ValueError(
+            f"retrieval mode must be one of {', '.join(RETRIEVAL_MODES)}, not {mode!r}"
+        )
+    return mode
+
+
+def retrieve(
+    col: Collection,
+    text: str,
+    vector: np.ndarray | None,
+    k: int = 5,
+    mode: str = "hybrid",
+    fusion: Fusion | None = None,
+) -> list[SearchHit]:
+    """Up to `k` hits for the question `text` (and its query vector (n_mem, d), needed by
+    dense and hybrid, and by lexical when it falls back), best first."""
+    check_mode(mode)
+    fusion = fusion or Fusion()
+    depth = max(k, fusion.depth) if mode == "hybrid" else k
+    if vector is None and mode != "lexical":
+        raise ValueError(f"{mode} retrieval needs the question's query vector")
+    lexical = col.search_lexical(text, depth) if mode != "dense" else None
+    if lexical is None and mode != "dense":
+        if vector is None:
+            return []  # lexical alone, nothing to search with
+        mode = "dense"  # no usable word, or no full-text index
+    dense: list = []
+    if mode != "lexical":
+        dense = [(h.chunk_id, h.score) for h in col.search(vector, depth)[0]]
+    dense_scores, lexical_scores = dict(dense), dict(lexical or [])
+    rankings = {}
+    if mode != "lexical":
+        rankings["dense"] = [i for i, _ in dense]
+    if mode != "dense":
+        rankings["lexical"] = [i for i, _ in lexical]
+    if mode == "hybrid":
+        fused = reciprocal_rank_fusion(rankings, fusion.k, fusion.weights)
+    else:
+        only = rankings[mode]
+        own = dense_scores if mode == "dense" else lexical_scores
+        fused = [_Single(i, own[i], {mode: r}) for r, i in enumerate(only, start=1)]
+    return _hits(col, fused, k * 2, mode, dense_scores, lexical_scores)[:k]
+
+
+@dataclass
+class _Single:
+    id: int
+    score: float
+    ranks: dict[str, int | None]
+
+
+def _hits(col, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchHit]:
+    """Fused items -> hits with text and document; ids removed meanwhile are skipped."""
+    top = fused[:limit]
+    chunks = {c.id: c for c in col.chunks([f.id for f in top])}
+    docs = {d: col.document(d) for d in {c.doc_id for c in chunks.values()}}
+    out = []
+    for f in top:
+        c = chunks.get(f.id)
+        d = docs.get(c.doc_id) if c is not None else None
+        if d is None:
+            continue
+        scores = {"dense": dense_scores.get(f.id), "lexical": lexical_scores.get(f.id)}
+        out.append(
+            SearchHit(
+                c.id, c.doc_id, d.name, d.path, c.ordinal, c.page_start, c.page_end, c.text,
+                c.context, float(f.score), mode, dict(f.ranks),
+                {n: float(v) for n, v in scores.items() if v is not None},
+            )
+        )  # fmt: skip
+    return out

@@ -1,0 +1,81 @@
+"""The lexical side of a collection: which terms SQLite FTS5 indexes, and safe MATCH queries.
+
+FTS5's own tokenizers split `--set-upstream-to`, `gc.aggressiveDepth` and `v1.8.0` into pieces
+(or, told to keep `.` and `-`, glue a sentence's last word to its full stop). So terms are made
+here, in Python, the same way for chunks and for queries: every run of letters, digits and
+`. - _ /` becomes its lower-cased whole (`set-upstream-to`, `gc.aggressivedepth`, `2.13`,
+`src/clara/model.py`) plus its parts (`set`, `upstream`, `gc`, `aggressive`, `depth`, ...),
+with leading/trailing punctuation dropped. The FTS5 table keeps exactly those space-separated
+terms (its tokenizer treats `. - _ /` as word characters) and stems them (porter).
+
+A query's terms are OR-ed, each one quoted, minus common English words; quotes, `-`, `*`, `:`
+or parentheses in the question are plain characters to it and never FTS5 syntax.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: The FTS5 tokenizer of `chunks_fts`; a change here needs `LEXICAL_VERSION` bumped.
+TOKENIZER = "porter unicode61 remove_diacritics 2 tokenchars '-._/'"
+#: Stored in the collection's state; a collection with another version rebuilds its table.
+LEXICAL_VERSION = 1
+MAX_QUERY_TERMS = 48
+
+_RUN = re.compile(r"[\w./-]+")
+_SEP = re.compile(r"[./_-]+")
+_CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_CAMEL_CHANGE = re.compile(r"[a-z][A-Z]")
+_EDGE = "./_-"
+
+# Question words and glue that match nearly every chunk: they only slow the query down.
+STOPWORDS = frozenset(
+    """a about above after again all also am an and any are as at be been being before below
+    between both but by can could did do does doing done down during each few for from further
+    had has have having he her here hers him his how i if in into is it its itself just me
+    more most my no nor not now of off on once only or other our ours out over own same she
+    should so some such than that the their theirs them then there these they this those
+    through to too under until up very was we were what when where which while who whom why
+    will with would you your yours""".split()
+)
+
+
+def terms(text: str) -> list[str]:
+    """Every term of `text`, in order, compounds and their parts (lower case, may repeat)."""
+    out: list[str] = []
+    for m in _RUN.finditer(text):
+        run = m.group().strip(_EDGE)
+        if not run:
+            continue
+        parts = [p for p in _SEP.split(run) if p]
+        lower = run.lower()
+        out.append(lower)
+        pieces = []
+        for part in parts:
+            pieces.append(part.lower())
+            if _CAMEL_CHANGE.search(part):  # aggressiveDepth -> aggressive, depth
+                pieces.extend(c.lower() for c in _CAMEL.findall(part))
+        out.extend(p for p in pieces if p != lower)
+    return out
+
+
+def index_text(text: str) -> str:
+    """What the FTS5 table stores for a chunk: its terms, space-separated."""
+    return " ".join(terms(text))
+
+
+def query_terms(text: str) -> list[str]:
+    """A question's distinct searchable terms (no common English words), in order."""
+    seen: dict[str, None] = {}
+    for t in terms(text):
+        if t not in STOPWORDS and t not in seen:
+            seen[t] = None
+    return list(seen)[:MAX_QUERY_TERMS]
+
+
+def match_query(text: str) -> str | None:
+    """An FTS5 MATCH expression OR-ing the question's terms; None when it has no usable word."""
+    words = query_terms(text)
+    if not words:
+        return None
+    return " OR ".join(f'"{w}"' for w in words)  # terms hold no quotes: nothing to escape

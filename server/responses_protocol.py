@@ -1,0 +1,313 @@
+"""Request, response and stream-event models mirroring OpenAI's Responses API.
+
+Fields follow OpenAI's schema (as the installed `openai` SDK parses them). The request model
+lists every field OpenAI's `responses.create` takes; those clara cannot honour are refused
+with a 400 naming them (`check_supported`), and fields OpenAI does not have are refused too
+(a typo must not pass silently). CLaRa's request extensions sit in a marked block. As in
+`server.protocol`, the OpenAPI schema narrows the refused fields (`only`) to the values that
+pass, so schema and behaviour agree.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from clara_cli.http import APIError, json_int
+
+INCLUDABLE = ("file_search_call.results",)
+VECTOR_STORE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- request -------------------------------------------------------------------------------
+class InputContent(_Request):
+    """One content part of an input message: input_text (or output_text / refusal when an
+    earlier response's output item is sent back as input)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)  # annotations of output_text
+    type: Literal["input_text", "output_text", "refusal"]
+    text: str | None = None
+    refusal: str | None = None
+
+
+class InputMessage(_Request):
+    """A message: OpenAI's EasyInputMessage (`{"role", "content"}`), an input message item,
+    or an earlier response's output message sent back as input."""
+
+    model_config = ConfigDict(extra="allow", strict=True)  # id, status of replayed items
+    type: Literal["message"] | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputContent]
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text or p.refusal or "" for p in self.content)
+        return self.content
+
+
+class FileSearchCallInput(_Request):
+    """An earlier response's file_search_call item sent back as input (skipped: its results
+    are not read again)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)  # id, status, queries, results
+    type: Literal["file_search_call"]
+
+
+def only(schema: dict[str, Any], **field: Any) -> Any:
+    """A field whose OpenAPI schema also carries `schema` (what clara accepts of it)."""
+    return Field(json_schema_extra=schema, **field)
+
+
+NULL = {"type": "null"}
+
+
+class FileSearchRankingOptions(_Request):
+    ranker: str | None = None
+    score_threshold: float | None = only({"maximum": 0}, default=None, ge=0.0, le=1.0)
+    """Not supported: every retrieved chunk is read by the generator (0 or null only)."""
+
+
+class FileSearchTool(_Request):
+    type: Literal["file_search"]
+    vector_store_ids: list[Annotated[str, Field(pattern=VECTOR_STORE_ID)]] = Field(
+        min_length=1, max_length=1
+    )
+    """One vector store (a clara collection) per request."""
+    max_num_results: json_int(ge=1, le=50) | None = None
+    filters: dict[str, Any] | None = only(NULL, default=None)
+    ranking_options: FileSearchRankingOptions | None = None
+
+
+class ResponseCreateRequest(_Request):
+    """POST /v1/responses (OpenAI's fields, then CLaRa's extension block)."""
+
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[InputMessage | FileSearchCallInput], Field(min_length=1)]
+    )
+    """The model answers the latest user message (an empty question if there is none)."""
+    model: str | None = None
+    background: bool | None = only({"enum": [False, None]}, default=None)
+    conversation: str | dict[str, Any] | None = only(NULL, default=None)
+    include: list[Literal["file_search_call.results"]] | None = None
+    instructions: str | None = None
+    max_output_tokens: json_int(ge=1) | None = None
+    max_tool_calls: json_int(ge=1) | None = only(NULL, default=None)
+    metadata: dict[str, str] | None = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+    prompt: dict[str, Any] | None = only(NULL, default=None)
+    prompt_cache_key: str | None = None
+    reasoning: dict[str, Any] | None = only(NULL, default=None)
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+    store: bool | None = True
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    text: dict[str, Any] | None = only(
+        {"properties": {"format": {"properties": {"type": {"enum": ["text"]}}}}}, default=None
+    )
+    tool_choice: str | dict[str, Any] | None = only(
+        {
+            "anyOf": [
+                {"enum": ["auto", "none", "required"]},
+                {
+                    "type": "object",
+                    "properties": {"type": {"enum": ["file_search"]}},
+                    "required": ["type"],
+                },
+                NULL,
+            ]
+        },
+        default=None,
+    )
+    tools: list[FileSearchTool] | None = None
+    top_logprobs: json_int(ge=0, le=0) | None = None
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    truncation: Literal["auto", "disabled"] | None = None
+    user: str | None = None
+
+    # ---- CLaRa extensions (the SDK's `extra_body`) ----
+    retrieval: bool = True
+    """Without a file_search tool the default collection is searched, as chat completions
+    does; false answers from the bare model. (With a file_search tool: its vector stores.)"""
+    collection: str | None = Field(default=None, pattern=VECTOR_STORE_ID)
+    """Collection searched without a file_search tool (default: the server's --collection)."""
+    top_k: json_int(ge=0, le=100) | None = None
+    """Chunks to retrieve without a file_search tool (default: the server's --top-k)."""
+    mode: Literal["memory", "text"] = "memory"
+    """"memory": the generator reads compressed memories; "text": the chunks' raw text."""
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _only_file_search(cls, tools: Any) -> Any:
+        for i, tool in enumerate(tools if isinstance(tools, list) else []):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if isinstance(kind, str) and kind != "file_search":
+                raise APIError(
+                    400, f"tools of type {kind!r} are not supported by clara-serve (only "
+                    "file_search)", param=f"tools.[{i}].type",
+                )  # fmt: skip
+        return tools
+
+    def check_supported(self) -> None:
+        """Raise a 400 naming each field clara cannot honour (rather than ignoring it)."""
+
+        def refuse(param: str, what: str) -> None:
+            raise APIError(400, f"{what} is not supported by clara-serve", param=param)
+
+        if self.background:
+            refuse("background", "background mode")
+        if self.conversation is not None:
+            refuse("conversation", "conversations (use previous_response_id)")
+        if self.prompt is not None:
+            refuse("prompt", "prompt templates")
+        if self.reasoning is not None:
+            refuse("reasoning", "reasoning")
+        if self.max_tool_calls is not None:
+            refuse("max_tool_calls", "max_tool_calls")
+        fmt = (self.text or {}).get("format")
+        if isinstance(fmt, dict) and "type" in fmt and fmt["type"] != "text":
+            refuse("text.format", f"text format {fmt.get('type')!r}")
+        choice = self.tool_choice
+        if choice not in (None, "auto", "none", "required") and not (
+            isinstance(choice, dict) and choice.get("type", 0) == "file_search"
+        ):
+            refuse("tool_choice", "this tool_choice (only auto, none, required, file_search)")
+        for i, tool in enumerate(self.tools or []):
+            if tool.filters is not None:
+                refuse(f"tools.[{i}].filters", "attribute filters")
+
+
+# ---- response ------------------------------------------------------------------------------
+class FileCitation(_Response):
+    type: Literal["file_citation"] = "file_citation"
+    file_id: str
+    filename: str
+    index: int
+
+
+class OutputText(_Response):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[FileCitation] = Field(default_factory=list)
+    logprobs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class OutputMessage(_Response):
+    id: str = Field(default_factory=lambda: new_id("msg"))
+    type: Literal["message"] = "message"
+    status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText] = Field(default_factory=list)
+
+
+class FileSearchResult(_Response):
+    file_id: str
+    filename: str
+    score: float
+    text: str
+    attributes: dict[str, str | float | bool] | None = None
+
+
+class FileSearchCall(_Response):
+    id: str = Field(default_factory=lambda: new_id("fs"))
+    type: Literal["file_search_call"] = "file_search_call"
+    status: Literal["in_progress", "searching", "completed", "incomplete", "failed"] = "in_progress"
+    queries: list[str]
+    results: list[FileSearchResult] | None = None
+
+
+class InputTokensDetails(_Response):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(_Response):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(_Response):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class ResponseError(_Response):
+    code: str
+    message: str
+
+
+class IncompleteDetails(_Response):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class Response(_Response):
+    id: str = Field(default_factory=lambda: new_id("resp"))
+    object: Literal["response"] = "response"
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    status: Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"] = (
+        "in_progress"
+    )
+    error: ResponseError | None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    model: str
+    output: list[FileSearchCall | OutputMessage] = Field(default_factory=list)
+    parallel_tool_calls: bool = True
+    previous_response_id: str | None = None
+    reasoning: dict[str, Any] | None = None
+    store: bool = True
+    temperature: float | None = None
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    top_p: float | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    usage: ResponseUsage | None = None
+    user: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    # ---- CLaRa extension ----
+    retrieval: dict[str, Any] | None = None
+    """What retrieval did (as in chat completions): status, collection, mode, top_k."""
+
+    @property
+    def output_text(self) -> str:
+        return "".join(
+            part.text
+            for item in self.output
+            if isinstance(item, OutputMessage)
+            for part in item.content
+        )
+
+
+class ResponseDeleted(_Response):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool = True
+
+
+class InputItemList(_Response):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False

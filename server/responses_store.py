@@ -1,0 +1,86 @@
+"""Stored responses (`store: true`, the default): what `previous_response_id`, `GET` and
+`DELETE /v1/responses/{id}` read, kept in one SQLite file (`$CLARA_HOME/responses.sqlite`
+unless `--responses-db` says otherwise) so a chain survives a restart.
+
+Each row holds the response object as returned and the input items of its turn (the messages
+the request added, instructions excluded, as OpenAI does); a chain is rebuilt by following
+`previous_response_id` back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, previous_id TEXT,
+    input TEXT NOT NULL, response TEXT NOT NULL
+);
+"""
+MAX_CHAIN = 1000  # a chain longer than this is cut (its oldest turns would not fit anyway)
+
+
+class ResponseStore:
+    """Thread-safe; every write is committed before the call returns."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def put(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+        row = (
+            response["id"],
+            response["created_at"],
+            response.get("previous_response_id"),
+            json.dumps(input_items, ensure_ascii=False),
+            json.dumps(response, ensure_ascii=False),
+        )
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+
+    def get(self, response_id: str) -> dict[str, Any] | None:
+        row = self._row(response_id)
+        return json.loads(row[1]) if row else None
+
+    def input_items(self, response_id: str) -> list[dict[str, Any]] | None:
+        row = self._row(response_id)
+        return json.loads(row[0]) if row else None
+
+    def _row(self, response_id: str) -> tuple[str, str] | None:
+        with self._lock:
+            return self._db.execute(
+                "SELECT input, response FROM responses WHERE id = ?", (response_id,)
+            ).fetchone()
+
+    def delete(self, response_id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
+        return cur.rowcount > 0
+
+    def chain(self, response_id: str) -> list[tuple[list[dict], dict]] | None:
+        """(input items, response) of `response_id` and its ancestors, oldest first; None if
+        `response_id` is not stored. A deleted ancestor ends the chain there."""
+        out = []
+        current: str | None = response_id
+        while current is not None and len(out) < MAX_CHAIN:
+            row = self._row(current)
+            if row is None:
+                if not out:
+                    return None
+                break
+            items, response = json.loads(row[0]), json.loads(row[1])
+            out.append((items, response))
+            current = response.get("previous_response_id")
+        return out[::-1]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,116 @@
+"""Contextual chunks: titles (PDF metadata, first heading, first line, file name), section
+headings (Markdown, underlined reST/text, numbered PDF), and the context line of each chunk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fpdf import FPDF
+
+from indexing.chunking import chunk_document
+from indexing.context import (
+    chunk_contexts,
+    context_line,
+    document_title,
+    find_headings,
+    fit_context,
+    recover_contexts,
+)
+from indexing.readers import read_document
+
+FILLER = " ".join(f"word{i} is here." for i in range(60))
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer_dir: Path):
+    from mlx_lm.utils import load_tokenizer
+
+    return load_tokenizer(tiny_tokenizer_dir)
+
+
+def test_markdown_chunks_name_their_document_and_section(tmp_path: Path, tok):
+    md = tmp_path / "guide.md"
+    md.write_text(
+        f"# Git Guide\n\nIntro {FILLER}\n\n## Branches\n\n{FILLER}\n\n"
+        f"```\n# not a heading, a comment\n```\n\n## Remote [tracking](http://x)\n\n{FILLER}\n"
+    )
+    doc = read_document(md)
+    assert doc.headings == ["Git Guide", "Branches", "Remote tracking"]
+    chunks = chunk_document(doc, tok, max_tokens=64, overlap=0)
+    contexts = [c.context for c in chunks]
+    assert contexts[0] == ""  # its text opens with the title: nothing to add
+    assert "Git Guide / Branches" in contexts and contexts[-1] == "Git Guide / Remote tracking"
+    assert "# not a heading" not in " ".join(contexts)
+    assert all(c.text in doc.pages[0].text for c in chunks)  # snippets stay the text itself
+
+
+def test_rest_underlined_headings_and_first_line_title(tmp_path: Path, tok):
+    txt = tmp_path / "notes.txt"
+    txt.write_text(
+        f"Release notes for Foo\n\nInstall\n=======\n\n{FILLER}\n\nUsage\n-----\n{FILLER}"
+    )
+    chunks = chunk_document(read_document(txt), tok, max_tokens=64, overlap=0)
+    assert chunks[0].context == ""  # opens with both
+    assert chunks[1].context == "Release notes for Foo / Install"
+    assert chunks[-1].context == "Release notes for Foo / Usage"
+
+
+def test_pdf_metadata_title_and_numbered_headings(tmp_path: Path, tok):
+    pdf = FPDF()
+    pdf.set_title("Warranty Handbook")
+    pdf.set_font("helvetica", size=11)
+    for heading in ("1 Introduction", "2.1 Claims and returns"):
+        pdf.add_page()
+        pdf.cell(0, 7, heading)
+        pdf.ln()
+        pdf.multi_cell(0, 7, FILLER)
+    path = tmp_path / "h.pdf"
+    path.write_bytes(bytes(pdf.output()))
+    doc = read_document(path)
+    assert doc.title == "Warranty Handbook"
+    chunks = chunk_document(doc, tok, max_tokens=64, overlap=0)
+    assert chunks[0].context == "Warranty Handbook"  # the heading opens the chunk
+    assert chunks[1].context == "Warranty Handbook / 1 Introduction"
+    assert chunks[-1].context == "Warranty Handbook / 2.1 Claims and returns"
+
+
+def test_title_fallbacks_and_context_line():
+    assert document_title("", [], None, "dir/report-2024.txt") == "report-2024"
+    assert (
+        document_title("\n  First line here \nmore", [], "Untitled", "x.txt") == "First line here"
+    )
+    assert document_title("Heading\n===", [(0, "Heading")], None, "x.txt") == "Heading"
+    assert document_title("long " * 30 + "\nHead\n----", [(151, "Head")], None, "x") == "Head"
+    assert context_line("T", None) == "T" and context_line("T", "t") == "T"
+    assert context_line("T", "Sec") == "T / Sec"
+    assert len(document_title("word " * 100, [], None, "x")) <= 80
+
+
+def test_numbered_lines_that_are_sentences_are_not_headings():
+    text = "1. Install the package.\n2 Results\nplain\n3.4 Setup: steps,\n12"
+    assert find_headings(text, "pdf") == [(24, "2 Results")]
+    assert find_headings(text, "text") == []  # numbered headings are a PDF thing
+
+
+def test_chunk_contexts_use_the_heading_in_force_early_in_the_chunk():
+    headings = [(0, "A"), (100, "B")]
+    spans = [(0, 90), (10, 110), (95, 300), (200, 260)]
+    assert chunk_contexts("T", headings, spans, "x" * 300) == ["T / A", "T / A", "T / B", "T / B"]
+    text = "T\nA\n" + "x" * 300
+    assert chunk_contexts("T", [(2, "A")], [(0, 100), (50, 200)], text) == ["", "T / A"]
+
+
+def test_fit_context_cuts_to_the_room_left(tok):
+    ctx = "A fairly long document title / and a long section heading too"
+    assert fit_context(tok, ctx, 1000) == ctx
+    cut = fit_context(tok, ctx, 4)
+    assert cut != ctx and len(tok.encode(cut.rstrip("…"), add_special_tokens=False)) <= 5
+    assert fit_context(tok, ctx, 0) == ""
+
+
+def test_recover_contexts_from_the_file_or_from_the_chunks():
+    text = "Guide\n=====\nintro text\n\nSetup\n-----\nsetup text here"
+    texts = ["Guide\n=====\nintro text", "Setup\n-----\nsetup text here"]
+    assert recover_contexts(texts, "g.txt", (text, "text", [], None)) == ["", "Guide"]
+    assert recover_contexts(texts, "g.txt", None) == ["", "Guide"]

@@ -1,0 +1,96 @@
+"""Collection.retrieve: dense, lexical and hybrid over one collection, with the fused score and
+each retriever's rank checked by hand; the dense fallback. Random vectors, no model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clara.retrieval import Fusion
+from indexing.store import ChunkRecord, Collection
+
+N_MEM, D = 4, 8
+MANIFEST = {
+    "checkpoint_fingerprint": "fp-aaaa",
+    "base_model": "tiny",
+    "base_fingerprint": "base-1",
+    "compression_rate": 16,
+    "doc_max_tokens": 64,
+    "n_mem": N_MEM,
+    "hidden_size": D,
+}
+TEXTS = {
+    "tea": "Green tea is brewed at 80 degrees for two minutes.",
+    "git": "Run git branch --set-upstream-to=origin/main to track it.",
+    "bikes": "Oil the bicycle chain every 300 kilometres.",
+}
+
+
+@pytest.fixture
+def col(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    c = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    c.vecs = {}
+    for name, text in TEXTS.items():
+        v = rng.standard_normal((1, N_MEM, D)).astype(np.float32)
+        c.vecs[name] = v[0]
+        c.add_document(f"/d/{name}.txt", name, f"sha-{name}", [ChunkRecord(text, 1, 1, 9, name)], v)
+    yield c
+    c.close()
+
+
+def names(hits) -> list[str]:
+    return [h.doc_name for h in hits]
+
+
+def test_dense_and_lexical_each_rank_their_own_way(col: Collection):
+    dense = col.retrieve("set-upstream-to", col.vecs["tea"], k=3, mode="dense")
+    assert names(dense)[0] == "tea" and dense[0].score == pytest.approx(1.0, abs=1e-3)
+    assert [h.ranks for h in dense] == [{"dense": 1}, {"dense": 2}, {"dense": 3}]
+    lexical = col.retrieve("--set-upstream-to", None, k=3, mode="lexical")
+    assert names(lexical) == ["git"] and lexical[0].ranks == {"lexical": 1}
+    assert lexical[0].text == TEXTS["git"] and lexical[0].context == "git"
+    assert lexical[0].path == "/d/git.txt" and lexical[0].contextual_text.startswith("git\n")
+
+
+def test_hybrid_fuses_both_with_the_rrf_score(col: Collection):
+    dense = col.retrieve("x", col.vecs["tea"], k=3, mode="dense")
+    hits = col.retrieve("set-upstream-to", col.vecs["tea"], k=3, mode="hybrid", fusion=Fusion(k=1))
+    by_name = {h.doc_name: h for h in hits}
+    git_dense_rank = names(dense).index("git") + 1
+    # tea: dense rank 1 only -> 1/2; git: lexical rank 1 + its dense rank
+    assert by_name["tea"].score == pytest.approx(1 / 2)
+    assert by_name["git"].score == pytest.approx(1 / 2 + 1 / (1 + git_dense_rank))
+    assert names(hits)[0] == "git" and by_name["git"].ranks == {
+        "dense": git_dense_rank,
+        "lexical": 1,
+    }
+    assert by_name["tea"].ranks == {"dense": 1, "lexical": None}
+    assert set(by_name["git"].scores) == {"dense", "lexical"} and all(
+        h.mode == "hybrid" for h in hits
+    )
+    # the lexical weight at 0 leaves the dense order
+    dense_only = Fusion(weights={"dense": 1.0, "lexical": 0.0})
+    assert names(col.retrieve("set-upstream-to", col.vecs["tea"], 3, "hybrid", dense_only)) == (
+        names(dense)
+    )
+
+
+def test_no_usable_words_falls_back_to_dense(col: Collection):
+    for mode in ("hybrid", "lexical"):
+        hits = col.retrieve("what is it?", col.vecs["bikes"], k=2, mode=mode)
+        assert names(hits)[0] == "bikes" and all(h.mode == "dense" for h in hits)
+        assert hits[0].ranks == {"dense": 1}
+    assert col.retrieve("what?", None, k=2, mode="lexical") == []  # nothing to fall back on
+
+
+def test_removed_documents_never_come_back_and_bad_modes_are_refused(col: Collection):
+    col.remove_document(col.find_by_sha("sha-git").id)
+    hits = col.retrieve("set-upstream-to", col.vecs["git"], k=5)
+    assert "git" not in names(hits) and len(hits) == 2
+    with pytest.raises(ValueError, match="hybrid, dense, lexical"):
+        col.retrieve("x", col.vecs["tea"], mode="sparse")
+    with pytest.raises(ValueError, match="query vector"):
+        col.retrieve("tea", None, mode="hybrid")

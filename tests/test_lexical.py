@@ -1,0 +1,185 @@
+"""The full-text side of a collection: identifier terms, FTS5-safe queries, add / remove /
+compact / rebuild keeping it in step, and the upgrade of an index made without it.
+
+Random vectors with a tiny shape (n_mem=4, d=8), as in test_store.py; no model.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexing import lexical
+from indexing.durable import WriterLock
+from indexing.store import ChunkRecord, Collection
+
+N_MEM, D = 4, 8
+MANIFEST = {
+    "checkpoint_fingerprint": "fp-aaaa",
+    "base_model": "tiny",
+    "base_fingerprint": "base-1",
+    "compression_rate": 16,
+    "doc_max_tokens": 64,
+    "n_mem": N_MEM,
+    "hidden_size": D,
+}
+DOCS = {
+    "git-notes": [
+        "Use git branch --set-upstream-to=origin/main to track a remote branch.",
+        "Since 2.13 the gc.aggressiveDepth default is 50 instead of 250.",
+    ],
+    "release": [
+        "Release v1.8.0 fixes the parser in src/clara/model.py and adds max_tokens.",
+        "The installer now asks before it overwrites your configuration files.",
+    ],
+    "cooking": ["Boil the pasta for nine minutes, then drain it and add the sauce."],
+}
+
+
+def add(col: Collection, name: str, context: str = "") -> str:
+    texts = DOCS[name]
+    vecs = np.random.default_rng(len(name)).standard_normal((len(texts), N_MEM, D))
+    records = [ChunkRecord(t, 1, 1, 10, context) for t in texts]
+    return col.add_document(f"/docs/{name}.txt", name, f"sha-{name}", records, vecs)
+
+
+def top_docs(col: Collection, query: str, k: int = 3) -> list[str]:
+    hits = col.search_lexical(query, k) or []
+    chunks = {c.id: c.doc_id for c in col.chunks([i for i, _ in hits])}
+    names = {d.id: d.name for d in col.list_documents()}
+    return list(dict.fromkeys(names[chunks[i]] for i, _ in hits))
+
+
+@pytest.fixture
+def col(tmp_path: Path):
+    c = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    for name in DOCS:
+        add(c, name)
+    yield c
+    c.close()
+
+
+def test_terms_keep_identifiers_whole_and_in_parts():
+    got = lexical.terms("Run `git branch --set-upstream-to` (see gc.aggressiveDepth).")
+    assert "set-upstream-to" in got and {"set", "upstream", "to"} <= set(got)
+    assert "gc.aggressivedepth" in got and {"gc", "aggressive", "depth"} <= set(got)
+    assert lexical.terms("Since 2.13, v1.8.0.") == [
+        *("since", "2.13", "2", "13", "v1.8.0", "v1", "8", "0")
+    ]
+    assert "src/clara/model.py" in lexical.terms("edit src/clara/model.py now")
+    assert lexical.terms("the end.") == ["the", "end"]  # a full stop is not part of a word
+
+
+@pytest.mark.parametrize(
+    "query, doc",
+    [
+        ("--set-upstream-to", "git-notes"),
+        ("what does gc.aggressiveDepth do", "git-notes"),
+        ("changes in 2.13", "git-notes"),
+        ("v1.8.0", "release"),
+        ("src/clara/model.py", "release"),
+        ("max_tokens", "release"),
+        ("how long to boil pasta?", "cooking"),
+        ("installer overwriting configuration", "release"),  # stemmed
+    ],
+)
+def test_identifier_and_word_queries_find_their_document(col: Collection, query: str, doc: str):
+    assert top_docs(col, query)[0] == doc
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['"', '"unbalanced', "a -b", "*", "pasta*", "col:pasta", "(pasta", "pasta)", "NEAR(a b)",
+     "AND", "OR pasta OR", "NOT", "^pasta", "{pasta}", "pasta + sauce", "'quoted'", "-- ::"],
+)  # fmt: skip
+def test_fts5_syntax_characters_never_raise(col: Collection, query: str):
+    hits = col.search_lexical(query)
+    assert hits is None or isinstance(hits, list)
+    if "pasta" in query:
+        assert top_docs(col, query) == ["cooking"]
+
+
+def test_questions_without_usable_words_give_none(col: Collection):
+    for query in ["", "   ", "?!", "what is it", "-- ::"]:
+        assert col.search_lexical(query) is None
+    assert lexical.match_query("What is the pasta?") == '"pasta"'
+
+
+def test_remove_compact_and_rebuild_keep_the_text_index_in_step(col: Collection):
+    assert top_docs(col, "pasta") == ["cooking"]
+    doc = col.find_by_sha("sha-cooking")
+    col.remove_document(doc.id)
+    assert col.search_lexical("pasta") == []
+    col.remove_document(col.find_by_sha("sha-git-notes").id)  # > 25% dead: compacts
+    assert col.stats()["dead_rows"] == 0
+    assert top_docs(col, "v1.8.0") == ["release"] and col.search_lexical("upstream") == []
+    add(col, "cooking")
+    col.rebuild()
+    assert top_docs(col, "pasta sauce") == ["cooking"]
+    assert col.stats()["lexical_chunks"] == col.stats()["chunks"] == 3
+
+
+def test_context_is_searchable_but_not_part_of_the_text(tmp_path: Path):
+    with Collection.open(tmp_path, "c", manifest=MANIFEST, create=True) as col:
+        add(col, "cooking", context="Grandma's Kitchen / Italian dishes")
+        assert top_docs(col, "grandma italian") == ["cooking"]
+        chunk = col.chunks([col.search_lexical("grandma")[0][0]])[0]
+        assert chunk.text == DOCS["cooking"][0]
+        assert chunk.contextual_text == "Grandma's Kitchen / Italian dishes\n" + chunk.text
+
+
+def make_old(root: Path) -> None:
+    """Turn a collection into one made before the full-text table existed."""
+    db = sqlite3.connect(root / "main" / "meta.sqlite")
+    db.execute("DROP TABLE chunks_fts")
+    db.execute("DELETE FROM state WHERE key='lexical'")
+    db.execute("ALTER TABLE chunks DROP COLUMN context")
+    db.commit()
+    db.close()
+
+
+def test_an_old_index_gains_the_text_index_on_open(tmp_path: Path):
+    with Collection.open(tmp_path, "main", manifest=MANIFEST, create=True) as col:
+        for name in DOCS:
+            add(col, name)
+    make_old(tmp_path)
+    with Collection.open(tmp_path, "main", readonly=True) as old:
+        assert old.search_lexical("pasta") is not None  # a reader upgrades it when it can
+        assert len(old.notes) == 1 and "built its full-text index (5 chunks)" in old.notes[0]
+    make_old(tmp_path)
+    with Collection.open(tmp_path, "main", manifest=MANIFEST) as writer:
+        assert len(writer.notes) == 1 and top_docs(writer, "v1.8.0") == ["release"]
+        assert writer.stats()["lexical_chunks"] == 5
+    with Collection.open(tmp_path, "main", manifest=MANIFEST) as again:
+        assert again.notes == []  # once only
+
+
+def test_a_reader_that_cannot_upgrade_searches_dense_only(tmp_path: Path):
+    with Collection.open(tmp_path, "main", manifest=MANIFEST, create=True) as col:
+        add(col, "cooking")
+    make_old(tmp_path)
+    lock = WriterLock(tmp_path / "main", "test")  # an older writer holds the collection
+    try:
+        with Collection.open(tmp_path, "main", readonly=True) as reader:
+            assert not reader.lexical and reader.search_lexical("pasta") is None
+            assert "clara-index rebuild" in reader.notes[0]
+            assert len(reader.search(np.ones((N_MEM, D)), k=1)[0]) == 1
+    finally:
+        lock.release()
+
+
+def test_clara_index_says_so_in_one_line_when_it_upgrades(tmp_path: Path, capsys):
+    from indexing.cli import main
+
+    with Collection.open(tmp_path, "main", manifest=MANIFEST, create=True) as col:
+        add(col, "cooking")
+    make_old(tmp_path)
+    assert main(["list", "--index", str(tmp_path), "--collection", "main"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["clara-index: collection 'main': built its full-text index (1 chunks), which "
+                   "indexes made before hybrid search lack"]  # fmt: skip
+    assert main(["list", "--index", str(tmp_path), "--collection", "main"]) == 0
+    assert capsys.readouterr().err == ""

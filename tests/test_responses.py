@@ -1,0 +1,231 @@
+"""POST /v1/responses against a real clara-serve, driven by the official openai SDK as OpenAI's
+file_search guide uses it: files.create -> vector_stores.create -> vector_stores.files.create
+-> responses.create(tools=[file_search]), plain, streamed and chained; stored responses (GET,
+DELETE, input_items, surviving a restart); errors. A tiny random model answers gibberish;
+retrieval is still exact because a fresh model's query and compressor adapters agree.
+"""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.test_server_harness import API_KEY, DOCS, ServerProcess, add_documents, free_port
+
+MODEL = "clara-tiny"
+GUIDE = "The capital of France is Paris. The capital of Japan is Tokyo."
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("responses")
+
+
+def start_server(tmp, tiny_llama_dir, *args: str) -> ServerProcess:
+    return ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp / "index"), "--api-key", API_KEY,
+        "--max-tokens", "8", "--served-model-name", MODEL, "--responses-db", str(tmp / "responses.sqlite"), *args,
+        env={"CLARA_HOME": str(tmp / "home")}, log=tmp / f"server-{free_port()}.log",
+    ).wait_ready()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp, tiny_llama_dir):
+    from clara.checkpoint import load_clara
+
+    add_documents(tmp / "index", load_clara(tiny_llama_dir, None, dtype=None), DOCS)
+    proc = start_server(tmp, tiny_llama_dir)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    """The official SDK; only base_url (and the key) differ from OpenAI's guide."""
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def knowledge_base(client: openai.OpenAI, tmp) -> tuple[str, str]:
+    """OpenAI's guide, steps 1 and 2, on clara-serve's own port: upload a file, make a vector
+    store, attach the file (indexed by the same model worker that answers)."""
+    path = tmp / "capitals.md"
+    path.write_text(GUIDE)
+    with open(path, "rb") as fh:
+        f = client.files.create(file=fh, purpose="assistants")
+    vs = client.vector_stores.create(name="knowledge_base")
+    attached = client.vector_stores.files.create(vector_store_id=vs.id, file_id=f.id)
+    # the link is there right after creation, before indexing finishes
+    got = client.vector_stores.files.retrieve(vector_store_id=vs.id, file_id=f.id)
+    assert got.id == attached.id == f.id
+    client.vector_stores.files.poll(f.id, vector_store_id=vs.id, poll_interval_ms=50)
+    return vs.id, f.id
+
+
+def post(server: ServerProcess, body: dict) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    return httpx.post(f"{server.url}/v1/responses", json=body, headers=headers, timeout=60)
+
+
+def test_file_search_guide_plain(client: openai.OpenAI, knowledge_base) -> None:
+    store_id, file_id = knowledge_base
+    response = client.responses.create(
+        model=MODEL,
+        input=GUIDE,
+        tools=[{"type": "file_search", "vector_store_ids": [store_id], "max_num_results": 1}],
+        include=["file_search_call.results"],
+    )
+    assert response.object == "response" and response.status in ("completed", "incomplete")
+    call, message = response.output
+    assert call.type == "file_search_call" and call.status == "completed"
+    assert call.queries == [GUIDE]
+    assert [(r.file_id, r.filename) for r in call.results] == [(file_id, "capitals.md")]
+    # hybrid retrieval: first by memory vector and by words, fused score 1/61 + 1/61
+    assert call.results[0].text == GUIDE and call.results[0].score == pytest.approx(
+        2 / 61, abs=1e-5
+    )
+    assert message.type == "message" and message.role == "assistant"
+    text = message.content[0]
+    assert text.type == "output_text" and text.text == response.output_text
+    assert [(a.type, a.file_id, a.filename, a.index) for a in text.annotations] == [
+        ("file_citation", file_id, "capitals.md", len(text.text))
+    ]
+    u = response.usage
+    assert u.output_tokens >= 1 and u.total_tokens == u.input_tokens + u.output_tokens
+    assert response.model_extra["retrieval"]["collection"] == store_id
+
+
+def test_results_only_when_included(client: openai.OpenAI, knowledge_base) -> None:
+    store_id, _ = knowledge_base
+    tools = [{"type": "file_search", "vector_store_ids": [store_id]}]
+    response = client.responses.create(model=MODEL, input=GUIDE, tools=tools, store=False)
+    assert response.output[0].results is None
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)  # store: false keeps nothing
+
+
+def test_file_search_guide_streamed(client: openai.OpenAI, knowledge_base) -> None:
+    store_id, file_id = knowledge_base
+    tools = [{"type": "file_search", "vector_store_ids": [store_id], "max_num_results": 1}]
+    events = list(client.responses.create(model=MODEL, input=GUIDE, tools=tools, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:8] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.file_search_call.in_progress", "response.file_search_call.searching",
+        "response.file_search_call.completed", "response.output_item.done",
+        "response.output_item.added",
+    ]  # fmt: skip
+    assert kinds[8] == "response.content_part.added"
+    assert kinds[-5:] == [
+        "response.output_text.annotation.added", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", kinds[-1],
+    ]  # fmt: skip
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = events[-1].response
+    assert deltas and deltas == done.output_text
+    assert done.output[1].content[0].annotations[0].file_id == file_id
+    # the SDK's stream helper accumulates the same events into the same response
+    # (an 8-token answer ends "incomplete", so read its text snapshots, not a final response)
+    with client.responses.stream(model=MODEL, input=GUIDE, tools=tools) as stream:
+        snapshots = [e.snapshot for e in stream if e.type == "response.output_text.delta"]
+    assert snapshots[-1] == deltas
+    # a streamed response is stored like a plain one
+    assert client.responses.retrieve(done.id).output_text == deltas
+
+
+def test_chained_with_previous_response_id(client: openai.OpenAI, knowledge_base) -> None:
+    store_id, _ = knowledge_base
+    tools = [{"type": "file_search", "vector_store_ids": [store_id]}]
+    first = client.responses.create(model=MODEL, input=GUIDE, tools=tools, instructions="Be brief.")
+    second = client.responses.create(
+        model=MODEL, input=[{"role": "user", "content": "And Japan?"}], tools=tools,
+        previous_response_id=first.id,
+    )  # fmt: skip
+    assert second.previous_response_id == first.id
+    # the second prompt holds the first turn (question and answer): more input tokens
+    alone = client.responses.create(model=MODEL, input="And Japan?", tools=tools, store=False)
+    assert second.usage.input_tokens > alone.usage.input_tokens
+    got = client.responses.retrieve(second.id)
+    assert got.id == second.id and got.output_text == second.output_text
+    items = client.responses.input_items.list(second.id)
+    assert [(i.role, i.content[0].text) for i in items.data] == [("user", "And Japan?")]
+    client.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(second.id)
+    with pytest.raises(openai.NotFoundError) as err:
+        client.responses.create(model=MODEL, input="x", previous_response_id=second.id)
+    assert err.value.body["param"] == "previous_response_id"
+
+
+def test_without_file_search_the_default_collection_is_searched(client: openai.OpenAI) -> None:
+    river = DOCS[0][1]
+    r = client.responses.create(model=MODEL, input=river)
+    assert r.output[0].type == "message"  # no tool: no file_search_call item
+    assert r.model_extra["retrieval"]["status"] == "ok"
+    assert r.output[0].content[0].annotations[0].filename == "river.txt"
+    off = client.responses.create(model=MODEL, input=river, extra_body={"retrieval": False})
+    assert off.model_extra["retrieval"]["status"] == "disabled"
+    assert off.output[0].content[0].annotations == []
+
+
+def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> None:
+    """A second server process on the same --responses-db reads and continues the chain
+    (that one without the files API: --no-files-api)."""
+    first = client.responses.create(model=MODEL, input=DOCS[1][1])
+    other = start_server(tmp, tiny_llama_dir, "--no-files-api")
+    try:
+        fresh = openai.OpenAI(base_url=f"{other.url}/v1", api_key=API_KEY, max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            fresh.files.list()
+        assert fresh.responses.retrieve(first.id).output_text == first.output_text
+        chained = fresh.responses.create(model=MODEL, input="More?", previous_response_id=first.id)
+        assert chained.status in ("completed", "incomplete")
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.[0].type"),
+        ({"input": "hi", "tools": [{"type": "function", "name": "f"}]}, "tools.[0].type"),
+        ({"input": "hi", "background": True}, "background"),
+        ({"input": "hi", "reasoning": {"effort": "low"}}, "reasoning"),
+        ({"input": "hi", "text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"input": "hi", "frobnicate": 1}, "frobnicate"),
+        ({"input": "hi", "include": ["message.output_text.logprobs"]}, "include.[0]"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, None),
+        ({"input": ""}, "input"),
+        ({"input": []}, "input"),
+        ({"input": [{"role": "user"}]}, "input.[0].content"),
+        (
+            {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["../x"]}]},
+            "tools.[0].vector_store_ids.[0]",
+        ),
+        ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "hi", "temperature": 3}, "temperature"),
+    ],
+)
+def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> None:
+    r = post(server, body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["message"] and "Traceback" not in err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    else:
+        assert err["param"].startswith("input.[0].content"), err
+
+
+def test_unknown_vector_store_and_model(server, client) -> None:
+    r = post(
+        server, {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["nope"]}]}
+    )
+    assert r.status_code == 404 and r.json()["error"]["param"] == "tools.[0].vector_store_ids"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="gpt-4o", input="hi")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_missing")

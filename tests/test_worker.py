@@ -1,0 +1,168 @@
+"""The shared MLX worker (clara_cli.worker): priorities, steps, the bounded queue, load failure,
+cancel and shutdown. A plain object stands in for the model: scheduling is what is tested."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from clara_cli.http import APIError
+from clara_cli.worker import BULK, INTERACTIVE, Task, Worker
+
+
+def ready_worker(**kw) -> Worker:
+    worker = Worker(lambda: "model", **kw)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while worker.state != "ready" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.state == "ready"
+    return worker
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_interactive_work_goes_between_steps_of_bulk_work() -> None:
+    worker = ready_worker()
+    log: list[str] = []
+    gate = threading.Event()
+
+    def bulk(cm):
+        for i in range(3):
+            log.append(f"bulk{i}")
+            gate.wait(5) if i == 0 else None
+            yield
+
+    finished = threading.Event()
+    worker.submit(Task("bulk", bulk, done=finished.set, bounded=False), BULK)
+    wait_until(lambda: log == ["bulk0"])
+    worker.submit(Task("chat", lambda cm: log.append(f"chat:{cm}")), INTERACTIVE)
+    gate.set()
+    assert finished.wait(5)
+    assert log == ["bulk0", "chat:model", "bulk1", "bulk2"]
+    worker.stop()
+
+
+def test_call_returns_the_result_or_raises_the_error() -> None:
+    worker = ready_worker()
+
+    async def run():
+        ok = await worker.call(lambda cm: cm.upper())
+        with pytest.raises(ValueError, match="bad input"):
+            await worker.call(lambda cm: (_ for _ in ()).throw(ValueError("bad input")))
+        return ok
+
+    assert asyncio.run(run()) == "MODEL"
+    worker.stop()
+
+
+def test_full_queue_is_one_503_with_retry_after_and_can_start_holds_a_task() -> None:
+    worker = ready_worker(max_waiting=2)
+    release = threading.Event()
+    worker.submit(Task("busy", lambda cm: release.wait(5)))
+    wait_until(lambda: worker.queue_depth() == 0)  # started
+    slot = {"free": False}
+    ran: list[str] = []
+    worker.submit(Task("held", lambda cm: ran.append("held"), can_start=lambda: slot["free"]))
+    worker.submit(Task("next", lambda cm: ran.append("next")))
+    with pytest.raises(APIError) as info:
+        worker.submit(Task("third", lambda cm: None))
+    err = info.value
+    assert err.status == 503 and err.code == "server_overloaded"
+    assert int(err.headers["Retry-After"]) >= 1
+    worker.submit(Task("unbounded", lambda cm: ran.append("unbounded"), bounded=False))
+    release.set()
+    wait_until(lambda: ran == ["next", "unbounded"])  # the held task does not block them
+    slot["free"] = True
+    worker.submit(Task("poke", lambda cm: None, bounded=False))  # wakes the worker up
+    wait_until(lambda: ran == ["next", "unbounded", "held"])
+    worker.stop()
+
+
+def test_cancel_skips_a_waiting_task_and_stops_a_running_one() -> None:
+    worker = ready_worker()
+    release = threading.Event()
+    steps: list[int] = []
+    closed = threading.Event()
+
+    def long(cm):
+        try:
+            for i in range(1000):
+                steps.append(i)
+                release.wait(5)
+                yield
+        finally:
+            closed.set()
+
+    worker.submit(Task(("store", "a"), long))
+    wait_until(lambda: steps == [0])
+    skipped: list[str] = []
+    done = threading.Event()
+    worker.submit(Task(("store", "b"), lambda cm: skipped.append("ran"), done=done.set))
+    assert worker.pending(lambda key: key == ("store", "b"))
+    worker.cancel(lambda key: key[0] == "store")
+    release.set()
+    assert closed.wait(5) and done.wait(5)
+    assert skipped == [] and len(steps) <= 2
+    assert not worker.pending(lambda key: True)
+    worker.stop()
+
+
+def test_a_failed_load_is_reported_and_refuses_work() -> None:
+    fatal: list[BaseException] = []
+
+    def load():
+        raise RuntimeError("no weights at /nowhere")
+
+    worker = Worker(load)
+    worker.on_fatal = fatal.append
+    worker.start()
+    wait_until(lambda: fatal)
+    assert worker.state == "failed" and "nowhere" in str(worker.error) and fatal == [worker.error]
+    with pytest.raises(APIError) as info:
+        worker.submit(Task("x", lambda cm: None))
+    assert info.value.code == "model_failed"
+
+
+def test_work_before_the_model_is_loaded_is_a_503() -> None:
+    release = threading.Event()
+    worker = Worker(lambda: release.wait(5) and "model")
+    worker.start()
+    with pytest.raises(APIError) as info:
+        worker.submit(Task("x", lambda cm: None))
+    assert info.value.code == "model_loading" and info.value.headers["Retry-After"]
+    release.set()
+    worker.stop()
+
+
+def test_stop_fails_waiting_tasks_and_closes_running_ones() -> None:
+    worker = ready_worker()
+    started = threading.Event()
+    closed = threading.Event()
+
+    def long(cm):
+        try:
+            started.set()
+            while True:
+                time.sleep(0.01)
+                yield
+        finally:
+            closed.set()
+
+    errors: list[BaseException] = []
+    worker.submit(Task("long", long))
+    assert started.wait(5)
+    worker.submit(Task("waiting", lambda cm: None, failed=errors.append, can_start=lambda: False))
+    worker.stop()
+    assert closed.is_set()
+    assert len(errors) == 1 and errors[0].code == "shutting_down"
+    with pytest.raises(APIError):
+        worker.submit(Task("late", lambda cm: None))
