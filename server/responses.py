@@ -161,6 +161,7 @@ class ResponsesServing:
             temperature=req.temperature,
             top_p=req.top_p,
             mode=req.mode,
+            retrieval_mode=req.retrieval_mode,
         )
         if req.tool_choice == "none":
             chat.retrieval = False
@@ -200,6 +201,7 @@ class ResponsesServing:
             retrieval={
                 "status": ready.retrieved.status, "collection": ready.retrieved.collection,
                 "mode": params.mode, "top_k": params.top_k,
+                "retrieval_mode": params.retrieval_mode,
             },
         )  # fmt: skip
         call = None

@@ -153,6 +153,9 @@ class ResponseCreateRequest(_Request):
     """Chunks to retrieve without a file_search tool (default: the server's --top-k)."""
     mode: Literal["memory", "text"] = "memory"
     """"memory": the generator reads compressed memories; "text": the chunks' raw text."""
+    retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
+    """How chunks are found, with or without a file_search tool (as in chat completions):
+    "hybrid" (the server's default) fuses "dense" and "lexical" (BM25) rankings."""
 
     @field_validator("tools", mode="before")
     @classmethod

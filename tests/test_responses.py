@@ -166,6 +166,11 @@ def test_without_file_search_the_default_collection_is_searched(client: openai.O
     assert r.output[0].type == "message"  # no tool: no file_search_call item
     assert r.model_extra["retrieval"]["status"] == "ok"
     assert r.output[0].content[0].annotations[0].filename == "river.txt"
+    lexical = client.responses.create(
+        model=MODEL, input=river, extra_body={"retrieval_mode": "lexical"}
+    )
+    assert lexical.output[0].content[0].annotations[0].filename == "river.txt"
+    assert lexical.model_extra["retrieval"]["retrieval_mode"] == "lexical"
     off = client.responses.create(model=MODEL, input=river, extra_body={"retrieval": False})
     assert off.model_extra["retrieval"]["status"] == "disabled"
     assert off.output[0].content[0].annotations == []

@@ -185,11 +185,40 @@ def test_concurrent_requests_all_answered(server: ServerProcess) -> None:
             return (await client.chat.completions.create(**kwargs)).choices[0].finish_reason
 
         try:
-            return await asyncio.gather(*(one(i) for i in range(10)))
+            return await asyncio.gather(*(one(i) for i in range(16)))
         finally:
             await client.close()
 
-    assert asyncio.run(run()) == ["length"] * 10
+    assert asyncio.run(run()) == ["length"] * 16
+
+
+def test_concurrent_greedy_answers_equal_sequential_ones(server: ServerProcess) -> None:
+    """Continuous batching: requests that decode together (joining and leaving at different
+    steps) answer exactly what each answers alone; memory and text prompts mixed."""
+    questions = [(DOCS[i % len(DOCS)][1][: 20 + 9 * i], 4 + 3 * i) for i in range(6)]
+
+    def kwargs(i: int) -> dict:
+        text, n = questions[i]
+        mode = {"mode": "text"} if i % 3 == 2 else {}
+        return dict(model=MODEL, messages=ask(text), max_tokens=n, extra_body=mode)
+
+    sync = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    alone = [sync.chat.completions.create(**kwargs(i)).choices[0].message.content for i in range(6)]
+
+    async def run() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+        async def one(i: int) -> str:
+            await asyncio.sleep(0.02 * i)  # arrive while the others decode
+            resp = await client.chat.completions.create(**kwargs(i))
+            return resp.choices[0].message.content
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(6)))
+        finally:
+            await client.close()
+
+    assert asyncio.run(run()) == alone
 
 
 # ---- sources -------------------------------------------------------------------------------
