@@ -16,11 +16,27 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 class AdapterSwitch:
     """Shared by every MultiLoRALinear of a model: which adapter is active (None = base), and
-    whether layers use their merged decode copy of it (generation only, never training)."""
+    whether layers use their merged decode copy of it (generation only, never training).
+
+    `fast` (default) is the training fast path: one dropout mask per layer input (q/k/v read
+    the same `x`, as do gate/up: 4 masks per block instead of 7), and the scale folded into
+    one `addmm`. `fast = False` is the original per-linear path (kept for bench/bench_train.py).
+    """
 
     def __init__(self) -> None:
         self.active: str | None = None
         self.merged = False
+        self.fast = True
+        self._dropped: tuple[mx.array, mx.array] | None = None  # (input, its dropout)
+
+    def dropped(self, x: mx.array, p: float) -> mx.array:
+        """`x` with inverted dropout at rate `p`, the same mask for every call with this `x`."""
+        if self._dropped is not None and self._dropped[0] is x:
+            return self._dropped[1]
+        mask = mx.random.bernoulli(1.0 - p, x.shape)
+        out = mx.where(mask, x * (1.0 / (1.0 - p)), mx.array(0, x.dtype))
+        self._dropped = (x, out)
+        return out
 
 
 class _Merged:
@@ -102,9 +118,16 @@ class MultiLoRALinear(nn.Module):
         if name is None:
             return y
         p = self[f"lora_{name}"]
-        xa = self.dropout(x) @ p["a"].astype(x.dtype)  # (..., rank)
-        # y + scale * xa @ b as one gemm accumulating into y: no full-size temporaries
-        return mx.addmm(y, xa, p["b"].astype(y.dtype), alpha=self.scale)
+        if not self.switch.fast:
+            z = (self.dropout(x) @ p["a"].astype(x.dtype)) @ p["b"].astype(x.dtype)
+            return y + (self.scale * z).astype(y.dtype)
+        a, b = p["a"], p["b"]
+        if a.dtype != x.dtype:
+            a, b = a.astype(x.dtype), b.astype(x.dtype)
+        rate = 1.0 - self.dropout._p_1 if self.dropout.training else 0.0
+        if rate > 1e-9:
+            x = self.switch.dropped(x, rate)
+        return mx.addmm(y, x @ a, b.astype(y.dtype), alpha=self.scale)
 
 
 def apply_lora(
