@@ -22,6 +22,8 @@ _CANDIDATES = (
 loaded: str | None = None
 #: Why the fast path is off, when it is.
 reason: str | None = None
+_lib: ctypes.CDLL | None = None
+_threads: int | None = None
 
 
 def enable() -> str | None:
@@ -42,10 +44,11 @@ def enable() -> str | None:
         return None
     for name in (choice,) if choice else _CANDIDATES:
         try:
-            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
-        loaded = name
+        global _lib
+        loaded, _lib = name, lib
         return loaded
     reason = "OpenBLAS not found"
     if not os.environ.get("CLARA_QUIET_BLAS"):
@@ -55,3 +58,34 @@ def enable() -> str | None:
             file=sys.stderr,
         )
     return None
+
+
+def _env_threads(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def set_threads(n: int | None) -> None:
+    """OpenBLAS threads for the next matmuls (None: leave as is); a no-op without OpenBLAS."""
+    global _threads
+    if n is None or n == _threads or _lib is None:
+        return
+    fn = getattr(_lib, "openblas_set_num_threads", None)
+    if fn is not None:
+        fn(int(n))
+        _threads = n
+
+
+def for_decode() -> None:
+    """Thread count for decode steps (thin matrix-vector products): `CLARA_DECODE_THREADS`,
+    else DECODE_THREADS (see bench/bench_server.py for how it was measured)."""
+    set_threads(_env_threads("CLARA_DECODE_THREADS") or DECODE_THREADS)
+
+
+def for_prefill() -> None:
+    """Thread count for prefill and compression (matrix-matrix): `CLARA_PREFILL_THREADS`,
+    else every core."""
+    set_threads(_env_threads("CLARA_PREFILL_THREADS") or os.cpu_count())
+
+
+DECODE_THREADS: int | None = None  # None: every core, like prefill

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,10 +15,38 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 class AdapterSwitch:
-    """Shared by every MultiLoRALinear of a model: which adapter is active (None = base)."""
+    """Shared by every MultiLoRALinear of a model: which adapter is active (None = base), and
+    whether layers use their merged decode copy of it (generation only, never training).
+
+    `fast` (default) is the training fast path: one dropout mask per layer input (q/k/v read
+    the same `x`, as do gate/up: 4 masks per block instead of 7), and the scale folded into
+    one `addmm`. `fast = False` is the original per-linear path (kept for bench/bench_train.py).
+    """
 
     def __init__(self) -> None:
         self.active: str | None = None
+        self.merged = False
+        self.fast = True
+        self._dropped: tuple[mx.array, mx.array] | None = None  # (input, its dropout)
+
+    def dropped(self, x: mx.array, p: float) -> mx.array:
+        """`x` with inverted dropout at rate `p`, the same mask for every call with this `x`."""
+        if self._dropped is not None and self._dropped[0] is x:
+            return self._dropped[1]
+        mask = mx.random.bernoulli(1.0 - p, x.shape)
+        out = mx.where(mask, x * (1.0 / (1.0 - p)), mx.array(0, x.dtype))
+        self._dropped = (x, out)
+        return out
+
+
+class _Merged:
+    """A layer's decode weight `W + scale * (A @ B).T` for one adapter, kept outside the module
+    tree (a plain attribute: never a parameter, so never saved, trained or fingerprinted),
+    with the arrays it was made from so a trained adapter is merged again."""
+
+    def __init__(self, weight: mx.array, sources: tuple[mx.array, ...]) -> None:
+        self.weight = weight
+        self.sources = sources
 
 
 def _linear_dims(layer: nn.Module) -> tuple[int, int]:
@@ -43,6 +73,9 @@ class MultiLoRALinear(nn.Module):
         self.switch = switch
         self.scale = alpha / rank
         self.dropout = nn.Dropout(dropout)
+        # adapter name -> _Merged; a plain dict set past nn.Module's __setattr__ (which would
+        # make it a child): not a parameter
+        object.__setattr__(self, "_decode", {})
         in_dims, out_dims = _linear_dims(base)
         bound = 1.0 / math.sqrt(in_dims)
         # One attribute per adapter (`lora_compressor`, ...) so each can be frozen on its own.
@@ -57,14 +90,44 @@ class MultiLoRALinear(nn.Module):
                 },
             )
 
+    def merge(self, name: str) -> bool:
+        """Make (or refresh) the merged decode weight for adapter `name`; False if the base
+        layer cannot be merged (quantized)."""
+        if not isinstance(self.base, nn.Linear) or isinstance(self.base, nn.QuantizedLinear):
+            return False
+        p = self[f"lora_{name}"]
+        sources = (self.base.weight, p["a"], p["b"])
+        held = self._decode.get(name)
+        if held is not None and all(a is b for a, b in zip(held.sources, sources)):
+            return True
+        w = self.base.weight
+        delta = (self.scale * (p["a"].astype(mx.float32) @ p["b"].astype(mx.float32))).T
+        weight = (w.astype(mx.float32) + delta).astype(w.dtype)  # (out, in)
+        mx.eval(weight)
+        self._decode[name] = _Merged(weight, sources)
+        return True
+
     def __call__(self, x: mx.array) -> mx.array:
-        y = self.base(x)
         name = self.switch.active
+        if name is not None and self.switch.merged:
+            held = self._decode.get(name)
+            if held is not None:
+                y = x @ held.weight.T
+                return y + self.base.bias if "bias" in self.base else y
+        y = self.base(x)
         if name is None:
             return y
         p = self[f"lora_{name}"]
-        z = (self.dropout(x) @ p["a"].astype(x.dtype)) @ p["b"].astype(x.dtype)
-        return y + (self.scale * z).astype(y.dtype)
+        if not self.switch.fast:
+            z = (self.dropout(x) @ p["a"].astype(x.dtype)) @ p["b"].astype(x.dtype)
+            return y + (self.scale * z).astype(y.dtype)
+        a, b = p["a"], p["b"]
+        if a.dtype != x.dtype:
+            a, b = a.astype(x.dtype), b.astype(x.dtype)
+        rate = 1.0 - self.dropout._p_1 if self.dropout.training else 0.0
+        if rate > 1e-9:
+            x = self.switch.dropped(x, rate)
+        return mx.addmm(y, x @ a, b.astype(y.dtype), alpha=self.scale)
 
 
 def apply_lora(
@@ -88,3 +151,23 @@ def apply_lora(
                     setattr(parent, attr, wrapped)
                     count += 1
     return count
+
+
+def merge_adapter(cm, adapter: str) -> int:
+    """Make or refresh every layer's merged decode weight for `adapter`; returns how many
+    layers have one (quantized layers keep the LoRA path)."""
+    return sum(layer.merge(adapter) for layer in cm.lora_layers())
+
+
+@contextmanager
+def merged(cm, adapter: str | None) -> Iterator[None]:
+    """Forward passes through `adapter` merged into decode copies of the base weights (made by
+    `merge_adapter`): the same function as the LoRA path without its per-token matmuls.
+    Generation only; the compressor and query adapters (and training) keep the exact path."""
+    switch: AdapterSwitch = cm.switch
+    previous = (switch.active, switch.merged)
+    switch.active, switch.merged = adapter, True
+    try:
+        yield
+    finally:
+        switch.active, switch.merged = previous

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -80,6 +81,21 @@ class APIError(Exception):
         }
 
 
+def _integral(value: Any) -> Any:
+    """2.0 is an integer to JSON Schema (and so to the OpenAPI schema); strict pydantic
+    would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(**constraints: Any) -> Any:
+    """An int field of a strict request model (`ge`, `le`, ... as for `Field`): takes 2 and
+    2.0, refuses "2" and 2.5, as the OpenAPI schema's "integer" does."""
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral)]
+
+
+JSONInt = json_int()
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -143,13 +159,17 @@ def check_ready(state: str, error: str | None) -> None:
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 
-_UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^(str|int|float|bool|none|dict|list)$")
+# union member tags pydantic puts in an error's path: types ("str", "list[int]") and model
+# names ("InputMessage"); the API's own field names are lower-case identifiers
+_UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^[A-Z]|^(str|int|float|bool|none|dict|list)$")
 
 
 def _param(loc: tuple) -> str | None:
-    """`("body", "input", "list[InputItem]", 0, "role")` -> "input.[0].role": union member
-    tags (which pydantic puts in the path) are left out."""
-    parts = [p for p in loc if p != "body" and not (isinstance(p, str) and _UNION_TAG.search(p))]
+    """`("body", "input", "list[InputItem]", 0, "role")` -> "input.[0].role": where the value
+    came from and union member tags (which pydantic puts in the path) are left out."""
+    where = ("body", "query", "path", "header")
+    parts = list(loc[1:] if loc and loc[0] in where else loc)
+    parts = [p for p in parts if not (isinstance(p, str) and _UNION_TAG.search(p))]
     if not parts:
         return None
     return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in parts)
@@ -176,6 +196,16 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"{first.get('msg')}: '{param}'{more}", param=param)
 
 
+def _allowed(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error an app can raise as OpenAI's error body."""
 
@@ -195,7 +225,10 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"{request.method} is not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        return error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method the path has, not only its first route's
+            headers["Allow"] = ", ".join(_allowed(request))
+        return error_response(APIError(exc.status_code, message, headers=headers))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:

@@ -19,16 +19,15 @@ import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from clara.checkpoint import load_clara
 from clara.errors import ClaraError
 from clara.settings import ModelSettings
 from clara_cli.http import (
-    APIError,
     BearerGate,
     error_responses,
     install_error_handlers,
@@ -50,10 +49,29 @@ from indexing.service_protocol import (
     VectorStoreFileDeleted,
 )
 from indexing.service_state import Registry
+from indexing.service_uploads import PURPOSES
 
 log = logging.getLogger("clara.index")
 OPEN_PATHS = ("/health",)
 ERRORS = error_responses(400, 401, 404, 409, 413, 503)
+Order = Literal["asc", "desc"]
+UPLOAD = {  # POST /v1/files reads its multipart body itself (streamed, size-limited)
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(PURPOSES)},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 @dataclass
@@ -136,28 +154,19 @@ def _routes(app: FastAPI) -> None:
     def svc(request: Request) -> IndexService:
         return request.app.state.service
 
-    def order_of(order: str) -> str:
-        if order not in ("asc", "desc"):
-            raise APIError(400, "'order' must be 'asc' or 'desc'", param="order")
-        return order
-
-    def limit_of(limit: int, most: int = 100) -> int:
-        if not 1 <= limit <= most:
-            raise APIError(400, f"'limit' must be between 1 and {most}", param="limit")
-        return limit
+    limit = Query(20, ge=1, le=100)
 
     # -- files -------------------------------------------------------------------------------
-    @app.post("/v1/files", response_model=FileObject, responses=ERRORS)
+    @app.post("/v1/files", response_model=FileObject, responses=ERRORS, openapi_extra=UPLOAD)
     async def create_file(request: Request):
         return await svc(request).create_file(request)
 
     @app.get("/v1/files", response_model=ListPage, responses=ERRORS)
     async def list_files(
         request: Request, purpose: str | None = None, after: str | None = None,
-        limit: int = 10000, order: str = "desc",
+        limit: int = Query(10000, ge=1, le=10000), order: Order = "desc",
     ):  # fmt: skip
-        page = dict(after=after, limit=limit_of(limit, 10000), order=order_of(order))
-        return svc(request).list_files(purpose, **page)
+        return svc(request).list_files(purpose, after=after, limit=limit, order=order)
 
     @app.get("/v1/files/{file_id}", response_model=FileObject, responses=ERRORS)
     async def get_file(file_id: str, request: Request):
@@ -175,9 +184,9 @@ def _routes(app: FastAPI) -> None:
     @app.get("/v1/vector_stores", response_model=ListPage, responses=ERRORS)
     async def list_stores(
         request: Request, after: str | None = None, before: str | None = None,
-        limit: int = 20, order: str = "desc",
+        limit: int = limit, order: Order = "desc",
     ):  # fmt: skip
-        page = dict(after=after, before=before, limit=limit_of(limit), order=order_of(order))
+        page = dict(after=after, before=before, limit=limit, order=order)
         return await asyncio.to_thread(svc(request).list_stores, **page)
 
     @app.get("/v1/vector_stores/{store_id}", response_model=VectorStore, responses=ERRORS)
@@ -202,9 +211,10 @@ def _routes(app: FastAPI) -> None:
     @app.get(files, response_model=ListPage, responses=ERRORS)
     async def list_store_files(
         store_id: str, request: Request, after: str | None = None, before: str | None = None,
-        limit: int = 20, order: str = "desc", filter: str | None = None,
+        limit: int = limit, order: Order = "desc",
+        filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,
     ):  # fmt: skip
-        page = dict(after=after, before=before, limit=limit_of(limit), order=order_of(order))
+        page = dict(after=after, before=before, limit=limit, order=order)
         return await asyncio.to_thread(svc(request).list_store_files, store_id, filter, **page)
 
     @app.get(files + "/{file_id}", response_model=VectorStoreFile, responses=ERRORS)

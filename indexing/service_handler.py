@@ -392,9 +392,7 @@ class IndexService:
     # ---- search ----------------------------------------------------------------------------
     async def search(self, store_id: str, body: SearchRequest) -> SearchPage:
         queries = [body.query] if isinstance(body.query, str) else list(body.query)
-        if not queries or not all(q.strip() for q in queries):
-            raise APIError(400, "'query' must be a non-empty string", param="query")
-        if body.filters:
+        if body.filters is not None:
             raise APIError(400, "attribute filters are not supported here", param="filters")
         col = await asyncio.to_thread(self.reader, store_id)
         threshold = (body.ranking_options.score_threshold if body.ranking_options else None) or 0

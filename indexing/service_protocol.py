@@ -8,15 +8,17 @@ a document of it (its id is the uploaded file's id, or the document id for docum
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from clara_cli.http import json_int
 
 Attributes = dict[str, str | float | bool]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 # ---- files ---------------------------------------------------------------------------------
@@ -40,8 +42,9 @@ class FileDeleted(BaseModel):
 
 # ---- vector stores -------------------------------------------------------------------------
 class StaticChunking(BaseModel):
-    max_chunk_size_tokens: int = Field(ge=1)
-    chunk_overlap_tokens: int = Field(ge=0)
+    model_config = ConfigDict(strict=True)
+    max_chunk_size_tokens: json_int(ge=1)
+    chunk_overlap_tokens: json_int(ge=0)
 
 
 class ChunkingStrategy(_Request):
@@ -133,9 +136,14 @@ class RankingOptions(_Request):
 
 
 class SearchRequest(_Request):
-    query: str | list[str]
-    filters: dict[str, Any] | None = None
-    max_num_results: int = Field(default=10, ge=1, le=50)
+    query: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    )
+    """Text to search for, or several (a chunk keeps its best score)."""
+    filters: dict[str, Any] | None = Field(default=None, json_schema_extra={"type": "null"})
+    """Attribute filters are not supported (null only)."""
+    max_num_results: json_int(ge=1, le=50) = 10
     ranking_options: RankingOptions | None = None
     rewrite_query: bool | None = None
     # ---- CLaRa extension (the SDK's `extra_body`) ----

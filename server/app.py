@@ -56,6 +56,13 @@ ENDPOINTS = (
     "/metrics",
 )
 ERRORS = error_responses(400, 401, 404, 503)
+# `stream: true` answers with server-sent events instead of the JSON object
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+    "required": ["data"],
+}
+STREAMS = {**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
 
 def _endpoint(path: str) -> str:
@@ -148,11 +155,11 @@ def create_app(
     if files is not None:
         mount_files_api(app, files)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAMS)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await request.app.state.serving.chat(body, request)
 
-    @app.post("/v1/responses", response_model=Response, responses=ERRORS)
+    @app.post("/v1/responses", response_model=Response, responses=STREAMS)
     async def create_response(body: ResponseCreateRequest, request: Request):
         return await request.app.state.responses.create(body, request)
 
@@ -183,6 +190,18 @@ def create_app(
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
     async def model(model_id: str, request: Request):
         return request.app.state.serving.model(model_id)
+
+    schema = app.openapi
+
+    def openapi() -> dict:
+        """The schema, stating the loaded model's embedding size as the one `dimensions`."""
+        spec = schema()
+        if engine.info is not None:
+            request = spec["components"]["schemas"]["EmbeddingRequest"]
+            request["properties"]["dimensions"]["enum"] = [engine.info.embedding_dim, None]
+        return spec
+
+    app.openapi = openapi
 
     for path, name in WEB_FILES.items():
         app.add_api_route(path, _web_file(WEB / name), methods=["GET"], include_in_schema=False)

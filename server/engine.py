@@ -3,8 +3,10 @@
 MLX arrays and streams belong to the thread that made them (calling MLX from FastAPI's thread
 pool crashes), so loading, query encoding, prefill and decoding all run on the worker thread.
 Routes start a job and await its events, which the worker hands back to the event loop with
-`loop.call_soon_threadsafe`. Chat jobs are interactive work: at most `max_batch` generate at
-once, the rest wait in the worker's bounded queue (full: 503 + Retry-After).
+`loop.call_soon_threadsafe`. Chat jobs are interactive work: retrieval and prefill run as one
+worker task per request, then the request joins the continuous decode batch (`clara.decode`),
+which takes one batched step per worker turn; at most `max_batch` decode at once, the rest wait
+in the worker's bounded queue (full: 503 + Retry-After).
 
 A chat job: encode the query (query adapter) -> search the collection (refreshed first, so
 documents the indexing service adds show up without a restart) -> read the hits' memories ->
@@ -26,8 +28,10 @@ import mlx.core as mx
 import numpy as np
 
 from clara.checkpoint import load_clara
+from clara.decode import Decoder, PrefixCache
+from clara.decode import Sequence as Seq
 from clara.errors import ContextLengthError
-from clara.generate import context_limit, generate
+from clara.generate import GenerationChunk, SamplingParams, context_limit
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.retrieval import flatten_normalize
@@ -119,6 +123,7 @@ class Job:
         self.cancelled = threading.Event()
         self.created = time.perf_counter()
         self.task: Task | None = None
+        self.batched = False  # handed to the decode batch, which sends its DONE
 
     def emit(self, event: object) -> None:
         """Hand an event to the event loop (worker thread)."""
@@ -156,7 +161,8 @@ class Engine:
         self.worker.on_depth = self.metrics.queue_depth.set
         self._cm: ClaraModel | None = None
         self._collections: dict[str, tuple[Collection, int]] = {}
-        self._generating = 0  # chat jobs past retrieval (worker thread only)
+        self._decoders: dict[str | None, Decoder] = {}  # by adapter (worker thread only)
+        self._stepping: Task | None = None  # the decode loop, while any request decodes
 
     # ---- event-loop side --------------------------------------------------------------------
     @property
@@ -200,7 +206,9 @@ class Engine:
         job = Job(asyncio.get_running_loop(), kind)
 
         def done() -> None:
-            if kind == "chat" and job.task.steps is None and job.task.cancelled:
+            if job.batched:
+                return
+            if kind == "chat" and job.task.cancelled:
                 self.metrics.generations.inc(reason="cancelled")  # left while it waited
             job.emit(DONE)
 
@@ -213,8 +221,12 @@ class Engine:
         return self.submit(
             "chat",
             lambda job: self._chat(job, params),
-            lambda: self._generating < self.settings.max_batch,
+            lambda: self.decoding() < self.settings.max_batch,
         )
+
+    def decoding(self) -> int:
+        """Requests in the decode batch."""
+        return sum(len(d.sequences) for d in list(self._decoders.values()))
 
     def embed(self, inputs: list[str | list[int]]) -> Job:
         return self.submit("embeddings", lambda job: self._embed(job, inputs))
@@ -344,7 +356,9 @@ class Engine:
         chunks = [contextual(s.context, s.text) for s in r.sources] if r.status == "ok" else None
         return text_prompt(cm, p.question, chunks, p.history, p.system), None
 
-    def _chat(self, job: Job, p: RagParams) -> Iterator[None]:
+    def _chat(self, job: Job, p: RagParams) -> None:
+        """Retrieve, build the prompt, prefill alone and send the first token; then the
+        request joins the decode batch (`_decode`)."""
         retrieved = self._retrieve(p)
         prompt, adapter = self._prompt(p, retrieved)
         limit = self.info.context_limit
@@ -354,45 +368,59 @@ class Engine:
                 f"{limit}; shorten the conversation or retrieve fewer chunks (top_k)"
             )
         job.emit(Ready(retrieved, prompt.positions))
-        stream = generate(
-            self._cm,
-            prompt,
-            adapter=adapter,
-            max_tokens=p.max_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            seed=p.seed,
-            stop=p.stop,
-            max_context=self.settings.max_context,
-            ignore_eos=p.ignore_eos,
-        )
-        return self._stream(job, stream)
+        decoder = self._decoders.get(adapter)
+        if decoder is None:
+            decoder = Decoder(
+                self._cm,
+                adapter,
+                max_context=self.settings.max_context,
+                prefix_cache=PrefixCache(),
+            )
+            self._decoders[adapter] = decoder
+        seq, first = decoder.add(prompt, sampling(p), tag=job)
+        job.emit(first)
+        if first.finish_reason is not None:
+            self._finished(first)
+            return
+        job.batched = True
+        self.metrics.running.set(self.decoding())
+        if self._stepping is None:
+            self._stepping = Task((":decode", 0), lambda cm: self._decode(), bounded=False)
+            self.worker.submit(self._stepping)
 
-    def _stream(self, job: Job, stream: Iterator) -> Iterator[None]:
-        """One generated chunk per worker turn; the job's cancel ends it at the next one."""
-        self._generating += 1
-        self.metrics.running.set(self._generating)
-        chunk = None
+    def _decode(self) -> Iterator[None]:
+        """The decode loop: one batched step per decoder per worker turn, so requests that
+        arrive meanwhile are prefilled (and join) between two steps."""
         try:
-            for chunk in stream:
-                job.emit(chunk)
-                if chunk.finish_reason is not None:
-                    self.metrics.generations.inc(reason=chunk.finish_reason)
-                    self._count(chunk)
-                    return
+            while any(d.sequences for d in self._decoders.values()):
+                for decoder in list(self._decoders.values()):
+                    for seq in [s for s in decoder.sequences if s.tag.cancelled.is_set()]:
+                        decoder.remove(seq)
+                        self._cancelled(seq)
+                    for seq, chunk in decoder.step():
+                        seq.tag.emit(chunk)
+                        if chunk.finish_reason is not None:
+                            self._finished(chunk)
+                            seq.tag.emit(DONE)
+                self.metrics.running.set(self.decoding())
                 yield
-        except GeneratorExit:  # cancelled (client gone) or shutting down
-            self.metrics.generations.inc(reason="cancelled")
-            if chunk is not None:
-                self._count(chunk)
-                log.info("generation cancelled after %d tokens", chunk.generation_tokens)
-            raise
-        finally:
-            stream.close()
-            self._generating -= 1
-            self.metrics.running.set(self._generating)
+        finally:  # the batch is empty, or the worker is shutting down
+            for decoder in self._decoders.values():
+                for seq in list(decoder.sequences):
+                    decoder.remove(seq)
+                    self._cancelled(seq)
+            self._stepping = None
+            self.metrics.running.set(0)
 
-    def _count(self, chunk) -> None:
+    def _cancelled(self, seq: Seq) -> None:
+        self.metrics.generations.inc(reason="cancelled")
+        self.metrics.completion_tokens.inc(seq.text.tokens)
+        self.metrics.prompt_tokens.inc(seq.text.prompt_positions)
+        log.info("generation cancelled after %d tokens", seq.text.tokens)
+        seq.tag.emit(DONE)
+
+    def _finished(self, chunk: GenerationChunk) -> None:
+        self.metrics.generations.inc(reason=chunk.finish_reason)
         self.metrics.completion_tokens.inc(chunk.generation_tokens)
         self.metrics.prompt_tokens.inc(chunk.prompt_positions)
 
@@ -402,3 +430,17 @@ class Engine:
         vectors = flatten_normalize(np.array(cm.encode_queries(texts).astype(mx.float32)))
         tokens = sum(len(ids) for ids in cm.tokenize(texts))
         job.emit(Embedded(vectors, tokens))
+
+
+def sampling(p: RagParams) -> SamplingParams:
+    """A request's sampling parameters (logprobs when the request type has them)."""
+    return SamplingParams(
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        seed=p.seed,
+        stop=p.stop,
+        ignore_eos=p.ignore_eos,
+        logprobs=bool(getattr(p, "logprobs", False)),
+        top_logprobs=int(getattr(p, "top_logprobs", 0) or 0),
+    )

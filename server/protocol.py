@@ -3,6 +3,10 @@
 Fields follow OpenAI's schema and order. CLaRa's additions sit in marked extension blocks:
 request options the official SDK sends through `extra_body`, and response fields (`sources`,
 `retrieval`) that the SDK keeps as extra attributes. Unknown request fields are ignored.
+
+The OpenAPI schema states exactly what is accepted: OpenAI fields clara cannot honour keep
+their OpenAI type (so `check_supported` can refuse them with a message that names them) but
+the schema narrows them (`only`) to the values that pass: null, false, "none", 0, [] or {}.
 """
 
 from __future__ import annotations
@@ -10,17 +14,27 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from clara_cli.http import APIError
+from clara_cli.http import APIError, JSONInt, json_int
 
 MODES = ("memory", "text")
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # clients send fields we do not know: tolerate
+    # clients send fields we do not know: tolerate; a value of the wrong JSON type is an error
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def only(schema: dict[str, Any], **field: Any) -> Any:
+    """A field whose OpenAPI schema also carries `schema` (what clara accepts of it)."""
+    return Field(json_schema_extra=schema, **field)
+
+
+NULL = {"type": "null"}
+TEXT_ROLES = ["system", "developer", "user", "assistant"]
 
 
 class _Response(BaseModel):
@@ -31,16 +45,22 @@ class _Response(BaseModel):
 class ContentPart(_Request):
     """One part of a message's content; only `{"type": "text", "text": ...}` is readable."""
 
-    model_config = ConfigDict(extra="allow")
-    type: str
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str = only({"enum": ["text"]})
     text: str | None = None
 
 
 class ChatMessage(_Request):
-    model_config = ConfigDict(extra="allow")  # tool_calls, tool_call_id, ... are checked below
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    model_config = ConfigDict(extra="allow", strict=True)  # tool_calls ...: checked below
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"] = only(
+        {"enum": TEXT_ROLES}
+    )
+    """Tool and function messages are not supported (this server calls no tools)."""
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = only(NULL, default=None)
+    function_call: dict[str, Any] | None = only(NULL, default=None)
+    audio: dict[str, Any] | None = only(NULL, default=None)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -56,38 +76,45 @@ class ChatCompletionRequest(_Request):
     """POST /v1/chat/completions (OpenAI's fields, then CLaRa's extension block)."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    """The model answers the latest user message (an empty question if there is none); the
+    system and developer messages are its instructions, earlier turns its history. Messages
+    after the latest user message are not read."""
     model: str | None = None
-    audio: dict[str, Any] | None = None
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    function_call: str | dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
-    logit_bias: dict[str, float] | None = None
+    audio: dict[str, Any] | None = only(NULL, default=None)
+    frequency_penalty: float | None = only({"maximum": 0, "minimum": 0}, default=None)
+    function_call: str | dict[str, Any] | None = only({"enum": ["none", None]}, default=None)
+    functions: list[dict[str, Any]] | None = only({"maxItems": 0}, default=None)
+    logit_bias: dict[str, float] | None = only({"maxProperties": 0}, default=None)
     logprobs: bool | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    """Return each output token's log-probability (in `choices[].logprobs.content`)."""
+    max_completion_tokens: json_int(ge=1) | None = None
+    max_tokens: json_int(ge=1) | None = None
     metadata: dict[str, Any] | None = None
-    modalities: list[str] | None = None
-    n: int | None = Field(default=None, ge=1)
+    modalities: list[str] | None = only({"items": {"enum": ["text"]}}, default=None)
+    n: json_int(ge=1, le=1) | None = None
     parallel_tool_calls: bool | None = None
     prediction: dict[str, Any] | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = only({"maximum": 0, "minimum": 0}, default=None)
     reasoning_effort: str | None = None
-    response_format: dict[str, Any] | None = None
-    seed: int | None = None
+    response_format: dict[str, Any] | None = only(
+        {"properties": {"type": {"enum": ["text"]}}}, default=None
+    )
+    seed: JSONInt | None = None
     service_tier: str | None = None
     stop: str | list[str] | None = None
     store: bool | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tool_choice: str | dict[str, Any] | None = only({"enum": ["none", None]}, default=None)
+    tools: list[dict[str, Any]] | None = only({"maxItems": 0}, default=None)
+    top_logprobs: json_int(ge=0, le=20) | None = None
+    """With each token, this many most likely alternatives (implies logprobs)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = None
 
     # ---- CLaRa extensions (the SDK's `extra_body`) ----
-    top_k: int | None = Field(default=None, ge=0, le=100)
+    top_k: json_int(ge=0, le=100) | None = None
     """Chunks to retrieve (default: the server's --top-k); 0 turns retrieval off."""
     collection: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     """Index collection to search (default: the server's --collection)."""
@@ -115,23 +142,22 @@ class ChatCompletionRequest(_Request):
         for name in ("tool_choice", "function_call"):
             if getattr(self, name) not in (None, "none"):
                 refuse(name, "tool / function calling")
-        if self.logprobs or self.top_logprobs:
-            refuse("logprobs" if self.logprobs else "top_logprobs", "logprobs")
         if self.logit_bias:
             refuse("logit_bias", "logit_bias")
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(self, name):
                 refuse(name, name)
-        if self.audio is not None or any(m != "text" for m in self.modalities or []):
+        if self.audio is not None:
+            refuse("audio", "audio output")
+        if any(m != "text" for m in self.modalities or []):
             refuse("modalities", "audio output")
-        if self.response_format and self.response_format.get("type", "text") != "text":
+        if "type" in (self.response_format or {}) and self.response_format["type"] != "text":
             refuse("response_format", f"response_format {self.response_format.get('type')!r}")
         for i, msg in enumerate(self.messages):
             if msg.role in ("tool", "function"):
                 refuse(f"messages.[{i}].role", f"a {msg.role!r} message")
-            extra = msg.model_extra or {}
             for key in ("tool_calls", "function_call", "audio"):
-                if extra.get(key):
+                if getattr(msg, key) is not None:
                     refuse(f"messages.[{i}].{key}", f"{key} in messages")
             if isinstance(msg.content, list):
                 for j, part in enumerate(msg.content):
@@ -140,20 +166,16 @@ class ChatCompletionRequest(_Request):
                             f"messages.[{i}].content.[{j}].type",
                             f"content of type {part.type!r} (this model reads text only)",
                         )
-        if self.messages[-1].role != "user":
-            raise APIError(
-                400,
-                "the last message must come from the user (role 'user'): the model answers it",
-                param="messages",
-            )
 
     def to_params(self, defaults: ServingDefaults) -> RagParams:
         """Split the conversation into question, history, system prompt and retrieval query."""
         system = [m.text() for m in self.messages if m.role in ("system", "developer")]
         turns = [m for m in self.messages if m.role in ("user", "assistant")]
-        question = turns[-1].text()
+        last_user = max((i for i, m in enumerate(turns) if m.role == "user"), default=None)
+        question = turns[last_user].text() if last_user is not None else ""
+        turns = turns[:last_user] if last_user is not None else turns
         keep = 2 * defaults.history_turns
-        history = turns[:-1][-keep:] if keep else []
+        history = turns[-keep:] if keep else []
         users = [m.text() for m in history if m.role == "user"] + [question]
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         temperature = defaults.temperature if self.temperature is None else self.temperature
@@ -171,9 +193,11 @@ class ChatCompletionRequest(_Request):
             # top_p 0 keeps only the most likely token: greedy
             temperature=0.0 if self.top_p == 0 else temperature,
             top_p=1.0 if not self.top_p else self.top_p,
-            seed=self.seed,
+            seed=None if self.seed is None else self.seed % 2**32,  # any int: MLX's range
             stop=stop,
             ignore_eos=self.ignore_eos,
+            logprobs=bool(self.logprobs or self.top_logprobs),
+            top_logprobs=self.top_logprobs or 0,
         )
 
 
@@ -208,6 +232,8 @@ class RagParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 # ---- chat completion response ------------------------------------------------------------
@@ -261,10 +287,25 @@ class ChatCompletionMessage(_Response):
     sources: list[Source] = Field(default_factory=list)
 
 
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(_Response):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
 class Choice(_Response):
     index: int = 0
     message: ChatCompletionMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
@@ -302,7 +343,7 @@ class DeltaMessage(_Response):
 class ChunkChoice(_Response):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
@@ -322,9 +363,20 @@ class ChatCompletionChunk(_Response):
 class EmbeddingRequest(_Request):
     """POST /v1/embeddings: query-adapter embeddings (flattened, L2-normalised)."""
 
-    input: str | list[str] | list[int] | list[list[int]]
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+        | Annotated[list[json_int(ge=0, le=2**32 - 1)], Field(min_length=1)]
+        | Annotated[
+            list[Annotated[list[json_int(ge=0, le=2**32 - 1)], Field(min_length=1)]],
+            Field(min_length=1, max_length=2048),
+        ]
+    )
+    """Text, texts, token ids, or lists of token ids (none empty; at most 2048 inputs)."""
     model: str | None = None
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: json_int(ge=1) | None = None
+    """Must be the model's embedding size (the schema served at /openapi.json states it
+    once the model is loaded)."""
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
 

@@ -29,6 +29,7 @@ from server.protocol import ChatCompletionRequest, ChatMessage
 from server.responses_protocol import (
     FileCitation,
     FileSearchCall,
+    FileSearchCallInput,
     FileSearchResult,
     IncompleteDetails,
     InputItemList,
@@ -96,10 +97,10 @@ class ResponsesServing:
     def _turn_items(self, req: ResponseCreateRequest) -> list[dict[str, Any]]:
         """This request's input as message items (what GET .../input_items lists)."""
         if isinstance(req.input, str):
-            return [_message_item("user", req.input)] if req.input.strip() else []
+            return [_message_item("user", req.input)]
         out = []
         for item in req.input:
-            if item.type == "file_search_call":
+            if isinstance(item, FileSearchCallInput):
                 continue
             part = "output_text" if item.role == "assistant" else "input_text"
             out.append(_message_item(item.role, item.text(), part))
@@ -126,12 +127,8 @@ class ResponsesServing:
         for item in history + turn:
             text = "".join(p.get("text", "") for p in item["content"])
             messages.append(ChatMessage(role=item["role"], content=text))
-        last = [m for m in messages if m.role in ("user", "assistant")]
-        if not last or last[-1].role != "user":
-            raise APIError(
-                400, "the last message of 'input' must come from the user: the model answers it",
-                param="input",
-            )  # fmt: skip
+        if not any(m.role != "system" for m in messages):  # no message to answer: an empty one
+            messages.append(ChatMessage(role="user", content=""))
         return messages
 
     def _file_search(self, req: ResponseCreateRequest) -> tuple[str, int] | None:
@@ -164,6 +161,9 @@ class ResponsesServing:
             temperature=req.temperature,
             top_p=req.top_p,
             mode=req.mode,
+            retrieval_mode=req.retrieval_mode,
+            logprobs="message.output_text.logprobs" in (req.include or []),
+            top_logprobs=req.top_logprobs,
         )
         if req.tool_choice == "none":
             chat.retrieval = False
@@ -203,6 +203,7 @@ class ResponsesServing:
             retrieval={
                 "status": ready.retrieved.status, "collection": ready.retrieved.collection,
                 "mode": params.mode, "top_k": params.top_k,
+                "retrieval_mode": params.retrieval_mode,
             },
         )  # fmt: skip
         call = None
@@ -210,7 +211,7 @@ class ResponsesServing:
             include = "file_search_call.results" in (req.include or [])
             results = [self._result(s) for s in ready.retrieved.sources]
             call = FileSearchCall(queries=[params.query], results=results if include else None)
-        run = _Run(self, job, ready, response, call, turn)
+        run = _Run(self, job, ready, response, call, turn, params.logprobs)
         if req.stream:
             return StreamingResponse(
                 run.events(),
@@ -251,11 +252,13 @@ class _Run:
     """One response being generated: the non-streamed result or the event stream."""
 
     def __init__(self, owner: ResponsesServing, job: Job, ready: Ready, response: Response,
-                 call: FileSearchCall | None, turn: list[dict]) -> None:  # fmt: skip
+                 call: FileSearchCall | None, turn: list[dict], logprobs: bool) -> None:  # fmt: skip
         self.owner, self.job, self.ready, self.response = owner, job, ready, response
         self.call, self.turn = call, turn
         self.message = OutputMessage()
         self.text: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
+        self.want_logprobs = logprobs
         self.start = time.perf_counter()
         self.first: float | None = None
 
@@ -265,7 +268,11 @@ class _Run:
         done = "completed" if chunk.finish_reason == "stop" else "incomplete"
         self.message.status = done
         self.message.content = [
-            OutputText(text=text, annotations=self.owner.citations(self.ready, text))
+            OutputText(
+                text=text,
+                annotations=self.owner.citations(self.ready, text),
+                logprobs=self.logprobs,
+            )
         ]
         r.status = done
         if done == "incomplete":
@@ -276,6 +283,14 @@ class _Run:
             total_tokens=chunk.prompt_positions + chunk.generation_tokens,
         )  # fmt: skip
         self._store()
+
+    def _logprob(self, chunk: GenerationChunk) -> list[dict[str, Any]]:
+        """The chunk's token logprob (as OpenAI's output_text logprobs), kept; [] if none."""
+        if not self.want_logprobs or chunk.logprob is None:
+            return []
+        entry = self.owner.serving._logprob(chunk).model_dump()
+        self.logprobs.append(entry)
+        return [entry]
 
     def _fail(self, error: APIError) -> None:
         self.response.status = "failed"
@@ -305,6 +320,7 @@ class _Run:
                 if isinstance(event, GenerationChunk):
                     self.first = self.first or time.perf_counter()
                     self.text.append(event.text)
+                    self._logprob(event)
                     if event.finish_reason is not None:
                         break
         finally:
@@ -362,9 +378,10 @@ class _Run:
                 if not isinstance(event, GenerationChunk):
                     continue
                 self.first = self.first or time.perf_counter()
-                if event.text:
+                new = self._logprob(event)
+                if event.text or new:
                     self.text.append(event.text)
-                    yield sse("response.output_text.delta", delta=event.text, logprobs=[], **ids)
+                    yield sse("response.output_text.delta", delta=event.text, logprobs=new, **ids)
                 if event.finish_reason is not None:
                     break
             self._finish(event)
@@ -372,7 +389,7 @@ class _Run:
             for i, note in enumerate(part.annotations):
                 yield sse("response.output_text.annotation.added", annotation_index=i,
                           annotation=note.model_dump(), **ids)  # fmt: skip
-            yield sse("response.output_text.done", text=part.text, logprobs=[], **ids)
+            yield sse("response.output_text.done", text=part.text, logprobs=part.logprobs, **ids)
             yield sse("response.content_part.done", part=part.model_dump(), **ids)
             yield sse("response.output_item.done", output_index=index, item=msg.model_dump())
             kind = "response.completed" if r.status == "completed" else "response.incomplete"

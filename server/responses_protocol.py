@@ -3,18 +3,20 @@
 Fields follow OpenAI's schema (as the installed `openai` SDK parses them). The request model
 lists every field OpenAI's `responses.create` takes; those clara cannot honour are refused
 with a 400 naming them (`check_supported`), and fields OpenAI does not have are refused too
-(a typo must not pass silently). CLaRa's request extensions sit in a marked block.
+(a typo must not pass silently). CLaRa's request extensions sit in a marked block. As in
+`server.protocol`, the OpenAPI schema narrows the refused fields (`only`) to the values that
+pass, so schema and behaviour agree.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from clara_cli.http import APIError
+from clara_cli.http import APIError, json_int
 
 INCLUDABLE = ("file_search_call.results",)
 VECTOR_STORE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -25,7 +27,7 @@ def new_id(prefix: str) -> str:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Response(BaseModel):
@@ -37,67 +39,109 @@ class InputContent(_Request):
     """One content part of an input message: input_text (or output_text / refusal when an
     earlier response's output item is sent back as input)."""
 
-    model_config = ConfigDict(extra="allow")  # annotations, logprobs of replayed output_text
+    model_config = ConfigDict(extra="allow", strict=True)  # annotations of output_text
     type: Literal["input_text", "output_text", "refusal"]
     text: str | None = None
     refusal: str | None = None
 
 
-class InputItem(_Request):
-    """A message (`{"role", "content"}`, OpenAI's EasyInputMessage or a replayed output
-    message), or a replayed `file_search_call` item (skipped: its results are not re-read)."""
+class InputMessage(_Request):
+    """A message: OpenAI's EasyInputMessage (`{"role", "content"}`), an input message item,
+    or an earlier response's output message sent back as input."""
 
-    model_config = ConfigDict(extra="allow")  # id, status, queries, results of replayed items
-    type: Literal["message", "file_search_call"] | None = None
-    role: Literal["user", "assistant", "system", "developer"] | None = None
-    content: str | list[InputContent] | None = None
+    model_config = ConfigDict(extra="allow", strict=True)  # id, status of replayed items
+    type: Literal["message"] | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputContent]
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text or p.refusal or "" for p in self.content)
-        return self.content or ""
+        return self.content
+
+
+class FileSearchCallInput(_Request):
+    """An earlier response's file_search_call item sent back as input (skipped: its results
+    are not read again)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)  # id, status, queries, results
+    type: Literal["file_search_call"]
+
+
+def only(schema: dict[str, Any], **field: Any) -> Any:
+    """A field whose OpenAPI schema also carries `schema` (what clara accepts of it)."""
+    return Field(json_schema_extra=schema, **field)
+
+
+NULL = {"type": "null"}
 
 
 class FileSearchRankingOptions(_Request):
     ranker: str | None = None
-    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    score_threshold: float | None = only({"maximum": 0}, default=None, ge=0.0, le=1.0)
+    """Not supported: every retrieved chunk is read by the generator (0 or null only)."""
 
 
 class FileSearchTool(_Request):
     type: Literal["file_search"]
-    vector_store_ids: list[str] = Field(min_length=1, max_length=1)
-    max_num_results: int | None = Field(default=None, ge=1, le=50)
-    filters: dict[str, Any] | None = None
+    vector_store_ids: list[Annotated[str, Field(pattern=VECTOR_STORE_ID)]] = Field(
+        min_length=1, max_length=1
+    )
+    """One vector store (a clara collection) per request."""
+    max_num_results: json_int(ge=1, le=50) | None = None
+    filters: dict[str, Any] | None = only(NULL, default=None)
     ranking_options: FileSearchRankingOptions | None = None
 
 
 class ResponseCreateRequest(_Request):
     """POST /v1/responses (OpenAI's fields, then CLaRa's extension block)."""
 
-    input: str | list[InputItem]
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[InputMessage | FileSearchCallInput], Field(min_length=1)]
+    )
+    """The model answers the latest user message (an empty question if there is none)."""
     model: str | None = None
-    background: bool | None = None
-    conversation: str | dict[str, Any] | None = None
-    include: list[Literal["file_search_call.results"]] | None = None
+    background: bool | None = only({"enum": [False, None]}, default=None)
+    conversation: str | dict[str, Any] | None = only(NULL, default=None)
+    include: list[Literal["file_search_call.results", "message.output_text.logprobs"]] | None = None
     instructions: str | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
-    max_tool_calls: int | None = Field(default=None, ge=1)
+    max_output_tokens: json_int(ge=1) | None = None
+    max_tool_calls: json_int(ge=1) | None = only(NULL, default=None)
     metadata: dict[str, str] | None = None
     parallel_tool_calls: bool | None = None
     previous_response_id: str | None = None
-    prompt: dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = only(NULL, default=None)
     prompt_cache_key: str | None = None
-    reasoning: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = only(NULL, default=None)
     safety_identifier: str | None = None
     service_tier: str | None = None
     store: bool | None = True
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    text: dict[str, Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[FileSearchTool] | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=0)
+    text: dict[str, Any] | None = only(
+        {"properties": {"format": {"properties": {"type": {"enum": ["text"]}}}}}, default=None
+    )
+    tool_choice: str | dict[str, Any] | None = only(
+        {
+            "anyOf": [
+                {"enum": ["auto", "none", "required"]},
+                {
+                    "type": "object",
+                    "properties": {"type": {"enum": ["file_search"]}},
+                    "required": ["type"],
+                },
+                NULL,
+            ]
+        },
+        default=None,
+    )
+    tools: list[FileSearchTool] | None = only({"maxItems": 1}, default=None)
+    """One file_search tool (clara calls no other tools)."""
+    top_logprobs: json_int(ge=0, le=20) | None = None
+    """With each output token's logprob (include "message.output_text.logprobs"), this many
+    most likely alternatives (implies the logprobs)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
@@ -108,10 +152,13 @@ class ResponseCreateRequest(_Request):
     does; false answers from the bare model. (With a file_search tool: its vector stores.)"""
     collection: str | None = Field(default=None, pattern=VECTOR_STORE_ID)
     """Collection searched without a file_search tool (default: the server's --collection)."""
-    top_k: int | None = Field(default=None, ge=0, le=100)
+    top_k: json_int(ge=0, le=100) | None = None
     """Chunks to retrieve without a file_search tool (default: the server's --top-k)."""
     mode: Literal["memory", "text"] = "memory"
     """"memory": the generator reads compressed memories; "text": the chunks' raw text."""
+    retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
+    """How chunks are found, with or without a file_search tool (as in chat completions):
+    "hybrid" (the server's default) fuses "dense" and "lexical" (BM25) rankings."""
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -141,33 +188,17 @@ class ResponseCreateRequest(_Request):
             refuse("reasoning", "reasoning")
         if self.max_tool_calls is not None:
             refuse("max_tool_calls", "max_tool_calls")
-        fmt = (self.text or {}).get("format") or {}
-        if fmt.get("type", "text") != "text":
+        fmt = (self.text or {}).get("format")
+        if isinstance(fmt, dict) and "type" in fmt and fmt["type"] != "text":
             refuse("text.format", f"text format {fmt.get('type')!r}")
-        if self.tool_choice not in (None, "auto", "none", "required") and not (
-            isinstance(self.tool_choice, dict) and self.tool_choice.get("type") == "file_search"
+        choice = self.tool_choice
+        if choice not in (None, "auto", "none", "required") and not (
+            isinstance(choice, dict) and choice.get("type", 0) == "file_search"
         ):
             refuse("tool_choice", "this tool_choice (only auto, none, required, file_search)")
         for i, tool in enumerate(self.tools or []):
-            if tool.filters:
+            if tool.filters is not None:
                 refuse(f"tools.[{i}].filters", "attribute filters")
-        if isinstance(self.input, str):
-            if not self.input.strip() and self.previous_response_id is None:
-                raise APIError(400, "'input' must not be empty", param="input")
-            return
-        if not self.input:
-            raise APIError(400, "'input' must hold at least one item", param="input")
-        for i, item in enumerate(self.input):
-            if item.type == "file_search_call":
-                continue
-            if item.role is None:
-                raise APIError(400, "a message item needs a 'role'", param=f"input.[{i}].role")
-            if item.content is None:
-                raise APIError(400, "a message item needs 'content'", param=f"input.[{i}].content")
-        if not any(item.role == "user" for item in self.input if item.type != "file_search_call"):
-            raise APIError(
-                400, "'input' needs a user message for the model to answer", param="input"
-            )
 
 
 # ---- response ------------------------------------------------------------------------------

@@ -80,9 +80,15 @@ def build_spm_tokenizer(path: Path, template: str = MISTRAL_TEMPLATE) -> Path:
 
 
 def build_hf_twin(
-    path: Path, tokenizer_dir: Path, arch: str = "mistral", *, extra_rows: int = 0, seed: int = 0
+    path: Path,
+    tokenizer_dir: Path,
+    arch: str = "mistral",
+    *,
+    extra_rows: int = 0,
+    tie: bool = False,
+    seed: int = 0,
 ) -> Path:
-    """A tiny random HF model (hidden 64, 2 layers, untied head) with the tokenizer's files.
+    """A tiny random HF model (hidden 64, 2 layers, untied head unless `tie`) + tokenizer files.
 
     `extra_rows` pads the vocabulary past the tokenizer (as HyperCLOVA X SEED does).
     """
@@ -95,7 +101,7 @@ def build_hf_twin(
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         initializer_range=0.1,

@@ -45,6 +45,13 @@ def test_python_clients(server: ServerProcess, script: str) -> None:
         assert "river.txt" in out  # the identical text is retrieved and shown as a source
 
 
+def test_file_search_guide_example(server: ServerProcess, tmp_path: Path) -> None:
+    doc = tmp_path / "capitals.md"
+    doc.write_text(DOCS[1][1])
+    out = run_client(server, sys.executable, "clients/file_search.py", str(doc), DOCS[1][1])
+    assert "cites capitals.md (file-" in out
+
+
 def test_curl_script(server: ServerProcess) -> None:
     out = run_client(server, "bash", "clients/curl.sh", DOCS[1][1])
     assert '"sources"' in out and "data: [DONE]" in out

@@ -149,6 +149,22 @@ def test_hyperclova_x_seed_twin_imports_and_matches(tmp_path: Path) -> None:
     _check_faithful(cm, ref, "qa", "query_reasoner_adapter")
 
 
+def test_tied_embeddings_base_matches_reference(tmp_path: Path) -> None:
+    """A base whose output head is its embedding (small Llamas): the reference saves only
+    `embed_tokens`, and the added rows serve both as input rows and as output logits."""
+    tok = build_tiny_tokenizer(tmp_path / "tok")
+    hf = twin.build_hf_twin(tmp_path / "hf", tok, "llama", tie=True, seed=9)
+    mlx_dir = _mlx_convert(hf, tmp_path / "mlx")
+    src = tmp_path / "compression-32"
+    ref = twin.build_reference(
+        hf, src, doc_max=64, rate=32, distinct=True, sep=True, stage="stage1_2", query=False
+    )
+    assert set(load_pth(src / "decoder_first_last_layers.pth")) == {"model.embed_tokens.weight"}
+    cm = load_clara(mlx_dir, import_reference(src, mlx_dir, tmp_path / "imported"), dtype=None)
+    assert not hasattr(cm.lm, "lm_head") and cm.config.prompt_template == "apple-qa"
+    _check_faithful(cm, ref, "qa", "encoder_adapter")
+
+
 def test_import_refuses_another_base_model(mistral, tmp_path: Path, capsys) -> None:
     src = tmp_path / "compression-16"
     twin.build_reference(

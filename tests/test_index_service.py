@@ -232,7 +232,7 @@ def test_errors_are_openai_shaped(service: ServiceProcess, client: openai.OpenAI
         e.value.body["param"] == "chunking_strategy" and "doc_max_tokens" in e.value.body["message"]
     )
     with pytest.raises(openai.BadRequestError) as e:
-        client.vector_stores.search(vs.id, query=" ")
+        client.vector_stores.search(vs.id, query="")
     assert e.value.body["param"] == "query"
 
     big = b"x" * int((LIMIT_MB + 0.2) * 2**20)

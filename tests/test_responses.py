@@ -166,9 +166,30 @@ def test_without_file_search_the_default_collection_is_searched(client: openai.O
     assert r.output[0].type == "message"  # no tool: no file_search_call item
     assert r.model_extra["retrieval"]["status"] == "ok"
     assert r.output[0].content[0].annotations[0].filename == "river.txt"
+    lexical = client.responses.create(
+        model=MODEL, input=river, extra_body={"retrieval_mode": "lexical"}
+    )
+    assert lexical.output[0].content[0].annotations[0].filename == "river.txt"
+    assert lexical.model_extra["retrieval"]["retrieval_mode"] == "lexical"
     off = client.responses.create(model=MODEL, input=river, extra_body={"retrieval": False})
     assert off.model_extra["retrieval"]["status"] == "disabled"
     assert off.output[0].content[0].annotations == []
+
+
+def test_output_text_logprobs_plain_and_streamed(client: openai.OpenAI) -> None:
+    kw = dict(model=MODEL, input=DOCS[2][1], include=["message.output_text.logprobs"],
+              top_logprobs=2, store=False)  # fmt: skip
+    r = client.responses.create(**kw)
+    logprobs = r.output[0].content[0].logprobs
+    assert len(logprobs) == r.usage.output_tokens
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in logprobs)
+    events = list(client.responses.create(**kw, stream=True))
+    deltas = [lp for e in events if e.type == "response.output_text.delta" for lp in e.logprobs]
+    assert [(t.token, round(t.logprob, 4)) for t in deltas] == [
+        (t.token, round(t.logprob, 4)) for t in logprobs
+    ]
+    plain = client.responses.create(model=MODEL, input=DOCS[2][1], store=False)
+    assert plain.output[0].content[0].logprobs == []
 
 
 def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> None:
@@ -196,11 +217,15 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ({"input": "hi", "reasoning": {"effort": "low"}}, "reasoning"),
         ({"input": "hi", "text": {"format": {"type": "json_object"}}}, "text.format"),
         ({"input": "hi", "frobnicate": 1}, "frobnicate"),
-        ({"input": "hi", "include": ["message.output_text.logprobs"]}, "include.[0]"),
+        ({"input": "hi", "include": ["reasoning.encrypted_content"]}, "include.[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, None),
         ({"input": ""}, "input"),
         ({"input": []}, "input"),
-        ({"input": [{"role": "assistant", "content": "hi"}]}, "input"),
+        ({"input": [{"role": "user"}]}, "input.[0].content"),
+        (
+            {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["../x"]}]},
+            "tools.[0].vector_store_ids.[0]",
+        ),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "hi", "temperature": 3}, "temperature"),
     ],

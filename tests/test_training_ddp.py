@@ -42,7 +42,9 @@ def test_two_ranks_match_one_process_with_the_doubled_batch(tiny_llama_dir, tmp_
     for k in r0:
         a, b, c = np.array(r0[k]), np.array(r1[k]), np.array(one[k])
         np.testing.assert_array_equal(a, b, err_msg=f"ranks diverged at {k}")
-        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5, err_msg=k)
+        # float rounding differs between batch shapes and Adam can amplify it on near-zero
+        # gradients; a wrong average would be off by ~lr (3e-3) per step
+        np.testing.assert_allclose(a, c, rtol=1e-3, atol=1e-4, err_msg=k)
         moved += ".lora_generator.b" in k and float(np.abs(a).max()) > 0
     assert moved, "training changed the generator"
     # only rank 0 writes the run directory

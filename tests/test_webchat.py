@@ -79,6 +79,9 @@ def test_upload_ask_and_see_sources(server: ServerProcess, page, tmp_path) -> No
     assert page.locator("#upload-progress").evaluate("e => e.value") == 100
     sync_api.expect(page.locator("#collection")).to_have_value("webdocs")
 
+    picker = page.locator("#retrieval-mode")  # offered: the server has retrieval modes
+    sync_api.expect(picker.locator("option")).to_have_count(4)  # server default + 3 modes
+    picker.select_option("lexical")
     page.fill("#question", TEXT)
     page.press("#question", "Enter")
     answer = page.locator(".msg.assistant.done")

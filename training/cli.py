@@ -98,6 +98,13 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         help="recompute transformer blocks in the backward pass: less memory for long inputs",
     )
     o.add_argument(
+        "--length-buckets",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batch examples of similar length (less padding, faster); off: plain seeded "
+        "random batches (default: on)",
+    )
+    o.add_argument(
         "--save-every", type=int, default=0, help="checkpoint every N steps (default: end only)"
     )
     o.add_argument("--stop-after", type=int, help="stop with a checkpoint after step N")
@@ -192,6 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         full=args.full,
         grad_checkpoint=args.grad_checkpoint,
         quiet=args.quiet,
+        length_buckets=args.length_buckets,
         extra={"data": str(Path(args.data).resolve()), "init_from": args.checkpoint},
     )
     clara_config = ClaraConfig(

@@ -1,25 +1,29 @@
-"""Reproduce the default CLaRa adapters for SmolLM2-135M at 16x, on data every machine has.
+"""Reproduce the default CLaRa adapters for SmolLM2-135M at 16x, trained on real prose.
 
     python -m training.default_recipe --out runs/default            # train (resumable)
     python -m training.default_recipe --out runs/default --install  # and copy into clara/
 
-Data: an invented world of facts (`training.world`): its answers are in the documents only, so
-the generator must read the memory vectors, and fresh documents with random facts make
-memorising useless. Stage 1 (`pretrain`) trains compressor + generator on paraphrase and QA
-records of such documents, plus paraphrase records of Python's documentation topics
-(`pydoc_data.topics`: real prose in 256-token chunks). Stage 2 (`instruct`) re-initialises the
-generator and trains on questions with 5 candidate documents. Stage 3 (`joint`) trains the query
-encoder and the generator through the differentiable top-k over 16 candidates that mostly state
-the attribute asked about (only the name tells them apart), with the reference code's
-retrieval loss. The compressor's outputs are centered (`--center-memory`, fitted on the
-first 256 stage-1 documents): SmolLM2's final-norm states share one dominant component, and
-without centering its generator does not learn to read memories on a CPU budget. Held-out
-world questions (about documents never trained on) go to eval.jsonl:
+Data (`--data`, default: ../shared/data/clara-example-pretrain.jsonl beside the checkout):
+Apple's ml-clara example stage-1 data, 1000 encyclopedia-style documents with 7861 short-answer
+questions. Its fixed split is kept: documents on 0-based lines with `line % 5 == 0` (200, and
+their questions) are never trained on; their questions go to eval.jsonl (the gold document as
+the only doc, for `clara-eval --retrieval gold`) and all 1000 documents to collection.txt.
 
-    clara-eval --data runs/default/eval.jsonl --checkpoint runs/default/joint/final
-    clara-eval ... --retrieval collection --collection runs/default/collection.txt  # all docs
+- Stage 1 (`pretrain`): per training document, QA records (its questions in groups of 4) and a
+  paraphrase record; plus Python's documentation topics (`pydoc_data.topics`, real prose every
+  machine has) chunked by `clara-train synth --cloze`: paraphrase and teacher-free cloze QA.
+- Stage 2 (`instruct`): every training question with `--instruct-k` candidates: its document
+  and the most similar other training documents (TF-IDF hard negatives), shuffled.
+- Stage 3 (`joint`): questions about the first `--joint-docs` training documents, each with
+  `--joint-k` candidates from those documents (its own + hard negatives), with the retrieval
+  loss (`--retrieval-weight 1`); the generator reads the top `--top-k`.
 
-Each stage resumes where it stopped when the command is run again.
+Stage 1 starts from the previously shipped adapters (`--init`, made float32; `--init none`:
+fresh adapters with `--center-memory`). Batches are length-bucketed. Each stage checkpoints
+every 10 steps and resumes where it stopped when the command is run again (same options).
+
+    clara-eval --data runs/default/eval.jsonl --checkpoint runs/default/joint/final \\
+        --retrieval collection --collection runs/default/collection.txt
 """
 
 from __future__ import annotations
@@ -34,41 +38,111 @@ from pathlib import Path
 
 import clara  # noqa: F401  preloads OpenBLAS before mlx
 from training.cli import main as train_main
-from training.data import pretrain_to_json, qa_to_json, write_jsonl
-from training.world import make_world
+from training.data import PretrainRecord, QARecord, pretrain_to_json, qa_to_json, write_jsonl
+from training.synth import tfidf_neighbours
 
 PACKAGED = Path(clara.__file__).resolve().parent / "checkpoints" / "smollm2-135m-16x"
+ROOT = Path(clara.__file__).resolve().parents[1]
 STAGES = ("pretrain", "instruct", "joint")
+DATA_NAME = "clara-example-pretrain.jsonl"
 
 
-def write_qa(path: Path, records) -> None:
-    write_jsonl(path, (qa_to_json(r) for r in records))
+def default_data() -> Path:
+    """../shared/data/clara-example-pretrain.jsonl beside the checkout or a folder above it."""
+    for p in ROOT.parents:
+        if (p / "shared" / "data" / DATA_NAME).exists():
+            return p / "shared" / "data" / DATA_NAME
+    return ROOT.parent / "shared" / "data" / DATA_NAME
+
+
+def split_example(path: Path) -> tuple[list[dict], list[dict], list[str]]:
+    """(training rows, held-out rows, all documents) of the example data's fixed split."""
+    if not path.is_file():
+        raise SystemExit(
+            f"{path}: not found. The default recipe trains on Apple's ml-clara example data "
+            "(example/pretrain_data.jsonl of github.com/apple/ml-clara): give its path with --data"
+        )
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    train = [r for i, r in enumerate(rows) if i % 5]
+    held = [r for i, r in enumerate(rows) if i % 5 == 0]
+    return train, held, [r["docs"][0] for r in rows]
+
+
+def with_negatives(qs, docs, k: int, rng: random.Random) -> list[QARecord]:
+    """Each `(question, answer, doc index)` with its doc + the k-1 most similar other docs."""
+    out = []
+    for lo in range(0, len(qs), 500):  # TF-IDF in slices: the question matrix is dense
+        part = qs[lo : lo + 500]
+        near = tfidf_neighbours([q for q, _, _ in part], docs, k + 1)
+        for (q, a, src), nn in zip(part, near):
+            cands = [src] + [int(j) for j in nn if j != src][: k - 1]
+            rng.shuffle(cands)
+            out.append(QARecord(q, [docs[j] for j in cands], [a], [cands.index(src)]))
+    return out
+
+
+def pydoc_records(out: Path, n: int, rng: random.Random) -> list[dict]:
+    """Paraphrase + cloze QA records of Python's documentation topics (`synth --cloze`)."""
+    from pydoc_data.topics import topics
+
+    docs = Path(tempfile.mkdtemp(prefix="pydoc-"))
+    for name, text in topics.items():
+        (docs / f"{name}.txt").write_text(text, encoding="utf-8")
+    code = train_main(["synth", str(docs), "--out", str(out / "pydoc"), "--cloze", "-q"])
+    shutil.rmtree(docs)
+    if code:
+        raise SystemExit("synth failed")
+    rows = [json.loads(x) for x in (out / "pydoc" / "stage1.jsonl").read_text().splitlines()]
+    para = [r for r in rows if r["data_type"] == "paraphrase"]
+    qa = [r for r in rows if r["data_type"] == "qa"]
+    return rng.sample(para, min(n, len(para))) + rng.sample(qa, min(n, len(qa)))
 
 
 def build_data(out: Path, args: argparse.Namespace) -> None:
     rng = random.Random(0)
-    docs = Path(tempfile.mkdtemp(prefix="pydoc-"))
-    from pydoc_data.topics import topics
-
-    for name, text in topics.items():
-        (docs / f"{name}.txt").write_text(text, encoding="utf-8")
-    if train_main(["synth", str(docs), "--out", str(out / "pydoc"), "--no-qa", "-q"]):
-        raise SystemExit("synth failed")
-    shutil.rmtree(docs)
-    pydoc = [json.loads(x) for x in (out / "pydoc" / "stage1.jsonl").read_text().splitlines()]
-    world = make_world(seed=0)
-    stage1 = [pretrain_to_json(r) for r in world.synthetic(args.world_docs, 1).pretrain_records()]
-    stage1 += rng.sample(pydoc, min(args.pydoc, len(pydoc)))
+    train, held, every_doc = split_example(args.data)
+    docs = [r["docs"][0] for r in train]
+    stage1 = []
+    for r in train:
+        qs, ans = r["question"], r["answers"]
+        for g in range(0, len(qs), 4):
+            stage1.append(PretrainRecord("qa", r["docs"][0], qs[g : g + 4], ans[g : g + 4]))
+        stage1.append(PretrainRecord("paraphrase", r["docs"][0]))
+    stage1 = [pretrain_to_json(r) for r in stage1] + pydoc_records(out, args.pydoc, rng)
     rng.shuffle(stage1)
     write_jsonl(out / "pretrain.jsonl", stage1)
-    instruct = world.synthetic(args.world_docs, 2).qa_records("train", 5, hard=0.5)
-    write_qa(out / "instruct.jsonl", rng.sample(instruct, len(instruct)))
-    # stage 3 compresses every candidate document once before training: a smaller pool
-    joint = world.synthetic(args.joint_docs, 3).qa_records("train", 16, hard=0.75)
-    write_qa(out / "joint.jsonl", rng.sample(joint, len(joint)))
-    held = world.qa_records("test", n_docs=5)
-    write_qa(out / "eval.jsonl", rng.sample(held, min(args.eval, len(held))))
-    (out / "collection.txt").write_text("".join(d + "\n" for d in world.docs), encoding="utf-8")
+    qs = [(q, a, i) for i, r in enumerate(train) for q, a in zip(r["question"], r["answers"])]
+    instruct = with_negatives(qs, docs, args.instruct_k, rng)
+    rng.shuffle(instruct)
+    write_jsonl(out / "instruct.jsonl", map(qa_to_json, instruct))
+    few = docs[: args.joint_docs]
+    joint = with_negatives([q for q in qs if q[2] < len(few)], few, args.joint_k, rng)
+    rng.shuffle(joint)
+    write_jsonl(out / "joint.jsonl", map(qa_to_json, joint))
+    held_qs = [
+        QARecord(q, [r["docs"][0]], [a], [0])
+        for r in held
+        for q, a in zip(r["question"], r["answers"])
+    ]
+    write_jsonl(out / "eval.jsonl", map(qa_to_json, held_qs))
+    (out / "collection.txt").write_text(
+        "".join(" ".join(d.split()) + "\n" for d in every_doc), encoding="utf-8"
+    )
+
+
+def float32_copy(src: Path, dst: Path) -> Path:
+    """A float32 copy of an installed (float16) checkpoint to train from."""
+    import mlx.core as mx
+
+    from clara.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    dst.mkdir(parents=True, exist_ok=True)
+    weights = mx.load(str(src / WEIGHTS_FILE))
+    mx.save_safetensors(
+        str(dst / WEIGHTS_FILE), {k: v.astype(mx.float32) for k, v in weights.items()}
+    )
+    shutil.copy(src / CONFIG_FILE, dst / CONFIG_FILE)
+    return dst
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,49 +150,58 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--world-docs", type=int, default=3000, help="fresh world documents, stages 1-2")
-    p.add_argument("--joint-docs", type=int, default=800, help="fresh world documents, stage 3")
-    p.add_argument("--pydoc", type=int, default=200, help="pydoc paraphrase records (stage 1)")
-    p.add_argument("--eval", type=int, default=100, help="held-out questions for clara-eval")
-    p.add_argument("--steps", default="500,100,150", help="optimiser steps of the three stages")
-    p.add_argument("--lr", default="1e-3,1e-3,5e-4", help="learning rates of the three stages")
+    p.add_argument("--data", type=Path, default=default_data(), help="clara-example jsonl")
+    p.add_argument("--pydoc", type=int, default=150, help="pydoc paraphrase + cloze records each")
+    p.add_argument("--instruct-k", type=int, default=3, help="candidates per question, stage 2")
+    p.add_argument("--joint-docs", type=int, default=200, help="training documents in stage 3")
+    p.add_argument("--joint-k", type=int, default=8, help="candidates per question, stage 3")
+    p.add_argument("--top-k", type=int, default=3, help="documents the generator reads, stage 3")
+    p.add_argument("--steps", default="150,50,40", help="optimiser steps of the three stages")
+    p.add_argument("--lr", default="5e-4,5e-4,2e-4", help="learning rates of the three stages")
     p.add_argument(
         "--stop-after",
-        default="300,,",
-        help="per stage, stop at this step of its schedule and go on from that checkpoint "
-        "(e.g. '300,,': stage 1 stops at step 300 of its --steps)",
+        default=",,",
+        help="per stage, stop at this step of its schedule and go on from that checkpoint",
     )
     p.add_argument(
-        "--no-center-memory",
-        dest="center_memory",
-        action="store_false",
-        help="train without --center-memory (the paper's memory vectors; SmolLM2 then does not "
-        "learn to read them on this budget, see BENCHMARKS.md)",
+        "--init",
+        default=str(PACKAGED),
+        help="stage-1 start: an installed checkpoint (default: the shipped adapters) or 'none'",
     )
     p.add_argument("--batch-size", default="4", help="examples per step")
     p.add_argument("--install", action="store_true", help=f"copy the result to {PACKAGED}")
     args = p.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "eval.jsonl").exists():
+    if not (out / "collection.txt").exists():
         build_data(out, args)
     steps, lrs = args.steps.split(","), args.lr.split(",")
     stops = (args.stop_after.split(",") + ["", "", ""])[:3]
     init: list[str] = []
+    if args.init != "none":
+        start = out / "init"
+        if not start.exists():
+            float32_copy(Path(args.init), start)
+        init = ["--init-from", str(start)]
     for stage, n, lr, stop in zip(STAGES, steps, lrs, stops):
         run = out / stage
         done = run / (f"step-{int(stop):06d}" if stop else "final")
         if not done.exists():
-            extra = ["--retrieval-weight", "1.0"] if stage == "joint" else []
-            if stage == "pretrain" and args.center_memory:
-                extra = ["--center-memory"]
+            extra = []
+            if stage == "joint":
+                extra += ["--retrieval-weight", "1.0", "--top-k", str(args.top_k)]
+            if stage == "instruct":
+                extra += ["--top-k", str(args.instruct_k)]
+            if stage == "pretrain" and args.init == "none":
+                extra += ["--center-memory"]
             if stop:
                 extra += ["--stop-after", stop]
             resume = ["--resume"] if (run / "metrics.jsonl").exists() else []
             code = train_main(
                 [stage, "--data", str(out / f"{stage}.jsonl"), "--out", str(run), *init,
                  "--max-steps", n, "--lr", lr, "--batch-size", args.batch_size,
-                 "--log-every", "5", "--save-every", "25", *extra, *resume]
+                 "--log-every", "5", "--save-every", "10", "--dtype", "float32",
+                 *extra, *resume]
             )  # fmt: skip
             if code:
                 return code

@@ -4,7 +4,9 @@ Every chunk (the base model's tokens, `--doc-max-tokens` long) becomes a paraphr
 teacher model writes question/answer pairs about each chunk (stage-1 "qa" records), and every
 pair becomes a stage-2/3 record whose candidate documents are the source chunk plus the chunks
 that look most similar to the question (TF-IDF), with `pos_index` pointing at the source.
-The teacher is the local base model or any OpenAI-compatible chat endpoint (`--teacher-url`).
+The teacher is the local base model or any OpenAI-compatible chat endpoint (`--teacher-url`),
+or, with `--cloze`, no model at all: fill-in-the-blank questions on salient spans
+(`training.cloze`).
 """
 
 from __future__ import annotations
@@ -256,6 +258,12 @@ def add_synth_parser(sub) -> None:
         "--candidates", type=int, default=5, help="documents per stage-2 record (default: 5)"
     )
     p.add_argument("--no-qa", action="store_true", help="paraphrase records only (no teacher)")
+    p.add_argument(
+        "--cloze",
+        action="store_true",
+        help="no teacher model: write fill-in-the-blank questions on the dates, numbers, "
+        "names, options and quoted terms of each chunk (training.cloze)",
+    )
     p.add_argument("--max-chunks", type=int, help="use at most this many chunks")
     p.add_argument("--seed", type=int, default=0)
     add_quiet_arg(p)
@@ -270,7 +278,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.teacher_url and not args.teacher_model:
         raise ClaraError("--teacher-url needs --teacher-model (the model name to ask for)")
     cm = None
-    if args.teacher_url or args.no_qa:
+    if args.cloze and (args.teacher_url or args.no_qa):
+        raise ClaraError("--cloze writes its own questions: drop --teacher-url / --no-qa")
+    if args.teacher_url or args.no_qa or args.cloze:
         base = load_base(args.model, dtype=dtype)
         tokenizer = base.tokenizer
     else:
@@ -282,7 +292,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.max_chunks:
         chunks = chunks[: args.max_chunks]
     teacher = None
-    if not args.no_qa:
+    if args.cloze:
+        from training.cloze import cloze_teacher
+
+        teacher = cloze_teacher(args.seed)
+    elif not args.no_qa:
         teacher = (
             openai_teacher(args.teacher_url, args.teacher_model, os.environ.get(args.api_key_env))
             if args.teacher_url

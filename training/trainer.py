@@ -66,6 +66,9 @@ class TrainConfig:
     full: bool = False
     grad_checkpoint: bool = False
     quiet: bool = False
+    # Length-bucketed batches: each window of 16 global batches (of the seeded permutation) is
+    # sorted by example length and cut into batches, whose order is shuffled: less padding.
+    length_buckets: bool = False
     extra: dict = field(default_factory=dict)  # recorded in the checkpoint (data files, ...)
 
     @property
@@ -224,8 +227,25 @@ class Trainer:
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
             rng = np.random.default_rng([self.cfg.seed, epoch])
-            self._orders = {epoch: rng.permutation(len(self.examples))}
+            order = rng.permutation(len(self.examples))
+            if self.cfg.length_buckets:
+                order = self._bucketed(order, rng)
+            self._orders = {epoch: order}
         return self._orders[epoch]
+
+    def _bucketed(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`order` with each window of 16 global batches sorted by length, batches shuffled."""
+        if not hasattr(self, "_lengths"):
+            self._lengths = np.array([_work(e, self.cm.n_mem) for e in self.examples])
+        g = self.global_batch
+        full = len(order) // g * g  # a last partial batch stays last, so batches stay aligned
+        out = [order[full:]]
+        for lo in range(0, full, 16 * g):
+            window = order[lo : min(lo + 16 * g, full)]
+            window = window[np.argsort(self._lengths[window], kind="stable")]
+            batches = [window[i : i + g] for i in range(0, len(window), g)]
+            out[-1:-1] = [batches[i] for i in rng.permutation(len(batches))]
+        return np.concatenate(out)
 
     def _at(self, position: int) -> Example:
         n = len(self.examples)

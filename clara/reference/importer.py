@@ -66,7 +66,10 @@ def read_reference(src: str | os.PathLike) -> Reference:
         raise CheckpointError(
             f"{src} is not a reference CLaRa checkpoint folder (missing {', '.join(missing)})"
         )
-    config = json.loads((src / "config.json").read_text())
+    try:
+        config = json.loads((src / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{src}/config.json is not valid JSON: {exc}") from exc
     if not config.get("lora", False) or config.get("compr_model_name"):
         raise CheckpointError(
             f"{src}: only the reference's LoRA-on-decoder checkpoints (lora=true, no separate "
@@ -85,9 +88,17 @@ def read_reference(src: str | os.PathLike) -> Reference:
     return Reference(src, config, adapters, embed, head)
 
 
+def _doc_max(config: dict) -> int:
+    return int(config.get("doc_max_length", 128))  # the reference config's defaults
+
+
+def _rate(config: dict) -> int:
+    return int(config.get("compr_rate", 64))
+
+
 def reference_tokens(config: dict) -> tuple[list[str], list[str], int]:
     """(tokens the reference adds in id order, memory token per slot, n_mem) from its config."""
-    n_mem = int(config["doc_max_length"]) // int(config["compr_rate"])
+    n_mem = _doc_max(config) // _rate(config)
     if config.get("different_mem_tokens", False):
         mem = [f"<MEM{i}>" for i in range(n_mem)]
         added = [*mem, "<AE>", runtime.ENC_TOKEN, runtime.SEP_TOKEN]
@@ -227,8 +238,8 @@ def import_reference(
         raise CheckpointError(f"{ref.path}/adapters.pth has no query_reasoner_adapter (E2E)")
     rank = int(cfg.get("lora_r", 16))
     clara_cfg = ClaraConfig(
-        compression_rate=int(cfg["compr_rate"]),
-        doc_max_tokens=int(cfg["doc_max_length"]),
+        compression_rate=_rate(cfg),
+        doc_max_tokens=_doc_max(cfg),
         lora_rank=rank,
         lora_alpha=2.0 * rank,  # the reference's LoraConfig: lora_alpha = 2 * r
         lora_dropout=0.1,

@@ -63,8 +63,8 @@ async function loadRetrievalModes() {
     const field = spec.components.schemas.ChatCompletionRequest.properties.retrieval_mode;
     const values = field && (field.enum || (field.anyOf || []).flatMap((x) => x.enum || []));
     if (!values || !values.length) return;
-    $("retrieval-mode").replaceChildren(...values.map((v) => new Option(v, v)));
-    if (field.default) $("retrieval-mode").value = field.default;
+    const picker = $("retrieval-mode");
+    picker.replaceChildren(new Option("server default", ""), ...values.map((v) => new Option(v, v)));
     $("retrieval-mode-label").hidden = false;
   } catch (e) {
     /* no schema: no picker */
@@ -106,7 +106,7 @@ async function ask(question) {
   div.appendChild(text);
   const body = { messages: turns, stream: true, mode: $("mode").value, retrieval: $("retrieval").checked };
   if ($("collection").value) body.collection = $("collection").value;
-  if (!$("retrieval-mode-label").hidden) body.retrieval_mode = $("retrieval-mode").value;
+  if (!$("retrieval-mode-label").hidden && $("retrieval-mode").value) body.retrieval_mode = $("retrieval-mode").value;
   $("send").disabled = true;
   try {
     const r = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body) });

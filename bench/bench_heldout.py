@@ -1,0 +1,204 @@
+"""Held-out evaluation on real prose: Apple's ml-clara example documents never trained on.
+
+    python bench/bench_heldout.py --checkpoint DIR --tag new --out runs/heldout  # one row set
+    python bench/bench_heldout.py --report runs/heldout     # table + JSON + chart -> BENCHMARKS.md
+
+Questions: one per held-out document (0-based line % 5 == 0 of clara-example-pretrain.jsonl;
+the question at index `doc % len(questions)`), every `200 / --questions`-th document.
+Per checkpoint, on the same base model and questions:
+- oracle (the gold document alone): as 16x memory read by the generator adapter; as text
+  read by the generator adapter; (baselines) as text read by the bare model;
+- end to end over all 1000 documents: CLaRa (query adapter ranks the compressed documents,
+  the generator reads the top-k memories); (baselines) text RAG, the bare model reading BM25's
+  top-k texts; no retrieval. Dense and BM25 R@1/R@5 against the gold document.
+`--baselines` adds the bare-model rows (run it once, with one of the checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import clara  # noqa: E402,F401  first: OpenBLAS before mlx
+import numpy as np  # noqa: E402
+
+from bench._common import append_report  # noqa: E402
+from clara.generate import stream_from_text  # noqa: E402
+from clara.retrieval import recall_precision_at_k  # noqa: E402
+from training.data import QARecord  # noqa: E402
+from training.evaluate import (  # noqa: E402
+    _answer,
+    clara_row,
+    no_retrieval_row,
+    retrieve,
+    score_rows,
+    text_rag_row,
+)
+from training.pipeline import load_for_training  # noqa: E402
+
+DATA = next(  # ../shared/data beside the checkout (or beside a folder above it)
+    (p / "shared" / "data" / "clara-example-pretrain.jsonl" for p in ROOT.parents
+     if (p / "shared" / "data" / "clara-example-pretrain.jsonl").exists()),
+    ROOT.parent / "shared" / "data" / "clara-example-pretrain.jsonl",
+)  # fmt: skip
+_WORD = re.compile(r"\w+")
+
+
+def heldout(n: int, path: Path = DATA) -> tuple[list[QARecord], list[str]]:
+    """`n` held-out questions (gold doc as the only doc) and all 1000 documents."""
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    docs = [r["docs"][0] for r in rows]
+    held = [i for i in range(len(rows)) if i % 5 == 0]
+    stride = max(1, len(held) // n)
+    recs = []
+    for i in held[::stride][:n]:
+        qs, ans = rows[i]["question"], rows[i]["answers"]
+        j = i % len(qs)
+        recs.append(QARecord(qs[j], [docs[i]], [ans[j]], [0]))
+    return recs, docs
+
+
+def bm25(queries: list[str], docs: list[str], k1: float = 1.2, b: float = 0.75) -> np.ndarray:
+    """BM25 scores (Q, N) over lower-cased word tokens."""
+    toks = [Counter(w.lower() for w in _WORD.findall(d)) for d in docs]
+    lens = np.array([sum(t.values()) for t in toks], float)
+    df = Counter(w for t in toks for w in t)
+    avg = lens.mean()
+    out = np.zeros((len(queries), len(docs)))
+    for qi, q in enumerate(queries):
+        for w in set(x.lower() for x in _WORD.findall(q)):
+            if w not in df:
+                continue
+            idf = math.log(1 + (len(docs) - df[w] + 0.5) / (df[w] + 0.5))
+            tf = np.array([t.get(w, 0) for t in toks], float)
+            out[qi] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lens / avg))
+    return out
+
+
+def run(args) -> dict:
+    recs, docs = heldout(args.questions)
+    where = {d: i for i, d in enumerate(docs)}
+    gold = [[where[r.docs[0]]] for r in recs]
+    cm = load_for_training(args.model, args.checkpoint, dtype="float32")
+    start = time.perf_counter()
+    out = {"tag": args.tag, "checkpoint": str(args.checkpoint), "questions": len(recs)}
+    out["top_k"] = args.top_k
+    rows = []
+    got = retrieve(cm, recs, "gold")
+    rows.append(("oracle", clara_row(cm, recs, got, f"memory {cm.config.compression_rate}x + "
+                                     "generator", args.checkpoint, args.max_tokens)))  # fmt: skip
+    rows.append(("oracle", score_rows(
+        "text + generator adapter", "text", recs,
+        lambda i: _answer(stream_from_text(cm, recs[i].question, recs[i].docs,
+                                           adapter="generator", max_tokens=args.max_tokens)),
+    )))  # fmt: skip
+    if args.baselines:
+        rows.append(("oracle", text_rag_row(cm, recs, [r.docs for r in recs], args.max_tokens,
+                                            name="text, bare model")))  # fmt: skip
+    e2e = retrieve(cm, recs, "collection", docs, args.top_k)
+    rows.append(("end to end", clara_row(cm, recs, e2e, f"CLaRa {cm.config.compression_rate}x "
+                 "(dense top-k)", args.checkpoint, args.max_tokens)))  # fmt: skip
+    if args.baselines:
+        scores = bm25([r.question for r in recs], docs)
+        ranked = [list(np.argsort(-s, kind="stable")[:10]) for s in scores]
+        texts = [[docs[j] for j in r[: args.top_k]] for r in ranked]
+        row = text_rag_row(cm, recs, texts, args.max_tokens, name="text RAG (BM25 top-k)")
+        row.retrieval = recall_precision_at_k(ranked, gold, (1, 5))
+        rows.append(("end to end", row))
+        rows.append(("end to end", no_retrieval_row(cm, recs, args.max_tokens)))
+    out["rows"] = [{"setting": s, **r.to_dict(with_predictions=True)} for s, r in rows]
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def report(folder: Path) -> None:
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    if not runs:
+        raise SystemExit(f"no results in {folder}")
+    head = "| adapters | setting | method | EM | F1 | cover-EM | R@1 | R@5 | positions |"
+    lines = [head, "|" + "---|" * 9]
+    chart = []
+    for run_ in runs:
+        for r in run_["rows"]:
+            ret = r.get("retrieval") or {}
+            cells = [run_["tag"], r["setting"], r["name"]]
+            cells += [f"{100 * r[k]:.1f}" for k in ("em", "f1", "acc")]
+            cells += [f"{100 * ret[k]:.1f}" if k in ret else "-" for k in ("recall@1", "recall@5")]
+            cells.append(f"{r['positions']:.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+            chart.append((f"{run_['tag']}: {r['name']}", r))
+    png = ROOT / "docs" / "heldout_eval.png"
+    _chart(chart, png)
+    slim = [{**x, "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in x["rows"]]}
+            for x in runs]  # fmt: skip
+    n, k = runs[0]["questions"], runs[0]["top_k"]
+    body = (
+        f"{n} held-out questions (one per held-out document, every {200 // n}th), the same base "
+        f"model (smollm2-135m float32) and questions for every row; end to end retrieves the "
+        f"top {k} of all 1000 documents; greedy answers. Chart: docs/heldout_eval.png.\n\n"
+        + "\n".join(lines)
+        + "\n\n<details><summary>JSON</summary>\n\n```json\n"
+        + json.dumps(slim, indent=1)
+        + "\n```\n</details>\n"
+    )
+    append_report("Held-out real-prose evaluation (bench/bench_heldout.py)", body)
+
+
+def _chart(items, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(items))
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(items)), 4.5))
+    for i, (key, label) in enumerate((("em", "EM"), ("f1", "F1"), ("acc", "cover-EM"))):
+        ax.bar(x + (i - 1) * 0.27, [100 * r[key] for _, r in items], 0.27, label=label)
+    ax.set_xticks(x, [n for n, _ in items], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("score (%)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", help="CLaRa checkpoint to evaluate")
+    p.add_argument("--tag", help="name of this checkpoint's rows (e.g. old, new)")
+    p.add_argument("--out", type=Path, help="folder for TAG.json")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--questions", type=int, default=200, help="held-out questions (<= 200)")
+    p.add_argument("--top-k", type=int, default=3, help="documents per question, end to end")
+    p.add_argument("--max-tokens", type=int, default=32, help="answer length cap")
+    p.add_argument("--baselines", action="store_true", help="add the bare-model rows")
+    p.add_argument("--report", type=Path, metavar="DIR", help="combine DIR/*.json into a report")
+    args = p.parse_args(argv)
+    if args.report:
+        report(args.report)
+        return 0
+    if not (args.checkpoint and args.tag and args.out):
+        p.error("give --checkpoint, --tag and --out (or --report DIR)")
+    if not DATA.exists():
+        raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data")
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=1))
+    for r in result["rows"]:
+        print(f"{r['setting']:10} {r['name']:32} EM {r['em']:.3f} F1 {r['f1']:.3f} "
+              f"acc {r['acc']:.3f} {r.get('retrieval')}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""Stage-1 training speed, before vs after, side by side in one run (default model, batch 4).
+
+    python bench/bench_train.py                 # timing rows + the 50-step loss check
+    python bench/bench_train.py --report        # and append the tables to BENCHMARKS.md
+
+Paths (each its own model, same initial weights and data; steps interleaved so both see the
+same machine load):
+- before: the original LoRA forward (a dropout mask per linear layer, uniform random numbers,
+  separate scale/cast/add ops) and batches in seeded random order;
+- after: the training fast path (`AdapterSwitch.fast`: one dropout mask per layer input, 4
+  per block instead of 7, scale folded into one `addmm`) and length-bucketed batches
+  (`TrainConfig.length_buckets`), at each BLAS thread count of `--threads`.
+
+Tokens/s counts real (unpadded) positions: document + memory slots of the compressor input,
+plus the generator's prompt and answer. The loss check trains both paths for `--check-steps`
+steps on the same batches (bucketing off: it changes which examples share a step) and
+compares every step's loss. Data: the training documents of ../shared/data (QA and paraphrase
+records), else Python's documentation topics (paraphrase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import clara  # noqa: E402,F401  first: OpenBLAS before mlx
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench._common import append_report, markdown_table, sample_texts  # noqa: E402
+from clara import _blas  # noqa: E402
+from training.data import PretrainRecord, parse_pretrain  # noqa: E402
+from training.pipeline import load_for_training  # noqa: E402
+from training.stages import PretrainStage, set_trainable  # noqa: E402
+from training.trainer import TrainConfig, Trainer  # noqa: E402
+
+DATA = next(  # ../shared/data beside the checkout (or beside a folder above it)
+    (p / "shared" / "data" / "clara-example-pretrain.jsonl" for p in ROOT.parents
+     if (p / "shared" / "data" / "clara-example-pretrain.jsonl").exists()),
+    ROOT.parent / "shared" / "data" / "clara-example-pretrain.jsonl",
+)  # fmt: skip
+MODEL = "smollm2-135m"
+
+
+def records(n: int) -> tuple[list[PretrainRecord], str]:
+    """`n` stage-1 records: QA and paraphrase of training documents (line % 5 != 0)."""
+    if DATA.exists():
+        out = []
+        for i, line in enumerate(DATA.read_text(encoding="utf-8").splitlines()):
+            if i % 5 == 0:
+                continue  # held out
+            r = parse_pretrain(f"{DATA}:{i + 1}", json.loads(line))
+            out.append(r if len(out) % 2 == 0 else PretrainRecord("paraphrase", r.doc))
+            if len(out) == n:
+                break
+        return out, f"{n} records (QA/paraphrase alternating) of clara-example training documents"
+    texts = [t[:1200] for t in sample_texts() if len(t) > 400][:n]
+    return [PretrainRecord("paraphrase", t) for t in texts], f"{n} pydoc paraphrase records"
+
+
+def short(recs: list[PretrainRecord], words: int) -> list[PretrainRecord]:
+    return [PretrainRecord("paraphrase", " ".join(r.doc.split()[:words])) for r in recs]
+
+
+def trainer(recs, fast: bool, buckets: bool, steps: int, out: str) -> Trainer:
+    cm = load_for_training(MODEL, None, dtype="float32")
+    cm.switch.fast = fast
+    stage = PretrainStage(cm)
+    examples = stage.build(recs)
+    set_trainable(cm, stage.adapters, True, False)
+    cfg = TrainConfig(
+        stage="pretrain", out=out, lr=1e-3, max_steps=steps, batch_size=4, quiet=True,
+        length_buckets=buckets,
+    )  # fmt: skip
+    t = Trainer(cm, stage, examples, cfg)
+    cm.train()
+    return t
+
+
+def timed(t: Trainer, threads: int | None) -> tuple[float, dict]:
+    if threads:
+        _blas.set_threads(threads)
+    start = time.perf_counter()
+    m = t.train_step()
+    return time.perf_counter() - start, m
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per path (after 1 warm-up)")
+    p.add_argument("--threads", default="2,1", help="BLAS thread counts for the after path")
+    p.add_argument("--check-steps", type=int, default=50, help="steps of the loss check (0: off)")
+    p.add_argument("--check-words", type=int, default=24, help="document words in the check")
+    p.add_argument("--tolerance", type=float, default=0.02, help="max relative loss difference")
+    p.add_argument("--report", action="store_true", help="append to BENCHMARKS.md")
+    args = p.parse_args(argv)
+    threads = [int(x) for x in args.threads.split(",") if x]
+    tmp = tempfile.mkdtemp(prefix="bench-train-")
+    recs, what = records(64)
+    paths = [("before", False, False, 2)] + [
+        (f"after, {n} BLAS thr", True, True, n) for n in threads
+    ]
+    # one trainer per (fast, buckets); thread counts share the after trainer
+    trainers = {}
+    for _, fast, buckets, _ in paths:
+        if (fast, buckets) not in trainers:
+            trainers[(fast, buckets)] = trainer(recs, fast, buckets, 1000, f"{tmp}/{fast}")
+    stats = {name: {"s": [], "work": [], "loss": []} for name, *_ in paths}
+    for step in range(args.steps + 1):
+        for name, fast, buckets, n in paths:
+            dt, m = timed(trainers[(fast, buckets)], n)
+            if step:  # step 0: warm-up
+                stats[name]["s"].append(dt)
+                stats[name]["work"].append(m["work"])
+            print(f"step {step} {name}: {dt:.2f} s, {m['work']} positions", file=sys.stderr)
+    _blas.set_threads(2)
+    base = sum(stats["before"]["work"]) / sum(stats["before"]["s"])
+    rows = []
+    for name, *_ in paths:
+        s = stats[name]
+        tps = sum(s["work"]) / sum(s["s"])
+        rows.append(
+            [name, f"{np.mean(s['s']):.2f}", f"{np.mean(s['work']):.0f}", f"{tps:.0f}",
+             f"{tps / base:.2f}x"]
+        )  # fmt: skip
+    speed = markdown_table(["path", "s/step", "positions/step", "tokens/s", "vs before"], rows)
+    body = (
+        f"Stage 1 (pretrain), {MODEL} float32, batch 4, {what}; {args.steps} timed steps "
+        f"per path after 1 warm-up, paths interleaved step by step.\n\n{speed}\n"
+    )
+    ok = True
+    if args.check_steps:
+        del trainers
+        check = short(recs, args.check_words)
+        losses = {}
+        for name, fast in (("before", False), ("after", True)):
+            t = trainer(check, fast, False, args.check_steps, f"{tmp}/check-{fast}")
+            losses[name] = [t.train_step()["loss"] for _ in range(args.check_steps)]
+            del t
+            mx.clear_cache()
+        a, b = np.array(losses["before"]), np.array(losses["after"])
+        rel = np.abs(a - b) / np.abs(a)
+        ok = bool(rel.max() <= args.tolerance)
+        body += (
+            f"\nLoss check, {args.check_steps} steps on the same batches (first "
+            f"{args.check_words} words of each document, paraphrase targets, lr 1e-3): "
+            f"before {a[0]:.4f} -> {a[-1]:.4f}, after {b[0]:.4f} -> {b[-1]:.4f}; "
+            f"max relative difference per step {rel.max():.4f} (step {int(rel.argmax()) + 1}), "
+            f"mean {rel.mean():.4f}; tolerance {args.tolerance}: {'PASS' if ok else 'FAIL'}.\n"
+        )
+    if args.report:
+        append_report("Training speed, stage 1 (bench/bench_train.py)", body)
+    else:
+        print(body)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""The token loop: continuous batching of requests that share one adapter.
+
+    decoder = Decoder(cm, "generator")
+    seq, first = decoder.add(prompt, SamplingParams(max_tokens=32))   # prefill alone
+    while decoder.sequences:
+        for seq, chunk in decoder.step(): ...                        # one batched forward
+
+A new request is prefilled alone (its own input embeddings, the shared prompt prefix taken
+from a `PrefixCache`), its first token is sampled and sent, then its KV cache joins the running
+batch (`BatchKVCache.extend`) between two decode steps. As in mlx-lm's `generate_step`, the
+next forward is queued (`mx.async_eval`) before the current tokens are read, so detokenizing
+and streaming overlap the model. Each request samples with its own random key, so a seeded
+request gives the same tokens alone or in any batch. Decoding uses the adapter merged into
+a copy of the base weights (`clara.lora.merged`): no LoRA matmuls per token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
+from mlx_lm.sample_utils import apply_top_p
+
+from clara import _blas
+from clara.generate import (
+    GenerationChunk,
+    SamplingParams,
+    TextStream,
+    check_context,
+    context_limit,
+)
+from clara.lora import merge_adapter, merged
+from clara.model import ClaraModel
+from clara.prompt import Prompt
+
+MIN_PREFIX = 8  # shorter shared prefixes are not worth a cache entry
+
+
+class PrefixCache:
+    """KV states of prompt prefixes many requests share (system prompt, chat template).
+
+    An entry holds the KV of a prompt's leading text tokens; a new prompt reuses the longest
+    common prefix with any entry, and that entry shrinks to it, so entries settle on what
+    requests really share. A few entries, least recently used first out.
+    """
+
+    def __init__(self, entries: int = 4) -> None:
+        self.entries = entries
+        self._items: OrderedDict[tuple[int, ...], list[tuple[mx.array, mx.array]]] = OrderedDict()
+        self.hits = 0
+        self.reused_positions = 0
+
+    @staticmethod
+    def _common(a: tuple[int, ...], b: list[int]) -> int:
+        n = min(len(a), len(b))
+        i = 0
+        while i < n and a[i] == b[i]:
+            i += 1
+        return i
+
+    def lookup(self, plain: list[int]) -> tuple[int, list[KVCache] | None]:
+        """(positions reused, caches holding them) for a prompt whose text tokens are `plain`."""
+        best, key = 0, None
+        for k in self._items:
+            n = self._common(k, plain)
+            if n > best:
+                best, key = n, k
+        if key is None or best < MIN_PREFIX:
+            return 0, None
+        kv = self._items.pop(key)
+        if best < len(key):  # shrink the entry to what is shared
+            kv = [(k[..., :best, :], v[..., :best, :]) for k, v in kv]
+            key = key[:best]
+        self._items[key] = kv
+        caches = []
+        for k, v in kv:
+            c = KVCache()
+            c.keys, c.values, c.offset = k, v, best
+            caches.append(c)
+        self.hits += 1
+        self.reused_positions += best
+        return best, caches
+
+    def store(self, plain: list[int], caches: list[KVCache]) -> None:
+        """Remember the KV of `plain` (the leading text tokens just prefilled)."""
+        n = len(plain)
+        key = tuple(plain)
+        if n < MIN_PREFIX or any(self._common(k, plain) >= MIN_PREFIX for k in self._items):
+            return  # an entry shares a prefix with it already; it shrinks on the next hit
+        kv = [
+            (mx.contiguous(c.keys[..., :n, :]), mx.contiguous(c.values[..., :n, :])) for c in caches
+        ]
+        mx.eval(kv)
+        self._items[key] = kv
+        while len(self._items) > self.entries:
+            self._items.popitem(last=False)
+
+
+def text_prefix(prompt: Prompt) -> list[int]:
+    """The leading positions of `prompt` that are plain tokens (before any memory slot; all but
+    the last position of a text prompt, which must be fed to get the first logits)."""
+    if prompt.embeddings is None:
+        return prompt.tokens[:-1]
+    tokens = prompt.tokens
+    n = tokens.index(0) if 0 in tokens else len(tokens) - 1  # slots carry token id 0
+    return tokens[: min(n, len(tokens) - 1)]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request in the batch."""
+
+    params: SamplingParams
+    text: TextStream
+    key: mx.array
+    fresh: bool = True  # its current token was sent at prefill, not by a step
+    lp: tuple = ()  # logprob info of its current token (lazy), when it asked for it
+    done: bool = False
+    tag: object = field(default=None, repr=False)  # the caller's (e.g. the server's job)
+
+
+class Decoder:
+    """Requests decoding together through one adapter (None: the bare base model)."""
+
+    def __init__(
+        self,
+        cm: ClaraModel,
+        adapter: str | None,
+        *,
+        max_context: int | None = None,
+        prefill_step: int = 512,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
+        self.cm = cm
+        self.adapter = adapter
+        self.limit = context_limit(cm, max_context)
+        self.prefill_step = prefill_step
+        self.prefix_cache = prefix_cache
+        self.sequences: list[Sequence] = []
+        self._cache: list[BatchKVCache] | None = None
+        self._y: mx.array | None = None  # (B,) each sequence's current token
+
+    # ---- the model -----------------------------------------------------------------------------
+    def _forward(self, tokens: mx.array, cache: list, embeddings: mx.array | None = None):
+        with merged(self.cm, self.adapter):
+            return self.cm.lm(tokens, cache=cache, input_embeddings=embeddings)
+
+    def _sample(self, logits: mx.array, seqs: list[Sequence]) -> tuple[mx.array, tuple]:
+        """Next token per row of `logits` (B, V), and (logprob, top ids, top logprobs)."""
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        y = mx.argmax(logprobs, axis=-1)
+        if not all(s.params.greedy for s in seqs):
+            rows = []
+            for i, s in enumerate(seqs):
+                if s.params.greedy:
+                    rows.append(y[i : i + 1])
+                    continue
+                s.key, sub = mx.random.split(s.key)
+                lp = logprobs[i : i + 1]
+                if s.params.top_p < 1.0:
+                    lp = apply_top_p(lp, s.params.top_p)
+                rows.append(mx.random.categorical(lp * (1 / s.params.temperature), key=sub))
+            y = mx.concatenate(rows)
+        if not any(s.params.logprobs or s.params.top_logprobs for s in seqs):
+            return y, ()
+        chosen = mx.take_along_axis(logprobs, y[:, None], axis=-1)[:, 0]
+        k = max(s.params.top_logprobs for s in seqs)
+        if k == 0:
+            return y, (chosen,)
+        top = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]
+        return y, (chosen, top, mx.take_along_axis(logprobs, top, axis=-1))
+
+    @staticmethod
+    def _annotate(chunk: GenerationChunk, s: Sequence) -> None:
+        """Put the logprobs of the chunk's token on it (for requests that asked)."""
+        lp, s.lp = s.lp, ()
+        if not lp or chunk.token is None:
+            return
+        chunk.logprob = float(lp[0].item())
+        if s.params.top_logprobs and len(lp) == 3:
+            pairs = sorted(zip(lp[1].tolist(), lp[2].tolist()), key=lambda p: -p[1])
+            chunk.top_logprobs = [(int(t), float(v)) for t, v in pairs[: s.params.top_logprobs]]
+
+    @staticmethod
+    def _keep_lp(seqs: list[Sequence], lp: tuple) -> None:
+        """Hand each sequence that asked its row of the (lazy) logprob arrays."""
+        if lp:
+            for i, s in enumerate(seqs):
+                if s.params.logprobs or s.params.top_logprobs:
+                    s.lp = tuple(a[i] for a in lp)
+
+    # ---- requests --------------------------------------------------------------------------
+    def add(self, prompt: Prompt, params: SamplingParams, tag: object = None):
+        """Prefill `prompt` alone, sample and send its first token, join the batch.
+
+        Returns (sequence, first chunk); a first chunk with a finish_reason never joins.
+        """
+        check_context(prompt, self.limit)
+        start = time.perf_counter()
+        text = TextStream.create(self.cm, params, prompt.positions, self.limit)
+        seq = Sequence(params, text, params.key(), tag=tag)
+        if text.max_tokens == 0:
+            seq.done = True
+            return seq, text.empty()
+        _blas.for_prefill()
+        if self.adapter is not None:
+            merge_adapter(self.cm, self.adapter)  # no-op unless the adapter changed
+        cache, logits = self._prefill(prompt)
+        y, lp = self._sample(logits, [seq])
+        mx.eval(y, *lp)
+        text.prompt_seconds = time.perf_counter() - start
+        self._keep_lp([seq], lp)
+        chunk = text.accept(int(y.item()))
+        self._annotate(chunk, seq)
+        if chunk.finish_reason is not None:
+            seq.done = True
+            return seq, chunk
+        self._join(seq, cache, y)
+        return seq, chunk
+
+    def _prefill(self, prompt: Prompt) -> tuple[list[KVCache], mx.array]:
+        n = prompt.positions
+        plain = text_prefix(prompt)
+        reused, cache = (0, None)
+        if self.prefix_cache is not None:
+            reused, cache = self.prefix_cache.lookup(plain)
+        if cache is None:
+            cache = make_prompt_cache(self.cm.lm)
+        tokens = mx.array(prompt.tokens)[None]  # (1, L)
+        emb = None if prompt.embeddings is None else prompt.embeddings[None]  # (1, L, d)
+        lo = reused
+        while n - lo > 1:
+            hi = min(lo + self.prefill_step, n - 1)
+            if self.prefix_cache is not None and lo < len(plain) < hi and not reused:
+                hi = len(plain)  # stop at the end of the shared text so it can be stored
+            self._forward(tokens[:, lo:hi], cache, None if emb is None else emb[:, lo:hi])
+            mx.eval([c.state for c in cache])
+            if self.prefix_cache is not None and hi == len(plain) and not reused:
+                self.prefix_cache.store(plain, cache)
+            lo = hi
+        logits = self._forward(tokens[:, lo:], cache, None if emb is None else emb[:, lo:])
+        return cache, logits[:, -1, :]
+
+    def _join(self, seq: Sequence, cache: list[KVCache], y: mx.array) -> None:
+        new = [BatchKVCache.merge([c]) for c in cache]
+        if self._cache is None:
+            self._cache, self._y = new, y
+        else:
+            for mine, theirs in zip(self._cache, new):
+                mine.extend(theirs)
+            self._y = mx.concatenate([self._y, y])
+        self.sequences.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take `seq` out of the batch (finished, cancelled, or its client left)."""
+        seq.done = True
+        if seq not in self.sequences:
+            return
+        i = self.sequences.index(seq)
+        del self.sequences[i]
+        if not self.sequences:
+            self._cache, self._y = None, None
+            return
+        keep = mx.array([j for j in range(len(self.sequences) + 1) if j != i])
+        for c in self._cache:
+            c.filter(keep)
+        self._y = self._y[keep]
+
+    # ---- one decode step -------------------------------------------------------------------
+    def step(self) -> list[tuple[Sequence, GenerationChunk]]:
+        """One batched forward; returns a chunk for each sequence whose token it read.
+
+        Finished sequences leave the batch here."""
+        if not self.sequences:
+            return []
+        _blas.for_decode()
+        seqs = list(self.sequences)
+        logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
+        y, lp = self._sample(logits, seqs)
+        mx.async_eval(y, *lp)  # runs while the current tokens are detokenized and sent
+        tokens = self._y.tolist()
+        self._y = y
+        out = []
+        for i, s in enumerate(seqs):
+            if s.fresh:  # its token was sent when it was prefilled
+                s.fresh = False
+            else:
+                chunk = s.text.accept(tokens[i])
+                self._annotate(chunk, s)
+                out.append((s, chunk))
+        self._keep_lp(seqs, lp)
+        for s, chunk in out:
+            if chunk.finish_reason is not None:
+                self.remove(s)
+        return out

@@ -1,0 +1,167 @@
+"""The token loop (clara.decode): continuous batching gives each request the tokens it would get
+alone (greedy and seeded sampling, memory and text prompts, mixed lengths, joining mid-decode,
+leaving early), the prefix cache and the merged generator adapter change no token, and
+logprobs come with each token."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models.cache import make_prompt_cache
+
+from clara.decode import Decoder, PrefixCache
+from clara.generate import SamplingParams, generate
+from clara.lora import merge_adapter, merged
+from clara.model import ClaraConfig, ClaraModel
+from clara.prompt import memory_prompt, text_prompt
+from tests.test_core import DOCS, _randomize_adapters
+
+
+@pytest.fixture(scope="module")
+def cm(tiny_llama_dir) -> ClaraModel:
+    from clara.loader import load_base
+
+    model = ClaraModel(load_base(tiny_llama_dir, dtype=None), ClaraConfig(doc_max_tokens=64))
+    _randomize_adapters(model)  # the generator must differ from the base model
+    return model
+
+
+def tokens_alone(cm, prompt, adapter, **kw) -> list[int]:
+    return [c.token for c in generate(cm, prompt, adapter=adapter, **kw) if c.token is not None]
+
+
+def run_batch(decoder: Decoder, schedule: dict[int, list], cancel: dict[int, int]):
+    """Step `decoder`; at step i add the (name, prompt, params) of schedule[i]; cancel the
+    named request once it has cancel[name] tokens. Returns name -> tokens."""
+    out: dict[str, list[int]] = {}
+    seqs = {}
+    step = widest = 0
+    while step <= max(schedule) or decoder.sequences:
+        widest = max(widest, len(decoder.sequences))
+        for name, prompt, params in schedule.get(step, []):
+            seq, first = decoder.add(prompt, params)
+            seqs[name] = seq
+            out[name] = [first.token] if first.token is not None else []
+        for seq, chunk in decoder.step():
+            name = next(n for n, s in seqs.items() if s is seq)
+            if chunk.token is not None:
+                out[name].append(chunk.token)
+        for name, n in cancel.items():
+            if name in seqs and len(out[name]) >= n and not seqs[name].done:
+                decoder.remove(seqs[name])
+        step += 1
+    assert widest >= 2  # they really did decode together
+    return out
+
+
+def test_batched_greedy_equals_alone_memory_prompts(cm) -> None:
+    mem = cm.compress(DOCS)
+    prompts = {
+        "one": memory_prompt(cm, "Where is Paris?", [mem[0]]),
+        "three": memory_prompt(cm, "Which river runs past the mill?", list(mem)),
+        "two": memory_prompt(cm, "Who?", list(mem[1:])),
+        "leaves": memory_prompt(cm, "What is the capital of France?", list(mem[:2])),
+    }
+    lengths = {"one": 12, "three": 7, "two": 10, "leaves": 12}
+    p = {k: SamplingParams(max_tokens=n, ignore_eos=True) for k, n in lengths.items()}
+    schedule = {
+        0: [("one", prompts["one"], p["one"]), ("leaves", prompts["leaves"], p["leaves"])],
+        3: [("three", prompts["three"], p["three"])],  # joins mid-decode
+        5: [("two", prompts["two"], p["two"])],
+    }
+    decoder = Decoder(cm, "generator", prefix_cache=PrefixCache())
+    got = run_batch(decoder, schedule, cancel={"leaves": 4})  # one leaves early
+    for name, prompt in prompts.items():
+        alone = tokens_alone(cm, prompt, "generator", max_tokens=lengths[name], ignore_eos=True)
+        if name == "leaves":
+            assert 4 <= len(got[name]) < lengths[name] and got[name] == alone[: len(got[name])]
+        else:
+            assert got[name] == alone, name
+    assert decoder.sequences == [] and decoder.prefix_cache.hits >= 2
+
+
+def test_batched_greedy_equals_alone_text_prompts(cm) -> None:
+    prompts = [
+        text_prompt(cm, "Tell me a story", None),
+        text_prompt(cm, "What is the capital of France?", DOCS),
+        text_prompt(cm, "hi", [DOCS[0]]),
+    ]
+    params = SamplingParams(max_tokens=9, ignore_eos=True)
+    schedule = {i * 2: [(f"p{i}", p, params)] for i, p in enumerate(prompts)}
+    got = run_batch(Decoder(cm, None), schedule, cancel={})
+    for i, p in enumerate(prompts):
+        assert got[f"p{i}"] == tokens_alone(cm, p, None, max_tokens=9, ignore_eos=True)
+
+
+def test_seeded_sampling_is_the_same_alone_and_in_a_batch(cm) -> None:
+    prompt = text_prompt(cm, "Tell me a story", None)
+    kw = dict(max_tokens=10, temperature=1.0, top_p=0.9, ignore_eos=True)
+    alone = tokens_alone(cm, prompt, None, seed=7, **kw)
+    others = text_prompt(cm, "What is the capital of France?", DOCS)
+    schedule = {
+        0: [("greedy", others, SamplingParams(max_tokens=12, ignore_eos=True))],
+        1: [("seeded", prompt, SamplingParams(seed=7, **kw))],
+        2: [("other seed", prompt, SamplingParams(seed=8, **kw))],
+    }
+    got = run_batch(Decoder(cm, None), schedule, cancel={})
+    assert got["seeded"] == alone and got["other seed"] != alone
+
+
+def test_prefix_cache_changes_no_token(cm) -> None:
+    mem = cm.compress(DOCS)
+    cache = PrefixCache()
+    decoder = Decoder(cm, "generator", prefix_cache=cache)
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    for question in ("Where is Paris?", "Which river?", "Who wrote it?"):
+        prompt = memory_prompt(cm, question, list(mem[:2]))
+        seq, first = decoder.add(prompt, params)
+        got = [first.token]
+        while decoder.sequences:
+            got += [c.token for _, c in decoder.step() if c.token is not None]
+        assert got == tokens_alone(cm, prompt, "generator", max_tokens=6, ignore_eos=True)
+    assert cache.hits == 2 and cache.reused_positions >= 2 * 8
+
+
+def test_merged_generator_matches_the_lora_path(cm) -> None:
+    prompt = text_prompt(cm, "What is the capital of France?", DOCS)
+    tokens = mx.array(prompt.tokens)[None]
+    with cm.adapter("generator"):
+        exact = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    merge_adapter(cm, "generator")
+    with merged(cm, "generator"):
+        fast = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    with cm.adapter(None):
+        base = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    np.testing.assert_allclose(np.array(fast), np.array(exact), atol=1e-4, rtol=1e-4)
+    assert float(mx.abs(exact - base).max()) > 1e-2  # the adapter does change the output
+    assert cm.switch.active is None and not cm.switch.merged
+    # training replaces the adapter's arrays: the merged copy follows
+    _randomize_adapters(cm, scale=0.3)
+    merge_adapter(cm, "generator")
+    with cm.adapter("generator"):
+        exact = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    with merged(cm, "generator"):
+        fast = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    np.testing.assert_allclose(np.array(fast), np.array(exact), atol=1e-4, rtol=1e-4)
+    assert not any("_decode" in k or "merged" in k for k in dict(cm.parameters()))
+
+
+def test_logprobs_come_with_each_token(cm) -> None:
+    prompt = text_prompt(cm, "Tell me a story", None)
+    chunks = [
+        c
+        for c in generate(cm, prompt, adapter=None, max_tokens=5, top_logprobs=3, logprobs=True)
+        if c.token is not None
+    ]
+    assert len(chunks) == 5
+    for c in chunks:
+        assert c.logprob is not None and c.logprob <= 0
+        assert len(c.top_logprobs) == 3 and c.top_logprobs[0][0] == c.token  # greedy: the best
+        assert math.isclose(c.top_logprobs[0][1], c.logprob, rel_tol=1e-6)
+        values = [v for _, v in c.top_logprobs]
+        assert values == sorted(values, reverse=True)
+    plain = list(generate(cm, prompt, adapter=None, max_tokens=3))
+    assert all(c.logprob is None and c.top_logprobs is None for c in plain)

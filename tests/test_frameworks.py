@@ -1,0 +1,50 @@
+"""LangChain's ChatOpenAI (a client nobody here wrote) against a real clara-serve: chat
+completions and the Responses API, plain and streamed, with only base_url and the key set.
+A tiny random model answers gibberish; what is checked is that the framework gets answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_server_harness import API_KEY, DOCS, ServerProcess, add_documents, metric
+
+langchain_openai = pytest.importorskip("langchain_openai", reason="langchain-openai: dev extra")
+MODEL = "clara-tiny"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path):
+    from clara.checkpoint import load_clara
+
+    tmp = tmp_path_factory.mktemp("frameworks")
+    add_documents(tmp / "index", load_clara(tiny_llama_dir, None, dtype=None), DOCS)
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp / "index"), "--api-key", API_KEY,
+        "--served-model-name", MODEL, "--max-tokens", "8",
+        env={"CLARA_HOME": str(tmp / "home")}, log=tmp / "server.log",
+    )  # fmt: skip
+    yield proc.wait_ready()
+    proc.stop()
+
+
+@pytest.mark.parametrize("responses_api", [False, True], ids=["chat", "responses"])
+def test_langchain_chat_openai(server: ServerProcess, responses_api: bool) -> None:
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    llm = langchain_openai.ChatOpenAI(
+        model=MODEL, base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0,
+        use_responses_api=responses_api, temperature=0,
+    )  # fmt: skip
+    messages = [SystemMessage("Answer briefly."), HumanMessage(DOCS[0][1])]
+    answer = llm.invoke(messages)
+    assert answer.text and answer.usage_metadata["output_tokens"] >= 1
+    streamed = "".join(chunk.text for chunk in llm.stream(messages))
+    assert streamed == answer.text  # greedy: the stream says what the plain call said
+    assert answer.response_metadata["model_name"] == MODEL
+    endpoint = "/v1/responses" if responses_api else "/v1/chat/completions"
+    metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert metric(metrics.text, "clara_requests_total", endpoint=endpoint, status="200") >= 2
