@@ -241,6 +241,14 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
         assert err["param"].startswith("input.[0].content"), err
 
 
+def test_405_lists_every_method_of_the_path(server) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    r = httpx.put(f"{server.url}/v1/responses/resp_x", headers=headers, timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, DELETE"
+    r = httpx.delete(f"{server.url}/v1/files", headers=headers, timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
 def test_unknown_vector_store_and_model(server, client) -> None:
     r = post(
         server, {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["nope"]}]}
