@@ -13,6 +13,7 @@ turns that off); `tool_choice: "none"` searches nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara.generate import GenerationChunk
 from clara_cli.http import APIError, to_api_error
+from indexing.service_handler import IndexService
 from server.engine import DONE, Failed, Job, Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.responses_protocol import (
@@ -45,6 +47,7 @@ from server.responses_protocol import (
 from server.responses_store import ResponseStore
 from server.serving import OpenAIServing
 
+INDEXING_WAIT_S = 120.0
 UPLOADS = "uploads"  # <index root>/uploads/<file_id>/<name>: files the Files API received
 
 
@@ -68,9 +71,12 @@ def _message_item(role: str, text: str, part: str = "input_text") -> dict[str, A
 class ResponsesServing:
     """The Responses API over `OpenAIServing`'s engine; lives on `app.state.responses`."""
 
-    def __init__(self, serving: OpenAIServing, store: ResponseStore) -> None:
+    def __init__(
+        self, serving: OpenAIServing, store: ResponseStore, files: IndexService | None = None
+    ) -> None:
         self.serving = serving
         self.store = store
+        self.files = files  # the mounted Files API: file_search waits for its indexing jobs
         self.root: Path = serving.engine.settings.root
 
     # ---- stored responses ------------------------------------------------------------------
@@ -131,6 +137,19 @@ class ResponsesServing:
             messages.append(ChatMessage(role="user", content=""))
         return messages
 
+    async def _indexed(self, store_id: str) -> None:
+        """Wait (up to INDEXING_WAIT_S) for files still being indexed into the vector store,
+        so that a file attached just before the question is searched (OpenAI's guide asks
+        right after `vector_stores.files.create`)."""
+        if self.files is None:
+            return
+        deadline = time.monotonic() + INDEXING_WAIT_S
+        while time.monotonic() < deadline:
+            links = await asyncio.to_thread(self.files.registry.links, store_id=store_id)
+            if not any(link.status == "in_progress" for link in links):
+                return
+            await asyncio.sleep(0.1)
+
     def _file_search(self, req: ResponseCreateRequest) -> tuple[str, int] | None:
         """(collection, top_k) of the request's file_search tool; None without one."""
         if not req.tools:
@@ -181,6 +200,8 @@ class ResponsesServing:
         req.check_supported()
         turn = self._turn_items(req)
         chat, searched = self._chat_request(req, self._messages(req, turn))
+        if searched:
+            await self._indexed(chat.collection)
         params = chat.to_params(serving.defaults)
         job = serving.engine.chat(params)
         try:
