@@ -299,13 +299,26 @@ class ClaraModel(nn.Module):
                 out[i] = mem[j]
         return mx.stack(out)
 
-    def compress(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
-        """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter."""
-        return self._encode_texts(texts, "compressor", batch_size)
+    def compress(self, texts: Sequence[str], batch_size: int | None = None) -> mx.array:
+        """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter, in
+        length-bucketed forward passes of `batch_size` (default: `compress_batch()`)."""
+        return self._encode_texts(texts, "compressor", batch_size or compress_batch())
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
         """Questions -> query memory vectors `(N, n_mem, d)` with the query adapter."""
         return self._encode_texts(texts, "query", batch_size)
+
+
+def compress_batch() -> int:
+    """Chunks per compressor forward pass: measured best is 1 on the CPU (float32 gemms with
+    ~2k rows run at half the speed per row of ~270 rows here: BENCHMARKS.md), 8 on a GPU.
+    `CLARA_COMPRESS_BATCH` overrides."""
+    import os
+
+    value = os.environ.get("CLARA_COMPRESS_BATCH", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return 1 if mx.default_device() == mx.cpu else 8
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int, slack: float = 1.25) -> list[list[int]]:
