@@ -133,7 +133,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
     t0 = time.perf_counter()
-    ttft, usage = None, None
+    ttft, usage, pieces = None, None, 0
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: {r.status_code} {(await r.aread())[:300]!r}")
@@ -141,10 +141,12 @@ async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             data = json.loads(line[6:])
-            if ttft is None and any((c.get("delta") or {}).get("content") for c in data["choices"]):
-                ttft = time.perf_counter() - t0
+            if any((c.get("delta") or {}).get("content") for c in data.get("choices") or []):
+                ttft = ttft or time.perf_counter() - t0
+                pieces += 1
             usage = data.get("usage") or usage
-    return {"ttft": ttft, "latency": time.perf_counter() - t0, "usage": usage or {}}
+    usage = usage or {"completion_tokens": pieces}  # llama-cpp-python: one chunk per token
+    return {"ttft": ttft, "latency": time.perf_counter() - t0, "usage": usage}
 
 
 async def level(url: str, bodies: list[dict], concurrency: int) -> dict:

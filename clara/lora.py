@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -155,8 +156,16 @@ def apply_lora(
 
 def merge_adapter(cm, adapter: str) -> int:
     """Make or refresh every layer's merged decode weight for `adapter`; returns how many
-    layers have one (quantized layers keep the LoRA path)."""
-    return sum(layer.merge(adapter) for layer in cm.lora_layers())
+    layers have one. Quantized layers keep the LoRA path, and so does a model whose copy would
+    pass `CLARA_MERGE_GB` (default 4 GiB): the decode copy is only made where memory allows."""
+    layers = cm.lora_layers()
+    plain = [m for m in layers if type(m.base) is nn.Linear]
+    budget = float(os.environ.get("CLARA_MERGE_GB", "4") or 0) * 2**30
+    if sum(m.base.weight.nbytes for m in plain) > budget:
+        for m in layers:
+            m._decode.pop(adapter, None)
+        return 0
+    return sum(layer.merge(adapter) for layer in plain)
 
 
 @contextmanager

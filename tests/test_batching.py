@@ -165,3 +165,16 @@ def test_logprobs_come_with_each_token(cm) -> None:
         assert values == sorted(values, reverse=True)
     plain = list(generate(cm, prompt, adapter=None, max_tokens=3))
     assert all(c.logprob is None and c.top_logprobs is None for c in plain)
+
+
+def test_no_decode_copy_past_the_memory_budget(cm, monkeypatch) -> None:
+    monkeypatch.setenv("CLARA_MERGE_GB", "0")
+    _randomize_adapters(cm, scale=0.2)  # new adapter arrays: any old copy is stale
+    assert merge_adapter(cm, "generator") == 0
+    prompt = text_prompt(cm, "Tell me a story", None)
+    tokens = mx.array(prompt.tokens)[None]
+    with cm.adapter("generator"):
+        exact = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    with merged(cm, "generator"):  # stale copies are not used: the LoRA path answers
+        fast = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    np.testing.assert_array_equal(np.array(fast), np.array(exact))
