@@ -325,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(level(url, [{**bodies[0], "max_tokens": 2}], 1))  # warm-up, not measured
             used = 1
             for concurrency in plan[system]:
+                if system == "llama.cpp" and concurrency > 1:
+                    # llama-cpp-python's server runs one request at a time and dropped
+                    # concurrent streams mid-answer here (RemoteProtocolError): 1 client only
+                    continue
                 n = max(concurrency, args.min_requests)
                 r = asyncio.run(level(url, bodies[used : used + n], concurrency))
                 used += n
