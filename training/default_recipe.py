@@ -153,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=default_data(), help="clara-example jsonl")
     p.add_argument("--pydoc", type=int, default=150, help="pydoc paraphrase + cloze records each")
     p.add_argument("--instruct-k", type=int, default=2, help="candidates per question, stage 2")
-    p.add_argument("--joint-docs", type=int, default=100, help="training documents in stage 3")
+    p.add_argument("--joint-docs", type=int, default=40, help="training documents in stage 3")
     p.add_argument("--joint-k", type=int, default=8, help="candidates per question, stage 3")
     p.add_argument("--top-k", type=int, default=3, help="documents the generator reads, stage 3")
-    p.add_argument("--steps", default="150,15,20", help="optimiser steps of the three stages")
+    p.add_argument("--steps", default="150,30,20", help="optimiser steps of the three stages")
     p.add_argument("--lr", default="5e-4,5e-4,2e-4", help="learning rates of the three stages")
     p.add_argument(
         "--stop-after",
-        default="20,,",
+        default="10,6,5",
         help="per stage, stop at this step of its schedule and go on from that checkpoint",
     )
     p.add_argument(
