@@ -282,3 +282,21 @@ def test_unknown_vector_store_and_model(server, client) -> None:
     assert r.status_code == 404 and r.json()["error"]["param"] == "tools.[0].vector_store_ids"
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_missing")
+
+
+def test_store_chain_and_lazy_file(tmp_path) -> None:
+    from server.responses_store import ResponseStore
+
+    store = ResponseStore(tmp_path / "sub" / "responses.sqlite")
+    assert not (tmp_path / "sub").exists()  # nothing stored: no file
+    for i, prev in ((1, None), (2, "r1"), (3, "r2")):
+        response = {"id": f"r{i}", "created_at": i, "previous_response_id": prev}
+        store.put(response, [{"id": f"m{i}"}])
+    assert [r["id"] for _, r in store.chain("r3")] == ["r1", "r2", "r3"]
+    assert store.delete("r1") and not store.delete("r1")
+    assert [items for items, _ in store.chain("r3")] == [[{"id": "m2"}], [{"id": "m3"}]]
+    assert store.chain("r1") is None and store.get("r1") is None
+    store.close()
+    again = ResponseStore(tmp_path / "sub" / "responses.sqlite")  # durable: a new connection
+    assert again.get("r3")["previous_response_id"] == "r2"
+    again.close()
