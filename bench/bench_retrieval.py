@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--build-only", action="store_true")
     p.add_argument("--tune", action="store_true", help="grid-search k / dense weight on the "
-                   "apple TRAIN-split questions (every 4th) and use the best for the table")  # fmt: skip
+                   "apple TRAIN-split questions (every 8th) and use the best for the table")  # fmt: skip
     p.add_argument("--no-append", action="store_true", help="print, do not touch BENCHMARKS.md")
     args = p.parse_args(argv)
     questions = {which: build(args.cache, which, args.batch_size) for which in args.sets}
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     index = args.cache / "index"
     if args.tune:
         with Collection.open(index, "apple", readonly=True) as col:
-            train = [(apple_name(n), q) for n, q in apple_train_questions()][::4]
+            train = [(apple_name(n), q) for n, q in apple_train_questions()][::8]
             texts, golds = [q for _, q in train], [g for g, _ in train]
             vecs = encode(cm, args.cache, "apple-train", texts)
             fusion, tuning = tune(col, texts, golds, vecs, doc_of_chunk(col))

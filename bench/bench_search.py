@@ -11,6 +11,10 @@ to 100k vectors (a flat float32 index of 100k is 3.7 GB). At 1M it would be 37 G
 index plus 18 GB of float16 memory file, more than this 24 GiB machine, so 1M uses 1152 dims:
 the same base model at compression rate 128 (n_mem=2, d=576), a real supported config.
 
+Part 3 (`Collection.retrieve`, what every surface calls): hybrid / dense / lexical latency over
+100k chunks of real text (Python's documentation topics, cycled) with synthetic vectors and
+the default index type (IVF from 50k); the issue's target is hybrid p50 < 60 ms.
+
 Part 2 (the whole `Collection`) at the default shape (16 x 576): documents of 20 chunks added
 one commit each (fsync'd memory rows + SQLite + FAISS save), end-to-end search latency (FAISS +
 SQLite join), disk bytes per file and reader RAM per 1k chunks.
@@ -180,6 +184,59 @@ def bench_store(n_chunks: int, chunk_len: int, root: Path) -> tuple[str, str]:
     return title, markdown_table(["Collection", "value"], rows)
 
 
+def chunk_texts(n: int, chars: int = 1000) -> list[str]:
+    """n chunk texts cut from Python's documentation topics (cycled, each with its own id)."""
+    from bench._common import sample_texts
+
+    pieces = []
+    for topic in sample_texts():
+        for start in range(0, len(topic), chars):
+            if piece := topic[start : start + chars].strip():
+                pieces.append(piece)
+    return [f"{pieces[i % len(pieces)]} (part {i})" for i in range(n)]
+
+
+def bench_hybrid(n_chunks: int, root: Path, queries: int = 200) -> tuple[str, str]:
+    """Collection.retrieve at the default shape over `n_chunks` real-text chunks (synthetic
+    clustered vectors, index_type auto: IVF from 50k): latency per mode."""
+    from bench.retrieval_sets import PYDOC_QUESTIONS
+    from clara.retrieval import RETRIEVAL_MODES
+
+    n_mem, d, per_commit = 16, 576, 2000
+    manifest = {"fingerprint": "bench", "n_mem": n_mem, "hidden_size": d}
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((max(1, n_chunks // 100), n_mem * d), dtype=np.float32)
+    texts = chunk_texts(n_chunks)
+    t0 = time.perf_counter()
+    with Collection.open(root, "hybrid", manifest=manifest, create=True) as col:
+        for start in range(0, n_chunks, per_commit):
+            m = min(per_commit, n_chunks - start)
+            part = synthetic(m, n_mem * d, 10 + start, True, centres).reshape(-1, n_mem, d)
+            records = [ChunkRecord(t, 1, 1, 256) for t in texts[start : start + m]]
+            col.add_document(None, f"doc{start}", f"sha{start}", records, part)
+    build_s = time.perf_counter() - t0
+    reader = Collection.open(root, "hybrid", readonly=True)
+    vecs = synthetic(queries, n_mem * d, 2, True, centres).reshape(-1, n_mem, d)
+    asks = [q for _, q in PYDOC_QUESTIONS]
+    rows = []
+    for mode in RETRIEVAL_MODES:
+        reader.retrieve(asks[0], vecs[0], 5, mode)  # warm-up
+        lat = []
+        for i, vec in enumerate(vecs):
+            t = time.perf_counter()
+            reader.retrieve(asks[i % len(asks)], vec, 5, mode)
+            lat.append((time.perf_counter() - t) * 1000)
+        rows.append([mode, f"{np.percentile(lat, 50):.1f}", f"{np.percentile(lat, 99):.1f}",
+                     len(lat)])  # fmt: skip
+    stats = reader.stats()
+    reader.close()
+    title = (
+        f"{n_chunks:,} chunks of Python-docs text (~1000 chars), 16 x 576 dims, "
+        f"index {stats['index_kind']} (auto), built in {build_s:.0f}s"
+    )
+    return title, markdown_table(["mode (k=5)", "p50 ms", "p99 ms", "queries"], rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="10k,100k,1m", help="comma list of 10k, 100k, 1m")
@@ -204,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--store-chunks", type=int, default=2000, help="Collection part; 0 skips")
     p.add_argument("--chunk-chars", type=int, default=1000)
+    p.add_argument(
+        "--hybrid-chunks", type=int, default=100_000,
+        help="Collection.retrieve latency per mode (hybrid/dense/lexical) at this size; 0 skips",
+    )  # fmt: skip
     p.add_argument("--tmp", default=None, help="folder for the Collection part (on real disk)")
     p.add_argument("--no-append", action="store_true", help="print only, leave BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -233,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             title, table = bench_store(args.store_chunks, args.chunk_chars, Path(tmp))
         body += f"\n\nWhole collection, {title}:\n\n{table}"
+    if args.hybrid_chunks:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            title, table = bench_hybrid(args.hybrid_chunks, Path(tmp))
+        body += f"\n\nRetrieval modes, {title}:\n\n{table}"
     notes = (
         f"faiss {faiss.__version__}, numpy {np.__version__}, {faiss.omp_get_max_threads()} "
         f"OpenMP threads; total bench time {time.perf_counter() - t0:.0f}s. Dims: 9216 = "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexing.lexical import LEXICAL_VERSION, TOKENIZER, index_text
+from indexing.lexical import LEXICAL_VERSION, TITLE_WEIGHT, TOKENIZER, fts_row
 
 SCHEMA = """
 CREATE TABLE documents (
@@ -45,9 +45,11 @@ CREATE TABLE chunks (
 CREATE INDEX chunks_doc ON chunks(doc_id, ordinal);
 CREATE TABLE state (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
-# rowid = chunk id; `terms` = lexical.index_text(context + text). Written in the same
-# transactions as `chunks`, so the crash guarantees cover it.
-FTS_SCHEMA = f'CREATE VIRTUAL TABLE chunks_fts USING fts5(terms, tokenize="{TOKENIZER}")'
+# rowid = chunk id; `title` = terms of the document's name and the chunk's context line,
+# `body` = terms of its text (lexical.fts_row). Written in the same transactions as `chunks`,
+# so the crash guarantees cover it. `rank` is bm25 with the title weighted TITLE_WEIGHT.
+FTS_SCHEMA = f'CREATE VIRTUAL TABLE chunks_fts USING fts5(title, body, tokenize="{TOKENIZER}")'
+FTS_RANK = f"INSERT INTO chunks_fts (chunks_fts, rank) VALUES ('rank', 'bm25({TITLE_WEIGHT}, 1.0)')"
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
 
@@ -144,6 +146,7 @@ class Meta:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             db.execute(FTS_SCHEMA)
+            db.execute(FTS_RANK)
             state = {"generation": 0, "memory_file": memory_file, "n_rows": 0, "next_chunk_id": 1}
             state["lexical"] = LEXICAL_VERSION
             db.executemany("INSERT INTO state VALUES (?, ?)", state.items())
@@ -200,7 +203,12 @@ class Meta:
         )
 
     def insert_chunks(
-        self, doc_id: str, records: Sequence[ChunkRecord], ids: np.ndarray, rows: np.ndarray
+        self,
+        doc_id: str,
+        records: Sequence[ChunkRecord],
+        ids: np.ndarray,
+        rows: np.ndarray,
+        doc_name: str = "",
     ) -> None:
         rows_ = [
             (int(i), doc_id, n, r.text, r.page_start, r.page_end, int(r.n_tokens), int(row))
@@ -209,8 +217,8 @@ class Meta:
         ]
         self.db.executemany(f"INSERT INTO chunks ({_CHUNK_COLS}) VALUES ({_marks(9)})", rows_)
         self.db.executemany(
-            "INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)",
-            [(int(i), index_text(contextual(r.context, r.text))) for r, i in zip(records, ids)],
+            "INSERT INTO chunks_fts (rowid, title, body) VALUES (?, ?, ?)",
+            [(int(i), *fts_row(doc_name, r.context, r.text)) for r, i in zip(records, ids)],
         )
 
     def delete_document(self, doc_id: str) -> np.ndarray:
@@ -230,11 +238,17 @@ class Meta:
             self.db.execute("ALTER TABLE chunks ADD COLUMN context TEXT NOT NULL DEFAULT ''")
         self.db.execute("DROP TABLE IF EXISTS chunks_fts")
         self.db.execute(FTS_SCHEMA)
+        self.db.execute(FTS_RANK)
         n = 0
-        cursor = self.db.execute("SELECT id, context, text FROM chunks ORDER BY id")
+        sql = (
+            "SELECT c.id, d.name, c.context, c.text FROM chunks c "
+            "JOIN documents d ON d.id = c.doc_id ORDER BY c.id"
+        )
+        cursor = self.db.execute(sql)
+        insert = "INSERT INTO chunks_fts (rowid, title, body) VALUES (?, ?, ?)"
         while batch := cursor.fetchmany(1000):
-            rows = [(i, index_text(contextual(c, t))) for i, c, t in batch]
-            self.db.executemany("INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)", rows)
+            rows = [(i, *fts_row(name, c, t)) for i, name, c, t in batch]
+            self.db.executemany(insert, rows)
             n += len(rows)
         self.db.execute("INSERT OR REPLACE INTO state VALUES ('lexical', ?)", (LEXICAL_VERSION,))
         return n

@@ -326,7 +326,7 @@ class Collection:
             with self._meta.transaction():
                 removed = self._meta.delete_document(old_id) if old_id else np.zeros(0, np.int64)
                 self._meta.insert_document(doc)
-                self._meta.insert_chunks(doc.id, chunks, ids, rows)
+                self._meta.insert_chunks(doc.id, chunks, ids, rows, doc.name)
                 self._meta.set_state(
                     generation=state.generation + 1,
                     n_rows=state.n_rows + n,

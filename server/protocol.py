@@ -85,7 +85,8 @@ class ChatCompletionRequest(_Request):
     function_call: str | dict[str, Any] | None = only({"enum": ["none", None]}, default=None)
     functions: list[dict[str, Any]] | None = only({"maxItems": 0}, default=None)
     logit_bias: dict[str, float] | None = only({"maxProperties": 0}, default=None)
-    logprobs: bool | None = only({"enum": [False, None]}, default=None)
+    logprobs: bool | None = None
+    """Return each output token's log-probability (in `choices[].logprobs.content`)."""
     max_completion_tokens: json_int(ge=1) | None = None
     max_tokens: json_int(ge=1) | None = None
     metadata: dict[str, Any] | None = None
@@ -107,7 +108,8 @@ class ChatCompletionRequest(_Request):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     tool_choice: str | dict[str, Any] | None = only({"enum": ["none", None]}, default=None)
     tools: list[dict[str, Any]] | None = only({"maxItems": 0}, default=None)
-    top_logprobs: json_int(ge=0, le=20) | None = only({"maximum": 0}, default=None)
+    top_logprobs: json_int(ge=0, le=20) | None = None
+    """With each token, this many most likely alternatives (implies logprobs)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = None
 
@@ -140,8 +142,6 @@ class ChatCompletionRequest(_Request):
         for name in ("tool_choice", "function_call"):
             if getattr(self, name) not in (None, "none"):
                 refuse(name, "tool / function calling")
-        if self.logprobs or self.top_logprobs:
-            refuse("logprobs" if self.logprobs else "top_logprobs", "logprobs")
         if self.logit_bias:
             refuse("logit_bias", "logit_bias")
         for name in ("frequency_penalty", "presence_penalty"):
@@ -196,6 +196,8 @@ class ChatCompletionRequest(_Request):
             seed=None if self.seed is None else self.seed % 2**32,  # any int: MLX's range
             stop=stop,
             ignore_eos=self.ignore_eos,
+            logprobs=bool(self.logprobs or self.top_logprobs),
+            top_logprobs=self.top_logprobs or 0,
         )
 
 
@@ -230,6 +232,8 @@ class RagParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 # ---- chat completion response ------------------------------------------------------------
@@ -283,10 +287,25 @@ class ChatCompletionMessage(_Response):
     sources: list[Source] = Field(default_factory=list)
 
 
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(_Response):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
 class Choice(_Response):
     index: int = 0
     message: ChatCompletionMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
@@ -324,7 +343,7 @@ class DeltaMessage(_Response):
 class ChunkChoice(_Response):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

@@ -104,7 +104,7 @@ class ResponseCreateRequest(_Request):
     model: str | None = None
     background: bool | None = only({"enum": [False, None]}, default=None)
     conversation: str | dict[str, Any] | None = only(NULL, default=None)
-    include: list[Literal["file_search_call.results"]] | None = None
+    include: list[Literal["file_search_call.results", "message.output_text.logprobs"]] | None = None
     instructions: str | None = None
     max_output_tokens: json_int(ge=1) | None = None
     max_tool_calls: json_int(ge=1) | None = only(NULL, default=None)
@@ -137,8 +137,11 @@ class ResponseCreateRequest(_Request):
         },
         default=None,
     )
-    tools: list[FileSearchTool] | None = None
-    top_logprobs: json_int(ge=0, le=0) | None = None
+    tools: list[FileSearchTool] | None = only({"maxItems": 1}, default=None)
+    """One file_search tool (clara calls no other tools)."""
+    top_logprobs: json_int(ge=0, le=20) | None = None
+    """With each output token's logprob (include "message.output_text.logprobs"), this many
+    most likely alternatives (implies the logprobs)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None

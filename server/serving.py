@@ -28,6 +28,7 @@ from server.protocol import (
     ChatCompletionMessage,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
     Embedding,
@@ -39,6 +40,8 @@ from server.protocol import (
     RetrievalInfo,
     ServingDefaults,
     Source,
+    TokenLogprob,
+    TopLogprob,
     URLCitation,
     Usage,
     completion_id,
@@ -128,6 +131,7 @@ class _Reply:
     fingerprint: str
     ready: Ready
     retrieval: RetrievalInfo
+    logprobs: bool = False
 
 
 class OpenAIServing:
@@ -146,6 +150,7 @@ class OpenAIServing:
         self.keepalive_s = keepalive_s
         self.metrics = engine.metrics
         self.created = int(time.time())
+        self.accept_any_model = False  # --accept-any-model: answer whatever model is named
 
     # ---- models ----------------------------------------------------------------------------
     def model_names(self) -> set[str]:
@@ -155,7 +160,7 @@ class OpenAIServing:
         return names
 
     def check_model(self, model: str | None) -> None:
-        if model is not None and model not in self.model_names():
+        if model is not None and not self.accept_any_model and model not in self.model_names():
             raise APIError(
                 404,
                 f"The model '{model}' does not exist; this server serves "
@@ -211,6 +216,7 @@ class OpenAIServing:
                 detail=r.detail,
                 retrieval_mode=params.retrieval_mode,
             ),
+            logprobs=params.logprobs,
         )
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -247,6 +253,7 @@ class OpenAIServing:
         self, job: Job, reply: _Reply, request: Request, start: float
     ) -> ChatCompletion:
         text: list[str] = []
+        tokens: list[TokenLogprob] = []
         first: float | None = None
         try:
             while True:
@@ -258,6 +265,8 @@ class OpenAIServing:
                 if isinstance(event, GenerationChunk):
                     first = first or time.perf_counter()
                     text.append(event.text)
+                    if reply.logprobs and event.logprob is not None:
+                        tokens.append(self._logprob(event))
                     if event.finish_reason is not None:
                         break
         finally:
@@ -274,7 +283,13 @@ class OpenAIServing:
             id=reply.id,
             created=reply.created,
             model=reply.model,
-            choices=[Choice(message=message, finish_reason=event.finish_reason)],
+            choices=[
+                Choice(
+                    message=message,
+                    finish_reason=event.finish_reason,
+                    logprobs=ChoiceLogprobs(content=tokens) if reply.logprobs else None,
+                )
+            ],
             usage=Usage(
                 prompt_tokens=event.prompt_positions,
                 completion_tokens=event.generation_tokens,
@@ -283,6 +298,23 @@ class OpenAIServing:
             system_fingerprint=reply.fingerprint,
             retrieval=reply.retrieval,
         )
+
+    def _token(self, token_id: int) -> TopLogprob:
+        text = self.engine.worker.cm.tokenizer.decode([token_id])
+        return TopLogprob(token=text, logprob=0.0, bytes=list(text.encode()))
+
+    def _logprob(self, chunk: GenerationChunk) -> TokenLogprob:
+        """The OpenAI logprobs entry of the chunk's token (and its best alternatives)."""
+        top = []
+        for token_id, logprob in chunk.top_logprobs or []:
+            alt = self._token(token_id)
+            alt.logprob = round(float(logprob), 6)
+            top.append(alt)
+        entry = self._token(chunk.token)
+        return TokenLogprob(
+            token=entry.token, logprob=round(float(chunk.logprob), 6), bytes=entry.bytes,
+            top_logprobs=top,
+        )  # fmt: skip
 
     def _chunk(self, reply: _Reply, delta: DeltaMessage | None, **fields) -> ChatCompletionChunk:
         choices = [] if delta is None else [ChunkChoice(delta=delta, **fields)]
@@ -315,9 +347,14 @@ class OpenAIServing:
                 if not isinstance(event, GenerationChunk):
                     continue
                 first = first or time.perf_counter()
-                if event.text:
+                token = (
+                    self._logprob(event) if reply.logprobs and event.logprob is not None else None
+                )
+                if event.text or token is not None:
                     length += len(event.text)
-                    yield _sse(self._chunk(reply, DeltaMessage(content=event.text)))
+                    logprobs = ChoiceLogprobs(content=[token]) if token is not None else None
+                    delta = DeltaMessage(content=event.text)
+                    yield _sse(self._chunk(reply, delta, logprobs=logprobs))
                 if event.finish_reason is None:
                     continue
                 sources = sources_of(reply.ready)

@@ -145,6 +145,9 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
         "papers", query="train timetable", extra_body={"retrieval_mode": "lexical"}
     )
     assert [r.file_id for r in lexical.data] == [train.id]  # only it has the words
+    weights = {"hybrid_search": {"embedding_weight": 2.0, "text_weight": 0.0}}
+    weighted = client.vector_stores.search("papers", query=WATER, ranking_options=weights)
+    assert [r.score for r in weighted.data] == pytest.approx([2 / 61, 2 / 62], abs=1e-5)
     assert top.attributes["page_start"] == top.attributes["page_end"] == 1
     assert str(top.attributes["document_id"]).startswith("doc-")
     rail = client.vector_stores.search("papers", query=TRAIN, max_num_results=1).data[0]

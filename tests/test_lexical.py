@@ -183,3 +183,27 @@ def test_clara_index_says_so_in_one_line_when_it_upgrades(tmp_path: Path, capsys
                    "indexes made before hybrid search lack"]  # fmt: skip
     assert main(["list", "--index", str(tmp_path), "--collection", "main"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_document_name_and_context_count_more_than_the_text(tmp_path: Path):
+    vecs = np.zeros((1, N_MEM, D))
+    with Collection.open(tmp_path, "c", manifest=MANIFEST, create=True) as col:
+        text = "Pasta, pasta and more pasta: the sauce recipes are below."
+        col.add_document(None, "kitchen.txt", "s1", [ChunkRecord(text)], vecs + 1)
+        col.add_document(None, "pasta-recipes.md", "s2", [ChunkRecord("Boil it.")], vecs + 2)
+        col.add_document(None, "x.txt", "s3", [ChunkRecord("Water.", context="Sauce Recipes")],
+                         vecs + 3)  # fmt: skip
+        assert top_docs(col, "pasta recipes", k=3)[0] == "pasta-recipes.md"
+        assert top_docs(col, "sauce recipes", k=3)[0] == "x.txt"
+
+
+def test_a_full_text_table_of_an_older_version_is_rebuilt(tmp_path: Path):
+    with Collection.open(tmp_path, "main", manifest=MANIFEST, create=True) as col:
+        add(col, "cooking")
+    db = sqlite3.connect(tmp_path / "main" / "meta.sqlite")
+    db.execute("UPDATE state SET value=1 WHERE key='lexical'")
+    db.commit()
+    db.close()
+    with Collection.open(tmp_path, "main", manifest=MANIFEST) as col:
+        assert "built its full-text index (1 chunks)" in col.notes[0]
+        assert top_docs(col, "pasta") == ["cooking"]

@@ -353,6 +353,32 @@ def test_seeded_sampling_is_reproducible(client: openai.OpenAI) -> None:
 
 
 # ---- errors --------------------------------------------------------------------------------
+def test_logprobs_plain_and_streamed(client: openai.OpenAI) -> None:
+    kw = dict(model=MODEL, messages=ask(RIVER), max_tokens=6, logprobs=True, top_logprobs=3)
+    resp = client.chat.completions.create(**kw)
+    tokens = resp.choices[0].logprobs.content
+    assert len(tokens) == resp.usage.completion_tokens
+    for t in tokens:
+        assert t.logprob <= 0 and t.bytes == list(t.token.encode())
+        assert [a.logprob for a in t.top_logprobs] == sorted(
+            [a.logprob for a in t.top_logprobs], reverse=True
+        )
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token  # greedy: the best
+        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob)
+    streamed = [
+        entry
+        for chunk in client.chat.completions.create(**kw, stream=True)
+        for choice in chunk.choices
+        if choice.logprobs is not None
+        for entry in choice.logprobs.content
+    ]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == [
+        (t.token, round(t.logprob, 4)) for t in tokens
+    ]
+    plain = client.chat.completions.create(model=MODEL, messages=ask(RIVER), max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+
 def test_malformed_json_is_400(server: ServerProcess) -> None:
     err = assert_error(post(server, "/v1/chat/completions", b'{"messages": [}'), 400)
     assert "JSON" in err["message"]
@@ -370,7 +396,7 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
             "tools",
         ),
         ({"messages": ask("hi"), "tool_choice": "required"}, "tool_choice"),
-        ({"messages": ask("hi"), "logprobs": True}, "logprobs"),
+        ({"messages": ask("hi"), "top_logprobs": 21}, "top_logprobs"),
         ({"messages": ask("hi"), "temperature": 3}, "temperature"),
         ({"messages": ask("hi"), "max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.[0].role"),
