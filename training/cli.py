@@ -105,6 +105,13 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         "random batches (default: on)",
     )
     o.add_argument(
+        "--pass-size",
+        type=int,
+        default=None,
+        help="examples per forward/backward pass inside a batch (same gradients; 1 is fastest "
+        "on a CPU; default: the whole batch)",
+    )
+    o.add_argument(
         "--save-every", type=int, default=0, help="checkpoint every N steps (default: end only)"
     )
     o.add_argument("--stop-after", type=int, help="stop with a checkpoint after step N")
@@ -207,6 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         grad_checkpoint=args.grad_checkpoint,
         quiet=args.quiet,
         length_buckets=args.length_buckets,
+        pass_size=args.pass_size,
         extra={"data": str(Path(args.data).resolve()), "init_from": args.checkpoint},
     )
     clara_config = ClaraConfig(
