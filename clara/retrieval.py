@@ -35,6 +35,10 @@ class Fusion:
         if self.depth < 1:
             raise ValueError(f"fusion depth must be at least 1, got {self.depth}")
 
+    def score(self, ranks: Mapping[str, int | None]) -> float:
+        """The fused score of an item with these 1-based ranks (None: not returned)."""
+        return sum(self.weights.get(n, 1.0) / (self.k + r) for n, r in ranks.items() if r)
+
 
 @dataclass(frozen=True)
 class Fused:
