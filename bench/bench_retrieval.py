@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     fusion, tuning = Fusion(), None
     index = args.cache / "index"
     if args.tune:
-        with Collection.open(index, "apple", readonly=True) as col:
+        with Collection.open(index, "apple", cm.manifest(), readonly=True) as col:
             train = [(apple_name(n), q) for n, q in apple_train_questions()][::8]
             vecs = encode(cm, args.cache, "apple-train", [q for _, q in train])
             indexed = {d.name for d in col.list_documents()}
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     for which, qs in questions.items():
         all_texts = [q for _, q in qs]
         all_vecs = encode(cm, args.cache, which, all_texts)
-        with Collection.open(index, which, readonly=True) as col:
+        with Collection.open(index, which, cm.manifest(), readonly=True) as col:
             stats = col.stats()
             indexed = {d.name for d in col.list_documents()}
             keep = [i for i, (g, _) in enumerate(qs) if g in indexed]

@@ -1,17 +1,21 @@
-"""End-to-end serving benchmark through HTTP: clara-serve vs mlx_lm.server.
+"""End-to-end serving benchmark through HTTP: clara-serve vs llama.cpp and mlx_lm.server.
 
-Three systems answer the same questions from the same retrieved chunks (top 5 of a small index
+Four systems answer the same questions from the same retrieved chunks (top 5 of a small index
 of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 new tokens each
 (EOS ignored so every answer has the same length):
 
 - clara memory: clara-serve, the generator reads the chunks' compressed memories (CLaRa, 16x)
 - clara text:   clara-serve `mode: "text"`, the chunks' raw text in the base model's prompt
-- mlx_lm.server: `python -m mlx_lm.server` given that same text prompt, same float32 weights
+- llama.cpp:    llama-cpp-python's OpenAI server on the same GGUF, given that text prompt
+                (built into its own venv under /work/cache when missing; skipped if it cannot be)
+- mlx_lm.server: `python -m mlx_lm.server` given that text prompt, same float32 weights
 
-Measured per system at 1, 4 and 8 concurrent clients: time to first token and end-to-end
-latency per request (medians), requests/s and generated tokens/s over the wall time.
+Per system and number of concurrent clients (closed loop: each client sends its next request
+when the last one ends): time to first token p50/p99, single-stream decode tokens/s (per
+request: tokens after the first / time after the first), end-to-end latency p50, aggregate
+generated tokens/s over the wall time. Then the issue's four targets as ratios of this run.
 
-    python bench/bench_server.py                 # appends a table to BENCHMARKS.md
+    python bench/bench_server.py                 # appends the tables to BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -35,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
 from _common import ROOT, append_report, markdown_table  # noqa: E402
 
 CHUNK_TOKENS = 256
-SYSTEMS = ("clara memory", "clara text", "mlx_lm.server")
+SYSTEMS = ("clara memory", "clara text", "llama.cpp", "mlx_lm.server")
+LLAMA_VENV = Path("/work/cache/llama-cpp-venv")
+EOS_BIAS = {"0": -1e9, "2": -1e9}  # SmolLM2's <|endoftext|>, <|im_end|>: 32 tokens for all
 
 
 def free_port() -> int:
@@ -154,9 +161,17 @@ async def level(url: str, bodies: list[dict], concurrency: int) -> dict:
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     completion = [r["usage"].get("completion_tokens", 0) for r in results]
+    ttfts = sorted(r["ttft"] for r in results)
+    decode = [
+        (n - 1) / (r["latency"] - r["ttft"])
+        for r, n in zip(results, completion)
+        if n > 1 and r["latency"] > r["ttft"]
+    ]
     return {
         "requests": len(results),
-        "ttft": statistics.median(r["ttft"] for r in results),
+        "ttft": statistics.median(ttfts),
+        "ttft_p99": ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))],
+        "decode": statistics.median(decode) if decode else float("nan"),
         "latency": statistics.median(r["latency"] for r in results),
         "prompt": statistics.mean(r["usage"].get("prompt_tokens", 0) for r in results),
         "completion": statistics.mean(completion),
@@ -172,13 +187,13 @@ def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -
     common["stream_options"] = {"include_usage": True}
     out = []
     for q, chunks in zip(questions, retrieved):
-        if system == "mlx_lm.server":  # the prompt clara's text mode builds, sent as messages
+        if system in ("mlx_lm.server", "llama.cpp"):  # clara's text-mode prompt, as messages
             user = "Background:\n" + "\n".join(chunks) + f"\n\nQuestion:{q}"
             messages = [
                 {"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": user},
             ]
-            out.append({**common, "messages": messages, "logit_bias": {"2": -1e9}})
+            out.append({**common, "messages": messages, "logit_bias": EOS_BIAS})
         else:
             mode = "memory" if system == "clara memory" else "text"
             messages = [{"role": "user", "content": q}]
@@ -188,77 +203,160 @@ def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -
     return out
 
 
+def llama_cpp_python() -> Path | None:
+    """The llama-cpp-python venv's interpreter, built (minutes: it compiles llama.cpp) when
+    missing; None, said aloud, if it cannot be built."""
+    python = LLAMA_VENV / "bin" / "python"
+    check = [str(python), "-c", "import llama_cpp.server"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    print(f"building llama-cpp-python[server] into {LLAMA_VENV} (compiles llama.cpp) ...")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q", "llama-cpp-python[server]"]
+        subprocess.run(pip, check=True, timeout=3600)
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"llama.cpp skipped: could not build llama-cpp-python ({exc})")
+        return None
+    return python
+
+
+def server_command(system: str, port: int, index: Path, f32: Path, gguf: Path, python):
+    if system == "mlx_lm.server":
+        # `import clara` first: the same OpenBLAS fast path clara-serve gets (the wheel's
+        # reference BLAS is ~50x slower); prompt cache off: every request prefills it all.
+        run = "import clara; from mlx_lm.server import main; main()"
+        cmd = [sys.executable, "-c", run, "--model", str(f32), "--port", str(port)]
+        return cmd + ["--prompt-cache-size", "0"], f"http://127.0.0.1:{port}/health"
+    if system == "llama.cpp":
+        cmd = [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port)]
+        cmd += ["--n_ctx", "4096", "--n_threads", str(os.cpu_count())]
+        return cmd, f"http://127.0.0.1:{port}/v1/models"
+    cmd = [sys.executable, "-m", "server.cli", "--index", str(index), "--port", str(port)]
+    cmd += ["--queue-size", "64", "--log-level", "warning"]
+    return cmd, f"http://127.0.0.1:{port}/health"
+
+
+def targets(rows: dict, compression: float | None) -> str:
+    """The issue's four targets as measured in this run."""
+
+    def get(system, clients, key):
+        r = rows.get((system, clients))
+        return r[key] if r else float("nan")
+
+    mem1 = get("clara memory", 1, "decode")
+    llama = get("llama.cpp", 1, "decode")
+    agg1, agg8 = get("clara memory", 1, "tps"), get("clara memory", 8, "tps")
+    t1, t8 = get("clara memory", 1, "ttft"), get("clara memory", 8, "ttft")
+    lat_mem, lat_llama = get("clara memory", 1, "latency"), get("llama.cpp", 1, "latency")
+    lines = [
+        ["single-stream decode (clara memory)", f"{mem1:.1f} tok/s", ">= 20 tok/s"],
+        ["  vs llama.cpp's", f"{mem1 / llama:.2f}x ({llama:.1f} tok/s)", ">= 0.4x"],
+        ["8 clients aggregate vs 1 client", f"{agg8 / agg1:.2f}x", ">= 5x"],
+        ["8 clients TTFT p50 vs 1 client", f"{t8 / t1:.2f}x", "<= 3x"],
+        ["memory e2e latency vs llama.cpp text RAG", f"{lat_mem / lat_llama:.2f}x", "<= 0.5x"],
+    ]
+    if compression is not None:
+        lines.append(["compression (256-token chunks)", f"{compression:.2f} chunks/s", ">= 2.5"])
+    return markdown_table(["target", "measured", "goal"], lines)
+
+
+def compression_speed(n: int = 8) -> float:
+    """Compressor chunks/s on `n` chunks of 256 tokens at the default batch setting."""
+    from pydoc_data.topics import topics
+
+    from clara.checkpoint import load_clara
+
+    cm = load_clara("smollm2-135m")
+    texts = []
+    for name in sorted(topics):
+        ids = cm.tokenize([topics[name]])[0]
+        if len(ids) >= CHUNK_TOKENS:
+            texts.append(cm.tokenizer.decode(ids[:CHUNK_TOKENS]))
+        if len(texts) == n:
+            break
+    cm.compress(texts[:2])
+    start = time.perf_counter()
+    cm.compress(texts)
+    return n / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--chunks", type=int, default=24, help="chunks to index (default: 24)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--levels", default="1,4,8", help="concurrent clients (default: 1,4,8)")
-    p.add_argument("--min-requests", type=int, default=1, help="requests per level at least")
+    p.add_argument("--levels", default="1,4,8,16", help="clara memory's clients (1,4,8,16)")
+    p.add_argument(
+        "--other-levels", default="1,8", help="clients for the other systems (default: 1,8)"
+    )
+    p.add_argument("--min-requests", type=int, default=3, help="requests per level at least")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
     args = p.parse_args(argv)
-    levels = [int(x) for x in args.levels.split(",")]
-    n_requests = [max(c, args.min_requests) for c in levels]
+    from clara.gguf import default_gguf_path
+
+    load_before = os.getloadavg()
+    systems = args.systems.split(",")
+    plan = {
+        s: [int(x) for x in (args.levels if s == "clara memory" else args.other_levels).split(",")]
+        for s in systems
+    }
+    most = max(sum(max(c, args.min_requests) for c in levels) for levels in plan.values())
     tmp = Path(tempfile.mkdtemp(prefix="clara-bench-server-"))
     questions, retrieved = build_index(
-        tmp / "index", tmp / "docs", args.chunks, sum(n_requests) + 1, args.top_k
+        tmp / "index", tmp / "docs", args.chunks, most + 1, args.top_k
     )
-    f32 = float32_copy(tmp / "smollm2-f32")
+    f32 = float32_copy(tmp / "smollm2-f32") if "mlx_lm.server" in systems else None
+    python = llama_cpp_python() if "llama.cpp" in systems else None
+    results: dict = {}
     rows = []
-    for system in args.systems.split(","):
+    for system in systems:
+        if system == "llama.cpp" and python is None:
+            continue
         port = free_port()
-        if system == "mlx_lm.server":
-            # `import clara` first: the same OpenBLAS fast path clara-serve gets (the wheel's
-            # reference BLAS is ~50x slower); prompt cache off: every request prefills it all.
-            run = "import clara; from mlx_lm.server import main; main()"
-            cmd = [sys.executable, "-c", run, "--model", str(f32), "--port", str(port)]
-            cmd += ["--prompt-cache-size", "0"]
-            health = f"http://127.0.0.1:{port}/health"
-        else:
-            cmd = [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "--index",
-                str(tmp / "index"),
-                "--port",
-                str(port),
-            ]
-            cmd += ["--queue-size", "64", "--log-level", "warning"]
-            health = f"http://127.0.0.1:{port}/health"
+        cmd, health = server_command(system, port, tmp / "index", f32, default_gguf_path(), python)
         proc = start(cmd, health, tmp / f"{system.replace(' ', '-')}.log")
         try:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             bodies = bodies_for(system, questions, retrieved, args.max_tokens, args.top_k)
             asyncio.run(level(url, [{**bodies[0], "max_tokens": 2}], 1))  # warm-up, not measured
             used = 1
-            for concurrency, n in zip(levels, n_requests):
+            for concurrency in plan[system]:
+                n = max(concurrency, args.min_requests)
                 r = asyncio.run(level(url, bodies[used : used + n], concurrency))
                 used += n
+                results[(system, concurrency)] = r
                 print(system, concurrency, r, flush=True)
                 rows.append(
                     [system, concurrency, r["requests"], f"{r['prompt']:.0f}", f"{r['completion']:.0f}",
-                     f"{r['ttft']:.2f}", f"{r['latency']:.2f}", f"{r['rps']:.3f}", f"{r['tps']:.1f}"]
+                     f"{r['ttft']:.2f}", f"{r['ttft_p99']:.2f}", f"{r['decode']:.1f}",
+                     f"{r['latency']:.2f}", f"{r['tps']:.1f}"]
                 )  # fmt: skip
         finally:
             stop(proc)
-    headers = ["system", "clients", "requests", "prompt positions", "new tokens", "TTFT s (p50)",
-               "latency s (p50)", "req/s", "tok/s"]  # fmt: skip
-    table = markdown_table(headers, rows)
+    compression = compression_speed()
+    load_after = os.getloadavg()
+    headers = ["system", "clients", "requests", "prompt positions", "new tokens", "TTFT p50 s",
+               "TTFT p99 s", "decode tok/s (per request)", "latency p50 s",
+               "aggregate tok/s"]  # fmt: skip
+    table = markdown_table(headers, rows) + "\n\n" + targets(results, compression)
     notes = (
         f"Index: {args.chunks} chunks of ~{CHUNK_TOKENS} tokens (Python doc topics), top-{args.top_k} "
         f"retrieval, {args.max_tokens} new tokens per answer (EOS ignored), greedy, streaming over "
-        "HTTP on localhost. clara-serve runs one generation at a time (FIFO); mlx_lm.server batches "
-        "concurrent requests (its prompt cache is off: every request prefills its whole "
-        "prompt, as in clara-serve) and runs with the same OpenBLAS as clara. Untrained CLaRa "
-        "adapters: speed only, not answer quality. Machine shared with other jobs: treat differences under ~20% as noise."
+        "HTTP on localhost, closed-loop clients. clara-serve decodes concurrent requests as one "
+        "continuous batch; llama-cpp-python's server answers one request at a time; "
+        "mlx_lm.server batches (its prompt cache off, as every request has new chunks) with the "
+        "same OpenBLAS as clara. llama.cpp runs the GGUF's 4-bit weights, clara and mlx_lm "
+        f"float32. Load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min): "
+        "the machine is shared with other jobs, so absolute figures are pessimistic and noisy; "
+        "the ratios compare systems measured minutes apart in one run."
     )
     if args.no_report:
         print(table + "\n\n" + notes)
     else:
         append_report(
-            "Serving: clara-serve (memory / text) vs mlx_lm.server, end to end", table, notes
+            "Serving: clara-serve vs llama.cpp and mlx_lm.server, end to end", table, notes
         )
     return 0
 

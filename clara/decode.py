@@ -281,6 +281,7 @@ class Decoder:
         logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
         y, lp = self._sample(logits, seqs)
         mx.async_eval(y, *lp)  # runs while the current tokens are detokenized and sent
+        mx.eval(self._y)  # waits with the GIL released (the server's event loop runs meanwhile)
         tokens = self._y.tolist()
         self._y = y
         out = []

@@ -291,20 +291,46 @@ class ClaraModel(nn.Module):
         if not texts:
             return mx.zeros((0, self.n_mem, self.hidden_size))
         ids = self.tokenize(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
         out: list[mx.array | None] = [None] * len(ids)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in length_buckets([len(t) for t in ids], batch_size):
             mem = self.encode_tokens([ids[i] for i in batch], adapter).memory
             mx.eval(mem)
             for j, i in enumerate(batch):
                 out[i] = mem[j]
         return mx.stack(out)
 
-    def compress(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
-        """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter."""
-        return self._encode_texts(texts, "compressor", batch_size)
+    def compress(self, texts: Sequence[str], batch_size: int | None = None) -> mx.array:
+        """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter, in
+        length-bucketed forward passes of `batch_size` (default: `compress_batch()`)."""
+        return self._encode_texts(texts, "compressor", batch_size or compress_batch())
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
         """Questions -> query memory vectors `(N, n_mem, d)` with the query adapter."""
         return self._encode_texts(texts, "query", batch_size)
+
+
+def compress_batch() -> int:
+    """Chunks per compressor forward pass: measured best is 1 on the CPU (float32 gemms with
+    ~2k rows run at half the speed per row of ~270 rows here: BENCHMARKS.md), 8 on a GPU.
+    `CLARA_COMPRESS_BATCH` overrides."""
+    import os
+
+    value = os.environ.get("CLARA_COMPRESS_BATCH", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return 1 if mx.default_device() == mx.cpu else 8
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int, slack: float = 1.25) -> list[list[int]]:
+    """Indices grouped into batches of at most `batch_size` whose longest row is at most
+    `slack` x (+8 tokens) the shortest, shortest first: left padding wastes little work."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            last = batches[-1]
+            if len(last) < batch_size and lengths[i] <= slack * lengths[last[0]] + 8:
+                last.append(i)
+                continue
+        batches.append([i])
+    return batches

@@ -48,7 +48,7 @@ STAGING = ".recompress"
 class IndexOptions:
     chunk_tokens: int | None = None  # None: doc_max_tokens less room for the context line
     overlap: int = 32
-    batch_size: int = 8  # chunks per compressor pass
+    batch_size: int = 8  # chunks per step (the model picks its forward-pass batch)
     password: str | None = None  # for encrypted PDFs
     dedupe: bool = True  # skip a new path whose content is already indexed under another
 
@@ -129,10 +129,11 @@ def chunk_limits(cm: Any, chunk_tokens: int | None, overlap: int) -> tuple[int, 
 
 
 def compress(cm: Any, texts: list[str]) -> np.ndarray:
-    """Chunk texts -> memories (N, n_mem, d) float32, in one compressor pass."""
+    """Chunk texts -> memories (N, n_mem, d) float32; the model picks its forward batch
+    (`clara.model.compress_batch`: the measured best for this device)."""
     import mlx.core as mx
 
-    return np.array(cm.compress(texts, batch_size=max(1, len(texts))).astype(mx.float32))
+    return np.array(cm.compress(texts).astype(mx.float32))
 
 
 def contextual_text(chunk: Any) -> str:

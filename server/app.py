@@ -118,6 +118,7 @@ def create_app(
     responses_db: Path | None = None,
     files_api: bool = True,
     max_upload_bytes: int = 100 * 2**20,
+    accept_any_model: bool = False,
 ) -> FastAPI:
     """The clara-serve app; the model loads in the lifespan, on the MLX worker thread.
     Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`).
@@ -130,6 +131,7 @@ def create_app(
     serving = OpenAIServing(
         engine, defaults, served_model_name or served_name(settings.model), keepalive_s
     )
+    serving.accept_any_model = accept_any_model
     store = ResponseStore(responses_db or home() / "responses.sqlite")
     files = _files_service(settings, engine, max_upload_bytes) if files_api else None
 
@@ -149,7 +151,7 @@ def create_app(
     )
     app.state.engine = engine
     app.state.serving = serving
-    app.state.responses = ResponsesServing(serving, store)
+    app.state.responses = ResponsesServing(serving, store, files)
     app.add_middleware(Gate, api_key=api_key, metrics=engine.metrics)
     install_error_handlers(app)
     if files is not None:

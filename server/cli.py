@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         "GET /v1/responses/{id} (default: $CLARA_HOME/responses.sqlite)",
     )
     net.add_argument(
+        "--accept-any-model",
+        action="store_true",
+        help="answer requests whatever model they name (e.g. code written for OpenAI that "
+        "asks for gpt-4.1), instead of 404 model_not_found; answers name the served model",
+    )
+    net.add_argument(
         "--no-files-api",
         dest="files_api",
         action="store_false",
@@ -196,6 +202,7 @@ def serve(args: argparse.Namespace) -> int:
         keepalive_s=args.sse_keepalive,
         responses_db=Path(args.responses_db).expanduser() if args.responses_db else None,
         files_api=args.files_api,
+        accept_any_model=args.accept_any_model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
     return serve_http(app, app.state.engine, args)

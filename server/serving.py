@@ -150,6 +150,7 @@ class OpenAIServing:
         self.keepalive_s = keepalive_s
         self.metrics = engine.metrics
         self.created = int(time.time())
+        self.accept_any_model = False  # --accept-any-model: answer whatever model is named
 
     # ---- models ----------------------------------------------------------------------------
     def model_names(self) -> set[str]:
@@ -159,7 +160,7 @@ class OpenAIServing:
         return names
 
     def check_model(self, model: str | None) -> None:
-        if model is not None and model not in self.model_names():
+        if model is not None and not self.accept_any_model and model not in self.model_names():
             raise APIError(
                 404,
                 f"The model '{model}' does not exist; this server serves "

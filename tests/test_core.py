@@ -254,3 +254,20 @@ def test_center_memory_fits_the_mean_and_round_trips(tiny_base, tiny_llama_dir, 
     np.testing.assert_array_equal(np.array(loaded.compress(DOCS)), out)
     with pytest.raises(ClaraError, match="without center_memory"):
         plain.fit_memory_center(plain.tokenize(DOCS))
+
+
+def test_length_buckets_group_similar_lengths() -> None:
+    from clara.model import length_buckets
+
+    lengths = [250, 10, 12, 240, 200, 11]
+    assert length_buckets(lengths, 2) == [[1, 5], [2], [4, 3], [0]]
+    assert length_buckets(lengths, 8) == [[1, 5, 2], [4, 3, 0]]
+    assert length_buckets([], 4) == []
+
+
+def test_bucketed_compression_matches_one_at_a_time(cm) -> None:
+    texts = [DOCS[0], DOCS[1] * 3, DOCS[2], DOCS[0] * 2]
+    batched = cm.compress(texts, batch_size=4)
+    for i, text in enumerate(texts):
+        alone = cm.compress([text], batch_size=1)[0]
+        np.testing.assert_allclose(np.array(batched[i]), np.array(alone), atol=2e-5, rtol=1e-4)

@@ -1,5 +1,6 @@
-"""LangChain's ChatOpenAI (a client nobody here wrote) against a real clara-serve: chat
-completions and the Responses API, plain and streamed, with only base_url and the key set.
+"""LangChain's ChatOpenAI and LlamaIndex's OpenAILike (clients nobody here wrote) against a
+real clara-serve: chat completions (and, for LangChain, the Responses API), plain and
+streamed, with only the base URL and the key set.
 A tiny random model answers gibberish; what is checked is that the framework gets answers.
 """
 
@@ -48,3 +49,21 @@ def test_langchain_chat_openai(server: ServerProcess, responses_api: bool) -> No
     endpoint = "/v1/responses" if responses_api else "/v1/chat/completions"
     metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
     assert metric(metrics.text, "clara_requests_total", endpoint=endpoint, status="200") >= 2
+
+
+def test_llamaindex_openai_like(server: ServerProcess) -> None:
+    openai_like = pytest.importorskip("llama_index.llms.openai_like", reason="make install")
+    from llama_index.core.llms import ChatMessage
+
+    llm = openai_like.OpenAILike(
+        model=MODEL, api_base=f"{server.url}/v1", api_key=API_KEY, is_chat_model=True,
+        temperature=0.0, max_retries=0, timeout=60,
+    )  # fmt: skip
+    messages = [ChatMessage(role="system", content="Answer briefly."),
+                ChatMessage(role="user", content=DOCS[0][1])]  # fmt: skip
+    answer = llm.chat(messages)
+    assert answer.message.content
+    sources = answer.raw.choices[0].message.model_extra["sources"]  # clara's extension
+    assert sources[0]["filename"] == "river.txt"
+    streamed = "".join(chunk.delta or "" for chunk in llm.stream_chat(messages))
+    assert streamed == answer.message.content  # greedy: the same answer, token by token

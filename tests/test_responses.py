@@ -26,7 +26,7 @@ def tmp(tmp_path_factory: pytest.TempPathFactory):
 def start_server(tmp, tiny_llama_dir, *args: str) -> ServerProcess:
     return ServerProcess(
         "--model", str(tiny_llama_dir), "--index", str(tmp / "index"), "--api-key", API_KEY,
-        "--max-tokens", "8", "--served-model-name", MODEL, "--responses-db", str(tmp / "responses.sqlite"), *args,
+        "--max-tokens", "8", "--served-model-name", MODEL, "--accept-any-model", "--responses-db", str(tmp / "responses.sqlite"), *args,
         env={"CLARA_HOME": str(tmp / "home")}, log=tmp / f"server-{free_port()}.log",
     ).wait_ready()  # fmt: skip
 
@@ -67,6 +67,32 @@ def knowledge_base(client: openai.OpenAI, tmp) -> tuple[str, str]:
 def post(server: ServerProcess, body: dict) -> httpx.Response:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     return httpx.post(f"{server.url}/v1/responses", json=body, headers=headers, timeout=60)
+
+
+def test_openai_guide_code_unchanged(client: openai.OpenAI, tmp) -> None:
+    """The steps of OpenAI's file_search guide as written there: no polling between attaching
+    the file and asking (file_search waits for the store's indexing jobs), an OpenAI model
+    name (--accept-any-model), the answer cites the file."""
+    path = tmp / "deep_research.md"  # long enough to be indexed still when the question comes
+    filler = "".join(f"The mill on the river has {i} stones and {i} doors.\n\n" for i in range(600))
+    path.write_text(DOCS[5][1] + "\n\n" + filler)
+    with open(path, "rb") as file_content:
+        file_id = client.files.create(file=file_content, purpose="assistants").id
+    vector_store = client.vector_stores.create(name="knowledge_base_guide")
+    client.vector_stores.files.create(vector_store_id=vector_store.id, file_id=file_id)
+    assert [f.id for f in client.vector_stores.files.list(vector_store_id=vector_store.id)] == [
+        file_id
+    ]
+    response = client.responses.create(
+        model="gpt-4.1",
+        input=DOCS[5][1],
+        tools=[{"type": "file_search", "vector_store_ids": [vector_store.id]}],
+    )
+    assert response.model == MODEL  # the model that answered
+    notes = response.output[1].content[0].annotations
+    assert [(n.type, n.file_id, n.filename) for n in notes][0] == (
+        "file_citation", file_id, "deep_research.md"
+    )  # fmt: skip
 
 
 def test_file_search_guide_plain(client: openai.OpenAI, knowledge_base) -> None:
@@ -242,12 +268,36 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
         assert err["param"].startswith("input.[0].content"), err
 
 
+def test_405_lists_every_method_of_the_path(server) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    r = httpx.put(f"{server.url}/v1/responses/resp_x", headers=headers, timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, DELETE"
+    r = httpx.delete(f"{server.url}/v1/files", headers=headers, timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
 def test_unknown_vector_store_and_model(server, client) -> None:
     r = post(
         server, {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["nope"]}]}
     )
     assert r.status_code == 404 and r.json()["error"]["param"] == "tools.[0].vector_store_ids"
     with pytest.raises(openai.NotFoundError):
-        client.responses.create(model="gpt-4o", input="hi")
-    with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_missing")
+
+
+def test_store_chain_and_lazy_file(tmp_path) -> None:
+    from server.responses_store import ResponseStore
+
+    store = ResponseStore(tmp_path / "sub" / "responses.sqlite")
+    assert not (tmp_path / "sub").exists()  # nothing stored: no file
+    for i, prev in ((1, None), (2, "r1"), (3, "r2")):
+        response = {"id": f"r{i}", "created_at": i, "previous_response_id": prev}
+        store.put(response, [{"id": f"m{i}"}])
+    assert [r["id"] for _, r in store.chain("r3")] == ["r1", "r2", "r3"]
+    assert store.delete("r1") and not store.delete("r1")
+    assert [items for items, _ in store.chain("r3")] == [[{"id": "m2"}], [{"id": "m3"}]]
+    assert store.chain("r1") is None and store.get("r1") is None
+    store.close()
+    again = ResponseStore(tmp_path / "sub" / "responses.sqlite")  # durable: a new connection
+    assert again.get("r3")["previous_response_id"] == "r2"
+    again.close()

@@ -135,6 +135,13 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         s.add_argument(
             "--mse-weight", type=float, default=0.1, help="memory MSE weight (default: 0.1)"
         )
+    if stage == "instruct":
+        s.add_argument(
+            "--keep-generator",
+            action="store_true",
+            help="continue the --init-from generator instead of re-initialising it (not in the "
+            "paper; for short runs that start from trained adapters)",
+        )
     if stage in ("instruct", "joint"):
         s.add_argument(
             "--top-k", type=int, default=5, help="documents per question given to the generator"
@@ -215,6 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         top_k=getattr(args, "top_k", 5),
         tau=getattr(args, "tau", 0.02),
         mse_weight=getattr(args, "mse_weight", 0.1),
+        keep_generator=getattr(args, "keep_generator", False),
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
     )
     final = train(

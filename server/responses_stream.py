@@ -1,0 +1,179 @@
+"""One Responses API response being generated from a chat job: the plain JSON result, or
+OpenAI's Responses event stream (response.created ... response.completed), filled in and
+stored (store: true) when generation finishes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+
+from clara.generate import GenerationChunk
+from clara_cli.http import APIError, to_api_error
+from server.engine import DONE, Failed, Job, Ready
+from server.responses_protocol import (
+    FileSearchCall,
+    IncompleteDetails,
+    OutputMessage,
+    OutputText,
+    Response,
+    ResponseError,
+    ResponseUsage,
+)
+
+if TYPE_CHECKING:
+    from server.responses import ResponsesServing
+
+
+class ResponseRun:
+    """One response being generated: the non-streamed result or the event stream."""
+
+    def __init__(self, owner: ResponsesServing, job: Job, ready: Ready, response: Response,
+                 call: FileSearchCall | None, turn: list[dict], logprobs: bool) -> None:  # fmt: skip
+        self.owner, self.job, self.ready, self.response = owner, job, ready, response
+        self.call, self.turn = call, turn
+        self.message = OutputMessage()
+        self.text: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
+        self.want_logprobs = logprobs
+        self.start = time.perf_counter()
+        self.first: float | None = None
+
+    def _finish(self, chunk: GenerationChunk) -> None:
+        """Fill in the finished response and store it (store: true)."""
+        r, text = self.response, "".join(self.text)
+        done = "completed" if chunk.finish_reason == "stop" else "incomplete"
+        self.message.status = done
+        self.message.content = [
+            OutputText(
+                text=text,
+                annotations=self.owner.citations(self.ready, text),
+                logprobs=self.logprobs,
+            )
+        ]
+        r.status = done
+        if done == "incomplete":
+            r.incomplete_details = IncompleteDetails(reason="max_output_tokens")
+        r.output = ([self.call] if self.call else []) + [self.message]
+        r.usage = ResponseUsage(
+            input_tokens=chunk.prompt_positions, output_tokens=chunk.generation_tokens,
+            total_tokens=chunk.prompt_positions + chunk.generation_tokens,
+        )  # fmt: skip
+        self._store()
+
+    def _logprob(self, chunk: GenerationChunk) -> list[dict[str, Any]]:
+        """The chunk's token logprob (as OpenAI's output_text logprobs), kept; [] if none."""
+        if not self.want_logprobs or chunk.logprob is None:
+            return []
+        entry = self.owner.serving._logprob(chunk).model_dump()
+        self.logprobs.append(entry)
+        return [entry]
+
+    def _fail(self, error: APIError) -> None:
+        self.response.status = "failed"
+        self.response.error = ResponseError(
+            code=error.code or "server_error", message=error.message
+        )
+        self._store()
+
+    def _store(self) -> None:
+        if self.response.store:
+            self.owner.store.put(self.response.model_dump(), self.turn)
+
+    def _metrics(self) -> None:
+        if self.first is not None:
+            self.owner.serving.metrics.ttft.observe(self.first - self.start)
+
+    async def complete(self, request: Request) -> dict[str, Any]:
+        if self.call:
+            self.call.status = "completed"
+        try:
+            while True:
+                event = await self.owner.serving._next(self.job, request)
+                if isinstance(event, Failed):
+                    raise to_api_error(event.error)
+                if event is DONE:
+                    raise APIError(500, "generation ended without a finish reason")
+                if isinstance(event, GenerationChunk):
+                    self.first = self.first or time.perf_counter()
+                    self.text.append(event.text)
+                    self._logprob(event)
+                    if event.finish_reason is not None:
+                        break
+        finally:
+            self.job.cancel()
+            self._metrics()
+        self._finish(event)
+        return self.response.model_dump()
+
+    async def events(self) -> AsyncIterator[str]:
+        seq = 0
+
+        def sse(kind: str, **data: Any) -> str:
+            nonlocal seq
+            body = {"type": kind, "sequence_number": seq, **data}
+            seq += 1
+            return f"event: {kind}\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+        r, msg = self.response, self.message
+        keepalive = self.owner.serving.keepalive_s
+        try:
+            yield sse("response.created", response=r.model_dump())
+            yield sse("response.in_progress", response=r.model_dump())
+            index = 0
+            if self.call is not None:
+                call, results = self.call, self.call.results
+                call.results = None
+                r.output.append(call)
+                yield sse("response.output_item.added", output_index=0, item=call.model_dump())
+                ids = {"output_index": 0, "item_id": call.id}
+                yield sse("response.file_search_call.in_progress", **ids)
+                call.status = "searching"
+                yield sse("response.file_search_call.searching", **ids)
+                call.status, call.results = "completed", results
+                yield sse("response.file_search_call.completed", **ids)
+                yield sse("response.output_item.done", output_index=0, item=call.model_dump())
+                index = 1
+            r.output.append(msg)
+            yield sse("response.output_item.added", output_index=index, item=msg.model_dump())
+            ids = {"output_index": index, "item_id": msg.id, "content_index": 0}
+            empty = OutputText(text="").model_dump()
+            yield sse("response.content_part.added", part=empty, **ids)
+            while True:
+                event = await self.job.next(timeout=keepalive)
+                if event is None:  # long prefill: keep proxies and clients from timing out
+                    yield ": keep-alive\n\n"
+                    continue
+                if isinstance(event, Failed) or event is DONE:
+                    error = (
+                        to_api_error(event.error) if isinstance(event, Failed)
+                        else APIError(500, "generation ended without a finish reason")
+                    )  # fmt: skip
+                    self._fail(error)
+                    yield sse("response.failed", response=r.model_dump())
+                    return
+                if not isinstance(event, GenerationChunk):
+                    continue
+                self.first = self.first or time.perf_counter()
+                new = self._logprob(event)
+                if event.text or new:
+                    self.text.append(event.text)
+                    yield sse("response.output_text.delta", delta=event.text, logprobs=new, **ids)
+                if event.finish_reason is not None:
+                    break
+            self._finish(event)
+            part = msg.content[0]
+            for i, note in enumerate(part.annotations):
+                yield sse("response.output_text.annotation.added", annotation_index=i,
+                          annotation=note.model_dump(), **ids)  # fmt: skip
+            yield sse("response.output_text.done", text=part.text, logprobs=part.logprobs, **ids)
+            yield sse("response.content_part.done", part=part.model_dump(), **ids)
+            yield sse("response.output_item.done", output_index=index, item=msg.model_dump())
+            kind = "response.completed" if r.status == "completed" else "response.incomplete"
+            yield sse(kind, response=r.model_dump())
+        finally:
+            self.job.cancel()  # a client that hung up stops the generation at the next token
+            self._metrics()
