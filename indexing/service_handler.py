@@ -21,6 +21,7 @@ import numpy as np
 from fastapi import Request
 
 from clara.errors import ClaraError
+from clara.paths import COLLECTION_NAME
 from clara.retrieval import Fusion
 from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
@@ -60,7 +61,7 @@ from indexing.store import (
 
 UPLOADS = "uploads"  # <index root>/uploads/: the Files API's files (<file_id>/<name>) and registry
 RESERVED = {UPLOADS}  # folders of the index root that are not collections
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(COLLECTION_NAME)
 
 
 def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
