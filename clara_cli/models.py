@@ -133,8 +133,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_extract_text(args: argparse.Namespace) -> int:
     from clara.extract import extract_text_model
 
-    if args.out.exists():
-        raise CheckpointError(f"{args.out} exists; choose a new directory")
     print(extract_text_model(args.src, args.out))
     return 0
 
