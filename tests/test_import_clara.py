@@ -182,6 +182,13 @@ def test_import_refuses_another_base_model(mistral, tmp_path: Path, capsys) -> N
     err = capsys.readouterr().err
     assert rc == 1 and "different base model" in err and "mlx_lm.convert --hf-path" in err
     assert not out.exists()
+    # --force replaces a checkpoint, never another folder's files (it would empty it)
+    mine = tmp_path / "my-files"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    argv = ["import-clara", str(src), "--base", str(mistral["mlx"]), "--out", str(mine), "--force"]
+    assert models_main(argv) == 1 and "not a clara checkpoint" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
     # a folder holding both rates asks for one of them
     with pytest.raises(CheckpointError, match="compression-16"):
         import_reference(tmp_path, mistral["mlx"], out)
