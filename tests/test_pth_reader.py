@@ -97,6 +97,13 @@ def test_build_cannot_change_globals_shared_by_later_loads(tmp_path: Path) -> No
     np.testing.assert_array_equal(np.array(got), [0.0, 1.0, 2.0, 3.0])
 
 
+def test_build_cannot_swap_a_storage(tmp_path: Path) -> None:
+    # BUILD on the storage a tensor is about to read (its `data` and its dtype view)
+    for state in (b"}" + _str("data") + b"N" + b"sb", b"N}" + _str("view") + b"Ns\x86b"):
+        with pytest.raises(CheckpointError):
+            load_pth(_write(tmp_path / "evil.pth", _storage() + state))
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -14,7 +14,6 @@ import os
 import pickle
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +74,14 @@ class _Rebuild(_Sealed):
         return self.fn(*args)
 
 
-@dataclass
-class _Storage:
-    dtype: np.dtype
-    view: Any  # mx dtype to reinterpret as (bfloat16), or None
-    data: np.ndarray  # 1-D elements
+class _Storage(_Sealed):
+    """One storage's elements: sealed too, as the pickle holds it (BUILD could swap `data`)."""
+
+    __slots__ = ("view", "data")
+
+    def __init__(self, view: Any, data: np.ndarray) -> None:
+        object.__setattr__(self, "view", view)  # mx dtype to reinterpret as (bfloat16), or None
+        object.__setattr__(self, "data", data)  # (numel,) raw elements
 
 
 def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *_ignored) -> mx.array:
@@ -159,7 +161,7 @@ class _Unpickler(pickle.Unpickler):
             data = np.frombuffer(raw, dtype=np_dtype)
             if data.size < int(numel):
                 raise CheckpointError(f"{self.path}: storage {key} is truncated")
-            self.storages[key] = _Storage(np.dtype(np_dtype), view, data)
+            self.storages[key] = _Storage(view, data)
         return self.storages[key]
 
 
