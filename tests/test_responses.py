@@ -276,11 +276,12 @@ def test_405_lists_every_method_of_the_path(server) -> None:
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
 
 
-def test_unknown_vector_store_and_model(server, client) -> None:
-    r = post(
-        server, {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["nope"]}]}
-    )
-    assert r.status_code == 404 and r.json()["error"]["param"] == "tools.[0].vector_store_ids"
+def test_unknown_vector_store_and_model(server, client, knowledge_base) -> None:
+    for store in ("nope", "uploads"):  # uploads/ (the Files API's folder) is no vector store
+        tool = {"type": "file_search", "vector_store_ids": [store]}
+        r = post(server, {"input": "hi", "tools": [tool]})
+        assert r.status_code == 404, store
+        assert r.json()["error"]["param"] == "tools.[0].vector_store_ids"
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_missing")
 
