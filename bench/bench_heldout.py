@@ -8,7 +8,7 @@ the question at index `doc % len(questions)`), every `200 / --questions`-th docu
 Per checkpoint, on the same base model and questions:
 - oracle (the gold document alone): as 16x memory read by the generator adapter; as text
   read by the generator adapter; (baselines) as text read by the bare model;
-- end to end over all 1000 documents: CLaRa (query adapter ranks the compressed documents,
+- end to end over all 1000 documents (`--collection heldout`: the 200 held-out ones): CLaRa (query adapter ranks the compressed documents,
   the generator reads the top-k memories); (baselines) text RAG, the bare model reading BM25's
   top-k texts; no retrieval. Dense and BM25 R@1/R@5 against the gold document.
 `--baselines` adds the bare-model rows (run it once, with one of the checkpoints).
@@ -35,11 +35,12 @@ from bench._common import append_report  # noqa: E402
 from clara.generate import stream_from_text  # noqa: E402
 from clara.retrieval import recall_precision_at_k  # noqa: E402
 from training.data import QARecord  # noqa: E402
+from clara.retrieval import cosine_scores  # noqa: E402
 from training.evaluate import (  # noqa: E402
+    Retrieved,
     _answer,
     clara_row,
     no_retrieval_row,
-    retrieve,
     score_rows,
     text_rag_row,
 )
@@ -86,16 +87,20 @@ def bm25(queries: list[str], docs: list[str], k1: float = 1.2, b: float = 0.75) 
 
 def run(args) -> dict:
     recs, docs = heldout(args.questions)
+    if args.collection == "heldout":
+        docs = [d for i, d in enumerate(docs) if i % 5 == 0]
     where = {d: i for i, d in enumerate(docs)}
     gold = [[where[r.docs[0]]] for r in recs]
     cm = load_for_training(args.model, args.checkpoint, dtype="float32")
     start = time.perf_counter()
     out = {"tag": args.tag, "checkpoint": str(args.checkpoint), "questions": len(recs)}
-    out["top_k"] = args.top_k
+    out.update(top_k=args.top_k, collection=len(docs), max_tokens=args.max_tokens)
+    mem = cm.compress(docs)  # (N, n_mem, d), once: the oracle reads the gold rows of it
+    rate = cm.config.compression_rate
     rows = []
-    got = retrieve(cm, recs, "gold")
-    rows.append(("oracle", clara_row(cm, recs, got, f"memory {cm.config.compression_rate}x + "
-                                     "generator", args.checkpoint, args.max_tokens)))  # fmt: skip
+    oracle = Retrieved([[mem[g[0]]] for g in gold], [r.docs for r in recs], [], [])
+    rows.append(("oracle", clara_row(cm, recs, oracle, f"memory {rate}x + generator",
+                                     args.checkpoint, args.max_tokens)))  # fmt: skip
     rows.append(("oracle", score_rows(
         "text + generator adapter", "text", recs,
         lambda i: _answer(stream_from_text(cm, recs[i].question, recs[i].docs,
@@ -104,15 +109,20 @@ def run(args) -> dict:
     if args.baselines:
         rows.append(("oracle", text_rag_row(cm, recs, [r.docs for r in recs], args.max_tokens,
                                             name="text, bare model")))  # fmt: skip
-    e2e = retrieve(cm, recs, "collection", docs, args.top_k)
-    rows.append(("end to end", clara_row(cm, recs, e2e, f"CLaRa {cm.config.compression_rate}x "
-                 "(dense top-k)", args.checkpoint, args.max_tokens)))  # fmt: skip
+    q = cm.encode_queries([r.question for r in recs])
+    ranked = np.argsort(-np.array(cosine_scores(q, mem)), axis=1, kind="stable")[:, :10]
+    ranked = [row.tolist() for row in ranked]
+    picks = [row[: args.top_k] for row in ranked]
+    e2e = Retrieved([[mem[j] for j in p] for p in picks], [[docs[j] for j in p] for p in picks],
+                    ranked, gold)  # fmt: skip
+    rows.append(("end to end", clara_row(cm, recs, e2e, f"CLaRa {rate}x (dense top-k)",
+                                         args.checkpoint, args.max_tokens)))  # fmt: skip
     if args.baselines:
         scores = bm25([r.question for r in recs], docs)
         ranked = [list(np.argsort(-s, kind="stable")[:10]) for s in scores]
         texts = [[docs[j] for j in r[: args.top_k]] for r in ranked]
         row = text_rag_row(cm, recs, texts, args.max_tokens, name="text RAG (BM25 top-k)")
-        row.retrieval = recall_precision_at_k(ranked, gold, (1, 5))
+        row.retrieval = recall_precision_at_k(ranked, gold, (1, 3, 5))
         rows.append(("end to end", row))
         rows.append(("end to end", no_retrieval_row(cm, recs, args.max_tokens)))
     out["rows"] = [{"setting": s, **r.to_dict(with_predictions=True)} for s, r in rows]
@@ -144,7 +154,8 @@ def report(folder: Path) -> None:
     body = (
         f"{n} held-out questions (one per held-out document, every {200 // n}th), the same base "
         f"model (smollm2-135m float32) and questions for every row; end to end retrieves the "
-        f"top {k} of all 1000 documents; greedy answers. Chart: docs/heldout_eval.png.\n\n"
+        f"top {k} of {runs[0]['collection']} documents; greedy answers, at most "
+        f"{runs[0].get('max_tokens', 32)} tokens. Chart: docs/heldout_eval.png.\n\n"
         + "\n".join(lines)
         + "\n\n<details><summary>JSON</summary>\n\n```json\n"
         + json.dumps(slim, indent=1)
@@ -181,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", type=int, default=200, help="held-out questions (<= 200)")
     p.add_argument("--top-k", type=int, default=3, help="documents per question, end to end")
     p.add_argument("--max-tokens", type=int, default=32, help="answer length cap")
+    p.add_argument(
+        "--collection",
+        choices=("all", "heldout"),
+        default="all",
+        help="documents retrieved from end to end: all 1000, or the 200 held-out ones",
+    )
     p.add_argument("--baselines", action="store_true", help="add the bare-model rows")
     p.add_argument("--report", type=Path, metavar="DIR", help="combine DIR/*.json into a report")
     args = p.parse_args(argv)

@@ -198,7 +198,8 @@ def chunk_texts(n: int, chars: int = 1000) -> list[str]:
 
 def bench_hybrid(n_chunks: int, root: Path, queries: int = 200) -> tuple[str, str]:
     """Collection.retrieve at the default shape over `n_chunks` real-text chunks (synthetic
-    clustered vectors, index_type auto: IVF from 50k): latency per mode."""
+    clustered vectors, index_type auto: IVF from 50k): latency per mode. A collection of that
+    size already under `root` (--keep) is reused."""
     from bench.retrieval_sets import PYDOC_QUESTIONS
     from clara.retrieval import RETRIEVAL_MODES
 
@@ -209,12 +210,16 @@ def bench_hybrid(n_chunks: int, root: Path, queries: int = 200) -> tuple[str, st
     texts = chunk_texts(n_chunks)
     t0 = time.perf_counter()
     with Collection.open(root, "hybrid", manifest=manifest, create=True) as col:
-        for start in range(0, n_chunks, per_commit):
+        done = col.stats()["chunks"]
+        if done not in (0, n_chunks):
+            raise SystemExit(f"{root}/hybrid holds {done} chunks, not {n_chunks}: delete it")
+        for start in range(done, n_chunks, per_commit):
             m = min(per_commit, n_chunks - start)
             part = synthetic(m, n_mem * d, 10 + start, True, centres).reshape(-1, n_mem, d)
             records = [ChunkRecord(t, 1, 1, 256) for t in texts[start : start + m]]
             col.add_document(None, f"doc{start}", f"sha{start}", records, part)
     build_s = time.perf_counter() - t0
+    built = f"built in {build_s:.0f}s" if not done else "reused from --keep"
     reader = Collection.open(root, "hybrid", readonly=True)
     vecs = synthetic(queries, n_mem * d, 2, True, centres).reshape(-1, n_mem, d)
     asks = [q for _, q in PYDOC_QUESTIONS]
@@ -232,7 +237,7 @@ def bench_hybrid(n_chunks: int, root: Path, queries: int = 200) -> tuple[str, st
     reader.close()
     title = (
         f"{n_chunks:,} chunks of Python-docs text (~1000 chars), 16 x 576 dims, "
-        f"index {stats['index_kind']} (auto), built in {build_s:.0f}s"
+        f"index {stats['index_kind']} (auto), {built}"
     )
     return title, markdown_table(["mode (k=5)", "p50 ms", "p99 ms", "queries"], rows)
 
@@ -265,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         "--hybrid-chunks", type=int, default=100_000,
         help="Collection.retrieve latency per mode (hybrid/dense/lexical) at this size; 0 skips",
     )  # fmt: skip
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="build that collection in DIR and reuse it on later runs")  # fmt: skip
     p.add_argument("--tmp", default=None, help="folder for the Collection part (on real disk)")
     p.add_argument("--no-append", action="store_true", help="print only, leave BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -287,14 +294,18 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench_size("10k-iid", n, dims[label], iid, args, clustered=False)
     headers = ["vectors", "dims", "data", "index", "params", "build s", "build vec/s"]
     headers += ["p50 ms", "p99 ms", "timed q", "recall@10", "index RAM MiB"]
-    body = "Single-query search (k=10), FAISS as built by the store:\n\n" + markdown_table(
-        headers, rows
-    )
+    body = ""
+    if rows:
+        body = "Single-query search (k=10), FAISS as built by the store:\n\n"
+        body += markdown_table(headers, rows)
     if args.store_chunks:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             title, table = bench_store(args.store_chunks, args.chunk_chars, Path(tmp))
         body += f"\n\nWhole collection, {title}:\n\n{table}"
-    if args.hybrid_chunks:
+    if args.hybrid_chunks and args.keep:
+        title, table = bench_hybrid(args.hybrid_chunks, Path(args.keep))
+        body += f"\n\nRetrieval modes, {title}:\n\n{table}"
+    elif args.hybrid_chunks:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             title, table = bench_hybrid(args.hybrid_chunks, Path(tmp))
         body += f"\n\nRetrieval modes, {title}:\n\n{table}"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# a collection (vector store) name: also its folder under the index root, so no separators
+COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
 
 def home() -> Path:
     """The data home: converted models, checkpoints, indexes."""

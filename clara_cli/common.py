@@ -91,7 +91,8 @@ def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
         "--log-level",
         default="info",
         choices=("critical", "error", "warning", "info", "debug"),
-        help="(default: %(default)s)",
+        help="how much the server logs: requests and startup at 'info', errors only at "
+        "'error' (default: %(default)s)",
     )
 
 

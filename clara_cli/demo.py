@@ -145,7 +145,8 @@ def main() -> int:
             extra_body={"mode": "text"},
         )
         note = (
-            "the shipped default adapters answer in the short style of their training questions"
+            "the shipped default adapters had a short CPU training run on prose: memory answers "
+            "find the topic but are often wrong"
             if DEFAULT_CHECKPOINT.exists()
             else "no trained adapters are installed, so the memory answer comes from untrained ones"
         )

@@ -133,17 +133,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_extract_text(args: argparse.Namespace) -> int:
     from clara.extract import extract_text_model
 
-    if args.out.exists():
-        raise CheckpointError(f"{args.out} exists; choose a new directory")
     print(extract_text_model(args.src, args.out))
     return 0
 
 
 def cmd_import_clara(args: argparse.Namespace) -> int:
+    from clara.checkpoint import CONFIG_FILE
     from clara.reference.importer import import_reference
 
     if args.out.exists() and not args.force:
         raise CheckpointError(f"{args.out} exists; pass --force to replace it")
+    if args.out.exists() and not (args.out / CONFIG_FILE).is_file():  # --force empties it
+        raise CheckpointError(
+            f"{args.out} exists and is not a clara checkpoint; --force only replaces one: "
+            "choose a new directory"
+        )
     out = import_reference(args.src, args.base, args.out, kind=args.kind)
     info = json.loads((out / "clara_config.json").read_text())
     clara, src = info["clara"], info["imported_from"]

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 
+from clara.paths import COLLECTION_NAME
 from clara.retrieval import RETRIEVAL_MODES, Fusion
 from clara_cli.common import add_model_args, run_main
 from indexing.commands import (
@@ -25,7 +26,7 @@ from indexing.commands import (
 )
 from indexing.service_cli import add_serve_args, serve_command
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(COLLECTION_NAME)
 
 DESCRIPTION = """\
 Index documents (PDF, Markdown, text) into a collection of CLaRa compressed memories, and

@@ -17,14 +17,14 @@ import shutil
 from pathlib import Path
 
 from clara.errors import CollectionError, CollectionNotFoundError  # noqa: F401
-from clara.paths import index_root
+from clara.paths import COLLECTION_NAME, index_root
 from indexing.durable import WriterLock, fsync_dir, fsync_file
 from indexing.manifest import MANIFEST, Manifest, write_manifest
 from indexing.meta import Meta
 
 META = "meta.sqlite"
 FAISS_FILE = re.compile(r"^faiss-(\d+)\.index$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(COLLECTION_NAME)
 _LEFTOVER = re.compile(r"^\.(.+)\.(?:creating|deleted)-(\d+)-[0-9a-f]+$")
 
 

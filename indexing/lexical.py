@@ -16,16 +16,23 @@ or parentheses in the question are plain characters to it and never FTS5 syntax.
 from __future__ import annotations
 
 import re
+import sqlite3
+import threading
 
 #: The FTS5 tokenizer of `chunks_fts`; a change here needs `LEXICAL_VERSION` bumped.
 TOKENIZER = "porter unicode61 remove_diacritics 2 tokenchars '-._/'"
 #: Stored in the collection's state; a collection with another version rebuilds its table.
-LEXICAL_VERSION = 2
+LEXICAL_VERSION = 3
 #: BM25 weight of the title column (document name + context line) against the text's 1: a
 #: question naming its document ranks that document's chunks first. Chosen on the pydoc set
 #: of bench/bench_retrieval.py (lexical R@1 80.0 -> 84.3 with 3; 85.7 with 5 or more).
 TITLE_WEIGHT = 3.0
 MAX_QUERY_TERMS = 48
+#: A query scores every chunk holding any of its terms; frequent terms (low IDF, long posting
+#: lists) are dropped, rarest first kept, once their chunks add up past this many (at least
+#: MIN_TERMS stay). Collections under ~10k chunks never reach it.
+POSTINGS_BUDGET = 20_000
+MIN_TERMS = 2
 
 _RUN = re.compile(r"[\w./-]+")
 _SEP = re.compile(r"[./_-]+")
@@ -85,9 +92,52 @@ def query_terms(text: str) -> list[str]:
     return list(seen)[:MAX_QUERY_TERMS]
 
 
-def match_query(text: str) -> str | None:
-    """An FTS5 MATCH expression OR-ing the question's terms; None when it has no usable word."""
-    words = query_terms(text)
+def match_query(text: str | list[str]) -> str | None:
+    """An FTS5 MATCH expression OR-ing the question's terms (or these terms); None when it has
+    no usable word."""
+    words = query_terms(text) if isinstance(text, str) else text
     if not words:
         return None
     return " OR ".join(f'"{w}"' for w in words)  # terms hold no quotes: nothing to escape
+
+
+class _Stemmer:
+    """The table tokenizer's own output for single terms (porter stems), from an in-memory
+    FTS5 table: what the vocabulary table is keyed by."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self.db.execute(f'CREATE VIRTUAL TABLE t USING fts5(x, tokenize="{TOKENIZER}")')
+        self.db.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+        self.lock = threading.Lock()
+
+    def __call__(self, terms: list[str]) -> list[str | None]:
+        with self.lock:
+            self.db.execute("DELETE FROM t")
+            self.db.executemany("INSERT INTO t (rowid, x) VALUES (?, ?)", enumerate(terms))
+            found = dict((doc, term) for term, doc in self.db.execute("SELECT term, doc FROM v"))
+        return [found.get(i) for i in range(len(terms))]
+
+
+_stemmer: _Stemmer | None = None
+
+
+def stems_of(terms: list[str]) -> list[str | None]:
+    """The stored (stemmed) token of each term; None for a term the tokenizer drops."""
+    global _stemmer
+    _stemmer = _stemmer or _Stemmer()
+    return _stemmer(terms)
+
+
+def prune(terms: list[str], counts: list[int]) -> list[str]:
+    """The terms to search with, in question order: those in some chunk (`counts`: chunks
+    holding each), rarest first until their chunks pass POSTINGS_BUDGET (at least MIN_TERMS)."""
+    keep, total = set(), 0
+    for i in sorted(range(len(terms)), key=lambda i: counts[i]):
+        if counts[i] == 0:
+            continue
+        if len(keep) >= MIN_TERMS and total + counts[i] > POSTINGS_BUDGET:
+            break
+        keep.add(i)
+        total += counts[i]
+    return [t for i, t in enumerate(terms) if i in keep]

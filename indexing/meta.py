@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from indexing.lexical import LEXICAL_VERSION, TITLE_WEIGHT, TOKENIZER, fts_row
+from indexing.lexical import (
+    LEXICAL_VERSION,
+    TITLE_WEIGHT,
+    TOKENIZER,
+    fts_row,
+    match_query,
+    prune,
+    stems_of,
+)
 
 SCHEMA = """
 CREATE TABLE documents (
@@ -49,6 +57,7 @@ CREATE TABLE state (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 # `body` = terms of its text (lexical.fts_row). Written in the same transactions as `chunks`,
 # so the crash guarantees cover it. `rank` is bm25 with the title weighted TITLE_WEIGHT.
 FTS_SCHEMA = f'CREATE VIRTUAL TABLE chunks_fts USING fts5(title, body, tokenize="{TOKENIZER}")'
+FTS_VOCAB = "CREATE VIRTUAL TABLE chunks_fts_vocab USING fts5vocab(chunks_fts, 'row')"
 FTS_RANK = f"INSERT INTO chunks_fts (chunks_fts, rank) VALUES ('rank', 'bm25({TITLE_WEIGHT}, 1.0)')"
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
@@ -147,6 +156,7 @@ class Meta:
             db.executescript(SCHEMA)
             db.execute(FTS_SCHEMA)
             db.execute(FTS_RANK)
+            db.execute(FTS_VOCAB)
             state = {"generation": 0, "memory_file": memory_file, "n_rows": 0, "next_chunk_id": 1}
             state["lexical"] = LEXICAL_VERSION
             db.executemany("INSERT INTO state VALUES (?, ?)", state.items())
@@ -236,9 +246,11 @@ class Meta:
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}
         if "context" not in cols:
             self.db.execute("ALTER TABLE chunks ADD COLUMN context TEXT NOT NULL DEFAULT ''")
+        self.db.execute("DROP TABLE IF EXISTS chunks_fts_vocab")
         self.db.execute("DROP TABLE IF EXISTS chunks_fts")
         self.db.execute(FTS_SCHEMA)
         self.db.execute(FTS_RANK)
+        self.db.execute(FTS_VOCAB)
         n = 0
         sql = (
             "SELECT c.id, d.name, c.context, c.text FROM chunks c "
@@ -311,8 +323,20 @@ class Meta:
                 out[row[0]] = row[1:]
         return out
 
-    def lexical_search(self, match: str, k: int) -> list[tuple[int, float]]:
-        """(chunk id, bm25 score, higher is better) of the best `k` chunks for an FTS5 query."""
+    def lexical_search(self, terms: list[str], k: int) -> list[tuple[int, float]]:
+        """(chunk id, bm25 score, higher is better) of the best `k` chunks holding any of
+        `terms` (query terms; the most frequent are left out past lexical.POSTINGS_BUDGET)."""
+        stems = stems_of(terms)
+        wanted = sorted({s for s in stems if s})
+        df = dict(
+            self.db.execute(
+                f"SELECT term, doc FROM chunks_fts_vocab WHERE term IN ({_marks(len(wanted))})",
+                wanted,
+            )
+        )
+        match = match_query(prune(terms, [df.get(s, 0) if s else 0 for s in stems]))
+        if match is None:
+            return []  # no term is in any chunk
         sql = "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"
         return [(int(i), -float(r)) for i, r in self.db.execute(sql, (match, int(k)))]
 

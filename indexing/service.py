@@ -34,7 +34,7 @@ from clara_cli.http import (
     to_api_error,
 )
 from clara_cli.worker import Worker
-from indexing.service_handler import IndexService
+from indexing.service_handler import UPLOADS, IndexService
 from indexing.service_protocol import (
     FileDeleted,
     FileObject,
@@ -101,7 +101,7 @@ def create_app(
         name="clara-index-mlx",
         service="clara-index serve",
     )
-    service = IndexService(settings, worker, Registry(settings.root / "uploads"))
+    service = IndexService(settings, worker, Registry(settings.root / UPLOADS))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -21,9 +21,11 @@ import numpy as np
 from fastapi import Request
 
 from clara.errors import ClaraError
+from clara.paths import COLLECTION_NAME
 from clara.retrieval import Fusion
 from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
+from indexing.manifest import MANIFEST
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
 from indexing.readers import DocumentError, UnsupportedDocumentError
@@ -57,12 +59,20 @@ from indexing.store import (
     list_collections,
 )
 
-RESERVED = {"uploads"}  # folders of the index root that are not collections
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+UPLOADS = "uploads"  # <index root>/uploads/: the Files API's files (<file_id>/<name>) and registry
+RESERVED = {UPLOADS}  # folders of the index root that are not collections
+_NAME = re.compile(COLLECTION_NAME)
 
 
 def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
     return APIError(404, f"No {what} found with id '{ident}'", param=param, code="not_found")
+
+
+def is_vector_store(root: Path, store_id: str) -> bool:
+    """Whether `store_id` names a collection (vector store) under the index `root`."""
+    if not _NAME.match(store_id) or store_id in RESERVED:
+        return False
+    return (root / store_id / MANIFEST).is_file()
 
 
 class IndexService:

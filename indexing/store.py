@@ -48,7 +48,7 @@ from indexing.layout import (
     list_collections,
     memory_file_name,
 )
-from indexing.lexical import match_query
+from indexing.lexical import query_terms
 from indexing.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from indexing.meta import Chunk, ChunkRecord, Document, Meta
 from indexing.vectors import MemoryFile, flatten_normalize, resolve_kind
@@ -423,11 +423,11 @@ class Collection:
     def search_lexical(self, text: str, k: int = 5) -> list[tuple[int, float]] | None:
         """BM25 over chunk terms: [(chunk id, score)] best first; None when `text` has no
         usable word (or the collection has no full-text index: see `lexical`)."""
-        match = match_query(text)
-        if match is None or not self.lexical:
+        terms = query_terms(text)
+        if not terms or not self.lexical:
             return None
         with self._mutex:
-            return self._meta.lexical_search(match, k)
+            return self._meta.lexical_search(terms, k)
 
     def retrieve(
         self,

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara_cli.http import BearerGate, error_response, error_responses, install_error_handlers
 from indexing.service import ServiceSettings, mount_files_api
-from indexing.service_handler import IndexService
+from indexing.service_handler import UPLOADS, IndexService
 from indexing.service_state import Registry
 from server.engine import Engine, Settings
 from server.metrics import Metrics
@@ -247,7 +247,7 @@ def _files_service(settings: Settings, engine: Engine, max_upload_bytes: int) ->
         index_root=settings.index_root,
         max_upload_bytes=max_upload_bytes,
     )
-    registry = Registry(settings.root / "uploads")
+    registry = Registry(settings.root / UPLOADS)
     return IndexService(service_settings, engine.worker, registry)
 
 

@@ -25,12 +25,12 @@ Serve a CLaRa model over an OpenAI-compatible HTTP API: POST /v1/chat/completion
 or not), POST /v1/responses (Responses API with file_search; GET/DELETE /v1/responses/{id}),
 POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometheus), and OpenAI's
 Files + Vector Stores API (/v1/files, /v1/vector_stores: upload documents, index them into
-collections, search; --no-files-api turns it off).
+collections, search; --no-files-api turns it off). GET / is a web chat in the browser.
 Each chat request retrieves the top-k chunks of the index collection for the latest user
 turn and answers from their compressed memories; the answer's message carries them in
 `sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
 collection, retrieval (false: no retrieval), mode ("memory" | "text": the chunks' raw text),
-ignore_eos.
+retrieval_mode ("hybrid" | "dense" | "lexical"), ignore_eos.
 """
 
 

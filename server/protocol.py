@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clara.paths import COLLECTION_NAME
 from clara_cli.http import APIError, JSONInt, json_int
 
 MODES = ("memory", "text")
@@ -116,7 +117,7 @@ class ChatCompletionRequest(_Request):
     # ---- CLaRa extensions (the SDK's `extra_body`) ----
     top_k: json_int(ge=0, le=100) | None = None
     """Chunks to retrieve (default: the server's --top-k); 0 turns retrieval off."""
-    collection: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    collection: str | None = Field(default=None, pattern=COLLECTION_NAME)
     """Index collection to search (default: the server's --collection)."""
     retrieval: bool = True
     """False: answer with the bare base model, no retrieval."""

@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara_cli.http import APIError
-from indexing.service_handler import IndexService
+from indexing.service_handler import UPLOADS, IndexService, is_vector_store
 from server.engine import Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.responses_protocol import (
@@ -41,7 +41,6 @@ from server.responses_stream import ResponseRun
 from server.serving import OpenAIServing
 
 INDEXING_WAIT_S = 120.0
-UPLOADS = "uploads"  # <index root>/uploads/<file_id>/<name>: files the Files API received
 
 
 def _not_found(response_id: str) -> APIError:
@@ -151,7 +150,7 @@ class ResponsesServing:
         if len(req.tools) > 1:
             raise APIError(400, "one file_search tool per request is supported", param="tools")
         store_id = tool.vector_store_ids[0]
-        if not (self.root / store_id / "manifest.json").is_file() or store_id == UPLOADS:
+        if not is_vector_store(self.root, store_id):
             raise APIError(
                 404, f"No vector store found with id '{store_id}'",
                 param="tools.[0].vector_store_ids", code="not_found",

@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from clara.paths import COLLECTION_NAME
 from clara_cli.http import APIError, json_int
 
 INCLUDABLE = ("file_search_call.results",)
-VECTOR_STORE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
 
 
 def new_id(prefix: str) -> str:

@@ -25,15 +25,24 @@ MAX_CHAIN = 1000  # a chain longer than this is cut (its oldest turns would not 
 
 
 class ResponseStore:
-    """Thread-safe; every write is committed before the call returns."""
+    """Thread-safe; every write is committed before the call returns. The file is made on
+    first use (a server that stores nothing leaves none)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection (call with the lock held)."""
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+            self._conn = db
+        return self._conn
 
     def put(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         row = (
@@ -83,4 +92,6 @@ class ResponseStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -36,6 +36,8 @@ def test_install_halves_the_size_and_keeps_what_matters(tiny_base, tiny_llama_di
     np.testing.assert_allclose(  # float16 adapters: the same memories to a small tolerance
         np.array(shipped.compress(DOCS)), np.array(cm.compress(DOCS)), atol=5e-2
     )
-    np.testing.assert_allclose(  # the untrained query adapter became the compressor
-        np.array(shipped.encode_queries(DOCS)), np.array(shipped.compress(DOCS)), atol=1e-6
+    # the untrained query adapter became the compressor: same weights, so the same vectors up
+    # to float32 rounding (compression batches by length buckets, queries do not)
+    np.testing.assert_allclose(
+        np.array(shipped.encode_queries(DOCS)), np.array(shipped.compress(DOCS)), atol=2e-5
     )

@@ -57,7 +57,8 @@ def test_dense_and_lexical_each_rank_their_own_way(col: Collection):
 
 def test_hybrid_fuses_both_with_the_rrf_score(col: Collection):
     dense = col.retrieve("x", col.vecs["tea"], k=3, mode="dense")
-    hits = col.retrieve("set-upstream-to", col.vecs["tea"], k=3, mode="hybrid", fusion=Fusion(k=1))
+    equal = Fusion(k=1, weights={"dense": 1.0, "lexical": 1.0})
+    hits = col.retrieve("set-upstream-to", col.vecs["tea"], k=3, mode="hybrid", fusion=equal)
     by_name = {h.doc_name: h for h in hits}
     git_dense_rank = names(dense).index("git") + 1
     # tea: dense rank 1 only -> 1/2; git: lexical rank 1 + its dense rank

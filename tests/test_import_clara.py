@@ -182,6 +182,13 @@ def test_import_refuses_another_base_model(mistral, tmp_path: Path, capsys) -> N
     err = capsys.readouterr().err
     assert rc == 1 and "different base model" in err and "mlx_lm.convert --hf-path" in err
     assert not out.exists()
+    # --force replaces a checkpoint, never another folder's files (it would empty it)
+    mine = tmp_path / "my-files"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    argv = ["import-clara", str(src), "--base", str(mistral["mlx"]), "--out", str(mine), "--force"]
+    assert models_main(argv) == 1 and "not a clara checkpoint" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
     # a folder holding both rates asks for one of them
     with pytest.raises(CheckpointError, match="compression-16"):
         import_reference(tmp_path, mistral["mlx"], out)
@@ -319,3 +326,21 @@ def test_4bit_base_imports_and_stays_close_to_the_reference(mistral, tmp_path: P
     cos = (mem * ref_mem).sum(-1) / np.linalg.norm(mem, axis=-1) / np.linalg.norm(ref_mem, axis=-1)
     assert cos.mean() > 0.9
     assert len(_greedy(cm, QUESTIONS[0], [mx.array(mem[0])])) == MAX_NEW
+
+
+def test_adapter_missing_a_lora_half_is_refused(tmp_path: Path) -> None:
+    from clara.lora import TARGETS
+    from clara.reference.importer import Reference, _lora_weights
+
+    parts = {t: "self_attn" for t in TARGETS[:4]} | {t: "mlp" for t in TARGETS[4:]}
+    state = {}
+    for t, part in parts.items():
+        key = f"base_model.model.model.layers.0.{part}.{t}"
+        state[f"{key}.lora_A.weight"] = mx.zeros((4, 8))
+        state[f"{key}.lora_B.weight"] = mx.zeros((8, 4))
+    ref = Reference(tmp_path, {}, {"encoder_adapter": state}, mx.zeros((2, 8)), None)
+    weights = _lora_weights(ref, n_layers=1, rank=4)
+    assert len(weights) == 2 * 2 * len(TARGETS)  # (compressor, query) x (a, b) per layer
+    del state[next(k for k in state if k.endswith("lora_B.weight"))]
+    with pytest.raises(CheckpointError, match="lacks lora_A or lora_B"):
+        _lora_weights(ref, n_layers=1, rank=4)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from clara.retrieval import Fusion
 from indexing import cli, commands
 from indexing.store import Collection
 
@@ -228,8 +229,7 @@ def test_search_finds_a_chunk_by_its_own_text(
     rc, out, _ = run(capsys, "search", query, "-k", "3", *model, "--json")  # hybrid
     top = json.loads(out)["results"][0]
     assert top["mode"] == "hybrid" and top["text"] == target and top["ranks"]["dense"] == 1
-    ranks = [r for r in top["ranks"].values() if r is not None]
-    assert top["score"] == pytest.approx(sum(1 / (60 + r) for r in ranks), abs=1e-5)
+    assert top["score"] == pytest.approx(Fusion().score(top["ranks"]), abs=1e-5)
     every = [c for texts in docs_of(index).values() for c in texts]
     own = [n for n in re.findall(r"\d+\.\d+\.\d+", target) if sum(n in c for c in every) == 1]
     words = own[0]  # a sentence number only this chunk holds: the lexical side finds it

@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from clara.retrieval import Fusion
 from tests.test_readers import make_pdf
 from tests.test_server_harness import ROOT, ServerProcess, free_port
 
@@ -131,10 +132,11 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
     top = page.data[0]
     assert (top.file_id, top.filename) == (water.id, "water.txt")
     assert top.content[0].type == "text" and top.content[0].text == WATER
-    # hybrid (the default): first in both rankings, fused score 1/61 + 1/61
+    # hybrid (the default): first in both rankings (1/61 + 1/61 at k=60)
     assert top.attributes["retrieval_mode"] == "hybrid"
     assert top.attributes["rank_dense"] == top.attributes["rank_lexical"] == 1
-    assert top.score == pytest.approx(2 / 61, abs=1e-5) and page.data[1].score < top.score
+    both = Fusion().score({"dense": 1, "lexical": 1})
+    assert top.score == pytest.approx(both, abs=1e-5) and page.data[1].score < top.score
     dense = client.vector_stores.search(
         "papers", query=WATER, max_num_results=5, extra_body={"retrieval_mode": "dense"}
     )
@@ -147,7 +149,8 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
     assert [r.file_id for r in lexical.data] == [train.id]  # only it has the words
     weights = {"hybrid_search": {"embedding_weight": 2.0, "text_weight": 0.0}}
     weighted = client.vector_stores.search("papers", query=WATER, ranking_options=weights)
-    assert [r.score for r in weighted.data] == pytest.approx([2 / 61, 2 / 62], abs=1e-5)
+    k = Fusion().k  # dense ranks 1 and 2 count, at weight 2; words not at all
+    assert [r.score for r in weighted.data] == pytest.approx([2 / (k + 1), 2 / (k + 2)], abs=1e-5)
     assert top.attributes["page_start"] == top.attributes["page_end"] == 1
     assert str(top.attributes["document_id"]).startswith("doc-")
     rail = client.vector_stores.search("papers", query=TRAIN, max_num_results=1).data[0]

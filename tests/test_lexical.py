@@ -207,3 +207,19 @@ def test_a_full_text_table_of_an_older_version_is_rebuilt(tmp_path: Path):
     with Collection.open(tmp_path, "main", manifest=MANIFEST) as col:
         assert "built its full-text index (1 chunks)" in col.notes[0]
         assert top_docs(col, "pasta") == ["cooking"]
+
+
+def test_frequent_terms_are_left_out_past_the_postings_budget(tmp_path: Path, monkeypatch):
+    assert lexical.prune(["common", "rare", "mid", "absent"], [100, 5, 30, 0]) == [
+        "common", "rare", "mid"
+    ]  # fmt: skip
+    monkeypatch.setattr(lexical, "POSTINGS_BUDGET", 50)
+    assert lexical.prune(["common", "rare", "mid", "absent"], [100, 5, 30, 0]) == ["rare", "mid"]
+    monkeypatch.setattr(lexical, "MIN_TERMS", 1)
+    with Collection.open(tmp_path, "c", manifest=MANIFEST, create=True) as col:
+        texts = [f"a common word, number {i}" for i in range(60)] + ["common zebra"]
+        records = [ChunkRecord(t) for t in texts]
+        col.add_document(None, "many.txt", "s", records, np.zeros((61, N_MEM, D)) + 1)
+        hits = col.search_lexical("common zebra", k=10)  # 'common' (61 chunks) is dropped
+        assert len(hits) == 1 and col.chunks([hits[0][0]])[0].text == "common zebra"
+        assert col.search_lexical("giraffe", k=10) == []  # no chunk holds it

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from clara.retrieval import Fusion
 from tests.test_server_harness import API_KEY, DOCS, ServerProcess, add_documents, free_port
 
 MODEL = "clara-tiny"
@@ -107,9 +108,9 @@ def test_file_search_guide_plain(client: openai.OpenAI, knowledge_base) -> None:
     assert call.type == "file_search_call" and call.status == "completed"
     assert call.queries == [GUIDE]
     assert [(r.file_id, r.filename) for r in call.results] == [(file_id, "capitals.md")]
-    # hybrid retrieval: first by memory vector and by words, fused score 1/61 + 1/61
+    # hybrid retrieval: first by memory vector and by words
     assert call.results[0].text == GUIDE and call.results[0].score == pytest.approx(
-        2 / 61, abs=1e-5
+        Fusion().score({"dense": 1, "lexical": 1}), abs=1e-5
     )
     assert message.type == "message" and message.role == "assistant"
     text = message.content[0]
@@ -275,10 +276,29 @@ def test_405_lists_every_method_of_the_path(server) -> None:
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
 
 
-def test_unknown_vector_store_and_model(server, client) -> None:
-    r = post(
-        server, {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["nope"]}]}
-    )
-    assert r.status_code == 404 and r.json()["error"]["param"] == "tools.[0].vector_store_ids"
+def test_unknown_vector_store_and_model(server, client, knowledge_base) -> None:
+    for store in ("nope", "uploads"):  # uploads/ (the Files API's folder) is no vector store
+        tool = {"type": "file_search", "vector_store_ids": [store]}
+        r = post(server, {"input": "hi", "tools": [tool]})
+        assert r.status_code == 404, store
+        assert r.json()["error"]["param"] == "tools.[0].vector_store_ids"
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_missing")
+
+
+def test_store_chain_and_lazy_file(tmp_path) -> None:
+    from server.responses_store import ResponseStore
+
+    store = ResponseStore(tmp_path / "sub" / "responses.sqlite")
+    assert not (tmp_path / "sub").exists()  # nothing stored: no file
+    for i, prev in ((1, None), (2, "r1"), (3, "r2")):
+        response = {"id": f"r{i}", "created_at": i, "previous_response_id": prev}
+        store.put(response, [{"id": f"m{i}"}])
+    assert [r["id"] for _, r in store.chain("r3")] == ["r1", "r2", "r3"]
+    assert store.delete("r1") and not store.delete("r1")
+    assert [items for items, _ in store.chain("r3")] == [[{"id": "m2"}], [{"id": "m3"}]]
+    assert store.chain("r1") is None and store.get("r1") is None
+    store.close()
+    again = ResponseStore(tmp_path / "sub" / "responses.sqlite")  # durable: a new connection
+    assert again.get("r3")["previous_response_id"] == "r2"
+    again.close()

@@ -129,3 +129,11 @@ def test_fusion_settings_are_checked():
     for bad in ({"k": 0}, {"weights": {"dense": -1.0}}, {"depth": 0}):
         with pytest.raises(ValueError):
             Fusion(**bad)
+
+
+def test_fusion_score_of_given_ranks():
+    f = Fusion(k=2, weights={"dense": 0.5, "lexical": 1.0})
+    assert f.score({"dense": 1, "lexical": 2}) == pytest.approx(0.5 / 3 + 1 / 4)
+    assert f.score({"dense": None, "lexical": 1}) == pytest.approx(1 / 3)
+    fused = reciprocal_rank_fusion({"dense": ["a"], "lexical": ["b", "a"]}, f.k, f.weights)
+    assert all(x.score == pytest.approx(f.score(x.ranks)) for x in fused)

@@ -15,6 +15,7 @@ import numpy as np
 import openai
 import pytest
 
+from clara.retrieval import Fusion
 from tests.test_server_harness import API_KEY, DOCS, ServerProcess, add_documents, metric
 
 MODEL = "clara-tiny"
@@ -230,9 +231,9 @@ def test_identical_text_is_the_first_source(client: openai.OpenAI, name: str, te
     assert len(sources) == 5 and [s["index"] for s in sources] == [1, 2, 3, 4, 5]
     top = sources[0]
     assert top["filename"] == name and top["snippet"] == text
-    # hybrid (the default): first by memory vector and by words, fused 1/61 + 1/61
+    # hybrid (the default): first by memory vector and by words (1/61 + 1/61 at k=60)
     assert top["retrieval_mode"] == "hybrid" and top["ranks"] == {"dense": 1, "lexical": 1}
-    assert top["score"] == pytest.approx(2 / 61, abs=1e-5)
+    assert top["score"] == pytest.approx(Fusion().score(top["ranks"]), abs=1e-5)
     assert all(s["score"] < top["score"] for s in sources[1:])
     assert top["document_id"].startswith("doc-") and top["collection"] == "default"
     if name.endswith(".pdf"):
@@ -265,9 +266,9 @@ def test_sources_under_each_retrieval_mode(client: openai.OpenAI) -> None:
     assert info["retrieval_mode"] == "hybrid" and len(hybrid) == 3
     river = next(s for s in hybrid if s["filename"] == "river.txt")
     assert river["ranks"]["lexical"] == 1
-    assert river["score"] == pytest.approx(1 / 61 + 1 / (60 + river["ranks"]["dense"]), abs=1e-5)
+    assert river["score"] == pytest.approx(Fusion().score(river["ranks"]), abs=1e-5)
     for s in hybrid:  # each source's fused score is the sum of its reciprocal ranks
-        expected = sum(1 / (60 + r) for r in s["ranks"].values() if r is not None)
+        expected = Fusion().score(s["ranks"])
         assert s["score"] == pytest.approx(expected, abs=1e-5)
     fallback, _ = sources("What is it?", "lexical")  # no usable word: dense alone
     assert len(fallback) == 3 and {s["retrieval_mode"] for s in fallback} == {"dense"}

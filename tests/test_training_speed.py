@@ -88,3 +88,31 @@ def test_length_buckets_permute_the_same_examples_with_less_padding(cm, tmp_path
         return sum(len(x) * lengths[x].max() - lengths[x].sum() for x in batches)
 
     assert padding(b) < padding(a) / 2
+
+
+def test_one_example_per_pass_gives_the_batch_gradient(cm, tmp_path):
+    from mlx.utils import tree_flatten
+
+    stage = make_stage("pretrain", cm)
+    examples = stage.build(_records(4))
+    set_trainable(cm, stage.adapters, True, False)
+    cm.eval()
+    norm = {"tokens": sum(e.gen.n_answer for e in examples), "docs": 4, "queries": 4}
+    vg = value_and_grad(cm, stage.loss)
+    (whole, _), g_whole = vg(examples, norm)
+    parts = [vg([e], norm) for e in examples]
+    total = sum(p[0][0].item() for p in parts)
+    assert total == pytest.approx(whole.item(), rel=1e-5)
+    a = dict(tree_flatten(g_whole))
+    b = {}
+    for _, g in parts:
+        for k, v in tree_flatten(g):
+            b[k] = b[k] + v if k in b else v
+    for k in a:
+        assert np.allclose(np.array(a[k]), np.array(b[k]), rtol=1e-3, atol=1e-6), k
+    cfg = TrainConfig(stage="pretrain", out=str(tmp_path), batch_size=4, max_steps=2, quiet=True,
+                      pass_size=1)  # fmt: skip
+    m = Trainer(cm, stage, examples, cfg).train_step()
+    assert m["work"] == sum(
+        len(e.gen.tokens) + len(e.docs[0]) + 3 + cm.n_mem for e in examples
+    ) and np.isfinite(m["loss"])

@@ -114,6 +114,8 @@ def test_full_finetuning_trains_base_weights(cm):
 def test_instruct_resets_the_generator(cm):
     for layer in cm.lora_layers():
         layer.lora_generator["b"] = mx.ones_like(layer.lora_generator["b"])
+    make_stage("instruct", cm, StageConfig(keep_generator=True)).initialize(cm, seed=0)
+    assert all(float(mx.abs(la.lora_generator["b"]).min()) == 1 for la in cm.lora_layers())
     make_stage("instruct", cm).initialize(cm, seed=0)
     assert all(float(mx.abs(la.lora_generator["b"]).sum()) == 0 for la in cm.lora_layers())
 

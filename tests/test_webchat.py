@@ -102,3 +102,28 @@ def test_a_wrong_key_is_reported(server: ServerProcess, page) -> None:
     page.fill("#api-key", "wrong")
     page.dispatch_event("#api-key", "change")
     sync_api.expect(page.locator("#model")).to_contain_text("Incorrect or missing API key")
+
+
+def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, page, tmp_path):
+    # a source snippet and a question holding HTML: shown as characters, never parsed as markup
+    markup = '<img src=x onerror="window.injected=1"><b id="injected">bold</b>'
+    doc = tmp_path / "markup.txt"
+    doc.write_text(f"The lighthouse was painted red in 1931. {markup}")
+    page.goto(server.url + "/")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    page.fill("#new-collection", "markupdocs")
+    page.set_input_files("#file", str(doc))
+    page.click("#upload")
+    sync_api.expect(page.locator("#upload-status")).to_have_text(
+        "markup.txt: indexed into markupdocs"
+    )
+    page.fill("#question", f"When was the lighthouse painted? {markup}")
+    page.press("#question", "Enter")
+    answer = page.locator(".msg.assistant.done")
+    sync_api.expect(answer).to_have_count(1)
+    sync_api.expect(page.locator(".msg.user")).to_contain_text(markup)
+    answer.locator("button.source").first.click()
+    sync_api.expect(answer.locator(".snippet").first).to_contain_text(markup)
+    assert page.locator("#log img, #log b, #injected").count() == 0
+    assert page.evaluate("() => window.injected") is None

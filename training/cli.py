@@ -105,6 +105,13 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         "random batches (default: on)",
     )
     o.add_argument(
+        "--pass-size",
+        type=int,
+        default=None,
+        help="examples per forward/backward pass inside a batch (same gradients; 1 is fastest "
+        "on a CPU; default: the whole batch)",
+    )
+    o.add_argument(
         "--save-every", type=int, default=0, help="checkpoint every N steps (default: end only)"
     )
     o.add_argument("--stop-after", type=int, help="stop with a checkpoint after step N")
@@ -134,6 +141,13 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     if stage in ("pretrain", "instruct"):
         s.add_argument(
             "--mse-weight", type=float, default=0.1, help="memory MSE weight (default: 0.1)"
+        )
+    if stage == "instruct":
+        s.add_argument(
+            "--keep-generator",
+            action="store_true",
+            help="continue the --init-from generator instead of re-initialising it (not in the "
+            "paper; for short runs that start from trained adapters)",
         )
     if stage in ("instruct", "joint"):
         s.add_argument(
@@ -200,6 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         grad_checkpoint=args.grad_checkpoint,
         quiet=args.quiet,
         length_buckets=args.length_buckets,
+        pass_size=args.pass_size,
         extra={"data": str(Path(args.data).resolve()), "init_from": args.checkpoint},
     )
     clara_config = ClaraConfig(
@@ -215,6 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         top_k=getattr(args, "top_k", 5),
         tau=getattr(args, "tau", 0.02),
         mse_weight=getattr(args, "mse_weight", 0.1),
+        keep_generator=getattr(args, "keep_generator", False),
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
     )
     final = train(

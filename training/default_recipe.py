@@ -152,15 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--data", type=Path, default=default_data(), help="clara-example jsonl")
     p.add_argument("--pydoc", type=int, default=150, help="pydoc paraphrase + cloze records each")
-    p.add_argument("--instruct-k", type=int, default=3, help="candidates per question, stage 2")
-    p.add_argument("--joint-docs", type=int, default=200, help="training documents in stage 3")
+    p.add_argument("--instruct-k", type=int, default=2, help="candidates per question, stage 2")
+    p.add_argument("--joint-docs", type=int, default=40, help="training documents in stage 3")
     p.add_argument("--joint-k", type=int, default=8, help="candidates per question, stage 3")
     p.add_argument("--top-k", type=int, default=3, help="documents the generator reads, stage 3")
-    p.add_argument("--steps", default="150,50,40", help="optimiser steps of the three stages")
+    p.add_argument("--steps", default="150,30,20", help="optimiser steps of the three stages")
     p.add_argument("--lr", default="5e-4,5e-4,2e-4", help="learning rates of the three stages")
     p.add_argument(
         "--stop-after",
-        default=",,",
+        default="10,6,5",
         help="per stage, stop at this step of its schedule and go on from that checkpoint",
     )
     p.add_argument(
@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 extra += ["--retrieval-weight", "1.0", "--top-k", str(args.top_k)]
             if stage == "instruct":
                 extra += ["--top-k", str(args.instruct_k)]
+                if args.init != "none":
+                    extra += ["--keep-generator"]
             if stage == "pretrain" and args.init == "none":
                 extra += ["--center-memory"]
             if stop:

@@ -54,6 +54,7 @@ class StageConfig:
     mse_weight: float = 0.1  # weight of the memory MSE (stages 1-2)
     retrieval_weight: float = 0.0  # optional InfoNCE on the query scores (stage 3; off = paper)
     max_lm_tokens: int = 256  # `lm` stage sequence length
+    keep_generator: bool = False  # stage 2 continues the loaded generator (paper: re-initialise)
 
 
 @dataclass
@@ -194,7 +195,8 @@ class InstructStage(CompressionStage):
         return out
 
     def initialize(self, cm, seed):
-        reset_adapter(cm, "generator", seed)
+        if not self.config.keep_generator:
+            reset_adapter(cm, "generator", seed)
 
 
 class JointStage(Stage):

@@ -69,6 +69,10 @@ class TrainConfig:
     # Length-bucketed batches: each window of 16 global batches (of the seeded permutation) is
     # sorted by example length and cut into batches, whose order is shuffled: less padding.
     length_buckets: bool = False
+    # Examples per forward/backward pass inside a micro-batch (None: all of it). The losses are
+    # sums over the step's counts, so splitting changes nothing but speed: on a CPU, passes of
+    # one example run faster per token than padded batches (smaller, cache-friendly matmuls).
+    pass_size: int | None = None
     extra: dict = field(default_factory=dict)  # recorded in the checkpoint (data files, ...)
 
     @property
@@ -280,8 +284,12 @@ class Trainer:
         norm = {k: sum(c[k] for c in counts) for k in counts[0]}
         mx.random.seed((cfg.seed * 1_000_003 + self.step * 9_973 + self.rank) % (2**32))
         grads, sums, work, rankings = None, {}, 0, []
-        for mb in batches:
-            mine = mb[self.rank]
+        passes = [
+            mb[self.rank][lo : lo + (cfg.pass_size or len(mb[self.rank]))]
+            for mb in batches
+            for lo in range(0, len(mb[self.rank]), cfg.pass_size or len(mb[self.rank]))
+        ]
+        for mine in passes:
             (loss, aux), g = self.vg(mine, norm)
             grads = G.add(grads, g)
             sums["loss"] = sums.get("loss", 0) + loss

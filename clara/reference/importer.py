@@ -168,6 +168,8 @@ def _lora_weights(ref: Reference, n_layers: int, rank: int) -> dict[str, mx.arra
                 f"{n_layers} layers x {len(TARGETS)} linear layers (e.g. {odd[0]})"
             )
         for module, ab in seen.items():
+            if set(ab) != {"A", "B"}:
+                raise CheckpointError(f"{ref.path}/adapters.pth: {module} lacks lora_A or lora_B")
             if ab["A"].shape[0] != rank or ab["B"].shape[1] != rank:
                 raise CheckpointError(f"{ref.path}: {module} has LoRA rank != {rank}")
             out[f"lm.{module}.lora_{name}.a"] = ab["A"].T  # (in, r)
@@ -209,7 +211,9 @@ def import_reference(
     tokenizer = runtime.hf_tokenizer(load_tokenizer(path))
     clash = [t for t in added if t in tokenizer.get_vocab()]
     if clash:
-        raise CheckpointError(f"the base tokenizer already has {clash}: not supported")
+        raise CheckpointError(
+            f"the tokenizer of {base} already has {clash}, which the reference adds: {fix}"
+        )
     if len(tokenizer) != vocab_base:
         raise CheckpointError(
             f"{ref.path} extends a {vocab_base}-token vocabulary but the tokenizer of {base} has "

@@ -9,11 +9,11 @@ needed.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,30 +37,66 @@ _STORAGES = {
 }
 
 
-@dataclass(frozen=True)
-class _StorageType:
-    name: str
+class _Sealed:
+    """What the unpickler hands out for a global: no `__dict__` and no attribute assignment,
+    so a pickle's BUILD opcode cannot change objects that every later load shares."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise CheckpointError("malformed .pth: it sets attributes on a torch global")
+
+    def __delattr__(self, name: str) -> None:
+        raise CheckpointError("malformed .pth: it deletes attributes of a torch global")
 
 
-@dataclass(frozen=True)
-class _TensorType:
-    name: str  # "Tensor" or "Parameter": both load as plain arrays
+class _StorageType(_Sealed):
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "name", name)
 
 
-@dataclass
-class _Storage:
-    dtype: np.dtype
-    view: Any  # mx dtype to reinterpret as (bfloat16), or None
-    data: np.ndarray  # 1-D elements
+class _TensorType(_Sealed):
+    __slots__ = ("name",)  # "Tensor" or "Parameter": both load as plain arrays
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "name", name)
+
+
+class _Rebuild(_Sealed):
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+class _Storage(_Sealed):
+    """One storage's elements: sealed too, as the pickle holds it (BUILD could swap `data`)."""
+
+    __slots__ = ("view", "data")
+
+    def __init__(self, view: Any, data: np.ndarray) -> None:
+        object.__setattr__(self, "view", view)  # mx dtype to reinterpret as (bfloat16), or None
+        object.__setattr__(self, "data", data)  # (numel,) raw elements
 
 
 def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *_ignored) -> mx.array:
     if not isinstance(storage, _Storage):
         raise CheckpointError("malformed .pth: a tensor without a storage")
+    if not isinstance(offset, int) or not isinstance(size, tuple) or not isinstance(stride, tuple):
+        raise CheckpointError("malformed .pth: a tensor's offset, size or stride is not integers")
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    count = int(np.prod(size)) if size else 1
+    # as_strided reads wherever the strides point: negative strides or a view larger than its
+    # storage (which torch never writes for a state dict) would read outside it or exhaust memory
+    if len(size) != len(stride) or min(size + stride, default=0) < 0:
+        raise CheckpointError("malformed .pth: a tensor with negative or mismatched size/stride")
+    count = math.prod(size)
     span = 1 + sum((n - 1) * s for n, s in zip(size, stride)) if count else 0
-    if offset < 0 or offset + span > storage.data.size:
+    if offset < 0 or offset + span > storage.data.size or count > storage.data.size:
         raise CheckpointError("malformed .pth: a tensor reaches past its storage")
     item = storage.data.itemsize
     arr = np.lib.stride_tricks.as_strided(
@@ -75,17 +111,18 @@ def _rebuild_parameter(data: mx.array, *_ignored) -> mx.array:
 
 
 def _rebuild_from_type(func, new_type, args, state) -> mx.array:
-    if func is not _rebuild_tensor or not isinstance(new_type, _TensorType):
+    if func is not _REBUILD_TENSOR or not isinstance(new_type, _TensorType):
         raise CheckpointError("malformed .pth: unsupported tensor subclass")
     return func(*args)
 
 
+_REBUILD_TENSOR = _Rebuild(_rebuild_tensor)
 _GLOBALS = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    ("collections", "OrderedDict"): OrderedDict,  # a built-in type: BUILD cannot change it
+    ("torch._utils", "_rebuild_tensor_v2"): _REBUILD_TENSOR,
+    ("torch._utils", "_rebuild_parameter"): _Rebuild(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Rebuild(_rebuild_parameter),
+    ("torch._tensor", "_rebuild_from_type_v2"): _Rebuild(_rebuild_from_type),
     ("torch", "Tensor"): _TensorType("Tensor"),
     ("torch.nn.parameter", "Parameter"): _TensorType("Parameter"),
     **{("torch", name): _StorageType(name) for name in _STORAGES},
@@ -113,6 +150,8 @@ class _Unpickler(pickle.Unpickler):
         _, kind, key, _location, numel = pid
         if not isinstance(kind, _StorageType):
             raise CheckpointError(f"{self.path}: unsupported storage type {kind!r:.80}")
+        if not isinstance(key, str) or not isinstance(numel, int):
+            raise CheckpointError(f"{self.path}: malformed storage reference {pid!r:.80}")
         if key not in self.storages:
             np_dtype, view = _STORAGES[kind.name]
             try:
@@ -122,7 +161,7 @@ class _Unpickler(pickle.Unpickler):
             data = np.frombuffer(raw, dtype=np_dtype)
             if data.size < int(numel):
                 raise CheckpointError(f"{self.path}: storage {key} is truncated")
-            self.storages[key] = _Storage(np.dtype(np_dtype), view, data)
+            self.storages[key] = _Storage(view, data)
         return self.storages[key]
 
 
@@ -146,5 +185,13 @@ def load_pth(path: str | os.PathLike) -> Any:
             return _Unpickler(archive.read(pkls[0]), archive, prefix, path).load()
         except CheckpointError:
             raise
-        except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError) as exc:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            TypeError,
+            ValueError,
+            KeyError,
+            AttributeError,
+            OverflowError,
+        ) as exc:
             raise CheckpointError(f"{path}: not a readable .pth ({exc})") from exc

@@ -10,12 +10,16 @@ get the reference's rows for them (`added_rows`), leaving the base rows untouche
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from tokenizers import AddedToken
 
 from clara.errors import CheckpointError
+
+if TYPE_CHECKING:  # clara.model imports this module
+    from clara.model import ClaraModel
 
 ENC_TOKEN, SEP_TOKEN = "<ENC>", "<SEP>"
 
@@ -55,12 +59,12 @@ class AddedHead(nn.Module):
         return mx.concatenate([logits, x @ self.added_rows.astype(x.dtype).T], axis=-1)
 
 
-def hf_tokenizer(tokenizer):
+def hf_tokenizer(tokenizer: Any) -> Any:
     """The Hugging Face tokenizer inside mlx-lm's `TokenizerWrapper` (or the tokenizer itself)."""
     return getattr(tokenizer, "_tokenizer", tokenizer)
 
 
-def add_tokens(tokenizer, added: Sequence[str], vocab_base: int) -> list[int]:
+def add_tokens(tokenizer: Any, added: Sequence[str], vocab_base: int) -> list[int]:
     """Give `tokenizer` the reference's special tokens with ids `vocab_base, vocab_base+1, …`.
 
     Idempotent: a tokenizer that already has them (same ids) is left as it is.
@@ -84,7 +88,7 @@ def add_tokens(tokenizer, added: Sequence[str], vocab_base: int) -> list[int]:
     return ids
 
 
-def attach(cm) -> None:
+def attach(cm: ClaraModel) -> None:
     """Extend `cm`'s tokenizer, embedding and output head with the checkpoint's added tokens.
 
     The rows start at zero; `load_checkpoint` fills them (`added_rows` in the weights file).
@@ -100,7 +104,7 @@ def attach(cm) -> None:
         cm.lm.lm_head = AddedHead(head, cfg.vocab_base, n, d)
 
 
-def document_tokens(tokenizer, texts: Sequence[str], doc_max_tokens: int) -> list[list[int]]:
+def document_tokens(tokenizer: Any, texts: Sequence[str], doc_max_tokens: int) -> list[list[int]]:
     """The reference's document tokens, without its `<ENC> BOS` head and `EOS` tail.
 
     The reference tokenizes `<ENC>{bos}{text}{eos}` as one string and keeps its first
