@@ -195,12 +195,7 @@ class ResponsesServing:
         if searched:
             await self._indexed(chat.collection)
         params = chat.to_params(serving.defaults)
-        job = serving.engine.chat(params)
-        try:
-            ready = await serving._until_ready(job, request)
-        except BaseException:
-            job.cancel()
-            raise
+        job, ready = await serving.start_chat(params, request)
         response = Response(
             model=serving.served_model_name,
             instructions=req.instructions,

@@ -68,7 +68,7 @@ class ResponseRun:
         """The chunk's token logprob (as OpenAI's output_text logprobs), kept; [] if none."""
         if not self.want_logprobs or chunk.logprob is None:
             return []
-        entry = self.owner.serving._logprob(chunk).model_dump()
+        entry = self.owner.serving.token_logprob(chunk).model_dump()
         self.logprobs.append(entry)
         return [entry]
 
@@ -92,7 +92,7 @@ class ResponseRun:
             self.call.status = "completed"
         try:
             while True:
-                event = await self.owner.serving._next(self.job, request)
+                event = await self.owner.serving.next_event(self.job, request)
                 if isinstance(event, Failed):
                     raise to_api_error(event.error)
                 if event is DONE:

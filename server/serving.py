@@ -37,6 +37,7 @@ from server.protocol import (
     EmbeddingUsage,
     ModelCard,
     ModelList,
+    RagParams,
     RetrievalInfo,
     ServingDefaults,
     Source,
@@ -195,12 +196,7 @@ class OpenAIServing:
         self.check_model(req.model)
         req.check_supported()
         params = req.to_params(self.defaults)
-        job = self.engine.chat(params)
-        try:
-            ready = await self._until_ready(job, request)
-        except BaseException:
-            job.cancel()
-            raise
+        job, ready = await self.start_chat(params, request)
         r = ready.retrieved
         reply = _Reply(
             id=completion_id(),
@@ -227,7 +223,7 @@ class OpenAIServing:
             )
         return JSONResponse((await self._complete(job, reply, request, start)).model_dump())
 
-    async def _next(self, job: Job, request: Request) -> object:
+    async def next_event(self, job: Job, request: Request) -> object:
         """The job's next event; a client that hung up cancels the job (checked every second)."""
         while True:
             event = await job.next(timeout=1.0)
@@ -237,8 +233,18 @@ class OpenAIServing:
                 job.cancel()
                 raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
 
+    async def start_chat(self, params: RagParams, request: Request) -> tuple[Job, Ready]:
+        """Queue a chat job and wait until its retrieval and prompt are done (`Ready`); the
+        job is cancelled if that fails or the client leaves. Chat and Responses both start here."""
+        job = self.engine.chat(params)
+        try:
+            return job, await self._until_ready(job, request)
+        except BaseException:
+            job.cancel()
+            raise
+
     async def _until_ready(self, job: Job, request: Request) -> Ready:
-        event = await self._next(job, request)
+        event = await self.next_event(job, request)
         if isinstance(event, Ready):
             return event
         if isinstance(event, Failed):
@@ -257,7 +263,7 @@ class OpenAIServing:
         first: float | None = None
         try:
             while True:
-                event = await self._next(job, request)
+                event = await self.next_event(job, request)
                 if isinstance(event, Failed):
                     raise to_api_error(event.error)
                 if event is DONE:
@@ -266,7 +272,7 @@ class OpenAIServing:
                     first = first or time.perf_counter()
                     text.append(event.text)
                     if reply.logprobs and event.logprob is not None:
-                        tokens.append(self._logprob(event))
+                        tokens.append(self.token_logprob(event))
                     if event.finish_reason is not None:
                         break
         finally:
@@ -303,7 +309,7 @@ class OpenAIServing:
         text = self.engine.worker.cm.tokenizer.decode([token_id])
         return TopLogprob(token=text, logprob=0.0, bytes=list(text.encode()))
 
-    def _logprob(self, chunk: GenerationChunk) -> TokenLogprob:
+    def token_logprob(self, chunk: GenerationChunk) -> TokenLogprob:
         """The OpenAI logprobs entry of the chunk's token (and its best alternatives)."""
         top = []
         for token_id, logprob in chunk.top_logprobs or []:
@@ -348,7 +354,9 @@ class OpenAIServing:
                     continue
                 first = first or time.perf_counter()
                 token = (
-                    self._logprob(event) if reply.logprobs and event.logprob is not None else None
+                    self.token_logprob(event)
+                    if reply.logprobs and event.logprob is not None
+                    else None
                 )
                 if event.text or token is not None:
                     length += len(event.text)
@@ -400,7 +408,7 @@ class OpenAIServing:
             )
         job = self.engine.embed(list(inputs))
         try:
-            event = await self._next(job, request)
+            event = await self.next_event(job, request)
         finally:
             job.cancel()
         if isinstance(event, Failed):
