@@ -15,17 +15,10 @@ import pytest
 from indexing import lexical
 from indexing.durable import WriterLock
 from indexing.store import ChunkRecord, Collection
+from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
 
-N_MEM, D = 4, 8
-MANIFEST = {
-    "checkpoint_fingerprint": "fp-aaaa",
-    "base_model": "tiny",
-    "base_fingerprint": "base-1",
-    "compression_rate": 16,
-    "doc_max_tokens": 64,
-    "n_mem": N_MEM,
-    "hidden_size": D,
-}
+N_MEM, D = STORE_N_MEM, STORE_D
+MANIFEST = STORE_MANIFEST
 DOCS = {
     "git-notes": [
         "Use git branch --set-upstream-to=origin/main to track a remote branch.",

@@ -27,19 +27,11 @@ from indexing.store import (
     delete_collection,
     list_collections,
 )
+from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
 
-N_MEM, D = 4, 8
+N_MEM, D = STORE_N_MEM, STORE_D
 REPO = Path(__file__).resolve().parents[1]
-# the keys ClaraModel.manifest() produces
-MANIFEST = {
-    "checkpoint_fingerprint": "fp-aaaa",
-    "base_model": "tiny",
-    "base_fingerprint": "base-1",
-    "compression_rate": 16,
-    "doc_max_tokens": 64,
-    "n_mem": N_MEM,
-    "hidden_size": D,
-}
+MANIFEST = STORE_MANIFEST
 
 
 def doc_vectors(seed: int, n: int = 3) -> np.ndarray:

@@ -223,3 +223,17 @@ def save_tiny_weights(path: str | Path, model: nn.Module) -> None:
     """Write `model`'s parameters to `path/model.safetensors` (mlx-lm's single-shard name)."""
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(Path(path) / "model.safetensors"), weights, metadata={"format": "mlx"})
+
+
+# A store-level manifest (the keys ClaraModel.manifest() produces) for collections that tests
+# fill with random (STORE_N_MEM, STORE_D) memories, no model involved.
+STORE_N_MEM, STORE_D = 4, 8
+STORE_MANIFEST = {
+    "checkpoint_fingerprint": "fp-aaaa",
+    "base_model": "tiny",
+    "base_fingerprint": "base-1",
+    "compression_rate": 16,
+    "doc_max_tokens": 64,
+    "n_mem": STORE_N_MEM,
+    "hidden_size": STORE_D,
+}
