@@ -30,8 +30,7 @@ import numpy as np
 from clara.checkpoint import load_clara
 from clara.decode import Decoder, PrefixCache
 from clara.decode import Sequence as Seq
-from clara.errors import ContextLengthError
-from clara.generate import GenerationChunk, SamplingParams, context_limit
+from clara.generate import GenerationChunk, SamplingParams, check_context, context_limit
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.retrieval import flatten_normalize
@@ -361,12 +360,7 @@ class Engine:
         request joins the decode batch (`_decode`)."""
         retrieved = self._retrieve(p)
         prompt, adapter = self._prompt(p, retrieved)
-        limit = self.info.context_limit
-        if prompt.positions >= limit:  # checked here too so the 400 comes before any byte
-            raise ContextLengthError(
-                f"the prompt needs {prompt.positions} positions but the model's context is "
-                f"{limit}; shorten the conversation or retrieve fewer chunks (top_k)"
-            )
+        check_context(prompt, self.info.context_limit)  # before Ready: the 400 precedes any byte
         job.emit(Ready(retrieved, prompt.positions))
         decoder = self._decoders.get(adapter)
         if decoder is None:
@@ -433,7 +427,7 @@ class Engine:
 
 
 def sampling(p: RagParams) -> SamplingParams:
-    """A request's sampling parameters (logprobs when the request type has them)."""
+    """A request's sampling parameters."""
     return SamplingParams(
         max_tokens=p.max_tokens,
         temperature=p.temperature,
@@ -441,6 +435,6 @@ def sampling(p: RagParams) -> SamplingParams:
         seed=p.seed,
         stop=p.stop,
         ignore_eos=p.ignore_eos,
-        logprobs=bool(getattr(p, "logprobs", False)),
-        top_logprobs=int(getattr(p, "top_logprobs", 0) or 0),
+        logprobs=p.logprobs,
+        top_logprobs=p.top_logprobs,
     )
