@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from clara.paths import index_root
+
+log = logging.getLogger("clara")
 
 
 @dataclass
@@ -18,3 +21,10 @@ class ModelSettings:
     @property
     def root(self) -> Path:
         return index_root(self.index_root)
+
+    def load(self):
+        """The base model with its CLaRa checkpoint (`load_clara`); call it on the worker thread."""
+        from clara.checkpoint import load_clara
+
+        log.info("loading %s%s", self.model, f" + {self.checkpoint}" if self.checkpoint else "")
+        return load_clara(self.model, self.checkpoint, dtype=self.dtype)

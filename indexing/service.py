@@ -24,7 +24,6 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
-from clara.checkpoint import load_clara
 from clara.errors import ClaraError
 from clara.settings import ModelSettings
 from clara_cli.http import (
@@ -88,15 +87,10 @@ def create_app(
     api_key: str | None = None,
     load: Callable[[], Any] | None = None,
 ) -> FastAPI:
-    """The app; `load` (default: `load_clara` with the settings) runs on the worker thread."""
-
-    def default_load() -> Any:
-        s = settings
-        log.info("loading %s%s", s.model, f" + {s.checkpoint}" if s.checkpoint else "")
-        return load_clara(s.model, s.checkpoint, dtype=s.dtype)
+    """The app; `load` (default: `settings.load`) runs on the worker thread."""
 
     worker = Worker(
-        load or default_load,
+        load or settings.load,
         max_waiting=settings.max_waiting_calls,
         name="clara-index-mlx",
         service="clara-index serve",

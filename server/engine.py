@@ -27,7 +27,6 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from clara.checkpoint import load_clara
 from clara.decode import Decoder, PrefixCache
 from clara.decode import Sequence as Seq
 from clara.generate import GenerationChunk, SamplingParams, check_context, context_limit
@@ -242,10 +241,8 @@ class Engine:
 
     # ---- worker side -----------------------------------------------------------------------
     def _load_model(self) -> ClaraModel:
-        s = self.settings
-        log.info("loading %s%s", s.model, f" + {s.checkpoint}" if s.checkpoint else "")
         self._load_start = time.perf_counter()
-        return load_clara(s.model, s.checkpoint, dtype=s.dtype)
+        return self.settings.load()
 
     def _loaded(self, cm: ClaraModel) -> None:
         """Ready hook: model facts for the routes, the index checked, a warm-up pass."""
