@@ -41,7 +41,16 @@ class Fusion:
 
     def score(self, ranks: Mapping[str, int | None]) -> float:
         """The fused score of an item with these 1-based ranks (None: not returned)."""
-        return sum(self.weights.get(n, 1.0) / (self.k + r) for n, r in ranks.items() if r)
+        return rrf_score(ranks, self.k, self.weights)
+
+
+def rrf_score(
+    ranks: Mapping[str, int | None], k: float, weights: Mapping[str, float] | None = None
+) -> float:
+    """`sum_r weights[r] / (k + rank_r)` over the rankings that returned the item (weight 1
+    where none is given)."""
+    weights = weights or {}
+    return sum(weights.get(n, 1.0) / (k + r) for n, r in ranks.items() if r is not None)
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,6 @@ def reciprocal_rank_fusion(
 ) -> list[Fused]:
     """Fuse best-first rankings by `sum_r weights[r] / (k + rank)`; best first, ties broken by
     the best single rank, then by first appearance (rankings taken in order)."""
-    weights = weights or {}
     ranks: dict[Hashable, dict[str, int | None]] = {}
     for name, ranking in rankings.items():
         for rank, item in enumerate(ranking, start=1):
@@ -69,8 +77,8 @@ def reciprocal_rank_fusion(
                 entry[name] = rank
     fused = []
     for order, (item, r) in enumerate(ranks.items()):
-        score = sum(weights.get(n, 1.0) / (k + v) for n, v in r.items() if v is not None)
-        fused.append((score, min(v for v in r.values() if v is not None), order, item, r))
+        best = min(v for v in r.values() if v is not None)
+        fused.append((rrf_score(r, k, weights), best, order, item, r))
     fused.sort(key=lambda t: (-t[0], t[1], t[2]))
     return [Fused(item, score, r) for score, _, _, item, r in fused]
 
