@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clara.retrieval import RETRIEVAL_MODES, Fusion, reciprocal_rank_fusion
+from clara.retrieval import RETRIEVAL_MODES, Fused, Fusion, reciprocal_rank_fusion
 from indexing.meta import contextual
 
 if TYPE_CHECKING:
@@ -89,15 +89,8 @@ def retrieve(
     else:
         only = rankings[mode]
         own = dense_scores if mode == "dense" else lexical_scores
-        fused = [_Single(i, own[i], {mode: r}) for r, i in enumerate(only, start=1)]
+        fused = [Fused(i, own[i], {mode: r}) for r, i in enumerate(only, start=1)]
     return _hits(col, fused, k * 2, mode, dense_scores, lexical_scores)[:k]
-
-
-@dataclass
-class _Single:
-    id: int
-    score: float
-    ranks: dict[str, int | None]
 
 
 def _hits(col, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchHit]:
