@@ -3,13 +3,25 @@
 The `mlx[cpu]` wheel links the netlib reference BLAS (~6 GFLOP/s). Loading OpenBLAS with
 RTLD_GLOBAL before `mlx` is first imported makes MLX's cblas calls resolve to it (~50x faster,
 same results to float rounding). This must run before anything imports `mlx.core`.
+
+Decode steps multiply a few rows by each weight matrix, where OpenBLAS's sgemm spends most of
+its time packing the weights. `clara/_thinmm.c`, compiled once with the machine's C compiler
+into the cache directory and loaded ahead of OpenBLAS, takes those thin products (at most
+`CLARA_THIN_ROWS` rows, default 16) and hands everything else to OpenBLAS. `CLARA_THIN=off`
+leaves every product to OpenBLAS (the benchmarks compare the two).
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 _CANDIDATES = (
     "libopenblas.so.0",
@@ -24,6 +36,80 @@ loaded: str | None = None
 reason: str | None = None
 _lib: ctypes.CDLL | None = None
 _threads: int | None = None
+#: Path of the thin-matmul library in use, or None; `thin_reason` says why not.
+thin: str | None = None
+thin_reason: str | None = None
+_thin: ctypes.CDLL | None = None
+_thin_threads: int | None = None
+THIN_SOURCE = Path(__file__).with_name("_thinmm.c")
+
+
+def _off(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("off", "0", "no", "false", "none")
+
+
+def _cpu_tag() -> str:
+    """What -march=native depends on: the architecture and the CPU's feature flags."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {flags}"
+
+
+def _build_thin() -> Path | None:
+    """The compiled thin-matmul library (built on first use, cached by source and CPU)."""
+    global thin_reason
+    source = THIN_SOURCE.read_bytes()
+    key = hashlib.sha256(source + _cpu_tag().encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
+    target = cache / f"thinmm-{key}.so"
+    if target.exists():
+        return target
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        thin_reason = "no C compiler (install gcc for faster decoding)"
+        return None
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            out = Path(tmp) / target.name
+            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-o", str(out)]
+            done = subprocess.run(
+                [*cmd, str(THIN_SOURCE)], capture_output=True, text=True, timeout=120
+            )
+            if done.returncode != 0:
+                thin_reason = f"compiling {THIN_SOURCE.name} failed: {done.stderr.strip()[-300:]}"
+                return None
+            os.replace(out, target)  # atomic: concurrent first runs both end with one file
+    except (OSError, subprocess.SubprocessError) as e:
+        thin_reason = f"could not build {THIN_SOURCE.name}: {e}"
+        return None
+    return target
+
+
+def _load_thin() -> None:
+    """Load the thin-matmul library ahead of OpenBLAS so MLX's cblas_sgemm resolves to it."""
+    global _thin, thin, thin_reason
+    if _off("CLARA_THIN"):
+        thin_reason = "disabled by CLARA_THIN"
+        return
+    path = _build_thin()
+    if path is None:
+        return
+    try:
+        _thin = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        thin_reason = f"could not load {path}: {e}"
+        return
+    thin = str(path)
+    rows = _env_threads("CLARA_THIN_ROWS")
+    if rows is not None:
+        _thin.clara_thinmm_set_rows(rows)
 
 
 def enable() -> str | None:
@@ -42,13 +128,18 @@ def enable() -> str | None:
     if "mlx.core" in sys.modules:
         reason = "mlx was imported before clara"
         return None
-    for name in (choice,) if choice else _CANDIDATES:
+    names = (choice,) if choice else _CANDIDATES
+    for name in names:
         try:
-            lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            ctypes.CDLL(name)  # found? (not global yet: the thin kernel must come first)
         except OSError:
             continue
+        _load_thin()
+        lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         global _lib
         loaded, _lib = name, lib
+        if _thin is not None:
+            _thin.clara_thinmm_set_sgemm(ctypes.cast(lib.cblas_sgemm, ctypes.c_void_p))
         return loaded
     reason = "OpenBLAS not found"
     if not os.environ.get("CLARA_QUIET_BLAS"):
@@ -76,16 +167,98 @@ def set_threads(n: int | None) -> None:
         _threads = n
 
 
+def set_thin_threads(n: int | None) -> None:
+    """Threads of the thin-matmul kernel (None: leave as is); a no-op without it."""
+    global _thin_threads
+    if n is None or n == _thin_threads or _thin is None:
+        return
+    _thin.clara_thinmm_set_threads(int(n))
+    _thin_threads = n
+
+
 def for_decode() -> None:
-    """Thread count for decode steps (thin matrix-vector products): `CLARA_DECODE_THREADS`,
-    else DECODE_THREADS (see bench/bench_server.py for how it was measured)."""
-    set_threads(_env_threads("CLARA_DECODE_THREADS") or DECODE_THREADS)
+    """Threads for decode steps: `CLARA_DECODE_THREADS`, else every core for the thin kernel
+    (it streams the weights, and two cores read memory faster than one) and DECODE_THREADS
+    for OpenBLAS, which only sees batches wider than the thin kernel takes."""
+    chosen = _env_threads("CLARA_DECODE_THREADS")
+    set_thin_threads(chosen or os.cpu_count())
+    set_threads(chosen or DECODE_THREADS)
 
 
 def for_prefill() -> None:
     """Thread count for prefill and compression (matrix-matrix): `CLARA_PREFILL_THREADS`,
     else every core."""
     set_threads(_env_threads("CLARA_PREFILL_THREADS") or os.cpu_count())
+    set_thin_threads(_env_threads("CLARA_PREFILL_THREADS") or os.cpu_count())
 
 
 DECODE_THREADS: int | None = 1  # measured: batch 8 decodes 2x faster than with 2 (BENCHMARKS.md)
+
+
+# ---- float16 copies of decode weights ------------------------------------------------------
+_half_refs: dict[int, list] = {}  # address -> [float32 array (held), number of owners]
+
+
+def _address(array) -> int:
+    import numpy as np
+
+    return np.asarray(array).ctypes.data  # MLX's buffer protocol: the array's own memory
+
+
+class HalfCopies:
+    """Float16 copies of weights only decoding reads (merged adapter weights, the output
+    embedding), which the thin kernel streams instead of the float32 arrays: half the memory
+    traffic per token, products and sums still in float32. One owner (a Decoder) updates its
+    set as weights change; each float32 array is held while a copy of it lives, so its address
+    cannot be reused under a live entry. `CLARA_HALF=off` keeps float32."""
+
+    def __init__(self) -> None:
+        self._mine: set[int] = set()
+
+    @staticmethod
+    def available() -> bool:
+        return _thin is not None and not _off("CLARA_HALF")
+
+    def update(self, weights) -> int:
+        """Own copies of exactly `weights` (2-D row-contiguous float32); returns how many."""
+        import mlx.core as mx
+
+        if not self.available():
+            return 0
+        wanted: dict[int, object] = {}
+        for w in weights:
+            if w.ndim == 2 and w.dtype == mx.float32:
+                mx.eval(w)
+                wanted[_address(w)] = w
+        for address in self._mine - set(wanted):
+            self._release(address)
+        for address, w in wanted.items():
+            if address in self._mine:
+                continue
+            ref = _half_refs.get(address)
+            if ref is None:
+                n, k = w.shape
+                if not _thin.clara_thinmm_add_half(ctypes.c_void_p(address), n, k):
+                    continue
+                ref = _half_refs[address] = [w, 0]
+            ref[1] += 1
+            self._mine.add(address)
+        return len(self._mine)
+
+    def _release(self, address: int) -> None:
+        self._mine.discard(address)
+        ref = _half_refs.get(address)
+        if ref is None:
+            return
+        ref[1] -= 1
+        if ref[1] == 0:
+            _thin.clara_thinmm_drop_half(ctypes.c_void_p(address))
+            del _half_refs[address]
+
+    def close(self) -> None:
+        for address in list(self._mine):
+            self._release(address)
+
+    def __del__(self) -> None:
+        if _thin is not None:
+            self.close()

@@ -11,7 +11,9 @@ batch (`BatchKVCache.extend`) between two decode steps. As in mlx-lm's `generate
 next forward is queued (`mx.async_eval`) before the current tokens are read, so detokenizing
 and streaming overlap the model. Each request samples with its own random key, so a seeded
 request gives the same tokens alone or in any batch. Decoding uses the adapter merged into
-a copy of the base weights (`clara.lora.merged`): no LoRA matmuls per token.
+a copy of the base weights (`clara.lora.merged`): no LoRA matmuls per token. On Linux CPUs
+the decode products run through clara's thin-matmul kernel (`clara._blas`), which reads
+float16 copies of those decode-only weights.
 """
 
 from __future__ import annotations
@@ -142,6 +144,20 @@ class Decoder:
         self.sequences: list[Sequence] = []
         self._cache: list[BatchKVCache] | None = None
         self._y: mx.array | None = None  # (B,) each sequence's current token
+        self._halves = _blas.HalfCopies()
+
+    def _decode_weights(self) -> list[mx.array]:
+        """The weights only decoding reads: the merged adapter copies and the output
+        embedding (never the base weights, which the compressor and query adapters share)."""
+        lm = self.cm.lm
+        head = getattr(lm, "lm_head", None)
+        weights = [head.weight if head is not None else lm.model.embed_tokens.weight]
+        if self.adapter is not None:
+            for layer in self.cm.lora_layers():
+                held = layer._decode.get(self.adapter)
+                if held is not None:
+                    weights.append(held.weight)
+        return weights
 
     # ---- the model -----------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list, embeddings: mx.array | None = None):
@@ -208,6 +224,7 @@ class Decoder:
         _blas.for_prefill()
         if self.adapter is not None:
             merge_adapter(self.cm, self.adapter)  # no-op unless the adapter changed
+        self._halves.update(self._decode_weights())  # float16 copies the thin kernel streams
         cache, logits = self._prefill(prompt)
         y, lp = self._sample(logits, [seq])
         mx.eval(y, *lp)

@@ -1,0 +1,215 @@
+/* Thin float32 matmuls for MLX's Linux CPU backend (decode steps).
+ *
+ * MLX computes every float32 matmul with cblas_sgemm. A decode step multiplies a few rows
+ * (one per sequence in the batch) by each weight matrix, and OpenBLAS's sgemm packs the whole
+ * weight matrix before it multiplies: for x (1 x 576) times the 49152 x 576 output embedding
+ * that costs ~30 ms where reading the weights once costs ~5. This library is loaded before
+ * OpenBLAS with RTLD_GLOBAL, so MLX's cblas_sgemm resolves here. Row-major products with a
+ * transposed right-hand side (nn.Linear's x @ W.T) and at most `thin_rows` rows are computed
+ * here, streaming each weight row once for all rows of x; everything else goes to the BLAS
+ * sgemm that clara_thinmm_set_sgemm installed.
+ *
+ * Every output element (q, r) is the same arithmetic whatever the number of rows and their
+ * position in the tile, so a sequence's logits do not depend on the batch it decodes in.
+ * Weights registered with clara_thinmm_add_half (the merged decode copies) are read from a
+ * float16 copy: half the memory traffic, products and sums still in float32.
+ * Built by clara/_blas.py with the machine's C compiler (-O3 -march=native -fopenmp).
+ */
+#include <pthread.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int,
+                         const float *, int, float, float *, int);
+
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+
+static sgemm_fn fallback;
+static int thin_rows = 16;
+static int threads = 1;
+
+void clara_thinmm_set_sgemm(void *fn) { fallback = (sgemm_fn)fn; }
+void clara_thinmm_set_rows(int rows) { thin_rows = rows; }
+void clara_thinmm_set_threads(int n) { threads = n > 0 ? n : 1; }
+int clara_thinmm_rows(void) { return thin_rows; }
+int clara_thinmm_threads(void) { return threads; }
+
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+typedef _Float16 h8 __attribute__((vector_size(16), aligned(2)));
+
+static inline float lanes_sum(v8 v) {
+  float s = 0.0f;
+  for (int j = 0; j < 8; j++) s += v[j];
+  return s;
+}
+
+#define LOAD_F32(p) (*(const v8 *)(p))
+#define LOAD_F16(p) __builtin_convertvector(*(const h8 *)(p), v8)
+
+/* out[q][r] = dot(a row q, w row r) for MR rows of a and NR rows of w (float32 or float16). */
+#define TILE(MR, NR, T, NAME, LOAD)                                                         \
+  static void NAME##_##MR##x##NR(const float *a, int lda, const T *w, int ldw, int k,        \
+                                 float out[4][4]) {                                          \
+    v8 acc[MR][NR];                                                                          \
+    memset(acc, 0, sizeof acc);                                                              \
+    int i = 0;                                                                               \
+    for (; i + 8 <= k; i += 8) {                                                             \
+      v8 wv[NR];                                                                             \
+      for (int r = 0; r < NR; r++) wv[r] = LOAD(w + (size_t)r * ldw + i);                    \
+      for (int q = 0; q < MR; q++) {                                                         \
+        v8 av = *(const v8 *)(a + (size_t)q * lda + i);                                      \
+        for (int r = 0; r < NR; r++) acc[q][r] += av * wv[r];                                \
+      }                                                                                      \
+    }                                                                                        \
+    for (int q = 0; q < MR; q++)                                                             \
+      for (int r = 0; r < NR; r++) {                                                         \
+        float s = lanes_sum(acc[q][r]);                                                      \
+        for (int j = i; j < k; j++)                                                          \
+          s += a[(size_t)q * lda + j] * (float)w[(size_t)r * ldw + j];                       \
+        out[q][r] = s;                                                                       \
+      }                                                                                      \
+  }
+#define TILES(T, NAME, LOAD)                                                                \
+  TILE(1, 4, T, NAME, LOAD)                                                                  \
+  TILE(2, 4, T, NAME, LOAD)                                                                  \
+  TILE(3, 4, T, NAME, LOAD)                                                                  \
+  TILE(4, 4, T, NAME, LOAD)                                                                  \
+  TILE(1, 1, T, NAME, LOAD)                                                                  \
+  TILE(2, 1, T, NAME, LOAD)                                                                  \
+  TILE(3, 1, T, NAME, LOAD)                                                                  \
+  TILE(4, 1, T, NAME, LOAD)                                                                  \
+  typedef void (*NAME##_fn)(const float *, int, const T *, int, int, float[4][4]);           \
+  static const NAME##_fn NAME##_x4[5] = {0, NAME##_1x4, NAME##_2x4, NAME##_3x4, NAME##_4x4}; \
+  static const NAME##_fn NAME##_x1[5] = {0, NAME##_1x1, NAME##_2x1, NAME##_3x1, NAME##_4x1};
+TILES(float, f32, LOAD_F32)
+TILES(_Float16, f16, LOAD_F16)
+
+/* Columns [r0, r0 + nr) of c for all m rows (nr is 4, or 1 for the leftover columns). */
+#define COLUMNS(T, NAME)                                                                    \
+  static void NAME##_columns(int m, int r0, int nr, int k, float alpha, const float *a,      \
+                             int lda, const T *w, int ldw, float beta, float *c, int ldc) {  \
+    float out[4][4];                                                                         \
+    for (int q0 = 0; q0 < m; q0 += 4) {                                                      \
+      int mr = m - q0 < 4 ? m - q0 : 4;                                                      \
+      (nr == 4 ? NAME##_x4 : NAME##_x1)[mr](a + (size_t)q0 * lda, lda,                       \
+                                            w + (size_t)r0 * ldw, ldw, k, out);              \
+      for (int q = 0; q < mr; q++)                                                           \
+        for (int r = 0; r < nr; r++) {                                                       \
+          float *o = c + (size_t)(q0 + q) * ldc + r0 + r;                                    \
+          *o = beta == 0.0f ? alpha * out[q][r] : alpha * out[q][r] + beta * *o;             \
+        }                                                                                    \
+    }                                                                                        \
+  }                                                                                          \
+  static void NAME##_thin(int m, int n, int k, float alpha, const float *a, int lda,         \
+                          const T *w, int ldw, float beta, float *c, int ldc) {              \
+    int blocks = n / 4;                                                                      \
+    int wide = threads > 1 && (size_t)n * k >= 65536; /* else waking the team costs more */  \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if (wide)")              \
+    for (int b = 0; b < blocks; b++)                                                         \
+      NAME##_columns(m, 4 * b, 4, k, alpha, a, lda, w, ldw, beta, c, ldc);                   \
+    for (int r = 4 * blocks; r < n; r++)                                                     \
+      NAME##_columns(m, r, 1, k, alpha, a, lda, w, ldw, beta, c, ldc);                       \
+  }
+COLUMNS(float, f32)
+COLUMNS(_Float16, f16)
+
+/* Float16 copies of decode weights, found by the float32 array's address and shape.
+ * clara/_blas.py registers the weights only decoding reads (the merged adapter copies and the
+ * output embedding) and holds each float32 array while its entry lives, so an address cannot
+ * be reused under a live entry. Lookups run on MLX's thread without a lock: a product counts
+ * itself in `active` before it looks, and a dropped copy is freed only once no product is
+ * running (both sides sequentially consistent, so a product either misses the entry or is
+ * counted). */
+#define MAX_HALF 8192
+typedef struct {
+  const float *w;
+  int n, k;
+  _Float16 *h;
+} half_entry;
+static half_entry half_table[MAX_HALF];
+static int half_used;
+static int active;
+static _Float16 *retired[MAX_HALF];
+static int n_retired;
+static pthread_mutex_t half_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void reap_locked(void) {
+  if (n_retired == 0 || __atomic_load_n(&active, __ATOMIC_SEQ_CST) != 0) return;
+  for (int i = 0; i < n_retired; i++) free(retired[i]);
+  n_retired = 0;
+}
+
+int clara_thinmm_add_half(const float *w, int n, int k) {
+  int ok = 0, slot = -1;
+  pthread_mutex_lock(&half_lock);
+  reap_locked();
+  for (int i = 0; i < half_used; i++) {
+    if (half_table[i].w == w) {
+      ok = half_table[i].n == n && half_table[i].k == k;
+      goto done;
+    }
+    if (half_table[i].w == NULL && slot < 0) slot = i;
+  }
+  if (slot < 0 && half_used == MAX_HALF) goto done;
+  _Float16 *h = malloc((size_t)n * k * sizeof(_Float16));
+  if (h == NULL) goto done;
+  for (size_t i = 0; i < (size_t)n * k; i++) h[i] = (_Float16)w[i];
+  if (slot < 0) slot = half_used;
+  half_table[slot].n = n;
+  half_table[slot].k = k;
+  half_table[slot].h = h;
+  __atomic_store_n(&half_table[slot].w, w, __ATOMIC_SEQ_CST);
+  if (slot == half_used) __atomic_store_n(&half_used, half_used + 1, __ATOMIC_SEQ_CST);
+  ok = 1;
+done:
+  pthread_mutex_unlock(&half_lock);
+  return ok;
+}
+
+void clara_thinmm_drop_half(const float *w) {
+  pthread_mutex_lock(&half_lock);
+  for (int i = 0; i < half_used; i++)
+    if (half_table[i].w == w) {
+      __atomic_store_n(&half_table[i].w, NULL, __ATOMIC_SEQ_CST);
+      if (n_retired < MAX_HALF) retired[n_retired++] = half_table[i].h; /* else: leaked */
+      half_table[i].h = NULL;
+    }
+  reap_locked();
+  pthread_mutex_unlock(&half_lock);
+}
+
+int clara_thinmm_halves(void) {
+  int count = 0;
+  pthread_mutex_lock(&half_lock);
+  reap_locked();
+  for (int i = 0; i < half_used; i++) count += half_table[i].w != NULL;
+  pthread_mutex_unlock(&half_lock);
+  return count;
+}
+
+static const _Float16 *find_half(const float *w, int n, int k, int ldw) {
+  if (ldw != k) return NULL;
+  int used = __atomic_load_n(&half_used, __ATOMIC_SEQ_CST);
+  for (int i = 0; i < used; i++)
+    if (__atomic_load_n(&half_table[i].w, __ATOMIC_SEQ_CST) == w && half_table[i].n == n &&
+        half_table[i].k == k)
+      return half_table[i].h;
+  return NULL;
+}
+
+void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                 const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                 int ldc) {
+  if (order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && m <= thin_rows && k > 0) {
+    __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
+    const _Float16 *h = find_half(b, n, k, ldb);
+    if (h != NULL)
+      f16_thin(m, n, k, alpha, a, lda, h, k, beta, c, ldc);
+    else
+      f32_thin(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
+    return;
+  }
+  fallback(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}

@@ -1,0 +1,133 @@
+"""The thin-matmul kernel (clara/_thinmm.c) that MLX's float32 decode products run through.
+
+These run MLX matmuls for real: on Linux with OpenBLAS and a C compiler the kernel is in the
+path (`clara._blas.thin`); elsewhere they check plain MLX, which must pass the same checks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from clara import _blas  # conftest imported clara first: the kernel is loaded before mlx
+
+LINUX_FAST = sys.platform.startswith("linux") and _blas.loaded is not None
+
+
+def _rand(*shape: int, seed: int) -> mx.array:
+    return mx.array(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+def test_kernel_is_built_and_loaded_on_linux():
+    if not LINUX_FAST:
+        pytest.skip(f"no OpenBLAS here ({_blas.reason}); the kernel only rides on it")
+    assert _blas.thin is not None, _blas.thin_reason
+    assert _blas._thin.clara_thinmm_rows() == int(os.environ.get("CLARA_THIN_ROWS", 16))
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 15, 16, 17, 33])
+@pytest.mark.parametrize("n,k", [(1, 1), (3, 5), (4, 8), (7, 9), (130, 64), (1031, 577)])
+def test_products_match_numpy(m, n, k):
+    x, w = _rand(m, k, seed=m), _rand(n, k, seed=n + k)
+    got = np.array(x @ w.T)
+    want = np.array(x, dtype=np.float64) @ np.array(w, dtype=np.float64).T
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+def test_addmm_alpha_beta_and_untransposed_weights():
+    x, w, c = _rand(3, 70, seed=1), _rand(50, 70, seed=2), _rand(3, 50, seed=3)
+    got = np.array(mx.addmm(c, x, w.T, alpha=0.5, beta=2.0))
+    want = 2.0 * np.array(c, np.float64) + 0.5 * (np.array(x, np.float64) @ np.array(w).T)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    wt = mx.contiguous(w.T)  # (k, n) row-major: not the kernel's layout, OpenBLAS's job
+    np.testing.assert_allclose(np.array(x @ wt), np.array(x) @ np.array(w).T, rtol=1e-4, atol=1e-3)
+
+
+def test_a_row_gives_the_same_bits_in_any_batch():
+    """Decode batching must not change a sequence's logits: each output element is the same
+    arithmetic whatever the batch size and the row's place in it."""
+    w = _rand(4099, 576, seed=7)  # a leftover column past the 4-wide tiles
+    x = _rand(16, 576, seed=8)
+    alone = [np.array(x[i : i + 1] @ w.T) for i in range(16)]
+    for m in (2, 3, 5, 8, 13, 16):
+        batch = np.array(x[:m] @ w.T)
+        for i in range(m):
+            assert np.array_equal(batch[i : i + 1], alone[i]), (m, i)
+    batched = np.array(x[:, None, :] @ w.T)  # (B, 1, d) as a decode step shapes it
+    assert np.array_equal(batched[3], alone[3])
+
+
+def test_thread_count_does_not_change_results():
+    if _blas.thin is None:
+        pytest.skip(f"thin kernel not in use: {_blas.thin_reason or _blas.reason}")
+    w, x = _rand(20000, 576, seed=9), _rand(4, 576, seed=10)
+    _blas.set_thin_threads(1)
+    one = np.array(x @ w.T)
+    _blas.set_thin_threads(2)
+    two = np.array(x @ w.T)
+    assert np.array_equal(one, two)
+
+
+def test_clara_thin_off_leaves_products_to_openblas():
+    code = "import clara; from clara import _blas; print(_blas.thin, '|', _blas.thin_reason)"
+    env = {**os.environ, "CLARA_THIN": "off"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    if LINUX_FAST:
+        assert out.stdout.strip() == "None | disabled by CLARA_THIN"
+
+
+def test_without_a_compiler_clara_still_imports_and_says_why(tmp_path):
+    if not LINUX_FAST:
+        pytest.skip("the kernel is only built on Linux with OpenBLAS")
+    code = "import clara; from clara import _blas; print(_blas.thin, '|', _blas.thin_reason)"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "CC": str(tmp_path / "no-such-cc")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("None | could not build _thinmm.c"), out.stdout
+
+
+def _needs_half():
+    if not _blas.HalfCopies.available():
+        pytest.skip(f"thin kernel not in use: {_blas.thin_reason or _blas.reason}")
+
+
+def test_half_copy_is_read_instead_of_the_float32_weight_and_dropped_on_close():
+    _needs_half()
+    w, x = _rand(2051, 576, seed=11), _rand(5, 576, seed=12)
+    exact = np.array(x @ w.T)
+    rounded = w.astype(mx.float16).astype(mx.float32)  # what the copy holds, as float32
+    halves = _blas.HalfCopies()
+    before = _blas._thin.clara_thinmm_halves()
+    assert halves.update([w]) == 1
+    assert _blas._thin.clara_thinmm_halves() == before + 1
+    got = np.array(x @ w.T)
+    # the same arithmetic on float16-rounded weights: equal bits, and not the float32 result
+    assert np.array_equal(got, np.array(x @ rounded.T))
+    assert not np.array_equal(got, exact)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=0.05)
+    wide = _rand(40, 576, seed=13)  # prefill-sized products keep float32 (OpenBLAS)
+    np.testing.assert_allclose(
+        np.array(wide @ w.T), np.array(wide) @ np.array(w).T, rtol=1e-4, atol=1e-3
+    )
+    halves.close()
+    assert _blas._thin.clara_thinmm_halves() == before
+    assert np.array_equal(np.array(x @ w.T), exact)
+
+
+def test_half_copies_shared_by_two_owners_live_until_both_let_go():
+    _needs_half()
+    w, x = _rand(300, 64, seed=14), _rand(1, 64, seed=15)
+    exact = np.array(x @ w.T)
+    a, b = _blas.HalfCopies(), _blas.HalfCopies()
+    a.update([w])
+    b.update([w, _rand(3, 3, seed=16).astype(mx.float16)])  # non-float32 arrays are ignored
+    a.close()
+    assert not np.array_equal(np.array(x @ w.T), exact)  # b still holds the copy
+    b.update([])
+    assert np.array_equal(np.array(x @ w.T), exact)
