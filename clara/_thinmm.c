@@ -36,7 +36,29 @@ int clara_thinmm_rows(void) { return thin_rows; }
 int clara_thinmm_threads(void) { return threads; }
 
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
-typedef _Float16 h8 __attribute__((vector_size(16), aligned(2)));
+
+/* Float16 storage: F16C on x86, the native type on arm64; elsewhere no copies are made. */
+#if defined(__F16C__)
+#include <immintrin.h>
+#define HAVE_HALF 1
+typedef unsigned short half;
+#define LOAD_F16(p) ((v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p))))
+static inline float half_to_float(half h) { return _cvtsh_ss(h); }
+static inline half float_to_half(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#elif defined(__aarch64__)
+#define HAVE_HALF 1
+typedef __fp16 half;
+typedef __fp16 h8 __attribute__((vector_size(16), aligned(2)));
+#define LOAD_F16(p) __builtin_convertvector(*(const h8 *)(p), v8)
+static inline float half_to_float(half h) { return (float)h; }
+static inline half float_to_half(float f) { return (half)f; }
+#else
+#define HAVE_HALF 0
+typedef unsigned short half;
+#define LOAD_F16(p) ((v8){0})
+static inline float half_to_float(half h) { return (float)h; }
+static inline half float_to_half(float f) { return (half)f; }
+#endif
 
 static inline float lanes_sum(v8 v) {
   float s = 0.0f;
@@ -45,10 +67,11 @@ static inline float lanes_sum(v8 v) {
 }
 
 #define LOAD_F32(p) (*(const v8 *)(p))
-#define LOAD_F16(p) __builtin_convertvector(*(const h8 *)(p), v8)
+#define SCALAR_F32(x) (x)
+#define SCALAR_F16(x) half_to_float(x)
 
 /* out[q][r] = dot(a row q, w row r) for MR rows of a and NR rows of w (float32 or float16). */
-#define TILE(MR, NR, T, NAME, LOAD)                                                         \
+#define TILE(MR, NR, T, NAME, LOAD, SCALAR)                                                         \
   static void NAME##_##MR##x##NR(const float *a, int lda, const T *w, int ldw, int k,        \
                                  float out[4][4]) {                                          \
     v8 acc[MR][NR];                                                                          \
@@ -66,24 +89,24 @@ static inline float lanes_sum(v8 v) {
       for (int r = 0; r < NR; r++) {                                                         \
         float s = lanes_sum(acc[q][r]);                                                      \
         for (int j = i; j < k; j++)                                                          \
-          s += a[(size_t)q * lda + j] * (float)w[(size_t)r * ldw + j];                       \
+          s += a[(size_t)q * lda + j] * SCALAR(w[(size_t)r * ldw + j]);                       \
         out[q][r] = s;                                                                       \
       }                                                                                      \
   }
-#define TILES(T, NAME, LOAD)                                                                \
-  TILE(1, 4, T, NAME, LOAD)                                                                  \
-  TILE(2, 4, T, NAME, LOAD)                                                                  \
-  TILE(3, 4, T, NAME, LOAD)                                                                  \
-  TILE(4, 4, T, NAME, LOAD)                                                                  \
-  TILE(1, 1, T, NAME, LOAD)                                                                  \
-  TILE(2, 1, T, NAME, LOAD)                                                                  \
-  TILE(3, 1, T, NAME, LOAD)                                                                  \
-  TILE(4, 1, T, NAME, LOAD)                                                                  \
+#define TILES(T, NAME, LOAD, SCALAR)                                                                \
+  TILE(1, 4, T, NAME, LOAD, SCALAR)                                                                  \
+  TILE(2, 4, T, NAME, LOAD, SCALAR)                                                                  \
+  TILE(3, 4, T, NAME, LOAD, SCALAR)                                                                  \
+  TILE(4, 4, T, NAME, LOAD, SCALAR)                                                                  \
+  TILE(1, 1, T, NAME, LOAD, SCALAR)                                                                  \
+  TILE(2, 1, T, NAME, LOAD, SCALAR)                                                                  \
+  TILE(3, 1, T, NAME, LOAD, SCALAR)                                                                  \
+  TILE(4, 1, T, NAME, LOAD, SCALAR)                                                                  \
   typedef void (*NAME##_fn)(const float *, int, const T *, int, int, float[4][4]);           \
   static const NAME##_fn NAME##_x4[5] = {0, NAME##_1x4, NAME##_2x4, NAME##_3x4, NAME##_4x4}; \
   static const NAME##_fn NAME##_x1[5] = {0, NAME##_1x1, NAME##_2x1, NAME##_3x1, NAME##_4x1};
-TILES(float, f32, LOAD_F32)
-TILES(_Float16, f16, LOAD_F16)
+TILES(float, f32, LOAD_F32, SCALAR_F32)
+TILES(half, f16, LOAD_F16, SCALAR_F16)
 
 /* Columns [r0, r0 + nr) of c for all m rows (nr is 4, or 1 for the leftover columns). */
 #define COLUMNS(T, NAME)                                                                    \
@@ -112,7 +135,7 @@ TILES(_Float16, f16, LOAD_F16)
       NAME##_columns(m, r, 1, k, alpha, a, lda, w, ldw, beta, c, ldc);                       \
   }
 COLUMNS(float, f32)
-COLUMNS(_Float16, f16)
+COLUMNS(half, f16)
 
 /* Float16 copies of decode weights, found by the float32 array's address and shape.
  * clara/_blas.py registers the weights only decoding reads (the merged adapter copies and the
@@ -125,12 +148,12 @@ COLUMNS(_Float16, f16)
 typedef struct {
   const float *w;
   int n, k;
-  _Float16 *h;
+  half *h;
 } half_entry;
 static half_entry half_table[MAX_HALF];
 static int half_used;
 static int active;
-static _Float16 *retired[MAX_HALF];
+static half *retired[MAX_HALF];
 static int n_retired;
 static pthread_mutex_t half_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -151,10 +174,10 @@ int clara_thinmm_add_half(const float *w, int n, int k) {
     }
     if (half_table[i].w == NULL && slot < 0) slot = i;
   }
-  if (slot < 0 && half_used == MAX_HALF) goto done;
-  _Float16 *h = malloc((size_t)n * k * sizeof(_Float16));
+  if (!HAVE_HALF || (slot < 0 && half_used == MAX_HALF)) goto done;
+  half *h = malloc((size_t)n * k * sizeof(half));
   if (h == NULL) goto done;
-  for (size_t i = 0; i < (size_t)n * k; i++) h[i] = (_Float16)w[i];
+  for (size_t i = 0; i < (size_t)n * k; i++) h[i] = float_to_half(w[i]);
   if (slot < 0) slot = half_used;
   half_table[slot].n = n;
   half_table[slot].k = k;
@@ -188,7 +211,7 @@ int clara_thinmm_halves(void) {
   return count;
 }
 
-static const _Float16 *find_half(const float *w, int n, int k, int ldw) {
+static const half *find_half(const float *w, int n, int k, int ldw) {
   if (ldw != k) return NULL;
   int used = __atomic_load_n(&half_used, __ATOMIC_SEQ_CST);
   for (int i = 0; i < used; i++)
@@ -203,7 +226,7 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
                  int ldc) {
   if (order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && m <= thin_rows && k > 0) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
-    const _Float16 *h = find_half(b, n, k, ldb);
+    const half *h = find_half(b, n, k, ldb);
     if (h != NULL)
       f16_thin(m, n, k, alpha, a, lda, h, k, beta, c, ldc);
     else
