@@ -5,6 +5,7 @@ of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 ne
 (EOS ignored so every answer has the same length):
 
 - clara memory: clara-serve, the generator reads the chunks' compressed memories (CLaRa, 16x)
+- clara memory int8: the same, decoding from int8 weight copies (CLARA_DECODE_WEIGHTS=int8)
 - clara text:   clara-serve `mode: "text"`, the chunks' raw text in the base model's prompt
 - llama.cpp:    llama-cpp-python's OpenAI server on the same GGUF, given that text prompt
                 (built into its own venv under /work/cache when missing; skipped if it cannot be)
@@ -40,8 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
 from _common import ROOT, append_report, markdown_table  # noqa: E402
 
 CHUNK_TOKENS = 256
-SYSTEMS = ("clara memory", "clara text", "llama.cpp", "mlx_lm.server")
+SYSTEMS = ("clara memory", "clara memory int8", "clara text", "llama.cpp", "mlx_lm.server")
+MEMORY_SYSTEMS = ("clara memory", "clara memory int8")  # run at --levels, the others at 1,8
 LLAMA_VENV = Path("/work/cache/llama-cpp-venv")
+LLAMA_CPP = "0.3.36"
+LLAMA_CMAKE_ARGS = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+)
 EOS_BIAS = {"0": -1e9, "2": -1e9}  # SmolLM2's <|endoftext|>, <|im_end|>: 32 tokens for all
 
 
@@ -107,8 +113,9 @@ def float32_copy(out: Path) -> Path:
     return out
 
 
-def start(cmd: list[str], health: str, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+def start(cmd: list[str], health: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    out = log.open("wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -197,7 +204,7 @@ def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -
             ]
             out.append({**common, "messages": messages, "logit_bias": EOS_BIAS})
         else:
-            mode = "memory" if system == "clara memory" else "text"
+            mode = "memory" if system in MEMORY_SYSTEMS else "text"
             messages = [{"role": "user", "content": q}]
             out.append(
                 {**common, "messages": messages, "mode": mode, "top_k": top_k, "ignore_eos": True}
@@ -215,8 +222,11 @@ def llama_cpp_python() -> Path | None:
     print(f"building llama-cpp-python[server] into {LLAMA_VENV} (compiles llama.cpp) ...")
     try:
         subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", "llama-cpp-python[server]"]
-        subprocess.run(pip, check=True, timeout=3600)
+        pip = [str(python), "-m", "pip", "install", "-q", f"llama-cpp-python[server]=={LLAMA_CPP}"]
+        # A -march=native build enabled AMX tiles this VM reports but faults on (general
+        # protection fault in libggml-cpu at the first request): build for AVX2/AVX-512 instead.
+        env = {**os.environ, "CMAKE_ARGS": LLAMA_CMAKE_ARGS}
+        subprocess.run(pip, check=True, timeout=3600, env=env)
     except (subprocess.SubprocessError, OSError) as exc:
         print(f"llama.cpp skipped: could not build llama-cpp-python ({exc})")
         return None
@@ -258,6 +268,9 @@ def targets(rows: dict, compression: float | None) -> str:
         ["8 clients TTFT p50 vs 1 client", f"{t8 / t1:.2f}x", "<= 3x"],
         ["memory e2e latency vs llama.cpp text RAG", f"{lat_mem / lat_llama:.2f}x", "<= 0.5x"],
     ]
+    if ("clara memory int8", 1) in rows:
+        i8 = get("clara memory int8", 1, "decode")
+        lines.insert(2, ["  with int8 decode weights", f"{i8:.1f} tok/s, {i8 / llama:.2f}x", ""])
     if compression is not None:
         lines.append(["compression (256-token chunks)", f"{compression:.2f} chunks/s", ">= 2.5"])
     return markdown_table(["target", "measured", "goal"], lines)
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     systems = args.systems.split(",")
     plan = {
-        s: [int(x) for x in (args.levels if s == "clara memory" else args.other_levels).split(",")]
+        s: [int(x) for x in (args.levels if s in MEMORY_SYSTEMS else args.other_levels).split(",")]
         for s in systems
     }
     most = max(sum(max(c, args.min_requests) for c in levels) for levels in plan.values())
@@ -318,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         port = free_port()
         cmd, health = server_command(system, port, tmp / "index", f32, default_gguf_path(), python)
-        proc = start(cmd, health, tmp / f"{system.replace(' ', '-')}.log")
+        env = {**os.environ, "CLARA_DECODE_WEIGHTS": "int8"} if system.endswith("int8") else None
+        proc = start(cmd, health, tmp / f"{system.replace(' ', '-')}.log", env)
         try:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             bodies = bodies_for(system, questions, retrieved, args.max_tokens, args.top_k)
@@ -353,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         "HTTP on localhost, closed-loop clients. clara-serve decodes concurrent requests as one "
         "continuous batch; llama-cpp-python's server answers one request at a time; "
         "mlx_lm.server batches (its prompt cache off, as every request has new chunks) with the "
-        "same OpenBLAS as clara. llama.cpp runs the GGUF's 4-bit weights, clara and mlx_lm "
-        f"float32. Load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min): "
+        "same OpenBLAS as clara. llama.cpp runs the GGUF's 4-bit weights, mlx_lm float32; clara "
+        "prefills in float32 and decodes from float16 copies of the decode-only weights (int8 "
+        "in the int8 row) through its thin-matmul kernel. "
+        f"Load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min): "
         "the machine is shared with other jobs, so absolute figures are pessimistic and noisy; "
         "the ratios compare systems measured minutes apart in one run."
     )

@@ -80,7 +80,7 @@ def _build_thin() -> Path | None:
             out = Path(tmp) / target.name
             cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-o", str(out)]
             done = subprocess.run(
-                [*cmd, str(THIN_SOURCE)], capture_output=True, text=True, timeout=120
+                [*cmd, str(THIN_SOURCE), "-lm"], capture_output=True, text=True, timeout=120
             )
             if done.returncode != 0:
                 thin_reason = f"compiling {THIN_SOURCE.name} failed: {done.stderr.strip()[-300:]}"
@@ -195,8 +195,26 @@ def for_prefill() -> None:
 DECODE_THREADS: int | None = 1  # measured: batch 8 decodes 2x faster than with 2 (BENCHMARKS.md)
 
 
-# ---- float16 copies of decode weights ------------------------------------------------------
-_half_refs: dict[int, list] = {}  # address -> [float32 array (held), number of owners]
+# ---- compact copies of decode weights --------------------------------------------------
+DECODE_WEIGHTS = ("float16", "int8", "float32")
+_KINDS = {"float16": 1, "int8": 2}
+_copy_refs: dict[tuple[int, int], list] = {}  # (address, kind) -> [float32 array (held), owners]
+
+
+def decode_weights() -> str:
+    """What decode steps read the decode-only weights as: `CLARA_DECODE_WEIGHTS` = float16
+    (the default: half of float32's memory traffic; greedy answers matched float32's token for
+    token in our checks), int8 (a quarter, one float32 scale per row: faster again, but greedy
+    answers drift from float32's after some tokens) or float32; float32 wherever the thin
+    kernel is not in use."""
+    if _thin is None:
+        return "float32"
+    chosen = os.environ.get("CLARA_DECODE_WEIGHTS", "").strip().lower() or DECODE_WEIGHTS[0]
+    if chosen not in DECODE_WEIGHTS:
+        raise ValueError(
+            f"CLARA_DECODE_WEIGHTS={chosen!r}: choose one of {', '.join(DECODE_WEIGHTS)}"
+        )
+    return chosen
 
 
 def _address(array) -> int:
@@ -205,59 +223,57 @@ def _address(array) -> int:
     return np.asarray(array).ctypes.data  # MLX's buffer protocol: the array's own memory
 
 
-class HalfCopies:
-    """Float16 copies of weights only decoding reads (merged adapter weights, the output
-    embedding), which the thin kernel streams instead of the float32 arrays: half the memory
-    traffic per token, products and sums still in float32. One owner (a Decoder) updates its
-    set as weights change; each float32 array is held while a copy of it lives, so its address
-    cannot be reused under a live entry. `CLARA_HALF=off` keeps float32."""
+class DecodeCopies:
+    """Compact copies (int8 with a scale per row, or float16) of weights only decoding reads:
+    the merged adapter weights and the output embedding. The thin kernel streams them instead
+    of the float32 arrays; products and sums stay float32. One owner (a Decoder) updates its set
+    as weights change; each float32 array is held while a copy of it lives, so its address
+    cannot be reused under a live entry."""
 
-    def __init__(self) -> None:
-        self._mine: set[int] = set()
-
-    @staticmethod
-    def available() -> bool:
-        return _thin is not None and not _off("CLARA_HALF")
+    def __init__(self, kind: str | None = None) -> None:
+        self.kind = kind or decode_weights()
+        self._mine: set[tuple[int, int]] = set()
 
     def update(self, weights) -> int:
         """Own copies of exactly `weights` (2-D row-contiguous float32); returns how many."""
         import mlx.core as mx
 
-        if not self.available():
+        if _thin is None or self.kind not in _KINDS:
             return 0
-        wanted: dict[int, object] = {}
+        kind = _KINDS[self.kind]
+        wanted: dict[tuple[int, int], object] = {}
         for w in weights:
             if w.ndim == 2 and w.dtype == mx.float32:
                 mx.eval(w)
-                wanted[_address(w)] = w
-        for address in self._mine - set(wanted):
-            self._release(address)
-        for address, w in wanted.items():
-            if address in self._mine:
+                wanted[(_address(w), kind)] = w
+        for key in self._mine - set(wanted):
+            self._release(key)
+        for key, w in wanted.items():
+            if key in self._mine:
                 continue
-            ref = _half_refs.get(address)
+            ref = _copy_refs.get(key)
             if ref is None:
                 n, k = w.shape
-                if not _thin.clara_thinmm_add_half(ctypes.c_void_p(address), n, k):
+                if not _thin.clara_thinmm_add_copy(ctypes.c_void_p(key[0]), n, k, kind):
                     continue
-                ref = _half_refs[address] = [w, 0]
+                ref = _copy_refs[key] = [w, 0]
             ref[1] += 1
-            self._mine.add(address)
+            self._mine.add(key)
         return len(self._mine)
 
-    def _release(self, address: int) -> None:
-        self._mine.discard(address)
-        ref = _half_refs.get(address)
+    def _release(self, key: tuple[int, int]) -> None:
+        self._mine.discard(key)
+        ref = _copy_refs.get(key)
         if ref is None:
             return
         ref[1] -= 1
         if ref[1] == 0:
-            _thin.clara_thinmm_drop_half(ctypes.c_void_p(address))
-            del _half_refs[address]
+            _thin.clara_thinmm_drop_copy(ctypes.c_void_p(key[0]))
+            del _copy_refs[key]
 
     def close(self) -> None:
-        for address in list(self._mine):
-            self._release(address)
+        for key in list(self._mine):
+            self._release(key)
 
     def __del__(self) -> None:
         if _thin is not None:

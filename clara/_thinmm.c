@@ -11,10 +11,12 @@
  *
  * Every output element (q, r) is the same arithmetic whatever the number of rows and their
  * position in the tile, so a sequence's logits do not depend on the batch it decodes in.
- * Weights registered with clara_thinmm_add_half (the merged decode copies) are read from a
- * float16 copy: half the memory traffic, products and sums still in float32.
+ * Weights registered with clara_thinmm_add_copy (the merged decode copies) are read from an
+ * int8 (per-row scale) or float16 copy: a quarter or half of the memory traffic that bounds
+ * decoding, with products and sums still in float32.
  * Built by clara/_blas.py with the machine's C compiler (-O3 -march=native -fopenmp).
  */
+#include <math.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -38,8 +40,10 @@ int clara_thinmm_threads(void) { return threads; }
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
 /* Float16 storage: F16C on x86, the native type on arm64; elsewhere no copies are made. */
-#if defined(__F16C__)
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
+#if defined(__F16C__)
 #define HAVE_HALF 1
 typedef unsigned short half;
 #define LOAD_F16(p) ((v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p))))
@@ -69,6 +73,13 @@ static inline float lanes_sum(v8 v) {
 #define LOAD_F32(p) (*(const v8 *)(p))
 #define SCALAR_F32(x) (x)
 #define SCALAR_F16(x) half_to_float(x)
+#if defined(__AVX2__)
+#define LOAD_I8(p) ((v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p)))))
+#else
+typedef signed char i8x8 __attribute__((vector_size(8), aligned(1)));
+#define LOAD_I8(p) __builtin_convertvector(*(const i8x8 *)(p), v8)
+#endif
+#define SCALAR_I8(x) ((float)(x))
 
 /* out[q][r] = dot(a row q, w row r) for MR rows of a and NR rows of w (float32 or float16). */
 #define TILE(MR, NR, T, NAME, LOAD, SCALAR)                                                         \
@@ -107,11 +118,13 @@ static inline float lanes_sum(v8 v) {
   static const NAME##_fn NAME##_x1[5] = {0, NAME##_1x1, NAME##_2x1, NAME##_3x1, NAME##_4x1};
 TILES(float, f32, LOAD_F32, SCALAR_F32)
 TILES(half, f16, LOAD_F16, SCALAR_F16)
+TILES(signed char, i8, LOAD_I8, SCALAR_I8)
 
 /* Columns [r0, r0 + nr) of c for all m rows (nr is 4, or 1 for the leftover columns). */
 #define COLUMNS(T, NAME)                                                                    \
   static void NAME##_columns(int m, int r0, int nr, int k, float alpha, const float *a,      \
-                             int lda, const T *w, int ldw, float beta, float *c, int ldc) {  \
+                             int lda, const T *w, int ldw, const float *scale, float beta,   \
+                             float *c, int ldc) {                                            \
     float out[4][4];                                                                         \
     for (int q0 = 0; q0 < m; q0 += 4) {                                                      \
       int mr = m - q0 < 4 ? m - q0 : 4;                                                      \
@@ -120,42 +133,48 @@ TILES(half, f16, LOAD_F16, SCALAR_F16)
       for (int q = 0; q < mr; q++)                                                           \
         for (int r = 0; r < nr; r++) {                                                       \
           float *o = c + (size_t)(q0 + q) * ldc + r0 + r;                                    \
-          *o = beta == 0.0f ? alpha * out[q][r] : alpha * out[q][r] + beta * *o;             \
+          float v = scale != NULL ? out[q][r] * scale[r0 + r] : out[q][r];                   \
+          *o = beta == 0.0f ? alpha * v : alpha * v + beta * *o;                             \
         }                                                                                    \
     }                                                                                        \
   }                                                                                          \
   static void NAME##_thin(int m, int n, int k, float alpha, const float *a, int lda,         \
-                          const T *w, int ldw, float beta, float *c, int ldc) {              \
+                          const T *w, int ldw, const float *scale, float beta, float *c,     \
+                          int ldc) {                                                         \
     int blocks = n / 4;                                                                      \
     int wide = threads > 1 && (size_t)n * k >= 65536; /* else waking the team costs more */  \
     _Pragma("omp parallel for num_threads(threads) schedule(static) if (wide)")              \
     for (int b = 0; b < blocks; b++)                                                         \
-      NAME##_columns(m, 4 * b, 4, k, alpha, a, lda, w, ldw, beta, c, ldc);                   \
+      NAME##_columns(m, 4 * b, 4, k, alpha, a, lda, w, ldw, scale, beta, c, ldc);                   \
     for (int r = 4 * blocks; r < n; r++)                                                     \
-      NAME##_columns(m, r, 1, k, alpha, a, lda, w, ldw, beta, c, ldc);                       \
+      NAME##_columns(m, r, 1, k, alpha, a, lda, w, ldw, scale, beta, c, ldc);                       \
   }
 COLUMNS(float, f32)
 COLUMNS(half, f16)
+COLUMNS(signed char, i8)
 
-/* Float16 copies of decode weights, found by the float32 array's address and shape.
- * clara/_blas.py registers the weights only decoding reads (the merged adapter copies and the
- * output embedding) and holds each float32 array while its entry lives, so an address cannot
- * be reused under a live entry. Lookups run on MLX's thread without a lock: a product counts
+/* Compact copies of decode weights, found by the float32 array's address and shape: float16,
+ * or int8 with one float32 scale per row (w[r][j] ~ scale[r] * q[r][j]). clara/_blas.py
+ * registers only weights that decoding alone reads (the merged adapter copies, the output
+ * embedding) and holds each float32 array while its entry lives, so an address cannot be
+ * reused under a live entry. Lookups run on MLX's thread without a lock: a product counts
  * itself in `active` before it looks, and a dropped copy is freed only once no product is
- * running (both sides sequentially consistent, so a product either misses the entry or is
+ * running (both sides sequentially consistent: a product either misses the entry or is
  * counted). */
-#define MAX_HALF 8192
+enum { KIND_F16 = 1, KIND_I8 = 2 };
+#define MAX_COPIES 8192
 typedef struct {
   const float *w;
-  int n, k;
-  half *h;
-} half_entry;
-static half_entry half_table[MAX_HALF];
-static int half_used;
+  int n, k, kind;
+  void *data;     /* n * k halves or int8s */
+  float *scale;   /* int8: n row scales, inside the same allocation */
+} copy_entry;
+static copy_entry table[MAX_COPIES];
+static int used;
 static int active;
-static half *retired[MAX_HALF];
+static void *retired[MAX_COPIES];
 static int n_retired;
-static pthread_mutex_t half_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void reap_locked(void) {
   if (n_retired == 0 || __atomic_load_n(&active, __ATOMIC_SEQ_CST) != 0) return;
@@ -163,61 +182,94 @@ static void reap_locked(void) {
   n_retired = 0;
 }
 
-int clara_thinmm_add_half(const float *w, int n, int k) {
+static void *make_copy(const float *w, int n, int k, int kind, float **scale) {
+  size_t count = (size_t)n * k;
+  if (kind == KIND_F16) {
+    if (!HAVE_HALF) return NULL;
+    half *h = malloc(count * sizeof(half));
+    if (h != NULL)
+      for (size_t i = 0; i < count; i++) h[i] = float_to_half(w[i]);
+    *scale = NULL;
+    return h;
+  }
+  /* int8: scales first (float alignment), then the rows */
+  char *block = malloc((size_t)n * sizeof(float) + count);
+  if (block == NULL) return NULL;
+  float *s = (float *)block;
+  signed char *q = (signed char *)(block + (size_t)n * sizeof(float));
+  for (int r = 0; r < n; r++) {
+    const float *row = w + (size_t)r * k;
+    float amax = 0.0f;
+    for (int j = 0; j < k; j++) amax = fabsf(row[j]) > amax ? fabsf(row[j]) : amax;
+    s[r] = amax / 127.0f;
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int j = 0; j < k; j++) q[(size_t)r * k + j] = (signed char)lrintf(row[j] * inv);
+  }
+  *scale = s;
+  return block;
+}
+
+/* 1: `w` (n x k, row-major) now has a copy of `kind`; 0: none could be made. */
+int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
   int ok = 0, slot = -1;
-  pthread_mutex_lock(&half_lock);
+  pthread_mutex_lock(&table_lock);
   reap_locked();
-  for (int i = 0; i < half_used; i++) {
-    if (half_table[i].w == w) {
-      ok = half_table[i].n == n && half_table[i].k == k;
+  for (int i = 0; i < used; i++) {
+    if (table[i].w == w) {
+      ok = table[i].n == n && table[i].k == k && table[i].kind == kind;
       goto done;
     }
-    if (half_table[i].w == NULL && slot < 0) slot = i;
+    if (table[i].w == NULL && slot < 0) slot = i;
   }
-  if (!HAVE_HALF || (slot < 0 && half_used == MAX_HALF)) goto done;
-  half *h = malloc((size_t)n * k * sizeof(half));
-  if (h == NULL) goto done;
-  for (size_t i = 0; i < (size_t)n * k; i++) h[i] = float_to_half(w[i]);
-  if (slot < 0) slot = half_used;
-  half_table[slot].n = n;
-  half_table[slot].k = k;
-  half_table[slot].h = h;
-  __atomic_store_n(&half_table[slot].w, w, __ATOMIC_SEQ_CST);
-  if (slot == half_used) __atomic_store_n(&half_used, half_used + 1, __ATOMIC_SEQ_CST);
+  if (slot < 0 && used == MAX_COPIES) goto done;
+  float *scale = NULL;
+  void *data = make_copy(w, n, k, kind, &scale);
+  if (data == NULL) goto done;
+  if (slot < 0) slot = used;
+  table[slot].n = n;
+  table[slot].k = k;
+  table[slot].kind = kind;
+  table[slot].scale = scale;
+  table[slot].data = kind == KIND_I8 ? (void *)((char *)data + (size_t)n * sizeof(float)) : data;
+  table[slot].scale = scale;
+  __atomic_store_n(&table[slot].w, w, __ATOMIC_SEQ_CST);
+  if (slot == used) __atomic_store_n(&used, used + 1, __ATOMIC_SEQ_CST);
   ok = 1;
 done:
-  pthread_mutex_unlock(&half_lock);
+  pthread_mutex_unlock(&table_lock);
   return ok;
 }
 
-void clara_thinmm_drop_half(const float *w) {
-  pthread_mutex_lock(&half_lock);
-  for (int i = 0; i < half_used; i++)
-    if (half_table[i].w == w) {
-      __atomic_store_n(&half_table[i].w, NULL, __ATOMIC_SEQ_CST);
-      if (n_retired < MAX_HALF) retired[n_retired++] = half_table[i].h; /* else: leaked */
-      half_table[i].h = NULL;
+void clara_thinmm_drop_copy(const float *w) {
+  pthread_mutex_lock(&table_lock);
+  for (int i = 0; i < used; i++)
+    if (table[i].w == w) {
+      __atomic_store_n(&table[i].w, NULL, __ATOMIC_SEQ_CST);
+      void *block = table[i].kind == KIND_I8 ? (void *)table[i].scale : table[i].data;
+      if (n_retired < MAX_COPIES) retired[n_retired++] = block; /* else: leaked */
+      table[i].data = NULL;
+      table[i].scale = NULL;
     }
   reap_locked();
-  pthread_mutex_unlock(&half_lock);
+  pthread_mutex_unlock(&table_lock);
 }
 
-int clara_thinmm_halves(void) {
+int clara_thinmm_copies(void) {
   int count = 0;
-  pthread_mutex_lock(&half_lock);
+  pthread_mutex_lock(&table_lock);
   reap_locked();
-  for (int i = 0; i < half_used; i++) count += half_table[i].w != NULL;
-  pthread_mutex_unlock(&half_lock);
+  for (int i = 0; i < used; i++) count += table[i].w != NULL;
+  pthread_mutex_unlock(&table_lock);
   return count;
 }
 
-static const half *find_half(const float *w, int n, int k, int ldw) {
+static const copy_entry *find_copy(const float *w, int n, int k, int ldw) {
   if (ldw != k) return NULL;
-  int used = __atomic_load_n(&half_used, __ATOMIC_SEQ_CST);
-  for (int i = 0; i < used; i++)
-    if (__atomic_load_n(&half_table[i].w, __ATOMIC_SEQ_CST) == w && half_table[i].n == n &&
-        half_table[i].k == k)
-      return half_table[i].h;
+  int n_used = __atomic_load_n(&used, __ATOMIC_SEQ_CST);
+  for (int i = 0; i < n_used; i++)
+    if (__atomic_load_n(&table[i].w, __ATOMIC_SEQ_CST) == w && table[i].n == n &&
+        table[i].k == k)
+      return &table[i];
   return NULL;
 }
 
@@ -226,11 +278,13 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
                  int ldc) {
   if (order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && m <= thin_rows && k > 0) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
-    const half *h = find_half(b, n, k, ldb);
-    if (h != NULL)
-      f16_thin(m, n, k, alpha, a, lda, h, k, beta, c, ldc);
+    const copy_entry *e = find_copy(b, n, k, ldb);
+    if (e == NULL)
+      f32_thin(m, n, k, alpha, a, lda, b, ldb, NULL, beta, c, ldc);
+    else if (e->kind == KIND_F16)
+      f16_thin(m, n, k, alpha, a, lda, (const half *)e->data, k, NULL, beta, c, ldc);
     else
-      f32_thin(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+      i8_thin(m, n, k, alpha, a, lda, (const signed char *)e->data, k, e->scale, beta, c, ldc);
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
     return;
   }

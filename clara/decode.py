@@ -13,7 +13,7 @@ and streaming overlap the model. Each request samples with its own random key, s
 request gives the same tokens alone or in any batch. Decoding uses the adapter merged into
 a copy of the base weights (`clara.lora.merged`): no LoRA matmuls per token. On Linux CPUs
 the decode products run through clara's thin-matmul kernel (`clara._blas`), which reads
-float16 copies of those decode-only weights.
+float16 (or int8: `CLARA_DECODE_WEIGHTS`) copies of those decode-only weights.
 """
 
 from __future__ import annotations
@@ -144,14 +144,15 @@ class Decoder:
         self.sequences: list[Sequence] = []
         self._cache: list[BatchKVCache] | None = None
         self._y: mx.array | None = None  # (B,) each sequence's current token
-        self._halves = _blas.HalfCopies()
+        self._copies = _blas.DecodeCopies()
 
     def _decode_weights(self) -> list[mx.array]:
         """The weights only decoding reads: the merged adapter copies and the output
         embedding (never the base weights, which the compressor and query adapters share)."""
         lm = self.cm.lm
         head = getattr(lm, "lm_head", None)
-        weights = [head.weight if head is not None else lm.model.embed_tokens.weight]
+        head = getattr(head if head is not None else lm.model.embed_tokens, "weight", None)
+        weights = [head] if isinstance(head, mx.array) else []  # other heads keep float32
         if self.adapter is not None:
             for layer in self.cm.lora_layers():
                 held = layer._decode.get(self.adapter)
@@ -224,7 +225,7 @@ class Decoder:
         _blas.for_prefill()
         if self.adapter is not None:
             merge_adapter(self.cm, self.adapter)  # no-op unless the adapter changed
-        self._halves.update(self._decode_weights())  # float16 copies the thin kernel streams
+        self._copies.update(self._decode_weights())  # int8/float16 copies the thin kernel reads
         cache, logits = self._prefill(prompt)
         y, lp = self._sample(logits, [seq])
         mx.eval(y, *lp)

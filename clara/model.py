@@ -12,6 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_causal_mask
 
+from clara import _blas
 from clara.errors import ClaraError
 from clara.loader import BaseModel
 from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
@@ -290,6 +291,7 @@ class ClaraModel(nn.Module):
     def _encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int) -> mx.array:
         if not texts:
             return mx.zeros((0, self.n_mem, self.hidden_size))
+        _blas.for_prefill()  # all cores: a decode step on this thread may have set one
         ids = self.tokenize(texts)
         out: list[mx.array | None] = [None] * len(ids)
         for batch in length_buckets([len(t) for t in ids], batch_size):

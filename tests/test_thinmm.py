@@ -92,20 +92,20 @@ def test_without_a_compiler_clara_still_imports_and_says_why(tmp_path):
     assert out.stdout.startswith("None | could not build _thinmm.c"), out.stdout
 
 
-def _needs_half():
-    if not _blas.HalfCopies.available():
+def _needs_kernel():
+    if _blas.thin is None:
         pytest.skip(f"thin kernel not in use: {_blas.thin_reason or _blas.reason}")
 
 
-def test_half_copy_is_read_instead_of_the_float32_weight_and_dropped_on_close():
-    _needs_half()
+def test_float16_copy_is_read_instead_of_the_float32_weight_and_dropped_on_close():
+    _needs_kernel()
     w, x = _rand(2051, 576, seed=11), _rand(5, 576, seed=12)
     exact = np.array(x @ w.T)
     rounded = w.astype(mx.float16).astype(mx.float32)  # what the copy holds, as float32
-    halves = _blas.HalfCopies()
-    before = _blas._thin.clara_thinmm_halves()
-    assert halves.update([w]) == 1
-    assert _blas._thin.clara_thinmm_halves() == before + 1
+    copies = _blas.DecodeCopies("float16")
+    before = _blas._thin.clara_thinmm_copies()
+    assert copies.update([w]) == 1
+    assert _blas._thin.clara_thinmm_copies() == before + 1
     got = np.array(x @ w.T)
     # the same arithmetic on float16-rounded weights: equal bits, and not the float32 result
     assert np.array_equal(got, np.array(x @ rounded.T))
@@ -115,19 +115,50 @@ def test_half_copy_is_read_instead_of_the_float32_weight_and_dropped_on_close():
     np.testing.assert_allclose(
         np.array(wide @ w.T), np.array(wide) @ np.array(w).T, rtol=1e-4, atol=1e-3
     )
-    halves.close()
-    assert _blas._thin.clara_thinmm_halves() == before
+    copies.close()
+    assert _blas._thin.clara_thinmm_copies() == before
     assert np.array_equal(np.array(x @ w.T), exact)
 
 
-def test_half_copies_shared_by_two_owners_live_until_both_let_go():
-    _needs_half()
+def test_int8_copy_is_close_to_float32_and_batch_invariant():
+    _needs_kernel()
+    w, x = _rand(1027, 577, seed=17), _rand(16, 577, seed=18)  # tails in both dimensions
+    exact = np.array(x, np.float64) @ np.array(w, np.float64).T
+    copies = _blas.DecodeCopies("int8")
+    assert copies.update([w]) == 1
+    got = np.array(x @ w.T)
+    # per-row absmax int8: each weight within half a step (amax / 254) of its value
+    amax = np.abs(np.array(w)).max(axis=1)
+    bound = (np.abs(np.array(x)) @ np.ones(577))[:, None] * (amax / 254)[None, :]
+    assert np.all(np.abs(got - exact) <= bound + 1e-3)
+    assert np.abs(got - exact).mean() > 1e-4  # the copy really was read
+    for m in (1, 3, 7):
+        for i in range(m):
+            assert np.array_equal(np.array(x[i : i + 1] @ w.T), got[i : i + 1])
+    copies.close()
+
+
+def test_copies_shared_by_two_owners_live_until_both_let_go():
+    _needs_kernel()
     w, x = _rand(300, 64, seed=14), _rand(1, 64, seed=15)
     exact = np.array(x @ w.T)
-    a, b = _blas.HalfCopies(), _blas.HalfCopies()
+    a, b = _blas.DecodeCopies("float16"), _blas.DecodeCopies("float16")
     a.update([w])
     b.update([w, _rand(3, 3, seed=16).astype(mx.float16)])  # non-float32 arrays are ignored
     a.close()
     assert not np.array_equal(np.array(x @ w.T), exact)  # b still holds the copy
     b.update([])
     assert np.array_equal(np.array(x @ w.T), exact)
+
+
+def test_decode_weights_setting(monkeypatch):
+    _needs_kernel()
+    monkeypatch.delenv("CLARA_DECODE_WEIGHTS", raising=False)
+    assert _blas.decode_weights() == "float16"
+    monkeypatch.setenv("CLARA_DECODE_WEIGHTS", "float32")
+    assert _blas.DecodeCopies().update([_rand(8, 8, seed=19)]) == 0  # float32: no copies
+    monkeypatch.setenv("CLARA_DECODE_WEIGHTS", "int4")
+    with pytest.raises(
+        ValueError, match="CLARA_DECODE_WEIGHTS='int4': choose one of float16, int8"
+    ):
+        _blas.decode_weights()
