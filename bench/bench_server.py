@@ -6,6 +6,8 @@ of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 ne
 
 - clara memory: clara-serve, the generator reads the chunks' compressed memories (CLaRa, 16x)
 - clara memory int8: the same, decoding from int8 weight copies (CLARA_DECODE_WEIGHTS=int8)
+- clara memory openblas: the same with every product through OpenBLAS (CLARA_THIN=off), as
+  before the thin-matmul kernel
 - clara text:   clara-serve `mode: "text"`, the chunks' raw text in the base model's prompt
 - llama.cpp:    llama-cpp-python's OpenAI server on the same GGUF, given that text prompt
                 (built into its own venv under /work/cache when missing; skipped if it cannot be)
@@ -41,8 +43,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
 from _common import ROOT, append_report, markdown_table  # noqa: E402
 
 CHUNK_TOKENS = 256
-SYSTEMS = ("clara memory", "clara memory int8", "clara text", "llama.cpp", "mlx_lm.server")
-MEMORY_SYSTEMS = ("clara memory", "clara memory int8")  # run at --levels, the others at 1,8
+SYSTEMS = (
+    "clara memory",
+    "clara memory int8",
+    "clara memory openblas",
+    "clara text",
+    "llama.cpp",
+    "mlx_lm.server",
+)
+MEMORY_SYSTEMS = ("clara memory", "clara memory int8", "clara memory openblas")
+VARIANT_ENV = {  # clara-serve variants: the same server with one setting changed
+    "clara memory int8": {"CLARA_DECODE_WEIGHTS": "int8"},
+    "clara memory openblas": {"CLARA_THIN": "off"},  # as before the thin-matmul kernel
+}
 LLAMA_VENV = Path("/work/cache/llama-cpp-venv")
 LLAMA_CPP = "0.3.36"
 LLAMA_CMAKE_ARGS = (
@@ -268,6 +281,11 @@ def targets(rows: dict, compression: float | None) -> str:
         ["8 clients TTFT p50 vs 1 client", f"{t8 / t1:.2f}x", "<= 3x"],
         ["memory e2e latency vs llama.cpp text RAG", f"{lat_mem / lat_llama:.2f}x", "<= 0.5x"],
     ]
+    if ("clara memory openblas", 1) in rows:
+        ob = get("clara memory openblas", 1, "decode")
+        lines.insert(
+            2, ["  every product through OpenBLAS", f"{ob:.1f} tok/s, {ob / llama:.2f}x", ""]
+        )
     if ("clara memory int8", 1) in rows:
         i8 = get("clara memory int8", 1, "decode")
         lines.insert(2, ["  with int8 decode weights", f"{i8:.1f} tok/s, {i8 / llama:.2f}x", ""])
@@ -314,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     systems = args.systems.split(",")
     plan = {
-        s: [int(x) for x in (args.levels if s in MEMORY_SYSTEMS else args.other_levels).split(",")]
+        s: [
+            int(x)
+            for x in (args.levels if s in MEMORY_SYSTEMS[:2] else args.other_levels).split(",")
+        ]
         for s in systems
     }
     most = max(sum(max(c, args.min_requests) for c in levels) for levels in plan.values())
@@ -331,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         port = free_port()
         cmd, health = server_command(system, port, tmp / "index", f32, default_gguf_path(), python)
-        env = {**os.environ, "CLARA_DECODE_WEIGHTS": "int8"} if system.endswith("int8") else None
+        env = {**os.environ, **VARIANT_ENV[system]} if system in VARIANT_ENV else None
         proc = start(cmd, health, tmp / f"{system.replace(' ', '-')}.log", env)
         try:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
