@@ -29,13 +29,10 @@ def machine() -> str:
 
     from clara import _blas
 
-    blas = _blas.loaded or f"reference ({_blas.reason})"
-    thin = "on" if _blas.thin else f"off ({_blas.thin_reason})"
     return (
         f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
         f"{mem:.0f} GiB RAM, Python {platform.python_version()}, mlx {mx.__version__}, "
-        f"device {mx.default_device()}, BLAS {blas}, thin-matmul kernel {thin}, "
-        f"decode weights {_blas.decode_weights()}"
+        f"device {mx.default_device()}, {_blas.describe()}"
     )
 
 

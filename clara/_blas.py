@@ -167,6 +167,15 @@ def set_threads(n: int | None) -> None:
         _threads = n
 
 
+def describe() -> str:
+    """One line on the CPU matmul path, for logs and benchmark headers."""
+    if not sys.platform.startswith("linux"):
+        return "BLAS: the platform's own"
+    blas = loaded or f"reference ({reason})"
+    thin_kernel = "on" if thin else f"off ({thin_reason})"
+    return f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}"
+
+
 def set_thin_threads(n: int | None) -> None:
     """Threads of the thin-matmul kernel (None: leave as is); a no-op without it."""
     global _thin_threads

@@ -24,7 +24,12 @@ class ModelSettings:
 
     def load(self):
         """The base model with its CLaRa checkpoint (`load_clara`); call it on the worker thread."""
+        import mlx.core as mx
+
+        from clara import _blas
         from clara.checkpoint import load_clara
 
         log.info("loading %s%s", self.model, f" + {self.checkpoint}" if self.checkpoint else "")
+        if mx.default_device() == mx.cpu:
+            log.info("CPU matmuls: %s", _blas.describe())
         return load_clara(self.model, self.checkpoint, dtype=self.dtype)

@@ -27,6 +27,7 @@ def test_kernel_is_built_and_loaded_on_linux():
     if not LINUX_FAST:
         pytest.skip(f"no OpenBLAS here ({_blas.reason}); the kernel only rides on it")
     assert _blas.thin is not None, _blas.thin_reason
+    assert "thin-matmul kernel on, decode weights float16" in _blas.describe()
     assert _blas._thin.clara_thinmm_rows() == int(os.environ.get("CLARA_THIN_ROWS", 16))
 
 
