@@ -34,10 +34,24 @@ retrieval_mode ("hybrid" | "dense" | "lexical"), ignore_eos.
 """
 
 
+CPU_SETTINGS = """\
+environment (Linux CPU; logged at startup as "CPU matmuls: ..."):
+  CLARA_DECODE_WEIGHTS  float16 (default) | int8 | float32: the decode-only weights' copies
+                        the thin-matmul kernel reads (int8 is faster; its greedy answers
+                        drift from float32's)
+  CLARA_THIN            off: every matmul through OpenBLAS (no thin-matmul kernel)
+  CLARA_THIN_ROWS       widest product the thin kernel takes (default 16)
+  CLARA_DECODE_THREADS  threads of decode steps (default: all cores)
+  CLARA_PREFILL_THREADS OpenBLAS threads of prefill and compression (default: all cores)
+  CLARA_BLAS            off: MLX's reference BLAS; or a path to an OpenBLAS library
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clara-serve",
         description=DESCRIPTION,
+        epilog=CPU_SETTINGS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(parser)
