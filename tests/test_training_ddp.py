@@ -20,15 +20,20 @@ LAUNCH = Path(sys.executable).with_name("mlx.launch")
 @pytest.mark.skipif(not LAUNCH.exists() and not shutil.which("mlx.launch"), reason="no mlx.launch")
 def test_two_ranks_match_one_process_with_the_doubled_batch(tiny_llama_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(WORKER.parents[1])}
-    port = random.randint(20000, 40000)
     launch = str(LAUNCH) if LAUNCH.exists() else "mlx.launch"
-    ddp = subprocess.run(
-        [launch, "-n", "2", "--backend", "ring", "--starting-port", str(port), sys.executable,
-         str(WORKER), "--model", str(tiny_llama_dir), "--out", str(tmp_path / "ddp"),
-         "--batch-size", "2"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    for _ in range(2):  # a random port can be taken: once in CI, the launch wrote nothing
+        port = random.randint(20000, 40000)
+        ddp = subprocess.run(
+            [launch, "-n", "2", "--backend", "ring", "--starting-port", str(port), sys.executable,
+             str(WORKER), "--model", str(tiny_llama_dir), "--out", str(tmp_path / "ddp"),
+             "--batch-size", "2"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        wrote = all((tmp_path / "ddp" / f"rank{r}.safetensors").exists() for r in (0, 1))
+        if ddp.returncode == 0 and wrote:
+            break
     assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert wrote, f"the ranks wrote no weights:\n{ddp.stdout[-2000:]}\n{ddp.stderr[-2000:]}"
     single = subprocess.run(
         [sys.executable, str(WORKER), "--model", str(tiny_llama_dir), "--out",
          str(tmp_path / "one"), "--batch-size", "4"],
