@@ -35,7 +35,6 @@ void clara_thinmm_set_sgemm(void *fn) { fallback = (sgemm_fn)fn; }
 void clara_thinmm_set_rows(int rows) { thin_rows = rows; }
 void clara_thinmm_set_threads(int n) { threads = n > 0 ? n : 1; }
 int clara_thinmm_rows(void) { return thin_rows; }
-int clara_thinmm_threads(void) { return threads; }
 
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
@@ -229,7 +228,6 @@ int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
   table[slot].n = n;
   table[slot].k = k;
   table[slot].kind = kind;
-  table[slot].scale = scale;
   table[slot].data = kind == KIND_I8 ? (void *)((char *)data + (size_t)n * sizeof(float)) : data;
   table[slot].scale = scale;
   __atomic_store_n(&table[slot].w, w, __ATOMIC_SEQ_CST);
