@@ -1,0 +1,122 @@
+"""Decode speed and greedy agreement of the CPU decode paths, in-process (no HTTP).
+
+    .venv/bin/python bench/bench_decode.py      # prints a table, appends it to BENCHMARKS.md
+
+Settings, each in its own subprocess (the BLAS path is chosen when clara is first imported):
+OpenBLAS for every product (`CLARA_THIN=off`, as before the thin-matmul kernel), and the thin
+kernel reading the decode-only weights as float32, float16 (the default) or int8
+(`CLARA_DECODE_WEIGHTS`). Each subprocess times `clara.decode.Decoder` (generator adapter,
+a memory-free text prompt) at 1 and 8 sequences, and decodes `--answers` greedy answers of
+40 tokens to pydoc questions through the generator and the bare model; the parent reports how
+many answers are token for token those of float32 weights through OpenBLAS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import clara  # noqa: E402, F401  # isort: skip  (first: the BLAS path before mlx loads)
+
+SETTINGS = {  # name -> environment
+    "OpenBLAS (CLARA_THIN=off)": {"CLARA_THIN": "off"},
+    "thin kernel, float32": {"CLARA_DECODE_WEIGHTS": "float32"},
+    "thin kernel, float16 (default)": {"CLARA_DECODE_WEIGHTS": "float16"},
+    "thin kernel, int8": {"CLARA_DECODE_WEIGHTS": "int8"},
+}
+TOPICS = ("assert", "break", "for", "if", "while", "with", "lambda", "class")
+
+
+def worker(args: argparse.Namespace) -> None:
+    from pydoc_data.topics import topics
+
+    from clara.checkpoint import load_clara
+    from clara.decode import Decoder
+    from clara.generate import SamplingParams
+    from clara.prompt import text_prompt
+
+    cm = load_clara("smollm2-135m")
+    chunk = ["The assert statement checks a condition and raises AssertionError otherwise. " * 5]
+    prompt = text_prompt(cm, "What does the assert statement do in Python?", chunk)
+
+    def speed(batch: int) -> float:
+        d = Decoder(cm, "generator")
+        for _ in range(batch):
+            d.add(prompt, SamplingParams(max_tokens=10**6, ignore_eos=True))
+        for _ in range(3):  # warm-up
+            d.step()
+        start, tokens = time.perf_counter(), 0
+        for _ in range(args.steps):
+            tokens += len(d.step())
+        return tokens / (time.perf_counter() - start)
+
+    answers = []
+    for adapter in ("generator", None):
+        d = Decoder(cm, adapter)
+        for name in TOPICS[: args.answers // 2]:
+            p = text_prompt(
+                cm, f"What does the {name} statement do in Python?", [topics[name][:900]]
+            )
+            _, first = d.add(p, SamplingParams(max_tokens=40))
+            tokens = [first.token]
+            while d.sequences:
+                tokens += [c.token for _, c in d.step()]
+            answers.append(tokens)
+    print(json.dumps({"b1": speed(1), "b8": speed(8), "answers": answers}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=48, help="timed decode steps (default 48)")
+    p.add_argument("--answers", type=int, default=16, help="greedy answers compared (<= 16)")
+    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    results = {}
+    for name, env in SETTINGS.items():
+        cmd = [sys.executable, __file__, "--worker", "--steps", str(args.steps)]
+        cmd += ["--answers", str(args.answers)]
+        out = subprocess.run(
+            cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True
+        )
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(name, {k: v for k, v in results[name].items() if k != "answers"}, flush=True)
+
+    from bench._common import append_report, markdown_table
+
+    reference = results["OpenBLAS (CLARA_THIN=off)"]["answers"]
+    rows = []
+    for name, r in results.items():
+        same = sum(a == b for a, b in zip(r["answers"], reference))
+        rows.append([name, f"{r['b1']:.1f}", f"{r['b8']:.1f}", f"{same}/{len(reference)}"])
+    table = markdown_table(
+        ["decode products", "1 sequence tok/s", "8 sequences tok/s", "greedy answers = OpenBLAS"],
+        rows,
+    )
+    notes = (
+        "In-process `clara.decode.Decoder` (generator adapter), 2-core CPU, each setting in its "
+        f"own process one after another; {args.steps} timed steps after 3 warm-up steps. Greedy "
+        f"answers: {len(reference)} answers of 40 tokens to pydoc questions (half through the "
+        "generator, half through the bare model), compared token for token with float32 weights "
+        "through OpenBLAS. The thin kernel's float32 products sum in another order than "
+        "OpenBLAS's, so even that row may differ in a near-tie."
+    )
+    if args.no_report:
+        print(table + "\n\n" + notes)
+    else:
+        append_report("Decode paths on the CPU: speed and greedy agreement", table, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
