@@ -9,7 +9,10 @@ same machine load):
   separate scale/cast/add ops) and batches in seeded random order;
 - after: the training fast path (`AdapterSwitch.fast`: one dropout mask per layer input, 4
   per block instead of 7, scale folded into one `addmm`) and length-bucketed batches
-  (`TrainConfig.length_buckets`), at each BLAS thread count of `--threads`.
+  (`TrainConfig.length_buckets`), at each BLAS thread count of `--threads`;
+- after, data parallel: the same on `--ranks` processes (`clara-train --ranks`), each with an
+  equal share of the cores and of each batch (the same global batches); timed after the
+  interleaved paths, alone on the machine.
 
 Tokens/s counts real (unpadded) positions: document + memory slots of the compressor input,
 plus the generator's prompt and answer. The loss check trains both paths for `--check-steps`
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -69,17 +73,19 @@ def short(recs: list[PretrainRecord], words: int) -> list[PretrainRecord]:
     return [PretrainRecord("paraphrase", " ".join(r.doc.split()[:words])) for r in recs]
 
 
-def trainer(recs, fast: bool, buckets: bool, steps: int, out: str, pass_size=None) -> Trainer:
+def trainer(
+    recs, fast: bool, buckets: bool, steps: int, out: str, pass_size=None, batch=4, group=None
+) -> Trainer:
     cm = load_for_training(MODEL, None, dtype="float32")
     cm.switch.fast = fast
     stage = PretrainStage(cm)
     examples = stage.build(recs)
     set_trainable(cm, stage.adapters, True, False)
     cfg = TrainConfig(
-        stage="pretrain", out=out, lr=1e-3, max_steps=steps, batch_size=4, quiet=True,
+        stage="pretrain", out=out, lr=1e-3, max_steps=steps, batch_size=batch, quiet=True,
         length_buckets=buckets, pass_size=pass_size,
     )  # fmt: skip
-    t = Trainer(cm, stage, examples, cfg)
+    t = Trainer(cm, stage, examples, cfg, group)
     cm.train()
     return t
 
@@ -92,6 +98,40 @@ def timed(t: Trainer, threads: int | None) -> tuple[float, dict]:
     return time.perf_counter() - start, m
 
 
+def rank_worker(steps: int, ranks: int, out: str) -> int:
+    """One rank of the data-parallel path (run by mlx.launch): the after path with batch
+    4 / ranks per rank, so the global batches are the in-process path's; rank 0 writes JSON."""
+    from training.pipeline import local_ranks
+
+    group = mx.distributed.init()
+    _blas.for_training(local_ranks(group))
+    recs, _ = records(64)
+    t = trainer(recs, True, True, 1000, f"{out}.run", 1, 4 // ranks, group)
+    times, work = [], []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        m = t.train_step()
+        if step:
+            times.append(time.perf_counter() - start)
+            work.append(m["work"])
+    if group.rank() == 0:
+        Path(out).write_text(json.dumps({"s": times, "work": work}))
+    return 0
+
+
+def data_parallel(steps: int, ranks: int, tmp: str) -> dict | None:
+    """Times of the data-parallel path, or None (with the reason printed) if it cannot run."""
+    from training.launch import run_ranks
+
+    out = f"{tmp}/ddp.json"
+    cmd = [sys.executable, __file__, "--rank-worker", out, "--steps", str(steps)]
+    code = run_ranks(cmd, ranks, {**os.environ, "CLARA_BENCH_RANKS": str(ranks)})
+    if code == 0 and Path(out).exists():
+        return json.loads(Path(out).read_text())
+    print(f"data-parallel path skipped: the ranks exited {code}", file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=4, help="timed steps per path (after 1 warm-up)")
@@ -99,8 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-steps", type=int, default=50, help="steps of the loss check (0: off)")
     p.add_argument("--check-words", type=int, default=24, help="document words in the check")
     p.add_argument("--tolerance", type=float, default=0.02, help="max relative loss difference")
+    p.add_argument(
+        "--ranks", type=int, default=2, help="ranks of the data-parallel path (0: skip it)"
+    )
     p.add_argument("--report", action="store_true", help="append to BENCHMARKS.md")
+    p.add_argument("--rank-worker", metavar="JSON", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rank_worker:
+        return rank_worker(args.steps, int(os.environ.get("CLARA_BENCH_RANKS", "2")),
+                           args.rank_worker)  # fmt: skip
     threads = [int(x) for x in args.threads.split(",") if x]
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     recs, what = records(64)
@@ -120,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
                 stats[name]["work"].append(m["work"])
             print(f"step {step} {name}: {dt:.2f} s, {m['work']} positions", file=sys.stderr)
     _blas.set_threads(2)
+    del trainers
+    mx.clear_cache()
+    if args.ranks > 1:  # after the interleaved paths: it needs the whole machine
+        got = data_parallel(args.steps, args.ranks, tmp)
+        if got:
+            name = f"after, {args.ranks} data-parallel ranks (--ranks), 1 example/pass"
+            paths.append((name, True, True, 1, None))
+            stats[name] = got
     base = sum(stats["before"]["work"]) / sum(stats["before"]["s"])
     rows = []
     for name, *_ in paths:
@@ -136,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ok = True
     if args.check_steps:
-        del trainers
         check = short(recs, args.check_words)
         losses = {}
         for name, fast, size in (("before", False, None), ("after", True, 1)):

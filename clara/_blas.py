@@ -202,6 +202,16 @@ def for_prefill() -> None:
     set_thin_threads(n)
 
 
+def for_training(local_ranks: int = 1) -> None:
+    """Threads for training steps: `CLARA_TRAIN_THREADS`, else the cores shared out between the
+    ranks on this machine. Measured (BENCHMARKS.md, training speed): MLX's elementwise ops are
+    single-threaded on the CPU, so one process leaves a core idle between matmuls; two ranks of
+    one thread each trained 1.55x the tokens/s of one rank with two threads on 2 cores."""
+    n = _env_int("CLARA_TRAIN_THREADS") or max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+    set_threads(n)
+    set_thin_threads(n)
+
+
 DECODE_THREADS: int | None = 1  # measured: batch 8 decodes 2x faster than with 2 (BENCHMARKS.md)
 
 

@@ -9,6 +9,7 @@ clara-train synth    --docs my_docs/ --out data/
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,8 +45,9 @@ EPILOG = """\
 Outputs in --out: step-NNNNNN/ checkpoints (every --save-every steps) and final/, each a CLaRa
 checkpoint (clara_config.json + adapters.safetensors; with --full also base/, the fine-tuned
 base model) plus the optimiser state for --resume; metrics.jsonl and loss.png.
-Data parallel: mlx.launch -n 2 clara-train ... (or --hosts a,b for several Macs); each rank
-takes a slice of every batch, gradients are averaged, rank 0 writes.
+Data parallel: --ranks 2 runs two processes on this machine (on a 2-core CPU about 1.5x the
+tokens/s of one; --batch-size is per rank); mlx.launch --hostfile hosts.json clara-train ...
+spans several Macs. Each rank takes a slice of every batch, gradients are summed, rank 0 writes.
 """
 
 
@@ -59,6 +61,14 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     )
     p.add_argument("--data", required=True, metavar="JSONL", help="training data (see above)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, logs)")
+    p.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes on this machine (MLX ring backend, no launcher); the "
+        "batches are the same as one process with N x --batch-size (default: 1)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -185,10 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from training.data import read_pretrain, read_qa
+    from training.launch import is_rank, run_ranks, self_command
     from training.pipeline import train
     from training.stages import StageConfig
     from training.trainer import TrainConfig
 
+    if args.ranks < 1:
+        raise SystemExit(f"{PROG}: --ranks must be at least 1")
+    if args.ranks > 1 and not is_rank():
+        return run_ranks(self_command(_without_ranks(args.argv)), args.ranks)
     records = read_pretrain(args.data) if args.stage == "pretrain" else read_qa(args.data)
     if args.stage in ("instruct", "joint") and args.checkpoint is None and not args.resume:
         print(
@@ -243,12 +258,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         dtype=model_dtype(args),
     )
-    print(final)
+    if os.environ.get("MLX_RANK", "0") == "0":
+        print(final)
     return 0
 
 
+def _without_ranks(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--ranks":
+            skip = True
+        elif not a.startswith("--ranks="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return run_main(PROG, lambda: args.func(args))
 
 

@@ -19,7 +19,8 @@ the only doc, for `clara-eval --retrieval gold`) and all 1000 documents to colle
   loss (`--retrieval-weight 1`); the generator reads the top `--top-k`.
 
 Stage 1 starts from the previously shipped adapters (`--init`, made float32; `--init none`:
-fresh adapters with `--center-memory`). Batches are length-bucketed. Each stage checkpoints
+fresh adapters with `--center-memory`). Batches are length-bucketed, one example per pass, on
+`--ranks` data-parallel processes (2 on a CPU with 2+ cores). Each stage checkpoints
 every 10 steps and resumes where it stopped when the command is run again (same options).
 
     clara-eval --data runs/default/eval.jsonl --checkpoint runs/default/joint/final \\
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -40,6 +42,7 @@ import clara  # noqa: F401  preloads OpenBLAS before mlx
 from training.cli import main as train_main
 from training.data import PretrainRecord, QARecord, pretrain_to_json, qa_to_json, write_jsonl
 from training.synth import tfidf_neighbours
+from training.trainer import checkpoints
 
 PACKAGED = Path(clara.__file__).resolve().parent / "checkpoints" / "smollm2-135m-16x"
 ROOT = Path(clara.__file__).resolve().parents[1]
@@ -145,6 +148,20 @@ def float32_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def default_ranks() -> int:
+    """2 data-parallel ranks on a CPU with 2+ cores (MLX runs elementwise ops on one thread, so
+    a second process keeps the other core busy; BENCHMARKS.md, training speed), else 1."""
+    import mlx.core as mx
+
+    return 2 if mx.default_device() == mx.cpu and (os.cpu_count() or 1) >= 2 else 1
+
+
+def train_stage(argv: list[str], run: Path, done: Path, ranks: int) -> int:
+    """`clara-train argv --ranks ranks`, resuming from the stage's last checkpoint if any."""
+    resume = ["--resume"] if (run / "metrics.jsonl").exists() and checkpoints(run) else []
+    return train_main([*argv, "--ranks", str(ranks), *resume])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,13 +185,23 @@ def main(argv: list[str] | None = None) -> int:
         default=str(PACKAGED),
         help="stage-1 start: an installed checkpoint (default: the shipped adapters) or 'none'",
     )
-    p.add_argument("--batch-size", default="4", help="examples per step")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per step (all ranks)")
+    p.add_argument(
+        "--ranks",
+        type=int,
+        default=default_ranks(),
+        help="data-parallel training processes on this machine (default: 2 on a CPU with 2+ "
+        "cores, where two train faster than one; else 1)",
+    )
     p.add_argument("--install", action="store_true", help=f"copy the result to {PACKAGED}")
     args = p.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "collection.txt").exists():
         build_data(out, args)
+    if args.ranks < 1 or args.batch_size % args.ranks:
+        p.error(f"--batch-size {args.batch_size} must be a multiple of --ranks {args.ranks}")
+    per_rank = args.batch_size // args.ranks
     steps, lrs = args.steps.split(","), args.lr.split(",")
     stops = (args.stop_after.split(",") + ["", "", ""])[:3]
     init: list[str] = []
@@ -198,13 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                 extra += ["--center-memory"]
             if stop:
                 extra += ["--stop-after", stop]
-            resume = ["--resume"] if (run / "metrics.jsonl").exists() else []
-            code = train_main(
-                [stage, "--data", str(out / f"{stage}.jsonl"), "--out", str(run), *init,
-                 "--max-steps", n, "--lr", lr, "--batch-size", args.batch_size,
-                 "--log-every", "5", "--save-every", "10", "--dtype", "float32",
-                 *extra, *resume]
-            )  # fmt: skip
+            argv = [stage, "--data", str(out / f"{stage}.jsonl"), "--out", str(run), *init,
+                    "--max-steps", n, "--lr", lr, "--batch-size", str(per_rank),
+                    "--pass-size", "1", "--log-every", "5", "--save-every", "10",
+                    "--dtype", "float32", *extra]  # fmt: skip
+            code = train_stage(argv, run, done, args.ranks)
             if code:
                 return code
         init = ["--init-from", str(done)]

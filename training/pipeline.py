@@ -4,12 +4,14 @@ prepare the stage, run the loop, return the final checkpoint. Used by `clara-tra
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import mlx.core as mx
 
+from clara import _blas
 from clara.checkpoint import load_clara, read_checkpoint_config
 from clara.errors import ClaraError
 from clara.loader import DEFAULT_MODEL, BaseModel, load_base
@@ -50,6 +52,20 @@ def fit_center(cm: ClaraModel, examples: Sequence, n: int = 256) -> None:
     cm.fit_memory_center(docs)
 
 
+def local_ranks(group: mx.distributed.Group) -> int:
+    """Ranks of `group` on this machine: the ring backend's host file lists each rank's
+    address (`mlx.launch -n 2` puts both on 127.0.0.1); without one, every rank is local."""
+    path = os.environ.get("MLX_HOSTFILE")
+    if group.size() == 1 or not path:
+        return group.size()
+    try:
+        hosts = [str(h[0]).rsplit(":", 1)[0] for h in json.loads(Path(path).read_text())]
+        mine = hosts[group.rank()]
+    except (OSError, ValueError, IndexError, TypeError):
+        return group.size()
+    return max(1, hosts.count(mine))
+
+
 def build_trainer(
     records: Sequence,
     config: TrainConfig,
@@ -65,6 +81,7 @@ def build_trainer(
     """Load the model, prepare the stage; returns `(trainer, checkpoint to resume or None)`."""
     if group is None:
         group = mx.distributed.init()
+    _blas.for_training(local_ranks(group))
     resume_from = None
     if resume:
         found = checkpoints(config.out)

@@ -25,7 +25,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from clara.checkpoint import save_checkpoint
 from clara.errors import ClaraError
@@ -272,9 +272,20 @@ class Trainer:
         return self.stage.loss(examples, norm)
 
     def _all_sum(self, tree):
+        """Sum `tree` over the ranks in ONE collective: the arrays are flattened into one
+        buffer (hundreds of small all_sums, each a round trip, cost more than the step)."""
         if self.world == 1:
             return tree
-        return tree_map(lambda x: mx.distributed.all_sum(x, group=self.group), tree)
+        flat = tree_flatten(tree)
+        if not flat:
+            return tree
+        parts = [v.reshape(-1).astype(mx.float32) for _, v in flat]
+        summed = mx.distributed.all_sum(mx.concatenate(parts), group=self.group)
+        out, lo = [], 0
+        for (k, v), part in zip(flat, parts):
+            out.append((k, summed[lo : lo + part.size].reshape(v.shape).astype(v.dtype)))
+            lo += part.size
+        return tree_unflatten(out)
 
     def train_step(self) -> dict:
         """One optimiser step (all micro-batches); returns the step's metrics."""

@@ -1,0 +1,88 @@
+"""Data-parallel ranks on this machine without a launcher process: `clara-train --ranks N`.
+
+MLX's ring backend needs each process to know its rank (`MLX_RANK`) and every rank's address
+(`MLX_HOSTFILE`, a JSON list of `["host:port"]`). `mlx.launch` sets both, but then stays in
+the foreground relaying the ranks' output, and that relay polls: on a 2-core machine it kept
+one core about 100% busy, and two training ranks under it ran at half the speed of two
+independent processes (measured with top and bench/bench_train.py). Here the ranks inherit
+this terminal's stdout/stderr, and the parent just waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+
+def _free_ports(n: int, tries: int = 50) -> list[int]:
+    """`n` consecutive loopback ports that are free now (the ring backend binds them)."""
+    for _ in range(tries):
+        start = random.randint(20000, 60000 - n)
+        socks = []
+        try:
+            for port in range(start, start + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+            return list(range(start, start + n))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise OSError(f"no {n} consecutive free loopback ports found")
+
+
+def run_ranks(argv: Sequence[str], ranks: int, env: dict[str, str] | None = None) -> int:
+    """Run `argv` (a command line) as `ranks` ring-backend ranks on 127.0.0.1; returns 0 when
+    every rank exits 0, else the first failing rank's code (the others are then stopped)."""
+    ports = _free_ports(ranks)
+    fd, hostfile = tempfile.mkstemp(prefix="clara-ranks-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump([[f"127.0.0.1:{p}"] for p in ports], fh)
+    base = dict(os.environ if env is None else env)
+    procs = []
+    try:
+        for rank in range(ranks):
+            e = {**base, "MLX_RANK": str(rank), "MLX_HOSTFILE": hostfile}
+            procs.append(subprocess.Popen(list(argv), env=e))
+        code = 0
+        while procs and any(p.poll() is None for p in procs):
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed:
+                code = failed[0]
+                break
+            time.sleep(0.5)
+        if not code:
+            code = next((p.returncode for p in procs if p.returncode), 0)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        os.unlink(hostfile)
+
+
+def is_rank() -> bool:
+    """True inside a process started by `run_ranks` or mlx.launch."""
+    return "MLX_RANK" in os.environ
+
+
+def self_command(argv: Sequence[str]) -> list[str]:
+    """This Python running `training.cli` with `argv`."""
+    return [sys.executable, "-m", "training.cli", *argv]
