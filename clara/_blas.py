@@ -173,7 +173,12 @@ def describe() -> str:
         return "BLAS: the platform's own"
     blas = loaded or f"reference ({reason})"
     thin_kernel = "on" if thin else f"off ({thin_reason})"
-    return f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}"
+    from clara import _jit
+
+    return (
+        f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}, "
+        f"{_jit.describe()}"
+    )
 
 
 def set_thin_threads(n: int | None) -> None:

@@ -155,6 +155,9 @@ def load_base(
         _dequantize(model, getattr(mx, chosen), config)
         mx.eval(model.parameters())
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    from clara import attention
+
+    attention.install(model)  # CPU: softmax in a fused native kernel (clara/attention.py)
     return BaseModel(
         model=model,
         tokenizer=tokenizer,

@@ -44,6 +44,8 @@ environment (Linux CPU; logged at startup as "CPU matmuls: ..."):
   CLARA_DECODE_THREADS  threads of decode steps (default: all cores)
   CLARA_PREFILL_THREADS OpenBLAS threads of prefill and compression (default: all cores)
   CLARA_BLAS            off: MLX's reference BLAS; or a path to an OpenBLAS library
+  CLARA_JIT_NATIVE      off: MLX's fused CPU kernels for baseline x86-64 (default: -march=native)
+  CLARA_CPU_ATTENTION   off: mlx-lm's attention (default: clara's fused-softmax CPU attention)
 """
 
 

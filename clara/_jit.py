@@ -1,0 +1,116 @@
+"""Native code for MLX's CPU JIT: fused elementwise kernels built for this CPU.
+
+`mx.compile` (mlx-lm's SwiGLU, clara's CPU attention softmax) fuses elementwise ops into C++
+that MLX compiles at run time with `g++ -O3` into `<tmp>/mlx/<version>/cpu/`. Without
+`-march`, GCC targets baseline x86-64: no FMA, so every `std::fma` of MLX's `exp` polynomial
+is a libm call, and `exp`, `sigmoid` and softmax cost about 19 ns per value. With
+`-march=native -fno-math-errno` the same fused `exp` runs about 5x faster (bench_indexing.py
+and the tests measure the effect; `CLARA_JIT_NATIVE=off` turns this off).
+
+MLX finds the compiler as `g++` on PATH. `enable()` puts a small wrapper first on PATH: it
+adds the two flags when the command compiles a source file in MLX's JIT cache and is
+`exec g++ "$@"` for anything else. Kernels compiled before (other flags or another CPU) are
+removed once, so every kernel in the cache is built the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+FLAGS = "-march=native -fno-math-errno"
+MARK = ".clara-jit"
+
+#: True when the wrapper is in place; `reason` says why not otherwise.
+native = False
+reason: str | None = None
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "jit-bin"
+
+
+def _mlx_kernels() -> Path | None:
+    """MLX's CPU JIT cache (`<tmp>/mlx/<version>/cpu`), without importing mlx."""
+    try:
+        from importlib.metadata import version
+
+        return Path(tempfile.gettempdir()) / "mlx" / version("mlx") / "cpu"
+    except Exception:  # noqa: BLE001  (no mlx metadata: nothing to clean)
+        return None
+
+
+def _wrapper(real: str) -> str:
+    return f"""#!/bin/sh
+# Written by clara (clara/_jit.py): MLX's CPU JIT kernels are compiled for this CPU.
+case "$*" in
+  */mlx/*/cpu/*) exec "{real}" "$@" {FLAGS} ;;
+esac
+exec "{real}" "$@"
+"""
+
+
+def _clear_stale(kernels: Path, tag: str) -> None:
+    """Remove JIT kernels built with other flags or on another CPU (rebuilt on first use)."""
+    mark = kernels / MARK
+    try:
+        if mark.read_text() == tag:
+            return
+    except OSError:
+        pass
+    try:
+        kernels.mkdir(parents=True, exist_ok=True)
+        for lib in kernels.glob("lib*.so"):
+            lib.unlink(missing_ok=True)
+        mark.write_text(tag)
+    except OSError:
+        pass
+
+
+def enable() -> bool:
+    """Put the compiler wrapper first on PATH (Linux CPU only; before mlx compiles anything)."""
+    global native, reason
+    if native:
+        return True
+    if not sys.platform.startswith("linux"):
+        reason = "not Linux"
+        return False
+    if os.environ.get("CLARA_JIT_NATIVE", "").strip().lower() in ("off", "0", "no", "false"):
+        reason = "disabled by CLARA_JIT_NATIVE"
+        return False
+    bindir = _cache_dir()
+    path = os.environ.get("PATH", "")
+    rest = os.pathsep.join(p for p in path.split(os.pathsep) if p and Path(p) != bindir)
+    real = shutil.which("g++", path=rest)
+    if real is None:
+        reason = "no g++ on PATH (MLX's JIT then runs its kernels unfused)"
+        return False
+    from clara._blas import _cpu_tag
+
+    tag = hashlib.sha256(f"{FLAGS}\n{real}\n{_cpu_tag()}".encode()).hexdigest()[:16]
+    try:
+        bindir.mkdir(parents=True, exist_ok=True)
+        script = bindir / "g++"
+        text = _wrapper(real)
+        if not script.exists() or script.read_text() != text:
+            tmp = bindir / f".g++-{os.getpid()}"
+            tmp.write_text(text)
+            tmp.chmod(0o755)
+            os.replace(tmp, script)
+    except OSError as exc:
+        reason = f"cannot write {bindir}: {exc}"
+        return False
+    kernels = _mlx_kernels()
+    if kernels is not None:
+        _clear_stale(kernels, tag)
+    os.environ["PATH"] = os.pathsep.join([str(bindir), rest]) if rest else str(bindir)
+    native = True
+    return True
+
+
+def describe() -> str:
+    return "JIT kernels native" if native else f"JIT kernels baseline ({reason})"

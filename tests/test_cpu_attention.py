@@ -1,0 +1,128 @@
+"""clara/attention.py (CPU attention with a fused softmax) and clara/_jit.py (native JIT flags).
+
+The fused attention must be mlx-lm's attention to float rounding for every mask form the
+models pass (none, "causal" with and without a cache offset, boolean and additive arrays, in
+2-D and 4-D, one mask for all heads or one per head), with grouped-query heads, and through
+the gradient the training stages take.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from clara import _jit
+from clara import attention as A
+
+
+def _qkv(B, H, Hk, T, S, D=16, dtype=mx.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    q = mx.array(rng.normal(size=(B, H, T, D)).astype(np.float32)).astype(dtype)
+    k = mx.array(rng.normal(size=(B, Hk, S, D)).astype(np.float32)).astype(dtype)
+    v = mx.array(rng.normal(size=(B, Hk, S, D)).astype(np.float32)).astype(dtype)
+    return q, k, v
+
+
+def _masks(B, H, T, S, seed=1):
+    rng = np.random.default_rng(seed)
+    keep = rng.random((B, 1, T, S)) > 0.4
+    keep |= np.eye(T, S, k=S - T, dtype=bool)  # no row fully masked
+    per_head = np.broadcast_to(keep, (B, H, T, S)).copy()
+    per_head[:, ::2] = np.eye(T, S, k=S - T, dtype=bool) | per_head[:, ::2]
+    additive = np.where(keep, 0.0, -1e9).astype(np.float32)
+    return {
+        "none": None,
+        "causal": "causal",
+        "bool (B,1,T,S)": mx.array(keep),
+        "bool (T,S)": mx.array(keep[0, 0]),
+        "bool (B,H,T,S)": mx.array(per_head),
+        "additive (B,1,T,S)": mx.array(additive),
+    }
+
+
+@pytest.mark.parametrize(
+    "B,H,Hk,T,S",
+    [(2, 9, 3, 6, 6), (1, 9, 3, 1, 7), (2, 4, 4, 3, 8), (3, 8, 2, 5, 9), (1, 6, 1, 4, 4)],
+)
+def test_matches_mlx_lm_for_every_mask_form(B, H, Hk, T, S):
+    q, k, v = _qkv(B, H, Hk, T, S)
+    for name, mask in _masks(B, H, T, S).items():
+        got = A.attention(q, k, v, None, scale=0.25, mask=mask)
+        want = A._original(q, k, v, None, scale=0.25, mask=mask)
+        assert got.shape == want.shape == (B, H, T, 16)
+        err = float(mx.abs(got - want).max())
+        assert err < 1e-5, f"{name}: max difference {err}"
+
+
+def test_half_precision_inputs_keep_their_dtype_and_values():
+    q, k, v = _qkv(2, 9, 3, 5, 5, dtype=mx.float16)
+    got = A.attention(q, k, v, None, scale=0.125, mask="causal")
+    want = A._original(q, k, v, None, scale=0.125, mask="causal")
+    assert got.dtype == mx.float16
+    assert float(mx.abs(got.astype(mx.float32) - want.astype(mx.float32)).max()) < 5e-3
+
+
+def test_gradients_match_mlx_lm():
+    q, k, v = _qkv(2, 9, 3, 6, 6, seed=3)
+    mask = _masks(2, 9, 6, 6)["bool (B,1,T,S)"]
+
+    def loss(fn):
+        return lambda q, k, v: (fn(q, k, v, None, scale=0.3, mask=mask) ** 2).sum()
+
+    got = mx.grad(loss(A.attention), argnums=(0, 1, 2))(q, k, v)
+    want = mx.grad(loss(A._original), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want):
+        assert float(mx.abs(g - w).max()) < 1e-4
+
+
+def test_sinks_and_unknown_masks():
+    q, k, v = _qkv(1, 4, 4, 3, 3)
+    sinks = mx.zeros((4,))
+    got = A.attention(q, k, v, None, scale=0.5, mask=None, sinks=sinks)  # handed to mlx-lm
+    want = A._original(q, k, v, None, scale=0.5, mask=None, sinks=sinks)
+    assert float(mx.abs(got - want).max()) == 0.0
+    with pytest.raises(ValueError, match="unsupported attention mask"):
+        A.attention(q, k, v, None, scale=0.5, mask="sliding")
+
+
+def test_installed_in_the_loaded_model_and_same_hidden_states(tiny_llama_dir, monkeypatch):
+    import mlx_lm.models.llama as llama
+
+    from clara.loader import load_base
+
+    base = load_base(tiny_llama_dir, dtype="float32")
+    assert llama.scaled_dot_product_attention is A.attention
+    ids = mx.array([[5, 9, 3, 7, 11, 2, 8]])
+    ours = base.model(ids)
+    monkeypatch.setattr(llama, "scaled_dot_product_attention", A._original)
+    theirs = base.model(ids)
+    assert float(mx.abs(ours - theirs).max()) < 1e-4
+    monkeypatch.setenv("CLARA_CPU_ATTENTION", "off")
+    monkeypatch.setattr(llama, "scaled_dot_product_attention", A.attention)
+    assert A.install(base.model) is False
+    assert llama.scaled_dot_product_attention is A._original
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the wrapper is for Linux")
+def test_jit_wrapper_compiles_mlx_kernels_natively_and_nothing_else(tmp_path):
+    if not _jit.native:
+        pytest.skip(f"JIT wrapper off: {_jit.reason}")
+    wrapper = _jit._cache_dir() / "g++"
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(wrapper.parent)
+    # a command outside MLX's cache passes through untouched ...
+    src = tmp_path / "t.cpp"
+    src.write_text("#ifdef __AVX2__\n#error native\n#endif\nint main() { return 0; }\n")
+    plain = subprocess.run([str(wrapper), str(src), "-o", str(tmp_path / "t")], capture_output=True)
+    assert plain.returncode == 0, plain.stderr
+    # ... and a fused kernel computes exp correctly, NaN and the overflow limits included
+    x = mx.array([0.0, 1.0, -100.0, float("nan"), 100.0, -1.5])
+    got = mx.compile(lambda x: mx.exp(x) * 2.0)(x)
+    with np.errstate(over="ignore"):
+        want = 2.0 * np.exp(np.array([0.0, 1.0, -100.0, np.nan, 100.0, -1.5], dtype=np.float32))
+    # MLX's exp flushes results below e^-88 to 0 (numpy keeps a denormal there)
+    np.testing.assert_allclose(np.array(got), want, rtol=1e-6, atol=1e-30, equal_nan=True)
