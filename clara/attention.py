@@ -28,6 +28,23 @@ def _exp_shifted(scores: mx.array, top: mx.array) -> mx.array:
     return mx.exp(scores - top)
 
 
+@partial(mx.compile, shapeless=True)
+def _softmax_grad(y: mx.array, g: mx.array, gy: mx.array) -> mx.array:
+    return y * (g - gy)
+
+
+@mx.custom_function
+def softmax(scores: mx.array) -> mx.array:
+    """Softmax over the last axis, `exp` in a fused kernel; its vjp is the closed form."""
+    e = _exp_shifted(scores, scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@softmax.vjp
+def _softmax_vjp(primals, cotangent, output):
+    return _softmax_grad(output, cotangent, (cotangent * output).sum(axis=-1, keepdims=True))
+
+
 def _grouped_mask(mask: mx.array, B: int, Hk: int, rep: int) -> mx.array:
     """`mask` broadcastable to the (B, Hk, rep, T, S) scores of grouped-query attention."""
     if mask.ndim <= 2:
@@ -67,8 +84,7 @@ def attention(queries, keys, values, cache, scale: float, mask, sinks=None) -> m
             else:
                 scores = scores + mask.astype(mx.float32)
         scores = scores.reshape(B, Hk, rep * T, S)
-    weights = _exp_shifted(scores, scores.max(axis=-1, keepdims=True))
-    weights = (weights / weights.sum(axis=-1, keepdims=True)).astype(values.dtype)
+    weights = softmax(scores).astype(values.dtype)
     return (weights @ values).reshape(B, H, T, D)
 
 
