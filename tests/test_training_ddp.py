@@ -56,3 +56,36 @@ def test_two_ranks_match_one_process_with_the_doubled_batch(tiny_llama_dir, tmp_
     assert (tmp_path / "ddp" / "final" / "adapters.safetensors").exists()
     metrics = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 3
+
+
+def test_clara_train_ranks_runs_two_processes_without_a_launcher(tiny_llama_dir, tmp_path):
+    """`clara-train --ranks 2` (training/launch.py): two ring-backend ranks started by
+    clara-train itself train what one process does with the doubled batch; rank 0 writes."""
+    from training.data import write_jsonl
+
+    docs = [f"Document {i}: the river {i} runs past mill {i} near town {i}." for i in range(8)]
+    data = tmp_path / "s1.jsonl"
+    write_jsonl(data, [{"data_type": "paraphrase", "docs": [d]} for d in docs])
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parents[1])}
+
+    def train(out, *extra):
+        return subprocess.run(
+            [sys.executable, "-m", "training.cli", "pretrain", "--model", str(tiny_llama_dir),
+             "--dtype", "float32", "--data", str(data), "--out", str(tmp_path / out),
+             "--max-steps", "3", "--doc-max-tokens", "32", "--lora-rank", "4", "--lora-dropout",
+             "0", "--lr", "3e-3", "--no-length-buckets", "--log-every", "1", "-q", *extra],
+            env=env, capture_output=True, text=True, timeout=300, cwd=WORKER.parents[1],
+        )  # fmt: skip
+
+    two = train("two", "--ranks", "2", "--batch-size", "2")
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.strip().splitlines() == [str(tmp_path / "two" / "final")]  # rank 0 only
+    one = train("one", "--batch-size", "4")
+    assert one.returncode == 0, one.stderr[-2000:]
+    a = mx.load(str(tmp_path / "two" / "final" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "one" / "final" / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(np.array(a[k]), np.array(b[k]), rtol=1e-3, atol=1e-4, err_msg=k)
+    rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 3

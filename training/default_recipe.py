@@ -173,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--joint-docs", type=int, default=40, help="training documents in stage 3")
     p.add_argument("--joint-k", type=int, default=8, help="candidates per question, stage 3")
     p.add_argument("--top-k", type=int, default=3, help="documents the generator reads, stage 3")
-    p.add_argument("--steps", default="150,30,20", help="optimiser steps of the three stages")
+    p.add_argument("--steps", default="320,50,30", help="optimiser steps of the three stages")
     p.add_argument("--lr", default="5e-4,5e-4,2e-4", help="learning rates of the three stages")
     p.add_argument(
         "--stop-after",
-        default="10,6,5",
-        help="per stage, stop at this step of its schedule and go on from that checkpoint",
+        default=",,",
+        help="per stage, stop at this step of its schedule and go on from that checkpoint "
+        "(default: none; e.g. 10,6,5 for a short run)",
     )
     p.add_argument(
         "--init",
