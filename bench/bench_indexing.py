@@ -11,8 +11,10 @@ chunks (memory file, FAISS, SQLite) and the RAM a flat FAISS index needs per 1k 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,6 +110,25 @@ def index_once(cm, paths: list[Path], root: Path, batch_size: int, overlap: int)
     }
 
 
+def run_baseline(args) -> dict[int, dict] | None:
+    """The same measurement with clara's CPU attention and native JIT flags off (a child
+    process: the flags are fixed at import; its own MLX JIT cache, so no native kernel)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        env = {**os.environ, "CLARA_JIT_NATIVE": "off", "CLARA_CPU_ATTENTION": "off",
+               "TMPDIR": tmp}  # fmt: skip
+        cmd = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype,
+               "--chunks", str(args.chunks), "--batch-sizes", args.batch_sizes,
+               "--overlap", str(args.overlap), "--json", str(out)]  # fmt: skip
+        if args.checkpoint:
+            cmd += ["--checkpoint", args.checkpoint]
+        done = subprocess.run(cmd, env=env)
+        if done.returncode or not out.exists():
+            print("baseline run failed: skipped", file=sys.stderr)
+            return None
+        return {int(k): v for k, v in json.loads(out.read_text()).items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="smollm2-135m")
@@ -117,7 +138,15 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="1,4,8")
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also index with clara's CPU paths off (CLARA_JIT_NATIVE=off, CLARA_CPU_ATTENTION="
+        "off, a fresh MLX JIT cache), in a child process before the main run: a before/after",
+    )
+    p.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # a child's results
     args = p.parse_args()
+    baseline = run_baseline(args) if args.baseline else None
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -138,17 +167,24 @@ def main() -> None:
                 f"batch {bs}: {runs[bs]['chunks'] / runs[bs]['seconds']:.2f} chunks/s", flush=True
             )
     load_after = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps({str(k): v for k, v in runs.items()}))
+        return
 
     rows = []
-    for bs, r in runs.items():
+    labelled = [("on", bs, r) for bs, r in runs.items()]
+    if baseline:
+        labelled = [("off (before)", bs, r) for bs, r in baseline.items()] + labelled
+    for paths_on, bs, r in labelled:
         rows.append([
-            bs, r["chunks"], f"{r['seconds']:.1f}", f"**{r['chunks'] / r['seconds']:.2f}**",
+            paths_on, bs, r["chunks"], f"{r['seconds']:.1f}", f"**{r['chunks'] / r['seconds']:.2f}**",
             f"{r['chunks'] / r['compress_s']:.2f}",
             f"{r['compress_s'] / r['seconds']:.0%}", f"{r['commit_s'] * 1000 / len(paths):.0f}",
             f"{r['read_chunk_s']:.2f}",
         ])  # fmt: skip
     table = markdown_table(
-        ["batch", "chunks", "seconds", "chunks/s (end to end)", "compressor chunks/s", "compressing",
+        ["clara CPU paths", "batch", "chunks", "seconds", "chunks/s (end to end)",
+         "compressor chunks/s", "compressing",
          "commit ms/doc", "read+chunk s"],
         rows,
     )  # fmt: skip
@@ -186,6 +222,12 @@ def main() -> None:
     title = (
         f"Indexing throughput, clara-index add pipeline ({args.model}, batch {args.batch_sizes})"
     )
+    if baseline:
+        notes += (
+            " 'clara CPU paths off (before)': the same pipeline in a child process with "
+            "CLARA_JIT_NATIVE=off and CLARA_CPU_ATTENTION=off (mlx-lm's attention, MLX's JIT "
+            "kernels for baseline x86-64), run first."
+        )
     if args.no_report:
         print(body + "\n\n" + notes)
     else:
