@@ -99,7 +99,7 @@ def timed(t: Trainer, threads: int | None) -> tuple[float, dict]:
 
 
 def rank_worker(steps: int, ranks: int, out: str) -> int:
-    """One rank of the data-parallel path (run by mlx.launch): the after path with batch
+    """One rank of the data-parallel path (started by `training.launch.run_ranks`): the after path with batch
     4 / ranks per rank, so the global batches are the in-process path's; rank 0 writes JSON."""
     from training.pipeline import local_ranks
 

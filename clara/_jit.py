@@ -79,7 +79,9 @@ def enable() -> bool:
     if not sys.platform.startswith("linux"):
         reason = "not Linux"
         return False
-    if os.environ.get("CLARA_JIT_NATIVE", "").strip().lower() in ("off", "0", "no", "false"):
+    from clara._blas import _cpu_tag, _off
+
+    if _off("CLARA_JIT_NATIVE"):
         reason = "disabled by CLARA_JIT_NATIVE"
         return False
     bindir = _cache_dir()
@@ -89,8 +91,6 @@ def enable() -> bool:
     if real is None:
         reason = "no g++ on PATH (MLX's JIT then runs its kernels unfused)"
         return False
-    from clara._blas import _cpu_tag
-
     tag = hashlib.sha256(f"{FLAGS}\n{real}\n{_cpu_tag()}".encode()).hexdigest()[:16]
     try:
         bindir.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,13 @@ original.
 
 from __future__ import annotations
 
-import os
 import sys
 from functools import partial
 
 import mlx.core as mx
 from mlx_lm.models import base as mlx_base
+
+from clara import _blas
 
 _original = mlx_base.scaled_dot_product_attention
 
@@ -89,8 +90,7 @@ def attention(queries, keys, values, cache, scale: float, mask, sinks=None) -> m
 
 
 def enabled() -> bool:
-    off = os.environ.get("CLARA_CPU_ATTENTION", "").strip().lower() in ("off", "0", "no")
-    return not off and mx.default_device() == mx.cpu
+    return not _blas._off("CLARA_CPU_ATTENTION") and mx.default_device() == mx.cpu
 
 
 def install(model) -> bool:

@@ -156,7 +156,7 @@ def default_ranks() -> int:
     return 2 if mx.default_device() == mx.cpu and (os.cpu_count() or 1) >= 2 else 1
 
 
-def train_stage(argv: list[str], run: Path, done: Path, ranks: int) -> int:
+def train_stage(argv: list[str], run: Path, ranks: int) -> int:
     """`clara-train argv --ranks ranks`, resuming from the stage's last checkpoint if any."""
     resume = ["--resume"] if (run / "metrics.jsonl").exists() and checkpoints(run) else []
     return train_main([*argv, "--ranks", str(ranks), *resume])
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--max-steps", n, "--lr", lr, "--batch-size", str(per_rank),
                     "--pass-size", "1", "--log-every", "5", "--save-every", "10",
                     "--dtype", "float32", *extra]  # fmt: skip
-            code = train_stage(argv, run, done, args.ranks)
+            code = train_stage(argv, run, args.ranks)
             if code:
                 return code
         init = ["--init-from", str(done)]
