@@ -161,6 +161,26 @@ class Worker:
         with self._cv:
             return any(match(t.key) and not t.cancelled for t in self._all())
 
+    def take(self, match: Callable[[Any], bool], limit: int) -> list[Task]:
+        """Take up to `limit` queued tasks whose key `match`es (not started, not cancelled, in
+        queue order) out of the queue, for the task running now to do alongside its own work
+        (the chat engine admits requests that arrived together as one group). Worker thread
+        only; the caller must run each one's `failed` (on an error) and `done`."""
+        taken: list[Task] = []
+        with self._cv:
+            for priority in PRIORITIES:
+                for task in list(self._queues[priority]):
+                    if len(taken) >= limit:
+                        break
+                    if task.steps is None and not task.cancelled and match(task.key):
+                        self._queues[priority].remove(task)
+                        if task.bounded:
+                            self._waiting -= 1
+                        taken.append(task)
+        if taken:
+            self._depth_changed()
+        return taken
+
     def _all(self) -> list[Task]:
         current = [self._current] if self._current is not None else []
         return current + [t for q in self._queues.values() for t in q]

@@ -34,6 +34,7 @@ from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
+from clara_cli.http import APIError
 from clara_cli.worker import Task, Worker
 from indexing.meta import contextual
 from indexing.store import Collection, CollectionError, CollectionNotFoundError
@@ -114,9 +115,10 @@ class Embedded:
 class Job:
     """One request's MLX work and the event queue its awaiting route reads."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, kind: str):
+    def __init__(self, loop: asyncio.AbstractEventLoop, kind: str, params: RagParams | None = None):
         self.loop = loop
         self.kind = kind
+        self.params = params  # a chat request's parameters
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
         self.created = time.perf_counter()
@@ -198,10 +200,11 @@ class Engine:
         kind: str,
         start: Callable[[Job], Iterator[object] | None],
         can_start: Callable[[], bool] | None = None,
+        params: RagParams | None = None,
     ) -> Job:
         """Queue work for the MLX thread; a full queue is a 503 with Retry-After."""
         self.check_ready()
-        job = Job(asyncio.get_running_loop(), kind)
+        job = Job(asyncio.get_running_loop(), kind, params)
 
         def done() -> None:
             if job.batched:
@@ -211,7 +214,7 @@ class Engine:
             job.emit(DONE)
 
         failed = lambda exc: job.emit(Failed(exc))  # noqa: E731
-        job.task = Task((":" + kind, id(job)), lambda cm: start(job), failed, done, can_start)
+        job.task = Task((":" + kind, job), lambda cm: start(job), failed, done, can_start)
         self.worker.submit(job.task)
         return job
 
@@ -220,6 +223,7 @@ class Engine:
             "chat",
             lambda job: self._chat(job, params),
             lambda: self.decoding() < self.settings.max_batch,
+            params=params,
         )
 
     def decoding(self) -> int:
@@ -292,7 +296,8 @@ class Engine:
             coll.close()
         self._collections.clear()
 
-    def _retrieve(self, p: RagParams) -> Retrieved:
+    def _retrieve(self, p: RagParams, qvec: np.ndarray | None) -> Retrieved:
+        """The request's sources (and memories); `qvec` is its query encoding (`_encode`)."""
         if not p.retrieval or p.top_k == 0:
             return Retrieved("disabled", None, detail="retrieval turned off by the request")
         coll = self._collection(p.collection)
@@ -305,8 +310,8 @@ class Engine:
             self.metrics.retrievals.inc(status="no_index")
             where = self.settings.root / p.collection
             return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
-        query = self._cm.encode_queries([p.query])  # (1, n_mem, d)
-        qvec = np.array(query.astype(mx.float32))[0]
+        if qvec is None:
+            qvec = self._encode([p])[0]
         for _ in range(3):  # a document removed between search and read: search again
             hits = coll.retrieve(p.query, qvec, p.top_k, p.retrieval_mode)  # text + document
             if not hits:
@@ -352,10 +357,57 @@ class Engine:
         chunks = [contextual(s.context, s.text) for s in r.sources] if r.status == "ok" else None
         return text_prompt(cm, p.question, chunks, p.history, p.system), None
 
+    def _encode(self, group: list[RagParams]) -> list[np.ndarray | None]:
+        """The query encodings of the requests that retrieve, in one query-adapter pass."""
+        wanted = [i for i, p in enumerate(group) if p.retrieval and p.top_k > 0]
+        out: list[np.ndarray | None] = [None] * len(group)
+        if wanted:
+            query = self._cm.encode_queries([group[i].query for i in wanted])  # (n, n_mem, d)
+            vectors = np.array(query.astype(mx.float32))
+            for i, v in zip(wanted, vectors):
+                out[i] = v
+        return out
+
     def _chat(self, job: Job, p: RagParams) -> None:
+        """Admit a chat request, with the chat requests queued behind it (up to the free decode
+        slots): their queries are encoded in one pass, then each in turn is retrieved for,
+        prefilled alone and sent its first token, and joins the decode batch (`_decode`).
+        Under load this saves a query-adapter pass per request (8 questions encode in about
+        the time of 3 one at a time) and sends first tokens before the next decode step."""
+        room = self.settings.max_batch - self.decoding() - 1
+        taken = self.worker.take(lambda key: key[0] == ":chat", room) if room > 0 else []
+        group = [(job, p)] + [(t.key[1], t.key[1].params) for t in taken]
+        if taken:
+            log.debug("admitting %d chat requests together", len(group))
+        try:
+            qvecs = self._encode([q for _, q in group])
+        except BaseException as exc:
+            for t in taken:
+                t.failed(exc)
+                t.done()
+            raise
+        error: BaseException | None = None
+        for (j, q), qvec in zip(group, qvecs):
+            try:
+                if not j.cancelled.is_set():
+                    self._admit(j, q, qvec)
+            except BaseException as exc:  # noqa: BLE001 - each request hears its own error
+                if j is job:
+                    error = exc
+                else:
+                    if not isinstance(exc, APIError):
+                        log.exception("chat request failed")
+                    j.task.failed(exc)
+            finally:
+                if j is not job:
+                    j.task.done()
+        if error is not None:
+            raise error
+
+    def _admit(self, job: Job, p: RagParams, qvec: np.ndarray | None) -> None:
         """Retrieve, build the prompt, prefill alone and send the first token; then the
-        request joins the decode batch (`_decode`)."""
-        retrieved = self._retrieve(p)
+        request joins the decode batch."""
+        retrieved = self._retrieve(p, qvec)
         prompt, adapter = self._prompt(p, retrieved)
         check_context(prompt, self.info.context_limit)  # before Ready: the 400 precedes any byte
         job.emit(Ready(retrieved, prompt.positions))

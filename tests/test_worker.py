@@ -166,3 +166,35 @@ def test_stop_fails_waiting_tasks_and_closes_running_ones() -> None:
     assert len(errors) == 1 and errors[0].code == "shutting_down"
     with pytest.raises(APIError):
         worker.submit(Task("late", lambda cm: None))
+
+
+def test_take_hands_queued_tasks_to_the_running_one() -> None:
+    """A running task takes matching queued tasks (in order, up to a limit, none cancelled)
+    out of the queue; the rest still run on their own turns."""
+    worker = ready_worker(max_waiting=8)
+    release = threading.Event()
+    taken: list[list] = []
+    ran: list[str] = []
+
+    def leader(cm):
+        release.wait(5)
+        tasks = worker.take(lambda key: key[0] == "chat", 2)
+        taken.append([t.key for t in tasks])
+        for t in tasks:
+            t.done()
+
+    finished = threading.Event()
+    worker.submit(Task(("chat", 0), leader))
+    wait_until(lambda: worker.queue_depth() == 0)
+    for i in (1, 2, 3, 4):
+        worker.submit(Task(("chat", i), lambda cm, i=i: ran.append(f"chat{i}")))
+    worker.submit(Task(("other", 5), lambda cm: ran.append("other"), done=finished.set))
+    worker.cancel(lambda key: key == ("chat", 1))
+    assert worker.queue_depth() == 5
+    release.set()
+    assert finished.wait(5)
+    wait_until(lambda: "chat4" in ran)
+    assert taken == [[("chat", 2), ("chat", 3)]]
+    assert ran == ["chat4", "other"]
+    assert worker.queue_depth() == 0
+    worker.stop()
