@@ -78,7 +78,7 @@ def _build_thin() -> Path | None:
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / target.name
-            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-o", str(out)]
+            cmd = [cc, "-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-o", str(out)]
             done = subprocess.run(
                 [*cmd, str(THIN_SOURCE), "-lm"], capture_output=True, text=True, timeout=120
             )

@@ -14,7 +14,7 @@
  * Weights registered with clara_thinmm_add_copy (the merged decode copies) are read from an
  * int8 (per-row scale) or float16 copy: a quarter or half of the memory traffic that bounds
  * decoding, with products and sums still in float32.
- * Built by clara/_blas.py with the machine's C compiler (-O3 -march=native -fopenmp).
+ * Built by clara/_blas.py with the machine's C compiler (-O3 -march=native -pthread).
  */
 #include <math.h>
 #include <pthread.h>
@@ -29,12 +29,133 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 
 static sgemm_fn fallback;
 static int thin_rows = 16;
-static int threads = 1;
 
 void clara_thinmm_set_sgemm(void *fn) { fallback = (sgemm_fn)fn; }
 void clara_thinmm_set_rows(int rows) { thin_rows = rows; }
-void clara_thinmm_set_threads(int n) { threads = n > 0 ? n : 1; }
 int clara_thinmm_rows(void) { return thin_rows; }
+
+/* ---- helper threads ------------------------------------------------------------------------
+ * A product's column blocks are shared out by an atomic counter: the calling thread (MLX's)
+ * and `threads - 1` helpers each claim the next chunk until none is left. The caller never
+ * waits for a helper that has not claimed anything, only for chunks a helper is computing,
+ * so a helper the OS has not scheduled (on a busy machine: the server's event loop, a client,
+ * the thread building the next graph) costs nothing; with OpenMP's static split the caller
+ * waited at the barrier for it. Helpers spin for a short while between products (a decode step
+ * runs hundreds back to back), then sleep on a futex until the next one. */
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+typedef void (*block_fn)(const void *ctx, int b0, int b1);
+
+enum { MAX_THREADS = 64, SPIN = 4000 };
+static int threads = 1;     /* wanted: the caller + helpers */
+static int helpers;         /* started so far */
+static int active_helpers;  /* helpers that take part: threads - 1 (atomic) */
+static int sleepers;        /* helpers in futex wait (atomic) */
+static unsigned generation; /* bumped per product (atomic; the futex word) */
+static int busy;            /* a product is on offer (atomic; a second caller runs alone) */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The product on offer. `word` is (generation << 32 | next unclaimed block): a claim is a
+ * compare-and-swap on it, so a claim succeeds only while the product it read is still the one
+ * on offer, and the caller reuses these fields only after every claimed block is `done`. */
+static unsigned long long word;
+static block_fn job_fn;
+static const void *job_ctx;
+static int job_blocks, job_chunk, job_done;
+
+static inline void relax(void) {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static void run_chunks(unsigned g) {
+  for (;;) {
+    unsigned long long w = __atomic_load_n(&word, __ATOMIC_SEQ_CST);
+    if ((unsigned)(w >> 32) != g) return;
+    block_fn fn = __atomic_load_n(&job_fn, __ATOMIC_SEQ_CST);
+    const void *ctx = __atomic_load_n(&job_ctx, __ATOMIC_SEQ_CST);
+    int blocks = __atomic_load_n(&job_blocks, __ATOMIC_SEQ_CST);
+    int chunk = __atomic_load_n(&job_chunk, __ATOMIC_SEQ_CST);
+    int b = (int)(unsigned)w;
+    if (b >= blocks) return;
+    int e = b + chunk < blocks ? b + chunk : blocks;
+    unsigned long long claimed = ((unsigned long long)g << 32) | (unsigned)e;
+    if (!__atomic_compare_exchange_n(&word, &w, claimed, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+      continue; /* someone else claimed, or another product is on offer now */
+    fn(ctx, b, e);
+    __atomic_add_fetch(&job_done, e - b, __ATOMIC_SEQ_CST);
+  }
+}
+
+static void *helper_main(void *arg) {
+  int index = (int)(size_t)arg;
+  unsigned seen = __atomic_load_n(&generation, __ATOMIC_SEQ_CST);
+  for (;;) {
+    unsigned g;
+    int spins = 0;
+    while ((g = __atomic_load_n(&generation, __ATOMIC_SEQ_CST)) == seen) {
+      if (++spins < SPIN) {
+        relax();
+        continue;
+      }
+      __atomic_add_fetch(&sleepers, 1, __ATOMIC_SEQ_CST);
+      if (__atomic_load_n(&generation, __ATOMIC_SEQ_CST) == seen)
+        syscall(SYS_futex, &generation, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+      __atomic_sub_fetch(&sleepers, 1, __ATOMIC_SEQ_CST);
+      spins = 0;
+    }
+    seen = g;
+    if (index < __atomic_load_n(&active_helpers, __ATOMIC_SEQ_CST)) run_chunks(g);
+  }
+  return NULL;
+}
+
+void clara_thinmm_set_threads(int n) {
+  n = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
+  pthread_mutex_lock(&pool_lock);
+  while (helpers < n - 1) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int failed = pthread_create(&t, &attr, helper_main, (void *)(size_t)helpers);
+    pthread_attr_destroy(&attr);
+    if (failed) break;
+    helpers++;
+  }
+  threads = helpers + 1 < n ? helpers + 1 : n;
+  __atomic_store_n(&active_helpers, threads - 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock(&pool_lock);
+}
+
+/* fn over blocks [0, blocks), shared with the helpers when `wide`. */
+static void parallel_blocks(block_fn fn, const void *ctx, int blocks, int wide) {
+  int t = threads;
+  if (!wide || t < 2 || blocks < 2 || __atomic_exchange_n(&busy, 1, __ATOMIC_SEQ_CST)) {
+    if (blocks > 0) fn(ctx, 0, blocks);
+    return;
+  }
+  int chunk = blocks / (8 * t);
+  chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
+  unsigned g = __atomic_load_n(&generation, __ATOMIC_SEQ_CST) + 1;
+  __atomic_store_n(&job_fn, fn, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&job_ctx, ctx, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&job_blocks, blocks, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&job_chunk, chunk, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&job_done, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&word, (unsigned long long)g << 32, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&generation, g, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&sleepers, __ATOMIC_SEQ_CST) > 0)
+    syscall(SYS_futex, &generation, FUTEX_WAKE_PRIVATE, t - 1, NULL, NULL, 0);
+  run_chunks(g);
+  /* every block is claimed; wait only for the ones a helper is still computing */
+  while (__atomic_load_n(&job_done, __ATOMIC_SEQ_CST) != blocks) relax();
+  __atomic_store_n(&busy, 0, __ATOMIC_SEQ_CST);
+}
 
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
@@ -137,16 +258,27 @@ TILES(signed char, i8, LOAD_I8, SCALAR_I8)
         }                                                                                    \
     }                                                                                        \
   }                                                                                          \
+  typedef struct {                                                                           \
+    int m, k, lda, ldw, ldc;                                                                 \
+    float alpha, beta;                                                                       \
+    const float *a, *scale;                                                                  \
+    const T *w;                                                                              \
+    float *c;                                                                                \
+  } NAME##_args;                                                                             \
+  static void NAME##_blocks(const void *ctx, int b0, int b1) {                               \
+    const NAME##_args *p = ctx;                                                              \
+    for (int b = b0; b < b1; b++)                                                            \
+      NAME##_columns(p->m, 4 * b, 4, p->k, p->alpha, p->a, p->lda, p->w, p->ldw, p->scale,   \
+                     p->beta, p->c, p->ldc);                                                 \
+  }                                                                                          \
   static void NAME##_thin(int m, int n, int k, float alpha, const float *a, int lda,         \
                           const T *w, int ldw, const float *scale, float beta, float *c,     \
                           int ldc) {                                                         \
-    int blocks = n / 4;                                                                      \
-    int wide = threads > 1 && (size_t)n * k >= 65536; /* else waking the team costs more */  \
-    _Pragma("omp parallel for num_threads(threads) schedule(static) if (wide)")              \
-    for (int b = 0; b < blocks; b++)                                                         \
-      NAME##_columns(m, 4 * b, 4, k, alpha, a, lda, w, ldw, scale, beta, c, ldc);                   \
-    for (int r = 4 * blocks; r < n; r++)                                                     \
-      NAME##_columns(m, r, 1, k, alpha, a, lda, w, ldw, scale, beta, c, ldc);                       \
+    NAME##_args p = {m, k, lda, ldw, ldc, alpha, beta, a, scale, w, c};                      \
+    /* small products: handing them out costs more than it saves */                          \
+    parallel_blocks(NAME##_blocks, &p, n / 4, (size_t)n * k >= 65536);                       \
+    for (int r = 4 * (n / 4); r < n; r++)                                                    \
+      NAME##_columns(m, r, 1, k, alpha, a, lda, w, ldw, scale, beta, c, ldc);                \
   }
 COLUMNS(float, f32)
 COLUMNS(half, f16)

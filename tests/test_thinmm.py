@@ -74,6 +74,28 @@ def test_thread_count_does_not_change_results():
     assert np.array_equal(one, two)
 
 
+def test_helpers_oversubscribed_give_the_same_bits_product_after_product():
+    """More helper threads than cores: some are not scheduled while a product is on offer,
+    and the caller takes their share. Hundreds of products back to back (as in a decode
+    step), of changing shapes, must each come out exactly as with one thread."""
+    if _blas.thin is None:
+        pytest.skip(f"thin kernel not in use: {_blas.thin_reason or _blas.reason}")
+    ws = [_rand(n, k, seed=n) for n, k in ((576, 576), (1536, 576), (576, 1536), (4099, 576))]
+    xs = {k: _rand(3, k, seed=k) for k in (576, 1536)}
+
+    def products():
+        return [np.array(xs[w.shape[1]] @ w.T) for _ in range(40) for w in ws]
+
+    _blas.set_thin_threads(1)
+    one = products()
+    _blas.set_thin_threads(4)
+    try:
+        many = products()
+    finally:
+        _blas.set_thin_threads(2)
+    assert all(np.array_equal(a, b) for a, b in zip(one, many))
+
+
 def test_clara_thin_off_leaves_products_to_openblas():
     code = "import clara; from clara import _blas; print(_blas.thin, '|', _blas.thin_reason)"
     env = {**os.environ, "CLARA_THIN": "off"}
