@@ -194,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         help="data-parallel training processes on this machine (default: 2 on a CPU with 2+ "
         "cores, where two train faster than one; else 1)",
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="data order seed of every stage (a run continuing from earlier adapters with more "
+        "steps: another seed, so it starts on examples the earlier run had not reached)",
+    )
     p.add_argument("--install", action="store_true", help=f"copy the result to {PACKAGED}")
     args = p.parse_args(argv)
     out: Path = args.out
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = [stage, "--data", str(out / f"{stage}.jsonl"), "--out", str(run), *init,
                     "--max-steps", n, "--lr", lr, "--batch-size", str(per_rank),
                     "--pass-size", "1", "--log-every", "5", "--save-every", "10",
-                    "--dtype", "float32", *extra]  # fmt: skip
+                    "--dtype", "float32", "--seed", str(args.seed), *extra]  # fmt: skip
             code = train_stage(argv, run, args.ranks)
             if code:
                 return code
