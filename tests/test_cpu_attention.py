@@ -126,3 +126,41 @@ def test_jit_wrapper_compiles_mlx_kernels_natively_and_nothing_else(tmp_path):
         want = 2.0 * np.exp(np.array([0.0, 1.0, -100.0, np.nan, 100.0, -1.5], dtype=np.float32))
     # MLX's exp flushes results below e^-88 to 0 (numpy keeps a denormal there)
     np.testing.assert_allclose(np.array(got), want, rtol=1e-6, atol=1e-30, equal_nan=True)
+
+
+_KERNELS = """
+import sys, numpy as np
+import clara
+import mlx.core as mx
+from clara.attention import _exp_shifted
+from mlx_lm.models.activations import swiglu
+rng = np.random.default_rng(0)
+s = rng.standard_normal((3, 1000)).astype(np.float32) * 30
+s[0, :5] = [np.inf, -np.inf, np.nan, -1e30, 100]
+g = rng.standard_normal((3, 1000)).astype(np.float32) * 20
+u = rng.standard_normal((3, 1000)).astype(np.float32)
+s, g, u, z = mx.array(s), mx.array(g), mx.array(u), mx.zeros((3, 1))
+out = [_exp_shifted(s, z), swiglu(g, u), _exp_shifted(s[:, ::2], z)]  # contiguous and strided
+np.save(sys.argv[1], np.concatenate([np.array(o).ravel() for o in out]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the wrapper is for Linux")
+def test_native_kernels_give_the_bits_of_mlx_own(tmp_path):
+    """The wrapper's flags inline and vectorize MLX's exp in fused kernels (softmax, SwiGLU):
+    every value, inf and NaN included, must be bit for bit what MLX's own build computes."""
+    if not _jit.native:
+        pytest.skip(f"JIT wrapper off: {_jit.reason}")
+    script = tmp_path / "kernels.py"
+    script.write_text(_KERNELS)
+    got = {}
+    for name, switch in (("native", "on"), ("mlx", "off")):
+        env = {**os.environ, "CLARA_JIT_NATIVE": switch, "TMPDIR": str(tmp_path / name)}
+        (tmp_path / name).mkdir()
+        out = tmp_path / f"{name}.npy"
+        done = subprocess.run(
+            [sys.executable, str(script), str(out)], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        got[name] = np.load(out)
+    assert np.array_equal(got["native"], got["mlx"], equal_nan=True)
