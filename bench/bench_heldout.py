@@ -115,32 +115,33 @@ def run(args) -> dict:
     if args.baselines:
         rows.append(("oracle", text_rag_row(cm, recs, [r.docs for r in recs], args.max_tokens,
                                             name="text, bare model")))  # fmt: skip
-    q = cm.encode_queries([r.question for r in recs])
-    ranked = np.argsort(-np.array(cosine_scores(q, mem)), axis=1, kind="stable")[:, :10]
-    ranked = [row.tolist() for row in ranked]
-    picks = [row[: args.top_k] for row in ranked]
-    e2e = Retrieved([[mem[j] for j in p] for p in picks], [[docs[j] for j in p] for p in picks],
-                    ranked, gold)  # fmt: skip
-    rows.append(("end to end", clara_row(cm, recs, e2e, f"CLaRa {rate}x (dense top-k)",
-                                         args.checkpoint, args.max_tokens)))  # fmt: skip
-    # The product's default retrieval: the dense ranking and BM25's fused by reciprocal rank
-    # with clara's default weights (clara.retrieval.Fusion), the generator reading the top-k.
+    # Rankings of the documents for each question, best first: the query adapter's (dense),
+    # BM25's, and the product's default retrieval fusing the two by reciprocal rank with
+    # clara's default weights (clara.retrieval.Fusion).
     fusion = Fusion()
+    q = cm.encode_queries([r.question for r in recs])
+    dense = np.argsort(-np.array(cosine_scores(q, mem)), axis=1, kind="stable")[:, : fusion.depth]
+    dense = [row.tolist() for row in dense]
     scores = bm25([r.question for r in recs], docs)
     lexical = [np.argsort(-s, kind="stable")[: fusion.depth].tolist() for s in scores]
-    dense = np.argsort(-np.array(cosine_scores(q, mem)), axis=1, kind="stable")[:, : fusion.depth]
     hybrid = [
-        [f.id for f in reciprocal_rank_fusion({"dense": d.tolist(), "lexical": w}, fusion.k,
-                                              fusion.weights)][:10]
+        [f.id for f in reciprocal_rank_fusion({"dense": d, "lexical": w}, fusion.k,
+                                              fusion.weights)]
         for d, w in zip(dense, lexical)
     ]  # fmt: skip
-    picks = [row[: args.top_k] for row in hybrid]
-    e2e = Retrieved([[mem[j] for j in p] for p in picks], [[docs[j] for j in p] for p in picks],
-                    hybrid, gold)  # fmt: skip
-    rows.append(("end to end", clara_row(cm, recs, e2e, f"CLaRa {rate}x (hybrid top-k, default)",
-                                         args.checkpoint, args.max_tokens)))  # fmt: skip
+
+    def clara_e2e(ranked: list[list[int]], name: str):
+        """The generator reading the top-k of `ranked` as memory."""
+        ranked = [row[:10] for row in ranked]
+        picks = [row[: args.top_k] for row in ranked]
+        e2e = Retrieved([[mem[j] for j in p] for p in picks],
+                        [[docs[j] for j in p] for p in picks], ranked, gold)  # fmt: skip
+        return ("end to end", clara_row(cm, recs, e2e, name, args.checkpoint, args.max_tokens))
+
+    rows.append(clara_e2e(dense, f"CLaRa {rate}x (dense top-k)"))
+    rows.append(clara_e2e(hybrid, f"CLaRa {rate}x (hybrid top-k, default)"))
     if args.baselines:
-        ranked = [list(np.argsort(-s, kind="stable")[:10]) for s in scores]
+        ranked = [row[:10] for row in lexical]
         texts = [[docs[j] for j in r[: args.top_k]] for r in ranked]
         row = text_rag_row(cm, recs, texts, args.max_tokens, name="text RAG (BM25 top-k)")
         row.retrieval = recall_precision_at_k(ranked, gold, (1, 3, 5))

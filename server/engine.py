@@ -299,7 +299,8 @@ class Engine:
         self._collections.clear()
 
     def _retrieve(self, p: RagParams, qvec: np.ndarray | None) -> Retrieved:
-        """The request's sources (and memories); `qvec` is its query encoding (`_encode`)."""
+        """The request's sources (and memories); `qvec` is its query encoding (`_encode`:
+        None exactly when the request does not retrieve)."""
         if not p.retrieval or p.top_k == 0:
             return Retrieved("disabled", None, detail="retrieval turned off by the request")
         coll = self._collection(p.collection)
@@ -312,8 +313,6 @@ class Engine:
             self.metrics.retrievals.inc(status="no_index")
             where = self.settings.root / p.collection
             return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
-        if qvec is None:
-            qvec = self._encode([p])[0]
         for _ in range(3):  # a document removed between search and read: search again
             hits = coll.retrieve(p.query, qvec, p.top_k, p.retrieval_mode)  # text + document
             if not hits:
