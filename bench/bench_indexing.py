@@ -6,6 +6,8 @@ Corpus: Python's documentation topics (`pydoc_data.topics`, on every machine) wr
 files, taken in sorted order until about `--chunks` chunks. Each batch size indexes the same
 files into a fresh collection. Also reports the time split between stages, disk use per 1k
 chunks (memory file, FAISS, SQLite) and the RAM a flat FAISS index needs per 1k chunks.
+`--lanes 1,2` also compares CPU lanes (`CLARA_CPU_LANES`: compressor passes side by side on
+the cores, clara/lanes.py), alternating in one process.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import clara  # noqa: F401  preloads OpenBLAS before mlx
 import mlx.core as mx
 
 from bench._common import append_report, markdown_table
+from clara import lanes
 from clara.checkpoint import load_clara
 from indexing import pipeline
 from indexing.chunking import chunk_document
@@ -111,12 +114,12 @@ def index_once(cm, paths: list[Path], root: Path, batch_size: int, overlap: int)
 
 
 def run_baseline(args) -> dict[int, dict] | None:
-    """The same measurement with clara's CPU attention and native JIT flags off (a child
+    """The same measurement with clara's CPU attention, native JIT flags and lanes off (a child
     process: the flags are fixed at import; its own MLX JIT cache, so no native kernel)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "baseline.json"
         env = {**os.environ, "CLARA_JIT_NATIVE": "off", "CLARA_CPU_ATTENTION": "off",
-               "TMPDIR": tmp}  # fmt: skip
+               "CLARA_CPU_LANES": "1", "TMPDIR": tmp}  # fmt: skip
         cmd = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype,
                "--chunks", str(args.chunks), "--batch-sizes", args.batch_sizes,
                "--overlap", str(args.overlap), "--json", str(out)]  # fmt: skip
@@ -144,6 +147,11 @@ def main() -> None:
         help="also index with clara's CPU paths off (CLARA_JIT_NATIVE=off, CLARA_CPU_ATTENTION="
         "off, a fresh MLX JIT cache), in a child process before the main run: a before/after",
     )
+    p.add_argument(
+        "--lanes",
+        default="",
+        help="CLARA_CPU_LANES values to compare, e.g. 1,2 (default: the machine's default only)",
+    )
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # a child's results
     args = p.parse_args()
     baseline = run_baseline(args) if args.baseline else None
@@ -159,20 +167,27 @@ def main() -> None:
         folder.mkdir()
         paths, n_chunks = write_corpus(folder, cm, args.chunks, args.overlap)
         corpus_bytes = sum(f.stat().st_size for f in paths)
-        runs = {}
+        runs, by_lanes = {}, {}
+        lane_values = [int(x) for x in args.lanes.split(",") if x.strip()] or [None]
         for bs in batch_sizes:
             os.environ["CLARA_COMPRESS_BATCH"] = str(bs)  # chunks per forward pass
-            runs[bs] = index_once(cm, paths, Path(tmp) / f"index-bs{bs}", 8, args.overlap)
-            print(
-                f"batch {bs}: {runs[bs]['chunks'] / runs[bs]['seconds']:.2f} chunks/s", flush=True
-            )
+            for n in lane_values:
+                if n is not None:
+                    os.environ["CLARA_CPU_LANES"] = str(n)
+                r = index_once(cm, paths, Path(tmp) / f"index-bs{bs}-{n}", 8, args.overlap)
+                by_lanes[(n or lanes.count(), bs)] = runs[bs] = r
+                print(
+                    f"batch {bs}, lanes {n or lanes.count()}: "
+                    f"{r['chunks'] / r['seconds']:.2f} chunks/s",
+                    flush=True,
+                )
     load_after = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps({str(k): v for k, v in runs.items()}))
         return
 
     rows = []
-    labelled = [("on", bs, r) for bs, r in runs.items()]
+    labelled = [(f"on, {n} lane(s)", bs, r) for (n, bs), r in by_lanes.items()]
     if baseline:
         labelled = [("off (before)", bs, r) for bs, r in baseline.items()] + labelled
     for paths_on, bs, r in labelled:
@@ -225,8 +240,8 @@ def main() -> None:
     if baseline:
         notes += (
             " 'clara CPU paths off (before)': the same pipeline in a child process with "
-            "CLARA_JIT_NATIVE=off and CLARA_CPU_ATTENTION=off (mlx-lm's attention, MLX's JIT "
-            "kernels for baseline x86-64), run first."
+            "CLARA_JIT_NATIVE=off, CLARA_CPU_ATTENTION=off and CLARA_CPU_LANES=1 (mlx-lm's "
+            "attention, MLX's JIT kernels for baseline x86-64, one pass at a time), run first."
         )
     if args.no_report:
         print(body + "\n\n" + notes)

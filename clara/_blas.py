@@ -181,6 +181,11 @@ def describe() -> str:
     )
 
 
+def current_threads() -> tuple[int | None, int | None]:
+    """The (OpenBLAS, thin-kernel) thread counts last set (None: never set)."""
+    return _threads, _thin_threads
+
+
 def set_thin_threads(n: int | None) -> None:
     """Threads of the thin-matmul kernel (None: leave as is); a no-op without it."""
     global _thin_threads

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_causal_mask
 
-from clara import _blas
+from clara import _blas, lanes
 from clara.errors import ClaraError
 from clara.loader import BaseModel
 from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
@@ -293,10 +293,15 @@ class ClaraModel(nn.Module):
             return mx.zeros((0, self.n_mem, self.hidden_size))
         _blas.for_prefill()  # all cores: a decode step on this thread may have set one
         ids = self.tokenize(texts)
+        # passes side by side on the CPU's cores when they are big enough (clara/lanes.py)
+        width = lanes.worth(sum(len(t) + self.n_mem for t in ids))
+        batch_size = max(1, min(batch_size, -(-len(ids) // width)))
+        batches = length_buckets([len(t) for t in ids], batch_size)
+        passes = [
+            lambda b=b: self.encode_tokens([ids[i] for i in b], adapter).memory for b in batches
+        ]
         out: list[mx.array | None] = [None] * len(ids)
-        for batch in length_buckets([len(t) for t in ids], batch_size):
-            mem = self.encode_tokens([ids[i] for i in batch], adapter).memory
-            mx.eval(mem)
+        for batch, mem in zip(batches, lanes.run(passes, width)):
             for j, i in enumerate(batch):
                 out[i] = mem[j]
         return mx.stack(out)

@@ -271,3 +271,33 @@ def test_bucketed_compression_matches_one_at_a_time(cm) -> None:
     for i, text in enumerate(texts):
         alone = cm.compress([text], batch_size=1)[0]
         np.testing.assert_allclose(np.array(batched[i]), np.array(alone), atol=2e-5, rtol=1e-4)
+
+
+def test_compression_side_by_side_on_cpu_lanes_gives_the_same_bits(cm, monkeypatch) -> None:
+    """Passes evaluated on separate CPU streams (clara/lanes.py), one BLAS thread each, give
+    exactly the memories of one pass after the other, and the BLAS thread counts come back."""
+    from clara import _blas, lanes
+
+    texts = [DOCS[i % 3] * (1 + i % 4) for i in range(7)]
+    monkeypatch.setenv("CLARA_CPU_LANES", "1")
+    alone = np.array(cm.compress(texts, batch_size=1))
+    monkeypatch.setenv("CLARA_CPU_LANES", "2")
+    monkeypatch.setattr(lanes, "MIN_ROWS", 1)  # the tiny model's passes are small
+    assert lanes.worth(10**6) == 2
+    before = _blas.current_threads()
+    side_by_side = np.array(cm.compress(texts, batch_size=1))
+    assert _blas.current_threads() == before
+    np.testing.assert_array_equal(side_by_side, alone)
+    queries = np.array(cm.encode_queries(texts))  # batches split to fill the lanes
+    monkeypatch.setenv("CLARA_CPU_LANES", "1")
+    np.testing.assert_allclose(queries, np.array(cm.encode_queries(texts)), atol=2e-5, rtol=1e-4)
+
+
+def test_lanes_run_returns_results_in_order() -> None:
+    from clara import lanes
+
+    passes = [lambda i=i: mx.arange(4) * i for i in range(5)]
+    for width in (1, 2, 3):
+        out = lanes.run(passes, width)
+        assert [a.tolist() for a in out] == [[0, i, 2 * i, 3 * i] for i in range(5)]
+    assert lanes.run([], 2) == []
