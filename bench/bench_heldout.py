@@ -34,7 +34,7 @@ import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
 from bench._common import append_report  # noqa: E402
-from clara.generate import stream_from_text  # noqa: E402
+from clara.prompt import text_prompt  # noqa: E402
 from clara.retrieval import (  # noqa: E402
     Fusion,
     cosine_scores,
@@ -44,7 +44,6 @@ from clara.retrieval import (  # noqa: E402
 from training.data import QARecord  # noqa: E402
 from training.evaluate import (  # noqa: E402
     Retrieved,
-    _answer,
     clara_row,
     no_retrieval_row,
     score_rows,
@@ -108,9 +107,8 @@ def run(args) -> dict:
     rows.append(("oracle", clara_row(cm, recs, oracle, f"memory {rate}x + generator",
                                      args.checkpoint, args.max_tokens)))  # fmt: skip
     rows.append(("oracle", score_rows(
-        "text + generator adapter", "text", recs,
-        lambda i: _answer(stream_from_text(cm, recs[i].question, recs[i].docs,
-                                           adapter="generator", max_tokens=args.max_tokens)),
+        cm, "text + generator adapter", "text", recs,
+        [text_prompt(cm, r.question, r.docs) for r in recs], "generator", args.max_tokens,
     )))  # fmt: skip
     if args.baselines:
         rows.append(("oracle", text_rag_row(cm, recs, [r.docs for r in recs], args.max_tokens,

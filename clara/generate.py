@@ -196,6 +196,62 @@ def generate(
         decoder.remove(seq)
 
 
+@dataclass
+class Answer:
+    """A finished generation of `batch_generate`."""
+
+    text: str
+    prompt_positions: int
+    tokens: int
+    finish_reason: str
+
+
+def batch_generate(
+    cm: ClaraModel,
+    prompts: Sequence[Prompt],
+    *,
+    adapter: str | None = "generator",
+    max_tokens: int = 256,
+    max_batch: int = 8,
+    max_context: int | None = None,
+) -> Iterator[tuple[int, Answer]]:
+    """Greedy answers to many prompts, decoded together: up to `max_batch` at a time, and a
+    finished answer's place goes to the next prompt (continuous batching, as in clara-serve).
+    Yields `(index, answer)` as each finishes. Each prompt is prefilled alone, so every answer
+    is token for token the one `generate` gives it alone (tests/test_batching.py)."""
+    from clara.decode import Decoder
+
+    decoder = Decoder(cm, adapter, max_context=max_context)
+    params = SamplingParams(max_tokens=max_tokens)
+    texts: dict[int, list[str]] = {}
+    todo = iter(enumerate(prompts))
+
+    def finish(i: int, chunk: GenerationChunk) -> tuple[int, Answer]:
+        text = "".join(texts.pop(i))
+        return i, Answer(text, chunk.prompt_positions, chunk.generation_tokens, chunk.finish_reason)
+
+    try:
+        while True:
+            while len(decoder.sequences) < max_batch:
+                nxt = next(todo, None)
+                if nxt is None:
+                    break
+                i, prompt = nxt
+                _, first = decoder.add(prompt, params, tag=i)
+                texts[i] = [first.text]
+                if first.finish_reason is not None:
+                    yield finish(i, first)
+            if not decoder.sequences:
+                return
+            for seq, chunk in decoder.step():
+                texts[seq.tag].append(chunk.text)
+                if chunk.finish_reason is not None:
+                    yield finish(seq.tag, chunk)
+    finally:
+        for seq in list(decoder.sequences):
+            decoder.remove(seq)
+
+
 def stream_from_memory(
     cm: ClaraModel,
     question: str,

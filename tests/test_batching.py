@@ -178,3 +178,27 @@ def test_no_decode_copy_past_the_memory_budget(cm, monkeypatch) -> None:
     with merged(cm, "generator"):  # stale copies are not used: the LoRA path answers
         fast = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
     np.testing.assert_array_equal(np.array(fast), np.array(exact))
+
+
+def test_batch_generate_gives_each_prompt_its_answer_alone(cm) -> None:
+    """The evaluation's batched greedy answers (clara.generate.batch_generate): more prompts
+    than places, so finished answers hand their place on; each answer is the text and token
+    count `generate` gives that prompt alone, and every index comes back once."""
+    from clara.generate import batch_generate
+
+    mem = cm.compress(DOCS)
+    prompts = [
+        memory_prompt(cm, "Where is Paris?", [mem[0]]),
+        text_prompt(cm, "Which river runs past the mill?", DOCS[:2]),
+        memory_prompt(cm, "Who?", list(mem)),
+        memory_prompt(cm, "No documents at all?", []),
+        memory_prompt(cm, "What is the capital of France?", list(mem[1:])),
+    ]
+    got = list(batch_generate(cm, prompts, adapter="generator", max_tokens=9, max_batch=2))
+    assert sorted(i for i, _ in got) == list(range(len(prompts)))
+    for i, answer in got:
+        chunks = list(generate(cm, prompts[i], adapter="generator", max_tokens=9))
+        assert answer.text == "".join(c.text for c in chunks)
+        assert answer.tokens == chunks[-1].generation_tokens
+        assert answer.finish_reason == chunks[-1].finish_reason
+        assert answer.prompt_positions == prompts[i].positions

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 import mlx.core as mx
 import numpy as np
 
-from clara.generate import stream_from_memory, stream_from_text
+from clara.generate import Answer, batch_generate
 from clara.model import ClaraModel
+from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.retrieval import cosine_scores, recall_precision_at_k
 from training.data import QARecord
 
@@ -94,31 +95,30 @@ class Row:
         return d
 
 
-def _answer(stream) -> tuple[str, int]:
-    text, positions = "", 0
-    for chunk in stream:
-        text += chunk.text
-        positions = chunk.prompt_positions
-    return text.strip(), positions
-
-
 def score_rows(
+    cm: ClaraModel,
     name: str,
     method: str,
     records: Sequence[QARecord],
-    answer: Callable[[int], tuple[str, int]],
+    prompts: Sequence[Prompt],
+    adapter: str | None,
+    max_tokens: int = 64,
     progress: Callable | None = None,
     **extra,
 ) -> Row:
-    """Answer every record with `answer(i) -> (text, positions)` and average the scores."""
+    """Answer every record's prompt (greedy, decoded in batches: `batch_generate`, the same
+    tokens as one at a time) and average the scores."""
     start = time.perf_counter()
+    answers: list[Answer | None] = [None] * len(records)
+    done = batch_generate(cm, prompts, adapter=adapter, max_tokens=max_tokens)
+    for i, answer in progress(done, len(records), name) if progress else done:
+        answers[i] = answer
     preds, totals, pos = [], Counter(), 0
-    it = range(len(records))
-    for i in progress(it, len(records), name) if progress else it:
-        text, p = answer(i)
+    for record, answer in zip(records, answers):
+        text = answer.text.strip()
         preds.append(text)
-        pos += p
-        totals.update(answer_scores(text, records[i].answers))
+        pos += answer.prompt_positions
+        totals.update(answer_scores(text, record.answers))
     n = max(len(records), 1)
     return Row(
         name,
@@ -138,13 +138,8 @@ def no_retrieval_row(
     cm: ClaraModel, records: Sequence[QARecord], max_tokens: int = 64, progress=None
 ) -> Row:
     """The bare base model answering from its own knowledge."""
-    return score_rows(
-        "no retrieval",
-        "none",
-        records,
-        lambda i: _answer(stream_from_text(cm, records[i].question, None, max_tokens=max_tokens)),
-        progress,
-    )
+    prompts = [text_prompt(cm, r.question, None) for r in records]
+    return score_rows(cm, "no retrieval", "none", records, prompts, None, max_tokens, progress)
 
 
 def text_rag_row(
@@ -156,15 +151,8 @@ def text_rag_row(
     name: str = "text RAG (uncompressed)",
 ) -> Row:
     """The bare base model reading the retrieved documents' raw text."""
-    return score_rows(
-        name,
-        "text",
-        records,
-        lambda i: _answer(
-            stream_from_text(cm, records[i].question, list(contexts[i]), max_tokens=max_tokens)
-        ),
-        progress,
-    )
+    prompts = [text_prompt(cm, r.question, list(c)) for r, c in zip(records, contexts)]
+    return score_rows(cm, name, "text", records, prompts, None, max_tokens, progress)
 
 
 @dataclass
@@ -234,15 +222,15 @@ def clara_row(
     progress=None,
 ) -> Row:
     """The generator adapter answering from the retrieved memory vectors."""
+    prompts = [memory_prompt(cm, r.question, m) for r, m in zip(records, retrieved.memories)]
     row = score_rows(
+        cm,
         name,
         "clara",
         records,
-        lambda i: _answer(
-            stream_from_memory(
-                cm, records[i].question, retrieved.memories[i], max_tokens=max_tokens
-            )
-        ),
+        prompts,
+        "generator",
+        max_tokens,
         progress,
         checkpoint=checkpoint,
         compression_rate=cm.config.compression_rate,
@@ -261,11 +249,15 @@ def generator_only_row(
     progress=None,
 ) -> Row:
     """The trained generator with no documents at all (what retrieval adds)."""
+    prompts = [memory_prompt(cm, r.question, []) for r in records]
     return score_rows(
+        cm,
         name,
         "clara-none",
         records,
-        lambda i: _answer(stream_from_memory(cm, records[i].question, [], max_tokens=max_tokens)),
+        prompts,
+        "generator",
+        max_tokens,
         progress,
         checkpoint=checkpoint,
         compression_rate=cm.config.compression_rate,
