@@ -44,6 +44,7 @@ from clara.retrieval import (  # noqa: E402
 from training.data import QARecord  # noqa: E402
 from training.evaluate import (  # noqa: E402
     Retrieved,
+    answer_scores,
     clara_row,
     no_retrieval_row,
     score_rows,
@@ -157,11 +158,19 @@ def report(folder: Path) -> None:
     head = "| adapters | setting | method | EM | F1 | cover-EM | R@1 | R@5 | positions |"
     lines = [head, "|" + "---|" * 9]
     chart = []
+    golds = {}  # questions -> their gold answers (the same questions for every run)
     for run_ in runs:
+        n = run_["questions"]
+        if n not in golds:
+            golds[n] = [r.answers for r in heldout(n)[0]]
         for r in run_["rows"]:
             ret = r.get("retrieval") or {}
-            cells = [run_["tag"], r["setting"], r["name"]]
-            cells += [f"{100 * r[k]:.1f}" for k in ("em", "f1", "acc")]
+            cells = [run_["tag"], r["setting"], r["name"], f"{100 * r['em']:.1f}"]
+            per = [answer_scores(p, g) for p, g in zip(r.get("predictions") or [], golds[n])]
+            for k in ("f1", "acc"):  # with a 95% interval over the questions
+                scores = np.array([x[k] for x in per])
+                half = 1.96 * scores.std(ddof=1) / math.sqrt(len(scores)) if len(per) > 1 else 0
+                cells.append(f"{100 * r[k]:.1f} ± {100 * half:.1f}" if per else f"{100 * r[k]:.1f}")
             cells += [f"{100 * ret[k]:.1f}" if k in ret else "-" for k in ("recall@1", "recall@5")]
             cells.append(f"{r['positions']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
@@ -172,7 +181,9 @@ def report(folder: Path) -> None:
             for x in runs]  # fmt: skip
     n, k = runs[0]["questions"], runs[0]["top_k"]
     body = (
-        f"{n} held-out questions (one per held-out document, every {200 // n}th), the same base "
+        f"{n} held-out questions (one per held-out document"
+        + (f", every {200 // n}th" if n < 200 else "")
+        + "; ± is a 95% interval over the questions), the same base "
         f"model (smollm2-135m float32) and questions for every row; end to end retrieves the "
         f"top {k} of {runs[0]['collection']} documents; greedy answers, at most "
         f"{runs[0].get('max_tokens', 32)} tokens. Chart: docs/heldout_eval.png.\n\n"
