@@ -58,11 +58,16 @@ static int busy;            /* a product is on offer (atomic; a second caller ru
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 /* The product on offer. `word` is (generation << 32 | next unclaimed block): a claim is a
  * compare-and-swap on it, so a claim succeeds only while the product it read is still the one
- * on offer, and the caller reuses these fields only after every claimed block is `done`. */
+ * on offer, and the caller reuses these fields only after every claimed block is `done`.
+ * Before it rewrites the fields the caller moves `word` to the next generation with no block
+ * left (CLOSED), and opens it only after: a helper that read the old word cannot claim against
+ * the new fields (it once could, between the caller's field stores and its word store, and ran
+ * the next product's blocks twice, so `job_done` overshot and the caller waited forever). */
 static unsigned long long word;
 static block_fn job_fn;
 static const void *job_ctx;
 static int job_blocks, job_chunk, job_done;
+#define CLOSED 0xffffffffull
 
 static inline void relax(void) {
 #if defined(__x86_64__)
@@ -80,8 +85,8 @@ static void run_chunks(unsigned g) {
     const void *ctx = __atomic_load_n(&job_ctx, __ATOMIC_SEQ_CST);
     int blocks = __atomic_load_n(&job_blocks, __ATOMIC_SEQ_CST);
     int chunk = __atomic_load_n(&job_chunk, __ATOMIC_SEQ_CST);
+    if ((unsigned)w >= (unsigned)blocks) return; /* all claimed, or CLOSED */
     int b = (int)(unsigned)w;
-    if (b >= blocks) return;
     int e = b + chunk < blocks ? b + chunk : blocks;
     unsigned long long claimed = ((unsigned long long)g << 32) | (unsigned)e;
     if (!__atomic_compare_exchange_n(&word, &w, claimed, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
@@ -142,6 +147,7 @@ static void parallel_blocks(block_fn fn, const void *ctx, int blocks, int wide) 
   int chunk = blocks / (8 * t);
   chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
   unsigned g = __atomic_load_n(&generation, __ATOMIC_SEQ_CST) + 1;
+  __atomic_store_n(&word, ((unsigned long long)g << 32) | CLOSED, __ATOMIC_SEQ_CST);
   __atomic_store_n(&job_fn, fn, __ATOMIC_SEQ_CST);
   __atomic_store_n(&job_ctx, ctx, __ATOMIC_SEQ_CST);
   __atomic_store_n(&job_blocks, blocks, __ATOMIC_SEQ_CST);
@@ -153,7 +159,7 @@ static void parallel_blocks(block_fn fn, const void *ctx, int blocks, int wide) 
     syscall(SYS_futex, &generation, FUTEX_WAKE_PRIVATE, t - 1, NULL, NULL, 0);
   run_chunks(g);
   /* every block is claimed; wait only for the ones a helper is still computing */
-  while (__atomic_load_n(&job_done, __ATOMIC_SEQ_CST) != blocks) relax();
+  while (__atomic_load_n(&job_done, __ATOMIC_SEQ_CST) < blocks) relax();
   __atomic_store_n(&busy, 0, __ATOMIC_SEQ_CST);
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -185,3 +186,28 @@ def test_decode_weights_setting(monkeypatch):
         ValueError, match="CLARA_DECODE_WEIGHTS='int4': choose one of float16, int8"
     ):
         _blas.decode_weights()
+
+
+def test_helper_pool_survives_products_of_changing_width_back_to_back(tmp_path):
+    """A C driver (tests/data/thinmm_stress.c) runs products of three widths back to back with
+    3 helpers on this machine's cores. A helper that read the previous product's claim word
+    could once claim against the next product's fields: blocks ran twice and the caller waited
+    forever (it hung every time within seconds, and once in a held-out evaluation)."""
+    import shutil
+
+    if _blas.thin is None:
+        pytest.skip(f"thin kernel not in use: {_blas.thin_reason or _blas.reason}")
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    lib = Path(_blas.thin)
+    driver = tmp_path / "stress"
+    source = Path(__file__).with_name("data") / "thinmm_stress.c"
+    subprocess.run(
+        [cc, "-O2", "-o", str(driver), str(source), str(lib), f"-Wl,-rpath,{lib.parent}", "-lm"],
+        check=True,
+    )
+    try:
+        done = subprocess.run([str(driver), "3", "4"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the thin kernel's helper pool hung")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert int(done.stdout.split()[0]) > 1000
