@@ -171,12 +171,14 @@ def retrieve(
     mode: str = "candidates",
     collection: Sequence[str] | None = None,
     top_k: int = 5,
-    batch_size: int = 16,
+    batch_size: int | None = None,
 ) -> Retrieved:
     """Compress documents and pick each question's top-k with the query adapter.
 
     mode "candidates": among the record's own docs; "collection": among `collection` (gold =
     the record's pos_index docs found there); "gold": the record's gold docs, no ranking.
+    `batch_size`: chunks per compressor pass (default: `clara-index add`'s, the measured best
+    for the device) and questions per query-adapter pass (default 16).
     """
     questions = [r.question for r in records]
     if mode == "gold":
@@ -185,7 +187,7 @@ def retrieve(
         mem = cm.compress(table, batch_size=batch_size)
         where = {t: i for i, t in enumerate(table)}
         return Retrieved([[mem[where[t]] for t in ts] for ts in texts], texts, [], [])
-    q = cm.encode_queries(questions, batch_size=batch_size)  # (Q, n_mem, d)
+    q = cm.encode_queries(questions, batch_size=batch_size or 16)  # (Q, n_mem, d)
     if mode == "collection":
         table = list(dict.fromkeys(collection or []))
         where = {t: i for i, t in enumerate(table)}
