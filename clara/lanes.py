@@ -7,10 +7,11 @@ scheduling of ~1000 small ops), even with the matmuls on all cores. Graphs built
 separate streams are evaluated by separate threads at the same time, so `run` builds each
 independent pass on its own lane and evaluates them together, with the matmuls on one
 thread per lane. Measured here (2 cores, in one process, alternating): eight 256-token chunks
-compress in 0.75x the time of one after the other with two-thread matmuls. Small passes do
-not gain: two prefills of 115 rows side by side took 1.3x as long, and decode steps (a few
-rows) are slower split in two, so callers use lanes only for passes of `MIN_ROWS` rows or
-more (`worth`).
+compress in 0.75x the time of one after the other with two-thread matmuls, and two generator
+prefills of ~140 positions (each built as one graph) in 0.77x. Small passes do not gain: two
+query-adapter passes of ~36 rows took 1.2x as long side by side, and decode steps (a few rows)
+are slower split in two, so callers use lanes only for passes of `MIN_ROWS` rows or more
+(`worth`).
 
 The arithmetic of each pass does not change: OpenBLAS splits a product by rows and columns,
 never along the summed axis, so one thread gives the bits of two (the tests compare).
