@@ -8,7 +8,10 @@ separate streams are evaluated by separate threads at the same time, so `run` bu
 independent pass on its own lane and evaluates them together, with the matmuls on one
 thread per lane. Measured here (2 cores, in one process, alternating): eight 256-token chunks
 compress in 0.75x the time of one after the other with two-thread matmuls, and two generator
-prefills of ~140 positions (each built as one graph) in 0.77x. Small passes do not gain: two
+prefills of ~140 positions (each built as one graph) in 0.77x in a quiet process; but inside
+clara-serve, with the event loop and clients on the same cores, prefilling admitted requests
+side by side made 8 clients' median time to first token 2.2x longer, so the server does not.
+Small passes do not gain: two
 query-adapter passes of ~36 rows took 1.2x as long side by side, and decode steps (a few rows)
 are slower split in two, so callers use lanes only for passes of `MIN_ROWS` rows or more
 (`worth`).
