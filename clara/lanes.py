@@ -92,7 +92,7 @@ def run(passes: Sequence[Callable[[], T]], width: int | None = None) -> list[T]:
                     group.append(build())
             mx.eval(group)
             out.extend(group)
-    finally:
-        _blas.set_threads(threads[0])
-        _blas.set_thin_threads(threads[1])
+    finally:  # back to what was set (never set: OpenBLAS's all cores, the thin kernel's one)
+        _blas.set_threads(threads[0] or os.cpu_count())
+        _blas.set_thin_threads(threads[1] or 1)
     return out
