@@ -40,12 +40,9 @@ _local = threading.local()  # each thread's streams (MLX streams belong to their
 
 def count() -> int:
     """How many passes `run` evaluates at once."""
-    value = os.environ.get("CLARA_CPU_LANES", "").strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value) if mx.default_device() == mx.cpu else 1
     if mx.default_device() != mx.cpu:
         return 1
-    return max(1, os.cpu_count() or 1)
+    return _blas._env_int("CLARA_CPU_LANES") or max(1, os.cpu_count() or 1)
 
 
 #: Rows (token positions) per pass below which lanes do not pay (measured: see above).
