@@ -101,9 +101,17 @@ def run(args) -> dict:
     start = time.perf_counter()
     out = {"tag": args.tag, "checkpoint": str(args.checkpoint), "questions": len(recs)}
     out.update(top_k=args.top_k, collection=len(docs), max_tokens=args.max_tokens)
-    mem = cm.compress(docs)  # (N, n_mem, d), once: the oracle reads the gold rows of it
     rate = cm.config.compression_rate
     rows = []
+    if args.oracle_only:  # compress the gold documents alone
+        gold_mem = cm.compress([r.docs[0] for r in recs])
+        oracle = Retrieved([[m] for m in gold_mem], [r.docs for r in recs], [], [])
+        row = clara_row(cm, recs, oracle, f"memory {rate}x + generator", args.checkpoint,
+                        args.max_tokens)  # fmt: skip
+        out["rows"] = [{"setting": "oracle", **row.to_dict(with_predictions=True)}]
+        out["seconds"] = round(time.perf_counter() - start, 1)
+        return out
+    mem = cm.compress(docs)  # (N, n_mem, d), once: the oracle reads the gold rows of it
     oracle = Retrieved([[mem[g[0]]] for g in gold], [r.docs for r in recs], [], [])
     rows.append(("oracle", clara_row(cm, recs, oracle, f"memory {rate}x + generator",
                                      args.checkpoint, args.max_tokens)))  # fmt: skip
@@ -151,6 +159,16 @@ def run(args) -> dict:
     return out
 
 
+def interval(row: dict, golds: list[list[str]], key: str) -> str:
+    """`row[key]` in percent with a 95% interval over the questions, recomputed from the row's
+    stored predictions (`key`: "f1" or "acc", cover-EM); the bare figure without them."""
+    per = [answer_scores(p, g)[key] for p, g in zip(row.get("predictions") or [], golds)]
+    if len(per) < 2:
+        return f"{100 * row[key]:.1f}"
+    half = 1.96 * np.array(per).std(ddof=1) / math.sqrt(len(per))
+    return f"{100 * row[key]:.1f} ± {100 * half:.1f}"
+
+
 def report(folder: Path) -> None:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     if not runs:
@@ -166,11 +184,7 @@ def report(folder: Path) -> None:
         for r in run_["rows"]:
             ret = r.get("retrieval") or {}
             cells = [run_["tag"], r["setting"], r["name"], f"{100 * r['em']:.1f}"]
-            per = [answer_scores(p, g) for p, g in zip(r.get("predictions") or [], golds[n])]
-            for k in ("f1", "acc"):  # with a 95% interval over the questions
-                scores = np.array([x[k] for x in per])
-                half = 1.96 * scores.std(ddof=1) / math.sqrt(len(scores)) if len(per) > 1 else 0
-                cells.append(f"{100 * r[k]:.1f} ± {100 * half:.1f}" if per else f"{100 * r[k]:.1f}")
+            cells += [interval(r, golds[n], k) for k in ("f1", "acc")]
             cells += [f"{100 * ret[k]:.1f}" if k in ret else "-" for k in ("recall@1", "recall@5")]
             cells.append(f"{r['positions']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
@@ -230,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         help="documents retrieved from end to end: all 1000, or the 200 held-out ones",
     )
     p.add_argument("--baselines", action="store_true", help="add the bare-model rows")
+    p.add_argument(
+        "--oracle-only", action="store_true",
+        help="only the oracle memory row (the gold documents compressed alone, a few minutes): "
+        "a quick reading check of a training checkpoint; keep its --out apart from full runs",
+    )  # fmt: skip
     p.add_argument("--report", type=Path, metavar="DIR", help="combine DIR/*.json into a report")
     args = p.parse_args(argv)
     if args.report:
