@@ -172,13 +172,6 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
             help="add the reference's InfoNCE retrieval loss on the query scores with this "
             "weight (default 0: generator CE only, as in the paper)",
         )
-        s.add_argument(
-            "--freeze-generator",
-            action="store_true",
-            help="train the query adapter alone and keep the --init-from generator as it is "
-            "(not in the paper; fits a query adapter to a compressor trained in stage 1 "
-            "without changing how the generator reads)",
-        )
     add_quiet_arg(p)
 
 
@@ -253,7 +246,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         tau=getattr(args, "tau", 0.02),
         mse_weight=getattr(args, "mse_weight", 0.1),
         keep_generator=getattr(args, "keep_generator", False),
-        freeze_generator=getattr(args, "freeze_generator", False),
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
     )
     final = train(

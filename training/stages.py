@@ -55,7 +55,6 @@ class StageConfig:
     retrieval_weight: float = 0.0  # optional InfoNCE on the query scores (stage 3; off = paper)
     max_lm_tokens: int = 256  # `lm` stage sequence length
     keep_generator: bool = False  # stage 2 continues the loaded generator (paper: re-initialise)
-    freeze_generator: bool = False  # stage 3 trains the query adapter alone (paper: both)
 
 
 @dataclass
@@ -210,8 +209,6 @@ class JointStage(Stage):
 
     def __init__(self, cm, config=None):
         super().__init__(cm, config)
-        if self.config.freeze_generator:
-            self.adapters = ("query",)
         self.doc_texts: list[str] = []
         self.doc_memory: mx.array | None = None  # (U, n_mem, d), computed once in prepare()
 
