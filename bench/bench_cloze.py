@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
 import sys
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
+import numpy as np  # noqa: E402
 
 from bench._common import append_report, markdown_table  # noqa: E402
 from bench.bench_heldout import DATA, heldout, interval  # noqa: E402
@@ -37,6 +39,7 @@ from bench.bench_heldout import run as heldout_run  # noqa: E402
 from training.cli import main as train_main  # noqa: E402
 from training.data import PretrainRecord, pretrain_to_json, write_jsonl  # noqa: E402
 from training.default_recipe import default_ranks, float32_copy, train_stage  # noqa: E402
+from training.evaluate import answer_scores  # noqa: E402
 
 OLD = ROOT / "runs" / "old-default"
 ARMS = {
@@ -137,21 +140,36 @@ def main(argv: list[str] | None = None) -> int:
         float32_copy(args.init, init)
     start = time.perf_counter()
     results = [("start (--init)", "-", 0, evaluate(out, "init", init, args.questions))]
+    secs: dict[str, str] = {}
     for arm in arms:
         t0 = time.perf_counter()
-        final = train(out, arm, init, args.steps, args.ranks, args.seed)
-        print(f"{arm}: trained in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        timing = out / arm / "train_seconds.txt"
+        if not (out / arm / "final").exists():
+            train(out, arm, init, args.steps, args.ranks, args.seed)
+            timing.write_text(f"{time.perf_counter() - t0:.0f}\n")  # one uninterrupted run
+        final = out / arm / "final"
+        secs[arm] = timing.read_text().strip() if timing.exists() else "?"
+        print(f"{arm}: trained in {secs[arm]}s", file=sys.stderr)
         results.append((arm, sizes[arm], args.steps, evaluate(out, arm, final, args.questions)))
     golds = [r.answers for r in heldout(args.questions)[0]]
+    per = {name: np.array([answer_scores(x, g)["f1"] for x, g in
+                           zip(res["rows"][0]["predictions"], golds)])
+           for name, _, _, res in results}  # fmt: skip
     rows = []
     for name, n, steps, res in results:
         r = res["rows"][0]
         f1, acc = interval(r, golds, "f1"), interval(r, golds, "acc")
+        paired = "-"
+        if name != "paraphrase" and "paraphrase" in per:  # same questions: paired difference
+            d = per[name] - per["paraphrase"]
+            half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))
+            paired = f"{100 * d.mean():+.1f} ± {100 * half:.1f}"
         rows.append([name, ARMS.get(name, "the starting adapters"), n, steps,
-                     f"{100 * r['em']:.1f}", f1, acc])  # fmt: skip
+                     f"{100 * r['em']:.1f}", f1, acc, paired])  # fmt: skip
     table = markdown_table(
-        ["arm", "stage-1 data", "records", "steps", "EM", "F1", "cover-EM"], rows
-    )
+        ["arm", "stage-1 data", "records", "steps", "EM", "F1", "cover-EM",
+         "F1 vs paraphrase only (paired)"], rows,
+    )  # fmt: skip
     print(table)
     if args.report:
         body = (
@@ -161,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             "with the gold document alone as 16x memory read by the generator (greedy, at most "
             "32 tokens; ± is a 95% interval over the questions). The cloze arm's questions are "
             "written from each document's own sentences by `training.cloze`, no model involved."
-            f" Wall time of this invocation: {time.perf_counter() - start:.0f}s (arms already "
-            "trained or evaluated are reused).\n\n" + table + "\n"
+            " Training wall time per arm: "
+            + ", ".join(f"{a} {secs[a]} s" for a in arms)
+            + f"; this invocation: {time.perf_counter() - start:.0f} s (arms already trained or "
+            "evaluated are reused).\n\n" + table + "\n"
         )
         append_report("Teacher-free cloze QA: does it help? (bench/bench_cloze.py)", body)
     return 0
