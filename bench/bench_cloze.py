@@ -21,9 +21,7 @@ import argparse
 import json
 import math
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,9 +34,15 @@ import numpy as np  # noqa: E402
 from bench._common import append_report, markdown_table  # noqa: E402
 from bench.bench_heldout import DATA, heldout, interval  # noqa: E402
 from bench.bench_heldout import run as heldout_run  # noqa: E402
-from training.cli import main as train_main  # noqa: E402
-from training.data import PretrainRecord, pretrain_to_json, write_jsonl  # noqa: E402
-from training.default_recipe import default_ranks, float32_copy, train_stage  # noqa: E402
+from training.data import pretrain_to_json, write_jsonl  # noqa: E402
+from training.default_recipe import (  # noqa: E402
+    default_ranks,
+    float32_copy,
+    qa_records,
+    split_example,
+    synth_cloze,
+    train_stage,
+)
 from training.evaluate import answer_scores  # noqa: E402
 
 OLD = ROOT / "runs" / "old-default"
@@ -51,25 +55,10 @@ ARMS = {
 
 def build(out: Path, seed: int) -> dict[str, int]:
     """One jsonl per arm under `out`; returns records per arm."""
-    rows = [json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()]
-    train = [r for i, r in enumerate(rows) if i % 5]  # line % 5 == 0: held out
-    folder = Path(tempfile.mkdtemp(prefix="cloze-docs-"))
-    for i, r in enumerate(train):
-        (folder / f"doc{i:04d}.txt").write_text(r["docs"][0], encoding="utf-8")
-    code = train_main(["synth", str(folder), "--out", str(out / "synth"), "--cloze", "-q",
-                       "--seed", str(seed)])  # fmt: skip
-    shutil.rmtree(folder)
-    if code:
-        raise SystemExit("clara-train synth --cloze failed")
-    synth = [json.loads(x) for x in (out / "synth" / "stage1.jsonl").read_text().splitlines()]
-    para = [r for r in synth if r["data_type"] == "paraphrase"]
-    cloze = [r for r in synth if r["data_type"] == "qa"]
-    teacher = []
-    for r in train:
-        qs, ans = r["question"], r["answers"]
-        for g in range(0, len(qs), 4):
-            teacher.append(pretrain_to_json(
-                PretrainRecord("qa", r["docs"][0], qs[g : g + 4], ans[g : g + 4])))  # fmt: skip
+    train, _, _ = split_example(DATA)  # line % 5 == 0: held out
+    para, cloze = synth_cloze({f"doc{i:04d}": r["docs"][0] for i, r in enumerate(train)},
+                              out / "synth", seed)  # fmt: skip
+    teacher = [pretrain_to_json(rec) for r in train for rec in qa_records(r)]
     arms = {"paraphrase": para, "paraphrase+cloze": para + cloze,
             "paraphrase+teacher": para + teacher}  # fmt: skip
     for name, recs in arms.items():

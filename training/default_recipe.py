@@ -84,20 +84,35 @@ def with_negatives(qs, docs, k: int, rng: random.Random) -> list[QARecord]:
     return out
 
 
+def synth_cloze(texts: dict[str, str], out: Path, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(paraphrase, cloze QA) stage-1 rows of `texts` (name -> text), written to `out` by
+    `clara-train synth --cloze`."""
+    docs = Path(tempfile.mkdtemp(prefix="synth-docs-"))
+    try:
+        for name, text in texts.items():
+            (docs / f"{name}.txt").write_text(text, encoding="utf-8")
+        argv = ["synth", str(docs), "--out", str(out), "--cloze", "-q", "--seed", str(seed)]
+        code = train_main(argv)
+    finally:
+        shutil.rmtree(docs)
+    if code:
+        raise SystemExit("clara-train synth --cloze failed")
+    rows = [json.loads(x) for x in (out / "stage1.jsonl").read_text().splitlines()]
+    para = [r for r in rows if r["data_type"] == "paraphrase"]
+    return para, [r for r in rows if r["data_type"] == "qa"]
+
+
+def qa_records(row: dict) -> list[PretrainRecord]:
+    """Stage-1 QA records of one example-data row: its questions in groups of 4."""
+    qs, ans, doc = row["question"], row["answers"], row["docs"][0]
+    return [PretrainRecord("qa", doc, qs[g : g + 4], ans[g : g + 4]) for g in range(0, len(qs), 4)]
+
+
 def pydoc_records(out: Path, n: int, rng: random.Random) -> list[dict]:
     """Paraphrase + cloze QA records of Python's documentation topics (`synth --cloze`)."""
     from pydoc_data.topics import topics
 
-    docs = Path(tempfile.mkdtemp(prefix="pydoc-"))
-    for name, text in topics.items():
-        (docs / f"{name}.txt").write_text(text, encoding="utf-8")
-    code = train_main(["synth", str(docs), "--out", str(out / "pydoc"), "--cloze", "-q"])
-    shutil.rmtree(docs)
-    if code:
-        raise SystemExit("synth failed")
-    rows = [json.loads(x) for x in (out / "pydoc" / "stage1.jsonl").read_text().splitlines()]
-    para = [r for r in rows if r["data_type"] == "paraphrase"]
-    qa = [r for r in rows if r["data_type"] == "qa"]
+    para, qa = synth_cloze(topics, out / "pydoc")
     return rng.sample(para, min(n, len(para))) + rng.sample(qa, min(n, len(qa)))
 
 
@@ -107,9 +122,7 @@ def build_data(out: Path, args: argparse.Namespace) -> None:
     docs = [r["docs"][0] for r in train]
     stage1 = []
     for r in train:
-        qs, ans = r["question"], r["answers"]
-        for g in range(0, len(qs), 4):
-            stage1.append(PretrainRecord("qa", r["docs"][0], qs[g : g + 4], ans[g : g + 4]))
+        stage1 += qa_records(r)
         stage1.append(PretrainRecord("paraphrase", r["docs"][0]))
     stage1 = [pretrain_to_json(r) for r in stage1] + pydoc_records(out, args.pydoc, rng)
     rng.shuffle(stage1)
