@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from clara.errors import ClaraError
 from clara.model import ClaraConfig, ClaraModel
 from clara.prompt import memory_prompt
 from training.batches import (
@@ -145,6 +146,25 @@ def test_joint_trains_query_and_generator_only(cm):
     assert qa and sum(float(mx.abs(v).sum()) for v in qa) > 0, "CE reaches the query encoder"
     _, aux = stage.loss(examples, {"tokens": 1, "docs": 0, "queries": 2})
     assert aux["ranking"].shape == (2, 4)
+
+
+def test_joint_query_only_trains_the_loaded_query_adapter_on_retrieval(cm):
+    with pytest.raises(ClaraError, match="retrieval-weight"):
+        make_stage("joint", cm, StageConfig(query_only=True))
+    stage = make_stage("joint", cm, StageConfig(query_only=True, retrieval_weight=1.0))
+    examples = stage.build([QARecord("Capital of France?", DOCS, ["Paris"], [1])])
+    q = cm.lora_layers()[0]
+    q.lora_query["b"] = mx.ones_like(q.lora_query["b"])
+    stage.initialize(cm, seed=0)  # keeps the loaded query adapter
+    assert float(mx.abs(q.lora_query["b"]).min()) == 1
+    stage.prepare(examples)
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    loss, grads = _grads(stage, examples)
+    assert np.isfinite(loss.item()) and loss.item() > 0 and stage.adapters == ("query",)
+    assert any(".lora_query." in k for k in grads)
+    assert not any(".lora_generator." in k or ".lora_compressor." in k for k in grads)
+    aux = stage.loss(examples, {"tokens": 1, "docs": 0, "queries": 1})[1]
+    assert "ce" not in aux and aux["nce"].item() > 0
 
 
 def test_joint_retrieval_loss_is_optional(cm):

@@ -172,6 +172,13 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
             help="add the reference's InfoNCE retrieval loss on the query scores with this "
             "weight (default 0: generator CE only, as in the paper)",
         )
+        s.add_argument(
+            "--query-only",
+            action="store_true",
+            help="train the --init-from query adapter alone on the retrieval loss (needs "
+            "--retrieval-weight > 0), with no generator pass: a cheap way to fit retrieval to "
+            "many questions; the compressor and generator stay as loaded (not in the paper)",
+        )
     add_quiet_arg(p)
 
 
@@ -246,6 +253,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tau=getattr(args, "tau", 0.02),
         mse_weight=getattr(args, "mse_weight", 0.1),
         keep_generator=getattr(args, "keep_generator", False),
+        query_only=getattr(args, "query_only", False),
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
     )
     final = train(

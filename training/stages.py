@@ -55,6 +55,7 @@ class StageConfig:
     retrieval_weight: float = 0.0  # optional InfoNCE on the query scores (stage 3; off = paper)
     max_lm_tokens: int = 256  # `lm` stage sequence length
     keep_generator: bool = False  # stage 2 continues the loaded generator (paper: re-initialise)
+    query_only: bool = False  # stage 3 trains the loaded query adapter on the retrieval loss alone
 
 
 @dataclass
@@ -209,6 +210,11 @@ class JointStage(Stage):
 
     def __init__(self, cm, config=None):
         super().__init__(cm, config)
+        if self.config.query_only:
+            if not self.config.retrieval_weight:
+                raise ClaraError("joint --query-only trains on the retrieval loss: give "
+                                 "--retrieval-weight > 0")  # fmt: skip
+            self.adapters = ("query",)
         self.doc_texts: list[str] = []
         self.doc_memory: mx.array | None = None  # (U, n_mem, d), computed once in prepare()
 
@@ -225,7 +231,8 @@ class JointStage(Stage):
         return out
 
     def initialize(self, cm, seed):
-        copy_adapter(cm, "compressor", "query")
+        if not self.config.query_only:  # query-only continues the loaded query adapter
+            copy_adapter(cm, "compressor", "query")
 
     def prepare(self, examples, progress=None, batch_size: int = 16):
         """Compress every candidate document once (eval mode, no gradient, fixed order)."""
@@ -265,6 +272,11 @@ class JointStage(Stage):
         kf = flat / mx.maximum(mx.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
         scores = (kf @ qf[..., None]).squeeze(-1)  # (B, N) cosine of flattened vectors
         scores = mx.where(mx.array(valid), scores, -1e4)
+        ranking = mx.stop_gradient(mx.argsort(-scores, axis=-1))
+        if cfg.query_only:  # no generator pass
+            nce = _info_nce_sum(scores / cfg.tau, examples, N)
+            loss = cfg.retrieval_weight * nce / max(norm["queries"], 1)
+            return loss, {"nce": nce, "ranking": ranking}
         K = max(e.gen.n_blocks for e in examples)
         W = differentiable_topk(scores, K, cfg.tau)  # (B, K, N): hard forward, soft backward
         selected = (W @ flat).reshape(B, K, cm.n_mem, -1)  # (B, K, n_mem, d)
@@ -274,7 +286,7 @@ class JointStage(Stage):
             logits = answer_logits(cm, emb, batch.loss_pos)
         ce = masked_ce_sum(logits, batch.targets, batch.loss_mask)
         loss = ce / max(norm["tokens"], 1)
-        aux = {"ce": ce, "ranking": mx.stop_gradient(mx.argsort(-scores, axis=-1))}
+        aux = {"ce": ce, "ranking": ranking}
         if cfg.retrieval_weight:
             nce = _info_nce_sum(scores / cfg.tau, examples, N)
             loss = loss + cfg.retrieval_weight * nce / max(norm["queries"], 1)
