@@ -10,6 +10,7 @@ evaluation and the server consume the same `GenerationChunk` stream.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -217,8 +218,9 @@ def batch_generate(
 ) -> Iterator[tuple[int, Answer]]:
     """Greedy answers to many prompts, decoded together: up to `max_batch` at a time, and a
     finished answer's place goes to the next prompt (continuous batching, as in clara-serve).
-    Yields `(index, answer)` as each finishes. Each prompt is prefilled alone, so every answer
-    is token for token the one `generate` gives it alone (tests/test_batching.py)."""
+    Yields `(index, answer)` as each finishes. Prompts that start together are prefilled as
+    one batch (`Decoder.add_many`); every answer is token for token the one `generate` gives
+    it alone (tests/test_batching.py)."""
     from clara.decode import Decoder
 
     decoder = Decoder(cm, adapter, max_context=max_context)
@@ -232,17 +234,16 @@ def batch_generate(
 
     try:
         while True:
-            while len(decoder.sequences) < max_batch:
-                nxt = next(todo, None)
-                if nxt is None:
-                    break
-                i, prompt = nxt
-                _, first = decoder.add(prompt, params, tag=i)
-                texts[i] = [first.text]
+            room = max_batch - len(decoder.sequences)
+            group = [(prompt, params, i) for i, prompt in itertools.islice(todo, room)]
+            for seq, first in decoder.add_many(group) if group else []:
+                texts[seq.tag] = [first.text]
                 if first.finish_reason is not None:
-                    yield finish(i, first)
+                    yield finish(seq.tag, first)
             if not decoder.sequences:
-                return
+                if not group:
+                    return
+                continue  # all finished at their first token: admit the next ones
             for seq, chunk in decoder.step():
                 texts[seq.tag].append(chunk.text)
                 if chunk.finish_reason is not None:

@@ -55,6 +55,7 @@ class Settings(ModelSettings):
     max_context: int | None = None
     queue_size: int = 16
     max_batch: int = 16  # chat requests generating at once
+    prefill_batch: int = 4  # requests admitted together are prefilled this many at a time
 
 
 @dataclass
@@ -371,47 +372,67 @@ class Engine:
 
     def _chat(self, job: Job, p: RagParams) -> None:
         """Admit a chat request, with the chat requests queued behind it (up to the free decode
-        slots): their queries are encoded in one pass, then each in turn is retrieved for,
-        prefilled alone and sent its first token, and joins the decode batch (`_decode`).
-        Under load this saves a query-adapter pass per request (8 questions encode in about
-        the time of 3 one at a time) and sends first tokens before the next decode step."""
+        slots): their queries are encoded in one pass; each is retrieved for, gets its prompt
+        checked and `Ready`; then they are prefilled `prefill_batch` at a time as one batched
+        forward (`Decoder.add_many`), sent their first tokens, and join the decode batch
+        (`_decode`). Under load this saves a query-adapter pass per request (8 questions
+        encode in about the time of 3 one at a time) and prefill time (8 prompts in groups
+        of 4: 0.7x the time one at a time)."""
         room = self.settings.max_batch - self.decoding() - 1
         taken = self.worker.take(lambda key: key[0] == ":chat", room) if room > 0 else []
         group = [(job, p)] + [(t.key[1], t.key[1].params) for t in taken]
         if taken:
             log.debug("admitting %d chat requests together", len(group))
+        error: list[BaseException] = []
+
+        def fail(j: Job, exc: BaseException) -> None:  # each request hears its own error
+            if j is job:
+                error.append(exc)
+                return
+            if not isinstance(exc, APIError):
+                log.exception("chat request failed")
+            j.task.failed(exc)
+
         try:
             qvecs = self._encode([q for _, q in group])
+            ready: dict[str | None, list[tuple[Job, RagParams, Prompt]]] = {}  # by adapter
+            for (j, q), qvec in zip(group, qvecs):
+                try:
+                    if not j.cancelled.is_set():
+                        prompt, adapter = self._ready(j, q, qvec)
+                        ready.setdefault(adapter, []).append((j, q, prompt))
+                except BaseException as exc:  # noqa: BLE001
+                    fail(j, exc)
+            size = max(1, self.settings.prefill_batch)
+            for adapter, items in ready.items():
+                for k in range(0, len(items), size):
+                    part = items[k : k + size]
+                    try:
+                        self._start(adapter, part)
+                    except BaseException as exc:  # noqa: BLE001
+                        for j, _, _ in part:
+                            fail(j, exc)
         except BaseException as exc:
             for t in taken:
                 t.failed(exc)
-                t.done()
             raise
-        error: BaseException | None = None
-        for (j, q), qvec in zip(group, qvecs):
-            try:
-                if not j.cancelled.is_set():
-                    self._admit(j, q, qvec)
-            except BaseException as exc:  # noqa: BLE001 - each request hears its own error
-                if j is job:
-                    error = exc
-                else:
-                    if not isinstance(exc, APIError):
-                        log.exception("chat request failed")
-                    j.task.failed(exc)
-            finally:
-                if j is not job:
-                    j.task.done()
-        if error is not None:
-            raise error
+        finally:
+            for t in taken:
+                t.done()
+        if error:
+            raise error[0]
 
-    def _admit(self, job: Job, p: RagParams, qvec: np.ndarray | None) -> None:
-        """Retrieve, build the prompt, prefill alone and send the first token; then the
-        request joins the decode batch."""
+    def _ready(self, job: Job, p: RagParams, qvec: np.ndarray | None) -> tuple[Prompt, str | None]:
+        """Retrieve and build the request's prompt; checked, it emits `Ready`."""
         retrieved = self._retrieve(p, qvec)
         prompt, adapter = self._prompt(p, retrieved)
         check_context(prompt, self.info.context_limit)  # before Ready: the 400 precedes any byte
         job.emit(Ready(retrieved, prompt.positions))
+        return prompt, adapter
+
+    def _start(self, adapter: str | None, part: list[tuple[Job, RagParams, Prompt]]) -> None:
+        """Prefill `part` together, send each its first token; unfinished ones join the
+        decode batch, and the decode loop starts if it is not running."""
         decoder = self._decoders.get(adapter)
         if decoder is None:
             decoder = Decoder(
@@ -421,14 +442,16 @@ class Engine:
                 prefix_cache=PrefixCache(),
             )
             self._decoders[adapter] = decoder
-        seq, first = decoder.add(prompt, sampling(p), tag=job)
-        job.emit(first)
-        if first.finish_reason is not None:
-            self._finished(first)
-            return
-        job.batched = True
+        started = decoder.add_many([(prompt, sampling(q), j) for j, q, prompt in part])
+        self.metrics.prefills.inc(requests=str(len(part)))
+        for (j, _, _), (_, first) in zip(part, started):
+            j.emit(first)
+            if first.finish_reason is not None:
+                self._finished(first)
+            else:
+                j.batched = True
         self.metrics.running.set(self.decoding())
-        if self._stepping is None:
+        if self.decoding() and self._stepping is None:
             self._stepping = Task((":decode", 0), lambda cm: self._decode(), bounded=False)
             self.worker.submit(self._stepping)
 

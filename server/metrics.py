@@ -127,6 +127,11 @@ class Metrics:
             "Generations by how they ended (stop, length, cancelled, error)",
         )
         self.retrievals = Counter("clara_retrievals_total", "Retrievals by status")
+        self.prefills = Counter(
+            "clara_prefill_passes_total",
+            "Generator prefill passes, by how many requests each held (requests admitted "
+            "together are prefilled as one batch)",
+        )
         self.queue_depth = Gauge("clara_queue_depth", "Jobs waiting for the MLX worker")
         self.running = Gauge("clara_jobs_running", "Jobs the MLX worker is running (0 or 1)")
         self.model_ready = Gauge("clara_model_ready", "1 once the model is loaded")

@@ -202,3 +202,58 @@ def test_batch_generate_gives_each_prompt_its_answer_alone(cm) -> None:
         assert answer.tokens == chunks[-1].generation_tokens
         assert answer.finish_reason == chunks[-1].finish_reason
         assert answer.prompt_positions == prompts[i].positions
+    # every answer done at its first token: the next prompts are still admitted
+    got = list(batch_generate(cm, prompts, adapter="generator", max_tokens=1, max_batch=2))
+    assert sorted(i for i, _ in got) == list(range(len(prompts)))
+    assert all(a.tokens == 1 and a.finish_reason in ("length", "stop") for _, a in got)
+
+
+def test_prefilled_together_equals_alone(cm) -> None:
+    """`Decoder.add_many`: prompts of mixed lengths prefilled as one right-padded batch (memory
+    and text prompts, one finished by its first token, a group joining a running batch) get
+    the greedy tokens and the seeded samples each gets alone."""
+    mem = cm.compress(DOCS)
+    memory = [
+        memory_prompt(cm, "Where is Paris?", [mem[0]]),
+        memory_prompt(cm, "Which river runs past the old mill in the story?", list(mem)),
+        memory_prompt(cm, "Who?", list(mem[1:])),
+    ]
+    text = [
+        text_prompt(cm, "Tell me a story", None),
+        text_prompt(cm, "What is the capital of France?", DOCS),
+    ]
+    assert len({p.positions for p in memory}) > 1  # right padding is really used
+    for adapter, prompts in (("generator", memory), (None, text)):
+        decoder = Decoder(cm, adapter, prefix_cache=PrefixCache())
+        early = decoder.add(prompts[0], SamplingParams(max_tokens=12, ignore_eos=True))[0]
+        decoder.step()  # a running batch the group joins
+        lengths = [9, 1, 7][: len(prompts)]  # max_tokens=1: done at its first token
+        group = [
+            (p, SamplingParams(max_tokens=n, ignore_eos=True), k)
+            for k, (p, n) in enumerate(zip(prompts, lengths))
+        ]
+        got = {}
+        for seq, first in decoder.add_many(group):
+            got[seq.tag] = [first.token]
+            assert (first.finish_reason is not None) == (lengths[seq.tag] == 1)
+        while decoder.sequences:
+            for seq, chunk in decoder.step():
+                if seq is not early and chunk.token is not None:
+                    got[seq.tag].append(chunk.token)
+        for k, (p, n) in enumerate(zip(prompts, lengths)):
+            assert got[k] == tokens_alone(cm, p, adapter, max_tokens=n, ignore_eos=True), k
+    # seeded sampling: the same tokens prefilled with others as alone
+    kw = dict(max_tokens=8, temperature=1.0, top_p=0.9, ignore_eos=True)
+    decoder = Decoder(cm, None)
+    group = [
+        (text[1], SamplingParams(seed=3, **kw), "a"),
+        (text[0], SamplingParams(seed=7, **kw), "b"),
+    ]
+    got = {}
+    for seq, first in decoder.add_many(group):
+        got[seq.tag] = [first.token]
+    while decoder.sequences:
+        for seq, chunk in decoder.step():
+            got[seq.tag].append(chunk.token)
+    assert got["b"] == tokens_alone(cm, text[0], None, seed=7, **kw)
+    assert got["a"] == tokens_alone(cm, text[1], None, seed=3, **kw)

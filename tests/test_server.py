@@ -193,9 +193,11 @@ def test_concurrent_requests_all_answered(server: ServerProcess) -> None:
     assert asyncio.run(run()) == ["length"] * 16
 
 
-def test_concurrent_greedy_answers_equal_sequential_ones(server: ServerProcess) -> None:
+@pytest.mark.parametrize("gap", [0.02, 0.0], ids=["staggered", "together"])
+def test_concurrent_greedy_answers_equal_sequential_ones(server: ServerProcess, gap) -> None:
     """Continuous batching: requests that decode together (joining and leaving at different
-    steps) answer exactly what each answers alone; memory and text prompts mixed."""
+    steps) answer exactly what each answers alone; memory and text prompts mixed. Sent all at
+    once, they queue behind one another and are prefilled in batches (`Decoder.add_many`)."""
     questions = [(DOCS[i % len(DOCS)][1][: 20 + 9 * i], 4 + 3 * i) for i in range(6)]
 
     def kwargs(i: int) -> dict:
@@ -210,7 +212,7 @@ def test_concurrent_greedy_answers_equal_sequential_ones(server: ServerProcess) 
         client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
         async def one(i: int) -> str:
-            await asyncio.sleep(0.02 * i)  # arrive while the others decode
+            await asyncio.sleep(gap * i)  # arrive while the others decode, or all at once
             resp = await client.chat.completions.create(**kwargs(i))
             return resp.choices[0].message.content
 
@@ -219,7 +221,16 @@ def test_concurrent_greedy_answers_equal_sequential_ones(server: ServerProcess) 
         finally:
             await client.close()
 
+    def batched() -> float:
+        text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+        return sum(
+            metric(text.text, "clara_prefill_passes_total", requests=str(n)) for n in range(2, 17)
+        )
+
+    before = batched()
     assert asyncio.run(run()) == alone
+    if gap == 0.0:
+        assert batched() > before  # some of them really were prefilled together
 
 
 # ---- sources -------------------------------------------------------------------------------
