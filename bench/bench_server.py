@@ -5,6 +5,8 @@ of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 ne
 (EOS ignored so every answer has the same length):
 
 - clara memory: clara-serve, the generator reads the chunks' compressed memories (CLaRa, 16x)
+- clara memory prefill 1 / 8: the same, prefilling requests that arrive together one at a
+  time (as before batched prefill) or 8 to a batch (`--prefill-batch`; the default is 4)
 - clara memory int8: the same, decoding from int8 weight copies (CLARA_DECODE_WEIGHTS=int8)
 - clara memory openblas: the same with every product through OpenBLAS (CLARA_THIN=off), as
   before the thin-matmul kernel
@@ -45,16 +47,29 @@ from _common import ROOT, append_report, markdown_table  # noqa: E402
 CHUNK_TOKENS = 256
 SYSTEMS = (
     "clara memory",
+    "clara memory prefill 1",
+    "clara memory prefill 8",
     "clara memory int8",
     "clara memory openblas",
     "clara text",
     "llama.cpp",
     "mlx_lm.server",
 )
-MEMORY_SYSTEMS = ("clara memory", "clara memory int8", "clara memory openblas")
+MEMORY_SYSTEMS = (
+    "clara memory",
+    "clara memory prefill 1",
+    "clara memory prefill 8",
+    "clara memory int8",
+    "clara memory openblas",
+)
+FULL_LEVELS = MEMORY_SYSTEMS[:4]  # measured at every --levels; the others at --other-levels
 VARIANT_ENV = {  # clara-serve variants: the same server with one setting changed
     "clara memory int8": {"CLARA_DECODE_WEIGHTS": "int8"},
     "clara memory openblas": {"CLARA_THIN": "off"},  # as before the thin-matmul kernel
+}
+VARIANT_ARGS = {  # clara-serve variants: one command-line setting changed
+    "clara memory prefill 1": ["--prefill-batch", "1"],  # one at a time, as before batching
+    "clara memory prefill 8": ["--prefill-batch", "8"],
 }
 LLAMA_VENV = Path("/work/cache/llama-cpp-venv")
 LLAMA_CPP = "0.3.36"
@@ -258,7 +273,7 @@ def server_command(system: str, port: int, index: Path, f32: Path, gguf: Path, p
         cmd += ["--n_ctx", "4096", "--n_threads", str(os.cpu_count())]
         return cmd, f"http://127.0.0.1:{port}/v1/models"
     cmd = [sys.executable, "-m", "server.cli", "--index", str(index), "--port", str(port)]
-    cmd += ["--queue-size", "64", "--log-level", "warning"]
+    cmd += ["--queue-size", "64", "--log-level", "warning", *VARIANT_ARGS.get(system, [])]
     return cmd, f"http://127.0.0.1:{port}/health"
 
 
@@ -332,10 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     systems = args.systems.split(",")
     plan = {
-        s: [
-            int(x)
-            for x in (args.levels if s in MEMORY_SYSTEMS[:2] else args.other_levels).split(",")
-        ]
+        s: [int(x) for x in (args.levels if s in FULL_LEVELS else args.other_levels).split(",")]
         for s in systems
     }
     most = max(sum(max(c, args.min_requests) for c in levels) for levels in plan.values())
