@@ -5,8 +5,10 @@
 Settings, each in its own subprocess (the BLAS path is chosen when clara is first imported):
 OpenBLAS for every product (`CLARA_THIN=off`, as before the thin-matmul kernel), and the thin
 kernel reading the decode-only weights as float32, float16 (the default) or int8
-(`CLARA_DECODE_WEIGHTS`). Each subprocess times `clara.decode.Decoder` (generator adapter,
-a memory-free text prompt) at 1 and 8 sequences, and decodes `--answers` greedy answers of
+(`CLARA_DECODE_WEIGHTS`); on CPUs with AMX tiles the default prefills through the generator
+in bfloat16 (clara/_thinmm.c), so float16 also runs with `CLARA_AMX=off`. Each subprocess
+times `clara.decode.Decoder` (generator adapter, a memory-free text prompt) at 1 and 8
+sequences and a batched prefill of 8 such prompts (`add_many`), and decodes `--answers` greedy answers of
 40 tokens to pydoc questions through the generator and the bare model; the parent reports how
 many answers are token for token those of float32 weights through OpenBLAS.
 """
@@ -28,6 +30,10 @@ import clara  # noqa: E402, F401  # isort: skip  (first: the BLAS path before ml
 SETTINGS = {  # name -> environment
     "OpenBLAS (CLARA_THIN=off)": {"CLARA_THIN": "off"},
     "thin kernel, float32": {"CLARA_DECODE_WEIGHTS": "float32"},
+    "thin kernel, float16, prefill float32 (CLARA_AMX=off)": {
+        "CLARA_DECODE_WEIGHTS": "float16",
+        "CLARA_AMX": "off",
+    },
     "thin kernel, float16 (default)": {"CLARA_DECODE_WEIGHTS": "float16"},
     "thin kernel, int8": {"CLARA_DECODE_WEIGHTS": "int8"},
 }
@@ -57,6 +63,14 @@ def worker(args: argparse.Namespace) -> None:
             tokens += len(d.step())
         return tokens / (time.perf_counter() - start)
 
+    d = Decoder(cm, "generator")
+    batch = [(prompt, SamplingParams(max_tokens=1), None)] * 8
+    d.add_many(batch)  # warm-up
+    start = time.perf_counter()
+    for _ in range(3):
+        d.add_many(batch)
+    prefill = (time.perf_counter() - start) / 3
+
     answers = []
     for adapter in ("generator", None):
         d = Decoder(cm, adapter)
@@ -69,7 +83,17 @@ def worker(args: argparse.Namespace) -> None:
             while d.sequences:
                 tokens += [c.token for _, c in d.step()]
             answers.append(tokens)
-    print(json.dumps({"b1": speed(1), "b8": speed(8), "answers": answers}))
+    print(
+        json.dumps(
+            {
+                "b1": speed(1),
+                "b8": speed(8),
+                "prefill": prefill,
+                "positions": prompt.positions,
+                "answers": answers,
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,12 +119,27 @@ def main(argv: list[str] | None = None) -> int:
     from bench._common import append_report, markdown_table
 
     reference = results["OpenBLAS (CLARA_THIN=off)"]["answers"]
+    prompt_positions = results["OpenBLAS (CLARA_THIN=off)"]["positions"]
     rows = []
     for name, r in results.items():
         same = sum(a == b for a, b in zip(r["answers"], reference))
-        rows.append([name, f"{r['b1']:.1f}", f"{r['b8']:.1f}", f"{same}/{len(reference)}"])
+        rows.append(
+            [
+                name,
+                f"{r['b1']:.1f}",
+                f"{r['b8']:.1f}",
+                f"{r['prefill']:.2f}",
+                f"{same}/{len(reference)}",
+            ]
+        )
     table = markdown_table(
-        ["decode products", "1 sequence tok/s", "8 sequences tok/s", "greedy answers = OpenBLAS"],
+        [
+            "decode products",
+            "1 sequence tok/s",
+            "8 sequences tok/s",
+            "prefill of 8 prompts s",
+            "greedy answers = OpenBLAS",
+        ],
         rows,
     )
     notes = (
@@ -108,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         f"own process one after another; {args.steps} timed steps after 3 warm-up steps. Greedy "
         f"answers: {len(reference)} answers of 40 tokens to pydoc questions (half through the "
         "generator, half through the bare model), compared token for token with float32 weights "
-        "through OpenBLAS. The thin kernel's float32 products sum in another order than "
+        f"through OpenBLAS. Prefill: 8 prompts of {prompt_positions} positions through the "
+        "generator as one batch (`Decoder.add_many`), mean of 3 after a warm-up. The thin kernel's float32 products sum in another order than "
         "OpenBLAS's, so even that row may differ in a near-tie."
     )
     if args.no_report:

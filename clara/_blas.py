@@ -9,6 +9,11 @@ its time packing the weights. `clara/_thinmm.c`, compiled once with the machine'
 into the cache directory and loaded ahead of OpenBLAS, takes those thin products (at most
 `CLARA_THIN_ROWS` rows, default 16) and hands everything else to OpenBLAS. `CLARA_THIN=off`
 leaves every product to OpenBLAS (the benchmarks compare the two).
+
+On x86 CPUs with AMX tiles (Intel Sapphire Rapids and later), the same library runs prefill
+products against the generator's decode-only weights (never the base weights the compressor
+and query adapters read) on the tile unit in bfloat16 with float32 sums, from bfloat16
+copies packed when the float16 decode copies are made. `CLARA_AMX=off` keeps them float32.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ thin: str | None = None
 thin_reason: str | None = None
 _thin: ctypes.CDLL | None = None
 _thin_threads: int | None = None
+#: True when prefill products against decode copies run on AMX tiles; `amx_reason` if not.
+amx = False
+amx_reason: str | None = None
 THIN_SOURCE = Path(__file__).with_name("_thinmm.c")
 
 
@@ -107,6 +115,13 @@ def _load_thin() -> None:
         thin_reason = f"could not load {path}: {e}"
         return
     thin = str(path)
+    global amx, amx_reason
+    if _off("CLARA_AMX"):
+        amx_reason = "disabled by CLARA_AMX"
+    elif not _thin.clara_thinmm_amx_init():
+        amx_reason = "no AMX tiles on this CPU (or the kernel does not grant them)"
+    else:
+        amx = True
     rows = _env_int("CLARA_THIN_ROWS")
     if rows is not None:
         _thin.clara_thinmm_set_rows(rows)
@@ -177,7 +192,7 @@ def describe() -> str:
 
     return (
         f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}, "
-        f"{_jit.describe()}"
+        f"{'generator prefill AMX bfloat16, ' if amx else ''}{_jit.describe()}"
     )
 
 

@@ -14,6 +14,12 @@
  * Weights registered with clara_thinmm_add_copy (the merged decode copies) are read from an
  * int8 (per-row scale) or float16 copy: a quarter or half of the memory traffic that bounds
  * decoding, with products and sums still in float32.
+ *
+ * On x86 CPUs with AMX (Intel Sapphire Rapids and later), a float16 copy also gets a bfloat16
+ * copy packed for AMX tiles, and products of more rows (prefill) against those weights run
+ * on the tile unit: x rounded to bfloat16, products summed in float32 (how GPUs run these
+ * models). Each output element sums its k blocks in one fixed order whatever the number of
+ * rows, so prefilling a prompt alone or in a batch gives the same bits.
  * Built by clara/_blas.py with the machine's C compiler (-O3 -march=native -pthread).
  */
 #include <math.h>
@@ -290,6 +296,158 @@ COLUMNS(float, f32)
 COLUMNS(half, f16)
 COLUMNS(signed char, i8)
 
+/* ---- AMX: bfloat16 tiles for prefill ------------------------------------------------------
+ * W (n x k, row-major) is packed as 16 x 32 tiles of B = W^T in the VNNI pair layout the tile
+ * unit reads: for column block nb (16 outputs) and k block kb (32 inputs), a 1 KB tile whose
+ * row i holds, for each of the 16 outputs j, W[16nb + j][32kb + 2i] and [32kb + 2i + 1].
+ * A product takes 32 rows x 32 columns of c at a time: 4 accumulator tiles, 2 of x, 2 of W. */
+#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
+    defined(__AVX512BF16__)
+#define HAVE_AMX 1
+#include <sys/syscall.h>
+typedef struct {
+  unsigned char palette, start_row, reserved[14];
+  unsigned short colsb[16];
+  unsigned char rows[16];
+} __attribute__((packed)) tile_config;
+
+static int amx_on;
+static __thread int amx_configured;
+
+int clara_thinmm_amx_init(void) {
+  /* the kernel must allow this process the tile state (Linux 5.16+: ARCH_REQ_XCOMP_PERM) */
+  if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return 0;
+  amx_on = 1;
+  return 1;
+}
+
+static void amx_configure(void) {
+  if (amx_configured) return;
+  tile_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int t = 0; t < 8; t++) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  amx_configured = 1;
+}
+
+static inline unsigned short to_bf16(float f) { /* round to nearest even */
+  unsigned int u;
+  memcpy(&u, &f, 4);
+  u += 0x7fff + ((u >> 16) & 1);
+  return (unsigned short)(u >> 16);
+}
+
+static void *amx_pack(const float *w, int n, int k) {
+  if (!amx_on || n % 32 != 0 || k % 32 != 0) return NULL;
+  unsigned short *p = aligned_alloc(64, (size_t)n * k * 2);
+  if (p == NULL) return NULL;
+  int kbs = k / 32;
+  for (int nb = 0; nb < n / 16; nb++)
+    for (int kb = 0; kb < kbs; kb++) {
+      unsigned short *tile = p + ((size_t)nb * kbs + kb) * 512;
+      for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) {
+          const float *row = w + (size_t)(16 * nb + j) * k + 32 * kb + 2 * i;
+          tile[i * 32 + 2 * j] = to_bf16(row[0]);
+          tile[i * 32 + 2 * j + 1] = to_bf16(row[1]);
+        }
+    }
+  return p;
+}
+
+typedef struct {
+  int m, n, k, ldc;
+  float alpha;
+  const unsigned short *x; /* m rounded up to 32 rows of k bfloat16s */
+  const unsigned short *w; /* packed */
+  float *c;
+} amx_args;
+
+/* Columns [32 b0, 32 b1) of c, every row. */
+static void amx_blocks(const void *ctx, int b0, int b1) {
+  const amx_args *p = ctx;
+  int k = p->k, kbs = k / 32;
+  float spill[16 * 16];
+  amx_configure();
+  for (int b = b0; b < b1; b++) {
+    const unsigned short *w0 = p->w + (size_t)(2 * b) * kbs * 512, *w1 = w0 + (size_t)kbs * 512;
+    for (int r0 = 0; r0 < p->m; r0 += 32) {
+      const unsigned short *x0 = p->x + (size_t)r0 * k, *x1 = x0 + (size_t)16 * k;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int kb = 0; kb < kbs; kb++) {
+        _tile_loadd(4, x0 + 32 * kb, k * 2);
+        _tile_loadd(5, x1 + 32 * kb, k * 2);
+        _tile_loadd(6, w0 + (size_t)kb * 512, 64);
+        _tile_loadd(7, w1 + (size_t)kb * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      for (int t = 0; t < 4; t++) {
+        int q0 = r0 + 16 * (t >> 1), c0 = 32 * b + 16 * (t & 1);
+        int rows = p->m - q0 < 16 ? p->m - q0 : 16;
+        if (rows <= 0) continue;
+        switch (t) { /* tile numbers must be constants */
+          case 0: _tile_stored(0, spill, 64); break;
+          case 1: _tile_stored(1, spill, 64); break;
+          case 2: _tile_stored(2, spill, 64); break;
+          default: _tile_stored(3, spill, 64); break;
+        }
+        for (int q = 0; q < rows; q++) {
+          float *o = p->c + (size_t)(q0 + q) * p->ldc + c0;
+          if (p->alpha == 1.0f)
+            memcpy(o, spill + 16 * q, 64);
+          else
+            for (int j = 0; j < 16; j++) o[j] = p->alpha * spill[16 * q + j];
+        }
+      }
+    }
+  }
+}
+
+static __thread unsigned short *x_buf;
+static __thread size_t x_cap;
+
+/* c = alpha * a @ W^T through the tiles; 0 when it cannot (no memory). */
+static int amx_gemm(int m, int n, int k, float alpha, const float *a, int lda,
+                    const unsigned short *packed, float *c, int ldc) {
+  size_t rows = ((size_t)m + 31) / 32 * 32, need = rows * k;
+  if (need > x_cap) {
+    free(x_buf);
+    x_buf = aligned_alloc(64, need * 2);
+    x_cap = x_buf != NULL ? need : 0;
+    if (x_buf == NULL) return 0;
+  }
+  for (int q = 0; q < m; q++) {
+    const float *row = a + (size_t)q * lda;
+    unsigned short *out = x_buf + (size_t)q * k;
+    for (int j = 0; j < k; j += 32) {
+      __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + j + 16), _mm512_loadu_ps(row + j));
+      _mm512_storeu_si512(out + j, (__m512i)v);
+    }
+  }
+  memset(x_buf + (size_t)m * k, 0, (rows - m) * k * 2);
+  amx_args p = {m, n, k, ldc, alpha, x_buf, packed, c};
+  parallel_blocks(amx_blocks, &p, n / 32, 1);
+  return 1;
+}
+#else
+#define HAVE_AMX 0
+int clara_thinmm_amx_init(void) { return 0; }
+static void *amx_pack(const float *w, int n, int k) {
+  (void)w, (void)n, (void)k;
+  return NULL;
+}
+#endif
+
 /* Compact copies of decode weights, found by the float32 array's address and shape: float16,
  * or int8 with one float32 scale per row (w[r][j] ~ scale[r] * q[r][j]). clara/_blas.py
  * registers only weights that decoding alone reads (the merged adapter copies, the output
@@ -305,6 +463,7 @@ typedef struct {
   int n, k, kind;
   void *data;     /* n * k halves or int8s */
   float *scale;   /* int8: n row scales, inside the same allocation */
+  void *packed;   /* float16 entries with AMX: the bfloat16 tiles (amx_pack), or NULL */
 } copy_entry;
 static copy_entry table[MAX_COPIES];
 static int used;
@@ -368,6 +527,7 @@ int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
   table[slot].kind = kind;
   table[slot].data = kind == KIND_I8 ? (void *)((char *)data + (size_t)n * sizeof(float)) : data;
   table[slot].scale = scale;
+  table[slot].packed = kind == KIND_F16 ? amx_pack(w, n, k) : NULL;
   __atomic_store_n(&table[slot].w, w, __ATOMIC_SEQ_CST);
   if (slot == used) __atomic_store_n(&used, used + 1, __ATOMIC_SEQ_CST);
   ok = 1;
@@ -383,6 +543,8 @@ void clara_thinmm_drop_copy(const float *w) {
       __atomic_store_n(&table[i].w, NULL, __ATOMIC_SEQ_CST);
       void *block = table[i].kind == KIND_I8 ? (void *)table[i].scale : table[i].data;
       if (n_retired < MAX_COPIES) retired[n_retired++] = block; /* else: leaked */
+      if (table[i].packed != NULL && n_retired < MAX_COPIES) retired[n_retired++] = table[i].packed;
+      table[i].packed = NULL;
       table[i].data = NULL;
       table[i].scale = NULL;
     }
@@ -424,5 +586,16 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
     return;
   }
+#if HAVE_AMX
+  if (amx_on && order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && beta == 0.0f &&
+      k % 32 == 0 && n % 32 == 0 && ldb == k) {
+    __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
+    const copy_entry *e = find_copy(b, n, k, ldb);
+    int done = e != NULL && e->packed != NULL &&
+               amx_gemm(m, n, k, alpha, a, lda, (const unsigned short *)e->packed, c, ldc);
+    __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
+    if (done) return;
+  }
+#endif
   fallback(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }

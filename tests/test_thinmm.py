@@ -211,3 +211,40 @@ def test_helper_pool_survives_products_of_changing_width_back_to_back(tmp_path):
         pytest.fail("the thin kernel's helper pool hung")
     assert done.returncode == 0, done.stdout + done.stderr
     assert int(done.stdout.split()[0]) > 1000
+
+
+def _bf16(a: mx.array) -> np.ndarray:
+    return np.array(a.astype(mx.bfloat16).astype(mx.float32), dtype=np.float64)
+
+
+def test_amx_prefill_products_read_the_bfloat16_copy_and_are_batch_invariant():
+    """On CPUs with AMX tiles, products of more than CLARA_THIN_ROWS rows against a registered
+    decode weight run in bfloat16 with float32 sums; unregistered weights keep float32."""
+    _needs_kernel()
+    if not _blas.amx:
+        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+    w, x = _rand(1536, 576, seed=21), _rand(139, 576, seed=22)
+    other = _rand(192, 576, seed=23)
+    exact = np.array(x @ w.T)
+    copies = _blas.DecodeCopies("float16")
+    assert copies.update([w]) == 1
+    got = np.array(x @ w.T)
+    want = _bf16(x) @ _bf16(w).T  # bfloat16 inputs, sums in float64
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+    assert np.abs(got - exact).max() > 1e-3  # the tiles really ran (float32 would be closer)
+    for m in (17, 32, 33, 100):  # a prompt's rows give the same bits in any batch
+        assert np.array_equal(np.array(x[:m] @ w.T), got[:m])
+    assert np.array_equal(np.array(x[5:77] @ w.T), got[5:77])
+    np.testing.assert_allclose(  # a weight without a copy: float32 (OpenBLAS)
+        np.array(x @ other.T), np.array(x, np.float64) @ np.array(other, np.float64).T, atol=1e-3
+    )
+    copies.close()
+    assert np.array_equal(np.array(x @ w.T), exact)
+
+
+def test_clara_amx_off_keeps_prefill_float32():
+    _needs_kernel()
+    code = "import clara; from clara import _blas; print(_blas.amx, _blas.amx_reason)"
+    env = {**os.environ, "CLARA_AMX": "off"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False disabled by CLARA_AMX", out.stderr
