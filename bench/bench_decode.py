@@ -36,6 +36,7 @@ SETTINGS = {  # name -> environment
     },
     "thin kernel, float16 (default)": {"CLARA_DECODE_WEIGHTS": "float16"},
     "thin kernel, int8": {"CLARA_DECODE_WEIGHTS": "int8"},
+    "AMX bfloat16 decode too (CLARA_AMX_ROWS=1)": {"CLARA_AMX_ROWS": "1"},
 }
 TOPICS = ("assert", "break", "for", "if", "while", "with", "lambda", "class")
 

@@ -10,10 +10,12 @@ into the cache directory and loaded ahead of OpenBLAS, takes those thin products
 `CLARA_THIN_ROWS` rows, default 16) and hands everything else to OpenBLAS. `CLARA_THIN=off`
 leaves every product to OpenBLAS (the benchmarks compare the two).
 
-On x86 CPUs with AMX tiles (Intel Sapphire Rapids and later), the same library runs prefill
-products against the generator's decode-only weights (never the base weights the compressor
-and query adapters read) on the tile unit in bfloat16 with float32 sums, from bfloat16
-copies packed when the float16 decode copies are made. `CLARA_AMX=off` keeps them float32.
+On x86 CPUs with AMX tiles (Intel Sapphire Rapids and later), the same library runs the
+products against the generator's decode-only weights (prefill and decode; never the base
+weights the compressor and query adapters read) on the tile unit in bfloat16 with float32
+sums, from bfloat16 copies packed when the float16 decode copies are made. `CLARA_AMX=off`
+keeps float32 prefill and the float16 decode kernel; `CLARA_AMX_ROWS=N` puts only products
+of N rows or more on the tiles.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ thin: str | None = None
 thin_reason: str | None = None
 _thin: ctypes.CDLL | None = None
 _thin_threads: int | None = None
-#: True when prefill products against decode copies run on AMX tiles; `amx_reason` if not.
+#: True when products against decode copies run on AMX tiles; `amx_reason` says why not.
 amx = False
 amx_reason: str | None = None
 THIN_SOURCE = Path(__file__).with_name("_thinmm.c")
@@ -122,6 +124,9 @@ def _load_thin() -> None:
         amx_reason = "no AMX tiles on this CPU (or the kernel does not grant them)"
     else:
         amx = True
+        amx_rows = _env_int("CLARA_AMX_ROWS")  # fewest rows on the tiles (default 1: all)
+        if amx_rows is not None:
+            _thin.clara_thinmm_set_amx_rows(amx_rows)
     rows = _env_int("CLARA_THIN_ROWS")
     if rows is not None:
         _thin.clara_thinmm_set_rows(rows)
@@ -192,7 +197,7 @@ def describe() -> str:
 
     return (
         f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}, "
-        f"{'generator prefill AMX bfloat16, ' if amx else ''}{_jit.describe()}"
+        f"{'generator products AMX bfloat16, ' if amx else ''}{_jit.describe()}"
     )
 
 

@@ -217,9 +217,9 @@ def _bf16(a: mx.array) -> np.ndarray:
     return np.array(a.astype(mx.bfloat16).astype(mx.float32), dtype=np.float64)
 
 
-def test_amx_prefill_products_read_the_bfloat16_copy_and_are_batch_invariant():
-    """On CPUs with AMX tiles, products of more than CLARA_THIN_ROWS rows against a registered
-    decode weight run in bfloat16 with float32 sums; unregistered weights keep float32."""
+def test_amx_products_read_the_bfloat16_copy_and_are_batch_invariant():
+    """On CPUs with AMX tiles, products against a registered decode weight (a decode step's
+    rows or a prefill's) run in bfloat16 with float32 sums; unregistered weights do not."""
     _needs_kernel()
     if not _blas.amx:
         pytest.skip(f"no AMX here: {_blas.amx_reason}")
@@ -232,7 +232,7 @@ def test_amx_prefill_products_read_the_bfloat16_copy_and_are_batch_invariant():
     want = _bf16(x) @ _bf16(w).T  # bfloat16 inputs, sums in float64
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
     assert np.abs(got - exact).max() > 1e-3  # the tiles really ran (float32 would be closer)
-    for m in (17, 32, 33, 100):  # a prompt's rows give the same bits in any batch
+    for m in (1, 2, 5, 8, 16, 17, 32, 33, 100):  # a row gives the same bits in any batch
         assert np.array_equal(np.array(x[:m] @ w.T), got[:m])
     assert np.array_equal(np.array(x[5:77] @ w.T), got[5:77])
     np.testing.assert_allclose(  # a weight without a copy: float32 (OpenBLAS)
