@@ -346,7 +346,8 @@ static inline unsigned short to_bf16(float f) { /* round to nearest even */
   return (unsigned short)(u >> 16);
 }
 
-static void *amx_pack(const float *w, int n, int k) {
+/* Tiles of the n_out x k_sum operand whose element (j, s) is w[j * ld_out + s * ld_sum]. */
+static void *amx_pack_strided(const float *w, int n, int k, size_t ld_out, size_t ld_sum) {
   if (!amx_on || n % 32 != 0 || k % 32 != 0) return NULL;
   unsigned short *p = aligned_alloc(64, (size_t)n * k * 2);
   if (p == NULL) return NULL;
@@ -356,13 +357,20 @@ static void *amx_pack(const float *w, int n, int k) {
       unsigned short *tile = p + ((size_t)nb * kbs + kb) * 512;
       for (int i = 0; i < 16; i++)
         for (int j = 0; j < 16; j++) {
-          const float *row = w + (size_t)(16 * nb + j) * k + 32 * kb + 2 * i;
-          tile[i * 32 + 2 * j] = to_bf16(row[0]);
-          tile[i * 32 + 2 * j + 1] = to_bf16(row[1]);
+          const float *e = w + (size_t)(16 * nb + j) * ld_out + (size_t)(32 * kb + 2 * i) * ld_sum;
+          tile[i * 32 + 2 * j] = to_bf16(e[0]);
+          tile[i * 32 + 2 * j + 1] = to_bf16(e[ld_sum]);
         }
     }
   return p;
 }
+
+/* For x @ W^T (W: n x k): outputs are W's rows. */
+static void *amx_pack(const float *w, int n, int k) { return amx_pack_strided(w, n, k, k, 1); }
+
+/* For g @ W (W: n x k; a training step's backward through a frozen linear layer): outputs
+ * are W's columns, sums run over its rows. */
+static void *amx_pack_nn(const float *w, int n, int k) { return amx_pack_strided(w, k, n, 1, k); }
 
 typedef struct {
   int m, n, k, ldc;
@@ -452,6 +460,10 @@ static void *amx_pack(const float *w, int n, int k) {
   (void)w, (void)n, (void)k;
   return NULL;
 }
+static void *amx_pack_nn(const float *w, int n, int k) {
+  (void)w, (void)n, (void)k;
+  return NULL;
+}
 #endif
 
 /* Compact copies of decode weights, found by the float32 array's address and shape: float16,
@@ -462,14 +474,15 @@ static void *amx_pack(const float *w, int n, int k) {
  * itself in `active` before it looks, and a dropped copy is freed only once no product is
  * running (both sides sequentially consistent: a product either misses the entry or is
  * counted). */
-enum { KIND_F16 = 1, KIND_I8 = 2 };
+enum { KIND_F16 = 1, KIND_I8 = 2, KIND_AMX = 3 }; /* AMX: the tiles only (training) */
 #define MAX_COPIES 8192
 typedef struct {
   const float *w;
   int n, k, kind;
   void *data;     /* n * k halves or int8s */
   float *scale;   /* int8: n row scales, inside the same allocation */
-  void *packed;   /* float16 entries with AMX: the bfloat16 tiles (amx_pack), or NULL */
+  void *packed;   /* float16 and AMX entries: the bfloat16 tiles for x @ W^T, or NULL */
+  void *packed_nn; /* AMX entries: the tiles for g @ W */
 } copy_entry;
 static copy_entry table[MAX_COPIES];
 static int used;
@@ -525,15 +538,28 @@ int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
   }
   if (slot < 0 && used == MAX_COPIES) goto done;
   float *scale = NULL;
-  void *data = make_copy(w, n, k, kind, &scale);
-  if (data == NULL) goto done;
+  void *data = NULL, *packed = NULL, *packed_nn = NULL;
+  if (kind == KIND_AMX) {
+    packed = amx_pack(w, n, k);
+    packed_nn = amx_pack_nn(w, n, k);
+    if (packed == NULL || packed_nn == NULL) {
+      free(packed);
+      free(packed_nn);
+      goto done;
+    }
+  } else {
+    data = make_copy(w, n, k, kind, &scale);
+    if (data == NULL) goto done;
+    packed = kind == KIND_F16 ? amx_pack(w, n, k) : NULL;
+  }
   if (slot < 0) slot = used;
   table[slot].n = n;
   table[slot].k = k;
   table[slot].kind = kind;
   table[slot].data = kind == KIND_I8 ? (void *)((char *)data + (size_t)n * sizeof(float)) : data;
   table[slot].scale = scale;
-  table[slot].packed = kind == KIND_F16 ? amx_pack(w, n, k) : NULL;
+  table[slot].packed = packed;
+  table[slot].packed_nn = packed_nn;
   __atomic_store_n(&table[slot].w, w, __ATOMIC_SEQ_CST);
   if (slot == used) __atomic_store_n(&used, used + 1, __ATOMIC_SEQ_CST);
   ok = 1;
@@ -547,10 +573,12 @@ void clara_thinmm_drop_copy(const float *w) {
   for (int i = 0; i < used; i++)
     if (table[i].w == w) {
       __atomic_store_n(&table[i].w, NULL, __ATOMIC_SEQ_CST);
-      void *block = table[i].kind == KIND_I8 ? (void *)table[i].scale : table[i].data;
-      if (n_retired < MAX_COPIES) retired[n_retired++] = block; /* else: leaked */
-      if (table[i].packed != NULL && n_retired < MAX_COPIES) retired[n_retired++] = table[i].packed;
+      void *blocks[3] = {table[i].kind == KIND_I8 ? (void *)table[i].scale : table[i].data,
+                         table[i].packed, table[i].packed_nn};
+      for (int b = 0; b < 3; b++)
+        if (blocks[b] != NULL && n_retired < MAX_COPIES) retired[n_retired++] = blocks[b];
       table[i].packed = NULL;
+      table[i].packed_nn = NULL;
       table[i].data = NULL;
       table[i].scale = NULL;
     }
@@ -590,11 +618,20 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
     if (done) return;
   }
+  if (amx_on && m >= amx_rows && order == ROW_MAJOR && trans_a == NO_TRANS &&
+      trans_b == NO_TRANS && beta == 0.0f && k % 32 == 0 && n % 32 == 0 && ldb == n) {
+    __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
+    const copy_entry *e = find_copy(b, k, n, n); /* b is W (k x n): a registered n_w x k_w */
+    int done = e != NULL && e->packed_nn != NULL &&
+               amx_gemm(m, n, k, alpha, a, lda, (const unsigned short *)e->packed_nn, c, ldc);
+    __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
+    if (done) return;
+  }
 #endif
   if (order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && m <= thin_rows && k > 0) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
     const copy_entry *e = find_copy(b, n, k, ldb);
-    if (e == NULL)
+    if (e == NULL || e->kind == KIND_AMX)
       f32_thin(m, n, k, alpha, a, lda, b, ldb, NULL, beta, c, ldc);
     else if (e->kind == KIND_F16)
       f16_thin(m, n, k, alpha, a, lda, (const half *)e->data, k, NULL, beta, c, ldc);

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--prefill-batch",
         type=int,
-        default=4,
+        default=8,
         metavar="N",
         help="requests that arrive together are prefilled N at a time in one batched forward "
         "pass: larger N gives more tokens/s under load, smaller N earlier first tokens "

@@ -55,7 +55,7 @@ class Settings(ModelSettings):
     max_context: int | None = None
     queue_size: int = 16
     max_batch: int = 16  # chat requests generating at once
-    prefill_batch: int = 4  # requests admitted together are prefilled this many at a time
+    prefill_batch: int = 8  # requests admitted together are prefilled this many at a time
 
 
 @dataclass
@@ -376,8 +376,8 @@ class Engine:
         checked and `Ready`; then they are prefilled `prefill_batch` at a time as one batched
         forward (`Decoder.add_many`), sent their first tokens, and join the decode batch
         (`_decode`). Under load this saves a query-adapter pass per request (8 questions
-        encode in about the time of 3 one at a time) and prefill time (8 prompts in groups
-        of 4: 0.7x the time one at a time)."""
+        encode in about the time of 3 one at a time) and prefill time (8 prompts as one
+        batch: 0.7x the time one at a time)."""
         room = self.settings.max_batch - self.decoding() - 1
         taken = self.worker.take(lambda key: key[0] == ":chat", room) if room > 0 else []
         group = [(job, p)] + [(t.key[1], t.key[1].params) for t in taken]

@@ -248,3 +248,23 @@ def test_clara_amx_off_keeps_prefill_float32():
     env = {**os.environ, "CLARA_AMX": "off"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "False disabled by CLARA_AMX", out.stderr
+
+
+def test_amx_training_copies_take_forward_and_backward_products():
+    """Kind "amx" (training): x @ W^T and the backward g @ W through a frozen weight both run
+    on the tiles in bfloat16 with float32 sums; dropping the copy brings float32 back."""
+    _needs_kernel()
+    if not _blas.amx:
+        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+    w, x, g = _rand(192, 576, seed=31), _rand(70, 576, seed=32), _rand(70, 192, seed=33)
+    exact = np.array(x @ w.T)
+    copies = _blas.DecodeCopies("amx")
+    assert copies.update([w]) == 1
+    forward, backward = np.array(x @ w.T), np.array(g @ w)
+    np.testing.assert_allclose(forward, _bf16(x) @ _bf16(w).T, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(backward, _bf16(g) @ _bf16(w), rtol=0, atol=1e-3)
+    assert np.abs(forward - exact).max() > 1e-3  # the tiles really ran
+    grad = mx.grad(lambda v: ((v @ w.T) * g).sum())(x)  # the vjp's product is g @ W
+    np.testing.assert_array_equal(np.array(grad), backward)
+    copies.close()
+    assert np.array_equal(np.array(x @ w.T), exact)

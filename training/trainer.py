@@ -23,10 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from clara import _blas
 from clara.checkpoint import save_checkpoint
 from clara.errors import ClaraError
 from clara.loader import fingerprint_weights
@@ -73,11 +75,25 @@ class TrainConfig:
     # sums over the step's counts, so splitting changes nothing but speed: on a CPU, passes of
     # one example run faster per token than padded batches (smaller, cache-friendly matmuls).
     pass_size: int | None = None
+    # On CPUs with AMX tiles: the products through the frozen base weights (forward, and the
+    # backward to their inputs) run in bfloat16 with float32 sums, as mixed-precision training
+    # does on GPUs; LoRA weights, gradients and the optimizer stay float32. CLARA_AMX=off too.
+    amx: bool = True
     extra: dict = field(default_factory=dict)  # recorded in the checkpoint (data files, ...)
 
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.stage]
+
+
+def frozen_matrices(cm: ClaraModel) -> list[mx.array]:
+    """The frozen matrices a LoRA training step multiplies by: each adapted layer's base
+    weight and the output head (SmolLM2's tied input embedding)."""
+    lm = cm.lm
+    head = getattr(lm, "lm_head", None)
+    head = getattr(head if head is not None else lm.model.embed_tokens, "weight", None)
+    out = [m.base.weight for m in cm.lora_layers() if type(m.base) is nn.Linear]
+    return out + ([head] if isinstance(head, mx.array) else [])
 
 
 def lr_schedule(lr: float, total: int, warmup: float = 0.03, min_ratio: float = 0.1):
@@ -226,6 +242,9 @@ class Trainer:
         )
         self.vg = G.value_and_grad(cm, self._loss)
         self._orders: dict[int, np.ndarray] = {}
+        self._amx = _blas.DecodeCopies("amx")
+        if config.amx and not config.full:
+            self._amx.update(frozen_matrices(cm))
 
     # ---- data order -------------------------------------------------------------------------
     def _order(self, epoch: int) -> np.ndarray:
