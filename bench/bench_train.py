@@ -9,13 +9,14 @@ same machine load):
   separate scale/cast/add ops) and batches in seeded random order;
 - after: the training fast path (`AdapterSwitch.fast`: one dropout mask per layer input, 4
   per block instead of 7, scale folded into one `addmm`) and length-bucketed batches
-  (`TrainConfig.length_buckets`), at each BLAS thread count of `--threads`;
-- after, data parallel: the same on `--ranks` processes (`clara-train --ranks`), each with an
+  (`TrainConfig.length_buckets`), at each BLAS thread count of `--threads`; on CPUs with
+  AMX tiles, also with the frozen weights' products in bfloat16 (`TrainConfig.amx`);
+- after, data parallel: the same (with AMX where there is) on `--ranks` processes (`clara-train --ranks`), each with an
   equal share of the cores and of each batch (the same global batches); timed after the
   interleaved paths, alone on the machine.
 
 Tokens/s counts real (unpadded) positions: document + memory slots of the compressor input,
-plus the generator's prompt and answer. The loss check trains both paths for `--check-steps`
+plus the generator's prompt and answer. The loss check trains before and after (AMX included) for `--check-steps`
 steps on the same batches (bucketing off: it changes which examples share a step) and
 compares every step's loss. Data: the training documents of ../shared/data (QA and paraphrase
 records), else Python's documentation topics (paraphrase).
@@ -74,7 +75,15 @@ def short(recs: list[PretrainRecord], words: int) -> list[PretrainRecord]:
 
 
 def trainer(
-    recs, fast: bool, buckets: bool, steps: int, out: str, pass_size=None, batch=4, group=None
+    recs,
+    fast: bool,
+    buckets: bool,
+    steps: int,
+    out: str,
+    pass_size=None,
+    batch=4,
+    group=None,
+    amx: bool = True,
 ) -> Trainer:
     cm = load_for_training(MODEL, None, dtype="float32")
     cm.switch.fast = fast
@@ -83,7 +92,7 @@ def trainer(
     set_trainable(cm, stage.adapters, True, False)
     cfg = TrainConfig(
         stage="pretrain", out=out, lr=1e-3, max_steps=steps, batch_size=batch, quiet=True,
-        length_buckets=buckets, pass_size=pass_size,
+        length_buckets=buckets, pass_size=pass_size, amx=amx,
     )  # fmt: skip
     t = Trainer(cm, stage, examples, cfg, group)
     cm.train()
@@ -151,16 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(x) for x in args.threads.split(",") if x]
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     recs, what = records(64)
-    # (name, fast LoRA path, length buckets, examples per pass, BLAS threads)
-    paths = [("before", False, False, None, 2), ("fast LoRA + buckets", True, True, None, 2)]
-    paths += [(f"after: + 1 example/pass, {n} BLAS thr", True, True, 1, n) for n in threads]
+    # (name, fast LoRA path, length buckets, examples per pass, BLAS threads, AMX tiles)
+    paths = [
+        ("before", False, False, None, 2, False),
+        ("fast LoRA + buckets", True, True, None, 2, False),
+    ]
+    paths += [(f"after: + 1 example/pass, {n} BLAS thr", True, True, 1, n, False) for n in threads]
+    if _blas.amx:
+        paths += [(f"after: + AMX bfloat16, {n} BLAS thr", True, True, 1, n, True) for n in threads]
     trainers = {  # one trainer (model, optimizer, data order) per path: each sees its batches
-        name: trainer(recs, fast, buckets, 1000, f"{tmp}/{i}", size)
-        for i, (name, fast, buckets, size, _) in enumerate(paths)
+        name: trainer(recs, fast, buckets, 1000, f"{tmp}/{i}", size, amx=amx)
+        for i, (name, fast, buckets, size, _, amx) in enumerate(paths)
     }
     stats = {name: {"s": [], "work": [], "loss": []} for name, *_ in paths}
     for step in range(args.steps + 1):
-        for name, _, _, _, n in paths:
+        for name, _, _, _, n, _ in paths:
             dt, m = timed(trainers[name], n)
             if step:  # step 0: warm-up
                 stats[name]["s"].append(dt)
@@ -173,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         got = data_parallel(args.steps, args.ranks, tmp)
         if got:
             name = f"after, {args.ranks} data-parallel ranks (--ranks), 1 example/pass"
-            paths.append((name, True, True, 1, None))
+            name += ", AMX bfloat16" if _blas.amx else ""
+            paths.append((name, True, True, 1, None, _blas.amx))
             stats[name] = got
     base = sum(stats["before"]["work"]) / sum(stats["before"]["s"])
     rows = []
@@ -194,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         check = short(recs, args.check_words)
         losses = {}
         for name, fast, size in (("before", False, None), ("after", True, 1)):
-            t = trainer(check, fast, False, args.check_steps, f"{tmp}/check-{fast}", size)
+            t = trainer(check, fast, False, args.check_steps, f"{tmp}/check-{fast}", size, amx=fast)
             losses[name] = [t.train_step()["loss"] for _ in range(args.check_steps)]
             del t
             mx.clear_cache()
