@@ -99,6 +99,20 @@ def trainer(
     return t
 
 
+def seeded_order(t: Trainer, seed: int):
+    """`t`'s batch order as with `seed`, whatever `t.cfg.seed` (which then only moves dropout)."""
+    order = t._order
+
+    def fixed(epoch: int):
+        mine, t.cfg.seed = t.cfg.seed, seed
+        try:
+            return order(epoch)
+        finally:
+            t.cfg.seed = mine
+
+    return fixed
+
+
 def timed(t: Trainer, threads: int | None) -> tuple[float, dict]:
     if threads:
         _blas.set_threads(threads)
@@ -151,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--ranks", type=int, default=2, help="ranks of the data-parallel path (0: skip it)"
     )
+    p.add_argument("--check-only", action="store_true", help="only the loss check, no timing")
     p.add_argument("--report", action="store_true", help="append to BENCHMARKS.md")
     p.add_argument("--rank-worker", metavar="JSON", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -160,69 +175,101 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(x) for x in args.threads.split(",") if x]
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     recs, what = records(64)
-    # (name, fast LoRA path, length buckets, examples per pass, BLAS threads, AMX tiles)
-    paths = [
-        ("before", False, False, None, 2, False),
-        ("fast LoRA + buckets", True, True, None, 2, False),
-    ]
-    paths += [(f"after: + 1 example/pass, {n} BLAS thr", True, True, 1, n, False) for n in threads]
-    if _blas.amx:
-        paths += [(f"after: + AMX bfloat16, {n} BLAS thr", True, True, 1, n, True) for n in threads]
-    trainers = {  # one trainer (model, optimizer, data order) per path: each sees its batches
-        name: trainer(recs, fast, buckets, 1000, f"{tmp}/{i}", size, amx=amx)
-        for i, (name, fast, buckets, size, _, amx) in enumerate(paths)
-    }
-    stats = {name: {"s": [], "work": [], "loss": []} for name, *_ in paths}
-    for step in range(args.steps + 1):
-        for name, _, _, _, n, _ in paths:
-            dt, m = timed(trainers[name], n)
-            if step:  # step 0: warm-up
-                stats[name]["s"].append(dt)
-                stats[name]["work"].append(m["work"])
-            print(f"step {step} {name}: {dt:.2f} s, {m['work']} positions", file=sys.stderr)
-    _blas.set_threads(2)
-    del trainers
-    mx.clear_cache()
-    if args.ranks > 1:  # after the interleaved paths: it needs the whole machine
-        got = data_parallel(args.steps, args.ranks, tmp)
-        if got:
-            name = f"after, {args.ranks} data-parallel ranks (--ranks), 1 example/pass"
-            name += ", AMX bfloat16" if _blas.amx else ""
-            paths.append((name, True, True, 1, None, _blas.amx))
-            stats[name] = got
-    base = sum(stats["before"]["work"]) / sum(stats["before"]["s"])
-    rows = []
-    for name, *_ in paths:
-        s = stats[name]
-        tps = sum(s["work"]) / sum(s["s"])
-        rows.append(
-            [name, f"{np.mean(s['s']):.2f}", f"{np.mean(s['work']):.0f}", f"{tps:.0f}",
-             f"{tps / base:.2f}x"]
-        )  # fmt: skip
-    speed = markdown_table(["path", "s/step", "positions/step", "tokens/s", "vs before"], rows)
-    body = (
-        f"Stage 1 (pretrain), {MODEL} float32, batch 4, {what}; {args.steps} timed steps "
-        f"per path after 1 warm-up, paths interleaved step by step.\n\n{speed}\n"
-    )
+    if args.check_only:
+        body = f"Stage 1 (pretrain), {MODEL} float32, {what}: the loss check alone.\n"
+    else:
+        # (name, fast LoRA path, length buckets, examples per pass, BLAS threads, AMX tiles)
+        paths = [
+            ("before", False, False, None, 2, False),
+            ("fast LoRA + buckets", True, True, None, 2, False),
+        ]
+        paths += [
+            (f"after: + 1 example/pass, {n} BLAS thr", True, True, 1, n, False) for n in threads
+        ]
+        if _blas.amx:
+            paths += [
+                (f"after: + AMX bfloat16, {n} BLAS thr", True, True, 1, n, True) for n in threads
+            ]
+        trainers = {  # one trainer (model, optimizer, data order) per path: each sees its batches
+            name: trainer(recs, fast, buckets, 1000, f"{tmp}/{i}", size, amx=amx)
+            for i, (name, fast, buckets, size, _, amx) in enumerate(paths)
+        }
+        stats = {name: {"s": [], "work": [], "loss": []} for name, *_ in paths}
+        for step in range(args.steps + 1):
+            for name, _, _, _, n, _ in paths:
+                dt, m = timed(trainers[name], n)
+                if step:  # step 0: warm-up
+                    stats[name]["s"].append(dt)
+                    stats[name]["work"].append(m["work"])
+                print(f"step {step} {name}: {dt:.2f} s, {m['work']} positions", file=sys.stderr)
+        _blas.set_threads(2)
+        del trainers
+        mx.clear_cache()
+        if args.ranks > 1:  # after the interleaved paths: it needs the whole machine
+            got = data_parallel(args.steps, args.ranks, tmp)
+            if got:
+                name = f"after, {args.ranks} data-parallel ranks (--ranks), 1 example/pass"
+                name += ", AMX bfloat16" if _blas.amx else ""
+                paths.append((name, True, True, 1, None, _blas.amx))
+                stats[name] = got
+        base = sum(stats["before"]["work"]) / sum(stats["before"]["s"])
+        rows = []
+        for name, *_ in paths:
+            s = stats[name]
+            tps = sum(s["work"]) / sum(s["s"])
+            rows.append(
+                [name, f"{np.mean(s['s']):.2f}", f"{np.mean(s['work']):.0f}", f"{tps:.0f}",
+                 f"{tps / base:.2f}x"]
+            )  # fmt: skip
+        speed = markdown_table(["path", "s/step", "positions/step", "tokens/s", "vs before"], rows)
+        body = (
+            f"Stage 1 (pretrain), {MODEL} float32, batch 4, {what}; {args.steps} timed steps "
+            f"per path after 1 warm-up, paths interleaved step by step.\n\n{speed}\n"
+        )
     ok = True
     if args.check_steps:
         check = short(recs, args.check_words)
+        noise = "after, float32, other dropout masks"
+        runs = [("before", False, None, False), (noise, True, 1, False)]
+        runs += [("after, float32", True, 1, False)]
+        if _blas.amx:
+            runs.append(("after, AMX bfloat16", True, 1, True))
         losses = {}
-        for name, fast, size in (("before", False, None), ("after", True, 1)):
-            t = trainer(check, fast, False, args.check_steps, f"{tmp}/check-{fast}", size, amx=fast)
-            losses[name] = [t.train_step()["loss"] for _ in range(args.check_steps)]
+        for name, fast, size, amx in runs:
+            t = trainer(check, fast, False, args.check_steps, f"{tmp}/check-{name}", size, amx=amx)
+            if name == noise:  # the same batches (each epoch's order from seed 0), other dropout
+                t._order = seeded_order(t, 0)
+                t.cfg.seed = 1
+            losses[name] = np.array([t.train_step()["loss"] for _ in range(args.check_steps)])
             del t
             mx.clear_cache()
-        a, b = np.array(losses["before"]), np.array(losses["after"])
-        rel = np.abs(a - b) / np.abs(a)
-        ok = bool(rel.max() <= args.tolerance)
         body += (
             f"\nLoss check, {args.check_steps} steps on the same batches (first "
-            f"{args.check_words} words of each document, paraphrase targets, lr 1e-3): "
-            f"before {a[0]:.4f} -> {a[-1]:.4f}, after {b[0]:.4f} -> {b[-1]:.4f}; "
-            f"max relative difference per step {rel.max():.4f} (step {int(rel.argmax()) + 1}), "
-            f"mean {rel.mean():.4f}; tolerance {args.tolerance}: {'PASS' if ok else 'FAIL'}.\n"
+            f"{args.check_words} words of each document, paraphrase targets, lr 1e-3; the "
+            f"after path as the timing rows run it, {runs[-1][0]}, must stay within "
+            f"{args.tolerance} of before at every step):\n\n"
         )
+        rows = []
+        pairs = [(b, "before") for b, *_ in runs[2:]]
+        pairs.append((noise, "after, float32"))  # how far dropout noise alone moves the curve
+        if _blas.amx:
+            pairs.append(("after, AMX bfloat16", "after, float32"))  # bfloat16 alone
+        for this, that in pairs:
+            a, b = losses[that], losses[this]
+            rel = np.abs(a - b) / np.abs(a)
+            passed = bool(rel.max() <= args.tolerance)
+            if this == runs[-1][0] and that == "before":
+                ok = passed
+            rows.append(
+                [f"{this} vs {that}", f"{a[0]:.4f} -> {a[-1]:.4f}", f"{b[0]:.4f} -> {b[-1]:.4f}",
+                 f"{rel.max():.4f} (step {int(rel.argmax()) + 1})", f"{rel.mean():.4f}",
+                 "PASS" if passed else "FAIL"]
+            )  # fmt: skip
+        body += markdown_table(
+            ["curves", "reference loss", "compared loss", "max rel. diff", "mean", "within tol."],
+            rows,
+        )
+        body += "\n"
     if args.report:
         append_report("Training speed, stage 1 (bench/bench_train.py)", body)
     else:

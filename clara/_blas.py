@@ -20,6 +20,7 @@ of N rows or more on the tiles.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -213,6 +214,20 @@ def set_thin_threads(n: int | None) -> None:
         return
     _thin.clara_thinmm_set_threads(int(n))
     _thin_threads = n
+
+
+@contextlib.contextmanager
+def float32_products():
+    """No AMX tiles inside the block: every product as without them (float32 prefill, the
+    float16 decode kernel), for comparisons with float32 references."""
+    if not amx:
+        yield
+        return
+    _thin.clara_thinmm_use_amx(0)
+    try:
+        yield
+    finally:
+        _thin.clara_thinmm_use_amx(1)
 
 
 def for_decode() -> None:

@@ -319,12 +319,17 @@ static __thread int amx_configured;
 
 void clara_thinmm_set_amx_rows(int rows) { amx_rows = rows; }
 
+static int amx_granted;
+
 int clara_thinmm_amx_init(void) {
   /* the kernel must allow this process the tile state (Linux 5.16+: ARCH_REQ_XCOMP_PERM) */
   if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return 0;
-  amx_on = 1;
+  amx_granted = amx_on = 1;
   return 1;
 }
+
+/* Products on the tiles (1) or not (0: float32, as without AMX); copies already packed stay. */
+void clara_thinmm_use_amx(int on) { amx_on = on && amx_granted; }
 
 static void amx_configure(void) {
   if (amx_configured) return;
@@ -456,6 +461,7 @@ static int amx_gemm(int m, int n, int k, float alpha, const float *a, int lda,
 #define HAVE_AMX 0
 int clara_thinmm_amx_init(void) { return 0; }
 void clara_thinmm_set_amx_rows(int rows) { (void)rows; }
+void clara_thinmm_use_amx(int on) { (void)on; }
 static void *amx_pack(const float *w, int n, int k) {
   (void)w, (void)n, (void)k;
   return NULL;

@@ -116,3 +116,37 @@ def test_one_example_per_pass_gives_the_batch_gradient(cm, tmp_path):
     assert m["work"] == sum(
         len(e.gen.tokens) + len(e.docs[0]) + 3 + cm.n_mem for e in examples
     ) and np.isfinite(m["loss"])
+
+
+def test_amx_trainer_runs_frozen_products_on_the_tiles_close_to_float32(cm, tmp_path):
+    """On CPUs with AMX tiles a Trainer registers bfloat16 tiles of the frozen weights
+    (`TrainConfig.amx`): the loss and gradients move by bfloat16 rounding, no more."""
+    from mlx.utils import tree_flatten
+
+    from clara import _blas
+    from training.trainer import frozen_matrices
+
+    if not _blas.amx:
+        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+    stage = make_stage("pretrain", cm)
+    examples = stage.build(_records(4))
+    set_trainable(cm, stage.adapters, True, False)
+    cm.eval()
+    exact, g_exact = _loss_and_grads(cm, stage, examples, True)
+    before = _blas._thin.clara_thinmm_copies()
+    cfg = TrainConfig(stage="pretrain", out=str(tmp_path), batch_size=4, max_steps=2, quiet=True)
+    trainer = Trainer(cm, stage, examples, cfg)
+    eligible = [w for w in frozen_matrices(cm) if w.shape[0] % 32 == 0 and w.shape[1] % 32 == 0]
+    with_ours = _blas._thin.clara_thinmm_copies()
+    assert len(eligible) >= 4 and with_ours == before + len(eligible)
+    tiles, g_tiles = _loss_and_grads(cm, stage, examples, True)
+    assert tiles != exact and tiles == pytest.approx(exact, rel=1e-2)
+    a, b = dict(tree_flatten(g_exact)), dict(tree_flatten(g_tiles))
+    for k in a:
+        scale = float(np.abs(np.array(a[k])).max()) + 1e-6
+        assert np.abs(np.array(a[k]) - np.array(b[k])).max() <= 0.05 * scale, k
+    del trainer
+    import gc
+
+    gc.collect()  # (other tests' decoders may go too)
+    assert _blas._thin.clara_thinmm_copies() <= with_ours - len(eligible)
