@@ -393,6 +393,28 @@ static void amx_blocks(const void *ctx, int b0, int b1) {
   amx_configure();
   for (int b = b0; b < b1; b++) {
     const unsigned short *w0 = p->w + (size_t)(2 * b) * kbs * 512, *w1 = w0 + (size_t)kbs * 512;
+    if (p->m <= 16) { /* a decode step: one tile of rows, no tile of zeros to multiply */
+      _tile_zero(0);
+      _tile_zero(1);
+      for (int kb = 0; kb < kbs; kb++) {
+        _tile_loadd(4, p->x + 32 * kb, k * 2);
+        _tile_loadd(6, w0 + (size_t)kb * 512, 64);
+        _tile_loadd(7, w1 + (size_t)kb * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+      }
+      for (int t = 0; t < 2; t++) {
+        if (t == 0)
+          _tile_stored(0, spill, 64);
+        else
+          _tile_stored(1, spill, 64);
+        for (int q = 0; q < p->m; q++) {
+          float *o = p->c + (size_t)q * p->ldc + 32 * b + 16 * t;
+          for (int j = 0; j < 16; j++) o[j] = p->alpha * spill[16 * q + j];
+        }
+      }
+      continue;
+    }
     for (int r0 = 0; r0 < p->m; r0 += 32) {
       const unsigned short *x0 = p->x + (size_t)r0 * k, *x1 = x0 + (size_t)16 * k;
       _tile_zero(0);
@@ -437,7 +459,7 @@ static __thread size_t x_cap;
 /* c = alpha * a @ W^T through the tiles; 0 when it cannot (no memory). */
 static int amx_gemm(int m, int n, int k, float alpha, const float *a, int lda,
                     const unsigned short *packed, float *c, int ldc) {
-  size_t rows = ((size_t)m + 31) / 32 * 32, need = rows * k;
+  size_t rows = m <= 16 ? 16 : ((size_t)m + 31) / 32 * 32, need = rows * k;
   if (need > x_cap) {
     free(x_buf);
     x_buf = aligned_alloc(64, need * 2);
