@@ -298,11 +298,12 @@ COLUMNS(float, f32)
 COLUMNS(half, f16)
 COLUMNS(signed char, i8)
 
-/* ---- AMX: bfloat16 tiles for prefill ------------------------------------------------------
+/* ---- AMX: bfloat16 tiles ------------------------------------------------------------------
  * W (n x k, row-major) is packed as 16 x 32 tiles of B = W^T in the VNNI pair layout the tile
  * unit reads: for column block nb (16 outputs) and k block kb (32 inputs), a 1 KB tile whose
  * row i holds, for each of the 16 outputs j, W[16nb + j][32kb + 2i] and [32kb + 2i + 1].
- * A product takes 32 rows x 32 columns of c at a time: 4 accumulator tiles, 2 of x, 2 of W. */
+ * A product takes 32 rows x 32 columns of c at a time (4 accumulator tiles, 2 of x, 2 of W),
+ * or, with at most 16 rows (a decode step), 16 x 32 (2 accumulators, 1 of x, 2 of W). */
 #if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
     defined(__AVX512BF16__)
 #define HAVE_AMX 1
@@ -313,13 +314,12 @@ typedef struct {
   unsigned char rows[16];
 } __attribute__((packed)) tile_config;
 
-static int amx_on;
+static int amx_granted; /* the kernel gave this process the tile state */
+static int amx_on;      /* products use the tiles (clara_thinmm_use_amx) */
 static int amx_rows = 1; /* fewest rows a product needs to run on the tiles */
 static __thread int amx_configured;
 
 void clara_thinmm_set_amx_rows(int rows) { amx_rows = rows; }
-
-static int amx_granted;
 
 int clara_thinmm_amx_init(void) {
   /* the kernel must allow this process the tile state (Linux 5.16+: ARCH_REQ_XCOMP_PERM) */
@@ -353,7 +353,7 @@ static inline unsigned short to_bf16(float f) { /* round to nearest even */
 
 /* Tiles of the n_out x k_sum operand whose element (j, s) is w[j * ld_out + s * ld_sum]. */
 static void *amx_pack_strided(const float *w, int n, int k, size_t ld_out, size_t ld_sum) {
-  if (!amx_on || n % 32 != 0 || k % 32 != 0) return NULL;
+  if (!amx_granted || n % 32 != 0 || k % 32 != 0) return NULL;
   unsigned short *p = aligned_alloc(64, (size_t)n * k * 2);
   if (p == NULL) return NULL;
   int kbs = k / 32;
@@ -380,10 +380,21 @@ static void *amx_pack_nn(const float *w, int n, int k) { return amx_pack_strided
 typedef struct {
   int m, n, k, ldc;
   float alpha;
-  const unsigned short *x; /* m rounded up to 32 rows of k bfloat16s */
+  const unsigned short *x; /* m rounded up to 16 (m <= 16) or 32 rows of k bfloat16s */
   const unsigned short *w; /* packed */
   float *c;
 } amx_args;
+
+/* Rows [q0, q0 + rows) of a 16 x 16 accumulator tile (stored in `spill`) into c at column c0. */
+static void amx_put(const amx_args *p, const float *spill, int q0, int rows, int c0) {
+  for (int q = 0; q < rows; q++) {
+    float *o = p->c + (size_t)(q0 + q) * p->ldc + c0;
+    if (p->alpha == 1.0f)
+      memcpy(o, spill + 16 * q, 64);
+    else
+      for (int j = 0; j < 16; j++) o[j] = p->alpha * spill[16 * q + j];
+  }
+}
 
 /* Columns [32 b0, 32 b1) of c, every row. */
 static void amx_blocks(const void *ctx, int b0, int b1) {
@@ -403,16 +414,10 @@ static void amx_blocks(const void *ctx, int b0, int b1) {
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 4, 7);
       }
-      for (int t = 0; t < 2; t++) {
-        if (t == 0)
-          _tile_stored(0, spill, 64);
-        else
-          _tile_stored(1, spill, 64);
-        for (int q = 0; q < p->m; q++) {
-          float *o = p->c + (size_t)q * p->ldc + 32 * b + 16 * t;
-          for (int j = 0; j < 16; j++) o[j] = p->alpha * spill[16 * q + j];
-        }
-      }
+      _tile_stored(0, spill, 64);
+      amx_put(p, spill, 0, p->m, 32 * b);
+      _tile_stored(1, spill, 64);
+      amx_put(p, spill, 0, p->m, 32 * b + 16);
       continue;
     }
     for (int r0 = 0; r0 < p->m; r0 += 32) {
@@ -441,13 +446,7 @@ static void amx_blocks(const void *ctx, int b0, int b1) {
           case 2: _tile_stored(2, spill, 64); break;
           default: _tile_stored(3, spill, 64); break;
         }
-        for (int q = 0; q < rows; q++) {
-          float *o = p->c + (size_t)(q0 + q) * p->ldc + c0;
-          if (p->alpha == 1.0f)
-            memcpy(o, spill + 16 * q, 64);
-          else
-            for (int j = 0; j < 16; j++) o[j] = p->alpha * spill[16 * q + j];
-        }
+        amx_put(p, spill, q0, rows, c0);
       }
     }
   }
@@ -456,7 +455,8 @@ static void amx_blocks(const void *ctx, int b0, int b1) {
 static __thread unsigned short *x_buf;
 static __thread size_t x_cap;
 
-/* c = alpha * a @ W^T through the tiles; 0 when it cannot (no memory). */
+/* c = alpha * a @ B through the tiles (B packed by amx_pack or amx_pack_nn); 0 when it
+ * cannot (no memory). */
 static int amx_gemm(int m, int n, int k, float alpha, const float *a, int lda,
                     const unsigned short *packed, float *c, int ldc) {
   size_t rows = m <= 16 ? 16 : ((size_t)m + 31) / 32 * 32, need = rows * k;
@@ -637,21 +637,17 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
                  const float *a, int lda, const float *b, int ldb, float beta, float *c,
                  int ldc) {
 #if HAVE_AMX
-  if (amx_on && m >= amx_rows && order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS &&
-      beta == 0.0f && k % 32 == 0 && n % 32 == 0 && ldb == k) {
-    __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
-    const copy_entry *e = find_copy(b, n, k, ldb);
-    int done = e != NULL && e->packed != NULL &&
-               amx_gemm(m, n, k, alpha, a, lda, (const unsigned short *)e->packed, c, ldc);
-    __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
-    if (done) return;
-  }
+  /* x @ W^T reads W as n x k (tiles `packed`); g @ W, the backward, reads W as k x n
+   * (`packed_nn`): either way a registered weight of n_w x k_w. */
+  int nt = trans_b == TRANS;
   if (amx_on && m >= amx_rows && order == ROW_MAJOR && trans_a == NO_TRANS &&
-      trans_b == NO_TRANS && beta == 0.0f && k % 32 == 0 && n % 32 == 0 && ldb == n) {
+      (nt || trans_b == NO_TRANS) && beta == 0.0f && k % 32 == 0 && n % 32 == 0 &&
+      ldb == (nt ? k : n)) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
-    const copy_entry *e = find_copy(b, k, n, n); /* b is W (k x n): a registered n_w x k_w */
-    int done = e != NULL && e->packed_nn != NULL &&
-               amx_gemm(m, n, k, alpha, a, lda, (const unsigned short *)e->packed_nn, c, ldc);
+    const copy_entry *e = nt ? find_copy(b, n, k, ldb) : find_copy(b, k, n, ldb);
+    const void *tiles = e == NULL ? NULL : nt ? e->packed : e->packed_nn;
+    int done = tiles != NULL &&
+               amx_gemm(m, n, k, alpha, a, lda, (const unsigned short *)tiles, c, ldc);
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
     if (done) return;
   }

@@ -151,10 +151,8 @@ class Decoder:
     def _decode_weights(self) -> list[mx.array]:
         """The weights only decoding reads: the merged adapter copies and the output
         embedding (never the base weights, which the compressor and query adapters share)."""
-        lm = self.cm.lm
-        head = getattr(lm, "lm_head", None)
-        head = getattr(head if head is not None else lm.model.embed_tokens, "weight", None)
-        weights = [head] if isinstance(head, mx.array) else []  # other heads keep float32
+        head = self.cm.head_weight()
+        weights = [head] if head is not None else []  # other heads keep float32
         if self.adapter is not None:
             for layer in self.cm.lora_layers():
                 held = layer._decode.get(self.adapter)

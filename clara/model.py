@@ -203,6 +203,13 @@ class ClaraModel(nn.Module):
     def lora_layers(self) -> list[MultiLoRALinear]:
         return [m for _, m in self.lm.named_modules() if isinstance(m, MultiLoRALinear)]
 
+    def head_weight(self) -> mx.array | None:
+        """The output projection's weight matrix (the input embedding's when they are tied);
+        None for a head without one plain array (e.g. quantized or extended heads)."""
+        head = getattr(self.lm, "lm_head", None)
+        head = getattr(head if head is not None else self.lm.model.embed_tokens, "weight", None)
+        return head if isinstance(head, mx.array) else None
+
     def set_trainable(self, adapters: Sequence[str], memory_tokens: bool = True) -> None:
         """Freeze everything, then unfreeze the given adapters (and the memory-token rows)."""
         self.freeze()

@@ -6,8 +6,8 @@ Routes start a job and await its events, which the worker hands back to the even
 `loop.call_soon_threadsafe`. Chat jobs are interactive work: retrieval and prefill run as one
 worker task per request (requests queued together are admitted as a group: one query-adapter
 pass for all their questions, then one batched prefill per `prefill_batch` of them, and each
-is sent its first token), then the request joins the continuous decode batch (`clara.decode`), which takes one batched step per
-worker turn; at most `max_batch` decode at once, the rest wait in the worker's bounded queue
+is sent its first token), then the request joins the continuous decode batch
+(`clara.decode`), which takes one batched step per worker turn; at most `max_batch` decode at once, the rest wait in the worker's bounded queue
 (full: 503 + Retry-After).
 
 A chat job: encode the query (query adapter) -> search the collection (refreshed first, so

@@ -89,11 +89,9 @@ class TrainConfig:
 def frozen_matrices(cm: ClaraModel) -> list[mx.array]:
     """The frozen matrices a LoRA training step multiplies by: each adapted layer's base
     weight and the output head (SmolLM2's tied input embedding)."""
-    lm = cm.lm
-    head = getattr(lm, "lm_head", None)
-    head = getattr(head if head is not None else lm.model.embed_tokens, "weight", None)
     out = [m.base.weight for m in cm.lora_layers() if type(m.base) is nn.Linear]
-    return out + ([head] if isinstance(head, mx.array) else [])
+    head = cm.head_weight()
+    return out + ([head] if head is not None else [])
 
 
 def lr_schedule(lr: float, total: int, warmup: float = 0.03, min_ratio: float = 0.1):
