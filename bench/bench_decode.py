@@ -34,9 +34,11 @@ SETTINGS = {  # name -> environment
         "CLARA_DECODE_WEIGHTS": "float16",
         "CLARA_AMX": "off",
     },
-    "thin kernel, float16 (default)": {"CLARA_DECODE_WEIGHTS": "float16"},
+    "float16 copies, AMX bfloat16 where the CPU has it (default)": {
+        "CLARA_DECODE_WEIGHTS": "float16"
+    },
     "thin kernel, int8": {"CLARA_DECODE_WEIGHTS": "int8"},
-    "AMX bfloat16 decode too (CLARA_AMX_ROWS=1)": {"CLARA_AMX_ROWS": "1"},
+    "AMX bfloat16 for prefill only (CLARA_AMX_ROWS=17)": {"CLARA_AMX_ROWS": "17"},
 }
 TOPICS = ("assert", "break", "for", "if", "while", "with", "lambda", "class")
 
