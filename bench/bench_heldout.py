@@ -91,6 +91,56 @@ def bm25(queries: list[str], docs: list[str], k1: float = 1.2, b: float = 0.75) 
     return out
 
 
+def rankings(cm, recs, docs, mem) -> tuple[list[list[int]], ...]:
+    """Each question's documents, best first, by the query adapter (dense), BM25, and the
+    product's default retrieval fusing the two by reciprocal rank (`clara.retrieval.Fusion`)."""
+    fusion = Fusion()
+    q = cm.encode_queries([r.question for r in recs])
+    dense = np.argsort(-np.array(cosine_scores(q, mem)), axis=1, kind="stable")[:, : fusion.depth]
+    dense = [row.tolist() for row in dense]
+    scores = bm25([r.question for r in recs], docs)
+    lexical = [np.argsort(-s, kind="stable")[: fusion.depth].tolist() for s in scores]
+    hybrid = [
+        [f.id for f in reciprocal_rank_fusion({"dense": d, "lexical": w}, fusion.k,
+                                              fusion.weights)]
+        for d, w in zip(dense, lexical)
+    ]  # fmt: skip
+    return dense, lexical, hybrid
+
+
+def rankings_recall(cm, recs, docs, mem, gold) -> dict:
+    """R@1/R@3/R@5 of the dense, BM25 and hybrid rankings against the gold documents."""
+    names = ("dense", "bm25", "hybrid")
+    ranked = rankings(cm, recs, docs, mem)
+    return {n: recall_precision_at_k(r, gold, (1, 3, 5)) for n, r in zip(names, ranked)}
+
+
+def compressed(cm, docs: list[str], folder: Path | None):
+    """`cm.compress(docs)`, kept in `folder` under a digest of the compressor (its LoRA
+    weights, memory-token embeddings and center) and the documents: checkpoints that share a
+    compressor (e.g. after `clara-train joint --query-only`) reuse it."""
+    import hashlib
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    h = hashlib.sha1()
+    for name, value in tree_flatten(cm.parameters()):
+        if "lora_compressor" in name or name in ("mem_embeddings", "enc_embedding",
+                                                 "memory_center"):  # fmt: skip
+            h.update(name.encode())
+            h.update(np.array(value.astype(mx.float32)).tobytes())
+    h.update("\0".join(docs).encode())
+    path = folder / f"memory-{h.hexdigest()[:16]}.npy" if folder else None
+    if path is not None and path.exists():
+        return mx.array(np.load(path))
+    mem = cm.compress(docs)
+    if path is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.array(mem.astype(mx.float32)))
+    return mem
+
+
 def run(args) -> dict:
     recs, docs = heldout(args.questions)
     if args.collection == "heldout":
@@ -111,7 +161,11 @@ def run(args) -> dict:
         out["rows"] = [{"setting": "oracle", **row.to_dict(with_predictions=True)}]
         out["seconds"] = round(time.perf_counter() - start, 1)
         return out
-    mem = cm.compress(docs)  # (N, n_mem, d), once: the oracle reads the gold rows of it
+    mem = compressed(cm, docs, args.out)  # (N, n_mem, d): the oracle reads the gold rows
+    if args.retrieval_only:
+        out["retrieval"] = rankings_recall(cm, recs, docs, mem, gold)
+        out["seconds"] = round(time.perf_counter() - start, 1)
+        return out
     oracle = Retrieved([[mem[g[0]]] for g in gold], [r.docs for r in recs], [], [])
     rows.append(("oracle", clara_row(cm, recs, oracle, f"memory {rate}x + generator",
                                      args.checkpoint, args.max_tokens)))  # fmt: skip
@@ -125,17 +179,7 @@ def run(args) -> dict:
     # Rankings of the documents for each question, best first: the query adapter's (dense),
     # BM25's, and the product's default retrieval fusing the two by reciprocal rank with
     # clara's default weights (clara.retrieval.Fusion).
-    fusion = Fusion()
-    q = cm.encode_queries([r.question for r in recs])
-    dense = np.argsort(-np.array(cosine_scores(q, mem)), axis=1, kind="stable")[:, : fusion.depth]
-    dense = [row.tolist() for row in dense]
-    scores = bm25([r.question for r in recs], docs)
-    lexical = [np.argsort(-s, kind="stable")[: fusion.depth].tolist() for s in scores]
-    hybrid = [
-        [f.id for f in reciprocal_rank_fusion({"dense": d, "lexical": w}, fusion.k,
-                                              fusion.weights)]
-        for d, w in zip(dense, lexical)
-    ]  # fmt: skip
+    dense, lexical, hybrid = rankings(cm, recs, docs, mem)
 
     def clara_e2e(ranked: list[list[int]], name: str):
         """The generator reading the top-k of `ranked` as memory."""
@@ -249,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only the oracle memory row (the gold documents compressed alone, a few minutes): "
         "a quick reading check of a training checkpoint; keep its --out apart from full runs",
     )  # fmt: skip
+    p.add_argument(
+        "--retrieval-only", action="store_true",
+        help="only R@1/3/5 of the dense, BM25 and hybrid rankings (no generation); the "
+        "compressed collection is kept in --out and reused while the compressor is unchanged",
+    )  # fmt: skip
     p.add_argument("--report", type=Path, metavar="DIR", help="combine DIR/*.json into a report")
     args = p.parse_args(argv)
     if args.report:
@@ -260,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data")
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.retrieval_only:  # apart from the answer rows --report reads
+        (args.out / f"{args.tag}.retrieval").write_text(json.dumps(result, indent=1))
+        for name, r in result["retrieval"].items():
+            print(f"{name:8} " + " ".join(f"{k} {100 * v:.1f}" for k, v in r.items()
+                                          if k.startswith("recall")))  # fmt: skip
+        return 0
     (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=1))
     for r in result["rows"]:
         print(f"{r['setting']:10} {r['name']:32} EM {r['em']:.3f} F1 {r['f1']:.3f} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
@@ -19,6 +19,8 @@ from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
 from clara.reference import runtime as reference
 
 COMPRESSION_RATES = (4, 16, 32, 64, 128)
+#: mlx-lm architectures whose forward is `model` then the plain output projection
+_PLAIN_HEADS = ("mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3")
 FORMAT_VERSION = 1
 #: "clara": this project's prompt; "apple-qa" / "apple-paraphrase": the reference's
 #: question-answering (Instruct, E2E) and paraphrase (Base) prompts, for imported checkpoints.
@@ -209,6 +211,20 @@ class ClaraModel(nn.Module):
         head = getattr(self.lm, "lm_head", None)
         head = getattr(head if head is not None else self.lm.model.embed_tokens, "weight", None)
         return head if isinstance(head, mx.array) else None
+
+    def output_head(self) -> Callable[[mx.array], mx.array] | None:
+        """The function from final hidden states (`lm.model`'s output) to logits, where the
+        architecture's forward is `lm.model` then that head (clara's own architectures expose
+        it as `lm.head`); None otherwise. Prefill uses it to take the logits of each prompt's
+        last position only."""
+        lm = self.lm
+        if callable(getattr(lm, "head", None)):
+            return lm.head
+        if type(lm).__module__ not in _PLAIN_HEADS:
+            return None
+        if getattr(lm.args, "tie_word_embeddings", False):
+            return lm.model.embed_tokens.as_linear
+        return getattr(lm, "lm_head", None)
 
     def set_trainable(self, adapters: Sequence[str], memory_tokens: bool = True) -> None:
         """Freeze everything, then unfreeze the given adapters (and the memory-token rows)."""

@@ -167,6 +167,28 @@ def test_joint_query_only_trains_the_loaded_query_adapter_on_retrieval(cm):
     assert "ce" not in aux and aux["nce"].item() > 0
 
 
+def test_joint_corpus_negatives_rank_gold_against_every_document(cm):
+    with pytest.raises(ClaraError, match="retrieval-weight"):
+        make_stage("joint", cm, StageConfig(corpus_negatives=True))
+    records = [
+        QARecord("Capital of France?", DOCS[:2], ["Paris"], [1]),
+        QARecord("When does the train leave?", DOCS[2:], ["At seven"], [0]),
+    ]
+    norm = {"tokens": 1, "docs": 0, "queries": 2}
+    nce = {}
+    for corpus in (False, True):
+        config = StageConfig(query_only=True, retrieval_weight=1.0, corpus_negatives=corpus)
+        stage = make_stage("joint", cm, config)
+        examples = stage.build(records)
+        stage.prepare(examples)
+        nce[corpus] = stage.loss(examples, norm)[1]["nce"].item()
+    # the same gold documents against a superset of negatives: a larger loss, never smaller
+    assert np.isfinite(nce[True]) and nce[True] > nce[False] > 0
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    loss, grads = _grads(stage, examples)
+    assert np.isfinite(loss.item()) and any(".lora_query." in k for k in grads)
+
+
 def test_joint_retrieval_loss_is_optional(cm):
     stage = make_stage("joint", cm)
     examples = stage.build([QARecord("Capital of France?", DOCS, ["Paris"], [1])])

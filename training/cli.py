@@ -179,6 +179,13 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
             "--retrieval-weight > 0), with no generator pass: a cheap way to fit retrieval to "
             "many questions; the compressor and generator stay as loaded (not in the paper)",
         )
+        s.add_argument(
+            "--corpus-negatives",
+            action="store_true",
+            help="the retrieval loss ranks each question's gold documents against every "
+            "document of the data, not only its own candidates (needs --retrieval-weight > 0; "
+            "not in the paper)",
+        )
     add_quiet_arg(p)
 
 
@@ -254,6 +261,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         mse_weight=getattr(args, "mse_weight", 0.1),
         keep_generator=getattr(args, "keep_generator", False),
         query_only=getattr(args, "query_only", False),
+        corpus_negatives=getattr(args, "corpus_negatives", False),
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
     )
     final = train(

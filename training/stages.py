@@ -56,6 +56,7 @@ class StageConfig:
     max_lm_tokens: int = 256  # `lm` stage sequence length
     keep_generator: bool = False  # stage 2 continues the loaded generator (paper: re-initialise)
     query_only: bool = False  # stage 3 trains the loaded query adapter on the retrieval loss alone
+    corpus_negatives: bool = False  # the retrieval loss ranks every document of the data
 
 
 @dataclass
@@ -215,8 +216,12 @@ class JointStage(Stage):
                 raise ClaraError("joint --query-only trains on the retrieval loss: give "
                                  "--retrieval-weight > 0")  # fmt: skip
             self.adapters = ("query",)
+        if self.config.corpus_negatives and not self.config.retrieval_weight:
+            raise ClaraError("joint --corpus-negatives shapes the retrieval loss: give "
+                             "--retrieval-weight > 0")  # fmt: skip
         self.doc_texts: list[str] = []
         self.doc_memory: mx.array | None = None  # (U, n_mem, d), computed once in prepare()
+        self._corpus: mx.array | None = None  # (U, n_mem*d) unit rows, for corpus negatives
 
     def build(self, records: Sequence[QARecord]) -> list[Example]:
         table: dict[str, int] = {t: i for i, t in enumerate(self.doc_texts)}
@@ -247,6 +252,11 @@ class JointStage(Stage):
             mx.eval(mem)
             chunks.append(mem)
         self.doc_memory = mx.concatenate(chunks, axis=0) if chunks else None
+        self._corpus = None
+        if self.doc_memory is not None and self.config.corpus_negatives:
+            flat = self.doc_memory.reshape(self.doc_memory.shape[0], -1).astype(mx.float32)
+            self._corpus = flat / mx.maximum(mx.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+            mx.eval(self._corpus)
         if was_training:
             cm.train()
 
@@ -274,7 +284,7 @@ class JointStage(Stage):
         scores = mx.where(mx.array(valid), scores, -1e4)
         ranking = mx.stop_gradient(mx.argsort(-scores, axis=-1))
         if cfg.query_only:  # no generator pass
-            nce = _info_nce_sum(scores / cfg.tau, examples, N)
+            nce = self._retrieval_nce(scores, qf, examples, N)
             loss = cfg.retrieval_weight * nce / max(norm["queries"], 1)
             return loss, {"nce": nce, "ranking": ranking}
         K = max(e.gen.n_blocks for e in examples)
@@ -288,10 +298,21 @@ class JointStage(Stage):
         loss = ce / max(norm["tokens"], 1)
         aux = {"ce": ce, "ranking": ranking}
         if cfg.retrieval_weight:
-            nce = _info_nce_sum(scores / cfg.tau, examples, N)
+            nce = self._retrieval_nce(scores, qf, examples, N)
             loss = loss + cfg.retrieval_weight * nce / max(norm["queries"], 1)
             aux["nce"] = nce
         return loss, aux
+
+    def _retrieval_nce(self, scores, qf, examples, N) -> mx.array:
+        """The InfoNCE sum over each question's candidates, or with `corpus_negatives` over
+        every document of the data (as retrieval ranks a whole collection)."""
+        if self._corpus is None:
+            return _info_nce_sum(scores / self.config.tau, examples, N)
+        every = qf @ self._corpus.T  # (B, U) cosine against every document
+        gold = np.zeros(every.shape, bool)
+        for b, e in enumerate(examples):
+            gold[b, [e.cands[p] for p in e.pos]] = True
+        return _nce_from_mask(every / self.config.tau, gold)
 
 
 def _info_nce_sum(logits: mx.array, examples: Sequence[Example], N: int) -> mx.array:
@@ -299,6 +320,11 @@ def _info_nce_sum(logits: mx.array, examples: Sequence[Example], N: int) -> mx.a
     pos = np.zeros((len(examples), N), bool)
     for b, e in enumerate(examples):
         pos[b, e.pos] = True
+    return _nce_from_mask(logits, pos)
+
+
+def _nce_from_mask(logits: mx.array, pos: np.ndarray) -> mx.array:
+    """-log(sum over `pos` columns of softmax(logits)), summed over rows that have any."""
     has = mx.array(pos.any(axis=1).astype(np.float32))
     num = mx.logsumexp(mx.where(mx.array(pos), logits, -1e9), axis=-1)
     den = mx.logsumexp(logits, axis=-1)

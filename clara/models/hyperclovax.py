@@ -187,7 +187,10 @@ class Model(nn.Module):
         cache: list[Any] | None = None,
         input_embeddings: mx.array | None = None,
     ) -> mx.array:
-        h = self.model(inputs, cache, input_embeddings)
+        return self.head(self.model(inputs, cache, input_embeddings))
+
+    def head(self, h: mx.array) -> mx.array:
+        """Logits of final hidden states (what `__call__` applies after `self.model`)."""
         if self.args.tie_word_embeddings:
             logits = self.model.embed_tokens.as_linear(h)
         else:
