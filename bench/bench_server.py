@@ -5,8 +5,9 @@ of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 ne
 (EOS ignored so every answer has the same length):
 
 - clara memory: clara-serve, the generator reads the chunks' compressed memories (CLaRa, 16x)
-- clara memory prefill 1 / 4: the same, prefilling requests that arrive together one at a
-  time (as before batched prefill) or 4 to a batch (`--prefill-batch`; the default is 8)
+- clara memory prefill 1 / 4 / 8: the same, prefilling requests that arrive together one at
+  a time or 4 or 8 to a batch whatever their length (`--prefill-batch N --prefill-tokens 0`;
+  the default cuts passes at 320 prompt positions: 2 of these prompts)
 - clara memory int8: the same, decoding from int8 weight copies (CLARA_DECODE_WEIGHTS=int8)
 - clara memory openblas: the same with every product through OpenBLAS (CLARA_THIN=off), as
   before the thin-matmul kernel
@@ -49,6 +50,7 @@ SYSTEMS = (
     "clara memory",
     "clara memory prefill 1",
     "clara memory prefill 4",
+    "clara memory prefill 8",
     "clara memory int8",
     "clara memory openblas",
     "clara text",
@@ -59,17 +61,19 @@ MEMORY_SYSTEMS = (
     "clara memory",
     "clara memory prefill 1",
     "clara memory prefill 4",
+    "clara memory prefill 8",
     "clara memory int8",
     "clara memory openblas",
 )
-FULL_LEVELS = MEMORY_SYSTEMS[:4]  # measured at every --levels; the others at --other-levels
+FULL_LEVELS = MEMORY_SYSTEMS[:5]  # measured at every --levels; the others at --other-levels
 VARIANT_ENV = {  # clara-serve variants: the same server with one setting changed
     "clara memory int8": {"CLARA_DECODE_WEIGHTS": "int8"},
     "clara memory openblas": {"CLARA_THIN": "off"},  # as before the thin-matmul kernel
 }
 VARIANT_ARGS = {  # clara-serve variants: one command-line setting changed
     "clara memory prefill 1": ["--prefill-batch", "1"],  # one at a time, as before batching
-    "clara memory prefill 4": ["--prefill-batch", "4"],
+    "clara memory prefill 4": ["--prefill-batch", "4", "--prefill-tokens", "0"],
+    "clara memory prefill 8": ["--prefill-batch", "8", "--prefill-tokens", "0"],
 }
 LLAMA_VENV = Path("/work/cache/llama-cpp-venv")
 LLAMA_CPP = "0.3.36"

@@ -86,9 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         metavar="N",
-        help="requests that arrive together are prefilled N at a time in one batched forward "
-        "pass: larger N gives more tokens/s under load, smaller N earlier first tokens "
-        "(default: %(default)s)",
+        help="requests that arrive together are prefilled at most N at a time in one batched "
+        "forward pass (default: %(default)s)",
+    )
+    net.add_argument(
+        "--prefill-tokens",
+        type=int,
+        default=320,
+        metavar="N",
+        help="... and at most N prompt positions a pass (a longer prompt gets one of its own; "
+        "0: no limit). Passes of a few hundred positions cost the least per prompt on a CPU; "
+        "smaller passes send first tokens sooner (default: %(default)s)",
     )
     net.add_argument(
         "--sse-keepalive",
@@ -185,6 +193,7 @@ def _check(args: argparse.Namespace) -> None:
         ("queue_size", 1),
         ("max_batch", 1),
         ("prefill_batch", 1),
+        ("prefill_tokens", 0),
         ("top_k", 0),
         ("history_turns", 0),
         ("max_tokens", 1),
@@ -213,6 +222,7 @@ def serve(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         max_batch=args.max_batch,
         prefill_batch=args.prefill_batch,
+        prefill_tokens=args.prefill_tokens,
     )
     defaults = ServingDefaults(
         top_k=args.top_k,

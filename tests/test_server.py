@@ -567,3 +567,20 @@ def test_metrics_prometheus_text(server: ServerProcess, client: openai.OpenAI) -
     assert metric(text, "clara_index_chunks", collection="default") == len(DOCS)
     assert metric(text, "clara_index_documents", collection="default") == len(DOCS)
     assert "# TYPE clara_request_duration_seconds histogram" in text
+
+
+def test_prefill_groups_cut_by_count_and_positions() -> None:
+    from clara.prompt import Prompt
+    from server.engine import prefill_groups
+
+    items = [(i, None, Prompt([1] * n, None)) for i, n in enumerate([140, 150, 20, 400, 30, 30])]
+
+    def ids(groups):
+        return [[i for i, _, _ in g] for g in groups]
+
+    # 320 positions a pass: 140 + 150 fit, + 20 fits, 400 alone, then the two short ones
+    assert ids(prefill_groups(items, 8, 320)) == [[0, 1, 2], [3], [4, 5]]
+    assert ids(prefill_groups(items, 2, 320)) == [[0, 1], [2], [3], [4, 5]]
+    assert ids(prefill_groups(items, 8, 0)) == [[0, 1, 2, 3, 4, 5]]  # no position limit
+    assert ids(prefill_groups(items, 1, 0)) == [[0], [1], [2], [3], [4], [5]]
+    assert prefill_groups([], 8, 320) == []
