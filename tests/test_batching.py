@@ -273,3 +273,23 @@ def test_first_logits_are_the_same_alone_and_in_a_batch(cm) -> None:
         alone = decoder._prefill([long])[1]
         both = decoder._prefill([short, long])[1]
         assert mx.array_equal(alone[0], both[1]), adapter
+
+
+def test_prefill_in_chunks_gives_the_same_tokens(cm) -> None:
+    """Prompts longer than `prefill_step` prefill chunk by chunk (each row's last position may
+    fall in any chunk): the same greedy tokens as one pass."""
+    rng = np.random.default_rng(1)
+    prompts = [Prompt(rng.integers(5, 400, n).tolist(), None) for n in (23, 50, 37)]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    got = {}
+    for step in (512, 16):
+        decoder = Decoder(cm, None, prefill_step=step)
+        out = {seq.tag: [first.token] for seq, first in decoder.add_many(
+            [(p, params, k) for k, p in enumerate(prompts)])}  # fmt: skip
+        while decoder.sequences:
+            for seq, chunk in decoder.step():
+                out[seq.tag].append(chunk.token)
+        got[step] = out
+    assert got[16] == got[512]
+    for k, p in enumerate(prompts):
+        assert got[16][k] == tokens_alone(cm, p, None, max_tokens=6, ignore_eos=True)
