@@ -4,12 +4,13 @@ MLX arrays and streams belong to the thread that made them (calling MLX from Fas
 pool crashes), so loading, query encoding, prefill and decoding all run on the worker thread.
 Routes start a job and await its events, which the worker hands back to the event loop with
 `loop.call_soon_threadsafe`. Chat jobs are interactive work: retrieval and prefill run as one
-worker task per request (requests queued together are admitted as a group: one query-adapter
-pass for all their questions, then batched prefills of at most `prefill_batch` of them and
-`prefill_tokens` positions, and each
-is sent its first token), then the request joins the continuous decode batch
-(`clara.decode`), which takes one batched step per worker turn; at most `max_batch` decode at once, the rest wait in the worker's bounded queue
-(full: 503 + Retry-After).
+worker task per request. Requests queued together are admitted as a group (an idle engine
+waits a few milliseconds while a burst keeps arriving): one query-adapter pass for all their
+questions, then batched prefills of at most `prefill_batch` of them and `prefill_tokens`
+positions, each request sent its first token as its pass ends. Then it joins the continuous
+decode batch (`clara.decode`), which takes one batched step per worker turn; at most
+`max_batch` decode at once, the rest wait in the worker's bounded queue (full: 503 +
+Retry-After).
 
 A chat job: encode the query (query adapter) -> search the collection (refreshed first, so
 documents the indexing service adds show up without a restart) -> read the hits' memories ->
