@@ -218,7 +218,7 @@ class ClaraModel(nn.Module):
         it as `lm.head`); None otherwise. Prefill uses it to take the logits of each prompt's
         last position only."""
         lm = self.lm
-        if callable(getattr(lm, "head", None)):
+        if type(lm).__module__.startswith("clara.models.") and callable(getattr(lm, "head", None)):
             return lm.head
         if type(lm).__module__ not in _PLAIN_HEADS:
             return None

@@ -301,3 +301,16 @@ def test_lanes_run_returns_results_in_order() -> None:
         out = lanes.run(passes, width)
         assert [a.tolist() for a in out] == [[0, i, 2 * i, 3 * i] for i in range(5)]
     assert lanes.run([], 2) == []
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama_dir", "tiny_llama_q4_dir", "tiny_hcx_dir"])
+def test_output_head_is_the_forward_after_the_model(arch, request) -> None:
+    """`ClaraModel.output_head` applied to `lm.model`'s states gives `lm`'s logits (untied and
+    tied and quantized llama heads, hyperclovax's scaled logits)."""
+    cm = ClaraModel(load_base(request.getfixturevalue(arch), dtype=None), ClaraConfig())
+    head = cm.output_head()
+    assert head is not None
+    tokens = mx.array([[5, 17, 42, 99, 7]])
+    want = cm.lm(tokens)[:, -1]
+    got = head(cm.lm.model(tokens)[:, -1:])[:, 0]
+    assert mx.allclose(got, want, rtol=1e-5, atol=1e-5).item()
