@@ -259,9 +259,10 @@ class Decoder:
         `requests` are (prompt, params, tag). Their prompts run as one batched forward: the
         text prefix they share is prefilled once (or taken from the prefix cache) and copied
         to every row, the rest is right-padded to the longest and then moved to the left
-        (`BatchKVCache.finalize`), and each row's last position gives its first logits. On
-        2 CPU cores 8 prompts of ~140 positions prefill in about 0.75x the time of one after
-        the other (BENCHMARKS.md). Returns [(sequence, first chunk)] in the order given.
+        (`left_align`), and each row's last position gives its first logits. On 2 CPU cores
+        2-4 prompts of ~140 positions prefill in about 0.8x the time each takes alone, 8 in
+        0.92x (clara-serve cuts its passes at `--prefill-tokens`). Returns [(sequence, first
+        chunk)] in the order given.
         """
         for prompt, _, _ in requests:
             check_context(prompt, self.limit)
@@ -350,7 +351,6 @@ class Decoder:
         tail = 0 if head is not None else 1
         lengths = [p.positions - tail - reused for p in prompts]  # >= 1 with a head
         width = max(lengths)
-
         use_emb = any(p.embeddings is not None for p in prompts)
 
         def rows(p: Prompt, lo: int, hi: int, pad: int) -> tuple[list[int], mx.array | None]:
