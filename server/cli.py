@@ -94,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=320,
         metavar="N",
-        help="... and at most N prompt positions a pass (a longer prompt gets one of its own; "
-        "0: no limit). Passes of a few hundred positions cost the least per prompt on a CPU; "
-        "smaller passes send first tokens sooner (default: %(default)s)",
+        help="prompt positions per prefill pass at most (a longer prompt gets a pass of its "
+        "own; 0: no limit). Passes of a few hundred positions cost the least per prompt on a "
+        "CPU, and smaller passes send first tokens sooner (default: %(default)s)",
     )
     net.add_argument(
         "--sse-keepalive",
