@@ -22,6 +22,7 @@ request: tokens after the first / time after the first), end-to-end latency p50,
 generated tokens/s over the wall time. Then the issue's four targets as ratios of this run.
 
     python bench/bench_server.py                 # appends the tables to BENCHMARKS.md
+    python bench/bench_server.py --systems 'clara memory,llama.cpp' --repeats 3   # the targets
 """
 
 from __future__ import annotations
@@ -221,6 +222,13 @@ async def level(url: str, bodies: list[dict], concurrency: int) -> dict:
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Each figure's median over repeated runs of one level (requests: their total)."""
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["requests"] = sum(r["requests"] for r in runs)
+    return out
+
+
 def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -> list[dict]:
     from clara.prompt import SYSTEM_PROMPT
 
@@ -343,6 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         "--other-levels", default="1,8", help="clients for the other systems (default: 1,8)"
     )
     p.add_argument("--min-requests", type=int, default=3, help="requests per level at least")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run each level this many times and report each figure's median (the 8-client "
+        "figures move 15-25%% between runs on a shared machine)",
+    )
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -354,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         s: [int(x) for x in (args.levels if s in FULL_LEVELS else args.other_levels).split(",")]
         for s in systems
     }
-    most = max(sum(max(c, args.min_requests) for c in levels) for levels in plan.values())
+    most = args.repeats * max(
+        sum(max(c, args.min_requests) for c in levels) for levels in plan.values()
+    )
     tmp = Path(tempfile.mkdtemp(prefix="clara-bench-server-"))
     questions, retrieved = build_index(
         tmp / "index", tmp / "docs", args.chunks, most + 1, args.top_k
@@ -381,8 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                     # concurrent streams mid-answer here (RemoteProtocolError): 1 client only
                     continue
                 n = max(concurrency, args.min_requests)
-                r = asyncio.run(level(url, bodies[used : used + n], concurrency))
-                used += n
+                runs = []
+                for _ in range(args.repeats):
+                    runs.append(asyncio.run(level(url, bodies[used : used + n], concurrency)))
+                    used += n
+                r = median_run(runs)
                 results[(system, concurrency)] = r
                 print(system, concurrency, r, flush=True)
                 rows.append(
@@ -410,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min): "
         "the machine is shared with other jobs, so absolute figures are pessimistic and noisy; "
         "the ratios compare systems measured minutes apart in one run."
+        + (
+            f" Each level ran {args.repeats} times; every figure is the median of those runs "
+            "(requests: their total)."
+            if args.repeats > 1
+            else ""
+        )  # fmt: skip
     )
     if args.no_report:
         print(table + "\n\n" + notes)
