@@ -90,14 +90,19 @@ def flatten_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return flat / np.maximum(norms, eps)
 
 
+def unit(x: mx.array, eps: float = 1e-12) -> mx.array:
+    """`x` scaled to unit L2 norm along its last axis (MLX, differentiable)."""
+    import mlx.core as mx
+
+    return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 def cosine_scores(queries: mx.array, docs: mx.array, eps: float = 1e-12) -> mx.array:
     """Cosine similarity of flattened vectors: `(Q, n_mem, d)` x `(N, n_mem, d)` -> `(Q, N)`."""
     import mlx.core as mx
 
-    q = queries.reshape(queries.shape[0], -1).astype(mx.float32)
-    k = docs.reshape(docs.shape[0], -1).astype(mx.float32)
-    q = q / mx.maximum(mx.linalg.norm(q, axis=-1, keepdims=True), eps)
-    k = k / mx.maximum(mx.linalg.norm(k, axis=-1, keepdims=True), eps)
+    q = unit(queries.reshape(queries.shape[0], -1).astype(mx.float32), eps)
+    k = unit(docs.reshape(docs.shape[0], -1).astype(mx.float32), eps)
     return q @ k.T
 
 

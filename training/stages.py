@@ -26,7 +26,7 @@ import numpy as np
 from clara.errors import ClaraError
 from clara.lora import ADAPTERS
 from clara.model import ClaraModel
-from clara.retrieval import differentiable_topk
+from clara.retrieval import differentiable_topk, unit
 from training.batches import (
     GenExample,
     answer_logits,
@@ -255,7 +255,7 @@ class JointStage(Stage):
         self._corpus = None
         if self.doc_memory is not None and self.config.corpus_negatives:
             flat = self.doc_memory.reshape(self.doc_memory.shape[0], -1).astype(mx.float32)
-            self._corpus = flat / mx.maximum(mx.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+            self._corpus = unit(flat)
             mx.eval(self._corpus)
         if was_training:
             cm.train()
@@ -278,8 +278,8 @@ class JointStage(Stage):
         docs = mx.stop_gradient(mx.take(self.doc_memory, mx.array(idx), axis=0))  # (B,N,n_mem,d)
         flat = docs.reshape(B, N, -1).astype(mx.float32)  # (B, N, n_mem*d)
         qf = q.reshape(B, -1).astype(mx.float32)  # (B, n_mem*d)
-        qf = qf / mx.maximum(mx.linalg.norm(qf, axis=-1, keepdims=True), 1e-12)
-        kf = flat / mx.maximum(mx.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+        qf = unit(qf)
+        kf = unit(flat)
         scores = (kf @ qf[..., None]).squeeze(-1)  # (B, N) cosine of flattened vectors
         scores = mx.where(mx.array(valid), scores, -1e4)
         ranking = mx.stop_gradient(mx.argsort(-scores, axis=-1))
