@@ -215,8 +215,33 @@ def interval(row: dict, golds: list[list[str]], key: str) -> str:
 
 def report(folder: Path) -> None:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    if not runs:
+    found = [json.loads(p.read_text()) for p in sorted(folder.glob("*.retrieval"))]
+    if not runs and not found:
         raise SystemExit(f"no results in {folder}")
+    if found:
+        report_retrieval(found)
+    if runs:
+        report_answers(runs)
+
+
+def report_retrieval(found: list[dict]) -> None:
+    """The `--retrieval-only` results as one table -> BENCHMARKS.md."""
+    lines = ["| query adapter | checkpoint | ranking | R@1 | R@3 | R@5 |", "|" + "---|" * 6]
+    for x in found:
+        for name, r in x["retrieval"].items():
+            cells = [x["tag"], f"`{x['checkpoint']}`", name]
+            cells += [f"{100 * r[f'recall@{k}']:.1f}" for k in (1, 3, 5)]
+            lines.append("| " + " | ".join(cells) + " |")
+    body = (
+        f"{found[0]['questions']} held-out questions (one per held-out document), ranking all "
+        f"{found[0]['collection']} documents; dense: the query adapter's cosine over the "
+        "compressed documents, hybrid: the product's default fusion of dense and BM25.\n\n"
+        + "\n".join(lines)
+    )
+    append_report("Held-out retrieval (bench/bench_heldout.py --retrieval-only)", body)
+
+
+def report_answers(runs: list[dict]) -> None:
     head = "| adapters | setting | method | EM | F1 | cover-EM | R@1 | R@5 | positions |"
     lines = [head, "|" + "---|" * 9]
     chart = []
