@@ -61,6 +61,16 @@ def test_pretrain_learns_and_writes_a_loadable_checkpoint(tiny_llama_dir, tmp_pa
     assert {"ce", "mse", "lr", "grad_norm", "positions"} <= set(rows[0])
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-000006", "final"]
+    # --keep-last: only the newest step checkpoints stay beside final/
+    train(
+        PRETRAIN,
+        _cfg(tmp_path / "kept", max_steps=4, save_every=1, keep_last=2),
+        model=tiny_llama_dir,
+        clara_config=CONFIG,
+        dtype=None,
+    )
+    kept = [p.name for p in checkpoints(tmp_path / "kept")]
+    assert kept == ["step-000002", "step-000003", "final"]  # the last step saves final/ only
     cfg = json.loads((final / "clara_config.json").read_text())
     assert cfg["training"]["stage"] == "pretrain" and cfg["training"]["step"] == 12
     cm = load_clara(tiny_llama_dir, final, dtype=None)

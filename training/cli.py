@@ -124,6 +124,11 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     o.add_argument(
         "--save-every", type=int, default=0, help="checkpoint every N steps (default: end only)"
     )
+    o.add_argument(
+        "--keep-last", type=int, default=0, metavar="N",
+        help="keep only the newest N step checkpoints on disk (each is the adapters plus the "
+        "optimiser state, 3x their size); final/ is always kept (default: keep all)",
+    )  # fmt: skip
     o.add_argument("--stop-after", type=int, help="stop with a checkpoint after step N")
     o.add_argument("--log-every", type=int, default=10, help="metrics row every N steps")
     m = p.add_argument_group("CLaRa (fresh adapters only; a checkpoint brings its own)")
@@ -236,6 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         min_lr_ratio=args.min_lr_ratio,
         clip=args.clip,
         save_every=args.save_every,
+        keep_last=args.keep_last,
         stop_after=args.stop_after,
         log_every=args.log_every,
         seed=args.seed,

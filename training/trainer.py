@@ -62,6 +62,7 @@ class TrainConfig:
     clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.95)
     save_every: int = 0  # steps between checkpoints (0: only the final one)
+    keep_last: int = 0  # step checkpoints kept on disk, newest first (0: all); final always
     stop_after: int | None = None  # stop early with a checkpoint after this step (resume later)
     log_every: int = 10
     seed: int = 0
@@ -168,6 +169,19 @@ def checkpoints(out: str | os.PathLike) -> list[Path]:
     if (out / FINAL / STATE_FILE).exists():
         found.append(out / FINAL)
     return found
+
+
+def prune_checkpoints(out: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step checkpoints in `out` (`keep` 0: none); `final`
+    stays. Returns what was deleted. Each step checkpoint holds the adapters and the optimiser
+    state (three times the adapters' size), so a long run saving often fills a disk."""
+    if keep <= 0:
+        return []
+    steps = [p for p in checkpoints(out) if p.name.startswith(STEP_PREFIX)]
+    gone = steps[:-keep]
+    for p in gone:
+        shutil.rmtree(p)
+    return gone
 
 
 def base_of(checkpoint: str | os.PathLike | None) -> Path | None:
@@ -449,6 +463,7 @@ class Trainer:
             stop = cfg.stop_after is not None and self.step >= cfg.stop_after and not done
             if lead and not done and (stop or (cfg.save_every and self.step % cfg.save_every == 0)):
                 self.save(f"{STEP_PREFIX}{self.step:06d}")
+                prune_checkpoints(self.out, cfg.keep_last)
                 plot_losses(metrics_path, self.out / "loss.png")
             if stop:
                 self.cm.eval()
