@@ -2,6 +2,7 @@
 computes the same function: each LoRA pair (A: in x 16, B: 16 x out) gets 48 more dimensions,
 A's new columns drawn like a fresh adapter's, B's new rows zero; alpha 32 -> 128 keeps the
 scale alpha / rank at 2."""
+
 import json
 import math
 

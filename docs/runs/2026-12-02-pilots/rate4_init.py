@@ -1,6 +1,8 @@
 """A 4x init from the 16x stage-1 checkpoint runs/long2/pretrain/step-000400: the same LoRA
 adapters and embeddings, each of the 16 memory-token embeddings repeated 4 times (64 slots)."""
+
 import json
+
 import mlx.core as mx
 
 src, dst = "runs/long2/pretrain/step-000400", "runs/rate4/init"
