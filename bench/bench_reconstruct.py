@@ -40,6 +40,7 @@ from bench.bench_heldout import DATA  # noqa: E402
 from clara import prompt  # noqa: E402
 from clara.generate import batch_generate  # noqa: E402
 from training.batches import paraphrase_messages  # noqa: E402
+from training.default_recipe import split_example  # noqa: E402
 from clara.checkpoint import load_clara  # noqa: E402
 from training.pipeline import load_for_training  # noqa: E402
 
@@ -56,9 +57,9 @@ _DETAIL = re.compile(r"\b(?:[A-Z][\w'-]*|\d[\d.,]*)")
 def documents(n_held: int, n_train: int, path: Path = DATA) -> list[tuple[str, str]]:
     """`(split, document)`: every `200 / n_held`-th held-out one, then the first `n_train`
     training ones."""
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    held = [r["docs"][0] for i, r in enumerate(rows) if i % 5 == 0]
-    train = [r["docs"][0] for i, r in enumerate(rows) if i % 5]
+    train_rows, held_rows, _ = split_example(path)
+    held = [r["docs"][0] for r in held_rows]
+    train = [r["docs"][0] for r in train_rows]
     stride = max(1, len(held) // max(1, n_held))
     return [("held-out", d) for d in held[::stride][:n_held]] + [
         ("training", d) for d in train[:n_train]

@@ -172,8 +172,8 @@ def checkpoints(out: str | os.PathLike) -> list[Path]:
 
 
 def prune_checkpoints(out: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` step checkpoints in `out` (`keep` 0: none); `final`
-    stays. Returns what was deleted. Each step checkpoint holds the adapters and the optimiser
+    """Delete all but the newest `keep` step checkpoints in `out` (`keep` 0: delete nothing);
+    `final` stays. Returns what was deleted. Each step checkpoint holds the adapters and the optimiser
     state (three times the adapters' size), so a long run saving often fills a disk."""
     if keep <= 0:
         return []
