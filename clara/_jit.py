@@ -7,7 +7,9 @@ its default limits), so every value calls libmlx's copy, built for baseline x86-
 each `fma` of the polynomial is a libm call), about 19 ns per value. `FLAGS` let GCC inline it
 (higher inline limits), build it for this CPU (`-march=native`, FMA) and vectorize the loop
 (`-fno-trapping-math` allows the if-conversion of its NaN/overflow selects; `-fno-math-errno`
-the same for libm calls). The results are bit for bit MLX's own (tested); measured on
+the same for libm calls), and `-ffp-contract=off` keeps each product and sum apart (with FMA
+available GCC would fuse `a * b - c * d`, and RoPE's and RMSNorm's kernels would round
+differently from MLX's own ops). The results are bit for bit MLX's own (tested); measured on
 (4, 3, 825, 275) scores and a (4, 275, 1536) SwiGLU (one-off timing while another job ran):
 exp 19 -> 8 ms, SwiGLU 14 -> 2.4 ms.
 `CLARA_JIT_NATIVE=off` turns this off.
@@ -28,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 FLAGS = (
-    "-march=native -fno-math-errno -fno-trapping-math "
+    "-march=native -ffp-contract=off -fno-math-errno -fno-trapping-math "
     "--param max-inline-insns-auto=400 --param max-inline-insns-single=800"
 )
 MARK = ".clara-jit"

@@ -39,6 +39,7 @@ from clara.generate import (
 from clara.lora import merge_adapter, merged
 from clara.model import ClaraModel
 from clara.prompt import Prompt
+from clara.rope import same_positions
 
 MIN_PREFIX = 8  # shorter shared prefixes are not worth a cache entry
 
@@ -187,12 +188,12 @@ class Decoder:
 
     # ---- the model -----------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list, embeddings: mx.array | None = None):
-        with merged(self.cm, self.adapter):
+        with merged(self.cm, self.adapter), same_positions(cache):
             return self.cm.lm(tokens, cache=cache, input_embeddings=embeddings)
 
     def _hidden(self, tokens: mx.array, cache: list, embeddings: mx.array | None = None):
         """The final hidden states of a forward (`lm.model`), without the output head."""
-        with merged(self.cm, self.adapter):
+        with merged(self.cm, self.adapter), same_positions(cache):
             return self.cm.lm.model(tokens, cache, embeddings)
 
     def _sample(self, logits: mx.array, seqs: list[Sequence]) -> tuple[mx.array, tuple]:

@@ -155,9 +155,11 @@ def load_base(
         _dequantize(model, getattr(mx, chosen), config)
         mx.eval(model.parameters())
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
-    from clara import attention
+    from clara import attention, norm, rope
 
     attention.install(model)  # CPU: softmax in a fused native kernel (clara/attention.py)
+    rope.install(model)  # CPU: RoPE tables built once per forward pass (clara/rope.py)
+    norm.install(model)  # CPU: RMSNorm as one compiled graph (clara/norm.py)
     return BaseModel(
         model=model,
         tokenizer=tokenizer,

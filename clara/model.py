@@ -17,6 +17,7 @@ from clara.errors import ClaraError
 from clara.loader import BaseModel
 from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
 from clara.reference import runtime as reference
+from clara.rope import same_positions
 
 COMPRESSION_RATES = (4, 16, 32, 64, 128)
 #: mlx-lm architectures whose forward is `model` then the plain output projection
@@ -284,7 +285,7 @@ class ClaraModel(nn.Module):
         emb = mx.concatenate([emb[:, :-n_mem], mem], axis=1)
 
         cache = [_Positions(left_pad)] * len(self.lm.layers)
-        with self.adapter(adapter):
+        with self.adapter(adapter), same_positions(cache):
             hidden = self.lm.model(None, cache=cache, input_embeddings=emb)  # (B, L, d) post-norm
         if self.config.center_memory:  # every position, so the memory MSE is unchanged
             hidden = hidden - self.memory_center.astype(hidden.dtype)

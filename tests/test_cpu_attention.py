@@ -133,6 +133,8 @@ import sys, numpy as np
 import clara
 import mlx.core as mx
 from clara.attention import _exp_shifted
+from clara.norm import _rms_norm
+from clara.rope import _rotate
 from mlx_lm.models.activations import swiglu
 rng = np.random.default_rng(0)
 s = rng.standard_normal((3, 1000)).astype(np.float32) * 30
@@ -141,14 +143,17 @@ g = rng.standard_normal((3, 1000)).astype(np.float32) * 20
 u = rng.standard_normal((3, 1000)).astype(np.float32)
 s, g, u, z = mx.array(s), mx.array(g), mx.array(u), mx.zeros((3, 1))
 out = [_exp_shifted(s, z), swiglu(g, u), _exp_shifted(s[:, ::2], z)]  # contiguous and strided
+out += list(_rotate(g[:, :500], g[:, 500:], u[:, :500], u[:, 500:]))  # products and sums
+out.append(_rms_norm(g, u[0], mx.array(1e-5)))
 np.save(sys.argv[1], np.concatenate([np.array(o).ravel() for o in out]))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the wrapper is for Linux")
 def test_native_kernels_give_the_bits_of_mlx_own(tmp_path):
-    """The wrapper's flags inline and vectorize MLX's exp in fused kernels (softmax, SwiGLU):
-    every value, inf and NaN included, must be bit for bit what MLX's own build computes."""
+    """The wrapper's flags inline and vectorize MLX's exp in fused kernels (softmax, SwiGLU)
+    and keep products and sums apart (no FMA: RoPE, RMSNorm): every value, inf and NaN
+    included, must be bit for bit what MLX's own build computes."""
     if not _jit.native:
         pytest.skip(f"JIT wrapper off: {_jit.reason}")
     script = tmp_path / "kernels.py"

@@ -18,6 +18,7 @@ from clara import prompt
 from clara.model import ClaraModel
 from clara.prompt import SEP_SLOT as SEP
 from clara.prompt import SYSTEM_PROMPT, TEXT, background
+from clara.rope import same_positions
 
 PARAPHRASE_SYSTEM = "Paraphrase the background information."
 PARAPHRASE_USER = "Background: {docs} means the same as"
@@ -174,10 +175,12 @@ def answer_logits(cm: ClaraModel, emb: mx.array, loss_pos: mx.array) -> mx.array
     """Logits `(B, A, V)` at `loss_pos` for input embeddings `emb` (the active adapter's)."""
     lm = cm.lm
     if getattr(lm, "model_type", None) in _HEAD_TYPES or lm.args.model_type in _HEAD_TYPES:
-        h = lm.model(None, None, emb)  # (B, L, d) post-norm
+        with same_positions(None):
+            h = lm.model(None, None, emb)  # (B, L, d) post-norm
         h = mx.take_along_axis(h, loss_pos[..., None], axis=1)  # (B, A, d)
         return _head(lm, h)
-    logits = lm(None, input_embeddings=emb)  # (B, L, V): any other architecture
+    with same_positions(None):
+        logits = lm(None, input_embeddings=emb)  # (B, L, V): any other architecture
     return mx.take_along_axis(logits, loss_pos[..., None], axis=1)
 
 

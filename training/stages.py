@@ -27,6 +27,7 @@ from clara.errors import ClaraError
 from clara.lora import ADAPTERS
 from clara.model import ClaraModel
 from clara.retrieval import differentiable_topk, unit
+from clara.rope import same_positions
 from training.batches import (
     GenExample,
     answer_logits,
@@ -358,7 +359,7 @@ class LMStage(Stage):
             tokens[b, : len(e.text)] = e.text
             mask[b, : len(e.text)] = 1
         tokens = mx.array(tokens)
-        with self.cm.adapter(None):
+        with self.cm.adapter(None), same_positions(None):
             logits = self.cm.lm(tokens)
         ce = lm_ce_sum(logits, tokens, mx.array(mask))
         return ce / max(norm["tokens"], 1), {"ce": ce}
