@@ -114,12 +114,14 @@ def index_once(cm, paths: list[Path], root: Path, batch_size: int, overlap: int)
 
 
 def run_baseline(args) -> dict[int, dict] | None:
-    """The same measurement with clara's CPU attention, native JIT flags and lanes off (a child
-    process: the flags are fixed at import; its own MLX JIT cache, so no native kernel)."""
+    """The same measurement with clara's CPU attention, RoPE, RMSNorm, native JIT flags and
+    lanes off (a child process: the flags are fixed at import; its own MLX JIT cache, so no
+    native kernel)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "baseline.json"
         env = {**os.environ, "CLARA_JIT_NATIVE": "off", "CLARA_CPU_ATTENTION": "off",
-               "CLARA_CPU_LANES": "1", "TMPDIR": tmp}  # fmt: skip
+               "CLARA_CPU_ROPE": "off", "CLARA_CPU_NORM": "off", "CLARA_CPU_LANES": "1",
+               "TMPDIR": tmp}  # fmt: skip
         cmd = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype,
                "--chunks", str(args.chunks), "--batch-sizes", args.batch_sizes,
                "--overlap", str(args.overlap), "--json", str(out)]  # fmt: skip
@@ -144,8 +146,9 @@ def main() -> None:
     p.add_argument(
         "--baseline",
         action="store_true",
-        help="also index with clara's CPU paths off (CLARA_JIT_NATIVE=off, CLARA_CPU_ATTENTION="
-        "off, a fresh MLX JIT cache), in a child process before the main run: a before/after",
+        help="also index with clara's CPU paths off (CLARA_JIT_NATIVE, CLARA_CPU_ATTENTION, "
+        "CLARA_CPU_ROPE, CLARA_CPU_NORM off, one lane, a fresh MLX JIT cache), in a child process "
+        "before the main run: a before/after",
     )
     p.add_argument(
         "--lanes",
@@ -240,8 +243,9 @@ def main() -> None:
     if baseline:
         notes += (
             " 'clara CPU paths off (before)': the same pipeline in a child process with "
-            "CLARA_JIT_NATIVE=off, CLARA_CPU_ATTENTION=off and CLARA_CPU_LANES=1 (mlx-lm's "
-            "attention, MLX's JIT kernels for baseline x86-64, one pass at a time), run first."
+            "CLARA_JIT_NATIVE, CLARA_CPU_ATTENTION, CLARA_CPU_ROPE and CLARA_CPU_NORM off and "
+            "CLARA_CPU_LANES=1 (mlx-lm's attention, MLX's RoPE and RMSNorm graphs, MLX's JIT "
+            "kernels for baseline x86-64, one pass at a time), run first."
         )
     if args.no_report:
         print(body + "\n\n" + notes)
