@@ -6,7 +6,8 @@
 Paths (each its own model, same initial weights and data; steps interleaved so both see the
 same machine load):
 - before: the original LoRA forward (a dropout mask per linear layer, uniform random numbers,
-  separate scale/cast/add ops) and batches in seeded random order;
+  separate scale/cast/add ops), MLX's own RoPE and RMSNorm graphs (`CLARA_CPU_ROPE` and
+  `CLARA_CPU_NORM` off for that model) and batches in seeded random order;
 - after: the training fast path (`AdapterSwitch.fast`: one dropout mask per layer input, 4
   per block instead of 7, scale folded into one `addmm`) and length-bucketed batches
   (`TrainConfig.length_buckets`), at each BLAS thread count of `--threads`; on CPUs with
@@ -85,7 +86,17 @@ def trainer(
     group=None,
     amx: bool = True,
 ) -> Trainer:
-    cm = load_for_training(MODEL, None, dtype="float32")
+    keep = {k: os.environ.get(k) for k in ("CLARA_CPU_ROPE", "CLARA_CPU_NORM")}
+    if not fast:  # the original forward: MLX's RoPE and RMSNorm (read when the model loads)
+        os.environ.update(dict.fromkeys(keep, "off"))
+    try:
+        cm = load_for_training(MODEL, None, dtype="float32")
+    finally:
+        for k, v in keep.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     cm.switch.fast = fast
     stage = PretrainStage(cm)
     examples = stage.build(recs)
