@@ -138,7 +138,10 @@ def load_checkpoint(cm: ClaraModel, path: str | os.PathLike) -> ClaraModel:
             raise CheckpointError(
                 f"checkpoint {path}: {k} has shape {v.shape}, expected {expected[k].shape}"
             )
-    cm.load_weights(list(weights.items()), strict=False)
+    # Stored small (the shipped default is float16), run in the model's own dtypes: a float16
+    # adapter in a float32 model was cast back at every use (two casts per layer per forward).
+    cast = [(k, v.astype(expected[k].dtype) if k in expected else v) for k, v in weights.items()]
+    cm.load_weights(cast, strict=False)
     mx.eval(cm.parameters())
     cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
     return cm

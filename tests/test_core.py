@@ -194,6 +194,24 @@ def test_checkpoint_round_trip(cm, tiny_llama_dir, tmp_path):
     )
 
 
+def test_float16_checkpoint_runs_in_the_model_dtype(cm, tiny_llama_dir, tmp_path):
+    """A checkpoint stored in float16 (as the shipped default is) loads into the model's own
+    dtypes: no cast at every use, and the same numbers as the float16 values cast there."""
+    from clara.checkpoint import WEIGHTS_FILE
+
+    path = save_checkpoint(cm, tmp_path / "ck")
+    stored = mx.load(str(path / WEIGHTS_FILE))
+    half = {k: v.astype(mx.float16) for k, v in stored.items()}
+    mx.save_safetensors(str(path / WEIGHTS_FILE), half)
+    loaded = load_clara(tiny_llama_dir, path, dtype=None)
+    params = dict(tree_flatten(loaded.parameters()))
+    lora = [k for k in params if ".lora_" in k]
+    assert lora and all(params[k].dtype == mx.float32 for k in lora)
+    assert params["mem_embeddings"].dtype == cm.mem_embeddings.dtype
+    cm.load_weights(list(half.items()), strict=False)  # float16 in place, cast at each use
+    np.testing.assert_array_equal(np.array(loaded.compress(DOCS)), np.array(cm.compress(DOCS)))
+
+
 def test_checkpoint_refuses_other_base(cm, tiny_hcx_dir, tmp_path):
     path = save_checkpoint(cm, tmp_path / "ck")
     with pytest.raises(CheckpointError) as err:
