@@ -10,8 +10,10 @@ answers, a timing bound only) a batch-1 decode step of SmolLM2-135M took 29 ms i
 `SharedRoPE` replaces the architecture's `nn.RoPE` (CPU only, `install`). Inside
 `same_positions(cache)`, which clara's forward passes enter, every layer rotates the same
 positions (each layer's cache has advanced the same way), so the cos/sin tables are built by
-the first call and reused by the other 59. The arithmetic is op for op MLX's own reference
-(`mlx/fast.cpp`, the fallback of `rope`): outputs are bit for bit `mx.fast.rope`'s (tested).
+the first call and reused by the other 59; the rotation's products and sums run as one
+compiled function (the JIT keeps them apart, no FMA: `clara._jit`). The arithmetic is op for
+op MLX's own reference (`mlx/fast.cpp`, the fallback of `rope`): outputs are bit for bit
+`mx.fast.rope`'s (tested). Measured (one-off): a batch-1 decode step 40.5 -> 34.0 ms.
 Outside such a block, or for an offset the block does not know, it computes its own tables
 the same way. `CLARA_CPU_ROPE=off` keeps `nn.RoPE`.
 """
