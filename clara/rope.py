@@ -26,7 +26,7 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
+from functools import cache, partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -64,14 +64,22 @@ def same_positions(cache: Sequence | None) -> Iterator[None]:
         _local.block = previous
 
 
-def _logf(x: float) -> float:
-    """C's `logf` (what MLX's reference computes its frequency step with), as a float32."""
-    libm = ctypes.util.find_library("m")
+@cache
+def _inv_freqs(base: float, dims: int) -> mx.array:
+    """The reference's inverse frequencies `exp(-i * logf(base) / (dims / 2))`, its step in
+    float32 exactly as `std::log(float) / int` in C++; made once per (base, dims)."""
+    half = dims // 2
+    libm = ctypes.util.find_library("m")  # C's logf, as the reference calls it
     if libm is not None:
-        fn = ctypes.CDLL(libm).logf
-        fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
-        return float(fn(x))
-    return float(np.float32(math.log(np.float32(x))))
+        logf = ctypes.CDLL(libm).logf
+        logf.restype, logf.argtypes = ctypes.c_float, [ctypes.c_float]
+        log_base = np.float32(logf(float(np.float32(base))))
+    else:
+        log_base = np.float32(math.log(np.float32(base)))
+    step = mx.array(float(log_base / np.float32(half)))
+    out = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32) * step)
+    mx.eval(out)
+    return out
 
 
 @partial(mx.compile, shapeless=True)
@@ -87,18 +95,14 @@ class SharedRoPE(nn.Module):
         super().__init__()
         self.dims, self.traditional = rope.dims, rope.traditional
         self.base, self.scale = rope.base, rope.scale
-        half = self.dims // 2
-        step = np.float32(_logf(float(np.float32(self.base)))) / np.float32(half)
-        self._step = float(step)  # float32 exactly, as `std::log(float) / int` in C++
+        self._inv_freqs = _inv_freqs(self.base, self.dims)  # "_": not a parameter
 
     def _tables(self, T: int, offset, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
-        half = self.dims // 2
         off = mx.array(offset, dtype=mx.int32) if isinstance(offset, int) else offset
         if off.size > 1:
             off = mx.expand_dims(off, (-1, -2))
         positions = (mx.arange(T, dtype=mx.float32) + off) * mx.array(self.scale, mx.float32)
-        inv_freqs = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32) * mx.array(self._step))
-        theta = mx.expand_dims(positions, -1) * inv_freqs
+        theta = mx.expand_dims(positions, -1) * self._inv_freqs
         return mx.cos(theta).astype(dtype), mx.sin(theta).astype(dtype)
 
     def __call__(self, x: mx.array, offset=0) -> mx.array:
