@@ -293,3 +293,37 @@ def test_prefill_in_chunks_gives_the_same_tokens(cm) -> None:
     assert got[16] == got[512]
     for k, p in enumerate(prompts):
         assert got[16][k] == tokens_alone(cm, p, None, max_tokens=6, ignore_eos=True)
+
+
+def test_groups_prefilled_between_two_steps_join_at_once(cm) -> None:
+    """Several prefill passes between two decode steps (as clara-serve admits a burst) join
+    the running batch together at the next step (`join_caches`), one of them removed before
+    it ever decoded: every other request still gets the greedy tokens it gets alone."""
+    mem = cm.compress(DOCS)
+    prompts = [
+        memory_prompt(cm, "Where is Paris?", [mem[0]]),
+        memory_prompt(cm, "Which river runs past the old mill in the story?", list(mem)),
+        memory_prompt(cm, "Who?", list(mem[1:])),
+        memory_prompt(cm, "What is the capital of France, and why?", list(mem[:2])),
+        memory_prompt(cm, "Name it.", [mem[2]]),
+    ]
+    lengths = [11, 6, 9, 8, 7]
+    params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in lengths]
+    decoder = Decoder(cm, "generator", prefix_cache=PrefixCache())
+    got = {0: [decoder.add(prompts[0], params[0], 0)[1].token]}
+    decoder.step()  # a running batch with one position decoded
+    for group in ([1, 2], [3], [4]):  # three passes, queued to join
+        for seq, first in decoder.add_many([(prompts[k], params[k], k) for k in group]):
+            got[seq.tag] = [first.token]
+            if seq.tag == 3:
+                gone = seq
+    assert len(decoder._joining) == 3
+    decoder.remove(gone)  # leaves before its first decode step
+    assert not decoder._joining and len(decoder.sequences) == 4
+    while decoder.sequences:
+        for seq, chunk in decoder.step():
+            got[seq.tag].append(chunk.token)
+    for k in (0, 1, 2, 4):
+        alone = tokens_alone(cm, prompts[k], "generator", max_tokens=lengths[k], ignore_eos=True)
+        assert got[k] == alone, k
+    assert got[3] == tokens_alone(cm, prompts[3], "generator", max_tokens=1)
