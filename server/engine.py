@@ -367,8 +367,11 @@ class Engine:
         wanted = [i for i, p in enumerate(group) if p.retrieval and p.top_k > 0]
         out: list[np.ndarray | None] = [None] * len(group)
         if wanted:
+            start = time.perf_counter()
             query = self._cm.encode_queries([group[i].query for i in wanted])  # (n, n_mem, d)
             vectors = np.array(query.astype(mx.float32))
+            took = time.perf_counter() - start
+            self.metrics.encode_seconds.observe(took, queries=str(len(wanted)))
             for i, v in zip(wanted, vectors):
                 out[i] = v
         return out
@@ -466,8 +469,11 @@ class Engine:
                 prefix_cache=PrefixCache(),
             )
             self._decoders[adapter] = decoder
+        start = time.perf_counter()
         started = decoder.add_many([(prompt, sampling(q), j) for j, q, prompt in part])
+        took = time.perf_counter() - start
         self.metrics.prefills.inc(requests=str(len(part)))
+        self.metrics.prefill_seconds.observe(took, requests=str(len(part)))
         for (j, _, _), (_, first) in zip(part, started):
             j.emit(first)
             if first.finish_reason is not None:
@@ -488,7 +494,11 @@ class Engine:
                     for seq in [s for s in decoder.sequences if s.tag.cancelled.is_set()]:
                         decoder.remove(seq)
                         self._cancelled(seq)
-                    for seq, chunk in decoder.step():
+                    batch, start = len(decoder.sequences), time.perf_counter()
+                    chunks = decoder.step()
+                    took = time.perf_counter() - start
+                    self.metrics.step_seconds.observe(took, requests=str(batch))
+                    for seq, chunk in chunks:
                         seq.tag.emit(chunk)
                         if chunk.finish_reason is not None:
                             self._finished(chunk)

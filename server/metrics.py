@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterable, Sequence
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Buckets of the MLX worker's phases (a decode step takes tens of milliseconds on a CPU)
+PHASE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 10.0)
 Labels = tuple[tuple[str, str], ...]
 
 
@@ -131,6 +133,21 @@ class Metrics:
             "clara_prefill_passes_total",
             "Generator prefill passes, by how many requests each held (requests admitted "
             "together are prefilled as one batch)",
+        )
+        self.encode_seconds = Histogram(
+            "clara_query_encode_seconds",
+            "Query-adapter passes, by how many questions each encoded together",
+            PHASE_BUCKETS,
+        )
+        self.prefill_seconds = Histogram(
+            "clara_prefill_seconds",
+            "Generator prefill passes (to each request's first token), by requests per pass",
+            PHASE_BUCKETS,
+        )
+        self.step_seconds = Histogram(
+            "clara_decode_step_seconds",
+            "Batched decode steps, by how many requests each step decoded",
+            PHASE_BUCKETS,
         )
         self.queue_depth = Gauge("clara_queue_depth", "Jobs waiting for the MLX worker")
         self.running = Gauge("clara_jobs_running", "Jobs the MLX worker is running (0 or 1)")

@@ -567,6 +567,11 @@ def test_metrics_prometheus_text(server: ServerProcess, client: openai.OpenAI) -
     assert metric(text, "clara_index_chunks", collection="default") == len(DOCS)
     assert metric(text, "clara_index_documents", collection="default") == len(DOCS)
     assert "# TYPE clara_request_duration_seconds histogram" in text
+    # the MLX worker's phases: the question's encoding, its prefill, the decode step after it
+    assert metric(text, "clara_query_encode_seconds_count", queries="1") >= 1
+    assert metric(text, "clara_prefill_seconds_count", requests="1") >= 1
+    assert metric(text, "clara_decode_step_seconds_count", requests="1") >= 1
+    assert metric(text, "clara_decode_step_seconds_sum", requests="1") > 0
 
 
 def test_prefill_groups_cut_by_count_and_positions() -> None:
