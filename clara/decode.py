@@ -416,7 +416,8 @@ class Decoder:
             # gemv, past the thin kernel, so one prompt would get other logits than a batch
             with merged(self.cm, self.adapter):
                 return cache, head(mx.stack(lasts)[:, None])[:, 0]
-        cache = [join_caches([c]) for c in cache]  # the last positions go at the same index
+        # the last positions go at the same index
+        cache = [c if c._right_padding is None else join_caches([c]) for c in cache]
         last = [rows(p, p.positions - 1, p.positions, 0) for p in prompts]
         tokens = mx.array([t for t, _ in last])  # (B, 1)
         emb = mx.stack([e for _, e in last]) if use_emb else None

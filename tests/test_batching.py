@@ -327,3 +327,28 @@ def test_groups_prefilled_between_two_steps_join_at_once(cm) -> None:
         alone = tokens_alone(cm, prompts[k], "generator", max_tokens=lengths[k], ignore_eos=True)
         assert got[k] == alone, k
     assert got[3] == tokens_alone(cm, prompts[3], "generator", max_tokens=1)
+
+
+def test_prefill_without_a_separate_head_joins_the_same(cm, monkeypatch) -> None:
+    """Architectures whose output head cannot be called apart prefill all but the last position,
+    align the rows (`join_caches`), then run the last positions as one (B, 1) forward: the
+    same greedy tokens as each prompt alone."""
+    monkeypatch.setattr(cm, "output_head", lambda: None)
+    mem = cm.compress(DOCS)
+    prompts = [
+        memory_prompt(cm, "Where is Paris?", [mem[0]]),
+        memory_prompt(cm, "Which river runs past the old mill in the story?", list(mem)),
+        text_prompt(cm, "hi", None),
+    ]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    decoder = Decoder(cm, "generator")
+    got = {seq.tag: [first.token] for seq, first in decoder.add_many(
+        [(p, params, k) for k, p in enumerate(prompts[:2])])}  # fmt: skip
+    decoder.step()
+    seq, first = decoder.add(prompts[2], params, 2)  # a single row: nothing to align
+    got[2] = [first.token]
+    while decoder.sequences:
+        for seq, chunk in decoder.step():
+            got[seq.tag].append(chunk.token)
+    for k, p in enumerate(prompts):
+        assert got[k] == tokens_alone(cm, p, "generator", max_tokens=6, ignore_eos=True), k
