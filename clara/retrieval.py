@@ -1,4 +1,5 @@
-"""Retrieval math as pure functions: cosine of flattened memory vectors, differentiable top-k,
+"""Retrieval math as pure functions: cosine of flattened memory vectors, late interaction
+(MaxSim) over them, differentiable top-k,
 reciprocal rank fusion of several rankings. mlx is imported by the functions that use it, so
 the index (numpy, FAISS, SQLite) can fuse rankings without loading it."""
 
@@ -104,6 +105,41 @@ def cosine_scores(queries: mx.array, docs: mx.array, eps: float = 1e-12) -> mx.a
     q = unit(queries.reshape(queries.shape[0], -1).astype(mx.float32), eps)
     k = unit(docs.reshape(docs.shape[0], -1).astype(mx.float32), eps)
     return q @ k.T
+
+
+def maxsim_scores(queries: mx.array, docs: mx.array, eps: float = 1e-12) -> mx.array:
+    """Late interaction over memory vectors: `(Q, n_mem, d)` x `(N, n_mem, d)` -> `(Q, N)`, each
+    query vector's best cosine among a document's vectors, averaged over the query vectors
+    (ColBERT's MaxSim, as a mean so it lies in [-1, 1] like the flattened cosine).
+    Differentiable."""
+    import mlx.core as mx
+
+    q = unit(queries.astype(mx.float32), eps)
+    k = unit(docs.astype(mx.float32), eps)
+    Q, n, d = q.shape
+    N, m, _ = k.shape
+    s = (q.reshape(Q * n, d) @ k.reshape(N * m, d).T).reshape(Q, n, N, m)
+    return s.max(axis=-1).mean(axis=1)
+
+
+def maxsim_numpy(queries: np.ndarray, docs: np.ndarray, block: int = 512) -> np.ndarray:
+    """`maxsim_scores` in numpy (float32), `docs` taken `block` at a time: the index reranks
+    its nearest candidates with it."""
+
+    def units(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        norms = np.linalg.norm(x, axis=-1, keepdims=True)
+        return x / np.maximum(norms, 1e-12)
+
+    q, k = units(queries), units(docs)
+    Q, n, d = q.shape
+    out = np.empty((Q, len(k)), np.float32)
+    flat_q = q.reshape(Q * n, d)
+    for lo in range(0, len(k), block):
+        part = k[lo : lo + block]
+        s = (flat_q @ part.reshape(-1, d).T).reshape(Q, n, len(part), part.shape[1])
+        out[:, lo : lo + len(part)] = s.max(axis=-1).mean(axis=1)
+    return out
 
 
 def soft_topk(scores: mx.array, k: int, tau: float) -> mx.array:

@@ -137,3 +137,20 @@ def test_fusion_score_of_given_ranks():
     assert f.score({"dense": None, "lexical": 1}) == pytest.approx(1 / 3)
     fused = reciprocal_rank_fusion({"dense": ["a"], "lexical": ["b", "a"]}, f.k, f.weights)
     assert all(x.score == pytest.approx(f.score(x.ranks)) for x in fused)
+
+
+def test_maxsim_is_each_query_vectors_best_cosine_averaged() -> None:
+    import mlx.core as mx
+
+    from clara.retrieval import maxsim_numpy, maxsim_scores
+
+    rng = np.random.default_rng(0)
+    q, docs = rng.normal(size=(3, 4, 8)), rng.normal(size=(5, 4, 8))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    brute = np.array([[np.mean([max(unit(a) @ unit(b) for b in d) for a in qq]) for d in docs]
+                      for qq in q])  # fmt: skip
+    assert np.allclose(maxsim_numpy(q, docs, block=2), brute, atol=1e-5)
+    assert np.allclose(np.array(maxsim_scores(mx.array(q), mx.array(docs))), brute, atol=1e-5)
+    # a document holding the query's vectors in another order scores 1; flattened cosine not
+    shuffled = q[:1, ::-1]
+    assert np.isclose(maxsim_numpy(q[:1], shuffled)[0, 0], 1.0, atol=1e-6)

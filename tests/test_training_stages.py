@@ -268,3 +268,39 @@ def test_checkpoint_recompute_uses_the_forward_dropout_masks(cm):
     cm.eval()
     for k in want:
         np.testing.assert_allclose(np.array(got[k]), np.array(want[k]), atol=1e-6, err_msg=k)
+
+
+def test_joint_maxsim_scores_documents_by_late_interaction(cm):
+    """`--retrieval-score maxsim`: the candidates' scores and the corpus-negative loss use each
+    query vector's best document vector (`clara.retrieval.maxsim_scores`), and train the query
+    adapter."""
+    from clara.retrieval import maxsim_scores
+
+    records = [
+        QARecord("Capital of France?", DOCS[:2], ["Paris"], [1]),
+        QARecord("When does the train leave?", DOCS[2:], ["At seven"], [0]),
+    ]
+    norm = {"tokens": 1, "docs": 0, "queries": 2}
+    config = StageConfig(query_only=True, retrieval_weight=1.0, corpus_negatives=True,
+                         retrieval_score="maxsim")  # fmt: skip
+    stage = make_stage("joint", cm, config)
+    examples = stage.build(records)
+    stage.prepare(examples)
+    q = cm.encode_tokens([e.query for e in examples], "query").memory
+    want = maxsim_scores(q, stage.doc_memory)  # (2, U) every document
+    expected = float(
+        sum(
+            mx.logsumexp(want[b] / config.tau) - want[b, e.cands[e.pos[0]]] / config.tau
+            for b, e in enumerate(examples)
+        )
+    )
+    got = stage.loss(examples, norm)[1]["nce"].item()
+    assert np.isclose(got, expected, rtol=1e-4)
+    flat = make_stage("joint", cm, StageConfig(query_only=True, retrieval_weight=1.0,
+                                               corpus_negatives=True))  # fmt: skip
+    flat.build(records)
+    flat.prepare(examples)
+    assert not np.isclose(flat.loss(examples, norm)[1]["nce"].item(), got)
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    loss, grads = _grads(stage, examples)
+    assert np.isfinite(loss.item()) and any(".lora_query." in k for k in grads)

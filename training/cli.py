@@ -191,6 +191,14 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
             "document of the data, not only its own candidates (needs --retrieval-weight > 0; "
             "not in the paper)",
         )
+        s.add_argument(
+            "--retrieval-score",
+            choices=("flat", "maxsim"),
+            default="flat",
+            help="how questions score documents in stage 3: flat (cosine of the flattened "
+            "memory vectors, the paper's) or maxsim (each query vector's best cosine among a "
+            "document's vectors, averaged; not in the paper). Default: flat",
+        )
     add_quiet_arg(p)
 
 
@@ -268,6 +276,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         keep_generator=getattr(args, "keep_generator", False),
         query_only=getattr(args, "query_only", False),
         corpus_negatives=getattr(args, "corpus_negatives", False),
+        retrieval_score=getattr(args, "retrieval_score", "flat"),
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
     )
     final = train(

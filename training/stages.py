@@ -26,7 +26,7 @@ import numpy as np
 from clara.errors import ClaraError
 from clara.lora import ADAPTERS
 from clara.model import ClaraModel
-from clara.retrieval import differentiable_topk, unit
+from clara.retrieval import differentiable_topk, maxsim_scores, unit
 from clara.rope import same_positions
 from training.batches import (
     GenExample,
@@ -58,6 +58,7 @@ class StageConfig:
     keep_generator: bool = False  # stage 2 continues the loaded generator (paper: re-initialise)
     query_only: bool = False  # stage 3 trains the loaded query adapter on the retrieval loss alone
     corpus_negatives: bool = False  # the retrieval loss ranks every document of the data
+    retrieval_score: str = "flat"  # how the query scores documents: flat cosine or maxsim
 
 
 @dataclass
@@ -240,23 +241,28 @@ class JointStage(Stage):
         if not self.config.query_only:  # query-only continues the loaded query adapter
             copy_adapter(cm, "compressor", "query")
 
-    def prepare(self, examples, progress=None, batch_size: int = 16):
-        """Compress every candidate document once (eval mode, no gradient, fixed order)."""
+    def prepare(self, examples, progress=None, batch_size: int = 32):
+        """Compress every candidate document once (eval mode, no gradient, fixed order), as
+        `clara-index` does (`ClaraModel.compress`: length buckets, the CPU's lanes), in
+        groups of `batch_size` for the progress bar."""
         cm = self.cm
         was_training = cm.training
         cm.eval()
-        ids = cm.tokenize(self.doc_texts)
-        starts = range(0, len(ids), batch_size)
+        texts = self.doc_texts
+        starts = range(0, len(texts), batch_size)
         chunks = []
         for s in progress(starts, len(starts)) if progress else starts:
-            mem = cm.encode_tokens([i or [0] for i in ids[s : s + batch_size]], "compressor").memory
+            mem = cm.compress(texts[s : s + batch_size])
             mx.eval(mem)
             chunks.append(mem)
         self.doc_memory = mx.concatenate(chunks, axis=0) if chunks else None
         self._corpus = None
         if self.doc_memory is not None and self.config.corpus_negatives:
-            flat = self.doc_memory.reshape(self.doc_memory.shape[0], -1).astype(mx.float32)
-            self._corpus = unit(flat)
+            mem = self.doc_memory.astype(mx.float32)
+            if self.config.retrieval_score == "maxsim":  # unit vectors, (U, n_mem, d)
+                self._corpus = unit(mem)
+            else:  # unit flattened rows, (U, n_mem*d)
+                self._corpus = unit(mem.reshape(mem.shape[0], -1))
             mx.eval(self._corpus)
         if was_training:
             cm.train()
@@ -278,10 +284,13 @@ class JointStage(Stage):
             valid[b, : len(e.cands)] = True
         docs = mx.stop_gradient(mx.take(self.doc_memory, mx.array(idx), axis=0))  # (B,N,n_mem,d)
         flat = docs.reshape(B, N, -1).astype(mx.float32)  # (B, N, n_mem*d)
-        qf = q.reshape(B, -1).astype(mx.float32)  # (B, n_mem*d)
-        qf = unit(qf)
-        kf = unit(flat)
-        scores = (kf @ qf[..., None]).squeeze(-1)  # (B, N) cosine of flattened vectors
+        if cfg.retrieval_score == "maxsim":
+            qf = unit(q.astype(mx.float32))  # (B, n_mem, d) unit vectors
+            s = unit(docs.astype(mx.float32)) @ qf[:, None].swapaxes(-1, -2)  # (B,N,n_mem,n_mem)
+            scores = s.max(axis=-2).mean(axis=-1)  # each query vector's best document vector
+        else:
+            qf = unit(q.reshape(B, -1).astype(mx.float32))  # (B, n_mem*d)
+            scores = (unit(flat) @ qf[..., None]).squeeze(-1)  # (B, N) cosine of flat vectors
         scores = mx.where(mx.array(valid), scores, -1e4)
         ranking = mx.stop_gradient(mx.argsort(-scores, axis=-1))
         if cfg.query_only:  # no generator pass
@@ -309,7 +318,10 @@ class JointStage(Stage):
         every document of the data (as retrieval ranks a whole collection)."""
         if self._corpus is None:
             return _info_nce_sum(scores / self.config.tau, examples, N)
-        every = qf @ self._corpus.T  # (B, U) cosine against every document
+        if self.config.retrieval_score == "maxsim":
+            every = maxsim_scores(qf, self._corpus)  # (B, U), inputs unit already
+        else:
+            every = qf @ self._corpus.T  # (B, U) cosine against every document
         gold = np.zeros(every.shape, bool)
         for b, e in enumerate(examples):
             gold[b, [e.cands[p] for p in e.pos]] = True
