@@ -41,7 +41,14 @@ def _clara_weights(cm: ClaraModel) -> dict[str, mx.array]:
     return {k: v for k, v in tree_flatten(cm.parameters()) if any(p in k for p in keep)}
 
 
+#: Settings of how a checkpoint is used, not of the memories it makes: an index stays valid
+#: when they change, so they are left out of the fingerprint.
+USE_SETTINGS = ("dense_scoring",)
+
+
 def _file_fingerprint(weights: Path, config: dict) -> str:
+    clara = {k: v for k, v in config.get("clara", {}).items() if k not in USE_SETTINGS}
+    config = {**config, "clara": clara} if "clara" in config else config
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     h.update(weights.read_bytes())
     return h.hexdigest()[:16]

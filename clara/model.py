@@ -17,6 +17,7 @@ from clara.errors import ClaraError
 from clara.loader import BaseModel
 from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
 from clara.reference import runtime as reference
+from clara.retrieval import DENSE_SCORINGS, RERANK_DEPTH
 from clara.rope import same_positions
 
 COMPRESSION_RATES = (4, 16, 32, 64, 128)
@@ -44,6 +45,10 @@ class ClaraConfig:
     # states share one dominant component (SmolLM2-135M: norm 50 of 54) it is what lets the
     # generator read memories at all on a small budget (BENCHMARKS.md).
     center_memory: bool = False
+    # How retrieval scores chunks with this checkpoint's query adapter (clara.retrieval):
+    # "flat" (the paper's flattened cosine; imported and older checkpoints) or "maxsim" (the
+    # flattened cosine's nearest re-scored by late interaction: not in the paper).
+    dense_scoring: str = "flat"
     # Checkpoints imported from Apple's reference (`clara-models import-clara`): its prompt,
     # the special tokens it appended to the base vocabulary (ids vocab_base, vocab_base+1, ...
     # in this order), its memory-token string per memory slot (`<MEM0>`.. or `<MEM>` repeated),
@@ -58,6 +63,10 @@ class ClaraConfig:
         if self.prompt_template not in PROMPT_TEMPLATES:
             raise ClaraError(
                 f"prompt template {self.prompt_template!r} unknown; use one of {PROMPT_TEMPLATES}"
+            )
+        if self.dense_scoring not in DENSE_SCORINGS:
+            raise ClaraError(
+                f"dense scoring {self.dense_scoring!r} unknown; use one of {DENSE_SCORINGS}"
             )
         if self.compression_rate not in COMPRESSION_RATES:
             raise ClaraError(
@@ -76,6 +85,11 @@ class ClaraConfig:
             raise ClaraError(
                 f"a reference checkpoint needs {self.n_mem} memory tokens and the base vocab size"
             )
+
+    @property
+    def dense_rerank(self) -> int:
+        """Nearest chunks the index re-scores by MaxSim (0: the flattened cosine alone)."""
+        return RERANK_DEPTH if self.dense_scoring == "maxsim" else 0
 
     @property
     def reference(self) -> bool:
@@ -173,7 +187,8 @@ class ClaraModel(nn.Module):
         return self._fingerprint
 
     def _fresh_fingerprint(self) -> str:
-        blob = json.dumps([self.info.fingerprint, self.config.to_dict(), "fresh"], sort_keys=True)
+        config = {k: v for k, v in self.config.to_dict().items() if k != "dense_scoring"}
+        blob = json.dumps([self.info.fingerprint, config, "fresh"], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def manifest(self) -> dict:

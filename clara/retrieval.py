@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 #: Where retrieval happens, one of these: hybrid fuses the other two.
 RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
+#: How the query adapter's vectors score a chunk's memory vectors: "flat" is the paper's
+#: cosine of the flattened vectors; "maxsim" re-scores the RERANK_DEPTH nearest by it with
+#: late interaction (`maxsim_scores`). A checkpoint names its own (`ClaraConfig.dense_scoring`).
+DENSE_SCORINGS = ("flat", "maxsim")
+RERANK_DEPTH = 100
 
 
 @dataclass(frozen=True)

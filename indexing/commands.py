@@ -327,7 +327,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     manifest = model_manifest(cm, args.checkpoint)
     with _open(args.index, args.collection, manifest, readonly=True) as col:
         query = np.array(cm.encode_queries([args.query]).astype(mx.float32))[0]  # (n_mem, d)
-        hits = col.retrieve(args.query, query, args.top_k, args.mode, fusion)
+        hits = col.retrieve(
+            args.query, query, args.top_k, args.mode, fusion, rerank=cm.config.dense_rerank
+        )
     rows = [
         {
             "rank": i, "score": round(h.score, 6), "ranks": h.ranks, "mode": h.mode,

@@ -62,9 +62,11 @@ def retrieve(
     k: int = 5,
     mode: str = "hybrid",
     fusion: Fusion | None = None,
+    rerank: int = 0,
 ) -> list[SearchHit]:
     """Up to `k` hits for the question `text` (and its query vector (n_mem, d), needed by
-    dense and hybrid, and by lexical when it falls back), best first."""
+    dense and hybrid, and by lexical when it falls back), best first; the dense side's nearest
+    `rerank` re-scored by MaxSim (`Collection.search`)."""
     check_mode(mode)
     fusion = fusion or Fusion()
     depth = max(k, fusion.depth) if mode == "hybrid" else k
@@ -77,7 +79,7 @@ def retrieve(
         mode = "dense"  # no usable word, or no full-text index
     dense: list = []
     if mode != "lexical":
-        dense = [(h.chunk_id, h.score) for h in col.search(vector, depth)[0]]
+        dense = [(h.chunk_id, h.score) for h in col.search(vector, depth, rerank)[0]]
     dense_scores, lexical_scores = dict(dense), dict(lexical or [])
     rankings = {}
     if mode != "lexical":

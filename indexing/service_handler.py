@@ -408,13 +408,14 @@ class IndexService:
         threshold = (body.ranking_options.score_threshold if body.ranking_options else None) or 0
         k = body.max_num_results
 
-        def encode(cm: Any) -> np.ndarray:
+        def encode(cm: Any) -> tuple[np.ndarray, int]:
             import mlx.core as mx
 
             self._check_model(col, cm)
-            return np.array(cm.encode_queries(queries).astype(mx.float32))  # (Q, n_mem, d)
+            vectors = np.array(cm.encode_queries(queries).astype(mx.float32))  # (Q, n_mem, d)
+            return vectors, cm.config.dense_rerank
 
-        vectors = await self.worker.call(encode)
+        vectors, rerank = await self.worker.call(encode)
         links = self.registry.links(store_id=store_id)
         hybrid = body.ranking_options.hybrid_search if body.ranking_options else None
         fusion = None
@@ -423,7 +424,7 @@ class IndexService:
             fusion = dataclasses.replace(Fusion(), weights=weights)
         results = await asyncio.to_thread(
             search_results, col, queries, vectors, k, threshold, links, self.uploads,
-            body.retrieval_mode, fusion,
+            body.retrieval_mode, fusion, rerank,
         )  # fmt: skip
         return SearchPage(search_query=queries, data=results)
 

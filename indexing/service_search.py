@@ -25,12 +25,13 @@ def search_results(
     uploads: Uploads,
     mode: str = "hybrid",
     fusion: Fusion | None = None,
+    rerank: int = 0,
 ) -> list[SearchResult]:
     """Questions `texts` and their vectors `queries` (Q, n_mem, d) -> up to k results with
-    score >= threshold, best first."""
+    score >= threshold, best first (`rerank`: the checkpoint's `dense_rerank`)."""
     best: dict[int, Any] = {}
     for text, query in zip(texts, queries, strict=True):
-        for h in col.retrieve(text, query, k, mode, fusion):
+        for h in col.retrieve(text, query, k, mode, fusion, rerank):
             if h.chunk_id not in best or h.score > best[h.chunk_id].score:
                 best[h.chunk_id] = h
     hits = sorted(best.values(), key=lambda h: -h.score)[:k]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from clara.errors import DocumentNotFoundError
-from clara.retrieval import Fusion
+from clara.retrieval import Fusion, maxsim_numpy
 from indexing.durable import (
     CollectionLockedError,
     WriterLock,
@@ -81,7 +81,7 @@ class Hit:
 
     chunk_id: int
     doc_id: str
-    score: float  # cosine of the flattened query and memory vectors
+    score: float  # MaxSim of the query and memory vectors (flattened cosine without rerank)
     doc_name: str
     ordinal: int  # position of the chunk in its document
     page_start: int | None
@@ -400,25 +400,55 @@ class Collection:
             self._view.maybe_save(force=True)
 
     # -- reads -------------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int = 5) -> list[list[Hit]]:
-        """query (Q, n_mem, d) or (n_mem, d) -> for each query up to k hits, best first."""
+    def search(self, query: np.ndarray, k: int = 5, rerank: int = 0) -> list[list[Hit]]:
+        """query (Q, n_mem, d) or (n_mem, d) -> for each query up to k hits, best first.
+
+        FAISS finds the `max(k, rerank)` nearest chunks by the cosine of the flattened vectors;
+        with `rerank` (the checkpoint's `ClaraConfig.dense_rerank`) those are re-scored by
+        MaxSim over the stored memory vectors and the best k kept."""
         q = np.asarray(query)
         q = q[None] if q.ndim == 2 else q
         shape = (self.manifest.n_mem, self.manifest.hidden_size)
         if q.ndim != 3 or q.shape[1:] != shape:
             raise ValueError(f"query must be (Q, {shape[0]}, {shape[1]}) or {shape}, got {q.shape}")
+        depth = rerank
         with self._mutex:
             self._view.refresh()
             index = self._view.index
             if index is None or index.ntotal == 0:
                 return [[] for _ in range(len(q))]
-            scores, ids = index.search(flatten_normalize(q), k)  # (Q, k) each
+            scores, ids = index.search(flatten_normalize(q), max(k, depth))  # (Q, n) each
+            if depth:
+                scores, ids = self._maxsim(q, ids, k)
             info = self._meta.hit_info(np.unique(ids[ids >= 0]).tolist())
         # an id missing from `info` was removed after the refresh: never return it
         return [
             [Hit(i, info[i][0], float(s), *info[i][1:]) for s, i in zip(srow, irow) if i in info]
             for srow, irow in zip(scores, ids.tolist())
         ]
+
+    def _maxsim(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's candidates `ids` (Q, n; -1 for none) re-scored by MaxSim, best k first."""
+        found = np.unique(ids[ids >= 0])
+        if found.size == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        try:
+            memory = self._view.read(found.tolist())  # (U, n_mem, d) float16
+        except KeyError:  # removed since FAISS's snapshot: rank the ones still there
+            found = np.array(sorted(self._meta.rows_of(found.tolist())), np.int64)
+            memory = self._view.read(found.tolist())
+        col = {int(c): j for j, c in enumerate(found)}
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        for r, row in enumerate(ids):
+            cands = [int(c) for c in row if int(c) in col]
+            if not cands:
+                continue
+            s = maxsim_numpy(q[r : r + 1], memory[[col[c] for c in cands]])[0]
+            best = np.argsort(-s, kind="stable")[:k]
+            out_s[r, : len(best)] = s[best]
+            out_i[r, : len(best)] = np.array(cands)[best]
+        return out_s, out_i
 
     def search_lexical(self, text: str, k: int = 5) -> list[tuple[int, float]] | None:
         """BM25 over chunk terms: [(chunk id, score)] best first; None when `text` has no
@@ -436,11 +466,12 @@ class Collection:
         k: int = 5,
         mode: str = "hybrid",
         fusion: Fusion | None = None,
+        rerank: int = 0,
     ) -> list[SearchHit]:
         """Search by question: "hybrid" (default), "dense" or "lexical" (`indexing.hybrid`).
-        `vector` (n_mem, d) is the question's query-adapter encoding. Hits carry text and
-        document."""
-        return retrieve(self, text, vector, k, mode, fusion)
+        `vector` (n_mem, d) is the question's query-adapter encoding; `rerank` as in `search`
+        (pass the checkpoint's `cm.config.dense_rerank`). Hits carry text and document."""
+        return retrieve(self, text, vector, k, mode, fusion, rerank)
 
     def memories(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Stored memory vectors of these chunks: (k, n_mem, d) float32, in the order asked."""

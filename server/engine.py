@@ -318,7 +318,9 @@ class Engine:
             where = self.settings.root / p.collection
             return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
         for _ in range(3):  # a document removed between search and read: search again
-            hits = coll.retrieve(p.query, qvec, p.top_k, p.retrieval_mode)  # text + document
+            hits = coll.retrieve(  # text + document
+                p.query, qvec, p.top_k, p.retrieval_mode, rerank=self._cm.config.dense_rerank
+            )
             if not hits:
                 empty = coll.stats()["chunks"] == 0
                 status = "empty_index" if empty else "no_match"

@@ -69,12 +69,25 @@ def test_search_scores_are_cosine_of_flattened_vectors(col: Collection):
         add(col, seed)
     stored = np.concatenate([doc_vectors(s).astype(np.float16) for s in range(6)])  # (18, 4, 8)
     q = np.random.default_rng(99).standard_normal((2, N_MEM, D)).astype(np.float32)
-    hits = col.search(q, k=5)
+    hits = col.search(q, k=5)  # the flattened cosine (no rerank: the paper's)
     expected = cosine(q, stored)
     for qi in range(2):
         order = np.argsort(-expected[qi])[:5]
         assert [h.chunk_id for h in hits[qi]] == [int(i) + 1 for i in order]  # ids start at 1
         np.testing.assert_allclose([h.score for h in hits[qi]], expected[qi, order], atol=1e-5)
+    # with a rerank depth FAISS's nearest are re-scored by MaxSim (here all 18: fewer)
+    from clara.retrieval import maxsim_numpy
+
+    hits = col.search(q, k=5, rerank=100)
+    late = maxsim_numpy(q, stored.astype(np.float32))
+    for qi in range(2):
+        order = np.argsort(-late[qi])[:5]
+        assert [h.chunk_id for h in hits[qi]] == [int(i) + 1 for i in order]
+        np.testing.assert_allclose([h.score for h in hits[qi]], late[qi, order], atol=1e-5)
+    # a shallower re-score ranks only FAISS's 8 nearest, by MaxSim
+    near = np.argsort(-expected[0])[:8]
+    want = near[np.argsort(-late[0, near], kind="stable")][:5]
+    assert [h.chunk_id for h in col.search(q, k=5, rerank=8)[0]] == [int(i) + 1 for i in want]
     # a (n_mem, d) query is one query; a stored chunk finds itself with cosine 1
     top = col.search(doc_vectors(3)[1], k=1)[0][0]
     assert (top.doc_name, top.ordinal, top.page_start) == ("d3", 1, 2)

@@ -304,3 +304,26 @@ def test_joint_maxsim_scores_documents_by_late_interaction(cm):
     set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
     loss, grads = _grads(stage, examples)
     assert np.isfinite(loss.item()) and any(".lora_query." in k for k in grads)
+
+
+def test_checkpoint_says_how_its_query_adapter_scores(cm, tmp_path):
+    """A stage-3 run with `--retrieval-score maxsim` saves `dense_scoring: maxsim`, which the
+    index's rerank follows; the setting is left out of the fingerprint (same memories: an
+    index built before stays valid)."""
+    import json
+
+    from clara.checkpoint import CONFIG_FILE, checkpoint_fingerprint, save_checkpoint
+
+    before = cm.config.dense_scoring
+    try:
+        make_stage("joint", cm, StageConfig(retrieval_weight=1.0, retrieval_score="maxsim"))
+        assert cm.config.dense_scoring == "maxsim" and cm.config.dense_rerank > 0
+        save_checkpoint(cm, tmp_path / "maxsim")
+        make_stage("joint", cm, StageConfig())
+        assert cm.config.dense_scoring == "flat" and cm.config.dense_rerank == 0
+        save_checkpoint(cm, tmp_path / "flat")
+    finally:
+        cm.config.dense_scoring = before
+    saved = json.loads((tmp_path / "maxsim" / CONFIG_FILE).read_text())
+    assert saved["clara"]["dense_scoring"] == "maxsim"
+    assert checkpoint_fingerprint(tmp_path / "maxsim") == checkpoint_fingerprint(tmp_path / "flat")

@@ -287,7 +287,10 @@ def retrieve_from_index(
     with Collection.open(root, name, manifest=cm.manifest(), readonly=True) as col:
         memories, texts, ranked, gold = [], [], [], []
         for r, vector in zip(records, q):
-            hits = col.retrieve(r.question, vector, max(top_k, max(RECALL_KS)), mode)
+            hits = col.retrieve(
+                r.question, vector, max(top_k, max(RECALL_KS)), mode,
+                rerank=cm.config.dense_rerank,
+            )  # fmt: skip
             ids = [h.chunk_id for h in hits]
             mem = col.memories(ids[:top_k]) if ids else []
             memories.append([mx.array(m) for m in mem])

@@ -221,6 +221,8 @@ class JointStage(Stage):
         if self.config.corpus_negatives and not self.config.retrieval_weight:
             raise ClaraError("joint --corpus-negatives shapes the retrieval loss: give "
                              "--retrieval-weight > 0")  # fmt: skip
+        # the checkpoint says how its query adapter was trained to score, so the index ranks so
+        cm.config.dense_scoring = self.config.retrieval_score
         self.doc_texts: list[str] = []
         self.doc_memory: mx.array | None = None  # (U, n_mem, d), computed once in prepare()
         self._corpus: mx.array | None = None  # (U, n_mem*d) unit rows, for corpus negatives
