@@ -252,7 +252,7 @@ def report_retrieval(found: list[dict]) -> None:
             cells = [x["tag"], f"`{x['checkpoint']}`", scoring if name != "bm25" else "", name]
             cells += [f"{100 * r[f'recall@{k}']:.1f}" for k in (1, 3, 5)]
             lines.append("| " + " | ".join(cells) + " |")
-    per = "every question of" if found[0].get("every_question") else "one per"
+    per = "every question of each" if found[0].get("every_question") else "one per"
     body = (
         f"{found[0]['questions']} held-out questions ({per} held-out document), ranking all "
         f"{found[0]['collection']} documents; dense: the query adapter's vectors against the "
