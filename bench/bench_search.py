@@ -37,7 +37,8 @@ import numpy as np
 from bench._common import append_report, markdown_table
 from indexing import vectors
 from indexing.store import ChunkRecord, Collection
-from indexing.vectors import VectorIndex, flatten_normalize
+from clara.retrieval import flatten_normalize
+from indexing.vectors import VectorIndex
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 DIMS = {"10k": 9216, "100k": 9216, "1m": 1152}

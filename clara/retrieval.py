@@ -91,7 +91,8 @@ def reciprocal_rank_fusion(
 
 def flatten_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """`(N, n_mem, d)` -> `(N, n_mem*d)` float32 rows of unit L2 norm (for inner-product search)."""
-    flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    x = np.asarray(x, dtype=np.float32)
+    flat = x.reshape(len(x), int(np.prod(x.shape[1:])))  # also for no rows
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
     return flat / np.maximum(norms, eps)
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from clara.errors import DocumentNotFoundError
-from clara.retrieval import Fusion, maxsim_numpy
+from clara.retrieval import Fusion, flatten_normalize, maxsim_numpy
 from indexing.durable import (
     CollectionLockedError,
     WriterLock,
@@ -51,7 +51,7 @@ from indexing.layout import (
 from indexing.lexical import query_terms
 from indexing.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from indexing.meta import Chunk, ChunkRecord, Document, Meta
-from indexing.vectors import MemoryFile, flatten_normalize, resolve_kind
+from indexing.vectors import MemoryFile, resolve_kind
 from indexing.view import IndexView
 
 __all__ = [

@@ -36,14 +36,6 @@ HNSW_MAX_TOMBSTONES = 0.25
 BATCH = 4096
 
 
-def flatten_normalize(x: np.ndarray) -> np.ndarray:
-    """(N, n_mem, d) any float dtype -> (N, n_mem*d) float32 with unit L2 norm (zeros stay 0)."""
-    flat = np.ascontiguousarray(x.reshape(len(x), math.prod(x.shape[1:])), dtype=np.float32)
-    norms = np.linalg.norm(flat, axis=1, keepdims=True)
-    np.divide(flat, norms, out=flat, where=norms > 0)
-    return flat
-
-
 def resolve_kind(index_type: str, n: int, current: str | None = None) -> str:
     """The concrete index kind ("flat" | "hnsw" | "ivf") for a requested type and size."""
     if index_type not in INDEX_TYPES:

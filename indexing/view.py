@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from clara.retrieval import flatten_normalize
 from indexing.durable import remove_quietly
 from indexing.layout import FAISS_FILE, CollectionError, faiss_file_name
 from indexing.manifest import Manifest
 from indexing.meta import Meta, State
-from indexing.vectors import MemoryFile, VectorIndex, flatten_normalize, resolve_kind
+from indexing.vectors import MemoryFile, VectorIndex, resolve_kind
 
 #: FAISS files up to this size are rewritten on every commit; bigger ones once this share of
 #: their vectors changed (and on close), so adding one document to a 100k-chunk collection does

@@ -207,16 +207,6 @@ def test_mismatched_manifest_names_both_fingerprints(tmp_path: Path):
     reader.close()
 
 
-def test_flatten_normalize_matches_the_retrieval_contract():
-    import clara.retrieval
-
-    x = np.random.default_rng(0).standard_normal((5, N_MEM, D)).astype(np.float32)
-    x[2] *= 1000.0
-    np.testing.assert_allclose(
-        vectors.flatten_normalize(x), clara.retrieval.flatten_normalize(x), rtol=1e-6
-    )
-
-
 def test_missing_collection_and_read_only(tmp_path: Path):
     with pytest.raises(CollectionNotFoundError, match="no collection 'nope'"):
         Collection.open(tmp_path, "nope", readonly=True)
