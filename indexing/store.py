@@ -417,6 +417,7 @@ class Collection:
             index = self._view.index
             if index is None or index.ntotal == 0:
                 return [[] for _ in range(len(q))]
+            depth = min(depth, index.ntotal)
             scores, ids = index.search(flatten_normalize(q), max(k, depth))  # (Q, n) each
             if depth:
                 scores, ids = self._maxsim(q, ids, k)
