@@ -10,9 +10,9 @@ New requests are prefilled together (their own input embeddings; the shared prom
 computed once or taken from a `PrefixCache`, the rest right-padded into one batched forward),
 each samples and sends its first token, then their KV caches join the running batch
 before the next decode step (`join_caches`: all rows prefilled since the last step are
-copied in at once). As in mlx-lm's `generate_step`, the
-next forward is queued (`mx.async_eval`) before the current tokens are read, so detokenizing
-and streaming overlap the model. Each request samples with its own random key, so a seeded
+copied in at once). As in mlx-lm's `generate_step`, the next forward is queued
+(`mx.async_eval`) before the current tokens are read, so detokenizing and streaming overlap
+the model. Each request samples with its own random key, so a seeded
 request gives the same tokens alone or in any batch. Decoding uses the adapter merged into
 a copy of the base weights (`clara.lora.merged`): no LoRA matmuls per token. On Linux CPUs
 the decode products run through clara's thin-matmul kernel (`clara._blas`), which reads
@@ -158,7 +158,7 @@ def join_caches(caches: list[BatchKVCache]) -> BatchKVCache:
     out = BatchKVCache([])
     for name in ("keys", "values"):
         first = getattr(caches[0], name)
-        B, H, _, D = first.shape
+        _, H, _, D = first.shape
         buf = mx.zeros((rows, H, cap, D), first.dtype)
         row = 0
         for c, i, lo, hi, start in pieces:
@@ -283,9 +283,9 @@ class Decoder:
         text prefix they share is prefilled once (or taken from the prefix cache) and copied
         to every row, the rest is right-padded to the longest and then moved to the left
         (`join_caches`, when they join the batch), and each row's last position gives its
-        first logits. On 2 CPU cores 2-4 prompts of ~140 positions prefill in about 0.8x the time each takes alone, 8 in
-        0.92x (clara-serve cuts its passes at `--prefill-tokens`). Returns [(sequence, first
-        chunk)] in the order given.
+        first logits. On 2 CPU cores 2-4 prompts of ~140 positions prefill in about 0.8x the
+        time each takes alone, 8 in 0.92x (clara-serve cuts its passes at `--prefill-tokens`).
+        Returns [(sequence, first chunk)] in the order given.
         """
         for prompt, _, _ in requests:
             check_context(prompt, self.limit)
