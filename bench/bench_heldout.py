@@ -39,7 +39,7 @@ from clara.retrieval import (  # noqa: E402
     DENSE_SCORINGS,
     Fusion,
     cosine_scores,
-    maxsim_numpy,
+    maxsim_rerank,
     recall_precision_at_k,
     reciprocal_rank_fusion,
 )
@@ -106,8 +106,7 @@ def rankings(cm, recs, docs, mem) -> tuple[list[list[int]], ...]:
 
         qn, mn = np.array(q.astype(mx.float32)), np.array(mem.astype(mx.float32))
         near = dense[:, : max(depth, fusion.depth)]
-        late = [maxsim_numpy(qn[i : i + 1], mn[row])[0] for i, row in enumerate(near)]
-        dense = np.stack([row[np.argsort(-s, kind="stable")] for row, s in zip(near, late)])
+        dense = np.stack([maxsim_rerank(qn[i], row, mn[row])[1] for i, row in enumerate(near)])
     dense = [row[: fusion.depth].tolist() for row in dense]
     scores = bm25([r.question for r in recs], docs)
     lexical = [np.argsort(-s, kind="stable")[: fusion.depth].tolist() for s in scores]

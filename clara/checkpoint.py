@@ -18,7 +18,7 @@ from mlx.utils import tree_flatten
 
 from clara.errors import CheckpointError
 from clara.loader import DEFAULT_ALIASES, DEFAULT_MODEL, BaseModel, load_base
-from clara.model import FORMAT_VERSION, ClaraConfig, ClaraModel
+from clara.model import FORMAT_VERSION, ClaraConfig, ClaraModel, memory_settings
 
 CONFIG_FILE = "clara_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
@@ -41,14 +41,9 @@ def _clara_weights(cm: ClaraModel) -> dict[str, mx.array]:
     return {k: v for k, v in tree_flatten(cm.parameters()) if any(p in k for p in keep)}
 
 
-#: Settings of how a checkpoint is used, not of the memories it makes: an index stays valid
-#: when they change, so they are left out of the fingerprint.
-USE_SETTINGS = ("dense_scoring",)
-
-
 def _file_fingerprint(weights: Path, config: dict) -> str:
-    clara = {k: v for k, v in config.get("clara", {}).items() if k not in USE_SETTINGS}
-    config = {**config, "clara": clara} if "clara" in config else config
+    if "clara" in config:  # how the checkpoint is used does not change the memories
+        config = {**config, "clara": memory_settings(config["clara"])}
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     h.update(weights.read_bytes())
     return h.hexdigest()[:16]

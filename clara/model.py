@@ -21,6 +21,16 @@ from clara.retrieval import DENSE_SCORINGS, RERANK_DEPTH
 from clara.rope import same_positions
 
 COMPRESSION_RATES = (4, 16, 32, 64, 128)
+#: ClaraConfig fields of how a checkpoint is used, not of the memories it makes: an index stays
+#: valid when they change, so fingerprints leave them out (`memory_settings`).
+USE_SETTINGS = ("dense_scoring",)
+
+
+def memory_settings(config: dict) -> dict:
+    """A ClaraConfig dict without its USE_SETTINGS: what a fingerprint hashes."""
+    return {k: v for k, v in config.items() if k not in USE_SETTINGS}
+
+
 #: mlx-lm architectures whose forward is `model` then the plain output projection
 _PLAIN_HEADS = ("mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3")
 FORMAT_VERSION = 1
@@ -187,7 +197,7 @@ class ClaraModel(nn.Module):
         return self._fingerprint
 
     def _fresh_fingerprint(self) -> str:
-        config = {k: v for k, v in self.config.to_dict().items() if k != "dense_scoring"}
+        config = memory_settings(self.config.to_dict())
         blob = json.dumps([self.info.fingerprint, config, "fresh"], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

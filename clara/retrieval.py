@@ -116,12 +116,14 @@ def cosine_scores(queries: mx.array, docs: mx.array, eps: float = 1e-12) -> mx.a
 def maxsim_scores(queries: mx.array, docs: mx.array, eps: float = 1e-12) -> mx.array:
     """Late interaction over memory vectors: `(Q, n_mem, d)` x `(N, n_mem, d)` -> `(Q, N)`, each
     query vector's best cosine among a document's vectors, averaged over the query vectors
-    (ColBERT's MaxSim, as a mean so it lies in [-1, 1] like the flattened cosine).
-    Differentiable."""
+    (ColBERT's MaxSim, as a mean so it lies in [-1, 1] like the flattened cosine). `docs` of
+    shape `(Q, N, n_mem, d)` are each query's own candidates. Differentiable."""
     import mlx.core as mx
 
     q = unit(queries.astype(mx.float32), eps)
     k = unit(docs.astype(mx.float32), eps)
+    if k.ndim == 4:  # (Q, N, m, n): each candidate vector against each query vector
+        return (k @ q[:, None].swapaxes(-1, -2)).max(axis=-2).mean(axis=-1)
     Q, n, d = q.shape
     N, m, _ = k.shape
     s = (q.reshape(Q * n, d) @ k.reshape(N * m, d).T).reshape(Q, n, N, m)
@@ -147,6 +149,16 @@ def maxsim_numpy(queries: np.ndarray, docs: np.ndarray, block: int = 512) -> np.
         s = np.einsum("qid,njd->qinj", q, part, optimize=False)  # (Q, n, B, m)
         out[:, lo : lo + len(part)] = s.max(axis=-1).mean(axis=1)
     return out
+
+
+def maxsim_rerank(
+    query: np.ndarray, cands: Sequence[int], memories: np.ndarray, k: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query `(n_mem, d)`'s candidate ids `cands`, with their memories `(len(cands), m, d)`,
+    re-scored by MaxSim: (scores, ids) best first, at most `k` (default all)."""
+    scores = maxsim_numpy(query[None], memories)[0]
+    best = np.argsort(-scores, kind="stable")[:k]
+    return scores[best], np.asarray(cands)[best]
 
 
 def soft_topk(scores: mx.array, k: int, tau: float) -> mx.array:

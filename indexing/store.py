@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from clara.errors import DocumentNotFoundError
-from clara.retrieval import Fusion, flatten_normalize, maxsim_numpy
+from clara.retrieval import Fusion, flatten_normalize, maxsim_rerank
 from indexing.durable import (
     CollectionLockedError,
     WriterLock,
@@ -411,13 +411,12 @@ class Collection:
         shape = (self.manifest.n_mem, self.manifest.hidden_size)
         if q.ndim != 3 or q.shape[1:] != shape:
             raise ValueError(f"query must be (Q, {shape[0]}, {shape[1]}) or {shape}, got {q.shape}")
-        depth = rerank
         with self._mutex:
             self._view.refresh()
             index = self._view.index
             if index is None or index.ntotal == 0:
                 return [[] for _ in range(len(q))]
-            depth = min(depth, index.ntotal)
+            depth = min(rerank, index.ntotal)
             scores, ids = index.search(flatten_normalize(q), max(k, depth))  # (Q, n) each
             if depth:
                 scores, ids = self._maxsim(q, ids, k)
@@ -445,10 +444,9 @@ class Collection:
             cands = [int(c) for c in row if int(c) in col]
             if not cands:
                 continue
-            s = maxsim_numpy(q[r : r + 1], memory[[col[c] for c in cands]])[0]
-            best = np.argsort(-s, kind="stable")[:k]
-            out_s[r, : len(best)] = s[best]
-            out_i[r, : len(best)] = np.array(cands)[best]
+            s, best = maxsim_rerank(q[r], cands, memory[[col[c] for c in cands]], k)
+            out_s[r, : len(best)] = s
+            out_i[r, : len(best)] = best
         return out_s, out_i
 
     def search_lexical(self, text: str, k: int = 5) -> list[tuple[int, float]] | None:

@@ -123,6 +123,7 @@ def build_trainer(
         examples,
         progress=lambda it, n: progress(it, n, "compress docs", quiet=config.quiet or not lead),
     )
+    _blas.for_training(local_ranks(group))  # compressing (`prepare`) set prefill's threads
     return Trainer(cm, stage, examples, config, group), resume_from
 
 

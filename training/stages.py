@@ -288,8 +288,7 @@ class JointStage(Stage):
         flat = docs.reshape(B, N, -1).astype(mx.float32)  # (B, N, n_mem*d)
         if cfg.retrieval_score == "maxsim":
             qf = unit(q.astype(mx.float32))  # (B, n_mem, d) unit vectors
-            s = unit(docs.astype(mx.float32)) @ qf[:, None].swapaxes(-1, -2)  # (B,N,n_mem,n_mem)
-            scores = s.max(axis=-2).mean(axis=-1)  # each query vector's best document vector
+            scores = maxsim_scores(qf, docs)  # (B, N) over each question's own candidates
         else:
             qf = unit(q.reshape(B, -1).astype(mx.float32))  # (B, n_mem*d)
             scores = (unit(flat) @ qf[..., None]).squeeze(-1)  # (B, N) cosine of flat vectors
