@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument(
         "--every-question", action="store_true",
-        help="with --retrieval-only: every question of the held-out documents (about 1570) "
+        help="with --retrieval-only: every question of the held-out documents (1686) "
         "instead of one per document (a finer comparison; questions of one document are not independent)",
     )  # fmt: skip
     p.add_argument(
