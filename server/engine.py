@@ -401,25 +401,39 @@ class Engine:
                 log.exception("chat request failed")
             j.task.failed(exc)
 
+        def start(adapter: str | None, part: list[tuple[Job, RagParams, Prompt]]) -> None:
+            try:
+                self._start(adapter, part)
+            except BaseException as exc:  # noqa: BLE001
+                for j, _, _ in part:
+                    fail(j, exc)
+
         try:
             qvecs = self._encode([q for _, q in group])
-            ready: dict[str | None, list[tuple[Job, RagParams, Prompt]]] = {}  # by adapter
+            # A pass is prefilled as soon as its prompts are ready: the requests after it
+            # are retrieved for once its first tokens are out (`prefill_groups`' cuts).
+            pending: dict[str | None, list[tuple[Job, RagParams, Prompt]]] = {}  # by adapter
             for (j, q), qvec in zip(group, qvecs):
                 try:
-                    if not j.cancelled.is_set():
-                        prompt, adapter = self._ready(j, q, qvec)
-                        ready.setdefault(adapter, []).append((j, q, prompt))
+                    if j.cancelled.is_set():
+                        continue
+                    prompt, adapter = self._ready(j, q, qvec)
                 except BaseException as exc:  # noqa: BLE001
                     fail(j, exc)
-            for adapter, items in ready.items():
-                for part in prefill_groups(
+                    continue
+                items = pending.setdefault(adapter, [])
+                items.append((j, q, prompt))
+                *full, pending[adapter] = prefill_groups(
                     items, self.settings.prefill_batch, self.settings.prefill_tokens
-                ):
-                    try:
-                        self._start(adapter, part)
-                    except BaseException as exc:  # noqa: BLE001
-                        for j, _, _ in part:
-                            fail(j, exc)
+                )
+                if len(pending[adapter]) >= max(1, self.settings.prefill_batch):
+                    full.append(pending[adapter])
+                    pending[adapter] = []
+                for part in full:
+                    start(adapter, part)
+            for adapter, items in pending.items():
+                if items:
+                    start(adapter, items)
         except BaseException as exc:
             for t in taken:
                 t.failed(exc)

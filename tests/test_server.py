@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -589,3 +590,47 @@ def test_prefill_groups_cut_by_count_and_positions() -> None:
     assert ids(prefill_groups(items, 8, 0)) == [[0, 1, 2, 3, 4, 5]]  # no position limit
     assert ids(prefill_groups(items, 1, 0)) == [[0], [1], [2], [3], [4], [5]]
     assert prefill_groups([], 8, 320) == []
+
+
+def test_a_burst_gets_first_tokens_before_the_last_is_retrieved(
+    tmp_path: Path, tiny_llama_dir: Path, cm
+) -> None:
+    """Requests admitted together are prefilled pass by pass as their prompts become ready:
+    the first pass's first tokens go out before the last requests are retrieved for (their
+    response headers, sent when retrieval is done, come after). Equal answers to sequential
+    ones are checked above."""
+    add_documents(tmp_path / "index", cm, DOCS)
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir),
+        "--index", str(tmp_path / "index"),
+        "--served-model-name", MODEL,
+        "--prefill-batch", "2", "--prefill-tokens", "0",
+        env={"CLARA_HOME": str(tmp_path / "home")},
+        log=tmp_path / "server.log",
+    )  # fmt: skip
+    proc.wait_ready()
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[float, float]:
+        body = {"model": MODEL, "messages": ask(DOCS[i % len(DOCS)][1]), "max_tokens": 2}
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**body, "stream": True}
+        ) as r:
+            assert r.status_code == 200
+            headers = time.perf_counter()
+            async for line in r.aiter_lines():
+                data = line[6:] if line.startswith("data: {") else "{}"
+                if any(c["delta"].get("content") for c in json.loads(data).get("choices", [])):
+                    return headers, time.perf_counter()
+        raise AssertionError("no content")
+
+    async def burst() -> list[tuple[float, float]]:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=60) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(6)))
+
+    try:
+        times = asyncio.run(burst())
+        text = httpx.get(f"{proc.url}/metrics").text
+    finally:
+        proc.stop()
+    assert metric(text, "clara_prefill_passes_total", requests="2") >= 2  # admitted together
+    assert min(first for _, first in times) < max(headers for headers, _ in times)
