@@ -7,11 +7,12 @@ scheduling of ~1000 small ops), even with the matmuls on all cores. Graphs built
 separate streams are evaluated by separate threads at the same time, so `run` builds each
 independent pass on its own lane and evaluates them together, with the matmuls on one
 thread per lane. Measured here (2 cores, in one process, alternating): eight 256-token chunks
-compress in 0.75x the time of one after the other with two-thread matmuls, and two generator
-prefills of ~140 positions (each built as one graph) in 0.77x in a quiet process; but inside
-clara-serve, with the event loop and clients on the same cores, prefilling admitted requests
-side by side made 8 clients' median time to first token 2.2x longer, so the server does not.
-Small passes do not gain: two
+compress in 0.75x the time of one after the other with two-thread matmuls, and memory prompts
+of ~140 positions prefill (`Decoder.add_many`: the requests split into one part per lane) in
+0.77x the time of one batched pass for 2 prompts, 0.62x for 8; inside clara-serve a pass of 2
+went from 238 to 189 ms. (An earlier try in the server, when each lane's KV caches were
+evaluated with its tokens, made time to first token longer: MLX then took 1.7x as long for
+the same work, so only the tokens are asked for.) Small passes do not gain: two
 query-adapter passes of ~36 rows took 1.2x as long side by side, and decode steps (a few rows)
 are slower split in two, so callers use lanes only for passes of `MIN_ROWS` rows or more
 (`worth`).

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
+from clara import lanes
 from clara.decode import Decoder, PrefixCache
 from clara.generate import SamplingParams, generate
 from clara.lora import merge_adapter, merged
@@ -208,11 +209,24 @@ def test_batch_generate_gives_each_prompt_its_answer_alone(cm) -> None:
     assert all(a.tokens == 1 and a.finish_reason in ("length", "stop") for _, a in got)
 
 
-def test_prefilled_together_equals_alone(cm) -> None:
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["one-pass", "lanes"])
+def test_prefilled_together_equals_alone(cm, monkeypatch, side_by_side) -> None:
     """`Decoder.add_many`: prompts of mixed lengths prefilled as one right-padded batch (memory
     and text prompts, one finished by its first token, a group joining a running batch) get
-    the greedy tokens and the seeded samples each gets alone."""
+    the greedy tokens and the seeded samples each gets alone; also when the group is split
+    into parts prefilled side by side on two lanes (`clara.lanes`)."""
+    passes: list[int] = []
+    real_run = lanes.run
+
+    def counted(builders, width=None):
+        passes.append(len(builders))
+        return real_run(builders, width)
+
+    monkeypatch.setattr(lanes, "run", counted)
+    monkeypatch.setenv("CLARA_CPU_LANES", "2" if side_by_side else "1")
+    monkeypatch.setattr(lanes, "MIN_ROWS", 1)  # these small prompts: lanes all the same
     mem = cm.compress(DOCS)
+    passes.clear()  # compressing may use lanes too: count the prefills only
     memory = [
         memory_prompt(cm, "Where is Paris?", [mem[0]]),
         memory_prompt(cm, "Which river runs past the old mill in the story?", list(mem)),
@@ -257,6 +271,7 @@ def test_prefilled_together_equals_alone(cm) -> None:
             got[seq.tag].append(chunk.token)
     assert got["b"] == tokens_alone(cm, text[0], None, seed=7, **kw)
     assert got["a"] == tokens_alone(cm, text[1], None, seed=3, **kw)
+    assert (2 in passes) == side_by_side  # the groups really were split, or not
 
 
 def test_first_logits_are_the_same_alone_and_in_a_batch(cm) -> None:
