@@ -229,7 +229,13 @@ class ClaraModel(nn.Module):
             self.switch.active = previous
 
     def lora_layers(self) -> list[MultiLoRALinear]:
-        return [m for _, m in self.lm.named_modules() if isinstance(m, MultiLoRALinear)]
+        """Every adapter-wrapped linear layer. Found once (the wrappers are made in `__init__`
+        and never replaced): walking the module tree took 3 ms, once per prefill pass."""
+        layers = self.__dict__.get("_lora_layers")
+        if layers is None:  # a plain attribute, not a child module (nn.Module's __setattr__)
+            layers = [m for _, m in self.lm.named_modules() if isinstance(m, MultiLoRALinear)]
+            object.__setattr__(self, "_lora_layers", layers)
+        return list(layers)
 
     def head_weight(self) -> mx.array | None:
         """The output projection's weight matrix (the input embedding's when they are tied);
