@@ -262,7 +262,8 @@ DECODE_THREADS: int | None = 1  # measured: batch 8 decodes 2x faster than with 
 
 # ---- compact copies of decode weights --------------------------------------------------
 DECODE_WEIGHTS = ("float16", "int8", "float32")
-_KINDS = {"float16": 1, "int8": 2, "amx": 3}  # amx: bfloat16 tiles only (training copies)
+_KINDS = {"float16": 1, "int8": 2, "amx": 3, "f32pack": 4}  # amx: bfloat16 tiles only
+# (training copies); f32pack: float32 panels (the compressor and query adapter: `packed`)
 _copy_refs: dict[tuple[int, int], list] = {}  # (address, kind) -> [float32 array (held), owners]
 
 
@@ -294,7 +295,9 @@ class DecodeCopies:
     of the float32 arrays; products and sums stay float32. One owner (a Decoder) updates its set
     as weights change; each float32 array is held while a copy of it lives, so its address
     cannot be reused under a live entry. Kind "amx" (CPUs with AMX only): bfloat16 tiles of
-    frozen weights for a training step's products, forward and backward (`Trainer`)."""
+    frozen weights for a training step's products, forward and backward (`Trainer`). Kind
+    "f32pack" (CPUs with AVX-512 only): the frozen float32 base weights packed once for the
+    compressor's and query adapter's products (`ClaraModel.pack_base_weights`)."""
 
     def __init__(self, kind: str | None = None) -> None:
         self.kind = kind or decode_weights()
@@ -305,6 +308,8 @@ class DecodeCopies:
         import mlx.core as mx
 
         if _thin is None or self.kind not in _KINDS or (self.kind == "amx" and not amx):
+            return 0
+        if self.kind == "f32pack" and not _thin.clara_thinmm_f32p_available():
             return 0
         kind = _KINDS[self.kind]
         wanted: dict[tuple[int, int], object] = {}

@@ -298,6 +298,94 @@ COLUMNS(float, f32)
 COLUMNS(half, f16)
 COLUMNS(signed char, i8)
 
+/* ---- float32 products against weights packed once --------------------------------------
+ * OpenBLAS packs the weight matrix on every call. For the tens to hundreds of rows of a query
+ * encoding or a compressor pass that costs about as much as the products (one core, measured:
+ * 33 rows x 576 x 576, 70 GFLOP/s with its packing, 138 from panels packed once; 132 rows,
+ * 123 against 151; 272 rows, 135 against 147). The compressor's and query adapter's frozen
+ * float32 base weights can get a copy packed once (`clara_thinmm_add_copy`, KIND_F32P) in
+ * panels of 32 outputs: panel p holds W[32p + j][i] at [p][i][j]. Each output element is one
+ * chain of float32 fused multiply-adds over i in order, whatever the rows and threads, so a
+ * row gets the same bits alone or in a batch. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define HAVE_F32P 1
+static float *f32p_pack(const float *w, int n, int k) {
+  float *p = aligned_alloc(64, ((size_t)n * k * sizeof(float) + 63) / 64 * 64);
+  if (p == NULL) return NULL;
+  for (int pn = 0; pn < n / 32; pn++)
+    for (int i = 0; i < k; i++)
+      for (int j = 0; j < 32; j++)
+        p[((size_t)pn * k + i) * 32 + j] = w[(size_t)(32 * pn + j) * k + i];
+  return p;
+}
+/* MR rows of c, 32 columns: 2 x MR accumulators, one broadcast of a per row and step */
+#define F32P_KERNEL(MR)                                                                        \
+  static void f32p_##MR(const float *a, int lda, const float *panel, int k, float *c, int ldc,  \
+                        float alpha) {                                                          \
+    __m512 lo[MR], hi[MR];                                                                      \
+    for (int r = 0; r < MR; r++) lo[r] = hi[r] = _mm512_setzero_ps();                           \
+    for (int i = 0; i < k; i++) {                                                               \
+      __m512 b0 = _mm512_load_ps(panel + (size_t)i * 32);                                       \
+      __m512 b1 = _mm512_load_ps(panel + (size_t)i * 32 + 16);                                  \
+      for (int r = 0; r < MR; r++) {                                                            \
+        __m512 x = _mm512_set1_ps(a[(size_t)r * lda + i]);                                      \
+        lo[r] = _mm512_fmadd_ps(x, b0, lo[r]);                                                  \
+        hi[r] = _mm512_fmadd_ps(x, b1, hi[r]);                                                  \
+      }                                                                                         \
+    }                                                                                           \
+    __m512 s = _mm512_set1_ps(alpha);                                                           \
+    for (int r = 0; r < MR; r++) {                                                              \
+      _mm512_storeu_ps(c + (size_t)r * ldc, alpha == 1.0f ? lo[r] : _mm512_mul_ps(s, lo[r]));   \
+      _mm512_storeu_ps(c + (size_t)r * ldc + 16, alpha == 1.0f ? hi[r] : _mm512_mul_ps(s, hi[r])); \
+    }                                                                                           \
+  }
+F32P_KERNEL(1)
+F32P_KERNEL(2)
+F32P_KERNEL(3)
+F32P_KERNEL(4)
+F32P_KERNEL(5)
+F32P_KERNEL(6)
+F32P_KERNEL(7)
+F32P_KERNEL(8)
+typedef void (*f32p_fn)(const float *, int, const float *, int, float *, int, float);
+static const f32p_fn f32p_rows[9] = {0, f32p_1, f32p_2, f32p_3, f32p_4,
+                                     f32p_5, f32p_6, f32p_7, f32p_8};
+typedef struct {
+  int m, k, lda, ldc;
+  float alpha;
+  const float *a, *panels;
+  float *c;
+} f32p_args;
+static void f32p_blocks(const void *ctx, int b0, int b1) {
+  const f32p_args *p = ctx;
+  for (int b = b0; b < b1; b++) {
+    const float *panel = p->panels + (size_t)b * p->k * 32;
+    for (int q = 0; q < p->m; q += 8) {
+      int mr = p->m - q < 8 ? p->m - q : 8;
+      f32p_rows[mr](p->a + (size_t)q * p->lda, p->lda, panel, p->k, p->c + (size_t)q * p->ldc + 32 * b,
+                    p->ldc, p->alpha);
+    }
+  }
+}
+static void f32p_gemm(int m, int n, int k, float alpha, const float *a, int lda,
+                      const float *panels, float *c, int ldc) {
+  f32p_args p = {m, k, lda, ldc, alpha, a, panels, c};
+  parallel_blocks(f32p_blocks, &p, n / 32, (size_t)n * k >= 65536);
+}
+#else
+#define HAVE_F32P 0
+static float *f32p_pack(const float *w, int n, int k) {
+  (void)w, (void)n, (void)k;
+  return NULL;
+}
+static void f32p_gemm(int m, int n, int k, float alpha, const float *a, int lda,
+                      const float *panels, float *c, int ldc) {
+  (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda, (void)panels, (void)c, (void)ldc;
+}
+#endif
+int clara_thinmm_f32p_available(void) { return HAVE_F32P; }
+
 /* ---- AMX: bfloat16 tiles ------------------------------------------------------------------
  * W (n x k, row-major) is packed as 16 x 32 tiles of B = W^T in the VNNI pair layout the tile
  * unit reads: for column block nb (16 outputs) and k block kb (32 inputs), a 1 KB tile whose
@@ -502,7 +590,8 @@ static void *amx_pack_nn(const float *w, int n, int k) {
  * itself in `active` before it looks, and a dropped copy is freed only once no product is
  * running (both sides sequentially consistent: a product either misses the entry or is
  * counted). */
-enum { KIND_F16 = 1, KIND_I8 = 2, KIND_AMX = 3 }; /* AMX: the tiles only (training) */
+enum { KIND_F16 = 1, KIND_I8 = 2, KIND_AMX = 3, KIND_F32P = 4 }; /* AMX: the tiles only
+                                                             (training); F32P: float32 panels */
 #define MAX_COPIES 8192
 typedef struct {
   const float *w;
@@ -567,7 +656,9 @@ int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
   if (slot < 0 && used == MAX_COPIES) goto done;
   float *scale = NULL;
   void *data = NULL, *packed = NULL, *packed_nn = NULL;
-  if (kind == KIND_AMX) {
+  if (kind == KIND_F32P) {
+    if (n % 32 != 0 || (data = f32p_pack(w, n, k)) == NULL) goto done;
+  } else if (kind == KIND_AMX) {
     packed = amx_pack(w, n, k);
     packed_nn = amx_pack_nn(w, n, k);
     if (packed == NULL || packed_nn == NULL) {
@@ -652,10 +743,19 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     if (done) return;
   }
 #endif
+  if (HAVE_F32P && order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS &&
+      m > thin_rows && beta == 0.0f && k > 0) {
+    __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
+    const copy_entry *e = find_copy(b, n, k, ldb);
+    int done = e != NULL && e->kind == KIND_F32P;
+    if (done) f32p_gemm(m, n, k, alpha, a, lda, (const float *)e->data, c, ldc);
+    __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
+    if (done) return;
+  }
   if (order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && m <= thin_rows && k > 0) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
     const copy_entry *e = find_copy(b, n, k, ldb);
-    if (e == NULL || e->kind == KIND_AMX)
+    if (e == NULL || e->kind == KIND_AMX || e->kind == KIND_F32P)
       f32_thin(m, n, k, alpha, a, lda, b, ldb, NULL, beta, c, ldc);
     else if (e->kind == KIND_F16)
       f16_thin(m, n, k, alpha, a, lda, (const half *)e->data, k, NULL, beta, c, ldc);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -236,6 +237,27 @@ class ClaraModel(nn.Module):
             layers = [m for _, m in self.lm.named_modules() if isinstance(m, MultiLoRALinear)]
             object.__setattr__(self, "_lora_layers", layers)
         return list(layers)
+
+    def pack_base_weights(self) -> int:
+        """Pack the frozen float32 base weights of the adapter layers once, for the
+        compressor's and query adapter's products (`clara._blas`, kind "f32pack": OpenBLAS
+        packed them again on every call, as long as the products of a query encoding took).
+        For serving and indexing: training tiles or updates these weights. Skipped where the
+        copy would pass `CLARA_PACK_GB` (default 2 GiB) or the CPU lacks AVX-512. Returns how
+        many are packed."""
+        weights = [
+            m.base.weight
+            for m in self.lora_layers()
+            if type(m.base) is nn.Linear and m.base.weight.dtype == mx.float32
+        ]
+        budget = float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
+        if not weights or sum(w.nbytes for w in weights) > budget:
+            return 0
+        holder = self.__dict__.get("_packed")
+        if holder is None:  # a plain attribute, as in lora_layers
+            holder = _blas.DecodeCopies("f32pack")
+            object.__setattr__(self, "_packed", holder)
+        return holder.update(weights)
 
     def head_weight(self) -> mx.array | None:
         """The output projection's weight matrix (the input embedding's when they are tied);

@@ -32,4 +32,6 @@ class ModelSettings:
         log.info("loading %s%s", self.model, f" + {self.checkpoint}" if self.checkpoint else "")
         if mx.default_device() == mx.cpu:
             log.info("CPU matmuls: %s", _blas.describe())
-        return load_clara(self.model, self.checkpoint, dtype=self.dtype)
+        cm = load_clara(self.model, self.checkpoint, dtype=self.dtype)
+        cm.pack_base_weights()  # query encodings and compression: no per-call weight packing
+        return cm

@@ -46,7 +46,9 @@ def _root(args: argparse.Namespace) -> Path:
 def _load_model(args: argparse.Namespace):
     from clara.checkpoint import load_clara
 
-    return load_clara(args.model, args.checkpoint, dtype=model_dtype(args))
+    cm = load_clara(args.model, args.checkpoint, dtype=model_dtype(args))
+    cm.pack_base_weights()  # compression and query encodings: no per-call weight packing
+    return cm
 
 
 def _show_path(path: str | Path | None) -> str:

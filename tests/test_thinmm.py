@@ -162,6 +162,48 @@ def test_int8_copy_is_close_to_float32_and_batch_invariant():
     copies.close()
 
 
+def test_packed_float32_weights_are_read_exactly_and_batch_invariant():
+    """Kind "f32pack": float32 panels packed once for products wider than the thin kernel
+    takes (a query encoding, a compressor pass). float32 products and sums: as close to
+    float64 as OpenBLAS; a row gets the same bits in any batch; dropped on close."""
+    _needs_kernel()
+    if not _blas._thin.clara_thinmm_f32p_available():
+        pytest.skip("no AVX-512: products keep OpenBLAS")
+    w, x = _rand(1536, 576, seed=21), _rand(75, 576, seed=22)
+    exact = np.array(x, np.float64) @ np.array(w, np.float64).T
+    openblas = np.array(x @ w.T)
+    copies = _blas.DecodeCopies("f32pack")
+    assert copies.update([w]) == 1
+    got = np.array(x @ w.T)
+    assert not np.array_equal(got, openblas)  # the panels really were read
+    err = np.abs(got - exact).max()
+    assert err <= 2 * max(np.abs(openblas - exact).max(), 1e-6), err
+    for lo, hi in ((0, 17), (17, 50), (3, 75)):  # other batches, other tiles and tails
+        assert np.array_equal(np.array(x[lo:hi] @ w.T), got[lo:hi])
+    assert not copies.update([_rand(40, 64, seed=23)])  # 40 outputs: not 32-wide panels
+    copies.close()
+    assert np.array_equal(np.array(x @ w.T), openblas)
+
+
+def test_model_packs_its_base_weights_within_the_budget(tiny_llama_dir, monkeypatch):
+    """`ClaraModel.pack_base_weights` (clara-serve, clara-index): the query encoding of a
+    question stays within float32 rounding of the unpacked one; `CLARA_PACK_GB=0` packs none."""
+    _needs_kernel()
+    if not _blas._thin.clara_thinmm_f32p_available():
+        pytest.skip("no AVX-512: products keep OpenBLAS")
+    from clara.checkpoint import load_clara
+
+    cm = load_clara(tiny_llama_dir, None, dtype=None)
+    question = ["Which river runs past the old mill, and how far is it from the sea?"]
+    before = np.array(cm.encode_queries(question))
+    monkeypatch.setenv("CLARA_PACK_GB", "0")
+    assert cm.pack_base_weights() == 0
+    monkeypatch.delenv("CLARA_PACK_GB")
+    packable = [m for m in cm.lora_layers() if m.base.weight.shape[0] % 32 == 0]
+    assert cm.pack_base_weights() == len(packable) > 0
+    np.testing.assert_allclose(np.array(cm.encode_queries(question)), before, atol=1e-4)
+
+
 def test_copies_shared_by_two_owners_live_until_both_let_go():
     _needs_kernel()
     w, x = _rand(300, 64, seed=14), _rand(1, 64, seed=15)
