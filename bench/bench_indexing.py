@@ -162,6 +162,7 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     cm = load_clara(args.model, args.checkpoint, dtype=args.dtype)
+    packed = cm.pack_base_weights()  # as clara-index does (CLARA_PACK_GB=0: none)
     load_s = time.perf_counter() - t0
     mx.eval(cm.compress(["warm-up"] * max(batch_sizes), batch_size=max(batch_sizes)))
 
@@ -227,7 +228,8 @@ def main() -> None:
         f"indexing RSS growth {max(x['rss_growth_mib'] for x in runs.values()):.0f} MiB "
         "(mostly MLX buffers at this size); "
         f"model {args.model} (dtype {cm.info.extras.get('dtype')}, n_mem {cm.n_mem} x d "
-        f"{cm.hidden_size}), loaded in {load_s:.1f}s (not counted); peak process RSS "
+        f"{cm.hidden_size}), loaded in {load_s:.1f}s (not counted); base weights packed "
+        f"for the compressor: {packed} (CLARA_PACK_GB=0: none); peak process RSS "
         f"{peak:.0f} MiB."
     )
     notes = (
