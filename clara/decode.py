@@ -289,8 +289,9 @@ class Decoder:
         to every row, the rest is right-padded to the longest and then moved to the left
         (`join_caches`, when they join the batch), and each row's last position gives its
         first logits. On a multi-core CPU they are split into parts prefilled side by side
-        (`_prefill_parts`): on 2 cores 2 memory prompts of ~140 positions prefill in 1.3x the
-        time of one alone, 8 in 4.1x (clara-serve cuts its passes at `--prefill-tokens`).
+        (`_prefill_parts`): on 2 cores 8 memory prompts of ~125 positions prefill in 0.81x the
+        time of one batched pass (bench/bench_burst.py; clara-serve cuts its passes at
+        `--prefill-tokens`).
         Returns [(sequence, first chunk)] in the order given.
         """
         for prompt, _, _ in requests:

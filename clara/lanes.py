@@ -8,9 +8,9 @@ separate streams are evaluated by separate threads at the same time, so `run` bu
 independent pass on its own lane and evaluates them together, with the matmuls on one
 thread per lane. Measured here (2 cores, in one process, alternating): eight 256-token chunks
 compress in 0.75x the time of one after the other with two-thread matmuls, and memory prompts
-of ~140 positions prefill (`Decoder.add_many`: the requests split into one part per lane) in
-0.77x the time of one batched pass for 2 prompts, 0.62x for 8; inside clara-serve a pass of 2
-went from 238 to 189 ms. (An earlier try in the server, when each lane's KV caches were
+of ~125 positions prefill (`Decoder.add_many`: the requests split into one part per lane) in
+0.85x the time of one batched pass for 4 prompts, 0.81x for 8 (bench/bench_burst.py); inside
+clara-serve a pass of 2 prompts of 141 positions went from 238 to 189 ms. (An earlier try in the server, when each lane's KV caches were
 evaluated with its tokens, made time to first token longer: MLX then took 1.7x as long for
 the same work, so only the tokens are asked for.) Small passes do not gain: two
 query-adapter passes of ~36 rows took 1.2x as long side by side, and decode steps (a few rows)

@@ -385,7 +385,7 @@ class Engine:
         passes cut by `prefill_groups`), sent their first tokens, and join the decode batch
         (`_decode`). Under load this saves a query-adapter pass per request (8 questions
         encode in about the time of 3 one at a time) and prefill time (2 memory prompts
-        together, side by side on 2 cores: 0.65x the time each takes alone)."""
+        together: 0.84x the time each takes alone, bench/bench_burst.py)."""
         room = self.settings.max_batch - self.decoding() - 1
         taken = self._admit(room)
         group = [(job, p)] + [(t.key[1], t.key[1].params) for t in taken]
@@ -561,10 +561,10 @@ def prefill_groups(items: list, most: int, positions: int) -> list[list]:
     """`items` ((job, params, prompt), in arrival order) cut into consecutive prefill passes
     of at most `most` prompts and at most `positions` prompt positions (0: any; a longer
     prompt gets a pass of its own). Smaller passes send their first tokens sooner, larger ones
-    cost less per prompt: memory prompts of ~140 positions on 2 CPU cores (the parts of a pass
-    side by side) took 127 ms alone, 82 ms each 2 together, 68 ms each 4 together in process;
-    inside clara-serve a burst of 8 got its median first token soonest in passes of 2 (189 ms
-    each; passes of 4: 332 ms), the default `--prefill-tokens 320`."""
+    cost less per prompt: memory prompts of ~125 positions on 2 CPU cores (the parts of a pass
+    side by side) took 110 ms alone, 92 ms each 2 together, 83 ms each 4 together in process
+    (bench/bench_burst.py); inside clara-serve a burst of 8 got its median first token soonest
+    in passes of 2 (189 ms each; passes of 4: 332 ms), the default `--prefill-tokens 320`."""
     groups: list[list] = []
     size = 0
     for item in items:

@@ -1,0 +1,134 @@
+"""What a burst of requests costs clara-serve's model thread, in process (no HTTP).
+
+    .venv/bin/python bench/bench_burst.py      # prints a table, appends it to BENCHMARKS.md
+
+On the default model and adapters, with memory prompts of five 256-token chunks (Python's
+documentation topics, compressed) and pydoc questions, in one process, alternating the two
+settings of each comparison so that both see the same machine:
+- query encoding of 1 and 8 questions, with the compressor's and query adapter's float32 base
+  weights packed once (`ClaraModel.pack_base_weights`, what clara-serve and clara-index do)
+  and without (OpenBLAS packing them on every product);
+- prefill of 1, 2, 4 and 8 memory prompts (`Decoder.add_many`, first token sampled) with each
+  pass split into one part per CPU core (`clara.lanes`, the default) and as one batched pass
+  (`CLARA_CPU_LANES=1`).
+Medians of `--repeats` timings. Clients, HTTP and retrieval are left out: bench_server.py
+measures those end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import clara  # noqa: E402, F401  # isort: skip  (first: the BLAS path before mlx loads)
+import mlx.core as mx  # noqa: E402
+
+from bench._common import append_report, markdown_table, sample_texts  # noqa: E402
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of `fn()` (one untimed call first)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=7, help="timings per figure (median)")
+    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    args = p.parse_args()
+
+    from clara.checkpoint import load_clara
+    from clara.decode import Decoder, PrefixCache
+    from clara.generate import SamplingParams
+    from clara.prompt import memory_prompt
+
+    cm = load_clara("smollm2-135m")
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    long = [t for t in sample_texts() if len(t) > 2000]  # 256 full tokens each
+    chunks = [cm.tokenizer.decode(cm.tokenize([t])[0][:256]) for t in long[:5]]
+    questions = [f"What does Python's documentation say about {n.lower()}?" for n in names[:8]]
+    memories = cm.compress(chunks)
+    mx.eval(memories)
+    prompts = [memory_prompt(cm, q, [memories[i] for i in range(5)]) for q in questions]
+
+    rows = []
+    # query encoding, packed and unpacked alternating
+    packed = cm.pack_base_weights()
+    holder = cm.__dict__.get("_packed")
+    if packed and holder is not None:
+        for n in (1, 8):
+            got = {}
+            for _ in range(2):
+                for setting in ("unpacked", "packed"):
+                    if setting == "unpacked":
+                        holder.close()
+                    else:
+                        cm.pack_base_weights()
+                    t = timed(lambda n=n: mx.eval(cm.encode_queries(questions[:n])), args.repeats)
+                    got.setdefault(setting, []).append(t)
+            a, b = min(got["unpacked"]), min(got["packed"])
+            rows.append([f"query encoding, {n} question(s)", "weights packed once",
+                         f"{a * 1000:.0f}", f"{b * 1000:.0f}", f"{b / a:.2f}x"])  # fmt: skip
+    else:
+        print("packed base weights unavailable here (no AVX-512 or no thin kernel)")
+    cm.pack_base_weights()
+
+    # prefill, one batched pass against parts side by side, alternating
+    decoder = Decoder(cm, "generator", prefix_cache=PrefixCache())
+    params = SamplingParams(max_tokens=2)
+
+    def prefill(n: int) -> None:
+        decoder.add_many([(prompt, params, None) for prompt in prompts[:n]])
+        for seq in list(decoder.sequences):
+            decoder.remove(seq)
+
+    before = os.environ.get("CLARA_CPU_LANES")
+    try:
+        for n in (1, 2, 4, 8):
+            got = {}
+            for _ in range(2):
+                for lanes in ("1", before or ""):
+                    os.environ["CLARA_CPU_LANES"] = lanes
+                    got.setdefault(lanes, []).append(timed(lambda n=n: prefill(n), args.repeats))
+            a, b = min(got["1"]), min(got[before or ""])
+            rows.append([f"prefill, {n} memory prompt(s)", "parts side by side",
+                         f"{a * 1000:.0f}", f"{b * 1000:.0f}", f"{b / a:.2f}x"])  # fmt: skip
+    finally:
+        if before is None:
+            os.environ.pop("CLARA_CPU_LANES", None)
+        else:
+            os.environ["CLARA_CPU_LANES"] = before
+
+    table = markdown_table(["work", "change", "before ms", "after ms", "after / before"], rows)
+    notes = (
+        f"Prompts of {prompts[0].positions} positions (five 256-token chunks as 16x memory, a "
+        f"question, the chat template; the shared prefix from the prefix cache). 'before' is "
+        "OpenBLAS packing the weights on every product, and one batched prefill pass "
+        "(CLARA_CPU_LANES=1); 'after' is what clara-serve does by default. Each figure is the "
+        f"lower of two medians of {args.repeats} timings, the settings alternating. A pass is split "
+        "only where each part gets at least `clara.lanes.MIN_ROWS` (128) positions: two "
+        f"prompts of {prompts[0].positions} positions are split only if that is 128 or more; "
+        "one prompt never is (its row shows the noise)."
+    )
+    if args.no_report:
+        print(table + "\n\n" + notes)
+    else:
+        append_report("A burst on the model thread (bench/bench_burst.py)", table, notes)
+
+
+if __name__ == "__main__":
+    main()
