@@ -51,7 +51,7 @@ def main() -> None:
 
     from clara.checkpoint import load_clara
     from clara.decode import Decoder, PrefixCache
-    from clara.generate import SamplingParams
+    from clara.stream import SamplingParams
     from clara.prompt import memory_prompt
 
     cm = load_clara("smollm2-135m")

@@ -48,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from clara.checkpoint import load_clara
     from clara.decode import Decoder
-    from clara.generate import SamplingParams
+    from clara.stream import SamplingParams
     from clara.prompt import text_prompt
 
     cm = load_clara("smollm2-135m")

@@ -30,17 +30,17 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
 
 from clara import _blas, lanes
-from clara.generate import (
+from clara.lora import merge_adapter, merged
+from clara.model import ClaraModel
+from clara.prompt import Prompt
+from clara.rope import same_positions
+from clara.stream import (
     GenerationChunk,
     SamplingParams,
     TextStream,
     check_context,
     context_limit,
 )
-from clara.lora import merge_adapter, merged
-from clara.model import ClaraModel
-from clara.prompt import Prompt
-from clara.rope import same_positions
 
 MIN_PREFIX = 8  # shorter shared prefixes are not worth a cache entry
 

@@ -33,11 +33,11 @@ import numpy as np
 
 from clara.decode import Decoder, PrefixCache
 from clara.decode import Sequence as Seq
-from clara.generate import GenerationChunk, SamplingParams, check_context, context_limit
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
+from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
 from clara_cli.http import APIError
 from clara_cli.worker import Task, Worker
 from indexing.meta import contextual

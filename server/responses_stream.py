@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from clara.generate import GenerationChunk
+from clara.stream import GenerationChunk
 from clara_cli.http import APIError, to_api_error
 from server.engine import DONE, Failed, Job, Ready
 from server.responses_protocol import (

@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara.generate import GenerationChunk
+from clara.stream import GenerationChunk
 from clara_cli.http import APIError, to_api_error
 from server.engine import DONE, Embedded, Engine, Failed, Job, Ready, SourceInfo
 from server.protocol import (

@@ -14,10 +14,11 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from clara import lanes
 from clara.decode import Decoder, PrefixCache
-from clara.generate import SamplingParams, generate
+from clara.generate import generate
 from clara.lora import merge_adapter, merged
 from clara.model import ClaraConfig, ClaraModel
 from clara.prompt import Prompt, memory_prompt, text_prompt
+from clara.stream import SamplingParams
 from tests.test_core import DOCS, _randomize_adapters
 
 

@@ -1,0 +1,155 @@
+"""What one request sees of a generation: how it samples (`SamplingParams`), the chunks it
+is sent (`GenerationChunk`), the text side of its stream (`TextStream`: a streaming
+detokenizer, stop strings held back across token boundaries) and the context-length check.
+`clara.decode.Decoder` drives these for every request in a batch; `clara.generate` builds the
+one-request and many-prompt helpers on top of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from clara.errors import ClaraError, ContextLengthError
+from clara.model import ClaraModel
+from clara.prompt import Prompt
+
+
+@dataclass
+class GenerationChunk:
+    """One step of a generation stream (one generated token, or the closing chunk)."""
+
+    text: str  # new text since the previous chunk (may be "")
+    token: int | None
+    prompt_positions: int  # positions the generator read (memory slots count as one each)
+    generation_tokens: int
+    finish_reason: str | None = None  # "stop" | "length" on the last chunk
+    prompt_seconds: float = 0.0  # time to first token
+    logprob: float | None = None  # log-probability of `token` (when logprobs were asked)
+    top_logprobs: list[tuple[int, float]] | None = None  # best (token, logprob), best first
+
+
+@dataclass
+class SamplingParams:
+    """How one request samples and when it stops."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] | None = None
+    ignore_eos: bool = False  # decode to max_tokens (benchmarks compare equal lengths)
+    logprobs: bool = False  # report each token's log-probability
+    top_logprobs: int = 0  # and this many alternatives
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ClaraError("temperature must be >= 0 and top_p in (0, 1]")
+        if self.top_logprobs < 0:
+            raise ClaraError("top_logprobs must be >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def key(self) -> mx.array:
+        """This request's own random key: sampling does not depend on the batch around it."""
+        seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little")
+        return mx.random.key(seed)
+
+
+def context_limit(cm: ClaraModel, max_context: int | None = None) -> int:
+    """Positions a prompt plus its answer may use: `max_context` or the model's window."""
+    return max_context or int(cm.info.config.get("max_position_embeddings", 4096))
+
+
+def check_context(prompt: Prompt, limit: int) -> None:
+    if prompt.positions >= limit:
+        raise ContextLengthError(
+            f"prompt needs {prompt.positions} positions but the model's context is {limit}; "
+            "shorten the conversation or retrieve fewer chunks"
+        )
+
+
+def _hold(text: str, stops: Sequence[str]) -> int:
+    """How many trailing chars of `text` may be the start of a stop string."""
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:n]):
+                hold = n
+                break
+    return hold
+
+
+@dataclass
+class TextStream:
+    """The text side of one request: tokens in, `GenerationChunk`s out.
+
+    A streaming detokenizer adds each token in O(1) (no re-decoding of the whole answer);
+    text that may be the start of a stop string is held back until the next tokens decide.
+    """
+
+    detokenizer: object
+    eos: set[int]
+    stops: list[str]
+    max_tokens: int
+    prompt_positions: int
+    prompt_seconds: float = 0.0
+    text: str = ""
+    emitted: int = 0  # chars of `text` already sent
+    tokens: int = 0
+    finish_reason: str | None = None
+    _longest: int = field(default=0, repr=False)
+
+    @classmethod
+    def create(cls, cm: ClaraModel, params: SamplingParams, prompt_positions: int, limit: int):
+        eos = set(getattr(cm.tokenizer, "eos_token_ids", None) or [cm.tokenizer.eos_token_id])
+        detok = cm.tokenizer.detokenizer
+        detok.reset()
+        stops = [s for s in params.stop or [] if s]
+        max_tokens = max(0, min(params.max_tokens, limit - prompt_positions))
+        stream = cls(
+            detok, set() if params.ignore_eos else eos, stops, max_tokens, prompt_positions
+        )
+        stream._longest = max((len(s) for s in stops), default=0)
+        return stream
+
+    def _chunk(self, text: str, token: int | None, reason: str | None = None) -> GenerationChunk:
+        self.finish_reason = reason
+        return GenerationChunk(
+            text, token, self.prompt_positions, self.tokens, reason, self.prompt_seconds
+        )
+
+    def empty(self) -> GenerationChunk:
+        """The closing chunk of a request allowed no tokens at all."""
+        return self._chunk("", None, "length")
+
+    def accept(self, token: int) -> GenerationChunk:
+        """Add one sampled token; the chunk's `finish_reason` says whether the stream ended."""
+        if token in self.eos:
+            self.detokenizer.finalize()
+            self.text += self.detokenizer.last_segment
+            return self._chunk(self.text[self.emitted :], None, "stop")
+        self.tokens += 1
+        self.detokenizer.add_token(token)
+        final = self.tokens >= self.max_tokens
+        if final:
+            self.detokenizer.finalize()
+        before = len(self.text)
+        self.text += self.detokenizer.last_segment
+        if self.stops:  # only the new text and what a stop string may straddle
+            start = max(0, before - self._longest + 1)
+            found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            if found:
+                return self._chunk(self.text[self.emitted : min(found)], token, "stop")
+        if final:
+            return self._chunk(self.text[self.emitted :], token, "length")
+        tail = self.text[max(0, len(self.text) - self._longest) :]
+        safe = max(self.emitted, len(self.text) - _hold(tail, self.stops))
+        chunk = self._chunk(self.text[self.emitted : safe], token)
+        self.emitted = safe
+        return chunk
