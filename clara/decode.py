@@ -207,10 +207,15 @@ class Decoder:
         head = self.cm.head_weight()
         weights = [head] if head is not None else []  # other heads keep float32
         if self.adapter is not None:
+            seen: set[int] = set()
             for layer in self.cm.lora_layers():
                 held = layer._decode.get(self.adapter)
-                if held is not None:
-                    weights.append(held.weight)
+                if held is None:
+                    continue
+                weight = held.weight if held.fused is None else held.fused[0].weight
+                if id(weight) not in seen:  # a stacked product's weight once
+                    seen.add(id(weight))
+                    weights.append(weight)
         return weights
 
     # ---- the model -----------------------------------------------------------------------------

@@ -43,11 +43,47 @@ class AdapterSwitch:
 class _Merged:
     """A layer's decode weight `W + scale * (A @ B).T` for one adapter, kept outside the module
     tree (a plain attribute: never a parameter, so never saved, trained or fingerprinted),
-    with the arrays it was made from so a trained adapter is merged again."""
+    with the arrays it was made from so a trained adapter is merged again. `fused`: the
+    `_Fused` product it is a slice of, once `merge_adapter` has made one."""
 
     def __init__(self, weight: mx.array, sources: tuple[mx.array, ...]) -> None:
         self.weight = weight
         self.sources = sources
+        self.fused: tuple[_Fused, int, int] | None = None  # (product, first row, end row)
+
+
+class _Fused:
+    """The merged decode weights of linears that read the same input (a block's q/k/v)
+    stacked into one `(sum of outputs, in)` matrix: one product per input instead of one per
+    linear. The first member called with an input computes the product; the others slice it,
+    found by the input's identity (as `AdapterSwitch.dropped` finds its mask), and it is let
+    go once every member has had its slice. An input that only one member reads (another
+    architecture's order) costs a stacked product per call, never a wrong slice.
+    `CLARA_FUSE=off` keeps one product per linear."""
+
+    def __init__(self, members: list[_Merged]) -> None:
+        self.members = members
+        self.weight = mx.concatenate([m.weight for m in members], axis=0)
+        mx.eval(self.weight)
+        self._last: tuple[mx.array, mx.array, set[int]] | None = None  # (x, product, to serve)
+        lo = 0
+        for m in members:
+            hi = lo + m.weight.shape[0]
+            m.weight = self.weight[lo:hi]  # a view: the members share the stacked memory
+            m.fused = (self, lo, hi)
+            lo = hi
+
+    def product(self, x: mx.array, lo: int, hi: int) -> mx.array:
+        """Rows `lo:hi` of the stacked product for `x` (the member's own output)."""
+        last = self._last
+        if last is None or last[0] is not x or lo not in last[2]:
+            last = (x, x @ self.weight.T, {m.fused[1] for m in self.members})
+        last[2].discard(lo)
+        self._last = last if last[2] else None
+        return last[1][..., lo:hi]
+
+    def current(self, held: list[_Merged | None]) -> bool:
+        return len(held) == len(self.members) and all(a is b for a, b in zip(held, self.members))
 
 
 def _linear_dims(layer: nn.Module) -> tuple[int, int]:
@@ -113,7 +149,11 @@ class MultiLoRALinear(nn.Module):
         if name is not None and self.switch.merged:
             held = self._decode.get(name)
             if held is not None:
-                y = x @ held.weight.T
+                if held.fused is not None:
+                    fused, lo, hi = held.fused
+                    y = fused.product(x, lo, hi)
+                else:
+                    y = x @ held.weight.T
                 return y + self.base.bias if "bias" in self.base else y
         y = self.base(x)
         if name is None:
@@ -165,7 +205,36 @@ def merge_adapter(cm, adapter: str) -> int:
         for m in layers:
             m._decode.pop(adapter, None)
         return 0
-    return sum(layer.merge(adapter) for layer in plain)
+    done = sum(layer.merge(adapter) for layer in plain)
+    fuse = os.environ.get("CLARA_FUSE", "on").strip().lower() not in ("off", "0", "no", "false")
+    for group in fusable(cm):
+        held = [m._decode.get(adapter) for m in group]
+        if None in held:
+            continue
+        if not fuse or any("bias" in m.base for m in group):
+            for h in held:
+                h.fused = None
+        elif held[0].fused is None or not held[0].fused[0].current(held):
+            _Fused(held)
+    return done
+
+
+#: Linears of a Llama-style block that read the same input, in the order the block calls them.
+#: Only q/k/v: stacking gate/up too made decode steps and prefill slower here (SwiGLU then
+#: reads two strided halves of one product).
+FUSED = (("self_attn", ("q_proj", "k_proj", "v_proj")),)
+
+
+def fusable(cm) -> list[list[MultiLoRALinear]]:
+    """Each block's groups of adapted linears that read one input (`FUSED`)."""
+    groups = []
+    for layer in cm.lm.layers:
+        for parent_name, names in FUSED:
+            parent = getattr(layer, parent_name, None)
+            members = [getattr(parent, n, None) for n in names]
+            if all(isinstance(m, MultiLoRALinear) and type(m.base) is nn.Linear for m in members):
+                groups.append(members)
+    return groups
 
 
 @contextmanager

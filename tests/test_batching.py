@@ -151,6 +151,44 @@ def test_merged_generator_matches_the_lora_path(cm) -> None:
     assert not any("_decode" in k or "merged" in k for k in dict(cm.parameters()))
 
 
+def test_stacked_qkv_product_changes_nothing(cm, monkeypatch) -> None:
+    """q/k/v read one input: with the merged adapter their weights are one stacked product
+    per block (`clara.lora._Fused`). The same logits as one product per linear, each block's
+    product let go after its three slices, and a trained adapter is stacked again."""
+    from clara.lora import fusable
+
+    prompt = text_prompt(cm, "What is the capital of France?", DOCS)
+    tokens = mx.array(prompt.tokens)[None]
+
+    def logits(fuse: str):
+        monkeypatch.setenv("CLARA_FUSE", fuse)
+        merge_adapter(cm, "generator")
+        with merged(cm, "generator"):
+            out = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+            mx.eval(out)
+        return out
+
+    apart = logits("off")
+    assert all(m._decode["generator"].fused is None for g in fusable(cm) for m in g)
+    stacked = logits("on")
+    groups = fusable(cm)
+    assert len(groups) == len(cm.lm.layers)
+    fused = {id(m._decode["generator"].fused[0]) for g in groups for m in g}
+    assert len(fused) == len(groups)  # one stacked product per block
+    assert all(m._decode["generator"].fused[0]._last is None for g in groups for m in g)
+    np.testing.assert_allclose(np.array(stacked), np.array(apart), atol=1e-5, rtol=1e-5)
+    decoder = Decoder(cm, "generator")  # the decode copies: the stacked weights, not the parts
+    weights = decoder._decode_weights()
+    assert len(weights) == len(cm.lora_layers()) - 2 * len(groups) + (cm.head_weight() is not None)
+    _randomize_adapters(cm, scale=0.3)  # training replaced the arrays: stacked again
+    stale = {id(m._decode["generator"].fused[0]) for g in groups for m in g}
+    with cm.adapter("generator"):
+        exact = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    again = logits("on")
+    assert not stale & {id(m._decode["generator"].fused[0]) for g in groups for m in g}
+    np.testing.assert_allclose(np.array(again), np.array(exact), atol=1e-4, rtol=1e-4)
+
+
 def test_logprobs_come_with_each_token(cm) -> None:
     prompt = text_prompt(cm, "Tell me a story", None)
     chunks = [
