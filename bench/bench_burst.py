@@ -10,8 +10,11 @@ settings of each comparison so that both see the same machine:
   and without (OpenBLAS packing them on every product);
 - prefill of 1, 2, 4 and 8 memory prompts (`Decoder.add_many`, first token sampled) with each
   pass split into one part per CPU core (`clara.lanes`, the default) and as one batched pass
-  (`CLARA_CPU_LANES=1`).
-Medians of `--repeats` timings. Clients, HTTP and retrieval are left out: bench_server.py
+  (`CLARA_CPU_LANES=1`);
+- greedy decode steps of 1 and 8 sequences through the generator, with each block's q/k/v
+  merged weights as one stacked product (`clara.lora._Fused`, the default) and as one product
+  per linear (`CLARA_FUSE=off`).
+Medians of `--repeats` timings (decode: of `--steps` steps). Clients, HTTP and retrieval are left out: bench_server.py
 measures those end to end.
 """
 
@@ -46,8 +49,16 @@ def timed(fn, repeats: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7, help="timings per figure (median)")
+    p.add_argument("--steps", type=int, default=24, help="decode steps per decode timing")
+    p.add_argument(
+        "--only", default="encode,prefill,decode",
+        help="comma-separated parts to measure: encode, prefill, decode",
+    )  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
     args = p.parse_args()
+    parts = set(args.only.split(","))
+    if not parts or parts - {"encode", "prefill", "decode"}:
+        p.error("--only takes encode, prefill and/or decode")
 
     from clara.checkpoint import load_clara
     from clara.decode import Decoder, PrefixCache
@@ -69,7 +80,7 @@ def main() -> None:
     # query encoding, packed and unpacked alternating
     packed = cm.pack_base_weights()
     holder = cm.__dict__.get("_packed")
-    if packed and holder is not None:
+    if "encode" in parts and packed and holder is not None:
         for n in (1, 8):
             got = {}
             for _ in range(2):
@@ -83,7 +94,7 @@ def main() -> None:
             a, b = min(got["unpacked"]), min(got["packed"])
             rows.append([f"query encoding, {n} question(s)", "weights packed once",
                          f"{a * 1000:.0f}", f"{b * 1000:.0f}", f"{b / a:.2f}x"])  # fmt: skip
-    else:
+    elif "encode" in parts:
         print("packed base weights unavailable here (no AVX-512 or no thin kernel)")
     cm.pack_base_weights()
 
@@ -98,7 +109,7 @@ def main() -> None:
 
     before = os.environ.get("CLARA_CPU_LANES")
     try:
-        for n in (1, 2, 4, 8):
+        for n in (1, 2, 4, 8) if "prefill" in parts else ():
             got = {}
             for _ in range(2):
                 for lanes in ("1", before or ""):
@@ -113,13 +124,50 @@ def main() -> None:
         else:
             os.environ["CLARA_CPU_LANES"] = before
 
+    # decode steps, stacked q/k/v product against one per linear, alternating
+    def steps(n: int) -> float:
+        """Median seconds of a decode step of `n` sequences (`args.steps` of them)."""
+        greedy = SamplingParams(max_tokens=10_000, ignore_eos=True)
+        decoder.add_many([(prompt, greedy, None) for prompt in prompts[:n]])
+        try:
+            for _ in range(3):  # warm-up (and the first tokens of the prefill)
+                decoder.step()
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                decoder.step()
+                times.append(time.perf_counter() - start)
+            return statistics.median(times)
+        finally:
+            for seq in list(decoder.sequences):
+                decoder.remove(seq)
+
+    before = os.environ.get("CLARA_FUSE")
+    try:
+        for n in (1, 8) if "decode" in parts else ():
+            got = {}
+            for _ in range(2):
+                for fuse in ("off", "on"):
+                    os.environ["CLARA_FUSE"] = fuse
+                    got.setdefault(fuse, []).append(steps(n))
+            a, b = min(got["off"]), min(got["on"])
+            rows.append([f"decode step, {n} sequence(s)", "q/k/v as one stacked product",
+                         f"{a * 1000:.1f}", f"{b * 1000:.1f}", f"{b / a:.2f}x"])  # fmt: skip
+    finally:
+        if before is None:
+            os.environ.pop("CLARA_FUSE", None)
+        else:
+            os.environ["CLARA_FUSE"] = before
+
     table = markdown_table(["work", "change", "before ms", "after ms", "after / before"], rows)
     notes = (
         f"Prompts of {prompts[0].positions} positions (five 256-token chunks as 16x memory, a "
         f"question, the chat template; the shared prefix from the prefix cache). 'before' is "
-        "OpenBLAS packing the weights on every product, and one batched prefill pass "
-        "(CLARA_CPU_LANES=1); 'after' is what clara-serve does by default. Each figure is the "
-        f"lower of two medians of {args.repeats} timings, the settings alternating. A pass is split "
+        "OpenBLAS packing the weights on every product, one batched prefill pass "
+        "(CLARA_CPU_LANES=1), and one product per q/k/v linear in decode steps (CLARA_FUSE=off); "
+        "'after' is what clara-serve does by default. Each figure is the lower of two medians "
+        f"of {args.repeats} timings ({args.steps} steps for decode), the settings alternating. "
+        "A pass is split "
         "only where each part gets at least `clara.lanes.MIN_ROWS` (128) positions: two "
         f"prompts of {prompts[0].positions} positions are split only if that is 128 or more; "
         "one prompt never is (its row shows the noise)."
