@@ -13,7 +13,10 @@ settings of each comparison so that both see the same machine:
   (`CLARA_CPU_LANES=1`);
 - greedy decode steps of 1 and 8 sequences through the generator, with each block's q/k/v
   merged weights as one stacked product (`clara.lora._Fused`, the default) and as one product
-  per linear (`CLARA_FUSE=off`).
+  per linear (`CLARA_FUSE=off`);
+- a text prompt (the same five chunks as text) through the bare model: prefill and decode
+  steps from the bare model's own decode copies of its weights (the default) and from the
+  float32 base weights the query adapter reads (`CLARA_MERGE_GB=0`, no copies).
 Medians of `--repeats` timings (decode: of `--steps` steps). Clients, HTTP and retrieval are left out: bench_server.py
 measures those end to end.
 """
@@ -52,18 +55,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=24, help="decode steps per decode timing")
     p.add_argument(
         "--only", default="encode,prefill,decode",
-        help="comma-separated parts to measure: encode, prefill, decode",
+        help="comma-separated parts to measure: encode, prefill, decode, text",
     )  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
     args = p.parse_args()
     parts = set(args.only.split(","))
-    if not parts or parts - {"encode", "prefill", "decode"}:
-        p.error("--only takes encode, prefill and/or decode")
+    if not parts or parts - {"encode", "prefill", "decode", "text"}:
+        p.error("--only takes encode, prefill, decode and/or text")
 
     from clara.checkpoint import load_clara
     from clara.decode import Decoder, PrefixCache
     from clara.stream import SamplingParams
-    from clara.prompt import memory_prompt
+    from clara.prompt import memory_prompt, text_prompt
 
     cm = load_clara("smollm2-135m")
     from pydoc_data.topics import topics
@@ -125,7 +128,7 @@ def main() -> None:
             os.environ["CLARA_CPU_LANES"] = before
 
     # decode steps, stacked q/k/v product against one per linear, alternating
-    def steps(n: int) -> float:
+    def steps(n: int, decoder: Decoder = decoder, prompts: list = prompts) -> float:
         """Median seconds of a decode step of `n` sequences (`args.steps` of them)."""
         greedy = SamplingParams(max_tokens=10_000, ignore_eos=True)
         decoder.add_many([(prompt, greedy, None) for prompt in prompts[:n]])
@@ -159,13 +162,48 @@ def main() -> None:
         else:
             os.environ["CLARA_FUSE"] = before
 
+    # a text prompt through the bare model: its own decode copies, or the base weights
+    text = [text_prompt(cm, questions[0], chunks)]
+    bare = Decoder(cm, None)  # no prefix cache: the same prompt again would be all cached
+
+    def text_prefill() -> None:
+        bare.add_many([(text[0], params, None)])
+        for seq in list(bare.sequences):
+            bare.remove(seq)
+
+    before = os.environ.get("CLARA_MERGE_GB")
+    try:
+        for what in ("prefill", "decode step") if "text" in parts else ():
+            got = {}
+            for _ in range(2):
+                for budget in ("0", before):
+                    if budget is None:
+                        os.environ.pop("CLARA_MERGE_GB", None)
+                    else:
+                        os.environ["CLARA_MERGE_GB"] = budget
+                    if what == "prefill":
+                        t = timed(text_prefill, max(1, args.repeats // 2))
+                    else:
+                        t = steps(1, bare, text)
+                    got.setdefault(budget, []).append(t)
+            a, b = min(got["0"]), min(got[before])
+            rows.append([f"text prompt, {what}", "bare model from its own decode copies",
+                         f"{a * 1000:.1f}", f"{b * 1000:.1f}", f"{b / a:.2f}x"])  # fmt: skip
+    finally:
+        if before is None:
+            os.environ.pop("CLARA_MERGE_GB", None)
+        else:
+            os.environ["CLARA_MERGE_GB"] = before
+
     table = markdown_table(["work", "change", "before ms", "after ms", "after / before"], rows)
     notes = (
         f"Prompts of {prompts[0].positions} positions (five 256-token chunks as 16x memory, a "
         f"question, the chat template; the shared prefix from the prefix cache). 'before' is "
         "OpenBLAS packing the weights on every product, one batched prefill pass "
-        "(CLARA_CPU_LANES=1), and one product per q/k/v linear in decode steps (CLARA_FUSE=off); "
-        "'after' is what clara-serve does by default. Each figure is the lower of two medians "
+        "(CLARA_CPU_LANES=1), one product per q/k/v linear in decode steps (CLARA_FUSE=off), "
+        f"and the bare model reading its float32 base weights for a text prompt of "
+        f"{text[0].positions} positions (CLARA_MERGE_GB=0); 'after' is what clara-serve does "
+        "by default. Each figure is the lower of two medians "
         f"of {args.repeats} timings ({args.steps} steps for decode), the settings alternating. "
         "A pass is split "
         "only where each part gets at least `clara.lanes.MIN_ROWS` (128) positions: two "

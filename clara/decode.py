@@ -202,20 +202,20 @@ class Decoder:
         self._copies = _blas.DecodeCopies()
 
     def _decode_weights(self) -> list[mx.array]:
-        """The weights only decoding reads: the merged adapter copies and the output
-        embedding (never the base weights, which the compressor and query adapters share)."""
+        """The weights only decoding reads: the merged adapter copies (for the bare model, its
+        own copies of the base weights) and the output embedding; never the base weights
+        themselves, which the compressor and query adapters read."""
         head = self.cm.head_weight()
         weights = [head] if head is not None else []  # other heads keep float32
-        if self.adapter is not None:
-            seen: set[int] = set()
-            for layer in self.cm.lora_layers():
-                held = layer._decode.get(self.adapter)
-                if held is None:
-                    continue
-                weight = held.weight if held.fused is None else held.fused[0].weight
-                if id(weight) not in seen:  # a stacked product's weight once
-                    seen.add(id(weight))
-                    weights.append(weight)
+        seen: set[int] = set()
+        for layer in self.cm.lora_layers():
+            held = layer._decode.get(self.adapter)
+            if held is None:
+                continue
+            weight = held.weight if held.fused is None else held.fused[0].weight
+            if id(weight) not in seen:  # a stacked product's weight once
+                seen.add(id(weight))
+                weights.append(weight)
         return weights
 
     # ---- the model -----------------------------------------------------------------------------
@@ -315,8 +315,7 @@ class Decoder:
         if not todo:
             return out
         _blas.for_prefill()
-        if self.adapter is not None:
-            merge_adapter(self.cm, self.adapter)  # no-op unless the adapter changed
+        merge_adapter(self.cm, self.adapter)  # no-op unless the adapter changed
         self._copies.update(self._decode_weights())  # int8/float16 copies the thin kernel reads
         parts = self._prefill_parts([p for _, p, _ in todo], [s for _, _, s in todo])
         took = time.perf_counter() - start

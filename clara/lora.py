@@ -127,26 +127,30 @@ class MultiLoRALinear(nn.Module):
                 },
             )
 
-    def merge(self, name: str) -> bool:
-        """Make (or refresh) the merged decode weight for adapter `name`; False if the base
-        layer cannot be merged (quantized)."""
+    def merge(self, name: str | None) -> bool:
+        """Make (or refresh) the merged decode weight for adapter `name` (None: a decode copy
+        of the base weight itself, apart from the one the compressor and query adapter read);
+        False if the base layer cannot be merged (quantized)."""
         if not isinstance(self.base, nn.Linear) or isinstance(self.base, nn.QuantizedLinear):
             return False
-        p = self[f"lora_{name}"]
-        sources = (self.base.weight, p["a"], p["b"])
+        w = self.base.weight
+        p = None if name is None else self[f"lora_{name}"]
+        sources = (w,) if p is None else (w, p["a"], p["b"])
         held = self._decode.get(name)
         if held is not None and all(a is b for a, b in zip(held.sources, sources)):
             return True
-        w = self.base.weight
-        delta = (self.scale * (p["a"].astype(mx.float32) @ p["b"].astype(mx.float32))).T
-        weight = (w.astype(mx.float32) + delta).astype(w.dtype)  # (out, in)
+        if p is None:  # its own memory: the BLAS layer finds decode copies by address
+            weight = mx.array(w)  # a copy (tested: not the base weight's address)
+        else:
+            delta = (self.scale * (p["a"].astype(mx.float32) @ p["b"].astype(mx.float32))).T
+            weight = (w.astype(mx.float32) + delta).astype(w.dtype)  # (out, in)
         mx.eval(weight)
         self._decode[name] = _Merged(weight, sources)
         return True
 
     def __call__(self, x: mx.array) -> mx.array:
         name = self.switch.active
-        if name is not None and self.switch.merged:
+        if self.switch.merged:
             held = self._decode.get(name)
             if held is not None:
                 if held.fused is not None:
@@ -194,10 +198,11 @@ def apply_lora(
     return count
 
 
-def merge_adapter(cm, adapter: str) -> int:
-    """Make or refresh every layer's merged decode weight for `adapter`; returns how many
-    layers have one. Quantized layers keep the LoRA path, and so does a model whose copy would
-    pass `CLARA_MERGE_GB` (default 4 GiB): the decode copy is only made where memory allows."""
+def merge_adapter(cm, adapter: str | None) -> int:
+    """Make or refresh every layer's merged decode weight for `adapter` (None: decode copies
+    of the bare model's weights); returns how many layers have one. Quantized layers keep the
+    LoRA path, and so does a model whose copy would pass `CLARA_MERGE_GB` (default 4 GiB): the
+    decode copy is only made where memory allows."""
     layers = cm.lora_layers()
     plain = [m for m in layers if type(m.base) is nn.Linear]
     budget = float(os.environ.get("CLARA_MERGE_GB", "4") or 0) * 2**30
@@ -240,8 +245,9 @@ def fusable(cm) -> list[list[MultiLoRALinear]]:
 @contextmanager
 def merged(cm, adapter: str | None) -> Iterator[None]:
     """Forward passes through `adapter` merged into decode copies of the base weights (made by
-    `merge_adapter`): the same function as the LoRA path without its per-token matmuls.
-    Generation only; the compressor and query adapters (and training) keep the exact path."""
+    `merge_adapter`; None: the bare model through its own decode copies): the same function as
+    the LoRA path without its per-token matmuls. Generation only; the compressor and query
+    adapters (and training) keep the exact path."""
     switch: AdapterSwitch = cm.switch
     previous = (switch.active, switch.merged)
     switch.active, switch.merged = adapter, True

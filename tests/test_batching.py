@@ -189,6 +189,27 @@ def test_stacked_qkv_product_changes_nothing(cm, monkeypatch) -> None:
     np.testing.assert_allclose(np.array(again), np.array(exact), atol=1e-4, rtol=1e-4)
 
 
+def test_bare_model_decodes_from_its_own_copies(cm) -> None:
+    """Text prompts decode through the bare model from copies of its weights (`merge_adapter`
+    with None: the thin kernel's decode copies attach to them), never from the base weights
+    the compressor and query adapter read exactly. Same logits as the base path."""
+    from clara.lora import fusable
+
+    prompt = text_prompt(cm, "What is the capital of France?", DOCS)
+    tokens = mx.array(prompt.tokens)[None]
+    with cm.adapter(None):
+        exact = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    assert merge_adapter(cm, None) == len(cm.lora_layers())
+    with merged(cm, None):
+        fast = cm.lm(tokens, cache=make_prompt_cache(cm.lm))
+    np.testing.assert_allclose(np.array(fast), np.array(exact), atol=1e-5, rtol=1e-5)
+    copies = Decoder(cm, None)._decode_weights()
+    stacked = len(fusable(cm))
+    assert len(copies) == len(cm.lora_layers()) - 2 * stacked + (cm.head_weight() is not None)
+    address = lambda w: np.asarray(w).ctypes.data  # noqa: E731
+    assert not {address(m.base.weight) for m in cm.lora_layers()} & {address(w) for w in copies}
+
+
 def test_logprobs_come_with_each_token(cm) -> None:
     prompt = text_prompt(cm, "Tell me a story", None)
     chunks = [
