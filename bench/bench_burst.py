@@ -16,7 +16,9 @@ settings of each comparison so that both see the same machine:
   per linear (`CLARA_FUSE=off`);
 - a text prompt (the same five chunks as text) through the bare model: prefill and decode
   steps from the bare model's own decode copies of its weights (the default) and from the
-  float32 base weights the query adapter reads (`CLARA_MERGE_GB=0`, no copies).
+  float32 base weights the query adapter reads (`CLARA_MERGE_GB=0`, no copies); and its
+  prefill in chunks that keep its attention scores under `clara.decode.PREFILL_SCORES` (the
+  default) and in chunks of `prefill_step` (512) rows.
 Medians of `--repeats` timings (decode: of `--steps` steps). Clients, HTTP and retrieval are left out: bench_server.py
 measures those end to end.
 """
@@ -54,7 +56,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7, help="timings per figure (median)")
     p.add_argument("--steps", type=int, default=24, help="decode steps per decode timing")
     p.add_argument(
-        "--only", default="encode,prefill,decode",
+        "--only", default="encode,prefill,decode,text",
         help="comma-separated parts to measure: encode, prefill, decode, text",
     )  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
@@ -194,6 +196,21 @@ def main() -> None:
             os.environ.pop("CLARA_MERGE_GB", None)
         else:
             os.environ["CLARA_MERGE_GB"] = before
+    if "text" in parts:  # chunks of prefill_step rows against chunks under the score budget
+        import clara.decode as decode
+
+        budget, got = decode.PREFILL_SCORES, {}
+        try:
+            for _ in range(2):
+                for setting in ("rows", "budget"):
+                    decode.PREFILL_SCORES = budget if setting == "budget" else 1 << 60
+                    t = timed(text_prefill, max(1, args.repeats // 2))
+                    got.setdefault(setting, []).append(t)
+        finally:
+            decode.PREFILL_SCORES = budget
+        a, b = min(got["rows"]), min(got["budget"])
+        rows.append(["text prompt, prefill", "chunks under the attention-score budget",
+                     f"{a * 1000:.1f}", f"{b * 1000:.1f}", f"{b / a:.2f}x"])  # fmt: skip
 
     table = markdown_table(["work", "change", "before ms", "after ms", "after / before"], rows)
     notes = (
@@ -202,7 +219,8 @@ def main() -> None:
         "OpenBLAS packing the weights on every product, one batched prefill pass "
         "(CLARA_CPU_LANES=1), one product per q/k/v linear in decode steps (CLARA_FUSE=off), "
         f"and the bare model reading its float32 base weights for a text prompt of "
-        f"{text[0].positions} positions (CLARA_MERGE_GB=0); 'after' is what clara-serve does "
+        f"{text[0].positions} positions (CLARA_MERGE_GB=0) in chunks of 512 rows where it "
+        "says so; 'after' is what clara-serve does "
         "by default. Each figure is the lower of two medians "
         f"of {args.repeats} timings ({args.steps} steps for decode), the settings alternating. "
         "A pass is split "

@@ -210,6 +210,28 @@ def test_bare_model_decodes_from_its_own_copies(cm) -> None:
     assert not {address(m.base.weight) for m in cm.lora_layers()} & {address(w) for w in copies}
 
 
+def test_long_prompts_prefill_in_chunks_under_the_score_budget(cm, monkeypatch) -> None:
+    """On the CPU a prefill chunk keeps a prompt's attention scores under PREFILL_SCORES:
+    cuts that depend on positions only (the same alone and in a batch), within
+    [MIN_CHUNK, prefill_step] rows, and the same first-token logits as one chunk."""
+    import clara.decode as decode
+
+    prompt = text_prompt(cm, "Tell me everything about Paris and France.", DOCS * 3)
+    decoder = Decoder(cm, None, prefill_step=512)
+    heads = int(cm.info.config["num_attention_heads"])
+    monkeypatch.setattr(decode, "PREFILL_SCORES", heads * 48 * 64)
+    cuts = decoder._chunks(0, prompt.positions)
+    assert len(cuts) > 2 and cuts[0][0] == 0 and cuts[-1][1] == prompt.positions
+    assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+    assert all(decode.MIN_CHUNK <= hi - lo <= 512 for lo, hi in cuts[:-1])
+    assert decoder._chunks(0, cuts[1][1]) == cuts[:2]  # a shorter prompt: the same first cuts
+    _, chunked = decoder._prefill([prompt])
+    monkeypatch.setattr(decode, "PREFILL_SCORES", 1 << 40)
+    assert decoder._chunks(0, prompt.positions) == [(0, prompt.positions)]
+    _, whole = decoder._prefill([prompt])
+    np.testing.assert_allclose(np.array(chunked), np.array(whole), atol=1e-4, rtol=1e-4)
+
+
 def test_logprobs_come_with_each_token(cm) -> None:
     prompt = text_prompt(cm, "Tell me a story", None)
     chunks = [
