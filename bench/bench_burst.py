@@ -26,6 +26,7 @@ measures those end to end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -49,6 +50,39 @@ def timed(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _put(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+@contextlib.contextmanager
+def env(name: str, value: str | None):
+    """The environment variable `name` set to `value` (None: unset) inside the block only."""
+    before = os.environ.get(name)
+    _put(name, value)
+    try:
+        yield
+    finally:
+        _put(name, before)
+
+
+def side_by_side(measure, before, after) -> tuple[float, float]:
+    """The lower of two results of `measure()` under each of the settings `before()` and
+    `after()` (context managers), the two alternating: both see the same machine."""
+    got: tuple[list, list] = ([], [])
+    for _ in range(2):
+        for i, setting in enumerate((before, after)):
+            with setting():
+                got[i].append(measure())
+    return min(got[0]), min(got[1])
+
+
+def row(work: str, change: str, a: float, b: float, digits: int = 0) -> list[str]:
+    return [work, change, f"{a * 1000:.{digits}f}", f"{b * 1000:.{digits}f}", f"{b / a:.2f}x"]
 
 
 def main() -> None:
@@ -82,54 +116,45 @@ def main() -> None:
     prompts = [memory_prompt(cm, q, [memories[i] for i in range(5)]) for q in questions]
 
     rows = []
-    # query encoding, packed and unpacked alternating
+    # query encoding: OpenBLAS packing the weights on every product, or packed once
     packed = cm.pack_base_weights()
     holder = cm.__dict__.get("_packed")
+
+    @contextlib.contextmanager
+    def unpacked():
+        holder.close()
+        try:
+            yield
+        finally:
+            cm.pack_base_weights()
+
     if "encode" in parts and packed and holder is not None:
         for n in (1, 8):
-            got = {}
-            for _ in range(2):
-                for setting in ("unpacked", "packed"):
-                    if setting == "unpacked":
-                        holder.close()
-                    else:
-                        cm.pack_base_weights()
-                    t = timed(lambda n=n: mx.eval(cm.encode_queries(questions[:n])), args.repeats)
-                    got.setdefault(setting, []).append(t)
-            a, b = min(got["unpacked"]), min(got["packed"])
-            rows.append([f"query encoding, {n} question(s)", "weights packed once",
-                         f"{a * 1000:.0f}", f"{b * 1000:.0f}", f"{b / a:.2f}x"])  # fmt: skip
+            a, b = side_by_side(
+                lambda n=n: timed(lambda: mx.eval(cm.encode_queries(questions[:n])), args.repeats),
+                unpacked, contextlib.nullcontext,
+            )  # fmt: skip
+            rows.append(row(f"query encoding, {n} question(s)", "weights packed once", a, b))
     elif "encode" in parts:
         print("packed base weights unavailable here (no AVX-512 or no thin kernel)")
-    cm.pack_base_weights()
 
-    # prefill, one batched pass against parts side by side, alternating
+    # prefill: one batched pass, or parts side by side (the default)
     decoder = Decoder(cm, "generator", prefix_cache=PrefixCache())
     params = SamplingParams(max_tokens=2)
 
-    def prefill(n: int) -> None:
+    def prefill(n: int, decoder: Decoder = decoder, prompts: list = prompts) -> None:
         decoder.add_many([(prompt, params, None) for prompt in prompts[:n]])
         for seq in list(decoder.sequences):
             decoder.remove(seq)
 
-    before = os.environ.get("CLARA_CPU_LANES")
-    try:
-        for n in (1, 2, 4, 8) if "prefill" in parts else ():
-            got = {}
-            for _ in range(2):
-                for lanes in ("1", before or ""):
-                    os.environ["CLARA_CPU_LANES"] = lanes
-                    got.setdefault(lanes, []).append(timed(lambda n=n: prefill(n), args.repeats))
-            a, b = min(got["1"]), min(got[before or ""])
-            rows.append([f"prefill, {n} memory prompt(s)", "parts side by side",
-                         f"{a * 1000:.0f}", f"{b * 1000:.0f}", f"{b / a:.2f}x"])  # fmt: skip
-    finally:
-        if before is None:
-            os.environ.pop("CLARA_CPU_LANES", None)
-        else:
-            os.environ["CLARA_CPU_LANES"] = before
+    for n in (1, 2, 4, 8) if "prefill" in parts else ():
+        a, b = side_by_side(
+            lambda n=n: timed(lambda: prefill(n), args.repeats),
+            lambda: env("CLARA_CPU_LANES", "1"), contextlib.nullcontext,
+        )  # fmt: skip
+        rows.append(row(f"prefill, {n} memory prompt(s)", "parts side by side", a, b))
 
-    # decode steps, stacked q/k/v product against one per linear, alternating
+    # decode steps: one product per q/k/v projection, or one stacked product (the default)
     def steps(n: int, decoder: Decoder = decoder, prompts: list = prompts) -> float:
         """Median seconds of a decode step of `n` sequences (`args.steps` of them)."""
         greedy = SamplingParams(max_tokens=10_000, ignore_eos=True)
@@ -147,70 +172,38 @@ def main() -> None:
             for seq in list(decoder.sequences):
                 decoder.remove(seq)
 
-    before = os.environ.get("CLARA_FUSE")
-    try:
-        for n in (1, 8) if "decode" in parts else ():
-            got = {}
-            for _ in range(2):
-                for fuse in ("off", "on"):
-                    os.environ["CLARA_FUSE"] = fuse
-                    got.setdefault(fuse, []).append(steps(n))
-            a, b = min(got["off"]), min(got["on"])
-            rows.append([f"decode step, {n} sequence(s)", "q/k/v as one stacked product",
-                         f"{a * 1000:.1f}", f"{b * 1000:.1f}", f"{b / a:.2f}x"])  # fmt: skip
-    finally:
-        if before is None:
-            os.environ.pop("CLARA_FUSE", None)
-        else:
-            os.environ["CLARA_FUSE"] = before
+    for n in (1, 8) if "decode" in parts else ():
+        a, b = side_by_side(
+            lambda n=n: steps(n), lambda: env("CLARA_FUSE", "off"), contextlib.nullcontext
+        )
+        rows.append(row(f"decode step, {n} sequence(s)", "q/k/v as one stacked product", a, b, 1))
 
-    # a text prompt through the bare model: its own decode copies, or the base weights
+    # a text prompt through the bare model: from the float32 base weights the query adapter
+    # reads (no copies), or from its own decode copies (the default); then its prefill in
+    # chunks of `prefill_step` rows, or under the attention-score budget (the default)
     text = [text_prompt(cm, questions[0], chunks)]
     bare = Decoder(cm, None)  # no prefix cache: the same prompt again would be all cached
+    text_prefill = lambda: timed(lambda: prefill(1, bare, text), max(1, args.repeats // 2))  # noqa: E731
+    if "text" in parts:
+        no_copies = lambda: env("CLARA_MERGE_GB", "0")  # noqa: E731
+        change = "bare model from its own decode copies"
+        a, b = side_by_side(text_prefill, no_copies, contextlib.nullcontext)
+        rows.append(row("text prompt, prefill", change, a, b, 1))
+        a, b = side_by_side(lambda: steps(1, bare, text), no_copies, contextlib.nullcontext)
+        rows.append(row("text prompt, decode step", change, a, b, 1))
 
-    def text_prefill() -> None:
-        bare.add_many([(text[0], params, None)])
-        for seq in list(bare.sequences):
-            bare.remove(seq)
-
-    before = os.environ.get("CLARA_MERGE_GB")
-    try:
-        for what in ("prefill", "decode step") if "text" in parts else ():
-            got = {}
-            for _ in range(2):
-                for budget in ("0", before):
-                    if budget is None:
-                        os.environ.pop("CLARA_MERGE_GB", None)
-                    else:
-                        os.environ["CLARA_MERGE_GB"] = budget
-                    if what == "prefill":
-                        t = timed(text_prefill, max(1, args.repeats // 2))
-                    else:
-                        t = steps(1, bare, text)
-                    got.setdefault(budget, []).append(t)
-            a, b = min(got["0"]), min(got[before])
-            rows.append([f"text prompt, {what}", "bare model from its own decode copies",
-                         f"{a * 1000:.1f}", f"{b * 1000:.1f}", f"{b / a:.2f}x"])  # fmt: skip
-    finally:
-        if before is None:
-            os.environ.pop("CLARA_MERGE_GB", None)
-        else:
-            os.environ["CLARA_MERGE_GB"] = before
-    if "text" in parts:  # chunks of prefill_step rows against chunks under the score budget
         import clara.decode as decode
 
-        budget, got = decode.PREFILL_SCORES, {}
-        try:
-            for _ in range(2):
-                for setting in ("rows", "budget"):
-                    decode.PREFILL_SCORES = budget if setting == "budget" else 1 << 60
-                    t = timed(text_prefill, max(1, args.repeats // 2))
-                    got.setdefault(setting, []).append(t)
-        finally:
-            decode.PREFILL_SCORES = budget
-        a, b = min(got["rows"]), min(got["budget"])
-        rows.append(["text prompt, prefill", "chunks under the attention-score budget",
-                     f"{a * 1000:.1f}", f"{b * 1000:.1f}", f"{b / a:.2f}x"])  # fmt: skip
+        @contextlib.contextmanager
+        def rows_only():
+            budget, decode.PREFILL_SCORES = decode.PREFILL_SCORES, 1 << 60
+            try:
+                yield
+            finally:
+                decode.PREFILL_SCORES = budget
+
+        a, b = side_by_side(text_prefill, rows_only, contextlib.nullcontext)
+        rows.append(row("text prompt, prefill", "chunks under the attention-score budget", a, b, 1))
 
     table = markdown_table(["work", "change", "before ms", "after ms", "after / before"], rows)
     notes = (
