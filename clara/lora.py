@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import mlx.core as mx
 import mlx.nn as nn
 
+from clara import _blas
+
 ADAPTERS = ("compressor", "query", "generator")
 # Linear layers of a Llama-style block that get adapters ("all linear layers" but lm_head).
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -200,13 +202,16 @@ def apply_lora(
 
 def merge_adapter(cm, adapter: str | None) -> int:
     """Make or refresh every layer's merged decode weight for `adapter` (None: decode copies
-    of the bare model's weights); returns how many layers have one. Quantized layers keep the
+    of the bare model's weights, where the thin kernel runs); returns how many layers have one. Quantized layers keep the
     LoRA path, and so does a model whose copy would pass `CLARA_MERGE_GB` (default 4 GiB): the
     decode copy is only made where memory allows."""
     layers = cm.lora_layers()
     plain = [m for m in layers if type(m.base) is nn.Linear]
     budget = float(os.environ.get("CLARA_MERGE_GB", "4") or 0) * 2**30
-    if sum(m.base.weight.nbytes for m in plain) > budget:
+    # The bare model's copy only helps where the thin kernel reads compact copies of decode
+    # weights by address (Linux CPUs); elsewhere it would be the same weights twice.
+    useless = adapter is None and _blas.thin is None
+    if useless or sum(m.base.weight.nbytes for m in plain) > budget:
         for m in layers:
             m._decode.pop(adapter, None)
         return 0

@@ -193,8 +193,12 @@ def test_bare_model_decodes_from_its_own_copies(cm) -> None:
     """Text prompts decode through the bare model from copies of its weights (`merge_adapter`
     with None: the thin kernel's decode copies attach to them), never from the base weights
     the compressor and query adapter read exactly. Same logits as the base path."""
+    from clara import _blas
     from clara.lora import fusable
 
+    if _blas.thin is None:  # no thin kernel (no C compiler, or not Linux): nothing would read it
+        assert merge_adapter(cm, None) == 0
+        return
     prompt = text_prompt(cm, "What is the capital of France?", DOCS)
     tokens = mx.array(prompt.tokens)[None]
     with cm.adapter(None):
