@@ -202,9 +202,10 @@ def apply_lora(
 
 def merge_adapter(cm, adapter: str | None) -> int:
     """Make or refresh every layer's merged decode weight for `adapter` (None: decode copies
-    of the bare model's weights, where the thin kernel runs); returns how many layers have one. Quantized layers keep the
-    LoRA path, and so does a model whose copy would pass `CLARA_MERGE_GB` (default 4 GiB): the
-    decode copy is only made where memory allows."""
+    of the bare model's weights, where the thin kernel runs); returns how many layers have
+    one. Quantized layers keep the LoRA path, and so does a model whose copy would pass
+    `CLARA_MERGE_GB` (default 4 GiB): the decode copy is only made where memory allows. A
+    block's q/k/v copies are stacked into one product (`_Fused`; `CLARA_FUSE=off`: not)."""
     layers = cm.lora_layers()
     plain = [m for m in layers if type(m.base) is nn.Linear]
     budget = float(os.environ.get("CLARA_MERGE_GB", "4") or 0) * 2**30
@@ -222,8 +223,10 @@ def merge_adapter(cm, adapter: str | None) -> int:
         if None in held:
             continue
         if not fuse or any("bias" in m.base for m in group):
-            for h in held:
-                h.fused = None
+            if any(h.fused is not None for h in held):  # each its own memory again: copies of
+                for m in group:  # the decode weights are found by address, and a view of the
+                    m._decode.pop(adapter, None)  # stacked matrix starts where it does
+                    m.merge(adapter)
         elif held[0].fused is None or not held[0].fused[0].current(held):
             _Fused(held)
     return done

@@ -168,8 +168,13 @@ def test_stacked_qkv_product_changes_nothing(cm, monkeypatch) -> None:
             mx.eval(out)
         return out
 
-    apart = logits("off")
-    assert all(m._decode["generator"].fused is None for g in fusable(cm) for m in g)
+    address = lambda w: np.asarray(w).ctypes.data  # noqa: E731
+    logits("on")
+    starts = {address(m._decode["generator"].fused[0].weight) for g in fusable(cm) for m in g}
+    apart = logits("off")  # after stacking: each projection in its own memory again (decode
+    held = [m._decode["generator"] for g in fusable(cm) for m in g]  # copies go by address)
+    assert all(h.fused is None for h in held)
+    assert not starts & {address(h.weight) for h in held}
     stacked = logits("on")
     groups = fusable(cm)
     assert len(groups) == len(cm.lm.layers)
