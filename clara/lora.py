@@ -68,18 +68,20 @@ class _Fused:
         self.weight = mx.concatenate([m.weight for m in members], axis=0)
         mx.eval(self.weight)
         self._last: tuple[mx.array, mx.array, set[int]] | None = None  # (x, product, to serve)
-        lo = 0
+        starts, lo = [], 0
         for m in members:
             hi = lo + m.weight.shape[0]
             m.weight = self.weight[lo:hi]  # a view: the members share the stacked memory
             m.fused = (self, lo, hi)
+            starts.append(lo)
             lo = hi
+        self._starts = frozenset(starts)
 
     def product(self, x: mx.array, lo: int, hi: int) -> mx.array:
         """Rows `lo:hi` of the stacked product for `x` (the member's own output)."""
         last = self._last
         if last is None or last[0] is not x or lo not in last[2]:
-            last = (x, x @ self.weight.T, {m.fused[1] for m in self.members})
+            last = (x, x @ self.weight.T, set(self._starts))
         last[2].discard(lo)
         self._last = last if last[2] else None
         return last[1][..., lo:hi]
@@ -217,7 +219,7 @@ def merge_adapter(cm, adapter: str | None) -> int:
             m._decode.pop(adapter, None)
         return 0
     done = sum(layer.merge(adapter) for layer in plain)
-    fuse = os.environ.get("CLARA_FUSE", "on").strip().lower() not in ("off", "0", "no", "false")
+    fuse = not _blas._off("CLARA_FUSE")
     for group in fusable(cm):
         held = [m._decode.get(adapter) for m in group]
         if None in held:

@@ -168,7 +168,8 @@ def test_stacked_qkv_product_changes_nothing(cm, monkeypatch) -> None:
             mx.eval(out)
         return out
 
-    address = lambda w: np.asarray(w).ctypes.data  # noqa: E731
+    from clara._blas import _address as address
+
     logits("on")
     starts = {address(m._decode["generator"].fused[0].weight) for g in fusable(cm) for m in g}
     apart = logits("off")  # after stacking: each projection in its own memory again (decode
@@ -215,7 +216,7 @@ def test_bare_model_decodes_from_its_own_copies(cm) -> None:
     copies = Decoder(cm, None)._decode_weights()
     stacked = len(fusable(cm))
     assert len(copies) == len(cm.lora_layers()) - 2 * stacked + (cm.head_weight() is not None)
-    address = lambda w: np.asarray(w).ctypes.data  # noqa: E731
+    address = _blas._address
     assert not {address(m.base.weight) for m in cm.lora_layers()} & {address(w) for w in copies}
 
 
