@@ -16,9 +16,12 @@ settings of each comparison so that both see the same machine:
   per linear (`CLARA_FUSE=off`);
 - a text prompt (the same five chunks as text) through the bare model: prefill and decode
   steps from the bare model's own decode copies of its weights (the default) and from the
-  float32 base weights the query adapter reads (`CLARA_MERGE_GB=0`, no copies); and its
-  prefill in chunks that keep its attention scores under `clara.decode.PREFILL_SCORES` (the
-  default) and in chunks of `prefill_step` (512) rows.
+  float32 base weights the query adapter reads (`CLARA_MERGE_GB=0`, no copies); its
+  prefill through MLX's attention in chunks that keep its attention scores under
+  `clara.decode.PREFILL_SCORES` (the default below position 512) and in chunks of
+  `prefill_step` (512) rows; and its rows from position 512 on through clara's fused
+  attention kernel (clara/_attention.c, the default) and through MLX's attention
+  (`CLARA_FUSED_ATTENTION=off`).
 Medians of `--repeats` timings (decode: of `--steps` steps). Clients, HTTP and retrieval are left out: bench_server.py
 measures those end to end.
 """
@@ -202,8 +205,18 @@ def main() -> None:
             finally:
                 decode.PREFILL_SCORES = budget
 
-        a, b = side_by_side(text_prefill, rows_only, contextlib.nullcontext)
+        unfused = lambda: env("CLARA_FUSED_ATTENTION", "off")  # noqa: E731
+
+        @contextlib.contextmanager
+        def rows_only_unfused():
+            with rows_only(), unfused():
+                yield
+
+        a, b = side_by_side(text_prefill, rows_only_unfused, unfused)
         rows.append(row("text prompt, prefill", "chunks under the attention-score budget", a, b, 1))
+        change = "rows from position 512 through the fused attention kernel"
+        a, b = side_by_side(text_prefill, unfused, contextlib.nullcontext)
+        rows.append(row("text prompt, prefill", change, a, b, 1))
 
     table = markdown_table(["work", "change", "before ms", "after ms", "after / before"], rows)
     notes = (
@@ -213,7 +226,8 @@ def main() -> None:
         "(CLARA_CPU_LANES=1), one product per q/k/v linear in decode steps (CLARA_FUSE=off), "
         f"and the bare model reading its float32 base weights for a text prompt of "
         f"{text[0].positions} positions (CLARA_MERGE_GB=0) in chunks of 512 rows where it "
-        "says so; 'after' is what clara-serve does "
+        "says so (both through MLX's attention) and through MLX's attention from position 512 "
+        "(CLARA_FUSED_ATTENTION=off); 'after' is what clara-serve does "
         "by default. Each figure is the lower of two medians "
         f"of {args.repeats} timings ({args.steps} steps for decode), the settings alternating. "
         "A pass is split "

@@ -53,6 +53,8 @@ _thin_threads: int | None = None
 amx = False
 amx_reason: str | None = None
 THIN_SOURCE = Path(__file__).with_name("_thinmm.c")
+#: Built into the same library: fused attention for prompt passes (clara/attention.py)
+SOURCES = (THIN_SOURCE, Path(__file__).with_name("_attention.c"))
 
 
 def _off(name: str) -> bool:
@@ -75,7 +77,7 @@ def _cpu_tag() -> str:
 def _build_thin() -> Path | None:
     """The compiled thin-matmul library (built on first use, cached by source and CPU)."""
     global thin_reason
-    source = THIN_SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + _cpu_tag().encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
     target = cache / f"thinmm-{key}.so"
@@ -91,7 +93,7 @@ def _build_thin() -> Path | None:
             out = Path(tmp) / target.name
             cmd = [cc, "-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-o", str(out)]
             done = subprocess.run(
-                [*cmd, str(THIN_SOURCE), "-lm"], capture_output=True, text=True, timeout=120
+                [*cmd, *map(str, SOURCES), "-lm"], capture_output=True, text=True, timeout=120
             )
             if done.returncode != 0:
                 thin_reason = f"compiling {THIN_SOURCE.name} failed: {done.stderr.strip()[-300:]}"

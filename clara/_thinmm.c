@@ -171,6 +171,11 @@ static void parallel_blocks(block_fn fn, const void *ctx, int blocks, int wide) 
   __atomic_store_n(&busy, 0, __ATOMIC_SEQ_CST);
 }
 
+/* The same pool for the other kernels built into this library (_attention.c). */
+void clara_parallel_blocks(block_fn fn, const void *ctx, int blocks, int wide) {
+  parallel_blocks(fn, ctx, blocks, wide);
+}
+
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
 /* Float16 storage: F16C on x86, the native type on arm64; elsewhere no copies are made. */

@@ -5,6 +5,17 @@ softmax calls MLX's scalar `exp` once per score: for a 272-token compressor inpu
 about 40% of the forward pass (BENCHMARKS.md). `attention` does the same arithmetic with the
 `exp(s - max)` step in an `mx.compile`d kernel, which `clara._jit` builds for this CPU.
 
+Long prompts go further where clara's C library is built (Linux, clara/_blas.py): inside
+`fused_passes(start)` (the decoder's prefill: rows at positions `prefill_step` and on) one fused
+kernel (clara/_attention.c) computes the scores, mask, softmax and weighted sum a tile of rows
+at a time without writing the (rows x keys) scores, and skips the causal upper triangle. On a
+1325-token text prompt MLX's attention was 64% of the prefill, and the prefill took 0.6x the
+time with the kernel (bench/bench_burst.py). Shorter passes keep MLX's ops: the kernel reads
+its inputs through NumPy, which waits for them (30 waits a forward), and on memory prompts of
+~125 positions, query encodings and 256-token compressions that cost what it saved; decode
+steps keep them too (a step's forward is queued before the previous token is read).
+`CLARA_FUSED_ATTENTION=off` keeps MLX's ops everywhere.
+
 `install(model)` swaps it into the module of the model's mlx-lm (or clara) architecture, in
 place of mlx-lm's `scaled_dot_product_attention`, only when MLX computes on the CPU. It hands
 quantized KV caches and attention sinks to the original. `CLARA_CPU_ATTENTION=off` keeps the
@@ -18,13 +29,17 @@ plain `mx.exp`; one-off check, 2026-12-02).
 
 from __future__ import annotations
 
+import ctypes
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models import base as mlx_base
 
-from clara import _blas
+from clara import _blas, lanes
 
 _original = mlx_base.scaled_dot_product_attention
 
@@ -62,11 +77,107 @@ def _grouped_mask(mask: mx.array, B: int, Hk: int, rep: int) -> mx.array:
     return mask.reshape(B, Hk, rep, *mask.shape[2:])  # (B, H, T, S)
 
 
+_fused_from: int | None = None  # inside `fused_passes(start)`: its start
+
+
+@contextmanager
+def fused_passes(start: int) -> Iterator[None]:
+    """Inference forward passes over prompts (no gradients, not traced by `mx.compile`) in
+    which the rows at positions `start` and on take the fused kernel. A pass's rows start at
+    its keys minus its rows (a prompt chunk after the cached positions), so callers cut their
+    chunks at `start`. Entered on the thread that owns the model."""
+    global _fused_from
+    previous, _fused_from = _fused_from, start
+    try:
+        yield
+    finally:
+        _fused_from = previous
+
+
+def usable() -> bool:
+    """Whether `fused_passes` would run the fused kernel here: the library built, this
+    attention installed (CPU), the kernel not switched off (`CLARA_FUSED_ATTENTION=off`)."""
+    return _blas._thin is not None and not _blas._off("CLARA_FUSED_ATTENTION") and enabled()
+
+
+def fused_from() -> int | None:
+    """The first position whose rows take the fused kernel now (None: none do): inside
+    `fused_passes`, where `usable`, and not while `lanes.run` builds passes side by side (its
+    waits would run them one after the other)."""
+    if _fused_from is None or lanes.splitting() or not usable():
+        return None
+    return _fused_from
+
+
+def fused_takes(head_dim: int) -> bool:
+    """Whether the kernel computes attention with heads of this size (multiples of 64)."""
+    return head_dim % 64 == 0 and head_dim <= 256
+
+
+def _floats(a: np.ndarray) -> tuple[int, ...]:
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def fused(queries, keys, values, scale: float, mask) -> mx.array | None:
+    """`attention` through clara/_attention.c; None where it does not apply (no library, a
+    mask other than None, "causal" or a boolean array, a head size it does not take)."""
+    lib = _blas._thin
+    if lib is None:
+        return None
+    B, H, T, D = queries.shape
+    Hk, S = keys.shape[1], keys.shape[2]
+    if not fused_takes(D):
+        return None
+    causal, offset, m = 0, 0, None
+    if isinstance(mask, str):
+        if mask != "causal":
+            return None
+        causal, offset = 1, S - T
+    elif mask is not None:
+        if mask.dtype != mx.bool_ or mask.ndim > 4 or mask.shape[-1] != S:
+            return None
+        m = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        if m.shape[1] not in (1, H) or m.shape[0] not in (1, B) or m.shape[2] not in (1, T):
+            return None
+    arrays = [x if x.dtype == mx.float32 else x.astype(mx.float32) for x in (queries, keys, values)]
+    mx.eval(*arrays, *([m] if m is not None else []))
+    q, k, v = (np.asarray(x) for x in arrays)
+    q, v = (x if x.strides[-1] == x.itemsize else np.ascontiguousarray(x) for x in (q, v))
+    kt = np.zeros((B, Hk, D, -(-S // 64) * 64), np.float32)  # the keys transposed, padded
+    kt[..., :S] = k.swapaxes(-1, -2)
+    mask_ptr, mstrides = None, (0, 0, 0)
+    if m is not None:
+        mn = np.asarray(m)
+        if mn.strides[-1] != 1:
+            mn = np.ascontiguousarray(mn)
+        mstrides = tuple(0 if n == 1 else st for n, st in zip(mn.shape[:3], mn.strides[:3]))
+        mask_ptr = mn.ctypes.data
+    out = np.empty((B, T, H, D), np.float32)
+    (qb, qh, qt, _), (kb, kh, kd, _), (vb, vh, vs, _) = _floats(q), _floats(kt), _floats(v)
+    L = ctypes.c_long
+    done = lib.clara_attention(
+        B, H, Hk, T, S, D,
+        ctypes.c_void_p(q.ctypes.data), L(qb), L(qh), L(qt),
+        ctypes.c_void_p(kt.ctypes.data), L(kb), L(kh), L(kd),
+        ctypes.c_void_p(v.ctypes.data), L(vb), L(vh), L(vs),
+        ctypes.c_void_p(mask_ptr), *map(L, mstrides),
+        causal, offset, ctypes.c_float(scale), ctypes.c_void_p(out.ctypes.data),
+    )  # fmt: skip
+    if not done:
+        return None
+    return mx.array(out).transpose(0, 2, 1, 3).astype(queries.dtype)
+
+
 def attention(queries, keys, values, cache, scale: float, mask, sinks=None) -> mx.array:
     """`softmax(q k^T * scale + mask) v`, as mlx-lm's `scaled_dot_product_attention`."""
     if sinks is not None or hasattr(cache, "bits"):
         return _original(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
     B, H, T, D = queries.shape
+    start = fused_from()
+    if start is not None and keys.shape[2] - T >= start:
+        out = fused(queries, keys, values, scale, mask)
+        if out is not None:
+            return out
     Hk, S = keys.shape[1], keys.shape[2]
     rep = H // Hk
     # Each KV head's query rows side by side: (B, Hk, rep*T, D). Plain batched matmuls;

@@ -21,6 +21,7 @@ float16 (or int8: `CLARA_DECODE_WEIGHTS`) copies of those decode-only weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import OrderedDict
@@ -31,6 +32,8 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
 
 from clara import _blas, lanes
+from clara.attention import fused_from, fused_passes, fused_takes
+from clara.attention import usable as attention_usable
 from clara.lora import merge_adapter, merged
 from clara.model import ClaraModel
 from clara.prompt import Prompt
@@ -326,7 +329,8 @@ class Decoder:
         _blas.for_prefill()
         merge_adapter(self.cm, self.adapter)  # no-op unless the adapter changed
         self._copies.update(self._decode_weights())  # int8/float16 copies the thin kernel reads
-        parts = self._prefill_parts([p for _, p, _ in todo], [s for _, _, s in todo])
+        with self._attention():
+            parts = self._prefill_parts([p for _, p, _ in todo], [s for _, _, s in todo])
         took = time.perf_counter() - start
         for rows, cache, y, lp in parts:
             seqs = [todo[r][2] for r in rows]
@@ -352,6 +356,19 @@ class Decoder:
                 y = y[keep]
             self._join([seqs[r] for r in joined], cache, y)
         return out
+
+    def _attention(self) -> contextlib.AbstractContextManager:
+        """Where clara's fused attention kernel runs (clara/attention.py), prompt rows at
+        positions `prefill_step` and on take it: the rows of long prompts, whose attention is
+        most of their prefill (prompts that long are never split across lanes, whose waits it
+        would serialize). A row's path depends on its position only, so a prompt gets the same
+        bits alone or beside others, from the prefix cache or not."""
+        config = self.cm.info.config
+        heads = int(config.get("num_attention_heads") or 1)
+        head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 0) // heads)
+        if not (attention_usable() and fused_takes(head_dim)):
+            return contextlib.nullcontext()
+        return fused_passes(self.prefill_step)
 
     def _prefill_parts(self, prompts: list[Prompt], seqs: list[Sequence]) -> list[tuple]:
         """Prefill `prompts` and sample each its first token: [(rows, cache, tokens, logprobs)]
@@ -413,11 +430,17 @@ class Decoder:
         prompt is cut the same way alone and beside others."""
         heads = int(self.cm.info.config.get("num_attention_heads") or 1)
         room = PREFILL_SCORES / heads if mx.default_device() == mx.cpu else math.inf
+        fused = fused_from()  # rows from here on take the fused kernel: it holds no scores
         out, lo = [], 0
         while lo < width:
             seen = start + lo  # positions before the chunk: rows * (seen + rows) <= room
-            rows = int((math.sqrt(seen * seen + 4 * room) - seen) / 2) if room < math.inf else width
+            if room == math.inf or (fused is not None and seen >= fused):
+                rows = width
+            else:
+                rows = int((math.sqrt(seen * seen + 4 * room) - seen) / 2)
             hi = min(width, lo + max(MIN_CHUNK, min(self.prefill_step, rows)))
+            if fused is not None and seen < fused:
+                hi = min(hi, fused - start)  # no chunk straddles the kernel's first row
             out.append((lo, hi))
             lo = hi
         return out
@@ -537,9 +560,12 @@ class Decoder:
         self._merge()
         _blas.for_decode()
         seqs = list(self.sequences)
-        logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
-        y, lp = self._sample(logits, seqs)
-        mx.async_eval(y, *lp)  # runs while the current tokens are detokenized and sent
+        if all(not s.fresh and s.text.tokens + 1 >= s.text.max_tokens for s in seqs):
+            y, lp = self._y, ()  # every current token is its sequence's last: no next forward
+        else:
+            logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
+            y, lp = self._sample(logits, seqs)
+            mx.async_eval(y, *lp)  # runs while the current tokens are detokenized and sent
         mx.eval(self._y)  # waits with the GIL released (the server's event loop runs meanwhile)
         tokens = self._y.tolist()
         self._y = y

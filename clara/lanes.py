@@ -56,6 +56,12 @@ def worth(rows: int) -> int:
     return max(1, min(count(), rows // MIN_ROWS))
 
 
+def splitting() -> bool:
+    """True while this thread builds passes that `run` evaluates side by side (a step that
+    waits for its inputs, like the fused attention, would make them one after the other)."""
+    return getattr(_local, "splitting", False)
+
+
 def _streams(n: int) -> list[mx.Stream]:
     have: list[mx.Stream] = getattr(_local, "streams", [])
     while len(have) < n:
@@ -82,6 +88,7 @@ def run(passes: Sequence[Callable[[], T]], width: int | None = None) -> list[T]:
     _blas.set_threads(1)
     _blas.set_thin_threads(1)
     out = []
+    _local.splitting = True
     try:
         for start in range(0, len(passes), lanes):
             group = []
@@ -91,6 +98,7 @@ def run(passes: Sequence[Callable[[], T]], width: int | None = None) -> list[T]:
             mx.eval(group)
             out.extend(group)
     finally:  # back to what was set (never set: OpenBLAS's all cores, the thin kernel's one)
+        _local.splitting = False
         _blas.set_threads(threads[0] or os.cpu_count())
         _blas.set_thin_threads(threads[1] or 1)
     return out

@@ -459,3 +459,21 @@ def test_prefill_without_a_separate_head_joins_the_same(cm, monkeypatch) -> None
             got[seq.tag].append(chunk.token)
     for k, p in enumerate(prompts):
         assert got[k] == tokens_alone(cm, p, "generator", max_tokens=6, ignore_eos=True), k
+
+
+def test_no_forward_after_every_last_token(cm, monkeypatch) -> None:
+    """A step whose current tokens all end their sequences by length queues no forward for
+    tokens nobody will read: an answer of n tokens costs its prefill and n - 1 forwards, and
+    its tokens are the ones it gets alone through `generate`."""
+    prompt = text_prompt(cm, "Where is Paris?", DOCS[:1])
+    decoder = Decoder(cm, None)
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    seq, first = decoder.add(prompt, params)
+    forwards = []
+    real = decoder._forward
+    monkeypatch.setattr(decoder, "_forward", lambda *a, **k: forwards.append(1) or real(*a, **k))
+    tokens = [first.token]
+    while decoder.sequences:
+        tokens += [chunk.token for _, chunk in decoder.step()]
+    assert len(tokens) == 5 and len(forwards) == 4
+    assert tokens == tokens_alone(cm, prompt, None, max_tokens=5, ignore_eos=True)

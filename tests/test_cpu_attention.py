@@ -169,3 +169,117 @@ def test_native_kernels_give_the_bits_of_mlx_own(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         got[name] = np.load(out)
     assert np.array_equal(got["native"], got["mlx"], equal_nan=True)
+
+
+# ---- the fused kernel for prompt passes (clara/_attention.c) --------------------------------
+
+needs_kernel = pytest.mark.skipif(
+    A._blas._thin is None, reason=f"clara's C library is not built: {A._blas.thin_reason}"
+)
+
+
+def _seen(mask, B, H, T, S) -> np.ndarray:
+    """(B, H, T): rows that see at least one key (a row that sees none gets zeros, where
+    MLX's finite mask value averages every value)."""
+    if mask is None or isinstance(mask, str):
+        return np.ones((B, H, T), bool)
+    m = np.array(mask)
+    m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+    return np.broadcast_to(m.any(-1), (B, H, T))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "B,H,Hk,T,S,D",
+    [(2, 9, 3, 70, 70, 64), (1, 9, 3, 40, 150, 64), (3, 8, 2, 5, 129, 128), (2, 4, 4, 65, 65, 64)],
+)
+def test_fused_kernel_matches_mlx_lm(B, H, Hk, T, S, D):
+    """Every boolean mask form, "causal" with and without cached keys before the rows, key
+    blocks cut off part way (S not a multiple of 64), grouped-query heads, head sizes 64/128."""
+    q, k, v = _qkv(B, H, Hk, T, S, D=D)
+    for name, mask in _masks(B, H, T, S).items():
+        if name.startswith("additive"):
+            assert A.fused(q, k, v, 0.125, mask) is None  # MLX's path takes it
+            continue
+        got = A.fused(q, k, v, 0.125, mask)
+        want = A._original(q, k, v, None, scale=0.125, mask=mask)
+        assert got is not None and got.shape == want.shape == (B, H, T, D)
+        seen = _seen(mask, B, H, T, S)
+        err = float(np.abs(np.array(got) - np.array(want))[seen].max())
+        assert err < 1e-5, f"{name}: max difference {err}"
+
+
+@needs_kernel
+def test_fused_kernel_rows_do_not_depend_on_the_pass():
+    """A prompt's rows get the same bits in one pass or cut into chunks after cached keys,
+    alone or beside another prompt: what lets a prompt prefill the same alone or batched."""
+    q, k, v = _qkv(2, 9, 3, 150, 150, D=64, seed=5)
+    whole = np.array(A.fused(q, k, v, 0.125, "causal"))
+    # rows 100..149 as a chunk after 100 cached positions (keys 0..149), batch element 0 alone
+    part = A.fused(q[:1, :, 100:], k[:1], v[:1], 0.125, "causal")
+    assert np.array_equal(np.array(part), whole[:1, :, 100:])
+    # a transposed (non-contiguous) query, as mlx-lm's attention hands it over
+    qt = mx.array(np.ascontiguousarray(np.array(q).transpose(0, 2, 1, 3))).transpose(0, 2, 1, 3)
+    assert np.array_equal(np.array(A.fused(qt, k, v, 0.125, "causal")), whole)
+
+
+@needs_kernel
+def test_fused_kernel_only_for_rows_from_the_start_position(monkeypatch):
+    """`attention` takes the kernel only inside `fused_passes(start)`, for passes whose rows
+    start at `start` or later (keys minus rows), and never when switched off; the results
+    agree with MLX's path either way."""
+    q, k, v = _qkv(1, 9, 3, 300, 400, D=64, seed=2)  # rows 100..399 after 100 cached keys
+    calls = []
+    real = A.fused
+    monkeypatch.setattr(A, "fused", lambda *a: calls.append(1) or real(*a))
+    want = A._original(q, k, v, None, scale=0.125, mask="causal")
+    plain = A.attention(q, k, v, None, 0.125, "causal")  # a training step, say
+    assert not calls
+    with A.fused_passes(100):
+        got = A.attention(q, k, v, None, 0.125, "causal")
+        assert len(calls) == 1
+    with A.fused_passes(101):  # the pass starts before the kernel's first row
+        A.attention(q, k, v, None, 0.125, "causal")
+        assert len(calls) == 1
+    with A.fused_passes(0):
+        monkeypatch.setenv("CLARA_FUSED_ATTENTION", "off")
+        A.attention(q, k, v, None, 0.125, "causal")
+        assert len(calls) == 1
+    for out in (plain, got):
+        assert float(mx.abs(out - want).max()) < 1e-5
+
+
+@needs_kernel
+def test_a_long_text_prompt_decodes_the_same_through_the_fused_kernel(monkeypatch):
+    """The default model (head size 64) reading a text prompt of ~700 positions: the rows
+    from position `prefill_step` (512) on take the kernel, cut in chunks that start there, and
+    the answer is the one MLX's attention gives."""
+    from pydoc_data.topics import topics
+
+    from clara.checkpoint import load_clara
+    from clara.decode import Decoder
+    from clara.prompt import text_prompt
+    from clara.stream import SamplingParams
+
+    cm = load_clara("smollm2-135m")
+    chunks = [topics["assert"], topics["while"], topics["for"]]
+    prompt = text_prompt(cm, "What does the assert statement do?", chunks)
+    assert prompt.positions > 600
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    calls = []
+    real = A.fused
+    monkeypatch.setattr(A, "fused", lambda *a: calls.append(1) or real(*a))
+
+    def answer() -> list[int]:
+        decoder = Decoder(cm, None)
+        [(_, first)] = decoder.add_many([(prompt, params, None)])
+        tokens = [first.token]
+        while decoder.sequences:
+            tokens += [chunk.token for _, chunk in decoder.step()]
+        return tokens
+
+    fused = answer()
+    assert len(calls) == 30  # every layer of the chunk from position 512
+    monkeypatch.setenv("CLARA_FUSED_ATTENTION", "off")
+    calls.clear()
+    assert answer() == fused and not calls
