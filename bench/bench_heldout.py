@@ -11,8 +11,10 @@ Per checkpoint, on the same base model and questions:
 - end to end over all 1000 documents (`--collection heldout`: the 200 held-out ones): CLaRa
   (the query adapter ranks the compressed documents, the generator reads the top-k memories),
   and CLaRa with the product's default hybrid retrieval (that ranking and BM25's fused by
-  reciprocal rank, `clara.retrieval.Fusion`); (baselines) text RAG, the bare model reading
-  BM25's top-k texts; no retrieval. R@1/R@5 of each ranking against the gold document.
+  reciprocal rank, `clara.retrieval.Fusion`); clara-serve's "mixed" mode on that ranking (the
+  generator reads the best document as text and the next k-1 as memories); (baselines) the
+  generator reading the best document alone as text, text RAG (the bare model reading BM25's
+  top-k texts), no retrieval. R@1/R@5 of each ranking against the gold document.
 `--baselines` adds the bare-model rows (run it once, with one of the checkpoints).
 """
 
@@ -34,7 +36,7 @@ import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
 from bench._common import append_report  # noqa: E402
-from clara.prompt import text_prompt  # noqa: E402
+from clara.prompt import mixed_prompt, text_prompt  # noqa: E402
 from clara.retrieval import (  # noqa: E402
     DENSE_SCORINGS,
     Fusion,
@@ -207,6 +209,21 @@ def run(args) -> dict:
 
     rows.append(clara_e2e(dense, f"CLaRa {rate}x (dense top-k)"))
     rows.append(clara_e2e(hybrid, f"CLaRa {rate}x (hybrid top-k, default)"))
+    # clara-serve's "mixed" mode: the best document as text, the next ones as memories
+    ranked = [row[:10] for row in hybrid]
+    picks = [row[: args.top_k] for row in ranked]
+    prompts = [mixed_prompt(cm, r.question, [docs[p[0]]], [mem[j] for j in p[1:]])
+               for r, p in zip(recs, picks)]  # fmt: skip
+    row = score_rows(cm, "mixed: best as text + memories (hybrid)", "mixed", recs, prompts,
+                     "generator", args.max_tokens)  # fmt: skip
+    row.retrieval = recall_precision_at_k(ranked, gold, (1, 3, 5))
+    rows.append(("end to end", row))
+    if args.baselines:
+        prompts = [text_prompt(cm, r.question, [docs[p[0]]]) for r, p in zip(recs, picks)]
+        row = score_rows(cm, "best as text + generator adapter (hybrid)", "text", recs,
+                         prompts, "generator", args.max_tokens)  # fmt: skip
+        row.retrieval = recall_precision_at_k(ranked, gold, (1, 3, 5))
+        rows.append(("end to end", row))
     if args.baselines:
         ranked = [row[:10] for row in lexical]
         texts = [[docs[j] for j in r[: args.top_k]] for r in ranked]

@@ -161,6 +161,43 @@ def memory_prompt(
     return Prompt(lay.tokens, emb)
 
 
+def mixed_prompt(
+    cm,
+    question: str,
+    texts: Sequence[str],
+    memories: Sequence[mx.array],
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+) -> Prompt:
+    """The generator's prompt with the best chunks as raw text and the rest as memory blocks:
+    `Background:` the texts (one per line), then the blocks after `<SEP>` as in
+    `memory_prompt`. Zero-shot for the generator (trained on memory prompts), which reads text
+    as well as the bare model does (bench/bench_heldout.py)."""
+    if cm.config.reference:
+        raise ClaraError(
+            "mixed prompts need clara's own prompt layout, and this checkpoint uses its "
+            "reference's: use memory or text"
+        )
+    if not memories:
+        background_text = "\n".join(clean(t) for t in texts) if texts else None
+        hist = [{**m, "content": clean(m["content"])} for m in history or []]
+        msgs = answer_messages(clean(question), background_text, hist, system)
+        return Prompt(encode(cm.tokenizer, render(cm.tokenizer, msgs)), None)
+    for mem in memories:
+        if mem.shape != (cm.n_mem, cm.hidden_size):
+            raise ClaraError(
+                f"memory block has shape {mem.shape}, expected ({cm.n_mem}, {cm.hidden_size})"
+            )
+    hist = [{**m, "content": clean(m["content"])} for m in history or []]
+    lead = "\n".join(clean(t) for t in texts)
+    background_text = (lead + SEP if lead else "") + background(len(memories))
+    msgs = answer_messages(clean(question), background_text, hist, system)
+    lay = layout(cm.tokenizer, render(cm.tokenizer, msgs), cm.n_mem, len(memories))
+    memory = mx.concatenate(list(memories), axis=0)  # (n_blocks * n_mem, d)
+    emb = embed_layout(cm, mx.array(lay.tokens), mx.array(lay.slots), memory)
+    return Prompt(lay.tokens, emb)
+
+
 def reference_layout(
     cm,
     question: str,

@@ -34,7 +34,7 @@ import numpy as np
 from clara.decode import Decoder, PrefixCache
 from clara.decode import Sequence as Seq
 from clara.model import ClaraModel
-from clara.prompt import Prompt, memory_prompt, text_prompt
+from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
@@ -329,7 +329,7 @@ class Engine:
                 return Retrieved(status, p.collection, detail=detail)
             try:
                 ids = [h.chunk_id for h in hits]
-                memories = coll.memories(ids) if p.mode == "memory" else None
+                memories = coll.memories(ids) if p.mode in ("memory", "mixed") else None
                 break
             except KeyError:
                 continue
@@ -356,12 +356,17 @@ class Engine:
         return Retrieved("ok", p.collection, sources, memories)
 
     def _prompt(self, p: RagParams, r: Retrieved) -> tuple[Prompt, str | None]:
-        """(prompt, adapter): memories -> generator adapter; text or nothing -> bare model."""
+        """(prompt, adapter): memories (and for "mixed" the best chunk's text) -> generator
+        adapter; text or nothing -> bare model."""
         cm = self._cm
         if r.status == "ok" and p.mode == "memory":
             blocks = [mx.array(m) for m in r.memories]  # (n_mem, d) each
             return memory_prompt(cm, p.question, blocks, p.history, p.system), "generator"
         chunks = [contextual(s.context, s.text) for s in r.sources] if r.status == "ok" else None
+        if chunks and p.mode == "mixed":
+            blocks = [mx.array(m) for m in r.memories[MIXED_TEXT:]]
+            prompt = mixed_prompt(cm, p.question, chunks[:MIXED_TEXT], blocks, p.history, p.system)
+            return prompt, "generator"
         return text_prompt(cm, p.question, chunks, p.history, p.system), None
 
     def _encode(self, group: list[RagParams]) -> list[np.ndarray | None]:
@@ -549,6 +554,10 @@ class Engine:
         job.emit(Embedded(vectors, tokens))
 
 
+#: Chunks a "mixed" request reads as text, best first (the rest as memories). On the 200
+#: held-out questions the default model's generator read the best of 5 as text and 4 as
+#: memories at F1 42.9 / cover-EM 27.0, the best 2 as text at 39.0 / 25.0 (bench_heldout.py)
+MIXED_TEXT = 1
 ADMIT_POLL = 0.005  # s: an idle engine admitting a request looks this often for more ...
 ADMIT_WINDOW = 0.03  # ... while they keep arriving, this long at most
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clara.paths import COLLECTION_NAME
 from clara_cli.http import APIError, JSONInt, json_int
 
-MODES = ("memory", "text")
+MODES = ("memory", "text", "mixed")
 
 
 class _Request(BaseModel):
@@ -121,9 +121,11 @@ class ChatCompletionRequest(_Request):
     """Index collection to search (default: the server's --collection)."""
     retrieval: bool = True
     """False: answer with the bare base model, no retrieval."""
-    mode: Literal["memory", "text"] = "memory"
-    """"memory": the generator reads compressed memories (CLaRa); "text": the retrieved chunks'
-    raw text goes into the prompt of the bare base model (the uncompressed RAG baseline)."""
+    mode: Literal["memory", "text", "mixed"] | None = None
+    """What the model reads (default: the server's --mode, "memory"). "memory": the generator
+    reads the chunks' compressed memories (CLaRa); "text": their raw text goes into the prompt
+    of the bare base model (the uncompressed RAG baseline); "mixed": the generator reads the
+    best chunk's raw text and the others' memories."""
     retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
     """How chunks are found: "hybrid" (default) fuses "dense" (query adapter vs compressed
     memories) and "lexical" (BM25 over the chunks' words) by reciprocal rank fusion."""
@@ -186,7 +188,7 @@ class ChatCompletionRequest(_Request):
             history=[{"role": m.role, "content": m.text()} for m in history],
             system="\n".join(system) if system else None,
             retrieval=self.retrieval and self.top_k != 0,
-            mode=self.mode,
+            mode=self.mode or defaults.mode,
             retrieval_mode=self.retrieval_mode or defaults.retrieval_mode,
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or defaults.collection,
@@ -212,6 +214,7 @@ class ServingDefaults:
     temperature: float = 0.0
     history_turns: int = 2
     retrieval_mode: str = "hybrid"
+    mode: str = "memory"
 
 
 @dataclass

@@ -155,8 +155,9 @@ class ResponseCreateRequest(_Request):
     """Collection searched without a file_search tool (default: the server's --collection)."""
     top_k: json_int(ge=0, le=100) | None = None
     """Chunks to retrieve without a file_search tool (default: the server's --top-k)."""
-    mode: Literal["memory", "text"] = "memory"
-    """"memory": the generator reads compressed memories; "text": the chunks' raw text."""
+    mode: Literal["memory", "text", "mixed"] | None = None
+    """"memory": the generator reads compressed memories; "text": the chunks' raw text;
+    "mixed": the best chunk's text and the others' memories (default: the server's --mode)."""
     retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
     """How chunks are found, with or without a file_search tool (as in chat completions):
     "hybrid" (the server's default) fuses "dense" and "lexical" (BM25) rankings."""

@@ -143,6 +143,32 @@ def test_memory_prompt_layout(cm):
         memory_prompt(cm, "q", [mx.zeros((3, 64))])
 
 
+def test_mixed_prompt_layout(cm):
+    """The best chunk's text, then the other memories after <SEP>, in one `Background:`: its
+    tokens are the text prompt's up to the end of that text, its memory rows the blocks'."""
+    from clara.prompt import mixed_prompt
+
+    mem = cm.compress(DOCS)
+    prompt = mixed_prompt(cm, "Where is Paris?", [DOCS[1]], list(mem[1:]))
+    text = text_prompt(cm, "Where is Paris?", [DOCS[1]])
+    blocks = memory_prompt(cm, "Where is Paris?", list(mem[1:]))
+    lead = next(i for i, t in enumerate(text.tokens) if t != blocks.tokens[i])
+    assert prompt.tokens[:lead] == text.tokens[:lead]  # the template up to the background
+    assert prompt.positions > text.positions + 2 * cm.n_mem  # plus two blocks and two <SEP>
+    emb = np.array(prompt.embeddings.astype(mx.float32))
+    dtype = prompt.embeddings.dtype  # the memories as the prompt holds them
+    rows = np.array(mem[1:].astype(dtype).astype(mx.float32)).reshape(-1, mem.shape[-1])
+    found = [i for i in range(len(emb)) if np.allclose(emb[i], rows[0])]
+    assert len(found) == 1
+    n, at = cm.n_mem, found[0]  # block 1, <SEP>, block 2
+    assert np.allclose(emb[at : at + n], rows[:n])
+    assert np.allclose(emb[at + n + 1 : at + 2 * n + 1], rows[n:])
+    sep = np.array(cm.sep_embedding.astype(dtype).astype(mx.float32)).reshape(-1)
+    assert np.allclose(emb[at - 1], sep) and np.allclose(emb[at + n], sep)  # after the text
+    # no memories: the text prompt's tokens, read by the generator
+    assert mixed_prompt(cm, "Where is Paris?", [DOCS[1]], []).tokens == text.tokens
+
+
 def test_stream_reports_lengths_and_finish(cm):
     mem = cm.compress(DOCS[:2])
     chunks = list(stream_from_memory(cm, "Where is Paris?", list(mem), max_tokens=5))

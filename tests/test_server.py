@@ -308,6 +308,22 @@ def test_top_k_retrieval_off_and_text_mode(client: openai.OpenAI, cm) -> None:
     assert text.usage.prompt_tokens == text_prompt(cm, RIVER, chunks).positions
 
 
+def test_mixed_mode_reads_the_best_chunk_as_text(client: openai.OpenAI, cm) -> None:
+    from clara.prompt import mixed_prompt
+
+    resp = client.chat.completions.create(
+        model=MODEL, messages=ask(RIVER), max_tokens=2, extra_body={"mode": "mixed", "top_k": 3}
+    )
+    sources = resp.choices[0].message.sources
+    assert [s["filename"] for s in sources][:1] == ["river.txt"] and len(sources) == 3
+    assert resp.model_extra["retrieval"]["mode"] == "mixed"
+    blank = [_mx(np.zeros((cm.n_mem, cm.hidden_size), np.float32))] * 2
+    expected = mixed_prompt(cm, RIVER, [sources[0]["snippet"]], blank).positions
+    assert resp.usage.prompt_tokens == expected
+    default = client.chat.completions.create(model=MODEL, messages=ask(RIVER), max_tokens=1)
+    assert default.model_extra["retrieval"]["mode"] == "memory"  # the server's --mode
+
+
 def test_history_is_bounded_and_counted(client: openai.OpenAI, cm) -> None:
     from clara.prompt import memory_prompt
 

@@ -104,7 +104,8 @@ async function ask(question) {
   const div = add("assistant", "");
   const text = document.createTextNode("");
   div.appendChild(text);
-  const body = { messages: turns, stream: true, mode: $("mode").value, retrieval: $("retrieval").checked };
+  const body = { messages: turns, stream: true, retrieval: $("retrieval").checked };
+  if ($("mode").value) body.mode = $("mode").value;
   if ($("collection").value) body.collection = $("collection").value;
   if (!$("retrieval-mode-label").hidden && $("retrieval-mode").value) body.retrieval_mode = $("retrieval-mode").value;
   $("send").disabled = true;
