@@ -150,9 +150,20 @@ def main() -> int:
             if DEFAULT_CHECKPOINT.exists()
             else "no trained adapters are installed, so the memory answer comes from untrained ones"
         )
+        mixed = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": QUESTION}],
+            max_tokens=64,
+            extra_body={"mode": "mixed"},
+        )
         print(
             f"\nSame retrieval, chunks as raw text ({text.usage.prompt_tokens} positions): "
             f"{text.choices[0].message.content.strip()}\n({note}; see README, 'Default adapters')"
+        )
+        print(
+            f"\nMixed: the best chunk as text, the others as memory ({mixed.usage.prompt_tokens} "
+            f"positions): {mixed.choices[0].message.content.strip()}\n(the mode that answered "
+            "held-out questions best with these adapters; README, 'Which mode')"
         )
     finally:
         server.terminate()
