@@ -156,9 +156,11 @@ def test_eval_cli_rows(trained, tiny_llama_dir, tmp_path, capsys, mode):
     )
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["method"] for r in rows] == ["none", "text", "clara", "clara-none"]
+    assert [r["method"] for r in rows] == ["none", "text", "clara", "mixed", "clara-none"]
     assert all(r["n"] == 2 and 0 <= r["em"] <= 1 for r in rows)
-    clara = rows[2]
+    clara, mixed = rows[2], rows[3]
+    assert mixed["name"] == "mixed: best as text" and mixed["retrieval"] == clara["retrieval"]
+    assert mixed["positions"] > clara["positions"]  # the best document's text, not 16 slots
     assert clara["compression_rate"] == 16
     if mode == "gold":
         assert clara["retrieval"] == {}
@@ -242,5 +244,6 @@ def test_eval_cli_index_mode(trained, tiny_llama_dir, tmp_path, capsys, retrieva
         ]
     )
     assert code == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    row, mixed = json.loads(capsys.readouterr().out)
     assert row["retrieval"]["recall@3"] == 1.0  # three documents: every mode finds them all
+    assert mixed["method"] == "mixed" and mixed["retrieval"] == row["retrieval"]

@@ -26,6 +26,8 @@ Rows, all on the same base model:
   text RAG               the bare base model reading the top-k documents' raw text
   CLaRa <rate>x          each --checkpoint: query-adapter retrieval, generator reading the
                          compressed memory vectors (n_mem positions per document)
+  mixed: best as text    each checkpoint's generator reading the best document's raw text
+                         and the others' memory vectors (clara-serve's mode "mixed")
   (--generator-only)     each checkpoint's generator without any documents
 """
 
@@ -157,6 +159,7 @@ def evaluate(args: argparse.Namespace) -> list:
     from training.evaluate import (
         clara_row,
         generator_only_row,
+        mixed_row,
         no_retrieval_row,
         retrieve,
         retrieve_from_index,
@@ -204,6 +207,9 @@ def evaluate(args: argparse.Namespace) -> list:
         if len(args.checkpoint) > 1:
             name += f" ({Path(ck).parent.name}/{Path(ck).name})"
         rows.append(clara_row(cm, records, got, name, ck, args.max_tokens, bar))
+        if not cm.config.reference:  # clara-serve's mode "mixed" (imported layouts have none)
+            mixed = name.replace(f"CLaRa {cm.config.compression_rate}x", "mixed: best as text")
+            rows.append(mixed_row(cm, records, got, mixed, ck, args.max_tokens, bar))
         if args.generator_only:
             rows.append(
                 generator_only_row(cm, records, name + ", no docs", ck, args.max_tokens, bar)

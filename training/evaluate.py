@@ -22,7 +22,7 @@ import numpy as np
 
 from clara.generate import Answer, batch_generate
 from clara.model import ClaraModel
-from clara.prompt import Prompt, memory_prompt, text_prompt
+from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
 from clara.retrieval import cosine_scores, recall_precision_at_k
 from training.data import QARecord
 
@@ -229,6 +229,38 @@ def clara_row(
         cm,
         name,
         "clara",
+        records,
+        prompts,
+        "generator",
+        max_tokens,
+        progress,
+        checkpoint=checkpoint,
+        compression_rate=cm.config.compression_rate,
+    )
+    if retrieved.ranked and any(retrieved.gold):
+        row.retrieval = recall_precision_at_k(retrieved.ranked, retrieved.gold, RECALL_KS)
+    return row
+
+
+def mixed_row(
+    cm: ClaraModel,
+    records: Sequence[QARecord],
+    retrieved: Retrieved,
+    name: str,
+    checkpoint: str | None,
+    max_tokens: int = 64,
+    progress=None,
+) -> Row:
+    """clara-serve's "mixed" mode: the generator adapter reading each question's best
+    retrieved document as text and the others as memory vectors."""
+    prompts = [
+        mixed_prompt(cm, r.question, t[:1], m[1:])
+        for r, t, m in zip(records, retrieved.texts, retrieved.memories)
+    ]
+    row = score_rows(
+        cm,
+        name,
+        "mixed",
         records,
         prompts,
         "generator",
