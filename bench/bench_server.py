@@ -11,6 +11,7 @@ of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 ne
 - clara memory int8: the same, decoding from int8 weight copies (CLARA_DECODE_WEIGHTS=int8)
 - clara memory openblas: the same with every product through OpenBLAS (CLARA_THIN=off), as
   before the thin-matmul kernel
+- clara mixed:  clara-serve `mode: "mixed"`, the best chunk's text and the others' memories
 - clara text:   clara-serve `mode: "text"`, the chunks' raw text in the base model's prompt
 - llama.cpp:    llama-cpp-python's OpenAI server on the same GGUF, given that text prompt
                 (built into its own venv under /work/cache when missing; skipped if it cannot be)
@@ -54,6 +55,7 @@ SYSTEMS = (
     "clara memory prefill 8",
     "clara memory int8",
     "clara memory openblas",
+    "clara mixed",
     "clara text",
     "llama.cpp",
     "mlx_lm.server",
@@ -244,7 +246,7 @@ def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -
             ]
             out.append({**common, "messages": messages, "logit_bias": EOS_BIAS})
         else:
-            mode = "memory" if system in MEMORY_SYSTEMS else "text"
+            mode = "memory" if system in MEMORY_SYSTEMS else system.split()[-1]  # mixed, text
             messages = [{"role": "user", "content": q}]
             out.append(
                 {**common, "messages": messages, "mode": mode, "top_k": top_k, "ignore_eos": True}

@@ -18,6 +18,12 @@ def main() -> None:
     p.add_argument("--base-url", default=os.environ.get("CLARA_URL", "http://127.0.0.1:8000/v1"))
     p.add_argument("--api-key", default=os.environ.get("CLARA_API_KEY", "unused"))
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument(
+        "--mode",
+        choices=("memory", "text", "mixed"),
+        help="what the model reads (default: the server's --mode): chunk memories, raw text, "
+        "or the best chunk's text and the others' memories",
+    )
     args = p.parse_args()
     client = OpenAI(base_url=args.base_url, api_key=args.api_key)
     model = client.models.list().data[0].id
@@ -46,8 +52,9 @@ def main() -> None:
         history.append({"role": "user", "content": line})
         print("clara> ", end="", flush=True)
         answer = ""
+        extra = {"top_k": args.top_k, **({"mode": args.mode} if args.mode else {})}
         stream = client.chat.completions.create(
-            model=model, messages=history, stream=True, extra_body={"top_k": args.top_k}
+            model=model, messages=history, stream=True, extra_body=extra
         )
         for chunk in stream:
             for choice in chunk.choices:

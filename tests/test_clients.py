@@ -57,10 +57,11 @@ def test_curl_script(server: ServerProcess) -> None:
     assert '"sources"' in out and "data: [DONE]" in out
 
 
-def test_terminal_chat(server: ServerProcess) -> None:
+@pytest.mark.parametrize("mode", [[], ["--mode", "mixed"]], ids=["server-default", "mixed"])
+def test_terminal_chat(server: ServerProcess, mode: list[str]) -> None:
     env = {**os.environ, "CLARA_URL": f"{server.url}/v1", "CLARA_API_KEY": API_KEY}
     out = subprocess.run(
-        [sys.executable, "clients/terminal_chat.py"],
+        [sys.executable, "clients/terminal_chat.py", *mode],
         input=f"{DOCS[0][1]}\n/sources\n/quit\n",
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
