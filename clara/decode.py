@@ -54,6 +54,9 @@ MIN_PREFIX = 8  # shorter shared prefixes are not worth a cache entry
 #: chunks of 512 rows, 2.4 s of 256, 2.2-2.3 s of 128 and 2.2-2.3 s under this budget (2^21:
 #: 2.4-2.6 s, 2^18: 2.4 s); one-off timings, 2026-12-02.
 PREFILL_SCORES = 1 << 20
+#: Rows of a prefill chunk at most; longer prompts prefill in chunks, in passes never split
+#: across lanes (`Decoder._prefill_parts`)
+PREFILL_STEP = 512
 MIN_CHUNK = 64
 
 
@@ -199,7 +202,7 @@ class Decoder:
         adapter: str | None,
         *,
         max_context: int | None = None,
-        prefill_step: int = 512,
+        prefill_step: int = PREFILL_STEP,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.cm = cm

@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=320,
         metavar="N",
-        help="prompt positions per prefill pass at most (a longer prompt gets a pass of its "
-        "own; 0: no limit). Passes of a few hundred positions cost the least per prompt on a "
+        help="prompt positions per prefill pass at most (longer prompts get a pass of their "
+        "own, or one per CPU lane beside other long ones; 0: no limit). Passes of a few hundred positions cost the least per prompt on a "
         "CPU, and smaller passes send first tokens sooner (default: %(default)s)",
     )
     net.add_argument(

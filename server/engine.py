@@ -31,7 +31,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from clara.decode import Decoder, PrefixCache
+from clara import lanes
+from clara.decode import PREFILL_STEP, Decoder, PrefixCache
 from clara.decode import Sequence as Seq
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
@@ -429,7 +430,7 @@ class Engine:
                 items = pending.setdefault(adapter, [])
                 items.append((j, q, prompt))
                 *full, pending[adapter] = prefill_groups(
-                    items, self.settings.prefill_batch, self.settings.prefill_tokens
+                    items, self.settings.prefill_batch, self.settings.prefill_tokens, lanes.count()
                 )
                 if len(pending[adapter]) >= max(1, self.settings.prefill_batch):
                     full.append(pending[adapter])
@@ -566,20 +567,30 @@ def _is_chat(key: tuple) -> bool:
     return key[0] == ":chat"
 
 
-def prefill_groups(items: list, most: int, positions: int) -> list[list]:
+def prefill_groups(items: list, most: int, positions: int, n_lanes: int = 1) -> list[list]:
     """`items` ((job, params, prompt), in arrival order) cut into consecutive prefill passes
-    of at most `most` prompts and at most `positions` prompt positions (0: any; a longer
-    prompt gets a pass of its own). Smaller passes send their first tokens sooner, larger ones
-    cost less per prompt: memory prompts of ~125 positions on 2 CPU cores (the parts of a pass
-    side by side) took 110 ms alone, 92 ms each 2 together, 83 ms each 4 together in process
-    (bench/bench_burst.py); inside clara-serve a burst of 8 got its median first token soonest
-    in passes of 2 (189 ms each; passes of 4: 332 ms), the default `--prefill-tokens 320`."""
+    of at most `most` prompts and at most `positions` prompt positions (0: any). A prompt
+    longer than that shares a pass only with other such prompts, one per CPU lane (`n_lanes`:
+    the pass's parts run side by side, one prompt each) while lanes split them (up to
+    `clara.decode.PREFILL_STEP` positions), else it gets a pass of its own.
+    Smaller passes send their first tokens sooner, larger ones cost less per prompt: memory
+    prompts of ~125 positions on 2 CPU cores (the parts of a pass side by side) took 110 ms
+    alone, 92 ms each 2 together, 83 ms each 4 together in process (bench/bench_burst.py);
+    inside clara-serve a burst of 8 got its median first token soonest in passes of 2 (189 ms
+    each; passes of 4: 332 ms), the default `--prefill-tokens 320`. A burst of 8 "mixed"
+    prompts (~370 positions) got its median first token after 1.55-1.85 s two to a pass on 2
+    lanes, against 2.02-2.15 s one to a pass."""
     groups: list[list] = []
     size = 0
     for item in items:
         n = item[2].positions
-        if groups and len(groups[-1]) < max(1, most) and (not positions or size + n <= positions):
-            groups[-1].append(item)
+        last = groups[-1] if groups else []
+        fits = not positions or size + n <= positions
+        if positions and n > positions:  # long: beside other long ones, one per lane
+            fits = n <= PREFILL_STEP and len(last) < n_lanes
+            fits = fits and all(positions < i[2].positions <= PREFILL_STEP for i in last)
+        if last and len(last) < max(1, most) and fits:
+            last.append(item)
             size += n
         else:
             groups.append([item])

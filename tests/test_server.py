@@ -606,6 +606,13 @@ def test_prefill_groups_cut_by_count_and_positions() -> None:
     assert ids(prefill_groups(items, 8, 0)) == [[0, 1, 2, 3, 4, 5]]  # no position limit
     assert ids(prefill_groups(items, 1, 0)) == [[0], [1], [2], [3], [4], [5]]
     assert prefill_groups([], 8, 320) == []
+    # prompts longer than the limit share a pass with other long ones, one per lane
+    items = [(i, None, Prompt([1] * n, None)) for i, n in enumerate([372, 380, 360, 100, 400])]
+    assert ids(prefill_groups(items, 8, 320, n_lanes=2)) == [[0, 1], [2], [3], [4]]
+    assert ids(prefill_groups(items, 8, 320)) == [[0], [1], [2], [3], [4]]
+    assert ids(prefill_groups(items, 1, 320, n_lanes=2)) == [[0], [1], [2], [3], [4]]
+    items = [(i, None, Prompt([1] * n, None)) for i, n in enumerate([1300, 1250, 400, 450])]
+    assert ids(prefill_groups(items, 8, 320, n_lanes=2)) == [[0], [1], [2, 3]]  # lanes: <= 512
 
 
 def test_a_burst_gets_first_tokens_before_the_last_is_retrieved(
