@@ -225,10 +225,16 @@ def clara_row(
 ) -> Row:
     """The generator adapter answering from the retrieved memory vectors."""
     prompts = [memory_prompt(cm, r.question, m) for r, m in zip(records, retrieved.memories)]
+    return _generator_row(cm, records, retrieved, prompts, name, "clara", checkpoint,
+                          max_tokens, progress)  # fmt: skip
+
+
+def _generator_row(cm, records, retrieved, prompts, name, method, checkpoint, max_tokens, progress):
+    """`prompts` answered by the generator adapter, with the retrieval's recall."""
     row = score_rows(
         cm,
         name,
-        "clara",
+        method,
         records,
         prompts,
         "generator",
@@ -257,21 +263,8 @@ def mixed_row(
         mixed_prompt(cm, r.question, t[:1], m[1:])
         for r, t, m in zip(records, retrieved.texts, retrieved.memories)
     ]
-    row = score_rows(
-        cm,
-        name,
-        "mixed",
-        records,
-        prompts,
-        "generator",
-        max_tokens,
-        progress,
-        checkpoint=checkpoint,
-        compression_rate=cm.config.compression_rate,
-    )
-    if retrieved.ranked and any(retrieved.gold):
-        row.retrieval = recall_precision_at_k(retrieved.ranked, retrieved.gold, RECALL_KS)
-    return row
+    return _generator_row(cm, records, retrieved, prompts, name, "mixed", checkpoint,
+                          max_tokens, progress)  # fmt: skip
 
 
 def generator_only_row(
