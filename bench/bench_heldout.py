@@ -214,15 +214,14 @@ def run(args) -> dict:
     picks = [row[: args.top_k] for row in ranked]
     prompts = [mixed_prompt(cm, r.question, [docs[p[0]]], [mem[j] for j in p[1:]])
                for r, p in zip(recs, picks)]  # fmt: skip
+    recall = recall_precision_at_k(ranked, gold, (1, 3, 5))
     row = score_rows(cm, "mixed: best as text + memories (hybrid)", "mixed", recs, prompts,
-                     "generator", args.max_tokens)  # fmt: skip
-    row.retrieval = recall_precision_at_k(ranked, gold, (1, 3, 5))
+                     "generator", args.max_tokens, retrieval=recall)  # fmt: skip
     rows.append(("end to end", row))
     if args.baselines:
         prompts = [text_prompt(cm, r.question, [docs[p[0]]]) for r, p in zip(recs, picks)]
         row = score_rows(cm, "best as text + generator adapter (hybrid)", "text", recs,
-                         prompts, "generator", args.max_tokens)  # fmt: skip
-        row.retrieval = recall_precision_at_k(ranked, gold, (1, 3, 5))
+                         prompts, "generator", args.max_tokens, retrieval=recall)  # fmt: skip
         rows.append(("end to end", row))
     if args.baselines:
         ranked = [row[:10] for row in lexical]

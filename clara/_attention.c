@@ -29,12 +29,12 @@ typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* u
 
 enum { KB = 64, MAX_D = 256, GROUP = 4 };
 
-/* e^x for x <= 0 (scores minus their running max), 16 at a time: x = n ln2 + r, |r| <= ln2/2,
- * e^r by Cephes' degree-6 polynomial for expf (about 1 ulp), 2^n through the exponent bits.
- * Below -87.3 (e^x under float's smallest normal) it returns e^-87.3, not 0. */
 /* where m: a, else b (m from a vector comparison: all bits set or none) */
 static inline v16 sel(i16v m, v16 a, v16 b) { return (v16)(((i16v)a & m) | ((i16v)b & ~m)); }
 
+/* e^x for x <= 0 (scores minus their running max), 16 at a time: x = n ln2 + r, |r| <= ln2/2,
+ * e^r by Cephes' degree-6 polynomial for expf (about 1 ulp), 2^n through the exponent bits.
+ * Below -87.3 (e^x under float's smallest normal) it returns e^-87.3, not 0. */
 static inline v16 exp16(v16 x) {
   const v16 lo = (v16){0} - 87.3f;
   x = sel(x < lo, lo, x);
@@ -62,7 +62,7 @@ typedef unsigned char u8x16 __attribute__((vector_size(16), aligned(1), may_alia
 
 typedef struct {
   int B, H, Hk, T, S, D, rep, tile; /* tile: query positions per block (rows: rep x tile) */
-  const float *q, *kt, *v;          /* kt: the keys transposed, (B, Hk, D, >= S rounded to 16) */
+  const float *q, *kt, *v;          /* kt: the keys transposed, (B, Hk, D, >= S rounded to KB) */
   long qsb, qsh, qst, ksb, ksh, ksd, vsb, vsh, vss;
   const unsigned char *mask; /* nonzero: the key is seen; NULL: no mask array */
   long msb, msh, mst;

@@ -145,6 +145,12 @@ def memory_prompt(
     """The generator's prompt: memory blocks `(n_mem, d)` placed as input embeddings."""
     if not memories:
         return text_prompt(cm, question, None, history, system)
+    return _blocks_prompt(cm, question, [], memories, history, system)
+
+
+def _blocks_prompt(cm, question, texts, memories, history, system) -> Prompt:
+    """`memory_prompt`'s and `mixed_prompt`'s layout: `Background:` the texts (one per line),
+    `<SEP>`, then the memory blocks (at least one) as input embeddings."""
     for mem in memories:
         if mem.shape != (cm.n_mem, cm.hidden_size):
             raise ClaraError(
@@ -154,7 +160,9 @@ def memory_prompt(
     if cm.config.reference:
         lay = reference_layout(cm, question, len(memories), hist, system)
     else:
-        msgs = answer_messages(clean(question), background(len(memories)), hist, system)
+        lead = "\n".join(clean(t) for t in texts)
+        background_text = (lead + SEP if lead else "") + background(len(memories))
+        msgs = answer_messages(clean(question), background_text, hist, system)
         lay = layout(cm.tokenizer, render(cm.tokenizer, msgs), cm.n_mem, len(memories))
     memory = mx.concatenate(list(memories), axis=0)  # (n_blocks * n_mem, d)
     emb = embed_layout(cm, mx.array(lay.tokens), mx.array(lay.slots), memory)
@@ -178,24 +186,9 @@ def mixed_prompt(
             "mixed prompts need clara's own prompt layout, and this checkpoint uses its "
             "reference's: use memory or text"
         )
-    if not memories:
-        background_text = "\n".join(clean(t) for t in texts) if texts else None
-        hist = [{**m, "content": clean(m["content"])} for m in history or []]
-        msgs = answer_messages(clean(question), background_text, hist, system)
-        return Prompt(encode(cm.tokenizer, render(cm.tokenizer, msgs)), None)
-    for mem in memories:
-        if mem.shape != (cm.n_mem, cm.hidden_size):
-            raise ClaraError(
-                f"memory block has shape {mem.shape}, expected ({cm.n_mem}, {cm.hidden_size})"
-            )
-    hist = [{**m, "content": clean(m["content"])} for m in history or []]
-    lead = "\n".join(clean(t) for t in texts)
-    background_text = (lead + SEP if lead else "") + background(len(memories))
-    msgs = answer_messages(clean(question), background_text, hist, system)
-    lay = layout(cm.tokenizer, render(cm.tokenizer, msgs), cm.n_mem, len(memories))
-    memory = mx.concatenate(list(memories), axis=0)  # (n_blocks * n_mem, d)
-    emb = embed_layout(cm, mx.array(lay.tokens), mx.array(lay.slots), memory)
-    return Prompt(lay.tokens, emb)
+    if not memories:  # the generator reading text alone
+        return text_prompt(cm, question, list(texts) or None, history, system)
+    return _blocks_prompt(cm, question, texts, memories, history, system)
 
 
 def reference_layout(

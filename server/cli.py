@@ -30,7 +30,8 @@ Each chat request retrieves the top-k chunks of the index collection for the lat
 turn and answers from their compressed memories; the answer's message carries them in
 `sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
 collection, retrieval (false: no retrieval), mode ("memory" | "text": the chunks' raw text |
-"mixed": the best chunk's text and the others' memories; default --mode), retrieval_mode ("hybrid" | "dense" | "lexical"), ignore_eos.
+"mixed": the best chunk's text and the others' memories; default --mode), retrieval_mode
+("hybrid" | "dense" | "lexical"), ignore_eos.
 """
 
 
@@ -95,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=320,
         metavar="N",
         help="prompt positions per prefill pass at most (longer prompts get a pass of their "
-        "own, or one per CPU lane beside other long ones; 0: no limit). Passes of a few hundred positions cost the least per prompt on a "
-        "CPU, and smaller passes send first tokens sooner (default: %(default)s)",
+        "own, or one per CPU lane beside other long ones; 0: no limit). Passes of a few "
+        "hundred positions cost the least per prompt on a CPU, and smaller passes send first "
+        "tokens sooner (default: %(default)s)",
     )
     net.add_argument(
         "--sse-keepalive",
