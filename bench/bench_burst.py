@@ -7,7 +7,8 @@ documentation topics, compressed) and pydoc questions, in one process, alternati
 settings of each comparison so that both see the same machine:
 - query encoding of 1 and 8 questions, with the compressor's and query adapter's float32 base
   weights packed once (`ClaraModel.pack_base_weights`, what clara-serve and clara-index do)
-  and without (OpenBLAS packing them on every product);
+  and without (OpenBLAS packing them on every product); and, on CPUs with AMX tiles, with
+  the query adapter's base products in bfloat16 (`--query-precision bfloat16`, opt-in);
 - prefill of 1, 2, 4 and 8 memory prompts (`Decoder.add_many`, first token sampled) with each
   pass split into one part per CPU core (`clara.lanes`, the default) and as one batched pass
   (`CLARA_CPU_LANES=1`);
@@ -102,6 +103,7 @@ def main() -> None:
     if not parts or parts - {"encode", "prefill", "decode", "text"}:
         p.error("--only takes encode, prefill, decode and/or text")
 
+    from clara import _blas
     from clara.checkpoint import load_clara
     from clara.decode import Decoder, PrefixCache
     from clara.stream import SamplingParams
@@ -138,6 +140,21 @@ def main() -> None:
                 unpacked, contextlib.nullcontext,
             )  # fmt: skip
             rows.append(row(f"query encoding, {n} question(s)", "weights packed once", a, b))
+
+        @contextlib.contextmanager
+        def query_bfloat16():
+            cm.set_query_precision("bfloat16")
+            try:
+                yield
+            finally:
+                cm.set_query_precision("float32")
+
+        for n in (1, 8) if _blas.amx else ():  # --query-precision bfloat16 (opt-in)
+            a, b = side_by_side(
+                lambda n=n: timed(lambda: mx.eval(cm.encode_queries(questions[:n])), args.repeats),
+                contextlib.nullcontext, query_bfloat16,
+            )  # fmt: skip
+            rows.append(row(f"query encoding, {n} question(s)", "bfloat16 query products", a, b))
     elif "encode" in parts:
         print("packed base weights unavailable here (no AVX-512 or no thin kernel)")
 
@@ -228,7 +245,9 @@ def main() -> None:
         f"{text[0].positions} positions (CLARA_MERGE_GB=0) in chunks of 512 rows where it "
         "says so (both through MLX's attention) and through MLX's attention from position 512 "
         "(CLARA_FUSED_ATTENTION=off); 'after' is what clara-serve does "
-        "by default. Each figure is the lower of two medians "
+        "by default, except on the 'bfloat16 query products' rows: there 'before' is the "
+        "default (float32 query encodings, weights packed once) and 'after' is "
+        "`--query-precision bfloat16` (opt-in, CPUs with AMX tiles). Each figure is the lower of two medians "
         f"of {args.repeats} timings ({args.steps} steps for decode), the settings alternating. "
         "A pass is split "
         "only where each part gets at least `clara.lanes.MIN_ROWS` (128) positions: two "

@@ -36,6 +36,7 @@ import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
 from bench._common import append_report  # noqa: E402
+from clara.model import QUERY_PRECISIONS  # noqa: E402
 from clara.prompt import mixed_prompt, text_prompt  # noqa: E402
 from clara.retrieval import (  # noqa: E402
     DENSE_SCORINGS,
@@ -167,6 +168,9 @@ def run(args) -> dict:
     out["every_question"] = args.every_question
     if args.dense_scoring:
         cm.config.dense_scoring = args.dense_scoring
+    if args.query_precision != "float32":  # as clara-serve --query-precision does it
+        cm.pack_base_weights()
+    out["query_precision"] = cm.set_query_precision(args.query_precision)
     out["dense_rerank"] = cm.config.dense_rerank
     out.update(top_k=args.top_k, collection=len(docs), max_tokens=args.max_tokens)
     rate = cm.config.compression_rate
@@ -258,13 +262,16 @@ def report(folder: Path) -> None:
 
 def report_retrieval(found: list[dict]) -> None:
     """The `--retrieval-only` results as one table -> BENCHMARKS.md."""
-    lines = ["| query adapter | checkpoint | dense scoring | ranking | R@1 | R@3 | R@5 |",
-             "|" + "---|" * 7]  # fmt: skip
+    lines = ["| query adapter | checkpoint | dense scoring | query precision | ranking | R@1 | R@3 "
+             "| R@5 |", "|" + "---|" * 8]  # fmt: skip
     for x in found:
         depth = x.get("dense_rerank", 0)
         scoring = f"MaxSim of cosine top {depth}" if depth else "flattened cosine"
+        precision = x.get("query_precision", "float32")
         for name, r in x["retrieval"].items():
-            cells = [x["tag"], f"`{x['checkpoint']}`", scoring if name != "bm25" else "", name]
+            dense = name != "bm25"
+            cells = [x["tag"], f"`{x['checkpoint']}`", scoring if dense else ""]
+            cells += [precision if dense else "", name]
             cells += [f"{100 * r[f'recall@{k}']:.1f}" for k in (1, 3, 5)]
             lines.append("| " + " | ".join(cells) + " |")
     per = "every question of each" if found[0].get("every_question") else "one per"
@@ -368,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dense-scoring", choices=DENSE_SCORINGS,
         help="score the dense ranking this way instead of as the checkpoint says",
+    )  # fmt: skip
+    p.add_argument(
+        "--query-precision", choices=QUERY_PRECISIONS, default="float32",
+        help="the query adapter's base products, as clara-serve's --query-precision",
     )  # fmt: skip
     p.add_argument("--report", type=Path, metavar="DIR", help="combine DIR/*.json into a report")
     args = p.parse_args(argv)

@@ -232,6 +232,30 @@ def float32_products():
         _thin.clara_thinmm_use_amx(1)
 
 
+@contextlib.contextmanager
+def bfloat16_base_products():
+    """Inside the block, products against packed base weights that also have bfloat16 tiles
+    (`add_base_tiles`) run on the AMX tiles instead of their float32 panels: the query
+    encoder's `--query-precision bfloat16`. Everything the block queues must be evaluated
+    inside it, and nothing else may be in flight (the caller synchronizes first)."""
+    if not amx:
+        yield
+        return
+    _thin.clara_thinmm_use_base_tiles(1)
+    try:
+        yield
+    finally:
+        _thin.clara_thinmm_use_base_tiles(0)
+
+
+def add_base_tiles(weights) -> int:
+    """bfloat16 tiles beside the float32 panels of weights already packed by a "f32pack"
+    `DecodeCopies` (CPUs with AMX only); returns how many have them."""
+    if not amx:
+        return 0
+    return sum(bool(_thin.clara_thinmm_add_tiles(ctypes.c_void_p(_address(w)))) for w in weights)
+
+
 def for_decode() -> None:
     """Threads for decode steps: `CLARA_DECODE_THREADS`, else every core for the thin kernel
     (it streams the weights, and two cores read memory faster than one) and DECODE_THREADS

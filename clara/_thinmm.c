@@ -410,6 +410,7 @@ typedef struct {
 static int amx_granted; /* the kernel gave this process the tile state */
 static int amx_on;      /* products use the tiles (clara_thinmm_use_amx) */
 static int amx_rows = 1; /* fewest rows a product needs to run on the tiles */
+static int base_tiles;   /* packed base weights' tiles in use (clara_thinmm_use_base_tiles) */
 static __thread int amx_configured;
 
 void clara_thinmm_set_amx_rows(int rows) { amx_rows = rows; }
@@ -423,6 +424,11 @@ int clara_thinmm_amx_init(void) {
 
 /* Products on the tiles (1) or not (0: float32, as without AMX); copies already packed stay. */
 void clara_thinmm_use_amx(int on) { amx_on = on && amx_granted; }
+
+/* Products against packed float32 base weights (KIND_F32P) that also have tiles
+ * (clara_thinmm_add_tiles) run on the tiles (1) or on the float32 panels (0, the default).
+ * The query encoder turns it on around its own passes only: the compressor's stay float32. */
+void clara_thinmm_use_base_tiles(int on) { base_tiles = on; }
 
 static void amx_configure(void) {
   if (amx_configured) return;
@@ -574,6 +580,7 @@ static int amx_gemm(int m, int n, int k, float alpha, const float *a, int lda,
 }
 #else
 #define HAVE_AMX 0
+void clara_thinmm_use_base_tiles(int on) { (void)on; }
 int clara_thinmm_amx_init(void) { return 0; }
 void clara_thinmm_set_amx_rows(int rows) { (void)rows; }
 void clara_thinmm_use_amx(int on) { (void)on; }
@@ -710,6 +717,24 @@ void clara_thinmm_drop_copy(const float *w) {
   pthread_mutex_unlock(&table_lock);
 }
 
+/* 1: the float32-panel copy of `w` (KIND_F32P) now also has bfloat16 tiles for x @ W^T, used
+ * while clara_thinmm_use_base_tiles(1); 0: no such copy, no AMX, or no memory. */
+int clara_thinmm_add_tiles(const float *w) {
+  int ok = 0;
+  pthread_mutex_lock(&table_lock);
+  for (int i = 0; i < used; i++)
+    if (table[i].w == w && table[i].kind == KIND_F32P) {
+      if (table[i].packed == NULL) {
+        void *tiles = amx_pack(w, table[i].n, table[i].k);
+        __atomic_store_n(&table[i].packed, tiles, __ATOMIC_SEQ_CST);
+      }
+      ok = table[i].packed != NULL;
+      break;
+    }
+  pthread_mutex_unlock(&table_lock);
+  return ok;
+}
+
 int clara_thinmm_copies(void) {
   int count = 0;
   pthread_mutex_lock(&table_lock);
@@ -742,6 +767,7 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
     const copy_entry *e = nt ? find_copy(b, n, k, ldb) : find_copy(b, k, n, ldb);
     const void *tiles = e == NULL ? NULL : nt ? e->packed : e->packed_nn;
+    if (e != NULL && e->kind == KIND_F32P && !base_tiles) tiles = NULL; /* float32 panels */
     int done = tiles != NULL &&
                amx_gemm(m, n, k, alpha, a, lda, (const unsigned short *)tiles, c, ldc);
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);

@@ -17,6 +17,7 @@ class ModelSettings:
     checkpoint: str | None = None
     dtype: str | None = "auto"
     index_root: str | None = None  # default: $CLARA_HOME/indexes
+    query_precision: str = "float32"  # ClaraModel.set_query_precision
 
     @property
     def root(self) -> Path:
@@ -34,4 +35,8 @@ class ModelSettings:
             log.info("CPU matmuls: %s", _blas.describe())
         cm = load_clara(self.model, self.checkpoint, dtype=self.dtype)
         cm.pack_base_weights()  # query encodings and compression: no per-call weight packing
+        if cm.set_query_precision(self.query_precision) != self.query_precision:
+            log.warning("--query-precision %s: not on this machine (no AMX tiles, or the "
+                        "weights are not packed); query encodings stay float32",
+                        self.query_precision)  # fmt: skip
         return cm

@@ -64,6 +64,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_query_precision_arg(parser) -> None:
+    """--query-precision, for the commands that encode questions (a parser or a group)."""
+    parser.add_argument(
+        "--query-precision",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="the query adapter's products through the base weights: 'float32' (exact) or "
+        "'bfloat16' on CPUs with AMX tiles (Intel Sapphire Rapids and later): about 2x "
+        "faster query encoding under load, the same retrieval on our held-out questions, "
+        "~0.2 GB more memory for the default model; elsewhere it stays float32. Compression "
+        "is float32 either way (default: %(default)s)",
+    )
+
+
 def model_dtype(args: argparse.Namespace) -> str | None:
     """`--dtype` as `clara.loader.load_base` takes it ('stored' -> None)."""
     return None if args.dtype == "stored" else args.dtype

@@ -12,7 +12,7 @@ import sys
 
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import RETRIEVAL_MODES, Fusion
-from clara_cli.common import add_model_args, run_main
+from clara_cli.common import add_model_args, add_query_precision_arg, run_main
 from indexing.commands import (
     PROG,
     cmd_add,
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = command("search", "search a collection with a question", "where", "out", "model")
     search.add_argument("query", help="the question or text to look for")
+    add_query_precision_arg(search)
     search.add_argument(
         "-k", "--top-k", type=_positive, default=5, metavar="K",
         help="results to show (default: %(default)s)",

@@ -48,6 +48,7 @@ def _load_model(args: argparse.Namespace):
 
     cm = load_clara(args.model, args.checkpoint, dtype=model_dtype(args))
     cm.pack_base_weights()  # compression and query encodings: no per-call weight packing
+    cm.set_query_precision(getattr(args, "query_precision", "float32"))  # search only
     return cm
 
 

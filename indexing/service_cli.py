@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 
 from clara.errors import ClaraError
-from clara_cli.common import add_http_args, add_log_level_arg, model_dtype, serve_http
+from clara_cli.common import (
+    add_http_args,
+    add_log_level_arg,
+    add_query_precision_arg,
+    model_dtype,
+    serve_http,
+)
 
 
 def _positive(value: str) -> int:
@@ -28,6 +34,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="largest upload accepted; bigger ones get 413 (default: %(default)s)",
     )
     add_log_level_arg(net)
+    add_query_precision_arg(parser.add_argument_group("search"))
     idx = parser.add_argument_group("index")
     idx.add_argument(
         "--index",
@@ -65,6 +72,7 @@ def serve_command(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         dtype=model_dtype(args),
         index_root=args.index,
+        query_precision=args.query_precision,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         batch_size=args.batch_size,
         overlap=args.overlap,

@@ -14,6 +14,7 @@ from clara_cli.common import (
     add_http_args,
     add_log_level_arg,
     add_model_args,
+    add_query_precision_arg,
     model_dtype,
     run_main,
     serve_http,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(parser)
+    add_query_precision_arg(parser)
     net = add_http_args(parser, port=8000)
     net.add_argument(
         "--served-model-name",
@@ -229,6 +231,7 @@ def serve(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         dtype=model_dtype(args),
         index_root=args.index,
+        query_precision=args.query_precision,
         collection=args.collection,
         max_context=args.max_context,
         queue_size=args.queue_size,

@@ -204,6 +204,72 @@ def test_model_packs_its_base_weights_within_the_budget(tiny_llama_dir, monkeypa
     np.testing.assert_allclose(np.array(cm.encode_queries(question)), before, atol=1e-4)
 
 
+def test_base_tiles_run_only_inside_their_block():
+    """`--query-precision bfloat16`: a packed base weight gets bfloat16 tiles beside its float32
+    panels. Inside `bfloat16_base_products` its products run on the tiles (bfloat16 inputs,
+    float32 sums, the same bits in any batch); outside (the compressor) they read the panels
+    exactly as before; a decode copy of another weight is unaffected either way."""
+    _needs_kernel()
+    if not _blas._thin.clara_thinmm_f32p_available():
+        pytest.skip("no AVX-512: products keep OpenBLAS")
+    w, x = _rand(1536, 576, seed=31), _rand(75, 576, seed=32)
+    panels = _blas.DecodeCopies("f32pack")
+    assert panels.update([w]) == 1
+    float32 = np.array(x @ w.T)
+    if not _blas.amx:
+        assert _blas.add_base_tiles([w]) == 0
+        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+    assert _blas.add_base_tiles([w, _rand(64, 64, seed=33)]) == 1  # only packed weights
+    assert np.array_equal(np.array(x @ w.T), float32)  # outside the block: the panels
+    with _blas.bfloat16_base_products():
+        got = np.array(x @ w.T)
+        for lo, hi in ((0, 1), (0, 16), (17, 50), (3, 75)):
+            assert np.array_equal(np.array(x[lo:hi] @ w.T), got[lo:hi])
+    np.testing.assert_allclose(got, _bf16(x) @ _bf16(w).T, rtol=0, atol=1e-3)
+    assert np.abs(got - float32).max() > 1e-3  # the tiles really ran
+    assert np.array_equal(np.array(x @ w.T), float32)  # and the block is over
+    panels.close()
+
+
+def test_query_precision_bfloat16_changes_queries_only(tiny_llama_dir):
+    """`ClaraModel.set_query_precision`: bfloat16 query encodings stay within bfloat16 rounding
+    of the float32 ones and are batch invariant; compression stays bit for bit float32; back
+    to float32, queries are bit for bit what they were. Where it cannot run: float32."""
+    _needs_kernel()
+    from clara.checkpoint import load_clara
+
+    cm = load_clara(tiny_llama_dir, None, dtype=None)
+    questions = ["Which river runs past the old mill?", "How far is it from the sea, in miles?"]
+    doc = ["The old mill stands by the river Wen, eleven miles from the sea. " * 6]
+    with pytest.raises(ValueError, match="query precision"):
+        cm.set_query_precision("float16")
+    assert cm.set_query_precision("bfloat16") == "float32"  # not packed yet
+    if not cm.pack_base_weights():
+        pytest.skip("no AVX-512: the base weights are not packed")
+    q32, mem32 = np.array(cm.encode_queries(questions)), np.array(cm.compress(doc))
+    got = cm.set_query_precision("bfloat16")
+    assert got == cm.query_precision == ("bfloat16" if _blas.amx else "float32")
+    if not _blas.amx:
+        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+    q16 = np.array(cm.encode_queries(questions))
+    assert not np.array_equal(q16, q32)
+    np.testing.assert_allclose(q16, q32, rtol=0, atol=0.05 * np.abs(q32).max())
+    assert np.array_equal(np.array(cm.encode_queries(questions[1:])), q16[1:])
+    assert np.array_equal(np.array(cm.compress(doc)), mem32)
+    assert cm.set_query_precision("float32") == "float32"
+    assert np.array_equal(np.array(cm.encode_queries(questions)), q32)
+
+
+def test_services_load_with_the_query_precision_they_are_given(tiny_llama_dir):
+    """`--query-precision` reaches the model both HTTP services load (`ModelSettings.load`)."""
+    from clara.settings import ModelSettings
+
+    cm = ModelSettings(model=str(tiny_llama_dir), query_precision="bfloat16").load()
+    usable = _blas.amx and cm.__dict__.get("_packed") is not None
+    assert cm.query_precision == ("bfloat16" if usable else "float32")
+    assert ModelSettings(model=str(tiny_llama_dir)).load().query_precision == "float32"
+
+
 def test_copies_shared_by_two_owners_live_until_both_let_go():
     _needs_kernel()
     w, x = _rand(300, 64, seed=14), _rand(1, 64, seed=15)
