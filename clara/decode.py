@@ -539,19 +539,26 @@ class Decoder:
 
     def remove(self, seq: Sequence) -> None:
         """Take `seq` out of the batch (finished, cancelled, or its client left)."""
-        seq.done = True
-        if seq not in self.sequences:
+        self.remove_many([seq])
+
+    def remove_many(self, seqs: list[Sequence]) -> None:
+        """Take `seqs` out of the batch with one filter of its caches (requests that end at
+        the same step: a burst's all do), or none when the batch empties."""
+        for seq in seqs:
+            seq.done = True
+        gone = {id(seq) for seq in seqs}
+        if not any(id(s) in gone for s in self.sequences):
             return
         self._merge()
-        i = self.sequences.index(seq)
-        del self.sequences[i]
+        keep = [j for j, s in enumerate(self.sequences) if id(s) not in gone]
+        self.sequences = [self.sequences[j] for j in keep]
         if not self.sequences:
             self._cache, self._y = None, None
             return
-        keep = mx.array([j for j in range(len(self.sequences) + 1) if j != i])
+        rows = mx.array(keep)
         for c in self._cache:
-            c.filter(keep)
-        self._y = self._y[keep]
+            c.filter(rows)
+        self._y = self._y[rows]
 
     # ---- one decode step -------------------------------------------------------------------
     def step(self) -> list[tuple[Sequence, GenerationChunk]]:
@@ -581,7 +588,5 @@ class Decoder:
                 self._annotate(chunk, s)
                 out.append((s, chunk))
         self._keep_lp(seqs, lp)
-        for s, chunk in out:
-            if chunk.finish_reason is not None:
-                self.remove(s)
+        self.remove_many([s for s, chunk in out if chunk.finish_reason is not None])
         return out

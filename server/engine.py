@@ -513,8 +513,9 @@ class Engine:
         try:
             while any(d.sequences for d in self._decoders.values()):
                 for decoder in list(self._decoders.values()):
-                    for seq in [s for s in decoder.sequences if s.tag.cancelled.is_set()]:
-                        decoder.remove(seq)
+                    cancelled = [s for s in decoder.sequences if s.tag.cancelled.is_set()]
+                    decoder.remove_many(cancelled)
+                    for seq in cancelled:
                         self._cancelled(seq)
                     batch, start = len(decoder.sequences), time.perf_counter()
                     chunks = decoder.step()
@@ -529,8 +530,9 @@ class Engine:
                 yield
         finally:  # the batch is empty, or the worker is shutting down
             for decoder in self._decoders.values():
-                for seq in list(decoder.sequences):
-                    decoder.remove(seq)
+                left = list(decoder.sequences)
+                decoder.remove_many(left)
+                for seq in left:
                     self._cancelled(seq)
             self._stepping = None
             self.metrics.running.set(0)

@@ -85,6 +85,31 @@ def test_batched_greedy_equals_alone_memory_prompts(cm) -> None:
     assert decoder.sequences == [] and decoder.prefix_cache.hits >= 2
 
 
+def test_requests_ending_at_one_step_leave_together(cm) -> None:
+    """Two of four requests end at the same step and two are removed together mid-batch
+    (`Decoder.remove_many`: one filter of the caches); the others keep their own tokens."""
+    prompts = [
+        text_prompt(cm, q, [DOCS[i % len(DOCS)]])
+        for i, q in enumerate(["Where is Paris?", "Who?", "Which river?", "What is the capital?"])
+    ]
+    lengths = [5, 5, 11, 9]  # the first two end at the same step
+    decoder = Decoder(cm, None)
+    started = decoder.add_many(
+        [(p, SamplingParams(max_tokens=n, ignore_eos=True), None) for p, n in zip(prompts, lengths)]
+    )
+    seqs = [seq for seq, _ in started]
+    got = {i: [first.token] for i, (_, first) in enumerate(started)}
+    while decoder.sequences:
+        for seq, chunk in decoder.step():
+            got[seqs.index(seq)].append(chunk.token)
+        if len(decoder.sequences) == 2 and len(got[2]) >= 7:  # both survivors at once
+            decoder.remove_many(list(decoder.sequences))
+    assert decoder.sequences == [] and all(s.done for s in seqs)
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        alone = tokens_alone(cm, p, None, max_tokens=n, ignore_eos=True)
+        assert got[i] == alone[: len(got[i])] and len(got[i]) == (n if i < 2 else 7), i
+
+
 def test_batched_greedy_equals_alone_text_prompts(cm) -> None:
     prompts = [
         text_prompt(cm, "Tell me a story", None),
