@@ -14,7 +14,8 @@ settings of each comparison so that both see the same machine:
   (`CLARA_CPU_LANES=1`);
 - greedy decode steps of 1 and 8 sequences through the generator, with each block's q/k/v
   merged weights as one stacked product (`clara.lora._Fused`, the default) and as one product
-  per linear (`CLARA_FUSE=off`);
+  per linear (`CLARA_FUSE=off`); and with each layer's attention as clara's one MLX op
+  (clara/_mlx_attention.cpp, the default) and as MLX's ops (`CLARA_ROWS_ATTENTION=off`);
 - a text prompt (the same five chunks as text) through the bare model: prefill and decode
   steps from the bare model's own decode copies of its weights (the default) and from the
   float32 base weights the query adapter reads (`CLARA_MERGE_GB=0`, no copies); its
@@ -197,6 +198,12 @@ def main() -> None:
             lambda n=n: steps(n), lambda: env("CLARA_FUSE", "off"), contextlib.nullcontext
         )
         rows.append(row(f"decode step, {n} sequence(s)", "q/k/v as one stacked product", a, b, 1))
+    for n in (1, 8) if "decode" in parts else ():
+        a, b = side_by_side(
+            lambda n=n: steps(n), lambda: env("CLARA_ROWS_ATTENTION", "off"),
+            contextlib.nullcontext,
+        )  # fmt: skip
+        rows.append(row(f"decode step, {n} sequence(s)", "attention as one MLX op", a, b, 1))
 
     # a text prompt through the bare model: from the float32 base weights the query adapter
     # reads (no copies), or from its own decode copies (the default); then its prefill in
@@ -240,7 +247,8 @@ def main() -> None:
         f"Prompts of {prompts[0].positions} positions (five 256-token chunks as 16x memory, a "
         f"question, the chat template; the shared prefix from the prefix cache). 'before' is "
         "OpenBLAS packing the weights on every product, one batched prefill pass "
-        "(CLARA_CPU_LANES=1), one product per q/k/v linear in decode steps (CLARA_FUSE=off), "
+        "(CLARA_CPU_LANES=1), one product per q/k/v linear in decode steps (CLARA_FUSE=off), MLX's attention ops in "
+        "decode steps (CLARA_ROWS_ATTENTION=off), "
         f"and the bare model reading its float32 base weights for a text prompt of "
         f"{text[0].positions} positions (CLARA_MERGE_GB=0) in chunks of 512 rows where it "
         "says so (both through MLX's attention) and through MLX's attention from position 512 "

@@ -241,3 +241,216 @@ int clara_attention(int B, int H, int Hk, int T, int S, int D, const float *q, l
   clara_parallel_blocks(attn_blocks, &a, B * Hk * tiles, 1);
   return 1;
 }
+
+/* ---- a few rows against keys in their cache layout ---------------------------------------
+ * Decode steps (one query row per sequence and head) read the KV caches as they are kept,
+ * (B, Hk, S, D) with the last axis contiguous: each score is a dot product along D, so no
+ * transposed copy of the keys is made. One block per (batch, kv head): its `rep` query heads
+ * x T rows share each key and value row while it is in cache. Called through the MLX
+ * primitive of clara/_mlx_attention.cpp, in the graph like any op; every row is the same
+ * arithmetic whatever the batch and the other rows. */
+typedef struct {
+  int B, H, Hk, T, S, D, rep, causal, offset;
+  const float *q, *k, *v;
+  long qsb, qsh, qst, ksb, ksh, kss, vsb, vsh, vss;
+  const unsigned char *mask;
+  long msb, msh, mst, mss;
+  float scale;
+  float *out; /* (B, H, T, D) contiguous */
+} rows_args;
+
+
+/* The sum of v's 16 lanes in four shuffle-and-add steps (a fixed order: the same bits for
+ * every row and batch). */
+static inline float sum16(v16 v) {
+  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  return v[0];
+}
+
+/* out[u] = sum16(a[u]) for 16 vectors at once (a transpose as it sums): each lane sum is the
+ * same tree of additions as sum16's, so a key's score has the same bits whichever of the 16
+ * it is (or the tail's one-at-a-time path), wherever the key sits in its row. */
+static inline v16 sum16x16(const v16 *a) {
+  v16 b[8], c[4], d[2];
+  for (int i = 0; i < 8; i++)
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
+                                   19, 20, 21, 22, 23) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25,
+                                   26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 4; i++)
+    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10,
+                                   11, 24, 25, 26, 27) +
+           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13,
+                                   14, 15, 28, 29, 30, 31);
+  for (int i = 0; i < 2; i++)
+    d[i] = __builtin_shufflevector(c[2 * i], c[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24,
+                                   25, 12, 13, 28, 29) +
+           __builtin_shufflevector(c[2 * i], c[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11,
+                                   26, 27, 14, 15, 30, 31);
+  v16 e = __builtin_shufflevector(d[0], d[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28,
+                                  14, 30) +
+          __builtin_shufflevector(d[0], d[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29,
+                                  15, 31);
+  /* e holds the keys in bit-reversed order (0, 8, 4, 12, ...): put them back */
+  return __builtin_shufflevector(e, e, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
+}
+
+/* q . k over nd x 16 floats, 16 lanes wide, in two chains (even and odd chunks) */
+static inline v16 dot16(const v16 *qv, const float *kr, int nd) {
+  if (nd == 4) /* head size 64: the loop below, unrolled */
+    return (qv[0] * load16(kr) + qv[2] * load16(kr + 32)) +
+           (qv[1] * load16(kr + 16) + qv[3] * load16(kr + 48));
+  v16 e = qv[0] * load16(kr), o = nd > 1 ? qv[1] * load16(kr + 16) : (v16){0};
+  for (int c = 2; c < nd; c += 2) {
+    e += qv[c] * load16(kr + 16 * c);
+    if (c + 1 < nd) o += qv[c + 1] * load16(kr + 16 * c + 16);
+  }
+  return e + o;
+}
+
+enum { RG = 4 }; /* query rows that share each key and value row while it is in cache */
+
+/* Rows [r0, r0 + n) of block (b, g), n <= RG: r = i * T + t is query head g * rep + i at
+ * position t. Keys and values are read once for the n rows. */
+static void rows_group(const rows_args *a, int b, int g, int r0, int n, float *p) {
+  int D = a->D, S = a->S, nd = D / 16;
+  const float *kb = a->k + b * a->ksb + g * a->ksh, *vb = a->v + b * a->vsb + g * a->vsh;
+  const v16 none = (v16){0} - INFINITY;
+  v16 qv[RG][MAX_D / 16];
+  const unsigned char *mr[RG];
+  int seen[RG], last = 0;
+  float *orow[RG], inv[RG];
+  for (int i = 0; i < n; i++) {
+    int r = r0 + i, h = g * a->rep + r / a->T, t = r % a->T;
+    const float *qr = a->q + b * a->qsb + h * a->qsh + t * a->qst;
+    for (int c = 0; c < nd; c++) qv[i][c] = load16(qr + 16 * c);
+    mr[i] = a->mask == NULL ? NULL : a->mask + b * a->msb + h * a->msh + t * a->mst;
+    seen[i] = a->causal ? t + a->offset + 1 : S; /* keys [0, seen) are visible */
+    if (seen[i] > S) seen[i] = S;
+    if (seen[i] > last) last = seen[i];
+    orow[i] = a->out + (((long)b * a->H + h) * a->T + t) * D;
+  }
+  /* scores, 16 keys at a time for all n rows, then the tail one by one */
+  int j = 0;
+  for (; j + 16 <= last; j += 16)
+    for (int i = 0; i < n; i++) {
+      v16 part[16];
+      for (int u = 0; u < 16; u++) part[u] = dot16(qv[i], kb + (j + u) * a->kss, nd);
+      store16(p + (long)i * S + j, sum16x16(part) * a->scale);
+    }
+  for (; j < last; j++)
+    for (int i = 0; i < n; i++) p[(long)i * S + j] = sum16(dot16(qv[i], kb + j * a->kss, nd)) * a->scale;
+  for (int i = 0; i < n; i++) {
+    float *pr = p + (long)i * S;
+    int sn = seen[i];
+    /* the keys it may not see drop out; the largest score of the others */
+    v16 most = none;
+    for (j = 0; j + 16 <= sn; j += 16) {
+      v16 x = load16(pr + j);
+      if (mr[i] != NULL && a->mss == 1) {
+        i16v m = __builtin_convertvector(*(const u8x16 *)(mr[i] + j), i16v);
+        x = sel(m != 0, x, none);
+        store16(pr + j, x);
+      } else if (mr[i] != NULL) {
+        for (int u = 0; u < 16; u++)
+          if (!mr[i][(j + u) * a->mss]) x[u] = -INFINITY;
+        store16(pr + j, x);
+      }
+      most = sel(x > most, x, most);
+    }
+    float top = hmax(most);
+    for (; j < sn; j++) {
+      if (mr[i] != NULL && !mr[i][j * a->mss])
+        pr[j] = -INFINITY;
+      else if (pr[j] > top)
+        top = pr[j];
+    }
+    for (j = sn; j < last; j++) pr[j] = 0.0f; /* past its causal limit */
+    if (top == -INFINITY) { /* a row that sees no key: zeros */
+      for (j = 0; j < sn; j++) pr[j] = 0.0f;
+      inv[i] = 0.0f;
+      continue;
+    }
+    /* p = exp(s - top), summed in 16 lanes counted from the row's last visible key: a
+     * batch's left padding (zeros in front) lands in other lanes or adds nothing, so a row
+     * gets the same bits alone and in any batch */
+    int lead = sn % 16;
+    v16 total = (v16){0};
+    if (lead) {
+      v16 x = none;
+      for (int u = 0; u < lead; u++) x[16 - lead + u] = pr[u];
+      v16 e = sel(x == -INFINITY, (v16){0}, exp16(x - top));
+      for (int u = 0; u < lead; u++) pr[u] = e[16 - lead + u];
+      total += e;
+    }
+    for (j = lead; j < sn; j += 16) {
+      v16 x = load16(pr + j);
+      v16 e = sel(x == -INFINITY, (v16){0}, exp16(x - top));
+      store16(pr + j, e);
+      total += e;
+    }
+    inv[i] = 1.0f / sum16(total);
+  }
+  /* out = p @ V, 64 columns at a time, each row's sums in key order from its last visible
+   * key back (a batch's left padding, p = 0, is skipped): every value row read once */
+  for (int c0 = 0; c0 < nd; c0 += 4) {
+    int w = nd - c0 < 4 ? nd - c0 : 4;
+    v16 o[RG][4];
+    for (int i = 0; i < RG; i++)
+      for (int c = 0; c < 4; c++) o[i][c] = (v16){0};
+    const float *col = vb + 16 * c0;
+    for (j = last - 1; j >= 0; j--) {
+      const float *vr = col + j * a->vss;
+      v16 v0 = load16(vr), v1 = w > 1 ? load16(vr + 16) : v0;
+      v16 v2 = w > 2 ? load16(vr + 32) : v0, v3 = w > 3 ? load16(vr + 48) : v0;
+#define ROW(I)                                                                              \
+  if (n > I) {                                                                              \
+    float pj = p[(long)(I) * S + j];                                                        \
+    if (pj != 0.0f) {                                                                       \
+      o[I][0] += pj * v0, o[I][1] += pj * v1, o[I][2] += pj * v2, o[I][3] += pj * v3;       \
+    }                                                                                       \
+  }
+      ROW(0) ROW(1) ROW(2) ROW(3)
+#undef ROW
+    }
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < w; c++) store16(orow[i] + 16 * (c0 + c), o[i][c] * inv[i]);
+  }
+}
+
+static void rows_block(const rows_args *a, int b, int g) {
+  int n = a->rep * a->T;
+  float stack[RG * 2048], *p = a->S <= 2048 ? stack : malloc((size_t)RG * a->S * sizeof(float));
+  if (p == NULL) return;
+  for (int r0 = 0; r0 < n; r0 += RG) rows_group(a, b, g, r0, n - r0 < RG ? n - r0 : RG, p);
+  if (p != stack) free(p);
+}
+
+static void rows_blocks(const void *ctx, int b0, int b1) {
+  const rows_args *a = ctx;
+  for (int x = b0; x < b1; x++) rows_block(a, x / a->Hk, x % a->Hk);
+}
+
+/* softmax(q k^T * scale + mask) v for a few query rows: q (B, H, T, D), k and v (B, Hk, S, D),
+ * each by its strides in floats with the last axis contiguous; mask NULL or bytes read at
+ * b * msb + h * msh + t * mst + j * mss (0 strides where it broadcasts); causal: row t sees
+ * keys j <= t + offset. Writes out (B, H, T, D) contiguous. Returns 0 (nothing done) unless
+ * D is a multiple of 16 up to MAX_D and H a multiple of Hk. */
+int clara_attention_rows(int B, int H, int Hk, int T, int S, int D, const float *q, long qsb,
+                         long qsh, long qst, const float *k, long ksb, long ksh, long kss,
+                         const float *v, long vsb, long vsh, long vss,
+                         const unsigned char *mask, long msb, long msh, long mst, long mss,
+                         int causal, int offset, float scale, float *out) {
+  if (D % 16 != 0 || D > MAX_D || Hk <= 0 || H % Hk != 0 || T <= 0 || S <= 0 ||
+      T > S)
+    return 0;
+  rows_args a = {B, H, Hk, T, S, D, H / Hk, causal, offset, q, k, v, qsb, qsh, qst,
+                 ksb, ksh, kss, vsb, vsh, vss, mask, msb, msh, mst, mss, scale, out};
+  /* a step's few rows: sharing them out costs more than it saves below ~1M multiply-adds */
+  long work = (long)B * H * T * S * D;
+  clara_parallel_blocks(rows_blocks, &a, B * Hk, work >= (1L << 18));
+  return 1;
+}

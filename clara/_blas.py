@@ -196,11 +196,13 @@ def describe() -> str:
         return "BLAS: the platform's own"
     blas = loaded or f"reference ({reason})"
     thin_kernel = "on" if thin else f"off ({thin_reason})"
-    from clara import _jit
+    from clara import _jit, _mlxext
 
+    rows = _mlxext.describe()
     return (
         f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}, "
         f"{'generator products AMX bfloat16, ' if amx else ''}{_jit.describe()}"
+        f"{', ' + rows if rows else ''}"
     )
 
 

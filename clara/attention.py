@@ -39,7 +39,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models import base as mlx_base
 
-from clara import _blas, lanes
+from clara import _blas, _mlxext, lanes
 
 _original = mlx_base.scaled_dot_product_attention
 
@@ -78,6 +78,51 @@ def _grouped_mask(mask: mx.array, B: int, Hk: int, rep: int) -> mx.array:
 
 
 _fused_from: int | None = None  # inside `fused_passes(start)`: its start
+_steps = False  # inside `decode_steps()`
+
+
+@contextmanager
+def decode_steps() -> Iterator[None]:
+    """Decode steps' forward passes (one new row per sequence, no gradients): their attention
+    is one MLX op (`clara/_mlx_attention.cpp`, where it builds) instead of MLX's ~15. Only
+    steps take it, never a prompt's rows, so which path a row takes never depends on how a
+    prompt was batched, chunked or cached. Entered on the thread that owns the model."""
+    global _steps
+    previous, _steps = _steps, True
+    try:
+        yield
+    finally:
+        _steps = previous
+
+
+def rows(queries, keys, values, scale: float, mask) -> mx.array | None:
+    """`attention` as one op for a decode step's rows; None where it does not apply (the
+    extension unavailable, float16 inputs, an additive or misshapen mask, rows it does not
+    take)."""
+    ext = _mlxext.module()
+    B, H, T, D = queries.shape
+    Hk, S = keys.shape[1], keys.shape[2]
+    if (
+        ext is None
+        or queries.dtype != mx.float32
+        or D % 16
+        or D > 256
+        or H % Hk
+        or H // Hk * T > 64
+    ):
+        return None
+    causal = False
+    if isinstance(mask, str):
+        if mask != "causal":
+            return None
+        causal, mask = True, None
+    elif mask is not None:
+        if mask.dtype != mx.bool_ or mask.ndim > 4 or mask.shape[-1] != S:
+            return None
+        lead = (1,) * (4 - mask.ndim) + tuple(mask.shape)
+        if any(n not in (1, want) for n, want in zip(lead[:3], (B, H, T))):
+            return None
+    return ext.attention_rows(queries, keys, values, mask, scale, causal)
 
 
 @contextmanager
@@ -173,6 +218,10 @@ def attention(queries, keys, values, cache, scale: float, mask, sinks=None) -> m
     if sinks is not None or hasattr(cache, "bits"):
         return _original(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
     B, H, T, D = queries.shape
+    if _steps and T == 1 and not _blas._off("CLARA_ROWS_ATTENTION"):
+        out = rows(queries, keys, values, scale, mask)
+        if out is not None:
+            return out
     start = fused_from()
     if start is not None and keys.shape[2] - T >= start:
         out = fused(queries, keys, values, scale, mask)
@@ -221,5 +270,6 @@ def install(model) -> bool:
         return False
     if current is _original or current is attention:
         module.scaled_dot_product_attention = attention
+        _mlxext.module()  # decode steps' primitive: built (once per machine) at load, not mid-answer
         return True
     return False

@@ -32,7 +32,7 @@ from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
 
 from clara import _blas, lanes
-from clara.attention import fused_from, fused_passes, fused_takes
+from clara.attention import decode_steps, fused_from, fused_passes, fused_takes
 from clara.attention import usable as attention_usable
 from clara.lora import merge_adapter, merged
 from clara.model import ClaraModel
@@ -573,7 +573,8 @@ class Decoder:
         if all(not s.fresh and s.text.tokens + 1 >= s.text.max_tokens for s in seqs):
             y, lp = self._y, ()  # every current token is its sequence's last: no next forward
         else:
-            logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
+            with decode_steps():
+                logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
             y, lp = self._sample(logits, seqs)
             mx.async_eval(y, *lp)  # runs while the current tokens are detokenized and sent
         mx.eval(self._y)  # waits with the GIL released (the server's event loop runs meanwhile)

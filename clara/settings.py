@@ -31,9 +31,9 @@ class ModelSettings:
         from clara.checkpoint import load_clara
 
         log.info("loading %s%s", self.model, f" + {self.checkpoint}" if self.checkpoint else "")
-        if mx.default_device() == mx.cpu:
-            log.info("CPU matmuls: %s", _blas.describe())
         cm = load_clara(self.model, self.checkpoint, dtype=self.dtype)
+        if mx.default_device() == mx.cpu:  # after loading: with the kernels it built
+            log.info("CPU matmuls: %s", _blas.describe())
         cm.pack_base_weights()  # query encodings and compression: no per-call weight packing
         if cm.set_query_precision(self.query_precision) != self.query_precision:
             log.warning("--query-precision %s: not on this machine (no AMX tiles, or the "

@@ -283,3 +283,87 @@ def test_a_long_text_prompt_decodes_the_same_through_the_fused_kernel(monkeypatc
     monkeypatch.setenv("CLARA_FUSED_ATTENTION", "off")
     calls.clear()
     assert answer() == fused and not calls
+
+
+# ---- decode steps' attention as one MLX op (clara/_mlx_attention.cpp) -----------------------
+def _rows_ext():
+    from clara import _mlxext
+
+    ext = _mlxext.module()
+    if ext is None:
+        pytest.skip(f"the attention primitive is not built here: {_mlxext.reason}")
+    return ext
+
+
+@pytest.mark.parametrize(
+    "B,H,Hk,T,S,D",
+    [(1, 9, 3, 1, 7, 64), (8, 9, 3, 1, 161, 64), (2, 4, 4, 3, 40, 16), (3, 8, 2, 1, 129, 128),
+     (2, 6, 1, 5, 33, 32)],
+)  # fmt: skip
+def test_rows_primitive_matches_mlx_lm(B, H, Hk, T, S, D):
+    """Every boolean mask form and "causal" (with cached keys before the rows), grouped-query
+    heads, head sizes 16-128, key counts that are not multiples of 16, transposed queries."""
+    _rows_ext()
+    q, k, v = _qkv(B, H, Hk, T, S, D=D, seed=B + S)
+    qt = mx.array(np.ascontiguousarray(np.array(q).transpose(0, 2, 1, 3))).transpose(0, 2, 1, 3)
+    for name, mask in _masks(B, H, T, S).items():
+        got = A.rows(qt, k, v, 0.125, mask)
+        if name.startswith("additive"):
+            assert got is None  # MLX's path takes it
+            continue
+        want = A._original(q, k, v, None, scale=0.125, mask=mask)
+        assert got is not None and got.shape == want.shape == (B, H, T, D)
+        seen = _seen(mask, B, H, T, S)
+        err = float(np.abs(np.array(got) - np.array(want))[seen].max())
+        assert err < 1e-5, f"{name}: max difference {err}"
+
+
+def test_rows_primitive_gives_a_row_the_same_bits_in_any_batch():
+    """A sequence's row alone and left-padded beside others in a batch (the decoder's batch
+    caches): the same bits, for any padding, so batched decoding gives each request its own
+    tokens."""
+    _rows_ext()
+    q, k, v = _qkv(1, 9, 3, 1, 150, D=64, seed=7)
+    alone = np.array(A.rows(q, k, v, 0.125, None))
+    for pad in (1, 10, 16, 37):
+        other_q, other_k, other_v = _qkv(2, 9, 3, 1, 150 + pad, D=64, seed=pad)
+        kp = mx.concatenate([other_k[:1], mx.concatenate([other_k[1:, :, :pad], k], 2)])
+        vp = mx.concatenate([other_v[:1], mx.concatenate([other_v[1:, :, :pad], v], 2)])
+        keep = np.ones((2, 1, 1, 150 + pad), bool)
+        keep[1, ..., :pad] = False
+        batch = A.rows(mx.concatenate([other_q[:1], q]), kp, vp, 0.125, mx.array(keep))
+        assert np.array_equal(np.array(batch)[1:], alone), pad
+
+
+def test_decode_steps_take_the_primitive_and_answer_as_mlx_ops_do(monkeypatch):
+    """The default model decoding a memory prompt: inside `decode_steps` every layer's
+    attention is the primitive (never a prompt's rows), and the greedy answer is the one MLX's
+    ops give."""
+    _rows_ext()
+    from pydoc_data.topics import topics
+
+    from clara.checkpoint import load_clara
+    from clara.decode import Decoder
+    from clara.prompt import memory_prompt
+    from clara.stream import SamplingParams
+
+    cm = load_clara("smollm2-135m")
+    memories = cm.compress([topics["assert"], topics["while"]])
+    prompt = memory_prompt(cm, "What does the assert statement do?", list(memories))
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    calls = []
+    real = A.rows
+    monkeypatch.setattr(A, "rows", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+
+    def answer() -> list[int]:
+        decoder = Decoder(cm, "generator")
+        [(_, first)] = decoder.add_many([(prompt, params, None)])
+        tokens = [first.token]
+        while decoder.sequences:
+            tokens += [chunk.token for _, chunk in decoder.step()]
+        return tokens
+
+    primitive = answer()
+    assert len(calls) == 30 * 11 and set(calls) == {1}  # a forward for tokens 2-12
+    monkeypatch.setattr(A, "rows", lambda *a: None)  # MLX's ops
+    assert answer() == primitive

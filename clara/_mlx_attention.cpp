@@ -1,0 +1,122 @@
+// clara's attention for a few query rows as an MLX primitive (MLX's CPU backend).
+//
+// A decode step's attention through MLX's ops is ~15 small ops a layer (scale, transposes,
+// two batched matmuls that MLX runs as one BLAS call per batch entry and head, the mask,
+// max, exp, sum, divide): on the 2-core test machine a third of a batch-1 decode step of the
+// default model. `attention_rows` is one op in the graph instead: its eval_cpu queues one
+// task on the stream, which calls `clara_attention_rows` (clara/_attention.c, in the
+// thin-matmul library; its address is handed over by `init`) for every row of the batch.
+// The kernel only reads arrays (any strides with the last axis contiguous), so nothing waits:
+// the step is still queued before the previous token is read.
+//
+// Built on first use against the MLX wheel's own headers and libmlx, with the nanobind
+// release whose ABI the wheel's bindings use (clara/_mlxext.py).
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+
+#include "mlx/allocator.h"
+#include "mlx/array.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+#include "mlx/stream.h"
+#include "mlx/utils.h"
+
+namespace nb = nanobind;
+namespace mx = mlx::core;
+
+using rows_fn = int (*)(int, int, int, int, int, int, const float*, long, long, long,
+                        const float*, long, long, long, const float*, long, long, long,
+                        const unsigned char*, long, long, long, long, int, int, float, float*);
+static rows_fn kernel = nullptr;
+
+namespace {
+
+class AttentionRows : public mx::Primitive {
+ public:
+  AttentionRows(mx::Stream stream, float scale, bool causal)
+      : mx::Primitive(stream), scale_(scale), causal_(causal) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
+    mx::array& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    bool masked = inputs.size() > 3;
+    enc.dispatch([q = mx::array::unsafe_weak_copy(q), k = mx::array::unsafe_weak_copy(k),
+                  v = mx::array::unsafe_weak_copy(v),
+                  m = masked ? mx::array::unsafe_weak_copy(inputs[3]) : q,
+                  out = mx::array::unsafe_weak_copy(out), masked, scale = scale_,
+                  causal = causal_]() mutable {
+      int B = q.shape(0), H = q.shape(1), T = q.shape(2), D = q.shape(3);
+      int Hk = k.shape(1), S = k.shape(2);
+      auto st = [](const mx::array& a, int i) { return static_cast<long>(a.strides()[i]); };
+      const unsigned char* mp = nullptr;
+      long ms[4] = {0, 0, 0, 0};
+      if (masked) {  // (B | 1, H | 1, T | 1, S), broadcast axes read with stride 0
+        mp = reinterpret_cast<const unsigned char*>(m.data<bool>());
+        for (int i = 0; i < 4; i++) ms[i] = m.shape(i) == 1 ? 0 : st(m, i);
+      }
+      int done = kernel(B, H, Hk, T, S, D, q.data<float>(), st(q, 0), st(q, 1), st(q, 2),
+                        k.data<float>(), st(k, 0), st(k, 1), st(k, 2), v.data<float>(),
+                        st(v, 0), st(v, 1), st(v, 2), mp, ms[0], ms[1], ms[2], ms[3],
+                        causal ? 1 : 0, S - T, scale, out.data<float>());
+      if (!done) throw std::runtime_error("clara_attention_rows: shapes it does not take");
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("clara attention_rows runs on the CPU only");
+  }
+
+  const char* name() const override { return "ClaraAttentionRows"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const AttentionRows&>(other);
+    return scale_ == o.scale_ && causal_ == o.causal_;
+  }
+
+ private:
+  float scale_;
+  bool causal_;
+};
+
+// The array must be float32 with its last axis contiguous (copied where it is not).
+mx::array rows_ready(const mx::array& a, mx::Stream s) {
+  mx::array x = a.dtype() == mx::float32 ? a : mx::astype(a, mx::float32, s);
+  return x.strides().back() == 1 ? x : mx::contiguous(x, false, s);
+}
+
+}  // namespace
+
+NB_MODULE(_mlx_attention, m) {
+  m.def("init", [](std::uintptr_t address) { kernel = reinterpret_cast<rows_fn>(address); },
+        "Hand over clara_attention_rows' address (clara/_attention.c).");
+  m.def(
+      "attention_rows",
+      [](const mx::array& q, const mx::array& k, const mx::array& v,
+         std::optional<mx::array> mask, float scale, bool causal) {
+        if (kernel == nullptr) throw std::runtime_error("attention_rows: init() not called");
+        auto s = mx::default_stream(mx::Device::cpu);
+        std::vector<mx::array> inputs = {rows_ready(q, s), rows_ready(k, s), rows_ready(v, s)};
+        if (mask) {
+          mx::array b = mx::astype(*mask, mx::bool_, s);
+          while (b.ndim() < 4) b = mx::expand_dims(b, 0, s);
+          inputs.push_back(mx::contiguous(b, false, s));
+        }
+        auto prim = std::make_shared<AttentionRows>(s, scale, causal);
+        return mx::array(q.shape(), mx::float32, std::move(prim), std::move(inputs));
+      },
+      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("mask").none(), nb::arg("scale"),
+      nb::arg("causal"),
+      "softmax(q k^T * scale + mask) v for q (B, H, T, D), k and v (B, Hk, S, D) float32; "
+      "mask None or boolean, broadcastable to (B, H, T, S); causal: row t sees keys up to "
+      "S - T + t.");
+}

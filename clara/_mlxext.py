@@ -1,0 +1,145 @@
+"""clara's MLX primitive for attention over a few query rows (clara/_mlx_attention.cpp).
+
+Built on first use, like the thin-matmul library (clara/_blas.py): the C++ source and
+nanobind's are compiled with the machine's C++ compiler against the MLX wheel's headers and
+libmlx, cached under ~/.cache/clara/lib by source, MLX and nanobind versions and CPU. The
+kernel it calls lives in the thin-matmul library (`clara_attention_rows`, clara/_attention.c).
+Before use, `module()` checks the built module on a small case against plain NumPy: an MLX
+whose bindings speak another nanobind ABI, or any other mismatch, leaves MLX's ops in place
+with the reason in `reason`. Linux CPU only; `CLARA_ROWS_ATTENTION=off` keeps decode steps
+on MLX's ops (clara/attention.py reads it at every step).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from clara import _blas
+
+SOURCE = Path(__file__).with_name("_mlx_attention.cpp")
+NAME = "_mlx_attention"
+_module: ModuleType | None = None
+_tried = False
+#: Why the primitive is not in use, when it is not.
+reason: str | None = None
+
+
+def _paths():
+    import mlx
+    import nanobind
+
+    root = Path(mlx.__path__[0])
+    return root / "include", root / "lib", Path(nanobind.include_dir()), Path(nanobind.source_dir())
+
+
+def _build() -> Path | None:
+    global reason
+    import mlx.core as mx
+    import nanobind
+
+    mlx_inc, mlx_lib, nb_inc, nb_src = _paths()
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        reason = "no C++ compiler (install g++)"
+        return None
+    cmd = [
+        cxx, "-O2", "-march=native", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden",
+        "-DNDEBUG", "-DNB_DOMAIN=mlx", f"-I{sysconfig.get_paths()['include']}", f"-I{nb_inc}",
+        f"-I{nb_src.parent / 'ext' / 'robin_map' / 'include'}", f"-I{mlx_inc}",
+        str(SOURCE), str(nb_src / "nb_combined.cpp"),
+        f"-L{mlx_lib}", "-lmlx", f"-Wl,-rpath,{mlx_lib}",
+    ]  # fmt: skip
+    tag = f"{mx.__version__} {nanobind.__version__} {sys.version_info[:2]} {_blas._cpu_tag()}"
+    key = hashlib.sha256(SOURCE.read_bytes() + f"{tag} {cmd}".encode()).hexdigest()[:16]
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
+    target = cache / f"mlxattn-{key}{suffix}"
+    if target.exists():
+        return target
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            out = Path(tmp) / target.name
+            done = subprocess.run(
+                [*cmd, "-o", str(out)], capture_output=True, text=True, timeout=600
+            )
+            if done.returncode != 0:
+                reason = f"compiling {SOURCE.name} failed: {done.stderr.strip()[-300:]}"
+                return None
+            os.replace(out, target)  # atomic: concurrent first runs both end with one file
+    except (OSError, subprocess.SubprocessError) as e:
+        reason = f"could not build {SOURCE.name}: {e}"
+        return None
+    return target
+
+
+def _check(ext: ModuleType) -> str | None:
+    """None if the module computes a small masked GQA case as NumPy does, else why not."""
+    import mlx.core as mx
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in
+               ((2, 4, 1, 32), (2, 2, 21, 32), (2, 2, 21, 32)))  # fmt: skip
+    mask = np.ones((2, 1, 1, 21), bool)
+    mask[0, ..., :5] = False  # left padding of the first row
+    got = np.array(ext.attention_rows(mx.array(q), mx.array(k), mx.array(v),
+                                      mx.array(mask), 0.25, True))  # fmt: skip
+    kk, vv = np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1)
+    s = np.where(mask, q @ kk.swapaxes(-1, -2) * 0.25, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True)) @ vv
+    err = float(np.abs(got - want).max())
+    return None if err < 1e-4 else f"self-check off by {err:.2g}"
+
+
+def module() -> ModuleType | None:
+    """The built and checked extension, or None (`reason` says why)."""
+    global _module, _tried, reason
+    if _tried:
+        return _module
+    _tried = True
+    if _blas._thin is None:
+        reason = f"no thin-matmul library ({_blas.thin_reason})"
+        return None
+    try:
+        import nanobind  # noqa: F401
+    except ImportError:
+        reason = "nanobind not installed"
+        return None
+    path = _build()
+    if path is None:
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(NAME, path)
+        ext = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ext)
+        ext.init(ctypes.cast(_blas._thin.clara_attention_rows, ctypes.c_void_p).value)
+        reason = _check(ext)
+    except Exception as e:  # noqa: BLE001 - any failure keeps MLX's ops
+        reason = f"{NAME} unusable: {type(e).__name__}: {e}"
+    if reason is None:
+        _module = ext
+    return _module
+
+
+def describe() -> str:
+    """For startup logs and benchmark headers: whether decode steps use the primitive."""
+    if not _tried:
+        return ""
+    return (
+        "decode attention primitive on"
+        if _module is not None
+        else f"decode attention primitive off ({reason})"
+    )
