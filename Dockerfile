@@ -1,8 +1,9 @@
 # Development image for the two clara services (CPU MLX on Linux; on a Mac, Docker runs MLX
 # on the CPU too, so use the services natively there for Metal speed).
 FROM python:3.11-slim
-# gcc: clara compiles its thin-matmul decode kernel on first start (faster CPU decoding)
-RUN apt-get update && apt-get install -y --no-install-recommends libopenblas0-pthread make gcc libc6-dev \
+# gcc, g++: clara compiles its thin-matmul decode kernel and its decode-attention MLX primitive
+# on first start (faster CPU decoding)
+RUN apt-get update && apt-get install -y --no-install-recommends libopenblas0-pthread make gcc g++ libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
