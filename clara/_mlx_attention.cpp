@@ -55,6 +55,34 @@ class AttentionRows : public mx::Primitive {
                   m = masked ? mx::array::unsafe_weak_copy(inputs[3]) : q,
                   out = mx::array::unsafe_weak_copy(out), masked, scale = scale_,
                   causal = causal_]() mutable {
+      // The last axis must be contiguous; graph building saw only default strides, so a
+      // view that turned out otherwise is copied here (not seen in practice: RoPE's output
+      // and the caches' slices keep it).
+      std::vector<float> copies[3];
+      const float* data[3];
+      long strides[3][3];
+      const mx::array* arrays[3] = {&q, &k, &v};
+      for (int i = 0; i < 3; i++) {
+        const mx::array& a = *arrays[i];
+        const float* base = a.data<float>();
+        if (a.strides()[3] == 1) {
+          data[i] = base;
+          for (int d = 0; d < 3; d++) strides[i][d] = static_cast<long>(a.strides()[d]);
+          continue;
+        }
+        int n0 = a.shape(0), n1 = a.shape(1), n2 = a.shape(2), n3 = a.shape(3);
+        copies[i].resize(static_cast<size_t>(n0) * n1 * n2 * n3);
+        float* out = copies[i].data();
+        for (int x = 0; x < n0; x++)
+          for (int y = 0; y < n1; y++)
+            for (int z = 0; z < n2; z++)
+              for (int w = 0; w < n3; w++)
+                *out++ = base[x * a.strides()[0] + y * a.strides()[1] + z * a.strides()[2] +
+                              w * a.strides()[3]];
+        data[i] = copies[i].data();
+        long row = n3, plane = static_cast<long>(n2) * n3;
+        strides[i][0] = plane * n1, strides[i][1] = plane, strides[i][2] = row;
+      }
       int B = q.shape(0), H = q.shape(1), T = q.shape(2), D = q.shape(3);
       int Hk = k.shape(1), S = k.shape(2);
       auto st = [](const mx::array& a, int i) { return static_cast<long>(a.strides()[i]); };
@@ -64,10 +92,10 @@ class AttentionRows : public mx::Primitive {
         mp = reinterpret_cast<const unsigned char*>(m.data<bool>());
         for (int i = 0; i < 4; i++) ms[i] = m.shape(i) == 1 ? 0 : st(m, i);
       }
-      int done = kernel(B, H, Hk, T, S, D, q.data<float>(), st(q, 0), st(q, 1), st(q, 2),
-                        k.data<float>(), st(k, 0), st(k, 1), st(k, 2), v.data<float>(),
-                        st(v, 0), st(v, 1), st(v, 2), mp, ms[0], ms[1], ms[2], ms[3],
-                        causal ? 1 : 0, S - T, scale, out.data<float>());
+      int done = kernel(B, H, Hk, T, S, D, data[0], strides[0][0], strides[0][1],
+                        strides[0][2], data[1], strides[1][0], strides[1][1], strides[1][2],
+                        data[2], strides[2][0], strides[2][1], strides[2][2], mp, ms[0], ms[1],
+                        ms[2], ms[3], causal ? 1 : 0, S - T, scale, out.data<float>());
       if (!done) throw std::runtime_error("clara_attention_rows: shapes it does not take");
     });
   }
@@ -88,10 +116,9 @@ class AttentionRows : public mx::Primitive {
   bool causal_;
 };
 
-// The array must be float32 with its last axis contiguous (copied where it is not).
+// The array as float32 (the kernel copies one whose last axis is not contiguous).
 mx::array rows_ready(const mx::array& a, mx::Stream s) {
-  mx::array x = a.dtype() == mx::float32 ? a : mx::astype(a, mx::float32, s);
-  return x.strides().back() == 1 ? x : mx::contiguous(x, false, s);
+  return a.dtype() == mx::float32 ? a : mx::astype(a, mx::float32, s);
 }
 
 }  // namespace
@@ -104,7 +131,7 @@ NB_MODULE(_mlx_attention, m) {
       [](const mx::array& q, const mx::array& k, const mx::array& v,
          std::optional<mx::array> mask, float scale, bool causal) {
         if (kernel == nullptr) throw std::runtime_error("attention_rows: init() not called");
-        auto s = mx::default_stream(mx::Device::cpu);
+        auto s = mx::default_stream(mx::default_device());
         std::vector<mx::array> inputs = {rows_ready(q, s), rows_ready(k, s), rows_ready(v, s)};
         if (mask) {
           mx::array b = mx::astype(*mask, mx::bool_, s);

@@ -102,14 +102,7 @@ def rows(queries, keys, values, scale: float, mask) -> mx.array | None:
     ext = _mlxext.module()
     B, H, T, D = queries.shape
     Hk, S = keys.shape[1], keys.shape[2]
-    if (
-        ext is None
-        or queries.dtype != mx.float32
-        or D % 16
-        or D > 256
-        or H % Hk
-        or H // Hk * T > 64
-    ):
+    if ext is None or queries.dtype != mx.float32 or D % 16 or D > 256 or H % Hk:
         return None
     causal = False
     if isinstance(mask, str):

@@ -367,3 +367,15 @@ def test_decode_steps_take_the_primitive_and_answer_as_mlx_ops_do(monkeypatch):
     assert len(calls) == 30 * 11 and set(calls) == {1}  # a forward for tokens 2-12
     monkeypatch.setattr(A, "rows", lambda *a: None)  # MLX's ops
     assert answer() == primitive
+
+
+def test_rows_primitive_reads_views_whose_last_axis_is_strided():
+    """Keys and values handed over as transposed views (last axis not contiguous): the
+    primitive copies them when it runs and gives what MLX's ops give."""
+    _rows_ext()
+    q, k, v = _qkv(2, 9, 3, 1, 37, D=64, seed=11)
+    kt = mx.array(np.ascontiguousarray(np.array(k).swapaxes(-1, -2))).swapaxes(-1, -2)
+    vt = mx.array(np.ascontiguousarray(np.array(v).swapaxes(-1, -2))).swapaxes(-1, -2)
+    want = A._original(q, k, v, None, scale=0.125, mask=None)
+    got = A.rows(q, kt, vt, 0.125, None)
+    assert float(mx.abs(got - want).max()) < 1e-5
