@@ -74,35 +74,44 @@ def _cpu_tag() -> str:
     return f"{platform.machine()} {flags}"
 
 
+def lib_cache() -> Path:
+    """Where clara keeps the libraries it compiles: $XDG_CACHE_HOME/clara/lib."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
+
+
+def build_cached(cmd: list[str], target: Path, what: str, timeout: int = 120) -> str | None:
+    """Run the compiler command `cmd` with `-o` a temporary file, then move that to `target`
+    (atomically: concurrent first runs both end with one file). None when built, else why not."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            done = subprocess.run(
+                [*cmd, "-o", str(out)], capture_output=True, text=True, timeout=timeout
+            )
+            if done.returncode != 0:
+                return f"compiling {what} failed: {done.stderr.strip()[-300:]}"
+            os.replace(out, target)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"could not build {what}: {e}"
+    return None
+
+
 def _build_thin() -> Path | None:
     """The compiled thin-matmul library (built on first use, cached by source and CPU)."""
     global thin_reason
     source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + _cpu_tag().encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
-    target = cache / f"thinmm-{key}.so"
+    target = lib_cache() / f"thinmm-{key}.so"
     if target.exists():
         return target
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         thin_reason = "no C compiler (install gcc for faster decoding)"
         return None
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            out = Path(tmp) / target.name
-            cmd = [cc, "-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-o", str(out)]
-            done = subprocess.run(
-                [*cmd, *map(str, SOURCES), "-lm"], capture_output=True, text=True, timeout=120
-            )
-            if done.returncode != 0:
-                thin_reason = f"compiling {THIN_SOURCE.name} failed: {done.stderr.strip()[-300:]}"
-                return None
-            os.replace(out, target)  # atomic: concurrent first runs both end with one file
-    except (OSError, subprocess.SubprocessError) as e:
-        thin_reason = f"could not build {THIN_SOURCE.name}: {e}"
-        return None
-    return target
+    cmd = [cc, "-O3", "-march=native", "-pthread", "-shared", "-fPIC", *map(str, SOURCES), "-lm"]
+    thin_reason = build_cached(cmd, target, THIN_SOURCE.name)
+    return target if thin_reason is None else None
 
 
 def _load_thin() -> None:

@@ -18,10 +18,8 @@ import importlib.machinery
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -62,26 +60,11 @@ def _build() -> Path | None:
     ]  # fmt: skip
     tag = f"{mx.__version__} {nanobind.__version__} {sys.version_info[:2]} {_blas._cpu_tag()}"
     key = hashlib.sha256(SOURCE.read_bytes() + f"{tag} {cmd}".encode()).hexdigest()[:16]
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
-    target = cache / f"mlxattn-{key}{suffix}"
+    target = _blas.lib_cache() / f"mlxattn-{key}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
     if target.exists():
         return target
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            out = Path(tmp) / target.name
-            done = subprocess.run(
-                [*cmd, "-o", str(out)], capture_output=True, text=True, timeout=600
-            )
-            if done.returncode != 0:
-                reason = f"compiling {SOURCE.name} failed: {done.stderr.strip()[-300:]}"
-                return None
-            os.replace(out, target)  # atomic: concurrent first runs both end with one file
-    except (OSError, subprocess.SubprocessError) as e:
-        reason = f"could not build {SOURCE.name}: {e}"
-        return None
-    return target
+    reason = _blas.build_cached(cmd, target, SOURCE.name, timeout=600)
+    return target if reason is None else None
 
 
 def _check(ext: ModuleType) -> str | None:

@@ -379,3 +379,24 @@ def test_rows_primitive_reads_views_whose_last_axis_is_strided():
     want = A._original(q, k, v, None, scale=0.125, mask=None)
     got = A.rows(q, kt, vt, 0.125, None)
     assert float(mx.abs(got - want).max()) < 1e-5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="built on Linux")
+def test_rows_primitive_that_cannot_build_leaves_mlx_ops_with_the_reason(tmp_path):
+    """No usable C++ compiler: nothing is built, decode steps keep MLX's ops, and the startup
+    line says why."""
+    code = (
+        "import clara, mlx.core as mx\n"
+        "from clara import _blas, _mlxext, attention as A\n"
+        "print(_mlxext.module() is None, '|', _blas.describe())\n"
+        "q = mx.ones((1, 2, 1, 16)); k = mx.ones((1, 2, 3, 16))\n"
+        "with A.decode_steps(): print(A.attention(q, k, k, None, 0.25, None).shape)\n"
+    )
+    env = {**os.environ, "CXX": "false", "XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    first, shape = out.stdout.strip().splitlines()
+    if "thin-matmul kernel off" in first:
+        pytest.skip("no thin-matmul library here either")
+    assert first.startswith("True |") and "decode attention primitive off (compiling" in first
+    assert shape == "(1, 2, 1, 16)"
