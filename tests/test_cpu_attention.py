@@ -249,6 +249,20 @@ def test_fused_kernel_only_for_rows_from_the_start_position(monkeypatch):
         assert float(mx.abs(out - want).max()) < 1e-5
 
 
+def _greedy_answer(cm, adapter, prompt, max_tokens: int) -> list[int]:
+    """One request's tokens through `clara.decode.Decoder`, alone."""
+    from clara.decode import Decoder
+    from clara.stream import SamplingParams
+
+    decoder = Decoder(cm, adapter)
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    [(_, first)] = decoder.add_many([(prompt, params, None)])
+    tokens = [first.token]
+    while decoder.sequences:
+        tokens += [chunk.token for _, chunk in decoder.step()]
+    return tokens
+
+
 @needs_kernel
 def test_a_long_text_prompt_decodes_the_same_through_the_fused_kernel(monkeypatch):
     """The default model (head size 64) reading a text prompt of ~700 positions: the rows
@@ -257,32 +271,20 @@ def test_a_long_text_prompt_decodes_the_same_through_the_fused_kernel(monkeypatc
     from pydoc_data.topics import topics
 
     from clara.checkpoint import load_clara
-    from clara.decode import Decoder
     from clara.prompt import text_prompt
-    from clara.stream import SamplingParams
 
     cm = load_clara("smollm2-135m")
     chunks = [topics["assert"], topics["while"], topics["for"]]
     prompt = text_prompt(cm, "What does the assert statement do?", chunks)
     assert prompt.positions > 600
-    params = SamplingParams(max_tokens=8, ignore_eos=True)
     calls = []
     real = A.fused
     monkeypatch.setattr(A, "fused", lambda *a: calls.append(1) or real(*a))
-
-    def answer() -> list[int]:
-        decoder = Decoder(cm, None)
-        [(_, first)] = decoder.add_many([(prompt, params, None)])
-        tokens = [first.token]
-        while decoder.sequences:
-            tokens += [chunk.token for _, chunk in decoder.step()]
-        return tokens
-
-    fused = answer()
+    fused = _greedy_answer(cm, None, prompt, 8)
     assert len(calls) == 30  # every layer of the chunk from position 512
     monkeypatch.setenv("CLARA_FUSED_ATTENTION", "off")
     calls.clear()
-    assert answer() == fused and not calls
+    assert _greedy_answer(cm, None, prompt, 8) == fused and not calls
 
 
 # ---- decode steps' attention as one MLX op (clara/_mlx_attention.cpp) -----------------------
@@ -343,30 +345,18 @@ def test_decode_steps_take_the_primitive_and_answer_as_mlx_ops_do(monkeypatch):
     from pydoc_data.topics import topics
 
     from clara.checkpoint import load_clara
-    from clara.decode import Decoder
     from clara.prompt import memory_prompt
-    from clara.stream import SamplingParams
 
     cm = load_clara("smollm2-135m")
     memories = cm.compress([topics["assert"], topics["while"]])
     prompt = memory_prompt(cm, "What does the assert statement do?", list(memories))
-    params = SamplingParams(max_tokens=12, ignore_eos=True)
     calls = []
     real = A.rows
     monkeypatch.setattr(A, "rows", lambda *a: calls.append(a[0].shape[2]) or real(*a))
-
-    def answer() -> list[int]:
-        decoder = Decoder(cm, "generator")
-        [(_, first)] = decoder.add_many([(prompt, params, None)])
-        tokens = [first.token]
-        while decoder.sequences:
-            tokens += [chunk.token for _, chunk in decoder.step()]
-        return tokens
-
-    primitive = answer()
+    primitive = _greedy_answer(cm, "generator", prompt, 12)
     assert len(calls) == 30 * 11 and set(calls) == {1}  # a forward for tokens 2-12
     monkeypatch.setattr(A, "rows", lambda *a: None)  # MLX's ops
-    assert answer() == primitive
+    assert _greedy_answer(cm, "generator", prompt, 12) == primitive
 
 
 def test_rows_primitive_reads_views_whose_last_axis_is_strided():
