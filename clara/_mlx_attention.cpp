@@ -33,14 +33,21 @@ namespace mx = mlx::core;
 using rows_fn = int (*)(int, int, int, int, int, int, const float*, long, long, long,
                         const float*, long, long, long, const float*, long, long, long,
                         const unsigned char*, long, long, long, long, int, int, float, float*);
+using blocks_fn = int (*)(int, int, int, int, int, int, const float*, long, long, long,
+                          const float*, long, long, long, const float*, long, long, long,
+                          const unsigned char*, long, long, long, int, int, float, float*);
 static rows_fn kernel = nullptr;
+static blocks_fn blocks_kernel = nullptr;
 
 namespace {
 
+// blocks: a prompt's rows through clara_attention (tiles of rows, online softmax, the
+// causal triangle skipped), output (B, T, H, D); else a decode step's few rows through
+// clara_attention_rows, output (B, H, T, D).
 class AttentionRows : public mx::Primitive {
  public:
-  AttentionRows(mx::Stream stream, float scale, bool causal)
-      : mx::Primitive(stream), scale_(scale), causal_(causal) {}
+  AttentionRows(mx::Stream stream, float scale, bool causal, bool blocks)
+      : mx::Primitive(stream), scale_(scale), causal_(causal), blocks_(blocks) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
@@ -54,7 +61,7 @@ class AttentionRows : public mx::Primitive {
                   v = mx::array::unsafe_weak_copy(v),
                   m = masked ? mx::array::unsafe_weak_copy(inputs[3]) : q,
                   out = mx::array::unsafe_weak_copy(out), masked, scale = scale_,
-                  causal = causal_]() mutable {
+                  causal = causal_, blocks = blocks_]() mutable {
       // The last axis must be contiguous; graph building saw only default strides, so a
       // view that turned out otherwise is copied here (not seen in practice: RoPE's output
       // and the caches' slices keep it).
@@ -92,6 +99,23 @@ class AttentionRows : public mx::Primitive {
         mp = reinterpret_cast<const unsigned char*>(m.data<bool>());
         for (int i = 0; i < 4; i++) ms[i] = m.shape(i) == 1 ? 0 : st(m, i);
       }
+      if (blocks) {  // the keys transposed, (B, Hk, D, S rounded up to 64), as it reads them
+        long Sp = (S + 63) / 64 * 64;
+        std::vector<float> kt(static_cast<size_t>(B) * Hk * D * Sp, 0.0f);
+        for (int b = 0; b < B; b++)
+          for (int h = 0; h < Hk; h++) {
+            const float* src = data[1] + b * strides[1][0] + h * strides[1][1];
+            float* dst = kt.data() + (static_cast<long>(b) * Hk + h) * D * Sp;
+            for (int j = 0; j < S; j++)
+              for (int d = 0; d < D; d++) dst[d * Sp + j] = src[j * strides[1][2] + d];
+          }
+        int done = blocks_kernel(B, H, Hk, T, S, D, data[0], strides[0][0], strides[0][1],
+                                 strides[0][2], kt.data(), Hk * D * Sp, D * Sp, Sp, data[2],
+                                 strides[2][0], strides[2][1], strides[2][2], mp, ms[0], ms[1],
+                                 ms[2], causal ? 1 : 0, S - T, scale, out.data<float>());
+        if (!done) throw std::runtime_error("clara_attention: shapes it does not take");
+        return;
+      }
       int done = kernel(B, H, Hk, T, S, D, data[0], strides[0][0], strides[0][1],
                         strides[0][2], data[1], strides[1][0], strides[1][1], strides[1][2],
                         data[2], strides[2][0], strides[2][1], strides[2][2], mp, ms[0], ms[1],
@@ -108,12 +132,13 @@ class AttentionRows : public mx::Primitive {
 
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const AttentionRows&>(other);
-    return scale_ == o.scale_ && causal_ == o.causal_;
+    return scale_ == o.scale_ && causal_ == o.causal_ && blocks_ == o.blocks_;
   }
 
  private:
   float scale_;
   bool causal_;
+  bool blocks_;
 };
 
 // The array as float32 (the kernel copies one whose last axis is not contiguous).
@@ -123,27 +148,49 @@ mx::array rows_ready(const mx::array& a, mx::Stream s) {
 
 }  // namespace
 
+static mx::array make(const mx::array& q, const mx::array& k, const mx::array& v,
+               std::optional<mx::array> mask, float scale, bool causal, bool blocks) {
+  if (kernel == nullptr || blocks_kernel == nullptr)
+    throw std::runtime_error("clara attention: init() not called");
+  auto s = mx::default_stream(mx::default_device());
+  std::vector<mx::array> inputs = {rows_ready(q, s), rows_ready(k, s), rows_ready(v, s)};
+  if (mask) {  // row-contiguous bytes: the kernels read each row's keys in a run
+    mx::array b = mx::astype(*mask, mx::bool_, s);
+    while (b.ndim() < 4) b = mx::expand_dims(b, 0, s);
+    inputs.push_back(mx::contiguous(b, false, s));
+  }
+  auto prim = std::make_shared<AttentionRows>(s, scale, causal, blocks);
+  if (!blocks) return mx::array(q.shape(), mx::float32, std::move(prim), std::move(inputs));
+  mx::Shape shape = {q.shape(0), q.shape(2), q.shape(1), q.shape(3)};  // (B, T, H, D)
+  mx::array out(shape, mx::float32, std::move(prim), std::move(inputs));
+  return mx::transpose(out, {0, 2, 1, 3}, s);
+}
+
 NB_MODULE(_mlx_attention, m) {
-  m.def("init", [](std::uintptr_t address) { kernel = reinterpret_cast<rows_fn>(address); },
-        "Hand over clara_attention_rows' address (clara/_attention.c).");
+  m.def(
+      "init",
+      [](std::uintptr_t rows, std::uintptr_t blocks) {
+        kernel = reinterpret_cast<rows_fn>(rows);
+        blocks_kernel = reinterpret_cast<blocks_fn>(blocks);
+      },
+      "Hand over the addresses of clara_attention_rows and clara_attention (_attention.c).");
+  const char* doc =
+      "softmax(q k^T * scale + mask) v for q (B, H, T, D), k and v (B, Hk, S, D) float32; mask "
+      "None or boolean, broadcastable to (B, H, T, S); causal: row t sees keys up to S - T + t.";
   m.def(
       "attention_rows",
       [](const mx::array& q, const mx::array& k, const mx::array& v,
          std::optional<mx::array> mask, float scale, bool causal) {
-        if (kernel == nullptr) throw std::runtime_error("attention_rows: init() not called");
-        auto s = mx::default_stream(mx::default_device());
-        std::vector<mx::array> inputs = {rows_ready(q, s), rows_ready(k, s), rows_ready(v, s)};
-        if (mask) {
-          mx::array b = mx::astype(*mask, mx::bool_, s);
-          while (b.ndim() < 4) b = mx::expand_dims(b, 0, s);
-          inputs.push_back(mx::contiguous(b, false, s));
-        }
-        auto prim = std::make_shared<AttentionRows>(s, scale, causal);
-        return mx::array(q.shape(), mx::float32, std::move(prim), std::move(inputs));
+        return make(q, k, v, mask, scale, causal, false);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("mask").none(), nb::arg("scale"),
-      nb::arg("causal"),
-      "softmax(q k^T * scale + mask) v for q (B, H, T, D), k and v (B, Hk, S, D) float32; "
-      "mask None or boolean, broadcastable to (B, H, T, S); causal: row t sees keys up to "
-      "S - T + t.");
+      nb::arg("causal"), doc);
+  m.def(
+      "attention_blocks",
+      [](const mx::array& q, const mx::array& k, const mx::array& v,
+         std::optional<mx::array> mask, float scale, bool causal) {
+        return make(q, k, v, mask, scale, causal, true);
+      },
+      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("mask").none(), nb::arg("scale"),
+      nb::arg("causal"), doc);
 }

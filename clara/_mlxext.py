@@ -68,23 +68,26 @@ def _build() -> Path | None:
 
 
 def _check(ext: ModuleType) -> str | None:
-    """None if the module computes a small masked GQA case as NumPy does, else why not."""
+    """None if both ops compute small masked and causal GQA cases as NumPy does, else why
+    not."""
     import mlx.core as mx
     import numpy as np
 
     rng = np.random.default_rng(0)
-    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in
-               ((2, 4, 1, 32), (2, 2, 21, 32), (2, 2, 21, 32)))  # fmt: skip
-    mask = np.ones((2, 1, 1, 21), bool)
-    mask[0, ..., :5] = False  # left padding of the first row
-    got = np.array(ext.attention_rows(mx.array(q), mx.array(k), mx.array(v),
-                                      mx.array(mask), 0.25, True))  # fmt: skip
-    kk, vv = np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1)
-    s = np.where(mask, q @ kk.swapaxes(-1, -2) * 0.25, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    want = (p / p.sum(-1, keepdims=True)) @ vv
-    err = float(np.abs(got - want).max())
-    return None if err < 1e-4 else f"self-check off by {err:.2g}"
+    for op, T, D in ((ext.attention_rows, 1, 32), (ext.attention_blocks, 9, 64)):
+        q, k, v = (rng.standard_normal(s).astype(np.float32) for s in
+                   ((2, 4, T, D), (2, 2, 21, D), (2, 2, 21, D)))  # fmt: skip
+        mask = np.ones((2, 1, 1, 21), bool)
+        mask[0, ..., :5] = False  # left padding of the first row
+        got = np.array(op(mx.array(q), mx.array(k), mx.array(v), mx.array(mask), 0.25, True))
+        seen = mask & (np.arange(21) <= np.arange(21 - T, 21)[:, None])  # (2, 1, T, 21)
+        kk, vv = np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1)
+        s = np.where(seen, q @ kk.swapaxes(-1, -2) * 0.25, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        err = float(np.abs(got - (p / p.sum(-1, keepdims=True)) @ vv).max())
+        if not err < 1e-4:
+            return f"self-check of {op.__name__} off by {err:.2g}"
+    return None
 
 
 def module() -> ModuleType | None:
@@ -108,7 +111,12 @@ def module() -> ModuleType | None:
         spec = importlib.util.spec_from_file_location(NAME, path)
         ext = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(ext)
-        ext.init(ctypes.cast(_blas._thin.clara_attention_rows, ctypes.c_void_p).value)
+        ext.init(
+            *(
+                ctypes.cast(fn, ctypes.c_void_p).value
+                for fn in (_blas._thin.clara_attention_rows, _blas._thin.clara_attention)
+            )
+        )
         reason = _check(ext)
     except Exception as e:  # noqa: BLE001 - any failure keeps MLX's ops
         reason = f"{NAME} unusable: {type(e).__name__}: {e}"

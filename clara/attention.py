@@ -5,16 +5,21 @@ softmax calls MLX's scalar `exp` once per score: for a 272-token compressor inpu
 about 40% of the forward pass (BENCHMARKS.md). `attention` does the same arithmetic with the
 `exp(s - max)` step in an `mx.compile`d kernel, which `clara._jit` builds for this CPU.
 
-Long prompts go further where clara's C library is built (Linux, clara/_blas.py): inside
-`fused_passes(start)` (the decoder's prefill: rows at positions `prefill_step` and on) one fused
-kernel (clara/_attention.c) computes the scores, mask, softmax and weighted sum a tile of rows
-at a time without writing the (rows x keys) scores, and skips the causal upper triangle. On a
-1325-token text prompt MLX's attention was 64% of the prefill, and the prefill took 0.6x the
-time with the kernel (bench/bench_burst.py). Shorter passes keep MLX's ops: the kernel reads
-its inputs through NumPy, which waits for them (30 waits a forward), and on memory prompts of
-~125 positions, query encodings and 256-token compressions that cost what it saved; decode
-steps keep them too (a step's forward is queued before the previous token is read).
-`CLARA_FUSED_ATTENTION=off` keeps MLX's ops everywhere.
+Prompts go further where clara's C library is built (Linux, clara/_blas.py): inside
+`fused_passes(start)` (the decoder's prefill) one fused kernel (clara/_attention.c) computes
+the scores, mask, softmax and weighted sum a tile of rows at a time without writing the
+(rows x keys) scores, and skips the causal upper triangle. On a 1325-token text prompt MLX's
+attention was 64% of the prefill, and the prefill took 0.6x the time with the kernel
+(bench/bench_burst.py). Where clara's MLX extension builds (clara/_mlx_attention.cpp,
+clara/_mlxext.py) the kernel is an op in MLX's graph and waits for nothing, so every prompt
+row takes it, in every lane; a memory prompt of ~125 positions then prefills in ~0.8x the
+time. Without the extension it reads its inputs through NumPy, which waits for them (30 waits
+a forward): then only rows from `start` (`prefill_step`, 512) take it, because on shorter
+passes the waits cost what it saved. Query encodings and compressions keep MLX's ops (the
+memories in an index stay as they were made). Decode steps (`decode_steps()`) take the
+extension's other op, for a few rows against keys in their cache layout.
+`CLARA_FUSED_ATTENTION=off` keeps MLX's ops everywhere; `CLARA_ROWS_ATTENTION=off` keeps the
+NumPy route for prompts and MLX's ops for decode steps.
 
 `install(model)` swaps it into the module of the model's mlx-lm (or clara) architecture, in
 place of mlx-lm's `scaled_dot_product_attention`, only when MLX computes on the CPU. It hands
@@ -140,11 +145,15 @@ def usable() -> bool:
 
 def fused_from() -> int | None:
     """The first position whose rows take the fused kernel now (None: none do): inside
-    `fused_passes`, where `usable`, and not while `lanes.run` builds passes side by side (its
-    waits would run them one after the other)."""
-    if _fused_from is None or lanes.splitting() or not usable():
+    `fused_passes`, where `usable`. As an MLX op (clara/_mlx_attention.cpp, where it builds)
+    the kernel waits for nothing, so every prompt row takes it (0), in any lane; through NumPy
+    only the rows from `fused_passes`' start do, and none while `lanes.run` builds passes side
+    by side (its waits would run them one after the other)."""
+    if _fused_from is None or not usable():
         return None
-    return _fused_from
+    if _mlxext.module() is not None and not _blas._off("CLARA_ROWS_ATTENTION"):
+        return 0
+    return None if lanes.splitting() else _fused_from
 
 
 def fused_takes(head_dim: int) -> bool:
@@ -177,6 +186,10 @@ def fused(queries, keys, values, scale: float, mask) -> mx.array | None:
         m = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
         if m.shape[1] not in (1, H) or m.shape[0] not in (1, B) or m.shape[2] not in (1, T):
             return None
+    ext = _mlxext.module()
+    if ext is not None and not _blas._off("CLARA_ROWS_ATTENTION"):  # one op, no waits
+        causal = causal == 1
+        return ext.attention_blocks(queries, keys, values, m, scale, causal).astype(queries.dtype)
     arrays = [x if x.dtype == mx.float32 else x.astype(mx.float32) for x in (queries, keys, values)]
     mx.eval(*arrays, *([m] if m is not None else []))
     q, k, v = (np.asarray(x) for x in arrays)

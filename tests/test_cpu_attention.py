@@ -225,9 +225,10 @@ def test_fused_kernel_rows_do_not_depend_on_the_pass():
 
 @needs_kernel
 def test_fused_kernel_only_for_rows_from_the_start_position(monkeypatch):
-    """`attention` takes the kernel only inside `fused_passes(start)`, for passes whose rows
-    start at `start` or later (keys minus rows), and never when switched off; the results
-    agree with MLX's path either way."""
+    """Through NumPy (the MLX op switched off), `attention` takes the kernel only inside
+    `fused_passes(start)`, for passes whose rows start at `start` or later (keys minus rows),
+    and never when switched off; the results agree with MLX's path either way."""
+    monkeypatch.setenv("CLARA_ROWS_ATTENTION", "off")
     q, k, v = _qkv(1, 9, 3, 300, 400, D=64, seed=2)  # rows 100..399 after 100 cached keys
     calls = []
     real = A.fused
@@ -266,8 +267,8 @@ def _greedy_answer(cm, adapter, prompt, max_tokens: int) -> list[int]:
 @needs_kernel
 def test_a_long_text_prompt_decodes_the_same_through_the_fused_kernel(monkeypatch):
     """The default model (head size 64) reading a text prompt of ~700 positions: the rows
-    from position `prefill_step` (512) on take the kernel, cut in chunks that start there, and
-    the answer is the one MLX's attention gives."""
+    from position `prefill_step` (512) on take the kernel (every row, where it runs as an MLX
+    op), cut in chunks that start there, and the answer is the one MLX's attention gives."""
     from pydoc_data.topics import topics
 
     from clara.checkpoint import load_clara
@@ -281,10 +282,34 @@ def test_a_long_text_prompt_decodes_the_same_through_the_fused_kernel(monkeypatc
     real = A.fused
     monkeypatch.setattr(A, "fused", lambda *a: calls.append(1) or real(*a))
     fused = _greedy_answer(cm, None, prompt, 8)
-    assert len(calls) == 30  # every layer of the chunk from position 512
+    from clara import _mlxext
+
+    # every layer of the chunk from position 512; as an MLX op, of the first chunk too
+    assert len(calls) == (60 if _mlxext.module() is not None else 30)
     monkeypatch.setenv("CLARA_FUSED_ATTENTION", "off")
     calls.clear()
     assert _greedy_answer(cm, None, prompt, 8) == fused and not calls
+
+
+@needs_kernel
+def test_fused_kernel_as_an_mlx_op_takes_every_prompt_row(monkeypatch):
+    """As an MLX op (clara/_mlx_attention.cpp) the kernel waits for nothing: inside
+    `fused_passes` every prompt row takes it, whatever the start, also while `lanes` builds
+    passes side by side; the same bits as through NumPy, and MLX's results to rounding."""
+    _rows_ext()
+    q, k, v = _qkv(2, 9, 3, 120, 220, D=64, seed=4)  # rows 100..219 after 100 cached keys
+    keep = np.ones((2, 1, 120, 220), bool)
+    keep[1, ..., :30] = False  # left padding of the second prompt
+    mask = mx.array(keep & (np.arange(220) <= np.arange(100, 220)[:, None]))
+    want = A._original(q, k, v, None, scale=0.125, mask=mask)
+    with A.fused_passes(512):
+        assert A.fused_from() == 0
+        got = A.attention(q, k, v, None, 0.125, mask)
+    monkeypatch.setenv("CLARA_ROWS_ATTENTION", "off")
+    numpy_path = A.fused(q, k, v, 0.125, mask)
+    assert np.array_equal(np.array(got), np.array(numpy_path))
+    assert float(mx.abs(got - want)[0].max()) < 1e-5
+    assert float(mx.abs(got - want)[1, :, :, :].max()) < 1e-5
 
 
 # ---- decode steps' attention as one MLX op (clara/_mlx_attention.cpp) -----------------------
