@@ -11,7 +11,9 @@ settings of each comparison so that both see the same machine:
   the query adapter's base products in bfloat16 (`--query-precision bfloat16`, opt-in);
 - prefill of 1, 2, 4 and 8 memory prompts (`Decoder.add_many`, first token sampled) with each
   pass split into one part per CPU core (`clara.lanes`, the default) and as one batched pass
-  (`CLARA_CPU_LANES=1`);
+  (`CLARA_CPU_LANES=1`); and with every prompt row's attention through clara's fused kernel as
+  an MLX op (the default where clara/_mlx_attention.cpp builds) and through MLX's ops
+  (`CLARA_ROWS_ATTENTION=off`);
 - greedy decode steps of 1 and 8 sequences through the generator, with each block's q/k/v
   merged weights as one stacked product (`clara.lora._Fused`, the default) and as one product
   per linear (`CLARA_FUSE=off`); and with each layer's attention as clara's one MLX op
@@ -174,6 +176,12 @@ def main() -> None:
             lambda: env("CLARA_CPU_LANES", "1"), contextlib.nullcontext,
         )  # fmt: skip
         rows.append(row(f"prefill, {n} memory prompt(s)", "parts side by side", a, b))
+    for n in (1, 2, 8) if "prefill" in parts else ():
+        a, b = side_by_side(
+            lambda n=n: timed(lambda: prefill(n), args.repeats),
+            lambda: env("CLARA_ROWS_ATTENTION", "off"), contextlib.nullcontext,
+        )  # fmt: skip
+        rows.append(row(f"prefill, {n} memory prompt(s)", "fused attention as an MLX op", a, b))
 
     # decode steps: one product per q/k/v projection, or one stacked product (the default)
     def steps(n: int, decoder: Decoder = decoder, prompts: list = prompts) -> float:
@@ -238,8 +246,12 @@ def main() -> None:
 
         a, b = side_by_side(text_prefill, rows_only_unfused, unfused)
         rows.append(row("text prompt, prefill", "chunks under the attention-score budget", a, b, 1))
-        change = "rows from position 512 through the fused attention kernel"
-        a, b = side_by_side(text_prefill, unfused, contextlib.nullcontext)
+        change = "rows from position 512 through the fused attention kernel (NumPy)"
+        numpy_route = lambda: env("CLARA_ROWS_ATTENTION", "off")  # noqa: E731
+        a, b = side_by_side(text_prefill, unfused, numpy_route)
+        rows.append(row("text prompt, prefill", change, a, b, 1))
+        change = "every row through the fused attention kernel as an MLX op"
+        a, b = side_by_side(text_prefill, numpy_route, contextlib.nullcontext)
         rows.append(row("text prompt, prefill", change, a, b, 1))
 
     table = markdown_table(["work", "change", "before ms", "after ms", "after / before"], rows)
@@ -248,11 +260,13 @@ def main() -> None:
         f"question, the chat template; the shared prefix from the prefix cache). 'before' is "
         "OpenBLAS packing the weights on every product, one batched prefill pass "
         "(CLARA_CPU_LANES=1), one product per q/k/v linear in decode steps (CLARA_FUSE=off), MLX's attention ops in "
-        "decode steps (CLARA_ROWS_ATTENTION=off), "
+        "decode steps and prompts (CLARA_ROWS_ATTENTION=off), "
         f"and the bare model reading its float32 base weights for a text prompt of "
         f"{text[0].positions} positions (CLARA_MERGE_GB=0) in chunks of 512 rows where it "
         "says so (both through MLX's attention) and through MLX's attention from position 512 "
-        "(CLARA_FUSED_ATTENTION=off); 'after' is what clara-serve does "
+        "(CLARA_FUSED_ATTENTION=off), then the kernel through NumPy against the kernel as an MLX "
+        "op (CLARA_ROWS_ATTENTION=off: rows from position 512 only); 'after' is what "
+        "clara-serve does "
         "by default, except on the 'bfloat16 query products' rows: there 'before' is the "
         "default (float32 query encodings, weights packed once) and 'after' is "
         "`--query-precision bfloat16` (opt-in, CPUs with AMX tiles). Each figure is the lower of two medians "
