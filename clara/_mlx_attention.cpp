@@ -177,20 +177,14 @@ NB_MODULE(_mlx_attention, m) {
   const char* doc =
       "softmax(q k^T * scale + mask) v for q (B, H, T, D), k and v (B, Hk, S, D) float32; mask "
       "None or boolean, broadcastable to (B, H, T, S); causal: row t sees keys up to S - T + t.";
-  m.def(
-      "attention_rows",
-      [](const mx::array& q, const mx::array& k, const mx::array& v,
-         std::optional<mx::array> mask, float scale, bool causal) {
-        return make(q, k, v, mask, scale, causal, false);
-      },
-      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("mask").none(), nb::arg("scale"),
-      nb::arg("causal"), doc);
-  m.def(
-      "attention_blocks",
-      [](const mx::array& q, const mx::array& k, const mx::array& v,
-         std::optional<mx::array> mask, float scale, bool causal) {
-        return make(q, k, v, mask, scale, causal, true);
-      },
-      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("mask").none(), nb::arg("scale"),
-      nb::arg("causal"), doc);
+  // attention_rows: a decode step's few rows; attention_blocks: a prompt's rows
+  for (auto [name, blocks] : {std::pair{"attention_rows", false}, {"attention_blocks", true}})
+    m.def(
+        name,
+        [blocks](const mx::array& q, const mx::array& k, const mx::array& v,
+                 std::optional<mx::array> mask, float scale, bool causal) {
+          return make(q, k, v, mask, scale, causal, blocks);
+        },
+        nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("mask").none(), nb::arg("scale"),
+        nb::arg("causal"), doc);
 }
