@@ -449,7 +449,7 @@ int clara_attention_rows(int B, int H, int Hk, int T, int S, int D, const float 
     return 0;
   rows_args a = {B, H, Hk, T, S, D, H / Hk, causal, offset, q, k, v, qsb, qsh, qst,
                  ksb, ksh, kss, vsb, vsh, vss, mask, msb, msh, mst, mss, scale, out};
-  /* a step's few rows: sharing them out costs more than it saves below ~1M multiply-adds */
+  /* a batch-1 step's few rows: sharing them out costs more than it saves (below 2^18) */
   long work = (long)B * H * T * S * D;
   clara_parallel_blocks(rows_blocks, &a, B * Hk, work >= (1L << 18));
   return 1;

@@ -1,13 +1,14 @@
-// clara's attention for a few query rows as an MLX primitive (MLX's CPU backend).
+// clara's attention as MLX primitives (MLX's CPU backend).
 //
-// A decode step's attention through MLX's ops is ~15 small ops a layer (scale, transposes,
-// two batched matmuls that MLX runs as one BLAS call per batch entry and head, the mask,
-// max, exp, sum, divide): on the 2-core test machine a third of a batch-1 decode step of the
-// default model. `attention_rows` is one op in the graph instead: its eval_cpu queues one
-// task on the stream, which calls `clara_attention_rows` (clara/_attention.c, in the
-// thin-matmul library; its address is handed over by `init`) for every row of the batch.
-// The kernel only reads arrays (any strides with the last axis contiguous), so nothing waits:
-// the step is still queued before the previous token is read.
+// Attention through MLX's ops is ~15 small ops a layer (scale, transposes, two batched
+// matmuls that MLX runs as one BLAS call per batch entry and head, the mask, max, exp, sum,
+// divide): on the 2-core test machine a third of a batch-1 decode step of the default model.
+// Here it is one op. Its eval_cpu queues one task on the stream, which calls a kernel of
+// clara/_attention.c (in the thin-matmul library; the addresses are handed over by `init`):
+// `attention_rows`, a decode step's few rows against the KV caches as they are kept, through
+// clara_attention_rows; `attention_blocks`, a prompt's rows through clara_attention, with the
+// keys transposed as it reads them. The kernels only read arrays, so nothing waits: a decode
+// step is still queued before the previous token is read.
 //
 // Built on first use against the MLX wheel's own headers and libmlx, with the nanobind
 // release whose ABI the wheel's bindings use (clara/_mlxext.py).
@@ -44,9 +45,9 @@ namespace {
 // blocks: a prompt's rows through clara_attention (tiles of rows, online softmax, the
 // causal triangle skipped), output (B, T, H, D); else a decode step's few rows through
 // clara_attention_rows, output (B, H, T, D).
-class AttentionRows : public mx::Primitive {
+class Attention : public mx::Primitive {
  public:
-  AttentionRows(mx::Stream stream, float scale, bool causal, bool blocks)
+  Attention(mx::Stream stream, float scale, bool causal, bool blocks)
       : mx::Primitive(stream), scale_(scale), causal_(causal), blocks_(blocks) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
@@ -125,13 +126,13 @@ class AttentionRows : public mx::Primitive {
   }
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("clara attention_rows runs on the CPU only");
+    throw std::runtime_error("clara's attention ops run on the CPU only");
   }
 
-  const char* name() const override { return "ClaraAttentionRows"; }
+  const char* name() const override { return "ClaraAttention"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const AttentionRows&>(other);
+    auto& o = static_cast<const Attention&>(other);
     return scale_ == o.scale_ && causal_ == o.causal_ && blocks_ == o.blocks_;
   }
 
@@ -159,7 +160,7 @@ static mx::array make(const mx::array& q, const mx::array& k, const mx::array& v
     while (b.ndim() < 4) b = mx::expand_dims(b, 0, s);
     inputs.push_back(mx::contiguous(b, false, s));
   }
-  auto prim = std::make_shared<AttentionRows>(s, scale, causal, blocks);
+  auto prim = std::make_shared<Attention>(s, scale, causal, blocks);
   if (!blocks) return mx::array(q.shape(), mx::float32, std::move(prim), std::move(inputs));
   mx::Shape shape = {q.shape(0), q.shape(2), q.shape(1), q.shape(3)};  // (B, T, H, D)
   mx::array out(shape, mx::float32, std::move(prim), std::move(inputs));

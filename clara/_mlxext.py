@@ -1,13 +1,16 @@
-"""clara's MLX primitive for attention over a few query rows (clara/_mlx_attention.cpp).
+"""clara's attention ops for MLX's CPU backend (clara/_mlx_attention.cpp).
 
-Built on first use, like the thin-matmul library (clara/_blas.py): the C++ source and
-nanobind's are compiled with the machine's C++ compiler against the MLX wheel's headers and
-libmlx, cached under ~/.cache/clara/lib by source, MLX and nanobind versions and CPU. The
-kernel it calls lives in the thin-matmul library (`clara_attention_rows`, clara/_attention.c).
-Before use, `module()` checks the built module on a small case against plain NumPy: an MLX
-whose bindings speak another nanobind ABI, or any other mismatch, leaves MLX's ops in place
-with the reason in `reason`. Linux CPU only; `CLARA_ROWS_ATTENTION=off` keeps decode steps
-on MLX's ops (clara/attention.py reads it at every step).
+Two MLX primitives, each one op in the graph where MLX's own attention is ~15: one for a
+decode step's rows against the KV caches as they are kept (`clara_attention_rows`), one for a
+prompt's rows (`clara_attention`, the tiled kernel with the causal triangle skipped); both
+kernels live in the thin-matmul library (clara/_attention.c), which hands their addresses over.
+Built on first use, like that library (clara/_blas.py): the C++ source and nanobind's are
+compiled with the machine's C++ compiler against the MLX wheel's headers and libmlx, cached
+under ~/.cache/clara/lib by source, command, MLX and nanobind versions and CPU. Before use,
+`module()` checks both ops on small cases against plain NumPy: an MLX whose bindings speak
+another nanobind ABI, or any other mismatch, leaves MLX's ops in place with the reason in
+`reason`. Linux CPU only; `CLARA_ROWS_ATTENTION=off` turns both off (clara/attention.py reads
+it at every call).
 """
 
 from __future__ import annotations
@@ -126,11 +129,7 @@ def module() -> ModuleType | None:
 
 
 def describe() -> str:
-    """For startup logs and benchmark headers: whether decode steps use the primitive."""
+    """For startup logs and benchmark headers: whether attention runs as clara's MLX ops."""
     if not _tried:
         return ""
-    return (
-        "decode attention primitive on"
-        if _module is not None
-        else f"decode attention primitive off ({reason})"
-    )
+    return "attention MLX ops on" if _module is not None else f"attention MLX ops off ({reason})"

@@ -100,27 +100,42 @@ def decode_steps() -> Iterator[None]:
         _steps = previous
 
 
+def _ext():
+    """clara's MLX extension where it is built and not switched off
+    (`CLARA_ROWS_ATTENTION=off`, read at every call), else None."""
+    ext = _mlxext.module()
+    return None if ext is None or _blas._off("CLARA_ROWS_ATTENTION") else ext
+
+
+def _kernel_mask(mask, B: int, H: int, T: int, S: int):
+    """(causal, mask as 4-D) for the kernels: "causal" or None give no array; a boolean
+    array broadcastable to (B, H, T, S) is given 4 dims. None where they do not take it
+    (another string, an additive or misshapen mask)."""
+    if isinstance(mask, str):
+        return (True, None) if mask == "causal" else None
+    if mask is None:
+        return False, None
+    if mask.dtype != mx.bool_ or mask.ndim > 4 or mask.shape[-1] != S:
+        return None
+    m = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    if any(n not in (1, want) for n, want in zip(m.shape[:3], (B, H, T))):
+        return None
+    return False, m
+
+
 def rows(queries, keys, values, scale: float, mask) -> mx.array | None:
     """`attention` as one op for a decode step's rows; None where it does not apply (the
     extension unavailable, float16 inputs, an additive or misshapen mask, rows it does not
     take)."""
-    ext = _mlxext.module()
+    ext = _ext()
     B, H, T, D = queries.shape
     Hk, S = keys.shape[1], keys.shape[2]
     if ext is None or queries.dtype != mx.float32 or D % 16 or D > 256 or H % Hk:
         return None
-    causal = False
-    if isinstance(mask, str):
-        if mask != "causal":
-            return None
-        causal, mask = True, None
-    elif mask is not None:
-        if mask.dtype != mx.bool_ or mask.ndim > 4 or mask.shape[-1] != S:
-            return None
-        lead = (1,) * (4 - mask.ndim) + tuple(mask.shape)
-        if any(n not in (1, want) for n, want in zip(lead[:3], (B, H, T))):
-            return None
-    return ext.attention_rows(queries, keys, values, mask, scale, causal)
+    taken = _kernel_mask(mask, B, H, T, S)
+    if taken is None:
+        return None
+    return ext.attention_rows(queries, keys, values, taken[1], scale, taken[0])
 
 
 @contextmanager
@@ -151,7 +166,7 @@ def fused_from() -> int | None:
     by side (its waits would run them one after the other)."""
     if _fused_from is None or not usable():
         return None
-    if _mlxext.module() is not None and not _blas._off("CLARA_ROWS_ATTENTION"):
+    if _ext() is not None:
         return 0
     return None if lanes.splitting() else _fused_from
 
@@ -175,20 +190,13 @@ def fused(queries, keys, values, scale: float, mask) -> mx.array | None:
     Hk, S = keys.shape[1], keys.shape[2]
     if not fused_takes(D):
         return None
-    causal, offset, m = 0, 0, None
-    if isinstance(mask, str):
-        if mask != "causal":
-            return None
-        causal, offset = 1, S - T
-    elif mask is not None:
-        if mask.dtype != mx.bool_ or mask.ndim > 4 or mask.shape[-1] != S:
-            return None
-        m = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-        if m.shape[1] not in (1, H) or m.shape[0] not in (1, B) or m.shape[2] not in (1, T):
-            return None
-    ext = _mlxext.module()
-    if ext is not None and not _blas._off("CLARA_ROWS_ATTENTION"):  # one op, no waits
-        causal = causal == 1
+    taken = _kernel_mask(mask, B, H, T, S)
+    if taken is None:
+        return None
+    causal, m = taken
+    offset = S - T if causal else 0
+    ext = _ext()
+    if ext is not None:  # one op, no waits
         return ext.attention_blocks(queries, keys, values, m, scale, causal).astype(queries.dtype)
     arrays = [x if x.dtype == mx.float32 else x.astype(mx.float32) for x in (queries, keys, values)]
     mx.eval(*arrays, *([m] if m is not None else []))
@@ -224,7 +232,7 @@ def attention(queries, keys, values, cache, scale: float, mask, sinks=None) -> m
     if sinks is not None or hasattr(cache, "bits"):
         return _original(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
     B, H, T, D = queries.shape
-    if _steps and T == 1 and not _blas._off("CLARA_ROWS_ATTENTION"):
+    if _steps and T == 1:
         out = rows(queries, keys, values, scale, mask)
         if out is not None:
             return out
@@ -276,6 +284,6 @@ def install(model) -> bool:
         return False
     if current is _original or current is attention:
         module.scaled_dot_product_attention = attention
-        _mlxext.module()  # decode steps' primitive: built (once per machine) at load, not mid-answer
+        _mlxext.module()  # the attention ops: built (once per machine) at load, not mid-answer
         return True
     return False

@@ -247,11 +247,7 @@ class ClaraModel(nn.Module):
         For serving and indexing: training tiles or updates these weights. Skipped where the
         copy would pass `CLARA_PACK_GB` (default 2 GiB) or the CPU lacks AVX-512. Returns how
         many are packed."""
-        weights = [
-            m.base.weight
-            for m in self.lora_layers()
-            if type(m.base) is nn.Linear and m.base.weight.dtype == mx.float32
-        ]
+        weights = self._base_weights()
         budget = float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
         if not weights or sum(w.nbytes for w in weights) > budget:
             return 0
@@ -261,11 +257,20 @@ class ClaraModel(nn.Module):
             object.__setattr__(self, "_packed", holder)
         return holder.update(weights)
 
+    def _base_weights(self) -> list[mx.array]:
+        """The frozen float32 base weights of the adapter layers (what `pack_base_weights`
+        packs)."""
+        return [
+            m.base.weight
+            for m in self.lora_layers()
+            if type(m.base) is nn.Linear and m.base.weight.dtype == mx.float32
+        ]
+
     def set_query_precision(self, precision: str) -> str:
         """How the query adapter's products through the base weights run: "float32" (the
         default: exact, like the compressor's) or "bfloat16" (on CPUs with AMX tiles: the
         packed base weights get bfloat16 tiles beside their float32 panels, 2 bytes a weight
-        more, and only query encodings read them; measured here, 8 questions encode in 0.45x
+        more, and only query encodings read them; measured here, 8 questions encode in 0.56x
         the time, with the same held-out recall: BENCHMARKS.md). Returns the precision in
         effect: "float32" where bfloat16 cannot run (no AMX, weights not packed: call
         `pack_base_weights` first)."""
@@ -276,8 +281,7 @@ class ClaraModel(nn.Module):
         holder = self.__dict__.get("_packed")
         tiled = False
         if precision == "bfloat16" and holder is not None:
-            weights = [m.base.weight for m in self.lora_layers() if type(m.base) is nn.Linear]
-            tiled = _blas.add_base_tiles(weights) > 0
+            tiled = _blas.add_base_tiles(self._base_weights()) > 0
         object.__setattr__(self, "_query_tiles", tiled)
         return "bfloat16" if tiled else "float32"
 

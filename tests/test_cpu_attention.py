@@ -413,5 +413,5 @@ def test_rows_primitive_that_cannot_build_leaves_mlx_ops_with_the_reason(tmp_pat
     first, shape = out.stdout.strip().splitlines()
     if "thin-matmul kernel off" in first:
         pytest.skip("no thin-matmul library here either")
-    assert first.startswith("True |") and "decode attention primitive off (compiling" in first
+    assert first.startswith("True |") and "attention MLX ops off (compiling" in first
     assert shape == "(1, 2, 1, 16)"
