@@ -9,6 +9,9 @@ settings of each comparison so that both see the same machine:
   weights packed once (`ClaraModel.pack_base_weights`, what clara-serve and clara-index do)
   and without (OpenBLAS packing them on every product); and, on CPUs with AMX tiles, with
   the query adapter's base products in bfloat16 (`--query-precision bfloat16`, opt-in);
+  and query encodings and the compression of the five chunks with their attention through
+  clara's fused kernel as an MLX op (the default where clara/_mlx_attention.cpp builds) and
+  through MLX's ops (`CLARA_ROWS_ATTENTION=off`);
 - prefill of 1, 2, 4 and 8 memory prompts (`Decoder.add_many`, first token sampled) with each
   pass split into one part per CPU core (`clara.lanes`, the default) and as one batched pass
   (`CLARA_CPU_LANES=1`); and with every prompt row's attention through clara's fused kernel as
@@ -152,6 +155,22 @@ def main() -> None:
             finally:
                 cm.set_query_precision("float32")
 
+        # attention of compression and query encodings: MLX's ops, or the fused kernel as an
+        # MLX op (the default, where clara's extension builds)
+        for n in (1, 8):
+            a, b = side_by_side(
+                lambda n=n: timed(lambda: mx.eval(cm.encode_queries(questions[:n])), args.repeats),
+                lambda: env("CLARA_ROWS_ATTENTION", "off"), contextlib.nullcontext,
+            )  # fmt: skip
+            rows.append(
+                row(f"query encoding, {n} question(s)", "fused attention as an MLX op", a, b)
+            )
+        a, b = side_by_side(
+            lambda: timed(lambda: mx.eval(cm.compress(chunks)), max(3, args.repeats // 2)),
+            lambda: env("CLARA_ROWS_ATTENTION", "off"), contextlib.nullcontext,
+        )  # fmt: skip
+        rows.append(row(f"compression, {len(chunks)} chunks", "fused attention as an MLX op", a, b))
+
         for n in (1, 8) if _blas.amx else ():  # --query-precision bfloat16 (opt-in)
             a, b = side_by_side(
                 lambda n=n: timed(lambda: mx.eval(cm.encode_queries(questions[:n])), args.repeats),
@@ -260,7 +279,7 @@ def main() -> None:
         f"question, the chat template; the shared prefix from the prefix cache). 'before' is "
         "OpenBLAS packing the weights on every product, one batched prefill pass "
         "(CLARA_CPU_LANES=1), one product per q/k/v linear in decode steps (CLARA_FUSE=off), MLX's attention ops in "
-        "decode steps and prompts (CLARA_ROWS_ATTENTION=off), "
+        "decode steps, prompts, query encodings and compression (CLARA_ROWS_ATTENTION=off), "
         f"and the bare model reading its float32 base weights for a text prompt of "
         f"{text[0].positions} positions (CLARA_MERGE_GB=0) in chunks of 512 rows where it "
         "says so (both through MLX's attention) and through MLX's attention from position 512 "

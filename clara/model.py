@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_causal_mask
 
-from clara import _blas, lanes
+from clara import _blas, attention, lanes
 from clara.errors import ClaraError
 from clara.loader import BaseModel
 from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
@@ -408,7 +408,9 @@ class ClaraModel(nn.Module):
             lambda b=b: self.encode_tokens([ids[i] for i in b], adapter).memory for b in batches
         ]
         out: list[mx.array | None] = [None] * len(ids)
-        for batch, mem in zip(batches, lanes.run(passes, width)):
+        with attention.encoder_passes():
+            results = lanes.run(passes, width)
+        for batch, mem in zip(batches, results):
             for j, i in enumerate(batch):
                 out[i] = mem[j]
         return mx.stack(out)

@@ -415,3 +415,40 @@ def test_rows_primitive_that_cannot_build_leaves_mlx_ops_with_the_reason(tmp_pat
         pytest.skip("no thin-matmul library here either")
     assert first.startswith("True |") and "attention MLX ops off (compiling" in first
     assert shape == "(1, 2, 1, 16)"
+
+
+def test_compression_and_query_encodings_take_the_op_to_rounding(monkeypatch):
+    """The default model's compressor and query adapter (`ClaraModel.compress`,
+    `encode_queries`): every layer's attention is the fused kernel as an MLX op, the memories
+    and query encodings are MLX's ops' to float rounding and rank the documents the same, a
+    chunk gets the same bits alone or side by side in the CPU's lanes, and
+    `CLARA_ROWS_ATTENTION=off` gives MLX's ops back."""
+    _rows_ext()
+    from pydoc_data.topics import topics
+
+    from clara.checkpoint import load_clara
+    from clara.retrieval import flatten_normalize
+
+    cm = load_clara("smollm2-135m")
+    docs = [topics[n] for n in ("assert", "while", "for", "import", "try")]
+    questions = ["What does the assert statement do?", "How does a for loop end?"]
+    calls = []
+    real = A.fused
+    monkeypatch.setattr(A, "fused", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    memories = np.array(cm.compress(docs))
+    assert len(calls) == 30 * len(docs)  # batch 1 on the CPU: a pass per chunk
+    queries = np.array(cm.encode_queries(questions))
+    assert len(calls) == 30 * (len(docs) + 1)  # both questions in one pass
+    monkeypatch.setenv("CLARA_CPU_LANES", "1")
+    assert np.array_equal(np.array(cm.compress(docs)), memories)  # lanes: the same bits
+    monkeypatch.setenv("CLARA_ROWS_ATTENTION", "off")
+    calls.clear()
+    mlx_memories = np.array(cm.compress(docs))
+    mlx_queries = np.array(cm.encode_queries(questions))
+    assert not calls
+    for got, want in ((memories, mlx_memories), (queries, mlx_queries)):
+        assert not np.array_equal(got, want)
+        assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()
+    scores = flatten_normalize(queries) @ flatten_normalize(memories).T
+    want = flatten_normalize(mlx_queries) @ flatten_normalize(mlx_memories).T
+    assert (scores.argsort(axis=1) == want.argsort(axis=1)).all()
