@@ -159,7 +159,7 @@ def encoder_passes() -> Iterator[None]:
     (clara/_mlx_attention.cpp). Float32 throughout, the same sums in another order: the
     memories differ from MLX's ops by rounding (~3e-6 of their largest value). Without the
     extension MLX's ops stay, as the NumPy route's waits would cost what it saves at these
-    lengths. Compression of 256-token chunks took 0.86x the time (bench/bench_indexing.py)."""
+    lengths. Five 256-token chunks compressed in 0.88x the time (bench/bench_burst.py)."""
     if _ext() is None:
         yield
         return
