@@ -189,6 +189,53 @@ def test_joint_corpus_negatives_rank_gold_against_every_document(cm):
     assert np.isfinite(loss.item()) and any(".lora_query." in k for k in grads)
 
 
+def test_joint_train_compressor_shapes_memories_through_both_losses(cm):
+    """--train-compressor: the step's candidates are compressed with gradients, so the
+    retrieval loss and the generator's reach the compressor; in eval mode (no dropout) the
+    fresh memories score exactly as the ones compressed before training."""
+    with pytest.raises(ClaraError, match="retrieval-weight"):
+        make_stage("joint", cm, StageConfig(query_only=True, train_compressor=True))
+    records = [
+        QARecord("Capital of France?", DOCS[:2], ["Paris"], [1]),
+        QARecord("When does the train leave?", DOCS[2:], ["At seven"], [0]),
+    ]
+    norm = {"tokens": 3, "docs": 0, "queries": 2}
+    cm.eval()
+    nce = {}
+    for fresh in (False, True):
+        config = StageConfig(retrieval_weight=1.0, corpus_negatives=True, train_compressor=fresh,
+                             retrieval_score="maxsim", keep_query=True)  # fmt: skip
+        stage = make_stage("joint", cm, config)
+        examples = stage.build(records)
+        stage.prepare(examples)
+        nce[fresh] = stage.loss(examples, norm)[1]["nce"].item()
+    assert stage.adapters == ("query", "generator", "compressor")
+    assert nce[True] == pytest.approx(nce[False], rel=1e-4) and nce[True] > 0
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    loss, grads = _grads(stage, examples)
+    assert np.isfinite(loss.item())
+    for name in ("query", "generator", "compressor"):
+        assert any(f".lora_{name}." in k and float(mx.abs(v).max()) > 0 for k, v in grads.items())
+    # retrieval alone (--query-only): the compressor still learns from it
+    config = StageConfig(query_only=True, retrieval_weight=1.0, train_compressor=True)
+    stage = make_stage("joint", cm, config)
+    examples = stage.build(records)
+    stage.prepare(examples)
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    grads = _grads(stage, examples)[1]
+    assert stage.adapters == ("query", "compressor")
+    assert any(".lora_compressor." in k and float(mx.abs(v).max()) > 0 for k, v in grads.items())
+
+
+def test_joint_keep_query_continues_the_loaded_query_adapter(cm):
+    q = cm.lora_layers()[0]
+    for keep in (False, True):
+        q.lora_query["b"] = mx.ones_like(q.lora_query["b"])
+        make_stage("joint", cm, StageConfig(keep_query=keep)).initialize(cm, seed=0)
+        same = mx.array_equal(q.lora_query["b"], cm.lora_layers()[0].lora_compressor["b"])
+        assert bool(mx.all(q.lora_query["b"] == 1).item()) == keep and bool(same) != keep
+
+
 def test_joint_retrieval_loss_is_optional(cm):
     stage = make_stage("joint", cm)
     examples = stage.build([QARecord("Capital of France?", DOCS, ["Paris"], [1])])

@@ -192,6 +192,22 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
             "not in the paper)",
         )
         s.add_argument(
+            "--keep-query",
+            action="store_true",
+            help="continue the --init-from query adapter instead of starting it as a copy of "
+            "the compressor (the paper's start; --query-only always continues it)",
+        )
+        s.add_argument(
+            "--train-compressor",
+            action="store_true",
+            help="train the compressor too: each step compresses its questions' candidate "
+            "documents with gradients (instead of once, frozen, before training), so the "
+            "retrieval loss (and the generator's, unless --query-only) shapes the memories; "
+            "with --corpus-negatives the rest of the data is ranked from memories compressed "
+            "before training. Slow: every candidate is a compressor pass with a backward "
+            "(not in the paper)",
+        )
+        s.add_argument(
             "--retrieval-score",
             choices=("flat", "maxsim"),
             default="flat",
@@ -276,6 +292,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         keep_generator=getattr(args, "keep_generator", False),
         query_only=getattr(args, "query_only", False),
         corpus_negatives=getattr(args, "corpus_negatives", False),
+        train_compressor=getattr(args, "train_compressor", False),
+        keep_query=getattr(args, "keep_query", False),
         retrieval_score=getattr(args, "retrieval_score", "flat"),
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
     )

@@ -58,6 +58,8 @@ class StageConfig:
     keep_generator: bool = False  # stage 2 continues the loaded generator (paper: re-initialise)
     query_only: bool = False  # stage 3 trains the loaded query adapter on the retrieval loss alone
     corpus_negatives: bool = False  # the retrieval loss ranks every document of the data
+    train_compressor: bool = False  # stage 3 compresses its candidates with gradients
+    keep_query: bool = False  # stage 3 continues the loaded query adapter
     retrieval_score: str = "flat"  # how the query scores documents: flat cosine or maxsim
 
 
@@ -204,7 +206,8 @@ class InstructStage(CompressionStage):
 
 
 class JointStage(Stage):
-    """Stage 3: query + generator through the differentiable top-k; compressor frozen."""
+    """Stage 3: query + generator through the differentiable top-k; compressor frozen (or,
+    with `train_compressor`, trained too on the candidates it compresses each step)."""
 
     name = "joint"
     adapters = ("query", "generator")
@@ -218,6 +221,10 @@ class JointStage(Stage):
                 raise ClaraError("joint --query-only trains on the retrieval loss: give "
                                  "--retrieval-weight > 0")  # fmt: skip
             self.adapters = ("query",)
+        if self.config.train_compressor:
+            if not self.config.retrieval_weight and self.config.query_only:
+                raise ClaraError("joint --train-compressor needs a loss: give --retrieval-weight")
+            self.adapters = (*self.adapters, "compressor")
         if self.config.corpus_negatives and not self.config.retrieval_weight:
             raise ClaraError("joint --corpus-negatives shapes the retrieval loss: give "
                              "--retrieval-weight > 0")  # fmt: skip
@@ -226,6 +233,7 @@ class JointStage(Stage):
         self.doc_texts: list[str] = []
         self.doc_memory: mx.array | None = None  # (U, n_mem, d), computed once in prepare()
         self._corpus: mx.array | None = None  # (U, n_mem*d) unit rows, for corpus negatives
+        self.doc_tokens: list[list[int]] = []  # compressor inputs (train_compressor)
 
     def build(self, records: Sequence[QARecord]) -> list[Example]:
         table: dict[str, int] = {t: i for i, t in enumerate(self.doc_texts)}
@@ -240,7 +248,7 @@ class JointStage(Stage):
         return out
 
     def initialize(self, cm, seed):
-        if not self.config.query_only:  # query-only continues the loaded query adapter
+        if not (self.config.query_only or self.config.keep_query):  # else: continue the loaded one
             copy_adapter(cm, "compressor", "query")
 
     def prepare(self, examples, progress=None, batch_size: int = 32):
@@ -258,6 +266,8 @@ class JointStage(Stage):
             mx.eval(mem)
             chunks.append(mem)
         self.doc_memory = mx.concatenate(chunks, axis=0) if chunks else None
+        if self.config.train_compressor:
+            self.doc_tokens = [ids or [cm.tokenizer.eos_token_id] for ids in cm.tokenize(texts)]
         self._corpus = None
         if self.doc_memory is not None and self.config.corpus_negatives:
             mem = self.doc_memory.astype(mx.float32)
@@ -284,7 +294,14 @@ class JointStage(Stage):
         for b, e in enumerate(examples):
             idx[b, : len(e.cands)] = e.cands
             valid[b, : len(e.cands)] = True
-        docs = mx.stop_gradient(mx.take(self.doc_memory, mx.array(idx), axis=0))  # (B,N,n_mem,d)
+        if cfg.train_compressor:  # this step's candidates, compressed with gradients
+            rows = sorted({c for e in examples for c in e.cands})
+            at = {c: i for i, c in enumerate(rows)}
+            fresh = cm.encode_tokens([self.doc_tokens[c] for c in rows], "compressor").memory
+            local = np.vectorize(at.get)(np.where(valid, idx, rows[0]))
+            docs = mx.take(fresh, mx.array(local), axis=0)  # (B, N, n_mem, d)
+        else:
+            docs = mx.stop_gradient(mx.take(self.doc_memory, mx.array(idx), axis=0))
         flat = docs.reshape(B, N, -1).astype(mx.float32)  # (B, N, n_mem*d)
         if cfg.retrieval_score == "maxsim":
             qf = unit(q.astype(mx.float32))  # (B, n_mem, d) unit vectors
@@ -323,6 +340,18 @@ class JointStage(Stage):
             every = maxsim_scores(qf, self._corpus)  # (B, U), inputs unit already
         else:
             every = qf @ self._corpus.T  # (B, U) cosine against every document
+        if self.config.train_compressor:
+            # the candidates as compressed this step (with gradients), then every other
+            # document of the data as compressed before training
+            own = np.zeros(every.shape, bool)
+            for b, e in enumerate(examples):
+                own[b, e.cands] = True
+            every = mx.where(mx.array(own), -1e4, every)
+            pos = np.zeros((len(examples), N + every.shape[1]), bool)
+            for b, e in enumerate(examples):
+                pos[b, e.pos] = True
+            logits = mx.concatenate([scores, every], axis=-1) / self.config.tau
+            return _nce_from_mask(logits, pos)
         gold = np.zeros(every.shape, bool)
         for b, e in enumerate(examples):
             gold[b, [e.cands[p] for p in e.pos]] = True

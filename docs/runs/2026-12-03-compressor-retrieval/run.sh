@@ -1,0 +1,22 @@
+#!/bin/bash
+# "A compressor trained with the retrieval loss" in docs/TRAINING_RUNS.md, from the checkout's
+# root:   bash docs/runs/2026-12-03-compressor-retrieval/run.sh   # -> runs/cretr/joint/final
+# The recipe's third stage continued from the shipped adapters with the compressor trained
+# too (`--train-compressor`): every training question with its document and 3 TF-IDF
+# neighbours, compressed with gradients each step; the query ranks them and every other
+# training document (`--corpus-negatives`, memories from before training) by MaxSim; the
+# generator reads the top 3 (its loss reaches the compressor through them). Rerunning resumes.
+set -e
+cd "$(dirname "$0")/../../.."
+out=runs/cretr
+[ -f $out/joint.jsonl ] || .venv/bin/python docs/runs/2026-12-03-compressor-retrieval/data.py $out 4
+[ -f $out/init/adapters.safetensors ] || .venv/bin/python -c "
+from pathlib import Path
+from training.default_recipe import PACKAGED, float32_copy
+float32_copy(PACKAGED, Path('$out/init'))"
+resume=""; ls $out/joint/step-* >/dev/null 2>&1 && resume="--resume"
+exec .venv/bin/python -m training.cli joint --data $out/joint.jsonl --out $out/joint \
+  --init-from $out/init --keep-query --train-compressor --retrieval-weight ${RW:-1} --retrieval-score maxsim \
+  --corpus-negatives --top-k 3 --max-steps ${STEPS:-150} --lr ${LR:-1e-4} --batch-size 2 \
+  --pass-size 1 --log-every 5 --save-every 10 --dtype float32 --seed ${SEED:-1} --ranks 2 \
+  ${STOP:+--stop-after $STOP} $resume
