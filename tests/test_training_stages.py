@@ -10,6 +10,7 @@ from mlx.utils import tree_flatten
 from clara.errors import ClaraError
 from clara.model import ClaraConfig, ClaraModel
 from clara.prompt import memory_prompt
+from clara.retrieval import unit
 from training.batches import (
     SEP,
     TEXT,
@@ -211,6 +212,16 @@ def test_joint_train_compressor_shapes_memories_through_both_losses(cm):
         nce[fresh] = stage.loss(examples, norm)[1]["nce"].item()
     assert stage.adapters == ("query", "generator", "compressor")
     assert nce[True] == pytest.approx(nce[False], rel=1e-4) and nce[True] > 0
+    # the step's memories go into the corpus memories before the next step (a memory bank)
+    before = np.array(stage._corpus)
+    for layer in cm.lora_layers():  # another compressor: its memories differ
+        layer.lora_compressor["b"] = mx.full(layer.lora_compressor["b"].shape, 0.02)
+    stage.loss(examples, norm)
+    stage.loss(examples, norm)
+    mem = cm.encode_tokens([stage.doc_tokens[i] for i in range(4)], "compressor").memory
+    after = np.array(stage._corpus)
+    assert not np.allclose(after, before, atol=1e-3)
+    np.testing.assert_allclose(after, np.array(unit(mem.astype(mx.float32))), atol=1e-4)
     set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
     loss, grads = _grads(stage, examples)
     assert np.isfinite(loss.item())

@@ -234,6 +234,7 @@ class JointStage(Stage):
         self.doc_memory: mx.array | None = None  # (U, n_mem, d), computed once in prepare()
         self._corpus: mx.array | None = None  # (U, n_mem*d) unit rows, for corpus negatives
         self.doc_tokens: list[list[int]] = []  # compressor inputs (train_compressor)
+        self._pending: tuple[mx.array, mx.array] | None = None  # rows for the corpus memories
 
     def build(self, records: Sequence[QARecord]) -> list[Example]:
         table: dict[str, int] = {t: i for i, t in enumerate(self.doc_texts)}
@@ -266,6 +267,7 @@ class JointStage(Stage):
             mx.eval(mem)
             chunks.append(mem)
         self.doc_memory = mx.concatenate(chunks, axis=0) if chunks else None
+        self._pending = None
         if self.config.train_compressor:
             self.doc_tokens = [ids or [cm.tokenizer.eos_token_id] for ids in cm.tokenize(texts)]
         self._corpus = None
@@ -298,6 +300,7 @@ class JointStage(Stage):
             rows = sorted({c for e in examples for c in e.cands})
             at = {c: i for i, c in enumerate(rows)}
             fresh = cm.encode_tokens([self.doc_tokens[c] for c in rows], "compressor").memory
+            self._refresh_corpus(rows, fresh)
             local = np.vectorize(at.get)(np.where(valid, idx, rows[0]))
             docs = mx.take(fresh, mx.array(local), axis=0)  # (B, N, n_mem, d)
         else:
@@ -330,6 +333,21 @@ class JointStage(Stage):
             loss = loss + cfg.retrieval_weight * nce / max(norm["queries"], 1)
             aux["nce"] = nce
         return loss, aux
+
+    def _refresh_corpus(self, rows: list[int], fresh: mx.array) -> None:
+        """With corpus negatives, the step's candidates as compressed now replace their rows of
+        the corpus memories at the next step (a memory bank): otherwise every other document
+        stays as compressed before training, and the loss could be lowered by making anything
+        the current compressor writes score above anything the old one wrote."""
+        if self._corpus is None:
+            return
+        if self._pending is not None:
+            at, mem = self._pending
+            self._corpus[at] = mem
+        mem = mx.stop_gradient(fresh).astype(mx.float32)
+        if self.config.retrieval_score != "maxsim":
+            mem = mem.reshape(mem.shape[0], -1)
+        self._pending = (mx.array(rows), unit(mem))
 
     def _retrieval_nce(self, scores, qf, examples, N) -> mx.array:
         """The InfoNCE sum over each question's candidates, or with `corpus_negatives` over
