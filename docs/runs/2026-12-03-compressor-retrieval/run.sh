@@ -4,8 +4,11 @@
 # The recipe's third stage continued from the shipped adapters with the compressor trained
 # too (`--train-compressor`): every training question with its document and 3 TF-IDF
 # neighbours, compressed with gradients each step; the query ranks them and every other
-# training document (`--corpus-negatives`, memories from before training) by MaxSim; the
-# generator reads the top 3 (its loss reaches the compressor through them). Rerunning resumes.
+# training document (`--corpus-negatives`: memories compressed when the stage starts, each
+# step's candidates written back as it compresses them) by MaxSim; the generator reads the top
+# 3 (its loss reaches the compressor through them). Rerunning resumes. The recorded run
+# (2026-12-03) wrote nothing back for its first 50 steps (the code then); it was resumed from
+# step 50 with the write-back, which also recompressed the corpus with the step-50 compressor.
 set -e
 cd "$(dirname "$0")/../../.."
 out=runs/cretr
