@@ -212,7 +212,7 @@ def test_joint_train_compressor_shapes_memories_through_both_losses(cm):
         nce[fresh] = stage.loss(examples, norm)[1]["nce"].item()
     assert stage.adapters == ("query", "generator", "compressor")
     assert nce[True] == pytest.approx(nce[False], rel=1e-4) and nce[True] > 0
-    # the step's memories go into the corpus memories before the next step (a memory bank)
+    # the step's memories go into the corpus memories (a memory bank)
     before = np.array(stage._corpus)
     for layer in cm.lora_layers():  # another compressor: its memories differ
         layer.lora_compressor["b"] = mx.full(layer.lora_compressor["b"].shape, 0.02)

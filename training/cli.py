@@ -203,9 +203,9 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
             help="train the compressor too: each step compresses its questions' candidate "
             "documents with gradients (instead of once, frozen, before training), so the "
             "retrieval loss (and the generator's, unless --query-only) shapes the memories; "
-            "with --corpus-negatives the rest of the data is ranked from memories compressed "
-            "before training. Slow: every candidate is a compressor pass with a backward "
-            "(not in the paper)",
+            "with --corpus-negatives the rest of the data is ranked from a memory bank, "
+            "compressed when the stage starts and updated with each step's memories. Slow: "
+            "every candidate is a compressor pass with a backward (not in the paper)",
         )
         s.add_argument(
             "--retrieval-score",

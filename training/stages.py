@@ -133,14 +133,15 @@ class Stage:
     ) -> tuple[mx.array, dict[str, mx.array]]:
         raise NotImplementedError
 
+    def _tokenize_docs(self, docs: Sequence[str]) -> list[list[int]]:
+        """Compressor inputs (an empty document becomes EOS alone)."""
+        return [ids if ids else [self.cm.tokenizer.eos_token_id] for ids in self.cm.tokenize(docs)]
+
 
 class CompressionStage(Stage):
     """Stages 1 and 2: documents compressed WITH gradient, CE + mse_weight x MSE."""
 
     adapters = ("compressor", "generator")
-
-    def _tokenize_docs(self, docs: Sequence[str]) -> list[list[int]]:
-        return [ids if ids else [self.cm.tokenizer.eos_token_id] for ids in self.cm.tokenize(docs)]
 
     def loss(self, examples, norm):
         cm, cfg = self.cm, self.config
@@ -222,8 +223,6 @@ class JointStage(Stage):
                                  "--retrieval-weight > 0")  # fmt: skip
             self.adapters = ("query",)
         if self.config.train_compressor:
-            if not self.config.retrieval_weight and self.config.query_only:
-                raise ClaraError("joint --train-compressor needs a loss: give --retrieval-weight")
             self.adapters = (*self.adapters, "compressor")
         if self.config.corpus_negatives and not self.config.retrieval_weight:
             raise ClaraError("joint --corpus-negatives shapes the retrieval loss: give "
@@ -234,7 +233,6 @@ class JointStage(Stage):
         self.doc_memory: mx.array | None = None  # (U, n_mem, d), computed once in prepare()
         self._corpus: mx.array | None = None  # (U, n_mem*d) unit rows, for corpus negatives
         self.doc_tokens: list[list[int]] = []  # compressor inputs (train_compressor)
-        self._pending: tuple[mx.array, mx.array] | None = None  # rows for the corpus memories
 
     def build(self, records: Sequence[QARecord]) -> list[Example]:
         table: dict[str, int] = {t: i for i, t in enumerate(self.doc_texts)}
@@ -267,9 +265,8 @@ class JointStage(Stage):
             mx.eval(mem)
             chunks.append(mem)
         self.doc_memory = mx.concatenate(chunks, axis=0) if chunks else None
-        self._pending = None
         if self.config.train_compressor:
-            self.doc_tokens = [ids or [cm.tokenizer.eos_token_id] for ids in cm.tokenize(texts)]
+            self.doc_tokens = self._tokenize_docs(texts)
         self._corpus = None
         if self.doc_memory is not None and self.config.corpus_negatives:
             mem = self.doc_memory.astype(mx.float32)
@@ -336,18 +333,16 @@ class JointStage(Stage):
 
     def _refresh_corpus(self, rows: list[int], fresh: mx.array) -> None:
         """With corpus negatives, the step's candidates as compressed now replace their rows of
-        the corpus memories at the next step (a memory bank): otherwise every other document
-        stays as compressed before training, and the loss could be lowered by making anything
-        the current compressor writes score above anything the old one wrote."""
+        the corpus memories (a memory bank; this step reads its own candidates fresh, with
+        gradients, and masks those rows): otherwise every other document stays as compressed
+        before training, and the loss could be lowered by making anything the current
+        compressor writes score above anything the old one wrote."""
         if self._corpus is None:
             return
-        if self._pending is not None:
-            at, mem = self._pending
-            self._corpus[at] = mem
         mem = mx.stop_gradient(fresh).astype(mx.float32)
         if self.config.retrieval_score != "maxsim":
             mem = mem.reshape(mem.shape[0], -1)
-        self._pending = (mx.array(rows), unit(mem))
+        self._corpus[mx.array(rows)] = unit(mem)
 
     def _retrieval_nce(self, scores, qf, examples, N) -> mx.array:
         """The InfoNCE sum over each question's candidates, or with `corpus_negatives` over
@@ -360,14 +355,13 @@ class JointStage(Stage):
             every = qf @ self._corpus.T  # (B, U) cosine against every document
         if self.config.train_compressor:
             # the candidates as compressed this step (with gradients), then every other
-            # document of the data as compressed before training
+            # document of the data from the memory bank (`_refresh_corpus`)
             own = np.zeros(every.shape, bool)
-            for b, e in enumerate(examples):
-                own[b, e.cands] = True
-            every = mx.where(mx.array(own), -1e4, every)
             pos = np.zeros((len(examples), N + every.shape[1]), bool)
             for b, e in enumerate(examples):
+                own[b, e.cands] = True
                 pos[b, e.pos] = True
+            every = mx.where(mx.array(own), -1e4, every)
             logits = mx.concatenate([scores, every], axis=-1) / self.config.tau
             return _nce_from_mask(logits, pos)
         gold = np.zeros(every.shape, bool)
