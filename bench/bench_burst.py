@@ -171,7 +171,7 @@ def main() -> None:
         )  # fmt: skip
         rows.append(row(f"compression, {len(chunks)} chunks", "fused attention as an MLX op", a, b))
 
-        for n in (1, 8) if _blas.amx else ():  # --query-precision bfloat16 (opt-in)
+        for n in (1, 8) if _blas.bf16 else ():  # --query-precision bfloat16 (opt-in)
             a, b = side_by_side(
                 lambda n=n: timed(lambda: mx.eval(cm.encode_queries(questions[:n])), args.repeats),
                 contextlib.nullcontext, query_bfloat16,

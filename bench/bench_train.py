@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         paths += [
             (f"after: + 1 example/pass, {n} BLAS thr", True, True, 1, n, False) for n in threads
         ]
-        if _blas.amx:
+        if _blas.bf16:
             paths += [
                 (f"after: + AMX bfloat16, {n} BLAS thr", True, True, 1, n, True) for n in threads
             ]
@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             got = data_parallel(args.steps, args.ranks, tmp)
             if got:
                 name = f"after, {args.ranks} data-parallel ranks (--ranks), 1 example/pass"
-                name += ", AMX bfloat16" if _blas.amx else ""
-                paths.append((name, True, True, 1, None, _blas.amx))
+                name += ", AMX bfloat16" if _blas.bf16 else ""
+                paths.append((name, True, True, 1, None, _blas.bf16))
                 stats[name] = got
         base = sum(stats["before"]["work"]) / sum(stats["before"]["s"])
         rows = []
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         noise = "after, float32, other dropout masks"
         runs = [("before", False, None, False), (noise, True, 1, False)]
         runs += [("after, float32", True, 1, False)]
-        if _blas.amx:
+        if _blas.bf16:
             runs.append(("after, AMX bfloat16", True, 1, True))
         losses = {}
         for name, fast, size, amx in runs:
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         pairs = [(b, "before") for b, *_ in runs[2:]]
         pairs.append((noise, "after, float32"))  # how far dropout noise alone moves the curve
-        if _blas.amx:
+        if _blas.bf16:
             pairs.append(("after, AMX bfloat16", "after, float32"))  # bfloat16 alone
         for this, that in pairs:
             a, b = losses[that], losses[this]

@@ -10,12 +10,14 @@ into the cache directory and loaded ahead of OpenBLAS, takes those thin products
 `CLARA_THIN_ROWS` rows, default 16) and hands everything else to OpenBLAS. `CLARA_THIN=off`
 leaves every product to OpenBLAS (the benchmarks compare the two).
 
-On x86 CPUs with AMX tiles (Intel Sapphire Rapids and later), the same library runs the
-products against the generator's decode-only weights (prefill and decode; never the base
-weights the compressor and query adapters read) on the tile unit in bfloat16 with float32
-sums, from bfloat16 copies packed when the float16 decode copies are made. `CLARA_AMX=off`
-keeps float32 prefill and the float16 decode kernel; `CLARA_AMX_ROWS=N` puts only products
-of N rows or more on the tiles.
+On x86 CPUs with bfloat16 instructions, the same library runs the products against the
+generator's decode-only weights (prefill and decode; never the base weights the compressor
+and query adapters read) in bfloat16 with float32 sums, from bfloat16 copies packed when the
+float16 decode copies are made: on the AMX tile unit (Intel Sapphire Rapids and later), else
+with AVX-512 BF16 (AMD Zen 4 and 5, Intel Cooper Lake). `CLARA_BF16=off` keeps float32
+prefill and the float16 decode kernel, `CLARA_BF16=avx512` skips the tiles (`CLARA_AMX=off`
+is the older name of `off`); `CLARA_BF16_ROWS=N` puts only products of N rows or more in
+bfloat16.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ thin: str | None = None
 thin_reason: str | None = None
 _thin: ctypes.CDLL | None = None
 _thin_threads: int | None = None
-#: True when products against decode copies run on AMX tiles; `amx_reason` says why not.
-amx = False
-amx_reason: str | None = None
+#: True when products against decode copies run in bfloat16 (`bf16_engine`: on AMX tiles or
+#: in AVX-512 BF16 registers); `bf16_reason` says why not.
+bf16 = False
+bf16_engine: str | None = None
+bf16_reason: str | None = None
+ENGINES = {1: "AMX tiles", 2: "AVX-512 BF16"}
 THIN_SOURCE = Path(__file__).with_name("_thinmm.c")
 #: Built into the same library: fused attention for prompt passes (clara/attention.py)
 SOURCES = (THIN_SOURCE, Path(__file__).with_name("_attention.c"))
@@ -97,11 +102,18 @@ def build_cached(cmd: list[str], target: Path, what: str, timeout: int = 120) ->
     return None
 
 
+#: This CPU's instructions, generic scheduling: tuned for AMD Zen (-mtune=znver4/5, what
+#: -march=native implies there), GCC splits fused multiply-adds in loop-carried chains into a
+#: multiply and an add, in some unrollings and not others, so a row's products got other bits
+#: in a batch than alone (caught by tests/test_thinmm.py on a Zen 5 CPU).
+NATIVE = ("-march=native", "-mtune=generic")
+
+
 def _build_thin() -> Path | None:
     """The compiled thin-matmul library (built on first use, cached by source and CPU)."""
     global thin_reason
     source = b"".join(path.read_bytes() for path in SOURCES)
-    key = hashlib.sha256(source + _cpu_tag().encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + f"{_cpu_tag()} {NATIVE}".encode()).hexdigest()[:16]
     target = lib_cache() / f"thinmm-{key}.so"
     if target.exists():
         return target
@@ -109,7 +121,7 @@ def _build_thin() -> Path | None:
     if cc is None:
         thin_reason = "no C compiler (install gcc for faster decoding)"
         return None
-    cmd = [cc, "-O3", "-march=native", "-pthread", "-shared", "-fPIC", *map(str, SOURCES), "-lm"]
+    cmd = [cc, "-O3", *NATIVE, "-pthread", "-shared", "-fPIC", *map(str, SOURCES), "-lm"]
     thin_reason = build_cached(cmd, target, THIN_SOURCE.name)
     return target if thin_reason is None else None
 
@@ -129,19 +141,43 @@ def _load_thin() -> None:
         thin_reason = f"could not load {path}: {e}"
         return
     thin = str(path)
-    global amx, amx_reason
-    if _off("CLARA_AMX"):
-        amx_reason = "disabled by CLARA_AMX"
-    elif not _thin.clara_thinmm_amx_init():
-        amx_reason = "no AMX tiles on this CPU (or the kernel does not grant them)"
+    global bf16, bf16_engine, bf16_reason
+    choice = os.environ.get("CLARA_BF16", "").strip().lower()
+    if _off("CLARA_BF16") or _off("CLARA_AMX"):  # CLARA_AMX=off: the older name
+        bf16_reason = "disabled by " + ("CLARA_BF16" if _off("CLARA_BF16") else "CLARA_AMX")
     else:
-        amx = True
-        amx_rows = _env_int("CLARA_AMX_ROWS")  # fewest rows on the tiles (default 1: all)
-        if amx_rows is not None:
-            _thin.clara_thinmm_set_amx_rows(amx_rows)
+        mode = _thin.clara_thinmm_bf16_init(int(choice == "avx512"))
+        if mode:
+            bf16, bf16_engine = True, ENGINES[mode]
+            rows = _env_int("CLARA_BF16_ROWS") or _env_int("CLARA_AMX_ROWS")
+            if rows is not None:  # fewest rows a product needs (default 1: all)
+                _thin.clara_thinmm_set_bf16_rows(rows)
+        else:
+            bf16_reason = "no AMX tiles or AVX-512 BF16 on this CPU"
     rows = _env_int("CLARA_THIN_ROWS")
     if rows is not None:
         _thin.clara_thinmm_set_rows(rows)
+
+
+#: AVX-512 sets OpenBLAS's SkylakeX kernels need
+SKYLAKEX_FLAGS = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+
+
+def _openblas_core() -> None:
+    """Sets OPENBLAS_CORETYPE=SKYLAKEX on AMD CPUs with AVX-512 (Zen 4 and 5) unless it is
+    set. OpenBLAS releases that predate a CPU pick kernels by its family: Debian 12's 0.3.21
+    runs AVX2 Haswell kernels on Zen 5, whose sgemm took 1.25-1.3x the time of SkylakeX's on
+    a memory prompt's prefill here and, with two threads, gave other bits than with one (the
+    side-by-side compression test failed)."""
+    if "OPENBLAS_CORETYPE" in os.environ or platform.machine() != "x86_64":
+        return
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return
+    flags = next((ln.split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    if "AuthenticAMD" in info and all(f in flags for f in SKYLAKEX_FLAGS):
+        os.environ["OPENBLAS_CORETYPE"] = "SKYLAKEX"
 
 
 def enable() -> str | None:
@@ -161,6 +197,7 @@ def enable() -> str | None:
         reason = "mlx was imported before clara"
         return None
     names = (choice,) if choice else _CANDIDATES
+    _openblas_core()
     for name in names:
         try:
             ctypes.CDLL(name)  # found? (not global yet: the thin kernel must come first)
@@ -210,7 +247,7 @@ def describe() -> str:
     rows = _mlxext.describe()
     return (
         f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}, "
-        f"{'generator products AMX bfloat16, ' if amx else ''}{_jit.describe()}"
+        f"{f'generator products bfloat16 ({bf16_engine}), ' if bf16 else ''}{_jit.describe()}"
         f"{', ' + rows if rows else ''}"
     )
 
@@ -231,25 +268,25 @@ def set_thin_threads(n: int | None) -> None:
 
 @contextlib.contextmanager
 def float32_products():
-    """No AMX tiles inside the block: every product as without them (float32 prefill, the
+    """No bfloat16 products inside the block: every product as without them (float32 prefill, the
     float16 decode kernel), for comparisons with float32 references."""
-    if not amx:
+    if not bf16:
         yield
         return
-    _thin.clara_thinmm_use_amx(0)
+    _thin.clara_thinmm_use_bf16(0)
     try:
         yield
     finally:
-        _thin.clara_thinmm_use_amx(1)
+        _thin.clara_thinmm_use_bf16(1)
 
 
 @contextlib.contextmanager
 def bfloat16_base_products():
     """Inside the block, products against packed base weights that also have bfloat16 tiles
-    (`add_base_tiles`) run on the AMX tiles instead of their float32 panels: the query
+    (`add_base_tiles`) run in bfloat16 instead of on their float32 panels: the query
     encoder's `--query-precision bfloat16`. Everything the block queues must be evaluated
     inside it, and nothing else may be in flight (the caller synchronizes first)."""
-    if not amx:
+    if not bf16:
         yield
         return
     _thin.clara_thinmm_use_base_tiles(1)
@@ -261,8 +298,8 @@ def bfloat16_base_products():
 
 def add_base_tiles(weights) -> int:
     """bfloat16 tiles beside the float32 panels of weights already packed by a "f32pack"
-    `DecodeCopies` (CPUs with AMX only); returns how many have them."""
-    if not amx:
+    `DecodeCopies` (CPUs with bfloat16 products only); returns how many have them."""
+    if not bf16:
         return 0
     return sum(bool(_thin.clara_thinmm_add_tiles(ctypes.c_void_p(_address(w)))) for w in weights)
 
@@ -299,7 +336,7 @@ DECODE_THREADS: int | None = 1  # measured: batch 8 decodes 2x faster than with 
 
 # ---- compact copies of decode weights --------------------------------------------------
 DECODE_WEIGHTS = ("float16", "int8", "float32")
-_KINDS = {"float16": 1, "int8": 2, "amx": 3, "f32pack": 4}  # amx: bfloat16 tiles only
+_KINDS = {"float16": 1, "int8": 2, "bfloat16": 3, "f32pack": 4}  # bfloat16: the packed copy only
 # (training copies); f32pack: float32 panels (the compressor and query adapter: `packed`)
 _copy_refs: dict[tuple[int, int], list] = {}  # (address, kind) -> [float32 array (held), owners]
 
@@ -331,7 +368,7 @@ class DecodeCopies:
     the merged adapter weights and the output embedding. The thin kernel streams them instead
     of the float32 arrays; products and sums stay float32. One owner (a Decoder) updates its set
     as weights change; each float32 array is held while a copy of it lives, so its address
-    cannot be reused under a live entry. Kind "amx" (CPUs with AMX only): bfloat16 tiles of
+    cannot be reused under a live entry. Kind "bfloat16" (where `bf16`): the packed bfloat16 copy of
     frozen weights for a training step's products, forward and backward (`Trainer`). Kind
     "f32pack" (CPUs with AVX-512 only): the frozen float32 base weights packed once for the
     compressor's and query adapter's products (`ClaraModel.pack_base_weights`)."""
@@ -344,7 +381,7 @@ class DecodeCopies:
         """Own copies of exactly `weights` (2-D row-contiguous float32); returns how many."""
         import mlx.core as mx
 
-        if _thin is None or self.kind not in _KINDS or (self.kind == "amx" and not amx):
+        if _thin is None or self.kind not in _KINDS or (self.kind == "bfloat16" and not bf16):
             return 0
         if self.kind == "f32pack" and not _thin.clara_thinmm_f32p_available():
             return 0

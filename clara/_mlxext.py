@@ -55,7 +55,7 @@ def _build() -> Path | None:
         reason = "no C++ compiler (install g++)"
         return None
     cmd = [
-        cxx, "-O2", "-march=native", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden",
+        cxx, "-O2", *_blas.NATIVE, "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden",
         "-DNDEBUG", "-DNB_DOMAIN=mlx", f"-I{sysconfig.get_paths()['include']}", f"-I{nb_inc}",
         f"-I{nb_src.parent / 'ext' / 'robin_map' / 'include'}", f"-I{mlx_inc}",
         str(SOURCE), str(nb_src / "nb_combined.cpp"),

@@ -22,7 +22,7 @@
  * number of rows, so a sequence gets the same bits alone or in a batch. Measured here: 8
  * prompts prefill in 0.6x the time, 8 sequences decode 1.3x faster, held-out answers as good
  * (BENCHMARKS.md).
- * Built by clara/_blas.py with the machine's C compiler (-O3 -march=native -pthread).
+ * Built by clara/_blas.py with the machine's C compiler (-O3 -march=native -mtune=generic).
  */
 #include <math.h>
 #include <pthread.h>
@@ -391,57 +391,52 @@ static void f32p_gemm(int m, int n, int k, float alpha, const float *a, int lda,
 #endif
 int clara_thinmm_f32p_available(void) { return HAVE_F32P; }
 
-/* ---- AMX: bfloat16 tiles ------------------------------------------------------------------
+/* ---- bfloat16 products: AMX tiles or AVX-512 BF16 --------------------------------------
  * W (n x k, row-major) is packed as 16 x 32 tiles of B = W^T in the VNNI pair layout the tile
- * unit reads: for column block nb (16 outputs) and k block kb (32 inputs), a 1 KB tile whose
- * row i holds, for each of the 16 outputs j, W[16nb + j][32kb + 2i] and [32kb + 2i + 1].
- * A product takes 32 rows x 32 columns of c at a time (4 accumulator tiles, 2 of x, 2 of W),
- * or, with at most 16 rows (a decode step), 16 x 32 (2 accumulators, 1 of x, 2 of W). */
-#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
-    defined(__AVX512BF16__)
+ * unit reads: tile (nb, kb) holds W[16 nb + j][32 kb + 2 i + e] at [i][j][e]. For one block of
+ * 16 outputs the tiles follow each other in kb, so row p of the block (64 bytes) is the
+ * k-pair p of its 16 outputs: exactly what one AVX-512 BF16 dot product (vdpbf16ps) reads.
+ * The same packed copy therefore serves two engines: the AMX tile unit (Intel Sapphire Rapids
+ * and later) and, on CPUs with AVX-512 BF16 but no tiles (AMD Zen 4 and 5, Intel Cooper
+ * Lake), zmm registers. Either way x is rounded to bfloat16 and each output element sums its
+ * products in float32 in one fixed order whatever the number of rows: a row gets the same
+ * bits alone or in a batch. */
+#if defined(__x86_64__) && defined(__AVX512BF16__)
+#define HAVE_BF16 1
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define HAVE_AMX 1
 #include <sys/syscall.h>
-typedef struct {
-  unsigned char palette, start_row, reserved[14];
-  unsigned short colsb[16];
-  unsigned char rows[16];
-} __attribute__((packed)) tile_config;
+#else
+#define HAVE_AMX 0
+#endif
 
-static int amx_granted; /* the kernel gave this process the tile state */
-static int amx_on;      /* products use the tiles (clara_thinmm_use_amx) */
-static int amx_rows = 1; /* fewest rows a product needs to run on the tiles */
+static int bf16_mode;    /* 0: none, 1: AMX tiles, 2: AVX-512 BF16 (clara_thinmm_bf16_init) */
+static int bf16_on;      /* products run in bfloat16 (clara_thinmm_use_bf16) */
+static int bf16_rows = 1; /* fewest rows a product needs to run in bfloat16 */
 static int base_tiles;   /* packed base weights' tiles in use (clara_thinmm_use_base_tiles) */
-static __thread int amx_configured;
 
-void clara_thinmm_set_amx_rows(int rows) { amx_rows = rows; }
+void clara_thinmm_set_bf16_rows(int rows) { bf16_rows = rows; }
 
-int clara_thinmm_amx_init(void) {
-  /* the kernel must allow this process the tile state (Linux 5.16+: ARCH_REQ_XCOMP_PERM) */
-  if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return 0;
-  amx_granted = amx_on = 1;
-  return 1;
+/* The engine this CPU gets: 1 AMX tiles (the kernel must allow this process the tile state,
+ * Linux 5.16+: ARCH_REQ_XCOMP_PERM), else 2 AVX-512 BF16 (built with -march=native, so the
+ * CPU has it); `no_amx` skips the tiles. */
+int clara_thinmm_bf16_init(int no_amx) {
+#if HAVE_AMX
+  if (!no_amx && syscall(SYS_arch_prctl, 0x1023, 18) == 0) return bf16_on = bf16_mode = 1;
+#else
+  (void)no_amx;
+#endif
+  bf16_mode = 2;
+  return bf16_on = bf16_mode;
 }
 
-/* Products on the tiles (1) or not (0: float32, as without AMX); copies already packed stay. */
-void clara_thinmm_use_amx(int on) { amx_on = on && amx_granted; }
+/* Products in bfloat16 (1) or not (0: float32, as without it); copies already packed stay. */
+void clara_thinmm_use_bf16(int on) { bf16_on = on && bf16_mode; }
 
 /* Products against packed float32 base weights (KIND_F32P) that also have tiles
- * (clara_thinmm_add_tiles) run on the tiles (1) or on the float32 panels (0, the default).
+ * (clara_thinmm_add_tiles) run in bfloat16 (1) or on the float32 panels (0, the default).
  * The query encoder turns it on around its own passes only: the compressor's stay float32. */
 void clara_thinmm_use_base_tiles(int on) { base_tiles = on; }
-
-static void amx_configure(void) {
-  if (amx_configured) return;
-  tile_config cfg;
-  memset(&cfg, 0, sizeof cfg);
-  cfg.palette = 1;
-  for (int t = 0; t < 8; t++) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  _tile_loadconfig(&cfg);
-  amx_configured = 1;
-}
 
 static inline unsigned short to_bf16(float f) { /* round to nearest even */
   unsigned int u;
@@ -451,8 +446,8 @@ static inline unsigned short to_bf16(float f) { /* round to nearest even */
 }
 
 /* Tiles of the n_out x k_sum operand whose element (j, s) is w[j * ld_out + s * ld_sum]. */
-static void *amx_pack_strided(const float *w, int n, int k, size_t ld_out, size_t ld_sum) {
-  if (!amx_granted || n % 32 != 0 || k % 32 != 0) return NULL;
+static void *bf16_pack_strided(const float *w, int n, int k, size_t ld_out, size_t ld_sum) {
+  if (!bf16_mode || n % 32 != 0 || k % 32 != 0) return NULL;
   unsigned short *p = aligned_alloc(64, (size_t)n * k * 2);
   if (p == NULL) return NULL;
   int kbs = k / 32;
@@ -470,22 +465,114 @@ static void *amx_pack_strided(const float *w, int n, int k, size_t ld_out, size_
 }
 
 /* For x @ W^T (W: n x k): outputs are W's rows. */
-static void *amx_pack(const float *w, int n, int k) { return amx_pack_strided(w, n, k, k, 1); }
+static void *bf16_pack(const float *w, int n, int k) { return bf16_pack_strided(w, n, k, k, 1); }
 
 /* For g @ W (W: n x k; a training step's backward through a frozen linear layer): outputs
  * are W's columns, sums run over its rows. */
-static void *amx_pack_nn(const float *w, int n, int k) { return amx_pack_strided(w, k, n, 1, k); }
+static void *bf16_pack_nn(const float *w, int n, int k) {
+  return bf16_pack_strided(w, k, n, 1, k);
+}
 
 typedef struct {
   int m, n, k, ldc;
   float alpha;
-  const unsigned short *x; /* m rounded up to 16 (m <= 16) or 32 rows of k bfloat16s */
+  const unsigned short *x; /* m rows (AMX: rounded up to 16 or 32) of k bfloat16s */
   const unsigned short *w; /* packed */
   float *c;
-} amx_args;
+} bf16_args;
+
+static inline void put16(float *o, __m512 v, float alpha) {
+  _mm512_storeu_ps(o, alpha == 1.0f ? v : _mm512_mul_ps(_mm512_set1_ps(alpha), v));
+}
+
+/* AVX-512 BF16: MR rows of c times NB blocks of 32 columns. Each output is one chain of
+ * vdpbf16ps over the k-pairs in order (whatever MR and NB: the same bits in any batch); NB > 1
+ * gives few rows independent chains to overlap. */
+static inline __attribute__((always_inline)) void dp_tile(const bf16_args *p, int q0, int b0,
+                                                          const int MR, const int NB) {
+  __m512 acc[8][4];
+  const unsigned int *x = (const unsigned int *)(p->x + (size_t)q0 * p->k);
+  const __m512i *w = (const __m512i *)(p->w + (size_t)b0 * 32 * p->k);
+  size_t pairs = p->k / 2, xs = pairs, ws = (size_t)p->k; /* a 32-column block: 2 x k/2 rows */
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+    for (int j = 0; j < 2 * NB; j++) acc[r][j] = _mm512_setzero_ps();
+  for (size_t i = 0; i < pairs; i++) {
+    __m512i b[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 2 * NB; j++) /* block j/2, its 16 outputs j%2 */
+      b[j] = _mm512_load_si512(w + (size_t)(j >> 1) * ws + (size_t)(j & 1) * pairs + i);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+      __m512bh xb = (__m512bh)_mm512_set1_epi32((int)x[(size_t)r * xs + i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < 2 * NB; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], xb, (__m512bh)b[j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; r++)
+#pragma GCC unroll 4
+    for (int j = 0; j < 2 * NB; j++)
+      put16(p->c + (size_t)(q0 + r) * p->ldc + 32 * b0 + 16 * j, acc[r][j], p->alpha);
+}
+
+#define DP_ROWS(MR, NB) \
+  static void dp_##MR##_##NB(const bf16_args *p, int q0, int b0) { dp_tile(p, q0, b0, MR, NB); }
+DP_ROWS(1, 2)
+DP_ROWS(2, 2)
+DP_ROWS(3, 2)
+DP_ROWS(4, 2)
+DP_ROWS(5, 1)
+DP_ROWS(6, 1)
+DP_ROWS(7, 1)
+DP_ROWS(8, 1)
+DP_ROWS(1, 1)
+DP_ROWS(2, 1)
+DP_ROWS(3, 1)
+DP_ROWS(4, 1)
+typedef void (*dp_fn)(const bf16_args *, int, int);
+static const dp_fn dp_pairs[5] = {0, dp_1_2, dp_2_2, dp_3_2, dp_4_2};
+static const dp_fn dp_single[9] = {0, dp_1_1, dp_2_1, dp_3_1, dp_4_1,
+                                   dp_5_1, dp_6_1, dp_7_1, dp_8_1};
+
+/* Columns [32 b0, 32 b1) of c, every row: a block's weights are read from cache for each
+ * group of 8 rows after the first. */
+static void dp_blocks(const void *ctx, int b0, int b1) {
+  const bf16_args *p = ctx;
+  for (int b = b0; b < b1;) {
+    int pair = p->m <= 4 && b + 1 < b1;
+    for (int q = 0; q < p->m; q += 8) {
+      int mr = p->m - q < 8 ? p->m - q : 8;
+      (pair ? dp_pairs : dp_single)[mr](p, q, b);
+    }
+    b += pair ? 2 : 1;
+  }
+}
+
+#if HAVE_AMX
+typedef struct {
+  unsigned char palette, start_row, reserved[14];
+  unsigned short colsb[16];
+  unsigned char rows[16];
+} __attribute__((packed)) tile_config;
+static __thread int amx_configured;
+
+static void amx_configure(void) {
+  if (amx_configured) return;
+  tile_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int t = 0; t < 8; t++) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  amx_configured = 1;
+}
 
 /* Rows [q0, q0 + rows) of a 16 x 16 accumulator tile (stored in `spill`) into c at column c0. */
-static void amx_put(const amx_args *p, const float *spill, int q0, int rows, int c0) {
+static void amx_put(const bf16_args *p, const float *spill, int q0, int rows, int c0) {
   for (int q = 0; q < rows; q++) {
     float *o = p->c + (size_t)(q0 + q) * p->ldc + c0;
     if (p->alpha == 1.0f)
@@ -497,7 +584,7 @@ static void amx_put(const amx_args *p, const float *spill, int q0, int rows, int
 
 /* Columns [32 b0, 32 b1) of c, every row. */
 static void amx_blocks(const void *ctx, int b0, int b1) {
-  const amx_args *p = ctx;
+  const bf16_args *p = ctx;
   int k = p->k, kbs = k / 32;
   float spill[16 * 16];
   amx_configure();
@@ -550,15 +637,17 @@ static void amx_blocks(const void *ctx, int b0, int b1) {
     }
   }
 }
+#endif
 
 static __thread unsigned short *x_buf;
 static __thread size_t x_cap;
 
-/* c = alpha * a @ B through the tiles (B packed by amx_pack or amx_pack_nn); 0 when it
- * cannot (no memory). */
-static int amx_gemm(int m, int n, int k, float alpha, const float *a, int lda,
-                    const unsigned short *packed, float *c, int ldc) {
-  size_t rows = m <= 16 ? 16 : ((size_t)m + 31) / 32 * 32, need = rows * k;
+/* c = alpha * a @ B in bfloat16 (B packed by bf16_pack or bf16_pack_nn); 0 when it cannot (no
+ * memory). */
+static int bf16_gemm(int m, int n, int k, float alpha, const float *a, int lda,
+                     const unsigned short *packed, float *c, int ldc) {
+  size_t rows = bf16_mode == 1 ? (m <= 16 ? 16 : ((size_t)m + 31) / 32 * 32) : (size_t)m;
+  size_t need = rows * k;
   if (need > x_cap) {
     free(x_buf);
     x_buf = aligned_alloc(64, need * 2);
@@ -574,21 +663,31 @@ static int amx_gemm(int m, int n, int k, float alpha, const float *a, int lda,
     }
   }
   memset(x_buf + (size_t)m * k, 0, (rows - m) * k * 2);
-  amx_args p = {m, n, k, ldc, alpha, x_buf, packed, c};
-  parallel_blocks(amx_blocks, &p, n / 32, 1);
+  bf16_args p = {m, n, k, ldc, alpha, x_buf, packed, c};
+#if HAVE_AMX
+  if (bf16_mode == 1) {
+    parallel_blocks(amx_blocks, &p, n / 32, 1);
+    return 1;
+  }
+#endif
+  parallel_blocks(dp_blocks, &p, n / 32, (size_t)n * k * (m < 8 ? m : 8) >= 65536);
   return 1;
 }
 #else
+#define HAVE_BF16 0
 #define HAVE_AMX 0
 void clara_thinmm_use_base_tiles(int on) { (void)on; }
-int clara_thinmm_amx_init(void) { return 0; }
-void clara_thinmm_set_amx_rows(int rows) { (void)rows; }
-void clara_thinmm_use_amx(int on) { (void)on; }
-static void *amx_pack(const float *w, int n, int k) {
+int clara_thinmm_bf16_init(int no_amx) {
+  (void)no_amx;
+  return 0;
+}
+void clara_thinmm_set_bf16_rows(int rows) { (void)rows; }
+void clara_thinmm_use_bf16(int on) { (void)on; }
+static void *bf16_pack(const float *w, int n, int k) {
   (void)w, (void)n, (void)k;
   return NULL;
 }
-static void *amx_pack_nn(const float *w, int n, int k) {
+static void *bf16_pack_nn(const float *w, int n, int k) {
   (void)w, (void)n, (void)k;
   return NULL;
 }
@@ -671,8 +770,8 @@ int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
   if (kind == KIND_F32P) {
     if (n % 32 != 0 || (data = f32p_pack(w, n, k)) == NULL) goto done;
   } else if (kind == KIND_AMX) {
-    packed = amx_pack(w, n, k);
-    packed_nn = amx_pack_nn(w, n, k);
+    packed = bf16_pack(w, n, k);
+    packed_nn = bf16_pack_nn(w, n, k);
     if (packed == NULL || packed_nn == NULL) {
       free(packed);
       free(packed_nn);
@@ -681,7 +780,7 @@ int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
   } else {
     data = make_copy(w, n, k, kind, &scale);
     if (data == NULL) goto done;
-    packed = kind == KIND_F16 ? amx_pack(w, n, k) : NULL;
+    packed = kind == KIND_F16 ? bf16_pack(w, n, k) : NULL;
   }
   if (slot < 0) slot = used;
   table[slot].n = n;
@@ -725,7 +824,7 @@ int clara_thinmm_add_tiles(const float *w) {
   for (int i = 0; i < used; i++)
     if (table[i].w == w && table[i].kind == KIND_F32P) {
       if (table[i].packed == NULL) {
-        void *tiles = amx_pack(w, table[i].n, table[i].k);
+        void *tiles = bf16_pack(w, table[i].n, table[i].k);
         __atomic_store_n(&table[i].packed, tiles, __ATOMIC_SEQ_CST);
       }
       ok = table[i].packed != NULL;
@@ -757,11 +856,11 @@ static const copy_entry *find_copy(const float *w, int n, int k, int ldw) {
 void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
                  const float *a, int lda, const float *b, int ldb, float beta, float *c,
                  int ldc) {
-#if HAVE_AMX
+#if HAVE_BF16
   /* x @ W^T reads W as n x k (tiles `packed`); g @ W, the backward, reads W as k x n
    * (`packed_nn`): either way a registered weight of n_w x k_w. */
   int nt = trans_b == TRANS;
-  if (amx_on && m >= amx_rows && order == ROW_MAJOR && trans_a == NO_TRANS &&
+  if (bf16_on && m >= bf16_rows && order == ROW_MAJOR && trans_a == NO_TRANS &&
       (nt || trans_b == NO_TRANS) && beta == 0.0f && k % 32 == 0 && n % 32 == 0 &&
       ldb == (nt ? k : n)) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
@@ -769,7 +868,7 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     const void *tiles = e == NULL ? NULL : nt ? e->packed : e->packed_nn;
     if (e != NULL && e->kind == KIND_F32P && !base_tiles) tiles = NULL; /* float32 panels */
     int done = tiles != NULL &&
-               amx_gemm(m, n, k, alpha, a, lda, (const unsigned short *)tiles, c, ldc);
+               bf16_gemm(m, n, k, alpha, a, lda, (const unsigned short *)tiles, c, ldc);
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
     if (done) return;
   }

@@ -20,6 +20,25 @@ from clara import _jit
 from clara import attention as A
 
 
+def _openblas_thread_invariant() -> bool:
+    """Whether OpenBLAS's float32 products give the same bits on one thread and two: true of
+    its AVX-512 kernels, not of the AVX2 ones on a Zen 5 CPU (OPENBLAS_CORETYPE=Haswell)."""
+    from clara import _blas
+
+    rng = np.random.default_rng(0)
+    x = mx.array(rng.standard_normal((40, 576)).astype(np.float32))
+    a = mx.array(rng.standard_normal((576, 24)).astype(np.float32))  # a LoRA A: x @ A
+    before = _blas.current_threads()[0]
+    try:
+        out = []
+        for n in (1, 2):
+            _blas.set_threads(n)
+            out.append(np.array(x @ a))
+    finally:
+        _blas.set_threads(before)
+    return np.array_equal(*out)
+
+
 def _qkv(B, H, Hk, T, S, D=16, dtype=mx.float32, seed=0):
     rng = np.random.default_rng(seed)
     q = mx.array(rng.normal(size=(B, H, T, D)).astype(np.float32)).astype(dtype)
@@ -430,6 +449,7 @@ def test_compression_and_query_encodings_take_the_op_to_rounding(monkeypatch):
     from clara.retrieval import flatten_normalize
 
     cm = load_clara("smollm2-135m")
+    cm.pack_base_weights()  # as the services and clara-index do
     docs = [topics[n] for n in ("assert", "while", "for", "import", "try")]
     questions = ["What does the assert statement do?", "How does a for loop end?"]
     calls = []
@@ -440,7 +460,11 @@ def test_compression_and_query_encodings_take_the_op_to_rounding(monkeypatch):
     queries = np.array(cm.encode_queries(questions))
     assert len(calls) == 30 * (len(docs) + 1)  # both questions in one pass
     monkeypatch.setenv("CLARA_CPU_LANES", "1")
-    assert np.array_equal(np.array(cm.compress(docs)), memories)  # lanes: the same bits
+    one_pass = np.array(cm.compress(docs))
+    if _openblas_thread_invariant():  # lanes: the same bits
+        assert np.array_equal(one_pass, memories)
+    else:  # the adapters' low-rank products (OpenBLAS) vary in their last bits
+        np.testing.assert_allclose(one_pass, memories, rtol=0, atol=1e-5 * np.abs(memories).max())
     monkeypatch.setenv("CLARA_ROWS_ATTENTION", "off")
     calls.clear()
     mlx_memories = np.array(cm.compress(docs))

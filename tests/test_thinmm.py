@@ -216,9 +216,9 @@ def test_base_tiles_run_only_inside_their_block():
     panels = _blas.DecodeCopies("f32pack")
     assert panels.update([w]) == 1
     float32 = np.array(x @ w.T)
-    if not _blas.amx:
+    if not _blas.bf16:
         assert _blas.add_base_tiles([w]) == 0
-        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
     assert _blas.add_base_tiles([w, _rand(64, 64, seed=33)]) == 1  # only packed weights
     assert np.array_equal(np.array(x @ w.T), float32)  # outside the block: the panels
     with _blas.bfloat16_base_products():
@@ -248,9 +248,9 @@ def test_query_precision_bfloat16_changes_queries_only(tiny_llama_dir):
         pytest.skip("no AVX-512: the base weights are not packed")
     q32, mem32 = np.array(cm.encode_queries(questions)), np.array(cm.compress(doc))
     got = cm.set_query_precision("bfloat16")
-    assert got == cm.query_precision == ("bfloat16" if _blas.amx else "float32")
-    if not _blas.amx:
-        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+    assert got == cm.query_precision == ("bfloat16" if _blas.bf16 else "float32")
+    if not _blas.bf16:
+        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
     q16 = np.array(cm.encode_queries(questions))
     assert not np.array_equal(q16, q32)
     np.testing.assert_allclose(q16, q32, rtol=0, atol=0.05 * np.abs(q32).max())
@@ -265,7 +265,7 @@ def test_services_load_with_the_query_precision_they_are_given(tiny_llama_dir):
     from clara.settings import ModelSettings
 
     cm = ModelSettings(model=str(tiny_llama_dir), query_precision="bfloat16").load()
-    usable = _blas.amx and cm.__dict__.get("_packed") is not None
+    usable = _blas.bf16 and cm.__dict__.get("_packed") is not None
     assert cm.query_precision == ("bfloat16" if usable else "float32")
     assert ModelSettings(model=str(tiny_llama_dir)).load().query_precision == "float32"
 
@@ -329,8 +329,8 @@ def test_amx_products_read_the_bfloat16_copy_and_are_batch_invariant():
     """On CPUs with AMX tiles, products against a registered decode weight (a decode step's
     rows or a prefill's) run in bfloat16 with float32 sums; unregistered weights do not."""
     _needs_kernel()
-    if not _blas.amx:
-        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+    if not _blas.bf16:
+        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
     w, x = _rand(1536, 576, seed=21), _rand(139, 576, seed=22)
     other = _rand(192, 576, seed=23)
     exact = np.array(x @ w.T)
@@ -352,7 +352,7 @@ def test_amx_products_read_the_bfloat16_copy_and_are_batch_invariant():
 
 def test_clara_amx_off_keeps_prefill_float32():
     _needs_kernel()
-    code = "import clara; from clara import _blas; print(_blas.amx, _blas.amx_reason)"
+    code = "import clara; from clara import _blas; print(_blas.bf16, _blas.bf16_reason)"
     env = {**os.environ, "CLARA_AMX": "off"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "False disabled by CLARA_AMX", out.stderr
@@ -362,11 +362,11 @@ def test_amx_training_copies_take_forward_and_backward_products():
     """Kind "amx" (training): x @ W^T and the backward g @ W through a frozen weight both run
     on the tiles in bfloat16 with float32 sums; dropping the copy brings float32 back."""
     _needs_kernel()
-    if not _blas.amx:
-        pytest.skip(f"no AMX here: {_blas.amx_reason}")
+    if not _blas.bf16:
+        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
     w, x, g = _rand(192, 576, seed=31), _rand(70, 576, seed=32), _rand(70, 192, seed=33)
     exact = np.array(x @ w.T)
-    copies = _blas.DecodeCopies("amx")
+    copies = _blas.DecodeCopies("bfloat16")
     assert copies.update([w]) == 1
     forward, backward = np.array(x @ w.T), np.array(g @ w)
     np.testing.assert_allclose(forward, _bf16(x) @ _bf16(w).T, rtol=0, atol=1e-3)

@@ -254,7 +254,7 @@ class Trainer:
         )
         self.vg = G.value_and_grad(cm, self._loss)
         self._orders: dict[int, np.ndarray] = {}
-        self._amx = _blas.DecodeCopies("amx")
+        self._amx = _blas.DecodeCopies("bfloat16")
         if config.amx and not config.full:
             self._amx.update(frozen_matrices(cm))
 
