@@ -7,7 +7,7 @@ documentation topics, compressed) and pydoc questions, in one process, alternati
 settings of each comparison so that both see the same machine:
 - query encoding of 1 and 8 questions, with the compressor's and query adapter's float32 base
   weights packed once (`ClaraModel.pack_base_weights`, what clara-serve and clara-index do)
-  and without (OpenBLAS packing them on every product); and, on CPUs with AMX tiles, with
+  and without (OpenBLAS packing them on every product); and, on CPUs with bfloat16 products, with
   the query adapter's base products in bfloat16 (`--query-precision bfloat16`, opt-in);
   and query encodings and the compression of the five chunks with their attention through
   clara's fused kernel as an MLX op (the default where clara/_mlx_attention.cpp builds) and
@@ -21,6 +21,10 @@ settings of each comparison so that both see the same machine:
   merged weights as one stacked product (`clara.lora._Fused`, the default) and as one product
   per linear (`CLARA_FUSE=off`); and with each layer's attention as clara's one MLX op
   (clara/_mlx_attention.cpp, the default) and as MLX's ops (`CLARA_ROWS_ATTENTION=off`);
+- on CPUs with bfloat16 products (AMX tiles or AVX-512 BF16), prefill of 1, 2 and 8 memory
+  prompts and decode steps of 1 and 8 sequences with the generator's products in bfloat16
+  (the default) and as without them (`clara._blas.float32_products`: float32 prefill, the
+  float16 decode kernel);
 - a text prompt (the same five chunks as text) through the bare model: prefill and decode
   steps from the bare model's own decode copies of its weights (the default) and from the
   float32 base weights the query adapter reads (`CLARA_MERGE_GB=0`, no copies); its
@@ -100,14 +104,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7, help="timings per figure (median)")
     p.add_argument("--steps", type=int, default=24, help="decode steps per decode timing")
     p.add_argument(
-        "--only", default="encode,prefill,decode,text",
-        help="comma-separated parts to measure: encode, prefill, decode, text",
+        "--only", default="encode,prefill,decode,text,bf16",
+        help="comma-separated parts to measure: encode, prefill, decode, text, bf16",
     )  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
     args = p.parse_args()
     parts = set(args.only.split(","))
-    if not parts or parts - {"encode", "prefill", "decode", "text"}:
-        p.error("--only takes encode, prefill, decode and/or text")
+    if not parts or parts - {"encode", "prefill", "decode", "text", "bf16"}:
+        p.error("--only takes encode, prefill, decode, text and/or bf16")
 
     from clara import _blas
     from clara.checkpoint import load_clara
@@ -232,6 +236,24 @@ def main() -> None:
         )  # fmt: skip
         rows.append(row(f"decode step, {n} sequence(s)", "attention as one MLX op", a, b, 1))
 
+    # the generator's products in bfloat16 (AMX tiles or AVX-512 BF16, the default where the
+    # CPU has either) or as without them: float32 prefill, the float16 decode kernel
+    if "bf16" in parts and _blas.bf16:
+        change = f"generator products in bfloat16 ({_blas.bf16_engine})"
+        for n in (1, 2, 8):
+            a, b = side_by_side(
+                lambda n=n: timed(lambda: prefill(n), args.repeats),
+                _blas.float32_products, contextlib.nullcontext,
+            )  # fmt: skip
+            rows.append(row(f"prefill, {n} memory prompt(s)", change, a, b))
+        for n in (1, 8):
+            a, b = side_by_side(
+                lambda n=n: steps(n), _blas.float32_products, contextlib.nullcontext
+            )
+            rows.append(row(f"decode step, {n} sequence(s)", change, a, b, 1))
+    elif "bf16" in parts:
+        print(f"no bfloat16 products here: {_blas.bf16_reason}")
+
     # a text prompt through the bare model: from the float32 base weights the query adapter
     # reads (no copies), or from its own decode copies (the default); then its prefill in
     # chunks of `prefill_step` rows, or under the attention-score budget (the default)
@@ -288,7 +310,9 @@ def main() -> None:
         "clara-serve does "
         "by default, except on the 'bfloat16 query products' rows: there 'before' is the "
         "default (float32 query encodings, weights packed once) and 'after' is "
-        "`--query-precision bfloat16` (opt-in, CPUs with AMX tiles). Each figure is the lower of two medians "
+        "`--query-precision bfloat16` (opt-in, CPUs with bfloat16 products), and on the "
+        "'generator products in bfloat16' rows, where 'before' is float32 prefill (OpenBLAS) "
+        "and the float16 decode kernel, as on CPUs without them. Each figure is the lower of two medians "
         f"of {args.repeats} timings ({args.steps} steps for decode), the settings alternating. "
         "A pass is split "
         "only where each part gets at least `clara.lanes.MIN_ROWS` (128) positions: two "

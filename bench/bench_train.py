@@ -11,8 +11,9 @@ same machine load):
 - after: the training fast path (`AdapterSwitch.fast`: one dropout mask per layer input, 4
   per block instead of 7, scale folded into one `addmm`) and length-bucketed batches
   (`TrainConfig.length_buckets`), at each BLAS thread count of `--threads`; on CPUs with
-  AMX tiles, also with the frozen weights' products in bfloat16 (`TrainConfig.amx`);
-- after, data parallel: the same (with AMX where there is) on `--ranks` processes (`clara-train --ranks`), each with an
+  bfloat16 products (AMX tiles or AVX-512 BF16), also with the frozen weights' products in
+  bfloat16 (`TrainConfig.bf16_products`);
+- after, data parallel: the same (in bfloat16 where the CPU can) on `--ranks` processes (`clara-train --ranks`), each with an
   equal share of the cores and of each batch (the same global batches); timed after the
   interleaved paths, alone on the machine.
 
@@ -84,7 +85,7 @@ def trainer(
     pass_size=None,
     batch=4,
     group=None,
-    amx: bool = True,
+    bf16: bool = True,
 ) -> Trainer:
     keep = {k: os.environ.get(k) for k in ("CLARA_CPU_ROPE", "CLARA_CPU_NORM")}
     if not fast:  # the original forward: MLX's RoPE and RMSNorm (read when the model loads)
@@ -103,7 +104,7 @@ def trainer(
     set_trainable(cm, stage.adapters, True, False)
     cfg = TrainConfig(
         stage="pretrain", out=out, lr=1e-3, max_steps=steps, batch_size=batch, quiet=True,
-        length_buckets=buckets, pass_size=pass_size, amx=amx,
+        length_buckets=buckets, pass_size=pass_size, bf16_products=bf16,
     )  # fmt: skip
     t = Trainer(cm, stage, examples, cfg, group)
     cm.train()
@@ -198,12 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             (f"after: + 1 example/pass, {n} BLAS thr", True, True, 1, n, False) for n in threads
         ]
         if _blas.bf16:
-            paths += [
-                (f"after: + AMX bfloat16, {n} BLAS thr", True, True, 1, n, True) for n in threads
-            ]
+            paths += [(f"after: + bfloat16, {n} BLAS thr", True, True, 1, n, True) for n in threads]
         trainers = {  # one trainer (model, optimizer, data order) per path: each sees its batches
-            name: trainer(recs, fast, buckets, 1000, f"{tmp}/{i}", size, amx=amx)
-            for i, (name, fast, buckets, size, _, amx) in enumerate(paths)
+            name: trainer(recs, fast, buckets, 1000, f"{tmp}/{i}", size, bf16=bf16)
+            for i, (name, fast, buckets, size, _, bf16) in enumerate(paths)
         }
         stats = {name: {"s": [], "work": [], "loss": []} for name, *_ in paths}
         for step in range(args.steps + 1):
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             got = data_parallel(args.steps, args.ranks, tmp)
             if got:
                 name = f"after, {args.ranks} data-parallel ranks (--ranks), 1 example/pass"
-                name += ", AMX bfloat16" if _blas.bf16 else ""
+                name += f", bfloat16 ({_blas.bf16_engine})" if _blas.bf16 else ""
                 paths.append((name, True, True, 1, None, _blas.bf16))
                 stats[name] = got
         base = sum(stats["before"]["work"]) / sum(stats["before"]["s"])
@@ -244,10 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = [("before", False, None, False), (noise, True, 1, False)]
         runs += [("after, float32", True, 1, False)]
         if _blas.bf16:
-            runs.append(("after, AMX bfloat16", True, 1, True))
+            runs.append(("after, bfloat16", True, 1, True))
         losses = {}
-        for name, fast, size, amx in runs:
-            t = trainer(check, fast, False, args.check_steps, f"{tmp}/check-{name}", size, amx=amx)
+        for name, fast, size, bf16 in runs:
+            t = trainer(
+                check, fast, False, args.check_steps, f"{tmp}/check-{name}", size, bf16=bf16
+            )
             if name == noise:  # the same batches (each epoch's order from seed 0), other dropout
                 t._order = seeded_order(t, 0)
                 t.cfg.seed = 1
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [(b, "before") for b, *_ in runs[2:]]
         pairs.append((noise, "after, float32"))  # how far dropout noise alone moves the curve
         if _blas.bf16:
-            pairs.append(("after, AMX bfloat16", "after, float32"))  # bfloat16 alone
+            pairs.append(("after, bfloat16", "after, float32"))  # bfloat16 alone
         for this, that in pairs:
             a, b = losses[that], losses[this]
             rel = np.abs(a - b) / np.abs(a)

@@ -36,7 +36,7 @@ class ModelSettings:
             log.info("CPU matmuls: %s", _blas.describe())
         cm.pack_base_weights()  # query encodings and compression: no per-call weight packing
         if cm.set_query_precision(self.query_precision) != self.query_precision:
-            log.warning("--query-precision %s: not on this machine (no AMX tiles, or the "
-                        "weights are not packed); query encodings stay float32",
+            log.warning("--query-precision %s: not on this machine (no AMX tiles or AVX-512 "
+                        "BF16, or the weights are not packed); query encodings stay float32",
                         self.query_precision)  # fmt: skip
         return cm

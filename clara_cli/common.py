@@ -71,7 +71,8 @@ def add_query_precision_arg(parser) -> None:
         default="float32",
         choices=("float32", "bfloat16"),
         help="the query adapter's products through the base weights: 'float32' (exact) or "
-        "'bfloat16' on CPUs with AMX tiles (Intel Sapphire Rapids and later): about 2x "
+        "'bfloat16' on CPUs with AMX tiles or AVX-512 BF16 (Intel Sapphire Rapids and later, "
+        "AMD Zen 4 and later): about 2x "
         "faster query encoding under load, the same retrieval on our held-out questions, "
         "~0.2 GB more memory for the default model; elsewhere it stays float32. Compression "
         "is float32 either way (default: %(default)s)",

@@ -218,7 +218,7 @@ def test_base_tiles_run_only_inside_their_block():
     float32 = np.array(x @ w.T)
     if not _blas.bf16:
         assert _blas.add_base_tiles([w]) == 0
-        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
+        pytest.skip(f"no bfloat16 products here: {_blas.bf16_reason}")
     assert _blas.add_base_tiles([w, _rand(64, 64, seed=33)]) == 1  # only packed weights
     assert np.array_equal(np.array(x @ w.T), float32)  # outside the block: the panels
     with _blas.bfloat16_base_products():
@@ -250,7 +250,7 @@ def test_query_precision_bfloat16_changes_queries_only(tiny_llama_dir):
     got = cm.set_query_precision("bfloat16")
     assert got == cm.query_precision == ("bfloat16" if _blas.bf16 else "float32")
     if not _blas.bf16:
-        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
+        pytest.skip(f"no bfloat16 products here: {_blas.bf16_reason}")
     q16 = np.array(cm.encode_queries(questions))
     assert not np.array_equal(q16, q32)
     np.testing.assert_allclose(q16, q32, rtol=0, atol=0.05 * np.abs(q32).max())
@@ -325,12 +325,13 @@ def _bf16(a: mx.array) -> np.ndarray:
     return np.array(a.astype(mx.bfloat16).astype(mx.float32), dtype=np.float64)
 
 
-def test_amx_products_read_the_bfloat16_copy_and_are_batch_invariant():
-    """On CPUs with AMX tiles, products against a registered decode weight (a decode step's
-    rows or a prefill's) run in bfloat16 with float32 sums; unregistered weights do not."""
+def test_bf16_products_read_the_bfloat16_copy_and_are_batch_invariant():
+    """On CPUs with AMX tiles or AVX-512 BF16, products against a registered decode weight (a
+    decode step's rows or a prefill's) run in bfloat16 with float32 sums; unregistered weights
+    do not."""
     _needs_kernel()
     if not _blas.bf16:
-        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
+        pytest.skip(f"no bfloat16 products here: {_blas.bf16_reason}")
     w, x = _rand(1536, 576, seed=21), _rand(139, 576, seed=22)
     other = _rand(192, 576, seed=23)
     exact = np.array(x @ w.T)
@@ -350,20 +351,30 @@ def test_amx_products_read_the_bfloat16_copy_and_are_batch_invariant():
     assert np.array_equal(np.array(x @ w.T), exact)
 
 
-def test_clara_amx_off_keeps_prefill_float32():
+def test_clara_bf16_setting_picks_the_engine_or_float32():
+    """CLARA_BF16=off (or the older CLARA_AMX=off) keeps float32 prefill; CLARA_BF16=avx512
+    skips the AMX tiles for AVX-512 BF16 where the CPU has bfloat16 products."""
     _needs_kernel()
-    code = "import clara; from clara import _blas; print(_blas.bf16, _blas.bf16_reason)"
-    env = {**os.environ, "CLARA_AMX": "off"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "False disabled by CLARA_AMX", out.stderr
+    code = "import clara; from clara import _blas; print(_blas.bf16, _blas.bf16_engine, _blas.bf16_reason)"
+
+    def run(**env):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+        )
+        return out.stdout.strip() or out.stderr
+
+    assert run(CLARA_BF16="off") == "False None disabled by CLARA_BF16"
+    assert run(CLARA_AMX="off") == "False None disabled by CLARA_AMX"
+    if _blas.bf16:
+        assert run(CLARA_BF16="avx512") == "True AVX-512 BF16 None"
 
 
-def test_amx_training_copies_take_forward_and_backward_products():
-    """Kind "amx" (training): x @ W^T and the backward g @ W through a frozen weight both run
-    on the tiles in bfloat16 with float32 sums; dropping the copy brings float32 back."""
+def test_bf16_training_copies_take_forward_and_backward_products():
+    """Kind "bfloat16" (training): x @ W^T and the backward g @ W through a frozen weight both run
+    in bfloat16 in bfloat16 with float32 sums; dropping the copy brings float32 back."""
     _needs_kernel()
     if not _blas.bf16:
-        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
+        pytest.skip(f"no bfloat16 products here: {_blas.bf16_reason}")
     w, x, g = _rand(192, 576, seed=31), _rand(70, 576, seed=32), _rand(70, 192, seed=33)
     exact = np.array(x @ w.T)
     copies = _blas.DecodeCopies("bfloat16")

@@ -118,16 +118,17 @@ def test_one_example_per_pass_gives_the_batch_gradient(cm, tmp_path):
     ) and np.isfinite(m["loss"])
 
 
-def test_amx_trainer_runs_frozen_products_on_the_tiles_close_to_float32(cm, tmp_path):
-    """On CPUs with AMX tiles a Trainer registers bfloat16 tiles of the frozen weights
-    (`TrainConfig.amx`): the loss and gradients move by bfloat16 rounding, no more."""
+def test_bf16_trainer_runs_frozen_products_in_bfloat16_close_to_float32(cm, tmp_path):
+    """On CPUs with bfloat16 products (AMX tiles or AVX-512 BF16) a Trainer registers bfloat16
+    copies of the frozen weights (`TrainConfig.bf16_products`): the loss and gradients move by
+    bfloat16 rounding, no more."""
     from mlx.utils import tree_flatten
 
     from clara import _blas
     from training.trainer import frozen_matrices
 
     if not _blas.bf16:
-        pytest.skip(f"no AMX here: {_blas.bf16_reason}")
+        pytest.skip(f"no bfloat16 products here: {_blas.bf16_reason}")
     stage = make_stage("pretrain", cm)
     examples = stage.build(_records(4))
     set_trainable(cm, stage.adapters, True, False)

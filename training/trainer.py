@@ -76,10 +76,11 @@ class TrainConfig:
     # sums over the step's counts, so splitting changes nothing but speed: on a CPU, passes of
     # one example run faster per token than padded batches (smaller, cache-friendly matmuls).
     pass_size: int | None = None
-    # On CPUs with AMX tiles: the products through the frozen base weights (forward, and the
-    # backward to their inputs) run in bfloat16 with float32 sums, as mixed-precision training
-    # does on GPUs; LoRA weights, gradients and the optimizer stay float32. CLARA_AMX=off too.
-    amx: bool = True
+    # On CPUs with bfloat16 products (AMX tiles or AVX-512 BF16): the products through the
+    # frozen base weights (forward, and the backward to their inputs) run in bfloat16 with
+    # float32 sums, as mixed-precision training does on GPUs; LoRA weights, gradients and the
+    # optimizer stay float32. CLARA_BF16=off too.
+    bf16_products: bool = True
     extra: dict = field(default_factory=dict)  # recorded in the checkpoint (data files, ...)
 
     @property
@@ -254,9 +255,9 @@ class Trainer:
         )
         self.vg = G.value_and_grad(cm, self._loss)
         self._orders: dict[int, np.ndarray] = {}
-        self._amx = _blas.DecodeCopies("bfloat16")
-        if config.amx and not config.full:
-            self._amx.update(frozen_matrices(cm))
+        self._bf16 = _blas.DecodeCopies("bfloat16")
+        if config.bf16_products and not config.full:
+            self._bf16.update(frozen_matrices(cm))
 
     # ---- data order -------------------------------------------------------------------------
     def _order(self, epoch: int) -> np.ndarray:
