@@ -332,7 +332,8 @@ def test_bf16_products_read_the_bfloat16_copy_and_are_batch_invariant():
     _needs_kernel()
     if not _blas.bf16:
         pytest.skip(f"no bfloat16 products here: {_blas.bf16_reason}")
-    w, x = _rand(1536, 576, seed=21), _rand(139, 576, seed=22)
+    # 49 blocks of 32 outputs: few rows take two blocks at a time, and one is left alone
+    w, x = _rand(1568, 576, seed=21), _rand(139, 576, seed=22)
     other = _rand(192, 576, seed=23)
     exact = np.array(x @ w.T)
     copies = _blas.DecodeCopies("float16")
@@ -341,8 +342,14 @@ def test_bf16_products_read_the_bfloat16_copy_and_are_batch_invariant():
     want = _bf16(x) @ _bf16(w).T  # bfloat16 inputs, sums in float64
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
     assert np.abs(got - exact).max() > 1e-3  # the tiles really ran (float32 would be closer)
-    for m in (1, 2, 5, 8, 16, 17, 32, 33, 100):  # a row gives the same bits in any batch
+    for m in (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 100):  # a row: the same bits in any batch
         assert np.array_equal(np.array(x[:m] @ w.T), got[:m])
+    before = _blas.current_threads()[1]
+    for threads in (1, 2):  # and however the blocks are shared out
+        _blas.set_thin_threads(threads)
+        assert np.array_equal(np.array(x[:3] @ w.T), got[:3])
+        assert np.array_equal(np.array(x[:40] @ w.T), got[:40])
+    _blas.set_thin_threads(before)
     assert np.array_equal(np.array(x[5:77] @ w.T), got[5:77])
     np.testing.assert_allclose(  # a weight without a copy: float32 (OpenBLAS)
         np.array(x @ other.T), np.array(x, np.float64) @ np.array(other, np.float64).T, atol=1e-3
