@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
     args = p.parse_args(argv)
+    from clara import _blas
     from clara.gguf import default_gguf_path
 
     load_before = os.getloadavg()
@@ -439,10 +440,16 @@ def main(argv: list[str] | None = None) -> int:
         "HTTP on localhost, closed-loop clients. clara-serve decodes concurrent requests as one "
         "continuous batch; llama-cpp-python's server answers one request at a time; "
         "mlx_lm.server batches (its prompt cache off, as every request has new chunks) with the "
-        "same OpenBLAS as clara. llama.cpp runs the GGUF's 4-bit weights, mlx_lm float32; clara "
-        "prefills in float32 and decodes from float16 copies of the decode-only weights (int8 "
-        "in the int8 row) through its thin-matmul kernel. "
-        f"Load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min): "
+        "same OpenBLAS as clara. llama.cpp runs the GGUF's 4-bit weights, mlx_lm float32; "
+        + (
+            f"clara's generator products (prefill and decode) run in bfloat16 ({_blas.bf16_engine}) "
+            "from a packed copy of the decode-only weights, its query encodings and compression "
+            "in float32. "
+            if _blas.bf16
+            else "clara prefills in float32 and decodes from float16 copies of the decode-only "
+            "weights (int8 in the int8 row) through its thin-matmul kernel. "
+        )
+        + f"Load average before {load_before[0]:.1f}, after {load_after[0]:.1f} (1 min): "
         "the machine is shared with other jobs, so absolute figures are pessimistic and noisy; "
         "the ratios compare systems measured minutes apart in one run."
         + (
