@@ -18,7 +18,7 @@ same machine load):
   interleaved paths, alone on the machine.
 
 Tokens/s counts real (unpadded) positions: document + memory slots of the compressor input,
-plus the generator's prompt and answer. The loss check trains before and after (AMX included) for `--check-steps`
+plus the generator's prompt and answer. The loss check trains before and after (bfloat16 included) for `--check-steps`
 steps on the same batches (bucketing off: it changes which examples share a step) and
 compares every step's loss. Data: the training documents of ../shared/data (QA and paraphrase
 records), else Python's documentation topics (paraphrase).
