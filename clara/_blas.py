@@ -66,17 +66,18 @@ def _off(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("off", "0", "no", "false", "none")
 
 
+def _cpuinfo(*keys: str) -> str:
+    """The first line of /proc/cpuinfo that starts with one of `keys` ("" if none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line for line in lines if line.startswith(keys)), "")
+
+
 def _cpu_tag() -> str:
     """What -march=native depends on: the architecture and the CPU's feature flags."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = line
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()} {flags}"
+    return f"{platform.machine()} {_cpuinfo('flags', 'Features')}"
 
 
 def lib_cache() -> Path:
@@ -142,10 +143,11 @@ def _load_thin() -> None:
         return
     thin = str(path)
     global bf16, bf16_engine, bf16_reason
-    choice = os.environ.get("CLARA_BF16", "").strip().lower()
-    if _off("CLARA_BF16") or _off("CLARA_AMX"):  # CLARA_AMX=off: the older name
-        bf16_reason = "disabled by " + ("CLARA_BF16" if _off("CLARA_BF16") else "CLARA_AMX")
+    off = next((n for n in ("CLARA_BF16", "CLARA_AMX") if _off(n)), None)  # AMX: older name
+    if off:
+        bf16_reason = f"disabled by {off}"
     else:
+        choice = os.environ.get("CLARA_BF16", "").strip().lower()
         mode = _thin.clara_thinmm_bf16_init(int(choice == "avx512"))
         if mode:
             bf16, bf16_engine = True, ENGINES[mode]
@@ -168,15 +170,11 @@ def _openblas_core() -> None:
     set. OpenBLAS releases that predate a CPU pick kernels by its family: Debian 12's 0.3.21
     runs AVX2 Haswell kernels on Zen 5, whose sgemm took 1.25-1.3x the time of SkylakeX's on
     a memory prompt's prefill here and, with two threads, gave other bits than with one (the
-    side-by-side compression test failed)."""
+    side-by-side compression test failed; one-off timings, 2026-12-03)."""
     if "OPENBLAS_CORETYPE" in os.environ or platform.machine() != "x86_64":
         return
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return
-    flags = next((ln.split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    if "AuthenticAMD" in info and all(f in flags for f in SKYLAKEX_FLAGS):
+    flags = _cpuinfo("flags").split()
+    if "AuthenticAMD" in _cpuinfo("vendor_id") and all(f in flags for f in SKYLAKEX_FLAGS):
         os.environ["OPENBLAS_CORETYPE"] = "SKYLAKEX"
 
 

@@ -269,9 +269,8 @@ class ClaraModel(nn.Module):
     def set_query_precision(self, precision: str) -> str:
         """How the query adapter's products through the base weights run: "float32" (the
         default: exact, like the compressor's) or "bfloat16" (on CPUs with AMX tiles or AVX-512
-        BF16: the
-        packed base weights get bfloat16 tiles beside their float32 panels, 2 bytes a weight
-        more, and only query encodings read them; measured here, 8 questions encode in 0.56x
+        BF16: the packed base weights get bfloat16 tiles beside their float32 panels, 2 bytes a
+        weight more, and only query encodings read them; measured here, 8 questions encode in 0.56x
         the time, with the same held-out recall: BENCHMARKS.md). Returns the precision in
         effect: "float32" where bfloat16 cannot run (neither, or weights not packed: call
         `pack_base_weights` first)."""

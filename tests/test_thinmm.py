@@ -377,8 +377,8 @@ def test_clara_bf16_setting_picks_the_engine_or_float32():
 
 
 def test_bf16_training_copies_take_forward_and_backward_products():
-    """Kind "bfloat16" (training): x @ W^T and the backward g @ W through a frozen weight both run
-    in bfloat16 in bfloat16 with float32 sums; dropping the copy brings float32 back."""
+    """Kind "bfloat16" (training): x @ W^T and the backward g @ W through a frozen weight both
+    run in bfloat16 with float32 sums; dropping the copy brings float32 back."""
     _needs_kernel()
     if not _blas.bf16:
         pytest.skip(f"no bfloat16 products here: {_blas.bf16_reason}")
