@@ -57,6 +57,9 @@ bf16 = False
 bf16_engine: str | None = None
 bf16_reason: str | None = None
 ENGINES = {1: "AMX tiles", 2: "AVX-512 BF16"}
+#: CLARA_BF16 values that keep bfloat16 products on ("avx512": without AMX tiles); the "off"
+#: values are `_off`'s
+BF16_CHOICES = ("", "on", "1", "yes", "true", "auto", "avx512")
 THIN_SOURCE = Path(__file__).with_name("_thinmm.c")
 #: Built into the same library: fused attention for prompt passes (clara/attention.py)
 SOURCES = (THIN_SOURCE, Path(__file__).with_name("_attention.c"))
@@ -148,6 +151,14 @@ def _load_thin() -> None:
         bf16_reason = f"disabled by {off}"
     else:
         choice = os.environ.get("CLARA_BF16", "").strip().lower()
+        if choice not in BF16_CHOICES:
+            import warnings
+
+            warnings.warn(
+                f"CLARA_BF16={choice!r} is not a setting (off, on or avx512): left on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         mode = _thin.clara_thinmm_bf16_init(int(choice == "avx512"))
         if mode:
             bf16, bf16_engine = True, ENGINES[mode]

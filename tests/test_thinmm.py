@@ -374,6 +374,13 @@ def test_clara_bf16_setting_picks_the_engine_or_float32():
     assert run(CLARA_AMX="off") == "False None disabled by CLARA_AMX"
     if _blas.bf16:
         assert run(CLARA_BF16="avx512") == "True AVX-512 BF16 None"
+    # a value that is no setting is said aloud, and changes nothing
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "CLARA_BF16": "avx2"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert "CLARA_BF16='avx2' is not a setting" in out.stderr
+    assert out.stdout.split()[0] == str(_blas.bf16)
 
 
 def test_bf16_training_copies_take_forward_and_backward_products():
