@@ -119,6 +119,8 @@ def main() -> None:
     from clara.stream import SamplingParams
     from clara.prompt import memory_prompt, text_prompt
 
+    if "bf16" in parts:  # its 'before' decodes from the float16 copies, as CPUs without it do
+        _blas.keep_float16_copies()
     cm = load_clara("smollm2-135m")
     from pydoc_data.topics import topics
 

@@ -415,7 +415,18 @@ static int bf16_on;      /* products run in bfloat16 (clara_thinmm_use_bf16) */
 static int bf16_rows = 1; /* fewest rows a product needs to run in bfloat16 */
 static int base_tiles;   /* packed base weights' tiles in use (clara_thinmm_use_base_tiles) */
 
+static int keep_f16;      /* float16 data beside the bfloat16 copy (clara_thinmm_keep_f16) */
+
 void clara_thinmm_set_bf16_rows(int rows) { bf16_rows = rows; }
+
+/* A float16 decode copy (KIND_F16) of a weight the bfloat16 products take is read only while
+ * they are off (clara_thinmm_use_bf16(0), or products of fewer than bf16_rows rows): unless
+ * asked to keep it (1: comparisons with CPUs without bfloat16), only its bfloat16 copy is made
+ * and those products read the float32 weights instead. */
+void clara_thinmm_keep_f16(int keep) { keep_f16 = keep; }
+static int f16_spared(int n, int k) {
+  return bf16_mode && !keep_f16 && bf16_rows <= 1 && n % 32 == 0 && k % 32 == 0;
+}
 
 /* The engine this CPU gets: 1 AMX tiles (the kernel must allow this process the tile state,
  * Linux 5.16+: ARCH_REQ_XCOMP_PERM), else 2 AVX-512 BF16 (built with -march=native, so the
@@ -683,6 +694,11 @@ int clara_thinmm_bf16_init(int no_amx) {
 }
 void clara_thinmm_set_bf16_rows(int rows) { (void)rows; }
 void clara_thinmm_use_bf16(int on) { (void)on; }
+void clara_thinmm_keep_f16(int keep) { (void)keep; }
+static int f16_spared(int n, int k) {
+  (void)n, (void)k;
+  return 0;
+}
 static void *bf16_pack(const float *w, int n, int k) {
   (void)w, (void)n, (void)k;
   return NULL;
@@ -777,6 +793,8 @@ int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
       free(packed_nn);
       goto done;
     }
+  } else if (kind == KIND_F16 && f16_spared(n, k)) { /* the bfloat16 copy alone */
+    if ((packed = bf16_pack(w, n, k)) == NULL) goto done;
   } else {
     data = make_copy(w, n, k, kind, &scale);
     if (data == NULL) goto done;
@@ -885,7 +903,7 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
   if (order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS && m <= thin_rows && k > 0) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
     const copy_entry *e = find_copy(b, n, k, ldb);
-    if (e == NULL || e->kind == KIND_AMX || e->kind == KIND_F32P)
+    if (e == NULL || e->kind == KIND_AMX || e->kind == KIND_F32P || e->data == NULL)
       f32_thin(m, n, k, alpha, a, lda, b, ldb, NULL, beta, c, ldc);
     else if (e->kind == KIND_F16)
       f16_thin(m, n, k, alpha, a, lda, (const half *)e->data, k, NULL, beta, c, ldc);

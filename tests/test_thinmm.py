@@ -358,6 +358,33 @@ def test_bf16_products_read_the_bfloat16_copy_and_are_batch_invariant():
     assert np.array_equal(np.array(x @ w.T), exact)
 
 
+def test_float16_copies_are_spared_where_bfloat16_products_take_the_weight():
+    """With bfloat16 products, a float16 decode copy would be read only with them off: it is
+    not made (decode rows then read the float32 weight), unless kept for comparisons."""
+    _needs_kernel()
+    if not _blas.bf16:
+        pytest.skip(f"no bfloat16 products here: {_blas.bf16_reason}")
+    w, x = _rand(256, 576, seed=31), _rand(4, 576, seed=32)
+    exact = np.array(x @ w.T)  # float32, the thin kernel (no copy yet)
+    half = np.array(x, np.float64) @ np.array(w.astype(mx.float16), np.float64).T
+    copies = _blas.DecodeCopies("float16")
+    assert copies.update([w]) == 1
+    with _blas.float32_products():
+        assert np.array_equal(np.array(x @ w.T), exact)  # no float16 copy: float32 weights
+    copies.close()
+    _blas.keep_float16_copies()
+    try:
+        copies = _blas.DecodeCopies("float16")
+        assert copies.update([w]) == 1
+        with _blas.float32_products():
+            got = np.array(x @ w.T)
+        np.testing.assert_allclose(got, half, rtol=0, atol=1e-4)  # the float16 copy's values
+        assert not np.array_equal(got, exact)
+        copies.close()
+    finally:
+        _blas.keep_float16_copies(False)
+
+
 def test_clara_bf16_setting_picks_the_engine_or_float32():
     """CLARA_BF16=off (or the older CLARA_AMX=off) keeps float32 prefill; CLARA_BF16=avx512
     skips the AMX tiles for AVX-512 BF16 where the CPU has bfloat16 products."""
