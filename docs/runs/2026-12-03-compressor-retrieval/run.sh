@@ -11,8 +11,9 @@
 # step 50 with the write-back, which also recompressed the corpus with the step-50 compressor.
 set -e
 cd "$(dirname "$0")/../../.."
-out=${OUT:-runs/cretr}  # K candidates per question (the recorded run: 4)
-[ -f $out/joint.jsonl ] || .venv/bin/python docs/runs/2026-12-03-compressor-retrieval/data.py $out ${K:-4}
+out=${OUT:-runs/cretr}  # K candidates per question (the recorded run: 4); NEG=mined: the
+# shipped adapters' own hardest negatives instead of TF-IDF's (data.py)
+[ -f $out/joint.jsonl ] || .venv/bin/python docs/runs/2026-12-03-compressor-retrieval/data.py $out ${K:-4} ${NEG:-tfidf}
 [ -f $out/init/adapters.safetensors ] || .venv/bin/python -c "
 from pathlib import Path
 from training.default_recipe import PACKAGED, float32_copy
