@@ -2,10 +2,12 @@
 every question of the 800 training documents, each with its document and K-1 other training
 documents, shuffled. The 200 held-out documents are never read. The other documents are
 - `tfidf` (the default): the K-1 most similar by TF-IDF;
-- `mined`: the K-1 the shipped adapters rank highest (query adapter against the shipped
-  compressor's memories, MaxSim), the gold document left out: the model's own hardest ones.
+- `mined`: the K-1 that adapters (the shipped ones, or CHECKPOINT) rank highest (query
+  adapter against the compressor's memories, MaxSim), the gold document left out: the
+  model's own hardest ones. N: only N questions, drawn at random (SEED), are mined and written.
 
-    .venv/bin/python docs/runs/2026-12-03-compressor-retrieval/data.py runs/cretr [K] [tfidf|mined]
+    .venv/bin/python docs/runs/2026-12-03-compressor-retrieval/data.py runs/cretr [K] \
+        [tfidf | mined [CHECKPOINT [N SEED]]]
 """
 
 import random
@@ -22,9 +24,9 @@ from training.data import QARecord, qa_to_json, write_jsonl  # noqa: E402
 from training.default_recipe import default_data, split_example, with_negatives  # noqa: E402
 
 
-def mined(qs, docs, k: int, rng: random.Random) -> list[QARecord]:
-    """Each `(question, answer, doc index)` with its doc + the k-1 the shipped adapters rank
-    highest among the others."""
+def mined(qs, docs, k: int, rng: random.Random, checkpoint=None) -> list[QARecord]:
+    """Each `(question, answer, doc index)` with its doc + the k-1 the adapters at
+    `checkpoint` (default: the shipped ones) rank highest among the others."""
     import mlx.core as mx
     import numpy as np
 
@@ -32,7 +34,7 @@ def mined(qs, docs, k: int, rng: random.Random) -> list[QARecord]:
     from training.default_recipe import PACKAGED
     from training.pipeline import load_for_training
 
-    cm = load_for_training("smollm2-135m", PACKAGED, dtype="float32")
+    cm = load_for_training("smollm2-135m", checkpoint or PACKAGED, dtype="float32")
     cm.pack_base_weights()
     t = time.perf_counter()
     mem = cm.compress(docs)
@@ -50,7 +52,7 @@ def mined(qs, docs, k: int, rng: random.Random) -> list[QARecord]:
             out.append(QARecord(q, [docs[j] for j in cands], [a], [cands.index(src)]))
         print(f"  {lo + len(part)}/{len(qs)} questions ranked", flush=True)
     ranks = np.array(ranks)
-    print(f"shipped adapters on these questions: R@1 {np.mean(ranks < 1):.3f}, R@5 "
+    print(f"the adapters on these questions: R@1 {np.mean(ranks < 1):.3f}, R@5 "
           f"{np.mean(ranks < 5):.3f} among the {len(docs)} documents")  # fmt: skip
     return out
 
@@ -63,7 +65,12 @@ rng = random.Random(0)
 train, _, _ = split_example(default_data())
 docs = [r["docs"][0] for r in train]
 qs = [(q, a, i) for i, r in enumerate(train) for q, a in zip(r["question"], r["answers"])]
-rows = (mined if how == "mined" else with_negatives)(qs, docs, k, rng)
+if how == "mined":
+    if len(sys.argv) > 6:  # a random subset of the questions
+        qs = random.Random(int(sys.argv[6])).sample(qs, int(sys.argv[5]))
+    rows = mined(qs, docs, k, rng, sys.argv[4] if len(sys.argv) > 4 else None)
+else:
+    rows = with_negatives(qs, docs, k, rng)
 rng.shuffle(rows)
 write_jsonl(out / "joint.jsonl", map(qa_to_json, rows))
 print(f"{len(rows)} questions over {len(docs)} documents, {k} candidates each ({how})")
