@@ -391,10 +391,13 @@ def test_clara_bf16_setting_picks_the_engine_or_float32():
     _needs_kernel()
     code = "import clara; from clara import _blas; print(_blas.bf16, _blas.bf16_engine, _blas.bf16_reason)"
 
-    def run(**env):
-        out = subprocess.run(
+    def proc(**env):
+        return subprocess.run(
             [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
         )
+
+    def run(**env):
+        out = proc(**env)
         return out.stdout.strip() or out.stderr
 
     assert run(CLARA_BF16="off") == "False None disabled by CLARA_BF16"
@@ -402,10 +405,7 @@ def test_clara_bf16_setting_picks_the_engine_or_float32():
     if _blas.bf16:
         assert run(CLARA_BF16="avx512") == "True AVX-512 BF16 None"
     # a value that is no setting is said aloud, and changes nothing
-    out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "CLARA_BF16": "avx2"},
-        capture_output=True, text=True,
-    )  # fmt: skip
+    out = proc(CLARA_BF16="avx2")
     assert "CLARA_BF16='avx2' is not a setting" in out.stderr
     assert out.stdout.split()[0] == str(_blas.bf16)
 
