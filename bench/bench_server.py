@@ -22,7 +22,10 @@ of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 ne
 Per system and number of concurrent clients (closed loop: each client sends its next request
 when the last one ends): time to first token p50/p99, single-stream decode tokens/s (per
 request: tokens after the first / time after the first), end-to-end latency p50, aggregate
-generated tokens/s over the wall time. Then the issue's four targets as ratios of this run.
+generated tokens/s over the wall time. Then the issue's four targets as ratios of this run,
+and, for clara-serve, where its model thread spent each level (its /metrics: query encoding,
+prefill and decode steps per request, and how busy it was), with the aggregate ratio that
+thread's work allows: one client's latency over 8 clients' model-thread seconds per request.
 
     python bench/bench_server.py                 # appends the tables to BENCHMARKS.md
     python bench/bench_server.py --systems 'clara memory,llama.cpp' --repeats 3   # the targets
@@ -34,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -197,6 +201,34 @@ async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
     return {"ttft": ttft, "latency": time.perf_counter() - t0, "usage": usage}
 
 
+PHASES = ("query_encode", "prefill", "decode_step")  # clara-serve's model-thread histograms
+
+
+def model_seconds(port: int) -> dict[str, float] | None:
+    """Seconds clara-serve's model thread has spent so far in each of `PHASES` (the sums of
+    its /metrics histograms over every label); None for a server without them."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return None
+    out = dict.fromkeys(PHASES, 0.0)
+    for line in text.splitlines():
+        m = re.match(r"clara_(\w+)_seconds_sum(?:\{[^}]*\})? (\S+)$", line)
+        if m and m.group(1) in out:
+            out[m.group(1)] += float(m.group(2))
+    return out if "clara_decode_step_seconds" in text else None
+
+
+def phases(before: dict[str, float], after: dict[str, float], r: dict) -> dict[str, float]:
+    """Model-thread seconds per request in each phase between two `model_seconds` readings,
+    their total, and the share of the level's wall time that thread was busy."""
+    spent = {k: after[k] - before[k] for k in PHASES}
+    out = {f"{k}_s": v / r["requests"] for k, v in spent.items()}
+    out["model_s"] = sum(spent.values()) / r["requests"]
+    out["busy"] = sum(spent.values()) / r["wall"]
+    return out
+
+
 async def level(url: str, bodies: list[dict], concurrency: int) -> dict:
     """Send `bodies` with `concurrency` clients at a time; return the summary row."""
     todo = list(bodies)
@@ -227,6 +259,7 @@ async def level(url: str, bodies: list[dict], concurrency: int) -> dict:
         "completion": statistics.mean(completion),
         "rps": len(results) / wall,
         "tps": sum(completion) / wall,
+        "wall": wall,
     }
 
 
@@ -335,6 +368,29 @@ def targets(rows: dict, compression: float | None) -> str:
     return markdown_table(["target", "measured", "goal"], lines)
 
 
+def thread_table(rows: dict) -> str:
+    """Where clara-serve's model thread spent each level, per request, and the aggregate
+    ratio over one client that its work at 8 clients allows (if it were never idle)."""
+    lines = []
+    for (system, clients), r in rows.items():
+        if "model_s" not in r:
+            continue
+        lines.append(
+            [system, clients] + [f"{r[k + '_s'] * 1000:.0f}" for k in PHASES]
+            + [f"{r['model_s'] * 1000:.0f}", f"{100 * r['busy']:.0f}%"]
+        )  # fmt: skip
+    for system in sorted({s for s, _ in rows}):
+        one, eight = rows.get((system, 1), {}), rows.get((system, 8), {})
+        if "model_s" in eight and "latency" in one:
+            bound = one["latency"] / eight["model_s"]
+            lines.append([system, "8 vs 1", "", "", "", f"aggregate at most {bound:.2f}x", ""])
+    headers = ["system", "clients", "query encoding ms", "prefill ms", "decode steps ms",
+               "model thread ms", "busy"]  # fmt: skip
+    return "Per request, on clara-serve's model thread (its /metrics):\n\n" + markdown_table(
+        headers, lines
+    )
+
+
 def compression_speed(n: int = 8) -> float:
     """Compressor chunks/s on `n` chunks of 256 tokens at the default batch setting."""
     from pydoc_data.topics import topics
@@ -416,7 +472,10 @@ def main(argv: list[str] | None = None) -> int:
                 n = max(concurrency, args.min_requests)
                 runs = []
                 for _ in range(args.repeats):
-                    runs.append(asyncio.run(level(url, bodies[used : used + n], concurrency)))
+                    before = model_seconds(port)
+                    r = asyncio.run(level(url, bodies[used : used + n], concurrency))
+                    after = model_seconds(port) if before else None
+                    runs.append({**r, **phases(before, after, r)} if after else r)
                     used += n
                 r = median_run(runs)
                 results[(system, concurrency)] = r
@@ -434,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                "TTFT p99 s", "decode tok/s (per request)", "latency p50 s",
                "aggregate tok/s"]  # fmt: skip
     table = markdown_table(headers, rows) + "\n\n" + targets(results, compression)
+    table += "\n\n" + thread_table(results)
     notes = (
         f"Index: {args.chunks} chunks of ~{CHUNK_TOKENS} tokens (Python doc topics), top-{args.top_k} "
         f"retrieval, {args.max_tokens} new tokens per answer (EOS ignored), greedy, streaming over "
