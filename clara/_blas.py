@@ -355,8 +355,8 @@ def for_training(local_ranks: int = 1) -> None:
 
 DECODE_THREADS: int | None = 1  # measured: batch 8 decodes 2x faster than with 2 (BENCHMARKS.md)
 # One sequence through AVX-512 BF16 products (AMD Zen 5, 2 cores): its decode steps took
-# 0.91-0.93x the time on one core as on both, in 5 in-process runs alternating the two
-# every few steps (bench_burst-style, 2026-12-03); 2 to 8 sequences were within noise
+# 0.91-0.97x the time on one core as on both, in 5 in-process runs alternating the two
+# every few steps (one-off, 2026-12-03); 2 to 8 sequences were within noise
 # (0.95-1.08x) and stay on every core. The other kernels were not measured so: unchanged.
 
 
