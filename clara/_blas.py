@@ -324,14 +324,12 @@ def add_base_tiles(weights) -> int:
     return sum(bool(_thin.clara_thinmm_add_tiles(ctypes.c_void_p(_address(w)))) for w in weights)
 
 
-def for_decode(batch: int = 0) -> None:
-    """Threads for a decode step of `batch` sequences (0: unknown): `CLARA_DECODE_THREADS`,
-    else every core for the thin kernel (it streams the weights, and two cores read memory
-    faster than one) except for one sequence where its products are AVX-512 BF16 (below), and
-    DECODE_THREADS for OpenBLAS, which only sees batches wider than the thin kernel takes."""
+def for_decode() -> None:
+    """Threads for decode steps: `CLARA_DECODE_THREADS`, else every core for the thin kernel
+    (it streams the weights, and two cores read memory faster than one) and DECODE_THREADS
+    for OpenBLAS, which only sees batches wider than the thin kernel takes."""
     chosen = _env_int("CLARA_DECODE_THREADS")
-    lone = batch == 1 and bf16_engine == ENGINES[2]
-    set_thin_threads(chosen or (1 if lone else os.cpu_count()))
+    set_thin_threads(chosen or os.cpu_count())
     set_threads(chosen or DECODE_THREADS)
 
 
@@ -354,10 +352,6 @@ def for_training(local_ranks: int = 1) -> None:
 
 
 DECODE_THREADS: int | None = 1  # measured: batch 8 decodes 2x faster than with 2 (BENCHMARKS.md)
-# One sequence through AVX-512 BF16 products (AMD Zen 5, 2 cores): its decode steps took
-# 0.91-0.97x the time on one core as on both, in 5 in-process runs alternating the two
-# every few steps (one-off, 2026-12-03); 2 to 8 sequences were within noise
-# (0.95-1.08x) and stay on every core. The other kernels were not measured so: unchanged.
 
 
 # ---- compact copies of decode weights --------------------------------------------------

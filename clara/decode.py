@@ -568,8 +568,8 @@ class Decoder:
         if not self.sequences:
             return []
         self._merge()
+        _blas.for_decode()
         seqs = list(self.sequences)
-        _blas.for_decode(len(seqs))
         if all(not s.fresh and s.text.tokens + 1 >= s.text.max_tokens for s in seqs):
             y, lp = self._y, ()  # every current token is its sequence's last: no next forward
         else:

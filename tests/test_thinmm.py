@@ -296,27 +296,6 @@ def test_decode_weights_setting(monkeypatch):
         _blas.decode_weights()
 
 
-def test_decode_threads_follow_the_batch_and_the_setting(monkeypatch):
-    _needs_kernel()
-    monkeypatch.delenv("CLARA_DECODE_THREADS", raising=False)
-    cores = os.cpu_count()
-    try:
-        _blas.for_decode(8)
-        assert _blas._thin_threads == cores
-        _blas.for_decode(1)  # one core for one sequence, where its products are AVX-512 BF16
-        assert _blas._thin_threads == (1 if _blas.bf16_engine == "AVX-512 BF16" else cores)
-        _blas.for_decode(2)
-        assert _blas._thin_threads == cores
-        monkeypatch.setenv("CLARA_DECODE_THREADS", "3")
-        _blas.for_decode(1)
-        assert _blas._thin_threads == 3
-        _blas.for_decode(8)
-        assert _blas._thin_threads == 3
-    finally:
-        monkeypatch.delenv("CLARA_DECODE_THREADS")
-        _blas.for_prefill()
-
-
 def test_helper_pool_survives_products_of_changing_width_back_to_back(tmp_path):
     """A C driver (tests/data/thinmm_stress.c) runs products of three widths back to back with
     3 helpers on this machine's cores. A helper that read the previous product's claim word
