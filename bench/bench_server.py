@@ -384,6 +384,8 @@ def thread_table(rows: dict) -> str:
         if "model_s" in eight and "latency" in one:
             bound = one["latency"] / eight["model_s"]
             lines.append([system, "8 vs 1", "", "", "", f"aggregate at most {bound:.2f}x", ""])
+    if not lines:  # no clara-serve system in this run
+        return ""
     headers = ["system", "clients", "query encoding ms", "prefill ms", "decode steps ms",
                "model thread ms", "busy"]  # fmt: skip
     return "Per request, on clara-serve's model thread (its /metrics):\n\n" + markdown_table(
@@ -493,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                "TTFT p99 s", "decode tok/s (per request)", "latency p50 s",
                "aggregate tok/s"]  # fmt: skip
     table = markdown_table(headers, rows) + "\n\n" + targets(results, compression)
-    table += "\n\n" + thread_table(results)
+    if thread := thread_table(results):
+        table += "\n\n" + thread
     notes = (
         f"Index: {args.chunks} chunks of ~{CHUNK_TOKENS} tokens (Python doc topics), top-{args.top_k} "
         f"retrieval, {args.max_tokens} new tokens per answer (EOS ignored), greedy, streaming over "
