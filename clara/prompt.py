@@ -243,6 +243,27 @@ def reference_layout(
     return Layout(tokens, slots, n_blocks)
 
 
+def text_twin(messages: Sequence[dict], texts: Sequence[str]) -> list[dict]:
+    """`messages` with their memory markers replaced, in order, by `texts` and their `<SEP>`
+    markers by newlines: the layout `text_prompt` gives the same documents as raw text."""
+    it = iter(texts)
+
+    def fill(content: str) -> str:
+        parts = content.replace(SEP, "\n").split(MEM)
+        out = parts[0]
+        for part in parts[1:]:
+            nxt = next(it, None)
+            if nxt is None:
+                raise ClaraError("text_twin: more memory markers than texts")
+            out += clean(nxt) + part
+        return out
+
+    out = [{**m, "content": fill(m["content"])} for m in messages]
+    if next(it, None) is not None:
+        raise ClaraError("text_twin: more texts than memory markers")
+    return out
+
+
 def text_prompt(
     cm,
     question: str,

@@ -385,3 +385,50 @@ def test_checkpoint_says_how_its_query_adapter_scores(cm, tmp_path):
     saved = json.loads((tmp_path / "maxsim" / CONFIG_FILE).read_text())
     assert saved["clara"]["dense_scoring"] == "maxsim"
     assert checkpoint_fingerprint(tmp_path / "maxsim") == checkpoint_fingerprint(tmp_path / "flat")
+
+
+def test_distillation_teacher_reads_the_documents_as_serving_text_mode_does(cm):
+    from clara.prompt import text_prompt
+
+    stage = make_stage("instruct", cm, StageConfig(distill_weight=1.0))
+    (ex,) = stage.build([QARecord("Where is Paris?", DOCS[1:3], ["In France."])])
+    texts = [cm.tokenizer.decode(ids) for ids in ex.docs]  # what the compressor reads
+    want = text_prompt(cm, "Where is Paris?", texts).tokens
+    assert ex.teacher.tokens[: ex.teacher.n_prompt] == want
+    assert ex.teacher.tokens[ex.teacher.n_prompt :] == ex.gen.tokens[ex.gen.n_prompt :]
+    assert all(s == TEXT for s in ex.teacher.slots)
+
+
+def test_distillation_adds_the_kl_from_the_text_reading_generator(cm):
+    cm.eval()  # no dropout: the KL below is recomputed by hand
+    recs = [
+        PretrainRecord("qa", DOCS[1], ["What is the capital of France?"], ["Paris"]),
+        PretrainRecord("paraphrase", DOCS[2]),
+    ]
+    plain = make_stage("pretrain", cm, StageConfig(mse_weight=0.0))
+    stage = make_stage("pretrain", cm, StageConfig(mse_weight=0.0, distill_weight=0.5))
+    examples = stage.build(recs)
+    norm = {"tokens": sum(e.gen.n_answer for e in examples), "docs": 2, "queries": 2}
+    loss, aux = stage.loss(examples, norm)
+    base, _ = plain.loss(plain.build(recs), norm)
+    # by hand: the generator reading the text vs reading the memories, on the answer tokens
+    kl = 0.0
+    for e in examples:
+        with cm.adapter("generator"):
+            tb = collate_generator([e.teacher], cm.n_mem, 0)
+            t = answer_logits(cm, generator_embeddings(cm, tb, None), tb.loss_pos)[0]
+            sb = collate_generator([e.gen], cm.n_mem, 1)
+            mem = cm.encode_tokens(e.docs, "compressor").memory[None]
+            s = answer_logits(cm, generator_embeddings(cm, sb, mem), sb.loss_pos)[0]
+        lt = np.array(t - mx.logsumexp(t, axis=-1, keepdims=True), np.float64)
+        ls = np.array(s - mx.logsumexp(s, axis=-1, keepdims=True), np.float64)
+        kl += (np.exp(lt) * (lt - ls)).sum(axis=-1)[: e.gen.n_answer].sum()
+    assert kl > 0
+    np.testing.assert_allclose(aux["kl"].item(), kl, rtol=1e-3)
+    np.testing.assert_allclose(loss.item(), base.item() + 0.5 * kl / norm["tokens"], rtol=1e-4)
+    # the KL trains the student (compressor and generator on memories), never the teacher's input
+    set_trainable(cm, stage.adapters, stage.memory_tokens, full=False)
+    _, grads = _grads(stage, examples)
+    _, plain_grads = _grads(plain, plain.build(recs))
+    key = next(k for k in grads if ".lora_compressor.b" in k)
+    assert not np.allclose(np.array(grads[key]), np.array(plain_grads[key]))

@@ -157,6 +157,15 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         s.add_argument(
             "--mse-weight", type=float, default=0.1, help="memory MSE weight (default: 0.1)"
         )
+        s.add_argument(
+            "--distill-weight",
+            type=float,
+            default=0.0,
+            help="add this weight x the KL divergence from the generator reading the same "
+            "documents as text (the teacher: the generator adapter, no gradient) to the "
+            "generator reading their memories, over the answer tokens (default 0: off; not "
+            "in the paper)",
+        )
     if stage == "instruct":
         s.add_argument(
             "--keep-generator",
@@ -296,6 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         keep_query=getattr(args, "keep_query", False),
         retrieval_score=getattr(args, "retrieval_score", "flat"),
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
+        distill_weight=getattr(args, "distill_weight", 0.0),
     )
     final = train(
         records,

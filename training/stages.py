@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from clara import prompt
 from clara.errors import ClaraError
 from clara.lora import ADAPTERS
 from clara.model import ClaraModel
@@ -61,6 +62,7 @@ class StageConfig:
     train_compressor: bool = False  # stage 3 compresses its candidates with gradients
     keep_query: bool = False  # stage 3 continues the loaded query adapter
     retrieval_score: str = "flat"  # how the query scores documents: flat cosine or maxsim
+    distill_weight: float = 0.0  # stages 1-2: KL to the generator reading the documents as text
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Example:
     cands: list[int] = field(default_factory=list)  # candidate rows of the doc table (stage 3)
     pos: list[int] = field(default_factory=list)  # gold candidates (positions in `cands`)
     text: list[int] = field(default_factory=list)  # `lm` stage tokens
+    teacher: GenExample | None = None  # `gen` with the documents as text (`distill_weight`)
 
 
 def reset_adapter(cm: ClaraModel, name: str, seed: int = 0) -> None:
@@ -139,9 +142,44 @@ class Stage:
 
 
 class CompressionStage(Stage):
-    """Stages 1 and 2: documents compressed WITH gradient, CE + mse_weight x MSE."""
+    """Stages 1 and 2: documents compressed WITH gradient, CE + mse_weight x MSE (+
+    distill_weight x KL from the generator reading the same documents as text: not in the
+    paper)."""
 
     adapters = ("compressor", "generator")
+
+    def _example(self, messages: list[dict], answer: str, docs: list[list[int]]) -> Example:
+        """The example for `messages` (memory markers for `docs`) and `answer`; with
+        `distill_weight`, also its teacher: the same prompt with each memory block replaced by
+        the text the compressor reads (its `doc_max_tokens`), and the same answer tokens."""
+        gen = generator_example(self.cm, messages, answer, len(docs))
+        if not self.config.distill_weight:
+            return Example(gen=gen, docs=docs)
+        texts = [prompt.clean(self.cm.tokenizer.decode(ids)) for ids in docs]
+        twin = prompt.text_twin(messages, texts)
+        teacher = generator_example(self.cm, twin, answer, 0)
+        if teacher.tokens[teacher.n_prompt :] != gen.tokens[gen.n_prompt :]:
+            raise ClaraError("distillation: the text prompt changed the answer's tokens")
+        return Example(gen=gen, docs=docs, teacher=teacher)
+
+    def _distill(self, examples, batch, logits) -> mx.array:
+        """Summed KL(teacher || student) over the answer tokens: the teacher is the generator
+        adapter reading the documents as text, without gradient."""
+        cm = self.cm
+        tb = collate_generator([e.teacher for e in examples], cm.n_mem, 0)
+        training = cm.training
+        cm.eval()  # the teacher without dropout
+        try:
+            with cm.adapter("generator"):
+                teacher = mx.stop_gradient(
+                    answer_logits(cm, generator_embeddings(cm, tb, None), tb.loss_pos)
+                )
+        finally:
+            cm.train(training)
+        log_t = teacher - mx.logsumexp(teacher, axis=-1, keepdims=True)
+        log_s = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        kl = (mx.exp(log_t) * (log_t - log_s)).sum(axis=-1)  # (B, A)
+        return (kl * batch.loss_mask).sum()
 
     def loss(self, examples, norm):
         cm, cfg = self.cm, self.config
@@ -162,7 +200,11 @@ class CompressionStage(Stage):
             logits = answer_logits(cm, emb, batch.loss_pos)  # (B, A, V)
         ce = masked_ce_sum(logits, batch.targets, batch.loss_mask)
         loss = ce / max(norm["tokens"], 1) + cfg.mse_weight * mse / max(norm["docs"], 1)
-        return loss, {"ce": ce, "mse": mse}
+        if not cfg.distill_weight:
+            return loss, {"ce": ce, "mse": mse}
+        kl = self._distill(examples, batch, logits)
+        loss = loss + cfg.distill_weight * kl / max(norm["tokens"], 1)
+        return loss, {"ce": ce, "mse": mse, "kl": kl}
 
 
 class PretrainStage(CompressionStage):
@@ -177,11 +219,10 @@ class PretrainStage(CompressionStage):
         for r, ids in zip(records, docs):
             if r.kind == "paraphrase":
                 para = para or paraphrase_messages()
-                gen = generator_example(self.cm, para, r.doc, 1)
+                out.append(self._example(para, r.doc, [ids]))
             else:
                 qa = qa or qa_pretrain_messages()
-                gen = generator_example(self.cm, qa, qa_pretrain_target(r.questions, r.answers), 1)
-            out.append(Example(gen=gen, docs=[ids]))
+                out.append(self._example(qa, qa_pretrain_target(r.questions, r.answers), [ids]))
         return out
 
 
@@ -194,11 +235,8 @@ class InstructStage(CompressionStage):
         k = self.config.top_k
         out = []
         for r in records:
-            docs = r.docs[:k]
-            gen = generator_example(
-                self.cm, answer_messages(r.question, len(docs)), r.answer, len(docs)
-            )
-            out.append(Example(gen=gen, docs=self._tokenize_docs(docs)))
+            docs = self._tokenize_docs(r.docs[:k])
+            out.append(self._example(answer_messages(r.question, len(docs)), r.answer, docs))
         return out
 
     def initialize(self, cm, seed):

@@ -351,6 +351,8 @@ class Trainer:
         m["lr"] = float(self.schedule(self.step))
         if "ce" in sums and norm.get("tokens"):
             m["ce"] = float(sums["ce"]) / norm["tokens"]
+        if "kl" in sums and norm.get("tokens"):
+            m["kl"] = float(sums["kl"]) / norm["tokens"]
         if "mse" in sums and norm.get("docs"):
             m["mse"] = float(sums["mse"]) / norm["docs"]
         if "nce" in sums and norm.get("queries"):
@@ -498,7 +500,7 @@ def _summarise(window: list[dict], step: int, epoch: float) -> dict:
 
 def _describe(stage: str, row: dict, total: int) -> str:
     extras = " ".join(
-        f"{k}={row[k]:.4g}" for k in ("ce", "mse", "nce", "recall@1", "recall@5") if k in row
+        f"{k}={row[k]:.4g}" for k in ("ce", "kl", "mse", "nce", "recall@1", "recall@5") if k in row
     )
     return f"{stage} step {row['step']}/{total} loss={row['loss']:.4f} {extras} lr={row['lr']:.2e}"
 
