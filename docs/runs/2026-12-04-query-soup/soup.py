@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-import clara  # noqa: F401  (BLAS before mlx)
+import clara  # noqa: F401  # isort: skip  (BLAS before mlx)
 import mlx.core as mx
 
 
