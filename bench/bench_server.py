@@ -26,9 +26,13 @@ generated tokens/s over the wall time. Then the issue's four targets as ratios o
 and, for clara-serve, where its model thread spent each level (its /metrics: query encoding,
 prefill and decode steps per request, and how busy it was), with the aggregate ratio that
 thread's work allows: one client's latency over 8 clients' model-thread seconds per request.
+With `--repeats N` each system's client counts run in N rounds (every count once per round),
+and the 8-client ratios are the median of the rounds' own ratios, printed with their range:
+this machine's speed drifts by up to 2x within minutes, which a ratio of two figures
+measured minutes apart would take for a difference between client counts.
 
     python bench/bench_server.py                 # appends the tables to BENCHMARKS.md
-    python bench/bench_server.py --systems 'clara memory,llama.cpp' --repeats 3   # the targets
+    python bench/bench_server.py --systems 'clara memory,llama.cpp' --repeats 4 --min-requests 8
 """
 
 from __future__ import annotations
