@@ -1,11 +1,14 @@
-"""Average query adapters into one ("model soup"), keeping every other tensor of the first.
+"""Average adapters into one ("model soup"), keeping every other tensor of the first.
 
     python docs/runs/2026-12-04-query-soup/soup.py OUT CKPT [CKPT ...] [--weights w1,w2,...]
+        [--adapters query[,compressor]]
 
-Each checkpoint's query adapter is a low-rank update a @ b per layer. The soup averages those
+Each checkpoint's adapter is a low-rank update a @ b per layer. The soup averages those
 updates exactly (weighted), then cuts the average back to the adapters' rank by SVD, so the
-result loads like any checkpoint. The compressor, generator and memory-token rows are the first
-checkpoint's, so a collection compressed by it is reused.
+result loads like any checkpoint. By default only the query adapter is averaged: the
+compressor, generator and memory-token rows are the first checkpoint's, so a collection
+compressed by it is reused. With `compressor` in --adapters, the compressor and the rows it
+reads and writes (memory-token embeddings, `<ENC>`, the memory center) are averaged too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("checkpoints", type=Path, nargs="+")
     p.add_argument("--weights", help="comma-separated mixing weights (default: equal)")
+    p.add_argument("--adapters", default="query", help="adapters to average (default: query)")
     args = p.parse_args()
     ws = [float(w) for w in args.weights.split(",")] if args.weights else None
     ws = ws or [1.0] * len(args.checkpoints)
@@ -34,7 +38,13 @@ def main() -> None:
     ws = [w / sum(ws) for w in ws]
     loaded = [mx.load(str(c / "adapters.safetensors")) for c in args.checkpoints]
     out = dict(loaded[0])
-    prefixes = sorted(k[: -len(".a")] for k in out if k.endswith("lora_query.a"))
+    names = args.adapters.split(",")
+    prefixes = sorted(k[: -len(".a")] for k in out for n in names if k.endswith(f"lora_{n}.a"))
+    if "compressor" in names:
+        for key in ("mem_embeddings", "enc_embedding", "memory_center"):
+            out[key] = sum(w * d[key].astype(mx.float32) for w, d in zip(ws, loaded)).astype(
+                out[key].dtype
+            )
     err = 0.0
     for pre in prefixes:
         delta = sum(
@@ -50,9 +60,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(args.out / "adapters.safetensors"), out)
     shutil.copy(args.checkpoints[0] / "clara_config.json", args.out / "clara_config.json")
-    note = {"soup": [str(c) for c in args.checkpoints], "weights": ws, "svd_rel_error": err}
+    note = {"soup": [str(c) for c in args.checkpoints], "weights": ws, "adapters": names}
+    note["svd_rel_error"] = err
     (args.out / "soup.json").write_text(json.dumps(note, indent=1) + "\n")
-    print(f"{len(prefixes)} query-adapter layers averaged; worst rank cut loses {err:.2%}")
+    print(f"{len(prefixes)} adapter layers averaged; worst rank cut loses {err:.2%}")
 
 
 if __name__ == "__main__":
