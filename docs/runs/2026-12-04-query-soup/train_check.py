@@ -17,7 +17,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import clara  # noqa: E402, F401  # isort: skip  (first: the BLAS path before mlx loads)
 import bench_heldout as bh  # noqa: E402
-import numpy as np  # noqa: E402
 
 from clara.retrieval import recall_precision_at_k  # noqa: E402
 from training.data import QARecord  # noqa: E402
