@@ -28,6 +28,8 @@ def install(src: Path, dst: Path) -> Path:
     tmp.mkdir(parents=True)
     mx.save_safetensors(str(tmp / WEIGHTS_FILE), weights)
     config["installed_from"] = str(src)
+    if (src / "soup.json").exists():  # averaged from several runs (docs/runs/*-query-soup)
+        config["soup"] = json.loads((src / "soup.json").read_text())
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)

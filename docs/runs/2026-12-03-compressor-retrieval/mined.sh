@@ -5,7 +5,8 @@
 #    documents the shipped adapters rank highest (not TF-IDF's): runs/cmine, 150 steps.
 # 2. The negatives mined again, by step 1's adapters, for 800 other random questions, and
 #    100 more steps on them from step 1's end: runs/cmine2.
-# Rerunning resumes whichever step is unfinished.
+# Rerunning resumes whichever step is unfinished. INIT=DIR starts step 1 from (and mines with)
+# the adapters in DIR instead of the packaged ones (ship.sh in docs/runs/2026-12-04-query-soup).
 set -e
 cd "$(dirname "$0")/../../.."
 here=docs/runs/2026-12-03-compressor-retrieval

@@ -12,12 +12,14 @@
 set -e
 cd "$(dirname "$0")/../../.."
 out=${OUT:-runs/cretr}  # K candidates per question (the recorded run: 4); NEG=mined: the
-# shipped adapters' own hardest negatives instead of TF-IDF's (data.py)
-[ -f $out/joint.jsonl ] || .venv/bin/python docs/runs/2026-12-03-compressor-retrieval/data.py $out ${K:-4} ${NEG:-tfidf}
+# shipped adapters' own hardest negatives instead of TF-IDF's (data.py). INIT=DIR: start from
+# (and mine with) the adapters in DIR instead of the shipped ones (ship.sh in
+# docs/runs/2026-12-04-query-soup passes the ones shipped before 2026-12-04).
+[ -f $out/joint.jsonl ] || .venv/bin/python docs/runs/2026-12-03-compressor-retrieval/data.py $out ${K:-4} ${NEG:-tfidf} $INIT
 [ -f $out/init/adapters.safetensors ] || .venv/bin/python -c "
 from pathlib import Path
 from training.default_recipe import PACKAGED, float32_copy
-float32_copy(PACKAGED, Path('$out/init'))"
+float32_copy(Path('${INIT}') if '${INIT}' else PACKAGED, Path('$out/init'))"
 resume=""; ls $out/joint/step-* >/dev/null 2>&1 && resume="--resume"
 exec .venv/bin/python -m training.cli joint --data $out/joint.jsonl --out $out/joint \
   --init-from $out/init --keep-query --train-compressor --retrieval-weight ${RW:-1} --retrieval-score maxsim \
