@@ -44,20 +44,17 @@ def main() -> None:
         if not pa or not pb:
             continue
         cells = [name]
-        diffs = {}
+        sa = [answer_scores(p, g) for p, g in zip(pa, golds)]  # each answer scored once
+        sb = [answer_scores(p, g) for p, g in zip(pb, golds)]
         for key in ("f1", "acc"):
-            sa = np.array([answer_scores(p, g)[key] for p, g in zip(pa, golds)])
-            sb = np.array([answer_scores(p, g)[key] for p, g in zip(pb, golds)])
-            d = sb - sa
+            x, y = np.array([s[key] for s in sa]), np.array([s[key] for s in sb])
+            d = y - x
             half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))
-            diffs[key] = (
-                100 * sa.mean(),
-                100 * sb.mean(),
+            cells += [
+                f"{100 * x.mean():.1f}",
+                f"{100 * y.mean():.1f}",
                 f"{100 * d.mean():+.1f} ± {100 * half:.1f}",
-            )
-        for key in ("f1", "acc"):
-            x, y, d = diffs[key]
-            cells += [f"{x:.1f}", f"{y:.1f}", d]
+            ]
         same = sum(x == y for x, y in zip(pa, pb))
         print("| " + " | ".join(cells) + f" | {same} of {len(pa)} |")
 
