@@ -18,7 +18,7 @@ from clara.errors import ClaraError
 from clara.loader import BaseModel
 from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
 from clara.reference import runtime as reference
-from clara.retrieval import DENSE_SCORINGS, RERANK_DEPTH
+from clara.retrieval import DENSE_SCORINGS, READING_MODES, RERANK_DEPTH
 from clara.rope import same_positions
 
 COMPRESSION_RATES = (4, 16, 32, 64, 128)
@@ -26,7 +26,7 @@ COMPRESSION_RATES = (4, 16, 32, 64, 128)
 QUERY_PRECISIONS = ("float32", "bfloat16")
 #: ClaraConfig fields of how a checkpoint is used, not of the memories it makes: an index stays
 #: valid when they change, so fingerprints leave them out (`memory_settings`).
-USE_SETTINGS = ("dense_scoring",)
+USE_SETTINGS = ("dense_scoring", "default_mode")
 
 
 def memory_settings(config: dict) -> dict:
@@ -62,6 +62,10 @@ class ClaraConfig:
     # "flat" (the paper's flattened cosine; imported and older checkpoints) or "maxsim" (the
     # flattened cosine's nearest re-scored by late interaction: not in the paper).
     dense_scoring: str = "flat"
+    # What clara-serve's generator reads when neither the request nor `clara-serve --mode`
+    # says (one of READING_MODES): "memory" is CLaRa; adapters whose memories keep too few of
+    # a document's names and numbers answer better "mixed" (the shipped small model's do).
+    default_mode: str = "memory"
     # Checkpoints imported from Apple's reference (`clara-models import-clara`): its prompt,
     # the special tokens it appended to the base vocabulary (ids vocab_base, vocab_base+1, ...
     # in this order), its memory-token string per memory slot (`<MEM0>`.. or `<MEM>` repeated),
@@ -80,6 +84,10 @@ class ClaraConfig:
         if self.dense_scoring not in DENSE_SCORINGS:
             raise ClaraError(
                 f"dense scoring {self.dense_scoring!r} unknown; use one of {DENSE_SCORINGS}"
+            )
+        if self.default_mode not in READING_MODES:
+            raise ClaraError(
+                f"default mode {self.default_mode!r} unknown; use one of {READING_MODES}"
             )
         if self.compression_rate not in COMPRESSION_RATES:
             raise ClaraError(

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 #: Where retrieval happens, one of these: hybrid fuses the other two.
 RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
+#: What the generator reads of the retrieved chunks: their memory vectors (CLaRa), their raw
+#: text (classic RAG, the bare model) or the best one's text and the others' memories.
+READING_MODES = ("memory", "text", "mixed")
 #: How the query adapter's vectors score a chunk's memory vectors: "flat" is the paper's
 #: cosine of the flattened vectors; "maxsim" re-scores the RERANK_DEPTH nearest by it with
 #: late interaction (`maxsim_scores`). A checkpoint names its own (`ClaraConfig.dense_scoring`).

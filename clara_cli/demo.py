@@ -118,7 +118,8 @@ def main() -> int:
             model=model,
             messages=[{"role": "user", "content": QUESTION}],
             max_tokens=64,
-            extra_body={"retrieval_mode": "hybrid"},  # the default, named for the reader
+            # CLaRa itself: every chunk as memory (the shipped adapters' default is "mixed")
+            extra_body={"retrieval_mode": "hybrid", "mode": "memory"},
         )
         msg = resp.choices[0].message
         print(f"Answer: {msg.content.strip()}\n")
@@ -162,8 +163,8 @@ def main() -> int:
         )
         print(
             f"\nMixed: the best chunk as text, the others as memory ({mixed.usage.prompt_tokens} "
-            f"positions): {mixed.choices[0].message.content.strip()}\n(the mode that answered "
-            "held-out questions best with these adapters; README, 'Which mode')"
+            f"positions): {mixed.choices[0].message.content.strip()}\n(clara-serve's default "
+            "with these adapters: it answered held-out questions best; README, 'Which mode')"
         )
     finally:
         server.terminate()

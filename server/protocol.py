@@ -21,8 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from clara.paths import COLLECTION_NAME
 from clara_cli.http import APIError, JSONInt, json_int
 
-MODES = ("memory", "text", "mixed")
-
 
 class _Request(BaseModel):
     # clients send fields we do not know: tolerate; a value of the wrong JSON type is an error
@@ -122,10 +120,11 @@ class ChatCompletionRequest(_Request):
     retrieval: bool = True
     """False: answer with the bare base model, no retrieval."""
     mode: Literal["memory", "text", "mixed"] | None = None
-    """What the model reads (default: the server's --mode, "memory"). "memory": the generator
-    reads the chunks' compressed memories (CLaRa); "text": their raw text goes into the prompt
-    of the bare base model (the uncompressed RAG baseline); "mixed": the generator reads the
-    best chunk's raw text and the others' memories."""
+    """What the model reads (default: the server's --mode, itself by default the mode the
+    checkpoint names: "mixed" for the shipped small model, else "memory"). "memory": the
+    generator reads the chunks' compressed memories (CLaRa); "text": their raw text goes into
+    the prompt of the bare base model (the uncompressed RAG baseline); "mixed": the generator
+    reads the best chunk's raw text and the others' memories."""
     retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
     """How chunks are found: "hybrid" (default) fuses "dense" (query adapter vs compressed
     memories) and "lexical" (BM25 over the chunks' words) by reciprocal rank fusion."""

@@ -33,6 +33,7 @@ def test_install_halves_the_size_and_keeps_what_matters(tiny_base, tiny_llama_di
     assert (dst / WEIGHTS_FILE).stat().st_size < (src / WEIGHTS_FILE).stat().st_size
     shipped = load_clara(tiny_llama_dir, dst, dtype=None)
     assert shipped.config.center_memory
+    assert cm.config.default_mode == "memory" and shipped.config.default_mode == "mixed"
     np.testing.assert_allclose(  # float16 adapters: the same memories to a small tolerance
         np.array(shipped.compress(DOCS)), np.array(cm.compress(DOCS)), atol=5e-2
     )
@@ -43,10 +44,11 @@ def test_install_halves_the_size_and_keeps_what_matters(tiny_base, tiny_llama_di
     )
 
 
-def test_shipped_adapters_rank_dense_by_maxsim(tmp_path):
+def test_shipped_adapters_rank_dense_by_maxsim_and_read_mixed(tmp_path):
     """The shipped query adapter's retrieval re-scores the index's nearest chunks by MaxSim
-    (held-out dense R@5 95.7 -> 97.3, BENCHMARKS.md); its fingerprint is the one of the same
-    files without the setting, so indexes built before it existed stay valid."""
+    (held-out dense R@5 95.7 -> 97.3, BENCHMARKS.md) and clara-serve reads "mixed" with them
+    unless told otherwise; their fingerprint is the one of the same files without these
+    settings, so indexes built before they existed stay valid."""
     import json
     import shutil
 
@@ -55,8 +57,25 @@ def test_shipped_adapters_rank_dense_by_maxsim(tmp_path):
 
     config = ClaraConfig.from_dict(read_checkpoint_config(PACKAGED)["clara"])
     assert config.dense_scoring == "maxsim" and config.dense_rerank == 100
+    assert config.default_mode == "mixed"
     old = shutil.copytree(PACKAGED, tmp_path / "old")
     saved = json.loads((old / CONFIG_FILE).read_text())
-    del saved["clara"]["dense_scoring"]
+    del saved["clara"]["dense_scoring"], saved["clara"]["default_mode"]
     (old / CONFIG_FILE).write_text(json.dumps(saved))
     assert checkpoint_fingerprint(PACKAGED) == checkpoint_fingerprint(old)
+
+
+def test_clara_serve_reads_the_mode_its_checkpoint_names(tiny_base, tiny_llama_dir, tmp_path):
+    import pytest
+
+    from clara.errors import ClaraError
+    from server.cli import checkpoint_mode
+
+    assert checkpoint_mode("smollm2-135m", None) == "mixed"  # the shipped adapters
+    assert checkpoint_mode("smollm2-135m", "none") == "memory"  # fresh ones
+    assert checkpoint_mode(str(tiny_llama_dir), None) == "memory"
+    assert checkpoint_mode(str(tiny_llama_dir), str(tmp_path / "missing")) == "memory"
+    cm = ClaraModel(tiny_base, ClaraConfig(default_mode="text"))
+    assert checkpoint_mode(str(tiny_llama_dir), str(save_checkpoint(cm, tmp_path / "t"))) == "text"
+    with pytest.raises(ClaraError, match="default mode 'summary' unknown"):
+        ClaraConfig(default_mode="summary")

@@ -220,7 +220,9 @@ def test_default_model_answers(tmp_path: Path) -> None:
             )
         )
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-        assert json.loads(chunks[-2].model_dump_json())["retrieval"]["status"] == "no_index"
+        retrieval = json.loads(chunks[-2].model_dump_json())["retrieval"]
+        assert retrieval["status"] == "no_index"
+        assert retrieval["mode"] == "mixed"  # what the shipped adapters name (no --mode)
     finally:
         proc.stop()
 
