@@ -14,6 +14,10 @@ of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 ne
 - clara memory bf16 queries: the same with `--query-precision bfloat16` (the query adapter's
   base products on AMX tiles in bfloat16; opt-in, float32 on CPUs without AMX)
 - clara mixed:  clara-serve `mode: "mixed"`, the best chunk's text and the others' memories
+  (a best chunk seen before is prefilled from the prefix cache: with `--chunks 12` every
+  chunk repeats within the default `--prefix-cache-mb`, with 24 the cycle is longer than it)
+- clara mixed no reuse: the same with `--prefix-cache-mb 0`: only the newest prefix is kept,
+  so consecutive questions (about different chunks) reuse the chat template alone
 - clara text:   clara-serve `mode: "text"`, the chunks' raw text in the base model's prompt
 - llama.cpp:    llama-cpp-python's OpenAI server on the same GGUF, given that text prompt
                 (built into its own venv under /work/cache when missing; skipped if it cannot be)
@@ -67,6 +71,7 @@ SYSTEMS = (
     "clara memory openblas",
     "clara memory bf16 queries",
     "clara mixed",
+    "clara mixed no reuse",
     "clara text",
     "llama.cpp",
     "mlx_lm.server",
@@ -91,6 +96,7 @@ VARIANT_ARGS = {  # clara-serve variants: one command-line setting changed
     "clara memory prefill 4": ["--prefill-batch", "4", "--prefill-tokens", "0"],
     "clara memory prefill 8": ["--prefill-batch", "8", "--prefill-tokens", "0"],
     "clara memory bf16 queries": ["--query-precision", "bfloat16"],  # opt-in, AMX CPUs
+    "clara mixed no reuse": ["--prefix-cache-mb", "0"],  # the newest prefix kept, no more
 }
 LLAMA_VENV = Path("/work/cache/llama-cpp-venv")
 LLAMA_CPP = "0.3.36"
@@ -289,7 +295,7 @@ def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -
             ]
             out.append({**common, "messages": messages, "logit_bias": EOS_BIAS})
         else:
-            mode = "memory" if system in MEMORY_SYSTEMS else system.split()[-1]  # mixed, text
+            mode = "memory" if system in MEMORY_SYSTEMS else system.split()[1]  # mixed, text
             messages = [{"role": "user", "content": q}]
             out.append(
                 {**common, "messages": messages, "mode": mode, "top_k": top_k, "ignore_eos": True}

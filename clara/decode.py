@@ -61,15 +61,22 @@ MIN_CHUNK = 64
 
 
 class PrefixCache:
-    """KV states of prompt prefixes many requests share (system prompt, chat template).
+    """KV states of prompt prefixes requests share: the system prompt and chat template that
+    every request starts with, and the text that follows them when it repeats (a "mixed"
+    prompt's best chunk, a text prompt's first chunks).
 
-    An entry holds the KV of a prompt's leading text tokens; a new prompt reuses the longest
-    common prefix with any entry, and that entry shrinks to it, so entries settle on what
-    requests really share. A few entries, least recently used first out.
+    An entry holds the KV of a prompt's leading text tokens (at most `max_positions`); a new
+    prompt reuses the longest common prefix with any entry, and once prefilled its own leading
+    text becomes an entry too, replacing entries that are prefixes of it. Least recently used
+    entries go first, past `entries` of them or `max_bytes` in all.
     """
 
-    def __init__(self, entries: int = 4) -> None:
+    def __init__(
+        self, entries: int = 32, max_bytes: int = 128 << 20, max_positions: int = PREFILL_STEP
+    ) -> None:
         self.entries = entries
+        self.max_bytes = max_bytes
+        self.max_positions = max_positions
         self._items: OrderedDict[tuple[int, ...], list[tuple[mx.array, mx.array]]] = OrderedDict()
         self.hits = 0
         self.reused_positions = 0
@@ -82,6 +89,10 @@ class PrefixCache:
             i += 1
         return i
 
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for kv in self._items.values() for k, v in kv)
+
     def lookup(self, plain: list[int]) -> tuple[int, list[KVCache] | None]:
         """(positions reused, caches holding them) for a prompt whose text tokens are `plain`."""
         best, key = 0, None
@@ -91,32 +102,33 @@ class PrefixCache:
                 best, key = n, k
         if key is None or best < MIN_PREFIX:
             return 0, None
-        kv = self._items.pop(key)
-        if best < len(key):  # shrink the entry to what is shared
-            kv = [(k[..., :best, :], v[..., :best, :]) for k, v in kv]
-            key = key[:best]
-        self._items[key] = kv
+        self._items.move_to_end(key)
         caches = []
-        for k, v in kv:
+        for k, v in self._items[key]:
             c = KVCache()
-            c.keys, c.values, c.offset = k, v, best
+            c.keys, c.values, c.offset = k[..., :best, :], v[..., :best, :], best
             caches.append(c)
         self.hits += 1
         self.reused_positions += best
         return best, caches
 
     def store(self, plain: list[int], caches: list[KVCache]) -> None:
-        """Remember the KV of `plain` (the leading text tokens just prefilled)."""
+        """Remember the KV of `plain` (leading text tokens just prefilled into `caches`), up
+        to `max_positions` of them."""
+        plain = plain[: self.max_positions]
         n = len(plain)
-        key = tuple(plain)
-        if n < MIN_PREFIX or any(self._common(k, plain) >= MIN_PREFIX for k in self._items):
-            return  # an entry shares a prefix with it already; it shrinks on the next hit
+        if n < MIN_PREFIX or any(self._common(k, plain) == n for k in self._items):
+            return  # too short, or an entry holds it already
+        for k in [k for k in self._items if self._common(k, plain) == len(k)]:
+            del self._items[k]  # a prefix of this one: it answers every lookup that one would
         kv = [
             (mx.contiguous(c.keys[..., :n, :]), mx.contiguous(c.values[..., :n, :])) for c in caches
         ]
         mx.eval(kv)
-        self._items[key] = kv
-        while len(self._items) > self.entries:
+        self._items[tuple(plain)] = kv
+        while len(self._items) > self.entries or (
+            len(self._items) > 1 and self.nbytes > self.max_bytes
+        ):
             self._items.popitem(last=False)
 
 
@@ -336,6 +348,7 @@ class Decoder:
             parts = self._prefill_parts([p for _, p, _ in todo], [s for _, _, s in todo])
         took = time.perf_counter() - start
         for rows, cache, y, lp in parts:
+            self._remember([todo[r][1] for r in rows], cache)
             seqs = [todo[r][2] for r in rows]
             self._keep_lp(seqs, lp)
             joined = []
@@ -359,6 +372,20 @@ class Decoder:
                 y = y[keep]
             self._join([seqs[r] for r in joined], cache, y)
         return out
+
+    def _remember(self, prompts: list[Prompt], cache: list[BatchKVCache]) -> None:
+        """Each prompt's leading text into the prefix cache, from its row of a prefilled batch
+        (the rows of passes prefilled side by side get there this way too)."""
+        if self.prefix_cache is None:
+            return
+        lefts = cache[0].left_padding.tolist()
+        for i, (prompt, lo) in enumerate(zip(prompts, lefts)):
+            rows = []
+            for c in cache:
+                row = KVCache()
+                row.keys, row.values = c.keys[i : i + 1, :, lo:], c.values[i : i + 1, :, lo:]
+                rows.append(row)
+            self.prefix_cache.store(text_prefix(prompt), rows)
 
     def _attention(self) -> contextlib.AbstractContextManager:
         """Where clara's fused attention kernel runs (clara/attention.py), prompt rows at
@@ -405,23 +432,27 @@ class Decoder:
         mx.eval([[c.state[:2] for c in cache] for cache in caches.values()])
         return [(groups[g], caches[g], y, tuple(lp)) for g, (y, lp) in enumerate(done)]
 
-    def _shared_prefix(self, prompts: list[Prompt]) -> tuple[int, list[KVCache] | None]:
-        """(positions, KV of one row) of the leading text all `prompts` share: from the prefix
-        cache, else prefilled here once and stored; (0, None) without a prefix cache or when
-        they share fewer than MIN_PREFIX positions."""
+    def _shared_prefix(
+        self, prompts: list[Prompt], extend: bool = True
+    ) -> tuple[int, list[KVCache] | None]:
+        """(positions, KV of one row) of the leading text all `prompts` share: what the prefix
+        cache holds of it, the rest prefilled here once (`extend`; else only the cached part)
+        and stored; (0, None) without a prefix cache or when they share fewer than MIN_PREFIX
+        positions."""
         if self.prefix_cache is None:
             return 0, None
         plains = [text_prefix(p) for p in prompts]
         first = plains[0]
         shared = min(PrefixCache._common(tuple(first), pl) for pl in plains)
         reused, cache = self.prefix_cache.lookup(first[:shared])
-        if cache is not None or shared < MIN_PREFIX:
+        if not extend or reused == shared or shared < MIN_PREFIX:
             return reused, cache
-        cache = make_prompt_cache(self.cm.lm)
-        tokens = mx.array(first[:shared])[None]
+        cache = cache or make_prompt_cache(self.cm.lm)
+        tokens = mx.array(first[reused:shared])[None]
         emb = prompts[0].embeddings
-        for lo, hi in self._chunks(0, shared):
-            self._forward(tokens[:, lo:hi], cache, None if emb is None else emb[None, lo:hi])
+        for lo, hi in self._chunks(reused, shared - reused):
+            part = None if emb is None else emb[None, reused + lo : reused + hi]
+            self._forward(tokens[:, lo:hi], cache, part)
             mx.eval([c.state for c in cache])
         self.prefix_cache.store(first[:shared], cache)
         return shared, cache
@@ -455,7 +486,9 @@ class Decoder:
         `evaluate=False` (prompts of at most `prefill_step` positions) leaves it all to the
         caller to evaluate: one graph, built on the caller's stream."""
         B = len(prompts)
-        reused, prefix = self._shared_prefix(prompts)
+        # a pass on a lane takes what is cached: `_prefill_parts` prefilled the prompts' shared
+        # prefix before the lanes, and the cache belongs to this thread
+        reused, prefix = self._shared_prefix(prompts, extend=evaluate)
         layers = len(self.cm.lm.layers)
         cache = [BatchKVCache([0] * B) for _ in range(layers)]
         if prefix is not None:

@@ -104,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
         "tokens sooner (default: %(default)s)",
     )
     net.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=256,
+        metavar="MB",
+        help="KV states of repeated prompt prefixes kept per adapter, at most: the system "
+        "prompt every request shares and the text after it when it repeats (a mixed prompt's "
+        "best chunk: a prompt whose best chunk is cached prefilled ~2.7x faster here); ~12 MB "
+        "an entry for the default model (default: %(default)s)",
+    )
+    net.add_argument(
         "--sse-keepalive",
         type=float,
         default=5.0,
@@ -210,6 +220,7 @@ def _check(args: argparse.Namespace) -> None:
         ("max_batch", 1),
         ("prefill_batch", 1),
         ("prefill_tokens", 0),
+        ("prefix_cache_mb", 0),
         ("top_k", 0),
         ("history_turns", 0),
         ("max_tokens", 1),
@@ -256,6 +267,7 @@ def serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         prefill_batch=args.prefill_batch,
         prefill_tokens=args.prefill_tokens,
+        prefix_cache_mb=args.prefix_cache_mb,
     )
     defaults = ServingDefaults(
         top_k=args.top_k,

@@ -60,6 +60,7 @@ class Settings(ModelSettings):
     max_batch: int = 16  # chat requests generating at once
     prefill_batch: int = 8  # requests admitted together are prefilled at most this many at a time
     prefill_tokens: int = 320  # ... and at most this many prompt positions a pass (0: no limit)
+    prefix_cache_mb: int = 256  # KV of repeated prompt prefixes each decoder keeps, at most
 
 
 @dataclass
@@ -488,12 +489,15 @@ class Engine:
                 self._cm,
                 adapter,
                 max_context=self.settings.max_context,
-                prefix_cache=PrefixCache(),
+                prefix_cache=PrefixCache(max_bytes=self.settings.prefix_cache_mb << 20),
             )
             self._decoders[adapter] = decoder
-        start = time.perf_counter()
+        start, reused = time.perf_counter(), decoder.prefix_cache.reused_positions
         started = decoder.add_many([(prompt, sampling(q), j) for j, q, prompt in part])
         took = time.perf_counter() - start
+        name = adapter or "none"
+        self.metrics.prefix_reused.inc(decoder.prefix_cache.reused_positions - reused, adapter=name)
+        self.metrics.prefix_bytes.set(decoder.prefix_cache.nbytes, adapter=name)
         self.metrics.prefills.inc(requests=str(len(part)))
         self.metrics.prefill_seconds.observe(took, requests=str(len(part)))
         for (j, _, _), (_, first) in zip(part, started):

@@ -134,6 +134,13 @@ class Metrics:
             "Generator prefill passes, by how many requests each held (requests admitted "
             "together are prefilled as one batch)",
         )
+        self.prefix_reused = Counter(
+            "clara_prefix_cache_reused_positions_total",
+            "Prompt positions prefilled from the prefix cache instead of computed, by adapter",
+        )
+        self.prefix_bytes = Gauge(
+            "clara_prefix_cache_bytes", "KV states the prefix cache holds, by adapter"
+        )
         self.encode_seconds = Histogram(
             "clara_query_encode_seconds",
             "Query-adapter passes, by how many questions each encoded together",

@@ -13,7 +13,7 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
 from clara import lanes
-from clara.decode import Decoder, PrefixCache
+from clara.decode import MIN_PREFIX, Decoder, PrefixCache
 from clara.generate import generate
 from clara.lora import merge_adapter, merged
 from clara.model import ClaraConfig, ClaraModel
@@ -150,6 +150,71 @@ def test_prefix_cache_changes_no_token(cm) -> None:
             got += [c.token for _, c in decoder.step() if c.token is not None]
         assert got == tokens_alone(cm, prompt, "generator", max_tokens=6, ignore_eos=True)
     assert cache.hits == 2 and cache.reused_positions >= 2 * 8
+
+
+def test_prefix_cache_reuses_a_repeated_best_chunk(cm) -> None:
+    """ "mixed" prompts whose best chunk repeats reuse its KV, not just the system prompt's,
+    and every answer is still the one the prompt gets alone."""
+    from clara.decode import text_prefix
+    from clara.prompt import mixed_prompt
+
+    mem = cm.compress(DOCS)
+    cache = PrefixCache()
+    decoder = Decoder(cm, "generator", prefix_cache=cache)
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    asked = [("Where is Paris?", 0), ("Which river?", 0), ("Who wrote it?", 1), ("When?", 0)]
+    reused = []
+    for question, best in asked:
+        prompt = mixed_prompt(cm, question, [DOCS[best]], [mem[2]])
+        before = cache.reused_positions
+        seq, first = decoder.add(prompt, params)
+        got = [first.token]
+        while decoder.sequences:
+            got += [c.token for _, c in decoder.step() if c.token is not None]
+        assert got == tokens_alone(cm, prompt, "generator", max_tokens=5, ignore_eos=True)
+        reused.append((cache.reused_positions - before, len(text_prefix(prompt))))
+    assert reused[0][0] == 0  # nothing cached yet
+    assert reused[1][0] == reused[1][1] > 20  # the chunk's text, not just the template
+    assert MIN_PREFIX <= reused[2][0] < reused[2][1] - 10  # another chunk: the template only
+    assert reused[3][0] == reused[3][1]  # the first chunk's entry survived the second's
+
+    # prompts prefilled together (side by side on a multi-core CPU) leave their entries too
+    cache = PrefixCache()
+    decoder = Decoder(cm, "generator", prefix_cache=cache)
+    pair = [mixed_prompt(cm, "Where?", [DOCS[i]], [mem[2]]) for i in (0, 1)]
+    decoder.add_many([(p, params, None) for p in pair])
+    decoder.remove_many(list(decoder.sequences))
+    for i in (0, 1):
+        prompt = mixed_prompt(cm, "Why?", [DOCS[i]], [mem[2]])
+        before = cache.reused_positions
+        seq, first = decoder.add(prompt, params)
+        decoder.remove(seq)
+        assert cache.reused_positions - before == len(text_prefix(prompt))
+        assert first.token == tokens_alone(cm, prompt, "generator", max_tokens=1)[0]
+
+
+def test_prefix_cache_entries_and_budget() -> None:
+    from mlx_lm.models.cache import KVCache
+
+    def kv(n: int) -> list[KVCache]:
+        c = KVCache()
+        c.keys, c.values = mx.ones((1, 1, n, 4)), mx.zeros((1, 1, n, 4))
+        return [c]
+
+    cache = PrefixCache(entries=3, max_bytes=4 * 4 * 2 * 60, max_positions=40)
+    a = list(range(20))
+    cache.store(a, kv(20))
+    cache.store(a + [7] * 10, kv(30))  # extends `a`: replaces it
+    assert list(cache._items) == [tuple(a + [7] * 10)]
+    cache.store(a[:12], kv(12))  # held by the entry already
+    assert len(cache._items) == 1
+    n, caches = cache.lookup(a[:15] + [99])
+    assert n == 15 and caches[0].offset == 15 and caches[0].keys.shape[2] == 15
+    assert cache.lookup([99] * 20) == (0, None)
+    b = [50 + i for i in range(50)]
+    cache.store(b, kv(50))  # capped at max_positions; over budget with the other: LRU goes
+    assert [len(k) for k in cache._items] == [40] and cache.nbytes <= cache.max_bytes
+    assert cache.lookup(b)[0] == 40
 
 
 def test_merged_generator_matches_the_lora_path(cm) -> None:

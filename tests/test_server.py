@@ -324,6 +324,31 @@ def test_mixed_mode_reads_the_best_chunk_as_text(client: openai.OpenAI, cm) -> N
     assert default.model_extra["retrieval"]["mode"] == "memory"  # the server's --mode
 
 
+def test_a_repeated_best_chunk_is_prefilled_from_the_prefix_cache(
+    server: ServerProcess, client: openai.OpenAI, cm
+) -> None:
+    from clara.decode import text_prefix
+    from clara.prompt import mixed_prompt
+
+    def reused() -> float:
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        text = httpx.get(f"{server.url}/metrics", headers=auth, timeout=30).text
+        return metric(text, "clara_prefix_cache_reused_positions_total", adapter="generator")
+
+    body = dict(model=MODEL, max_tokens=2, extra_body={"mode": "mixed", "top_k": 3})
+    first = client.chat.completions.create(messages=ask(RIVER + " Where?"), **body)
+    before = reused()
+    again = client.chat.completions.create(messages=ask(RIVER + " When?"), **body)
+    sources = again.choices[0].message.sources
+    assert [s["snippet"] for s in sources] == [
+        s["snippet"] for s in first.choices[0].message.sources
+    ]
+    blank = [_mx(np.zeros((cm.n_mem, cm.hidden_size), np.float32))] * 2
+    prompt = mixed_prompt(cm, RIVER + " When?", [sources[0]["snippet"]], blank)
+    assert reused() - before == len(text_prefix(prompt))  # the template and the best chunk
+    assert len(text_prefix(prompt)) > 20
+
+
 def test_history_is_bounded_and_counted(client: openai.OpenAI, cm) -> None:
     from clara.prompt import memory_prompt
 
