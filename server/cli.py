@@ -49,6 +49,7 @@ environment (Linux CPU; logged at startup as "CPU matmuls: ..."):
   CLARA_BLAS            off: MLX's reference BLAS; or a path to an OpenBLAS library
   CLARA_JIT_NATIVE      off: MLX's fused CPU kernels for baseline x86-64 (default: -march=native)
   CLARA_CPU_ATTENTION   off: mlx-lm's attention (default: clara's fused-softmax CPU attention)
+  (all of them, and what each measured: docs/CPU.md)
 """
 
 
