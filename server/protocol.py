@@ -411,6 +411,7 @@ class ModelCard(_Response):
     # ---- CLaRa extension ----
     root: str | None = None  # the base model
     max_model_len: int | None = None
+    mode: str | None = None  # what the model reads when a request names no mode (--mode)
 
 
 class ModelList(_Response):

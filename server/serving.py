@@ -178,6 +178,7 @@ class OpenAIServing:
             created=self.created,
             root=info.model_id if info else self.engine.settings.model,
             max_model_len=info.context_limit if info else None,
+            mode=self.defaults.mode,
         )
 
     def models(self) -> ModelList:

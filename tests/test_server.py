@@ -83,6 +83,7 @@ def test_models_list_served_name(client: openai.OpenAI, tiny_llama_dir: Path) ->
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].object == "model" and models.data[0].owned_by == "clara"
     assert client.models.retrieve(MODEL).id == MODEL
+    assert models.data[0].model_extra["mode"] == "memory"  # fresh adapters: the server's --mode
 
 
 def test_base_model_id_is_accepted(client: openai.OpenAI, tiny_llama_dir: Path) -> None:

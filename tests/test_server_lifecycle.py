@@ -202,7 +202,9 @@ def test_default_model_answers(tmp_path: Path) -> None:
             assert r.json()["error"]["code"] == "model_loading" and "Retry-After" in r.headers
         proc.wait_ready()
         client = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="unused", max_retries=0)
-        assert [m.id for m in client.models.list().data] == ["clara-smollm2-135m"]
+        models = client.models.list().data
+        assert [m.id for m in models] == ["clara-smollm2-135m"]
+        assert models[0].model_extra["mode"] == "mixed"  # what the shipped adapters name
         resp = client.chat.completions.create(
             model="clara-smollm2-135m",
             messages=[{"role": "user", "content": "What is the capital of France?"}],

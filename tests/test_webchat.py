@@ -69,6 +69,8 @@ def test_upload_ask_and_see_sources(server: ServerProcess, page, tmp_path) -> No
     page.dispatch_event("#api-key", "change")
     model = httpx.get(server.url + "/health", timeout=10).json()["model"]
     sync_api.expect(page.locator("#model")).to_have_text(model)
+    default = page.locator("#mode option").first  # names what the server reads by default
+    sync_api.expect(default).to_have_text("server default (memory)")
 
     doc = tmp_path / "museum.txt"
     doc.write_text(TEXT)

@@ -35,6 +35,8 @@ async function refresh() {
   try {
     const models = await api("/v1/models");
     $("model").textContent = models.data[0].id;
+    const mode = models.data[0].mode; // what "server default" reads
+    if (mode) $("mode").options[0].textContent = `server default (${mode})`;
   } catch (e) {
     $("model").textContent = e.message;
     return;
