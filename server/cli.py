@@ -7,7 +7,6 @@ clara-serve --index ./idx --collection docs --port 8080 --api-key secret
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from clara.errors import ClaraError
@@ -278,10 +277,6 @@ def serve(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         history_turns=args.history_turns,
         mode=args.mode or checkpoint_mode(args.model, args.checkpoint),
-    )
-    how = "--mode" if args.mode else "the checkpoint's default; --mode changes it"
-    logging.getLogger("clara.serve").info(
-        "requests that name no mode read %s (%s)", defaults.mode, how
     )
     app = create_app(
         settings,
