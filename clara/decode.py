@@ -72,7 +72,7 @@ class PrefixCache:
     """
 
     def __init__(
-        self, entries: int = 32, max_bytes: int = 128 << 20, max_positions: int = PREFILL_STEP
+        self, entries: int = 32, max_bytes: int = 256 << 20, max_positions: int = PREFILL_STEP
     ) -> None:
         self.entries = entries
         self.max_bytes = max_bytes
@@ -108,23 +108,31 @@ class PrefixCache:
             c = KVCache()
             c.keys, c.values, c.offset = k[..., :best, :], v[..., :best, :], best
             caches.append(c)
-        self.hits += 1
-        self.reused_positions += best
         return best, caches
+
+    def count(self, positions: int, rows: int) -> None:
+        """Tally a prefill pass that took `positions` from the cache for each of `rows`."""
+        if positions:
+            self.hits += 1
+            self.reused_positions += positions * rows
 
     def store(self, plain: list[int], caches: list[KVCache]) -> None:
         """Remember the KV of `plain` (leading text tokens just prefilled into `caches`), up
         to `max_positions` of them."""
         plain = plain[: self.max_positions]
         n = len(plain)
-        if n < MIN_PREFIX or any(self._common(k, plain) == n for k in self._items):
-            return  # too short, or an entry holds it already
+        if n < MIN_PREFIX:
+            return
+        for k in self._items:
+            if self._common(k, plain) == n:  # an entry holds it already
+                self._items.move_to_end(k)
+                return
         for k in [k for k in self._items if self._common(k, plain) == len(k)]:
             del self._items[k]  # a prefix of this one: it answers every lookup that one would
         kv = [
             (mx.contiguous(c.keys[..., :n, :]), mx.contiguous(c.values[..., :n, :])) for c in caches
         ]
-        mx.eval(kv)
+        mx.async_eval(kv)  # copied on the stream while the first tokens go out
         self._items[tuple(plain)] = kv
         while len(self._items) > self.entries or (
             len(self._items) > 1 and self.nbytes > self.max_bytes
@@ -134,12 +142,11 @@ class PrefixCache:
 
 def text_prefix(prompt: Prompt) -> list[int]:
     """The leading positions of `prompt` that are plain tokens (before any memory slot; all but
-    the last position of a text prompt, which must be fed to get the first logits)."""
+    the last position of a text prompt, which must be fed to get the first logits). None for
+    a prompt of input embeddings that does not say where its text ends (`Prompt.text_len`)."""
     if prompt.embeddings is None:
         return prompt.tokens[:-1]
-    tokens = prompt.tokens
-    n = tokens.index(0) if 0 in tokens else len(tokens) - 1  # slots carry token id 0
-    return tokens[: min(n, len(tokens) - 1)]
+    return prompt.tokens[: min(prompt.text_len or 0, len(prompt.tokens) - 1)]
 
 
 @dataclass(eq=False)
@@ -348,7 +355,7 @@ class Decoder:
             parts = self._prefill_parts([p for _, p, _ in todo], [s for _, _, s in todo])
         took = time.perf_counter() - start
         for rows, cache, y, lp in parts:
-            self._remember([todo[r][1] for r in rows], cache)
+            self._remember([todo[r][1] for r in rows], cache)  # copies queued, not waited for
             seqs = [todo[r][2] for r in rows]
             self._keep_lp(seqs, lp)
             joined = []
@@ -414,7 +421,7 @@ class Decoder:
             y, lp = self._sample(logits, seqs)
             mx.eval(y, *lp)
             return [(list(range(len(prompts))), cache, y, lp)]
-        self._shared_prefix(prompts)  # computed (and cached) once, before the lanes
+        self._shared_prefix(prompts, count=False)  # computed (and cached) once, before the lanes
         groups = _runs(len(prompts), width)
         caches: dict[int, list[BatchKVCache]] = {}
 
@@ -433,18 +440,20 @@ class Decoder:
         return [(groups[g], caches[g], y, tuple(lp)) for g, (y, lp) in enumerate(done)]
 
     def _shared_prefix(
-        self, prompts: list[Prompt], extend: bool = True
+        self, prompts: list[Prompt], extend: bool = True, count: bool = True
     ) -> tuple[int, list[KVCache] | None]:
         """(positions, KV of one row) of the leading text all `prompts` share: what the prefix
         cache holds of it, the rest prefilled here once (`extend`; else only the cached part)
         and stored; (0, None) without a prefix cache or when they share fewer than MIN_PREFIX
-        positions."""
+        positions. `count`: the positions taken from the cache count as reused, once a row."""
         if self.prefix_cache is None:
             return 0, None
         plains = [text_prefix(p) for p in prompts]
         first = plains[0]
         shared = min(PrefixCache._common(tuple(first), pl) for pl in plains)
         reused, cache = self.prefix_cache.lookup(first[:shared])
+        if count:
+            self.prefix_cache.count(reused, len(prompts))
         if not extend or reused == shared or shared < MIN_PREFIX:
             return reused, cache
         cache = cache or make_prompt_cache(self.cm.lm)
@@ -486,8 +495,8 @@ class Decoder:
         `evaluate=False` (prompts of at most `prefill_step` positions) leaves it all to the
         caller to evaluate: one graph, built on the caller's stream."""
         B = len(prompts)
-        # a pass on a lane takes what is cached: `_prefill_parts` prefilled the prompts' shared
-        # prefix before the lanes, and the cache belongs to this thread
+        # a pass on a lane takes what is cached (`_prefill_parts` prefilled the prompts' shared
+        # prefix before the lanes): extending it would evaluate in the middle of a lane's graph
         reused, prefix = self._shared_prefix(prompts, extend=evaluate)
         layers = len(self.cm.lm.layers)
         cache = [BatchKVCache([0] * B) for _ in range(layers)]

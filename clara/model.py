@@ -102,6 +102,10 @@ class ClaraConfig:
                 f"doc_max_tokens ({self.doc_max_tokens}) must be a positive multiple of the "
                 f"compression rate ({self.compression_rate})"
             )
+        if self.reference and self.default_mode == "mixed":
+            raise ClaraError(
+                "default mode 'mixed' needs clara's own prompt layout: use memory or text"
+            )
         if self.reference and (len(self.mem_tokens) != self.n_mem or self.vocab_base <= 0):
             raise ClaraError(
                 f"a reference checkpoint needs {self.n_mem} memory tokens and the base vocab size"

@@ -41,6 +41,10 @@ class Prompt:
 
     tokens: list[int]
     embeddings: mx.array | None  # (L, d) or None for a plain text prompt
+    # Leading positions read through the token embedding, before the first memory slot or
+    # separator (memory prompts; what a prefix cache may key on). An imported checkpoint's
+    # memory slots carry its memory-token ids, so the token ids alone cannot say.
+    text_len: int | None = None
 
     @property
     def positions(self) -> int:
@@ -166,7 +170,8 @@ def _blocks_prompt(cm, question, texts, memories, history, system) -> Prompt:
         lay = layout(cm.tokenizer, render(cm.tokenizer, msgs), cm.n_mem, len(memories))
     memory = mx.concatenate(list(memories), axis=0)  # (n_blocks * n_mem, d)
     emb = embed_layout(cm, mx.array(lay.tokens), mx.array(lay.slots), memory)
-    return Prompt(lay.tokens, emb)
+    text_len = next((i for i, s in enumerate(lay.slots) if s != TEXT), len(lay.slots))
+    return Prompt(lay.tokens, emb, text_len)
 
 
 def mixed_prompt(

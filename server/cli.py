@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="KV states of repeated prompt prefixes kept per adapter, at most: the system "
         "prompt every request shares and the text after it when it repeats (a mixed prompt's "
-        "best chunk: a prompt whose best chunk is cached prefilled ~2.7x faster here); ~12 MB "
-        "an entry for the default model (default: %(default)s)",
+        "best chunk: a prompt whose best chunk is cached prefilled ~2.2x faster here); ~13 MB "
+        "an entry for the default model; 0 keeps the newest prefix only (default: %(default)s)",
     )
     net.add_argument(
         "--sse-keepalive",

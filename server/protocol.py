@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from clara.paths import COLLECTION_NAME
+from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, JSONInt, json_int
 
 
@@ -119,7 +120,7 @@ class ChatCompletionRequest(_Request):
     """Index collection to search (default: the server's --collection)."""
     retrieval: bool = True
     """False: answer with the bare base model, no retrieval."""
-    mode: Literal["memory", "text", "mixed"] | None = None
+    mode: Literal[READING_MODES] | None = None
     """What the model reads (default: the server's --mode, itself by default the mode the
     checkpoint names: "mixed" for the shipped small model, else "memory"). "memory": the
     generator reads the chunks' compressed memories (CLaRa); "text": their raw text goes into

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clara.paths import COLLECTION_NAME
+from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, json_int
 
 INCLUDABLE = ("file_search_call.results",)
@@ -155,7 +156,7 @@ class ResponseCreateRequest(_Request):
     """Collection searched without a file_search tool (default: the server's --collection)."""
     top_k: json_int(ge=0, le=100) | None = None
     """Chunks to retrieve without a file_search tool (default: the server's --top-k)."""
-    mode: Literal["memory", "text", "mixed"] | None = None
+    mode: Literal[READING_MODES] | None = None
     """"memory": the generator reads compressed memories; "text": the chunks' raw text;
     "mixed": the best chunk's text and the others' memories (default: the server's --mode)."""
     retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None

@@ -551,6 +551,36 @@ def test_prefill_without_a_separate_head_joins_the_same(cm, monkeypatch) -> None
         assert got[k] == tokens_alone(cm, p, "generator", max_tokens=6, ignore_eos=True), k
 
 
+def test_rows_aligned_without_a_separate_head_leave_their_prefixes(cm, monkeypatch) -> None:
+    """Without a separate output head the prefilled rows are aligned to end together (left
+    padding) before `Decoder._remember` stores their leading text: a later prompt with the
+    same best chunk takes all of it from the cache and answers as alone."""
+    from clara.decode import text_prefix
+    from clara.prompt import mixed_prompt
+
+    monkeypatch.setattr(cm, "output_head", lambda: None)
+    mem = cm.compress(DOCS)
+    cache = PrefixCache()
+    decoder = Decoder(cm, "generator", prefix_cache=cache)
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    pair = [  # best chunks of different lengths: the shorter row is left-padded
+        mixed_prompt(cm, "Where?", [DOCS[0]], [mem[2]]),
+        mixed_prompt(cm, "Where?", [DOCS[1] + " " + DOCS[1]], [mem[2]]),
+    ]
+    assert len(text_prefix(pair[0])) != len(text_prefix(pair[1]))
+    decoder.add_many([(p, params, None) for p in pair])
+    decoder.remove_many(list(decoder.sequences))
+    for lead in (DOCS[0], DOCS[1] + " " + DOCS[1]):
+        prompt = mixed_prompt(cm, "Which river runs past the mill?", [lead], [mem[1]])
+        before = cache.reused_positions
+        seq, first = decoder.add(prompt, params)
+        got = [first.token]
+        while decoder.sequences:
+            got += [c.token for _, c in decoder.step()]
+        assert cache.reused_positions - before == len(text_prefix(prompt))
+        assert got == tokens_alone(cm, prompt, "generator", max_tokens=4, ignore_eos=True)
+
+
 def test_no_forward_after_every_last_token(cm, monkeypatch) -> None:
     """A step whose current tokens all end their sequences by length queues no forward for
     tokens nobody will read: an answer of n tokens costs its prefill and n - 1 forwards, and

@@ -79,3 +79,5 @@ def test_clara_serve_reads_the_mode_its_checkpoint_names(tiny_base, tiny_llama_d
     assert checkpoint_mode(str(tiny_llama_dir), str(save_checkpoint(cm, tmp_path / "t"))) == "text"
     with pytest.raises(ClaraError, match="default mode 'summary' unknown"):
         ClaraConfig(default_mode="summary")
+    with pytest.raises(ClaraError, match="'mixed' needs clara's own prompt layout"):
+        ClaraConfig(default_mode="mixed", prompt_template="apple-qa")

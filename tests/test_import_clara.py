@@ -310,6 +310,36 @@ def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
     assert tokens and resp.choices[0].message.content == cm.tokenizer.decode(tokens)
 
 
+def test_prefix_cache_stops_before_an_imported_checkpoints_memory_tokens(
+    mistral, tmp_path: Path
+) -> None:
+    """An imported checkpoint's memory slots carry its memory-token ids, the same whatever the
+    documents: the prefix cache must key on the text before them, or a request would reuse an
+    earlier request's memories. Requests for other documents each answer as alone."""
+    from clara.decode import Decoder, PrefixCache, text_prefix
+    from clara.stream import SamplingParams
+
+    src = tmp_path / "compression-16"
+    twin.build_reference(
+        mistral["hf"], src, doc_max=32, rate=16, distinct=True, sep=True, stage="stage2", query=True
+    )
+    ckpt = import_reference(src, mistral["mlx"], tmp_path / "imported")
+    cm = load_clara(mistral["mlx"], ckpt, dtype=None)
+    mem = cm.compress(DOCS)
+    first_slot = cm.tokenizer.convert_tokens_to_ids(cm.config.mem_tokens[0])
+    decoder = Decoder(cm, "generator", prefix_cache=PrefixCache())
+    params = SamplingParams(max_tokens=MAX_NEW, ignore_eos=True)
+    for docs in ([0, 1], [2, 0], [1, 2]):
+        prompt = memory_prompt(cm, QUESTIONS[0], [mem[j] for j in docs])
+        assert len(text_prefix(prompt)) == prompt.tokens.index(first_slot) > 0
+        seq, first = decoder.add(prompt, params)
+        got = [first.token]
+        while decoder.sequences:
+            got += [c.token for _, c in decoder.step()]
+        alone = generate(cm, prompt, max_tokens=MAX_NEW, ignore_eos=True)
+        assert got == [c.token for c in alone if c.token is not None], docs
+
+
 def test_4bit_base_imports_and_stays_close_to_the_reference(mistral, tmp_path: Path) -> None:
     """The README's 4-bit base: the import's base check accepts it (embedding dequantized), the
     added rows sit beside a QuantizedEmbedding / quantized head, and memory vectors stay close
