@@ -193,6 +193,25 @@ def test_prefix_cache_reuses_a_repeated_best_chunk(cm) -> None:
         assert first.token == tokens_alone(cm, prompt, "generator", max_tokens=1)[0]
 
 
+def test_prefix_cache_text_prompts_in_chunks(cm) -> None:
+    """Text prompts (the bare model's) sharing their first document, prefilled in chunks of
+    a few rows: the second takes the shared text from the cache, past a chunk boundary, and
+    both answer as alone."""
+    cache = PrefixCache()
+    decoder = Decoder(cm, None, prefix_cache=cache, prefill_step=16)
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    prompts = [text_prompt(cm, q, [DOCS[0], DOCS[i]]) for i, q in ((1, "Who?"), (2, "Where?"))]
+    for prompt in prompts:
+        before = cache.reused_positions
+        seq, first = decoder.add(prompt, params)
+        got = [first.token]
+        while decoder.sequences:
+            got += [c.token for _, c in decoder.step()]
+        assert got == tokens_alone(cm, prompt, None, max_tokens=5, ignore_eos=True)
+    common = PrefixCache._common(tuple(prompts[0].tokens), prompts[1].tokens)
+    assert cache.reused_positions - before == common > 16
+
+
 def test_prefix_cache_entries_and_budget() -> None:
     from mlx_lm.models.cache import KVCache
 
