@@ -264,6 +264,8 @@ class Worker:
             return
         if task.bounded and not started:
             self._task_seconds = 0.8 * self._task_seconds + 0.2 * (time.perf_counter() - t0)
+        with self._cv:
+            self._current = None  # finished: `done` may ask what is still pending
         task.done()
 
     def _drain(self) -> None:

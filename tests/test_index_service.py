@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from clara.errors import CollectionLockedError
 from clara.retrieval import Fusion
 from tests.test_readers import make_pdf
 from tests.test_server_harness import ROOT, ServerProcess, free_port
@@ -118,6 +119,17 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
     )
     assert done.status == "completed" and done.attributes == {"topic": "rail"}
     assert done.chunking_strategy.static.max_chunk_size_tokens == 64
+    # idle again, the service gives the collection's writer lock back (clara-index may write)
+    from indexing.durable import WriterLock
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            WriterLock(root / "papers", "papers").release()
+            break
+        except CollectionLockedError:
+            assert time.monotonic() < deadline, "the service kept the writer lock while idle"
+            time.sleep(0.1)
 
     store = client.vector_stores.retrieve("papers")
     assert (store.file_counts.completed, store.file_counts.total) == (2, 2)
