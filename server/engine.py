@@ -132,6 +132,7 @@ class Job:
         self.created = time.perf_counter()
         self.task: Task | None = None
         self.batched = False  # handed to the decode batch, which sends its DONE
+        self.checked = time.monotonic()  # when its route last looked for a hung-up client
 
     def emit(self, event: object) -> None:
         """Hand an event to the event loop (worker thread)."""

@@ -48,6 +48,7 @@ from server.protocol import (
     completion_id,
 )
 
+DISCONNECT_CHECK_S = 1.0  # how often a non-streamed request looks for its client
 log = logging.getLogger("clara.serve")
 SNIPPET_CHARS = 240
 MAX_EMBEDDING_INPUTS = 2048
@@ -225,14 +226,18 @@ class OpenAIServing:
         return JSONResponse((await self._complete(job, reply, request, start)).model_dump())
 
     async def next_event(self, job: Job, request: Request) -> object:
-        """The job's next event; a client that hung up cancels the job (checked every second)."""
+        """The job's next event; a client that hung up cancels the job (checked every second,
+        whether events keep coming, as tokens of an answer do, or not)."""
         while True:
-            event = await job.next(timeout=1.0)
+            event = await job.next(timeout=DISCONNECT_CHECK_S)
+            now = time.monotonic()
+            if event is None or now - job.checked >= DISCONNECT_CHECK_S:
+                job.checked = now
+                if await request.is_disconnected():
+                    job.cancel()
+                    raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
             if event is not None:
                 return event
-            if await request.is_disconnected():
-                job.cancel()
-                raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
 
     async def start_chat(self, params: RagParams, request: Request) -> tuple[Job, Ready]:
         """Queue a chat job and wait until its retrieval and prompt are done (`Ready`); the
