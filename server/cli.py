@@ -234,20 +234,27 @@ def _check(args: argparse.Namespace) -> None:
         raise ClaraError("--max-context must be at least 2")
 
 
-def checkpoint_mode(model: str, checkpoint: str | None) -> str:
-    """The reading mode the checkpoint serving `model` names (`ClaraConfig.default_mode`);
-    "memory" for fresh adapters, older checkpoints, and a checkpoint that cannot be read
-    (the model load reports that one)."""
+def checkpoint_mode(model: str, checkpoint: str | None, mode: str | None = None) -> str:
+    """The reading mode requests get by default: `mode` (--mode) if set, else the one the
+    checkpoint serving `model` names (`ClaraConfig.default_mode`); "memory" for fresh
+    adapters, older checkpoints, and a checkpoint that cannot be read (the model load reports
+    that one). "mixed" is refused for checkpoints in their reference's prompt layout."""
     from clara.checkpoint import read_checkpoint_config, resolve_checkpoint
     from clara.model import ClaraConfig
 
     path = resolve_checkpoint(model, checkpoint)
-    if path is None:
-        return ClaraConfig.default_mode
-    try:
-        return ClaraConfig.from_dict(read_checkpoint_config(path).get("clara", {})).default_mode
-    except ClaraError:
-        return ClaraConfig.default_mode
+    config = ClaraConfig()
+    if path is not None:
+        try:
+            config = ClaraConfig.from_dict(read_checkpoint_config(path).get("clara", {}))
+        except ClaraError:
+            pass
+    if mode == "mixed" and config.reference:
+        raise ClaraError(
+            "--mode mixed needs clara's own prompt layout, and this checkpoint uses its "
+            "reference's (imported): use memory or text"
+        )
+    return mode or config.default_mode
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -276,7 +283,7 @@ def serve(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         history_turns=args.history_turns,
-        mode=args.mode or checkpoint_mode(args.model, args.checkpoint),
+        mode=checkpoint_mode(args.model, args.checkpoint, args.mode),
     )
     app = create_app(
         settings,

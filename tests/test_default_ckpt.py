@@ -74,6 +74,7 @@ def test_clara_serve_reads_the_mode_its_checkpoint_names(tiny_base, tiny_llama_d
     assert checkpoint_mode("smollm2-135m", None) == "mixed"  # the shipped adapters
     assert checkpoint_mode("smollm2-135m", "none") == "memory"  # fresh ones
     assert checkpoint_mode(str(tiny_llama_dir), None) == "memory"
+    assert checkpoint_mode("smollm2-135m", None, "text") == "text"  # --mode wins
     assert checkpoint_mode(str(tiny_llama_dir), str(tmp_path / "missing")) == "memory"
     cm = ClaraModel(tiny_base, ClaraConfig(default_mode="text"))
     assert checkpoint_mode(str(tiny_llama_dir), str(save_checkpoint(cm, tmp_path / "t"))) == "text"

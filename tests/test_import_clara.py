@@ -24,7 +24,7 @@ pytest.importorskip("peft")
 
 from clara import _blas  # noqa: E402
 from clara.checkpoint import load_clara  # noqa: E402
-from clara.errors import CheckpointError  # noqa: E402
+from clara.errors import CheckpointError, ClaraError  # noqa: E402
 from clara.generate import generate  # noqa: E402
 from clara.prompt import memory_prompt  # noqa: E402
 from clara.reference.importer import import_reference  # noqa: E402
@@ -298,8 +298,21 @@ def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
             temperature=0,
             extra_body={"top_k": 2, "retrieval_mode": "dense"},  # the reference's ranking
         )
+        with pytest.raises(openai.BadRequestError, match="'mixed' needs clara's own") as bad:
+            client.chat.completions.create(
+                model="clara-7b-twin",
+                messages=[{"role": "user", "content": QUESTIONS[0]}],
+                max_tokens=2,
+                extra_body={"mode": "mixed"},
+            )
+        assert bad.value.param == "mode"
     finally:
         proc.stop()
+    from server.cli import checkpoint_mode
+
+    assert checkpoint_mode(str(mistral["mlx"]), str(ckpt)) == "memory"
+    with pytest.raises(ClaraError, match="--mode mixed needs clara's own prompt layout"):
+        checkpoint_mode(str(mistral["mlx"]), str(ckpt), "mixed")
     ref_mem = twin.ref_encode(ref, DOCS, "encoder_adapter")
     scores = twin.ref_scores(twin.ref_encode(ref, QUESTIONS[:1], "query_reasoner_adapter"), ref_mem)
     top = [int(i) for i in torch.argsort(scores[0], descending=True)[:2]]
