@@ -384,10 +384,15 @@ class IndexService:
             col = None
         try:
             doc = None
-            if col is not None and rec is not None:
-                doc = col.find_by_path(str(self.uploads.path(rec)))
-            elif col is not None and doc_id is not None:
-                doc = col.document(doc_id)
+            if col is not None:
+                # the document the job made; else the upload's path (a path stored relative to
+                # another working directory would not match), else the id the caller named
+                if link is not None and link.doc_id:
+                    doc = col.document(link.doc_id)
+                if doc is None and rec is not None:
+                    doc = col.find_by_path(str(self.uploads.path(rec)))
+                if doc is None and doc_id is not None:
+                    doc = col.document(doc_id)
             if doc is not None:
                 try:
                     col.remove_document(doc.id)

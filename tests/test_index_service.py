@@ -191,6 +191,37 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
         client.vector_stores.retrieve("papers")
 
 
+def test_detach_after_a_restart_elsewhere_removes_the_chunks(tiny_llama_dir, tmp_path) -> None:
+    """A service started with a relative --index stores the upload's path relative to where
+    it ran; restarted with the absolute path, detaching the file still removes its chunks
+    (found by the document the job recorded, not by that path)."""
+    idx = tmp_path / "index"
+
+    def start(index: str) -> tuple[ServiceProcess, openai.OpenAI]:
+        proc = ServiceProcess(
+            "--model", str(tiny_llama_dir), "--index", index, "--api-key", API_KEY,
+            "--log-level", "warning", log=tmp_path / "service.log",
+            env={"CLARA_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+        proc.wait_ready()
+        return proc, openai.OpenAI(base_url=f"{proc.url}/v1", api_key=API_KEY, max_retries=0)
+
+    proc, client = start(os.path.relpath(idx, ROOT))
+    try:
+        client.vector_stores.create(name="rel")
+        water = upload(client, "water.txt", WATER)
+        assert attach(client, "rel", water.id).status == "completed"
+    finally:
+        proc.stop()
+    proc, client = start(str(idx))
+    try:
+        assert client.vector_stores.search("rel", query=WATER).data
+        client.vector_stores.files.delete(file_id=water.id, vector_store_id="rel")
+        assert client.vector_stores.search("rel", query=WATER).data == []
+    finally:
+        proc.stop()
+
+
 def test_failed_files_show_status_and_reason(client: openai.OpenAI, tmp_path: Path) -> None:
     vs = client.vector_stores.create(name="My scans")  # not a collection name: gets an id
     assert vs.id.startswith("vs_") and vs.name == "My scans"
