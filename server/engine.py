@@ -72,6 +72,7 @@ class ModelInfo:
     context_limit: int
     embedding_dim: int
     manifest: dict[str, Any]
+    vocab_size: int = 0  # token ids an embeddings request may send are below it
 
 
 @dataclass
@@ -268,6 +269,7 @@ class Engine:
             context_limit=limit,
             embedding_dim=cm.n_mem * cm.hidden_size,
             manifest=cm.manifest(),
+            vocab_size=len(cm.tokenizer),
         )
         # An index made by another checkpoint must stop the server now, not fail per request.
         coll = self._collection(s.collection)

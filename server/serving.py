@@ -404,6 +404,15 @@ class OpenAIServing:
             )
         if len(inputs) > MAX_EMBEDDING_INPUTS:
             raise APIError(400, f"at most {MAX_EMBEDDING_INPUTS} inputs per request", param="input")
+        vocab = self.engine.info.vocab_size
+        if vocab and any(not isinstance(x, str) and max(x) >= vocab for x in inputs):
+            raise APIError(
+                400,
+                f"token id past this model's vocabulary ({vocab} tokens): token ids must come "
+                "from its own tokenizer. Send text instead (LangChain's OpenAIEmbeddings: "
+                "check_embedding_ctx_length=False)",
+                param="input",
+            )
         dim = self.engine.info.embedding_dim
         if req.dimensions is not None and req.dimensions != dim:
             raise APIError(

@@ -51,6 +51,25 @@ def test_langchain_chat_openai(server: ServerProcess, responses_api: bool) -> No
     assert metric(metrics.text, "clara_requests_total", endpoint=endpoint, status="200") >= 2
 
 
+def test_langchain_openai_embeddings(server: ServerProcess) -> None:
+    """OpenAIEmbeddings sending text (its token-id path needs tiktoken's files from the
+    network, and other ids than this model's: README) gets the server's query embeddings."""
+    import numpy as np
+
+    emb = langchain_openai.OpenAIEmbeddings(
+        model=MODEL, base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0,
+        check_embedding_ctx_length=False,
+    )  # fmt: skip
+    docs = emb.embed_documents([DOCS[0][1], DOCS[1][1]])
+    direct = httpx.post(
+        f"{server.url}/v1/embeddings", headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": MODEL, "input": DOCS[0][1], "encoding_format": "float"},
+    ).json()["data"][0]["embedding"]  # fmt: skip
+    np.testing.assert_allclose(docs[0], direct, atol=1e-5)
+    assert len(docs) == 2 and not np.allclose(docs[0], docs[1])
+    np.testing.assert_allclose(emb.embed_query(DOCS[0][1]), direct, atol=1e-5)
+
+
 def test_llamaindex_openai_like(server: ServerProcess) -> None:
     openai_like = pytest.importorskip("llama_index.llms.openai_like", reason="make install")
     from llama_index.core.llms import ChatMessage

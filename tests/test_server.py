@@ -581,6 +581,9 @@ def test_embeddings_are_normalised_query_memories(
 def test_embedding_errors(server: ServerProcess) -> None:
     assert_error(post(server, "/v1/embeddings", {"input": []}), 400, "input")
     assert_error(post(server, "/v1/embeddings", {"input": ""}), 400, "input")
+    # another tokenizer's ids (LangChain sends tiktoken's by default): refused, not embedded
+    foreign = assert_error(post(server, "/v1/embeddings", {"input": [[9906, 10**5]]}), 400, "input")
+    assert "check_embedding_ctx_length=False" in foreign["message"]
     assert_error(post(server, "/v1/embeddings", {"input": "x", "dimensions": 3}), 400, "dimensions")
     assert_error(
         post(server, "/v1/embeddings", {"model": "nope", "input": "x"}),
