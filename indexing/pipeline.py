@@ -342,6 +342,8 @@ def recompress(
                         f"({limit}) and were cut; add the file again to re-chunk it"
                     )
                 yield result
+        # the old collection's FAISS file now: once swapped, its folder is the new one's
+        old.save_index()
         marker.touch()
         fsync_dir(staging_root)
         doomed = _swap_in(base, name)

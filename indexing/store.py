@@ -164,6 +164,13 @@ class Collection:
             raise
         return col
 
+    def save_index(self) -> None:
+        """Writer: save a lagging FAISS file now (`close` does too), e.g. while the folder
+        still holds this collection, before it is renamed away."""
+        with self._mutex:
+            if self._lock is not None and self._view.generation >= 0:
+                self._view.maybe_save(force=True)
+
     def close(self) -> None:
         """Writer: save a lagging FAISS file and release the lock. Safe to call twice."""
         with self._mutex:

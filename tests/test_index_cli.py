@@ -294,6 +294,38 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
     assert rc == 1 and "was built with checkpoint" in err
 
 
+def test_recompress_after_a_writer_died_with_faiss_behind(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path, monkeypatch
+) -> None:
+    """A writer died with its FAISS file behind its commits (big collections save it now and
+    then). `rebuild --recompress` opens the old collection, catches up in memory, swaps the
+    new one in, and must not then write the old vectors over the new collection's file."""
+    from indexing import view
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    (folder / "new.txt").write_text("The cat sat on the mat. " * 8)
+    save = view.IndexView.maybe_save
+    monkeypatch.setattr(view.IndexView, "maybe_save", lambda self, force=False: None)  # dies
+    rc, _, _ = run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    assert rc == 0
+    monkeypatch.setattr(view.IndexView, "maybe_save", save)
+    monkeypatch.setattr(view, "SAVE_ALWAYS_BYTES", 0)  # a big collection: saved on close only
+    monkeypatch.setattr(view, "SAVE_CHANGED_SHARE", 1e9)
+    rc, out, _ = run(
+        capsys, "rebuild", "--recompress", "--model", tiny_llama_q4_dir, "--index", index, "--json"
+    )
+    assert rc == 0 and json.loads(out)["recompressed"] == 4
+    target = docs_of(index)["doc01.txt"][0]
+    rc, out, _ = run(
+        capsys, "search", target, "-k", "1", "--model", tiny_llama_q4_dir, "--index", index,
+        "--json", "--mode", "dense",
+    )  # fmt: skip
+    top = json.loads(out)["results"][0]  # the new model's own vector for the chunk
+    assert rc == 0 and top["text"] == target and top["score"] == pytest.approx(1.0, abs=1e-3)
+
+
 def test_every_subcommand_has_help_with_examples(capsys) -> None:
     commands = ["add", "remove", "list", "show", "stats", "search", "rebuild", "collections"]
     for command in [*commands, "serve"]:
