@@ -27,5 +27,6 @@ def checkpoints_dir() -> Path:
 
 
 def index_root(root: str | os.PathLike | None = None) -> Path:
-    """An index root given by the user (`--index DIR`), or the default under CLARA_HOME."""
-    return Path(root).expanduser() if root else indexes_dir()
+    """An index root given by the user (`--index DIR`), or the default under CLARA_HOME;
+    absolute, so paths stored under it (uploads) still name it from another directory."""
+    return Path(os.path.abspath(Path(root).expanduser())) if root else indexes_dir()

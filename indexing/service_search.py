@@ -38,12 +38,15 @@ def search_results(
     hits = [h for h in hits if h.score >= threshold]
     docs = {h.doc_id: col.document(h.doc_id) for h in hits}
     by_doc = {link.doc_id: link for link in links}
+    by_file = {link.file_id: link for link in links}
     out = []
     for h in hits:
         doc = docs.get(h.doc_id)
         if doc is None:
             continue  # removed since the search
-        link = by_doc.get(h.doc_id)
+        # by the document the job made; by the upload it came from once `rebuild
+        # --recompress` gave the document a new id
+        link = by_doc.get(h.doc_id) or by_file.get(uploads.file_id_of(doc.path) or "")
         file_id = link.file_id if link else (uploads.file_id_of(doc.path) or doc.id)
         attributes: dict[str, Any] = dict(link.attributes or {}) if link else {}
         attributes.update(document_id=doc.id, chunk_id=h.chunk_id)

@@ -48,7 +48,7 @@ from server.protocol import (
     completion_id,
 )
 
-DISCONNECT_CHECK_S = 1.0  # how often a non-streamed request looks for its client
+DISCONNECT_CHECK_S = 0.25  # how often a non-streamed request looks for its client
 log = logging.getLogger("clara.serve")
 SNIPPET_CHARS = 240
 MAX_EMBEDDING_INPUTS = 2048
@@ -226,8 +226,8 @@ class OpenAIServing:
         return JSONResponse((await self._complete(job, reply, request, start)).model_dump())
 
     async def next_event(self, job: Job, request: Request) -> object:
-        """The job's next event; a client that hung up cancels the job (checked every second,
-        whether events keep coming, as tokens of an answer do, or not)."""
+        """The job's next event; a client that hung up cancels the job (checked every
+        DISCONNECT_CHECK_S, whether events keep coming, as tokens of an answer do, or not)."""
         while True:
             event = await job.next(timeout=DISCONNECT_CHECK_S)
             now = time.monotonic()

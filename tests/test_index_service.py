@@ -22,6 +22,7 @@ import pytest
 
 from clara.errors import CollectionLockedError
 from clara.retrieval import Fusion
+from indexing import cli as index_cli
 from tests.test_readers import make_pdf
 from tests.test_server_harness import ROOT, ServerProcess, free_port
 
@@ -210,12 +211,18 @@ def test_detach_after_a_restart_elsewhere_removes_the_chunks(tiny_llama_dir, tmp
     try:
         client.vector_stores.create(name="rel")
         water = upload(client, "water.txt", WATER)
-        assert attach(client, "rel", water.id).status == "completed"
+        attached = attach(client, "rel", water.id, attributes={"topic": "water"})
+        assert attached.status == "completed"
     finally:
         proc.stop()
+    # recompressed in between: the document gets a new id, the upload keeps its attributes
+    argv = ["rebuild", "--recompress", "--model", str(tiny_llama_dir), "--index", str(idx)]
+    assert index_cli.main([*argv, "--collection", "rel"]) == 0
     proc, client = start(str(idx))
     try:
-        assert client.vector_stores.search("rel", query=WATER).data
+        found = client.vector_stores.search("rel", query=WATER).data
+        assert found and found[0].file_id == water.id
+        assert found[0].attributes["topic"] == "water"
         client.vector_stores.files.delete(file_id=water.id, vector_store_id="rel")
         assert client.vector_stores.search("rel", query=WATER).data == []
     finally:

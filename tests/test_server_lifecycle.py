@@ -95,18 +95,19 @@ def test_full_queue_is_503_and_disconnect_stops_generation(server: ServerProcess
 
 
 def test_a_non_streamed_request_whose_client_leaves_stops(server: ServerProcess) -> None:
-    """Tokens keep arriving while it decodes, yet the route still looks for its client every
-    second: a client that gave up frees the generation slot."""
+    """Tokens keep arriving while it decodes, yet the route still looks for its client (every
+    0.25 s): a client that gave up frees the generation slot. The tiny model writes its whole
+    context (~2000 tokens) in about 1.7 s here."""
     cancelled = metric(metrics(server), "clara_generations_total", reason="cancelled")
     tokens_before = metric(metrics(server), "clara_completion_tokens_total")
     body = {**LONG, "max_tokens": 4000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=1.5)
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=0.3)
     wait_for(
         lambda: metric(metrics(server), "clara_generations_total", reason="cancelled") > cancelled
     )
     generated = metric(metrics(server), "clara_completion_tokens_total") - tokens_before
-    assert 0 < generated < 3000, generated
+    assert 0 < generated < 1500, generated
 
 
 def test_keepalive_comments_during_prefill(server: ServerProcess) -> None:
