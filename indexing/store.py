@@ -198,7 +198,10 @@ class Collection:
         """Pick up commits made since the last look (one SELECT when there are none).
         Returns True when the view changed. Runs before every search."""
         with self._mutex:
-            return self._view.refresh()
+            changed = self._view.refresh()
+            if not self.lexical and self._meta.lexical_current():
+                self.lexical = True  # a writer has added the full-text table since
+            return changed
 
     def _upgrade_lexical(self) -> None:
         """Give an index made before the full-text table one (once, in one transaction).

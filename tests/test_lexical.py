@@ -156,12 +156,17 @@ def test_a_reader_that_cannot_upgrade_searches_dense_only(tmp_path: Path):
     make_old(tmp_path)
     lock = WriterLock(tmp_path / "main", "test")  # an older writer holds the collection
     try:
-        with Collection.open(tmp_path, "main", readonly=True) as reader:
-            assert not reader.lexical and reader.search_lexical("pasta") is None
-            assert "clara-index rebuild" in reader.notes[0]
-            assert len(reader.search(np.ones((N_MEM, D)), k=1)[0]) == 1
+        reader = Collection.open(tmp_path, "main", readonly=True)
+        assert not reader.lexical and reader.search_lexical("pasta") is None
+        assert "clara-index rebuild" in reader.notes[0]
+        assert len(reader.search(np.ones((N_MEM, D)), k=1)[0]) == 1
     finally:
         lock.release()
+    with Collection.open(tmp_path, "main", manifest=MANIFEST):  # a writer upgrades it ...
+        pass
+    reader.refresh()  # ... and the reader, still open, searches words again
+    assert reader.lexical and reader.search_lexical("pasta") is not None
+    reader.close()
 
 
 def test_clara_index_says_so_in_one_line_when_it_upgrades(tmp_path: Path, capsys):
