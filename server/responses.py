@@ -195,7 +195,12 @@ class ResponsesServing:
         if searched:
             await self._indexed(chat.collection)
         params = chat.to_params(serving.defaults)
-        job, ready = await serving.start_chat(params, request)
+        try:
+            job, ready = await serving.start_chat(params, request)
+        except APIError as exc:
+            if exc.param == "messages":  # chat's name for what a response takes as `input`
+                exc.param = "input"
+            raise
         response = Response(
             model=serving.served_model_name,
             instructions=req.instructions,

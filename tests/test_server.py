@@ -521,6 +521,9 @@ def test_context_length_exceeded(client: openai.OpenAI, server: ServerProcess) -
     assert_error(
         post(server, "/v1/chat/completions", body), 400, "messages", "context_length_exceeded"
     )
+    with pytest.raises(openai.BadRequestError) as info:  # the Responses API names its input
+        client.responses.create(model=MODEL, input="river " * 3000)
+    assert info.value.code == "context_length_exceeded" and info.value.param == "input"
 
 
 def test_unknown_route_and_method(server: ServerProcess) -> None:
