@@ -10,7 +10,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -197,11 +197,14 @@ def create_app(
     schema = app.openapi
 
     def openapi() -> dict:
-        """The schema, stating the loaded model's embedding size as the one `dimensions`."""
+        """The schema, stating the loaded model's embedding size as the one `dimensions` and
+        its vocabulary as the bound of token ids in `input`."""
         spec = schema()
         if engine.info is not None:
             request = spec["components"]["schemas"]["EmbeddingRequest"]
             request["properties"]["dimensions"]["enum"] = [engine.info.embedding_dim, None]
+            if engine.info.vocab_size:
+                _bound_integers(request["properties"]["input"], engine.info.vocab_size - 1)
         return spec
 
     app.openapi = openapi
@@ -230,6 +233,18 @@ def create_app(
         return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _bound_integers(schema: Any, maximum: int) -> None:
+    """Set `maximum` on every integer schema inside `schema` (a JSON schema, in place)."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "integer":
+            schema["maximum"] = maximum
+        for value in schema.values():
+            _bound_integers(value, maximum)
+    elif isinstance(schema, list):
+        for value in schema:
+            _bound_integers(value, maximum)
 
 
 def _web_file(path: Path):
