@@ -142,7 +142,7 @@ class PrefixCache:
 
 def text_prefix(prompt: Prompt) -> list[int]:
     """The leading positions of `prompt` that are plain tokens (before any memory slot; all but
-    the last position of a text prompt, which must be fed to get the first logits). None for
+    the last position of a text prompt, which must be fed to get the first logits); none for
     a prompt of input embeddings that does not say where its text ends (`Prompt.text_len`)."""
     if prompt.embeddings is None:
         return prompt.tokens[:-1]

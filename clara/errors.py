@@ -30,6 +30,10 @@ class ContextLengthError(ClaraError):
     """A prompt does not fit the model's context window."""
 
 
+class UnsupportedModeError(ClaraError):
+    """A reading mode the loaded checkpoint's prompt layout cannot express."""
+
+
 class CollectionError(ClaraError):
     """A collection cannot do what was asked (read-only, damaged, ...)."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 from jinja2.exceptions import TemplateError
 
-from clara.errors import ClaraError
+from clara.errors import ClaraError, UnsupportedModeError
 
 SYSTEM_PROMPT = "Answer the question as briefly as possible from the documents."
 # The prompts of Apple's reference code, used by checkpoints imported from it (the config's
@@ -187,9 +187,9 @@ def mixed_prompt(
     `memory_prompt`. Zero-shot for the generator (trained on memory prompts), which reads text
     as well as the bare model does (bench/bench_heldout.py)."""
     if cm.config.reference:
-        raise ClaraError(
-            "mixed prompts need clara's own prompt layout, and this checkpoint uses its "
-            "reference's: use memory or text"
+        raise UnsupportedModeError(
+            "mode 'mixed' needs clara's own prompt layout, and this checkpoint uses its "
+            "reference's (imported): use 'memory' or 'text'"
         )
     if not memories:  # the generator reading text alone
         return text_prompt(cm, question, list(texts) or None, history, system)

@@ -29,6 +29,7 @@ from clara.errors import (
     DocumentNotFoundError,
     IndexMismatchError,
     UnsupportedDocumentError,
+    UnsupportedModeError,
 )
 
 log = logging.getLogger("clara.http")
@@ -124,6 +125,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, ContextLengthError):
         return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, UnsupportedModeError):
+        return APIError(400, str(exc), param="mode")
     if isinstance(exc, CollectionNotFoundError):
         return APIError(404, str(exc), param="collection", code="collection_not_found")
     if isinstance(exc, DocumentNotFoundError):

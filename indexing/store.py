@@ -175,8 +175,7 @@ class Collection:
         """Writer: save a lagging FAISS file and release the lock. Safe to call twice."""
         with self._mutex:
             try:
-                if self._lock is not None and self._view.generation >= 0:
-                    self._view.maybe_save(force=True)
+                self.save_index()
             finally:
                 if self._lock is not None:
                     self._lock.release()

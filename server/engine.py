@@ -369,13 +369,6 @@ class Engine:
             return memory_prompt(cm, p.question, blocks, p.history, p.system), "generator"
         chunks = [contextual(s.context, s.text) for s in r.sources] if r.status == "ok" else None
         if chunks and p.mode == "mixed":
-            if cm.config.reference:
-                raise APIError(
-                    400,
-                    "mode 'mixed' needs clara's own prompt layout, and this server's checkpoint "
-                    "uses its reference's (imported): use 'memory' or 'text'",
-                    param="mode",
-                )
             blocks = [mx.array(m) for m in r.memories[MIXED_TEXT:]]
             prompt = mixed_prompt(cm, p.question, chunks[:MIXED_TEXT], blocks, p.history, p.system)
             return prompt, "generator"
