@@ -87,13 +87,15 @@ class IndexView:
         index = None if rebuild else previous
         if index is not None and index.kind != self.want(len(ids), index):
             index = None
+        if index is not None and not self.writer and index.needs_rebuild:
+            index = None  # a reader's HNSW full of removed ids: take the writer's rebuilt file
         if index is None and not rebuild:
             tag, saved = self._newest_saved()
             if saved is not None and saved.kind == self.want(len(ids), saved):
                 index, self.saved_generation, self.unsaved = saved, tag, 0
         if index is not None:
             self.unsaved += index.sync(ids, fetch)
-            if self.writer and index.needs_rebuild:
+            if index.needs_rebuild:  # (a reader: no newer file fixed it, so build its own)
                 previous, index = index, None
         if index is None:
             index = VectorIndex.build(self.want(len(ids), previous), self.manifest.dim, ids, fetch)

@@ -166,18 +166,20 @@ def create_app(
     async def create_response(body: ResponseCreateRequest, request: Request):
         return await request.app.state.responses.create(body, request)
 
+    # Stored responses: plain functions, which FastAPI runs on its thread pool, so a slow or
+    # locked SQLite file holds up these requests only, never the event loop.
     @app.get("/v1/responses/{response_id}", response_model=Response, responses=ERRORS)
-    async def get_response(response_id: str, request: Request):
+    def get_response(response_id: str, request: Request):
         return request.app.state.responses.get(response_id)
 
     @app.delete("/v1/responses/{response_id}", response_model=ResponseDeleted, responses=ERRORS)
-    async def delete_response(response_id: str, request: Request):
+    def delete_response(response_id: str, request: Request):
         return request.app.state.responses.delete(response_id)
 
     @app.get(
         "/v1/responses/{response_id}/input_items", response_model=InputItemList, responses=ERRORS
     )
-    async def response_input_items(
+    def response_input_items(
         response_id: str, request: Request, order: Literal["asc", "desc"] = Query("desc")
     ):
         return request.app.state.responses.input_items(response_id, order)

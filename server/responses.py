@@ -191,7 +191,8 @@ class ResponsesServing:
         serving.check_model(req.model)
         req.check_supported()
         turn = self._turn_items(req)
-        chat, searched = self._chat_request(req, self._messages(req, turn))
+        messages = await asyncio.to_thread(self._messages, req, turn)  # reads the store
+        chat, searched = self._chat_request(req, messages)
         if searched:
             await self._indexed(chat.collection)
         params = chat.to_params(serving.defaults)

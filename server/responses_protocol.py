@@ -10,6 +10,7 @@ pass, so schema and behaviour agree.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Annotated, Any, Literal
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, json_int
+from server.protocol import NULL, only
 
 INCLUDABLE = ("file_search_call.results",)
 VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
@@ -70,14 +72,6 @@ class FileSearchCallInput(_Request):
     type: Literal["file_search_call"]
 
 
-def only(schema: dict[str, Any], **field: Any) -> Any:
-    """A field whose OpenAPI schema also carries `schema` (what clara accepts of it)."""
-    return Field(json_schema_extra=schema, **field)
-
-
-NULL = {"type": "null"}
-
-
 class FileSearchRankingOptions(_Request):
     ranker: str | None = None
     score_threshold: float | None = only({"maximum": 0}, default=None, ge=0.0, le=1.0)
@@ -95,8 +89,20 @@ class FileSearchTool(_Request):
     ranking_options: FileSearchRankingOptions | None = None
 
 
+#: tool_choice "required" or {"type": "file_search"} needs the tool in `tools`
+_CHOICE_NEEDS_TOOL = {
+    "if": {
+        "required": ["tool_choice"],
+        "properties": {"tool_choice": {"anyOf": [{"enum": ["required"]}, {"type": "object"}]}},
+    },
+    "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+}
+
+
 class ResponseCreateRequest(_Request):
     """POST /v1/responses (OpenAI's fields, then CLaRa's extension block)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_CHOICE_NEEDS_TOOL)
 
     input: (
         Annotated[str, Field(min_length=1)]
@@ -199,6 +205,13 @@ class ResponseCreateRequest(_Request):
             isinstance(choice, dict) and choice.get("type", 0) == "file_search"
         ):
             refuse("tool_choice", "this tool_choice (only auto, none, required, file_search)")
+        if choice == "required" or isinstance(choice, dict):
+            if not self.tools:
+                raise APIError(
+                    400, f"tool_choice {json.dumps(choice)} needs a file_search tool in "
+                    "'tools' (without tools, leave tool_choice unset: clara-serve then "
+                    "searches its default collection)", param="tool_choice",
+                )  # fmt: skip
         for i, tool in enumerate(self.tools or []):
             if tool.filters is not None:
                 refuse(f"tools.[{i}].filters", "attribute filters")

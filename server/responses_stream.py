@@ -4,6 +4,7 @@ stored (store: true) when generation finishes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -42,7 +43,7 @@ class ResponseRun:
         self.start = time.perf_counter()
         self.first: float | None = None
 
-    def _finish(self, chunk: GenerationChunk) -> None:
+    async def _finish(self, chunk: GenerationChunk) -> None:
         """Fill in the finished response and store it (store: true)."""
         r, text = self.response, "".join(self.text)
         done = "completed" if chunk.finish_reason == "stop" else "incomplete"
@@ -62,7 +63,7 @@ class ResponseRun:
             input_tokens=chunk.prompt_positions, output_tokens=chunk.generation_tokens,
             total_tokens=chunk.prompt_positions + chunk.generation_tokens,
         )  # fmt: skip
-        self._store()
+        await self._store()
 
     def _logprob(self, chunk: GenerationChunk) -> list[dict[str, Any]]:
         """The chunk's token logprob (as OpenAI's output_text logprobs), kept; [] if none."""
@@ -72,16 +73,18 @@ class ResponseRun:
         self.logprobs.append(entry)
         return [entry]
 
-    def _fail(self, error: APIError) -> None:
+    async def _fail(self, error: APIError) -> None:
         self.response.status = "failed"
         self.response.error = ResponseError(
             code=error.code or "server_error", message=error.message
         )
-        self._store()
+        await self._store()
 
-    def _store(self) -> None:
+    async def _store(self) -> None:
+        """Store the response (store: true) off the event loop: a slow or locked disk holds
+        up this request only."""
         if self.response.store:
-            self.owner.store.put(self.response.model_dump(), self.turn)
+            await asyncio.to_thread(self.owner.store.put, self.response.model_dump(), self.turn)
 
     def _metrics(self) -> None:
         if self.first is not None:
@@ -106,7 +109,7 @@ class ResponseRun:
         finally:
             self.job.cancel()
             self._metrics()
-        self._finish(event)
+        await self._finish(event)
         return self.response.model_dump()
 
     async def events(self) -> AsyncIterator[str]:
@@ -152,7 +155,7 @@ class ResponseRun:
                         to_api_error(event.error) if isinstance(event, Failed)
                         else APIError(500, "generation ended without a finish reason")
                     )  # fmt: skip
-                    self._fail(error)
+                    await self._fail(error)
                     yield sse("response.failed", response=r.model_dump())
                     return
                 if not isinstance(event, GenerationChunk):
@@ -164,7 +167,7 @@ class ResponseRun:
                     yield sse("response.output_text.delta", delta=event.text, logprobs=new, **ids)
                 if event.finish_reason is not None:
                     break
-            self._finish(event)
+            await self._finish(event)
             part = msg.content[0]
             for i, note in enumerate(part.annotations):
                 yield sse("response.output_text.annotation.added", annotation_index=i,

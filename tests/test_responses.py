@@ -255,6 +255,8 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "hi", "temperature": 3}, "temperature"),
+        ({"input": "hi", "tool_choice": "required"}, "tool_choice"),
+        ({"input": "hi", "tool_choice": {"type": "file_search"}}, "tool_choice"),
     ],
 )
 def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> None:
@@ -302,3 +304,37 @@ def test_store_chain_and_lazy_file(tmp_path) -> None:
     again = ResponseStore(tmp_path / "sub" / "responses.sqlite")  # durable: a new connection
     assert again.get("r3")["previous_response_id"] == "r2"
     again.close()
+
+
+def test_a_locked_response_store_holds_up_only_its_own_request(server, client, tmp) -> None:
+    """Another process holds the SQLite file's write lock: the DELETE waits for it, while
+    the event loop goes on answering everyone else (/health) at once."""
+    import sqlite3
+    import threading
+    import time
+
+    stored = client.responses.create(model=MODEL, input="hi")
+    holder = sqlite3.connect(tmp / "responses.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, until ROLLBACK
+    result: dict[str, int] = {}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def delete() -> None:
+        r = httpx.delete(f"{server.url}/v1/responses/{stored.id}", headers=headers, timeout=30)
+        result["status"] = r.status_code
+
+    deleting = threading.Thread(target=delete)
+    try:
+        deleting.start()
+        time.sleep(0.5)  # the DELETE is now waiting on the lock
+        t0 = time.monotonic()
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+        assert time.monotonic() - t0 < 1.0
+        assert deleting.is_alive()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        deleting.join(30)
+    assert result["status"] == 200
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(stored.id)

@@ -473,3 +473,25 @@ def test_auto_switches_to_ivf_and_back(tmp_path: Path, monkeypatch: pytest.Monke
     top = again.search(data[700], k=1)[0][0]
     assert top.score == pytest.approx(1.0, abs=1e-4)
     again.close()
+
+
+def test_hnsw_reader_takes_the_rebuilt_graph(tmp_path: Path):
+    """A long-lived reader of an HNSW collection follows the writer's removals by masking ids;
+    once the writer has rebuilt its graph (too many removed), the reader takes the rebuilt
+    file on its next search instead of masking ever more ids of its old graph."""
+    col = Collection.open(tmp_path, "h", manifest=MANIFEST, create=True, index_type="hnsw")
+    docs = [add(col, seed, n=50) for seed in range(4)]
+    reader = Collection.open(tmp_path, "h", readonly=True)
+    probe = doc_vectors(3, 50)[7]
+    first = reader.search(probe, k=1)[0][0]
+    assert first.doc_name == "d3" and first.score == pytest.approx(1.0, abs=1e-3)
+    for doc in docs[:2]:  # half the chunks gone: the writer rebuilds and saves its graph
+        col.remove_document(doc)
+    assert len(col._view.index._tombstones) == 0
+    hit = reader.search(probe, k=1)[0][0]
+    assert hit.chunk_id == first.chunk_id and hit.score == pytest.approx(1.0, abs=1e-3)
+    index = reader._view.index
+    assert index.kind == "hnsw" and len(index._tombstones) == 0 and index.ntotal == 100
+    assert {h.doc_name for h in reader.search(doc_vectors(0, 50)[0], k=100)[0]} == {"d2", "d3"}
+    reader.close()
+    col.close()
