@@ -9,6 +9,13 @@ from pathlib import Path
 COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
+def path_text(path: str | os.PathLike) -> str:
+    """`path` as text any UTF-8 consumer takes (SQLite, JSON, a terminal). A file name that
+    is not valid UTF-8 (from an old archive or a Latin-1 disk) reaches Python with its bad
+    bytes as lone surrogates; they become `\\xNN` escapes here, the same for the same name."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def home() -> Path:
     """The data home: converted models, checkpoints, indexes."""
     return Path(os.environ.get("CLARA_HOME") or Path.home() / ".cache" / "clara").expanduser()

@@ -25,7 +25,11 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     """Run a command; a `ClaraError` becomes one `prog: error: ...` line and exit status 1.
 
     `CLARA_DEBUG=1` also prints the traceback. Ctrl-C exits with 130 without a traceback.
+    Text that is not valid UTF-8 (a file name from a Latin-1 disk) is printed escaped.
     """
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return fn() or 0
     except ClaraError as exc:

@@ -11,11 +11,12 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError
-from clara.paths import index_root
+from clara.paths import index_root, path_text
 from clara_cli.common import model_dtype, progress_bar
 from indexing.pipeline import (
     FileResult,
@@ -58,8 +59,8 @@ def _show_path(path: str | Path | None) -> str:
     try:
         rel = os.path.relpath(path)
     except ValueError:
-        return str(path)
-    return rel if not rel.startswith("..") else str(path)
+        return path_text(path)
+    return path_text(rel if not rel.startswith("..") else path)
 
 
 def _size(n: int) -> str:
@@ -104,14 +105,14 @@ def _doc_dict(d: Document) -> dict[str, Any]:
 
 def _find(col: Collection, target: str) -> list[Document]:
     """Documents named by an id, a file path, or a folder (everything under it)."""
-    doc = col.document(target)
+    doc = col.document(path_text(target))  # an id (argv may hold any bytes)
     if doc is not None:
         return [doc]
     path = Path(target).expanduser().resolve()
     doc = col.find_by_path(str(path))
     if doc is not None:
         return [doc]
-    prefix = str(path).rstrip(os.sep) + os.sep
+    prefix = path_text(path).rstrip(os.sep) + os.sep
     return [d for d in col.list_documents() if d.path and d.path.startswith(prefix)]
 
 
@@ -129,14 +130,24 @@ def _open_read(args: argparse.Namespace) -> Collection:
 
 # ---- commands ------------------------------------------------------------------------------
 def _expand(raw_paths: list[str]) -> tuple[list[Path], list[FileResult]]:
-    """Each argument on its own, so one bad path does not stop the others."""
+    """Each argument on its own, so one bad path does not stop the others. Says which files
+    the folders held that are not read (other types, dangling links)."""
     found: dict[Path, None] = {}
     failed = []
+    skipped: list[Path] = []
     for raw in raw_paths:
         try:
-            found.update(dict.fromkeys(iter_inputs([raw])))
+            found.update(dict.fromkeys(iter_inputs([raw], skipped=skipped)))
         except DocumentError as exc:
             failed.append(FileResult(Path(raw), "failed", error=exc))
+    if skipped:
+        kinds = Counter(p.suffix.lower() or "no extension" for p in skipped)
+        listed = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(6))
+        print(
+            f"{PROG}: skipped {len(skipped)} file{'s' * (len(skipped) != 1)} in folders that "
+            f"are not PDF, Markdown, HTML or text ({listed}); name one to see why",
+            file=sys.stderr,
+        )
     return list(found), failed
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -31,13 +32,15 @@ from typing import Any, Literal
 import numpy as np
 
 from clara.errors import ClaraError
-from clara.paths import index_root
+from clara.paths import index_root, path_text
 from indexing.chunking import Chunk, chunk_document, join_pages
 from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
 from indexing.meta import contextual
 from indexing.readers import Document, NoTextError, read_document
 from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
+
+log = logging.getLogger(__name__)
 
 Status = Literal["added", "replaced", "unchanged", "failed", "recompressed"]
 #: Under the index root: where `recompress` builds the new collection before swapping it in.
@@ -242,15 +245,24 @@ class Indexer:
             mtime = os.stat(path).st_mtime
             doc = read_document(path, self.options.password)
             chunks = chunk_document(
-                doc, self.cm.tokenizer, self.max_tokens, self.overlap, src.name or path.name
-            )
+                doc, self.cm.tokenizer, self.max_tokens, self.overlap,
+                src.name or path_text(path.name),
+            )  # fmt: skip
             chunks = fit_contexts(self.cm, chunks)
             if not chunks:
                 raise NoTextError(path, "no text to index", "check the file")
         except ClaraError as exc:  # DocumentError, ChunkingError: this file only
             return FileResult(path, "failed", error=exc)
         except OSError as exc:
-            return FileResult(path, "failed", error=ClaraError(f"{path}: {exc.strerror or exc}"))
+            return FileResult(
+                path, "failed", error=ClaraError(f"{path_text(path)}: {exc.strerror or exc}")
+            )
+        except Exception as exc:  # a bug met on one file must not stop the files after it
+            log.debug("reading %s failed", path_text(path), exc_info=True)
+            return FileResult(path, "failed", error=ClaraError(
+                f"{path_text(path)}: could not be read ({type(exc).__name__}: {exc}); the other "
+                "files go on; please report this as a bug"
+            ))  # fmt: skip
         shape = (len(chunks), self.cm.n_mem, self.cm.hidden_size)
         memories = np.zeros(shape, np.float16)
         replaces = existing.id if existing is not None else None

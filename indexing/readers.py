@@ -1,4 +1,4 @@
-"""Read documents (PDF, plain text, Markdown) into pages of clean text.
+"""Read documents (PDF, plain text, Markdown, HTML) into pages of clean text.
 
 `read_document` returns a `Document` or raises a `DocumentError` whose message is one line:
 the file, what is wrong and what to do about it.
@@ -27,15 +27,17 @@ from clara.errors import (  # noqa: F401  re-exported: readers raise these
     NoTextError,
     UnsupportedDocumentError,
 )
+from indexing.html_text import html_to_text
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
+HTML_EXTENSIONS = frozenset({".html", ".htm", ".xhtml"})
 TEXT_EXTENSIONS = frozenset({".txt", ".text", ".rst", ".log", ".org", ".adoc", ".asciidoc", ".tex"})
 #: What a folder or glob expands to. A file named explicitly may have any extension:
 #: if its bytes are text it is read as text, otherwise it is refused with a clear reason.
-SUPPORTED_EXTENSIONS = PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | TEXT_EXTENSIONS
+SUPPORTED_EXTENSIONS = PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | TEXT_EXTENSIONS
 
-DocumentKind = Literal["pdf", "text", "markdown"]
+DocumentKind = Literal["pdf", "text", "markdown", "html"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Document:
     size: int  # bytes
     warnings: list[str] = field(default_factory=list)  # e.g. pages without text
     title: str | None = None  # the PDF's metadata title, when it has one
-    headings: list[str] = field(default_factory=list)  # Markdown `#` headings, in order
+    headings: list[str] = field(default_factory=list)  # Markdown `#` / HTML <h1-6>, in order
 
     @property
     def n_chars(self) -> int:
@@ -61,7 +63,7 @@ class Document:
 
 
 def read_document(path: str | os.PathLike, password: str | None = None) -> Document:
-    """Read a PDF, Markdown or text file into pages of cleaned text."""
+    """Read a PDF, Markdown, HTML or text file into pages of cleaned text."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(path, "no such file", "check the path")
@@ -70,7 +72,9 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             path, "is a directory", "pass the files inside it, or use iter_inputs to expand it"
         )
     if not path.is_file():
-        raise MissingFileError(path, "not a regular file", "pass a PDF, Markdown or text file")
+        raise MissingFileError(
+            path, "not a regular file", "pass a PDF, Markdown, HTML or text file"
+        )
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -98,20 +102,28 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         if what:
             raise UnsupportedDocumentError(path, f"unsupported file type ({what})", _hint_for(what))
         try:
-            text = _decode_text(path, data)
+            text, warnings = _decode_text(path, data)
         except UnsupportedDocumentError:
             if sniffed is None:
                 raise
             raise UnsupportedDocumentError(  # name the type the magic bytes say it is
                 path, f"unsupported file type ({sniffed})", _hint_for(sniffed)
             ) from None
-        kind = "markdown" if ext in MARKDOWN_EXTENSIONS else "text"
         title = None
-        headings = markdown_headings(clean_text(text)) if kind == "markdown" else []
-        text = clean_markdown(text) if kind == "markdown" else clean_text(text)
+        headings = []
+        if ext in HTML_EXTENSIONS:
+            kind = "html"
+            page = html_to_text(clean_text(text))
+            text, headings, title = page.text, page.headings, page.title
+        elif ext in MARKDOWN_EXTENSIONS:
+            kind = "markdown"
+            headings = markdown_headings(clean_text(text))
+            text = clean_markdown(text)
+        else:
+            kind = "text"
+            text = clean_text(text)
         # Form feeds separate pages (as in `pdftotext` output).
         pages = [Page(i + 1, t.strip("\n")) for i, t in enumerate(text.split("\f"))]
-        warnings = []
 
     if not any(p.text.strip() for p in pages):
         if kind == "pdf":
@@ -125,28 +137,35 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
     return Document(path, kind, pages, sha, len(data), warnings, title, headings)
 
 
-def iter_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True) -> list[Path]:
+def iter_inputs(
+    paths: Iterable[str | os.PathLike], recursive: bool = True, skipped: list[Path] | None = None
+) -> list[Path]:
     """Expand files, folders and glob patterns into the files to read (sorted, deduplicated).
 
-    Folders and globs yield only `SUPPORTED_EXTENSIONS`, skipping hidden files and folders;
-    a file named explicitly is kept whatever its type (read_document then says why it can't).
+    Folders and globs yield only `SUPPORTED_EXTENSIONS`, skipping hidden files and folders
+    (the other files they hold are appended to `skipped`); symlinked folders are followed
+    once each. A file named explicitly is kept whatever its type (read_document then says
+    why it can't).
     """
     found: dict[Path, None] = {}
+    skipped = [] if skipped is None else skipped
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_file():
             found[p.resolve()] = None
         elif p.is_dir():
-            found.update(dict.fromkeys(_walk(p, recursive)))
+            found.update(dict.fromkeys(_walk(p, recursive, skipped)))
         elif _GLOB_CHARS.search(str(raw)):
             matches = sorted(glob.glob(str(p), recursive=recursive))
             if not matches:
                 raise MissingFileError(raw, "no files match this pattern", "check the pattern")
             for m in map(Path, matches):
                 if m.is_dir():
-                    found.update(dict.fromkeys(_walk(m, recursive)))
+                    found.update(dict.fromkeys(_walk(m, recursive, skipped)))
                 elif _wanted(m):
                     found[m.resolve()] = None
+                elif m.is_file() and not _hidden(m.name):
+                    skipped.append(m)
         else:
             raise MissingFileError(p, "no such file or directory", "check the path")
     return sorted(found)
@@ -155,13 +174,25 @@ def iter_inputs(paths: Iterable[str | os.PathLike], recursive: bool = True) -> l
 _GLOB_CHARS = re.compile(r"[*?[]")
 
 
-def _walk(root: Path, recursive: bool) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d)) if recursive else []
+def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames) if recursive else []:
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not _hidden(d) and real not in seen:  # a link back up would loop
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             f = Path(dirpath) / name
-            if _wanted(f) and f.is_file():
+            if not f.is_file():  # a dangling link
+                if not _hidden(name):
+                    skipped.append(f)
+            elif _wanted(f):
                 yield f.resolve()
+            elif not _hidden(name):
+                skipped.append(f)
 
 
 def _hidden(name: str) -> bool:
@@ -201,7 +232,7 @@ def _hint_for(what: str) -> str:
     if what == "archive":
         return "extract it and pass the files inside"
     if what in ("executable", "database"):
-        return "pass a PDF, Markdown or text file"
+        return "pass a PDF, Markdown, HTML or text file"
     return "export it to PDF or text first (e.g. `libreoffice --convert-to pdf FILE`)"
 
 
@@ -223,26 +254,50 @@ _BOMS = [  # UTF-32 first: its little-endian BOM starts with UTF-16's
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 ]
-_BINARY_HINT = "pass a PDF, Markdown or text file (UTF-16 text needs a BOM)"
+_BINARY_HINT = "pass a PDF, Markdown, HTML or text file (UTF-16 text needs a BOM)"
 
 
-def _decode_text(path: Path, data: bytes) -> str:
-    """Decode text: BOM, else UTF-8, else cp1252/latin-1 when the result looks like text."""
+def _decode_text(path: Path, data: bytes) -> tuple[str, list[str]]:
+    """Decode text: BOM, else UTF-8, else cp1252/latin-1 when the result looks like text.
+
+    A file that is UTF-8 but for a few bytes (a line pasted from a Latin-1 file) stays UTF-8:
+    those bytes become U+FFFD, with a warning, instead of the whole file turning to mojibake.
+    Returns (text, warnings)."""
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
-                return data[len(bom) :].decode(encoding)
+                return data[len(bom) :].decode(encoding), []
             except UnicodeDecodeError as e:
                 raise CorruptDocumentError(
                     path, f"invalid {encoding} text at byte {e.start + len(bom)}", "re-save it"
                 ) from None
-    for encoding in ("utf-8", "cp1252", "latin-1"):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        first_bad = e.start
+    else:
+        if _looks_like_text(text):
+            return text, []
+        raise UnsupportedDocumentError(
+            path, "binary file (not text in a known encoding)", _BINARY_HINT
+        )
+    lenient = data.decode("utf-8", "replace")
+    genuine = data.count("\ufffd".encode())  # U+FFFD the file itself holds
+    bad = lenient.count("\ufffd") - genuine
+    multibyte = sum(1 for c in lenient if ord(c) > 0x7F) - bad - genuine
+    if multibyte > bad and _looks_like_text(lenient):  # UTF-8 but for these bytes
+        return lenient, [
+            f"{bad} {'byte is' if bad == 1 else 'bytes are'} not UTF-8 (the first at byte "
+            f"{first_bad}) and {'was' if bad == 1 else 'were'} read as U+FFFD; re-save the file "
+            "as UTF-8 to keep those characters"
+        ]
+    for encoding in ("cp1252", "latin-1"):
         try:
             text = data.decode(encoding)
         except UnicodeDecodeError:
             continue
         if _looks_like_text(text):
-            return text
+            return text, []
         break  # a different 8-bit codec would not make control bytes into text
     raise UnsupportedDocumentError(path, "binary file (not text in a known encoding)", _BINARY_HINT)
 
@@ -373,7 +428,9 @@ def _read_pdf(
                 tries = [password, ""] if password else [""]
                 if all(reader.decrypt(p) == PasswordType.NOT_DECRYPTED for p in tries):
                     if password is None:
-                        raise EncryptedDocumentError(path, "encrypted PDF", "pass --password")
+                        raise EncryptedDocumentError(
+                            path, "encrypted PDF", "give its password with --password"
+                        )
                     raise EncryptedDocumentError(
                         path, "wrong password for encrypted PDF", "check --password"
                     )
@@ -383,7 +440,9 @@ def _read_pdf(
         except DependencyError:
             raise _aes_error(path) from None
         except FileNotDecryptedError:
-            raise EncryptedDocumentError(path, "encrypted PDF", "pass --password") from None
+            raise EncryptedDocumentError(
+                path, "encrypted PDF", "give its password with --password"
+            ) from None
         except NotImplementedError as e:  # e.g. certificate (public-key) security handlers
             raise EncryptedDocumentError(
                 path, f"unsupported PDF encryption ({e})", "save an unencrypted copy"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import re
 import secrets
@@ -28,7 +29,7 @@ from clara_cli.worker import BULK, Task
 from indexing.manifest import MANIFEST
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
-from indexing.readers import DocumentError, UnsupportedDocumentError
+from indexing.readers import DocumentError, EncryptedDocumentError, UnsupportedDocumentError
 from indexing.service_protocol import (
     ChunkingStrategy,
     FileCounts,
@@ -62,6 +63,8 @@ from indexing.store import (
 UPLOADS = "uploads"  # <index root>/uploads/: the Files API's files (<file_id>/<name>) and registry
 RESERVED = {UPLOADS}  # folders of the index root that are not collections
 _NAME = re.compile(COLLECTION_NAME)
+
+log = logging.getLogger(__name__)
 
 
 def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
@@ -305,12 +308,19 @@ class IndexService:
             code = (
                 "unsupported_file" if isinstance(err, UnsupportedDocumentError) else "invalid_file"
             )
-            if isinstance(err, DocumentError):
+            if isinstance(err, EncryptedDocumentError):  # no --password over HTTP
+                message = (
+                    f"{rec.filename}: {err.reason}: upload a copy without the password (e.g. "
+                    "`qpdf --decrypt --password=PASSWORD in.pdf out.pdf`)"
+                )
+            elif isinstance(err, DocumentError):
                 message = f"{rec.filename}: {err.reason}" + (f": {err.hint}" if err.hint else "")
             else:
                 message = str(err).replace(str(self.uploads.path(rec)), rec.filename)
             values = dict(status="failed", error_code=code, error_message=message)
         else:
+            for warning in result.warnings:  # e.g. a page without text: the log says so
+                log.warning("file %s (%s): %s", rec.id, rec.filename, warning)
             usage = result.chunks * cm.n_mem * cm.hidden_size * 2  # float16 memory rows
             values = dict(status="completed", doc_id=result.doc_id, usage_bytes=usage)
             values.update(error_code=None, error_message=None)

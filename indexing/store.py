@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from clara.errors import DocumentNotFoundError
+from clara.paths import path_text
 from clara.retrieval import Fusion, flatten_normalize, maxsim_rerank
 from indexing.durable import (
     CollectionLockedError,
@@ -313,8 +314,8 @@ class Collection:
             mtime = st.st_mtime if mtime is None else mtime
         doc = Document(
             id=f"doc-{secrets.token_hex(6)}",
-            path=str(path) if path is not None else None,
-            name=name,
+            path=path_text(path) if path is not None else None,
+            name=path_text(name),
             sha256=sha256,
             size=int(size or 0),
             mtime=mtime,
@@ -512,7 +513,7 @@ class Collection:
     def find_by_path(self, path: str | Path) -> Document | None:
         """The newest document indexed from `path` (hash changed: `replace_document`)."""
         with self._mutex:
-            return self._meta.find_by_path(str(path))
+            return self._meta.find_by_path(path_text(path))
 
     def stats(self) -> dict[str, Any]:
         """Counts, generation, index type and bytes on disk per file."""

@@ -98,12 +98,16 @@ def test_add_reports_each_bad_file_and_indexes_the_rest(
     )  # fmt: skip
     assert rc == 1
     lines = err.strip().splitlines()
+    assert lines.pop(0) == (  # the folder's photo.png (named explicitly too: refused below)
+        "clara-index: skipped 1 file in folders that are not PDF, Markdown, HTML or text "
+        "(1 .png); name one to see why"
+    )
     reasons = {
         "missing.pdf": "no such file",
         "photo.png": "unsupported file type (image)",
         "binary.txt": "binary file",
         "empty.md": "empty file",
-        "locked.pdf": "encrypted PDF: pass --password",
+        "locked.pdf": "encrypted PDF: give its password with --password",
     }
     assert len(lines) == len(reasons), err
     for name, reason in reasons.items():
@@ -120,6 +124,26 @@ def test_add_reports_each_bad_file_and_indexes_the_rest(
         "--model", tiny_llama_dir, "--index", index, "--json",
     )  # fmt: skip
     assert rc == 0 and json.loads(out)["added"] == 1
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_like_any_other(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A name from a Latin-1 disk ("café" as b"caf\\xe9") is stored, listed and matched on a
+    re-run as "caf\\xe9": the files beside it are indexed, nothing crashes."""
+    folder = tmp_path / "docs"
+    write_corpus(folder, n=2)
+    with open(os.fsencode(folder) + b"/caf\xe9 notes.txt", "w") as f:
+        f.write(SENTENCES[0] + "\n\n" + SENTENCES[1])
+    args = ("--model", tiny_llama_dir, "--index", tmp_path / "index", *CHUNKING)
+    rc, out, err = run(capsys, "add", folder, *args)
+    assert rc == 0, err
+    assert "caf\\xe9 notes.txt" in out and out.strip().splitlines()[-1].startswith("3 added")
+    assert set(docs_of(tmp_path / "index")) == {"doc00.txt", "doc01.txt", "caf\\xe9 notes.txt"}
+    rc, out, err = run(capsys, "add", folder, *args)
+    assert rc == 0 and out.strip().splitlines()[-1].startswith("0 added, 3 unchanged"), out
+    rc, out, _ = run(capsys, "remove", folder / os.fsdecode(b"caf\xe9 notes.txt"), *args[2:4])
+    assert rc == 0 and set(docs_of(tmp_path / "index")) == {"doc00.txt", "doc01.txt"}
 
 
 def test_rerun_is_incremental_and_a_changed_file_replaces_its_chunks(

@@ -229,7 +229,9 @@ def test_detach_after_a_restart_elsewhere_removes_the_chunks(tiny_llama_dir, tmp
         proc.stop()
 
 
-def test_failed_files_show_status_and_reason(client: openai.OpenAI, tmp_path: Path) -> None:
+def test_failed_files_show_status_and_reason(
+    client: openai.OpenAI, service: ServiceProcess, tmp_path: Path
+) -> None:
     vs = client.vector_stores.create(name="My scans")  # not a collection name: gets an id
     assert vs.id.startswith("vs_") and vs.name == "My scans"
     cases = {
@@ -237,7 +239,7 @@ def test_failed_files_show_status_and_reason(client: openai.OpenAI, tmp_path: Pa
         "photo.png": (b"\x89PNG\r\n\x1a\n" + bytes(64), "unsupported_file", "image"),
         "locked.pdf": (
             (ROOT / "tests/data/encrypted-aes128.pdf").read_bytes(), "invalid_file",
-            "encrypted PDF",
+            "encrypted PDF: upload a copy without the password",  # no --password over HTTP
         ),
         "empty.txt": (b"", "invalid_file", "empty file"),
     }  # fmt: skip
@@ -248,9 +250,12 @@ def test_failed_files_show_status_and_reason(client: openai.OpenAI, tmp_path: Pa
         assert done.last_error.code == code and done.last_error.message.startswith(f"{name}: ")
         assert reason in done.last_error.message and "/uploads/" not in done.last_error.message
     good = attach(client, vs.id, upload(client, "ok.txt", TRAIN).id)
+    half = attach(client, vs.id, upload(client, "half.pdf", make_pdf([TRAIN, None])).id)
     store = client.vector_stores.retrieve(vs.id)
-    assert good.status == "completed"
-    assert (store.file_counts.failed, store.file_counts.completed) == (4, 1)
+    assert good.status == half.status == "completed"
+    assert (store.file_counts.failed, store.file_counts.completed) == (4, 2)
+    # what the CLI prints as a warning, the service logs
+    assert f"file {half.id} (half.pdf): page 2: no extractable text" in service.log()
     failed = client.vector_stores.files.list(vector_store_id=vs.id, filter="failed")
     assert len(list(failed)) == 4
     client.vector_stores.delete(vs.id)

@@ -12,6 +12,7 @@ import pytest
 from fpdf import FPDF
 from fpdf.enums import EncryptionMethod
 
+from indexing.html_text import html_to_text
 from indexing.readers import (
     SUPPORTED_EXTENSIONS,
     CorruptDocumentError,
@@ -88,7 +89,8 @@ def test_pdf_password_rc4(tmp_path: Path) -> None:
     enc["encryption_method"] = EncryptionMethod.RC4
     path = write(tmp_path, "locked.pdf", make_pdf(["Secret harbour plans."], enc))
     with pytest.raises(
-        EncryptedDocumentError, match=r"locked\.pdf: encrypted PDF: pass --password"
+        EncryptedDocumentError,
+        match=r"locked\.pdf: encrypted PDF: give its password with --password",
     ):
         read_document(path)
     with pytest.raises(EncryptedDocumentError, match="wrong password"):
@@ -171,6 +173,51 @@ def test_text_encodings(tmp_path: Path, encoding: str) -> None:
         data = b"\xfe\xff" + data
     doc = read_document(write(tmp_path, "notes.txt", data))
     assert doc.kind == "text" and doc.pages[0].text == SAMPLE
+
+
+@pytest.mark.parametrize("extra", ["Zürich, Straße.", "Гарантийный срок — два года."])
+def test_utf8_with_a_few_stray_bytes_stays_utf8(tmp_path: Path, extra: str) -> None:
+    """One Latin-1 line in a UTF-8 file: its byte reads as U+FFFD (with a warning), the rest
+    of the file keeps its UTF-8 characters, instead of all of it read as cp1252 mojibake (or,
+    with Cyrillic, refused as binary)."""
+    lines = [f"{i}. {SAMPLE.splitlines()[0]} {extra}" for i in range(20)]
+    data = "\n".join(lines).encode() + "\nSigned: José.".encode("latin-1")
+    doc = read_document(write(tmp_path, "notes.txt", data))
+    text = doc.pages[0].text
+    assert text.startswith(lines[0]) and extra in text and text.endswith("Signed: Jos\ufffd.")
+    assert doc.warnings == [
+        f"1 byte is not UTF-8 (the first at byte {len(data) - 2}) and was read as U+FFFD; "
+        "re-save the file as UTF-8 to keep those characters"
+    ]
+    # a file with no UTF-8 in it at all is still cp1252 (test_text_encodings)
+
+
+def test_html_reads_as_the_page_shows() -> None:
+    html = """<!DOCTYPE html><html><head><title>Pump  Manual</title>
+    <style>body { font-family: sans-serif }</style><script>var tracking = "abc";</script>
+    </head><body><nav><a href="/">Home</a> | <a href="/docs">Docs</a></nav>
+    <h1>Pump P-200</h1><p>Prime the pump&nbsp;before use &amp; check the
+    <b>pressure</b>.<br>Max flow: 40&nbsp;L/min.</p>
+    <h2>Parts</h2><ul><li>Impeller</li><li>Seal <i>kit</i></li></ul>
+    <table><tr><th>Part</th><th>Code</th></tr><tr><td>Impeller</td><td>IMP-7</td></tr></table>
+    <pre>step 1
+      step 2</pre><img src="x.png" alt="Exploded view"><noscript>Enable JS</noscript>
+    <footer>&copy; 2026 ACME</footer></body></html>"""
+    page = html_to_text(html)
+    assert page.title == "Pump Manual"
+    assert page.headings == ["Pump P-200", "Parts"]
+    assert page.text == (
+        "Pump P-200\n\nPrime the pump before use & check the pressure.\n\n"
+        "Max flow: 40 L/min.\n\nParts\n\n- Impeller\n\n- Seal kit\n\n"
+        "Part | Code\n\nImpeller | IMP-7\n\nstep 1\n      step 2\n\nExploded view\n\n© 2026 ACME"
+    )
+
+
+def test_html_file(tmp_path: Path) -> None:
+    data = "<html><head><title>Notes</title></head><body><h2>Café</h2><p>Open 9–5.</p></body>"
+    doc = read_document(write(tmp_path, "notes.htm", data.encode()))
+    assert doc.kind == "html" and doc.title == "Notes" and doc.headings == ["Café"]
+    assert doc.pages[0].text == "Café\n\nOpen 9–5."
 
 
 def test_text_newlines_controls_and_form_feed_pages(tmp_path: Path) -> None:
@@ -271,6 +318,23 @@ def test_iter_inputs_expands_folders_and_globs(tmp_path: Path) -> None:
     got = iter_inputs([str(tmp_path / "**" / "*.md")])
     assert [p.name for p in got] == ["b.md"]  # hidden folders and files stay out
     assert all(p.is_absolute() for p in got)
+
+
+def test_iter_inputs_follows_linked_folders_once_and_lists_what_it_skips(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "a.md").write_text("x")
+    (shared / "table.xlsx").write_text("x")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "page.html").write_text("<p>x</p>")
+    (root / "linked").symlink_to(shared, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # must not walk forever
+    (root / "gone.txt").symlink_to(tmp_path / "missing.txt")
+    skipped: list[Path] = []
+    got = iter_inputs([root], skipped=skipped)
+    assert got == [(root / "page.html").resolve(), (shared / "a.md").resolve()]
+    assert sorted(p.name for p in skipped) == ["gone.txt", "table.xlsx"]
 
 
 def test_iter_inputs_reports_missing_paths(tmp_path: Path) -> None:

@@ -1,0 +1,170 @@
+"""HTML pages as readable text: what a browser shows, laid out the way clara reads Markdown.
+
+Scripts, styles, navigation menus and other markup that is not page text are dropped;
+headings become their own lines (and the document's section headings), list items start with
+"- ", table cells are joined with " | ", `<pre>` blocks keep their layout, and character
+references are decoded. Only the standard library's `html.parser` is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+#: Elements whose content is not page text.
+SKIPPED = frozenset(
+    {"script", "style", "noscript", "template", "svg", "math", "iframe", "object", "canvas",
+     "nav", "head", "select", "button"}
+)  # fmt: skip
+#: Elements that start and end a block of text (a line, or a paragraph).
+BLOCKS = frozenset(
+    {"p", "div", "section", "article", "main", "header", "footer", "aside", "blockquote",
+     "figure", "figcaption", "form", "fieldset", "address", "details", "summary", "dl", "dt",
+     "dd", "ul", "ol", "li", "table", "thead", "tbody", "tfoot", "tr", "caption", "hr", "br",
+     "pre", "h1", "h2", "h3", "h4", "h5", "h6", "body", "html"}
+)  # fmt: skip
+HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+#: Void elements: they never have an end tag, so they never open a skipped region.
+VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+     "source", "track", "wbr"}
+)  # fmt: skip
+
+
+@dataclass
+class HtmlText:
+    text: str
+    headings: list[str] = field(default_factory=list)  # in order, as lines of `text`
+    title: str | None = None  # <title>
+
+
+def html_to_text(source: str) -> HtmlText:
+    """The readable text of an HTML page (see the module docstring)."""
+    parser = _Parser()
+    parser.feed(source)
+    parser.close()
+    return parser.result()
+
+
+class _Parser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[str] = []  # finished lines and paragraphs
+        self.line: list[str] = []  # text of the block being read
+        self.cells: list[str] = []  # finished cells of the table row being read
+        self.in_cell = False  # inside <td>/<th>: blocks in it are only spaces
+        self.headings: list[str] = []
+        self.title: list[str] = []
+        self.skip: list[str] = []  # open skipped elements
+        self.pre = 0  # depth of <pre>
+        self.in_title = False
+        self.heading = False
+
+    # -- parser callbacks ---------------------------------------------------------------------
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title" and not self.skip_body:
+            self.in_title = True
+            return
+        if tag in SKIPPED and tag not in VOID:
+            self.skip.append(tag)
+            return
+        if self.skip:
+            return
+        if tag in ("td", "th"):
+            self._start_cell()
+        elif tag in BLOCKS and self.in_cell and tag not in ("tr", "table"):
+            self.line.append(" ")
+        elif tag in BLOCKS:
+            self._flush()
+            if tag == "li":
+                self.line.append("- ")
+            elif tag in HEADINGS:
+                self.heading = True
+            elif tag == "pre":
+                self.pre += 1
+        elif tag == "img":
+            alt = dict(attrs).get("alt")
+            if alt:
+                self.line.append(f" {alt} ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in SKIPPED:  # <svg/>: empty, nothing to skip
+            return
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self.in_title = False
+            return
+        if self.skip:
+            if tag == self.skip[-1]:
+                self.skip.pop()
+            elif tag in self.skip:  # unclosed elements inside: close them too
+                del self.skip[self.skip.index(tag) :]
+            return
+        if tag in ("td", "th"):
+            self._end_cell()
+        elif tag == "tr":
+            self._end_row()
+        elif tag in BLOCKS and self.in_cell and tag != "table":
+            self.line.append(" ")
+        elif tag in BLOCKS:
+            if tag == "table":
+                self._end_row()
+            self._flush()
+            if tag == "pre":
+                self.pre = max(0, self.pre - 1)
+
+    def handle_data(self, data: str) -> None:
+        if self.in_title:
+            self.title.append(data)
+        elif not self.skip:
+            self.line.append(data)
+
+    # -- blocks -------------------------------------------------------------------------------
+    @property
+    def skip_body(self) -> bool:
+        return bool(self.skip) and self.skip != ["head"]
+
+    def _text(self) -> str:
+        raw = "".join(self.line)
+        self.line = []
+        if self.pre:
+            return raw.strip("\n")
+        return " ".join(raw.split())
+
+    def _start_cell(self) -> None:
+        if self.in_cell:  # the previous cell was not closed
+            self._end_cell()
+        elif stray := self._text():  # text between cells (usually only whitespace)
+            self.cells.append(stray)
+        self.in_cell = True
+
+    def _end_cell(self) -> None:
+        if self.in_cell:
+            self.cells.append(self._text())
+            self.in_cell = False
+
+    def _end_row(self) -> None:
+        self._end_cell()
+        if stray := self._text():
+            self.cells.append(stray)
+        if any(self.cells):
+            self.blocks.append(" | ".join(self.cells))
+        self.cells = []
+
+    def _flush(self) -> None:
+        if self.cells or self.in_cell:
+            self._end_row()
+            return
+        text = self._text()
+        if text and text != "-":
+            self.blocks.append(text)
+            if self.heading:
+                self.headings.append(text)
+        self.heading = False
+
+    def result(self) -> HtmlText:
+        self._flush()
+        title = " ".join("".join(self.title).split()) or None
+        return HtmlText("\n\n".join(self.blocks), self.headings, title)
