@@ -6,6 +6,7 @@
     memory-<gen>.f16    append-only float16 rows (n_mem, d), read through np.memmap
     faiss-<gen>.index   FAISS over flattened, L2-normalised rows; <gen> = what it reflects
     writer.lock         flock held by the one writer process (holds its pid)
+    partial/            chunks of long documents compressed so far (indexing.partial)
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 
 Compression batches span documents (small files still fill a batch); each document is
 committed on its own as soon as its last chunk is compressed, so a crash keeps every finished
-document and running again finishes the job. A file whose path is indexed with the same
+document and running again finishes the job. A long document also keeps its compressed chunks
+as it goes (`indexing.partial`): running again after a crash or Ctrl-C goes on from there. A file whose path is indexed with the same
 content hash is "unchanged" (not even parsed); a changed file replaces its old version in one
 commit. `run` is a generator that yields after every batch: the service steps it one batch
 at a time on its MLX thread.
@@ -33,10 +34,12 @@ import numpy as np
 
 from clara.errors import ClaraError
 from clara.paths import index_root, path_text
+from indexing import partial
 from indexing.chunking import Chunk, chunk_document, join_pages
 from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
 from indexing.meta import contextual
+from indexing.partial import PartialMemories
 from indexing.readers import Document, NoTextError, read_document
 from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
 
@@ -105,7 +108,9 @@ class _Pending:
     memories: np.ndarray  # (N, n_mem, d) float16, filled as batches finish
     mtime: float | None
     replaces: str | None  # id of the older version at the same path
-    done: int = 0
+    done: int = 0  # chunks compressed (always the first ones: chunks go in order)
+    partial: PartialMemories | None = None  # long documents: where finished chunks are kept
+    resumed: int = 0  # chunks an earlier, interrupted run compressed
 
 
 def model_manifest(cm: Any, checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -185,6 +190,7 @@ class Indexer:
         if self.options.batch_size < 1:
             raise ClaraError(f"batch size must be at least 1, got {self.options.batch_size}")
         self.committed = 0
+        self.manifest = model_manifest(cm)
 
     def run(self, sources: Iterable[Source | Path | str]) -> Iterator[FileResult | Progress]:
         """Index every source; yields a FileResult per file and a Progress per model batch."""
@@ -193,6 +199,7 @@ class Indexer:
         waiting: deque[tuple[_Pending, int]] = deque()  # (document, chunk index) to compress
         in_flight: dict[str, Path] = {}  # sha256 -> path, of documents read but not committed
         exhausted = False
+        partial.sweep(self.collection.directory)
         while True:
             while not exhausted and len(waiting) < batch_size:
                 src = next(todo, None)
@@ -204,18 +211,31 @@ class Indexer:
                 if isinstance(prepared, FileResult):
                     yield prepared
                     continue
+                if prepared.done == len(prepared.chunks):  # an earlier run compressed it all
+                    yield self._commit(prepared)
+                    continue
                 in_flight[prepared.doc.sha256] = src.path
-                waiting.extend((prepared, i) for i in range(len(prepared.chunks)))
+                waiting.extend((prepared, i) for i in range(prepared.done, len(prepared.chunks)))
             if not waiting:
                 return
             batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
             memories = compress(self.cm, [contextual_text(p.chunks[i]) for p, i in batch])
             finished: list[_Pending] = []
+            touched: dict[int, _Pending] = {}
             for (p, i), m in zip(batch, memories):
                 p.memories[i] = m
                 p.done += 1
+                touched[id(p)] = p
                 if p.done == len(p.chunks):
                     finished.append(p)
+            for p in touched.values():
+                keep = p.partial
+                if (
+                    keep is not None
+                    and p.done < len(p.chunks)
+                    and p.done - keep.saved >= partial.EVERY
+                ):
+                    keep.append(p.memories[keep.saved : p.done])
             for p in finished:
                 in_flight.pop(p.doc.sha256, None)
                 yield self._commit(p)
@@ -266,7 +286,14 @@ class Indexer:
         shape = (len(chunks), self.cm.n_mem, self.cm.hidden_size)
         memories = np.zeros(shape, np.float16)
         replaces = existing.id if existing is not None else None
-        return _Pending(src, doc, chunks, memories, mtime, replaces)
+        pending = _Pending(src, doc, chunks, memories, mtime, replaces)
+        if len(chunks) >= partial.MIN_CHUNKS:
+            key = partial.partial_key(self.manifest, [contextual_text(c) for c in chunks])
+            pending.partial = PartialMemories(self.collection.directory, doc.sha256, key, shape[1:])
+            rows = pending.partial.load()
+            memories[: len(rows)] = rows
+            pending.done = pending.resumed = len(rows)
+        return pending
 
     def _commit(self, p: _Pending) -> FileResult:
         records = [
@@ -285,10 +312,18 @@ class Indexer:
         else:
             doc_id = self.collection.add_document(*args, **info)
         self.committed += 1
+        if p.partial is not None:
+            p.partial.discard()
         crash_point(f"index:after-document-{self.committed}")
-        return FileResult(
-            path, status, doc_id, len(records), len(doc.pages), warnings=list(doc.warnings)
+        detail = (
+            f"resumed: {p.resumed} of {len(records)} chunks were compressed by an earlier run"
+            if p.resumed
+            else ""
         )
+        return FileResult(
+            path, status, doc_id, len(records), len(doc.pages), warnings=list(doc.warnings),
+            detail=detail,
+        )  # fmt: skip
 
 
 # ---- recompress: re-encode a collection with another checkpoint ----------------------------

@@ -431,6 +431,40 @@ def test_kill_during_add_then_rerun_completes(
     check_complete(index, expected)
 
 
+def test_a_long_document_goes_on_where_a_crash_left_it(tmp_path: Path, tiny_llama_dir: Path):
+    """A document of many chunks keeps its compressed chunks as it goes (indexing.partial):
+    killed after the second save (32 chunks), the re-run compresses only the rest, and the
+    stored memories are the ones an uninterrupted run stores."""
+    import numpy as np
+
+    folder = tmp_path / "book"
+    write_corpus(folder, n=1, paragraphs=30)
+    index, clean = tmp_path / "index", tmp_path / "clean"
+    batch = ("--batch-size", "8")
+    proc = add_process(folder, index, tiny_llama_dir, "index:after-partial-2", *batch)
+    assert proc.wait(120) == -signal.SIGKILL, proc.stderr.read().decode()
+    assert committed_documents(index) == 0
+    rerun = add_process(folder, index, tiny_llama_dir, None, *batch, "--json")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err.decode()
+    (result,) = json.loads(out)["files"]
+    n = result["chunks"]
+    assert n > 40 and result["status"] == "added"
+    assert result["detail"] == f"resumed: 32 of {n} chunks were compressed by an earlier run"
+    assert list((index / "default" / "partial").iterdir()) == []  # committed: dropped
+    assert add_process(folder, clean, tiny_llama_dir, None, *batch).wait(120) == 0
+    with (
+        Collection.open(index, "default", readonly=True) as got,
+        Collection.open(clean, "default", readonly=True) as want,
+    ):
+        mine, theirs = (
+            c.memories([k.id for k in c.document_chunks(c.list_documents()[0].id)])
+            for c in (got, want)
+        )
+        assert mine.shape == theirs.shape and np.abs(mine).max() > 0
+        np.testing.assert_array_equal(mine, theirs)
+
+
 def test_sigkill_from_outside_mid_run(tmp_path: Path, tiny_llama_dir: Path, reference) -> None:
     folder, expected = reference
     index = tmp_path / "index"
