@@ -452,10 +452,11 @@ def _read_pdf(
         if n_pages == 0:
             raise _corrupt(path, data, PdfReadError("no pages found"))
 
-        pages, failed, empty = [], [], []
+        pages, failed, empty, sparse = [], [], [], []
         for number in range(1, n_pages + 1):
             try:
-                text = clean_pdf_text(reader.pages[number - 1].extract_text() or "")
+                page = reader.pages[number - 1]
+                text = clean_pdf_text(page.extract_text() or "")
             except DependencyError:
                 raise _aes_error(path) from None
             except Exception:  # one broken page should not lose the rest
@@ -464,6 +465,8 @@ def _read_pdf(
             else:
                 if not text:
                     empty.append(number)
+                elif len(text) < SPARSE_PAGE_CHARS and _has_image(page):
+                    sparse.append(number)  # a scan with a stamp or page number on it?
             pages.append(Page(number, text))
     finally:
         pdf_logger.setLevel(level)
@@ -475,9 +478,30 @@ def _read_pdf(
         warnings.append(f"page {_ranges(failed)}: could not be read (damaged?)")
     if empty and len(empty) < n_pages:
         warnings.append(f"page {_ranges(empty)}: no extractable text (scanned? run OCR)")
+    if sparse:
+        warnings.append(
+            f"page {_ranges(sparse)}: an image with only a line or two of text (scanned? run "
+            f"OCR, e.g. `ocrmypdf --force-ocr {path.name} ocr.pdf`)"
+        )
     if b"%%EOF" not in data[-2048:]:
         warnings.append("file looks truncated (no %%EOF); indexed what could be read")
     return pages, warnings, _pdf_title(reader)
+
+
+SPARSE_PAGE_CHARS = 100  # less text than this beside an image: probably a scanned page
+
+
+def _has_image(page) -> bool:
+    """Whether the page draws an image of its own (an XObject of subtype /Image)."""
+    try:
+        xobjects = page["/Resources"].get_object().get("/XObject")
+        if xobjects is None:
+            return False
+        return any(
+            x.get_object().get("/Subtype") == "/Image" for x in xobjects.get_object().values()
+        )
+    except Exception:  # noqa: BLE001 - a damaged resource dictionary: no warning, no harm
+        return False
 
 
 def _pdf_title(reader) -> str | None:

@@ -135,6 +135,29 @@ def test_pdf_with_some_scanned_pages_warns_and_keeps_numbering(tmp_path: Path) -
     assert any("page 2-3" in w and "OCR" in w for w in doc.warnings)
 
 
+def test_scanned_pages_with_a_text_stamp_warn(tmp_path: Path) -> None:
+    """A scanner's footer ("Scanned by ...") is text, but the page is an image: say so."""
+    from PIL import Image
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=9)
+    png = io.BytesIO()
+    Image.new("RGB", (60, 40), (90, 90, 90)).save(png, format="PNG")
+    for n in (1, 2, 3):
+        pdf.add_page()
+        if n == 2:  # a real text page between the scans
+            pdf.multi_cell(0, 5, "A page of real text about pumps and valves. " * 8)
+            continue
+        pdf.image(png, x=20, y=20, w=120)
+        pdf.cell(0, 5, f"Scanned by ACME MFP-3000 - page {n}")
+    doc = read_document(write(tmp_path, "scan.pdf", bytes(pdf.output())))
+    assert len(doc.pages) == 3
+    assert doc.warnings == [
+        "page 1, 3: an image with only a line or two of text (scanned? run OCR, e.g. "
+        "`ocrmypdf --force-ocr scan.pdf ocr.pdf`)"
+    ]
+
+
 @pytest.mark.parametrize("fraction", [0.4, 0.8, 0.97])
 def test_truncated_pdf_is_refused_or_flagged(tmp_path: Path, fraction: float) -> None:
     data = make_pdf([f"Page {i} text about the sea. " * 20 for i in range(4)])
