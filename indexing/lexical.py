@@ -5,7 +5,9 @@ FTS5's own tokenizers split `--set-upstream-to`, `gc.aggressiveDepth` and `v1.8.
 here, in Python, the same way for chunks and for queries: every run of letters, digits and
 `. - _ /` becomes its lower-cased whole (`set-upstream-to`, `gc.aggressivedepth`, `2.13`,
 `src/clara/model.py`) plus its parts (`set`, `upstream`, `gc`, `aggressive`, `depth`, ...),
-with leading/trailing punctuation dropped. The FTS5 table keeps exactly those space-separated
+with leading/trailing punctuation dropped. Chinese, Japanese and Korean, written without
+spaces between words, become overlapping character pairs (`日本語` -> `日本`, `本語`), the usual
+way to index them without a dictionary. The FTS5 table keeps exactly those space-separated
 terms (its tokenizer treats `. - _ /` as word characters) and stems them (porter), in two
 columns: the title (document name + context line, weighted TITLE_WEIGHT) and the text.
 
@@ -22,7 +24,7 @@ import threading
 #: The FTS5 tokenizer of `chunks_fts`; a change here needs `LEXICAL_VERSION` bumped.
 TOKENIZER = "porter unicode61 remove_diacritics 2 tokenchars '-._/'"
 #: Stored in the collection's state; a collection with another version rebuilds its table.
-LEXICAL_VERSION = 3
+LEXICAL_VERSION = 4  # 4: CJK character pairs
 #: BM25 weight of the title column (document name + context line) against the text's 1: a
 #: question naming its document ranks that document's chunks first. Chosen on the pydoc set
 #: of bench/bench_retrieval.py (lexical R@1 80.0 -> 84.3 with 3; 85.7 with 5 or more).
@@ -39,6 +41,8 @@ _SEP = re.compile(r"[./_-]+")
 _CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _CAMEL_CHANGE = re.compile(r"[a-z][A-Z]")
 _EDGE = "./_-"
+#: Han (with extension A and compatibility ideographs), kana, Hangul syllables.
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]+")
 
 # Question words and glue that match nearly every chunk: they only slow the query down.
 STOPWORDS = frozenset(
@@ -59,6 +63,9 @@ def terms(text: str) -> list[str]:
         run = m.group().strip(_EDGE)
         if not run:
             continue
+        if _CJK.search(run):
+            out.extend(_cjk_terms(run))
+            continue
         parts = [p for p in _SEP.split(run) if p]
         lower = run.lower()
         out.append(lower)
@@ -68,6 +75,20 @@ def terms(text: str) -> list[str]:
             if _CAMEL_CHANGE.search(part):  # aggressiveDepth -> aggressive, depth
                 pieces.extend(c.lower() for c in _CAMEL.findall(part))
         out.extend(p for p in pieces if p != lower)
+    return out
+
+
+def _cjk_terms(run: str) -> list[str]:
+    """A run with CJK characters: each CJK stretch as its character pairs (a lone character
+    as itself), the rest as usual."""
+    out: list[str] = []
+    at = 0
+    for m in _CJK.finditer(run):
+        out.extend(terms(run[at : m.start()]))
+        cjk = m.group()
+        out.extend([cjk] if len(cjk) == 1 else [cjk[i : i + 2] for i in range(len(cjk) - 1)])
+        at = m.end()
+    out.extend(terms(run[at:]))
     return out
 
 

@@ -30,10 +30,14 @@ DOCS = {
     ],
     "cooking": ["Boil the pasta for nine minutes, then drain it and add the sauce."],
 }
+CJK = {
+    "tokyo": ["東京の日本語テキストには保証期間が二年と書いてあります。"],
+    "beijing": ["北京的图书馆周一闭馆，其余时间开放到晚上九点。"],
+}
 
 
 def add(col: Collection, name: str, context: str = "") -> str:
-    texts = DOCS[name]
+    texts = {**DOCS, **CJK}[name]
     vecs = np.random.default_rng(len(name)).standard_normal((len(texts), N_MEM, D))
     records = [ChunkRecord(t, 1, 1, 10, context) for t in texts]
     return col.add_document(f"/docs/{name}.txt", name, f"sha-{name}", records, vecs)
@@ -64,6 +68,7 @@ def test_terms_keep_identifiers_whole_and_in_parts():
     ]
     assert "src/clara/model.py" in lexical.terms("edit src/clara/model.py now")
     assert lexical.terms("the end.") == ["the", "end"]  # a full stop is not part of a word
+    assert lexical.terms("東京abc と 日本語") == ["東京", "abc", "と", "日本", "本語"]
 
 
 @pytest.mark.parametrize(
@@ -81,6 +86,17 @@ def test_terms_keep_identifiers_whole_and_in_parts():
 )
 def test_identifier_and_word_queries_find_their_document(col: Collection, query: str, doc: str):
     assert top_docs(col, query)[0] == doc
+
+
+def test_words_inside_runs_of_cjk_characters_are_found(col: Collection):
+    for name in CJK:
+        add(col, name)
+    for query, doc in [
+        ("日本語", "tokyo"),
+        ("保証期間は?", "tokyo"),
+        ("图书馆什么时候闭馆", "beijing"),
+    ]:
+        assert top_docs(col, query)[0] == doc, query
 
 
 @pytest.mark.parametrize(
