@@ -177,6 +177,12 @@ def is_unchanged(collection: Collection, path: Path) -> bool:
     return existing is not None and existing.sha256 == file_sha256(path)
 
 
+def _still_holds(doc: Any, sha256: str) -> bool:
+    """Whether the file a document was indexed from still has that content (a copy of it is
+    then "unchanged"); False once that file changed or went, so the copy is indexed itself."""
+    return doc.path is None or file_sha256(Path(doc.path)) == sha256
+
+
 class Indexer:
     """Indexes files into one collection (opened as writer) with one loaded ClaraModel."""
 
@@ -252,7 +258,7 @@ class Indexer:
                 )
             if self.options.dedupe and existing is None:  # a new path with known content
                 other = coll.find_by_sha(sha)
-                if other is not None:
+                if other is not None and _still_holds(other, sha):
                     where = other.path or other.name
                     return FileResult(
                         path, "unchanged", other.id, other.n_chunks, other.n_pages,

@@ -181,6 +181,13 @@ def test_rerun_is_incremental_and_a_changed_file_replaces_its_chunks(
     rc, out, _ = run(capsys, "add", copy, *args)
     report = json.loads(out)
     assert report["unchanged"] == 1 and "same content as" in report["files"][0]["detail"]
+    # the original changes: the copy (read first, "copy.txt" < "doc00.txt") is indexed itself
+    copied = before["doc00.txt"]
+    paths[0].write_text("The original was rewritten after it was copied.")
+    rc, out, _ = run(capsys, "add", folder, *args)
+    status = {Path(f["path"]).name: f["status"] for f in json.loads(out)["files"]}
+    assert (status["copy.txt"], status["doc00.txt"]) == ("added", "replaced")
+    assert docs_of(index)["copy.txt"] == copied
 
 
 def test_read_commands_are_model_free_and_speak_json(
