@@ -324,6 +324,14 @@ def add_base_tiles(weights) -> int:
     return sum(bool(_thin.clara_thinmm_add_tiles(ctypes.c_void_p(_address(w)))) for w in weights)
 
 
+def row_exact_products() -> bool:
+    """Whether the packed float32 products run on clara's kernel (CPUs with AVX-512), whose
+    bits do not depend on the rows beside them or on the thread count. Elsewhere OpenBLAS's
+    do: a prompt prefilled beside others, or on one thread of two lanes, gets the same
+    arithmetic up to float32 rounding, not bit for bit."""
+    return _thin is not None and bool(_thin.clara_thinmm_f32p_available())
+
+
 def for_decode() -> None:
     """Threads for decode steps: `CLARA_DECODE_THREADS`, else every core for the thin kernel
     (it streams the weights, and two cores read memory faster than one) and DECODE_THREADS

@@ -42,7 +42,8 @@ DocumentKind = Literal["pdf", "text", "markdown", "html"]
 
 @dataclass(frozen=True)
 class Page:
-    number: int  # 1-based, as printed by a PDF viewer; 1 for a text file without form feeds
+    number: int  # 1-based position in the file (a PDF viewer shows it unless the PDF has page
+    # labels such as roman numerals); 1 for a text file without form feeds
     text: str
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
-from clara import lanes
+from clara import _blas, lanes
 from clara.decode import MIN_PREFIX, Decoder, PrefixCache
 from clara.generate import generate
 from clara.lora import merge_adapter, merged
@@ -488,7 +488,10 @@ def test_first_logits_are_the_same_alone_and_in_a_batch(cm) -> None:
         decoder.add(long, SamplingParams(max_tokens=1))  # fills the prefix cache
         alone = decoder._prefill([long])[1]
         both = decoder._prefill([short, long])[1]
-        assert mx.array_equal(alone[0], both[1]), adapter
+        if _blas.row_exact_products():
+            assert mx.array_equal(alone[0], both[1]), adapter
+        else:  # no AVX-512: OpenBLAS's products, whose bits depend on the rows beside them
+            assert mx.allclose(alone[0], both[1], rtol=1e-4, atol=2e-3).item(), adapter
 
 
 def test_prefill_in_chunks_gives_the_same_tokens(cm) -> None:

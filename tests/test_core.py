@@ -348,7 +348,10 @@ def test_compression_side_by_side_on_cpu_lanes_gives_the_same_bits(
     before = _blas.current_threads()
     side_by_side = np.array(cm.compress(texts, batch_size=1))
     assert _blas.current_threads() == before
-    np.testing.assert_array_equal(side_by_side, alone)
+    if _blas.row_exact_products():
+        np.testing.assert_array_equal(side_by_side, alone)
+    else:  # no AVX-512: OpenBLAS's products, whose bits depend on their thread count
+        np.testing.assert_allclose(side_by_side, alone, atol=2e-5, rtol=1e-4)
     queries = np.array(cm.encode_queries(texts))  # batches split to fill the lanes
     monkeypatch.setenv("CLARA_CPU_LANES", "1")
     np.testing.assert_allclose(queries, np.array(cm.encode_queries(texts)), atol=2e-5, rtol=1e-4)
