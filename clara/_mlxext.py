@@ -51,6 +51,9 @@ def _build() -> Path | None:
 
     mlx_inc, mlx_lib, nb_inc, nb_src = _paths()
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not SOURCE.is_file():  # an install without the source: MLX's ops stay
+        reason = f"{SOURCE.name} is missing from this install"
+        return None
     if cxx is None:
         reason = "no C++ compiler (install g++)"
         return None

@@ -18,8 +18,9 @@ a forward): then only rows from `start` (`prefill_step`, 512) take it, because o
 passes the waits cost what it saved. Query encodings and compressions take the op too
 (`encoder_passes`), where the extension builds. Decode steps (`decode_steps()`) take the
 extension's other op, for a few rows against keys in their cache layout.
-`CLARA_FUSED_ATTENTION=off` keeps MLX's ops everywhere; `CLARA_ROWS_ATTENTION=off` keeps the
-NumPy route for prompts and MLX's ops for decode steps.
+`CLARA_FUSED_ATTENTION=off` keeps MLX's ops everywhere (the default on CPUs without AVX-512,
+where the kernels were 3x slower: `_blas.fused_attention_default`; `on` forces them);
+`CLARA_ROWS_ATTENTION=off` keeps the NumPy route for prompts and MLX's ops for decode steps.
 
 `install(model)` swaps it into the module of the model's mlx-lm (or clara) architecture, in
 place of mlx-lm's `scaled_dot_product_attention`, only when MLX computes on the CPU. It hands
@@ -104,7 +105,9 @@ def _ext():
     """clara's MLX extension where it is built and not switched off
     (`CLARA_ROWS_ATTENTION=off`, read at every call), else None."""
     ext = _mlxext.module()
-    return None if ext is None or _blas._off("CLARA_ROWS_ATTENTION") else ext
+    if ext is None or _blas._off("CLARA_ROWS_ATTENTION") or not _blas.fused_attention_default():
+        return None
+    return ext
 
 
 def _kernel_mask(mask, B: int, H: int, T: int, S: int):
@@ -170,7 +173,7 @@ def encoder_passes() -> Iterator[None]:
 def usable() -> bool:
     """Whether `fused_passes` would run the fused kernel here: the library built, this
     attention installed (CPU), the kernel not switched off (`CLARA_FUSED_ATTENTION=off`)."""
-    return _blas._thin is not None and not _blas._off("CLARA_FUSED_ATTENTION") and enabled()
+    return _blas._thin is not None and _blas.fused_attention_default() and enabled()
 
 
 def fused_from() -> int | None:

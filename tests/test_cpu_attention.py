@@ -20,6 +20,13 @@ from clara import _jit
 from clara import attention as A
 
 
+@pytest.fixture(autouse=True)
+def _fused_kernels_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels run here on any CPU: off by default without AVX-512 (slow there, not wrong:
+    `clara._blas.fused_attention_default`), their arithmetic is tested everywhere."""
+    monkeypatch.setenv("CLARA_FUSED_ATTENTION", "on")
+
+
 def _openblas_thread_invariant() -> bool:
     """Whether OpenBLAS's float32 products give the same bits on one thread and two: true of
     its AVX-512 kernels, not of the AVX2 ones on a Zen 5 CPU (OPENBLAS_CORETYPE=Haswell)."""

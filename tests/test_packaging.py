@@ -1,0 +1,42 @@
+"""The wheel `pip install .` builds (and the Dockerfile installs) holds every file clara
+reads at run time besides its Python modules: the C/C++ kernel sources it compiles for the
+machine, the shipped adapters and the web chat."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_holds_what_clara_reads_at_run_time(tmp_path: Path) -> None:
+    """Built from the files alone, as from a release tarball or a Docker build context
+    without .git (with .git, a setuptools VCS plugin may add every tracked file)."""
+    src = tmp_path / "src"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout.splitlines()  # fmt: skip
+    for name in listed:
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path)],
+        check=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("clara_rag-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for source in ("_thinmm.c", "_attention.c", "_mlx_attention.cpp"):
+        assert f"clara/{source}" in names, source
+    shipped = REPO / "clara" / "checkpoints"
+    for f in shipped.rglob("*"):
+        if f.is_file():
+            assert f.relative_to(REPO).as_posix() in names, f
+    for f in (REPO / "server" / "web").iterdir():
+        assert f"server/web/{f.name}" in names, f
