@@ -290,7 +290,9 @@ def convert_gguf(
     if not gguf.is_file():
         raise ModelNotFoundError(f"GGUF file {gguf} not found")
     if out.exists() and not overwrite:
-        raise GGUFConversionError(f"{out} already exists (remove it or pass overwrite=True)")
+        raise GGUFConversionError(
+            f"{out} already exists (remove it, or pass --force / overwrite=True)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -29,10 +29,6 @@ def indexes_dir() -> Path:
     return home() / "indexes"
 
 
-def checkpoints_dir() -> Path:
-    return home() / "checkpoints"
-
-
 def index_root(root: str | os.PathLike | None = None) -> Path:
     """An index root given by the user (`--index DIR`), or the default under CLARA_HOME;
     absolute, so paths stored under it (uploads) still name it from another directory."""

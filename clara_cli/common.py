@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Iterable
@@ -42,8 +43,9 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
         return 130
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--model, --checkpoint and --dtype, with the same meaning in every CLI."""
+def add_model_args(parser: argparse.ArgumentParser, checkpoint_help: str | None = None) -> None:
+    """--model, --checkpoint and --dtype, with the same meaning in every CLI (training says
+    what --checkpoint means there: where it starts from)."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -55,7 +57,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         default=None,
         metavar="DIR",
-        help="CLaRa checkpoint directory (compressor/query/generator adapters) made by "
+        help=checkpoint_help
+        or "CLaRa checkpoint directory (compressor/query/generator adapters) made by "
         "clara-train; default: the adapters shipped for smollm2-135m (untrained ones for "
         "other models); 'none' forces untrained adapters",
     )
@@ -126,6 +129,7 @@ def serve_http(app, worker, args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
+    sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
     server = uvicorn.Server(
         uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
     )
@@ -134,12 +138,31 @@ def serve_http(app, worker, args: argparse.Namespace) -> int:
         server.should_exit = True
 
     worker.on_fatal = fatal
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if worker.error is not None:
         if isinstance(worker.error, ClaraError):
             raise worker.error
         raise ClaraError(f"could not load the model: {worker.error}") from worker.error
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port for uvicorn, or a ClaraError that says what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ClaraError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another server using "
+            "that port? pick another with --port)"
+        ) from None
+    return sock
 
 
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:

@@ -78,10 +78,17 @@ class Manifest:
             expected.hidden_size,
         )
         if not same:
+            if self.checkpoint:
+                built = f"--checkpoint {self.checkpoint}"
+            elif self.base_model:  # no --checkpoint then: the model's default adapters
+                built = f"--model {self.base_model} without --checkpoint"
+            else:
+                built = f"the checkpoint whose fingerprint is {self.fingerprint}"
             raise IndexMismatchError(
                 f"index '{collection}' was built with checkpoint {self._describe()}, but the "
-                f"loaded model is {expected._describe()}; re-index with `clara-index rebuild --recompress`, "
-                f"or load the checkpoint {self.checkpoint or self.fingerprint} that built it"
+                f"loaded model is {expected._describe()}; re-index with `clara-index rebuild "
+                f"--recompress` (it encodes with the model loaded now), or load what built it: "
+                f"{built}"
             )
 
 

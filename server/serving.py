@@ -166,7 +166,8 @@ class OpenAIServing:
             raise APIError(
                 404,
                 f"The model '{model}' does not exist; this server serves "
-                f"'{self.served_model_name}' (GET /v1/models lists it)",
+                f"'{self.served_model_name}' (GET /v1/models lists it; start clara-serve with "
+                "--accept-any-model to answer any model name, e.g. OpenAI's in unchanged code)",
                 type="invalid_request_error",
                 param="model",
                 code="model_not_found",

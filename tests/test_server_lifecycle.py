@@ -5,6 +5,7 @@ that appears (and grows) while it runs, a mismatched index at startup, the CLI, 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -184,6 +185,27 @@ def test_index_of_another_checkpoint_fails_at_startup(
     assert len(lines) == 1, proc.log()
     assert "index 'default' was built with checkpoint" in lines[0] and "re-index" in lines[0]
     assert "Traceback" not in proc.log()
+
+
+def test_a_busy_port_fails_at_once_and_says_so(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "server.cli", "--model", str(tiny_llama_dir), "--port",
+             str(port), "--index", str(tmp_path / "index")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "CLARA_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"clara-serve: error: cannot listen on 127.0.0.1:{port}: Address already in use (is "
+        "another server using that port? pick another with --port)"
+    )
+    assert "model ready" not in run.stderr and "Traceback" not in run.stderr
 
 
 def test_cli_help_and_bad_flags() -> None:

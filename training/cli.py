@@ -52,7 +52,11 @@ spans several Macs. Each rank takes a slice of every batch, gradients are summed
 
 
 def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
-    add_model_args(p)
+    add_model_args(
+        p,
+        checkpoint_help="CLaRa checkpoint to start from (compressor/query/generator adapters, "
+        "e.g. the previous stage's final/); default: fresh adapters, never the shipped ones",
+    )
     p.add_argument(
         "--init-from",
         dest="checkpoint",
