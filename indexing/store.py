@@ -229,8 +229,8 @@ class Collection:
                 meta.close()
         if n is not None:
             self._note(
-                f"collection '{self.name}': built its full-text index ({n} chunks), which "
-                "indexes made before hybrid search lack"
+                f"collection '{self.name}': built its full-text index anew ({n} chunks): it "
+                "was missing or made by an older clara (once only)"
             )
 
     def _note(self, message: str) -> None:

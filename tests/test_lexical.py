@@ -157,7 +157,7 @@ def test_an_old_index_gains_the_text_index_on_open(tmp_path: Path):
     make_old(tmp_path)
     with Collection.open(tmp_path, "main", readonly=True) as old:
         assert old.search_lexical("pasta") is not None  # a reader upgrades it when it can
-        assert len(old.notes) == 1 and "built its full-text index (5 chunks)" in old.notes[0]
+        assert len(old.notes) == 1 and "built its full-text index anew (5 chunks)" in old.notes[0]
     make_old(tmp_path)
     with Collection.open(tmp_path, "main", manifest=MANIFEST) as writer:
         assert len(writer.notes) == 1 and top_docs(writer, "v1.8.0") == ["release"]
@@ -193,8 +193,8 @@ def test_clara_index_says_so_in_one_line_when_it_upgrades(tmp_path: Path, capsys
     make_old(tmp_path)
     assert main(["list", "--index", str(tmp_path), "--collection", "main"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["clara-index: collection 'main': built its full-text index (1 chunks), which "
-                   "indexes made before hybrid search lack"]  # fmt: skip
+    assert err == ["clara-index: collection 'main': built its full-text index anew (1 chunks): it "
+                   "was missing or made by an older clara (once only)"]  # fmt: skip
     assert main(["list", "--index", str(tmp_path), "--collection", "main"]) == 0
     assert capsys.readouterr().err == ""
 
@@ -219,7 +219,7 @@ def test_a_full_text_table_of_an_older_version_is_rebuilt(tmp_path: Path):
     db.commit()
     db.close()
     with Collection.open(tmp_path, "main", manifest=MANIFEST) as col:
-        assert "built its full-text index (1 chunks)" in col.notes[0]
+        assert "built its full-text index anew (1 chunks)" in col.notes[0]
         assert top_docs(col, "pasta") == ["cooking"]
 
 
