@@ -121,6 +121,11 @@ def main() -> None:
 
     if "bf16" in parts:  # its 'before' decodes from the float16 copies, as CPUs without it do
         _blas.keep_float16_copies()
+    kernels_default = _blas.fused_attention_default()
+    if not kernels_default:  # measure the kernels anyway, against MLX's ops (this CPU's default)
+        os.environ["CLARA_FUSED_ATTENTION"] = "on"
+        print("no AVX-512: clara's fused attention kernels are off by default here; measured "
+              "anyway (CLARA_FUSED_ATTENTION=on) against MLX's ops")  # fmt: skip
     cm = load_clara("smollm2-135m")
     from pydoc_data.topics import topics
 
@@ -321,6 +326,12 @@ def main() -> None:
         f"prompts of {prompts[0].positions} positions are split only if that is 128 or more; "
         "one prompt never is (its row shows the noise)."
     )
+    if not kernels_default:
+        notes += (
+            " This CPU has no AVX-512, so clara-serve's default here is MLX's attention ops "
+            "(`clara._blas.fused_attention_default`): on the rows about clara's fused kernel, "
+            "'before' is the default and 'after' is CLARA_FUSED_ATTENTION=on."
+        )
     if args.no_report:
         print(table + "\n\n" + notes)
     else:
