@@ -124,7 +124,7 @@ def main() -> None:
     kernels_default = _blas.fused_attention_default()
     if not kernels_default:  # measure the kernels anyway, against MLX's ops (this CPU's default)
         os.environ["CLARA_FUSED_ATTENTION"] = "on"
-        print("no AVX-512: clara's fused attention kernels are off by default here; measured "
+        print("no AVX2: clara's fused attention kernels are off by default here; measured "
               "anyway (CLARA_FUSED_ATTENTION=on) against MLX's ops")  # fmt: skip
     cm = load_clara("smollm2-135m")
     from pydoc_data.topics import topics
@@ -328,7 +328,7 @@ def main() -> None:
     )
     if not kernels_default:
         notes += (
-            " This CPU has no AVX-512, so clara-serve's default here is MLX's attention ops "
+            " This CPU has no AVX2, so clara-serve's default here is MLX's attention ops "
             "(`clara._blas.fused_attention_default`): on the rows about clara's fused kernel, "
             "'before' is the default and 'after' is CLARA_FUSED_ATTENTION=on."
         )

@@ -23,42 +23,63 @@
 typedef void (*block_fn)(const void *ctx, int b0, int b1);
 void clara_parallel_blocks(block_fn fn, const void *ctx, int blocks, int wide);
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int i16v __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* unaligned */
+/* The kernels' vectors: VW floats, the CPU's register width (16 with AVX-512, 8 with AVX2).
+ * 16-float vectors on an AVX2-only CPU are pairs of registers, and AVX-512's tiles of them
+ * spilled: a 1325-position causal prompt's attention (9 heads of 64) took 4.5x the time of
+ * MLX's ops there, 0.2x with 8-float vectors in 6 x 2 tiles, and a decode step's rows 2-3x
+ * against 0.3-0.9x (one-off, 2026-12-04, AMD EPYC without AVX-512). With 16 lanes the
+ * arithmetic is what it was before 8 were possible, bit for bit. Tiles: GROUP rows x CH vectors
+ * of keys (scores) or of head columns (p @ V), accumulated in registers. */
+#ifndef CLARA_VW
+#if defined(__AVX512F__) || !defined(__AVX2__)
+#define CLARA_VW 16
+#else
+#define CLARA_VW 8
+#endif
+#endif
+#define VW CLARA_VW
+#if VW == 16
+enum { GROUP = 4, CH = 4 }; /* 16 of the 32 registers */
+#else
+enum { GROUP = 6, CH = 2 }; /* 12 of the 16 registers; 4 x 2 took 1.13x its time */
+#endif
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int vi __attribute__((vector_size(VW * 4)));
+typedef float vfu __attribute__((vector_size(VW * 4), aligned(4), may_alias)); /* unaligned */
+typedef unsigned char u8v __attribute__((vector_size(VW), aligned(1), may_alias));
 
-enum { KB = 64, MAX_D = 256, GROUP = 4 };
+enum { KB = 64, MAX_D = 256, KV = KB / VW };
+
+/* The vector width built (clara._blas.attention_lanes) */
+int clara_attention_lanes(void) { return VW; }
 
 /* where m: a, else b (m from a vector comparison: all bits set or none) */
-static inline v16 sel(i16v m, v16 a, v16 b) { return (v16)(((i16v)a & m) | ((i16v)b & ~m)); }
+static inline vf selv(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
 
-/* e^x for x <= 0 (scores minus their running max), 16 at a time: x = n ln2 + r, |r| <= ln2/2,
- * e^r by Cephes' degree-6 polynomial for expf (about 1 ulp), 2^n through the exponent bits.
- * Below -87.3 (e^x under float's smallest normal) it returns e^-87.3, not 0. */
-static inline v16 exp16(v16 x) {
-  const v16 lo = (v16){0} - 87.3f;
-  x = sel(x < lo, lo, x);
-  v16 t = x * 1.44269504088896341f + 0.5f; /* n = floor(x / ln2 + 1/2): the nearest */
-  i16v n = __builtin_convertvector(t, i16v); /* rounds toward zero ... */
-  v16 nf = __builtin_convertvector(n, v16);
+/* e^x for x <= 0 (scores minus their running max), a vector at a time: x = n ln2 + r,
+ * |r| <= ln2/2, e^r by Cephes' degree-6 polynomial for expf (about 1 ulp), 2^n through the
+ * exponent bits. Below -87.3 (e^x under float's smallest normal) it returns e^-87.3, not 0. */
+static inline vf expv(vf x) {
+  const vf lo = (vf){0} - 87.3f;
+  x = selv(x < lo, lo, x);
+  vf t = x * 1.44269504088896341f + 0.5f; /* n = floor(x / ln2 + 1/2): the nearest */
+  vi n = __builtin_convertvector(t, vi);   /* rounds toward zero ... */
+  vf nf = __builtin_convertvector(n, vf);
   n += nf > t; /* ... so one less where t < 0 is not whole (a true comparison is -1) */
-  nf = __builtin_convertvector(n, v16);
-  v16 r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
-  v16 p = (v16){0} + 1.9875691500e-4f;
+  nf = __builtin_convertvector(n, vf);
+  vf r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
+  vf p = (vf){0} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  return p * (v16)((n + 127) << 23);
+  return p * (vf)((n + 127) << 23);
 }
 
-static inline v16 load16(const float *p) { return *(const v16u *)p; }
-
-static inline void store16(float *p, v16 v) { *(v16u *)p = v; }
-
-typedef unsigned char u8x16 __attribute__((vector_size(16), aligned(1), may_alias));
+static inline vf loadv(const float *p) { return *(const vfu *)p; }
+static inline void storev(float *p, vf v) { *(vfu *)p = v; }
 
 typedef struct {
   int B, H, Hk, T, S, D, rep, tile; /* tile: query positions per block (rows: rep x tile) */
@@ -72,21 +93,23 @@ typedef struct {
   float *out; /* (B, T, H, D), contiguous */
 } attn_args;
 
-static inline float hmax(v16 v) {
+static inline float hmaxv(vf v) {
   float t = v[0];
-  for (int i = 1; i < 16; i++) t = v[i] > t ? v[i] : t;
+  for (int i = 1; i < VW; i++) t = v[i] > t ? v[i] : t;
   return t;
 }
 
-static inline float hsum(v16 v) {
+static inline float hsumv(vf v) {
   float t = 0.0f;
-  for (int i = 0; i < 16; i++) t += v[i];
+  for (int i = 0; i < VW; i++) t += v[i];
   return t;
 }
 
 /* One block: batch b, kv head g, query positions [t0, t0 + tile): the rep query heads of g.
- * Rows go GROUP at a time through each key block of KB: their scores (GROUP x KB, in
- * registers), the mask, the running max and sum, then p @ V into their accumulators. */
+ * Rows go GROUP at a time through each key block of KB: their scores (GROUP x KB, CH vectors
+ * of keys at a time in registers), the mask, the running max and sum, then p @ V into their
+ * accumulators (CH vectors of head columns at a time). Each score and output is summed in the
+ * same order whatever the tiles, so a row's bits do not depend on the other rows. */
 static void attn_block(const attn_args *a, int b, int g, int t0) {
   int D = a->D, S = a->S, rep = a->rep, tn = a->T - t0 < a->tile ? a->T - t0 : a->tile;
   int rows = rep * tn;
@@ -99,8 +122,9 @@ static void attn_block(const attn_args *a, int b, int g, int t0) {
   const float *vbase = a->v + (long)b * a->vsb + (long)g * a->vsh;
   int last = S - 1; /* the last key any row of the block may see */
   if (a->causal && t0 + tn - 1 + a->offset < last) last = t0 + tn - 1 + a->offset;
-  const i16v iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const v16 neg = (v16){0} - INFINITY;
+  vi iota;
+  for (int e = 0; e < VW; e++) iota[e] = e;
+  const vf neg = (vf){0} - INFINITY;
   float p[GROUP][KB] __attribute__((aligned(64)));
   for (int j0 = 0; j0 <= last; j0 += KB) {
     int kn = S - j0 < KB ? S - j0 : KB;
@@ -117,19 +141,22 @@ static void attn_block(const attn_args *a, int b, int g, int t0) {
         any |= see[i] > 0;
       }
       if (!any) continue;
-      v16 acc[GROUP][4];
-      for (int i = 0; i < GROUP; i++)
-        for (int c = 0; c < 4; c++) acc[i][c] = (v16){0};
-      const float *kp = kt + j0;
-      for (int d = 0; d < D; d++, kp += a->ksd) {
-        v16 k0 = load16(kp), k1 = load16(kp + 16), k2 = load16(kp + 32), k3 = load16(kp + 48);
-        for (int i = 0; i < GROUP; i++) {
-          float x = qr[i][d];
-          acc[i][0] += x * k0;
-          acc[i][1] += x * k1;
-          acc[i][2] += x * k2;
-          acc[i][3] += x * k3;
+      vf acc[GROUP][KV];
+      for (int c0 = 0; c0 < KV; c0 += CH) {
+        vf s[GROUP][CH];
+        for (int i = 0; i < GROUP; i++)
+          for (int c = 0; c < CH; c++) s[i][c] = (vf){0};
+        const float *kp = kt + j0 + VW * c0;
+        for (int d = 0; d < D; d++, kp += a->ksd) {
+          vf k[CH];
+          for (int c = 0; c < CH; c++) k[c] = loadv(kp + VW * c);
+          for (int i = 0; i < GROUP; i++) {
+            float x = qr[i][d];
+            for (int c = 0; c < CH; c++) s[i][c] += x * k[c];
+          }
         }
+        for (int i = 0; i < GROUP; i++)
+          for (int c = 0; c < CH; c++) acc[i][c0 + c] = s[i][c];
       }
       int live[GROUP];
       for (int i = 0; i < GROUP; i++) {
@@ -142,22 +169,22 @@ static void attn_block(const attn_args *a, int b, int g, int t0) {
         int h = g * rep + r / tn, t = t0 + r % tn;
         const unsigned char *mrow =
             a->mask ? a->mask + (long)b * a->msb + (long)h * a->msh + (long)t * a->mst + j0 : NULL;
-        v16 x[4], top = neg;
-        for (int c = 0; c < 4; c++) {
-          i16v keep = iota + 16 * c < see[i];
+        vf x[KV], top = neg;
+        for (int c = 0; c < KV; c++) {
+          vi keep = iota + VW * c < see[i];
           if (mrow != NULL) {
-            i16v bytes;
-            if (16 * c + 16 <= kn) {
-              bytes = __builtin_convertvector(*(const u8x16 *)(mrow + 16 * c), i16v);
+            vi bytes;
+            if (VW * c + VW <= kn) {
+              bytes = __builtin_convertvector(*(const u8v *)(mrow + VW * c), vi);
             } else {
-              for (int e = 0; e < 16; e++) bytes[e] = 16 * c + e < kn ? mrow[16 * c + e] : 0;
+              for (int e = 0; e < VW; e++) bytes[e] = VW * c + e < kn ? mrow[VW * c + e] : 0;
             }
             keep &= bytes != 0;
           }
-          x[c] = sel(keep, acc[i][c] * a->scale, neg);
-          top = sel(x[c] > top, x[c], top);
+          x[c] = selv(keep, acc[i][c] * a->scale, neg);
+          top = selv(x[c] > top, x[c], top);
         }
-        float mx = hmax(top);
+        float mx = hmaxv(top);
         if (mx == -INFINITY) { /* nothing seen in this block */
           memset(p[i], 0, sizeof p[i]);
           continue;
@@ -166,37 +193,35 @@ static void attn_block(const attn_args *a, int b, int g, int t0) {
         float mnew = m[r] > mx ? m[r] : mx;
         float corr = m[r] == -INFINITY ? 0.0f : expf(m[r] - mnew);
         m[r] = mnew;
-        v16 sum = {0};
-        for (int c = 0; c < 4; c++) {
-          v16 e = exp16(x[c] - mnew);
-          e = sel(x[c] == neg, (v16){0}, e);
-          store16(&p[i][16 * c], e);
+        vf sum = {0};
+        for (int c = 0; c < KV; c++) {
+          vf e = expv(x[c] - mnew);
+          e = selv(x[c] == neg, (vf){0}, e);
+          storev(&p[i][VW * c], e);
           sum += e;
         }
-        l[r] = l[r] * corr + hsum(sum);
+        l[r] = l[r] * corr + hsumv(sum);
         float *orow = o + (long)r * D;
-        for (int d = 0; d < D; d += 16) store16(orow + d, load16(orow + d) * corr);
+        for (int d = 0; d < D; d += VW) storev(orow + d, loadv(orow + d) * corr);
       }
-      /* o[rows] += p @ V[j0 : j0 + kn], 64 columns of D at a time */
-      for (int d0 = 0; d0 < D; d0 += 64) {
-        v16 y[GROUP][4];
+      /* o[rows] += p @ V[j0 : j0 + kn], CH vectors of columns of D at a time */
+      for (int d0 = 0; d0 < D; d0 += VW * CH) {
+        vf y[GROUP][CH];
         for (int i = 0; i < GROUP; i++)
-          for (int c = 0; c < 4; c++)
-            y[i][c] = live[i] ? load16(o + (long)(r0 + i) * D + d0 + 16 * c) : (v16){0};
+          for (int c = 0; c < CH; c++)
+            y[i][c] = live[i] ? loadv(o + (long)(r0 + i) * D + d0 + VW * c) : (vf){0};
         const float *vp = vbase + (long)j0 * a->vss + d0;
         for (int j = 0; j < kn; j++, vp += a->vss) {
-          v16 v0 = load16(vp), v1 = load16(vp + 16), v2 = load16(vp + 32), v3 = load16(vp + 48);
+          vf vv[CH];
+          for (int c = 0; c < CH; c++) vv[c] = loadv(vp + VW * c);
           for (int i = 0; i < GROUP; i++) {
             float w = p[i][j];
-            y[i][0] += w * v0;
-            y[i][1] += w * v1;
-            y[i][2] += w * v2;
-            y[i][3] += w * v3;
+            for (int c = 0; c < CH; c++) y[i][c] += w * vv[c];
           }
         }
         for (int i = 0; i < GROUP; i++)
           if (live[i])
-            for (int c = 0; c < 4; c++) store16(o + (long)(r0 + i) * D + d0 + 16 * c, y[i][c]);
+            for (int c = 0; c < CH; c++) storev(o + (long)(r0 + i) * D + d0 + VW * c, y[i][c]);
       }
     }
   }
@@ -260,9 +285,10 @@ typedef struct {
 } rows_args;
 
 
+#if VW == 16
 /* The sum of v's 16 lanes in four shuffle-and-add steps (a fixed order: the same bits for
  * every row and batch). */
-static inline float sum16(v16 v) {
+static inline float sumv(vf v) {
   v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
   v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
   v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
@@ -270,11 +296,11 @@ static inline float sum16(v16 v) {
   return v[0];
 }
 
-/* out[u] = sum16(a[u]) for 16 vectors at once (a transpose as it sums): each lane sum is the
- * same tree of additions as sum16's, so a key's score has the same bits whichever of the 16
+/* out[u] = sumv(a[u]) for 16 vectors at once (a transpose as it sums): each lane sum is the
+ * same tree of additions as sumv's, so a key's score has the same bits whichever of the 16
  * it is (or the tail's one-at-a-time path), wherever the key sits in its row. */
-static inline v16 sum16x16(const v16 *a) {
-  v16 b[8], c[4], d[2];
+static inline vf sumvxv(const vf *a) {
+  vf b[8], c[4], d[2];
   for (int i = 0; i < 8; i++)
     b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
                                    19, 20, 21, 22, 23) +
@@ -290,78 +316,108 @@ static inline v16 sum16x16(const v16 *a) {
                                    25, 12, 13, 28, 29) +
            __builtin_shufflevector(c[2 * i], c[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11,
                                    26, 27, 14, 15, 30, 31);
-  v16 e = __builtin_shufflevector(d[0], d[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28,
-                                  14, 30) +
-          __builtin_shufflevector(d[0], d[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29,
-                                  15, 31);
+  vf e = __builtin_shufflevector(d[0], d[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28,
+                                 14, 30) +
+         __builtin_shufflevector(d[0], d[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29,
+                                 15, 31);
   /* e holds the keys in bit-reversed order (0, 8, 4, 12, ...): put them back */
   return __builtin_shufflevector(e, e, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
 }
+#else
+/* The sum of v's 8 lanes in three shuffle-and-add steps (a fixed order: the same bits for
+ * every row and batch). */
+static inline float sumv(vf v) {
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+  v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+  return v[0];
+}
 
-/* q . k over nd x 16 floats, 16 lanes wide, in two chains (even and odd chunks) */
-static inline v16 dot16(const v16 *qv, const float *kr, int nd) {
+/* out[u] = sumv(a[u]) for 8 vectors at once, each lane the same tree of additions as sumv's
+ * (lanes l and l + 4, then l and l + 2, then l and l + 1). */
+static inline vf sumvxv(const vf *a) {
+  vf b[4], c[2];
+  for (int i = 0; i < 4; i++)
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+  for (int i = 0; i < 2; i++)
+    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  vf e = __builtin_shufflevector(c[0], c[1], 0, 8, 2, 10, 4, 12, 6, 14) +
+         __builtin_shufflevector(c[0], c[1], 1, 9, 3, 11, 5, 13, 7, 15);
+  /* e holds the keys in bit-reversed order (0, 4, 2, 6, ...): put them back */
+  return __builtin_shufflevector(e, e, 0, 4, 2, 6, 1, 5, 3, 7);
+}
+#endif
+
+/* q . k over nd x VW floats, VW lanes wide, in two chains (even and odd chunks) */
+static inline vf dotv(const vf *qv, const float *kr, int nd) {
+#if VW == 16
   if (nd == 4) /* head size 64: the loop below, unrolled */
-    return (qv[0] * load16(kr) + qv[2] * load16(kr + 32)) +
-           (qv[1] * load16(kr + 16) + qv[3] * load16(kr + 48));
-  v16 e = qv[0] * load16(kr), o = nd > 1 ? qv[1] * load16(kr + 16) : (v16){0};
+    return (qv[0] * loadv(kr) + qv[2] * loadv(kr + 32)) +
+           (qv[1] * loadv(kr + 16) + qv[3] * loadv(kr + 48));
+#endif
+  vf e = qv[0] * loadv(kr), o = nd > 1 ? qv[1] * loadv(kr + VW) : (vf){0};
   for (int c = 2; c < nd; c += 2) {
-    e += qv[c] * load16(kr + 16 * c);
-    if (c + 1 < nd) o += qv[c + 1] * load16(kr + 16 * c + 16);
+    e += qv[c] * loadv(kr + VW * c);
+    if (c + 1 < nd) o += qv[c + 1] * loadv(kr + VW * c + VW);
   }
   return e + o;
 }
 
-enum { RG = 4 }; /* query rows that share each key and value row while it is in cache */
+/* query rows that share each key and value row while it is in cache; value columns per pass
+ * (RC vectors: 4 x 4 or 4 x 2 accumulators in registers) */
+enum { RG = 4, RC = VW == 16 ? 4 : 2 };
 
 /* Rows [r0, r0 + n) of block (b, g), n <= RG: r = i * T + t is query head g * rep + i at
  * position t. Keys and values are read once for the n rows. */
 static void rows_group(const rows_args *a, int b, int g, int r0, int n, float *p) {
-  int D = a->D, S = a->S, nd = D / 16;
+  int D = a->D, S = a->S, nd = D / VW;
   const float *kb = a->k + b * a->ksb + g * a->ksh, *vb = a->v + b * a->vsb + g * a->vsh;
-  const v16 none = (v16){0} - INFINITY;
-  v16 qv[RG][MAX_D / 16];
+  const vf none = (vf){0} - INFINITY;
+  vf qv[RG][MAX_D / VW];
   const unsigned char *mr[RG];
   int seen[RG], last = 0;
   float *orow[RG], inv[RG];
   for (int i = 0; i < n; i++) {
     int r = r0 + i, h = g * a->rep + r / a->T, t = r % a->T;
     const float *qr = a->q + b * a->qsb + h * a->qsh + t * a->qst;
-    for (int c = 0; c < nd; c++) qv[i][c] = load16(qr + 16 * c);
+    for (int c = 0; c < nd; c++) qv[i][c] = loadv(qr + VW * c);
     mr[i] = a->mask == NULL ? NULL : a->mask + b * a->msb + h * a->msh + t * a->mst;
     seen[i] = a->causal ? t + a->offset + 1 : S; /* keys [0, seen) are visible */
     if (seen[i] > S) seen[i] = S;
     if (seen[i] > last) last = seen[i];
     orow[i] = a->out + (((long)b * a->H + h) * a->T + t) * D;
   }
-  /* scores, 16 keys at a time for all n rows, then the tail one by one */
+  /* scores, VW keys at a time for all n rows, then the tail one by one */
   int j = 0;
-  for (; j + 16 <= last; j += 16)
+  for (; j + VW <= last; j += VW)
     for (int i = 0; i < n; i++) {
-      v16 part[16];
-      for (int u = 0; u < 16; u++) part[u] = dot16(qv[i], kb + (j + u) * a->kss, nd);
-      store16(p + (long)i * S + j, sum16x16(part) * a->scale);
+      vf part[VW];
+      for (int u = 0; u < VW; u++) part[u] = dotv(qv[i], kb + (j + u) * a->kss, nd);
+      storev(p + (long)i * S + j, sumvxv(part) * a->scale);
     }
   for (; j < last; j++)
-    for (int i = 0; i < n; i++) p[(long)i * S + j] = sum16(dot16(qv[i], kb + j * a->kss, nd)) * a->scale;
+    for (int i = 0; i < n; i++) p[(long)i * S + j] = sumv(dotv(qv[i], kb + j * a->kss, nd)) * a->scale;
   for (int i = 0; i < n; i++) {
     float *pr = p + (long)i * S;
     int sn = seen[i];
     /* the keys it may not see drop out; the largest score of the others */
-    v16 most = none;
-    for (j = 0; j + 16 <= sn; j += 16) {
-      v16 x = load16(pr + j);
+    vf most = none;
+    for (j = 0; j + VW <= sn; j += VW) {
+      vf x = loadv(pr + j);
       if (mr[i] != NULL && a->mss == 1) {
-        i16v m = __builtin_convertvector(*(const u8x16 *)(mr[i] + j), i16v);
-        x = sel(m != 0, x, none);
-        store16(pr + j, x);
+        vi m = __builtin_convertvector(*(const u8v *)(mr[i] + j), vi);
+        x = selv(m != 0, x, none);
+        storev(pr + j, x);
       } else if (mr[i] != NULL) {
-        for (int u = 0; u < 16; u++)
+        for (int u = 0; u < VW; u++)
           if (!mr[i][(j + u) * a->mss]) x[u] = -INFINITY;
-        store16(pr + j, x);
+        storev(pr + j, x);
       }
-      most = sel(x > most, x, most);
+      most = selv(x > most, x, most);
     }
-    float top = hmax(most);
+    float top = hmaxv(most);
     for (; j < sn; j++) {
       if (mr[i] != NULL && !mr[i][j * a->mss])
         pr[j] = -INFINITY;
@@ -374,50 +430,50 @@ static void rows_group(const rows_args *a, int b, int g, int r0, int n, float *p
       inv[i] = 0.0f;
       continue;
     }
-    /* p = exp(s - top), summed in 16 lanes counted from the row's last visible key: a
+    /* p = exp(s - top), summed in VW lanes counted from the row's last visible key: a
      * batch's left padding (zeros in front) lands in other lanes or adds nothing, so a row
      * gets the same bits alone and in any batch */
-    int lead = sn % 16;
-    v16 total = (v16){0};
+    int lead = sn % VW;
+    vf total = (vf){0};
     if (lead) {
-      v16 x = none;
-      for (int u = 0; u < lead; u++) x[16 - lead + u] = pr[u];
-      v16 e = sel(x == -INFINITY, (v16){0}, exp16(x - top));
-      for (int u = 0; u < lead; u++) pr[u] = e[16 - lead + u];
+      vf x = none;
+      for (int u = 0; u < lead; u++) x[VW - lead + u] = pr[u];
+      vf e = selv(x == -INFINITY, (vf){0}, expv(x - top));
+      for (int u = 0; u < lead; u++) pr[u] = e[VW - lead + u];
       total += e;
     }
-    for (j = lead; j < sn; j += 16) {
-      v16 x = load16(pr + j);
-      v16 e = sel(x == -INFINITY, (v16){0}, exp16(x - top));
-      store16(pr + j, e);
+    for (j = lead; j < sn; j += VW) {
+      vf x = loadv(pr + j);
+      vf e = selv(x == -INFINITY, (vf){0}, expv(x - top));
+      storev(pr + j, e);
       total += e;
     }
-    inv[i] = 1.0f / sum16(total);
+    inv[i] = 1.0f / sumv(total);
   }
-  /* out = p @ V, 64 columns at a time, each row's sums in key order from its last visible
-   * key back (a batch's left padding, p = 0, is skipped): every value row read once */
-  for (int c0 = 0; c0 < nd; c0 += 4) {
-    int w = nd - c0 < 4 ? nd - c0 : 4;
-    v16 o[RG][4];
+  /* out = p @ V, RC vectors of columns at a time, each row's sums in key order from its last
+   * visible key back (a batch's left padding, p = 0, is skipped): every value row read once */
+  for (int c0 = 0; c0 < nd; c0 += RC) {
+    int w = nd - c0 < RC ? nd - c0 : RC;
+    vf o[RG][RC];
     for (int i = 0; i < RG; i++)
-      for (int c = 0; c < 4; c++) o[i][c] = (v16){0};
-    const float *col = vb + 16 * c0;
+      for (int c = 0; c < RC; c++) o[i][c] = (vf){0};
+    const float *col = vb + VW * c0;
     for (j = last - 1; j >= 0; j--) {
       const float *vr = col + j * a->vss;
-      v16 v0 = load16(vr), v1 = w > 1 ? load16(vr + 16) : v0;
-      v16 v2 = w > 2 ? load16(vr + 32) : v0, v3 = w > 3 ? load16(vr + 48) : v0;
+      vf vv[RC];
+      for (int c = 0; c < RC; c++) vv[c] = c < w ? loadv(vr + VW * c) : vv[0];
 #define ROW(I)                                                                              \
   if (n > I) {                                                                              \
     float pj = p[(long)(I) * S + j];                                                        \
     if (pj != 0.0f) {                                                                       \
-      o[I][0] += pj * v0, o[I][1] += pj * v1, o[I][2] += pj * v2, o[I][3] += pj * v3;       \
+      for (int c = 0; c < RC; c++) o[I][c] += pj * vv[c];                                   \
     }                                                                                       \
   }
       ROW(0) ROW(1) ROW(2) ROW(3)
 #undef ROW
     }
     for (int i = 0; i < n; i++)
-      for (int c = 0; c < w; c++) store16(orow[i] + 16 * (c0 + c), o[i][c] * inv[i]);
+      for (int c = 0; c < w; c++) storev(orow[i] + VW * (c0 + c), o[i][c] * inv[i]);
   }
 }
 

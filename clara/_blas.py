@@ -80,22 +80,35 @@ def _cpuinfo(*keys: str) -> str:
 
 
 def fused_attention_default() -> bool:
-    """Whether clara's fused attention kernels (clara/_attention.c) run by default: on CPUs
-    with AVX-512, whose 16-float registers their vectors are written for and where they were
-    measured. On an AVX2-only AMD EPYC a 1329-position prompt prefilled in 18.4 s with them
-    and 5.8 s with MLX's ops (GCC lowers the 16-wide vectors poorly there; one-off check,
-    2026-12-04). `CLARA_FUSED_ATTENTION=on` runs them anyway, `off` never."""
+    """Whether clara's fused attention kernels (clara/_attention.c) run by default: on x86 CPUs
+    with AVX-512, or AVX2 and FMA, whose register widths (16 or 8 floats) their vectors take.
+    On an AVX2-only AMD EPYC, with 8-float vectors, a 1325-position causal prompt's attention
+    (9 heads of 64) took 0.2x the time of MLX's ops and a decode step's 0.3-0.9x; with the
+    16-float vectors of AVX-512 4.5x and 2-3x (one-off, 2026-12-04). Elsewhere (arm64) they
+    were not measured. `CLARA_FUSED_ATTENTION=on` runs them anyway, `off` never."""
     choice = os.environ.get("CLARA_FUSED_ATTENTION", "").strip().lower()
     if _off("CLARA_FUSED_ATTENTION"):
         return False
     if choice in ("on", "1", "yes", "true"):
         return True
-    return _has_avx512()
+    return _has_avx512() or _has_avx2()
+
+
+def attention_lanes() -> int | None:
+    """The floats in each vector of the fused attention kernels as built here (16 with AVX-512,
+    8 with AVX2); None without clara's library."""
+    return None if _thin is None else int(_thin.clara_attention_lanes())
 
 
 @functools.cache
 def _has_avx512() -> bool:
     return "avx512f" in _cpuinfo("flags").split()
+
+
+@functools.cache
+def _has_avx2() -> bool:
+    flags = _cpuinfo("flags").split()
+    return "avx2" in flags and "fma" in flags
 
 
 def _cpu_tag() -> str:
@@ -275,7 +288,9 @@ def describe() -> str:
 
     rows = _mlxext.describe()
     if not fused_attention_default():
-        rows = "fused attention off" + ("" if _off("CLARA_FUSED_ATTENTION") else " (no AVX-512)")
+        rows = "fused attention off" + ("" if _off("CLARA_FUSED_ATTENTION") else " (no AVX2)")
+    elif attention_lanes():
+        rows = ", ".join(filter(None, (f"fused attention {attention_lanes()}-float vectors", rows)))
     return (
         f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}, "
         f"{f'generator products bfloat16 ({bf16_engine}), ' if bf16 else ''}{_jit.describe()}"

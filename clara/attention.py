@@ -18,8 +18,8 @@ a forward): then only rows from `start` (`prefill_step`, 512) take it, because o
 passes the waits cost what it saved. Query encodings and compressions take the op too
 (`encoder_passes`), where the extension builds. Decode steps (`decode_steps()`) take the
 extension's other op, for a few rows against keys in their cache layout.
-`CLARA_FUSED_ATTENTION=off` keeps MLX's ops everywhere (the default on CPUs without AVX-512,
-where the kernels were 3x slower: `_blas.fused_attention_default`; `on` forces them);
+`CLARA_FUSED_ATTENTION=off` keeps MLX's ops everywhere (the default on CPUs without AVX2, where
+the kernels' vectors were not measured: `_blas.fused_attention_default`; `on` forces them);
 `CLARA_ROWS_ATTENTION=off` keeps the NumPy route for prompts and MLX's ops for decode steps.
 
 `install(model)` swaps it into the module of the model's mlx-lm (or clara) architecture, in

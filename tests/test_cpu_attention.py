@@ -22,8 +22,9 @@ from clara import attention as A
 
 @pytest.fixture(autouse=True)
 def _fused_kernels_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kernels run here on any CPU: off by default without AVX-512 (slow there, not wrong:
-    `clara._blas.fused_attention_default`), their arithmetic is tested everywhere."""
+    """The kernels run here on any CPU: off by default without AVX-512 or AVX2 (unmeasured
+    there, not wrong: `clara._blas.fused_attention_default`), their arithmetic is tested
+    everywhere."""
     monkeypatch.setenv("CLARA_FUSED_ATTENTION", "on")
 
 
@@ -483,3 +484,105 @@ def test_compression_and_query_encodings_take_the_op_to_rounding(monkeypatch):
     scores = flatten_normalize(queries) @ flatten_normalize(memories).T
     want = flatten_normalize(mlx_queries) @ flatten_normalize(mlx_memories).T
     assert (scores.argsort(axis=1) == want.argsort(axis=1)).all()
+
+
+@needs_kernel
+def test_kernels_take_the_cpus_vector_width(monkeypatch):
+    """The kernels' vectors are as wide as the CPU's registers: 8 floats with AVX2 alone (16,
+    written for AVX-512, spilled there and made a long prompt's attention 4.5x slower than
+    MLX's ops), 16 with AVX-512; on by default with either."""
+    flags = A._blas._cpuinfo("flags").split()
+    if "avx512f" in flags:
+        want = 16
+    elif "avx2" in flags and "fma" in flags:
+        want = 8
+    else:
+        pytest.skip("an x86 CPU with AVX2 or AVX-512 sets the width")
+    assert A._blas.attention_lanes() == want
+    monkeypatch.delenv("CLARA_FUSED_ATTENTION")  # "on" from the autouse fixture
+    assert A._blas.fused_attention_default()
+    assert f"fused attention {want}-float vectors" in A._blas.describe()
+
+
+def _rows_call(lib, q, k, v, keep, scale):
+    """clara_attention_rows of `lib` on float32 arrays q (B, H, T, D), k and v (B, Hk, S, D);
+    keep: None (causal) or a boolean (B, 1, T, S) mask. Returns (B, H, T, D)."""
+    import ctypes
+
+    B, H, T, D = q.shape
+    Hk, S = k.shape[1], k.shape[2]
+    q, k, v = (np.ascontiguousarray(x, np.float32) for x in (q, k, v))
+    out = np.empty((B, H, T, D), np.float32)
+    L, P = ctypes.c_long, ctypes.c_void_p
+    st = [[s // 4 for s in x.strides[:3]] for x in (q, k, v)]
+    m = None if keep is None else np.ascontiguousarray(keep, np.uint8)
+    mst = (0, 0, 0, 0) if m is None else (T * S, 0, S, 1)
+    done = lib.clara_attention_rows(
+        B, H, Hk, T, S, D, P(q.ctypes.data), *map(L, st[0]), P(k.ctypes.data), *map(L, st[1]),
+        P(v.ctypes.data), *map(L, st[2]), P(None if m is None else m.ctypes.data), *map(L, mst),
+        int(keep is None), S - T, ctypes.c_float(scale), P(out.ctypes.data),
+    )  # fmt: skip
+    assert done == 1
+    return out
+
+
+@needs_kernel
+def test_the_other_vector_width_gives_mlx_lm_attention_and_batch_invariant_rows(
+    tmp_path, monkeypatch
+):
+    """Both widths are tested on any CPU that builds one: clara's library built with the other
+    (16 floats where the CPU gives 8, 8 where it gives 16) computes prompt rows (every boolean
+    mask form, causal after cached keys, part key blocks, grouped heads, head sizes 64/128) and
+    decode rows as MLX's ops do, to rounding, and a decode row alone and left-padded in a batch
+    gets the same bits."""
+    import ctypes
+    import shutil
+
+    from clara import _blas
+
+    other = 16 if _blas.attention_lanes() == 8 else 8
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    lib_path = tmp_path / "other.so"
+    subprocess.run(
+        [cc, "-O3", *_blas.NATIVE, "-pthread", "-shared", "-fPIC", f"-DCLARA_VW={other}",
+         *map(str, _blas.SOURCES), "-lm", "-o", str(lib_path)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    lib = ctypes.CDLL(str(lib_path))
+    assert lib.clara_attention_lanes() == other
+    monkeypatch.setattr(_blas, "_thin", lib)
+    monkeypatch.setenv("CLARA_ROWS_ATTENTION", "off")  # A.fused through NumPy: `lib`'s kernel
+    for B, H, Hk, T, S, D in [
+        (2, 9, 3, 70, 70, 64),
+        (1, 9, 3, 40, 150, 64),
+        (3, 8, 2, 5, 129, 128),
+    ]:
+        q, k, v = _qkv(B, H, Hk, T, S, D=D, seed=S)
+        for name, mask in _masks(B, H, T, S).items():
+            if name.startswith("additive"):
+                continue
+            got = A.fused(q, k, v, 0.125, mask)
+            want = A._original(q, k, v, None, scale=0.125, mask=mask)
+            seen = _seen(mask, B, H, T, S)
+            err = float(np.abs(np.array(got) - np.array(want))[seen].max())
+            assert err < 1e-5, f"prompt rows {(B, H, Hk, T, S, D)} {name}: {err}"
+    for B, H, Hk, T, S, D in [(8, 9, 3, 1, 161, 64), (2, 6, 1, 5, 33, 32), (3, 8, 2, 1, 129, 128)]:
+        q, k, v = _qkv(B, H, Hk, T, S, D=D, seed=S)
+        keep = _masks(B, H, T, S)["bool (B,1,T,S)"]
+        for mask in ("causal", keep):
+            got = _rows_call(
+                lib, *map(np.array, (q, k, v)), None if mask == "causal" else np.array(mask), 0.125
+            )
+            want = np.array(A._original(q, k, v, None, scale=0.125, mask=mask))
+            seen = _seen(mask, B, H, T, S)
+            assert float(np.abs(got - want)[seen].max()) < 1e-5, (B, H, Hk, T, S, D)
+    q, k, v = (np.array(x) for x in _qkv(1, 9, 3, 1, 150, D=64, seed=7))
+    alone = _rows_call(lib, q, k, v, np.ones((1, 1, 1, 150), bool), 0.125)
+    for pad in (1, 10, 16, 37):
+        oq, ok, ov = (np.array(x) for x in _qkv(2, 9, 3, 1, 150 + pad, D=64, seed=pad))
+        kp = np.concatenate([ok[:1], np.concatenate([ok[1:, :, :pad], k], 2)])
+        vp = np.concatenate([ov[:1], np.concatenate([ov[1:, :, :pad], v], 2)])
+        keep = np.ones((2, 1, 1, 150 + pad), bool)
+        keep[1, ..., :pad] = False
+        batch = _rows_call(lib, np.concatenate([oq[:1], q]), kp, vp, keep, 0.125)
+        assert np.array_equal(batch[1:], alone), pad
