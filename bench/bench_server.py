@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 
 import clara  # noqa: F401  # isort: skip  (first: preloads OpenBLAS before mlx loads)
+from clara import _blas  # noqa: E402
 
 import httpx
 
@@ -98,10 +99,14 @@ VARIANT_ARGS = {  # clara-serve variants: one command-line setting changed
     "clara memory bf16 queries": ["--query-precision", "bfloat16"],  # opt-in, AMX CPUs
     "clara mixed no reuse": ["--prefix-cache-mb", "0"],  # the newest prefix kept, no more
 }
-LLAMA_VENV = Path("/work/cache/llama-cpp-venv")
 LLAMA_CPP = "0.3.36"
+#: llama.cpp's vector code for this CPU (a build with AVX-512 dies of an illegal instruction
+#: on AVX2-only CPUs); one venv per instruction set
+LLAMA_ISA = "avx512" if "avx512f" in _blas._cpuinfo("flags").split() else "avx2"
+LLAMA_VENV = Path(f"/work/cache/llama-cpp-venv-{LLAMA_ISA}")
 LLAMA_CMAKE_ARGS = (
-    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+    f"-DGGML_AVX512={'ON' if LLAMA_ISA == 'avx512' else 'OFF'}"
 )
 EOS_BIAS = {"0": -1e9, "2": -1e9}  # SmolLM2's <|endoftext|>, <|im_end|>: 32 tokens for all
 
@@ -174,7 +179,10 @@ def start(cmd: list[str], health: str, log: Path, env: dict | None = None) -> su
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[:3]} exited:\n{log.read_text()[-3000:]}")
+            how = (
+                f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
+            )
+            raise RuntimeError(f"{cmd[:3]} exited ({how}):\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(health, timeout=2).status_code == 200:
                 return proc
@@ -313,7 +321,8 @@ def llama_cpp_python() -> Path | None:
     print(f"building llama-cpp-python[server] into {LLAMA_VENV} (compiles llama.cpp) ...")
     try:
         subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", f"llama-cpp-python[server]=={LLAMA_CPP}"]
+        pip = [str(python), "-m", "pip", "install", "-q", "--no-cache-dir"]
+        pip.append(f"llama-cpp-python[server]=={LLAMA_CPP}")  # no wheel built for another CPU
         # A -march=native build enabled AMX tiles this VM reports but faults on (general
         # protection fault in libggml-cpu at the first request): build for AVX2/AVX-512 instead.
         env = {**os.environ, "CMAKE_ARGS": LLAMA_CMAKE_ARGS}

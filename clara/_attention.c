@@ -38,6 +38,9 @@ void clara_parallel_blocks(block_fn fn, const void *ctx, int blocks, int wide);
 #endif
 #endif
 #define VW CLARA_VW
+#if VW != 8 && VW != 16
+#error "CLARA_VW is 8 or 16"
+#endif
 #if VW == 16
 enum { GROUP = 4, CH = 4 }; /* 16 of the 32 registers */
 #else
@@ -52,6 +55,16 @@ enum { KB = 64, MAX_D = 256, KV = KB / VW };
 
 /* The vector width built (clara._blas.attention_lanes) */
 int clara_attention_lanes(void) { return VW; }
+
+/* Whether the compiler gave the vectors the registers they are written for: AVX-512 for 16
+ * floats, AVX2 with FMA for 8 (clara._blas.fused_attention_default) */
+int clara_attention_native(void) {
+#if (VW == 16 && defined(__AVX512F__)) || (VW == 8 && defined(__AVX2__) && defined(__FMA__))
+  return 1;
+#else
+  return 0;
+#endif
+}
 
 /* where m: a, else b (m from a vector comparison: all bits set or none) */
 static inline vf selv(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }

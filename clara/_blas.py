@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -80,35 +79,25 @@ def _cpuinfo(*keys: str) -> str:
 
 
 def fused_attention_default() -> bool:
-    """Whether clara's fused attention kernels (clara/_attention.c) run by default: on x86 CPUs
-    with AVX-512, or AVX2 and FMA, whose register widths (16 or 8 floats) their vectors take.
-    On an AVX2-only AMD EPYC, with 8-float vectors, a 1325-position causal prompt's attention
-    (9 heads of 64) took 0.2x the time of MLX's ops and a decode step's 0.3-0.9x; with the
-    16-float vectors of AVX-512 4.5x and 2-3x (one-off, 2026-12-04). Elsewhere (arm64) they
-    were not measured. `CLARA_FUSED_ATTENTION=on` runs them anyway, `off` never."""
+    """Whether clara's fused attention kernels (clara/_attention.c) run by default: where the
+    compiler built their vectors for the CPU's registers, 16 floats with AVX-512 or 8 with AVX2
+    and FMA (`clara_attention_native`). On an AVX2-only AMD EPYC, with 8-float vectors, a
+    1325-position causal prompt's attention (9 heads of 64) took 0.2x the time of MLX's ops and
+    a decode step's 0.3-0.9x; with the 16-float vectors of AVX-512 4.5x and 2-3x (one-off,
+    2026-12-04). Elsewhere (arm64) they were not measured. `CLARA_FUSED_ATTENTION=on` runs
+    them anyway, `off` never."""
     choice = os.environ.get("CLARA_FUSED_ATTENTION", "").strip().lower()
     if _off("CLARA_FUSED_ATTENTION"):
         return False
     if choice in ("on", "1", "yes", "true"):
         return True
-    return _has_avx512() or _has_avx2()
+    return _thin is not None and bool(_thin.clara_attention_native())
 
 
 def attention_lanes() -> int | None:
     """The floats in each vector of the fused attention kernels as built here (16 with AVX-512,
     8 with AVX2); None without clara's library."""
     return None if _thin is None else int(_thin.clara_attention_lanes())
-
-
-@functools.cache
-def _has_avx512() -> bool:
-    return "avx512f" in _cpuinfo("flags").split()
-
-
-@functools.cache
-def _has_avx2() -> bool:
-    flags = _cpuinfo("flags").split()
-    return "avx2" in flags and "fma" in flags
 
 
 def _cpu_tag() -> str:
@@ -288,7 +277,9 @@ def describe() -> str:
 
     rows = _mlxext.describe()
     if not fused_attention_default():
-        rows = "fused attention off" + ("" if _off("CLARA_FUSED_ATTENTION") else " (no AVX2)")
+        rows = "fused attention off" + (
+            "" if _off("CLARA_FUSED_ATTENTION") else " (not built for AVX2 or AVX-512)"
+        )
     elif attention_lanes():
         rows = ", ".join(filter(None, (f"fused attention {attention_lanes()}-float vectors", rows)))
     return (
@@ -362,11 +353,17 @@ def add_base_tiles(weights) -> int:
 
 
 def row_exact_products() -> bool:
-    """Whether the packed float32 products run on clara's kernel (CPUs with AVX-512), whose
-    bits do not depend on the rows beside them or on the thread count. Elsewhere OpenBLAS's
-    do: a prompt prefilled beside others, or on one thread of two lanes, gets the same
-    arithmetic up to float32 rounding, not bit for bit."""
-    return _thin is not None and bool(_thin.clara_thinmm_f32p_available())
+    """Whether a prompt's float32 products give bits that depend neither on the rows beside
+    it nor on the thread count: on CPUs with AVX-512, where both clara's packed kernel (base
+    weights) and OpenBLAS's SkylakeX kernels (the rest: adapters, the output head) do. With
+    AVX2 OpenBLAS's kernels do not, though clara's packed one does: a prompt prefilled beside
+    others, or on one thread of two lanes, gets the same arithmetic up to float32 rounding,
+    not bit for bit."""
+    return (
+        _thin is not None
+        and bool(_thin.clara_thinmm_f32p_available())
+        and "avx512f" in _cpuinfo("flags").split()
+    )
 
 
 def for_decode() -> None:
@@ -435,7 +432,7 @@ class DecodeCopies:
     as weights change; each float32 array is held while a copy of it lives, so its address
     cannot be reused under a live entry. Kind "bfloat16" (where `bf16`): the packed bfloat16 copy of
     frozen weights for a training step's products, forward and backward (`Trainer`). Kind
-    "f32pack" (CPUs with AVX-512 only): the frozen float32 base weights packed once for the
+    "f32pack" (x86 CPUs with AVX-512 or AVX2): the frozen float32 base weights packed once for the
     compressor's and query adapter's products (`ClaraModel.pack_base_weights`)."""
 
     def __init__(self, kind: str | None = None) -> None:

@@ -312,7 +312,7 @@ COLUMNS(signed char, i8)
  * panels of 32 outputs: panel p holds W[32p + j][i] at [p][i][j]. Each output element is one
  * chain of float32 fused multiply-adds over i in order, whatever the rows and threads, so a
  * row gets the same bits alone or in a batch. */
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #define HAVE_F32P 1
 static float *f32p_pack(const float *w, int n, int k) {
@@ -324,6 +324,8 @@ static float *f32p_pack(const float *w, int n, int k) {
         p[((size_t)pn * k + i) * 32 + j] = w[(size_t)(32 * pn + j) * k + i];
   return p;
 }
+#if defined(__AVX512F__)
+#define F32P_MR 8 /* rows per kernel call */
 /* MR rows of c, 32 columns: 2 x MR accumulators, one broadcast of a per row and step */
 #define F32P_KERNEL(MR)                                                                        \
   static void f32p_##MR(const float *a, int lda, const float *panel, int k, float *c, int ldc,  \
@@ -345,17 +347,50 @@ static float *f32p_pack(const float *w, int n, int k) {
       _mm512_storeu_ps(c + (size_t)r * ldc + 16, alpha == 1.0f ? hi[r] : _mm512_mul_ps(s, hi[r])); \
     }                                                                                           \
   }
+F32P_KERNEL(7)
+F32P_KERNEL(8)
+#else
+#define F32P_MR 6 /* rows per kernel call */
+/* AVX2 (16 registers of 8 floats): MR rows of c, 32 columns as two halves of 16, each 2 x MR
+ * accumulators (12 registers at 6 rows) and one broadcast of a per row and step. An output
+ * element is the same chain of fused multiply-adds as with AVX-512, so the same bits. */
+#define F32P_KERNEL(MR)                                                                        \
+  static void f32p_##MR(const float *a, int lda, const float *panel, int k, float *c, int ldc,  \
+                        float alpha) {                                                          \
+    for (int h = 0; h < 32; h += 16) {                                                          \
+      __m256 lo[MR], hi[MR];                                                                    \
+      for (int r = 0; r < MR; r++) lo[r] = hi[r] = _mm256_setzero_ps();                         \
+      for (int i = 0; i < k; i++) {                                                             \
+        __m256 b0 = _mm256_load_ps(panel + (size_t)i * 32 + h);                                 \
+        __m256 b1 = _mm256_load_ps(panel + (size_t)i * 32 + h + 8);                             \
+        for (int r = 0; r < MR; r++) {                                                          \
+          __m256 x = _mm256_set1_ps(a[(size_t)r * lda + i]);                                    \
+          lo[r] = _mm256_fmadd_ps(x, b0, lo[r]);                                                \
+          hi[r] = _mm256_fmadd_ps(x, b1, hi[r]);                                                \
+        }                                                                                       \
+      }                                                                                         \
+      __m256 s = _mm256_set1_ps(alpha);                                                         \
+      for (int r = 0; r < MR; r++) {                                                            \
+        float *cr = c + (size_t)r * ldc + h;                                                    \
+        _mm256_storeu_ps(cr, alpha == 1.0f ? lo[r] : _mm256_mul_ps(s, lo[r]));                  \
+        _mm256_storeu_ps(cr + 8, alpha == 1.0f ? hi[r] : _mm256_mul_ps(s, hi[r]));              \
+      }                                                                                         \
+    }                                                                                           \
+  }
+#endif
 F32P_KERNEL(1)
 F32P_KERNEL(2)
 F32P_KERNEL(3)
 F32P_KERNEL(4)
 F32P_KERNEL(5)
 F32P_KERNEL(6)
-F32P_KERNEL(7)
-F32P_KERNEL(8)
 typedef void (*f32p_fn)(const float *, int, const float *, int, float *, int, float);
+#if F32P_MR == 8
 static const f32p_fn f32p_rows[9] = {0, f32p_1, f32p_2, f32p_3, f32p_4,
                                      f32p_5, f32p_6, f32p_7, f32p_8};
+#else
+static const f32p_fn f32p_rows[7] = {0, f32p_1, f32p_2, f32p_3, f32p_4, f32p_5, f32p_6};
+#endif
 typedef struct {
   int m, k, lda, ldc;
   float alpha;
@@ -366,8 +401,8 @@ static void f32p_blocks(const void *ctx, int b0, int b1) {
   const f32p_args *p = ctx;
   for (int b = b0; b < b1; b++) {
     const float *panel = p->panels + (size_t)b * p->k * 32;
-    for (int q = 0; q < p->m; q += 8) {
-      int mr = p->m - q < 8 ? p->m - q : 8;
+    for (int q = 0; q < p->m; q += F32P_MR) {
+      int mr = p->m - q < F32P_MR ? p->m - q : F32P_MR;
       f32p_rows[mr](p->a + (size_t)q * p->lda, p->lda, panel, p->k, p->c + (size_t)q * p->ldc + 32 * b,
                     p->ldc, p->alpha);
     }

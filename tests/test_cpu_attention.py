@@ -532,9 +532,10 @@ def test_the_other_vector_width_gives_mlx_lm_attention_and_batch_invariant_rows(
 ):
     """Both widths are tested on any CPU that builds one: clara's library built with the other
     (16 floats where the CPU gives 8, 8 where it gives 16) computes prompt rows (every boolean
-    mask form, causal after cached keys, part key blocks, grouped heads, head sizes 64/128) and
-    decode rows as MLX's ops do, to rounding, and a decode row alone and left-padded in a batch
-    gets the same bits."""
+    mask form, causal after cached keys, part key blocks, grouped heads, head sizes 64/128; the
+    same bits whether cut into passes or not) and decode rows (head sizes 16-256) as MLX's ops
+    do, to rounding; a decode row alone and left-padded in a batch gets the same bits, and a
+    row that sees no key zeros."""
     import ctypes
     import shutil
 
@@ -566,12 +567,19 @@ def test_the_other_vector_width_gives_mlx_lm_attention_and_batch_invariant_rows(
             seen = _seen(mask, B, H, T, S)
             err = float(np.abs(np.array(got) - np.array(want))[seen].max())
             assert err < 1e-5, f"prompt rows {(B, H, Hk, T, S, D)} {name}: {err}"
-    for B, H, Hk, T, S, D in [(8, 9, 3, 1, 161, 64), (2, 6, 1, 5, 33, 32), (3, 8, 2, 1, 129, 128)]:
+    whole = np.array(A.fused(*_qkv(2, 9, 3, 150, 150, D=64, seed=5), 0.125, "causal"))
+    q, k, v = _qkv(2, 9, 3, 150, 150, D=64, seed=5)  # rows 100.. after 100 cached keys, alone
+    part = np.array(A.fused(q[:1, :, 100:], k[:1], v[:1], 0.125, "causal"))
+    assert np.array_equal(part, whole[:1, :, 100:])
+    shapes = [(8, 9, 3, 1, 161, 64), (2, 6, 1, 5, 33, 32), (3, 8, 2, 1, 129, 128),
+              (2, 4, 4, 1, 40, 256), (1, 4, 2, 3, 23, 16)]  # fmt: skip
+    for B, H, Hk, T, S, D in shapes:
         q, k, v = _qkv(B, H, Hk, T, S, D=D, seed=S)
         keep = _masks(B, H, T, S)["bool (B,1,T,S)"]
         for mask in ("causal", keep):
+            causal = isinstance(mask, str)
             got = _rows_call(
-                lib, *map(np.array, (q, k, v)), None if mask == "causal" else np.array(mask), 0.125
+                lib, *map(np.array, (q, k, v)), None if causal else np.array(mask), 0.125
             )
             want = np.array(A._original(q, k, v, None, scale=0.125, mask=mask))
             seen = _seen(mask, B, H, T, S)
@@ -586,3 +594,5 @@ def test_the_other_vector_width_gives_mlx_lm_attention_and_batch_invariant_rows(
         keep[1, ..., :pad] = False
         batch = _rows_call(lib, np.concatenate([oq[:1], q]), kp, vp, keep, 0.125)
         assert np.array_equal(batch[1:], alone), pad
+    none_seen = np.zeros((1, 1, 1, 150), bool)  # a row that sees no key gets zeros
+    assert not _rows_call(lib, q, k, v, none_seen, 0.125).any()
