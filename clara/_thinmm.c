@@ -762,6 +762,8 @@ typedef struct {
   float *scale;   /* int8: n row scales, inside the same allocation */
   void *packed;   /* float16 and AMX entries: the bfloat16 tiles for x @ W^T, or NULL */
   void *packed_nn; /* AMX entries: the tiles for g @ W */
+  float *panels;   /* float16 and int8 entries: float32 panels (as KIND_F32P's) for products
+                      wider than the thin kernel takes (prefill), or NULL */
 } copy_entry;
 static copy_entry table[MAX_COPIES];
 static int used;
@@ -843,6 +845,7 @@ int clara_thinmm_add_copy(const float *w, int n, int k, int kind) {
   table[slot].scale = scale;
   table[slot].packed = packed;
   table[slot].packed_nn = packed_nn;
+  table[slot].panels = NULL;
   __atomic_store_n(&table[slot].w, w, __ATOMIC_SEQ_CST);
   if (slot == used) __atomic_store_n(&used, used + 1, __ATOMIC_SEQ_CST);
   ok = 1;
@@ -856,10 +859,11 @@ void clara_thinmm_drop_copy(const float *w) {
   for (int i = 0; i < used; i++)
     if (table[i].w == w) {
       __atomic_store_n(&table[i].w, NULL, __ATOMIC_SEQ_CST);
-      void *blocks[3] = {table[i].kind == KIND_I8 ? (void *)table[i].scale : table[i].data,
-                         table[i].packed, table[i].packed_nn};
-      for (int b = 0; b < 3; b++)
+      void *blocks[4] = {table[i].kind == KIND_I8 ? (void *)table[i].scale : table[i].data,
+                         table[i].packed, table[i].packed_nn, table[i].panels};
+      for (int b = 0; b < 4; b++)
         if (blocks[b] != NULL && n_retired < MAX_COPIES) retired[n_retired++] = blocks[b];
+      table[i].panels = NULL;
       table[i].packed = NULL;
       table[i].packed_nn = NULL;
       table[i].data = NULL;
@@ -881,6 +885,25 @@ int clara_thinmm_add_tiles(const float *w) {
         __atomic_store_n(&table[i].packed, tiles, __ATOMIC_SEQ_CST);
       }
       ok = table[i].packed != NULL;
+      break;
+    }
+  pthread_mutex_unlock(&table_lock);
+  return ok;
+}
+
+/* 1: the float16 or int8 copy of `w` now also has float32 panels, read by products of more
+ * rows than the thin kernel takes (a prefill through merged decode weights) instead of
+ * OpenBLAS packing `w` on every call; 0: no such copy, no packed kernel, or no memory. */
+int clara_thinmm_add_panels(const float *w) {
+  int ok = 0;
+  pthread_mutex_lock(&table_lock);
+  for (int i = 0; i < used; i++)
+    if (table[i].w == w && (table[i].kind == KIND_F16 || table[i].kind == KIND_I8)) {
+      if (table[i].panels == NULL && HAVE_F32P && table[i].n % 32 == 0) {
+        float *panels = f32p_pack(w, table[i].n, table[i].k);
+        __atomic_store_n(&table[i].panels, panels, __ATOMIC_SEQ_CST);
+      }
+      ok = table[i].panels != NULL;
       break;
     }
   pthread_mutex_unlock(&table_lock);
@@ -930,8 +953,10 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
       m > thin_rows && beta == 0.0f && k > 0) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
     const copy_entry *e = find_copy(b, n, k, ldb);
-    int done = e != NULL && e->kind == KIND_F32P;
-    if (done) f32p_gemm(m, n, k, alpha, a, lda, (const float *)e->data, c, ldc);
+    const float *panels = e == NULL ? NULL : e->kind == KIND_F32P ? (const float *)e->data
+                                                                   : e->panels;
+    int done = panels != NULL;
+    if (done) f32p_gemm(m, n, k, alpha, a, lda, panels, c, ldc);
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
     if (done) return;
   }

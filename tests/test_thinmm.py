@@ -222,6 +222,45 @@ def test_packed_float32_products_on_every_x86_cpu_with_avx2_and_the_same_bits():
     assert all(np.array_equal(outs[0], out) for out in outs[1:])  # AVX-512 and AVX2 alike
 
 
+def test_decode_copies_get_float32_panels_for_prefill_products(monkeypatch):
+    """`DecodeCopies.add_panels`: a float16 decode copy (a merged adapter weight) also gets
+    float32 panels; products of more rows than the thin kernel takes (a prefill) read them,
+    exactly as the base weights' packed copy gives (float32, the same bits in any batch), and
+    a few rows (a decode step) still read the float16 copy. Not for weights without a copy,
+    nor with `CLARA_PREFILL_PANELS=off` or past `CLARA_PACK_GB`; dropped with the copy."""
+    _needs_kernel()
+    if not _blas._thin.clara_thinmm_f32p_available():
+        pytest.skip("no AVX-512 or AVX2: products keep OpenBLAS")
+    if _blas.bf16:
+        pytest.skip("bfloat16 products take prefill products here (their own tiles)")
+    w, other = _rand(1536, 576, seed=51), _rand(576, 576, seed=52)
+    x = _rand(75, 576, seed=53)
+    openblas = np.array(x @ w.T)
+    packed = _blas.DecodeCopies("f32pack")
+    packed.update([w])
+    want = np.array(x @ w.T)  # the packed kernel's float32 products
+    packed.close()
+    copies = _blas.DecodeCopies("float16")
+    assert copies.update([w]) == 1
+    few = np.array(x[:3] @ w.T)  # the thin kernel, from the float16 copy
+    assert not np.array_equal(few, openblas[:3])
+    assert np.array_equal(np.array(x @ w.T), openblas)  # no panels yet: OpenBLAS
+    monkeypatch.setenv("CLARA_PREFILL_PANELS", "off")
+    assert copies.add_panels([w]) == 0
+    monkeypatch.delenv("CLARA_PREFILL_PANELS")
+    monkeypatch.setenv("CLARA_PACK_GB", "0.001")
+    assert copies.add_panels([w]) == 0
+    monkeypatch.delenv("CLARA_PACK_GB")
+    assert copies.add_panels([w, other]) == 1  # `other` has no copy of this set
+    got = np.array(x @ w.T)
+    assert np.array_equal(got, want)
+    for lo, hi in ((0, 17), (17, 50), (3, 75)):
+        assert np.array_equal(np.array(x[lo:hi] @ w.T), got[lo:hi])
+    assert np.array_equal(np.array(x[:3] @ w.T), few)  # decode rows: still the copy
+    copies.close()
+    assert np.array_equal(np.array(x @ w.T), openblas)
+
+
 def test_model_packs_its_base_weights_within_the_budget(tiny_llama_dir, monkeypatch):
     """`ClaraModel.pack_base_weights` (clara-serve, clara-index): the query encoding of a
     question stays within float32 rounding of the unpacked one; `CLARA_PACK_GB=0` packs none."""
