@@ -257,8 +257,8 @@ class ClaraModel(nn.Module):
         compressor's and query adapter's products (`clara._blas`, kind "f32pack": OpenBLAS
         packed them again on every call, as long as the products of a query encoding took).
         For serving and indexing: training tiles or updates these weights. Skipped where the
-        copy would pass `CLARA_PACK_GB` (default 2 GiB) or the CPU lacks AVX-512 and AVX2. Returns how
-        many are packed."""
+        copy would pass `CLARA_PACK_GB` (default 2 GiB) or the CPU lacks AVX-512 and AVX2.
+        Returns how many are packed."""
         weights = self._base_weights()
         budget = float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
         if not weights or sum(w.nbytes for w in weights) > budget:
