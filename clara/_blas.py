@@ -475,8 +475,9 @@ class DecodeCopies:
         OpenBLAS packing each weight on every call. Only where it pays: the packed kernel
         built (x86 with AVX-512 or AVX2), no bfloat16 products (their tiles take those
         products), all of `weights` within `CLARA_PACK_GB` (default 2 GiB), not switched off
-        (`CLARA_PREFILL_PANELS=off`). One prompt of five memories prefilled in ~0.8x the time
-        on an AVX2-only AMD EPYC (one-off, 2026-12-04). Returns how many have panels."""
+        (`CLARA_PREFILL_PANELS=off`). One prompt of five memories prefilled in ~0.91x the time
+        on an AVX2-only AMD EPYC (one-off, 2026-12-04). Packing them takes the first prefill
+        after each merge a moment longer. Returns how many have panels."""
         if (
             _thin is None
             or self.kind not in ("float16", "int8")

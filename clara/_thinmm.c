@@ -895,18 +895,32 @@ int clara_thinmm_add_tiles(const float *w) {
  * rows than the thin kernel takes (a prefill through merged decode weights) instead of
  * OpenBLAS packing `w` on every call; 0: no such copy, no packed kernel, or no memory. */
 int clara_thinmm_add_panels(const float *w) {
-  int ok = 0;
+  int ok = 0, n = 0, k = 0;
   pthread_mutex_lock(&table_lock);
   for (int i = 0; i < used; i++)
     if (table[i].w == w && (table[i].kind == KIND_F16 || table[i].kind == KIND_I8)) {
-      if (table[i].panels == NULL && HAVE_F32P && table[i].n % 32 == 0) {
-        float *panels = f32p_pack(w, table[i].n, table[i].k);
-        __atomic_store_n(&table[i].panels, panels, __ATOMIC_SEQ_CST);
-      }
       ok = table[i].panels != NULL;
+      if (!ok && HAVE_F32P && table[i].n % 32 == 0) n = table[i].n, k = table[i].k;
       break;
     }
   pthread_mutex_unlock(&table_lock);
+  if (ok || n == 0) return ok;
+  /* packed outside the lock (~0.4 GiB for the default model): other owners' updates go on */
+  float *panels = f32p_pack(w, n, k);
+  if (panels == NULL) return 0;
+  pthread_mutex_lock(&table_lock);
+  for (int i = 0; i < used; i++)
+    if (table[i].w == w && table[i].n == n && table[i].k == k &&
+        (table[i].kind == KIND_F16 || table[i].kind == KIND_I8)) {
+      if (table[i].panels == NULL) {
+        __atomic_store_n(&table[i].panels, panels, __ATOMIC_RELEASE);
+        panels = NULL;
+      }
+      ok = 1;
+      break;
+    }
+  pthread_mutex_unlock(&table_lock);
+  free(panels); /* NULL unless another call stored its own first, or the copy went */
   return ok;
 }
 
@@ -953,8 +967,9 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
       m > thin_rows && beta == 0.0f && k > 0) {
     __atomic_add_fetch(&active, 1, __ATOMIC_SEQ_CST);
     const copy_entry *e = find_copy(b, n, k, ldb);
-    const float *panels = e == NULL ? NULL : e->kind == KIND_F32P ? (const float *)e->data
-                                                                   : e->panels;
+    const float *panels = e == NULL                ? NULL
+                          : e->kind == KIND_F32P ? (const float *)e->data
+                                                 : __atomic_load_n(&e->panels, __ATOMIC_ACQUIRE);
     int done = panels != NULL;
     if (done) f32p_gemm(m, n, k, alpha, a, lda, panels, c, ldc);
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);

@@ -240,6 +240,7 @@ def test_decode_copies_get_float32_panels_for_prefill_products(monkeypatch):
     packed.update([w])
     want = np.array(x @ w.T)  # the packed kernel's float32 products
     packed.close()
+    assert not np.array_equal(want, openblas)  # so `got == want` shows the panels were read
     copies = _blas.DecodeCopies("float16")
     assert copies.update([w]) == 1
     few = np.array(x[:3] @ w.T)  # the thin kernel, from the float16 copy
