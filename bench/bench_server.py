@@ -102,7 +102,7 @@ VARIANT_ARGS = {  # clara-serve variants: one command-line setting changed
 LLAMA_CPP = "0.3.36"
 #: llama.cpp's vector code for this CPU (a build with AVX-512 dies of an illegal instruction
 #: on AVX2-only CPUs); one venv per instruction set
-LLAMA_ISA = "avx512" if "avx512f" in _blas._cpuinfo("flags").split() else "avx2"
+LLAMA_ISA = "avx512" if "avx512f" in _blas.cpu_flags() else "avx2"
 LLAMA_VENV = Path(f"/work/cache/llama-cpp-venv-{LLAMA_ISA}")
 LLAMA_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "

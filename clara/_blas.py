@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -76,6 +77,12 @@ def _cpuinfo(*keys: str) -> str:
     except OSError:
         return ""
     return next((line for line in lines if line.startswith(keys)), "")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty elsewhere)."""
+    return frozenset(_cpuinfo("flags").split())
 
 
 def fused_attention_default() -> bool:
@@ -206,7 +213,7 @@ def _openblas_core() -> None:
     side-by-side compression test failed; one-off timings, 2026-12-03)."""
     if "OPENBLAS_CORETYPE" in os.environ or platform.machine() != "x86_64":
         return
-    flags = _cpuinfo("flags").split()
+    flags = cpu_flags()
     if "AuthenticAMD" in _cpuinfo("vendor_id") and all(f in flags for f in SKYLAKEX_FLAGS):
         os.environ["OPENBLAS_CORETYPE"] = "SKYLAKEX"
 
@@ -360,9 +367,7 @@ def row_exact_products() -> bool:
     others, or on one thread of two lanes, gets the same arithmetic up to float32 rounding,
     not bit for bit."""
     return (
-        _thin is not None
-        and bool(_thin.clara_thinmm_f32p_available())
-        and "avx512f" in _cpuinfo("flags").split()
+        _thin is not None and bool(_thin.clara_thinmm_f32p_available()) and "avx512f" in cpu_flags()
     )
 
 
@@ -438,6 +443,7 @@ class DecodeCopies:
     def __init__(self, kind: str | None = None) -> None:
         self.kind = kind or decode_weights()
         self._mine: set[tuple[int, int]] = set()
+        self._panels: set[tuple[int, int]] = set()  # of `_mine`: float32 panels added
 
     def update(self, weights) -> int:
         """Own copies of exactly `weights` (2-D row-contiguous float32); returns how many."""
@@ -486,16 +492,18 @@ class DecodeCopies:
             or not _thin.clara_thinmm_f32p_available()
         ):
             return 0
-        weights = [w for w in weights if (_address(w), _KINDS[self.kind]) in self._mine]
+        keyed = [(k, w) for w in weights if (k := (_address(w), _KINDS[self.kind])) in self._mine]
         budget = float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
-        if sum(w.nbytes for w in weights) > budget:
+        if sum(w.nbytes for _, w in keyed) > budget:
             return 0
-        return sum(
-            bool(_thin.clara_thinmm_add_panels(ctypes.c_void_p(_address(w)))) for w in weights
-        )
+        for key, _ in keyed:  # once per copy: later prefills only look them up here
+            if key not in self._panels and _thin.clara_thinmm_add_panels(ctypes.c_void_p(key[0])):
+                self._panels.add(key)
+        return sum(key in self._panels for key, _ in keyed)
 
     def _release(self, key: tuple[int, int]) -> None:
         self._mine.discard(key)
+        self._panels.discard(key)
         ref = _copy_refs.get(key)
         if ref is None:
             return

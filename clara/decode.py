@@ -252,11 +252,6 @@ class Decoder:
                 weights.append(weight)
         return weights
 
-    def _head_count(self) -> int:
-        """How many of `_decode_weights` are the output embedding (first): a prefill reads it
-        for each prompt's last position only, so it gets no panels."""
-        return int(self.cm.head_weight() is not None)
-
     # ---- the model -----------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list, embeddings: mx.array | None = None):
         with merged(self.cm, self.adapter), same_positions(cache):
@@ -357,7 +352,10 @@ class Decoder:
         merge_adapter(self.cm, self.adapter)  # no-op unless the adapter changed
         weights = self._decode_weights()
         self._copies.update(weights)  # int8/float16 copies the thin kernel reads
-        self._copies.add_panels(weights[self._head_count() :])  # prefill: packed, not OpenBLAS
+        # prefill: packed panels, not OpenBLAS; not the output embedding, which a prefill reads
+        # for each prompt's last position only
+        head = self.cm.head_weight()
+        self._copies.add_panels([w for w in weights if w is not head])
         with self._attention():
             parts = self._prefill_parts([p for _, p, _ in todo], [s for _, _, s in todo])
         took = time.perf_counter() - start

@@ -491,7 +491,7 @@ def test_kernels_take_the_cpus_vector_width(monkeypatch):
     """The kernels' vectors are as wide as the CPU's registers: 8 floats with AVX2 alone (16,
     written for AVX-512, spilled there and made a long prompt's attention 4.5x slower than
     MLX's ops), 16 with AVX-512; on by default with either."""
-    flags = A._blas._cpuinfo("flags").split()
+    flags = A._blas.cpu_flags()
     if "avx512f" in flags:
         want = 16
     elif "avx2" in flags and "fma" in flags:

@@ -191,7 +191,7 @@ def test_packed_float32_products_on_every_x86_cpu_with_avx2_and_the_same_bits():
     AVX-512 one: where this CPU has AVX-512, the library built without it (-mno-avx512f) gives
     the very bits of the native one."""
     _needs_kernel()
-    flags = _blas._cpuinfo("flags").split()
+    flags = _blas.cpu_flags()
     if "avx2" not in flags or "fma" not in flags:
         pytest.skip("not an x86 CPU with AVX2")
     assert _blas._thin.clara_thinmm_f32p_available()
