@@ -146,8 +146,8 @@ def main() -> int:
             extra_body={"mode": "text"},
         )
         note = (
-            "the shipped default adapters had a short CPU training run on prose: memory answers "
-            "find the topic but are often wrong"
+            "the shipped default adapters are small and briefly trained: memory answers find the "
+            "topic but often miss the asked detail"
             if DEFAULT_CHECKPOINT.exists()
             else "no trained adapters are installed, so the memory answer comes from untrained ones"
         )
