@@ -49,5 +49,6 @@ np.savez(
     ce=np.array(ce),
     query=np.array(q),
     bos=cm.tokenizer.bos_token_id,
+    eos=cm.tokenizer.eos_token_id,
 )
 print("ok", ce.item())

@@ -176,7 +176,7 @@ def main() -> int:
 
     doc_texts = list(table)
     doc_ids = cm.tokenize(doc_texts)
-    doc_ids = [ids or [tok.eos_token_id if hasattr(tok, "eos_token_id") else 2] for ids in doc_ids]
+    doc_ids = [ids or [tok.eos_token_id] for ids in doc_ids]  # as Stage._tokenize_docs
     q_ids = cm.tokenize([q for q, _, _ in qs])
     q_doc = [table[docs[src]] for _, _, src in qs]
 
@@ -201,7 +201,8 @@ def main() -> int:
         gen_docs=gen_docs,
         q_tok=q_tok, q_off=q_off, q_doc=np.array(q_doc, np.int32),
         train_doc_ids=np.array([table[d] for d in docs], np.int32),
-        bos=np.array([tok.bos_token_id if hasattr(tok, "bos_token_id") else 1]),
+        bos=np.array([tok.bos_token_id]),
+        eos=np.array([tok.eos_token_id]),
     )  # fmt: skip
     kinds = np.bincount([k for k, _, _ in examples], minlength=4)
     print(

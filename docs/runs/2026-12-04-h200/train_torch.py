@@ -58,7 +58,7 @@ def dequantize(w: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int)
 def read(paths: str) -> dict[str, np.ndarray]:
     """A safetensors file, or comma-separated parts of one xz-compressed file (`.xz`)."""
     parts = paths.split(",")
-    if not parts[0].endswith((".xz", ".a")):
+    if ".xz" not in parts[0]:
         return load_file(parts[0])
     blob = b"".join(open(p, "rb").read() for p in parts)
     return load(lzma.decompress(blob))
@@ -108,7 +108,7 @@ def load_base(path: str) -> dict[str, np.ndarray]:
         if v.dtype == np.uint32:
             stem = k[: -len(".weight")]
             s, b = raw[stem + ".scales"], raw[stem + ".biases"]
-            bits = 8 if "embed_tokens" in k else 4
+            bits = v.shape[1] // s.shape[1]  # groups of 32 values: `bits` words each
             out[k] = dequantize(v, s, b, bits)
         else:
             out[k] = v.astype(np.float32)
@@ -216,8 +216,7 @@ class Clara(torch.nn.Module):
         h = torch.where((slots == SEP)[..., None], self.tok["sep_embedding"][0].to(dtype), h)
         out = self.forward(h, "generator")
         sel = out.gather(1, pos[..., None].expand(-1, -1, D))  # (B, A, D)
-        logits = sel.float() @ self.emb.float().T if dtype == torch.float32 else (
-            sel @ self.emb.to(dtype).T).float()  # fmt: skip
+        logits = (sel @ self.emb.to(dtype).T).float()  # bfloat16 products under autocast
         ce = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")  # (B, A)
         return (ce * mask).sum(1) / mask.sum(1).clamp(min=1), logits
 
@@ -238,7 +237,7 @@ class Data:
         o = self.z["q_off"]
         self.queries = [self.z["q_tok"][o[i] : o[i + 1]].astype(np.int64).tolist()
                         for i in range(len(o) - 1)]  # fmt: skip
-        self.bos = int(self.z["bos"][0])
+        self.bos, self.eos = int(self.z["bos"][0]), int(self.z["eos"][0])
         self.q_doc = self.z["q_doc"].astype(np.int64)
 
     def shrink(self, n: int) -> None:
@@ -318,7 +317,6 @@ def phase_a(model, data, args, dev, dtype, log):
     rng.shuffle(groups)
     model.drop = DROPOUT
     t0, step, seen, last_save = time.time(), 0, 0, time.time()
-    eos = 2
     while True:
         frac = (time.time() - t0) / args.seconds_a
         if frac >= 1:
@@ -329,7 +327,7 @@ def phase_a(model, data, args, dev, dtype, log):
         (tok, slots, pos, tgt, mask), docs = data.batch(ids, dev)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
             mem, mse = model.encode(
-                [data.docs[d] for d in docs], "compressor", data.bos, eos, dtype
+                [data.docs[d] for d in docs], "compressor", data.bos, data.eos, dtype
             )
             ce, _ = model.generate_loss((tok, slots, pos, tgt, mask), mem, dtype)
         loss = ce.mean() + 0.1 * mse.mean()
@@ -362,7 +360,9 @@ def phase_b(model, data, args, dev, dtype, log):
         out = torch.empty(len(data.docs), N_MEM, D, device=dev, dtype=dtype)
         for s in range(0, len(order), 256):
             part = order[s : s + 256]
-            mem, _ = model.encode([data.docs[i] for i in part], "compressor", data.bos, 2, dtype)
+            mem, _ = model.encode(
+                [data.docs[i] for i in part], "compressor", data.bos, data.eos, dtype
+            )
             out[torch.tensor(part, device=dev)] = mem.to(dtype)
         corpus = F.normalize(out.float(), dim=-1).to(dtype)  # (N, 16, D) unit vectors
         flat = F.normalize(out.float().reshape(len(out), -1), dim=-1).to(dtype)
@@ -381,7 +381,7 @@ def phase_b(model, data, args, dev, dtype, log):
             g["lr"] = schedule(frac, args.lr_b)
         ids = rng.sample(qs, min(args.qbatch, len(qs)))
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            q, _ = model.encode([data.queries[i] for i in ids], "query", data.bos, 2, dtype)
+            q, _ = model.encode([data.queries[i] for i in ids], "query", data.bos, data.eos, dtype)
             qu = F.normalize(q.float(), dim=-1).to(dtype)  # (B, 16, D)
             qf = F.normalize(q.float().reshape(len(ids), -1), dim=-1).to(dtype)
             s_flat = (qf @ flat.T).float()  # (B, N)
@@ -406,7 +406,7 @@ def check(model, args, dev):
     """Against clara (check.npz from check_mlx.py): memory of docs, generator logits."""
     z = np.load(args.check)
     docs = json.loads(str(z["docs"]))
-    mem, mse = model.encode(docs, "compressor", int(z["bos"]), 2, torch.float32)
+    mem, mse = model.encode(docs, "compressor", int(z["bos"]), int(z["eos"]), torch.float32)
     err = (mem.detach().numpy() - z["memory"]).__abs__().max()
     print("memory max abs err", err, "scale", np.abs(z["memory"]).max())
     print("mse", mse.detach().numpy(), "clara", z["mse"])
@@ -419,7 +419,7 @@ def check(model, args, dev):
                                      torch.from_numpy(z["memory"][:1]), torch.float32)  # fmt: skip
     print("logits max abs err", np.abs(logits[0].detach().numpy() - z["logits"]).max(),
           "ce", ce.item(), "clara ce", float(z["ce"]))  # fmt: skip
-    q, _ = model.encode(docs[:1], "query", int(z["bos"]), 2, torch.float32)
+    q, _ = model.encode(docs[:1], "query", int(z["bos"]), int(z["eos"]), torch.float32)
     print("query max abs err", np.abs(q.detach().numpy() - z["query"]).max())
 
 
