@@ -12,8 +12,9 @@
  * Every output element (q, r) is the same arithmetic whatever the number of rows and their
  * position in the tile, so a sequence's logits do not depend on the batch it decodes in.
  * Weights registered with clara_thinmm_add_copy (the merged decode copies) are read from an
- * int8 (per-row scale) or float16 copy: a quarter or half of the memory traffic that bounds
- * decoding, with products and sums still in float32.
+ * int8 (per-row scale, row by row) or float16 copy (in panels of 16 outputs, f16p_pack): a
+ * quarter or half of the memory traffic that bounds decoding, with products and sums still in
+ * float32.
  *
  * On x86 CPUs with AMX (Intel Sapphire Rapids and later), a float16 copy also gets a bfloat16
  * copy packed for AMX tiles, and every product against those weights (prefill and decode)
@@ -256,7 +257,6 @@ typedef signed char i8x8 __attribute__((vector_size(8), aligned(1)));
   static const NAME##_fn NAME##_x4[5] = {0, NAME##_1x4, NAME##_2x4, NAME##_3x4, NAME##_4x4}; \
   static const NAME##_fn NAME##_x1[5] = {0, NAME##_1x1, NAME##_2x1, NAME##_3x1, NAME##_4x1};
 TILES(float, f32, LOAD_F32, SCALAR_F32)
-TILES(half, f16, LOAD_F16, SCALAR_F16)
 TILES(signed char, i8, LOAD_I8, SCALAR_I8)
 
 /* Columns [r0, r0 + nr) of c for all m rows (nr is 4, or 1 for the leftover columns). */
@@ -300,7 +300,130 @@ TILES(signed char, i8, LOAD_I8, SCALAR_I8)
       NAME##_columns(m, r, 1, k, alpha, a, lda, w, ldw, scale, beta, c, ldc);                \
   }
 COLUMNS(float, f32)
-COLUMNS(half, f16)
+
+/* ---- float16 decode copies, in panels ------------------------------------------------------
+ * A float16 copy is stored in panels of 16 outputs: panel p holds W[16p + j][i] at [p][i][j]
+ * (the last panel zero-padded). Each output element is one chain of float32 fused multiply-adds
+ * over i in order, a broadcast row element times a panel row, whatever the rows and threads:
+ * a sequence gets the same bits alone or in a batch. Against the row-by-row dot products the
+ * int8 copies use, this reads each float16 weight once per up to 8 rows of x and keeps the
+ * accumulators in registers: with 16 AVX2 registers the dot-product tiles spilled, and 8
+ * sequences' products ran at about half the machine's float32 rate (BENCHMARKS.md). */
+#define F16P 16 /* outputs per panel */
+static half *f16p_pack(const float *w, int n, int k) {
+  int panels = (n + F16P - 1) / F16P;
+  half *h = malloc((size_t)panels * k * F16P * sizeof(half));
+  if (h == NULL) return NULL;
+  for (int p = 0; p < panels; p++)
+    for (int i = 0; i < k; i++)
+      for (int j = 0; j < F16P; j++) {
+        int r = F16P * p + j;
+        h[((size_t)p * k + i) * F16P + j] = float_to_half(r < n ? w[(size_t)r * k + i] : 0.0f);
+      }
+  return h;
+}
+#define BROADCAST(x) ((v8){x, x, x, x, x, x, x, x})
+/* Rows [0, MR) of a times W columns [c0, c0 + 8 * NV) of one panel (NV vectors of 8). */
+#define F16P_TILE(MR, NV)                                                                     \
+  static void f16p_##MR##x##NV(const float *a, int lda, const half *panel, int k, int c0,     \
+                               v8 out[MR][NV]) {                                             \
+    v8 acc[MR][NV];                                                                          \
+    memset(acc, 0, sizeof acc);                                                              \
+    for (int i = 0; i < k; i++) {                                                            \
+      v8 wv[NV];                                                                             \
+      for (int v = 0; v < NV; v++) wv[v] = LOAD_F16(panel + (size_t)i * F16P + c0 + 8 * v);  \
+      for (int q = 0; q < MR; q++) {                                                         \
+        v8 x = BROADCAST(a[(size_t)q * lda + i]);                                            \
+        for (int v = 0; v < NV; v++) acc[q][v] += x * wv[v];                                 \
+      }                                                                                      \
+    }                                                                                        \
+    memcpy(out, acc, sizeof acc);                                                            \
+  }
+F16P_TILE(1, 2)
+F16P_TILE(2, 2)
+F16P_TILE(3, 2)
+F16P_TILE(4, 2)
+F16P_TILE(5, 2)
+F16P_TILE(6, 2)
+F16P_TILE(8, 1)
+/* One or two rows against two panels at once: 4 or 8 chains in flight instead of 2 or 4. */
+#define F16P_PAIR(MR)                                                                         \
+  static void f16p_pair_##MR(const float *a, int lda, const half *p0, int k, v8 out[MR][4]) { \
+    v8 acc[MR][4];                                                                           \
+    memset(acc, 0, sizeof acc);                                                              \
+    const half *p1 = p0 + (size_t)k * F16P;                                                  \
+    for (int i = 0; i < k; i++) {                                                            \
+      v8 w0 = LOAD_F16(p0 + (size_t)i * F16P), w1 = LOAD_F16(p0 + (size_t)i * F16P + 8);     \
+      v8 w2 = LOAD_F16(p1 + (size_t)i * F16P), w3 = LOAD_F16(p1 + (size_t)i * F16P + 8);     \
+      for (int q = 0; q < MR; q++) {                                                         \
+        v8 x = BROADCAST(a[(size_t)q * lda + i]);                                            \
+        acc[q][0] += x * w0;                                                                 \
+        acc[q][1] += x * w1;                                                                 \
+        acc[q][2] += x * w2;                                                                 \
+        acc[q][3] += x * w3;                                                                 \
+      }                                                                                      \
+    }                                                                                        \
+    memcpy(out, acc, sizeof acc);                                                            \
+  }
+F16P_PAIR(1)
+F16P_PAIR(2)
+typedef void (*f16p_fn)(const float *, int, const half *, int, int, v8[][2]);
+static const f16p_fn f16p_rows[7] = {0, f16p_1x2, f16p_2x2, f16p_3x2, f16p_4x2, f16p_5x2, f16p_6x2};
+typedef struct {
+  int m, n, k, lda, ldc;
+  float alpha, beta;
+  const float *a;
+  const half *w;
+  float *c;
+} f16p_args;
+/* out (rows x 8 floats, row stride `stride` vectors) into c at rows q0.., columns col.. */
+static void f16p_put(const f16p_args *p, const v8 *out, int rows, int stride, int q0, int col,
+                     int width) {
+  width = p->n - col < width ? p->n - col : width;
+  for (int q = 0; q < rows; q++) {
+    const float *o = (const float *)(out + (size_t)q * stride);
+    float *cr = p->c + (size_t)(q0 + q) * p->ldc + col;
+    for (int j = 0; j < width; j++)
+      cr[j] = p->beta == 0.0f ? p->alpha * o[j] : p->alpha * o[j] + p->beta * cr[j];
+  }
+}
+/* Blocks of two panels (32 outputs): every row of a. */
+static void f16p_blocks(const void *ctx, int b0, int b1) {
+  const f16p_args *p = ctx;
+  int panels = (p->n + F16P - 1) / F16P;
+  for (int b = b0; b < b1; b++) {
+    int pa = 2 * b, pb = 2 * b + 2 < panels ? 2 * b + 2 : panels;
+    const half *first = p->w + (size_t)pa * p->k * F16P;
+    if (p->m <= 2 && pb - pa == 2) {
+      v8 out[2][4];
+      (p->m == 1 ? f16p_pair_1 : f16p_pair_2)(p->a, p->lda, first, p->k, out);
+      f16p_put(p, &out[0][0], p->m, 4, 0, F16P * pa, 2 * F16P);
+      continue;
+    }
+    for (int pn = pa; pn < pb; pn++) {
+      const half *panel = p->w + (size_t)pn * p->k * F16P;
+      int q0 = 0;
+      for (; p->m - q0 >= 8; q0 += 8)
+        for (int h = 0; h < F16P; h += 8) { /* 8 rows: half a panel at a time (8 chains) */
+          v8 out[8][1];
+          f16p_8x1(p->a + (size_t)q0 * p->lda, p->lda, panel, p->k, h, out);
+          f16p_put(p, &out[0][0], 8, 1, q0, F16P * pn + h, 8);
+        }
+      for (; q0 < p->m; q0 += 6) {
+        int rows = p->m - q0 < 6 ? p->m - q0 : 6;
+        v8 out[6][2];
+        f16p_rows[rows](p->a + (size_t)q0 * p->lda, p->lda, panel, p->k, 0, out);
+        f16p_put(p, &out[0][0], rows, 2, q0, F16P * pn, F16P);
+      }
+    }
+  }
+}
+static void f16_thin(int m, int n, int k, float alpha, const float *a, int lda, const half *w,
+                     float beta, float *c, int ldc) {
+  f16p_args p = {m, n, k, lda, ldc, alpha, beta, a, w, c};
+  int panels = (n + F16P - 1) / F16P;
+  parallel_blocks(f16p_blocks, &p, (panels + 1) / 2, (size_t)n * k >= 65536);
+}
 COLUMNS(signed char, i8)
 
 /* ---- float32 products against weights packed once --------------------------------------
@@ -758,7 +881,7 @@ enum { KIND_F16 = 1, KIND_I8 = 2, KIND_AMX = 3, KIND_F32P = 4 }; /* AMX: the til
 typedef struct {
   const float *w;
   int n, k, kind;
-  void *data;     /* n * k halves or int8s */
+  void *data;     /* float16: panels of 16 outputs (f16p_pack); int8: n * k, row-major */
   float *scale;   /* int8: n row scales, inside the same allocation */
   void *packed;   /* float16 and AMX entries: the bfloat16 tiles for x @ W^T, or NULL */
   void *packed_nn; /* AMX entries: the tiles for g @ W */
@@ -781,12 +904,8 @@ static void reap_locked(void) {
 static void *make_copy(const float *w, int n, int k, int kind, float **scale) {
   size_t count = (size_t)n * k;
   if (kind == KIND_F16) {
-    if (!HAVE_HALF) return NULL;
-    half *h = malloc(count * sizeof(half));
-    if (h != NULL)
-      for (size_t i = 0; i < count; i++) h[i] = float_to_half(w[i]);
     *scale = NULL;
-    return h;
+    return HAVE_HALF ? f16p_pack(w, n, k) : NULL;
   }
   /* int8: scales first (float alignment), then the rows */
   char *block = malloc((size_t)n * sizeof(float) + count);
@@ -981,7 +1100,7 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     if (e == NULL || e->kind == KIND_AMX || e->kind == KIND_F32P || e->data == NULL)
       f32_thin(m, n, k, alpha, a, lda, b, ldb, NULL, beta, c, ldc);
     else if (e->kind == KIND_F16)
-      f16_thin(m, n, k, alpha, a, lda, (const half *)e->data, k, NULL, beta, c, ldc);
+      f16_thin(m, n, k, alpha, a, lda, (const half *)e->data, beta, c, ldc);
     else
       i8_thin(m, n, k, alpha, a, lda, (const signed char *)e->data, k, e->scale, beta, c, ldc);
     __atomic_sub_fetch(&active, 1, __ATOMIC_SEQ_CST);
