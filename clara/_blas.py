@@ -380,11 +380,15 @@ def for_decode() -> None:
     set_threads(chosen or DECODE_THREADS)
 
 
-def for_prefill() -> None:
+def for_prefill(packed: bool = False) -> None:
     """Thread count for prefill and compression (matrix-matrix): `CLARA_PREFILL_THREADS`,
-    else every core."""
+    else every core. `packed`: the pass's base products read weights packed for clara's kernel
+    (`ClaraModel.pack_base_weights`), so OpenBLAS sees only the adapters' rank-16 products:
+    those get one thread, as OpenBLAS's idle threads spin in sched_yield on the cores the
+    kernel's helpers need (on a 2-core AVX2 EPYC, one question encoded in 0.94x the time and 8
+    in 0.87x, compression unchanged; BENCHMARKS.md, 2026-12-04 21:59)."""
     n = _env_int("CLARA_PREFILL_THREADS") or os.cpu_count()
-    set_threads(n)
+    set_threads(1 if packed else n)
     set_thin_threads(n)
 
 
@@ -444,6 +448,10 @@ class DecodeCopies:
         self.kind = kind or decode_weights()
         self._mine: set[tuple[int, int]] = set()
         self._panels: set[tuple[int, int]] = set()  # of `_mine`: float32 panels added
+
+    def __len__(self) -> int:
+        """How many copies this owner holds."""
+        return len(self._mine)
 
     def update(self, weights) -> int:
         """Own copies of exactly `weights` (2-D row-contiguous float32); returns how many."""

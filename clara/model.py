@@ -410,7 +410,9 @@ class ClaraModel(nn.Module):
     def _encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int) -> mx.array:
         if not texts:
             return mx.zeros((0, self.n_mem, self.hidden_size))
-        _blas.for_prefill()  # all cores: a decode step on this thread may have set one
+        # all cores (a decode step on this thread may have set one); OpenBLAS gets one where
+        # it sees only the adapters' products
+        _blas.for_prefill(packed=bool(self.__dict__.get("_packed")))
         ids = self.tokenize(texts)
         # passes side by side on the CPU's cores when they are big enough (clara/lanes.py)
         width = lanes.worth(sum(len(t) + self.n_mem for t in ids))

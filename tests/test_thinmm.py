@@ -291,6 +291,28 @@ def test_model_packs_its_base_weights_within_the_budget(tiny_llama_dir, monkeypa
     np.testing.assert_allclose(np.array(cm.encode_queries(question)), before, atol=1e-4)
 
 
+def test_packed_passes_leave_openblas_one_thread(tiny_llama_dir, monkeypatch):
+    """Beside packed base weights OpenBLAS computes only the adapters' rank-16 products: a
+    query encoding gives it one thread (its idle threads spun on the kernel's cores), and
+    every core again once nothing is packed."""
+    _needs_kernel()
+    if not _blas._thin.clara_thinmm_f32p_available() or _blas.loaded is None:
+        pytest.skip("no packed kernel or no OpenBLAS here")
+    monkeypatch.delenv("CLARA_PREFILL_THREADS", raising=False)
+    from clara.checkpoint import load_clara
+
+    cm = load_clara(tiny_llama_dir, None, dtype=None)
+    question = ["Which river runs past the old mill?"]
+    cm.encode_queries(question)
+    assert _blas.current_threads()[0] == os.cpu_count()
+    assert cm.pack_base_weights() > 0
+    cm.encode_queries(question)
+    assert _blas.current_threads() == (1, os.cpu_count())
+    cm.__dict__["_packed"].close()  # nothing packed: OpenBLAS takes the base products again
+    cm.compress(["The old mill stands by the river."])
+    assert _blas.current_threads()[0] == os.cpu_count()
+
+
 def test_base_tiles_run_only_inside_their_block():
     """`--query-precision bfloat16`: a packed base weight gets bfloat16 tiles beside its float32
     panels. Inside `bfloat16_base_products` its products run on the tiles (bfloat16 inputs,
