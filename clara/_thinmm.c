@@ -212,7 +212,6 @@ static inline float lanes_sum(v8 v) {
 
 #define LOAD_F32(p) (*(const v8 *)(p))
 #define SCALAR_F32(x) (x)
-#define SCALAR_F16(x) half_to_float(x)
 #if defined(__AVX2__)
 #define LOAD_I8(p) ((v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p)))))
 #else
@@ -221,7 +220,7 @@ typedef signed char i8x8 __attribute__((vector_size(8), aligned(1)));
 #endif
 #define SCALAR_I8(x) ((float)(x))
 
-/* out[q][r] = dot(a row q, w row r) for MR rows of a and NR rows of w (float32 or float16). */
+/* out[q][r] = dot(a row q, w row r) for MR rows of a and NR rows of w (float32 or int8). */
 #define TILE(MR, NR, T, NAME, LOAD, SCALAR)                                                         \
   static void NAME##_##MR##x##NR(const float *a, int lda, const T *w, int ldw, int k,        \
                                  float out[4][4]) {                                          \
