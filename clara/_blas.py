@@ -382,10 +382,10 @@ def for_decode() -> None:
 
 def for_prefill(packed: bool = False) -> None:
     """Thread count for prefill and compression (matrix-matrix): `CLARA_PREFILL_THREADS` for
-    both OpenBLAS and clara's kernel, else every core. `packed`: the pass's base products read weights packed for clara's kernel
-    (`ClaraModel.pack_base_weights`), so OpenBLAS sees only the adapters' rank-16 products:
-    those get one thread, as OpenBLAS's idle threads spin in sched_yield on the cores the
-    kernel's helpers need (on a 2-core AVX2 EPYC, one question encoded in 0.94x the time and 8
+    both OpenBLAS and clara's kernel, else every core. `packed`: the pass's base products read
+    weights packed for clara's kernel (`ClaraModel.pack_base_weights`), so OpenBLAS sees only
+    the adapters' rank-16 products: those get one thread, as OpenBLAS's idle threads spin in
+    sched_yield on the cores the kernel's helpers need (on a 2-core AVX2 EPYC, one question encoded in 0.94x the time and 8
     in 0.87x, compression unchanged; BENCHMARKS.md, 2026-12-04 21:59)."""
     chosen = _env_int("CLARA_PREFILL_THREADS")
     set_threads(chosen or (1 if packed else os.cpu_count()))

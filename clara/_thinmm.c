@@ -187,20 +187,17 @@ typedef float v8 __attribute__((vector_size(32), aligned(4)));
 #define HAVE_HALF 1
 typedef unsigned short half;
 #define LOAD_F16(p) ((v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p))))
-static inline float half_to_float(half h) { return _cvtsh_ss(h); }
 static inline half float_to_half(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 #elif defined(__aarch64__)
 #define HAVE_HALF 1
 typedef __fp16 half;
 typedef __fp16 h8 __attribute__((vector_size(16), aligned(2)));
 #define LOAD_F16(p) __builtin_convertvector(*(const h8 *)(p), v8)
-static inline float half_to_float(half h) { return (float)h; }
 static inline half float_to_half(float f) { return (half)f; }
 #else
 #define HAVE_HALF 0
 typedef unsigned short half;
 #define LOAD_F16(p) ((v8){0})
-static inline float half_to_float(half h) { return (float)h; }
 static inline half float_to_half(float f) { return (half)f; }
 #endif
 
@@ -322,7 +319,9 @@ static half *f16p_pack(const float *w, int n, int k) {
   return h;
 }
 #define BROADCAST(x) ((v8){x, x, x, x, x, x, x, x})
-/* Rows [0, MR) of a times W columns [c0, c0 + 8 * NV) of one panel (NV vectors of 8). */
+/* Rows [0, MR) of a times W columns [c0, c0 + 8 * NV) from `panel` on (NV vectors of 8, c0 a
+ * multiple of 8; columns past a panel's 16 are the next panel's). */
+#define F16P_AT(panel, k, i, c) ((panel) + ((size_t)((c) / F16P) * (k) + (i)) * F16P + (c) % F16P)
 #define F16P_TILE(MR, NV)                                                                     \
   static void f16p_##MR##x##NV(const float *a, int lda, const half *panel, int k, int c0,     \
                                v8 out[MR][NV]) {                                             \
@@ -330,7 +329,7 @@ static half *f16p_pack(const float *w, int n, int k) {
     memset(acc, 0, sizeof acc);                                                              \
     for (int i = 0; i < k; i++) {                                                            \
       v8 wv[NV];                                                                             \
-      for (int v = 0; v < NV; v++) wv[v] = LOAD_F16(panel + (size_t)i * F16P + c0 + 8 * v);  \
+      for (int v = 0; v < NV; v++) wv[v] = LOAD_F16(F16P_AT(panel, k, i, c0 + 8 * v));       \
       for (int q = 0; q < MR; q++) {                                                         \
         v8 x = BROADCAST(a[(size_t)q * lda + i]);                                            \
         for (int v = 0; v < NV; v++) acc[q][v] += x * wv[v];                                 \
@@ -338,34 +337,17 @@ static half *f16p_pack(const float *w, int n, int k) {
     }                                                                                        \
     memcpy(out, acc, sizeof acc);                                                            \
   }
+/* 1-6 rows on one panel; 1-2 rows on two panels at once (4 or 8 chains in flight instead of
+ * 2 or 4); 8 rows on half a panel (8 chains) */
 F16P_TILE(1, 2)
 F16P_TILE(2, 2)
 F16P_TILE(3, 2)
 F16P_TILE(4, 2)
 F16P_TILE(5, 2)
 F16P_TILE(6, 2)
+F16P_TILE(1, 4)
+F16P_TILE(2, 4)
 F16P_TILE(8, 1)
-/* One or two rows against two panels at once: 4 or 8 chains in flight instead of 2 or 4. */
-#define F16P_PAIR(MR)                                                                         \
-  static void f16p_pair_##MR(const float *a, int lda, const half *p0, int k, v8 out[MR][4]) { \
-    v8 acc[MR][4];                                                                           \
-    memset(acc, 0, sizeof acc);                                                              \
-    const half *p1 = p0 + (size_t)k * F16P;                                                  \
-    for (int i = 0; i < k; i++) {                                                            \
-      v8 w0 = LOAD_F16(p0 + (size_t)i * F16P), w1 = LOAD_F16(p0 + (size_t)i * F16P + 8);     \
-      v8 w2 = LOAD_F16(p1 + (size_t)i * F16P), w3 = LOAD_F16(p1 + (size_t)i * F16P + 8);     \
-      for (int q = 0; q < MR; q++) {                                                         \
-        v8 x = BROADCAST(a[(size_t)q * lda + i]);                                            \
-        acc[q][0] += x * w0;                                                                 \
-        acc[q][1] += x * w1;                                                                 \
-        acc[q][2] += x * w2;                                                                 \
-        acc[q][3] += x * w3;                                                                 \
-      }                                                                                      \
-    }                                                                                        \
-    memcpy(out, acc, sizeof acc);                                                            \
-  }
-F16P_PAIR(1)
-F16P_PAIR(2)
 typedef void (*f16p_fn)(const float *, int, const half *, int, int, v8[][2]);
 static const f16p_fn f16p_rows[7] = {0, f16p_1x2, f16p_2x2, f16p_3x2, f16p_4x2, f16p_5x2, f16p_6x2};
 typedef struct {
@@ -395,7 +377,10 @@ static void f16p_blocks(const void *ctx, int b0, int b1) {
     const half *first = p->w + (size_t)pa * p->k * F16P;
     if (p->m <= 2 && pb - pa == 2) {
       v8 out[2][4];
-      (p->m == 1 ? f16p_pair_1 : f16p_pair_2)(p->a, p->lda, first, p->k, out);
+      if (p->m == 1)
+        f16p_1x4(p->a, p->lda, first, p->k, 0, out);
+      else
+        f16p_2x4(p->a, p->lda, first, p->k, 0, out);
       f16p_put(p, &out[0][0], p->m, 4, 0, F16P * pa, 2 * F16P);
       continue;
     }
