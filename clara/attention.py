@@ -198,9 +198,11 @@ def _floats(a: np.ndarray) -> tuple[int, ...]:
     return tuple(s // a.itemsize for s in a.strides)
 
 
-def fused(queries, keys, values, scale: float, mask) -> mx.array | None:
+def fused(queries, keys, values, scale: float, mask, causal: bool = False) -> mx.array | None:
     """`attention` through clara/_attention.c; None where it does not apply (no library, a
-    mask other than None, "causal" or a boolean array, a head size it does not take)."""
+    mask other than None, "causal" or a boolean array, a head size it does not take).
+    `causal`: a boolean `mask` hides every key past its row's causal limit anyway, so the
+    kernel may skip those key blocks (the same result, half the work of a full prompt)."""
     lib = _blas._thin
     if lib is None:
         return None
@@ -211,7 +213,7 @@ def fused(queries, keys, values, scale: float, mask) -> mx.array | None:
     taken = _kernel_mask(mask, B, H, T, S)
     if taken is None:
         return None
-    causal, m = taken
+    causal, m = taken[0] or causal, taken[1]
     offset = S - T if causal else 0
     ext = _ext()
     if ext is not None:  # one op, no waits
@@ -256,7 +258,8 @@ def attention(queries, keys, values, cache, scale: float, mask, sinks=None) -> m
             return out
     start = fused_from()
     if start is not None and keys.shape[2] - T >= start:
-        out = fused(queries, keys, values, scale, mask)
+        # a cache whose masks are causal ones with more hidden (`_Positions`' left padding)
+        out = fused(queries, keys, values, scale, mask, getattr(cache, "causal_mask", False))
         if out is not None:
             return out
     Hk, S = keys.shape[1], keys.shape[2]

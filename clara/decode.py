@@ -34,7 +34,7 @@ from mlx_lm.sample_utils import apply_top_p
 from clara import _blas, lanes
 from clara.attention import decode_steps, fused_from, fused_passes, fused_takes
 from clara.attention import usable as attention_usable
-from clara.lora import merge_adapter, merged
+from clara.lora import merge_adapter, merged, merged_weights
 from clara.model import ClaraModel
 from clara.prompt import Prompt
 from clara.rope import same_positions
@@ -241,16 +241,7 @@ class Decoder:
         themselves, which the compressor and query adapters read."""
         head = self.cm.head_weight()
         weights = [head] if head is not None else []  # other heads keep float32
-        seen: set[int] = set()
-        for layer in self.cm.lora_layers():
-            held = layer._decode.get(self.adapter)
-            if held is None:
-                continue
-            weight = held.weight if held.fused is None else held.fused[0].weight
-            if id(weight) not in seen:  # a stacked product's weight once
-                seen.add(id(weight))
-                weights.append(weight)
-        return weights
+        return weights + merged_weights(self.cm, self.adapter)
 
     # ---- the model -----------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list, embeddings: mx.array | None = None):

@@ -215,8 +215,7 @@ def merge_adapter(cm, adapter: str | None) -> int:
     # weights by address (Linux CPUs); elsewhere it would be the same weights twice.
     useless = adapter is None and _blas.thin is None
     if useless or sum(m.base.weight.nbytes for m in plain) > budget:
-        for m in layers:
-            m._decode.pop(adapter, None)
+        drop_merged(cm, adapter)
         return 0
     done = sum(layer.merge(adapter) for layer in plain)
     fuse = not _blas._off("CLARA_FUSE")
@@ -232,6 +231,28 @@ def merge_adapter(cm, adapter: str | None) -> int:
         elif held[0].fused is None or not held[0].fused[0].current(held):
             _Fused(held)
     return done
+
+
+def merged_weights(cm, adapter: str | None) -> list[mx.array]:
+    """The arrays `adapter`'s merged products read (`merge_adapter`): each layer's merged
+    weight, a stacked product's (`_Fused`) once for its members."""
+    weights: list[mx.array] = []
+    seen: set[int] = set()
+    for layer in cm.lora_layers():
+        held = layer._decode.get(adapter)
+        if held is None:
+            continue
+        weight = held.weight if held.fused is None else held.fused[0].weight
+        if id(weight) not in seen:
+            seen.add(id(weight))
+            weights.append(weight)
+    return weights
+
+
+def drop_merged(cm, adapter: str | None) -> None:
+    """Let go of `adapter`'s merged weights (`merge_adapter`): its products take the LoRA path."""
+    for layer in cm.lora_layers():
+        layer._decode.pop(adapter, None)
 
 
 #: Linears of a Llama-style block that read the same input, in the order the block calls them.

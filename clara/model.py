@@ -15,8 +15,18 @@ from mlx_lm.models.base import create_causal_mask
 
 from clara import _blas, attention, lanes
 from clara.errors import ClaraError
+from clara.last_positions import final_hidden
 from clara.loader import BaseModel
-from clara.lora import ADAPTERS, AdapterSwitch, MultiLoRALinear, apply_lora
+from clara.lora import (
+    ADAPTERS,
+    AdapterSwitch,
+    MultiLoRALinear,
+    apply_lora,
+    drop_merged,
+    merge_adapter,
+    merged,
+    merged_weights,
+)
 from clara.reference import runtime as reference
 from clara.retrieval import DENSE_SCORINGS, READING_MODES, RERANK_DEPTH
 from clara.rope import same_positions
@@ -141,6 +151,9 @@ class _Positions:
     offset of -pad per row makes every row's first real token position 0, and the mask hides
     the padding. Pad queries see themselves so no softmax row is empty (NaN).
     """
+
+    #: its masks hide every key past a row's position too (`clara.attention` skips those)
+    causal_mask = True
 
     def __init__(self, left_pad: mx.array) -> None:
         self.left_pad = left_pad  # (B,)
@@ -267,7 +280,59 @@ class ClaraModel(nn.Module):
         if holder is None:  # a plain attribute, as in lora_layers
             holder = _blas.DecodeCopies("f32pack")
             object.__setattr__(self, "_packed", holder)
-        return holder.update(weights)
+        done = holder.update(weights)
+        if done:
+            self._pack_compressor(budget - sum(w.nbytes for w in weights))
+        return done
+
+    def _pack_compressor(self, budget: float) -> int:
+        """The compressor adapter merged into float32 copies of the base weights it adapts
+        (`clara.lora.merge_adapter`, within `CLARA_MERGE_GB`), packed within what is left of
+        `CLARA_PACK_GB`: a compression then runs one product per linear instead of the base
+        product and the adapter's two (on a 2-core AVX2 EPYC 0.94x the time; BENCHMARKS.md).
+        The same function in float32: memories agree with the adapter's path to float32
+        rounding (~5e-6 of their largest value), as a batched pass does with a single one.
+        Costs the copy and its panels, ~0.85 GB for the default model. Returns how many
+        merged weights it packed (0: compression keeps the adapter's path)."""
+        if merge_adapter(self, "compressor") == 0:
+            return 0
+        weights = merged_weights(self, "compressor")
+        holder = self.__dict__.get("_packed_compressor")
+        if sum(w.nbytes for w in weights) > budget:
+            drop_merged(self, "compressor")
+            if holder is not None:
+                holder.close()
+            return 0
+        if holder is None:
+            holder = _blas.DecodeCopies("f32pack")
+            object.__setattr__(self, "_packed_compressor", holder)
+        if holder.update(weights) == 0:  # the kernel takes none of these shapes
+            drop_merged(self, "compressor")
+            return 0
+        return len(weights)
+
+    def release_packed(self) -> None:
+        """Drop every packed copy (`pack_base_weights`): products take OpenBLAS again."""
+        for name in ("_packed", "_packed_compressor"):
+            holder = self.__dict__.get(name)
+            if holder is not None:
+                holder.close()
+        drop_merged(self, "compressor")
+
+    @contextmanager
+    def _compressor_products(self) -> Iterator[bool]:
+        """Compressor passes through its packed merged copy where `pack_base_weights` made one
+        (yields True), refreshed first if the adapter changed since; else the adapter's path."""
+        holder = self.__dict__.get("_packed_compressor")
+        if not holder:
+            yield False
+            return
+        merge_adapter(self, "compressor")  # no-op unless the adapter changed
+        if holder.update(merged_weights(self, "compressor")) == 0:
+            yield False
+            return
+        with merged(self, "compressor"):
+            yield True
 
     def _base_weights(self) -> list[mx.array]:
         """The frozen float32 base weights of the adapter layers (what `pack_base_weights`
@@ -351,8 +416,12 @@ class ClaraModel(nn.Module):
         out = enc(list(texts), add_special_tokens=False)["input_ids"]
         return [ids[: self.config.doc_max_tokens] for ids in out]
 
-    def encode_tokens(self, token_lists: Sequence[Sequence[int]], adapter: str) -> Encoded:
-        """`<ENC> BOS tokens EOS <MEM0..n-1>` per row, left-padded, through `adapter`."""
+    def encode_tokens(
+        self, token_lists: Sequence[Sequence[int]], adapter: str, memory_only: bool = False
+    ) -> Encoded:
+        """`<ENC> BOS tokens EOS <MEM0..n-1>` per row, left-padded, through `adapter`.
+        `memory_only` (inference): the last block runs for the memory positions alone
+        (`clara.last_positions`), and `hidden` is then `memory`."""
         tok = self.tokenizer
         bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
         eos = [tok.eos_token_id] if getattr(tok, "eos_token_id", None) is not None else []
@@ -381,7 +450,10 @@ class ClaraModel(nn.Module):
 
         cache = [_Positions(left_pad)] * len(self.lm.layers)
         with self.adapter(adapter), same_positions(cache):
-            hidden = self.lm.model(None, cache=cache, input_embeddings=emb)  # (B, L, d) post-norm
+            if memory_only:
+                hidden = final_hidden(self.lm.model, emb, cache, n_mem)  # (B, n_mem, d)
+            else:
+                hidden = self.lm.model(None, cache=cache, input_embeddings=emb)  # (B, L, d)
         if self.config.center_memory:  # every position, so the memory MSE is unchanged
             hidden = hidden - self.memory_center.astype(hidden.dtype)
         return Encoded(memory=hidden[:, -n_mem:], hidden=hidden, text_mask=text_mask)
@@ -407,19 +479,22 @@ class ClaraModel(nn.Module):
         self.memory_center = center.astype(self.mem_embeddings.dtype)
         mx.eval(self.memory_center)
 
-    def _encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int) -> mx.array:
+    def _encode_texts(
+        self, texts: Sequence[str], adapter: str, batch_size: int, packed: bool = False
+    ) -> mx.array:
         if not texts:
             return mx.zeros((0, self.n_mem, self.hidden_size))
         # all cores (a decode step on this thread may have set one); OpenBLAS gets one where
-        # it sees only the adapters' products
-        _blas.for_prefill(packed=bool(self.__dict__.get("_packed")))
+        # it sees only the adapters' products (or none)
+        _blas.for_prefill(packed=packed or bool(self.__dict__.get("_packed")))
         ids = self.tokenize(texts)
         # passes side by side on the CPU's cores when they are big enough (clara/lanes.py)
         width = lanes.worth(sum(len(t) + self.n_mem for t in ids))
         batch_size = max(1, min(batch_size, -(-len(ids) // width)))
         batches = length_buckets([len(t) for t in ids], batch_size)
         passes = [
-            lambda b=b: self.encode_tokens([ids[i] for i in b], adapter).memory for b in batches
+            lambda b=b: self.encode_tokens([ids[i] for i in b], adapter, memory_only=True).memory
+            for b in batches
         ]
         out: list[mx.array | None] = [None] * len(ids)
         with attention.encoder_passes():
@@ -432,7 +507,8 @@ class ClaraModel(nn.Module):
     def compress(self, texts: Sequence[str], batch_size: int | None = None) -> mx.array:
         """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter, in
         length-bucketed forward passes of `batch_size` (default: `compress_batch()`)."""
-        return self._encode_texts(texts, "compressor", batch_size or compress_batch())
+        with self._compressor_products() as packed:
+            return self._encode_texts(texts, "compressor", batch_size or compress_batch(), packed)
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
         """Questions -> query memory vectors `(N, n_mem, d)` with the query adapter (its base

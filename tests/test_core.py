@@ -300,6 +300,28 @@ def test_center_memory_fits_the_mean_and_round_trips(tiny_base, tiny_llama_dir, 
         plain.fit_memory_center(plain.tokenize(DOCS))
 
 
+@pytest.mark.parametrize("arch", ["tiny_llama_dir", "tiny_llama_q4_dir", "tiny_hcx_dir"])
+def test_memory_only_passes_give_the_full_pass_memories(arch, request) -> None:
+    """`encode_tokens(memory_only=True)`, what compression and query encodings run: the last
+    block computes its queries, attention and MLP for the memory positions alone, and the
+    memories are the full pass's to float32 rounding (llama plain and quantized, hyperclovax
+    with its multipliers and post norms; left-padded rows of several lengths)."""
+    from clara.last_positions import taken
+
+    cm = ClaraModel(load_base(request.getfixturevalue(arch), dtype=None), ClaraConfig())
+    _randomize_adapters(cm)
+    assert taken(cm.lm.model)
+    ids = cm.tokenize([DOCS[0], DOCS[1] * 3, DOCS[2]])
+    for adapter in ("compressor", "query"):
+        full = cm.encode_tokens(ids, adapter)
+        short = cm.encode_tokens(ids, adapter, memory_only=True)
+        assert short.hidden.shape == short.memory.shape == full.memory.shape
+        want = np.array(full.memory)
+        np.testing.assert_allclose(
+            np.array(short.memory), want, rtol=0, atol=1e-5 * np.abs(want).max()
+        )
+
+
 def test_length_buckets_group_similar_lengths() -> None:
     from clara.model import length_buckets
 

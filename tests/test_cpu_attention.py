@@ -237,6 +237,26 @@ def test_fused_kernel_matches_mlx_lm(B, H, Hk, T, S, D):
 
 
 @needs_kernel
+def test_a_causal_boolean_mask_lets_the_kernel_skip_the_upper_triangle():
+    """An encoder pass's mask (`clara.model._Positions`: causal, left padding hidden, each
+    pad row seeing itself) hides every key past its row anyway: with `causal=True` the kernel
+    skips those key blocks and gives the mask's own result bit for bit. The flag is no
+    no-op: beside a mask that hides nothing it gives plain causal attention."""
+    from clara.model import _Positions
+
+    B, H, Hk, T, D = 2, 9, 3, 150, 64
+    q, k, v = _qkv(B, H, Hk, T, T, D=D, seed=7)
+    mask = _Positions(mx.array([0, 37])).make_mask(T)
+    assert _Positions.causal_mask
+    full = np.array(A.fused(q, k, v, 0.125, mask))
+    assert np.array_equal(np.array(A.fused(q, k, v, 0.125, mask, True)), full)
+    everything = mx.ones((B, 1, T, T), dtype=mx.bool_)
+    causal = np.array(A.fused(q, k, v, 0.125, "causal"))
+    assert np.array_equal(np.array(A.fused(q, k, v, 0.125, everything, True)), causal)
+    assert not np.array_equal(np.array(A.fused(q, k, v, 0.125, everything)), causal)
+
+
+@needs_kernel
 def test_fused_kernel_rows_do_not_depend_on_the_pass():
     """A prompt's rows get the same bits in one pass or cut into chunks after cached keys,
     alone or beside another prompt: what lets a prompt prefill the same alone or batched."""
@@ -462,9 +482,14 @@ def test_compression_and_query_encodings_take_the_op_to_rounding(monkeypatch):
     questions = ["What does the assert statement do?", "How does a for loop end?"]
     calls = []
     real = A.fused
-    monkeypatch.setattr(A, "fused", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    monkeypatch.setattr(A, "fused", lambda *a: calls.append(a[0].shape[2:] + a[5:]) or real(*a))
     memories = np.array(cm.compress(docs))
     assert len(calls) == 30 * len(docs)  # batch 1 on the CPU: a pass per chunk
+    # every pass's key blocks past the causal limit skipped; the last block's rows are the
+    # memory positions alone (clara.last_positions)
+    assert all(c[-1] is True for c in calls)
+    assert sorted({c[0] for c in calls})[0] == cm.n_mem
+    assert sum(c[0] == cm.n_mem for c in calls) == len(docs)
     queries = np.array(cm.encode_queries(questions))
     assert len(calls) == 30 * (len(docs) + 1)  # both questions in one pass
     monkeypatch.setenv("CLARA_CPU_LANES", "1")

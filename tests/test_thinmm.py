@@ -291,6 +291,50 @@ def test_model_packs_its_base_weights_within_the_budget(tiny_llama_dir, monkeypa
     np.testing.assert_allclose(np.array(cm.encode_queries(question)), before, atol=1e-4)
 
 
+def test_compression_reads_the_packed_merged_compressor(tiny_llama_dir, monkeypatch):
+    """`pack_base_weights` also merges the compressor adapter into float32 copies and packs
+    them: compressions (not query encodings) run one product per linear, within float32
+    rounding of the adapter's path; an adapter changed afterwards is merged again before the
+    next compression; without room in `CLARA_PACK_GB` none is made, and `release_packed`
+    lets it go."""
+    _needs_kernel()
+    if not _blas._thin.clara_thinmm_f32p_available():
+        pytest.skip("no AVX-512 or AVX2: products keep OpenBLAS")
+    from mlx.utils import tree_flatten
+
+    from clara.checkpoint import load_clara
+    from clara.lora import merged_weights
+
+    cm = load_clara(tiny_llama_dir, None, dtype=None)
+    cm.load_weights(
+        [(k, 0.3 * mx.random.normal(v.shape, key=mx.random.key(i)))
+         for i, (k, v) in enumerate(tree_flatten(cm.parameters()))
+         if ".lora_compressor" in k and k.endswith(".b")],
+        strict=False,
+    )  # fmt: skip
+    docs = ["The old mill stands by the river.", "Salt comes from the sea, two days away." * 3]
+    adapter_path = np.array(cm.compress(docs))
+    budget = sum(w.nbytes for w in cm._base_weights()) / 2**30
+    monkeypatch.setenv("CLARA_PACK_GB", f"{1.5 * budget}")  # the base weights only
+    assert cm.pack_base_weights() > 0 and not cm.__dict__.get("_packed_compressor")
+    assert not merged_weights(cm, "compressor")
+    monkeypatch.setenv("CLARA_PACK_GB", f"{2.5 * budget}")
+    assert cm.pack_base_weights() > 0 and cm.__dict__["_packed_compressor"]
+    packed = np.array(cm.compress(docs))
+    assert not np.array_equal(packed, adapter_path)  # not the adapter's products ...
+    np.testing.assert_allclose(packed, adapter_path, rtol=0, atol=1e-5 * np.abs(packed).max())
+    assert cm.switch.merged is False  # ... and the switch is back as it was
+    layer = cm.lora_layers()[0]
+    layer.lora_compressor = {**layer.lora_compressor, "b": layer.lora_compressor["b"] + 0.5}
+    changed = np.array(cm.compress(docs))
+    cm.release_packed()
+    np.testing.assert_allclose(
+        changed, np.array(cm.compress(docs)), rtol=0, atol=1e-5 * np.abs(changed).max()
+    )
+    assert not np.allclose(changed, packed, atol=1e-3)
+    assert not cm.__dict__["_packed_compressor"] and not merged_weights(cm, "compressor")
+
+
 def test_packed_passes_leave_openblas_one_thread(tiny_llama_dir, monkeypatch):
     """Beside packed base weights OpenBLAS computes only the adapters' rank-16 products: a
     query encoding gives it one thread (its idle threads spun on the kernel's cores), and
@@ -308,7 +352,7 @@ def test_packed_passes_leave_openblas_one_thread(tiny_llama_dir, monkeypatch):
     assert cm.pack_base_weights() > 0
     cm.encode_queries(question)
     assert _blas.current_threads() == (1, os.cpu_count())
-    cm.__dict__["_packed"].close()  # nothing packed: OpenBLAS takes the base products again
+    cm.release_packed()  # nothing packed: OpenBLAS takes the base products again
     cm.compress(["The old mill stands by the river."])
     assert _blas.current_threads()[0] == os.cpu_count()
 
