@@ -6,7 +6,9 @@ import datetime as _dt
 import os
 import platform
 import shlex
+import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +36,18 @@ def machine() -> str:
         f"{mem:.0f} GiB RAM, Python {platform.python_version()}, mlx {mx.__version__}, "
         f"device {mx.default_device()}, {_blas.describe()}"
     )
+
+
+def median_seconds(fn, seconds: float) -> float:
+    """Median wall time of `fn()` over about `seconds` (at least 3 runs), after one warm-up."""
+    fn()
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

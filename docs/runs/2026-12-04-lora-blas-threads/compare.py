@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -26,21 +25,10 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402, F401  # isort: skip  (first: the BLAS path before mlx loads)
 import mlx.core as mx  # noqa: E402
 
-from bench._common import append_report, markdown_table, sample_texts  # noqa: E402
+from bench._common import append_report, markdown_table, median_seconds, sample_texts  # noqa: E402
 from clara import _blas  # noqa: E402
 from clara import model as clara_model  # noqa: E402
 from clara.checkpoint import load_clara  # noqa: E402
-
-
-def median_seconds(fn, seconds: float) -> float:
-    fn()
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 3:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
