@@ -6,7 +6,8 @@ still needs every position (the next block's keys and values read them), but the
 queries, attention output, MLP and final norm matter only at the kept positions; its keys and
 values are computed for all. For a 256-token chunk with 16 memory positions that skips 94% of
 the last block's products: ~3% of a 30-block compressor pass (1/32 of an 8B model's). Each kept
-row is computed as the full pass computes it, by the same products and kernels on fewer rows.
+row gets the full pass's arithmetic on fewer rows; as the matmul kernels group rows by count,
+it agrees with the full pass to float32 rounding (~5e-6 of the largest value), not bit for bit.
 
 Taken by architectures whose blocks are Llama's layout (mlx-lm's llama, clara's hyperclovax:
 `input_layernorm`, `self_attn` with q/k/v/o projections and `rope`, `post_attention_layernorm`,

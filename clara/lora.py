@@ -277,8 +277,9 @@ def fusable(cm) -> list[list[MultiLoRALinear]]:
 def merged(cm, adapter: str | None) -> Iterator[None]:
     """Forward passes through `adapter` merged into decode copies of the base weights (made by
     `merge_adapter`; None: the bare model through its own decode copies): the same function as
-    the LoRA path without its per-token matmuls. Generation only; the compressor and query
-    adapters (and training) keep the exact path."""
+    the LoRA path without its per-token matmuls, its float32 sums in another order. Generation,
+    and compression where `ClaraModel.pack_base_weights` packed the merged compressor; query
+    encodings and training keep the LoRA path."""
     switch: AdapterSwitch = cm.switch
     previous = (switch.active, switch.merged)
     switch.active, switch.merged = adapter, True
