@@ -168,8 +168,9 @@ def run(args) -> dict:
     out["every_question"] = args.every_question
     if args.dense_scoring:
         cm.config.dense_scoring = args.dense_scoring
-    if args.query_precision != "float32":  # as clara-serve --query-precision does it
-        cm.pack_base_weights()
+    # packed as the product runs: the compressor as clara-index add, the query adapter (and
+    # its --query-precision) as clara-serve
+    cm.pack_base_weights(compressor=True)
     out["query_precision"] = cm.set_query_precision(args.query_precision)
     out["dense_rerank"] = cm.config.dense_rerank
     out.update(top_k=args.top_k, collection=len(docs), max_tokens=args.max_tokens)

@@ -431,7 +431,7 @@ def compression_speed(n: int = 8) -> float:
     from clara.checkpoint import load_clara
 
     cm = load_clara("smollm2-135m")
-    cm.pack_base_weights()  # as clara-index does
+    cm.pack_base_weights(compressor=True)  # as clara-index add does
     texts = []
     for name in sorted(topics):
         ids = cm.tokenize([topics[name]])[0]

@@ -265,13 +265,16 @@ class ClaraModel(nn.Module):
             object.__setattr__(self, "_lora_layers", layers)
         return list(layers)
 
-    def pack_base_weights(self) -> int:
+    def pack_base_weights(self, compressor: bool = False) -> int:
         """Pack the frozen float32 base weights of the adapter layers once, for the
         compressor's and query adapter's products (`clara._blas`, kind "f32pack": OpenBLAS
         packed them again on every call, as long as the products of a query encoding took).
         For serving and indexing: training tiles or updates these weights. Skipped where the
         copy would pass `CLARA_PACK_GB` (default 2 GiB) or the CPU lacks AVX-512 and AVX2.
-        Returns how many are packed."""
+        `compressor`: also the compressor merged into float32 copies of them, packed, where
+        room is left (`_pack_compressor`), for processes whose work is compressing
+        (clara-index add and rebuild, the indexing service). Returns how many base weights
+        are packed."""
         weights = self._base_weights()
         budget = float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
         if not weights or sum(w.nbytes for w in weights) > budget:
@@ -281,7 +284,7 @@ class ClaraModel(nn.Module):
             holder = _blas.DecodeCopies("f32pack")
             object.__setattr__(self, "_packed", holder)
         done = holder.update(weights)
-        if done:
+        if done and compressor:
             self._pack_compressor(budget - sum(w.nbytes for w in weights))
         return done
 
@@ -293,17 +296,18 @@ class ClaraModel(nn.Module):
         The same function in float32: memories agree with the adapter's path to float32
         rounding (~5e-6 of their largest value), as a batched pass does with a single one.
         Costs the copy and its panels: the loaded default model's resident memory went from
-        1.85 to 2.25 GB (clara-serve's settings, 2026-12-05). Returns how many
+        1.39 to 2.25 GB (2026-12-05). Returns how many
         merged weights it packed (0: compression keeps the adapter's path)."""
-        if merge_adapter(self, "compressor") == 0:
-            return 0
-        weights = merged_weights(self, "compressor")
         holder = self.__dict__.get("_packed_compressor")
-        if sum(w.nbytes for w in weights) > budget:
+        # the merged copies have the base weights' shapes: checked before any is made
+        if sum(w.nbytes for w in self._base_weights()) > budget:
             drop_merged(self, "compressor")
             if holder is not None:
                 holder.close()
             return 0
+        if merge_adapter(self, "compressor") == 0:
+            return 0
+        weights = merged_weights(self, "compressor")
         if holder is None:
             holder = _blas.DecodeCopies("f32pack")
             object.__setattr__(self, "_packed_compressor", holder)

@@ -44,11 +44,13 @@ def _root(args: argparse.Namespace) -> Path:
     return index_root(args.index).resolve()
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, compressing: bool = True):
+    """The model with its packed weights: the base weights for query encodings, and for
+    commands that compress (`compressing`) the compressor merged into them too."""
     from clara.checkpoint import load_clara
 
     cm = load_clara(args.model, args.checkpoint, dtype=model_dtype(args))
-    cm.pack_base_weights()  # compression and query encodings: no per-call weight packing
+    cm.pack_base_weights(compressor=compressing)  # no per-call weight packing
     cm.set_query_precision(getattr(args, "query_precision", "float32"))  # search only
     return cm
 
@@ -337,7 +339,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from clara.retrieval import Fusion
 
     fusion = Fusion(args.fusion_k, {"dense": args.dense_weight, "lexical": args.lexical_weight})
-    cm = _load_model(args)
+    cm = _load_model(args, compressing=False)
     manifest = model_manifest(cm, args.checkpoint)
     with _open(args.index, args.collection, manifest, readonly=True) as col:
         query = np.array(cm.encode_queries([args.query]).astype(mx.float32))[0]  # (n_mem, d)

@@ -75,6 +75,7 @@ UPLOAD = {  # POST /v1/files reads its multipart body itself (streamed, size-lim
 
 @dataclass
 class ServiceSettings(ModelSettings):
+    pack_compressor: bool = True  # compressing is this service's work
     max_upload_bytes: int = 100 * 2**20
     batch_size: int = 8
     overlap: int = 32

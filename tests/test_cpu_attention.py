@@ -477,7 +477,7 @@ def test_compression_and_query_encodings_take_the_op_to_rounding(monkeypatch):
     from clara.retrieval import flatten_normalize
 
     cm = load_clara("smollm2-135m")
-    cm.pack_base_weights()  # as the services and clara-index do
+    cm.pack_base_weights(compressor=True)  # as clara-index add does
     docs = [topics[n] for n in ("assert", "while", "for", "import", "try")]
     questions = ["What does the assert statement do?", "How does a for loop end?"]
     calls = []

@@ -292,7 +292,8 @@ def test_model_packs_its_base_weights_within_the_budget(tiny_llama_dir, monkeypa
 
 
 def test_compression_reads_the_packed_merged_compressor(tiny_llama_dir, monkeypatch):
-    """`pack_base_weights` also merges the compressor adapter into float32 copies and packs
+    """`pack_base_weights(compressor=True)` (clara-index add and rebuild, the indexing
+    service; not clara-serve) also merges the compressor adapter into float32 copies and packs
     them: compressions (not query encodings) run one product per linear, within float32
     rounding of the adapter's path; an adapter changed afterwards is merged again before the
     next compression; without room in `CLARA_PACK_GB` none is made, and `release_packed`
@@ -315,11 +316,12 @@ def test_compression_reads_the_packed_merged_compressor(tiny_llama_dir, monkeypa
     docs = ["The old mill stands by the river.", "Salt comes from the sea, two days away." * 3]
     adapter_path = np.array(cm.compress(docs))
     budget = sum(w.nbytes for w in cm._base_weights()) / 2**30
-    monkeypatch.setenv("CLARA_PACK_GB", f"{1.5 * budget}")  # the base weights only
-    assert cm.pack_base_weights() > 0 and not cm.__dict__.get("_packed_compressor")
-    assert not merged_weights(cm, "compressor")
+    assert cm.pack_base_weights() > 0 and not cm.__dict__.get("_packed_compressor")  # serving
+    monkeypatch.setenv("CLARA_PACK_GB", f"{1.5 * budget}")  # room for the base weights only
+    assert cm.pack_base_weights(compressor=True) > 0
+    assert not cm.__dict__.get("_packed_compressor") and not merged_weights(cm, "compressor")
     monkeypatch.setenv("CLARA_PACK_GB", f"{2.5 * budget}")
-    assert cm.pack_base_weights() > 0 and cm.__dict__["_packed_compressor"]
+    assert cm.pack_base_weights(compressor=True) > 0 and cm.__dict__["_packed_compressor"]
     packed = np.array(cm.compress(docs))
     assert not np.array_equal(packed, adapter_path)  # not the adapter's products ...
     np.testing.assert_allclose(packed, adapter_path, rtol=0, atol=1e-5 * np.abs(packed).max())

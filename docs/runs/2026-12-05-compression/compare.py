@@ -44,7 +44,7 @@ def main() -> None:
     from pydoc_data.topics import topics
 
     cm = load_clara("smollm2-135m")
-    if not cm.pack_base_weights() or not cm.__dict__.get("_packed_compressor"):
+    if not cm.pack_base_weights(compressor=True) or not cm.__dict__.get("_packed_compressor"):
         raise SystemExit("no packed weights here (needs the thin kernel with AVX2/AVX-512)")
     texts = []
     for name in sorted(topics):  # as bench/bench_server.py's compression figure
