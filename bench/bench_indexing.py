@@ -162,9 +162,8 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     cm = load_clara(args.model, args.checkpoint, dtype=args.dtype)
-    packed = cm.pack_base_weights(
-        compressor=True
-    )  # as clara-index add does (CLARA_PACK_GB=0: none)
+    # packed as clara-index add does (CLARA_PACK_GB=0: none)
+    packed = cm.pack_base_weights(compressor=True)
     load_s = time.perf_counter() - t0
     mx.eval(cm.compress(["warm-up"] * max(batch_sizes), batch_size=max(batch_sizes)))
 

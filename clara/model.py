@@ -325,19 +325,19 @@ class ClaraModel(nn.Module):
         drop_merged(self, "compressor")
 
     @contextmanager
-    def _compressor_products(self) -> Iterator[bool]:
-        """Compressor passes through its packed merged copy where `pack_base_weights` made one
-        (yields True), refreshed first if the adapter changed since; else the adapter's path."""
+    def _compressor_products(self) -> Iterator[None]:
+        """Compressor passes through its packed merged copy where `pack_base_weights` made one,
+        refreshed first if the adapter changed since; else the adapter's path."""
         holder = self.__dict__.get("_packed_compressor")
         if not holder:
-            yield False
+            yield
             return
         merge_adapter(self, "compressor")  # no-op unless the adapter changed
         if holder.update(merged_weights(self, "compressor")) == 0:
-            yield False
+            yield
             return
         with merged(self, "compressor"):
-            yield True
+            yield
 
     def _base_weights(self) -> list[mx.array]:
         """The frozen float32 base weights of the adapter layers (what `pack_base_weights`
@@ -484,14 +484,13 @@ class ClaraModel(nn.Module):
         self.memory_center = center.astype(self.mem_embeddings.dtype)
         mx.eval(self.memory_center)
 
-    def _encode_texts(
-        self, texts: Sequence[str], adapter: str, batch_size: int, packed: bool = False
-    ) -> mx.array:
+    def _encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int) -> mx.array:
         if not texts:
             return mx.zeros((0, self.n_mem, self.hidden_size))
         # all cores (a decode step on this thread may have set one); OpenBLAS gets one where
-        # it sees only the adapters' products (or none)
-        _blas.for_prefill(packed=packed or bool(self.__dict__.get("_packed")))
+        # it sees only the adapters' products (or none: the packed compressor is only made
+        # beside the packed base weights)
+        _blas.for_prefill(packed=bool(self.__dict__.get("_packed")))
         ids = self.tokenize(texts)
         # passes side by side on the CPU's cores when they are big enough (clara/lanes.py)
         width = lanes.worth(sum(len(t) + self.n_mem for t in ids))
@@ -512,8 +511,8 @@ class ClaraModel(nn.Module):
     def compress(self, texts: Sequence[str], batch_size: int | None = None) -> mx.array:
         """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter, in
         length-bucketed forward passes of `batch_size` (default: `compress_batch()`)."""
-        with self._compressor_products() as packed:
-            return self._encode_texts(texts, "compressor", batch_size or compress_batch(), packed)
+        with self._compressor_products():
+            return self._encode_texts(texts, "compressor", batch_size or compress_batch())
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
         """Questions -> query memory vectors `(N, n_mem, d)` with the query adapter (its base
