@@ -42,10 +42,36 @@ def _clara_weights(cm: ClaraModel) -> dict[str, mx.array]:
 
 
 def _file_fingerprint(weights: Path, config: dict) -> str:
-    if "clara" in config:  # how the checkpoint is used does not change the memories
+    """The whole checkpoint's identity: every adapter and the config (but not how it is used)."""
+    if "clara" in config:  # how the checkpoint is used does not change what it computes
         config = {**config, "clara": memory_settings(config["clara"])}
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     h.update(weights.read_bytes())
+    return h.hexdigest()[:16]
+
+
+#: Tensors no compression reads: a collection stays valid when only they change.
+_NOT_MEMORY = ("lora_query", "lora_generator", "sep_embedding")
+#: Config key of checkpoints listing older fingerprints whose collections they read: those of
+#: earlier checkpoints with the same memory tensors, from before collections recorded
+#: `memory_fingerprint`s (they recorded the whole checkpoint's).
+COMPATIBLE_KEY = "index_compatible"
+
+
+def _memory_fingerprint(weights: Path, config: dict) -> str:
+    """What a collection must match: the base model, the memory settings and the tensors a
+    compression reads. Not the query or generator adapters, nor notes in the config: a
+    checkpoint that changes only those reads the collections of the one before it."""
+    ident = {k: config.get(k) for k in ("base_model", "base_fingerprint", "hidden_size")}
+    ident["clara"] = memory_settings(config.get("clara", {}))
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
+    tensors = mx.load(str(weights))
+    for name in sorted(tensors):
+        if any(p in name for p in _NOT_MEMORY):
+            continue
+        v = tensors[name]
+        h.update(f"{name} {v.dtype} {tuple(v.shape)}".encode())
+        h.update(bytes(memoryview(mx.view(v, mx.uint8))))
     return h.hexdigest()[:16]
 
 
@@ -53,6 +79,20 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
     """The fingerprint a model loaded from this checkpoint will have (no model needed)."""
     path = Path(path)
     return _file_fingerprint(path / WEIGHTS_FILE, read_checkpoint_config(path))
+
+
+def index_fingerprints(path: str | os.PathLike) -> tuple[str, ...]:
+    """The collection fingerprints a model loaded from this checkpoint reads (no model needed):
+    its memory fingerprint, what collections of it record, then older ones it accepts."""
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    return _index_fingerprints(path, config)
+
+
+def _index_fingerprints(path: Path, config: dict) -> tuple[str, ...]:
+    weights = path / WEIGHTS_FILE
+    older = [_file_fingerprint(weights, config), *config.get(COMPATIBLE_KEY, [])]
+    return (_memory_fingerprint(weights, config), *older)
 
 
 def resolve_checkpoint(model: object, checkpoint: str | os.PathLike | None) -> Path | None:
@@ -97,6 +137,7 @@ def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None 
     }
     path = write_checkpoint(path, config, _clara_weights(cm))
     cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
+    cm._index_fingerprints = _index_fingerprints(path, config)
     return path
 
 
@@ -146,6 +187,7 @@ def load_checkpoint(cm: ClaraModel, path: str | os.PathLike) -> ClaraModel:
     cm.load_weights(cast, strict=False)
     mx.eval(cm.parameters())
     cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
+    cm._index_fingerprints = _index_fingerprints(path, config)
     return cm
 
 

@@ -209,6 +209,7 @@ class ClaraModel(nn.Module):
         self.freeze()
         self.eval()
         self._fingerprint = self._fresh_fingerprint()
+        self._index_fingerprints = (self._fingerprint,)
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -221,8 +222,15 @@ class ClaraModel(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """Identifies base weights + adapters + memory tokens (what an index must match)."""
+        """Identifies base weights + adapters + memory tokens (the replies' system_fingerprint)."""
         return self._fingerprint
+
+    @property
+    def memory_fingerprint(self) -> str:
+        """Identifies what the memories depend on: base weights, the compressor and memory
+        tokens, the memory settings. A collection records it; a checkpoint that changes only
+        its query or generator adapter keeps it, and reads the collections of the one before."""
+        return self._index_fingerprints[0]
 
     def _fresh_fingerprint(self) -> str:
         config = memory_settings(self.config.to_dict())
@@ -230,8 +238,11 @@ class ClaraModel(nn.Module):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def manifest(self) -> dict:
+        """What a collection of this model's memories records (`accepts`: the older
+        fingerprints it also reads, never stored)."""
         return {
-            "checkpoint_fingerprint": self.fingerprint,
+            "fingerprint": self.memory_fingerprint,
+            "accepts": list(self._index_fingerprints[1:]),
             "base_model": self.info.model_id,
             "base_fingerprint": self.info.fingerprint,
             "compression_rate": self.config.compression_rate,

@@ -55,12 +55,12 @@ def drop_stale_index(index: Path) -> None:
     import json
     import shutil
 
-    from clara.checkpoint import DEFAULT_CHECKPOINT, checkpoint_fingerprint
+    from clara.checkpoint import DEFAULT_CHECKPOINT, index_fingerprints
 
     manifest = index / "default" / "manifest.json"
     if not manifest.exists() or not DEFAULT_CHECKPOINT.exists():
         return
-    if json.loads(manifest.read_text()).get("fingerprint") != checkpoint_fingerprint(
+    if json.loads(manifest.read_text()).get("fingerprint") not in index_fingerprints(
         DEFAULT_CHECKPOINT
     ):
         print("==> The demo index was built by other adapters; rebuilding it", flush=True)

@@ -26,7 +26,7 @@ _ALIASES = {
 class Manifest:
     """The identity of the model whose vectors a collection holds (+ how it is stored)."""
 
-    fingerprint: str  # ClaraModel.fingerprint: base weights + adapters
+    fingerprint: str  # ClaraModel.memory_fingerprint: base weights + the memories' tensors
     n_mem: int
     hidden_size: int  # d
     base_model: str = ""
@@ -37,27 +37,30 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     memory_dtype: str = "float16"
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept verbatim
+    # The loaded model's: older fingerprints whose collections it reads (never stored).
+    accepts: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Build from a dict (e.g. `cm.manifest()`); unknown keys go to `extra`."""
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)} - {"extra", "accepts"}
         values: dict[str, Any] = {}
         extra = dict(data.get("extra") or {})
         for key, value in data.items():
             name = _ALIASES.get(key, key)
             if name in known:
                 values.setdefault(name, value)
-            elif key != "extra":
+            elif key not in ("extra", "accepts"):
                 extra[key] = value
         missing = [k for k in ("fingerprint", "n_mem", "hidden_size") if values.get(k) is None]
         if missing:
             raise ValueError(f"an index manifest needs {', '.join(missing)}")
         values["n_mem"], values["hidden_size"] = int(values["n_mem"]), int(values["hidden_size"])
-        return cls(**values, extra=extra)
+        return cls(**values, extra=extra, accepts=tuple(data.get("accepts") or ()))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("accepts")
         out.update(out.pop("extra"))
         return out
 
@@ -72,12 +75,9 @@ class Manifest:
 
     def check_matches(self, expected: Manifest, collection: str) -> None:
         """Raise IndexMismatchError unless `expected` (the loaded model) built this collection."""
-        same = (self.fingerprint, self.n_mem, self.hidden_size) == (
-            expected.fingerprint,
-            expected.n_mem,
-            expected.hidden_size,
-        )
-        if not same:
+        known = self.fingerprint in (expected.fingerprint, *expected.accepts)
+        shape = (self.n_mem, self.hidden_size) == (expected.n_mem, expected.hidden_size)
+        if not (known and shape):
             if self.checkpoint:
                 built = f"--checkpoint {self.checkpoint}"
             elif self.base_model:  # no --checkpoint then: the model's default adapters

@@ -272,6 +272,69 @@ def test_checkpoint_fingerprint_without_loading(cm, tmp_path):
     assert checkpoint_fingerprint(path) == cm.fingerprint
 
 
+def test_a_collection_outlives_a_new_query_or_generator_adapter(cm, tiny_llama_dir, tmp_path):
+    """Collections record the memory fingerprint: a checkpoint that changes only its query or
+    generator adapter (or the notes in its config) reads them; one whose compressor changed
+    does not. Collections from before, which recorded the whole checkpoint's fingerprint, are
+    read by that checkpoint and by later ones that list it (`index_compatible`)."""
+    import json
+
+    from clara.checkpoint import (
+        COMPATIBLE_KEY,
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        checkpoint_fingerprint,
+        index_fingerprints,
+    )
+    from clara.errors import IndexMismatchError
+    from indexing.store import Collection
+
+    a = save_checkpoint(cm, tmp_path / "a")
+
+    def variant(name: str, part: str, note: dict | None = None):
+        path = tmp_path / name
+        path.mkdir()
+        weights = mx.load(str(a / WEIGHTS_FILE))
+        key = next(k for k in sorted(weights) if part in k)
+        weights[key] = weights[key] + 0.01
+        mx.save_safetensors(str(path / WEIGHTS_FILE), weights)
+        config = json.loads((a / CONFIG_FILE).read_text())
+        (path / CONFIG_FILE).write_text(json.dumps({**config, **(note or {})}))
+        return path
+
+    query = variant("query", "lora_query", {"installed_from": "a query-only run"})
+    generator = variant("generator", "lora_generator")
+    compressor = variant("compressor", "lora_compressor")
+    memory = index_fingerprints(a)[0]
+    assert cm.memory_fingerprint == memory and cm.fingerprint == checkpoint_fingerprint(a)
+    assert index_fingerprints(query)[0] == index_fingerprints(generator)[0] == memory
+    assert index_fingerprints(compressor)[0] != memory
+    assert len({checkpoint_fingerprint(p) for p in (a, query, generator, compressor)}) == 4
+
+    Collection.open(tmp_path / "idx", "docs", manifest=cm.manifest(), create=True).close()
+    stored = json.loads((tmp_path / "idx" / "docs" / "manifest.json").read_text())
+    assert stored["fingerprint"] == memory and "accepts" not in stored
+    for path in (query, generator):
+        model = load_clara(tiny_llama_dir, path, dtype=None)
+        Collection.open(tmp_path / "idx", "docs", manifest=model.manifest(), readonly=True).close()
+    other = load_clara(tiny_llama_dir, compressor, dtype=None)
+    with pytest.raises(IndexMismatchError, match="rebuild --recompress"):
+        Collection.open(tmp_path / "idx", "docs", manifest=other.manifest(), readonly=True)
+
+    # A collection from before records the whole checkpoint's fingerprint.
+    old = dict(cm.manifest(), fingerprint=checkpoint_fingerprint(a), accepts=[])
+    Collection.open(tmp_path / "old", "docs", manifest=old, create=True).close()
+    Collection.open(tmp_path / "old", "docs", manifest=cm.manifest(), readonly=True).close()
+    later = load_clara(tiny_llama_dir, query, dtype=None)
+    with pytest.raises(IndexMismatchError):
+        Collection.open(tmp_path / "old", "docs", manifest=later.manifest(), readonly=True)
+    config = json.loads((query / CONFIG_FILE).read_text())
+    config[COMPATIBLE_KEY] = [checkpoint_fingerprint(a)]
+    (query / CONFIG_FILE).write_text(json.dumps(config))
+    later = load_clara(tiny_llama_dir, query, dtype=None)
+    Collection.open(tmp_path / "old", "docs", manifest=later.manifest(), readonly=True).close()
+
+
 def test_center_memory_fits_the_mean_and_round_trips(tiny_base, tiny_llama_dir, tmp_path):
     plain = ClaraModel(
         load_base(tiny_llama_dir, dtype=None), ClaraConfig(compression_rate=16, doc_max_tokens=64)
