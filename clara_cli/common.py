@@ -118,6 +118,10 @@ def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     )
 
 
+#: Seconds an idle HTTP keep-alive connection stays open (see `serve_http`).
+KEEP_ALIVE_S = 75
+
+
 def serve_http(app, worker, args: argparse.Namespace) -> int:
     """Run `app` under uvicorn on --host/--port/--log-level until it stops. `worker` (the MLX
     thread) stops uvicorn through `on_fatal`; its `error` is then raised as a `ClaraError`."""
@@ -130,8 +134,18 @@ def serve_http(app, worker, args: argparse.Namespace) -> int:
     )
 
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
+    # Idle keep-alive connections stay open longer than clients keep them (httpx, so the openai
+    # SDK, drops its idle ones after 5 s; uvicorn's default was also 5 s): otherwise a client
+    # could send its next request on a connection the server is closing at that moment, and
+    # get "connection reset by peer".
     server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     )
 
     def fatal(exc: BaseException) -> None:  # on the worker thread: ask uvicorn to stop

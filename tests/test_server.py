@@ -145,6 +145,21 @@ def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) 
     assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
 
 
+def test_an_idle_connection_outlives_the_clients_keep_alive(server: ServerProcess) -> None:
+    """The server keeps an idle keep-alive connection open past the 5 s after which httpx
+    (so the openai SDK) drops its own: a request sent on a pooled connection then never meets
+    the server closing it (a "connection reset by peer" with uvicorn's default of 5 s)."""
+    import socket
+
+    request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for wait in (6, 0):
+            sock.sendall(request)
+            reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
+            time.sleep(wait)  # longer than httpx's keepalive_expiry (5 s)
+
+
 def test_raw_sse_ends_with_done(server: ServerProcess) -> None:
     body = {"model": MODEL, "messages": ask("hi"), "max_tokens": 2, "stream": True}
     with httpx.stream(
