@@ -86,13 +86,13 @@ def index_fingerprints(path: str | os.PathLike) -> tuple[str, ...]:
     its memory fingerprint, what collections of it record, then older ones it accepts."""
     path = Path(path)
     config = read_checkpoint_config(path)
-    return _index_fingerprints(path, config)
+    return _index_fingerprints(path, config, _file_fingerprint(path / WEIGHTS_FILE, config))
 
 
-def _index_fingerprints(path: Path, config: dict) -> tuple[str, ...]:
-    weights = path / WEIGHTS_FILE
-    older = [_file_fingerprint(weights, config), *config.get(COMPATIBLE_KEY, [])]
-    return (_memory_fingerprint(weights, config), *older)
+def _index_fingerprints(path: Path, config: dict, whole: str) -> tuple[str, ...]:
+    """(memory fingerprint, `whole` checkpoint's, the ones its config lists as compatible)."""
+    older = [whole, *config.get(COMPATIBLE_KEY, [])]
+    return (_memory_fingerprint(path / WEIGHTS_FILE, config), *older)
 
 
 def resolve_checkpoint(model: object, checkpoint: str | os.PathLike | None) -> Path | None:
@@ -137,7 +137,7 @@ def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None 
     }
     path = write_checkpoint(path, config, _clara_weights(cm))
     cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
-    cm._index_fingerprints = _index_fingerprints(path, config)
+    cm._index_fingerprints = _index_fingerprints(path, config, cm._fingerprint)
     return path
 
 
@@ -187,7 +187,7 @@ def load_checkpoint(cm: ClaraModel, path: str | os.PathLike) -> ClaraModel:
     cm.load_weights(cast, strict=False)
     mx.eval(cm.parameters())
     cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
-    cm._index_fingerprints = _index_fingerprints(path, config)
+    cm._index_fingerprints = _index_fingerprints(path, config, cm._fingerprint)
     return cm
 
 

@@ -37,6 +37,8 @@ if index_fingerprints(staged)[0] != before[0]:
     raise SystemExit(f"{run}: its memories differ from the installed ones; not installed")
 config = json.loads((staged / CONFIG_FILE).read_text())
 trained = config.pop("training", None)
+if trained and Path(trained.get("data", "/")).is_relative_to(ROOT):  # not this machine's path
+    trained["data"] = str(Path(trained["data"]).relative_to(ROOT))
 for key in ("soup", "training"):  # where the compressor and generator came from
     if key in old:
         config[key] = old[key]
