@@ -58,14 +58,13 @@ _NOT_MEMORY = ("lora_query", "lora_generator", "sep_embedding")
 COMPATIBLE_KEY = "index_compatible"
 
 
-def _memory_fingerprint(weights: Path, config: dict) -> str:
+def _memory_fingerprint(tensors: dict[str, mx.array], config: dict) -> str:
     """What a collection must match: the base model, the memory settings and the tensors a
     compression reads. Not the query or generator adapters, nor notes in the config: a
     checkpoint that changes only those reads the collections of the one before it."""
     ident = {k: config.get(k) for k in ("base_model", "base_fingerprint", "hidden_size")}
     ident["clara"] = memory_settings(config.get("clara", {}))
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
-    tensors = mx.load(str(weights))
     for name in sorted(tensors):
         if any(p in name for p in _NOT_MEMORY):
             continue
@@ -84,15 +83,16 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
 def index_fingerprints(path: str | os.PathLike) -> tuple[str, ...]:
     """The collection fingerprints a model loaded from this checkpoint reads (no model needed):
     its memory fingerprint, what collections of it record, then older ones it accepts."""
-    path = Path(path)
+    weights = Path(path) / WEIGHTS_FILE
     config = read_checkpoint_config(path)
-    return _index_fingerprints(path, config, _file_fingerprint(path / WEIGHTS_FILE, config))
+    whole = _file_fingerprint(weights, config)
+    return _index_fingerprints(mx.load(str(weights)), config, whole)
 
 
-def _index_fingerprints(path: Path, config: dict, whole: str) -> tuple[str, ...]:
-    """(memory fingerprint, `whole` checkpoint's, the ones its config lists as compatible)."""
-    older = [whole, *config.get(COMPATIBLE_KEY, [])]
-    return (_memory_fingerprint(path / WEIGHTS_FILE, config), *older)
+def _index_fingerprints(tensors: dict[str, mx.array], config: dict, whole: str) -> tuple[str, ...]:
+    """(memory fingerprint of the checkpoint's `tensors` as stored, `whole` checkpoint's, the
+    ones its config lists as compatible)."""
+    return (_memory_fingerprint(tensors, config), whole, *config.get(COMPATIBLE_KEY, []))
 
 
 def resolve_checkpoint(model: object, checkpoint: str | os.PathLike | None) -> Path | None:
@@ -135,9 +135,10 @@ def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None 
         "clara": cm.config.to_dict(),
         **(extra or {}),
     }
-    path = write_checkpoint(path, config, _clara_weights(cm))
+    weights = _clara_weights(cm)
+    path = write_checkpoint(path, config, weights)
     cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
-    cm._index_fingerprints = _index_fingerprints(path, config, cm._fingerprint)
+    cm._index_fingerprints = _index_fingerprints(weights, config, cm._fingerprint)
     return path
 
 
@@ -187,7 +188,7 @@ def load_checkpoint(cm: ClaraModel, path: str | os.PathLike) -> ClaraModel:
     cm.load_weights(cast, strict=False)
     mx.eval(cm.parameters())
     cm._fingerprint = _file_fingerprint(path / WEIGHTS_FILE, config)
-    cm._index_fingerprints = _index_fingerprints(path, config, cm._fingerprint)
+    cm._index_fingerprints = _index_fingerprints(weights, config, cm._fingerprint)
     return cm
 
 

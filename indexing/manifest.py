@@ -43,20 +43,21 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Build from a dict (e.g. `cm.manifest()`); unknown keys go to `extra`."""
-        known = {f.name for f in fields(cls)} - {"extra", "accepts"}
+        known = {f.name for f in fields(cls)} - {"extra"}
         values: dict[str, Any] = {}
         extra = dict(data.get("extra") or {})
         for key, value in data.items():
             name = _ALIASES.get(key, key)
             if name in known:
                 values.setdefault(name, value)
-            elif key not in ("extra", "accepts"):
+            elif key != "extra":
                 extra[key] = value
         missing = [k for k in ("fingerprint", "n_mem", "hidden_size") if values.get(k) is None]
         if missing:
             raise ValueError(f"an index manifest needs {', '.join(missing)}")
         values["n_mem"], values["hidden_size"] = int(values["n_mem"]), int(values["hidden_size"])
-        return cls(**values, extra=extra, accepts=tuple(data.get("accepts") or ()))
+        values["accepts"] = tuple(values.get("accepts") or ())
+        return cls(**values, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
