@@ -152,11 +152,32 @@ def test_an_idle_connection_outlives_the_clients_keep_alive(server: ServerProces
     import socket
 
     request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
+
+    def response(sock: socket.socket) -> bytes:
+        """One whole response: its head, then Content-Length bytes of body (which may come in
+        another segment; read early, it would pass for the next reply)."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection after {data[:80]!r}"
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed the connection mid-body"
+            body += chunk
+        return head
+
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         for wait in (6, 0):
             sock.sendall(request)
-            reply = sock.recv(65536)
-            assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
+            head = response(sock)
+            assert head.startswith(b"HTTP/1.1 200"), head[:80]
             time.sleep(wait)  # longer than httpx's keepalive_expiry (5 s)
 
 
