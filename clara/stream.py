@@ -153,3 +153,50 @@ class TextStream:
         chunk = self._chunk(self.text[self.emitted : safe], token)
         self.emitted = safe
         return chunk
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """The raw bytes token `token_id` stands for, so that a client joining them gets the text
+    back even where a character spans tokens (OpenAI's logprob `bytes`). Byte-level BPE
+    vocabularies (GPT-2 style, SmolLM2's) spell each byte as one printable character;
+    SentencePiece ones write a space as U+2581 and carry lone bytes as `<0xNN>`; any other
+    tokenizer falls back to the token's decoded text."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    kind = type(getattr(tokenizer, "detokenizer", None)).__name__
+    if isinstance(piece, str) and kind == "BPEStreamingDetokenizer":
+        table = _byte_level_decoder()
+        if all(c in table for c in piece):
+            return bytes(table[c] for c in piece)
+    if isinstance(piece, str) and kind == "SPMStreamingDetokenizer":
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("\u2581", " ").encode()
+    return tokenizer.decode([int(token_id)]).encode()
+
+
+def token_text(raw: bytes) -> str:
+    """A token's text for a logprobs entry: its bytes as UTF-8, or, for part of a character,
+    OpenAI's spelling of them ("bytes:\\xe2\\x98")."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+_BYTE_LEVEL: dict[str, int] = {}
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """Byte-level BPE's character -> byte table: printable Latin-1 bytes stand for
+    themselves, the other 68 bytes for the code points from U+0100 up, in byte order."""
+    if not _BYTE_LEVEL:
+        printable = set(range(ord("!"), ord("~") + 1))
+        printable |= set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
+        extra = 0
+        for b in range(256):
+            if b in printable:
+                _BYTE_LEVEL[chr(b)] = b
+            else:
+                _BYTE_LEVEL[chr(256 + extra)] = b
+                extra += 1
+    return _BYTE_LEVEL

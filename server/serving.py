@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara.stream import GenerationChunk
+from clara.stream import GenerationChunk, token_bytes, token_text
 from clara_cli.http import APIError, to_api_error
 from server.engine import DONE, Embedded, Engine, Failed, Job, Ready, SourceInfo
 from server.protocol import (
@@ -313,8 +313,8 @@ class OpenAIServing:
         )
 
     def _token(self, token_id: int) -> TopLogprob:
-        text = self.engine.worker.cm.tokenizer.decode([token_id])
-        return TopLogprob(token=text, logprob=0.0, bytes=list(text.encode()))
+        raw = token_bytes(self.engine.worker.cm.tokenizer, token_id)
+        return TopLogprob(token=token_text(raw), logprob=0.0, bytes=list(raw))
 
     def token_logprob(self, chunk: GenerationChunk) -> TokenLogprob:
         """The OpenAI logprobs entry of the chunk's token (and its best alternatives)."""

@@ -18,6 +18,7 @@ from mlx_lm import generate
 
 from clara import gguf
 from clara.loader import load_base
+from clara.stream import token_bytes, token_text
 from clara_cli.models import main as models_main
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -72,6 +73,12 @@ def test_tokenizer_round_trips(stored_base, text: str) -> None:
         detok.add_token(i)
     detok.finalize()
     assert detok.text == text.removeprefix(" ")  # mlx-lm drops one leading space by design
+    # Each token's own bytes (logprobs' `bytes`) join into the text, characters split across
+    # tokens included (their single tokens are not valid UTF-8: spelled "bytes:\\x..").
+    raw = [token_bytes(tok, i) for i in ids]
+    assert b"".join(raw).decode() == text
+    if any(ord(c) > 0x7FF for c in text):
+        assert any(token_text(r).startswith("bytes:\\x") for r in raw)
 
 
 def test_tokenizer_matches_smollm2_ids(stored_base) -> None:

@@ -470,6 +470,26 @@ def test_logprobs_plain_and_streamed(client: openai.OpenAI) -> None:
     assert plain.choices[0].logprobs is None
 
 
+def test_logprob_bytes_join_into_the_answer(client: openai.OpenAI) -> None:
+    """A character split across tokens: each entry carries its token's own bytes (OpenAI's
+    "bytes:\\x.." as its text), and joined they are the answer's bytes."""
+    messages = [
+        {"role": "system", "content": "Repeat the user's text exactly."},
+        {"role": "user", "content": "☕☕ 日本語のテキスト ☕"},
+    ]
+    resp = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=24, logprobs=True,
+        extra_body={"retrieval": False},
+    )  # fmt: skip
+    content = resp.choices[0].message.content
+    raw = b"".join(bytes(t.bytes) for t in resp.choices[0].logprobs.content)
+    assert any(ord(c) > 127 for c in content)  # the model did write some non-ASCII
+    assert raw.decode("utf-8", "replace") == content
+    partial = [t for t in resp.choices[0].logprobs.content if t.token.startswith("bytes:")]
+    for t in partial:
+        assert t.token == "bytes:" + "".join(f"\\x{b:02x}" for b in t.bytes)
+
+
 def test_malformed_json_is_400(server: ServerProcess) -> None:
     err = assert_error(post(server, "/v1/chat/completions", b'{"messages": [}'), 400)
     assert "JSON" in err["message"]
