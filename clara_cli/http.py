@@ -38,7 +38,7 @@ _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
-    404: "not_found_error",
+    404: "invalid_request_error",  # as OpenAI answers an unknown id
     405: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
@@ -144,6 +144,11 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, ClaraError):  # written to be read by users
         return APIError(500, str(exc))
     return APIError(500, "internal server error; the server log has the details")
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """Whether `exc` reaches the client as a 4xx: the client's to fix, no traceback to log."""
+    return to_api_error(exc).status < 500
 
 
 def check_ready(state: str, error: str | None) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from clara_cli.http import APIError, check_ready
+from clara_cli.http import APIError, check_ready, is_client_error
 
 log = logging.getLogger("clara.worker")
 T = TypeVar("T")
@@ -254,7 +254,7 @@ class Worker:
         except StopIteration:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the task
-            if not isinstance(exc, APIError):
+            if not is_client_error(exc):  # a 4xx is the client's to fix: no traceback
                 log.exception("task %s failed", task.key)
             task.failed(exc)
         if more:

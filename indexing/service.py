@@ -117,7 +117,7 @@ def create_app(
     install_error_handlers(app)
     mount_files_api(app, service)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: curl -I, uptime monitors
     async def health(request: Request) -> JSONResponse:
         body: dict[str, Any] = {"status": "ok" if worker.state == "ready" else worker.state}
         body["index"] = str(settings.root)

@@ -212,9 +212,11 @@ def create_app(
     app.openapi = openapi
 
     for path, name in WEB_FILES.items():
-        app.add_api_route(path, _web_file(WEB / name), methods=["GET"], include_in_schema=False)
+        app.add_api_route(
+            path, _web_file(WEB / name), methods=["GET", "HEAD"], include_in_schema=False
+        )
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: curl -I, uptime monitors
     async def health(request: Request) -> JSONResponse:
         engine: Engine = request.app.state.engine
         state = "loading" if engine.state == "starting" else engine.state

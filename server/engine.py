@@ -39,7 +39,7 @@ from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
-from clara_cli.http import APIError
+from clara_cli.http import is_client_error
 from clara_cli.worker import Task, Worker
 from indexing.meta import contextual
 from indexing.store import Collection, CollectionError, CollectionNotFoundError
@@ -407,7 +407,7 @@ class Engine:
             if j is job:
                 error.append(exc)
                 return
-            if not isinstance(exc, APIError):
+            if not is_client_error(exc):
                 log.exception("chat request failed")
             j.task.failed(exc)
 

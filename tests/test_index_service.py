@@ -274,7 +274,7 @@ def test_errors_are_openai_shaped(service: ServiceProcess, client: openai.OpenAI
     url = service.url + "/v1"
     with pytest.raises(openai.NotFoundError) as e:
         client.vector_stores.retrieve("nope")
-    assert e.value.body["type"] == "not_found_error" and "nope" in e.value.body["message"]
+    assert e.value.body["type"] == "invalid_request_error" and "nope" in e.value.body["message"]
     vs = client.vector_stores.create(name="errors")
     with pytest.raises(openai.NotFoundError) as e:
         client.vector_stores.files.create(vector_store_id=vs.id, file_id="file-missing")
@@ -323,6 +323,7 @@ def test_errors_are_openai_shaped(service: ServiceProcess, client: openai.OpenAI
     err = error_of(httpx.get(f"{url}/vector_stores"), 401)
     assert err["code"] == "invalid_api_key"
     assert httpx.get(f"{service.url}/health").json()["status"] == "ok"  # open without a key
+    assert httpx.head(f"{service.url}/health").status_code == 200
     client.vector_stores.delete(vs.id)
 
 

@@ -582,6 +582,19 @@ def test_context_length_exceeded(client: openai.OpenAI, server: ServerProcess) -
     assert info.value.code == "context_length_exceeded" and info.value.param == "input"
 
 
+def test_client_errors_log_no_traceback(client: openai.OpenAI, server: ServerProcess) -> None:
+    """A 4xx is the client's to fix: the server log says nothing of it with a traceback, so no
+    client can flood the log (a 500 still logs its traceback)."""
+    before = server.log().count("Traceback")
+    body = {"messages": ask("hi"), "collection": "nope"}
+    assert_error(
+        post(server, "/v1/chat/completions", body), 404, "collection", "collection_not_found"
+    )
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=ask("river " * 3000))
+    assert server.log().count("Traceback") == before
+
+
 def test_unknown_route_and_method(server: ServerProcess) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     assert_error(httpx.get(f"{server.url}/v1/nothing", headers=headers), 404)
@@ -602,6 +615,9 @@ def test_api_key_required_except_health(server: ServerProcess) -> None:
     assert httpx.get(f"{server.url}/v1/models").status_code == 401
     assert httpx.get(f"{server.url}/metrics").status_code == 401
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    for path in ("/health", "/"):  # HEAD too (curl -I, uptime monitors), no key, no body
+        head = httpx.head(f"{server.url}{path}")
+        assert head.status_code == 200 and head.content == b"", path
     bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()

@@ -17,7 +17,12 @@ function headers(json = true) {
 async function api(path, options = {}) {
   const r = await fetch(path, { ...options, headers: { ...headers(!!options.body), ...(options.headers || {}) } });
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error((body.error && body.error.message) || `${r.status} ${r.statusText}`);
+  if (!r.ok) {
+    const e = new Error((body.error && body.error.message) || `${r.status} ${r.statusText}`);
+    e.status = r.status;
+    e.retryAfter = Number(r.headers.get("Retry-After")) || 0;
+    throw e;
+  }
   return body;
 }
 
@@ -39,6 +44,8 @@ async function refresh() {
     if (mode) $("mode").options[0].textContent = `server default (${mode})`;
   } catch (e) {
     $("model").textContent = e.message;
+    // still loading (503 + Retry-After): look again then, so the page fills in by itself
+    if (e.status === 503) setTimeout(refresh, 1000 * Math.min(e.retryAfter || 3, 10));
     return;
   }
   await loadCollections();
