@@ -189,8 +189,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return APIError(400, "invalid request")
     first = errors[0]
     if len(errors) > 1 and first.get("type") != "json_invalid":
-        # a value matching no member of a union: the member it got furthest into says most
-        first = max(errors, key=lambda e: len(_param(tuple(e.get("loc", ()))) or ""))
+        # A value matching no member of a union: a list of the wrong length says most (it had
+        # the right type: [] or 2049 inputs), else the member it got furthest into.
+        first = min(errors, key=_telling)
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "invalid JSON")
         return APIError(
@@ -200,8 +201,49 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     param = _param(tuple(first.get("loc", ())))
     if param is None:
         return APIError(400, f"the request body must be a JSON object: {first.get('msg')}")
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return APIError(400, f"{first.get('msg')}: '{param}'{more}", param=param)
+    kind = first.get("input")
+    if first.get("type") == "literal_error" and isinstance(kind, str) and kind in _NOT_TEXT:
+        return APIError(  # an image, file or audio part: say so, not which literals pass
+            400, f"content of type {kind!r} at '{param}': this model reads text only",
+            param=param,
+        )  # fmt: skip
+    for e in errors:  # an item of a kind this server never takes (a tool call's output)
+        kind = e.get("input").get("type") if isinstance(e.get("input"), dict) else None
+        if isinstance(kind, str) and kind in _TOOL_ITEMS:
+            loc = tuple(e.get("loc", ()))
+            where = _param(loc[:-1] if e.get("type") == "missing" else loc)  # the item's place
+            return APIError(
+                400, f"items of type {kind!r} are not supported: this server calls no tools "
+                "(file_search is built in)", param=where,
+            )  # fmt: skip
+    # the same union member's other problems (those of the members it is not are noise)
+    others = sum(1 for e in errors if e is not first and _member(e) == _member(first))
+    more = f" (and {others} more problems)" if others else ""
+    message = str(first.get("msg")).removeprefix("Value error, ")
+    return APIError(400, f"{message}: '{param}'{more}", param=param)
+
+
+_TOOL_ITEMS = {
+    "function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output",
+    "computer_call", "computer_call_output", "web_search_call", "code_interpreter_call",
+    "image_generation_call", "local_shell_call", "local_shell_call_output", "mcp_call",
+    "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "reasoning",
+    "item_reference",
+}  # fmt: skip
+
+
+_NOT_TEXT = {"input_image", "input_file", "input_audio", "image_url", "file"}
+
+
+def _member(error: dict) -> tuple:
+    """The union member tags on an error's path ("list[str]", ...)."""
+    return tuple(p for p in error.get("loc", ()) if isinstance(p, str) and _UNION_TAG.search(p))
+
+
+def _telling(error: dict) -> tuple:
+    """Sort key, most telling validation error first: a list's length, then the deepest."""
+    length = error.get("type") in ("too_short", "too_long")
+    return (not length, -len(_param(tuple(error.get("loc", ()))) or ""))
 
 
 def _allowed(request: Request) -> list[str]:

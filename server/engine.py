@@ -34,6 +34,7 @@ import numpy as np
 from clara import lanes
 from clara.decode import PREFILL_STEP, Decoder, PrefixCache
 from clara.decode import Sequence as Seq
+from clara.errors import ContextLengthError
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
 from clara.retrieval import flatten_normalize
@@ -559,6 +560,15 @@ class Engine:
     def _embed(self, job: Job, inputs: list[str | list[int]]) -> None:
         cm = self._cm
         texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
+        limit = cm.config.doc_max_tokens  # what the query encoder reads of one input
+        for i, x in enumerate(inputs):
+            n = len(x) if not isinstance(x, str) else len(cm.tokenizer.encode(x, **NO_SPECIALS))
+            if n > limit:  # as OpenAI: refused, not silently cut
+                where = f"input {i}" if len(inputs) > 1 else "the input"
+                raise ContextLengthError(
+                    f"{where} has {n} tokens; this model embeds at most {limit} tokens per "
+                    "input (its query encoder's length): split the text into shorter pieces"
+                )
         vectors = flatten_normalize(np.array(cm.encode_queries(texts).astype(mx.float32)))
         tokens = sum(len(ids) for ids in cm.tokenize(texts))
         job.emit(Embedded(vectors, tokens))
@@ -568,6 +578,7 @@ class Engine:
 #: held-out questions the default model's generator read the best of 5 as text and 4 as
 #: memories at F1 42.9 / cover-EM 27.0, the best 2 as text at 39.0 / 25.0 (bench_heldout.py)
 MIXED_TEXT = 1
+NO_SPECIALS = {"add_special_tokens": False}  # count a text's own tokens
 ADMIT_POLL = 0.005  # s: an idle engine admitting a request looks this often for more ...
 ADMIT_WINDOW = 0.03  # ... while they keep arriving, this long at most
 

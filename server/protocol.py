@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
@@ -50,8 +50,17 @@ class ContentPart(_Request):
     text: str | None = None
 
 
+#: only an assistant message (one that made tool calls, in OpenAI's API) may leave out content
+_CONTENT_NEEDED = {
+    "if": {"properties": {"role": {"enum": ["system", "developer", "user"]}}},
+    "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+}
+
+
 class ChatMessage(_Request):
-    model_config = ConfigDict(extra="allow", strict=True)  # tool_calls ...: checked below
+    model_config = ConfigDict(  # tool_calls ...: checked below
+        extra="allow", strict=True, json_schema_extra=_CONTENT_NEEDED
+    )
     role: Literal["system", "developer", "user", "assistant", "tool", "function"] = only(
         {"enum": TEXT_ROLES}
     )
@@ -61,6 +70,12 @@ class ChatMessage(_Request):
     tool_calls: list[dict[str, Any]] | None = only(NULL, default=None)
     function_call: dict[str, Any] | None = only(NULL, default=None)
     audio: dict[str, Any] | None = only(NULL, default=None)
+
+    @model_validator(mode="after")
+    def _content_needed(self) -> ChatMessage:
+        if self.content is None and self.role in ("system", "developer", "user"):
+            raise ValueError(f"a {self.role} message needs 'content'")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):

@@ -428,7 +428,10 @@ class OpenAIServing:
         finally:
             job.cancel()
         if isinstance(event, Failed):
-            raise to_api_error(event.error)
+            error = to_api_error(event.error)
+            if error.code == "context_length_exceeded":
+                error.param = "input"
+            raise error
         if not isinstance(event, Embedded):
             raise APIError(CLIENT_GONE, "the request was cancelled", code="client_closed")
         data = [

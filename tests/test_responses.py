@@ -249,6 +249,7 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ({"input": ""}, "input"),
         ({"input": []}, "input"),
         ({"input": [{"role": "user"}]}, "input.[0].content"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input.[0]"),
         (
             {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["../x"]}]},
             "tools.[0].vector_store_ids.[0]",
@@ -264,10 +265,14 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["message"] and "Traceback" not in err["message"]
+    assert "more problems" not in err["message"]  # no noise from union members it is not
     if param is not None:
         assert err["param"] == param, err
     else:
         assert err["param"].startswith("input.[0].content"), err
+        assert "reads text only" in err["message"]
+    if body["input"] and isinstance(body["input"], list) and "call_id" in body["input"][0]:
+        assert "calls no tools" in err["message"]
 
 
 def test_405_lists_every_method_of_the_path(server) -> None:

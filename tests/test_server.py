@@ -501,7 +501,7 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
     [
         ({"model": MODEL}, "messages"),
         ({"model": MODEL, "messages": []}, "messages"),
-        ({"model": MODEL, "messages": [{"role": "user"}], "n": 2}, "n"),
+        ({"model": MODEL, "messages": ask("hi"), "n": 2}, "n"),
         (
             {"messages": ask("hi"), "tools": [{"type": "function", "function": {"name": "f"}}]},
             "tools",
@@ -511,6 +511,8 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
         ({"messages": ask("hi"), "temperature": 3}, "temperature"),
         ({"messages": ask("hi"), "max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages.[0]"),  # only an assistant may omit it
+        ({"messages": [{"role": "system", "content": None}, *ask("hi")]}, "messages.[0]"),
         (
             {"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}, *ask("hi")]},
             "messages.[0].role",
@@ -653,9 +655,17 @@ def test_embeddings_are_normalised_query_memories(
     assert np.allclose(by_tokens["data"][0]["embedding"], floats, atol=1e-5)
 
 
-def test_embedding_errors(server: ServerProcess) -> None:
-    assert_error(post(server, "/v1/embeddings", {"input": []}), 400, "input")
+def test_embedding_errors(server: ServerProcess, client: openai.OpenAI) -> None:
+    empty = assert_error(post(server, "/v1/embeddings", {"input": []}), 400, "input")
+    assert "at least 1 item" in empty["message"] and "more problems" not in empty["message"]
     assert_error(post(server, "/v1/embeddings", {"input": ""}), 400, "input")
+    many = assert_error(post(server, "/v1/embeddings", {"input": ["a"] * 2049}), 400, "input")
+    assert "at most 2048 items" in many["message"] and "more problems" not in many["message"]
+    # longer than the query encoder reads: refused as OpenAI refuses, not silently cut
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=MODEL, input=["hello", "word " * 2000])
+    assert info.value.code == "context_length_exceeded" and info.value.param == "input"
+    assert "input 1 has" in info.value.message and "at most 256 tokens" in info.value.message
     # another tokenizer's ids (LangChain sends tiktoken's by default): refused, not embedded
     foreign = assert_error(post(server, "/v1/embeddings", {"input": [[9906, 10**5]]}), 400, "input")
     assert "check_embedding_ctx_length=False" in foreign["message"]

@@ -8,6 +8,7 @@ import asyncio
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from server.app import create_app, served_name
 from server.engine import Settings
@@ -109,8 +110,14 @@ def test_prometheus_text() -> None:
     assert any(x.startswith("lat_seconds_sum 5.55") for x in lines)
 
 
-@pytest.mark.parametrize("content", [None, ""])
-def test_empty_user_message_is_accepted(content) -> None:
-    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": content}]})
+def test_empty_user_message_is_accepted_a_missing_one_refused() -> None:
+    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": ""}]})
     req.check_supported()
     assert req.to_params(ServingDefaults()).question == ""
+    for message in ({"role": "user", "content": None}, {"role": "developer"}):
+        with pytest.raises(ValidationError, match="message needs 'content'"):
+            ChatCompletionRequest.model_validate({"messages": [message]})
+    assistant = {"role": "assistant", "content": None}  # OpenAI's, after tool calls
+    ChatCompletionRequest.model_validate(
+        {"messages": [assistant, {"role": "user", "content": "x"}]}
+    )
