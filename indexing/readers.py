@@ -103,7 +103,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         if what:
             raise UnsupportedDocumentError(path, f"unsupported file type ({what})", _hint_for(what))
         try:
-            text, warnings = _decode_text(path, data)
+            declared = _html_charset(data) if ext in HTML_EXTENSIONS else None
+            text, warnings = _decode_text(path, data, declared)
         except UnsupportedDocumentError:
             if sniffed is None:
                 raise
@@ -258,8 +259,10 @@ _BOMS = [  # UTF-32 first: its little-endian BOM starts with UTF-16's
 _BINARY_HINT = "pass a PDF, Markdown, HTML or text file (UTF-16 text needs a BOM)"
 
 
-def _decode_text(path: Path, data: bytes) -> tuple[str, list[str]]:
-    """Decode text: BOM, else UTF-8, else cp1252/latin-1 when the result looks like text.
+def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[str, list[str]]:
+    """Decode text: BOM, else UTF-8, else the encoding the file declares (an HTML page's
+    `<meta charset>`), else an 8-bit encoding when the result looks like text: cp1252/latin-1 for
+    Western European text, a guessed one (`_guess_8bit`) for text cp1252 would garble.
 
     A file that is UTF-8 but for a few bytes (a line pasted from a Latin-1 file) stays UTF-8:
     those bytes become U+FFFD, with a warning, instead of the whole file turning to mojibake.
@@ -282,6 +285,14 @@ def _decode_text(path: Path, data: bytes) -> tuple[str, list[str]]:
         raise UnsupportedDocumentError(
             path, "binary file (not text in a known encoding)", _BINARY_HINT
         )
+    if declared:  # not UTF-8 (valid UTF-8 wins over a page's stale declaration)
+        try:
+            text = data.decode(declared)
+        except (UnicodeDecodeError, LookupError):
+            pass  # the declaration is wrong: read it as any other file
+        else:
+            if _looks_like_text(text):
+                return text, []
     lenient = data.decode("utf-8", "replace")
     genuine = data.count("\ufffd".encode())  # U+FFFD the file itself holds
     bad = lenient.count("\ufffd") - genuine
@@ -292,15 +303,77 @@ def _decode_text(path: Path, data: bytes) -> tuple[str, list[str]]:
             f"{first_bad}) and {'was' if bad == 1 else 'were'} read as U+FFFD; re-save the file "
             "as UTF-8 to keep those characters"
         ]
-    for encoding in ("cp1252", "latin-1"):
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        if _looks_like_text(text):
-            return text, []
-        break  # a different 8-bit codec would not make control bytes into text
-    raise UnsupportedDocumentError(path, "binary file (not text in a known encoding)", _BINARY_HINT)
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:  # bytes cp1252 leaves undefined: Czech "ť" in cp1250, ...
+        text = None
+    if text is not None and _looks_like_text(text) and not _garbled_western(text):
+        return text, []
+    guess = _guess_8bit(data)
+    if guess is not None:
+        name, text = guess
+        return text, [f"not UTF-8: read as {name} (a guess); re-save the file as UTF-8 to be sure"]
+    if text is None:
+        text = data.decode("latin-1")
+    if not _looks_like_text(text):
+        raise UnsupportedDocumentError(
+            path, "binary file (not text in a known encoding)", _BINARY_HINT
+        )
+    raise UnsupportedDocumentError(
+        path,
+        "text in an 8-bit encoding other than Western European (cp1252) that could not be told",
+        "re-save the file as UTF-8",
+    )
+
+
+_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+
+
+def _html_charset(data: bytes) -> str | None:
+    """The encoding an HTML page declares in its first 4 KB (`<meta charset="...">` or the
+    http-equiv Content-Type), as Python names it; None if none or unknown."""
+    m = _CHARSET.search(data[:4096])
+    if not m:
+        return None
+    try:
+        return codecs.lookup(m.group(1).decode("ascii")).name
+    except (LookupError, UnicodeDecodeError):
+        return None
+
+
+def _garbled_western(text: str) -> bool:
+    """Whether text read as cp1252 is another 8-bit encoding's mojibake: Cyrillic, Greek,
+    Hebrew or Arabic bytes read that way are words of accented Latin letters alone ("Êîøêè
+    ñïÿò"), where French or German have an accent here and there among ASCII letters; Polish
+    or Czech bytes put signs inside words ("Za¿ó³æ")."""
+    sample = text[:65536]
+    letters = [c for c in sample if c.isalpha()]
+    high = sum(1 for c in letters if "\u00c0" <= c <= "\u00ff")
+    if len(letters) >= 3 and high > 0.4 * len(letters):
+        return True
+    # Central European (cp1250) read as cp1252 puts signs inside words: "Za¿ó³æ", "³ódŸ"
+    inside = sum(
+        1 for a, c, b in zip(sample, sample[1:], sample[2:])
+        if a.isalpha() and b.isalpha() and ("\u00a1" <= c <= "\u00bf" or c in "ŒœŸ")
+    )  # fmt: skip
+    return inside >= 2
+
+
+#: 8-bit encodings `_guess_8bit` chooses among (cp1252's neighbours for other alphabets)
+_EIGHT_BIT = ["cp1251", "koi8_r", "cp1253", "cp1250", "cp1254", "cp1255", "cp1256", "cp1257"]
+
+
+def _guess_8bit(data: bytes) -> tuple[str, str] | None:
+    """(encoding, text) by charset-normalizer among `_EIGHT_BIT`, or None when it finds none
+    whose text reads as a language (mess ratio under 0.2)."""
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data, cp_isolation=_EIGHT_BIT).best()
+    if best is None or best.chaos >= 0.2:
+        return None
+    if not _looks_like_text(str(best)) or _garbled_western(str(best)):
+        return None
+    return best.encoding, str(best)
 
 
 def _looks_like_text(text: str) -> bool:

@@ -215,6 +215,42 @@ def test_utf8_with_a_few_stray_bytes_stays_utf8(tmp_path: Path, extra: str) -> N
     # a file with no UTF-8 in it at all is still cp1252 (test_text_encodings)
 
 
+@pytest.mark.parametrize(
+    "text, encoding",
+    [
+        ("Кошки спят шестнадцать часов в день. Это нормально для кошек.", "cp1251"),
+        ("Η γάτα κοιμάται δεκαέξι ώρες την ημέρα. Αυτό είναι φυσιολογικό.", "cp1253"),
+        ("Zażółć gęślą jaźń. Pchnąć w tę łódź jeża lub ośm skrzyń fig.", "cp1250"),
+        ("Příliš žluťoučký kůň úpěl ďábelské ódy. Čeština je krásná.", "cp1250"),
+    ],
+)
+def test_other_8bit_text_is_guessed_not_garbled(tmp_path: Path, text: str, encoding: str) -> None:
+    """Text cp1252 would turn to mojibake ("Êîøêè ñïÿò") or refuse: read in the encoding
+    charset-normalizer tells, with a warning that it is a guess."""
+    doc = read_document(write(tmp_path, "notes.txt", text.encode(encoding)))
+    assert doc.pages[0].text == text
+    assert doc.warnings == [
+        f"not UTF-8: read as {encoding} (a guess); re-save the file as UTF-8 to be sure"
+    ]
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        '<meta charset="windows-1251">',
+        "<meta http-equiv='Content-Type' content='text/html; charset=windows-1251'>",
+    ],
+)
+def test_html_declared_charset_is_read(tmp_path: Path, meta: str) -> None:
+    page = f"<html><head>{meta}<title>Кошки</title></head><body><p>Кошки спят.</p></body></html>"
+    doc = read_document(write(tmp_path, "cats.html", page.encode("cp1251")))
+    assert doc.title == "Кошки" and doc.pages[0].text.endswith("Кошки спят.")
+    assert doc.warnings == []  # declared, not guessed
+    # valid UTF-8 wins over a stale declaration
+    stale = '<meta charset="iso-8859-1"><p>Größe café</p>'.encode()
+    assert read_document(write(tmp_path, "stale.html", stale)).pages[0].text == "Größe café"
+
+
 def test_html_reads_as_the_page_shows() -> None:
     html = """<!DOCTYPE html><html><head><title>Pump  Manual</title>
     <style>body { font-family: sans-serif }</style><script>var tracking = "abc";</script>
