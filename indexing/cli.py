@@ -10,7 +10,7 @@ import os
 import re
 import sys
 
-from clara.paths import COLLECTION_NAME
+from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 from clara.retrieval import RETRIEVAL_MODES, Fusion
 from clara_cli.common import add_model_args, add_query_precision_arg, run_main
 from indexing.commands import (
@@ -29,7 +29,7 @@ from indexing.service_cli import add_serve_args, serve_command
 _NAME = re.compile(COLLECTION_NAME)
 
 DESCRIPTION = """\
-Index documents (PDF, Markdown, text) into a collection of CLaRa compressed memories, and
+Index documents (PDF, Markdown, HTML, text) into a collection of CLaRa compressed memories, and
 search, inspect and maintain it. Collections live under --index (default: $CLARA_HOME/indexes,
 i.e. ~/.cache/clara/indexes); `clara-serve` answers from the same folder.
 """
@@ -97,6 +97,17 @@ def _collection_name(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{value!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)"
         )
+    if value in RESERVED_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is reserved (the indexing service keeps its uploaded files there): "
+            "pick another collection name"
+        )
+    return value
+
+
+def _query(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the query is empty: say what to look for")
     return value
 
 
@@ -173,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         metavar="N",
-        help="tokens per chunk (default: the checkpoint's doc_max_tokens, 256)",
+        help="tokens per chunk, at most the checkpoint's doc_max_tokens (default: that less "
+        "32 for the chunk's context line: 224 for the default model)",
     )
     chunk.add_argument(
         "--overlap", type=int, default=32, metavar="N", help="tokens shared by neighbouring "
@@ -203,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=cmd_stats)
 
     search = command("search", "search a collection with a question", "where", "out", "model")
-    search.add_argument("query", help="the question or text to look for")
+    search.add_argument("query", type=_query, help="the question or text to look for")
     add_query_precision_arg(search)
     search.add_argument(
         "-k", "--top-k", type=_positive, default=5, metavar="K",

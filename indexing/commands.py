@@ -23,6 +23,7 @@ from indexing.pipeline import (
     Indexer,
     IndexOptions,
     Progress,
+    chunk_limits,
     is_unchanged,
     model_manifest,
 )
@@ -169,6 +170,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             cm = _load_model(args)
             load_s = time.perf_counter() - start
             manifest = model_manifest(cm, args.checkpoint)
+            chunk_limits(cm, args.chunk_tokens, args.overlap)  # bad options create nothing
             if col is None:
                 col = _open(
                     args.index, args.collection, manifest, create=True, index_type=args.index_type
@@ -185,7 +187,8 @@ def cmd_add(args: argparse.Namespace) -> int:
             col.close()
     seconds = time.perf_counter() - start
     rate = chunks / (seconds - load_s) if (chunks := _new_chunks(results)) else 0.0
-    counts = {s: sum(r.status == s for r in results) for s in ("added", "replaced", "unchanged")}
+    kinds = ("added", "replaced", "unchanged", "duplicate")
+    counts = {s: sum(r.status == s for r in results) for s in kinds}
     counts["failed"] = sum(r.status == "failed" for r in results)
     if args.json:
         _print_json({

@@ -45,7 +45,7 @@ from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
 
 log = logging.getLogger(__name__)
 
-Status = Literal["added", "replaced", "unchanged", "failed", "recompressed"]
+Status = Literal["added", "replaced", "unchanged", "duplicate", "failed", "recompressed"]
 #: Under the index root: where `recompress` builds the new collection before swapping it in.
 STAGING = ".recompress"
 
@@ -76,7 +76,7 @@ class FileResult:
     pages: int | None = None
     error: ClaraError | None = None
     warnings: list[str] = field(default_factory=list)
-    detail: str = ""  # why "unchanged" (e.g. same content as another document)
+    detail: str = ""  # why "duplicate" (the same content as another document)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -261,12 +261,12 @@ class Indexer:
                 if other is not None and _still_holds(other, sha):
                     where = other.path or other.name
                     return FileResult(
-                        path, "unchanged", other.id, other.n_chunks, other.n_pages,
-                        detail=f"same content as {where} ({other.id})",
+                        path, "duplicate", other.id, other.n_chunks, other.n_pages,
+                        detail=f"same content as {where} ({other.id}): not indexed again",
                     )  # fmt: skip
                 if sha in in_flight:
                     detail = f"same content as {in_flight[sha]}"
-                    return FileResult(path, "unchanged", detail=detail)
+                    return FileResult(path, "duplicate", detail=detail + ": not indexed again")
         try:
             mtime = os.stat(path).st_mtime
             doc = read_document(path, self.options.password)

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from clara.errors import ClaraError
+from clara.paths import UPLOADS
 from clara.settings import ModelSettings
 from clara_cli.http import (
     BearerGate,
@@ -33,7 +34,7 @@ from clara_cli.http import (
     to_api_error,
 )
 from clara_cli.worker import Worker
-from indexing.service_handler import UPLOADS, IndexService
+from indexing.service_handler import IndexService
 from indexing.service_protocol import (
     FileDeleted,
     FileObject,

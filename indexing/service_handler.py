@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import Request
 
 from clara.errors import ClaraError
-from clara.paths import COLLECTION_NAME
+from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 from clara.retrieval import Fusion
 from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
@@ -60,8 +60,6 @@ from indexing.store import (
     list_collections,
 )
 
-UPLOADS = "uploads"  # <index root>/uploads/: the Files API's files (<file_id>/<name>) and registry
-RESERVED = {UPLOADS}  # folders of the index root that are not collections
 _NAME = re.compile(COLLECTION_NAME)
 
 log = logging.getLogger(__name__)
@@ -73,7 +71,7 @@ def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
 
 def is_vector_store(root: Path, store_id: str) -> bool:
     """Whether `store_id` names a collection (vector store) under the index `root`."""
-    if not _NAME.match(store_id) or store_id in RESERVED:
+    if not _NAME.match(store_id) or store_id in RESERVED_NAMES:
         return False
     return (root / store_id / MANIFEST).is_file()
 
@@ -94,7 +92,7 @@ class IndexService:
         """A read-only view of the collection (cached; reopened if it was replaced)."""
         directory = self.root / store_id
         try:
-            if not _NAME.match(store_id) or store_id in RESERVED:
+            if not _NAME.match(store_id) or store_id in RESERVED_NAMES:
                 raise FileNotFoundError(store_id)
             inode = os.stat(directory / "manifest.json").st_ino
         except OSError:
@@ -175,9 +173,13 @@ class IndexService:
     # ---- vector stores ---------------------------------------------------------------------
     async def create_store(self, body: VectorStoreCreate) -> VectorStore:
         self.worker.check_ready()
+        for file_id in body.file_ids or []:  # all checked first: a wrong one creates nothing
+            if self.registry.file(file_id) is None:
+                raise _not_found("file", file_id, param="file_ids")
+        self._chunking(body.chunking_strategy)  # a bad strategy likewise
         name = body.name or ""
         taken = (self.root / name).exists() or self.registry.store(name) is not None
-        usable = _NAME.match(name) and name not in RESERVED and not taken
+        usable = _NAME.match(name) and name not in RESERVED_NAMES and not taken
         store_id = name if usable else f"vs_{secrets.token_hex(12)}"
         manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
         await asyncio.to_thread(
@@ -191,7 +193,7 @@ class IndexService:
         return await asyncio.to_thread(self.store_object, store_id)
 
     def store_ids(self) -> list[str]:
-        return [n for n in list_collections(self.root) if n not in RESERVED]
+        return [n for n in list_collections(self.root) if n not in RESERVED_NAMES]
 
     def list_stores(self, after: str | None, before: str | None, limit: int, order: str):
         stores = []

@@ -30,7 +30,19 @@ class _TooLarge(Exception):
 def safe_name(filename: str | None) -> str:
     """The file name a client sent, without folders or NULs (never empty, '.' or '..')."""
     name = Path((filename or "").replace("\\", "/")).name.replace("\x00", "")
-    return name[:200] if name not in ("", ".", "..") else "upload"
+    if name in ("", ".", ".."):
+        return "upload"
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    # file systems count bytes (255 a name): shorten the stem, whole characters, keep the type
+    suffix = Path(name).suffix if len(Path(name).suffix.encode()) <= 16 else ""
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    while len((stem + suffix).encode()) > MAX_NAME_BYTES:
+        stem = stem[:-1]
+    return stem + suffix
+
+
+MAX_NAME_BYTES = 200  # of a stored upload's name (the temporary folder adds to its path)
 
 
 class Uploads:
@@ -101,11 +113,15 @@ class Uploads:
     def _save(self, rec: FileRecord, source: Any) -> int:
         tmp = self.directory / f".{rec.id}.tmp"
         tmp.mkdir(parents=True)
-        with open(tmp / rec.filename, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, self.directory / rec.id)
+        try:
+            with open(tmp / rec.filename, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(tmp, self.directory / rec.id)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk, ...: nothing left behind
+            raise
         return self.path(rec).stat().st_size
 
     async def delete(self, file_id: str) -> None:

@@ -16,9 +16,10 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clara.paths import UPLOADS
 from clara_cli.http import BearerGate, error_response, error_responses, install_error_handlers
 from indexing.service import ServiceSettings, mount_files_api
-from indexing.service_handler import UPLOADS, IndexService
+from indexing.service_handler import IndexService
 from indexing.service_state import Registry
 from server.engine import Engine, Settings
 from server.metrics import Metrics

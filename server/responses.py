@@ -21,8 +21,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from clara.paths import UPLOADS
 from clara_cli.http import APIError
-from indexing.service_handler import UPLOADS, IndexService, is_vector_store
+from indexing.service_handler import IndexService, is_vector_store
 from server.engine import Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.responses_protocol import (

@@ -180,7 +180,8 @@ def test_rerun_is_incremental_and_a_changed_file_replaces_its_chunks(
     copy.write_bytes(paths[0].read_bytes())
     rc, out, _ = run(capsys, "add", copy, *args)
     report = json.loads(out)
-    assert report["unchanged"] == 1 and "same content as" in report["files"][0]["detail"]
+    assert report["duplicate"] == 1 and report["unchanged"] == 0
+    assert "same content as" in report["files"][0]["detail"]
     # the original changes: the copy (read first, "copy.txt" < "doc00.txt") is indexed itself
     copied = before["doc00.txt"]
     paths[0].write_text("The original was rewritten after it was copied.")
@@ -355,6 +356,28 @@ def test_recompress_after_a_writer_died_with_faiss_behind(
     )  # fmt: skip
     top = json.loads(out)["results"][0]  # the new model's own vector for the chunk
     assert rc == 0 and top["text"] == target and top["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(
+    capsys, tmp_path: Path, corpus: Path, tiny_llama_dir: Path
+) -> None:
+    """A chunk size past doc_max_tokens, the service's reserved folder as a collection, an
+    empty query: each refused with its reason, and no collection is created."""
+    index = tmp_path / "index"
+    doc = corpus / "sub" / "notes.md"
+    rc, _, err = run(capsys, "add", doc, "--model", tiny_llama_dir, "--index", index,
+                     "--collection", "opt", "--chunk-tokens", "5000")  # fmt: skip
+    assert rc == 1 and "chunk size 5000" in err
+    assert not (index / "opt").exists()
+    for argv in (
+        ["add", doc, "--index", index, "--collection", "uploads"],
+        ["search", "   ", "--index", index],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            run(capsys, *argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and ("reserved" in err or "query is empty" in err), err
+    assert not (index / "uploads").exists()
 
 
 def test_every_subcommand_has_help_with_examples(capsys) -> None:

@@ -95,6 +95,17 @@ def test_files_upload_list_retrieve_delete(client: openai.OpenAI, root: Path) ->
         client.files.retrieve(f.id)
 
 
+def test_a_long_non_ascii_file_name_is_shortened_by_bytes(client: openai.OpenAI, root: Path):
+    """File systems allow 255 bytes a name: 100 CJK characters are 300. The name is cut to
+    whole characters, its extension kept, and nothing is left behind."""
+    f = upload(client, "猫" * 100 + ".md", "# Cats\n\n" + WATER)
+    assert f.filename.endswith(".md") and f.filename.startswith("猫")
+    assert len(f.filename.encode()) <= 200
+    assert (root / "uploads" / f.id / f.filename).read_text().endswith(WATER)
+    assert not list((root / "uploads").glob(".file-*.tmp"))
+    client.files.delete(f.id)
+
+
 def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path) -> None:
     vs = client.vector_stores.create(name="papers", metadata={"team": "physics"})
     assert (vs.id, vs.name, vs.object, vs.status) == (
@@ -280,6 +291,14 @@ def test_errors_are_openai_shaped(service: ServiceProcess, client: openai.OpenAI
         client.vector_stores.files.create(vector_store_id=vs.id, file_id="file-missing")
     assert e.value.body["param"] == "file_id"
     f = upload(client, "a.txt", TRAIN)
+    stores = len(client.vector_stores.list().data)
+    with pytest.raises(openai.NotFoundError) as e:  # one wrong id: nothing is created
+        client.vector_stores.create(name="two-ids", file_ids=[f.id, "file-missing"])
+    assert e.value.body["param"] == "file_ids" and "file-missing" in e.value.body["message"]
+    assert len(client.vector_stores.list().data) == stores
+    fixed = client.vector_stores.create(name="two-ids", file_ids=[f.id])  # so the retry
+    assert fixed.id == "two-ids"  # keeps its name as id
+    client.vector_stores.delete(fixed.id)
     too_big = {
         "type": "static",
         "static": {"max_chunk_size_tokens": 999, "chunk_overlap_tokens": 0},
