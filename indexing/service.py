@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from clara.errors import ClaraError
 from clara.paths import UPLOADS
@@ -36,6 +36,7 @@ from clara_cli.http import (
 from clara_cli.worker import Worker
 from indexing.service_handler import IndexService
 from indexing.service_protocol import (
+    FileBatchCreate,
     FileDeleted,
     FileObject,
     ListPage,
@@ -45,8 +46,11 @@ from indexing.service_protocol import (
     VectorStoreCreate,
     VectorStoreDeleted,
     VectorStoreFile,
+    VectorStoreFileBatch,
     VectorStoreFileCreate,
     VectorStoreFileDeleted,
+    VectorStoreFileUpdate,
+    VectorStoreUpdate,
 )
 from indexing.service_state import Registry
 from indexing.service_uploads import PURPOSES
@@ -168,6 +172,12 @@ def _routes(app: FastAPI) -> None:
     async def get_file(file_id: str, request: Request):
         return svc(request).get_file(file_id)
 
+    @app.get("/v1/files/{file_id}/content", response_class=FileResponse, responses=ERRORS)
+    async def file_content(file_id: str, request: Request):
+        service = svc(request)
+        rec = service._file(file_id)  # 404 if unknown
+        return FileResponse(service.uploads.path(rec), filename=rec.filename)
+
     @app.delete("/v1/files/{file_id}", response_model=FileDeleted, responses=ERRORS)
     async def delete_file(file_id: str, request: Request):
         return await svc(request).delete_file(file_id)
@@ -188,6 +198,10 @@ def _routes(app: FastAPI) -> None:
     @app.get("/v1/vector_stores/{store_id}", response_model=VectorStore, responses=ERRORS)
     async def get_store(store_id: str, request: Request):
         return await asyncio.to_thread(svc(request).store_object, store_id)
+
+    @app.post("/v1/vector_stores/{store_id}", response_model=VectorStore, responses=ERRORS)
+    async def update_store(store_id: str, body: VectorStoreUpdate, request: Request):
+        return await asyncio.to_thread(svc(request).update_store, store_id, body)
 
     @app.delete("/v1/vector_stores/{store_id}", response_model=VectorStoreDeleted, responses=ERRORS)
     async def delete_store(store_id: str, request: Request):
@@ -220,6 +234,42 @@ def _routes(app: FastAPI) -> None:
             return JSONResponse(response.model_dump(), headers={"openai-poll-after-ms": "200"})
         return response
 
+    @app.post(files + "/{file_id}", response_model=VectorStoreFile, responses=ERRORS)
+    async def update_store_file(
+        store_id: str, file_id: str, body: VectorStoreFileUpdate, request: Request
+    ):
+        update = svc(request).update_store_file
+        return await asyncio.to_thread(update, store_id, file_id, body.attributes)
+
     @app.delete(files + "/{file_id}", response_model=VectorStoreFileDeleted, responses=ERRORS)
     async def detach(store_id: str, file_id: str, request: Request):
         return await svc(request).detach(store_id, file_id)
+
+    # -- file batches ------------------------------------------------------------------------
+    batches = "/v1/vector_stores/{store_id}/file_batches"
+
+    @app.post(batches, response_model=VectorStoreFileBatch, responses=ERRORS)
+    async def create_batch(store_id: str, body: FileBatchCreate, request: Request):
+        return await svc(request).create_batch(store_id, body)
+
+    @app.get(batches + "/{batch_id}", response_model=VectorStoreFileBatch, responses=ERRORS)
+    async def get_batch(store_id: str, batch_id: str, request: Request):
+        batch = await asyncio.to_thread(svc(request).batch_object, store_id, batch_id)
+        if batch.status == "in_progress":  # the SDK's poll helpers wait this long
+            return JSONResponse(batch.model_dump(), headers={"openai-poll-after-ms": "200"})
+        return batch
+
+    @app.post(batches + "/{batch_id}/cancel", response_model=VectorStoreFileBatch,
+              responses=ERRORS)  # fmt: skip
+    async def cancel_batch(store_id: str, batch_id: str, request: Request):
+        return await svc(request).cancel_batch(store_id, batch_id)
+
+    @app.get(batches + "/{batch_id}/files", response_model=ListPage, responses=ERRORS)
+    async def list_batch_files(
+        store_id: str, batch_id: str, request: Request, after: str | None = None,
+        before: str | None = None, limit: int = limit, order: Order = "desc",
+        filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,
+    ):  # fmt: skip
+        page = dict(after=after, before=before, limit=limit, order=order)
+        list_files = svc(request).list_batch_files
+        return await asyncio.to_thread(list_files, store_id, batch_id, filter, **page)

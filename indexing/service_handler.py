@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from indexing.pipeline import model_manifest as manifest_of
 from indexing.readers import DocumentError, EncryptedDocumentError, UnsupportedDocumentError
 from indexing.service_protocol import (
     ChunkingStrategy,
+    FileBatchCreate,
     FileCounts,
     FileDeleted,
     FileObject,
@@ -44,12 +46,14 @@ from indexing.service_protocol import (
     VectorStoreCreate,
     VectorStoreDeleted,
     VectorStoreFile,
+    VectorStoreFileBatch,
     VectorStoreFileCreate,
     VectorStoreFileDeleted,
+    VectorStoreUpdate,
     paginate,
 )
 from indexing.service_search import search_results
-from indexing.service_state import FileRecord, Link, Registry, StoreRecord
+from indexing.service_state import Batch, FileRecord, Link, Registry, StoreRecord
 from indexing.service_uploads import Uploads
 from indexing.store import (
     Collection,
@@ -173,10 +177,12 @@ class IndexService:
     # ---- vector stores ---------------------------------------------------------------------
     async def create_store(self, body: VectorStoreCreate) -> VectorStore:
         self.worker.check_ready()
+        _no_expiry(body.expires_after)
         for file_id in body.file_ids or []:  # all checked first: a wrong one creates nothing
             if self.registry.file(file_id) is None:
                 raise _not_found("file", file_id, param="file_ids")
-        self._chunking(body.chunking_strategy)  # a bad strategy likewise
+        if body.file_ids:
+            self._chunking(body.chunking_strategy)  # a bad strategy for them likewise
         name = body.name or ""
         taken = (self.root / name).exists() or self.registry.store(name) is not None
         usable = _NAME.match(name) and name not in RESERVED_NAMES and not taken
@@ -191,6 +197,18 @@ class IndexService:
                 store_id, VectorStoreFileCreate(file_id=file_id), body.chunking_strategy
             )
         return await asyncio.to_thread(self.store_object, store_id)
+
+    def update_store(self, store_id: str, body: VectorStoreUpdate) -> VectorStore:
+        """A new display name and/or metadata (the id, the collection's name, stays)."""
+        _no_expiry(body.expires_after)
+        self.reader(store_id)  # 404 if missing
+        rec = self.registry.store(store_id) or StoreRecord(store_id, store_id, _now())
+        if body.name is not None:
+            rec.name = body.name
+        if body.metadata is not None:
+            rec.metadata = body.metadata
+        self.registry.add_store(rec)
+        return self.store_object(store_id)
 
     def store_ids(self) -> list[str]:
         return [n for n in list_collections(self.root) if n not in RESERVED_NAMES]
@@ -417,6 +435,91 @@ class IndexService:
             self.registry.delete_link(store_id, link.file_id)
 
     # ---- search ----------------------------------------------------------------------------
+    def update_store_file(self, store_id: str, file_id: str, attributes) -> VectorStoreFile:
+        self.get_store_file(store_id, file_id)  # 404 if unknown
+        if self.registry.link(store_id, file_id) is None:
+            raise APIError(
+                400, f"'{file_id}' was added by clara-index, not the Files API: its "
+                "attributes are its file name and path", param="file_id",
+            )  # fmt: skip
+        self.registry.update_link(store_id, file_id, attributes=json.dumps(attributes))
+        return self.get_store_file(store_id, file_id)
+
+    # ---- file batches ----------------------------------------------------------------------
+    async def create_batch(self, store_id: str, body: FileBatchCreate) -> VectorStoreFileBatch:
+        """Attach several uploads at once; every id and chunking strategy is checked first."""
+        self.worker.check_ready()
+        if (body.file_ids is None) == (body.files is None):
+            raise APIError(400, "give either 'file_ids' or 'files'", param="file_ids")
+        if body.files is not None:
+            items = [VectorStoreFileCreate(**f.model_dump()) for f in body.files]
+        else:
+            items = [
+                VectorStoreFileCreate(
+                    file_id=i, attributes=body.attributes, chunking_strategy=body.chunking_strategy
+                )
+                for i in body.file_ids
+            ]
+        if not items:
+            raise APIError(400, "the batch has no files", param="file_ids")
+        await asyncio.to_thread(self.reader, store_id)  # 404 if missing
+        for item in items:
+            if self.registry.file(item.file_id) is None:
+                raise _not_found("file", item.file_id, param="file_ids")
+            self._chunking(item.chunking_strategy or body.chunking_strategy)
+        batch = Batch(f"vsfb_{secrets.token_hex(12)}", store_id, _now(), [i.file_id for i in items])
+        self.registry.add_batch(batch)
+        for item in items:
+            await self.attach(store_id, item, body.chunking_strategy)
+        return self.batch_object(store_id, batch.id)
+
+    def _batch(self, store_id: str, batch_id: str) -> Batch:
+        self.reader(store_id)  # 404 if the store is missing
+        batch = self.registry.batch(store_id, batch_id)
+        if batch is None:
+            raise _not_found("file batch", batch_id)
+        return batch
+
+    def batch_files(self, batch: Batch) -> list[VectorStoreFile]:
+        links = [self.registry.link(batch.store_id, f) for f in batch.file_ids]
+        return [self._link_object(link) for link in links if link is not None]
+
+    def batch_object(self, store_id: str, batch_id: str) -> VectorStoreFileBatch:
+        batch = self._batch(store_id, batch_id)
+        files = self.batch_files(batch)
+        counts = FileCounts(total=len(files))
+        for f in files:
+            setattr(counts, f.status, getattr(counts, f.status) + 1)
+        status = "in_progress" if counts.in_progress else "completed"
+        if batch.cancelled and not counts.in_progress:
+            status = "cancelled"
+        return VectorStoreFileBatch(
+            id=batch.id, created_at=batch.created_at, file_counts=counts, status=status,
+            vector_store_id=store_id,
+        )  # fmt: skip
+
+    async def cancel_batch(self, store_id: str, batch_id: str) -> VectorStoreFileBatch:
+        """Stop the batch's files still being indexed (those done stay in the store)."""
+        batch = await asyncio.to_thread(self._batch, store_id, batch_id)
+
+        def cancel(cm: Any) -> None:
+            stopped = 0
+            for file_id in batch.file_ids:
+                link = self.registry.link(store_id, file_id)
+                if link is not None and link.status == "in_progress":
+                    self.worker.cancel(lambda key, f=file_id: key == (store_id, f))
+                    self.registry.update_link(store_id, file_id, status="cancelled")
+                    stopped += 1
+            if stopped:  # a finished batch stays "completed"
+                self.registry.cancel_batch(batch.id)
+
+        await self.worker.call(cancel)
+        return self.batch_object(store_id, batch_id)
+
+    def list_batch_files(self, store_id: str, batch_id: str, status: str | None, **page: Any):
+        files = self.batch_files(self._batch(store_id, batch_id))
+        return paginate([f for f in files if status in (None, f.status)], **page)
+
     async def search(self, store_id: str, body: SearchRequest) -> SearchPage:
         queries = [body.query] if isinstance(body.query, str) else list(body.query)
         if body.filters is not None:
@@ -451,6 +554,14 @@ def _file_object(rec: FileRecord) -> FileObject:
         id=rec.id, bytes=rec.bytes, created_at=rec.created_at, filename=rec.filename,
         purpose=rec.purpose,
     )  # fmt: skip
+
+
+def _no_expiry(expires_after: dict | None) -> None:
+    if expires_after is not None:
+        raise APIError(
+            400, "expires_after is not supported: a vector store lasts until it is deleted",
+            param="expires_after",
+        )  # fmt: skip
 
 
 def _now() -> int:

@@ -54,13 +54,25 @@ class ChunkingStrategy(_Request):
     static: StaticChunking | None = None
 
 
+NULL_ONLY = {"type": "null"}  # schema of a field only null passes (what clara cannot honour)
+
+
 class VectorStoreCreate(_Request):
     chunking_strategy: ChunkingStrategy | None = None
     description: str | None = None
-    expires_after: dict[str, Any] | None = None
+    expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)
+    """Not supported: a vector store lasts until deleted (null only)."""
     file_ids: list[str] | None = None
     metadata: dict[str, str] | None = None
     name: str | None = None
+
+
+class VectorStoreUpdate(_Request):
+    name: str | None = None
+    """The display name (the id, a collection name, stays)."""
+    metadata: dict[str, str] | None = None
+    expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)
+    """Not supported: a vector store lasts until deleted (null only)."""
 
 
 class FileCounts(BaseModel):
@@ -113,6 +125,41 @@ class VectorStoreFile(BaseModel):
     vector_store_id: str
     attributes: Attributes | None = None
     chunking_strategy: ChunkingStrategy | None = None
+
+
+class VectorStoreFileUpdate(_Request):
+    attributes: Attributes | None
+
+
+class BatchFile(_Request):
+    file_id: str
+    attributes: Attributes | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+
+
+class FileBatchCreate(_Request):
+    """`file_ids` (sharing `attributes` and `chunking_strategy`), or `files` each with its own."""
+
+    model_config = ConfigDict(
+        extra="ignore", strict=True,
+        json_schema_extra={"oneOf": [
+            {"required": ["file_ids"], "properties": {"file_ids": {"type": "array"}}},
+            {"required": ["files"], "properties": {"files": {"type": "array"}}},
+        ]},
+    )  # fmt: skip
+    file_ids: list[str] | None = Field(default=None, min_length=1)
+    files: list[BatchFile] | None = Field(default=None, min_length=1)
+    attributes: Attributes | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+
+
+class VectorStoreFileBatch(BaseModel):
+    id: str
+    created_at: int
+    file_counts: FileCounts
+    object: Literal["vector_store.files_batch"] = "vector_store.files_batch"
+    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    vector_store_id: str
 
 
 class VectorStoreFileDeleted(BaseModel):

@@ -24,6 +24,10 @@ CREATE TABLE IF NOT EXISTS links (
     usage_bytes INTEGER NOT NULL DEFAULT 0, attributes TEXT, chunk_tokens INTEGER,
     overlap INTEGER, PRIMARY KEY (store_id, file_id)
 );
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY, store_id TEXT NOT NULL, created_at INTEGER NOT NULL,
+    file_ids TEXT NOT NULL, cancelled INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -61,7 +65,18 @@ class Link:
     overlap: int | None = None
 
 
-_JSON = {"metadata", "attributes"}
+@dataclass
+class Batch:
+    """Files attached to a vector store by one request (OpenAI's file batch)."""
+
+    id: str
+    store_id: str
+    created_at: int
+    file_ids: list[str]
+    cancelled: int = 0
+
+
+_JSON = {"metadata", "attributes", "file_ids"}
 
 
 def _row(cls, row: tuple) -> Any:
@@ -130,6 +145,7 @@ class Registry:
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM links WHERE store_id=?", (store_id,))
+            self.db.execute("DELETE FROM batches WHERE store_id=?", (store_id,))
             self.db.execute("DELETE FROM stores WHERE id=?", (store_id,))
             self.db.execute("COMMIT")
 
@@ -160,3 +176,14 @@ class Registry:
 
     def delete_link(self, store_id: str, file_id: str) -> None:
         self._run("DELETE FROM links WHERE store_id=? AND file_id=?", store_id, file_id)
+
+    # -- file batches ----------------------------------------------------------------------
+    def add_batch(self, batch: Batch) -> None:
+        self._run("INSERT INTO batches VALUES (?, ?, ?, ?, ?)", *_values(batch))
+
+    def batch(self, store_id: str, batch_id: str) -> Batch | None:
+        rows = self._all("SELECT * FROM batches WHERE id=? AND store_id=?", batch_id, store_id)
+        return _row(Batch, rows[0]) if rows else None
+
+    def cancel_batch(self, batch_id: str) -> None:
+        self._run("UPDATE batches SET cancelled=1 WHERE id=?", batch_id)

@@ -106,6 +106,50 @@ def test_a_long_non_ascii_file_name_is_shortened_by_bytes(client: openai.OpenAI,
     client.files.delete(f.id)
 
 
+def test_file_batches_content_and_updates_with_the_sdk(client: openai.OpenAI) -> None:
+    """The SDK calls of OpenAI's file_search guide beyond single files: a batch uploaded and
+    polled to completion, its files listed, a file's bytes read back, a store renamed, a
+    file's attributes replaced; what clara cannot do (expiry) is a 400, not silently dropped."""
+    vs = client.vector_stores.create(name="batched")
+    batch = client.vector_stores.file_batches.upload_and_poll(
+        vector_store_id=vs.id, files=[("water.txt", WATER.encode()), ("train.txt", TRAIN.encode())],
+        poll_interval_ms=50,
+    )  # fmt: skip
+    assert batch.object == "vector_store.files_batch" and batch.id.startswith("vsfb_")
+    assert batch.status == "completed" and batch.vector_store_id == vs.id
+    assert (batch.file_counts.completed, batch.file_counts.total) == (2, 2)
+    assert client.vector_stores.file_batches.retrieve(batch.id, vector_store_id=vs.id) == batch
+    files = client.vector_stores.file_batches.list_files(batch.id, vector_store_id=vs.id).data
+    assert sorted(f.status for f in files) == ["completed", "completed"]
+    hits = client.vector_stores.search(vs.id, query="When does the train leave?").data
+    assert hits[0].filename == "train.txt"
+
+    water = next(f for f in files if client.files.retrieve(f.id).filename == "water.txt")
+    assert client.files.content(water.id).read() == WATER.encode()
+    updated = client.vector_stores.files.update(
+        file_id=water.id, vector_store_id=vs.id, attributes={"topic": "physics"}
+    )
+    assert updated.attributes == {"topic": "physics"}
+    renamed = client.vector_stores.update(vs.id, name="Batched docs", metadata={"team": "a"})
+    assert (renamed.id, renamed.name, renamed.metadata) == (vs.id, "Batched docs", {"team": "a"})
+    assert client.vector_stores.retrieve(vs.id).name == "Batched docs"
+
+    with pytest.raises(openai.BadRequestError) as e:  # nothing honoured silently
+        client.vector_stores.update(vs.id, expires_after={"anchor": "last_active_at", "days": 1})
+    assert e.value.body["param"] == "expires_after"
+    with pytest.raises(openai.BadRequestError):
+        client.vector_stores.create(
+            name="expiring", expires_after={"anchor": "last_active_at", "days": 1}
+        )
+    assert "expiring" not in [s.id for s in client.vector_stores.list()]
+    with pytest.raises(openai.NotFoundError) as e:  # one wrong id: no batch, nothing attached
+        client.vector_stores.file_batches.create(vs.id, file_ids=[water.id, "file-missing"])
+    assert e.value.body["param"] == "file_ids"
+    cancelled = client.vector_stores.file_batches.cancel(batch.id, vector_store_id=vs.id)
+    assert cancelled.status == "completed"  # nothing left to stop: finished files stay
+    client.vector_stores.delete(vs.id)
+
+
 def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path) -> None:
     vs = client.vector_stores.create(name="papers", metadata={"team": "physics"})
     assert (vs.id, vs.name, vs.object, vs.status) == (
