@@ -1,11 +1,13 @@
 """One Responses API response being generated from a chat job: the plain JSON result, or
 OpenAI's Responses event stream (response.created ... response.completed), filled in and
-stored (store: true) when generation finishes."""
+stored (store: true) when generation finishes, or as "cancelled" when a streaming client
+hangs up."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,8 @@ from server.responses_protocol import (
 
 if TYPE_CHECKING:
     from server.responses import ResponsesServing
+
+log = logging.getLogger("clara.serve")
 
 
 class ResponseRun:
@@ -85,6 +89,24 @@ class ResponseRun:
         up this request only."""
         if self.response.store:
             await asyncio.to_thread(self.owner.store.put, self.response.model_dump(), self.turn)
+
+    def _keep_abandoned(self) -> None:
+        """The client hung up mid-stream: keep what was generated as a "cancelled" response
+        (store: true), so the id `response.created` announced can still be retrieved and
+        chained from. Synchronous (one SQLite row): the cancelled task cannot await."""
+        r = self.response
+        if r.status != "in_progress" or not r.store:
+            return
+        self.message.status = "incomplete"
+        self.message.content = [
+            OutputText(text="".join(self.text), annotations=[], logprobs=self.logprobs)
+        ]
+        r.status = "cancelled"
+        r.output = ([self.call] if self.call else []) + [self.message]
+        try:
+            self.owner.store.put(r.model_dump(), self.turn)
+        except Exception:  # noqa: BLE001 - the client is gone; the log keeps the reason
+            log.exception("could not store the cancelled response %s", r.id)
 
     def _metrics(self) -> None:
         if self.first is not None:
@@ -179,4 +201,5 @@ class ResponseRun:
             yield sse(kind, response=r.model_dump())
         finally:
             self.job.cancel()  # a client that hung up stops the generation at the next token
+            self._keep_abandoned()
             self._metrics()

@@ -7,6 +7,9 @@ retrieval is still exact because a fresh model's query and compressor adapters a
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
 import openai
 import pytest
@@ -130,6 +133,32 @@ def test_results_only_when_included(client: openai.OpenAI, knowledge_base) -> No
     assert response.output[0].results is None
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(response.id)  # store: false keeps nothing
+
+
+def test_a_stream_the_client_leaves_is_kept_as_cancelled(client: openai.OpenAI, server) -> None:
+    """The id `response.created` announced stays retrievable (store: true) after the client
+    hangs up: status "cancelled", with the text written until then."""
+    body = {"model": MODEL, "input": "Tell me everything.", "stream": True,
+            "max_output_tokens": 1500, "retrieval": False}  # fmt: skip
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.stream("POST", f"{server.url}/v1/responses", json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        created = json.loads(next(x for x in lines if '"response.created"' in x)[6:])
+        next(x for x in lines if '"response.output_text.delta"' in x)
+    response_id = created["response"]["id"]
+    deadline = time.monotonic() + 30
+    while True:  # stored as the stream's task winds down
+        try:
+            kept = client.responses.retrieve(response_id)
+            break
+        except openai.NotFoundError:
+            assert time.monotonic() < deadline, "the cancelled response was never stored"
+            time.sleep(0.05)
+    assert kept.status == "cancelled" and kept.output[-1].type == "message"
+    chained = client.responses.create(
+        model=MODEL, input="Go on.", previous_response_id=response_id, max_output_tokens=2
+    )
+    assert chained.status in ("completed", "incomplete")
 
 
 def test_file_search_guide_streamed(client: openai.OpenAI, knowledge_base) -> None:
