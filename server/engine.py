@@ -480,7 +480,16 @@ class Engine:
         """Retrieve and build the request's prompt; checked, it emits `Ready`."""
         retrieved = self._retrieve(p, qvec)
         prompt, adapter = self._prompt(p, retrieved)
-        check_context(prompt, self.info.context_limit)  # before Ready: the 400 precedes any byte
+        limit = self.info.context_limit
+        while p.truncate and prompt.positions > limit and (p.history or len(retrieved.sources) > 1):
+            if p.history:  # the oldest exchange first
+                p.history = p.history[2:] if len(p.history) > 1 else []
+            else:  # then the lowest-ranked chunk
+                retrieved.sources.pop()
+                if retrieved.memories is not None:
+                    retrieved.memories = retrieved.memories[: len(retrieved.sources)]
+            prompt, adapter = self._prompt(p, retrieved)
+        check_context(prompt, limit)  # before Ready: the 400 precedes any byte
         job.emit(Ready(retrieved, prompt.positions))
         return prompt, adapter
 

@@ -253,6 +253,8 @@ class RagParams:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    truncate: bool = False  # too long: drop the oldest turns, then the last chunks (Responses'
+    # truncation "auto"), instead of a 400
 
 
 # ---- chat completion response ------------------------------------------------------------

@@ -197,6 +197,7 @@ class ResponsesServing:
         if searched:
             await self._indexed(chat.collection)
         params = chat.to_params(serving.defaults)
+        params.truncate = req.truncation == "auto"
         try:
             job, ready = await serving.start_chat(params, request)
         except APIError as exc:
@@ -215,6 +216,7 @@ class ResponsesServing:
             tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
             user=req.user,
             metadata=req.metadata or {},
+            truncation=req.truncation or "disabled",
             retrieval={
                 "status": ready.retrieved.status, "collection": ready.retrieved.collection,
                 "mode": params.mode, "top_k": params.top_k,

@@ -135,6 +135,27 @@ def test_results_only_when_included(client: openai.OpenAI, knowledge_base) -> No
         client.responses.retrieve(response.id)  # store: false keeps nothing
 
 
+def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
+    """OpenAI's truncation "auto": a conversation past the context drops its oldest items
+    instead of failing; "disabled" (the default) is a 400."""
+    long = "river " * 2500
+    items = [
+        {"role": "user", "content": long},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "What flows?"},
+    ]
+    kw = dict(model=MODEL, input=items, max_output_tokens=2, extra_body={"retrieval": False})
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(**kw)
+    assert e.value.code == "context_length_exceeded"
+    fitted = client.responses.create(**kw, truncation="auto")
+    assert fitted.truncation == "auto" and fitted.status in ("completed", "incomplete")
+    assert fitted.usage.input_tokens < 100  # the long turn is gone
+    assert client.responses.create(model=MODEL, input="hi", max_output_tokens=1).truncation == (
+        "disabled"
+    )
+
+
 def test_a_stream_the_client_leaves_is_kept_as_cancelled(client: openai.OpenAI, server) -> None:
     """The id `response.created` announced stays retrievable (store: true) after the client
     hangs up: status "cancelled", with the text written until then."""
