@@ -78,10 +78,11 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _pages(start: int | None, end: int | None) -> str:
+def _pages(start: int | None, end: int | None, before: str = "") -> str:
+    """`before` + "p. 3" / "pp. 3-4"; "" for text without pages."""
     if start is None:
-        return "-"
-    return f"p. {start}" if end in (None, start) else f"pp. {start}-{end}"
+        return ""
+    return before + (f"p. {start}" if end in (None, start) else f"pp. {start}-{end}")
 
 
 def _snippet(text: str, n: int = SNIPPET) -> str:
@@ -296,12 +297,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"{doc.id}  {_show_path(doc.path or doc.name)}")
     print(
-        f"{_n(len(chunks), 'chunk')}, {_n(doc.n_pages or 0, 'page')}, {_size(doc.size)}, "
+        f"{_n(len(chunks), 'chunk')}, {_n(doc.n_pages, 'page') + ', ' if doc.n_pages else ''}"
+        f"{_size(doc.size)}, "
         f"sha256 {doc.sha256}"
     )
     for c in chunks:
         text = c.text if args.full else _snippet(c.text)
-        print(f"\n[{c.ordinal}] {_pages(c.page_start, c.page_end)}, {c.n_tokens} tokens\n{text}")
+        pages = _pages(c.page_start, c.page_end, " ")
+        print(f"\n[{c.ordinal}]{pages}, {c.n_tokens} tokens\n{text}")
     return 0
 
 
@@ -370,7 +373,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         where = _show_path(r["path"] or r["file"])
         ranks = ", ".join(f"{n} #{v}" for n, v in r["ranks"].items() if v is not None)
         print(
-            f"{r['rank']}. {r['score']:.4f}  {where}  {_pages(r['page_start'], r['page_end'])}"
+            f"{r['rank']}. {r['score']:.4f}  {where}{_pages(r['page_start'], r['page_end'], '  ')}"
             f"  [{ranks}]"
         )
         print(f"   {_snippet(r['text'])}")

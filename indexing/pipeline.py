@@ -302,12 +302,17 @@ class Indexer:
         return pending
 
     def _commit(self, p: _Pending) -> FileResult:
-        records = [
-            ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens, c.context) for c in p.chunks
-        ]
         path, doc = p.source.path, p.doc
+        paged = doc.kind == "pdf" or len(doc.pages) > 1  # text has pages only at form feeds
+        records = [
+            ChunkRecord(
+                c.text, c.page_start if paged else None, c.page_end if paged else None,
+                c.n_tokens, c.context,
+            )
+            for c in p.chunks
+        ]  # fmt: skip
         args = (str(path), p.source.name or path.name, doc.sha256, records, p.memories)
-        info = dict(size=doc.size, mtime=p.mtime, n_pages=len(doc.pages))
+        info = dict(size=doc.size, mtime=p.mtime, n_pages=len(doc.pages) if paged else None)
         status: Status = "added"
         if p.replaces is not None:
             try:
