@@ -11,6 +11,15 @@ UPLOADS = "uploads"  # <index root>/uploads/: the Files API's files (<file_id>/<
 RESERVED_NAMES = frozenset({UPLOADS})  # folders of the index root that are not collections
 
 
+def upload_file_id(root: str | os.PathLike, path: str | None) -> str | None:
+    """The Files API id of a document indexed from `<root>/uploads/<file_id>/<name>`; None for
+    any other path (documents `clara-index add` indexed from the user's own files)."""
+    if not path:
+        return None
+    p = Path(path)
+    return p.parent.name if p.parent.parent == Path(root) / UPLOADS else None
+
+
 def path_text(path: str | os.PathLike) -> str:
     """`path` as text any UTF-8 consumer takes (SQLite, JSON, a terminal). A file name that
     is not valid UTF-8 (from an old archive or a Latin-1 disk) reaches Python with its bad

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Request
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from clara.paths import upload_file_id
 from clara_cli.http import APIError
 from indexing.service_state import FileRecord
 
@@ -57,10 +58,7 @@ class Uploads:
 
     def file_id_of(self, path: str | None) -> str | None:
         """`<uploads>/<file_id>/<name>` -> file_id (None for any other path)."""
-        if path is None:
-            return None
-        p = Path(path)
-        return p.parent.name if p.parent.parent == self.directory else None
+        return upload_file_id(self.directory.parent, path)
 
     async def receive(self, request: Request) -> FileRecord:
         """Parse a `file` + `purpose` multipart upload and store the file; 400/413 on bad input."""

@@ -36,6 +36,7 @@ from clara.decode import PREFILL_STEP, Decoder, PrefixCache
 from clara.decode import Sequence as Seq
 from clara.errors import ContextLengthError
 from clara.model import ClaraModel
+from clara.paths import upload_file_id
 from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
@@ -92,6 +93,7 @@ class SourceInfo:
     context: str = ""  # "title / heading" the generator reads before `text`
     ranks: dict[str, int | None] = field(default_factory=dict)  # per retriever, from 1
     retrieval_mode: str = "dense"  # the mode that ranked it (hybrid falls back to dense)
+    file_id: str | None = None  # the Files API upload it was indexed from, if any
 
 
 @dataclass
@@ -355,6 +357,7 @@ class Engine:
                 context=h.context,
                 ranks=h.ranks,
                 retrieval_mode=h.mode,
+                file_id=upload_file_id(self.settings.root, h.path),
             )
             for h in hits
         ]

@@ -273,6 +273,7 @@ class Source(_Response):
     collection: str
     ranks: dict[str, int | None] | None = None  # 1-based rank in each retriever ("dense", ...)
     retrieval_mode: str | None = None  # the mode that ranked it
+    file_id: str | None = None  # the Files API upload it came from (None: `clara-index add`)
 
 
 class URLCitation(_Response):

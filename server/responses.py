@@ -21,7 +21,6 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara.paths import UPLOADS
 from clara_cli.http import APIError
 from indexing.service_handler import IndexService, is_vector_store
 from server.engine import Ready, SourceInfo
@@ -238,13 +237,9 @@ class ResponsesServing:
         return JSONResponse(await run.complete(request))
 
     def file_id(self, s: SourceInfo) -> str:
-        """The Files API id of an uploaded file (`<root>/uploads/<id>/<name>`), else the
-        document id (documents `clara-index add` indexed have no upload)."""
-        if s.path:
-            p = Path(s.path)
-            if p.parent.parent == self.root / UPLOADS:
-                return p.parent.name
-        return s.document_id
+        """The Files API id of an uploaded file, else the document id (documents
+        `clara-index add` indexed have no upload)."""
+        return s.file_id or s.document_id
 
     def _result(self, s: SourceInfo) -> FileSearchResult:
         attributes: dict[str, Any] = {"document_id": s.document_id, "chunk_id": s.chunk_id}

@@ -56,8 +56,13 @@ CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in metrics 
 
 
 def source_url(s: SourceInfo) -> str:
-    """`file://` URL of the indexed file (with `#page=` for PDFs), else a clara:// reference."""
-    if s.path:
+    """Where the source's file is: an upload's Files API content route (relative to the
+    server: the server's folders are none of a client's business), the `file://` URL of a
+    file `clara-index add` indexed on this machine (with `#page=` for PDFs), else a clara://
+    reference."""
+    if s.file_id:
+        url = f"/v1/files/{s.file_id}/content"
+    elif s.path:
         url = Path(os.path.abspath(s.path)).as_uri()
     else:
         url = f"clara://{s.collection}/{s.document_id}"
@@ -94,6 +99,7 @@ def sources_of(ready: Ready) -> list[Source]:
             collection=s.collection,
             ranks=s.ranks,
             retrieval_mode=s.retrieval_mode,
+            file_id=s.file_id,
         )
         for i, s in enumerate(ready.retrieved.sources, start=1)
     ]

@@ -135,6 +135,25 @@ def test_results_only_when_included(client: openai.OpenAI, knowledge_base) -> No
         client.responses.retrieve(response.id)  # store: false keeps nothing
 
 
+def test_chat_sources_of_uploads_name_the_file_not_the_servers_folder(
+    client: openai.OpenAI, server, knowledge_base
+) -> None:
+    """A source indexed from an upload carries its `file_id`, and its URL is the Files API's
+    content route on this server: a client can fetch the file; the upload folder stays private."""
+    store, file_id = knowledge_base
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": GUIDE}], max_tokens=2,
+        extra_body={"collection": store},
+    )  # fmt: skip
+    top = resp.choices[0].message.sources[0]
+    assert top["file_id"] == file_id and top["url"] == f"/v1/files/{file_id}/content"
+    note = resp.choices[0].message.annotations[0]
+    assert note.url_citation.url == top["url"] and "file://" not in note.url_citation.url
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    got = httpx.get(server.url + top["url"], headers=headers, timeout=10)
+    assert got.status_code == 200 and got.text == GUIDE
+
+
 def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
     """OpenAI's truncation "auto": a conversation past the context drops its oldest items
     instead of failing; "disabled" (the default) is a 400."""
