@@ -119,7 +119,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             text, headings, title = page.text, page.headings, page.title
         elif ext in MARKDOWN_EXTENSIONS:
             kind = "markdown"
-            headings = markdown_headings(clean_text(text))
+            text, title = front_matter(clean_text(text))
+            headings = markdown_headings(text)
             text = clean_markdown(text)
         else:
             kind = "text"
@@ -449,6 +450,25 @@ def clean_markdown(text: str) -> str:
     out.append(_clean_md_prose("\n".join(prose)))
     text = "\n".join(s for s in out)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S)
+_YAML_LINE = re.compile(r"^(?:[\w.-]+[ \t]*:(?:[ \t]|$)|[ \t]|-[ \t]|#)")  # key:, nested, item
+_TITLE_LINE = re.compile(r"^title[ \t]*:[ \t]*(.+?)[ \t]*$", re.M | re.I)
+
+
+def front_matter(text: str) -> tuple[str, str | None]:
+    """Markdown without its YAML front matter (Jekyll, Hugo, Obsidian: `---` ... `---` at the
+    very top), and the `title:` it gives, if any. The block is metadata, not prose to read."""
+    m = _FRONT_MATTER.match(text)
+    if not m or len(m.group(0)) > 16384:
+        return text, None
+    lines = [line for line in m.group(1).split("\n") if line.strip()]
+    if not lines or not all(_YAML_LINE.match(line) for line in lines):
+        return text, None  # prose between two rules, not metadata
+    title = _TITLE_LINE.search(m.group(1))
+    value = title.group(1).strip().strip("\"'").strip() if title else ""
+    return text[m.end() :], value or None
 
 
 def markdown_headings(text: str) -> list[str]:

@@ -251,6 +251,20 @@ def test_html_declared_charset_is_read(tmp_path: Path, meta: str) -> None:
     assert read_document(write(tmp_path, "stale.html", stale)).pages[0].text == "Größe café"
 
 
+def test_markdown_front_matter_is_metadata_not_text(tmp_path: Path) -> None:
+    """Jekyll/Hugo/Obsidian front matter: dropped from the text, its `title:` the document's
+    title; two rules around prose at the top are not front matter."""
+    page = (
+        '---\ntitle: "Cats and sleep"\nauthor: Ann\ntags:\n  - pets\n---\n\n# Intro\n\nCats nap.\n'
+    )
+    doc = read_document(write(tmp_path, "cats.md", page.encode()))
+    assert doc.title == "Cats and sleep" and doc.headings == ["Intro"]
+    assert doc.pages[0].text == "Intro\n\nCats nap."
+    prose = "---\nA paragraph between two rules.\n---\nMore.\n"
+    doc = read_document(write(tmp_path, "rules.md", prose.encode()))
+    assert doc.title is None and "A paragraph between two rules." in doc.pages[0].text
+
+
 def test_html_reads_as_the_page_shows() -> None:
     html = """<!DOCTYPE html><html><head><title>Pump  Manual</title>
     <style>body { font-family: sans-serif }</style><script>var tracking = "abc";</script>
