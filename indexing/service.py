@@ -148,6 +148,14 @@ def mount_files_api(app: FastAPI, service: IndexService) -> None:
     _routes(app)
 
 
+def _polled(obj: Any) -> Any:
+    """`obj` (a vector store file or file batch); still in progress, with the header that
+    tells the SDK's poll helpers how long to wait before asking again."""
+    if obj.status == "in_progress":
+        return JSONResponse(obj.model_dump(), headers={"openai-poll-after-ms": "200"})
+    return obj
+
+
 def _routes(app: FastAPI) -> None:
     """Thin routes: each hands its work to the IndexService on app.state."""
 
@@ -229,10 +237,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.get(files + "/{file_id}", response_model=VectorStoreFile, responses=ERRORS)
     async def get_store_file(store_id: str, file_id: str, request: Request):
-        response = await asyncio.to_thread(svc(request).get_store_file, store_id, file_id)
-        if response.status == "in_progress":  # the SDK's poll helpers wait this long
-            return JSONResponse(response.model_dump(), headers={"openai-poll-after-ms": "200"})
-        return response
+        return _polled(await asyncio.to_thread(svc(request).get_store_file, store_id, file_id))
 
     @app.post(files + "/{file_id}", response_model=VectorStoreFile, responses=ERRORS)
     async def update_store_file(
@@ -254,10 +259,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.get(batches + "/{batch_id}", response_model=VectorStoreFileBatch, responses=ERRORS)
     async def get_batch(store_id: str, batch_id: str, request: Request):
-        batch = await asyncio.to_thread(svc(request).batch_object, store_id, batch_id)
-        if batch.status == "in_progress":  # the SDK's poll helpers wait this long
-            return JSONResponse(batch.model_dump(), headers={"openai-poll-after-ms": "200"})
-        return batch
+        return _polled(await asyncio.to_thread(svc(request).batch_object, store_id, batch_id))
 
     @app.post(batches + "/{batch_id}/cancel", response_model=VectorStoreFileBatch,
               responses=ERRORS)  # fmt: skip
