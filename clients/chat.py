@@ -33,9 +33,8 @@ def main() -> None:
     print(message.content)
     print("\nSources:")
     for s in (message.model_extra or {}).get("sources", []):
-        print(
-            f"  {s['score']:.3f}  {s['filename']}  pages {s.get('page_start')}-{s.get('page_end')}"
-        )
+        pages = f"  p. {s['page_start']}" if s.get("page_start") is not None else ""  # PDFs
+        print(f"  {s['score']:.3f}  {s['filename']}{pages}")
     print(
         f"\nusage: {resp.usage.prompt_tokens} prompt positions, {resp.usage.completion_tokens} tokens"
     )

@@ -43,9 +43,8 @@ def main() -> None:
             continue
         if line == "/sources":
             for s in sources:
-                print(
-                    f"  {s['score']:.3f} {s['filename']} p.{s.get('page_start')}: {s['snippet'][:70]!r}"
-                )
+                page = f" p. {s['page_start']}" if s.get("page_start") is not None else ""
+                print(f"  {s['score']:.3f} {s['filename']}{page}: {s['snippet'][:70]!r}")
             continue
         if not line:
             continue

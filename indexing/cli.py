@@ -69,10 +69,12 @@ Each result shows its score (hybrid: the fused score) and its rank in each retri
     "collections": "examples:\n  clara-index collections\n  clara-index collections --json",
     "serve": """endpoints (OpenAI's Files + Vector Stores API; a vector store is a collection):
   POST /v1/files (multipart: file, purpose=assistants)   GET /v1/files
-  GET|DELETE /v1/files/{file_id}
-  POST|GET /v1/vector_stores                             GET|DELETE /v1/vector_stores/{id}
+  GET|DELETE /v1/files/{file_id}                         GET /v1/files/{file_id}/content
+  POST|GET /v1/vector_stores                             GET|POST|DELETE /v1/vector_stores/{id}
   POST|GET /v1/vector_stores/{id}/files                  (POST queues a compression job)
-  GET|DELETE /v1/vector_stores/{id}/files/{file_id}      (status, last_error / remove)
+  GET|POST|DELETE /v1/vector_stores/{id}/files/{file_id} (status / attributes / remove)
+  POST /v1/vector_stores/{id}/file_batches               GET .../file_batches/{batch_id}
+  POST .../file_batches/{batch_id}/cancel                GET .../file_batches/{batch_id}/files
   POST /v1/vector_stores/{id}/search                     GET /health (no key needed)
 Uploads are kept in <index>/uploads/. Jobs run one model batch at a time on one thread and
 resume after a restart. While a job writes a collection, `clara-index add/remove` on it is

@@ -52,7 +52,12 @@ def _load_model(args: argparse.Namespace, compressing: bool = True):
 
     cm = load_clara(args.model, args.checkpoint, dtype=model_dtype(args))
     cm.pack_base_weights(compressor=compressing)  # no per-call weight packing
-    cm.set_query_precision(getattr(args, "query_precision", "float32"))  # search only
+    wanted = getattr(args, "query_precision", "float32")  # search only
+    if cm.set_query_precision(wanted) != wanted:
+        print(
+            f"{PROG}: warning: --query-precision {wanted}: not on this machine (no AMX tiles or "
+            "AVX-512 BF16); query encodings stay float32", file=sys.stderr,
+        )  # fmt: skip
     return cm
 
 
@@ -234,8 +239,8 @@ def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]
             for warning in event.warnings:
                 bar.write(f"{PROG}: warning: {_show_path(event.path)}: {warning}", file=sys.stderr)
             if not args.quiet and not args.json:
-                what = f"{_n(event.chunks, 'chunk')}, {event.doc_id}" if event.doc_id else ""
-                what += f"; {event.detail}" if event.detail else ""
+                parts = [f"{_n(event.chunks, 'chunk')}, {event.doc_id}"] if event.doc_id else []
+                what = "; ".join(parts + ([event.detail] if event.detail else []))
                 bar.write(f"{event.status:<10} {_show_path(event.path)}  ({what})", file=sys.stdout)
     return results
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
+from clara.paths import COLLECTION_NAME
 from clara_cli.common import DTYPE_CHOICES, add_quiet_arg, progress, run_main
 
 PROG = "clara-eval"
@@ -73,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="documents for --retrieval collection: .txt (one per line) or .jsonl (strings, "
         '{"text": ...}, or records with "docs")',
     )
-    p.add_argument("--index", metavar="NAME", help="clara-index collection for --retrieval index")
-    p.add_argument("--index-root", metavar="DIR", help="indexes directory (default: CLARA_HOME)")
+    p.add_argument(
+        "--index", metavar="NAME", type=_collection,
+        help="clara-index collection for --retrieval index (a name; --index-root is its folder)",
+    )  # fmt: skip
+    p.add_argument(
+        "--index-root", metavar="DIR",
+        help="the folder of clara-index collections (default: $CLARA_HOME/indexes)",
+    )  # fmt: skip
     p.add_argument(
         "--retrieval-mode",
         default="hybrid",
@@ -130,8 +138,23 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
+def _collection(value: str) -> str:
+    if not re.match(COLLECTION_NAME, value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a collection name (letters, digits, '.', '_', '-'); give the "
+            "folder that holds collections as --index-root"
+        )
+    return value
+
+
 def write_chart(rows, path: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(
+            f"{PROG}: no chart: --chart needs matplotlib (pip install matplotlib)", file=sys.stderr
+        )
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -236,12 +259,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not rows:
         print(f"{PROG}: nothing to evaluate (give --checkpoint or drop --no-baselines)")
         return 1
-    if args.chart:
-        write_chart(rows, args.chart)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
         print(markdown_table(rows))
+    if args.chart:  # after the table: a chart that cannot be drawn loses no results
+        write_chart(rows, args.chart)
     return 0
 
 

@@ -134,7 +134,7 @@ class Chunked:
 def read_chunks(
     paths: Sequence[str], tokenizer, max_tokens: int, overlap: int = 0
 ) -> list[Chunked]:
-    """Chunks of every readable document under `paths` (PDF, Markdown, text)."""
+    """Chunks of every readable document under `paths` (PDF, Markdown, HTML, text)."""
     from indexing.chunking import chunk_document
     from indexing.readers import DocumentError, iter_inputs, read_document
 
@@ -232,7 +232,7 @@ def add_synth_parser(sub) -> None:
             "and OUT/stage2.jsonl (for `instruct` and `joint`)."
         ),
     )
-    p.add_argument("docs", nargs="+", help="files, folders or globs (PDF, Markdown, text)")
+    p.add_argument("docs", nargs="+", help="files, folders or globs (PDF, Markdown, HTML, text)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the jsonl files go")
     p.add_argument(
         "--model",
