@@ -22,6 +22,28 @@ T = TypeVar("T")
 DTYPE_CHOICES = ("auto", "stored", "float32", "bfloat16", "float16")
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+    return n
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a number above 0."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be above 0")
+    return x
+
+
 def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     """Run a command; a `ClaraError` becomes one `prog: error: ...` line and exit status 1.
 

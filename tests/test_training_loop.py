@@ -116,6 +116,21 @@ def test_resume_is_exact(tiny_llama_dir, tmp_path, full):
     assert la == lb
 
 
+def test_a_run_never_mixes_with_another(tiny_llama_dir, tmp_path):
+    """An --out holding a run is refused without --resume; --resume refuses a checkpoint of
+    other settings; --out may not hold what --init-from points at."""
+    kw = dict(model=tiny_llama_dir, clara_config=CONFIG, dtype=None)
+    half = train(PRETRAIN, _cfg(tmp_path / "r", max_steps=4, stop_after=2), **kw)
+    with pytest.raises(ClaraError, match="already holds a run .*step-000002.*--resume"):
+        train(PRETRAIN, _cfg(tmp_path / "r", max_steps=4), **kw)
+    with pytest.raises(ClaraError, match=r"other settings \(lr 0.003 -> 0.01"):
+        train(PRETRAIN, _cfg(tmp_path / "r", max_steps=4, lr=1e-2), resume=True, **kw)
+    with pytest.raises(ClaraError, match="overwrite what it starts from"):
+        train(PRETRAIN, _cfg(tmp_path / "fresh", max_steps=1), init_from=tmp_path / "fresh" / "x",
+              **kw)  # fmt: skip
+    assert [p.name for p in checkpoints(tmp_path / "r")] == [half.name]  # nothing written
+
+
 def test_resume_needs_a_checkpoint(tiny_llama_dir, tmp_path):
     with pytest.raises(ClaraError, match="no checkpoint"):
         train(

@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 
 from clara.model import COMPRESSION_RATES, ClaraConfig
-from clara_cli.common import add_model_args, add_quiet_arg, model_dtype, run_main
+from clara_cli.common import (
+    add_model_args,
+    add_quiet_arg,
+    model_dtype,
+    positive_float,
+    positive_int,
+    run_main,
+)
 
 PROG = "clara-train"
 
@@ -86,14 +93,18 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         default=None,
         help="peak learning rate (default: 1e-4 for pretrain/instruct, 5e-6 for joint)",
     )
-    o.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default: 1)")
-    o.add_argument("--max-steps", type=int, help="optimiser steps (overrides --epochs)")
     o.add_argument(
-        "--batch-size", type=int, default=8, help="examples per micro-batch and rank (default: 8)"
+        "--epochs", type=positive_float, default=1.0, help="passes over the data (default: 1)"
     )
+    o.add_argument("--max-steps", type=positive_int, help="optimiser steps (overrides --epochs)")
     o.add_argument(
-        "--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default: 1)"
-    )
+        "--batch-size", type=positive_int, default=8,
+        help="examples per micro-batch and rank (default: 8)",
+    )  # fmt: skip
+    o.add_argument(
+        "--grad-accum", type=positive_int, default=1,
+        help="micro-batches per optimiser step (default: 1)",
+    )  # fmt: skip
     o.add_argument("--warmup", type=float, default=0.03, help="warm-up fraction (default: 0.03)")
     o.add_argument(
         "--min-lr-ratio", type=float, default=0.1, help="cosine floor / lr (default: 0.1)"
@@ -179,7 +190,10 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         )
     if stage in ("instruct", "joint"):
         s.add_argument(
-            "--top-k", type=int, default=5, help="documents per question given to the generator"
+            "--top-k",
+            type=positive_int,
+            default=5,
+            help="documents per question given to the generator (default: 5)",
         )
     if stage == "joint":
         s.add_argument("--tau", type=float, default=0.02, help="top-k temperature (0.02)")
@@ -311,19 +325,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         retrieval_weight=getattr(args, "retrieval_weight", 0.0),
         distill_weight=getattr(args, "distill_weight", 0.0),
     )
-    final = train(
-        records,
-        config,
-        model=args.model,
-        init_from=args.checkpoint,
-        clara_config=clara_config,
-        stage_config=stage_config,
-        resume=args.resume,
-        dtype=model_dtype(args),
-    )
+    try:
+        final = train(
+            records,
+            config,
+            model=args.model,
+            init_from=args.checkpoint,
+            clara_config=clara_config,
+            stage_config=stage_config,
+            resume=args.resume,
+            dtype=model_dtype(args),
+        )
+    except KeyboardInterrupt:
+        if os.environ.get("MLX_RANK", "0") == "0":
+            _say_where_it_stopped(args.out)
+        raise
     if os.environ.get("MLX_RANK", "0") == "0":
         print(final)
     return 0
+
+
+def _say_where_it_stopped(out: str) -> None:
+    from training.trainer import checkpoints
+
+    kept = [p for p in checkpoints(out) if p.name != "final"]
+    if kept:
+        print(f"{PROG}: stopped; the last checkpoint is {kept[-1]}: run the same command with "
+              "--resume to go on from it", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"{PROG}: stopped before any checkpoint (--save-every N keeps one every N steps)",
+              file=sys.stderr)  # fmt: skip
 
 
 def _without_ranks(argv: list[str]) -> list[str]:

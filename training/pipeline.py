@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,15 @@ from clara.errors import ClaraError
 from clara.loader import DEFAULT_MODEL, BaseModel, load_base
 from clara.model import ClaraConfig, ClaraModel
 from training.stages import StageConfig, make_stage, set_trainable
-from training.trainer import TrainConfig, Trainer, base_of, checkpoints, enable_grad_checkpoint
+from training.trainer import (
+    STATE_FILE,
+    TrainConfig,
+    Trainer,
+    base_of,
+    checkpoints,
+    config_dict,
+    enable_grad_checkpoint,
+)
 
 
 def load_for_training(
@@ -83,8 +92,8 @@ def build_trainer(
         group = mx.distributed.init()
     _blas.for_training(local_ranks(group))
     resume_from = None
+    found = checkpoints(config.out)
     if resume:
-        found = checkpoints(config.out)
         if not found:
             raise ClaraError(
                 f"--resume: no checkpoint in {config.out} to resume from; run without --resume"
@@ -93,6 +102,27 @@ def build_trainer(
         done = read_checkpoint_config(resume_from).get("training", {})
         if resume_from.name == "final" and done.get("step") == done.get("total_steps"):
             raise ClaraError(f"{resume_from} is already complete: nothing to resume")
+        check_same_run(resume_from, config)
+        if group.rank() == 0:
+            print(
+                f"resuming from {resume_from} (step {done.get('step')} of "
+                f"{done.get('total_steps')})", file=sys.stderr,
+            )  # fmt: skip
+    else:
+        if found:
+            raise ClaraError(
+                f"{config.out} already holds a run ({', '.join(p.name for p in found)}): "
+                "continue it with --resume, or give another --out (or remove that folder)"
+            )
+        out = Path(config.out).resolve()
+        if init_from is not None and out in (
+            Path(init_from).resolve(),
+            *Path(init_from).resolve().parents,
+        ):
+            raise ClaraError(
+                f"--out {config.out} holds --init-from {init_from}: this run would overwrite "
+                "what it starts from; give another --out"
+            )
     source = resume_from or init_from
     if isinstance(model, BaseModel) and base_of(source) is not None:
         model = load_base(base_of(source), dtype=dtype)
@@ -125,6 +155,33 @@ def build_trainer(
     )
     _blas.for_training(local_ranks(group))  # compressing (`prepare`) set prefill's threads
     return Trainer(cm, stage, examples, config, group), resume_from
+
+
+#: what a resumed run must share with the one that wrote its checkpoint (the rest, such as
+#: logging, checkpoint cadence and speed settings, may change between the two)
+SAME_RUN = ("stage", "lr", "epochs", "max_steps", "batch_size", "grad_accum", "warmup",
+            "min_lr_ratio", "clip", "betas", "seed", "full", "length_buckets")  # fmt: skip
+
+
+def check_same_run(checkpoint: Path, config: TrainConfig) -> None:
+    """Refuse to resume `checkpoint` with other data or options than the run that wrote it:
+    the steps after it would belong to another run."""
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    before = state.get("config", {})
+    now = config_dict(config)
+    differ = [k for k in SAME_RUN if k in before and before[k] != now.get(k)]
+    data = (before.get("extra") or {}).get("data"), (now.get("extra") or {}).get("data")
+    if data[0] is not None and data[1] is not None and data[0] != data[1]:
+        differ.append("data")
+    if differ:
+        said = ", ".join(
+            f"{k} {data[0] if k == 'data' else before[k]!r} -> {data[1] if k == 'data' else now.get(k)!r}"
+            for k in differ
+        )
+        raise ClaraError(
+            f"--resume: {checkpoint} belongs to a run with other settings ({said}); resume "
+            "with that run's data and options, or start a new run in another --out"
+        )
 
 
 def train(records: Sequence, config: TrainConfig, **kwargs) -> Path:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from clara.errors import ClaraError
+from clara_cli.common import DTYPE_CHOICES
 from training.data import PretrainRecord, QARecord, pretrain_to_json, qa_to_json, write_jsonl
 
 Teacher = Callable[[str, int], str]  # (chunk text, number of pairs) -> raw teacher reply
@@ -240,7 +241,10 @@ def add_synth_parser(sub) -> None:
         help="base model: its tokenizer chunks the documents "
         "and, without --teacher-url, it writes the questions (default: %(default)s)",
     )
-    p.add_argument("--dtype", default="auto", help="weights precision of the local model")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES,
+        help="weights precision of the local model (default: auto)",
+    )  # fmt: skip
     p.add_argument("--doc-max-tokens", type=int, default=256, help="chunk length in tokens")
     p.add_argument("--overlap", type=int, default=0, help="tokens shared by consecutive chunks")
     p.add_argument(
@@ -316,6 +320,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if stage2:
         n2 = write_jsonl(out / "stage2.jsonl", map(qa_to_json, stage2))
         print(f"{out / 'stage2.jsonl'}: {n2} records")
+    elif (out / "stage2.jsonl").exists():  # an earlier run's: not this data's questions
+        (out / "stage2.jsonl").unlink()
+        print(f"{out / 'stage2.jsonl'}: removed (an earlier run's; this one wrote no questions)")
     elif teacher is not None:
         print("the teacher produced no usable question/answer pairs", file=sys.stderr)
     return 0

@@ -398,7 +398,11 @@ class Trainer:
             cm.info.path = self.out / name / BASE_DIR
         opt = dict(tree_flatten(self.optimizer.state))
         mx.save_safetensors(str(staging / OPTIMIZER_FILE), opt)
-        state = {"step": self.step, "total_steps": self.total_steps, "config": _jsonable(self.cfg)}
+        state = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "config": config_dict(self.cfg),
+        }
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         final = self.out / name
         if final.exists():
@@ -481,7 +485,7 @@ class Trainer:
         return final
 
 
-def _jsonable(cfg: TrainConfig) -> dict:
+def config_dict(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     d["betas"] = list(cfg.betas)
     return d
