@@ -116,8 +116,9 @@ class _Pending:
 def model_manifest(cm: Any, checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """What a collection records about the model (plus the checkpoint, for fix-it messages)."""
     manifest = dict(cm.manifest())
-    if checkpoint is not None:
-        manifest["checkpoint"] = str(checkpoint)
+    if checkpoint is not None:  # absolute: the hint must work from any folder
+        where = Path(checkpoint)
+        manifest["checkpoint"] = str(where.resolve() if where.exists() else checkpoint)
     return manifest
 
 

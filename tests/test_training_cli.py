@@ -9,7 +9,13 @@ import pytest
 
 from training.cli import build_parser, main
 from training.data import read_pretrain, read_qa, write_jsonl
-from training.synth import openai_teacher, parse_qa_pairs, synthesize, tfidf_neighbours
+from training.synth import (
+    grounded,
+    openai_teacher,
+    parse_qa_pairs,
+    synthesize,
+    tfidf_neighbours,
+)
 
 DOCS = [
     "The river runs past the old mill and under the stone bridge.",
@@ -116,6 +122,18 @@ def test_parse_qa_pairs():
     assert parse_qa_pairs(text) == [("Who wrote it?", "The committee."), ("When?", "In 1902")]
     assert parse_qa_pairs(text, limit=1) == [("Who wrote it?", "The committee.")]
     assert parse_qa_pairs("no pairs here") == []
+    # a small local teacher's habits: numbering inside the question, a question as answer
+    sloppy = "Q: 1. What is Atlas?\nA: 2. How does Atlas run?\nQ: 3. Who runs Atlas?\nA: 4. Ann."
+    assert parse_qa_pairs(sloppy) == [("Who runs Atlas?", "Ann.")]
+
+
+def test_answers_the_chunk_does_not_support_are_dropped():
+    chunk = "The backup server Atlas runs Debian 12 and starts its jobs at 02:30 UTC."
+    assert grounded("Debian 12", chunk) and grounded("at 02:30 UTC", chunk)
+    assert not grounded("A community event where members learn from one another.", chunk)
+    teacher = lambda doc, n: "Q: Which OS?\nA: Debian 12\nQ: Why?\nA: Because chess is fun."  # noqa: E731
+    stage1, stage2 = synthesize([chunk], teacher, questions_per_chunk=2, candidates=1)
+    assert stage1[1].answers == ["Debian 12"] and [r.question for r in stage2] == ["Which OS?"]
 
 
 def test_tfidf_neighbours_put_the_matching_doc_first():

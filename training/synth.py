@@ -43,19 +43,42 @@ _QA_RE = re.compile(
 )
 
 
+PROG = "clara-train synth"
+
+
 class TeacherError(ClaraError):
     """The teacher endpoint failed or answered in an unusable way."""
 
 
+_NUMBERING = re.compile(r"^\s*\d+[.)]\s+")
+_WORD = re.compile(r"[^\W_]+")
+_STOP = frozenset(
+    "the a an of to in on for and or is are was were be been it its this that with as by at "
+    "from what which who whom when where why how does do did can".split()
+)
+
+
 def parse_qa_pairs(text: str, limit: int | None = None) -> list[tuple[str, str]]:
-    """`Q: ...` / `A: ...` pairs from a teacher reply (numbering and `Question:` accepted)."""
+    """`Q: ...` / `A: ...` pairs from a teacher reply (numbering and `Question:` accepted, and
+    dropped from the text); an "answer" that is itself a question is no pair."""
     pairs, seen = [], set()
     for m in _QA_RE.finditer(text):
-        q, a = m.group("q").strip(), m.group("a").strip()
-        if q and a and q.lower() not in seen:
+        q = _NUMBERING.sub("", m.group("q")).strip()
+        a = _NUMBERING.sub("", m.group("a")).strip()
+        if q and a and not a.endswith("?") and q.lower() not in seen:
             seen.add(q.lower())
             pairs.append((q, a))
     return pairs[:limit] if limit else pairs
+
+
+def grounded(answer: str, chunk: str) -> bool:
+    """Whether at least half of the answer's content words are in the chunk: a teacher's
+    answer the document does not support (a small model's invention) is no training target."""
+    words = [w for w in _WORD.findall(answer.lower()) if w not in _STOP]
+    if not words:
+        return False
+    have = set(_WORD.findall(chunk.lower()))
+    return sum(w in have for w in words) * 2 >= len(words)
 
 
 def openai_teacher(
@@ -204,6 +227,7 @@ def synthesize(
         it = range(len(chunks))
         for i in progress(it, len(chunks)) if progress else it:
             got = parse_qa_pairs(teacher(chunks[i], questions_per_chunk), questions_per_chunk)
+            got = [(q, a) for q, a in got if grounded(a, chunks[i])]
             if got:
                 stage1.append(
                     PretrainRecord("qa", chunks[i], [q for q, _ in got], [a for _, a in got])
@@ -292,9 +316,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
         cm = load_clara(args.model, dtype=dtype)
         tokenizer = cm.tokenizer
-    chunks = [c.text for c in read_chunks(args.docs, tokenizer, args.doc_max_tokens, args.overlap)]
+    read = [c.text for c in read_chunks(args.docs, tokenizer, args.doc_max_tokens, args.overlap)]
+    chunks = list(dict.fromkeys(read))  # a copied file would be its own negative
+    if len(chunks) < len(read):
+        print(f"{PROG}: {len(read) - len(chunks)} chunks repeat others (copied files): kept once",
+              file=sys.stderr)  # fmt: skip
     if args.max_chunks:
         chunks = chunks[: args.max_chunks]
+    if cm is not None and not args.quiet:
+        print(f"{PROG}: note: {args.model} itself writes the questions (answers the chunk does "
+              "not support are dropped); --cloze, or --teacher-url with a larger model, write "
+              "better ones", file=sys.stderr)  # fmt: skip
     teacher = None
     if args.cloze:
         from training.cloze import cloze_teacher
