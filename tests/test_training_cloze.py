@@ -27,6 +27,20 @@ def test_spans_find_dates_numbers_options_and_names():
     assert "1932" in got and "1,200 metres" in got
 
 
+def test_spans_are_whole_answers():
+    """No half of a time or of a dated path, no stop word taken for a unit, no quote that
+    runs from an apostrophe to a backquote."""
+    found = lambda s: [s[a:b] for _, a, b in spans(s)]  # noqa: E731
+    assert found("Nightly backups start at 02:30 UTC and finish before the office opens.") == [
+        "02:30"
+    ]
+    assert "13" in found("The cache holds 13 at most and the rest goes to the disk.")
+    assert found("Logs go to /var/log/app/12-05.log on the server every day.") == []
+    assert found("It's what the tool then imports it (see `make install` for it).") == [
+        "make install"
+    ]
+
+
 def test_cloze_pairs_blank_an_answer_span_of_the_sentence():
     pairs = cloze_pairs(TEXT, 4, seed=1)
     assert len(pairs) == 4

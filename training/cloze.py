@@ -16,13 +16,24 @@ import re
 BLANK = "_____"
 QUESTION = "Fill in the blank: {sentence}"
 
+_UNIT_STOP = "at|and|or|in|on|of|to|the|an|for|by|with|from|is|are|was|were|as|than|then|if|but|per"
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 _SPANS = (
     ("date", re.compile(rf"\b(?:\d{{1,2}} )?(?:{_MONTHS})(?: \d{{1,2}})?,? \d{{3,4}}\b")),
     ("year", re.compile(r"\b(?:1[0-9]|20)\d\d\b")),
-    ("number", re.compile(r"\b\d+(?:[.,]\d+)*(?:\s?%| [a-z]{2,12})?")),
+    # whole numbers only (not "30" of "02:30", nor "05" of a dated path), with a unit word
+    # that is no stop word ("13 GB", not "13 at")
+    (
+        "number",
+        re.compile(
+            r"(?<![\w/.:-])\d+(?:[.,:]\d+)*(?![\w/:-])(?:\s?%| (?!(?:"
+            + _UNIT_STOP
+            + r")\b)[a-z]{2,12}\b)?"
+        ),
+    ),
     ("option", re.compile(r"(?<![\w-])--?[a-zA-Z][\w-]*|\b[A-Za-z_][\w.]*\(\)")),
-    ("quoted", re.compile(r"[\"'`]([^\"'`\n]{2,40})[\"'`]")),
+    # the same mark on both sides, outside words (not from "it's" to a backquote)
+    ("quoted", re.compile(r"(?<!\w)(?P<q>[\"'`])(?P<a>[^\"'`\n]{2,40})(?P=q)(?!\w)")),
     ("name", re.compile(r"(?<=[a-z,;] )(?:[A-Z][\w'-]+)(?: (?:of |de |von )?[A-Z][\w'-]+)*")),
 )
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])|\n{2,}")
@@ -46,7 +57,7 @@ def spans(sentence: str) -> list[tuple[str, int, int]]:
     out = []
     for kind, rx in _SPANS:
         for m in rx.finditer(sentence):
-            lo, hi = m.span(1) if m.groups() else m.span()
+            lo, hi = m.span("a") if "a" in rx.groupindex else m.span()
             text = sentence[lo:hi].strip()
             if not text or text in _STOP or any(lo < b and a < hi for a, b in taken):
                 continue
