@@ -110,7 +110,7 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         "--min-lr-ratio", type=float, default=0.1, help="cosine floor / lr (default: 0.1)"
     )
     o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (default: 1.0)")
-    o.add_argument("--seed", type=int, default=0, help="data order and dropout seed")
+    o.add_argument("--seed", type=int, default=0, help="data order and dropout seed (default: 0)")
     o.add_argument(
         "--full",
         action="store_true",
@@ -141,11 +141,14 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     )
     o.add_argument(
         "--keep-last", type=int, default=0, metavar="N",
-        help="keep only the newest N step checkpoints on disk (each is the adapters plus the "
-        "optimiser state, 3x their size); final/ is always kept (default: keep all)",
+        help="keep only the newest N step checkpoints on disk (each holds the float32 adapters "
+        "and the optimiser state: ~140 MB for the default model); final/ is always kept "
+        "(default: keep all)",
     )  # fmt: skip
     o.add_argument("--stop-after", type=int, help="stop with a checkpoint after step N")
-    o.add_argument("--log-every", type=int, default=10, help="metrics row every N steps")
+    o.add_argument(
+        "--log-every", type=positive_int, default=10, help="metrics row every N steps (default: 10)"
+    )
     m = p.add_argument_group("CLaRa (fresh adapters only; a checkpoint brings its own)")
     m.add_argument(
         "--compression-rate",

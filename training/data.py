@@ -126,7 +126,13 @@ def parse_qa(where: str, obj: dict, *, need_docs: bool = True) -> QARecord:
     """Validate one stage-2/3 object (also used for evaluation data)."""
     question = obj.get("question")
     if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: 'question' must be a non-empty string, got {_show(question)}")
+        hint = ""
+        if "data_type" in obj:  # synth's stage-1 records carry it
+            hint = (" (this looks like stage-1 data, for `clara-train pretrain`; instruct, joint "
+                    "and clara-eval read stage-2 records: synth's stage2.jsonl)")  # fmt: skip
+        raise DataError(
+            f"{where}: 'question' must be a non-empty string, got {_show(question)}{hint}"
+        )
     key = next((k for k in ANSWER_KEYS if k in obj), None)
     if key is None:
         raise DataError(f"{where}: no answer: give 'answer', 'answers' or 'golden_answers'")

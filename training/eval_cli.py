@@ -38,7 +38,8 @@ RETRIEVAL_HELP = (
     "its query adapter; text RAG reads the first --top-k, the dataset's order), 'collection' = "
     "all documents (--collection, default: every doc in --data) ranked by each checkpoint, "
     "'gold' = the pos_index documents (oracle), 'index' = a clara-index collection (--index). "
-    "With 'collection'/'index' the text RAG row reads what the first checkpoint retrieved."
+    "With 'collection'/'index' the text RAG row reads what the first checkpoint retrieved "
+    "(default: candidates)."
 )
 
 

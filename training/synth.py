@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from clara.errors import ClaraError
-from clara_cli.common import DTYPE_CHOICES
+from clara_cli.common import DTYPE_CHOICES, positive_int
 from training.data import PretrainRecord, QARecord, pretrain_to_json, qa_to_json, write_jsonl
 
 Teacher = Callable[[str, int], str]  # (chunk text, number of pairs) -> raw teacher reply
@@ -269,8 +269,13 @@ def add_synth_parser(sub) -> None:
         "--dtype", default="auto", choices=DTYPE_CHOICES,
         help="weights precision of the local model (default: auto)",
     )  # fmt: skip
-    p.add_argument("--doc-max-tokens", type=int, default=256, help="chunk length in tokens")
-    p.add_argument("--overlap", type=int, default=0, help="tokens shared by consecutive chunks")
+    p.add_argument(
+        "--doc-max-tokens", type=positive_int, default=256,
+        help="chunk length in tokens (default: 256, the default model's compressor length)",
+    )  # fmt: skip
+    p.add_argument(
+        "--overlap", type=int, default=0, help="tokens shared by consecutive chunks (default: 0)"
+    )
     p.add_argument(
         "--teacher-url",
         help="OpenAI-compatible endpoint for the teacher, e.g. http://localhost:8000/v1",
@@ -281,7 +286,10 @@ def add_synth_parser(sub) -> None:
         default="OPENAI_API_KEY",
         help="environment variable holding the endpoint's API key (default: %(default)s)",
     )
-    p.add_argument("--questions-per-chunk", type=int, default=3)
+    p.add_argument(
+        "--questions-per-chunk", type=positive_int, default=3,
+        help="questions the teacher (or --cloze) writes per chunk, at most (default: 3)",
+    )  # fmt: skip
     p.add_argument(
         "--candidates", type=int, default=5, help="documents per stage-2 record (default: 5)"
     )
@@ -292,8 +300,11 @@ def add_synth_parser(sub) -> None:
         help="no teacher model: write fill-in-the-blank questions on the dates, numbers, "
         "names, options and quoted terms of each chunk (training.cloze)",
     )
-    p.add_argument("--max-chunks", type=int, help="use at most this many chunks")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-chunks", type=positive_int, help="use at most this many chunks")
+    p.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the candidates' order and the cloze choices (default: 0)",
+    )  # fmt: skip
     add_quiet_arg(p)
     p.set_defaults(func=cmd_synth)
 
