@@ -24,7 +24,7 @@ from indexing.pipeline import (
     IndexOptions,
     Progress,
     chunk_limits,
-    is_unchanged,
+    known_result,
     model_manifest,
 )
 from indexing.readers import DocumentError, iter_inputs
@@ -170,7 +170,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     except CollectionNotFoundError:
         col = None
     try:
-        todo = paths if col is None else [p for p in paths if not is_unchanged(col, p)]
+        known = {p: known_result(col, p) for p in paths} if col is not None else {}
+        todo = [p for p in paths if known.get(p) is None]
         load_s = 0.0
         if todo:  # the model loads only when something has to be compressed
             cm = _load_model(args)
@@ -186,7 +187,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
             events = Indexer(cm, col, options).run(paths)
         else:
-            events = (FileResult(p, "unchanged", *_known(col, p)) for p in paths)
+            events = (known[p] for p in paths)  # unchanged or duplicates: no model needed
         results += _run_add(args, events, len(paths))
     finally:
         if col is not None:
@@ -208,11 +209,6 @@ def cmd_add(args: argparse.Namespace) -> int:
         loaded = f", model load {load_s:.1f}s" if load_s else ""
         print(f"{summary}: {chunks} chunks in {seconds:.1f}s ({rate:.1f} chunks/s{loaded})")
     return 1 if counts["failed"] else 0
-
-
-def _known(col: Collection, path: Path) -> tuple[str, int, int | None]:
-    doc = col.find_by_path(str(path))
-    return doc.id, doc.n_chunks, doc.n_pages
 
 
 def _new_chunks(results: list[FileResult]) -> int:

@@ -172,10 +172,25 @@ def file_sha256(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def is_unchanged(collection: Collection, path: Path) -> bool:
-    """True when `path` is indexed with its current content (no model needed to know)."""
+def known_result(collection: Collection, path: Path, dedupe: bool = True) -> FileResult | None:
+    """What adding `path` comes to when no model is needed to know: "unchanged" (indexed with
+    its current content), or with `dedupe` "duplicate" (a new path whose content a document
+    still on disk holds); None when it has to be read and compressed."""
     existing = collection.find_by_path(str(path))
-    return existing is not None and existing.sha256 == file_sha256(path)
+    sha = file_sha256(path)
+    if sha is None:
+        return None
+    if existing is not None and existing.sha256 == sha:
+        return FileResult(path, "unchanged", existing.id, existing.n_chunks, existing.n_pages)
+    if dedupe and existing is None:
+        other = collection.find_by_sha(sha)
+        if other is not None and _still_holds(other, sha):
+            where = other.path or other.name
+            return FileResult(
+                path, "duplicate", other.id, other.n_chunks, other.n_pages,
+                detail=f"same content as {where} ({other.id}): not indexed again",
+            )  # fmt: skip
+    return None
 
 
 def _still_holds(doc: Any, sha256: str) -> bool:
@@ -250,24 +265,14 @@ class Indexer:
 
     def _prepare(self, src: Source, in_flight: dict[str, Path]) -> _Pending | FileResult:
         path, coll = src.path, self.collection
+        known = known_result(coll, path, self.options.dedupe)
+        if known is not None:
+            return known
         existing = coll.find_by_path(str(path))
         sha = file_sha256(path)
-        if sha is not None:
-            if existing is not None and existing.sha256 == sha:
-                return FileResult(
-                    path, "unchanged", existing.id, existing.n_chunks, existing.n_pages
-                )
-            if self.options.dedupe and existing is None:  # a new path with known content
-                other = coll.find_by_sha(sha)
-                if other is not None and _still_holds(other, sha):
-                    where = other.path or other.name
-                    return FileResult(
-                        path, "duplicate", other.id, other.n_chunks, other.n_pages,
-                        detail=f"same content as {where} ({other.id}): not indexed again",
-                    )  # fmt: skip
-                if sha in in_flight:
-                    detail = f"same content as {in_flight[sha]}"
-                    return FileResult(path, "duplicate", detail=detail + ": not indexed again")
+        if sha is not None and self.options.dedupe and existing is None and sha in in_flight:
+            detail = f"same content as {in_flight[sha]}"  # an earlier file of this run
+            return FileResult(path, "duplicate", detail=detail + ": not indexed again")
         try:
             mtime = os.stat(path).st_mtime
             doc = read_document(path, self.options.password)
