@@ -356,6 +356,7 @@ def _garbled_western(text: str) -> bool:
     inside = sum(
         1 for a, c, b in zip(sample, sample[1:], sample[2:])
         if a.isalpha() and b.isalpha() and ("\u00a1" <= c <= "\u00bf" or c in "ŒœŸ")
+        and c not in "·ªº"  # Catalan "col·lecció", ordinals: Western text has them in words
     )  # fmt: skip
     return inside >= 2
 

@@ -190,12 +190,15 @@ SAMPLE = "Café “quoted” – naïve façade, 50 €.\nSecond line."
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-be", "cp1252"])
-def test_text_encodings(tmp_path: Path, encoding: str) -> None:
-    data = SAMPLE.encode(encoding)
+@pytest.mark.parametrize(
+    "sample", [SAMPLE, "La col·lecció i la intel·ligència: l'àvia té 3 néts. Ça va, ¿sí?"]
+)
+def test_text_encodings(tmp_path: Path, encoding: str, sample: str) -> None:
+    data = sample.encode(encoding)
     if encoding == "utf-16-be":
         data = b"\xfe\xff" + data
     doc = read_document(write(tmp_path, "notes.txt", data))
-    assert doc.kind == "text" and doc.pages[0].text == SAMPLE
+    assert doc.kind == "text" and doc.pages[0].text == sample and doc.warnings == []
 
 
 @pytest.mark.parametrize("extra", ["Zürich, Straße.", "Гарантийный срок — два года."])
