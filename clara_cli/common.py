@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import sys
 import traceback
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from clara.errors import ClaraError
+from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 
 T = TypeVar("T")
 
@@ -29,8 +31,29 @@ def positive_int(value: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
+
+def collection_arg(folder_flag: str) -> Callable[[str], str]:
+    """argparse type of a collection name; a value that looks like a folder is pointed at
+    `folder_flag`, the option that takes the folder of collections."""
+
+    def collection(value: str) -> str:
+        if not re.match(COLLECTION_NAME, value):
+            hint = f"; a folder of collections goes to {folder_flag}" if "/" in value else ""
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: use letters, digits, '.', '_' or '-' (starting with a letter or "
+                f"digit){hint}"
+            )
+        if value in RESERVED_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is reserved (the indexing service keeps its uploaded files there): "
+                "pick another collection name"
+            )
+        return value
+
+    return collection
 
 
 def positive_float(value: str) -> float:

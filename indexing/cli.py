@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
-from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 from clara.retrieval import RETRIEVAL_MODES, Fusion
-from clara_cli.common import add_model_args, add_query_precision_arg, run_main
+from clara_cli.common import (
+    add_model_args,
+    add_query_precision_arg,
+    collection_arg,
+    positive_int,
+    run_main,
+)
 from indexing.commands import (
     PROG,
     cmd_add,
@@ -25,8 +29,6 @@ from indexing.commands import (
     cmd_stats,
 )
 from indexing.service_cli import add_serve_args, serve_command
-
-_NAME = re.compile(COLLECTION_NAME)
 
 DESCRIPTION = """\
 Index documents (PDF, Markdown, HTML, text) into a collection of CLaRa compressed memories, and
@@ -94,30 +96,10 @@ Then, with the official openai SDK:
 
 
 # ---- arguments -----------------------------------------------------------------------------
-def _collection_name(value: str) -> str:
-    if not _NAME.match(value):
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)"
-        )
-    if value in RESERVED_NAMES:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is reserved (the indexing service keeps its uploaded files there): "
-            "pick another collection name"
-        )
-    return value
-
-
 def _query(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("the query is empty: say what to look for")
     return value
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def _parents() -> dict[str, argparse.ArgumentParser]:
@@ -132,7 +114,7 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     group.add_argument(
         "--collection",
         default="default",
-        type=_collection_name,
+        type=collection_arg("--index"),
         metavar="NAME",
         help="collection to use (default: %(default)s)",
     )
@@ -183,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     chunk = add.add_argument_group("chunking and compression")
     chunk.add_argument(
         "--chunk-tokens",
-        type=_positive,
+        type=positive_int,
         default=None,
         metavar="N",
         help="tokens per chunk, at most the checkpoint's doc_max_tokens (default: that less "
@@ -194,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chunks (default: %(default)s)",
     )  # fmt: skip
     chunk.add_argument(
-        "--batch-size", type=_positive, default=8, metavar="N",
+        "--batch-size", type=positive_int, default=8, metavar="N",
         help="chunks compressed per step (progress and commits); the forward-pass batch is "
         "the measured best for the device, CLARA_COMPRESS_BATCH overrides (default: %(default)s)",
     )  # fmt: skip
@@ -220,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", type=_query, help="the question or text to look for")
     add_query_precision_arg(search)
     search.add_argument(
-        "-k", "--top-k", type=_positive, default=5, metavar="K",
+        "-k", "--top-k", type=positive_int, default=5, metavar="K",
         help="results to show (default: %(default)s)",
     )  # fmt: skip
     search.add_argument(
@@ -256,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "without it, only the FAISS index is rebuilt from the stored vectors (no model)",
     )
     rebuild.add_argument(
-        "--batch-size", type=_positive, default=8, metavar="N",
+        "--batch-size", type=positive_int, default=8, metavar="N",
         help="chunks compressed per step with --recompress (default: %(default)s)",
     )  # fmt: skip
     _index_type(rebuild)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-from clara.paths import COLLECTION_NAME
-from clara_cli.common import DTYPE_CHOICES, add_quiet_arg, progress, run_main
+from clara_cli.common import (
+    DTYPE_CHOICES,
+    add_quiet_arg,
+    collection_arg,
+    progress,
+    run_main,
+)
 
 PROG = "clara-eval"
 
@@ -77,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         '{"text": ...}, or records with "docs")',
     )
     p.add_argument(
-        "--index", metavar="NAME", type=_collection,
+        "--index", metavar="NAME", type=collection_arg("--index-root"),
         help="clara-index collection for --retrieval index (a name; --index-root is its folder)",
     )  # fmt: skip
     p.add_argument(
@@ -137,15 +141,6 @@ def markdown_table(rows) -> str:
         cells += [f"{r.positions:.0f}", f"{r.seconds:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _collection(value: str) -> str:
-    if not re.match(COLLECTION_NAME, value):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a collection name (letters, digits, '.', '_', '-'); give the "
-            "folder that holds collections as --index-root"
-        )
-    return value
 
 
 def write_chart(rows, path: str) -> None:
