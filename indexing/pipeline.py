@@ -172,12 +172,15 @@ def file_sha256(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def known_result(collection: Collection, path: Path, dedupe: bool = True) -> FileResult | None:
+def known_result(
+    collection: Collection, path: Path, dedupe: bool = True, sha: str | None = None
+) -> FileResult | None:
     """What adding `path` comes to when no model is needed to know: "unchanged" (indexed with
     its current content), or with `dedupe` "duplicate" (a new path whose content a document
-    still on disk holds); None when it has to be read and compressed."""
+    still on disk holds); None when it has to be read and compressed. `sha`: the file's
+    SHA-256 when the caller has it already."""
     existing = collection.find_by_path(str(path))
-    sha = file_sha256(path)
+    sha = sha or file_sha256(path)
     if sha is None:
         return None
     if existing is not None and existing.sha256 == sha:
@@ -265,11 +268,11 @@ class Indexer:
 
     def _prepare(self, src: Source, in_flight: dict[str, Path]) -> _Pending | FileResult:
         path, coll = src.path, self.collection
-        known = known_result(coll, path, self.options.dedupe)
+        sha = file_sha256(path)  # read once for both checks
+        known = known_result(coll, path, self.options.dedupe, sha)
         if known is not None:
             return known
         existing = coll.find_by_path(str(path))
-        sha = file_sha256(path)
         if sha is not None and self.options.dedupe and existing is None and sha in in_flight:
             detail = f"same content as {in_flight[sha]}"  # an earlier file of this run
             return FileResult(path, "duplicate", detail=detail + ": not indexed again")

@@ -373,9 +373,10 @@ def _guess_8bit(data: bytes) -> tuple[str, str] | None:
     best = from_bytes(data, cp_isolation=_EIGHT_BIT).best()
     if best is None or best.chaos >= 0.2:
         return None
-    if not _looks_like_text(str(best)) or _garbled_western(str(best)):
+    text = str(best)
+    if not _looks_like_text(text) or _garbled_western(text):
         return None
-    return best.encoding, str(best)
+    return best.encoding, text
 
 
 def _looks_like_text(text: str) -> bool:

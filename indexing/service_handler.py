@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -178,11 +177,8 @@ class IndexService:
     async def create_store(self, body: VectorStoreCreate) -> VectorStore:
         self.worker.check_ready()
         _no_expiry(body.expires_after)
-        for file_id in body.file_ids or []:  # all checked first: a wrong one creates nothing
-            if self.registry.file(file_id) is None:
-                raise _not_found("file", file_id, param="file_ids")
-        if body.file_ids:
-            self._chunking(body.chunking_strategy)  # a bad strategy for them likewise
+        items = [VectorStoreFileCreate(file_id=i) for i in body.file_ids or []]
+        self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing
         name = body.name or ""
         taken = (self.root / name).exists() or self.registry.store(name) is not None
         usable = _NAME.match(name) and name not in RESERVED_NAMES and not taken
@@ -192,11 +188,18 @@ class IndexService:
             lambda: Collection.open(self.root, store_id, manifest, create=True).close()
         )
         self.registry.add_store(StoreRecord(store_id, name or store_id, _now(), body.metadata))
-        for file_id in body.file_ids or []:
-            await self.attach(
-                store_id, VectorStoreFileCreate(file_id=file_id), body.chunking_strategy
-            )
+        for item in items:
+            await self.attach(store_id, item, body.chunking_strategy)
         return await asyncio.to_thread(self.store_object, store_id)
+
+    def _check_attachable(
+        self, items: list[VectorStoreFileCreate], default: ChunkingStrategy | None
+    ) -> None:
+        """Every upload exists and every chunking strategy is valid, before anything is made."""
+        for item in items:
+            if self.registry.file(item.file_id) is None:
+                raise _not_found("file", item.file_id, param="file_ids")
+            self._chunking(item.chunking_strategy or default)
 
     def update_store(self, store_id: str, body: VectorStoreUpdate) -> VectorStore:
         """A new display name and/or metadata (the id, the collection's name, stays)."""
@@ -226,9 +229,7 @@ class IndexService:
         col = self.reader(store_id)
         rec = self.registry.store(store_id)
         files = self.store_files(store_id)
-        counts = FileCounts(total=len(files))
-        for f in files:
-            setattr(counts, f.status, getattr(counts, f.status) + 1)
+        counts = _file_counts(files)
         created = rec.created_at if rec else int(col.manifest.created)
         return VectorStore(
             id=store_id,
@@ -434,16 +435,15 @@ class IndexService:
         if link is not None:
             self.registry.delete_link(store_id, link.file_id)
 
-    # ---- search ----------------------------------------------------------------------------
     def update_store_file(self, store_id: str, file_id: str, attributes) -> VectorStoreFile:
-        self.get_store_file(store_id, file_id)  # 404 if unknown
         if self.registry.link(store_id, file_id) is None:
+            self.get_store_file(store_id, file_id)  # 404 if unknown
             raise APIError(
                 400, f"'{file_id}' was added by clara-index, not the Files API: its "
                 "attributes are its file name and path", param="file_id",
             )  # fmt: skip
-        self.registry.update_link(store_id, file_id, attributes=json.dumps(attributes))
-        return self.get_store_file(store_id, file_id)
+        self.registry.update_link(store_id, file_id, attributes=attributes)
+        return self._link_object(self.registry.link(store_id, file_id))
 
     # ---- file batches ----------------------------------------------------------------------
     async def create_batch(self, store_id: str, body: FileBatchCreate) -> VectorStoreFileBatch:
@@ -460,13 +460,8 @@ class IndexService:
                 )
                 for i in body.file_ids
             ]
-        if not items:
-            raise APIError(400, "the batch has no files", param="file_ids")
         await asyncio.to_thread(self.reader, store_id)  # 404 if missing
-        for item in items:
-            if self.registry.file(item.file_id) is None:
-                raise _not_found("file", item.file_id, param="file_ids")
-            self._chunking(item.chunking_strategy or body.chunking_strategy)
+        self._check_attachable(items, body.chunking_strategy)
         batch = Batch(f"vsfb_{secrets.token_hex(12)}", store_id, _now(), [i.file_id for i in items])
         self.registry.add_batch(batch)
         for item in items:
@@ -486,10 +481,7 @@ class IndexService:
 
     def batch_object(self, store_id: str, batch_id: str) -> VectorStoreFileBatch:
         batch = self._batch(store_id, batch_id)
-        files = self.batch_files(batch)
-        counts = FileCounts(total=len(files))
-        for f in files:
-            setattr(counts, f.status, getattr(counts, f.status) + 1)
+        counts = _file_counts(self.batch_files(batch))
         status = "in_progress" if counts.in_progress else "completed"
         if batch.cancelled and not counts.in_progress:
             status = "cancelled"
@@ -520,6 +512,7 @@ class IndexService:
         files = self.batch_files(self._batch(store_id, batch_id))
         return paginate([f for f in files if status in (None, f.status)], **page)
 
+    # ---- search ----------------------------------------------------------------------------
     async def search(self, store_id: str, body: SearchRequest) -> SearchPage:
         queries = [body.query] if isinstance(body.query, str) else list(body.query)
         if body.filters is not None:
@@ -554,6 +547,13 @@ def _file_object(rec: FileRecord) -> FileObject:
         id=rec.id, bytes=rec.bytes, created_at=rec.created_at, filename=rec.filename,
         purpose=rec.purpose,
     )  # fmt: skip
+
+
+def _file_counts(files: list[VectorStoreFile]) -> FileCounts:
+    counts = FileCounts(total=len(files))
+    for f in files:
+        setattr(counts, f.status, getattr(counts, f.status) + 1)
+    return counts
 
 
 def _no_expiry(expires_after: dict | None) -> None:

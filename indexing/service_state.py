@@ -167,11 +167,9 @@ class Registry:
 
     def update_link(self, store_id: str, file_id: str, **values: Any) -> None:
         sets = ", ".join(f"{k}=?" for k in values)
+        stored = [json.dumps(v) if k in _JSON and v is not None else v for k, v in values.items()]
         self._run(
-            f"UPDATE links SET {sets} WHERE store_id=? AND file_id=?",
-            *values.values(),
-            store_id,
-            file_id,
+            f"UPDATE links SET {sets} WHERE store_id=? AND file_id=?", *stored, store_id, file_id
         )
 
     def delete_link(self, store_id: str, file_id: str) -> None:
