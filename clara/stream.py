@@ -7,6 +7,7 @@ one-request and many-prompt helpers on top of it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,20 +184,17 @@ def token_text(raw: bytes) -> str:
         return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
-_BYTE_LEVEL: dict[str, int] = {}
-
-
+@functools.cache
 def _byte_level_decoder() -> dict[str, int]:
     """Byte-level BPE's character -> byte table: printable Latin-1 bytes stand for
     themselves, the other 68 bytes for the code points from U+0100 up, in byte order."""
-    if not _BYTE_LEVEL:
-        printable = set(range(ord("!"), ord("~") + 1))
-        printable |= set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
-        extra = 0
-        for b in range(256):
-            if b in printable:
-                _BYTE_LEVEL[chr(b)] = b
-            else:
-                _BYTE_LEVEL[chr(256 + extra)] = b
-                extra += 1
-    return _BYTE_LEVEL
+    printable = set(range(ord("!"), ord("~") + 1))
+    printable |= set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table

@@ -486,7 +486,7 @@ class Engine:
         limit = self.info.context_limit
         while p.truncate and prompt.positions > limit and (p.history or len(retrieved.sources) > 1):
             if p.history:  # the oldest exchange first
-                p.history = p.history[2:] if len(p.history) > 1 else []
+                p.history = p.history[2:]
             else:  # then the lowest-ranked chunk
                 retrieved.sources.pop()
                 if retrieved.memories is not None:
@@ -572,8 +572,11 @@ class Engine:
     def _embed(self, job: Job, inputs: list[str | list[int]]) -> None:
         cm = self._cm
         texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
-        limit = cm.config.doc_max_tokens  # what the query encoder reads of one input
-        for i, x in enumerate(inputs):
+        ids = cm.tokenize(texts)  # cut at what the query encoder reads of one input
+        limit = cm.config.doc_max_tokens
+        for i, (x, read) in enumerate(zip(inputs, ids)):
+            if len(read) < limit:
+                continue  # nothing was cut
             n = len(x) if not isinstance(x, str) else len(cm.tokenizer.encode(x, **NO_SPECIALS))
             if n > limit:  # as OpenAI: refused, not silently cut
                 where = f"input {i}" if len(inputs) > 1 else "the input"
@@ -582,7 +585,7 @@ class Engine:
                     "input (its query encoder's length): split the text into shorter pieces"
                 )
         vectors = flatten_normalize(np.array(cm.encode_queries(texts).astype(mx.float32)))
-        tokens = sum(len(ids) for ids in cm.tokenize(texts))
+        tokens = sum(len(t) for t in ids)
         job.emit(Embedded(vectors, tokens))
 
 

@@ -169,15 +169,14 @@ def check_same_run(checkpoint: Path, config: TrainConfig) -> None:
     state = json.loads((checkpoint / STATE_FILE).read_text())
     before = state.get("config", {})
     now = config_dict(config)
-    differ = [k for k in SAME_RUN if k in before and before[k] != now.get(k)]
+    changed = [
+        (k, before[k], now.get(k)) for k in SAME_RUN if k in before and before[k] != now.get(k)
+    ]
     data = (before.get("extra") or {}).get("data"), (now.get("extra") or {}).get("data")
-    if data[0] is not None and data[1] is not None and data[0] != data[1]:
-        differ.append("data")
-    if differ:
-        said = ", ".join(
-            f"{k} {data[0] if k == 'data' else before[k]!r} -> {data[1] if k == 'data' else now.get(k)!r}"
-            for k in differ
-        )
+    if None not in data and data[0] != data[1]:
+        changed.append(("data", *data))
+    if changed:
+        said = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed)
         raise ClaraError(
             f"--resume: {checkpoint} belongs to a run with other settings ({said}); resume "
             "with that run's data and options, or start a new run in another --out"
