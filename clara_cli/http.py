@@ -8,13 +8,17 @@ A model worker that is not ready answers 503 with a code that says why.
 from __future__ import annotations
 
 import hmac
+import importlib.resources
 import logging
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -285,6 +289,38 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("unhandled error on %s", request.url.path, exc_info=exc)
         return error_response(
             APIError(500, "internal server error; the server log has the details")
+        )
+
+
+DOCS_FILES = "/docs-files"
+
+
+def serve_api_docs(app: FastAPI) -> None:
+    """The API reference, `/docs` (Swagger UI) and `/redoc`, from files installed with clara
+    (the fastapi-offline package's copies) instead of FastAPI's CDN links, which leave the pages
+    blank on a machine without network. The app is made with docs_url=None, redoc_url=None."""
+    files = Path(str(importlib.resources.files("fastapi_offline") / "static"))
+    app.mount(DOCS_FILES, StaticFiles(directory=files), name="docs-files")
+    title = f"{app.title} API"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            swagger_js_url=f"{DOCS_FILES}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_FILES}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_FILES}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            redoc_js_url=f"{DOCS_FILES}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_FILES}/favicon.png",
+            with_google_fonts=False,
         )
 
 

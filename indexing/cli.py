@@ -53,7 +53,8 @@ Files already indexed with the same content are skipped; a changed file replaces
 chunks. Each file that cannot be read gets one error line; the others still go in (exit 1).""",
     "remove": """examples:
   clara-index remove doc-1a2b3c4d5e6f
-  clara-index remove report.pdf ~/papers/        # a file, or every document under a folder""",
+  clara-index remove report.pdf ~/papers/        # a file, or every document under a folder
+  clara-index remove '~/papers/*.pdf' '*.md'     # quoted globs: files deleted since, names""",
     "list": "examples:\n  clara-index list\n  clara-index list --collection papers --json",
     "show": "examples:\n  clara-index show doc-1a2b3c4d5e6f\n  clara-index show report.pdf --full",
     "stats": "examples:\n  clara-index stats\n  clara-index stats --json | jq .chunks",
@@ -183,8 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     _index_type(add)
     add.set_defaults(func=cmd_add)
 
-    rm = command("remove", "remove documents by id, path or folder", "where", "out")
-    rm.add_argument("targets", nargs="+", metavar="DOC_ID_OR_PATH")
+    rm = command("remove", "remove documents by id, path, folder or glob", "where", "out")
+    rm.add_argument(
+        "targets", nargs="+", metavar="DOC_ID_OR_PATH",
+        help="a document id, a file or folder as indexed, or a glob (quote it: '*' and '?' "
+        "match within one folder level, against the indexed paths, or against document "
+        "names when it names no folder)",
+    )  # fmt: skip
     rm.set_defaults(func=cmd_remove)
 
     command("list", "list the documents of a collection", "where", "out").set_defaults(

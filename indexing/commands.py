@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fnmatch
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from clara.errors import ClaraError
@@ -26,6 +28,7 @@ from indexing.pipeline import (
     chunk_limits,
     known_result,
     model_manifest,
+    preflight,
 )
 from indexing.readers import DocumentError, iter_inputs
 from indexing.store import (
@@ -37,6 +40,7 @@ from indexing.store import (
 )
 
 PROG = "clara-index"
+_GLOB = re.compile(r"[*?[]")  # a wildcard of a shell glob
 SNIPPET = 160
 
 
@@ -112,8 +116,11 @@ def _doc_dict(d: Document) -> dict[str, Any]:
     }
 
 
-def _find(col: Collection, target: str) -> list[Document]:
-    """Documents named by an id, a file path, or a folder (everything under it)."""
+def _find(col: Collection, target: str, patterns: bool = False) -> list[Document]:
+    """Documents named by an id, a file path, or a folder (everything under it); with
+    `patterns`, also a glob the shell left as it was (files deleted since they were indexed,
+    or a quoted pattern): `*`, `?` and `[...]` within one path component, matched against
+    the indexed paths, or against document names for a pattern without a folder."""
     doc = col.document(path_text(target))  # an id (argv may hold any bytes)
     if doc is not None:
         return [doc]
@@ -122,7 +129,16 @@ def _find(col: Collection, target: str) -> list[Document]:
     if doc is not None:
         return [doc]
     prefix = path_text(path).rstrip(os.sep) + os.sep
-    return [d for d in col.list_documents() if d.path and d.path.startswith(prefix)]
+    found = [d for d in col.list_documents() if d.path and d.path.startswith(prefix)]
+    if found or not patterns or not _GLOB.search(target):
+        return found
+    if os.sep not in target:  # a name pattern: uploads (no path) included
+        return [d for d in col.list_documents() if fnmatch.fnmatchcase(d.name, target)]
+    parts = Path(target).expanduser().parts
+    fixed = next(i for i, part in enumerate(parts) if _GLOB.search(part))
+    # the folders before the first wildcard resolved as indexed paths are (links, `..`)
+    pattern = Path(*parts[:fixed]).resolve().joinpath(*parts[fixed:])
+    return [d for d in col.list_documents() if d.path and PurePath(d.path).match(str(pattern))]
 
 
 def _open(*args: Any, **kwargs: Any) -> Collection:
@@ -172,6 +188,14 @@ def cmd_add(args: argparse.Namespace) -> int:
     try:
         known = {p: known_result(col, p) for p in paths} if col is not None else {}
         todo = [p for p in paths if known.get(p) is None]
+        doomed: dict[Path, FileResult] = {}
+        for p in todo:  # stops at the first file that needs the model to tell
+            if (failure := preflight(p, args.password)) is None:
+                break
+            doomed[p] = failure
+        else:  # every file left fails (empty, blank, binary): no model load for nothing
+            known.update(doomed)
+            todo = []
         load_s = 0.0
         if todo:  # the model loads only when something has to be compressed
             cm = _load_model(args)
@@ -245,7 +269,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     removed, missing = [], []
     with _open(args.index, args.collection) as col:
         for target in args.targets:
-            docs = _find(col, target)
+            docs = _find(col, target, patterns=True)
             if not docs:
                 missing.append(target)
                 print(f"{PROG}: {target}: no such document in '{args.collection}'", file=sys.stderr)

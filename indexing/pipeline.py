@@ -40,7 +40,7 @@ from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
 from indexing.meta import contextual
 from indexing.partial import PartialMemories
-from indexing.readers import Document, NoTextError, read_document
+from indexing.readers import PDF_EXTENSIONS, Document, NoTextError, read_document
 from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,29 @@ def known_result(
                 path, "duplicate", other.id, other.n_chunks, other.n_pages,
                 detail=f"same content as {where} ({other.id}): not indexed again",
             )  # fmt: skip
+    return None
+
+
+PREFLIGHT_BYTES = 1 << 20
+
+
+def preflight(path: Path, password: str | None = None) -> FileResult | None:
+    """The failure adding `path` comes to when no model is needed to know it: an empty file, or
+    a text file (not a PDF: parsing one twice costs) of at most 1 MiB that is unreadable, binary
+    or blank. None when only indexing can tell. Lets `add` skip loading the model when none of
+    its files can be indexed."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return None  # the Indexer's read says why, with its hint
+    if size > PREFLIGHT_BYTES or (size and path.suffix.lower() in PDF_EXTENSIONS):
+        return None
+    try:
+        read_document(path, password)
+    except ClaraError as exc:
+        return FileResult(path, "failed", error=exc)
+    except Exception:  # noqa: BLE001 - the Indexer reports it properly
+        return None
     return None
 
 

@@ -31,6 +31,7 @@ from clara_cli.http import (
     BearerGate,
     error_responses,
     install_error_handlers,
+    serve_api_docs,
     to_api_error,
 )
 from clara_cli.worker import Worker
@@ -114,7 +115,10 @@ def create_app(
         title="clara-index serve",
         summary="OpenAI Files + Vector Stores API over CLaRa compressed-memory collections",
         lifespan=lifespan,
+        docs_url=None,  # serve_api_docs: the same pages without a CDN
+        redoc_url=None,
     )
+    serve_api_docs(app)
     if api_key:
         app.add_middleware(
             BearerGate, api_key=api_key, service="`clara-index serve`", open_paths=OPEN_PATHS
@@ -125,7 +129,8 @@ def create_app(
     @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: curl -I, uptime monitors
     async def health(request: Request) -> JSONResponse:
         body: dict[str, Any] = {"status": "ok" if worker.state == "ready" else worker.state}
-        body["index"] = str(settings.root)
+        if not api_key:  # where the files live: not for anyone who can reach the port
+            body["index"] = str(settings.root)
         if worker.error is not None:
             body["error"] = str(worker.error)
         return JSONResponse(body, status_code=200 if worker.state == "ready" else 503)

@@ -66,6 +66,7 @@ __all__ = [
     "Hit",
     "Manifest",
     "SearchHit",
+    "collection_counts",
     "delete_collection",
     "list_collections",
 ]
@@ -544,3 +545,14 @@ class Collection:
                 "files": files,
                 "bytes_on_disk": sum(files.values()),
             }
+
+
+def collection_counts(root: str | Path | None, name: str) -> tuple[int, int]:
+    """(documents, chunks) of a collection from its metadata alone: neither its vector index nor
+    its memory file is loaded, and no lock is taken (a reader sees the last commit)."""
+    meta = Meta(collection_dir(root, name) / META, readonly=True)
+    try:
+        with meta.snapshot():
+            return meta.counts()
+    finally:
+        meta.close()

@@ -17,7 +17,13 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara.paths import UPLOADS
-from clara_cli.http import BearerGate, error_response, error_responses, install_error_handlers
+from clara_cli.http import (
+    BearerGate,
+    error_response,
+    error_responses,
+    install_error_handlers,
+    serve_api_docs,
+)
 from indexing.service import ServiceSettings, mount_files_api
 from indexing.service_handler import IndexService
 from indexing.service_state import Registry
@@ -150,7 +156,10 @@ def create_app(
         title="clara-serve",
         summary="OpenAI-compatible RAG over CLaRa compressed memories",
         lifespan=lifespan,
+        docs_url=None,  # serve_api_docs: the same pages without a CDN
+        redoc_url=None,
     )
+    serve_api_docs(app)
     app.state.engine = engine
     app.state.serving = serving
     app.state.responses = ResponsesServing(serving, store, files)
@@ -232,9 +241,9 @@ def create_app(
         engine: Engine = request.app.state.engine
         m = engine.metrics
         m.queue_depth.set(engine.queue_depth())
-        for stats in await asyncio.to_thread(engine.index_stats):
-            m.index_documents.set(stats["documents"], collection=stats["name"])
-            m.index_chunks.set(stats["chunks"], collection=stats["name"])
+        stats = await asyncio.to_thread(engine.index_stats)
+        m.index_documents.set_all((docs, {"collection": name}) for name, docs, _ in stats)
+        m.index_chunks.set_all((chunks, {"collection": name}) for name, _, chunks in stats)
         return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4")
 
     return app

@@ -44,7 +44,13 @@ from clara.stream import GenerationChunk, SamplingParams, check_context, context
 from clara_cli.http import is_client_error
 from clara_cli.worker import Task, Worker
 from indexing.meta import contextual
-from indexing.store import Collection, CollectionError, CollectionNotFoundError
+from indexing.store import (
+    Collection,
+    CollectionError,
+    CollectionNotFoundError,
+    collection_counts,
+    list_collections,
+)
 from server.metrics import Metrics
 from server.protocol import RagParams
 
@@ -246,13 +252,14 @@ class Engine:
     def embed(self, inputs: list[str | list[int]]) -> Job:
         return self.submit("embeddings", lambda job: self._embed(job, inputs))
 
-    def index_stats(self) -> list[dict[str, Any]]:
-        """Stats of the collections the engine has opened (safe from any thread)."""
+    def index_stats(self) -> list[tuple[str, int, int]]:
+        """(name, documents, chunks) of every collection under the index root, whether or not
+        a request opened it yet; read from their metadata alone (safe from any thread)."""
         out = []
-        for coll, _ in list(self._collections.values()):
+        for name in list_collections(self.settings.root):
             try:
-                out.append(coll.stats())
-            except Exception:  # noqa: BLE001 - deleted under us: skip until reopened
+                out.append((name, *collection_counts(self.settings.root, name)))
+            except Exception:  # noqa: BLE001 - deleted or half-made under us: not listed now
                 continue
         return out
 

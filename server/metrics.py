@@ -71,6 +71,12 @@ class Gauge(Counter):
         with self._lock:
             self._values[tuple(sorted(labels.items()))] = float(value)
 
+    def set_all(self, series: Iterable[tuple[float, dict[str, str]]]) -> None:
+        """Replace every labelled value: a series not given is gone (a deleted collection)."""
+        values = {tuple(sorted(labels.items())): float(v) for v, labels in series}
+        with self._lock:
+            self._values = values
+
 
 class Histogram(_Metric):
     kind = "histogram"

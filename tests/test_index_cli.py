@@ -146,6 +146,20 @@ def test_a_file_name_that_is_not_utf8_is_indexed_like_any_other(
     assert rc == 0 and set(docs_of(tmp_path / "index")) == {"doc00.txt", "doc01.txt"}
 
 
+def test_an_add_that_can_index_nothing_loads_no_model(capsys, monkeypatch, tmp_path: Path) -> None:
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    folder.mkdir()
+    (folder / "empty.md").write_text("")
+    (folder / "blank.txt").write_text("  \n\n\t\n")
+    (folder / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    no_model(monkeypatch)
+    rc, out, err = run(capsys, "add", folder, "--index", index, "--json")
+    report = json.loads(out)
+    assert rc == 1 and report["failed"] == 3 and report["model_load_s"] == 0
+    assert "empty file" in err and "only whitespace" in err and "binary" in err
+    assert not (index / "default").exists()  # nothing created for nothing
+
+
 def test_rerun_is_incremental_and_a_changed_file_replaces_its_chunks(
     capsys, monkeypatch, tmp_path: Path, tiny_llama_dir: Path
 ) -> None:
@@ -236,6 +250,17 @@ def test_read_commands_are_model_free_and_speak_json(
     assert rc == 0 and [d["name"] for d in json.loads(out)["removed"]] == ["notes.md"]
     rc, out, _ = run(capsys, "list", "--index", index)
     assert f"{N_GOOD - 1} documents" in out and "notes.md" not in out and "doc03" not in out
+    # globs the shell left alone: files deleted since they were indexed, or quoted patterns
+    for name in ("doc04.txt", "doc05.txt"):
+        (corpus / name).unlink()
+    rc, out, _ = run(capsys, "remove", corpus / "doc0[45].txt", "doc0?.t?t", "*.nope",
+                     "--index", index, "--json")  # fmt: skip
+    result = json.loads(out)
+    removed = sorted(d["name"] for d in result["removed"])
+    assert removed == [f"doc0{i}.txt" for i in (0, 1, 2, 4, 5, 6, 7, 8, 9)]
+    assert rc == 1 and result["not_found"] == ["*.nope"]
+    rc, out, _ = run(capsys, "list", "--index", index)
+    assert "0 documents" in out
 
     rc, _, err = run(capsys, "list", "--index", index, "--collection", "nope")
     assert rc == 1 and "no collection 'nope'" in err and "existing: default, other" in err

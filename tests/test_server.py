@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from pathlib import Path
 
@@ -623,6 +624,20 @@ def test_api_key_required_except_health(server: ServerProcess) -> None:
     bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+def test_api_reference_pages_need_no_network(server: ServerProcess) -> None:
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{server.url}{page}", headers=auth)
+        assert html.status_code == 200 and "/openapi.json" in html.text
+        urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", html.text)
+        assets = [u for u in urls if u != "/openapi.json"]
+        assert assets and all(u.startswith("/docs-files/") for u in assets), urls  # no CDN
+        for url in assets:
+            r = httpx.get(f"{server.url}{url}", headers=auth)
+            assert r.status_code == 200 and len(r.content) > 1000, url
+    assert httpx.get(f"{server.url}/docs").status_code == 401  # behind the key like the API
 
 
 # ---- embeddings ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from indexing.store import delete_collection
 from tests.test_server_harness import DOCS, ROOT, ServerProcess, add_documents, metric
 
 # A greedy random model does not meet EOS for this prompt: it runs to max_tokens (~4 ms/token).
@@ -144,8 +145,12 @@ def test_no_index_then_new_documents_without_restart(
     add_documents(index_root, cm, DOCS[1:3])  # and grows
     later = ask(DOCS[2][1]).choices[0].message.sources
     assert later[0]["filename"] == DOCS[2][0] and len(later) == 3
+    add_documents(index_root, cm, DOCS[3:5], collection="notes")  # never queried
     text = metrics(server)
     assert metric(text, "clara_index_chunks", collection="default") == 3
+    assert metric(text, "clara_index_documents", collection="notes") == 2  # every collection
+    delete_collection(index_root, "notes")
+    assert 'collection="notes"' not in metrics(server)  # and only those still there
 
 
 def test_documents_added_with_clara_index_are_served(
