@@ -431,6 +431,7 @@ class ModelCard(_Response):
     root: str | None = None  # the base model
     max_model_len: int | None = None
     mode: str | None = None  # what the model reads when a request names no mode (--mode)
+    collection: str | None = None  # what a request that names no collection searches
 
 
 class ModelList(_Response):

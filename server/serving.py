@@ -187,6 +187,7 @@ class OpenAIServing:
             root=info.model_id if info else self.engine.settings.model,
             max_model_len=info.context_limit if info else None,
             mode=self.defaults.mode,
+            collection=self.defaults.collection,
         )
 
     def models(self) -> ModelList:

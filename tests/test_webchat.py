@@ -77,8 +77,11 @@ def test_upload_ask_and_see_sources(server: ServerProcess, page, tmp_path) -> No
     page.fill("#new-collection", "webdocs")
     page.set_input_files("#file", str(doc))
     page.click("#upload")
-    sync_api.expect(page.locator("#upload-status")).to_have_text("museum.txt: indexed into webdocs")
-    assert page.locator("#upload-progress").evaluate("e => e.value") == 100
+    sync_api.expect(page.locator("#upload-status")).to_have_text(
+        "1 of 1 files indexed into webdocs"
+    )
+    sync_api.expect(page.locator("#upload-progress")).to_be_hidden()
+    assert page.locator("#file").evaluate("e => e.files.length") == 0  # ready for the next
     sync_api.expect(page.locator("#collection")).to_have_value("webdocs")
 
     picker = page.locator("#retrieval-mode")  # offered: the server has retrieval modes
@@ -96,6 +99,17 @@ def test_upload_ask_and_see_sources(server: ServerProcess, page, tmp_path) -> No
     source.click()
     sync_api.expect(snippet).to_be_visible()
     sync_api.expect(snippet).to_contain_text("1902")
+    assert source.get_attribute("aria-expanded") == "true"
+    # --max-tokens 8 cuts every answer: the page says so, outside the answer's text
+    sync_api.expect(answer.locator(".note")).to_contain_text("cut off")
+
+    page.click("#clear")  # a new chat: the question alone is searched
+    page.fill("#question", "qwertyuiop zxcvbnm")  # no chunk has these words
+    page.press("#question", "Enter")
+    nothing = page.locator(".msg.assistant.done")
+    sync_api.expect(nothing).to_have_count(1)
+    sync_api.expect(nothing.locator(".note").first).to_contain_text("no chunk")
+    assert nothing.locator(".sources").count() == 0
     assert not errors
 
 
@@ -103,7 +117,8 @@ def test_a_wrong_key_is_reported(server: ServerProcess, page) -> None:
     page.goto(server.url + "/")
     page.fill("#api-key", "wrong")
     page.dispatch_event("#api-key", "change")
-    sync_api.expect(page.locator("#model")).to_contain_text("Incorrect or missing API key")
+    sync_api.expect(page.locator("#model")).to_contain_text("API key is missing or wrong")
+    assert page.locator("header .key").get_attribute("class") == "key needed"
 
 
 def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, page, tmp_path):
@@ -118,7 +133,7 @@ def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, 
     page.set_input_files("#file", str(doc))
     page.click("#upload")
     sync_api.expect(page.locator("#upload-status")).to_have_text(
-        "markup.txt: indexed into markupdocs"
+        "1 of 1 files indexed into markupdocs"
     )
     page.fill("#question", f"When was the lighthouse painted? {markup}")
     page.press("#question", "Enter")
@@ -129,3 +144,91 @@ def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, 
     sync_api.expect(answer.locator(".snippet").first).to_contain_text(markup)
     assert page.locator("#log img, #log b, #injected").count() == 0
     assert page.evaluate("() => window.injected") is None
+
+
+def open_page(page, server: ServerProcess) -> None:
+    page.goto(server.url + "/")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    model = httpx.get(server.url + "/health", timeout=10).json()["model"]
+    sync_api.expect(page.locator("#model")).to_have_text(model)
+
+
+def test_stop_and_new_chat_cancel_a_slow_answer(server: ServerProcess, page) -> None:
+    """An answer that does not come (the request held on its way): Stop and New chat give the
+    page back at once, and the abandoned turn never reaches the next request's history."""
+    open_page(page, server)
+    held, sent = [], []
+
+    def hold(route) -> None:
+        sent.append(route.request.post_data_json)
+        if len(sent) in (1, 2):
+            held.append(route)  # never answered: a slow server
+        else:
+            route.continue_()
+
+    page.route("**/v1/chat/completions", hold)
+    try:
+        page.fill("#question", "First question")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator("#stop")).to_be_visible()
+        sync_api.expect(page.locator("#send")).to_be_hidden()
+        page.click("#stop")
+        sync_api.expect(page.locator(".msg.assistant .note")).to_have_text("stopped")
+        sync_api.expect(page.locator("#send")).to_be_visible()
+
+        page.fill("#question", "Second question")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator("#stop")).to_be_visible()
+        page.click("#clear")  # New chat while it waits
+        sync_api.expect(page.locator("#log .msg")).to_have_count(0)
+        sync_api.expect(page.locator("#send")).to_be_visible()
+
+        page.fill("#question", "Third question")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(1)  # the real server
+    finally:
+        page.unroute("**/v1/chat/completions")
+    assert [m["content"] for m in sent[1]["messages"]] == ["Second question"]  # no "First"
+    assert [m["content"] for m in sent[2]["messages"]] == ["Third question"]  # a new chat
+
+
+def test_upload_into_the_server_default_and_open_a_source(
+    server: ServerProcess, page, tmp_path
+) -> None:
+    open_page(page, server)
+    sync_api.expect(page.locator("#collection option").first).to_have_text(
+        "server default (default)"
+    )
+    doc = tmp_path / "harbour.txt"
+    doc.write_text("The harbour wall was rebuilt in 1887 after the great storm.")
+    page.set_input_files("#file", str(doc))  # no collection picked or typed: the default
+    page.click("#upload")
+    sync_api.expect(page.locator("#upload-status")).to_have_text(
+        "1 of 1 files indexed into default"
+    )
+    page.locator("#retrieval-mode").select_option("lexical")
+    page.fill("#question", "When was the harbour wall rebuilt?")
+    page.press("#question", "Enter")
+    answer = page.locator(".msg.assistant.done").last
+    sync_api.expect(answer.locator("button.source").first).to_contain_text("harbour.txt")
+    with page.context.expect_page() as opened:
+        answer.locator(".sources a").first.click()  # fetched with the key, shown as text
+    tab = opened.value
+    tab.wait_for_load_state()
+    assert "rebuilt in 1887" in tab.locator("body").inner_text()
+    assert tab.url.startswith("blob:")
+    tab.close()
+
+
+def test_a_phone_gets_the_whole_width(server: ServerProcess, page) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        open_page(page, server)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        assert page.locator("#question").bounding_box()["width"] > 300
+        sync_api.expect(page.locator("#collection")).to_be_hidden()  # settings folded away
+        page.click("#settings summary")
+        sync_api.expect(page.locator("#collection")).to_be_visible()
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 720})

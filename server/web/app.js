@@ -5,6 +5,10 @@
 
 const $ = (id) => document.getElementById(id);
 const turns = []; // {role, content} of this chat
+let chat = 0; // "New chat" counts up: an answer of an earlier chat changes nothing of this one
+let running = null; // the AbortController of the answer streaming now
+let serverCollection = ""; // what "server default" searches (from /v1/models)
+const NO_ANSWER = "the server did not answer (stopped or restarting?)";
 
 function headers(json = true) {
   const h = {};
@@ -14,16 +18,43 @@ function headers(json = true) {
   return h;
 }
 
-async function api(path, options = {}) {
-  const r = await fetch(path, { ...options, headers: { ...headers(!!options.body), ...(options.headers || {}) } });
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) {
-    const e = new Error((body.error && body.error.message) || `${r.status} ${r.statusText}`);
-    e.status = r.status;
-    e.retryAfter = Number(r.headers.get("Retry-After")) || 0;
-    throw e;
+function keyNeeded(needed) {
+  $("api-key").parentElement.classList.toggle("needed", needed);
+}
+
+// An Error for a refused request: the server's own message, or what to do about a missing key.
+function failure(r, body) {
+  const message = (body.error && body.error.message) || `${r.status} ${r.statusText}`;
+  const e = new Error(r.status === 401 ? "the API key is missing or wrong: enter the server's key at the top right" : message);
+  e.status = r.status;
+  e.retryAfter = Number(r.headers.get("Retry-After")) || 0;
+  if (r.status === 401) {
+    keyNeeded(true);
+    $("api-key").focus();
   }
+  return e;
+}
+
+async function api(path, options = {}) {
+  let r;
+  try {
+    r = await fetch(path, { ...options, headers: { ...headers(!!options.body), ...(options.headers || {}) } });
+  } catch (e) {
+    throw new Error(NO_ANSWER);
+  }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw failure(r, body);
   return body;
+}
+
+// Follow the newest text only while the reader is at the bottom: scrolling up to read stays put.
+function atBottom() {
+  const log = $("log");
+  return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+}
+
+function follow(wasAtBottom) {
+  if (wasAtBottom) $("log").scrollTop = $("log").scrollHeight;
 }
 
 function add(role, text) {
@@ -31,19 +62,28 @@ function add(role, text) {
   div.className = "msg " + role;
   div.textContent = text;
   $("log").appendChild(div);
-  $("log").scrollTop = $("log").scrollHeight;
+  follow(true); // the reader's own question, or the answer to it: show it
   return div;
+}
+
+function note(div, text) {
+  const span = document.createElement("span");
+  span.className = "note";
+  span.textContent = text;
+  div.appendChild(span);
 }
 
 // ---- server state: model, collections, retrieval modes -----------------------------------
 async function refresh() {
   try {
-    const models = await api("/v1/models");
-    $("model").textContent = models.data[0].id;
-    const mode = models.data[0].mode; // what "server default" reads
-    if (mode) $("mode").options[0].textContent = `server default (${mode})`;
+    const card = (await api("/v1/models")).data[0];
+    keyNeeded(false);
+    $("model").textContent = card.id;
+    if (card.mode) $("mode").options[0].textContent = `server default (${card.mode})`;
+    serverCollection = card.collection || "";
   } catch (e) {
     $("model").textContent = e.message;
+    if (e.status === 401) $("collection").replaceChildren(new Option("server default", ""));
     // still loading (503 + Retry-After): look again then, so the page fills in by itself
     if (e.status === 503) setTimeout(refresh, 1000 * Math.min(e.retryAfter || 3, 10));
     return;
@@ -57,8 +97,11 @@ async function loadCollections(select) {
   const keep = select || picker.value;
   try {
     const stores = await api("/v1/vector_stores?limit=100");
-    picker.replaceChildren(new Option("server default", ""));
-    for (const s of stores.data) picker.add(new Option(`${s.name} (${s.file_counts.total} files)`, s.id));
+    const label = serverCollection ? `server default (${serverCollection})` : "server default";
+    picker.replaceChildren(new Option(label, ""));
+    for (const s of stores.data) {
+      picker.add(new Option(`${s.name || s.id} (${s.file_counts.completed} files)`, s.id));
+    }
     picker.value = [...picker.options].some((o) => o.value === keep) ? keep : "";
   } catch (e) {
     // the files API may be turned off (--no-files-api): keep the server's default collection
@@ -80,10 +123,26 @@ async function loadRetrievalModes() {
   }
 }
 
-// ---- chat ----------------------------------------------------------------------------------
+// ---- sources -------------------------------------------------------------------------------
 function pages(s) {
   if (s.page_start == null) return "";
   return s.page_end == null || s.page_end === s.page_start ? `, p. ${s.page_start}` : `, pp. ${s.page_start}-${s.page_end}`;
+}
+
+// An uploaded file, fetched with the API key and shown from memory. Anything but a PDF is shown
+// as plain text: an uploaded HTML page must not run inside this page's origin.
+async function openFile(s, tab) {
+  try {
+    const r = await fetch(s.url.split("#")[0], { headers: headers(false) });
+    if (!r.ok) throw failure(r, await r.json().catch(() => ({})));
+    const data = await r.blob();
+    const pdf = data.type === "application/pdf";
+    const blob = new Blob([data], { type: pdf ? "application/pdf" : "text/plain;charset=utf-8" });
+    tab.location = URL.createObjectURL(blob) + (pdf && s.page_start ? `#page=${s.page_start}` : "");
+  } catch (e) {
+    tab.close();
+    $("announce").textContent = `${s.filename}: ${e.message === "Failed to fetch" ? NO_ANSWER : e.message}`;
+  }
 }
 
 function showSources(div, sources) {
@@ -96,65 +155,124 @@ function showSources(div, sources) {
     button.type = "button";
     button.className = "source";
     button.textContent = `${s.filename}${pages(s)} (score ${s.score.toFixed(3)})`;
+    button.setAttribute("aria-expanded", "false");
     const snippet = document.createElement("div");
     snippet.className = "snippet";
     snippet.textContent = s.snippet;
     snippet.hidden = true;
-    button.onclick = () => { snippet.hidden = !snippet.hidden; };
-    li.append(button, snippet);
+    if (s.url && s.url.startsWith("file://")) {
+      // a file on the server's disk: its place, to open there (a web page cannot link to it)
+      const where = document.createElement("span");
+      where.className = "where";
+      where.textContent = "file: " + decodeURIComponent(s.url.slice(7).split("#")[0]);
+      snippet.appendChild(where);
+    }
+    button.onclick = () => {
+      snippet.hidden = !snippet.hidden;
+      button.setAttribute("aria-expanded", String(!snippet.hidden));
+    };
+    li.append(button);
+    if (s.url && s.url.startsWith("/")) {
+      const open = document.createElement("a");
+      open.href = s.url;
+      open.textContent = "open";
+      open.title = `open ${s.filename}`;
+      open.onclick = (e) => {
+        e.preventDefault();
+        openFile(s, window.open("", "_blank")); // opened in the click: no popup blocker
+      };
+      li.append(open);
+    }
+    li.append(snippet);
     list.appendChild(li);
   }
   div.appendChild(list);
 }
 
+// ---- chat ----------------------------------------------------------------------------------
+function busy(on) {
+  $("send").hidden = on;
+  $("stop").hidden = !on;
+}
+
+// The SSE events of one streamed answer, as parsed JSON chunks.
+async function* events(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of event.split("\n")) {
+        if (line.startsWith("data: ") && line !== "data: [DONE]") yield JSON.parse(line.slice(6));
+      }
+    }
+  }
+}
+
 async function ask(question) {
+  const mine = chat;
+  const controller = new AbortController();
+  running = controller;
+  busy(true);
   add("user", question);
   turns.push({ role: "user", content: question });
   const div = add("assistant", "");
   const text = document.createTextNode("");
   div.appendChild(text);
-  const body = { messages: turns, stream: true, retrieval: $("retrieval").checked };
+  const body = { messages: turns.slice(), stream: true, retrieval: $("retrieval").checked };
   if ($("mode").value) body.mode = $("mode").value;
   if ($("collection").value) body.collection = $("collection").value;
   if (!$("retrieval-mode-label").hidden && $("retrieval-mode").value) body.retrieval_mode = $("retrieval-mode").value;
-  $("send").disabled = true;
+  let retrieval = null;
+  let finish = null;
   try {
-    const r = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body) });
-    if (!r.ok) {
-      const err = await r.json().catch(() => ({}));
-      throw new Error((err.error && err.error.message) || `${r.status} ${r.statusText}`);
-    }
-    const reader = r.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        for (const line of event.split("\n")) {
-          if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-          const chunk = JSON.parse(line.slice(6));
-          if (chunk.error) throw new Error(chunk.error.message);
-          for (const choice of chunk.choices || []) {
-            if (choice.delta.content) text.data += choice.delta.content;
-            if (choice.delta.sources) showSources(div, choice.delta.sources);
-          }
-          $("log").scrollTop = $("log").scrollHeight;
-        }
+    const r = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
+    });
+    if (!r.ok) throw failure(r, await r.json().catch(() => ({})));
+    for await (const chunk of events(r)) {
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.retrieval) retrieval = chunk.retrieval;
+      const wasAtBottom = atBottom();
+      for (const choice of chunk.choices || []) {
+        if (choice.delta.content) text.data += choice.delta.content;
+        if (choice.delta.sources) showSources(div, choice.delta.sources);
+        if (choice.finish_reason) finish = choice.finish_reason;
       }
+      follow(wasAtBottom);
     }
-    turns.push({ role: "assistant", content: text.data });
+    if (mine === chat) turns.push({ role: "assistant", content: text.data });
     div.classList.add("done");
+    if (retrieval && !["ok", "disabled"].includes(retrieval.status)) {
+      note(div, `no sources: ${retrieval.detail || retrieval.status.replace("_", " ")}`);
+    }
+    if (finish === "length") note(div, "cut off at the answer length limit; ask for the rest");
+    $("announce").textContent = text.data;
   } catch (e) {
-    div.classList.add("error");
-    text.data += (text.data ? "\n" : "") + "Error: " + e.message;
-    turns.pop();
+    if (e.name === "AbortError") { // Stop, or New chat: keep what was written
+      if (mine === chat) {
+        if (text.data) turns.push({ role: "assistant", content: text.data });
+        else turns.pop();
+      }
+      note(div, "stopped");
+    } else {
+      div.classList.add("error");
+      const message = e instanceof TypeError ? NO_ANSWER : e.message; // the connection broke
+      text.data += (text.data ? "\n" : "") + "Error: " + message;
+      if (mine === chat) turns.pop();
+      if (mine === chat && !$("question").value) $("question").value = question; // to send again
+    }
   } finally {
-    $("send").disabled = false;
+    if (running === controller) {
+      running = null;
+      busy(false);
+    }
   }
 }
 
@@ -178,21 +296,33 @@ function uploadFile(file) {
       if (xhr.status === 200) resolve(body);
       else reject(new Error((body.error && body.error.message) || `upload failed (${xhr.status})`));
     };
-    xhr.onerror = () => reject(new Error("upload failed: the server did not answer"));
+    xhr.onerror = () => reject(new Error("upload failed: " + NO_ANSWER));
     xhr.send(form);
   });
 }
 
+// The vector store uploads go to, as {id, name}: the one typed (made if new), else the one
+// picked, else the server's default collection (made by the first upload into an empty index).
 async function targetCollection() {
-  const name = $("new-collection").value.trim();
-  if (!name) {
-    if ($("collection").value) return $("collection").value;
-    throw new Error("pick a collection or type a new collection name");
+  const typed = $("new-collection").value.trim();
+  const wanted = typed || $("collection").value || serverCollection;
+  if (!wanted) throw new Error("pick a collection or type a new collection name");
+  let found = null;
+  try {
+    found = await api(`/v1/vector_stores/${encodeURIComponent(wanted)}`);
+  } catch (e) {
+    if (e.status !== 404) throw e;
   }
-  const stores = await api("/v1/vector_stores?limit=100");
-  const found = stores.data.find((s) => s.id === name || s.name === name);
-  if (found) return found.id;
-  return (await api("/v1/vector_stores", { method: "POST", body: JSON.stringify({ name }) })).id;
+  if (!found && typed) {
+    const stores = await api("/v1/vector_stores?limit=100");
+    found = stores.data.find((s) => s.name === typed) || null;
+  }
+  if (!found) found = await api("/v1/vector_stores", { method: "POST", body: JSON.stringify({ name: wanted }) });
+  return { id: found.id, name: found.name || found.id };
+}
+
+function named(file, message) {
+  return message.includes(file.name) ? message : `${file.name}: ${message}`;
 }
 
 async function upload() {
@@ -200,29 +330,38 @@ async function upload() {
   const status = $("upload-status");
   if (!files.length) { status.textContent = "choose a file first"; return; }
   $("upload").disabled = true;
+  let store = null;
+  const failed = [];
   try {
-    const store = await targetCollection();
+    store = await targetCollection();
+    const path = `/v1/vector_stores/${encodeURIComponent(store.id)}/files`;
     for (const file of files) {
       $("upload-progress").hidden = false;
       $("upload-progress").value = 0;
       status.textContent = `uploading ${file.name}…`;
-      const uploaded = await uploadFile(file);
-      status.textContent = `indexing ${file.name}…`;
-      const path = `/v1/vector_stores/${encodeURIComponent(store)}/files`;
-      let link = await api(path, { method: "POST", body: JSON.stringify({ file_id: uploaded.id }) });
-      while (link.status === "in_progress") {
-        await new Promise((r) => setTimeout(r, 300));
-        link = await api(`${path}/${uploaded.id}`);
+      try {
+        const uploaded = await uploadFile(file);
+        status.textContent = `indexing ${file.name}…`;
+        let link = await api(path, { method: "POST", body: JSON.stringify({ file_id: uploaded.id }) });
+        while (link.status === "in_progress") {
+          await new Promise((r) => setTimeout(r, 300));
+          link = await api(`${path}/${uploaded.id}`);
+        }
+        if (link.status !== "completed") failed.push(named(file, link.last_error ? link.last_error.message : link.status));
+      } catch (e) {
+        failed.push(named(file, e.message));
       }
-      if (link.status !== "completed") throw new Error(`${file.name}: ${link.last_error ? link.last_error.message : link.status}`);
-      status.textContent = `${file.name}: indexed into ${store}`;
     }
-    $("new-collection").value = "";
-    await loadCollections(store);
+    const done = files.length - failed.length;
+    status.textContent = [`${done} of ${files.length} files indexed into ${store.name}`, ...failed].join("\n");
+    if (done) $("new-collection").value = "";
   } catch (e) {
     status.textContent = "Error: " + e.message;
   } finally {
     $("upload").disabled = false;
+    $("upload-progress").hidden = true;
+    $("file").value = "";
+    await loadCollections(store && store.id);
   }
 }
 
@@ -235,13 +374,25 @@ $("api-key").addEventListener("change", () => {
 $("ask").addEventListener("submit", (e) => {
   e.preventDefault();
   const q = $("question").value.trim();
-  if (!q || $("send").disabled) return;
+  if (!q || running) return;
   $("question").value = "";
   ask(q);
 });
 $("question").addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("ask").requestSubmit(); }
+  // Enter sends, except while an input method composes (Japanese, Chinese, Korean, ...)
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+    e.preventDefault();
+    $("ask").requestSubmit();
+  }
 });
-$("clear").addEventListener("click", () => { turns.length = 0; $("log").replaceChildren(); });
+$("stop").addEventListener("click", () => { if (running) running.abort(); });
+$("clear").addEventListener("click", () => {
+  chat += 1;
+  if (running) running.abort(); // the server stops generating when the stream closes
+  turns.length = 0;
+  $("log").replaceChildren();
+  $("question").focus();
+});
 $("upload").addEventListener("click", upload);
+if (window.matchMedia("(max-width: 700px)").matches) $("settings").open = false; // phones
 refresh();
