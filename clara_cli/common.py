@@ -167,9 +167,10 @@ def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 KEEP_ALIVE_S = 75
 
 
-def serve_http(app, worker, args: argparse.Namespace) -> int:
+def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     """Run `app` under uvicorn on --host/--port/--log-level until it stops. `worker` (the MLX
-    thread) stops uvicorn through `on_fatal`; its `error` is then raised as a `ClaraError`."""
+    thread) stops uvicorn through `on_fatal`; its `error` is then raised as a `ClaraError`.
+    Says where it listens once the port is bound (`hello`: what to add, e.g. the web page)."""
     import logging
 
     import uvicorn
@@ -179,6 +180,12 @@ def serve_http(app, worker, args: argparse.Namespace) -> int:
     )
 
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("clara").info(
+        "listening on http://%s:%d%s (the model loads now; /health says when it is ready)",
+        shown, port, hello,
+    )  # fmt: skip
     # Idle keep-alive connections stay open longer than clients keep them (httpx, so the openai
     # SDK, drops its idle ones after 5 s; uvicorn's default was also 5 s): otherwise a client
     # could send its next request on a connection the server is closing at that moment, and

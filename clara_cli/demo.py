@@ -19,6 +19,7 @@ from clara.paths import home
 
 TOPICS = ("assert", "lambda", "pass", "continue", "while", "global", "del", "return")
 QUESTION = "What does the assert statement do in Python?"
+MAX_TOKENS = 64
 PDF_FACTS = [
     "The Clara demo handbook.",
     "The demo index lives under the CLARA_HOME folder, in demo/index.",
@@ -67,6 +68,13 @@ def drop_stale_index(index: Path) -> None:
         shutil.rmtree(index)
 
 
+def answer(resp) -> str:
+    """The reply's text, marked where the token limit cut it."""
+    choice = resp.choices[0]
+    text = choice.message.content.strip()
+    return text + f" [cut at {MAX_TOKENS} tokens]" if choice.finish_reason == "length" else text
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,8 +112,10 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     print(f"==> Starting clara-serve on {url}", flush=True)
     env = {**os.environ, "CLARA_QUIET_BLAS": "1"}
-    server = subprocess.Popen(
-        [py, "-m", "server.cli", "--index", str(index), "--port", str(port)], env=env
+    server = subprocess.Popen(  # warnings only: its access log would bury the answers
+        [py, "-m", "server.cli", "--index", str(index), "--port", str(port)]
+        + ["--log-level", "warning"],
+        env=env,
     )
     try:
         wait_healthy(url, server)
@@ -117,54 +127,59 @@ def main() -> int:
         resp = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": QUESTION}],
-            max_tokens=64,
+            max_tokens=MAX_TOKENS,
             # CLaRa itself: every chunk as memory (the shipped adapters' default is "mixed")
             extra_body={"retrieval_mode": "hybrid", "mode": "memory"},
         )
+        from clara.checkpoint import DEFAULT_CHECKPOINT
+
         msg = resp.choices[0].message
-        print(f"Answer: {msg.content.strip()}\n")
+        note = (
+            "the shipped default adapters are small and briefly trained: memory answers find the "
+            "topic but often miss the asked detail; see README, 'Default adapters'"
+            if DEFAULT_CHECKPOINT.exists()
+            else "no trained adapters are installed, so this answer comes from untrained ones"
+        )
+        print(f"Answer: {answer(resp)}\n({note})\n")
         mode = (resp.model_extra or {}).get("retrieval", {}).get("retrieval_mode", "hybrid")
         print(f"Sources ({mode} retrieval: memory vectors and words, fused by rank):")
         for s in (msg.model_extra or {}).get("sources", []):
             pages = f" p.{s['page_start']}-{s['page_end']}" if s.get("page_start") else ""
             snippet = " ".join(s.get("snippet", "").split())[:80]
             ranks = ", ".join(f"{n} #{r}" for n, r in (s.get("ranks") or {}).items() if r)
-            print(f"  [{s['score']:.3f}] {s['filename']}{pages} ({ranks}): {snippet}...")
+            print(f"  [{s['score']:.4f}] {s['filename']}{pages} ({ranks}): {snippet}...")
         u = resp.usage
         print(
             f"\nThe generator read {u.prompt_tokens} positions "
             f"({model} reads each retrieved chunk as 16x-compressed memory vectors)."
         )
-        from clara.checkpoint import DEFAULT_CHECKPOINT
-
         # The same retrieval with the chunks as raw text to the bare model (classic RAG): what
         # the compression saves, and how the two answers compare.
         text = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": QUESTION}],
-            max_tokens=64,
+            max_tokens=MAX_TOKENS,
             extra_body={"mode": "text"},
-        )
-        note = (
-            "the shipped default adapters are small and briefly trained: memory answers find the "
-            "topic but often miss the asked detail"
-            if DEFAULT_CHECKPOINT.exists()
-            else "no trained adapters are installed, so the memory answer comes from untrained ones"
         )
         mixed = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": QUESTION}],
-            max_tokens=64,
+            max_tokens=MAX_TOKENS,
             extra_body={"mode": "mixed"},
         )
         print(
             f"\nSame retrieval, chunks as raw text ({text.usage.prompt_tokens} positions): "
-            f"{text.choices[0].message.content.strip()}\n({note}; see README, 'Default adapters')"
+            f"{answer(text)}"
         )
         print(
             f"\nMixed: the best chunk as text, the others as memory ({mixed.usage.prompt_tokens} "
-            f"positions): {mixed.choices[0].message.content.strip()}\n(clara-serve's default "
-            "with these adapters: it answered held-out questions best; README, 'Which mode')"
+            f"positions): {answer(mixed)}\n(clara-serve's default with these adapters: it "
+            "answered held-out questions best; README, 'Which mode')"
+        )
+        print(
+            f"\nNext: serve this index with `clara-serve --index {index}` and open "
+            "http://127.0.0.1:8000/ for the web chat (the examples in clients/ ask about these "
+            "documents), or index your own with `clara-index add PATH`."
         )
     finally:
         server.terminate()

@@ -180,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="convert again even if up to date")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("list", help="list local models with type, size and quantization")
+    p = sub.add_parser(
+        "list",
+        help="list local models with type, size and quantization",
+        description="List the models under $CLARA_HOME/models (the default one once `clara-models "
+        "prepare` converted it) with their type, size on disk and quantization.",
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(

@@ -33,7 +33,14 @@ def main() -> None:
     print(message.content)
     print("\nSources:")
     for s in (message.model_extra or {}).get("sources", []):
-        pages = f"  p. {s['page_start']}" if s.get("page_start") is not None else ""  # PDFs
+        start, end = s.get("page_start"), s.get("page_end")  # PDFs: the pages the chunk spans
+        pages = (
+            ""
+            if start is None
+            else f"  p. {start}"
+            if end in (None, start)
+            else f"  pp. {start}-{end}"
+        )
         print(f"  {s['score']:.3f}  {s['filename']}{pages}")
     print(
         f"\nusage: {resp.usage.prompt_tokens} prompt positions, {resp.usage.completion_tokens} tokens"

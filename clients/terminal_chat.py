@@ -40,10 +40,18 @@ def main() -> None:
             return
         if line == "/reset":
             history.clear()
+            sources.clear()
             continue
         if line == "/sources":
             for s in sources:
-                page = f" p. {s['page_start']}" if s.get("page_start") is not None else ""
+                start, end = s.get("page_start"), s.get("page_end")
+                page = (
+                    ""
+                    if start is None
+                    else f" p. {start}"
+                    if end in (None, start)
+                    else f" pp. {start}-{end}"
+                )
                 print(f"  {s['score']:.3f} {s['filename']}{page}: {s['snippet'][:70]!r}")
             continue
         if not line:

@@ -47,7 +47,7 @@ Run `clara-index COMMAND --help` for each command's options and examples.""",
   clara-index add ~/papers                      # a folder (recursive): .pdf .md .txt ...
   clara-index add 'notes/**/*.md' report.pdf    # globs and files
   clara-index add secret.pdf --password hunter2 --collection private
-  clara-index add docs --checkpoint ~/.cache/clara/checkpoints/mine --batch-size 4
+  clara-index add docs --checkpoint runs/s3/final --batch-size 4   # your clara-train --out
 
 Files already indexed with the same content are skipped; a changed file replaces its old
 chunks. Each file that cannot be read gets one error line; the others still go in (exit 1).""",
@@ -67,7 +67,7 @@ Each result shows its score (hybrid: the fused score) and its rank in each retri
     "rebuild": """examples:
   clara-index rebuild                            # re-create the FAISS index from stored vectors
   clara-index rebuild --index-type hnsw          # convert it to HNSW
-  clara-index rebuild --recompress --checkpoint ~/.cache/clara/checkpoints/joint
+  clara-index rebuild --recompress --checkpoint runs/s3/final
                                                  # re-encode every chunk with a new checkpoint""",
     "collections": "examples:\n  clara-index collections\n  clara-index collections --json",
     "serve": """endpoints (OpenAI's Files + Vector Stores API; a vector store is a collection):
@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_list
     )
     show = command("show", "show a document's chunks with their pages", "where", "out")
-    show.add_argument("doc", metavar="DOC_ID_OR_PATH")
+    show.add_argument(
+        "doc", metavar="DOC_ID_OR_PATH", help="a document id (clara-index list) or its file path"
+    )
     show.add_argument("--full", action="store_true", help="print whole chunks, not snippets")
     show.set_defaults(func=cmd_show)
 

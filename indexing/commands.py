@@ -452,9 +452,12 @@ def cmd_collections(args: argparse.Namespace) -> int:
     root = index_root(args.index)
     if not rows:
         print(f"no collections in {root}; add documents with `clara-index add PATH`")
+    width = max([len(r["name"]) for r in rows] + [10])  # vector store ids run to 27
+    if rows:
+        print(f"{'NAME':<{width}} {'DOCS':>6} {'CHUNKS':>8} {'SIZE':>10}  CHECKPOINT")
     for r in rows:
         print(
-            f"{r['name']:<24} {r['documents']:>6} docs {r['chunks']:>8} chunks "
-            f"{_size(r['bytes_on_disk']):>10}  checkpoint {r['fingerprint']}"
+            f"{r['name']:<{width}} {r['documents']:>6} {r['chunks']:>8} "
+            f"{_size(r['bytes_on_disk']):>10}  {r['fingerprint']}"
         )
     return 0

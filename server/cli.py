@@ -29,7 +29,7 @@ POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometheus), and
 Files + Vector Stores API (/v1/files, /v1/vector_stores: upload documents, index them into
 collections, search; --no-files-api turns it off). GET / is a web chat in the browser.
 Each chat request retrieves the top-k chunks of the index collection for the latest user
-turn and answers from what they hold (--mode); the answer's message carries them in
+turn (with the user turns before it, --history-turns) and answers from what they hold (--mode); the answer's message carries them in
 `sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
 collection, retrieval (false: no retrieval), mode ("memory" | "text": the chunks' raw text |
 "mixed": the best chunk's text and the others' memories; default --mode), retrieval_mode
@@ -296,7 +296,7 @@ def serve(args: argparse.Namespace) -> int:
         accept_any_model=args.accept_any_model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
-    return serve_http(app, app.state.engine, args)
+    return serve_http(app, app.state.engine, args, hello="/ (web chat), API under /v1")
 
 
 def main(argv: list[str] | None = None) -> int:

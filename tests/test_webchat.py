@@ -232,3 +232,23 @@ def test_a_phone_gets_the_whole_width(server: ServerProcess, page) -> None:
         sync_api.expect(page.locator("#collection")).to_be_visible()
     finally:
         page.set_viewport_size({"width": 1280, "height": 720})
+
+
+def test_without_the_files_api_the_collection_is_typed(tiny_llama_dir, tmp_path, page) -> None:
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"), "--no-files-api",
+        "--max-tokens", "4", env={"CLARA_HOME": str(tmp_path / "home")}, log=tmp_path / "log",
+    )  # fmt: skip
+    try:
+        proc.wait_ready()
+        page.goto(proc.url + "/")
+        sync_api.expect(page.locator("#no-uploads")).to_be_visible()  # says where uploads go
+        sync_api.expect(page.locator("#uploads")).to_be_hidden()
+        sync_api.expect(page.locator("#collection")).to_be_hidden()
+        page.fill("#collection-name", "papers")
+        page.fill("#question", "What is in the papers?")
+        page.press("#question", "Enter")
+        # the typed name went with the question: no such collection, and the page says so
+        sync_api.expect(page.locator(".msg.assistant.error")).to_contain_text("'papers'")
+    finally:
+        proc.stop()

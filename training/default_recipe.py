@@ -51,7 +51,10 @@ DATA_NAME = "clara-example-pretrain.jsonl"
 
 
 def default_data() -> Path:
-    """../shared/data/clara-example-pretrain.jsonl beside the checkout or a folder above it."""
+    """$CLARA_EXAMPLE_DATA when set (the scripts under docs/runs read the data through this),
+    else ../shared/data/clara-example-pretrain.jsonl beside the checkout or a folder above it."""
+    if os.environ.get("CLARA_EXAMPLE_DATA"):
+        return Path(os.environ["CLARA_EXAMPLE_DATA"]).expanduser()
     for p in ROOT.parents:
         if (p / "shared" / "data" / DATA_NAME).exists():
             return p / "shared" / "data" / DATA_NAME
@@ -63,7 +66,8 @@ def split_example(path: Path) -> tuple[list[dict], list[dict], list[str]]:
     if not path.is_file():
         raise SystemExit(
             f"{path}: not found. The default recipe trains on Apple's ml-clara example data "
-            "(example/pretrain_data.jsonl of github.com/apple/ml-clara): give its path with --data"
+            "(example/pretrain_data.jsonl of github.com/apple/ml-clara): give its path with "
+            "--data, or to the scripts under docs/runs in CLARA_EXAMPLE_DATA"
         )
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     train = [r for i, r in enumerate(rows) if i % 5]

@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         "in the local cache (default: the first checkpoint's own base/ if it has one, else "
         "smollm2-135m)",
     )
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weight precision")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES,
+        help="weight precision (default: %(default)s, the fastest for this machine)",
+    )  # fmt: skip
     p.add_argument(
         "--retrieval",
         default="candidates",

@@ -8,6 +8,7 @@ const turns = []; // {role, content} of this chat
 let chat = 0; // "New chat" counts up: an answer of an earlier chat changes nothing of this one
 let running = null; // the AbortController of the answer streaming now
 let serverCollection = ""; // what "server default" searches (from /v1/models)
+let filesApi = true; // false when the server runs with --no-files-api (no listing, no uploads)
 const NO_ANSWER = "the server did not answer (stopped or restarting?)";
 
 function headers(json = true) {
@@ -99,13 +100,30 @@ async function loadCollections(select) {
     const stores = await api("/v1/vector_stores?limit=100");
     const label = serverCollection ? `server default (${serverCollection})` : "server default";
     picker.replaceChildren(new Option(label, ""));
+    const names = stores.data.map((s) => s.name || s.id);
     for (const s of stores.data) {
-      picker.add(new Option(`${s.name || s.id} (${s.file_counts.completed} files)`, s.id));
+      const name = s.name || s.id;
+      const twin = name !== s.id && names.filter((n) => n === name).length > 1; // tell them apart
+      picker.add(new Option(`${name}${twin ? ` [${s.id}]` : ""} (${s.file_counts.completed} files)`, s.id));
     }
     picker.value = [...picker.options].some((o) => o.value === keep) ? keep : "";
   } catch (e) {
-    // the files API may be turned off (--no-files-api): keep the server's default collection
+    // --no-files-api: no listing and no uploads; the collection is typed by name instead
+    if (e.status === 404) filesOff();
   }
+}
+
+function filesOff() {
+  filesApi = false;
+  $("collection").hidden = true;
+  $("collection-name").hidden = false;
+  $("collection-name").placeholder = serverCollection ? `server default (${serverCollection})` : "server default";
+  $("uploads").hidden = true;
+  $("no-uploads").hidden = false;
+}
+
+function collection() {
+  return filesApi ? $("collection").value : $("collection-name").value.trim();
 }
 
 async function loadRetrievalModes() {
@@ -131,7 +149,7 @@ function pages(s) {
 
 // An uploaded file, fetched with the API key and shown from memory. Anything but a PDF is shown
 // as plain text: an uploaded HTML page must not run inside this page's origin.
-async function openFile(s, tab) {
+async function openFile(s, tab, li) {
   try {
     const r = await fetch(s.url.split("#")[0], { headers: headers(false) });
     if (!r.ok) throw failure(r, await r.json().catch(() => ({})));
@@ -141,7 +159,7 @@ async function openFile(s, tab) {
     tab.location = URL.createObjectURL(blob) + (pdf && s.page_start ? `#page=${s.page_start}` : "");
   } catch (e) {
     tab.close();
-    $("announce").textContent = `${s.filename}: ${e.message === "Failed to fetch" ? NO_ANSWER : e.message}`;
+    note(li, `could not open ${s.filename}: ${e instanceof TypeError ? NO_ANSWER : e.message}`);
   }
 }
 
@@ -172,14 +190,14 @@ function showSources(div, sources) {
       button.setAttribute("aria-expanded", String(!snippet.hidden));
     };
     li.append(button);
-    if (s.url && s.url.startsWith("/")) {
+    if (filesApi && s.url && s.url.startsWith("/")) { // uploads: served by the files API
       const open = document.createElement("a");
       open.href = s.url;
       open.textContent = "open";
       open.title = `open ${s.filename}`;
       open.onclick = (e) => {
         e.preventDefault();
-        openFile(s, window.open("", "_blank")); // opened in the click: no popup blocker
+        openFile(s, window.open("", "_blank"), li); // opened in the click: no popup blocker
       };
       li.append(open);
     }
@@ -227,7 +245,7 @@ async function ask(question) {
   div.appendChild(text);
   const body = { messages: turns.slice(), stream: true, retrieval: $("retrieval").checked };
   if ($("mode").value) body.mode = $("mode").value;
-  if ($("collection").value) body.collection = $("collection").value;
+  if (collection()) body.collection = collection();
   if (!$("retrieval-mode-label").hidden && $("retrieval-mode").value) body.retrieval_mode = $("retrieval-mode").value;
   let retrieval = null;
   let finish = null;
