@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara.errors import (
     ChunkingError,
@@ -282,7 +282,8 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method the path has, not only its first route's
             headers["Allow"] = ", ".join(_allowed(request))
-        return error_response(APIError(exc.status_code, message, headers=headers))
+        code = "request_too_large" if exc.status_code == 413 else None  # BodyLimit's
+        return error_response(APIError(exc.status_code, message, code=code, headers=headers))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
@@ -290,6 +291,83 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             APIError(500, "internal server error; the server log has the details")
         )
+
+
+#: Largest JSON request body (a chat's whole conversation): far above what any model's context
+#: holds, low enough that parsing it cannot exhaust memory. Uploads have their own limit.
+MAX_JSON_BODY = 32 * 2**20
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a request body (other than a multipart upload) over `limit` bytes
+    is refused with 413 before it is parsed, by its Content-Length or, sent in chunks, as soon
+    as it grows past the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_JSON_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    def refusal(self, size: str) -> APIError:
+        return APIError(
+            413,
+            f"the request body ({size}) is over the {self.limit // 2**20} MiB limit; send less "
+            "(files go through the Files API's multipart upload)",
+            code="request_too_large",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        head = dict(scope.get("headers", []))
+        if head.get(b"content-type", b"").startswith(b"multipart/form-data"):
+            await self.app(scope, receive, send)
+            return
+        length = head.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await error_response(self.refusal(f"{int(length)} bytes"))(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # FastAPI passes an HTTPException from the body read on
+                raise StarletteHTTPException(413, self.refusal("sent in chunks").message)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where in parsed JSON a string holds a lone surrogate (JSON's "\\ud800" escape parses to
+    one; it is not Unicode text and no tokenizer takes it), as a path like
+    `messages[0].content`; None if every string is valid."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return at or "body"
+        elif isinstance(item, dict):
+            stack.extend((v, f"{at}.{k}" if at else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def valid_unicode(data: Any) -> Any:
+    """A before-validator for request models: refuse lone surrogates with the field's path."""
+    where = lone_surrogate(data)
+    if where is not None:
+        raise ValueError(
+            f"{where} is not valid Unicode text (it holds a lone surrogate escape such as "
+            "\\ud800); send the text as UTF-8"
+        )
+    return data
 
 
 DOCS_FILES = "/docs-files"

@@ -29,6 +29,7 @@ from clara.paths import UPLOADS
 from clara.settings import ModelSettings
 from clara_cli.http import (
     BearerGate,
+    BodyLimit,
     error_responses,
     install_error_handlers,
     serve_api_docs,
@@ -119,6 +120,7 @@ def create_app(
         redoc_url=None,
     )
     serve_api_docs(app)
+    app.add_middleware(BodyLimit)  # JSON bodies; uploads have --max-upload-mb
     if api_key:
         app.add_middleware(
             BearerGate, api_key=api_key, service="`clara-index serve`", open_paths=OPEN_PATHS

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clara.paths import UPLOADS
 from clara_cli.http import (
     BearerGate,
+    BodyLimit,
     error_response,
     error_responses,
     install_error_handlers,
@@ -163,6 +164,7 @@ def create_app(
     app.state.engine = engine
     app.state.serving = serving
     app.state.responses = ResponsesServing(serving, store, files)
+    app.add_middleware(BodyLimit)  # inside the gate: a stranger's big body is a 401 first
     app.add_middleware(Gate, api_key=api_key, metrics=engine.metrics)
     install_error_handlers(app)
     if files is not None:

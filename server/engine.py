@@ -81,6 +81,11 @@ class ModelInfo:
     embedding_dim: int
     manifest: dict[str, Any]
     vocab_size: int = 0  # token ids an embeddings request may send are below it
+    max_token_chars: int = 0  # the longest token's characters: a text needs >= len/this tokens
+    embed_tokens: int = 0  # the most tokens one embeddings input may have (query encoder)
+
+
+FAILED = object()  # in `_encode_apart`'s answer: that request failed and heard why
 
 
 @dataclass
@@ -238,12 +243,32 @@ class Engine:
         return job
 
     def chat(self, params: RagParams) -> Job:
+        self.check_size(params)
         return self.submit(
             "chat",
             lambda job: self._chat(job, params),
             lambda: self.decoding() < self.settings.max_batch,
             params=params,
         )
+
+    def check_size(self, params: RagParams) -> None:
+        """Refuse, before any tokenizing, a prompt text too long for the context whatever its
+        tokens: a text of n characters is at least n / (the longest token's characters)
+        tokens. A megabyte pasted into a message is a 400 at once, instead of seconds of
+        tokenizing on the model thread that every other request waits behind."""
+        info = self.info
+        if info is None or not info.max_token_chars:
+            return
+        texts = [params.question, params.system or ""] + [m["content"] for m in params.history]
+        if params.retrieval and params.top_k > 0:
+            texts.append(params.query)
+        for text in texts:
+            least = len(text) // info.max_token_chars
+            if least > info.context_limit:
+                raise ContextLengthError(
+                    f"a message of {len(text)} characters needs at least {least} tokens, more "
+                    f"than the model's context of {info.context_limit}; shorten it"
+                )
 
     def decoding(self) -> int:
         """Requests in the decode batch."""
@@ -280,6 +305,8 @@ class Engine:
             embedding_dim=cm.n_mem * cm.hidden_size,
             manifest=cm.manifest(),
             vocab_size=len(cm.tokenizer),
+            max_token_chars=max(map(len, cm.tokenizer.get_vocab()), default=0),
+            embed_tokens=cm.config.doc_max_tokens,
         )
         # An index made by another checkpoint must stop the server now, not fail per request.
         coll = self._collection(s.collection)
@@ -399,6 +426,26 @@ class Engine:
                 out[i] = v
         return out
 
+    def _encode_apart(
+        self, group: list[tuple[Job, RagParams]], fail: Callable[[Job, BaseException], None]
+    ) -> list[Any]:
+        """`_encode` for the group's requests together; if that pass fails, each one alone, so
+        a request the query adapter cannot take fails by itself (FAILED in its place) instead
+        of taking the requests admitted with it down too."""
+        try:
+            return self._encode([q for _, q in group])
+        except Exception:
+            if len(group) == 1:
+                raise
+        out: list[Any] = []
+        for j, q in group:
+            try:
+                out.append(self._encode([q])[0])
+            except Exception as exc:  # noqa: BLE001 - this request's own error
+                fail(j, exc)
+                out.append(FAILED)
+        return out
+
     def _chat(self, job: Job, p: RagParams) -> None:
         """Admit a chat request, with the chat requests queued behind it (up to the free decode
         slots): their queries are encoded in one pass; each is retrieved for, gets its prompt
@@ -430,13 +477,13 @@ class Engine:
                     fail(j, exc)
 
         try:
-            qvecs = self._encode([q for _, q in group])
+            qvecs = self._encode_apart(group, fail)
             # A pass is prefilled as soon as its prompts are ready: the requests after it
             # are retrieved for once its first tokens are out (`prefill_groups`' cuts).
             pending: dict[str | None, list[tuple[Job, RagParams, Prompt]]] = {}  # by adapter
             for (j, q), qvec in zip(group, qvecs):
                 try:
-                    if j.cancelled.is_set():
+                    if j.cancelled.is_set() or qvec is FAILED:
                         continue
                     prompt, adapter = self._ready(j, q, qvec)
                 except BaseException as exc:  # noqa: BLE001

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
-from clara_cli.http import APIError, JSONInt, json_int
+from clara_cli.http import APIError, JSONInt, json_int, valid_unicode
 
 
 class _Request(BaseModel):
@@ -89,6 +89,8 @@ class StreamOptions(_Request):
 
 class ChatCompletionRequest(_Request):
     """POST /v1/chat/completions (OpenAI's fields, then CLaRa's extension block)."""
+
+    _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates anywhere
 
     messages: list[ChatMessage] = Field(min_length=1)
     """The model answers the latest user message (an empty question if there is none); the

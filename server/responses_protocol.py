@@ -15,11 +15,11 @@ import secrets
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
-from clara_cli.http import APIError, json_int
+from clara_cli.http import APIError, json_int, valid_unicode
 from server.protocol import NULL, only
 
 INCLUDABLE = ("file_search_call.results",)
@@ -103,6 +103,7 @@ class ResponseCreateRequest(_Request):
     """POST /v1/responses (OpenAI's fields, then CLaRa's extension block)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_CHOICE_NEEDS_TOOL)
+    _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates anywhere
 
     input: (
         Annotated[str, Field(min_length=1)]

@@ -421,6 +421,21 @@ class OpenAIServing:
                 "check_embedding_ctx_length=False)",
                 param="input",
             )
+        info = self.engine.info
+        for i, x in enumerate(inputs):  # hopelessly long text: refused before tokenizing it
+            least = (
+                len(x) // info.max_token_chars if isinstance(x, str) and info.max_token_chars else 0
+            )
+            if least > info.embed_tokens:
+                where = f"input {i}" if len(inputs) > 1 else "the input"
+                raise APIError(
+                    400,
+                    f"{where} has {len(x)} characters, at least {least} tokens; this model embeds "
+                    f"at most {info.embed_tokens} tokens per input (its query encoder's length): "
+                    "split the text into shorter pieces",
+                    param="input",
+                    code="context_length_exceeded",
+                )
         dim = self.engine.info.embedding_dim
         if req.dimensions is not None and req.dimensions != dim:
             raise APIError(

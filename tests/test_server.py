@@ -10,6 +10,7 @@ import base64
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -583,6 +584,55 @@ def test_context_length_exceeded(client: openai.OpenAI, server: ServerProcess) -
     with pytest.raises(openai.BadRequestError) as info:  # the Responses API names its input
         client.responses.create(model=MODEL, input="river " * 3000)
     assert info.value.code == "context_length_exceeded" and info.value.param == "input"
+
+
+def test_huge_prompts_are_refused_before_tokenizing(
+    client: openai.OpenAI, server: ServerProcess
+) -> None:
+    """Megabytes in a message: a 400 at once (it cannot fit whatever its tokens), not seconds of
+    tokenizing on the model thread; a body past the JSON limit: 413 before it is parsed."""
+    big = "a" * 5_000_000
+    start = time.perf_counter()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=ask(big))
+    assert info.value.code == "context_length_exceeded" and "5000000 characters" in str(info.value)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=MODEL, input=big)
+    assert info.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=MODEL, input=big)
+    assert info.value.code == "context_length_exceeded" and info.value.param == "input"
+    assert time.perf_counter() - start < 15  # tokenizing 5 MB three times took far longer
+    err = assert_error(
+        post(server, "/v1/chat/completions", {"messages": ask("a" * (33 * 2**20))}),
+        413, None, "request_too_large",
+    )  # fmt: skip
+    assert "MiB limit" in err["message"]
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"a" * 2**20
+        yield b'"}]}'
+
+    assert_error(post(server, "/v1/chat/completions", chunked()), 413, None, "request_too_large")
+    client.chat.completions.create(model=MODEL, messages=ask("still serving?"), max_tokens=2)
+
+
+def test_text_that_is_not_unicode_is_a_400(client: openai.OpenAI, server: ServerProcess) -> None:
+    """JSON's \\ud800 escape parses to a lone surrogate, which no tokenizer takes: the request
+    is refused and names where, and requests batched with it are answered (not a 500 each)."""
+    bad = '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800 hi"}]}]}'
+    err = assert_error(post(server, "/v1/chat/completions", bad), 400)
+    assert "messages[0].content[0].text is not valid Unicode" in err["message"]
+    bad = '{"input": [{"role": "user", "content": "\\ud800"}]}'
+    assert "input[0].content" in assert_error(post(server, "/v1/responses", bad), 400)["message"]
+    with ThreadPoolExecutor(6) as pool:  # sent together: admitted and encoded together
+        sent = [pool.submit(post, server, "/v1/chat/completions", bad if i == 2 else
+                            {"messages": ask(f"question {i}"), "max_tokens": 2})
+                for i in range(6)]  # fmt: skip
+        codes = [f.result().status_code for f in sent]
+    assert codes == [200, 200, 400, 200, 200, 200]
 
 
 def test_client_errors_log_no_traceback(client: openai.OpenAI, server: ServerProcess) -> None:
