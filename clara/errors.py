@@ -42,6 +42,10 @@ class CollectionNotFoundError(CollectionError):
     """No collection of that name exists."""
 
 
+class DamagedCollectionError(CollectionError):
+    """A collection's files are unreadable (a truncated manifest, a missing database, ...)."""
+
+
 class DocumentNotFoundError(CollectionError, KeyError):
     """No document with that id in the collection."""
 

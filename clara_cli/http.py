@@ -29,6 +29,7 @@ from clara.errors import (
     CollectionLockedError,
     CollectionNotFoundError,
     ContextLengthError,
+    DamagedCollectionError,
     DocumentError,
     DocumentNotFoundError,
     IndexMismatchError,
@@ -131,6 +132,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, UnsupportedModeError):
         return APIError(400, str(exc), param="mode")
+    if isinstance(exc, DamagedCollectionError):  # the server's files: not the client's to fix
+        return APIError(500, str(exc), code="collection_damaged")
     if isinstance(exc, CollectionNotFoundError):
         return APIError(404, str(exc), param="collection", code="collection_not_found")
     if isinstance(exc, DocumentNotFoundError):

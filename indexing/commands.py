@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path, PurePath
 from typing import Any
 
-from clara.errors import ClaraError
+from clara.errors import ClaraError, DamagedCollectionError
 from clara.paths import index_root, path_text
 from clara_cli.common import model_dtype, progress_bar
 from indexing.pipeline import (
@@ -441,16 +441,22 @@ def _count_docs(args: argparse.Namespace) -> int:
 
 def cmd_collections(args: argparse.Namespace) -> int:
     rows = []
+    broken = 0
     for name in list_collections(args.index):
-        with _open(args.index, name, readonly=True) as col:
-            s = col.stats()
+        try:
+            with _open(args.index, name, readonly=True) as col:
+                s = col.stats()
+        except DamagedCollectionError as exc:  # said, and the others still listed
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            broken += 1
+            continue
         rows.append({k: s[k] for k in ("name", "documents", "chunks", "bytes_on_disk")})
         rows[-1]["fingerprint"] = s["fingerprint"]
     if args.json:
         _print_json(rows)
-        return 0
+        return 1 if broken else 0
     root = index_root(args.index)
-    if not rows:
+    if not rows and not broken:
         print(f"no collections in {root}; add documents with `clara-index add PATH`")
     width = max([len(r["name"]) for r in rows] + [10])  # vector store ids run to 27
     if rows:
@@ -460,4 +466,4 @@ def cmd_collections(args: argparse.Namespace) -> int:
             f"{r['name']:<{width}} {r['documents']:>6} {r['chunks']:>8} "
             f"{_size(r['bytes_on_disk']):>10}  {r['fingerprint']}"
         )
-    return 0
+    return 1 if broken else 0

@@ -17,7 +17,11 @@ import secrets
 import shutil
 from pathlib import Path
 
-from clara.errors import CollectionError, CollectionNotFoundError  # noqa: F401
+from clara.errors import (  # noqa: F401
+    CollectionError,
+    CollectionNotFoundError,
+    DamagedCollectionError,
+)
 from clara.paths import COLLECTION_NAME, index_root
 from indexing.durable import WriterLock, fsync_dir, fsync_file
 from indexing.manifest import MANIFEST, Manifest, write_manifest
@@ -108,3 +112,11 @@ def create_collection_dir(directory: Path, manifest: Manifest) -> None:
         fsync_dir(directory.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def damaged(directory: Path, what: str) -> DamagedCollectionError:
+    """The error for a collection whose files cannot be read, saying what a user can do."""
+    return DamagedCollectionError(
+        f"collection '{directory.name}' in {directory.parent} is damaged ({what}): restore its "
+        "folder from a backup, or move the folder away and index its documents again"
+    )

@@ -140,6 +140,8 @@ class Meta:
 
     def __init__(self, path: Path, *, readonly: bool):
         self.path = path
+        if readonly and not path.exists():  # connecting would make an empty database
+            raise sqlite3.OperationalError(f"{path.name} is missing")
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread off because
         # the owning Collection serialises access with its own lock.
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)

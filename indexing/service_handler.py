@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from clara.errors import ClaraError
+from clara.errors import ClaraError, DamagedCollectionError
 from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 from clara.retrieval import Fusion
 from clara_cli.http import APIError
@@ -223,6 +223,9 @@ class IndexService:
                 stores.append(self.store_object(store_id))
             except APIError:  # deleted meanwhile
                 continue
+            except DamagedCollectionError as exc:  # one broken folder must not hide the rest
+                log.warning("%s", exc)
+                continue
         return paginate(stores, after=after, before=before, limit=limit, order=order)
 
     def store_object(self, store_id: str) -> VectorStore:
@@ -243,7 +246,10 @@ class IndexService:
         )
 
     async def delete_store(self, store_id: str) -> VectorStoreDeleted:
-        await asyncio.to_thread(self.reader, store_id)  # 404 if missing
+        try:
+            await asyncio.to_thread(self.reader, store_id)  # 404 if missing
+        except DamagedCollectionError:
+            pass  # unreadable, still deletable
 
         def delete(cm: Any) -> None:
             self.worker.cancel(lambda key: key[0] == store_id)

@@ -45,6 +45,7 @@ from indexing.layout import (
     CollectionNotFoundError,
     collection_dir,
     create_collection_dir,
+    damaged,
     delete_collection,
     list_collections,
     memory_file_name,
@@ -146,10 +147,16 @@ class Collection:
             fresh.index_type = index_type or fresh.index_type
             fresh.created = time.time()
             create_collection_dir(directory, fresh)
-        stored = read_manifest(directory)
+        try:
+            stored = read_manifest(directory)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError: ValueError
+            raise damaged(directory, f"{MANIFEST} unreadable: {exc}") from None
         if expected is not None:
             stored.check_matches(expected, name)
-        col = cls(directory, stored, readonly)
+        try:
+            col = cls(directory, stored, readonly)
+        except sqlite3.DatabaseError as exc:
+            raise damaged(directory, f"{META}: {exc}") from None
         try:
             if readonly:
                 col._upgrade_lexical()
@@ -161,6 +168,9 @@ class Collection:
                     write_manifest(directory, stored)
                 col._upgrade_lexical()
                 col._reconcile()
+        except sqlite3.DatabaseError as exc:
+            col.close()
+            raise damaged(directory, f"{META}: {exc}") from None
         except BaseException:
             col.close()
             raise

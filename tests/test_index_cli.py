@@ -558,3 +558,23 @@ def test_default_model_add_and_search(capsys, tmp_path: Path) -> None:
     results = json.loads(out)["results"]
     assert rc == 0 and results[0]["file"] == "garden.md", results
     assert "tomatoes" in results[0]["text"]
+
+
+def test_a_damaged_collection_is_named_and_the_others_still_work(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    index = tmp_path / "index"
+    write_corpus(tmp_path / "docs", n=1)
+    for name in ("good", "torn", "gone"):
+        run(capsys, "add", tmp_path / "docs", "--collection", name, "--model", tiny_llama_dir,
+            "--index", index, "--quiet")  # fmt: skip
+    (index / "torn" / "manifest.json").write_text('{"trunc')  # a crash mid-copy, say
+    (index / "gone" / "meta.sqlite").unlink()
+    rc, out, err = run(capsys, "collections", "--index", index)
+    assert rc == 1 and "good" in out and "torn" not in out and "gone" not in out
+    assert "collection 'torn'" in err and "is damaged (manifest.json unreadable" in err
+    assert "collection 'gone'" in err and "meta.sqlite is missing" in err
+    assert "Traceback" not in err
+    assert not (index / "gone" / "meta.sqlite").exists()  # reading made no empty database
+    rc, _, err = run(capsys, "search", "anything", "--collection", "torn", "--index", index)
+    assert rc == 1 and "is damaged" in err and "restore its folder" in err

@@ -402,6 +402,20 @@ def test_lists_paginate_like_openai(client: openai.OpenAI) -> None:
         client.vector_stores.delete(store_id)
 
 
+def test_a_damaged_store_does_not_hide_the_others(client: openai.OpenAI, root: Path) -> None:
+    kept = client.vector_stores.create(name="kept").id
+    torn = "torn"  # a folder the service has not opened, its manifest cut short (a crash)
+    (root / torn).mkdir()
+    (root / torn / "manifest.json").write_text('{"trunc')
+    listed = [s.id for s in client.vector_stores.list(limit=100)]
+    assert kept in listed and torn not in listed
+    with pytest.raises(openai.InternalServerError) as info:
+        client.vector_stores.retrieve(torn)
+    assert info.value.code == "collection_damaged" and "restore its folder" in str(info.value)
+    assert client.vector_stores.delete(torn).deleted  # still removable
+    client.vector_stores.delete(kept)
+
+
 def test_generation_server_sees_files_the_service_indexes(
     client: openai.OpenAI, root: Path, tiny_llama_dir: Path
 ) -> None:
