@@ -165,6 +165,8 @@ def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 
 #: Seconds an idle HTTP keep-alive connection stays open (see `serve_http`).
 KEEP_ALIVE_S = 75
+#: Seconds a stopping server waits for requests in progress (see `serve_http`).
+SHUTDOWN_GRACE_S = 30
 
 
 def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
@@ -197,6 +199,9 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
             port=args.port,
             log_level=args.log_level,
             timeout_keep_alive=KEEP_ALIVE_S,
+            # SIGTERM lets answers in progress finish, for this long at most (init systems
+            # kill after 90 s, Docker after 10 s unless told): then their streams are cut
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
     )
 

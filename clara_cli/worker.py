@@ -31,6 +31,8 @@ log = logging.getLogger("clara.worker")
 T = TypeVar("T")
 INTERACTIVE, BULK = 0, 1
 PRIORITIES = (INTERACTIVE, BULK)
+#: Seconds between looks at queued tasks that cannot start yet (see `Task.can_start`).
+POLL_S = 1.0
 
 
 def _ignore(*_: Any) -> None:
@@ -181,6 +183,9 @@ class Worker:
             self._depth_changed()
         return taken
 
+    def _queued(self) -> bool:
+        return any(self._queues.values())
+
     def _all(self) -> list[Task]:
         current = [self._current] if self._current is not None else []
         return current + [t for q in self._queues.values() for t in q]
@@ -207,7 +212,9 @@ class Worker:
             with self._cv:
                 task = self._next()
                 while task is None and self.state != "stopped":
-                    self._cv.wait()
+                    # a queued task may wait on something outside (another process's lock):
+                    # look again each second even when nothing is submitted
+                    self._cv.wait(timeout=POLL_S if self._queued() else None)
                     task = self._next()
                 if self.state == "stopped":
                     break

@@ -68,6 +68,22 @@ def remove_quietly(path: Path) -> bool:
         return False
 
 
+def held_elsewhere(directory: Path) -> bool:
+    """Whether another open of `<dir>/writer.lock` (another process's `WriterLock`, or another
+    of this process's) holds it now; a folder without one is not held."""
+    try:
+        fd = os.open(directory / "writer.lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock it took
+    return False
+
+
 class WriterLock:
     """An exclusive `fcntl.flock` on `<dir>/writer.lock`, released on close or process death.
 

@@ -26,6 +26,7 @@ from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 from clara.retrieval import Fusion
 from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
+from indexing.durable import held_elsewhere
 from indexing.manifest import MANIFEST
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
@@ -320,12 +321,21 @@ class IndexService:
                 yield
 
         def failed(exc: BaseException) -> None:
-            message = str(exc) if isinstance(exc, ClaraError) else "internal error while indexing"
+            if isinstance(exc, ClaraError):
+                message = str(exc)
+            elif isinstance(exc, OSError):  # e.g. the collection's folder not writable
+                where = f" ({exc.filename})" if exc.filename else ""
+                message = f"could not write the collection{where}: {exc.strerror or exc}"
+            else:
+                message = "internal error while indexing"
             self.registry.update_link(
                 store_id, rec.id, status="failed", error_code="server_error", error_message=message
             )
 
-        task = Task((store_id, rec.id), start, failed, lambda: self._release(store_id))
+        def can_start() -> bool:  # another process writing the collection: wait, don't fail
+            return store_id in self._writers or not held_elsewhere(self.root / store_id)
+
+        task = Task((store_id, rec.id), start, failed, lambda: self._release(store_id), can_start)
         task.bounded = False  # a persisted job, not a waiting client
         self.worker.submit(task, BULK)
 

@@ -5,6 +5,7 @@ swept at start-up)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 import shutil
@@ -110,15 +111,26 @@ class Uploads:
 
     def _save(self, rec: FileRecord, source: Any) -> int:
         tmp = self.directory / f".{rec.id}.tmp"
-        tmp.mkdir(parents=True)
         try:
+            tmp.mkdir(parents=True)
             with open(tmp / rec.filename, "wb") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(tmp, self.directory / rec.id)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk, ...: nothing left behind
+            if isinstance(exc, OSError):  # the operator's to fix: say where and what
+                full = exc.errno == errno.ENOSPC
+                raise APIError(
+                    507 if full else 500,
+                    f"could not store the upload in {self.directory}: "
+                    f"{exc.strerror or exc}; "
+                    + (
+                        "free disk space there" if full else "check that the server may write there"
+                    ),
+                    code="storage_error",
+                ) from None
             raise
         return self.path(rec).stat().st_size
 

@@ -416,6 +416,28 @@ def test_a_damaged_store_does_not_hide_the_others(client: openai.OpenAI, root: P
     client.vector_stores.delete(kept)
 
 
+def test_an_upload_waits_while_another_process_writes_the_collection(
+    client: openai.OpenAI, root: Path
+) -> None:
+    """`clara-index add` (here: its lock, taken by this test process) holds the collection: the
+    upload's job waits instead of failing, and runs once the lock is let go."""
+    from indexing.durable import WriterLock
+
+    store = client.vector_stores.create(name="busy").id
+    lock = WriterLock(root / store, "collection 'busy'")
+    try:
+        f = upload(client, "tide.txt", "The tide turns every six hours at the harbour mouth.")
+        client.vector_stores.files.create(vector_store_id=store, file_id=f.id)
+        time.sleep(3)
+        job = client.vector_stores.files.retrieve(f.id, vector_store_id=store)
+        assert job.status == "in_progress", job.last_error
+    finally:
+        lock.release()
+    done = client.vector_stores.files.poll(f.id, vector_store_id=store, poll_interval_ms=200)
+    assert done.status == "completed", done.last_error
+    client.vector_stores.delete(store)
+
+
 def test_generation_server_sees_files_the_service_indexes(
     client: openai.OpenAI, root: Path, tiny_llama_dir: Path
 ) -> None:
