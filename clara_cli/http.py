@@ -270,6 +270,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(ClaraError)  # library errors, mapped in one place (to_api_error)
+    async def clara_error(request: Request, exc: ClaraError) -> JSONResponse:
+        return error_response(to_api_error(exc))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(_validation_error(exc))
@@ -301,8 +305,12 @@ def install_error_handlers(app: FastAPI) -> None:
 MAX_JSON_BODY = 32 * 2**20
 
 
+#: The multipart file upload: its own size limit (`--max-upload-mb`), not BodyLimit's.
+UPLOAD_ROUTES = {("POST", "/v1/files")}
+
+
 class BodyLimit:
-    """Pure ASGI middleware: a request body (other than a multipart upload) over `limit` bytes
+    """Pure ASGI middleware: a request body (other than a file upload) over `limit` bytes
     is refused with 413 before it is parsed, by its Content-Length or, sent in chunks, as soon
     as it grows past the limit."""
 
@@ -313,7 +321,7 @@ class BodyLimit:
     def refusal(self, size: str) -> APIError:
         return APIError(
             413,
-            f"the request body ({size}) is over the {self.limit // 2**20} MiB limit; send less "
+            f"the request body ({size}) is over the {_amount(self.limit)} limit; send less "
             "(files go through the Files API's multipart upload)",
             code="request_too_large",
         )
@@ -322,10 +330,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        head = dict(scope.get("headers", []))
-        if head.get(b"content-type", b"").startswith(b"multipart/form-data"):
+        if (scope["method"], scope["path"]) in UPLOAD_ROUTES:  # limited by --max-upload-mb
             await self.app(scope, receive, send)
             return
+        head = dict(scope.get("headers", []))
         length = head.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
             await error_response(self.refusal(f"{int(length)} bytes"))(scope, receive, send)
@@ -343,28 +351,54 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def lone_surrogate(value: Any) -> str | None:
+def _amount(n: int) -> str:
+    return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n} bytes"
+
+
+def lone_surrogate(value: Any, at: str = "") -> str | None:
     """Where in parsed JSON a string holds a lone surrogate (JSON's "\\ud800" escape parses to
     one; it is not Unicode text and no tokenizer takes it), as a path like
-    `messages[0].content`; None if every string is valid."""
-    stack: list[tuple[Any, str]] = [(value, "")]
+    `messages[0].content`; None if every string is valid. Paths are built only down the
+    branch that holds one."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return at or "body"
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(item, (str, dict, list)) and not _valid(item):
+            return lone_surrogate(item, f"{at}[{key}]" if isinstance(key, int) else
+                                  f"{at}.{key}" if at else str(key))  # fmt: skip
+    return None
+
+
+def _valid(value: Any) -> bool:
+    """No lone surrogate anywhere in `value` (no paths: the common case, cheaply)."""
+    stack = [value]
     while stack:
-        item, at = stack.pop()
+        item = stack.pop()
         if isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                return at or "body"
+                return False
         elif isinstance(item, dict):
-            stack.extend((v, f"{at}.{k}" if at else str(k)) for k, v in item.items())
+            stack.extend(item.values())
         elif isinstance(item, list):
-            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
-    return None
+            stack.extend(item)
+    return True
 
 
 def valid_unicode(data: Any) -> Any:
     """A before-validator for request models: refuse lone surrogates with the field's path."""
-    where = lone_surrogate(data)
+    where = None if _valid(data) else lone_surrogate(data)
     if where is not None:
         raise ValueError(
             f"{where} is not valid Unicode text (it holds a lone surrogate escape such as "

@@ -10,11 +10,10 @@ import datetime as dt
 import fnmatch
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError, DamagedCollectionError
@@ -30,7 +29,7 @@ from indexing.pipeline import (
     model_manifest,
     preflight,
 )
-from indexing.readers import DocumentError, iter_inputs
+from indexing.readers import GLOB_CHARS, DocumentError, iter_inputs
 from indexing.store import (
     Collection,
     CollectionNotFoundError,
@@ -40,7 +39,6 @@ from indexing.store import (
 )
 
 PROG = "clara-index"
-_GLOB = re.compile(r"[*?[]")  # a wildcard of a shell glob
 SNIPPET = 160
 
 
@@ -119,8 +117,8 @@ def _doc_dict(d: Document) -> dict[str, Any]:
 def _find(col: Collection, target: str, patterns: bool = False) -> list[Document]:
     """Documents named by an id, a file path, or a folder (everything under it); with
     `patterns`, also a glob the shell left as it was (files deleted since they were indexed,
-    or a quoted pattern): `*`, `?` and `[...]` within one path component, matched against
-    the indexed paths, or against document names for a pattern without a folder."""
+    or a quoted pattern), matched as `add` expands one (`_glob_match`) against the indexed
+    paths, or against document names for a pattern without a folder."""
     doc = col.document(path_text(target))  # an id (argv may hold any bytes)
     if doc is not None:
         return [doc]
@@ -130,15 +128,26 @@ def _find(col: Collection, target: str, patterns: bool = False) -> list[Document
         return [doc]
     prefix = path_text(path).rstrip(os.sep) + os.sep
     found = [d for d in col.list_documents() if d.path and d.path.startswith(prefix)]
-    if found or not patterns or not _GLOB.search(target):
+    if found or not patterns or not GLOB_CHARS.search(target):
         return found
     if os.sep not in target:  # a name pattern: uploads (no path) included
         return [d for d in col.list_documents() if fnmatch.fnmatchcase(d.name, target)]
     parts = Path(target).expanduser().parts
-    fixed = next(i for i, part in enumerate(parts) if _GLOB.search(part))
+    fixed = next(i for i, part in enumerate(parts) if GLOB_CHARS.search(part))
     # the folders before the first wildcard resolved as indexed paths are (links, `..`)
-    pattern = Path(*parts[:fixed]).resolve().joinpath(*parts[fixed:])
-    return [d for d in col.list_documents() if d.path and PurePath(d.path).match(str(pattern))]
+    pattern = Path(*parts[:fixed]).resolve().parts + parts[fixed:]
+    return [d for d in col.list_documents() if d.path and _glob_match(Path(d.path).parts, pattern)]
+
+
+def _glob_match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether path components match glob components: `*`, `?`, `[...]` within one component,
+    `**` alone any number of folders (as `add` expands globs: `'notes/**/*.md'`)."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_glob_match(parts[i:], rest) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _glob_match(parts[1:], rest)
 
 
 def _open(*args: Any, **kwargs: Any) -> Collection:

@@ -77,8 +77,8 @@ def held_elsewhere(directory: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
+    except OSError as e:  # a filesystem without flock: not "held", the writer will say why
+        return e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
     finally:
         os.close(fd)  # closing releases a lock it took
     return False

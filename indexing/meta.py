@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -135,16 +136,40 @@ def _batches(ids: Sequence[int]) -> Iterator[list[int]]:
         yield ids[start : start + _SQL_VARS]
 
 
+class MissingDatabaseError(sqlite3.OperationalError):
+    """A collection's meta.sqlite is gone (a reader never creates an empty one)."""
+
+
+def is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the database itself is broken (not locked, busy or unwritable)."""
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return True
+    text = str(exc)
+    return isinstance(exc, MissingDatabaseError) or any(
+        s in text for s in ("malformed", "not a database", "no such table")
+    )
+
+
 class Meta:
     """One connection to `meta.sqlite` (WAL, synchronous=FULL, explicit transactions)."""
 
     def __init__(self, path: Path, *, readonly: bool):
         self.path = path
-        if readonly and not path.exists():  # connecting would make an empty database
-            raise sqlite3.OperationalError(f"{path.name} is missing")
+        if readonly and not path.exists():
+            raise MissingDatabaseError(f"{path.name} is missing")
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread off because
-        # the owning Collection serialises access with its own lock.
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        # the owning Collection serialises access with its own lock. A reader opens the file
+        # "rw" (WAL readers write the -shm index) but never creates it.
+        target = f"file:{quote(str(path))}?mode=rw" if readonly else str(path)
+        try:
+            self.db = sqlite3.connect(
+                target, uri=readonly, isolation_level=None, check_same_thread=False, timeout=30
+            )
+        except sqlite3.OperationalError:
+            if readonly and not path.exists():  # deleted since the check above
+                raise MissingDatabaseError(f"{path.name} is missing") from None
+            raise
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         if readonly:
             self.db.execute("PRAGMA query_only=ON")

@@ -158,7 +158,7 @@ def iter_inputs(
             found[p.resolve()] = None
         elif p.is_dir():
             found.update(dict.fromkeys(_walk(p, recursive, skipped)))
-        elif _GLOB_CHARS.search(str(raw)):
+        elif GLOB_CHARS.search(str(raw)):
             matches = sorted(glob.glob(str(p), recursive=recursive))
             if not matches:
                 raise MissingFileError(raw, "no files match this pattern", "check the pattern")
@@ -174,7 +174,7 @@ def iter_inputs(
     return sorted(found)
 
 
-_GLOB_CHARS = re.compile(r"[*?[]")
+GLOB_CHARS = re.compile(r"[*?[]")
 
 
 def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:

@@ -24,7 +24,6 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from clara.errors import ClaraError
 from clara.paths import UPLOADS
 from clara.settings import ModelSettings
 from clara_cli.http import (
@@ -33,7 +32,6 @@ from clara_cli.http import (
     error_responses,
     install_error_handlers,
     serve_api_docs,
-    to_api_error,
 )
 from clara_cli.worker import Worker
 from indexing.service_handler import IndexService
@@ -146,11 +144,6 @@ def mount_files_api(app: FastAPI, service: IndexService) -> None:
     jobs a stop interrupted are queued again once the worker's model is loaded."""
     app.state.service = service
     service.worker.ready_hooks.append(lambda cm: service.resume())
-
-    @app.exception_handler(ClaraError)
-    async def clara_error(request: Request, exc: ClaraError) -> JSONResponse:
-        error = to_api_error(exc)
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     _routes(app)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from clara.errors import ClaraError, DamagedCollectionError
+from clara.errors import ClaraError, CollectionLockedError, DamagedCollectionError
 from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 from clara.retrieval import Fusion
 from clara_cli.http import APIError
@@ -311,7 +311,11 @@ class IndexService:
         options = IndexOptions(link.chunk_tokens, link.overlap or 0, batch, dedupe=False)
 
         def start(cm: Any):
-            col = self._writer(store_id)
+            try:
+                col = self._writer(store_id)
+            except CollectionLockedError:  # taken since can_start looked: wait again
+                self._queue(link, rec)
+                return
             self._check_model(col, cm)
             for event in Indexer(cm, col, options).run(
                 [Source(self.uploads.path(rec), rec.filename)]

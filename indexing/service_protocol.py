@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clara_cli.http import json_int
+from clara_cli.http import json_int, valid_unicode
 
 Attributes = dict[str, str | float | bool]
 
@@ -183,6 +183,7 @@ class RankingOptions(_Request):
 
 
 class SearchRequest(_Request):
+    _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates
     query: (
         Annotated[str, Field(min_length=1)]
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]

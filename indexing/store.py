@@ -52,7 +52,7 @@ from indexing.layout import (
 )
 from indexing.lexical import query_terms
 from indexing.manifest import MANIFEST, Manifest, read_manifest, write_manifest
-from indexing.meta import Chunk, ChunkRecord, Document, Meta
+from indexing.meta import Chunk, ChunkRecord, Document, Meta, is_corrupt
 from indexing.vectors import MemoryFile, resolve_kind
 from indexing.view import IndexView
 
@@ -149,14 +149,22 @@ class Collection:
             create_collection_dir(directory, fresh)
         try:
             stored = read_manifest(directory)
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError: ValueError
+        except FileNotFoundError:  # deleted since the check above
+            raise CollectionNotFoundError(f"no collection '{name}' in {directory.parent}") from None
+        except OSError as exc:  # permissions, I/O: the folder is not (known to be) broken
+            raise CollectionError(
+                f"collection '{name}': cannot read {directory / MANIFEST}: {exc.strerror or exc}"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
             raise damaged(directory, f"{MANIFEST} unreadable: {exc}") from None
         if expected is not None:
             stored.check_matches(expected, name)
         try:
             col = cls(directory, stored, readonly)
         except sqlite3.DatabaseError as exc:
-            raise damaged(directory, f"{META}: {exc}") from None
+            if is_corrupt(exc):
+                raise damaged(directory, f"{META}: {exc}") from None
+            raise
         try:
             if readonly:
                 col._upgrade_lexical()
@@ -170,7 +178,9 @@ class Collection:
                 col._reconcile()
         except sqlite3.DatabaseError as exc:
             col.close()
-            raise damaged(directory, f"{META}: {exc}") from None
+            if is_corrupt(exc):
+                raise damaged(directory, f"{META}: {exc}") from None
+            raise
         except BaseException:
             col.close()
             raise

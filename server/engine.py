@@ -43,6 +43,7 @@ from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
 from clara_cli.http import is_client_error
 from clara_cli.worker import Task, Worker
+from indexing.layout import META
 from indexing.meta import contextual
 from indexing.store import (
     Collection,
@@ -185,6 +186,8 @@ class Engine:
         self.worker.on_depth = self.metrics.queue_depth.set
         self._cm: ClaraModel | None = None
         self._collections: dict[str, tuple[Collection, int]] = {}
+        # /metrics: per collection, (meta.sqlite and its WAL as last seen, its counts)
+        self._counts: dict[str, tuple[Any, tuple[int, int]]] = {}
         self._decoders: dict[str | None, Decoder] = {}  # by adapter (worker thread only)
         self._stepping: Task | None = None  # the decode loop, while any request decodes
 
@@ -259,16 +262,16 @@ class Engine:
         info = self.info
         if info is None or not info.max_token_chars:
             return
-        texts = [params.question, params.system or ""] + [m["content"] for m in params.history]
-        if params.retrieval and params.top_k > 0:
-            texts.append(params.query)
-        for text in texts:
-            least = len(text) // info.max_token_chars
-            if least > info.context_limit:
-                raise ContextLengthError(
-                    f"a message of {len(text)} characters needs at least {least} tokens, more "
-                    f"than the model's context of {info.context_limit}; shorten it"
-                )
+        texts = [params.question, params.system or ""]  # in the prompt whatever is cut
+        if not params.truncate:  # (Responses' truncation "auto" may drop the old turns)
+            texts += [m["content"] for m in params.history]
+        chars = sum(map(len, texts))
+        least = chars // info.max_token_chars
+        if least > info.context_limit:
+            raise ContextLengthError(
+                f"the messages hold {chars} characters, at least {least} tokens, more than "
+                f"the model's context of {info.context_limit}; shorten them"
+            )
 
     def decoding(self) -> int:
         """Requests in the decode batch."""
@@ -282,10 +285,25 @@ class Engine:
         a request opened it yet; read from their metadata alone (safe from any thread)."""
         out = []
         for name in list_collections(self.settings.root):
+            meta = self.settings.root / name / META
+            try:  # counted again only when the database changed since the last scrape
+                key = tuple(
+                    (st.st_mtime_ns, st.st_size)
+                    for st in (os.stat(meta), os.stat(f"{meta}-wal"))  # WAL: writes land there
+                )
+            except OSError:
+                key = None
+            cached = self._counts.get(name)
+            if key is not None and cached is not None and cached[0] == key:
+                out.append((name, *cached[1]))
+                continue
             try:
-                out.append((name, *collection_counts(self.settings.root, name)))
+                counts = collection_counts(self.settings.root, name)
             except Exception:  # noqa: BLE001 - deleted or half-made under us: not listed now
                 continue
+            if key is not None:
+                self._counts[name] = (key, counts)
+            out.append((name, *counts))
         return out
 
     # ---- worker side -----------------------------------------------------------------------

@@ -387,6 +387,8 @@ class ChatCompletionChunk(_Response):
 class EmbeddingRequest(_Request):
     """POST /v1/embeddings: query-adapter embeddings (flattened, L2-normalised)."""
 
+    _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates
+
     input: (
         Annotated[str, Field(min_length=1)]
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]

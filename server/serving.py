@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from clara.errors import ClaraError
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara_cli.http import APIError, to_api_error
 from server.engine import DONE, Embedded, Engine, Failed, Job, Ready, SourceInfo
@@ -250,7 +251,10 @@ class OpenAIServing:
     async def start_chat(self, params: RagParams, request: Request) -> tuple[Job, Ready]:
         """Queue a chat job and wait until its retrieval and prompt are done (`Ready`); the
         job is cancelled if that fails or the client leaves. Chat and Responses both start here."""
-        job = self.engine.chat(params)
+        try:
+            job = self.engine.chat(params)
+        except ClaraError as exc:  # refused before queueing (e.g. far too long): as HTTP
+            raise to_api_error(exc) from None
         try:
             return job, await self._until_ready(job, request)
         except BaseException:

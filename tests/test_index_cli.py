@@ -261,6 +261,10 @@ def test_read_commands_are_model_free_and_speak_json(
     assert rc == 1 and result["not_found"] == ["*.nope"]
     rc, out, _ = run(capsys, "list", "--index", index)
     assert "0 documents" in out
+    # `**` spans folders, as when `add` expanded it ("other" holds sub/notes.md)
+    rc, out, _ = run(capsys, "remove", str(corpus) + "/**/*.md", "--collection", "other",
+                     "--index", index, "--json")  # fmt: skip
+    assert rc == 0 and [d["name"] for d in json.loads(out)["removed"]] == ["notes.md"]
 
     rc, _, err = run(capsys, "list", "--index", index, "--collection", "nope")
     assert rc == 1 and "no collection 'nope'" in err and "existing: default, other" in err

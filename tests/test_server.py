@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import re
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -603,19 +605,18 @@ def test_huge_prompts_are_refused_before_tokenizing(
         client.embeddings.create(model=MODEL, input=big)
     assert info.value.code == "context_length_exceeded" and info.value.param == "input"
     assert time.perf_counter() - start < 15  # tokenizing 5 MB three times took far longer
-    err = assert_error(
-        post(server, "/v1/chat/completions", {"messages": ask("a" * (33 * 2**20))}),
-        413, None, "request_too_large",
-    )  # fmt: skip
-    assert "MiB limit" in err["message"]
-
-    def chunked():  # no Content-Length: counted as it arrives
-        yield b'{"messages": [{"role": "user", "content": "'
-        for _ in range(40):
-            yield b"a" * 2**20
-        yield b'"}]}'
-
-    assert_error(post(server, "/v1/chat/completions", chunked()), 413, None, "request_too_large")
+    # a body announced past the limit: refused from its headers, before a byte of it is read
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            + f"\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {33 * 2**20}".encode()
+            + b"\r\n\r\n"
+        )
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        error = json.loads(reply.read())["error"]
+    assert reply.status == 413 and error["code"] == "request_too_large"
+    assert "MiB limit" in error["message"]
     client.chat.completions.create(model=MODEL, messages=ask("still serving?"), max_tokens=2)
 
 
@@ -625,8 +626,8 @@ def test_text_that_is_not_unicode_is_a_400(client: openai.OpenAI, server: Server
     bad = '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800 hi"}]}]}'
     err = assert_error(post(server, "/v1/chat/completions", bad), 400)
     assert "messages[0].content[0].text is not valid Unicode" in err["message"]
-    bad = '{"input": [{"role": "user", "content": "\\ud800"}]}'
-    assert "input[0].content" in assert_error(post(server, "/v1/responses", bad), 400)["message"]
+    also = '{"input": [{"role": "user", "content": "\\ud800"}]}'
+    assert "input[0].content" in assert_error(post(server, "/v1/responses", also), 400)["message"]
     with ThreadPoolExecutor(6) as pool:  # sent together: admitted and encoded together
         sent = [pool.submit(post, server, "/v1/chat/completions", bad if i == 2 else
                             {"messages": ask(f"question {i}"), "max_tokens": 2})

@@ -156,7 +156,9 @@ async function openFile(s, tab, li) {
     const data = await r.blob();
     const pdf = data.type === "application/pdf";
     const blob = new Blob([data], { type: pdf ? "application/pdf" : "text/plain;charset=utf-8" });
-    tab.location = URL.createObjectURL(blob) + (pdf && s.page_start ? `#page=${s.page_start}` : "");
+    const url = URL.createObjectURL(blob);
+    tab.location = url + (pdf && s.page_start ? `#page=${s.page_start}` : "");
+    setTimeout(() => URL.revokeObjectURL(url), 60000); // the tab has loaded it by then
   } catch (e) {
     tab.close();
     note(li, `could not open ${s.filename}: ${e instanceof TypeError ? NO_ANSWER : e.message}`);
@@ -190,14 +192,16 @@ function showSources(div, sources) {
       button.setAttribute("aria-expanded", String(!snippet.hidden));
     };
     li.append(button);
-    if (filesApi && s.url && s.url.startsWith("/")) { // uploads: served by the files API
+    if (filesApi && s.url && s.url.startsWith("/v1/files/")) { // uploads: the files API's
       const open = document.createElement("a");
       open.href = s.url;
       open.textContent = "open";
       open.title = `open ${s.filename}`;
       open.onclick = (e) => {
         e.preventDefault();
-        openFile(s, window.open("", "_blank"), li); // opened in the click: no popup blocker
+        const tab = window.open("", "_blank"); // opened in the click: no popup blocker
+        if (tab) openFile(s, tab, li);
+        else note(li, "the browser blocked the new tab: allow pop-ups for this page");
       };
       li.append(open);
     }
@@ -213,21 +217,23 @@ function busy(on) {
   $("stop").hidden = !on;
 }
 
-// The SSE events of one streamed answer, as parsed JSON chunks.
+// The SSE events of one streamed answer, as parsed JSON chunks. A stream that ends without
+// its "[DONE]" was cut (the server stopped): an error, not a finished answer.
 async function* events(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
+    if (done) throw new Error("the answer was cut off: the server stopped sending");
     buffer += decoder.decode(value, { stream: true });
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const event = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
       for (const line of event.split("\n")) {
-        if (line.startsWith("data: ") && line !== "data: [DONE]") yield JSON.parse(line.slice(6));
+        if (line === "data: [DONE]") return;
+        if (line.startsWith("data: ")) yield JSON.parse(line.slice(6));
       }
     }
   }
