@@ -23,7 +23,7 @@ from clara.errors import (  # noqa: F401
     DamagedCollectionError,
 )
 from clara.paths import COLLECTION_NAME, index_root
-from indexing.durable import WriterLock, fsync_dir, fsync_file
+from indexing.durable import WriterLock, fsync_dir, fsync_file, pid_alive
 from indexing.manifest import MANIFEST, Manifest, write_manifest
 from indexing.meta import Meta
 
@@ -71,21 +71,11 @@ def delete_collection(root: str | Path | None, name: str) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def _sweep_leftovers(root: Path, name: str) -> None:
     """Remove hidden half-created / half-deleted folders of `name` whose process died."""
     for p in root.glob(f".{name}.*-*-*"):
         m = _LEFTOVER.match(p.name)
-        if m and m.group(1) == name and p.is_dir() and not _alive(int(m.group(2))):
+        if m and m.group(1) == name and p.is_dir() and not pid_alive(int(m.group(2))):
             shutil.rmtree(p, ignore_errors=True)
 
 

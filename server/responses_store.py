@@ -4,23 +4,34 @@ unless `--responses-db` says otherwise) so a chain survives a restart.
 
 Each row holds the response object as returned and the input items of its turn (the messages
 the request added, instructions excluded, as OpenAI does); a chain is rebuilt by following
-`previous_response_id` back.
+`previous_response_id` back. A streamed response is stored as it starts (its id is announced
+then), with the writing process in `running`: if that process dies before the response ends,
+reading it says "failed" (INTERRUPTED) instead of "in_progress" forever.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
+
+from indexing.durable import pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, previous_id TEXT,
     input TEXT NOT NULL, response TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS running (id TEXT PRIMARY KEY, pid INTEGER NOT NULL);
 """
+#: What a stored response still "in_progress" becomes once the process writing it is gone.
+INTERRUPTED = {
+    "code": "server_error",
+    "message": "the server stopped before this response finished; send the request again",
+}
 MAX_CHAIN = 1000  # a chain longer than this is cut (its oldest turns would not fit anyway)
 
 
@@ -52,12 +63,38 @@ class ResponseStore:
             json.dumps(input_items, ensure_ascii=False),
             json.dumps(response, ensure_ascii=False),
         )
+        running = response.get("status") == "in_progress"  # a stream's, as it starts
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+                if running:
+                    db.execute("INSERT OR REPLACE INTO running VALUES (?, ?)",
+                               (response["id"], os.getpid()))  # fmt: skip
+                else:
+                    db.execute("DELETE FROM running WHERE id = ?", (response["id"],))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def get(self, response_id: str) -> dict[str, Any] | None:
         row = self._row(response_id)
-        return json.loads(row[1]) if row else None
+        if row is None:
+            return None
+        response = json.loads(row[1])
+        if response.get("status") == "in_progress" and self._orphaned(response_id):
+            response.update(status="failed", error=INTERRUPTED)  # its server died mid-answer
+            self.put(response, json.loads(row[0]))
+        return response
+
+    def _orphaned(self, response_id: str) -> bool:
+        with self._lock:
+            found = self._db.execute(
+                "SELECT pid FROM running WHERE id = ?", (response_id,)
+            ).fetchone()
+        return found is None or not pid_alive(found[0])
 
     def input_items(self, response_id: str) -> list[dict[str, Any]] | None:
         row = self._row(response_id)
@@ -72,6 +109,7 @@ class ResponseStore:
     def delete(self, response_id: str) -> bool:
         with self._lock:
             cur = self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
+            self._db.execute("DELETE FROM running WHERE id = ?", (response_id,))
         return cur.rowcount > 0
 
     def chain(self, response_id: str) -> list[tuple[list[dict], dict]] | None:

@@ -146,6 +146,7 @@ class ResponseRun:
         r, msg = self.response, self.message
         keepalive = self.owner.serving.keepalive_s
         try:
+            await self._store()  # the id is announced now: it must be there after a crash
             yield sse("response.created", response=r.model_dump())
             yield sse("response.in_progress", response=r.model_dump())
             index = 0

@@ -187,13 +187,12 @@ def test_a_stream_the_client_leaves_is_kept_as_cancelled(client: openai.OpenAI, 
         next(x for x in lines if '"response.output_text.delta"' in x)
     response_id = created["response"]["id"]
     deadline = time.monotonic() + 30
-    while True:  # stored as the stream's task winds down
-        try:
-            kept = client.responses.retrieve(response_id)
+    while True:  # stored as it started, then as cancelled when the stream's task winds down
+        kept = client.responses.retrieve(response_id)
+        if kept.status != "in_progress":
             break
-        except openai.NotFoundError:
-            assert time.monotonic() < deadline, "the cancelled response was never stored"
-            time.sleep(0.05)
+        assert time.monotonic() < deadline, "the cancelled response was never stored"
+        time.sleep(0.05)
     assert kept.status == "cancelled" and kept.output[-1].type == "message"
     chained = client.responses.create(
         model=MODEL, input="Go on.", previous_response_id=response_id, max_output_tokens=2
@@ -360,6 +359,30 @@ def test_unknown_vector_store_and_model(server, client, knowledge_base) -> None:
         assert r.json()["error"]["param"] == "tools.[0].vector_store_ids"
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_missing")
+
+
+def test_a_response_whose_server_died_reads_failed(client, tmp, tiny_llama_dir) -> None:
+    """kill -9 mid-stream: the id `response.created` announced is stored, and once its server
+    is gone it reads "failed" with a reason (not a 404, not "in_progress" for ever)."""
+    doomed = start_server(tmp, tiny_llama_dir)  # the same responses database as `server`
+    body = {"model": MODEL, "input": "Tell me everything.", "stream": True,
+            "max_output_tokens": 1500, "retrieval": False}  # fmt: skip
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        with httpx.stream("POST", f"{doomed.url}/v1/responses", json=body, headers=headers) as r:
+            lines = r.iter_lines()
+            created = json.loads(next(x for x in lines if '"response.created"' in x)[6:])
+            next(x for x in lines if '"response.output_text.delta"' in x)
+            response_id = created["response"]["id"]
+            assert client.responses.retrieve(response_id).status == "in_progress"  # alive
+            doomed.proc.kill()
+            doomed.proc.wait(20)
+    finally:
+        doomed.stop()
+    lost = client.responses.retrieve(response_id)  # read through the other server
+    assert lost.status == "failed" and "stopped before this response finished" in (
+        lost.error.message
+    )
 
 
 def test_store_chain_and_lazy_file(tmp_path) -> None:
