@@ -373,6 +373,8 @@ def lone_surrogate(value: Any, at: str = "") -> str | None:
     else:
         return None
     for key, item in items:
+        if isinstance(key, str) and not _valid(key):  # a dict key
+            return f"{at}.{key!r}" if at else repr(key)
         if isinstance(item, (str, dict, list)) and not _valid(item):
             return lone_surrogate(item, f"{at}[{key}]" if isinstance(key, int) else
                                   f"{at}.{key}" if at else str(key))  # fmt: skip
@@ -390,6 +392,7 @@ def _valid(value: Any) -> bool:
             except UnicodeEncodeError:
                 return False
         elif isinstance(item, dict):
+            stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)

@@ -19,6 +19,9 @@ Attributes = dict[str, str | float | bool]
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
+    # no lone surrogates (JSON's \\ud800) in any name, metadata, attribute or query: stored,
+    # they would break every later listing
+    _unicode = model_validator(mode="before")(valid_unicode)
 
 
 # ---- files ---------------------------------------------------------------------------------
@@ -182,11 +185,19 @@ class RankingOptions(_Request):
     hybrid_search: HybridSearch | None = None
 
 
+#: A search query is encoded by the query adapter (a few hundred tokens): far longer text is
+#: refused before it costs the model thread anything.
+MAX_QUERY_CHARS = 16384
+MAX_QUERIES = 64
+
+
 class SearchRequest(_Request):
-    _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates
     query: (
-        Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+        Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
+        | Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]],
+            Field(min_length=1, max_length=MAX_QUERIES),
+        ]
     )
     """Text to search for, or several (a chunk keeps its best score)."""
     filters: dict[str, Any] | None = Field(default=None, json_schema_extra={"type": "null"})

@@ -9,6 +9,7 @@ cosine 1, even with a tiny random model.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -533,3 +534,17 @@ def test_a_failed_load_answers_model_failed_like_clara_serve(tmp_path: Path) -> 
         assert http.get("/health").status_code == 503
         error = error_of(http.post("/v1/vector_stores", json={"name": "x"}), 503)
         assert error["code"] == "model_failed" and "no weights in /nowhere" in error["message"]
+
+
+def test_text_that_is_not_unicode_is_refused_before_it_is_stored(
+    client: openai.OpenAI, service: ServiceProcess
+) -> None:
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    for body in ('{"name": "s", "metadata": {"k": "\\ud800"}}',
+                 '{"name": "s", "metadata": {"\\ud800": "v"}}'):  # fmt: skip
+        r = httpx.post(f"{service.url}/v1/vector_stores", content=body, headers=auth)
+        assert r.status_code == 400 and "not valid Unicode" in r.json()["error"]["message"]
+    client.vector_stores.list()  # nothing half-stored breaks the listing
+    r = httpx.post(f"{service.url}/v1/vector_stores/default/search", headers=auth,
+                   content=json.dumps({"query": "w " * 10_000}))  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "query"
