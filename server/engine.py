@@ -85,6 +85,11 @@ class ModelInfo:
     max_token_chars: int = 0  # the longest token's characters: a text needs >= len/this tokens
     embed_tokens: int = 0  # the most tokens one embeddings input may have (query encoder)
 
+    def least_tokens(self, chars: int) -> int:
+        """The fewest tokens `chars` characters can take (0 when the vocabulary is unknown):
+        no token holds more characters than the longest one."""
+        return chars // self.max_token_chars if self.max_token_chars else 0
+
 
 FAILED = object()  # in `_encode_apart`'s answer: that request failed and heard why
 
@@ -260,13 +265,13 @@ class Engine:
         tokens. A megabyte pasted into a message is a 400 at once, instead of seconds of
         tokenizing on the model thread that every other request waits behind."""
         info = self.info
-        if info is None or not info.max_token_chars:
+        if info is None:
             return
         texts = [params.question, params.system or ""]  # in the prompt whatever is cut
         if not params.truncate:  # (Responses' truncation "auto" may drop the old turns)
             texts += [m["content"] for m in params.history]
         chars = sum(map(len, texts))
-        least = chars // info.max_token_chars
+        least = info.least_tokens(chars)
         if least > info.context_limit:
             raise ContextLengthError(
                 f"the messages hold {chars} characters, at least {least} tokens, more than "

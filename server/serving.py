@@ -427,9 +427,7 @@ class OpenAIServing:
             )
         info = self.engine.info
         for i, x in enumerate(inputs):  # hopelessly long text: refused before tokenizing it
-            least = (
-                len(x) // info.max_token_chars if isinstance(x, str) and info.max_token_chars else 0
-            )
+            least = info.least_tokens(len(x)) if isinstance(x, str) else 0
             if least > info.embed_tokens:
                 where = f"input {i}" if len(inputs) > 1 else "the input"
                 raise APIError(
