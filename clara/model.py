@@ -424,13 +424,14 @@ class ClaraModel(nn.Module):
         return rows.mean(axis=0), rows.std()
 
     # ---- encoding -------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Document/query token ids, truncated to `doc_max_tokens`."""
+    def tokenize(self, texts: Sequence[str], cut: bool = True) -> list[list[int]]:
+        """Document/query token ids, truncated to `doc_max_tokens` (`cut=False`: whole, to
+        count them first; the reference layout always truncates its own way)."""
         if self.config.reference:  # its own string layout and truncation
             return reference.document_tokens(self.tokenizer, texts, self.config.doc_max_tokens)
         enc = self.tokenizer._tokenizer if hasattr(self.tokenizer, "_tokenizer") else self.tokenizer
         out = enc(list(texts), add_special_tokens=False)["input_ids"]
-        return [ids[: self.config.doc_max_tokens] for ids in out]
+        return [ids[: self.config.doc_max_tokens] if cut else ids for ids in out]
 
     def encode_tokens(
         self, token_lists: Sequence[Sequence[int]], adapter: str, memory_only: bool = False
@@ -495,14 +496,20 @@ class ClaraModel(nn.Module):
         self.memory_center = center.astype(self.mem_embeddings.dtype)
         mx.eval(self.memory_center)
 
-    def _encode_texts(self, texts: Sequence[str], adapter: str, batch_size: int) -> mx.array:
+    def _encode_texts(
+        self,
+        texts: Sequence[str],
+        adapter: str,
+        batch_size: int,
+        ids: Sequence[Sequence[int]] | None = None,
+    ) -> mx.array:
         if not texts:
             return mx.zeros((0, self.n_mem, self.hidden_size))
         # all cores (a decode step on this thread may have set one); OpenBLAS gets one where
         # it sees only the adapters' products (or none: the packed compressor is only made
         # beside the packed base weights)
         _blas.for_prefill(packed=bool(self.__dict__.get("_packed")))
-        ids = self.tokenize(texts)
+        ids = self.tokenize(texts) if ids is None else ids
         # passes side by side on the CPU's cores when they are big enough (clara/lanes.py)
         width = lanes.worth(sum(len(t) + self.n_mem for t in ids))
         batch_size = max(1, min(batch_size, -(-len(ids) // width)))
@@ -525,14 +532,19 @@ class ClaraModel(nn.Module):
         with self._compressor_products():
             return self._encode_texts(texts, "compressor", batch_size or compress_batch())
 
-    def encode_queries(self, texts: Sequence[str], batch_size: int = 8) -> mx.array:
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 8,
+        ids: Sequence[Sequence[int]] | None = None,
+    ) -> mx.array:
         """Questions -> query memory vectors `(N, n_mem, d)` with the query adapter (its base
-        products in `query_precision`)."""
+        products in `query_precision`). `ids`: their `tokenize(texts)`, when already made."""
         if not self.__dict__.get("_query_tiles"):
-            return self._encode_texts(texts, "query", batch_size)
+            return self._encode_texts(texts, "query", batch_size, ids)
         mx.synchronize()  # nothing else in flight reads the base weights on the tiles
         with _blas.bfloat16_base_products():
-            out = self._encode_texts(texts, "query", batch_size)
+            out = self._encode_texts(texts, "query", batch_size, ids)
             mx.eval(out)
         return out
 

@@ -159,6 +159,11 @@ class Worker:
                 if match(task.key):
                     task.cancelled = True
 
+    def has_queued(self) -> bool:
+        """Whether any task waits for a turn (queued, or a running one between two steps)."""
+        with self._cv:
+            return self._queued()
+
     def pending(self, match: Callable[[Any], bool]) -> bool:
         with self._cv:
             return any(match(t.key) and not t.cancelled for t in self._all())

@@ -34,6 +34,8 @@ def only(schema: dict[str, Any], **field: Any) -> Any:
 
 
 NULL = {"type": "null"}
+MAX_STOPS = 16
+StopString = Annotated[str, Field(max_length=1000)]
 TEXT_ROLES = ["system", "developer", "user", "assistant"]
 
 
@@ -118,7 +120,9 @@ class ChatCompletionRequest(_Request):
     )
     seed: JSONInt | None = None
     service_tier: str | None = None
-    stop: str | list[str] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    """Up to 16 strings of at most 1000 characters (OpenAI takes 4): each is looked for in
+    every new token's text, so an unbounded list slowed the whole decode batch."""
     store: bool | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None

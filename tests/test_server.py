@@ -418,7 +418,7 @@ def test_text_content_parts(client: openai.OpenAI) -> None:
 
 
 # ---- sampling options ----------------------------------------------------------------------
-def test_stop_string_and_list(client: openai.OpenAI) -> None:
+def test_stop_string_and_list(client: openai.OpenAI, server: ServerProcess) -> None:
     kwargs = dict(model=MODEL, messages=ask("The train leaves"), max_tokens=16)
     full = client.chat.completions.create(**kwargs).choices[0].message.content
     start = next(i for i in range(3, len(full) - 3) if "\ufffd" not in full[i : i + 3])
@@ -431,6 +431,12 @@ def test_stop_string_and_list(client: openai.OpenAI) -> None:
         assert (
             "".join(c.choices[0].delta.content or "" for c in streamed) == full[: full.index(stop)]
         )
+    # bounded (each is looked for in every token's text): a clear 400, not a slow batch
+    for value in (["a"] * 17, "x" * 1001, ["x" * 1001]):
+        r = post(server, "/v1/chat/completions", {"messages": ask("hi"), "stop": value})
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("stop"), r.text
+    ok = post(server, "/v1/chat/completions", {"messages": ask("hi"), "stop": ["a"] * 16})
+    assert ok.status_code == 200
 
 
 def test_max_completion_tokens_wins_and_ends_with_length(client: openai.OpenAI) -> None:
@@ -742,6 +748,37 @@ def test_embedding_errors(server: ServerProcess, client: openai.OpenAI) -> None:
         "model",
         "model_not_found",
     )
+
+
+def test_a_long_embeddings_job_lets_chats_through_and_stops_when_its_client_leaves(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    """A big embeddings request runs in steps on the model thread: a chat sent after it
+    answers while it still runs, and a client that leaves stops it before its end."""
+    big = [f"river bank {i} " + "the water runs by the old mill and " * 16 for i in range(2048)]
+    body = {"input": big, "encoding_format": "base64"}
+    with ThreadPoolExecutor(2) as pool:  # two of them: ~2.5 s of encoding each here
+        embeddings = [pool.submit(post, server, "/v1/embeddings", body) for _ in range(2)]
+        time.sleep(1.0)  # both are queued or running
+        chat = client.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=4)
+        assert chat.choices[0].finish_reason == "length"
+        # answered between two of their steps, not after them (as when each was one job)
+        assert not any(e.done() for e in embeddings)
+        for e in embeddings:
+            r = e.result()
+            assert r.status_code == 200 and len(r.json()["data"]) == 2048
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while it runs
+        httpx.post(
+            f"{server.url}/v1/embeddings",
+            json={"input": big},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=1.0,
+        )
+    deadline = time.monotonic() + 30
+    while "embeddings cancelled after" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    done = re.search(r"embeddings cancelled after (\d+) of 2048 inputs", server.log())
+    assert done and int(done.group(1)) < 2048, server.log()[-2000:]
 
 
 # ---- metrics -------------------------------------------------------------------------------
