@@ -54,7 +54,7 @@ from indexing.lexical import query_terms
 from indexing.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from indexing.meta import Chunk, ChunkRecord, Document, Meta, is_corrupt
 from indexing.vectors import MemoryFile, resolve_kind
-from indexing.view import IndexView
+from indexing.view import IndexView, memory_damage
 
 __all__ = [
     "Chunk",
@@ -264,12 +264,8 @@ class Collection:
             state = self._meta.state()
             path = self.directory / state.memory_file
             memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
-            have = path.stat().st_size if path.exists() else 0
-            if have < state.n_rows * memory.row_bytes:
-                raise CollectionError(
-                    f"{path} is shorter than its {state.n_rows} committed rows (disk damage?); "
-                    "delete the collection and index the documents again"
-                )
+            if (what := memory_damage(self.directory, state, memory.row_bytes)) is not None:
+                raise damaged(self.directory, what)  # we hold the lock: nobody is writing
             memory.truncate(state.n_rows)  # rows of an add that never committed
             for p in self.directory.iterdir():
                 stale_memory = p.name.startswith("memory-") and p.name != state.memory_file

@@ -57,6 +57,10 @@ def ivf_nprobe(nlist: int) -> int:
     return min(nlist, max(16, nlist // 16))
 
 
+class ShortMemoryFileError(RuntimeError):
+    """The memory file holds fewer rows than were asked for."""
+
+
 class MemoryFile:
     """Append-only file of float16 rows shaped (n_mem, d), read through `np.memmap`.
 
@@ -70,12 +74,23 @@ class MemoryFile:
         self.row_bytes = n_mem * d * 2
         self._mm: np.memmap | None = None
 
+    def rows_on_disk(self) -> int:
+        """Whole rows the file holds now (FileNotFoundError when it is gone)."""
+        return os.path.getsize(self.path) // self.row_bytes
+
+    def require(self, n_rows: int) -> None:
+        """Raise ShortMemoryFileError (FileNotFoundError) unless the file holds `n_rows` rows."""
+        if n_rows and (n := self.rows_on_disk()) < n_rows:
+            raise ShortMemoryFileError(f"{self.path} holds {n} rows, {n_rows} are committed")
+
     def _map(self, min_rows: int) -> np.memmap:
-        if self._mm is None or self._mm.shape[0] < min_rows:
+        # The size is looked at on every read: a map past the end of a file cut short since
+        # would kill the process (SIGBUS) instead of raising.
+        n = self.rows_on_disk()
+        if n < min_rows:
+            raise ShortMemoryFileError(f"{self.path} holds {n} rows, the index needs {min_rows}")
+        if self._mm is None or not min_rows <= self._mm.shape[0] <= n:
             self._mm = None
-            n = os.path.getsize(self.path) // self.row_bytes
-            if n < min_rows:
-                raise RuntimeError(f"{self.path} holds {n} rows, the index needs {min_rows}")
             self._mm = np.memmap(self.path, np.float16, "r", shape=(n, *self.row_shape))
         return self._mm
 

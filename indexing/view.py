@@ -9,16 +9,17 @@ without ever writing, and how a writer recovers from a crash between commit and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from clara.retrieval import flatten_normalize
 from indexing.durable import remove_quietly
-from indexing.layout import FAISS_FILE, CollectionError, faiss_file_name
+from indexing.layout import FAISS_FILE, CollectionError, damaged, faiss_file_name
 from indexing.manifest import Manifest
 from indexing.meta import Meta, State
-from indexing.vectors import MemoryFile, VectorIndex, resolve_kind
+from indexing.vectors import MemoryFile, ShortMemoryFileError, VectorIndex, resolve_kind
 
 #: FAISS files up to this size are rewritten on every commit; bigger ones once this share of
 #: their vectors changed (and on close), so adding one document to a 100k-chunk collection does
@@ -26,6 +27,26 @@ from indexing.vectors import MemoryFile, VectorIndex, resolve_kind
 SAVE_ALWAYS_BYTES = 16 << 20
 SAVE_CHANGED_SHARE = 0.10
 _RETRIES = 5
+
+
+def memory_damage(directory: Path, state: State, row_bytes: int) -> str | None:
+    """What is wrong with the memory file of committed `state`, or None when nothing is.
+
+    Rows are appended and fsynced before the commit that counts them, and a memory file is
+    deleted only after a commit names its successor, so while SQLite still holds `state` its
+    file is never missing or short because a writer is at work: that is damage (a file deleted
+    or cut short from outside, a bad copy), and no retry will mend it."""
+    path = directory / state.memory_file
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return f"its memory file {state.memory_file} is missing" if state.n_rows else None
+    if size < state.n_rows * row_bytes:
+        return (
+            f"its memory file {state.memory_file} holds {size // row_bytes} of its "
+            f"{state.n_rows} committed rows: cut short"
+        )
+    return None
 
 
 class IndexView:
@@ -48,13 +69,26 @@ class IndexView:
         with self.meta.snapshot():
             return self.meta.state(), *self.meta.live()
 
-    def memory_for(self, file_name: str) -> MemoryFile:
-        if self.memory is None or self.memory.path.name != file_name:
-            path = self.directory / file_name
-            if not path.exists():
-                raise FileNotFoundError(path)  # compacted away after our snapshot: retry
+    def memory_for(self, state: State) -> MemoryFile:
+        if self.memory is None or self.memory.path.name != state.memory_file:
+            path = self.directory / state.memory_file
+            if state.n_rows and not path.exists():
+                raise FileNotFoundError(path)  # compacted away after our snapshot? (_recheck)
             self.memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
         return self.memory
+
+    def _recheck(self, state: State) -> None:
+        """After the memory file of `state` was missing or short: raise DamagedCollectionError
+        when `state` is still the committed one (see `memory_damage`); otherwise a commit came
+        in between (a compaction swapped files) and the caller looks again."""
+        self.memory = None
+        with self.meta.snapshot():
+            now = self.meta.state()
+        if (now.generation, now.memory_file) != (state.generation, state.memory_file):
+            return
+        row_bytes = self.manifest.n_mem * self.manifest.hidden_size * 2
+        if (what := memory_damage(self.directory, now, row_bytes)) is not None:
+            raise damaged(self.directory, what)
 
     def want(self, n: int, current: VectorIndex | None) -> str:
         return resolve_kind(self.manifest.index_type, n, current.kind if current else None)
@@ -78,7 +112,8 @@ class IndexView:
     def sync(self, state: State, ids: np.ndarray, rows: np.ndarray, rebuild: bool = False) -> None:
         """Make the index hold exactly the chunks of `state`: diff the index we have (or the
         newest saved one) against `ids`, or with `rebuild` build anew from the memory file."""
-        memory = self.memory_for(state.memory_file)
+        memory = self.memory_for(state)
+        memory.require(state.n_rows)  # before FAISS: a saved index may need no row at all
 
         def fetch(pos: np.ndarray) -> np.ndarray:  # (k,) positions into ids -> (k, D)
             return flatten_normalize(memory.read(rows[pos]))
@@ -107,11 +142,12 @@ class IndexView:
         if not rebuild and self.index is not None and self.meta.generation() == self.generation:
             return False
         for _ in range(_RETRIES):
+            state, ids, rows = self.snapshot()
             try:
-                self.sync(*self.snapshot(), rebuild=rebuild)
+                self.sync(state, ids, rows, rebuild=rebuild)
                 return True
-            except FileNotFoundError:  # a compaction swapped memory files under us: look again
-                self.memory = None
+            except (FileNotFoundError, ShortMemoryFileError):  # a compaction, or damage
+                self._recheck(state)
         raise CollectionError(f"collection '{self.directory.name}' keeps changing; try again")
 
     def apply(self, generation: int, removed: np.ndarray, ids: np.ndarray, vecs) -> None:
@@ -138,9 +174,9 @@ class IndexView:
                 raise KeyError(f"no chunk(s) {missing[:5]} in '{self.directory.name}'")
             try:
                 rows = np.array([where[i] for i in chunk_ids], dtype=np.int64)
-                return self.memory_for(state.memory_file).read(rows)
-            except FileNotFoundError:
-                self.memory = None
+                return self.memory_for(state).read(rows)
+            except (FileNotFoundError, ShortMemoryFileError):  # a compaction, or damage
+                self._recheck(state)
         raise CollectionError(f"collection '{self.directory.name}' keeps changing; try again")
 
     def maybe_save(self, force: bool = False) -> None:

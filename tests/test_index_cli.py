@@ -582,3 +582,45 @@ def test_a_damaged_collection_is_named_and_the_others_still_work(
     assert not (index / "gone" / "meta.sqlite").exists()  # reading made no empty database
     rc, _, err = run(capsys, "search", "anything", "--collection", "torn", "--index", index)
     assert rc == 1 and "is damaged" in err and "restore its folder" in err
+
+
+def store_collection(index: Path, name: str, docs: int = 2) -> Path:
+    """A collection of random memories (tests.tiny.STORE_MANIFEST) made without a model, for
+    the commands that never load one; returns its folder."""
+    import numpy as np
+
+    from indexing.store import ChunkRecord
+    from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
+
+    with Collection.open(index, name, manifest=STORE_MANIFEST, create=True) as col:
+        for i in range(docs):
+            memories = np.random.default_rng(i).standard_normal((2, STORE_N_MEM, STORE_D))
+            chunks = [ChunkRecord(f"{name} {i} chunk {j}", n_tokens=4) for j in range(2)]
+            col.add_document(f"/docs/{name}/d{i}.txt", f"d{i}.txt", f"sha-{name}-{i}", chunks,
+                             memories)  # fmt: skip
+    return index / name
+
+
+def test_a_lost_or_cut_memory_file_is_reported_as_damage(capsys, monkeypatch, tmp_path: Path):
+    """Before: "keeps changing; try again" for a deleted memory file, a RuntimeError traceback
+    for a truncated one; now both name the collection as damaged and say what to do."""
+    index = tmp_path / "index"
+    for name in ("good", "gone", "cut"):
+        store_collection(index, name)
+    (index / "gone" / "memory-0.f16").unlink()
+    os.truncate(index / "cut" / "memory-0.f16", 70)  # 1 of 4 rows (64 bytes each) and a bit
+    for folder in (index / "gone", index / "cut"):
+        for p in folder.glob("faiss-*.index"):
+            p.unlink()
+    no_model(monkeypatch)
+    rc, out, err = run(capsys, "collections", "--index", index)
+    assert rc == 1 and "good" in out and "gone" not in out and "cut" not in out
+    gone = "collection 'gone' in {} is damaged (its memory file memory-0.f16 is missing)"
+    cut = "is damaged (its memory file memory-0.f16 holds 1 of its 4 committed rows: cut short)"
+    assert gone.format(index) in err and f"collection 'cut' in {index} {cut}" in err
+    for command in (["list"], ["stats"], ["remove", "d0.txt"], ["rebuild"]):
+        for name, expected in (("gone", "memory-0.f16 is missing"), ("cut", cut)):
+            rc, _, err = run(capsys, *command, "--collection", name, "--index", index)
+            assert rc == 1 and expected in err and "restore its folder" in err, (command, err)
+            assert "keeps changing" not in err and "Traceback" not in err
+    assert os.path.getsize(index / "cut" / "memory-0.f16") == 70  # no writer "repaired" it
