@@ -104,6 +104,15 @@ def create_collection_dir(directory: Path, manifest: Manifest) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def holds_data_without_manifest(directory: Path) -> bool:
+    """Whether `directory` holds a collection's data (its database or memory vectors) but no
+    manifest. A collection comes into place whole by one rename and leaves by one, so such a
+    folder is a damaged collection, not a free name: a new one must not be started over it."""
+    if (directory / MANIFEST).exists() or not directory.is_dir():
+        return False
+    return (directory / META).exists() or any(directory.glob("memory-*.f16"))
+
+
 def damaged(directory: Path, what: str) -> DamagedCollectionError:
     """The error for a collection whose files cannot be read, saying what a user can do."""
     return DamagedCollectionError(

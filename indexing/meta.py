@@ -137,7 +137,7 @@ def _batches(ids: Sequence[int]) -> Iterator[list[int]]:
 
 
 class MissingDatabaseError(sqlite3.OperationalError):
-    """A collection's meta.sqlite is gone (a reader never creates an empty one)."""
+    """A collection's meta.sqlite is gone (neither readers nor writers create an empty one)."""
 
 
 def is_corrupt(exc: sqlite3.DatabaseError) -> bool:
@@ -156,18 +156,20 @@ class Meta:
 
     def __init__(self, path: Path, *, readonly: bool):
         self.path = path
-        if readonly and not path.exists():
+        if not path.exists():
             raise MissingDatabaseError(f"{path.name} is missing")
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread off because
-        # the owning Collection serialises access with its own lock. A reader opens the file
-        # "rw" (WAL readers write the -shm index) but never creates it.
-        target = f"file:{quote(str(path))}?mode=rw" if readonly else str(path)
+        # the owning Collection serialises access with its own lock. Readers and writers alike
+        # open the file "rw" (WAL readers write the -shm index) and never create it: only
+        # `create` does, in a new collection's hidden folder. A writer that made an empty one
+        # beside a collection's memory files would start it afresh over them.
+        target = f"file:{quote(str(path))}?mode=rw"
         try:
             self.db = sqlite3.connect(
-                target, uri=readonly, isolation_level=None, check_same_thread=False, timeout=30
+                target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
             )
         except sqlite3.OperationalError:
-            if readonly and not path.exists():  # deleted since the check above
+            if not path.exists():  # deleted since the check above
                 raise MissingDatabaseError(f"{path.name} is missing") from None
             raise
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss

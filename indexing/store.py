@@ -47,12 +47,20 @@ from indexing.layout import (
     create_collection_dir,
     damaged,
     delete_collection,
+    holds_data_without_manifest,
     list_collections,
     memory_file_name,
 )
 from indexing.lexical import query_terms
 from indexing.manifest import MANIFEST, Manifest, read_manifest, write_manifest
-from indexing.meta import Chunk, ChunkRecord, Document, Meta, is_corrupt
+from indexing.meta import (
+    Chunk,
+    ChunkRecord,
+    Document,
+    Meta,
+    MissingDatabaseError,
+    is_corrupt,
+)
 from indexing.vectors import MemoryFile, resolve_kind
 from indexing.view import IndexView, memory_damage
 
@@ -134,6 +142,8 @@ class Collection:
         expected = Manifest.from_dict(manifest) if isinstance(manifest, dict) else manifest
         if index_type is not None:
             resolve_kind(index_type, 0)  # rejects unknown names early
+        if holds_data_without_manifest(directory):
+            raise damaged(directory, f"{MANIFEST} is missing")
         if not (directory / MANIFEST).exists():
             if not create or readonly:
                 existing = ", ".join(list_collections(root)) or "none"
@@ -163,7 +173,7 @@ class Collection:
             col = cls(directory, stored, readonly)
         except sqlite3.DatabaseError as exc:
             if is_corrupt(exc):
-                raise damaged(directory, f"{META}: {exc}") from None
+                raise damaged(directory, _meta_trouble(exc)) from None
             raise
         try:
             if readonly:
@@ -179,7 +189,7 @@ class Collection:
         except sqlite3.DatabaseError as exc:
             col.close()
             if is_corrupt(exc):
-                raise damaged(directory, f"{META}: {exc}") from None
+                raise damaged(directory, _meta_trouble(exc)) from None
             raise
         except BaseException:
             col.close()
@@ -561,6 +571,11 @@ class Collection:
                 "files": files,
                 "bytes_on_disk": sum(files.values()),
             }
+
+
+def _meta_trouble(exc: sqlite3.DatabaseError) -> str:
+    """What a corrupt-database error says, in the words a damaged() message wants."""
+    return str(exc) if isinstance(exc, MissingDatabaseError) else f"{META}: {exc}"
 
 
 def collection_counts(root: str | Path | None, name: str) -> tuple[int, int]:

@@ -624,3 +624,38 @@ def test_a_lost_or_cut_memory_file_is_reported_as_damage(capsys, monkeypatch, tm
             assert rc == 1 and expected in err and "restore its folder" in err, (command, err)
             assert "keeps changing" not in err and "Traceback" not in err
     assert os.path.getsize(index / "cut" / "memory-0.f16") == 70  # no writer "repaired" it
+
+
+def test_writers_refuse_a_collection_whose_database_or_manifest_is_gone(
+    capsys, monkeypatch, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Before: add/remove/rebuild made an empty meta.sqlite beside the memory files (then said
+    "no such table"), and add over a folder without manifest.json loaded the model and crashed
+    with OSError; now each says the collection is damaged and writes nothing."""
+    index, docs = tmp_path / "index", tmp_path / "docs"
+    write_corpus(docs, n=1)
+    for name in ("nodb", "nomanifest"):
+        store_collection(index, name)
+    (index / "nodb" / "meta.sqlite").unlink()
+    (index / "nomanifest" / "manifest.json").unlink()
+    before = {
+        name: sorted(p.name for p in (index / name).iterdir()) for name in ("nodb", "nomanifest")
+    }
+    monkeypatch.setattr(commands, "_load_model", lambda *a, **k: pytest.fail("model loaded"))
+    for name, what in (
+        ("nodb", "meta.sqlite is missing"),
+        ("nomanifest", "manifest.json is missing"),
+    ):
+        for command in (["add", docs], ["remove", "d0.txt"], ["rebuild"], ["list"]):
+            rc, _, err = run(capsys, *command, "--collection", name, "--index", index)
+            assert rc == 1, (name, command, err)
+            assert f"collection '{name}' in {index} is damaged ({what})" in err, (command, err)
+            assert "Traceback" not in err
+    after = {name: sorted(p.name for p in (index / name).iterdir()) for name in before}
+    assert after == before
+    assert not (index / "nodb" / "meta.sqlite").exists()
+    monkeypatch.undo()
+    rc, out, err = run(capsys, "add", docs, "--collection", "new", "--model", tiny_llama_dir,
+                       "--index", index, *CHUNKING)  # fmt: skip
+    assert rc == 0 and (index / "new" / "meta.sqlite").exists(), err  # a new one is still made
+    assert out.strip().splitlines()[-1].startswith("1 added")

@@ -115,3 +115,20 @@ def test_a_memory_file_swapped_by_a_commit_is_looked_for_again_not_damage(tmp_pa
     with pytest.raises(DamagedCollectionError, match=r"holds 3 of its 6 committed rows"):
         reader.memories(last)
     reader.close()
+
+
+@pytest.mark.parametrize("gone", ["meta.sqlite", "manifest.json"])
+def test_a_writer_never_starts_afresh_over_a_damaged_folder(tmp_path: Path, gone: str) -> None:
+    """A writer (even one allowed to create) on a folder whose database or manifest is gone
+    says it is damaged and creates nothing: an empty meta.sqlite (or a new collection) beside
+    the old memory files would make it look empty and then overwrite them."""
+    folder = make(tmp_path)
+    (folder / gone).unlink()
+    before = sorted(p.name for p in folder.iterdir())
+    for kwargs in ({}, {"manifest": STORE_MANIFEST, "create": True}, {"readonly": True}):
+        with pytest.raises(DamagedCollectionError, match=rf"is damaged \({gone} is missing\)"):
+            Collection.open(tmp_path, "main", **kwargs)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    with Collection.open(tmp_path, "other", manifest=STORE_MANIFEST, create=True) as col:
+        add(col, 1)  # a new collection is still created
+    assert (tmp_path / "other" / "meta.sqlite").exists()
