@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -136,6 +137,10 @@ def model_dtype(args: argparse.Namespace) -> str | None:
     return None if args.dtype == "stored" else args.dtype
 
 
+#: Seconds a stopping server waits for requests in progress (--shutdown-grace, `serve_http`).
+SHUTDOWN_GRACE_S = 30
+
+
 def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._ArgumentGroup:
     """The "server" group both HTTP services share: --host, --port, --api-key. Returns the
     group, for the service's own options (then `add_log_level_arg`)."""
@@ -148,6 +153,16 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         metavar="KEY",
         help="require 'Authorization: Bearer <key>' on every endpoint but /health "
         "(default: $CLARA_API_KEY; unset: no key)",
+    )
+    net.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=SHUTDOWN_GRACE_S,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, how long requests in progress may finish; answers still "
+        "running 2 s before its end stop with a 'shutting_down' error. Keep it under your "
+        "supervisor's kill timeout (Docker's default is 10 s; docker-compose.dev.yml allows "
+        "40) (default: %(default)s)",
     )
     return net
 
@@ -165,8 +180,6 @@ def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 
 #: Seconds an idle HTTP keep-alive connection stays open (see `serve_http`).
 KEEP_ALIVE_S = 75
-#: Seconds a stopping server waits for requests in progress (see `serve_http`).
-SHUTDOWN_GRACE_S = 30
 
 
 def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
@@ -188,11 +201,21 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
         "listening on http://%s:%d%s (the model loads now; /health says when it is ready)",
         shown, port, hello,
     )  # fmt: skip
+    grace = getattr(args, "shutdown_grace", SHUTDOWN_GRACE_S)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            # the app ends what still runs before uvicorn cuts it (`app.state.stopping`)
+            stopping = getattr(app.state, "stopping", None)
+            if stopping is not None:
+                stopping(time.monotonic() + grace)
+            await super().shutdown(sockets=sockets)
+
     # Idle keep-alive connections stay open longer than clients keep them (httpx, so the openai
     # SDK, drops its idle ones after 5 s; uvicorn's default was also 5 s): otherwise a client
     # could send its next request on a connection the server is closing at that moment, and
     # get "connection reset by peer".
-    server = uvicorn.Server(
+    server = Server(
         uvicorn.Config(
             app,
             host=args.host,
@@ -200,8 +223,8 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
             log_level=args.log_level,
             timeout_keep_alive=KEEP_ALIVE_S,
             # SIGTERM lets answers in progress finish, for this long at most (init systems
-            # kill after 90 s, Docker after 10 s unless told): then their streams are cut
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            # kill after 90 s, Docker after 10 s unless told): then the app ends them
+            timeout_graceful_shutdown=grace,
         )
     )
 

@@ -144,7 +144,6 @@ class ResponseRun:
             return f"event: {kind}\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         r, msg = self.response, self.message
-        keepalive = self.owner.serving.keepalive_s
         try:
             await self._store()  # the id is announced now: it must be there after a crash
             yield sse("response.created", response=r.model_dump())
@@ -169,7 +168,7 @@ class ResponseRun:
             empty = OutputText(text="").model_dump()
             yield sse("response.content_part.added", part=empty, **ids)
             while True:
-                event = await self.job.next(timeout=keepalive)
+                event = await self.owner.serving.stream_event(self.job)
                 if event is None:  # long prefill: keep proxies and clients from timing out
                     yield ": keep-alive\n\n"
                     continue

@@ -53,7 +53,17 @@ DISCONNECT_CHECK_S = 0.25  # how often a non-streamed request looks for its clie
 log = logging.getLogger("clara.serve")
 SNIPPET_CHARS = 240
 MAX_EMBEDDING_INPUTS = 2048
+#: Seconds before the stop deadline (uvicorn's graceful-shutdown timeout) that answers still
+#: running end with a `shutting_down` error, so it reaches the client before the cut.
+STOP_MARGIN_S = 2.0
 CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in metrics and logs
+
+
+def _final(event: object) -> bool:
+    """Whether `event` completes its request (kept even past the stop deadline)."""
+    if isinstance(event, GenerationChunk):
+        return event.finish_reason is not None
+    return isinstance(event, (Embedded, Failed)) or event is DONE
 
 
 def source_url(s: SourceInfo) -> str:
@@ -160,6 +170,36 @@ class OpenAIServing:
         self.metrics = engine.metrics
         self.created = int(time.time())
         self.accept_any_model = False  # --accept-any-model: answer whatever model is named
+        self.stop_by: float | None = None  # monotonic time answers in progress end by
+
+    def stopping(self, deadline: float) -> None:
+        """The server stops (SIGTERM) and cuts the connections still open at `deadline`:
+        answers still running end STOP_MARGIN_S before it with a `shutting_down` error, which
+        a client can read, instead of a connection closed in mid-stream."""
+        self.stop_by = deadline - STOP_MARGIN_S
+
+    def _stopped(self) -> APIError | None:
+        if self.stop_by is None or time.monotonic() < self.stop_by:
+            return None
+        return APIError(
+            503,
+            "the server is shutting down and could not finish this answer in time; ask again",
+            code="shutting_down",
+        )
+
+    async def stream_event(self, job: Job) -> object | None:
+        """A stream's next event from `job`; None after `keepalive_s` without one (the stream
+        sends a keep-alive), `Failed(shutting_down)` when the server's stop deadline is near."""
+        timeout = self.keepalive_s
+        if self.stop_by is not None:
+            timeout = max(0.0, min(timeout, self.stop_by - time.monotonic()))
+        stopped = self._stopped()
+        event = None if stopped else await job.next(timeout=timeout)
+        stopped = stopped or self._stopped()
+        if stopped is not None and not isinstance(event, Failed) and event is not DONE:
+            job.cancel()
+            return Failed(stopped)
+        return event
 
     # ---- models ----------------------------------------------------------------------------
     def model_names(self) -> set[str]:
@@ -239,6 +279,10 @@ class OpenAIServing:
         DISCONNECT_CHECK_S, whether events keep coming, as tokens of an answer do, or not)."""
         while True:
             event = await job.next(timeout=DISCONNECT_CHECK_S)
+            stopped = self._stopped()
+            if stopped is not None and not _final(event):
+                job.cancel()
+                raise stopped
             now = time.monotonic()
             if event is None or now - job.checked >= DISCONNECT_CHECK_S:
                 job.checked = now
@@ -358,7 +402,7 @@ class OpenAIServing:
         try:
             yield _sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))
             while True:
-                event = await job.next(timeout=self.keepalive_s)
+                event = await self.stream_event(job)
                 if event is None:  # long prefill: keep proxies and clients from timing out
                     yield ": keep-alive\n\n"
                     continue

@@ -280,3 +280,40 @@ def _listening(proc: ServerProcess) -> bool:
         return True
     except httpx.HTTPError:
         return False
+
+
+def test_sigterm_ends_running_answers_with_an_error_the_client_reads(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Answers still running when --shutdown-grace is nearly over end with a `shutting_down`
+    error (an SSE error event; a 503 for a non-streamed one), not a connection cut mid-way.
+    The grace is 2.2 s, so they end 0.2 s after SIGTERM, well before the ~1.7 s of decoding
+    the tiny model needs for its context."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir),
+        "--index", str(tmp_path / "index"),
+        "--shutdown-grace", "2.2",
+        env={"CLARA_HOME": str(tmp_path / "home")},
+        log=tmp_path / "server.log",
+    ).wait_ready()  # fmt: skip
+    url = f"{proc.url}/v1/chat/completions"
+    body = {**LONG, "max_tokens": 4000, "ignore_eos": True}
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            whole = pool.submit(httpx.post, url, json=body, timeout=60)
+            with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as r:
+                lines = r.iter_lines()
+                next(x for x in lines if '"content": "' in x and '""' not in x)  # decoding
+                proc.proc.send_signal(signal.SIGTERM)
+                rest = list(lines)
+            cut = whole.result()
+        errors = [json.loads(x[6:]) for x in rest if x.startswith('data: {"error"')]
+        assert [e["error"]["code"] for e in errors] == ["shutting_down"], rest[-3:]
+        assert "data: [DONE]" in rest[-2:]  # the stream still ends as a stream does
+        assert cut.status_code == 503 and cut.json()["error"]["code"] == "shutting_down"
+        assert proc.wait_exit(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    finally:
+        proc.stop()
