@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from clara.errors import ClaraError
 from clara_cli.http import APIError, check_ready, is_client_error
 
 log = logging.getLogger("clara.worker")
@@ -266,8 +267,7 @@ class Worker:
         except StopIteration:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the task
-            if not is_client_error(exc):  # a 4xx is the client's to fix: no traceback
-                log.exception("task %s failed", task.key)
+            log_failure(_kind(task.key), exc)
             task.failed(exc)
         if more:
             with self._cv:
@@ -301,6 +301,25 @@ class Worker:
     def _depth_changed(self) -> None:
         if self.on_depth is not None:
             self.on_depth(self._waiting)
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """Log a failed request's error: nothing for a 4xx (the client's to fix), one line for a
+    known condition (a library or API error says what is wrong: a damaged collection fails
+    every request alike), a traceback for anything else."""
+    if is_client_error(exc):
+        return
+    if isinstance(exc, (ClaraError, APIError)):
+        log.error("%s request failed: %s", what, exc)
+    else:
+        log.error("%s request failed", what, exc_info=exc)
+
+
+def _kind(key: Any) -> str:
+    """What a task is, for the log: "chat" of the key (":chat", job), else the key."""
+    if isinstance(key, tuple) and key and isinstance(key[0], str):
+        return key[0].lstrip(":") or str(key)
+    return str(key)
 
 
 def deliver(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -41,8 +41,7 @@ from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
-from clara_cli.http import is_client_error
-from clara_cli.worker import Task, Worker
+from clara_cli.worker import Task, Worker, log_failure
 from indexing.layout import META
 from indexing.meta import contextual
 from indexing.store import (
@@ -488,8 +487,7 @@ class Engine:
             if j is job:
                 error.append(exc)
                 return
-            if not is_client_error(exc):
-                log.exception("chat request failed")
+            log_failure("chat", exc)
             j.task.failed(exc)
 
         def start(adapter: str | None, part: list[tuple[Job, RagParams, Prompt]]) -> None:

@@ -198,3 +198,34 @@ def test_take_hands_queued_tasks_to_the_running_one() -> None:
     assert ran == ["chat4", "other"]
     assert worker.queue_depth() == 0
     worker.stop()
+
+
+def test_failures_are_logged_by_kind(caplog: pytest.LogCaptureFixture) -> None:
+    """A client's 4xx is not logged; a known condition (a damaged collection fails every
+    request alike) is one line; anything unexpected keeps its traceback."""
+    from clara.errors import ContextLengthError, DamagedCollectionError
+
+    worker = ready_worker()
+    heard: list[BaseException] = []
+    errors = [
+        ContextLengthError("too long"),
+        DamagedCollectionError("collection 'x' is damaged (meta.sqlite is missing)"),
+        RuntimeError("a bug"),
+    ]
+    try:
+        with caplog.at_level("ERROR", logger="clara.worker"):
+            for i, exc in enumerate(errors):
+
+                def start(cm, exc=exc):
+                    raise exc
+
+                worker.submit(Task((":chat", i), start, heard.append))
+            wait_until(lambda: len(heard) == 3)
+    finally:
+        worker.stop()
+    assert heard == errors  # each task hears its own error, whatever is logged
+    records = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert records == [
+        ("chat request failed: collection 'x' is damaged (meta.sqlite is missing)", False),
+        ("chat request failed", True),
+    ]
