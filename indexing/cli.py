@@ -53,8 +53,22 @@ Files already indexed with the same content are skipped; a changed file replaces
 chunks. Each file that cannot be read gets one error line; the others still go in (exit 1).""",
     "remove": """examples:
   clara-index remove doc-1a2b3c4d5e6f
-  clara-index remove report.pdf ~/papers/        # a file, or every document under a folder
-  clara-index remove '~/papers/*.pdf' '*.md'     # quoted globs: files deleted since, names""",
+  clara-index remove ~/papers/report.pdf ~/papers/old/   # a file; everything under a folder
+  clara-index remove report.pdf old/             # the one stored path ending /report.pdf, /old/
+  clara-index remove '~/papers/*' '*.md'         # quoted globs: files deleted since, names
+
+What a target matches:
+  an id, a path    that document; a folder (or any path ending in '/'): every document
+                   under it. A relative path no stored path is matches the one stored path
+                   ending with it ('notes.txt' -> /any/where/notes.txt, 'old/' -> a folder);
+                   when several do, the error lists them and nothing is removed for it.
+  a glob (quoted)  what `clara-index add` with the same glob indexed: '*', '?' and '[...]'
+                   match within one folder level (not names starting with '.', as the shell),
+                   '**' any number of folders (hidden ones too), and a folder it matches
+                   brings everything under it but hidden files and folders: 'dir/*' is all
+                   of dir, 'dir/*/' only its subfolders. Files deleted since they were
+                   indexed are matched all the same.
+  a glob without '/'  document names ('*.md'), uploads included.""",
     "list": "examples:\n  clara-index list\n  clara-index list --collection papers --json",
     "show": "examples:\n  clara-index show doc-1a2b3c4d5e6f\n  clara-index show report.pdf --full",
     "stats": "examples:\n  clara-index stats\n  clara-index stats --json | jq .chunks",
@@ -187,9 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     rm = command("remove", "remove documents by id, path, folder or glob", "where", "out")
     rm.add_argument(
         "targets", nargs="+", metavar="DOC_ID_OR_PATH",
-        help="a document id, a file or folder as indexed, or a glob (quote it: '*' and '?' "
-        "match within one folder level, against the indexed paths, or against document "
-        "names when it names no folder)",
+        help="a document id; a file or folder as indexed (a trailing '/': everything under "
+        "the folder); a name that one stored path ends with ('notes.txt', 'old/'); or a "
+        "quoted glob, which removes what `add` with the same glob indexed (see below)",
     )  # fmt: skip
     rm.set_defaults(func=cmd_remove)
 

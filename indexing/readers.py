@@ -159,7 +159,8 @@ def iter_inputs(
         elif p.is_dir():
             found.update(dict.fromkeys(_walk(p, recursive, skipped)))
         elif GLOB_CHARS.search(str(raw)):
-            matches = sorted(glob.glob(str(p), recursive=recursive))
+            # not str(p): Path drops a trailing '/', which makes 'dir/*/' mean folders only
+            matches = sorted(glob.glob(os.path.expanduser(raw), recursive=recursive))
             if not matches:
                 raise MissingFileError(raw, "no files match this pattern", "check the pattern")
             for m in map(Path, matches):
@@ -167,7 +168,7 @@ def iter_inputs(
                     found.update(dict.fromkeys(_walk(m, recursive, skipped)))
                 elif _wanted(m):
                     found[m.resolve()] = None
-                elif m.is_file() and not _hidden(m.name):
+                elif m.is_file() and not is_hidden(m.name):
                     skipped.append(m)
         else:
             raise MissingFileError(p, "no such file or directory", "check the path")
@@ -183,27 +184,27 @@ def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:
         keep = []
         for d in sorted(dirnames) if recursive else []:
             real = os.path.realpath(os.path.join(dirpath, d))
-            if not _hidden(d) and real not in seen:  # a link back up would loop
+            if not is_hidden(d) and real not in seen:  # a link back up would loop
                 seen.add(real)
                 keep.append(d)
         dirnames[:] = keep
         for name in filenames:
             f = Path(dirpath) / name
             if not f.is_file():  # a dangling link
-                if not _hidden(name):
+                if not is_hidden(name):
                     skipped.append(f)
             elif _wanted(f):
                 yield f.resolve()
-            elif not _hidden(name):
+            elif not is_hidden(name):
                 skipped.append(f)
 
 
-def _hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
     return name.startswith((".", "~$"))  # ~$ = Office lock files
 
 
 def _wanted(p: Path) -> bool:
-    return not _hidden(p.name) and p.suffix.lower() in SUPPORTED_EXTENSIONS
+    return not is_hidden(p.name) and p.suffix.lower() in SUPPORTED_EXTENSIONS
 
 
 # --- sniffing -------------------------------------------------------------------------

@@ -659,3 +659,65 @@ def test_writers_refuse_a_collection_whose_database_or_manifest_is_gone(
                        "--index", index, *CHUNKING)  # fmt: skip
     assert rc == 0 and (index / "new" / "meta.sqlite").exists(), err  # a new one is still made
     assert out.strip().splitlines()[-1].startswith("1 added")
+
+
+def test_remove_matches_what_add_indexed_for_the_same_glob_and_names_by_their_end(
+    capsys, monkeypatch, tmp_path: Path
+) -> None:
+    """Before: `remove 'dir/*'` removed dir's own files only, though `add 'dir/*'` had indexed
+    its subfolders too; `remove 'dir/*/'` removed dir's files (not its folders'); and a bare
+    `remove notes.txt` outside its folder found nothing."""
+    import numpy as np
+
+    from indexing.readers import iter_inputs
+    from indexing.store import ChunkRecord
+    from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
+
+    tree = tmp_path / "tree"
+    files = ["a.md", "b.txt", "sub/c.md", "sub/deeper/d.txt", "sub/.g.md", "sub2/e.md",
+             ".hid/f.md", "one/x.txt", "two/x.txt"]  # fmt: skip
+    index = tmp_path / "index"
+    with Collection.open(index, "default", manifest=STORE_MANIFEST, create=True) as col:
+        for i, name in enumerate(files):  # hidden ones too: `add` of them by name stores them
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            (tree / name).write_text(f"file {name}\n")
+            memories = np.random.default_rng(i).standard_normal((1, STORE_N_MEM, STORE_D))
+            col.add_document(str((tree / name).resolve()), Path(name).name, f"sha-{i}",
+                             [ChunkRecord(f"text of {name}", n_tokens=3)], memories)  # fmt: skip
+    no_model(monkeypatch)
+    patterns = ["*", "*/", "sub*", "sub*/", "*/*.md", ".hid/*", "s?b/", "[os]*/*", "*/deeper"]
+    with Collection.open(index, "default", readonly=True) as col:
+        for pattern in patterns:
+            added = {str(p) for p in iter_inputs([f"{tree}/{pattern}"])}
+            found = {d.path for d in commands._find(col, f"{tree}/{pattern}", patterns=True)}
+            assert found == added, pattern
+
+    def left() -> set[str]:
+        rc, out, _ = run(capsys, "list", "--index", index, "--json")
+        return {Path(d["path"]).relative_to(tree.resolve()).as_posix() for d in json.loads(out)}
+
+    rc, out, err = run(capsys, "remove", f"{tree}/sub*/", "--index", index)  # folders only
+    assert rc == 0, err
+    hidden = {"sub/.g.md", ".hid/f.md"}  # under a matched folder, add skips them too
+    assert left() == {"a.md", "b.txt", "one/x.txt", "two/x.txt"} | hidden
+    monkeypatch.chdir(tmp_path)  # names now, from a folder above theirs
+    rc, out, err = run(capsys, "remove", "x.txt", "--index", index)
+    assert rc == 1 and "removed" not in out
+    assert "x.txt: 2 stored paths end with it: " in err and "give the full path" in err
+    assert f"{tree.resolve()}/one/x.txt, {tree.resolve()}/two/x.txt" in err
+    rc, out, err = run(capsys, "remove", "one/x.txt", "b.txt", "--index", index, "--json")
+    assert rc == 0 and {d["name"] for d in json.loads(out)["removed"]} == {"x.txt", "b.txt"}
+    rc, _, err = run(capsys, "remove", "a.mdx", "--index", index)
+    assert rc == 1 and "a.mdx: no such document in 'default'; close: tree/a.md" in err
+    rc, _, err = run(capsys, "remove", ".hid", "--index", index)
+    assert rc == 1 and "'.hid/' (with the '/') names the folder" in err
+    rc, out, err = run(capsys, "remove", ".hid/", "--index", index)
+    assert rc == 0 and left() == {"a.md", "sub/.g.md", "two/x.txt"}, err
+    rc, out, err = run(capsys, "remove", "tree/*", "--index", index)  # subfolders too, as add
+    assert rc == 0 and left() == {"sub/.g.md"}, err
+
+    with pytest.raises(SystemExit):
+        cli.main(["remove", "--help"])
+    help_text = capsys.readouterr().out
+    assert "'dir/*' is all\n                   of dir, 'dir/*/' only its subfolders" in help_text
+    assert "('notes.txt' -> /any/where/notes.txt" in help_text
