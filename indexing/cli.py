@@ -28,6 +28,7 @@ from indexing.commands import (
     cmd_show,
     cmd_stats,
 )
+from indexing.pipeline import DEFAULT_OVERLAP
 from indexing.service_cli import add_serve_args, serve_command
 
 DESCRIPTION = """\
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "32 for the chunk's context line: 224 for the default model)",
     )
     chunk.add_argument(
-        "--overlap", type=int, default=32, metavar="N", help="tokens shared by neighbouring "
+        "--overlap", type=int, default=DEFAULT_OVERLAP, metavar="N", help="tokens shared by neighbouring "
         "chunks (default: %(default)s)",
     )  # fmt: skip
     chunk.add_argument(

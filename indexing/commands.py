@@ -21,11 +21,13 @@ from clara.errors import ClaraError, DamagedCollectionError
 from clara.paths import index_root, path_text
 from clara_cli.common import model_dtype, progress_bar
 from indexing.pipeline import (
+    DEFAULT_OVERLAP,
     FileResult,
     Indexer,
     IndexOptions,
     Progress,
     chunk_limits,
+    chunk_limits_for,
     known_result,
     model_manifest,
     preflight,
@@ -308,7 +310,8 @@ def cmd_add(args: argparse.Namespace) -> int:
             options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
             events = Indexer(cm, col, options).run(paths)
         else:
-            events = (known[p] for p in paths)  # unchanged or duplicates: no model needed
+            _check_model_args(args)  # a bad --checkpoint is an error even with nothing to do
+            events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model
         results += _run_add(args, events, len(paths))
     finally:
         if col is not None:
@@ -330,6 +333,23 @@ def cmd_add(args: argparse.Namespace) -> int:
         loaded = f", model load {load_s:.1f}s" if load_s else ""
         print(f"{summary}: {chunks} chunks in {seconds:.1f}s ({rate:.1f} chunks/s{loaded})")
     return 1 if counts["failed"] else 0
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    """The checks loading the model makes of --checkpoint, --chunk-tokens and --overlap, for
+    an `add` that loads none (every file unchanged, a duplicate or unreadable): a wrong value
+    is an error now, not only on the next run that has something to index. The checkpoint's
+    config file is read, not its weights; with none of the three given there is nothing to
+    check, and the import (mlx-lm, transformers: ~2 s) is skipped."""
+    if args.checkpoint is None and args.chunk_tokens is None and args.overlap == DEFAULT_OVERLAP:
+        return  # the default checkpoint (or fresh adapters) with the default chunking
+    from clara.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from clara.model import ClaraConfig
+
+    where = resolve_checkpoint(args.model, args.checkpoint)
+    config = ClaraConfig.from_dict(read_checkpoint_config(where)["clara"]) if where else None
+    limit = (config or ClaraConfig()).doc_max_tokens
+    chunk_limits_for(limit, args.chunk_tokens, args.overlap)
 
 
 def _new_chunks(results: list[FileResult]) -> int:

@@ -40,7 +40,13 @@ from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
 from indexing.meta import contextual
 from indexing.partial import PartialMemories
-from indexing.readers import PDF_EXTENSIONS, Document, NoTextError, read_document
+from indexing.readers import (
+    PDF_EXTENSIONS,
+    Document,
+    NoTextError,
+    check_pdf_text,
+    read_document,
+)
 from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
 
 log = logging.getLogger(__name__)
@@ -50,10 +56,14 @@ Status = Literal["added", "replaced", "unchanged", "duplicate", "failed", "recom
 STAGING = ".recompress"
 
 
+#: Tokens neighbouring chunks share unless told (`clara-index add --overlap`).
+DEFAULT_OVERLAP = 32
+
+
 @dataclass
 class IndexOptions:
     chunk_tokens: int | None = None  # None: doc_max_tokens less room for the context line
-    overlap: int = 32
+    overlap: int = DEFAULT_OVERLAP
     batch_size: int = 8  # chunks per step (the model picks its forward-pass batch)
     password: str | None = None  # for encrypted PDFs
     dedupe: bool = True  # skip a new path whose content is already indexed under another
@@ -124,7 +134,11 @@ def model_manifest(cm: Any, checkpoint: str | os.PathLike | None = None) -> dict
 
 def chunk_limits(cm: Any, chunk_tokens: int | None, overlap: int) -> tuple[int, int]:
     """(max tokens, overlap) after checking them against the checkpoint's doc_max_tokens."""
-    limit = int(cm.config.doc_max_tokens)
+    return chunk_limits_for(int(cm.config.doc_max_tokens), chunk_tokens, overlap)
+
+
+def chunk_limits_for(limit: int, chunk_tokens: int | None, overlap: int) -> tuple[int, int]:
+    """`chunk_limits` for a checkpoint's doc_max_tokens `limit`, known without its model."""
     room = CONTEXT_TOKENS if limit > 4 * CONTEXT_TOKENS else 0  # for the context line
     size = limit - room if chunk_tokens is None else chunk_tokens
     if not 1 <= size <= limit:
@@ -200,18 +214,24 @@ PREFLIGHT_BYTES = 1 << 20
 
 
 def preflight(path: Path, password: str | None = None) -> FileResult | None:
-    """The failure adding `path` comes to when no model is needed to know it: an empty file, or
-    a text file (not a PDF: parsing one twice costs) of at most 1 MiB that is unreadable, binary
-    or blank. None when only indexing can tell. Lets `add` skip loading the model when none of
-    its files can be indexed."""
+    """The failure adding `path` comes to when no model is needed to know it: an empty file; a
+    text file of at most 1 MiB that is unreadable, binary or blank; a PDF that gives no text
+    (encrypted without its password, damaged, only scanned pages: `check_pdf_text` stops at
+    the first page with text, so a good PDF is not parsed twice). None when only indexing can
+    tell. Lets `add` skip loading the model when none of its files can be indexed; the
+    messages are the ones indexing would give."""
     try:
         size = os.stat(path).st_size
     except OSError:
         return None  # the Indexer's read says why, with its hint
-    if size > PREFLIGHT_BYTES or (size and path.suffix.lower() in PDF_EXTENSIONS):
+    is_pdf = size > 0 and path.suffix.lower() in PDF_EXTENSIONS
+    if size > PREFLIGHT_BYTES and not is_pdf:
         return None
     try:
-        read_document(path, password)
+        if is_pdf:
+            check_pdf_text(path, password)
+        else:
+            read_document(path, password)
     except ClaraError as exc:
         return FileResult(path, "failed", error=exc)
     except Exception:  # noqa: BLE001 - the Indexer reports it properly

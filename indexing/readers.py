@@ -14,10 +14,11 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from clara.errors import (  # noqa: F401  re-exported: readers raise these
     CorruptDocumentError,
@@ -130,11 +131,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
 
     if not any(p.text.strip() for p in pages):
         if kind == "pdf":
-            raise NoTextError(
-                path,
-                "no extractable text (scanned/image-only PDF?)",
-                f"run OCR first, e.g. `ocrmypdf {path.name} ocr.pdf`",
-            )
+            raise _no_pdf_text(path)
         raise NoTextError(path, "no text (only whitespace)", "nothing to index")
     sha = hashlib.sha256(data).hexdigest()
     return Document(path, kind, pages, sha, len(data), warnings, title, headings)
@@ -511,65 +508,22 @@ def _clean_md_prose(text: str) -> str:
 def _read_pdf(
     path: Path, data: bytes, password: str | None
 ) -> tuple[list[Page], list[str], str | None]:
-    from pypdf import PasswordType, PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
-
-    pdf_logger = logging.getLogger("pypdf")
-    level = pdf_logger.level
-    pdf_logger.setLevel(logging.ERROR)  # pypdf warns about every quirk it repairs
-    try:
-        try:
-            reader = PdfReader(io.BytesIO(data), strict=False)
-            if reader.is_encrypted:
-                # The given password (user or owner), else the empty one many PDFs use.
-                tries = [password, ""] if password else [""]
-                if all(reader.decrypt(p) == PasswordType.NOT_DECRYPTED for p in tries):
-                    if password is None:
-                        raise EncryptedDocumentError(
-                            path, "encrypted PDF", "give its password with --password"
-                        )
-                    raise EncryptedDocumentError(
-                        path, "wrong password for encrypted PDF", "check --password"
-                    )
-            n_pages = len(reader.pages)
-        except DocumentError:
-            raise
-        except DependencyError:
-            raise _aes_error(path) from None
-        except FileNotDecryptedError:
-            raise EncryptedDocumentError(
-                path, "encrypted PDF", "give its password with --password"
-            ) from None
-        except NotImplementedError as e:  # e.g. certificate (public-key) security handlers
-            raise EncryptedDocumentError(
-                path, f"unsupported PDF encryption ({e})", "save an unencrypted copy"
-            ) from None
-        except Exception as e:  # pypdf raises many types on damaged files
-            raise _corrupt(path, data, e) from None
-        if n_pages == 0:
-            raise _corrupt(path, data, PdfReadError("no pages found"))
-
+    with _quiet_pypdf():
+        reader = _open_pdf(path, data, password)
+        n_pages = len(reader.pages)
         pages, failed, empty, sparse = [], [], [], []
-        for number in range(1, n_pages + 1):
-            try:
-                page = reader.pages[number - 1]
-                text = clean_pdf_text(page.extract_text() or "")
-            except DependencyError:
-                raise _aes_error(path) from None
-            except Exception:  # one broken page should not lose the rest
+        for number, page, text in _pdf_texts(path, reader):
+            if text is None:  # one broken page should not lose the rest
                 text = ""
                 failed.append(number)
-            else:
-                if not text:
-                    empty.append(number)
-                elif len(text) < SPARSE_PAGE_CHARS and _has_image(page):
-                    sparse.append(number)  # a scan with a stamp or page number on it?
+            elif not text:
+                empty.append(number)
+            elif len(text) < SPARSE_PAGE_CHARS and _has_image(page):
+                sparse.append(number)  # a scan with a stamp or page number on it?
             pages.append(Page(number, text))
-    finally:
-        pdf_logger.setLevel(level)
 
     if len(failed) == n_pages:
-        raise _corrupt(path, data, PdfReadError("no page could be read"))
+        raise _corrupt(path, data, _pdf_error("no page could be read"))
     warnings = []
     if failed:
         warnings.append(f"page {_ranges(failed)}: could not be read (damaged?)")
@@ -583,6 +537,114 @@ def _read_pdf(
     if b"%%EOF" not in data[-2048:]:
         warnings.append("file looks truncated (no %%EOF); indexed what could be read")
     return pages, warnings, _pdf_title(reader)
+
+
+def check_pdf_text(path: str | os.PathLike, password: str | None = None) -> None:
+    """Raise the DocumentError `read_document` would for a PDF that cannot give any text
+    (encrypted without its password, damaged, or only scanned pages); return at its first
+    page with text. A good PDF costs one page, so `add` can learn before it loads the model
+    whether a run of PDFs holds anything to index. A file that is not a PDF: `read_document`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        read_document(path, password)  # says why (missing, a folder, permissions)
+        return
+    if not data or _sniff(data, path.suffix.lower()) != "pdf":
+        read_document(path, password)
+        return
+    with _quiet_pypdf():
+        reader = _open_pdf(path, data, password)
+        read_any = False
+        for _number, _page, text in _pdf_texts(path, reader):
+            if text:
+                return
+            read_any = read_any or text is not None
+    if not read_any:
+        raise _corrupt(path, data, _pdf_error("no page could be read"))
+    raise _no_pdf_text(path)
+
+
+@contextmanager
+def _quiet_pypdf() -> Iterator[None]:
+    """pypdf warns about every quirk it repairs: errors only, while we read."""
+    pdf_logger = logging.getLogger("pypdf")
+    level = pdf_logger.level
+    pdf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pdf_logger.setLevel(level)
+
+
+def _open_pdf(path: Path, data: bytes, password: str | None):
+    """A pypdf reader of `data`, decrypted, with at least one page; else the DocumentError
+    that says why not (encrypted, damaged)."""
+    from pypdf import PasswordType, PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError
+
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            # The given password (user or owner), else the empty one many PDFs use.
+            tries = [password, ""] if password else [""]
+            if all(reader.decrypt(p) == PasswordType.NOT_DECRYPTED for p in tries):
+                if password is None:
+                    raise EncryptedDocumentError(
+                        path, "encrypted PDF", "give its password with --password"
+                    )
+                raise EncryptedDocumentError(
+                    path, "wrong password for encrypted PDF", "check --password"
+                )
+        n_pages = len(reader.pages)
+    except DocumentError:
+        raise
+    except DependencyError:
+        raise _aes_error(path) from None
+    except FileNotDecryptedError:
+        raise EncryptedDocumentError(
+            path, "encrypted PDF", "give its password with --password"
+        ) from None
+    except NotImplementedError as e:  # e.g. certificate (public-key) security handlers
+        raise EncryptedDocumentError(
+            path, f"unsupported PDF encryption ({e})", "save an unencrypted copy"
+        ) from None
+    except Exception as e:  # pypdf raises many types on damaged files
+        raise _corrupt(path, data, e) from None
+    if n_pages == 0:
+        raise _corrupt(path, data, _pdf_error("no pages found"))
+    return reader
+
+
+def _pdf_texts(path: Path, reader) -> Iterator[tuple[int, Any, str | None]]:
+    """(page number, page, its cleaned text) in order; text None for a page that could not
+    be read."""
+    from pypdf.errors import DependencyError
+
+    for number in range(1, len(reader.pages) + 1):
+        try:
+            page = reader.pages[number - 1]
+            text = clean_pdf_text(page.extract_text() or "")
+        except DependencyError:
+            raise _aes_error(path) from None
+        except Exception:  # noqa: BLE001 - the caller counts it as a failed page
+            yield number, None, None
+        else:
+            yield number, page, text
+
+
+def _pdf_error(message: str) -> Exception:
+    from pypdf.errors import PdfReadError
+
+    return PdfReadError(message)
+
+
+def _no_pdf_text(path: Path) -> NoTextError:
+    return NoTextError(
+        path,
+        "no extractable text (scanned/image-only PDF?)",
+        f"run OCR first, e.g. `ocrmypdf {path.name} ocr.pdf`",
+    )
 
 
 SPARSE_PAGE_CHARS = 100  # less text than this beside an image: probably a scanned page

@@ -721,3 +721,53 @@ def test_remove_matches_what_add_indexed_for_the_same_glob_and_names_by_their_en
     help_text = capsys.readouterr().out
     assert "'dir/*' is all\n                   of dir, 'dir/*/' only its subfolders" in help_text
     assert "('notes.txt' -> /any/where/notes.txt" in help_text
+
+
+def test_an_add_of_pdfs_without_text_loads_no_model_and_still_checks_its_arguments(
+    capsys, monkeypatch, tmp_path: Path
+) -> None:
+    """Before: encrypted, damaged or scanned PDFs alone loaded the model (~6 s for the default
+    one) before each failed, and an `add` that loaded none never looked at --checkpoint."""
+    from clara.errors import ClaraError
+    from indexing.pipeline import preflight
+    from indexing.readers import read_document
+    from tests.test_readers import make_pdf
+
+    folder, index = tmp_path / "pdfs", tmp_path / "index"
+    folder.mkdir()
+    (folder / "scan.pdf").write_bytes(make_pdf([None, None]))
+    shutil.copy(REPO / "tests/data/encrypted-aes128.pdf", folder / "locked.pdf")
+    (folder / "torn.pdf").write_bytes(make_pdf(["Some text on a page."])[:300])
+    (folder / "blank.txt").write_text(" \n")
+    reasons = {
+        "scan.pdf": "no extractable text (scanned/image-only PDF?): run OCR first",
+        "locked.pdf": "encrypted PDF: give its password with --password",
+        "torn.pdf": "truncated PDF",
+        "blank.txt": "no text (only whitespace)",
+    }
+    for name in reasons:  # word for word what indexing the file would say
+        with pytest.raises(ClaraError) as read:
+            read_document(folder / name)
+        assert reasons[name] in str(read.value)
+        assert str(preflight(folder / name).error) == str(read.value)
+    no_model(monkeypatch)
+    rc, out, err = run(capsys, "add", folder, "--index", index, "--json")
+    report = json.loads(out)
+    assert rc == 1 and report["failed"] == 4 and report["model_load_s"] == 0, err
+    for name, reason in reasons.items():
+        assert any(name in line and reason in line for line in err.splitlines()), (name, err)
+    assert not (index / "default").exists()
+    rc, _, err = run(capsys, "add", folder / "locked.pdf", "--password", "nope", "--index", index)
+    assert rc == 1 and "wrong password for encrypted PDF" in err
+
+    for bad, said in (
+        (["--checkpoint", tmp_path / "nowhere"], "is not a CLaRa checkpoint"),
+        (["--chunk-tokens", "5000"], "chunk size 5000 must be between 1 and"),
+        (["--overlap", "500"], "overlap 500 must be between 0 and the chunk size"),
+    ):
+        rc, out, err = run(capsys, "add", folder, "--index", index, *bad)
+        assert rc == 1 and said in err and "failed" not in out, (bad, err)
+
+    # a PDF whose first page is a scan but whose second has text needs the model: no verdict
+    (folder / "mixed.pdf").write_bytes(make_pdf([None, "Text on the second page."]))
+    assert preflight(folder / "mixed.pdf") is None
