@@ -21,7 +21,8 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,13 +200,13 @@ class Collection:
     def save_index(self) -> None:
         """Writer: save a lagging FAISS file now (`close` does too), e.g. while the folder
         still holds this collection, before it is renamed away."""
-        with self._mutex:
+        with self._guard():
             if self._lock is not None and self._view.generation >= 0:
                 self._view.maybe_save(force=True)
 
     def close(self) -> None:
         """Writer: save a lagging FAISS file and release the lock. Safe to call twice."""
-        with self._mutex:
+        with self._guard():
             try:
                 self.save_index()
             finally:
@@ -225,10 +226,23 @@ class Collection:
         mode = "reader" if self.readonly else "writer"
         return f"Collection({self.name!r}, {mode}, generation={self._view.generation})"
 
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """One operation at a time on this object; SQLite finding the database broken under
+        an open collection (overwritten, cut short) is the same `DamagedCollectionError`
+        opening it would raise, not a bare `sqlite3.DatabaseError` (an HTTP 500 "internal")."""
+        with self._mutex:
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                if is_corrupt(exc):
+                    raise damaged(self.directory, _meta_trouble(exc)) from None
+                raise
+
     def refresh(self) -> bool:
         """Pick up commits made since the last look (one SELECT when there are none).
         Returns True when the view changed. Runs before every search."""
-        with self._mutex:
+        with self._guard():
             changed = self._view.refresh()
             if not self.lexical and self._meta.lexical_current():
                 self.lexical = True  # a writer has added the full-text table since
@@ -270,7 +284,7 @@ class Collection:
 
     def _reconcile(self) -> None:
         """Writer open: drop what unfinished or superseded writes left, catch FAISS up."""
-        with self._mutex:
+        with self._guard():
             state = self._meta.state()
             path = self.directory / state.memory_file
             memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
@@ -350,7 +364,7 @@ class Collection:
             created=time.time(),
             status="ready",
         )
-        with self._mutex:
+        with self._guard():
             if old_id is not None and self._meta.document(old_id) is None:
                 raise DocumentNotFoundError(f"no document {old_id} in '{self.name}'")
             state = self._meta.state()
@@ -377,7 +391,7 @@ class Collection:
     def remove_document(self, doc_id: str) -> None:
         """Remove a document with its chunks and vectors (disk space returns at compaction)."""
         self._writable()
-        with self._mutex:
+        with self._guard():
             generation = self._meta.state().generation + 1
             with self._meta.transaction():
                 if self._meta.document(doc_id) is None:
@@ -398,7 +412,7 @@ class Collection:
     def compact(self) -> None:
         """Rewrite the live rows into a new memory file so removed chunks free their space."""
         self._writable()
-        with self._mutex:
+        with self._guard():
             self._compact()
             self._view.maybe_save()
 
@@ -430,7 +444,7 @@ class Collection:
     def rebuild(self) -> None:
         """Rebuild FAISS from the memory file and the full-text table from the chunks."""
         self._writable()
-        with self._mutex:
+        with self._guard():
             with self._meta.transaction():
                 self._meta.build_lexical()
             self._view.refresh(rebuild=True)
@@ -448,7 +462,7 @@ class Collection:
         shape = (self.manifest.n_mem, self.manifest.hidden_size)
         if q.ndim != 3 or q.shape[1:] != shape:
             raise ValueError(f"query must be (Q, {shape[0]}, {shape[1]}) or {shape}, got {q.shape}")
-        with self._mutex:
+        with self._guard():
             self._view.refresh()
             index = self._view.index
             if index is None or index.ntotal == 0:
@@ -492,7 +506,7 @@ class Collection:
         terms = query_terms(text)
         if not terms or not self.lexical:
             return None
-        with self._mutex:
+        with self._guard():
             return self._meta.lexical_search(terms, k)
 
     def retrieve(
@@ -511,40 +525,40 @@ class Collection:
 
     def memories(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Stored memory vectors of these chunks: (k, n_mem, d) float32, in the order asked."""
-        with self._mutex:
+        with self._guard():
             return self._view.read([int(i) for i in chunk_ids]).astype(np.float32)
 
     def chunks(self, chunk_ids: Sequence[int]) -> list[Chunk]:
         """Chunk text and metadata in the order asked; ids that no longer exist are skipped."""
-        with self._mutex:
+        with self._guard():
             found = self._meta.chunks(chunk_ids)
         return [found[int(i)] for i in chunk_ids if int(i) in found]
 
     def document_chunks(self, doc_id: str) -> list[Chunk]:
-        with self._mutex:
+        with self._guard():
             return self.chunks(self._meta.doc_chunk_ids(doc_id))
 
     def document(self, doc_id: str) -> Document | None:
-        with self._mutex:
+        with self._guard():
             return self._meta.document(doc_id)
 
     def list_documents(self) -> list[Document]:
-        with self._mutex:
+        with self._guard():
             return self._meta.documents()
 
     def find_by_sha(self, sha256: str) -> Document | None:
         """The newest document with this content hash (same hash: nothing to re-index)."""
-        with self._mutex:
+        with self._guard():
             return self._meta.find_by_sha(sha256)
 
     def find_by_path(self, path: str | Path) -> Document | None:
         """The newest document indexed from `path` (hash changed: `replace_document`)."""
-        with self._mutex:
+        with self._guard():
             return self._meta.find_by_path(path_text(path))
 
     def stats(self) -> dict[str, Any]:
         """Counts, generation, index type and bytes on disk per file."""
-        with self._mutex:
+        with self._guard():
             with self._meta.snapshot():
                 state = self._meta.state()
                 n_docs, n_chunks = self._meta.counts()

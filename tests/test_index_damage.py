@@ -83,6 +83,28 @@ def test_a_reader_open_before_the_damage_reports_it_on_its_next_read(tmp_path: P
     reader.close()
 
 
+def test_a_database_broken_under_an_open_reader_is_damage_not_a_bare_sqlite_error(
+    tmp_path: Path,
+) -> None:
+    """Before: sqlite3.DatabaseError ("database disk image is malformed"), which clara-serve
+    answered as an anonymous 500 with a traceback per request."""
+    folder = make(tmp_path)
+    reader = Collection.open(tmp_path, "main", readonly=True)
+    assert reader.search_lexical("chunk", 3)
+    for name in ("meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm"):
+        if (folder / name).exists():
+            (folder / name).write_bytes(b"not a database " * 400)
+    for read in (
+        lambda: reader.search_lexical("chunk", 3),
+        reader.list_documents,
+        reader.stats,
+    ):
+        with pytest.raises(DamagedCollectionError) as info:
+            read()
+        assert f"collection 'main' in {tmp_path} is damaged (meta.sqlite: " in str(info.value)
+    reader.close()
+
+
 def test_a_memory_file_swapped_by_a_commit_is_looked_for_again_not_damage(tmp_path: Path):
     """The genuine race: a reader's snapshot names memory-0.f16, then a compaction commits
     memory-<g>.f16 and deletes the old file before the reader opens it. The re-check sees a
