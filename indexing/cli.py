@@ -65,7 +65,7 @@ What a target matches:
                    when several do, the error lists them and nothing is removed for it.
   a glob (quoted)  what `clara-index add` with the same glob indexed: '*', '?' and '[...]'
                    match within one folder level (not names starting with '.', as the shell),
-                   '**' any number of folders (hidden ones too), and a folder it matches
+                   '**' any number of folders (not hidden ones), and a folder it matches
                    brings everything under it but hidden files and folders: 'dir/*' is all
                    of dir, 'dir/*/' only its subfolders. Files deleted since they were
                    indexed are matched all the same.

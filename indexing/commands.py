@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections import Counter
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,17 @@ def _glob_docs(docs: list[Document], target: str) -> list[Document]:
 def _glob_match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     """Whether path components match glob components: `*`, `?`, `[...]` within one component
     and, as in `glob`, not a name starting with '.' unless the pattern's does; `**` alone any
-    number of folders (as `add` expands globs: `'notes/**/*.md'`)."""
+    number of folders but hidden ones (as `add` expands globs: `'notes/**/*.md'`)."""
     if not pattern:
         return not parts
     head, rest = pattern[0], pattern[1:]
     if head == "**":
-        return any(_glob_match(parts[i:], rest) for i in range(len(parts) + 1))
+        for i in range(len(parts) + 1):
+            if _glob_match(parts[i:], rest):
+                return True
+            if i < len(parts) and parts[i].startswith("."):
+                return False  # `glob`'s '**' does not enter hidden folders
+        return False
     return (
         bool(parts)
         and fnmatch.fnmatchcase(parts[0], head)
@@ -192,9 +198,13 @@ def _by_tail(docs: list[Document], target: str) -> list[Document]:
     it ('notes.txt' -> '/any/where/notes.txt') or an upload of that name; with a trailing '/',
     every document under the one folder ending with it ('notes/' -> '/any/where/notes/...').
     Only when one file or folder matches: several raise ClaraError naming them, since a
-    remove must not guess. [] when none matches (`_not_found_hint` then says what is near)."""
+    remove must not guess. [] when none matches (`_not_found_hint` then says what is near),
+    and for a target that names a place of its own: one written from here ('./notes.txt',
+    '../old/') or a file or folder that exists here (not indexed: nothing to remove)."""
     tail = Path(target).parts
     if not tail or Path(target).expanduser().is_absolute() or ".." in tail:
+        return []
+    if target.startswith(("." + os.sep, ".." + os.sep)) or os.path.lexists(target):
         return []
     folders_only = target.endswith(os.sep)
     places: dict[str, list[Document]] = {}  # a matching stored file or folder -> its documents
@@ -308,7 +318,8 @@ def cmd_add(args: argparse.Namespace) -> int:
             else:
                 col.manifest.check_matches(Manifest.from_dict(manifest), args.collection)
             options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
-            events = Indexer(cm, col, options).run(paths)
+            rest = [p for p in paths if p not in doomed]  # (a scanned PDF is not read twice)
+            events = chain((doomed[p] for p in doomed), Indexer(cm, col, options).run(rest))
         else:
             _check_model_args(args)  # a bad --checkpoint is an error even with nothing to do
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model

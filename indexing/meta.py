@@ -7,6 +7,7 @@ ids, which are also FAISS ids, are never reused).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -172,9 +173,22 @@ class Meta:
             if not path.exists():  # deleted since the check above
                 raise MissingDatabaseError(f"{path.name} is missing") from None
             raise
+        try:  # (the connection keeps reading this file even if it is renamed or deleted)
+            self.inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            self.db.close()
+            raise MissingDatabaseError(f"{path.name} is missing") from None
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         if readonly:
             self.db.execute("PRAGMA query_only=ON")
+
+    def replaced(self) -> bool:
+        """Whether the database at `path` is gone or another file than the one this connection
+        reads (its collection folder was deleted, or swapped for a rebuilt one)."""
+        try:
+            return os.stat(self.path).st_ino != self.inode
+        except FileNotFoundError:
+            return True
 
     @staticmethod
     def create(path: Path, memory_file: str) -> None:

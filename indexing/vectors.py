@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
@@ -72,11 +73,21 @@ class MemoryFile:
         self.path = path
         self.row_shape = (n_mem, d)
         self.row_bytes = n_mem * d * 2
+        self._file: BinaryIO | None = None  # opened at the first read, kept until `close`
         self._mm: np.memmap | None = None
 
+    def _opened(self) -> BinaryIO:
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open: see rows_on_disk
+        return self._file
+
     def rows_on_disk(self) -> int:
-        """Whole rows the file holds now (FileNotFoundError when it is gone)."""
-        return os.path.getsize(self.path) // self.row_bytes
+        """Whole rows the file holds now (FileNotFoundError when it was gone at the first
+        look). Always the file this object opened first: one replaced at its path since (a
+        collection folder deleted or swapped by `rebuild --recompress` under an open reader)
+        is still read as it was, never another collection's rows at the same row numbers;
+        one cut short in place is seen as short."""
+        return os.fstat(self._opened().fileno()).st_size // self.row_bytes
 
     def require(self, n_rows: int) -> None:
         """Raise ShortMemoryFileError (FileNotFoundError) unless the file holds `n_rows` rows."""
@@ -91,7 +102,7 @@ class MemoryFile:
             raise ShortMemoryFileError(f"{self.path} holds {n} rows, the index needs {min_rows}")
         if self._mm is None or not min_rows <= self._mm.shape[0] <= n:
             self._mm = None
-            self._mm = np.memmap(self.path, np.float16, "r", shape=(n, *self.row_shape))
+            self._mm = np.memmap(self._opened(), np.float16, "r", shape=(n, *self.row_shape))
         return self._mm
 
     def read(self, rows: np.ndarray) -> np.ndarray:
@@ -132,7 +143,11 @@ class MemoryFile:
                 os.fsync(f.fileno())
 
     def close(self) -> None:
+        """Drop the map and the handle (a deleted file's space is freed once none is open)."""
         self._mm = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class VectorIndex:

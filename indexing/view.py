@@ -74,27 +74,48 @@ class IndexView:
             path = self.directory / state.memory_file
             if state.n_rows and not path.exists():
                 raise FileNotFoundError(path)  # compacted away after our snapshot? (_recheck)
+            self._check_ours()  # the file at `path` belongs to the database we read
+            self._drop_memory()
             self.memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
         return self.memory
+
+    def _drop_memory(self) -> None:
+        if self.memory is not None:
+            self.memory.close()  # its handle: a compacted-away file's space is freed
+        self.memory = None
 
     def _recheck(self, state: State) -> None:
         """After the memory file of `state` was missing or short: raise DamagedCollectionError
         when `state` is still the committed one (see `memory_damage`); otherwise a commit came
-        in between (a compaction swapped files) and the caller looks again."""
-        self.memory = None
+        in between (a compaction swapped files) and the caller looks again. A folder whose
+        database is no longer the one this view reads (the collection was deleted, or swapped
+        for a rebuilt one, under it) is neither: "try again", and the next open sees it."""
+        self._drop_memory()
         with self.meta.snapshot():
             now = self.meta.state()
         if (now.generation, now.memory_file) != (state.generation, state.memory_file):
             return
+        self._check_ours()
         row_bytes = self.manifest.n_mem * self.manifest.hidden_size * 2
         if (what := memory_damage(self.directory, now, row_bytes)) is not None:
             raise damaged(self.directory, what)
+
+    def _check_ours(self) -> None:
+        """Files are opened by path: raise CollectionError ("try again") when the folder's
+        database is no longer the one this view reads, so that another collection's files
+        (a rebuilt one renamed into its place) are never read as ours."""
+        if self.meta.replaced():
+            raise CollectionError(
+                f"collection '{self.directory.name}' was deleted or replaced while it was being "
+                "read; try again"
+            )
 
     def want(self, n: int, current: VectorIndex | None) -> str:
         return resolve_kind(self.manifest.index_type, n, current.kind if current else None)
 
     def _newest_saved(self) -> tuple[int, VectorIndex | None]:
         """(generation tag, index) of the newest readable FAISS file; (-1, None) if none."""
+        self._check_ours()
         files = sorted(
             (int(m.group(1)), p)
             for p in self.directory.iterdir()
@@ -197,6 +218,5 @@ class IndexView:
                 remove_quietly(p)
 
     def close(self) -> None:
-        if self.memory is not None:
-            self.memory.close()
-        self.memory = self.index = None
+        self._drop_memory()
+        self.index = None

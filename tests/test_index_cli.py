@@ -685,7 +685,8 @@ def test_remove_matches_what_add_indexed_for_the_same_glob_and_names_by_their_en
             col.add_document(str((tree / name).resolve()), Path(name).name, f"sha-{i}",
                              [ChunkRecord(f"text of {name}", n_tokens=3)], memories)  # fmt: skip
     no_model(monkeypatch)
-    patterns = ["*", "*/", "sub*", "sub*/", "*/*.md", ".hid/*", "s?b/", "[os]*/*", "*/deeper"]
+    patterns = ["*", "*/", "sub*", "sub*/", "*/*.md", ".hid/*", "s?b/", "[os]*/*", "*/deeper",
+                "**/*.md", "**/*.txt", "sub/**/*", "**/"]  # fmt: skip
     with Collection.open(index, "default", readonly=True) as col:
         for pattern in patterns:
             added = {str(p) for p in iter_inputs([f"{tree}/{pattern}"])}
@@ -713,6 +714,11 @@ def test_remove_matches_what_add_indexed_for_the_same_glob_and_names_by_their_en
     assert rc == 1 and "'.hid/' (with the '/') names the folder" in err
     rc, out, err = run(capsys, "remove", ".hid/", "--index", index)
     assert rc == 0 and left() == {"a.md", "sub/.g.md", "two/x.txt"}, err
+    (tmp_path / "a.md").write_text("mine, never indexed\n")  # names a file here, not tree's
+    for target in ("a.md", "./a.md", "./two/x.txt"):  # './': a place of its own, never a tail
+        rc, out, _ = run(capsys, "remove", target, "--index", index)
+        assert rc == 1 and "removed" not in out, target
+    assert left() == {"a.md", "sub/.g.md", "two/x.txt"}
     rc, out, err = run(capsys, "remove", "tree/*", "--index", index)  # subfolders too, as add
     assert rc == 0 and left() == {"sub/.g.md"}, err
 

@@ -105,6 +105,39 @@ def test_a_database_broken_under_an_open_reader_is_damage_not_a_bare_sqlite_erro
     reader.close()
 
 
+@pytest.mark.parametrize("read_before", [True, False])
+@pytest.mark.parametrize("swap", ["deleted", "recompressed"])
+def test_a_folder_deleted_or_swapped_under_an_open_reader_is_not_damage(
+    tmp_path: Path, swap: str, read_before: bool
+) -> None:
+    """`clara-index delete` renames the folder away; `rebuild --recompress` renames a new
+    one in its place. A reader open on the old folder keeps reading the old vectors (never
+    the new folder's rows at the same row numbers) or is told to try again: not damage."""
+    from clara.errors import CollectionError
+
+    folder = make(tmp_path)
+    reader = Collection.open(tmp_path, "main", readonly=True)
+    doc = reader.list_documents()[0]
+    ids = [c.id for c in reader.document_chunks(doc.id)]
+    if read_before:
+        want = reader.memories(ids)
+    else:  # nothing mapped yet
+        reader._view._drop_memory()
+    os.rename(folder, tmp_path / ".main.deleted")
+    if swap == "recompressed":
+        other = make(tmp_path / ".recompress", docs=2)  # other vectors, fewer rows
+        os.rename(other, folder)
+    try:
+        got = reader.memories(ids)
+    except CollectionError as exc:
+        assert not isinstance(exc, DamagedCollectionError), exc
+        assert "was deleted or replaced while it was being read; try again" in str(exc)
+        assert not read_before
+    else:
+        assert read_before and np.array_equal(got, want)
+    reader.close()
+
+
 def test_a_memory_file_swapped_by_a_commit_is_looked_for_again_not_damage(tmp_path: Path):
     """The genuine race: a reader's snapshot names memory-0.f16, then a compaction commits
     memory-<g>.f16 and deletes the old file before the reader opens it. The re-check sees a
