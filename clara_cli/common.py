@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import sys
-import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -141,6 +140,17 @@ def model_dtype(args: argparse.Namespace) -> str | None:
 SHUTDOWN_GRACE_S = 30
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds, 0 or more (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
+    return value
+
+
 def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._ArgumentGroup:
     """The "server" group both HTTP services share: --host, --port, --api-key. Returns the
     group, for the service's own options (then `add_log_level_arg`)."""
@@ -156,13 +166,13 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
     )
     net.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=_seconds,
         default=SHUTDOWN_GRACE_S,
         metavar="SECONDS",
-        help="on SIGTERM or Ctrl-C, how long requests in progress may finish; answers still "
-        "running 2 s before its end stop with a 'shutting_down' error. Keep it under your "
-        "supervisor's kill timeout (Docker's default is 10 s; docker-compose.dev.yml allows "
-        "40) (default: %(default)s)",
+        help="on SIGTERM or Ctrl-C, how long requests in progress may finish (clara-serve ends "
+        "answers still running 2 s before that with a 'shutting_down' error clients can read); "
+        "keep it under your supervisor's kill timeout: Docker's default is 10 s, "
+        "docker-compose.dev.yml allows 40 (default: %(default)s)",
     )
     return net
 
@@ -208,7 +218,7 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
             # the app ends what still runs before uvicorn cuts it (`app.state.stopping`)
             stopping = getattr(app.state, "stopping", None)
             if stopping is not None:
-                stopping(time.monotonic() + grace)
+                stopping(grace)
             await super().shutdown(sockets=sockets)
 
     # Idle keep-alive connections stay open longer than clients keep them (httpx, so the openai

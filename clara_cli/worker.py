@@ -160,10 +160,15 @@ class Worker:
                 if match(task.key):
                     task.cancelled = True
 
-    def has_queued(self) -> bool:
-        """Whether any task waits for a turn (queued, or a running one between two steps)."""
+    def contended(self, priority: int = INTERACTIVE) -> bool:
+        """Whether a task of `priority` or higher could take a turn now (a started one between
+        two steps, or one free to start); worker thread only, as `can_start` may ask it."""
         with self._cv:
-            return self._queued()
+            return any(
+                not t.cancelled and (t.steps is not None or t.can_start is None or t.can_start())
+                for p in PRIORITIES[: priority + 1]
+                for t in self._queues[p]
+            )
 
     def pending(self, match: Callable[[Any], bool]) -> bool:
         with self._cv:

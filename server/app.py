@@ -163,7 +163,7 @@ def create_app(
     serve_api_docs(app)
     app.state.engine = engine
     app.state.serving = serving
-    app.state.stopping = serving.stopping  # serve_http: when SIGTERM's grace ends
+    app.state.stopping = serving.stopping  # serve_http: SIGTERM's grace begins
     app.state.responses = ResponsesServing(serving, store, files)
     app.add_middleware(BodyLimit)  # inside the gate: a stranger's big body is a 401 first
     app.add_middleware(Gate, api_key=api_key, metrics=engine.metrics)

@@ -153,6 +153,7 @@ class Job:
         self.task: Task | None = None
         self.batched = False  # handed to the decode batch, which sends its DONE
         self.checked = time.monotonic()  # when its route last looked for a hung-up client
+        self.progress: tuple[int, int] | None = None  # embeddings: (inputs done, of)
 
     def emit(self, event: object) -> None:
         """Hand an event to the event loop (worker thread)."""
@@ -194,6 +195,7 @@ class Engine:
         self._counts: dict[str, tuple[Any, tuple[int, int]]] = {}
         self._decoders: dict[str | None, Decoder] = {}  # by adapter (worker thread only)
         self._stepping: Task | None = None  # the decode loop, while any request decodes
+        self._s_per_token = 1e-3  # query encoding, measured by embeddings steps
 
     # ---- event-loop side --------------------------------------------------------------------
     @property
@@ -242,6 +244,12 @@ class Engine:
                 return
             if kind == "chat" and job.task.cancelled:
                 self.metrics.generations.inc(reason="cancelled")  # left while it waited
+            if kind == "embeddings" and job.task.cancelled:
+                finished, total = job.progress or (0, 0)
+                if job.progress is None:
+                    log.info("embeddings cancelled before they started")
+                elif finished < total:  # (a finished job is cancelled too, by its route)
+                    log.info("embeddings cancelled after %d of %d inputs", finished, total)
             job.emit(DONE)
 
         failed = lambda exc: job.emit(Failed(exc))  # noqa: E731
@@ -647,8 +655,10 @@ class Engine:
     def _embed(self, job: Job, inputs: list[str | list[int]]) -> Iterator[None]:
         """Embeddings in steps: every input is tokenized and checked first (one too long is a
         400 before any encoding), then encoded a few at a time, one worker turn each, so chats
-        decode between two steps and a client that leaves stops the job at the next one. The
-        steps are small (EMBED_SHARED inputs) while other work waits or decodes, larger alone."""
+        decode between two steps and a client that leaves stops the job at the next one. A
+        step takes about EMBED_STEP_S[contended] seconds, at the measured seconds per token:
+        short while other work could run, longer alone."""
+        job.progress = (0, len(inputs))  # for the log, if it is cancelled
         cm = self._cm
         texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
         limit = cm.config.doc_max_tokens
@@ -669,16 +679,19 @@ class Engine:
         parts: list[np.ndarray] = []
         done = 0
         while done < len(texts):
-            try:
-                yield  # a turn: chats (and a client that left) are heard between two steps
-            except GeneratorExit:
-                log.info("embeddings cancelled after %d of %d inputs", done, len(texts))
-                raise
-            shared = self.worker.has_queued() or self.decoding() > 0
-            end = done + (EMBED_SHARED if shared else EMBED_ALONE)
+            yield  # a turn: chats (and a client that left) are heard between two steps
+            budget = EMBED_STEP_S[self.worker.contended() or self.decoding() > 0]
+            end, tokens = done, 0
+            while end < len(texts) and (end == done or tokens * self._s_per_token < budget):
+                tokens += len(ids[end]) + cm.n_mem
+                end += 1
+            t0 = time.perf_counter()
             out = cm.encode_queries(texts[done:end], ids=ids[done:end])
             parts.append(flatten_normalize(np.array(out.astype(mx.float32))))
+            took = (time.perf_counter() - t0) / tokens
+            self._s_per_token = 0.7 * self._s_per_token + 0.3 * took
             done = end
+            job.progress = (done, len(texts))  # for the log, if it is cancelled
         job.emit(Embedded(np.concatenate(parts), sum(len(t) for t in ids)))
 
 
@@ -687,9 +700,10 @@ class Engine:
 #: memories at F1 42.9 / cover-EM 27.0, the best 2 as text at 39.0 / 25.0 (bench_heldout.py)
 MIXED_TEXT = 1
 NO_SPECIALS = {"add_special_tokens": False}  # count a text's own tokens
-#: Embedding inputs encoded per worker turn while other work waits or decodes (one input of
-#: ~220 tokens is ~0.3 s of the default model on 2 cores), and when the worker is free.
-EMBED_SHARED, EMBED_ALONE = 2, 32
+#: Seconds of query encoding per embeddings step when nothing else could run (False) and
+#: while other work waits or decodes (True): one input of ~220 tokens is ~0.3 s of the default
+#: model on 2 cores, so a chat waits at most about this long for its turn.
+EMBED_STEP_S = {False: 1.5, True: 0.25}
 ADMIT_POLL = 0.005  # s: an idle engine admitting a request looks this often for more ...
 ADMIT_WINDOW = 0.03  # ... while they keep arriving, this long at most
 

@@ -172,11 +172,12 @@ class OpenAIServing:
         self.accept_any_model = False  # --accept-any-model: answer whatever model is named
         self.stop_by: float | None = None  # monotonic time answers in progress end by
 
-    def stopping(self, deadline: float) -> None:
-        """The server stops (SIGTERM) and cuts the connections still open at `deadline`:
-        answers still running end STOP_MARGIN_S before it with a `shutting_down` error, which
-        a client can read, instead of a connection closed in mid-stream."""
-        self.stop_by = deadline - STOP_MARGIN_S
+    def stopping(self, grace_s: float) -> None:
+        """The server stops (SIGTERM) and cuts the connections still open in `grace_s`
+        seconds: answers still running end STOP_MARGIN_S (at most half the grace) before that
+        with a `shutting_down` error, which a client can read, instead of a connection closed
+        in mid-stream."""
+        self.stop_by = time.monotonic() + grace_s - min(STOP_MARGIN_S, grace_s / 2)
 
     def _stopped(self) -> APIError | None:
         if self.stop_by is None or time.monotonic() < self.stop_by:
@@ -196,7 +197,7 @@ class OpenAIServing:
         stopped = self._stopped()
         event = None if stopped else await job.next(timeout=timeout)
         stopped = stopped or self._stopped()
-        if stopped is not None and not isinstance(event, Failed) and event is not DONE:
+        if stopped is not None and not _final(event):
             job.cancel()
             return Failed(stopped)
         return event

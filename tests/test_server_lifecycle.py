@@ -287,15 +287,15 @@ def test_sigterm_ends_running_answers_with_an_error_the_client_reads(
 ) -> None:
     """Answers still running when --shutdown-grace is nearly over end with a `shutting_down`
     error (an SSE error event; a 503 for a non-streamed one), not a connection cut mid-way.
-    The grace is 2.2 s, so they end 0.2 s after SIGTERM, well before the ~1.7 s of decoding
-    the tiny model needs for its context."""
+    The grace is 1 s, so they end 0.5 s after SIGTERM (the margin is at most half the grace),
+    well before the ~1.7 s of decoding the tiny model needs for its context."""
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
     proc = ServerProcess(
         "--model", str(tiny_llama_dir),
         "--index", str(tmp_path / "index"),
-        "--shutdown-grace", "2.2",
+        "--shutdown-grace", "1",
         env={"CLARA_HOME": str(tmp_path / "home")},
         log=tmp_path / "server.log",
     ).wait_ready()  # fmt: skip
@@ -307,6 +307,11 @@ def test_sigterm_ends_running_answers_with_an_error_the_client_reads(
             with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as r:
                 lines = r.iter_lines()
                 next(x for x in lines if '"content": "' in x and '""' not in x)  # decoding
+                wait_for(  # and the other one with it, in one batch
+                    lambda: (
+                        metric(metrics(proc), "clara_decode_step_seconds_count", requests="2") > 0
+                    )
+                )
                 proc.proc.send_signal(signal.SIGTERM)
                 rest = list(lines)
             cut = whole.result()

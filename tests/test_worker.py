@@ -229,3 +229,31 @@ def test_failures_are_logged_by_kind(caplog: pytest.LogCaptureFixture) -> None:
         ("chat request failed: collection 'x' is damaged (meta.sqlite is missing)", False),
         ("chat request failed", True),
     ]
+
+
+def test_contended_counts_only_work_that_could_take_a_turn_now() -> None:
+    """What an embeddings step asks before sizing itself: a queued upload (BULK), a task that
+    cannot start yet, or a cancelled one does not make it take small steps."""
+    worker = ready_worker()
+    seen: list[bool] = []
+    gate = threading.Event()
+
+    def probe(cm):
+        seen.append(worker.contended())
+        yield
+        gate.wait(5)
+        seen.append(worker.contended())
+
+    try:
+        worker.submit(Task("bulk", lambda cm: None), BULK)  # (runs after the probe)
+        worker.submit(Task("later", lambda cm: None, can_start=lambda: False))
+        gone = worker.submit(Task("gone", lambda cm: None))
+        gone.cancel()
+        worker.submit(Task("probe", probe))
+        wait_until(lambda: len(seen) == 1)
+        worker.submit(Task("chat", lambda cm: None))  # interactive, free to start
+        gate.set()
+        wait_until(lambda: len(seen) == 2)
+    finally:
+        worker.stop()
+    assert seen == [False, True]
