@@ -321,9 +321,10 @@ def log_failure(what: str, exc: BaseException) -> None:
 
 
 def _kind(key: Any) -> str:
-    """What a task is, for the log: "chat" of the key (":chat", job), else the key."""
-    if isinstance(key, tuple) and key and isinstance(key[0], str):
-        return key[0].lstrip(":") or str(key)
+    """What a task is, for the log: "chat" of the key (":chat", job), else the whole key
+    (the index service's (store id, file id))."""
+    if isinstance(key, tuple) and key and isinstance(key[0], str) and key[0][:1] == ":":
+        return key[0][1:]
     return str(key)
 
 
