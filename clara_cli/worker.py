@@ -59,6 +59,7 @@ class Task:
     bounded: bool = True  # counts against `max_waiting` until it starts
     priority: int = INTERACTIVE  # set by `Worker.submit`
     steps: Iterator[object] | None = field(default=None, repr=False)
+    began: float = 0.0  # perf_counter at its start (the worker times it for Retry-After)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -255,7 +256,8 @@ class Worker:
 
     def _turn(self, task: Task, started: bool) -> None:
         """Start `task` or take one step of it; requeue it at the back if it goes on."""
-        t0 = time.perf_counter()
+        if not started and not task.cancelled:
+            task.began = time.perf_counter()
         more = False
         try:
             if task.cancelled:
@@ -279,8 +281,8 @@ class Worker:
                 self._queues[task.priority].append(task)
                 self._current = None
             return
-        if task.bounded and not started:
-            self._task_seconds = 0.8 * self._task_seconds + 0.2 * (time.perf_counter() - t0)
+        if task.bounded and task.began:  # from its start to its end, over all its steps
+            self._task_seconds = 0.8 * self._task_seconds + 0.2 * (time.perf_counter() - task.began)
         with self._cv:
             self._current = None  # finished: `done` may ask what is still pending
         task.done()
