@@ -2,8 +2,10 @@
 
 MLX arrays and streams belong to the thread that made them (calling MLX from FastAPI's thread
 pool crashes), so one thread loads the model and runs every piece of MLX work. Work comes as
-`Task`s with a priority: INTERACTIVE (chat, search, embeddings) always goes before BULK
-(compressing uploaded documents). A task's `start(model)` either finishes the work or returns
+`Task`s with a priority: INTERACTIVE (chat, search, embeddings) goes before BULK
+(compressing uploaded documents), except that BULK work waiting for `bulk_every_s` gets one
+turn (an upload finishes under steady chat load instead of waiting for the last chat to end).
+A task's `start(model)` either finishes the work or returns
 an iterator; the worker then takes one `next()` per turn, rotating with the other running
 tasks of the same priority, so new interactive work gets in between two steps of a long job
 (between two decode steps of a batch, between two compressor batches).
@@ -34,6 +36,11 @@ INTERACTIVE, BULK = 0, 1
 PRIORITIES = (INTERACTIVE, BULK)
 #: Seconds between looks at queued tasks that cannot start yet (see `Task.can_start`).
 POLL_S = 1.0
+#: Under steady interactive work, BULK work that has waited this long since its last turn
+#: takes one (a compressor batch: ~0.3 s of the default model on 2 cores, so uploads get ~1/7
+#: of a busy worker). Without it an upload waited for every chat and embeddings job to end:
+#: 281-614 s under a soak test, with each file_search on its store stalled 120 s.
+BULK_EVERY_S = 2.0
 
 
 def _ignore(*_: Any) -> None:
@@ -75,8 +82,11 @@ class Worker:
         max_waiting: int = 16,
         name: str = "clara-mlx",
         service: str = "the server",
+        bulk_every_s: float = BULK_EVERY_S,
     ) -> None:
         self.load = load
+        self.bulk_every_s = bulk_every_s
+        self._bulk_since = time.monotonic()  # BULK's last turn, or since when it waits
         self.max_waiting = max(1, max_waiting)
         self.service = service
         self.state = "starting"  # starting | loading | ready | failed | stopped
@@ -243,14 +253,23 @@ class Worker:
 
     def _next(self) -> Task | None:
         """The task to run now (caller holds the lock): the first runnable of the highest
-        priority; cancelled tasks that never started are finished on the way."""
-        for priority in PRIORITIES:
+        priority, or of BULK when it has waited `bulk_every_s`; cancelled tasks that never
+        started are finished on the way."""
+        now = time.monotonic()
+        if not self._queues[BULK]:
+            self._bulk_since = now
+        order = PRIORITIES
+        if now - self._bulk_since >= self.bulk_every_s:
+            order = (BULK, INTERACTIVE)  # its share: one turn, then interactive first again
+        for priority in order:
             q = self._queues[priority]
             for task in list(q):
                 if task.steps is None and task.can_start is not None and not task.cancelled:
                     if not task.can_start():
                         continue
                 q.remove(task)
+                if priority == BULK:
+                    self._bulk_since = now
                 return task
         return None
 

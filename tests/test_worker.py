@@ -257,3 +257,36 @@ def test_contended_counts_only_work_that_could_take_a_turn_now() -> None:
     finally:
         worker.stop()
     assert seen == [False, True]
+
+
+def test_bulk_work_gets_a_turn_under_steady_interactive_work() -> None:
+    """Before: an upload's compression waited until no chat or embeddings step was queued,
+    which under steady load was minutes. Now BULK waiting `bulk_every_s` takes one turn."""
+    worker = Worker(lambda: "model", bulk_every_s=0.2)
+    worker.start()
+    wait_until(lambda: worker.state == "ready")
+    log: list[str] = []
+    stop = threading.Event()
+
+    def busy(cm):  # a decode loop that never runs dry
+        while not stop.is_set():
+            log.append("chat")
+            time.sleep(0.01)
+            yield
+
+    def bulk(cm):
+        for i in range(3):
+            log.append(f"bulk{i}")
+            yield
+
+    try:
+        worker.submit(Task("chat", busy))
+        wait_until(lambda: "chat" in log)
+        worker.submit(Task("upload", bulk), BULK)
+        wait_until(lambda: "bulk2" in log, timeout=5)
+    finally:
+        stop.set()
+        worker.stop()
+    first, last = log.index("bulk0"), log.index("bulk2")
+    assert log[first:last].count("chat") >= 10  # one bulk turn per ~0.2 s, not all at once
+    assert log[first + 1] == "chat"
