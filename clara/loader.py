@@ -155,6 +155,9 @@ def load_base(
         _dequantize(model, getattr(mx, chosen), config)
         mx.eval(model.parameters())
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    if hasattr(hf, "model_max_length"):  # clara checks lengths itself (documents are cut,
+        hf.model_max_length = 1 << 62  # prompts refused): no "longer than" warning per text
     from clara import attention, norm, rope
 
     attention.install(model)  # CPU: softmax in a fused native kernel (clara/attention.py)

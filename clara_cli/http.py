@@ -20,6 +20,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -158,6 +159,17 @@ def is_client_error(exc: BaseException) -> bool:
     return to_api_error(exc).status < 500
 
 
+#: Retry-After of a `shutting_down` 503: about what a restart takes to load the model again.
+RESTART_RETRY_S = 10
+
+
+def shutting_down(message: str) -> APIError:
+    """The 503 of a request a stopping server will not finish (Retry-After: a restart)."""
+    return APIError(
+        503, message, code="shutting_down", headers={"Retry-After": str(RESTART_RETRY_S)}
+    )
+
+
 def check_ready(state: str, error: str | None) -> None:
     """Raise the 503 a request gets while the model worker is in `state` (not "ready")."""
     if state == "ready":
@@ -170,7 +182,7 @@ def check_ready(state: str, error: str | None) -> None:
             headers={"Retry-After": "5"},
         )
     if state == "stopped":
-        raise APIError(503, "the server is shutting down", code="shutting_down")
+        raise shutting_down("the server is shutting down")
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 
@@ -199,6 +211,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         # A value matching no member of a union: a list of the wrong length says most (it had
         # the right type: [] or 2049 inputs), else the member it got furthest into.
         first = min(errors, key=_telling)
+    if first.get("type") == NOT_UNICODE:  # found by the model's `valid_unicode`: its field
+        return APIError(400, first["msg"], param=first["ctx"]["field"])
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "invalid JSON")
         return APIError(
@@ -402,12 +416,17 @@ def _valid(value: Any) -> bool:
 def valid_unicode(data: Any) -> Any:
     """A before-validator for request models: refuse lone surrogates with the field's path."""
     where = None if _valid(data) else lone_surrogate(data)
-    if where is not None:
-        raise ValueError(
-            f"{where} is not valid Unicode text (it holds a lone surrogate escape such as "
-            "\\ud800); send the text as UTF-8"
+    if where is not None:  # (a ValueError would read "Value error, ..." and name no field)
+        raise PydanticCustomError(
+            NOT_UNICODE,
+            "{field} is not valid Unicode text (it holds a lone surrogate escape such as "
+            "\\ud800); send the text as UTF-8",
+            {"field": where},
         )
     return data
+
+
+NOT_UNICODE = "not_unicode"  # the error type `valid_unicode` raises
 
 
 DOCS_FILES = "/docs-files"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from clara.errors import ClaraError
-from clara_cli.http import APIError, check_ready, is_client_error
+from clara_cli.http import APIError, check_ready, is_client_error, shutting_down
 
 log = logging.getLogger("clara.worker")
 T = TypeVar("T")
@@ -313,7 +313,7 @@ class Worker:
             for q in self._queues.values():
                 q.clear()
             self._waiting = 0
-        gone = APIError(503, f"{self.service} is shutting down", code="shutting_down")
+        gone = shutting_down(f"{self.service} is shutting down")
         for task in tasks:
             try:
                 if task.steps is not None:

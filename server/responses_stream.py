@@ -78,10 +78,16 @@ class ResponseRun:
         return [entry]
 
     async def _fail(self, error: APIError) -> None:
+        """Store the failed response with what was generated before the error (a stop
+        deadline, a worker failure): its message `incomplete`, as a cancelled one keeps it."""
         self.response.status = "failed"
         self.response.error = ResponseError(
             code=error.code or "server_error", message=error.message
         )
+        if self.message in self.response.output:
+            self.message.status = "incomplete"
+            text = "".join(self.text)
+            self.message.content = [OutputText(text=text, annotations=[], logprobs=self.logprobs)]
         await self._store()
 
     async def _store(self) -> None:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara.errors import ClaraError
 from clara.stream import GenerationChunk, token_bytes, token_text
-from clara_cli.http import APIError, to_api_error
+from clara_cli.http import APIError, shutting_down, to_api_error
 from server.engine import DONE, Embedded, Engine, Failed, Job, Ready, SourceInfo
 from server.protocol import (
     Annotation,
@@ -182,10 +182,8 @@ class OpenAIServing:
     def _stopped(self) -> APIError | None:
         if self.stop_by is None or time.monotonic() < self.stop_by:
             return None
-        return APIError(
-            503,
-            "the server is shutting down and could not finish this answer in time; ask again",
-            code="shutting_down",
+        return shutting_down(
+            "the server is shutting down and could not finish this answer in time; ask again"
         )
 
     async def stream_event(self, job: Job) -> object | None:

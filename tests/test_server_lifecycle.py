@@ -292,33 +292,53 @@ def test_sigterm_ends_running_answers_with_an_error_the_client_reads(
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
-    proc = ServerProcess(
-        "--model", str(tiny_llama_dir),
-        "--index", str(tmp_path / "index"),
-        "--shutdown-grace", "1",
-        env={"CLARA_HOME": str(tmp_path / "home")},
-        log=tmp_path / "server.log",
-    ).wait_ready()  # fmt: skip
+    def serve(*args: str) -> ServerProcess:
+        return ServerProcess(
+            "--model", str(tiny_llama_dir),
+            "--index", str(tmp_path / "index"),
+            *args,
+            env={"CLARA_HOME": str(tmp_path / "home")},
+            log=tmp_path / "server.log",
+        ).wait_ready()  # fmt: skip
+
+    def respond() -> list[dict]:  # a stored Responses stream, its events
+        body = {"input": "count", "retrieval": False, "stream": True, "max_output_tokens": 4000}
+        with httpx.stream("POST", f"{proc.url}/v1/responses", json=body, timeout=60) as r:
+            return [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
+
+    proc = serve("--shutdown-grace", "1")
     url = f"{proc.url}/v1/chat/completions"
     body = {**LONG, "max_tokens": 4000, "ignore_eos": True}
     try:
-        with ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(2) as pool:
             whole = pool.submit(httpx.post, url, json=body, timeout=60)
+            events = pool.submit(respond)
             with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as r:
                 lines = r.iter_lines()
                 next(x for x in lines if '"content": "' in x and '""' not in x)  # decoding
-                wait_for(  # and the other one with it, in one batch
+                wait_for(  # and the other two with it, in one batch
                     lambda: (
-                        metric(metrics(proc), "clara_decode_step_seconds_count", requests="2") > 0
+                        metric(metrics(proc), "clara_decode_step_seconds_count", requests="3") > 0
                     )
                 )
                 proc.proc.send_signal(signal.SIGTERM)
                 rest = list(lines)
-            cut = whole.result()
+            cut, events = whole.result(), events.result()
         errors = [json.loads(x[6:]) for x in rest if x.startswith('data: {"error"')]
         assert [e["error"]["code"] for e in errors] == ["shutting_down"], rest[-3:]
         assert "data: [DONE]" in rest[-2:]  # the stream still ends as a stream does
         assert cut.status_code == 503 and cut.json()["error"]["code"] == "shutting_down"
+        assert cut.headers["Retry-After"] == "10"
+        failed = events[-1]
+        assert failed["type"] == "response.failed", failed
+        assert failed["response"]["error"]["code"] == "shutting_down"
+        streamed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
         assert proc.wait_exit(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+        proc = serve()  # the stored response keeps what was streamed before the stop
+        stored = httpx.get(f"{proc.url}/v1/responses/{failed['response']['id']}").json()
+        assert stored["status"] == "failed" and stored["error"]["code"] == "shutting_down"
+        message = stored["output"][-1]
+        assert message["status"] == "incomplete" and streamed
+        assert message["content"][0]["text"] == streamed
     finally:
         proc.stop()
