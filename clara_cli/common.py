@@ -67,6 +67,17 @@ def positive_float(value: str) -> float:
     return x
 
 
+def non_negative_float(value: str) -> float:
+    """argparse type: a finite number, 0 or more."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= x < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
+    return x
+
+
 def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     """Run a command; a `ClaraError` becomes one `prog: error: ...` line and exit status 1.
 
@@ -140,17 +151,6 @@ def model_dtype(args: argparse.Namespace) -> str | None:
 SHUTDOWN_GRACE_S = 30
 
 
-def _seconds(text: str) -> float:
-    """A number of seconds, 0 or more (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
-    return value
-
-
 def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._ArgumentGroup:
     """The "server" group both HTTP services share: --host, --port, --api-key. Returns the
     group, for the service's own options (then `add_log_level_arg`)."""
@@ -166,11 +166,12 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
     )
     net.add_argument(
         "--shutdown-grace",
-        type=_seconds,
+        type=non_negative_float,
         default=SHUTDOWN_GRACE_S,
         metavar="SECONDS",
         help="on SIGTERM or Ctrl-C, how long requests in progress may finish (clara-serve ends "
-        "answers still running 2 s before that with a 'shutting_down' error clients can read); "
+        "answers still running 2 s (at most half the grace) before that with a 'shutting_down' "
+        "error clients can read); "
         "keep it under your supervisor's kill timeout: Docker's default is 10 s, "
         "docker-compose.dev.yml allows 40 (default: %(default)s)",
     )

@@ -163,7 +163,7 @@ def is_client_error(exc: BaseException) -> bool:
 RESTART_RETRY_S = 10
 
 
-def shutting_down(message: str) -> APIError:
+def shutting_down_error(message: str) -> APIError:
     """The 503 of a request a stopping server will not finish (Retry-After: a restart)."""
     return APIError(
         503, message, code="shutting_down", headers={"Retry-After": str(RESTART_RETRY_S)}
@@ -182,7 +182,7 @@ def check_ready(state: str, error: str | None) -> None:
             headers={"Retry-After": "5"},
         )
     if state == "stopped":
-        raise shutting_down("the server is shutting down")
+        raise shutting_down_error("the server is shutting down")
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from clara.errors import ClaraError
-from clara_cli.http import APIError, check_ready, is_client_error, shutting_down
+from clara_cli.http import APIError, check_ready, is_client_error, shutting_down_error
 
 log = logging.getLogger("clara.worker")
 T = TypeVar("T")
@@ -66,7 +66,7 @@ class Task:
     bounded: bool = True  # counts against `max_waiting` until it starts
     priority: int = INTERACTIVE  # set by `Worker.submit`
     steps: Iterator[object] | None = field(default=None, repr=False)
-    began: float = 0.0  # perf_counter at its start (the worker times it for Retry-After)
+    busy: float | None = None  # seconds of its own turns, once started (for Retry-After)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -143,6 +143,8 @@ class Worker:
                     )
                 self._waiting += 1
             task.priority = priority
+            if priority == BULK and not self._queues[BULK]:
+                self._bulk_since = time.monotonic()  # BULK waits from now (see `_next`)
             self._queues[priority].append(task)
             self._cv.notify()
         self._depth_changed()
@@ -256,8 +258,6 @@ class Worker:
         priority, or of BULK when it has waited `bulk_every_s`; cancelled tasks that never
         started are finished on the way."""
         now = time.monotonic()
-        if not self._queues[BULK]:
-            self._bulk_since = now
         order = PRIORITIES
         if now - self._bulk_since >= self.bulk_every_s:
             order = (BULK, INTERACTIVE)  # its share: one turn, then interactive first again
@@ -275,8 +275,7 @@ class Worker:
 
     def _turn(self, task: Task, started: bool) -> None:
         """Start `task` or take one step of it; requeue it at the back if it goes on."""
-        if not started and not task.cancelled:
-            task.began = time.perf_counter()
+        t0 = time.perf_counter()
         more = False
         try:
             if task.cancelled:
@@ -295,13 +294,15 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the task
             log_failure(_kind(task.key), exc)
             task.failed(exc)
+        if started or not task.cancelled:  # its own time, not the turns of others between
+            task.busy = (task.busy or 0.0) + time.perf_counter() - t0
         if more:
             with self._cv:
                 self._queues[task.priority].append(task)
                 self._current = None
             return
-        if task.bounded and task.began:  # from its start to its end, over all its steps
-            self._task_seconds = 0.8 * self._task_seconds + 0.2 * (time.perf_counter() - task.began)
+        if task.bounded and task.busy is not None:  # over all its steps
+            self._task_seconds = 0.8 * self._task_seconds + 0.2 * task.busy
         with self._cv:
             self._current = None  # finished: `done` may ask what is still pending
         task.done()
@@ -313,7 +314,7 @@ class Worker:
             for q in self._queues.values():
                 q.clear()
             self._waiting = 0
-        gone = shutting_down(f"{self.service} is shutting down")
+        gone = shutting_down_error(f"{self.service} is shutting down")
         for task in tasks:
             try:
                 if task.steps is not None:

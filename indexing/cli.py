@@ -62,7 +62,9 @@ What a target matches:
   an id, a path    that document; a folder (or any path ending in '/'): every document
                    under it. A relative path no stored path is matches the one stored path
                    ending with it ('notes.txt' -> /any/where/notes.txt, 'old/' -> a folder);
-                   when several do, the error lists them and nothing is removed for it.
+                   when several do, the error lists them and nothing is removed for it. Not
+                   when it names a place of its own: './notes.txt', or a file or folder that
+                   exists here (not indexed): the error names the stored path to give.
   a glob (quoted)  what `clara-index add` with the same glob indexed: '*', '?' and '[...]'
                    match within one folder level (not names starting with '.', as the shell),
                    '**' any number of folders (not hidden ones), and a folder it matches

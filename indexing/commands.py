@@ -118,7 +118,9 @@ def _doc_dict(d: Document) -> dict[str, Any]:
     }
 
 
-def _find(col: Collection, target: str, patterns: bool = False) -> list[Document]:
+def _find(
+    col: Collection, target: str, patterns: bool = False, remove: bool = False
+) -> list[Document]:
     """Documents named by an id, a file path, or a folder (everything under it); with
     `patterns`, also a glob the shell left as it was (files deleted since they were indexed,
     or a quoted pattern), matched as `add` expands it (`_glob_docs`), or against document
@@ -138,7 +140,7 @@ def _find(col: Collection, target: str, patterns: bool = False) -> list[Document
         return found
     if patterns and GLOB_CHARS.search(target):
         return _glob_docs(docs, target)
-    return _by_tail(docs, target)
+    return _by_tail(docs, target, remove)
 
 
 def _glob_docs(docs: list[Document], target: str) -> list[Document]:
@@ -193,19 +195,19 @@ def _glob_match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     )
 
 
-def _by_tail(docs: list[Document], target: str) -> list[Document]:
+def _by_tail(docs: list[Document], target: str, remove: bool = False) -> list[Document]:
     """For a relative path that no stored path is: the document stored at a path ending with
     it ('notes.txt' -> '/any/where/notes.txt') or an upload of that name; with a trailing '/',
     every document under the one folder ending with it ('notes/' -> '/any/where/notes/...').
     Only when one file or folder matches: several raise ClaraError naming them, since a
-    remove must not guess. [] when none matches (`_not_found_hint` then says what is near),
-    and for a target that names a place of its own: one written from here ('./notes.txt',
-    '../old/') or a file or folder that exists here (not indexed: nothing to remove)."""
+    remove must not guess. [] when none matches (`_not_found_hint` then says what is near).
+    For a `remove`, a target that names a place of its own (written from here, './notes.txt',
+    or a file or folder that exists here, not indexed) never stands for a stored path ending
+    with it: a ClaraError says which stored path to name instead."""
     tail = Path(target).parts
     if not tail or Path(target).expanduser().is_absolute() or ".." in tail:
         return []
-    if target.startswith(("." + os.sep, ".." + os.sep)) or os.path.lexists(target):
-        return []
+    here = target.startswith(("." + os.sep, ".." + os.sep)) or os.path.lexists(target)
     folders_only = target.endswith(os.sep)
     places: dict[str, list[Document]] = {}  # a matching stored file or folder -> its documents
     for d in docs:
@@ -222,6 +224,13 @@ def _by_tail(docs: list[Document], target: str) -> list[Document]:
             if parts[end - len(tail) : end] == tail:
                 places.setdefault(str(Path(*parts[:end])), []).append(d)
                 break
+    if remove and here and (stored := sorted(p for p, ds in places.items() if ds[0].path)):
+        what = "folder" if folders_only or os.path.isdir(target) else "file"
+        raise ClaraError(
+            f"{target}: the {what} here is not indexed; the stored "
+            f"{'paths' if len(stored) > 1 else 'path'} ending with it: "
+            f"{', '.join(stored[:5])}; give the full path to remove it"
+        )
     if len(places) > 1:
         names = sorted(places)
         more = f" and {len(names) - 5} more" if len(names) > 5 else ""
@@ -398,7 +407,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     with _open(args.index, args.collection) as col:
         for target in args.targets:
             try:
-                docs = _find(col, target, patterns=True)
+                docs = _find(col, target, patterns=True, remove=True)
             except ClaraError as exc:  # a name several stored paths end with
                 docs, why = [], str(exc)
             else:

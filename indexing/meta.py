@@ -152,6 +152,11 @@ def is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     )
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class Meta:
     """One connection to `meta.sqlite` (WAL, synchronous=FULL, explicit transactions)."""
 
@@ -165,6 +170,10 @@ class Meta:
         # `create` does, in a new collection's hidden folder. A writer that made an empty one
         # beside a collection's memory files would start it afresh over them.
         target = f"file:{quote(str(path))}?mode=rw"
+        try:  # before connecting: a file swapped in between reads as `replaced`, never as ours
+            self.file_id = _file_id(path)
+        except FileNotFoundError:
+            raise MissingDatabaseError(f"{path.name} is missing") from None
         try:
             self.db = sqlite3.connect(
                 target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
@@ -173,11 +182,6 @@ class Meta:
             if not path.exists():  # deleted since the check above
                 raise MissingDatabaseError(f"{path.name} is missing") from None
             raise
-        try:  # (the connection keeps reading this file even if it is renamed or deleted)
-            self.inode = os.stat(path).st_ino
-        except FileNotFoundError:
-            self.db.close()
-            raise MissingDatabaseError(f"{path.name} is missing") from None
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         if readonly:
             self.db.execute("PRAGMA query_only=ON")
@@ -185,8 +189,8 @@ class Meta:
     def replaced(self) -> bool:
         """Whether the database at `path` is gone or another file than the one this connection
         reads (its collection folder was deleted, or swapped for a rebuilt one)."""
-        try:
-            return os.stat(self.path).st_ino != self.inode
+        try:  # (the connection keeps reading its file even once renamed or deleted)
+            return _file_id(self.path) != self.file_id
         except FileNotFoundError:
             return True
 

@@ -74,9 +74,16 @@ class IndexView:
             path = self.directory / state.memory_file
             if state.n_rows and not path.exists():
                 raise FileNotFoundError(path)  # compacted away after our snapshot? (_recheck)
-            self._check_ours()  # the file at `path` belongs to the database we read
             self._drop_memory()
-            self.memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
+            memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
+            if state.n_rows:
+                try:  # opened, then checked: the file we hold belongs to the database we read
+                    memory.rows_on_disk()
+                    self._check_ours()
+                except BaseException:
+                    memory.close()
+                    raise
+            self.memory = memory
         return self.memory
 
     def _drop_memory(self) -> None:
@@ -115,7 +122,6 @@ class IndexView:
 
     def _newest_saved(self) -> tuple[int, VectorIndex | None]:
         """(generation tag, index) of the newest readable FAISS file; (-1, None) if none."""
-        self._check_ours()
         files = sorted(
             (int(m.group(1)), p)
             for p in self.directory.iterdir()
@@ -126,6 +132,7 @@ class IndexView:
                 index = VectorIndex.load(path)
             except RuntimeError:  # deleted by the writer meanwhile, or damaged: try older
                 continue
+            self._check_ours()  # loaded, then checked: not a swapped-in folder's index
             if index.dim == self.manifest.dim:
                 return generation, index
         return -1, None

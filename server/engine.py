@@ -244,15 +244,16 @@ class Engine:
                 return
             if kind == "chat" and job.task.cancelled:
                 self.metrics.generations.inc(reason="cancelled")  # left while it waited
-            if kind == "embeddings" and job.task.cancelled:
-                finished, total = job.progress or (0, 0)
-                if job.progress is None:
-                    log.info("embeddings cancelled before they started")
-                elif finished < total:  # (a finished job is cancelled too, by its route)
+            if kind == "embeddings" and job.task.cancelled and job.progress is not None:
+                finished, total = job.progress  # (None: it failed, or never started)
+                if finished < total:  # (a finished job is cancelled too, by its route)
                     log.info("embeddings cancelled after %d of %d inputs", finished, total)
             job.emit(DONE)
 
-        failed = lambda exc: job.emit(Failed(exc))  # noqa: E731
+        def failed(exc: BaseException) -> None:
+            job.progress = None  # failed, not cancelled: nothing for `done` to log
+            job.emit(Failed(exc))
+
         job.task = Task((":" + kind, job), lambda cm: start(job), failed, done, can_start)
         self.worker.submit(job.task)
         return job
@@ -656,8 +657,8 @@ class Engine:
         """Embeddings in steps: every input is tokenized and checked first (one too long is a
         400 before any encoding), then encoded a few at a time, one worker turn each, so chats
         decode between two steps and a client that leaves stops the job at the next one. A
-        step takes about EMBED_STEP_S[contended] seconds, at the measured seconds per token:
-        short while other work could run, longer alone."""
+        step takes about EMBED_STEP_SHARED_S seconds while other work could run (measured
+        seconds per token), EMBED_STEP_ALONE_S alone."""
         job.progress = (0, len(inputs))  # for the log, if it is cancelled
         cm = self._cm
         texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
@@ -680,7 +681,8 @@ class Engine:
         done = 0
         while done < len(texts):
             yield  # a turn: chats (and a client that left) are heard between two steps
-            budget = EMBED_STEP_S[self.worker.contended() or self.decoding() > 0]
+            shared = self.worker.contended() or self.decoding() > 0
+            budget = EMBED_STEP_SHARED_S if shared else EMBED_STEP_ALONE_S
             end, tokens = done, 0
             while end < len(texts) and (end == done or tokens * self._s_per_token < budget):
                 tokens += len(ids[end]) + cm.n_mem
@@ -700,10 +702,10 @@ class Engine:
 #: memories at F1 42.9 / cover-EM 27.0, the best 2 as text at 39.0 / 25.0 (bench_heldout.py)
 MIXED_TEXT = 1
 NO_SPECIALS = {"add_special_tokens": False}  # count a text's own tokens
-#: Seconds of query encoding per embeddings step when nothing else could run (False) and
-#: while other work waits or decodes (True): one input of ~220 tokens is ~0.3 s of the default
-#: model on 2 cores, so a chat waits at most about this long for its turn.
-EMBED_STEP_S = {False: 1.5, True: 0.25}
+#: Seconds of query encoding per embeddings step when nothing else could run, and while other
+#: work waits or decodes: one input of ~220 tokens is ~0.3 s of the default model on 2 cores,
+#: so a chat waits at most about this long for its turn.
+EMBED_STEP_ALONE_S, EMBED_STEP_SHARED_S = 1.5, 0.25
 ADMIT_POLL = 0.005  # s: an idle engine admitting a request looks this often for more ...
 ADMIT_WINDOW = 0.03  # ... while they keep arriving, this long at most
 

@@ -85,10 +85,15 @@ class ResponseRun:
             code=error.code or "server_error", message=error.message
         )
         if self.message in self.response.output:
-            self.message.status = "incomplete"
-            text = "".join(self.text)
-            self.message.content = [OutputText(text=text, annotations=[], logprobs=self.logprobs)]
+            self._cut_short()
         await self._store()
+
+    def _cut_short(self) -> None:
+        """The message as generated so far, `incomplete` (a stream cancelled or failed)."""
+        self.message.status = "incomplete"
+        self.message.content = [
+            OutputText(text="".join(self.text), annotations=[], logprobs=self.logprobs)
+        ]
 
     async def _store(self) -> None:
         """Store the response (store: true) off the event loop: a slow or locked disk holds
@@ -103,10 +108,7 @@ class ResponseRun:
         r = self.response
         if r.status != "in_progress" or not r.store:
             return
-        self.message.status = "incomplete"
-        self.message.content = [
-            OutputText(text="".join(self.text), annotations=[], logprobs=self.logprobs)
-        ]
+        self._cut_short()
         r.status = "cancelled"
         r.output = ([self.call] if self.call else []) + [self.message]
         try:

@@ -6,6 +6,7 @@ started, an error is sent as an SSE `data: {"error": ...}` event (the OpenAI SDK
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara.errors import ClaraError
 from clara.stream import GenerationChunk, token_bytes, token_text
-from clara_cli.http import APIError, shutting_down, to_api_error
+from clara_cli.http import APIError, shutting_down_error, to_api_error
 from server.engine import DONE, Embedded, Engine, Failed, Job, Ready, SourceInfo
 from server.protocol import (
     Annotation,
@@ -182,7 +183,7 @@ class OpenAIServing:
     def _stopped(self) -> APIError | None:
         if self.stop_by is None or time.monotonic() < self.stop_by:
             return None
-        return shutting_down(
+        return shutting_down_error(
             "the server is shutting down and could not finish this answer in time; ask again"
         )
 
@@ -193,7 +194,13 @@ class OpenAIServing:
         if self.stop_by is not None:
             timeout = max(0.0, min(timeout, self.stop_by - time.monotonic()))
         stopped = self._stopped()
-        event = None if stopped else await job.next(timeout=timeout)
+        if stopped is None:
+            event = await job.next(timeout=timeout)
+        else:  # past the deadline: only what is already there (its final token, perhaps)
+            try:
+                event = job.events.get_nowait()
+            except asyncio.QueueEmpty:
+                event = None
         stopped = stopped or self._stopped()
         if stopped is not None and not _final(event):
             job.cancel()

@@ -716,9 +716,13 @@ def test_remove_matches_what_add_indexed_for_the_same_glob_and_names_by_their_en
     assert rc == 0 and left() == {"a.md", "sub/.g.md", "two/x.txt"}, err
     (tmp_path / "a.md").write_text("mine, never indexed\n")  # names a file here, not tree's
     for target in ("a.md", "./a.md", "./two/x.txt"):  # './': a place of its own, never a tail
-        rc, out, _ = run(capsys, "remove", target, "--index", index)
+        rc, out, err = run(capsys, "remove", target, "--index", index)
         assert rc == 1 and "removed" not in out, target
+        assert f"{target}: the file here is not indexed; the stored path ending with" in err
+        assert "give the full path to remove it" in err
     assert left() == {"a.md", "sub/.g.md", "two/x.txt"}
+    rc, out, _ = run(capsys, "show", "a.md", "--index", index)  # reading may find it
+    assert rc == 0 and "tree/a.md" in out
     rc, out, err = run(capsys, "remove", "tree/*", "--index", index)  # subfolders too, as add
     assert rc == 0 and left() == {"sub/.g.md"}, err
 

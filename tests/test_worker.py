@@ -238,14 +238,16 @@ def test_contended_counts_only_work_that_could_take_a_turn_now() -> None:
     seen: list[bool] = []
     gate = threading.Event()
 
+    ran: list[str] = []
+
     def probe(cm):
-        seen.append(worker.contended())
+        seen.append(worker.contended() or "bulk" in ran)  # the upload waits, not counted
         yield
         gate.wait(5)
         seen.append(worker.contended())
 
     try:
-        worker.submit(Task("bulk", lambda cm: None), BULK)  # (runs after the probe)
+        worker.submit(Task("bulk", lambda cm: ran.append("bulk")), BULK)  # after the probe
         worker.submit(Task("later", lambda cm: None, can_start=lambda: False))
         gone = worker.submit(Task("gone", lambda cm: None))
         gone.cancel()
@@ -290,3 +292,42 @@ def test_bulk_work_gets_a_turn_under_steady_interactive_work() -> None:
     first, last = log.index("bulk0"), log.index("bulk2")
     assert log[first:last].count("chat") >= 10  # one bulk turn per ~0.2 s, not all at once
     assert log[first + 1] == "chat"
+
+
+def test_bulk_waits_from_its_submission_and_retry_after_counts_own_time() -> None:
+    """After an idle spell a new upload does not go before a queued chat (BULK's wait starts
+    when it is queued); a stepped task's time for Retry-After is its own turns, not the turns
+    of others between them (a long embeddings job made Retry-After minutes)."""
+    worker = Worker(lambda: "model", bulk_every_s=0.2)
+    worker.start()
+    wait_until(lambda: worker.state == "ready")
+    log: list[str] = []
+    gate = threading.Event()
+
+    def slow_other(cm):  # another task's long turns, between the stepped task's
+        for _ in range(3):
+            time.sleep(0.2)
+            yield
+
+    def stepped(cm):
+        for _ in range(3):
+            yield
+
+    try:
+        time.sleep(0.3)  # idle longer than bulk_every_s
+        worker.submit(Task("hold", lambda cm: gate.wait(5)))
+        wait_until(lambda: worker._current is not None)
+        time.sleep(0.3)  # a long turn, begun with no BULK queued
+        worker.submit(Task("upload", lambda cm: log.append("upload")), BULK)
+        worker.submit(Task("chat", lambda cm: log.append("chat")))
+        gate.set()
+        wait_until(lambda: len(log) == 2)
+        worker._task_seconds = 0.0
+        worker.submit(Task("other", slow_other, bounded=False))
+        done = threading.Event()
+        worker.submit(Task("stepped", stepped, done=done.set))
+        assert done.wait(5)
+    finally:
+        worker.stop()
+    assert log == ["chat", "upload"]
+    assert worker._task_seconds < 0.05  # its own turns are instant; the others' took 0.6 s
