@@ -284,6 +284,7 @@ class Indexer:
                     continue
                 in_flight[prepared.doc.sha256] = src.path
                 waiting.extend((prepared, i) for i in range(prepared.done, len(prepared.chunks)))
+                yield Progress(0)  # reading a file is a step of its own (a big PDF: seconds)
             if not waiting:
                 return
             batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
