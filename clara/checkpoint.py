@@ -146,8 +146,13 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
     path = Path(path)
     cfg = path / CONFIG_FILE
     if not cfg.exists() or not (path / WEIGHTS_FILE).exists():
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such checkpoint folder")
+        hint = ""
+        if (path / "final" / CONFIG_FILE).exists():  # a clara-train run folder
+            hint = f"; a training run's checkpoint is its {path / 'final'}"
         raise CheckpointError(
-            f"{path} is not a CLaRa checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+            f"{path} is not a CLaRa checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE}){hint}"
         )
     try:
         config = json.loads(cfg.read_text())

@@ -56,12 +56,16 @@ def collection_arg(folder_flag: str) -> Callable[[str], str]:
     return collection
 
 
-def positive_float(value: str) -> float:
-    """argparse type: a number above 0."""
+def _number(value: str) -> float:
     try:
-        x = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a number above 0."""
+    x = _number(value)
     if not x > 0:
         raise argparse.ArgumentTypeError(f"{value}: must be above 0")
     return x
@@ -69,13 +73,37 @@ def positive_float(value: str) -> float:
 
 def non_negative_float(value: str) -> float:
     """argparse type: a finite number, 0 or more."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    x = _number(value)
     if not 0 <= x < float("inf"):
         raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
     return x
+
+
+def fraction(value: str) -> float:
+    """argparse type: a share, 0 or more and below 1 (a warm-up, a dropout probability)."""
+    x = _number(value)
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 0 or more and below 1")
+    return x
+
+
+def ratio(value: str) -> float:
+    """argparse type: a number from 0 to 1."""
+    x = _number(value)
+    if not 0 <= x <= 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be from 0 to 1")
+    return x
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer of at least 0."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
 
 
 def run_main(prog: str, fn: Callable[[], int | None]) -> int:

@@ -249,6 +249,12 @@ def test_checkpoint_refuses_other_base(cm, tiny_hcx_dir, tmp_path):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not a CLaRa checkpoint"):
         load_clara("unused", tmp_path)
+    with pytest.raises(CheckpointError, match="nowhere: no such checkpoint folder"):
+        load_clara("unused", tmp_path / "nowhere")
+    (tmp_path / "final").mkdir()  # a clara-train run folder, given instead of its final/
+    (tmp_path / "final" / "clara_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="a training run's checkpoint is its .*final"):
+        load_clara("unused", tmp_path)
 
 
 def test_default_checkpoint_resolution(tmp_path, monkeypatch):

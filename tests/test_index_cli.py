@@ -771,7 +771,7 @@ def test_an_add_of_pdfs_without_text_loads_no_model_and_still_checks_its_argumen
     assert rc == 1 and "wrong password for encrypted PDF" in err
 
     for bad, said in (
-        (["--checkpoint", tmp_path / "nowhere"], "is not a CLaRa checkpoint"),
+        (["--checkpoint", tmp_path / "nowhere"], "nowhere: no such checkpoint folder"),
         (["--chunk-tokens", "5000"], "chunk size 5000 must be between 1 and"),
         (["--overlap", "500"], "overlap 500 must be between 0 and the chunk size"),
     ):

@@ -205,3 +205,72 @@ def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch):
     s1 = read_pretrain(tmp_path / "data" / "stage1.jsonl")
     s2 = read_qa(tmp_path / "data" / "stage2.jsonl")
     assert sum(r.kind == "paraphrase" for r in s1) == 3 and len(s2) == 3
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--lr", "-1"], ["--clip", "-1"], ["--warmup", "5"], ["--lora-rank", "0"],
+     ["--lora-dropout", "1.5"], ["--mse-weight", "-5"], ["--save-every", "-1"],
+     ["--keep-last", "-1"], ["--stop-after", "0"], ["--pass-size", "0"],
+     ["--min-lr-ratio", "2"], ["--doc-max-tokens", "0"]],
+)  # fmt: skip
+def test_option_values_that_break_training_are_refused(option, capsys, tmp_path):
+    """Before: --lr -1 trained by gradient ascent, --clip -1 reversed the gradients, --lora-rank
+    0 was a ZeroDivisionError traceback, --warmup 5 never reached the peak learning rate."""
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--data", "x.jsonl", "--out", str(tmp_path / "o"), *option])
+    assert exc.value.code == 2
+    assert f"argument {option[0]}" in capsys.readouterr().err
+    for joint in (["--tau", "0"], ["--retrieval-weight", "-1"]):
+        with pytest.raises(SystemExit):
+            main(["joint", "--data", "x.jsonl", "--out", str(tmp_path / "o"), *joint])
+
+
+def _pretrain_args(tiny_llama_dir, tmp_path, out) -> list[str]:
+    data = tmp_path / "s1.jsonl"
+    write_jsonl(data, [{"data_type": "paraphrase", "docs": [d]} for d in DOCS])
+    return ["pretrain", "--model", str(tiny_llama_dir), "--dtype", "stored", "--data", str(data),
+            "--out", str(out), "--batch-size", "1", "--doc-max-tokens", "32", "--lora-rank", "4",
+            "-q", "--log-every", "1"]  # fmt: skip
+
+
+def test_a_diverging_run_stops_with_an_error_and_saves_nothing(tiny_llama_dir, tmp_path, capsys):
+    """Before: a NaN loss trained on and wrote final/ full of NaN (exit 0), which clara-index
+    then took, losing dense retrieval without a word."""
+    out = tmp_path / "run"
+    args = _pretrain_args(tiny_llama_dir, tmp_path, out)
+    assert main([*args, "--max-steps", "6", "--lr", "1e30", "--clip", "0", "--warmup", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged at step" in err and "run again with a lower --lr" in err
+    assert not (out / "final").exists()
+    for line in (out / "metrics.jsonl").read_text().splitlines():  # strict JSON: no NaN
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigterm_stops_a_run_and_its_ranks_and_says_how_to_resume(tiny_llama_dir, tmp_path, ranks):
+    """Before: SIGTERM to `--ranks 2` ended the launcher alone; both ranks trained on into
+    --out. A single process exited without saying where to resume from."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = _pretrain_args(tiny_llama_dir, tmp_path, out)
+    args += ["--max-steps", "100000", "--save-every", "1", "--ranks", str(ranks)]
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", *args], stderr=subprocess.PIPE,
+                            text=True, cwd=os.getcwd())  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "step-000001").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "stopped; the last checkpoint is" in err and "--resume" in err
+    rows = (out / "metrics.jsonl").read_text()
+    time.sleep(1.5)  # no rank left training
+    assert (out / "metrics.jsonl").read_text() == rows
+    assert subprocess.run(["pgrep", "-f", str(out)], capture_output=True).stdout == b""

@@ -122,6 +122,17 @@ def test_missing_and_empty_files(tmp_path):
         read_pretrain(_write(tmp_path, [""]))
 
 
+def test_the_wrong_file_or_stage_says_which_to_give(tmp_path):
+    """synth writes a folder of stage1.jsonl and stage2.jsonl: `--data data/` and pretrain
+    given stage-2 records each say which file to give."""
+    write_jsonl(tmp_path / "data" / "stage1.jsonl", [{"data_type": "paraphrase", "docs": ["d"]}])
+    with pytest.raises(DataError, match=r"data is a folder \(stage1.jsonl in it\): give the da"):
+        read_pretrain(tmp_path / "data")
+    stage2 = _write(tmp_path, [{"question": "q", "docs": ["d"], "answer": "a", "pos_index": [0]}])
+    with pytest.raises(DataError, match="this looks like stage-2 data, for instruct, joint"):
+        read_pretrain(stage2)
+
+
 def test_eval_data_may_come_without_docs(tmp_path):
     path = _write(tmp_path, [{"question": "q", "answer": "a"}])
     assert read_qa(path, need_docs=False)[0].docs == []

@@ -200,6 +200,12 @@ def test_eval_cli_markdown_and_errors(trained, tiny_llama_dir, capsys, tmp_path)
     bad.write_text('{"question": "q"}\n')
     assert main(["--data", str(bad), "--model", str(tiny_llama_dir), "-q"]) == 1
     assert "bad.jsonl:1: no answer" in capsys.readouterr().err
+    for flag in ("--predictions", "--chart"):  # refused before minutes of answers, not after
+        code = main(["--data", str(bad), flag, str(tmp_path / "no" / "where.out"), "-q"])
+        assert code == 1 and f"{flag} {tmp_path}/no/where.out: no folder" in capsys.readouterr().err
+    for bad_value in (["--limit", "0"], ["--top-k", "0"], ["--max-tokens", "-1"]):
+        with pytest.raises(SystemExit):
+            main(["--data", str(bad), *bad_value])
 
 
 @pytest.mark.parametrize("retrieval_mode", ["hybrid", "lexical"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,9 +18,13 @@ from clara.model import COMPRESSION_RATES, ClaraConfig
 from clara_cli.common import (
     add_model_args,
     add_quiet_arg,
+    fraction,
     model_dtype,
+    non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
+    ratio,
     run_main,
 )
 
@@ -54,7 +59,8 @@ checkpoint (clara_config.json + adapters.safetensors; with --full also base/, th
 base model) plus the optimiser state for --resume; metrics.jsonl and loss.png.
 Data parallel: --ranks 2 runs two processes on this machine (on a 2-core CPU about 1.5x the
 tokens/s of one; --batch-size is per rank); mlx.launch --hostfile hosts.json clara-train ...
-spans several Macs. Each rank takes a slice of every batch, gradients are summed, rank 0 writes.
+spans several Macs. Each rank takes a slice of every batch and its share of the batch loss; the
+gradients are summed across ranks (the step one process would take); rank 0 writes.
 """
 
 
@@ -89,7 +95,7 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     o = p.add_argument_group("optimisation")
     o.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         default=None,
         help="peak learning rate (default: 1e-4 for pretrain/instruct, 5e-6 for joint)",
     )
@@ -105,11 +111,17 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         "--grad-accum", type=positive_int, default=1,
         help="micro-batches per optimiser step (default: 1)",
     )  # fmt: skip
-    o.add_argument("--warmup", type=float, default=0.03, help="warm-up fraction (default: 0.03)")
     o.add_argument(
-        "--min-lr-ratio", type=float, default=0.1, help="cosine floor / lr (default: 0.1)"
+        "--warmup", type=fraction, default=0.03,
+        help="share of the steps the learning rate warms up over (default: 0.03)",
+    )  # fmt: skip
+    o.add_argument(
+        "--min-lr-ratio", type=ratio, default=0.1, help="cosine floor / lr (default: 0.1)"
     )
-    o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (default: 1.0)")
+    o.add_argument(
+        "--clip", type=non_negative_float, default=1.0,
+        help="gradient-norm clip; 0: no clipping (default: 1.0)",
+    )  # fmt: skip
     o.add_argument("--seed", type=int, default=0, help="data order and dropout seed (default: 0)")
     o.add_argument(
         "--full",
@@ -131,21 +143,24 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     )
     o.add_argument(
         "--pass-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="examples per forward/backward pass inside a batch (same gradients; 1 is fastest "
         "on a CPU; default: the whole batch)",
     )
     o.add_argument(
-        "--save-every", type=int, default=0, help="checkpoint every N steps (default: end only)"
+        "--save-every",
+        type=non_negative_int,
+        default=0,
+        help="checkpoint every N steps (default 0: at the end only)",
     )
     o.add_argument(
-        "--keep-last", type=int, default=0, metavar="N",
+        "--keep-last", type=non_negative_int, default=0, metavar="N",
         help="keep only the newest N step checkpoints on disk (each holds the float32 adapters "
         "and the optimiser state: ~140 MB for the default model); final/ is always kept "
         "(default: keep all)",
     )  # fmt: skip
-    o.add_argument("--stop-after", type=int, help="stop with a checkpoint after step N")
+    o.add_argument("--stop-after", type=positive_int, help="stop with a checkpoint after step N")
     o.add_argument(
         "--log-every", type=positive_int, default=10, help="metrics row every N steps (default: 10)"
     )
@@ -158,11 +173,16 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         help="document tokens per memory vector (default: 16)",
     )
     m.add_argument(
-        "--doc-max-tokens", type=int, default=256, help="document length cap (default: 256)"
+        "--doc-max-tokens",
+        type=positive_int,
+        default=256,
+        help="document length cap (default: 256)",
     )
-    m.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default: 16)")
-    m.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (default: 32)")
-    m.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (default: 0.1)")
+    m.add_argument("--lora-rank", type=positive_int, default=16, help="LoRA rank (default: 16)")
+    m.add_argument(
+        "--lora-alpha", type=positive_float, default=32.0, help="LoRA alpha (default: 32)"
+    )
+    m.add_argument("--lora-dropout", type=fraction, default=0.1, help="LoRA dropout (default: 0.1)")
     m.add_argument(
         "--center-memory",
         action="store_true",
@@ -173,11 +193,14 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     s = p.add_argument_group("loss")
     if stage in ("pretrain", "instruct"):
         s.add_argument(
-            "--mse-weight", type=float, default=0.1, help="memory MSE weight (default: 0.1)"
+            "--mse-weight",
+            type=non_negative_float,
+            default=0.1,
+            help="memory MSE weight (default: 0.1)",
         )
         s.add_argument(
             "--distill-weight",
-            type=float,
+            type=non_negative_float,
             default=0.0,
             help="add this weight x the KL divergence from the generator reading the same "
             "documents as text (the teacher: the generator adapter, no gradient) to the "
@@ -199,10 +222,12 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
             help="documents per question given to the generator (default: 5)",
         )
     if stage == "joint":
-        s.add_argument("--tau", type=float, default=0.02, help="top-k temperature (0.02)")
+        s.add_argument(
+            "--tau", type=positive_float, default=0.02, help="top-k temperature (default: 0.02)"
+        )
         s.add_argument(
             "--retrieval-weight",
-            type=float,
+            type=non_negative_float,
             default=0.0,
             help="add the reference's InfoNCE retrieval loss on the query scores with this "
             "weight (default 0: generator CE only, as in the paper)",
@@ -275,6 +300,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.ranks < 1:
         raise SystemExit(f"{PROG}: --ranks must be at least 1")
+    # SIGTERM (kill, timeout, a scheduler) stops a run as Ctrl-C does: the launcher stops its
+    # ranks instead of leaving them training on, and rank 0 says where to --resume from
+    signal.signal(signal.SIGTERM, _interrupted)
     if args.ranks > 1 and not is_rank():
         return run_ranks(self_command(_without_ranks(args.argv)), args.ranks)
     records = read_pretrain(args.data) if args.stage == "pretrain" else read_qa(args.data)
@@ -346,6 +374,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("MLX_RANK", "0") == "0":
         print(final)
     return 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _say_where_it_stopped(out: str) -> None:

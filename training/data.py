@@ -54,6 +54,10 @@ class QARecord:
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """Yield (`file:line`, object) for every non-blank line; bad JSON raises `DataError`."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.jsonl"))
+        hint = f" ({', '.join(inside)} in it)" if inside else ""
+        raise DataError(f"{path} is a folder{hint}: give the data file, e.g. {path}/stage1.jsonl")
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     with path.open(encoding="utf-8") as fh:
@@ -100,7 +104,13 @@ def parse_pretrain(where: str, obj: dict) -> PretrainRecord:
     """Validate one stage-1 object."""
     kind = obj.get("data_type")
     if kind not in ("qa", "paraphrase"):
-        raise DataError(f'{where}: \'data_type\' must be "qa" or "paraphrase", got {_show(kind)}')
+        hint = ""
+        if kind is None and "question" in obj and "pos_index" in obj:  # synth's stage-2 records
+            hint = (" (this looks like stage-2 data, for instruct, joint and clara-eval; "
+                    "pretrain reads stage-1 records: synth's stage1.jsonl)")  # fmt: skip
+        raise DataError(
+            f'{where}: \'data_type\' must be "qa" or "paraphrase", got {_show(kind)}{hint}'
+        )
     docs = _docs(where, obj)
     if len(docs) != 1:
         raise DataError(

@@ -16,6 +16,7 @@ from clara_cli.common import (
     DTYPE_CHOICES,
     add_quiet_arg,
     collection_arg,
+    positive_int,
     progress,
     run_main,
 )
@@ -98,9 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how --retrieval index searches: memory vectors and words fused (default), "
         "memory vectors only, or BM25 over words only",
     )
-    p.add_argument("--top-k", type=int, default=5, help="documents per question (default: 5)")
-    p.add_argument("--max-tokens", type=int, default=64, help="answer length cap (default: 64)")
-    p.add_argument("--limit", type=int, help="evaluate the first N questions only")
+    p.add_argument(
+        "--top-k", type=positive_int, default=5, help="documents per question (default: 5)"
+    )
+    p.add_argument(
+        "--max-tokens", type=positive_int, default=64, help="answer length cap (default: 64)"
+    )
+    p.add_argument("--limit", type=positive_int, help="evaluate the first N questions only")
     p.add_argument("--no-baselines", action="store_true", help="skip the two text rows")
     p.add_argument(
         "--generator-only", action="store_true", help="add each checkpoint without documents"
@@ -190,6 +195,9 @@ def evaluate(args: argparse.Namespace) -> list:
     from training.pipeline import load_for_training
     from training.trainer import base_of
 
+    for flag, path in (("--predictions", args.predictions), ("--chart", args.chart)):
+        if path and not Path(path).resolve().parent.is_dir():  # before minutes of answers
+            raise ClaraError(f"{flag} {path}: no folder {Path(path).resolve().parent}")
     records = read_qa(args.data, need_docs=args.retrieval in ("candidates", "gold"))
     if args.limit:
         records = records[: args.limit]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from clara.errors import ClaraError
-from clara_cli.common import DTYPE_CHOICES, positive_int
+from clara_cli.common import DTYPE_CHOICES, non_negative_int, positive_int
 from training.data import PretrainRecord, QARecord, pretrain_to_json, qa_to_json, write_jsonl
 
 Teacher = Callable[[str, int], str]  # (chunk text, number of pairs) -> raw teacher reply
@@ -274,7 +274,10 @@ def add_synth_parser(sub) -> None:
         help="chunk length in tokens (default: 256, the default model's compressor length)",
     )  # fmt: skip
     p.add_argument(
-        "--overlap", type=int, default=0, help="tokens shared by consecutive chunks (default: 0)"
+        "--overlap",
+        type=non_negative_int,
+        default=0,
+        help="tokens shared by consecutive chunks (default: 0)",
     )
     p.add_argument(
         "--teacher-url",
@@ -291,7 +294,11 @@ def add_synth_parser(sub) -> None:
         help="questions the teacher (or --cloze) writes per chunk, at most (default: 3)",
     )  # fmt: skip
     p.add_argument(
-        "--candidates", type=int, default=5, help="documents per stage-2 record (default: 5)"
+        "--candidates",
+        type=positive_int,
+        default=5,
+        help="documents per stage-2 record, the question's own and its nearest others; below "
+        "2 the retrieval loss and R@k have nothing to rank (default: 5)",
     )
     p.add_argument("--no-qa", action="store_true", help="paraphrase records only (no teacher)")
     p.add_argument(

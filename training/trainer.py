@@ -344,10 +344,21 @@ class Trainer:
             mx.eval(grads, sums)
             work += sum(_work(e, cm.n_mem) for e in mine)
         grads, sums = self._all_sum(grads), self._all_sum(sums)
-        grads, gnorm = G.clip(grads, cfg.clip)
+        if cfg.clip > 0:
+            grads, gnorm = G.clip(grads, cfg.clip)
+        else:  # --clip 0: no clipping
+            gnorm = G.global_norm(grads)
+        loss, norm_value = float(sums["loss"]), float(gnorm)
+        if not (math.isfinite(loss) and math.isfinite(norm_value)):  # before the update
+            bad = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm_value}"
+            raise ClaraError(
+                f"training diverged at step {self.step + 1}: {bad}. This step was not applied "
+                "and nothing was saved for it; run again with a lower --lr (or --tau, "
+                "--retrieval-weight, --distill-weight nearer their defaults)"
+            )
         self.optimizer.update(cm, grads)
         mx.eval(cm.parameters(), self.optimizer.state)
-        m = {"loss": float(sums["loss"]), "grad_norm": float(gnorm), "work": work * self.world}
+        m = {"loss": loss, "grad_norm": norm_value, "work": work * self.world}
         m["lr"] = float(self.schedule(self.step))
         if "ce" in sums and norm.get("tokens"):
             m["ce"] = float(sums["ce"]) / norm["tokens"]
