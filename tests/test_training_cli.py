@@ -274,3 +274,15 @@ def test_sigterm_stops_a_run_and_its_ranks_and_says_how_to_resume(tiny_llama_dir
     time.sleep(1.5)  # no rank left training
     assert (out / "metrics.jsonl").read_text() == rows
     assert subprocess.run(["pgrep", "-f", str(out)], capture_output=True).stdout == b""
+
+
+def test_resume_refuses_data_regenerated_at_the_same_path(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*_pretrain_args(tiny_llama_dir, tmp_path, out), "--max-steps", "3"]
+    assert main([*args, "--stop-after", "1"]) == 0
+    write_jsonl(
+        tmp_path / "s1.jsonl", [{"data_type": "paraphrase", "docs": [d]} for d in DOCS[::-1]]
+    )
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 1
+    assert "belongs to a run with other settings (data_sha256 " in capsys.readouterr().err

@@ -332,7 +332,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         length_buckets=args.length_buckets,
         pass_size=args.pass_size,
-        extra={"data": str(Path(args.data).resolve()), "init_from": args.checkpoint},
+        extra={
+            "data": str(Path(args.data).resolve()),
+            "data_sha256": _sha256(args.data),
+            "init_from": args.checkpoint,
+        },
     )
     clara_config = ClaraConfig(
         compression_rate=args.compression_rate,
@@ -374,6 +378,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("MLX_RANK", "0") == "0":
         print(final)
     return 0
+
+
+def _sha256(path: str) -> str:
+    """The data file's hash: --resume refuses data regenerated at the same path."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _interrupted(signum: int, frame: object) -> None:

@@ -172,9 +172,10 @@ def check_same_run(checkpoint: Path, config: TrainConfig) -> None:
     changed = [
         (k, before[k], now.get(k)) for k in SAME_RUN if k in before and before[k] != now.get(k)
     ]
-    data = (before.get("extra") or {}).get("data"), (now.get("extra") or {}).get("data")
-    if None not in data and data[0] != data[1]:
-        changed.append(("data", *data))
+    for key in ("data", "data_sha256"):  # the file, and what it held (regenerated since?)
+        pair = (before.get("extra") or {}).get(key), (now.get("extra") or {}).get(key)
+        if None not in pair and pair[0] != pair[1]:
+            changed.append((key, *pair))
     if changed:
         said = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed)
         raise ClaraError(
