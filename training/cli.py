@@ -292,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # SIGTERM (kill, timeout, a scheduler) stops a run as Ctrl-C does: the launcher stops its
+    # ranks instead of leaving them training on, and rank 0 says where to --resume from
+    previous = signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        return _train(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(args: argparse.Namespace) -> int:
     from training.data import read_pretrain, read_qa
     from training.launch import is_rank, run_ranks, self_command
     from training.pipeline import train
@@ -300,9 +310,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.ranks < 1:
         raise SystemExit(f"{PROG}: --ranks must be at least 1")
-    # SIGTERM (kill, timeout, a scheduler) stops a run as Ctrl-C does: the launcher stops its
-    # ranks instead of leaving them training on, and rank 0 says where to --resume from
-    signal.signal(signal.SIGTERM, _interrupted)
     if args.ranks > 1 and not is_rank():
         return run_ranks(self_command(_without_ranks(args.argv)), args.ranks)
     records = read_pretrain(args.data) if args.stage == "pretrain" else read_qa(args.data)
