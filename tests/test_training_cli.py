@@ -70,6 +70,8 @@ def test_pretrain_and_resume_via_main(tiny_llama_dir, tmp_path, capsys):
     assert out[-1].endswith("final")
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert elapsed == sorted(elapsed)  # the resumed run's clock goes on from step 2's
 
 
 def test_center_memory_is_fitted_once_and_kept_by_later_stages(tiny_llama_dir, tmp_path, capsys):

@@ -441,9 +441,10 @@ class Trainer:
             self.restore(resume_from)
         lead = self.rank == 0
         metrics_path = self.out / METRICS_FILE
+        before = 0.0  # training seconds of the run this one resumes
         if lead:
             self.out.mkdir(parents=True, exist_ok=True)
-            _truncate_metrics(metrics_path, self.step)
+            before = _truncate_metrics(metrics_path, self.step)
         self.cm.train()
         from clara_cli.common import progress
 
@@ -472,7 +473,7 @@ class Trainer:
                 row = _summarise(
                     window, self.step, self.step * self.global_batch / len(self.examples)
                 )
-                row["elapsed_s"] = round(now - started, 2)
+                row["elapsed_s"] = round(before + now - started, 2)
                 with metrics_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 if not sys.stderr.isatty() and not cfg.quiet:
@@ -520,13 +521,15 @@ def _describe(stage: str, row: dict, total: int) -> str:
     return f"{stage} step {row['step']}/{total} loss={row['loss']:.4f} {extras} lr={row['lr']:.2e}"
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep metric rows up to `step` (a resumed run rewrites what came after)."""
+def _truncate_metrics(path: Path, step: int) -> float:
+    """Keep metric rows up to `step` (a resumed run rewrites what came after); returns the
+    last kept row's `elapsed_s`, where a resumed run's clock goes on from (0.0 if none)."""
     if not path.exists():
-        return
+        return 0.0
     rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
     keep = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
     path.write_text("".join(ln + "\n" for ln in keep))
+    return float(json.loads(keep[-1]).get("elapsed_s", 0.0)) if keep else 0.0
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
