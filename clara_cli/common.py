@@ -24,12 +24,16 @@ T = TypeVar("T")
 DTYPE_CHOICES = ("auto", "stored", "float32", "bfloat16", "float16")
 
 
-def positive_int(value: str) -> int:
-    """argparse type: an integer of at least 1."""
+def _whole(value: str) -> int:
     try:
-        n = int(value)
+        return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1."""
+    n = _whole(value)
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
@@ -97,10 +101,7 @@ def ratio(value: str) -> float:
 
 def non_negative_int(value: str) -> int:
     """argparse type: an integer of at least 0."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    n = _whole(value)
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
     return n
