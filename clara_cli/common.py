@@ -68,10 +68,10 @@ def _number(value: str) -> float:
 
 
 def positive_float(value: str) -> float:
-    """argparse type: a number above 0."""
+    """argparse type: a finite number above 0."""
     x = _number(value)
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"{value}: must be above 0")
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value}: must be a number above 0")
     return x
 
 

@@ -223,9 +223,15 @@ def test_option_values_that_break_training_are_refused(option, capsys, tmp_path)
         main(["pretrain", "--data", "x.jsonl", "--out", str(tmp_path / "o"), *option])
     assert exc.value.code == 2
     assert f"argument {option[0]}" in capsys.readouterr().err
-    for joint in (["--tau", "0"], ["--retrieval-weight", "-1"]):
-        with pytest.raises(SystemExit):
-            main(["joint", "--data", "x.jsonl", "--out", str(tmp_path / "o"), *joint])
+
+
+@pytest.mark.parametrize(
+    "option", [["--tau", "0"], ["--retrieval-weight", "-1"], ["--lr", "inf"], ["--epochs", "inf"]]
+)
+def test_joint_options_that_break_training_are_refused(option, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["joint", "--data", "x.jsonl", "--out", str(tmp_path / "o"), *option])
+    assert exc.value.code == 2 and f"argument {option[0]}" in capsys.readouterr().err
 
 
 def _pretrain_args(tiny_llama_dir, tmp_path, out) -> list[str]:
@@ -243,7 +249,7 @@ def test_a_diverging_run_stops_with_an_error_and_saves_nothing(tiny_llama_dir, t
     args = _pretrain_args(tiny_llama_dir, tmp_path, out)
     assert main([*args, "--max-steps", "6", "--lr", "1e30", "--clip", "0", "--warmup", "0"]) == 1
     err = capsys.readouterr().err
-    assert "training diverged at step" in err and "run again with a lower --lr" in err
+    assert "training diverged at step" in err and "into a new --out with a lower --lr" in err
     assert not (out / "final").exists()
     for line in (out / "metrics.jsonl").read_text().splitlines():  # strict JSON: no NaN
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
@@ -262,8 +268,10 @@ def test_sigterm_stops_a_run_and_its_ranks_and_says_how_to_resume(tiny_llama_dir
     out = tmp_path / "run"
     args = _pretrain_args(tiny_llama_dir, tmp_path, out)
     args += ["--max-steps", "100000", "--save-every", "1", "--ranks", str(ranks)]
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", *args], stderr=subprocess.PIPE,
-                            text=True, cwd=os.getcwd())  # fmt: skip
+    proc = subprocess.Popen(  # SIGINT ignored, as for a job a script starts in the background
+        [sys.executable, "-m", "training.cli", *args], stderr=subprocess.PIPE, text=True,
+        cwd=os.getcwd(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out / "step-000001").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
@@ -276,6 +284,7 @@ def test_sigterm_stops_a_run_and_its_ranks_and_says_how_to_resume(tiny_llama_dir
     time.sleep(1.5)  # no rank left training
     assert (out / "metrics.jsonl").read_text() == rows
     assert subprocess.run(["pgrep", "-f", str(out)], capture_output=True).stdout == b""
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # (main() in-process restores it)
 
 
 def test_resume_refuses_data_regenerated_at_the_same_path(tiny_llama_dir, tmp_path, capsys):

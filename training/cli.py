@@ -298,7 +298,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         return _train(args)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # (None: a handler not set from Python)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _train(args: argparse.Namespace) -> int:

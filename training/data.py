@@ -57,7 +57,10 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.jsonl"))
         hint = f" ({', '.join(inside)} in it)" if inside else ""
-        raise DataError(f"{path} is a folder{hint}: give the data file, e.g. {path}/stage1.jsonl")
+        raise DataError(
+            f"{path} is a folder{hint}: give the data file, e.g. {path}/stage1.jsonl for "
+            "pretrain, stage2.jsonl for instruct, joint and clara-eval"
+        )
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     with path.open(encoding="utf-8") as fh:

@@ -21,6 +21,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+#: Seconds the ranks get, together, to stop after the launcher is stopped (then killed): under
+#: Docker's 10 s kill timeout; a rank stops within ~1.5 s (it saves nothing when interrupted).
+STOP_WAIT_S = 8.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 def _free_ports(n: int, tries: int = 50) -> list[int]:
     """`n` consecutive loopback ports that are free now (the ring backend binds them)."""
@@ -67,15 +72,22 @@ def run_ranks(argv: Sequence[str], ranks: int, env: dict[str, str] | None = None
     except KeyboardInterrupt:
         return 130
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+        # a second signal must not cut this short: the ranks would be left running
+        handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        for p in procs:  # SIGTERM: ranks stop on it as on Ctrl-C (a SIGINT they may ignore,
+            if p.poll() is None:  # inherited from a shell that started us in the background)
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
         for p in procs:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
         os.unlink(hostfile)
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def is_rank() -> bool:

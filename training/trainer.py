@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -350,11 +351,14 @@ class Trainer:
             gnorm = G.global_norm(grads)
         loss, norm_value = float(sums["loss"]), float(gnorm)
         if not (math.isfinite(loss) and math.isfinite(norm_value)):  # before the update
+            if self.rank:  # every rank sees the same sums: rank 0 says it, once
+                raise SystemExit(1)
             bad = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm_value}"
             raise ClaraError(
                 f"training diverged at step {self.step + 1}: {bad}. This step was not applied "
-                "and nothing was saved for it; run again with a lower --lr (or --tau, "
-                "--retrieval-weight, --distill-weight nearer their defaults)"
+                "and nothing was saved for it; train again into a new --out with a lower --lr "
+                "(or --tau, --retrieval-weight, --distill-weight nearer their defaults), from "
+                "the last step-N checkpoint with --init-from if you want to keep its steps"
             )
         self.optimizer.update(cm, grads)
         mx.eval(cm.parameters(), self.optimizer.state)
@@ -377,7 +381,17 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, name: str) -> Path:
-        """Write a checkpoint `out/name` (atomic: staged in a temp dir, then renamed)."""
+        """Write a checkpoint `out/name` (atomic: staged in a temp dir, then renamed). Ctrl-C
+        and SIGTERM wait until it is written: between removing an older `name` and renaming
+        the new one into place, an interrupt would lose both."""
+        interrupts = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
+        try:
+            return self._save(name)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts)  # a pending one acts now
+
+    def _save(self, name: str) -> Path:
         cm = self.cm
         self.out.mkdir(parents=True, exist_ok=True)
         staging = self.out / f".tmp-{name}"
