@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -44,3 +45,16 @@ def index_root(root: str | os.PathLike | None = None) -> Path:
     """An index root given by the user (`--index DIR`), or the default under CLARA_HOME;
     absolute, so paths stored under it (uploads) still name it from another directory."""
     return Path(os.path.abspath(Path(root).expanduser())) if root else indexes_dir()
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """Hash of a file's bytes (what indexing records of a document, and training of its
+    data), or None if it can't be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()

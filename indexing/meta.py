@@ -162,8 +162,6 @@ class Meta:
 
     def __init__(self, path: Path, *, readonly: bool):
         self.path = path
-        if not path.exists():
-            raise MissingDatabaseError(f"{path.name} is missing")
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread off because
         # the owning Collection serialises access with its own lock. Readers and writers alike
         # open the file "rw" (WAL readers write the -shm index) and never create it: only

@@ -19,7 +19,6 @@ document of a run is committed (see `indexing.durable`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import shutil
@@ -33,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from clara.errors import ClaraError
-from clara.paths import index_root, path_text
+from clara.paths import file_sha256, index_root, path_text
 from indexing import partial
 from indexing.chunking import Chunk, chunk_document, join_pages
 from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
@@ -172,18 +171,6 @@ def fit_contexts(cm: Any, chunks: list[Any]) -> list[Any]:
         ctx = fit_context(cm.tokenizer, c.context, limit - c.n_tokens - 1)
         out.append(c if ctx == c.context else dataclasses.replace(c, context=ctx))
     return out
-
-
-def file_sha256(path: Path) -> str | None:
-    """Hash of the file's bytes (what `read_document` records), or None if it can't be read."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    except OSError:
-        return None
-    return h.hexdigest()
 
 
 def known_result(

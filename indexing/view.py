@@ -71,14 +71,13 @@ class IndexView:
 
     def memory_for(self, state: State) -> MemoryFile:
         if self.memory is None or self.memory.path.name != state.memory_file:
-            path = self.directory / state.memory_file
-            if state.n_rows and not path.exists():
-                raise FileNotFoundError(path)  # compacted away after our snapshot? (_recheck)
             self._drop_memory()
-            memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
+            memory = MemoryFile(
+                self.directory / state.memory_file, self.manifest.n_mem, self.manifest.hidden_size
+            )
             if state.n_rows:
-                try:  # opened, then checked: the file we hold belongs to the database we read
-                    memory.rows_on_disk()
+                try:  # opened (FileNotFoundError: compacted away since our snapshot? _recheck),
+                    memory.rows_on_disk()  # then checked: it belongs to the database we read
                     self._check_ours()
                 except BaseException:
                     memory.close()

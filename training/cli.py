@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from clara.model import COMPRESSION_RATES, ClaraConfig
+from clara.paths import file_sha256
 from clara_cli.common import (
     add_model_args,
     add_quiet_arg,
@@ -342,7 +343,7 @@ def _train(args: argparse.Namespace) -> int:
         pass_size=args.pass_size,
         extra={
             "data": str(Path(args.data).resolve()),
-            "data_sha256": _sha256(args.data),
+            "data_sha256": file_sha256(args.data),  # --resume refuses data regenerated since
             "init_from": args.checkpoint,
         },
     )
@@ -386,17 +387,6 @@ def _train(args: argparse.Namespace) -> int:
     if os.environ.get("MLX_RANK", "0") == "0":
         print(final)
     return 0
-
-
-def _sha256(path: str) -> str:
-    """The data file's hash: --resume refuses data regenerated at the same path."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _interrupted(signum: int, frame: object) -> None:
