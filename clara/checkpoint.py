@@ -89,6 +89,24 @@ def index_fingerprints(path: str | os.PathLike) -> tuple[str, ...]:
     return _index_fingerprints(mx.load(str(weights)), config, whole)
 
 
+def checkpoint_manifest(path: str | os.PathLike) -> dict:
+    """`ClaraModel.manifest()` of a model loaded from this checkpoint, without loading one:
+    what a collection it wrote records, to check a collection against it before a load."""
+    config = read_checkpoint_config(path)
+    clara = ClaraConfig.from_dict(config["clara"])
+    fingerprints = index_fingerprints(path)
+    return {
+        "fingerprint": fingerprints[0],
+        "accepts": list(fingerprints[1:]),
+        "base_model": config["base_model"],
+        "base_fingerprint": config["base_fingerprint"],
+        "compression_rate": clara.compression_rate,
+        "doc_max_tokens": clara.doc_max_tokens,
+        "n_mem": clara.n_mem,
+        "hidden_size": config["hidden_size"],
+    }
+
+
 def _index_fingerprints(tensors: dict[str, mx.array], config: dict, whole: str) -> tuple[str, ...]:
     """(memory fingerprint of the checkpoint's `tensors` as stored, `whole` checkpoint's, the
     ones its config lists as compatible)."""

@@ -330,7 +330,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             rest = [p for p in paths if p not in doomed]  # (a scanned PDF is not read twice)
             events = chain((doomed[p] for p in doomed), Indexer(cm, col, options).run(rest))
         else:
-            _check_model_args(args)  # a bad --checkpoint is an error even with nothing to do
+            _check_model_args(args, col)  # a bad --checkpoint is an error even with nothing to do
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model
         results += _run_add(args, events, len(paths))
     finally:
@@ -355,21 +355,26 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _check_model_args(args: argparse.Namespace) -> None:
-    """The checks loading the model makes of --checkpoint, --chunk-tokens and --overlap, for
-    an `add` that loads none (every file unchanged, a duplicate or unreadable): a wrong value
-    is an error now, not only on the next run that has something to index. The checkpoint's
-    config file is read, not its weights; with none of the three given there is nothing to
-    check, and the import (mlx-lm, transformers: ~2 s) is skipped."""
-    if args.checkpoint is None and args.chunk_tokens is None and args.overlap == DEFAULT_OVERLAP:
-        return  # the default checkpoint (or fresh adapters) with the default chunking
-    from clara.checkpoint import read_checkpoint_config, resolve_checkpoint
+def _check_model_args(args: argparse.Namespace, col: Collection | None) -> None:
+    """The checks loading the model makes, for an `add` that loads none (every file
+    unchanged, a duplicate or unreadable): a wrong --checkpoint, --chunk-tokens or --overlap,
+    or a checkpoint that did not build the collection, is an error now, not only on the next
+    run that has something to index. The checkpoint's files are read, not the model. With
+    none of the three given and a collection built by the default adapters there is nothing
+    to check, and the import (mlx-lm, transformers: ~2 s) is skipped."""
+    built_by = col.manifest.checkpoint if col is not None else None
+    given = (args.checkpoint, args.chunk_tokens, built_by)
+    if given == (None, None, None) and args.overlap == DEFAULT_OVERLAP:
+        return
+    from clara.checkpoint import checkpoint_manifest, resolve_checkpoint
     from clara.model import ClaraConfig
 
     where = resolve_checkpoint(args.model, args.checkpoint)
-    config = ClaraConfig.from_dict(read_checkpoint_config(where)["clara"]) if where else None
-    limit = (config or ClaraConfig()).doc_max_tokens
+    expected = checkpoint_manifest(where) if where else None
+    limit = expected["doc_max_tokens"] if expected else ClaraConfig().doc_max_tokens
     chunk_limits_for(limit, args.chunk_tokens, args.overlap)
+    if expected is not None and col is not None:  # (fresh adapters: known only once loaded)
+        col.manifest.check_matches(Manifest.from_dict(expected), args.collection)
 
 
 def _new_chunks(results: list[FileResult]) -> int:

@@ -290,6 +290,7 @@ def test_a_collection_outlives_a_new_query_or_generator_adapter(cm, tiny_llama_d
         CONFIG_FILE,
         WEIGHTS_FILE,
         checkpoint_fingerprint,
+        checkpoint_manifest,
         index_fingerprints,
     )
     from clara.errors import IndexMismatchError
@@ -322,6 +323,7 @@ def test_a_collection_outlives_a_new_query_or_generator_adapter(cm, tiny_llama_d
     assert stored["fingerprint"] == memory and "accepts" not in stored
     for path in (query, generator):
         model = load_clara(tiny_llama_dir, path, dtype=None)
+        assert checkpoint_manifest(path) == model.manifest()  # known without the model
         Collection.open(tmp_path / "idx", "docs", manifest=model.manifest(), readonly=True).close()
     other = load_clara(tiny_llama_dir, compressor, dtype=None)
     with pytest.raises(IndexMismatchError, match="rebuild --recompress"):

@@ -358,6 +358,33 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
     assert rc == 1 and "was built with checkpoint" in err
 
 
+def test_an_add_with_nothing_to_index_still_refuses_a_checkpoint_that_did_not_build_it(
+    capsys, monkeypatch, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Before: re-adding unchanged files with another --checkpoint said "unchanged" (the
+    model, which makes the check, never loaded); a file changed later was refused."""
+    import mlx.core as mx
+
+    from clara.checkpoint import WEIGHTS_FILE, load_clara, save_checkpoint
+
+    built = save_checkpoint(load_clara(tiny_llama_dir, "fresh", dtype=None), tmp_path / "a")
+    other = tmp_path / "b"
+    shutil.copytree(built, other)
+    weights = mx.load(str(other / WEIGHTS_FILE))
+    key = next(k for k in sorted(weights) if "lora_compressor" in k)
+    mx.save_safetensors(str(other / WEIGHTS_FILE), {**weights, key: weights[key] + 0.01})
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=2)
+    model = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
+    assert run(capsys, "add", folder, *model, "--checkpoint", built)[0] == 0
+    no_model(monkeypatch)
+    rc, out, err = run(capsys, "add", folder, *model, "--checkpoint", other)
+    assert rc == 1 and "index 'default' was built with checkpoint" in err, err
+    assert f"--checkpoint {built}" in err and "unchanged" not in out
+    rc, out, _ = run(capsys, "add", folder, *model, "--checkpoint", built)
+    assert rc == 0 and "0 added, 2 unchanged" in out
+
+
 def test_recompress_after_a_writer_died_with_faiss_behind(
     capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path, monkeypatch
 ) -> None:
