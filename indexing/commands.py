@@ -14,7 +14,6 @@ import os
 import sys
 import time
 from collections import Counter
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -327,8 +326,8 @@ def cmd_add(args: argparse.Namespace) -> int:
             else:
                 col.manifest.check_matches(Manifest.from_dict(manifest), args.collection)
             options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
-            rest = [p for p in paths if p not in doomed]  # (a scanned PDF is not read twice)
-            events = chain((doomed[p] for p in doomed), Indexer(cm, col, options).run(rest))
+            # (a scanned PDF is not read twice; its failure comes in its place)
+            events = Indexer(cm, col, options).run(doomed.get(p, p) for p in paths)
         else:
             _check_model_args(args, col)  # a bad --checkpoint is an error even with nothing to do
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model

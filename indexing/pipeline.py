@@ -247,8 +247,12 @@ class Indexer:
         self.committed = 0
         self.manifest = model_manifest(cm)
 
-    def run(self, sources: Iterable[Source | Path | str]) -> Iterator[FileResult | Progress]:
-        """Index every source; yields a FileResult per file and a Progress per model batch."""
+    def run(
+        self, sources: Iterable[Source | Path | str | FileResult]
+    ) -> Iterator[FileResult | Progress]:
+        """Index every source; yields a FileResult per file and a Progress per model batch.
+        A FileResult among the sources (a verdict known before, as `preflight`'s) is passed
+        on where its file comes."""
         batch_size = self.options.batch_size
         todo = iter(sources)
         waiting: deque[tuple[_Pending, int]] = deque()  # (document, chunk index) to compress
@@ -261,6 +265,9 @@ class Indexer:
                 if src is None:
                     exhausted = True
                     break
+                if isinstance(src, FileResult):
+                    yield src
+                    continue
                 src = src if isinstance(src, Source) else Source(Path(src))
                 prepared = self._prepare(src, in_flight)
                 if isinstance(prepared, FileResult):

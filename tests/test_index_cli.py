@@ -385,6 +385,25 @@ def test_an_add_with_nothing_to_index_still_refuses_a_checkpoint_that_did_not_bu
     assert rc == 0 and "0 added, 2 unchanged" in out
 
 
+def test_add_reports_files_in_the_order_it_was_given_them(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Before: files that failed the check made before loading the model were reported
+    first, ahead of files named before them."""
+    from tests.test_readers import make_pdf
+
+    old, new, scan = tmp_path / "old.txt", tmp_path / "new.txt", tmp_path / "scan.pdf"
+    old.write_text("An old note about tides and the moon.")
+    new.write_text("A new note about volcanoes and lava.")
+    scan.write_bytes(make_pdf([None]))
+    model = ["--model", tiny_llama_dir, "--index", tmp_path / "index", *CHUNKING]
+    assert run(capsys, "add", old, *model)[0] == 0
+    rc, out, _ = run(capsys, "add", old, scan, new, *model, "--json")
+    files = json.loads(out)["files"]
+    assert rc == 1 and [Path(f["path"]).name for f in files] == ["old.txt", "scan.pdf", "new.txt"]
+    assert [f["status"] for f in files] == ["unchanged", "failed", "added"]
+
+
 def test_recompress_after_a_writer_died_with_faiss_behind(
     capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path, monkeypatch
 ) -> None:
