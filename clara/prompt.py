@@ -29,7 +29,14 @@ APPLE_PARAPHRASE_SYSTEM = (
     "You are a helpful assistant. Your task is follow the instructions to paraphrase the "
     "background information."
 )
-APPLE_PARAPHRASE_USER = "Background: {docs} means the same as"  # the first of its 13 variants
+# The paraphrase user turn: the first of the reference's 13 variants, used by clara's stage 1 too.
+PARAPHRASE_USER = "Background: {docs} means the same as"
+# clara's stage-1 system prompts (`paraphrase_messages`, `qa_pretrain_messages`).
+PARAPHRASE_SYSTEM = "Paraphrase the background information."
+QA_PRETRAIN_SYSTEM = (
+    "Given a document, ask single questions that cover all its key information "
+    "and answer them one after the other."
+)
 MEM = "\ue000"  # private-use characters mark where memory blocks and separators go
 SEP = "\ue001"
 TEXT, SEP_SLOT = -1, -2  # slot values that are not memory rows
@@ -86,6 +93,27 @@ def answer_messages(
     )
     msgs.append({"role": "user", "content": user})
     return msgs
+
+
+def memory_answer_messages(question: str, n_blocks: int) -> list[dict]:
+    """Training's question-answering prompt over `n_blocks` memory markers (none: no background)."""
+    return answer_messages(question, background(n_blocks) if n_blocks else None)
+
+
+def paraphrase_messages() -> list[dict]:
+    """Stage-1 paraphrase prompt: `Background: {mem} means the same as` -> the document."""
+    return [
+        {"role": "system", "content": PARAPHRASE_SYSTEM},
+        {"role": "user", "content": PARAPHRASE_USER.format(docs=background(1))},
+    ]
+
+
+def qa_pretrain_messages() -> list[dict]:
+    """Stage-1 QA prompt (the reference's): the answer lists `Question: q\\nAnswer: a` lines."""
+    return [
+        {"role": "system", "content": QA_PRETRAIN_SYSTEM},
+        {"role": "user", "content": f"Background:\n{background(1)}"},
+    ]
 
 
 def render(tokenizer, messages: list[dict]) -> str:
@@ -219,7 +247,7 @@ def reference_layout(
 
     docs = ("".join(cfg.mem_tokens) + "<SEP>") * n_blocks
     if cfg.prompt_template == "apple-paraphrase":
-        default, user = APPLE_PARAPHRASE_SYSTEM, APPLE_PARAPHRASE_USER.format(docs=docs)
+        default, user = APPLE_PARAPHRASE_SYSTEM, PARAPHRASE_USER.format(docs=docs)
     else:
         default, user = APPLE_QA_SYSTEM, f"Background:\n{docs}\n\nQuestion:{scrub(question)}"
     user = user.replace(":\\ ", ": ")  # as the reference does
@@ -277,6 +305,17 @@ def text_prompt(
     system: str | None = None,
 ) -> Prompt:
     """The same prompt with the chunks' raw text (uncompressed RAG), or no background at all."""
+    text = render_text_prompt(cm.tokenizer, question, chunks, history, system)
+    return Prompt(encode(cm.tokenizer, text), None)
+
+
+def render_text_prompt(
+    tokenizer,
+    question: str,
+    chunks: Sequence[str] | None,
+    history: Sequence[dict] | None = None,
+    system: str | None = None,
+) -> str:
+    """`text_prompt`'s rendered text, before tokenisation."""
     background_text = "\n".join(chunks) if chunks else None
-    msgs = answer_messages(question, background_text, history, system)
-    return Prompt(encode(cm.tokenizer, render(cm.tokenizer, msgs)), None)
+    return render(tokenizer, answer_messages(question, background_text, history, system))

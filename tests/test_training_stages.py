@@ -9,13 +9,10 @@ from mlx.utils import tree_flatten
 
 from clara.errors import ClaraError
 from clara.model import ClaraConfig, ClaraModel
-from clara.prompt import memory_prompt
+from clara.prompt import SEP_SLOT, TEXT, memory_answer_messages, memory_prompt
 from clara.retrieval import unit
 from training.batches import (
-    SEP,
-    TEXT,
     answer_logits,
-    answer_messages,
     collate_generator,
     generator_embeddings,
     generator_example,
@@ -47,10 +44,10 @@ def _grads(stage, examples):
 
 def test_generator_input_matches_inference_prompt(cm):
     mem = cm.compress(DOCS[:3])
-    ex = generator_example(cm, answer_messages("Where is Paris?", 3), "In France.", 3)
+    ex = generator_example(cm, memory_answer_messages("Where is Paris?", 3), "In France.", 3)
     prompt = memory_prompt(cm, "Where is Paris?", list(mem))
     assert ex.tokens[: ex.n_prompt] == prompt.tokens
-    assert ex.slots.count(SEP) == 2 and sum(s >= 0 for s in ex.slots) == 3 * cm.n_mem
+    assert ex.slots.count(SEP_SLOT) == 2 and sum(s >= 0 for s in ex.slots) == 3 * cm.n_mem
     batch = collate_generator([ex], cm.n_mem, 3)
     emb = generator_embeddings(cm, batch, mem[None])[0, : ex.n_prompt]
     np.testing.assert_allclose(np.array(emb), np.array(prompt.embeddings), atol=1e-6)
@@ -60,7 +57,7 @@ def test_generator_input_matches_inference_prompt(cm):
 
 
 def test_answer_logits_match_full_forward(cm):
-    ex = generator_example(cm, answer_messages("Where?", 1), "There.", 1)
+    ex = generator_example(cm, memory_answer_messages("Where?", 1), "There.", 1)
     batch = collate_generator([ex], cm.n_mem, 1)
     emb = generator_embeddings(cm, batch, cm.compress(DOCS[:1])[None])
     full = cm.lm(None, input_embeddings=emb)  # (1, L, V)

@@ -2,7 +2,7 @@
 
 A generator example is the prompt laid out by `clara.prompt.layout`, the function serving's
 `memory_prompt` uses too (same segments, same tokenisation), followed by the answer tokens.
-Every position is a real token (`slot == TEXT`), the `<SEP>` embedding (`slot == SEP`) or
+Every position is a real token (`slot == TEXT`), the `<SEP>` embedding (`slot == SEP_SLOT`) or
 memory row `slot >= 0` of the example's own memory blocks. Loss is on the answer tokens only.
 """
 
@@ -16,16 +16,16 @@ import numpy as np
 
 from clara import prompt
 from clara.model import ClaraModel
-from clara.prompt import SEP_SLOT as SEP
-from clara.prompt import SYSTEM_PROMPT, TEXT, background
-from clara.rope import same_positions
 
-PARAPHRASE_SYSTEM = "Paraphrase the background information."
-PARAPHRASE_USER = "Background: {docs} means the same as"
-QA_PRETRAIN_SYSTEM = (
-    "Given a document, ask single questions that cover all its key information "
-    "and answer them one after the other."
+# The stage-1 prompts live in clara.prompt; re-exported for tinymodel.py and bench_reconstruct.py.
+from clara.prompt import (
+    PARAPHRASE_SYSTEM,
+    PARAPHRASE_USER,
+    QA_PRETRAIN_SYSTEM,
+    TEXT,
+    paraphrase_messages,
 )
+from clara.rope import same_positions
 
 
 @dataclass
@@ -33,34 +33,13 @@ class GenExample:
     """One generator input: `tokens[:n_prompt]` is the prompt, the rest the answer."""
 
     tokens: list[int]
-    slots: list[int]  # TEXT, SEP, or the memory row (block * n_mem + j) per position
+    slots: list[int]  # TEXT, SEP_SLOT, or the memory row (block * n_mem + j) per position
     n_prompt: int
     n_blocks: int
 
     @property
     def n_answer(self) -> int:
         return len(self.tokens) - self.n_prompt
-
-
-def answer_messages(question: str, n_blocks: int) -> list[dict]:
-    """The inference prompt of stages 2-3 (system, `Background: ... Question: ...`)."""
-    return prompt.answer_messages(question, background(n_blocks) if n_blocks else None)
-
-
-def paraphrase_messages() -> list[dict]:
-    """Stage-1 paraphrase prompt: `Background: {mem} means the same as` -> the document."""
-    return [
-        {"role": "system", "content": PARAPHRASE_SYSTEM},
-        {"role": "user", "content": PARAPHRASE_USER.format(docs=background(1))},
-    ]
-
-
-def qa_pretrain_messages() -> list[dict]:
-    """Stage-1 QA prompt (the reference's): the answer lists `Question: q\\nAnswer: a` lines."""
-    return [
-        {"role": "system", "content": QA_PRETRAIN_SYSTEM},
-        {"role": "user", "content": f"Background:\n{background(1)}"},
-    ]
 
 
 def qa_pretrain_target(questions: Sequence[str], answers: Sequence[str]) -> str:
@@ -185,17 +164,15 @@ def answer_logits(cm: ClaraModel, emb: mx.array, loss_pos: mx.array) -> mx.array
 
 
 __all__ = [
-    "SEP",
-    "TEXT",
-    "SYSTEM_PROMPT",
+    "PARAPHRASE_SYSTEM",
+    "PARAPHRASE_USER",
+    "QA_PRETRAIN_SYSTEM",
     "GenBatch",
     "GenExample",
     "answer_logits",
-    "answer_messages",
     "collate_generator",
     "generator_embeddings",
     "generator_example",
     "paraphrase_messages",
-    "qa_pretrain_messages",
     "qa_pretrain_target",
 ]

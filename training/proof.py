@@ -281,13 +281,8 @@ def paraphrase_recall(cm, world, doc_ids, max_tokens: int = 24) -> tuple[float, 
     import mlx.core as mx
 
     from clara.generate import generate
-    from clara.prompt import Prompt
-    from training.batches import (
-        collate_generator,
-        generator_embeddings,
-        generator_example,
-        paraphrase_messages,
-    )
+    from clara.prompt import Prompt, paraphrase_messages
+    from training.batches import collate_generator, generator_embeddings, generator_example
 
     mem = cm.compress([world.docs[i] for i in doc_ids])
     ex = generator_example(cm, paraphrase_messages(), None, 1)
@@ -311,13 +306,13 @@ def lm_texts(world, synthetic, model_dir: Path, n_docs: int) -> list[str]:
     and chat-format reading-comprehension examples (their document among `n_docs`), so the base
     model can read text in context like a pretrained LLM (held-out documents: never)."""
     from clara.loader import load_base
-    from clara.prompt import answer_messages, render
+    from clara.prompt import render_text_prompt
 
     tok = load_base(model_dir, dtype=None).tokenizer
     texts = [world.docs[i] for i in world.train_docs] + synthetic.docs + world.registry()
     qa = world.qa_records("train", n_docs=n_docs, seed=2) + synthetic.qa_records("train", n_docs)
     for r in qa:
-        prompt = render(tok, answer_messages(r.question, "\n".join(r.docs)))
+        prompt = render_text_prompt(tok, r.question, r.docs)  # r.docs: never empty
         texts.append(prompt + r.answer + tok.eos_token)
     return texts
 

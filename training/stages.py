@@ -27,17 +27,15 @@ from clara import prompt
 from clara.errors import ClaraError
 from clara.lora import ADAPTERS
 from clara.model import ClaraModel
+from clara.prompt import memory_answer_messages, paraphrase_messages, qa_pretrain_messages
 from clara.retrieval import differentiable_topk, maxsim_scores, unit
 from clara.rope import same_positions
 from training.batches import (
     GenExample,
     answer_logits,
-    answer_messages,
     collate_generator,
     generator_embeddings,
     generator_example,
-    paraphrase_messages,
-    qa_pretrain_messages,
     qa_pretrain_target,
 )
 from training.data import PretrainRecord, QARecord
@@ -236,7 +234,7 @@ class InstructStage(CompressionStage):
         out = []
         for r in records:
             docs = self._tokenize_docs(r.docs[:k])
-            out.append(self._example(answer_messages(r.question, len(docs)), r.answer, docs))
+            out.append(self._example(memory_answer_messages(r.question, len(docs)), r.answer, docs))
         return out
 
     def initialize(self, cm, seed):
@@ -279,7 +277,7 @@ class JointStage(Stage):
         for r, q in zip(records, queries):
             cands = [table.setdefault(d, len(table)) for d in r.docs]
             n = min(self.config.top_k, len(cands))
-            gen = generator_example(self.cm, answer_messages(r.question, n), r.answer, n)
+            gen = generator_example(self.cm, memory_answer_messages(r.question, n), r.answer, n)
             out.append(Example(gen=gen, query=q or [0], cands=cands, pos=list(r.pos_index)))
         self.doc_texts = list(table)
         return out
