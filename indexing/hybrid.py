@@ -40,6 +40,8 @@ class SearchHit:
     mode: str  # the mode that produced it (hybrid falls back to dense)
     ranks: dict[str, int | None] = field(default_factory=dict)  # 1-based rank per retriever
     scores: dict[str, float] = field(default_factory=dict)  # each retriever's own score
+    # (n_mem, d) float32 stored memory vectors, when asked for (`Collection.retrieve`)
+    memory: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def contextual_text(self) -> str:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import re
 import secrets
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
 from indexing.durable import held_elsewhere
 from indexing.manifest import MANIFEST
+from indexing.open_collections import OpenCollections
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
 from indexing.readers import DocumentError, EncryptedDocumentError, UnsupportedDocumentError
@@ -87,39 +86,18 @@ class IndexService:
         self.uploads = Uploads(registry.directory, settings.max_upload_bytes)
         self.worker = worker
         self.registry = registry
-        self._readers: dict[str, tuple[Collection, int]] = {}
-        self._readers_lock = threading.Lock()
+        self._readers = OpenCollections(self.root)
         self._writers: dict[str, Collection] = {}  # worker thread only
 
     # ---- collections -----------------------------------------------------------------------
     def reader(self, store_id: str) -> Collection:
         """A read-only view of the collection (cached; reopened if it was replaced)."""
-        directory = self.root / store_id
-        try:
-            if not _NAME.match(store_id) or store_id in RESERVED_NAMES:
-                raise FileNotFoundError(store_id)
-            inode = os.stat(directory / "manifest.json").st_ino
-        except OSError:
-            self._drop_reader(store_id)
-            raise _not_found("vector store", store_id) from None
-        with self._readers_lock:
-            cached = self._readers.get(store_id)
-            if cached is not None and cached[1] == inode:
-                return cached[0]
-            if cached is not None:
-                cached[0].close()
-            try:
-                col = Collection.open(self.root, store_id, readonly=True)
-            except CollectionNotFoundError:
-                raise _not_found("vector store", store_id) from None
-            self._readers[store_id] = (col, inode)
-            return col
-
-    def _drop_reader(self, store_id: str) -> None:
-        with self._readers_lock:
-            cached = self._readers.pop(store_id, None)
-        if cached is not None:
-            cached[0].close()
+        if not _NAME.match(store_id) or store_id in RESERVED_NAMES:
+            raise _not_found("vector store", store_id)
+        col = self._readers.get(store_id)
+        if col is None:
+            raise _not_found("vector store", store_id)
+        return col
 
     def _check_model(self, col: Collection, cm: Any) -> None:
         col.manifest.check_matches(Manifest.from_dict(cm.manifest()), col.name)
@@ -142,8 +120,7 @@ class IndexService:
         for col in self._writers.values():
             col.close()
         self._writers.clear()
-        for store_id in list(self._readers):
-            self._drop_reader(store_id)
+        self._readers.close()
         self.registry.close()
 
     # ---- files -----------------------------------------------------------------------------
@@ -257,7 +234,7 @@ class IndexService:
             col = self._writers.pop(store_id, None)
             if col is not None:
                 col.close()
-            self._drop_reader(store_id)
+            self._readers.drop(store_id)
             delete_collection(self.root, store_id)
             self.registry.delete_store(store_id)
 

@@ -36,29 +36,25 @@ def search_results(
                 best[h.chunk_id] = h
     hits = sorted(best.values(), key=lambda h: -h.score)[:k]
     hits = [h for h in hits if h.score >= threshold]
-    docs = {h.doc_id: col.document(h.doc_id) for h in hits}
     by_doc = {link.doc_id: link for link in links}
     by_file = {link.file_id: link for link in links}
     out = []
-    for h in hits:
-        doc = docs.get(h.doc_id)
-        if doc is None:
-            continue  # removed since the search
+    for h in hits:  # (each with its document's name and path, read with its text)
         # by the document the job made; by the upload it came from once `rebuild
         # --recompress` gave the document a new id
-        link = by_doc.get(h.doc_id) or by_file.get(uploads.file_id_of(doc.path) or "")
-        file_id = link.file_id if link else (uploads.file_id_of(doc.path) or doc.id)
+        link = by_doc.get(h.doc_id) or by_file.get(uploads.file_id_of(h.path) or "")
+        file_id = link.file_id if link else (uploads.file_id_of(h.path) or h.doc_id)
         attributes: dict[str, Any] = dict(link.attributes or {}) if link else {}
-        attributes.update(document_id=doc.id, chunk_id=h.chunk_id)
+        attributes.update(document_id=h.doc_id, chunk_id=h.chunk_id)
         if h.page_start is not None:
             attributes.update(page_start=h.page_start, page_end=h.page_end or h.page_start)
-        if doc.path and not uploads.file_id_of(doc.path):
-            attributes["path"] = doc.path
+        if h.path and not uploads.file_id_of(h.path):
+            attributes["path"] = h.path
         attributes["retrieval_mode"] = h.mode
         attributes.update({f"rank_{n}": r for n, r in h.ranks.items() if r is not None})
         content = [TextContent(text=h.text)]
         out.append(
-            SearchResult(file_id=file_id, filename=doc.name, score=round(h.score, 6),
+            SearchResult(file_id=file_id, filename=h.doc_name, score=round(h.score, 6),
                          attributes=attributes, content=content)
         )  # fmt: skip
     return out

@@ -517,11 +517,24 @@ class Collection:
         mode: str = "hybrid",
         fusion: Fusion | None = None,
         rerank: int = 0,
+        memories: bool = False,
     ) -> list[SearchHit]:
         """Search by question: "hybrid" (default), "dense" or "lexical" (`indexing.hybrid`).
         `vector` (n_mem, d) is the question's query-adapter encoding; `rerank` as in `search`
-        (pass the checkpoint's `cm.config.dense_rerank`). Hits carry text and document."""
-        return retrieve(self, text, vector, k, mode, fusion, rerank)
+        (pass the checkpoint's `cm.config.dense_rerank`). Hits carry text and document, and
+        with `memories` their stored memory vectors (`SearchHit.memory`)."""
+        for _ in range(3):
+            hits = retrieve(self, text, vector, k, mode, fusion, rerank)
+            if not (memories and hits):
+                return hits
+            try:
+                vectors = self.memories([h.chunk_id for h in hits])
+            except KeyError:  # a document removed between search and read: search again
+                continue
+            for hit, memory in zip(hits, vectors):
+                hit.memory = memory
+            return hits
+        raise CollectionError(f"collection '{self.name}' keeps changing; try again")
 
     def memories(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Stored memory vectors of these chunks: (k, n_mem, d) float32, in the order asked."""

@@ -34,7 +34,7 @@ import numpy as np
 from clara import lanes
 from clara.decode import PREFILL_STEP, Decoder, PrefixCache
 from clara.decode import Sequence as Seq
-from clara.errors import ContextLengthError
+from clara.errors import CollectionNotFoundError, ContextLengthError
 from clara.model import ClaraModel
 from clara.paths import upload_file_id
 from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
@@ -44,13 +44,8 @@ from clara.stream import GenerationChunk, SamplingParams, check_context, context
 from clara_cli.worker import Task, Worker, log_failure
 from indexing.layout import META
 from indexing.meta import contextual
-from indexing.store import (
-    Collection,
-    CollectionError,
-    CollectionNotFoundError,
-    collection_counts,
-    list_collections,
-)
+from indexing.open_collections import OpenCollections
+from indexing.store import Collection, collection_counts, list_collections
 from server.metrics import Metrics
 from server.protocol import RagParams
 
@@ -190,7 +185,7 @@ class Engine:
         self.worker.ready_hooks.append(self._loaded)
         self.worker.on_depth = self.metrics.queue_depth.set
         self._cm: ClaraModel | None = None
-        self._collections: dict[str, tuple[Collection, int]] = {}
+        self._collections: OpenCollections | None = None  # once the model is known
         # /metrics: per collection, (meta.sqlite and its WAL as last seen, its counts)
         self._counts: dict[str, tuple[Any, tuple[int, int]]] = {}
         self._decoders: dict[str | None, Decoder] = {}  # by adapter (worker thread only)
@@ -220,7 +215,8 @@ class Engine:
     def stop(self, timeout: float = 10.0) -> None:
         """Queued jobs get 503, running ones end; the worker thread stops."""
         self.worker.stop(timeout)
-        self._close_collections()
+        if self._collections is not None:
+            self._collections.close()
 
     def queue_depth(self) -> int:
         return self.worker.queue_depth()
@@ -350,30 +346,9 @@ class Engine:
 
     def _collection(self, name: str) -> Collection | None:
         """The open collection `name` (reopened if it was deleted and recreated), or None."""
-        directory = self.settings.root / name
-        try:
-            inode = os.stat(directory).st_ino
-        except OSError:
-            inode = None
-        cached = self._collections.get(name)
-        if cached is not None and cached[1] == inode:
-            return cached[0]
-        if cached is not None:
-            del self._collections[name]
-            cached[0].close()
-        if inode is None:
-            return None
-        try:
-            coll = Collection.open(self.settings.root, name, self.info.manifest, readonly=True)
-        except CollectionNotFoundError:
-            return None
-        self._collections[name] = (coll, inode)
-        return coll
-
-    def _close_collections(self) -> None:
-        for coll, _ in self._collections.values():
-            coll.close()
-        self._collections.clear()
+        if self._collections is None:
+            self._collections = OpenCollections(self.settings.root, self.info.manifest)
+        return self._collections.get(name)
 
     def _retrieve(self, p: RagParams, qvec: np.ndarray | None) -> Retrieved:
         """The request's sources (and memories); `qvec` is its query encoding (`_encode`:
@@ -390,24 +365,21 @@ class Engine:
             self.metrics.retrievals.inc(status="no_index")
             where = self.settings.root / p.collection
             return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
-        for _ in range(3):  # a document removed between search and read: search again
-            hits = coll.retrieve(  # text + document
-                p.query, qvec, p.top_k, p.retrieval_mode, rerank=self._cm.config.dense_rerank
-            )
-            if not hits:
-                empty = coll.stats()["chunks"] == 0
-                status = "empty_index" if empty else "no_match"
-                self.metrics.retrievals.inc(status=status)
-                detail = "the collection is empty" if empty else "no chunk matched the words"
-                return Retrieved(status, p.collection, detail=detail)
-            try:
-                ids = [h.chunk_id for h in hits]
-                memories = coll.memories(ids) if p.mode in ("memory", "mixed") else None
-                break
-            except KeyError:
-                continue
-        else:
-            raise CollectionError(f"collection '{p.collection}' keeps changing; try again")
+        hits = coll.retrieve(  # text + document (+ memories)
+            p.query,
+            qvec,
+            p.top_k,
+            p.retrieval_mode,
+            rerank=self._cm.config.dense_rerank,
+            memories=p.mode in ("memory", "mixed"),
+        )
+        if not hits:
+            empty = coll.stats()["chunks"] == 0
+            status = "empty_index" if empty else "no_match"
+            self.metrics.retrievals.inc(status=status)
+            detail = "the collection is empty" if empty else "no chunk matched the words"
+            return Retrieved(status, p.collection, detail=detail)
+        memories = np.stack([h.memory for h in hits]) if hits[0].memory is not None else None
         sources = [
             SourceInfo(
                 chunk_id=h.chunk_id,

@@ -314,11 +314,10 @@ def retrieve_from_index(
         for r, vector in zip(records, q):
             hits = col.retrieve(
                 r.question, vector, max(top_k, max(RECALL_KS)), mode,
-                rerank=cm.config.dense_rerank,
+                rerank=cm.config.dense_rerank, memories=True,
             )  # fmt: skip
             ids = [h.chunk_id for h in hits]
-            mem = col.memories(ids[:top_k]) if ids else []
-            memories.append([mx.array(m) for m in mem])
+            memories.append([mx.array(h.memory) for h in hits[:top_k]])
             texts.append([h.contextual_text for h in hits[:top_k]])
             ranked.append(ids)
             golds = {" ".join(r.docs[j].split()) for j in r.pos_index}
