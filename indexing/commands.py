@@ -134,12 +134,24 @@ def _find(
         return [doc]
     docs = col.list_documents()
     prefix = path_text(path).rstrip(os.sep) + os.sep
-    found = [d for d in docs if d.path and d.path.startswith(prefix)]
+    walked = _walked(target) if path.is_dir() or patterns else set()
+    found = [d for d in docs if d.path and (d.path.startswith(prefix) or d.path in walked)]
     if found:
         return found
     if patterns and GLOB_CHARS.search(target):
-        return _glob_docs(docs, target)
+        found = _glob_docs(docs, target)
+        return found + [d for d in docs if d.path in walked and d not in found]
     return _by_tail(docs, target, remove)
+
+
+def _walked(target: str) -> set[str]:
+    """The files `add target` would read now, as stored: links (to folders too) followed to
+    the real path a document is stored under, which the folder or glob named does not show."""
+    try:
+        files = iter_inputs([target])
+    except (ClaraError, OSError):
+        return set()
+    return {str(p) for p in files} | {path_text(p) for p in files}
 
 
 def _glob_docs(docs: list[Document], target: str) -> list[Document]:

@@ -779,6 +779,38 @@ def test_remove_matches_what_add_indexed_for_the_same_glob_and_names_by_their_en
     assert "('notes.txt' -> /any/where/notes.txt" in help_text
 
 
+def test_remove_finds_documents_add_reached_through_a_symlinked_folder(
+    capsys, monkeypatch, tmp_path: Path
+) -> None:
+    """Before: a document `add notes/` reached through a link in notes/ (stored under its
+    real path) was not removed by `remove notes/` or `remove 'notes/*'`."""
+    import numpy as np
+
+    from indexing.store import ChunkRecord
+    from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
+
+    notes, elsewhere, index = tmp_path / "notes", tmp_path / "elsewhere", tmp_path / "index"
+    (elsewhere / "deep").mkdir(parents=True)
+    notes.mkdir()
+    (notes / "own.md").write_text("own\n")
+    (elsewhere / "deep" / "far.md").write_text("far\n")
+    (notes / "linked").symlink_to(elsewhere)
+    (tmp_path / "to-notes").symlink_to(notes)
+
+    def fill() -> None:
+        with Collection.open(index, "default", manifest=STORE_MANIFEST, create=True) as col:
+            for i, path in enumerate([notes / "own.md", elsewhere / "deep" / "far.md"]):
+                memories = np.random.default_rng(i).standard_normal((1, STORE_N_MEM, STORE_D))
+                col.add_document(str(path.resolve()), path.name, f"sha-{i}",
+                                 [ChunkRecord(f"text {i}", n_tokens=2)], memories)  # fmt: skip
+
+    no_model(monkeypatch)
+    for target in (f"{notes}/", f"{notes}/*", f"{notes}/**/*.md", f"{tmp_path}/to-notes/"):
+        fill()
+        rc, out, err = run(capsys, "remove", target, "--index", index, "--json")
+        assert rc == 0 and len(json.loads(out)["removed"]) == 2, (target, out, err)
+
+
 def test_an_add_of_pdfs_without_text_loads_no_model_and_still_checks_its_arguments(
     capsys, monkeypatch, tmp_path: Path
 ) -> None:
