@@ -74,6 +74,22 @@ def test_pretrain_and_resume_via_main(tiny_llama_dir, tmp_path, capsys):
     assert elapsed == sorted(elapsed)  # the resumed run's clock goes on from step 2's
 
 
+def test_a_resumed_run_counts_the_seconds_after_the_last_logged_row(tiny_llama_dir, tmp_path):
+    """Before: the clock went on from the last row of metrics.jsonl, not from the checkpoint
+    (with --log-every 3 and a stop at step 2: from 0, the first two steps not counted)."""
+    from training.trainer import STATE_FILE
+
+    out = tmp_path / "run"
+    args = [*_pretrain_args(tiny_llama_dir, tmp_path, out), "--max-steps", "4"]
+    args[args.index("--log-every") + 1] = "3"
+    assert main([*args, "--stop-after", "2"]) == 0
+    saved = json.loads((out / "step-000002" / STATE_FILE).read_text())["elapsed_s"]
+    assert saved > 0 and not (out / "metrics.jsonl").exists()  # nothing logged yet
+    assert main([*args, "--resume"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 4] and rows[0]["elapsed_s"] > saved
+
+
 def test_center_memory_is_fitted_once_and_kept_by_later_stages(tiny_llama_dir, tmp_path, capsys):
     from clara.checkpoint import load_clara
 
@@ -253,6 +269,23 @@ def test_a_diverging_run_stops_with_an_error_and_saves_nothing(tiny_llama_dir, t
     assert not (out / "final").exists()
     for line in (out / "metrics.jsonl").read_text().splitlines():  # strict JSON: no NaN
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+
+
+def test_documents_longer_than_the_compressor_reads_are_named(tiny_llama_dir, tmp_path, capsys):
+    """Before: data written by `synth --doc-max-tokens 512` trained a 256-token compressor
+    without a word, its chunks cut in half."""
+    out = tmp_path / "run"
+    args = _pretrain_args(tiny_llama_dir, tmp_path, out)
+    assert main([*args, "--max-steps", "1"]) == 0
+    assert "longer than the compressor reads" not in capsys.readouterr().err  # all fit in 32
+    long = " ".join(DOCS * 4)
+    write_jsonl(
+        tmp_path / "s1.jsonl", [{"data_type": "paraphrase", "docs": [d]} for d in [*DOCS, long]]
+    )
+    assert main([*args, "--max-steps", "1", "--out", str(tmp_path / "run2")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 of 4 documents are longer than the compressor reads (32 tokens" in err
+    assert "clara-train synth --doc-max-tokens 32" in err
 
 
 @pytest.mark.parametrize("ranks", [1, 2])

@@ -61,6 +61,26 @@ def fit_center(cm: ClaraModel, examples: Sequence, n: int = 256) -> None:
     cm.fit_memory_center(docs)
 
 
+def warn_cut_documents(cm: ClaraModel, records: Sequence) -> None:
+    """Say when documents are longer than the compressor reads (`doc_max_tokens`): their
+    ends are cut, and a question on them may ask what the memory never saw."""
+    if cm.config.reference:  # its layout truncates by design, as the reference's training did
+        return
+    docs = [r.doc for r in records if hasattr(r, "doc")]  # PretrainRecord, QARecord
+    docs = list(dict.fromkeys(docs + [d for r in records for d in getattr(r, "docs", ())]))
+    lengths = [len(ids) for ids in cm.tokenize(docs, cut=False)] if docs else []
+    limit = cm.config.doc_max_tokens
+    if (cut := sum(n > limit for n in lengths)) == 0:
+        return
+    print(
+        f"warning: {cut} of {len(docs)} documents are longer than the compressor reads "
+        f"({limit} tokens; the longest {max(lengths)}): their ends are cut. Write the data "
+        f"with `clara-train synth --doc-max-tokens {limit}`, or train a new model with "
+        "--doc-max-tokens set to their length",
+        file=sys.stderr,
+    )
+
+
 def local_ranks(group: mx.distributed.Group) -> int:
     """Ranks of `group` on this machine: the ring backend's host file lists each rank's
     address (`mlx.launch -n 2` puts both on 127.0.0.1); without one, every rank is local."""
@@ -138,6 +158,9 @@ def build_trainer(
         raise ClaraError(f"the {config.stage} stage trains base weights: add --full")
     if config.full and _is_quantized(cm):
         raise ClaraError("--full needs float weights: load the model with --dtype float32")
+    lead = group.rank() == 0
+    if lead:  # (under --quiet too: a warning, not progress)
+        warn_cut_documents(cm, records)
     examples = stage.build(records)
     if resume_from is None:
         stage.initialize(cm, config.seed)
@@ -148,7 +171,6 @@ def build_trainer(
         enable_grad_checkpoint(cm)
     from clara_cli.common import progress
 
-    lead = group.rank() == 0
     stage.prepare(
         examples,
         progress=lambda it, n: progress(it, n, "compress docs", quiet=config.quiet or not lead),

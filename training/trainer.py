@@ -246,6 +246,7 @@ class Trainer:
             1, math.ceil(config.epochs * n / self.global_batch)
         )
         self.step = 0
+        self._clock: tuple[float | None, float | None] = (None, None)  # (seconds before, start)
         self.schedule = lr_schedule(
             config.learning_rate, self.total_steps, config.warmup, config.min_lr_ratio
         )
@@ -427,6 +428,7 @@ class Trainer:
             "step": self.step,
             "total_steps": self.total_steps,
             "config": config_dict(self.cfg),
+            "elapsed_s": round(self._elapsed(), 2),  # training seconds up to this step
         }
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         final = self.out / name
@@ -434,6 +436,13 @@ class Trainer:
             shutil.rmtree(final)
         os.replace(staging, final)
         return final
+
+    def _elapsed(self, now: float | None = None) -> float:
+        """Training seconds so far, those of the runs this one resumes included."""
+        before, started = self._clock
+        if started is None:
+            return before or 0.0
+        return before + (time.perf_counter() if now is None else now) - started
 
     def restore(self, checkpoint: Path) -> None:
         """Optimiser state and step of `checkpoint` (weights are loaded with the model)."""
@@ -444,6 +453,7 @@ class Trainer:
                 f"{self.total_steps}; resume with the same data, batch size, epochs and steps"
             )
         self.step = int(state["step"])
+        self._clock = (state.get("elapsed_s"), None)  # (older checkpoints: from metrics.jsonl)
         self.optimizer.state = tree_unflatten(
             list(mx.load(str(checkpoint / OPTIMIZER_FILE)).items())
         )
@@ -459,6 +469,8 @@ class Trainer:
         if lead:
             self.out.mkdir(parents=True, exist_ok=True)
             before = _truncate_metrics(metrics_path, self.step)
+        if self._clock[0] is not None:  # the checkpoint's own: not the last logged row's
+            before = self._clock[0]
         self.cm.train()
         from clara_cli.common import progress
 
@@ -473,6 +485,7 @@ class Trainer:
             bar.n = self.step
             bar.refresh()
         window, t0, started = [], time.perf_counter(), time.perf_counter()
+        self._clock = (before, started)
         for _ in bar:
             m = self.train_step()
             window.append(m)
@@ -487,7 +500,7 @@ class Trainer:
                 row = _summarise(
                     window, self.step, self.step * self.global_batch / len(self.examples)
                 )
-                row["elapsed_s"] = round(before + now - started, 2)
+                row["elapsed_s"] = round(self._elapsed(now), 2)
                 with metrics_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 if not sys.stderr.isatty() and not cfg.quiet:
