@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from clara.errors import CheckpointError
+from clara.errors import CheckpointError, ClaraError
 from clara.loader import DEFAULT_ALIASES, DEFAULT_MODEL, BaseModel, load_base
 from clara.model import FORMAT_VERSION, ClaraConfig, ClaraModel, memory_settings
 
@@ -182,6 +182,26 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
             f"{FORMAT_VERSION}; re-train or convert it"
         )
     return config
+
+
+def default_reading_mode(model: object, checkpoint: str | None, mode: str | None = None) -> str:
+    """The reading mode requests get by default: `mode` (--mode) if set, else the one the
+    checkpoint serving `model` names (`ClaraConfig.default_mode`); "memory" for fresh
+    adapters, older checkpoints, and a checkpoint that cannot be read (the model load reports
+    that one). "mixed" is refused for checkpoints in their reference's prompt layout."""
+    path = resolve_checkpoint(model, checkpoint)
+    config = ClaraConfig()
+    if path is not None:
+        try:
+            config = ClaraConfig.from_dict(read_checkpoint_config(path).get("clara", {}))
+        except ClaraError:
+            pass
+    if mode == "mixed" and config.reference:
+        raise ClaraError(
+            "--mode mixed needs clara's own prompt layout, and this checkpoint uses its "
+            "reference's (imported): use memory or text"
+        )
+    return mode or config.default_mode
 
 
 def load_checkpoint(cm: ClaraModel, path: str | os.PathLike) -> ClaraModel:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from clara.text import one_line
+
 
 class ClaraError(Exception):
     """Base class for every error clara raises on purpose."""
@@ -63,8 +65,8 @@ class DocumentError(ClaraError):
 
     def __init__(self, path: str | os.PathLike, reason: str, hint: str = "") -> None:
         self.path = Path(path)
-        self.reason = _one_line(reason)
-        self.hint = _one_line(hint)
+        self.reason = one_line(reason)
+        self.hint = one_line(hint)
         super().__init__(f"{path}: {self.reason}" + (f": {self.hint}" if self.hint else ""))
 
 
@@ -88,5 +90,13 @@ class CorruptDocumentError(DocumentError):
     """A damaged or truncated file."""
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+class GGUFConversionError(ClaraError):
+    """A GGUF file cannot be converted (not llama, unknown tensors or tokenizer)."""
+
+
+class DataError(ClaraError):
+    """A data file is missing or a record does not have the expected shape."""
+
+
+class TeacherError(ClaraError):
+    """The teacher endpoint failed or answered in an unusable way."""

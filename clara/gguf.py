@@ -25,7 +25,7 @@ import mlx.core as mx
 import numpy as np
 
 from clara import paths
-from clara.errors import ClaraError, ModelNotFoundError
+from clara.errors import GGUFConversionError, ModelNotFoundError
 
 #: Directory name (under `clara.paths.models_dir()`) of the converted default model.
 DEFAULT_MODEL_DIR = "smollm2-135m"
@@ -68,10 +68,6 @@ _SPECIAL_KEYS = {
     "unk_token": "unknown",
     "pad_token": "padding",
 }
-
-
-class GGUFConversionError(ClaraError):
-    """A GGUF file cannot be converted (not llama, unknown tensors or tokenizer)."""
 
 
 def default_gguf_path() -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from clara import paths
 from clara.errors import CheckpointError
 from clara.gguf import DEFAULT_MODEL_DIR, convert_gguf, default_model_dir, prepare_default_model
+from clara.text import scaled
 from clara_cli.common import run_main
 
 PROG = "clara-models"
@@ -88,14 +89,6 @@ def model_info(path: Path) -> ModelInfo:
     )
 
 
-def _human(n: float, units: tuple[str, ...], step: float) -> str:
-    for unit in units[:-1]:
-        if abs(n) < step:
-            return f"{n:.1f}{unit}" if unit != units[0] else f"{n:.0f}{unit}"
-        n /= step
-    return f"{n:.1f}{units[-1]}"
-
-
 def _print_table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -110,8 +103,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [["NAME", "TYPE", "PARAMS", "QUANTIZATION", "SIZE", "PATH"]]
     for d in dirs:
         info = model_info(d)
-        params = _human(info.params, ("", "K", "M", "B"), 1000) if info.params else "?"
-        size = _human(info.size_bytes, ("B", "KiB", "MiB", "GiB"), 1024)
+        params = scaled(info.params, ("", "K", "M", "B"), 1000) if info.params else "?"
+        size = scaled(info.size_bytes, ("B", "KiB", "MiB", "GiB"), 1024)
         name = f"{info.name} (default)" if info.name == DEFAULT_MODEL_DIR else info.name
         rows.append([name, info.model_type, params, info.quantization, size, str(d)])
     if not any(d.name == DEFAULT_MODEL_DIR for d in dirs):

@@ -16,6 +16,7 @@ from typing import Any
 
 from clara.errors import ChunkingError  # noqa: F401
 from indexing.context import chunk_contexts, document_title, find_headings
+from indexing.meta import Contextual
 from indexing.readers import Document, Page
 
 PAGE_SEPARATOR = "\n\n"
@@ -27,7 +28,7 @@ _CLOSERS = "\"')]}»”’」』）"
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Chunk(Contextual):
     text: str
     page_start: int
     page_end: int

@@ -17,8 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from clara.errors import ClaraError, DamagedCollectionError
+from clara.errors import ClaraError, DamagedCollectionError, DocumentError
 from clara.paths import index_root, path_text
+from clara.text import scaled, snippet
 from clara_cli.common import model_dtype, progress_bar
 from indexing.pipeline import (
     DEFAULT_OVERLAP,
@@ -32,7 +33,7 @@ from indexing.pipeline import (
     model_manifest,
     preflight,
 )
-from indexing.readers import GLOB_CHARS, DocumentError, is_hidden, iter_inputs
+from indexing.readers import GLOB_CHARS, is_hidden, iter_inputs
 from indexing.store import (
     Collection,
     CollectionNotFoundError,
@@ -77,11 +78,7 @@ def _show_path(path: str | Path | None) -> str:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+    return scaled(n, ("B", "KB", "MB", "GB"), 1024, " ")
 
 
 def _n(count: int, noun: str) -> str:
@@ -93,11 +90,6 @@ def _pages(start: int | None, end: int | None, before: str = "") -> str:
     if start is None:
         return ""
     return before + (f"p. {start}" if end in (None, start) else f"pp. {start}-{end}")
-
-
-def _snippet(text: str, n: int = SNIPPET) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= n else flat[: n - 1].rstrip() + "…"
 
 
 def _print_json(obj: Any) -> None:
@@ -486,7 +478,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"sha256 {doc.sha256}"
     )
     for c in chunks:
-        text = c.text if args.full else _snippet(c.text)
+        text = c.text if args.full else snippet(c.text, SNIPPET)
         pages = _pages(c.page_start, c.page_end, " ")
         print(f"\n[{c.ordinal}]{pages}, {c.n_tokens} tokens\n{text}")
     return 0
@@ -560,7 +552,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"{r['rank']}. {r['score']:.4f}  {where}{_pages(r['page_start'], r['page_end'], '  ')}"
             f"  [{ranks}]"
         )
-        print(f"   {_snippet(r['text'])}")
+        print(f"   {snippet(r['text'], SNIPPET)}")
     return 0
 
 

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clara.retrieval import RETRIEVAL_MODES, Fused, Fusion, reciprocal_rank_fusion
-from indexing.meta import contextual
+from indexing.meta import Contextual
 
 if TYPE_CHECKING:
     from indexing.store import Collection
 
 
 @dataclass
-class SearchHit:
+class SearchHit(Contextual):
     """One retrieved chunk with its text and document, as the CLI, servers and eval show it."""
 
     chunk_id: int
@@ -42,11 +42,6 @@ class SearchHit:
     scores: dict[str, float] = field(default_factory=dict)  # each retriever's own score
     # (n_mem, d) float32 stored memory vectors, when asked for (`Collection.retrieve`)
     memory: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def contextual_text(self) -> str:
-        """What the generator reads: the context line, then the text."""
-        return contextual(self.context, self.text)
 
 
 def check_mode(mode: str) -> str:

@@ -75,8 +75,20 @@ class ChunkRecord:
     context: str = ""  # "title / section heading" (see indexing.context)
 
 
+class Contextual:
+    """`contextual_text` for a chunk-like record with a `context` line and its `text`."""
+
+    context: str
+    text: str
+
+    @property
+    def contextual_text(self) -> str:
+        """What the compressor and the generator read: the context line, then the text."""
+        return contextual(self.context, self.text)
+
+
 @dataclass
-class Chunk:
+class Chunk(Contextual):
     id: int
     doc_id: str
     ordinal: int
@@ -85,11 +97,6 @@ class Chunk:
     page_end: int | None
     n_tokens: int
     context: str = ""
-
-    @property
-    def contextual_text(self) -> str:
-        """What the compressor and the generator read: the context line, then the text."""
-        return contextual(self.context, self.text)
 
 
 def contextual(context: str, text: str) -> str:

@@ -31,21 +31,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clara.errors import ClaraError
+from clara.errors import ClaraError, NoTextError
 from clara.paths import file_sha256, index_root, path_text
 from indexing import partial
 from indexing.chunking import Chunk, chunk_document, join_pages
 from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
-from indexing.meta import contextual
 from indexing.partial import PartialMemories
-from indexing.readers import (
-    PDF_EXTENSIONS,
-    Document,
-    NoTextError,
-    check_pdf_text,
-    read_document,
-)
+from indexing.readers import PDF_EXTENSIONS, Document, check_pdf_text, read_document
 from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
 
 log = logging.getLogger(__name__)
@@ -156,11 +149,6 @@ def compress(cm: Any, texts: list[str]) -> np.ndarray:
     import mlx.core as mx
 
     return np.array(cm.compress(texts).astype(mx.float32))
-
-
-def contextual_text(chunk: Any) -> str:
-    """What the compressor reads: the chunk's context line, then its text."""
-    return contextual(chunk.context, chunk.text)
 
 
 def fit_contexts(cm: Any, chunks: list[Any]) -> list[Any]:
@@ -282,7 +270,7 @@ class Indexer:
             if not waiting:
                 return
             batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
-            memories = compress(self.cm, [contextual_text(p.chunks[i]) for p, i in batch])
+            memories = compress(self.cm, [p.chunks[i].contextual_text for p, i in batch])
             finished: list[_Pending] = []
             touched: dict[int, _Pending] = {}
             for (p, i), m in zip(batch, memories):
@@ -341,7 +329,7 @@ class Indexer:
         replaces = existing.id if existing is not None else None
         pending = _Pending(src, doc, chunks, memories, mtime, replaces)
         if len(chunks) >= partial.MIN_CHUNKS:
-            key = partial.partial_key(self.manifest, [contextual_text(c) for c in chunks])
+            key = partial.partial_key(self.manifest, [c.contextual_text for c in chunks])
             pending.partial = PartialMemories(self.collection.directory, doc.sha256, key, shape[1:])
             rows = pending.partial.load()
             memories[: len(rows)] = rows
@@ -427,7 +415,7 @@ def recompress(
                 memories = np.zeros((len(chunks), cm.n_mem, cm.hidden_size), np.float32)
                 for start in range(0, len(chunks), batch_size):
                     part = chunks[start : start + batch_size]
-                    texts = [contextual_text(c) for c in part]
+                    texts = [c.contextual_text for c in part]
                     memories[start : start + len(part)] = compress(cm, texts)
                     yield Progress(len(part))
                 records = [

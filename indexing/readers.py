@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from clara.errors import (  # noqa: F401  re-exported: readers raise these
+from clara.errors import (
     CorruptDocumentError,
     DocumentError,
     EncryptedDocumentError,
@@ -702,7 +702,3 @@ def _ranges(numbers: list[int]) -> str:
         if n is not None:
             start = prev = n
     return ", ".join(out)
-
-
-def _one_line(s: str) -> str:
-    return " ".join(str(s).split())

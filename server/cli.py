@@ -234,31 +234,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ClaraError("--max-context must be at least 2")
 
 
-def checkpoint_mode(model: str, checkpoint: str | None, mode: str | None = None) -> str:
-    """The reading mode requests get by default: `mode` (--mode) if set, else the one the
-    checkpoint serving `model` names (`ClaraConfig.default_mode`); "memory" for fresh
-    adapters, older checkpoints, and a checkpoint that cannot be read (the model load reports
-    that one). "mixed" is refused for checkpoints in their reference's prompt layout."""
-    from clara.checkpoint import read_checkpoint_config, resolve_checkpoint
-    from clara.model import ClaraConfig
-
-    path = resolve_checkpoint(model, checkpoint)
-    config = ClaraConfig()
-    if path is not None:
-        try:
-            config = ClaraConfig.from_dict(read_checkpoint_config(path).get("clara", {}))
-        except ClaraError:
-            pass
-    if mode == "mixed" and config.reference:
-        raise ClaraError(
-            "--mode mixed needs clara's own prompt layout, and this checkpoint uses its "
-            "reference's (imported): use memory or text"
-        )
-    return mode or config.default_mode
-
-
 def serve(args: argparse.Namespace) -> int:
 
+    from clara.checkpoint import default_reading_mode
     from server.app import create_app
     from server.engine import Settings
 
@@ -283,7 +261,7 @@ def serve(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         history_turns=args.history_turns,
-        mode=checkpoint_mode(args.model, args.checkpoint, args.mode),
+        mode=default_reading_mode(args.model, args.checkpoint, args.mode),
     )
     app = create_app(
         settings,

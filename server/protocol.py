@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,6 +26,11 @@ from clara_cli.http import APIError, JSONInt, json_int, valid_unicode
 class _Request(BaseModel):
     # clients send fields we do not know: tolerate; a value of the wrong JSON type is an error
     model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def refuse(param: str, what: str) -> NoReturn:
+    """Raise the 400 for a request field (`param`) asking for `what` clara cannot honour."""
+    raise APIError(400, f"{what} is not supported by clara-serve", param=param)
 
 
 def only(schema: dict[str, Any], **field: Any) -> Any:
@@ -155,10 +160,6 @@ class ChatCompletionRequest(_Request):
 
     def check_supported(self) -> None:
         """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
-
-        def refuse(param: str, what: str) -> None:
-            raise APIError(400, f"{what} is not supported by clara-serve", param=param)
-
         if (self.n or 1) > 1:
             refuse("n", "n > 1 (several choices per request)")
         if self.tools or self.functions:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, json_int, valid_unicode
-from server.protocol import NULL, only
+from server.protocol import NULL, only, refuse
 
 INCLUDABLE = ("file_search_call.results",)
 VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
@@ -184,10 +184,6 @@ class ResponseCreateRequest(_Request):
 
     def check_supported(self) -> None:
         """Raise a 400 naming each field clara cannot honour (rather than ignoring it)."""
-
-        def refuse(param: str, what: str) -> None:
-            raise APIError(400, f"{what} is not supported by clara-serve", param=param)
-
         if self.background:
             refuse("background", "background mode")
         if self.conversation is not None:

@@ -21,8 +21,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara.errors import ClaraError
 from clara.stream import GenerationChunk, token_bytes, token_text
+from clara.text import snippet
 from clara_cli.http import APIError, shutting_down_error, to_api_error
-from server.engine import DONE, Embedded, Engine, Failed, Job, Ready, SourceInfo
+from server.engine import Engine
+from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
 from server.protocol import (
     Annotation,
     ChatCompletion,
@@ -83,11 +85,6 @@ def source_url(s: SourceInfo) -> str:
     return url
 
 
-def _snippet(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1].rstrip() + "…"
-
-
 def _title(s: Source) -> str:
     if s.page_start is None:
         return s.filename
@@ -106,7 +103,7 @@ def sources_of(ready: Ready) -> list[Source]:
             page_start=s.page_start,
             page_end=s.page_end,
             score=round(s.score, 6),
-            snippet=_snippet(s.text),
+            snippet=snippet(s.text, SNIPPET_CHARS),
             url=source_url(s),
             collection=s.collection,
             ranks=s.ranks,

@@ -68,16 +68,19 @@ def test_shipped_adapters_rank_dense_by_maxsim_and_read_mixed(tmp_path):
 def test_clara_serve_reads_the_mode_its_checkpoint_names(tiny_base, tiny_llama_dir, tmp_path):
     import pytest
 
+    from clara.checkpoint import default_reading_mode
     from clara.errors import ClaraError
-    from server.cli import checkpoint_mode
 
-    assert checkpoint_mode("smollm2-135m", None) == "mixed"  # the shipped adapters
-    assert checkpoint_mode("smollm2-135m", "none") == "memory"  # fresh ones
-    assert checkpoint_mode(str(tiny_llama_dir), None) == "memory"
-    assert checkpoint_mode("smollm2-135m", None, "text") == "text"  # --mode wins
-    assert checkpoint_mode(str(tiny_llama_dir), str(tmp_path / "missing")) == "memory"
+    assert default_reading_mode("smollm2-135m", None) == "mixed"  # the shipped adapters
+    assert default_reading_mode("smollm2-135m", "none") == "memory"  # fresh ones
+    assert default_reading_mode(str(tiny_llama_dir), None) == "memory"
+    assert default_reading_mode("smollm2-135m", None, "text") == "text"  # --mode wins
+    assert default_reading_mode(str(tiny_llama_dir), str(tmp_path / "missing")) == "memory"
     cm = ClaraModel(tiny_base, ClaraConfig(default_mode="text"))
-    assert checkpoint_mode(str(tiny_llama_dir), str(save_checkpoint(cm, tmp_path / "t"))) == "text"
+    assert (
+        default_reading_mode(str(tiny_llama_dir), str(save_checkpoint(cm, tmp_path / "t")))
+        == "text"
+    )
     with pytest.raises(ClaraError, match="default mode 'summary' unknown"):
         ClaraConfig(default_mode="summary")
     with pytest.raises(ClaraError, match="'mixed' needs clara's own prompt layout"):

@@ -308,11 +308,11 @@ def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
         assert bad.value.param == "mode"
     finally:
         proc.stop()
-    from server.cli import checkpoint_mode
+    from clara.checkpoint import default_reading_mode
 
-    assert checkpoint_mode(str(mistral["mlx"]), str(ckpt)) == "memory"
+    assert default_reading_mode(str(mistral["mlx"]), str(ckpt)) == "memory"
     with pytest.raises(ClaraError, match="--mode mixed needs clara's own prompt layout"):
-        checkpoint_mode(str(mistral["mlx"]), str(ckpt), "mixed")
+        default_reading_mode(str(mistral["mlx"]), str(ckpt), "mixed")
     ref_mem = twin.ref_encode(ref, DOCS, "encoder_adapter")
     scores = twin.ref_scores(twin.ref_encode(ref, QUESTIONS[:1], "query_reasoner_adapter"), ref_mem)
     top = [int(i) for i in torch.argsort(scores[0], descending=True)[:2]]

@@ -12,15 +12,17 @@ import pytest
 from fpdf import FPDF
 from fpdf.enums import EncryptionMethod
 
-from indexing.html_text import html_to_text
-from indexing.readers import (
-    SUPPORTED_EXTENSIONS,
+from clara.errors import (
     CorruptDocumentError,
     DocumentError,
     EncryptedDocumentError,
     MissingFileError,
     NoTextError,
     UnsupportedDocumentError,
+)
+from indexing.html_text import html_to_text
+from indexing.readers import (
+    SUPPORTED_EXTENSIONS,
     clean_markdown,
     clean_pdf_text,
     iter_inputs,

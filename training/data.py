@@ -17,13 +17,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clara.errors import ClaraError
+from clara.errors import DataError
 
 ANSWER_KEYS = ("answer", "answers", "golden_answers")
-
-
-class DataError(ClaraError):
-    """A data file is missing or a record does not have the expected shape."""
 
 
 @dataclass

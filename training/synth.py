@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clara.errors import ClaraError
+from clara.errors import ClaraError, DocumentError, TeacherError
 from clara_cli.common import DTYPE_CHOICES, non_negative_int, positive_int
 from training.data import PretrainRecord, QARecord, pretrain_to_json, qa_to_json, write_jsonl
 
@@ -44,10 +44,6 @@ _QA_RE = re.compile(
 
 
 PROG = "clara-train synth"
-
-
-class TeacherError(ClaraError):
-    """The teacher endpoint failed or answered in an unusable way."""
 
 
 _NUMBERING = re.compile(r"^\s*\d+[.)]\s+")
@@ -160,7 +156,7 @@ def read_chunks(
 ) -> list[Chunked]:
     """Chunks of every readable document under `paths` (PDF, Markdown, HTML, text)."""
     from indexing.chunking import chunk_document
-    from indexing.readers import DocumentError, iter_inputs, read_document
+    from indexing.readers import iter_inputs, read_document
 
     files = iter_inputs(paths)
     if not files:
