@@ -12,9 +12,10 @@ decode batch (`clara.decode`), which takes one batched step per worker turn; at 
 `max_batch` decode at once, the rest wait in the worker's bounded queue (full: 503 +
 Retry-After).
 
-A chat job: encode the query (query adapter) -> search the collection (refreshed first, so
-documents the indexing service adds show up without a restart) -> read the hits' memories ->
-build the generator prompt -> emit `Ready` -> stream `GenerationChunk`s -> `DONE`.
+A chat job (`server.jobs`): encode the query (query adapter) -> search the collection
+(refreshed first, so documents the indexing service adds show up without a restart) and read
+the hits' memories -> build the generator prompt (both `server.rag`) -> emit `Ready` ->
+stream `GenerationChunk`s -> `DONE`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -34,23 +34,21 @@ import numpy as np
 from clara import lanes
 from clara.decode import PREFILL_STEP, Decoder, PrefixCache
 from clara.decode import Sequence as Seq
-from clara.errors import CollectionNotFoundError, ContextLengthError
+from clara.errors import ContextLengthError
 from clara.model import ClaraModel
-from clara.paths import upload_file_id
-from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
+from clara.prompt import Prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
 from clara_cli.worker import Task, Worker, log_failure
 from indexing.layout import META
-from indexing.meta import contextual
-from indexing.open_collections import OpenCollections
-from indexing.store import Collection, collection_counts, list_collections
+from indexing.store import collection_counts, list_collections
+from server.jobs import DONE, Embedded, Failed, Job, Ready
 from server.metrics import Metrics
 from server.protocol import RagParams
+from server.rag import Rag
 
 log = logging.getLogger("clara.serve")
-DONE = object()  # the last event of every job
 
 
 @dataclass
@@ -88,88 +86,6 @@ class ModelInfo:
 FAILED = object()  # in `_encode_apart`'s answer: that request failed and heard why
 
 
-@dataclass
-class SourceInfo:
-    """A retrieved chunk and where it came from."""
-
-    chunk_id: int
-    document_id: str
-    filename: str
-    path: str | None
-    page_start: int | None
-    page_end: int | None
-    score: float
-    text: str
-    collection: str
-    context: str = ""  # "title / heading" the generator reads before `text`
-    ranks: dict[str, int | None] = field(default_factory=dict)  # per retriever, from 1
-    retrieval_mode: str = "dense"  # the mode that ranked it (hybrid falls back to dense)
-    file_id: str | None = None  # the Files API upload it was indexed from, if any
-
-
-@dataclass
-class Retrieved:
-    status: str  # ok | disabled | no_index | empty_index
-    collection: str | None
-    sources: list[SourceInfo] = field(default_factory=list)
-    memories: np.ndarray | None = None  # (k, n_mem, d) float32, memory mode only
-    detail: str | None = None  # why there are no sources
-
-
-@dataclass
-class Ready:
-    """Retrieval done and the prompt fits: generation (prefill first) starts now."""
-
-    retrieved: Retrieved
-    prompt_positions: int
-
-
-@dataclass
-class Failed:
-    error: BaseException
-
-
-@dataclass
-class Embedded:
-    vectors: np.ndarray  # (N, n_mem * d) float32, unit rows
-    tokens: int
-
-
-class Job:
-    """One request's MLX work and the event queue its awaiting route reads."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, kind: str, params: RagParams | None = None):
-        self.loop = loop
-        self.kind = kind
-        self.params = params  # a chat request's parameters
-        self.events: asyncio.Queue = asyncio.Queue()
-        self.cancelled = threading.Event()
-        self.created = time.perf_counter()
-        self.task: Task | None = None
-        self.batched = False  # handed to the decode batch, which sends its DONE
-        self.checked = time.monotonic()  # when its route last looked for a hung-up client
-        self.progress: tuple[int, int] | None = None  # embeddings: (inputs done, of)
-
-    def emit(self, event: object) -> None:
-        """Hand an event to the event loop (worker thread)."""
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancel()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        if self.task is not None:
-            self.task.cancel()
-
-    async def next(self, timeout: float | None = None) -> object | None:
-        """The next event, or None after `timeout` seconds without one."""
-        try:
-            return await asyncio.wait_for(self.events.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
-
 class Engine:
     """Owns the model worker and the open collections; turns requests into worker tasks."""
 
@@ -185,7 +101,7 @@ class Engine:
         self.worker.ready_hooks.append(self._loaded)
         self.worker.on_depth = self.metrics.queue_depth.set
         self._cm: ClaraModel | None = None
-        self._collections: OpenCollections | None = None  # once the model is known
+        self._rag: Rag | None = None  # once the model is loaded
         # /metrics: per collection, (meta.sqlite and its WAL as last seen, its counts)
         self._counts: dict[str, tuple[Any, tuple[int, int]]] = {}
         self._decoders: dict[str | None, Decoder] = {}  # by adapter (worker thread only)
@@ -215,8 +131,8 @@ class Engine:
     def stop(self, timeout: float = 10.0) -> None:
         """Queued jobs get 503, running ones end; the worker thread stops."""
         self.worker.stop(timeout)
-        if self._collections is not None:
-            self._collections.close()
+        if self._rag is not None:
+            self._rag.close()
 
     def queue_depth(self) -> int:
         return self.worker.queue_depth()
@@ -336,84 +252,14 @@ class Engine:
             embed_tokens=cm.config.doc_max_tokens,
         )
         # An index made by another checkpoint must stop the server now, not fail per request.
-        coll = self._collection(s.collection)
+        self._rag = Rag(cm, s.root, s.collection, self.info.manifest, self.metrics)
+        coll = self._rag.collection(s.collection)
         mx.eval(cm.encode_queries(["warm-up"]))
         where = s.root / s.collection
         what = f"{coll.stats()['chunks']} chunks" if coll else "not there yet: answering without"
         took = time.perf_counter() - getattr(self, "_load_start", time.perf_counter())
         log.info("model ready in %.1fs; index %s: %s", took, where, what)
         self.metrics.model_ready.set(1)
-
-    def _collection(self, name: str) -> Collection | None:
-        """The open collection `name` (reopened if it was deleted and recreated), or None."""
-        if self._collections is None:
-            self._collections = OpenCollections(self.settings.root, self.info.manifest)
-        return self._collections.get(name)
-
-    def _retrieve(self, p: RagParams, qvec: np.ndarray | None) -> Retrieved:
-        """The request's sources (and memories); `qvec` is its query encoding (`_encode`:
-        None exactly when the request does not retrieve)."""
-        if not p.retrieval or p.top_k == 0:
-            return Retrieved("disabled", None, detail="retrieval turned off by the request")
-        coll = self._collection(p.collection)
-        if coll is None:
-            if p.collection != self.settings.collection:
-                raise CollectionNotFoundError(
-                    f"no collection '{p.collection}' in {self.settings.root}; index documents "
-                    "into it first (clara-index) or leave 'collection' out"
-                )
-            self.metrics.retrievals.inc(status="no_index")
-            where = self.settings.root / p.collection
-            return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
-        hits = coll.retrieve(  # text + document (+ memories)
-            p.query,
-            qvec,
-            p.top_k,
-            p.retrieval_mode,
-            rerank=self._cm.config.dense_rerank,
-            memories=p.mode in ("memory", "mixed"),
-        )
-        if not hits:
-            empty = coll.stats()["chunks"] == 0
-            status = "empty_index" if empty else "no_match"
-            self.metrics.retrievals.inc(status=status)
-            detail = "the collection is empty" if empty else "no chunk matched the words"
-            return Retrieved(status, p.collection, detail=detail)
-        memories = np.stack([h.memory for h in hits]) if hits[0].memory is not None else None
-        sources = [
-            SourceInfo(
-                chunk_id=h.chunk_id,
-                document_id=h.doc_id,
-                filename=h.doc_name,
-                path=h.path,
-                page_start=h.page_start,
-                page_end=h.page_end,
-                score=h.score,
-                text=h.text,
-                collection=p.collection,
-                context=h.context,
-                ranks=h.ranks,
-                retrieval_mode=h.mode,
-                file_id=upload_file_id(self.settings.root, h.path),
-            )
-            for h in hits
-        ]
-        self.metrics.retrievals.inc(status="ok")
-        return Retrieved("ok", p.collection, sources, memories)
-
-    def _prompt(self, p: RagParams, r: Retrieved) -> tuple[Prompt, str | None]:
-        """(prompt, adapter): memories (and for "mixed" the best chunk's text) -> generator
-        adapter; text or nothing -> bare model."""
-        cm = self._cm
-        if r.status == "ok" and p.mode == "memory":
-            blocks = [mx.array(m) for m in r.memories]  # (n_mem, d) each
-            return memory_prompt(cm, p.question, blocks, p.history, p.system), "generator"
-        chunks = [contextual(s.context, s.text) for s in r.sources] if r.status == "ok" else None
-        if chunks and p.mode == "mixed":
-            blocks = [mx.array(m) for m in r.memories[MIXED_TEXT:]]
-            prompt = mixed_prompt(cm, p.question, chunks[:MIXED_TEXT], blocks, p.history, p.system)
-            return prompt, "generator"
-        return text_prompt(cm, p.question, chunks, p.history, p.system), None
 
     def _encode(self, group: list[RagParams]) -> list[np.ndarray | None]:
         """The query encodings of the requests that retrieve, in one query-adapter pass."""
@@ -537,8 +383,8 @@ class Engine:
 
     def _ready(self, job: Job, p: RagParams, qvec: np.ndarray | None) -> tuple[Prompt, str | None]:
         """Retrieve and build the request's prompt; checked, it emits `Ready`."""
-        retrieved = self._retrieve(p, qvec)
-        prompt, adapter = self._prompt(p, retrieved)
+        retrieved = self._rag.retrieve(p, qvec)
+        prompt, adapter = self._rag.prompt(p, retrieved)
         limit = self.info.context_limit
         while p.truncate and prompt.positions > limit and (p.history or len(retrieved.sources) > 1):
             if p.history:  # the oldest exchange first
@@ -547,7 +393,7 @@ class Engine:
                 retrieved.sources.pop()
                 if retrieved.memories is not None:
                     retrieved.memories = retrieved.memories[: len(retrieved.sources)]
-            prompt, adapter = self._prompt(p, retrieved)
+            prompt, adapter = self._rag.prompt(p, retrieved)
         check_context(prompt, limit)  # before Ready: the 400 precedes any byte
         job.emit(Ready(retrieved, prompt.positions))
         return prompt, adapter
@@ -669,10 +515,6 @@ class Engine:
         job.emit(Embedded(np.concatenate(parts), sum(len(t) for t in ids)))
 
 
-#: Chunks a "mixed" request reads as text, best first (the rest as memories). On the 200
-#: held-out questions the default model's generator read the best of 5 as text and 4 as
-#: memories at F1 42.9 / cover-EM 27.0, the best 2 as text at 39.0 / 25.0 (bench_heldout.py)
-MIXED_TEXT = 1
 NO_SPECIALS = {"add_special_tokens": False}  # count a text's own tokens
 #: Seconds of query encoding per embeddings step when nothing else could run, and while other
 #: work waits or decodes: one input of ~220 tokens is ~0.3 s of the default model on 2 cores,

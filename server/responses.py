@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara_cli.http import APIError
 from indexing.service_handler import IndexService, is_vector_store
-from server.engine import Ready, SourceInfo
+from server.jobs import Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.responses_protocol import (
     FileCitation,

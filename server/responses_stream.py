@@ -16,7 +16,7 @@ from fastapi import Request
 
 from clara.stream import GenerationChunk
 from clara_cli.http import APIError, to_api_error
-from server.engine import DONE, Failed, Job, Ready
+from server.jobs import DONE, Failed, Job, Ready
 from server.responses_protocol import (
     FileSearchCall,
     IncompleteDetails,

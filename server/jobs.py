@@ -1,0 +1,98 @@
+"""A request's work on the model thread and the events its route reads: `Ready` (sources
+found, the prompt fits), then `GenerationChunk`s or `Embedded`, or `Failed`; `DONE` last."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clara_cli.worker import Task
+from server.protocol import RagParams
+
+DONE = object()  # the last event of every job
+
+
+@dataclass
+class SourceInfo:
+    """A retrieved chunk and where it came from."""
+
+    chunk_id: int
+    document_id: str
+    filename: str
+    path: str | None
+    page_start: int | None
+    page_end: int | None
+    score: float
+    text: str
+    collection: str
+    context: str = ""  # "title / heading" the generator reads before `text`
+    ranks: dict[str, int | None] = field(default_factory=dict)  # per retriever, from 1
+    retrieval_mode: str = "dense"  # the mode that ranked it (hybrid falls back to dense)
+    file_id: str | None = None  # the Files API upload it was indexed from, if any
+
+
+@dataclass
+class Retrieved:
+    status: str  # ok | disabled | no_index | empty_index
+    collection: str | None
+    sources: list[SourceInfo] = field(default_factory=list)
+    memories: np.ndarray | None = None  # (k, n_mem, d) float32, memory mode only
+    detail: str | None = None  # why there are no sources
+
+
+@dataclass
+class Ready:
+    """Retrieval done and the prompt fits: generation (prefill first) starts now."""
+
+    retrieved: Retrieved
+    prompt_positions: int
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+@dataclass
+class Embedded:
+    vectors: np.ndarray  # (N, n_mem * d) float32, unit rows
+    tokens: int
+
+
+class Job:
+    """One request's MLX work and the event queue its awaiting route reads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, kind: str, params: RagParams | None = None):
+        self.loop = loop
+        self.kind = kind
+        self.params = params  # a chat request's parameters
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.created = time.perf_counter()
+        self.task: Task | None = None
+        self.batched = False  # handed to the decode batch, which sends its DONE
+        self.checked = time.monotonic()  # when its route last looked for a hung-up client
+        self.progress: tuple[int, int] | None = None  # embeddings: (inputs done, of)
+
+    def emit(self, event: object) -> None:
+        """Hand an event to the event loop (worker thread)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.task is not None:
+            self.task.cancel()
+
+    async def next(self, timeout: float | None = None) -> object | None:
+        """The next event, or None after `timeout` seconds without one."""
+        try:
+            return await asyncio.wait_for(self.events.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
