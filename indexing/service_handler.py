@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from clara.errors import ClaraError, CollectionLockedError, DamagedCollectionError
+from clara.errors import (
+    ClaraError,
+    CollectionLockedError,
+    DamagedCollectionError,
+    DocumentError,
+    EncryptedDocumentError,
+    UnsupportedDocumentError,
+)
 from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 from clara.retrieval import Fusion
 from clara_cli.http import APIError
@@ -29,7 +36,6 @@ from indexing.manifest import MANIFEST
 from indexing.open_collections import OpenCollections
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
-from indexing.readers import DocumentError, EncryptedDocumentError, UnsupportedDocumentError
 from indexing.service_protocol import (
     ChunkingStrategy,
     FileBatchCreate,
