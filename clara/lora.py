@@ -6,11 +6,15 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from clara import _blas
+
+if TYPE_CHECKING:
+    from clara.model import ClaraModel
 
 ADAPTERS = ("compressor", "query", "generator")
 # Linear layers of a Llama-style block that get adapters ("all linear layers" but lm_head).
@@ -202,7 +206,7 @@ def apply_lora(
     return count
 
 
-def merge_adapter(cm, adapter: str | None) -> int:
+def merge_adapter(cm: ClaraModel, adapter: str | None) -> int:
     """Make or refresh every layer's merged decode weight for `adapter` (None: decode copies
     of the bare model's weights, where the thin kernel runs); returns how many layers have
     one. Quantized layers keep the LoRA path, and so does a model whose copy would pass
@@ -233,7 +237,7 @@ def merge_adapter(cm, adapter: str | None) -> int:
     return done
 
 
-def merged_weights(cm, adapter: str | None) -> list[mx.array]:
+def merged_weights(cm: ClaraModel, adapter: str | None) -> list[mx.array]:
     """The arrays `adapter`'s merged products read (`merge_adapter`): each layer's merged
     weight, a stacked product's (`_Fused`) once for its members."""
     weights: list[mx.array] = []
@@ -249,7 +253,7 @@ def merged_weights(cm, adapter: str | None) -> list[mx.array]:
     return weights
 
 
-def drop_merged(cm, adapter: str | None) -> None:
+def drop_merged(cm: ClaraModel, adapter: str | None) -> None:
     """Let go of `adapter`'s merged weights (`merge_adapter`): its products take the LoRA path."""
     for layer in cm.lora_layers():
         layer._decode.pop(adapter, None)
@@ -261,7 +265,7 @@ def drop_merged(cm, adapter: str | None) -> None:
 FUSED = (("self_attn", ("q_proj", "k_proj", "v_proj")),)
 
 
-def fusable(cm) -> list[list[MultiLoRALinear]]:
+def fusable(cm: ClaraModel) -> list[list[MultiLoRALinear]]:
     """Each block's groups of adapted linears that read one input (`FUSED`)."""
     groups = []
     for layer in cm.lm.layers:
@@ -274,7 +278,7 @@ def fusable(cm) -> list[list[MultiLoRALinear]]:
 
 
 @contextmanager
-def merged(cm, adapter: str | None) -> Iterator[None]:
+def merged(cm: ClaraModel, adapter: str | None) -> Iterator[None]:
     """Forward passes through `adapter` merged into decode copies of the base weights (made by
     `merge_adapter`; None: the bare model through its own decode copies): the same function as
     the LoRA path without its per-token matmuls, its float32 sums in another order. Generation,

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 from jinja2.exceptions import TemplateError
 
 from clara.errors import ClaraError, UnsupportedModeError
+
+if TYPE_CHECKING:
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    from clara.model import ClaraModel
 
 SYSTEM_PROMPT = "Answer the question as briefly as possible from the documents."
 # The prompts of Apple's reference code, used by checkpoints imported from it (the config's
@@ -116,7 +122,7 @@ def qa_pretrain_messages() -> list[dict]:
     ]
 
 
-def render(tokenizer, messages: list[dict]) -> str:
+def render(tokenizer: TokenizerWrapper, messages: list[dict]) -> str:
     """Messages through the chat template, ending with the assistant's generation prompt."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -124,11 +130,11 @@ def render(tokenizer, messages: list[dict]) -> str:
     return "\n".join(parts) + "\nassistant:"
 
 
-def encode(tokenizer, text: str) -> list[int]:
+def encode(tokenizer: TokenizerWrapper, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
 
 
-def layout(tokenizer, rendered: str, n_mem: int, n_blocks: int) -> Layout:
+def layout(tokenizer: TokenizerWrapper, rendered: str, n_mem: int, n_blocks: int) -> Layout:
     """Tokenise `rendered` segment by segment between markers; each `MEM` takes `n_mem` slots.
 
     Markers beyond `n_blocks` memory blocks are dropped (a block count the caller fixes).
@@ -154,7 +160,9 @@ def layout(tokenizer, rendered: str, n_mem: int, n_blocks: int) -> Layout:
     return Layout(tokens, slots, block)
 
 
-def embed_layout(cm, tokens: mx.array, slots: mx.array, memory: mx.array | None) -> mx.array:
+def embed_layout(
+    cm: ClaraModel, tokens: mx.array, slots: mx.array, memory: mx.array | None
+) -> mx.array:
     """Input embeddings `(..., L, d)`: token rows, `<SEP>`, and rows of `memory` `(M, d)`.
 
     `slots` has the shape of `tokens`; a slot `>= 0` indexes `memory` (differentiable).
@@ -168,7 +176,7 @@ def embed_layout(cm, tokens: mx.array, slots: mx.array, memory: mx.array | None)
 
 
 def memory_prompt(
-    cm,
+    cm: ClaraModel,
     question: str,
     memories: Sequence[mx.array],
     history: Sequence[dict] | None = None,
@@ -180,7 +188,7 @@ def memory_prompt(
     return _blocks_prompt(cm, question, [], memories, history, system)
 
 
-def _blocks_prompt(cm, question, texts, memories, history, system) -> Prompt:
+def _blocks_prompt(cm: ClaraModel, question, texts, memories, history, system) -> Prompt:
     """`memory_prompt`'s and `mixed_prompt`'s layout: `Background:` the texts (one per line),
     `<SEP>`, then the memory blocks (at least one) as input embeddings."""
     for mem in memories:
@@ -203,7 +211,7 @@ def _blocks_prompt(cm, question, texts, memories, history, system) -> Prompt:
 
 
 def mixed_prompt(
-    cm,
+    cm: ClaraModel,
     question: str,
     texts: Sequence[str],
     memories: Sequence[mx.array],
@@ -225,7 +233,7 @@ def mixed_prompt(
 
 
 def reference_layout(
-    cm,
+    cm: ClaraModel,
     question: str,
     n_blocks: int,
     history: Sequence[dict] | None = None,
@@ -298,7 +306,7 @@ def text_twin(messages: Sequence[dict], texts: Sequence[str]) -> list[dict]:
 
 
 def text_prompt(
-    cm,
+    cm: ClaraModel,
     question: str,
     chunks: Sequence[str] | None,
     history: Sequence[dict] | None = None,
@@ -310,7 +318,7 @@ def text_prompt(
 
 
 def render_text_prompt(
-    tokenizer,
+    tokenizer: TokenizerWrapper,
     question: str,
     chunks: Sequence[str] | None,
     history: Sequence[dict] | None = None,

@@ -135,7 +135,10 @@ def score_rows(
 
 
 def no_retrieval_row(
-    cm: ClaraModel, records: Sequence[QARecord], max_tokens: int = 64, progress=None
+    cm: ClaraModel,
+    records: Sequence[QARecord],
+    max_tokens: int = 64,
+    progress: Callable | None = None,
 ) -> Row:
     """The bare base model answering from its own knowledge."""
     prompts = [text_prompt(cm, r.question, None) for r in records]
@@ -147,7 +150,7 @@ def text_rag_row(
     records: Sequence[QARecord],
     contexts: Sequence[Sequence[str]],
     max_tokens: int = 64,
-    progress=None,
+    progress: Callable | None = None,
     name: str = "text RAG (uncompressed)",
 ) -> Row:
     """The bare base model reading the retrieved documents' raw text."""
@@ -221,7 +224,7 @@ def clara_row(
     name: str,
     checkpoint: str | None,
     max_tokens: int = 64,
-    progress=None,
+    progress: Callable | None = None,
 ) -> Row:
     """The generator adapter answering from the retrieved memory vectors."""
     prompts = [memory_prompt(cm, r.question, m) for r, m in zip(records, retrieved.memories)]
@@ -255,7 +258,7 @@ def mixed_row(
     name: str,
     checkpoint: str | None,
     max_tokens: int = 64,
-    progress=None,
+    progress: Callable | None = None,
 ) -> Row:
     """clara-serve's "mixed" mode: the generator adapter reading each question's best
     retrieved document as text and the others as memory vectors."""
@@ -273,7 +276,7 @@ def generator_only_row(
     name: str,
     checkpoint: str | None,
     max_tokens: int = 64,
-    progress=None,
+    progress: Callable | None = None,
 ) -> Row:
     """The trained generator with no documents at all (what retrieval adds)."""
     prompts = [memory_prompt(cm, r.question, []) for r in records]

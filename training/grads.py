@@ -8,13 +8,14 @@ several) are frozen: the frozen leaves come back as empty dicts. We prune those 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 
-def prune(tree):
+def prune(tree: Any) -> Any:
     """Drop empty dicts that stand for frozen leaves inside dict parameters (lists keep length)."""
     if isinstance(tree, dict):
         out = {k: prune(v) for k, v in tree.items()}
@@ -44,16 +45,18 @@ def value_and_grad(model: nn.Module, fn: Callable) -> Callable:
     return wrapped
 
 
-def add(a, b):
+def add(a: dict | None, b: dict) -> dict:
     """Elementwise sum of two gradient trees (`a` may be None)."""
     return b if a is None else tree_map(lambda x, y: x + y, a, b)
 
 
-def global_norm(grads) -> mx.array:
+def global_norm(grads: dict) -> mx.array:
+    """The L2 norm of every gradient, summed in float32 whatever their dtype (unlike
+    `mlx.optimizers.clip_grad_norm`'s, in theirs: bfloat16 squares lose the small ones)."""
     return mx.sqrt(sum((g.astype(mx.float32) ** 2).sum() for _, g in tree_flatten(grads)))
 
 
-def clip(grads, max_norm: float) -> tuple[dict, mx.array]:
+def clip(grads: dict, max_norm: float) -> tuple[dict, mx.array]:
     """Scale `grads` so their global L2 norm is at most `max_norm`; returns (grads, norm)."""
     norm = global_norm(grads)
     scale = mx.minimum(max_norm / (norm + 1e-6), 1.0)

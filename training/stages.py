@@ -179,7 +179,9 @@ class CompressionStage(Stage):
         kl = (mx.exp(log_t) * (log_t - log_s)).sum(axis=-1)  # (B, A)
         return (kl * batch.loss_mask).sum()
 
-    def loss(self, examples, norm):
+    def loss(
+        self, examples: Sequence[Example], norm: dict[str, int]
+    ) -> tuple[mx.array, dict[str, mx.array]]:
         cm, cfg = self.cm, self.config
         flat = [d for e in examples for d in e.docs]
         enc = cm.encode_tokens(flat, "compressor")  # memory (D, n_mem, d)
@@ -237,7 +239,7 @@ class InstructStage(CompressionStage):
             out.append(self._example(memory_answer_messages(r.question, len(docs)), r.answer, docs))
         return out
 
-    def initialize(self, cm, seed):
+    def initialize(self, cm: ClaraModel, seed: int) -> None:
         if not self.config.keep_generator:
             reset_adapter(cm, "generator", seed)
 
@@ -251,7 +253,7 @@ class JointStage(Stage):
     memory_tokens = False  # the frozen compressor reads them too
     allows_full = False  # base weights are the compressor's as well
 
-    def __init__(self, cm, config=None):
+    def __init__(self, cm: ClaraModel, config: StageConfig | None = None) -> None:
         super().__init__(cm, config)
         if self.config.query_only:
             if not self.config.retrieval_weight:
@@ -282,11 +284,13 @@ class JointStage(Stage):
         self.doc_texts = list(table)
         return out
 
-    def initialize(self, cm, seed):
+    def initialize(self, cm: ClaraModel, seed: int) -> None:
         if not (self.config.query_only or self.config.keep_query):  # else: continue the loaded one
             copy_adapter(cm, "compressor", "query")
 
-    def prepare(self, examples, progress=None, batch_size: int = 32):
+    def prepare(
+        self, examples: Sequence[Example], progress: Callable | None = None, batch_size: int = 32
+    ) -> None:
         """Compress every candidate document once (eval mode, no gradient, fixed order), as
         `clara-index` does (`ClaraModel.compress`: length buckets, the CPU's lanes), in
         groups of `batch_size` for the progress bar."""
@@ -314,10 +318,12 @@ class JointStage(Stage):
         if was_training:
             cm.train()
 
-    def counts(self, ex):
+    def counts(self, ex: Example) -> dict[str, int]:
         return {"tokens": ex.gen.n_answer, "docs": 0, "queries": 1 if ex.pos else 0}
 
-    def loss(self, examples, norm):
+    def loss(
+        self, examples: Sequence[Example], norm: dict[str, int]
+    ) -> tuple[mx.array, dict[str, mx.array]]:
         cm, cfg = self.cm, self.config
         if self.doc_memory is None:
             raise ClaraError("joint stage: prepare() must compress the documents first")
@@ -438,10 +444,12 @@ class LMStage(Stage):
         n = self.config.max_lm_tokens
         return [Example(text=(bos + list(i) + [tok.eos_token_id])[:n]) for i in ids]
 
-    def counts(self, ex):
+    def counts(self, ex: Example) -> dict[str, int]:
         return {"tokens": len(ex.text) - 1, "docs": 0, "queries": 0}
 
-    def loss(self, examples, norm):
+    def loss(
+        self, examples: Sequence[Example], norm: dict[str, int]
+    ) -> tuple[mx.array, dict[str, mx.array]]:
         L = max(len(e.text) for e in examples)
         tokens = np.zeros((len(examples), L), np.int32)
         mask = np.zeros((len(examples), L), np.float32)

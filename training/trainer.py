@@ -98,7 +98,9 @@ def frozen_matrices(cm: ClaraModel) -> list[mx.array]:
 
 
 def lr_schedule(lr: float, total: int, warmup: float = 0.03, min_ratio: float = 0.1):
-    """Linear warm-up over `warmup` of the steps, then cosine from `lr` to `min_ratio * lr`."""
+    """Linear warm-up over `warmup` of the steps, then cosine from `lr` to `min_ratio * lr`.
+    (Not mlx's `join_schedules` of `linear_schedule` and `cosine_decay`: their warm-up starts
+    at 0, so step 0 would not train, and the runs recorded here would not reproduce.)"""
     w = max(1, round(warmup * total))
     rest = max(1, total - w)
     low = lr * min_ratio
