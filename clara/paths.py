@@ -58,3 +58,14 @@ def file_sha256(path: str | os.PathLike) -> str | None:
     except OSError:
         return None
     return h.hexdigest()
+
+
+def show_path(path: str | os.PathLike | None) -> str:
+    """`path` for a terminal: relative to the working folder when under it, "-" for none."""
+    if path is None:
+        return "-"
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path_text(path)
+    return path_text(rel if not rel.startswith("..") else path)

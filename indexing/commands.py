@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import difflib
-import fnmatch
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -18,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError, DamagedCollectionError, DocumentError
-from clara.paths import index_root, path_text
+from clara.paths import index_root, show_path
 from clara.text import scaled, snippet
 from clara_cli.common import model_dtype, progress_bar
 from indexing.pipeline import (
@@ -33,7 +30,7 @@ from indexing.pipeline import (
     model_manifest,
     preflight,
 )
-from indexing.readers import GLOB_CHARS, is_hidden, iter_inputs
+from indexing.readers import iter_inputs
 from indexing.store import (
     Collection,
     CollectionNotFoundError,
@@ -41,6 +38,7 @@ from indexing.store import (
     Manifest,
     list_collections,
 )
+from indexing.targets import find_documents, not_found_hint
 
 PROG = "clara-index"
 SNIPPET = 160
@@ -65,16 +63,6 @@ def _load_model(args: argparse.Namespace, compressing: bool = True):
             "AVX-512 BF16); query encodings stay float32", file=sys.stderr,
         )  # fmt: skip
     return cm
-
-
-def _show_path(path: str | Path | None) -> str:
-    if path is None:
-        return "-"
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path_text(path)
-    return path_text(rel if not rel.startswith("..") else path)
 
 
 def _size(n: int) -> str:
@@ -107,159 +95,6 @@ def _doc_dict(d: Document) -> dict[str, Any]:
         "sha256": d.sha256,
         "added": d.created,
     }
-
-
-def _find(
-    col: Collection, target: str, patterns: bool = False, remove: bool = False
-) -> list[Document]:
-    """Documents named by an id, a file path, or a folder (everything under it); with
-    `patterns`, also a glob the shell left as it was (files deleted since they were indexed,
-    or a quoted pattern), matched as `add` expands it (`_glob_docs`), or against document
-    names for a pattern without a folder. A relative path that names no stored path as given
-    falls back to the stored paths that end with it (`_by_tail`): one, or an error naming them."""
-    doc = col.document(path_text(target))  # an id (argv may hold any bytes)
-    if doc is not None:
-        return [doc]
-    path = Path(target).expanduser().resolve()
-    doc = col.find_by_path(str(path))
-    if doc is not None:
-        return [doc]
-    docs = col.list_documents()
-    prefix = path_text(path).rstrip(os.sep) + os.sep
-    walked = _walked(target) if path.is_dir() or patterns else set()
-    found = [d for d in docs if d.path and (d.path.startswith(prefix) or d.path in walked)]
-    if found:
-        return found
-    if patterns and GLOB_CHARS.search(target):
-        found = _glob_docs(docs, target)
-        return found + [d for d in docs if d.path in walked and d not in found]
-    return _by_tail(docs, target, remove)
-
-
-def _walked(target: str) -> set[str]:
-    """The files `add target` would read now, as stored: links (to folders too) followed to
-    the real path a document is stored under, which the folder or glob named does not show."""
-    try:
-        files = iter_inputs([target])
-    except (ClaraError, OSError):
-        return set()
-    return {str(p) for p in files} | {path_text(p) for p in files}
-
-
-def _glob_docs(docs: list[Document], target: str) -> list[Document]:
-    """The documents `add` with glob `target` indexed: `glob.glob(target, recursive=True)`
-    matches files and folders, and a folder it matches is walked whole except hidden files
-    and folders (`readers.iter_inputs`). So 'dir/*' is everything under dir, 'dir/*/' (a
-    trailing '/': folders only) everything in its subfolders. A pattern without a folder
-    ('*.md') matches document names instead, uploads (which have no path) included."""
-    if os.sep not in target:
-        return [d for d in docs if fnmatch.fnmatchcase(d.name, target)]
-    folders_only = target.endswith(os.sep)
-    parts = Path(target).expanduser().parts
-    fixed = next(i for i, part in enumerate(parts) if GLOB_CHARS.search(part))
-    # the folders before the first wildcard resolved as indexed paths are (links, `..`)
-    pattern = Path(*parts[:fixed]).resolve().parts + parts[fixed:]
-    found = []
-    for d in docs:
-        if not d.path:
-            continue
-        path = Path(d.path).parts
-        if not folders_only and _glob_match(path, pattern):
-            found.append(d)
-            continue
-        for depth in range(len(path) - 1, 0, -1):  # the folders holding it, deepest first
-            if any(is_hidden(part) for part in path[depth:]):
-                break  # a hidden file or folder under a matched folder: walked past
-            if _glob_match(path[:depth], pattern):
-                found.append(d)
-                break
-    return found
-
-
-def _glob_match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
-    """Whether path components match glob components: `*`, `?`, `[...]` within one component
-    and, as in `glob`, not a name starting with '.' unless the pattern's does; `**` alone any
-    number of folders but hidden ones (as `add` expands globs: `'notes/**/*.md'`)."""
-    if not pattern:
-        return not parts
-    head, rest = pattern[0], pattern[1:]
-    if head == "**":
-        for i in range(len(parts) + 1):
-            if _glob_match(parts[i:], rest):
-                return True
-            if i < len(parts) and parts[i].startswith("."):
-                return False  # `glob`'s '**' does not enter hidden folders
-        return False
-    return (
-        bool(parts)
-        and fnmatch.fnmatchcase(parts[0], head)
-        and (head.startswith(".") or not parts[0].startswith("."))
-        and _glob_match(parts[1:], rest)
-    )
-
-
-def _by_tail(docs: list[Document], target: str, remove: bool = False) -> list[Document]:
-    """For a relative path that no stored path is: the document stored at a path ending with
-    it ('notes.txt' -> '/any/where/notes.txt') or an upload of that name; with a trailing '/',
-    every document under the one folder ending with it ('notes/' -> '/any/where/notes/...').
-    Only when one file or folder matches: several raise ClaraError naming them, since a
-    remove must not guess. [] when none matches (`_not_found_hint` then says what is near).
-    For a `remove`, a target that names a place of its own (written from here, './notes.txt',
-    or a file or folder that exists here, not indexed) never stands for a stored path ending
-    with it: a ClaraError says which stored path to name instead."""
-    tail = Path(target).parts
-    if not tail or Path(target).expanduser().is_absolute() or ".." in tail:
-        return []
-    here = target.startswith(("." + os.sep, ".." + os.sep)) or os.path.lexists(target)
-    folders_only = target.endswith(os.sep)
-    places: dict[str, list[Document]] = {}  # a matching stored file or folder -> its documents
-    for d in docs:
-        if d.path is None:
-            if not folders_only and d.name == target:
-                places.setdefault(f"{d.name} ({d.id})", []).append(d)
-            continue
-        parts = Path(d.path).parts
-        if not folders_only:
-            if parts[-len(tail) :] == tail:
-                places.setdefault(d.path, []).append(d)
-            continue
-        for end in range(len(parts) - 1, len(tail) - 1, -1):  # its folders, deepest first
-            if parts[end - len(tail) : end] == tail:
-                places.setdefault(str(Path(*parts[:end])), []).append(d)
-                break
-    if remove and here and (stored := sorted(p for p, ds in places.items() if ds[0].path)):
-        what = "folder" if folders_only or os.path.isdir(target) else "file"
-        raise ClaraError(
-            f"{target}: the {what} here is not indexed; the stored "
-            f"{'paths' if len(stored) > 1 else 'path'} ending with it: "
-            f"{', '.join(stored[:5])}; give the full path to remove it"
-        )
-    if len(places) > 1:
-        names = sorted(places)
-        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-        raise ClaraError(
-            f"{target}: {len(names)} stored paths end with it: {', '.join(names[:5])}{more}; "
-            "give the full path (or the document id: clara-index list)"
-        )
-    return next(iter(places.values()), [])
-
-
-def _not_found_hint(docs: list[Document], target: str) -> str:
-    """What is near a target that matched nothing: the folder it names when it lacks its
-    trailing '/', else stored paths (or upload names) whose file name is close to its own."""
-    if not target.endswith(os.sep) and not GLOB_CHARS.search(target):
-        try:
-            under = _by_tail(docs, target + os.sep)
-        except ClaraError:
-            under = [None]  # several folders: it names a folder all the same
-        if under:
-            return f"; '{target}{os.sep}' (with the '/') names the folder: every document under it"
-    by_name: dict[str, list[str]] = {}
-    for d in docs:
-        by_name.setdefault(Path(d.path).name if d.path else d.name, []).append(d.path or d.name)
-    close = difflib.get_close_matches(Path(target).name, list(by_name), n=3, cutoff=0.6)
-    paths = [_show_path(where) for name in close for where in by_name[name]][:3]
-    return f"; close: {', '.join(paths)}" if paths else ""
 
 
 def _open(*args: Any, **kwargs: Any) -> Collection:
@@ -402,11 +237,11 @@ def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]
                 bar.write(f"{PROG}: {event.error}", file=sys.stderr)
                 continue
             for warning in event.warnings:
-                bar.write(f"{PROG}: warning: {_show_path(event.path)}: {warning}", file=sys.stderr)
+                bar.write(f"{PROG}: warning: {show_path(event.path)}: {warning}", file=sys.stderr)
             if not args.quiet and not args.json:
                 parts = [f"{_n(event.chunks, 'chunk')}, {event.doc_id}"] if event.doc_id else []
                 what = "; ".join(parts + ([event.detail] if event.detail else []))
-                bar.write(f"{event.status:<10} {_show_path(event.path)}  ({what})", file=sys.stdout)
+                bar.write(f"{event.status:<10} {show_path(event.path)}  ({what})", file=sys.stdout)
     return results
 
 
@@ -415,11 +250,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
     with _open(args.index, args.collection) as col:
         for target in args.targets:
             try:
-                docs = _find(col, target, patterns=True, remove=True)
+                docs = find_documents(col, target, patterns=True, remove=True)
             except ClaraError as exc:  # a name several stored paths end with
                 docs, why = [], str(exc)
             else:
-                near = _not_found_hint(col.list_documents(), target) if not docs else ""
+                near = not_found_hint(col.list_documents(), target) if not docs else ""
                 why = f"{target}: no such document in '{args.collection}'{near}"
             if not docs:
                 missing.append(target)
@@ -431,7 +266,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
         _print_json({"removed": [_doc_dict(d) for d in removed], "not_found": missing})
     else:
         for d in removed:
-            print(f"removed    {_show_path(d.path or d.name)}  ({_n(d.n_chunks, 'chunk')}, {d.id})")
+            print(f"removed    {show_path(d.path or d.name)}  ({_n(d.n_chunks, 'chunk')}, {d.id})")
     return 1 if missing else 0
 
 
@@ -447,7 +282,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         pages = "-" if d.n_pages is None else str(d.n_pages)
         print(
             f"{d.id:<16} {d.n_chunks:>6} {pages:>5} {_size(d.size):>9}  {added:<16} "
-            f"{_show_path(d.path or d.name)}"
+            f"{show_path(d.path or d.name)}"
         )
     print(f"{len(docs)} documents, {sum(d.n_chunks for d in docs)} chunks")
     return 0
@@ -455,7 +290,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with _open_read(args) as col:
-        docs = _find(col, args.doc)
+        docs = find_documents(col, args.doc)
         if len(docs) != 1:
             what = "no such document" if not docs else f"{len(docs)} documents match"
             raise ClaraError(f"{args.doc}: {what} in '{args.collection}' (see clara-index list)")
@@ -471,7 +306,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             ],
         })  # fmt: skip
         return 0
-    print(f"{doc.id}  {_show_path(doc.path or doc.name)}")
+    print(f"{doc.id}  {show_path(doc.path or doc.name)}")
     print(
         f"{_n(len(chunks), 'chunk')}, {_n(doc.n_pages, 'page') + ', ' if doc.n_pages else ''}"
         f"{_size(doc.size)}, "
@@ -546,7 +381,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     elif rows[0]["mode"] != args.mode:
         print(f"({args.mode} search found no usable words: searched by memory vectors alone)")
     for r in rows:
-        where = _show_path(r["path"] or r["file"])
+        where = show_path(r["path"] or r["file"])
         ranks = ", ".join(f"{n} #{v}" for n, v in r["ranks"].items() if v is not None)
         print(
             f"{r['rank']}. {r['score']:.4f}  {where}{_pages(r['page_start'], r['page_end'], '  ')}"

@@ -717,6 +717,7 @@ def test_remove_matches_what_add_indexed_for_the_same_glob_and_names_by_their_en
 
     from indexing.readers import iter_inputs
     from indexing.store import ChunkRecord
+    from indexing.targets import find_documents
     from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
 
     tree = tmp_path / "tree"
@@ -736,7 +737,7 @@ def test_remove_matches_what_add_indexed_for_the_same_glob_and_names_by_their_en
     with Collection.open(index, "default", readonly=True) as col:
         for pattern in patterns:
             added = {str(p) for p in iter_inputs([f"{tree}/{pattern}"])}
-            found = {d.path for d in commands._find(col, f"{tree}/{pattern}", patterns=True)}
+            found = {d.path for d in find_documents(col, f"{tree}/{pattern}", patterns=True)}
             assert found == added, pattern
 
     def left() -> set[str]:
