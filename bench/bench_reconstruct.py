@@ -39,7 +39,7 @@ from bench._common import append_report, markdown_table  # noqa: E402
 from bench.bench_heldout import DATA  # noqa: E402
 from clara import prompt  # noqa: E402
 from clara.generate import batch_generate  # noqa: E402
-from training.batches import paraphrase_messages  # noqa: E402
+from clara.prompt import paraphrase_messages  # noqa: E402
 from training.default_recipe import split_example  # noqa: E402
 from clara.checkpoint import load_clara  # noqa: E402
 from training.pipeline import load_for_training  # noqa: E402

@@ -128,26 +128,42 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
         return 130
 
 
-def add_model_args(parser: argparse.ArgumentParser, checkpoint_help: str | None = None) -> None:
-    """--model, --checkpoint and --dtype, with the same meaning in every CLI (training says
-    what --checkpoint means there: where it starts from)."""
+def add_model_args(
+    parser: argparse.ArgumentParser,
+    checkpoint_help: str | None = None,
+    *,
+    model_use: str | None = None,
+    checkpoint: bool = True,
+) -> argparse._ArgumentGroup:
+    """--model, --checkpoint and --dtype, with the same meaning in every CLI, in a "model"
+    group (returned). `checkpoint_help` says what --checkpoint means there (training: where
+    it starts from); `model_use` what the command does with the model; `checkpoint=False`
+    leaves --checkpoint out, for commands that read no adapters."""
     group = parser.add_argument_group("model")
+    use = f"; {model_use}" if model_use else ""
     group.add_argument(
         "--model",
         default="smollm2-135m",
         help="base model: 'smollm2-135m' (the embedded default), a local mlx-lm directory, "
-        "or a Hugging Face id already in the local cache (default: %(default)s)",
+        f"or a Hugging Face id already in the local cache{use} (default: %(default)s)",
     )
-    group.add_argument(
-        "--checkpoint",
-        default=None,
-        metavar="DIR",
-        help=checkpoint_help
-        or "CLaRa checkpoint directory (compressor/query/generator adapters) made by "
-        "clara-train; default: the adapters shipped for smollm2-135m (untrained ones for "
-        "other models); 'none' forces untrained adapters",
-    )
-    group.add_argument(
+    if checkpoint:
+        group.add_argument(
+            "--checkpoint",
+            default=None,
+            metavar="DIR",
+            help=checkpoint_help
+            or "CLaRa checkpoint directory (compressor/query/generator adapters) made by "
+            "clara-train; default: the adapters shipped for smollm2-135m (untrained ones for "
+            "other models); 'none' forces untrained adapters",
+        )
+    add_dtype_arg(group)
+    return group
+
+
+def add_dtype_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--dtype (read it with `model_dtype`), for commands whose other model options differ."""
+    parser.add_argument(
         "--dtype",
         default="auto",
         choices=DTYPE_CHOICES,

@@ -7,28 +7,22 @@ from __future__ import annotations
 
 import argparse
 
-from clara.errors import ClaraError
 from clara_cli.common import (
     add_http_args,
     add_log_level_arg,
     add_query_precision_arg,
     model_dtype,
+    positive_float,
+    positive_int,
     serve_http,
 )
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     net = add_http_args(parser, port=8001)
     net.add_argument(
         "--max-upload-mb",
-        type=float,
+        type=positive_float,
         default=100.0,
         metavar="MB",
         help="largest upload accepted; bigger ones get 413 (default: %(default)s)",
@@ -45,7 +39,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     idx.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=8,
         metavar="N",
         help="chunks per compressor pass (default: %(default)s)",
@@ -65,8 +59,6 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from indexing.service import ServiceSettings, create_app
 
-    if args.max_upload_mb <= 0:
-        raise ClaraError("--max-upload-mb must be positive")
     settings = ServiceSettings(
         model=args.model,
         checkpoint=args.checkpoint,

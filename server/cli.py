@@ -17,6 +17,7 @@ from clara_cli.common import (
     add_model_args,
     add_query_precision_arg,
     model_dtype,
+    positive_float,
     run_main,
     serve_http,
 )
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--max-upload-mb",
-        type=float,
+        type=positive_float,
         default=100.0,
         metavar="MB",
         help="largest file POST /v1/files accepts; bigger ones get 413 (default: %(default)s)",
@@ -228,8 +229,6 @@ def _check(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) < low:
             raise ClaraError(f"--{name.replace('_', '-')} must be at least {low}")
-    if args.max_upload_mb <= 0:
-        raise ClaraError("--max-upload-mb must be positive")
     if args.max_context is not None and args.max_context < 2:
         raise ClaraError("--max-context must be at least 2")
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map_with_path
+from mlx.utils import tree_map_with_path
+
+from training.tinymodel import llama_config, random_model, save_model
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|im_end|>", "<pad>"
@@ -121,38 +123,29 @@ def tiny_config(
     """A config.json dict for a tiny `llama` or `hyperclovax` model."""
     if arch not in ("llama", "hyperclovax"):
         raise ValueError(f"unknown tiny arch {arch!r}: use 'llama' or 'hyperclovax'")
-    config = {
-        "model_type": arch,
-        "architectures": ["LlamaForCausalLM" if arch == "llama" else "HyperCLOVAXForCausalLM"],
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_hidden_layers,
-        "num_attention_heads": num_attention_heads,
-        "num_key_value_heads": num_key_value_heads,
-        "intermediate_size": intermediate_size,
-        "vocab_size": vocab_size,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 2048,
-        "hidden_act": "silu",
-        "tie_word_embeddings": tie_word_embeddings,
-        "bos_token_id": bos_token_id,
-        "eos_token_id": eos_token_id,
-        "pad_token_id": 3,
-        "torch_dtype": "float32",
-    }
+    config = llama_config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        intermediate_size=intermediate_size,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=3,
+        max_position_embeddings=2048,
+    )
+    if arch == "hyperclovax":
+        config.update(model_type=arch, architectures=["HyperCLOVAXForCausalLM"])
     config.update(extra or {})
     return config
 
 
 def model_from_config(config: dict[str, Any], seed: int = 0) -> nn.Module:
-    """A randomly initialised float32 `llama` or `hyperclovax` model for `config`."""
-    if config["model_type"] == "hyperclovax":
-        from clara.models import hyperclovax as arch
-    else:
-        from mlx_lm.models import llama as arch
-
-    mx.random.seed(seed)
-    model = arch.Model(arch.ModelArgs.from_dict(config))
+    """A randomly initialised float32 `llama` or `hyperclovax` model for `config`, its norm
+    weights jittered."""
+    model = random_model(config, seed)
 
     # Norm weights away from 1 so that a norm applied in the wrong place changes outputs.
     def jitter(name: str, w: mx.array) -> mx.array:
@@ -214,15 +207,7 @@ def build_tiny_model(
 
         with contextlib.redirect_stdout(io.StringIO()):  # it prints bits-per-weight
             model, config = quantize_model(model, config, group_size=32, bits=4)
-    save_tiny_weights(path, model)
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    return path
-
-
-def save_tiny_weights(path: str | Path, model: nn.Module) -> None:
-    """Write `model`'s parameters to `path/model.safetensors` (mlx-lm's single-shard name)."""
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(Path(path) / "model.safetensors"), weights, metadata={"format": "mlx"})
+    return save_model(path, model, config)
 
 
 # A store-level manifest (the keys ClaraModel.manifest() produces) for collections that tests

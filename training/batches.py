@@ -17,14 +17,8 @@ import numpy as np
 from clara import prompt
 from clara.model import ClaraModel
 
-# The stage-1 prompts live in clara.prompt; re-exported for tinymodel.py and bench_reconstruct.py.
-from clara.prompt import (
-    PARAPHRASE_SYSTEM,
-    PARAPHRASE_USER,
-    QA_PRETRAIN_SYSTEM,
-    TEXT,
-    paraphrase_messages,
-)
+# paraphrase_messages: import it from clara.prompt; re-exported for docs/runs/2026-12-04-h200/prep.py
+from clara.prompt import TEXT, paraphrase_messages
 from clara.rope import same_positions
 
 
@@ -164,9 +158,6 @@ def answer_logits(cm: ClaraModel, emb: mx.array, loss_pos: mx.array) -> mx.array
 
 
 __all__ = [
-    "PARAPHRASE_SYSTEM",
-    "PARAPHRASE_USER",
-    "QA_PRETRAIN_SYSTEM",
     "GenBatch",
     "GenExample",
     "answer_logits",

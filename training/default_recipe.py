@@ -179,7 +179,7 @@ def train_stage(argv: list[str], run: Path, ranks: int) -> int:
     return train_main([*argv, "--ranks", str(ranks), *resume])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -219,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         "steps: another seed, so it starts on examples the earlier run had not reached)",
     )
     p.add_argument("--install", action="store_true", help=f"copy the result to {PACKAGED}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

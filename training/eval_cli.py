@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from clara_cli.common import (
-    DTYPE_CHOICES,
+    add_dtype_arg,
     add_quiet_arg,
     collection_arg,
+    model_dtype,
     positive_int,
     progress,
     run_main,
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data", required=True, metavar="JSONL", help="questions with gold answers")
-    p.add_argument(
+    # not add_model_args: --checkpoint repeats here and --model defaults to the checkpoint's base
+    model = p.add_argument_group("model")
+    model.add_argument(
         "--checkpoint",
         action="append",
         default=[],
@@ -61,17 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CLaRa checkpoint (clara-train's final/ or step-N/); repeat to compare several, "
         "e.g. different compression rates",
     )
-    p.add_argument(
+    model.add_argument(
         "--model",
         default=None,
         help="base model for every row: 'smollm2-135m', a local mlx-lm directory or a hub id "
         "in the local cache (default: the first checkpoint's own base/ if it has one, else "
         "smollm2-135m)",
     )
-    p.add_argument(
-        "--dtype", default="auto", choices=DTYPE_CHOICES,
-        help="weight precision (default: %(default)s, the fastest for this machine)",
-    )  # fmt: skip
+    add_dtype_arg(model)
     p.add_argument(
         "--retrieval",
         default="candidates",
@@ -207,7 +207,7 @@ def evaluate(args: argparse.Namespace) -> list:
         raise ClaraError("--retrieval index needs --index NAME (a clara-index collection)")
     if args.retrieval in ("collection", "index") and not args.checkpoint and not args.no_baselines:
         raise ClaraError(f"--retrieval {args.retrieval} retrieves with a checkpoint: add one")
-    dtype = None if args.dtype == "stored" else args.dtype
+    dtype = model_dtype(args)
     first = args.checkpoint[0] if args.checkpoint else None
     model = args.model or (str(base_of(first)) if base_of(first) else "smollm2-135m")
     collection = None

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from clara.errors import ClaraError, DocumentError, TeacherError
-from clara_cli.common import DTYPE_CHOICES, non_negative_int, positive_int
+from clara_cli.common import add_model_args, model_dtype, non_negative_int, positive_int
 from training.data import PretrainRecord, QARecord, pretrain_to_json, qa_to_json, write_jsonl
 
 Teacher = Callable[[str, int], str]  # (chunk text, number of pairs) -> raw teacher reply
@@ -255,16 +255,12 @@ def add_synth_parser(sub) -> None:
     )
     p.add_argument("docs", nargs="+", help="files, folders or globs (PDF, Markdown, HTML, text)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the jsonl files go")
-    p.add_argument(
-        "--model",
-        default="smollm2-135m",
-        help="base model: its tokenizer chunks the documents "
-        "and, without --teacher-url, it writes the questions (default: %(default)s)",
+    add_model_args(
+        p,
+        model_use="its tokenizer chunks the documents and, without --teacher-url, it writes "
+        "the questions",
+        checkpoint=False,
     )
-    p.add_argument(
-        "--dtype", default="auto", choices=DTYPE_CHOICES,
-        help="weights precision of the local model (default: auto)",
-    )  # fmt: skip
     p.add_argument(
         "--doc-max-tokens", type=positive_int, default=256,
         help="chunk length in tokens (default: 256, the default model's compressor length)",
@@ -316,7 +312,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from clara.loader import load_base
     from clara_cli.common import progress
 
-    dtype = None if args.dtype == "stored" else args.dtype
+    dtype = model_dtype(args)
     if args.teacher_url and not args.teacher_model:
         raise ClaraError("--teacher-url needs --teacher-model (the model name to ask for)")
     cm = None
