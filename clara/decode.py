@@ -116,7 +116,9 @@ class Decoder:
             return self.cm.lm.model(tokens, cache, embeddings)
 
     def _sample(self, logits: mx.array, seqs: list[Sequence]) -> tuple[mx.array, tuple]:
-        """Next token per row of `logits` (B, V), and (logprob, top ids, top logprobs)."""
+        """Next token per row of `logits` (B, V), and (logprob, top ids, top logprobs).
+        Each sampled row draws with its request's own key, so a seeded request samples the
+        same alone or in any batch (mlx-lm's samplers draw from the global key)."""
         wants_lp = any(s.params.logprobs or s.params.top_logprobs for s in seqs)
         # Greedy rows take the argmax of the logits: no normalizing (the vocabulary-wide
         # logsumexp, MLX's scalar exp per logit, was ~9% of a batch-8 decode step), and the

@@ -187,7 +187,9 @@ def token_text(raw: bytes) -> str:
 @functools.cache
 def _byte_level_decoder() -> dict[str, int]:
     """Byte-level BPE's character -> byte table: printable Latin-1 bytes stand for
-    themselves, the other 68 bytes for the code points from U+0100 up, in byte order."""
+    themselves, the other 68 bytes for the code points from U+0100 up, in byte order.
+    (mlx-lm's own is private, `tokenizer_utils._byte_decoder`; tests/test_core.py checks
+    they agree.)"""
     printable = set(range(ord("!"), ord("~") + 1))
     printable |= set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
     table, extra = {}, 0

@@ -471,3 +471,12 @@ def test_output_head_is_the_forward_after_the_model(arch, request) -> None:
     want = cm.lm(tokens)[:, -1]
     got = head(cm.lm.model(tokens)[:, -1:])[:, 0]
     assert mx.allclose(got, want, rtol=1e-5, atol=1e-5).item()
+
+
+def test_the_byte_level_table_is_mlx_lms():
+    """clara.stream keeps its own copy of byte-level BPE's table (mlx-lm's is private)."""
+    from mlx_lm.tokenizer_utils import _byte_decoder
+
+    from clara.stream import _byte_level_decoder
+
+    assert _byte_level_decoder() == _byte_decoder() and len(_byte_level_decoder()) == 256

@@ -16,9 +16,7 @@ import numpy as np
 
 from clara import prompt
 from clara.model import ClaraModel
-
-# paraphrase_messages: import it from clara.prompt; re-exported for docs/runs/2026-12-04-h200/prep.py
-from clara.prompt import TEXT, paraphrase_messages
+from clara.prompt import TEXT
 from clara.rope import same_positions
 
 
@@ -164,6 +162,5 @@ __all__ = [
     "collate_generator",
     "generator_embeddings",
     "generator_example",
-    "paraphrase_messages",
     "qa_pretrain_target",
 ]

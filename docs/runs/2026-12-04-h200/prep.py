@@ -32,7 +32,8 @@ import clara  # noqa: E402,F401  (OpenBLAS before mlx)
 from clara import prompt  # noqa: E402
 from clara.loader import load_base  # noqa: E402
 from clara.model import ClaraConfig, ClaraModel  # noqa: E402
-from training.batches import generator_example, paraphrase_messages  # noqa: E402
+from clara.prompt import paraphrase_messages  # noqa: E402
+from training.batches import generator_example  # noqa: E402
 from training.cloze import cloze_pairs  # noqa: E402
 from training.default_recipe import default_data, split_example  # noqa: E402
 from training.synth import tfidf_neighbours  # noqa: E402
