@@ -125,7 +125,16 @@ class Worker:
 
     def queue_depth(self) -> int:
         """Tasks waiting to start (those that count against `max_waiting`)."""
-        return self._waiting
+        with self._cv:
+            return self._live_waiting()
+
+    def _live_waiting(self) -> int:
+        """Bounded tasks waiting to start, but those cancelled meanwhile (a client that left):
+        the worker finishes them only when it next looks, which a long step puts off, and
+        they held the places of new requests, which got 503 (caller holds the lock)."""
+        queued = (t for q in self._queues.values() for t in q)
+        gone = sum(t.bounded and t.cancelled and t.steps is None for t in queued)
+        return self._waiting - gone
 
     def submit(self, task: Task, priority: int = INTERACTIVE) -> Task:
         """Queue `task`; a bounded task beyond `max_waiting` is a 503 with Retry-After.
@@ -134,11 +143,12 @@ class Worker:
             self.check_ready()
         with self._cv:
             if task.bounded:
-                if self._waiting >= self.max_waiting:
-                    wait = max(1, round(self._task_seconds * (self._waiting + 1)))
+                waiting = self._live_waiting()
+                if waiting >= self.max_waiting:
+                    wait = max(1, round(self._task_seconds * (waiting + 1)))
                     raise APIError(
                         503,
-                        f"{self.service} is busy ({self._waiting} requests waiting); retry later",
+                        f"{self.service} is busy ({waiting} requests waiting); retry later",
                         code="server_overloaded",
                         headers={"Retry-After": str(wait)},
                     )
@@ -269,8 +279,6 @@ class Worker:
                     if not task.can_start():
                         continue
                 q.remove(task)
-                if priority == BULK:
-                    self._bulk_since = now
                 return task
         return None
 
@@ -297,6 +305,9 @@ class Worker:
             task.failed(exc)
         if started or not task.cancelled:  # its own time, not the turns of others between
             task.busy = (task.busy or 0.0) + time.perf_counter() - t0
+        if task.priority == BULK:  # its next forced turn counts from the end of this one: a
+            with self._cv:  # step longer than bulk_every_s took every turn when it counted
+                self._bulk_since = time.monotonic()  # from the start
         if more:
             with self._cv:
                 self._queues[task.priority].append(task)
@@ -328,7 +339,7 @@ class Worker:
 
     def _depth_changed(self) -> None:
         if self.on_depth is not None:
-            self.on_depth(self._waiting)
+            self.on_depth(self.queue_depth())
 
 
 def log_failure(what: str, exc: BaseException) -> None:

@@ -190,7 +190,7 @@ def test_take_hands_queued_tasks_to_the_running_one() -> None:
         worker.submit(Task(("chat", i), lambda cm, i=i: ran.append(f"chat{i}")))
     worker.submit(Task(("other", 5), lambda cm: ran.append("other"), done=finished.set))
     worker.cancel(lambda key: key == ("chat", 1))
-    assert worker.queue_depth() == 5
+    assert worker.queue_depth() == 4  # the cancelled one waits for nobody
     release.set()
     assert finished.wait(5)
     wait_until(lambda: "chat4" in ran)
@@ -331,3 +331,53 @@ def test_bulk_waits_from_its_submission_and_retry_after_counts_own_time() -> Non
         worker.stop()
     assert log == ["chat", "upload"]
     assert worker._task_seconds < 0.05  # its own turns are instant; the others' took 0.6 s
+
+
+def test_a_bulk_step_longer_than_bulk_every_s_does_not_take_every_turn() -> None:
+    """Before: BULK's wait counted from the start of its turn, so a step longer than
+    bulk_every_s (an 8-chunk compression on a loaded machine: 4-5 s) was due again when it
+    ended, and a chat waited for the whole upload (38 s; minutes for a big file)."""
+    worker = Worker(lambda: "model", bulk_every_s=0.2)
+    worker.start()
+    wait_until(lambda: worker.state == "ready")
+    log: list[str] = []
+
+    def upload(cm):
+        for i in range(8):
+            time.sleep(0.4)
+            log.append(f"bulk{i}")
+            yield
+
+    try:
+        worker.submit(Task("upload", upload), BULK)
+        wait_until(lambda: "bulk0" in log)
+        worker.submit(Task("chat", lambda cm: log.append("chat")))
+        wait_until(lambda: "chat" in log, timeout=10)
+    finally:
+        worker.stop()
+    assert log.index("chat") <= 3, log  # after the step under way (and at most one more)
+
+
+def test_requests_whose_clients_left_do_not_hold_places_in_the_queue() -> None:
+    """Before: a cancelled request that had not started still counted against max_waiting
+    until the worker next looked (after the step under way), so new requests got 503."""
+    worker = Worker(lambda: "model", max_waiting=2)
+    worker.start()
+    wait_until(lambda: worker.state == "ready")
+    gate = threading.Event()
+    try:
+        worker.submit(Task("hold", lambda cm: gate.wait(5)))
+        wait_until(lambda: worker._current is not None)
+        left = [worker.submit(Task(f"q{i}", lambda cm: None)) for i in range(2)]
+        with pytest.raises(APIError):
+            worker.submit(Task("one too many", lambda cm: None))
+        for task in left:
+            task.cancel()
+        assert worker.queue_depth() == 0
+        ran = threading.Event()
+        worker.submit(Task("new", lambda cm: ran.set()))  # no 503: the places are free
+        gate.set()
+        assert ran.wait(5)
+    finally:
+        gate.set()
+        worker.stop()
