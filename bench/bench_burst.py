@@ -99,7 +99,7 @@ def row(work: str, change: str, a: float, b: float, digits: int = 0) -> list[str
     return [work, change, f"{a * 1000:.{digits}f}", f"{b * 1000:.{digits}f}", f"{b / a:.2f}x"]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7, help="timings per figure (median)")
     p.add_argument("--steps", type=int, default=24, help="decode steps per decode timing")
@@ -108,7 +108,12 @@ def main() -> None:
         help="comma-separated parts to measure: encode, prefill, decode, text, bf16",
     )  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
     parts = set(args.only.split(","))
     if not parts or parts - {"encode", "prefill", "decode", "text", "bf16"}:
         p.error("--only takes encode, prefill, decode, text and/or bf16")
@@ -336,7 +341,8 @@ def main() -> None:
         print(table + "\n\n" + notes)
     else:
         append_report("A burst on the model thread (bench/bench_burst.py)", table, notes)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

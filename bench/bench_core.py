@@ -47,7 +47,7 @@ def run(stream) -> tuple[float, float, int]:
     return ttft or float("nan"), decode, n
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--checkpoint", default=None)
@@ -57,7 +57,11 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compress-n", type=int, default=32)
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     cm = load_clara(
         args.model,
@@ -116,7 +120,8 @@ def main() -> None:
         table,
         f"{args.repeats} alternating runs after warm-up, {args.max_tokens} new tokens each (EOS ignored), untrained adapters (speed only).",
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -94,7 +94,14 @@ def index_once(cm, paths: list[Path], root: Path, batch_size: int, overlap: int)
     pipeline.compress = compress.fn
     stats = col.stats()
     col.close()
-    assert all(r.status == "added" for r in results), [r for r in results if r.status != "added"]
+    failed = [r for r in results if r.status != "added"]
+    if failed:  # a file skipped or failed would make chunks/s describe another corpus
+        raise RuntimeError(
+            f"{len(failed)} of {len(results)} files were not added: "
+            + "; ".join(
+                f"{r.path.name}: {r.status} {r.error or r.detail}".rstrip() for r in failed[:5]
+            )
+        )
     files = stats["files"]
     return {
         "chunks": stats["chunks"],
@@ -134,7 +141,7 @@ def run_baseline(args) -> dict[int, dict] | None:
         return {int(k): v for k, v in json.loads(out.read_text()).items()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--checkpoint", default=None)
@@ -156,7 +163,11 @@ def main() -> None:
         help="CLARA_CPU_LANES values to compare, e.g. 1,2 (default: the machine's default only)",
     )
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # a child's results
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     baseline = run_baseline(args) if args.baseline else None
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     load_before = os.getloadavg()
@@ -189,7 +200,7 @@ def main() -> None:
     load_after = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps({str(k): v for k, v in runs.items()}))
-        return
+        return 0
 
     rows = []
     labelled = [(f"on, {n} lane(s)", bs, r) for (n, bs), r in by_lanes.items()]
@@ -254,7 +265,8 @@ def main() -> None:
         print(body + "\n\n" + notes)
     else:
         append_report(title, body, notes)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -46,7 +46,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,9 @@ import clara  # noqa: F401  # isort: skip  (first: preloads OpenBLAS before mlx 
 from clara import _blas  # noqa: E402
 
 import httpx
+
+from clara_cli import process
+from clara_cli.process import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
 from _common import ROOT, append_report, markdown_table  # noqa: E402
@@ -111,12 +113,6 @@ LLAMA_CMAKE_ARGS = (
 EOS_BIAS = {"0": -1e9, "2": -1e9}  # SmolLM2's <|endoftext|>, <|im_end|>: 32 tokens for all
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def build_index(root: Path, docs: Path, n_chunks: int, n_questions: int, top_k: int):
     """Index ~256-token chunks of Python's doc topics; return (questions, retrieved texts)."""
     import numpy as np
@@ -158,8 +154,12 @@ def build_index(root: Path, docs: Path, n_chunks: int, n_questions: int, top_k: 
         for i in range(n_questions):
             words = " ".join(texts[(i * step) % len(texts)].split()[:10])
             questions.append(f"What does the Python documentation say about this: {words}?")
-        hits = coll.search(np.array(cm.encode_queries(questions)), top_k)
-        retrieved = [[c.text for c in coll.chunks([h.chunk_id for h in hs])] for hs in hits]
+        vectors = np.array(cm.encode_queries(questions))  # (Q, n_mem, d)
+        # dense top-k, no rerank: the baselines' prompts (retrieval is not timed here)
+        retrieved = [
+            [h.text for h in coll.retrieve(q, v, top_k, mode="dense")]
+            for q, v in zip(questions, vectors)
+        ]
     return questions, retrieved
 
 
@@ -174,31 +174,20 @@ def float32_copy(out: Path) -> Path:
 
 
 def start(cmd: list[str], health: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-    out = log.open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            how = (
-                f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
-            )
-            raise RuntimeError(f"{cmd[:3]} exited ({how}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(health, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError(f"{cmd[:3]} did not start:\n{log.read_text()[-3000:]}")
+    """`cmd` running, its output in `log`, once `health` answers 200 (5 minutes at most)."""
+    proc = process.start_server(cmd, env=env, cwd=ROOT, log=log)
+    try:
+        process.wait_healthy(health, proc, timeout=300)
+    except process.ServerExitedError as e:
+        raise RuntimeError(f"{cmd[:3]} exited ({e.how}):\n{log.read_text()[-3000:]}") from None
+    except process.ServerTimeoutError:
+        proc.terminate()
+        raise RuntimeError(f"{cmd[:3]} did not start:\n{log.read_text()[-3000:]}") from None
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    process.stop(proc, grace=30)
 
 
 async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
@@ -445,7 +434,7 @@ def compression_speed(n: int = 8) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--chunks", type=int, default=24, help="chunks to index (default: 24)")
     p.add_argument("--top-k", type=int, default=5)
@@ -465,7 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from clara import _blas
     from clara.gguf import default_gguf_path
 

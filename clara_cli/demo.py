@@ -8,14 +8,18 @@ small PDF this script writes, so nothing is downloaded. Everything lives under
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import clara  # noqa: F401  preloads OpenBLAS before anything imports mlx
 from clara.paths import home
+from clara_cli.process import (
+    ServerExitedError,
+    ServerProcess,
+    ServerTimeoutError,
+    free_port,
+)
 
 TOPICS = ("assert", "lambda", "pass", "continue", "while", "global", "del", "return")
 QUESTION = "What does the assert statement do in Python?"
@@ -75,28 +79,6 @@ def answer(resp) -> str:
     return text + f" [cut at {MAX_TOKENS} tokens]" if choice.finish_reason == "length" else text
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the server exited early (status {proc.returncode})")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit("demo: the server did not become healthy in time")
-
-
 def main() -> int:
     root = home() / "demo"
     docs = write_documents(root / "docs")
@@ -112,13 +94,17 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     print(f"==> Starting clara-serve on {url}", flush=True)
     env = {**os.environ, "CLARA_QUIET_BLAS": "1"}
-    server = subprocess.Popen(  # warnings only: its access log would bury the answers
-        [py, "-m", "server.cli", "--index", str(index), "--port", str(port)]
-        + ["--log-level", "warning"],
-        env=env,
-    )
-    try:
-        wait_healthy(url, server)
+    # its output stays on the terminal (a failed start says why there), warnings only: its
+    # access log would bury the answers
+    argv = [py, "-m", "server.cli", "--index", str(index), "--port", str(port)]
+    with ServerProcess(argv + ["--log-level", "warning"], port=port, env=env) as server:
+        try:
+            server.wait_ready(timeout=300, interval=1)
+        except ServerExitedError as e:
+            raise SystemExit(f"demo: the server exited early (status {e.returncode})") from None
+        except ServerTimeoutError:
+            raise SystemExit("demo: the server did not become healthy in time") from None
+
         from openai import OpenAI
 
         client = OpenAI(base_url=f"{url}/v1", api_key="not-needed")
@@ -181,12 +167,6 @@ def main() -> int:
             "http://127.0.0.1:8000/ for the web chat (the examples in clients/ ask about these "
             "documents), or index your own with `clara-index add PATH`."
         )
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
     return 0
 
 

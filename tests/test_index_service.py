@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from clara.errors import CollectionLockedError
 from clara.retrieval import Fusion
 from indexing import cli as index_cli
 from tests.test_readers import make_pdf
-from tests.test_server_harness import ROOT, ServerProcess, free_port
+from tests.test_server_harness import ROOT, ServerProcess
 
 API_KEY = "index-key"
 WATER = "Water boils at one hundred degrees Celsius at sea level and freezes at zero degrees."
@@ -36,14 +34,8 @@ LIMIT_MB = 0.25
 class ServiceProcess(ServerProcess):
     """`python -m indexing.cli serve ...` on a free port (waits like ServerProcess)."""
 
-    def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        cmd = [sys.executable, "-m", "indexing.cli", "serve", "--port", str(self.port), *args]
-        out = open(log, "wb")  # noqa: SIM115
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=out)
+    MODULE = ("indexing.cli", "serve")
+    NAME = "clara-index serve"
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
 import numpy as np
+
+from clara_cli import process
+from clara_cli.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key"
@@ -26,12 +26,6 @@ DOCS = [
     ("train.pdf", "The train leaves the station at seven o'clock and arrives two hours later."),
     ("museum.md", "Background: the museum opened in 1902 and holds paintings and coins."),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def add_documents(
@@ -53,46 +47,34 @@ def add_documents(
     return ids
 
 
-class ServerProcess:
-    """`python -m server.cli ...` on a free localhost port, waited on until /health is 200."""
+class ServerProcess(process.ServerProcess):
+    """`python -m server.cli ...` on a free localhost port, its output in `log` (or dropped);
+    `wait_ready()` waits until /health is 200."""
+
+    MODULE: tuple[str, ...] = ("server.cli",)
+    NAME = "clara-serve"
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, log: Path | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        cmd = [sys.executable, "-m", "server.cli", "--port", str(self.port), *args]
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=out)
+        port = free_port()
+        super().__init__(
+            [sys.executable, "-m", *self.MODULE, "--port", str(port), *args],
+            port=port,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            cwd=ROOT,
+            log=log or subprocess.DEVNULL,
+        )
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-    def wait_ready(self, timeout: float = 180.0) -> ServerProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"clara-serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"clara-serve did not become ready in {timeout}s:\n{self.log()}")
-
-    def wait_exit(self, timeout: float = 120.0) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def wait_ready(self, timeout: float = 180.0, interval: float = 0.2) -> ServerProcess:
+        try:
+            super().wait_ready(timeout, interval)
+        except process.ServerExitedError as e:
+            raise RuntimeError(f"{self.NAME} exited with {e.returncode}:\n{self.log()}") from None
+        except process.ServerTimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"{self.NAME} did not become ready in {timeout}s:\n{self.log()}"
+            ) from None
+        return self
 
 
 def metric(text: str, name: str, **labels: str) -> float:
