@@ -14,7 +14,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from clara.errors import ClaraError
 from clara.paths import COLLECTION_NAME, RESERVED_NAMES
@@ -44,7 +44,7 @@ def collection_arg(folder_flag: str) -> Callable[[str], str]:
     `folder_flag`, the option that takes the folder of collections."""
 
     def collection(value: str) -> str:
-        if not re.match(COLLECTION_NAME, value):
+        if not re.fullmatch(COLLECTION_NAME, value):
             hint = f"; a folder of collections goes to {folder_flag}" if "/" in value else ""
             raise argparse.ArgumentTypeError(
                 f"{value!r}: use letters, digits, '.', '_' or '-' (starting with a letter or "
@@ -210,6 +210,16 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         "(default: $CLARA_API_KEY; unset: no key)",
     )
     net.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name this server may be reached under besides this machine's own (a reverse "
+        "proxy's, e.g. clara.example.com), and whose web pages may upload and delete; "
+        "repeatable. On --host 127.0.0.1 (the default) requests addressed to any other name "
+        "are refused (a web page could otherwise read your documents through DNS rebinding)",
+    )
+    net.add_argument(
         "--shutdown-grace",
         type=non_negative_float,
         default=SHUTDOWN_GRACE_S,
@@ -221,6 +231,24 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         "docker-compose.dev.yml allows 40 (default: %(default)s)",
     )
     return net
+
+
+def access_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`create_app`'s keyword arguments for `clara_cli.http.AccessGate` from the "server"
+    options (`add_http_args`): the API key (an empty one is an error, not "no key"), whether
+    the server listens on this machine only, and the other names it answers to."""
+    from clara_cli.http import is_loopback
+
+    if args.api_key is not None and not args.api_key.strip():
+        raise ClaraError(
+            "the API key is empty (--api-key or CLARA_API_KEY): give a key, or unset "
+            "CLARA_API_KEY to serve without one"
+        )
+    return {
+        "api_key": args.api_key,
+        "local_only": is_loopback(args.host),
+        "allow_hosts": tuple(args.allow_host),
+    }
 
 
 def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -250,6 +278,7 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
+    _more_open_files()
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -257,6 +286,13 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
         "listening on http://%s:%d%s (the model loads now; /health says when it is ready)",
         shown, port, hello,
     )  # fmt: skip
+    from clara_cli.http import is_loopback
+
+    if not is_loopback(args.host) and not args.api_key:
+        logging.getLogger("clara").warning(
+            "listening on %s without an API key: anyone who can reach this port can read and "
+            "change your documents; start it with --api-key (or CLARA_API_KEY)", args.host,
+        )  # fmt: skip
     grace = getattr(args, "shutdown_grace", SHUTDOWN_GRACE_S)
 
     class Server(uvicorn.Server):
@@ -297,6 +333,25 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
             raise worker.error
         raise ClaraError(f"could not load the model: {worker.error}") from worker.error
     return 0
+
+
+def _more_open_files() -> None:
+    """Raise this process's open-file limit to the most it may have: every client connection
+    holds one, besides the collections' files (macOS starts processes at 256; a few hundred
+    idle or slow connections then stopped the server accepting any)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (hard, 65536, 10240):  # macOS refuses its "unlimited" hard limit
+        if want == resource.RLIM_INFINITY or soft >= want:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return
+        except (ValueError, OSError):
+            continue
 
 
 def listen(host: str, port: int) -> socket.socket:

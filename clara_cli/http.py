@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import importlib.resources
+import ipaddress
 import logging
 import re
 from pathlib import Path
@@ -426,6 +427,12 @@ def valid_unicode(data: Any) -> Any:
     return data
 
 
+#: `metadata` as OpenAI bounds it: at most 16 pairs, keys of 64 characters, values of 512
+#: (stored with a response or a vector store: unbounded, one request stored megabytes)
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16),
+]
 NOT_UNICODE = "not_unicode"  # the error type `valid_unicode` raises
 
 
@@ -461,9 +468,41 @@ def serve_api_docs(app: FastAPI) -> None:
         )
 
 
-class BearerGate:
-    """Pure ASGI middleware (streams and disconnects pass untouched): every path but
-    `open_paths` needs 'Authorization: Bearer <api_key>'; without a key everything is open."""
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or address, IPv6 with or without brackets) is this machine."""
+    name = host.strip("[]").lower()
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return name == "localhost" or name.endswith(".localhost")
+
+
+def _host_name(value: str) -> str:
+    """The name in a Host header or an Origin's netloc: 'a.b:8000' -> 'a.b', '[::1]:80' ->
+    '::1'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value[1:]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+#: Methods a browser may send to another site without asking (a form's POST) or with a
+#: preflight this server refuses (405): the ones that change something are checked.
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class AccessGate:
+    """Pure ASGI middleware (streams and disconnects pass untouched), the one check before
+    any route of either server:
+
+    - the Host a request is addressed to, when the server listens on this machine only
+      (`local_only`): this machine's names and addresses, or one of `allow_hosts`. A web page
+      whose own name it rebinds to 127.0.0.1 (DNS rebinding) sends its name, and could
+      otherwise read every document;
+    - a browser's request that changes something (POST, DELETE) from a page of another site
+      (its Origin: not this server nor one of `allow_hosts`): a form on any page could upload
+      files;
+    - the API key, on every path but `open_paths`, when there is one."""
 
     def __init__(
         self,
@@ -471,24 +510,51 @@ class BearerGate:
         api_key: str | None,
         service: str = "the server",
         open_paths: tuple[str, ...] = ("/health",),
+        local_only: bool = False,
+        allow_hosts: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.service = service
         self.open_paths = open_paths
+        self.local_only = local_only
+        self.allow_hosts = {h.lower() for h in allow_hosts}
 
-    def authorized(self, scope: Scope) -> bool:
-        if self.api_key is None or scope["path"] in self.open_paths:
-            return True
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(
-                    token.strip().encode(), self.api_key
+    def refusal(self, scope: Scope) -> APIError | None:
+        """Why `scope` may not go on (None: it may)."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        name = _host_name(host)
+        if self.local_only and host and not (is_loopback(name) or name in self.allow_hosts):
+            return APIError(
+                403,
+                f"this request is addressed to {host!r}, not to {self.service}, which listens "
+                "on this machine only; to reach it under that name (a reverse proxy), start it "
+                f"with --allow-host {name}",
+                type="invalid_request_error",
+                code="forbidden_host",
+            )
+        origin = headers.get("origin")
+        if origin is not None and scope.get("method", "GET") not in _SAFE_METHODS:
+            netloc = origin.partition("://")[2]
+            same = bool(netloc) and netloc.lower() == host.lower()
+            if not same and _host_name(netloc) not in self.allow_hosts:
+                return APIError(
+                    403,
+                    f"a web page of another site ({origin}) may not change anything on "
+                    f"{self.service}; to allow that site, start it with --allow-host "
+                    f"{_host_name(netloc) or '<its name>'}",
+                    type="invalid_request_error",
+                    code="cross_origin_request",
                 )
-        return False
-
-    def refusal(self) -> APIError:
+        if self.api_key is None or scope["path"] in self.open_paths:
+            return None
+        token = headers.get("authorization", "")
+        scheme, _, token = token.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("latin-1"), self.api_key
+        ):
+            return None
         return APIError(
             401,
             "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
@@ -499,7 +565,8 @@ class BearerGate:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.authorized(scope):
+        refusal = self.refusal(scope) if scope["type"] == "http" else None
+        if refusal is None:
             await self.app(scope, receive, send)
             return
-        await error_response(self.refusal())(scope, receive, send)
+        await error_response(refusal)(scope, receive, send)

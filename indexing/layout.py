@@ -43,7 +43,7 @@ def faiss_file_name(generation: int) -> str:
 
 def collection_dir(root: str | Path | None, name: str) -> Path:
     """`<root>/<name>` after checking the name; root None means `$CLARA_HOME/indexes`."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"collection name {name!r}: use letters, digits, '.', '_' or '-'")
     return index_root(root) / name
 
@@ -53,7 +53,9 @@ def list_collections(root: str | Path | None = None) -> list[str]:
     base = index_root(root)
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if _NAME.match(p.name) and (p / MANIFEST).exists())
+    return sorted(
+        p.name for p in base.iterdir() if _NAME.fullmatch(p.name) and (p / MANIFEST).exists()
+    )
 
 
 def delete_collection(root: str | Path | None, name: str) -> None:

@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from clara.paths import UPLOADS
 from clara.settings import ModelSettings
 from clara_cli.http import (
-    BearerGate,
+    AccessGate,
     BodyLimit,
     error_responses,
     install_error_handlers,
@@ -91,6 +91,8 @@ def create_app(
     settings: ServiceSettings,
     *,
     api_key: str | None = None,
+    local_only: bool = False,
+    allow_hosts: tuple[str, ...] = (),
     load: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The app; `load` (default: `settings.load`) runs on the worker thread."""
@@ -119,10 +121,14 @@ def create_app(
     )
     serve_api_docs(app)
     app.add_middleware(BodyLimit)  # JSON bodies; uploads have --max-upload-mb
-    if api_key:
-        app.add_middleware(
-            BearerGate, api_key=api_key, service="`clara-index serve`", open_paths=OPEN_PATHS
-        )
+    app.add_middleware(
+        AccessGate,
+        api_key=api_key,
+        service="`clara-index serve`",
+        open_paths=OPEN_PATHS,
+        local_only=local_only,
+        allow_hosts=allow_hosts,
+    )
     install_error_handlers(app)
     mount_files_api(app, service)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from clara_cli.common import (
+    access_options,
     add_http_args,
     add_log_level_arg,
     add_query_precision_arg,
@@ -69,5 +70,5 @@ def serve_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overlap=args.overlap,
     )
-    app = create_app(settings, api_key=args.api_key or None)
+    app = create_app(settings, **access_options(args))
     return serve_http(app, app.state.service.worker, args)

@@ -80,7 +80,7 @@ def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
 
 def is_vector_store(root: Path, store_id: str) -> bool:
     """Whether `store_id` names a collection (vector store) under the index `root`."""
-    if not _NAME.match(store_id) or store_id in RESERVED_NAMES:
+    if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
         return False
     return (root / store_id / MANIFEST).is_file()
 
@@ -98,7 +98,7 @@ class IndexService:
     # ---- collections -----------------------------------------------------------------------
     def reader(self, store_id: str) -> Collection:
         """A read-only view of the collection (cached; reopened if it was replaced)."""
-        if not _NAME.match(store_id) or store_id in RESERVED_NAMES:
+        if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
             raise _not_found("vector store", store_id)
         col = self._readers.get(store_id)
         if col is None:
@@ -165,7 +165,7 @@ class IndexService:
         self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing
         name = body.name or ""
         taken = (self.root / name).exists() or self.registry.store(name) is not None
-        usable = _NAME.match(name) and name not in RESERVED_NAMES and not taken
+        usable = _NAME.fullmatch(name) and name not in RESERVED_NAMES and not taken
         store_id = name if usable else f"vs_{secrets.token_hex(12)}"
         manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
         await asyncio.to_thread(

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clara_cli.http import json_int, valid_unicode
+from clara_cli.http import Metadata, json_int, valid_unicode
 
 Attributes = dict[str, str | float | bool]
 
@@ -66,14 +66,14 @@ class VectorStoreCreate(_Request):
     expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)
     """Not supported: a vector store lasts until deleted (null only)."""
     file_ids: list[str] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     name: str | None = None
 
 
 class VectorStoreUpdate(_Request):
     name: str | None = None
     """The display name (the id, a collection name, stays)."""
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)
     """Not supported: a vector store lasts until deleted (null only)."""
 
@@ -91,7 +91,7 @@ class VectorStore(BaseModel):
     created_at: int
     file_counts: FileCounts
     last_active_at: int | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     name: str
     object: Literal["vector_store"] = "vector_store"
     status: Literal["expired", "in_progress", "completed"]

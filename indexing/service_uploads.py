@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,11 @@ class _TooLarge(Exception):
 
 
 def safe_name(filename: str | None) -> str:
-    """The file name a client sent, without folders or NULs (never empty, '.' or '..')."""
+    """The file name a client sent, without folders or NULs (never empty, '.' or '..'), its
+    control and text-direction characters '_' (a terminal escape in the server's log and
+    `clara-index list`; a right-to-left override showing 'x.exe.txt' as 'x.txt.exe')."""
     name = Path((filename or "").replace("\\", "/")).name.replace("\x00", "")
+    name = "".join("_" if _hidden_char(c) else c for c in name)
     if name in ("", ".", ".."):
         return "upload"
     if len(name.encode()) <= MAX_NAME_BYTES:
@@ -42,6 +46,15 @@ def safe_name(filename: str | None) -> str:
     while len((stem + suffix).encode()) > MAX_NAME_BYTES:
         stem = stem[:-1]
     return stem + suffix
+
+
+#: Unicode's text-direction marks, embeddings, overrides and isolates
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _hidden_char(c: str) -> bool:
+    """A control character (C0, DEL, C1) or a text-direction one (`_BIDI`)."""
+    return unicodedata.category(c) == "Cc" or c in _BIDI
 
 
 MAX_NAME_BYTES = 200  # of a stored upload's name (the temporary folder adds to its path)

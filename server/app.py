@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara.paths import UPLOADS
 from clara_cli.http import (
-    BearerGate,
+    AccessGate,
     BodyLimit,
     error_response,
     error_responses,
@@ -83,12 +83,12 @@ def _endpoint(path: str) -> str:
 
 
 class Gate:
-    """Pure ASGI middleware (streams and disconnects pass untouched): the API key (the shared
-    `BearerGate`) and request metrics."""
+    """Pure ASGI middleware (streams and disconnects pass untouched): the shared
+    `AccessGate` (host, origin, API key) and request metrics."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, **access: Any) -> None:
         self.app = app
-        self.auth = BearerGate(app, api_key, "clara-serve", OPEN_PATHS)
+        self.access = AccessGate(app, service="clara-serve", open_paths=OPEN_PATHS, **access)
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,8 +105,8 @@ class Gate:
             await send(message)
 
         try:
-            if not self.auth.authorized(scope):
-                await error_response(self.auth.refusal())(scope, receive, send_status)
+            if (refusal := self.access.refusal(scope)) is not None:
+                await error_response(refusal)(scope, receive, send_status)
                 return
             await self.app(scope, receive, send_status)
         finally:
@@ -121,6 +121,8 @@ def create_app(
     *,
     served_model_name: str | None = None,
     api_key: str | None = None,
+    local_only: bool = False,
+    allow_hosts: tuple[str, ...] = (),
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
     responses_db: Path | None = None,
@@ -131,7 +133,8 @@ def create_app(
     """The clara-serve app; the model loads in the lifespan, on the MLX worker thread.
     Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`).
     `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
-    index root, on the same model worker."""
+    index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`: who may
+    ask (`clara_cli.http.AccessGate`; `clara_cli.common.access_options` from the options)."""
     from clara.paths import home
 
     engine = engine or Engine(settings)
@@ -166,7 +169,13 @@ def create_app(
     app.state.stopping = serving.stopping  # serve_http: SIGTERM's grace begins
     app.state.responses = ResponsesServing(serving, store, files)
     app.add_middleware(BodyLimit)  # inside the gate: a stranger's big body is a 401 first
-    app.add_middleware(Gate, api_key=api_key, metrics=engine.metrics)
+    app.add_middleware(
+        Gate,
+        metrics=engine.metrics,
+        api_key=api_key,
+        local_only=local_only,
+        allow_hosts=allow_hosts,
+    )
     install_error_handlers(app)
     if files is not None:
         mount_files_api(app, files)

@@ -12,6 +12,7 @@ from pathlib import Path
 from clara.errors import ClaraError
 from clara.retrieval import READING_MODES
 from clara_cli.common import (
+    access_options,
     add_http_args,
     add_log_level_arg,
     add_model_args,
@@ -266,7 +267,7 @@ def serve(args: argparse.Namespace) -> int:
         settings,
         defaults,
         served_model_name=args.served_model_name,
-        api_key=args.api_key or None,
+        **access_options(args),
         keepalive_s=args.sse_keepalive,
         responses_db=Path(args.responses_db).expanduser() if args.responses_db else None,
         files_api=args.files_api,

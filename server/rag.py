@@ -53,8 +53,8 @@ class Rag:
         if coll is None:
             if p.collection != self.default:
                 raise CollectionNotFoundError(
-                    f"no collection '{p.collection}' in {self.root}; index documents "
-                    "into it first (clara-index) or leave 'collection' out"
+                    f"no collection '{p.collection}' on this server; index documents into "
+                    "it first (clara-index add --collection NAME) or leave 'collection' out"
                 )
             self.metrics.retrievals.inc(status="no_index")
             where = self.root / p.collection

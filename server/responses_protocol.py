@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
-from clara_cli.http import APIError, json_int, valid_unicode
+from clara_cli.http import APIError, Metadata, json_int, valid_unicode
 from server.protocol import NULL, only, refuse
 
 INCLUDABLE = ("file_search_call.results",)
@@ -117,7 +117,7 @@ class ResponseCreateRequest(_Request):
     instructions: str | None = None
     max_output_tokens: json_int(ge=1) | None = None
     max_tool_calls: json_int(ge=1) | None = only(NULL, default=None)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     parallel_tool_calls: bool | None = None
     previous_response_id: str | None = None
     prompt: dict[str, Any] | None = only(NULL, default=None)

@@ -99,6 +99,23 @@ def test_a_long_non_ascii_file_name_is_shortened_by_bytes(client: openai.OpenAI,
     client.files.delete(f.id)
 
 
+def test_names_with_hidden_characters_are_cleaned_or_refused(
+    service: ServiceProcess, client: openai.OpenAI, root: Path
+) -> None:
+    """Before (a security audit): control characters reached the server's log and
+    `clara-index list` (terminal escapes), a right-to-left override disguised a name, and a
+    vector store named 'docs\\n' was made (Python's `$` lets a final newline through)."""
+    f = upload(client, "\t\x1b[31mred\u202etxt.exe", WATER)
+    assert f.filename.endswith("_[31mred_txt.exe")  # (httpx sends the tab as '%09')
+    assert f.filename.isprintable() and (root / "uploads" / f.id / f.filename).exists()
+    client.files.delete(f.id)
+    r = httpx.post(f"{service.url}/v1/vector_stores", json={"name": "docs\n"},
+                   headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+    assert r.status_code == 200 and r.json()["id"] != "docs\n"  # a name of its own, made usable
+    assert not (root / "docs\n").exists()
+    client.vector_stores.delete(r.json()["id"])
+
+
 def test_file_batches_content_and_updates_with_the_sdk(client: openai.OpenAI) -> None:
     """The SDK calls of OpenAI's file_search guide beyond single files: a batch uploaded and
     polled to completion, its files listed, a file's bytes read back, a store renamed, a

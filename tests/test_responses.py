@@ -154,6 +154,18 @@ def test_chat_sources_of_uploads_name_the_file_not_the_servers_folder(
     assert got.status_code == 200 and got.text == GUIDE
 
 
+def test_metadata_is_bounded_as_openai_bounds_it(client: openai.OpenAI) -> None:
+    """Before (a security audit): 5000 keys of 512 characters were stored with a response."""
+    too_many = {f"k{i}": "v" for i in range(17)}
+    for metadata in (too_many, {"k": "v" * 513}, {"k" * 65: "v"}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model=MODEL, input="hi", metadata=metadata, max_output_tokens=1)
+        assert e.value.body["param"].startswith("metadata"), e.value.body
+    kept = {f"k{i}": "v" * 512 for i in range(16)}
+    r = client.responses.create(model=MODEL, input="hi", metadata=kept, max_output_tokens=1)
+    assert client.responses.retrieve(r.id).metadata == kept
+
+
 def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
     """OpenAI's truncation "auto": a conversation past the context drops its oldest items
     instead of failing; "disabled" (the default) is a 400."""

@@ -60,6 +60,7 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 def post(server: ServerProcess, path: str, body, *, key: str | None = API_KEY, **kw):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update(kw.pop("headers", {}))
     if isinstance(body, (dict, list)):
         return httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=60, **kw)
     headers["Content-Type"] = "application/json"
@@ -614,7 +615,7 @@ def test_huge_prompts_are_refused_before_tokenizing(
     # a body announced past the limit: refused from its headers, before a byte of it is read
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
             + f"\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {33 * 2**20}".encode()
             + b"\r\n\r\n"
         )
@@ -682,6 +683,71 @@ def test_api_key_required_except_health(server: ServerProcess) -> None:
     bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+def test_requests_for_another_host_or_from_another_site_are_refused(server: ServerProcess):
+    """Before: a web page that rebinds its own name to 127.0.0.1 (DNS rebinding) could read
+    a server without a key, and a form on any page could upload files (a security audit)."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    for path in ("/health", "/v1/models"):  # a name this machine-only server does not have
+        r = httpx.get(f"{server.url}{path}", headers={**auth, "Host": "evil.example:80"})
+        err = assert_error(r, 403, code="forbidden_host")
+        assert "--allow-host evil.example" in err["message"]
+    port = server.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]"):  # this machine's
+        assert httpx.get(f"{server.url}/health", headers={"Host": host}).status_code == 200
+    body = {"messages": ask("hi"), "max_tokens": 1}
+    for origin in ("http://evil.example", "null"):  # a page elsewhere: no change, key or not
+        r = post(server, "/v1/chat/completions", body, headers={"Origin": origin})
+        assert_error(r, 403, code="cross_origin_request")
+    r = httpx.post(f"{server.url}/v1/files", headers={**auth, "Origin": "http://evil.example"},
+                   files={"file": ("planted.txt", b"x")}, data={"purpose": "assistants"})  # fmt: skip
+    assert_error(r, 403, code="cross_origin_request")
+    ours = post(server, "/v1/chat/completions", body, headers={"Origin": server.url})
+    assert ours.status_code == 200, ours.text  # the web chat's own page
+    r = httpx.get(f"{server.url}/v1/models", headers={**auth, "Origin": "http://evil.example"})
+    assert r.status_code == 200  # reading: the browser keeps the answer from the page (no CORS)
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_the_access_gate_takes_allowed_hosts_and_non_ascii_keys() -> None:
+    """--allow-host names a reverse proxy's host (and lets its pages write); a key that is
+    not ASCII matches (it never could: the header was read as Latin-1, the key as UTF-8)."""
+    from fastapi import FastAPI
+
+    from clara_cli.http import AccessGate
+
+    app = FastAPI()
+    app.post("/x")(lambda: {"ok": True})
+    gated = AccessGate(app, "clé", local_only=True, allow_hosts=("clara.example",))
+    key = {"Authorization": "Bearer clé".encode()}
+
+    async def status(headers: dict) -> int:
+        transport = httpx.ASGITransport(app=gated)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return (await c.post("/x", headers=headers)).status_code
+
+    assert asyncio.run(status(key)) == 200
+    assert asyncio.run(status({**key, "Host": "clara.example"})) == 200
+    assert asyncio.run(status({**key, "Host": "other.example"})) == 403
+    assert asyncio.run(status({**key, "Origin": "https://clara.example"})) == 200
+    assert asyncio.run(status({**key, "Origin": "https://other.example"})) == 403
+    assert asyncio.run(status({"Authorization": "Bearer cle"})) == 401
+    open_to_all = AccessGate(app, None, local_only=False)  # --host 0.0.0.0: any name
+    transport = httpx.ASGITransport(app=open_to_all)
+
+    async def anywhere() -> int:
+        async with httpx.AsyncClient(transport=transport, base_url="http://10.0.0.5") as c:
+            return (await c.post("/x")).status_code
+
+    assert asyncio.run(anywhere()) == 200
+
+
+def test_an_empty_api_key_is_refused_not_taken_as_none(tiny_llama_dir, capsys) -> None:
+    from server.cli import main
+
+    assert main(["--model", str(tiny_llama_dir), "--api-key", " "]) == 1
+    assert "the API key is empty" in capsys.readouterr().err
 
 
 def test_api_reference_pages_need_no_network(server: ServerProcess) -> None:
