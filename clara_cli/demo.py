@@ -2,7 +2,8 @@
 
 Sample documents are ones every machine has (a few of Python's documentation topics) plus a
 small PDF this script writes, so nothing is downloaded. Everything lives under
-`$CLARA_HOME/demo`; a second run reuses the index (unchanged files are skipped).
+`$CLARA_HOME/demo`; a second run reuses the index (unchanged files are skipped). The
+server takes a free port, or `$CLARA_DEMO_PORT`.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def main() -> int:
     if status not in (0, 1):
         return status
 
-    port = free_port()
+    port = int(os.environ.get("CLARA_DEMO_PORT") or free_port())
     url = f"http://127.0.0.1:{port}"
     print(f"==> Starting clara-serve on {url}", flush=True)
     env = {**os.environ, "CLARA_QUIET_BLAS": "1"}

@@ -1,6 +1,6 @@
 """Ask one question with the official openai SDK and print the answer with its sources.
 
-python clients/chat.py "What does the assert statement do?" [--base-url URL] [--top-k 5]
+python clients/chat.py ["What does the assert statement do?"] [--base-url URL] [--top-k 5]
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("question")
+    p.add_argument(
+        "question",
+        nargs="?",
+        default="What does the assert statement do?",
+        help="(default: a question about `make demo`'s documents)",
+    )
     p.add_argument("--base-url", default=os.environ.get("CLARA_URL", "http://127.0.0.1:8000/v1"))
     p.add_argument("--api-key", default=os.environ.get("CLARA_API_KEY", "unused"))
     p.add_argument("--top-k", type=int, default=5)

@@ -149,7 +149,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()  # returns at once: requests get 503 until the model is loaded
-        log.info("requests that name no mode read %s (--mode)", defaults.mode)
+        log.info(
+            "requests that name no mode read %s (--mode, else the checkpoint's)", defaults.mode
+        )
         yield
         await asyncio.to_thread(engine.stop)
         store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -286,6 +287,20 @@ def test_documents_longer_than_the_compressor_reads_are_named(tiny_llama_dir, tm
     err = capsys.readouterr().err
     assert "warning: 1 of 4 documents are longer than the compressor reads (32 tokens" in err
     assert "clara-train synth --doc-max-tokens 32" in err
+
+
+def test_ranks_into_a_folder_with_a_run_fail_once_before_starting(tiny_llama_dir, tmp_path, capsys):
+    """Before: each rank loaded the model, then both printed the error, run together on one
+    line (the README's `--ranks 2` example after its `pretrain` one, into the same --out)."""
+    out = tmp_path / "run"
+    args = _pretrain_args(tiny_llama_dir, tmp_path, out)
+    assert main([*args, "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    start = time.perf_counter()
+    assert main([*args, "--max-steps", "1", "--ranks", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("already holds a run") == 1 and err.endswith("\n"), err
+    assert time.perf_counter() - start < 10  # no rank started (each loads the model first)
 
 
 @pytest.mark.parametrize("ranks", [1, 2])

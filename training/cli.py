@@ -306,13 +306,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from training.data import read_pretrain, read_qa
     from training.launch import is_rank, run_ranks, self_command
-    from training.pipeline import train
+    from training.pipeline import check_out, train
     from training.stages import StageConfig
     from training.trainer import TrainConfig
 
     if args.ranks < 1:
         raise SystemExit(f"{PROG}: --ranks must be at least 1")
     if args.ranks > 1 and not is_rank():
+        check_out(args.out, args.resume, args.checkpoint)  # once, before any rank starts
         return run_ranks(self_command(_without_ranks(args.argv)), args.ranks)
     records = read_pretrain(args.data) if args.stage == "pretrain" else read_qa(args.data)
     if args.stage in ("instruct", "joint") and args.checkpoint is None and not args.resume:

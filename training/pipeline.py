@@ -95,6 +95,39 @@ def local_ranks(group: mx.distributed.Group) -> int:
     return max(1, hosts.count(mine))
 
 
+def check_out(
+    out: str | os.PathLike, resume: bool, init_from: str | os.PathLike | None = None
+) -> Path | None:
+    """The checkpoint a run into `out` resumes from (None: a new run), after checking that
+    `out` holds one (`resume`) or none (a new run would mix with the old), and not the run it
+    starts from. Cheap: the launcher of `--ranks` checks before starting any rank."""
+    found = checkpoints(out)
+    if resume:
+        if not found:
+            raise ClaraError(
+                f"--resume: no checkpoint in {out} to resume from; run without --resume"
+            )
+        done = read_checkpoint_config(found[-1]).get("training", {})
+        if found[-1].name == "final" and done.get("step") == done.get("total_steps"):
+            raise ClaraError(f"{found[-1]} is already complete: nothing to resume")
+        return found[-1]
+    if found:
+        raise ClaraError(
+            f"{out} already holds a run ({', '.join(p.name for p in found)}): "
+            "continue it with --resume, or give another --out (or remove that folder)"
+        )
+    where = Path(out).resolve()
+    if init_from is not None and where in (
+        Path(init_from).resolve(),
+        *Path(init_from).resolve().parents,
+    ):
+        raise ClaraError(
+            f"--out {out} holds --init-from {init_from}: this run would overwrite what it "
+            "starts from; give another --out"
+        )
+    return None
+
+
 def build_trainer(
     records: Sequence,
     config: TrainConfig,
@@ -111,38 +144,15 @@ def build_trainer(
     if group is None:
         group = mx.distributed.init()
     _blas.for_training(local_ranks(group))
-    resume_from = None
-    found = checkpoints(config.out)
-    if resume:
-        if not found:
-            raise ClaraError(
-                f"--resume: no checkpoint in {config.out} to resume from; run without --resume"
-            )
-        resume_from = found[-1]
+    resume_from = check_out(config.out, resume, init_from)
+    if resume_from is not None:
         done = read_checkpoint_config(resume_from).get("training", {})
-        if resume_from.name == "final" and done.get("step") == done.get("total_steps"):
-            raise ClaraError(f"{resume_from} is already complete: nothing to resume")
         check_same_run(resume_from, config)
         if group.rank() == 0:
             print(
                 f"resuming from {resume_from} (step {done.get('step')} of "
                 f"{done.get('total_steps')})", file=sys.stderr,
             )  # fmt: skip
-    else:
-        if found:
-            raise ClaraError(
-                f"{config.out} already holds a run ({', '.join(p.name for p in found)}): "
-                "continue it with --resume, or give another --out (or remove that folder)"
-            )
-        out = Path(config.out).resolve()
-        if init_from is not None and out in (
-            Path(init_from).resolve(),
-            *Path(init_from).resolve().parents,
-        ):
-            raise ClaraError(
-                f"--out {config.out} holds --init-from {init_from}: this run would overwrite "
-                "what it starts from; give another --out"
-            )
     source = resume_from or init_from
     if isinstance(model, BaseModel) and base_of(source) is not None:
         model = load_base(base_of(source), dtype=dtype)
