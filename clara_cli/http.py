@@ -518,7 +518,7 @@ class AccessGate:
         self.service = service
         self.open_paths = open_paths
         self.local_only = local_only
-        self.allow_hosts = {h.lower() for h in allow_hosts}
+        self.allow_hosts = {_host_name(h) for h in allow_hosts}  # ('name:port', '[v6]' too)
 
     def refusal(self, scope: Scope) -> APIError | None:
         """Why `scope` may not go on (None: it may)."""

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
             # (a scanned PDF is not read twice; its failure comes in its place)
             events = Indexer(cm, col, options).run(doomed.get(p, p) for p in paths)
+            events = _in_given_order(events, paths)
         else:
             _check_model_args(args, col)  # a bad --checkpoint is an error even with nothing to do
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model
@@ -213,6 +215,26 @@ def _check_model_args(args: argparse.Namespace, col: Collection | None) -> None:
     chunk_limits_for(limit, args.chunk_tokens, args.overlap)
     if expected is not None and col is not None:  # (fresh adapters: known only once loaded)
         col.manifest.check_matches(Manifest.from_dict(expected), args.collection)
+
+
+def _in_given_order(
+    events: Iterable[FileResult | Progress], paths: list[Path]
+) -> Iterator[FileResult | Progress]:
+    """The indexer's events, its FileResults in the order of `paths`: a file it settles at
+    once (unchanged, a duplicate, a scanned PDF) waits for the files named before it, which
+    may still be compressing. Progress events pass at once."""
+    position = {p: i for i, p in enumerate(paths)}
+    held: dict[int, FileResult] = {}
+    due = 0
+    for event in events:
+        if not isinstance(event, FileResult) or event.path not in position:
+            yield event
+            continue
+        held[position[event.path]] = event
+        while due in held:
+            yield held.pop(due)
+            due += 1
+    yield from (held[i] for i in sorted(held))
 
 
 def _new_chunks(results: list[FileResult]) -> int:

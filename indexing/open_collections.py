@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +12,22 @@ from clara.errors import CollectionNotFoundError
 from indexing.manifest import MANIFEST
 from indexing.store import Collection
 
+#: Seconds a replaced collection stays open for the searches that may still be reading it
+RETIRE_S = 60.0
+
 
 class OpenCollections:
     """Read-only collections under `root`, opened on first use and kept open. One is
     reopened when its folder or manifest is another file than the one opened (deleted and
-    made again, or swapped by `rebuild --recompress`), and closed when it is gone. Opening
-    checks `manifest` (the loaded model's) when one is given. Safe from any thread."""
+    made again, or swapped by `rebuild --recompress`). Opening checks `manifest` (the loaded
+    model's) when one is given. Safe from any thread: a collection replaced or gone is closed
+    only `RETIRE_S` later, as a search in another thread may still be reading it."""
 
     def __init__(self, root: Path, manifest: dict[str, Any] | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self._open: dict[str, tuple[Collection, tuple[int, int]]] = {}
+        self._retired: list[tuple[float, Collection]] = []  # (when, collection) to close
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Collection | None:
@@ -36,12 +42,13 @@ class OpenCollections:
         except OSError:
             ident = None  # no manifest: opening says whether it is damage or nothing yet
         with self._lock:
+            self._close_retired()
             cached = self._open.get(name)
             if cached is not None and cached[1] == ident:
                 return cached[0]
             if cached is not None:
                 del self._open[name]
-                cached[0].close()
+                self._retired.append((time.monotonic(), cached[0]))
             if folder is None:
                 return None
             try:
@@ -54,14 +61,22 @@ class OpenCollections:
             return col
 
     def drop(self, name: str) -> None:
-        """Close `name` if it is open (it was deleted)."""
+        """Forget `name` (it was deleted): closed `RETIRE_S` later."""
         with self._lock:
             cached = self._open.pop(name, None)
-        if cached is not None:
-            cached[0].close()
+            if cached is not None:
+                self._retired.append((time.monotonic(), cached[0]))
+
+    def _close_retired(self) -> None:
+        """Close what was retired `RETIRE_S` ago (caller holds the lock)."""
+        now = time.monotonic()
+        while self._retired and now - self._retired[0][0] >= RETIRE_S:
+            self._retired.pop(0)[1].close()
 
     def close(self) -> None:
+        """Close them all (the server is stopping: no search is running)."""
         with self._lock:
-            cached, self._open = list(self._open.values()), {}
-        for col, _ in cached:
+            cols = [c for c, _ in self._open.values()] + [c for _, c in self._retired]
+            self._open, self._retired = {}, []
+        for col in cols:
             col.close()

@@ -91,7 +91,7 @@ class VectorStore(BaseModel):
     created_at: int
     file_counts: FileCounts
     last_active_at: int | None = None
-    metadata: Metadata | None = None
+    metadata: dict[str, str] | None = None  # (as stored: bounded when it is written)
     name: str
     object: Literal["vector_store"] = "vector_store"
     status: Literal["expired", "in_progress", "completed"]

@@ -33,12 +33,10 @@ def find_documents(
     prefix = path_text(path).rstrip(os.sep) + os.sep
     walked = _walked(target) if path.is_dir() or patterns else set()
     found = [d for d in docs if d.path and (d.path.startswith(prefix) or d.path in walked)]
-    if found:
-        return found
-    if patterns and GLOB_CHARS.search(target):
-        found = _glob_docs(docs, target)
-        return found + [d for d in docs if d.path in walked and d not in found]
-    return _by_tail(docs, target, remove)
+    if patterns and GLOB_CHARS.search(target):  # also what was deleted since, or elsewhere
+        ids = {d.id for d in found}
+        return found + [d for d in _glob_docs(docs, target) if d.id not in ids]
+    return found or _by_tail(docs, target, remove)
 
 
 def _walked(target: str) -> set[str]:

@@ -402,6 +402,10 @@ def test_add_reports_files_in_the_order_it_was_given_them(
     files = json.loads(out)["files"]
     assert rc == 1 and [Path(f["path"]).name for f in files] == ["old.txt", "scan.pdf", "new.txt"]
     assert [f["status"] for f in files] == ["unchanged", "failed", "added"]
+    newer = tmp_path / "newer.txt"  # a file still compressing when the PDF after it fails
+    newer.write_text("A newer note about glaciers and ice.")
+    rc, out, _ = run(capsys, "add", newer, scan, *model, "--json")
+    assert [Path(f["path"]).name for f in json.loads(out)["files"]] == ["newer.txt", "scan.pdf"]
 
 
 def test_recompress_after_a_writer_died_with_faiss_behind(
@@ -798,18 +802,31 @@ def test_remove_finds_documents_add_reached_through_a_symlinked_folder(
     (notes / "linked").symlink_to(elsewhere)
     (tmp_path / "to-notes").symlink_to(notes)
 
+    gone = notes / "gone.md"  # indexed, then deleted
+
     def fill() -> None:
+        paths = [notes / "own.md", elsewhere / "deep" / "far.md", gone]
+        gone.write_text("gone\n")
         with Collection.open(index, "default", manifest=STORE_MANIFEST, create=True) as col:
-            for i, path in enumerate([notes / "own.md", elsewhere / "deep" / "far.md"]):
+            for i, path in enumerate(paths):
                 memories = np.random.default_rng(i).standard_normal((1, STORE_N_MEM, STORE_D))
                 col.add_document(str(path.resolve()), path.name, f"sha-{i}",
                                  [ChunkRecord(f"text {i}", n_tokens=2)], memories)  # fmt: skip
+        gone.unlink()
+
+    def removed(target: str) -> set[str]:
+        rc, out, err = run(capsys, "remove", target, "--index", index, "--json")
+        assert rc == 0, (target, err)
+        return {d["name"] for d in json.loads(out)["removed"]}
 
     no_model(monkeypatch)
-    for target in (f"{notes}/", f"{notes}/*", f"{notes}/**/*.md", f"{tmp_path}/to-notes/"):
+    every = {"own.md", "far.md", "gone.md"}  # what is there, through the link, deleted since
+    for target in (f"{notes}/", f"{tmp_path}/to-notes/", f"{notes}/*", f"{notes}/**/*.md"):
         fill()
-        rc, out, err = run(capsys, "remove", target, "--index", index, "--json")
-        assert rc == 0 and len(json.loads(out)["removed"]) == 2, (target, out, err)
+        assert removed(target) == every, target
+    fill()
+    monkeypatch.chdir(notes)  # a pattern without a folder: every document of that name
+    assert removed("*.md") == every
 
 
 def test_an_add_of_pdfs_without_text_loads_no_model_and_still_checks_its_arguments(
