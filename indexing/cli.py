@@ -29,7 +29,7 @@ from indexing.commands import (
     cmd_stats,
 )
 from indexing.pipeline import DEFAULT_OVERLAP
-from indexing.service_cli import add_serve_args, serve_command
+from indexing.service.cli import add_serve_args, serve_command
 
 DESCRIPTION = """\
 Index documents (PDF, Markdown, HTML, text) into a collection of CLaRa compressed memories, and

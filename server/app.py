@@ -25,9 +25,9 @@ from clara_cli.http import (
     install_error_handlers,
     serve_api_docs,
 )
-from indexing.service import ServiceSettings, mount_files_api
-from indexing.service_handler import IndexService
-from indexing.service_state import Registry
+from indexing.service.app import ServiceSettings, mount_files_api
+from indexing.service.handler import IndexService
+from indexing.service.state import Registry
 from server.engine import Engine, Settings
 from server.metrics import Metrics
 from server.protocol import (
@@ -39,14 +39,14 @@ from server.protocol import (
     ModelList,
     ServingDefaults,
 )
-from server.responses import ResponsesServing
-from server.responses_protocol import (
+from server.responses.protocol import (
     InputItemList,
     Response,
     ResponseCreateRequest,
     ResponseDeleted,
 )
-from server.responses_store import ResponseStore
+from server.responses.serving import ResponsesServing
+from server.responses.store import ResponseStore
 from server.serving import OpenAIServing
 
 log = logging.getLogger("clara.serve")

@@ -480,8 +480,8 @@ def test_model_routes_answer_503_while_loading_and_jobs_resume(
 
     from clara.checkpoint import load_clara
     from indexing.pipeline import model_manifest
-    from indexing.service import ServiceSettings, create_app
-    from indexing.service_state import FileRecord, Link, Registry
+    from indexing.service.app import ServiceSettings, create_app
+    from indexing.service.state import FileRecord, Link, Registry
     from indexing.store import Collection
 
     root = tmp_path / "index"
@@ -529,7 +529,7 @@ def test_model_routes_answer_503_while_loading_and_jobs_resume(
 def test_a_failed_load_answers_model_failed_like_clara_serve(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from indexing.service import ServiceSettings, create_app
+    from indexing.service.app import ServiceSettings, create_app
 
     def broken_load():
         raise RuntimeError("no weights in /nowhere")

@@ -398,7 +398,7 @@ def test_a_response_whose_server_died_reads_failed(client, tmp, tiny_llama_dir) 
 
 
 def test_store_chain_and_lazy_file(tmp_path) -> None:
-    from server.responses_store import ResponseStore
+    from server.responses.store import ResponseStore
 
     store = ResponseStore(tmp_path / "sub" / "responses.sqlite")
     assert not (tmp_path / "sub").exists()  # nothing stored: no file

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from clara.retrieval import Fusion
-from indexing.service_protocol import SearchResult, TextContent
-from indexing.service_state import Link
-from indexing.service_uploads import Uploads
+from indexing.service.protocol import SearchResult, TextContent
+from indexing.service.state import Link
+from indexing.service.uploads import Uploads
 from indexing.store import Collection
 
 

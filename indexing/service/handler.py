@@ -1,5 +1,5 @@
 """The indexing service's handler (kept on `app.state.service`): files, vector stores, jobs,
-search. Routes in `indexing.service` stay thin and call it.
+search. Routes in `indexing.service.app` stay thin and call it.
 
 Threads: reads (listing, stats) run in `asyncio.to_thread` on read-only collections that
 follow commits; everything that writes a collection or runs MLX runs on the worker thread.
@@ -36,7 +36,7 @@ from indexing.manifest import MANIFEST
 from indexing.open_collections import OpenCollections
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
 from indexing.pipeline import model_manifest as manifest_of
-from indexing.service_protocol import (
+from indexing.service.protocol import (
     ChunkingStrategy,
     FileBatchCreate,
     FileCounts,
@@ -57,9 +57,9 @@ from indexing.service_protocol import (
     VectorStoreUpdate,
     paginate,
 )
-from indexing.service_search import search_results
-from indexing.service_state import Batch, FileRecord, Link, Registry, StoreRecord
-from indexing.service_uploads import Uploads
+from indexing.service.search import search_results
+from indexing.service.state import Batch, FileRecord, Link, Registry, StoreRecord
+from indexing.service.uploads import Uploads
 from indexing.store import (
     Collection,
     CollectionNotFoundError,

@@ -17,7 +17,7 @@ from fastapi import Request
 from clara.stream import GenerationChunk
 from clara_cli.http import APIError, to_api_error
 from server.jobs import DONE, Failed, Job, Ready
-from server.responses_protocol import (
+from server.responses.protocol import (
     FileSearchCall,
     IncompleteDetails,
     OutputMessage,
@@ -28,7 +28,7 @@ from server.responses_protocol import (
 )
 
 if TYPE_CHECKING:
-    from server.responses import ResponsesServing
+    from server.responses.serving import ResponsesServing
 
 log = logging.getLogger("clara.serve")
 

@@ -58,7 +58,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     """Run the service until Ctrl-C; a model that cannot load ends it with that error."""
 
-    from indexing.service import ServiceSettings, create_app
+    from indexing.service.app import ServiceSettings, create_app
 
     settings = ServiceSettings(
         model=args.model,

@@ -22,10 +22,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara_cli.http import APIError
-from indexing.service_handler import IndexService, is_vector_store
+from indexing.service.handler import IndexService, is_vector_store
 from server.jobs import Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage
-from server.responses_protocol import (
+from server.responses.protocol import (
     FileCitation,
     FileSearchCall,
     FileSearchCallInput,
@@ -36,8 +36,8 @@ from server.responses_protocol import (
     ResponseDeleted,
     new_id,
 )
-from server.responses_store import ResponseStore
-from server.responses_stream import ResponseRun
+from server.responses.store import ResponseStore
+from server.responses.stream import ResponseRun
 from server.serving import OpenAIServing
 
 INDEXING_WAIT_S = 120.0

@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from clara.paths import upload_file_id
 from clara_cli.http import APIError
-from indexing.service_state import FileRecord
+from indexing.service.state import FileRecord
 
 PURPOSES = ("assistants", "user_data")
 _FORM_SLACK = 64 * 1024  # room for the form's other fields around the file

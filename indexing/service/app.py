@@ -34,8 +34,8 @@ from clara_cli.http import (
     serve_api_docs,
 )
 from clara_cli.worker import Worker
-from indexing.service_handler import IndexService
-from indexing.service_protocol import (
+from indexing.service.handler import IndexService
+from indexing.service.protocol import (
     FileBatchCreate,
     FileDeleted,
     FileObject,
@@ -52,8 +52,8 @@ from indexing.service_protocol import (
     VectorStoreFileUpdate,
     VectorStoreUpdate,
 )
-from indexing.service_state import Registry
-from indexing.service_uploads import PURPOSES
+from indexing.service.state import Registry
+from indexing.service.uploads import PURPOSES
 
 log = logging.getLogger("clara.index")
 OPEN_PATHS = ("/health",)
