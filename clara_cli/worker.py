@@ -68,9 +68,11 @@ class Task:
     priority: int = INTERACTIVE  # set by `Worker.submit`
     steps: Iterator[object] | None = field(default=None, repr=False)
     busy: float | None = None  # seconds of its own turns, once started (for Retry-After)
+    on_cancel: Callable[[], None] = field(default=_ignore, repr=False)  # set by `submit`
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.on_cancel()  # (the queue-depth gauge: a waiting client that left)
 
 
 class Worker:
@@ -154,6 +156,7 @@ class Worker:
                     )
                 self._waiting += 1
             task.priority = priority
+            task.on_cancel = self._depth_changed
             if priority == BULK and not self._queues[BULK]:
                 self._bulk_since = time.monotonic()  # BULK waits from now (see `_next`)
             self._queues[priority].append(task)

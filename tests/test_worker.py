@@ -371,9 +371,11 @@ def test_requests_whose_clients_left_do_not_hold_places_in_the_queue() -> None:
         left = [worker.submit(Task(f"q{i}", lambda cm: None)) for i in range(2)]
         with pytest.raises(APIError):
             worker.submit(Task("one too many", lambda cm: None))
+        depths: list[int] = []
+        worker.on_depth = depths.append
         for task in left:
             task.cancel()
-        assert worker.queue_depth() == 0
+        assert worker.queue_depth() == 0 and depths == [1, 0]  # the /metrics gauge follows
         ran = threading.Event()
         worker.submit(Task("new", lambda cm: ran.set()))  # no 503: the places are free
         gate.set()
