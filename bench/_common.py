@@ -29,12 +29,12 @@ def machine() -> str:
         mem = float("nan")
     import mlx.core as mx
 
-    from clara import _blas
+    from clara import cpu as clara_cpu
 
     return (
         f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
         f"{mem:.0f} GiB RAM, Python {platform.python_version()}, mlx {mx.__version__}, "
-        f"device {mx.default_device()}, {_blas.describe()}"
+        f"device {mx.default_device()}, {clara_cpu.describe()}"
     )
 
 

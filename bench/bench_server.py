@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 import clara  # noqa: F401  # isort: skip  (first: preloads OpenBLAS before mlx loads)
-from clara import _blas  # noqa: E402
+from clara import _blas, _native  # noqa: E402
 
 import httpx
 
@@ -104,7 +104,7 @@ VARIANT_ARGS = {  # clara-serve variants: one command-line setting changed
 LLAMA_CPP = "0.3.36"
 #: llama.cpp's vector code for this CPU (a build with AVX-512 dies of an illegal instruction
 #: on AVX2-only CPUs); one venv per instruction set
-LLAMA_ISA = "avx512" if "avx512f" in _blas.cpu_flags() else "avx2"
+LLAMA_ISA = "avx512" if "avx512f" in _native.cpu_flags() else "avx2"
 LLAMA_VENV = Path(f"/work/cache/llama-cpp-venv-{LLAMA_ISA}")
 LLAMA_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
@@ -459,7 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from clara import _blas
     from clara.gguf import default_gguf_path
 
     load_before = os.getloadavg()

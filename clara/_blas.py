@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from clara import _native
 
 _CANDIDATES = (
     "libopenblas.so.0",
@@ -66,25 +65,6 @@ THIN_SOURCE = Path(__file__).with_name("_thinmm.c")
 SOURCES = (THIN_SOURCE, Path(__file__).with_name("_attention.c"))
 
 
-def _off(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("off", "0", "no", "false", "none")
-
-
-def _cpuinfo(*keys: str) -> str:
-    """The first line of /proc/cpuinfo that starts with one of `keys` ("" if none)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return next((line for line in lines if line.startswith(keys)), "")
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as /proc/cpuinfo lists them (empty elsewhere)."""
-    return frozenset(_cpuinfo("flags").split())
-
-
 def fused_attention_default() -> bool:
     """Whether clara's fused attention kernels (clara/_attention.c) run by default: where the
     compiler built their vectors for the CPU's registers, 16 floats with AVX-512 or 8 with AVX2
@@ -94,7 +74,7 @@ def fused_attention_default() -> bool:
     2026-12-04). Elsewhere (arm64) they were not measured. `CLARA_FUSED_ATTENTION=on` runs
     them anyway, `off` never."""
     choice = os.environ.get("CLARA_FUSED_ATTENTION", "").strip().lower()
-    if _off("CLARA_FUSED_ATTENTION"):
+    if _native.off("CLARA_FUSED_ATTENTION"):
         return False
     if choice in ("on", "1", "yes", "true"):
         return True
@@ -107,62 +87,27 @@ def attention_lanes() -> int | None:
     return None if _thin is None else int(_thin.clara_attention_lanes())
 
 
-def _cpu_tag() -> str:
-    """What -march=native depends on: the architecture and the CPU's feature flags."""
-    return f"{platform.machine()} {_cpuinfo('flags', 'Features')}"
-
-
-def lib_cache() -> Path:
-    """Where clara keeps the libraries it compiles: $XDG_CACHE_HOME/clara/lib."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
-
-
-def build_cached(cmd: list[str], target: Path, what: str, timeout: int = 120) -> str | None:
-    """Run the compiler command `cmd` with `-o` a temporary file, then move that to `target`
-    (atomically: concurrent first runs both end with one file). None when built, else why not."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            done = subprocess.run(
-                [*cmd, "-o", str(out)], capture_output=True, text=True, timeout=timeout
-            )
-            if done.returncode != 0:
-                return f"compiling {what} failed: {done.stderr.strip()[-300:]}"
-            os.replace(out, target)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"could not build {what}: {e}"
-    return None
-
-
-#: This CPU's instructions, generic scheduling: tuned for AMD Zen (-mtune=znver4/5, what
-#: -march=native implies there), GCC splits fused multiply-adds in loop-carried chains into a
-#: multiply and an add, in some unrollings and not others, so a row's products got other bits
-#: in a batch than alone (caught by tests/test_thinmm.py on a Zen 5 CPU).
-NATIVE = ("-march=native", "-mtune=generic")
-
-
 def _build_thin() -> Path | None:
     """The compiled thin-matmul library (built on first use, cached by source and CPU)."""
     global thin_reason
     source = b"".join(path.read_bytes() for path in SOURCES)
-    key = hashlib.sha256(source + f"{_cpu_tag()} {NATIVE}".encode()).hexdigest()[:16]
-    target = lib_cache() / f"thinmm-{key}.so"
+    key = hashlib.sha256(source + f"{_native.cpu_tag()} {_native.NATIVE}".encode()).hexdigest()[:16]
+    target = _native.lib_cache() / f"thinmm-{key}.so"
     if target.exists():
         return target
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         thin_reason = "no C compiler (install gcc for faster decoding)"
         return None
-    cmd = [cc, "-O3", *NATIVE, "-pthread", "-shared", "-fPIC", *map(str, SOURCES), "-lm"]
-    thin_reason = build_cached(cmd, target, THIN_SOURCE.name)
+    cmd = [cc, "-O3", *_native.NATIVE, "-pthread", "-shared", "-fPIC", *map(str, SOURCES), "-lm"]
+    thin_reason = _native.build_cached(cmd, target, THIN_SOURCE.name)
     return target if thin_reason is None else None
 
 
 def _load_thin() -> None:
     """Load the thin-matmul library ahead of OpenBLAS so MLX's cblas_sgemm resolves to it."""
     global _thin, thin, thin_reason
-    if _off("CLARA_THIN"):
+    if _native.off("CLARA_THIN"):
         thin_reason = "disabled by CLARA_THIN"
         return
     path = _build_thin()
@@ -175,7 +120,7 @@ def _load_thin() -> None:
         return
     thin = str(path)
     global bf16, bf16_engine, bf16_reason
-    off = next((n for n in ("CLARA_BF16", "CLARA_AMX") if _off(n)), None)  # AMX: older name
+    off = next((n for n in ("CLARA_BF16", "CLARA_AMX") if _native.off(n)), None)  # AMX: older name
     if off:
         bf16_reason = f"disabled by {off}"
     else:
@@ -213,8 +158,8 @@ def _openblas_core() -> None:
     side-by-side compression test failed; one-off timings, 2026-12-03)."""
     if "OPENBLAS_CORETYPE" in os.environ or platform.machine() != "x86_64":
         return
-    flags = cpu_flags()
-    if "AuthenticAMD" in _cpuinfo("vendor_id") and all(f in flags for f in SKYLAKEX_FLAGS):
+    flags = _native.cpu_flags()
+    if "AuthenticAMD" in _native.cpuinfo("vendor_id") and all(f in flags for f in SKYLAKEX_FLAGS):
         os.environ["OPENBLAS_CORETYPE"] = "SKYLAKEX"
 
 
@@ -272,28 +217,6 @@ def set_threads(n: int | None) -> None:
     if fn is not None:
         fn(int(n))
         _threads = n
-
-
-def describe() -> str:
-    """One line on the CPU matmul path, for logs and benchmark headers."""
-    if not sys.platform.startswith("linux"):
-        return "BLAS: the platform's own"
-    blas = loaded or f"reference ({reason})"
-    thin_kernel = "on" if thin else f"off ({thin_reason})"
-    from clara import _jit, _mlxext
-
-    rows = _mlxext.describe()
-    if not fused_attention_default():
-        rows = "fused attention off" + (
-            "" if _off("CLARA_FUSED_ATTENTION") else " (not built for AVX2 or AVX-512)"
-        )
-    elif attention_lanes():
-        rows = ", ".join(filter(None, (f"fused attention {attention_lanes()}-float vectors", rows)))
-    return (
-        f"BLAS {blas}, thin-matmul kernel {thin_kernel}, decode weights {decode_weights()}, "
-        f"{f'generator products bfloat16 ({bf16_engine}), ' if bf16 else ''}{_jit.describe()}"
-        f"{', ' + rows if rows else ''}"
-    )
 
 
 def current_threads() -> tuple[int | None, int | None]:
@@ -367,7 +290,9 @@ def row_exact_products() -> bool:
     others, or on one thread of two lanes, gets the same arithmetic up to float32 rounding,
     not bit for bit."""
     return (
-        _thin is not None and bool(_thin.clara_thinmm_f32p_available()) and "avx512f" in cpu_flags()
+        _thin is not None
+        and bool(_thin.clara_thinmm_f32p_available())
+        and "avx512f" in _native.cpu_flags()
     )
 
 
@@ -496,7 +421,7 @@ class DecodeCopies:
             _thin is None
             or self.kind not in ("float16", "int8")
             or bf16
-            or _off("CLARA_PREFILL_PANELS")
+            or _native.off("CLARA_PREFILL_PANELS")
             or not _thin.clara_thinmm_f32p_available()
         ):
             return 0

@@ -89,12 +89,12 @@ def enable() -> bool:
     if not sys.platform.startswith("linux"):
         reason = "not Linux"
         return False
-    from clara._blas import _cpu_tag, _off
+    from clara._native import cpu_tag, off
 
     bindir = _cache_dir()
     path = os.environ.get("PATH", "")
     rest = os.pathsep.join(p for p in path.split(os.pathsep) if p and Path(p) != bindir)
-    if _off("CLARA_JIT_NATIVE"):
+    if off("CLARA_JIT_NATIVE"):
         # a parent process may have put the wrapper on the PATH this one inherited
         os.environ["PATH"] = rest
         reason = "disabled by CLARA_JIT_NATIVE"
@@ -103,7 +103,7 @@ def enable() -> bool:
     if real is None:
         reason = "no g++ on PATH (MLX's JIT then runs its kernels unfused)"
         return False
-    tag = hashlib.sha256(f"{FLAGS}\n{real}\n{_cpu_tag()}".encode()).hexdigest()[:16]
+    tag = hashlib.sha256(f"{FLAGS}\n{real}\n{cpu_tag()}".encode()).hexdigest()[:16]
     try:
         bindir.mkdir(parents=True, exist_ok=True)
         script = bindir / "g++"

@@ -26,7 +26,7 @@ import sysconfig
 from pathlib import Path
 from types import ModuleType
 
-from clara import _blas
+from clara import _blas, _native
 
 SOURCE = Path(__file__).with_name("_mlx_attention.cpp")
 NAME = "_mlx_attention"
@@ -58,18 +58,18 @@ def _build() -> Path | None:
         reason = "no C++ compiler (install g++)"
         return None
     cmd = [
-        cxx, "-O2", *_blas.NATIVE, "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden",
+        cxx, "-O2", *_native.NATIVE, "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden",
         "-DNDEBUG", "-DNB_DOMAIN=mlx", f"-I{sysconfig.get_paths()['include']}", f"-I{nb_inc}",
         f"-I{nb_src.parent / 'ext' / 'robin_map' / 'include'}", f"-I{mlx_inc}",
         str(SOURCE), str(nb_src / "nb_combined.cpp"),
         f"-L{mlx_lib}", "-lmlx", f"-Wl,-rpath,{mlx_lib}",
     ]  # fmt: skip
-    tag = f"{mx.__version__} {nanobind.__version__} {sys.version_info[:2]} {_blas._cpu_tag()}"
+    tag = f"{mx.__version__} {nanobind.__version__} {sys.version_info[:2]} {_native.cpu_tag()}"
     key = hashlib.sha256(SOURCE.read_bytes() + f"{tag} {cmd}".encode()).hexdigest()[:16]
-    target = _blas.lib_cache() / f"mlxattn-{key}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    target = _native.lib_cache() / f"mlxattn-{key}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
     if target.exists():
         return target
-    reason = _blas.build_cached(cmd, target, SOURCE.name, timeout=600)
+    reason = _native.build_cached(cmd, target, SOURCE.name, timeout=600)
     return target if reason is None else None
 
 

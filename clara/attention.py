@@ -45,7 +45,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models import base as mlx_base
 
-from clara import _blas, _mlxext, lanes
+from clara import _blas, _mlxext, _native, lanes
 
 _original = mlx_base.scaled_dot_product_attention
 
@@ -105,7 +105,7 @@ def _ext():
     """clara's MLX extension where it is built and not switched off
     (`CLARA_ROWS_ATTENTION=off`, read at every call), else None."""
     ext = _mlxext.module()
-    if ext is None or _blas._off("CLARA_ROWS_ATTENTION") or not _blas.fused_attention_default():
+    if ext is None or _native.off("CLARA_ROWS_ATTENTION") or not _blas.fused_attention_default():
         return None
     return ext
 
@@ -290,7 +290,7 @@ def attention(queries, keys, values, cache, scale: float, mask, sinks=None) -> m
 
 
 def enabled() -> bool:
-    return not _blas._off("CLARA_CPU_ATTENTION") and mx.default_device() == mx.cpu
+    return not _native.off("CLARA_CPU_ATTENTION") and mx.default_device() == mx.cpu
 
 
 def install(model) -> bool:

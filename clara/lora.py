@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import mlx.nn as nn
 
-from clara import _blas
+from clara import _blas, _native
 
 if TYPE_CHECKING:
     from clara.model import ClaraModel
@@ -222,7 +222,7 @@ def merge_adapter(cm: ClaraModel, adapter: str | None) -> int:
         drop_merged(cm, adapter)
         return 0
     done = sum(layer.merge(adapter) for layer in plain)
-    fuse = not _blas._off("CLARA_FUSE")
+    fuse = not _native.off("CLARA_FUSE")
     for group in fusable(cm):
         held = [m._decode.get(adapter) for m in group]
         if None in held:

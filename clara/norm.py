@@ -19,7 +19,7 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 
-from clara import _blas
+from clara import _native
 
 
 @partial(mx.compile, shapeless=True)
@@ -43,7 +43,7 @@ class CompiledRMSNorm(nn.Module):
 
 
 def enabled() -> bool:
-    return not _blas._off("CLARA_CPU_NORM") and mx.default_device() == mx.cpu
+    return not _native.off("CLARA_CPU_NORM") and mx.default_device() == mx.cpu
 
 
 def install(model: nn.Module) -> int:

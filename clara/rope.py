@@ -32,7 +32,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from clara import _blas
+from clara import _native
 
 _local = threading.local()  # the innermost `same_positions` block of this thread
 
@@ -140,7 +140,7 @@ class SharedRoPE(nn.Module):
 
 
 def enabled() -> bool:
-    return not _blas._off("CLARA_CPU_ROPE") and mx.default_device() == mx.cpu
+    return not _native.off("CLARA_CPU_ROPE") and mx.default_device() == mx.cpu
 
 
 def install(model: nn.Module) -> int:

@@ -30,13 +30,13 @@ class ModelSettings:
         """The base model with its CLaRa checkpoint (`load_clara`); call it on the worker thread."""
         import mlx.core as mx
 
-        from clara import _blas
+        from clara import cpu
         from clara.checkpoint import load_clara
 
         log.info("loading %s%s", self.model, f" + {self.checkpoint}" if self.checkpoint else "")
         cm = load_clara(self.model, self.checkpoint, dtype=self.dtype)
         if mx.default_device() == mx.cpu:  # after loading: with the kernels it built
-            log.info("CPU matmuls: %s", _blas.describe())
+            log.info("CPU matmuls: %s", cpu.describe())
         cm.pack_base_weights(compressor=self.pack_compressor)  # no per-call weight packing
         if cm.set_query_precision(self.query_precision) != self.query_precision:
             log.warning("--query-precision %s: not on this machine (no AMX tiles or AVX-512 "

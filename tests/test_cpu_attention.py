@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from clara import _jit
+from clara import _jit, _native, cpu
 from clara import attention as A
 
 
@@ -449,8 +449,8 @@ def test_rows_primitive_that_cannot_build_leaves_mlx_ops_with_the_reason(tmp_pat
     line says why."""
     code = (
         "import clara, mlx.core as mx\n"
-        "from clara import _blas, _mlxext, attention as A\n"
-        "print(_mlxext.module() is None, '|', _blas.describe())\n"
+        "from clara import _mlxext, cpu, attention as A\n"
+        "print(_mlxext.module() is None, '|', cpu.describe())\n"
         "q = mx.ones((1, 2, 1, 16)); k = mx.ones((1, 2, 3, 16))\n"
         "with A.decode_steps(): print(A.attention(q, k, k, None, 0.25, None).shape)\n"
     )
@@ -516,7 +516,7 @@ def test_kernels_take_the_cpus_vector_width(monkeypatch):
     """The kernels' vectors are as wide as the CPU's registers: 8 floats with AVX2 alone (16,
     written for AVX-512, spilled there and made a long prompt's attention 4.5x slower than
     MLX's ops), 16 with AVX-512; on by default with either."""
-    flags = A._blas.cpu_flags()
+    flags = _native.cpu_flags()
     if "avx512f" in flags:
         want = 16
     elif "avx2" in flags and "fma" in flags:
@@ -526,7 +526,7 @@ def test_kernels_take_the_cpus_vector_width(monkeypatch):
     assert A._blas.attention_lanes() == want
     monkeypatch.delenv("CLARA_FUSED_ATTENTION")  # "on" from the autouse fixture
     assert A._blas.fused_attention_default()
-    assert f"fused attention {want}-float vectors" in A._blas.describe()
+    assert f"fused attention {want}-float vectors" in cpu.describe()
 
 
 def _rows_call(lib, q, k, v, keep, scale):
@@ -570,7 +570,7 @@ def test_the_other_vector_width_gives_mlx_lm_attention_and_batch_invariant_rows(
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     lib_path = tmp_path / "other.so"
     subprocess.run(
-        [cc, "-O3", *_blas.NATIVE, "-pthread", "-shared", "-fPIC", f"-DCLARA_VW={other}",
+        [cc, "-O3", *_native.NATIVE, "-pthread", "-shared", "-fPIC", f"-DCLARA_VW={other}",
          *map(str, _blas.SOURCES), "-lm", "-o", str(lib_path)],
         check=True, capture_output=True,
     )  # fmt: skip

@@ -15,7 +15,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from clara import _blas  # conftest imported clara first: the kernel is loaded before mlx
+from clara import (  # conftest imported clara first: the kernel is loaded before mlx
+    _blas,
+    _native,
+    cpu,
+)
 
 LINUX_FAST = sys.platform.startswith("linux") and _blas.loaded is not None
 
@@ -28,7 +32,7 @@ def test_kernel_is_built_and_loaded_on_linux():
     if not LINUX_FAST:
         pytest.skip(f"no OpenBLAS here ({_blas.reason}); the kernel only rides on it")
     assert _blas.thin is not None, _blas.thin_reason
-    assert "thin-matmul kernel on, decode weights float16" in _blas.describe()
+    assert "thin-matmul kernel on, decode weights float16" in cpu.describe()
     assert _blas._thin.clara_thinmm_rows() == int(os.environ.get("CLARA_THIN_ROWS", 16))
 
 
@@ -201,7 +205,7 @@ def test_packed_float32_products_on_every_x86_cpu_with_avx2_and_the_same_bits():
     AVX-512 one: where this CPU has AVX-512, the library built without it (-mno-avx512f) gives
     the very bits of the native one."""
     _needs_kernel()
-    flags = _blas.cpu_flags()
+    flags = _native.cpu_flags()
     if "avx2" not in flags or "fma" not in flags:
         pytest.skip("not an x86 CPU with AVX2")
     assert _blas._thin.clara_thinmm_f32p_available()
@@ -216,7 +220,7 @@ def test_packed_float32_products_on_every_x86_cpu_with_avx2_and_the_same_bits():
     with tempfile.TemporaryDirectory() as tmp:
         for extra in ([], ["-mno-avx512f"])[: 2 if "avx512f" in flags else 1]:
             path = f"{tmp}/lib{len(outs)}.so"
-            cmd = [cc, "-O3", *_blas.NATIVE, *extra, "-pthread", "-shared", "-fPIC"]
+            cmd = [cc, "-O3", *_native.NATIVE, *extra, "-pthread", "-shared", "-fPIC"]
             subprocess.run([*cmd, *map(str, _blas.SOURCES), "-lm", "-o", path], check=True)
             lib = ctypes.CDLL(path)
             assert lib.clara_thinmm_f32p_available()

@@ -1,0 +1,67 @@
+"""What clara's compiled code depends on, for the modules that build it (`clara._blas`,
+`clara._jit`, `clara._mlxext`): the CPU's features, the cache of built libraries, the
+compiler flags, the environment switches that turn a fast path off."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def off(name: str) -> bool:
+    """Whether environment variable `name` turns a fast path off ("off", "0", "no", ...)."""
+    return os.environ.get(name, "").strip().lower() in ("off", "0", "no", "false", "none")
+
+
+def cpuinfo(*keys: str) -> str:
+    """The first line of /proc/cpuinfo that starts with one of `keys` ("" if none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line for line in lines if line.startswith(keys)), "")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty elsewhere)."""
+    return frozenset(cpuinfo("flags").split())
+
+
+def cpu_tag() -> str:
+    """What -march=native depends on: the architecture and the CPU's feature flags."""
+    return f"{platform.machine()} {cpuinfo('flags', 'Features')}"
+
+
+def lib_cache() -> Path:
+    """Where clara keeps the libraries it compiles: $XDG_CACHE_HOME/clara/lib."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
+
+
+def build_cached(cmd: list[str], target: Path, what: str, timeout: int = 120) -> str | None:
+    """Run the compiler command `cmd` with `-o` a temporary file, then move that to `target`
+    (atomically: concurrent first runs both end with one file). None when built, else why not."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            done = subprocess.run(
+                [*cmd, "-o", str(out)], capture_output=True, text=True, timeout=timeout
+            )
+            if done.returncode != 0:
+                return f"compiling {what} failed: {done.stderr.strip()[-300:]}"
+            os.replace(out, target)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"could not build {what}: {e}"
+    return None
+
+
+#: This CPU's instructions, generic scheduling: tuned for AMD Zen (-mtune=znver4/5, what
+#: -march=native implies there), GCC splits fused multiply-adds in loop-carried chains into a
+#: multiply and an add, in some unrollings and not others, so a row's products got other bits
+#: in a batch than alone (caught by tests/test_thinmm.py on a Zen 5 CPU).
+NATIVE = ("-march=native", "-mtune=generic")
