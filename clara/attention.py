@@ -40,8 +40,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
+from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from mlx_lm.models import base as mlx_base
 
@@ -126,7 +128,9 @@ def _kernel_mask(mask, B: int, H: int, T: int, S: int):
     return False, m
 
 
-def rows(queries, keys, values, scale: float, mask) -> mx.array | None:
+def rows(
+    queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Any
+) -> mx.array | None:
     """`attention` as one op for a decode step's rows; None where it does not apply (the
     extension unavailable, float16 inputs, an additive or misshapen mask, rows it does not
     take)."""
@@ -198,7 +202,14 @@ def _floats(a: np.ndarray) -> tuple[int, ...]:
     return tuple(s // a.itemsize for s in a.strides)
 
 
-def fused(queries, keys, values, scale: float, mask, causal: bool = False) -> mx.array | None:
+def fused(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    scale: float,
+    mask: Any,
+    causal: bool = False,
+) -> mx.array | None:
     """`attention` through clara/_attention.c; None where it does not apply (no library, a
     mask other than None, "causal" or a boolean array, a head size it does not take).
     `causal`: a boolean `mask` hides every key past its row's causal limit anyway, so the
@@ -247,7 +258,15 @@ def fused(queries, keys, values, scale: float, mask, causal: bool = False) -> mx
     return mx.array(out).transpose(0, 2, 1, 3).astype(queries.dtype)
 
 
-def attention(queries, keys, values, cache, scale: float, mask, sinks=None) -> mx.array:
+def attention(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    cache: Any,
+    scale: float,
+    mask: Any,
+    sinks: mx.array | None = None,
+) -> mx.array:
     """`softmax(q k^T * scale + mask) v`, as mlx-lm's `scaled_dot_product_attention`."""
     if sinks is not None or hasattr(cache, "bits"):
         return _original(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
@@ -293,7 +312,7 @@ def enabled() -> bool:
     return not _native.off("CLARA_CPU_ATTENTION") and mx.default_device() == mx.cpu
 
 
-def install(model) -> bool:
+def install(model: nn.Module) -> bool:
     """Use `attention` in `model`'s architecture module (CPU only); True if it is in use."""
     module = sys.modules.get(type(model).__module__)
     if module is None or not hasattr(module, "scaled_dot_product_attention"):

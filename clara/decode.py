@@ -168,14 +168,18 @@ class Decoder:
                     s.lp = tuple(a[i] for a in lp)
 
     # ---- requests --------------------------------------------------------------------------
-    def add(self, prompt: Prompt, params: SamplingParams, tag: object = None):
+    def add(
+        self, prompt: Prompt, params: SamplingParams, tag: object = None
+    ) -> tuple[Sequence, GenerationChunk]:
         """Prefill `prompt`, sample and send its first token, join the batch.
 
         Returns (sequence, first chunk); a first chunk with a finish_reason never joins.
         """
         return self.add_many([(prompt, params, tag)])[0]
 
-    def add_many(self, requests: list[tuple[Prompt, SamplingParams, object]]):
+    def add_many(
+        self, requests: list[tuple[Prompt, SamplingParams, object]]
+    ) -> list[tuple[Sequence, GenerationChunk]]:
         """Prefill requests together, sample and send each its first token, join the batch.
 
         `requests` are (prompt, params, tag). Their prompts run as one batched forward: the

@@ -19,12 +19,13 @@ from __future__ import annotations
 import sys
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
 
 _TAKEN = ("mlx_lm.models.llama", "clara.models.hyperclovax")
 
 
-def taken(model) -> bool:
+def taken(model: nn.Module) -> bool:
     """Whether `model` (an architecture's `lm.model`) takes the short last block."""
     layers = getattr(model, "layers", None)
     if not layers or type(model).__module__ not in _TAKEN:
@@ -34,7 +35,7 @@ def taken(model) -> bool:
     return type(layers[-1]).__module__ == type(model).__module__
 
 
-def final_hidden(model, embeddings: mx.array, cache: list, rows: int) -> mx.array:
+def final_hidden(model: nn.Module, embeddings: mx.array, cache: list, rows: int) -> mx.array:
     """`model(None, cache, embeddings)[:, -rows:]` (hidden states after the final norm),
     with the last block computed for those rows only where the architecture is `taken`.
     `cache`: one per layer, all at the same offset (a stateless stand-in such as
