@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -105,6 +106,7 @@ class Worker:
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._task_seconds = 1.0  # moving average of a bounded task's run, for Retry-After
+        self._interactive_at = -math.inf  # when an INTERACTIVE turn last ended
 
     # ---- any thread ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,6 +188,11 @@ class Worker:
             for task in self._all():
                 if match(task.key):
                     task.cancelled = True
+
+    def interactive_idle(self) -> float:
+        """Seconds since an INTERACTIVE turn last ended (inf: none yet): BULK work takes
+        shorter steps while chats come and go (a chat arriving waits for the step under way)."""
+        return time.monotonic() - self._interactive_at
 
     def contended(self, priority: int = INTERACTIVE) -> bool:
         """Whether a task of `priority` or higher could take a turn now (a started one between
@@ -308,6 +315,8 @@ class Worker:
             task.failed(exc)
         if started or not task.cancelled:  # its own time, not the turns of others between
             task.busy = (task.busy or 0.0) + time.perf_counter() - t0
+        if task.priority == INTERACTIVE:
+            self._interactive_at = time.monotonic()
         if task.priority == BULK:  # its next forced turn counts from the end of this one: a
             with self._cv:  # step longer than bulk_every_s took every turn when it counted
                 self._bulk_since = time.monotonic()  # from the start

@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +57,9 @@ class IndexOptions:
     chunk_tokens: int | None = None  # None: doc_max_tokens less room for the context line
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = 8  # chunks per step (the model picks its forward-pass batch)
+    # chunks to compress in the next step, at most batch_size (the indexing service: fewer
+    # while chats run beside it, so a chat waits less for the step under way)
+    step_chunks: Callable[[], int] | None = None
     password: str | None = None  # for encrypted PDFs
     dedupe: bool = True  # skip a new path whose content is already indexed under another
 
@@ -269,7 +272,8 @@ class Indexer:
                 yield Progress(0)  # reading a file is a step of its own (a big PDF: seconds)
             if not waiting:
                 return
-            batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
+            step = batch_size if self.options.step_chunks is None else self.options.step_chunks()
+            batch = [waiting.popleft() for _ in range(max(1, min(step, batch_size, len(waiting))))]
             memories = compress(self.cm, [p.chunks[i].contextual_text for p, i in batch])
             finished: list[_Pending] = []
             touched: dict[int, _Pending] = {}

@@ -408,6 +408,26 @@ def test_add_reports_files_in_the_order_it_was_given_them(
     assert [Path(f["path"]).name for f in json.loads(out)["files"]] == ["newer.txt", "scan.pdf"]
 
 
+def test_the_indexer_takes_as_many_chunks_a_step_as_it_is_told(tmp_path, tiny_llama_dir):
+    """The indexing service shortens compression steps while chats run beside it
+    (`IndexOptions.step_chunks`); every chunk is still indexed."""
+    from clara.checkpoint import load_clara
+    from indexing.pipeline import FileResult, Indexer, IndexOptions, Progress
+
+    cm = load_clara(tiny_llama_dir, "fresh", dtype=None)
+    folder = tmp_path / "docs"
+    paths = write_corpus(folder, n=2)
+    manifest = dict(cm.manifest())
+    sizes = iter([3, 1, 0, 99])  # 0 and more than the batch: one chunk, the batch
+    options = IndexOptions(32, 4, batch_size=4, step_chunks=lambda: next(sizes, 2))
+    with Collection.open(tmp_path / "index", "default", manifest, create=True) as col:
+        events = list(Indexer(cm, col, options).run(paths))
+        steps = [e.chunks for e in events if isinstance(e, Progress) and e.chunks]
+        results = [e for e in events if isinstance(e, FileResult)]
+        assert steps[:4] == [3, 1, 1, 4] and set(steps[4:]) <= {1, 2}, steps
+        assert sum(steps) == sum(r.chunks for r in results) == col.stats()["chunks"]
+
+
 def test_recompress_after_a_writer_died_with_faiss_behind(
     capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path, monkeypatch
 ) -> None:

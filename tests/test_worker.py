@@ -383,3 +383,18 @@ def test_requests_whose_clients_left_do_not_hold_places_in_the_queue() -> None:
     finally:
         gate.set()
         worker.stop()
+
+
+def test_interactive_idle_says_how_long_since_a_chat_took_a_turn() -> None:
+    worker = Worker(lambda: "model")
+    worker.start()
+    wait_until(lambda: worker.state == "ready")
+    try:
+        assert worker.interactive_idle() == float("inf")
+        ran = threading.Event()
+        worker.submit(Task("upload", lambda cm: ran.set()), BULK)
+        assert ran.wait(5) and worker.interactive_idle() == float("inf")  # BULK: not a chat
+        worker.submit(Task("chat", lambda cm: None))
+        wait_until(lambda: worker.interactive_idle() < 5)
+    finally:
+        worker.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import re
 import secrets
 import time
@@ -70,6 +71,11 @@ from indexing.store import (
 )
 
 _NAME = re.compile(COLLECTION_NAME)
+#: Seconds of compression an indexing step takes at most while chats run beside it
+#: (`CLARA_BULK_STEP_S`; 0: whole batches always); see `IndexService._step_chunks`
+STEP_S = float(os.environ.get("CLARA_BULK_STEP_S", "0.25"))
+#: ... "beside it": a chat's turn ended less than this many seconds ago
+CHATS_RECENT_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,7 @@ class IndexService:
         self.registry = registry
         self._readers = OpenCollections(self.root)
         self._writers: dict[str, Collection] = {}  # worker thread only
+        self._s_per_chunk = 0.06  # compression, measured by indexing steps (worker thread)
 
     # ---- collections -----------------------------------------------------------------------
     def reader(self, store_id: str) -> Collection:
@@ -291,7 +298,9 @@ class IndexService:
 
     def _queue(self, link: Link, rec: FileRecord) -> None:
         store_id, batch = link.store_id, self.settings.batch_size
-        options = IndexOptions(link.chunk_tokens, link.overlap or 0, batch, dedupe=False)
+        options = IndexOptions(
+            link.chunk_tokens, link.overlap or 0, batch, dedupe=False, step_chunks=self._step_chunks
+        )
 
         def start(cm: Any):
             try:
@@ -300,12 +309,17 @@ class IndexService:
                 self._queue(link, rec)
                 return
             self._check_model(col, cm)
+            began = time.perf_counter()
             for event in Indexer(cm, col, options).run(
                 [Source(self.uploads.path(rec), rec.filename)]
             ):
                 if isinstance(event, FileResult):
                     self._record(link, rec, event, cm)
+                elif event.chunks:  # a compression step: its seconds per chunk
+                    took = (time.perf_counter() - began) / event.chunks
+                    self._s_per_chunk = 0.7 * self._s_per_chunk + 0.3 * took
                 yield
+                began = time.perf_counter()
 
         def failed(exc: BaseException) -> None:
             if isinstance(exc, ClaraError):
@@ -325,6 +339,15 @@ class IndexService:
         task = Task((store_id, rec.id), start, failed, lambda: self._release(store_id), can_start)
         task.bounded = False  # a persisted job, not a waiting client
         self.worker.submit(task, BULK)
+
+    def _step_chunks(self) -> int:
+        """Chunks the next compression step takes: the whole batch, or while chats have run
+        in the last `CHATS_RECENT_S`, as many as take `STEP_S` (at least one): a chat that
+        arrives waits for the step under way (8 chunks: ~0.5-1 s of the default model)."""
+        batch = self.settings.batch_size
+        if STEP_S <= 0 or self.worker.interactive_idle() > CHATS_RECENT_S:
+            return batch
+        return max(1, min(batch, int(STEP_S / max(self._s_per_chunk, 1e-6))))
 
     def _record(self, link: Link, rec: FileRecord, result: FileResult, cm: Any) -> None:
         if result.status == "failed":
