@@ -8,6 +8,7 @@ def main(argv=None) -> int:
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import socket
@@ -126,6 +127,27 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine's, not clara's: a full disk, a read-only folder
+        if os.environ.get("CLARA_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"{prog}: error: {os_error_text(exc)}", file=sys.stderr)
+        return 1
+
+
+#: What to do about the OSErrors a user can fix
+_OS_HINTS = {
+    errno.ENOSPC: "free disk space there and run it again (what was finished is kept)",
+    errno.EDQUOT: "free space within your disk quota and run it again",
+    errno.EROFS: "that file system is read-only: use a writable folder",
+    errno.EACCES: "you may not write there: fix its permissions or use another folder",
+}
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as one line: what failed, where, and what to do when we know."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    hint = _OS_HINTS.get(exc.errno or 0)
+    return f"{exc.strerror or exc}{where}" + (f": {hint}" if hint else "")
 
 
 def add_model_args(

@@ -312,7 +312,7 @@ class Worker:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the task
             log_failure(_kind(task.key), exc)
-            task.failed(exc)
+            _quietly(task.failed, exc)
         if started or not task.cancelled:  # its own time, not the turns of others between
             task.busy = (task.busy or 0.0) + time.perf_counter() - t0
         if task.priority == INTERACTIVE:
@@ -329,7 +329,7 @@ class Worker:
             self._task_seconds = 0.8 * self._task_seconds + 0.2 * task.busy
         with self._cv:
             self._current = None  # finished: `done` may ask what is still pending
-        task.done()
+        _quietly(task.done)
 
     def _drain(self) -> None:
         """After the loop ends: fail what never started, close what was running."""
@@ -347,11 +347,21 @@ class Worker:
                     task.failed(gone)
             except Exception:  # noqa: BLE001 - shutting down: nothing left to tell
                 log.exception("closing task %s", task.key)
-            task.done()
+            _quietly(task.done)
 
     def _depth_changed(self) -> None:
         if self.on_depth is not None:
             self.on_depth(self.queue_depth())
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    """A task's `failed` or `done`, which must not end the model thread: one that fails
+    itself (recording an error on a full disk) is logged, and the worker goes on. Before,
+    that killed the thread, and every later request hung while /health said ok."""
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - logged; the worker serves the others
+        log.exception("a task's %s failed", getattr(fn, "__name__", "callback"))
 
 
 def log_failure(what: str, exc: BaseException) -> None:

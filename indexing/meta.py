@@ -7,6 +7,7 @@ ids, which are also FAISS ids, are never reused).
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -187,6 +188,20 @@ class Meta:
             if not path.exists():  # deleted since the check above
                 raise MissingDatabaseError(f"{path.name} is missing") from None
             raise
+        if not readonly and not os.access(path.parent, os.W_OK):
+            self.db.close()
+            read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code), str(path.parent))
+        if readonly and not os.access(path.parent, os.W_OK):
+            # a read-only folder (a read-only mount, a copy without write permission): WAL
+            # readers cannot write the -shm index, and every read failed "unable to open
+            # database file". Nothing can change the files there: read them as they are.
+            self.db.close()
+            target = f"file:{quote(str(path))}?mode=ro&immutable=1"
+            self.db = sqlite3.connect(
+                target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
+            )
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         if readonly:
             self.db.execute("PRAGMA query_only=ON")

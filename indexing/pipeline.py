@@ -57,11 +57,11 @@ class IndexOptions:
     chunk_tokens: int | None = None  # None: doc_max_tokens less room for the context line
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = 8  # chunks per step (the model picks its forward-pass batch)
+    password: str | None = None  # for encrypted PDFs
+    dedupe: bool = True  # skip a new path whose content is already indexed under another
     # chunks to compress in the next step, at most batch_size (the indexing service: fewer
     # while chats run beside it, so a chat waits less for the step under way)
     step_chunks: Callable[[], int] | None = None
-    password: str | None = None  # for encrypted PDFs
-    dedupe: bool = True  # skip a new path whose content is already indexed under another
 
 
 @dataclass

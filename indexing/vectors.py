@@ -9,6 +9,7 @@ which vectors it holds: that is what `sync` relies on.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Callable
@@ -289,13 +290,30 @@ class VectorIndex:
     def save(self, path: Path) -> None:
         """Write-to-temp, fsync, rename: a reader sees the old file or the new, never half."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self.index, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                faiss.write_index(self.index, str(tmp))
+            except RuntimeError as exc:  # FAISS's, for what is an OSError (a full disk)
+                raise _as_os_error(exc, tmp) from None
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a partial file kept a full disk full
+            raise
         crash_point("faiss:after-temp")
         os.replace(tmp, path)
         fsync_dir(path.parent)
         crash_point("faiss:after-replace")
+
+
+def _as_os_error(exc: RuntimeError, path: Path) -> Exception:
+    """FAISS reports a failed write as a RuntimeError quoting strerror: the OSError it is, so
+    the CLIs and servers say "no space left on device" and what to do, not a traceback."""
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code), str(path))
+    return exc

@@ -123,7 +123,7 @@ def test_add_reports_each_bad_file_and_indexes_the_rest(
         capsys, "add", corpus / "locked.pdf", "--password", "secret",
         "--model", tiny_llama_dir, "--index", index, "--json",
     )  # fmt: skip
-    assert rc == 0 and json.loads(out)["added"] == 1
+    assert rc == 0 and json.loads(out)["added"] == 1, (out, _)
 
 
 def test_a_file_name_that_is_not_utf8_is_indexed_like_any_other(

@@ -447,3 +447,26 @@ def test_a_locked_response_store_holds_up_only_its_own_request(server, client, t
     assert result["status"] == 200
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(stored.id)
+
+
+def test_a_response_the_disk_cannot_hold_is_a_storage_error(tmp_path) -> None:
+    """Before (a disk-full audit): SQLite had ended the transaction itself, the ROLLBACK
+    failed and hid why, and the client got a 500 "internal" (a stream: a cut connection)."""
+    import sqlite3
+
+    from clara_cli.http import APIError
+    from server.responses.store import ResponseStore
+
+    class FullDisk:
+        in_transaction = False
+
+        def execute(self, sql: str, *args):
+            if sql.startswith("INSERT"):
+                raise sqlite3.OperationalError("database or disk is full")
+
+    store = ResponseStore(tmp_path / "responses.sqlite")
+    store._conn = FullDisk()
+    with pytest.raises(APIError) as info:
+        store.put({"id": "resp_1", "created_at": 0, "status": "completed"}, [])
+    assert info.value.status == 507 and info.value.code == "storage_error"
+    assert "free disk space there, or send store: false" in info.value.message

@@ -495,3 +495,54 @@ def test_hnsw_reader_takes_the_rebuilt_graph(tmp_path: Path):
     assert {h.doc_name for h in reader.search(doc_vectors(0, 50)[0], k=100)[0]} == {"d2", "d3"}
     reader.close()
     col.close()
+
+
+def test_a_full_disk_is_an_os_error_and_leaves_no_partial_index_file(col, monkeypatch, capsys):
+    """Before (a disk-full audit): FAISS's RuntimeError reached clara-index as a traceback,
+    and its partial temporary file kept the disk full."""
+    import errno
+
+    from clara_cli.common import run_main
+
+    add(col, 1)
+
+    def write_half(index, path):
+        Path(path).write_bytes(b"\0" * 1000)
+        raise RuntimeError(
+            f"Error in write_index: write error in {path}: (No space left on device)"
+        )
+
+    monkeypatch.setattr(vectors.faiss, "write_index", write_half)
+    with pytest.raises(OSError) as info:
+        add(col, 2)
+    assert info.value.errno == errno.ENOSPC
+    assert not list(col.directory.glob(".*.tmp"))
+    assert run_main("clara-index", lambda: add(col, 3)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert "free disk space there and run it again" in err
+    monkeypatch.undo()
+    assert len(col.list_documents()) >= 1  # what was committed is still read
+
+
+def test_a_read_only_folder_is_read_and_refuses_writers_with_a_reason(tmp_path, monkeypatch):
+    """Before: a read-only index (a read-only mount, a copy without write permission) could
+    not be read at all: SQLite's WAL readers write an -shm file ("unable to open database
+    file"), and writers failed with a traceback."""
+    import errno
+
+    from indexing import meta
+
+    with Collection.open(tmp_path, "ro", manifest=MANIFEST, create=True) as c:
+        add(c, 1)
+    folder = str(tmp_path / "ro")
+    real_access = os.access
+    monkeypatch.setattr(
+        meta.os, "access", lambda p, mode: False if str(p) == folder else real_access(p, mode)
+    )
+    with Collection.open(tmp_path, "ro", readonly=True) as reader:
+        assert [d.name for d in reader.list_documents()] == ["d1"]
+        assert reader.search(doc_vectors(1, 1)[0], k=1)[0][0].doc_id
+    with pytest.raises(OSError) as info:
+        Collection.open(tmp_path, "ro")
+    assert info.value.errno in (errno.EROFS, errno.EACCES) and info.value.filename == folder

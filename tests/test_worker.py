@@ -398,3 +398,26 @@ def test_interactive_idle_says_how_long_since_a_chat_took_a_turn() -> None:
         wait_until(lambda: worker.interactive_idle() < 5)
     finally:
         worker.stop()
+
+
+def test_a_task_whose_failure_handler_fails_does_not_end_the_worker(caplog) -> None:
+    """Before (a disk-full audit): recording an indexing error on a full disk raised inside
+    `failed`, which killed the model thread: every later request hung, /health said ok."""
+    worker = Worker(lambda: "model")
+    worker.start()
+    wait_until(lambda: worker.state == "ready")
+
+    def boom(cm):
+        raise OSError(28, "No space left on device")
+
+    def cannot_record(exc):
+        raise OSError(28, "database or disk is full")
+
+    try:
+        worker.submit(Task("upload", boom, failed=cannot_record), BULK)
+        ran = threading.Event()
+        worker.submit(Task("chat", lambda cm: ran.set()))
+        assert ran.wait(5) and worker.state == "ready"
+    finally:
+        worker.stop()
+    assert "a task's cannot_record failed" in caplog.text

@@ -30,6 +30,7 @@ from clara.errors import (
 )
 from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 from clara.retrieval import Fusion
+from clara_cli.common import os_error_text
 from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
 from indexing.durable import held_elsewhere
@@ -324,9 +325,8 @@ class IndexService:
         def failed(exc: BaseException) -> None:
             if isinstance(exc, ClaraError):
                 message = str(exc)
-            elif isinstance(exc, OSError):  # e.g. the collection's folder not writable
-                where = f" ({exc.filename})" if exc.filename else ""
-                message = f"could not write the collection{where}: {exc.strerror or exc}"
+            elif isinstance(exc, OSError):  # a full disk, the collection's folder not writable
+                message = f"could not write the collection: {os_error_text(exc)}"
             else:
                 message = "internal error while indexing"
             self.registry.update_link(

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
+from clara_cli.http import APIError
 from indexing.durable import pid_alive
 
 SCHEMA = """
@@ -65,8 +67,11 @@ class ResponseStore:
         )
         running = response.get("status") == "in_progress"  # a stream's, as it starts
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db = self._db
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # (opening it on a full disk: "I/O error")
+                raise self._storage_error(exc) from None
             try:
                 db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
                 if running:
@@ -75,9 +80,24 @@ class ResponseStore:
                 else:
                     db.execute("DELETE FROM running WHERE id = ?", (response["id"],))
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as exc:
+                if db.in_transaction:  # (SQLite ends it itself on a full disk)
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise self._storage_error(exc) from None
                 raise
+
+    def _storage_error(self, exc: sqlite3.Error) -> APIError:
+        """A write the disk refused, as the 507/500 `storage_error` uploads give (it was a
+        500 "internal" with a traceback; a stream was cut without a word)."""
+        full = "full" in str(exc) or shutil.disk_usage(self.path.parent).free < 1 << 20
+        return APIError(
+            507 if full else 500,
+            f"could not store the response in {self.path}: {exc}; "
+            + ("free disk space there" if full else "check that the server may write there")
+            + ", or send store: false",
+            code="storage_error",
+        )
 
     def get(self, response_id: str) -> dict[str, Any] | None:
         row = self._row(response_id)

@@ -207,6 +207,11 @@ class ResponseRun:
             yield sse("response.output_item.done", output_index=index, item=msg.model_dump())
             kind = "response.completed" if r.status == "completed" else "response.incomplete"
             yield sse(kind, response=r.model_dump())
+        except APIError as exc:  # the store refused it (a full disk): say so, then end
+            if exc.code != "storage_error":
+                raise
+            r.status = "failed"  # (not stored again as abandoned)
+            yield sse("error", code=exc.code, message=exc.message, param=None)
         finally:
             self.job.cancel()  # a client that hung up stops the generation at the next token
             self._keep_abandoned()
