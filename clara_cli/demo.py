@@ -123,7 +123,7 @@ def main() -> int:
         msg = resp.choices[0].message
         note = (
             "the shipped default adapters are small and briefly trained: memory answers find the "
-            "topic but often miss the asked detail; see README, 'Default adapters'"
+            "topic but often miss the asked detail; see README, 'The shipped adapters'"
             if DEFAULT_CHECKPOINT.exists()
             else "no trained adapters are installed, so this answer comes from untrained ones"
         )
