@@ -80,11 +80,12 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
     return _file_fingerprint(path / WEIGHTS_FILE, read_checkpoint_config(path))
 
 
-def index_fingerprints(path: str | os.PathLike) -> tuple[str, ...]:
+def index_fingerprints(path: str | os.PathLike, config: dict | None = None) -> tuple[str, ...]:
     """The collection fingerprints a model loaded from this checkpoint reads (no model needed):
-    its memory fingerprint, what collections of it record, then older ones it accepts."""
+    its memory fingerprint, what collections of it record, then older ones it accepts.
+    `config`: the checkpoint's, when the caller has read it already."""
     weights = Path(path) / WEIGHTS_FILE
-    config = read_checkpoint_config(path)
+    config = config or read_checkpoint_config(path)
     whole = _file_fingerprint(weights, config)
     return _index_fingerprints(mx.load(str(weights)), config, whole)
 
@@ -94,7 +95,7 @@ def checkpoint_manifest(path: str | os.PathLike) -> dict:
     what a collection it wrote records, to check a collection against it before a load."""
     config = read_checkpoint_config(path)
     clara = ClaraConfig.from_dict(config["clara"])
-    fingerprints = index_fingerprints(path)
+    fingerprints = index_fingerprints(path, config)
     return {
         "fingerprint": fingerprints[0],
         "accepts": list(fingerprints[1:]),

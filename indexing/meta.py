@@ -174,12 +174,22 @@ class Meta:
         # the owning Collection serialises access with its own lock. Readers and writers alike
         # open the file "rw" (WAL readers write the -shm index) and never create it: only
         # `create` does, in a new collection's hidden folder. A writer that made an empty one
-        # beside a collection's memory files would start it afresh over them.
-        target = f"file:{quote(str(path))}?mode=rw"
+        # beside a collection's memory files would start it afresh over them. In a read-only
+        # folder (a read-only mount, a copy without write permission) WAL readers cannot
+        # write the -shm index, and every read failed "unable to open database file": as
+        # nothing can change the files there, readers read them as they are (immutable), and
+        # writers are refused, saying why.
         try:  # before connecting: a file swapped in between reads as `replaced`, never as ours
             self.file_id = _file_id(path)
         except FileNotFoundError:
             raise MissingDatabaseError(f"{path.name} is missing") from None
+        writable = os.access(path.parent, os.W_OK)
+        if not readonly and not writable:
+            read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code), str(path.parent))
+        mode = "rw" if writable else "ro&immutable=1"
+        target = f"file:{quote(str(path))}?mode={mode}"
         try:
             self.db = sqlite3.connect(
                 target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
@@ -188,20 +198,6 @@ class Meta:
             if not path.exists():  # deleted since the check above
                 raise MissingDatabaseError(f"{path.name} is missing") from None
             raise
-        if not readonly and not os.access(path.parent, os.W_OK):
-            self.db.close()
-            read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
-            code = errno.EROFS if read_only else errno.EACCES
-            raise OSError(code, os.strerror(code), str(path.parent))
-        if readonly and not os.access(path.parent, os.W_OK):
-            # a read-only folder (a read-only mount, a copy without write permission): WAL
-            # readers cannot write the -shm index, and every read failed "unable to open
-            # database file". Nothing can change the files there: read them as they are.
-            self.db.close()
-            target = f"file:{quote(str(path))}?mode=ro&immutable=1"
-            self.db = sqlite3.connect(
-                target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
-            )
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         if readonly:
             self.db.execute("PRAGMA query_only=ON")
