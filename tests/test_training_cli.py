@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from training.cli import build_parser, main
+from training.cli import PROG, build_parser, main
 from training.data import read_pretrain, read_qa, write_jsonl
 from training.synth import (
     grounded,
@@ -306,7 +306,10 @@ def test_ranks_into_a_folder_with_a_run_fail_once_before_starting(tiny_llama_dir
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_sigterm_stops_a_run_and_its_ranks_and_says_how_to_resume(tiny_llama_dir, tmp_path, ranks):
     """Before: SIGTERM to `--ranks 2` ended the launcher alone; both ranks trained on into
-    --out. A single process exited without saying where to resume from."""
+    --out. A single process exited without saying where to resume from. Then (CI, 1 run in
+    ~30): the KeyboardInterrupt raised inside matplotlib's first import or a checkpoint write
+    exited 1 or by SIGINT, or was swallowed and the run trained on; now the run stops at the
+    end of its step and keeps it."""
     import os
     import signal
     import subprocess
@@ -329,6 +332,9 @@ def test_sigterm_stops_a_run_and_its_ranks_and_says_how_to_resume(tiny_llama_dir
     assert proc.returncode == 130, err
     assert "stopped; the last checkpoint is" in err and "--resume" in err
     rows = (out / "metrics.jsonl").read_text()
+    last = json.loads(rows.splitlines()[-1])["step"]  # the step it was in finished and was kept
+    assert f"checkpoint is {out / f'step-{last:06d}'}:" in err, (last, err)
+    assert err.count(PROG) == 1, err  # one line, not one per rank nor a second "interrupted"
     time.sleep(1.5)  # no rank left training
     assert (out / "metrics.jsonl").read_text() == rows
     assert subprocess.run(["pgrep", "-f", str(out)], capture_output=True).stdout == b""
@@ -345,3 +351,32 @@ def test_resume_refuses_data_regenerated_at_the_same_path(tiny_llama_dir, tmp_pa
     capsys.readouterr()
     assert main([*args, "--resume"]) == 1
     assert "belongs to a run with other settings (data_sha256 " in capsys.readouterr().err
+
+
+def test_ctrl_c_to_a_ranks_run_stops_every_process_after_one_step(tiny_llama_dir, tmp_path):
+    """Ctrl-C in a terminal reaches the launcher and both ranks, and the launcher then sends
+    its ranks SIGTERM: one request (a second signal a second later would stop at once). Before:
+    three "interrupted" lines, run together with rank 0's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = _pretrain_args(tiny_llama_dir, tmp_path, out)
+    args += ["--max-steps", "100000", "--save-every", "3", "--ranks", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.cli", *args], stderr=subprocess.PIPE, text=True,
+        cwd=os.getcwd(), start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "step-000003").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert err == (f"{PROG}: stopped; the last checkpoint is {out / f'step-{last:06d}'}: run the "
+                   "same command with --resume to go on from it\n")  # fmt: skip
+    assert subprocess.run(["pgrep", "-f", str(out)], capture_output=True).stdout == b""

@@ -58,6 +58,8 @@ EPILOG = """\
 Outputs in --out: step-NNNNNN/ checkpoints (every --save-every steps) and final/, each a CLaRa
 checkpoint (clara_config.json + adapters.safetensors; with --full also base/, the fine-tuned
 base model) plus the optimiser state for --resume; metrics.jsonl and loss.png.
+Ctrl-C or SIGTERM finishes the step, keeps it as a checkpoint and exits 130 (again, a second
+later: at once); run the same command with --resume to go on.
 Data parallel: --ranks 2 runs two processes on this machine (on a 2-core CPU about 1.5x the
 tokens/s of one; --batch-size is per rank); mlx.launch --hostfile hosts.json clara-train ...
 spans several Macs. Each rank takes a slice of every batch and its share of the batch loss; the
@@ -381,10 +383,10 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
             dtype=model_dtype(args),
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # (one line from rank 0; run_main would add "interrupted")
         if os.environ.get("MLX_RANK", "0") == "0":
             _say_where_it_stopped(args.out)
-        raise
+        return 130
     if os.environ.get("MLX_RANK", "0") == "0":
         print(final)
     return 0

@@ -22,7 +22,8 @@ import time
 from collections.abc import Sequence
 
 #: Seconds the ranks get, together, to stop after the launcher is stopped (then killed): under
-#: Docker's 10 s kill timeout; a rank stops within ~1.5 s (it saves nothing when interrupted).
+#: Docker's 10 s kill timeout. The ranks finish their step and rank 0 writes a checkpoint
+#: (atomically: one cut short by the kill leaves the older checkpoints as they were).
 STOP_WAIT_S = 8.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from clara.model import ClaraModel
 from clara.retrieval import recall_precision_at_k
 from training import grads as G
 from training.stages import RECALL_KS, Example, Stage
+from training.stopping import Stopped, StopRequests
 
 STEP_PREFIX = "step-"
 FINAL = "final"
@@ -238,6 +238,7 @@ class Trainer:
             raise ClaraError("no training examples")
         self.cm, self.stage, self.examples, self.cfg = cm, stage, list(examples), config
         self.group = group
+        self._stops = StopRequests()  # entered by `run`: Ctrl-C/SIGTERM stop at a step's end
         self.rank = group.rank() if group is not None else 0
         self.world = group.size() if group is not None else 1
         self.out = Path(config.out)
@@ -384,15 +385,11 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, name: str) -> Path:
-        """Write a checkpoint `out/name` (atomic: staged in a temp dir, then renamed). Ctrl-C
-        and SIGTERM wait until it is written: between removing an older `name` and renaming
-        the new one into place, an interrupt would lose both."""
-        interrupts = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
-        try:
+        """Write a checkpoint `out/name` (atomic: staged in a temp dir, then renamed). During
+        `run`, Ctrl-C and SIGTERM wait until it is written: between removing an older `name`
+        and renaming the new one into place, an interrupt would lose both."""
+        with self._stops.writing():
             return self._save(name)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts)  # a pending one acts now
 
     def _save(self, name: str) -> Path:
         cm = self.cm
@@ -486,8 +483,16 @@ class Trainer:
         if self.step and hasattr(bar, "refresh"):
             bar.n = self.step
             bar.refresh()
-        window, t0, started = [], time.perf_counter(), time.perf_counter()
-        self._clock = (before, started)
+        self._clock = (before, time.perf_counter())
+        with StopRequests() as self._stops:
+            try:
+                return self._loop(bar, metrics_path)
+            finally:
+                self._stops = StopRequests()  # (not entered: signals act as before)
+
+    def _loop(self, bar, metrics_path: Path) -> Path:
+        cfg, lead = self.cfg, self.rank == 0
+        window, t0 = [], time.perf_counter()
         for _ in bar:
             m = self.train_step()
             window.append(m)
@@ -509,10 +514,17 @@ class Trainer:
                     print(_describe(cfg.stage, row, self.total_steps), file=sys.stderr, flush=True)
                 window = []
             stop = cfg.stop_after is not None and self.step >= cfg.stop_after and not done
-            if lead and not done and (stop or (cfg.save_every and self.step % cfg.save_every == 0)):
+            asked = not done and self._stop_requested()
+            periodic = cfg.save_every and self.step % cfg.save_every == 0
+            if lead and not done and (stop or asked or periodic):
                 self.save(f"{STEP_PREFIX}{self.step:06d}")
                 prune_checkpoints(self.out, cfg.keep_last)
-                plot_losses(metrics_path, self.out / "loss.png")
+                if not asked:  # (a first import of matplotlib takes a second)
+                    plot_losses(metrics_path, self.out / "loss.png")
+            if asked:
+                if self.world > 1:  # nobody leaves before rank 0 has written
+                    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=self.group))
+                raise Stopped(self.step)
             if stop:
                 self.cm.eval()
                 return self.out / f"{STEP_PREFIX}{self.step:06d}"
@@ -524,6 +536,15 @@ class Trainer:
         if self.world > 1:  # nobody leaves before rank 0 has written
             mx.eval(mx.distributed.all_sum(mx.array(1.0), group=self.group))
         return final
+
+    def _stop_requested(self) -> bool:
+        """Ctrl-C or SIGTERM since the loop began, on any rank: every rank stops after the
+        same step (one that went on would wait in the next step's all_sum for good)."""
+        asked = self._stops.requested
+        if self.world > 1:
+            flags = mx.distributed.all_sum(mx.array(float(asked)), group=self.group)
+            asked = flags.item() > 0
+        return asked
 
 
 def config_dict(cfg: TrainConfig) -> dict:

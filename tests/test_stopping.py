@@ -1,0 +1,46 @@
+"""Ctrl-C/SIGTERM during training ask the loop to stop at a step boundary (training/stopping.py),
+with real signals sent to this process."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from training import stopping
+from training.stopping import StopRequests
+
+
+def test_a_signal_asks_and_a_later_second_one_stops_at_once(monkeypatch):
+    monkeypatch.setattr(stopping, "FORCE_AFTER_S", 0.2)
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequests() as stops:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stops.requested  # (a handler runs before os.kill returns to Python code)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C and the launcher's SIGTERM: one request
+        time.sleep(0.3)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_forced_stop_waits_for_the_checkpoint_write(monkeypatch):
+    monkeypatch.setattr(stopping, "FORCE_AFTER_S", 0.0)
+    written = []
+    with StopRequests() as stops:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            with stops.writing():
+                os.kill(os.getpid(), signal.SIGTERM)
+                written.append("all of it")
+    assert written == ["all of it"]
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """A background job's SIGINT is ignored; entering must not make Ctrl-C of the shell reach it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequests():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
