@@ -262,6 +262,8 @@ class Worker:
                     self._cv.wait(timeout=POLL_S if self._queued() else None)
                     task = self._next()
                 if self.state == "stopped":
+                    if task is not None:  # taken as stop() came: `_drain` must tell it too
+                        self._queues[task.priority].appendleft(task)
                     break
                 started = task.steps is not None
                 if not started and task.bounded:

@@ -168,6 +168,22 @@ def test_stop_fails_waiting_tasks_and_closes_running_ones() -> None:
         worker.submit(Task("late", lambda cm: None))
 
 
+def test_a_task_taken_as_stop_comes_still_hears_the_shutdown() -> None:
+    """Before: a task the worker had just taken from the queue when stop() came was dropped,
+    neither failed nor done, and its client waited for good."""
+    worker = ready_worker()
+    errors: list[BaseException] = []
+    finished = threading.Event()
+
+    def stop_now() -> bool:  # stop() arriving between the pick and the run
+        worker.stop()  # (from the worker thread: it does not wait for itself)
+        return True
+
+    worker.submit(Task("x", lambda cm: None, errors.append, finished.set, can_start=stop_now))
+    assert finished.wait(5)
+    assert len(errors) == 1 and errors[0].code == "shutting_down"
+
+
 def test_take_hands_queued_tasks_to_the_running_one() -> None:
     """A running task takes matching queued tasks (in order, up to a limit, none cancelled)
     out of the queue; the rest still run on their own turns."""
