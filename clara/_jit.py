@@ -15,7 +15,9 @@ exp 19 -> 8 ms, SwiGLU 14 -> 2.4 ms.
 `CLARA_JIT_NATIVE=off` turns this off.
 
 MLX finds the compiler as `g++` on PATH. `enable()` puts a small wrapper first on PATH: it
-adds `FLAGS` when the command compiles a source file in MLX's JIT cache and is
+adds `FLAGS` when the command compiles a source file in MLX's JIT cache, and writes that
+library under a temporary name, renamed into place when complete (MLX writes it in place, and
+two processes compiling the same kernel could load each other's half-written file); it is
 `exec g++ "$@"` for anything else. Kernels compiled before (other flags or another CPU) are
 removed once, so every kernel in the cache is built the same way.
 """
@@ -58,9 +60,20 @@ def _wrapper(real: str) -> str:
     return f"""#!/bin/sh
 # Written by clara (clara/_jit.py): MLX's CPU JIT kernels are compiled for this CPU.
 case "$*" in
-  */mlx/*/cpu/*) exec "{real}" "$@" {FLAGS} ;;
+  */mlx/*/cpu/*) ;;
+  *) exec "{real}" "$@" ;;
 esac
-exec "{real}" "$@"
+# MLX compiles into its cache, where another process needing the same kernel (a second
+# training rank) loads whatever file is there: build beside it, then rename it into place.
+out= next=
+for a do
+  shift
+  if [ -n "$next" ]; then out=$a; a="$a.$$.tmp"; next=; elif [ "$a" = -o ]; then next=1; fi
+  set -- "$@" "$a"
+done
+[ -n "$out" ] || exec "{real}" "$@" {FLAGS}
+"{real}" "$@" {FLAGS} || {{ code=$?; rm -f "$out.$$.tmp"; exit $code; }}
+exec mv -f "$out.$$.tmp" "$out"
 """
 
 

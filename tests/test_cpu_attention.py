@@ -155,6 +155,35 @@ def test_jit_wrapper_compiles_mlx_kernels_natively_and_nothing_else(tmp_path):
     np.testing.assert_allclose(np.array(got), want, rtol=1e-6, atol=1e-30, equal_nan=True)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the wrapper is for Linux")
+def test_jit_wrapper_renames_a_kernel_into_place_only_when_it_is_built(tmp_path):
+    """Before: MLX's g++ wrote the library straight into the shared cache, and a second
+    training rank needing the same kernel could load the half-written file ("Could not load
+    C++ shared library"). A stand-in compiler writes half a file and reports what it sees."""
+    fake = tmp_path / "cc"
+    fake.write_text(
+        '#!/bin/sh\nfor a do [ "$prev" = -o ] && out=$a; prev=$a; done\n'
+        'printf half > "$out"; ls "$(dirname "$out")"; exit ${FAIL:-0}\n'
+    )
+    fake.chmod(0o755)
+    wrapper = tmp_path / "g++"
+    wrapper.write_text(_jit._wrapper(str(fake)))
+    wrapper.chmod(0o755)
+    cache = tmp_path / "mlx" / "0.0" / "cpu"
+    cache.mkdir(parents=True)
+    lib = cache / "lib k 1.so"  # (a space: arguments are passed on intact)
+    run = subprocess.run([str(wrapper), "-O3", str(cache / "k.cpp"), "-o", str(lib)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    seen = run.stdout.split("\n")
+    assert lib.name not in seen and any(n.startswith(lib.name + ".") for n in seen), seen
+    assert sorted(p.name for p in cache.iterdir()) == [lib.name] and lib.read_text() == "half"
+    failed = subprocess.run([str(wrapper), str(cache / "j.cpp"), "-o", str(cache / "libj.so")],
+                            env={**os.environ, "FAIL": "3"}, capture_output=True)  # fmt: skip
+    assert failed.returncode == 3  # the compiler's status, and nothing left behind
+    assert sorted(p.name for p in cache.iterdir()) == [lib.name]
+
+
 _KERNELS = """
 import sys, numpy as np
 import clara

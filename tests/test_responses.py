@@ -435,10 +435,11 @@ def test_a_locked_response_store_holds_up_only_its_own_request(server, client, t
     deleting = threading.Thread(target=delete)
     try:
         deleting.start()
-        time.sleep(0.5)  # the DELETE is now waiting on the lock
-        t0 = time.monotonic()
-        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
-        assert time.monotonic() - t0 < 1.0
+        time.sleep(0.5)  # the DELETE is now waiting on the lock (SQLite's busy timeout: 5 s)
+        with httpx.Client(timeout=10) as health:
+            t0 = time.monotonic()
+            assert health.get(f"{server.url}/health").status_code == 200
+            assert time.monotonic() - t0 < 3.0  # a blocked event loop would wait the 5 s
         assert deleting.is_alive()
     finally:
         holder.execute("ROLLBACK")

@@ -283,18 +283,26 @@ def _listening(proc: ServerProcess) -> bool:
 
 
 def test_sigterm_ends_running_answers_with_an_error_the_client_reads(
-    tmp_path: Path, tiny_llama_dir: Path
+    tmp_path: Path, tiny_tokenizer_dir: Path
 ) -> None:
     """Answers still running when --shutdown-grace is nearly over end with a `shutting_down`
     error (an SSE error event; a 503 for a non-streamed one), not a connection cut mid-way.
     The grace is 1 s, so they end 0.5 s after SIGTERM (the margin is at most half the grace),
-    well before the ~1.7 s of decoding the tiny model needs for its context."""
+    well before the answers end on their own: the tiny model with a 16k context decodes for
+    ~15 s (with the 2k one, ~1.7 s, a slow client could see them finish first)."""
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
+    from tests.tiny import build_tiny_model
+
+    model = build_tiny_model(
+        tmp_path / "long", tokenizer_dir=tiny_tokenizer_dir, tie_word_embeddings=False,
+        extra_config={"max_position_embeddings": 16384},
+    )  # fmt: skip
+
     def serve(*args: str) -> ServerProcess:
         return ServerProcess(
-            "--model", str(tiny_llama_dir),
+            "--model", str(model),
             "--index", str(tmp_path / "index"),
             *args,
             env={"CLARA_HOME": str(tmp_path / "home")},
@@ -302,13 +310,13 @@ def test_sigterm_ends_running_answers_with_an_error_the_client_reads(
         ).wait_ready()  # fmt: skip
 
     def respond() -> list[dict]:  # a stored Responses stream, its events
-        body = {"input": "count", "retrieval": False, "stream": True, "max_output_tokens": 4000}
+        body = {"input": "count", "retrieval": False, "stream": True, "max_output_tokens": 16000}
         with httpx.stream("POST", f"{proc.url}/v1/responses", json=body, timeout=60) as r:
             return [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
 
     proc = serve("--shutdown-grace", "1")
     url = f"{proc.url}/v1/chat/completions"
-    body = {**LONG, "max_tokens": 4000, "ignore_eos": True}
+    body = {**LONG, "max_tokens": 16000, "ignore_eos": True}
     try:
         with ThreadPoolExecutor(2) as pool:
             whole = pool.submit(httpx.post, url, json=body, timeout=60)

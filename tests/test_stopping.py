@@ -3,7 +3,6 @@ with real signals sent to this process."""
 
 import os
 import signal
-import time
 
 import pytest
 
@@ -12,13 +11,15 @@ from training.stopping import StopRequests
 
 
 def test_a_signal_asks_and_a_later_second_one_stops_at_once(monkeypatch):
-    monkeypatch.setattr(stopping, "FORCE_AFTER_S", 0.2)
+    clock = [100.0]
+    monkeypatch.setattr(stopping, "monotonic", lambda: clock[0])
     before = signal.getsignal(signal.SIGTERM)
     with StopRequests() as stops:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stops.requested  # (a handler runs before os.kill returns to Python code)
+        clock[0] += 0.5
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C and the launcher's SIGTERM: one request
-        time.sleep(0.3)
+        clock[0] += stopping.FORCE_AFTER_S
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before

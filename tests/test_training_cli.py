@@ -303,6 +303,17 @@ def test_ranks_into_a_folder_with_a_run_fail_once_before_starting(tiny_llama_dir
     assert time.perf_counter() - start < 10  # no rank started (each loads the model first)
 
 
+def _wait_for(path, proc, timeout: float = 120.0) -> None:
+    """Until `path` exists; a run that ended or is still short of it is killed and its stderr
+    shown (reading the stderr of a run still going would wait for good)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {path.name}: {proc.communicate()[1]}")
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_sigterm_stops_a_run_and_its_ranks_and_says_how_to_resume(tiny_llama_dir, tmp_path, ranks):
     """Before: SIGTERM to `--ranks 2` ended the launcher alone; both ranks trained on into
@@ -323,10 +334,7 @@ def test_sigterm_stops_a_run_and_its_ranks_and_says_how_to_resume(tiny_llama_dir
         [sys.executable, "-m", "training.cli", *args], stderr=subprocess.PIPE, text=True,
         cwd=os.getcwd(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (out / "step-000001").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.1)
+    _wait_for(out / "step-000001", proc)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
@@ -369,10 +377,7 @@ def test_ctrl_c_to_a_ranks_run_stops_every_process_after_one_step(tiny_llama_dir
         [sys.executable, "-m", "training.cli", *args], stderr=subprocess.PIPE, text=True,
         cwd=os.getcwd(), start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (out / "step-000003").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.05)
+    _wait_for(out / "step-000003", proc)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err

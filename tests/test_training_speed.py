@@ -134,6 +134,9 @@ def test_bf16_trainer_runs_frozen_products_in_bfloat16_close_to_float32(cm, tmp_
     set_trainable(cm, stage.adapters, True, False)
     cm.eval()
     exact, g_exact = _loss_and_grads(cm, stage, examples, True)
+    import gc
+
+    gc.collect()  # earlier tests' copies freed now, not by a collection inside the window
     before = _blas._thin.clara_thinmm_copies()
     cfg = TrainConfig(stage="pretrain", out=str(tmp_path), batch_size=4, max_steps=2, quiet=True)
     trainer = Trainer(cm, stage, examples, cfg)
@@ -147,7 +150,5 @@ def test_bf16_trainer_runs_frozen_products_in_bfloat16_close_to_float32(cm, tmp_
         scale = float(np.abs(np.array(a[k])).max()) + 1e-6
         assert np.abs(np.array(a[k]) - np.array(b[k])).max() <= 0.05 * scale, k
     del trainer
-    import gc
-
     gc.collect()  # (other tests' decoders may go too)
     assert _blas._thin.clara_thinmm_copies() <= with_ours - len(eligible)

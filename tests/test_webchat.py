@@ -45,6 +45,7 @@ def page(server: ServerProcess):
         try:
             page = browser.new_page()
             page.set_default_timeout(60_000)
+            sync_api.expect.set_options(timeout=60_000)  # (expect's own default: 5 s)
             yield page
         finally:
             browser.close()

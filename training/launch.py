@@ -29,9 +29,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _free_ports(n: int, tries: int = 50) -> list[int]:
-    """`n` consecutive loopback ports that are free now (the ring backend binds them)."""
+    """`n` consecutive loopback ports that are free now (the ring backend binds them), below
+    the ranges Linux (32768+) and macOS (49152+) hand out for outgoing connections, which could
+    take one between this check and the ranks' bind."""
     for _ in range(tries):
-        start = random.randint(20000, 60000 - n)
+        start = random.randint(20000, 32000 - n)
         socks = []
         try:
             for port in range(start, start + n):

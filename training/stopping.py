@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from time import monotonic
 
 #: A second Ctrl-C/SIGTERM this many seconds after the first stops without finishing the step.
 FORCE_AFTER_S = 1.0
@@ -55,7 +55,7 @@ class StopRequests:
         self._previous.clear()
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        now = time.monotonic()
+        now = monotonic()
         if self.requested_at is None:
             self.requested_at = now
         elif now - self.requested_at >= FORCE_AFTER_S:
