@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         "GET /v1/responses/{id} (default: $CLARA_HOME/responses.sqlite)",
     )
     net.add_argument(
+        "--truncate-embeddings",
+        action="store_true",
+        help="/v1/embeddings reads the start of an input longer than the query encoder does "
+        "(as Ollama does) instead of a 400 context_length_exceeded (as OpenAI does), for "
+        'clients that embed long chunks and cannot send "truncate": true',
+    )
+    net.add_argument(
         "--accept-any-model",
         action="store_true",
         help="answer requests whatever model they name (e.g. code written for OpenAI that "
@@ -262,6 +269,7 @@ def serve(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         history_turns=args.history_turns,
         mode=default_reading_mode(args.model, args.checkpoint, args.mode),
+        truncate_embeddings=args.truncate_embeddings,
     )
     app = create_app(
         settings,

@@ -202,8 +202,10 @@ class Engine:
         """Requests in the decode batch."""
         return sum(len(d.sequences) for d in list(self._decoders.values()))
 
-    def embed(self, inputs: list[str | list[int]]) -> Job:
-        return self.submit("embeddings", lambda job: self._embed(job, inputs))
+    def embed(self, inputs: list[str | list[int]], truncate: bool = False) -> Job:
+        """Query-adapter embeddings of `inputs`; one longer than the encoder reads fails the
+        job (ContextLengthError), or with `truncate` is read up to that length."""
+        return self.submit("embeddings", lambda job: self._embed(job, inputs, truncate))
 
     def index_stats(self) -> list[tuple[str, int, int]]:
         """(name, documents, chunks) of every collection under the index root, whether or not
@@ -471,7 +473,7 @@ class Engine:
         self.metrics.completion_tokens.inc(chunk.generation_tokens)
         self.metrics.prompt_tokens.inc(chunk.prompt_positions)
 
-    def _embed(self, job: Job, inputs: list[str | list[int]]) -> Iterator[None]:
+    def _embed(self, job: Job, inputs: list[str | list[int]], truncate: bool) -> Iterator[None]:
         """Embeddings in steps: every input is tokenized and checked first (one too long is a
         400 before any encoding), then encoded a few at a time, one worker turn each, so chats
         decode between two steps and a client that leaves stops the job at the next one. A
@@ -481,19 +483,18 @@ class Engine:
         cm = self._cm
         texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
         limit = cm.config.doc_max_tokens
-        ids = cm.tokenize(texts, cut=False)  # whole, counted once (the reference layout cuts)
+        ids = cm.tokenize(texts, cut=truncate)  # whole, counted once (the reference layout cuts)
         for i, (x, read) in enumerate(zip(inputs, ids)):
-            if len(read) < limit:
-                continue  # nothing was cut
+            if len(read) < limit or truncate:
+                continue  # nothing was cut, or cutting was asked for
             if cm.config.reference:  # its ids were cut at the limit: count the text's own
                 n = len(x) if not isinstance(x, str) else len(cm.tokenizer.encode(x, **NO_SPECIALS))
             else:
                 n = len(read)
-            if n > limit:  # as OpenAI: refused, not silently cut
+            if n > limit:  # as OpenAI: refused, not silently cut (unless `truncate`)
                 where = f"input {i}" if len(inputs) > 1 else "the input"
                 raise ContextLengthError(
-                    f"{where} has {n} tokens; this model embeds at most {limit} tokens per "
-                    "input (its query encoder's length): split the text into shorter pieces"
+                    f"{where} has {n} tokens; " + TOO_LONG_TO_EMBED.format(limit=limit)
                 )
         parts: list[np.ndarray] = []
         done = 0
@@ -516,6 +517,11 @@ class Engine:
 
 
 NO_SPECIALS = {"add_special_tokens": False}  # count a text's own tokens
+TOO_LONG_TO_EMBED = (
+    "this model embeds at most {limit} tokens per input (its query encoder's length): split "
+    'the text into shorter pieces, or send "truncate": true to embed its start (clara-serve '
+    "--truncate-embeddings makes that the default, for clients that cannot send it)"
+)
 #: Seconds of query encoding per embeddings step when nothing else could run, and while other
 #: work waits or decodes: one input of ~220 tokens is ~0.3 s of the default model on 2 cores,
 #: so a chat waits at most about this long for its turn.

@@ -237,6 +237,7 @@ class ServingDefaults:
     history_turns: int = 2
     retrieval_mode: str = "hybrid"
     mode: str = "memory"
+    truncate_embeddings: bool = False  # --truncate-embeddings: the default of `truncate`
 
 
 @dataclass
@@ -410,6 +411,10 @@ class EmbeddingRequest(_Request):
     once the model is loaded)."""
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
+    truncate: bool | None = None
+    """clara (and Ollama): true embeds the start of an input longer than the query encoder
+    reads, as Ollama does, instead of refusing it (400 context_length_exceeded, as OpenAI
+    does); usage counts the tokens read. Default: the server's --truncate-embeddings."""
 
 
 class Embedding(_Response):

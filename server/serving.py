@@ -23,7 +23,7 @@ from clara.errors import ClaraError
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import snippet
 from clara_cli.http import APIError, shutting_down_error, to_api_error
-from server.engine import Engine
+from server.engine import TOO_LONG_TO_EMBED, Engine
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
 from server.protocol import (
     Annotation,
@@ -473,15 +473,17 @@ class OpenAIServing:
                 param="input",
             )
         info = self.engine.info
+        truncate = self.defaults.truncate_embeddings if req.truncate is None else req.truncate
+        if truncate:  # only the start is read: no need to tokenize a megabyte for it
+            inputs = [_start(x, info.embed_tokens, info.max_token_chars) for x in inputs]
         for i, x in enumerate(inputs):  # hopelessly long text: refused before tokenizing it
             least = info.least_tokens(len(x)) if isinstance(x, str) else 0
-            if least > info.embed_tokens:
+            if least > info.embed_tokens and not truncate:
                 where = f"input {i}" if len(inputs) > 1 else "the input"
                 raise APIError(
                     400,
-                    f"{where} has {len(x)} characters, at least {least} tokens; this model embeds "
-                    f"at most {info.embed_tokens} tokens per input (its query encoder's length): "
-                    "split the text into shorter pieces",
+                    f"{where} has {len(x)} characters, at least {least} tokens; "
+                    + TOO_LONG_TO_EMBED.format(limit=info.embed_tokens),
                     param="input",
                     code="context_length_exceeded",
                 )
@@ -493,7 +495,7 @@ class OpenAIServing:
                 "other 'dimensions' are not supported",
                 param="dimensions",
             )
-        job = self.engine.embed(list(inputs))
+        job = self.engine.embed(list(inputs), truncate=truncate)
         try:
             event = await self.next_event(job, request)
         finally:
@@ -516,3 +518,11 @@ class OpenAIServing:
         ]
         usage = EmbeddingUsage(prompt_tokens=event.tokens, total_tokens=event.tokens)
         return EmbeddingResponse(data=data, model=self.served_model_name, usage=usage)
+
+
+def _start(x: str | list[int], tokens: int, max_token_chars: int) -> str | list[int]:
+    """As much of `x` as its first `tokens` tokens can span (all of it when that is unknown):
+    a text cut to `tokens` times the longest token's characters still holds `tokens` tokens."""
+    if not isinstance(x, str):
+        return x[:tokens]
+    return x[: tokens * max_token_chars] if max_token_chars else x

@@ -795,6 +795,42 @@ def test_embeddings_are_normalised_query_memories(
     assert np.allclose(by_tokens["data"][0]["embedding"], floats, atol=1e-5)
 
 
+def test_truncate_embeds_the_start_of_a_long_input(
+    server: ServerProcess, client: openai.OpenAI, cm, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Open WebUI and Continue embed 1000-character chunks, past the 256 tokens the query
+    encoder reads: every one was a 400. `truncate` (per request, or --truncate-embeddings for
+    clients that cannot send it) embeds the start instead, counted in usage as read."""
+    long = "the river runs past the old mill and " * 120  # ~1000 tokens
+    start = cm.tokenize([long])[0]  # its first 256 tokens
+    assert len(start) == 256 and len(cm.tokenize([long], cut=False)[0]) > 800
+    want = post(server, "/v1/embeddings", {"input": start, "encoding_format": "float"}).json()
+    body = {"input": ["hello", long], "encoding_format": "float", "truncate": True}
+    got = post(server, "/v1/embeddings", body).json()
+    assert np.allclose(got["data"][1]["embedding"], want["data"][0]["embedding"], atol=1e-5)
+    assert got["usage"]["prompt_tokens"] == len(cm.tokenize(["hello"])[0]) + 256
+    big = client.embeddings.create(
+        model=MODEL, input="a" * 5_000_000, extra_body={"truncate": True}
+    )
+    assert big.usage.prompt_tokens <= 256  # (only its start was tokenized)
+    # the server's default, for clients that send no `truncate`; false still refuses
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"),
+        "--truncate-embeddings", env={"CLARA_HOME": str(tmp_path / "home")},
+        log=tmp_path / "server.log",
+    ).wait_ready()  # fmt: skip
+    try:
+        cut = httpx.post(f"{proc.url}/v1/embeddings", json={"input": long}, timeout=60)
+        assert cut.status_code == 200 and cut.json()["usage"]["prompt_tokens"] == 256
+        strict = httpx.post(
+            f"{proc.url}/v1/embeddings", json={"input": long, "truncate": False}, timeout=60
+        )
+        assert strict.status_code == 400, strict.text
+        assert '"truncate": true' in strict.json()["error"]["message"]
+    finally:
+        proc.stop()
+
+
 def test_embedding_errors(server: ServerProcess, client: openai.OpenAI) -> None:
     empty = assert_error(post(server, "/v1/embeddings", {"input": []}), 400, "input")
     assert "at least 1 item" in empty["message"] and "more problems" not in empty["message"]
