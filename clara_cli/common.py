@@ -242,6 +242,21 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         "are refused (a web page could otherwise read your documents through DNS rebinding)",
     )
     net.add_argument(
+        "--allow-origin",
+        action="append",
+        default=_listed(os.environ.get("CLARA_ALLOW_ORIGINS")),
+        metavar="PATTERN",
+        help="let the pages of another origin use this server from a browser or a desktop app "
+        "(CORS): an origin as sent (https://web.chatboxai.app for Chatbox on the web; Open "
+        "WebUI's own address, e.g. http://localhost:3000, for its direct connections), every "
+        "origin of a scheme (tauri://* for Tauri apps such as Jan, whose Windows origin is "
+        "http://tauri.localhost; app://* or file://* for Electron apps such as Chatbox "
+        "desktop; vscode-webview://*), a domain's subdomains "
+        "(https://*.example.com), any port (http://localhost:*), null (file:// pages) or * "
+        "(any page; null and * need --api-key). Repeatable, besides the comma-separated "
+        "$CLARA_ALLOW_ORIGINS. Default: none, only this server's own pages (the web chat)",
+    )
+    net.add_argument(
         "--shutdown-grace",
         type=non_negative_float,
         default=SHUTDOWN_GRACE_S,
@@ -255,21 +270,31 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
     return net
 
 
+def _listed(value: str | None) -> list[str]:
+    """A comma-separated environment variable's items ([] when unset)."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
 def access_options(args: argparse.Namespace) -> dict[str, Any]:
     """`create_app`'s keyword arguments for `clara_cli.http.AccessGate` from the "server"
     options (`add_http_args`): the API key (an empty one is an error, not "no key"), whether
-    the server listens on this machine only, and the other names it answers to."""
-    from clara_cli.http import is_loopback
+    the server listens on this machine only, the other names it answers to, and the origins
+    whose pages may use it (checked here, before the model loads: a pattern that lets any
+    page in needs the key)."""
+    from clara_cli.http import is_loopback, origin_rules
 
     if args.api_key is not None and not args.api_key.strip():
         raise ClaraError(
             "the API key is empty (--api-key or CLARA_API_KEY): give a key, or unset "
             "CLARA_API_KEY to serve without one"
         )
+    origins = tuple(getattr(args, "allow_origin", None) or ())
+    origin_rules(origins, keyed=args.api_key is not None)
     return {
         "api_key": args.api_key,
         "local_only": is_loopback(args.host),
         "allow_hosts": tuple(args.allow_host),
+        "allow_origins": origins,
     }
 
 

@@ -12,16 +12,18 @@ import importlib.resources
 import ipaddress
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -486,9 +488,92 @@ def _host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-#: Methods a browser may send to another site without asking (a form's POST) or with a
-#: preflight this server refuses (405): the ones that change something are checked.
+#: Methods a browser may send to another site without asking (a form's POST): the ones that
+#: change something are checked, and so is another site's preflight (OPTIONS) unless its
+#: origin is allowed (`--allow-origin`).
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+#: What a preflight from an allowed origin is told: the methods the APIs use, and how long the
+#: browser may keep the answer (Chromium keeps it 2 hours at most).
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_MAX_AGE_S = 7200
+#: Response headers an allowed origin's page may read besides the safelisted ones (the openai
+#: SDK reads Retry-After to wait before retrying a 503).
+CORS_EXPOSE = "Retry-After, WWW-Authenticate, openai-poll-after-ms"
+#: A preflight's Access-Control-Request-Headers, echoed back: header names and commas only (the
+#: openai JS SDK sends about ten x-stainless-* headers, and adds more from release to release).
+_HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_PATTERN_HOST = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\]")
+_PATTERN_HELP = (
+    "give an origin as a browser sends it (https://web.chatboxai.app, http://localhost:3000), "
+    "every origin of a scheme (tauri://*, app://*, file://*), a domain's subdomains "
+    "(https://*.example.com), any port (http://localhost:*), null or *"
+)
+
+
+class OriginRule(NamedTuple):
+    """One `--allow-origin` pattern: `regex` matches an Origin header (lower case);
+    `any_page`: any web page may send a matching Origin (`*`, `null`: a sandboxed frame's)."""
+
+    text: str
+    regex: re.Pattern[str]
+    any_page: bool
+
+
+def origin_rule(text: str) -> OriginRule:
+    """An `--allow-origin` pattern, or a ClaraError that says what one looks like."""
+    value = text.strip().lower()
+    if value == "*":
+        return OriginRule(value, re.compile(r".*"), True)
+    if value == "null":  # file:// pages, sandboxed frames, data: URLs
+        return OriginRule(value, re.compile("null"), True)
+    value = value.removesuffix("/")
+    scheme, sep, netloc = value.partition("://")
+    bad = ClaraError(f"--allow-origin {text!r} is not an origin pattern: {_PATTERN_HELP}")
+    if not sep or not _SCHEME.fullmatch(scheme) or "/" in netloc:
+        raise bad
+    web = scheme in ("http", "https")
+    if netloc == "*":  # tauri://localhost, file:// (no host), app://anything
+        return OriginRule(value, re.compile(re.escape(scheme) + "://.*"), web)
+    host, port = netloc, None
+    if netloc.startswith("[") and "]:" in netloc:
+        host, port = netloc.split("]:", 1)
+        host += "]"
+    elif not netloc.startswith("[") and ":" in netloc:
+        host, port = netloc.rsplit(":", 1)
+    if (host or web) and not _PATTERN_HOST.fullmatch(host):
+        raise bad
+    if port is not None and not (port == "*" or port.isdigit() and 0 < int(port) < 65536):
+        raise bad
+    host_re = re.escape(host)
+    if host.startswith("*."):  # its subdomains, at any depth
+        host_re = r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\." + re.escape(host[2:])
+    port_re = "" if port is None else r"(:\d+)?" if port == "*" else ":" + port
+    return OriginRule(value, re.compile(re.escape(scheme) + "://" + host_re + port_re), False)
+
+
+def origin_rules(patterns: Iterable[str], keyed: bool) -> tuple[OriginRule, ...]:
+    """`--allow-origin`'s patterns; one that lets any web page in (`*`, `null`, `https://*`)
+    needs an API key (`keyed`): else every page the user visits could read their documents."""
+    rules = tuple(origin_rule(p) for p in patterns)
+    open_to_all = [r.text for r in rules if r.any_page]
+    if open_to_all and not keyed:
+        what = "send Origin: null (any page can, from a sandboxed frame)"
+        if open_to_all[0] != "null":
+            what = "match it"
+        raise ClaraError(
+            f"--allow-origin {open_to_all[0]} lets every web page you visit read and change "
+            f"your documents through this server (they all {what}); start it with --api-key "
+            "(or CLARA_API_KEY) too and give that key to the app, or allow only the apps' "
+            "own origins (https://web.chatboxai.app, tauri://*, ...)"
+        )
+    return rules
+
+
+def _headers_of(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
 class AccessGate:
@@ -498,10 +583,15 @@ class AccessGate:
     - the Host a request is addressed to, when the server listens on this machine only
       (`local_only`): this machine's names and addresses, or one of `allow_hosts`. A web page
       whose own name it rebinds to 127.0.0.1 (DNS rebinding) sends its name, and could
-      otherwise read every document;
+      otherwise read every document. Allowed origins do not change this;
     - a browser's request that changes something (POST, DELETE) from a page of another site
-      (its Origin: not this server nor one of `allow_hosts`): a form on any page could upload
-      files;
+      (its Origin: not this server, nor one of `allow_hosts`, nor one `allow_origins`
+      matches): a form on any page could upload files;
+    - CORS for the origins `allow_origins` matches (`origin_rule`: browser and desktop chat
+      apps): their preflight (OPTIONS with Access-Control-Request-Method, which never carries
+      the key) is answered 204 here, and every response to them (errors and streams too)
+      carries Access-Control-Allow-Origin. Another site's preflight is a 403. No origins by
+      default: other sites' pages cannot read the answers;
     - the API key, on every path but `open_paths`, when there is one."""
 
     def __init__(
@@ -512,6 +602,7 @@ class AccessGate:
         open_paths: tuple[str, ...] = ("/health",),
         local_only: bool = False,
         allow_hosts: tuple[str, ...] = (),
+        allow_origins: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
@@ -519,10 +610,19 @@ class AccessGate:
         self.open_paths = open_paths
         self.local_only = local_only
         self.allow_hosts = {_host_name(h) for h in allow_hosts}  # ('name:port', '[v6]' too)
+        self.allow_origins = origin_rules(allow_origins, keyed=self.api_key is not None)
+
+    def allows_origin(self, origin: str | None) -> bool:
+        """Whether pages of `origin` may use this server from a browser (`allow_origins`)."""
+        if origin is None:
+            return False
+        origin = origin.strip().lower()
+        return any(rule.regex.fullmatch(origin) for rule in self.allow_origins)
 
     def refusal(self, scope: Scope) -> APIError | None:
-        """Why `scope` may not go on (None: it may)."""
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        """Why `scope` may not go on (None: it may; an allowed origin's preflight is then
+        answered by the gate itself, `__call__`)."""
+        headers = _headers_of(scope)
         host = headers.get("host", "")
         name = _host_name(host)
         if self.local_only and host and not (is_loopback(name) or name in self.allow_hosts):
@@ -535,19 +635,20 @@ class AccessGate:
                 code="forbidden_host",
             )
         origin = headers.get("origin")
-        if origin is not None and scope.get("method", "GET") not in _SAFE_METHODS:
+        method = scope.get("method", "GET")
+        preflight = _is_preflight(method, headers)
+        if origin is not None and (preflight or method not in _SAFE_METHODS):
             netloc = origin.partition("://")[2]
             same = bool(netloc) and netloc.lower() == host.lower()
-            if not same and _host_name(netloc) not in self.allow_hosts:
+            ours = not preflight and (same or _host_name(netloc) in self.allow_hosts)
+            if not ours and not self.allows_origin(origin):
                 return APIError(
                     403,
-                    f"a web page of another site ({origin}) may not change anything on "
-                    f"{self.service}; to allow that site, start it with --allow-host "
-                    f"{_host_name(netloc) or '<its name>'}",
+                    self._cross_site(origin),
                     type="invalid_request_error",
                     code="cross_origin_request",
                 )
-        if self.api_key is None or scope["path"] in self.open_paths:
+        if preflight or self.api_key is None or scope["path"] in self.open_paths:
             return None
         token = headers.get("authorization", "")
         scheme, _, token = token.partition(" ")
@@ -564,9 +665,81 @@ class AccessGate:
             headers={"WWW-Authenticate": "Bearer"},
         )
 
+    def _cross_site(self, origin: str) -> str:
+        """The cross_origin_request message: which --allow-origin lets that origin in."""
+        scheme, sep, netloc = origin.strip().partition("://")
+        if not sep:  # "null": a file:// page, a sandboxed frame, a data: URL
+            return (
+                f"a page without an origin of its own (Origin: {origin}: a file:// page or a "
+                f"sandboxed frame) may not use {self.service}; to allow such pages, start it "
+                "with --allow-origin null, which needs an --api-key too (any web page can "
+                "send Origin: null)"
+            )
+        hint = f"--allow-origin {origin if netloc else scheme + '://*'}"
+        if scheme.lower() in ("http", "https") and netloc:
+            hint += (
+                f" (or, if a reverse proxy serves {self.service} under that name, --allow-host "
+                f"{_host_name(netloc)})"
+            )
+        return (
+            f"a page of another site ({origin}) may not use {self.service} from a browser; to "
+            f"let that site's pages (a browser or desktop chat app) use it, start it with {hint}"
+        )
+
+    def _with_cors(self, send: Send, origin: str | None) -> Send:
+        """`send`, adding `origin`'s CORS headers (None: only Vary) to the response."""
+
+        async def cors_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                head = MutableHeaders(scope=message)
+                if origin is not None:
+                    head["Access-Control-Allow-Origin"] = origin
+                    head["Access-Control-Expose-Headers"] = CORS_EXPOSE
+                head.add_vary_header("Origin")
+            await send(message)
+
+        return cors_send
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self.refusal(scope) if scope["type"] == "http" else None
-        if refusal is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await error_response(refusal)(scope, receive, send)
+        headers = _headers_of(scope)
+        origin = headers.get("origin")
+        allowed = self.allows_origin(origin)
+        if self.allow_origins:  # answers then depend on the Origin: say so to caches
+            send = self._with_cors(send, origin.strip() if allowed and origin else None)
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, send)
+        elif allowed and _is_preflight(scope["method"], headers):
+            await _preflight(headers)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _is_preflight(method: str, headers: dict[str, str]) -> bool:
+    """A browser's CORS preflight: it asks before sending a request another site's page
+    made (another method than GET/HEAD/POST, or headers such as Authorization)."""
+    return (
+        method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
+    )
+
+
+def _preflight(headers: dict[str, str]) -> Response:
+    """The 204 an allowed origin's preflight gets (its Allow-Origin: `AccessGate._with_cors`)."""
+    answer = {
+        "Access-Control-Allow-Methods": CORS_METHODS,
+        "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+        "Vary": "Access-Control-Request-Method, Access-Control-Request-Headers",
+    }
+    asked = headers.get("access-control-request-headers", "").strip()
+    if _HEADER_LIST.fullmatch(asked):
+        answer["Access-Control-Allow-Headers"] = asked
+    elif asked:  # not a list of header names: the ones clients need
+        answer["Access-Control-Allow-Headers"] = "authorization, content-type"
+    # Chromium's Private Network Access: a public site's page asking a server on this machine
+    if headers.get("access-control-request-private-network", "").lower() == "true":
+        answer["Access-Control-Allow-Private-Network"] = "true"
+    return Response(status_code=204, headers=answer)

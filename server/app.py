@@ -20,7 +20,6 @@ from clara.paths import UPLOADS
 from clara_cli.http import (
     AccessGate,
     BodyLimit,
-    error_response,
     error_responses,
     install_error_handlers,
     serve_api_docs,
@@ -104,11 +103,8 @@ class Gate:
                 status = message["status"]
             await send(message)
 
-        try:
-            if (refusal := self.access.refusal(scope)) is not None:
-                await error_response(refusal)(scope, receive, send_status)
-                return
-            await self.app(scope, receive, send_status)
+        try:  # the gate refuses, answers an allowed origin's preflight, or calls the app
+            await self.access(scope, receive, send_status)
         finally:
             endpoint = _endpoint(scope["path"])
             self.metrics.requests.inc(endpoint=endpoint, status=str(status))
@@ -123,6 +119,7 @@ def create_app(
     api_key: str | None = None,
     local_only: bool = False,
     allow_hosts: tuple[str, ...] = (),
+    allow_origins: tuple[str, ...] = (),
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
     responses_db: Path | None = None,
@@ -133,8 +130,9 @@ def create_app(
     """The clara-serve app; the model loads in the lifespan, on the MLX worker thread.
     Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`).
     `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
-    index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`: who may
-    ask (`clara_cli.http.AccessGate`; `clara_cli.common.access_options` from the options)."""
+    index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`,
+    `allow_origins`: who may ask (`clara_cli.http.AccessGate`; from the options:
+    `clara_cli.common.access_options`)."""
     from clara.paths import home
 
     engine = engine or Engine(settings)
@@ -177,6 +175,7 @@ def create_app(
         api_key=api_key,
         local_only=local_only,
         allow_hosts=allow_hosts,
+        allow_origins=allow_origins,
     )
     install_error_handlers(app)
     if files is not None:

@@ -93,6 +93,7 @@ def create_app(
     api_key: str | None = None,
     local_only: bool = False,
     allow_hosts: tuple[str, ...] = (),
+    allow_origins: tuple[str, ...] = (),
     load: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The app; `load` (default: `settings.load`) runs on the worker thread."""
@@ -128,6 +129,7 @@ def create_app(
         open_paths=OPEN_PATHS,
         local_only=local_only,
         allow_hosts=allow_hosts,
+        allow_origins=allow_origins,
     )
     install_error_handlers(app)
     mount_files_api(app, service)
