@@ -214,6 +214,8 @@ def _check_model_args(args: argparse.Namespace, col: Collection | None) -> None:
     limit = expected["doc_max_tokens"] if expected else ClaraConfig().doc_max_tokens
     chunk_limits_for(limit, args.chunk_tokens, args.overlap)
     if expected is not None and col is not None:  # (fresh adapters: known only once loaded)
+        if args.checkpoint is not None:  # as `model_manifest` records it: for the fix-it
+            expected = dict(expected, checkpoint=str(where.resolve()))
         col.manifest.check_matches(Manifest.from_dict(expected), args.collection)
 
 
