@@ -65,8 +65,15 @@ class Sequence:
     key: mx.array
     fresh: bool = True  # its current token was sent at prefill, not by a step
     lp: tuple = ()  # logprob info of its current token (lazy), when it asked for it
+    counts: mx.array | None = None  # (V,) times each token was generated, if penalized
     done: bool = False
     tag: object = field(default=None, repr=False)  # the caller's (e.g. the server's job)
+
+
+def _penalty(s: Sequence) -> mx.array:
+    """What a penalized sequence's logits lose, from the tokens it has generated."""
+    p = s.params
+    return p.frequency_penalty * s.counts + p.presence_penalty * (s.counts > 0)
 
 
 def _runs(n: int, parts: int) -> list[list[int]]:
@@ -119,6 +126,9 @@ class Decoder:
         """Next token per row of `logits` (B, V), and (logprob, top ids, top logprobs).
         Each sampled row draws with its request's own key, so a seeded request samples the
         same alone or in any batch (mlx-lm's samplers draw from the global key)."""
+        if any(s.counts is not None for s in seqs):  # frequency and presence penalties
+            own = [row if s.counts is None else row - _penalty(s) for row, s in zip(logits, seqs)]
+            logits = mx.stack(own)
         wants_lp = any(s.params.logprobs or s.params.top_logprobs for s in seqs)
         # Greedy rows take the argmax of the logits: no normalizing (the vocabulary-wide
         # logsumexp, MLX's scalar exp per logit, was ~9% of a batch-8 decode step), and the
@@ -481,6 +491,10 @@ class Decoder:
         else:
             with decode_steps():
                 logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
+            for i, s in enumerate(seqs):  # the current tokens count (still lazy: no wait)
+                if s.params.penalized:
+                    counts = mx.zeros(logits.shape[-1]) if s.counts is None else s.counts
+                    s.counts = counts.at[self._y[i]].add(1.0)
             y, lp = self._sample(logits, seqs)
             mx.async_eval(y, *lp)  # runs while the current tokens are detokenized and sent
         mx.eval(self._y)  # waits with the GIL released (the server's event loop runs meanwhile)

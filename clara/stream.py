@@ -45,16 +45,26 @@ class SamplingParams:
     ignore_eos: bool = False  # decode to max_tokens (benchmarks compare equal lengths)
     logprobs: bool = False  # report each token's log-probability
     top_logprobs: int = 0  # and this many alternatives
+    # OpenAI's: a token's logit is lowered by frequency_penalty times the times this answer
+    # has generated it, and by presence_penalty once it has (negative values raise it)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ClaraError("temperature must be >= 0 and top_p in (0, 1]")
         if self.top_logprobs < 0:
             raise ClaraError("top_logprobs must be >= 0")
+        if not (abs(self.frequency_penalty) <= 2 and abs(self.presence_penalty) <= 2):
+            raise ClaraError("frequency_penalty and presence_penalty must be in [-2, 2]")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty)
 
     def key(self) -> mx.array:
         """This request's own random key: sampling does not depend on the batch around it."""

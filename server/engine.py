@@ -576,4 +576,6 @@ def sampling(p: RagParams) -> SamplingParams:
         ignore_eos=p.ignore_eos,
         logprobs=p.logprobs,
         top_logprobs=p.top_logprobs,
+        frequency_penalty=p.frequency_penalty,
+        presence_penalty=p.presence_penalty,
     )

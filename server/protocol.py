@@ -74,7 +74,9 @@ class ChatMessage(_Request):
     """Tool and function messages are not supported (this server calls no tools)."""
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = only(NULL, default=None)
+    tool_calls: list[dict[str, Any]] | None = only(
+        {"anyOf": [NULL, {"type": "array", "maxItems": 0}]}, default=None
+    )  # (some clients send an empty list on every assistant message)
     function_call: dict[str, Any] | None = only(NULL, default=None)
     audio: dict[str, Any] | None = only(NULL, default=None)
 
@@ -105,7 +107,8 @@ class ChatCompletionRequest(_Request):
     after the latest user message are not read."""
     model: str | None = None
     audio: dict[str, Any] | None = only(NULL, default=None)
-    frequency_penalty: float | None = only({"maximum": 0, "minimum": 0}, default=None)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Lowers each token's logit by this times the times it was generated (OpenAI's)."""
     function_call: str | dict[str, Any] | None = only({"enum": ["none", None]}, default=None)
     functions: list[dict[str, Any]] | None = only({"maxItems": 0}, default=None)
     logit_bias: dict[str, float] | None = only({"maxProperties": 0}, default=None)
@@ -115,10 +118,11 @@ class ChatCompletionRequest(_Request):
     max_tokens: json_int(ge=1) | None = None
     metadata: dict[str, Any] | None = None
     modalities: list[str] | None = only({"items": {"enum": ["text"]}}, default=None)
-    n: json_int(ge=1, le=1) | None = None
+    n: json_int(ge=1) | None = only({"maximum": 1}, default=None)  # (n > 1: a 400 that says so)
     parallel_tool_calls: bool | None = None
     prediction: dict[str, Any] | None = None
-    presence_penalty: float | None = only({"maximum": 0, "minimum": 0}, default=None)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    """Lowers the logit of every token generated at least once by this (OpenAI's)."""
     reasoning_effort: str | None = None
     response_format: dict[str, Any] | None = only(
         {"properties": {"type": {"enum": ["text"]}}}, default=None
@@ -161,7 +165,10 @@ class ChatCompletionRequest(_Request):
     def check_supported(self) -> None:
         """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
         if (self.n or 1) > 1:
-            refuse("n", "n > 1 (several choices per request)")
+            raise APIError(
+                400, "n > 1 (several choices per request) is not supported by clara-serve: send "
+                "the request n times (with temperature > 0 for different answers)", param="n"
+            )  # fmt: skip
         if self.tools or self.functions:
             refuse("tools" if self.tools else "functions", "tool / function calling")
         for name in ("tool_choice", "function_call"):
@@ -169,9 +176,6 @@ class ChatCompletionRequest(_Request):
                 refuse(name, "tool / function calling")
         if self.logit_bias:
             refuse("logit_bias", "logit_bias")
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(self, name):
-                refuse(name, name)
         if self.audio is not None:
             refuse("audio", "audio output")
         if any(m != "text" for m in self.modalities or []):
@@ -182,7 +186,7 @@ class ChatCompletionRequest(_Request):
             if msg.role in ("tool", "function"):
                 refuse(f"messages.[{i}].role", f"a {msg.role!r} message")
             for key in ("tool_calls", "function_call", "audio"):
-                if getattr(msg, key) is not None:
+                if getattr(msg, key) not in (None, []):
                     refuse(f"messages.[{i}].{key}", f"{key} in messages")
             if isinstance(msg.content, list):
                 for j, part in enumerate(msg.content):
@@ -223,6 +227,8 @@ class ChatCompletionRequest(_Request):
             ignore_eos=self.ignore_eos,
             logprobs=bool(self.logprobs or self.top_logprobs),
             top_logprobs=self.top_logprobs or 0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
         )
 
 
@@ -263,6 +269,8 @@ class RagParams:
     top_logprobs: int = 0
     truncate: bool = False  # too long: drop the oldest turns, then the last chunks (Responses'
     # truncation "auto"), instead of a 400
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 # ---- chat completion response ------------------------------------------------------------

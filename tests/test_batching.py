@@ -619,3 +619,45 @@ def test_no_forward_after_every_last_token(cm, monkeypatch) -> None:
         tokens += [chunk.token for _, chunk in decoder.step()]
     assert len(tokens) == 5 and len(forwards) == 4
     assert tokens == tokens_alone(cm, prompt, None, max_tokens=5, ignore_eos=True)
+
+
+def test_penalties_lower_the_logits_of_generated_tokens_as_openai_does() -> None:
+    """logit - frequency_penalty * count - presence_penalty * (count > 0), per row; rows
+    without penalties are untouched (one greedy batch)."""
+    from clara.decode import Sequence
+
+    logits = mx.array([[3.0, 2.9, 2.0, 0.0], [3.0, 2.9, 2.0, 0.0]])
+    pen = Sequence(
+        SamplingParams(frequency_penalty=0.5, presence_penalty=0.2), None, mx.random.key(0)
+    )
+    pen.counts = mx.array([1.0, 0.0, 0.0, 0.0])  # token 0 once: 3.0 - 0.5 - 0.2 = 2.3 < 2.9
+    plain = Sequence(SamplingParams(), None, mx.random.key(0))
+    y, _ = Decoder._sample(None, logits, [pen, plain])
+    assert y.tolist() == [1, 0]
+    pen.counts = mx.array([0.0, 3.0, 0.0, 0.0])  # token 1 thrice: 2.9 - 1.5 - 0.2; 0 is best
+    y, lp = Decoder._sample(None, logits, [pen])
+    assert y.tolist() == [0]
+    pen.params.presence_penalty, pen.counts = -2.0, mx.array([0.0, 0.0, 1.0, 0.0])  # raises 2
+    y, _ = Decoder._sample(None, logits, [pen])
+    assert y.tolist() == [2]  # 2.0 - 0.5 + 2.0 = 3.5
+
+
+def test_penalized_requests_count_every_token_they_generated(cm) -> None:
+    """The tiny random model repeats itself greedily; a presence penalty counts each token as
+    it is generated (the first too), so the answer repeats less, and is the same alone and
+    beside others in a batch."""
+    prompt = text_prompt(cm, "Tell me a story", None)
+    plain = tokens_alone(cm, prompt, None, max_tokens=24, ignore_eos=True)
+    assert len(set(plain)) < len(plain)  # (it does repeat)
+    params = SamplingParams(max_tokens=24, ignore_eos=True, presence_penalty=2.0)
+    others = text_prompt(cm, "What is the capital of France?", DOCS)
+    schedule = {0: [("other", others, SamplingParams(max_tokens=30, ignore_eos=True))],
+                1: [("pen", prompt, params)]}  # fmt: skip
+    batched = run_batch(Decoder(cm, None), schedule, cancel={})["pen"]
+    decoder = Decoder(cm, None)
+    seq, first = decoder.add(prompt, params)
+    alone = [first.token]
+    while not seq.done:
+        alone += [c.token for _, c in decoder.step() if c.token is not None]
+    assert alone == batched and alone[0] == plain[0]  # nothing generated yet at the first
+    assert len(set(alone)) > len(set(plain))

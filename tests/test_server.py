@@ -556,6 +556,32 @@ def test_invalid_or_unsupported_requests_are_400(server: ServerProcess, body: di
     assert err["type"] == "invalid_request_error"
 
 
+def test_what_chat_apps_send_is_answered(server: ServerProcess, client: openai.OpenAI) -> None:
+    """From a client-compatibility audit: Open WebUI forwards its frequency penalty (users from
+    Ollama set ~1.1), LibreChat-style histories carry `tool_calls: []` on assistant turns:
+    each was a 400. n > 1 said only what pydantic says."""
+    history = [*ask("hi"), {"role": "assistant", "content": "Hello.", "tool_calls": []}]
+    body = {"messages": [*history, *ask("more")], "max_tokens": 8, "ignore_eos": True}
+    plain = post(server, "/v1/chat/completions", body).json()["choices"][0]["message"]
+    pen = post(
+        server, "/v1/chat/completions", {**body, "frequency_penalty": 1.1, "presence_penalty": 2}
+    )
+    assert pen.status_code == 200, pen.text
+    assert pen.json()["choices"][0]["message"]["content"] != plain["content"]
+    streamed = client.chat.completions.create(
+        model=MODEL, messages=ask("hi"), max_tokens=4, frequency_penalty=-0.5, stream=True
+    )
+    assert [c for c in streamed if c.choices and c.choices[0].finish_reason]
+    for field, value in (("frequency_penalty", 2.5), ("presence_penalty", -3)):
+        assert_error(post(server, "/v1/chat/completions", {**body, field: value}), 400, field)
+    err = assert_error(post(server, "/v1/chat/completions", {**body, "n": 2}), 400, "n")
+    assert "send the request n times" in err["message"]
+    calls = [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    history[-1]["tool_calls"] = calls  # a real one still says what is not supported
+    bad = {"messages": [*history, *ask("more")]}
+    assert_error(post(server, "/v1/chat/completions", bad), 400, "messages.[1].tool_calls")
+
+
 def test_unknown_fields_are_tolerated(server: ServerProcess) -> None:
     body = {"model": MODEL, "messages": ask("hi"), "max_tokens": 1, "frobnicate": {"x": 1}}
     assert post(server, "/v1/chat/completions", body).status_code == 200
