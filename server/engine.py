@@ -42,6 +42,7 @@ from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
 from clara_cli.worker import Task, Worker, log_failure
 from indexing.layout import META
+from indexing.pipeline import model_manifest
 from indexing.store import collection_counts, list_collections
 from server.jobs import DONE, Embedded, Failed, Job, Ready
 from server.metrics import Metrics
@@ -248,7 +249,7 @@ class Engine:
             fingerprint=cm.fingerprint,
             context_limit=limit,
             embedding_dim=cm.n_mem * cm.hidden_size,
-            manifest=cm.manifest(),
+            manifest=model_manifest(cm, s.checkpoint),  # (the fix-it names the checkpoint)
             vocab_size=len(cm.tokenizer),
             max_token_chars=max(map(len, cm.tokenizer.get_vocab()), default=0),
             embed_tokens=cm.config.doc_max_tokens,

@@ -185,3 +185,27 @@ def test_the_server_names_the_rebuild_of_its_own_index_folder(
         proc.stop()
     lines = [x for x in proc.log().splitlines() if x.startswith("clara-serve: error:")]
     assert len(lines) == 1 and command_in(lines[0]) == want, proc.log()
+
+
+def test_a_server_with_a_checkpoint_names_it_in_the_rebuild(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Before: clara-serve --checkpoint C checked indexes against the model alone, so the
+    rebuild it printed left out --checkpoint C (re-encoding with other adapters) and blamed
+    an earlier clara for an index built without a checkpoint."""
+    from clara.checkpoint import load_clara, save_checkpoint
+
+    cm = load_clara(tiny_llama_dir, None, dtype=None)
+    index = tmp_path / "index"
+    add_documents(index, cm, [("cat.txt", "The cat sat on the mat.")], "notes")
+    ckpt = save_checkpoint(load_clara(tiny_llama_dir, "fresh", dtype=None), tmp_path / "ckpt")
+    args = ["--model", str(tiny_llama_dir), "--checkpoint", str(ckpt), "--index", str(index)]
+    env = {"CLARA_HOME": str(tmp_path / "home")}
+    with ServerProcess(*args, env=env, log=tmp_path / "server.log").wait_ready() as server:
+        body = {"messages": [{"role": "user", "content": "cat"}], "max_tokens": 1}
+        r = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "collection": "notes"})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "index_mismatch", r.text
+    assert command_in(error["message"])[-2:] == ["--checkpoint", str(Path(ckpt).resolve())]
+    assert "earlier clara" not in error["message"]
+    assert error["message"].endswith("without --checkpoint"), error["message"]

@@ -114,7 +114,8 @@ class IndexService:
         return col
 
     def _check_model(self, col: Collection, cm: Any) -> None:
-        col.manifest.check_matches(Manifest.from_dict(cm.manifest()), col.name)
+        loaded = manifest_of(cm, self.settings.checkpoint)  # (the fix-it names the checkpoint)
+        col.manifest.check_matches(Manifest.from_dict(loaded), col.name)
 
     def _writer(self, store_id: str) -> Collection:
         """Worker thread: the collection opened for writing until its jobs are done."""
