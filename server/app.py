@@ -27,11 +27,14 @@ from clara_cli.http import (
 from indexing.service.app import ServiceSettings, mount_files_api
 from indexing.service.handler import IndexService
 from indexing.service.state import Registry
+from server.completions import CompletionServing
 from server.engine import Engine, Settings
 from server.metrics import Metrics
 from server.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,
     ModelCard,
@@ -54,6 +57,7 @@ WEB_FILES = {"/": "index.html", "/web/app.js": "app.js", "/web/style.css": "styl
 OPEN_PATHS = ("/health", *WEB_FILES)  # reachable without the API key (the page asks for it)
 ENDPOINTS = (
     "/v1/chat/completions",
+    "/v1/completions",
     "/v1/responses",
     "/v1/files",
     "/v1/vector_stores",
@@ -168,6 +172,7 @@ def create_app(
     app.state.serving = serving
     app.state.stopping = serving.stopping  # serve_http: SIGTERM's grace begins
     app.state.responses = ResponsesServing(serving, store, files)
+    app.state.completions = CompletionServing(serving)
     app.add_middleware(BodyLimit)  # inside the gate: a stranger's big body is a 401 first
     app.add_middleware(
         Gate,
@@ -184,6 +189,12 @@ def create_app(
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAMS)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await request.app.state.serving.chat(body, request)
+
+    @app.post("/v1/completions", response_model=Completion, responses=STREAMS)
+    async def completions(body: CompletionRequest, request: Request):
+        """OpenAI's legacy text completion: the prompt as it is, to the bare base model (no
+        chat template, no retrieval)."""
+        return await request.app.state.completions.create(body, request)
 
     @app.post("/v1/responses", response_model=Response, responses=STREAMS)
     async def create_response(body: ResponseCreateRequest, request: Request):
@@ -230,6 +241,8 @@ def create_app(
             request["properties"]["dimensions"]["enum"] = [engine.info.embedding_dim, None]
             if engine.info.vocab_size:
                 _bound_integers(request["properties"]["input"], engine.info.vocab_size - 1)
+                legacy = spec["components"]["schemas"]["CompletionRequest"]
+                _bound_integers(legacy["properties"]["prompt"], engine.info.vocab_size - 1)
         return spec
 
     app.openapi = openapi

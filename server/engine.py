@@ -387,7 +387,11 @@ class Engine:
     def _ready(self, job: Job, p: RagParams, qvec: np.ndarray | None) -> tuple[Prompt, str | None]:
         """Retrieve and build the request's prompt; checked, it emits `Ready`."""
         retrieved = self._rag.retrieve(p, qvec)
-        prompt, adapter = self._rag.prompt(p, retrieved)
+        if p.raw is not None:  # a legacy completion: its prompt as it is, to the bare model
+            ids = self._cm.tokenizer.encode(p.raw) if isinstance(p.raw, str) else p.raw
+            prompt, adapter = Prompt(list(ids), None), None
+        else:
+            prompt, adapter = self._rag.prompt(p, retrieved)
         limit = self.info.context_limit
         while p.truncate and prompt.positions > limit and (p.history or len(retrieved.sources) > 1):
             if p.history:  # the oldest exchange first

@@ -271,6 +271,8 @@ class RagParams:
     # truncation "auto"), instead of a 400
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    raw: str | list[int] | None = None  # a legacy completion's prompt: read as it is by the
+    # bare model (no chat template, no retrieval)
 
 
 # ---- chat completion response ------------------------------------------------------------
@@ -459,3 +461,129 @@ class ModelCard(_Response):
 class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---- legacy completions (POST /v1/completions) -------------------------------------------
+TokenIds = Annotated[list[json_int(ge=0, le=2**32 - 1)], Field(min_length=1)]
+#: a list of prompts holds one (a list of token ids is one prompt, of any length)
+_ONE_PROMPT = {"if": {"type": "array", "items": {"type": "integer"}}, "else": {"maxItems": 1}}
+_ECHO_WITHOUT_LOGPROBS = {
+    "if": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
+    "then": {"properties": {"logprobs": {"type": "null"}}},
+}
+
+
+class CompletionRequest(_Request):
+    """POST /v1/completions: OpenAI's legacy text completion. The prompt is read as it is by
+    the bare base model: no chat template, no retrieval (for Continue's autocomplete,
+    LiteLLM's text-completion models, `client.completions.create`)."""
+
+    model_config = ConfigDict(  # the schema says: echo with logprobs is not supported
+        extra="ignore", strict=True, json_schema_extra=_ECHO_WITHOUT_LOGPROBS
+    )
+    _unicode = model_validator(mode="before")(valid_unicode)
+
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    ) = only(_ONE_PROMPT)  # (more: a 400 that says so)
+    """Text or token ids; a list of prompts may hold one (several per request: a 400)."""
+    model: str | None = None
+    best_of: json_int(ge=1) | None = only({"maximum": 1}, default=None)
+    echo: bool | None = False
+    """Return the prompt before the completion (not with logprobs)."""
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = only({"maxProperties": 0}, default=None)
+    logprobs: json_int(ge=0, le=20) | None = None
+    """Each token's log-probability and this many most likely alternatives."""
+    max_tokens: json_int(ge=1) | None = 16
+    """OpenAI's default: 16."""
+    n: json_int(ge=1) | None = only({"maximum": 1}, default=None)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: JSONInt | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = only({"enum": ["", None]}, default=None)
+    """Text after the completion (fill in the middle): not supported."""
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    user: str | None = None
+    ignore_eos: bool = False
+    """Decode to max_tokens even past end-of-sequence (as vLLM's)."""
+
+    def check_supported(self) -> None:
+        """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
+        for name in ("n", "best_of"):
+            if (getattr(self, name) or 1) > 1:
+                refuse(name, f"{name} > 1 (several choices per request)")
+        if self.suffix:
+            refuse("suffix", "suffix (fill in the middle)")
+        if self.logit_bias:
+            refuse("logit_bias", "logit_bias")
+        if isinstance(self.prompt, list) and isinstance(self.prompt[0], (str, list)):
+            if len(self.prompt) > 1:
+                refuse("prompt", "several prompts per request (send one request per prompt)")
+        if self.echo and self.logprobs is not None:
+            refuse("echo", "echo with logprobs (the prompt's log-probabilities)")
+
+    def to_params(self, defaults: ServingDefaults) -> RagParams:
+        prompt = self.prompt
+        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # (a list of one prompt)
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        temperature = defaults.temperature if self.temperature is None else self.temperature
+        return RagParams(
+            question=prompt if isinstance(prompt, str) else "",
+            query="",
+            retrieval=False,
+            mode="text",
+            top_k=0,
+            collection=defaults.collection,
+            max_tokens=self.max_tokens or 16,
+            temperature=0.0 if self.top_p == 0 else temperature,
+            top_p=1.0 if not self.top_p else self.top_p,
+            seed=None if self.seed is None else self.seed % 2**32,
+            stop=stop,
+            ignore_eos=self.ignore_eos,
+            logprobs=self.logprobs is not None,
+            top_logprobs=self.logprobs or 0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            raw=list(prompt) if isinstance(prompt, list) else prompt,
+        )
+
+
+class CompletionLogprobs(_Response):
+    """The legacy API's logprobs: per token its text, log-probability, best alternatives
+    (text -> log-probability) and character offset in the returned text."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(_Response):
+    text: str
+    index: int = 0
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Completion(_Response):
+    """A legacy completion, or (streaming) one chunk of it."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+def legacy_completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"

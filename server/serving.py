@@ -316,7 +316,8 @@ class OpenAIServing:
             raise to_api_error(event.error)
         raise APIError(CLIENT_GONE, "the request was cancelled", code="client_closed")
 
-    def _finish(self, start: float, first: float | None) -> None:
+    def observe_ttft(self, start: float, first: float | None) -> None:
+        """Time to first token of a request that began at `start` (none if it produced none)."""
         if first is not None:
             self.metrics.ttft.observe(first - start)
 
@@ -342,7 +343,7 @@ class OpenAIServing:
                         break
         finally:
             job.cancel()
-            self._finish(start, first)
+            self.observe_ttft(start, first)
         content = "".join(text)
         sources = sources_of(reply.ready)
         message = ChatCompletionMessage(
@@ -448,7 +449,7 @@ class OpenAIServing:
             yield "data: [DONE]\n\n"
         finally:
             job.cancel()  # a client that hung up stops the generation at the next token
-            self._finish(start, first)
+            self.observe_ttft(start, first)
 
     # ---- embeddings ------------------------------------------------------------------------
     async def embeddings(self, req: EmbeddingRequest, request: Request) -> EmbeddingResponse:

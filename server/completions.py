@@ -1,0 +1,189 @@
+"""POST /v1/completions: OpenAI's legacy text completion, JSON or SSE.
+
+The prompt goes as it is to the bare base model, through the same queue, prefill batches and
+decode batch as chat (`RagParams.raw`): no chat template, no retrieval. Tools that still use
+this route: Continue's autocomplete, LiteLLM's `text-completion-openai/` models, and
+`client.completions.create` of the OpenAI SDKs; mlx_lm.server, llama.cpp and Ollama serve it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from clara.stream import GenerationChunk
+from clara_cli.http import APIError, to_api_error
+from server.jobs import DONE, Failed, Job
+from server.protocol import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
+    legacy_completion_id,
+)
+from server.serving import OpenAIServing
+
+
+@dataclass
+class _Text:
+    """The completion so far: its text, and with logprobs the legacy per-token lists."""
+
+    logprobs: bool
+    offset: int  # characters before the first generated token (the echoed prompt)
+    parts: list[str] = field(default_factory=list)
+    lp: CompletionLogprobs | None = None
+
+    def add(self, serving: OpenAIServing, chunk: GenerationChunk) -> CompletionLogprobs | None:
+        """Take `chunk`; returns the logprobs entries it adds (with logprobs)."""
+        self.parts.append(chunk.text)
+        if not self.logprobs or chunk.logprob is None:
+            return None
+        entry = serving.token_logprob(chunk)
+        new = CompletionLogprobs(
+            tokens=[entry.token],
+            token_logprobs=[entry.logprob],
+            top_logprobs=[{alt.token: alt.logprob for alt in entry.top_logprobs}],
+            text_offset=[self.offset],
+        )
+        self.offset += len(entry.token)
+        if self.lp is None:
+            self.lp = CompletionLogprobs()
+        for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            getattr(self.lp, name).extend(getattr(new, name))
+        return new
+
+
+class CompletionServing:
+    """The legacy completions route, on top of the chat serving's queue and helpers."""
+
+    def __init__(self, serving: OpenAIServing) -> None:
+        self.serving = serving
+
+    async def create(self, req: CompletionRequest, request: Request):
+        s = self.serving
+        start = time.perf_counter()
+        s.engine.check_ready()
+        s.check_model(req.model)
+        req.check_supported()
+        params = req.to_params(s.defaults)
+        vocab = s.engine.info.vocab_size
+        if not isinstance(params.raw, str) and vocab and max(params.raw) >= vocab:
+            raise APIError(
+                400, f"token id past this model's vocabulary ({vocab} tokens)", param="prompt"
+            )
+        try:
+            job, _ = await s.start_chat(params, request)
+        except APIError as exc:
+            if exc.code == "context_length_exceeded":
+                exc.param = "prompt"
+            raise
+        echo = ""
+        if req.echo:
+            raw = params.raw
+            echo = raw if isinstance(raw, str) else s.engine.worker.cm.tokenizer.decode(raw)
+        head = Completion(
+            id=legacy_completion_id(),
+            created=int(time.time()),
+            model=s.served_model_name,
+            choices=[],
+            system_fingerprint=s.engine.info.fingerprint,
+        )
+        text = _Text(logprobs=params.logprobs, offset=len(echo))
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                self._stream(job, head, echo, text, usage, start),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return JSONResponse((await self._whole(job, head, echo, text, request, start)).model_dump())
+
+    async def _whole(
+        self, job: Job, head: Completion, echo: str, text: _Text, request: Request, start: float
+    ) -> Completion:
+        s = self.serving
+        first: float | None = None
+        try:
+            while True:
+                event = await s.next_event(job, request)
+                if isinstance(event, Failed):
+                    raise to_api_error(event.error)
+                if event is DONE:
+                    raise APIError(500, "generation ended without a finish reason")
+                if isinstance(event, GenerationChunk):
+                    first = first or time.perf_counter()
+                    text.add(s, event)
+                    if event.finish_reason is not None:
+                        break
+        finally:
+            job.cancel()
+            s.observe_ttft(start, first)
+        choice = CompletionChoice(
+            text=echo + "".join(text.parts),
+            logprobs=(text.lp or CompletionLogprobs()) if text.logprobs else None,
+            finish_reason=event.finish_reason,
+        )
+        return head.model_copy(update={"choices": [choice], "usage": _usage(event)})
+
+    async def _stream(
+        self, job: Job, head: Completion, echo: str, text: _Text, include_usage: bool, start: float
+    ) -> AsyncIterator[str]:
+        s = self.serving
+        first: float | None = None
+
+        def chunk(**fields) -> str:
+            body = head.model_copy(update={"choices": [CompletionChoice(**fields)]})
+            return _sse(body)
+
+        try:
+            if echo:
+                yield chunk(text=echo)
+            while True:
+                event = await s.stream_event(job)
+                if event is None:  # long prefill: keep proxies and clients from timing out
+                    yield ": keep-alive\n\n"
+                    continue
+                if isinstance(event, Failed):
+                    yield f"data: {json.dumps(to_api_error(event.error).body())}\n\n"
+                    break
+                if event is DONE:
+                    error = APIError(500, "generation ended without a finish reason")
+                    yield f"data: {json.dumps(error.body())}\n\n"
+                    break
+                if not isinstance(event, GenerationChunk):
+                    continue
+                first = first or time.perf_counter()
+                added = text.add(s, event)
+                if event.text or added is not None:
+                    yield chunk(text=event.text, logprobs=added)
+                if event.finish_reason is None:
+                    continue
+                yield chunk(text="", finish_reason=event.finish_reason)
+                if include_usage:
+                    yield _sse(head.model_copy(update={"usage": _usage(event)}))
+                break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancel()  # a client that hung up stops the generation at the next token
+            s.observe_ttft(start, first)
+
+
+def _usage(chunk: GenerationChunk) -> Usage:
+    return Usage(
+        prompt_tokens=chunk.prompt_positions,
+        completion_tokens=chunk.generation_tokens,
+        total_tokens=chunk.prompt_positions + chunk.generation_tokens,
+    )
+
+
+def _sse(body: Completion) -> str:
+    data = body.model_dump()
+    if data["usage"] is None:
+        del data["usage"]
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -1,0 +1,124 @@
+"""POST /v1/completions (OpenAI's legacy text completion) on a real clara-serve process, through
+the openai SDK and httpx: the prompt as it is to the bare model, JSON and SSE, logprobs, echo,
+token-id prompts, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from clara.checkpoint import load_clara
+from clara.generate import generate
+from clara.prompt import Prompt
+from tests.test_server_harness import API_KEY, ServerProcess, metric
+
+MODEL = "clara-tiny"
+PROMPT = "The river runs past the old"
+
+
+@pytest.fixture(scope="module")
+def cm(tiny_llama_dir: Path):
+    return load_clara(tiny_llama_dir, None, dtype=None)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path):
+    tmp = tmp_path_factory.mktemp("completions")
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp / "index"),
+        "--served-model-name", MODEL, "--api-key", API_KEY,
+        env={"CLARA_HOME": str(tmp / "home")}, log=tmp / "server.log",
+    )  # fmt: skip
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def post(server: ServerProcess, body: dict) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    return httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=60)
+
+
+def test_the_prompt_goes_as_it_is_to_the_bare_model(client: openai.OpenAI, cm) -> None:
+    """Before: 404 (Continue's autocomplete, LiteLLM's text-completion models and
+    `completions.create` had nothing to call). The answer is the bare model's greedy
+    continuation of the prompt's own tokens: no chat template, no retrieval."""
+    ids = cm.tokenizer.encode(PROMPT)
+    want = [c for c in generate(cm, Prompt(list(ids), None), adapter=None, max_tokens=12)]
+    got = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12)
+    assert got.object == "text_completion" and got.id.startswith("cmpl-")
+    assert got.model == MODEL and len(got.choices) == 1
+    assert got.choices[0].text == "".join(c.text for c in want)
+    assert got.choices[0].finish_reason == want[-1].finish_reason
+    assert got.usage.prompt_tokens == len(ids)
+    assert got.usage.completion_tokens == want[-1].generation_tokens
+    by_ids = client.completions.create(model=MODEL, prompt=list(ids), max_tokens=12)
+    assert by_ids.choices[0].text == got.choices[0].text
+    assert client.completions.create(model=MODEL, prompt=PROMPT).usage.completion_tokens <= 16
+
+
+def test_streamed_echo_logprobs_and_usage(client: openai.OpenAI, server: ServerProcess) -> None:
+    whole = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=6, extra_body={"ignore_eos": True}
+    )
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=6, stream=True, echo=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        )
+    )  # fmt: skip
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert texts[0] == PROMPT and "".join(texts[1:]) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert all(c.object == "text_completion" and c.id == chunks[0].id for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", timeout=60,
+        json={"prompt": PROMPT, "max_tokens": 2, "stream": True},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as r:  # fmt: skip
+        lines = [x for x in r.iter_lines() if x.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and "usage" not in json.loads(lines[-2][6:])
+    lp = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, logprobs=3)
+    got = lp.choices[0].logprobs
+    assert len(got.tokens) == len(got.token_logprobs) == len(got.top_logprobs) == 4
+    assert "".join(got.tokens) == lp.choices[0].text  # (greedy: each is its best alternative)
+    assert all(len(top) == 3 and max(top.values()) == v for top, v in zip(got.top_logprobs, got.token_logprobs))  # fmt: skip
+    assert got.text_offset == [sum(len(t) for t in got.tokens[:i]) for i in range(4)]
+    echoed = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, echo=True)
+    assert echoed.choices[0].text.startswith(PROMPT)
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"prompt": ["one", "two"]}, "prompt"),
+        ({"prompt": "x", "suffix": "def f():"}, "suffix"),
+        ({"prompt": "x", "n": 2}, "n"),
+        ({"prompt": "x", "best_of": 3}, "best_of"),
+        ({"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias"),
+        ({"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": [1, 10**6]}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "river " * 3000}, "prompt"),
+    ],
+)
+def test_what_it_cannot_do_is_a_400(server: ServerProcess, body: dict, param: str) -> None:
+    r = post(server, body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_metrics_count_the_route(server: ServerProcess) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    text = httpx.get(f"{server.url}/metrics", headers=headers).text
+    assert metric(text, "clara_requests_total", endpoint="/v1/completions", status="200") >= 1
