@@ -650,16 +650,16 @@ class AccessGate:
                 )
         if preflight or self.api_key is None or scope["path"] in self.open_paths:
             return None
-        token = headers.get("authorization", "")
-        scheme, _, token = token.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode("latin-1"), self.api_key
-        ):
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        offered = [token] if scheme.lower() == "bearer" else []
+        # Azure OpenAI's header and Anthropic-style clients' (Continue sends both with Bearer)
+        offered += [headers[name] for name in ("api-key", "x-api-key") if name in headers]
+        if any(hmac.compare_digest(k.strip().encode("latin-1"), self.api_key) for k in offered):
             return None
         return APIError(
             401,
-            "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
-            f"{self.service} was started with (--api-key or CLARA_API_KEY)",
+            "Incorrect or missing API key: send 'Authorization: Bearer <key>' (or an 'api-key' "
+            f"header) with the key {self.service} was started with (--api-key or CLARA_API_KEY)",
             type="invalid_request_error",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
@@ -738,7 +738,7 @@ def _preflight(headers: dict[str, str]) -> Response:
     if _HEADER_LIST.fullmatch(asked):
         answer["Access-Control-Allow-Headers"] = asked
     elif asked:  # not a list of header names: the ones clients need
-        answer["Access-Control-Allow-Headers"] = "authorization, content-type"
+        answer["Access-Control-Allow-Headers"] = "authorization, api-key, x-api-key, content-type"
     # Chromium's Private Network Access: a public site's page asking a server on this machine
     if headers.get("access-control-request-private-network", "").lower() == "true":
         answer["Access-Control-Allow-Private-Network"] = "true"

@@ -709,6 +709,10 @@ def test_api_key_required_except_health(server: ServerProcess) -> None:
     bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+    # Azure OpenAI's header and Anthropic-style clients' (before: 401 without a Bearer)
+    for name in ("api-key", "x-api-key"):
+        assert httpx.get(f"{server.url}/v1/models", headers={name: API_KEY}).status_code == 200
+        assert httpx.get(f"{server.url}/v1/models", headers={name: "wrong"}).status_code == 401
 
 
 def test_requests_for_another_host_or_from_another_site_are_refused(server: ServerProcess):
