@@ -5,4 +5,4 @@ from clara import _blas, _jit
 _blas.enable()  # before anything imports mlx.core
 _jit.enable()  # before mlx compiles a kernel
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -417,6 +417,16 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def add_version_arg(parser: argparse.ArgumentParser) -> None:
+    """`--version`: the program and clara's version (which an upgrade changes)."""
+    from clara import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the "
+        "version and exit"
+    )  # fmt: skip
+
+
 def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

@@ -14,7 +14,7 @@ from clara import paths
 from clara.errors import CheckpointError
 from clara.gguf import DEFAULT_MODEL_DIR, convert_gguf, default_model_dir, prepare_default_model
 from clara.text import scaled
-from clara_cli.common import run_main
+from clara_cli.common import add_version_arg, run_main
 
 PROG = "clara-models"
 NOT_PREPARED = "not prepared — run clara-models prepare"
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage base models for clara. Models live in $CLARA_HOME/models "
         f"(now {paths.models_dir()}).",
     )
+    add_version_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(

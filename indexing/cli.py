@@ -13,6 +13,7 @@ from clara.retrieval import RETRIEVAL_MODES, Fusion
 from clara_cli.common import (
     add_model_args,
     add_query_precision_arg,
+    add_version_arg,
     collection_arg,
     positive_int,
     run_main,
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES[""],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = _parents()
 

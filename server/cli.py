@@ -17,6 +17,7 @@ from clara_cli.common import (
     add_log_level_arg,
     add_model_args,
     add_query_precision_arg,
+    add_version_arg,
     model_dtype,
     positive_float,
     run_main,
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CPU_SETTINGS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_arg(parser)
     add_model_args(parser)
     add_query_precision_arg(parser)
     net = add_http_args(parser, port=8000)

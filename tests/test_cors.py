@@ -88,7 +88,10 @@ def test_an_allowed_origins_preflight_is_answered_without_the_key() -> None:
     assert call(g, "OPTIONS", "/x", asks).headers["access-control-allow-private-network"] == "true"
     # a header list that is not one gets the headers clients need, not the text sent
     r = call(g, "OPTIONS", "/x", preflight(CHATBOX, headers="authorization, bad header"))
-    assert r.headers["access-control-allow-headers"] == "authorization, api-key, x-api-key, content-type"
+    assert (
+        r.headers["access-control-allow-headers"]
+        == "authorization, api-key, x-api-key, content-type"
+    )
 
 
 def test_another_sites_preflight_is_refused_not_405() -> None:

@@ -390,3 +390,35 @@ def test_adapter_missing_a_lora_half_is_refused(tmp_path: Path) -> None:
     del state[next(k for k in state if k.endswith("lora_B.weight"))]
     with pytest.raises(CheckpointError, match="lacks lora_A or lora_B"):
         _lora_weights(ref, n_layers=1, rank=4)
+
+
+@pytest.mark.parametrize(
+    "module,prog",
+    [
+        ("clara_cli.models", "clara-models"),
+        ("server.cli", "clara-serve"),
+        ("indexing.cli", "clara-index"),
+        ("training.cli", "clara-train"),
+        ("training.eval_cli", "clara-eval"),
+    ],
+)
+def test_every_command_says_its_version(module, prog, capsys) -> None:
+    """An upgrade changes what indexes need (README: Upgrading): `--version` tells which
+    clara is installed; there was none."""
+    import importlib
+
+    import clara
+
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(module).main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"{prog} {clara.__version__}\n"
+
+
+def test_the_package_and_the_library_agree_on_the_version() -> None:
+    import tomllib
+
+    import clara
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["version"] == clara.__version__

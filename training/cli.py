@@ -19,6 +19,7 @@ from clara.paths import file_sha256
 from clara_cli.common import (
     add_model_args,
     add_quiet_arg,
+    add_version_arg,
     fraction,
     model_dtype,
     non_negative_float,
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage, text in STAGE_HELP.items():
         p = sub.add_parser(stage, help=text.split(":")[0], description=text, epilog=EPILOG)

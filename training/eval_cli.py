@@ -15,6 +15,7 @@ from pathlib import Path
 from clara_cli.common import (
     add_dtype_arg,
     add_quiet_arg,
+    add_version_arg,
     collection_arg,
     model_dtype,
     positive_int,
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_version_arg(p)
     p.add_argument("--data", required=True, metavar="JSONL", help="questions with gold answers")
     # not add_model_args: --checkpoint repeats here and --model defaults to the checkpoint's base
     model = p.add_argument_group("model")
