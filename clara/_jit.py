@@ -72,7 +72,9 @@ for a do
   set -- "$@" "$a"
 done
 [ -n "$out" ] || exec "{real}" "$@" {FLAGS}
-"{real}" "$@" {FLAGS} || {{ code=$?; rm -f "$out.$$.tmp"; exit $code; }}
+# MLX writes the source in place too: one written again meanwhile by another process can read
+# as cut short, so a failed compile is tried once more, after that write is done
+"{real}" "$@" {FLAGS} || {{ sleep 1; "{real}" "$@" {FLAGS}; }} || {{ code=$?; rm -f "$out.$$.tmp"; exit $code; }}
 exec mv -f "$out.$$.tmp" "$out"
 """
 

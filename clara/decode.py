@@ -73,7 +73,7 @@ class Sequence:
 def _penalty(s: Sequence) -> mx.array:
     """What a penalized sequence's logits lose, from the tokens it has generated."""
     p = s.params
-    return p.frequency_penalty * s.counts + p.presence_penalty * (s.counts > 0)
+    return p.frequency_penalty * s.counts + p.presence_penalty * (s.counts > 0)  # (float32)
 
 
 def _runs(n: int, parts: int) -> list[list[int]]:
@@ -127,7 +127,12 @@ class Decoder:
         Each sampled row draws with its request's own key, so a seeded request samples the
         same alone or in any batch (mlx-lm's samplers draw from the global key)."""
         if any(s.counts is not None for s in seqs):  # frequency and presence penalties
-            own = [row if s.counts is None else row - _penalty(s) for row, s in zip(logits, seqs)]
+            # in the logits' own dtype: a float32 row would promote the whole batch, and a
+            # seeded neighbour (bfloat16 logits) would sample otherwise than alone
+            own = [
+                row if s.counts is None else row - _penalty(s).astype(row.dtype)
+                for row, s in zip(logits, seqs)
+            ]
             logits = mx.stack(own)
         wants_lp = any(s.params.logprobs or s.params.top_logprobs for s in seqs)
         # Greedy rows take the argmax of the logits: no normalizing (the vocabulary-wide

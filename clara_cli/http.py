@@ -551,7 +551,9 @@ def origin_rule(text: str) -> OriginRule:
     if host.startswith("*."):  # its subdomains, at any depth
         host_re = r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\." + re.escape(host[2:])
     port_re = "" if port is None else r"(:\d+)?" if port == "*" else ":" + port
-    return OriginRule(value, re.compile(re.escape(scheme) + "://" + host_re + port_re), False)
+    top_level = host.startswith("*.") and "." not in host[2:]  # https://*.com: every .com site
+    regex = re.compile(re.escape(scheme) + "://" + host_re + port_re)
+    return OriginRule(value, regex, web and top_level)
 
 
 def origin_rules(patterns: Iterable[str], keyed: bool) -> tuple[OriginRule, ...]:
@@ -715,8 +717,29 @@ class AccessGate:
             await error_response(refusal)(scope, receive, send)
         elif allowed and _is_preflight(scope["method"], headers):
             await _preflight(headers)(scope, receive, send)
+        elif self.allow_origins:
+            await _crash_inside(self.app, scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+async def _crash_inside(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """`app`, whose unexpected exception becomes its 500 here, through `send` (with the CORS
+    headers), instead of in Starlette's outermost middleware, outside the gate (a browser app
+    then saw an opaque CORS failure). The exception goes on up to be logged."""
+    started = False
+
+    async def tracked(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, tracked)
+    except Exception as exc:
+        if not started:
+            await error_response(to_api_error(exc))(scope, receive, send)
+        raise
 
 
 def _is_preflight(method: str, headers: dict[str, str]) -> bool:

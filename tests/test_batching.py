@@ -661,3 +661,20 @@ def test_penalized_requests_count_every_token_they_generated(cm) -> None:
         alone += [c.token for _, c in decoder.step() if c.token is not None]
     assert alone == batched and alone[0] == plain[0]  # nothing generated yet at the first
     assert len(set(alone)) > len(set(plain))
+
+
+def test_a_penalized_row_leaves_its_neighbours_logits_as_they_are() -> None:
+    """Before: the penalty (float32) promoted a bfloat16 batch's logits to float32, so a seeded
+    request beside a penalized one got other log-probabilities (and at times another token)
+    than alone (a review)."""
+    from clara.decode import Sequence
+
+    logits = (mx.random.normal((2, 4096), key=mx.random.key(1)) * 4).astype(mx.bfloat16)
+    pen = Sequence(SamplingParams(presence_penalty=1.0), None, mx.random.key(0))
+    pen.counts = mx.zeros(4096).at[mx.array([5, 9])].add(1.0)
+    for seed in range(20):
+        params = SamplingParams(temperature=1.0, seed=seed, logprobs=True)
+        alone = Decoder._sample(None, logits[1:], [Sequence(params, None, params.key())])
+        beside = Decoder._sample(None, logits, [pen, Sequence(params, None, params.key())])
+        assert alone[0].item() == beside[0][1].item()
+        assert alone[1][0].item() == beside[1][0][1].item()

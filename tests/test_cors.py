@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from clara.errors import ClaraError
-from clara_cli.http import AccessGate, origin_rules
+from clara_cli.http import AccessGate, install_error_handlers, origin_rules
 from tests.test_server_harness import API_KEY, ServerProcess
 
 CHATBOX = "https://web.chatboxai.app"
@@ -177,16 +177,40 @@ def test_allowed_origins_do_not_relax_the_host_check() -> None:
 
 
 def test_any_page_patterns_need_a_key_and_bad_patterns_say_what_fits() -> None:
-    for pattern in ("*", "null", "https://*", "http://*"):
+    for pattern in ("*", "null", "https://*", "http://*", "https://*.com"):  # every .com site
         with pytest.raises(ClaraError, match="--api-key"):
             origin_rules([pattern], keyed=False)
         assert origin_rules([pattern], keyed=True)
-    assert origin_rules(["tauri://*", CHATBOX + "/"], keyed=False)  # no key needed for these
+    assert origin_rules(["tauri://*", CHATBOX + "/", "https://*.example.com"], keyed=False)
     for bad in ("web.chatboxai.app", "https://x.example/chat", "http://*:3000", "https://x:0"):
         with pytest.raises(ClaraError, match="not an origin pattern.*tauri://"):
             origin_rules([bad], keyed=False)
     with pytest.raises(ClaraError, match="--api-key"):  # the gate itself holds to it too
         gate("*", key=None)
+
+
+def test_an_unexpected_500_still_carries_the_cors_headers() -> None:
+    """Before: a crash's 500 came from Starlette's outermost middleware, outside the gate: no
+    Access-Control-Allow-Origin, so the browser app saw an opaque CORS failure (a review)."""
+    app = small_app()
+
+    @app.post("/crash")
+    def crash() -> None:
+        raise RuntimeError("a bug")
+
+    install_error_handlers(app)  # as both servers: the gate inside the app's error middleware
+    app.add_middleware(
+        AccessGate, api_key=API_KEY, local_only=True, allow_origins=(CHATBOX,)
+    )  # fmt: skip
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
+            return await c.post("/crash", headers={**AUTH, "Origin": CHATBOX})
+
+    r = asyncio.run(go())
+    assert r.status_code == 500 and "a bug" not in r.text  # (no internals to the client)
+    assert_cors(r, CHATBOX)
 
 
 def test_both_servers_refuse_star_without_a_key_at_startup(

@@ -182,6 +182,15 @@ def test_jit_wrapper_renames_a_kernel_into_place_only_when_it_is_built(tmp_path)
                             env={**os.environ, "FAIL": "3"}, capture_output=True)  # fmt: skip
     assert failed.returncode == 3  # the compiler's status, and nothing left behind
     assert sorted(p.name for p in cache.iterdir()) == [lib.name]
+    # a source another process was rewriting: the first compile fails, the second is kept
+    once = tmp_path / "failed-once"
+    fake.write_text(
+        '#!/bin/sh\nfor a do [ "$prev" = -o ] && out=$a; prev=$a; done\n'
+        f'[ -e "{once}" ] || {{ touch "{once}"; exit 1; }}\nprintf whole > "$out"\n'
+    )
+    again = subprocess.run([str(wrapper), str(cache / "m.cpp"), "-o", str(cache / "libm.so")],
+                           capture_output=True)  # fmt: skip
+    assert again.returncode == 0 and (cache / "libm.so").read_text() == "whole"
 
 
 _KERNELS = """

@@ -21,10 +21,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-#: Seconds the ranks get, together, to stop after the launcher is stopped (then killed): under
-#: Docker's 10 s kill timeout. The ranks finish their step and rank 0 writes a checkpoint
-#: (atomically: one cut short by the kill leaves the older checkpoints as they were).
-STOP_WAIT_S = 8.0
+#: Seconds the ranks get, together, to stop after the launcher is stopped (then killed): they
+#: finish their step and rank 0 writes a checkpoint, which on a slow machine or with --full
+#: (the base weights too) takes a while. A second Ctrl-C/SIGTERM to the launcher passes on
+#: to them as theirs (stop at once, after any write in progress) and leaves them
+#: HURRY_WAIT_S. A kill cuts a write short atomically: the older checkpoints stay as they were.
+STOP_WAIT_S = 120.0
+HURRY_WAIT_S = 5.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -58,6 +61,7 @@ def run_ranks(argv: Sequence[str], ranks: int, env: dict[str, str] | None = None
         json.dump([[f"127.0.0.1:{p}"] for p in ports], fh)
     base = dict(os.environ if env is None else env)
     procs = []
+    interrupted = False
     try:
         for rank in range(ranks):
             e = {**base, "MLX_RANK": str(rank), "MLX_HOSTFILE": hostfile}
@@ -73,24 +77,37 @@ def run_ranks(argv: Sequence[str], ranks: int, env: dict[str, str] | None = None
             code = next((p.returncode for p in procs if p.returncode), 0)
         return code
     except KeyboardInterrupt:
+        interrupted = True
         return 130
     finally:
-        # a second signal must not cut this short: the ranks would be left running
-        handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
-        for p in procs:  # SIGTERM: ranks stop on it as on Ctrl-C (a SIGINT they may ignore,
-            if p.poll() is None:  # inherited from a shell that started us in the background)
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_WAIT_S
+        # a second signal must not cut this short (the ranks would be left running): it
+        # hurries them instead. After a rank failed, the others may wait for it in an
+        # all_sum for good: they get HURRY_WAIT_S.
+        deadline = [time.monotonic() + (STOP_WAIT_S if interrupted else HURRY_WAIT_S)]
+
+        def hurry(signum: int, frame: object) -> None:
+            _signal_all(procs)  # (theirs: stop at once, after any checkpoint write)
+            deadline[0] = min(deadline[0], time.monotonic() + HURRY_WAIT_S)
+
+        handlers = {sig: signal.signal(sig, hurry) for sig in STOP_SIGNALS}
+        _signal_all(procs)  # SIGTERM: ranks stop on it as on Ctrl-C (a SIGINT they may ignore,
+        # inherited from a shell that started us in the background)
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline[0]:
+            time.sleep(0.05)
         for p in procs:
-            try:
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if p.poll() is None:
                 p.kill()
                 p.wait()
         os.unlink(hostfile)
         for sig, handler in handlers.items():
             if handler is not None:
                 signal.signal(sig, handler)
+
+
+def _signal_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
 
 
 def is_rank() -> bool:
