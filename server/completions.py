@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -107,23 +108,9 @@ class CompletionServing:
     async def _whole(
         self, job: Job, head: Completion, echo: str, text: _Text, request: Request, start: float
     ) -> Completion:
-        s = self.serving
-        first: float | None = None
-        try:
-            while True:
-                event = await s.next_event(job, request)
-                if isinstance(event, Failed):
-                    raise to_api_error(event.error)
-                if event is DONE:
-                    raise APIError(500, "generation ended without a finish reason")
-                if isinstance(event, GenerationChunk):
-                    first = first or time.perf_counter()
-                    text.add(s, event)
-                    if event.finish_reason is not None:
-                        break
-        finally:
-            job.cancel()
-            s.observe_ttft(start, first)
+        async with aclosing(self.serving.tokens(job, request, start)) as chunks:
+            async for event in chunks:
+                text.add(self.serving, event)
         choice = CompletionChoice(
             text=echo + "".join(text.parts),
             logprobs=(text.lp or CompletionLogprobs()) if text.logprobs else None,

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,24 +327,11 @@ class OpenAIServing:
     ) -> ChatCompletion:
         text: list[str] = []
         tokens: list[TokenLogprob] = []
-        first: float | None = None
-        try:
-            while True:
-                event = await self.next_event(job, request)
-                if isinstance(event, Failed):
-                    raise to_api_error(event.error)
-                if event is DONE:
-                    raise APIError(500, "generation ended without a finish reason")
-                if isinstance(event, GenerationChunk):
-                    first = first or time.perf_counter()
-                    text.append(event.text)
-                    if reply.logprobs and event.logprob is not None:
-                        tokens.append(self.token_logprob(event))
-                    if event.finish_reason is not None:
-                        break
-        finally:
-            job.cancel()
-            self.observe_ttft(start, first)
+        async with aclosing(self.tokens(job, request, start)) as chunks:
+            async for event in chunks:
+                text.append(event.text)
+                if reply.logprobs and event.logprob is not None:
+                    tokens.append(self.token_logprob(event))
         content = "".join(text)
         sources = sources_of(reply.ready)
         message = ChatCompletionMessage(
@@ -370,6 +358,29 @@ class OpenAIServing:
             system_fingerprint=reply.fingerprint,
             retrieval=reply.retrieval,
         )
+
+    async def tokens(
+        self, job: Job, request: Request, start: float
+    ) -> AsyncIterator[GenerationChunk]:
+        """A non-streamed request's chunks, up to the one with its finish reason; a failure
+        is raised as its HTTP error. Then the job is cancelled (a no-op once it is done) and
+        its time to first token observed."""
+        first: float | None = None
+        try:
+            while True:
+                event = await self.next_event(job, request)
+                if isinstance(event, Failed):
+                    raise to_api_error(event.error)
+                if event is DONE:
+                    raise APIError(500, "generation ended without a finish reason")
+                if isinstance(event, GenerationChunk):
+                    first = first or time.perf_counter()
+                    yield event
+                    if event.finish_reason is not None:
+                        return
+        finally:
+            job.cancel()
+            self.observe_ttft(start, first)
 
     def _token(self, token_id: int) -> TopLogprob:
         raw = token_bytes(self.engine.worker.cm.tokenizer, token_id)
