@@ -456,6 +456,7 @@ class ModelCard(_Response):
     max_model_len: int | None = None
     mode: str | None = None  # what the model reads when a request names no mode (--mode)
     collection: str | None = None  # what a request that names no collection searches
+    retrieval: bool | None = None  # False: this id answers without retrieval
 
 
 class ModelList(_Response):

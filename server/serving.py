@@ -54,6 +54,9 @@ from server.protocol import (
 )
 
 DISCONNECT_CHECK_S = 0.25  # how often a non-streamed request looks for its client
+#: `/v1/models` also lists the served model under its name plus this: the same model without
+#: retrieval (a chat app's "task model" for titles and tags)
+BARE_SUFFIX = "-no-retrieval"
 log = logging.getLogger("clara.serve")
 SNIPPET_CHARS = 240
 MAX_EMBEDDING_INPUTS = 2048
@@ -206,8 +209,17 @@ class OpenAIServing:
         return event
 
     # ---- models ----------------------------------------------------------------------------
+    @property
+    def bare_model_name(self) -> str:
+        """The served model without retrieval: for a chat app's side requests (titles, tags,
+        query rewrites), which would otherwise be answered from the documents."""
+        return self.served_model_name + BARE_SUFFIX
+
+    def is_bare(self, model: str | None) -> bool:
+        return model == self.bare_model_name
+
     def model_names(self) -> set[str]:
-        names = {self.served_model_name, self.engine.settings.model}
+        names = {self.served_model_name, self.bare_model_name, self.engine.settings.model}
         if self.engine.info is not None:
             names.add(self.engine.info.model_id)
         return names
@@ -224,25 +236,26 @@ class OpenAIServing:
                 code="model_not_found",
             )
 
-    def card(self) -> ModelCard:
+    def card(self, bare: bool = False) -> ModelCard:
         info = self.engine.info
         return ModelCard(
-            id=self.served_model_name,
+            id=self.bare_model_name if bare else self.served_model_name,
             created=self.created,
             root=info.model_id if info else self.engine.settings.model,
             max_model_len=info.context_limit if info else None,
             mode=self.defaults.mode,
-            collection=self.defaults.collection,
+            collection=None if bare else self.defaults.collection,
+            retrieval=not bare,
         )
 
     def models(self) -> ModelList:
         self.engine.check_ready()
-        return ModelList(data=[self.card()])
+        return ModelList(data=[self.card(), self.card(bare=True)])
 
     def model(self, model_id: str) -> ModelCard:
         self.engine.check_ready()
         self.check_model(model_id)
-        return self.card()
+        return self.card(bare=self.is_bare(model_id))
 
     # ---- chat ------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, request: Request):
@@ -251,12 +264,14 @@ class OpenAIServing:
         self.check_model(req.model)
         req.check_supported()
         params = req.to_params(self.defaults)
+        bare = self.is_bare(req.model)
+        params.retrieval = params.retrieval and not bare
         job, ready = await self.start_chat(params, request)
         r = ready.retrieved
         reply = _Reply(
             id=completion_id(),
             created=int(time.time()),
-            model=self.served_model_name,
+            model=self.bare_model_name if bare else self.served_model_name,
             fingerprint=self.engine.info.fingerprint,
             ready=ready,
             retrieval=RetrievalInfo(

@@ -85,10 +85,26 @@ def assert_error(r: httpx.Response, status: int, param=None, code=None) -> dict:
 # ---- models and chat -----------------------------------------------------------------------
 def test_models_list_served_name(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert [m.id for m in models.data] == [MODEL, MODEL + "-no-retrieval"]
     assert models.data[0].object == "model" and models.data[0].owned_by == "clara"
     assert client.models.retrieve(MODEL).id == MODEL
     assert models.data[0].model_extra["mode"] == "memory"  # fresh adapters: the server's --mode
+    assert [m.model_extra["retrieval"] for m in models.data] == [True, False]
+
+
+def test_the_no_retrieval_model_answers_without_the_documents(client: openai.OpenAI) -> None:
+    """Open WebUI asks the chat's model for its title, tags and follow-ups too: each was
+    answered from the documents, with sources (a title came back as "2019"). A chat app's
+    task model can be this id instead, which reads no documents."""
+    bare, question = MODEL + "-no-retrieval", DOCS[0][1]
+    assert client.models.retrieve(bare).model_extra["retrieval"] is False
+    got = client.chat.completions.create(model=bare, messages=ask(question), max_tokens=4)
+    assert got.model == bare and got.model_extra["retrieval"]["status"] == "disabled"
+    assert got.choices[0].message.sources == []
+    rag = client.chat.completions.create(model=MODEL, messages=ask(question), max_tokens=4)
+    assert rag.choices[0].message.sources  # (the same question: retrieved for)
+    resp = client.responses.create(model=bare, input=question, max_output_tokens=4, store=False)
+    assert resp.model == bare and resp.model_extra["retrieval"]["status"] == "disabled"
 
 
 def test_base_model_id_is_accepted(client: openai.OpenAI, tiny_llama_dir: Path) -> None:

@@ -197,6 +197,8 @@ class ResponsesServing:
             await self._indexed(chat.collection)
         params = chat.to_params(serving.defaults)
         params.truncate = req.truncation == "auto"
+        bare = serving.is_bare(req.model)
+        params.retrieval = params.retrieval and not bare
         try:
             job, ready = await serving.start_chat(params, request)
         except APIError as exc:
@@ -204,7 +206,7 @@ class ResponsesServing:
                 exc.param = "input"
             raise
         response = Response(
-            model=serving.served_model_name,
+            model=serving.bare_model_name if bare else serving.served_model_name,
             instructions=req.instructions,
             max_output_tokens=req.max_output_tokens,
             previous_response_id=req.previous_response_id,
