@@ -8,6 +8,7 @@ this route: Continue's autocomplete, LiteLLM's `text-completion-openai/` models,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from clara.errors import ClaraError
 from clara.stream import GenerationChunk
 from clara_cli.http import APIError, to_api_error
 from server.jobs import DONE, Failed, Job
@@ -25,6 +27,7 @@ from server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
+    RagParams,
     Usage,
     legacy_completion_id,
 )
@@ -72,22 +75,19 @@ class CompletionServing:
         s.engine.check_ready()
         s.check_model(req.model)
         req.check_supported()
-        params = req.to_params(s.defaults)
+        params = [req.to_params(s.defaults, prompt) for prompt in req.prompts()]
         vocab = s.engine.info.vocab_size
-        if not isinstance(params.raw, str) and vocab and max(params.raw) >= vocab:
-            raise APIError(
-                400, f"token id past this model's vocabulary ({vocab} tokens)", param="prompt"
-            )
-        try:
-            job, _ = await s.start_chat(params, request)
-        except APIError as exc:
-            if exc.code == "context_length_exceeded":
-                exc.param = "prompt"
-            raise
-        echo = ""
-        if req.echo:
-            raw = params.raw
-            echo = raw if isinstance(raw, str) else s.engine.worker.cm.tokenizer.decode(raw)
+        for p in params:
+            if not isinstance(p.raw, str) and vocab and max(p.raw) >= vocab:
+                raise APIError(
+                    400, f"token id past this model's vocabulary ({vocab} tokens)", param="prompt"
+                )
+        jobs = await self._start(params, request)
+        cm = s.engine.worker.cm
+        echoes = [
+            "" if not req.echo else p.raw if isinstance(p.raw, str) else cm.tokenizer.decode(p.raw)
+            for p in params
+        ]
         head = Completion(
             id=legacy_completion_id(),
             created=int(time.time()),
@@ -95,19 +95,59 @@ class CompletionServing:
             choices=[],
             system_fingerprint=s.engine.info.fingerprint,
         )
-        text = _Text(logprobs=params.logprobs, offset=len(echo))
-        if req.stream:
+        texts = [_Text(logprobs=p.logprobs, offset=len(e)) for p, e in zip(params, echoes)]
+        if req.stream:  # (one prompt: the schema says so)
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                self._stream(job, head, echo, text, usage, start),
+                self._stream(jobs[0], head, echoes[0], texts[0], usage, start),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return JSONResponse((await self._whole(job, head, echo, text, request, start)).model_dump())
+        try:  # several prompts decode side by side, in the one batch
+            done = await asyncio.gather(
+                *(self._whole(j, e, t, request, start) for j, e, t in zip(jobs, echoes, texts))
+            )
+        finally:
+            for job in jobs:
+                job.cancel()
+        choices = [choice.model_copy(update={"index": i}) for i, (choice, _) in enumerate(done)]
+        usage = Usage(
+            prompt_tokens=sum(u.prompt_tokens for _, u in done),
+            completion_tokens=sum(u.completion_tokens for _, u in done),
+            total_tokens=sum(u.total_tokens for _, u in done),
+        )
+        return JSONResponse(
+            head.model_copy(update={"choices": choices, "usage": usage}).model_dump()
+        )
+
+    async def _start(self, params: list[RagParams], request: Request) -> list[Job]:
+        """Queue every prompt's job first (so they are admitted and prefilled together), then
+        wait until each is ready; a failure cancels them all."""
+        s = self.serving
+        jobs: list[Job] = []
+        try:
+            for p in params:
+                try:
+                    jobs.append(s.engine.chat(p))
+                except ClaraError as exc:  # refused before queueing (far too long)
+                    raise to_api_error(exc) from None
+            for job in jobs:
+                await s.until_ready(job, request)
+        except APIError as exc:
+            for job in jobs:
+                job.cancel()
+            if exc.code == "context_length_exceeded":
+                exc.param = "prompt"
+            raise
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            raise
+        return jobs
 
     async def _whole(
-        self, job: Job, head: Completion, echo: str, text: _Text, request: Request, start: float
-    ) -> Completion:
+        self, job: Job, echo: str, text: _Text, request: Request, start: float
+    ) -> tuple[CompletionChoice, Usage]:
         async with aclosing(self.serving.tokens(job, request, start)) as chunks:
             async for event in chunks:
                 text.add(self.serving, event)
@@ -116,7 +156,7 @@ class CompletionServing:
             logprobs=(text.lp or CompletionLogprobs()) if text.logprobs else None,
             finish_reason=event.finish_reason,
         )
-        return head.model_copy(update={"choices": [choice], "usage": _usage(event)})
+        return choice, _usage(event)
 
     async def _stream(
         self, job: Job, head: Completion, echo: str, text: _Text, include_usage: bool, start: float

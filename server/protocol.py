@@ -466,11 +466,26 @@ class ModelList(_Response):
 
 # ---- legacy completions (POST /v1/completions) -------------------------------------------
 TokenIds = Annotated[list[json_int(ge=0, le=2**32 - 1)], Field(min_length=1)]
-#: a list of prompts holds one (a list of token ids is one prompt, of any length)
-_ONE_PROMPT = {"if": {"type": "array", "items": {"type": "integer"}}, "else": {"maxItems": 1}}
-_ECHO_WITHOUT_LOGPROBS = {
-    "if": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
-    "then": {"properties": {"logprobs": {"type": "null"}}},
+MAX_PROMPTS = 16  # prompts of one request (the server's queue holds 16 by default)
+
+
+def _prompts_at_most(n: int) -> dict[str, Any]:
+    """A list of prompts holds at most `n` (a list of token ids is one prompt, any length)."""
+    return {"if": {"type": "array", "items": {"type": "integer"}}, "else": {"maxItems": n}}
+
+
+#: what clara does not do, stated in the schema: echo with logprobs; several prompts streamed
+_COMPLETION_LIMITS = {
+    "allOf": [
+        {
+            "if": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
+            "then": {"properties": {"logprobs": {"type": "null"}}},
+        },
+        {
+            "if": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+            "then": {"properties": {"prompt": _prompts_at_most(1)}},
+        },
+    ]
 }
 
 
@@ -479,9 +494,7 @@ class CompletionRequest(_Request):
     the bare base model: no chat template, no retrieval (for Continue's autocomplete,
     LiteLLM's text-completion models, `client.completions.create`)."""
 
-    model_config = ConfigDict(  # the schema says: echo with logprobs is not supported
-        extra="ignore", strict=True, json_schema_extra=_ECHO_WITHOUT_LOGPROBS
-    )
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_COMPLETION_LIMITS)
     _unicode = model_validator(mode="before")(valid_unicode)
 
     prompt: (
@@ -489,8 +502,9 @@ class CompletionRequest(_Request):
         | TokenIds
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
         | Annotated[list[TokenIds], Field(min_length=1)]
-    ) = only(_ONE_PROMPT)  # (more: a 400 that says so)
-    """Text or token ids; a list of prompts may hold one (several per request: a 400)."""
+    ) = only(_prompts_at_most(MAX_PROMPTS))  # (more: a 400 that says so)
+    """Text or token ids, or a list of up to 16 prompts, each answered as its own choice
+    (`index`), decoded side by side; a stream takes one."""
     model: str | None = None
     best_of: json_int(ge=1) | None = only({"maximum": 1}, default=None)
     echo: bool | None = False
@@ -524,16 +538,22 @@ class CompletionRequest(_Request):
             refuse("suffix", "suffix (fill in the middle)")
         if self.logit_bias:
             refuse("logit_bias", "logit_bias")
-        if isinstance(self.prompt, list) and isinstance(self.prompt[0], (str, list)):
-            if len(self.prompt) > 1:
-                refuse("prompt", "several prompts per request (send one request per prompt)")
+        n = len(self.prompts())
+        if n > MAX_PROMPTS:
+            refuse("prompt", f"more than {MAX_PROMPTS} prompts per request")
+        if n > 1 and self.stream:
+            refuse("prompt", "several prompts in one stream (stream them one per request)")
         if self.echo and self.logprobs is not None:
             refuse("echo", "echo with logprobs (the prompt's log-probabilities)")
 
-    def to_params(self, defaults: ServingDefaults) -> RagParams:
-        prompt = self.prompt
-        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]  # (a list of one prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """The request's prompts: text or token ids each."""
+        if isinstance(self.prompt, list) and isinstance(self.prompt[0], (str, list)):
+            return list(self.prompt)
+        return [self.prompt]
+
+    def to_params(self, defaults: ServingDefaults, prompt: str | list[int]) -> RagParams:
+        """One of `prompts()`, as the engine takes it."""
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         temperature = defaults.temperature if self.temperature is None else self.temperature
         return RagParams(

@@ -319,12 +319,13 @@ class OpenAIServing:
         except ClaraError as exc:  # refused before queueing (e.g. far too long): as HTTP
             raise to_api_error(exc) from None
         try:
-            return job, await self._until_ready(job, request)
+            return job, await self.until_ready(job, request)
         except BaseException:
             job.cancel()
             raise
 
-    async def _until_ready(self, job: Job, request: Request) -> Ready:
+    async def until_ready(self, job: Job, request: Request) -> Ready:
+        """The job's `Ready` (its retrieval and prompt done), or its failure as HTTP."""
         event = await self.next_event(job, request)
         if isinstance(event, Ready):
             return event

@@ -99,10 +99,29 @@ def test_streamed_echo_logprobs_and_usage(client: openai.OpenAI, server: ServerP
     assert echoed.choices[0].text.startswith(PROMPT)
 
 
+def test_several_prompts_are_answered_as_choices_side_by_side(
+    client: openai.OpenAI, server: ServerProcess
+) -> None:
+    """LangChain's legacy OpenAI class sends a batch's prompts in one request, and LiteLLM a
+    prompt list: refused before. Each prompt is its own choice, as alone."""
+    prompts = [PROMPT, "Once upon a time", "The capital of"]
+    alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=5) for p in prompts]
+    got = client.completions.create(model=MODEL, prompt=prompts, max_tokens=5)
+    assert [c.index for c in got.choices] == [0, 1, 2]
+    assert [c.text for c in got.choices] == [a.choices[0].text for a in alone]
+    assert got.usage.total_tokens == sum(a.usage.total_tokens for a in alone)
+    from langchain_openai import OpenAI
+
+    llm = OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, model=MODEL, max_tokens=5,
+                 temperature=0, max_retries=0)  # fmt: skip
+    assert llm.batch(prompts) == [a.choices[0].text for a in alone]
+
+
 @pytest.mark.parametrize(
     "body,param",
     [
-        ({"prompt": ["one", "two"]}, "prompt"),
+        ({"prompt": ["one", "two"], "stream": True}, "prompt"),
+        ({"prompt": ["x"] * 17}, "prompt"),
         ({"prompt": "x", "suffix": "def f():"}, "suffix"),
         ({"prompt": "x", "n": 2}, "n"),
         ({"prompt": "x", "best_of": 3}, "best_of"),
