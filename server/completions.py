@@ -75,7 +75,14 @@ class CompletionServing:
         s.engine.check_ready()
         s.check_model(req.model)
         req.check_supported()
-        params = [req.to_params(s.defaults, prompt) for prompt in req.prompts()]
+        prompts = req.prompts()
+        room = s.engine.settings.queue_size  # each prompt waits in the queue as a request
+        if len(prompts) > max(1, room):
+            raise APIError(
+                400, f"{len(prompts)} prompts in one request; this server queues at most {room} "
+                "(--queue-size): send fewer per request", param="prompt",
+            )  # fmt: skip
+        params = [req.to_params(s.defaults, prompt) for prompt in prompts]
         vocab = s.engine.info.vocab_size
         for p in params:
             if not isinstance(p.raw, str) and vocab and max(p.raw) >= vocab:
@@ -103,13 +110,21 @@ class CompletionServing:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:  # several prompts decode side by side, in the one batch
-            done = await asyncio.gather(
-                *(self._whole(j, e, t, request, start) for j, e, t in zip(jobs, echoes, texts))
-            )
+        try:  # several prompts decode side by side, in the one batch; one failing ends all
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._whole(j, e, t, request, start))
+                    for j, e, t in zip(jobs, echoes, texts)
+                ]
+        except Exception as failed:  # an ExceptionGroup: the first prompt's error, as HTTP
+            inner = getattr(failed, "exceptions", None)
+            if not inner:
+                raise
+            raise inner[0] from None
         finally:
             for job in jobs:
                 job.cancel()
+        done = [task.result() for task in tasks]
         choices = [choice.model_copy(update={"index": i}) for i, (choice, _) in enumerate(done)]
         usage = Usage(
             prompt_tokens=sum(u.prompt_tokens for _, u in done),

@@ -117,6 +117,24 @@ def test_several_prompts_are_answered_as_choices_side_by_side(
     assert llm.batch(prompts) == [a.choices[0].text for a in alone]
 
 
+def test_more_prompts_than_the_queue_holds_is_a_400_not_a_503(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Each prompt waits in the queue as a request: 3 prompts with --queue-size 2 were a 503
+    that clients retried, forever, on an idle server (a review)."""
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"), "--queue-size", "2",
+        env={"CLARA_HOME": str(tmp_path / "home")}, log=tmp_path / "server.log",
+    ).wait_ready()  # fmt: skip
+    try:
+        r = httpx.post(f"{proc.url}/v1/completions", json={"prompt": ["a", "b", "c"]}, timeout=60)
+        assert r.status_code == 400 and "--queue-size" in r.json()["error"]["message"], r.text
+        two = httpx.post(f"{proc.url}/v1/completions", json={"prompt": ["a", "b"]}, timeout=60)
+        assert two.status_code == 200 and len(two.json()["choices"]) == 2
+    finally:
+        proc.stop()
+
+
 @pytest.mark.parametrize(
     "body,param",
     [

@@ -105,6 +105,9 @@ def test_the_no_retrieval_model_answers_without_the_documents(client: openai.Ope
     assert rag.choices[0].message.sources  # (the same question: retrieved for)
     resp = client.responses.create(model=bare, input=question, max_output_tokens=4, store=False)
     assert resp.model == bare and resp.model_extra["retrieval"]["status"] == "disabled"
+    tools = [{"type": "file_search", "vector_store_ids": ["vs_unknown"]}]  # not used: no search
+    resp = client.responses.create(model=bare, input=question, max_output_tokens=4, tools=tools)
+    assert [item.type for item in resp.output] == ["message"]
 
 
 def test_base_model_id_is_accepted(client: openai.OpenAI, tiny_llama_dir: Path) -> None:

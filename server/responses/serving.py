@@ -164,8 +164,13 @@ class ResponsesServing:
             )  # fmt: skip
         return store_id, tool.max_num_results or self.serving.defaults.top_k
 
-    def _chat_request(self, req: ResponseCreateRequest, messages: list[ChatMessage]):
-        search = self._file_search(req)
+    def _chat_request(
+        self, req: ResponseCreateRequest, messages: list[ChatMessage], bare: bool = False
+    ):
+        """The chat request a response runs, and whether it searches (not with `bare`, the
+        served model without retrieval: then a file_search tool is not used, as with
+        tool_choice "none")."""
+        search = None if bare else self._file_search(req)
         chat = ChatCompletionRequest(
             messages=messages,
             max_completion_tokens=req.max_output_tokens,
@@ -176,13 +181,13 @@ class ResponsesServing:
             logprobs="message.output_text.logprobs" in (req.include or []),
             top_logprobs=req.top_logprobs,
         )
-        if req.tool_choice == "none":
+        if req.tool_choice == "none" or bare:
             chat.retrieval = False
         elif search is not None:
             chat.collection, chat.top_k = search
         else:
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, req.collection, req.top_k
-        return chat, search is not None and req.tool_choice != "none"
+        return chat, search is not None and req.tool_choice != "none" and not bare
 
     # ---- create ----------------------------------------------------------------------------
     async def create(self, req: ResponseCreateRequest, request: Request):
@@ -192,13 +197,12 @@ class ResponsesServing:
         req.check_supported()
         turn = self._turn_items(req)
         messages = await asyncio.to_thread(self._messages, req, turn)  # reads the store
-        chat, searched = self._chat_request(req, messages)
+        bare = serving.is_bare(req.model)
+        chat, searched = self._chat_request(req, messages, bare)
         if searched:
             await self._indexed(chat.collection)
         params = chat.to_params(serving.defaults)
         params.truncate = req.truncation == "auto"
-        bare = serving.is_bare(req.model)
-        params.retrieval = params.retrieval and not bare
         try:
             job, ready = await serving.start_chat(params, request)
         except APIError as exc:
