@@ -246,7 +246,7 @@ def test_default_model_answers(tmp_path: Path) -> None:
         proc.wait_ready()
         client = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="unused", max_retries=0)
         models = client.models.list().data
-        assert [m.id for m in models] == ["clara-smollm2-135m"]
+        assert [m.id for m in models] == ["clara-smollm2-135m", "clara-smollm2-135m-no-retrieval"]
         assert models[0].model_extra["mode"] == "mixed"  # what the shipped adapters name
         resp = client.chat.completions.create(
             model="clara-smollm2-135m",
