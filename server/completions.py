@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from clara.errors import ClaraError
 from clara.stream import GenerationChunk
 from clara_cli.http import APIError, to_api_error
-from server.jobs import DONE, Failed, Job
+from server.jobs import Job
 from server.protocol import (
     Completion,
     CompletionChoice,
@@ -31,7 +31,7 @@ from server.protocol import (
     Usage,
     legacy_completion_id,
 )
-from server.serving import OpenAIServing
+from server.serving import OpenAIServing, usage_of
 
 
 @dataclass
@@ -82,13 +82,8 @@ class CompletionServing:
                 400, f"{len(prompts)} prompts in one request; this server queues at most {room} "
                 "(--queue-size): send fewer per request", param="prompt",
             )  # fmt: skip
+        s.check_token_ids(prompts, "prompt")
         params = [req.to_params(s.defaults, prompt) for prompt in prompts]
-        vocab = s.engine.info.vocab_size
-        for p in params:
-            if not isinstance(p.raw, str) and vocab and max(p.raw) >= vocab:
-                raise APIError(
-                    400, f"token id past this model's vocabulary ({vocab} tokens)", param="prompt"
-                )
         jobs = await self._start(params, request)
         cm = s.engine.worker.cm
         echoes = [
@@ -171,57 +166,29 @@ class CompletionServing:
             logprobs=(text.lp or CompletionLogprobs()) if text.logprobs else None,
             finish_reason=event.finish_reason,
         )
-        return choice, _usage(event)
+        return choice, usage_of(event)
 
     async def _stream(
         self, job: Job, head: Completion, echo: str, text: _Text, include_usage: bool, start: float
     ) -> AsyncIterator[str]:
-        s = self.serving
-        first: float | None = None
-
         def chunk(**fields) -> str:
             body = head.model_copy(update={"choices": [CompletionChoice(**fields)]})
             return _sse(body)
 
-        try:
-            if echo:
-                yield chunk(text=echo)
-            while True:
-                event = await s.stream_event(job)
-                if event is None:  # long prefill: keep proxies and clients from timing out
-                    yield ": keep-alive\n\n"
+        lead = [chunk(text=echo)] if echo else []
+        async with aclosing(self.serving.streamed(job, start, lead)) as events:
+            async for event in events:
+                if isinstance(event, str):
+                    yield event
                     continue
-                if isinstance(event, Failed):
-                    yield f"data: {json.dumps(to_api_error(event.error).body())}\n\n"
-                    break
-                if event is DONE:
-                    error = APIError(500, "generation ended without a finish reason")
-                    yield f"data: {json.dumps(error.body())}\n\n"
-                    break
-                if not isinstance(event, GenerationChunk):
-                    continue
-                first = first or time.perf_counter()
-                added = text.add(s, event)
+                added = text.add(self.serving, event)
                 if event.text or added is not None:
                     yield chunk(text=event.text, logprobs=added)
-                if event.finish_reason is None:
-                    continue
-                yield chunk(text="", finish_reason=event.finish_reason)
-                if include_usage:
-                    yield _sse(head.model_copy(update={"usage": _usage(event)}))
-                break
-            yield "data: [DONE]\n\n"
-        finally:
-            job.cancel()  # a client that hung up stops the generation at the next token
-            s.observe_ttft(start, first)
-
-
-def _usage(chunk: GenerationChunk) -> Usage:
-    return Usage(
-        prompt_tokens=chunk.prompt_positions,
-        completion_tokens=chunk.generation_tokens,
-        total_tokens=chunk.prompt_positions + chunk.generation_tokens,
-    )
+                if event.finish_reason is not None:
+                    yield chunk(text="", finish_reason=event.finish_reason)
+                    if include_usage:
+                        yield _sse(head.model_copy(update={"usage": usage_of(event)}))
+        yield "data: [DONE]\n\n"
 
 
 def _sse(body: Completion) -> str:

@@ -206,8 +206,6 @@ class ChatCompletionRequest(_Request):
         keep = 2 * defaults.history_turns
         history = turns[-keep:] if keep else []
         users = [m.text() for m in history if m.role == "user"] + [question]
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        temperature = defaults.temperature if self.temperature is None else self.temperature
         return RagParams(
             question=question,
             query="\n".join(users),
@@ -219,17 +217,25 @@ class ChatCompletionRequest(_Request):
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or defaults.collection,
             max_tokens=self.max_completion_tokens or self.max_tokens or defaults.max_tokens,
-            # top_p 0 keeps only the most likely token: greedy
-            temperature=0.0 if self.top_p == 0 else temperature,
-            top_p=1.0 if not self.top_p else self.top_p,
-            seed=None if self.seed is None else self.seed % 2**32,  # any int: MLX's range
-            stop=stop,
-            ignore_eos=self.ignore_eos,
             logprobs=bool(self.logprobs or self.top_logprobs),
             top_logprobs=self.top_logprobs or 0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            presence_penalty=self.presence_penalty or 0.0,
+            **_sampling(self, defaults),
         )
+
+
+def _sampling(req: ChatCompletionRequest | CompletionRequest, defaults: ServingDefaults) -> dict:
+    """The RagParams sampling fields of a chat or legacy completion request."""
+    temperature = defaults.temperature if req.temperature is None else req.temperature
+    return {
+        # top_p 0 keeps only the most likely token: greedy
+        "temperature": 0.0 if req.top_p == 0 else temperature,
+        "top_p": 1.0 if not req.top_p else req.top_p,
+        "seed": None if req.seed is None else req.seed % 2**32,  # any int: MLX's range
+        "stop": [req.stop] if isinstance(req.stop, str) else list(req.stop or []),
+        "ignore_eos": req.ignore_eos,
+        "frequency_penalty": req.frequency_penalty or 0.0,
+        "presence_penalty": req.presence_penalty or 0.0,
+    }
 
 
 @dataclass
@@ -554,8 +560,6 @@ class CompletionRequest(_Request):
 
     def to_params(self, defaults: ServingDefaults, prompt: str | list[int]) -> RagParams:
         """One of `prompts()`, as the engine takes it."""
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        temperature = defaults.temperature if self.temperature is None else self.temperature
         return RagParams(
             question=prompt if isinstance(prompt, str) else "",
             query="",
@@ -564,16 +568,10 @@ class CompletionRequest(_Request):
             top_k=0,
             collection=defaults.collection,
             max_tokens=self.max_tokens or 16,
-            temperature=0.0 if self.top_p == 0 else temperature,
-            top_p=1.0 if not self.top_p else self.top_p,
-            seed=None if self.seed is None else self.seed % 2**32,
-            stop=stop,
-            ignore_eos=self.ignore_eos,
             logprobs=self.logprobs is not None,
             top_logprobs=self.logprobs or 0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            presence_penalty=self.presence_penalty or 0.0,
             raw=list(prompt) if isinstance(prompt, list) else prompt,
+            **_sampling(self, defaults),
         )
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +95,15 @@ def _title(s: Source) -> str:
     if s.page_end is None or s.page_end == s.page_start:
         return f"{s.filename}, p. {s.page_start}"
     return f"{s.filename}, pp. {s.page_start}-{s.page_end}"
+
+
+def usage_of(last: GenerationChunk) -> Usage:
+    """The usage of a request whose last chunk is `last`."""
+    return Usage(
+        prompt_tokens=last.prompt_positions,
+        completion_tokens=last.generation_tokens,
+        total_tokens=last.prompt_positions + last.generation_tokens,
+    )
 
 
 def sources_of(ready: Ready) -> list[Source]:
@@ -366,11 +375,7 @@ class OpenAIServing:
                     logprobs=ChoiceLogprobs(content=tokens) if reply.logprobs else None,
                 )
             ],
-            usage=Usage(
-                prompt_tokens=event.prompt_positions,
-                completion_tokens=event.generation_tokens,
-                total_tokens=event.prompt_positions + event.generation_tokens,
-            ),
+            usage=usage_of(event),
             system_fingerprint=reply.fingerprint,
             retrieval=reply.retrieval,
         )
@@ -397,6 +402,17 @@ class OpenAIServing:
         finally:
             job.cancel()
             self.observe_ttft(start, first)
+
+    def check_token_ids(self, inputs: list[str | list[int]], param: str, hint: str = "") -> None:
+        """A 400 for token ids past the model's vocabulary (another tokenizer's)."""
+        vocab = self.engine.info.vocab_size
+        if vocab and any(not isinstance(x, str) and max(x) >= vocab for x in inputs):
+            raise APIError(
+                400,
+                f"token id past this model's vocabulary ({vocab} tokens): token ids must come "
+                f"from its own tokenizer{hint}",
+                param=param,
+            )
 
     def _token(self, token_id: int) -> TopLogprob:
         raw = token_bytes(self.engine.worker.cm.tokenizer, token_id)
@@ -425,27 +441,46 @@ class OpenAIServing:
             choices=choices,
         )
 
-    async def _stream(
-        self, job: Job, reply: _Reply, include_usage: bool, start: float
-    ) -> AsyncIterator[str]:
+    async def streamed(
+        self, job: Job, start: float, lead: Sequence[str] = ()
+    ) -> AsyncIterator[GenerationChunk | str]:
+        """A streamed request's chunks, up to the one with its finish reason, and between
+        them SSE text to send as it is: `lead` first, keep-alive comments during a long
+        prefill, an error event that ends the stream. Then the job is cancelled (a client that
+        hung up stops the generation at the next token) and its time to first token observed."""
         first: float | None = None
-        length = 0
         try:
-            yield _sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))
+            for text in lead:
+                yield text
             while True:
                 event = await self.stream_event(job)
                 if event is None:  # long prefill: keep proxies and clients from timing out
                     yield ": keep-alive\n\n"
-                    continue
-                if isinstance(event, Failed):
+                elif isinstance(event, Failed):
                     yield _sse(to_api_error(event.error).body())
-                    break
-                if event is DONE:
+                    return
+                elif event is DONE:
                     yield _sse(APIError(500, "generation ended without a finish reason").body())
-                    break
-                if not isinstance(event, GenerationChunk):
+                    return
+                elif isinstance(event, GenerationChunk):
+                    first = first or time.perf_counter()
+                    yield event
+                    if event.finish_reason is not None:
+                        return
+        finally:
+            job.cancel()
+            self.observe_ttft(start, first)
+
+    async def _stream(
+        self, job: Job, reply: _Reply, include_usage: bool, start: float
+    ) -> AsyncIterator[str]:
+        length = 0
+        role = _sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))
+        async with aclosing(self.streamed(job, start, [role])) as events:
+            async for event in events:
+                if isinstance(event, str):
+                    yield event
                     continue
-                first = first or time.perf_counter()
                 token = (
                     self.token_logprob(event)
                     if reply.logprobs and event.logprob is not None
@@ -466,17 +501,9 @@ class OpenAIServing:
                 yield _sse(self._chunk(reply, DeltaMessage(), finish_reason=event.finish_reason))
                 if include_usage:
                     chunk = self._chunk(reply, None)
-                    chunk.usage = Usage(
-                        prompt_tokens=event.prompt_positions,
-                        completion_tokens=event.generation_tokens,
-                        total_tokens=event.prompt_positions + event.generation_tokens,
-                    )
+                    chunk.usage = usage_of(event)
                     yield _sse(chunk)
-                break
-            yield "data: [DONE]\n\n"
-        finally:
-            job.cancel()  # a client that hung up stops the generation at the next token
-            self.observe_ttft(start, first)
+        yield "data: [DONE]\n\n"
 
     # ---- embeddings ------------------------------------------------------------------------
     async def embeddings(self, req: EmbeddingRequest, request: Request) -> EmbeddingResponse:
@@ -491,19 +518,14 @@ class OpenAIServing:
             )
         if len(inputs) > MAX_EMBEDDING_INPUTS:
             raise APIError(400, f"at most {MAX_EMBEDDING_INPUTS} inputs per request", param="input")
-        vocab = self.engine.info.vocab_size
-        if vocab and any(not isinstance(x, str) and max(x) >= vocab for x in inputs):
-            raise APIError(
-                400,
-                f"token id past this model's vocabulary ({vocab} tokens): token ids must come "
-                "from its own tokenizer. Send text instead (LangChain's OpenAIEmbeddings: "
-                "check_embedding_ctx_length=False)",
-                param="input",
-            )
+        self.check_token_ids(
+            inputs, "input", ". Send text instead (LangChain's OpenAIEmbeddings: "
+            "check_embedding_ctx_length=False)",
+        )  # fmt: skip
         info = self.engine.info
         truncate = self.defaults.truncate_embeddings if req.truncate is None else req.truncate
         if truncate:  # only the start is read: no need to tokenize a megabyte for it
-            inputs = [_start(x, info.embed_tokens, info.max_token_chars) for x in inputs]
+            inputs = [_head_of(x, info.embed_tokens, info.max_token_chars) for x in inputs]
         for i, x in enumerate(inputs):  # hopelessly long text: refused before tokenizing it
             least = info.least_tokens(len(x)) if isinstance(x, str) else 0
             if least > info.embed_tokens and not truncate:
@@ -548,7 +570,7 @@ class OpenAIServing:
         return EmbeddingResponse(data=data, model=self.served_model_name, usage=usage)
 
 
-def _start(x: str | list[int], tokens: int, max_token_chars: int) -> str | list[int]:
+def _head_of(x: str | list[int], tokens: int, max_token_chars: int) -> str | list[int]:
     """As much of `x` as its first `tokens` tokens can span (all of it when that is unknown):
     a text cut to `tokens` times the longest token's characters still holds `tokens` tokens."""
     if not isinstance(x, str):

@@ -358,11 +358,8 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
     assert rc == 1 and "was built with checkpoint" in err
 
 
-def test_an_add_with_nothing_to_index_still_refuses_a_checkpoint_that_did_not_build_it(
-    capsys, monkeypatch, tmp_path: Path, tiny_llama_dir: Path
-) -> None:
-    """Before: re-adding unchanged files with another --checkpoint said "unchanged" (the
-    model, which makes the check, never loaded); a file changed later was refused."""
+def two_checkpoints(tiny_llama_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Two checkpoints of the tiny model whose compressors differ (tmp_path/a and /b)."""
     import mlx.core as mx
 
     from clara.checkpoint import WEIGHTS_FILE, load_clara, save_checkpoint
@@ -373,6 +370,15 @@ def test_an_add_with_nothing_to_index_still_refuses_a_checkpoint_that_did_not_bu
     weights = mx.load(str(other / WEIGHTS_FILE))
     key = next(k for k in sorted(weights) if "lora_compressor" in k)
     mx.save_safetensors(str(other / WEIGHTS_FILE), {**weights, key: weights[key] + 0.01})
+    return built, other
+
+
+def test_an_add_with_nothing_to_index_still_refuses_a_checkpoint_that_did_not_build_it(
+    capsys, monkeypatch, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Before: re-adding unchanged files with another --checkpoint said "unchanged" (the
+    model, which makes the check, never loaded); a file changed later was refused."""
+    built, other = two_checkpoints(tiny_llama_dir, tmp_path)
     folder, index = tmp_path / "docs", tmp_path / "index"
     write_corpus(folder, n=2)
     model = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 
 from clara.errors import IndexMismatchError
 from indexing.manifest import DEFAULT_MODEL, Manifest
-from tests.test_index_cli import CHUNKING, docs_of, no_model, run, write_corpus
+from tests.test_index_cli import CHUNKING, docs_of, no_model, run, two_checkpoints, write_corpus
 from tests.test_server_harness import ServerProcess, add_documents
 
 #: The fingerprint the shipped adapters of an earlier clara gave its collections.
@@ -77,16 +76,7 @@ def test_an_index_of_another_checkpoint_still_offers_to_load_it(
 ) -> None:
     """An explicit checkpoint built it: loading that one is a real option, kept; the rebuild
     command names the checkpoint loaded now (else it would re-encode with the default)."""
-    import mlx.core as mx
-
-    from clara.checkpoint import WEIGHTS_FILE, load_clara, save_checkpoint
-
-    built = save_checkpoint(load_clara(tiny_llama_dir, "fresh", dtype=None), tmp_path / "a")
-    other = tmp_path / "b"
-    shutil.copytree(built, other)
-    weights = mx.load(str(other / WEIGHTS_FILE))
-    key = next(k for k in sorted(weights) if "lora_compressor" in k)
-    mx.save_safetensors(str(other / WEIGHTS_FILE), {**weights, key: weights[key] + 0.01})
+    built, other = two_checkpoints(tiny_llama_dir, tmp_path)
     folder, index = tmp_path / "docs", tmp_path / "index"
     write_corpus(folder, n=2)
     model = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
