@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -123,22 +124,11 @@ class ResponseRun:
     async def complete(self, request: Request) -> dict[str, Any]:
         if self.call:
             self.call.status = "completed"
-        try:
-            while True:
-                event = await self.owner.serving.next_event(self.job, request)
-                if isinstance(event, Failed):
-                    raise to_api_error(event.error)
-                if event is DONE:
-                    raise APIError(500, "generation ended without a finish reason")
-                if isinstance(event, GenerationChunk):
-                    self.first = self.first or time.perf_counter()
-                    self.text.append(event.text)
-                    self._logprob(event)
-                    if event.finish_reason is not None:
-                        break
-        finally:
-            self.job.cancel()
-            self._metrics()
+        tokens = self.owner.serving.tokens(self.job, request, self.start)  # (cancels, TTFT)
+        async with aclosing(tokens) as chunks:
+            async for event in chunks:
+                self.text.append(event.text)
+                self._logprob(event)
         await self._finish(event)
         return self.response.model_dump()
 
