@@ -93,7 +93,7 @@ def _build_thin() -> Path | None:
     source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + f"{_native.cpu_tag()} {_native.NATIVE}".encode()).hexdigest()[:16]
     target = _native.lib_cache() / f"thinmm-{key}.so"
-    if target.exists():
+    if _native.cached(target):
         return target
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:

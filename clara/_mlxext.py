@@ -67,7 +67,7 @@ def _build() -> Path | None:
     tag = f"{mx.__version__} {nanobind.__version__} {sys.version_info[:2]} {_native.cpu_tag()}"
     key = hashlib.sha256(SOURCE.read_bytes() + f"{tag} {cmd}".encode()).hexdigest()[:16]
     target = _native.lib_cache() / f"mlxattn-{key}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
-    if target.exists():
+    if _native.cached(target):
         return target
     reason = _native.build_cached(cmd, target, SOURCE.name, timeout=600)
     return target if reason is None else None

@@ -4,11 +4,13 @@ compiler flags, the environment switches that turn a fast path off."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -42,9 +44,43 @@ def lib_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
 
 
+#: A built library unused this long is removed when a sibling (same name before the key) is
+#: built: each clara or MLX version, CPU, and virtual environment path builds its own.
+UNUSED_DAYS = 30
+_MARK_EVERY_S = 86400
+
+
+def cached(target: Path) -> bool:
+    """Whether `target` is built; marks it used (its mtime, at most daily) so that pruning
+    keeps it."""
+    try:
+        age = time.time() - target.stat().st_mtime
+    except OSError:
+        return False
+    if age > _MARK_EVERY_S:
+        with contextlib.suppress(OSError):  # a read-only cache still serves
+            os.utime(target)
+    return True
+
+
+def prune_siblings(target: Path, days: float = UNUSED_DAYS) -> list[Path]:
+    """Remove the libraries beside `target` with its prefix (`thinmm-`, `mlxattn-`) unused for
+    `days`; the ones removed."""
+    prefix = target.name.split("-", 1)[0] + "-"
+    cutoff = time.time() - days * 86400
+    removed = []
+    for path in target.parent.glob(prefix + "*"):
+        with contextlib.suppress(OSError):
+            if path != target and path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 def build_cached(cmd: list[str], target: Path, what: str, timeout: int = 120) -> str | None:
     """Run the compiler command `cmd` with `-o` a temporary file, then move that to `target`
-    (atomically: concurrent first runs both end with one file). None when built, else why not."""
+    (atomically: concurrent first runs both end with one file). None when built, else why not.
+    Siblings unused for UNUSED_DAYS go."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -57,6 +93,7 @@ def build_cached(cmd: list[str], target: Path, what: str, timeout: int = 120) ->
             os.replace(out, target)
     except (OSError, subprocess.SubprocessError) as e:
         return f"could not build {what}: {e}"
+    prune_siblings(target)
     return None
 
 

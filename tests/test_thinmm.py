@@ -10,6 +10,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -119,6 +120,32 @@ def test_without_a_compiler_clara_still_imports_and_says_why(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("None | could not build _thinmm.c"), out.stdout
+
+
+def test_built_libraries_unused_for_a_month_go_when_a_new_one_is_built(tmp_path):
+    if not LINUX_FAST:
+        pytest.skip("the kernel is only built on Linux with OpenBLAS")
+    lib = tmp_path / "clara" / "lib"
+    lib.mkdir(parents=True)
+    day = 86400
+    now = time.time()
+    for name, age in [("thinmm-old.so", 40), ("thinmm-recent.so", 5), ("mlxattn-old.so", 40)]:
+        (lib / name).write_bytes(b"x")
+        os.utime(lib / name, (now - age * day, now - age * day))
+    code = "import clara; from clara import _blas; print(_blas.thin_reason)"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr + out.stdout
+    built = [p.name for p in lib.glob("thinmm-*") if p.name != "thinmm-recent.so"]
+    # the old thin kernel went; the recent one and another library's stay
+    assert sorted(p.name for p in lib.iterdir()) == sorted([*built, "thinmm-recent.so",
+                                                            "mlxattn-old.so"])  # fmt: skip
+    assert len(built) == 1
+    # a library in use is marked used: a month-old mtime is refreshed when it is loaded
+    os.utime(lib / built[0], (now - 40 * day, now - 40 * day))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr + out.stdout
+    assert (lib / built[0]).stat().st_mtime > now - day
 
 
 def _needs_kernel():
