@@ -77,11 +77,13 @@ def context_limit(cm: ClaraModel, max_context: int | None = None) -> int:
     return max_context or int(cm.info.config.get("max_position_embeddings", 4096))
 
 
-def check_context(prompt: Prompt, limit: int) -> None:
+def check_context(
+    prompt: Prompt, limit: int, advice: str = "shorten the conversation or retrieve fewer chunks"
+) -> None:
     if prompt.positions >= limit:
         raise ContextLengthError(
             f"prompt needs {prompt.positions} positions but the model's context is {limit}; "
-            "shorten the conversation or retrieve fewer chunks"
+            + advice
         )
 
 

@@ -49,10 +49,12 @@ class _Text:
         if not self.logprobs or chunk.logprob is None:
             return None
         entry = serving.token_logprob(chunk)
+        top = {alt.token: alt.logprob for alt in entry.top_logprobs}
+        top.setdefault(entry.token, entry.logprob)  # always the sampled token (OpenAI's, vLLM's)
         new = CompletionLogprobs(
             tokens=[entry.token],
             token_logprobs=[entry.logprob],
-            top_logprobs=[{alt.token: alt.logprob for alt in entry.top_logprobs}],
+            top_logprobs=[top],
             text_offset=[self.offset],
         )
         self.offset += len(entry.token)
@@ -135,19 +137,24 @@ class CompletionServing:
         wait until each is ready; a failure cancels them all."""
         s = self.serving
         jobs: list[Job] = []
+        which = 0  # the prompt being queued or waited for, to name in its error
         try:
             for p in params:
+                which = len(jobs)
                 try:
                     jobs.append(s.engine.chat(p))
                 except ClaraError as exc:  # refused before queueing (far too long)
                     raise to_api_error(exc) from None
-            for job in jobs:
+            for i, job in enumerate(jobs):
+                which = i
                 await s.until_ready(job, request)
         except APIError as exc:
             for job in jobs:
                 job.cancel()
             if exc.code == "context_length_exceeded":
                 exc.param = "prompt"
+                if len(params) > 1:
+                    exc.message = f"prompt {which} (counting from 0): {exc.message}"
             raise
         except BaseException:
             for job in jobs:

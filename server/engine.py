@@ -401,7 +401,10 @@ class Engine:
                 if retrieved.memories is not None:
                     retrieved.memories = retrieved.memories[: len(retrieved.sources)]
             prompt, adapter = self._rag.prompt(p, retrieved)
-        check_context(prompt, limit)  # before Ready: the 400 precedes any byte
+        if p.raw is not None:  # before Ready: the 400 precedes any byte
+            check_context(prompt, limit, "shorten the prompt")
+        else:
+            check_context(prompt, limit)
         job.emit(Ready(retrieved, prompt.positions))
         return prompt, adapter
 

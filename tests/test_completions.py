@@ -95,6 +95,14 @@ def test_streamed_echo_logprobs_and_usage(client: openai.OpenAI, server: ServerP
     assert "".join(got.tokens) == lp.choices[0].text  # (greedy: each is its best alternative)
     assert all(len(top) == 3 and max(top.values()) == v for top, v in zip(got.top_logprobs, got.token_logprobs))  # fmt: skip
     assert got.text_offset == [sum(len(t) for t in got.tokens[:i]) for i in range(4)]
+    zero = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, logprobs=0)
+    got = zero.choices[0].logprobs  # the sampled token's entry, as OpenAI and vLLM give
+    assert got.top_logprobs == [{t: v} for t, v in zip(got.tokens, got.token_logprobs)]
+    hot = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, logprobs=1,
+                                    temperature=2.0, seed=3)  # fmt: skip
+    got = hot.choices[0].logprobs  # a sampled token outside the top 1 is there as well
+    assert all(top[t] == v and len(top) <= 2 for t, v, top in zip(got.tokens, got.token_logprobs, got.top_logprobs))  # fmt: skip
+    assert any(len(top) == 2 for top in got.top_logprobs)  # (this seed samples one)
     echoed = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, echo=True)
     assert echoed.choices[0].text.startswith(PROMPT)
 
@@ -153,6 +161,16 @@ def test_more_prompts_than_the_queue_holds_is_a_400_not_a_503(
 def test_what_it_cannot_do_is_a_400(server: ServerProcess, body: dict, param: str) -> None:
     r = post(server, body)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_a_too_long_prompt_among_several_is_named(server: ServerProcess) -> None:
+    r = post(server, {"prompt": ["short", "river " * 3000, "also short"]})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded", r.text
+    assert err["param"] == "prompt" and err["message"].startswith("prompt 1 (counting from 0): ")
+    assert err["message"].endswith("; shorten the prompt")  # no chat advice
+    one = post(server, {"prompt": "river " * 3000}).json()["error"]["message"]
+    assert "counting from" not in one and one.endswith("; shorten the prompt")
 
 
 def test_metrics_count_the_route(server: ServerProcess) -> None:
