@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
     if not DATA.exists():
-        raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data")
+        raise SystemExit(f"{DATA} not found: give the example data's path in CLARA_EXAMPLE_DATA")
     if not args.init.exists():
         raise SystemExit(f"{args.init}: no such checkpoint (give --init)")
     arms = [a for a in args.arms.split(",") if a]

@@ -56,12 +56,9 @@ from training.evaluate import (  # noqa: E402
     text_rag_row,
 )
 from training.pipeline import load_for_training  # noqa: E402
+from training.default_recipe import default_data  # noqa: E402
 
-DATA = next(  # ../shared/data beside the checkout (or beside a folder above it)
-    (p / "shared" / "data" / "clara-example-pretrain.jsonl" for p in ROOT.parents
-     if (p / "shared" / "data" / "clara-example-pretrain.jsonl").exists()),
-    ROOT.parent / "shared" / "data" / "clara-example-pretrain.jsonl",
-)  # fmt: skip
+DATA = default_data()  # $CLARA_EXAMPLE_DATA, or a shared/data folder beside the checkout
 _WORD = re.compile(r"\w+")
 
 
@@ -389,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.checkpoint and args.tag and args.out):
         p.error("give --checkpoint, --tag and --out (or --report DIR)")
     if not DATA.exists():
-        raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data")
+        raise SystemExit(f"{DATA} not found: give the example data's path in CLARA_EXAMPLE_DATA")
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.retrieval_only:  # apart from the answer rows --report reads

@@ -20,7 +20,7 @@ same machine load):
 Tokens/s counts real (unpadded) positions: document + memory slots of the compressor input,
 plus the generator's prompt and answer. The loss check trains before and after (bfloat16 included) for `--check-steps`
 steps on the same batches (bucketing off: it changes which examples share a step) and
-compares every step's loss. Data: the training documents of ../shared/data (QA and paraphrase
+compares every step's loss. Data: the training documents of the example data ($CLARA_EXAMPLE_DATA; QA and paraphrase
 records), else Python's documentation topics (paraphrase).
 """
 
@@ -44,15 +44,12 @@ import numpy as np  # noqa: E402
 from bench._common import append_report, markdown_table, sample_texts  # noqa: E402
 from clara import _blas  # noqa: E402
 from training.data import PretrainRecord, parse_pretrain  # noqa: E402
+from training.default_recipe import default_data  # noqa: E402
 from training.pipeline import load_for_training  # noqa: E402
 from training.stages import PretrainStage, set_trainable  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
 
-DATA = next(  # ../shared/data beside the checkout (or beside a folder above it)
-    (p / "shared" / "data" / "clara-example-pretrain.jsonl" for p in ROOT.parents
-     if (p / "shared" / "data" / "clara-example-pretrain.jsonl").exists()),
-    ROOT.parent / "shared" / "data" / "clara-example-pretrain.jsonl",
-)  # fmt: skip
+DATA = default_data()  # $CLARA_EXAMPLE_DATA, or a shared/data folder beside the checkout
 MODEL = "smollm2-135m"
 
 

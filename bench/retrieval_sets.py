@@ -1,6 +1,6 @@
 """The two real document sets of bench/bench_retrieval.py, written out as files for clara-index.
 
-apple: Apple's ml-clara example stage-1 data (../shared/data/clara-example-pretrain.jsonl),
+apple: Apple's ml-clara example stage-1 data (`CLARA_EXAMPLE_DATA`, see apple_path),
     1000 encyclopedia-style documents; the questions of the held-out documents (0-based line
     % 5 == 0), each answered by its own document.
 pydoc: Python's documentation topics (`pydoc_data.topics`, on every machine) up to 9000
@@ -11,27 +11,18 @@ pydoc: Python's documentation topics (`pydoc_data.topics`, on every machine) up 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 
 def apple_path() -> Path:
-    """`../shared/data/clara-example-pretrain.jsonl` beside the checkout (a git worktree's
-    main checkout counts too), or $CLARA_SHARED_DATA/clara-example-pretrain.jsonl."""
-    name = "clara-example-pretrain.jsonl"
-    repo = Path(__file__).resolve().parents[1]
-    candidates = (
-        [Path(os.environ["CLARA_SHARED_DATA"]) / name] if "CLARA_SHARED_DATA" in os.environ else []
-    )
-    candidates.append(repo.parent / "shared" / "data" / name)
-    git = repo / ".git"
-    if git.is_file():  # a worktree: .git names <main>/.git/worktrees/<name>
-        main = Path(git.read_text().split("gitdir:", 1)[1].strip()).parents[2]
-        candidates.append(main.parent / "shared" / "data" / name)
-    for c in candidates:
-        if c.exists():
-            return c
-    raise SystemExit(f"{name} not found (looked at {', '.join(map(str, candidates))})")
+    """Apple's ml-clara example data: $CLARA_EXAMPLE_DATA, or clara-example-pretrain.jsonl in a
+    shared/data folder beside the checkout (training.default_recipe.default_data)."""
+    from training.default_recipe import default_data
+
+    path = default_data()
+    if not path.exists():
+        raise SystemExit(f"{path} not found: give the example data's path in CLARA_EXAMPLE_DATA")
+    return path
 
 
 PYDOC_MAX_CHARS = 9000

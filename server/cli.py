@@ -27,10 +27,14 @@ from server.protocol import ServingDefaults
 
 DESCRIPTION = """\
 Serve a CLaRa model over an OpenAI-compatible HTTP API: POST /v1/chat/completions (streaming
-or not), POST /v1/responses (Responses API with file_search; GET/DELETE /v1/responses/{id}),
-POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics (Prometheus), and OpenAI's
-Files + Vector Stores API (/v1/files, /v1/vector_stores: upload documents, index them into
-collections, search; --no-files-api turns it off). GET / is a web chat in the browser.
+or not), POST /v1/responses (Responses API with file_search; GET/DELETE /v1/responses/{id},
+GET /v1/responses/{id}/input_items), POST /v1/completions (legacy text completion: the prompt
+as it is to the bare model, no retrieval), POST /v1/embeddings, GET /v1/models and
+/v1/models/{id}, GET /health, GET /metrics (Prometheus), and OpenAI's Files + Vector Stores
+API (/v1/files, /v1/vector_stores: upload documents, index them into collections, search;
+--no-files-api turns it off). GET / is a web chat in the browser, and /docs the API reference.
+/v1/models lists the model twice: --served-model-name, and NAME-no-retrieval, the same model
+answering without the documents (for a chat app's side requests: titles, tags).
 Each chat request retrieves the top-k chunks of the index collection for the latest user
 turn (with the user turns before it, --history-turns) and answers from what they hold (--mode); the answer's message carries them in
 `sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
@@ -48,7 +52,8 @@ environment (Linux CPU; logged at startup as "CPU matmuls: ..."):
   CLARA_THIN            off: every matmul through OpenBLAS (no thin-matmul kernel)
   CLARA_THIN_ROWS       widest product the thin kernel takes (default 16)
   CLARA_DECODE_THREADS  threads of decode steps (default: all cores)
-  CLARA_PREFILL_THREADS OpenBLAS threads of prefill and compression (default: all cores)
+  CLARA_PREFILL_THREADS threads of prefill, query encodings and compression (default: all
+                        cores; OpenBLAS: one beside packed weights)
   CLARA_BLAS            off: MLX's reference BLAS; or a path to an OpenBLAS library
   CLARA_JIT_NATIVE      off: MLX's fused CPU kernels for baseline x86-64 (default: -march=native)
   CLARA_CPU_ATTENTION   off: mlx-lm's attention (default: clara's fused-softmax CPU attention)
@@ -71,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--served-model-name",
         default=None,
         metavar="NAME",
-        help="model id clients send and /v1/models lists (default: clara-<base model name>, "
-        "e.g. clara-smollm2-135m); the base model's own id is accepted too",
+        help="model id clients send and /v1/models lists, with NAME-no-retrieval (default: "
+        "clara-<base model name>, e.g. clara-smollm2-135m); the base model's own id is accepted "
+        "too",
     )
     net.add_argument(
         "--queue-size",
@@ -197,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         metavar="N",
-        help="earlier user/assistant turns kept in the prompt and in the retrieval query "
-        "(default: %(default)s)",
+        help="earlier user/assistant exchanges (question and answer pairs) kept in the prompt "
+        "and in the retrieval query (default: %(default)s)",
     )
     gen = parser.add_argument_group("generation")
     gen.add_argument(
@@ -214,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=512,
         metavar="N",
-        help="answer length when a request sets no max_tokens (default: %(default)s)",
+        help="answer length when a chat or Responses request sets no max_tokens (default: "
+        "%(default)s; /v1/completions defaults to 16, as OpenAI's)",
     )
     gen.add_argument(
         "--temperature",

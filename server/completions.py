@@ -107,20 +107,23 @@ class CompletionServing:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:  # several prompts decode side by side, in the one batch; one failing ends all
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._whole(j, e, t, request, start))
-                    for j, e, t in zip(jobs, echoes, texts)
-                ]
-        except Exception as failed:  # an ExceptionGroup: the first prompt's error, as HTTP
-            inner = getattr(failed, "exceptions", None)
-            if not inner:
-                raise
-            raise inner[0] from None
+        # several prompts decode side by side, in the one batch; one failing ends all (as a
+        # TaskGroup would: Python 3.10 has none)
+        tasks = [
+            asyncio.ensure_future(self._whole(j, e, t, request, start))
+            for j, e, t in zip(jobs, echoes, texts)
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # the first prompt's error, as HTTP
         finally:
             for job in jobs:
                 job.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # (none left unretrieved)
         done = [task.result() for task in tasks]
         choices = [choice.model_copy(update={"index": i}) for i, (choice, _) in enumerate(done)]
         usage = Usage(

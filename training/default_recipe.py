@@ -3,7 +3,8 @@
     python -m training.default_recipe --out runs/default            # train (resumable)
     python -m training.default_recipe --out runs/default --install  # and copy into clara/
 
-Data (`--data`, default: ../shared/data/clara-example-pretrain.jsonl beside the checkout):
+Data (`--data`, default: $CLARA_EXAMPLE_DATA, else shared/data/clara-example-pretrain.jsonl
+beside the checkout):
 Apple's ml-clara example stage-1 data, 1000 encyclopedia-style documents with 7861 short-answer
 questions. Its fixed split is kept: documents on 0-based lines with `line % 5 == 0` (200, and
 their questions) are never trained on; their questions go to eval.jsonl (the gold document as
@@ -52,7 +53,7 @@ DATA_NAME = "clara-example-pretrain.jsonl"
 
 def default_data() -> Path:
     """$CLARA_EXAMPLE_DATA when set (the scripts under docs/runs read the data through this),
-    else ../shared/data/clara-example-pretrain.jsonl beside the checkout or a folder above it."""
+    else shared/data/clara-example-pretrain.jsonl beside the checkout or a folder above it."""
     if os.environ.get("CLARA_EXAMPLE_DATA"):
         return Path(os.environ["CLARA_EXAMPLE_DATA"]).expanduser()
     for p in ROOT.parents:

@@ -43,7 +43,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=8,
         metavar="N",
-        help="chunks per compressor pass (default: %(default)s)",
+        help="chunks compressed per step (progress and commits); the forward-pass batch is "
+        "the measured best for the device, CLARA_COMPRESS_BATCH overrides (default: %(default)s)",
     )
     idx.add_argument(
         "--overlap",
