@@ -199,6 +199,7 @@ class Meta:
                 raise MissingDatabaseError(f"{path.name} is missing") from None
             raise
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+        self.db.execute("PRAGMA fullfsync=ON")  # (macOS: to the disk, not its cache)
         if readonly:
             self.db.execute("PRAGMA query_only=ON")
 

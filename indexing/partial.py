@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.durable import crash_point, fsync_dir, remove_quietly
+from indexing.durable import crash_point, fsync_dir, remove_quietly, sync
 
 PARTIAL_DIR = "partial"
 MIN_CHUNKS = 32  # shorter documents redo their few chunks
@@ -94,7 +94,7 @@ class PartialMemories:
             f.truncate()  # rows past the header's count: an append a crash cut short
             f.write(np.ascontiguousarray(rows, np.float16).tobytes())
             f.flush()
-            os.fsync(f.fileno())
+            sync(f.fileno())
         self.saved += len(rows)
         tmp = self.head_path.with_name(f".{self.head_path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"key": self.key, "rows": self.saved}))

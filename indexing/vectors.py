@@ -19,7 +19,7 @@ from typing import BinaryIO
 import faiss
 import numpy as np
 
-from indexing.durable import crash_point, fsync_dir
+from indexing.durable import crash_point, fsync_dir, sync
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "auto")
 #: "auto" switches from exact to IVF at this many vectors (back to flat below half of it).
@@ -125,7 +125,7 @@ class MemoryFile:
             crash_point("add:mid-append")
             f.write(buf[half:])
             f.flush()
-            os.fsync(f.fileno())
+            sync(f.fileno())
 
     def copy_rows_from(self, source: MemoryFile, rows: np.ndarray) -> None:
         """Fill this (new) file with `source`'s rows, in order, then fsync (compaction)."""
@@ -133,7 +133,7 @@ class MemoryFile:
             for start in range(0, len(rows), 1024):
                 f.write(source.read(rows[start : start + 1024]).tobytes())
             f.flush()
-            os.fsync(f.fileno())
+            sync(f.fileno())
 
     def truncate(self, n_rows: int) -> None:
         """Drop bytes past the committed rows (writer only); creates the file when missing."""
@@ -141,7 +141,7 @@ class MemoryFile:
         with open(self.path, "r+b" if self.path.exists() else "w+b") as f:
             if os.fstat(f.fileno()).st_size != n_rows * self.row_bytes:
                 f.truncate(n_rows * self.row_bytes)
-                os.fsync(f.fileno())
+                sync(f.fileno())
 
     def close(self) -> None:
         """Drop the map and the handle (a deleted file's space is freed once none is open)."""
@@ -297,7 +297,7 @@ class VectorIndex:
                 raise _as_os_error(exc, tmp) from None
             fd = os.open(tmp, os.O_RDONLY)
             try:
-                os.fsync(fd)
+                sync(fd)
             finally:
                 os.close(fd)
         except BaseException:

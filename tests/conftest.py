@@ -15,6 +15,21 @@ import clara  # noqa: E402,F401  first: preloads OpenBLAS before anything import
 from tests.tiny import TINY_HCX_EXTRAS, build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a Mac (MLX on Metal) the `cpu_only` tests skip: they check what clara does on MLX's
+    CPU backend only (its kernels, lanes, bit-exact batching)."""
+    import mlx.core as mx
+
+    if mx.default_device() == mx.cpu:
+        return
+    skip = pytest.mark.skip(
+        reason=f"checks MLX's CPU backend; this machine runs on {mx.default_device()}"
+    )
+    for item in items:
+        if "cpu_only" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ~512-token byte-level BPE with ChatML tokens and template (HF tokenizer files only)."""

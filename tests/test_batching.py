@@ -410,6 +410,7 @@ def test_batch_generate_gives_each_prompt_its_answer_alone(cm) -> None:
     assert all(a.tokens == 1 and a.finish_reason in ("length", "stop") for _, a in got)
 
 
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("side_by_side", [False, True], ids=["one-pass", "lanes"])
 def test_prefilled_together_equals_alone(cm, monkeypatch, side_by_side) -> None:
     """`Decoder.add_many`: prompts of mixed lengths prefilled as one right-padded batch (memory

@@ -421,6 +421,7 @@ def _packed_for_this_test(cm, request) -> None:
     request.addfinalizer(undo)
 
 
+@pytest.mark.cpu_only
 def test_compression_side_by_side_on_cpu_lanes_gives_the_same_bits(
     cm, monkeypatch, request
 ) -> None:

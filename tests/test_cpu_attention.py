@@ -19,6 +19,8 @@ import pytest
 from clara import _jit, _native, cpu
 from clara import attention as A
 
+pytestmark = pytest.mark.cpu_only  # clara's CPU paths: skipped on Metal
+
 
 @pytest.fixture(autouse=True)
 def _fused_kernels_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,8 @@ import pytest
 
 from clara import norm, rope
 
+pytestmark = pytest.mark.cpu_only  # clara's CPU paths: skipped on Metal
+
 
 class _Cache:
     def __init__(self, offset) -> None:

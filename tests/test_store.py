@@ -546,3 +546,39 @@ def test_a_read_only_folder_is_read_and_refuses_writers_with_a_reason(tmp_path, 
     with pytest.raises(OSError) as info:
         Collection.open(tmp_path, "ro")
     assert info.value.errno in (errno.EROFS, errno.EACCES) and info.value.filename == folder
+
+
+def test_writes_reach_the_disk_through_full_fsync_where_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """macOS's fsync leaves data in the drive's cache: every durable write of the index goes
+    through F_FULLFSYNC there, and through fsync where a file system refuses it. (Linux has no
+    F_FULLFSYNC: the command number is made up here, and fcntl recorded.)"""
+    import fcntl
+
+    from indexing import durable
+
+    calls: list[str] = []
+    refuse = False
+
+    def fake_fcntl(fd: int, cmd: int, *args):
+        assert cmd == 12345
+        calls.append("full")
+        if refuse:
+            raise OSError(45, "Operation not supported")
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(durable, "FULLFSYNC", 12345)
+    monkeypatch.setattr(fcntl, "fcntl", fake_fcntl)
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd)))
+    col = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    try:
+        add(col, 1)
+    finally:
+        col.close()
+    assert calls and set(calls) == {"full"}, calls
+    calls.clear()
+    refuse = True
+    durable.atomic_write_bytes(tmp_path / "x", b"data")
+    assert calls == ["full", "fsync", "full", "fsync"]  # the file, then its folder
+    assert (tmp_path / "x").read_bytes() == b"data"

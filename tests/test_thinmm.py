@@ -23,6 +23,8 @@ from clara import (  # conftest imported clara first: the kernel is loaded befor
     cpu,
 )
 
+pytestmark = pytest.mark.cpu_only  # clara's CPU paths: skipped on Metal
+
 LINUX_FAST = sys.platform.startswith("linux") and _blas.loaded is not None
 
 

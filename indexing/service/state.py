@@ -105,6 +105,7 @@ class Registry:
         )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA fullfsync=ON")  # (macOS: to the disk, not its cache)
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

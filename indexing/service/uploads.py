@@ -20,6 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from clara.paths import upload_file_id
 from clara_cli.http import APIError
+from indexing.durable import sync
 from indexing.service.state import FileRecord
 
 PURPOSES = ("assistants", "user_data")
@@ -129,7 +130,7 @@ class Uploads:
             with open(tmp / rec.filename, "wb") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
                 out.flush()
-                os.fsync(out.fileno())
+                sync(out.fileno())
             os.rename(tmp, self.directory / rec.id)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk, ...: nothing left behind
