@@ -13,6 +13,12 @@ UPLOADS = "uploads"  # <index root>/uploads/: the Files API's files (<file_id>/<
 RESERVED_NAMES = frozenset({UPLOADS})  # folders of the index root that are not collections
 
 
+def is_reserved(name: str) -> bool:
+    """Whether `name` is a folder of the index root that is no collection, in any case (macOS's
+    and Windows' file systems take `Uploads` for `uploads`)."""
+    return name.lower() in RESERVED_NAMES
+
+
 def upload_file_id(root: str | os.PathLike, path: str | None) -> str | None:
     """The Files API id of a document indexed from `<root>/uploads/<file_id>/<name>`; None for
     any other path (documents `clara-index add` indexed from the user's own files)."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from clara.errors import ClaraError
-from clara.paths import COLLECTION_NAME, RESERVED_NAMES
+from clara.paths import COLLECTION_NAME, is_reserved
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ def collection_arg(folder_flag: str) -> Callable[[str], str]:
                 f"{value!r}: use letters, digits, '.', '_' or '-' (starting with a letter or "
                 f"digit){hint}"
             )
-        if value in RESERVED_NAMES:
+        if is_reserved(value):
             raise argparse.ArgumentTypeError(
                 f"{value!r} is reserved (the indexing service keeps its uploaded files there): "
                 "pick another collection name"
@@ -401,8 +401,31 @@ def _more_open_files() -> None:
             continue
 
 
+def answering(host: str, port: int) -> bool:
+    """Whether a server already accepts connections on host:port (a wildcard host: on the
+    loopback address)."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A TCP socket bound to host:port for uvicorn, or a ClaraError that says what to do."""
+
+    def taken(why: str) -> ClaraError:
+        return ClaraError(
+            f"cannot listen on {host}:{port}: {why} (is another server using that port? pick "
+            "another with --port)"
+        )
+
+    # On macOS (BSD sockets) SO_REUSEADDR lets a bind to 127.0.0.1:8000 succeed beside a
+    # server on 0.0.0.0:8000 (the Docker dev stack's port), and clients then reach either:
+    # ask the port first. On Linux that bind fails by itself.
+    if sys.platform == "darwin" and answering(host, port):
+        raise taken("a server already answers there")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -410,10 +433,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ClaraError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another server using "
-            "that port? pick another with --port)"
-        ) from None
+        raise taken(str(exc.strerror or exc)) from None
     return sock
 
 

@@ -44,6 +44,7 @@ from indexing.layout import (
     META,
     CollectionError,
     CollectionNotFoundError,
+    case_clash,
     collection_dir,
     create_collection_dir,
     damaged,
@@ -140,6 +141,12 @@ class Collection:
         different one converts the index.
         """
         directory = collection_dir(root, name)
+        if (other := case_clash(root, name)) is not None:
+            raise CollectionNotFoundError(
+                f"no collection '{name}' in {directory.parent}, but '{other}', the same name in "
+                f"another case (one folder on macOS and Windows): use '{other}', or a name of "
+                "its own"
+            )
         expected = Manifest.from_dict(manifest) if isinstance(manifest, dict) else manifest
         if index_type is not None:
             resolve_kind(index_type, 0)  # rejects unknown names early

@@ -205,12 +205,33 @@ def test_a_busy_port_fails_at_once_and_says_so(tmp_path: Path, tiny_llama_dir: P
             cwd=ROOT, capture_output=True, text=True, timeout=60,
             env={**os.environ, "CLARA_HOME": str(tmp_path / "home")},
         )  # fmt: skip
+    why = "a server already answers there" if sys.platform == "darwin" else "Address already in use"
     assert run.returncode == 1, run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
-        f"clara-serve: error: cannot listen on 127.0.0.1:{port}: Address already in use (is "
+        f"clara-serve: error: cannot listen on 127.0.0.1:{port}: {why} (is "
         "another server using that port? pick another with --port)"
     )
     assert "model ready" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_on_macos_a_server_on_every_address_is_seen_before_binding_one(monkeypatch) -> None:
+    """BSD sockets let SO_REUSEADDR bind 127.0.0.1:P beside a server on 0.0.0.0:P (clients
+    then reach either), so on macOS listen() asks the port first; its check runs here."""
+    import socket
+
+    from clara.errors import ClaraError
+    from clara_cli import common
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert common.answering("0.0.0.0", port) and common.answering("127.0.0.1", port)
+        monkeypatch.setattr(common.sys, "platform", "darwin")
+        with pytest.raises(ClaraError, match="a server already answers there"):
+            common.listen("127.0.0.1", port)
+    assert not common.answering("127.0.0.1", port)
+    common.listen("127.0.0.1", port).close()  # free again
 
 
 def test_cli_help_and_bad_flags() -> None:

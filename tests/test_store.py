@@ -582,3 +582,20 @@ def test_writes_reach_the_disk_through_full_fsync_where_there_is_one(
     durable.atomic_write_bytes(tmp_path / "x", b"data")
     assert calls == ["full", "fsync", "full", "fsync"]  # the file, then its folder
     assert (tmp_path / "x").read_bytes() == b"data"
+
+
+def test_a_name_in_another_case_is_the_existing_collection_named_not_a_second_folder(
+    tmp_path: Path,
+):
+    """macOS's and Windows' file systems take `Docs` for `docs`: opening or creating `Docs`
+    beside `docs` wrote into it there and made a second collection on Linux. Now, on every
+    system, it names the one there is; `uploads` is reserved in any case."""
+    Collection.open(tmp_path, "docs", manifest=MANIFEST, create=True).close()
+    for create in (False, True):
+        with pytest.raises(CollectionNotFoundError, match="use 'docs'"):
+            Collection.open(tmp_path, "Docs", manifest=MANIFEST, create=create)
+    assert list_collections(tmp_path) == ["docs"]
+    Collection.open(tmp_path, "docs", manifest=MANIFEST).close()  # its own name still opens
+    for name in ("uploads", "Uploads"):
+        with pytest.raises(ValueError, match="reserved"):
+            Collection.open(tmp_path, name, manifest=MANIFEST, create=True)

@@ -28,12 +28,13 @@ from clara.errors import (
     EncryptedDocumentError,
     UnsupportedDocumentError,
 )
-from clara.paths import COLLECTION_NAME, RESERVED_NAMES
+from clara.paths import COLLECTION_NAME, is_reserved
 from clara.retrieval import Fusion
 from clara_cli.common import os_error_text
 from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
 from indexing.durable import held_elsewhere
+from indexing.layout import case_clash
 from indexing.manifest import MANIFEST
 from indexing.open_collections import OpenCollections
 from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
@@ -87,7 +88,7 @@ def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
 
 def is_vector_store(root: Path, store_id: str) -> bool:
     """Whether `store_id` names a collection (vector store) under the index `root`."""
-    if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
+    if not _NAME.fullmatch(store_id) or is_reserved(store_id):
         return False
     return (root / store_id / MANIFEST).is_file()
 
@@ -106,7 +107,7 @@ class IndexService:
     # ---- collections -----------------------------------------------------------------------
     def reader(self, store_id: str) -> Collection:
         """A read-only view of the collection (cached; reopened if it was replaced)."""
-        if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
+        if not _NAME.fullmatch(store_id) or is_reserved(store_id):
             raise _not_found("vector store", store_id)
         col = self._readers.get(store_id)
         if col is None:
@@ -173,8 +174,12 @@ class IndexService:
         items = [VectorStoreFileCreate(file_id=i) for i in body.file_ids or []]
         self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing
         name = body.name or ""
-        taken = (self.root / name).exists() or self.registry.store(name) is not None
-        usable = _NAME.fullmatch(name) and name not in RESERVED_NAMES and not taken
+        taken = (
+            (self.root / name).exists()
+            or self.registry.store(name) is not None
+            or case_clash(self.root, name) is not None
+        )
+        usable = _NAME.fullmatch(name) and not is_reserved(name) and not taken
         store_id = name if usable else f"vs_{secrets.token_hex(12)}"
         manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
         await asyncio.to_thread(
@@ -207,7 +212,7 @@ class IndexService:
         return self.store_object(store_id)
 
     def store_ids(self) -> list[str]:
-        return [n for n in list_collections(self.root) if n not in RESERVED_NAMES]
+        return [n for n in list_collections(self.root) if not is_reserved(n)]
 
     def list_stores(self, after: str | None, before: str | None, limit: int, order: str):
         stores = []
