@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -161,7 +162,9 @@ def iter_inputs(
             if not matches:
                 raise MissingFileError(raw, "no files match this pattern", "check the pattern")
             for m in map(Path, matches):
-                if m.is_dir():
+                if m.is_dir() and _is_package(m.name):  # a pattern's match: one "file"
+                    skipped.append(m)
+                elif m.is_dir():
                     found.update(dict.fromkeys(_walk(m, recursive, skipped)))
                 elif _wanted(m):
                     found[m.resolve()] = None
@@ -175,13 +178,28 @@ def iter_inputs(
 GLOB_CHARS = re.compile(r"[*?[]")
 
 
+#: Folders that macOS shows as one file (apps, iWork and rich-text documents, libraries): a walk
+#: skips them as a file of their type (their insides are resources, previews and caches). Named
+#: on the command line, one is read like any folder.
+PACKAGES = frozenset(
+    ".app .bundle .framework .plugin .kext .appex .pages .numbers .key .rtfd .textbundle "
+    ".photoslibrary .musiclibrary .tvlibrary .imovielibrary .fcpbundle .logicx .band "
+    ".xcodeproj .xcworkspace .playground .sparsebundle .pkg .mpkg .docarchive".split()
+)
+
+
 def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:
     seen = {os.path.realpath(root)}
+    library = os.path.realpath(Path.home() / "Library")  # macOS: apps' data, not documents
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         keep = []
         for d in sorted(dirnames) if recursive else []:
             real = os.path.realpath(os.path.join(dirpath, d))
-            if not is_hidden(d) and real not in seen:  # a link back up would loop
+            if is_hidden(d) or real in seen:  # a link back up would loop
+                continue
+            if _is_package(d) or (real == library and sys.platform == "darwin"):
+                skipped.append(Path(dirpath) / d)
+            else:
                 seen.add(real)
                 keep.append(d)
         dirnames[:] = keep
@@ -194,6 +212,10 @@ def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:
                 yield f.resolve()
             elif not is_hidden(name):
                 skipped.append(f)
+
+
+def _is_package(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in PACKAGES
 
 
 def is_hidden(name: str) -> bool:

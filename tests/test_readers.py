@@ -377,6 +377,29 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 # --- inputs ---------------------------------------------------------------------------
 
 
+def test_macos_packages_in_a_folder_are_skipped_as_one_file_each(tmp_path: Path) -> None:
+    """Finder shows an app, a Pages document or a photo library as one file: a walk or a
+    pattern skips it as one (its previews, resources and caches were indexed one by one),
+    and reads it when named itself."""
+    for rel in ["notes.txt", "Report.pages/preview.pdf", "Report.pages/Index/text.html",
+                "Tool.app/Contents/Resources/readme.txt", "sub/Photos.photoslibrary/db.txt",
+                "sub/real.md"]:  # fmt: skip
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    root = tmp_path.resolve()
+    skipped: list[Path] = []
+    got = [p.relative_to(root).as_posix() for p in iter_inputs([tmp_path], skipped=skipped)]
+    assert got == ["notes.txt", "sub/real.md"]
+    assert sorted(p.name for p in skipped) == ["Photos.photoslibrary", "Report.pages", "Tool.app"]
+    skipped.clear()
+    got = iter_inputs([str(tmp_path / "*")], skipped=skipped)
+    assert [p.name for p in got] == ["notes.txt", "real.md"]  # (sub/ matched, and walked)
+    assert sorted(p.name for p in skipped) == ["Photos.photoslibrary", "Report.pages", "Tool.app"]
+    named = iter_inputs([tmp_path / "Report.pages"])
+    assert sorted(p.name for p in named) == ["preview.pdf", "text.html"]
+
+
 def test_iter_inputs_expands_folders_and_globs(tmp_path: Path) -> None:
     for rel in [
         "a.pdf", "b.md", "c.TXT", "d.docx", "e.png", ".hidden.txt", "~$lock.md",
