@@ -14,19 +14,65 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, sysctl on macOS)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        out = _sysctl("machdep.cpu.brand_string")
+        if out:
+            return out
+    return platform.processor() or platform.machine()
+
+
+def ram_gib() -> float:
+    """The machine's memory in GiB (nan if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):  # macOS has no SC_PHYS_PAGES
+        out = _sysctl("hw.memsize")
+        return int(out) / 2**30 if out.isdigit() else float("nan")
+
+
+def _sysctl(name: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux: /proc; elsewhere psutil, else the peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         pass
     try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        mem = float("nan")
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def machine() -> str:
+    cpu = cpu_name()
+    mem = ram_gib()
     import mlx.core as mx
 
     from clara import cpu as clara_cpu

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import clara  # noqa: F401  preloads OpenBLAS before mlx
 import mlx.core as mx
 
-from bench._common import append_report, markdown_table
+from bench._common import append_report, markdown_table, peak_rss_bytes, rss_bytes
 from clara import lanes
 from clara.checkpoint import load_clara
 from indexing import pipeline
@@ -38,8 +37,7 @@ from indexing.store import Collection
 
 
 def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return rss_bytes() / 2**20
 
 
 def write_corpus(folder: Path, cm, want_chunks: int, overlap: int) -> tuple[list[Path], int]:
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{r['dim'] * 4 * 1000 / mib:.1f}"],
         ],
     )  # fmt: skip
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_bytes() / 2**20
     body = (
         f"{table}\n\n{disk}\n\nCorpus: {len(paths)} pydoc topic files, {corpus_bytes / 1024:.0f} KiB, "
         f"{n_chunks} chunks of <= {cm.config.doc_max_tokens} tokens (overlap {args.overlap}); "

@@ -126,20 +126,10 @@ def _load() -> str:
 
 
 def _machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-        ram = f"{mem_kb / 2**20:.1f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        ram = "RAM unknown"
+    from bench._common import cpu_name, ram_gib
+
+    cpu, mem = cpu_name(), ram_gib()
+    ram = "RAM unknown" if mem != mem else f"{mem:.1f} GiB RAM"
     uname = " ".join(part for part in platform.uname() if part)
     return f"{uname}; {cpu}; {os.cpu_count()} cores; {ram}"
 
@@ -204,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", type=int, default=64, help="decoded tokens (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
     p.add_argument("--dtypes", nargs="+", default=list(DTYPE_LABELS), choices=list(DTYPE_LABELS))
-    p.add_argument("--blas", nargs="+", default=list(BLAS_SETTINGS), choices=list(BLAS_SETTINGS))
+    p.add_argument(  # (off Linux the BLAS is MLX's own: one setting, nothing to compare)
+        "--blas", nargs="+", choices=list(BLAS_SETTINGS),
+        default=list(BLAS_SETTINGS) if sys.platform.startswith("linux") else ["reference"],
+    )  # fmt: skip
     p.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p

@@ -34,7 +34,7 @@ import clara  # noqa: F401  preloads OpenBLAS before anything else
 import faiss
 import numpy as np
 
-from bench._common import append_report, markdown_table
+from bench._common import append_report, markdown_table, rss_bytes
 from indexing import vectors
 from indexing.store import ChunkRecord, Collection
 from clara.retrieval import flatten_normalize
@@ -42,11 +42,6 @@ from indexing.vectors import VectorIndex
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 DIMS = {"10k": 9216, "100k": 9216, "1m": 1152}
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def synthetic(n: int, dim: int, seed: int, clustered: bool, centres: np.ndarray | None = None):
