@@ -39,7 +39,7 @@ class ModelSettings:
             log.info("CPU matmuls: %s", cpu.describe())
         cm.pack_base_weights(compressor=self.pack_compressor)  # no per-call weight packing
         if cm.set_query_precision(self.query_precision) != self.query_precision:
-            log.warning("--query-precision %s: not on this machine (no AMX tiles or AVX-512 "
-                        "BF16, or the weights are not packed); query encodings stay float32",
-                        self.query_precision)  # fmt: skip
+            log.warning("--query-precision %s: not on this machine (it needs MLX on a Linux "
+                        "CPU with AMX tiles or AVX-512 BF16, and packed weights); query "
+                        "encodings stay float32", self.query_precision)  # fmt: skip
         return cm

@@ -239,6 +239,7 @@ class Worker:
     def _run(self) -> None:
         try:
             model = self.load()
+            _keep_wired()
             self.cm = model
             for hook in self.ready_hooks:
                 hook(model)
@@ -354,6 +355,22 @@ class Worker:
     def _depth_changed(self) -> None:
         if self.on_depth is not None:
             self.on_depth(self.queue_depth())
+
+
+def _keep_wired() -> None:
+    """On Metal, let MLX keep up to the GPU's recommended working set wired (resident) for the
+    worker's life, as mlx-lm's generation does around each call: a model near the Mac's memory
+    size otherwise pages out between requests. Nothing elsewhere."""
+    import mlx.core as mx
+
+    try:
+        if not mx.metal.is_available():
+            return
+        limit = int(mx.device_info()["max_recommended_working_set_size"])
+        mx.set_wired_limit(limit)
+        log.info("Metal: up to %.1f GiB kept wired", limit / 2**30)
+    except Exception as exc:  # noqa: BLE001 - an MLX without these keeps its default
+        log.warning("could not set MLX's wired memory limit: %s", exc)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
