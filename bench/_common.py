@@ -59,7 +59,13 @@ def rss_bytes() -> int:
 
         return psutil.Process().memory_info().rss
     except ImportError:
-        return peak_rss_bytes()
+        pass
+    import subprocess
+
+    out = subprocess.run(
+        ["ps", "-o", "rss=", "-p", str(os.getpid())], capture_output=True, text=True
+    )
+    return int(out.stdout.strip() or 0) * 1024  # (KiB, on macOS as on Linux)
 
 
 def peak_rss_bytes() -> int:
@@ -105,7 +111,7 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 def append_report(title: str, body: str, notes: str = "") -> None:
     """Print `body` and append it to BENCHMARKS.md with command, machine and date."""
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"\n## {title}\n\n- command: `{command}`\n- machine: {machine()}\n- date: {stamp}\n\n"
         f"{body}\n" + (f"\n{notes}\n" if notes else "")

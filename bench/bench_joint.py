@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(head + "\n" + row)
     if args.report:
-        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         command = "python bench/bench_joint.py " + " ".join(argv or sys.argv[1:])
         with (ROOT / "BENCHMARKS.md").open("a") as fh:
             fh.write(f"\n## Stage-3 variant (bench/bench_joint.py), {when}\n\n- command: "

@@ -77,7 +77,7 @@ def report(r: ProofResult, command: str) -> str:
 
 - command: `{command}`
 - machine: {machine()}
-- date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+- date: {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 World: {r.n_docs} documents of invented people and towns, 1-{c["max_facts"]} facts each
 (mean {r.mean_doc_tokens} tokens); {r.n_train_facts} training facts; **{r.n_test_questions} held-out

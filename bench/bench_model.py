@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def _report(
                 f"| {r['decode_tps']:.1f} | {r['load_s']:.1f} | {same} |"
             )
     prompt_tokens = settings[next(iter(settings))]["results"][0]["prompt_tokens"]
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
             f"## Default model (SmolLM2-135M-Instruct) prefill/decode, {date}",

@@ -60,6 +60,7 @@ def cached(target: Path) -> bool:
     if age > _MARK_EVERY_S:
         with contextlib.suppress(OSError):  # a read-only cache still serves
             os.utime(target)
+        return target.exists()  # (pruned by another process just now: build it again)
     return True
 
 

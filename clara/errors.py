@@ -44,6 +44,11 @@ class CollectionNotFoundError(CollectionError):
     """No collection of that name exists."""
 
 
+class CollectionNameCaseError(CollectionError):
+    """A collection named in another case than the existing one (macOS's and Windows' file
+    systems take one for the other): the message names the existing one."""
+
+
 class DamagedCollectionError(CollectionError):
     """A collection's files are unreadable (a truncated manifest, a missing database, ...)."""
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from clara.errors import ClaraError
-from clara.paths import COLLECTION_NAME, is_reserved
+from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ def collection_arg(folder_flag: str) -> Callable[[str], str]:
                 f"{value!r}: use letters, digits, '.', '_' or '-' (starting with a letter or "
                 f"digit){hint}"
             )
-        if is_reserved(value):
+        if value in RESERVED_NAMES:  # (other cases: refused when created, by Collection)
             raise argparse.ArgumentTypeError(
                 f"{value!r} is reserved (the indexing service keeps its uploaded files there): "
                 "pick another collection name"

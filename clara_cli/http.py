@@ -31,6 +31,7 @@ from clara.errors import (
     ChunkingError,
     ClaraError,
     CollectionLockedError,
+    CollectionNameCaseError,
     CollectionNotFoundError,
     ContextLengthError,
     DamagedCollectionError,
@@ -138,7 +139,7 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param="mode")
     if isinstance(exc, DamagedCollectionError):  # the server's files: not the client's to fix
         return APIError(500, str(exc), code="collection_damaged")
-    if isinstance(exc, CollectionNotFoundError):
+    if isinstance(exc, (CollectionNotFoundError, CollectionNameCaseError)):
         return APIError(404, str(exc), param="collection", code="collection_not_found")
     if isinstance(exc, DocumentNotFoundError):
         return APIError(404, str(exc), code="document_not_found")

@@ -32,7 +32,13 @@ def crash_point(step: str) -> None:
 
 
 #: macOS only: fsync there leaves the data in the drive's cache (Apple's fsync(2)).
-FULLFSYNC: int | None = getattr(fcntl, "F_FULLFSYNC", None)
+#: `CLARA_FULLFSYNC=off` trades that for speed (each flush of the drive's cache takes
+#: milliseconds: a power cut may then lose the last writes).
+FULLFSYNC: int | None = (
+    None
+    if os.environ.get("CLARA_FULLFSYNC", "").lower() in ("off", "0", "no", "false")
+    else getattr(fcntl, "F_FULLFSYNC", None)
+)
 
 
 def sync(fd: int) -> None:

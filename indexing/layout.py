@@ -22,7 +22,7 @@ from clara.errors import (  # noqa: F401
     CollectionNotFoundError,
     DamagedCollectionError,
 )
-from clara.paths import COLLECTION_NAME, index_root, is_reserved
+from clara.paths import COLLECTION_NAME, index_root
 from indexing.durable import WriterLock, fsync_dir, fsync_file, pid_alive
 from indexing.manifest import MANIFEST, Manifest, write_manifest
 from indexing.meta import Meta
@@ -45,15 +45,16 @@ def collection_dir(root: str | Path | None, name: str) -> Path:
     """`<root>/<name>` after checking the name; root None means `$CLARA_HOME/indexes`."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"collection name {name!r}: use letters, digits, '.', '_' or '-'")
-    if is_reserved(name):
-        raise ValueError(f"collection name {name!r} is reserved (the Files API's uploads)")
     return index_root(root) / name
 
 
 def case_clash(root: str | Path | None, name: str) -> str | None:
     """The collection under `root` whose name is `name` in another case, if `name` itself is
     none: macOS's and Windows' file systems take one for the other (one folder), Linux's not."""
-    names = list_collections(root)
+    try:
+        names = list_collections(root)
+    except OSError:  # a root that may be entered but not listed: nothing to compare with
+        return None
     if name in names:
         return None
     return next((n for n in names if n.lower() == name.lower()), None)

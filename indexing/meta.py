@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from indexing.durable import FULLFSYNC
 from indexing.lexical import (
     LEXICAL_VERSION,
     TITLE_WEIGHT,
@@ -199,7 +200,8 @@ class Meta:
                 raise MissingDatabaseError(f"{path.name} is missing") from None
             raise
         self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
-        self.db.execute("PRAGMA fullfsync=ON")  # (macOS: to the disk, not its cache)
+        if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
+            self.db.execute("PRAGMA fullfsync=ON")
         if readonly:
             self.db.execute("PRAGMA query_only=ON")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clara.errors import CollectionNotFoundError
+from indexing.layout import case_clash
 from indexing.manifest import MANIFEST
 from indexing.store import Collection
 
@@ -31,7 +32,8 @@ class OpenCollections:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Collection | None:
-        """The collection `name`, or None when there is none (a damaged one raises)."""
+        """The collection `name`, or None when there is none (a damaged one raises, and so
+        does `name` in another case than an existing one: `CollectionNameCaseError`)."""
         directory = self.root / name
         try:
             folder = os.stat(directory).st_ino
@@ -49,7 +51,7 @@ class OpenCollections:
             if cached is not None:
                 del self._open[name]
                 self._retired.append((time.monotonic(), cached[0]))
-            if folder is None:
+            if folder is None and case_clash(self.root, name) is None:
                 return None
             try:
                 col = Collection.open(self.root, name, self.manifest, readonly=True)

@@ -178,9 +178,9 @@ def iter_inputs(
 GLOB_CHARS = re.compile(r"[*?[]")
 
 
-#: Folders that macOS shows as one file (apps, iWork and rich-text documents, libraries): a walk
-#: skips them as a file of their type (their insides are resources, previews and caches). Named
-#: on the command line, one is read like any folder.
+#: Folders that macOS shows as one file (apps, iWork and rich-text documents, libraries): on a
+#: Mac a walk skips them as a file of their type (their insides are resources, previews and
+#: caches). Named on the command line, one is read like any folder; elsewhere they are folders.
 PACKAGES = frozenset(
     ".app .bundle .framework .plugin .kext .appex .pages .numbers .key .rtfd .textbundle "
     ".photoslibrary .musiclibrary .tvlibrary .imovielibrary .fcpbundle .logicx .band "
@@ -197,7 +197,7 @@ def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:
             real = os.path.realpath(os.path.join(dirpath, d))
             if is_hidden(d) or real in seen:  # a link back up would loop
                 continue
-            if _is_package(d) or (real == library and sys.platform == "darwin"):
+            if _is_package(d) or (real == library and sys.platform == "darwin"):  # (macOS)
                 skipped.append(Path(dirpath) / d)
             else:
                 seen.add(real)
@@ -215,7 +215,7 @@ def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:
 
 
 def _is_package(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in PACKAGES
+    return sys.platform == "darwin" and os.path.splitext(name)[1].lower() in PACKAGES
 
 
 def is_hidden(name: str) -> bool:

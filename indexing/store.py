@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from clara.errors import DocumentNotFoundError
-from clara.paths import path_text
+from clara.errors import CollectionNameCaseError, DocumentNotFoundError
+from clara.paths import is_reserved, path_text
 from clara.retrieval import Fusion, flatten_normalize, maxsim_rerank
 from indexing.durable import (
     CollectionLockedError,
@@ -142,7 +142,7 @@ class Collection:
         """
         directory = collection_dir(root, name)
         if (other := case_clash(root, name)) is not None:
-            raise CollectionNotFoundError(
+            raise CollectionNameCaseError(
                 f"no collection '{name}' in {directory.parent}, but '{other}', the same name in "
                 f"another case (one folder on macOS and Windows): use '{other}', or a name of "
                 "its own"
@@ -161,6 +161,11 @@ class Collection:
                 )
             if expected is None:
                 raise ValueError("creating a collection needs the model's manifest")
+            if is_reserved(name):  # (`Uploads` is the uploads folder on macOS)
+                raise CollectionError(
+                    f"collection name '{name}' is reserved (the Files API keeps its uploads in "
+                    f"{directory.parent / 'uploads'}): pick another"
+                )
             fresh = Manifest.from_dict(expected.to_dict())
             fresh.index_type = index_type or fresh.index_type
             fresh.created = time.time()

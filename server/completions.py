@@ -107,8 +107,7 @@ class CompletionServing:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        # several prompts decode side by side, in the one batch; one failing ends all (as a
-        # TaskGroup would: Python 3.10 has none)
+        # several prompts decode side by side, in the one batch; one failing ends all
         tasks = [
             asyncio.ensure_future(self._whole(j, e, t, request, start))
             for j, e, t in zip(jobs, echoes, texts)

@@ -194,9 +194,11 @@ class Engine:
         chars = sum(map(len, texts))
         least = info.least_tokens(chars)
         if least > info.context_limit:
+            what = "the prompt holds" if params.raw is not None else "the messages hold"
             raise ContextLengthError(
-                f"the messages hold {chars} characters, at least {least} tokens, more than "
-                f"the model's context of {info.context_limit}; shorten them"
+                f"{what} {chars} characters, at least {least} tokens, more than "
+                f"the model's context of {info.context_limit}; shorten "
+                + ("it" if params.raw is not None else "them")
             )
 
     def decoding(self) -> int:

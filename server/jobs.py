@@ -94,5 +94,5 @@ class Job:
         """The next event, or None after `timeout` seconds without one."""
         try:
             return await asyncio.wait_for(self.events.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import sys
 import zipfile
 from pathlib import Path
 
@@ -377,10 +378,12 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 # --- inputs ---------------------------------------------------------------------------
 
 
-def test_macos_packages_in_a_folder_are_skipped_as_one_file_each(tmp_path: Path) -> None:
-    """Finder shows an app, a Pages document or a photo library as one file: a walk or a
-    pattern skips it as one (its previews, resources and caches were indexed one by one),
-    and reads it when named itself."""
+def test_macos_packages_in_a_folder_are_skipped_as_one_file_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finder shows an app, a Pages document or a photo library as one file: on a Mac a walk
+    or a pattern skips it as one (its previews, resources and caches were indexed one by one),
+    and reads it when named itself. Elsewhere they are plain folders."""
     for rel in ["notes.txt", "Report.pages/preview.pdf", "Report.pages/Index/text.html",
                 "Tool.app/Contents/Resources/readme.txt", "sub/Photos.photoslibrary/db.txt",
                 "sub/real.md"]:  # fmt: skip
@@ -388,6 +391,9 @@ def test_macos_packages_in_a_folder_are_skipped_as_one_file_each(tmp_path: Path)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
     root = tmp_path.resolve()
+    if sys.platform != "darwin":
+        assert len(iter_inputs([tmp_path])) == 6  # folders like any other
+        monkeypatch.setattr(sys, "platform", "darwin")
     skipped: list[Path] = []
     got = [p.relative_to(root).as_posix() for p in iter_inputs([tmp_path], skipped=skipped)]
     assert got == ["notes.txt", "sub/real.md"]

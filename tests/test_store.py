@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clara.errors import IndexMismatchError
+from clara.errors import CollectionNameCaseError, IndexMismatchError
 from indexing import vectors, view
 from indexing.durable import CollectionLockedError
 from indexing.store import (
@@ -592,10 +592,28 @@ def test_a_name_in_another_case_is_the_existing_collection_named_not_a_second_fo
     system, it names the one there is; `uploads` is reserved in any case."""
     Collection.open(tmp_path, "docs", manifest=MANIFEST, create=True).close()
     for create in (False, True):
-        with pytest.raises(CollectionNotFoundError, match="use 'docs'"):
+        with pytest.raises(CollectionNameCaseError, match="use 'docs'"):
             Collection.open(tmp_path, "Docs", manifest=MANIFEST, create=create)
     assert list_collections(tmp_path) == ["docs"]
     Collection.open(tmp_path, "docs", manifest=MANIFEST).close()  # its own name still opens
+    # the server's cache of open collections says so too (it answered without retrieval)
+    from indexing.open_collections import OpenCollections
+
+    with pytest.raises(CollectionNameCaseError, match="use 'docs'"):
+        OpenCollections(tmp_path, MANIFEST).get("Docs")
     for name in ("uploads", "Uploads"):
-        with pytest.raises(ValueError, match="reserved"):
+        with pytest.raises(CollectionError, match="reserved"):
             Collection.open(tmp_path, name, manifest=MANIFEST, create=True)
+
+
+def test_collections_made_before_in_two_cases_or_named_uploads_still_open(tmp_path: Path):
+    """On Linux, clara before 0.2.1 made `Docs` beside `docs`, and `Uploads`: each still opens
+    by its own name, and listing them works."""
+    from indexing import layout
+    from indexing.manifest import Manifest
+
+    for name in ("docs", "Docs", "Uploads"):  # as the old code made them
+        layout.create_collection_dir(tmp_path / name, Manifest.from_dict(MANIFEST))
+    assert list_collections(tmp_path) == ["Docs", "Uploads", "docs"]
+    for name in ("docs", "Docs", "Uploads"):
+        Collection.open(tmp_path, name, manifest=MANIFEST).close()

@@ -28,7 +28,7 @@ from clara.errors import (
     EncryptedDocumentError,
     UnsupportedDocumentError,
 )
-from clara.paths import COLLECTION_NAME, is_reserved
+from clara.paths import COLLECTION_NAME, RESERVED_NAMES, is_reserved
 from clara.retrieval import Fusion
 from clara_cli.common import os_error_text
 from clara_cli.http import APIError
@@ -88,7 +88,7 @@ def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
 
 def is_vector_store(root: Path, store_id: str) -> bool:
     """Whether `store_id` names a collection (vector store) under the index `root`."""
-    if not _NAME.fullmatch(store_id) or is_reserved(store_id):
+    if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
         return False
     return (root / store_id / MANIFEST).is_file()
 
@@ -107,7 +107,7 @@ class IndexService:
     # ---- collections -----------------------------------------------------------------------
     def reader(self, store_id: str) -> Collection:
         """A read-only view of the collection (cached; reopened if it was replaced)."""
-        if not _NAME.fullmatch(store_id) or is_reserved(store_id):
+        if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
             raise _not_found("vector store", store_id)
         col = self._readers.get(store_id)
         if col is None:
@@ -212,7 +212,7 @@ class IndexService:
         return self.store_object(store_id)
 
     def store_ids(self) -> list[str]:
-        return [n for n in list_collections(self.root) if not is_reserved(n)]
+        return [n for n in list_collections(self.root) if n not in RESERVED_NAMES]
 
     def list_stores(self, after: str | None, before: str | None, limit: int, order: str):
         stores = []

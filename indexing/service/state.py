@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from indexing.durable import FULLFSYNC
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, filename TEXT NOT NULL, bytes INTEGER NOT NULL,
@@ -105,7 +107,8 @@ class Registry:
         )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA fullfsync=ON")  # (macOS: to the disk, not its cache)
+        if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
+            self.db.execute("PRAGMA fullfsync=ON")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
