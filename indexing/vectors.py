@@ -19,7 +19,10 @@ from typing import BinaryIO
 import faiss
 import numpy as np
 
+from clara import _omp
 from indexing.durable import crash_point, fsync_dir, sync
+
+_omp.settle_faiss(faiss)  # (macOS with torch installed: one OpenMP thread)
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "auto")
 #: "auto" switches from exact to IVF at this many vectors (back to flat below half of it).

@@ -617,3 +617,36 @@ def test_collections_made_before_in_two_cases_or_named_uploads_still_open(tmp_pa
     assert list_collections(tmp_path) == ["Docs", "Uploads", "docs"]
     for name in ("docs", "Docs", "Uploads"):
         Collection.open(tmp_path, name, manifest=MANIFEST).close()
+
+
+def test_on_macos_with_torch_installed_faiss_tolerates_a_second_openmp(monkeypatch):
+    """faiss-cpu's and torch's macOS wheels each bundle libomp, and loading the second
+    aborted the process (faiss-wheels issue 73); a development install has torch. There, and
+    only there, the second runtime is let through and faiss searches on one thread."""
+    import importlib.util
+
+    import faiss
+
+    from clara import _omp
+
+    monkeypatch.delenv("KMP_DUPLICATE_LIB_OK", raising=False)
+    monkeypatch.setattr(_omp, "TWO_RUNTIMES", False)
+    _omp.enable()  # (Linux: nothing)
+    assert not _omp.TWO_RUNTIMES and "KMP_DUPLICATE_LIB_OK" not in os.environ
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no torch
+    _omp.enable()
+    assert not _omp.TWO_RUNTIMES and "KMP_DUPLICATE_LIB_OK" not in os.environ
+    monkeypatch.undo()
+    monkeypatch.delenv("KMP_DUPLICATE_LIB_OK", raising=False)
+    monkeypatch.setattr(_omp, "TWO_RUNTIMES", False)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # torch there
+    _omp.enable()
+    assert _omp.TWO_RUNTIMES and os.environ["KMP_DUPLICATE_LIB_OK"] == "TRUE"
+    before = faiss.omp_get_max_threads()
+    try:
+        _omp.settle_faiss(faiss)
+        assert faiss.omp_get_max_threads() == 1
+    finally:
+        faiss.omp_set_num_threads(before)
