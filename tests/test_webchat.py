@@ -251,5 +251,56 @@ def test_without_the_files_api_the_collection_is_typed(tiny_llama_dir, tmp_path,
         page.press("#question", "Enter")
         # the typed name went with the question: no such collection, and the page says so
         sync_api.expect(page.locator(".msg.assistant.error")).to_contain_text("'papers'")
+        sync_api.expect(page.locator("#alert")).to_contain_text("'papers'")  # and said aloud
+        # the typed name has its own label (a label names only its first control)
+        assert page.locator("#collection-name").evaluate("e => e.labels[0].textContent")
     finally:
         proc.stop()
+
+
+def test_screen_readers_hear_errors_and_focus_stays_in_place(
+    server: ServerProcess, page, tmp_path
+) -> None:
+    """From an accessibility audit: errors were shown in the answer bubble only (never read
+    out), focus fell to the page after Send or Stop (the button pressed was hidden), the
+    source buttons of one answer all had the same name, and a page zoomed to 200% left the
+    conversation one line tall."""
+    page.goto(server.url + "/")
+    page.fill("#api-key", "wrong")
+    page.dispatch_event("#api-key", "change")
+    sync_api.expect(page.locator("#alert")).to_contain_text("API key field")
+    assert page.locator("#api-key").get_attribute("aria-invalid") == "true"
+    open_page(page, server)
+    assert page.locator("#api-key").get_attribute("aria-invalid") is None
+    assert page.evaluate("() => sessionStorage.getItem('clara-api-key')") == API_KEY
+    assert page.evaluate("() => localStorage.getItem('clara-api-key')") is None  # not kept
+    doc = tmp_path / "bridge.txt"
+    doc.write_text("The stone bridge was finished in 1764. The bridge has nine arches.")
+    page.fill("#new-collection", "a11ydocs")
+    page.set_input_files("#file", str(doc))
+    page.click("#upload")
+    sync_api.expect(page.locator("#upload-status")).to_contain_text("1 of 1 files indexed")
+    page.locator("#retrieval-mode").select_option("lexical")
+    page.fill("#question", "When was the stone bridge finished?")
+    page.focus("#send")
+    page.keyboard.press("Enter")  # Send, from the keyboard
+    answer = page.locator(".msg.assistant.done").last
+    sync_api.expect(answer).to_have_count(1)
+    assert page.evaluate("() => document.activeElement.id") in ("question", "stop")
+    sync_api.expect(page.locator("#announce")).not_to_be_empty()
+    assert answer.get_attribute("aria-label") == "clara's answer"
+    names = [b.get_attribute("aria-label") for b in answer.locator("button.source").all()]
+    assert names and names[0].startswith("Source 1: bridge.txt") and len(set(names)) == len(names)
+    # 200% zoom of a 1280x800 window: the conversation keeps its height, nothing scrolls sideways
+    page.set_viewport_size({"width": 640, "height": 400})
+    try:
+        assert page.locator("#log").bounding_box()["height"] > 100
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 640
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 720})
+    page.emulate_media(color_scheme="dark")
+    try:
+        bg = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        assert bg == "rgb(22, 22, 24)", bg
+    finally:
+        page.emulate_media(color_scheme="light")

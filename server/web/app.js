@@ -10,6 +10,16 @@ let running = null; // the AbortController of the answer streaming now
 let serverCollection = ""; // what "server default" searches (from /v1/models)
 let filesApi = true; // false when the server runs with --no-files-api (no listing, no uploads)
 const NO_ANSWER = "the server did not answer (stopped or restarting?)";
+const KEY_WRONG = "the API key is missing or wrong: enter the server's key in the API key field";
+
+// What a screen reader says: `say` when it is idle (an answer, progress), `alert` at once
+// (errors). Set to "" first, so the same words twice are said twice.
+function speak(id, text) {
+  $(id).textContent = "";
+  setTimeout(() => { $(id).textContent = text; }, 50);
+}
+const say = (text) => speak("announce", text);
+const alertUser = (text) => speak("alert", text);
 
 function headers(json = true) {
   const h = {};
@@ -20,13 +30,15 @@ function headers(json = true) {
 }
 
 function keyNeeded(needed) {
-  $("api-key").parentElement.classList.toggle("needed", needed);
+  $("api-key").closest(".key").classList.toggle("needed", needed);
+  if (needed) $("api-key").setAttribute("aria-invalid", "true");
+  else $("api-key").removeAttribute("aria-invalid");
 }
 
 // An Error for a refused request: the server's own message, or what to do about a missing key.
 function failure(r, body) {
   const message = (body.error && body.error.message) || `${r.status} ${r.statusText}`;
-  const e = new Error(r.status === 401 ? "the API key is missing or wrong: enter the server's key at the top right" : message);
+  const e = new Error(r.status === 401 ? KEY_WRONG : message);
   e.status = r.status;
   e.retryAfter = Number(r.headers.get("Retry-After")) || 0;
   if (r.status === 401) {
@@ -59,8 +71,9 @@ function follow(wasAtBottom) {
 }
 
 function add(role, text) {
-  const div = document.createElement("div");
+  const div = document.createElement("article"); // who said it, for screen readers too
   div.className = "msg " + role;
+  div.setAttribute("aria-label", role === "user" ? "Your question" : "clara's answer");
   div.textContent = text;
   $("log").appendChild(div);
   follow(true); // the reader's own question, or the answer to it: show it
@@ -84,6 +97,7 @@ async function refresh() {
     serverCollection = card.collection || "";
   } catch (e) {
     $("model").textContent = e.message;
+    if (e.status !== 503) alertUser(e.message);
     if (e.status === 401) $("collection").replaceChildren(new Option("server default", ""));
     // still loading (503 + Retry-After): look again then, so the page fills in by itself
     if (e.status === 503) setTimeout(refresh, 1000 * Math.min(e.retryAfter || 3, 10));
@@ -115,8 +129,8 @@ async function loadCollections(select) {
 
 function filesOff() {
   filesApi = false;
-  $("collection").hidden = true;
-  $("collection-name").hidden = false;
+  $("collection-label").hidden = true;
+  $("collection-name-label").hidden = false;
   $("collection-name").placeholder = serverCollection ? `server default (${serverCollection})` : "server default";
   $("uploads").hidden = true;
   $("no-uploads").hidden = false;
@@ -142,6 +156,7 @@ async function loadRetrievalModes() {
 }
 
 // ---- sources -------------------------------------------------------------------------------
+let snippets = 0; // ids tying each source button to its text
 function pages(s) {
   if (s.page_start == null) return "";
   return s.page_end == null || s.page_end === s.page_start ? `, p. ${s.page_start}` : `, pp. ${s.page_start}-${s.page_end}`;
@@ -169,14 +184,19 @@ function showSources(div, sources) {
   if (!sources || !sources.length) return;
   const list = document.createElement("ol");
   list.className = "sources";
-  for (const s of sources) {
+  list.setAttribute("aria-label", "Sources");
+  for (const [i, s] of sources.entries()) {
     const li = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
     button.className = "source";
     button.textContent = `${s.filename}${pages(s)} (score ${s.score.toFixed(3)})`;
+    const first = (s.snippet || "").split(/\s+/).slice(0, 6).join(" ");
+    button.setAttribute("aria-label", `Source ${i + 1}: ${s.filename}${pages(s)}, "${first}…"`);
     button.setAttribute("aria-expanded", "false");
     const snippet = document.createElement("div");
+    snippet.id = `snippet-${++snippets}`;
+    button.setAttribute("aria-controls", snippet.id);
     snippet.className = "snippet";
     snippet.textContent = s.snippet;
     snippet.hidden = true;
@@ -197,6 +217,7 @@ function showSources(div, sources) {
       open.href = s.url;
       open.textContent = "open";
       open.title = `open ${s.filename}`;
+      open.setAttribute("aria-label", `Open source ${i + 1}, ${s.filename} (new tab)`);
       open.onclick = (e) => {
         e.preventDefault();
         const tab = window.open("", "_blank"); // opened in the click: no popup blocker
@@ -212,9 +233,13 @@ function showSources(div, sources) {
 }
 
 // ---- chat ----------------------------------------------------------------------------------
+// Send and Stop take turns; focus follows the one shown (a hidden button drops it to the page).
 function busy(on) {
+  const had = document.activeElement;
   $("send").hidden = on;
   $("stop").hidden = !on;
+  if (on && had === $("send")) $("stop").focus();
+  if (!on && (had === $("stop") || had === document.body || had === null)) $("question").focus();
 }
 
 // The SSE events of one streamed answer, as parsed JSON chunks. A stream that ends without
@@ -244,6 +269,7 @@ async function ask(question) {
   const controller = new AbortController();
   running = controller;
   busy(true);
+  say("Answering…");
   add("user", question);
   turns.push({ role: "user", content: question });
   const div = add("assistant", "");
@@ -277,7 +303,7 @@ async function ask(question) {
       note(div, `no sources: ${retrieval.detail || retrieval.status.replace("_", " ")}`);
     }
     if (finish === "length") note(div, "cut off at the answer length limit; ask for the rest");
-    $("announce").textContent = text.data;
+    say(text.data);
   } catch (e) {
     if (e.name === "AbortError") { // Stop, or New chat: keep what was written
       if (mine === chat) {
@@ -285,10 +311,12 @@ async function ask(question) {
         else turns.pop();
       }
       note(div, "stopped");
+      say("stopped");
     } else {
       div.classList.add("error");
       const message = e instanceof TypeError ? NO_ANSWER : e.message; // the connection broke
       text.data += (text.data ? "\n" : "") + "Error: " + message;
+      alertUser("Error: " + message);
       if (mine === chat) turns.pop();
       if (mine === chat && !$("question").value) $("question").value = question; // to send again
     }
@@ -330,6 +358,7 @@ function uploadFile(file) {
 async function targetCollection() {
   const typed = $("new-collection").value.trim();
   const wanted = typed || $("collection").value || serverCollection;
+  if (!wanted && $("api-key").hasAttribute("aria-invalid")) throw new Error(KEY_WRONG);
   if (!wanted) throw new Error("pick a collection or type a new collection name");
   let found = null;
   try {
@@ -353,7 +382,8 @@ async function upload() {
   const files = [...$("file").files];
   const status = $("upload-status");
   if (!files.length) { status.textContent = "choose a file first"; return; }
-  $("upload").disabled = true;
+  if ($("upload").getAttribute("aria-disabled") === "true") return; // (one upload at a time)
+  $("upload").setAttribute("aria-disabled", "true"); // not disabled: that drops its focus
   let store = null;
   const failed = [];
   try {
@@ -378,11 +408,13 @@ async function upload() {
     }
     const done = files.length - failed.length;
     status.textContent = [`${done} of ${files.length} files indexed into ${store.name}`, ...failed].join("\n");
+    if (failed.length) alertUser(failed.join("; "));
     if (done) $("new-collection").value = "";
   } catch (e) {
     status.textContent = "Error: " + e.message;
+    alertUser("Upload error: " + e.message);
   } finally {
-    $("upload").disabled = false;
+    $("upload").removeAttribute("aria-disabled");
     $("upload-progress").hidden = true;
     $("file").value = "";
     await loadCollections(store && store.id);
@@ -390,9 +422,19 @@ async function upload() {
 }
 
 // ---- wiring --------------------------------------------------------------------------------
-$("api-key").value = localStorage.getItem("clara-api-key") || "";
+// The key stays for this tab only (sessionStorage) unless "remember" keeps it in this browser.
+function storeKey() {
+  const key = $("api-key").value.trim();
+  const remember = $("remember-key").checked;
+  localStorage.removeItem("clara-api-key");
+  sessionStorage.removeItem("clara-api-key");
+  if (key) (remember ? localStorage : sessionStorage).setItem("clara-api-key", key);
+}
+$("remember-key").checked = localStorage.getItem("clara-api-key") !== null;
+$("api-key").value = localStorage.getItem("clara-api-key") || sessionStorage.getItem("clara-api-key") || "";
+$("remember-key").addEventListener("change", storeKey);
 $("api-key").addEventListener("change", () => {
-  localStorage.setItem("clara-api-key", $("api-key").value.trim());
+  storeKey();
   refresh();
 });
 $("ask").addEventListener("submit", (e) => {
@@ -410,11 +452,16 @@ $("question").addEventListener("keydown", (e) => {
   }
 });
 $("stop").addEventListener("click", () => { if (running) running.abort(); });
+document.addEventListener("keydown", (e) => { // Escape stops the answer being written
+  if (e.key === "Escape" && running) running.abort();
+});
 $("clear").addEventListener("click", () => {
   chat += 1;
   if (running) running.abort(); // the server stops generating when the stream closes
   turns.length = 0;
   $("log").replaceChildren();
+  $("announce").textContent = "";
+  say("New chat");
   $("question").focus();
 });
 $("upload").addEventListener("click", upload);
