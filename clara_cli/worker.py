@@ -11,9 +11,11 @@ tasks of the same priority, so new interactive work gets in between two steps of
 (between two decode steps of a batch, between two compressor batches).
 
     worker = Worker(load=lambda: load_clara(...), max_waiting=16)
-    worker.start()                                   # returns at once; state "loading"
+    worker.start()                         # returns at once; state "loading", then "ready"
+    while worker.state == "loading":       # (before then, call/submit refuse: 503-style)
+        await asyncio.sleep(0.1)
     result = await worker.call(lambda cm: cm.encode_queries(["q"]))
-    worker.submit(Task(key, start, failed), priority=BULK, bounded=False)
+    worker.submit(Task(key, start, failed, bounded=False), priority=BULK)
 """
 
 from __future__ import annotations

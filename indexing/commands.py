@@ -191,7 +191,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     else:
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "added")
         loaded = f", model load {load_s:.1f}s" if load_s else ""
-        print(f"{summary}: {chunks} chunks in {seconds:.1f}s ({rate:.1f} chunks/s{loaded})")
+        noun = "chunk" if chunks == 1 else "chunks"
+        print(f"{summary}: {chunks} {noun} in {seconds:.1f}s ({rate:.1f} chunks/s{loaded})")
     return 1 if counts["failed"] else 0
 
 

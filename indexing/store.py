@@ -7,8 +7,10 @@ files of other generations are leftovers that the next writer drops on open. A c
 point therefore leaves the last committed state (crash hooks: `indexing.durable`).
 
     col = Collection.open(root, "papers", manifest=cm.manifest(), create=True)   # writer
-    doc_id = col.add_document(path, name, sha256, chunks, memories)             # (N, n_mem, d)
-    hits = Collection.open(root, "papers", readonly=True).search(query, k=5)    # reader
+    doc_id = col.add_document(path, name, sha256, [ChunkRecord(text), ...], memories)  # (N, n_mem, d)
+    reader = Collection.open(root, "papers", readonly=True)
+    hits = reader.retrieve(question, vector, k=5, rerank=cm.config.dense_rerank)  # [SearchHit]
+    nearest = reader.search(vectors, k=5)  # dense only, [[Hit]] per query (no re-scoring)
 
 Only numpy, faiss and sqlite3 are used here: no mlx.
 """
