@@ -73,6 +73,10 @@ def test_pretrain_and_resume_via_main(tiny_llama_dir, tmp_path, capsys):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     elapsed = [r["elapsed_s"] for r in rows]
     assert elapsed == sorted(elapsed)  # the resumed run's clock goes on from step 2's
+    from training.trainer import STATE_FILE
+
+    state = json.loads((tmp_path / "run" / "final" / STATE_FILE).read_text())
+    assert state["config"]["pass_size"] == 1  # a CPU's default: one example per pass
 
 
 def test_a_resumed_run_counts_the_seconds_after_the_last_logged_row(tiny_llama_dir, tmp_path):
