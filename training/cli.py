@@ -69,11 +69,12 @@ gradients are summed across ranks (the step one process would take); rank 0 writ
 
 
 def default_pass_size() -> int | None:
-    """1 on a CPU (measured fastest there, and one example's activations at a time: instruct
-    compresses 5 documents per example, ~4.4 GB); None (the whole batch) on a GPU."""
+    """1 on a CPU (measured fastest there) and on a Mac (its GPU shares the Mac's memory): one
+    example's activations at a time, as instruct compresses 5 documents per example (~4.4 GB
+    for the default model); None (the whole batch) on a CUDA GPU."""
     import mlx.core as mx
 
-    return 1 if mx.default_device() == mx.cpu else None
+    return 1 if mx.default_device() == mx.cpu or mx.metal.is_available() else None
 
 
 def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
@@ -158,8 +159,8 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         type=positive_int,
         default=None,
         help="examples per forward/backward pass inside a batch (same gradients; default: 1 on "
-        "a CPU, the fastest and the least memory: a whole batch of 8 instruct examples needs "
-        "~35 GB; the whole batch on a GPU)",
+        "a CPU and a Mac, the fastest on a CPU and the least memory: a whole batch of 8 "
+        "instruct examples needs ~35 GB; the whole batch on a CUDA GPU)",
     )
     o.add_argument(
         "--save-every",
