@@ -16,6 +16,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clara.checkpoint import resolve_checkpoint
 from clara.paths import UPLOADS
 from clara_cli.http import (
     AccessGate,
@@ -154,6 +155,16 @@ def create_app(
         log.info(
             "requests that name no mode read %s (--mode, else the checkpoint's)", defaults.mode
         )
+        if (
+            resolve_checkpoint(settings.model, settings.checkpoint) is None
+            and defaults.mode != "text"
+        ):
+            log.warning(
+                "no CLaRa checkpoint for %s: its adapters are untrained, so answers read from "
+                "memory (mode %s) say nothing useful and dense retrieval finds little; until you "
+                "train adapters (README: Training your own adapters), serve it with --mode text "
+                "and ask with retrieval_mode lexical", settings.model, defaults.mode,
+            )  # fmt: skip
         yield
         await asyncio.to_thread(engine.stop)
         store.close()

@@ -371,3 +371,25 @@ def test_sigterm_ends_running_answers_with_an_error_the_client_reads(
         assert message["content"][0]["text"] == streamed
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("mode", [None, "text"])
+def test_untrained_adapters_in_memory_mode_are_warned_about(
+    tmp_path: Path, tiny_llama_dir: Path, mode: str | None
+) -> None:
+    """A model without a CLaRa checkpoint (HyperCLOVA X, Mistral before adapters are trained)
+    got untrained adapters and answered from memory without a word: the log says so, and what
+    to serve it with; in text mode there is nothing to say."""
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"),
+        *(["--mode", mode] if mode else []),
+        env={"CLARA_HOME": str(tmp_path / "home")}, log=tmp_path / "server.log",
+    )  # fmt: skip
+    try:
+        proc.wait_ready()
+    finally:
+        proc.stop()
+    warned = "its adapters are untrained" in proc.log()
+    assert warned == (mode is None), proc.log()
+    if warned:
+        assert "--mode text" in proc.log()
