@@ -18,15 +18,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path):
 
     tmp = tmp_path_factory.mktemp("clients")
     add_documents(tmp / "index", load_clara(tiny_llama_dir, None, dtype=None), DOCS)
-    proc = ServerProcess(
+    with ServerProcess(
         "--model", str(tiny_llama_dir), "--index", str(tmp / "index"),
         "--api-key", API_KEY, "--max-tokens", "8",
         env={"CLARA_HOME": str(tmp / "home")}, log=tmp / "server.log",
-    )  # fmt: skip
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    ) as proc:  # fmt: skip
+        yield proc.wait_ready()  # (stopped on leaving, ready or not)
 
 
 def run_client(server: ServerProcess, *args: str) -> str:

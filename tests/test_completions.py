@@ -28,15 +28,12 @@ def cm(tiny_llama_dir: Path):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path):
     tmp = tmp_path_factory.mktemp("completions")
-    proc = ServerProcess(
+    with ServerProcess(
         "--model", str(tiny_llama_dir), "--index", str(tmp / "index"),
         "--served-model-name", MODEL, "--api-key", API_KEY,
         env={"CLARA_HOME": str(tmp / "home")}, log=tmp / "server.log",
-    )  # fmt: skip
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    ) as proc:  # fmt: skip
+        yield proc.wait_ready()  # (stopped on leaving, ready or not)
 
 
 @pytest.fixture(scope="module")

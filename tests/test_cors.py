@@ -266,7 +266,7 @@ def test_the_indexing_service_answers_allowed_origins(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path):
     tmp = tmp_path_factory.mktemp("cors")
-    proc = ServerProcess(
+    with ServerProcess(
         "--model", str(tiny_llama_dir),
         "--index", str(tmp / "index"),
         "--api-key", API_KEY,
@@ -276,11 +276,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path):
         "--allow-origin", "null",
         env={"CLARA_HOME": str(tmp / "home")},
         log=tmp / "server.log",
-    )  # fmt: skip
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    ) as proc:  # fmt: skip
+        yield proc.wait_ready()  # (stopped on leaving, ready or not)
 
 
 def test_clara_serve_answers_browser_and_desktop_apps(server: ServerProcess) -> None:

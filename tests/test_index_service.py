@@ -45,15 +45,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(root: Path, tiny_llama_dir: Path):
-    proc = ServiceProcess(
+    with ServiceProcess(
         "--model", str(tiny_llama_dir), "--index", str(root), "--api-key", API_KEY,
         "--max-upload-mb", str(LIMIT_MB), "--log-level", "warning",
         log=root.parent / "service.log", env={"CLARA_HOME": str(root.parent / "home")},
-    )  # fmt: skip
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    ) as proc:  # fmt: skip
+        yield proc.wait_ready()  # (stopped on leaving, ready or not)
 
 
 @pytest.fixture(scope="module")

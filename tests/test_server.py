@@ -38,7 +38,7 @@ def cm(tiny_llama_dir: Path):
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, cm):
     tmp = tmp_path_factory.mktemp("serve")
     add_documents(tmp / "index", cm, DOCS)
-    proc = ServerProcess(
+    with ServerProcess(
         "--model", str(tiny_llama_dir),
         "--index", str(tmp / "index"),
         "--served-model-name", MODEL,
@@ -46,11 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, cm):
         "--max-tokens", "16",
         env={"CLARA_HOME": str(tmp / "home")},
         log=tmp / "server.log",
-    )  # fmt: skip
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    ) as proc:  # fmt: skip
+        yield proc.wait_ready()  # (stopped on leaving, ready or not)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, index_root: Path):
     tmp = tmp_path_factory.mktemp("serve-queue")
-    proc = ServerProcess(
+    with ServerProcess(
         "--model", str(tiny_llama_dir),
         "--index", str(index_root),
         "--queue-size", "1",
@@ -46,11 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, index
         "--sse-keepalive", "0.005",
         env={"CLARA_HOME": str(tmp / "home")},
         log=tmp / "server.log",
-    )  # fmt: skip
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+    ) as proc:  # fmt: skip
+        yield proc.wait_ready()  # (stopped on leaving, ready or not)
 
 
 def metrics(server: ServerProcess) -> str:
