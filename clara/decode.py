@@ -56,6 +56,17 @@ PREFILL_SCORES = 1 << 20
 MIN_CHUNK = 64
 
 
+def draw(logprobs: mx.array, params: SamplingParams, key: mx.array) -> mx.array:
+    """Sample one token from a (1, V) row of log-probabilities: temperature first, then the
+    top_p nucleus of the tempered distribution (vLLM's and transformers' order; mlx-lm's
+    sampler cuts the nucleus before tempering, so temperature 2 with top_p 0.8 drew only
+    from the few tokens of the untempered nucleus)."""
+    scaled = logprobs * (1 / params.temperature)
+    if params.top_p < 1.0:
+        scaled = apply_top_p(scaled - mx.logsumexp(scaled, axis=-1, keepdims=True), params.top_p)
+    return mx.random.categorical(scaled, key=key)
+
+
 @dataclass(eq=False)
 class Sequence:
     """One request in the batch."""
@@ -149,10 +160,7 @@ class Decoder:
                     rows.append(y[i : i + 1])
                     continue
                 s.key, sub = mx.random.split(s.key)
-                lp = logprobs[i : i + 1]
-                if s.params.top_p < 1.0:
-                    lp = apply_top_p(lp, s.params.top_p)
-                rows.append(mx.random.categorical(lp * (1 / s.params.temperature), key=sub))
+                rows.append(draw(logprobs[i : i + 1], s.params, sub))
             y = mx.concatenate(rows)
         if not wants_lp:
             return y, ()
@@ -213,7 +221,7 @@ class Decoder:
         out: list = [None] * len(requests)
         todo: list[tuple[int, Prompt, Sequence]] = []
         for i, (prompt, params, tag) in enumerate(requests):
-            text = TextStream.create(self.cm, params, prompt.positions, self.limit)
+            text = TextStream.create(self.cm, params, prompt, self.limit)
             seq = Sequence(params, text, params.key(), tag=tag)
             if text.max_tokens == 0:
                 seq.done = True

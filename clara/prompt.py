@@ -58,6 +58,9 @@ class Prompt:
     # separator (memory prompts; what a prefix cache may key on). An imported checkpoint's
     # memory slots carry its memory-token ids, so the token ids alone cannot say.
     text_len: int | None = None
+    # A raw continuation (`/v1/completions`): the answer's text continues the prompt's, so
+    # its first token keeps a leading space (a chat answer starts afresh and drops it).
+    continues: bool = False
 
     @property
     def positions(self) -> int:

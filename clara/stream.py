@@ -119,14 +119,19 @@ class TextStream:
     _longest: int = field(default=0, repr=False)
 
     @classmethod
-    def create(cls, cm: ClaraModel, params: SamplingParams, prompt_positions: int, limit: int):
+    def create(cls, cm: ClaraModel, params: SamplingParams, prompt: Prompt, limit: int):
         eos = set(getattr(cm.tokenizer, "eos_token_ids", None) or [cm.tokenizer.eos_token_id])
         detok = cm.tokenizer.detokenizer
         detok.reset()
+        if prompt.continues and prompt.tokens:
+            # mlx-lm's detokenizers drop the first segment's leading space (right for a chat
+            # turn); primed with the prompt's last token, " Paris" after "is" keeps its space
+            detok.add_token(prompt.tokens[-1])
+            detok.last_segment  # noqa: B018 (consumes the primer's text)
         stops = [s for s in params.stop or [] if s]
-        max_tokens = max(0, min(params.max_tokens, limit - prompt_positions))
+        max_tokens = max(0, min(params.max_tokens, limit - prompt.positions))
         stream = cls(
-            detok, set() if params.ignore_eos else eos, stops, max_tokens, prompt_positions
+            detok, set() if params.ignore_eos else eos, stops, max_tokens, prompt.positions
         )
         stream._longest = max((len(s) for s in stops), default=0)
         return stream

@@ -391,7 +391,7 @@ class Engine:
         retrieved = self._rag.retrieve(p, qvec)
         if p.raw is not None:  # a legacy completion: its prompt as it is, to the bare model
             ids = self._cm.tokenizer.encode(p.raw) if isinstance(p.raw, str) else p.raw
-            prompt, adapter = Prompt(list(ids), None), None
+            prompt, adapter = Prompt(list(ids), None, continues=True), None
         else:
             prompt, adapter = self._rag.prompt(p, retrieved)
         limit = self.info.context_limit

@@ -14,6 +14,7 @@ import pytest
 from clara.checkpoint import load_clara
 from clara.generate import generate
 from clara.prompt import Prompt
+from clara.stream import SamplingParams, TextStream
 from tests.test_server_harness import API_KEY, ServerProcess, metric
 
 MODEL = "clara-tiny"
@@ -51,7 +52,8 @@ def test_the_prompt_goes_as_it_is_to_the_bare_model(client: openai.OpenAI, cm) -
     `completions.create` had nothing to call). The answer is the bare model's greedy
     continuation of the prompt's own tokens: no chat template, no retrieval."""
     ids = cm.tokenizer.encode(PROMPT)
-    want = [c for c in generate(cm, Prompt(list(ids), None), adapter=None, max_tokens=12)]
+    prompt = Prompt(list(ids), None, continues=True)
+    want = [c for c in generate(cm, prompt, adapter=None, max_tokens=12)]
     got = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12)
     assert got.object == "text_completion" and got.id.startswith("cmpl-")
     assert got.model == MODEL and len(got.choices) == 1
@@ -62,6 +64,35 @@ def test_the_prompt_goes_as_it_is_to_the_bare_model(client: openai.OpenAI, cm) -
     by_ids = client.completions.create(model=MODEL, prompt=list(ids), max_tokens=12)
     assert by_ids.choices[0].text == got.choices[0].text
     assert client.completions.create(model=MODEL, prompt=PROMPT).usage.completion_tokens <= 16
+
+
+def test_a_continuation_keeps_its_first_space(cm) -> None:
+    """mlx-lm's detokenizers drop the leading space of an answer's first token, right for a
+    chat turn. A continuation of "... France is" by " Paris" came back as "Paris": glued to
+    the prompt, one char off in every `text_offset`, and a stop of " Paris" never fired."""
+    tok = cm.tokenizer
+    head, tail = tok.encode("The capital of France is"), tok.encode(" Paris today")
+    assert tok.decode(head + tail) == "The capital of France is Paris today"  # (no merge)
+    limit = 4096
+
+    def answer(prompt: Prompt, **kw) -> tuple[str, str | None]:
+        stream = TextStream.create(cm, SamplingParams(max_tokens=20, **kw), prompt, limit)
+        text = ""
+        for t in tail:
+            chunk = stream.accept(t)
+            text += chunk.text
+            if chunk.finish_reason:
+                return text, chunk.finish_reason
+        return text, None
+
+    assert answer(Prompt(head, None, continues=True))[0] == " Paris today"
+    assert answer(Prompt(head, None))[0] == "Paris today"  # a chat answer starts afresh
+    assert answer(Prompt(head, None, continues=True), stop=[" Paris"]) == ("", "stop")
+    spaced = tok.encode("The capital of France is ")  # the prompt's own space is not repeated
+    if spaced[-1] != head[-1]:
+        rest = tok.encode("The capital of France is Paris")[len(head) :]
+        stream = TextStream.create(cm, SamplingParams(), Prompt(spaced, None, continues=True), limit)
+        assert "".join(stream.accept(t).text for t in rest) in ("Paris", " Paris")
 
 
 def test_streamed_echo_logprobs_and_usage(client: openai.OpenAI, server: ServerProcess) -> None:

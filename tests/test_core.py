@@ -188,6 +188,34 @@ def test_sampling_seed_is_reproducible(cm):
     assert a == b and a != c
 
 
+def test_top_p_cuts_the_tempered_distribution():
+    """Temperature first, then the nucleus (vLLM's and transformers' order). Before, the
+    nucleus was cut from the untempered distribution: at temperature 2 and top_p 0.8 only
+    the 2 tokens of the T=1 nucleus were ever drawn."""
+    from clara.decode import draw
+    from clara.stream import SamplingParams
+
+    logits = mx.array([[4.0, 3.0, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.0, -1.0]])
+    lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+    def nucleus(t: float, p: float) -> set[int]:
+        probs = np.exp(np.array(lp[0]) / t)
+        probs /= probs.sum()
+        order, total, keep = np.argsort(-probs), 0.0, set()
+        for i in order:
+            keep.add(int(i))
+            total += probs[i]
+            if total >= p:
+                return keep
+        return keep
+
+    params = SamplingParams(temperature=2.0, top_p=0.8)
+    keys = mx.random.split(mx.random.key(0), 300)
+    drawn = {int(draw(lp, params, keys[i]).item()) for i in range(300)}
+    assert len(nucleus(1.0, 0.8)) == 2 and drawn <= nucleus(2.0, 0.85)
+    assert len(drawn) > 2, drawn
+
+
 def test_stop_strings_cut_the_text(cm):
     prompt = text_prompt(cm, "Tell me a story", None)
     full = "".join(c.text for c in generate(cm, prompt, max_tokens=20))
