@@ -11,38 +11,76 @@ way to index them without a dictionary. The FTS5 table keeps exactly those space
 terms (its tokenizer treats `. - _ /` as word characters) and stems them (porter), in two
 columns: the title (document name + context line, weighted TITLE_WEIGHT) and the text.
 
+Before that, text is folded the same way on both sides: Unicode NFKC (decomposed macOS text
+and composed text match, as do full-width `２０２４` and `2024`, half-width kana, ligatures),
+case-folded (`Straße` and `strasse`), with the optional vowel marks of Arabic and Hebrew
+removed; other combining marks (Devanagari's vowel signs) stay inside their word.
+
 A query's terms are OR-ed, each one quoted, minus common English words; quotes, `-`, `*`, `:`
-or parentheses in the question are plain characters to it and never FTS5 syntax.
+or parentheses in the question are plain characters to it and never FTS5 syntax. A long
+question keeps its rarest terms (a Chinese question's key words are often its last).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 import threading
+import unicodedata
 
 #: The FTS5 tokenizer of `chunks_fts`; a change here needs `LEXICAL_VERSION` bumped.
-TOKENIZER = "porter unicode61 remove_diacritics 2 tokenchars '-._/'"
+#: (Combining marks are word characters: FTS5's default cut "हिन्दी" into three letters.)
+TOKENIZER = "porter unicode61 remove_diacritics 2 categories 'L* N* Co M*' tokenchars '-._/'"
 #: Stored in the collection's state; a collection with another version rebuilds its table.
-LEXICAL_VERSION = 4  # 4: CJK character pairs
+LEXICAL_VERSION = 5  # 4: CJK character pairs; 5: NFKC, case folding, marks inside words
 #: BM25 weight of the title column (document name + context line) against the text's 1: a
 #: question naming its document ranks that document's chunks first. Chosen on the pydoc set
 #: of bench/bench_retrieval.py (lexical R@1 80.0 -> 84.3 with 3; 85.7 with 5 or more).
 TITLE_WEIGHT = 3.0
+#: A question searches with at most this many terms, its rarest (of its first
+#: MAX_QUESTION_TERMS, which bounds the work of counting them).
 MAX_QUERY_TERMS = 48
+MAX_QUESTION_TERMS = 512
 #: A query scores every chunk holding any of its terms; frequent terms (low IDF, long posting
 #: lists) are dropped, rarest first kept, once their chunks add up past this many (at least
 #: MIN_TERMS stay). Collections under ~10k chunks never reach it.
 POSTINGS_BUDGET = 20_000
 MIN_TERMS = 2
 
-_RUN = re.compile(r"[\w./-]+")
+
+@functools.cache
+def _marks() -> str:
+    """A character class of the combining marks (Mn, Mc, Me) of the Basic Multilingual Plane,
+    as ranges: `\\w` leaves them out, which split "château" (decomposed) and "हिन्दी"."""
+    ranges: list[list[int]] = []
+    for c in range(0x300, 0x10000):
+        if unicodedata.category(chr(c))[0] == "M":
+            if ranges and ranges[-1][1] == c - 1:
+                ranges[-1][1] = c
+            else:
+                ranges.append([c, c])
+    return "".join(f"\\u{a:04x}-\\u{b:04x}" if a != b else f"\\u{a:04x}" for a, b in ranges)
+
+
+_RUN = re.compile(rf"[\w./{_marks()}-]+")
+#: Arabic harakat and tatweel, Hebrew niqqud and cantillation: optional in writing, so a
+#: voweled word and its plain spelling are one term.
+_OPTIONAL_MARKS = dict.fromkeys(
+    [*range(0x591, 0x5BE), 0x5BF, 0x5C1, 0x5C2, 0x5C4, 0x5C5, 0x5C7, *range(0x610, 0x61B)]
+    + [*range(0x64B, 0x660), 0x640, 0x670, *range(0x6D6, 0x6DD), *range(0x6DF, 0x6E5)]
+    + [0x6E7, 0x6E8, *range(0x6EA, 0x6EE)]
+)
 _SEP = re.compile(r"[./_-]+")
 _CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _CAMEL_CHANGE = re.compile(r"[a-z][A-Z]")
 _EDGE = "./_-"
-#: Han (with extension A and compatibility ideographs), kana, Hangul syllables.
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]+")
+#: Han (with extensions A to H and compatibility ideographs), kana, Hangul syllables and
+#: compatibility jamo, 々 and 〇.
+_CJK = re.compile(
+    r"[\u3005\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\u3130-\u318f"
+    r"\uac00-\ud7af\U00020000-\U0003134f]+"
+)
 
 # Question words and glue that match nearly every chunk: they only slow the query down.
 STOPWORDS = frozenset(
@@ -56,8 +94,17 @@ STOPWORDS = frozenset(
 )
 
 
+def fold(text: str) -> str:
+    """`text` as terms are made from it: NFKC, without Arabic and Hebrew optional marks."""
+    return unicodedata.normalize("NFKC", text).translate(_OPTIONAL_MARKS)
+
+
 def terms(text: str) -> list[str]:
-    """Every term of `text`, in order, compounds and their parts (lower case, may repeat)."""
+    """Every term of `text`, in order, compounds and their parts (case-folded, may repeat)."""
+    return _terms(fold(text))
+
+
+def _terms(text: str) -> list[str]:
     out: list[str] = []
     for m in _RUN.finditer(text):
         run = m.group().strip(_EDGE)
@@ -67,13 +114,13 @@ def terms(text: str) -> list[str]:
             out.extend(_cjk_terms(run))
             continue
         parts = [p for p in _SEP.split(run) if p]
-        lower = run.lower()
+        lower = run.casefold()
         out.append(lower)
         pieces = []
         for part in parts:
-            pieces.append(part.lower())
+            pieces.append(part.casefold())
             if _CAMEL_CHANGE.search(part):  # aggressiveDepth -> aggressive, depth
-                pieces.extend(c.lower() for c in _CAMEL.findall(part))
+                pieces.extend(c.casefold() for c in _CAMEL.findall(part))
         out.extend(p for p in pieces if p != lower)
     return out
 
@@ -84,11 +131,11 @@ def _cjk_terms(run: str) -> list[str]:
     out: list[str] = []
     at = 0
     for m in _CJK.finditer(run):
-        out.extend(terms(run[at : m.start()]))
+        out.extend(_terms(run[at : m.start()]))
         cjk = m.group()
         out.extend([cjk] if len(cjk) == 1 else [cjk[i : i + 2] for i in range(len(cjk) - 1)])
         at = m.end()
-    out.extend(terms(run[at:]))
+    out.extend(_terms(run[at:]))
     return out
 
 
@@ -105,12 +152,13 @@ def fts_row(doc_name: str, context: str, text: str) -> tuple[str, str]:
 
 
 def query_terms(text: str) -> list[str]:
-    """A question's distinct searchable terms (no common English words), in order."""
+    """A question's distinct searchable terms (no common English words), in order; `prune`
+    keeps the rarest MAX_QUERY_TERMS of them."""
     seen: dict[str, None] = {}
     for t in terms(text):
         if t not in STOPWORDS and t not in seen:
             seen[t] = None
-    return list(seen)[:MAX_QUERY_TERMS]
+    return list(seen)[:MAX_QUESTION_TERMS]
 
 
 def match_query(text: str | list[str]) -> str | None:
@@ -152,11 +200,14 @@ def stems_of(terms: list[str]) -> list[str | None]:
 
 def prune(terms: list[str], counts: list[int]) -> list[str]:
     """The terms to search with, in question order: those in some chunk (`counts`: chunks
-    holding each), rarest first until their chunks pass POSTINGS_BUDGET (at least MIN_TERMS)."""
+    holding each), rarest first until their chunks pass POSTINGS_BUDGET (at least MIN_TERMS)
+    or MAX_QUERY_TERMS are kept."""
     keep, total = set(), 0
     for i in sorted(range(len(terms)), key=lambda i: counts[i]):
         if counts[i] == 0:
             continue
+        if len(keep) >= MAX_QUERY_TERMS:
+            break
         if len(keep) >= MIN_TERMS and total + counts[i] > POSTINGS_BUDGET:
             break
         keep.add(i)

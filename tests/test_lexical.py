@@ -7,6 +7,7 @@ Random vectors with a tiny shape (n_mem=4, d=8), as in test_store.py; no model.
 from __future__ import annotations
 
 import sqlite3
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,51 @@ def test_words_inside_runs_of_cjk_characters_are_found(col: Collection):
         ("图书馆什么时候闭馆", "beijing"),
     ]:
         assert top_docs(col, query)[0] == doc, query
+
+
+WORLD = {  # (an audit's cases; each missed its document before)
+    "korean-nfd": unicodedata.normalize("NFD", "무궁화는 대한민국의 나라꽃이다."),
+    "french-nfd": unicodedata.normalize("NFD", "Le château accueille chaque élève."),
+    "fullwidth": "２０２４年の製品番号はＡＢＣ１２３、電話は０３－１２３４。ｶﾀｶﾅ表記。",
+    "arabic": "وضعت اَلْكِتَابُ على الطَّاوِلَةِ",
+    "hebrew": "שָׁלוֹם לכולם",
+    "hindi": "हिन्दी एक भाषा है",
+    "german": "Die Straße ist lang.",
+    "ligature": "The ﬁnancial report.",
+}
+
+
+@pytest.mark.parametrize(
+    "query, doc",
+    [
+        ("무궁화", "korean-nfd"),
+        (unicodedata.normalize("NFD", "château"), "french-nfd"),
+        ("chateau eleve", "french-nfd"),
+        ("2024年", "fullwidth"),
+        ("abc123", "fullwidth"),
+        ("カタカナ", "fullwidth"),
+        ("الكتاب الطاولة", "arabic"),
+        ("שלום", "hebrew"),
+        ("हिन्दी", "hindi"),
+        ("STRASSE", "german"),
+        ("financial", "ligature"),
+    ],
+)
+def test_text_in_any_form_or_script_finds_its_document(tmp_path: Path, query: str, doc: str):
+    with Collection.open(tmp_path, "w", manifest=MANIFEST, create=True) as col:
+        for i, (name, text) in enumerate(WORLD.items()):
+            vecs = np.random.default_rng(i).standard_normal((1, N_MEM, D))
+            col.add_document(f"/docs/{name}.txt", name, f"sha-{name}", [ChunkRecord(text, 1, 1, 10)], vecs)  # fmt: skip
+        assert top_docs(col, query)[:1] == [doc], lexical.terms(query)
+
+
+def test_a_long_question_searches_with_its_rarest_terms(col: Collection):
+    """A 58-character Chinese question made 57 character pairs; the first 48 were kept and
+    the one naming its subject, at the end, was cut: nothing was found."""
+    add(col, "beijing")
+    question = "请根据我上传的所有文件内容仔细地回答下面这个问题并且尽量详细一些说明清楚我想知道的事情其实很简单也就是图书馆在哪一天闭馆"
+    assert len(lexical.query_terms(question)) > lexical.MAX_QUERY_TERMS
+    assert top_docs(col, question)[:1] == ["beijing"]
 
 
 @pytest.mark.parametrize(
