@@ -309,7 +309,12 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
     if declared:  # not UTF-8 (valid UTF-8 wins over a page's stale declaration)
         try:
             text = data.decode(declared)
-        except (UnicodeDecodeError, LookupError):
+        except UnicodeDecodeError:  # a few bad bytes keep the declaration; many drop it
+            text = data.decode(declared, "replace")
+            bad = text.count("\ufffd") - data.count("\ufffd".encode())
+            if bad <= max(2, len(text) // 1000) and _looks_like_text(text):
+                return text, [f"{bad} bytes are not {declared} and were read as U+FFFD"]
+        except LookupError:
             pass  # the declaration is wrong: read it as any other file
         else:
             if _looks_like_text(text):
@@ -324,6 +329,10 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
             f"{first_bad}) and {'was' if bad == 1 else 'were'} read as U+FFFD; re-save the file "
             "as UTF-8 to keep those characters"
         ]
+    guess = _guess_east_asian(data)
+    if guess is not None:
+        name, text = guess
+        return text, [f"not UTF-8: read as {name} (a guess); re-save the file as UTF-8 to be sure"]
     try:
         text = data.decode("cp1252")
     except UnicodeDecodeError:  # bytes cp1252 leaves undefined: Czech "ť" in cp1250, ...
@@ -347,17 +356,39 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
     )
 
 
-_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+_CHARSET = re.compile(
+    rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)"""
+    rb"""|<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9_.:-]+)""",
+    re.I,
+)
+#: Labels that the WHATWG Encoding Standard (what browsers follow) reads as a wider encoding
+#: than Python's codec of that name: a page labelled euc-kr is cp949 to a browser, one
+#: labelled iso-8859-1 is windows-1252.
+_WHATWG = {
+    **dict.fromkeys(["euc-kr", "ks_c_5601-1987", "ks_c_5601-1989", "korean", "csksc56011987",
+                     "iso-ir-149", "ksc5601", "ksc_5601", "windows-949"], "cp949"),
+    **dict.fromkeys(["gb2312", "gbk", "x-gbk", "chinese", "csgb2312", "csiso58gb231280",
+                     "gb_2312", "gb_2312-80", "iso-ir-58", "gb18030"], "gb18030"),
+    **dict.fromkeys(["shift_jis", "shift-jis", "sjis", "x-sjis", "ms_kanji", "ms932",
+                     "windows-31j", "csshiftjis"], "cp932"),
+    **dict.fromkeys(["big5", "big5-hkscs", "cn-big5", "csbig5", "x-x-big5"], "big5hkscs"),
+    **dict.fromkeys(["iso-8859-1", "iso8859-1", "latin1", "l1", "ascii", "us-ascii",
+                     "iso_8859-1", "cp819", "ibm819", "windows-1252", "x-cp1252"], "cp1252"),
+    **dict.fromkeys(["iso-8859-9", "latin5", "windows-1254"], "cp1254"),
+    **dict.fromkeys(["tis-620", "iso-8859-11", "windows-874", "dos-874"], "cp874"),
+}  # fmt: skip
 
 
 def _html_charset(data: bytes) -> str | None:
-    """The encoding an HTML page declares in its first 4 KB (`<meta charset="...">` or the
-    http-equiv Content-Type), as Python names it; None if none or unknown."""
+    """The encoding an HTML page declares in its first 4 KB (`<meta charset="...">`, the
+    http-equiv Content-Type, or an XHTML file's `<?xml encoding=...?>`), as a browser reads
+    that label, by its Python name; None if none or unknown."""
     m = _CHARSET.search(data[:4096])
     if not m:
         return None
     try:
-        return codecs.lookup(m.group(1).decode("ascii")).name
+        label = (m.group(1) or m.group(2)).decode("ascii").lower()
+        return codecs.lookup(_WHATWG.get(label, label)).name
     except (LookupError, UnicodeDecodeError):
         return None
 
@@ -399,6 +430,55 @@ def _guess_8bit(data: bytes) -> tuple[str, str] | None:
     return best.encoding, text
 
 
+#: Chinese, Japanese and Korean encodings of two bytes per character `_guess_east_asian`
+#: chooses among (each the widest of its family: cp949 reads EUC-KR, cp932 Shift-JIS,
+#: gb18030 GBK and GB2312).
+_EAST_ASIAN = ["cp949", "cp932", "euc_jp", "gb18030", "big5hkscs"]
+_HIGH_RUNS = re.compile(rb"[\x80-\xff]+")
+_CJK_LETTER = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
+
+
+def _guess_east_asian(data: bytes) -> tuple[str, str] | None:
+    """(encoding, text) for text in a Chinese, Japanese or Korean legacy encoding, else None.
+
+    Read as cp1252, such files pass for accented Latin ("Author: ±èÃ¶¼ö" for 김철수), so
+    they are told first: the bytes valid in one of `_EAST_ASIAN`, its non-ASCII characters
+    CJK ones, and one sign that the file is not Western European text that happens to fit
+    (German "Grüße aus München" is valid GB18030): its non-ASCII bytes all in pairs,
+    charset-normalizer preferring the CJK reading to cp1252's, or cp1252's reading being
+    mostly symbols where Western text has letters ("—é–Ø" for 鈴木). A few names in English
+    text may fit Korean and Chinese alike: the pick is a guess, and the caller says so."""
+    fits = []
+    for name in _EAST_ASIAN:
+        try:
+            text = data.decode(name)
+        except UnicodeDecodeError:
+            continue
+        high = [c for c in text if ord(c) > 0x7F and not c.isspace()]
+        if high and sum(1 for c in high if _CJK_LETTER.match(c)) >= 0.8 * len(high):
+            fits.append(name)
+    if not fits:
+        return None
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data, cp_isolation=["cp1252", *fits]).best()
+    if best is not None and best.encoding in fits:
+        name = best.encoding
+    else:
+        runs = _HIGH_RUNS.findall(data[:65536])
+        western = data.decode("cp1252", "replace")
+        high = [c for c in western if ord(c) > 0x7F]
+        letters = sum(1 for c in high if c.isalpha())
+        if any(len(r) % 2 for r in runs) and letters >= 0.6 * len(high):
+            return None
+        name = fits[0]
+        if len(fits) > 1:
+            among = from_bytes(data, cp_isolation=fits).best()
+            name = among.encoding if among is not None and among.encoding in fits else name
+    text = data.decode(name)
+    return (name, text) if _looks_like_text(text) else None
+
+
 def _looks_like_text(text: str) -> bool:
     sample = text[:65536]
     controls = sum(1 for c in sample if _is_control(c) and c not in "\t\n\r\f\v")
@@ -419,9 +499,11 @@ _LIGATURES = str.maketrans(
 
 
 def clean_text(text: str) -> str:
-    """Normalise newlines and drop control characters; keeps layout and indentation."""
+    """Normalise newlines and Unicode (NFC: text from macOS file names and some editors is
+    decomposed, "한" as three jamo) and drop control characters; keeps layout and
+    indentation."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _NOISE.sub("", text)
+    return unicodedata.normalize("NFC", _NOISE.sub("", text))
 
 
 def clean_pdf_text(text: str) -> str:
@@ -437,7 +519,16 @@ def clean_pdf_text(text: str) -> str:
     text = re.sub(r"[^\S\n]+", " ", text)  # tabs, NBSP, odd spaces -> one space
     text = re.sub(r" *\n *", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
-    return unicodedata.normalize("NFC", text).strip()  # PDFs often decompose accents
+    text = unicodedata.normalize("NFC", text)  # PDFs often decompose accents
+    # Chinese and Japanese lines wrap anywhere, inside words too ("两万公\n里"): a single
+    # line break between two of their characters is layout, not text
+    return _CJK_WRAP.sub("", text).strip()
+
+
+_CJK_WRAP = re.compile(
+    r"(?<=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])\n"
+    r"(?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])"
+)
 
 
 def _dehyphen(m: re.Match) -> str:

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import io
 import sys
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -238,6 +239,79 @@ def test_other_8bit_text_is_guessed_not_garbled(tmp_path: Path, text: str, encod
     assert doc.warnings == [
         f"not UTF-8: read as {encoding} (a guess); re-save the file as UTF-8 to be sure"
     ]
+
+
+@pytest.mark.parametrize(
+    "text, encoding, read_as",
+    [
+        ("Meeting notes\nAttendees: Kim, Lee\nTopic: 예산 회의 결과 보고\nApproved.\n", "euc_kr", "cp949"),
+        ("안녕하세요. 오늘은 날씨가 좋습니다. 똠방각하 뷁.\n" * 5, "cp949", "cp949"),
+        ("Quarterly report\nAuthor: 鈴木\nRegion: 東京都\n" * 3, "shift_jis", "cp932"),
+        ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n" * 5, "shift_jis", "cp932"),
+        ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n" * 5, "euc_jp", "euc_jp"),
+        ("北京是中华人民共和国的首都。长城是世界奇迹之一。\n" * 5, "gbk", "gb18030"),
+        ("Invoice #1234\nCustomer: 王先生\nAddress: 上海市\n" * 3, "gbk", "gb18030"),
+        ("臺灣是一個美麗的島嶼。臺北是首都。我們喜歡吃牛肉麵。\n" * 5, "big5", "big5hkscs"),
+    ],
+)  # fmt: skip
+def test_chinese_japanese_and_korean_legacy_encodings_are_read(
+    tmp_path: Path, text: str, encoding: str, read_as: str
+) -> None:
+    """Read as cp1252 before, silently ("Topic: ¿¹»ê ȸÀÇ"), or refused as "binary" or as
+    an 8-bit encoding that could not be told. Korean Windows still writes cp949."""
+    doc = read_document(write(tmp_path, "notes.txt", text.encode(encoding)))
+    assert doc.pages[0].text == text.strip()
+    assert doc.warnings == [
+        f"not UTF-8: read as {read_as} (a guess); re-save the file as UTF-8 to be sure"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Grüße aus München", "Müller Börse Übung", "Résumé des activités", "Smörgåsbord är gött",
+     "He said \u201cHello\u201d and left\u2014quickly.", "Informação São Paulo açúcar"],
+)  # fmt: skip
+def test_western_text_that_fits_a_cjk_encoding_stays_western(tmp_path: Path, text: str) -> None:
+    """ "Grüße aus München" is valid GB18030 (and all CJK characters there)."""
+    doc = read_document(write(tmp_path, "w.txt", text.encode("cp1252")))
+    assert doc.pages[0].text == text and doc.warnings == []
+
+
+@pytest.mark.parametrize(
+    "head, text, encoding",
+    [
+        ('<meta charset="euc-kr">', "똠방각하는 한국 소설이다.", "cp949"),  # 똠: cp949 only
+        ('<meta charset="gb2312">', "朱镕基是中国前总理。", "gbk"),  # 镕: GBK only
+        ('<meta charset="shift_jis">', "①髙橋さんは東京に住んでいます。", "cp932"),
+        ('<meta charset="x-sjis">', "今日の会議で予算が承認されました。", "shift_jis"),
+        ('<?xml version="1.0" encoding="Shift_JIS"?>', "東京は晴れです。", "shift_jis"),
+    ],
+)
+def test_html_charset_labels_are_read_as_browsers_read_them(
+    tmp_path: Path, head: str, text: str, encoding: str
+) -> None:
+    """A label is the WHATWG Encoding Standard's: euc-kr is cp949, gb2312 is GBK, shift_jis
+    is cp932. Python's codecs of those names refused a page over one character, or read it
+    as cp1251 (x-sjis, an XML declaration: no label was seen)."""
+    page = f"{head}<html><head><title>t</title></head><body><p>{text}</p></body></html>"
+    doc = read_document(write(tmp_path, "page.html", page.encode(encoding)))
+    assert doc.pages[0].text.endswith(text) and doc.warnings == []
+
+
+def test_decomposed_text_is_read_composed(tmp_path: Path) -> None:
+    """macOS writes names, and editors may write text, decomposed: "한" as three jamo,
+    which neither search nor the chunker took for a syllable."""
+    text = "무궁화는 대한민국의 나라꽃이다. Le château."
+    nfd = unicodedata.normalize("NFD", text)
+    assert nfd != text
+    assert read_document(write(tmp_path, "k.txt", nfd.encode())).pages[0].text == text
+
+
+def test_cjk_pdf_lines_join_where_they_wrapped() -> None:
+    """pypdf ends each line with a newline; Chinese and Japanese wrap inside words
+    ("两万公\n里"), so the word was lost to search. Other line breaks stay."""
+    raw = "长城全长两万公\n里。\n第二段\n\n東京でし\nた。\nEnglish\nline"
+    assert clean_pdf_text(raw) == "长城全长两万公里。\n第二段\n\n東京でした。\nEnglish\nline"
 
 
 @pytest.mark.parametrize(
