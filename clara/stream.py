@@ -87,6 +87,15 @@ def check_context(
         )
 
 
+def _whole_tail(tokenizer, tokens: Sequence[int], most: int = 8) -> list[int]:
+    """The prompt's last tokens from the start of a character: its last token alone may be
+    the end of one ("는" spans tokens), which a detokenizer would read as U+FFFD."""
+    for n in range(1, min(most, len(tokens)) + 1):
+        if "\ufffd" not in tokenizer.decode(list(tokens[-n:])):
+            return list(tokens[-n:])
+    return []
+
+
 def _hold(text: str, stops: Sequence[str]) -> int:
     """How many trailing chars of `text` may be the start of a stop string."""
     hold = 0
@@ -123,10 +132,11 @@ class TextStream:
         eos = set(getattr(cm.tokenizer, "eos_token_ids", None) or [cm.tokenizer.eos_token_id])
         detok = cm.tokenizer.detokenizer
         detok.reset()
-        if prompt.continues and prompt.tokens:
+        if prompt.continues:
             # mlx-lm's detokenizers drop the first segment's leading space (right for a chat
-            # turn); primed with the prompt's last token, " Paris" after "is" keeps its space
-            detok.add_token(prompt.tokens[-1])
+            # turn); primed with the prompt's end, " Paris" after "is" keeps its space
+            for token in _whole_tail(cm.tokenizer, prompt.tokens):
+                detok.add_token(token)
             detok.last_segment  # noqa: B018 (consumes the primer's text)
         stops = [s for s in params.stop or [] if s]
         max_tokens = max(0, min(params.max_tokens, limit - prompt.positions))
@@ -142,6 +152,13 @@ class TextStream:
             text, token, self.prompt_positions, self.tokens, reason, self.prompt_seconds
         )
 
+    def _finalize(self) -> str:
+        """The last text: a character whose bytes the answer did not finish (it ran out of
+        tokens inside "한") is dropped, not sent as U+FFFD."""
+        held = self.detokenizer.last_segment  # what was complete before
+        self.detokenizer.finalize()
+        return held + self.detokenizer.last_segment.rstrip("\ufffd")
+
     def empty(self) -> GenerationChunk:
         """The closing chunk of a request allowed no tokens at all."""
         return self._chunk("", None, "length")
@@ -149,16 +166,13 @@ class TextStream:
     def accept(self, token: int) -> GenerationChunk:
         """Add one sampled token; the chunk's `finish_reason` says whether the stream ended."""
         if token in self.eos:
-            self.detokenizer.finalize()
-            self.text += self.detokenizer.last_segment
+            self.text += self._finalize()
             return self._chunk(self.text[self.emitted :], None, "stop")
         self.tokens += 1
         self.detokenizer.add_token(token)
         final = self.tokens >= self.max_tokens
-        if final:
-            self.detokenizer.finalize()
         before = len(self.text)
-        self.text += self.detokenizer.last_segment
+        self.text += self._finalize() if final else self.detokenizer.last_segment
         if self.stops:  # only the new text and what a stop string may straddle
             start = max(0, before - self._longest + 1)
             found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]

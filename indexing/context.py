@@ -121,7 +121,8 @@ def fit_context(tokenizer: Any, context: str, room: int) -> str:
     ids = tokenizer.encode(context, add_special_tokens=False)
     if len(ids) <= room:
         return context
-    return tokenizer.decode(ids[:room]).rstrip() + "…" if room > 1 else ""
+    # (a cut inside a character's bytes, "대한민국 지방자치단체의 �", drops that character)
+    return tokenizer.decode(ids[:room]).rstrip("\ufffd").rstrip() + "…" if room > 1 else ""
 
 
 def recover_contexts(

@@ -9,6 +9,7 @@ this route: Continue's autocomplete, LiteLLM's `text-completion-openai/` models,
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import time
 from collections.abc import AsyncIterator
@@ -41,6 +42,10 @@ class _Text:
     logprobs: bool
     offset: int  # characters before the first generated token (the echoed prompt)
     parts: list[str] = field(default_factory=list)
+    chars: int = 0  # characters the generated tokens' bytes have completed so far
+    utf8: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
+    )
     lp: CompletionLogprobs | None = None
 
     def add(self, serving: OpenAIServing, chunk: GenerationChunk) -> CompletionLogprobs | None:
@@ -51,13 +56,19 @@ class _Text:
         entry = serving.token_logprob(chunk)
         top = {alt.token: alt.logprob for alt in entry.top_logprobs}
         top.setdefault(entry.token, entry.logprob)  # always the sampled token (OpenAI's, vLLM's)
+        # where the token's text starts, in characters of the answer: a token holding part
+        # of a character ("bytes:\\xec") starts where that character does; one after a
+        # byte the answer never finished starts after its U+FFFD
+        piece = self.utf8.decode(bytes(entry.bytes or b""))
+        whole = not entry.token.startswith("bytes:") and piece.endswith(entry.token)
+        at = self.chars + (len(piece) - len(entry.token) if whole else 0)
+        self.chars += len(piece)
         new = CompletionLogprobs(
             tokens=[entry.token],
             token_logprobs=[entry.logprob],
             top_logprobs=[top],
-            text_offset=[self.offset],
+            text_offset=[self.offset + at],
         )
-        self.offset += len(entry.token)
         if self.lp is None:
             self.lp = CompletionLogprobs()
         for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):

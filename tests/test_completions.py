@@ -90,6 +90,19 @@ def test_a_continuation_keeps_its_first_space(cm) -> None:
     assert answer(Prompt(head, None, continues=True), stop=[" Paris"]) == ("", "stop")
 
 
+def test_an_answer_cut_inside_a_character_drops_it(cm) -> None:
+    """An answer that ran out of tokens between the bytes of "울" ended in U+FFFD."""
+    tok = cm.tokenizer
+    ids = tok.encode("서울 Seoul")
+    assert tok.decode(ids) == "서울 Seoul"
+    cut = next(n for n in range(1, len(ids)) if tok.decode(ids[:n]).endswith("\ufffd"))
+    stream = TextStream.create(cm, SamplingParams(max_tokens=cut), Prompt([1], None), 4096)
+    chunks = [stream.accept(t) for t in ids[:cut]]
+    text = "".join(c.text for c in chunks)
+    assert chunks[-1].finish_reason == "length"
+    assert "\ufffd" not in text and text == tok.decode(ids[:cut]).rstrip("\ufffd")
+
+
 def test_streamed_echo_logprobs_and_usage(client: openai.OpenAI, server: ServerProcess) -> None:
     whole = client.completions.create(
         model=MODEL, prompt=PROMPT, max_tokens=6, extra_body={"ignore_eos": True}
@@ -126,6 +139,13 @@ def test_streamed_echo_logprobs_and_usage(client: openai.OpenAI, server: ServerP
     got = hot.choices[0].logprobs  # a sampled token outside the top 1 is there as well
     for t, v, top in zip(got.tokens, got.token_logprobs, got.top_logprobs):
         assert top[t] == v and len(top) == (1 if v == max(top.values()) else 2), top
+    korean = client.completions.create(model=MODEL, prompt="서울의 날씨는", max_tokens=12,
+                                       logprobs=0, temperature=2.0, seed=5)  # fmt: skip
+    text, got = korean.choices[0].text, korean.choices[0].logprobs
+    assert any(t.startswith("bytes:") for t in got.tokens)  # (this seed's answer has some)
+    for t, at in zip(got.tokens, got.text_offset):  # each whole token where its offset says
+        assert t.startswith("bytes:") or text[at : at + len(t)] == t, (t, at, text)
+    assert got.text_offset == sorted(got.text_offset) and got.text_offset[-1] <= len(text)
     echoed = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, echo=True)
     assert echoed.choices[0].text.startswith(PROMPT)
 

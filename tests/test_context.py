@@ -107,6 +107,9 @@ def test_fit_context_cuts_to_the_room_left(tok):
     cut = fit_context(tok, ctx, 4)
     assert cut != ctx and len(tok.encode(cut.rstrip("…"), add_special_tokens=False)) <= 5
     assert fit_context(tok, ctx, 0) == ""
+    korean = "대한민국 지방자치단체의 재정 건전성 평가 보고서"  # (a cut inside a syllable's bytes)
+    cuts = [fit_context(tok, korean, n) for n in range(2, 30)]
+    assert all("\ufffd" not in c and korean.startswith(c.rstrip("…")) for c in cuts), cuts
 
 
 def test_recover_contexts_from_the_file_or_from_the_chunks():
