@@ -289,6 +289,9 @@ def test_screen_readers_hear_errors_and_focus_stays_in_place(
     assert page.evaluate("() => document.activeElement.id") in ("question", "stop")
     sync_api.expect(page.locator("#announce")).not_to_be_empty()
     assert answer.get_attribute("aria-label") == "clara's answer"
+    # right-to-left text reads right to left: the browser tells each message's direction
+    assert answer.get_attribute("dir") == "auto" == page.get_attribute("#question", "dir")
+    assert answer.locator(".snippet").first.get_attribute("dir") == "auto"
     names = [b.get_attribute("aria-label") for b in answer.locator("button.source").all()]
     assert names and names[0].startswith("Source 1: bridge.txt") and len(set(names)) == len(names)
     # 200% zoom of a 1280x800 window: the conversation keeps its height, nothing scrolls sideways

@@ -74,6 +74,7 @@ function add(role, text) {
   const div = document.createElement("article"); // who said it, for screen readers too
   div.className = "msg " + role;
   div.setAttribute("aria-label", role === "user" ? "Your question" : "clara's answer");
+  div.dir = "auto"; // Arabic and Hebrew read right to left (the browser tells by the text)
   div.textContent = text;
   $("log").appendChild(div);
   follow(true); // the reader's own question, or the answer to it: show it
@@ -191,13 +192,15 @@ function showSources(div, sources) {
     button.type = "button";
     button.className = "source";
     button.textContent = `${s.filename}${pages(s)} (score ${s.score.toFixed(3)})`;
-    const first = (s.snippet || "").split(/\s+/).slice(0, 6).join(" ");
+    // six words, or (Chinese, Japanese: no spaces) 24 characters
+    const first = [...(s.snippet || "").split(/\s+/).slice(0, 6).join(" ")].slice(0, 24).join("");
     button.setAttribute("aria-label", `Source ${i + 1}: ${s.filename}${pages(s)}, "${first}…"`);
     button.setAttribute("aria-expanded", "false");
     const snippet = document.createElement("div");
     snippet.id = `snippet-${++snippets}`;
     button.setAttribute("aria-controls", snippet.id);
     snippet.className = "snippet";
+    snippet.dir = "auto";
     snippet.textContent = s.snippet;
     snippet.hidden = true;
     if (s.url && s.url.startsWith("file://")) {
