@@ -113,6 +113,30 @@ def test_names_with_hidden_characters_are_cleaned_or_refused(
     client.vector_stores.delete(r.json()["id"])
 
 
+def test_file_names_are_read_as_their_clients_wrote_them(
+    service: ServiceProcess, client: openai.OpenAI
+) -> None:
+    """.NET's HttpClient sends `filename` in ASCII and the real name as `filename*`; browsers
+    write a name's '"' as %22. Before: 'file.txt' and 'quote%22and.txt' were stored, and a
+    part with `filename*` alone was 'missing required parameter: file'."""
+
+    def post(disposition: str) -> httpx.Response:
+        body = (f'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n'
+                f"--B\r\nContent-Disposition: form-data; {disposition}\r\n"
+                f"Content-Type: text/plain\r\n\r\n{WATER}\r\n--B--\r\n").encode()  # fmt: skip
+        headers = {"Authorization": f"Bearer {API_KEY}",
+                   "Content-Type": "multipart/form-data; boundary=B"}  # fmt: skip
+        return httpx.post(f"{service.url}/v1/files", content=body, headers=headers)
+
+    both = post('name="file"; filename="file.txt"; filename*=UTF-8\'\'%ED%9A%8C%EC%9D%98.txt')
+    quoted = post('name="file"; filename="quote%22and.txt"')
+    assert [both.json()["filename"], quoted.json()["filename"]] == ["회의.txt", 'quote"and.txt']
+    for r in (both, quoted):
+        client.files.delete(r.json()["id"])
+    alone = post("name=\"file\"; filename*=UTF-8''%ED%9A%8C%EC%9D%98.txt")
+    assert alone.status_code == 400 and "filename=" in alone.json()["error"]["message"]
+
+
 def test_file_batches_content_and_updates_with_the_sdk(client: openai.OpenAI) -> None:
     """The SDK calls of OpenAI's file_search guide beyond single files: a batch uploaded and
     polled to completion, its files listed, a file's bytes read back, a store renamed, a

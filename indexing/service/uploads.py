@@ -5,17 +5,22 @@ swept at start-up)."""
 from __future__ import annotations
 
 import asyncio
+import email.errors
+import email.header
 import errno
 import os
+import re
 import secrets
 import shutil
 import time
 import unicodedata
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from clara.paths import upload_file_id
@@ -48,6 +53,31 @@ def safe_name(filename: str | None) -> str:
         stem = stem[:-1]
     return stem + suffix
 
+
+def sent_name(upload: UploadFile) -> str | None:
+    """The file name an upload's part gives, as its client meant it: an RFC 5987 `filename*`
+    beside `filename` wins (.NET's HttpClient sends both, the plain one in ASCII or as a MIME
+    encoded word), and the `%22`, `%0D`, `%0A` browsers write for `"`, CR and LF (HTML's
+    form encoding) are those characters again."""
+    name = upload.filename
+    disposition = upload.headers.get("content-disposition", "")
+    m = _EXTENDED.search(disposition)
+    if m:
+        try:
+            return urllib.parse.unquote(m.group(2), encoding=m.group(1), errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            pass
+    if name and name.startswith("=?") and name.endswith("?="):
+        try:
+            name = str(email.header.make_header(email.header.decode_header(name)))
+        except (LookupError, UnicodeDecodeError, email.errors.HeaderParseError):
+            pass
+    if name and "%" in name:
+        name = re.sub("%(22|0[dD]|0[aA])", lambda e: chr(int(e.group(1), 16)), name)
+    return name
+
+
+_EXTENDED = re.compile(r"""filename\*\s*=\s*"?([\w-]+)'[^']*'([^";\s]+)""", re.I)
 
 #: Unicode's text-direction marks, embeddings, overrides and isolates
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -105,8 +135,13 @@ class Uploads:
             raise APIError(400, f"could not read the multipart body: {exc.message}") from None
         try:
             upload, purpose = form.get("file"), form.get("purpose")
-            if upload is None or isinstance(upload, str):
+            if upload is None:
                 raise APIError(400, "missing required parameter: 'file'", param="file")
+            if isinstance(upload, str):  # (RFC 7578: a filename* alone does not make a file)
+                raise APIError(
+                    400, "'file' must be a file part: Content-Disposition: form-data; "
+                    'name="file"; filename="..."', param="file",
+                )  # fmt: skip
             if purpose not in PURPOSES:
                 raise APIError(
                     400, f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}",
@@ -115,7 +150,7 @@ class Uploads:
             if upload.size is not None and upload.size > limit:
                 raise too_large
             rec = FileRecord(
-                f"file-{secrets.token_hex(12)}", safe_name(upload.filename), 0,
+                f"file-{secrets.token_hex(12)}", safe_name(sent_name(upload)), 0,
                 int(time.time()), purpose,
             )  # fmt: skip
             rec.bytes = await asyncio.to_thread(self._save, rec, upload.file)
