@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clara.text import one_line
+from clara.paths import path_text
+from clara.text import one_line, printable
 
 
 class ClaraError(Exception):
@@ -72,7 +73,8 @@ class DocumentError(ClaraError):
         self.path = Path(path)
         self.reason = one_line(reason)
         self.hint = one_line(hint)
-        super().__init__(f"{path}: {self.reason}" + (f": {self.hint}" if self.hint else ""))
+        where = printable(path_text(path))
+        super().__init__(f"{where}: {self.reason}" + (f": {self.hint}" if self.hint else ""))
 
 
 class MissingFileError(DocumentError):

@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from clara.text import printable
+
 # a collection (vector store) name: also its folder under the index root, so no separators
 # (Python: `re.fullmatch`, as `$` alone lets a final newline through; pydantic: `pattern=`)
 COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -68,11 +70,12 @@ def file_sha256(path: str | os.PathLike) -> str | None:
 
 
 def show_path(path: str | os.PathLike | None) -> str:
-    """`path` for a terminal: relative to the working folder when under it, "-" for none."""
+    """`path` for a terminal: relative to the working folder when under it, "-" for none, its
+    control and text-direction characters as escapes."""
     if path is None:
         return "-"
     try:
         rel = os.path.relpath(path)
     except ValueError:
-        return path_text(path)
-    return path_text(rel if not rel.startswith("..") else path)
+        return printable(path_text(path))
+    return printable(path_text(rel if not rel.startswith("..") else path))

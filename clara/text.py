@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
+
+#: Unicode's text-direction marks, embeddings, overrides and isolates
+BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def hidden_char(c: str) -> bool:
+    """A control character (C0, DEL, C1) or a text-direction one (`BIDI`): in a name, a
+    terminal escape ("\\x1b[31m") or a disguise (a right-to-left override shows
+    'invoice_\\u202efdp.txt' as 'invoice_txt.pdf')."""
+    return unicodedata.category(c) == "Cc" or c in BIDI
+
+
+def printable(name: str) -> str:
+    """`name` for a terminal or a log line: its hidden characters as escapes ('\\x1b')."""
+    if not any(hidden_char(c) for c in name):
+        return name
+    return "".join(c.encode("unicode_escape").decode() if hidden_char(c) else c for c in name)
 
 
 def one_line(text: object) -> str:
@@ -11,9 +29,28 @@ def one_line(text: object) -> str:
 
 
 def snippet(text: str, limit: int) -> str:
-    """`text` in one line, cut to at most `limit` characters ending in "…" when longer."""
+    """`text` in one line, cut to at most `limit` characters ending in "…" when longer (never
+    inside what shows as one character: an accent, an emoji sequence, a flag)."""
     flat = one_line(text)
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+    if len(flat) <= limit:
+        return flat
+    end = limit - 1
+    while end > 0 and (_joins(flat[end]) or flat[end - 1] == "\u200d"):
+        end -= 1
+    return flat[:end].rstrip() + "…"
+
+
+def _joins(c: str) -> bool:
+    """Whether `c` belongs to the character before it: a combining mark, a joiner, a
+    variation selector, a skin tone, a flag's tag or second regional letter (roughly)."""
+    o = ord(c)
+    return (
+        unicodedata.category(c).startswith("M")
+        or c in "\u200d\ufe0e\ufe0f"
+        or 0x1F3FB <= o <= 0x1F3FF
+        or 0xE0020 <= o <= 0xE007F
+        or 0x1160 <= o <= 0x11FF  # Hangul vowel and final jamo
+    )
 
 
 def scaled(n: float, units: Sequence[str], step: float, sep: str = "") -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import unicodedata
 from pathlib import Path
 
 from clara.errors import ClaraError
@@ -15,7 +16,7 @@ from indexing.store import Collection, Document
 
 
 def find_documents(
-    col: Collection, target: str, patterns: bool = False, remove: bool = False
+    col: Collection, target: str, patterns: bool = False, remove: bool = False, forms: bool = True
 ) -> list[Document]:
     """Documents named by an id, a file path, or a folder (everything under it); with
     `patterns`, also a glob the shell left as it was (files deleted since they were indexed,
@@ -36,7 +37,13 @@ def find_documents(
     if patterns and GLOB_CHARS.search(target):  # also what was deleted since, or elsewhere
         ids = {d.id for d in found}
         return found + [d for d in _glob_docs(docs, target) if d.id not in ids]
-    return found or _by_tail(docs, target, remove)
+    found = found or _by_tail(docs, target, remove)
+    if not found and forms:  # macOS stores names decomposed ("한" as three jamo), keyboards
+        for form in ("NFC", "NFD"):  # type them composed: the same name in the other form
+            other = unicodedata.normalize(form, target)
+            if other != target and (found := find_documents(col, other, patterns, remove, False)):
+                break
+    return found
 
 
 def _walked(target: str) -> set[str]:

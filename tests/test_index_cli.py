@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -903,3 +904,34 @@ def test_an_add_of_pdfs_without_text_loads_no_model_and_still_checks_its_argumen
     # a PDF whose first page is a scan but whose second has text needs the model: no verdict
     (folder / "mixed.pdf").write_bytes(make_pdf([None, "Text on the second page."]))
     assert preflight(folder / "mixed.pdf") is None
+
+
+def test_names_in_the_other_unicode_form_or_with_hidden_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name stored decomposed (as macOS file names are) is found when typed composed, and
+    the other way round; `list` and `show` print control and text-direction characters as
+    escapes (they coloured the terminal and showed 'invoice_\\u202efdp.txt' as
+    'invoice_txt.pdf')."""
+    import numpy as np
+
+    from indexing.store import ChunkRecord
+    from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
+
+    tree = tmp_path / "docs"
+    tree.mkdir()
+    names = [unicodedata.normalize("NFD", "가나다 메모.txt"), "esc\x1b[31mRED.txt", "invoice_\u202efdp.txt"]  # fmt: skip
+    index = tmp_path / "index"
+    with Collection.open(index, "default", manifest=STORE_MANIFEST, create=True) as col:
+        for i, name in enumerate(names):
+            (tree / name).write_text(f"file {i}\n")
+            memories = np.random.default_rng(i).standard_normal((1, STORE_N_MEM, STORE_D))
+            col.add_document(str((tree / name).resolve()), name, f"sha-{i}",
+                             [ChunkRecord(f"text {i}", n_tokens=3)], memories)  # fmt: skip
+    no_model(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(capsys, "show", "가나다 메모.txt", "--index", index)  # typed: composed
+    assert rc == 0 and "text 0" in out, err
+    rc, out, _ = run(capsys, "list", "--index", index)
+    assert rc == 0 and "esc\\x1b[31mRED.txt" in out and "invoice_\\u202efdp.txt" in out
+    assert "\x1b" not in out and "\u202e" not in out

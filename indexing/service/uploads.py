@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import time
-import unicodedata
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from clara.paths import upload_file_id
+from clara.text import hidden_char
 from clara_cli.http import APIError
 from indexing.durable import sync
 from indexing.service.state import FileRecord
@@ -41,7 +41,7 @@ def safe_name(filename: str | None) -> str:
     control and text-direction characters '_' (a terminal escape in the server's log and
     `clara-index list`; a right-to-left override showing 'x.exe.txt' as 'x.txt.exe')."""
     name = Path((filename or "").replace("\\", "/")).name.replace("\x00", "")
-    name = "".join("_" if _hidden_char(c) else c for c in name)
+    name = "".join("_" if hidden_char(c) else c for c in name)
     if name in ("", ".", ".."):
         return "upload"
     if len(name.encode()) <= MAX_NAME_BYTES:
@@ -78,14 +78,6 @@ def sent_name(upload: UploadFile) -> str | None:
 
 
 _EXTENDED = re.compile(r"""filename\*\s*=\s*"?([\w-]+)'[^']*'([^";\s]+)""", re.I)
-
-#: Unicode's text-direction marks, embeddings, overrides and isolates
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def _hidden_char(c: str) -> bool:
-    """A control character (C0, DEL, C1) or a text-direction one (`_BIDI`)."""
-    return unicodedata.category(c) == "Cc" or c in _BIDI
 
 
 MAX_NAME_BYTES = 200  # of a stored upload's name (the temporary folder adds to its path)
