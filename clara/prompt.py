@@ -91,9 +91,13 @@ def answer_messages(
     background_text: str | None = None,
     history: Sequence[dict] | None = None,
     system: str | None = None,
+    default_system: str | None = SYSTEM_PROMPT,
 ) -> list[dict]:
-    """The question-answering prompt: system, history, `Background: ... Question: ...`."""
-    msgs = [{"role": "system", "content": system or SYSTEM_PROMPT}]
+    """The question-answering prompt: system, history, `Background: ... Question: ...`.
+    Without a `system` of its own, `default_system`; none at all when that is None too (the
+    chat template's own default)."""
+    system = system or default_system
+    msgs = [{"role": "system", "content": system}] if system else []
     msgs += [dict(m) for m in history or []]
     user = (
         question
@@ -314,9 +318,11 @@ def text_prompt(
     chunks: Sequence[str] | None,
     history: Sequence[dict] | None = None,
     system: str | None = None,
+    default_system: str | None = SYSTEM_PROMPT,
 ) -> Prompt:
-    """The same prompt with the chunks' raw text (uncompressed RAG), or no background at all."""
-    text = render_text_prompt(cm.tokenizer, question, chunks, history, system)
+    """The same prompt with the chunks' raw text (uncompressed RAG), or no background at all
+    (`default_system`: see `answer_messages`)."""
+    text = render_text_prompt(cm.tokenizer, question, chunks, history, system, default_system)
     return Prompt(encode(cm.tokenizer, text), None)
 
 
@@ -326,7 +332,9 @@ def render_text_prompt(
     chunks: Sequence[str] | None,
     history: Sequence[dict] | None = None,
     system: str | None = None,
+    default_system: str | None = SYSTEM_PROMPT,
 ) -> str:
     """`text_prompt`'s rendered text, before tokenisation."""
     background_text = "\n".join(chunks) if chunks else None
-    return render(tokenizer, answer_messages(question, background_text, history, system))
+    msgs = answer_messages(question, background_text, history, system, default_system)
+    return render(tokenizer, msgs)

@@ -225,9 +225,10 @@ def create_app(
         "/v1/responses/{response_id}/input_items", response_model=InputItemList, responses=ERRORS
     )
     def response_input_items(
-        response_id: str, request: Request, order: Literal["asc", "desc"] = Query("desc")
-    ):
-        return request.app.state.responses.input_items(response_id, order)
+        response_id: str, request: Request, order: Literal["asc", "desc"] = Query("desc"),
+        limit: int = Query(20, ge=1, le=100), after: str | None = None,
+    ):  # fmt: skip
+        return request.app.state.responses.input_items(response_id, order, limit, after)
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
     async def embeddings(body: EmbeddingRequest, request: Request):

@@ -2,7 +2,8 @@
 
 Fields follow OpenAI's schema and order. CLaRa's additions sit in marked extension blocks:
 request options the official SDK sends through `extra_body`, and response fields (`sources`,
-`retrieval`) that the SDK keeps as extra attributes. Unknown request fields are ignored.
+`retrieval`) that the SDK keeps as extra attributes. Unknown request fields are ignored, as
+vLLM ignores them, and named in the server's log (`note_unknown`).
 
 The OpenAPI schema states exactly what is accepted: OpenAI fields clara cannot honour keep
 their OpenAI type (so `check_supported` can refuse them with a message that names them) but
@@ -11,6 +12,7 @@ the schema narrows them (`only`) to the values that pass: null, false, "none", 0
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,10 +24,23 @@ from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, JSONInt, json_int, valid_unicode
 
+log = logging.getLogger("clara.serve")
+
 
 class _Request(BaseModel):
     # clients send fields we do not know: tolerate; a value of the wrong JSON type is an error
     model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def note_unknown(cls: type[BaseModel], data: Any) -> Any:
+    """A before-validator for a request: fields it does not know are ignored, as vLLM does
+    (clients send other servers' options: `min_p`, `cache_prompt`, ...), and named in the
+    server's log, so that a typo ('max_token') is found there."""
+    if isinstance(data, dict):
+        unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+        if unknown:
+            log.warning("%s: ignored fields not in its API: %s", cls.__name__, ", ".join(unknown))
+    return data
 
 
 def refuse(param: str, what: str) -> NoReturn:
@@ -52,9 +67,17 @@ class _Response(BaseModel):
 class ContentPart(_Request):
     """One part of a message's content; only `{"type": "text", "text": ...}` is readable."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(
+        extra="allow", strict=True, json_schema_extra={"required": ["type", "text"]}
+    )
     type: str = only({"enum": ["text"]})
-    text: str | None = None
+    text: str | None = only({"type": "string"}, default=None)
+
+    @model_validator(mode="after")
+    def _text_needed(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs 'text'")
+        return self
 
 
 #: only an assistant message (one that made tool calls, in OpenAI's API) may leave out content
@@ -87,9 +110,29 @@ class ChatMessage(_Request):
         return self
 
     def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text or "" for part in self.content)
+        if isinstance(self.content, list):  # (parts are lines, as vLLM reads them)
+            return "\n".join(part.text or "" for part in self.content)
         return self.content or ""
+
+
+#: A request's own limits, in its schema: top_logprobs with logprobs, stream_options with
+#: stream (as OpenAI's)
+_STREAM_OPTIONS_NEED_STREAM = {
+    "if": {"properties": {"stream_options": {"type": "object"}}, "required": ["stream_options"]},
+    "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+}
+_CHAT_LIMITS = {
+    "allOf": [
+        _STREAM_OPTIONS_NEED_STREAM,
+        {
+            "if": {
+                "properties": {"top_logprobs": {"type": "integer", "minimum": 1}},
+                "required": ["top_logprobs"],
+            },
+            "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+        },
+    ]
+}
 
 
 class StreamOptions(_Request):
@@ -99,7 +142,10 @@ class StreamOptions(_Request):
 class ChatCompletionRequest(_Request):
     """POST /v1/chat/completions (OpenAI's fields, then CLaRa's extension block)."""
 
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_CHAT_LIMITS)
+
     _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates anywhere
+    _unknown = model_validator(mode="before")(classmethod(note_unknown))
 
     messages: list[ChatMessage] = Field(min_length=1)
     """The model answers the latest user message (an empty question if there is none); the
@@ -123,25 +169,29 @@ class ChatCompletionRequest(_Request):
     prediction: dict[str, Any] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     """Lowers the logit of every token generated at least once by this (OpenAI's)."""
-    reasoning_effort: str | None = None
+    reasoning_effort: str | None = only(NULL, default=None)
     response_format: dict[str, Any] | None = only(
-        {"properties": {"type": {"enum": ["text"]}}}, default=None
+        {"properties": {"type": {"enum": ["text"]}}, "required": ["type"]}, default=None
     )
     seed: JSONInt | None = None
     service_tier: str | None = None
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
     """Up to 16 strings of at most 1000 characters (OpenAI takes 4): each is looked for in
     every new token's text, so an unbounded list slowed the whole decode batch."""
-    store: bool | None = None
+    store: bool | None = only({"enum": [False, None]}, default=None)
+    """Stored chat completions are not kept (the Responses API stores its answers)."""
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    """Only with `stream` (as OpenAI's)."""
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    """Default: the server's --temperature, itself 0 (greedy), not OpenAI's 1."""
     tool_choice: str | dict[str, Any] | None = only({"enum": ["none", None]}, default=None)
     tools: list[dict[str, Any]] | None = only({"maxItems": 0}, default=None)
     top_logprobs: json_int(ge=0, le=20) | None = None
-    """With each token, this many most likely alternatives (implies logprobs)."""
+    """With each token, this many most likely alternatives (with `logprobs: true`)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = None
+    web_search_options: dict[str, Any] | None = only(NULL, default=None)
 
     # ---- CLaRa extensions (the SDK's `extra_body`) ----
     top_k: json_int(ge=0, le=100) | None = None
@@ -180,8 +230,20 @@ class ChatCompletionRequest(_Request):
             refuse("audio", "audio output")
         if any(m != "text" for m in self.modalities or []):
             refuse("modalities", "audio output")
-        if "type" in (self.response_format or {}) and self.response_format["type"] != "text":
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            if "type" not in self.response_format:
+                raise APIError(400, "response_format needs a 'type' ('text')",
+                               param="response_format.type")  # fmt: skip
             refuse("response_format", f"response_format {self.response_format.get('type')!r}")
+        if self.reasoning_effort is not None:
+            refuse("reasoning_effort", "reasoning_effort (this model does not reason)")
+        if self.web_search_options is not None:
+            refuse("web_search_options", "web search")
+        if self.store:
+            refuse("store", "store (stored chat completions; /v1/responses stores answers)")
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        _stream_options_need_stream(self)
         for i, msg in enumerate(self.messages):
             if msg.role in ("tool", "function"):
                 refuse(f"messages.[{i}].role", f"a {msg.role!r} message")
@@ -217,10 +279,16 @@ class ChatCompletionRequest(_Request):
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or defaults.collection,
             max_tokens=self.max_completion_tokens or self.max_tokens or defaults.max_tokens,
-            logprobs=bool(self.logprobs or self.top_logprobs),
+            logprobs=bool(self.logprobs),
             top_logprobs=self.top_logprobs or 0,
             **_sampling(self, defaults),
         )
+
+
+def _stream_options_need_stream(req: ChatCompletionRequest | CompletionRequest) -> None:
+    if req.stream_options is not None and not req.stream:
+        raise APIError(400, "stream_options is only allowed with stream: true",
+                       param="stream_options")  # fmt: skip
 
 
 def _sampling(req: ChatCompletionRequest | CompletionRequest, defaults: ServingDefaults) -> dict:
@@ -410,6 +478,7 @@ class EmbeddingRequest(_Request):
     """POST /v1/embeddings: query-adapter embeddings (flattened, L2-normalised)."""
 
     _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates
+    _unknown = model_validator(mode="before")(classmethod(note_unknown))
 
     input: (
         Annotated[str, Field(min_length=1)]
@@ -491,6 +560,7 @@ _COMPLETION_LIMITS = {
             "if": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
             "then": {"properties": {"prompt": _prompts_at_most(1)}},
         },
+        _STREAM_OPTIONS_NEED_STREAM,
     ]
 }
 
@@ -502,6 +572,7 @@ class CompletionRequest(_Request):
 
     model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_COMPLETION_LIMITS)
     _unicode = model_validator(mode="before")(valid_unicode)
+    _unknown = model_validator(mode="before")(classmethod(note_unknown))
 
     prompt: (
         Annotated[str, Field(min_length=1)]
@@ -551,6 +622,7 @@ class CompletionRequest(_Request):
             refuse("prompt", "several prompts in one stream (stream them one per request)")
         if self.echo and self.logprobs is not None:
             refuse("echo", "echo with logprobs (the prompt's log-probabilities)")
+        _stream_options_need_stream(self)
 
     def prompts(self) -> list[str | list[int]]:
         """The request's prompts: text or token ids each."""

@@ -13,7 +13,7 @@ import numpy as np
 from clara.errors import CollectionNotFoundError
 from clara.model import ClaraModel
 from clara.paths import upload_file_id
-from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
+from clara.prompt import SYSTEM_PROMPT, Prompt, memory_prompt, mixed_prompt, text_prompt
 from indexing.meta import contextual
 from indexing.open_collections import OpenCollections
 from indexing.store import Collection
@@ -107,4 +107,7 @@ class Rag:
             blocks = [mx.array(m) for m in r.memories[MIXED_TEXT:]]
             prompt = mixed_prompt(cm, p.question, chunks[:MIXED_TEXT], blocks, p.history, p.system)
             return prompt, "generator"
-        return text_prompt(cm, p.question, chunks, p.history, p.system), None
+        # asked without retrieval (a chat app's side requests, `NAME-no-retrieval`): the
+        # messages as sent, not clara's "answer ... from the documents"
+        default = SYSTEM_PROMPT if p.retrieval else None
+        return text_prompt(cm, p.question, chunks, p.history, p.system, default), None

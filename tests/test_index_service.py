@@ -260,6 +260,13 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
         "papers", query=WATER, ranking_options=high, extra_body=dense
     )
     assert len(found.data) == 1
+    for body, param in [  # (a fused score's scale is its own: 0.9 silently found nothing)
+        ({"ranking_options": high}, "ranking_options.score_threshold"),
+        ({"rewrite_query": True}, "rewrite_query"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.vector_stores.search("papers", query=WATER, **body)
+        assert err.value.body["param"] == param
 
     removed = client.vector_stores.files.delete(file_id=water.id, vector_store_id="papers")
     assert (removed.id, removed.deleted, removed.object) == (

@@ -297,6 +297,23 @@ def test_output_text_logprobs_plain_and_streamed(client: openai.OpenAI) -> None:
     ]
     plain = client.responses.create(model=MODEL, input=DOCS[2][1], store=False)
     assert plain.output[0].content[0].logprobs == []
+    # top_logprobs alone: `include` asks for them (they came back before)
+    unasked = client.responses.create(model=MODEL, input=DOCS[2][1], top_logprobs=2, store=False)
+    assert unasked.output[0].content[0].logprobs == []
+
+
+def test_input_items_come_in_pages(client: openai.OpenAI) -> None:
+    """`limit` and `after` were ignored: every item came back, has_more false."""
+    turns = [{"role": "user", "content": f"Question {i}?"} for i in range(3)]
+    r = client.responses.create(model=MODEL, input=turns, max_output_tokens=1, tool_choice="none")
+    first = client.responses.input_items.list(r.id, limit=1, order="asc")
+    assert [i.content[0].text for i in first.data] == ["Question 0?"] and first.has_more
+    rest = client.responses.input_items.list(r.id, limit=5, order="asc", after=first.last_id)
+    assert [i.content[0].text for i in rest.data] == ["Question 1?", "Question 2?"]
+    assert not rest.has_more
+    newest = client.responses.input_items.list(r.id, limit=1)  # desc by default
+    assert [i.content[0].text for i in newest.data] == ["Question 2?"]
+    client.responses.delete(r.id)
 
 
 def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> None:

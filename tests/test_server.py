@@ -107,6 +107,32 @@ def test_the_no_retrieval_model_answers_without_the_documents(client: openai.Ope
     assert [item.type for item in resp.output] == ["message"]
 
 
+def test_without_retrieval_the_messages_are_read_as_sent(
+    server: ServerProcess, client: openai.OpenAI, cm
+) -> None:
+    """Asked without retrieval, the model read clara's "Answer the question as briefly as
+    possible from the documents." as its system prompt ("Hi" got "I'm not familiar with the
+    document you requested"). It now reads the messages as sent; text parts are lines; a
+    field the API does not have is named in the server's log."""
+    bare = MODEL + "-no-retrieval"
+    parts = [{"type": "text", "text": "Hello"}, {"type": "text", "text": "world"}]
+    for messages, sent in [
+        (ask("Hi"), ask("Hi")),
+        ([{"role": "system", "content": "Be terse."}, *ask("Hi")], None),
+        ([{"role": "user", "content": parts}], ask("Hello\nworld")),
+    ]:
+        sent = sent or messages
+        want = len(cm.tokenizer.apply_chat_template(sent, add_generation_prompt=True))
+        got = client.chat.completions.create(model=bare, messages=messages, max_tokens=1)
+        assert got.usage.prompt_tokens == want, messages
+    r = post(server, "/v1/chat/completions", {"messages": ask("Hi"), "max_token": 3, "top_k": 0})
+    assert r.status_code == 200
+    deadline = time.time() + 5
+    while "ignored fields not in its API: max_token" not in server.log() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "ignored fields not in its API: max_token" in server.log()
+
+
 def test_base_model_id_is_accepted(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
     resp = client.chat.completions.create(
         model=str(tiny_llama_dir), messages=ask("hello"), max_tokens=2
@@ -565,6 +591,18 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
         ),
         ({"messages": ask("hi"), "response_format": {"type": "json_object"}}, "response_format"),
         ({"messages": ask("hi"), "collection": "../etc"}, "collection"),
+        # an OpenAI-parameters audit: each was answered as if it had not been sent
+        ({"messages": ask("hi"), "response_format": {"json_schema": {}}}, "response_format.type"),
+        ({"messages": ask("hi"), "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": ask("hi"), "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": ask("hi"), "logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": ask("hi"), "reasoning_effort": "high"}, "reasoning_effort"),
+        ({"messages": ask("hi"), "web_search_options": {}}, "web_search_options"),
+        ({"messages": ask("hi"), "store": True}, "store"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages.[0].content.[0]",
+        ),
     ],
 )
 def test_invalid_or_unsupported_requests_are_400(server: ServerProcess, body: dict, param) -> None:

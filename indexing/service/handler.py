@@ -551,6 +551,14 @@ class IndexService:
             raise APIError(400, "attribute filters are not supported here", param="filters")
         col = await asyncio.to_thread(self.reader, store_id)
         threshold = (body.ranking_options.score_threshold if body.ranking_options else None) or 0
+        if threshold and body.retrieval_mode != "dense":
+            raise APIError(
+                400, f"score_threshold is on the dense scores' scale (0 to 1): send it with "
+                f"retrieval_mode 'dense' (a {body.retrieval_mode} score has a scale of its own)",
+                param="ranking_options.score_threshold",
+            )  # fmt: skip
+        if body.rewrite_query:
+            raise APIError(400, "rewrite_query is not supported here", param="rewrite_query")
         k = body.max_num_results
 
         def encode(cm: Any) -> tuple[np.ndarray, int]:

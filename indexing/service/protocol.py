@@ -191,7 +191,26 @@ MAX_QUERY_CHARS = 16384
 MAX_QUERIES = 64
 
 
+#: A score_threshold is a dense score's (0 to 1): the fused and BM25 scores have scales of
+#: their own (a hybrid score of 0.03 may be the best), so elsewhere it must be 0 or null.
+_THRESHOLD_IS_DENSE = {
+    "if": {"not": {"properties": {"retrieval_mode": {"const": "dense"}}, "required": ["retrieval_mode"]}},
+    "then": {
+        "properties": {
+            "ranking_options": {
+                "anyOf": [
+                    {"type": "null"},
+                    {"properties": {"score_threshold": {"anyOf": [{"type": "null"}, {"maximum": 0}]}}},
+                ]
+            }
+        }
+    },
+}  # fmt: skip
+
+
 class SearchRequest(_Request):
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_THRESHOLD_IS_DENSE)
+
     query: (
         Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
         | Annotated[
@@ -204,11 +223,13 @@ class SearchRequest(_Request):
     """Attribute filters are not supported (null only)."""
     max_num_results: json_int(ge=1, le=50) = 10
     ranking_options: RankingOptions | None = None
-    rewrite_query: bool | None = None
+    rewrite_query: bool | None = Field(default=None, json_schema_extra={"enum": [False, None]})
+    """Query rewriting is not supported (false or null only)."""
     # ---- CLaRa extension (the SDK's `extra_body`) ----
     retrieval_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
     """"hybrid" fuses "dense" (query adapter vs memories) and "lexical" (BM25) rankings;
-    `score` is then the fused score, and `score_threshold` applies to it."""
+    `score` is then the fused score. `ranking_options.score_threshold` (0 to 1) is for
+    "dense" scores: elsewhere a 400, since a fused score of 0.03 may be the best."""
 
 
 class TextContent(BaseModel):

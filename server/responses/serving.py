@@ -83,13 +83,21 @@ class ResponsesServing:
             raise _not_found(response_id)
         return ResponseDeleted(id=response_id)
 
-    def input_items(self, response_id: str, order: str = "desc") -> InputItemList:
+    def input_items(
+        self, response_id: str, order: str = "desc", limit: int = 20, after: str | None = None
+    ) -> InputItemList:
+        """A page of the items a response was asked with (OpenAI's: `limit` of them after the
+        cursor item `after`, newest first unless `order` is "asc")."""
         items = self.store.input_items(response_id)
         if items is None:
             raise _not_found(response_id)
         items = items[::-1] if order == "desc" else items
+        ids = [item["id"] for item in items]
+        if after in ids:
+            items = items[ids.index(after) + 1 :]
+        items, more = items[:limit], len(items) > limit
         first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)
-        return InputItemList(data=items, first_id=first, last_id=last)
+        return InputItemList(data=items, first_id=first, last_id=last, has_more=more)
 
     # ---- request -> chat job ---------------------------------------------------------------
     def _turn_items(self, req: ResponseCreateRequest) -> list[dict[str, Any]]:
@@ -178,8 +186,8 @@ class ResponsesServing:
             top_p=req.top_p,
             mode=req.mode,
             retrieval_mode=req.retrieval_mode,
-            logprobs="message.output_text.logprobs" in (req.include or []),
-            top_logprobs=req.top_logprobs,
+            logprobs=(lp := "message.output_text.logprobs" in (req.include or [])),
+            top_logprobs=req.top_logprobs if lp else None,  # (asked for by `include` only)
         )
         if req.tool_choice == "none" or bare:
             chat.retrieval = False
