@@ -407,8 +407,16 @@ def recompress(
             staging_root, name, manifest, create=True, index_type=old.manifest.index_type
         )
         with new:
-            done = {(d.path, d.name, d.sha256) for d in new.list_documents()}
-            for d in old.list_documents():
+            current = old.list_documents()
+            keys = {(d.path, d.name, d.sha256) for d in current}
+            done = set()
+            for staged in new.list_documents():  # an interrupted run's
+                key = (staged.path, staged.name, staged.sha256)
+                if key in keys:
+                    done.add(key)
+                else:  # removed or changed since: it would come back with the swap
+                    new.remove_document(staged.id)
+            for d in current:
                 if (d.path, d.name, d.sha256) in done:
                     continue
                 chunks = old.document_chunks(d.id)

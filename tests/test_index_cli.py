@@ -467,6 +467,42 @@ def test_recompress_after_a_writer_died_with_faiss_behind(
     assert rc == 0 and top["text"] == target and top["score"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_a_resumed_recompress_leaves_out_what_was_removed_meanwhile(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path
+) -> None:
+    """An interrupted `rebuild --recompress` keeps what it staged, to resume. A document
+    removed (or changed) before the next run came back with the swap, beside its new
+    version: 11 documents for 9."""
+    from clara.checkpoint import load_clara
+    from indexing.pipeline import FileResult, recompress
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    steps = recompress(load_clara(tiny_llama_q4_dir, None, dtype=None), index, "default")
+    first = next(r for r in steps if isinstance(r, FileResult))
+    steps.close()  # interrupted after one document
+    rc, _, err = run(capsys, "remove", str(first.path), "--index", index)
+    assert rc == 0, err
+    first.path.unlink()
+    changed = next(p for p in sorted(folder.glob("*.txt")) if p != first.path)
+    changed.write_text("A changed text about the stone bridge. " * 4)
+    run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+
+    def documents() -> list[tuple[str, list[str]]]:
+        with Collection.open(index, "default", readonly=True) as col:
+            docs = col.list_documents()
+            return sorted((d.name, [c.text for c in col.document_chunks(d.id)]) for d in docs)
+
+    before = documents()
+    assert len(before) == 2 and first.path.name not in dict(before)
+    rc, out, err = run(
+        capsys, "rebuild", "--recompress", "--model", tiny_llama_q4_dir, "--index", index, "--json"
+    )
+    assert rc == 0, err
+    assert documents() == before
+
+
 def test_bad_arguments_are_refused_before_anything_is_written(
     capsys, tmp_path: Path, corpus: Path, tiny_llama_dir: Path
 ) -> None:
