@@ -50,9 +50,12 @@ Run `clara-index COMMAND --help` for each command's options and examples.""",
   clara-index add 'notes/**/*.md' report.pdf    # globs and files
   clara-index add secret.pdf --password hunter2 --collection private
   clara-index add docs --checkpoint runs/s3/final --batch-size 4   # your clara-train --out
+  clara-index add ~/papers --prune              # and drop what was deleted or renamed there
 
 Files already indexed with the same content are skipped; a changed file replaces its old
-chunks. Each file that cannot be read gets one error line; the others still go in (exit 1).""",
+chunks. Each file that cannot be read gets one error line; the others still go in (exit 1).
+Documents indexed from a folder named here whose files are gone (deleted, renamed, moved) are
+listed, and removed with --prune; otherwise they are still searched.""",
     "remove": """examples:
   clara-index remove doc-1a2b3c4d5e6f
   clara-index remove ~/papers/report.pdf ~/papers/old/   # a file; everything under a folder
@@ -182,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = command("add", "index files, folders and globs", "where", "out", "quiet", "model")
     add.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or glob patterns")
     add.add_argument("--password", default=None, help="password of encrypted PDFs")
+    add.add_argument(
+        "--prune", action="store_true",
+        help="remove documents indexed from the folders named whose files no longer exist",
+    )  # fmt: skip
     chunk = add.add_argument_group("chunking and compression")
     chunk.add_argument(
         "--chunk-tokens",

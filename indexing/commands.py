@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError, DamagedCollectionError, DocumentError
-from clara.paths import index_root, show_path
+from clara.paths import index_root, path_text, show_path
 from clara.text import scaled, snippet
 from clara_cli.common import model_dtype, progress_bar
 from indexing.pipeline import (
@@ -173,6 +174,10 @@ def cmd_add(args: argparse.Namespace) -> int:
             _check_model_args(args, col)  # a bad --checkpoint is an error even with nothing to do
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model
         results += _run_add(args, events, len(paths))
+        gone = _gone(col, args.paths) if col is not None else []
+        if args.prune:
+            for d in gone:
+                col.remove_document(d.id)
     finally:
         if col is not None:
             col.close()
@@ -187,13 +192,37 @@ def cmd_add(args: argparse.Namespace) -> int:
             "chunks": chunks, "seconds": round(seconds, 3), "model_load_s": round(load_s, 3),
             "chunks_per_s": round(rate, 2),
             "files": [r.to_dict() for r in results],
+            "gone": [d.path for d in gone], "pruned": len(gone) if args.prune else 0,
         })  # fmt: skip
     else:
+        if gone:
+            names = ", ".join(show_path(d.path) for d in gone[:5])
+            more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+            n = f"{len(gone)} document{'s' * (len(gone) != 1)}"
+            print(
+                f"{PROG}: {n} {'were' if len(gone) != 1 else 'was'} indexed from files no longer "
+                f"there ({names}{more}): "
+                + ("removed" if args.prune else "still searched; add --prune to remove them"),
+                file=sys.stderr,
+            )
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "added")
         loaded = f", model load {load_s:.1f}s" if load_s else ""
         noun = "chunk" if chunks == 1 else "chunks"
         print(f"{summary}: {chunks} {noun} in {seconds:.1f}s ({rate:.1f} chunks/s{loaded})")
     return 1 if counts["failed"] else 0
+
+
+def _gone(col: Collection, targets: list[str]) -> list[Any]:
+    """The collection's documents from under the folders in `targets` whose files are gone:
+    deleted, renamed or moved away since they were indexed."""
+    folders = [path_text(Path(t).expanduser().resolve()) for t in targets if os.path.isdir(t)]
+    if not folders:
+        return []
+    under = tuple(f.rstrip(os.sep) + os.sep for f in folders)
+    return [
+        d for d in col.list_documents()
+        if d.path and d.path.startswith(under) and not os.path.lexists(d.path)
+    ]  # fmt: skip
 
 
 def _check_model_args(args: argparse.Namespace, col: Collection | None) -> None:

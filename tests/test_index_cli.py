@@ -971,3 +971,29 @@ def test_names_in_the_other_unicode_form_or_with_hidden_characters(
     rc, out, _ = run(capsys, "list", "--index", index)
     assert rc == 0 and "esc\\x1b[31mRED.txt" in out and "invoice_\\u202efdp.txt" in out
     assert "\x1b" not in out and "\u202e" not in out
+
+
+def test_files_gone_from_a_folder_are_named_and_pruned(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A renamed, moved or deleted file stayed in the index for good, searched beside its
+    new name, and `add` of its folder said nothing of it."""
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    paths = write_corpus(folder, n=3)
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
+    run(capsys, "add", folder, *args)
+    paths[0].rename(folder / "renamed.txt")
+    paths[1].unlink()
+    rc, out, err = run(capsys, "add", folder, *args, "--json")
+    report = json.loads(out)
+    assert rc == 0 and report["added"] == 1 and report["pruned"] == 0
+    assert sorted(report["gone"]) == sorted(str(p.resolve()) for p in paths[:2])
+    rc, out, err = run(capsys, "add", folder, *args)
+    assert "2 documents were indexed from files no longer there" in err
+    assert "add --prune to remove them" in err
+    assert set(docs_of(index)) == {"doc00.txt", "doc01.txt", "doc02.txt", "renamed.txt"}
+    rc, out, err = run(capsys, "add", folder, *args, "--prune")
+    assert rc == 0 and "removed" in err
+    assert set(docs_of(index)) == {"doc02.txt", "renamed.txt"}
+    rc, out, err = run(capsys, "add", folder, *args)
+    assert "no longer there" not in err
