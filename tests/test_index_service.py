@@ -318,6 +318,37 @@ def test_detach_after_a_restart_elsewhere_removes_the_chunks(tiny_llama_dir, tmp
         assert found[0].attributes["topic"] == "water"
         client.vector_stores.files.delete(file_id=water.id, vector_store_id="rel")
         assert client.vector_stores.search("rel", query=WATER).data == []
+        again = upload(client, "again.txt", WATER)
+        assert attach(client, "rel", again.id).status == "completed"
+    finally:
+        proc.stop()
+    # the whole folder moved (another disk, a new CLARA_HOME), recompressed there: stored
+    # paths name the old place. Before: each upload was listed twice, the second time
+    # without its file id, and detaching it said deleted but left its chunks searchable.
+    moved = tmp_path / "elsewhere" / "index"
+    moved.parent.mkdir()
+    idx.rename(moved)
+    argv = ["rebuild", "--recompress", "--model", str(tiny_llama_dir), "--index", str(moved)]
+    assert index_cli.main([*argv, "--collection", "rel"]) == 0
+    proc, client = start(str(moved))
+    try:
+        assert [f.id for f in client.vector_stores.files.list("rel")] == [again.id]
+        found = client.vector_stores.search("rel", query=WATER).data
+        assert [f.file_id for f in found] == [again.id]
+        client.vector_stores.files.delete(file_id=again.id, vector_store_id="rel")
+        assert client.vector_stores.search("rel", query=WATER).data == []
+        third = upload(client, "third.txt", WATER)
+        assert attach(client, "rel", third.id).status == "completed"
+    finally:
+        proc.stop()
+    # removed with clara-index: no longer listed (it was, as completed, and counted)
+    assert (
+        index_cli.main(["remove", "third.txt", "--index", str(moved), "--collection", "rel"]) == 0
+    )
+    proc, client = start(str(moved))
+    try:
+        assert list(client.vector_stores.files.list("rel")) == []
+        assert client.vector_stores.retrieve("rel").file_counts.completed == 0
     finally:
         proc.stop()
 

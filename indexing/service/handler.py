@@ -390,9 +390,14 @@ class IndexService:
         """Attached uploads (any status) + documents that `clara-index add` put there."""
         col = self.reader(store_id)
         links = {link.file_id: link for link in self.registry.links(store_id=store_id)}
-        out = [self._link_object(link) for link in links.values()]
+        docs = col.list_documents()
+        there = {d.id for d in docs} | {self.uploads.file_id_of(d.path) for d in docs}
+        out = [  # (not a finished one whose document `clara-index remove` took away)
+            self._link_object(link) for link in links.values()
+            if link.status != "completed" or link.doc_id in there or link.file_id in there
+        ]  # fmt: skip
         row_bytes = col.manifest.n_mem * col.manifest.hidden_size * 2
-        for doc in col.list_documents():
+        for doc in docs:
             if self.uploads.file_id_of(doc.path) in links:
                 continue
             attributes = {"filename": doc.name, **({"path": doc.path} if doc.path else {})}
@@ -454,6 +459,9 @@ class IndexService:
                     doc = col.document(link.doc_id)
                 if doc is None and rec is not None:
                     doc = col.find_by_path(str(self.uploads.path(rec)))
+                if doc is None and rec is not None:  # indexed under a CLARA_HOME moved since
+                    found = (d for d in col.list_documents() if self.uploads.file_id_of(d.path) == rec.id)  # fmt: skip
+                    doc = next(found, None)
                 if doc is None and doc_id is not None:
                     doc = col.document(doc_id)
             if doc is not None:
