@@ -277,26 +277,40 @@ def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]
     """Consume the pipeline's events: progress bar (files, chunks/s), one line per file."""
     start = time.perf_counter()
     results: list[FileResult] = []
-    done_chunks = 0
     with progress_bar(n_files, desc="indexing", unit="file", quiet=args.quiet) as bar:
-        for event in events:
-            if isinstance(event, Progress):
-                done_chunks += event.chunks
-                rate = done_chunks / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix_str(f"{done_chunks} chunks, {rate:.1f} chunks/s")
-                continue
-            results.append(event)
-            bar.update(1)
-            if event.error is not None:
-                bar.write(f"{PROG}: {event.error}", file=sys.stderr)
-                continue
-            for warning in event.warnings:
-                bar.write(f"{PROG}: warning: {show_path(event.path)}: {warning}", file=sys.stderr)
-            if not args.quiet and not args.json:
-                parts = [f"{_n(event.chunks, 'chunk')}, {event.doc_id}"] if event.doc_id else []
-                what = "; ".join(parts + ([event.detail] if event.detail else []))
-                bar.write(f"{event.status:<10} {show_path(event.path)}  ({what})", file=sys.stdout)
+        try:
+            _take_events(args, events, results, bar, start)
+        except KeyboardInterrupt:  # (Ctrl-C: run_main says "interrupted" and exits 130)
+            kept = sum(r.status in ("added", "replaced") for r in results)
+            bar.write(
+                f"{PROG}: stopped; the {_n(kept, 'file')} indexed in this run stay indexed, and "
+                "a file cut short resumes where it was: run the same command again to go on",
+                file=sys.stderr,
+            )
+            raise
     return results
+
+
+def _take_events(args: argparse.Namespace, events, results: list, bar, start: float) -> None:
+    """`_run_add`'s loop: each file's result into `results` as it comes."""
+    done_chunks = 0
+    for event in events:
+        if isinstance(event, Progress):
+            done_chunks += event.chunks
+            rate = done_chunks / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{done_chunks} chunks, {rate:.1f} chunks/s")
+            continue
+        results.append(event)
+        bar.update(1)
+        if event.error is not None:
+            bar.write(f"{PROG}: {event.error}", file=sys.stderr)
+            continue
+        for warning in event.warnings:
+            bar.write(f"{PROG}: warning: {show_path(event.path)}: {warning}", file=sys.stderr)
+        if not args.quiet and not args.json:
+            parts = [f"{_n(event.chunks, 'chunk')}, {event.doc_id}"] if event.doc_id else []
+            what = "; ".join(parts + ([event.detail] if event.detail else []))
+            bar.write(f"{event.status:<10} {show_path(event.path)}  ({what})", file=sys.stdout)
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

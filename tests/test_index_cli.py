@@ -997,3 +997,25 @@ def test_files_gone_from_a_folder_are_named_and_pruned(
     assert set(docs_of(index)) == {"doc02.txt", "renamed.txt"}
     rc, out, err = run(capsys, "add", folder, *args)
     assert "no longer there" not in err
+
+
+def test_ctrl_c_during_add_says_what_is_kept(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """Ctrl-C said only "interrupted": not that what was indexed stays, nor what to do."""
+    from indexing.pipeline import FileResult, Indexer
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    run_files = Indexer.run
+
+    def one_then_ctrl_c(self, sources):
+        for event in run_files(self, sources):
+            yield event
+            if isinstance(event, FileResult):
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(Indexer, "run", one_then_ctrl_c)
+    rc, _, err = run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    assert rc == 130 and "the 1 file indexed in this run stay indexed" in err
+    assert "run the same command again to go on" in err and len(docs_of(index)) == 1
