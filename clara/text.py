@@ -35,14 +35,27 @@ def snippet(text: str, limit: int) -> str:
     if len(flat) <= limit:
         return flat
     end = limit - 1
-    while end > 0 and (_joins(flat[end]) or flat[end - 1] == "\u200d"):
+    while end > 0 and (
+        _joins(flat[end])
+        or flat[end - 1] == "\u200d"
+        or unicodedata.name(flat[end - 1], "").endswith("VIRAMA")  # a conjunct: क्ष
+        or _flag_half(flat, end)
+    ):
         end -= 1
     return flat[:end].rstrip() + "…"
 
 
+def _flag_half(text: str, end: int) -> bool:
+    """Whether `end` falls between the two regional letters of a flag (🇰|🇷)."""
+    n = 0
+    while end - n > 0 and 0x1F1E6 <= ord(text[end - n - 1]) <= 0x1F1FF:
+        n += 1
+    return n % 2 == 1 and end < len(text) and 0x1F1E6 <= ord(text[end]) <= 0x1F1FF
+
+
 def _joins(c: str) -> bool:
     """Whether `c` belongs to the character before it: a combining mark, a joiner, a
-    variation selector, a skin tone, a flag's tag or second regional letter (roughly)."""
+    variation selector, a skin tone, a flag's tag (roughly: see `snippet`)."""
     o = ord(c)
     return (
         unicodedata.category(c).startswith("M")

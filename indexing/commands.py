@@ -215,14 +215,19 @@ def cmd_add(args: argparse.Namespace) -> int:
 def _gone(col: Collection, targets: list[str]) -> list[Any]:
     """The collection's documents from under the folders in `targets` whose files are gone:
     deleted, renamed or moved away since they were indexed."""
-    folders = [path_text(Path(t).expanduser().resolve()) for t in targets if os.path.isdir(t)]
+    folders = [Path(t).expanduser().resolve() for t in targets]
+    folders = [f for f in folders if f.is_dir()]
     if not folders:
         return []
-    under = tuple(f.rstrip(os.sep) + os.sep for f in folders)
-    return [
+    under = tuple(path_text(f).rstrip(os.sep) + os.sep for f in folders)
+    missing = [
         d for d in col.list_documents()
         if d.path and d.path.startswith(under) and not os.path.lexists(d.path)
     ]  # fmt: skip
+    if missing:  # a stored path is text: a name that is not UTF-8 has `\xNN` escapes there
+        there = {path_text(os.path.join(r, f)) for x in folders for r, _, fs in os.walk(x) for f in fs}  # fmt: skip
+        missing = [d for d in missing if d.path not in there]
+    return missing
 
 
 def _check_model_args(args: argparse.Namespace, col: Collection | None) -> None:
@@ -282,9 +287,12 @@ def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]
             _take_events(args, events, results, bar, start)
         except KeyboardInterrupt:  # (Ctrl-C: run_main says "interrupted" and exits 130)
             kept = sum(r.status in ("added", "replaced") for r in results)
+            kept_text = (
+                f"the {_n(kept, 'file')} indexed in this run stay" if kept else "nothing was"
+            )
             bar.write(
-                f"{PROG}: stopped; the {_n(kept, 'file')} indexed in this run stay indexed, and "
-                "a file cut short resumes where it was: run the same command again to go on",
+                f"{PROG}: stopped; {kept_text} indexed, and a file cut short resumes where it "
+                "was: run the same command again to go on",
                 file=sys.stderr,
             )
             raise

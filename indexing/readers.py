@@ -311,9 +311,9 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
             text = data.decode(declared)
         except UnicodeDecodeError:  # a few bad bytes keep the declaration; many drop it
             text = data.decode(declared, "replace")
-            bad = text.count("\ufffd") - data.count("\ufffd".encode())
+            bad = text.count("\ufffd")
             if bad <= max(2, len(text) // 1000) and _looks_like_text(text):
-                return text, [f"{bad} bytes are not {declared} and were read as U+FFFD"]
+                return text, [f"{bad} characters are not {declared} and were read as U+FFFD"]
         except LookupError:
             pass  # the declaration is wrong: read it as any other file
         else:
@@ -443,38 +443,34 @@ def _guess_east_asian(data: bytes) -> tuple[str, str] | None:
 
     Read as cp1252, such files pass for accented Latin ("Author: ±èÃ¶¼ö" for 김철수), so
     they are told first: the bytes valid in one of `_EAST_ASIAN`, its non-ASCII characters
-    CJK ones, and one sign that the file is not Western European text that happens to fit
-    (German "Grüße aus München" is valid GB18030): its non-ASCII bytes all in pairs,
-    charset-normalizer preferring the CJK reading to cp1252's, or cp1252's reading being
-    mostly symbols where Western text has letters ("—é–Ø" for 鈴木). A few names in English
-    text may fit Korean and Chinese alike: the pick is a guess, and the caller says so."""
+    CJK ones, and a sign that the file is no Western European text that happens to fit
+    (German "Grüße aus München" is valid GB18030, "Ça marche." Big5): its non-ASCII bytes
+    all in pairs, or cp1252's reading of them mostly symbols where Western text has letters
+    ("—é–Ø" for 鈴木). charset-normalizer picks among the encodings that fit. A few names in
+    English text may fit Korean and Chinese alike: the pick is a guess, and the caller says
+    so."""
+    sample = data[:65536]
+    runs = _HIGH_RUNS.findall(sample)
+    high = [c for c in sample.decode("cp1252", "replace") if ord(c) > 0x7F]
+    if any(len(r) % 2 for r in runs) and sum(c.isalpha() for c in high) >= 0.6 * len(high):
+        return None
     fits = []
     for name in _EAST_ASIAN:
         try:
             text = data.decode(name)
         except UnicodeDecodeError:
             continue
-        high = [c for c in text if ord(c) > 0x7F and not c.isspace()]
-        if high and sum(1 for c in high if _CJK_LETTER.match(c)) >= 0.8 * len(high):
+        chars = [c for c in text[:32768] if ord(c) > 0x7F and not c.isspace()]
+        if chars and sum(1 for c in chars if _CJK_LETTER.match(c)) >= 0.8 * len(chars):
             fits.append(name)
     if not fits:
         return None
-    from charset_normalizer import from_bytes
+    name = fits[0]
+    if len(fits) > 1:
+        from charset_normalizer import from_bytes
 
-    best = from_bytes(data, cp_isolation=["cp1252", *fits]).best()
-    if best is not None and best.encoding in fits:
-        name = best.encoding
-    else:
-        runs = _HIGH_RUNS.findall(data[:65536])
-        western = data.decode("cp1252", "replace")
-        high = [c for c in western if ord(c) > 0x7F]
-        letters = sum(1 for c in high if c.isalpha())
-        if any(len(r) % 2 for r in runs) and letters >= 0.6 * len(high):
-            return None
-        name = fits[0]
-        if len(fits) > 1:
-            among = from_bytes(data, cp_isolation=fits).best()
-            name = among.encoding if among is not None and among.encoding in fits else name
+        best = from_bytes(data, cp_isolation=fits).best()
+        name = best.encoding if best is not None and best.encoding in fits else name
     text = data.decode(name)
     return (name, text) if _looks_like_text(text) else None
 
@@ -525,9 +521,8 @@ def clean_pdf_text(text: str) -> str:
     return _CJK_WRAP.sub("", text).strip()
 
 
-_CJK_WRAP = re.compile(
-    r"(?<=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])\n"
-    r"(?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])"
+_CJK_WRAP = re.compile(  # (not Korean: it spaces its words, and wraps between them)
+    r"(?<=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff])\n(?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff])"
 )
 
 

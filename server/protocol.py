@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
+from clara.text import printable
 from clara_cli.http import APIError, JSONInt, json_int, valid_unicode
 
 log = logging.getLogger("clara.serve")
@@ -35,12 +36,20 @@ class _Request(BaseModel):
 def note_unknown(cls: type[BaseModel], data: Any) -> Any:
     """A before-validator for a request: fields it does not know are ignored, as vLLM does
     (clients send other servers' options: `min_p`, `cache_prompt`, ...), and named in the
-    server's log, so that a typo ('max_token') is found there."""
+    server's log, once for each set of them, so that a typo ('max_token') is found there."""
     if isinstance(data, dict):
-        unknown = sorted(str(k) for k in data if k not in cls.model_fields)
-        if unknown:
-            log.warning("%s: ignored fields not in its API: %s", cls.__name__, ", ".join(unknown))
+        unknown = tuple(sorted(str(k) for k in data if k not in cls.model_fields))
+        if unknown and (cls.__name__, unknown) not in _NOTED:
+            if len(_NOTED) >= 256:
+                _NOTED.clear()
+            _NOTED.add((cls.__name__, unknown))
+            names = ", ".join(printable(k[:64]) for k in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            log.warning("%s: ignored fields not in its API: %s%s", cls.__name__, names, more)
     return data
+
+
+_NOTED: set[tuple[str, tuple[str, ...]]] = set()  # (request, unknown fields) already logged
 
 
 def refuse(param: str, what: str) -> NoReturn:
@@ -169,7 +178,8 @@ class ChatCompletionRequest(_Request):
     prediction: dict[str, Any] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     """Lowers the logit of every token generated at least once by this (OpenAI's)."""
-    reasoning_effort: str | None = only(NULL, default=None)
+    reasoning_effort: str | None = only({"enum": [None, "none", "minimal"]}, default=None)
+    """This model does not reason: "none" and "minimal" pass, more is a 400."""
     response_format: dict[str, Any] | None = only(
         {"properties": {"type": {"enum": ["text"]}}, "required": ["type"]}, default=None
     )
@@ -178,8 +188,8 @@ class ChatCompletionRequest(_Request):
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
     """Up to 16 strings of at most 1000 characters (OpenAI takes 4): each is looked for in
     every new token's text, so an unbounded list slowed the whole decode batch."""
-    store: bool | None = only({"enum": [False, None]}, default=None)
-    """Stored chat completions are not kept (the Responses API stores its answers)."""
+    store: bool | None = None
+    """Ignored, as vLLM ignores it: nothing is kept (the Responses API stores answers)."""
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     """Only with `stream` (as OpenAI's)."""
@@ -235,12 +245,10 @@ class ChatCompletionRequest(_Request):
                 raise APIError(400, "response_format needs a 'type' ('text')",
                                param="response_format.type")  # fmt: skip
             refuse("response_format", f"response_format {self.response_format.get('type')!r}")
-        if self.reasoning_effort is not None:
+        if self.reasoning_effort not in (None, "none", "minimal"):
             refuse("reasoning_effort", "reasoning_effort (this model does not reason)")
         if self.web_search_options is not None:
             refuse("web_search_options", "web search")
-        if self.store:
-            refuse("store", "store (stored chat completions; /v1/responses stores answers)")
         if self.top_logprobs and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         _stream_options_need_stream(self)

@@ -980,6 +980,8 @@ def test_files_gone_from_a_folder_are_named_and_pruned(
     new name, and `add` of its folder said nothing of it."""
     folder, index = tmp_path / "docs", tmp_path / "index"
     paths = write_corpus(folder, n=3)
+    latin1 = folder / os.fsdecode(b"caf\xe9.txt")  # stored as text: 'caf\xe9.txt'
+    latin1.write_text("A note on the cafe by the river, open every day but Monday.")
     args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
     run(capsys, "add", folder, *args)
     paths[0].rename(folder / "renamed.txt")
@@ -991,10 +993,10 @@ def test_files_gone_from_a_folder_are_named_and_pruned(
     rc, out, err = run(capsys, "add", folder, *args)
     assert "2 documents were indexed from files no longer there" in err
     assert "add --prune to remove them" in err
-    assert set(docs_of(index)) == {"doc00.txt", "doc01.txt", "doc02.txt", "renamed.txt"}
+    assert set(docs_of(index)) == {"doc00.txt", "doc01.txt", "doc02.txt", "renamed.txt", "caf\\xe9.txt"}  # fmt: skip
     rc, out, err = run(capsys, "add", folder, *args, "--prune")
     assert rc == 0 and "removed" in err
-    assert set(docs_of(index)) == {"doc02.txt", "renamed.txt"}
+    assert set(docs_of(index)) == {"doc02.txt", "renamed.txt", "caf\\xe9.txt"}
     rc, out, err = run(capsys, "add", folder, *args)
     assert "no longer there" not in err
 

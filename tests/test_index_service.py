@@ -349,6 +349,8 @@ def test_detach_after_a_restart_elsewhere_removes_the_chunks(tiny_llama_dir, tmp
     try:
         assert list(client.vector_stores.files.list("rel")) == []
         assert client.vector_stores.retrieve("rel").file_counts.completed == 0
+        assert attach(client, "rel", third.id).status == "completed"  # and may come back
+        assert [f.file_id for f in client.vector_stores.search("rel", query=WATER).data] == [third.id]  # fmt: skip
     finally:
         proc.stop()
 

@@ -17,6 +17,8 @@ from clara.text import printable, snippet
         "👍🏽",  # a skin tone
         unicodedata.normalize("NFD", "가나다"),  # Hangul as jamo
         "e\u0301\u0301",  # accents
+        "🇰🇷🇯🇵",  # two flags: two regional letters each
+        "क्षत्रिय",  # Devanagari conjuncts (a virama joins two consonants)
     ],
 )
 def test_a_snippet_is_never_cut_inside_what_shows_as_one_character(tail: str) -> None:
@@ -28,6 +30,10 @@ def test_a_snippet_is_never_cut_inside_what_shows_as_one_character(tail: str) ->
         kept = cut[:-1].lstrip("x")
         assert tail.startswith(kept), (at, kept)
         assert not kept or kept == tail or not unicodedata.category(tail[len(kept)]).startswith(("M", "Cf")) and tail[len(kept) - 1] != "\u200d"  # fmt: skip
+        if tail.startswith("🇰"):
+            assert len(kept) % 2 == 0, kept  # whole flags only
+        if tail.startswith("क"):
+            assert not kept.endswith("\u094d"), kept  # never after a virama
 
 
 def test_printable_shows_hidden_characters_as_escapes() -> None:

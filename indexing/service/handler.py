@@ -392,10 +392,11 @@ class IndexService:
         links = {link.file_id: link for link in self.registry.links(store_id=store_id)}
         docs = col.list_documents()
         there = {d.id for d in docs} | {self.uploads.file_id_of(d.path) for d in docs}
-        out = [  # (not a finished one whose document `clara-index remove` took away)
-            self._link_object(link) for link in links.values()
-            if link.status != "completed" or link.doc_id in there or link.file_id in there
-        ]  # fmt: skip
+        for link in list(links.values()):  # finished, then its document removed (clara-index
+            if link.status == "completed" and not {link.doc_id, link.file_id} & there:
+                self.registry.delete_link(store_id, link.file_id)  # remove): detached; may
+                del links[link.file_id]  # be attached again
+        out = [self._link_object(link) for link in links.values()]
         row_bytes = col.manifest.n_mem * col.manifest.hidden_size * 2
         for doc in docs:
             if self.uploads.file_id_of(doc.path) in links:

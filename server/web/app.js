@@ -192,8 +192,9 @@ function showSources(div, sources) {
     button.type = "button";
     button.className = "source";
     button.textContent = `${s.filename}${pages(s)} (score ${s.score.toFixed(3)})`;
-    // six words, or (Chinese, Japanese: no spaces) 24 characters
-    const first = [...(s.snippet || "").split(/\s+/).slice(0, 6).join(" ")].slice(0, 24).join("");
+    // six words; Chinese and Japanese have no spaces: then 24 characters
+    const words = (s.snippet || "").split(/\s+/).slice(0, 6).join(" ");
+    const first = [...words].length > 60 ? [...words].slice(0, 24).join("") : words;
     button.setAttribute("aria-label", `Source ${i + 1}: ${s.filename}${pages(s)}, "${first}…"`);
     button.setAttribute("aria-expanded", "false");
     const snippet = document.createElement("div");
