@@ -22,7 +22,7 @@ from indexing.readers import Document, Page
 PAGE_SEPARATOR = "\n\n"
 PREFER_BOUNDARY_WITHIN = 0.2  # look for a sentence/paragraph end in the last 20% of a chunk
 
-_SENTENCE_END = ".!?;:…"
+_SENTENCE_END = ".!?;:…؟۔।॥"  # (Arabic and Urdu, Devanagari too)
 _CJK_SENTENCE_END = "。！？；"
 _CLOSERS = "\"')]}»”’」』）"
 
@@ -129,6 +129,9 @@ def _bad_grapheme_cut(text: str, pos: int) -> bool:
         or 0xFE00 <= o <= 0xFE0F  # variation selectors
         or 0x1F3FB <= o <= 0x1F3FF  # skin tones
         or (0x1F1E6 <= o <= 0x1F1FF and 0x1F1E6 <= ord(prev) <= 0x1F1FF)  # flag pairs
+        or 0xE0020 <= o <= 0xE007F  # a subdivision flag's tags (Scotland's)
+        or 0x1160 <= o <= 0x11FF  # Hangul vowel and final jamo (text that is not NFC)
+        or unicodedata.name(prev, "").endswith("VIRAMA")  # a conjunct: क्ष
     )
 
 

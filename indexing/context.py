@@ -23,7 +23,8 @@ MAX_CHARS = 80  # of the title and of the heading
 CONTEXT_TOKENS = 32
 
 _UNDERLINE = re.compile(r"^\s*([=\-~^*#+\"'`])\1{2,}\s*$")
-_NUMBERED = re.compile(r"^\s*(\d{1,2}(\.\d{1,2}){0,3}\.?|[IVX]{1,4}\.|[A-H]\.)\s+([A-Z][^\n]*)$")
+# (the title may start with any capital or a letter of a script without case: "1. 서론")
+_NUMBERED = re.compile(r"^\s*(\d{1,2}(\.\d{1,2}){0,3}\.?|[IVX]{1,4}\.|[A-H]\.)\s+([^\W\d_][^\n]*)$")
 _JUNK_TITLE = re.compile(r"^(untitled|document\d*|microsoft word - .*|slide \d+)$", re.I)
 
 
@@ -45,7 +46,12 @@ def _lines(text: str) -> list[tuple[int, str]]:
 
 def _numbered(line: str) -> str | None:
     m = _NUMBERED.match(line)
-    if not m or len(line.strip()) > MAX_CHARS or line.rstrip()[-1] in ".,;:":
+    if (
+        not m
+        or len(line.strip()) > MAX_CHARS
+        or line.rstrip()[-1] in ".,;:"
+        or m.group(3)[0].islower()
+    ):
         return None
     return line.strip() if len(m.group(3).split()) <= 12 else None
 

@@ -87,6 +87,8 @@ def splits_grapheme(text: str, pos: int) -> bool:
         or "\u200d" in (c, prev)
         or 0x1F3FB <= ord(c) <= 0x1F3FF
         or all(0x1F1E6 <= ord(x) <= 0x1F1FF for x in (c, prev))
+        or 0xE0020 <= ord(c) <= 0xE007F  # a subdivision flag's tags
+        or unicodedata.name(prev, "").endswith("VIRAMA")  # a Devanagari conjunct
     )
 
 
@@ -169,7 +171,9 @@ def test_paragraph_end_beats_a_later_sentence_end(wrapper) -> None:
 
 
 def test_text_without_spaces_is_still_cut_between_characters(tokenizer) -> None:
-    doc = make_doc(["東京の日本語テキスト👩‍👩‍👧🇯🇵é" * 40])
+    """(Scotland's flag is 🏴 and five tag characters; क्ष is one conjunct: each was cut.)"""
+    scotland = "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+    doc = make_doc([f"東京の日本語テキスト👩‍👩‍👧🇯🇵é{scotland}क्षत्रिय" * 40])
     chunks = chunk_document(doc, tokenizer, max_tokens=32, overlap=4)
     check_chunks_loose(doc, chunks, tokenizer, 32)
 

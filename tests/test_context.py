@@ -90,6 +90,8 @@ def test_title_fallbacks_and_context_line():
 def test_numbered_lines_that_are_sentences_are_not_headings():
     text = "1. Install the package.\n2 Results\nplain\n3.4 Setup: steps,\n12"
     assert find_headings(text, "pdf") == [(24, "2 Results")]
+    other = "1. 서론\n2. Überblick\n3. the next step\n4. résumé"  # scripts without case count
+    assert [h for _, h in find_headings(other, "pdf")] == ["1. 서론", "2. Überblick"]
     assert find_headings(text, "text") == []  # numbered headings are a PDF thing
 
 
