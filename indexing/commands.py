@@ -6,9 +6,11 @@ Only `add`, `search` and `rebuild --recompress` load the model; the rest read th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -17,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError, DamagedCollectionError, DocumentError
-from clara.paths import index_root, path_text, show_path
-from clara.text import scaled, snippet
+from clara.paths import UPLOADS, index_root, path_text, show_path
+from clara.text import printable, scaled, snippet
 from clara_cli.common import model_dtype, progress_bar
 from indexing.pipeline import (
     DEFAULT_OVERLAP,
@@ -514,6 +516,10 @@ def cmd_collections(args: argparse.Namespace) -> int:
             continue
         rows.append({k: s[k] for k in ("name", "documents", "chunks", "bytes_on_disk")})
         rows[-1]["fingerprint"] = s["fingerprint"]
+    titles = _store_names(index_root(args.index))
+    for r in rows:  # a vector store's own name, when it is not its folder's ("Meine Notizen")
+        if titles.get(r["name"], r["name"]) != r["name"]:
+            r["store_name"] = titles[r["name"]]
     if args.json:
         _print_json(rows)
         return 1 if broken else 0
@@ -524,8 +530,22 @@ def cmd_collections(args: argparse.Namespace) -> int:
     if rows:
         print(f"{'NAME':<{width}} {'DOCS':>6} {'CHUNKS':>8} {'SIZE':>10}  CHECKPOINT")
     for r in rows:
+        titled = f"  ({printable(r['store_name'])})" if "store_name" in r else ""
         print(
             f"{r['name']:<{width}} {r['documents']:>6} {r['chunks']:>8} "
-            f"{_size(r['bytes_on_disk']):>10}  {r['fingerprint']}"
+            f"{_size(r['bytes_on_disk']):>10}  {r['fingerprint']}{titled}"
         )
     return 1 if broken else 0
+
+
+def _store_names(root: Path) -> dict[str, str]:
+    """Vector store id -> the name it was created with (the Files API's registry, read only;
+    {} when there is none or it cannot be read)."""
+    db = root / UPLOADS / "registry.sqlite"
+    if not db.exists():
+        return {}
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
+            return dict(conn.execute("SELECT id, name FROM stores").fetchall())
+    except sqlite3.Error:
+        return {}

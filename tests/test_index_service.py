@@ -356,7 +356,7 @@ def test_detach_after_a_restart_elsewhere_removes_the_chunks(tiny_llama_dir, tmp
 
 
 def test_failed_files_show_status_and_reason(
-    client: openai.OpenAI, service: ServiceProcess, tmp_path: Path
+    client: openai.OpenAI, service: ServiceProcess, tmp_path: Path, root: Path, capsys
 ) -> None:
     vs = client.vector_stores.create(name="My scans")  # not a collection name: gets an id
     assert vs.id.startswith("vs_") and vs.name == "My scans"
@@ -384,6 +384,10 @@ def test_failed_files_show_status_and_reason(
     assert f"file {half.id} (half.pdf): page 2: no extractable text" in service.log()
     failed = client.vector_stores.files.list(vector_store_id=vs.id, filter="failed")
     assert len(list(failed)) == 4
+    # `clara-index collections` shows the store's name beside its id (it showed the id alone)
+    assert index_cli.main(["collections", "--index", str(root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"]: r.get("store_name") for r in rows}[vs.id] == "My scans"
     client.vector_stores.delete(vs.id)
 
 
