@@ -296,6 +296,11 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
                 raise CorruptDocumentError(
                     path, f"invalid {encoding} text at byte {e.start + len(bom)}", "re-save it"
                 ) from None
+    if _ISO2022.search(data[:65536]):  # 7-bit, so it would pass for ASCII: its escapes tell
+        try:
+            return data.decode("iso2022_jp_ext"), []
+        except UnicodeDecodeError:
+            pass
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -329,10 +334,10 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
             f"{first_bad}) and {'was' if bad == 1 else 'were'} read as U+FFFD; re-save the file "
             "as UTF-8 to keep those characters"
         ]
+    guessed = "not UTF-8: read as {} (a guess); re-save the file as UTF-8 to be sure"
     guess = _guess_east_asian(data)
     if guess is not None:
-        name, text = guess
-        return text, [f"not UTF-8: read as {name} (a guess); re-save the file as UTF-8 to be sure"]
+        return guess[1], [guessed.format(guess[0])]
     try:
         text = data.decode("cp1252")
     except UnicodeDecodeError:  # bytes cp1252 leaves undefined: Czech "ť" in cp1250, ...
@@ -340,9 +345,11 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
     if text is not None and _looks_like_text(text) and not _garbled_western(text):
         return text, []
     guess = _guess_8bit(data)
+    if guess is None and text is not None and _looks_western(data[:65536]):
+        return text, []  # Latin letters in words, however many ("Één"): cp1252 after all
+    guess = guess or _guess_east_asian(data, western=False)  # (CJK that looked Latin)
     if guess is not None:
-        name, text = guess
-        return text, [f"not UTF-8: read as {name} (a guess); re-save the file as UTF-8 to be sure"]
+        return guess[1], [guessed.format(guess[0])]
     if text is None:
         text = data.decode("latin-1")
     if not _looks_like_text(text):
@@ -435,10 +442,13 @@ def _guess_8bit(data: bytes) -> tuple[str, str] | None:
 #: gb18030 GBK and GB2312).
 _EAST_ASIAN = ["cp949", "cp932", "euc_jp", "gb18030", "big5hkscs"]
 _HIGH_RUNS = re.compile(rb"[\x80-\xff]+")
-_CJK_LETTER = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
+_ISO2022 = re.compile(rb"\x1b\$[@B]|\x1b\$\(D|\x1b\([BJI]")  # ISO-2022-JP's escapes
+_CJK_LETTER = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f\U00020000-\U0003134f]"
+)
 
 
-def _guess_east_asian(data: bytes) -> tuple[str, str] | None:
+def _guess_east_asian(data: bytes, western: bool = True) -> tuple[str, str] | None:
     """(encoding, text) for text in a Chinese, Japanese or Korean legacy encoding, else None.
 
     Read as cp1252, such files pass for accented Latin ("Author: ±èÃ¶¼ö" for 김철수), so
@@ -446,13 +456,12 @@ def _guess_east_asian(data: bytes) -> tuple[str, str] | None:
     CJK ones, and a sign that the file is no Western European text that happens to fit
     (German "Grüße aus München" is valid GB18030, "Ça marche." Big5): its non-ASCII bytes
     all in pairs, or cp1252's reading of them mostly symbols where Western text has letters
-    ("—é–Ø" for 鈴木). charset-normalizer picks among the encodings that fit. A few names in
-    English text may fit Korean and Chinese alike: the pick is a guess, and the caller says
+    ("—é–Ø" for 鈴木): see `_looks_western`, which `western=False` skips (for text that cp1252
+    garbles all the same). charset-normalizer picks among the encodings that fit. A few names
+    in English text may fit Korean and Chinese alike: the pick is a guess, and the caller says
     so."""
     sample = data[:65536]
-    runs = _HIGH_RUNS.findall(sample)
-    high = [c for c in sample.decode("cp1252", "replace") if ord(c) > 0x7F]
-    if any(len(r) % 2 for r in runs) and sum(c.isalpha() for c in high) >= 0.6 * len(high):
+    if western and _looks_western(sample):
         return None
     fits = []
     for name in _EAST_ASIAN:
@@ -473,6 +482,25 @@ def _guess_east_asian(data: bytes) -> tuple[str, str] | None:
         name = best.encoding if best is not None and best.encoding in fits else name
     text = data.decode(name)
     return (name, text) if _looks_like_text(text) else None
+
+
+def _looks_western(data: bytes) -> bool:
+    """Whether bytes that may be CJK read as Western European text in cp1252: its non-ASCII
+    characters mostly letters, and in words: beside an ASCII letter ("Größe", "Configuração",
+    "Één") or not all in pairs ("Ça"). Chinese, Japanese and Korean in a legacy encoding come
+    out as runs of symbols and letters between spaces ("Author: ±èÃ¶¼ö")."""
+    runs = list(_HIGH_RUNS.finditer(data))
+    high = [c for c in data.decode("cp1252", "replace") if ord(c) > 0x7F]
+    if not runs or sum(c.isalpha() for c in high) < 0.6 * len(high):
+        return False
+    if any(len(m.group()) % 2 for m in runs):
+        return True
+
+    def letter(i: int) -> bool:
+        return 0 <= i < len(data) and (65 <= data[i] <= 90 or 97 <= data[i] <= 122)
+
+    inside = sum(letter(m.start() - 1) or letter(m.end()) for m in runs)
+    return inside >= 0.5 * len(runs)
 
 
 def _looks_like_text(text: str) -> bool:

@@ -270,7 +270,8 @@ def test_chinese_japanese_and_korean_legacy_encodings_are_read(
     "text",
     ["Grüße aus München", "Müller Börse Übung", "Résumé des activités", "Smörgåsbord är gött",
      "He said \u201cHello\u201d and left\u2014quickly.", "Informação São Paulo açúcar",
-     "Ça marche.\n", "Ça va très bien.", "ÇA VA\n", "Élan"],
+     "Ça marche.\n", "Ça va très bien.", "ÇA VA\n", "Élan", "Größe: 42\n", "Viele Grüße\n",
+     "Name;Größe;Gewicht\n", "Configuração\n", "Één\n"],
 )  # fmt: skip
 def test_western_text_that_fits_a_cjk_encoding_stays_western(tmp_path: Path, text: str) -> None:
     """German "Grüße aus München" is valid GB18030 (all CJK characters there), "Ça marche."
@@ -298,6 +299,16 @@ def test_html_charset_labels_are_read_as_browsers_read_them(
     page = f"{head}<html><head><title>t</title></head><body><p>{text}</p></body></html>"
     doc = read_document(write(tmp_path, "page.html", page.encode(encoding)))
     assert doc.pages[0].text.endswith(text) and doc.warnings == []
+
+
+def test_iso_2022_jp_is_read(tmp_path: Path) -> None:
+    """Japanese mail's encoding is 7-bit: it passed for ASCII and its escapes were dropped
+    ("$B:#F|$N2q5D"), or it was refused as binary."""
+    text = "今日の会議で予算が承認されました。"
+    doc = read_document(write(tmp_path, "mail.txt", text.encode("iso2022_jp")))
+    assert doc.pages[0].text == text and doc.warnings == []
+    page = f'<meta charset="iso-2022-jp"><p>{text}</p>'.encode("iso2022_jp")
+    assert read_document(write(tmp_path, "mail.html", page)).pages[0].text == text
 
 
 def test_decomposed_text_is_read_composed(tmp_path: Path) -> None:
