@@ -66,20 +66,29 @@ def _marks() -> str:
 _RUN = re.compile(rf"[\w./{_marks()}-]+")
 #: Arabic harakat and tatweel, Hebrew niqqud and cantillation: optional in writing, so a
 #: voweled word and its plain spelling are one term.
-_OPTIONAL_MARKS = dict.fromkeys(
+_OPTIONAL_MARKS: dict[int, int | str | None] = dict.fromkeys(
     [*range(0x591, 0x5BE), 0x5BF, 0x5C1, 0x5C2, 0x5C4, 0x5C5, 0x5C7, *range(0x610, 0x61B)]
     + [*range(0x64B, 0x660), 0x640, 0x670, *range(0x6D6, 0x6DD), *range(0x6DF, 0x6E5)]
     + [0x6E7, 0x6E8, *range(0x6EA, 0x6EE)]
+)
+#: Arabic letters written in more than one way (as Arabic search engines fold them): alef
+#: with hamza or madda as alef, taa marbuta as haa, alef maqsura as yaa, Persian kaf and yeh
+#: as Arabic ones.
+_OPTIONAL_MARKS.update(
+    {0x623: "\u0627", 0x625: "\u0627", 0x622: "\u0627", 0x671: "\u0627", 0x629: "\u0647"}
+    | {0x649: "\u064a", 0x6CC: "\u064a", 0x6A9: "\u0643"}
 )
 _SEP = re.compile(r"[./_-]+")
 _CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _CAMEL_CHANGE = re.compile(r"[a-z][A-Z]")
 _EDGE = "./_-"
 #: Han (with extensions A to H and compatibility ideographs), kana, Hangul syllables and
-#: compatibility jamo, 々 and 〇.
+#: jamo (NFKC makes compatibility jamo, "ㅋㅋ", conjoining ones), 々 and 〇; and the scripts
+#: of South-East Asia, which do not space their words either.
 _CJK = re.compile(
     r"[\u3005\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\u3130-\u318f"
-    r"\uac00-\ud7af\U00020000-\U0003134f]+"
+    r"\uac00-\ud7af\u1100-\u11ff\U00020000-\U0003134f"
+    r"\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f]+"  # Thai, Lao, Khmer, Myanmar: no spaces either
 )
 
 # Question words and glue that match nearly every chunk: they only slow the query down.

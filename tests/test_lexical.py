@@ -109,6 +109,10 @@ WORLD = {  # (an audit's cases; each missed its document before)
     "hindi": "हिन्दी एक भाषा है",
     "german": "Die Straße ist lang.",
     "ligature": "The ﬁnancial report.",
+    "alexandria": "تقع مدينة الإسكندرية على البحر، وفيها المدرسة والمستشفى",
+    "persian": "این کتابخانه یک ساختمان بزرگ است",
+    "thai": "กรุงเทพมหานครเป็นเมืองหลวง",
+    "laughing": "재밌다 ㅋㅋㅋ 정말",
 }
 
 
@@ -126,6 +130,11 @@ WORLD = {  # (an audit's cases; each missed its document before)
         ("हिन्दी", "hindi"),
         ("STRASSE", "german"),
         ("financial", "ligature"),
+        ("الاسكندرية", "alexandria"),  # (a second pass: letters typed another way)
+        ("المدرسه مستشفي", "alexandria"),
+        ("كتابخانه يك", "persian"),  # on an Arabic keyboard
+        ("กรุงเทพ", "thai"),
+        ("ㅋㅋ", "laughing"),
     ],
 )
 def test_text_in_any_form_or_script_finds_its_document(tmp_path: Path, query: str, doc: str):
