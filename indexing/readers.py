@@ -544,14 +544,30 @@ def clean_pdf_text(text: str) -> str:
     text = re.sub(r" *\n *", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     text = unicodedata.normalize("NFC", text)  # PDFs often decompose accents
-    # Chinese and Japanese lines wrap anywhere, inside words too ("两万公\n里"): a single
-    # line break between two of their characters is layout, not text
-    return _CJK_WRAP.sub("", text).strip()
+    return _join_cjk_wraps(text).strip()
 
 
-_CJK_WRAP = re.compile(  # (not Korean: it spaces its words, and wraps between them)
-    r"(?<=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff])\n(?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff])"
-)
+_HAN_KANA = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
+
+
+def _join_cjk_wraps(text: str) -> str:
+    """Chinese and Japanese lines wrap anywhere, inside words too ("两万公\n里"): a line
+    break between two of their characters is layout when the line before it is full (as
+    long as most of the page's Chinese or Japanese lines); a heading, a list item or a table
+    cell ends short, and keeps its line. (Not Korean: it spaces its words and wraps there.)"""
+    lines = text.split("\n")
+    widths = sorted(len(line) for line in lines if _HAN_KANA.search(line))
+    if len(widths) < 2:
+        return text
+    full = max(12, 0.85 * widths[int(0.9 * (len(widths) - 1))])
+    out = [lines[0]]
+    for before, line in zip(lines, lines[1:]):
+        wrapped = before and line and _HAN_KANA.match(line[0]) and _HAN_KANA.match(before[-1])
+        if wrapped and len(before) >= full:
+            out[-1] += line
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def _dehyphen(m: re.Match) -> str:

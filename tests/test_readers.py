@@ -322,10 +322,16 @@ def test_decomposed_text_is_read_composed(tmp_path: Path) -> None:
 
 def test_cjk_pdf_lines_join_where_they_wrapped() -> None:
     """pypdf ends each line with a newline; Chinese and Japanese wrap inside words
-    ("两万公\n里"), so the word was lost to search. Other line breaks stay."""
-    raw = "长城全长两万公\n里。\n第二段\n\n東京でし\nた。\nEnglish\nline\n대한민국\n지방자치"
-    assert clean_pdf_text(raw) == (  # (Korean spaces its words and wraps between them)
-        "长城全长两万公里。\n第二段\n\n東京でした。\nEnglish\nline\n대한민국\n지방자치"
+    ("两万公\\n里"), so the word was lost to search. A full line's break is joined; a short
+    line (a heading, a list item, a table cell) keeps its own, and Korean (which spaces its
+    words and wraps between them) and other text keep theirs."""
+    para = "长城是中国古代的军事防御工程，东西绵延上万里，全长两万公"
+    raw = f"第二章 交通\n{para}\n里。它是世界上最伟大的建筑之一，每年吸引大量游客前来参\n观。\n田中\n佐藤\n鈴木"
+    assert clean_pdf_text(raw) == (
+        f"第二章 交通\n{para}里。它是世界上最伟大的建筑之一，每年吸引大量游客前来参观。\n田中\n佐藤\n鈴木"
+    )
+    assert clean_pdf_text("English\nline\n대한민국 지방자치단체의 재정 건전성 평가\n보고서") == (
+        "English\nline\n대한민국 지방자치단체의 재정 건전성 평가\n보고서"
     )
 
 
