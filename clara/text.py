@@ -5,8 +5,9 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
-#: Unicode's text-direction marks, embeddings, overrides and isolates
-BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Unicode's text-direction embeddings, overrides and isolates: they reorder what follows.
+#: (Not the marks, RLM and LRM: Hebrew and Arabic names use them, and they disguise nothing.)
+BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def hidden_char(c: str) -> bool:
@@ -28,21 +29,26 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def whole_characters(text: str, end: int) -> int:
+    """`end`, moved back to where a cut leaves what shows as one character whole: not inside
+    an emoji sequence, a flag, an accent, a conjunct or a Hangul syllable."""
+    while 0 < end < len(text) and (
+        _joins(text[end])
+        or text[end - 1] == "\u200d"
+        or unicodedata.name(text[end - 1], "").endswith("VIRAMA")  # a conjunct: क्ष
+        or _flag_half(text, end)
+    ):
+        end -= 1
+    return end
+
+
 def snippet(text: str, limit: int) -> str:
     """`text` in one line, cut to at most `limit` characters ending in "…" when longer (never
     inside what shows as one character: an accent, an emoji sequence, a flag)."""
     flat = one_line(text)
     if len(flat) <= limit:
         return flat
-    end = limit - 1
-    while end > 0 and (
-        _joins(flat[end])
-        or flat[end - 1] == "\u200d"
-        or unicodedata.name(flat[end - 1], "").endswith("VIRAMA")  # a conjunct: क्ष
-        or _flag_half(flat, end)
-    ):
-        end -= 1
-    return flat[:end].rstrip() + "…"
+    return flat[: whole_characters(flat, limit - 1)].rstrip() + "…"
 
 
 def _flag_half(text: str, end: int) -> bool:
@@ -63,6 +69,7 @@ def _joins(c: str) -> bool:
         or 0x1F3FB <= o <= 0x1F3FF
         or 0xE0020 <= o <= 0xE007F
         or 0x1160 <= o <= 0x11FF  # Hangul vowel and final jamo
+        or c in "\u0e33\u0eb3"  # Thai and Lao AM, a vowel sign after its consonant
     )
 
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clara.text import whole_characters
+
 MAX_CHARS = 80  # of the title and of the heading
 #: Tokens a default chunk leaves free for its context line (the compressor reads at most
 #: doc_max_tokens of `context + text`).
@@ -32,7 +34,7 @@ def _clip(s: str, n: int = MAX_CHARS) -> str:
     s = " ".join(s.split())
     if len(s) <= n:
         return s
-    cut = s[: n - 1]
+    cut = s[: whole_characters(s, n - 1)]
     return (cut.rsplit(" ", 1)[0] if " " in cut[n // 2 :] else cut).rstrip(" ,;:-") + "…"
 
 

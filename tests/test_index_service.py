@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+import unicodedata
 from pathlib import Path
 
 import httpx
@@ -106,6 +107,13 @@ def test_names_with_hidden_characters_are_cleaned_or_refused(
     assert f.filename.endswith("_[31mred_txt.exe")  # (httpx sends the tab as '%09')
     assert f.filename.isprintable() and (root / "uploads" / f.id / f.filename).exists()
     client.files.delete(f.id)
+    # a right-to-left mark is part of a Hebrew name (it disguises nothing); a Mac's
+    # decomposed name is kept composed
+    marked = upload(client, "דוח\u200f (2).txt", WATER)
+    nfd = upload(client, unicodedata.normalize("NFD", "회의록.txt"), WATER)
+    assert (marked.filename, nfd.filename) == ("דוח\u200f (2).txt", "회의록.txt")
+    for x in (marked, nfd):
+        client.files.delete(x.id)
     r = httpx.post(f"{service.url}/v1/vector_stores", json={"name": "docs\n"},
                    headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
     assert r.status_code == 200 and r.json()["id"] != "docs\n"  # a name of its own, made usable

@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import time
+import unicodedata
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from clara.paths import upload_file_id
-from clara.text import hidden_char
+from clara.text import hidden_char, whole_characters
 from clara_cli.http import APIError
 from indexing.durable import sync
 from indexing.service.state import FileRecord
@@ -41,6 +42,7 @@ def safe_name(filename: str | None) -> str:
     control and text-direction characters '_' (a terminal escape in the server's log and
     `clara-index list`; a right-to-left override showing 'x.exe.txt' as 'x.txt.exe')."""
     name = Path((filename or "").replace("\\", "/")).name.replace("\x00", "")
+    name = unicodedata.normalize("NFC", name)  # (a Mac browser sends names decomposed)
     name = "".join("_" if hidden_char(c) else c for c in name)
     if name in ("", ".", ".."):
         return "upload"
@@ -50,7 +52,7 @@ def safe_name(filename: str | None) -> str:
     suffix = Path(name).suffix if len(Path(name).suffix.encode()) <= 16 else ""
     stem = name[: len(name) - len(suffix)] if suffix else name
     while len((stem + suffix).encode()) > MAX_NAME_BYTES:
-        stem = stem[:-1]
+        stem = stem[: whole_characters(stem, len(stem) - 1)]
     return stem + suffix
 
 

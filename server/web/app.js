@@ -191,7 +191,9 @@ function showSources(div, sources) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "source";
-    button.textContent = `${s.filename}${pages(s)} (score ${s.score.toFixed(3)})`;
+    const name = document.createElement("bdi"); // a Hebrew or Arabic name, kept apart
+    name.textContent = s.filename;
+    button.append(name, `${pages(s)} (score ${s.score.toFixed(3)})`);
     // six words; Chinese and Japanese have no spaces: then 24 characters
     const words = (s.snippet || "").split(/\s+/).slice(0, 6).join(" ");
     const first = [...words].length > 60 ? [...words].slice(0, 24).join("") : words;
