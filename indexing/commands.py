@@ -178,8 +178,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         results += _run_add(args, events, len(paths))
         gone = _gone(col, args.paths) if col is not None else []
         if args.prune:
-            for d in gone:
-                col.remove_document(d.id)
+            col.remove_documents([d.id for d in gone])
     finally:
         if col is not None:
             col.close()
@@ -337,9 +336,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
             if not docs:
                 missing.append(target)
                 print(f"{PROG}: {why}", file=sys.stderr)
-            for doc in docs:
-                col.remove_document(doc.id)
-                removed.append(doc)
+            removed += docs
+        removed = list({d.id: d for d in removed}.values())  # (two targets, one document)
+        col.remove_documents([d.id for d in removed])  # one commit for them all
     if args.json:
         _print_json({"removed": [_doc_dict(d) for d in removed], "not_found": missing})
     else:

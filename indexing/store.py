@@ -404,17 +404,26 @@ class Collection:
 
     def remove_document(self, doc_id: str) -> None:
         """Remove a document with its chunks and vectors (disk space returns at compaction)."""
+        if not self.remove_documents([doc_id]):
+            raise DocumentNotFoundError(f"no document {doc_id} in '{self.name}'")
+
+    def remove_documents(self, doc_ids: Sequence[str]) -> list[str]:
+        """Remove these documents in one commit (one vector-index update: removing a folder
+        of 1000 one at a time compacted the flat index 1000 times); returns the ids that
+        were there."""
         self._writable()
         with self._guard():
             generation = self._meta.state().generation + 1
             with self._meta.transaction():
-                if self._meta.document(doc_id) is None:
-                    raise DocumentNotFoundError(f"no document {doc_id} in '{self.name}'")
-                removed = self._meta.delete_document(doc_id)
+                there = [d for d in dict.fromkeys(doc_ids) if self._meta.document(d) is not None]
+                if not there:
+                    return []
+                removed = np.concatenate([self._meta.delete_document(d) for d in there])
                 self._meta.set_state(generation=generation)
                 crash_point("remove:before-commit")
             crash_point("remove:after-commit")
             self._after_commit(generation, removed, np.zeros(0, np.int64), None)
+            return there
 
     def _after_commit(self, generation: int, removed: np.ndarray, ids: np.ndarray, vecs) -> None:
         self._view.apply(generation, removed, ids, vecs)
