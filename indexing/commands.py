@@ -348,7 +348,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _open_read(args) as col:
+    with _open(args.index, args.collection, readonly=True, vectors=False) as col:
         docs = col.list_documents()
     if args.json:
         _print_json([_doc_dict(d) for d in docs])
@@ -507,8 +507,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
     broken = 0
     for name in list_collections(args.index):
         try:
-            with _open(args.index, name, readonly=True) as col:
-                s = col.stats()
+            with _open(args.index, name, readonly=True, vectors=False) as col:
+                s = col.stats()  # (counts and sizes: no vector index loaded)
         except DamagedCollectionError as exc:  # said, and the others still listed
             print(f"{PROG}: {exc}", file=sys.stderr)
             broken += 1

@@ -24,9 +24,12 @@ class OpenCollections:
     model's) when one is given. Safe from any thread: a collection replaced or gone is closed
     only `RETIRE_S` later, as a search in another thread may still be reading it."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, root: Path, manifest: dict[str, Any] | None = None, vectors: bool = True
+    ) -> None:
         self.root = root
         self.manifest = manifest
+        self.vectors = vectors  # False: load a collection's vector index at its first search
         self._open: dict[str, tuple[Collection, tuple[int, int]]] = {}
         self._retired: list[tuple[float, Collection]] = []  # (when, collection) to close
         self._lock = threading.Lock()
@@ -54,7 +57,9 @@ class OpenCollections:
             if folder is None and case_clash(self.root, name) is None:
                 return None
             try:
-                col = Collection.open(self.root, name, self.manifest, readonly=True)
+                col = Collection.open(
+                    self.root, name, self.manifest, readonly=True, vectors=self.vectors
+                )
             except CollectionNotFoundError:
                 return None
             if ident is None:  # made between the look and the open: the next look reopens

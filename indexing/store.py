@@ -132,6 +132,7 @@ class Collection:
         create: bool = False,
         readonly: bool = False,
         index_type: str | None = None,
+        vectors: bool = True,
     ) -> Collection:
         """Open (with `create=True`, make if missing) collection `name` under `root`
         (None: `$CLARA_HOME/indexes`).
@@ -140,7 +141,8 @@ class Collection:
         another checkpoint then raises IndexMismatchError. Without one any collection is
         accepted. `readonly=True` takes no lock and never writes. `index_type` ("flat" |
         "hnsw" | "ivf" | "auto", default "auto") is kept in the manifest; a writer passing a
-        different one converts the index.
+        different one converts the index. A reader with `vectors=False` loads its vector
+        index at its first search (listing documents, counting them need none of it).
         """
         directory = collection_dir(root, name)
         if (other := case_clash(root, name)) is not None:
@@ -193,7 +195,10 @@ class Collection:
         try:
             if readonly:
                 col._upgrade_lexical()
-                col.refresh()
+                if vectors:
+                    col.refresh()
+                else:  # (what loading would have found: a lost or cut memory file)
+                    col._check_memory_file()
             else:
                 col._lock = WriterLock(directory, f"collection '{name}'")
                 if index_type is not None and index_type != stored.index_type:
@@ -261,6 +266,14 @@ class Collection:
             if not self.lexical and self._meta.lexical_current():
                 self.lexical = True  # a writer has added the full-text table since
             return changed
+
+    def _check_memory_file(self) -> None:
+        """Raise DamagedCollectionError when the committed memory file is missing or short."""
+        with self._meta.snapshot():
+            state = self._meta.state()
+        row_bytes = self.manifest.n_mem * self.manifest.hidden_size * 2
+        if (what := memory_damage(self.directory, state, row_bytes)) is not None:
+            raise damaged(self.directory, what)
 
     def _upgrade_lexical(self) -> None:
         """Give an index made before the full-text table one (once, in one transaction).

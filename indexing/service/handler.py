@@ -100,7 +100,8 @@ class IndexService:
         self.uploads = Uploads(registry.directory, settings.max_upload_bytes)
         self.worker = worker
         self.registry = registry
-        self._readers = OpenCollections(self.root)
+        # (vectors load at a collection's first search: listing stores reads metadata only)
+        self._readers = OpenCollections(self.root, vectors=False)
         self._writers: dict[str, Collection] = {}  # worker thread only
         self._s_per_chunk = 0.06  # compression, measured by indexing steps (worker thread)
 
@@ -391,7 +392,8 @@ class IndexService:
         col = self.reader(store_id)
         links = {link.file_id: link for link in self.registry.links(store_id=store_id)}
         docs = col.list_documents()
-        there = {d.id for d in docs} | {self.uploads.file_id_of(d.path) for d in docs}
+        uploaded = {d.id: self.uploads.file_id_of(d.path) for d in docs}
+        there = set(uploaded) | set(uploaded.values())
         for link in list(links.values()):  # finished, then its document removed (clara-index
             if link.status == "completed" and not {link.doc_id, link.file_id} & there:
                 self.registry.delete_link(store_id, link.file_id)  # remove): detached; may
@@ -399,7 +401,7 @@ class IndexService:
         out = [self._link_object(link) for link in links.values()]
         row_bytes = col.manifest.n_mem * col.manifest.hidden_size * 2
         for doc in docs:
-            if self.uploads.file_id_of(doc.path) in links:
+            if uploaded[doc.id] in links:
                 continue
             attributes = {"filename": doc.name, **({"path": doc.path} if doc.path else {})}
             out.append(
@@ -432,6 +434,13 @@ class IndexService:
         return paginate(files, **page)
 
     def get_store_file(self, store_id: str, file_id: str) -> VectorStoreFile:
+        link = self.registry.link(store_id, file_id)
+        if (
+            link is not None
+            and link.status != "completed"
+            or (link is not None and link.doc_id and self.reader(store_id).document(link.doc_id))
+        ):  # (an upload being indexed, polled: not every document of the store listed)
+            return self._link_object(link)
         for f in self.store_files(store_id):
             if f.id == file_id:
                 return f
