@@ -307,3 +307,23 @@ def test_screen_readers_hear_errors_and_focus_stays_in_place(
         assert bg == "rgb(22, 22, 24)", bg
     finally:
         page.emulate_media(color_scheme="light")
+
+
+def test_the_picker_lists_collections_past_the_first_hundred(server: ServerProcess, page) -> None:
+    """The page read one page of `GET /v1/vector_stores` (100): older collections could not
+    be picked (a scale audit, with 106)."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    url = server.url + "/v1/vector_stores"
+    made = [httpx.post(url, json={"name": "oldest-store"}, headers=auth, timeout=30).json()["id"]]
+    made += [
+        httpx.post(url, json={"name": f"many-{i:03d}"}, headers=auth, timeout=30).json()["id"]
+        for i in range(100)
+    ]
+    try:
+        open_page(page, server)
+        options = page.locator("#collection option")
+        sync_api.expect(options.filter(has_text="oldest-store")).to_have_count(1)
+        assert options.count() >= 102  # the server default, and each store
+    finally:
+        for store_id in made:
+            httpx.delete(f"{url}/{store_id}", headers=auth, timeout=30)

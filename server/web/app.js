@@ -108,11 +108,23 @@ async function refresh() {
   await loadRetrievalModes();
 }
 
+// Every vector store, page after page (a picker cut at the first 100 hid the rest).
+async function allStores() {
+  const out = [];
+  let after = "";
+  for (;;) {
+    const page = await api(`/v1/vector_stores?limit=100${after}`);
+    out.push(...page.data);
+    if (!page.has_more || !page.last_id) return out;
+    after = `&after=${encodeURIComponent(page.last_id)}`;
+  }
+}
+
 async function loadCollections(select) {
   const picker = $("collection");
   const keep = select || picker.value;
   try {
-    const stores = await api("/v1/vector_stores?limit=100");
+    const stores = { data: await allStores() };
     const label = serverCollection ? `server default (${serverCollection})` : "server default";
     picker.replaceChildren(new Option(label, ""));
     const names = stores.data.map((s) => s.name || s.id);
@@ -372,10 +384,7 @@ async function targetCollection() {
   } catch (e) {
     if (e.status !== 404) throw e;
   }
-  if (!found && typed) {
-    const stores = await api("/v1/vector_stores?limit=100");
-    found = stores.data.find((s) => s.name === typed) || null;
-  }
+  if (!found && typed) found = (await allStores()).find((s) => s.name === typed) || null;
   if (!found) found = await api("/v1/vector_stores", { method: "POST", body: JSON.stringify({ name: wanted }) });
   return { id: found.id, name: found.name || found.id };
 }
