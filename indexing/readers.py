@@ -155,7 +155,7 @@ def iter_inputs(
         if p.is_file():
             found[p.resolve()] = None
         elif p.is_dir():
-            found.update(dict.fromkeys(_walk(p, recursive, skipped)))
+            found.update(dict.fromkeys(_walked(p, recursive, skipped)))
         elif GLOB_CHARS.search(str(raw)):
             # not str(p): Path drops a trailing '/', which makes 'dir/*/' mean folders only
             matches = sorted(glob.glob(os.path.expanduser(raw), recursive=recursive))
@@ -165,7 +165,7 @@ def iter_inputs(
                 if m.is_dir() and _is_package(m.name):  # a pattern's match: one "file"
                     skipped.append(m)
                 elif m.is_dir():
-                    found.update(dict.fromkeys(_walk(m, recursive, skipped)))
+                    found.update(dict.fromkeys(_walked(m, recursive, skipped)))
                 elif _wanted(m):
                     found[m.resolve()] = None
                 elif m.is_file() and not is_hidden(m.name):
@@ -186,6 +186,16 @@ PACKAGES = frozenset(
     ".photoslibrary .musiclibrary .tvlibrary .imovielibrary .fcpbundle .logicx .band "
     ".xcodeproj .xcworkspace .playground .sparsebundle .pkg .mpkg .docarchive".split()
 )
+
+
+def _walked(root: Path, recursive: bool, skipped: list[Path]) -> list[Path]:
+    """`_walk`, whole; a tree nested deeper than Python's walk recurses is one error line."""
+    try:
+        return list(_walk(root, recursive, skipped))
+    except RecursionError:
+        raise DocumentError(
+            root, "folders nested too deep to walk (hundreds of levels)", "add its subfolders"
+        ) from None
 
 
 def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import io
+import os
 import sys
 import unicodedata
 import zipfile
@@ -549,3 +551,18 @@ def test_iter_inputs_reports_missing_paths(tmp_path: Path) -> None:
 def test_supported_extensions() -> None:
     assert {".pdf", ".txt", ".md", ".markdown", ".rst"} <= SUPPORTED_EXTENSIONS
     assert not {".docx", ".png", ".zip"} & SUPPORTED_EXTENSIONS
+
+
+def test_a_folder_tree_too_deep_to_walk_is_one_error(tmp_path: Path) -> None:
+    """At 1000 levels `clara-index add` printed a 31-line RecursionError traceback."""
+    leaf = tmp_path.joinpath("nest", *["d"] * 80)
+    os.makedirs(leaf)
+    (leaf / "note.txt").write_text("at the bottom")
+    assert iter_inputs([tmp_path / "nest"]) == [(leaf / "note.txt").resolve()]
+    limit, depth = sys.getrecursionlimit(), len(inspect.stack())
+    sys.setrecursionlimit(depth + 60)  # (a real tree needs ~1000 levels to reach the default)
+    try:
+        with pytest.raises(DocumentError, match="folders nested too deep to walk"):
+            iter_inputs([tmp_path / "nest"])
+    finally:
+        sys.setrecursionlimit(limit)
