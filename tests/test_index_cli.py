@@ -1021,3 +1021,28 @@ def test_ctrl_c_during_add_says_what_is_kept(
     rc, _, err = run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
     assert rc == 130 and "the 1 file indexed in this run stay indexed" in err
     assert "run the same command again to go on" in err and len(docs_of(index)) == 1
+
+
+def test_a_rerun_reads_no_file_whose_size_and_time_are_as_indexed(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """Each re-run hashed every file of the library (a new file twice): 50 GB of PDFs meant
+    50-100 GB read to find nothing changed (a scale audit)."""
+    from indexing import pipeline
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    paths = write_corpus(folder, n=3)
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING, "--json"]
+    run(capsys, "add", folder, *args)
+    hashed: list[Path] = []
+    sha = pipeline.file_sha256
+    monkeypatch.setattr(pipeline, "file_sha256", lambda p: hashed.append(Path(p)) or sha(p))
+    rc, out, _ = run(capsys, "add", folder, *args)
+    assert rc == 0 and json.loads(out)["unchanged"] == 3 and hashed == []
+    text = paths[0].read_text()
+    paths[0].write_text(text[::-1])  # same size, new content, new time: read and replaced
+    os.utime(paths[1], ns=(1, 1))  # new time, same content: read, found unchanged
+    rc, out, _ = run(capsys, "add", folder, *args)
+    report = json.loads(out)
+    assert (report["replaced"], report["unchanged"]) == (1, 2)
+    assert sorted(set(hashed)) == sorted(p.resolve() for p in paths[:2])
