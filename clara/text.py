@@ -29,15 +29,33 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def splits_character(text: str, pos: int) -> bool:
+    """Whether a cut before `text[pos]` would split what shows as one character: an accent,
+    an emoji sequence or skin tone, a flag (two regional letters, or a subdivision's tags),
+    a Hangul syllable written as jamo, Thai and Lao AM, a conjunct (क्ष). One rule for
+    chunk boundaries, snippets, context lines and shortened names."""
+    if pos <= 0 or pos >= len(text):
+        return False
+    c, prev = text[pos], text[pos - 1]
+    o = ord(c)
+    return (
+        unicodedata.category(c).startswith("M")  # combining marks
+        or c in "\u200c\u200d"
+        or prev == "\u200d"  # zero-width (non-)joiners
+        or 0xFE00 <= o <= 0xFE0F  # variation selectors
+        or 0x1F3FB <= o <= 0x1F3FF  # skin tones
+        or (0x1F1E6 <= o <= 0x1F1FF and 0x1F1E6 <= ord(prev) <= 0x1F1FF)  # regional letters
+        or 0xE0020 <= o <= 0xE007F  # a subdivision flag's tags (Scotland's)
+        or 0x1160 <= o <= 0x11FF  # Hangul vowel and final jamo (text that is not NFC)
+        or c in "\u0e33\u0eb3"  # Thai and Lao AM, a vowel sign after its consonant
+        or unicodedata.name(prev, "").endswith("VIRAMA")  # a conjunct
+    )
+
+
 def whole_characters(text: str, end: int) -> int:
-    """`end`, moved back to where a cut leaves what shows as one character whole: not inside
-    an emoji sequence, a flag, an accent, a conjunct or a Hangul syllable."""
-    while 0 < end < len(text) and (
-        _joins(text[end])
-        or text[end - 1] == "\u200d"
-        or unicodedata.name(text[end - 1], "").endswith("VIRAMA")  # a conjunct: क्ष
-        or _flag_half(text, end)
-    ):
+    """`end`, moved back to where a cut leaves what shows as one character whole
+    (`splits_character`)."""
+    while splits_character(text, end):
         end -= 1
     return end
 
@@ -49,28 +67,6 @@ def snippet(text: str, limit: int) -> str:
     if len(flat) <= limit:
         return flat
     return flat[: whole_characters(flat, limit - 1)].rstrip() + "…"
-
-
-def _flag_half(text: str, end: int) -> bool:
-    """Whether `end` falls between the two regional letters of a flag (🇰|🇷)."""
-    n = 0
-    while end - n > 0 and 0x1F1E6 <= ord(text[end - n - 1]) <= 0x1F1FF:
-        n += 1
-    return n % 2 == 1 and end < len(text) and 0x1F1E6 <= ord(text[end]) <= 0x1F1FF
-
-
-def _joins(c: str) -> bool:
-    """Whether `c` belongs to the character before it: a combining mark, a joiner, a
-    variation selector, a skin tone, a flag's tag (roughly: see `snippet`)."""
-    o = ord(c)
-    return (
-        unicodedata.category(c).startswith("M")
-        or c in "\u200d\ufe0e\ufe0f"
-        or 0x1F3FB <= o <= 0x1F3FF
-        or 0xE0020 <= o <= 0xE007F
-        or 0x1160 <= o <= 0x11FF  # Hangul vowel and final jamo
-        or c in "\u0e33\u0eb3"  # Thai and Lao AM, a vowel sign after its consonant
-    )
 
 
 def scaled(n: float, units: Sequence[str], step: float, sep: str = "") -> str:

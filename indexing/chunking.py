@@ -9,12 +9,12 @@ re-tokenises to at most `max_tokens` tokens: `n_tokens` is that count.
 from __future__ import annotations
 
 import bisect
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from clara.errors import ChunkingError  # noqa: F401
+from clara.text import splits_character
 from indexing.context import chunk_contexts, document_title, find_headings
 from indexing.meta import Contextual
 from indexing.readers import Document, Page
@@ -116,25 +116,6 @@ def _token_offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
     return offsets
 
 
-def _bad_grapheme_cut(text: str, pos: int) -> bool:
-    """Would cutting before text[pos] split a grapheme (accent, emoji ZWJ sequence, flag)?"""
-    if pos <= 0 or pos >= len(text):
-        return False
-    c, prev = text[pos], text[pos - 1]
-    o = ord(c)
-    return (
-        unicodedata.category(c) in ("Mn", "Mc", "Me")  # combining marks
-        or c in "\u200c\u200d"
-        or prev == "\u200d"  # zero-width (non-)joiners
-        or 0xFE00 <= o <= 0xFE0F  # variation selectors
-        or 0x1F3FB <= o <= 0x1F3FF  # skin tones
-        or (0x1F1E6 <= o <= 0x1F1FF and 0x1F1E6 <= ord(prev) <= 0x1F1FF)  # flag pairs
-        or 0xE0020 <= o <= 0xE007F  # a subdivision flag's tags (Scotland's)
-        or 0x1160 <= o <= 0x11FF  # Hangul vowel and final jamo (text that is not NFC)
-        or unicodedata.name(prev, "").endswith("VIRAMA")  # a conjunct: क्ष
-    )
-
-
 def _rank(text: str, pos: int) -> int:
     """How good a cut before text[pos] is: 3 paragraph, 2 sentence/line end, 1 word, 0 none."""
     if pos <= 0 or pos >= len(text):
@@ -217,7 +198,7 @@ class _TokenSplitter(_Splitter):
         return 0 if self.n else None
 
     def _ok(self, i: int, strict: bool) -> bool:
-        return self.clean[i] and not (strict and _bad_grapheme_cut(self.text, self.pos(i)))
+        return self.clean[i] and not (strict and splits_character(self.text, self.pos(i)))
 
     def end_for(self, a: int, budget: int, max_tokens: int) -> int:
         limit = min(a + budget, self.n)
@@ -283,12 +264,12 @@ class _CharSplitter(_Splitter):
         window = max(1, int((lo - a) * PREFER_BOUNDARY_WITHIN))
         best, best_rank = None, 0
         for i in range(lo, lo - window, -1):
-            if i > a and not _bad_grapheme_cut(self.text, i) and _rank(self.text, i) > best_rank:
+            if i > a and not splits_character(self.text, i) and _rank(self.text, i) > best_rank:
                 best, best_rank = i, _rank(self.text, i)
         if best is not None:
             return best
         for i in range(lo, a, -1):
-            if not _bad_grapheme_cut(self.text, i):
+            if not splits_character(self.text, i):
                 return i
         return lo
 
@@ -304,7 +285,7 @@ class _CharSplitter(_Splitter):
             lo, hi = (lo, mid) if self._fits(mid, b, overlap) else (mid + 1, hi)
         text = self.text
         starts = [
-            i for i in range(lo, b) if not text[i].isspace() and not _bad_grapheme_cut(text, i)
+            i for i in range(lo, b) if not text[i].isspace() and not splits_character(text, i)
         ]
         for i in starts:  # prefer a word start, so chunks do not begin mid-word
             if _rank(text, i) >= 1:
