@@ -23,7 +23,6 @@ question keeps its rarest terms (a Chinese question's key words are often its la
 
 from __future__ import annotations
 
-import functools
 import re
 import sqlite3
 import threading
@@ -49,7 +48,6 @@ POSTINGS_BUDGET = 20_000
 MIN_TERMS = 2
 
 
-@functools.cache
 def _marks() -> str:
     """A character class of the combining marks (Mn, Mc, Me) of the Basic Multilingual Plane,
     as ranges: `\\w` leaves them out, which split "château" (decomposed) and "हिन्दी"."""

@@ -317,7 +317,6 @@ class Indexer:
         known = known_result(coll, path, self.options.dedupe, sha)
         if known is not None:
             return known
-        existing = coll.find_by_path(str(path))
         if sha is not None and self.options.dedupe and existing is None and sha in in_flight:
             detail = f"same content as {in_flight[sha]}"  # an earlier file of this run
             return FileResult(path, "duplicate", detail=detail + ": not indexed again")

@@ -345,7 +345,8 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
             "as UTF-8 to keep those characters"
         ]
     guessed = "not UTF-8: read as {} (a guess); re-save the file as UTF-8 to be sure"
-    guess = _guess_east_asian(data)
+    western = _looks_western(data[:65536])  # (CJK that cp1252 would pass for Latin: not)
+    guess = None if western else _guess_east_asian(data)
     if guess is not None:
         return guess[1], [guessed.format(guess[0])]
     try:
@@ -355,9 +356,10 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
     if text is not None and _looks_like_text(text) and not _garbled_western(text):
         return text, []
     guess = _guess_8bit(data)
-    if guess is None and text is not None and _looks_western(data[:65536]):
-        return text, []  # Latin letters in words, however many ("Één"): cp1252 after all
-    guess = guess or _guess_east_asian(data, western=False)  # (CJK that looked Latin)
+    if guess is None and western:
+        if text is not None:  # Latin letters in words, however many ("Één"): cp1252 after all
+            return text, []
+        guess = _guess_east_asian(data)  # (CJK that looked Latin, and is no cp1252)
     if guess is not None:
         return guess[1], [guessed.format(guess[0])]
     if text is None:
@@ -458,7 +460,7 @@ _CJK_LETTER = re.compile(
 )
 
 
-def _guess_east_asian(data: bytes, western: bool = True) -> tuple[str, str] | None:
+def _guess_east_asian(data: bytes) -> tuple[str, str] | None:
     """(encoding, text) for text in a Chinese, Japanese or Korean legacy encoding, else None.
 
     Read as cp1252, such files pass for accented Latin ("Author: ±èÃ¶¼ö" for 김철수), so
@@ -466,13 +468,9 @@ def _guess_east_asian(data: bytes, western: bool = True) -> tuple[str, str] | No
     CJK ones, and a sign that the file is no Western European text that happens to fit
     (German "Grüße aus München" is valid GB18030, "Ça marche." Big5): its non-ASCII bytes
     all in pairs, or cp1252's reading of them mostly symbols where Western text has letters
-    ("—é–Ø" for 鈴木): see `_looks_western`, which `western=False` skips (for text that cp1252
-    garbles all the same). charset-normalizer picks among the encodings that fit. A few names
-    in English text may fit Korean and Chinese alike: the pick is a guess, and the caller says
-    so."""
-    sample = data[:65536]
-    if western and _looks_western(sample):
-        return None
+    ("—é–Ø" for 鈴木): the caller asks `_looks_western` first. charset-normalizer picks among
+    the encodings that fit. A few names in English text may fit Korean and Chinese alike: the
+    pick is a guess, and the caller says so."""
     fits = []
     for name in _EAST_ASIAN:
         try:

@@ -435,11 +435,10 @@ class IndexService:
 
     def get_store_file(self, store_id: str, file_id: str) -> VectorStoreFile:
         link = self.registry.link(store_id, file_id)
-        if (
-            link is not None
-            and link.status != "completed"
-            or (link is not None and link.doc_id and self.reader(store_id).document(link.doc_id))
-        ):  # (an upload being indexed, polled: not every document of the store listed)
+        if link is not None and (  # (an upload being indexed, polled: no full listing)
+            link.status != "completed"
+            or (link.doc_id and self.reader(store_id).document(link.doc_id) is not None)
+        ):
             return self._link_object(link)
         for f in self.store_files(store_id):
             if f.id == file_id:
