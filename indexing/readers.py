@@ -357,8 +357,8 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
         return text, []
     guess = _guess_8bit(data)
     if guess is None and western:
-        if text is not None:  # Latin letters in words, however many ("Één"): cp1252 after all
-            return text, []
+        if text is not None and _looks_like_text(text):  # Latin letters in words ("Één")
+            return text, []  # however many: cp1252 after all
         guess = _guess_east_asian(data)  # (CJK that looked Latin, and is no cp1252)
     if guess is not None:
         return guess[1], [guessed.format(guess[0])]

@@ -426,11 +426,14 @@ def test_markdown_file(tmp_path: Path) -> None:
 # --- refusals -------------------------------------------------------------------------
 
 
-def docx_bytes() -> bytes:
+def docx_bytes(when: tuple = (2026, 12, 5, 0, 0, 0)) -> bytes:
+    """A minimal .docx (a zip), its entries dated `when`: the date's bytes are in the file,
+    and at some times of day they read as Latin letters in words (the fallback for text that
+    looks Western then took the zip for cp1252 text, about one run in five)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("[Content_Types].xml", "<Types/>")
-        z.writestr("word/document.xml", "<w:document>Hello</w:document>")
+        z.writestr(zipfile.ZipInfo("[Content_Types].xml", when), "<Types/>")
+        z.writestr(zipfile.ZipInfo("word/document.xml", when), "<w:document>Hello</w:document>")
     return buf.getvalue()
 
 
@@ -443,6 +446,12 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(32)
         ("report.docx", docx_bytes(), UnsupportedDocumentError, "word-processor.*convert-to pdf"),
         ("report.txt", docx_bytes(), UnsupportedDocumentError, "zip archive / office document"),
         ("report", docx_bytes(), UnsupportedDocumentError, "zip archive"),
+        (
+            "dated.txt",
+            docx_bytes((2026, 12, 5, 22, 42, 0)),
+            UnsupportedDocumentError,
+            "zip archive",
+        ),
         ("notes.txt", b"{\\rtf1\\ansi Hello}", UnsupportedDocumentError, "RTF document"),
         ("photo.png", PNG, UnsupportedDocumentError, r"\(image\): run OCR"),
         ("photo.dat", PNG, UnsupportedDocumentError, r"\(image\)"),
