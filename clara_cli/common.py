@@ -451,6 +451,9 @@ def add_quiet_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+LOG_EVERY_S = 30.0  # a log's progress line, at most this often (stderr not a terminal)
+
+
 def progress(
     iterable: Iterable[T],
     total: int | None = None,
@@ -458,20 +461,101 @@ def progress(
     unit: str = "it",
     *,
     quiet: bool = False,
+    lines: bool = True,
 ) -> Iterable[T]:
-    """Wrap `iterable` in a tqdm bar on stderr; silent when `quiet` or stderr is not a terminal."""
+    """Wrap `iterable` in a tqdm bar on stderr. When stderr is not a terminal (cron, nohup, a
+    service's log) and `lines`, a plain line every LOG_EVERY_S seconds instead (none for a
+    shorter run); nothing when `quiet`."""
     from tqdm import tqdm
 
+    if not quiet and lines and not sys.stderr.isatty():
+        return LogProgress(total, desc, unit, iterable=iterable)
     disable = quiet or not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
 
 
 def progress_bar(
-    total: int | None = None, desc: str | None = None, unit: str = "it", *, quiet: bool = False
+    total: int | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    *,
+    quiet: bool = False,
+    lines: bool = True,
 ):
-    """A tqdm bar on stderr to `update()` by hand (same rules as `progress`); its `write()`
-    prints a line without breaking the bar."""
+    """A bar to `update()` by hand, on the same rules as `progress`; its `write()` prints a
+    line without breaking the bar."""
     from tqdm import tqdm
 
+    if not quiet and lines and not sys.stderr.isatty():
+        return LogProgress(total, desc, unit)
     disable = quiet or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
+
+
+class LogProgress:
+    """Progress for a log file: "indexing: 12/40 (30%) in 1m05s, 0.18 file/s; 120 chunks" on
+    stderr at most every `every` seconds and once at the end if any was printed before; no
+    carriage returns or escapes. The part of tqdm's interface clara's commands use."""
+
+    def __init__(
+        self,
+        total: int | None,
+        desc: str | None,
+        unit: str = "it",
+        *,
+        iterable: Iterable[Any] | None = None,
+        every: float | None = None,
+    ) -> None:
+        import time
+
+        self._clock, self._iterable = time.monotonic, iterable
+        self.total, self.desc, self.unit = total, desc or "progress", unit
+        self.every = LOG_EVERY_S if every is None else every
+        self.n, self.postfix, self._shown = 0, "", False
+        self._start = self._last = self._clock()
+
+    def __iter__(self):
+        with self:
+            for item in self._iterable if self._iterable is not None else ():
+                yield item
+                self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._clock() - self._last >= self.every:
+            self._line()
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
+    def refresh(self) -> None:
+        pass
+
+    def write(self, text: str, file: Any = None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._shown:
+            self._line()
+            self._shown = False
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _line(self) -> None:
+        self._last = self._clock()
+        elapsed = self._last - self._start
+        seconds = int(elapsed)
+        took = f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+        done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        share = f" ({100 * self.n // self.total}%)" if self.total else ""
+        rate = f", {self.n / max(elapsed, 1e-9):.2f} {self.unit}/s"
+        extra = f"; {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {done}{share} in {took}{rate}{extra}", file=sys.stderr, flush=True)
+        self._shown = True

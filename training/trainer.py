@@ -479,6 +479,7 @@ class Trainer:
             desc=f"{cfg.stage}",
             unit="step",
             quiet=cfg.quiet or not lead,
+            lines=False,  # (its own lines: one per logged step, below)
         )
         if self.step and hasattr(bar, "refresh"):
             bar.n = self.step

@@ -1,0 +1,39 @@
+"""Progress when stderr is not a terminal (cron, nohup, a service's log): plain lines."""
+
+from __future__ import annotations
+
+import clara  # noqa: F401  (before mlx, as everywhere)
+from clara_cli import common
+
+
+def test_a_log_gets_plain_progress_lines(capsys, monkeypatch):
+    monkeypatch.setattr(common, "LOG_EVERY_S", 0.0)  # every update prints
+    seen = list(common.progress(range(4), total=4, desc="compress docs", unit="chunk"))
+    assert seen == [0, 1, 2, 3]
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("compress docs: 1/4 (25%) in 0s, ")
+    assert lines[3].startswith("compress docs: 4/4 (100%) in 0s, ")
+    assert lines[-1].startswith("compress docs: 4/4 (100%)")  # and once at the end
+    assert " chunk/s" in lines[0]
+
+
+def test_a_bar_by_hand_carries_its_postfix_and_writes_lines(capsys, monkeypatch):
+    monkeypatch.setattr(common, "LOG_EVERY_S", 0.0)
+    with common.progress_bar(10, desc="indexing", unit="file") as bar:
+        bar.set_postfix_str("120 chunks, 5.2 chunks/s")
+        bar.update(3)
+        bar.write("added      a.txt")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("indexing: 3/10 (30%) in 0s") and err[0].endswith(
+        "; 120 chunks, 5.2 chunks/s"
+    )
+    assert err[1] == "added      a.txt"
+
+
+def test_a_short_run_or_quiet_prints_nothing(capsys):
+    assert list(common.progress(range(3), 3, "quick")) == [0, 1, 2]  # under LOG_EVERY_S
+    with common.progress_bar(2, "indexing", quiet=True) as bar:
+        bar.update(2)
+    assert capsys.readouterr().err == ""
