@@ -178,6 +178,7 @@ def enable() -> str | None:
         return None
     if "mlx.core" in sys.modules:
         reason = "mlx was imported before clara"
+        _late_notice(choice)
         return None
     names = (choice,) if choice else _CANDIDATES
     _openblas_core()
@@ -201,6 +202,28 @@ def enable() -> str | None:
             file=sys.stderr,
         )
     return None
+
+
+def _late_notice(choice: str) -> None:
+    """One line when mlx came first on a CPU where OpenBLAS was there to load: every float32
+    matmul then takes the reference BLAS (26x slower for the default model's compression)."""
+    try:
+        core = sys.modules["mlx.core"]
+        if core.is_available(core.gpu) or os.environ.get("CLARA_QUIET_BLAS"):
+            return
+    except Exception:  # noqa: BLE001  (an MLX without is_available: say nothing)
+        return
+    for name in (choice,) if choice else _CANDIDATES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        print(
+            "clara: mlx was imported before clara, so MLX CPU float32 matmuls use the slow "
+            "reference BLAS: import clara first (CLARA_BLAS=off hides this).",
+            file=sys.stderr,
+        )
+        return
 
 
 def _env_int(name: str) -> int | None:

@@ -29,6 +29,11 @@ class IndexMismatchError(ClaraError):
     """An index was built with a different checkpoint than the one loaded."""
 
 
+class ModelThreadError(ClaraError, RuntimeError):
+    """A model called from another thread than the one that loaded it (MLX arrays belong to
+    the thread that made them, and two threads would switch each other's adapters)."""
+
+
 class ContextLengthError(ClaraError):
     """A prompt does not fit the model's context window."""
 
@@ -57,9 +62,17 @@ class DamagedCollectionError(CollectionError):
 class DocumentNotFoundError(CollectionError, KeyError):
     """No document with that id in the collection."""
 
+    def __str__(self) -> str:  # the message as written (KeyError's would quote it)
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
 
 class CollectionLockedError(ClaraError):
     """Another process holds the collection's writer lock."""
+
+
+class InvalidArgumentError(ClaraError, ValueError):
+    """A call's argument is malformed or out of range: a collection name, a retrieval mode, a
+    vector's shape (a ValueError too, as Python's own would be)."""
 
 
 class ChunkingError(ClaraError, ValueError):

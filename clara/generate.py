@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
 from clara.decode import Decoder
 from clara.model import ClaraModel
@@ -115,7 +116,7 @@ def batch_generate(
 def stream_from_memory(
     cm: ClaraModel,
     question: str,
-    memories: Sequence[mx.array],
+    memories: Sequence[mx.array | np.ndarray],
     *,
     history: Sequence[dict] | None = None,
     system: str | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from clara import _blas, _native
+from clara.errors import ModelThreadError
 
 if TYPE_CHECKING:
     from clara.model import ClaraModel
@@ -35,6 +37,20 @@ class AdapterSwitch:
         self.merged = False
         self.fast = True
         self._dropped: tuple[mx.array, mx.array] | None = None  # (input, its dropout)
+        self.owner = threading.current_thread()  # the model's thread: all its work runs there
+
+    def check_thread(self) -> None:
+        """Refuse a forward pass from another thread than the model's: it would read arrays of
+        another thread's streams, and switch the adapter under that thread's running pass
+        (wrong query vectors and answers, without an error)."""
+        here = threading.current_thread()
+        if here is not self.owner:
+            raise ModelThreadError(
+                f"this model was loaded on thread {self.owner.name!r} and called from "
+                f"{here.name!r}: load and call a model on one thread (MLX arrays belong to the "
+                "thread that made them); clara_cli.worker.Worker runs such a thread for "
+                "asyncio and threaded programs"
+            )
 
     def dropped(self, x: mx.array, p: float) -> mx.array:
         """`x` with inverted dropout at rate `p`, the same mask for every call with this `x`."""
@@ -285,6 +301,7 @@ def merged(cm: ClaraModel, adapter: str | None) -> Iterator[None]:
     and compression where `ClaraModel.pack_base_weights` packed the merged compressor; query
     encodings and training keep the LoRA path."""
     switch: AdapterSwitch = cm.switch
+    switch.check_thread()
     previous = (switch.active, switch.merged)
     switch.active, switch.merged = adapter, True
     try:

@@ -211,6 +211,14 @@ class ClaraModel(nn.Module):
         self._fingerprint = self._fresh_fingerprint()
         self._index_fingerprints = (self._fingerprint,)
 
+    def __repr__(self) -> str:  # (nn.Module's lists every layer: a thousand lines)
+        c = self.config
+        return (
+            f"ClaraModel({self.info.model_id!r}, compression_rate={c.compression_rate}, "
+            f"n_mem={self.n_mem}, hidden_size={self.hidden_size}, "
+            f"fingerprint={self.fingerprint!r})"
+        )
+
     # ---- identity -------------------------------------------------------------------------
     @property
     def n_mem(self) -> int:
@@ -256,6 +264,7 @@ class ClaraModel(nn.Module):
         """Make `adapter` (or None: the bare base model) active for the next forward passes."""
         if adapter is not None and adapter not in ADAPTERS:
             raise ClaraError(f"unknown adapter {adapter!r}; expected one of {ADAPTERS}")
+        self.switch.check_thread()
         self.switch.active = adapter
 
     @contextmanager

@@ -20,6 +20,7 @@ from jinja2.exceptions import TemplateError
 from clara.errors import ClaraError, UnsupportedModeError
 
 if TYPE_CHECKING:
+    import numpy as np
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     from clara.model import ClaraModel
@@ -185,7 +186,7 @@ def embed_layout(
 def memory_prompt(
     cm: ClaraModel,
     question: str,
-    memories: Sequence[mx.array],
+    memories: Sequence[mx.array | np.ndarray],
     history: Sequence[dict] | None = None,
     system: str | None = None,
 ) -> Prompt:
@@ -197,7 +198,9 @@ def memory_prompt(
 
 def _blocks_prompt(cm: ClaraModel, question, texts, memories, history, system) -> Prompt:
     """`memory_prompt`'s and `mixed_prompt`'s layout: `Background:` the texts (one per line),
-    `<SEP>`, then the memory blocks (at least one) as input embeddings."""
+    `<SEP>`, then the memory blocks (at least one) as input embeddings: MLX arrays, or
+    NumPy ones as a collection's search hits carry them."""
+    memories = [m if isinstance(m, mx.array) else mx.array(m) for m in memories]
     for mem in memories:
         if mem.shape != (cm.n_mem, cm.hidden_size):
             raise ClaraError(
@@ -221,7 +224,7 @@ def mixed_prompt(
     cm: ClaraModel,
     question: str,
     texts: Sequence[str],
-    memories: Sequence[mx.array],
+    memories: Sequence[mx.array | np.ndarray],
     history: Sequence[dict] | None = None,
     system: str | None = None,
 ) -> Prompt:

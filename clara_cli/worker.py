@@ -1,7 +1,8 @@
 """The one MLX worker thread both services use (clara-serve and clara-index serve).
 
-MLX arrays and streams belong to the thread that made them (calling MLX from FastAPI's thread
-pool crashes), so one thread loads the model and runs every piece of MLX work. Work comes as
+MLX arrays and streams belong to the thread that made them, and a model's active adapter is one
+switch (a model refuses calls from another thread: `ModelThreadError`), so one thread loads the
+model and runs every piece of MLX work. Work comes as
 `Task`s with a priority: INTERACTIVE (chat, search, embeddings) goes before BULK
 (compressing uploaded documents), except that BULK work waiting for `bulk_every_s` gets one
 turn (an upload finishes under steady chat load instead of waiting for the last chat to end).

@@ -14,6 +14,7 @@ yet fsync'd). The steps, in the order a write goes through them:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -133,6 +134,13 @@ class WriterLock:
             pid = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(self._fd)
             self._fd = None
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) and pid == str(
+                os.getpid()
+            ):
+                raise CollectionLockedError(
+                    f"{what} is already open for writing in this process: close() that "
+                    "collection first (`with Collection.open(...)` closes it)"
+                ) from None
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise CollectionLockedError(
                     f"{what} is being written by pid {pid}; wait for it to finish "
@@ -148,3 +156,7 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def __del__(self) -> None:  # a writer dropped without close(): its lock goes with it
+        with contextlib.suppress(Exception):
+            self.release()

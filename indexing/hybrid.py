@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clara.errors import InvalidArgumentError
 from clara.retrieval import RETRIEVAL_MODES, Fused, Fusion, reciprocal_rank_fusion
 from indexing.meta import Contextual
 
@@ -46,7 +47,7 @@ class SearchHit(Contextual):
 
 def check_mode(mode: str) -> str:
     if mode not in RETRIEVAL_MODES:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"retrieval mode must be one of {', '.join(RETRIEVAL_MODES)}, not {mode!r}"
         )
     return mode
@@ -68,7 +69,7 @@ def retrieve(
     fusion = fusion or Fusion()
     depth = max(k, fusion.depth) if mode == "hybrid" else k
     if vector is None and mode != "lexical":
-        raise ValueError(f"{mode} retrieval needs the question's query vector")
+        raise InvalidArgumentError(f"{mode} retrieval needs the question's query vector")
     lexical = col.search_lexical(text, depth) if mode != "dense" else None
     if lexical is None and mode != "dense":
         if vector is None:

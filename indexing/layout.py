@@ -21,6 +21,7 @@ from clara.errors import (  # noqa: F401
     CollectionError,
     CollectionNotFoundError,
     DamagedCollectionError,
+    InvalidArgumentError,
 )
 from clara.paths import COLLECTION_NAME, index_root
 from indexing.durable import WriterLock, fsync_dir, fsync_file, pid_alive
@@ -44,7 +45,9 @@ def faiss_file_name(generation: int) -> str:
 def collection_dir(root: str | Path | None, name: str) -> Path:
     """`<root>/<name>` after checking the name; root None means `$CLARA_HOME/indexes`."""
     if not _NAME.fullmatch(name):
-        raise ValueError(f"collection name {name!r}: use letters, digits, '.', '_' or '-'")
+        raise InvalidArgumentError(
+            f"collection name {name!r}: use letters, digits, '.', '_' or '-'"
+        )
     return index_root(root) / name
 
 

@@ -273,6 +273,8 @@ class Indexer:
                     yield src
                     continue
                 src = src if isinstance(src, Source) else Source(Path(src))
+                if not src.path.is_absolute():  # stored as found from any folder, as the CLI's
+                    src = Source(src.path.resolve(), src.name)
                 prepared = self._prepare(src, in_flight)
                 if isinstance(prepared, FileResult):
                     yield prepared

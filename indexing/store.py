@@ -31,7 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from clara.errors import CollectionNameCaseError, DocumentNotFoundError
+from clara.errors import (
+    CollectionNameCaseError,
+    DocumentNotFoundError,
+    InvalidArgumentError,
+)
 from clara.paths import is_reserved, path_text
 from clara.retrieval import Fusion, flatten_normalize, maxsim_rerank
 from indexing.durable import (
@@ -116,6 +120,7 @@ class Collection:
         self.manifest = manifest
         self.readonly = readonly
         self._mutex = threading.RLock()  # one operation at a time per Collection object
+        self._closed = False
         self._meta = Meta(directory / META, readonly=readonly)
         self._view = IndexView(directory, manifest, self._meta, writer=not readonly)
         self._lock: WriterLock | None = None
@@ -164,7 +169,7 @@ class Collection:
                     "index some documents into it first"
                 )
             if expected is None:
-                raise ValueError("creating a collection needs the model's manifest")
+                raise InvalidArgumentError("creating a collection needs the model's manifest")
             if is_reserved(name):  # (`Uploads` is the uploads folder on macOS)
                 raise CollectionError(
                     f"collection name '{name}' is reserved (the Files API keeps its uploads in "
@@ -225,6 +230,8 @@ class Collection:
 
     def close(self) -> None:
         """Writer: save a lagging FAISS file and release the lock. Safe to call twice."""
+        if self._closed:
+            return
         with self._guard():
             try:
                 self.save_index()
@@ -234,6 +241,7 @@ class Collection:
                     self._lock = None
                 self._view.close()
                 self._meta.close()
+                self._closed = True
 
     def __enter__(self) -> Collection:
         return self
@@ -251,6 +259,8 @@ class Collection:
         an open collection (overwritten, cut short) is the same `DamagedCollectionError`
         opening it would raise, not a bare `sqlite3.DatabaseError` (an HTTP 500 "internal")."""
         with self._mutex:
+            if self._closed:
+                raise CollectionError(f"collection {self.name!r} is closed: open it again")
             try:
                 yield
             except sqlite3.DatabaseError as exc:
@@ -497,7 +507,9 @@ class Collection:
         q = q[None] if q.ndim == 2 else q
         shape = (self.manifest.n_mem, self.manifest.hidden_size)
         if q.ndim != 3 or q.shape[1:] != shape:
-            raise ValueError(f"query must be (Q, {shape[0]}, {shape[1]}) or {shape}, got {q.shape}")
+            raise InvalidArgumentError(
+                f"query must be (Q, {shape[0]}, {shape[1]}) or {shape}, got {q.shape}"
+            )
         with self._guard():
             self._view.refresh()
             index = self._view.index
@@ -559,6 +571,8 @@ class Collection:
         `vector` (n_mem, d) is the question's query-adapter encoding; `rerank` as in `search`
         (pass the checkpoint's `cm.config.dense_rerank`). Hits carry text and document, and
         with `memories` their stored memory vectors (`SearchHit.memory`)."""
+        if k < 0:
+            raise InvalidArgumentError(f"k must be 0 or more, got {k}")
         for _ in range(3):
             hits = retrieve(self, text, vector, k, mode, fusion, rerank)
             if not (memories and hits):

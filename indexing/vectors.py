@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from clara import _omp
+from clara.errors import InvalidArgumentError
 from indexing.durable import crash_point, fsync_dir, sync
 
 _omp.settle_faiss(faiss)  # (macOS with torch installed: one OpenMP thread)
@@ -44,7 +45,9 @@ BATCH = 4096
 def resolve_kind(index_type: str, n: int, current: str | None = None) -> str:
     """The concrete index kind ("flat" | "hnsw" | "ivf") for a requested type and size."""
     if index_type not in INDEX_TYPES:
-        raise ValueError(f"index_type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
+        raise InvalidArgumentError(
+            f"index_type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}"
+        )
     if index_type == "auto":
         threshold = AUTO_THRESHOLD // 2 if current == "ivf" else AUTO_THRESHOLD  # hysteresis
         return "ivf" if n >= threshold else "flat"

@@ -1,0 +1,189 @@
+"""clara used as a Python library: what a program calling it directly (not over HTTP) meets.
+
+A model belongs to the thread that loaded it; search hits feed the generator as they come;
+paths are stored as found from any folder; a dropped writer frees its collection; mistakes are
+`ClaraError`s that say what was wrong."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clara  # noqa: F401  (first: OpenBLAS before mlx)
+from clara.checkpoint import load_clara
+from clara.errors import (
+    ClaraError,
+    CollectionError,
+    DocumentNotFoundError,
+    InvalidArgumentError,
+    ModelThreadError,
+)
+from clara.generate import generate, stream_from_memory
+from clara.prompt import text_prompt
+from indexing.pipeline import FileResult, Indexer, IndexOptions
+from indexing.store import ChunkRecord, Collection
+from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
+
+
+@pytest.fixture(scope="module")
+def cm(tiny_llama_dir):
+    return load_clara(tiny_llama_dir, "fresh", dtype=None)
+
+
+def _on_a_thread(fn):
+    """Run `fn` on a new thread: (its result, the exception it raised)."""
+    out: list = [None, None]
+
+    def run():
+        try:
+            out[0] = fn()
+        except BaseException as exc:  # noqa: BLE001  (handed back to the test)
+            out[1] = exc
+
+    t = threading.Thread(target=run, name="app-thread")
+    t.start()
+    t.join(60)
+    return out
+
+
+def test_a_model_refuses_work_from_another_thread(cm):
+    """Two threads sharing a model switched each other's adapters: wrong query vectors and
+    answers, without an error. Work from another thread is now refused, saying why."""
+    question = ["where is paris?"]
+    alone = np.array(cm.encode_queries(question))
+    _, exc = _on_a_thread(lambda: cm.encode_queries(question))
+    assert isinstance(exc, ModelThreadError) and isinstance(exc, ClaraError)
+    assert "loaded on thread 'MainThread' and called from 'app-thread'" in str(exc)
+    _, exc = _on_a_thread(lambda: cm.compress(["Paris is the capital of France."]))
+    assert isinstance(exc, ModelThreadError)
+    prompt = text_prompt(cm, "Where is Paris?", None)
+    _, exc = _on_a_thread(lambda: list(generate(cm, prompt, adapter=None, max_tokens=2)))
+    assert isinstance(exc, ModelThreadError)
+    np.testing.assert_array_equal(np.array(cm.encode_queries(question)), alone)  # still fine
+
+
+def test_search_hits_memories_feed_the_generator(cm):
+    """`SearchHit.memory` is NumPy; the generator took only MLX arrays (a TypeError from
+    inside mx.concatenate)."""
+    memory = cm.compress(["Paris is the capital of France."])[0]
+    as_numpy = np.array(memory)
+
+    def answer(block):
+        chunks = stream_from_memory(cm, "Where is Paris?", [block], max_tokens=4)
+        return "".join(c.text for c in chunks)
+
+    assert answer(as_numpy) == answer(memory)
+
+
+def test_an_unknown_adapter_is_a_clara_error(cm):
+    prompt = text_prompt(cm, "Where is Paris?", None)
+    with pytest.raises(ClaraError, match="unknown adapter 'nope'"):
+        list(generate(cm, prompt, adapter="nope", max_tokens=2))
+
+
+def test_relative_paths_are_stored_as_found_from_any_folder(cm, tmp_path, monkeypatch):
+    """A library call with a relative path stored it as given: a later `clara-index add` of the
+    same folder from elsewhere added every file again, and searches found each twice."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Paris is the capital of France. " * 5)
+    monkeypatch.chdir(tmp_path)
+    with Collection.open(tmp_path / "index", "lib", dict(cm.manifest()), create=True) as col:
+        options = IndexOptions(32, 0, batch_size=4)
+        first = [
+            e for e in Indexer(cm, col, options).run(["docs/a.txt"]) if isinstance(e, FileResult)
+        ]
+        assert first[0].status == "added"
+        assert col.list_documents()[0].path == str(docs / "a.txt")
+        again = [
+            e for e in Indexer(cm, col, options).run([docs / "a.txt"]) if isinstance(e, FileResult)
+        ]
+        assert again[0].status == "unchanged" and len(col.list_documents()) == 1
+
+
+def _store(tmp_path: Path) -> Collection:
+    return Collection.open(tmp_path, "main", manifest=STORE_MANIFEST, create=True)
+
+
+def test_a_writer_dropped_without_close_frees_the_collection(tmp_path):
+    _store(tmp_path).close()
+
+    def forget():
+        Collection.open(tmp_path, "main")  # no close(): an exception in the caller's code
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # (its open files, as Python says)
+        forget()
+        gc.collect()
+    with Collection.open(tmp_path, "main") as col:  # was "being written by pid <this one>"
+        assert col.stats()["documents"] == 0
+
+
+def test_library_mistakes_are_clara_errors_that_say_what_was_wrong(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="collection name '../x'") as bad:
+        Collection.open(tmp_path, "../x", readonly=True)
+    assert isinstance(bad.value, ValueError)  # (as before, for callers catching that)
+    with pytest.raises(InvalidArgumentError, match="needs the model's manifest"):
+        Collection.open(tmp_path, "new", create=True)
+    col = _store(tmp_path)
+    rows = [ChunkRecord("Paris is in France", 1, 1, 5)]
+    vectors = np.ones((1, STORE_N_MEM, STORE_D), np.float32)
+    col.add_document("/d/a.txt", "a.txt", "sha-a", rows, vectors)
+    vector = vectors[0]
+    with pytest.raises(InvalidArgumentError, match="retrieval mode"):
+        col.retrieve("paris", vector, mode="bogus")
+    with pytest.raises(InvalidArgumentError, match="needs the question's query vector"):
+        col.retrieve("paris", None)
+    with pytest.raises(InvalidArgumentError, match="k must be 0 or more"):
+        col.retrieve("paris", vector, k=-1)
+    with pytest.raises(InvalidArgumentError, match="query must be"):
+        col.retrieve("paris", np.zeros((3, 3)), mode="dense")
+    with pytest.raises(DocumentNotFoundError) as missing:
+        col.remove_document("doc-nothere")
+    assert not str(missing.value).startswith(("'", '"'))  # (KeyError's str quoted it)
+    col.close()
+    col.close()  # twice: fine
+    with pytest.raises(CollectionError, match="collection 'main' is closed: open it again"):
+        col.retrieve("paris", vector)  # was sqlite3.ProgrammingError
+
+
+def test_a_model_has_a_short_repr(cm):
+    text = repr(cm)
+    assert text.startswith("ClaraModel(") and "\n" not in text and len(text) < 300
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(tmp_path):
+    """The README's "From Python" example, as written, on the default model."""
+    import re
+    import subprocess
+    import sys
+
+    from clara.gguf import prepare_default_model
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### From Python") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "notes.md").write_text(
+        "Paris is the capital of France. The Eiffel Tower was finished in 1889 for the World Fair."
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(prepare_default_model().parent)  # the converted default model
+    env = {**os.environ, "CLARA_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"added {tmp_path / 'notes.md'} "
+    assert lines[1].endswith(
+        "notes.md: Paris is the capital of France. The Eiffel Tower was finishe"
+    )
