@@ -11,13 +11,15 @@ import argparse
 import errno
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from clara.errors import ClaraError
+from clara.errors import ClaraError, CollectionLockedError
 from clara.paths import COLLECTION_NAME, RESERVED_NAMES
 
 T = TypeVar("T")
@@ -108,30 +110,56 @@ def non_negative_int(value: str) -> int:
     return n
 
 
-def run_main(prog: str, fn: Callable[[], int | None]) -> int:
-    """Run a command; a `ClaraError` becomes one `prog: error: ...` line and exit status 1.
+#: Exit statuses every clara command shares (README, "Exit status").
+EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED = 1, 2, 3, 75  # 75: BSD's EX_TEMPFAIL
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 
-    `CLARA_DEBUG=1` also prints the traceback. Ctrl-C exits with 130 without a traceback.
-    Text that is not valid UTF-8 (a file name from a Latin-1 disk) is printed escaped.
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, `docker stop`, `timeout`): a command stops as on Ctrl-C (what it
+    finished is kept, and says so) and exits with 143."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def run_main(prog: str, fn: Callable[[], int | None]) -> int:
+    """Run a command; a `ClaraError` becomes one `prog: error: ...` line and exit status 1
+    (75 when another process is writing the collection: try again later).
+
+    `CLARA_DEBUG=1` also prints the traceback. Ctrl-C exits with 130 without a traceback,
+    SIGTERM the same way with 143. Text that is not valid UTF-8 (a file name from a Latin-1
+    disk) is printed escaped.
     """
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    term = None
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            term = signal.signal(signal.SIGTERM, _terminated)
     try:
         return fn() or 0
     except ClaraError as exc:
         if os.environ.get("CLARA_DEBUG", "") not in ("", "0"):
             traceback.print_exc()
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_LOCKED if isinstance(exc, CollectionLockedError) else EXIT_ERROR
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as exc:  # the machine's, not clara's: a full disk, a read-only folder
         if os.environ.get("CLARA_DEBUG", "") not in ("", "0"):
             traceback.print_exc()
         print(f"{prog}: error: {os_error_text(exc)}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
 
 
 #: What to do about the OSErrors a user can fix
@@ -139,7 +167,7 @@ _OS_HINTS = {
     errno.ENOSPC: "free disk space there and run it again (what was finished is kept)",
     errno.EDQUOT: "free space within your disk quota and run it again",
     errno.EROFS: "that file system is read-only: use a writable folder",
-    errno.EACCES: "you may not write there: fix its permissions or use another folder",
+    errno.EACCES: "fix its permissions (or run as a user who may use it), or use another folder",
 }
 
 
@@ -350,16 +378,26 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
                 stopping(grace)
             await super().shutdown(sockets=sockets)
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # a stop asked for ends with status 0 once answers are done (uvicorn would raise
+            # the signal again afterwards: 143 for SIGTERM, which systemd counts as a failure)
+            getattr(self, "_captured_signals", []).clear()
+
     # Idle keep-alive connections stay open longer than clients keep them (httpx, so the openai
     # SDK, drops its idle ones after 5 s; uvicorn's default was also 5 s): otherwise a client
     # could send its next request on a connection the server is closing at that moment, and
     # get "connection reset by peer".
+    # uvicorn's loggers go through the root logger above (log_config=None): one format with
+    # timestamps, all on stderr (uvicorn's own put access lines on stdout, without a time)
+    logging.getLogger("uvicorn.access").addFilter(_quiet_polls)
     server = Server(
         uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            log_config=None,
             timeout_keep_alive=KEEP_ALIVE_S,
             # SIGTERM lets answers in progress finish, for this long at most (init systems
             # kill after 90 s, Docker after 10 s unless told): then the app ends them
@@ -371,6 +409,14 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
         server.should_exit = True
 
     worker.on_fatal = fatal
+
+    def hang_up(signum: int, frame: Any) -> None:  # (uvicorn's own: SIGINT and SIGTERM)
+        logging.getLogger("clara").info("SIGHUP: stopping as for SIGTERM")
+        server.handle_exit(signal.SIGTERM, frame)
+
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is not None and signal.getsignal(hup) is signal.SIG_DFL:  # (nohup: stays ignored)
+        signal.signal(hup, hang_up)
     try:
         server.run(sockets=[sock])
     finally:
@@ -380,6 +426,16 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
             raise worker.error
         raise ClaraError(f"could not load the model: {worker.error}") from worker.error
     return 0
+
+
+def _quiet_polls(record: Any) -> bool:
+    """Leave successful health checks and metrics scrapes (every few seconds, from a load
+    balancer, Docker or Prometheus) out of the access log; failed ones stay."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    if len(args) == 5:  # uvicorn's: (client, method, path, http version, status)
+        _, method, path, _, status = args
+        return not (method == "GET" and path in ("/health", "/metrics") and status < 400)
+    return True
 
 
 def _more_open_files() -> None:

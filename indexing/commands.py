@@ -21,7 +21,7 @@ from typing import Any
 from clara.errors import ClaraError, DamagedCollectionError, DocumentError
 from clara.paths import UPLOADS, index_root, path_text, show_path
 from clara.text import printable, scaled, snippet
-from clara_cli.common import model_dtype, progress_bar
+from clara_cli.common import EXIT_ERROR, EXIT_PARTIAL, model_dtype, progress_bar
 from indexing.pipeline import (
     DEFAULT_OVERLAP,
     FileResult,
@@ -121,10 +121,12 @@ def _expand(raw_paths: list[str]) -> tuple[list[Path], list[FileResult]]:
     failed = []
     skipped: list[Path] = []
     for raw in raw_paths:
+        unreadable: list[DocumentError] = []
         try:
-            found.update(dict.fromkeys(iter_inputs([raw], skipped=skipped)))
+            found.update(dict.fromkeys(iter_inputs([raw], skipped=skipped, unreadable=unreadable)))
         except DocumentError as exc:
             failed.append(FileResult(Path(raw), "failed", error=exc))
+        failed += [FileResult(e.path, "failed", error=e) for e in unreadable]
     if skipped:
         kinds = Counter(p.suffix.lower() or "no extension" for p in skipped)
         listed = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(6))
@@ -210,7 +212,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         loaded = f", model load {load_s:.1f}s" if load_s else ""
         noun = "chunk" if chunks == 1 else "chunks"
         print(f"{summary}: {chunks} {noun} in {seconds:.1f}s ({rate:.1f} chunks/s{loaded})")
-    return 1 if counts["failed"] else 0
+    if not counts["failed"]:
+        return 0
+    return EXIT_PARTIAL if any(counts[s] for s in kinds) else EXIT_ERROR  # (the others indexed)
 
 
 def _gone(col: Collection, targets: list[str]) -> list[Any]:
@@ -222,13 +226,24 @@ def _gone(col: Collection, targets: list[str]) -> list[Any]:
         return []
     under = tuple(path_text(f).rstrip(os.sep) + os.sep for f in folders)
     missing = [
-        d for d in col.list_documents()
-        if d.path and d.path.startswith(under) and not os.path.lexists(d.path)
-    ]  # fmt: skip
+        d for d in col.list_documents() if d.path and d.path.startswith(under) and _absent(d.path)
+    ]
     if missing:  # a stored path is text: a name that is not UTF-8 has `\xNN` escapes there
         there = {path_text(os.path.join(r, f)) for x in folders for r, _, fs in os.walk(x) for f in fs}  # fmt: skip
         missing = [d for d in missing if d.path not in there]
     return missing
+
+
+def _absent(path: str) -> bool:
+    """Whether nothing is at `path`, known for sure: a file in a folder that may not be read
+    is there as far as anyone can tell (os.path.lexists says False for both)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except (OSError, ValueError):  # permission denied, an I/O error, a NUL in a name
+        return False
+    return False
 
 
 def _check_model_args(args: argparse.Namespace, col: Collection | None) -> None:

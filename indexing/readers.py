@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import re
+import stat
 import sys
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -139,40 +140,75 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
 
 
 def iter_inputs(
-    paths: Iterable[str | os.PathLike], recursive: bool = True, skipped: list[Path] | None = None
+    paths: Iterable[str | os.PathLike],
+    recursive: bool = True,
+    skipped: list[Path] | None = None,
+    unreadable: list[DocumentError] | None = None,
 ) -> list[Path]:
     """Expand files, folders and glob patterns into the files to read (sorted, deduplicated).
 
     Folders and globs yield only `SUPPORTED_EXTENSIONS`, skipping hidden files and folders
     (the other files they hold are appended to `skipped`); symlinked folders are followed
     once each. A file named explicitly is kept whatever its type (read_document then says
-    why it can't).
+    why it can't). A folder or file inside them that may not be read (permissions) is a
+    `DocumentError` appended to `unreadable`, the rest is still found; without that list,
+    the first one is raised.
     """
     found: dict[Path, None] = {}
     skipped = [] if skipped is None else skipped
+    problems: list[DocumentError] = [] if unreadable is None else unreadable
     for raw in paths:
         p = Path(raw).expanduser()
-        if p.is_file():
+        kind = _kind(p)
+        if kind == "file":
             found[p.resolve()] = None
-        elif p.is_dir():
-            found.update(dict.fromkeys(_walked(p, recursive, skipped)))
+        elif kind == "folder":
+            found.update(dict.fromkeys(_walked(p, recursive, skipped, problems)))
+        elif kind == "denied":
+            problems.append(_denied(p))
+        elif kind == "other":
+            problems.append(DocumentError(p, "not a regular file (a pipe, socket or device)"))
         elif GLOB_CHARS.search(str(raw)):
             # not str(p): Path drops a trailing '/', which makes 'dir/*/' mean folders only
             matches = sorted(glob.glob(os.path.expanduser(raw), recursive=recursive))
             if not matches:
                 raise MissingFileError(raw, "no files match this pattern", "check the pattern")
             for m in map(Path, matches):
-                if m.is_dir() and _is_package(m.name):  # a pattern's match: one "file"
+                kind = _kind(m)
+                if kind == "denied":
+                    problems.append(_denied(m))
+                elif kind == "folder" and _is_package(m.name):  # a pattern's match: one "file"
                     skipped.append(m)
-                elif m.is_dir():
-                    found.update(dict.fromkeys(_walked(m, recursive, skipped)))
+                elif kind == "folder":
+                    found.update(dict.fromkeys(_walked(m, recursive, skipped, problems)))
                 elif _wanted(m):
                     found[m.resolve()] = None
-                elif m.is_file() and not is_hidden(m.name):
+                elif kind == "file" and not is_hidden(m.name):
                     skipped.append(m)
         else:
             raise MissingFileError(p, "no such file or directory", "check the path")
+    if problems and unreadable is None:
+        raise problems[0]
     return sorted(found)
+
+
+def _kind(p: Path) -> str | None:
+    """ "file", "folder", "other" (a pipe, socket or device), "denied" (its folder may not be
+    searched) or None (not there, or a dangling link)."""
+    try:
+        mode = p.stat().st_mode
+    except PermissionError:
+        return "denied"
+    except (OSError, ValueError):
+        return None
+    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else "other"
+
+
+def _denied(p: Path | str, what: str = "it") -> DocumentError:
+    return DocumentError(
+        p, f"permission denied: clara may not read {what}",
+        "fix its permissions, or run as a user who may read it",
+    )  # fmt: skip
 
 
 GLOB_CHARS = re.compile(r"[*?[]")
@@ -188,20 +224,31 @@ PACKAGES = frozenset(
 )
 
 
-def _walked(root: Path, recursive: bool, skipped: list[Path]) -> list[Path]:
+def _walked(
+    root: Path, recursive: bool, skipped: list[Path], unreadable: list[DocumentError]
+) -> list[Path]:
     """`_walk`, whole; a tree nested deeper than Python's walk recurses is one error line."""
     try:
-        return list(_walk(root, recursive, skipped))
+        return list(_walk(root, recursive, skipped, unreadable))
     except RecursionError:
         raise DocumentError(
             root, "folders nested too deep to walk (hundreds of levels)", "add its subfolders"
         ) from None
 
 
-def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:
+def _walk(
+    root: Path, recursive: bool, skipped: list[Path], unreadable: list[DocumentError]
+) -> Iterable[Path]:
     seen = {os.path.realpath(root)}
     library = os.path.realpath(Path.home() / "Library")  # macOS: apps' data, not documents
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def refused(exc: OSError) -> None:  # a folder os.walk could not list: said, not skipped
+        if isinstance(exc, PermissionError):
+            unreadable.append(_denied(exc.filename or root, "this folder"))
+        elif not isinstance(exc, FileNotFoundError):  # (removed while walked: nothing to say)
+            unreadable.append(DocumentError(exc.filename or root, f"cannot list: {exc.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=refused):
         keep = []
         for d in sorted(dirnames) if recursive else []:
             real = os.path.realpath(os.path.join(dirpath, d))
@@ -215,7 +262,11 @@ def _walk(root: Path, recursive: bool, skipped: list[Path]) -> Iterable[Path]:
         dirnames[:] = keep
         for name in filenames:
             f = Path(dirpath) / name
-            if not f.is_file():  # a dangling link
+            kind = _kind(f)
+            if kind == "denied":  # (a folder that may be listed but not searched)
+                if not is_hidden(name):
+                    unreadable.append(_denied(f))
+            elif kind != "file":  # a dangling link
                 if not is_hidden(name):
                     skipped.append(f)
             elif _wanted(f):

@@ -30,6 +30,7 @@ from clara.errors import (
 )
 from clara.paths import COLLECTION_NAME, RESERVED_NAMES, is_reserved
 from clara.retrieval import Fusion
+from clara.text import printable
 from clara_cli.common import os_error_text
 from clara_cli.http import APIError
 from clara_cli.worker import BULK, Task
@@ -372,12 +373,19 @@ class IndexService:
             else:
                 message = str(err).replace(str(self.uploads.path(rec)), rec.filename)
             values = dict(status="failed", error_code=code, error_message=message)
+            log.warning(
+                "file %s into %s failed (%s): %s", rec.id, link.store_id, code, printable(message)
+            )
         else:
             for warning in result.warnings:  # e.g. a page without text: the log says so
                 log.warning("file %s (%s): %s", rec.id, rec.filename, warning)
             usage = result.chunks * cm.n_mem * cm.hidden_size * 2  # float16 memory rows
             values = dict(status="completed", doc_id=result.doc_id, usage_bytes=usage)
             values.update(error_code=None, error_message=None)
+            log.info(
+                "file %s (%s) into %s: %s, %d chunks, %s", rec.id, printable(rec.filename),
+                link.store_id, result.status, result.chunks, result.doc_id,
+            )  # fmt: skip
         self.registry.update_link(link.store_id, rec.id, **values)
 
     def resume(self) -> None:
@@ -385,6 +393,7 @@ class IndexService:
         for link in self.registry.links():
             rec = self.registry.file(link.file_id)
             if link.status == "in_progress" and rec is not None:
+                log.info("file %s into %s: resumed (a stop interrupted it)", rec.id, link.store_id)
                 self._queue(link, rec)
 
     def store_files(self, store_id: str) -> list[VectorStoreFile]:

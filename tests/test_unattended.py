@@ -1,0 +1,171 @@
+"""clara run unattended (cron, systemd, `docker stop`): what its exit status and its log say.
+
+Folders clara may not read are errors and their documents stay; SIGTERM stops a command as
+Ctrl-C does; a partial run, a locked collection and a failure exit differently; the server
+logs in one timestamped format on stderr, leaves health checks out, and stops gracefully on
+SIGHUP. Permissions are tested as an unprivileged process (root reads everything)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_index_cli import CHUNKING, docs_of, run, write_corpus
+from tests.test_server_harness import ROOT, free_port
+
+
+def _unprivileged() -> list[str]:
+    """A prefix that runs a command without root's right to read anything."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: cannot run a command that obeys file permissions")
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def _add(*argv: object) -> subprocess.CompletedProcess:
+    cmd = [*_unprivileged(), sys.executable, "-m", "indexing.cli", "add", *map(str, argv)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_a_folder_clara_may_not_read_is_an_error_and_prune_keeps_its_documents(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """`add --prune` on a folder made unreadable removed every document under it (they looked
+    "gone"), and exited 0; an unreadable subfolder was skipped without a word."""
+    docs, index = tmp_path / "docs", tmp_path / "index"
+    (docs / "sub").mkdir(parents=True)
+    for path in (docs / "top.txt", docs / "notes.txt", docs / "sub" / "vault.txt"):
+        path.write_text(f"{path.stem}: the combination is written in this file.")
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
+    assert run(capsys, "add", docs, *args)[0] == 0
+    assert len(docs_of(index)) == 3
+    try:
+        (docs / "sub").chmod(0)
+        out = _add(docs, "--prune", "--json", *args)
+        report = json.loads(out.stdout)
+        assert out.returncode == 3, out.stderr  # some files failed, the others indexed
+        assert (report["unchanged"], report["failed"], report["pruned"]) == (2, 1, 0)
+        assert f"{docs / 'sub'}: permission denied: clara may not read this folder" in out.stderr
+        docs.chmod(0)
+        out = _add(docs, "--prune", *args)
+        assert out.returncode == 1, out.stderr  # nothing could be read
+        assert "permission denied" in out.stderr and "removed" not in out.stderr
+    finally:
+        docs.chmod(0o755)
+        (docs / "sub").chmod(0o755)
+    assert len(docs_of(index)) == 3  # all still indexed
+
+
+def test_a_folder_listed_but_not_searchable_stops_nothing_else(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A folder with read but not search permission (644) made `add` stop at once, with a hint
+    about writing, before indexing anything."""
+    docs, index = tmp_path / "docs", tmp_path / "index"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "top.txt").write_text("The top file is read.")
+    (docs / "sub" / "inner.txt").write_text("The inner file may not be.")
+    try:
+        (docs / "sub").chmod(0o644)
+        out = _add(docs, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    finally:
+        (docs / "sub").chmod(0o755)
+    assert out.returncode == 3, out.stderr
+    assert "permission denied: clara may not read it" in out.stderr
+    assert "write" not in out.stderr
+    assert list(docs_of(index)) == ["top.txt"]
+
+
+def test_sigterm_during_add_says_what_is_kept(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """SIGTERM (systemd, `timeout`, `docker stop`) killed `add` without a line in its log."""
+    from indexing.pipeline import FileResult, Indexer
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    run_files = Indexer.run
+
+    def one_then_sigterm(self, sources):
+        for event in run_files(self, sources):
+            yield event
+            if isinstance(event, FileResult):
+                os.kill(os.getpid(), signal.SIGTERM)  # a real signal, to this process
+                time.sleep(5)  # (its handler raises here)
+
+    monkeypatch.setattr(Indexer, "run", one_then_sigterm)
+    rc, _, err = run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    assert rc == 143 and "the 1 file indexed in this run stay indexed" in err
+    assert err.rstrip().endswith("clara-index: terminated (SIGTERM)")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    assert len(docs_of(index)) == 1
+
+
+def test_a_locked_collection_exits_75_to_try_again(capsys, tmp_path: Path) -> None:
+    from indexing.store import Collection
+    from tests.tiny import STORE_MANIFEST
+
+    index = tmp_path / "index"
+    (tmp_path / "a.txt").write_text("Some text to index.")
+    with Collection.open(index, "default", manifest=STORE_MANIFEST, create=True):
+        out = subprocess.run(
+            [sys.executable, "-m", "indexing.cli", "add", str(tmp_path / "a.txt"),
+             "--index", str(index)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert out.returncode == 75 and "is being written by pid" in out.stderr
+
+
+def test_the_server_logs_one_way_on_stderr_and_stops_on_sighup(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Access lines went to stdout without a time, in uvicorn's own format; health checks
+    filled them; SIGHUP (a closed terminal, a logrotate postrotate) killed the server at once."""
+    port = free_port()
+    out_path, err_path = tmp_path / "out.log", tmp_path / "err.log"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "--port", str(port), "--model",
+             str(tiny_llama_dir), "--index", str(tmp_path / "index")],
+            cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+            env={**os.environ, "CLARA_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, err_path.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/v1/models").status_code == 200
+        assert httpx.get(f"{url}/v1/nothing").status_code == 404
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = err_path.read_text()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO "
+    assert re.search(
+        stamp + r'uvicorn\.access: 127\.0\.0\.1:\d+ - "GET /v1/models HTTP/1\.1" 200', log
+    )
+    assert re.search(stamp + r'uvicorn\.access: .*"GET /v1/nothing HTTP/1\.1" 404', log)
+    assert '"GET /health HTTP/1.1" 200' not in log  # (polled above until ready; 503s stay)
+    assert re.search(stamp + r"clara: SIGHUP: stopping as for SIGTERM", log)
+    assert out_path.read_text() == ""
