@@ -364,9 +364,10 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     from clara_cli.http import is_loopback
 
     if not is_loopback(args.host) and not args.api_key:
+        can = "read and change" if getattr(args, "files_api", True) else "read"
         logging.getLogger("clara").warning(
-            "listening on %s without an API key: anyone who can reach this port can read and "
-            "change your documents; start it with --api-key (or CLARA_API_KEY)", args.host,
+            "listening on %s without an API key: anyone who can reach this port can %s your "
+            "documents; start it with --api-key (or CLARA_API_KEY)", args.host, can,
         )  # fmt: skip
     grace = getattr(args, "shutdown_grace", SHUTDOWN_GRACE_S)
 
