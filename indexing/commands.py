@@ -142,7 +142,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     paths, results = _expand(args.paths)
     for r in results:
-        print(f"{PROG}: {r.error}", file=sys.stderr)
+        print(f"{PROG}: {_error_line(r.error)}", file=sys.stderr)
     try:  # the writer lock first: another writer would make us wait for nothing
         col = _open(args.index, args.collection, index_type=args.index_type)
     except CollectionNotFoundError:
@@ -294,6 +294,16 @@ def _new_chunks(results: list[FileResult]) -> int:
     return sum(r.chunks for r in results if r.status in ("added", "replaced", "recompressed"))
 
 
+def _error_line(error: Exception | None) -> str:
+    """A file's error, its path shown as the lines of files that went well show theirs
+    (relative to the working folder when under it)."""
+    if isinstance(error, DocumentError):
+        return f"{show_path(error.path)}: {error.reason}" + (
+            f": {error.hint}" if error.hint else ""
+        )
+    return str(error)
+
+
 def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]:
     """Consume the pipeline's events: progress bar (files, chunks/s), one line per file."""
     start = time.perf_counter()
@@ -327,7 +337,7 @@ def _take_events(args: argparse.Namespace, events, results: list, bar, start: fl
         results.append(event)
         bar.update(1)
         if event.error is not None:
-            bar.write(f"{PROG}: {event.error}", file=sys.stderr)
+            bar.write(f"{PROG}: {_error_line(event.error)}", file=sys.stderr)
             continue
         for warning in event.warnings:
             bar.write(f"{PROG}: warning: {show_path(event.path)}: {warning}", file=sys.stderr)
