@@ -18,8 +18,9 @@ ENV CLARA_HOME=/data HF_HUB_OFFLINE=1 XDG_CACHE_HOME=/data/cache
 RUN clara-models prepare
 VOLUME /data
 EXPOSE 8000
-# /health answers 503 while the model loads, 200 once it serves
-HEALTHCHECK --interval=30s --timeout=5s --start-period=180s \
+# /health answers 503 while the model loads, 200 once it serves (a first start also compiles
+# kernels: minutes on a slow CPU)
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('CLARA_PORT', '8000'), timeout=4)"
 ENV CLARA_PORT=8000
 CMD ["sh", "-c", "exec clara-serve --host 0.0.0.0 --port \"$CLARA_PORT\""]

@@ -33,9 +33,8 @@ from mlx_lm.sample_utils import apply_top_p
 from clara import _blas, lanes
 from clara.attention import decode_steps, fused_from, fused_passes, fused_takes
 from clara.attention import usable as attention_usable
-from clara.errors import ClaraError
 from clara.kv import MIN_PREFIX, PREFILL_STEP, PrefixCache, join_caches, text_prefix
-from clara.lora import ADAPTERS, merge_adapter, merged, merged_weights
+from clara.lora import check_adapter, merge_adapter, merged, merged_weights
 from clara.model import ClaraModel
 from clara.prompt import Prompt
 from clara.rope import same_positions
@@ -105,8 +104,7 @@ class Decoder:
         prefill_step: int = PREFILL_STEP,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
-        if adapter is not None and adapter not in ADAPTERS:
-            raise ClaraError(f"unknown adapter {adapter!r}; expected one of {ADAPTERS} or None")
+        check_adapter(adapter)
         self.cm = cm
         self.adapter = adapter
         self.limit = context_limit(cm, max_context)

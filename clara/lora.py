@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from clara import _blas, _native
-from clara.errors import ModelThreadError
+from clara.errors import InvalidArgumentError, ModelThreadError
 
 if TYPE_CHECKING:
     from clara.model import ClaraModel
@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 ADAPTERS = ("compressor", "query", "generator")
 # Linear layers of a Llama-style block that get adapters ("all linear layers" but lm_head).
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def check_adapter(adapter: str | None) -> None:
+    """`adapter` names one of ADAPTERS, or is None (the bare base model)."""
+    if adapter is not None and adapter not in ADAPTERS:
+        raise InvalidArgumentError(
+            f"unknown adapter {adapter!r}: one of {', '.join(ADAPTERS)}, or None for the bare model"
+        )
 
 
 class AdapterSwitch:

@@ -14,14 +14,14 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_causal_mask
 
 from clara import _blas, attention, lanes
-from clara.errors import ClaraError
+from clara.errors import ClaraError, InvalidArgumentError
 from clara.last_positions import final_hidden
 from clara.loader import BaseModel
 from clara.lora import (
-    ADAPTERS,
     AdapterSwitch,
     MultiLoRALinear,
     apply_lora,
+    check_adapter,
     drop_merged,
     merge_adapter,
     merged,
@@ -262,8 +262,7 @@ class ClaraModel(nn.Module):
     # ---- adapters -------------------------------------------------------------------------
     def use(self, adapter: str | None) -> None:
         """Make `adapter` (or None: the bare base model) active for the next forward passes."""
-        if adapter is not None and adapter not in ADAPTERS:
-            raise ClaraError(f"unknown adapter {adapter!r}; expected one of {ADAPTERS}")
+        check_adapter(adapter)
         self.switch.check_thread()
         self.switch.active = adapter
 
@@ -377,7 +376,7 @@ class ClaraModel(nn.Module):
         effect: "float32" where bfloat16 cannot run (neither, or weights not packed: call
         `pack_base_weights` first)."""
         if precision not in QUERY_PRECISIONS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"query precision {precision!r}: choose {' or '.join(QUERY_PRECISIONS)}"
             )
         holder = self.__dict__.get("_packed")

@@ -191,7 +191,7 @@ def memory_prompt(
     system: str | None = None,
 ) -> Prompt:
     """The generator's prompt: memory blocks `(n_mem, d)` placed as input embeddings."""
-    if not memories:
+    if len(memories) == 0:
         return text_prompt(cm, question, None, history, system)
     return _blocks_prompt(cm, question, [], memories, history, system)
 
@@ -237,7 +237,7 @@ def mixed_prompt(
             "mode 'mixed' needs clara's own prompt layout, and this checkpoint uses its "
             "reference's (imported): use 'memory' or 'text'"
         )
-    if not memories:  # the generator reading text alone
+    if len(memories) == 0:  # the generator reading text alone
         return text_prompt(cm, question, list(texts) or None, history, system)
     return _blocks_prompt(cm, question, texts, memories, history, system)
 

@@ -382,7 +382,8 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
             # a stop asked for ends with status 0 once answers are done (uvicorn would raise
-            # the signal again afterwards: 143 for SIGTERM, which systemd counts as a failure)
+            # the signal again afterwards, and the process end killed by it, or with run_main's
+            # 143 for SIGTERM)
             getattr(self, "_captured_signals", []).clear()
 
     # Idle keep-alive connections stay open longer than clients keep them (httpx, so the openai
@@ -411,17 +412,25 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
 
     worker.on_fatal = fatal
 
+    hung_up: list[int] = []
+
     def hang_up(signum: int, frame: Any) -> None:  # (uvicorn's own: SIGINT and SIGTERM)
-        logging.getLogger("clara").info("SIGHUP: stopping as for SIGTERM")
+        hung_up.append(signum)  # (no logging in a signal handler: said after the stop)
         server.handle_exit(signal.SIGTERM, frame)
 
     hup = getattr(signal, "SIGHUP", None)
-    if hup is not None and signal.getsignal(hup) is signal.SIG_DFL:  # (nohup: stays ignored)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(hup) if hup is not None and main else None
+    if before is signal.SIG_DFL:  # (nohup: stays ignored)
         signal.signal(hup, hang_up)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if before is signal.SIG_DFL:
+            signal.signal(hup, before)
+    if hung_up:
+        logging.getLogger("clara").info("stopped on SIGHUP, as on SIGTERM")
     if worker.error is not None:
         if isinstance(worker.error, ClaraError):
             raise worker.error
@@ -433,9 +442,10 @@ def _quiet_polls(record: Any) -> bool:
     """Leave successful health checks and metrics scrapes (every few seconds, from a load
     balancer, Docker or Prometheus) out of the access log; failed ones stay."""
     args = record.args if isinstance(record.args, tuple) else ()
-    if len(args) == 5:  # uvicorn's: (client, method, path, http version, status)
+    if len(args) == 5:  # uvicorn's: (client, method, path with its query, http version, status)
         _, method, path, _, status = args
-        return not (method == "GET" and path in ("/health", "/metrics") and status < 400)
+        poll = str(path).split("?")[0] in ("/health", "/metrics")
+        return not (method in ("GET", "HEAD") and poll and status < 400)
     return True
 
 
@@ -568,7 +578,7 @@ class LogProgress:
         self._clock, self._iterable = time.monotonic, iterable
         self.total, self.desc, self.unit = total, desc or "progress", unit
         self.every = LOG_EVERY_S if every is None else every
-        self.n, self.postfix, self._shown = 0, "", False
+        self.n, self.postfix, self._shown, self._said = 0, "", False, -1
         self._start = self._last = self._clock()
 
     def __iter__(self):
@@ -595,9 +605,9 @@ class LogProgress:
         print(text, file=file or sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self._shown:
+        if self._shown and self.n != self._said:  # (the last line may already say it all)
             self._line()
-            self._shown = False
+        self._shown = False
 
     def __enter__(self) -> LogProgress:
         return self
@@ -615,4 +625,4 @@ class LogProgress:
         rate = f", {self.n / max(elapsed, 1e-9):.2f} {self.unit}/s"
         extra = f"; {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {done}{share} in {took}{rate}{extra}", file=sys.stderr, flush=True)
-        self._shown = True
+        self._shown, self._said = True, self.n

@@ -20,6 +20,7 @@ import fcntl
 import os
 import signal
 from pathlib import Path
+from typing import ClassVar
 
 from clara.errors import CollectionLockedError  # noqa: F401
 
@@ -125,28 +126,33 @@ class WriterLock:
     The file holds the owner's pid so a second writer can say who is in the way.
     """
 
+    #: (device, inode) of the lock files this process holds: a second writer here is told
+    #: so (pids do not tell: in containers every service is pid 1)
+    held: ClassVar[set[tuple[int, int]]] = set()
+
     def __init__(self, directory: Path, what: str):
         self.path = directory / "writer.lock"
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        st = os.fstat(self._fd)
+        self._key = (st.st_dev, st.st_ino)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             pid = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(self._fd)
             self._fd = None
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) and pid == str(
-                os.getpid()
-            ):
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            if self._key in WriterLock.held:
                 raise CollectionLockedError(
                     f"{what} is already open for writing in this process: close() that "
                     "collection first (`with Collection.open(...)` closes it)"
                 ) from None
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise CollectionLockedError(
-                    f"{what} is being written by pid {pid}; wait for it to finish "
-                    "(or stop that process) and try again"
-                ) from None
-            raise
+            raise CollectionLockedError(
+                f"{what} is being written by pid {pid}; wait for it to finish "
+                "(or stop that process) and try again"
+            ) from None
+        WriterLock.held.add(self._key)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
@@ -156,6 +162,7 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            WriterLock.held.discard(self._key)
 
     def __del__(self) -> None:  # a writer dropped without close(): its lock goes with it
         with contextlib.suppress(Exception):

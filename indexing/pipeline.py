@@ -272,8 +272,9 @@ class Indexer:
                 if isinstance(src, FileResult):
                     yield src
                     continue
-                src = src if isinstance(src, Source) else Source(Path(src))
-                if not src.path.is_absolute():  # stored as found from any folder, as the CLI's
+                if not isinstance(src, Source):  # a path: stored resolved, as the CLI's (a
+                    src = Source(Path(src).resolve())  # relative one from any folder, links)
+                elif not src.path.is_absolute():
                     src = Source(src.path.resolve(), src.name)
                 prepared = self._prepare(src, in_flight)
                 if isinstance(prepared, FileResult):

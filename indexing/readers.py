@@ -252,8 +252,8 @@ def _walk(
         keep = []
         for d in sorted(dirnames) if recursive else []:
             real = os.path.realpath(os.path.join(dirpath, d))
-            if is_hidden(d) or real in seen:  # a link back up would loop
-                continue
+            if is_hidden(d) or d == "lost+found" or real in seen:  # a link back up would loop;
+                continue  # lost+found: the file system's own (root's), at a mount's top
             if _is_package(d) or (real == library and sys.platform == "darwin"):  # (macOS)
                 skipped.append(Path(dirpath) / d)
             else:
@@ -262,17 +262,17 @@ def _walk(
         dirnames[:] = keep
         for name in filenames:
             f = Path(dirpath) / name
-            kind = _kind(f)
-            if kind == "denied":  # (a folder that may be listed but not searched)
-                if not is_hidden(name):
-                    unreadable.append(_denied(f))
-            elif kind != "file":  # a dangling link
+            if not _wanted(f):  # by its name: hidden, or a type clara does not read
                 if not is_hidden(name):
                     skipped.append(f)
-            elif _wanted(f):
-                yield f.resolve()
-            elif not is_hidden(name):
+                continue
+            kind = _kind(f)
+            if kind == "denied":  # (a folder that may be listed but not searched)
+                unreadable.append(_denied(f))
+            elif kind != "file":  # a dangling link, a pipe
                 skipped.append(f)
+            else:
+                yield f.resolve()
 
 
 def _is_package(name: str) -> bool:

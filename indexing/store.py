@@ -230,8 +230,12 @@ class Collection:
 
     def close(self) -> None:
         """Writer: save a lagging FAISS file and release the lock. Safe to call twice."""
-        if self._closed:
-            return
+        with self._mutex:  # (two threads closing at once: the second finds it closed)
+            if self._closed:
+                return
+            self._close()
+
+    def _close(self) -> None:
         with self._guard():
             try:
                 self.save_index()
@@ -379,13 +383,13 @@ class Collection:
         n_mem, d = self.manifest.n_mem, self.manifest.hidden_size
         memories = np.asarray(memories)
         if memories.shape != (len(chunks), n_mem, d):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"memories must have shape (len(chunks)={len(chunks)}, n_mem={n_mem}, d={d}), "
                 f"got {memories.shape}"
             )
         mem16 = memories.astype(np.float16)  # (N, n_mem, d): exactly what the file stores
         if not np.isfinite(mem16).all():
-            raise ValueError("memories contain NaN/inf (or values beyond float16 range)")
+            raise InvalidArgumentError("memories contain NaN/inf (or values beyond float16 range)")
         if size is None and path and os.path.isfile(path):
             st = os.stat(path)
             size = st.st_size

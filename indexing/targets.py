@@ -50,7 +50,7 @@ def _walked(target: str) -> set[str]:
     """The files `add target` would read now, as stored: links (to folders too) followed to
     the real path a document is stored under, which the folder or glob named does not show."""
     try:
-        files = iter_inputs([target])
+        files = iter_inputs([target], unreadable=[])  # (what may not be read: not indexed)
     except (ClaraError, OSError):
         return set()
     return {str(p) for p in files} | {path_text(p) for p in files}

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 
 from clara.errors import CollectionNotFoundError
@@ -100,11 +99,11 @@ class Rag:
         adapter; text or nothing -> bare model."""
         cm = self.cm
         if r.status == "ok" and p.mode == "memory":
-            blocks = [mx.array(m) for m in r.memories]  # (n_mem, d) each
-            return memory_prompt(cm, p.question, blocks, p.history, p.system), "generator"
+            prompt = memory_prompt(cm, p.question, r.memories, p.history, p.system)
+            return prompt, "generator"
         chunks = [contextual(s.context, s.text) for s in r.sources] if r.status == "ok" else None
         if chunks and p.mode == "mixed":
-            blocks = [mx.array(m) for m in r.memories[MIXED_TEXT:]]
+            blocks = r.memories[MIXED_TEXT:]  # (n_mem, d) each, NumPy: the prompt takes them
             prompt = mixed_prompt(cm, p.question, chunks[:MIXED_TEXT], blocks, p.history, p.system)
             return prompt, "generator"
         # asked without retrieval (a chat app's side requests, `NAME-no-retrieval`): the

@@ -95,6 +95,39 @@ def test_a_resumed_run_counts_the_seconds_after_the_last_logged_row(tiny_llama_d
     assert [r["step"] for r in rows] == [3, 4] and rows[0]["elapsed_s"] > saved
 
 
+def test_one_run_at_a_time_into_an_out_folder(tiny_llama_dir, tmp_path, capsys):
+    """Two runs into one --out (or a --resume beside the run it resumes) interleaved their
+    checkpoints and metrics rows without a word."""
+    import subprocess
+    import sys
+
+    from tests.test_server_harness import ROOT
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+         "from indexing.durable import WriterLock; from pathlib import Path;"
+         "lock = WriterLock(Path(sys.argv[2]), 'x'); print('held', flush=True); time.sleep(60)",
+         str(ROOT), str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"  # (a run training into it)
+        args = [*_pretrain_args(tiny_llama_dir, tmp_path, out), "--max-steps", "2"]
+        capsys.readouterr()
+        assert main(args) == 75
+        assert f"--out {out} is being written by pid" in capsys.readouterr().err
+        assert main([*args, "--resume"]) == 75
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # free again
+    (tmp_path / "afile").write_text("")
+    assert main([*args[:-2], "--out", str(tmp_path / "afile"), "--max-steps", "2"]) == 1
+    assert "is a file: give a folder" in capsys.readouterr().err
+
+
 def test_center_memory_is_fitted_once_and_kept_by_later_stages(tiny_llama_dir, tmp_path, capsys):
     from clara.checkpoint import load_clara
 

@@ -253,3 +253,23 @@ def test_eval_cli_index_mode(trained, tiny_llama_dir, tmp_path, capsys, retrieva
     row, mixed = json.loads(capsys.readouterr().out)
     assert row["retrieval"]["recall@3"] == 1.0  # three documents: every mode finds them all
     assert mixed["method"] == "mixed" and mixed["retrieval"] == row["retrieval"]
+
+
+def test_eval_on_an_index_of_other_adapters_says_how_to_recompress(
+    trained, tiny_llama_dir, tmp_path, capsys
+):
+    """clara-eval called the index's adapters "the default adapters of an earlier clara", and
+    its recompress command left out the checkpoint evaluated (so it rebuilt the same index)."""
+    from clara.checkpoint import load_clara
+    from indexing.store import Collection
+
+    final, data = trained
+    other = load_clara(tiny_llama_dir, "fresh", dtype=None)  # not what `final` compresses with
+    root = tmp_path / "indexes"
+    Collection.open(root, "t", manifest=dict(other.manifest()), create=True).close()
+    code = main(["--data", str(data), "--checkpoint", str(final), "--model", str(tiny_llama_dir),
+                 "--dtype", "stored", "--retrieval", "index", "--index", "t", "--index-root",
+                 str(root), "--max-tokens", "2", "-q", "--no-baselines"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and f"--checkpoint {final.resolve()}" in err, err
+    assert "earlier clara" not in err

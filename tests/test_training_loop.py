@@ -80,7 +80,7 @@ def test_pretrain_learns_and_writes_a_loadable_checkpoint(tiny_llama_dir, tmp_pa
 
 @pytest.mark.parametrize("full", [False, True])
 def test_resume_is_exact(tiny_llama_dir, tmp_path, full):
-    kw = dict(max_steps=6, grad_accum=2, full=full)
+    kw = dict(max_steps=6, grad_accum=2, full=full, log_every=2)  # stopped at 3: between rows
     straight = train(
         PRETRAIN, _cfg(tmp_path / "a", **kw), model=tiny_llama_dir, clara_config=CONFIG, dtype=None
     )
@@ -111,9 +111,15 @@ def test_resume_is_exact(tiny_llama_dir, tmp_path, full):
         # the full fine-tuning checkpoint loads with its own base weights
         cm = load_for_training(tiny_llama_dir, straight, dtype=None)
         assert str(cm.info.path).endswith("base")
-    la = [r["loss"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")]
-    lb = [r["loss"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
-    assert la == lb
+    la = [
+        (r["step"], r["loss"], r["positions"])
+        for r in read_metrics(tmp_path / "a" / "metrics.jsonl")
+    ]
+    lb = [
+        (r["step"], r["loss"], r["positions"])
+        for r in read_metrics(tmp_path / "b" / "metrics.jsonl")
+    ]
+    assert la == lb and [s for s, _, _ in la] == [2, 4, 6]  # step 4's row holds step 3 too
 
 
 def test_a_run_never_mixes_with_another(tiny_llama_dir, tmp_path):

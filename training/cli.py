@@ -13,7 +13,9 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
+from clara.errors import ClaraError
 from clara.model import COMPRESSION_RATES, ClaraConfig
 from clara.paths import file_sha256
 from clara_cli.common import (
@@ -93,7 +95,7 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, logs)")
     p.add_argument(
         "--ranks",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="data-parallel processes on this machine (MLX ring backend, no launcher); the "
@@ -318,14 +320,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from training.launch import is_rank
+
+    if is_rank():  # (the launcher holds --out)
+        return _train_in(args)
+    lock = _hold_out(args.out)
+    try:
+        return _train_in(args)
+    finally:
+        lock.release()
+
+
+def _hold_out(out: str) -> Any:
+    """One run at a time into `out`: two (or a --resume beside the run it resumes) would
+    interleave their checkpoints and metrics. Released on exit, whatever the way."""
+    from indexing.durable import WriterLock
+
+    where = Path(out)
+    if where.exists() and not where.is_dir():
+        raise ClaraError(f"--out {out} is a file: give a folder for the run")
+    where.mkdir(parents=True, exist_ok=True)
+    return WriterLock(where, f"--out {out}")
+
+
+def _train_in(args: argparse.Namespace) -> int:
     from training.data import read_pretrain, read_qa
     from training.launch import is_rank, run_ranks, self_command
     from training.pipeline import check_out, train
     from training.stages import StageConfig
     from training.trainer import TrainConfig
 
-    if args.ranks < 1:
-        raise SystemExit(f"{PROG}: --ranks must be at least 1")
     if args.ranks > 1 and not is_rank():
         check_out(args.out, args.resume, args.checkpoint)  # once, before any rank starts
         return run_ranks(self_command(_without_ranks(args.argv)), args.ranks)

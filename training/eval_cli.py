@@ -223,17 +223,26 @@ def evaluate(args: argparse.Namespace) -> list:
     def bar(it, n, desc):
         return progress(it, n, desc, unit="q", quiet=args.quiet)
 
-    def get(cm):
+    def get(cm, ck):
         if args.retrieval == "index":
-            return retrieve_from_index(
-                cm, records, args.index, args.index_root, args.top_k, mode=args.retrieval_mode
-            )
+            got = retrieve_from_index(
+                cm, records, args.index, args.index_root, args.top_k,
+                mode=args.retrieval_mode, checkpoint=ck,
+            )  # fmt: skip
+            if not any(got.gold):
+                print(
+                    f"clara-eval: no Recall@k for {ck}: no chunk found in index "
+                    f"'{args.index}' is one of the records' gold documents word for word (the "
+                    "index cut its documents its own way); --retrieval collection measures it",
+                    file=sys.stderr,
+                )
+            return got
         return retrieve(cm, records, args.retrieval, collection, args.top_k)
 
     rows, contexts = [], None
     for ck in args.checkpoint:
         cm = load_for_training(model, ck, dtype=dtype)  # a full fine-tuning ck brings base/
-        got = get(cm)
+        got = get(cm, ck)
         contexts = contexts if contexts is not None else got.texts
         name = f"CLaRa {cm.config.compression_rate}x"
         if len(args.checkpoint) > 1:

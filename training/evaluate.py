@@ -302,17 +302,21 @@ def retrieve_from_index(
     top_k: int = 5,
     batch_size: int = 16,
     mode: str = "hybrid",
+    checkpoint: str | None = None,
 ) -> Retrieved:
     """Top-k from a `clara-index` collection (its stored memory vectors and chunk texts),
     searched `mode` ("hybrid", "dense" or "lexical", as everywhere else).
 
-    The collection must have been built with this checkpoint (its manifest is checked); a hit
-    counts as gold when its chunk text equals one of the record's gold documents.
+    The collection must have been built with this checkpoint (its manifest is checked: the
+    message names `checkpoint` in the command that recompresses it); a hit counts as gold
+    when its chunk text equals one of the record's gold documents.
     """
+    from indexing.pipeline import model_manifest
     from indexing.store import Collection
 
     q = np.array(cm.encode_queries([r.question for r in records], batch_size=batch_size))
-    with Collection.open(root, name, manifest=cm.manifest(), readonly=True) as col:
+    manifest = model_manifest(cm, checkpoint)
+    with Collection.open(root, name, manifest=manifest, readonly=True) as col:
         memories, texts, ranked, gold = [], [], [], []
         for r, vector in zip(records, q):
             hits = col.retrieve(

@@ -158,7 +158,10 @@ def read_chunks(
     from indexing.chunking import chunk_document
     from indexing.readers import iter_inputs, read_document
 
-    files = iter_inputs(paths)
+    unreadable: list[DocumentError] = []
+    files = iter_inputs(paths, unreadable=unreadable)
+    for exc in unreadable:
+        print(f"clara-train synth: skipping {exc}", file=sys.stderr)
     if not files:
         raise ClaraError(f"no documents found in {', '.join(map(str, paths))}")
     out = []

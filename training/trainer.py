@@ -250,6 +250,7 @@ class Trainer:
         )
         self.step = 0
         self._clock: tuple[float | None, float | None] = (None, None)  # (seconds before, start)
+        self._unlogged: list[dict] = []  # steps since the last metrics row: kept by checkpoints
         self.schedule = lr_schedule(
             config.learning_rate, self.total_steps, config.warmup, config.min_lr_ratio
         )
@@ -428,6 +429,8 @@ class Trainer:
             "total_steps": self.total_steps,
             "config": config_dict(self.cfg),
             "elapsed_s": round(self._elapsed(), 2),  # training seconds up to this step
+            # (a resumed run's next row averages them with its own steps, as one run's would)
+            "unlogged": [{k: float(v) for k, v in m.items()} for m in self._unlogged],
         }
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         final = self.out / name
@@ -453,6 +456,7 @@ class Trainer:
             )
         self.step = int(state["step"])
         self._clock = (state.get("elapsed_s"), None)  # (older checkpoints: from metrics.jsonl)
+        self._unlogged = list(state.get("unlogged", []))
         self.optimizer.state = tree_unflatten(
             list(mx.load(str(checkpoint / OPTIMIZER_FILE)).items())
         )
@@ -493,7 +497,7 @@ class Trainer:
 
     def _loop(self, bar, metrics_path: Path) -> Path:
         cfg, lead = self.cfg, self.rank == 0
-        window, t0 = [], time.perf_counter()
+        window, t0 = self._unlogged, time.perf_counter()
         for _ in bar:
             m = self.train_step()
             window.append(m)
@@ -513,7 +517,7 @@ class Trainer:
                     fh.write(json.dumps(row) + "\n")
                 if not sys.stderr.isatty() and not cfg.quiet:
                     print(_describe(cfg.stage, row, self.total_steps), file=sys.stderr, flush=True)
-                window = []
+                window = self._unlogged = []
             stop = cfg.stop_after is not None and self.step >= cfg.stop_after and not done
             asked = not done and self._stop_requested()
             periodic = cfg.save_every and self.step % cfg.save_every == 0

@@ -32,7 +32,7 @@ from clara.paths import COLLECTION_NAME, RESERVED_NAMES, is_reserved
 from clara.retrieval import Fusion
 from clara.text import printable
 from clara_cli.common import os_error_text
-from clara_cli.http import APIError
+from clara_cli.http import APIError, is_client_error
 from clara_cli.worker import BULK, Task
 from indexing.durable import held_elsewhere
 from indexing.layout import case_clash
@@ -331,6 +331,9 @@ class IndexService:
                 began = time.perf_counter()
 
         def failed(exc: BaseException) -> None:
+            if is_client_error(exc):  # (the worker logs the others, with their traceback)
+                log.warning("file %s (%s) into %s failed: %s", rec.id, printable(rec.filename),
+                            store_id, printable(str(exc)))  # fmt: skip
             if isinstance(exc, ClaraError):
                 message = str(exc)
             elif isinstance(exc, OSError):  # a full disk, the collection's folder not writable
@@ -374,8 +377,9 @@ class IndexService:
                 message = str(err).replace(str(self.uploads.path(rec)), rec.filename)
             values = dict(status="failed", error_code=code, error_message=message)
             log.warning(
-                "file %s into %s failed (%s): %s", rec.id, link.store_id, code, printable(message)
-            )
+                "file %s (%s) into %s failed (%s): %s", rec.id, printable(rec.filename),
+                link.store_id, code, printable(message),
+            )  # fmt: skip
         else:
             for warning in result.warnings:  # e.g. a page without text: the log says so
                 log.warning("file %s (%s): %s", rec.id, rec.filename, warning)
