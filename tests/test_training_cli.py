@@ -228,7 +228,7 @@ def test_openai_teacher_posts_chat_completions():
     assert "A document." in seen["body"]["messages"][1]["content"]
 
 
-def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch):
+def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "docs"
     folder.mkdir()
     for i, d in enumerate(DOCS):
@@ -261,6 +261,11 @@ def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch):
     s1 = read_pretrain(tmp_path / "data" / "stage1.jsonl")
     s2 = read_qa(tmp_path / "data" / "stage2.jsonl")
     assert sum(r.kind == "paraphrase" for r in s1) == 3 and len(s2) == 3
+    assert "fewer than --candidates" not in capsys.readouterr().err
+    argv = ["synth", str(folder), "--out", str(tmp_path / "data"), "--model", str(tiny_llama_dir),
+            "--teacher-url", "http://x/v1", "--teacher-model", "m", "--candidates", "5", "-q"]  # fmt: skip
+    assert main(argv) == 0  # three chunks in all: a question gets three candidates at most
+    assert "3 of 3 questions have fewer than --candidates 5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -365,6 +365,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if stage2:
         n2 = write_jsonl(out / "stage2.jsonl", map(qa_to_json, stage2))
         print(f"{out / 'stage2.jsonl'}: {n2} records")
+        short = sum(len(r.docs) < args.candidates for r in stage2)
+        if short:
+            print(
+                f"{PROG}: warning: {short} of {n2} questions have fewer than --candidates "
+                f"{args.candidates} candidate chunks ({len(chunks)} chunks in all): with one, "
+                "joint's retrieval loss is zero and recall says nothing; synthesize from more "
+                "documents",
+                file=sys.stderr,
+            )
     elif (out / "stage2.jsonl").exists():  # an earlier run's: not this data's questions
         (out / "stage2.jsonl").unlink()
         print(f"{out / 'stage2.jsonl'}: removed (an earlier run's; this one wrote no questions)")
