@@ -73,6 +73,7 @@ def test_reads_every_answer_key(tmp_path, key, value, expected):
     "row,message",
     [
         ("{not json", r"data.jsonl:2: invalid JSON"),
+        ('{"docs": ["abc"]', r":2: invalid JSON \(Expecting ',' delimiter at column 17\)"),  # cut
         ({"data_type": "summary", "docs": ["d"]}, r":2: 'data_type' must be"),
         ({"data_type": "paraphrase", "docs": ["a", "b"]}, r":2: .*exactly one document"),
         (

@@ -65,7 +65,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
                 continue
             where = f"{path}:{n}"
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))  # (else a cut line errs at "column 1")
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
             if not isinstance(obj, dict):
