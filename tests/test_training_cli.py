@@ -123,6 +123,11 @@ def test_one_run_at_a_time_into_an_out_folder(tiny_llama_dir, tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert main(args) == 0  # free again
+    capsys.readouterr()
+    assert main([*args, "--resume", "--max-steps", "3", "--lora-rank", "8"]) == 1  # (other steps)
+    err = capsys.readouterr().err
+    assert "--lora-rank ignored: the checkpoint it starts from brings its own" in err
+    assert "to train on, start a run from it: --init-from" in err
     (tmp_path / "afile").write_text("")
     assert main([*args[:-2], "--out", str(tmp_path / "afile"), "--max-steps", "2"]) == 1
     assert "is a file: give a folder" in capsys.readouterr().err

@@ -33,6 +33,9 @@ from clara_cli.common import (
 )
 
 PROG = "clara-train"
+#: Options that shape fresh adapters: a run from a checkpoint (--init-from, --resume) takes its.
+FRESH_ONLY = ("--compression-rate", "--doc-max-tokens", "--lora-rank", "--lora-alpha",
+              "--lora-dropout", "--center-memory")  # fmt: skip
 
 STAGE_HELP = {
     "pretrain": (
@@ -354,6 +357,14 @@ def _train_in(args: argparse.Namespace) -> int:
         check_out(args.out, args.resume, args.checkpoint)  # once, before any rank starts
         return run_ranks(self_command(_without_ranks(args.argv)), args.ranks)
     records = read_pretrain(args.data) if args.stage == "pretrain" else read_qa(args.data)
+    if args.checkpoint is not None or args.resume:  # (said once: not by every rank)
+        ignored = [o for o in FRESH_ONLY if any(a.split("=")[0] == o for a in args.argv)]
+        if ignored and not is_rank():
+            print(
+                f"{PROG}: note: {', '.join(ignored)} ignored: the checkpoint it starts from "
+                "brings its own (its clara_config.json)",
+                file=sys.stderr,
+            )
     if args.stage in ("instruct", "joint") and args.checkpoint is None and not args.resume:
         print(
             f"{PROG}: note: no --init-from checkpoint; {args.stage} starts from fresh adapters",

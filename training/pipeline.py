@@ -109,7 +109,10 @@ def check_out(
             )
         done = read_checkpoint_config(found[-1]).get("training", {})
         if found[-1].name == "final" and done.get("step") == done.get("total_steps"):
-            raise ClaraError(f"{found[-1]} is already complete: nothing to resume")
+            raise ClaraError(
+                f"{found[-1]} is already complete: nothing to resume (to train on, start a run "
+                f"from it: --init-from {found[-1]} --out ANOTHER_FOLDER)"
+            )
         return found[-1]
     if found:
         raise ClaraError(
