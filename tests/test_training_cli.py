@@ -153,7 +153,13 @@ def test_center_memory_is_fitted_once_and_kept_by_later_stages(tiny_llama_dir, t
                  "--init-from", str(out1 / "final"), "--top-k", "2"]) == 0  # fmt: skip
     cm3 = load_clara(tiny_llama_dir, out3 / "final", dtype=None)
     assert cm3.config.center_memory and bool((cm3.memory_center == center).all())
-    capsys.readouterr()
+    assert "one candidate document" not in capsys.readouterr().err
+    alone = tmp_path / "alone.jsonl"  # a question with its own document only: nothing to rank
+    write_jsonl(alone, [{"question": "Where is Paris?", "docs": DOCS[1:2], "answer": "France",
+                         "pos_index": [0]}])  # fmt: skip
+    assert main(["joint", *common, "--data", str(alone), "--out", str(tmp_path / "alone"),
+                 "--init-from", str(out1 / "final"), "--top-k", "2"]) == 0  # fmt: skip
+    assert "1 of 1 questions have one candidate document" in capsys.readouterr().err
     code = main(["joint", *common, "--data", str(s3), "--out", str(tmp_path / "x"),
                  "--center-memory", "--top-k", "2"])  # fmt: skip
     assert code == 1 and "start with the pretrain or instruct stage" in capsys.readouterr().err

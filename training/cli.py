@@ -357,6 +357,14 @@ def _train_in(args: argparse.Namespace) -> int:
         check_out(args.out, args.resume, args.checkpoint)  # once, before any rank starts
         return run_ranks(self_command(_without_ranks(args.argv)), args.ranks)
     records = read_pretrain(args.data) if args.stage == "pretrain" else read_qa(args.data)
+    alone = sum(len(r.docs) < 2 for r in records) if args.stage == "joint" else 0
+    if alone and not is_rank():
+        print(
+            f"{PROG}: warning: {alone} of {len(records)} questions have one candidate document: "
+            "the query adapter learns nothing to rank from them (the retrieval loss and recall "
+            "of each are trivially perfect); build the data from more documents",
+            file=sys.stderr,
+        )
     if args.checkpoint is not None or args.resume:  # (said once: not by every rank)
         ignored = [o for o in FRESH_ONLY if any(a.split("=")[0] == o for a in args.argv)]
         if ignored and not is_rank():

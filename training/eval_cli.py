@@ -203,6 +203,13 @@ def evaluate(args: argparse.Namespace) -> list:
     records = read_qa(args.data, need_docs=args.retrieval in ("candidates", "gold"))
     if args.limit:
         records = records[: args.limit]
+    alone = sum(len(r.docs) < 2 for r in records) if args.retrieval == "candidates" else 0
+    if alone:
+        print(
+            f"clara-eval: warning: {alone} of {len(records)} questions have one candidate "
+            "document: their Recall@k is 1 whatever the query adapter does",
+            file=sys.stderr,
+        )
     if args.retrieval == "gold" and not all(r.pos_index for r in records):
         raise ClaraError("--retrieval gold needs pos_index in every record")
     if args.retrieval == "index" and not args.index:
