@@ -105,6 +105,7 @@ class Decoder:
         prefix_cache: PrefixCache | None = None,
     ) -> None:
         check_adapter(adapter)
+        cm.switch.check_thread()
         self.cm = cm
         self.adapter = adapter
         self.limit = context_limit(cm, max_context)

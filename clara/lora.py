@@ -236,6 +236,7 @@ def merge_adapter(cm: ClaraModel, adapter: str | None) -> int:
     one. Quantized layers keep the LoRA path, and so does a model whose copy would pass
     `CLARA_MERGE_GB` (default 4 GiB): the decode copy is only made where memory allows. A
     block's q/k/v copies are stacked into one product (`_Fused`; `CLARA_FUSE=off`: not)."""
+    cm.switch.check_thread()  # (before anything changes: a refusal leaves the model as it was)
     layers = cm.lora_layers()
     plain = [m for m in layers if type(m.base) is nn.Linear]
     budget = float(os.environ.get("CLARA_MERGE_GB", "4") or 0) * 2**30
@@ -279,6 +280,7 @@ def merged_weights(cm: ClaraModel, adapter: str | None) -> list[mx.array]:
 
 def drop_merged(cm: ClaraModel, adapter: str | None) -> None:
     """Let go of `adapter`'s merged weights (`merge_adapter`): its products take the LoRA path."""
+    cm.switch.check_thread()
     for layer in cm.lora_layers():
         layer._decode.pop(adapter, None)
 

@@ -294,6 +294,7 @@ class ClaraModel(nn.Module):
         room is left (`_pack_compressor`), for processes whose work is compressing
         (clara-index add and rebuild, the indexing service). Returns how many base weights
         are packed."""
+        self.switch.check_thread()
         weights = self._base_weights()
         budget = float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
         if not weights or sum(w.nbytes for w in weights) > budget:
@@ -337,6 +338,7 @@ class ClaraModel(nn.Module):
 
     def release_packed(self) -> None:
         """Drop every packed copy (`pack_base_weights`): products take OpenBLAS again."""
+        self.switch.check_thread()
         for name in ("_packed", "_packed_compressor"):
             holder = self.__dict__.get(name)
             if holder is not None:
@@ -375,6 +377,7 @@ class ClaraModel(nn.Module):
         the time, with the same held-out recall: BENCHMARKS.md). Returns the precision in
         effect: "float32" where bfloat16 cannot run (neither, or weights not packed: call
         `pack_base_weights` first)."""
+        self.switch.check_thread()
         if precision not in QUERY_PRECISIONS:
             raise InvalidArgumentError(
                 f"query precision {precision!r}: choose {' or '.join(QUERY_PRECISIONS)}"
@@ -447,6 +450,7 @@ class ClaraModel(nn.Module):
         """`<ENC> BOS tokens EOS <MEM0..n-1>` per row, left-padded, through `adapter`.
         `memory_only` (inference): the last block runs for the memory positions alone
         (`clara.last_positions`), and `hidden` is then `memory`."""
+        self.switch.check_thread()
         tok = self.tokenizer
         bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
         eos = [tok.eos_token_id] if getattr(tok, "eos_token_id", None) is not None else []
@@ -490,6 +494,7 @@ class ClaraModel(nn.Module):
 
     def fit_memory_center(self, token_lists: Sequence[Sequence[int]], batch_size: int = 8) -> None:
         """Set the center to the mean compressor output over these documents and positions."""
+        self.switch.check_thread()
         if not self.config.center_memory:
             raise ClaraError("fit_memory_center: this model was built without center_memory")
         if not token_lists:
@@ -511,6 +516,7 @@ class ClaraModel(nn.Module):
         batch_size: int,
         ids: Sequence[Sequence[int]] | None = None,
     ) -> mx.array:
+        self.switch.check_thread()
         if not texts:
             return mx.zeros((0, self.n_mem, self.hidden_size))
         # all cores (a decode step on this thread may have set one); OpenBLAS gets one where
@@ -537,6 +543,7 @@ class ClaraModel(nn.Module):
     def compress(self, texts: Sequence[str], batch_size: int | None = None) -> mx.array:
         """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter, in
         length-bucketed forward passes of `batch_size` (default: `compress_batch()`)."""
+        self.switch.check_thread()
         with self._compressor_products():
             return self._encode_texts(texts, "compressor", batch_size or compress_batch())
 
@@ -548,6 +555,7 @@ class ClaraModel(nn.Module):
     ) -> mx.array:
         """Questions -> query memory vectors `(N, n_mem, d)` with the query adapter (its base
         products in `query_precision`). `ids`: their `tokenize(texts)`, when already made."""
+        self.switch.check_thread()
         if not self.__dict__.get("_query_tiles"):
             return self._encode_texts(texts, "query", batch_size, ids)
         mx.synchronize()  # nothing else in flight reads the base weights on the tiles

@@ -8,6 +8,7 @@ def main(argv=None) -> int:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -112,7 +113,7 @@ def non_negative_int(value: str) -> int:
 
 #: Exit statuses every clara command shares (README, "Exit status").
 EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED = 1, 2, 3, 75  # 75: BSD's EX_TEMPFAIL
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143  # 128 + SIGINT, SIGPIPE..
 
 
 class Terminated(KeyboardInterrupt):
@@ -149,6 +150,10 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     except Terminated:
         print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
         return EXIT_TERMINATED
+    except BrokenPipeError:  # `clara-index list | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):  # (and Python's exit flush must not fail again)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -53,7 +53,7 @@ Run `clara-index COMMAND --help` for each command's options and examples.""",
   clara-index add ~/papers --prune              # and drop what was deleted or renamed there
 
 Files already indexed with the same content are skipped; a changed file replaces its old
-chunks. Each file that cannot be read gets one error line; the others still go in (exit 1).
+chunks. Each file that cannot be read gets one error line; the others still go in (exit 3).
 Documents indexed from a folder named here whose files are gone (deleted, renamed, moved) are
 listed, and removed with --prune; otherwise they are still searched.""",
     "remove": """examples:

@@ -34,7 +34,7 @@ from indexing.pipeline import (
     model_manifest,
     preflight,
 )
-from indexing.readers import iter_inputs
+from indexing.readers import is_folder, iter_inputs
 from indexing.store import (
     Collection,
     CollectionNotFoundError,
@@ -221,7 +221,7 @@ def _gone(col: Collection, targets: list[str]) -> list[Any]:
     """The collection's documents from under the folders in `targets` whose files are gone:
     deleted, renamed or moved away since they were indexed."""
     folders = [Path(t).expanduser().resolve() for t in targets]
-    folders = [f for f in folders if f.is_dir()]
+    folders = [f for f in folders if is_folder(f)]
     if not folders:
         return []
     under = tuple(path_text(f).rstrip(os.sep) + os.sep for f in folders)
@@ -335,16 +335,16 @@ def _take_events(args: argparse.Namespace, events, results: list, bar, start: fl
             bar.set_postfix_str(f"{done_chunks} chunks, {rate:.1f} chunks/s")
             continue
         results.append(event)
-        bar.update(1)
         if event.error is not None:
             bar.write(f"{PROG}: {_error_line(event.error)}", file=sys.stderr)
-            continue
-        for warning in event.warnings:
-            bar.write(f"{PROG}: warning: {show_path(event.path)}: {warning}", file=sys.stderr)
-        if not args.quiet and not args.json:
-            parts = [f"{_n(event.chunks, 'chunk')}, {event.doc_id}"] if event.doc_id else []
-            what = "; ".join(parts + ([event.detail] if event.detail else []))
-            bar.write(f"{event.status:<10} {show_path(event.path)}  ({what})", file=sys.stdout)
+        else:
+            for warning in event.warnings:
+                bar.write(f"{PROG}: warning: {show_path(event.path)}: {warning}", file=sys.stderr)
+            if not args.quiet and not args.json:
+                parts = [f"{_n(event.chunks, 'chunk')}, {event.doc_id}"] if event.doc_id else []
+                what = "; ".join(parts + ([event.detail] if event.detail else []))
+                bar.write(f"{event.status:<10} {show_path(event.path)}  ({what})", file=sys.stdout)
+        bar.update(1)  # after its line: a log's progress line counts the files listed above it
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

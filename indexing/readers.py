@@ -204,6 +204,11 @@ def _kind(p: Path) -> str | None:
     return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else "other"
 
 
+def is_folder(p: Path) -> bool:
+    """`p.is_dir()`, False where it may not be looked at (Python 3.11 raises there)."""
+    return _kind(p) == "folder"
+
+
 def _denied(p: Path | str, what: str = "it") -> DocumentError:
     return DocumentError(
         p, f"permission denied: clara may not read {what}",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clara.errors import ClaraError
 from clara.paths import path_text, show_path
-from indexing.readers import GLOB_CHARS, is_hidden, iter_inputs
+from indexing.readers import GLOB_CHARS, is_folder, is_hidden, iter_inputs
 from indexing.store import Collection, Document
 
 
@@ -32,7 +32,7 @@ def find_documents(
         return [doc]
     docs = col.list_documents()
     prefix = path_text(path).rstrip(os.sep) + os.sep
-    walked = _walked(target) if path.is_dir() or patterns else set()
+    walked = _walked(target) if is_folder(path) or patterns else set()
     found = [d for d in docs if d.path and (d.path.startswith(prefix) or d.path in walked)]
     if patterns and GLOB_CHARS.search(target):  # also what was deleted since, or elsewhere
         ids = {d.id for d in found}

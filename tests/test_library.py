@@ -65,6 +65,13 @@ def test_a_model_refuses_work_from_another_thread(cm):
     prompt = text_prompt(cm, "Where is Paris?", None)
     _, exc = _on_a_thread(lambda: list(generate(cm, prompt, adapter=None, max_tokens=2)))
     assert isinstance(exc, ModelThreadError)
+    # refused before they change anything (fit_memory_center had replaced the center first)
+    from clara.lora import merge_adapter
+
+    for work in (lambda: cm.fit_memory_center([[1, 2, 3]]), cm.pack_base_weights,
+                 cm.release_packed, lambda: merge_adapter(cm, "generator")):  # fmt: skip
+        _, exc = _on_a_thread(work)
+        assert isinstance(exc, ModelThreadError), work
     np.testing.assert_array_equal(np.array(cm.encode_queries(question)), alone)  # still fine
 
 

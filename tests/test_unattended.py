@@ -243,3 +243,28 @@ def test_serving_from_a_thread_that_is_not_the_main_one(tmp_path: Path) -> None:
             worker.on_fatal(RuntimeError("stop"))  # (how the worker stops it)
         thread.join(30)
     assert result == [0]
+
+
+def test_paths_under_a_folder_that_may_not_be_searched(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """`add` of a glob or file under such a folder crashed after indexing the others (no
+    report, exit 1), and `remove` of one removed nothing: Path.is_dir() raised there."""
+    docs, index = tmp_path / "docs", tmp_path / "index"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "top.txt").write_text("The top file is read.")
+    (docs / "sub" / "vault.txt").write_text("The vault file was indexed before.")
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
+    assert run(capsys, "add", docs, *args)[0] == 0
+    try:
+        (docs / "sub").chmod(0)
+        out = _add(f"{docs}/sub/*.txt", docs / "top.txt", "--json", *args)
+        assert out.returncode == 3, out.stderr
+        assert json.loads(out.stdout)["unchanged"] == 1
+        cmd = [*_unprivileged(), sys.executable, "-m", "indexing.cli", "remove",
+               f"{docs}/sub/*.txt", "--index", str(index)]  # fmt: skip
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    finally:
+        (docs / "sub").chmod(0o755)
+    assert list(docs_of(index)) == ["top.txt"]

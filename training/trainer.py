@@ -328,6 +328,7 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimiser step (all micro-batches); returns the step's metrics."""
         cfg, cm = self.cfg, self.cm
+        cm.switch.check_thread()  # (before value_and_grad swaps the parameters in)
         batches = self.step_examples(self.step)
         counts = [self.stage.counts(e) for mb in batches for rk in mb for e in rk]
         norm = {k: sum(c[k] for c in counts) for k in counts[0]}

@@ -387,8 +387,9 @@ class IndexService:
             values = dict(status="completed", doc_id=result.doc_id, usage_bytes=usage)
             values.update(error_code=None, error_message=None)
             log.info(
-                "file %s (%s) into %s: %s, %d chunks, %s", rec.id, printable(rec.filename),
-                link.store_id, result.status, result.chunks, result.doc_id,
+                "file %s (%s) into %s: %s, %d chunk%s, %s", rec.id, printable(rec.filename),
+                link.store_id, result.status, result.chunks, "s" * (result.chunks != 1),
+                result.doc_id,
             )  # fmt: skip
         self.registry.update_link(link.store_id, rec.id, **values)
 
