@@ -440,6 +440,9 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
         if isinstance(worker.error, ClaraError):
             raise worker.error
         raise ClaraError(f"could not load the model: {worker.error}") from worker.error
+    if server.force_exit:  # a second Ctrl-C: answers in progress were cut, not finished
+        logging.getLogger("clara").warning("forced to stop: answers in progress were cut off")
+        return EXIT_INTERRUPTED
     return 0
 
 
