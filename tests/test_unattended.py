@@ -134,11 +134,9 @@ def test_a_locked_collection_exits_75_to_try_again(capsys, tmp_path: Path) -> No
     assert out.returncode == 75 and "is being written by pid" in out.stderr
 
 
-def test_the_server_logs_one_way_on_stderr_and_stops_on_sighup(
-    tmp_path: Path, tiny_llama_dir: Path
-) -> None:
-    """Access lines went to stdout without a time, in uvicorn's own format; health checks
-    filled them; SIGHUP (a closed terminal, a logrotate postrotate) killed the server at once."""
+def _serve(tmp_path: Path, tiny_llama_dir: Path) -> tuple[subprocess.Popen, str, Path, Path]:
+    """clara-serve on the tiny model, stdout and stderr in files of their own: (process,
+    its URL, stdout's file, stderr's file), once /health says ready."""
     port = free_port()
     out_path, err_path = tmp_path / "out.log", tmp_path / "err.log"
     with out_path.open("w") as out, err_path.open("w") as err:
@@ -148,17 +146,27 @@ def test_the_server_logs_one_way_on_stderr_and_stops_on_sighup(
             cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
             env={**os.environ, "CLARA_HOME": str(tmp_path / "home")},
         )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(err_path.read_text())
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return proc, url, out_path, err_path
+
+
+def test_the_server_logs_one_way_on_stderr_and_stops_on_sighup(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Access lines went to stdout without a time, in uvicorn's own format; health checks
+    filled them; SIGHUP (a closed terminal, a logrotate postrotate) killed the server at once."""
+    proc, url, out_path, err_path = _serve(tmp_path, tiny_llama_dir)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, err_path.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
         assert httpx.get(f"{url}/v1/models").status_code == 200
         assert httpx.get(f"{url}/v1/nothing").status_code == 404
         proc.send_signal(signal.SIGHUP)
@@ -176,6 +184,29 @@ def test_the_server_logs_one_way_on_stderr_and_stops_on_sighup(
     assert '"GET /health HTTP/1.1" 200' not in log  # (polled above until ready; 503s stay)
     assert re.search(stamp + r"clara: stopped on SIGHUP, as on SIGTERM", log)
     assert out_path.read_text() == ""
+
+
+def test_a_second_ctrl_c_cuts_answers_off_and_says_so(tmp_path: Path, tiny_llama_dir: Path):
+    """It exited 0, as a graceful stop does, though the answer in progress was cut."""
+    proc, url, _, err_path = _serve(tmp_path, tiny_llama_dir)
+    body = {"messages": [{"role": "user", "content": "count"}], "retrieval": False,
+            "max_tokens": 4000, "stream": True}  # fmt: skip
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if '"content": "' in line)  # decoding
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            with pytest.raises(httpx.HTTPError):
+                for _ in lines:
+                    pass
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "forced to stop: answers in progress were cut off" in err_path.read_text()
 
 
 def test_the_lock_says_this_process_only_for_this_process(tmp_path: Path) -> None:
