@@ -186,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or glob patterns")
     add.add_argument("--password", default=None, help="password of encrypted PDFs")
     add.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out files and folders inside the folders and globs named: a pattern "
+        "without '/' matches names ('*.draft.md', 'node_modules'), one with '/' paths under "
+        "the folder named ('archive/*'); may be given more than once. Documents already "
+        "indexed from them stay (clara-index remove them)",
+    )
+    add.add_argument(
         "--prune", action="store_true",
         help="remove documents indexed from the folders named whose files no longer exist",
     )  # fmt: skip

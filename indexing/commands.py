@@ -114,7 +114,9 @@ def _open_read(args: argparse.Namespace) -> Collection:
 
 
 # ---- commands ------------------------------------------------------------------------------
-def _expand(raw_paths: list[str]) -> tuple[list[Path], list[FileResult]]:
+def _expand(
+    raw_paths: list[str], exclude: list[str] | None = None
+) -> tuple[list[Path], list[FileResult]]:
     """Each argument on its own, so one bad path does not stop the others. Says which files
     the folders held that are not read (other types, dangling links)."""
     found: dict[Path, None] = {}
@@ -123,7 +125,13 @@ def _expand(raw_paths: list[str]) -> tuple[list[Path], list[FileResult]]:
     for raw in raw_paths:
         unreadable: list[DocumentError] = []
         try:
-            found.update(dict.fromkeys(iter_inputs([raw], skipped=skipped, unreadable=unreadable)))
+            found.update(
+                dict.fromkeys(
+                    iter_inputs(
+                        [raw], skipped=skipped, unreadable=unreadable, exclude=exclude or ()
+                    )
+                )
+            )
         except DocumentError as exc:
             failed.append(FileResult(Path(raw), "failed", error=exc))
         failed += [FileResult(e.path, "failed", error=e) for e in unreadable]
@@ -140,7 +148,7 @@ def _expand(raw_paths: list[str]) -> tuple[list[Path], list[FileResult]]:
 
 def cmd_add(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    paths, results = _expand(args.paths)
+    paths, results = _expand(args.paths, args.exclude)
     for r in results:
         print(f"{PROG}: {_error_line(r.error)}", file=sys.stderr)
     try:  # the writer lock first: another writer would make us wait for nothing

@@ -7,6 +7,7 @@ the file, what is wrong and what to do about it.
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import glob
 import hashlib
 import io
@@ -16,7 +17,7 @@ import re
 import stat
 import sys
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,7 @@ def iter_inputs(
     recursive: bool = True,
     skipped: list[Path] | None = None,
     unreadable: list[DocumentError] | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[Path]:
     """Expand files, folders and glob patterns into the files to read (sorted, deduplicated).
 
@@ -152,7 +154,8 @@ def iter_inputs(
     once each. A file named explicitly is kept whatever its type (read_document then says
     why it can't). A folder or file inside them that may not be read (permissions) is a
     `DocumentError` appended to `unreadable`, the rest is still found; without that list,
-    the first one is raised.
+    the first one is raised. Files and folders inside folders and globs that `exclude`
+    patterns match are left out (`excluded`); a file named explicitly never is.
     """
     found: dict[Path, None] = {}
     skipped = [] if skipped is None else skipped
@@ -163,7 +166,7 @@ def iter_inputs(
         if kind == "file":
             found[p.resolve()] = None
         elif kind == "folder":
-            found.update(dict.fromkeys(_walked(p, recursive, skipped, problems)))
+            found.update(dict.fromkeys(_walked(p, recursive, skipped, problems, exclude)))
         elif kind == "denied":
             problems.append(_denied(p))
         elif kind == "other":
@@ -174,13 +177,15 @@ def iter_inputs(
             if not matches:
                 raise MissingFileError(raw, "no files match this pattern", "check the pattern")
             for m in map(Path, matches):
+                if excluded(m.name, m.name, exclude):
+                    continue
                 kind = _kind(m)
                 if kind == "denied":
                     problems.append(_denied(m))
                 elif kind == "folder" and _is_package(m.name):  # a pattern's match: one "file"
                     skipped.append(m)
                 elif kind == "folder":
-                    found.update(dict.fromkeys(_walked(m, recursive, skipped, problems)))
+                    found.update(dict.fromkeys(_walked(m, recursive, skipped, problems, exclude)))
                 elif _wanted(m):
                     found[m.resolve()] = None
                 elif kind == "file" and not is_hidden(m.name):
@@ -229,12 +234,23 @@ PACKAGES = frozenset(
 )
 
 
+def excluded(name: str, rel: str, patterns: Sequence[str]) -> bool:
+    """Whether `--exclude` patterns leave a file or folder out: a pattern without '/' is
+    matched against its name ('*.tmp.md', 'node_modules'), one with '/' against its path
+    under the folder given ('drafts/*', '*/old/*'), as shell patterns whose '*' crosses '/'."""
+    return any(fnmatch.fnmatchcase(rel if "/" in p else name, p) for p in patterns)
+
+
 def _walked(
-    root: Path, recursive: bool, skipped: list[Path], unreadable: list[DocumentError]
+    root: Path,
+    recursive: bool,
+    skipped: list[Path],
+    unreadable: list[DocumentError],
+    exclude: Sequence[str] = (),
 ) -> list[Path]:
     """`_walk`, whole; a tree nested deeper than Python's walk recurses is one error line."""
     try:
-        return list(_walk(root, recursive, skipped, unreadable))
+        return list(_walk(root, recursive, skipped, unreadable, exclude))
     except RecursionError:
         raise DocumentError(
             root, "folders nested too deep to walk (hundreds of levels)", "add its subfolders"
@@ -242,7 +258,11 @@ def _walked(
 
 
 def _walk(
-    root: Path, recursive: bool, skipped: list[Path], unreadable: list[DocumentError]
+    root: Path,
+    recursive: bool,
+    skipped: list[Path],
+    unreadable: list[DocumentError],
+    exclude: Sequence[str] = (),
 ) -> Iterable[Path]:
     seen = {os.path.realpath(root)}
     library = os.path.realpath(Path.home() / "Library")  # macOS: apps' data, not documents
@@ -253,12 +273,17 @@ def _walk(
         elif not isinstance(exc, FileNotFoundError):  # (removed while walked: nothing to say)
             unreadable.append(DocumentError(exc.filename or root, f"cannot list: {exc.strerror}"))
 
+    def under(path: str) -> str:  # its path below `root`, '/'-separated
+        return Path(os.path.relpath(path, root)).as_posix()
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=refused):
         keep = []
         for d in sorted(dirnames) if recursive else []:
             real = os.path.realpath(os.path.join(dirpath, d))
             if is_hidden(d) or d == "lost+found" or real in seen:  # a link back up would loop;
                 continue  # lost+found: the file system's own (root's), at a mount's top
+            if exclude and excluded(d, under(os.path.join(dirpath, d)), exclude):
+                continue
             if _is_package(d) or (real == library and sys.platform == "darwin"):  # (macOS)
                 skipped.append(Path(dirpath) / d)
             else:
@@ -267,6 +292,8 @@ def _walk(
         dirnames[:] = keep
         for name in filenames:
             f = Path(dirpath) / name
+            if exclude and excluded(name, under(str(f)), exclude):
+                continue
             if not _wanted(f):  # by its name: hidden, or a type clara does not read
                 if not is_hidden(name):
                     skipped.append(f)

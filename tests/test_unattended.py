@@ -299,3 +299,20 @@ def test_paths_under_a_folder_that_may_not_be_searched(
     finally:
         (docs / "sub").chmod(0o755)
     assert list(docs_of(index)) == ["top.txt"]
+
+
+def test_exclude_leaves_files_and_folders_out(capsys, tmp_path: Path, tiny_llama_dir: Path):
+    """A file that can never be indexed (an empty one, a scan) made every nightly run exit 3,
+    with no way to leave it out but naming every other file."""
+    docs, index = tmp_path / "docs", tmp_path / "index"
+    for rel in ("a.md", "c.draft.md", "empty.txt", "drafts/b.md", "node_modules/pkg/x.md",
+                "archive/2020/old.md", "keep/archive.md"):  # fmt: skip
+        (docs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (docs / rel).write_text("" if rel == "empty.txt" else f"The text of {rel}.")
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
+    rc, _, err = run(capsys, "add", docs, *args, "--exclude", "*.draft.md", "--exclude",
+                     "drafts", "--exclude", "node_modules", "--exclude", "archive/*",
+                     "--exclude", "empty.txt")  # fmt: skip
+    assert rc == 0, err
+    assert sorted(docs_of(index)) == ["a.md", "archive.md"]
+    assert run(capsys, "add", docs / "empty.txt", *args, "--exclude", "*.txt")[0] == 1  # named
