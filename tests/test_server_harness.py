@@ -6,7 +6,8 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,24 @@ DOCS = [
     ("train.pdf", "The train leaves the station at seven o'clock and arrives two hours later."),
     ("museum.md", "Background: the museum opened in 1902 and holds paintings and coins."),
 ]
+
+
+@contextmanager
+def lock_held_elsewhere(folder: Path) -> Iterator[None]:
+    """`folder`'s writer lock held by another process (a writer, a training run) meanwhile."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+         "from indexing.durable import WriterLock; from pathlib import Path;"
+         "lock = WriterLock(Path(sys.argv[2]), 'x'); print('held', flush=True); time.sleep(60)",
+         str(ROOT), str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def add_documents(

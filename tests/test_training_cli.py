@@ -98,30 +98,16 @@ def test_a_resumed_run_counts_the_seconds_after_the_last_logged_row(tiny_llama_d
 def test_one_run_at_a_time_into_an_out_folder(tiny_llama_dir, tmp_path, capsys):
     """Two runs into one --out (or a --resume beside the run it resumes) interleaved their
     checkpoints and metrics rows without a word."""
-    import subprocess
-    import sys
-
-    from tests.test_server_harness import ROOT
+    from tests.test_server_harness import lock_held_elsewhere
 
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-         "from indexing.durable import WriterLock; from pathlib import Path;"
-         "lock = WriterLock(Path(sys.argv[2]), 'x'); print('held', flush=True); time.sleep(60)",
-         str(ROOT), str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"  # (a run training into it)
+    with lock_held_elsewhere(out):  # (a run training into it)
         args = [*_pretrain_args(tiny_llama_dir, tmp_path, out), "--max-steps", "2"]
         capsys.readouterr()
         assert main(args) == 75
         assert f"--out {out} is being written by pid" in capsys.readouterr().err
         assert main([*args, "--resume"]) == 75
-    finally:
-        holder.kill()
-        holder.wait()
     assert main(args) == 0  # free again
     capsys.readouterr()
     assert main([*args, "--resume", "--max-steps", "3", "--lora-rank", "8"]) == 1  # (other steps)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.test_index_cli import CHUNKING, docs_of, run, write_corpus
-from tests.test_server_harness import ROOT, free_port
+from tests.test_server_harness import ROOT, free_port, lock_held_elsewhere
 
 
 def _unprivileged() -> list[str]:
@@ -214,23 +214,12 @@ def test_the_lock_says_this_process_only_for_this_process(tmp_path: Path) -> Non
     ours was called "already open for writing in this process"."""
     from indexing.durable import CollectionLockedError, WriterLock
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-         "from indexing.durable import WriterLock; from pathlib import Path;"
-         "lock = WriterLock(Path(sys.argv[2]), 'x'); print('held', flush=True); time.sleep(60)",
-         str(ROOT), str(tmp_path)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path):
         fd = os.open(tmp_path / "writer.lock", os.O_WRONLY)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # its pid reads as ours
         os.close(fd)
         with pytest.raises(CollectionLockedError, match=f"being written by pid {os.getpid()}"):
             WriterLock(tmp_path, "collection 'x'")
-    finally:
-        holder.kill()
-        holder.wait()
     mine = WriterLock(tmp_path, "collection 'x'")
     with pytest.raises(CollectionLockedError, match="already open for writing in this process"):
         WriterLock(tmp_path, "collection 'x'")
