@@ -180,13 +180,8 @@ def enable() -> str | None:
         reason = "mlx was imported before clara"
         _late_notice(choice)
         return None
-    names = (choice,) if choice else _CANDIDATES
     _openblas_core()
-    for name in names:
-        try:
-            ctypes.CDLL(name)  # found? (not global yet: the thin kernel must come first)
-        except OSError:
-            continue
+    if (name := _findable(choice)) is not None:
         _load_thin()
         lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         global _lib
@@ -213,17 +208,24 @@ def _late_notice(choice: str) -> None:
             return
     except Exception:  # noqa: BLE001  (an MLX without is_available: say nothing)
         return
-    for name in (choice,) if choice else _CANDIDATES:
-        try:
-            ctypes.CDLL(name)
-        except OSError:
-            continue
+    if _findable(choice) is not None:
         print(
             "clara: mlx was imported before clara, so MLX CPU float32 matmuls use the slow "
             "reference BLAS: import clara first (CLARA_BLAS=off hides this).",
             file=sys.stderr,
         )
-        return
+
+
+def _findable(choice: str) -> str | None:
+    """The first OpenBLAS that loads: `choice` (CLARA_BLAS) or one of `_CANDIDATES`. Loaded
+    locally only: global symbols come after the thin kernel (`enable`)."""
+    for name in (choice,) if choice else _CANDIDATES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return name
+    return None
 
 
 def _env_int(name: str) -> int | None:

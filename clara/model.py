@@ -516,7 +516,6 @@ class ClaraModel(nn.Module):
         batch_size: int,
         ids: Sequence[Sequence[int]] | None = None,
     ) -> mx.array:
-        self.switch.check_thread()
         if not texts:
             return mx.zeros((0, self.n_mem, self.hidden_size))
         # all cores (a decode step on this thread may have set one); OpenBLAS gets one where

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -541,12 +542,7 @@ def progress(
     """Wrap `iterable` in a tqdm bar on stderr. When stderr is not a terminal (cron, nohup, a
     service's log) and `lines`, a plain line every LOG_EVERY_S seconds instead (none for a
     shorter run); nothing when `quiet`."""
-    from tqdm import tqdm
-
-    if not quiet and lines and not sys.stderr.isatty():
-        return LogProgress(total, desc, unit, iterable=iterable)
-    disable = quiet or not sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
+    return _bar(iterable, total, desc, unit, quiet, lines)
 
 
 def progress_bar(
@@ -559,12 +555,19 @@ def progress_bar(
 ):
     """A bar to `update()` by hand, on the same rules as `progress`; its `write()` prints a
     line without breaking the bar."""
+    return _bar(None, total, desc, unit, quiet, lines)
+
+
+def _bar(iterable, total, desc, unit, quiet: bool, lines: bool):
+    """`progress`'s and `progress_bar`'s choice: plain lines for a log, else tqdm (disabled
+    when `quiet` or stderr is not a terminal)."""
     from tqdm import tqdm
 
-    if not quiet and lines and not sys.stderr.isatty():
-        return LogProgress(total, desc, unit)
-    disable = quiet or not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
+    terminal = sys.stderr.isatty()
+    if not quiet and lines and not terminal:
+        return LogProgress(total, desc, unit, iterable=iterable)
+    disable = quiet or not terminal
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
 
 
 class LogProgress:
@@ -581,13 +584,12 @@ class LogProgress:
         iterable: Iterable[Any] | None = None,
         every: float | None = None,
     ) -> None:
-        import time
-
-        self._clock, self._iterable = time.monotonic, iterable
+        self._iterable = iterable
         self.total, self.desc, self.unit = total, desc or "progress", unit
         self.every = LOG_EVERY_S if every is None else every
-        self.n, self.postfix, self._shown, self._said = 0, "", False, -1
-        self._start = self._last = self._clock()
+        self.n, self.postfix = 0, ""
+        self._said: int | None = None  # the count the last line gave (None: none yet)
+        self._start = self._last = time.monotonic()
 
     def __iter__(self):
         with self:
@@ -597,7 +599,7 @@ class LogProgress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self._clock() - self._last >= self.every:
+        if time.monotonic() - self._last >= self.every:
             self._line()
 
     def set_postfix(self, **values: Any) -> None:
@@ -613,9 +615,8 @@ class LogProgress:
         print(text, file=file or sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self._shown and self.n != self._said:  # (the last line may already say it all)
+        if self._said is not None and self.n != self._said:  # (a line before, not saying it)
             self._line()
-        self._shown = False
 
     def __enter__(self) -> LogProgress:
         return self
@@ -624,7 +625,7 @@ class LogProgress:
         self.close()
 
     def _line(self) -> None:
-        self._last = self._clock()
+        self._last = time.monotonic()
         elapsed = self._last - self._start
         seconds = int(elapsed)
         took = f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -633,4 +634,4 @@ class LogProgress:
         rate = f", {self.n / max(elapsed, 1e-9):.2f} {self.unit}/s"
         extra = f"; {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {done}{share} in {took}{rate}{extra}", file=sys.stderr, flush=True)
-        self._shown, self._said = True, self.n
+        self._said = self.n
