@@ -164,23 +164,28 @@ def fit_contexts(cm: Any, chunks: list[Any]) -> list[Any]:
     return out
 
 
-def known_result(
-    collection: Collection, path: Path, dedupe: bool = True, sha: str | None = None
-) -> FileResult | None:
+def known_result(collection: Collection, path: Path, dedupe: bool = True) -> FileResult | None:
     """What adding `path` comes to when no model is needed to know: "unchanged" (indexed with
     its current content), or with `dedupe` "duplicate" (a new path whose content a document
-    still on disk holds); None when it has to be read and compressed. `sha`: the file's
-    SHA-256 when the caller has it already."""
-    existing = collection.find_by_path(str(path))
+    still on disk holds); None when it has to be read and compressed."""
+    return _known(collection, path, collection.find_by_path(str(path)), dedupe)[0]
+
+
+def _known(
+    collection: Collection, path: Path, existing: Any, dedupe: bool
+) -> tuple[FileResult | None, str | None]:
+    """`known_result`, given the document stored for `path` (or None), and the file's SHA-256
+    (None when it was not read: unchanged by its size and time, or unreadable)."""
     if existing is not None and _same_stat(existing, path):
         # size and modification time as indexed: unchanged without reading it (as rsync and
         # make judge; a re-run over a 50 GB library read all of it, twice for a new file)
-        return FileResult(path, "unchanged", existing.id, existing.n_chunks, existing.n_pages)
-    sha = sha or file_sha256(path)
+        return FileResult(path, "unchanged", existing.id, existing.n_chunks, existing.n_pages), None
+    sha = file_sha256(path)
     if sha is None:
-        return None
+        return None, None
     if existing is not None and existing.sha256 == sha:
-        return FileResult(path, "unchanged", existing.id, existing.n_chunks, existing.n_pages)
+        unchanged = FileResult(path, "unchanged", existing.id, existing.n_chunks, existing.n_pages)
+        return unchanged, sha
     if dedupe and existing is None:
         other = collection.find_by_sha(sha)
         if other is not None and _still_holds(other, sha):
@@ -188,8 +193,8 @@ def known_result(
             return FileResult(
                 path, "duplicate", other.id, other.n_chunks, other.n_pages,
                 detail=f"same content as {where} ({other.id}): not indexed again",
-            )  # fmt: skip
-    return None
+            ), sha  # fmt: skip
+    return None, sha
 
 
 PREFLIGHT_BYTES = 1 << 20
@@ -315,9 +320,7 @@ class Indexer:
     def _prepare(self, src: Source, in_flight: dict[str, Path]) -> _Pending | FileResult:
         path, coll = src.path, self.collection
         existing = coll.find_by_path(str(path))
-        unread = existing is not None and _same_stat(existing, path)  # (known_result says)
-        sha = None if unread else file_sha256(path)  # read once for both checks
-        known = known_result(coll, path, self.options.dedupe, sha)
+        known, sha = _known(coll, path, existing, self.options.dedupe)  # (read once at most)
         if known is not None:
             return known
         if sha is not None and self.options.dedupe and existing is None and sha in in_flight:

@@ -70,7 +70,7 @@ from indexing.meta import (
     is_corrupt,
 )
 from indexing.vectors import MemoryFile, resolve_kind
-from indexing.view import IndexView, memory_damage
+from indexing.view import IndexView, check_memory_file
 
 __all__ = [
     "Chunk",
@@ -233,19 +233,16 @@ class Collection:
         with self._mutex:  # (two threads closing at once: the second finds it closed)
             if self._closed:
                 return
-            self._close()
-
-    def _close(self) -> None:
-        with self._guard():
-            try:
-                self.save_index()
-            finally:
-                if self._lock is not None:
-                    self._lock.release()
-                    self._lock = None
-                self._view.close()
-                self._meta.close()
-                self._closed = True
+            with self._guard():
+                try:
+                    self.save_index()
+                finally:
+                    if self._lock is not None:
+                        self._lock.release()
+                        self._lock = None
+                    self._view.close()
+                    self._meta.close()
+                    self._closed = True
 
     def __enter__(self) -> Collection:
         return self
@@ -285,9 +282,7 @@ class Collection:
         """Raise DamagedCollectionError when the committed memory file is missing or short."""
         with self._meta.snapshot():
             state = self._meta.state()
-        row_bytes = self.manifest.n_mem * self.manifest.hidden_size * 2
-        if (what := memory_damage(self.directory, state, row_bytes)) is not None:
-            raise damaged(self.directory, what)
+        check_memory_file(self.directory, state, self.manifest)
 
     def _upgrade_lexical(self) -> None:
         """Give an index made before the full-text table one (once, in one transaction).
@@ -329,8 +324,8 @@ class Collection:
             state = self._meta.state()
             path = self.directory / state.memory_file
             memory = MemoryFile(path, self.manifest.n_mem, self.manifest.hidden_size)
-            if (what := memory_damage(self.directory, state, memory.row_bytes)) is not None:
-                raise damaged(self.directory, what)  # we hold the lock: nobody is writing
+            check_memory_file(self.directory, state, self.manifest)  # (we hold the lock:
+            # nobody is writing)
             memory.truncate(state.n_rows)  # rows of an add that never committed
             for p in self.directory.iterdir():
                 stale_memory = p.name.startswith("memory-") and p.name != state.memory_file

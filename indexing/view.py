@@ -29,24 +29,28 @@ SAVE_CHANGED_SHARE = 0.10
 _RETRIES = 5
 
 
-def memory_damage(directory: Path, state: State, row_bytes: int) -> str | None:
-    """What is wrong with the memory file of committed `state`, or None when nothing is.
+def check_memory_file(directory: Path, state: State, manifest: Manifest) -> None:
+    """Raise DamagedCollectionError when the memory file of committed `state` is missing or
+    holds fewer rows than it counts.
 
     Rows are appended and fsynced before the commit that counts them, and a memory file is
     deleted only after a commit names its successor, so while SQLite still holds `state` its
     file is never missing or short because a writer is at work: that is damage (a file deleted
     or cut short from outside, a bad copy), and no retry will mend it."""
     path = directory / state.memory_file
+    row_bytes = manifest.n_mem * manifest.hidden_size * 2  # float16 rows
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
-        return f"its memory file {state.memory_file} is missing" if state.n_rows else None
+        if state.n_rows:
+            raise damaged(directory, f"its memory file {state.memory_file} is missing") from None
+        return
     if size < state.n_rows * row_bytes:
-        return (
+        raise damaged(
+            directory,
             f"its memory file {state.memory_file} holds {size // row_bytes} of its "
-            f"{state.n_rows} committed rows: cut short"
+            f"{state.n_rows} committed rows: cut short",
         )
-    return None
 
 
 class IndexView:
@@ -92,7 +96,7 @@ class IndexView:
 
     def _recheck(self, state: State) -> None:
         """After the memory file of `state` was missing or short: raise DamagedCollectionError
-        when `state` is still the committed one (see `memory_damage`); otherwise a commit came
+        when `state` is still the committed one (see `check_memory_file`); otherwise a commit came
         in between (a compaction swapped files) and the caller looks again. A folder whose
         database is no longer the one this view reads (the collection was deleted, or swapped
         for a rebuilt one, under it) is neither: "try again", and the next open sees it."""
@@ -102,9 +106,7 @@ class IndexView:
         if (now.generation, now.memory_file) != (state.generation, state.memory_file):
             return
         self._check_ours()
-        row_bytes = self.manifest.n_mem * self.manifest.hidden_size * 2
-        if (what := memory_damage(self.directory, now, row_bytes)) is not None:
-            raise damaged(self.directory, what)
+        check_memory_file(self.directory, now, self.manifest)
 
     def _check_ours(self) -> None:
         """Files are opened by path: raise CollectionError ("try again") when the folder's
