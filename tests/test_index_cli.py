@@ -1001,23 +1001,32 @@ def test_files_gone_from_a_folder_are_named_and_pruned(
     assert "no longer there" not in err
 
 
+def after_the_first_file(monkeypatch, stop) -> None:
+    """`Indexer.run` calls `stop()` once its first file is done (a Ctrl-C, a SIGTERM)."""
+    from indexing.pipeline import FileResult, Indexer
+
+    run_files = Indexer.run
+
+    def run_then_stop(self, sources):
+        for event in run_files(self, sources):
+            yield event
+            if isinstance(event, FileResult):
+                stop()
+
+    monkeypatch.setattr(Indexer, "run", run_then_stop)
+
+
 def test_ctrl_c_during_add_says_what_is_kept(
     capsys, tmp_path: Path, tiny_llama_dir: Path, monkeypatch
 ) -> None:
     """Ctrl-C said only "interrupted": not that what was indexed stays, nor what to do."""
-    from indexing.pipeline import FileResult, Indexer
-
     folder, index = tmp_path / "docs", tmp_path / "index"
     write_corpus(folder, n=3)
-    run_files = Indexer.run
 
-    def one_then_ctrl_c(self, sources):
-        for event in run_files(self, sources):
-            yield event
-            if isinstance(event, FileResult):
-                raise KeyboardInterrupt
+    def ctrl_c():
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(Indexer, "run", one_then_ctrl_c)
+    after_the_first_file(monkeypatch, ctrl_c)
     rc, _, err = run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
     assert rc == 130 and "the 1 file indexed in this run stay indexed" in err
     assert "run the same command again to go on" in err and len(docs_of(index)) == 1

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_index_cli import CHUNKING, docs_of, run, write_corpus
+from tests.test_index_cli import CHUNKING, after_the_first_file, docs_of, run, write_corpus
 from tests.test_server_harness import ROOT, free_port, lock_held_elsewhere
 
 
@@ -98,20 +98,14 @@ def test_sigterm_during_add_says_what_is_kept(
     """SIGTERM (systemd, `timeout`, `docker stop`) killed `add` without a line in its log."""
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # (a runner that handles it:
         pytest.skip("SIGTERM is handled by the test runner here")  # the kill would hit it)
-    from indexing.pipeline import FileResult, Indexer
-
     folder, index = tmp_path / "docs", tmp_path / "index"
     write_corpus(folder, n=3)
-    run_files = Indexer.run
 
-    def one_then_sigterm(self, sources):
-        for event in run_files(self, sources):
-            yield event
-            if isinstance(event, FileResult):
-                os.kill(os.getpid(), signal.SIGTERM)  # a real signal, to this process
-                time.sleep(5)  # (its handler raises here)
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, to this process
+        time.sleep(5)  # (its handler raises here)
 
-    monkeypatch.setattr(Indexer, "run", one_then_sigterm)
+    after_the_first_file(monkeypatch, sigterm)
     rc, _, err = run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
     assert rc == 143 and "the 1 file indexed in this run stay indexed" in err
     assert err.rstrip().endswith("clara-index: terminated (SIGTERM)")
