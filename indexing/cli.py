@@ -15,6 +15,7 @@ from clara_cli.common import (
     add_query_precision_arg,
     add_version_arg,
     collection_arg,
+    non_negative_float,
     positive_int,
     run_main,
 )
@@ -51,6 +52,7 @@ Run `clara-index COMMAND --help` for each command's options and examples.""",
   clara-index add secret.pdf --password hunter2 --collection private
   clara-index add docs --checkpoint runs/s3/final --batch-size 4   # your clara-train --out
   clara-index add ~/papers --prune              # and drop what was deleted or renamed there
+  clara-index add ~/papers --wait 600           # cron: wait out the service's upload job
 
 Files already indexed with the same content are skipped; a changed file replaces its old
 chunks. Each file that cannot be read gets one error line; the others still go in (exit 3).
@@ -148,7 +150,14 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     quiet.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar and no per-file lines"
     )
-    return {"where": where, "out": out, "model": model, "quiet": quiet}
+    wait = argparse.ArgumentParser(add_help=False)
+    wait.add_argument(
+        "--wait", type=non_negative_float, default=0.0, metavar="SECONDS",
+        help="while another process writes the collection (the indexing service's upload "
+        "job, another add), wait up to SECONDS for it instead of exiting at once with status "
+        "75 (default: 0, do not wait)",
+    )  # fmt: skip
+    return {"where": where, "out": out, "model": model, "quiet": quiet, "wait": wait}
 
 
 def _index_type(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    add = command("add", "index files, folders and globs", "where", "out", "quiet", "model")
+    add = command("add", "index files, folders and globs", "where", "out", "quiet", "wait", "model")
     add.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or glob patterns")
     add.add_argument("--password", default=None, help="password of encrypted PDFs")
     add.add_argument(
@@ -220,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _index_type(add)
     add.set_defaults(func=cmd_add)
 
-    rm = command("remove", "remove documents by id, path, folder or glob", "where", "out")
+    rm = command("remove", "remove documents by id, path, folder or glob", "where", "out", "wait")
     rm.add_argument(
         "targets", nargs="+", metavar="DOC_ID_OR_PATH",
         help="a document id; a file or folder as indexed (a trailing '/': everything under "
@@ -273,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rebuild = command(
         "rebuild", "re-create the search index (or re-encode everything)",
-        "where", "out", "quiet", "model",
+        "where", "out", "quiet", "wait", "model",
     )  # fmt: skip
     rebuild.add_argument(
         "--recompress",

@@ -15,13 +15,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError, DamagedCollectionError, DocumentError
 from clara.paths import UPLOADS, index_root, path_text, show_path
 from clara.text import printable, scaled, snippet
-from clara_cli.common import EXIT_ERROR, EXIT_PARTIAL, model_dtype, progress_bar
+from clara_cli.common import EXIT_ERROR, EXIT_PARTIAL, Terminated, model_dtype, progress_bar
+from indexing.durable import held_elsewhere, writer_pid
+from indexing.layout import collection_dir
 from indexing.pipeline import (
     DEFAULT_OVERLAP,
     FileResult,
@@ -151,6 +154,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     paths, results = _expand(args.paths, args.exclude)
     for r in results:
         print(f"{PROG}: {_error_line(r.error)}", file=sys.stderr)
+    run = _AddRun(start, results)
+    _await_writer(args)
     try:  # the writer lock first: another writer would make us wait for nothing
         col = _open(args.index, args.collection, index_type=args.index_type)
     except CollectionNotFoundError:
@@ -166,10 +171,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         else:  # every file left fails (empty, blank, binary): no model load for nothing
             known.update(doomed)
             todo = []
-        load_s = 0.0
         if todo:  # the model loads only when something has to be compressed
             cm = _load_model(args)
-            load_s = time.perf_counter() - start
+            run.load_s = time.perf_counter() - start
             manifest = model_manifest(cm, args.checkpoint)
             chunk_limits(cm, args.chunk_tokens, args.overlap)  # bad options create nothing
             if col is None:
@@ -185,27 +189,23 @@ def cmd_add(args: argparse.Namespace) -> int:
         else:
             _check_model_args(args, col)  # a bad --checkpoint is an error even with nothing to do
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model
-        results += _run_add(args, events, len(paths))
-        gone = _gone(col, args.paths) if col is not None else []
+        try:
+            run.compressed = _run_add(args, events, len(paths), results)
+        except KeyboardInterrupt as stop:  # --json still reports what this run did
+            if args.json:
+                _print_json(run.report(args, stopped=_stop_name(stop)))
+            raise
+        run.gone = _gone(col, args.paths) if col is not None else []
         if args.prune:
-            col.remove_documents([d.id for d in gone])
+            col.remove_documents([d.id for d in run.gone])
     finally:
         if col is not None:
             col.close()
-    seconds = time.perf_counter() - start
-    rate = chunks / (seconds - load_s) if (chunks := _new_chunks(results)) else 0.0
-    kinds = ("added", "replaced", "unchanged", "duplicate")
-    counts = {s: sum(r.status == s for r in results) for s in kinds}
-    counts["failed"] = sum(r.status == "failed" for r in results)
+    report = run.report(args)
     if args.json:
-        _print_json({
-            "collection": args.collection, "index": str(_root(args)), **counts,
-            "chunks": chunks, "seconds": round(seconds, 3), "model_load_s": round(load_s, 3),
-            "chunks_per_s": round(rate, 2),
-            "files": [r.to_dict() for r in results],
-            "gone": [d.path for d in gone], "pruned": len(gone) if args.prune else 0,
-        })  # fmt: skip
+        _print_json(report)
     else:
+        gone = run.gone
         if gone:
             names = ", ".join(show_path(d.path) for d in gone[:5])
             more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
@@ -216,13 +216,74 @@ def cmd_add(args: argparse.Namespace) -> int:
                 + ("removed" if args.prune else "still searched; add --prune to remove them"),
                 file=sys.stderr,
             )
+        counts = {s: report[s] for s in (*_KINDS, "failed")}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "added")
-        loaded = f", model load {load_s:.1f}s" if load_s else ""
+        loaded = f", model load {run.load_s:.1f}s" if run.load_s else ""
+        chunks = report["chunks"]
         noun = "chunk" if chunks == 1 else "chunks"
-        print(f"{summary}: {chunks} {noun} in {seconds:.1f}s ({rate:.1f} chunks/s{loaded})")
-    if not counts["failed"]:
+        print(
+            f"{summary}: {chunks} {noun} in {report['seconds']:.1f}s "
+            f"({report['chunks_per_s']:.1f} chunks/s{loaded})"
+        )
+    if not report["failed"]:
         return 0
-    return EXIT_PARTIAL if any(counts[s] for s in kinds) else EXIT_ERROR  # (the others indexed)
+    return EXIT_PARTIAL if any(report[s] for s in _KINDS) else EXIT_ERROR  # (the others indexed)
+
+
+_KINDS = ("added", "replaced", "unchanged", "duplicate")
+
+
+@dataclass
+class _AddRun:
+    """What one `add` did, for its summary line or its --json report."""
+
+    start: float
+    results: list[FileResult]
+    load_s: float = 0.0
+    compressed: int = 0  # chunks this run compressed (not those an earlier run had)
+    gone: list[Any] = field(default_factory=list)
+
+    def report(self, args: argparse.Namespace, stopped: str | None = None) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.start
+        working = seconds - self.load_s
+        counts = {s: sum(r.status == s for r in self.results) for s in (*_KINDS, "failed")}
+        report = {
+            "collection": args.collection, "index": str(_root(args)), **counts,
+            "chunks": _new_chunks(self.results), "seconds": round(seconds, 3),
+            "model_load_s": round(self.load_s, 3),
+            "chunks_per_s": round(self.compressed / working, 2) if self.compressed else 0.0,
+            "files": [r.to_dict() for r in self.results],
+            "gone": [d.path for d in self.gone],
+            "pruned": len(self.gone) if args.prune else 0,
+        }  # fmt: skip
+        if stopped:  # Ctrl-C or SIGTERM: these files are in, the rest were not reached
+            report["stopped"] = stopped
+        return report
+
+
+def _stop_name(stop: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(stop, Terminated) else "interrupted"
+
+
+def _await_writer(args: argparse.Namespace) -> None:
+    """`--wait SECONDS`: while another process writes the collection (an indexing service's
+    upload job, another `add`), wait for it, up to that long; then the open says who is in
+    the way as without --wait (exit 75)."""
+    if not args.wait:
+        return
+    folder = collection_dir(args.index, args.collection)
+    deadline = time.monotonic() + args.wait
+    said = False
+    while time.monotonic() < deadline and held_elsewhere(folder):
+        if not said and not getattr(args, "quiet", False):
+            pid = writer_pid(folder) or "?"
+            print(
+                f"{PROG}: waiting for pid {pid} to finish writing '{args.collection}' (up to "
+                f"{args.wait:g}s)",
+                file=sys.stderr,
+            )
+            said = True
+        time.sleep(0.25)
 
 
 def _gone(col: Collection, targets: list[str]) -> list[Any]:
@@ -312,13 +373,14 @@ def _error_line(error: Exception | None) -> str:
     return str(error)
 
 
-def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]:
-    """Consume the pipeline's events: progress bar (files, chunks/s), one line per file."""
+def _run_add(args: argparse.Namespace, events, n_files: int, results: list[FileResult]) -> int:
+    """Consume the pipeline's events: progress bar (files, chunks/s), one line per file, each
+    file's result into `results` as it comes (kept there when Ctrl-C stops the run). Returns
+    the chunks this run compressed (of a resumed file, those an earlier run had not)."""
     start = time.perf_counter()
-    results: list[FileResult] = []
     with progress_bar(n_files, desc="indexing", unit="file", quiet=args.quiet) as bar:
         try:
-            _take_events(args, events, results, bar, start)
+            return _take_events(args, events, results, bar, start)
         except KeyboardInterrupt:  # (Ctrl-C: run_main says "interrupted" and exits 130)
             kept = sum(r.status in ("added", "replaced") for r in results)
             kept_text = (
@@ -330,10 +392,9 @@ def _run_add(args: argparse.Namespace, events, n_files: int) -> list[FileResult]
                 file=sys.stderr,
             )
             raise
-    return results
 
 
-def _take_events(args: argparse.Namespace, events, results: list, bar, start: float) -> None:
+def _take_events(args: argparse.Namespace, events, results: list, bar, start: float) -> int:
     """`_run_add`'s loop: each file's result into `results` as it comes."""
     done_chunks = 0
     for event in events:
@@ -353,10 +414,12 @@ def _take_events(args: argparse.Namespace, events, results: list, bar, start: fl
                 what = "; ".join(parts + ([event.detail] if event.detail else []))
                 bar.write(f"{event.status:<10} {show_path(event.path)}  ({what})", file=sys.stdout)
         bar.update(1)  # after its line: a log's progress line counts the files listed above it
+    return done_chunks
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     removed, missing = [], []
+    _await_writer(args)
     with _open(args.index, args.collection) as col:
         for target in args.targets:
             try:
@@ -502,6 +565,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    _await_writer(args)
     if args.recompress:
         from indexing.pipeline import recompress
 
@@ -509,7 +573,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             _load_model(args), args.index, args.collection,
             batch_size=args.batch_size, checkpoint=args.checkpoint,
         )  # fmt: skip
-        results = _run_add(args, events, _count_docs(args))
+        results: list[FileResult] = []
+        _run_add(args, events, _count_docs(args), results)
         if args.index_type is not None:
             with _open(args.index, args.collection, index_type=args.index_type):
                 pass

@@ -120,6 +120,14 @@ def held_elsewhere(directory: Path) -> bool:
     return False
 
 
+def writer_pid(directory: Path) -> str | None:
+    """The pid the holder of `<dir>/writer.lock` wrote there, if any."""
+    try:
+        return (directory / "writer.lock").read_text(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
 class WriterLock:
     """An exclusive `fcntl.flock` on `<dir>/writer.lock`, released on close or process death.
 
@@ -138,7 +146,7 @@ class WriterLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            pid = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            pid = writer_pid(directory) or "?"
             os.close(self._fd)
             self._fd = None
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):

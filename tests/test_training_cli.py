@@ -260,7 +260,7 @@ def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch, capsy
     assert sum(r.kind == "paraphrase" for r in s1) == 3 and len(s2) == 3
     assert "fewer than --candidates" not in capsys.readouterr().err
     argv = ["synth", str(folder), "--out", str(tmp_path / "data"), "--model", str(tiny_llama_dir),
-            "--teacher-url", "http://x/v1", "--teacher-model", "m", "--candidates", "5", "-q"]  # fmt: skip
+            "--teacher-url", "http://x/v1", "--teacher-model", "m", "--candidates", "5", "-q", "--force"]  # fmt: skip
     assert main(argv) == 0  # three chunks in all: a question gets three candidates at most
     assert "3 of 3 questions have fewer than --candidates 5" in capsys.readouterr().err
 
@@ -426,3 +426,17 @@ def test_ctrl_c_to_a_ranks_run_stops_every_process_after_one_step(tiny_llama_dir
     assert line in err.splitlines() and err.count(f"{PROG}:") == 1, err  # (a rank's warning
     # from a library may come too)
     assert subprocess.run(["pgrep", "-f", str(out)], capture_output=True).stdout == b""
+
+
+def test_synth_keeps_an_earlier_runs_data_unless_forced(tmp_path, tiny_llama_dir) -> None:
+    """`synth` wrote over the stage1/stage2.jsonl of an earlier run without a word (a
+    teacher's questions can take hours to write again)."""
+    folder, out = tmp_path / "docs", tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The river Lune floods every March. " * 8)
+    argv = ["synth", str(folder), "--out", str(out), "--model", str(tiny_llama_dir), "--no-qa"]
+    argv += ["-q"]
+    assert main(argv) == 0
+    (out / "stage1.jsonl").write_text("kept\n")
+    assert main(argv) == 1 and (out / "stage1.jsonl").read_text() == "kept\n"
+    assert main([*argv, "--force"]) == 0 and "kept" not in (out / "stage1.jsonl").read_text()

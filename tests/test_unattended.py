@@ -113,6 +113,26 @@ def test_sigterm_during_add_says_what_is_kept(
     assert len(docs_of(index)) == 1
 
 
+def test_add_json_stopped_still_reports_what_it_did(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """`add --json` stopped by Ctrl-C (or SIGTERM) printed nothing: a script could not tell
+    which files went in."""
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    after_the_first_file(monkeypatch, ctrl_c)
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING, "--json"]
+    rc, out, _ = run(capsys, "add", folder, *args)
+    report = json.loads(out)
+    assert rc == 130 and report["stopped"] == "interrupted"
+    assert report["added"] == 1 and [f["status"] for f in report["files"]] == ["added"]
+    assert report["chunks"] > 0 and len(docs_of(index)) == 1
+
+
 def test_a_locked_collection_exits_75_to_try_again(capsys, tmp_path: Path) -> None:
     from indexing.store import Collection
     from tests.tiny import STORE_MANIFEST
@@ -126,6 +146,26 @@ def test_a_locked_collection_exits_75_to_try_again(capsys, tmp_path: Path) -> No
             cwd=ROOT, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert out.returncode == 75 and "is being written by pid" in out.stderr
+
+
+def test_wait_waits_out_the_writer_then_writes(capsys, tmp_path: Path, tiny_llama_dir) -> None:
+    """A cron `add` beside the indexing service's upload job could only exit 75 and try again
+    on its next run: --wait SECONDS waits for the writer, and gives up after that long."""
+    import threading
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=2)
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
+    assert run(capsys, "add", folder / "doc00.txt", *args)[0] == 0
+    with lock_held_elsewhere(index / "default"):
+        rc, _, err = run(capsys, "add", folder, *args, "--wait", "0.5")
+        assert rc == 75 and "waiting for pid" in err and "is being written by pid" in err
+    holder = lock_held_elsewhere(index / "default")
+    holder.__enter__()
+    threading.Timer(1.5, holder.__exit__, (None, None, None)).start()
+    rc, out, err = run(capsys, "remove", "doc00.txt", "--index", index, "--wait", "60")
+    assert rc == 0 and "waiting for pid" in err, err
+    assert docs_of(index) == {}
 
 
 def _serve(tmp_path: Path, tiny_llama_dir: Path) -> tuple[subprocess.Popen, str, Path, Path]:

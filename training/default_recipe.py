@@ -96,7 +96,8 @@ def synth_cloze(texts: dict[str, str], out: Path, seed: int = 0) -> tuple[list[d
     try:
         for name, text in texts.items():
             (docs / f"{name}.txt").write_text(text, encoding="utf-8")
-        argv = ["synth", str(docs), "--out", str(out), "--cloze", "-q", "--seed", str(seed)]
+        argv = ["synth", str(docs), "--out", str(out), "--cloze", "-q", "--force"]
+        argv += ["--seed", str(seed)]
         code = train_main(argv)
     finally:
         shutil.rmtree(docs)

@@ -258,6 +258,11 @@ def add_synth_parser(sub) -> None:
     )
     p.add_argument("docs", nargs="+", help="files, folders or globs (PDF, Markdown, HTML, text)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the jsonl files go")
+    p.add_argument(
+        "--force", action="store_true",
+        help="replace the stage1.jsonl and stage2.jsonl an earlier run left in --out (without "
+        "it, such files stop the run before anything is read)",
+    )  # fmt: skip
     add_model_args(
         p,
         model_use="its tokenizer chunks the documents and, without --teacher-url, it writes "
@@ -321,6 +326,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     cm = None
     if args.cloze and (args.teacher_url or args.no_qa):
         raise ClaraError("--cloze writes its own questions: drop --teacher-url / --no-qa")
+    out = Path(args.out)
+    earlier = [f.name for f in (out / "stage1.jsonl", out / "stage2.jsonl") if f.exists()]
+    if earlier and not args.force:  # a teacher's questions can take hours to write again
+        raise ClaraError(
+            f"{out} already holds {' and '.join(earlier)} from an earlier run: give another "
+            "--out, or --force to replace them"
+        )
     if args.teacher_url or args.no_qa or args.cloze:
         base = load_base(args.model, dtype=dtype)
         tokenizer = base.tokenizer
@@ -359,7 +371,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=lambda it, n: progress(it, n, "teacher", unit="chunk", quiet=args.quiet),
     )
-    out = Path(args.out)
     n1 = write_jsonl(out / "stage1.jsonl", map(pretrain_to_json, stage1))
     print(f"{out / 'stage1.jsonl'}: {n1} records ({len(chunks)} paraphrase)")
     if stage2:
