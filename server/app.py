@@ -314,6 +314,7 @@ def _files_service(settings: Settings, engine: Engine, max_upload_bytes: int) ->
         dtype=settings.dtype,
         index_root=settings.index_root,
         max_upload_bytes=max_upload_bytes,
+        default_collection=settings.collection,
     )
     registry = Registry(settings.root / UPLOADS)
     return IndexService(service_settings, engine.worker, registry)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clara_cli.worker import Task
+from indexing.lexical import STOPWORDS, terms
 from server.protocol import RagParams
 
 DONE = object()  # the last event of every job
@@ -42,6 +43,20 @@ class Retrieved:
     sources: list[SourceInfo] = field(default_factory=list)
     memories: np.ndarray | None = None  # (k, n_mem, d) float32, memory mode only
     detail: str | None = None  # why there are no sources
+    query: str = ""  # what was searched for
+
+    def cited(self, answer: str) -> list[int]:
+        """Positions of the sources `answer` draws on, as its words tell: those whose chunk
+        holds a term of the answer the question did not have (the answer's own facts: "1889"
+        to "When was the tower completed?"), else one of any term of the answer; when no
+        chunk holds one, the best-ranked source (the answer was read from them all)."""
+        said = {t for t in terms(answer) if t not in STOPWORDS and (len(t) > 1 or t.isdigit())}
+        held = [set(terms(f"{s.filename} {s.text}")) for s in self.sources]
+        for wanted in (said - set(terms(self.query)), said):
+            found = [i for i, chunk in enumerate(held) if wanted & chunk]
+            if found:
+                return found
+        return [0] if self.sources else []
 
 
 @dataclass

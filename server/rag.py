@@ -92,7 +92,7 @@ class Rag:
             for h in hits
         ]
         self.metrics.retrievals.inc(status="ok")
-        return Retrieved("ok", p.collection, sources, memories)
+        return Retrieved("ok", p.collection, sources, memories, query=p.query)
 
     def prompt(self, p: RagParams, r: Retrieved) -> tuple[Prompt, str | None]:
         """(prompt, adapter): memories (and for "mixed" the best chunk's text) -> generator

@@ -127,15 +127,15 @@ def sources_of(ready: Ready) -> list[Source]:
     ]
 
 
-def annotations_of(sources: list[Source], content_length: int) -> list[Annotation]:
-    """One `url_citation` per source, spanning the answer (all of it came from them)."""
+def annotations_of(ready: Ready, sources: list[Source], content: str) -> list[Annotation]:
+    """One `url_citation` per source the answer draws on (`Retrieved.cited`), spanning it."""
     return [
         Annotation(
             url_citation=URLCitation(
-                start_index=0, end_index=content_length, title=_title(s), url=s.url
+                start_index=0, end_index=len(content), title=_title(s), url=s.url
             )
         )
-        for s in sources
+        for s in (sources[i] for i in ready.retrieved.cited(content))
     ]
 
 
@@ -361,7 +361,7 @@ class OpenAIServing:
         sources = sources_of(reply.ready)
         message = ChatCompletionMessage(
             content=content,
-            annotations=annotations_of(sources, len(content)),
+            annotations=annotations_of(reply.ready, sources, content),
             sources=sources,
         )
         return ChatCompletion(
@@ -474,7 +474,7 @@ class OpenAIServing:
     async def _stream(
         self, job: Job, reply: _Reply, include_usage: bool, start: float
     ) -> AsyncIterator[str]:
-        length = 0
+        said: list[str] = []
         role = _sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))
         async with aclosing(self.streamed(job, start, [role])) as events:
             async for event in events:
@@ -487,14 +487,15 @@ class OpenAIServing:
                     else None
                 )
                 if event.text or token is not None:
-                    length += len(event.text)
+                    said.append(event.text)
                     logprobs = ChoiceLogprobs(content=[token]) if token is not None else None
                     delta = DeltaMessage(content=event.text)
                     yield _sse(self._chunk(reply, delta, logprobs=logprobs))
                 if event.finish_reason is None:
                     continue
                 sources = sources_of(reply.ready)
-                extra = DeltaMessage(sources=sources, annotations=annotations_of(sources, length))
+                notes = annotations_of(reply.ready, sources, "".join(said))
+                extra = DeltaMessage(sources=sources, annotations=notes)
                 chunk = self._chunk(reply, extra)
                 chunk.retrieval = reply.retrieval
                 yield _sse(chunk)

@@ -630,3 +630,43 @@ def test_text_that_is_not_unicode_is_refused_before_it_is_stored(
     r = httpx.post(f"{service.url}/v1/vector_stores/default/search", headers=auth,
                    content=json.dumps({"query": "w " * 10_000}))  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "query"
+
+
+def test_what_openai_bounds_is_bounded_and_attributes_keep_theirs(client: openai.OpenAI) -> None:
+    """An app-developer audit: a store named as the default collection became what every
+    tool-less chat searched; a 300-byte name was a 500; expiring uploads, an overlap above
+    half a chunk, 17 attributes and an unknown ranker were taken without a word; integers
+    came back as floats; and search results overwrote attributes named as clara's own."""
+    default = client.vector_stores.create(name="default")
+    assert default.id.startswith("vs_") and default.name == "default"
+    long = client.vector_stores.create(name="x" * 300)
+    assert long.id.startswith("vs_") and long.name == "x" * 300
+    for vs in (default, long):
+        client.vector_stores.delete(vs.id)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(
+            file=("a.txt", TRAIN.encode()), purpose="assistants",
+            expires_after={"anchor": "created_at", "seconds": 3600},
+        )  # fmt: skip
+    assert e.value.body["param"] == "expires_after"
+    vs = client.vector_stores.create(name="bounded")
+    f = upload(client, "train.txt", TRAIN)
+    overlap = {"type": "static", "static": {"max_chunk_size_tokens": 64, "chunk_overlap_tokens": 40}}
+    with pytest.raises(openai.BadRequestError, match="at most half"):
+        client.vector_stores.files.create(vs.id, file_id=f.id, chunking_strategy=overlap)
+    with pytest.raises(openai.BadRequestError):
+        client.vector_stores.files.create(
+            vs.id, file_id=f.id, attributes={f"k{i}": i for i in range(17)}
+        )
+    with pytest.raises(openai.BadRequestError):
+        client.vector_stores.search(vs.id, query="train", ranking_options={"ranker": "bogus"})
+    own = {"year": 1889, "document_id": "my-doc-7", "kind": "timetable", "late": False}
+    attach(client, vs.id, f.id, attributes=own)
+    raw = client.vector_stores.with_raw_response.search(
+        vs.id, query=TRAIN, ranking_options={"ranker": "auto"}
+    )
+    (hit,) = raw.http_response.json()["data"]  # (the SDK's type makes every number a float)
+    assert {k: hit["attributes"][k] for k in own} == own  # the app's, as it gave them
+    assert type(hit["attributes"]["year"]) is int and hit["attributes"]["chunk_id"] >= 1
+    assert hit["attributes"]["retrieval_mode"] == "hybrid"  # clara's, where the app's are not
+    client.vector_stores.delete(vs.id)

@@ -488,3 +488,30 @@ def test_a_response_the_disk_cannot_hold_is_a_storage_error(tmp_path) -> None:
         store.put({"id": "resp_1", "created_at": 0, "status": "completed"}, [])
     assert info.value.status == 507 and info.value.code == "storage_error"
     assert "free disk space there, or send store: false" in info.value.message
+
+
+def test_results_carry_the_files_attributes_and_requests_are_echoed(
+    client: openai.OpenAI,
+) -> None:
+    """An app-developer audit: file_search results had clara's attributes only (not those the
+    app gave the file), and parallel_tool_calls, service_tier and text.verbosity came back
+    as something else than asked; usage lacked cache_write_tokens, which the SDK requires."""
+    f = client.files.create(file=("capitals.md", GUIDE.encode()), purpose="assistants")
+    vs = client.vector_stores.create(name="attributed")
+    client.vector_stores.files.create_and_poll(
+        file_id=f.id, vector_store_id=vs.id, attributes={"year": 2024, "chunk_id": "mine"},
+        poll_interval_ms=50,
+    )  # fmt: skip
+    raw = client.responses.with_raw_response.create(
+        model=MODEL, input=GUIDE, include=["file_search_call.results"],
+        tools=[{"type": "file_search", "vector_store_ids": [vs.id]}],
+        parallel_tool_calls=False, service_tier="flex", text={"verbosity": "low"},
+    )  # fmt: skip
+    response = raw.parse()
+    (result,) = raw.http_response.json()["output"][0]["results"]  # (the SDK makes 2024 2024.0)
+    assert result["attributes"]["year"] == 2024 and type(result["attributes"]["year"]) is int
+    assert result["attributes"]["chunk_id"] == "mine" and result["attributes"]["document_id"]
+    assert response.parallel_tool_calls is False and response.service_tier == "flex"
+    assert response.text.verbosity == "low" and response.text.format.type == "text"
+    assert response.usage.input_tokens_details.cache_write_tokens == 0
+    client.vector_stores.delete(vs.id)

@@ -121,3 +121,27 @@ def test_empty_user_message_is_accepted_a_missing_one_refused() -> None:
     ChatCompletionRequest.model_validate(
         {"messages": [assistant, {"role": "user", "content": "x"}]}
     )
+
+
+def test_an_answer_cites_the_sources_that_hold_its_words() -> None:
+    """Every retrieved file was cited, so an answer about the Eiffel Tower named bananas.txt
+    as a source (an app-developer audit)."""
+    from server.jobs import Retrieved, SourceInfo
+
+    def source(name: str, text: str) -> SourceInfo:
+        return SourceInfo(1, f"doc-{name}", name, None, None, None, 0.5, text, "default")
+
+    texts = {
+        "report.txt": "The tower of the company's new office was completed in 2019.",
+        "eiffel.md": "The Eiffel Tower in Paris was completed in 1889 for the World's Fair.",
+        "bananas.txt": "Bananas grow in tropical regions and are rich in potassium.",
+    }
+    found = Retrieved(
+        "ok", "default", [source(n, t) for n, t in texts.items()],
+        query="When was the Eiffel Tower completed?",
+    )  # fmt: skip
+    assert found.cited("It was completed in 1889.") == [1]  # the answer's own fact
+    assert found.cited("In Paris.") == [1]
+    assert found.cited("The Eiffel Tower.") == [0, 1]  # no word the question lacks: any word
+    assert found.cited("I do not know.") == [0]  # none: the best-ranked
+    assert found.cited("") == [0] and Retrieved("no_match", "default").cited("Yes") == []

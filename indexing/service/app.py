@@ -85,6 +85,9 @@ class ServiceSettings(ModelSettings):
     batch_size: int = 8
     overlap: int = 32
     max_waiting_calls: int = 64
+    #: what requests that name no store search (clara-serve's --collection): a store an app
+    #: creates never gets it as its id (its uploads would answer every other client's chats)
+    default_collection: str = "default"
 
 
 def create_app(

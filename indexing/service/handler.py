@@ -176,12 +176,14 @@ class IndexService:
         items = [VectorStoreFileCreate(file_id=i) for i in body.file_ids or []]
         self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing
         name = body.name or ""
-        taken = (
-            (self.root / name).exists()
-            or self.registry.store(name) is not None
-            or case_clash(self.root, name) is not None
+        usable = (  # (in this order: a name too long for a file name is not looked for)
+            _NAME.fullmatch(name)
+            and not is_reserved(name)
+            and name.lower() != self.settings.default_collection.lower()
+            and not (self.root / name).exists()
+            and self.registry.store(name) is None
+            and case_clash(self.root, name) is None
         )
-        usable = _NAME.fullmatch(name) and not is_reserved(name) and not taken
         store_id = name if usable else f"vs_{secrets.token_hex(12)}"
         manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
         await asyncio.to_thread(

@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara_cli.http import Metadata, json_int, valid_unicode
 
-Attributes = dict[str, str | float | bool]
+#: A file's attributes as returned (numbers keep their type: 1889 stays an int), and as a
+#: request may set them: OpenAI's bounds, 16 pairs, keys of 64 characters, strings of 512
+Attributes = dict[str, str | int | float | bool]
+AttributesIn = Annotated[
+    dict[
+        Annotated[str, Field(max_length=64)],
+        Annotated[str, Field(max_length=512)] | int | float | bool,
+    ],
+    Field(max_length=16),
+]
 
 
 class _Request(BaseModel):
@@ -48,6 +57,16 @@ class StaticChunking(BaseModel):
     model_config = ConfigDict(strict=True)
     max_chunk_size_tokens: json_int(ge=1)
     chunk_overlap_tokens: json_int(ge=0)
+    """At most half of `max_chunk_size_tokens` (OpenAI's bound)."""
+
+    @model_validator(mode="after")
+    def _overlap_at_most_half(self) -> StaticChunking:
+        if self.chunk_overlap_tokens > self.max_chunk_size_tokens // 2:
+            raise ValueError(
+                f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be at most half of "
+                f"max_chunk_size_tokens ({self.max_chunk_size_tokens})"
+            )
+        return self
 
 
 class ChunkingStrategy(_Request):
@@ -109,7 +128,7 @@ class VectorStoreDeleted(BaseModel):
 # ---- vector store files --------------------------------------------------------------------
 class VectorStoreFileCreate(_Request):
     file_id: str
-    attributes: Attributes | None = None
+    attributes: AttributesIn | None = None
     chunking_strategy: ChunkingStrategy | None = None
 
 
@@ -131,12 +150,12 @@ class VectorStoreFile(BaseModel):
 
 
 class VectorStoreFileUpdate(_Request):
-    attributes: Attributes | None
+    attributes: AttributesIn | None
 
 
 class BatchFile(_Request):
     file_id: str
-    attributes: Attributes | None = None
+    attributes: AttributesIn | None = None
     chunking_strategy: ChunkingStrategy | None = None
 
 
@@ -152,7 +171,7 @@ class FileBatchCreate(_Request):
     )  # fmt: skip
     file_ids: list[str] | None = Field(default=None, min_length=1)
     files: list[BatchFile] | None = Field(default=None, min_length=1)
-    attributes: Attributes | None = None
+    attributes: AttributesIn | None = None
     chunking_strategy: ChunkingStrategy | None = None
 
 
@@ -179,8 +198,12 @@ class HybridSearch(_Request):
     text_weight: float = Field(default=1.0, ge=0.0)
 
 
+#: OpenAI's rankers; clara ranks one way whichever is named
+Ranker = Literal["auto", "none", "default-2024-11-15"]
+
+
 class RankingOptions(_Request):
-    ranker: str | None = None
+    ranker: Ranker | None = None
     score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     hybrid_search: HybridSearch | None = None
 
@@ -240,7 +263,8 @@ class TextContent(BaseModel):
 class SearchResult(BaseModel):
     """One chunk. CLaRa puts `document_id`, `chunk_id`, `page_start`, `page_end` (when the
     file has pages), `path`, `retrieval_mode` and the chunk's 1-based `rank_dense` /
-    `rank_lexical` (when that retriever found it) in `attributes`, after the file's own."""
+    `rank_lexical` (when that retriever found it) in `attributes`, after the file's own: a
+    name the file's own attributes use keeps the file's value."""
 
     file_id: str
     filename: str

@@ -15,6 +15,15 @@ from indexing.service.uploads import Uploads
 from indexing.store import Collection
 
 
+def with_own_attributes(own: dict[str, Any] | None, clara: dict[str, Any]) -> dict[str, Any]:
+    """A result's attributes: those the app gave the file, as it gave them, then CLaRa's
+    (`document_id`, `chunk_id`, pages, ranks...) under the names the app's do not use."""
+    attributes = dict(own or {})
+    for name, value in clara.items():
+        attributes.setdefault(name, value)
+    return attributes
+
+
 def search_results(
     col: Collection,
     texts: list[str],
@@ -44,14 +53,14 @@ def search_results(
         # --recompress` gave the document a new id
         link = by_doc.get(h.doc_id) or by_file.get(uploads.file_id_of(h.path) or "")
         file_id = link.file_id if link else (uploads.file_id_of(h.path) or h.doc_id)
-        attributes: dict[str, Any] = dict(link.attributes or {}) if link else {}
-        attributes.update(document_id=h.doc_id, chunk_id=h.chunk_id)
+        clara: dict[str, Any] = {"document_id": h.doc_id, "chunk_id": h.chunk_id}
         if h.page_start is not None:
-            attributes.update(page_start=h.page_start, page_end=h.page_end or h.page_start)
+            clara.update(page_start=h.page_start, page_end=h.page_end or h.page_start)
         if h.path and not uploads.file_id_of(h.path):
-            attributes["path"] = h.path
-        attributes["retrieval_mode"] = h.mode
-        attributes.update({f"rank_{n}": r for n, r in h.ranks.items() if r is not None})
+            clara["path"] = h.path
+        clara["retrieval_mode"] = h.mode
+        clara.update({f"rank_{n}": r for n, r in h.ranks.items() if r is not None})
+        attributes = with_own_attributes(link.attributes if link else None, clara)
         content = [TextContent(text=h.text)]
         out.append(
             SearchResult(file_id=file_id, filename=h.doc_name, score=round(h.score, 6),

@@ -136,6 +136,11 @@ class Uploads:
                     400, "'file' must be a file part: Content-Disposition: form-data; "
                     'name="file"; filename="..."', param="file",
                 )  # fmt: skip
+            if any(key.startswith("expires_after") for key in form.keys()):
+                raise APIError(
+                    400, "expires_after is not supported: an upload lasts until it is deleted",
+                    param="expires_after",
+                )  # fmt: skip
             if purpose not in PURPOSES:
                 raise APIError(
                     400, f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}",

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, Metadata, json_int, valid_unicode
+from indexing.service.protocol import Attributes, Ranker
 from server.protocol import NULL, only, refuse
 
 INCLUDABLE = ("file_search_call.results",)
@@ -73,7 +74,7 @@ class FileSearchCallInput(_Request):
 
 
 class FileSearchRankingOptions(_Request):
-    ranker: str | None = None
+    ranker: Ranker | None = None
     score_threshold: float | None = only({"maximum": 0}, default=None, ge=0.0, le=1.0)
     """Not supported: every retrieved chunk is read by the generator (0 or null only)."""
 
@@ -242,7 +243,7 @@ class FileSearchResult(_Response):
     filename: str
     score: float
     text: str
-    attributes: dict[str, str | float | bool] | None = None
+    attributes: Attributes | None = None
 
 
 class FileSearchCall(_Response):
@@ -255,6 +256,7 @@ class FileSearchCall(_Response):
 
 class InputTokensDetails(_Response):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class OutputTokensDetails(_Response):
@@ -294,6 +296,7 @@ class Response(_Response):
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     reasoning: dict[str, Any] | None = None
+    service_tier: str | None = None
     store: bool = True
     temperature: float | None = None
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara_cli.http import APIError
 from indexing.service.handler import IndexService, is_vector_store
+from indexing.service.search import with_own_attributes
 from server.jobs import Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.responses.protocol import (
@@ -227,6 +228,10 @@ class ResponsesServing:
             top_p=params.top_p,
             tool_choice=req.tool_choice or "auto",
             tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
+            # echoed as asked (clara calls no tools and has one tier)
+            parallel_tool_calls=req.parallel_tool_calls is not False,
+            service_tier=req.service_tier,
+            text={"format": {"type": "text"}, **(req.text or {})},
             user=req.user,
             metadata=req.metadata or {},
             truncation=req.truncation or "disabled",
@@ -239,7 +244,8 @@ class ResponsesServing:
         call = None
         if searched:
             include = "file_search_call.results" in (req.include or [])
-            results = [self._result(s) for s in ready.retrieved.sources]
+            own = await asyncio.to_thread(self._own_attributes, chat.collection)
+            results = [self._result(s, own.get(s.file_id)) for s in ready.retrieved.sources]
             call = FileSearchCall(queries=[params.query], results=results if include else None)
         run = ResponseRun(self, job, ready, response, call, turn, params.logprobs)
         if req.stream:
@@ -255,20 +261,29 @@ class ResponsesServing:
         `clara-index add` indexed have no upload)."""
         return s.file_id or s.document_id
 
-    def _result(self, s: SourceInfo) -> FileSearchResult:
-        attributes: dict[str, Any] = {"document_id": s.document_id, "chunk_id": s.chunk_id}
+    def _own_attributes(self, store_id: str) -> dict[str, dict[str, Any]]:
+        """file id -> the attributes the app gave it in this vector store."""
+        if self.files is None:
+            return {}
+        links = self.files.registry.links(store_id=store_id)
+        return {link.file_id: link.attributes for link in links if link.attributes}
+
+    def _result(self, s: SourceInfo, own: dict[str, Any] | None) -> FileSearchResult:
+        clara: dict[str, Any] = {"document_id": s.document_id, "chunk_id": s.chunk_id}
         if s.page_start is not None:
-            attributes.update(page_start=s.page_start, page_end=s.page_end or s.page_start)
+            clara.update(page_start=s.page_start, page_end=s.page_end or s.page_start)
+        attributes = with_own_attributes(own, clara)
         return FileSearchResult(
             file_id=self.file_id(s), filename=s.filename, score=round(s.score, 6), text=s.text,
             attributes=attributes,
         )  # fmt: skip
 
     def citations(self, ready: Ready, text: str) -> list[FileCitation]:
-        """One `file_citation` per retrieved file, at the end of the answer (all of it was
-        generated from them), in retrieval order."""
+        """One `file_citation` per file the answer draws on (`Retrieved.cited`), at its end,
+        in retrieval order."""
         seen: dict[str, FileCitation] = {}
-        for s in ready.retrieved.sources:
+        for i in ready.retrieved.cited(text):
+            s = ready.retrieved.sources[i]
             fid = self.file_id(s)
             seen.setdefault(fid, FileCitation(file_id=fid, filename=s.filename, index=len(text)))
         return list(seen.values())
