@@ -651,7 +651,10 @@ def test_what_openai_bounds_is_bounded_and_attributes_keep_theirs(client: openai
     assert e.value.body["param"] == "expires_after"
     vs = client.vector_stores.create(name="bounded")
     f = upload(client, "train.txt", TRAIN)
-    overlap = {"type": "static", "static": {"max_chunk_size_tokens": 64, "chunk_overlap_tokens": 40}}
+    overlap = {
+        "type": "static",
+        "static": {"max_chunk_size_tokens": 64, "chunk_overlap_tokens": 40},
+    }
     with pytest.raises(openai.BadRequestError, match="at most half"):
         client.vector_stores.files.create(vs.id, file_id=f.id, chunking_strategy=overlap)
     with pytest.raises(openai.BadRequestError):
