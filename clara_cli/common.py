@@ -8,6 +8,7 @@ def main(argv=None) -> int:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import os
@@ -19,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from clara.errors import ClaraError, CollectionLockedError
 from clara.paths import COLLECTION_NAME, RESERVED_NAMES
@@ -166,6 +167,21 @@ def run_main(prog: str, fn: Callable[[], int | None]) -> int:
     finally:
         if term is not None:
             signal.signal(signal.SIGTERM, term)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a serving process with `code`, its logs flushed, skipping Python's and C++'s exit
+    teardown: there MLX's stream threads, used from the model worker's thread, sometimes made
+    `std::terminate` abort a cleanly stopped server (exit 134, "terminate called without an
+    active exception"), which init systems report as a crash. The servers close what they
+    hold (collections, stores) before they return."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 #: What to do about the OSErrors a user can fix
@@ -399,6 +415,7 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     # uvicorn's loggers go through the root logger above (log_config=None): one format with
     # timestamps, all on stderr (uvicorn's own put access lines on stdout, without a time)
     logging.getLogger("uvicorn.access").addFilter(_quiet_polls)
+    logging.getLogger("uvicorn.error").addFilter(_not_cut_off)
     server = Server(
         uvicorn.Config(
             app,
@@ -456,6 +473,16 @@ def _quiet_polls(record: Any) -> bool:
         poll = str(path).split("?")[0] in ("/health", "/metrics")
         return not (method in ("GET", "HEAD") and poll and status < 400)
     return True
+
+
+def _not_cut_off(record: Any) -> bool:
+    """Leave out uvicorn's tracebacks of the requests a second Ctrl-C cuts off (each ends in
+    CancelledError): one warning says answers were cut off."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, asyncio.CancelledError):
+        return False
+    text = str(record.msg)
+    return not (text.startswith("Traceback") and text.rstrip().endswith("CancelledError"))
 
 
 def _more_open_files() -> None:

@@ -15,6 +15,7 @@ from clara_cli.common import (
     add_query_precision_arg,
     add_version_arg,
     collection_arg,
+    exit_now,
     non_negative_float,
     positive_int,
     run_main,
@@ -312,10 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_main(PROG, lambda: args.func(args))
+        code = run_main(PROG, lambda: args.func(args))
     except BrokenPipeError:  # `clara-index list | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    if argv is None and args.func is serve_command:  # as clara-serve (clara_cli.common)
+        exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

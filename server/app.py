@@ -50,7 +50,7 @@ from server.responses.protocol import (
 )
 from server.responses.serving import ResponsesServing
 from server.responses.store import ResponseStore
-from server.serving import OpenAIServing
+from server.serving import CLIENT_GONE, OpenAIServing
 
 log = logging.getLogger("clara.serve")
 WEB = Path(__file__).parent / "web"  # the web chat: static files shipped in the package
@@ -112,6 +112,12 @@ class Gate:
             await self.access(scope, receive, send_status)
         finally:
             endpoint = _endpoint(scope["path"])
+            if status == CLIENT_GONE:  # (uvicorn logs no access line for a client gone)
+                host, port = scope.get("client") or ("?", 0)
+                log.info(
+                    '%s:%d - "%s %s" %d: the client closed the request before its answer',
+                    host, port, scope["method"], scope["path"], status,
+                )  # fmt: skip
             self.metrics.requests.inc(endpoint=endpoint, status=str(status))
             self.metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
 

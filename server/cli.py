@@ -18,6 +18,7 @@ from clara_cli.common import (
     add_model_args,
     add_query_precision_arg,
     add_version_arg,
+    exit_now,
     model_dtype,
     positive_float,
     run_main,
@@ -296,7 +297,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main("clara-serve", lambda: serve(args))
+    code = run_main("clara-serve", lambda: serve(args))
+    if argv is None:  # the command itself (not a Python caller): its status, nothing after
+        exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

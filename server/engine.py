@@ -155,7 +155,7 @@ class Engine:
         def done() -> None:
             if job.batched:
                 return
-            if kind == "chat" and job.task.cancelled:
+            if kind == "chat" and job.task.cancelled and not job.failed:
                 self.metrics.generations.inc(reason="cancelled")  # left while it waited
             if kind == "embeddings" and job.task.cancelled and job.progress is not None:
                 finished, total = job.progress  # (None: it failed, or never started)
@@ -164,7 +164,8 @@ class Engine:
             job.emit(DONE)
 
         def failed(exc: BaseException) -> None:
-            job.progress = None  # failed, not cancelled: nothing for `done` to log
+            job.failed = True  # not cancelled: nothing for `done` to count or log
+            job.progress = None
             job.emit(Failed(exc))
 
         job.task = Task((":" + kind, job), lambda cm: start(job), failed, done, can_start)

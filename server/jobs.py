@@ -92,6 +92,7 @@ class Job:
         self.batched = False  # handed to the decode batch, which sends its DONE
         self.checked = time.monotonic()  # when its route last looked for a hung-up client
         self.progress: tuple[int, int] | None = None  # embeddings: (inputs done, of)
+        self.failed = False  # it ended in an error (its route then cancels it: not "cancelled")
 
     def emit(self, event: object) -> None:
         """Hand an event to the event loop (worker thread)."""

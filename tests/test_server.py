@@ -663,9 +663,17 @@ def test_unknown_collection_is_404(server: ServerProcess) -> None:
 
 
 def test_context_length_exceeded(client: openai.OpenAI, server: ServerProcess) -> None:
+    def cancelled() -> float:  # (a refused prompt counted as a generation cancelled: a soak)
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        text = httpx.get(f"{server.url}/metrics", headers=auth, timeout=30).text
+        return metric(text, "clara_generations_total", reason="cancelled")
+
+    before = cancelled()
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=ask("river " * 3000))
     assert info.value.code == "context_length_exceeded"
+    time.sleep(0.5)  # (the worker's end of the job comes after the answer)
+    assert cancelled() == before
     body = {"messages": ask("river " * 3000), "stream": True}  # streams fail before any byte
     assert_error(
         post(server, "/v1/chat/completions", body), 400, "messages", "context_length_exceeded"

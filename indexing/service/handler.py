@@ -135,6 +135,12 @@ class IndexService:
                 col.close()
 
     def close(self) -> None:
+        for link in self.registry.links():
+            if link.status == "in_progress":  # (the next start says "resumed")
+                log.info(
+                    "file %s into %s: stopped while being indexed; it resumes at the next "
+                    "start", link.file_id, link.store_id,
+                )  # fmt: skip
         for col in self._writers.values():
             col.close()
         self._writers.clear()
@@ -470,6 +476,8 @@ class IndexService:
 
     def _detach(self, store_id: str, rec: FileRecord | None, link: Link | None, doc_id=None):
         """Worker: cancel the job, remove the document, forget the link."""
+        if link is not None and link.status == "in_progress":
+            log.info("file %s into %s: indexing stopped (removed)", link.file_id, store_id)
         self.worker.cancel(lambda key: key == (store_id, rec.id if rec else None))
         try:
             col = self._writer(store_id)

@@ -14,6 +14,7 @@ turns that off); `tool_choice: "none"` searches nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,10 @@ from server.responses.protocol import (
 )
 from server.responses.store import ResponseStore
 from server.responses.stream import ResponseRun
-from server.serving import OpenAIServing
+from server.serving import CLIENT_GONE, OpenAIServing
 
 INDEXING_WAIT_S = 120.0
+log = logging.getLogger("clara.serve")
 
 
 def _not_found(response_id: str) -> APIError:
@@ -138,18 +140,31 @@ class ResponsesServing:
             messages.append(ChatMessage(role="user", content=""))
         return messages
 
-    async def _indexed(self, store_id: str) -> None:
-        """Wait (up to INDEXING_WAIT_S) for files still being indexed into the vector store,
-        so that a file attached just before the question is searched (OpenAI's guide asks
-        right after `vector_stores.files.create`)."""
+    async def _indexed(self, store_id: str, request: Request) -> None:
+        """Wait (up to INDEXING_WAIT_S) for the files being indexed into the vector store when
+        the question came, so that a file attached just before it is searched (OpenAI's guide
+        asks right after `vector_stores.files.create`). Files attached later are not waited
+        for, and a client that leaves stops the wait."""
         if self.files is None:
             return
-        deadline = time.monotonic() + INDEXING_WAIT_S
-        while time.monotonic() < deadline:
+
+        async def indexing() -> set[str]:
             links = await asyncio.to_thread(self.files.registry.links, store_id=store_id)
-            if not any(link.status == "in_progress" for link in links):
+            return {link.file_id for link in links if link.status == "in_progress"}
+
+        waiting = await indexing()
+        deadline = time.monotonic() + INDEXING_WAIT_S
+        while waiting:
+            if time.monotonic() > deadline:
+                log.info(
+                    "file_search in %s: %d file(s) still being indexed after %.0f s; answering "
+                    "from what is indexed", store_id, len(waiting), INDEXING_WAIT_S,
+                )  # fmt: skip
                 return
+            if await request.is_disconnected():
+                raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
             await asyncio.sleep(0.1)
+            waiting &= await indexing()
 
     def _file_search(self, req: ResponseCreateRequest) -> tuple[str, int] | None:
         """(collection, top_k) of the request's file_search tool; None without one."""
@@ -209,7 +224,7 @@ class ResponsesServing:
         bare = serving.is_bare(req.model)
         chat, searched = self._chat_request(req, messages, bare)
         if searched:
-            await self._indexed(chat.collection)
+            await self._indexed(chat.collection, request)
         params = chat.to_params(serving.defaults)
         params.truncate = req.truncation == "auto"
         try:
