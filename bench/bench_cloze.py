@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
-from bench._common import append_report, markdown_table  # noqa: E402
+from bench._common import append_report, markdown_table, start_run  # noqa: E402
 from bench.bench_heldout import DATA, heldout, interval  # noqa: E402
 from bench.bench_heldout import run as heldout_run  # noqa: E402
 from training.data import pretrain_to_json, write_jsonl  # noqa: E402
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
+    start_run()
     if not DATA.exists():
         raise SystemExit(f"{DATA} not found: give the example data's path in CLARA_EXAMPLE_DATA")
     if not args.init.exists():

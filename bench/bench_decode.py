@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import clara  # noqa: E402, F401  # isort: skip  (first: the BLAS path before mlx loads)
 
+from bench._common import add_no_append, append_report, markdown_table, start_run  # noqa: E402
+
 SETTINGS = {  # name -> environment
     "OpenBLAS (CLARA_THIN=off)": {"CLARA_THIN": "off"},
     "thin kernel, float32": {"CLARA_DECODE_WEIGHTS": "float32"},
@@ -103,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=48, help="timed decode steps (default 48)")
     p.add_argument("--answers", type=int, default=16, help="greedy answers compared (<= 16)")
-    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    add_no_append(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
+    start_run()
     results = {}
     for name, env in SETTINGS.items():
         cmd = [sys.executable, __file__, "--worker", "--steps", str(args.steps)]
@@ -118,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(name, {k: v for k, v in results[name].items() if k != "answers"}, flush=True)
-
-    from bench._common import append_report, markdown_table
 
     reference = results["OpenBLAS (CLARA_THIN=off)"]["answers"]
     prompt_positions = results["OpenBLAS (CLARA_THIN=off)"]["positions"]
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "generator as one batch (`Decoder.add_many`), mean of 3 after a warm-up. The thin kernel's float32 products sum in another order than "
         "OpenBLAS's, so even that row may differ in a near-tie."
     )
-    if args.no_report:
+    if args.no_append:
         print(table + "\n\n" + notes)
     else:
         append_report("Decode paths on the CPU: speed and greedy agreement", table, notes)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
-from bench._common import append_report  # noqa: E402
+from bench._common import append_report, start_run  # noqa: E402
 from clara.model import QUERY_PRECISIONS  # noqa: E402
 from clara.prompt import mixed_prompt, text_prompt  # noqa: E402
 from clara.retrieval import (  # noqa: E402
@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--report", type=Path, metavar="DIR", help="combine DIR/*.json into a report")
     args = p.parse_args(argv)
+    start_run()
     if args.report:
         report(args.report)
         return 0

@@ -26,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import clara  # noqa: F401  preloads OpenBLAS before mlx
 import mlx.core as mx
 
-from bench._common import append_report, markdown_table, peak_rss_bytes, rss_bytes
+from bench._common import (
+    add_no_append,
+    append_report,
+    markdown_table,
+    peak_rss_bytes,
+    rss_bytes,
+    start_run,
+)
 from clara import lanes
 from clara.checkpoint import load_clara
 from indexing import pipeline
@@ -147,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=32, help="corpus size in chunks (default 32)")
     p.add_argument("--batch-sizes", default="1,4,8")
     p.add_argument("--overlap", type=int, default=32)
-    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    add_no_append(p)
     p.add_argument(
         "--baseline",
         action="store_true",
@@ -166,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.json:  # (a --baseline child: its parent warns)
+        start_run()
     baseline = run_baseline(args) if args.baseline else None
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     load_before = os.getloadavg()
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             "CLARA_CPU_LANES=1 (mlx-lm's attention, MLX's RoPE and RMSNorm graphs, MLX's JIT "
             "kernels for baseline x86-64, one pass at a time), run first."
         )
-    if args.no_report:
+    if args.no_append:
         print(body + "\n\n" + notes)
     else:
         append_report(title, body, notes)

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from bench._common import append_report, markdown_table
+from bench._common import add_no_append, append_report, markdown_table, start_run
 from bench.retrieval_sets import apple_name, apple_train_questions, write_set
 from clara.retrieval import DENSE_SCORINGS, RETRIEVAL_MODES, Fusion, reciprocal_rank_fusion
 from indexing.store import Collection
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build-only", action="store_true")
     p.add_argument("--tune", action="store_true", help="grid-search k / dense weight on the "
                    "apple TRAIN-split questions (every 8th) and use the best for the table")  # fmt: skip
-    p.add_argument("--no-append", action="store_true", help="print, do not touch BENCHMARKS.md")
+    add_no_append(p)
     p.add_argument(
         "--no-build",
         action="store_true",
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         help="rank the dense side this way instead of as the checkpoint says",
     )  # fmt: skip
     args = p.parse_args(argv)
+    start_run()
     if args.no_build:
         questions = {which: write_set(which, args.cache / which) for which in args.sets}
     else:

@@ -34,7 +34,7 @@ import clara  # noqa: F401  preloads OpenBLAS before anything else
 import faiss
 import numpy as np
 
-from bench._common import append_report, markdown_table, rss_bytes
+from bench._common import add_no_append, append_report, markdown_table, rss_bytes, start_run
 from indexing import vectors
 from indexing.store import ChunkRecord, Collection
 from clara.retrieval import flatten_normalize
@@ -269,8 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="build that collection in DIR and reuse it on later runs")  # fmt: skip
     p.add_argument("--tmp", default=None, help="folder for the Collection part (on real disk)")
-    p.add_argument("--no-append", action="store_true", help="print only, leave BENCHMARKS.md")
+    add_no_append(p)
     args = p.parse_args(argv)
+    start_run()
     dims = dict(DIMS)
     for item in filter(None, args.dims.split(",")):
         key, value = item.split("=")

@@ -62,7 +62,7 @@ from clara_cli import process
 from clara_cli.process import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
-from _common import ROOT, append_report, markdown_table  # noqa: E402
+from _common import ROOT, add_no_append, append_report, markdown_table, start_run  # noqa: E402
 
 CHUNK_TOKENS = 256
 SYSTEMS = (
@@ -453,12 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ratios (this machine's speed moved up to 2x between runs minutes apart)",
     )
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
-    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    add_no_append(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start_run(args.repeats)
     from clara.gguf import default_gguf_path
 
     load_before = os.getloadavg()
@@ -556,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )  # fmt: skip
     )
-    if args.no_report:
+    if args.no_append:
         print(table + "\n\n" + notes)
     else:
         append_report(

@@ -41,7 +41,7 @@ import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench._common import append_report, markdown_table, sample_texts  # noqa: E402
+from bench._common import append_report, markdown_table, sample_texts, start_run  # noqa: E402
 from clara import _blas  # noqa: E402
 from training.data import PretrainRecord, parse_pretrain  # noqa: E402
 from training.default_recipe import default_data  # noqa: E402
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank_worker:
         return rank_worker(args.steps, int(os.environ.get("CLARA_BENCH_RANKS", "2")),
                            args.rank_worker)  # fmt: skip
+    start_run()
     threads = [int(x) for x in args.threads.split(",") if x]
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     recs, what = records(64)
