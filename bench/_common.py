@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -176,6 +179,25 @@ def append_report(title: str, body: str, notes: str = "") -> None:
     print(text)
     with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
         f.write(text)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, keep_on_failure: str = ""):
+    """A temporary folder for the block, removed when it ends (done or Ctrl-C). With
+    `keep_on_failure` (what the folder holds that explains a failure, e.g. server logs) it is
+    kept when the block raises, and its path said on stderr."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    failed = False
+    try:
+        yield path
+    except Exception:
+        failed = True
+        raise
+    finally:
+        if failed and keep_on_failure:
+            print(f"kept {path} ({keep_on_failure}); delete it when done", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def sample_texts() -> list[str]:
