@@ -104,13 +104,21 @@ def worker(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=48, help="timed decode steps (default 48)")
-    p.add_argument("--answers", type=int, default=16, help="greedy answers compared (<= 16)")
+    p.add_argument(
+        "--answers", type=int, default=16,
+        help="greedy answers compared: an even number from 2 to 16, half through the generator "
+        "and half through the bare model (default 16)",
+    )  # fmt: skip
     add_no_append(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
+    if args.steps < 1:
+        p.error("--steps must be 1 or more")
+    if not (2 <= args.answers <= 2 * len(TOPICS) and args.answers % 2 == 0):
+        p.error(f"--answers takes an even number from 2 to {2 * len(TOPICS)} (half per adapter)")
     start_run()
     results = {}
     for name, env in SETTINGS.items():
@@ -147,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     notes = (
-        "In-process `clara.decode.Decoder` (generator adapter), 2-core CPU, each setting in its "
+        f"In-process `clara.decode.Decoder` (generator adapter), {os.cpu_count()}-core CPU, "
+        "each setting in its "
         f"own process one after another; {args.steps} timed steps after 3 warm-up steps. Greedy "
         f"answers: {len(reference)} answers of 40 tokens to pydoc questions (half through the "
         "generator, half through the bare model), compared token for token with float32 weights "

@@ -198,10 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
     p.add_argument("--decode", type=int, default=64, help="decoded tokens (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
-    p.add_argument("--dtypes", nargs="+", default=list(DTYPE_LABELS), choices=list(DTYPE_LABELS))
+    p.add_argument(
+        "--dtypes", nargs="+", default=list(DTYPE_LABELS), choices=list(DTYPE_LABELS),
+        help="weights to time: the stored 4-bit ones and/or dequantized copies (default: all)",
+    )  # fmt: skip
     p.add_argument(  # (off Linux the BLAS is MLX's own: one setting, nothing to compare)
         "--blas", nargs="+", choices=list(BLAS_SETTINGS),
         default=list(BLAS_SETTINGS) if sys.platform.startswith("linux") else ["reference"],
+        help="BLAS settings, each in its own process: openblas (clara's fast path) and/or "
+        "reference (MLX's own, CLARA_BLAS=off); default: both on Linux, reference elsewhere",
     )  # fmt: skip
     add_no_append(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
