@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +79,48 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS keeps none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+# The load as the run started (set again by `start_run`; importing this module is close to a
+# script's start) and its repetition count: other work on the machine slows every figure, and
+# one repetition gives no median to damp it, so reports say both.
+_RUN: dict = {"load": load_average(), "repeats": None}
+
+
+def start_run(repeats: int | None = None) -> list[str]:
+    """Note the load as a run starts (and, for a script with a repeats option, its count);
+    warn on stderr when the figures will be noisy. `append_report` adds the same warnings to
+    the report's notes. Returns them."""
+    _RUN.update(load=load_average(), repeats=repeats)
+    found = run_warnings()
+    for line in found:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    return found
+
+
+def run_warnings() -> list[str]:
+    """Why this run's figures may mislead: a busy machine at the start, a single repetition."""
+    out = []
+    load, cores = _RUN["load"], os.cpu_count() or 1
+    if load is not None and load > cores / 2:
+        out.append(
+            f"the 1-minute load average was {load:.2f} on {cores} cores as the run started: "
+            "other work shared the machine, so timings are slower and noisier than its own"
+        )
+    if _RUN["repeats"] == 1:
+        out.append(
+            "one repetition per figure (--repeats 1): no median damps a slow moment, so "
+            "compare such figures with care"
+        )
+    return out
+
+
 def machine() -> str:
     cpu = cpu_name()
     mem = ram_gib()
@@ -86,8 +131,14 @@ def machine() -> str:
     return (
         f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
         f"{mem:.0f} GiB RAM, Python {platform.python_version()}, mlx {mx.__version__}, "
-        f"device {mx.default_device()}, {clara_cpu.describe()}"
+        f"device {mx.default_device()}, {clara_cpu.describe()}, load average "
+        f"{_load_text(_RUN['load'])} at the start, {_load_text(load_average())} at the end "
+        f"(1 min, {os.cpu_count()} cores)"
     )
+
+
+def _load_text(load: float | None) -> str:
+    return "?" if load is None else f"{load:.2f}"
 
 
 def median_seconds(fn, seconds: float) -> float:
@@ -108,8 +159,17 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def add_no_append(p, help: str = "print only; leave BENCHMARKS.md unchanged") -> None:
+    """The opt-out of appending, under both spellings the scripts have used (`--no-append`,
+    `--no-report`), so commands recorded with either still run: `args.no_append`."""
+    p.add_argument("--no-append", "--no-report", dest="no_append", action="store_true", help=help)
+
+
 def append_report(title: str, body: str, notes: str = "") -> None:
-    """Print `body` and append it to BENCHMARKS.md with command, machine and date."""
+    """Print `body` and append it to BENCHMARKS.md with command, machine and date (and the
+    `run_warnings`, as notes)."""
+    warned = [f"**Warning**: {w}." for w in run_warnings()]
+    notes = "\n\n".join(x for x in (notes, *warned) if x)
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (
@@ -119,6 +179,25 @@ def append_report(title: str, body: str, notes: str = "") -> None:
     print(text)
     with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
         f.write(text)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, keep_on_failure: str = ""):
+    """A temporary folder for the block, removed when it ends (done or Ctrl-C). With
+    `keep_on_failure` (what the folder holds that explains a failure, e.g. server logs) it is
+    kept when the block raises, and its path said on stderr."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    failed = False
+    try:
+        yield path
+    except Exception:
+        failed = True
+        raise
+    finally:
+        if failed and keep_on_failure:
+            print(f"kept {path} ({keep_on_failure}); delete it when done", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def sample_texts() -> list[str]:

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import clara  # noqa: E402, F401  # isort: skip  (first: the BLAS path before mlx loads)
 import mlx.core as mx  # noqa: E402
 
-from bench._common import append_report, markdown_table, sample_texts  # noqa: E402
+from bench._common import add_no_append, append_report, start_run, markdown_table, sample_texts  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", default="encode,prefill,decode,text,bf16",
         help="comma-separated parts to measure: encode, prefill, decode, text, bf16",
     )  # fmt: skip
-    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    add_no_append(p)
     return p
 
 
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only.split(","))
     if not parts or parts - {"encode", "prefill", "decode", "text", "bf16"}:
         p.error("--only takes encode, prefill, decode, text and/or bf16")
+    start_run(args.repeats)
 
     from clara import _blas
     from clara.checkpoint import load_clara
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             "(`clara._blas.fused_attention_default`): on the rows about clara's fused kernel, "
             "'before' is the default and 'after' is CLARA_FUSED_ATTENTION=on."
         )
-    if args.no_report:
+    if args.no_append:
         print(table + "\n\n" + notes)
     else:
         append_report("A burst on the model thread (bench/bench_burst.py)", table, notes)

@@ -6,13 +6,14 @@
 A user with documents and no teacher model has two stage-1 recipes: paraphrase records alone
 (`clara-train synth --no-qa`), or paraphrase records plus fill-in-the-blank questions on the
 names, numbers and dates of each chunk (`clara-train synth --cloze`). This benchmark trains
-each arm from the same adapters (`--init`, default: the adapters shipped before real-prose
-training, which read real prose poorly), for the same number of steps, on the same 800
-training documents of Apple's ml-clara example data, and judges them on the questions of the
-200 held-out documents, which no arm saw: the gold document alone as 16x memory, read by the
-generator (bench/bench_heldout.py's oracle row). A third arm, paraphrase plus the data's own
-questions (a teacher's), shows what a teacher adds. Arms run one after another with
-`clara-train pretrain` on 2 data-parallel ranks; each checkpoints every 10 steps and resumes.
+each arm from the same adapters (`--init`, default: runs/old-default, the adapters shipped
+before real-prose training, which read real prose poorly: commit 36b4b4e's, made as --init's
+help says), for the same number of steps, on the same 800 training documents of Apple's
+ml-clara example data, and judges them on the questions of the 200 held-out documents, which
+no arm saw: the gold document alone as 16x memory, read by the generator
+(bench/bench_heldout.py's oracle row). A third arm, paraphrase plus the data's own questions
+(a teacher's), shows what a teacher adds. Arms run one after another with `clara-train
+pretrain` on 2 data-parallel ranks; each checkpoints every 10 steps and resumes.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
-from bench._common import append_report, markdown_table  # noqa: E402
+from bench._common import append_report, markdown_table, start_run  # noqa: E402
 from bench.bench_heldout import DATA, heldout, interval  # noqa: E402
+from bench.bench_heldout import build_parser as heldout_parser  # noqa: E402
 from bench.bench_heldout import run as heldout_run  # noqa: E402
 from training.data import pretrain_to_json, write_jsonl  # noqa: E402
 from training.default_recipe import (  # noqa: E402
@@ -46,6 +48,13 @@ from training.default_recipe import (  # noqa: E402
 from training.evaluate import answer_scores  # noqa: E402
 
 OLD = ROOT / "runs" / "old-default"
+# The default --init is not shipped: it is the adapters commit 36b4b4e shipped, before any
+# real-prose training (starting there lets the stage-1 data, not earlier training on these
+# very documents, decide the result). Git has them:
+OLD_HOWTO = (
+    "mkdir -p runs/old-default && for f in adapters.safetensors clara_config.json; do "
+    "git show 36b4b4e:clara/checkpoints/smollm2-135m-16x/$f > runs/old-default/$f; done"
+)
 ARMS = {
     "paraphrase": "paraphrase records only (synth --no-qa)",
     "paraphrase+cloze": "paraphrase + cloze QA (synth --cloze)",
@@ -85,9 +94,10 @@ def evaluate(out: Path, tag: str, checkpoint: Path, questions: int) -> dict:
     path = out / "eval" / f"{tag}.json"
     if path.exists():
         return json.loads(path.read_text())
-    ns = argparse.Namespace(
-        checkpoint=str(checkpoint), tag=tag, model="smollm2-135m", questions=questions,
-        top_k=1, max_tokens=32, collection="all", baselines=False, oracle_only=True,
+    # bench_heldout's own options and defaults, so its run() gets every argument it reads
+    ns = heldout_parser().parse_args(
+        ["--checkpoint", str(checkpoint), "--tag", tag, "--out", str(path.parent),
+         "--questions", str(questions), "--top-k", "1", "--oracle-only"]
     )  # fmt: skip
     result = heldout_run(ns)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,18 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for data, runs and results")
     p.add_argument("--init", type=Path, default=OLD,
                    help="installed checkpoint every arm starts from (default: runs/old-default, "
-                   "the adapters of commit 36b4b4e)")  # fmt: skip
+                   "the adapters of commit 36b4b4e, made from the checkout with: "
+                   f"{OLD_HOWTO.replace('%', '%%')})")  # fmt: skip
     p.add_argument("--steps", type=int, default=80, help="optimiser steps per arm (batch 4)")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run")
     p.add_argument("--questions", type=int, default=200, help="held-out questions (<= 200)")
-    p.add_argument("--ranks", type=int, default=default_ranks())
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ranks", type=int, default=default_ranks(),
+        help="data-parallel training processes per arm (default: 2 on a CPU with 2+ cores)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the synthetic records, their order and training (default: 0)",
+    )  # fmt: skip
     p.add_argument("--report", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
     if not DATA.exists():
         raise SystemExit(f"{DATA} not found: give the example data's path in CLARA_EXAMPLE_DATA")
+    if args.steps < 1 or args.ranks < 1 or not 1 <= args.questions <= 200:
+        p.error("--steps and --ranks must be 1 or more, --questions 1 to 200")
     if not args.init.exists():
-        raise SystemExit(f"{args.init}: no such checkpoint (give --init)")
+        how = f"; make it from the checkout with:\n  {OLD_HOWTO}" if args.init == OLD else ""
+        raise SystemExit(f"{args.init}: no such checkpoint (give --init DIR{how})")
+    start_run()
     arms = [a for a in args.arms.split(",") if a]
     unknown = set(arms) - set(ARMS)
     if unknown:

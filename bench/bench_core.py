@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import clara  # noqa: F401  preloads OpenBLAS before mlx
 import mlx.core as mx
 
-from bench._common import append_report, markdown_table, sample_texts
-from clara.checkpoint import load_clara
+from bench._common import add_no_append, append_report, markdown_table, sample_texts, start_run
+from clara.checkpoint import DEFAULT_CHECKPOINT, load_clara, resolve_checkpoint
 from clara.generate import stream_from_memory, stream_from_text
 from clara.prompt import memory_prompt, text_prompt
 from clara.model import ClaraConfig
@@ -32,6 +32,14 @@ def exact_chunks(cm, n: int, tokens: int) -> list[str]:
         piece = ids[i * tokens : (i + 1) * tokens]
         out.append(cm.tokenizer.decode(piece))
     return out
+
+
+def adapters(model: str, checkpoint: str | None) -> str:
+    """What `load_clara(model, checkpoint)` loads, in words, for the report."""
+    path = resolve_checkpoint(model, checkpoint)
+    if path is None:
+        return "fresh (untrained)"
+    return "the shipped ones" if path == DEFAULT_CHECKPOINT else f"`{checkpoint}`"
 
 
 def run(stream) -> tuple[float, float, int]:
@@ -49,19 +57,41 @@ def run(stream) -> tuple[float, float, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--chunks", type=int, default=5)
-    p.add_argument("--chunk-tokens", type=int, default=256)
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--compress-n", type=int, default=32)
+    p.add_argument("--model", default="smollm2-135m", help="base model (default: smollm2-135m)")
+    p.add_argument(
+        "--checkpoint", default=None,
+        help="CLaRa adapters to load (default: the shipped ones for the default model, fresh "
+        "ones for another; 'none': fresh): speed does not depend on them",
+    )  # fmt: skip
+    p.add_argument(
+        "--dtype", default="auto", help="weights' dtype, as clara-serve's (default: auto)"
+    )
+    p.add_argument(
+        "--chunks", type=int, default=5, help="retrieved chunks per question (default: 5)"
+    )
+    p.add_argument("--chunk-tokens", type=int, default=256, help="tokens per chunk (default: 256)")
+    p.add_argument("--max-tokens", type=int, default=32, help="new tokens per answer (default: 32)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed runs per input, alternating (median; default: 5)",
+    )
+    p.add_argument(
+        "--compress-n", type=int, default=32,
+        help="chunks compressed for the throughput figure, at batch 1 and 8 (default: 32)",
+    )  # fmt: skip
+    add_no_append(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    for name in ("chunks", "chunk_tokens", "max_tokens", "repeats", "compress_n"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be 1 or more")
+    start_run(args.repeats)
 
     cm = load_clara(
         args.model,
@@ -109,16 +139,24 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(
         ["generator input", "prompt positions", "TTFT ms (median)", "decode tok/s"], rows
     )
+    notes = (
+        f"{args.repeats} alternating runs after warm-up, {args.max_tokens} new tokens each (EOS "
+        f"ignored); adapters: {adapters(args.model, args.checkpoint)} (speed does not depend "
+        "on them)."
+    )
     ratio = med["text"][0] / med["memory"][0]
     table += (
         f"\n\nTTFT ratio text/memory: **{ratio:.1f}x** (positions ratio "
         f"{positions['text'] / positions['memory']:.1f}x). Compression throughput "
         f"({args.chunk_tokens}-token chunks): batch 1 **{comp[1]:.1f} chunks/s**, batch 8 **{comp[8]:.1f} chunks/s**."
     )
+    if args.no_append:
+        print(table + "\n\n" + notes)
+        return 0
     append_report(
         f"Core: CLaRa memory vs text, {args.chunks} x {args.chunk_tokens}-token chunks ({args.model}, dtype {cm.info.extras['dtype']})",
         table,
-        f"{args.repeats} alternating runs after warm-up, {args.max_tokens} new tokens each (EOS ignored), untrained adapters (speed only).",
+        notes,
     )
     return 0
 

@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import clara  # noqa: E402, F401  # isort: skip  (first: the BLAS path before mlx loads)
 
+from bench._common import add_no_append, append_report, markdown_table, start_run  # noqa: E402
+
 SETTINGS = {  # name -> environment
     "OpenBLAS (CLARA_THIN=off)": {"CLARA_THIN": "off"},
     "thin kernel, float32": {"CLARA_DECODE_WEIGHTS": "float32"},
@@ -102,13 +104,22 @@ def worker(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=48, help="timed decode steps (default 48)")
-    p.add_argument("--answers", type=int, default=16, help="greedy answers compared (<= 16)")
-    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    p.add_argument(
+        "--answers", type=int, default=16,
+        help="greedy answers compared: an even number from 2 to 16, half through the generator "
+        "and half through the bare model (default 16)",
+    )  # fmt: skip
+    add_no_append(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
+    if args.steps < 1:
+        p.error("--steps must be 1 or more")
+    if not (2 <= args.answers <= 2 * len(TOPICS) and args.answers % 2 == 0):
+        p.error(f"--answers takes an even number from 2 to {2 * len(TOPICS)} (half per adapter)")
+    start_run()
     results = {}
     for name, env in SETTINGS.items():
         cmd = [sys.executable, __file__, "--worker", "--steps", str(args.steps)]
@@ -118,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(name, {k: v for k, v in results[name].items() if k != "answers"}, flush=True)
-
-    from bench._common import append_report, markdown_table
 
     reference = results["OpenBLAS (CLARA_THIN=off)"]["answers"]
     prompt_positions = results["OpenBLAS (CLARA_THIN=off)"]["positions"]
@@ -146,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     notes = (
-        "In-process `clara.decode.Decoder` (generator adapter), 2-core CPU, each setting in its "
+        f"In-process `clara.decode.Decoder` (generator adapter), {os.cpu_count()}-core CPU, "
+        "each setting in its "
         f"own process one after another; {args.steps} timed steps after 3 warm-up steps. Greedy "
         f"answers: {len(reference)} answers of 40 tokens to pydoc questions (half through the "
         "generator, half through the bare model), compared token for token with float32 weights "
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "generator as one batch (`Decoder.add_many`), mean of 3 after a warm-up. The thin kernel's float32 products sum in another order than "
         "OpenBLAS's, so even that row may differ in a near-tie."
     )
-    if args.no_report:
+    if args.no_append:
         print(table + "\n\n" + notes)
     else:
         append_report("Decode paths on the CPU: speed and greedy agreement", table, notes)

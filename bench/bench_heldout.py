@@ -1,7 +1,9 @@
 """Held-out evaluation on real prose: Apple's ml-clara example documents never trained on.
 
     python bench/bench_heldout.py --checkpoint DIR --tag new --out runs/heldout  # one row set
-    python bench/bench_heldout.py --report runs/heldout     # table + JSON + chart -> BENCHMARKS.md
+    python bench/bench_heldout.py --report runs/heldout     # table + JSON -> BENCHMARKS.md,
+                                                            # chart -> runs/heldout/heldout_eval.png
+    python bench/bench_heldout.py --report runs/heldout --chart docs/heldout_eval.png  # the docs' chart
 
 Questions: one per held-out document (0-based line % 5 == 0 of clara-example-pretrain.jsonl;
 the question at index `doc % len(questions)`), every `200 / --questions`-th document.
@@ -35,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
-from bench._common import append_report  # noqa: E402
+from bench._common import append_report, start_run  # noqa: E402
 from clara.model import QUERY_PRECISIONS  # noqa: E402
 from clara.prompt import mixed_prompt, text_prompt  # noqa: E402
 from clara.retrieval import (  # noqa: E402
@@ -55,6 +57,8 @@ from training.evaluate import (  # noqa: E402
     score_rows,
     text_rag_row,
 )
+from clara.checkpoint import load_clara  # noqa: E402
+from clara.errors import CheckpointError  # noqa: E402
 from training.pipeline import load_for_training  # noqa: E402
 from training.default_recipe import default_data  # noqa: E402
 
@@ -159,9 +163,13 @@ def run(args) -> dict:
         docs = [d for i, d in enumerate(docs) if i % 5 == 0]
     where = {d: i for i, d in enumerate(docs)}
     gold = [[where[r.docs[0]]] for r in recs]
-    cm = load_for_training(args.model, args.checkpoint, dtype="float32")
+    if args.checkpoint == "default":  # the shipped adapters (load_for_training: fresh ones)
+        cm = load_clara(args.model, None, dtype="float32")
+    else:
+        cm = load_for_training(args.model, args.checkpoint, dtype="float32")
     start = time.perf_counter()
     out = {"tag": args.tag, "checkpoint": str(args.checkpoint), "questions": len(recs)}
+    out["oracle_only"] = args.oracle_only
     out["every_question"] = args.every_question
     if args.dense_scoring:
         cm.config.dense_scoring = args.dense_scoring
@@ -247,7 +255,9 @@ def interval(row: dict, golds: list[list[str]], key: str) -> str:
     return f"{100 * row[key]:.1f} ± {100 * half:.1f}"
 
 
-def report(folder: Path) -> None:
+def report(folder: Path, chart: Path | None = None) -> None:
+    """Append the results in `folder` to BENCHMARKS.md; the answers' chart goes to `chart`
+    (default: `folder`/heldout_eval.png, so a report never overwrites the docs' chart)."""
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     found = [json.loads(p.read_text()) for p in sorted(folder.glob("*.retrieval"))]
     if not runs and not found:
@@ -255,7 +265,12 @@ def report(folder: Path) -> None:
     if found:
         report_retrieval(found)
     if runs:
-        report_answers(runs)
+        if not DATA.exists():  # the gold answers, for the intervals
+            raise SystemExit(
+                f"{DATA} not found: the report reads the questions' answers from the example "
+                "data; give its path in CLARA_EXAMPLE_DATA"
+            )
+        report_answers(runs, chart or folder / "heldout_eval.png")
 
 
 def report_retrieval(found: list[dict]) -> None:
@@ -283,7 +298,7 @@ def report_retrieval(found: list[dict]) -> None:
     append_report("Held-out retrieval (bench/bench_heldout.py --retrieval-only)", body)
 
 
-def report_answers(runs: list[dict]) -> None:
+def report_answers(runs: list[dict], png: Path) -> None:
     head = "| adapters | setting | method | EM | F1 | cover-EM | R@1 | R@5 | positions |"
     lines = [head, "|" + "---|" * 9]
     chart = []
@@ -300,18 +315,28 @@ def report_answers(runs: list[dict]) -> None:
             cells.append(f"{r['positions']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
             chart.append((f"{run_['tag']}: {r['name']}", r))
-    png = ROOT / "docs" / "heldout_eval.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
     _chart(chart, png)
+    try:
+        shown = png.resolve().relative_to(ROOT)
+    except ValueError:
+        shown = png
     slim = [{**x, "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in x["rows"]]}
             for x in runs]  # fmt: skip
     n, k = runs[0]["questions"], runs[0]["top_k"]
+    # what ran: an --oracle-only run has no end-to-end rows (nothing retrieved)
+    e2e = any(r["setting"] == "end to end" for x in runs for r in x["rows"])
+    what = (
+        f"end to end retrieves the top {k} of {runs[0]['collection']} documents"
+        if e2e
+        else "the gold document alone as memory (oracle rows only, nothing retrieved)"
+    )
     body = (
         f"{n} held-out questions (one per held-out document"
         + (f", every {200 // n}th" if n < 200 else "")
         + "; ± is a 95% interval over the questions), the same base "
-        f"model (smollm2-135m float32) and questions for every row; end to end retrieves the "
-        f"top {k} of {runs[0]['collection']} documents; greedy answers, at most "
-        f"{runs[0].get('max_tokens', 32)} tokens. Chart: docs/heldout_eval.png.\n\n"
+        f"model (smollm2-135m float32) and questions for every row; {what}; greedy answers, "
+        f"at most {runs[0].get('max_tokens', 32)} tokens. Chart: {shown}.\n\n"
         + "\n".join(lines)
         + "\n\n<details><summary>JSON</summary>\n\n```json\n"
         + json.dumps(slim, indent=1)
@@ -339,12 +364,18 @@ def _chart(items, png: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser(report: bool = False) -> argparse.ArgumentParser:
+    """The options; --checkpoint, --tag and --out are required unless `report` (--report DIR).
+    bench_cloze.py builds its runs' arguments from this parser too."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--checkpoint", help="CLaRa checkpoint to evaluate")
-    p.add_argument("--tag", help="name of this checkpoint's rows (e.g. old, new)")
-    p.add_argument("--out", type=Path, help="folder for TAG.json")
-    p.add_argument("--model", default="smollm2-135m")
+    need = not report
+    p.add_argument(
+        "--checkpoint", required=need,
+        help="CLaRa checkpoint to evaluate ('default': the shipped adapters)",
+    )  # fmt: skip
+    p.add_argument("--tag", required=need, help="name of this checkpoint's rows (e.g. old, new)")
+    p.add_argument("--out", type=Path, required=need, help="folder for TAG.json")
+    p.add_argument("--model", default="smollm2-135m", help="base model (default: smollm2-135m)")
     p.add_argument("--questions", type=int, default=200, help="held-out questions (<= 200)")
     p.add_argument("--top-k", type=int, default=3, help="documents per question, end to end")
     p.add_argument("--max-tokens", type=int, default=32, help="answer length cap")
@@ -378,16 +409,42 @@ def main(argv: list[str] | None = None) -> int:
         "--query-precision", choices=QUERY_PRECISIONS, default="float32",
         help="the query adapter's base products, as clara-serve's --query-precision",
     )  # fmt: skip
-    p.add_argument("--report", type=Path, metavar="DIR", help="combine DIR/*.json into a report")
+    p.add_argument(
+        "--report", type=Path, metavar="DIR",
+        help="combine DIR/*.json and DIR/*.retrieval into a report appended to BENCHMARKS.md "
+        "(then --checkpoint, --tag and --out are not needed)",
+    )  # fmt: skip
+    p.add_argument(
+        "--chart", type=Path, metavar="PNG",
+        help="with --report: where the answers' chart goes (default: DIR/heldout_eval.png; "
+        "docs/heldout_eval.png is the one the docs show)",
+    )  # fmt: skip
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    first = argparse.ArgumentParser(add_help=False)  # --report makes the others optional
+    first.add_argument("--report", type=Path)
+    p = build_parser(report=first.parse_known_args(argv)[0].report is not None)
     args = p.parse_args(argv)
+    if args.chart and not args.report:
+        p.error("--chart goes with --report DIR")
+    if not 1 <= args.questions <= 200:
+        p.error("--questions takes 1 to 200")
+    if args.top_k < 1 or args.max_tokens < 1:
+        p.error("--top-k and --max-tokens must be 1 or more")
+    start_run()
     if args.report:
-        report(args.report)
+        report(args.report, args.chart)
         return 0
-    if not (args.checkpoint and args.tag and args.out):
-        p.error("give --checkpoint, --tag and --out (or --report DIR)")
+    if args.checkpoint != "default" and not Path(args.checkpoint).is_dir():
+        p.error(f"--checkpoint {args.checkpoint}: no such folder ('default': the shipped adapters)")
     if not DATA.exists():
         raise SystemExit(f"{DATA} not found: give the example data's path in CLARA_EXAMPLE_DATA")
-    result = run(args)
+    try:
+        result = run(args)
+    except CheckpointError as e:
+        raise SystemExit(f"--checkpoint {args.checkpoint}: {e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     if args.retrieval_only:  # apart from the answer rows --report reads
         (args.out / f"{args.tag}.retrieval").write_text(json.dumps(result, indent=1))

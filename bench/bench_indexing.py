@@ -26,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import clara  # noqa: F401  preloads OpenBLAS before mlx
 import mlx.core as mx
 
-from bench._common import append_report, markdown_table, peak_rss_bytes, rss_bytes
+from bench._common import (
+    add_no_append,
+    append_report,
+    markdown_table,
+    peak_rss_bytes,
+    rss_bytes,
+    start_run,
+)
 from clara import lanes
 from clara.checkpoint import load_clara
 from indexing import pipeline
@@ -141,13 +148,24 @@ def run_baseline(args) -> dict[int, dict] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--model", default="smollm2-135m", help="base model (default: smollm2-135m)")
+    p.add_argument(
+        "--checkpoint", default=None,
+        help="CLaRa adapters (default: the shipped ones for the default model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dtype", default="auto", help="weights' dtype, as clara-index add's (default: auto)"
+    )
     p.add_argument("--chunks", type=int, default=32, help="corpus size in chunks (default 32)")
-    p.add_argument("--batch-sizes", default="1,4,8")
-    p.add_argument("--overlap", type=int, default=32)
-    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    p.add_argument(
+        "--batch-sizes", default="1,4,8",
+        help="compressor forward-pass batch sizes to compare (CLARA_COMPRESS_BATCH; "
+        "default: 1,4,8)",
+    )  # fmt: skip
+    p.add_argument(
+        "--overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default: 32)"
+    )
+    add_no_append(p)
     p.add_argument(
         "--baseline",
         action="store_true",
@@ -165,9 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1 or args.chunks < 1 or args.overlap < 0:
+        p.error("--batch-sizes: counts of 1 or more; --chunks 1 or more; --overlap 0 or more")
+    if not args.json:  # (a --baseline child: its parent warns)
+        start_run()
     baseline = run_baseline(args) if args.baseline else None
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    batch_sizes = sizes
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     cm = load_clara(args.model, args.checkpoint, dtype=args.dtype)
@@ -259,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "CLARA_CPU_LANES=1 (mlx-lm's attention, MLX's RoPE and RMSNorm graphs, MLX's JIT "
             "kernels for baseline x86-64, one pass at a time), run first."
         )
-    if args.no_report:
+    if args.no_append:
         print(body + "\n\n" + notes)
     else:
         append_report(title, body, notes)

@@ -13,7 +13,6 @@ OPENBLAS_NUM_THREADS=1 on a 2-core machine); `--report` appends it to BENCHMARKS
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 
+from bench._common import append_report, start_run  # noqa: E402
+from clara.checkpoint import CONFIG_FILE  # noqa: E402
 from training.evaluate import clara_row, retrieve  # noqa: E402
 from training.pipeline import load_for_training, train  # noqa: E402
 from training.proof import ProofConfig  # noqa: E402
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="keep the joint run here (default: a temporary directory)")
     p.add_argument("--report", action="store_true", help="append the row to BENCHMARKS.md")
     args = p.parse_args(argv)
+    if not (Path(args.init) / CONFIG_FILE).is_file():
+        p.error(
+            f"--init {args.init}: no checkpoint there (a folder with {CONFIG_FILE}); make one "
+            "with `python bench/bench_learning.py --workdir DIR`, then give DIR/instruct/final"
+        )
+    start_run()
     cfg = ProofConfig().override(args.set)
     world = cfg.world()
     records = cfg.joint_records(world)
@@ -67,11 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(head + "\n" + row)
     if args.report:
-        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        command = "python bench/bench_joint.py " + " ".join(argv or sys.argv[1:])
-        with (ROOT / "BENCHMARKS.md").open("a") as fh:
-            fh.write(f"\n## Stage-3 variant (bench/bench_joint.py), {when}\n\n- command: "
-                     f"`{command}`\n\n{head}\n{row}\n")  # fmt: skip
+        append_report("Stage-3 variant (bench/bench_joint.py)", f"{head}\n{row}")
     return 0
 
 

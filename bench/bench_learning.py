@@ -7,14 +7,16 @@ over the whole collection, against the same model without retrieval.
     python bench/bench_learning.py                # full size (~20 min on 2 CPU cores)
     python bench/bench_learning.py --quick        # reduced size, a smoke run of every stage
     python bench/bench_learning.py --no-report    # do not append to BENCHMARKS.md
+
+A full run appends a "Learning proof" section to BENCHMARKS.md, whose header calls the last
+one the headline; a --quick run appends nothing unless given --report, and then as a
+"Smoke run of the learning proof" section, so a smoke run never reads as the headline.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 import tempfile
 from dataclasses import asdict
@@ -25,32 +27,19 @@ sys.path.insert(0, str(ROOT))
 
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 
+from bench._common import add_no_append, append_report, start_run  # noqa: E402
 from training.proof import ProofConfig, ProofResult, run_proof  # noqa: E402
+
+TITLE = "Learning proof: tiny Llama from scratch, synthetic world (bench/bench_learning.py)"
+# not "Learning proof: ...": BENCHMARKS.md's header takes the last section of that name as
+# the headline, and a smoke run is none
+QUICK_TITLE = "Smoke run of the learning proof, reduced size (bench/bench_learning.py --quick)"
 
 QUICK = dict(
     n_people=120, n_towns=30, hidden_size=64, num_layers=2, batch_size=16,
     lm_steps=60, pretrain_steps=300, instruct_steps=150, joint_steps=100,
     eval_limit=60, diagnostics=False,
 )  # fmt: skip
-
-
-def machine() -> str:
-    import mlx.core as mx
-
-    from clara import _blas
-
-    try:
-        import os
-
-        cores = os.cpu_count()
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        cores, mem = "?", 0
-    return (
-        f"{platform.system()} {platform.machine()}, {cores} cores, {mem:.0f} GiB RAM, "
-        f"Python {platform.python_version()}, mlx {mx.__version__}, {mx.default_device()}, "
-        f"BLAS {_blas.loaded or 'reference'}"
-    )
 
 
 def table(r: ProofResult) -> str:
@@ -68,18 +57,12 @@ def table(r: ProofResult) -> str:
     return "\n".join(lines)
 
 
-def report(r: ProofResult, command: str) -> str:
+def report(r: ProofResult) -> str:
+    """The section's body (append_report adds the title, command, machine and date)."""
     c = r.config
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in r.stage_seconds.items())
     lm = f"LM pretraining ({c['lm_steps']} steps), " if c["lm_steps"] else ""
-    return f"""
-## Learning proof: tiny Llama from scratch, synthetic world (bench/bench_learning.py)
-
-- command: `{command}`
-- machine: {machine()}
-- date: {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
-
-World: {r.n_docs} documents of invented people and towns, 1-{c["max_facts"]} facts each
+    return f"""World: {r.n_docs} documents of invented people and towns, 1-{c["max_facts"]} facts each
 (mean {r.mean_doc_tokens} tokens); {r.n_train_facts} training facts; **{r.n_test_questions} held-out
 questions** about held-out documents (neither those documents nor questions about them are
 ever trained on; the stages also train on fresh synthetic documents with random facts). Model: Llama, hidden {c["hidden_size"]},
@@ -96,18 +79,29 @@ collection ({r.n_docs} documents), the generator reads their memory vectors; gre
 {table(r)}
 
 Diagnostics: {r.diagnostics}.
-Time: {stages}; total {r.total_seconds / 60:.1f} min.
-"""
+Time: {stages}; total {r.total_seconds / 60:.1f} min."""
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="reduced size: a smoke run of every stage")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced size: a smoke run of every stage; appends nothing unless --report",
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config")
     p.add_argument("--workdir", help="keep the run here (default: a temporary directory)")
-    p.add_argument("--no-report", action="store_true", help="do not append to BENCHMARKS.md")
+    add_no_append(p, "do not append to BENCHMARKS.md")
+    p.add_argument(
+        "--report", action="store_true",
+        help="with --quick: append anyway, as a 'Smoke run of the learning proof' section",
+    )  # fmt: skip
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     args = p.parse_args(argv)
+    if args.report and args.no_append:
+        p.error("--report and --no-report contradict each other")
+    append = not args.no_append and (args.report or not args.quick)
+    start_run()
     cfg = (ProofConfig(**QUICK) if args.quick else ProofConfig()).override(args.set)
     with tempfile.TemporaryDirectory(prefix="clara-proof-") as tmp:
         work = Path(args.workdir or tmp)
@@ -116,12 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"diagnostics: {result.diagnostics}; stage seconds: {result.stage_seconds}")
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(result), indent=2))
-    if not args.no_report:
-        command = "python bench/bench_learning.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
-        with (ROOT / "BENCHMARKS.md").open("a") as fh:
-            fh.write(report(result, command.strip()))
+    if append:
+        append_report(QUICK_TITLE if args.quick else TITLE, report(result))
+    elif args.quick:
+        print("(a --quick run: not appended to BENCHMARKS.md; --report appends it)")
     return 0
 
 

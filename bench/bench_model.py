@@ -23,6 +23,10 @@ from datetime import datetime, UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._common import add_no_append, run_warnings, start_run  # noqa: E402
+
 BLAS_SETTINGS = {"openblas": None, "reference": "off"}  # name -> CLARA_BLAS value
 DTYPE_LABELS = {"stored": "4-bit (stored)", "float32": "float32", "bfloat16": "bfloat16"}
 
@@ -170,6 +174,7 @@ def _report(
             "",
             *lines,
             "",
+            *(f"**Warning**: {w}.\n" for w in run_warnings()),
         ]
     )
 
@@ -193,12 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
     p.add_argument("--decode", type=int, default=64, help="decoded tokens (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median)")
-    p.add_argument("--dtypes", nargs="+", default=list(DTYPE_LABELS), choices=list(DTYPE_LABELS))
+    p.add_argument(
+        "--dtypes", nargs="+", default=list(DTYPE_LABELS), choices=list(DTYPE_LABELS),
+        help="weights to time: the stored 4-bit ones and/or dequantized copies (default: all)",
+    )  # fmt: skip
     p.add_argument(  # (off Linux the BLAS is MLX's own: one setting, nothing to compare)
         "--blas", nargs="+", choices=list(BLAS_SETTINGS),
         default=list(BLAS_SETTINGS) if sys.platform.startswith("linux") else ["reference"],
+        help="BLAS settings, each in its own process: openblas (clara's fast path) and/or "
+        "reference (MLX's own, CLARA_BLAS=off); default: both on Linux, reference elsewhere",
     )  # fmt: skip
-    p.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
+    add_no_append(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -209,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args)
         return 0
+    start_run(args.repeats)
     worker_argv = ["--prompt", str(args.prompt), "--decode", str(args.decode)]
     worker_argv += ["--repeats", str(args.repeats), "--dtypes", *args.dtypes]
     load_before = _load()

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import mlx.core as mx  # noqa: E402
 
-from bench._common import append_report, markdown_table  # noqa: E402
+from bench._common import add_no_append, append_report, markdown_table, start_run  # noqa: E402
 from bench.bench_heldout import DATA  # noqa: E402
 from clara import prompt  # noqa: E402
 from clara.generate import batch_generate  # noqa: E402
@@ -148,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-docs", type=int, default=0, help="training documents beside them")
     p.add_argument("--max-tokens", type=int, default=160, help="paraphrase length cap")
     p.add_argument("--out", type=Path, help="folder for TAG.json with every paraphrase")
-    p.add_argument("--no-report", action="store_true", help="print, do not append")
+    add_no_append(p)
     args = p.parse_args(argv)
     if not DATA.exists():
         p.error(f"{DATA}: the ml-clara example data is needed (see bench/bench_heldout.py)")
+    start_run()
     docs = documents(args.docs, args.train_docs)
     table = []
     for spec in args.checkpoints:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "numbers = share of its capitalised words and numbers said; precision = share of the "
         "paraphrase's content words found in the document."
     )
-    if args.no_report:
+    if args.no_append:
         print(body + "\n\n" + notes)
     else:
         append_report("What the memory holds: paraphrase from memory (bench/bench_reconstruct.py)",

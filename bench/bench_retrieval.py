@@ -2,12 +2,12 @@
 
 Both sets (bench/retrieval_sets.py) are written out as files and indexed through the real
 `clara-index add` (default model and shipped checkpoint, contextual chunks, full-text table)
-into a cache folder outside the repo; `clara-index add` is incremental, so a rerun only
-re-asks the questions. A hit is any chunk of the question's document: R@1, R@5, MRR (over the
+into a cache folder outside the repo (`--cache`, default $CLARA_HOME/bench-retrieval);
+`clara-index add` is incremental, so a rerun only re-asks the questions. A hit is any chunk of the question's document: R@1, R@5, MRR (over the
 top 20) per mode, and search latency p50/p99 per mode (Collection.retrieve with the question's
 vector already encoded; query encoding is timed separately).
 
-    python bench/bench_retrieval.py --cache /work/cache/clara-retrieval          # build + table
+    python bench/bench_retrieval.py                                              # build + table
     python bench/bench_retrieval.py --cache DIR --build-only --sets apple        # index only
     python bench/bench_retrieval.py --cache DIR --tune                           # k / weights grid
 """
@@ -27,12 +27,24 @@ import time
 
 import numpy as np
 
-from bench._common import append_report, markdown_table
+from bench._common import add_no_append, append_report, markdown_table, start_run
 from bench.retrieval_sets import apple_name, apple_train_questions, write_set
+from clara import paths
+from clara.errors import CollectionNotFoundError
 from clara.retrieval import DENSE_SCORINGS, RETRIEVAL_MODES, Fusion, reciprocal_rank_fusion
 from indexing.store import Collection
 
 SETS = ("apple", "pydoc")
+
+
+def open_collection(index: Path, which: str, manifest: dict) -> Collection:
+    """The set's collection, read-only; a clear error where it was never built."""
+    try:
+        return Collection.open(index, which, manifest, readonly=True)
+    except CollectionNotFoundError:
+        raise SystemExit(
+            f"{index}: no '{which}' collection yet; run once without --no-build to index it"
+        ) from None
 
 
 def build(cache: Path, which: str, batch_size: int) -> list[tuple[str, str]]:
@@ -150,13 +162,27 @@ def tune(col, texts, golds, vecs, chunk_doc, rerank: int = 0) -> tuple[Fusion, l
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache/clara/bench-retrieval")
-    p.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--build-only", action="store_true")
+    cache = paths.home() / "bench-retrieval"
+    p.add_argument(
+        "--cache", type=Path, default=cache,
+        help=f"folder for the sets' files, their index and the query vectors (default: "
+        f"$CLARA_HOME/bench-retrieval, here {cache})",
+    )  # fmt: skip
+    p.add_argument(
+        "--sets", nargs="+", choices=SETS, default=list(SETS),
+        help="document sets to index and ask (default: both; apple needs Apple's ml-clara "
+        "example data, found through CLARA_EXAMPLE_DATA)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-size", type=int, default=8,
+        help="clara-index add's --batch-size while building (default: 8)",
+    )  # fmt: skip
+    p.add_argument(
+        "--build-only", action="store_true", help="index the sets, ask no questions, append nothing"
+    )
     p.add_argument("--tune", action="store_true", help="grid-search k / dense weight on the "
                    "apple TRAIN-split questions (every 8th) and use the best for the table")  # fmt: skip
-    p.add_argument("--no-append", action="store_true", help="print, do not touch BENCHMARKS.md")
+    add_no_append(p)
     p.add_argument(
         "--no-build",
         action="store_true",
@@ -168,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         help="rank the dense side this way instead of as the checkpoint says",
     )  # fmt: skip
     args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error("--batch-size must be 1 or more")
+    start_run()
     if args.no_build:
         questions = {which: write_set(which, args.cache / which) for which in args.sets}
     else:
@@ -183,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     fusion, tuning = Fusion(), None
     index = args.cache / "index"
     if args.tune:
-        with Collection.open(index, "apple", cm.manifest(), readonly=True) as col:
+        with open_collection(index, "apple", cm.manifest()) as col:
             train = [(apple_name(n), q) for n, q in apple_train_questions()][::8]
             vecs = encode(cm, args.cache, "apple-train", [q for _, q in train])
             indexed = {d.name for d in col.list_documents()}
@@ -195,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     for which, qs in questions.items():
         all_texts = [q for _, q in qs]
         all_vecs = encode(cm, args.cache, which, all_texts)
-        with Collection.open(index, which, cm.manifest(), readonly=True) as col:
+        with open_collection(index, which, cm.manifest()) as col:
             stats = col.stats()
             indexed = {d.name for d in col.list_documents()}
             keep = [i for i, (g, _) in enumerate(qs) if g in indexed]

@@ -23,6 +23,7 @@ SQLite join), disk bytes per file and reader RAM per 1k chunks.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -34,13 +35,14 @@ import clara  # noqa: F401  preloads OpenBLAS before anything else
 import faiss
 import numpy as np
 
-from bench._common import append_report, markdown_table, rss_bytes
+from bench._common import add_no_append, append_report, markdown_table, rss_bytes, start_run
 from indexing import vectors
 from indexing.store import ChunkRecord, Collection
 from clara.retrieval import flatten_normalize
 from indexing.vectors import VectorIndex
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+KINDS = ("flat", "ivf", "hnsw")  # the FAISS index kinds bench_size describes
 DIMS = {"10k": 9216, "100k": 9216, "1m": 1152}
 
 
@@ -240,9 +242,13 @@ def bench_hybrid(n_chunks: int, root: Path, queries: int = 200) -> tuple[str, st
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sizes", default="10k,100k,1m", help="comma list of 10k, 100k, 1m")
+    p.add_argument("--sizes", default="10k,100k,1m", help="comma list of 10k, 100k, 1m ('': none)")
     p.add_argument("--dims", default="", help="override dims, e.g. '1m=512,100k=4608'")
-    p.add_argument("--types", default="flat,ivf,hnsw", help="index kinds to compare")
+    p.add_argument(
+        "--types",
+        default="flat,ivf,hnsw",
+        help="index kinds to compare: flat, ivf, hnsw (flat always runs)",
+    )
     p.add_argument(
         "--hnsw-max",
         type=int,
@@ -261,7 +267,11 @@ def main(argv: list[str] | None = None) -> None:
         "--iid-hnsw", action="store_true", help="HNSW on i.i.d. data too (~2 min more to build)"
     )
     p.add_argument("--store-chunks", type=int, default=2000, help="Collection part; 0 skips")
-    p.add_argument("--chunk-chars", type=int, default=1000)
+    p.add_argument(
+        "--chunk-chars", type=int, default=1000,
+        help="characters of text per chunk in the Collection part (SQLite's share of the disk; "
+        "default: 1000)",
+    )  # fmt: skip
     p.add_argument(
         "--hybrid-chunks", type=int, default=100_000,
         help="Collection.retrieve latency per mode (hybrid/dense/lexical) at this size; 0 skips",
@@ -269,19 +279,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="build that collection in DIR and reuse it on later runs")  # fmt: skip
     p.add_argument("--tmp", default=None, help="folder for the Collection part (on real disk)")
-    p.add_argument("--no-append", action="store_true", help="print only, leave BENCHMARKS.md")
+    add_no_append(p)
     args = p.parse_args(argv)
+    # every input checked before minutes of vector generation
+    sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
+    if bad := [s for s in sizes if s not in SIZES]:
+        p.error(f"--sizes: unknown {bad}; choose from {', '.join(SIZES)}")
     dims = dict(DIMS)
     for item in filter(None, args.dims.split(",")):
-        key, value = item.split("=")
-        dims[key] = int(value)
-    kinds = [k for k in args.types.split(",") if k]
+        key, _, value = item.partition("=")
+        if key.strip().lower() not in SIZES or not value.strip().isdigit() or not int(value):
+            p.error(f"--dims: {item!r} is not SIZE=DIMS with SIZE one of {', '.join(SIZES)}")
+        dims[key.strip().lower()] = int(value)
+    kinds = [k.strip() for k in args.types.split(",") if k.strip()]
+    if bad := [k for k in kinds if k not in KINDS]:
+        p.error(f"--types: unknown {bad}; choose from {', '.join(KINDS)}")
+    if args.queries < 1 or args.latency_budget <= 0 or args.chunk_chars < 1:
+        p.error("--queries and --chunk-chars must be 1 or more, --latency-budget above 0")
+    if args.store_chunks < 0 or args.hybrid_chunks < 0:
+        p.error("--store-chunks and --hybrid-chunks take a count, or 0 to skip that part")
+    if not (sizes or args.store_chunks or args.hybrid_chunks):
+        p.error("nothing to measure: --sizes is empty and --store-chunks and --hybrid-chunks are 0")
+    start_run()
     if "flat" not in kinds:
         kinds.insert(0, "flat")  # recall needs the exact answer
 
     t0 = time.perf_counter()
     rows = []
-    for label in [s for s in args.sizes.split(",") if s]:
+    for label in sizes:
         n = SIZES[label]
         use = [k for k in kinds if k != "hnsw" or n <= args.hnsw_max]
         rows += bench_size(label, n, dims[label], use, args)
@@ -311,9 +336,11 @@ def main(argv: list[str] | None = None) -> None:
         "n_mem 16 x d 576 (default model, 16x); 1M uses 1152 = 2 x 576 (same model at 128x) "
         "because 1M x 9216 float32 is 37 GB. Clustered data: 100 points per centre, noise "
         "as large as the centre spread; queries are fresh points from the same centres. "
-        "'index RAM' is the RSS growth while building. Latency is measured on a shared 2-core "
-        "machine; p99 from few samples (see 'timed q') is rough."
+        f"'index RAM' is the RSS growth while building. Latency is measured on a "
+        f"{os.cpu_count()}-core machine (its load in the machine line); p99 from few samples "
+        "(see 'timed q') is rough."
     )
+    body = body.lstrip("\n")  # (a run without the FAISS part starts at a later one)
     if args.no_append:
         print(body + "\n\n" + notes)
     else:

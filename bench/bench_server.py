@@ -20,7 +20,8 @@ of ~256-token chunks of Python's documentation topics), streaming, greedy, 32 ne
   so consecutive questions (about different chunks) reuse the chat template alone
 - clara text:   clara-serve `mode: "text"`, the chunks' raw text in the base model's prompt
 - llama.cpp:    llama-cpp-python's OpenAI server on the same GGUF, given that text prompt
-                (built into its own venv under /work/cache when missing; skipped if it cannot be)
+                (built into its own venv, `--llama-cpp-venv`, when missing: a compile of up
+                to an hour; skipped if it cannot be built)
 - mlx_lm.server: `python -m mlx_lm.server` given that text prompt, same float32 weights
 
 Per system and number of concurrent clients (closed loop: each client sends its next request
@@ -49,12 +50,11 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import clara  # noqa: F401  # isort: skip  (first: preloads OpenBLAS before mlx loads)
-from clara import _blas, _native  # noqa: E402
+from clara import _blas, _native, paths  # noqa: E402
 
 import httpx
 
@@ -62,7 +62,14 @@ from clara_cli import process
 from clara_cli.process import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
-from _common import ROOT, append_report, markdown_table  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    add_no_append,
+    append_report,
+    markdown_table,
+    scratch_dir,
+    start_run,
+)
 
 CHUNK_TOKENS = 256
 SYSTEMS = (
@@ -105,7 +112,7 @@ LLAMA_CPP = "0.3.36"
 #: llama.cpp's vector code for this CPU (a build with AVX-512 dies of an illegal instruction
 #: on AVX2-only CPUs); one venv per instruction set
 LLAMA_ISA = "avx512" if "avx512f" in _native.cpu_flags() else "avx2"
-LLAMA_VENV = Path(f"/work/cache/llama-cpp-venv-{LLAMA_ISA}")
+LLAMA_VENV = paths.home() / "bench" / f"llama-cpp-venv-{LLAMA_ISA}"  # --llama-cpp-venv
 LLAMA_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
     f"-DGGML_AVX512={'ON' if LLAMA_ISA == 'avx512' else 'OFF'}"
@@ -300,16 +307,22 @@ def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -
     return out
 
 
-def llama_cpp_python() -> Path | None:
-    """The llama-cpp-python venv's interpreter, built (minutes: it compiles llama.cpp) when
-    missing; None, said aloud, if it cannot be built."""
-    python = LLAMA_VENV / "bin" / "python"
+def llama_cpp_python(venv: Path) -> Path | None:
+    """The llama-cpp-python venv's interpreter, built (it compiles llama.cpp) when missing;
+    None, said aloud, if it cannot be built."""
+    python = venv / "bin" / "python"
     check = [str(python), "-c", "import llama_cpp.server"]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return python
-    print(f"building llama-cpp-python[server] into {LLAMA_VENV} (compiles llama.cpp) ...")
+    print(
+        f"building llama-cpp-python[server]=={LLAMA_CPP} into {venv} for the llama.cpp rows: pip "
+        "downloads it and compiles llama.cpp, 10 to 60 minutes (leave llama.cpp out of "
+        "--systems to skip it)",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q", "--no-cache-dir"]
         pip.append(f"llama-cpp-python[server]=={LLAMA_CPP}")  # no wheel built for another CPU
         # A -march=native build enabled AMX tiles this VM reports but faults on (general
@@ -339,17 +352,14 @@ def server_command(system: str, port: int, index: Path, f32: Path, gguf: Path, p
 
 
 def targets(rows: dict, compression: float | None) -> str:
-    """The issue's four targets as measured in this run."""
+    """The issue's four targets as measured in this run: only the rows whose systems and
+    client counts ran (a ratio to a baseline left out of --systems is no figure)."""
 
     def get(system, clients, key):
-        r = rows.get((system, clients))
-        return r[key] if r else float("nan")
+        return rows[(system, clients)][key]
 
-    mem1 = get("clara memory", 1, "decode")
-    llama = get("llama.cpp", 1, "decode")
-    agg1, agg8 = get("clara memory", 1, "tps"), get("clara memory", 8, "tps")
-    t1, t8 = get("clara memory", 1, "ttft"), get("clara memory", 8, "ttft")
-    lat_mem, lat_llama = get("clara memory", 1, "latency"), get("llama.cpp", 1, "latency")
+    def ran(*levels) -> bool:
+        return all(level in rows for level in levels)
 
     def ratio(system: str, at: int, medians: float) -> str:
         """8 clients over 1: the median of the rounds' ratios, with their range, when the
@@ -360,32 +370,39 @@ def targets(rows: dict, compression: float | None) -> str:
         each = sorted(r[at] for r in rounds)
         return f"{statistics.median(each):.2f}x (rounds {each[0]:.2f}-{each[-1]:.2f})"
 
-    lines = [
-        ["single-stream decode (clara memory)", f"{mem1:.1f} tok/s", ">= 20 tok/s"],
-        ["  vs llama.cpp's", f"{mem1 / llama:.2f}x ({llama:.1f} tok/s)", ">= 0.4x"],
-        ["8 clients aggregate vs 1 client", ratio("clara memory", 0, agg8 / agg1), ">= 5x"],
-        ["8 clients TTFT p50 vs 1 client", ratio("clara memory", 1, t8 / t1), "<= 3x"],
-        ["memory e2e latency vs llama.cpp text RAG", f"{lat_mem / lat_llama:.2f}x", "<= 0.5x"],
-    ]
-    if ("clara memory openblas", 1) in rows:
-        ob = get("clara memory openblas", 1, "decode")
-        lines.insert(
-            2, ["  every product through OpenBLAS", f"{ob:.1f} tok/s, {ob / llama:.2f}x", ""]
-        )
-    if ("clara memory int8", 1) in rows:
-        i8 = get("clara memory int8", 1, "decode")
-        lines.insert(2, ["  with int8 decode weights", f"{i8:.1f} tok/s, {i8 / llama:.2f}x", ""])
+    mem, llama = ("clara memory", 1), ("llama.cpp", 1)
+    lines = []
+    if ran(mem):
+        mem1 = get(*mem, "decode")
+        lines.append(["single-stream decode (clara memory)", f"{mem1:.1f} tok/s", ">= 20 tok/s"])
+        if ran(llama):
+            llama1 = get(*llama, "decode")
+            lines.append(
+                ["  vs llama.cpp's", f"{mem1 / llama1:.2f}x ({llama1:.1f} tok/s)", ">= 0.4x"]
+            )
+    for system, label in (("clara memory int8", "  with int8 decode weights"),
+                          ("clara memory openblas", "  every product through OpenBLAS")):  # fmt: skip
+        if ran((system, 1)):
+            tps = get(system, 1, "decode")
+            vs = f", {tps / get(*llama, 'decode'):.2f}x" if ran(llama) else ""
+            lines.append([label, f"{tps:.1f} tok/s{vs}", ""])
     bq = "clara memory bf16 queries"
-    if (bq, 1) in rows and (bq, 8) in rows:  # the opt-in beside the default, same run
-        for i, (key, label) in enumerate(
-            (("tps", "8 clients aggregate"), ("ttft", "8 clients TTFT"))
-        ):
-            at = next(j for j, line in enumerate(lines) if line[0].startswith(label)) + 1
+    for i, (key, label, goal) in enumerate(
+        (("tps", "8 clients aggregate vs 1 client", ">= 5x"),
+         ("ttft", "8 clients TTFT p50 vs 1 client", "<= 3x"))
+    ):  # fmt: skip
+        if ran(mem, ("clara memory", 8)):
+            text = ratio("clara memory", i, get("clara memory", 8, key) / get(*mem, key))
+            lines.append([label, text, goal])
+        if ran((bq, 1), (bq, 8)):  # the opt-in beside the default, same run
             text = ratio(bq, i, get(bq, 8, key) / get(bq, 1, key))
-            lines.insert(at, ["  with --query-precision bfloat16", text, ""])
+            lines.append(["  with --query-precision bfloat16", text, ""])
+    if ran(mem, llama):
+        ratio_e2e = get(*mem, "latency") / get(*llama, "latency")
+        lines.append(["memory e2e latency vs llama.cpp text RAG", f"{ratio_e2e:.2f}x", "<= 0.5x"])
     if compression is not None:
         lines.append(["compression (256-token chunks)", f"{compression:.2f} chunks/s", ">= 2.5"])
-    return markdown_table(["target", "measured", "goal"], lines)
+    return markdown_table(["target", "measured", "goal"], lines) if lines else ""
 
 
 def thread_table(rows: dict) -> str:
@@ -437,8 +454,15 @@ def compression_speed(n: int = 8) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--chunks", type=int, default=24, help="chunks to index (default: 24)")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument(
+        "--top-k", type=int, default=5, help="chunks retrieved per question (default: 5)"
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=32,
+        help="new tokens per answer, EOS ignored (default: 32)",
+    )
     p.add_argument("--levels", default="1,4,8,16", help="clara memory's clients (1,4,8,16)")
     p.add_argument(
         "--other-levels", default="1,8", help="clients for the other systems (default: 1,8)"
@@ -448,34 +472,62 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=1,
-        help="run each system's levels this many rounds (every level once per round) and "
+        help="run each system's levels this many rounds (default: 1; every level once per round) and "
         "report each figure's median, and the 8-client ratios as the median of the rounds' "
         "ratios (this machine's speed moved up to 2x between runs minutes apart)",
     )
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
-    p.add_argument("--no-report", action="store_true", help="print only, no BENCHMARKS.md")
+    p.add_argument(
+        "--systems", default=",".join(SYSTEMS),
+        help="comma-separated subset of: " + ", ".join(SYSTEMS) + " (default: all; llama.cpp "
+        "needs llama-cpp-python, built into --llama-cpp-venv on first use)",
+    )  # fmt: skip
+    p.add_argument(
+        "--llama-cpp-venv", type=Path, default=LLAMA_VENV, metavar="DIR",
+        help="venv with llama-cpp-python[server] for the llama.cpp system; when it has none, "
+        f"it is created there and llama.cpp compiled for this CPU ({LLAMA_ISA}; 10 to 60 "
+        f"minutes). Default: $CLARA_HOME/bench/llama-cpp-venv-{LLAMA_ISA}, here {LLAMA_VENV}",
+    )  # fmt: skip
+    add_no_append(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if not systems or unknown:
+        p.error(f"--systems: unknown {unknown or 'none given'}; choose from: {', '.join(SYSTEMS)}")
+    levels = {}
+    for name in ("levels", "other_levels"):
+        try:
+            levels[name] = [int(x) for x in getattr(args, name).split(",") if x.strip()]
+        except ValueError:
+            levels[name] = []
+        if not levels[name] or min(levels[name]) < 1:
+            p.error(f"--{name.replace('_', '-')}: comma-separated client counts of 1 or more")
+    for name in ("chunks", "top_k", "max_tokens", "min_requests", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be 1 or more")
+    start_run(args.repeats)
+    load_before = os.getloadavg()
+    plan = {s: levels["levels" if s in FULL_LEVELS else "other_levels"] for s in systems}
+    most = args.repeats * max(
+        sum(max(c, args.min_requests) for c in counts) for counts in plan.values()
+    )
+    with scratch_dir("clara-bench-server-", "the servers' logs") as tmp:
+        return measure(args, systems, plan, most, tmp, load_before)
+
+
+def measure(args, systems: list[str], plan: dict, most: int, tmp: Path, load_before) -> int:
+    """Index, start each system's server in turn, measure it, report."""
     from clara.gguf import default_gguf_path
 
-    load_before = os.getloadavg()
-    systems = args.systems.split(",")
-    plan = {
-        s: [int(x) for x in (args.levels if s in FULL_LEVELS else args.other_levels).split(",")]
-        for s in systems
-    }
-    most = args.repeats * max(
-        sum(max(c, args.min_requests) for c in levels) for levels in plan.values()
-    )
-    tmp = Path(tempfile.mkdtemp(prefix="clara-bench-server-"))
     questions, retrieved = build_index(
         tmp / "index", tmp / "docs", args.chunks, most + 1, args.top_k
     )
     f32 = float32_copy(tmp / "smollm2-f32") if "mlx_lm.server" in systems else None
-    python = llama_cpp_python() if "llama.cpp" in systems else None
+    python = llama_cpp_python(args.llama_cpp_venv) if "llama.cpp" in systems else None
     results: dict = {}
     rows = []
     for system in systems:
@@ -526,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["system", "clients", "requests", "prompt positions", "new tokens", "TTFT p50 s",
                "TTFT p99 s", "decode tok/s (per request)", "latency p50 s",
                "aggregate tok/s"]  # fmt: skip
-    table = markdown_table(headers, rows) + "\n\n" + targets(results, compression)
+    table = markdown_table(headers, rows)
+    if goals := targets(results, compression):
+        table += "\n\n" + goals
     if thread := thread_table(results):
         table += "\n\n" + thread
     notes = (
@@ -556,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )  # fmt: skip
     )
-    if args.no_report:
+    if args.no_append:
         print(table + "\n\n" + notes)
     else:
         append_report(

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +40,13 @@ import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench._common import append_report, markdown_table, sample_texts  # noqa: E402
+from bench._common import (  # noqa: E402
+    append_report,
+    markdown_table,
+    sample_texts,
+    scratch_dir,
+    start_run,
+)
 from clara import _blas  # noqa: E402
 from training.data import PretrainRecord, parse_pretrain  # noqa: E402
 from training.default_recipe import default_data  # noqa: E402
@@ -181,8 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank_worker:
         return rank_worker(args.steps, int(os.environ.get("CLARA_BENCH_RANKS", "2")),
                            args.rank_worker)  # fmt: skip
-    threads = [int(x) for x in args.threads.split(",") if x]
-    tmp = tempfile.mkdtemp(prefix="bench-train-")
+    threads = [int(x) for x in args.threads.split(",") if x.strip().isdigit() and int(x)]
+    if args.steps < 1 or args.check_steps < 0 or not threads:
+        p.error("--steps must be 1 or more, --check-steps 0 or more, --threads counts of 1 or more")
+    start_run()
+    with scratch_dir("bench-train-") as tmp:  # the paths' trainers write under it
+        return measure(args, threads, str(tmp))
+
+
+def measure(args, threads: list[int], tmp: str) -> int:
+    """The timing rows and the loss check; 1 if the check fails."""
     recs, what = records(64)
     if args.check_only:
         body = f"Stage 1 (pretrain), {MODEL} float32, {what}: the loss check alone.\n"

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import clara  # noqa: E402,F401  (OpenBLAS before mlx)
-from bench._common import append_report, markdown_table, sample_texts  # noqa: E402
+from bench._common import add_no_append, append_report, markdown_table, sample_texts, start_run  # noqa: E402
 from clara_cli.process import ServerProcess, free_port  # noqa: E402
 
 QUESTIONS = [
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--upload-kb", type=int, default=100, help="size of the uploaded text (default: 100)"
     )
-    p.add_argument("--no-append", action="store_true", help="print only; BENCHMARKS.md unchanged")
+    add_no_append(p)
     return p
 
 
@@ -141,6 +141,7 @@ def measure(args, index: Path, upload: Path, tmp: Path, step_s: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start_run()
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
         tmp = Path(tmp)
         docs = tmp / "docs"
