@@ -87,10 +87,10 @@ def load_average() -> float | None:
         return None
 
 
-# The load as the run started (set again by `start_run`; importing this module is close to a
-# script's start) and its repetition count: other work on the machine slows every figure, and
-# one repetition gives no median to damp it, so reports say both.
-_RUN: dict = {"load": load_average(), "repeats": None}
+# The load as the run started (`start_run`; a report that only merges earlier results has
+# none) and its repetition count: other work on the machine slows every figure, and one
+# repetition gives no median to damp it, so reports say both.
+_RUN: dict = {"load": None, "repeats": None}
 
 
 def start_run(repeats: int | None = None) -> list[str]:
@@ -132,8 +132,8 @@ def machine() -> str:
         f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
         f"{mem:.0f} GiB RAM, Python {platform.python_version()}, mlx {mx.__version__}, "
         f"device {mx.default_device()}, {clara_cpu.describe()}, load average "
-        f"{_load_text(_RUN['load'])} at the start, {_load_text(load_average())} at the end "
-        f"(1 min, {os.cpu_count()} cores)"
+        + (f"{_load_text(_RUN['load'])} at the start, " if _RUN["load"] is not None else "")
+        + f"{_load_text(load_average())} at the end (1 min, {os.cpu_count()} cores)"
     )
 
 

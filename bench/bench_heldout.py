@@ -433,10 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--questions takes 1 to 200")
     if args.top_k < 1 or args.max_tokens < 1:
         p.error("--top-k and --max-tokens must be 1 or more")
-    start_run()
-    if args.report:
+    if args.report:  # (merges earlier runs' results: nothing is measured now)
         report(args.report, args.chart)
         return 0
+    start_run()
     if args.checkpoint != "default" and not Path(args.checkpoint).is_dir():
         p.error(f"--checkpoint {args.checkpoint}: no such folder ('default': the shipped adapters)")
     if not DATA.exists():

@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("chunks", "top_k", "max_tokens", "min_requests", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be 1 or more")
-    start_run(args.repeats)
+    start_run()  # (its figures are medians over many requests, whatever --repeats)
     load_before = os.getloadavg()
     plan = {s: levels["levels" if s in FULL_LEVELS else "other_levels"] for s in systems}
     most = args.repeats * max(

@@ -186,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank_worker:
         return rank_worker(args.steps, int(os.environ.get("CLARA_BENCH_RANKS", "2")),
                            args.rank_worker)  # fmt: skip
-    threads = [int(x) for x in args.threads.split(",") if x.strip().isdigit() and int(x)]
-    if args.steps < 1 or args.check_steps < 0 or not threads:
+    given = [x.strip() for x in args.threads.split(",")]
+    threads = [int(x) for x in given if x.isdigit() and int(x)]
+    if args.steps < 1 or args.check_steps < 0 or not threads or len(threads) < len(given):
         p.error("--steps must be 1 or more, --check-steps 0 or more, --threads counts of 1 or more")
     start_run()
     with scratch_dir("bench-train-") as tmp:  # the paths' trainers write under it

@@ -67,7 +67,12 @@ class DocumentNotFoundError(CollectionError, KeyError):
 
 
 class CollectionLockedError(ClaraError):
-    """Another process holds the collection's writer lock."""
+    """Another process holds the collection's writer lock (`here`: this process does, so
+    waiting will not free it)."""
+
+    def __init__(self, message: str, here: bool = False) -> None:
+        super().__init__(message)
+        self.here = here
 
 
 class InvalidArgumentError(ClaraError, ValueError):

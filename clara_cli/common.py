@@ -173,8 +173,10 @@ def exit_now(code: int) -> NoReturn:
     """End a serving process with `code`, its logs flushed, skipping Python's and C++'s exit
     teardown: there MLX's stream threads, used from the model worker's thread, sometimes made
     `std::terminate` abort a cleanly stopped server (exit 134, "terminate called without an
-    active exception"), which init systems report as a crash. The servers close what they
-    hold (collections, stores) before they return."""
+    active exception"), which init systems report as a crash. A graceful stop has closed
+    what the server holds (collections, stores) by then; after a forced one (a second Ctrl-C)
+    their SQLite journals and an unfinished upload are recovered at the next start, as after
+    a crash."""
     import logging
 
     logging.shutdown()
@@ -415,7 +417,6 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     # uvicorn's loggers go through the root logger above (log_config=None): one format with
     # timestamps, all on stderr (uvicorn's own put access lines on stdout, without a time)
     logging.getLogger("uvicorn.access").addFilter(_quiet_polls)
-    logging.getLogger("uvicorn.error").addFilter(_not_cut_off)
     server = Server(
         uvicorn.Config(
             app,
@@ -434,6 +435,11 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
         server.should_exit = True
 
     worker.on_fatal = fatal
+
+    def not_cut_off(record: Any) -> bool:  # (only once forced: otherwise a bug's trace)
+        return not (server.force_exit and _cut_off(record))
+
+    logging.getLogger("uvicorn.error").addFilter(not_cut_off)
 
     hung_up: list[int] = []
 
@@ -475,14 +481,14 @@ def _quiet_polls(record: Any) -> bool:
     return True
 
 
-def _not_cut_off(record: Any) -> bool:
-    """Leave out uvicorn's tracebacks of the requests a second Ctrl-C cuts off (each ends in
-    CancelledError): one warning says answers were cut off."""
+def _cut_off(record: Any) -> bool:
+    """Whether a uvicorn log record is the traceback of a request a second Ctrl-C cut off
+    (each ends in CancelledError; one warning says answers were cut off)."""
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, asyncio.CancelledError):
-        return False
+        return True
     text = str(record.msg)
-    return not (text.startswith("Traceback") and text.rstrip().endswith("CancelledError"))
+    return text.startswith("Traceback") and text.rstrip().endswith("CancelledError")
 
 
 def _more_open_files() -> None:

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clara.errors import ClaraError, DamagedCollectionError, DocumentError
+from clara.errors import ClaraError, CollectionLockedError, DamagedCollectionError, DocumentError
 from clara.paths import UPLOADS, index_root, path_text, show_path
 from clara.text import printable, scaled, snippet
 from clara_cli.common import EXIT_ERROR, EXIT_PARTIAL, Terminated, model_dtype, progress_bar
-from indexing.durable import held_elsewhere, writer_pid
+from indexing.durable import writer_pid
 from indexing.layout import collection_dir
 from indexing.pipeline import (
     DEFAULT_OVERLAP,
@@ -155,9 +155,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{PROG}: {_error_line(r.error)}", file=sys.stderr)
     run = _AddRun(start, results)
-    _await_writer(args)
     try:  # the writer lock first: another writer would make us wait for nothing
-        col = _open(args.index, args.collection, index_type=args.index_type)
+        col = _open_writer(args, args.index, args.collection, index_type=args.index_type)
     except CollectionNotFoundError:
         col = None
     try:
@@ -172,14 +171,16 @@ def cmd_add(args: argparse.Namespace) -> int:
             known.update(doomed)
             todo = []
         if todo:  # the model loads only when something has to be compressed
+            loading = time.perf_counter()
             cm = _load_model(args)
-            run.load_s = time.perf_counter() - start
+            run.load_s = time.perf_counter() - loading
             manifest = model_manifest(cm, args.checkpoint)
             chunk_limits(cm, args.chunk_tokens, args.overlap)  # bad options create nothing
             if col is None:
-                col = _open(
-                    args.index, args.collection, manifest, create=True, index_type=args.index_type
-                )
+                col = _open_writer(
+                    args, args.index, args.collection, manifest, create=True,
+                    index_type=args.index_type,
+                )  # fmt: skip
             else:
                 col.manifest.check_matches(Manifest.from_dict(manifest), args.collection)
             options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
@@ -190,7 +191,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             _check_model_args(args, col)  # a bad --checkpoint is an error even with nothing to do
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model
         try:
-            run.compressed = _run_add(args, events, len(paths), results)
+            _run_add(args, events, len(paths), run)
         except KeyboardInterrupt as stop:  # --json still reports what this run did
             if args.json:
                 _print_json(run.report(args, stopped=_stop_name(stop)))
@@ -235,23 +236,24 @@ _KINDS = ("added", "replaced", "unchanged", "duplicate")
 
 @dataclass
 class _AddRun:
-    """What one `add` did, for its summary line or its --json report."""
+    """What one `add` (or `rebuild --recompress`) did, for its summary line or --json report;
+    filled in as it goes, so a run Ctrl-C stops still reports what it did."""
 
     start: float
-    results: list[FileResult]
+    results: list[FileResult] = field(default_factory=list)
     load_s: float = 0.0
     compressed: int = 0  # chunks this run compressed (not those an earlier run had)
+    compress_s: float = 0.0  # time spent on the files (no model load, no --wait)
     gone: list[Any] = field(default_factory=list)
 
     def report(self, args: argparse.Namespace, stopped: str | None = None) -> dict[str, Any]:
         seconds = time.perf_counter() - self.start
-        working = seconds - self.load_s
         counts = {s: sum(r.status == s for r in self.results) for s in (*_KINDS, "failed")}
+        rate = self.compressed / self.compress_s if self.compressed and self.compress_s else 0.0
         report = {
             "collection": args.collection, "index": str(_root(args)), **counts,
             "chunks": _new_chunks(self.results), "seconds": round(seconds, 3),
-            "model_load_s": round(self.load_s, 3),
-            "chunks_per_s": round(self.compressed / working, 2) if self.compressed else 0.0,
+            "model_load_s": round(self.load_s, 3), "chunks_per_s": round(rate, 2),
             "files": [r.to_dict() for r in self.results],
             "gone": [d.path for d in self.gone],
             "pruned": len(self.gone) if args.prune else 0,
@@ -265,18 +267,20 @@ def _stop_name(stop: KeyboardInterrupt) -> str:
     return "terminated" if isinstance(stop, Terminated) else "interrupted"
 
 
-def _await_writer(args: argparse.Namespace) -> None:
-    """`--wait SECONDS`: while another process writes the collection (an indexing service's
-    upload job, another `add`), wait for it, up to that long; then the open says who is in
-    the way as without --wait (exit 75)."""
-    if not args.wait:
-        return
-    folder = collection_dir(args.index, args.collection)
+def _open_writer(args: argparse.Namespace, *where: Any, **options: Any) -> Collection:
+    """`_open` for writing; with `--wait SECONDS`, while another process writes the collection
+    (an indexing service's upload job, another `add`) it tries again until that long has
+    passed, then says who is in the way as without --wait (exit 75)."""
     deadline = time.monotonic() + args.wait
     said = False
-    while time.monotonic() < deadline and held_elsewhere(folder):
+    while True:
+        try:
+            return _open(*where, **options)
+        except CollectionLockedError as locked:
+            if locked.here or time.monotonic() >= deadline:
+                raise
         if not said and not getattr(args, "quiet", False):
-            pid = writer_pid(folder) or "?"
+            pid = writer_pid(collection_dir(args.index, args.collection)) or "?"
             print(
                 f"{PROG}: waiting for pid {pid} to finish writing '{args.collection}' (up to "
                 f"{args.wait:g}s)",
@@ -373,16 +377,15 @@ def _error_line(error: Exception | None) -> str:
     return str(error)
 
 
-def _run_add(args: argparse.Namespace, events, n_files: int, results: list[FileResult]) -> int:
+def _run_add(args: argparse.Namespace, events, n_files: int, run: _AddRun) -> None:
     """Consume the pipeline's events: progress bar (files, chunks/s), one line per file, each
-    file's result into `results` as it comes (kept there when Ctrl-C stops the run). Returns
-    the chunks this run compressed (of a resumed file, those an earlier run had not)."""
-    start = time.perf_counter()
+    file's result and the chunks compressed into `run` as they come (kept there when Ctrl-C
+    stops the run)."""
     with progress_bar(n_files, desc="indexing", unit="file", quiet=args.quiet) as bar:
         try:
-            return _take_events(args, events, results, bar, start)
+            _take_events(args, events, run, bar)
         except KeyboardInterrupt:  # (Ctrl-C: run_main says "interrupted" and exits 130)
-            kept = sum(r.status in ("added", "replaced") for r in results)
+            kept = sum(r.status in ("added", "replaced") for r in run.results)
             kept_text = (
                 f"the {_n(kept, 'file')} indexed in this run stay" if kept else "nothing was"
             )
@@ -394,16 +397,18 @@ def _run_add(args: argparse.Namespace, events, n_files: int, results: list[FileR
             raise
 
 
-def _take_events(args: argparse.Namespace, events, results: list, bar, start: float) -> int:
-    """`_run_add`'s loop: each file's result into `results` as it comes."""
-    done_chunks = 0
+def _take_events(args: argparse.Namespace, events, run: _AddRun, bar) -> None:
+    """`_run_add`'s loop. A resumed file's chunks that an earlier run compressed come in no
+    Progress, so the rate counts what this run did."""
+    start = time.perf_counter()
     for event in events:
+        run.compress_s = time.perf_counter() - start
         if isinstance(event, Progress):
-            done_chunks += event.chunks
-            rate = done_chunks / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{done_chunks} chunks, {rate:.1f} chunks/s")
+            run.compressed += event.chunks
+            rate = run.compressed / max(run.compress_s, 1e-9)
+            bar.set_postfix_str(f"{run.compressed} chunks, {rate:.1f} chunks/s")
             continue
-        results.append(event)
+        run.results.append(event)
         if event.error is not None:
             bar.write(f"{PROG}: {_error_line(event.error)}", file=sys.stderr)
         else:
@@ -414,13 +419,11 @@ def _take_events(args: argparse.Namespace, events, results: list, bar, start: fl
                 what = "; ".join(parts + ([event.detail] if event.detail else []))
                 bar.write(f"{event.status:<10} {show_path(event.path)}  ({what})", file=sys.stdout)
         bar.update(1)  # after its line: a log's progress line counts the files listed above it
-    return done_chunks
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     removed, missing = [], []
-    _await_writer(args)
-    with _open(args.index, args.collection) as col:
+    with _open_writer(args, args.index, args.collection) as col:
         for target in args.targets:
             try:
                 docs = find_documents(col, target, patterns=True, remove=True)
@@ -565,21 +568,23 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    _await_writer(args)
     if args.recompress:
         from indexing.pipeline import recompress
 
+        with _open_writer(args, args.index, args.collection):  # (--wait: free before the load)
+            pass
         events = recompress(
             _load_model(args), args.index, args.collection,
             batch_size=args.batch_size, checkpoint=args.checkpoint,
         )  # fmt: skip
-        results: list[FileResult] = []
-        _run_add(args, events, _count_docs(args), results)
+        run = _AddRun(time.perf_counter())
+        _run_add(args, events, _count_docs(args), run)
+        results = run.results
         if args.index_type is not None:
             with _open(args.index, args.collection, index_type=args.index_type):
                 pass
     else:
-        with _open(args.index, args.collection, index_type=args.index_type) as col:
+        with _open_writer(args, args.index, args.collection, index_type=args.index_type) as col:
             col.rebuild()
         results = []
     with _open_read(args) as col:

@@ -154,7 +154,8 @@ class WriterLock:
             if self._key in WriterLock.held:
                 raise CollectionLockedError(
                     f"{what} is already open for writing in this process: close() that "
-                    "collection first (`with Collection.open(...)` closes it)"
+                    "collection first (`with Collection.open(...)` closes it)",
+                    here=True,
                 ) from None
             raise CollectionLockedError(
                 f"{what} is being written by pid {pid}; wait for it to finish "

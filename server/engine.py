@@ -157,15 +157,14 @@ class Engine:
                 return
             if kind == "chat" and job.task.cancelled and not job.failed:
                 self.metrics.generations.inc(reason="cancelled")  # left while it waited
-            if kind == "embeddings" and job.task.cancelled and job.progress is not None:
-                finished, total = job.progress  # (None: it failed, or never started)
+            if kind == "embeddings" and job.task.cancelled and not job.failed and job.progress:
+                finished, total = job.progress  # (None: it never started)
                 if finished < total:  # (a finished job is cancelled too, by its route)
                     log.info("embeddings cancelled after %d of %d inputs", finished, total)
             job.emit(DONE)
 
         def failed(exc: BaseException) -> None:
             job.failed = True  # not cancelled: nothing for `done` to count or log
-            job.progress = None
             job.emit(Failed(exc))
 
         job.task = Task((":" + kind, job), lambda cm: start(job), failed, done, can_start)

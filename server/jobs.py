@@ -46,17 +46,23 @@ class Retrieved:
     query: str = ""  # what was searched for
 
     def cited(self, answer: str) -> list[int]:
-        """Positions of the sources `answer` draws on, as its words tell: those whose chunk
-        holds a term of the answer the question did not have (the answer's own facts: "1889"
-        to "When was the tower completed?"), else one of any term of the answer; when no
-        chunk holds one, the best-ranked source (the answer was read from them all)."""
+        """Positions of the sources `answer` draws on, as its words tell (the generator reads
+        them all, so this is a best guess): those whose chunk holds a term of the answer the
+        question did not have (the answer's own facts: "1889" to "When was the tower
+        completed?"), else one of any term of the answer. Terms every source holds tell
+        nothing (a language's glue words: "der", "les"). When no chunk holds one (or the
+        answer has no word), the best-ranked source."""
+        if not self.sources:
+            return []
         said = {t for t in terms(answer) if t not in STOPWORDS and (len(t) > 1 or t.isdigit())}
         held = [set(terms(f"{s.filename} {s.text}")) for s in self.sources]
+        if len(held) > 1:
+            said -= set.intersection(*held)
         for wanted in (said - set(terms(self.query)), said):
             found = [i for i, chunk in enumerate(held) if wanted & chunk]
             if found:
                 return found
-        return [0] if self.sources else []
+        return [0]
 
 
 @dataclass

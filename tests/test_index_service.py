@@ -655,12 +655,12 @@ def test_what_openai_bounds_is_bounded_and_attributes_keep_theirs(client: openai
         "type": "static",
         "static": {"max_chunk_size_tokens": 64, "chunk_overlap_tokens": 40},
     }
-    with pytest.raises(openai.BadRequestError, match="at most half"):
+    with pytest.raises(openai.BadRequestError, match="at most half") as e:
         client.vector_stores.files.create(vs.id, file_id=f.id, chunking_strategy=overlap)
-    with pytest.raises(openai.BadRequestError):
-        client.vector_stores.files.create(
-            vs.id, file_id=f.id, attributes={f"k{i}": i for i in range(17)}
-        )
+    assert e.value.body["param"] == "chunking_strategy.static.chunk_overlap_tokens"
+    for wrong in ({f"k{i}": i for i in range(17)}, {"k" * 65: 1}, {"k": "v" * 513}):
+        with pytest.raises(openai.BadRequestError):
+            client.vector_stores.files.create(vs.id, file_id=f.id, attributes=wrong)
     with pytest.raises(openai.BadRequestError):
         client.vector_stores.search(vs.id, query="train", ranking_options={"ranker": "bogus"})
     own = {"year": 1889, "document_id": "my-doc-7", "kind": "timetable", "late": False}
@@ -673,3 +673,14 @@ def test_what_openai_bounds_is_bounded_and_attributes_keep_theirs(client: openai
     assert type(hit["attributes"]["year"]) is int and hit["attributes"]["chunk_id"] >= 1
     assert hit["attributes"]["retrieval_mode"] == "hybrid"  # clara's, where the app's are not
     client.vector_stores.delete(vs.id)
+
+
+def test_a_file_stored_with_a_wide_overlap_still_lists() -> None:
+    """Attached before the half-chunk bound on requests: its listing (and its store's) must
+    not fail the bound (the review of that bound)."""
+    from indexing.service.handler import IndexService
+    from indexing.service.state import Link
+
+    link = Link("store", "file-1", 0, "completed", chunk_tokens=100, overlap=60)
+    shown = IndexService._link_object(None, link)  # (uses nothing of the service)
+    assert shown.chunking_strategy.static.chunk_overlap_tokens == 60

@@ -514,4 +514,10 @@ def test_results_carry_the_files_attributes_and_requests_are_echoed(
     assert response.parallel_tool_calls is False and response.service_tier == "flex"
     assert response.text.verbosity == "low" and response.text.format.type == "text"
     assert response.usage.input_tokens_details.cache_write_tokens == 0
+    with pytest.raises(openai.BadRequestError):  # OpenAI's rankers only
+        client.responses.create(
+            model=MODEL, input=GUIDE,
+            tools=[{"type": "file_search", "vector_store_ids": [vs.id],
+                    "ranking_options": {"ranker": "bogus"}}],
+        )  # fmt: skip
     client.vector_stores.delete(vs.id)

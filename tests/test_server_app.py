@@ -145,3 +145,9 @@ def test_an_answer_cites_the_sources_that_hold_its_words() -> None:
     assert found.cited("The Eiffel Tower.") == [0, 1]  # no word the question lacks: any word
     assert found.cited("I do not know.") == [0]  # none: the best-ranked
     assert found.cited("") == [0] and Retrieved("no_match", "default").cited("Yes") == []
+    glue = Retrieved(  # words every source has say nothing of which one the answer read
+        "ok", "default",
+        [source(n, f"Der Text: {t}") for n, t in texts.items()] + [source("b", "Der Text.")],
+        query="Wann wurde der Eiffelturm fertig?",
+    )  # fmt: skip
+    assert glue.cited("Der Text: 1889.") == [1]

@@ -130,7 +130,7 @@ def test_add_json_stopped_still_reports_what_it_did(
     report = json.loads(out)
     assert rc == 130 and report["stopped"] == "interrupted"
     assert report["added"] == 1 and [f["status"] for f in report["files"]] == ["added"]
-    assert report["chunks"] > 0 and len(docs_of(index)) == 1
+    assert report["chunks"] > 0 and report["chunks_per_s"] > 0 and len(docs_of(index)) == 1
 
 
 def test_a_locked_collection_exits_75_to_try_again(capsys, tmp_path: Path) -> None:
@@ -160,6 +160,8 @@ def test_wait_waits_out_the_writer_then_writes(capsys, tmp_path: Path, tiny_llam
     with lock_held_elsewhere(index / "default"):
         rc, _, err = run(capsys, "add", folder, *args, "--wait", "0.5")
         assert rc == 75 and "waiting for pid" in err and "is being written by pid" in err
+        rc, _, err = run(capsys, "rebuild", "--index", index, "--wait", "0.5")
+        assert rc == 75 and "waiting for pid" in err
     holder = lock_held_elsewhere(index / "default")
     holder.__enter__()
     threading.Timer(1.5, holder.__exit__, (None, None, None)).start()

@@ -306,6 +306,12 @@ class IndexService:
                 strategy.static.max_chunk_size_tokens,
                 strategy.static.chunk_overlap_tokens,
             )
+            if overlap > size // 2:  # (a request's bound: files stored before it still list)
+                raise APIError(
+                    400, f"chunk_overlap_tokens ({overlap}) must be at most half of "
+                    f"max_chunk_size_tokens ({size})",
+                    param="chunking_strategy.static.chunk_overlap_tokens",
+                )  # fmt: skip
         else:
             overlap = min(overlap, int(self.worker.cm.config.doc_max_tokens) - 1)
         try:

@@ -57,16 +57,7 @@ class StaticChunking(BaseModel):
     model_config = ConfigDict(strict=True)
     max_chunk_size_tokens: json_int(ge=1)
     chunk_overlap_tokens: json_int(ge=0)
-    """At most half of `max_chunk_size_tokens` (OpenAI's bound)."""
-
-    @model_validator(mode="after")
-    def _overlap_at_most_half(self) -> StaticChunking:
-        if self.chunk_overlap_tokens > self.max_chunk_size_tokens // 2:
-            raise ValueError(
-                f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be at most half of "
-                f"max_chunk_size_tokens ({self.max_chunk_size_tokens})"
-            )
-        return self
+    """At most half of `max_chunk_size_tokens` in a request (OpenAI's bound)."""
 
 
 class ChunkingStrategy(_Request):

@@ -15,6 +15,23 @@ from indexing.service.uploads import Uploads
 from indexing.store import Collection
 
 
+def clara_attributes(
+    doc_id: str, chunk_id: int, page_start: int | None, page_end: int | None,
+    path: str | None, mode: str, ranks: dict[str, int | None],
+) -> dict[str, Any]:  # fmt: skip
+    """What CLaRa says of a hit in its `attributes`: its document and chunk, its pages (when
+    the file has pages), its path (a file `clara-index add` indexed), the mode that ranked it
+    and its 1-based rank in each retriever that found it."""
+    out: dict[str, Any] = {"document_id": doc_id, "chunk_id": chunk_id}
+    if page_start is not None:
+        out.update(page_start=page_start, page_end=page_end or page_start)
+    if path:
+        out["path"] = path
+    out["retrieval_mode"] = mode
+    out.update({f"rank_{name}": r for name, r in ranks.items() if r is not None})
+    return out
+
+
 def with_own_attributes(own: dict[str, Any] | None, clara: dict[str, Any]) -> dict[str, Any]:
     """A result's attributes: those the app gave the file, as it gave them, then CLaRa's
     (`document_id`, `chunk_id`, pages, ranks...) under the names the app's do not use."""
@@ -53,13 +70,10 @@ def search_results(
         # --recompress` gave the document a new id
         link = by_doc.get(h.doc_id) or by_file.get(uploads.file_id_of(h.path) or "")
         file_id = link.file_id if link else (uploads.file_id_of(h.path) or h.doc_id)
-        clara: dict[str, Any] = {"document_id": h.doc_id, "chunk_id": h.chunk_id}
-        if h.page_start is not None:
-            clara.update(page_start=h.page_start, page_end=h.page_end or h.page_start)
-        if h.path and not uploads.file_id_of(h.path):
-            clara["path"] = h.path
-        clara["retrieval_mode"] = h.mode
-        clara.update({f"rank_{n}": r for n, r in h.ranks.items() if r is not None})
+        path = h.path if h.path and not uploads.file_id_of(h.path) else None
+        clara = clara_attributes(
+            h.doc_id, h.chunk_id, h.page_start, h.page_end, path, h.mode, h.ranks
+        )
         attributes = with_own_attributes(link.attributes if link else None, clara)
         content = [TextContent(text=h.text)]
         out.append(

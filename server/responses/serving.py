@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara_cli.http import APIError
 from indexing.service.handler import IndexService, is_vector_store
-from indexing.service.search import with_own_attributes
+from indexing.service.search import clara_attributes, with_own_attributes
 from server.jobs import Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage
 from server.responses.protocol import (
@@ -246,7 +246,7 @@ class ResponsesServing:
             # echoed as asked (clara calls no tools and has one tier)
             parallel_tool_calls=req.parallel_tool_calls is not False,
             service_tier=req.service_tier,
-            text={"format": {"type": "text"}, **(req.text or {})},
+            text={**(req.text or {}), "format": {"type": "text"}},  # (the only format)
             user=req.user,
             metadata=req.metadata or {},
             truncation=req.truncation or "disabled",
@@ -258,10 +258,11 @@ class ResponsesServing:
         )  # fmt: skip
         call = None
         if searched:
-            include = "file_search_call.results" in (req.include or [])
-            own = await asyncio.to_thread(self._own_attributes, chat.collection)
-            results = [self._result(s, own.get(s.file_id)) for s in ready.retrieved.sources]
-            call = FileSearchCall(queries=[params.query], results=results if include else None)
+            results = None
+            if "file_search_call.results" in (req.include or []):
+                own = await asyncio.to_thread(self._own_attributes, chat.collection)
+                results = [self._result(s, own.get(s.file_id)) for s in ready.retrieved.sources]
+            call = FileSearchCall(queries=[params.query], results=results)
         run = ResponseRun(self, job, ready, response, call, turn, params.logprobs)
         if req.stream:
             return StreamingResponse(
@@ -284,9 +285,10 @@ class ResponsesServing:
         return {link.file_id: link.attributes for link in links if link.attributes}
 
     def _result(self, s: SourceInfo, own: dict[str, Any] | None) -> FileSearchResult:
-        clara: dict[str, Any] = {"document_id": s.document_id, "chunk_id": s.chunk_id}
-        if s.page_start is not None:
-            clara.update(page_start=s.page_start, page_end=s.page_end or s.page_start)
+        path = None if s.file_id else s.path  # (an upload's is the server's folder)
+        clara = clara_attributes(
+            s.document_id, s.chunk_id, s.page_start, s.page_end, path, s.retrieval_mode, s.ranks
+        )
         attributes = with_own_attributes(own, clara)
         return FileSearchResult(
             file_id=self.file_id(s), filename=s.filename, score=round(s.score, 6), text=s.text,
