@@ -521,3 +521,37 @@ def test_results_carry_the_files_attributes_and_requests_are_echoed(
                     "ranking_options": {"ranker": "bogus"}}],
         )  # fmt: skip
     client.vector_stores.delete(vs.id)
+
+
+def test_a_stream_waiting_for_indexing_sends_keep_alives_first(tmp, tiny_llama_dir) -> None:
+    """A file_search stream on a vector store with a file still being indexed sent nothing,
+    not even its headers, until the file was done (up to two minutes: a proxy cuts such a
+    request; a soak audit). Headers and keep-alive comments now come at once, then the
+    response, which searched the file."""
+    server = start_server(tmp, tiny_llama_dir, "--sse-keepalive", "0.01")
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+        book = "\n\n".join(f"Paragraph {i} tells of river {i} and its bridges." * 3
+                           for i in range(600))  # fmt: skip
+        f = client.files.create(file=("book.md", book.encode()), purpose="assistants")
+        vs = client.vector_stores.create(name="indexing-now")
+        client.vector_stores.files.create(vector_store_id=vs.id, file_id=f.id)
+        body = {
+            "model": MODEL, "input": "Which paragraph tells of river 7?", "stream": True,
+            "tools": [{"type": "file_search", "vector_store_ids": [vs.id]}],
+            "include": ["file_search_call.results"],
+        }  # fmt: skip
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        with httpx.stream(
+            "POST", f"{server.url}/v1/responses", json=body, headers=headers, timeout=120
+        ) as r:
+            assert r.status_code == 200
+            lines = [line for line in r.iter_lines() if line]
+        assert lines[0] == ": keep-alive"  # before the first event: the file was indexing
+        events = [json.loads(x[6:]) for x in lines if x.startswith("data: ")]
+        assert events[0]["type"] == "response.created"
+        assert events[-1]["type"] in ("response.completed", "response.incomplete")
+        (call,) = [o for o in events[-1]["response"]["output"] if o["type"] == "file_search_call"]
+        assert call["results"] and call["results"][0]["file_id"] == f.id
+    finally:
+        server.stop()

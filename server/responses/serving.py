@@ -14,8 +14,10 @@ turns that off); `tool_choice: "none"` searches nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -140,19 +142,18 @@ class ResponsesServing:
             messages.append(ChatMessage(role="user", content=""))
         return messages
 
-    async def _indexed(self, store_id: str, request: Request) -> None:
-        """Wait (up to INDEXING_WAIT_S) for the files being indexed into the vector store when
-        the question came, so that a file attached just before it is searched (OpenAI's guide
-        asks right after `vector_stores.files.create`). Files attached later are not waited
-        for, and a client that leaves stops the wait."""
+    async def _indexing(self, store_id: str) -> set[str]:
+        """Ids of the files being indexed into the vector store now."""
         if self.files is None:
-            return
+            return set()
+        links = await asyncio.to_thread(self.files.registry.links, store_id=store_id)
+        return {link.file_id for link in links if link.status == "in_progress"}
 
-        async def indexing() -> set[str]:
-            links = await asyncio.to_thread(self.files.registry.links, store_id=store_id)
-            return {link.file_id for link in links if link.status == "in_progress"}
-
-        waiting = await indexing()
+    async def _indexed(self, store_id: str, request: Request, waiting: set[str]) -> None:
+        """Wait (up to INDEXING_WAIT_S) for `waiting`, the files being indexed into the vector
+        store when the question came, so that a file attached just before it is searched
+        (OpenAI's guide asks right after `vector_stores.files.create`). Files attached later
+        are not waited for, and a client that leaves stops the wait."""
         deadline = time.monotonic() + INDEXING_WAIT_S
         while waiting:
             if time.monotonic() > deadline:
@@ -164,7 +165,7 @@ class ResponsesServing:
             if await request.is_disconnected():
                 raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
             await asyncio.sleep(0.1)
-            waiting &= await indexing()
+            waiting &= await self._indexing(store_id)
 
     def _file_search(self, req: ResponseCreateRequest) -> tuple[str, int] | None:
         """(collection, top_k) of the request's file_search tool; None without one."""
@@ -223,8 +224,56 @@ class ResponsesServing:
         messages = await asyncio.to_thread(self._messages, req, turn)  # reads the store
         bare = serving.is_bare(req.model)
         chat, searched = self._chat_request(req, messages, bare)
-        if searched:
-            await self._indexed(chat.collection, request)
+        waiting = await self._indexing(chat.collection) if searched else set()
+        if req.stream and waiting:  # headers and keep-alives now, not after the wait
+            wait_then = self._wait_then_stream(req, request, chat, turn, bare, waiting)
+            return self._streamed(wait_then)
+        if waiting:
+            await self._indexed(chat.collection, request, waiting)
+        run = await self._start(req, request, chat, searched, turn, bare)
+        if req.stream:
+            return self._streamed(run.events())
+        return JSONResponse(await run.complete(request))
+
+    @staticmethod
+    def _streamed(events: AsyncIterator[str]) -> StreamingResponse:
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _wait_then_stream(
+        self, req: ResponseCreateRequest, request: Request, chat, turn: list[dict], bare: bool,
+        waiting: set[str],
+    ) -> AsyncIterator[str]:  # fmt: skip
+        """A stream whose vector store has files being indexed: keep-alive comments while
+        they finish (a proxy would cut a silent request), then the response's events; what
+        fails before the first of them is an `error` event, as headers are sent."""
+        wait = asyncio.ensure_future(self._indexed(chat.collection, request, waiting))
+        try:
+            while not wait.done():
+                await asyncio.wait({wait}, timeout=self.serving.keepalive_s)
+                if not wait.done():
+                    yield ": keep-alive\n\n"
+            wait.result()
+            run = await self._start(req, request, chat, True, turn, bare)
+        except APIError as exc:
+            body = {"type": "error", "sequence_number": 0, "code": exc.code,
+                    "message": exc.message, "param": exc.param}  # fmt: skip
+            yield f"event: error\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
+            return
+        finally:
+            wait.cancel()
+        async for event in run.events():
+            yield event
+
+    async def _start(
+        self, req: ResponseCreateRequest, request: Request, chat, searched: bool,
+        turn: list[dict], bare: bool,
+    ) -> ResponseRun:  # fmt: skip
+        """Start generating the response: retrieval, the prompt, the job on the model thread."""
+        serving = self.serving
         params = chat.to_params(serving.defaults)
         params.truncate = req.truncation == "auto"
         try:
@@ -263,14 +312,7 @@ class ResponsesServing:
                 own = await asyncio.to_thread(self._own_attributes, chat.collection)
                 results = [self._result(s, own.get(s.file_id)) for s in ready.retrieved.sources]
             call = FileSearchCall(queries=[params.query], results=results)
-        run = ResponseRun(self, job, ready, response, call, turn, params.logprobs)
-        if req.stream:
-            return StreamingResponse(
-                run.events(),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        return JSONResponse(await run.complete(request))
+        return ResponseRun(self, job, ready, response, call, turn, params.logprobs)
 
     def file_id(self, s: SourceInfo) -> str:
         """The Files API id of an uploaded file, else the document id (documents
