@@ -155,6 +155,43 @@ def cmd_add(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{PROG}: {_error_line(r.error)}", file=sys.stderr)
     run = _AddRun(start, results)
+    try:
+        _add(args, paths, run)
+    except KeyboardInterrupt as stop:  # --json still reports what this run did (if anything)
+        if args.json:
+            _print_json(run.report(args, stopped=_stop_name(stop)))
+        raise
+    report = run.report(args)
+    if args.json:
+        _print_json(report)
+    else:
+        gone = run.gone
+        if gone:
+            names = ", ".join(show_path(d.path) for d in gone[:5])
+            more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+            n = f"{len(gone)} document{'s' * (len(gone) != 1)}"
+            print(
+                f"{PROG}: {n} {'were' if len(gone) != 1 else 'was'} indexed from files no longer "
+                f"there ({names}{more}): "
+                + ("removed" if args.prune else "still searched; add --prune to remove them"),
+                file=sys.stderr,
+            )
+        counts = {s: report[s] for s in (*_KINDS, "failed")}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "added")
+        loaded = f", model load {run.load_s:.1f}s" if run.load_s else ""
+        chunks = report["chunks"]
+        noun = "chunk" if chunks == 1 else "chunks"
+        print(
+            f"{summary}: {chunks} {noun} in {report['seconds']:.1f}s "
+            f"({report['chunks_per_s']:.1f} chunks/s{loaded})"
+        )
+    if not report["failed"]:
+        return 0
+    return EXIT_PARTIAL if any(report[s] for s in _KINDS) else EXIT_ERROR  # (the others indexed)
+
+
+def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
+    """`cmd_add`'s work, into `run`: the files not indexed as they are, compressed."""
     try:  # the writer lock first: another writer would make us wait for nothing
         col = _open_writer(args, args.index, args.collection, index_type=args.index_type)
     except CollectionNotFoundError:
@@ -190,45 +227,13 @@ def cmd_add(args: argparse.Namespace) -> int:
         else:
             _check_model_args(args, col)  # a bad --checkpoint is an error even with nothing to do
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model
-        try:
-            _run_add(args, events, len(paths), run)
-        except KeyboardInterrupt as stop:  # --json still reports what this run did
-            if args.json:
-                _print_json(run.report(args, stopped=_stop_name(stop)))
-            raise
+        _run_add(args, events, len(paths), run)
         run.gone = _gone(col, args.paths) if col is not None else []
         if args.prune:
             col.remove_documents([d.id for d in run.gone])
     finally:
         if col is not None:
             col.close()
-    report = run.report(args)
-    if args.json:
-        _print_json(report)
-    else:
-        gone = run.gone
-        if gone:
-            names = ", ".join(show_path(d.path) for d in gone[:5])
-            more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
-            n = f"{len(gone)} document{'s' * (len(gone) != 1)}"
-            print(
-                f"{PROG}: {n} {'were' if len(gone) != 1 else 'was'} indexed from files no longer "
-                f"there ({names}{more}): "
-                + ("removed" if args.prune else "still searched; add --prune to remove them"),
-                file=sys.stderr,
-            )
-        counts = {s: report[s] for s in (*_KINDS, "failed")}
-        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "added")
-        loaded = f", model load {run.load_s:.1f}s" if run.load_s else ""
-        chunks = report["chunks"]
-        noun = "chunk" if chunks == 1 else "chunks"
-        print(
-            f"{summary}: {chunks} {noun} in {report['seconds']:.1f}s "
-            f"({report['chunks_per_s']:.1f} chunks/s{loaded})"
-        )
-    if not report["failed"]:
-        return 0
-    return EXIT_PARTIAL if any(report[s] for s in _KINDS) else EXIT_ERROR  # (the others indexed)
 
 
 _KINDS = ("added", "replaced", "unchanged", "duplicate")
@@ -571,12 +576,12 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if args.recompress:
         from indexing.pipeline import recompress
 
-        with _open_writer(args, args.index, args.collection):  # (--wait: free before the load)
+        cm = _load_model(args)
+        with _open_writer(args, args.index, args.collection):  # --wait: free, right before
             pass
         events = recompress(
-            _load_model(args), args.index, args.collection,
-            batch_size=args.batch_size, checkpoint=args.checkpoint,
-        )  # fmt: skip
+            cm, args.index, args.collection, batch_size=args.batch_size, checkpoint=args.checkpoint
+        )
         run = _AddRun(time.perf_counter())
         _run_add(args, events, _count_docs(args), run)
         results = run.results

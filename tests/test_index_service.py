@@ -672,6 +672,8 @@ def test_what_openai_bounds_is_bounded_and_attributes_keep_theirs(client: openai
     assert {k: hit["attributes"][k] for k in own} == own  # the app's, as it gave them
     assert type(hit["attributes"]["year"]) is int and hit["attributes"]["chunk_id"] >= 1
     assert hit["attributes"]["retrieval_mode"] == "hybrid"  # clara's, where the app's are not
+    with pytest.raises(openai.BadRequestError, match="at most half"):  # attached already
+        client.vector_stores.files.create(vs.id, file_id=f.id, chunking_strategy=overlap)
     client.vector_stores.delete(vs.id)
 
 

@@ -132,6 +132,15 @@ def test_add_json_stopped_still_reports_what_it_did(
     assert report["added"] == 1 and [f["status"] for f in report["files"]] == ["added"]
     assert report["chunks"] > 0 and report["chunks_per_s"] > 0 and len(docs_of(index)) == 1
 
+    def stopped_loading(args):  # before any file: while the model loads (or --wait waits)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("indexing.commands._load_model", stopped_loading)
+    (tmp_path / "new.txt").write_text("A file no run has indexed yet, about tide tables.")
+    rc, out, _ = run(capsys, "add", tmp_path / "new.txt", *args)
+    report = json.loads(out)
+    assert rc == 130 and report["stopped"] == "interrupted" and report["files"] == []
+
 
 def test_a_locked_collection_exits_75_to_try_again(capsys, tmp_path: Path) -> None:
     from indexing.store import Collection

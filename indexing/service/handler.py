@@ -28,7 +28,7 @@ from clara.errors import (
     EncryptedDocumentError,
     UnsupportedDocumentError,
 )
-from clara.paths import COLLECTION_NAME, RESERVED_NAMES, is_reserved
+from clara.paths import COLLECTION_NAME, DEFAULT_COLLECTION, RESERVED_NAMES, is_reserved
 from clara.retrieval import Fusion
 from clara.text import printable
 from clara_cli.common import os_error_text
@@ -185,7 +185,7 @@ class IndexService:
         usable = (  # (in this order: a name too long for a file name is not looked for)
             _NAME.fullmatch(name)
             and not is_reserved(name)
-            and name.lower() != self.settings.default_collection.lower()
+            and name.lower() not in {DEFAULT_COLLECTION, self.settings.default_collection.lower()}
             and not (self.root / name).exists()
             and self.registry.store(name) is None
             and case_clash(self.root, name) is None
@@ -284,10 +284,10 @@ class IndexService:
         rec = self.registry.file(body.file_id)
         if rec is None:
             raise _not_found("file", body.file_id, param="file_id")
+        size, overlap = self._chunking(body.chunking_strategy or default_chunking)  # 400 first
         link = self.registry.link(store_id, rec.id)
         if link is not None and link.status in ("in_progress", "completed"):
             return self._link_object(link)
-        size, overlap = self._chunking(body.chunking_strategy or default_chunking)
         link = Link(store_id, rec.id, _now(), "in_progress", attributes=body.attributes)
         link.chunk_tokens, link.overlap = size, overlap
         self.registry.put_link(link)
