@@ -21,6 +21,7 @@ from clara_cli.common import (
     exit_now,
     model_dtype,
     positive_float,
+    positive_int,
     run_main,
     serve_http,
 )
@@ -225,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         "%(default)s; /v1/completions defaults to 16, as OpenAI's)",
     )
     gen.add_argument(
+        "--max-tokens-limit", type=positive_int, default=None, metavar="N",
+        help="the most tokens any request may generate: a larger max_tokens is cut to N, and "
+        "the answer ends with finish_reason 'length' (default: what the context has room for)",
+    )  # fmt: skip
+    gen.add_argument(
         "--temperature",
         type=float,
         default=0.0,
@@ -276,6 +282,7 @@ def serve(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         collection=args.collection,
         max_tokens=args.max_tokens,
+        max_tokens_limit=args.max_tokens_limit,
         temperature=args.temperature,
         history_turns=args.history_turns,
         mode=default_reading_mode(args.model, args.checkpoint, args.mode),

@@ -286,7 +286,9 @@ class ChatCompletionRequest(_Request):
             retrieval_mode=self.retrieval_mode or defaults.retrieval_mode,
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or defaults.collection,
-            max_tokens=self.max_completion_tokens or self.max_tokens or defaults.max_tokens,
+            max_tokens=defaults.capped(
+                self.max_completion_tokens or self.max_tokens or defaults.max_tokens
+            ),
             logprobs=bool(self.logprobs),
             top_logprobs=self.top_logprobs or 0,
             **_sampling(self, defaults),
@@ -321,11 +323,19 @@ class ServingDefaults:
     top_k: int = 5
     collection: str = "default"
     max_tokens: int = 512
+    #: the most tokens any request may have (--max-tokens-limit): more is cut to it (None: the
+    #: context's room)
+    max_tokens_limit: int | None = None
     temperature: float = 0.0
     history_turns: int = 2
     retrieval_mode: str = "hybrid"
     mode: str = "memory"
     truncate_embeddings: bool = False  # --truncate-embeddings: the default of `truncate`
+
+    def capped(self, max_tokens: int) -> int:
+        """A request's max_tokens within --max-tokens-limit."""
+        limit = self.max_tokens_limit
+        return max_tokens if limit is None else min(max_tokens, limit)
 
 
 @dataclass
@@ -647,7 +657,7 @@ class CompletionRequest(_Request):
             mode="text",
             top_k=0,
             collection=defaults.collection,
-            max_tokens=self.max_tokens or 16,
+            max_tokens=defaults.capped(self.max_tokens or 16),
             logprobs=self.logprobs is not None,
             top_logprobs=self.logprobs or 0,
             raw=list(prompt) if isinstance(prompt, list) else prompt,

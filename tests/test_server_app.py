@@ -151,3 +151,25 @@ def test_an_answer_cites_the_sources_that_hold_its_words() -> None:
         query="Wann wurde der Eiffelturm fertig?",
     )  # fmt: skip
     assert glue.cited("Der Text: 1889.") == [1]
+
+
+def test_max_tokens_limit_caps_every_request() -> None:
+    """An operator could not bound what one request decodes (a soak: max_tokens 1e9 on a prompt
+    the bare model never ends took the whole context, slowing every other client)."""
+    from server.protocol import CompletionRequest
+
+    limited = ServingDefaults(max_tokens=512, max_tokens_limit=64)
+    ask = [{"role": "user", "content": "hi"}]
+    assert ChatCompletionRequest(messages=ask, max_tokens=10**9).to_params(limited).max_tokens == 64
+    assert ChatCompletionRequest(messages=ask).to_params(limited).max_tokens == 64  # the default
+    assert ChatCompletionRequest(messages=ask, max_tokens=8).to_params(limited).max_tokens == 8
+    (prompt,) = CompletionRequest(prompt="hi", max_tokens=10**6).prompts()
+    assert (
+        CompletionRequest(prompt="hi", max_tokens=10**6).to_params(limited, prompt).max_tokens == 64
+    )
+    assert (
+        ChatCompletionRequest(messages=ask, max_tokens=10**9)
+        .to_params(ServingDefaults())
+        .max_tokens
+        == 10**9
+    )  # no limit: the context's room cuts it later

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -265,8 +266,9 @@ class ResponsesServing:
             return
         finally:
             wait.cancel()
-        async for event in run.events():
-            yield event
+        async with aclosing(run.events()) as events:  # (a client gone: its job ends now)
+            async for event in events:
+                yield event
 
     async def _start(
         self, req: ResponseCreateRequest, request: Request, chat, searched: bool,
