@@ -8,9 +8,9 @@ over the whole collection, against the same model without retrieval.
     python bench/bench_learning.py --quick        # reduced size, a smoke run of every stage
     python bench/bench_learning.py --no-report    # do not append to BENCHMARKS.md
 
-A full run appends a "Learning proof" section to BENCHMARKS.md, whose header calls the last
-one the headline; a --quick run appends nothing unless given --report, and then as a
-"Smoke run of the learning proof" section, so a smoke run never reads as the headline.
+A full run appends a "Learning proof" section to BENCHMARKS.md; a --quick run appends
+nothing unless given --report, and then as a "Smoke run of the learning proof" section, so a
+smoke run never reads as a proof.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from bench._common import add_no_append, append_report, start_run  # noqa: E402
 from training.proof import ProofConfig, ProofResult, run_proof  # noqa: E402
 
 TITLE = "Learning proof: tiny Llama from scratch, synthetic world (bench/bench_learning.py)"
-# not "Learning proof: ...": BENCHMARKS.md's header takes the last section of that name as
-# the headline, and a smoke run is none
+# not "Learning proof: ...": a reader (or a script) looking for the proof's figures must not
+# find a smoke run
 QUICK_TITLE = "Smoke run of the learning proof, reduced size (bench/bench_learning.py --quick)"
 
 QUICK = dict(

@@ -154,9 +154,10 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     wait = argparse.ArgumentParser(add_help=False)
     wait.add_argument(
         "--wait", type=non_negative_float, default=0.0, metavar="SECONDS",
-        help="while another process writes the collection (the indexing service's upload "
-        "job, another add), wait up to SECONDS for it instead of exiting at once with status "
-        "75 (default: 0, do not wait)",
+        help="while another process writes the collection (a server indexing an upload, "
+        "another clara-index add/remove/rebuild), retry for up to SECONDS, then exit 75 as "
+        "without it; rebuild --recompress waits after loading the model (default: 0, do not "
+        "wait)",
     )  # fmt: skip
     return {"where": where, "out": out, "model": model, "quiet": quiet, "wait": wait}
 

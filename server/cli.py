@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--max-tokens-limit", type=positive_int, default=None, metavar="N",
-        help="the most tokens any request may generate: a larger max_tokens is cut to N, and "
-        "the answer ends with finish_reason 'length' (default: what the context has room for)",
+        help="the most tokens any request may generate: a larger max_tokens (or --max-tokens "
+        "default) is cut to N, and an answer that reaches it ends with finish_reason 'length' "
+        "(Responses: status 'incomplete') (default: no limit beyond the context's room)",
     )  # fmt: skip
     gen.add_argument(
         "--temperature",

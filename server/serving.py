@@ -190,7 +190,8 @@ class OpenAIServing:
         in mid-stream."""
         self.stop_by = time.monotonic() + grace_s - min(STOP_MARGIN_S, grace_s / 2)
 
-    def _stopped(self) -> APIError | None:
+    def stop_error(self) -> APIError | None:
+        """The `shutting_down` error once a stop's deadline for answers has passed, else None."""
         if self.stop_by is None or time.monotonic() < self.stop_by:
             return None
         return shutting_down_error(
@@ -203,7 +204,7 @@ class OpenAIServing:
         timeout = self.keepalive_s
         if self.stop_by is not None:
             timeout = max(0.0, min(timeout, self.stop_by - time.monotonic()))
-        stopped = self._stopped()
+        stopped = self.stop_error()
         if stopped is None:
             event = await job.next(timeout=timeout)
         else:  # past the deadline: only what is already there (its final token, perhaps)
@@ -211,7 +212,7 @@ class OpenAIServing:
                 event = job.events.get_nowait()
             except asyncio.QueueEmpty:
                 event = None
-        stopped = stopped or self._stopped()
+        stopped = stopped or self.stop_error()
         if stopped is not None and not _final(event):
             job.cancel()
             return Failed(stopped)
@@ -307,7 +308,7 @@ class OpenAIServing:
         DISCONNECT_CHECK_S, whether events keep coming, as tokens of an answer do, or not)."""
         while True:
             event = await job.next(timeout=DISCONNECT_CHECK_S)
-            stopped = self._stopped()
+            stopped = self.stop_error()
             if stopped is not None and not _final(event):
                 job.cancel()
                 raise stopped

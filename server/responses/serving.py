@@ -165,6 +165,8 @@ class ResponsesServing:
                 return
             if await request.is_disconnected():
                 raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
+            if (stopping := self.serving.stop_error()) is not None:  # the grace period's end
+                raise stopping
             await asyncio.sleep(0.1)
             waiting &= await self._indexing(store_id)
 
