@@ -193,7 +193,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
     """`cmd_add`'s work, into `run`: the files not indexed as they are, compressed."""
     try:  # the writer lock first: another writer would make us wait for nothing
-        col = _open_writer(args, args.index, args.collection, index_type=args.index_type)
+        col = _open_writer(args, index_type=args.index_type)
     except CollectionNotFoundError:
         col = None
     try:
@@ -214,10 +214,7 @@ def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
             manifest = model_manifest(cm, args.checkpoint)
             chunk_limits(cm, args.chunk_tokens, args.overlap)  # bad options create nothing
             if col is None:
-                col = _open_writer(
-                    args, args.index, args.collection, manifest, create=True,
-                    index_type=args.index_type,
-                )  # fmt: skip
+                col = _open_writer(args, manifest, create=True, index_type=args.index_type)
             else:
                 col.manifest.check_matches(Manifest.from_dict(manifest), args.collection)
             options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
@@ -272,15 +269,15 @@ def _stop_name(stop: KeyboardInterrupt) -> str:
     return "terminated" if isinstance(stop, Terminated) else "interrupted"
 
 
-def _open_writer(args: argparse.Namespace, *where: Any, **options: Any) -> Collection:
-    """`_open` for writing; with `--wait SECONDS`, while another process writes the collection
+def _open_writer(args: argparse.Namespace, *more: Any, **options: Any) -> Collection:
+    """`_open` of args' collection for writing; with `--wait SECONDS`, while another process writes the collection
     (an indexing service's upload job, another `add`) it tries again until that long has
     passed, then says who is in the way as without --wait (exit 75)."""
     deadline = time.monotonic() + args.wait
     said = False
     while True:
         try:
-            return _open(*where, **options)
+            return _open(args.index, args.collection, *more, **options)
         except CollectionLockedError as locked:
             if locked.here or time.monotonic() >= deadline:
                 raise
@@ -428,7 +425,7 @@ def _take_events(args: argparse.Namespace, events, run: _AddRun, bar) -> None:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     removed, missing = [], []
-    with _open_writer(args, args.index, args.collection) as col:
+    with _open_writer(args) as col:
         for target in args.targets:
             try:
                 docs = find_documents(col, target, patterns=True, remove=True)
@@ -577,7 +574,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         from indexing.pipeline import recompress
 
         cm = _load_model(args)
-        with _open_writer(args, args.index, args.collection):  # --wait: free, right before
+        with _open_writer(args):  # --wait: free, right before
             pass
         events = recompress(
             cm, args.index, args.collection, batch_size=args.batch_size, checkpoint=args.checkpoint
@@ -589,7 +586,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             with _open(args.index, args.collection, index_type=args.index_type):
                 pass
     else:
-        with _open_writer(args, args.index, args.collection, index_type=args.index_type) as col:
+        with _open_writer(args, index_type=args.index_type) as col:
             col.rebuild()
         results = []
     with _open_read(args) as col:

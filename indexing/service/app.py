@@ -24,7 +24,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from clara.paths import UPLOADS
+from clara.paths import DEFAULT_COLLECTION, UPLOADS
 from clara.settings import ModelSettings
 from clara_cli.http import (
     AccessGate,
@@ -87,7 +87,7 @@ class ServiceSettings(ModelSettings):
     max_waiting_calls: int = 64
     #: what requests that name no store search (clara-serve's --collection): a store an app
     #: creates never gets it as its id (its uploads would answer every other client's chats)
-    default_collection: str = "default"
+    default_collection: str = DEFAULT_COLLECTION
 
 
 def create_app(

@@ -68,9 +68,10 @@ def search_results(
     for h in hits:  # (each with its document's name and path, read with its text)
         # by the document the job made; by the upload it came from once `rebuild
         # --recompress` gave the document a new id
-        link = by_doc.get(h.doc_id) or by_file.get(uploads.file_id_of(h.path) or "")
-        file_id = link.file_id if link else (uploads.file_id_of(h.path) or h.doc_id)
-        path = h.path if h.path and not uploads.file_id_of(h.path) else None
+        upload = uploads.file_id_of(h.path)
+        link = by_doc.get(h.doc_id) or by_file.get(upload or "")
+        file_id = link.file_id if link else (upload or h.doc_id)
+        path = h.path if h.path and not upload else None
         clara = clara_attributes(
             h.doc_id, h.chunk_id, h.page_start, h.page_end, path, h.mode, h.ranks
         )

@@ -14,7 +14,6 @@ turns that off); `tool_choice: "none"` searches nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -42,7 +41,7 @@ from server.responses.protocol import (
     new_id,
 )
 from server.responses.store import ResponseStore
-from server.responses.stream import ResponseRun
+from server.responses.stream import ResponseRun, sse_event
 from server.serving import CLIENT_GONE, OpenAIServing
 
 INDEXING_WAIT_S = 120.0
@@ -262,9 +261,7 @@ class ResponsesServing:
             wait.result()
             run = await self._start(req, request, chat, True, turn, bare)
         except APIError as exc:
-            body = {"type": "error", "sequence_number": 0, "code": exc.code,
-                    "message": exc.message, "param": exc.param}  # fmt: skip
-            yield f"event: error\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
+            yield sse_event("error", 0, code=exc.code, message=exc.message, param=exc.param)
             return
         finally:
             wait.cancel()

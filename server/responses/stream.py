@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("clara.serve")
 
 
+def sse_event(kind: str, sequence_number: int, **data: Any) -> str:
+    """One event of OpenAI's Responses stream, as server-sent-events text."""
+    body = {"type": kind, "sequence_number": sequence_number, **data}
+    return f"event: {kind}\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
 class ResponseRun:
     """One response being generated: the non-streamed result or the event stream."""
 
@@ -137,9 +143,8 @@ class ResponseRun:
 
         def sse(kind: str, **data: Any) -> str:
             nonlocal seq
-            body = {"type": kind, "sequence_number": seq, **data}
             seq += 1
-            return f"event: {kind}\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
+            return sse_event(kind, seq - 1, **data)
 
         r, msg = self.response, self.message
         try:
