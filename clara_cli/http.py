@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import importlib.resources
 import ipaddress
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
@@ -271,6 +273,24 @@ def _telling(error: dict) -> tuple:
     return (not length, -len(_param(tuple(error.get("loc", ()))) or ""))
 
 
+def _meant(request: Request) -> str | None:
+    """The API path a 404's path was probably meant to be: "/models" or "/v1//models" (a base
+    URL without /v1, or ending in a slash) -> "/v1/models"; None when no route matches."""
+    path = request.url.path
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return None
+    guess = "/" + "/".join(parts if parts[0] == "v1" else ["v1", *parts])
+    if guess == path:
+        return None
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(guess):
+            if request.method in (getattr(route, "methods", None) or ()):
+                return guess
+    return None
+
+
 def _allowed(request: Request) -> list[str]:
     methods: set[str] = set()
     for route in request.app.routes:
@@ -300,6 +320,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}"
+            meant = _meant(request)
+            if meant:  # a front-end's base URL without /v1, or with a slash too many
+                message += f"; did you mean {meant}? (a client's base URL ends in /v1)"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
         else:
@@ -440,6 +463,43 @@ NOT_UNICODE = "not_unicode"  # the error type `valid_unicode` raises
 
 
 DOCS_FILES = "/docs-files"
+
+
+def _not_a_number(constant: str) -> float:
+    raise json.JSONDecodeError(f"{constant} is not a JSON number", constant, 0)
+
+
+class JSONBodyRequest(Request):
+    """A request whose JSON body is read as JSON defines it: Python's parser also takes NaN
+    and Infinity, which, stored (a file's attributes), made every later answer that carries
+    them a 500 and every stream that sends them unreadable to `JSON.parse`."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = json.loads(await self.body(), parse_constant=_not_a_number)
+        return self._json
+
+
+class JSONBodyRoute(APIRoute):
+    """The routes of clara's apps: their bodies parse as `JSONBodyRequest`s."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(JSONBodyRequest(request.scope, request.receive))
+
+        return route
+
+
+def api_app(*, title: str, summary: str, lifespan: Any) -> FastAPI:
+    """A clara HTTP app: strict JSON bodies, every error as OpenAI's error body, and the API
+    reference served without a CDN. Routes are added by the caller."""
+    app = FastAPI(title=title, summary=summary, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.router.route_class = JSONBodyRoute
+    install_error_handlers(app)
+    serve_api_docs(app)
+    return app
 
 
 def serve_api_docs(app: FastAPI) -> None:

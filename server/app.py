@@ -21,9 +21,8 @@ from clara.paths import UPLOADS
 from clara_cli.http import (
     AccessGate,
     BodyLimit,
+    api_app,
     error_responses,
-    install_error_handlers,
-    serve_api_docs,
 )
 from indexing.service.app import ServiceSettings, mount_files_api
 from indexing.service.handler import IndexService
@@ -177,14 +176,11 @@ def create_app(
         if files is not None:
             await asyncio.to_thread(files.close)
 
-    app = FastAPI(
+    app = api_app(
         title="clara-serve",
         summary="OpenAI-compatible RAG over CLaRa compressed memories",
         lifespan=lifespan,
-        docs_url=None,  # serve_api_docs: the same pages without a CDN
-        redoc_url=None,
     )
-    serve_api_docs(app)
     app.state.engine = engine
     app.state.serving = serving
     app.state.stopping = serving.stopping  # serve_http: SIGTERM's grace begins
@@ -199,7 +195,6 @@ def create_app(
         allow_hosts=allow_hosts,
         allow_origins=allow_origins,
     )
-    install_error_handlers(app)
     if files is not None:
         mount_files_api(app, files)
 

@@ -263,6 +263,11 @@ class OpenAIServing:
         return ModelList(data=[self.card(), self.card(bare=True)])
 
     def model(self, model_id: str) -> ModelCard:
+        if not model_id:  # GET /v1/models/ (a base URL ending in a slash)
+            raise APIError(
+                404, "no model id after /v1/models/: GET /v1/models lists the served models",
+                param="model", code="model_not_found",
+            )  # fmt: skip
         self.engine.check_ready()
         self.check_model(model_id)
         return self.card(bare=self.is_bare(model_id))

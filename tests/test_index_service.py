@@ -677,6 +677,49 @@ def test_what_openai_bounds_is_bounded_and_attributes_keep_theirs(client: openai
     client.vector_stores.delete(vs.id)
 
 
+def test_numbers_json_lacks_and_unbounded_names_are_refused(
+    service: ServiceProcess, client: openai.OpenAI
+) -> None:
+    """A security audit: NaN and Infinity (which Python's JSON parser takes) were stored as
+    attributes, then every Responses answer carrying them was a 500 and streams sent them as
+    text JSON.parse refuses; an infinite embedding_weight made every score null; and a store
+    name of 30 MB was stored and sent in every listing of the stores."""
+    vs = client.vector_stores.create(name="finite")
+    f = upload(client, "train.txt", TRAIN)
+    attach(client, vs.id, f.id)
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    url = f"{service.url}/v1/vector_stores/{vs.id}"
+    for path, body in (
+        (f"/files/{f.id}", '{"attributes": {"x": NaN}}'),
+        (f"/files/{f.id}", '{"attributes": {"y": -Infinity}}'),
+        ("/search", '{"query": "train", "ranking_options": '
+                    '{"hybrid_search": {"embedding_weight": Infinity}}}'),
+    ):  # fmt: skip
+        error = error_of(httpx.post(url + path, content=body, headers=auth), 400)
+        assert "is not a JSON number" in error["message"], error
+    assert not client.vector_stores.files.retrieve(f.id, vector_store_id=vs.id).attributes
+    with pytest.raises(openai.BadRequestError) as e:
+        client.vector_stores.create(name="n" * 513)
+    assert e.value.body["param"] == "name"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.vector_stores.update(vs.id, name="n" * 513)
+    assert e.value.body["param"] == "name"
+    assert client.vector_stores.update(vs.id, name="n" * 512).name == "n" * 512
+    client.vector_stores.delete(vs.id)
+
+
+def test_a_front_ends_base_url_without_v1_gets_a_hint(service: ServiceProcess) -> None:
+    """A chat front-end audit: a base URL without /v1, or ending in a slash, got a bare
+    "Unknown request URL" (the user sees only that the connection failed)."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    error = error_of(httpx.get(f"{service.url}/vector_stores", headers=auth), 404)
+    assert "did you mean /v1/vector_stores?" in error["message"], error
+    error = error_of(httpx.get(f"{service.url}/v1//files", headers=auth), 404)
+    assert "did you mean /v1/files?" in error["message"], error
+    error = error_of(httpx.get(f"{service.url}/v1/nothing", headers=auth), 404)
+    assert "did you mean" not in error["message"], error
+
+
 def test_a_file_stored_with_a_wide_overlap_still_lists() -> None:
     """Attached before the half-chunk bound on requests: its listing (and its store's) must
     not fail the bound (the review of that bound)."""

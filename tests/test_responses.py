@@ -166,6 +166,26 @@ def test_metadata_is_bounded_as_openai_bounds_it(client: openai.OpenAI) -> None:
     assert client.responses.retrieve(r.id).metadata == kept
 
 
+def test_what_a_response_stores_beside_its_input_is_bounded(client: openai.OpenAI, server) -> None:
+    """A security audit: `user`, `safety_identifier`, `prompt_cache_key` and `service_tier`
+    of 7 MB each were stored with the response (30 MB per request), and so was any key of
+    `text` or of a tool_choice object; none of them passes through the model's context check."""
+    for field in ("user", "safety_identifier", "prompt_cache_key"):
+        r = post(server, {"model": MODEL, "input": "hi", "max_output_tokens": 1, field: "u" * 513})
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    r = post(server, {"model": MODEL, "input": "hi", "max_output_tokens": 1, "service_tier": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "service_tier", r.text
+    r = client.responses.create(
+        model=MODEL, input="hi", max_output_tokens=1, user="u" * 512, service_tier="auto",
+        text={"verbosity": "high", "junk": "j" * 1000},
+    )  # fmt: skip
+    kept = client.responses.retrieve(r.id)
+    assert kept.user == "u" * 512 and kept.service_tier == "auto"
+    assert kept.text.model_dump(exclude_none=True) == {
+        "format": {"type": "text"}, "verbosity": "high"
+    }  # fmt: skip
+
+
 def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
     """OpenAI's truncation "auto": a conversation past the context drops its oldest items
     instead of failing; "disabled" (the default) is a 400."""

@@ -655,6 +655,18 @@ def test_unknown_model_is_404(client: openai.OpenAI, server: ServerProcess) -> N
     )
 
 
+def test_a_base_url_without_v1_or_with_a_slash_too_many_is_told_so(server: ServerProcess):
+    """A chat front-end audit: base URLs without /v1 got a bare "Unknown request URL", and
+    /v1/models/ said model '' does not exist."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    r = httpx.post(f"{server.url}/chat/completions", json={"messages": ask("hi")}, headers=auth)
+    assert "did you mean /v1/chat/completions?" in assert_error(r, 404)["message"]
+    r = httpx.get(f"{server.url}/models", headers=auth)
+    assert "did you mean /v1/models?" in assert_error(r, 404)["message"]
+    r = httpx.get(f"{server.url}/v1/models/", headers=auth)
+    assert "GET /v1/models lists" in assert_error(r, 404, "model", "model_not_found")["message"]
+
+
 def test_unknown_collection_is_404(server: ServerProcess) -> None:
     body = {"messages": ask("hi"), "collection": "nope"}
     assert_error(

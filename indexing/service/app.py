@@ -29,9 +29,8 @@ from clara.settings import ModelSettings
 from clara_cli.http import (
     AccessGate,
     BodyLimit,
+    api_app,
     error_responses,
-    install_error_handlers,
-    serve_api_docs,
 )
 from clara_cli.worker import Worker
 from indexing.service.handler import IndexService
@@ -116,14 +115,11 @@ def create_app(
         await asyncio.to_thread(worker.stop)
         await asyncio.to_thread(service.close)
 
-    app = FastAPI(
+    app = api_app(
         title="clara-index serve",
         summary="OpenAI Files + Vector Stores API over CLaRa compressed-memory collections",
         lifespan=lifespan,
-        docs_url=None,  # serve_api_docs: the same pages without a CDN
-        redoc_url=None,
     )
-    serve_api_docs(app)
     app.add_middleware(BodyLimit)  # JSON bodies; uploads have --max-upload-mb
     app.add_middleware(
         AccessGate,
@@ -134,7 +130,6 @@ def create_app(
         allow_hosts=allow_hosts,
         allow_origins=allow_origins,
     )
-    install_error_handlers(app)
     mount_files_api(app, service)
 
     @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: curl -I, uptime monitors

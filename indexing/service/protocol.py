@@ -26,6 +26,10 @@ AttributesIn = Annotated[
 ]
 
 
+#: A store's name or description: stored, and sent in every listing of the stores
+Label = Annotated[str, Field(max_length=512)]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     # no lone surrogates (JSON's \\ud800) in any name, metadata, attribute or query: stored,
@@ -72,16 +76,16 @@ NULL_ONLY = {"type": "null"}  # schema of a field only null passes (what clara c
 
 class VectorStoreCreate(_Request):
     chunking_strategy: ChunkingStrategy | None = None
-    description: str | None = None
+    description: Label | None = None
     expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)
     """Not supported: a vector store lasts until deleted (null only)."""
     file_ids: list[str] | None = None
     metadata: Metadata | None = None
-    name: str | None = None
+    name: Label | None = None
 
 
 class VectorStoreUpdate(_Request):
-    name: str | None = None
+    name: Label | None = None
     """The display name (the id, a collection name, stays)."""
     metadata: Metadata | None = None
     expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)

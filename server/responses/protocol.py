@@ -100,6 +100,11 @@ _CHOICE_NEEDS_TOOL = {
 }
 
 
+#: `user`, `safety_identifier`, `prompt_cache_key`: an app's id for its user or prompt,
+#: stored with the response and echoed (a short id: bounded, as a metadata value is)
+Tag = Annotated[str, Field(max_length=512)]
+
+
 class ResponseCreateRequest(_Request):
     """POST /v1/responses (OpenAI's fields, then CLaRa's extension block)."""
 
@@ -122,10 +127,10 @@ class ResponseCreateRequest(_Request):
     parallel_tool_calls: bool | None = None
     previous_response_id: str | None = None
     prompt: dict[str, Any] | None = only(NULL, default=None)
-    prompt_cache_key: str | None = None
+    prompt_cache_key: Tag | None = None
     reasoning: dict[str, Any] | None = only(NULL, default=None)
-    safety_identifier: str | None = None
-    service_tier: str | None = None
+    safety_identifier: Tag | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     store: bool | None = True
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
@@ -154,7 +159,7 @@ class ResponseCreateRequest(_Request):
     most likely alternatives (implies the logprobs)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     truncation: Literal["auto", "disabled"] | None = None
-    user: str | None = None
+    user: Tag | None = None
 
     # ---- CLaRa extensions (the SDK's `extra_body`) ----
     retrieval: bool = True

@@ -57,6 +57,16 @@ def _not_found(response_id: str) -> APIError:
     )
 
 
+def _text_echo(text: dict[str, Any] | None) -> dict[str, Any]:
+    """The response's `text`: the one format clara writes, and the verbosity asked (other
+    keys are not echoed: stored with every response, they could be megabytes)."""
+    echo: dict[str, Any] = {"format": {"type": "text"}}
+    verbosity = (text or {}).get("verbosity")
+    if verbosity in ("low", "medium", "high"):
+        echo["verbosity"] = verbosity
+    return echo
+
+
 def _message_item(role: str, text: str, part: str = "input_text") -> dict[str, Any]:
     content = [{"type": part, "text": text}]
     if part == "output_text":
@@ -291,12 +301,14 @@ class ResponsesServing:
             store=req.store is not False,
             temperature=params.temperature,
             top_p=params.top_p,
-            tool_choice=req.tool_choice or "auto",
+            # (a tool_choice object can only be {"type": "file_search"}: its other keys dropped)
+            tool_choice={"type": "file_search"} if isinstance(req.tool_choice, dict)
+            else req.tool_choice or "auto",
             tools=[t.model_dump(exclude_none=True) for t in req.tools or []],
             # echoed as asked (clara calls no tools and has one tier)
             parallel_tool_calls=req.parallel_tool_calls is not False,
             service_tier=req.service_tier,
-            text={**(req.text or {}), "format": {"type": "text"}},  # (the only format)
+            text=_text_echo(req.text),
             user=req.user,
             metadata=req.metadata or {},
             truncation=req.truncation or "disabled",
