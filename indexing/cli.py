@@ -6,6 +6,7 @@ Only `add`, `search` and `rebuild --recompress` load the model; the rest read th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -313,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is not serve_command:  # a collection's notes are printed once, "clara-index:
+        # ..." (commands._open), not also by Python's last-resort handler for the log record
+        quiet = logging.getLogger("clara.index")
+        if not quiet.handlers:
+            quiet.addHandler(logging.NullHandler())
     try:
         code = run_main(PROG, lambda: args.func(args))
     except BrokenPipeError:  # `clara-index list | head`: the reader left, not an error

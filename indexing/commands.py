@@ -634,7 +634,7 @@ def cmd_collections(args: argparse.Namespace) -> int:
     if rows:
         print(f"{'NAME':<{width}} {'DOCS':>6} {'CHUNKS':>8} {'SIZE':>10}  CHECKPOINT")
     for r in rows:
-        titled = f"  ({printable(r['store_name'])})" if "store_name" in r else ""
+        titled = f"  (name: {printable(r['store_name'])})" if "store_name" in r else ""
         print(
             f"{r['name']:<{width}} {r['documents']:>6} {r['chunks']:>8} "
             f"{_size(r['bytes_on_disk']):>10}  {r['fingerprint']}{titled}"

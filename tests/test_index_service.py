@@ -23,6 +23,9 @@ import pytest
 from clara.errors import CollectionLockedError
 from clara.retrieval import Fusion
 from indexing import cli as index_cli
+from indexing.service.app import ServiceSettings
+from indexing.service.handler import IndexService
+from indexing.service.state import Registry, StoreRecord
 from tests.test_readers import make_pdf
 from tests.test_server_harness import ROOT, ServerProcess
 
@@ -718,6 +721,27 @@ def test_a_front_ends_base_url_without_v1_gets_a_hint(service: ServiceProcess) -
     assert "did you mean /v1/files?" in error["message"], error
     error = error_of(httpx.get(f"{service.url}/v1/nothing", headers=auth), 404)
     assert "did you mean" not in error["message"], error
+
+
+def test_an_older_store_that_took_the_default_id_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade audit: a store an app named "default" under clara 0.2.3 kept that id, so
+    every client's chats that name no collection still answered from that app's files, and
+    nothing said so."""
+    registry = Registry(tmp_path / "uploads")
+    settings = ServiceSettings(index_root=str(tmp_path), default_collection="notes")
+    try:
+        IndexService(settings, None, registry)
+        assert "vector store" not in caplog.text
+        registry.add_store(StoreRecord("default", "default", 0))
+        registry.add_store(StoreRecord("notes", "notes", 0))
+        IndexService(settings, None, registry)
+    finally:
+        registry.close()
+    assert "vector store 'default' was created by an app" in caplog.text
+    assert "vector store 'notes' was created by an app" in caplog.text
+    assert "clara-serve --collection NAME" in caplog.text
 
 
 def test_a_file_stored_with_a_wide_overlap_still_lists() -> None:

@@ -7,6 +7,8 @@ Random vectors with a tiny shape (n_mem=4, d=8), as in test_store.py; no model.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from indexing import lexical
 from indexing.durable import WriterLock
 from indexing.store import ChunkRecord, Collection
+from tests.test_server_harness import ROOT
 from tests.tiny import STORE_D, STORE_MANIFEST, STORE_N_MEM
 
 N_MEM, D = STORE_N_MEM, STORE_D
@@ -219,6 +222,21 @@ def test_an_old_index_gains_the_text_index_on_open(tmp_path: Path):
         assert writer.stats()["lexical_chunks"] == 5
     with Collection.open(tmp_path, "main", manifest=MANIFEST) as again:
         assert again.notes == []  # once only
+
+
+def test_clara_index_says_the_upgrade_once(tmp_path: Path):
+    """An upgrade audit: every command on a pre-0.2.2 index printed the rebuild line twice
+    (once by Python's last-resort log handler, once as "clara-index: ...")."""
+    with Collection.open(tmp_path, "main", manifest=MANIFEST, create=True) as col:
+        add(col, "cooking")
+    make_old(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "indexing.cli", "collections", "--index", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "full-text index anew" in line]
+    assert len(lines) == 1 and lines[0].startswith("clara-index: collection 'main'"), run.stderr
 
 
 def test_a_reader_that_cannot_upgrade_searches_dense_only(tmp_path: Path):

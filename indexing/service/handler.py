@@ -105,6 +105,21 @@ class IndexService:
         self._readers = OpenCollections(self.root, vectors=False)
         self._writers: dict[str, Collection] = {}  # worker thread only
         self._s_per_chunk = 0.06  # compression, measured by indexing steps (worker thread)
+        self._warn_shared_default()
+
+    def _warn_shared_default(self) -> None:
+        """Clara 0.2.3 and earlier gave a store an app named "default" that id: the collection
+        every chat that names none searches, so that app's files answer every client's chats.
+        Its id cannot change under the app, so the log says so at each start."""
+        for name in {DEFAULT_COLLECTION, self.settings.default_collection}:
+            if self.registry.store(name) is not None:
+                log.warning(
+                    "vector store '%s' was created by an app through the API (an older clara "
+                    "gave a store named '%s' that id) and is also the collection chats that "
+                    "name none search: its files answer every client. To keep them apart, "
+                    "serve another collection as the default (clara-serve --collection NAME)",
+                    name, name,
+                )  # fmt: skip
 
     # ---- collections -----------------------------------------------------------------------
     def reader(self, store_id: str) -> Collection:
