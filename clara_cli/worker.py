@@ -127,6 +127,12 @@ class Worker:
         if not self._thread.is_alive():
             self._drain()
 
+    def poke(self) -> None:
+        """Look at the queued tasks now: something a task's `can_start` waits for is done
+        (any thread; without it, the worker looks each `POLL_S`)."""
+        with self._cv:
+            self._cv.notify_all()
+
     def check_ready(self) -> None:
         check_ready(self.state, self.error)
 

@@ -65,11 +65,22 @@ class IndexOptions:
 
 
 @dataclass
+class Reading:
+    """A file read and chunked: no model work, so any thread may make it (`read_source`)."""
+
+    doc: Document
+    chunks: list[Chunk]
+    mtime: float
+
+
+@dataclass
 class Source:
-    """A file to index: where to read it and the name shown for it (default: its file name)."""
+    """A file to index: where to read it and the name shown for it (default: its file name);
+    `read`: what `read_source` made of it already (read there, not on the model's thread)."""
 
     path: Path
     name: str | None = None
+    read: Reading | FileResult | None = None
 
 
 @dataclass
@@ -248,9 +259,7 @@ class Indexer:
         self.cm = cm
         self.collection = collection
         self.options = options or IndexOptions()
-        self.max_tokens, self.overlap = chunk_limits(
-            cm, self.options.chunk_tokens, self.options.overlap
-        )
+        chunk_limits(cm, self.options.chunk_tokens, self.options.overlap)  # (before any file)
         if self.options.batch_size < 1:
             raise ClaraError(f"batch size must be at least 1, got {self.options.batch_size}")
         self.committed = 0
@@ -326,32 +335,14 @@ class Indexer:
         if sha is not None and self.options.dedupe and existing is None and sha in in_flight:
             detail = f"same content as {in_flight[sha]}"  # an earlier file of this run
             return FileResult(path, "duplicate", detail=detail + ": not indexed again")
-        try:
-            mtime = os.stat(path).st_mtime
-            doc = read_document(path, self.options.password)
-            chunks = chunk_document(
-                doc, self.cm.tokenizer, self.max_tokens, self.overlap,
-                src.name or path_text(path.name),
-            )  # fmt: skip
-            chunks = fit_contexts(self.cm, chunks)
-            if not chunks:
-                raise NoTextError(path, "no text to index", "check the file")
-        except ClaraError as exc:  # DocumentError, ChunkingError: this file only
-            return FileResult(path, "failed", error=exc)
-        except OSError as exc:
-            return FileResult(
-                path, "failed", error=ClaraError(f"{path_text(path)}: {exc.strerror or exc}")
-            )
-        except Exception as exc:  # a bug met on one file must not stop the files after it
-            log.debug("reading %s failed", path_text(path), exc_info=True)
-            return FileResult(path, "failed", error=ClaraError(
-                f"{path_text(path)}: could not be read ({type(exc).__name__}: {exc}); the other "
-                "files go on; please report this as a bug"
-            ))  # fmt: skip
+        read = src.read or read_source(self.cm, src, self.options)
+        if isinstance(read, FileResult):
+            return read
+        doc, chunks = read.doc, read.chunks
         shape = (len(chunks), self.cm.n_mem, self.cm.hidden_size)
         memories = np.zeros(shape, np.float16)
         replaces = existing.id if existing is not None else None
-        pending = _Pending(src, doc, chunks, memories, mtime, replaces)
+        pending = _Pending(src, doc, chunks, memories, read.mtime, replaces)
         if len(chunks) >= partial.MIN_CHUNKS:
             key = partial.partial_key(self.manifest, [c.contextual_text for c in chunks])
             pending.partial = PartialMemories(self.collection.directory, doc.sha256, key, shape[1:])
@@ -394,6 +385,35 @@ class Indexer:
             path, status, doc_id, len(records), len(doc.pages), warnings=list(doc.warnings),
             detail=detail,
         )  # fmt: skip
+
+
+def read_source(cm: Any, src: Source, options: IndexOptions) -> Reading | FileResult:
+    """Read and chunk `src` with `cm`'s tokenizer (no MLX work: any thread may call it); a
+    file that cannot be read is a failed `FileResult`."""
+    path = src.path
+    try:
+        max_tokens, overlap = chunk_limits(cm, options.chunk_tokens, options.overlap)
+        mtime = os.stat(path).st_mtime
+        doc = read_document(path, options.password)
+        chunks = chunk_document(
+            doc, cm.tokenizer, max_tokens, overlap, src.name or path_text(path.name)
+        )
+        chunks = fit_contexts(cm, chunks)
+        if not chunks:
+            raise NoTextError(path, "no text to index", "check the file")
+    except ClaraError as exc:  # DocumentError, ChunkingError: this file only
+        return FileResult(path, "failed", error=exc)
+    except OSError as exc:
+        return FileResult(
+            path, "failed", error=ClaraError(f"{path_text(path)}: {exc.strerror or exc}")
+        )
+    except Exception as exc:  # a bug met on one file must not stop the files after it
+        log.debug("reading %s failed", path_text(path), exc_info=True)
+        return FileResult(path, "failed", error=ClaraError(
+            f"{path_text(path)}: could not be read ({type(exc).__name__}: {exc}); the other "
+            "files go on; please report this as a bug"
+        ))  # fmt: skip
+    return Reading(doc, chunks, mtime)
 
 
 # ---- recompress: re-encode a collection with another checkpoint ----------------------------

@@ -26,7 +26,7 @@ from indexing import cli as index_cli
 from indexing.service.app import ServiceSettings
 from indexing.service.handler import IndexService
 from indexing.service.state import Registry, StoreRecord
-from tests.test_readers import make_pdf
+from tests.test_readers import make_pdf, make_pdf_bomb
 from tests.test_server_harness import ROOT, ServerProcess
 
 API_KEY = "index-key"
@@ -709,6 +709,32 @@ def test_numbers_json_lacks_and_unbounded_names_are_refused(
     assert e.value.body["param"] == "name"
     assert client.vector_stores.update(vs.id, name="n" * 512).name == "n" * 512
     client.vector_stores.delete(vs.id)
+
+
+def test_a_slow_file_is_read_beside_the_model_not_on_it(client: openai.OpenAI) -> None:
+    """A security audit: uploads were read on the model's thread, so a 7 KB PDF whose pages
+    decode one big stream again and again held every chat and search for its whole read
+    (18 s; minutes for a bigger one). It is now read beside it, and refused past the text a
+    PDF of its size can hold."""
+    other = client.vector_stores.create(name="searched-meanwhile")
+    attach(client, other.id, upload(client, "train.txt", TRAIN).id)
+    vs = client.vector_stores.create(name="bombed")
+    bomb = upload(client, "bomb.pdf", make_pdf_bomb(2**20, 3))
+    began = time.perf_counter()
+    client.vector_stores.files.create(vector_store_id=vs.id, file_id=bomb.id)
+    time.sleep(0.5)  # (the read is under way)
+    assert client.vector_stores.search(other.id, query="train").data
+    searched = time.perf_counter() - began
+    assert client.vector_stores.files.retrieve(bomb.id, vector_store_id=vs.id).status == (
+        "in_progress"
+    )  # fmt: skip
+    done = client.vector_stores.files.poll(bomb.id, vector_store_id=vs.id, poll_interval_ms=100)
+    read = time.perf_counter() - began
+    assert done.status == "failed" and done.last_error.code == "invalid_file"
+    assert "decompression bomb" in done.last_error.message, done.last_error
+    assert searched < read / 2, (searched, read)  # (the search did not wait for the read)
+    for store in (vs, other):
+        client.vector_stores.delete(store.id)
 
 
 def test_a_front_ends_base_url_without_v1_gets_a_hint(service: ServiceProcess) -> None:

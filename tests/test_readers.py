@@ -10,6 +10,7 @@ import os
 import sys
 import unicodedata
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from clara.errors import (
     NoTextError,
     UnsupportedDocumentError,
 )
+from indexing import readers
 from indexing.html_text import html_to_text
 from indexing.readers import (
     SUPPORTED_EXTENSIONS,
@@ -59,6 +61,34 @@ def make_pdf(pages: list[str | None], encrypt: dict | None = None) -> bytes:
     return bytes(pdf.output())
 
 
+def make_pdf_bomb(stream_bytes: int, pages: int) -> bytes:
+    """A few KB of PDF whose `pages` pages all draw one compressed stream of `stream_bytes`
+    of text operators: each page's text is read from the whole stream again."""
+    show = b"BT /F1 12 Tf 10 10 Td (zebra words of a bomb) Tj ET\n"
+    stream = zlib.compress(show * (stream_bytes // len(show)), 9)
+    kids = " ".join(f"{5 + i} 0 R" for i in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(stream), stream),
+    ] + [
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R >>"
+    ] * pages
+    out, offsets = b"%PDF-1.4\n", []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (i, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref
+    )  # fmt: skip
+    return out
+
+
 def write(tmp_path: Path, name: str, data: bytes | str, encoding: str = "utf-8") -> Path:
     p = tmp_path / name
     p.write_bytes(data.encode(encoding) if isinstance(data, str) else data)
@@ -66,6 +96,21 @@ def write(tmp_path: Path, name: str, data: bytes | str, encoding: str = "utf-8")
 
 
 # --- PDF ------------------------------------------------------------------------------
+
+
+def test_a_pdf_holding_more_text_than_its_size_allows_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A security audit: a 7 KB PDF whose pages decode one 2 MB stream each was read for 18 s
+    into 2.9 million characters (and a bigger one for minutes)."""
+    monkeypatch.setattr(readers, "PDF_CHARS_FLOOR", 100_000)  # (1M: a slower test, the same)
+    data = make_pdf_bomb(2**17, 4)
+    with pytest.raises(CorruptDocumentError, match="a decompression bomb") as e:
+        read_document(write(tmp_path, "bomb.pdf", data))
+    assert "pdftotext" in e.value.hint and "first 3 pages hold over" in str(e.value)
+    small = make_pdf_bomb(2**16, 2)
+    doc = read_document(write(tmp_path, "small.pdf", small))
+    assert doc.n_chars > 20 * len(small)  # more text than bytes, within the floor: read
 
 
 def test_pdf_pages_keep_their_numbers_text_and_hash(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,14 @@ from indexing.durable import held_elsewhere
 from indexing.layout import case_clash
 from indexing.manifest import MANIFEST
 from indexing.open_collections import OpenCollections
-from indexing.pipeline import FileResult, Indexer, IndexOptions, Source, chunk_limits
+from indexing.pipeline import (
+    FileResult,
+    Indexer,
+    IndexOptions,
+    Source,
+    chunk_limits,
+    read_source,
+)
 from indexing.pipeline import model_manifest as manifest_of
 from indexing.service.protocol import (
     ChunkingStrategy,
@@ -105,6 +113,8 @@ class IndexService:
         self._readers = OpenCollections(self.root, vectors=False)
         self._writers: dict[str, Collection] = {}  # worker thread only
         self._s_per_chunk = 0.06  # compression, measured by indexing steps (worker thread)
+        # uploads are read and chunked here, one at a time, off the model's thread
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="clara-index-read")
         self._warn_shared_default()
 
     def _warn_shared_default(self) -> None:
@@ -156,6 +166,7 @@ class IndexService:
                     "file %s into %s: stopped while being indexed; it resumes at the next "
                     "start", link.file_id, link.store_id,
                 )  # fmt: skip
+        self._reader.shutdown(wait=False, cancel_futures=True)
         for col in self._writers.values():
             col.close()
         self._writers.clear()
@@ -334,23 +345,26 @@ class IndexService:
         except ClaraError as exc:
             raise APIError(400, str(exc), param="chunking_strategy") from None
 
-    def _queue(self, link: Link, rec: FileRecord) -> None:
+    def _queue(self, link: Link, rec: FileRecord, read: Future | None = None) -> None:
+        """Index upload `rec` into its store: read and chunked on the reader thread (a slow
+        file, a PDF whose pages decode one stream again and again, leaves the model thread to
+        chats meanwhile), then compressed on the model thread as a BULK task."""
         store_id, batch = link.store_id, self.settings.batch_size
         options = IndexOptions(
             link.chunk_tokens, link.overlap or 0, batch, dedupe=False, step_chunks=self._step_chunks
         )
+        source = Source(self.uploads.path(rec), rec.filename)
 
         def start(cm: Any):
             try:
                 col = self._writer(store_id)
             except CollectionLockedError:  # taken since can_start looked: wait again
-                self._queue(link, rec)
+                self._queue(link, rec, read)
                 return
             self._check_model(col, cm)
             began = time.perf_counter()
-            for event in Indexer(cm, col, options).run(
-                [Source(self.uploads.path(rec), rec.filename)]
-            ):
+            done = read.result() if read is not None else None
+            for event in Indexer(cm, col, options).run([dataclasses.replace(source, read=done)]):
                 if isinstance(event, FileResult):
                     self._record(link, rec, event, cm)
                 elif event.chunks:  # a compression step: its seconds per chunk
@@ -373,7 +387,14 @@ class IndexService:
                 store_id, rec.id, status="failed", error_code="server_error", error_message=message
             )
 
-        def can_start() -> bool:  # another process writing the collection: wait, don't fail
+        def can_start() -> bool:  # (worker thread: the model is loaded)
+            nonlocal read
+            if read is None:
+                read = self._reader.submit(read_source, self.worker.cm, source, options)
+                read.add_done_callback(lambda _: self.worker.poke())
+            if not read.done():
+                return False
+            # another process writing the collection: wait, don't fail
             return store_id in self._writers or not held_elsewhere(self.root / store_id)
 
         task = Task((store_id, rec.id), start, failed, lambda: self._release(store_id), can_start)
