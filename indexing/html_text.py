@@ -8,6 +8,9 @@ references are decoded. Only the standard library's `html.parser` is used.
 
 from __future__ import annotations
 
+import math
+import re
+import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -38,17 +41,46 @@ class HtmlText:
     title: str | None = None  # <title>
 
 
+#: A "<" that starts no tag: the next angle bracket after it is another "<", or there is
+#: none. Python's parser (before CPython's fix for gh-135462) looks for the tag's end from
+#: each such "<" to the end of the text, so a page of "<a " repeated took 43 s for 60 KB.
+_BARE_LT = re.compile(r"<(?!!--)(?=[^<>]*(?:<|\Z))")
+
+
+def _escape_bare(source: str) -> str:
+    """`source` with every "<" that starts no tag, and every comment opener that no "-->"
+    closes, written as "&lt;" (text, as a browser shows them): linear time for the parser."""
+    source = _BARE_LT.sub("&lt;", source)
+    closed = source.rfind("-->") + 3  # (0 when there is none)
+    head, tail = (source[:closed], source[closed:]) if closed else ("", source)
+    return head + tail.replace("<!--", "&lt;!--")
+
+
+class SlowHtmlError(ValueError):
+    """The page took longer than its size allows (`parse_budget`): markup built to make the
+    parser scan the rest of the page again at each of its tags."""
+
+
+def parse_budget(chars: int) -> float:
+    """Seconds a page of `chars` characters may take: real pages parse at megabytes a second,
+    so 10 s plus 10 s a megabyte is far beyond them; a page made of tags the parser rescans
+    to the end at each one (attributes quoting ">" and never closed) would take hours."""
+    return 10.0 + 10.0 * chars / 2**20
+
+
 def html_to_text(source: str) -> HtmlText:
-    """The readable text of an HTML page (see the module docstring)."""
-    parser = _Parser()
-    parser.feed(source)
+    """The readable text of an HTML page (see the module docstring); `SlowHtmlError` past
+    its `parse_budget`."""
+    parser = _Parser(time.monotonic() + parse_budget(len(source)))
+    parser.feed(_escape_bare(source))
     parser.close()
     return parser.result()
 
 
 class _Parser(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, deadline: float = math.inf) -> None:
         super().__init__(convert_charrefs=True)
+        self.deadline = deadline  # (looked at each callback: the parser calls one per step)
         self.blocks: list[str] = []  # finished lines and paragraphs
         self.line: list[str] = []  # text of the block being read
         self.cells: list[str] = []  # finished cells of the table row being read
@@ -62,6 +94,7 @@ class _Parser(HTMLParser):
 
     # -- parser callbacks ---------------------------------------------------------------------
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._in_time()
         if tag == "title" and not self.skip_body:
             self.in_title = True
             return
@@ -116,10 +149,15 @@ class _Parser(HTMLParser):
                 self.pre = max(0, self.pre - 1)
 
     def handle_data(self, data: str) -> None:
+        self._in_time()
         if self.in_title:
             self.title.append(data)
         elif not self.skip:
             self.line.append(data)
+
+    def _in_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise SlowHtmlError("the page takes too long to read for its size")
 
     # -- blocks -------------------------------------------------------------------------------
     @property

@@ -31,7 +31,7 @@ from clara.errors import (
     NoTextError,
     UnsupportedDocumentError,
 )
-from indexing.html_text import html_to_text
+from indexing.html_text import SlowHtmlError, html_to_text
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
@@ -119,7 +119,14 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         headings = []
         if ext in HTML_EXTENSIONS:
             kind = "html"
-            page = html_to_text(clean_text(text))
+            try:
+                page = html_to_text(clean_text(text))
+            except SlowHtmlError as exc:
+                raise CorruptDocumentError(
+                    path, f"{exc} (markup made to be slow to parse?)",
+                    "if it is a real page, save it as text (e.g. a browser's Save as Text) and "
+                    "index that",
+                ) from None  # fmt: skip
             text, headings, title = page.text, page.headings, page.title
         elif ext in MARKDOWN_EXTENSIONS:
             kind = "markdown"
@@ -735,12 +742,19 @@ def markdown_headings(text: str) -> list[str]:
 _ATX = re.compile(r"^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 
 
+# A link's text holds no "[" and its URL no "(" but in one pair ("Paris_(France)"), within a
+# line: each match then stops at the next bracket, so text of "![" or "[a](" repeated is read
+# in linear time (with "[^\]]*" each of them scanned to the end: a 30 KB file took 10 s)
+_LINK_TEXT = r"\[([^\[\]]*)\]"
+_URL = r"\((?:[^()\n]|\([^()\n]*\))*\)"
+
+
 def _clean_md_prose(text: str) -> str:
     text = re.sub(r"<!--.*?(-->|\Z)", "", text, flags=re.S)
-    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)  # image -> alt text
-    text = re.sub(r"!?\[([^\]]+)\]\([^)]*\)", r"\1", text)  # [text](url) -> text
-    text = re.sub(r"!?\[([^\]]+)\]\[[^\]]*\]", r"\1", text)  # [text][ref] -> text
-    text = re.sub(r"(?m)^ {0,3}\[[^\]]+\]:\s*\S+.*$\n?", "", text)  # [ref]: url
+    text = re.sub(r"!" + _LINK_TEXT + _URL, r"\1", text)  # image -> alt text
+    text = re.sub(r"!?\[([^\[\]]+)\]" + _URL, r"\1", text)  # [text](url) -> text
+    text = re.sub(r"!?\[([^\[\]]+)\]\[[^\[\]\n]*\]", r"\1", text)  # [text][ref] -> text
+    text = re.sub(r"(?m)^ {0,3}\[[^\[\]\n]+\]:\s*\S+.*$\n?", "", text)  # [ref]: url
     text = re.sub(r"(?m)^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", r"\1", text)
     return text
 

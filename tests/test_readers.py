@@ -25,7 +25,7 @@ from clara.errors import (
     NoTextError,
     UnsupportedDocumentError,
 )
-from indexing import readers
+from indexing import html_text, readers
 from indexing.html_text import html_to_text
 from indexing.readers import (
     SUPPORTED_EXTENSIONS,
@@ -461,6 +461,30 @@ def test_markdown_keeps_readable_text_and_code() -> None:
         "Title\n\nIntro with a link and a diagram and ref link.\n\nSetup\n\n```bash\n"
         "# not a heading\necho [x](y) <!-- kept -->\n```"
     )
+
+
+def test_markup_built_to_be_slow_reads_in_linear_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A security audit: 30 KB of "![" repeated took 10 s in the Markdown link patterns, and
+    60 KB of "<a " 43 s in Python's HTML parser (each rescanned the rest of the text). Each
+    of these now reads 20 times more in well under a second (the old patterns: hours), and
+    a page the parser would still rescan is refused past its time budget."""
+    for markup in ("![", "[a](", "![a](", "[a]["):
+        assert len(clean_markdown("# T\n\n" + markup * 40_000)) > 40_000, markup
+    assert clean_markdown("# T\n\n" + "\n[a]:" * 40_000) == "T"  # (link definitions)
+    for markup in ("<a ", "a <b ", "<!--a", "</", "<a b=c <"):
+        page = html_to_text("<p>x</p>" + markup * 40_000)
+        assert page.text.startswith("x"), markup
+    link = "See [Paris](https://en.wikipedia.org/wiki/Paris_(France)) and ![a cat](c.png 'Cat')."
+    assert clean_markdown(link) == "See Paris and a cat."
+    assert html_to_text("<p>1 < 2 and 3 > 2</p><!-- a < b --><p>x<y</p>").text == (
+        "1 < 2 and 3 > 2\n\nx<y"
+    )  # fmt: skip
+    monkeypatch.setattr(html_text, "parse_budget", lambda chars: 0.2)
+    slow = write(tmp_path, "slow.html", "<p>x</p>" + "<a x='>'" * 20_000)  # (minutes unbounded)
+    with pytest.raises(CorruptDocumentError, match="too long to read for its size"):
+        read_document(slow)
 
 
 def test_markdown_file(tmp_path: Path) -> None:
