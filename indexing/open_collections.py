@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,20 @@ from indexing.store import Collection
 
 #: Seconds a replaced collection stays open for the searches that may still be reading it
 RETIRE_S = 60.0
+#: Collections kept open (three files each), the least recently used closed past it: a
+#: server over thousands of vector stores stays under the process's open-files limit (1024
+#: under many supervisors); a security audit counted 3 more per store created and listed.
+#: Retired ones past it are closed at once, not `RETIRE_S` later.
+MAX_OPEN = 128
 
 
 class OpenCollections:
-    """Read-only collections under `root`, opened on first use and kept open. One is
-    reopened when its folder or manifest is another file than the one opened (deleted and
-    made again, or swapped by `rebuild --recompress`). Opening checks `manifest` (the loaded
-    model's) when one is given. Safe from any thread: a collection replaced or gone is closed
-    only `RETIRE_S` later, as a search in another thread may still be reading it."""
+    """Read-only collections under `root`, opened on first use and kept open (the
+    `MAX_OPEN` most recently used). One is reopened when its folder or manifest is another
+    file than the one opened (deleted and made again, or swapped by `rebuild --recompress`).
+    Opening checks `manifest` (the loaded model's) when one is given. Safe from any thread: a
+    collection replaced, gone or least used is closed only `RETIRE_S` later, as a search in
+    another thread may still be reading it."""
 
     def __init__(
         self, root: Path, manifest: dict[str, Any] | None = None, vectors: bool = True
@@ -30,7 +37,7 @@ class OpenCollections:
         self.root = root
         self.manifest = manifest
         self.vectors = vectors  # False: load a collection's vector index at its first search
-        self._open: dict[str, tuple[Collection, tuple[int, int]]] = {}
+        self._open: OrderedDict[str, tuple[Collection, tuple[int, int]]] = OrderedDict()
         self._retired: list[tuple[float, Collection]] = []  # (when, collection) to close
         self._lock = threading.Lock()
 
@@ -50,6 +57,7 @@ class OpenCollections:
             self._close_retired()
             cached = self._open.get(name)
             if cached is not None and cached[1] == ident:
+                self._open.move_to_end(name)  # (the most recently used last)
                 return cached[0]
             if cached is not None:
                 del self._open[name]
@@ -65,6 +73,9 @@ class OpenCollections:
             if ident is None:  # made between the look and the open: the next look reopens
                 ident = (folder, -1)
             self._open[name] = (col, ident)
+            while len(self._open) > MAX_OPEN:
+                self._retired.append((time.monotonic(), self._open.popitem(last=False)[1][0]))
+            self._close_retired()
             return col
 
     def drop(self, name: str) -> None:
@@ -77,7 +88,9 @@ class OpenCollections:
     def _close_retired(self) -> None:
         """Close what was retired `RETIRE_S` ago (caller holds the lock)."""
         now = time.monotonic()
-        while self._retired and now - self._retired[0][0] >= RETIRE_S:
+        while self._retired and (
+            now - self._retired[0][0] >= RETIRE_S or len(self._retired) > MAX_OPEN
+        ):
             self._retired.pop(0)[1].close()
 
     def close(self) -> None:

@@ -300,9 +300,18 @@ def _bound_integers(schema: Any, maximum: int) -> None:
             _bound_integers(value, maximum)
 
 
+#: The web chat's files: looked for again at each load, framed by no other site (its buttons
+#: delete documents), and read as the type they are sent as
+WEB_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 def _web_file(path: Path):
     async def web_file() -> FileResponse:
-        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return FileResponse(path, headers=WEB_HEADERS)
 
     return web_file
 

@@ -313,3 +313,21 @@ def test_clara_serve_answers_browser_and_desktop_apps(server: ServerProcess) -> 
     assert_cors(r, "tauri://localhost")
     r = httpx.post(url, json=body, headers={**AUTH, "Origin": CHATBOX, "Host": "evil.example"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_host"
+
+
+def test_a_websocket_is_closed_before_any_route() -> None:
+    """A security audit: the gate passed every scope but HTTP's to the app unchecked (no
+    route takes a websocket today; one added later would have had no key check)."""
+    app = small_app()
+    app.websocket("/ws")(lambda ws: ws.accept())
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
+    asyncio.run(gate()(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]

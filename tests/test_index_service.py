@@ -708,6 +708,11 @@ def test_numbers_json_lacks_and_unbounded_names_are_refused(
         client.vector_stores.update(vs.id, name="n" * 513)
     assert e.value.body["param"] == "name"
     assert client.vector_stores.update(vs.id, name="n" * 512).name == "n" * 512
+    with pytest.raises(openai.BadRequestError) as e:  # (OpenAI's bound: 500 a batch)
+        client.vector_stores.file_batches.create(vs.id, file_ids=[f.id] * 501)
+    assert e.value.body["param"] == "file_ids"
+    batch = client.vector_stores.file_batches.create(vs.id, file_ids=[f.id] * 50)
+    assert batch.file_counts.total == 1  # the same file 50 times: one file, counted once
     client.vector_stores.delete(vs.id)
 
 

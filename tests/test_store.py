@@ -667,6 +667,32 @@ def test_on_macos_with_torch_installed_faiss_tolerates_a_second_openmp(monkeypat
         faiss.omp_set_num_threads(before)
 
 
+def test_only_the_most_recently_used_collections_stay_open(tmp_path: Path, monkeypatch):
+    """A security audit: a server kept every collection it had read open (three files each),
+    so some hundreds of vector stores created and listed took the process past its
+    open-files limit."""
+    from indexing import open_collections
+
+    monkeypatch.setattr(open_collections, "MAX_OPEN", 2)
+    for name in "abcd":
+        with Collection.open(tmp_path, name, manifest=MANIFEST, create=True) as col:
+            add(col, 1)
+    readers = open_collections.OpenCollections(tmp_path, vectors=False)
+    try:
+        a, b = readers.get("a"), readers.get("b")
+        assert readers.get("a") is a  # (used last: b is now the least recently used)
+        readers.get("c")  # b retires: closed RETIRE_S later (a search may still read it)
+        assert list(readers._open) == ["a", "c"] and not b._closed
+        readers.get("d")  # a retires
+        assert readers.get("b") is not b  # opened again; c retires, and past MAX_OPEN
+        assert list(readers._open) == ["d", "b"]  # retired ones the oldest is closed now
+        assert b._closed and not a._closed
+        monkeypatch.setattr(open_collections, "RETIRE_S", 0.0)
+        assert readers.get("a").stats()["documents"] == 1 and a._closed
+    finally:
+        readers.close()
+
+
 def test_a_reader_for_metadata_loads_no_vectors_until_it_searches(tmp_path: Path):
     """Listing vector stores opened every collection's whole vector index and kept it (a
     server grew from 3.9 to 6.5 GB to list 106 collections); `list` and `collections` read

@@ -59,6 +59,9 @@ def test_page_and_assets_need_no_key(server: ServerProcess) -> None:
     ):
         r = httpx.get(server.url + path, timeout=10)
         assert r.status_code == 200 and kind in r.headers["content-type"], path
+        # (a security audit: any site could frame the page and its delete buttons)
+        assert r.headers["content-security-policy"] == "frame-ancestors 'none'", path
+        assert r.headers["x-content-type-options"] == "nosniff", path
     assert httpx.get(server.url + "/v1/models", timeout=10).status_code == 401
 
 

@@ -190,7 +190,10 @@ def _routes(app: FastAPI) -> None:
     async def file_content(file_id: str, request: Request):
         service = svc(request)
         rec = service._file(file_id)  # 404 if unknown
-        return FileResponse(service.uploads.path(rec), filename=rec.filename)
+        return FileResponse(  # (a download, read as the type it is sent as)
+            service.uploads.path(rec), filename=rec.filename,
+            headers={"X-Content-Type-Options": "nosniff"},
+        )  # fmt: skip
 
     @app.delete("/v1/files/{file_id}", response_model=FileDeleted, responses=ERRORS)
     async def delete_file(file_id: str, request: Request):

@@ -205,7 +205,7 @@ class IndexService:
     async def create_store(self, body: VectorStoreCreate) -> VectorStore:
         self.worker.check_ready()
         _no_expiry(body.expires_after)
-        items = [VectorStoreFileCreate(file_id=i) for i in body.file_ids or []]
+        items = _once_each([VectorStoreFileCreate(file_id=i) for i in body.file_ids or []])
         self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing
         name = body.name or ""
         usable = (  # (in this order: a name too long for a file name is not looked for)
@@ -575,6 +575,7 @@ class IndexService:
                 )
                 for i in body.file_ids
             ]
+        items = _once_each(items)
         await asyncio.to_thread(self.reader, store_id)  # 404 if missing
         self._check_attachable(items, body.chunking_strategy)
         batch = Batch(f"vsfb_{secrets.token_hex(12)}", store_id, _now(), [i.file_id for i in items])
@@ -685,6 +686,14 @@ def _no_expiry(expires_after: dict | None) -> None:
             400, "expires_after is not supported: a vector store lasts until it is deleted",
             param="expires_after",
         )  # fmt: skip
+
+
+def _once_each(items: list[VectorStoreFileCreate]) -> list[VectorStoreFileCreate]:
+    """Each file once, as first named (the same id 5000 times counted 5000 files)."""
+    seen: dict[str, VectorStoreFileCreate] = {}
+    for item in items:
+        seen.setdefault(item.file_id, item)
+    return list(seen.values())
 
 
 def _now() -> int:

@@ -79,7 +79,7 @@ class VectorStoreCreate(_Request):
     description: Label | None = None
     expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)
     """Not supported: a vector store lasts until deleted (null only)."""
-    file_ids: list[str] | None = None
+    file_ids: list[str] | None = Field(default=None, max_length=500)
     metadata: Metadata | None = None
     name: Label | None = None
 
@@ -164,8 +164,8 @@ class FileBatchCreate(_Request):
             {"required": ["files"], "properties": {"files": {"type": "array"}}},
         ]},
     )  # fmt: skip
-    file_ids: list[str] | None = Field(default=None, min_length=1)
-    files: list[BatchFile] | None = Field(default=None, min_length=1)
+    file_ids: list[str] | None = Field(default=None, min_length=1, max_length=500)
+    files: list[BatchFile] | None = Field(default=None, min_length=1, max_length=500)
     attributes: AttributesIn | None = None
     chunking_strategy: ChunkingStrategy | None = None
 
