@@ -51,18 +51,22 @@ class Retrieved:
         question did not have (the answer's own facts: "1889" to "When was the tower
         completed?"), else one of any term of the answer. Terms every source holds tell
         nothing (a language's glue words: "der", "les"). When no chunk holds one (or the
-        answer has no word), the best-ranked source."""
+        answer has no word), the best-ranked source if it holds at least half the question's
+        words, else none: "Queensland" for the capital of Australia cited a page about the
+        Eiffel Tower, which chat apps then show as the answer's source."""
         if not self.sources:
             return []
         said = {t for t in terms(answer) if t not in STOPWORDS and (len(t) > 1 or t.isdigit())}
         held = [set(terms(f"{s.filename} {s.text}")) for s in self.sources]
         if len(held) > 1:
             said -= set.intersection(*held)
-        for wanted in (said - set(terms(self.query)), said):
+        asked = {t for t in terms(self.query) if t not in STOPWORDS}
+        for wanted in (said - asked, said):
             found = [i for i, chunk in enumerate(held) if wanted & chunk]
             if found:
                 return found
-        return [0]
+        on_topic = asked and 2 * len(asked & held[0]) >= len(asked)
+        return [0] if on_topic else []
 
 
 @dataclass

@@ -143,8 +143,13 @@ def test_an_answer_cites_the_sources_that_hold_its_words() -> None:
     assert found.cited("It was completed in 1889.") == [1]  # the answer's own fact
     assert found.cited("In Paris.") == [1]
     assert found.cited("The Eiffel Tower.") == [0, 1]  # no word the question lacks: any word
-    assert found.cited("I do not know.") == [0]  # none: the best-ranked
-    assert found.cited("") == [0] and Retrieved("no_match", "default").cited("Yes") == []
+    # no chunk holds the answer's words: the best-ranked, as it holds most of the question's
+    assert found.cited("I do not know.") == [0] and found.cited("") == [0]
+    off_topic = Retrieved(  # (a chat front-end audit: Open WebUI showed it as the source)
+        "ok", "default", found.sources[1:], query="What is the capital of Australia?"
+    )
+    assert off_topic.cited("Queensland.") == [] and off_topic.cited("") == []
+    assert Retrieved("no_match", "default").cited("Yes") == []
     glue = Retrieved(  # words every source has say nothing of which one the answer read
         "ok", "default",
         [source(n, f"Der Text: {t}") for n, t in texts.items()] + [source("b", "Der Text.")],
