@@ -2,10 +2,9 @@
 
 A chunk from the middle of a document rarely names the document; its context line does. The
 title is the PDF's metadata title when it has one, else the document's first heading, else its
-first line (unless it is a sentence or a paragraph), else the file name. The section heading
-is the last heading before the chunk (or inside its first third): Markdown `#` headings (the
-reader records them before it strips the markers), underlined reST/text headings, and
-numbered headings in PDFs (`3.2 Results`).
+first line, else the file name. The section heading is the last heading before the chunk (or
+inside its first third): Markdown `#` headings (the reader records them before it strips the
+markers), underlined reST/text headings, and numbered headings in PDFs (`3.2 Results`).
 The full-text index and the compressor both see `context + "\\n" + text`; snippets shown to
 users stay the chunk's own text.
 """
@@ -88,24 +87,15 @@ def find_headings(
 def document_title(text: str, headings: Sequence[tuple[int, str]], meta_title: str | None,
                    name: str) -> str:  # fmt: skip
     """Metadata title, else the first line (the first heading when the document opens with
-    a paragraph or a sentence), else the file name."""
+    a paragraph), else the file name."""
     if meta_title and meta_title.strip() and not _JUNK_TITLE.match(meta_title.strip()):
         return _clip(meta_title)
     first = next((ln for ln in text.split("\n") if ln.strip() and not _UNDERLINE.match(ln)), "")
-    opens = len(first.strip()) > MAX_CHARS or _sentence(first)  # with a paragraph, no title
-    if headings and (opens or first.strip() == headings[0][1]):
+    if headings and (len(first.strip()) > MAX_CHARS or first.strip() == headings[0][1]):
         return _clip(headings[0][1])  # the document opens with it, or with a paragraph
-    if first.strip() and not opens:
+    if first.strip():
         return _clip(first)
     return _clip(Path(name).stem or name)
-
-
-def _sentence(line: str) -> bool:
-    """Whether `line` reads as a sentence, not a title: five words or more ending as a
-    sentence ends. (Taken as the title, its words went into every chunk's title column, where
-    they tell no chunk from another: the chunk holding them was not found by them.)"""
-    words = line.split()
-    return len(words) >= 5 and words[-1][-1] in ".!?。！？"
 
 
 def context_line(title: str, heading: str | None) -> str:

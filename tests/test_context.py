@@ -85,13 +85,6 @@ def test_title_fallbacks_and_context_line():
     assert context_line("T", None) == "T" and context_line("T", "t") == "T"
     assert context_line("T", "Sec") == "T / Sec"
     assert len(document_title("word " * 100, [], None, "x")) <= 80
-    # a first line that is a sentence or a paragraph is no title: its words, in every chunk's
-    # title column, told no chunk from another (the one holding them was not found by them)
-    opening = "Background: the museum opened in 1902 and holds paintings and coins."
-    assert document_title(opening + "\nMore.", [], None, "notes/deep.md") == "deep"
-    assert document_title("word " * 30 + "\nMore.", [], None, "notes/deep.md") == "deep"
-    assert document_title(opening + "\nHead\n----", [(70, "Head")], None, "x") == "Head"
-    assert document_title("Chapter 1.\nIt begins.", [], None, "x") == "Chapter 1."
 
 
 def test_numbered_lines_that_are_sentences_are_not_headings():

@@ -280,8 +280,7 @@ def test_search_finds_a_chunk_by_its_own_text(
     with Collection.open(index, "default", readonly=True) as col:  # what the compressor read
         doc = next(d for d in col.list_documents() if d.name == "doc05.txt")
         query = col.document_chunks(doc.id)[1].contextual_text
-    # the document opens with a paragraph: its title is the file's name
-    assert query == "doc05\n" + target
+    assert query.endswith("\n" + target) and query.startswith("5.0.0")  # the first line
     model = ["--model", tiny_llama_dir, "--index", index]
     rc, out, _ = run(capsys, "search", query, "-k", "3", *model, "--json", "--mode", "dense")
     results = json.loads(out)["results"]
@@ -333,8 +332,8 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
     with Collection.open(index, "default", readonly=True) as col:  # contexts recovered
         doc = next(d for d in col.list_documents() if d.name == "doc01.txt")
         chunks = col.document_chunks(doc.id)
-        # it opens with a paragraph: titled by the file's name
-        assert chunks[0].context == chunks[1].context == "doc01"
+        assert chunks[0].context == ""  # it opens with the title (its first line)
+        assert chunks[1].context and chunks[0].text.startswith(chunks[1].context.rstrip("…"))
         assert col.stats()["lexical_chunks"] == col.stats()["chunks"]
     assert not (index / "default.recompress").exists() and commands.list_collections(index) == [
         "default"
@@ -343,7 +342,7 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
     rc, out, _ = run(
         capsys,
         "search",
-        "doc01\n" + target,  # (what the compressor read: the title, then the text)
+        target,
         "-k",
         "1",
         "--model",
@@ -460,9 +459,9 @@ def test_recompress_after_a_writer_died_with_faiss_behind(
     )
     assert rc == 0 and json.loads(out)["recompressed"] == 4
     target = docs_of(index)["doc01.txt"][0]
-    rc, out, _ = run(  # (what the compressor read: the title, then the text)
-        capsys, "search", "doc01\n" + target, "-k", "1", "--model", tiny_llama_q4_dir,
-        "--index", index, "--json", "--mode", "dense",
+    rc, out, _ = run(
+        capsys, "search", target, "-k", "1", "--model", tiny_llama_q4_dir, "--index", index,
+        "--json", "--mode", "dense",
     )  # fmt: skip
     top = json.loads(out)["results"][0]  # the new model's own vector for the chunk
     assert rc == 0 and top["text"] == target and top["score"] == pytest.approx(1.0, abs=1e-3)

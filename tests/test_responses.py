@@ -78,7 +78,7 @@ def test_openai_guide_code_unchanged(client: openai.OpenAI, tmp) -> None:
     name (--accept-any-model), the answer cites the file."""
     path = tmp / "deep_research.md"  # long enough to be indexed still when the question comes
     filler = "".join(f"The mill on the river has {i} stones and {i} doors.\n\n" for i in range(600))
-    path.write_text(DOCS[5][1] + "\n\n" + filler)
+    path.write_text("# Deep research\n\n" + DOCS[5][1] + "\n\n" + filler)
     with open(path, "rb") as file_content:
         file_id = client.files.create(file=file_content, purpose="assistants").id
     vector_store = client.vector_stores.create(name="knowledge_base_guide")
