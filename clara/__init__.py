@@ -6,4 +6,4 @@ _blas.enable()  # before anything imports mlx.core
 _jit.enable()  # before mlx compiles a kernel
 _omp.enable()  # before anything imports faiss or torch
 
-__version__ = "0.2.4"
+__version__ = "0.2.5"

@@ -42,7 +42,7 @@ PRIORITIES = (INTERACTIVE, BULK)
 POLL_S = 1.0
 #: Under steady interactive work, BULK work that has waited this long since its last turn
 #: takes one (a compressor batch: ~0.3 s of the default model on 2 cores, so uploads get ~1/7
-#: of a busy worker; reading a big PDF or committing a document is one turn too, seconds).
+#: of a busy worker; committing a document is one turn too: seconds for a big one).
 #: Without it an upload waited for every chat and embeddings job to end: 281-614 s under a
 #: soak test, with each file_search on its store stalled 120 s.
 BULK_EVERY_S = 2.0
