@@ -12,6 +12,7 @@ import importlib.resources
 import ipaddress
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -469,14 +470,23 @@ def _not_a_number(constant: str) -> float:
     raise json.JSONDecodeError(f"{constant} is not a JSON number", constant, 0)
 
 
+def _finite(number: str) -> float:
+    value = float(number)
+    if not math.isfinite(value):  # 1e999
+        raise json.JSONDecodeError(f"{number} is out of a number's range", number, 0)
+    return value
+
+
 class JSONBodyRequest(Request):
     """A request whose JSON body is read as JSON defines it: Python's parser also takes NaN
-    and Infinity, which, stored (a file's attributes), made every later answer that carries
-    them a 500 and every stream that sends them unreadable to `JSON.parse`."""
+    and Infinity (and reads 1e999 as infinity), which, stored (a file's attributes), made
+    every later answer that carries them a 500 and every stream that sends them unreadable
+    to `JSON.parse`."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), parse_constant=_not_a_number)
+            body = await self.body()
+            self._json = json.loads(body, parse_constant=_not_a_number, parse_float=_finite)
         return self._json
 
 
@@ -494,7 +504,8 @@ class JSONBodyRoute(APIRoute):
 
 def api_app(*, title: str, summary: str, lifespan: Any) -> FastAPI:
     """A clara HTTP app: strict JSON bodies, every error as OpenAI's error body, and the API
-    reference served without a CDN. Routes are added by the caller."""
+    reference served without a CDN. Routes are added by the caller, on the app itself (an
+    included APIRouter's routes keep their own class and so FastAPI's JSON parsing)."""
     app = FastAPI(title=title, summary=summary, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.router.route_class = JSONBodyRoute
     install_error_handlers(app)

@@ -41,10 +41,17 @@ class HtmlText:
     title: str | None = None  # <title>
 
 
-#: A "<" that starts no tag: the next angle bracket after it is another "<", or there is
-#: none. Python's parser (before CPython's fix for gh-135462) looks for the tag's end from
-#: each such "<" to the end of the text, so a page of "<a " repeated took 43 s for 60 KB.
-_BARE_LT = re.compile(r"<(?!!--)(?=[^<>]*(?:<|\Z))")
+#: A "<" that starts no tag: not a whole start tag (quoted values may hold "<" and ">"), end
+#: tag, comment, declaration or processing instruction up to its ">". Python's parser (before
+#: CPython's fix for gh-135462) looks for such a tag's end from each of them to the end of the
+#: text, so a page of "<a " repeated took 43 s for 60 KB. Each look here stops at the next
+#: angle bracket outside quotes: linear.
+_START_TAG = (
+    r"[A-Za-z][^\s/<>]*"  # the name
+    r"(?:\s+[^\s\"'=<>`/]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+))?)*"  # attributes
+    r"\s*/?>"
+)
+_BARE_LT = re.compile(r"<(?!!--|" + _START_TAG + r"|/[A-Za-z][^<>]*>|[!?][^<>]*>)")
 
 
 def _escape_bare(source: str) -> str:
@@ -62,10 +69,10 @@ class SlowHtmlError(ValueError):
 
 
 def parse_budget(chars: int) -> float:
-    """Seconds a page of `chars` characters may take: real pages parse at megabytes a second,
-    so 10 s plus 10 s a megabyte is far beyond them; a page made of tags the parser rescans
-    to the end at each one (attributes quoting ">" and never closed) would take hours."""
-    return 10.0 + 10.0 * chars / 2**20
+    """Seconds a page of `chars` characters may take: real pages parse at 3-5 MB a second
+    here (the Rust book's 1.8 MB in 0.4 s), so 5 s plus 2 s a megabyte is far beyond them;
+    markup built for the parser to rescan would take hours."""
+    return 5.0 + 2.0 * chars / 2**20
 
 
 def html_to_text(source: str) -> HtmlText:

@@ -6,6 +6,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,10 @@ from indexing.store import Collection
 
 #: Seconds a replaced collection stays open for the searches that may still be reading it
 RETIRE_S = 60.0
-#: Collections kept open (three files each), the least recently used closed past it: a
+#: Collections kept open (three files each), the least recently used retired past it: a
 #: server over thousands of vector stores stays under the process's open-files limit (1024
 #: under many supervisors); a security audit counted 3 more per store created and listed.
-#: Retired ones past it are closed at once, not `RETIRE_S` later.
+#: (A listing looks at each through `peek`, which neither keeps it open nor retires another.)
 MAX_OPEN = 128
 
 
@@ -75,8 +77,28 @@ class OpenCollections:
             self._open[name] = (col, ident)
             while len(self._open) > MAX_OPEN:
                 self._retired.append((time.monotonic(), self._open.popitem(last=False)[1][0]))
-            self._close_retired()
             return col
+
+    @contextmanager
+    def peek(self, name: str) -> Iterator[Collection | None]:
+        """The collection `name` for one look (a listing of every store): the open one when
+        it is open, else one opened for the look and closed after it, so that a listing of
+        thousands neither keeps them open nor retires those that searches use. None when
+        there is none."""
+        with self._lock:
+            kept = name in self._open
+        if kept:
+            yield self.get(name)  # (reopened if it was replaced)
+            return
+        try:
+            col = Collection.open(self.root, name, self.manifest, readonly=True, vectors=False)
+        except CollectionNotFoundError:
+            yield None
+            return
+        try:
+            yield col
+        finally:
+            col.close()
 
     def drop(self, name: str) -> None:
         """Forget `name` (it was deleted): closed `RETIRE_S` later."""
@@ -88,15 +110,13 @@ class OpenCollections:
     def _close_retired(self) -> None:
         """Close what was retired `RETIRE_S` ago (caller holds the lock)."""
         now = time.monotonic()
-        while self._retired and (
-            now - self._retired[0][0] >= RETIRE_S or len(self._retired) > MAX_OPEN
-        ):
+        while self._retired and now - self._retired[0][0] >= RETIRE_S:
             self._retired.pop(0)[1].close()
 
     def close(self) -> None:
         """Close them all (the server is stopping: no search is running)."""
         with self._lock:
             cols = [c for c, _ in self._open.values()] + [c for _, c in self._retired]
-            self._open, self._retired = {}, []
+            self._open, self._retired = OrderedDict(), []
         for col in cols:
             col.close()

@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import sys
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -770,11 +771,16 @@ def _read_pdf(
         n_pages = len(reader.pages)
         pages, failed, empty, sparse = [], [], [], []
         most, chars = pdf_text_bound(len(data)), 0
+        budget = pdf_time_budget(len(data))
+        deadline = time.monotonic() + budget
         for number, page, text in _pdf_texts(path, reader):
             chars += len(text or "")
+            if time.monotonic() > deadline:  # pages that decode a big stream yet show no text
+                raise _too_slow(path, data, number, budget)
             if chars > most:  # pages that decode one small stream again and again
                 raise CorruptDocumentError(
-                    path, f"its first {number} pages hold over {most:,} characters of text, "
+                    path, f"{_pages(number)} {'holds' if number == 1 else 'hold'} over "
+                    f"{most:,} characters of text, "
                     f"more than a PDF of {len(data):,} bytes can (a decompression bomb?)",
                     "if it is a real document, extract its text to a .txt file (e.g. with "
                     "`pdftotext`) and index that",
@@ -819,12 +825,16 @@ def check_pdf_text(path: str | os.PathLike, password: str | None = None) -> None
     if not data or _sniff(data, path.suffix.lower()) != "pdf":
         read_document(path, password)
         return
+    budget = pdf_time_budget(len(data))
+    deadline = time.monotonic() + budget
     with _quiet_pypdf():
         reader = _open_pdf(path, data, password)
         read_any = False
-        for _number, _page, text in _pdf_texts(path, reader):
+        for number, _page, text in _pdf_texts(path, reader):
             if text:
                 return
+            if time.monotonic() > deadline:
+                raise _too_slow(path, data, number, budget)
             read_any = read_any or text is not None
     if not read_any:
         raise _corrupt(path, data, _pdf_error("no page could be read"))
@@ -922,9 +932,30 @@ SPARSE_PAGE_CHARS = 100  # less text than this beside an image: probably a scann
 PDF_CHARS_PER_BYTE, PDF_CHARS_FLOOR = 20, 1 << 20
 
 
+def _too_slow(path: Path, data: bytes, pages: int, budget: float) -> CorruptDocumentError:
+    return CorruptDocumentError(
+        path, f"reading {_pages(pages)} took over {budget:.0f} s, more than a PDF of "
+        f"{len(data):,} bytes can need (a decompression bomb?)",
+        "if it is a real document, extract its text to a .txt file (e.g. with `pdftotext`) "
+        "and index that",
+    )  # fmt: skip
+
+
+def _pages(n: int) -> str:
+    return "its first page" if n == 1 else f"its first {n} pages"
+
+
 def pdf_text_bound(size: int) -> int:
     """The most characters of text a PDF of `size` bytes is read for."""
     return PDF_CHARS_FLOOR + PDF_CHARS_PER_BYTE * size
+
+
+def pdf_time_budget(size: int) -> float:
+    """Seconds a PDF of `size` bytes may take to read: real ones read at about 0.3 MB (a
+    dozen pages) a second here, so 30 s plus 30 s a megabyte is far beyond them; pages that
+    each decode one big stream of operators showing no text are not caught by the bound on
+    text, and would take hours."""
+    return 30.0 + 30.0 * size / 2**20
 
 
 def _has_image(page) -> bool:

@@ -692,14 +692,15 @@ def test_numbers_json_lacks_and_unbounded_names_are_refused(
     attach(client, vs.id, f.id)
     auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     url = f"{service.url}/v1/vector_stores/{vs.id}"
-    for path, body in (
-        (f"/files/{f.id}", '{"attributes": {"x": NaN}}'),
-        (f"/files/{f.id}", '{"attributes": {"y": -Infinity}}'),
+    for path, body, why in (
+        (f"/files/{f.id}", '{"attributes": {"x": NaN}}', "NaN is not a JSON number"),
+        (f"/files/{f.id}", '{"attributes": {"y": -Infinity}}', "-Infinity is not a JSON"),
+        (f"/files/{f.id}", '{"attributes": {"z": 1e999}}', "1e999 is out of a number's range"),
         ("/search", '{"query": "train", "ranking_options": '
-                    '{"hybrid_search": {"embedding_weight": Infinity}}}'),
+                    '{"hybrid_search": {"embedding_weight": Infinity}}}', "Infinity is not"),
     ):  # fmt: skip
         error = error_of(httpx.post(url + path, content=body, headers=auth), 400)
-        assert "is not a JSON number" in error["message"], error
+        assert why in error["message"], error
     assert not client.vector_stores.files.retrieve(f.id, vector_store_id=vs.id).attributes
     with pytest.raises(openai.BadRequestError) as e:
         client.vector_stores.create(name="n" * 513)

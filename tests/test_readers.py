@@ -111,6 +111,10 @@ def test_a_pdf_holding_more_text_than_its_size_allows_is_refused(
     small = make_pdf_bomb(2**16, 2)
     doc = read_document(write(tmp_path, "small.pdf", small))
     assert doc.n_chars > 20 * len(small)  # more text than bytes, within the floor: read
+    # (the review: pages that decode a big stream showing no text are bounded by time)
+    monkeypatch.setattr(readers, "pdf_time_budget", lambda size: -1.0)  # (spent at once)
+    with pytest.raises(CorruptDocumentError, match="reading its first page took over"):
+        read_document(write(tmp_path, "small.pdf", small))
 
 
 def test_pdf_pages_keep_their_numbers_text_and_hash(tmp_path: Path) -> None:
@@ -481,10 +485,13 @@ def test_markup_built_to_be_slow_reads_in_linear_time(
     assert html_to_text("<p>1 < 2 and 3 > 2</p><!-- a < b --><p>x<y</p>").text == (
         "1 < 2 and 3 > 2\n\nx<y"
     )  # fmt: skip
-    monkeypatch.setattr(html_text, "parse_budget", lambda chars: 0.2)
-    slow = write(tmp_path, "slow.html", "<p>x</p>" + "<a x='>'" * 20_000)  # (minutes unbounded)
+    for markup in ("<a x='>'", "<a<a", "<a x='"):  # (with quotes: the next angle bracket out
+        assert html_to_text("<p>x</p>" + markup * 40_000).text.startswith("x")  # of them)
+    page = "<p title='a<b'>Hello</p><div v-if=\"n < 5\"><p>Few</p></div><pre>if (a<b)</pre>"
+    assert html_to_text(page).text == "Hello\n\nFew\n\nif (a<b)"  # (a "<" in a value: a tag)
+    monkeypatch.setattr(html_text, "parse_budget", lambda chars: -1.0)  # (spent at once)
     with pytest.raises(CorruptDocumentError, match="too long to read for its size"):
-        read_document(slow)
+        read_document(write(tmp_path, "slow.html", "<p>x</p>"))
 
 
 def test_markdown_file(tmp_path: Path) -> None:

@@ -670,7 +670,7 @@ def test_on_macos_with_torch_installed_faiss_tolerates_a_second_openmp(monkeypat
 def test_only_the_most_recently_used_collections_stay_open(tmp_path: Path, monkeypatch):
     """A security audit: a server kept every collection it had read open (three files each),
     so some hundreds of vector stores created and listed took the process past its
-    open-files limit."""
+    open-files limit. A listing now looks through `peek`, which keeps none open."""
     from indexing import open_collections
 
     monkeypatch.setattr(open_collections, "MAX_OPEN", 2)
@@ -682,15 +682,18 @@ def test_only_the_most_recently_used_collections_stay_open(tmp_path: Path, monke
         a, b = readers.get("a"), readers.get("b")
         assert readers.get("a") is a  # (used last: b is now the least recently used)
         readers.get("c")  # b retires: closed RETIRE_S later (a search may still read it)
-        assert list(readers._open) == ["a", "c"] and not b._closed
-        readers.get("d")  # a retires
-        assert readers.get("b") is not b  # opened again; c retires, and past MAX_OPEN
-        assert list(readers._open) == ["d", "b"]  # retired ones the oldest is closed now
-        assert b._closed and not a._closed
+        assert list(readers._open) == ["a", "c"] and not b._closed and b.stats()
+        with readers.peek("d") as d, readers.peek("a") as kept:  # a listing's look
+            assert d.stats()["documents"] == 1 and kept is a
+        assert d._closed and list(readers._open) == ["c", "a"]  # d not kept, none retired
+        with readers.peek("nope") as missing:
+            assert missing is None
         monkeypatch.setattr(open_collections, "RETIRE_S", 0.0)
-        assert readers.get("a").stats()["documents"] == 1 and a._closed
+        assert readers.get("b") is not b and b._closed  # opened again; the old one closed
     finally:
         readers.close()
+    assert a._closed and readers.get("a").stats()["documents"] == 1  # (after close: reopens)
+    readers.close()
 
 
 def test_a_reader_for_metadata_loads_no_vectors_until_it_searches(tmp_path: Path):

@@ -88,6 +88,9 @@ STEP_S = float(os.environ.get("CLARA_BULK_STEP_S", "0.25"))
 #: ... "beside it": a chat's turn ended less than this many seconds ago
 CHATS_RECENT_S = 10.0
 
+#: Uploads read (or being read) ahead of their compression: each holds its parsed document
+#: until it is indexed, so a batch of 500 files is not all read into memory at once.
+READS_AHEAD = 2
 log = logging.getLogger(__name__)
 
 
@@ -113,8 +116,10 @@ class IndexService:
         self._readers = OpenCollections(self.root, vectors=False)
         self._writers: dict[str, Collection] = {}  # worker thread only
         self._s_per_chunk = 0.06  # compression, measured by indexing steps (worker thread)
-        # uploads are read and chunked here, one at a time, off the model's thread
+        # uploads are read and chunked here, one at a time, off the model's thread; reads
+        # submitted and not yet indexed (worker thread only): at most READS_AHEAD
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="clara-index-read")
+        self._reads: set[Future] = set()
         self._warn_shared_default()
 
     def _warn_shared_default(self) -> None:
@@ -254,7 +259,10 @@ class IndexService:
         stores = []
         for store_id in self.store_ids():
             try:
-                stores.append(self.store_object(store_id))
+                with self._readers.peek(store_id) as col:  # (not kept open: they may be 1000s)
+                    if col is None:  # deleted meanwhile
+                        continue
+                    stores.append(self.store_object(store_id, col))
             except APIError:  # deleted meanwhile
                 continue
             except DamagedCollectionError as exc:  # one broken folder must not hide the rest
@@ -262,10 +270,10 @@ class IndexService:
                 continue
         return paginate(stores, after=after, before=before, limit=limit, order=order)
 
-    def store_object(self, store_id: str) -> VectorStore:
-        col = self.reader(store_id)
+    def store_object(self, store_id: str, col: Collection | None = None) -> VectorStore:
+        col = col or self.reader(store_id)
         rec = self.registry.store(store_id)
-        files = self.store_files(store_id)
+        files = self.store_files(store_id, col)
         counts = _file_counts(files)
         created = rec.created_at if rec else int(col.manifest.created)
         return VectorStore(
@@ -354,11 +362,14 @@ class IndexService:
             link.chunk_tokens, link.overlap or 0, batch, dedupe=False, step_chunks=self._step_chunks
         )
         source = Source(self.uploads.path(rec), rec.filename)
+        handed = False  # its read passed on to the task that waits again
 
         def start(cm: Any):
+            nonlocal handed
             try:
                 col = self._writer(store_id)
             except CollectionLockedError:  # taken since can_start looked: wait again
+                handed = True
                 self._queue(link, rec, read)
                 return
             self._check_model(col, cm)
@@ -390,14 +401,26 @@ class IndexService:
         def can_start() -> bool:  # (worker thread: the model is loaded)
             nonlocal read
             if read is None:
-                read = self._reader.submit(read_source, self.worker.cm, source, options)
+                if len(self._reads) >= READS_AHEAD:  # (each holds a whole parsed document)
+                    return False
+                try:
+                    read = self._reader.submit(read_source, self.worker.cm, source, options)
+                except RuntimeError:  # shutting down
+                    return False
+                self._reads.add(read)
                 read.add_done_callback(lambda _: self.worker.poke())
             if not read.done():
                 return False
             # another process writing the collection: wait, don't fail
             return store_id in self._writers or not held_elsewhere(self.root / store_id)
 
-        task = Task((store_id, rec.id), start, failed, lambda: self._release(store_id), can_start)
+        def done() -> None:
+            if read is not None and not handed:
+                read.cancel()  # (removed while it waited to be read: not read at all)
+                self._reads.discard(read)
+            self._release(store_id)
+
+        task = Task((store_id, rec.id), start, failed, done, can_start)
         task.bounded = False  # a persisted job, not a waiting client
         self.worker.submit(task, BULK)
 
@@ -451,9 +474,9 @@ class IndexService:
                 log.info("file %s into %s: resumed (a stop interrupted it)", rec.id, link.store_id)
                 self._queue(link, rec)
 
-    def store_files(self, store_id: str) -> list[VectorStoreFile]:
+    def store_files(self, store_id: str, col: Collection | None = None) -> list[VectorStoreFile]:
         """Attached uploads (any status) + documents that `clara-index add` put there."""
-        col = self.reader(store_id)
+        col = col or self.reader(store_id)
         links = {link.file_id: link for link in self.registry.links(store_id=store_id)}
         docs = col.list_documents()
         uploaded = {d.id: self.uploads.file_id_of(d.path) for d in docs}
