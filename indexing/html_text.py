@@ -9,7 +9,6 @@ references are decoded. Only the standard library's `html.parser` is used.
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -41,28 +40,6 @@ class HtmlText:
     title: str | None = None  # <title>
 
 
-#: A "<" that starts no tag: not a whole start tag (quoted values may hold "<" and ">"), end
-#: tag, comment, declaration or processing instruction up to its ">". Python's parser (before
-#: CPython's fix for gh-135462) looks for such a tag's end from each of them to the end of the
-#: text, so a page of "<a " repeated took 43 s for 60 KB. Each look here stops at the next
-#: angle bracket outside quotes: linear.
-_START_TAG = (
-    r"[A-Za-z][^\s/<>]*"  # the name
-    r"(?:\s+[^\s\"'=<>`/]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+))?)*"  # attributes
-    r"\s*/?>"
-)
-_BARE_LT = re.compile(r"<(?!!--|" + _START_TAG + r"|/[A-Za-z][^<>]*>|[!?][^<>]*>)")
-
-
-def _escape_bare(source: str) -> str:
-    """`source` with every "<" that starts no tag, and every comment opener that no "-->"
-    closes, written as "&lt;" (text, as a browser shows them): linear time for the parser."""
-    source = _BARE_LT.sub("&lt;", source)
-    closed = source.rfind("-->") + 3  # (0 when there is none)
-    head, tail = (source[:closed], source[closed:]) if closed else ("", source)
-    return head + tail.replace("<!--", "&lt;!--")
-
-
 class SlowHtmlError(ValueError):
     """The page took longer than its size allows (`parse_budget`): markup built to make the
     parser scan the rest of the page again at each of its tags."""
@@ -70,8 +47,10 @@ class SlowHtmlError(ValueError):
 
 def parse_budget(chars: int) -> float:
     """Seconds a page of `chars` characters may take: real pages parse at 3-5 MB a second
-    here (the Rust book's 1.8 MB in 0.4 s), so 5 s plus 2 s a megabyte is far beyond them;
-    markup built for the parser to rescan would take hours."""
+    here (the Rust book's 1.8 MB in 0.4 s), so 5 s plus 2 s a megabyte is far beyond them.
+    Python's parser (before CPython's fix for gh-135462) looks for the end of each tag that
+    never ends from its "<" to the end of the text, so markup built of them ("<a " repeated:
+    43 s for 60 KB) would take hours."""
     return 5.0 + 2.0 * chars / 2**20
 
 
@@ -79,7 +58,7 @@ def html_to_text(source: str) -> HtmlText:
     """The readable text of an HTML page (see the module docstring); `SlowHtmlError` past
     its `parse_budget`."""
     parser = _Parser(time.monotonic() + parse_budget(len(source)))
-    parser.feed(_escape_bare(source))
+    parser.feed(source)
     parser.close()
     return parser.result()
 
@@ -128,11 +107,13 @@ class _Parser(HTMLParser):
                 self.line.append(f" {alt} ")
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._in_time()
         if tag in SKIPPED:  # <svg/>: empty, nothing to skip
             return
         self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:
+        self._in_time()
         if tag == "title":
             self.in_title = False
             return
@@ -161,6 +142,19 @@ class _Parser(HTMLParser):
             self.title.append(data)
         elif not self.skip:
             self.line.append(data)
+
+    # (the parser calls one of these at each step: the deadline is looked at each step)
+    def handle_comment(self, data: str) -> None:
+        self._in_time()
+
+    def handle_decl(self, decl: str) -> None:
+        self._in_time()
+
+    def unknown_decl(self, data: str) -> None:
+        self._in_time()
+
+    def handle_pi(self, data: str) -> None:
+        self._in_time()
 
     def _in_time(self) -> None:
         if time.monotonic() > self.deadline:

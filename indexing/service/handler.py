@@ -89,7 +89,7 @@ STEP_S = float(os.environ.get("CLARA_BULK_STEP_S", "0.25"))
 CHATS_RECENT_S = 10.0
 
 #: Uploads read (or being read) ahead of their compression: each holds its parsed document
-#: until it is indexed, so a batch of 500 files is not all read into memory at once.
+#: until its compression starts, so a batch of 500 files is not all read into memory at once.
 READS_AHEAD = 2
 log = logging.getLogger(__name__)
 
@@ -369,12 +369,13 @@ class IndexService:
             try:
                 col = self._writer(store_id)
             except CollectionLockedError:  # taken since can_start looked: wait again
-                handed = True
                 self._queue(link, rec, read)
+                handed = True
                 return
             self._check_model(col, cm)
             began = time.perf_counter()
             done = read.result() if read is not None else None
+            self._reads.discard(read)  # (read: the next may be read meanwhile)
             for event in Indexer(cm, col, options).run([dataclasses.replace(source, read=done)]):
                 if isinstance(event, FileResult):
                     self._record(link, rec, event, cm)
@@ -400,6 +401,10 @@ class IndexService:
 
         def can_start() -> bool:  # (worker thread: the model is loaded)
             nonlocal read
+            # another process writing the collection: wait, don't fail (and read nothing yet:
+            # uploads to other stores are read meanwhile)
+            if store_id not in self._writers and held_elsewhere(self.root / store_id):
+                return False
             if read is None:
                 if len(self._reads) >= READS_AHEAD:  # (each holds a whole parsed document)
                     return False
@@ -409,10 +414,7 @@ class IndexService:
                     return False
                 self._reads.add(read)
                 read.add_done_callback(lambda _: self.worker.poke())
-            if not read.done():
-                return False
-            # another process writing the collection: wait, don't fail
-            return store_id in self._writers or not held_elsewhere(self.root / store_id)
+            return read.done()
 
         def done() -> None:
             if read is not None and not handed:
