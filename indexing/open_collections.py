@@ -18,6 +18,9 @@ from indexing.store import Collection
 
 #: Seconds a replaced collection stays open for the searches that may still be reading it
 RETIRE_S = 60.0
+#: ... when more than MAX_OPEN are retired (hundreds of stores used within a minute): a
+#: request holds its collection for one search or listing, far less than this
+BUSY_RETIRE_S = 5.0
 #: Collections kept open (three files each), the least recently used retired past it: a
 #: server over thousands of vector stores stays under the process's open-files limit (1024
 #: under many supervisors); a security audit counted 3 more per store created and listed.
@@ -30,7 +33,8 @@ class OpenCollections:
     `MAX_OPEN` most recently used). One is reopened when its folder or manifest is another
     file than the one opened (deleted and made again, or swapped by `rebuild --recompress`).
     Opening checks `manifest` (the loaded model's) when one is given. Safe from any thread: a
-    collection replaced, gone or least used is closed only `RETIRE_S` later, as a search in
+    collection replaced, gone or least used is closed only `RETIRE_S` later (`BUSY_RETIRE_S`
+    past MAX_OPEN of them), as a search in
     another thread may still be reading it."""
 
     def __init__(
@@ -77,6 +81,7 @@ class OpenCollections:
             self._open[name] = (col, ident)
             while len(self._open) > MAX_OPEN:
                 self._retired.append((time.monotonic(), self._open.popitem(last=False)[1][0]))
+            self._close_retired()
             return col
 
     @contextmanager
@@ -110,7 +115,9 @@ class OpenCollections:
     def _close_retired(self) -> None:
         """Close what was retired `RETIRE_S` ago (caller holds the lock)."""
         now = time.monotonic()
-        while self._retired and now - self._retired[0][0] >= RETIRE_S:
+        while self._retired and now - self._retired[0][0] >= (
+            BUSY_RETIRE_S if len(self._retired) > MAX_OPEN else RETIRE_S
+        ):
             self._retired.pop(0)[1].close()
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import glob
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import stat
@@ -771,12 +772,8 @@ def _read_pdf(
         n_pages = len(reader.pages)
         pages, failed, empty, sparse = [], [], [], []
         most, chars = pdf_text_bound(len(data)), 0
-        budget = pdf_time_budget(len(data))
-        deadline = time.monotonic() + budget
-        for number, page, text in _pdf_texts(path, reader):
+        for number, page, text in _timed_pdf_texts(path, data, reader):
             chars += len(text or "")
-            if time.monotonic() > deadline:  # pages that decode a big stream yet show no text
-                raise _too_slow(path, data, number, budget)
             if chars > most:  # pages that decode one small stream again and again
                 raise CorruptDocumentError(
                     path, f"{_pages(number)} {'holds' if number == 1 else 'hold'} over "
@@ -825,16 +822,12 @@ def check_pdf_text(path: str | os.PathLike, password: str | None = None) -> None
     if not data or _sniff(data, path.suffix.lower()) != "pdf":
         read_document(path, password)
         return
-    budget = pdf_time_budget(len(data))
-    deadline = time.monotonic() + budget
     with _quiet_pypdf():
         reader = _open_pdf(path, data, password)
         read_any = False
-        for number, _page, text in _pdf_texts(path, reader):
+        for _number, _page, text in _timed_pdf_texts(path, data, reader):
             if text:
                 return
-            if time.monotonic() > deadline:
-                raise _too_slow(path, data, number, budget)
             read_any = read_any or text is not None
     if not read_any:
         raise _corrupt(path, data, _pdf_error("no page could be read"))
@@ -892,15 +885,34 @@ def _open_pdf(path: Path, data: bytes, password: str | None):
     return reader
 
 
-def _pdf_texts(path: Path, reader) -> Iterator[tuple[int, Any, str | None]]:
+class _Late(BaseException):
+    """A PDF's reading passed its deadline (a BaseException: pypdf's own handlers and the
+    failed-page one below let it through)."""
+
+    def __init__(self, page: int) -> None:
+        super().__init__(page)
+        self.page = page
+
+
+def _pdf_texts(
+    path: Path, reader, deadline: float = math.inf
+) -> Iterator[tuple[int, Any, str | None]]:
     """(page number, page, its cleaned text) in order; text None for a page that could not
-    be read."""
+    be read. `_Late` once `deadline` (time.monotonic) has passed, looked at between pages
+    and at each drawing operator (a page may draw one big stream many times; pypdf parses a
+    page's operators before it draws them, and its own limit on them bounds that part)."""
     from pypdf.errors import DependencyError
 
     for number in range(1, len(reader.pages) + 1):
+
+        def in_time(*_: Any, number: int = number) -> None:
+            if time.monotonic() > deadline:
+                raise _Late(number)
+
         try:
+            in_time()
             page = reader.pages[number - 1]
-            text = clean_pdf_text(page.extract_text() or "")
+            text = clean_pdf_text(page.extract_text(visitor_operand_before=in_time) or "")
         except DependencyError:
             raise _aes_error(path) from None
         except Exception:  # noqa: BLE001 - the caller counts it as a failed page
@@ -930,6 +942,16 @@ SPARSE_PAGE_CHARS = 100  # less text than this beside an image: probably a scann
 #: 0.27 characters per byte, while a 7 KB file whose pages each decode one 2 MB stream held
 #: 2.9 million (a security audit: 18 s of reading, and minutes for bigger ones).
 PDF_CHARS_PER_BYTE, PDF_CHARS_FLOOR = 20, 1 << 20
+
+
+def _timed_pdf_texts(path: Path, data: bytes, reader) -> Iterator[tuple[int, Any, str | None]]:
+    """`_pdf_texts` within `pdf_time_budget`: past it, the `CorruptDocumentError` that says so
+    (pages that decode a big stream showing no text escape the bound on text)."""
+    budget = pdf_time_budget(len(data))
+    try:
+        yield from _pdf_texts(path, reader, time.monotonic() + budget)
+    except _Late as late:
+        raise _too_slow(path, data, late.page, budget) from None
 
 
 def _too_slow(path: Path, data: bytes, pages: int, budget: float) -> CorruptDocumentError:
