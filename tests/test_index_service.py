@@ -25,9 +25,9 @@ from clara.retrieval import Fusion
 from indexing import cli as index_cli
 from indexing.service.app import ServiceSettings
 from indexing.service.handler import IndexService
-from indexing.service.state import Registry, StoreRecord
+from indexing.service.state import FileRecord, Link, Registry, StoreRecord
 from tests.test_readers import make_pdf, make_pdf_bomb
-from tests.test_server_harness import ROOT, ServerProcess
+from tests.test_server_harness import ROOT, ServerProcess, lock_held_elsewhere
 
 API_KEY = "index-key"
 WATER = "Water boils at one hundred degrees Celsius at sea level and freezes at zero degrees."
@@ -774,6 +774,37 @@ def test_an_older_store_that_took_the_default_id_is_named_in_the_log(
     assert "vector store 'default' was created by an app" in caplog.text
     assert "vector store 'notes' was created by an app" in caplog.text
     assert "clara-serve --collection NAME" in caplog.text
+
+
+def test_uploads_waiting_at_a_graceful_stop_resume_at_the_next_start(tmp_path: Path) -> None:
+    """A second-pass review: a graceful stop marked every upload that had not started
+    "failed: internal error while indexing", though the stop's log said it would resume."""
+    from clara_cli.worker import Worker
+
+    registry = Registry(tmp_path / "uploads")
+    settings = ServiceSettings(index_root=str(tmp_path))
+    worker = Worker(lambda: object(), name="test-mlx")
+    worker.start()
+    while worker.state == "loading":
+        time.sleep(0.01)
+    service = IndexService(settings, worker, registry)
+    rec = FileRecord("file-1", "a.txt", 3, 0, "assistants")
+    link = Link("store", rec.id, 0, "in_progress")
+    registry.add_file(rec)
+    registry.put_link(link)
+    (tmp_path / "store").mkdir()
+    try:
+        with lock_held_elsewhere(tmp_path / "store"):  # (it waits: it cannot start)
+            service._queue(link, rec)
+            worker.stop()
+    finally:
+        service.close()
+        registry.close()
+    again = Registry(tmp_path / "uploads")
+    try:
+        assert again.link("store", rec.id).status == "in_progress"
+    finally:
+        again.close()
 
 
 def test_a_file_stored_with_a_wide_overlap_still_lists() -> None:

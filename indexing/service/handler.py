@@ -386,6 +386,8 @@ class IndexService:
                 began = time.perf_counter()
 
         def failed(exc: BaseException) -> None:
+            if isinstance(exc, APIError) and exc.code == "shutting_down":
+                return  # never started: left in progress, it resumes at the next start
             if is_client_error(exc):  # (the worker logs the others, with their traceback)
                 log.warning("file %s (%s) into %s failed: %s", rec.id, printable(rec.filename),
                             store_id, printable(str(exc)))  # fmt: skip
