@@ -45,6 +45,10 @@ class SlowHtmlError(ValueError):
     parser scan the rest of the page again at each of its tags."""
 
 
+class MalformedHtmlError(ValueError):
+    """Markup the standard parser refuses (it asserts: "<![ x" is no marked section)."""
+
+
 def parse_budget(chars: int) -> float:
     """Seconds a page of `chars` characters may take: real pages parse at 3-5 MB a second
     here (the Rust book's 1.8 MB in 0.4 s), so 5 s plus 2 s a megabyte is far beyond them.
@@ -58,8 +62,11 @@ def html_to_text(source: str) -> HtmlText:
     """The readable text of an HTML page (see the module docstring); `SlowHtmlError` past
     its `parse_budget`."""
     parser = _Parser(time.monotonic() + parse_budget(len(source)))
-    parser.feed(source)
-    parser.close()
+    try:
+        parser.feed(source)
+        parser.close()
+    except AssertionError as exc:  # the standard parser's own check ("<![ x": unknown status)
+        raise MalformedHtmlError(f"markup Python's HTML parser cannot read ({exc})") from None
     return parser.result()
 
 

@@ -33,7 +33,7 @@ from clara.errors import (
     NoTextError,
     UnsupportedDocumentError,
 )
-from indexing.html_text import SlowHtmlError, html_to_text
+from indexing.html_text import MalformedHtmlError, SlowHtmlError, html_to_text
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
@@ -123,9 +123,12 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             kind = "html"
             try:
                 page = html_to_text(clean_text(text))
-            except SlowHtmlError as exc:
+            except (SlowHtmlError, MalformedHtmlError) as exc:
+                why = (
+                    " (markup made to be slow to parse?)" if isinstance(exc, SlowHtmlError) else ""
+                )
                 raise CorruptDocumentError(
-                    path, f"{exc} (markup made to be slow to parse?)",
+                    path, f"{exc}{why}",
                     "if it is a real page, save it as text (e.g. a browser's Save as Text) and "
                     "index that",
                 ) from None  # fmt: skip
@@ -885,9 +888,8 @@ def _open_pdf(path: Path, data: bytes, password: str | None):
     return reader
 
 
-class _Late(BaseException):
-    """A PDF's reading passed its deadline (a BaseException: pypdf's own handlers and the
-    failed-page one below let it through)."""
+class _Late(Exception):
+    """A PDF's reading passed its deadline."""
 
     def __init__(self, page: int) -> None:
         super().__init__(page)
@@ -898,21 +900,19 @@ def _pdf_texts(
     path: Path, reader, deadline: float = math.inf
 ) -> Iterator[tuple[int, Any, str | None]]:
     """(page number, page, its cleaned text) in order; text None for a page that could not
-    be read. `_Late` once `deadline` (time.monotonic) has passed, looked at between pages
-    and at each drawing operator (a page may draw one big stream many times; pypdf parses a
-    page's operators before it draws them, and its own limit on them bounds that part)."""
+    be read. `_Late` once `deadline` (time.monotonic) has passed, looked at between pages:
+    one page drawing a big stream many times is bounded by pypdf's own limits on a stream's
+    operators and a page's forms. (Not at each operator: a visitor makes pypdf read pages
+    and forms that hold no text, which it otherwise skips; a logo drawn on every page made
+    a 250 KB file 25 times slower to read.)"""
     from pypdf.errors import DependencyError
 
     for number in range(1, len(reader.pages) + 1):
-
-        def in_time(*_: Any, number: int = number) -> None:
-            if time.monotonic() > deadline:
-                raise _Late(number)
-
+        if time.monotonic() > deadline:
+            raise _Late(number)
         try:
-            in_time()
             page = reader.pages[number - 1]
-            text = clean_pdf_text(page.extract_text(visitor_operand_before=in_time) or "")
+            text = clean_pdf_text(page.extract_text() or "")
         except DependencyError:
             raise _aes_error(path) from None
         except Exception:  # noqa: BLE001 - the caller counts it as a failed page

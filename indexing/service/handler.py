@@ -406,6 +406,10 @@ class IndexService:
             # another process writing the collection: wait, don't fail (and read nothing yet:
             # uploads to other stores are read meanwhile)
             if store_id not in self._writers and held_elsewhere(self.root / store_id):
+                if read is not None:  # (taken after the read began: its slot is given back,
+                    read.cancel()  # and it is read again once the store is free)
+                    self._reads.discard(read)
+                    read = None
                 return False
             if read is None:
                 if len(self._reads) >= READS_AHEAD:  # (each holds a whole parsed document)
