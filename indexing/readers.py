@@ -759,7 +759,8 @@ def _clean_md_prose(text: str) -> str:
     text = re.sub(r"!" + _LINK_TEXT + _URL, r"\1", text)  # image -> alt text
     text = re.sub(r"!?\[([^\[\]]+)\]" + _URL, r"\1", text)  # [text](url) -> text
     text = re.sub(r"!?\[([^\[\]]+)\]\[[^\[\]\n]*\]", r"\1", text)  # [text][ref] -> text
-    text = re.sub(r"(?m)^ {0,3}\[[^\[\]\n]+\]:\s*\S+.*$\n?", "", text)  # [ref]: url
+    # [ref]: url (its url on the line or the next; a footnote, [^1]: text, is text)
+    text = re.sub(r"(?m)^ {0,3}\[(?!\^)[^\[\]\n]+\]:[ \t]*\n?[ \t]*\S+.*$\n?", "", text)
     text = re.sub(r"(?m)^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", r"\1", text)
     return text
 

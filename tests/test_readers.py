@@ -471,6 +471,10 @@ def test_markdown_keeps_readable_text_and_code() -> None:
         "Title\n\nIntro with a link and a diagram and ref link.\n\nSetup\n\n```bash\n"
         "# not a heading\necho [x](y) <!-- kept -->\n```"
     )
+    # a footnote's text is text (a review: it was dropped as a link definition, and so was
+    # a paragraph's first line after a "[a]:" line)
+    notes = "A note.[^1]\n\n[^1]: The footnote text.\n\n[a]:\n\nNext.\n\n[r]:\n  http://y.z\n"
+    assert clean_markdown(notes) == "A note.[^1]\n\n[^1]: The footnote text.\n\n[a]:\n\nNext."
 
 
 def test_markup_built_to_be_slow_is_read_in_linear_time_or_refused(
