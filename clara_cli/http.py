@@ -454,10 +454,13 @@ def valid_unicode(data: Any) -> Any:
     return data
 
 
+#: OpenAI's bound on a metadata value, and clara's on the short strings stored beside a
+#: request (a store's name, a response's user id): each is kept and sent back in listings
+ShortText = Annotated[str, Field(max_length=512)]
 #: `metadata` as OpenAI bounds it: at most 16 pairs, keys of 64 characters, values of 512
 #: (stored with a response or a vector store: unbounded, one request stored megabytes)
 Metadata = Annotated[
-    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    dict[Annotated[str, Field(max_length=64)], ShortText],
     Field(max_length=16),
 ]
 NOT_UNICODE = "not_unicode"  # the error type `valid_unicode` raises

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clara_cli.http import Metadata, json_int, valid_unicode
+from clara_cli.http import Metadata, ShortText, json_int, valid_unicode
 
 #: A file's attributes as returned (numbers keep their type: 1889 stays an int), and as a
 #: request may set them: OpenAI's bounds, 16 pairs, keys of 64 characters, strings of 512
@@ -20,14 +20,10 @@ Attributes = dict[str, str | int | float | bool]
 AttributesIn = Annotated[
     dict[
         Annotated[str, Field(max_length=64)],
-        Annotated[str, Field(max_length=512)] | int | float | bool,
+        ShortText | int | float | bool,
     ],
     Field(max_length=16),
 ]
-
-
-#: A store's name or description: stored, and sent in every listing of the stores
-Label = Annotated[str, Field(max_length=512)]
 
 
 class _Request(BaseModel):
@@ -76,16 +72,16 @@ NULL_ONLY = {"type": "null"}  # schema of a field only null passes (what clara c
 
 class VectorStoreCreate(_Request):
     chunking_strategy: ChunkingStrategy | None = None
-    description: Label | None = None
+    description: ShortText | None = None
     expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)
     """Not supported: a vector store lasts until deleted (null only)."""
     file_ids: list[str] | None = Field(default=None, max_length=500)
     metadata: Metadata | None = None
-    name: Label | None = None
+    name: ShortText | None = None
 
 
 class VectorStoreUpdate(_Request):
-    name: Label | None = None
+    name: ShortText | None = None
     """The display name (the id, a collection name, stays)."""
     metadata: Metadata | None = None
     expires_after: dict[str, Any] | None = Field(default=None, json_schema_extra=NULL_ONLY)

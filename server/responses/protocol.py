@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
-from clara_cli.http import APIError, Metadata, json_int, valid_unicode
+from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicode
 from indexing.service.protocol import Attributes, Ranker
 from server.protocol import NULL, only, refuse
 
@@ -100,11 +100,6 @@ _CHOICE_NEEDS_TOOL = {
 }
 
 
-#: `user`, `safety_identifier`, `prompt_cache_key`: an app's id for its user or prompt,
-#: stored with the response and echoed (a short id: bounded, as a metadata value is)
-Tag = Annotated[str, Field(max_length=512)]
-
-
 class ResponseCreateRequest(_Request):
     """POST /v1/responses (OpenAI's fields, then CLaRa's extension block)."""
 
@@ -127,9 +122,9 @@ class ResponseCreateRequest(_Request):
     parallel_tool_calls: bool | None = None
     previous_response_id: str | None = None
     prompt: dict[str, Any] | None = only(NULL, default=None)
-    prompt_cache_key: Tag | None = None
+    prompt_cache_key: ShortText | None = None
     reasoning: dict[str, Any] | None = only(NULL, default=None)
-    safety_identifier: Tag | None = None
+    safety_identifier: ShortText | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     store: bool | None = True
     stream: bool | None = False
@@ -159,7 +154,7 @@ class ResponseCreateRequest(_Request):
     most likely alternatives (implies the logprobs)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     truncation: Literal["auto", "disabled"] | None = None
-    user: Tag | None = None
+    user: ShortText | None = None
 
     # ---- CLaRa extensions (the SDK's `extra_body`) ----
     retrieval: bool = True
