@@ -284,20 +284,21 @@ def _meant(request: Request) -> str | None:
     guess = "/" + "/".join(parts if parts[0] == "v1" else ["v1", *parts])
     if guess == path:
         return None
-    for route in request.app.routes:
+    return guess if request.method in _methods_at(request.app, guess) else None
+
+
+def _methods_at(app: FastAPI, path: str) -> set[str]:
+    """Every method the app's routes take at `path`."""
+    methods: set[str] = set()
+    for route in app.routes:
         regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(guess):
-            if request.method in (getattr(route, "methods", None) or ()):
-                return guess
-    return None
+        if regex is not None and regex.match(path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
 
 
 def _allowed(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.routes:
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(request.url.path):
-            methods |= set(getattr(route, "methods", None) or ())
+    methods = _methods_at(request.app, request.url.path)
     order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
 
