@@ -165,7 +165,9 @@ class _Parser(HTMLParser):
 
     def _in_time(self) -> None:
         if time.monotonic() > self.deadline:
-            raise SlowHtmlError("the page takes too long to read for its size")
+            raise SlowHtmlError(
+                "the page takes too long to read for its size (markup made to be slow to parse?)"
+            )
 
     # -- blocks -------------------------------------------------------------------------------
     @property

@@ -12,7 +12,6 @@ import glob
 import hashlib
 import io
 import logging
-import math
 import os
 import re
 import stat
@@ -124,11 +123,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             try:
                 page = html_to_text(clean_text(text))
             except (SlowHtmlError, MalformedHtmlError) as exc:
-                why = (
-                    " (markup made to be slow to parse?)" if isinstance(exc, SlowHtmlError) else ""
-                )
                 raise CorruptDocumentError(
-                    path, f"{exc}{why}",
+                    path, str(exc),
                     "if it is a real page, save it as text (e.g. a browser's Save as Text) and "
                     "index that",
                 ) from None  # fmt: skip
@@ -776,15 +772,14 @@ def _read_pdf(
         n_pages = len(reader.pages)
         pages, failed, empty, sparse = [], [], [], []
         most, chars = pdf_text_bound(len(data)), 0
-        for number, page, text in _timed_pdf_texts(path, data, reader):
+        for number, page, text in _pdf_texts(path, data, reader):
             chars += len(text or "")
             if chars > most:  # pages that decode one small stream again and again
                 raise CorruptDocumentError(
                     path, f"{_pages(number)} {'holds' if number == 1 else 'hold'} over "
                     f"{most:,} characters of text, "
                     f"more than a PDF of {len(data):,} bytes can (a decompression bomb?)",
-                    "if it is a real document, extract its text to a .txt file (e.g. with "
-                    "`pdftotext`) and index that",
+                    _EXTRACT_IT,
                 )  # fmt: skip
             if text is None:  # one broken page should not lose the rest
                 text = ""
@@ -829,7 +824,7 @@ def check_pdf_text(path: str | os.PathLike, password: str | None = None) -> None
     with _quiet_pypdf():
         reader = _open_pdf(path, data, password)
         read_any = False
-        for _number, _page, text in _timed_pdf_texts(path, data, reader):
+        for _number, _page, text in _pdf_texts(path, data, reader):
             if text:
                 return
             read_any = read_any or text is not None
@@ -889,28 +884,21 @@ def _open_pdf(path: Path, data: bytes, password: str | None):
     return reader
 
 
-class _Late(Exception):
-    """A PDF's reading passed its deadline."""
-
-    def __init__(self, page: int) -> None:
-        super().__init__(page)
-        self.page = page
-
-
-def _pdf_texts(
-    path: Path, reader, deadline: float = math.inf
-) -> Iterator[tuple[int, Any, str | None]]:
+def _pdf_texts(path: Path, data: bytes, reader) -> Iterator[tuple[int, Any, str | None]]:
     """(page number, page, its cleaned text) in order; text None for a page that could not
-    be read. `_Late` once `deadline` (time.monotonic) has passed, looked at between pages:
+    be read. Past `pdf_time_budget`, looked at between pages, the `CorruptDocumentError`
+    that says so (pages that decode a big stream showing no text escape the bound on text;
     one page drawing a big stream many times is bounded by pypdf's own limits on a stream's
-    operators and a page's forms. (Not at each operator: a visitor makes pypdf read pages
-    and forms that hold no text, which it otherwise skips; a logo drawn on every page made
-    a 250 KB file 25 times slower to read.)"""
+    operators and a page's forms). Not at each operator: a visitor makes pypdf read pages and
+    forms that hold no text, which it otherwise skips; a logo drawn on every page made a
+    250 KB file 25 times slower to read."""
     from pypdf.errors import DependencyError
 
+    budget = pdf_time_budget(len(data))
+    deadline = time.monotonic() + budget
     for number in range(1, len(reader.pages) + 1):
         if time.monotonic() > deadline:
-            raise _Late(number)
+            raise _too_slow(path, data, number, budget)
         try:
             page = reader.pages[number - 1]
             text = clean_pdf_text(page.extract_text() or "")
@@ -945,22 +933,17 @@ SPARSE_PAGE_CHARS = 100  # less text than this beside an image: probably a scann
 PDF_CHARS_PER_BYTE, PDF_CHARS_FLOOR = 20, 1 << 20
 
 
-def _timed_pdf_texts(path: Path, data: bytes, reader) -> Iterator[tuple[int, Any, str | None]]:
-    """`_pdf_texts` within `pdf_time_budget`: past it, the `CorruptDocumentError` that says so
-    (pages that decode a big stream showing no text escape the bound on text)."""
-    budget = pdf_time_budget(len(data))
-    try:
-        yield from _pdf_texts(path, reader, time.monotonic() + budget)
-    except _Late as late:
-        raise _too_slow(path, data, late.page, budget) from None
+#: What to do with a PDF refused as too much text or too slow for its size
+_EXTRACT_IT = (
+    "if it is a real document, extract its text to a .txt file (e.g. with `pdftotext`) and "
+    "index that"
+)
 
 
 def _too_slow(path: Path, data: bytes, pages: int, budget: float) -> CorruptDocumentError:
     return CorruptDocumentError(
         path, f"reading {_pages(pages)} took over {budget:.0f} s, more than a PDF of "
-        f"{len(data):,} bytes can need (a decompression bomb?)",
-        "if it is a real document, extract its text to a .txt file (e.g. with `pdftotext`) "
-        "and index that",
+        f"{len(data):,} bytes can need (a decompression bomb?)", _EXTRACT_IT,
     )  # fmt: skip
 
 
