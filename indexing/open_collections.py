@@ -34,8 +34,7 @@ class OpenCollections:
     file than the one opened (deleted and made again, or swapped by `rebuild --recompress`).
     Opening checks `manifest` (the loaded model's) when one is given. Safe from any thread: a
     collection replaced, gone or least used is closed only `RETIRE_S` later (`BUSY_RETIRE_S`
-    past MAX_OPEN of them), as a search in
-    another thread may still be reading it."""
+    past MAX_OPEN of them), as a search in another thread may still be reading it."""
 
     def __init__(
         self, root: Path, manifest: dict[str, Any] | None = None, vectors: bool = True

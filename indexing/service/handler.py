@@ -406,10 +406,8 @@ class IndexService:
             # another process writing the collection: wait, don't fail (and read nothing yet:
             # uploads to other stores are read meanwhile)
             if store_id not in self._writers and held_elsewhere(self.root / store_id):
-                if read is not None:  # (taken after the read began: its slot is given back,
-                    read.cancel()  # and it is read again once the store is free)
-                    self._reads.discard(read)
-                    read = None
+                let_go()  # (taken after the read began: read again once the store is free)
+                read = None
                 return False
             if read is None:
                 if len(self._reads) >= READS_AHEAD:  # (each holds a whole parsed document)
@@ -422,10 +420,15 @@ class IndexService:
                 read.add_done_callback(lambda _: self.worker.poke())
             return read.done()
 
-        def done() -> None:
-            if read is not None and not handed:
-                read.cancel()  # (removed while it waited to be read: not read at all)
+        def let_go() -> None:
+            """Give the read's slot back (a read not begun is not made at all)."""
+            if read is not None:
+                read.cancel()
                 self._reads.discard(read)
+
+        def done() -> None:
+            if not handed:  # (removed while it waited to be read: not read at all)
+                let_go()
             self._release(store_id)
 
         task = Task((store_id, rec.id), start, failed, done, can_start)
