@@ -1,10 +1,10 @@
-"""The servers' read-only collections: each opened once, reopened when its folder changed."""
+"""The servers' read-only collections: each opened once, reopened when its folder changed,
+and closed only once no request holds it."""
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,15 +16,10 @@ from indexing.layout import case_clash
 from indexing.manifest import MANIFEST
 from indexing.store import Collection
 
-#: Seconds a replaced collection stays open for the searches that may still be reading it
-RETIRE_S = 60.0
-#: ... when more than MAX_OPEN are retired (hundreds of stores used within a minute): a
-#: request holds its collection for one search or listing, far less than this
-BUSY_RETIRE_S = 5.0
-#: Collections kept open (three files each), the least recently used retired past it: a
+#: Collections kept open (three files each), the least recently used let go past it: a
 #: server over thousands of vector stores stays under the process's open-files limit (1024
 #: under many supervisors); a security audit counted 3 more per store created and listed.
-#: (A listing looks at each through `peek`, which neither keeps it open nor retires another.)
+#: (A listing looks at each through `peek`, which neither keeps it open nor lets another go.)
 MAX_OPEN = 128
 
 
@@ -32,9 +27,9 @@ class OpenCollections:
     """Read-only collections under `root`, opened on first use and kept open (the
     `MAX_OPEN` most recently used). One is reopened when its folder or manifest is another
     file than the one opened (deleted and made again, or swapped by `rebuild --recompress`).
-    Opening checks `manifest` (the loaded model's) when one is given. Safe from any thread: a
-    collection replaced, gone or least used is closed only `RETIRE_S` later (`BUSY_RETIRE_S`
-    past MAX_OPEN of them), as a search in another thread may still be reading it."""
+    Opening checks `manifest` (the loaded model's) when one is given. Safe from any thread:
+    a request holds a collection through `lease` (or `acquire` ... `release`), and one
+    replaced, gone or least used is closed when the last request holding it lets go."""
 
     def __init__(
         self, root: Path, manifest: dict[str, Any] | None = None, vectors: bool = True
@@ -43,12 +38,25 @@ class OpenCollections:
         self.manifest = manifest
         self.vectors = vectors  # False: load a collection's vector index at its first search
         self._open: OrderedDict[str, tuple[Collection, tuple[int, int]]] = OrderedDict()
-        self._retired: list[tuple[float, Collection]] = []  # (when, collection) to close
+        self._held: dict[int, int] = {}  # id(collection): requests holding it
+        self._retired: dict[int, Collection] = {}  # no longer open for new requests
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> Collection | None:
-        """The collection `name`, or None when there is none (a damaged one raises, and so
-        does `name` in another case than an existing one: `CollectionNameCaseError`)."""
+    @contextmanager
+    def lease(self, name: str) -> Iterator[Collection | None]:
+        """The collection `name` for the request's time, or None when there is none (a
+        damaged one raises, and so does `name` in another case than an existing one:
+        `CollectionNameCaseError`). It stays open until the block ends, whatever happens
+        to it meanwhile."""
+        col = self.acquire(name)
+        try:
+            yield col
+        finally:
+            self.release(col)
+
+    def acquire(self, name: str) -> Collection | None:
+        """`lease` for code that cannot hold a `with` block (an async request that opens
+        it on a thread): each collection acquired must be `release`d."""
         directory = self.root / name
         try:
             folder = os.stat(directory).st_ino
@@ -59,14 +67,12 @@ class OpenCollections:
         except OSError:
             ident = None  # no manifest: opening says whether it is damage or nothing yet
         with self._lock:
-            self._close_retired()
             cached = self._open.get(name)
             if cached is not None and cached[1] == ident:
                 self._open.move_to_end(name)  # (the most recently used last)
-                return cached[0]
+                return self._hold(cached[0])
             if cached is not None:
-                del self._open[name]
-                self._retired.append((time.monotonic(), cached[0]))
+                self._retire(self._open.pop(name)[0])
             if folder is None and case_clash(self.root, name) is None:
                 return None
             try:
@@ -79,20 +85,38 @@ class OpenCollections:
                 ident = (folder, -1)
             self._open[name] = (col, ident)
             while len(self._open) > MAX_OPEN:
-                self._retired.append((time.monotonic(), self._open.popitem(last=False)[1][0]))
-            self._close_retired()
-            return col
+                self._retire(self._open.popitem(last=False)[1][0])
+            return self._hold(col)
+
+    def hold(self, col: Collection) -> None:
+        """One more hold on a collection already held (for a thread the request hands it
+        to, which may outlast the request): `release` it there."""
+        with self._lock:
+            self._hold(col)
+
+    def release(self, col: Collection | None) -> None:
+        """Let go of a collection `acquire` gave (None: nothing); closed if it was retired
+        and this was the last request holding it."""
+        if col is None:
+            return
+        with self._lock:
+            left = self._held.pop(id(col)) - 1
+            if left:
+                self._held[id(col)] = left
+            elif self._retired.pop(id(col), None) is not None:
+                col.close()
 
     @contextmanager
     def peek(self, name: str) -> Iterator[Collection | None]:
         """The collection `name` for one look (a listing of every store): the open one when
         it is open, else one opened for the look and closed after it, so that a listing of
-        thousands neither keeps them open nor retires those that searches use. None when
+        thousands neither keeps them open nor lets go of those that searches use. None when
         there is none."""
         with self._lock:
             kept = name in self._open
         if kept:
-            yield self.get(name)  # (reopened if it was replaced)
+            with self.lease(name) as col:  # (reopened if it was replaced)
+                yield col
             return
         try:
             col = Collection.open(self.root, name, self.manifest, readonly=True, vectors=False)
@@ -105,24 +129,29 @@ class OpenCollections:
             col.close()
 
     def drop(self, name: str) -> None:
-        """Forget `name` (it was deleted): closed `RETIRE_S` later."""
+        """Forget `name` (it was deleted): closed once no request holds it."""
         with self._lock:
             cached = self._open.pop(name, None)
             if cached is not None:
-                self._retired.append((time.monotonic(), cached[0]))
+                self._retire(cached[0])
 
-    def _close_retired(self) -> None:
-        """Close what was retired `RETIRE_S` ago (caller holds the lock)."""
-        now = time.monotonic()
-        while self._retired and now - self._retired[0][0] >= (
-            BUSY_RETIRE_S if len(self._retired) > MAX_OPEN else RETIRE_S
-        ):
-            self._retired.pop(0)[1].close()
+    def _hold(self, col: Collection) -> Collection:
+        """One more request holds `col` (caller holds the lock)."""
+        self._held[id(col)] = self._held.get(id(col), 0) + 1
+        return col
+
+    def _retire(self, col: Collection) -> None:
+        """`col` is open for no new request: closed now, or when the last holding it lets
+        go (caller holds the lock)."""
+        if id(col) in self._held:
+            self._retired[id(col)] = col
+        else:
+            col.close()
 
     def close(self) -> None:
-        """Close them all (the server is stopping: no search is running)."""
+        """Close them all (the server is stopping: no request is running)."""
         with self._lock:
-            cols = [c for c, _ in self._open.values()] + [c for _, c in self._retired]
-            self._open, self._retired = OrderedDict(), []
+            cols = [c for c, _ in self._open.values()] + list(self._retired.values())
+            self._open, self._retired, self._held = OrderedDict(), {}, {}
         for col in cols:
             col.close()

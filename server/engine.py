@@ -258,10 +258,10 @@ class Engine:
         )
         # An index made by another checkpoint must stop the server now, not fail per request.
         self._rag = Rag(cm, s.root, s.collection, self.info.manifest, self.metrics)
-        coll = self._rag.collection(s.collection)
+        chunks = self._rag.chunks(s.collection)
         mx.eval(cm.encode_queries(["warm-up"]))
         where = s.root / s.collection
-        what = f"{coll.stats()['chunks']} chunks" if coll else "not there yet: answering without"
+        what = "not there yet: answering without" if chunks is None else f"{chunks} chunks"
         took = time.perf_counter() - getattr(self, "_load_start", time.perf_counter())
         log.info("model ready in %.1fs; index %s: %s", took, where, what)
         self.metrics.model_ready.set(1)

@@ -39,16 +39,22 @@ class Rag:
     def close(self) -> None:
         self._collections.close()
 
-    def collection(self, name: str) -> Collection | None:
-        """The open collection `name` (reopened if it was deleted and recreated), or None."""
-        return self._collections.get(name)
+    def chunks(self, name: str) -> int | None:
+        """The chunks in collection `name` (None: there is none yet)."""
+        with self._collections.lease(name) as coll:
+            return None if coll is None else coll.stats()["chunks"]
 
     def retrieve(self, p: RagParams, qvec: np.ndarray | None) -> Retrieved:
         """The request's sources (and memories); `qvec` is its query encoding (None exactly
         when the request does not retrieve)."""
         if not p.retrieval or p.top_k == 0:
             return Retrieved("disabled", None, detail="retrieval turned off by the request")
-        coll = self.collection(p.collection)
+        with self._collections.lease(p.collection) as coll:
+            return self._retrieve(p, qvec, coll)
+
+    def _retrieve(
+        self, p: RagParams, qvec: np.ndarray | None, coll: Collection | None
+    ) -> Retrieved:
         if coll is None:
             if p.collection != self.default:
                 raise CollectionNotFoundError(

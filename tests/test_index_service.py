@@ -621,6 +621,56 @@ def test_a_failed_load_answers_model_failed_like_clara_serve(tmp_path: Path) -> 
         assert error["code"] == "model_failed" and "no weights in /nowhere" in error["message"]
 
 
+def test_a_search_waiting_for_the_model_keeps_its_store_open(
+    tmp_path: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third review of the open-files fix: a store let go (past the 128 kept open) was
+    closed a fixed time later, and a search that waited longer for the model then read a
+    closed collection (a 500). Here one store is kept open, the fixed time is none (as the
+    old code allowed), and the search waits while another store is read."""
+    from fastapi.testclient import TestClient
+
+    from clara.checkpoint import load_clara
+    from clara_cli.worker import Task
+    from indexing import open_collections
+    from indexing.service.app import ServiceSettings, create_app
+
+    monkeypatch.setattr(open_collections, "MAX_OPEN", 1)
+    for old in ("RETIRE_S", "BUSY_RETIRE_S"):  # (the old code's delays)
+        monkeypatch.setattr(open_collections, old, 0.0, raising=False)
+    settings = ServiceSettings(index_root=str(tmp_path / "index"))
+    app = create_app(settings, load=lambda: load_clara(tiny_llama_dir, None, dtype=None))
+    with TestClient(app) as http:
+        deadline = time.monotonic() + 60
+        while http.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for name in ("a", "b"):
+            assert http.post("/v1/vector_stores", json={"name": name}).status_code == 200
+        f = http.post(
+            "/v1/files", files={"file": ("w.txt", WATER.encode())}, data={"purpose": "assistants"}
+        ).json()
+        http.post("/v1/vector_stores/a/files", json={"file_id": f["id"]})
+        while http.get(f"/v1/vector_stores/a/files/{f['id']}").json()["status"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        gate = threading.Event()
+        app.state.service.worker.submit(Task(key=(":busy",), start=lambda cm: gate.wait(30)))
+        found: list[httpx.Response] = []
+        search = threading.Thread(
+            target=lambda: found.append(
+                http.post("/v1/vector_stores/a/search", json={"query": WATER})
+            )
+        )
+        search.start()
+        time.sleep(0.5)  # the search holds store a and waits for the model
+        for _ in range(2):  # store b read: a is let go from those kept open
+            assert http.get("/v1/vector_stores/b").status_code == 200
+        gate.set()
+        search.join(30)
+    assert found[0].status_code == 200, found[0].text
+    assert found[0].json()["data"][0]["content"][0]["text"] == WATER
+
+
 def test_text_that_is_not_unicode_is_refused_before_it_is_stored(
     client: openai.OpenAI, service: ServiceProcess
 ) -> None:

@@ -677,8 +677,13 @@ def test_unknown_collection_is_404(server: ServerProcess) -> None:
 def test_context_length_exceeded(client: openai.OpenAI, server: ServerProcess) -> None:
     def cancelled() -> float:  # (a refused prompt counted as a generation cancelled: a soak)
         auth = {"Authorization": f"Bearer {API_KEY}"}
-        text = httpx.get(f"{server.url}/metrics", headers=auth, timeout=30).text
-        return metric(text, "clara_generations_total", reason="cancelled")
+        deadline = time.monotonic() + 60
+        while True:  # once an earlier test's generations have ended (a stream it left)
+            text = httpx.get(f"{server.url}/metrics", headers=auth, timeout=30).text
+            busy = metric(text, "clara_jobs_running") + metric(text, "clara_queue_depth")
+            if not busy or time.monotonic() > deadline:
+                return metric(text, "clara_generations_total", reason="cancelled")
+            time.sleep(0.1)
 
     before = cancelled()
     with pytest.raises(openai.BadRequestError) as info:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -615,7 +617,8 @@ def test_a_name_in_another_case_is_the_existing_collection_named_not_a_second_fo
     from indexing.open_collections import OpenCollections
 
     with pytest.raises(CollectionNameCaseError, match="use 'docs'"):
-        OpenCollections(tmp_path, MANIFEST).get("Docs")
+        with OpenCollections(tmp_path, MANIFEST).lease("Docs"):
+            pass
     for name in ("uploads", "Uploads"):
         with pytest.raises(CollectionError, match="reserved"):
             Collection.open(tmp_path, name, manifest=MANIFEST, create=True)
@@ -670,7 +673,8 @@ def test_on_macos_with_torch_installed_faiss_tolerates_a_second_openmp(monkeypat
 def test_only_the_most_recently_used_collections_stay_open(tmp_path: Path, monkeypatch):
     """A security audit: a server kept every collection it had read open (three files each),
     so some hundreds of vector stores created and listed took the process past its
-    open-files limit. A listing now looks through `peek`, which keeps none open."""
+    open-files limit. A listing now looks through `peek`, which keeps none open, and one let
+    go is closed at once unless a request still holds it."""
     from indexing import open_collections
 
     monkeypatch.setattr(open_collections, "MAX_OPEN", 2)
@@ -679,24 +683,77 @@ def test_only_the_most_recently_used_collections_stay_open(tmp_path: Path, monke
             add(col, 1)
     readers = open_collections.OpenCollections(tmp_path, vectors=False)
     try:
-        a, b = readers.get("a"), readers.get("b")
-        assert readers.get("a") is a  # (used last: b is now the least recently used)
-        readers.get("c")  # b retires: closed RETIRE_S later (a search may still read it)
-        assert list(readers._open) == ["a", "c"] and not b._closed and b.stats()
+        with readers.lease("a") as a, readers.lease("b") as b:
+            pass
+        with readers.lease("a") as again:  # (used last: b is now the least recently used)
+            assert again is a
+        with readers.lease("c"):  # b let go: held by no request, closed now
+            assert list(readers._open) == ["a", "c"] and b._closed and not a._closed
         with readers.peek("d") as d, readers.peek("a") as kept:  # a listing's look
             assert d.stats()["documents"] == 1 and kept is a
-        assert d._closed and list(readers._open) == ["c", "a"]  # d not kept, none retired
+        assert d._closed and list(readers._open) == ["c", "a"]  # d not kept, none let go
         with readers.peek("nope") as missing:
             assert missing is None
-        monkeypatch.setattr(open_collections, "BUSY_RETIRE_S", 0.0)  # past MAX_OPEN retired:
-        readers.get("d"), readers.get("b")  # (a, c, b retired) the oldest closed sooner
-        assert b._closed and not a._closed
-        monkeypatch.setattr(open_collections, "RETIRE_S", 0.0)
-        assert readers.get("b").stats() and a._closed  # the others, RETIRE_S later
+        assert readers._held == {} and readers._retired == {}
     finally:
         readers.close()
-    assert a._closed and readers.get("a").stats()["documents"] == 1  # (after close: reopens)
+    with readers.lease("a") as reopened:  # (after close: reopens)
+        assert a._closed and reopened.stats()["documents"] == 1
     readers.close()
+
+
+def test_a_collection_stays_open_while_a_request_holds_it(tmp_path: Path, monkeypatch):
+    """The third review of the open-files fix: collections let go were closed a fixed time
+    later (5 s once more than 128 were), so a vector-store search that waited longer for the
+    model found its collection closed (a 500), and 600 stores fetched within 4 s still peaked
+    at 1,743 open files. Now a request holds its collection (a lease): one let go, deleted
+    or replaced is closed when the last request holding it ends, and not before."""
+    from indexing import open_collections
+
+    monkeypatch.setattr(open_collections, "MAX_OPEN", 2)
+    for name in "abc":
+        with Collection.open(tmp_path, name, manifest=MANIFEST, create=True) as col:
+            add(col, 1)
+    readers = open_collections.OpenCollections(tmp_path)
+    try:
+        a = readers.acquire("a")  # a search waiting for the model
+        with readers.lease("b"), readers.lease("c"):  # a is the least recently used: let go
+            pass
+        readers.drop("a")  # ... and deleted
+        assert list(readers._open) == ["b", "c"] and not a._closed
+        assert a.search(doc_vectors(1, 1), k=1)[0][0].doc_id  # still reads
+        readers.hold(a)  # handed to a thread too
+        readers.release(a)
+        assert not a._closed
+        readers.release(a)  # the last hold: closed now
+        assert a._closed and readers._held == {} and readers._retired == {}
+        with readers.lease("b") as b:  # a collection replaced while a request reads it
+            shutil.rmtree(tmp_path / "b")
+            with Collection.open(tmp_path, "b", manifest=MANIFEST, create=True) as col:
+                add(col, 2)
+            with readers.lease("b") as new:
+                assert new is not b and not b._closed and new.stats()["documents"] == 1
+            assert b.stats()["documents"] == 1
+        assert b._closed and not new._closed
+        made: list[Collection] = []  # every collection opened from here on
+        opener = Collection.open
+
+        def recording(*args: Any, **kwargs: Any) -> Collection:
+            made.append(opener(*args, **kwargs))
+            return made[-1]
+
+        monkeypatch.setattr(Collection, "open", recording)
+        for name in "abc" * 20:  # stores used one after another: at most MAX_OPEN stay open
+            with readers.lease(name):
+                assert sum(not c._closed for c in made) <= 2
+        held = [readers.acquire(n) for n in "abc"]  # three requests at once: three open
+        assert sum(not c._closed for c in made) == 3
+        for col in held:
+            readers.release(col)
+        assert sum(not c._closed for c in made) == 2
+        assert readers._held == {} and readers._retired == {}
+    finally:
+        readers.close()
 
 
 def test_a_reader_for_metadata_loads_no_vectors_until_it_searches(tmp_path: Path):
@@ -709,7 +766,7 @@ def test_a_reader_for_metadata_loads_no_vectors_until_it_searches(tmp_path: Path
         ids = [add(col, s) for s in range(3)]
     readers = OpenCollections(tmp_path, vectors=False)
     try:
-        reader = readers.get("main")
+        reader = readers.acquire("main")
         assert reader._view.index is None and {d.id for d in reader.list_documents()} == set(ids)
         assert reader.stats()["documents"] == 3 and reader._view.index is None
         hits = reader.search(doc_vectors(1, 3), k=1)  # the first search loads it

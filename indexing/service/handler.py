@@ -14,7 +14,9 @@ import os
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ from indexing.service.protocol import (
     ListPage,
     SearchPage,
     SearchRequest,
+    SearchResult,
     StaticChunking,
     VectorStore,
     VectorStoreCreate,
@@ -137,14 +140,50 @@ class IndexService:
                 )  # fmt: skip
 
     # ---- collections -----------------------------------------------------------------------
-    def reader(self, store_id: str) -> Collection:
-        """A read-only view of the collection (cached; reopened if it was replaced)."""
+    @contextmanager
+    def reading(self, store_id: str) -> Iterator[Collection]:
+        """A read-only view of the store for the block's time (404 when there is none): it
+        stays open until then, even if the store is deleted or replaced meanwhile."""
+        col = self._acquire(store_id)
+        try:
+            yield col
+        finally:
+            self._readers.release(col)
+
+    @asynccontextmanager
+    async def reading_async(self, store_id: str) -> AsyncIterator[Collection]:
+        """`reading` for a request handler: opened on a thread (it reads files)."""
+        opening = asyncio.ensure_future(asyncio.to_thread(self._acquire, store_id))
+        try:
+            col = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # (the client went: let go of it once it is open)
+            opening.add_done_callback(self._release_opened)
+            raise
+        try:
+            yield col
+        finally:
+            self._readers.release(col)
+
+    def _acquire(self, store_id: str) -> Collection:
         if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
             raise _not_found("vector store", store_id)
-        col = self._readers.get(store_id)
+        col = self._readers.acquire(store_id)
         if col is None:
             raise _not_found("vector store", store_id)
         return col
+
+    def _release_opened(self, opening: asyncio.Future) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            self._readers.release(opening.result())
+
+    def check_store(self, store_id: str) -> None:
+        """404 unless the vector store exists (a damaged one raises its damage)."""
+        with self.reading(store_id):
+            pass
+
+    async def check_store_async(self, store_id: str) -> None:
+        async with self.reading_async(store_id):
+            pass
 
     def _check_model(self, col: Collection, cm: Any) -> None:
         loaded = manifest_of(cm, self.settings.checkpoint)  # (the fix-it names the checkpoint)
@@ -243,7 +282,7 @@ class IndexService:
     def update_store(self, store_id: str, body: VectorStoreUpdate) -> VectorStore:
         """A new display name and/or metadata (the id, the collection's name, stays)."""
         _no_expiry(body.expires_after)
-        self.reader(store_id)  # 404 if missing
+        self.check_store(store_id)
         rec = self.registry.store(store_id) or StoreRecord(store_id, store_id, _now())
         if body.name is not None:
             rec.name = body.name
@@ -271,7 +310,9 @@ class IndexService:
         return paginate(stores, after=after, before=before, limit=limit, order=order)
 
     def store_object(self, store_id: str, col: Collection | None = None) -> VectorStore:
-        col = col or self.reader(store_id)
+        if col is None:
+            with self.reading(store_id) as col:
+                return self.store_object(store_id, col)
         rec = self.registry.store(store_id)
         files = self.store_files(store_id, col)
         counts = _file_counts(files)
@@ -289,7 +330,7 @@ class IndexService:
 
     async def delete_store(self, store_id: str) -> VectorStoreDeleted:
         try:
-            await asyncio.to_thread(self.reader, store_id)  # 404 if missing
+            await self.check_store_async(store_id)
         except DamagedCollectionError:
             pass  # unreadable, still deletable
 
@@ -313,8 +354,8 @@ class IndexService:
         default_chunking: ChunkingStrategy | None = None,
     ) -> VectorStoreFile:
         self.worker.check_ready()
-        col = await asyncio.to_thread(self.reader, store_id)
-        self._check_model(col, self.worker.cm)  # IndexMismatchError: 400 now, not a failed job
+        async with self.reading_async(store_id) as col:  # IndexMismatchError: 400 now, not a
+            self._check_model(col, self.worker.cm)  # failed job
         rec = self.registry.file(body.file_id)
         if rec is None:
             raise _not_found("file", body.file_id, param="file_id")
@@ -487,7 +528,9 @@ class IndexService:
 
     def store_files(self, store_id: str, col: Collection | None = None) -> list[VectorStoreFile]:
         """Attached uploads (any status) + documents that `clara-index add` put there."""
-        col = col or self.reader(store_id)
+        if col is None:
+            with self.reading(store_id) as col:
+                return self.store_files(store_id, col)
         links = {link.file_id: link for link in self.registry.links(store_id=store_id)}
         docs = col.list_documents()
         uploaded = {d.id: self.uploads.file_id_of(d.path) for d in docs}
@@ -533,14 +576,15 @@ class IndexService:
 
     def get_store_file(self, store_id: str, file_id: str) -> VectorStoreFile:
         link = self.registry.link(store_id, file_id)
-        if link is not None and (  # (an upload being indexed, polled: no full listing)
-            link.status != "completed"
-            or (link.doc_id and self.reader(store_id).document(link.doc_id) is not None)
-        ):
-            return self._link_object(link)
-        for f in self.store_files(store_id):
-            if f.id == file_id:
-                return f
+        with self.reading(store_id) as col:
+            if link is not None and (  # (an upload being indexed, polled: no full listing)
+                link.status != "completed"
+                or (link.doc_id and col.document(link.doc_id) is not None)
+            ):
+                return self._link_object(link)
+            for f in self.store_files(store_id, col):
+                if f.id == file_id:
+                    return f
         raise _not_found("file", file_id)
 
     async def detach(self, store_id: str, file_id: str) -> VectorStoreFileDeleted:
@@ -610,7 +654,7 @@ class IndexService:
                 for i in body.file_ids
             ]
         items = _once_each(items)
-        await asyncio.to_thread(self.reader, store_id)  # 404 if missing
+        await self.check_store_async(store_id)
         self._check_attachable(items, body.chunking_strategy)
         batch = Batch(f"vsfb_{secrets.token_hex(12)}", store_id, _now(), [i.file_id for i in items])
         self.registry.add_batch(batch)
@@ -619,7 +663,7 @@ class IndexService:
         return self.batch_object(store_id, batch.id)
 
     def _batch(self, store_id: str, batch_id: str) -> Batch:
-        self.reader(store_id)  # 404 if the store is missing
+        self.check_store(store_id)
         batch = self.registry.batch(store_id, batch_id)
         if batch is None:
             raise _not_found("file batch", batch_id)
@@ -667,7 +711,12 @@ class IndexService:
         queries = [body.query] if isinstance(body.query, str) else list(body.query)
         if body.filters is not None:
             raise APIError(400, "attribute filters are not supported here", param="filters")
-        col = await asyncio.to_thread(self.reader, store_id)
+        async with self.reading_async(store_id) as col:  # (open while it waits for the model)
+            return await self._search(store_id, col, queries, body)
+
+    async def _search(
+        self, store_id: str, col: Collection, queries: list[str], body: SearchRequest
+    ) -> SearchPage:
         threshold = (body.ranking_options.score_threshold if body.ranking_options else None) or 0
         if threshold and body.retrieval_mode != "dense":
             raise APIError(
@@ -693,10 +742,16 @@ class IndexService:
         if hybrid is not None:
             weights = {"dense": hybrid.embedding_weight, "lexical": hybrid.text_weight}
             fusion = dataclasses.replace(Fusion(), weights=weights)
-        results = await asyncio.to_thread(
-            search_results, col, queries, vectors, k, threshold, links, self.uploads,
-            body.retrieval_mode, fusion, rerank,
-        )  # fmt: skip
+        args = (queries, vectors, k, threshold, links, self.uploads, body.retrieval_mode, fusion)
+
+        def searched() -> list[SearchResult]:
+            try:
+                return search_results(col, *args, rerank)
+            finally:
+                self._readers.release(col)
+
+        self._readers.hold(col)  # (the thread's own: it may outlast a request cancelled)
+        results = await asyncio.shield(asyncio.to_thread(searched))
         return SearchPage(search_query=queries, data=results)
 
 
