@@ -8,7 +8,10 @@ references are decoded. Only the standard library's `html.parser` is used.
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -40,6 +43,9 @@ class HtmlText:
     title: str | None = None  # <title>
 
 
+SLOW = "the page takes too long to read for its size (markup made to be slow to parse?)"
+
+
 class SlowHtmlError(ValueError):
     """The page took longer than its size allows (`parse_budget`): markup built to make the
     parser scan the rest of the page again at each of its tags."""
@@ -58,16 +64,68 @@ def parse_budget(chars: int) -> float:
     return 5.0 + 2.0 * chars / 2**20
 
 
+#: Pages longer than this are read in a child process. Each rescan of such markup is one
+#: regex call that holds the GIL (0.14 s a megabyte here), so a big page built that way
+#: stalled every other thread of the server (its chats) for seconds at a time, all through
+#: its budget; a child stalls only itself, and is stopped at the budget. (Starting one costs
+#: about 0.1 s, next to the seconds a megabyte of text takes to compress.)
+APART_CHARS = 2**20
+#: Seconds granted a child beyond the page's budget: its start, and the page sent and back
+CHILD_S = 10.0
+
+
 def html_to_text(source: str) -> HtmlText:
     """The readable text of an HTML page (see the module docstring); `SlowHtmlError` past
-    its `parse_budget`."""
-    parser = _Parser(time.monotonic() + parse_budget(len(source)))
+    its `parse_budget`, `MalformedHtmlError` for markup Python's parser refuses."""
+    budget = parse_budget(len(source))
+    if len(source) > APART_CHARS:
+        return _parse_apart(source, budget)
+    return _parse(source, time.monotonic() + budget)
+
+
+def _parse(source: str, deadline: float) -> HtmlText:
+    parser = _Parser(deadline)
     try:
         parser.feed(source)
         parser.close()
     except AssertionError as exc:  # the standard parser's own check ("<![ x": unknown status)
         raise MalformedHtmlError(f"markup Python's HTML parser cannot read ({exc})") from None
     return parser.result()
+
+
+def _parse_apart(source: str, budget: float) -> HtmlText:
+    """`_parse` in a child process: this file run as a script (standard library only)."""
+    command = [sys.executable, "-I", "-S", __file__, repr(budget)]
+    try:
+        child = subprocess.run(
+            command, input=source.encode("utf-8", "surrogatepass"), capture_output=True,
+            timeout=budget + CHILD_S, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise SlowHtmlError(SLOW) from None
+    if child.returncode != 0:
+        why = child.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+        raise MalformedHtmlError(f"the page's reader stopped ({why[-1]})")
+    out = json.loads(child.stdout)
+    if "error" in out:
+        error = SlowHtmlError if out["error"] == "slow" else MalformedHtmlError
+        raise error(out["message"])
+    return HtmlText(out["text"], out["headings"], out["title"])
+
+
+def _child() -> None:
+    """`_parse_apart`'s child: the page on stdin (UTF-8), its budget in seconds as the
+    argument; the text, headings and title (or the error) as JSON on stdout."""
+    budget = float(sys.argv[1])
+    source = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
+    try:
+        page = _parse(source, time.monotonic() + budget)
+        out = {"text": page.text, "headings": page.headings, "title": page.title}
+    except SlowHtmlError as exc:
+        out = {"error": "slow", "message": str(exc)}
+    except MalformedHtmlError as exc:
+        out = {"error": "malformed", "message": str(exc)}
+    sys.stdout.write(json.dumps(out))  # (ASCII: json escapes the rest, lone surrogates too)
 
 
 class _Parser(HTMLParser):
@@ -165,9 +223,7 @@ class _Parser(HTMLParser):
 
     def _in_time(self) -> None:
         if time.monotonic() > self.deadline:
-            raise SlowHtmlError(
-                "the page takes too long to read for its size (markup made to be slow to parse?)"
-            )
+            raise SlowHtmlError(SLOW)
 
     # -- blocks -------------------------------------------------------------------------------
     @property
@@ -216,3 +272,7 @@ class _Parser(HTMLParser):
         self._flush()
         title = " ".join("".join(self.title).split()) or None
         return HtmlText("\n\n".join(self.blocks), self.headings, title)
+
+
+if __name__ == "__main__":
+    _child()

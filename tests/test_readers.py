@@ -6,8 +6,10 @@ import hashlib
 import importlib.util
 import inspect
 import io
+import math
 import os
 import sys
+import threading
 import time
 import unicodedata
 import zipfile
@@ -502,6 +504,42 @@ def test_markup_built_to_be_slow_is_read_in_linear_time_or_refused(
         read_document(write(tmp_path, "slow.html", "<p>x</p>" + "<a " * 60_000))
     with pytest.raises(CorruptDocumentError, match="markup Python's HTML parser cannot read"):
         read_document(write(tmp_path, "odd.html", "<p>x</p><![ x"))  # (was "report a bug")
+
+
+def test_a_big_page_is_read_in_a_child_process_that_stalls_no_other_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The third review of the HTML budget: each rescan of markup built to be slow is one
+    regex call that holds the GIL (0.14 s a megabyte), so a big page of it stalled the
+    server's other threads, its chats, for seconds at a time (1.4 s here at 8 MB) all
+    through its budget. Pages past `APART_CHARS` are now read in a child process."""
+    section = (
+        "<h2>Caf\u00e9 \u2014 \u4e2d</h2><p>Some <b>text</b> &amp; more.<br>Next line</p>"
+        "<ul><li>one</li></ul><table><tr><td>1</td><td>2</td></tr></table><script>x<y</script>"
+    )
+    real = f"<html><head><title>Big</title></head><body>{section * 8_000}</body></html>"
+    assert len(real) > html_text.APART_CHARS
+    page = html_to_text(real)
+    assert page == html_text._parse(real, math.inf)  # as read in this process
+    assert page.title == "Big" and page.headings[0] == "Caf\u00e9 \u2014 \u4e2d"
+    with pytest.raises(html_text.MalformedHtmlError, match="cannot read"):
+        html_to_text("<p>x</p><![ x" + " " * html_text.APART_CHARS)
+    monkeypatch.setattr(html_text, "parse_budget", lambda chars: 2.0)
+    ticks, stop = [time.monotonic()], threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.01):
+            ticks.append(time.monotonic())
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        with pytest.raises(html_text.SlowHtmlError):
+            html_to_text("<p>x</p>" + "<a " * 2_800_000)  # 8 MB
+    finally:
+        stop.set()
+        ticker.join()
+    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.5
 
 
 def test_markdown_file(tmp_path: Path) -> None:
