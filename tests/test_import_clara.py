@@ -268,6 +268,28 @@ def test_imported_checkpoint_indexes_and_searches_like_the_reference(
         assert r["score"] == pytest.approx(score, abs=2e-3)  # memories are stored as float16
 
 
+def test_clara_train_refuses_an_imported_checkpoint(mistral, tmp_path: Path, capsys) -> None:
+    """An architecture review: an imported checkpoint reads prompts laid out as its
+    reference's, and clara-train built clara's own layout for it, so a run from one trained
+    a prompt that serving and clara-eval never give it. Training from one is refused."""
+    from training.cli import main as train_main
+
+    src = tmp_path / "compression-16"
+    twin.build_reference(
+        mistral["hf"], src, doc_max=32, rate=16, distinct=True, sep=True, stage="stage2", query=True
+    )
+    ckpt = import_reference(src, mistral["mlx"], tmp_path / "imported")
+    data = tmp_path / "qa.jsonl"
+    row = {"question": QUESTIONS[0], "docs": [DOCS[0]], "answer": "yes"}
+    data.write_text(json.dumps(row) + "\n")
+    args = ["instruct", "--model", str(mistral["mlx"]), "--data", str(data), "--init-from",
+            str(ckpt), "--out", str(tmp_path / "run"), "--max-steps", "1", "-q"]  # fmt: skip
+    assert train_main(args) != 0
+    error = capsys.readouterr().err
+    assert "is an imported checkpoint" in error and "leave out --init-from" in error
+    assert not (tmp_path / "run" / "final").exists()
+
+
 def test_clara_serve_answers_with_an_imported_checkpoint_as_the_reference(
     mistral, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ import mlx.core as mx
 
 from clara import _blas
 from clara.checkpoint import load_clara, read_checkpoint_config
-from clara.errors import ClaraError
+from clara.errors import CheckpointError, ClaraError
 from clara.loader import DEFAULT_MODEL, BaseModel, load_base
 from clara.model import ClaraConfig, ClaraModel
 from training.stages import StageConfig, make_stage, set_trainable
@@ -64,8 +64,6 @@ def fit_center(cm: ClaraModel, examples: Sequence, n: int = 256) -> None:
 def warn_cut_documents(cm: ClaraModel, records: Sequence) -> None:
     """Say when documents are longer than the compressor reads (`doc_max_tokens`): their
     ends are cut, and a question on them may ask what the memory never saw."""
-    if cm.config.reference:  # its layout truncates by design, as the reference's training did
-        return
     docs = [r.doc for r in records if hasattr(r, "doc")]  # PretrainRecord, QARecord
     docs = list(dict.fromkeys(docs + [d for r in records for d in getattr(r, "docs", ())]))
     lengths = [len(ids) for ids in cm.tokenize(docs, cut=False)] if docs else []
@@ -160,6 +158,12 @@ def build_trainer(
     if isinstance(model, BaseModel) and base_of(source) is not None:
         model = load_base(base_of(source), dtype=dtype)
     cm = load_for_training(model, source, dtype=dtype, config=clara_config)
+    if cm.config.reference:
+        raise CheckpointError(
+            f"{source} is an imported checkpoint: it reads prompts laid out as its "
+            "reference's, and clara-train trains clara's own layout. Serve and evaluate it as "
+            "it is; to train, start from its base model (leave out --init-from)"
+        )
 
     stage = make_stage(config.stage, cm, stage_config)
     if config.full and not stage.allows_full:
