@@ -58,11 +58,16 @@ bf16_engine: str | None = None
 bf16_reason: str | None = None
 ENGINES = {1: "AMX tiles", 2: "AVX-512 BF16"}
 #: CLARA_BF16 values that keep bfloat16 products on ("avx512": without AMX tiles); the "off"
-#: values are `_off`'s
+#: values are `clara._native.off`'s
 BF16_CHOICES = ("", "on", "1", "yes", "true", "auto", "avx512")
 THIN_SOURCE = Path(__file__).with_name("_thinmm.c")
 #: Built into the same library: fused attention for prompt passes (clara/attention.py)
 SOURCES = (THIN_SOURCE, Path(__file__).with_name("_attention.c"))
+
+
+def pack_budget() -> float:
+    """Bytes of base weights a packed copy may take (`CLARA_PACK_GB`, default 2 GiB)."""
+    return float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
 
 
 def fused_attention_default() -> bool:
@@ -451,8 +456,7 @@ class DecodeCopies:
         ):
             return 0
         keyed = [(k, w) for w in weights if (k := (_address(w), _KINDS[self.kind])) in self._mine]
-        budget = float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
-        if sum(w.nbytes for _, w in keyed) > budget:
+        if sum(w.nbytes for _, w in keyed) > pack_budget():
             return 0
         for key, _ in keyed:  # once per copy: later prefills only look them up here
             if key not in self._panels and _thin.clara_thinmm_add_panels(ctypes.c_void_p(key[0])):

@@ -18,6 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 from clara.decode import Decoder
+from clara.kv import PREFILL_STEP
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, text_prompt
 from clara.stream import GenerationChunk, SamplingParams
@@ -34,7 +35,7 @@ def generate(
     seed: int | None = None,
     stop: Sequence[str] | None = None,
     max_context: int | None = None,
-    prefill_step: int = 512,
+    prefill_step: int = PREFILL_STEP,
     ignore_eos: bool = False,
     logprobs: bool = False,
     top_logprobs: int = 0,

@@ -296,7 +296,7 @@ class ClaraModel(nn.Module):
         are packed."""
         self.switch.check_thread()
         weights = self._base_weights()
-        budget = float(os.environ.get("CLARA_PACK_GB", "2") or 0) * 2**30
+        budget = _blas.pack_budget()
         if not weights or sum(w.nbytes for w in weights) > budget:
             return 0
         holder = self.__dict__.get("_packed")
@@ -568,8 +568,6 @@ def compress_batch() -> int:
     """Chunks per compressor forward pass: measured best is 1 on the CPU (float32 gemms with
     ~2k rows run at half the speed per row of ~270 rows here: BENCHMARKS.md), 8 on a GPU.
     `CLARA_COMPRESS_BATCH` overrides."""
-    import os
-
     value = os.environ.get("CLARA_COMPRESS_BATCH", "").strip()
     if value.isdigit() and int(value) > 0:
         return int(value)

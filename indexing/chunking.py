@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clara.errors import ChunkingError  # noqa: F401
+from clara.errors import ChunkingError
 from clara.text import splits_character
 from indexing.context import chunk_contexts, document_title, find_headings
 from indexing.meta import Contextual

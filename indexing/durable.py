@@ -22,7 +22,7 @@ import signal
 from pathlib import Path
 from typing import ClassVar
 
-from clara.errors import CollectionLockedError  # noqa: F401
+from clara.errors import CollectionLockedError
 
 CRASH_ENV = "CLARA_CRASH_AT"
 

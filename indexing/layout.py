@@ -17,12 +17,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from clara.errors import (  # noqa: F401
-    CollectionError,
-    CollectionNotFoundError,
-    DamagedCollectionError,
-    InvalidArgumentError,
-)
+from clara.errors import CollectionNotFoundError, DamagedCollectionError, InvalidArgumentError
 from clara.paths import COLLECTION_NAME, index_root
 from indexing.durable import WriterLock, fsync_dir, fsync_file, pid_alive
 from indexing.manifest import MANIFEST, Manifest, write_manifest

@@ -31,7 +31,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clara.errors import ClaraError, NoTextError
+from clara.errors import (
+    ChunkingError,
+    ClaraError,
+    DocumentNotFoundError,
+    InvalidArgumentError,
+    NoTextError,
+)
 from clara.paths import file_sha256, index_root, path_text
 from indexing import partial
 from indexing.chunking import Chunk, chunk_document, join_pages
@@ -39,7 +45,7 @@ from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
 from indexing.partial import PartialMemories
 from indexing.readers import PDF_EXTENSIONS, Document, check_pdf_text, read_document
-from indexing.store import ChunkRecord, Collection, DocumentNotFoundError
+from indexing.store import ChunkRecord, Collection
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +154,14 @@ def chunk_limits_for(limit: int, chunk_tokens: int | None, overlap: int) -> tupl
     room = CONTEXT_TOKENS if limit > 4 * CONTEXT_TOKENS else 0  # for the context line
     size = limit - room if chunk_tokens is None else chunk_tokens
     if not 1 <= size <= limit:
-        raise ClaraError(
+        raise ChunkingError(
             f"chunk size {size} must be between 1 and the checkpoint's doc_max_tokens ({limit}); "
             "the compressor reads at most that many tokens of a chunk"
         )
     if not 0 <= overlap < size:
-        raise ClaraError(f"overlap {overlap} must be between 0 and the chunk size - 1 ({size - 1})")
+        raise ChunkingError(
+            f"overlap {overlap} must be between 0 and the chunk size - 1 ({size - 1})"
+        )
     return size, overlap
 
 
@@ -261,7 +269,9 @@ class Indexer:
         self.options = options or IndexOptions()
         chunk_limits(cm, self.options.chunk_tokens, self.options.overlap)  # (before any file)
         if self.options.batch_size < 1:
-            raise ClaraError(f"batch size must be at least 1, got {self.options.batch_size}")
+            raise InvalidArgumentError(
+                f"batch size must be at least 1, got {self.options.batch_size}"
+            )
         self.committed = 0
         self.manifest = model_manifest(cm)
 

@@ -32,14 +32,16 @@ from typing import Any
 import numpy as np
 
 from clara.errors import (
+    CollectionError,
+    CollectionLockedError,
     CollectionNameCaseError,
+    CollectionNotFoundError,
     DocumentNotFoundError,
     InvalidArgumentError,
 )
 from clara.paths import is_reserved, path_text
 from clara.retrieval import Fusion, flatten_normalize, maxsim_rerank
 from indexing.durable import (
-    CollectionLockedError,
     WriterLock,
     crash_point,
     fsync_dir,
@@ -48,8 +50,6 @@ from indexing.durable import (
 from indexing.hybrid import SearchHit, retrieve
 from indexing.layout import (
     META,
-    CollectionError,
-    CollectionNotFoundError,
     case_clash,
     collection_dir,
     create_collection_dir,

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clara.errors import CollectionError
 from clara.retrieval import flatten_normalize
 from indexing.durable import remove_quietly
-from indexing.layout import FAISS_FILE, CollectionError, damaged, faiss_file_name
+from indexing.layout import FAISS_FILE, damaged, faiss_file_name
 from indexing.manifest import Manifest
 from indexing.meta import Meta, State
 from indexing.vectors import MemoryFile, ShortMemoryFileError, VectorIndex, resolve_kind

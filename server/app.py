@@ -24,6 +24,7 @@ from clara_cli.http import (
     api_app,
     error_responses,
 )
+from indexing.service import MAX_UPLOAD_MB
 from indexing.service.app import ServiceSettings, mount_files_api
 from indexing.service.handler import IndexService
 from indexing.service.state import Registry
@@ -134,7 +135,7 @@ def create_app(
     engine: Engine | None = None,
     responses_db: Path | None = None,
     files_api: bool = True,
-    max_upload_bytes: int = 100 * 2**20,
+    max_upload_bytes: int = int(MAX_UPLOAD_MB * 2**20),
     accept_any_model: bool = False,
 ) -> FastAPI:
     """The clara-serve app; the model loads in the lifespan, on the MLX worker thread.

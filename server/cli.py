@@ -20,11 +20,11 @@ from clara_cli.common import (
     add_version_arg,
     exit_now,
     model_dtype,
-    positive_float,
     positive_int,
     run_main,
     serve_http,
 )
+from indexing.service.cli import add_max_upload_arg
 from server.protocol import ServingDefaults
 
 DESCRIPTION = """\
@@ -161,13 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not serve the Files + Vector Stores API (/v1/files, /v1/vector_stores) on this "
         "port (run `clara-index serve` for it instead)",
     )
-    net.add_argument(
-        "--max-upload-mb",
-        type=positive_float,
-        default=100.0,
-        metavar="MB",
-        help="largest file POST /v1/files accepts; bigger ones get 413 (default: %(default)s)",
-    )
+    add_max_upload_arg(net)
     add_log_level_arg(net)
     rag = parser.add_argument_group("retrieval")
     rag.add_argument(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from indexing.chunking import Chunk, ChunkingError, chunk_document, join_pages
+from clara.errors import ChunkingError
+from indexing.chunking import Chunk, chunk_document, join_pages
 from indexing.readers import Document, Page
 
 WORDS = (

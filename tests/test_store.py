@@ -17,9 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clara.errors import CollectionNameCaseError, DamagedCollectionError, IndexMismatchError
+from clara.errors import (
+    CollectionLockedError,
+    CollectionNameCaseError,
+    DamagedCollectionError,
+    IndexMismatchError,
+)
 from indexing import vectors, view
-from indexing.durable import CollectionLockedError
 from indexing.store import (
     ChunkRecord,
     Collection,

@@ -259,7 +259,8 @@ def test_a_second_ctrl_c_cuts_answers_off_and_says_so(tmp_path: Path, tiny_llama
 def test_the_lock_says_this_process_only_for_this_process(tmp_path: Path) -> None:
     """In containers every service is pid 1: a lock held by another process whose pid reads as
     ours was called "already open for writing in this process"."""
-    from indexing.durable import CollectionLockedError, WriterLock
+    from clara.errors import CollectionLockedError
+    from indexing.durable import WriterLock
 
     with lock_held_elsewhere(tmp_path):
         fd = os.open(tmp_path / "writer.lock", os.O_WRONLY)

@@ -33,6 +33,7 @@ from clara_cli.http import (
     error_responses,
 )
 from clara_cli.worker import Worker
+from indexing.service import MAX_UPLOAD_MB
 from indexing.service.handler import IndexService
 from indexing.service.protocol import (
     FileBatchCreate,
@@ -80,7 +81,7 @@ UPLOAD = {  # POST /v1/files reads its multipart body itself (streamed, size-lim
 @dataclass
 class ServiceSettings(ModelSettings):
     pack_compressor: bool = True  # compressing is this service's work
-    max_upload_bytes: int = 100 * 2**20
+    max_upload_bytes: int = int(MAX_UPLOAD_MB * 2**20)
     batch_size: int = 8
     overlap: int = 32
     max_waiting_calls: int = 64

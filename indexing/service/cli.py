@@ -17,17 +17,22 @@ from clara_cli.common import (
     positive_int,
     serve_http,
 )
+from indexing.service import MAX_UPLOAD_MB
+
+
+def add_max_upload_arg(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--max-upload-mb",
+        type=positive_float,
+        default=MAX_UPLOAD_MB,
+        metavar="MB",
+        help="largest file POST /v1/files accepts; bigger ones get 413 (default: %(default)s)",
+    )
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     net = add_http_args(parser, port=8001)
-    net.add_argument(
-        "--max-upload-mb",
-        type=positive_float,
-        default=100.0,
-        metavar="MB",
-        help="largest upload accepted; bigger ones get 413 (default: %(default)s)",
-    )
+    add_max_upload_arg(net)
     add_log_level_arg(net)
     add_query_precision_arg(parser.add_argument_group("search"))
     idx = parser.add_argument_group("index")

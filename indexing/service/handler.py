@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import Request
 
 from clara.errors import (
+    ChunkingError,
     ClaraError,
     CollectionLockedError,
     DamagedCollectionError,
@@ -391,8 +392,10 @@ class IndexService:
             overlap = min(overlap, int(self.worker.cm.config.doc_max_tokens) - 1)
         try:
             return chunk_limits(self.worker.cm, size, overlap)
-        except ClaraError as exc:
-            raise APIError(400, str(exc), param="chunking_strategy") from None
+        except ChunkingError as exc:
+            raise APIError(
+                400, str(exc), param="chunking_strategy", code="invalid_chunking"
+            ) from None
 
     def _queue(self, link: Link, rec: FileRecord, read: Future | None = None) -> None:
         """Index upload `rec` into its store: read and chunked on the reader thread (a slow

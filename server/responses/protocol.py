@@ -23,7 +23,6 @@ from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicod
 from indexing.service.protocol import Attributes, Ranker
 from server.protocol import NULL, only, refuse
 
-INCLUDABLE = ("file_search_call.results",)
 VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
 
 
