@@ -33,13 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
-import mlx.core as mx  # noqa: E402
 
 from bench._common import add_no_append, append_report, markdown_table, start_run  # noqa: E402
 from bench.bench_heldout import DATA  # noqa: E402
-from clara import prompt  # noqa: E402
 from clara.generate import batch_generate  # noqa: E402
-from clara.prompt import paraphrase_messages  # noqa: E402
+from clara.prompt import paraphrase_prompt  # noqa: E402
 from training.default_recipe import split_example  # noqa: E402
 from clara.checkpoint import load_clara  # noqa: E402
 from training.pipeline import load_for_training  # noqa: E402
@@ -83,16 +81,6 @@ def scores(document: str, paraphrase: str) -> dict:
         "precision": sum(w in known for w in said) / max(1, len(said)),
         "words": len(_WORD.findall(paraphrase)),
     }
-
-
-def paraphrase_prompt(cm, memory: mx.array) -> prompt.Prompt:
-    """The stage-1 paraphrase prompt with one memory block, as training lays it out."""
-    if cm.config.reference:
-        raise SystemExit("reference (Apple) checkpoints use their own prompt: not supported here")
-    rendered = prompt.render(cm.tokenizer, paraphrase_messages())
-    lay = prompt.layout(cm.tokenizer, rendered, cm.n_mem, 1)
-    emb = prompt.embed_layout(cm, mx.array(lay.tokens), mx.array(lay.slots), memory)
-    return prompt.Prompt(lay.tokens, emb)
 
 
 def evaluate(checkpoint: str | None, docs: list[tuple[str, str]], max_tokens: int) -> dict:

@@ -285,18 +285,14 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def bodies_for(system: str, questions, retrieved, max_tokens: int, top_k: int) -> list[dict]:
-    from clara.prompt import SYSTEM_PROMPT
+    from clara.prompt import answer_messages
 
     common = {"max_tokens": max_tokens, "temperature": 0.0, "stream": True}
     common["stream_options"] = {"include_usage": True}
     out = []
     for q, chunks in zip(questions, retrieved):
         if system in ("mlx_lm.server", "llama.cpp"):  # clara's text-mode prompt, as messages
-            user = "Background:\n" + "\n".join(chunks) + f"\n\nQuestion:{q}"
-            messages = [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": user},
-            ]
+            messages = answer_messages(q, "\n".join(chunks))
             out.append({**common, "messages": messages, "logit_bias": EOS_BIAS})
         else:
             mode = "memory" if system in MEMORY_SYSTEMS else system.split()[1]  # mixed, text

@@ -220,6 +220,20 @@ def _blocks_prompt(cm: ClaraModel, question, texts, memories, history, system) -
     return Prompt(lay.tokens, emb, text_len)
 
 
+def paraphrase_prompt(cm: ClaraModel, memory: mx.array | np.ndarray) -> Prompt:
+    """Stage 1's paraphrase prompt over one memory block `(n_mem, d)`, as training lays it
+    out: what the generator writes back of a document from its memory alone."""
+    if cm.config.reference:
+        raise UnsupportedModeError(
+            "the paraphrase prompt is clara's own layout, and this checkpoint uses its "
+            "reference's (imported)"
+        )
+    lay = layout(cm.tokenizer, render(cm.tokenizer, paraphrase_messages()), cm.n_mem, 1)
+    memory = memory if isinstance(memory, mx.array) else mx.array(memory)
+    emb = embed_layout(cm, mx.array(lay.tokens), mx.array(lay.slots), memory)
+    return Prompt(lay.tokens, emb)
+
+
 def mixed_prompt(
     cm: ClaraModel,
     question: str,

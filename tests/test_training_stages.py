@@ -9,7 +9,14 @@ from mlx.utils import tree_flatten
 
 from clara.errors import ClaraError
 from clara.model import ClaraConfig, ClaraModel
-from clara.prompt import SEP_SLOT, TEXT, memory_answer_messages, memory_prompt
+from clara.prompt import (
+    SEP_SLOT,
+    TEXT,
+    memory_answer_messages,
+    memory_prompt,
+    paraphrase_messages,
+    paraphrase_prompt,
+)
 from clara.retrieval import unit
 from training.batches import (
     answer_logits,
@@ -54,6 +61,12 @@ def test_generator_input_matches_inference_prompt(cm):
     # the answer ends with the end-of-turn token that stops generation
     assert ex.tokens[-1] == cm.tokenizer.eos_token_id
     assert cm.tokenizer.decode(ex.tokens[ex.n_prompt : -1]) == "In France."
+    # stage 1's paraphrase prompt, as the learning proof and bench_reconstruct ask it
+    ex = generator_example(cm, paraphrase_messages(), None, 1)
+    prompt = paraphrase_prompt(cm, mem[1])
+    assert ex.tokens == prompt.tokens and ex.n_prompt == len(ex.tokens)
+    emb = generator_embeddings(cm, collate_generator([ex], cm.n_mem, 1), mem[None, 1:2])[0]
+    np.testing.assert_allclose(np.array(emb), np.array(prompt.embeddings), atol=1e-6)
 
 
 def test_answer_logits_match_full_forward(cm):
@@ -61,6 +74,7 @@ def test_answer_logits_match_full_forward(cm):
     batch = collate_generator([ex], cm.n_mem, 1)
     emb = generator_embeddings(cm, batch, cm.compress(DOCS[:1])[None])
     full = cm.lm(None, input_embeddings=emb)  # (1, L, V)
+    assert cm.output_head() is not None  # (the head at the answer's positions only)
     part = answer_logits(cm, emb, batch.loss_pos)
     np.testing.assert_allclose(
         np.array(part[0]), np.array(full[0, ex.n_prompt - 1 : len(ex.tokens) - 1]), atol=1e-5

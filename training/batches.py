@@ -129,27 +129,14 @@ def generator_embeddings(cm: ClaraModel, batch: GenBatch, memory: mx.array | Non
     return prompt.embed_layout(cm, batch.tokens, batch.slots, flat)
 
 
-# Model types whose logits are `head(norm(h))` (times `logits_scaling` where the config has it).
-_HEAD_TYPES = {"llama", "mistral", "qwen2", "hyperclovax"}
-
-
-def _head(lm, h: mx.array) -> mx.array:
-    if getattr(lm.args, "tie_word_embeddings", False):
-        out = lm.model.embed_tokens.as_linear(h)
-    else:
-        out = lm.lm_head(h)
-    scale = getattr(lm.args, "logits_scaling", None)
-    return out if scale is None else out * scale
-
-
 def answer_logits(cm: ClaraModel, emb: mx.array, loss_pos: mx.array) -> mx.array:
-    """Logits `(B, A, V)` at `loss_pos` for input embeddings `emb` (the active adapter's)."""
-    lm = cm.lm
-    if getattr(lm, "model_type", None) in _HEAD_TYPES or lm.args.model_type in _HEAD_TYPES:
+    """Logits `(B, A, V)` at `loss_pos` for input embeddings `emb` (the active adapter's):
+    the head applied at those positions only where the architecture allows it."""
+    lm, head = cm.lm, cm.output_head()
+    if head is not None:
         with same_positions(None):
             h = lm.model(None, None, emb)  # (B, L, d) post-norm
-        h = mx.take_along_axis(h, loss_pos[..., None], axis=1)  # (B, A, d)
-        return _head(lm, h)
+        return head(mx.take_along_axis(h, loss_pos[..., None], axis=1))  # (B, A, V)
     with same_positions(None):
         logits = lm(None, input_embeddings=emb)  # (B, L, V): any other architecture
     return mx.take_along_axis(logits, loss_pos[..., None], axis=1)

@@ -281,16 +281,13 @@ def paraphrase_recall(cm, world, doc_ids, max_tokens: int = 24) -> tuple[float, 
     import mlx.core as mx
 
     from clara.generate import generate
-    from clara.prompt import Prompt, paraphrase_messages
-    from training.batches import collate_generator, generator_embeddings, generator_example
+    from clara.prompt import paraphrase_prompt
 
     mem = cm.compress([world.docs[i] for i in doc_ids])
-    ex = generator_example(cm, paraphrase_messages(), None, 1)
-    batch = collate_generator([ex], cm.n_mem, 1)
 
     def hits(memory: mx.array, i: int) -> float:
-        emb = generator_embeddings(cm, batch, memory[None, None])[0]
-        text = "".join(c.text for c in generate(cm, Prompt(ex.tokens, emb), max_tokens=max_tokens))
+        prompt = paraphrase_prompt(cm, memory)
+        text = "".join(c.text for c in generate(cm, prompt, max_tokens=max_tokens))
         words = set(text.replace(".", " ").split())
         wanted = [world.facts[world.doc_facts[i][0]].entity]
         wanted += [world.facts[f].value for f in world.doc_facts[i]]

@@ -124,7 +124,7 @@ def openai_teacher(
 def local_teacher(cm, max_tokens: int = 256) -> Teacher:
     """The local base model (no adapter) as the teacher, greedy."""
     from clara.generate import generate
-    from clara.prompt import Prompt
+    from clara.prompt import Prompt, encode, render
 
     tok = cm.tokenizer
 
@@ -133,11 +133,7 @@ def local_teacher(cm, max_tokens: int = 256) -> Teacher:
             {"role": "system", "content": TEACHER_SYSTEM},
             {"role": "user", "content": TEACHER_USER.format(doc=doc, n=n)},
         ]
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "\n".join(m["content"] for m in messages) + "\n"
-        ids = list(tok.encode(text, add_special_tokens=False))
+        ids = encode(tok, render(tok, messages))
         return "".join(
             c.text for c in generate(cm, Prompt(ids, None), adapter=None, max_tokens=max_tokens)
         )
