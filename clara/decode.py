@@ -17,6 +17,13 @@ request gives the same tokens alone or in any batch. Decoding uses the adapter m
 a copy of the base weights (`clara.lora.merged`): no LoRA matmuls per token. On Linux CPUs
 the decode products run through clara's thin-matmul kernel (`clara._blas`), which reads
 float16 (or int8: `CLARA_DECODE_WEIGHTS`) copies of those decode-only weights.
+
+Why not mlx-lm's `BatchGenerator`: its requests are token lists (`insert` takes prompts as
+token ids, or caches already filled), and a CLaRa prompt is input embeddings with memory
+vectors in place of tokens, prefilled in one batched pass with the others; each request here
+samples with its own random key, which one batch-wide sampler does not give; and the prompt
+prefix cache and merged-adapter weights above sit inside the loop. mlx-lm's KV caches
+(`BatchKVCache`), its top-p and its async-eval pattern are used as they are.
 """
 
 from __future__ import annotations
@@ -82,7 +89,9 @@ class Sequence:
 
 
 def _penalty(s: Sequence) -> mx.array:
-    """What a penalized sequence's logits lose, from the tokens it has generated."""
+    """What a penalized sequence's logits lose, from the tokens it has generated: OpenAI's
+    presence and frequency penalties count the whole answer so far (mlx-lm's logits
+    processors count its last 20 tokens by default), so they are computed here."""
     p = s.params
     return p.frequency_penalty * s.counts + p.presence_penalty * (s.counts > 0)  # (float32)
 

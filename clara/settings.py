@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,9 @@ class ModelSettings:
     def root(self) -> Path:
         return index_root(self.index_root)
 
-    def load(self):
-        """The base model with its CLaRa checkpoint (`load_clara`); call it on the worker thread."""
+    def load(self, warn: Callable[[str], None] | None = None):
+        """The base model with its CLaRa checkpoint (`load_clara`), its base weights packed;
+        call it on the worker thread. `warn` says what could not be had (default: the log)."""
         import mlx.core as mx
 
         from clara import cpu
@@ -39,7 +41,9 @@ class ModelSettings:
             log.info("CPU matmuls: %s", cpu.describe())
         cm.pack_base_weights(compressor=self.pack_compressor)  # no per-call weight packing
         if cm.set_query_precision(self.query_precision) != self.query_precision:
-            log.warning("--query-precision %s: not on this machine (it needs MLX on a Linux "
-                        "CPU with AMX tiles or AVX-512 BF16, and packed weights); query "
-                        "encodings stay float32", self.query_precision)  # fmt: skip
+            (warn or log.warning)(
+                f"--query-precision {self.query_precision}: not on this machine (it needs MLX "
+                "on a Linux CPU with AMX tiles or AVX-512 BF16, and packed weights); query "
+                "encodings stay float32"
+            )
         return cm

@@ -21,6 +21,7 @@ from typing import Any
 
 from clara.errors import ClaraError, CollectionLockedError, DamagedCollectionError, DocumentError
 from clara.paths import UPLOADS, index_root, path_text, show_path
+from clara.settings import ModelSettings
 from clara.text import printable, scaled, snippet
 from clara_cli.common import EXIT_ERROR, EXIT_PARTIAL, Terminated, model_dtype, progress_bar
 from indexing.durable import writer_pid
@@ -59,17 +60,14 @@ def _root(args: argparse.Namespace) -> Path:
 def _load_model(args: argparse.Namespace, compressing: bool = True):
     """The model with its packed weights: the base weights for query encodings, and for
     commands that compress (`compressing`) the compressor merged into them too."""
-    from clara.checkpoint import load_clara
-
-    cm = load_clara(args.model, args.checkpoint, dtype=model_dtype(args))
-    cm.pack_base_weights(compressor=compressing)  # no per-call weight packing
-    wanted = getattr(args, "query_precision", "float32")  # search only
-    if cm.set_query_precision(wanted) != wanted:
-        print(
-            f"{PROG}: warning: --query-precision {wanted}: not on this machine (no AMX tiles or "
-            "AVX-512 BF16); query encodings stay float32", file=sys.stderr,
-        )  # fmt: skip
-    return cm
+    settings = ModelSettings(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        dtype=model_dtype(args),
+        query_precision=getattr(args, "query_precision", "float32"),  # search only
+        pack_compressor=compressing,
+    )
+    return settings.load(warn=lambda note: print(f"{PROG}: warning: {note}", file=sys.stderr))
 
 
 def _size(n: int) -> str:

@@ -143,7 +143,7 @@ def create_app(
     `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
     index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`,
     `allow_origins`: who may ask (`clara_cli.http.AccessGate`; from the options:
-    `clara_cli.common.access_options`)."""
+    `clara_cli.serve.access_options`)."""
     from clara.paths import home
 
     engine = engine or Engine(settings)

@@ -12,9 +12,6 @@ from pathlib import Path
 from clara.errors import ClaraError
 from clara.retrieval import READING_MODES
 from clara_cli.common import (
-    access_options,
-    add_http_args,
-    add_log_level_arg,
     add_model_args,
     add_query_precision_arg,
     add_version_arg,
@@ -22,8 +19,8 @@ from clara_cli.common import (
     model_dtype,
     positive_int,
     run_main,
-    serve_http,
 )
+from clara_cli.serve import access_options, add_http_args, add_log_level_arg, serve_http
 from indexing.service.cli import add_max_upload_arg
 from server.protocol import ServingDefaults
 

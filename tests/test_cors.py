@@ -216,7 +216,7 @@ def test_an_unexpected_500_still_carries_the_cors_headers() -> None:
 def test_both_servers_refuse_star_without_a_key_at_startup(
     tiny_llama_dir: Path, capsys, monkeypatch
 ) -> None:
-    from clara_cli.common import access_options
+    from clara_cli.serve import access_options
     from indexing.cli import main as index_main
     from server.cli import build_parser
     from server.cli import main as serve_main

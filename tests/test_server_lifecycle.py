@@ -219,18 +219,18 @@ def test_on_macos_a_server_on_every_address_is_seen_before_binding_one(monkeypat
     import socket
 
     from clara.errors import ClaraError
-    from clara_cli import common
+    from clara_cli import serve
 
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert common.answering("0.0.0.0", port) and common.answering("127.0.0.1", port)
-        monkeypatch.setattr(common.sys, "platform", "darwin")
+        assert serve.answering("0.0.0.0", port) and serve.answering("127.0.0.1", port)
+        monkeypatch.setattr(serve.sys, "platform", "darwin")
         with pytest.raises(ClaraError, match="a server already answers there"):
-            common.listen("127.0.0.1", port)
-    assert not common.answering("127.0.0.1", port)
-    common.listen("127.0.0.1", port).close()  # free again
+            serve.listen("127.0.0.1", port)
+    assert not serve.answering("127.0.0.1", port)
+    serve.listen("127.0.0.1", port).close()  # free again
 
 
 def test_cli_help_and_bad_flags() -> None:

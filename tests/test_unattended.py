@@ -283,7 +283,7 @@ def test_serving_from_a_thread_that_is_not_the_main_one(tmp_path: Path) -> None:
 
     from fastapi import FastAPI
 
-    from clara_cli.common import serve_http
+    from clara_cli.serve import serve_http
 
     app = FastAPI()
     app.get("/ping")(lambda: {"ok": True})

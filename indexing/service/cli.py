@@ -7,16 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from clara_cli.common import (
-    access_options,
-    add_http_args,
-    add_log_level_arg,
-    add_query_precision_arg,
-    model_dtype,
-    positive_float,
-    positive_int,
-    serve_http,
-)
+from clara_cli.common import add_query_precision_arg, model_dtype, positive_float, positive_int
+from clara_cli.serve import access_options, add_http_args, add_log_level_arg, serve_http
 from indexing.service import MAX_UPLOAD_MB
 
 

@@ -1,0 +1,296 @@
+"""What both HTTP services share to start: the "server" options (`add_http_args`,
+`access_options`, `add_log_level_arg`) and `serve_http`, which runs an app under uvicorn
+beside the MLX worker until it stops (signals, grace, keep-alive, the bound port)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from clara.errors import ClaraError
+from clara_cli.common import EXIT_INTERRUPTED, non_negative_float
+
+#: Seconds a stopping server waits for requests in progress (--shutdown-grace, `serve_http`).
+SHUTDOWN_GRACE_S = 30
+
+
+def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._ArgumentGroup:
+    """The "server" group both HTTP services share: --host, --port, --api-key. Returns the
+    group, for the service's own options (then `add_log_level_arg`)."""
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    net.add_argument("--port", type=int, default=port, help="port (default: %(default)s)")
+    net.add_argument(
+        "--api-key",
+        default=os.environ.get("CLARA_API_KEY"),
+        metavar="KEY",
+        help="require 'Authorization: Bearer <key>' on every endpoint but /health "
+        "(default: $CLARA_API_KEY; unset: no key)",
+    )
+    net.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name this server may be reached under besides this machine's own (a reverse "
+        "proxy's, e.g. clara.example.com), and whose web pages may upload and delete; "
+        "repeatable. On --host 127.0.0.1 (the default) requests addressed to any other name "
+        "are refused (a web page could otherwise read your documents through DNS rebinding)",
+    )
+    net.add_argument(
+        "--allow-origin",
+        action="append",
+        default=_listed(os.environ.get("CLARA_ALLOW_ORIGINS")),
+        metavar="PATTERN",
+        help="let the pages of another origin use this server from a browser or a desktop app "
+        "(CORS): an origin as sent (https://web.chatboxai.app for Chatbox on the web; Open "
+        "WebUI's own address, e.g. http://localhost:3000, for its direct connections), every "
+        "origin of a scheme (tauri://* for Tauri apps such as Jan; on Windows add "
+        "http://tauri.localhost, their origin there; app://* or file://* for Electron apps such as Chatbox "
+        "desktop; vscode-webview://*), a domain's subdomains "
+        "(https://*.example.com), any port (http://localhost:*), null (file:// pages) or * "
+        "(any page; null and * need --api-key). Repeatable, besides the comma-separated "
+        "$CLARA_ALLOW_ORIGINS. Default: none, only this server's own pages (the web chat)",
+    )
+    net.add_argument(
+        "--shutdown-grace",
+        type=non_negative_float,
+        default=SHUTDOWN_GRACE_S,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, how long requests in progress may finish (clara-serve ends "
+        "answers still running 2 s (at most half the grace) before that with a 'shutting_down' "
+        "error clients can read); "
+        "keep it under your supervisor's kill timeout: Docker's default is 10 s, "
+        "docker-compose.dev.yml allows 40 (default: %(default)s)",
+    )
+    return net
+
+
+def _listed(value: str | None) -> list[str]:
+    """A comma-separated environment variable's items ([] when unset)."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def access_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`create_app`'s keyword arguments for `clara_cli.http.AccessGate` from the "server"
+    options (`add_http_args`): the API key (an empty one is an error, not "no key"), whether
+    the server listens on this machine only, the other names it answers to, and the origins
+    whose pages may use it (checked here, before the model loads: a pattern that lets any
+    page in needs the key)."""
+    from clara_cli.http import is_loopback, origin_rules
+
+    if args.api_key is not None and not args.api_key.strip():
+        raise ClaraError(
+            "the API key is empty (--api-key or CLARA_API_KEY): give a key, or unset "
+            "CLARA_API_KEY to serve without one"
+        )
+    origins = tuple(getattr(args, "allow_origin", None) or ())
+    origin_rules(origins, keyed=args.api_key is not None)
+    return {
+        "api_key": args.api_key,
+        "local_only": is_loopback(args.host),
+        "allow_hosts": tuple(args.allow_host),
+        "allow_origins": origins,
+    }
+
+
+def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--log-level for the HTTP services (uvicorn's levels)."""
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="how much the server logs: requests and startup at 'info', errors only at "
+        "'error' (default: %(default)s)",
+    )
+
+
+#: Seconds an idle HTTP keep-alive connection stays open (see `serve_http`).
+KEEP_ALIVE_S = 75
+
+
+def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
+    """Run `app` under uvicorn on --host/--port/--log-level until it stops. `worker` (the MLX
+    thread) stops uvicorn through `on_fatal`; its `error` is then raised as a `ClaraError`.
+    Says where it listens once the port is bound (`hello`: what to add, e.g. the web page)."""
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    _more_open_files()
+    sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("clara").info(
+        "listening on http://%s:%d%s (the model loads now; /health says when it is ready)",
+        shown, port, hello,
+    )  # fmt: skip
+    from clara_cli.http import is_loopback
+
+    if not is_loopback(args.host) and not args.api_key:
+        can = "read and change" if getattr(args, "files_api", True) else "read"
+        logging.getLogger("clara").warning(
+            "listening on %s without an API key: anyone who can reach this port can %s your "
+            "documents; start it with --api-key (or CLARA_API_KEY)", args.host, can,
+        )  # fmt: skip
+    grace = getattr(args, "shutdown_grace", SHUTDOWN_GRACE_S)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            # the app ends what still runs before uvicorn cuts it (`app.state.stopping`)
+            stopping = getattr(app.state, "stopping", None)
+            if stopping is not None:
+                stopping(grace)
+            await super().shutdown(sockets=sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # a stop asked for ends with status 0 once answers are done (uvicorn would raise
+            # the signal again afterwards, and the process end killed by it, or with run_main's
+            # 143 for SIGTERM)
+            getattr(self, "_captured_signals", []).clear()
+
+    # Idle keep-alive connections stay open longer than clients keep them (httpx, so the openai
+    # SDK, drops its idle ones after 5 s; uvicorn's default was also 5 s): otherwise a client
+    # could send its next request on a connection the server is closing at that moment, and
+    # get "connection reset by peer".
+    # uvicorn's loggers go through the root logger above (log_config=None): one format with
+    # timestamps, all on stderr (uvicorn's own put access lines on stdout, without a time)
+    logging.getLogger("uvicorn.access").addFilter(_quiet_polls)
+    server = Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            log_config=None,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            # SIGTERM lets answers in progress finish, for this long at most (init systems
+            # kill after 90 s, Docker after 10 s unless told): then the app ends them
+            timeout_graceful_shutdown=grace,
+        )
+    )
+
+    def fatal(exc: BaseException) -> None:  # on the worker thread: ask uvicorn to stop
+        server.should_exit = True
+
+    worker.on_fatal = fatal
+
+    def not_cut_off(record: Any) -> bool:  # (only once forced: otherwise a bug's trace)
+        return not (server.force_exit and _cut_off(record))
+
+    logging.getLogger("uvicorn.error").addFilter(not_cut_off)
+
+    hung_up: list[int] = []
+
+    def hang_up(signum: int, frame: Any) -> None:  # (uvicorn's own: SIGINT and SIGTERM)
+        hung_up.append(signum)  # (no logging in a signal handler: said after the stop)
+        server.handle_exit(signal.SIGTERM, frame)
+
+    hup = getattr(signal, "SIGHUP", None)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(hup) if hup is not None and main else None
+    if before is signal.SIG_DFL:  # (nohup: stays ignored)
+        signal.signal(hup, hang_up)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        if before is signal.SIG_DFL:
+            signal.signal(hup, before)
+    if hung_up:
+        logging.getLogger("clara").info("stopped on SIGHUP, as on SIGTERM")
+    if worker.error is not None:
+        if isinstance(worker.error, ClaraError):
+            raise worker.error
+        raise ClaraError(f"could not load the model: {worker.error}") from worker.error
+    if server.force_exit:  # a second Ctrl-C: answers in progress were cut, not finished
+        logging.getLogger("clara").warning("forced to stop: answers in progress were cut off")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _quiet_polls(record: Any) -> bool:
+    """Leave successful health checks and metrics scrapes (every few seconds, from a load
+    balancer, Docker or Prometheus) out of the access log; failed ones stay."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    if len(args) == 5:  # uvicorn's: (client, method, path with its query, http version, status)
+        _, method, path, _, status = args
+        poll = str(path).split("?")[0] in ("/health", "/metrics")
+        return not (method in ("GET", "HEAD") and poll and status < 400)
+    return True
+
+
+def _cut_off(record: Any) -> bool:
+    """Whether a uvicorn log record is the traceback of a request a second Ctrl-C cut off
+    (each ends in CancelledError; one warning says answers were cut off)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    text = str(record.msg)
+    return text.startswith("Traceback") and text.rstrip().endswith("CancelledError")
+
+
+def _more_open_files() -> None:
+    """Raise this process's open-file limit to the most it may have: every client connection
+    holds one, besides the collections' files (macOS starts processes at 256; a few hundred
+    idle or slow connections then stopped the server accepting any)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (hard, 65536, 10240):  # macOS refuses its "unlimited" hard limit
+        if want == resource.RLIM_INFINITY or soft >= want:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return
+        except (ValueError, OSError):
+            continue
+
+
+def answering(host: str, port: int) -> bool:
+    """Whether a server already accepts connections on host:port (a wildcard host: on the
+    loopback address)."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port for uvicorn, or a ClaraError that says what to do."""
+
+    def taken(why: str) -> ClaraError:
+        return ClaraError(
+            f"cannot listen on {host}:{port}: {why} (is another server using that port? pick "
+            "another with --port)"
+        )
+
+    # On macOS (BSD sockets) SO_REUSEADDR lets a bind to 127.0.0.1:8000 succeed beside a
+    # server on 0.0.0.0:8000 (the Docker dev stack's port), and clients then reach either:
+    # ask the port first. On Linux that bind fails by itself.
+    if sys.platform == "darwin" and answering(host, port):
+        raise taken("a server already answers there")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise taken(str(exc.strerror or exc)) from None
+    return sock
