@@ -100,9 +100,9 @@ class OpenCollections:
         if col is None:
             return
         with self._lock:
-            left = self._held.pop(id(col)) - 1
-            if left:
-                self._held[id(col)] = left
+            holds = self._held.pop(id(col), 0)  # (0: `close` has closed them all since)
+            if holds > 1:
+                self._held[id(col)] = holds - 1
             elif self._retired.pop(id(col), None) is not None:
                 col.close()
 
