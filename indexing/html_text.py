@@ -94,19 +94,23 @@ def _parse(source: str, deadline: float) -> HtmlText:
 
 
 def _parse_apart(source: str, budget: float) -> HtmlText:
-    """`_parse` in a child process: this file run as a script (standard library only)."""
-    command = [sys.executable, "-I", "-S", __file__, repr(budget)]
+    """`_parse` in a child process: this file run as a script (standard library only), in a
+    session of its own (a terminal's Ctrl-C stops the server gracefully, not the child). A
+    child that cannot start or does not answer leaves the page to this process."""
+    deadline = time.monotonic() + budget
+    command = [sys.executable or "", "-I", "-S", __file__, repr(budget)]
     try:
         child = subprocess.run(
             command, input=source.encode("utf-8", "surrogatepass"), capture_output=True,
-            timeout=budget + CHILD_S, check=False,
+            timeout=budget + CHILD_S, check=False, start_new_session=True,
         )  # fmt: skip
+        out = json.loads(child.stdout.decode("utf-8", "surrogatepass")) if child.stdout else {}
     except subprocess.TimeoutExpired:
         raise SlowHtmlError(SLOW) from None
-    if child.returncode != 0:
-        why = child.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
-        raise MalformedHtmlError(f"the page's reader stopped ({why[-1]})")
-    out = json.loads(child.stdout)
+    except (OSError, ValueError):  # no interpreter to run (an embedded one), a child killed
+        out = {}
+    if not out:
+        return _parse(source, deadline)
     if "error" in out:
         error = SlowHtmlError if out["error"] == "slow" else MalformedHtmlError
         raise error(out["message"])
@@ -125,7 +129,8 @@ def _child() -> None:
         out = {"error": "slow", "message": str(exc)}
     except MalformedHtmlError as exc:
         out = {"error": "malformed", "message": str(exc)}
-    sys.stdout.write(json.dumps(out))  # (ASCII: json escapes the rest, lone surrogates too)
+    # (lone surrogates as they are: escaped, a split pair would come back joined)
+    sys.stdout.buffer.write(json.dumps(out, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 class _Parser(HTMLParser):

@@ -71,22 +71,33 @@ class OpenCollections:
             if cached is not None and cached[1] == ident:
                 self._open.move_to_end(name)  # (the most recently used last)
                 return self._hold(cached[0])
-            if cached is not None:
-                self._retire(self._open.pop(name)[0])
-            if folder is None and case_clash(self.root, name) is None:
-                return None
-            try:
-                col = Collection.open(
-                    self.root, name, self.manifest, readonly=True, vectors=self.vectors
-                )
-            except CollectionNotFoundError:
-                return None
-            if ident is None:  # made between the look and the open: the next look reopens
-                ident = (folder, -1)
+        # opened without the lock, which other requests take from the event loop: opening is
+        # file work (the folder listed, SQLite, an old index's word table built once)
+        if folder is None and case_clash(self.root, name) is None:
+            return None
+        try:
+            col = Collection.open(
+                self.root, name, self.manifest, readonly=True, vectors=self.vectors
+            )
+        except CollectionNotFoundError:
+            return None
+        if ident is None:  # made between the look and the open: the next look reopens
+            ident = (folder, -1)
+        closing = []
+        with self._lock:
+            cached = self._open.pop(name, None)
+            if cached is not None and cached[1] == ident:  # another request opened it too
+                closing.append(col)
+                col = cached[0]
+            elif cached is not None:
+                closing += self._retire(cached[0])
             self._open[name] = (col, ident)
             while len(self._open) > MAX_OPEN:
-                self._retire(self._open.popitem(last=False)[1][0])
-            return self._hold(col)
+                closing += self._retire(self._open.popitem(last=False)[1][0])
+            self._hold(col)
+        for old in closing:
+            old.close()
+        return col
 
     def hold(self, col: Collection) -> None:
         """One more hold on a collection already held (for a thread the request hands it
@@ -103,8 +114,10 @@ class OpenCollections:
             holds = self._held.pop(id(col), 0)  # (0: `close` has closed them all since)
             if holds > 1:
                 self._held[id(col)] = holds - 1
-            elif self._retired.pop(id(col), None) is not None:
-                col.close()
+                return
+            last = self._retired.pop(id(col), None)
+        if last is not None:
+            last.close()
 
     @contextmanager
     def peek(self, name: str) -> Iterator[Collection | None]:
@@ -132,24 +145,27 @@ class OpenCollections:
         """Forget `name` (it was deleted): closed once no request holds it."""
         with self._lock:
             cached = self._open.pop(name, None)
-            if cached is not None:
-                self._retire(cached[0])
+            closing = [] if cached is None else self._retire(cached[0])
+        for col in closing:
+            col.close()
 
     def _hold(self, col: Collection) -> Collection:
         """One more request holds `col` (caller holds the lock)."""
         self._held[id(col)] = self._held.get(id(col), 0) + 1
         return col
 
-    def _retire(self, col: Collection) -> None:
-        """`col` is open for no new request: closed now, or when the last holding it lets
-        go (caller holds the lock)."""
+    def _retire(self, col: Collection) -> list[Collection]:
+        """`col` is open for no new request: to close now (returned, for the caller to close
+        once it let go of the lock), or when the last request holding it lets go (caller
+        holds the lock)."""
         if id(col) in self._held:
             self._retired[id(col)] = col
-        else:
-            col.close()
+            return []
+        return [col]
 
     def close(self) -> None:
-        """Close them all (the server is stopping: no request is running)."""
+        """Close them all: the server is stopping (a request still running past its grace
+        then finds its collection closed, an error)."""
         with self._lock:
             cols = [c for c, _ in self._open.values()] + list(self._retired.values())
             self._open, self._retired, self._held = OrderedDict(), {}, {}

@@ -653,8 +653,11 @@ def test_a_search_waiting_for_the_model_keeps_its_store_open(
         while http.get(f"/v1/vector_stores/a/files/{f['id']}").json()["status"] != "completed":
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        gate = threading.Event()
-        app.state.service.worker.submit(Task(key=(":busy",), start=lambda cm: gate.wait(30)))
+        gate, busy = threading.Event(), threading.Event()
+        app.state.service.worker.submit(
+            Task(key=(":busy",), start=lambda cm: busy.set() or gate.wait(60))
+        )
+        assert busy.wait(30)
         found: list[httpx.Response] = []
         search = threading.Thread(
             target=lambda: found.append(
@@ -662,7 +665,10 @@ def test_a_search_waiting_for_the_model_keeps_its_store_open(
             )
         )
         search.start()
-        time.sleep(0.5)  # the search holds store a and waits for the model
+        worker = app.state.service.worker
+        while not worker.queue_depth():  # the search holds store a and waits for the model
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         for _ in range(2):  # store b read: a is let go from those kept open
             assert http.get("/v1/vector_stores/b").status_code == 200
         gate.set()

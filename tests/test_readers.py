@@ -522,8 +522,13 @@ def test_a_big_page_is_read_in_a_child_process_that_stalls_no_other_thread(
     page = html_to_text(real)
     assert page == html_text._parse(real, math.inf)  # as read in this process
     assert page.title == "Big" and page.headings[0] == "Caf\u00e9 \u2014 \u4e2d"
+    split = "<p>a\ud83d\ude00b \ud800 \x00</p>" + " " * html_text.APART_CHARS  # (a review)
+    assert html_to_text(split).text == "a\ud83d\ude00b \ud800 \x00"  # a pair stays two
     with pytest.raises(html_text.MalformedHtmlError, match="cannot read"):
         html_to_text("<p>x</p><![ x" + " " * html_text.APART_CHARS)
+    with monkeypatch.context() as embedded:  # no interpreter to run: read here
+        embedded.setattr(html_text.sys, "executable", "")
+        assert html_to_text(real) == page
     monkeypatch.setattr(html_text, "parse_budget", lambda chars: 2.0)
     ticks, stop = [time.monotonic()], threading.Event()
 

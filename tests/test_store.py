@@ -760,6 +760,96 @@ def test_a_collection_stays_open_while_a_request_holds_it(tmp_path: Path, monkey
         readers.close()
 
 
+def _service_readers(root: Path):
+    """An indexing service's read side alone (its leases on collections), no model."""
+    from indexing.open_collections import OpenCollections
+    from indexing.service.handler import IndexService
+
+    svc = IndexService.__new__(IndexService)
+    svc._readers = OpenCollections(root, vectors=False)
+    return svc
+
+
+def test_requests_cancelled_at_any_point_leave_no_collection_held(tmp_path: Path, monkeypatch):
+    """A review of the leases: 300 requests on three stores and a missing one, half of them
+    cancelled (a client gone) at a random point, one store kept open: afterwards none is
+    held, and only the one kept is open."""
+    import asyncio
+    import random
+
+    from clara_cli.http import APIError
+    from indexing import open_collections
+
+    monkeypatch.setattr(open_collections, "MAX_OPEN", 1)
+    for name in "abc":
+        with Collection.open(tmp_path, name, manifest=MANIFEST, create=True) as col:
+            add(col, 1)
+    svc, rng = _service_readers(tmp_path), random.Random(0)
+
+    async def use(name: str, delay: float) -> None:
+        async with svc.reading_async(name) as col:
+            await asyncio.sleep(delay)
+            assert col.stats()["documents"] == 1
+
+    async def run() -> list:
+        tasks = []
+        for _ in range(300):
+            tasks.append(asyncio.ensure_future(use(rng.choice("abcx"), rng.random() / 100)))
+            if rng.random() < 0.5:
+                await asyncio.sleep(rng.random() / 200)
+                tasks[-1].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.5)  # (releases run on the loop's threads)
+        return done
+
+    done = asyncio.run(run())
+    assert {type(d) for d in done} <= {type(None), asyncio.CancelledError, APIError}
+    assert sum(d is None for d in done) > 50 and sum(isinstance(d, APIError) for d in done)
+    readers = svc._readers
+    assert readers._held == {} and readers._retired == {} and len(readers._open) == 1
+    readers.close()
+
+
+def test_a_store_being_opened_stalls_no_other_request(tmp_path: Path, monkeypatch):
+    """A review of the leases: a request that ended released its store on the event loop,
+    under the lock held while another store was opened (a folder listing, SQLite, an old
+    index's word table built once): every request stalled meanwhile."""
+    import asyncio
+    import time
+
+    for name in "ab":
+        with Collection.open(tmp_path, name, manifest=MANIFEST, create=True) as col:
+            add(col, 1)
+    svc = _service_readers(tmp_path)
+    opener = Collection.open
+
+    def slow_open(root: Path, name: str, *args: Any, **kwargs: Any) -> Collection:
+        if name == "b":
+            time.sleep(2.0)
+        return opener(root, name, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "open", slow_open)
+
+    async def ticks(lags: list[float]) -> None:
+        while True:
+            began = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - began)
+
+    async def run() -> float:
+        lags: list[float] = []
+        async with svc.reading_async("a"):
+            ticker = asyncio.ensure_future(ticks(lags))
+            b = asyncio.ensure_future(svc.check_store_async("b"))  # opened on a thread
+            await asyncio.sleep(0.2)
+        await b  # (a released meanwhile)
+        ticker.cancel()
+        return max(lags)
+
+    assert asyncio.run(run()) < 0.5
+    svc._readers.close()
+
+
 def test_a_reader_for_metadata_loads_no_vectors_until_it_searches(tmp_path: Path):
     """Listing vector stores opened every collection's whole vector index and kept it (a
     server grew from 3.9 to 6.5 GB to list 106 collections); `list` and `collections` read

@@ -163,7 +163,7 @@ class IndexService:
         try:
             yield col
         finally:
-            self._readers.release(col)
+            self._let_go(col)
 
     def _acquire(self, store_id: str) -> Collection:
         if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
@@ -175,7 +175,15 @@ class IndexService:
 
     def _release_opened(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and opening.exception() is None:
-            self._readers.release(opening.result())
+            self._let_go(opening.result())
+
+    def _let_go(self, col: Collection) -> None:
+        """Release from the event loop, on a thread: the last release of a collection let go
+        closes it (SQLite may write back its log), which must not stall other requests."""
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self._readers.release, col)
+        except RuntimeError:  # (the loop's threads are stopping: the server is)
+            self._readers.release(col)
 
     def check_store(self, store_id: str) -> None:
         """404 unless the vector store exists (a damaged one raises its damage)."""
@@ -579,11 +587,10 @@ class IndexService:
 
     def get_store_file(self, store_id: str, file_id: str) -> VectorStoreFile:
         link = self.registry.link(store_id, file_id)
+        if link is not None and link.status != "completed":  # (an upload being indexed,
+            return self._link_object(link)  # polled: no full listing, the store not opened)
         with self.reading(store_id) as col:
-            if link is not None and (  # (an upload being indexed, polled: no full listing)
-                link.status != "completed"
-                or (link.doc_id and col.document(link.doc_id) is not None)
-            ):
+            if link is not None and link.doc_id and col.document(link.doc_id) is not None:
                 return self._link_object(link)
             for f in self.store_files(store_id, col):
                 if f.id == file_id:
@@ -663,7 +670,7 @@ class IndexService:
         self.registry.add_batch(batch)
         for item in items:
             await self.attach(store_id, item, body.chunking_strategy)
-        return self.batch_object(store_id, batch.id)
+        return await asyncio.to_thread(self.batch_object, store_id, batch.id)
 
     def _batch(self, store_id: str, batch_id: str) -> Batch:
         self.check_store(store_id)
@@ -703,7 +710,7 @@ class IndexService:
                 self.registry.cancel_batch(batch.id)
 
         await self.worker.call(cancel)
-        return self.batch_object(store_id, batch_id)
+        return await asyncio.to_thread(self.batch_object, store_id, batch_id)
 
     def list_batch_files(self, store_id: str, batch_id: str, status: str | None, **page: Any):
         files = self.batch_files(self._batch(store_id, batch_id))
