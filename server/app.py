@@ -328,7 +328,9 @@ def _files_service(settings: Settings, engine: Engine, max_upload_bytes: int) ->
         default_collection=settings.collection,
     )
     registry = Registry(settings.root / UPLOADS)
-    return IndexService(service_settings, engine.worker, registry)
+    service = IndexService(service_settings, engine.worker, registry)
+    service.deleted_hooks.append(engine.forget_collection)  # chats let go of their copy
+    return service
 
 
 def served_name(model: str) -> str:

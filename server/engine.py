@@ -210,6 +210,12 @@ class Engine:
         job (ContextLengthError), or with `truncate` is read up to that length."""
         return self.submit("embeddings", lambda job: self._embed(job, inputs, truncate))
 
+    def forget_collection(self, name: str) -> None:
+        """Collection `name` was deleted: the copy chats have open is closed (once no request
+        reads it), not kept until 128 others push it out (its files, and their disk space)."""
+        if self._rag is not None:
+            self._rag.forget(name)
+
     def index_stats(self) -> list[tuple[str, int, int]]:
         """(name, documents, chunks) of every collection under the index root, whether or not
         a request opened it yet; read from their metadata alone (safe from any thread)."""

@@ -39,6 +39,10 @@ class Rag:
     def close(self) -> None:
         self._collections.close()
 
+    def forget(self, name: str) -> None:
+        """`name` was deleted: closed once no request reads it."""
+        self._collections.drop(name)
+
     def chunks(self, name: str) -> int | None:
         """The chunks in collection `name` (None: there is none yet)."""
         with self._collections.lease(name) as coll:

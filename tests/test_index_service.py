@@ -9,11 +9,13 @@ cosine 1, even with a tiny random model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -621,6 +623,52 @@ def test_a_failed_load_answers_model_failed_like_clara_serve(tmp_path: Path) -> 
         assert error["code"] == "model_failed" and "no weights in /nowhere" in error["message"]
 
 
+@contextlib.contextmanager
+def two_stores_and_a_busy_model(tmp_path: Path, tiny_llama_dir: Path):
+    """The service in-process, stores a and b, WATER uploaded and indexed into a; yields
+    (http, file id, `busy`, `queued`): `busy()` occupies the model until the function it
+    returns is called (or the block ends), `queued()` waits for a request to wait for it."""
+    from fastapi.testclient import TestClient
+
+    from clara.checkpoint import load_clara
+    from clara_cli.worker import Task
+    from indexing.service.app import ServiceSettings, create_app
+
+    settings = ServiceSettings(index_root=str(tmp_path / "index"))
+    app = create_app(settings, load=lambda: load_clara(tiny_llama_dir, None, dtype=None))
+    gate = threading.Event()
+    deadline = time.monotonic() + 60
+
+    def busy() -> Callable[[], None]:
+        started = threading.Event()
+        task = Task(key=(":busy",), start=lambda cm: started.set() or gate.wait(60))
+        app.state.service.worker.submit(task)
+        assert started.wait(30)
+        return gate.set
+
+    def queued() -> None:
+        while not app.state.service.worker.queue_depth():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    with TestClient(app) as http:
+        while http.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for name in ("a", "b"):
+            assert http.post("/v1/vector_stores", json={"name": name}).status_code == 200
+        f = http.post(
+            "/v1/files", files={"file": ("w.txt", WATER.encode())}, data={"purpose": "assistants"}
+        ).json()["id"]
+        http.post("/v1/vector_stores/a/files", json={"file_id": f})
+        while http.get(f"/v1/vector_stores/a/files/{f}").json()["status"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        try:
+            yield http, f, busy, queued
+        finally:
+            gate.set()
+
+
 def test_a_search_waiting_for_the_model_keeps_its_store_open(
     tmp_path: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -628,36 +676,13 @@ def test_a_search_waiting_for_the_model_keeps_its_store_open(
     closed a fixed time later, and a search that waited longer for the model then read a
     closed collection (a 500). Here one store is kept open, the fixed time is none (as the
     old code allowed), and the search waits while another store is read."""
-    from fastapi.testclient import TestClient
-
-    from clara.checkpoint import load_clara
-    from clara_cli.worker import Task
     from indexing import open_collections
-    from indexing.service.app import ServiceSettings, create_app
 
     monkeypatch.setattr(open_collections, "MAX_OPEN", 1)
     for old in ("RETIRE_S", "BUSY_RETIRE_S"):  # (the old code's delays)
         monkeypatch.setattr(open_collections, old, 0.0, raising=False)
-    settings = ServiceSettings(index_root=str(tmp_path / "index"))
-    app = create_app(settings, load=lambda: load_clara(tiny_llama_dir, None, dtype=None))
-    with TestClient(app) as http:
-        deadline = time.monotonic() + 60
-        while http.get("/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for name in ("a", "b"):
-            assert http.post("/v1/vector_stores", json={"name": name}).status_code == 200
-        f = http.post(
-            "/v1/files", files={"file": ("w.txt", WATER.encode())}, data={"purpose": "assistants"}
-        ).json()
-        http.post("/v1/vector_stores/a/files", json={"file_id": f["id"]})
-        while http.get(f"/v1/vector_stores/a/files/{f['id']}").json()["status"] != "completed":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        gate, busy = threading.Event(), threading.Event()
-        app.state.service.worker.submit(
-            Task(key=(":busy",), start=lambda cm: busy.set() or gate.wait(60))
-        )
-        assert busy.wait(30)
+    with two_stores_and_a_busy_model(tmp_path, tiny_llama_dir) as (http, _, busy, queued):
+        free = busy()
         found: list[httpx.Response] = []
         search = threading.Thread(
             target=lambda: found.append(
@@ -665,16 +690,66 @@ def test_a_search_waiting_for_the_model_keeps_its_store_open(
             )
         )
         search.start()
-        worker = app.state.service.worker
-        while not worker.queue_depth():  # the search holds store a and waits for the model
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        queued()  # the search holds store a and waits for the model
         for _ in range(2):  # store b read: a is let go from those kept open
             assert http.get("/v1/vector_stores/b").status_code == 200
-        gate.set()
+        free()
         search.join(30)
     assert found[0].status_code == 200, found[0].text
     assert found[0].json()["data"][0]["content"][0]["text"] == WATER
+
+
+def test_a_file_being_deleted_cannot_be_attached(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """A concurrency audit: DELETE /v1/files/F and an attach of F to another store both
+    answered 200, and the deleted upload was then indexed there (searches found it) or
+    failed as a missing file. An attach while F is being deleted is now a 404."""
+    with two_stores_and_a_busy_model(tmp_path, tiny_llama_dir) as (http, f, busy, queued):
+        free = busy()
+        deleted: list[httpx.Response] = []
+        deleting = threading.Thread(target=lambda: deleted.append(http.delete(f"/v1/files/{f}")))
+        deleting.start()
+        queued()  # the delete waits for the model to take F out of store a
+        r = http.post("/v1/vector_stores/b/files", json={"file_id": f})
+        free()
+        deleting.join(30)
+        assert r.status_code == 404 and r.json()["error"]["param"] == "file_id"
+        assert deleted[0].status_code == 200
+        time.sleep(1.0)  # (what an attach had queued would have run by now)
+        for store in ("a", "b"):
+            assert http.get(f"/v1/vector_stores/{store}/files").json()["data"] == []
+        hits = http.post("/v1/vector_stores/b/search", json={"query": WATER}).json()["data"]
+        assert hits == []
+
+
+def test_a_store_clara_index_holds_answers_409_and_changes_nothing(
+    client: openai.OpenAI, root: Path
+) -> None:
+    """A concurrency audit: removing a file from a store (or deleting the file, or the
+    store) while clara-index held it answered 409, but had already stopped the file's
+    indexing: it stayed "in progress" for good, and every file_search on the store waited
+    two minutes for it."""
+    vs = client.vector_stores.create(name="held")
+    f = upload(client, "train.txt", TRAIN)
+    with lock_held_elsewhere(root / vs.id):
+        client.vector_stores.files.create(vector_store_id=vs.id, file_id=f.id)  # (it waits)
+        for remove in (
+            lambda: client.vector_stores.files.delete(f.id, vector_store_id=vs.id),
+            lambda: client.files.delete(f.id),
+            lambda: client.vector_stores.delete(vs.id),
+        ):
+            with pytest.raises(openai.ConflictError):
+                remove()
+        assert client.vector_stores.files.retrieve(f.id, vector_store_id=vs.id).status == (
+            "in_progress"
+        )
+    deadline = time.monotonic() + 60  # indexed once clara-index let go
+    while (done := client.vector_stores.files.retrieve(f.id, vector_store_id=vs.id)).status == (
+        "in_progress"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert done.status == "completed"
+    client.vector_stores.delete(vs.id)
 
 
 def test_text_that_is_not_unicode_is_refused_before_it_is_stored(

@@ -7,8 +7,12 @@ retrieval is still exact because a fresh model's query and compressor adapters a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -575,3 +579,54 @@ def test_a_stream_waiting_for_indexing_sends_keep_alives_first(tmp, tiny_llama_d
         assert call["results"] and call["results"][0]["file_id"] == f.id
     finally:
         server.stop()
+
+
+def test_a_store_deleted_while_its_files_are_waited_for_is_not_found_as_a_store(
+    client: openai.OpenAI,
+) -> None:
+    """A concurrency audit: a file_search waiting for its store's uploads, the store deleted
+    meanwhile, was told about a 'collection' field it never sent and `clara-index add`."""
+    vs = client.vector_stores.create(name="going")
+    slow = client.files.create(  # read for 5 s (its budget), then refused: in progress until
+        file=("slow.html", b"<p>x</p>" + b"<a " * 60_000), purpose="assistants"
+    )
+    client.vector_stores.files.create(vector_store_id=vs.id, file_id=slow.id)
+    deleting = threading.Timer(1.0, client.vector_stores.delete, args=(vs.id,))
+    deleting.start()
+    try:
+        with pytest.raises(openai.NotFoundError) as e:
+            client.responses.create(
+                model=MODEL, input="What is the capital of France?",
+                tools=[{"type": "file_search", "vector_store_ids": [vs.id]}],
+            )  # fmt: skip
+    finally:
+        deleting.join()
+    assert e.value.body["param"] == "tools.[0].vector_store_ids"
+    assert e.value.body["message"] == f"No vector store found with id '{vs.id}'"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
+def test_a_deleted_store_is_closed_by_chats_too(client: openai.OpenAI, server) -> None:
+    """A concurrency audit: chats keep their own open copy of a store, which its deletion
+    left open (its files and their disk space) until 128 other stores pushed it out."""
+    f = client.files.create(file=("gone.md", GUIDE.encode()), purpose="assistants")
+    vs = client.vector_stores.create(name="soon_gone")
+    client.vector_stores.files.create_and_poll(
+        vector_store_id=vs.id, file_id=f.id, poll_interval_ms=50
+    )
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Capital of Japan?"}],
+        extra_body={"collection": vs.id},
+    )  # fmt: skip
+    assert answer.choices[0].message.sources  # (read through the chats' copy)
+
+    def open_files() -> list[str]:
+        paths = []
+        for fd in Path(f"/proc/{server.proc.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # (closed meanwhile)
+                paths.append(os.readlink(fd))
+        return paths
+
+    assert any(vs.id in p for p in open_files())
+    client.vector_stores.delete(vs.id)
+    assert not [p for p in open_files() if vs.id in p]

@@ -353,3 +353,29 @@ def test_exclude_leaves_files_and_folders_out(capsys, tmp_path: Path, tiny_llama
     assert rc == 0, err
     assert sorted(docs_of(index)) == ["a.md", "archive.md"]
     assert run(capsys, "add", docs / "empty.txt", *args, "--exclude", "*.txt")[0] == 1  # named
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX open-files limits")
+def test_a_low_or_high_open_files_limit_is_kept_as_it_is() -> None:
+    """A concurrency audit: mlx-lm sets the open-files limit to (2048, 4096) when imported,
+    so under systemd's LimitNOFILE=1024 or `docker --ulimit nofile=1024` every clara command
+    stopped with a ValueError traceback, and a higher hard limit was lowered to 4096 for good
+    (below what the servers raise their limit to for client connections)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    code = (
+        "import clara, mlx_lm.utils, resource; print(*resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    limits = [(512, 1024)]
+    if hard == resource.RLIM_INFINITY or hard > 8192:
+        limits.append((1024, 8192))
+    for low, high in limits:
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+            preexec_fn=lambda low=low, high=high: resource.setrlimit(
+                resource.RLIMIT_NOFILE, (low, high)
+            ),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [str(min(2048, high)), str(high)]  # (mlx-lm's 2048)

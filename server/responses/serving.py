@@ -57,6 +57,13 @@ def _not_found(response_id: str) -> APIError:
     )
 
 
+def _no_store(store_id: str) -> APIError:
+    return APIError(
+        404, f"No vector store found with id '{store_id}'",
+        param="tools.[0].vector_store_ids", code="not_found",
+    )  # fmt: skip
+
+
 def _text_echo(text: dict[str, Any] | None) -> dict[str, Any]:
     """The response's `text`: the one format clara writes, and the verbosity asked (other
     keys are not echoed: stored with every response, they could be megabytes)."""
@@ -188,10 +195,7 @@ class ResponsesServing:
             raise APIError(400, "one file_search tool per request is supported", param="tools")
         store_id = tool.vector_store_ids[0]
         if not is_vector_store(self.root, store_id):
-            raise APIError(
-                404, f"No vector store found with id '{store_id}'",
-                param="tools.[0].vector_store_ids", code="not_found",
-            )  # fmt: skip
+            raise _no_store(store_id)
         threshold = tool.ranking_options.score_threshold if tool.ranking_options else None
         if threshold:
             raise APIError(
@@ -292,6 +296,8 @@ class ResponsesServing:
         except APIError as exc:
             if exc.param == "messages":  # chat's name for what a response takes as `input`
                 exc.param = "input"
+            if searched and exc.code == "collection_not_found":  # deleted while its files
+                raise _no_store(chat.collection) from None  # were waited for
             raise
         response = Response(
             model=serving.bare_model_name if bare else serving.served_model_name,
