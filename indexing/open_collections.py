@@ -16,11 +16,12 @@ from indexing.layout import case_clash
 from indexing.manifest import MANIFEST
 from indexing.store import Collection
 
-#: Collections kept open (three files each), the least recently used let go past it: a
-#: server over thousands of vector stores stays under the process's open-files limit (1024
-#: under many supervisors); a security audit counted 3 more per store created and listed.
+#: Collections kept open, the least recently used let go past it: a server over thousands of
+#: vector stores stays under the process's open-files limit (1024 under some supervisors).
+#: Each holds five (its database, its log and shared-memory files, its memory file twice),
+#: and clara-serve keeps two such sets (chats', and the vector-store routes'): 640 at most.
 #: (A listing looks at each through `peek`, which neither keeps it open nor lets another go.)
-MAX_OPEN = 128
+MAX_OPEN = 64
 
 
 class OpenCollections:

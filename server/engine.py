@@ -212,7 +212,7 @@ class Engine:
 
     def forget_collection(self, name: str) -> None:
         """Collection `name` was deleted: the copy chats have open is closed (once no request
-        reads it), not kept until 128 others push it out (its files, and their disk space)."""
+        reads it), not kept until 64 others push it out (its files, and their disk space)."""
         if self._rag is not None:
             self._rag.forget(name)
 
