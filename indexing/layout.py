@@ -7,10 +7,13 @@
     faiss-<gen>.index   FAISS over flattened, L2-normalised rows; <gen> = what it reflects
     writer.lock         flock held by the one writer process (holds its pid)
     partial/            chunks of long documents compressed so far (indexing.partial)
+<root>/.recompress/<collection>           `rebuild --recompress`'s new copy, being built
+<root>/.recompress/<collection>.complete   ... built: to swap in (`finish_swap`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -27,6 +30,8 @@ META = "meta.sqlite"
 FAISS_FILE = re.compile(r"^faiss-(\d+)\.index$")
 _NAME = re.compile(COLLECTION_NAME)
 _LEFTOVER = re.compile(r"^\.(.+)\.(?:creating|deleted)-(\d+)-[0-9a-f]+$")
+#: Where `clara-index rebuild --recompress` builds a collection's new copy
+STAGING = ".recompress"
 
 
 def memory_file_name(generation: int) -> str:
@@ -58,11 +63,36 @@ def case_clash(root: str | Path | None, name: str) -> str | None:
     return next((n for n in names if n.lower() == name.lower()), None)
 
 
+def finish_swap(root: Path, name: str) -> None:
+    """Finish swapping in a recompressed copy (`indexing.pipeline.recompress`) that a crash
+    interrupted: its folder built and marked complete, the old one moved away, the new one
+    not yet in its place (or in, its mark not yet removed). Everything that looks for a
+    collection does this first: the collection seemed gone, adding to it made a new empty
+    one, and a later recompress then dropped the copy's documents for good."""
+    staging = root / STAGING
+    marker = staging / f"{name}.complete"
+    if not marker.exists():
+        return
+    try:
+        if not (root / name).exists():
+            os.rename(staging / name, root / name)
+            fsync_dir(root)
+        if not (staging / name).exists():
+            marker.unlink(missing_ok=True)
+            fsync_dir(staging)
+            _sweep_leftovers(root, name)  # the old copy, if its process died before rmtree
+    except OSError:  # another process finished it, or this one may not write here:
+        pass  # (clara-index rebuild --recompress does it then)
+
+
 def list_collections(root: str | Path | None = None) -> list[str]:
     """Names of the collections under `root` (default: `$CLARA_HOME/indexes`)."""
     base = index_root(root)
     if not base.is_dir():
         return []
+    with contextlib.suppress(OSError):  # (a root that may be entered but not listed)
+        for marker in (base / STAGING).glob("*.complete"):
+            finish_swap(base, marker.name.removesuffix(".complete"))
     return sorted(
         p.name for p in base.iterdir() if _NAME.fullmatch(p.name) and (p / MANIFEST).exists()
     )

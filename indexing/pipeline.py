@@ -43,6 +43,7 @@ from indexing import partial
 from indexing.chunking import Chunk, chunk_document, join_pages
 from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
+from indexing.layout import STAGING, finish_swap
 from indexing.partial import PartialMemories
 from indexing.readers import PDF_EXTENSIONS, Document, check_pdf_text, read_document
 from indexing.store import ChunkRecord, Collection
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 Status = Literal["added", "replaced", "unchanged", "duplicate", "failed", "recompressed"]
 #: Under the index root: where `recompress` builds the new collection before swapping it in.
-STAGING = ".recompress"
 
 
 #: Tokens neighbouring chunks share unless told (`clara-index add --overlap`).
@@ -446,7 +446,7 @@ def recompress(
     marker = staging_root / f"{name}.complete"
     manifest = model_manifest(cm, checkpoint)
     if marker.exists() and not (base / name).exists():
-        _swap_in(base, name)  # an earlier run died between the two renames of the swap
+        finish_swap(base, name)  # an earlier run died between the two renames of the swap
         return
     limit = int(cm.config.doc_max_tokens)
     with Collection.open(base, name) as old:  # the writer lock: no adds while we copy
@@ -535,8 +535,14 @@ def _swap_in(base: Path, name: str) -> Path | None:
         # Hidden name that layout's sweep removes once this process is gone.
         doomed = base / f".{name}.deleted-{os.getpid()}-{int(time.time() * 1e6) & 0xFFFFFFFF:x}"
         os.rename(target, doomed)
-    os.rename(staging_root / name, target)
+        crash_point("recompress:between-renames")
+    try:
+        os.rename(staging_root / name, target)
+    except FileNotFoundError:  # another process's `finish_swap` moved it in meanwhile
+        if not target.exists():
+            raise
     fsync_dir(base)
+    crash_point("recompress:before-unmark")
     (staging_root / f"{name}.complete").unlink(missing_ok=True)
     fsync_dir(staging_root)
     return doomed

@@ -55,6 +55,7 @@ from indexing.layout import (
     create_collection_dir,
     damaged,
     delete_collection,
+    finish_swap,
     holds_data_without_manifest,
     list_collections,
     memory_file_name,
@@ -150,6 +151,7 @@ class Collection:
         index at its first search (listing documents, counting them need none of it).
         """
         directory = collection_dir(root, name)
+        finish_swap(directory.parent, name)  # (a recompress a crash interrupted)
         if (other := case_clash(root, name)) is not None:
             raise CollectionNameCaseError(
                 f"no collection '{name}' in {directory.parent}, but '{other}', the same name in "

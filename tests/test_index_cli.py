@@ -563,6 +563,39 @@ def committed_documents(index: Path) -> int:
         return 0
 
 
+@pytest.mark.parametrize("crash_at", ["recompress:between-renames", "recompress:before-unmark"])
+def test_a_recompress_killed_in_its_swap_is_finished_by_the_next_command(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path, crash_at: str
+) -> None:
+    """A crash audit: `rebuild --recompress` killed between the two renames of its swap left
+    no collection in place (the new copy waiting in .recompress): `list` said there was none
+    and to index some documents; `add` then made a new empty one, and a later recompress
+    dropped the waiting copy's documents for good. The next command now finishes the swap."""
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    before = docs_of(index)
+    env = dict(os.environ, PYTHONPATH=str(REPO), CLARA_CRASH_AT=crash_at)
+    killed = subprocess.run(
+        [sys.executable, "-m", "indexing.cli", "rebuild", "--recompress", "--model",
+         str(tiny_llama_q4_dir), "--index", str(index), "-q"],
+        env=env, cwd=REPO, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    rc, out, err = run(capsys, "list", "--index", index)
+    assert rc == 0, err
+    assert docs_of(index) == before  # the recompressed copy, in place
+    rc, _, err = run(capsys, "search", "bridge", "--model", tiny_llama_q4_dir, "--index", index)
+    assert rc == 0, err  # (the new model's memories)
+    assert not list((index / ".recompress").iterdir())  # nothing left waiting
+    assert not [p for p in index.iterdir() if p.name.startswith(".default.deleted-")]
+    rc, out, err = run(
+        capsys, "rebuild", "--recompress", "--model", tiny_llama_q4_dir, "--index", index, "--json"
+    )
+    assert rc == 0, err
+    assert docs_of(index) == before
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_llama_dir: Path) -> tuple[Path, dict[str, list[str]]]:
     """The corpus and the index one uninterrupted run makes of it."""

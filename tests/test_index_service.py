@@ -907,6 +907,27 @@ def test_an_older_store_that_took_the_default_id_is_named_in_the_log(
     assert "clara-serve --collection NAME" in caplog.text
 
 
+def test_a_store_whose_collection_is_gone_is_forgotten_at_start(tmp_path: Path) -> None:
+    """A crash audit: a server killed in the middle of deleting a store (the collection gone,
+    its record not yet) kept the record for good: the store was a 404, yet its name was
+    taken from new stores ("kb" became "vs_..."). The record is now forgotten at start, and
+    a store whose collection is there stays."""
+    from indexing.store import Collection
+    from tests.test_store import MANIFEST
+
+    registry = Registry(tmp_path / "uploads")
+    for name in ("kb", "kept"):
+        registry.add_store(StoreRecord(name, name, 0))
+        registry.put_link(Link(name, "file-1", 0, "completed"))
+    Collection.open(tmp_path / "index", "kept", manifest=MANIFEST, create=True).close()
+    try:
+        IndexService(ServiceSettings(index_root=str(tmp_path / "index")), None, registry)
+        assert registry.store("kb") is None and registry.links(store_id="kb") == []
+        assert registry.store("kept") is not None and registry.links(store_id="kept")
+    finally:
+        registry.close()
+
+
 def test_uploads_waiting_at_a_graceful_stop_resume_at_the_next_start(tmp_path: Path) -> None:
     """A second-pass review: a graceful stop marked every upload that had not started
     "failed: internal error while indexing", though the stop's log said it would resume."""

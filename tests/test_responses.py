@@ -456,6 +456,26 @@ def test_store_chain_and_lazy_file(tmp_path) -> None:
     again.close()
 
 
+def test_a_stream_cut_by_a_crash_reads_failed_after_a_restart_as_the_same_pid(
+    tmp_path: Path,
+) -> None:
+    """A crash audit: in Docker every server is pid 1, so a stored stream its server died
+    writing still had a live "writer" after the restart, and read "in_progress" forever."""
+    from server.responses.store import INTERRUPTED, ResponseStore
+
+    crashed = ResponseStore(tmp_path / "responses.sqlite")  # (never closed: a crash)
+    crashed.put({"id": "r1", "created_at": 1, "status": "in_progress"}, [])
+    assert crashed.get("r1")["status"] == "in_progress"  # (its writer alive: this process)
+    restarted = ResponseStore(tmp_path / "responses.sqlite")  # the next start, same pid
+    assert restarted.get("r1") == {
+        "id": "r1", "created_at": 1, "status": "failed", "error": INTERRUPTED
+    }  # fmt: skip
+    restarted.put({"id": "r2", "created_at": 2, "status": "in_progress"}, [])
+    assert restarted.get("r2")["status"] == "in_progress"  # its own: still being written
+    restarted.close()
+    crashed.close()
+
+
 def test_a_locked_response_store_holds_up_only_its_own_request(server, client, tmp) -> None:
     """Another process holds the SQLite file's write lock: the DELETE waits for it, while
     the event loop goes on answering everyone else (/health) at once."""

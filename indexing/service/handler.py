@@ -129,6 +129,16 @@ class IndexService:
         #: chats let go of their own open copy
         self.deleted_hooks: list[Callable[[str], None]] = []
         self._warn_shared_default()
+        self._forget_gone_stores()
+
+    def _forget_gone_stores(self) -> None:
+        """Records of stores whose collection is gone (a crash in the middle of an older
+        clara's delete, or `clara-index` deleting it) are dropped: each kept its name from
+        new stores."""
+        for rec in self.registry.stores():
+            if not (self.root / rec.id / MANIFEST).exists() and not case_clash(self.root, rec.id):
+                log.info("vector store %s: its collection is gone; forgotten", rec.id)
+                self.registry.delete_store(rec.id)
 
     def _warn_shared_default(self) -> None:
         """Clara 0.2.3 and earlier gave a store an app named "default" that id: the collection
@@ -321,13 +331,7 @@ class IndexService:
         keys = []
         for store_id in self.store_ids():
             rec = self.registry.store(store_id)
-            try:
-                created = (
-                    rec.created_at if rec else int(read_manifest(self.root / store_id).created)
-                )
-            except (OSError, ClaraError):  # deleted meanwhile, or damaged: opening says which
-                created = 0
-            keys.append(_StoreKey(store_id, created))
+            keys.append(_StoreKey(store_id, rec.created_at if rec else _made(self.root / store_id)))
         page = paginate(keys, after=after, before=before, limit=limit, order=order)
         stores = []
         for key in page.data:
@@ -377,8 +381,10 @@ class IndexService:
             if col is not None:
                 col.close()
             self._readers.drop(store_id)
-            delete_collection(self.root, store_id)
+            # the record first: a crash between the two leaves a collection (listed, deletable
+            # again), not a record of a store that is gone (its name kept from new stores)
             self.registry.delete_store(store_id)
+            delete_collection(self.root, store_id)
             for hook in self.deleted_hooks:
                 hook(store_id)
 
@@ -794,6 +800,15 @@ class IndexService:
         self._readers.hold(col)  # (the thread's own: it may outlast a request cancelled)
         results = await asyncio.shield(asyncio.to_thread(searched))
         return SearchPage(search_query=queries, data=results)
+
+
+def _made(directory: Path) -> int:
+    """When a collection clara-index made was created (0: deleted meanwhile, or damaged: its
+    page of a listing leaves it out then, as opening it says which)."""
+    try:
+        return int(read_manifest(directory).created)
+    except (OSError, ValueError, TypeError, KeyError, ClaraError):
+        return 0
 
 
 @dataclasses.dataclass

@@ -6,7 +6,9 @@ Each row holds the response object as returned and the input items of its turn (
 the request added, instructions excluded, as OpenAI does); a chain is rebuilt by following
 `previous_response_id` back. A streamed response is stored as it starts (its id is announced
 then), with the writing process in `running`: if that process dies before the response ends,
-reading it says "failed" (INTERRUPTED) instead of "in_progress" forever.
+reading it says "failed" (INTERRUPTED) instead of "in_progress" forever. A server that opens
+the file forgets the rows of its own pid, which were a dead process's: in a container every
+server is pid 1, so the pid alone said "still running" after a crash and a restart.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class ResponseStore:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            # (opened before this process stores anything: a row of its pid is another's)
+            db.execute("DELETE FROM running WHERE pid = ?", (os.getpid(),))
             self._conn = db
         return self._conn
 
