@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,6 +18,7 @@ from mlx.utils import tree_flatten
 from clara.errors import CheckpointError, ClaraError
 from clara.loader import DEFAULT_ALIASES, DEFAULT_MODEL, BaseModel, load_base
 from clara.model import FORMAT_VERSION, ClaraConfig, ClaraModel, memory_settings
+from clara.paths import temp_sibling
 
 CONFIG_FILE = "clara_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
@@ -128,8 +128,7 @@ def resolve_checkpoint(model: object, checkpoint: str | os.PathLike | None) -> P
 def write_checkpoint(path: str | os.PathLike, config: dict, weights: dict[str, mx.array]) -> Path:
     """Write a checkpoint directory atomically (temp dir, then rename over any older one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = temp_sibling(path)
     mx.save_safetensors(str(tmp / WEIGHTS_FILE), weights)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if path.exists():  # replace an older checkpoint at the same place

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -288,8 +287,7 @@ def convert_gguf(
         raise GGUFConversionError(
             f"{out} already exists (remove it, or pass --force / overwrite=True)"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = paths.temp_sibling(out)
     try:
         _write_model(gguf, tmp)
         marker = {
@@ -300,7 +298,7 @@ def convert_gguf(
         _write_json(tmp / MARKER, marker)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old = paths.temp_sibling(out, ".old")
             out.rename(old / "model")
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 from clara.text import printable
@@ -90,3 +94,41 @@ def show_path(path: str | os.PathLike | None) -> str:
     except ValueError:
         return printable(path_text(path))
     return printable(path_text(rel if not rel.startswith("..") else path))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+#: A folder `temp_sibling` made: `.<name>.<pid>-<random><suffix>`
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]+(?P<suffix>\.\w+)?$")
+#: Temp folders named before they carried their pid are swept once this old (seconds)
+_UNNAMED_TEMP_S = 24 * 3600
+
+
+def temp_sibling(target: Path, suffix: str = ".tmp") -> Path:
+    """A new hidden folder beside `target` to build it in, then rename into place: a crash
+    cannot leave half of it at `target`. Its name holds this process's id, and those that
+    dead processes left beside `target` are removed first (a model's conversion killed
+    three times left three copies of ~100 MB; a 7B import would leave gigabytes)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for old in target.parent.glob(f".{glob.escape(target.name)}.*{suffix}"):
+        m = _TEMP.match(old.name)
+        if m is not None and m["name"] == target.name and m["suffix"] == suffix:
+            stale = not pid_alive(int(m["pid"]))
+        else:  # named before they carried their pid: once a day old
+            unnamed = rf"\.{re.escape(target.name)}\.[^.]+{re.escape(suffix)}"
+            stale = bool(re.fullmatch(unnamed, old.name)) and (
+                time.time() - old.stat().st_mtime > _UNNAMED_TEMP_S
+            )
+        if stale and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    prefix = f".{target.name}.{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))

@@ -93,17 +93,6 @@ def remove_quietly(path: Path) -> bool:
         return False
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (one of another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def held_elsewhere(directory: Path) -> bool:
     """Whether another open of `<dir>/writer.lock` (another process's `WriterLock`, or another
     of this process's) holds it now; a folder without one is not held."""

@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 
 from clara.errors import CollectionNotFoundError, DamagedCollectionError, InvalidArgumentError
-from clara.paths import COLLECTION_NAME, index_root
-from indexing.durable import WriterLock, fsync_dir, fsync_file, pid_alive
+from clara.paths import COLLECTION_NAME, index_root, pid_alive
+from indexing.durable import WriterLock, fsync_dir, fsync_file
 from indexing.manifest import MANIFEST, Manifest, write_manifest
 from indexing.meta import Meta
 

@@ -509,3 +509,33 @@ def test_the_byte_level_table_is_mlx_lms():
     from clara.stream import _byte_level_decoder
 
     assert _byte_level_decoder() == _byte_decoder() and len(_byte_level_decoder()) == 256
+
+
+def test_temp_folders_that_killed_runs_left_are_swept(tmp_path) -> None:
+    """A crash audit: `clara-models prepare` killed three times left three ~100 MB temp
+    folders beside the model, which nothing removed (a 7B import: gigabytes). Temp folders
+    now carry their process's id, and those of dead processes go at the next run."""
+    import os
+    import subprocess
+    import sys
+
+    from clara.paths import temp_sibling
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    target = tmp_path / "smollm2-135m"
+    names = {
+        "killed": f".smollm2-135m.{dead}-ab12cd34.tmp",
+        "running": f".smollm2-135m.{os.getpid()}-ef56gh78.tmp",  # a conversion running now
+        "old unnamed": ".smollm2-135m.qw12er34.tmp",  # named before the pid: a day old
+        "new unnamed": ".smollm2-135m.zx56cv78.tmp",
+        "another model's": f".other.{dead}-ab12cd34.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    os.utime(tmp_path / names["old unnamed"], (0, 0))
+    made = temp_sibling(target)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert made.name in left and made.name.startswith(f".smollm2-135m.{os.getpid()}-")
+    assert left - {made.name} == {names[k] for k in ("running", "new unnamed", "another model's")}

@@ -21,8 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from clara.paths import pid_alive
 from clara_cli.http import APIError
-from indexing.durable import pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
