@@ -232,20 +232,32 @@ def test_the_server_logs_one_way_on_stderr_and_stops_on_sighup(
 
 
 def test_a_second_ctrl_c_cuts_answers_off_and_says_so(tmp_path: Path, tiny_llama_dir: Path):
-    """It exited 0, as a graceful stop does, though the answer in progress was cut."""
+    """It exited 0, as a graceful stop does, though the answer in progress was cut; and a
+    stored Responses stream it cut was kept as "cancelled", as if its client had left (a
+    crash audit), where a crash's reads "failed" with the reason."""
+    from server.responses.store import INTERRUPTED, ResponseStore
+
     proc, url, _, err_path = _serve(tmp_path, tiny_llama_dir)
     body = {"messages": [{"role": "user", "content": "count"}], "retrieval": False,
             "max_tokens": 4000, "stream": True}  # fmt: skip
+    asked = {"input": "count", "max_output_tokens": 4000, "stream": True}  # (no tool: no search)
     try:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
-            lines = r.iter_lines()
+        with (
+            httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r,
+            httpx.stream("POST", f"{url}/v1/responses", json=asked, timeout=60) as stored,
+        ):
+            lines, events = r.iter_lines(), stored.iter_lines()
+            created = next(line for line in events if '"response.created"' in line)
+            rid = json.loads(created.removeprefix("data: "))["response"]["id"]
+            next(line for line in events if "output_text.delta" in line)
             next(line for line in lines if '"content": "' in line)  # decoding
             proc.send_signal(signal.SIGINT)
             time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
-            with pytest.raises(httpx.HTTPError):
-                for _ in lines:
-                    pass
+            for cut in (lines, events):
+                with pytest.raises(httpx.HTTPError):
+                    for _ in cut:
+                        pass
         assert proc.wait(60) == 130
     finally:
         if proc.poll() is None:
@@ -254,6 +266,12 @@ def test_a_second_ctrl_c_cuts_answers_off_and_says_so(tmp_path: Path, tiny_llama
     log = err_path.read_text()
     assert "forced to stop: answers in progress were cut off" in log
     assert "Traceback" not in log and "CancelledError" not in log  # (uvicorn's, of each cut)
+    store = ResponseStore(tmp_path / "home" / "responses.sqlite")
+    try:
+        kept = store.get(rid)
+    finally:
+        store.close()
+    assert kept["status"] == "failed" and kept["error"] == INTERRUPTED, kept
 
 
 def test_the_lock_says_this_process_only_for_this_process(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from server.responses.protocol import (
     ResponseError,
     ResponseUsage,
 )
+from server.responses.store import INTERRUPTED
 
 if TYPE_CHECKING:
     from server.responses.serving import ResponsesServing
@@ -111,12 +112,16 @@ class ResponseRun:
     def _keep_abandoned(self) -> None:
         """The client hung up mid-stream: keep what was generated as a "cancelled" response
         (store: true), so the id `response.created` announced can still be retrieved and
-        chained from. Synchronous (one SQLite row): the cancelled task cannot await."""
+        chained from; cut by a forced stop of the server (a second Ctrl-C), it "failed", as
+        one a crash cut. Synchronous (one SQLite row): the cancelled task cannot await."""
         r = self.response
         if r.status != "in_progress" or not r.store:
             return
         self._cut_short()
-        r.status = "cancelled"
+        if self.owner.serving.stop_by is None:
+            r.status = "cancelled"
+        else:  # the server is stopping: not the client's doing
+            r.status, r.error = "failed", ResponseError(**INTERRUPTED)
         r.output = ([self.call] if self.call else []) + [self.message]
         try:
             self.owner.store.put(r.model_dump(), self.turn)
