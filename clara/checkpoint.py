@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -133,6 +134,7 @@ def write_checkpoint(path: str | os.PathLike, config: dict, weights: dict[str, m
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if path.exists():  # replace an older checkpoint at the same place
         old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)  # (a crash between the two replaces left it)
         os.replace(path, old)
         os.replace(tmp, path)
         for f in old.iterdir():

@@ -121,13 +121,16 @@ def temp_sibling(target: Path, suffix: str = ".tmp") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     for old in target.parent.glob(f".{glob.escape(target.name)}.*{suffix}"):
         m = _TEMP.match(old.name)
-        if m is not None and m["name"] == target.name and m["suffix"] == suffix:
-            stale = not pid_alive(int(m["pid"]))
-        else:  # named before they carried their pid: once a day old
-            unnamed = rf"\.{re.escape(target.name)}\.[^.]+{re.escape(suffix)}"
-            stale = bool(re.fullmatch(unnamed, old.name)) and (
-                time.time() - old.stat().st_mtime > _UNNAMED_TEMP_S
-            )
+        try:
+            if m is not None and m["name"] == target.name and m["suffix"] == suffix:
+                stale = not pid_alive(int(m["pid"]))
+            else:  # named before they carried their pid (mkdtemp's 8 characters): a day old
+                unnamed = rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}{re.escape(suffix)}"
+                stale = bool(re.fullmatch(unnamed, old.name)) and (
+                    time.time() - old.stat().st_mtime > _UNNAMED_TEMP_S
+                )
+        except (OSError, OverflowError):  # swept by another run meanwhile; no such pid
+            stale = False
         if stale and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     prefix = f".{target.name}.{os.getpid()}-"

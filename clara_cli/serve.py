@@ -155,6 +155,9 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
+            forced = getattr(app.state, "forced", None)
+            if self.force_exit and forced is not None:  # (what it cuts is the server's doing)
+                forced()
             # a stop asked for ends with status 0 once answers are done (uvicorn would raise
             # the signal again afterwards, and the process end killed by it, or with run_main's
             # 143 for SIGTERM)

@@ -108,6 +108,11 @@ def delete_collection(root: str | Path | None, name: str) -> None:
         doomed = directory.with_name(f".{name}.deleted-{os.getpid()}-{secrets.token_hex(4)}")
         os.rename(directory, doomed)  # gone from listings at once; rmtree may take a while
         fsync_dir(directory.parent)
+        # a recompressed copy an interrupted run left (under the lock: no run is on now),
+        # which `finish_swap` would otherwise bring back as the collection
+        staging = directory.parent / STAGING
+        (staging / f"{name}.complete").unlink(missing_ok=True)
+        shutil.rmtree(staging / name, ignore_errors=True)
     finally:
         lock.release()
     shutil.rmtree(doomed, ignore_errors=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clara.errors import CollectionNotFoundError
-from indexing.layout import case_clash
+from indexing.layout import case_clash, finish_swap
 from indexing.manifest import MANIFEST
 from indexing.store import Collection
 
@@ -59,6 +59,8 @@ class OpenCollections:
         """`lease` for code that cannot hold a `with` block (an async request that opens
         it on a thread): each collection acquired must be `release`d."""
         directory = self.root / name
+        if not directory.exists():
+            finish_swap(self.root, name)  # (a recompress a crash interrupted in its swap)
         try:
             folder = os.stat(directory).st_ino
         except OSError:

@@ -185,6 +185,7 @@ def create_app(
     app.state.engine = engine
     app.state.serving = serving
     app.state.stopping = serving.stopping  # serve_http: SIGTERM's grace begins
+    app.state.forced = lambda: setattr(serving, "forced", True)  # ... and a second Ctrl-C
     app.state.responses = ResponsesServing(serving, store, files)
     app.state.completions = CompletionServing(serving)
     app.add_middleware(BodyLimit)  # inside the gate: a stranger's big body is a 401 first

@@ -182,6 +182,7 @@ class OpenAIServing:
         self.created = int(time.time())
         self.accept_any_model = False  # --accept-any-model: answer whatever model is named
         self.stop_by: float | None = None  # monotonic time answers in progress end by
+        self.forced = False  # a forced stop (a second Ctrl-C) cuts what still runs
 
     def stopping(self, grace_s: float) -> None:
         """The server stops (SIGTERM) and cuts the connections still open in `grace_s`

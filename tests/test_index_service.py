@@ -928,6 +928,38 @@ def test_a_store_whose_collection_is_gone_is_forgotten_at_start(tmp_path: Path) 
         registry.close()
 
 
+def test_pages_of_stores_skip_damaged_ones_and_go_on(tmp_path: Path) -> None:
+    """A review of the paged listing (which opens only a page's stores): a page whose stores
+    were all damaged came back empty with has_more, which ended the SDK's paging there (the
+    stores after it never listed). Pages now take the next store instead, both ways."""
+    from indexing.store import Collection
+    from tests.test_store import MANIFEST
+
+    registry = Registry(tmp_path / "uploads")
+    for i, name in enumerate("abcde"):
+        Collection.open(tmp_path / "index", name, manifest=MANIFEST, create=True).close()
+        registry.add_store(StoreRecord(name, name, 100 + i))
+    for torn in "bc":
+        (tmp_path / "index" / torn / "manifest.json").write_text("{torn")
+    try:
+        service = IndexService(ServiceSettings(index_root=str(tmp_path / "index")), None, registry)
+        for order, want in (("asc", "ade"), ("desc", "eda")):
+            after, seen = None, []
+            while True:  # as the SDK's auto-paging does
+                page = service.list_stores(after, None, 1, order)
+                seen += [s.id for s in page.data]
+                if not page.data or not page.has_more:
+                    break
+                after = page.last_id
+            assert "".join(seen) == want, order
+        page = service.list_stores(None, "d", 1, "asc")  # (the store just before d: a)
+        assert [s.id for s in page.data] == ["a"] and not page.has_more
+        page = service.list_stores(None, None, 10, "asc")
+        assert [s.id for s in page.data] == list("ade") and not page.has_more
+    finally:
+        registry.close()
+
+
 def test_uploads_waiting_at_a_graceful_stop_resume_at_the_next_start(tmp_path: Path) -> None:
     """A second-pass review: a graceful stop marked every upload that had not started
     "failed: internal error while indexing", though the stop's log said it would resume."""

@@ -461,19 +461,33 @@ def test_a_stream_cut_by_a_crash_reads_failed_after_a_restart_as_the_same_pid(
 ) -> None:
     """A crash audit: in Docker every server is pid 1, so a stored stream its server died
     writing still had a live "writer" after the restart, and read "in_progress" forever."""
+    import sqlite3
+    import subprocess
+    import sys
+
     from server.responses.store import INTERRUPTED, ResponseStore
 
-    crashed = ResponseStore(tmp_path / "responses.sqlite")  # (never closed: a crash)
-    crashed.put({"id": "r1", "created_at": 1, "status": "in_progress"}, [])
-    assert crashed.get("r1")["status"] == "in_progress"  # (its writer alive: this process)
-    restarted = ResponseStore(tmp_path / "responses.sqlite")  # the next start, same pid
+    db = tmp_path / "responses.sqlite"
+    crashed = (  # a server that died writing r1 (its process is gone)
+        "import sys; from pathlib import Path; from server.responses.store import "
+        "ResponseStore; ResponseStore(Path(sys.argv[1])).put({'id': 'r1', 'created_at': 1, "
+        "'status': 'in_progress'}, [])"
+    )
+    subprocess.run([sys.executable, "-c", crashed, str(db)], check=True)
+    with sqlite3.connect(db) as conn:  # ... as pid 1 in its container, as this server is
+        conn.execute("UPDATE running SET pid = ?", (os.getpid(),))
+    restarted = ResponseStore(db)
+    restarted.put({"id": "r2", "created_at": 2, "status": "in_progress"}, [])
     assert restarted.get("r1") == {
         "id": "r1", "created_at": 1, "status": "failed", "error": INTERRUPTED
     }  # fmt: skip
-    restarted.put({"id": "r2", "created_at": 2, "status": "in_progress"}, [])
     assert restarted.get("r2")["status"] == "in_progress"  # its own: still being written
+    again = ResponseStore(db)  # another store of this process sees that too
+    assert again.get("r2")["status"] == "in_progress"
+    restarted.put({"id": "r2", "created_at": 2, "status": "completed"}, [])
+    assert again.get("r2")["status"] == "completed"
+    again.close()
     restarted.close()
-    crashed.close()
 
 
 def test_a_locked_response_store_holds_up_only_its_own_request(server, client, tmp) -> None:

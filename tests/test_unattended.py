@@ -234,7 +234,7 @@ def test_the_server_logs_one_way_on_stderr_and_stops_on_sighup(
 def test_a_second_ctrl_c_cuts_answers_off_and_says_so(tmp_path: Path, tiny_llama_dir: Path):
     """It exited 0, as a graceful stop does, though the answer in progress was cut; and a
     stored Responses stream it cut was kept as "cancelled", as if its client had left (a
-    crash audit), where a crash's reads "failed" with the reason."""
+    crash audit): it now reads "failed" with the reason, as one a crash cut."""
     from server.responses.store import INTERRUPTED, ResponseStore
 
     proc, url, _, err_path = _serve(tmp_path, tiny_llama_dir)

@@ -134,9 +134,10 @@ class IndexService:
     def _forget_gone_stores(self) -> None:
         """Records of stores whose collection is gone (a crash in the middle of an older
         clara's delete, or `clara-index` deleting it) are dropped: each kept its name from
-        new stores."""
+        new stores. (A damaged folder keeps its record: restored, it is the store again.)"""
+        there = set(self.store_ids())  # (listing finishes a recompress a crash interrupted)
         for rec in self.registry.stores():
-            if not (self.root / rec.id / MANIFEST).exists() and not case_clash(self.root, rec.id):
+            if rec.id not in there and not (self.root / rec.id).exists():
                 log.info("vector store %s: its collection is gone; forgotten", rec.id)
                 self.registry.delete_store(rec.id)
 
@@ -326,25 +327,37 @@ class IndexService:
         return [n for n in list_collections(self.root) if n not in RESERVED_NAMES]
 
     def list_stores(self, after: str | None, before: str | None, limit: int, order: str):
-        """A page of the stores: ordered by what their records and manifests say, then only
-        the page's stores opened (a listing of 5 of 400 stores opened all 400: 4 s)."""
+        """A page of the stores: ordered by what their records and manifests say, then opened
+        one by one until the page is full (a listing of 5 of 400 stores opened all 400: 4 s).
+        One that cannot be read (damaged, deleted meanwhile) is left out, and the page takes
+        the next instead: a page left empty ended the SDK's paging there."""
         keys = []
         for store_id in self.store_ids():
             rec = self.registry.store(store_id)
             keys.append(_StoreKey(store_id, rec.created_at if rec else _made(self.root / store_id)))
-        page = paginate(keys, after=after, before=before, limit=limit, order=order)
-        stores = []
-        for key in page.data:
-            try:
-                with self._readers.peek(key.id) as col:  # (not kept open: they may be 1000s)
-                    if col is not None:  # (else deleted meanwhile)
-                        stores.append(self.store_object(key.id, col))
-            except APIError:  # deleted meanwhile
-                continue
-            except DamagedCollectionError as exc:  # one broken folder must not hide the rest
-                log.warning("%s", exc)
+        # the cursor applied, nothing cut; with `before`, the page is the stores nearest it
+        rest = paginate(keys, after=after, before=before, limit=len(keys) + 1, order=order).data
+        toward = before is None or all(k.id != before for k in keys)  # (as `paginate` does)
+        stores: list[VectorStore] = []
+        while rest and len(stores) < limit:
+            key = rest.pop(0) if toward else rest.pop()
+            if (store := self._listed(key.id)) is not None:
+                stores.append(store)
+        if not toward:
+            stores.reverse()
         first, last = (stores[0].id, stores[-1].id) if stores else (None, None)
-        return page.model_copy(update={"data": stores, "first_id": first, "last_id": last})
+        return ListPage(data=stores, first_id=first, last_id=last, has_more=bool(rest))
+
+    def _listed(self, store_id: str) -> VectorStore | None:
+        """A store as a listing shows it; None when it cannot be read."""
+        try:
+            with self._readers.peek(store_id) as col:  # (not kept open: they may be 1000s)
+                return None if col is None else self.store_object(store_id, col)
+        except APIError:  # deleted meanwhile
+            return None
+        except DamagedCollectionError as exc:  # one broken folder must not hide the rest
+            log.warning("%s", exc)
+            return None
 
     def store_object(self, store_id: str, col: Collection | None = None) -> VectorStore:
         if col is None:

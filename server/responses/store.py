@@ -6,8 +6,8 @@ Each row holds the response object as returned and the input items of its turn (
 the request added, instructions excluded, as OpenAI does); a chain is rebuilt by following
 `previous_response_id` back. A streamed response is stored as it starts (its id is announced
 then), with the writing process in `running`: if that process dies before the response ends,
-reading it says "failed" (INTERRUPTED) instead of "in_progress" forever. A server that opens
-the file forgets the rows of its own pid, which were a dead process's: in a container every
+reading it says "failed" (INTERRUPTED) instead of "in_progress" forever. A row of this
+process's own pid that this process is not writing was a dead process's: in a container every
 server is pid 1, so the pid alone said "still running" after a crash and a restart.
 """
 
@@ -37,6 +37,8 @@ INTERRUPTED = {
     "message": "the server stopped before this response finished; send the request again",
 }
 MAX_CHAIN = 1000  # a chain longer than this is cut (its oldest turns would not fit anyway)
+#: Responses this process is writing now (every store of it: their rows carry its pid)
+_WRITING: set[str] = set()
 
 
 class ResponseStore:
@@ -56,8 +58,6 @@ class ResponseStore:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
-            # (opened before this process stores anything: a row of its pid is another's)
-            db.execute("DELETE FROM running WHERE pid = ?", (os.getpid(),))
             self._conn = db
         return self._conn
 
@@ -84,6 +84,7 @@ class ResponseStore:
                 else:
                     db.execute("DELETE FROM running WHERE id = ?", (response["id"],))
                 db.execute("COMMIT")
+                (_WRITING.add if running else _WRITING.discard)(response["id"])
             except BaseException as exc:
                 if db.in_transaction:  # (SQLite ends it itself on a full disk)
                     db.execute("ROLLBACK")
@@ -118,7 +119,11 @@ class ResponseStore:
             found = self._db.execute(
                 "SELECT pid FROM running WHERE id = ?", (response_id,)
             ).fetchone()
-        return found is None or not pid_alive(found[0])
+        if found is None:
+            return True
+        if found[0] == os.getpid():  # (this process's, or a dead one's under the same pid)
+            return response_id not in _WRITING
+        return not pid_alive(found[0])
 
     def input_items(self, response_id: str) -> list[dict[str, Any]] | None:
         row = self._row(response_id)
@@ -134,6 +139,7 @@ class ResponseStore:
         with self._lock:
             cur = self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
             self._db.execute("DELETE FROM running WHERE id = ?", (response_id,))
+            _WRITING.discard(response_id)
         return cur.rowcount > 0
 
     def chain(self, response_id: str) -> list[tuple[list[dict], dict]] | None:

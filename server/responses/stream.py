@@ -118,9 +118,9 @@ class ResponseRun:
         if r.status != "in_progress" or not r.store:
             return
         self._cut_short()
-        if self.owner.serving.stop_by is None:
+        if not self.owner.serving.forced:
             r.status = "cancelled"
-        else:  # the server is stopping: not the client's doing
+        else:  # the server was forced to stop: not the client's doing
             r.status, r.error = "failed", ResponseError(**INTERRUPTED)
         r.output = ([self.call] if self.call else []) + [self.message]
         try:
