@@ -919,8 +919,10 @@ def test_a_store_whose_collection_is_gone_is_forgotten_at_start(tmp_path: Path) 
     for name in ("kb", "kept"):
         registry.add_store(StoreRecord(name, name, 0))
         registry.put_link(Link(name, "file-1", 0, "completed"))
-    Collection.open(tmp_path / "index", "kept", manifest=MANIFEST, create=True).close()
     try:
+        IndexService(ServiceSettings(index_root=str(tmp_path / "index")), None, registry)
+        assert registry.store("kb") is not None  # no collection at all: forgets nothing
+        Collection.open(tmp_path / "index", "kept", manifest=MANIFEST, create=True).close()
         IndexService(ServiceSettings(index_root=str(tmp_path / "index")), None, registry)
         assert registry.store("kb") is None and registry.links(store_id="kb") == []
         assert registry.store("kept") is not None and registry.links(store_id="kept")

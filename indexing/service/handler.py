@@ -136,6 +136,8 @@ class IndexService:
         clara's delete, or `clara-index` deleting it) are dropped: each kept its name from
         new stores. (A damaged folder keeps its record: restored, it is the store again.)"""
         there = set(self.store_ids())  # (listing finishes a recompress a crash interrupted)
+        if not there:  # no collection at all: a wrong or unmounted folder? forget nothing
+            return
         for rec in self.registry.stores():
             if rec.id not in there and not (self.root / rec.id).exists():
                 log.info("vector store %s: its collection is gone; forgotten", rec.id)
