@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -124,7 +125,7 @@ class IndexService:
         # submitted and not yet indexed (worker thread only): at most READS_AHEAD
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="clara-index-read")
         self._reads: set[Future] = set()
-        self._deleting: set[str] = set()  # uploads being deleted (event loop only)
+        self._deleting: Counter[str] = Counter()  # uploads being deleted (event loop only)
         #: called with a vector store's id once it is deleted (worker thread): clara-serve's
         #: chats let go of their own open copy
         self.deleted_hooks: list[Callable[[str], None]] = []
@@ -265,14 +266,14 @@ class IndexService:
     async def delete_file(self, file_id: str) -> FileDeleted:
         """Delete an upload and remove it from every vector store (as OpenAI does)."""
         rec = self._file(file_id)
-        self._deleting.add(file_id)  # an attach from now on is a 404 (one racing the delete
+        self._deleting[file_id] += 1  # an attach from now on is a 404 (one racing the delete
         try:  # indexed the deleted file, or failed it as missing)
             for link in self.registry.links(file_id=file_id):
                 await self.worker.call(lambda cm, link=link: self._detach(link.store_id, rec, link))
             self.registry.delete_file(file_id)
             await self.uploads.delete(file_id)
         finally:
-            self._deleting.discard(file_id)
+            self._deleting -= Counter([file_id])  # (gone at 0: two deletes at once count)
         return FileDeleted(id=file_id)
 
     def _live_file(self, file_id: str) -> FileRecord | None:
