@@ -92,7 +92,8 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         "--init-from",
         dest="checkpoint",
         metavar="DIR",
-        help="start from this checkpoint (the previous stage's final/); same as --checkpoint",
+        help="start from this checkpoint (the previous stage's final/); same as --checkpoint. "
+        "Not one imported with clara-models import-clara (it reads its reference's prompts)",
     )
     p.add_argument("--data", required=True, metavar="JSONL", help="training data (see above)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, logs)")

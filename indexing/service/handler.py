@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -130,19 +130,6 @@ class IndexService:
         #: chats let go of their own open copy
         self.deleted_hooks: list[Callable[[str], None]] = []
         self._warn_shared_default()
-        self._forget_gone_stores()
-
-    def _forget_gone_stores(self) -> None:
-        """Records of stores whose collection is gone (a crash in the middle of an older
-        clara's delete, or `clara-index` deleting it) are dropped: each kept its name from
-        new stores. (A damaged folder keeps its record: restored, it is the store again.)"""
-        there = set(self.store_ids())  # (listing finishes a recompress a crash interrupted)
-        if not there:  # no collection at all: a wrong or unmounted folder? forget nothing
-            return
-        for rec in self.registry.stores():
-            if rec.id not in there and not (self.root / rec.id).exists():
-                log.info("vector store %s: its collection is gone; forgotten", rec.id)
-                self.registry.delete_store(rec.id)
 
     def _warn_shared_default(self) -> None:
         """Clara 0.2.3 and earlier gave a store an app named "default" that id: the collection
@@ -216,6 +203,14 @@ class IndexService:
         loaded = manifest_of(cm, self.settings.checkpoint)  # (the fix-it names the checkpoint)
         col.manifest.check_matches(Manifest.from_dict(loaded), col.name)
 
+    def _check_writable(self, store_ids: Iterable[str]) -> None:
+        """Worker: CollectionLockedError (a 409) if another process (clara-index) holds one
+        of these collections, so that a request that cannot finish changes nothing."""
+        for store_id in store_ids:
+            directory = self.root / store_id
+            if store_id not in self._writers and (directory / MANIFEST).exists():
+                WriterLock(directory, f"collection '{store_id}'").release()
+
     def _writer(self, store_id: str) -> Collection:
         """Worker thread: the collection opened for writing until its jobs are done."""
         col = self._writers.get(store_id)
@@ -268,7 +263,9 @@ class IndexService:
         rec = self._file(file_id)
         self._deleting[file_id] += 1  # an attach from now on is a 404 (one racing the delete
         try:  # indexed the deleted file, or failed it as missing)
-            for link in self.registry.links(file_id=file_id):
+            links = self.registry.links(file_id=file_id)
+            await self.worker.call(lambda cm: self._check_writable(link.store_id for link in links))
+            for link in links:  # (a 409 above changed nothing)
                 await self.worker.call(lambda cm, link=link: self._detach(link.store_id, rec, link))
             self.registry.delete_file(file_id)
             await self.uploads.delete(file_id)
@@ -292,9 +289,13 @@ class IndexService:
             and not is_reserved(name)
             and name.lower() not in {DEFAULT_COLLECTION, self.settings.default_collection.lower()}
             and not (self.root / name).exists()
-            and self.registry.store(name) is None
             and case_clash(self.root, name) is None
         )
+        if usable and self.registry.store(name) is not None:
+            # the record of a store whose folder is gone (a crash in the middle of deleting
+            # it): its name is free again, and the old record's files go with it
+            log.info("vector store %s: its folder is gone; its record is replaced", name)
+            self.registry.delete_store(name)
         store_id = name if usable else f"vs_{secrets.token_hex(12)}"
         manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
         await asyncio.to_thread(
@@ -388,10 +389,7 @@ class IndexService:
             pass  # unreadable, still deletable
 
         def delete(cm: Any) -> None:
-            directory = self.root / store_id
-            if store_id not in self._writers and (directory / MANIFEST).exists():
-                # clara-index holds it: a 409 before anything changes
-                WriterLock(directory, f"collection '{store_id}'").release()
+            self._check_writable([store_id])  # clara-index holds it: a 409 before any change
             self.worker.cancel(lambda key: key[0] == store_id)
             col = self._writers.pop(store_id, None)
             if col is not None:

@@ -141,9 +141,6 @@ class Registry:
     def add_store(self, rec: StoreRecord) -> None:
         self._run("INSERT OR REPLACE INTO stores VALUES (?, ?, ?, ?)", *_values(rec))
 
-    def stores(self) -> list[StoreRecord]:
-        return [_row(StoreRecord, r) for r in self._all("SELECT * FROM stores")]
-
     def store(self, store_id: str) -> StoreRecord | None:
         rows = self._all("SELECT * FROM stores WHERE id=?", store_id)
         return _row(StoreRecord, rows[0]) if rows else None
