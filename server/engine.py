@@ -155,7 +155,7 @@ class Engine:
         def done() -> None:
             if job.batched:
                 return
-            if kind == "chat" and job.task.cancelled and not job.failed:
+            if kind == "chat" and job.task.cancelled and not job.failed and not job.finished:
                 self.metrics.generations.inc(reason="cancelled")  # left while it waited
             if kind == "embeddings" and job.task.cancelled and not job.failed and job.progress:
                 finished, total = job.progress  # (None: it never started)
@@ -437,8 +437,9 @@ class Engine:
         self.metrics.prefills.inc(requests=str(len(part)))
         self.metrics.prefill_seconds.observe(took, requests=str(len(part)))
         for (j, _, _), (_, first) in zip(part, started):
+            j.finished = first.finish_reason is not None  # (before its route hears of it)
             j.emit(first)
-            if first.finish_reason is not None:
+            if j.finished:
                 self._finished(first)
             else:
                 j.batched = True

@@ -103,6 +103,8 @@ class Job:
         self.checked = time.monotonic()  # when its route last looked for a hung-up client
         self.progress: tuple[int, int] | None = None  # embeddings: (inputs done, of)
         self.failed = False  # it ended in an error (its route then cancels it: not "cancelled")
+        self.finished = False  # its answer ended at its first token (the route may cancel it
+        # as it ends, before the worker's `done`: not "cancelled" either)
 
     def emit(self, event: object) -> None:
         """Hand an event to the event loop (worker thread)."""
