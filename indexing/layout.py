@@ -55,10 +55,10 @@ def case_clash(root: str | Path | None, name: str) -> str | None:
     """The collection under `root` whose name is `name` in another case, if `name` itself is
     none: macOS's and Windows' file systems take one for the other (one folder), Linux's not."""
     try:
+        if name in os.listdir(index_root(root)):  # (one listing: no manifest looked at)
+            return None
         names = list_collections(root)
     except OSError:  # a root that may be entered but not listed: nothing to compare with
-        return None
-    if name in names:
         return None
     return next((n for n in names if n.lower() == name.lower()), None)
 

@@ -963,6 +963,51 @@ def test_pages_of_stores_skip_damaged_ones_and_go_on(tmp_path: Path) -> None:
         registry.close()
 
 
+def test_paginate_walks_every_item_once_either_way_and_skips_what_show_drops() -> None:
+    """`paginate` is every listing's cursor rule. Walking pages forward (`after` = last id)
+    and backward (`before` = first id) at every limit, both orders, ties in created_at, lists
+    each shown item exactly once and in order; items `show` drops never appear and never
+    leave a page empty while any are left. A cursor not in the list is ignored, as OpenAI's
+    own listings do with an id from another list."""
+    from types import SimpleNamespace
+
+    from indexing.service.protocol import paginate
+
+    items = [SimpleNamespace(id=c, created_at=t) for c, t in zip("abcdefg", [1, 1, 2, 3, 3, 3, 4])]
+    for hidden in ("", "b", "cde", "abcdefg"):
+        show = (lambda x, h=hidden: None if x.id in h else x) if hidden else None
+        for order in ("asc", "desc"):
+            want = [x.id for x in items if x.id not in hidden]
+            want = want if order == "asc" else want[::-1]
+            for limit in (1, 2, 3, 7, 8):
+                seen, after = [], None
+                while True:
+                    page = paginate(
+                        items, after=after, before=None, limit=limit, order=order, show=show
+                    )
+                    assert len(page.data) <= limit and (page.data or not page.has_more)
+                    seen += [x.id for x in page.data]
+                    if not page.has_more:
+                        break
+                    after = page.last_id
+                assert seen == want, (hidden, order, limit)
+                if not want:
+                    continue
+                back, before = [want[-1]], want[-1]  # from the last one, back to the start
+                while True:
+                    page = paginate(
+                        items, after=None, before=before, limit=limit, order=order, show=show
+                    )
+                    assert len(page.data) <= limit and (page.data or not page.has_more)
+                    back = [x.id for x in page.data] + back
+                    if not page.has_more:
+                        break
+                    before = page.first_id
+                assert back == want, ("backward", hidden, order, limit)
+    page = paginate(items, after="zz", before="yy", limit=2, order="asc")
+    assert [x.id for x in page.data] == ["a", "b"] and page.has_more
+
+
 def test_uploads_waiting_at_a_graceful_stop_resume_at_the_next_start(tmp_path: Path) -> None:
     """A second-pass review: a graceful stop marked every upload that had not started
     "failed: internal error while indexing", though the stop's log said it would resume."""

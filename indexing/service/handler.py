@@ -331,26 +331,21 @@ class IndexService:
         return [n for n in list_collections(self.root) if n not in RESERVED_NAMES]
 
     def list_stores(self, after: str | None, before: str | None, limit: int, order: str):
-        """A page of the stores: ordered by what their records and manifests say, then opened
-        one by one until the page is full (a listing of 5 of 400 stores opened all 400: 4 s).
-        One that cannot be read (damaged, deleted meanwhile) is left out, and the page takes
-        the next instead: a page left empty ended the SDK's paging there."""
+        """A page of the stores: ordered by what their records and manifests say, and only the
+        page's stores opened (a listing of 5 of 400 stores opened all 400: 4 s). One that
+        cannot be read (damaged, deleted meanwhile) is left out and the next takes its place."""
         keys = []
         for store_id in self.store_ids():
             rec = self.registry.store(store_id)
             keys.append(_StoreKey(store_id, rec.created_at if rec else _made(self.root / store_id)))
-        # the cursor applied, nothing cut; with `before`, the page is the stores nearest it
-        rest = paginate(keys, after=after, before=before, limit=len(keys) + 1, order=order).data
-        toward = before is None or all(k.id != before for k in keys)  # (as `paginate` does)
-        stores: list[VectorStore] = []
-        while rest and len(stores) < limit:
-            key = rest.pop(0) if toward else rest.pop()
-            if (store := self._listed(key.id)) is not None:
-                stores.append(store)
-        if not toward:
-            stores.reverse()
-        first, last = (stores[0].id, stores[-1].id) if stores else (None, None)
-        return ListPage(data=stores, first_id=first, last_id=last, has_more=bool(rest))
+        return paginate(
+            keys,
+            after=after,
+            before=before,
+            limit=limit,
+            order=order,
+            show=lambda key: self._listed(key.id),
+        )
 
     def _listed(self, store_id: str) -> VectorStore | None:
         """A store as a listing shows it; None when it cannot be read."""

@@ -8,6 +8,7 @@ a document of it (its id is the uploaded file's id, or the document id for docum
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -283,17 +284,35 @@ class ListPage(BaseModel):
 
 
 def paginate(
-    items: list[Any], *, after: str | None, before: str | None, limit: int, order: str
+    items: list[Any],
+    *,
+    after: str | None,
+    before: str | None,
+    limit: int,
+    order: str,
+    show: Callable[[Any], Any | None] | None = None,
 ) -> ListPage:
-    """Sort by (created_at, id) in `order`, cut at the `after`/`before` cursors, keep `limit`."""
+    """Sort by (created_at, id) in `order`, cut at the `after`/`before` cursors, keep `limit`.
+
+    With `before`, the page is the items nearest it. `show` turns a kept item into what the
+    page holds, or None to leave it out (one that cannot be read): the next takes its place,
+    so a page is full while any are left (an empty page with `has_more` ends SDK paging).
+    """
     items = sorted(items, key=lambda x: (x.created_at, x.id), reverse=order == "desc")
     ids = [x.id for x in items]
     if after is not None and after in ids:
         items = items[ids.index(after) + 1 :]
-    if before is not None and before in [x.id for x in items]:
-        items = items[: [x.id for x in items].index(before)]
-        items, more = items[-limit:], len(items) > limit
-    else:
-        items, more = items[:limit], len(items) > limit
-    first, last = (items[0].id, items[-1].id) if items else (None, None)
-    return ListPage(data=items, first_id=first, last_id=last, has_more=more)
+        ids = ids[ids.index(after) + 1 :]
+    backward = before is not None and before in ids
+    if backward:
+        items = items[: ids.index(before)][::-1]  # nearest the cursor first
+    rest = iter(items)
+    page: list[Any] = []
+    while len(page) < limit and (item := next(rest, None)) is not None:
+        if (shown := item if show is None else show(item)) is not None:
+            page.append(shown)
+    more = next(rest, None) is not None
+    if backward:
+        page.reverse()
+    first, last = (page[0].id, page[-1].id) if page else (None, None)
+    return ListPage(data=page, first_id=first, last_id=last, has_more=more)
