@@ -45,6 +45,14 @@ class SearchHit(Contextual):
     memory: np.ndarray | None = field(default=None, repr=False)
 
 
+# FTS5's BM25 floors a word's IDF at 1e-6 when it is in half the chunks or more, so a chunk
+# that matches only such words scores ~0. Ranked anyway, those chunks (all 400 pages of a log
+# that repeats the query's one common word) took lexical ranks 2, 3, ... and buried, in the
+# fusion, the one chunk that held the whole sentence asked for. Hybrid ranks by words only
+# the chunks above this; `--mode lexical` still lists them all, by score.
+INFORMATIVE_BM25 = 1e-4
+
+
 def check_mode(mode: str) -> str:
     if mode not in RETRIEVAL_MODES:
         raise InvalidArgumentError(
@@ -82,7 +90,9 @@ def retrieve(
     rankings = {}
     if mode != "lexical":
         rankings["dense"] = [i for i, _ in dense]
-    if mode != "dense":
+    if mode == "hybrid":  # only matches on a word that tells chunks apart
+        rankings["lexical"] = [i for i, score in lexical if score > INFORMATIVE_BM25]
+    elif mode == "lexical":
         rankings["lexical"] = [i for i, _ in lexical]
     if mode == "hybrid":
         fused = reciprocal_rank_fusion(rankings, fusion.k, fusion.weights)

@@ -278,6 +278,9 @@ class Meta:
             + (doc.created, doc.status),
         )
 
+    def set_file_stat(self, doc_id: str, size: int, mtime: float) -> None:
+        self.db.execute("UPDATE documents SET size=?, mtime=? WHERE id=?", (size, mtime, doc_id))
+
     def insert_chunks(
         self,
         doc_id: str,

@@ -22,8 +22,9 @@ import dataclasses
 import logging
 import os
 import shutil
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,10 +200,12 @@ def _known(
         # size and modification time as indexed: unchanged without reading it (as rsync and
         # make judge; a re-run over a 50 GB library read all of it, twice for a new file)
         return FileResult(path, "unchanged", existing.id, existing.n_chunks, existing.n_pages), None
-    sha = file_sha256(path)
+    sha, st = _hash(path)
     if sha is None:
         return None, None
     if existing is not None and existing.sha256 == sha:
+        if not collection.readonly and st is not None:  # (else read again at every run)
+            collection.note_file_stat(existing.id, st.st_size, st.st_mtime)
         unchanged = FileResult(path, "unchanged", existing.id, existing.n_chunks, existing.n_pages)
         return unchanged, sha
     if dedupe and existing is None:
@@ -243,6 +246,42 @@ def preflight(path: Path, password: str | None = None) -> FileResult | None:
     except Exception:  # noqa: BLE001 - the Indexer reports it properly
         return None
     return None
+
+
+# The files hashed lately, by path: (their stat as hashed, SHA-256). `clara-index add` looks
+# at each file before loading the model, then again as it indexes it; a file whose stat is
+# as it was is not read a second time (any write or `utime` changes its ctime).
+_HASHED: OrderedDict[str, tuple[tuple, str]] = OrderedDict()
+_HASHED_MAX = 4096
+_HASHED_LOCK = threading.Lock()
+
+
+def _hash(path: Path) -> tuple[str | None, os.stat_result | None]:
+    """The file's SHA-256 (None: unreadable) and its stat, as unchanged through the read
+    (None when it changed meanwhile: nothing to record of it)."""
+    try:
+        before = os.stat(path)
+    except OSError:
+        return file_sha256(path), None  # (file_sha256 says None, or a race made it appear)
+    key = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+    with _HASHED_LOCK:
+        memo = _HASHED.get(str(path))
+    if memo is not None and memo[0] == key:
+        return memo[1], before
+    sha = file_sha256(path)
+    try:
+        after = os.stat(path)
+    except OSError:
+        return sha, None
+    same = key == (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+    if sha is None or not same:
+        return sha, None
+    with _HASHED_LOCK:
+        _HASHED[str(path)] = (key, sha)
+        _HASHED.move_to_end(str(path))
+        while len(_HASHED) > _HASHED_MAX:
+            _HASHED.popitem(last=False)
+    return sha, before
 
 
 def _same_stat(doc: Any, path: Path) -> bool:

@@ -143,6 +143,38 @@ def test_memory_prompt_layout(cm):
         memory_prompt(cm, "q", [mx.zeros((3, 64))])
 
 
+def test_the_prompts_read_as_written(cm):
+    """Golden layout: every other prompt test compares one prompt builder with another, so a
+    bug they share passed (the question dropped from the user turn passed 39 tests). The text
+    prompt is pinned character for character, and the memory prompt is that text with its
+    chunks replaced by two blocks of memory rows and one `<SEP>`."""
+    from clara.prompt import MEM, SEP, SYSTEM_PROMPT, TEXT, layout, render_text_prompt
+
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+
+    def chatml(background: str) -> str:
+        return (
+            f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBackground:\n"
+            f"{background}\n\nQuestion:Where is Paris?<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    got = render_text_prompt(cm.tokenizer, "Where is Paris?", ["doc A", "doc B"], history)
+    assert got == chatml("doc A\ndoc B")
+    mem = cm.compress(DOCS[:2])
+    prompt = memory_prompt(cm, "Where is Paris?", list(mem), history)
+    want = layout(cm.tokenizer, chatml(MEM + SEP + MEM), cm.n_mem, 2)
+    assert prompt.tokens == want.tokens and want.n_blocks == 2
+    text = [t for t, s in zip(want.tokens, want.slots, strict=True) if s == TEXT]
+    assert cm.tokenizer.decode(text) == chatml("")  # every real token, in order
+    rows = [i for i, s in enumerate(want.slots) if s >= 0]
+    assert [want.slots[i] for i in rows] == list(range(2 * cm.n_mem))
+    emb = np.array(prompt.embeddings.astype(mx.float32))[rows]
+    dtype = prompt.embeddings.dtype
+    assert np.allclose(emb, np.array(mem.astype(dtype).astype(mx.float32)).reshape(len(rows), -1))
+    assert prompt.text_len == want.slots.index(0)
+
+
 def test_mixed_prompt_layout(cm):
     """The best chunk's text, then the other memories after <SEP>, in one `Background:`: its
     tokens are the text prompt's up to the end of that text, its memory rows the blocks'."""

@@ -88,3 +88,31 @@ def test_removed_documents_never_come_back_and_bad_modes_are_refused(col: Collec
         col.retrieve("x", col.vecs["tea"], mode="sparse")
     with pytest.raises(ValueError, match="query vector"):
         col.retrieve("tea", None, mode="hybrid")
+
+
+def test_a_word_in_every_chunk_ranks_nothing_in_the_fusion(tmp_path: Path):
+    """A documents audit: 30 chunks of a log repeat "lighthouse"; one short document holds the
+    sentence asked for. BM25 gives the log's chunks ~0 (the word is in every chunk), yet they
+    took lexical ranks 2-30, and with the dense side favouring the log the document came 7th
+    in hybrid search. Now only chunks matching a telling word rank by words."""
+    rng = np.random.default_rng(1)
+    c = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    try:
+        log = rng.standard_normal((30, N_MEM, D)).astype(np.float32)
+        pages = [ChunkRecord(f"Tiny page {i} of the ledger of lighthouse mackerel.", 1, 1, 9, "")
+                 for i in range(30)]  # fmt: skip
+        c.add_document("/d/ledger.txt", "ledger", "sha-ledger", pages, log)
+        keeper = "The velvet lighthouse keeper whistles at gulls."
+        v = rng.standard_normal((1, N_MEM, D)).astype(np.float32)
+        c.add_document(
+            "/d/keeper.txt", "keeper", "sha-keeper", [ChunkRecord(keeper, 1, 1, 9, "")], v
+        )
+        question = "velvet lighthouse keeper whistles at gulls"
+        words = c.retrieve(question, None, k=40, mode="lexical")
+        assert words[0].doc_name == "keeper" and len(words) == 31  # every match, by score
+        assert all(h.score < 1e-4 for h in words[1:])
+        hits = c.retrieve(question, log[0], k=5)  # the dense side: the log first
+        assert hits[0].doc_name == "keeper" and hits[0].ranks["lexical"] == 1
+        assert all(h.ranks.get("lexical") is None for h in hits[1:])
+    finally:
+        c.close()

@@ -1091,3 +1091,13 @@ def test_a_rerun_reads_no_file_whose_size_and_time_are_as_indexed(
     report = json.loads(out)
     assert (report["replaced"], report["unchanged"]) == (1, 2)
     assert sorted(set(hashed)) == sorted(p.resolve() for p in paths[:2])
+    # another size at the same time (`cp -p`/`rsync -t` of another file, a file system with
+    # coarse times): read and replaced (a test-suite audit: size unchecked passed)
+    before = paths[2].stat()
+    paths[2].write_text(paths[2].read_text() + " One more sentence, written within the second.")
+    os.utime(paths[2], ns=(before.st_atime_ns, before.st_mtime_ns))
+    hashed.clear()
+    rc, out, _ = run(capsys, "add", folder, *args)
+    assert json.loads(out)["replaced"] == 1 and hashed == [paths[2].resolve()]
+    rc, out, _ = run(capsys, "search", "written within", "--mode", "lexical", *args[:4], "--json")
+    assert rc == 0 and "One more sentence, written within" in out

@@ -490,6 +490,74 @@ def test_lists_paginate_like_openai(client: openai.OpenAI) -> None:
         client.vector_stores.delete(store_id)
 
 
+def test_file_listings_page_like_openai(client: openai.OpenAI) -> None:
+    """A test-suite audit: nothing paged /v1/files or a store's files, so a `has_more` that
+    came back False one page early (the SDK's auto-paging then drops the last files) passed.
+    Paged one at a time forward (the SDK's `after`) and backward (`before`), both orders,
+    each listing is the whole listing, once each, in order."""
+    store = client.vector_stores.create(name="paged-files").id
+    mine = [upload(client, f"page-{i}.txt", f"Page {i} of the paging test.").id for i in range(3)]
+    for file_id in mine:
+        attach(client, store, file_id)
+    listings = {  # (OpenAI's file list has no `before`)
+        "files": (lambda **kw: client.files.list(**kw), False),
+        "store files": (lambda **kw: client.vector_stores.files.list(store, **kw), True),
+    }
+    for what, (listing, backward) in listings.items():
+        for order in ("asc", "desc"):
+            whole = [f.id for f in listing(limit=100, order=order).data]
+            assert set(mine) <= set(whole) and len(whole) == len(set(whole)), what
+            assert [f.id for f in listing(limit=1, order=order)] == whole, (what, order)
+            if not backward:
+                continue
+            back, before = [whole[-1]], whole[-1]
+            for _ in whole:  # (at most one page per item)
+                page = listing(limit=1, order=order, before=before)
+                assert len(page.data) == 1, (what, order)
+                back = [f.id for f in page.data] + back
+                if not page.has_more:
+                    break
+                before = page.first_id
+            assert back == whole, (what, order)
+    client.vector_stores.delete(store)
+    for file_id in mine:
+        client.files.delete(file_id)
+
+
+def test_a_json_body_past_the_limit_is_a_413(
+    service: ServiceProcess, client: openai.OpenAI
+) -> None:
+    """The indexing service's JSON limit was tested only on a throwaway app: removing it from
+    the service passed every test. Announced past it: refused from the headers; streamed in
+    chunks past it: refused at the limit, the body never parsed."""
+    import http.client
+    import socket
+
+    from clara_cli.http import MAX_JSON_BODY
+
+    def send(head: bytes, body: bytes = b"") -> tuple[int, dict]:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=60) as sock:
+            sock.sendall(
+                b"POST /v1/vector_stores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                + f"application/json\r\nAuthorization: Bearer {API_KEY}\r\n".encode()
+                + head
+                + b"\r\n"
+            )
+            with contextlib.suppress(OSError):  # (the server may answer and close first)
+                sock.sendall(body)
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            return reply.status, json.loads(reply.read())["error"]
+
+    status, error = send(f"Content-Length: {MAX_JSON_BODY + 1}\r\n".encode())
+    assert status == 413 and error["code"] == "request_too_large", error
+    piece = b'{"name": "' + b"x" * (MAX_JSON_BODY // 4)
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    status, error = send(b"Transfer-Encoding: chunked\r\n", chunk * 5 + b"0\r\n\r\n")
+    assert status == 413 and error["code"] == "request_too_large", error
+    assert client.vector_stores.list(limit=1) is not None  # still serving
+
+
 def test_a_damaged_store_does_not_hide_the_others(client: openai.OpenAI, root: Path) -> None:
     kept = client.vector_stores.create(name="kept").id
     torn = "torn"  # a folder the service has not opened, its manifest cut short (a crash)

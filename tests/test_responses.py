@@ -267,6 +267,22 @@ def test_file_search_guide_streamed(client: openai.OpenAI, knowledge_base) -> No
     assert client.responses.retrieve(done.id).output_text == deltas
 
 
+def test_an_answer_cut_at_max_output_tokens_is_incomplete(client: openai.OpenAI) -> None:
+    """A test-suite audit: every test allowed "completed" or "incomplete", so an answer cut by
+    its token limit could read "completed" (its client then takes a cut answer as whole).
+    The tiny random model never ends within 3 tokens, greedy."""
+    kw = dict(model=MODEL, input=GUIDE, max_output_tokens=3, temperature=0,
+              extra_body={"retrieval": False})  # fmt: skip
+    plain = client.responses.create(**kw)
+    assert plain.status == "incomplete" and plain.usage.output_tokens == 3
+    assert plain.incomplete_details.reason == "max_output_tokens"
+    with client.responses.stream(**kw) as stream:
+        events = list(stream)
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"
+    assert events[-1].response.output_text == plain.output_text
+
+
 def test_chained_with_previous_response_id(client: openai.OpenAI, knowledge_base) -> None:
     store_id, _ = knowledge_base
     tools = [{"type": "file_search", "vector_store_ids": [store_id]}]
@@ -276,9 +292,22 @@ def test_chained_with_previous_response_id(client: openai.OpenAI, knowledge_base
         previous_response_id=first.id,
     )  # fmt: skip
     assert second.previous_response_id == first.id
-    # the second prompt holds the first turn (question and answer): more input tokens
+    # the second prompt holds the first turn, question and answer (not its instructions): as
+    # many input tokens as the same turns sent in full, and more than its question alone
+    sent = [{"role": "user", "content": GUIDE}, {"role": "assistant", "content": first.output_text},
+            {"role": "user", "content": "And Japan?"}]  # fmt: skip
+    full = client.responses.create(model=MODEL, input=sent, tools=tools, store=False)
     alone = client.responses.create(model=MODEL, input="And Japan?", tools=tools, store=False)
-    assert second.usage.input_tokens > alone.usage.input_tokens
+    assert second.usage.input_tokens == full.usage.input_tokens > alone.usage.input_tokens
+    # a chain of three reads both earlier turns in order: greedy, it answers as the same
+    # turns sent in full do (a random model's answer moves with any change of its prompt)
+    greedy = dict(model=MODEL, tools=tools, store=False, temperature=0)
+    third = client.responses.create(input="And Italy?", previous_response_id=second.id, **greedy)
+    sent += [{"role": "assistant", "content": second.output_text},
+             {"role": "user", "content": "And Italy?"}]  # fmt: skip
+    full = client.responses.create(input=sent, **greedy)
+    assert third.usage.input_tokens == full.usage.input_tokens
+    assert third.output_text == full.output_text
     got = client.responses.retrieve(second.id)
     assert got.id == second.id and got.output_text == second.output_text
     items = client.responses.input_items.list(second.id)
