@@ -173,8 +173,28 @@ def _index_type(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, plus a hint when a file named like an option (`-notes.txt`) was taken for
+    one: "the following arguments are required: PATH" said nothing of it."""
+
+    argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):  # type: ignore[override]
+        dashed = [a for a in self.argv if a.startswith("-") and a != "-" and os.path.exists(a)]
+        if dashed:
+            message += (
+                f" ('{dashed[0]}' is a file taken for an option: write -- before file names, "
+                f"or ./{dashed[0]})"
+            )
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description=DESCRIPTION,
         epilog=EXAMPLES[""],

@@ -137,14 +137,30 @@ def _expand(
             failed.append(FileResult(Path(raw), "failed", error=exc))
         failed += [FileResult(e.path, "failed", error=e) for e in unreadable]
     if skipped:
-        kinds = Counter(p.suffix.lower() or "no extension" for p in skipped)
-        listed = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(6))
-        print(
-            f"{PROG}: skipped {len(skipped)} file{'s' * (len(skipped) != 1)} in folders that "
-            f"are not PDF, Markdown, HTML or text ({listed}); name one to see why",
-            file=sys.stderr,
-        )
+        print(f"{PROG}: {skipped_summary(skipped)}; name one to see why", file=sys.stderr)
     return list(found), failed
+
+
+def skipped_summary(skipped: list[Path], most: int = 6) -> str:
+    """What the folders held that is not read, by kind: other types by extension, broken
+    links and other things that are not files apart (a dangling link was "1 .txt")."""
+
+    def kind(p: Path) -> str:
+        if p.is_symlink() and not p.exists():
+            return "broken link"
+        if p.exists() and not p.is_file() and not p.is_dir():  # (a package folder: its type)
+            return "not a regular file"
+        return p.suffix.lower() or "no extension"
+
+    kinds = Counter(kind(p) for p in skipped)
+    shown = kinds.most_common(most)
+    listed = ", ".join(f"{n} {k}" for k, n in shown)
+    if rest := len(skipped) - sum(n for _, n in shown):
+        listed += f", {rest} of {len(kinds) - len(shown)} other kind{'s' * (len(kinds) > most + 1)}"
+    other = "" if {"broken link", "not a regular file"} >= set(kinds) else (
+        " (clara reads PDF, Markdown, HTML and text)"
+    )  # fmt: skip
+    return f"skipped {len(skipped)} file{'s' * (len(skipped) != 1)} in folders: {listed}{other}"
 
 
 def cmd_add(args: argparse.Namespace) -> int:

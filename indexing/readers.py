@@ -378,6 +378,13 @@ _BOMS = [  # UTF-32 first: its little-endian BOM starts with UTF-16's
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 ]
+# What a terminal draws and a reader never sees: colour and cursor codes (CSI: a log or `ls
+# --color` output saved to a file), window titles and links (OSC), and overstrike (`man`
+# kept formatted: "x\bx" bold, "_\bx" underlined). Many of them made a log read as binary;
+# a few left "[32mINFO[0m" in its text. (ASCII only: no byte of a UTF-8 character matches.)
+_TERMINAL = re.compile(
+    rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|[\x20-\x7e]\x08"
+)
 _BINARY_HINT = "pass a PDF, Markdown, HTML or text file (UTF-16 text needs a BOM)"
 
 
@@ -388,7 +395,11 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
 
     A file that is UTF-8 but for a few bytes (a line pasted from a Latin-1 file) stays UTF-8:
     those bytes become U+FFFD, with a warning, instead of the whole file turning to mojibake.
-    Returns (text, warnings)."""
+    Terminal colour codes and overstrike (`_TERMINAL`) are dropped first, in any 8-bit or
+    UTF-8 text. Returns (text, warnings)."""
+    wide = any(data.startswith(b) for b, e in _BOMS if e != "utf-8")
+    if not wide and (b"\x1b" in data or b"\x08" in data):
+        data = _TERMINAL.sub(b"", data)
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:

@@ -89,6 +89,42 @@ def corpus(tmp_path: Path) -> Path:
     return folder
 
 
+def test_a_file_named_like_an_option_gets_a_hint(capsys, tmp_path: Path, monkeypatch) -> None:
+    """`clara-index add -notes.txt` said only that PATH is required."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-notes.txt").write_text("Notes.")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["add", "-notes.txt"])
+    assert info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "the following arguments are required: PATH ('-notes.txt' is a file taken for an "
+            "option: write -- before file names, or ./-notes.txt)"
+        )
+    )
+
+
+def test_the_skipped_files_summary_names_each_kind(tmp_path: Path) -> None:
+    """A documents audit: a dangling link was counted as "1 .txt" of a type clara does not
+    read, and past six kinds the rest went unsaid (9 skipped, 6 listed)."""
+    import os
+
+    from indexing.commands import skipped_summary
+
+    (tmp_path / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    os.mkfifo(tmp_path / "pipe.txt")
+    names = ["a.py", "b.py", "c.json", "d.csv", "e.sh", "f.yaml", "g.toml", "h.ini", "Makefile"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    summary = skipped_summary([tmp_path / n for n in ["gone.txt", "pipe.txt", *names]])
+    assert summary.startswith("skipped 11 files in folders: 2 .py, 1 broken link, 1 not a ")
+    assert summary.endswith(", 4 of 4 other kinds (clara reads PDF, Markdown, HTML and text)")
+    assert skipped_summary([tmp_path / "gone.txt"]) == "skipped 1 file in folders: 1 broken link"
+
+
 def test_add_reports_each_bad_file_and_indexes_the_rest(
     capsys, tmp_path: Path, corpus: Path, tiny_llama_dir: Path
 ) -> None:
@@ -100,8 +136,8 @@ def test_add_reports_each_bad_file_and_indexes_the_rest(
     assert rc == 3  # some files failed, the others are indexed (1: nothing could be)
     lines = err.strip().splitlines()
     assert lines.pop(0) == (  # the folder's photo.png (named explicitly too: refused below)
-        "clara-index: skipped 1 file in folders that are not PDF, Markdown, HTML or text "
-        "(1 .png); name one to see why"
+        "clara-index: skipped 1 file in folders: 1 .png (clara reads PDF, Markdown, HTML and "
+        "text); name one to see why"
     )
     reasons = {
         "missing.pdf": "no such file",

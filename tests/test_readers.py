@@ -264,6 +264,22 @@ def test_text_encodings(tmp_path: Path, encoding: str, sample: str) -> None:
     assert doc.kind == "text" and doc.pages[0].text == sample and doc.warnings == []
 
 
+def test_terminal_colour_codes_and_overstrike_are_dropped(tmp_path: Path) -> None:
+    """A documents audit: a log saved from a coloured terminal was refused as "binary file"
+    (one with fewer codes kept "[32mINFO[0m" in its text), and so was a man page saved with
+    its formatting (bold and underline by overstrike). Both read as the text they show."""
+    log = "".join(
+        f"2024-01-0{d} \x1b[32mINFO\x1b[0m server started \x1b[1;31mERROR\x1b[0m disk full\n"
+        for d in range(1, 8)
+    )
+    doc = read_document(write(tmp_path, "colour.log", log.encode()))
+    assert doc.pages[0].text.splitlines()[0] == "2024-01-01 INFO server started ERROR disk full"
+    under = "".join(f"_\b{c}" for c in "directory")
+    man = f"N\bNA\bAM\bME\bE\n     ls - list {under} contents\n\x1b]0;ls\x07Größe\n"
+    doc = read_document(write(tmp_path, "ls.txt", man.encode()))
+    assert doc.pages[0].text.rstrip() == "NAME\n     ls - list directory contents\nGröße"
+
+
 @pytest.mark.parametrize("extra", ["Zürich, Straße.", "Гарантийный срок — два года."])
 def test_utf8_with_a_few_stray_bytes_stays_utf8(tmp_path: Path, extra: str) -> None:
     """One Latin-1 line in a UTF-8 file: its byte reads as U+FFFD (with a warning), the rest
