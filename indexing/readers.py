@@ -648,7 +648,12 @@ def clean_pdf_text(text: str) -> str:
     one blank line between paragraphs.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
-    text = re.sub(r"(?<=[^\W\d_])\u00ad?[-\u2010\u00ad][ \t]*\n[ \t]*(?=[^\W\d_])", _dehyphen, text)
+    compounds = {m.group(0).lower() for m in _INLINE_COMPOUND.finditer(text)}
+    text = re.sub(
+        r"(?<=[^\W\d_])\u00ad?[-\u2010\u00ad][ \t]*\n[ \t]*(?=[^\W\d_])",
+        lambda m: _dehyphen(m, compounds),
+        text,
+    )
     text = _NOISE.sub("", text).translate(_LIGATURES)
     text = re.sub(r"[^\S\n]+", " ", text)  # tabs, NBSP, odd spaces -> one space
     text = re.sub(r" *\n *", "\n", text)
@@ -680,10 +685,31 @@ def _join_cjk_wraps(text: str) -> str:
     return "\n".join(out)
 
 
-def _dehyphen(m: re.Match) -> str:
-    # Called only for a letter + hyphen + newline + letter; keep a real hyphen before capitals
-    # ("Jean-\nPaul"), join a word split by layout ("exam-\nple").
-    return "" if m.string[m.end()].islower() else m.group(0)
+_INLINE_COMPOUND = re.compile(r"(?<![^\W\d_])[^\W\d_]+-[^\W\d_]+")
+_WORD_BEFORE = re.compile(r"[^\W\d_]+$")
+_WORD_AFTER = re.compile(r"[^\W\d_]+")
+# First words of compounds that keep their hyphen ("self-contained", "well-known") when the
+# second is a word of its own (5+ letters: "well-\nness" is "wellness" split by layout).
+_COMPOUND_FIRST = frozenset({"self", "well", "ill", "half", "quasi", "semi", "cross"})
+
+
+def _dehyphen(m: re.Match, compounds: set[str]) -> str:
+    """A letter + hyphen + line break + letter: keep the hyphen before a capital ("Jean-
+    \nPaul") and in a compound, the same one written whole elsewhere in the text or led by a
+    word that makes them ("self-\ncontained"); join a word split by layout ("exam-\nple").
+    A soft hyphen is a split by layout always."""
+    if not m.string[m.end()].islower():
+        return m.group(0)
+    if "\u00ad" in m.group(0):
+        return ""
+    before = _WORD_BEFORE.search(m.string, max(0, m.start() - 64), m.start())
+    after = _WORD_AFTER.match(m.string, m.end())
+    if before is None or after is None:
+        return ""
+    first, second = before.group(0).lower(), after.group(0).lower()
+    if f"{first}-{second}" in compounds or (first in _COMPOUND_FIRST and len(second) >= 5):
+        return "-"
+    return ""
 
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -913,12 +939,45 @@ def _pdf_texts(path: Path, data: bytes, reader) -> Iterator[tuple[int, Any, str 
         try:
             page = reader.pages[number - 1]
             text = clean_pdf_text(page.extract_text() or "")
+            if filled := form_values(page):  # (not in the page's own text)
+                text = f"{text}\n{filled}" if text else filled
         except DependencyError:
             raise _aes_error(path) from None
         except Exception:  # noqa: BLE001 - the caller counts it as a failed page
             yield number, None, None
         else:
             yield number, page, text
+
+
+def form_values(page: Any, most: int = 20_000) -> str:
+    """The text typed into a page's form fields, a line each ("Applicant name: Ada"; labelled
+    by the field's description, else its name): a filled-in form's answers are drawn by its
+    fields, not its page, and reading the page alone lost every one of them. Ticks and
+    choices by name (/Yes, /Off) are left out; at most `most` characters."""
+    from pypdf.generic import TextStringObject
+
+    lines: list[str] = []
+    size = 0
+    for ref in page.get("/Annots") or []:
+        try:
+            annot = ref.get_object()
+            if annot.get("/Subtype") != "/Widget":
+                continue
+            field = annot if "/V" in annot else (annot.get("/Parent") or {})
+            field = field.get_object() if hasattr(field, "get_object") else field
+            value = field.get("/V")
+            if not isinstance(value, TextStringObject) or not value.strip():
+                continue
+            label = field.get("/TU") or field.get("/T") or annot.get("/TU") or annot.get("/T")
+            line = clean_pdf_text(f"{label}: {value}" if label else str(value))
+        except Exception:  # noqa: BLE001 - a damaged annotation: the page's text stands
+            continue
+        if line and line not in lines:
+            size += len(line)
+            if size > most:
+                break
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _pdf_error(message: str) -> Exception:

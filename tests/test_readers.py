@@ -142,6 +142,44 @@ def test_pdf_text_joins_hyphenated_line_breaks(tmp_path: Path) -> None:
     assert "Jean-\nPaul" in text  # a hyphen before a capital is a real one
 
 
+def test_a_filled_in_pdf_forms_answers_are_read(tmp_path: Path) -> None:
+    """A documents audit: a filled-in form's values are drawn by its fields, not its page, and
+    were lost ("Applicant name:" indexed, the name not). Each text field's value is read
+    as a line, labelled; a tick (a name, /Yes) is not."""
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+    from pypdf.generic import ArrayObject, DictionaryObject, NameObject, TextStringObject
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["Moss garden permit. Name:"]))))
+    fields = {"applicant": ("Applicant name", TextStringObject("Bartholomew Quincewhistle")),
+              "agree": ("I agree", NameObject("/Yes"))}  # fmt: skip
+    annots = ArrayObject()
+    for name, (label, value) in fields.items():
+        annot = DictionaryObject({
+            NameObject("/Type"): NameObject("/Annot"), NameObject("/Subtype"): NameObject("/Widget"),
+            NameObject("/FT"): NameObject("/Tx"), NameObject("/T"): TextStringObject(name),
+            NameObject("/TU"): TextStringObject(label), NameObject("/V"): value,
+        })  # fmt: skip
+        annots.append(writer._add_object(annot))
+    writer.pages[0][NameObject("/Annots")] = annots
+    out = io.BytesIO()
+    writer.write(out)
+    text = read_document(write(tmp_path, "form.pdf", out.getvalue())).pages[0].text
+    assert text.splitlines()[-1] == "Applicant name: Bartholomew Quincewhistle"
+    assert text.startswith("Moss garden permit. Name:") and "agree" not in text
+
+
+def test_pdf_compounds_broken_at_a_line_end_keep_their_hyphen(tmp_path: Path) -> None:
+    """A documents audit: "well-/known" and "self-/contained" became "wellknown" and
+    "selfcontained", which no search for the words finds. A compound keeps its hyphen when
+    the text writes it whole elsewhere or a word that makes compounds leads it."""
+    lines = "A well-\nknown, self-\ncontained state-\nof-the-art tool; state-of-the-art and well-\nness."
+    text = read_document(write(tmp_path, "c.pdf", make_pdf([lines]))).pages[0].text
+    assert "A well-known, self-contained state-of-the-art tool" in text
+    assert "and wellness." in text
+
+
 def test_clean_pdf_text_is_conservative() -> None:
     raw = "  The  \ufb01rst\tre-\n  sult\x00 is\x07 he\u0301re.\r\n\r\n\r\n\r\nNext para-\n\nGraph 3-\n4 E-\nMail\n"
     assert clean_pdf_text(raw) == "The first result is hére.\n\nNext para-\n\nGraph 3-\n4 E-\nMail"
