@@ -31,7 +31,7 @@ def enable() -> None:
         if (
             which != resource.RLIMIT_NOFILE
             or tuple(limits) != MLX_LM_LIMITS
-            or (caller != "mlx_lm.utils")
+            or caller != "mlx_lm.utils"
         ):
             return setrlimit(which, limits)
         soft, hard = resource.getrlimit(which)

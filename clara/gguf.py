@@ -354,6 +354,8 @@ def prepare_default_model(force: bool = False) -> Path:
     gguf = default_gguf_path()
     out = default_model_dir()
     if not force and _is_current(out, gguf):
+        for suffix in (".tmp", ".old"):  # what killed conversions left, older versions' too
+            paths.sweep_temps(out, suffix)
         return out
     with _locked(out.parent / f".{out.name}.lock"):
         if force or not _is_current(out, gguf):  # another process may have just finished it

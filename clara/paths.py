@@ -119,6 +119,16 @@ def temp_sibling(target: Path, suffix: str = ".tmp") -> Path:
     dead processes left beside `target` are removed first (a model's conversion killed
     three times left three copies of ~100 MB; a 7B import would leave gigabytes)."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temps(target, suffix)
+    prefix = f".{target.name}.{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
+
+
+def sweep_temps(target: Path, suffix: str = ".tmp") -> None:
+    """Remove the `temp_sibling` folders beside `target` that dead processes left (and those
+    named before they carried a pid, once a day old)."""
+    if not target.parent.is_dir():
+        return
     for old in target.parent.glob(f".{glob.escape(target.name)}.*{suffix}"):
         m = _TEMP.match(old.name)
         try:
@@ -133,5 +143,3 @@ def temp_sibling(target: Path, suffix: str = ".tmp") -> Path:
             stale = False
         if stale and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
-    prefix = f".{target.name}.{os.getpid()}-"
-    return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import clara  # noqa: F401  # isort: skip  (first: preloads OpenBLAS before mlx loads)
 
 import json
+import os
 from pathlib import Path
 
 import mlx.nn as nn
@@ -127,8 +128,12 @@ def test_prepare_is_cached_and_redone_when_stale(clara_home: Path) -> None:
     assert path == clara_home / "models" / "smollm2-135m"
     weights = path / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
+    left = path.parent / ".smollm2-135m.k3j4h5g6.tmp"  # an older version's killed conversion
+    left.mkdir()
+    os.utime(left, (0, 0))
     assert gguf.prepare_default_model() == path
     assert weights.stat().st_mtime_ns == stamp  # cached: not converted again
+    assert not left.exists()  # (an upgrade audit: swept only by a new conversion)
 
     marker = json.loads((path / gguf.MARKER).read_text())
     marker["source"]["sha256"] = "0" * 64  # as if the GGUF had changed
