@@ -36,6 +36,11 @@ VOID = frozenset(
 )  # fmt: skip
 
 
+#: Elements always closed by their end tag, that a `role="navigation"` makes a menu to skip
+#: (as <nav>; a documents audit found site menus built of them indexed)
+_CLOSED = frozenset({"div", "ul", "ol", "section", "aside", "header", "footer", "span"})
+
+
 @dataclass
 class HtmlText:
     text: str
@@ -154,10 +159,18 @@ class _Parser(HTMLParser):
         if tag == "title" and not self.skip_body:
             self.in_title = True
             return
-        if tag in SKIPPED and tag not in VOID:
-            self.skip.append(tag)
-            return
         if self.skip:
+            if tag == self.skip[0] and tag not in VOID:  # nested alike: </div> ends one
+                self.skip.append(tag)
+            return
+        if (
+            tag in SKIPPED
+            and tag not in VOID
+            or (
+                tag in _CLOSED and ("role", "navigation") in attrs  # a menu, as <nav> is
+            )
+        ):
+            self.skip.append(tag)
             return
         if tag in ("td", "th"):
             self._start_cell()

@@ -500,6 +500,17 @@ def test_html_reads_as_the_page_shows() -> None:
     )
 
 
+def test_html_menus_marked_by_role_are_skipped_like_nav() -> None:
+    """A documents audit: site menus built as `<div role="navigation">` were indexed (a
+    <nav> is not). Skipped elements nested in their own kind end at their own end tag:
+    an inner </div> (or </svg>) no longer ended the skipping early."""
+    html = (
+        '<body><div role="navigation"><div><a href="/">Home</a></div><div>About</div></div>'
+        "<p>Real text.</p><svg><svg><text>x</text></svg><text>y</text></svg><p>End.</p></body>"
+    )
+    assert html_to_text(html).text == "Real text.\n\nEnd."
+
+
 def test_html_file(tmp_path: Path) -> None:
     data = "<html><head><title>Notes</title></head><body><h2>Café</h2><p>Open 9–5.</p></body>"
     doc = read_document(write(tmp_path, "notes.htm", data.encode()))
