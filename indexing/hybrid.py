@@ -18,6 +18,7 @@ import numpy as np
 
 from clara.errors import InvalidArgumentError
 from clara.retrieval import RETRIEVAL_MODES, Fused, Fusion, reciprocal_rank_fusion
+from indexing.lexical import TITLE_WEIGHT, query_terms
 from indexing.meta import Contextual
 
 if TYPE_CHECKING:
@@ -46,11 +47,14 @@ class SearchHit(Contextual):
 
 
 # FTS5's BM25 floors a word's IDF at 1e-6 when it is in half the chunks or more, so a chunk
-# that matches only such words scores ~0. Ranked anyway, those chunks (all 400 pages of a log
-# that repeats the query's one common word) took lexical ranks 2, 3, ... and buried, in the
+# matching only such words scores at most this much per word of the question (k1 = 1.2, the
+# title weighted TITLE_WEIGHT; doubled for margin: a telling word's IDF is above 1e-3 but
+# in collections of millions of chunks). Ranked anyway, those chunks (all 400 pages of a log
+# repeating the question's one common word) took lexical ranks 2, 3, ... and buried, in the
 # fusion, the one chunk that held the whole sentence asked for. Hybrid ranks by words only
-# the chunks above this; `--mode lexical` still lists them all, by score.
-INFORMATIVE_BM25 = 1e-4
+# the chunks above it, unless none is (a collection of 2 chunks floors every word);
+# `--mode lexical` lists every match, by score.
+FLOORED_WORD_BM25 = 2 * 1e-6 * (1.2 + 1) * (TITLE_WEIGHT + 1)
 
 
 def check_mode(mode: str) -> str:
@@ -86,13 +90,14 @@ def retrieve(
     dense: list = []
     if mode != "lexical":
         dense = [(h.chunk_id, h.score) for h in col.search(vector, depth, rerank)[0]]
+    if mode == "hybrid":  # only matches on a word that tells chunks apart
+        floor = FLOORED_WORD_BM25 * len(set(query_terms(text)))
+        lexical = [hit for hit in lexical if hit[1] > floor] or lexical
     dense_scores, lexical_scores = dict(dense), dict(lexical or [])
     rankings = {}
     if mode != "lexical":
         rankings["dense"] = [i for i, _ in dense]
-    if mode == "hybrid":  # only matches on a word that tells chunks apart
-        rankings["lexical"] = [i for i, score in lexical if score > INFORMATIVE_BM25]
-    elif mode == "lexical":
+    if mode != "dense":
         rankings["lexical"] = [i for i, _ in lexical]
     if mode == "hybrid":
         fused = reciprocal_rank_fusion(rankings, fusion.k, fusion.weights)

@@ -116,3 +116,29 @@ def test_a_word_in_every_chunk_ranks_nothing_in_the_fusion(tmp_path: Path):
         assert all(h.ranks.get("lexical") is None for h in hits[1:])
     finally:
         c.close()
+
+
+def test_in_a_collection_where_every_word_is_floored_words_still_rank(tmp_path: Path):
+    """A review: in a store of two chunks every word is in half of them, so BM25 floors all;
+    dropping those matches left hybrid search without its lexical side there. When no chunk
+    matches a telling word, all matches rank by words as before."""
+    rng = np.random.default_rng(2)
+    c = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    try:
+        texts = {
+            "refunds": "Refunds are paid within fourteen days.",
+            "shipping": "Shipping takes a week.",
+        }
+        vecs = {}
+        for name, text in texts.items():
+            vecs[name] = rng.standard_normal((1, N_MEM, D)).astype(np.float32)
+            c.add_document(
+                f"/d/{name}.txt", name, f"sha-{name}", [ChunkRecord(text, 1, 1, 9, "")], vecs[name]
+            )
+        hits = c.retrieve("when are refunds paid", vecs["shipping"][0], k=2)
+        assert names(hits) == ["refunds", "shipping"] and hits[0].ranks == {
+            "dense": 2,
+            "lexical": 1,
+        }
+    finally:
+        c.close()
