@@ -184,8 +184,10 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str):  # type: ignore[override]
-        dashed = [a for a in self.argv if a.startswith("-") and a != "-" and os.path.exists(a)]
-        if dashed:
+        given = self.argv[: self.argv.index("--")] if "--" in self.argv else self.argv
+        dashed = [a for a in given if a.startswith("-") and a != "-" and os.path.exists(a)]
+        missing = message.startswith(("the following arguments are required", "unrecognized"))
+        if dashed and missing:
             message += (
                 f" ('{dashed[0]}' is a file taken for an option: write -- before file names, "
                 f"or ./{dashed[0]})"

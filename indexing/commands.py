@@ -38,7 +38,7 @@ from indexing.pipeline import (
     model_manifest,
     preflight,
 )
-from indexing.readers import is_folder, iter_inputs
+from indexing.readers import SUPPORTED_EXTENSIONS, is_folder, iter_inputs
 from indexing.store import (
     Collection,
     CollectionNotFoundError,
@@ -146,11 +146,17 @@ def skipped_summary(skipped: list[Path], most: int = 6) -> str:
     links and other things that are not files apart (a dangling link was "1 .txt")."""
 
     def kind(p: Path) -> str:
-        if p.is_symlink() and not p.exists():
-            return "broken link"
-        if p.exists() and not p.is_file() and not p.is_dir():  # (a package folder: its type)
-            return "not a regular file"
-        return p.suffix.lower() or "no extension"
+        suffix = p.suffix.lower() or "no extension"
+        if suffix not in SUPPORTED_EXTENSIONS:  # skipped by its name: no look at the disk
+            return suffix  # (a NAS folder of 100k photos: no 100k stats)
+        try:  # a type clara reads, skipped: a broken link, a pipe
+            if p.is_symlink() and not p.exists():
+                return "broken link"
+            if p.exists() and not p.is_file() and not p.is_dir():
+                return "not a regular file"
+        except OSError:  # (a folder that may be listed but not searched)
+            pass
+        return suffix
 
     kinds = Counter(kind(p) for p in skipped)
     shown = kinds.most_common(most)
@@ -211,7 +217,10 @@ def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
     except CollectionNotFoundError:
         col = None
     try:
-        known = {p: known_result(col, p) for p in paths} if col is not None else {}
+        touched: list = []  # (files unchanged but for their time: recorded in one write)
+        known = {p: known_result(col, p, touched=touched) for p in paths} if col is not None else {}
+        if col is not None:
+            col.note_file_stats(touched)
         todo = [p for p in paths if known.get(p) is None]
         doomed: dict[Path, FileResult] = {}
         for p in todo:  # stops at the first file that needs the model to tell

@@ -278,8 +278,11 @@ class Meta:
             + (doc.created, doc.status),
         )
 
-    def set_file_stat(self, doc_id: str, size: int, mtime: float) -> None:
-        self.db.execute("UPDATE documents SET size=?, mtime=? WHERE id=?", (size, mtime, doc_id))
+    def set_file_stats(self, stats: Sequence[tuple[str, int, float]]) -> None:
+        """(document id, size, mtime) each."""
+        self.db.executemany(
+            "UPDATE documents SET size=?, mtime=? WHERE id=?", [(z, t, i) for i, z, t in stats]
+        )
 
     def insert_chunks(
         self,

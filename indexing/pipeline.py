@@ -184,15 +184,20 @@ def fit_contexts(cm: Any, chunks: list[Any]) -> list[Any]:
     return out
 
 
-def known_result(collection: Collection, path: Path, dedupe: bool = True) -> FileResult | None:
+def known_result(
+    collection: Collection, path: Path, dedupe: bool = True, touched: list | None = None
+) -> FileResult | None:
     """What adding `path` comes to when no model is needed to know: "unchanged" (indexed with
     its current content), or with `dedupe` "duplicate" (a new path whose content a document
-    still on disk holds); None when it has to be read and compressed."""
-    return _known(collection, path, collection.find_by_path(str(path)), dedupe)[0]
+    still on disk holds); None when it has to be read and compressed. A file found unchanged
+    by its content, not its stat, has its stat recorded (`Collection.note_file_stats`): at
+    once, or with `touched` appended to it, for the caller to record many in one write."""
+    existing = collection.find_by_path(str(path))
+    return _known(collection, path, existing, dedupe, touched)[0]
 
 
 def _known(
-    collection: Collection, path: Path, existing: Any, dedupe: bool
+    collection: Collection, path: Path, existing: Any, dedupe: bool, touched: list | None = None
 ) -> tuple[FileResult | None, str | None]:
     """`known_result`, given the document stored for `path` (or None), and the file's SHA-256
     (None when it was not read: unchanged by its size and time, or unreadable)."""
@@ -205,7 +210,8 @@ def _known(
         return None, None
     if existing is not None and existing.sha256 == sha:
         if not collection.readonly and st is not None:  # (else read again at every run)
-            collection.note_file_stat(existing.id, st.st_size, st.st_mtime)
+            stat = (existing.id, st.st_size, st.st_mtime)
+            collection.note_file_stats([stat]) if touched is None else touched.append(stat)
         unchanged = FileResult(path, "unchanged", existing.id, existing.n_chunks, existing.n_pages)
         return unchanged, sha
     if dedupe and existing is None:

@@ -18,6 +18,7 @@ import stat
 import sys
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -381,9 +382,12 @@ _BOMS = [  # UTF-32 first: its little-endian BOM starts with UTF-16's
 # What a terminal draws and a reader never sees: colour and cursor codes (CSI: a log or `ls
 # --color` output saved to a file), window titles and links (OSC), and overstrike (`man`
 # kept formatted: "x\bx" bold, "_\bx" underlined). Many of them made a log read as binary;
-# a few left "[32mINFO[0m" in its text. (ASCII only: no byte of a UTF-8 character matches.)
+# a few left "[32mINFO[0m" in its text. (Codes are ASCII, which no byte of a UTF-8
+# character is; a character struck over may be UTF-8.)
 _TERMINAL = re.compile(
-    rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|[\x20-\x7e]\x08"
+    rb"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    rb"|\x1b\][^\x07\x1b\n]{0,2048}(?:\x07|\x1b\\)"  # OSC, on its line (one left open: kept)
+    rb"|(?:[\x20-\x7e]|[\xc2-\xf4][\x80-\xbf]{1,3})\x08"  # a character struck over
 )
 _BINARY_HINT = "pass a PDF, Markdown, HTML or text file (UTF-16 text needs a BOM)"
 
@@ -648,12 +652,10 @@ def clean_pdf_text(text: str) -> str:
     one blank line between paragraphs.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
-    compounds = {m.group(0).lower() for m in _INLINE_COMPOUND.finditer(text)}
-    text = re.sub(
-        r"(?<=[^\W\d_])\u00ad?[-\u2010\u00ad][ \t]*\n[ \t]*(?=[^\W\d_])",
-        lambda m: _dehyphen(m, compounds),
-        text,
-    )
+    split = re.compile(r"(?<=[^\W\d_])\u00ad?[-\u2010\u00ad][ \t]*\n[ \t]*(?=[^\W\d_])")
+    if split.search(text):
+        words = _Words(text)
+        text = split.sub(lambda m: _dehyphen(m, words), text)
     text = _NOISE.sub("", text).translate(_LIGATURES)
     text = re.sub(r"[^\S\n]+", " ", text)  # tabs, NBSP, odd spaces -> one space
     text = re.sub(r" *\n *", "\n", text)
@@ -685,29 +687,46 @@ def _join_cjk_wraps(text: str) -> str:
     return "\n".join(out)
 
 
-_INLINE_COMPOUND = re.compile(r"(?<![^\W\d_])[^\W\d_]+-[^\W\d_]+")
+_WORD = re.compile(r"[^\W\d_]+")
+_HYPHENATED = re.compile(r"(?<![^\W\d_-])[^\W\d_]+(?:-[^\W\d_]+)+")
 _WORD_BEFORE = re.compile(r"[^\W\d_]+$")
-_WORD_AFTER = re.compile(r"[^\W\d_]+")
-# First words of compounds that keep their hyphen ("self-contained", "well-known") when the
-# second is a word of its own (5+ letters: "well-\nness" is "wellness" split by layout).
-_COMPOUND_FIRST = frozenset({"self", "well", "ill", "half", "quasi", "semi", "cross"})
+# Words that lead compounds keeping their hyphen ("self-contained", "well-known") when what
+# follows is a word of its own: 5+ letters ("well-\nness" is "wellness" split by layout) or
+# a word the text uses alone. Others ("semi", "cross", "half") keep it only when the text
+# writes the compound whole elsewhere.
+_COMPOUND_FIRST = frozenset({"self", "well"})
 
 
-def _dehyphen(m: re.Match, compounds: set[str]) -> str:
+class _Words:
+    """A page's words and hyphenated pairs ("state-of-the-art": state-of, of-the, the-art)."""
+
+    def __init__(self, text: str):
+        self.words = Counter(w.lower() for w in _WORD.findall(text))  # (split halves too)
+        self.pairs = set()
+        for m in _HYPHENATED.finditer(text):
+            parts = m.group(0).lower().split("-")
+            self.pairs.update(f"{a}-{b}" for a, b in zip(parts, parts[1:]))
+
+
+def _dehyphen(m: re.Match, seen: _Words) -> str:
     """A letter + hyphen + line break + letter: keep the hyphen before a capital ("Jean-
-    \nPaul") and in a compound, the same one written whole elsewhere in the text or led by a
-    word that makes them ("self-\ncontained"); join a word split by layout ("exam-\nple").
-    A soft hyphen is a split by layout always."""
+    \nPaul"); join a word split by layout ("exam-\nple", and any whose joined form the page
+    uses: "semi-\nconductor" beside "semiconductor"); keep the hyphen of a compound the page
+    writes whole elsewhere, or one `_COMPOUND_FIRST` leads. A soft hyphen is layout always."""
     if not m.string[m.end()].islower():
         return m.group(0)
     if "\u00ad" in m.group(0):
         return ""
     before = _WORD_BEFORE.search(m.string, max(0, m.start() - 64), m.start())
-    after = _WORD_AFTER.match(m.string, m.end())
+    after = _WORD.match(m.string, m.end())
     if before is None or after is None:
         return ""
     first, second = before.group(0).lower(), after.group(0).lower()
-    if f"{first}-{second}" in compounds or (first in _COMPOUND_FIRST and len(second) >= 5):
+    if seen.words[first + second]:
+        return ""
+    if f"{first}-{second}" in seen.pairs:
+        return "-"
+    if first in _COMPOUND_FIRST and (len(second) >= 5 or seen.words[second] > 1):
         return "-"
     return ""
 
@@ -939,7 +958,11 @@ def _pdf_texts(path: Path, data: bytes, reader) -> Iterator[tuple[int, Any, str 
         try:
             page = reader.pages[number - 1]
             text = clean_pdf_text(page.extract_text() or "")
-            if filled := form_values(page):  # (not in the page's own text)
+            try:
+                filled = form_values(page)  # (not in the page's own text)
+            except Exception:  # noqa: BLE001 - never at the cost of the page's text
+                filled = ""
+            if filled:
                 text = f"{text}\n{filled}" if text else filled
         except DependencyError:
             raise _aes_error(path) from None
@@ -953,27 +976,40 @@ def form_values(page: Any, most: int = 20_000) -> str:
     """The text typed into a page's form fields, a line each ("Applicant name: Ada"; labelled
     by the field's description, else its name): a filled-in form's answers are drawn by its
     fields, not its page, and reading the page alone lost every one of them. Ticks and
-    choices by name (/Yes, /Off) are left out; at most `most` characters."""
+    choices by name (/Yes, /Off) are left out; at most `most` characters. A damaged
+    annotation or field is passed over: it never costs the page its text."""
     from pypdf.generic import TextStringObject
 
+    def resolved(x: Any) -> Any:
+        return x.get_object() if hasattr(x, "get_object") else x
+
+    try:
+        annots = resolved(page.get("/Annots"))
+        annots = list(annots) if isinstance(annots, list) else []
+    except Exception:  # noqa: BLE001 - a dangling or odd /Annots
+        return ""
     lines: list[str] = []
     size = 0
-    for ref in page.get("/Annots") or []:
+    for ref in annots:
         try:
-            annot = ref.get_object()
-            if annot.get("/Subtype") != "/Widget":
+            annot = resolved(ref)
+            if not isinstance(annot, dict) or annot.get("/Subtype") != "/Widget":
                 continue
-            field = annot if "/V" in annot else (annot.get("/Parent") or {})
-            field = field.get_object() if hasattr(field, "get_object") else field
-            value = field.get("/V")
+            field, value, label = annot, None, None
+            for _ in range(16):  # the field's value and name may be its ancestors'
+                value = value if value is not None else resolved(field.get("/V"))
+                label = label or resolved(field.get("/TU")) or resolved(field.get("/T"))
+                parent = resolved(field.get("/Parent"))
+                if (value is not None and label) or not isinstance(parent, dict):
+                    break
+                field = parent
             if not isinstance(value, TextStringObject) or not value.strip():
                 continue
-            label = field.get("/TU") or field.get("/T") or annot.get("/TU") or annot.get("/T")
             line = clean_pdf_text(f"{label}: {value}" if label else str(value))
         except Exception:  # noqa: BLE001 - a damaged annotation: the page's text stands
             continue
         if line and line not in lines:
-            size += len(line)
+            size += len(line) + 1
             if size > most:
                 break
             lines.append(line)

@@ -343,13 +343,15 @@ class Collection:
         if self._lock is None:
             raise CollectionError(f"collection '{self.name}' is open read-only (or closed)")
 
-    def note_file_stat(self, doc_id: str, size: int, mtime: float) -> None:
-        """Record the size and modification time a document's file has now, its content found
-        the same (touched, copied with new times, checked out again by git): later runs then
-        know it unchanged without reading it. Nothing a reader sees changes."""
+    def note_file_stats(self, stats: Sequence[tuple[str, int, float]]) -> None:
+        """Record (document id, size, modification time) of documents' files found with the
+        same content (touched, copied with new times, checked out again by git), in one
+        write: later runs then know them unchanged without reading them. Nothing a reader
+        sees changes."""
         self._writable()
-        with self._guard(), self._meta.transaction():
-            self._meta.set_file_stat(doc_id, size, mtime)
+        if stats:
+            with self._guard(), self._meta.transaction():
+                self._meta.set_file_stats(stats)
 
     def add_document(
         self,

@@ -149,7 +149,13 @@ def test_a_filled_in_pdf_forms_answers_are_read(tmp_path: Path) -> None:
     import io
 
     from pypdf import PdfReader, PdfWriter
-    from pypdf.generic import ArrayObject, DictionaryObject, NameObject, TextStringObject
+    from pypdf.generic import (
+        ArrayObject,
+        DictionaryObject,
+        NameObject,
+        NumberObject,
+        TextStringObject,
+    )
 
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["Moss garden permit. Name:"]))))
     fields = {"applicant": ("Applicant name", TextStringObject("Bartholomew Quincewhistle")),
@@ -162,12 +168,31 @@ def test_a_filled_in_pdf_forms_answers_are_read(tmp_path: Path) -> None:
             NameObject("/TU"): TextStringObject(label), NameObject("/V"): value,
         })  # fmt: skip
         annots.append(writer._add_object(annot))
+    # a field whose value and name are its parent's, the value indirect
+    parent = DictionaryObject({
+        NameObject("/FT"): NameObject("/Tx"), NameObject("/T"): TextStringObject("Garden"),
+        NameObject("/V"): writer._add_object(TextStringObject("Fernbrook Hollow")),
+    })  # fmt: skip
+    kid = DictionaryObject({
+        NameObject("/Type"): NameObject("/Annot"), NameObject("/Subtype"): NameObject("/Widget"),
+        NameObject("/Parent"): writer._add_object(parent),
+    })  # fmt: skip
+    annots.append(writer._add_object(kid))
     writer.pages[0][NameObject("/Annots")] = annots
-    out = io.BytesIO()
-    writer.write(out)
-    text = read_document(write(tmp_path, "form.pdf", out.getvalue())).pages[0].text
-    assert text.splitlines()[-1] == "Applicant name: Bartholomew Quincewhistle"
+
+    def read(name: str) -> str:
+        out = io.BytesIO()
+        writer.write(out)
+        return read_document(write(tmp_path, name, out.getvalue())).pages[0].text
+
+    text = read("form.pdf")
+    assert text.splitlines()[-2:] == [
+        "Applicant name: Bartholomew Quincewhistle", "Garden: Fernbrook Hollow"
+    ]  # fmt: skip
     assert text.startswith("Moss garden permit. Name:") and "agree" not in text
+    # a damaged /Annots (a number): the page's own text stands (a review: the page was lost)
+    writer.pages[0][NameObject("/Annots")] = NumberObject(3)
+    assert read("damaged.pdf") == "Moss garden permit. Name:"
 
 
 def test_pdf_compounds_broken_at_a_line_end_keep_their_hyphen(tmp_path: Path) -> None:
@@ -178,6 +203,13 @@ def test_pdf_compounds_broken_at_a_line_end_keep_their_hyphen(tmp_path: Path) ->
     text = read_document(write(tmp_path, "c.pdf", make_pdf([lines]))).pages[0].text
     assert "A well-known, self-contained state-of-the-art tool" in text
     assert "and wellness." in text
+    # joined where the page uses the word whole, or nothing says compound (a review)
+    lines = "The semi-\nconductor trade: semiconductor wafers. A state-of-\nthe-art, state-of-the-art; cross-\nroads, ill-\nustrated."
+    text = read_document(write(tmp_path, "d.pdf", make_pdf([lines]))).pages[0].text
+    assert text == (
+        "The semiconductor trade: semiconductor wafers. A state-of-the-art, state-of-the-art; "
+        "crossroads, illustrated."
+    )
 
 
 def test_clean_pdf_text_is_conservative() -> None:
@@ -316,6 +348,12 @@ def test_terminal_colour_codes_and_overstrike_are_dropped(tmp_path: Path) -> Non
     man = f"N\bNA\bAM\bME\bE\n     ls - list {under} contents\n\x1b]0;ls\x07Größe\n"
     doc = read_document(write(tmp_path, "ls.txt", man.encode()))
     assert doc.pages[0].text.rstrip() == "NAME\n     ls - list directory contents\nGröße"
+    bold = "".join(f"{c}\b{c}" for c in "Größe‐Maß")  # UTF-8 struck over (a review)
+    doc = read_document(write(tmp_path, "de.txt", (bold + " ok\n").encode() * 40))
+    assert doc.pages[0].text.splitlines()[0] == "Größe‐Maß ok"
+    opened = "start \x1b]0;a title never closed\nline two\nline \x07 three\n"
+    doc = read_document(write(tmp_path, "osc.txt", opened.encode()))
+    assert "line two" in doc.pages[0].text  # an OSC left open ends at its line
 
 
 @pytest.mark.parametrize("extra", ["Zürich, Straße.", "Гарантийный срок — два года."])
