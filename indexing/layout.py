@@ -98,13 +98,14 @@ def list_collections(root: str | Path | None = None) -> list[str]:
     )
 
 
-def delete_collection(root: str | Path | None, name: str) -> None:
-    """Delete a collection and its files; refuses while a writer has it open."""
+def delete_collection(root: str | Path | None, name: str, lock: WriterLock | None = None) -> None:
+    """Delete a collection and its files; refuses while a writer has it open. `lock`: its
+    writer lock, which the caller took (and this releases, whatever happens)."""
     directory = collection_dir(root, name)
-    if not (directory / MANIFEST).exists():
-        raise CollectionNotFoundError(f"no collection '{name}' in {directory.parent}")
-    lock = WriterLock(directory, f"collection '{name}'")
     try:
+        if not (directory / MANIFEST).exists():
+            raise CollectionNotFoundError(f"no collection '{name}' in {directory.parent}")
+        lock = lock or WriterLock(directory, f"collection '{name}'")
         doomed = directory.with_name(f".{name}.deleted-{os.getpid()}-{secrets.token_hex(4)}")
         os.rename(directory, doomed)  # gone from listings at once; rmtree may take a while
         fsync_dir(directory.parent)
@@ -114,7 +115,8 @@ def delete_collection(root: str | Path | None, name: str) -> None:
         (staging / f"{name}.complete").unlink(missing_ok=True)
         shutil.rmtree(staging / name, ignore_errors=True)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     shutil.rmtree(doomed, ignore_errors=True)
 
 

@@ -230,21 +230,28 @@ class Collection:
             if self._lock is not None and self._view.generation >= 0:
                 self._view.maybe_save(force=True)
 
-    def close(self) -> None:
-        """Writer: save a lagging FAISS file and release the lock. Safe to call twice."""
+    def close(self, keep_lock: bool = False) -> WriterLock | None:
+        """Writer: save a lagging FAISS file and release the lock. Safe to call twice.
+        With `keep_lock`, the writer lock is returned still held (`delete_collection` takes
+        it: no other process can come between)."""
         with self._mutex:  # (two threads closing at once: the second finds it closed)
             if self._closed:
-                return
+                return None
+            kept = None
             with self._guard():
                 try:
                     self.save_index()
                 finally:
                     if self._lock is not None:
-                        self._lock.release()
+                        if keep_lock:
+                            kept = self._lock
+                        else:
+                            self._lock.release()
                         self._lock = None
                     self._view.close()
                     self._meta.close()
                     self._closed = True
+            return kept
 
     def __enter__(self) -> Collection:
         return self

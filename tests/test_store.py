@@ -262,6 +262,28 @@ def test_list_and_delete_collections(tmp_path: Path):
         Collection.open(tmp_path, "../x", manifest=MANIFEST, create=True)
 
 
+def test_a_writer_can_hand_its_lock_to_the_delete(tmp_path: Path):
+    """The service deletes a store under the lock it holds, from its check to the folder's
+    removal: a clara-index starting in between (it once did, after the store's record was
+    gone) finds it held. `close(keep_lock=True)` keeps the lock; `delete_collection` takes
+    it and lets it go, also when it fails."""
+    from indexing.durable import WriterLock
+
+    a = Collection.open(tmp_path, "a", manifest=MANIFEST, create=True)
+    lock = a.close(keep_lock=True)
+    assert lock is not None
+    with pytest.raises(CollectionLockedError):  # still held
+        WriterLock(tmp_path / "a", "a")
+    delete_collection(tmp_path, "a", lock=lock)
+    assert list_collections(tmp_path) == [] and lock._fd is None
+    Collection.open(tmp_path, "b", manifest=MANIFEST, create=True).close()
+    held = WriterLock(tmp_path / "b", "b")
+    (tmp_path / "b" / "manifest.json").unlink()
+    with pytest.raises(CollectionNotFoundError):
+        delete_collection(tmp_path, "b", lock=held)
+    assert held._fd is None  # released all the same
+
+
 # -- other processes -------------------------------------------------------------------------
 
 CHILD = r"""

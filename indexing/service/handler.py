@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -203,13 +203,26 @@ class IndexService:
         loaded = manifest_of(cm, self.settings.checkpoint)  # (the fix-it names the checkpoint)
         col.manifest.check_matches(Manifest.from_dict(loaded), col.name)
 
-    def _check_writable(self, store_ids: Iterable[str]) -> None:
-        """Worker: CollectionLockedError (a 409) if another process (clara-index) holds one
-        of these collections, so that a request that cannot finish changes nothing."""
-        for store_id in store_ids:
-            directory = self.root / store_id
-            if store_id not in self._writers and (directory / MANIFEST).exists():
-                WriterLock(directory, f"collection '{store_id}'").release()
+    def _detach_all(self, links: list[Link], rec: FileRecord) -> None:
+        """Worker: detach an upload from each of its stores, every store opened for writing
+        first, so that clara-index holding one is a 409 before any change (and cannot take
+        one in between: a 409 half-way left the file detached from some stores)."""
+        opened: list[str] = []
+        try:
+            for store_id in dict.fromkeys(link.store_id for link in links):
+                if store_id in self._writers:
+                    continue
+                try:
+                    self._writer(store_id)
+                except CollectionNotFoundError:
+                    continue
+                opened.append(store_id)
+        except BaseException:
+            for store_id in opened:  # (none of them kept from clara-index)
+                self._release(store_id)
+            raise
+        for link in links:
+            self._detach(link.store_id, rec, link)
 
     def _writer(self, store_id: str) -> Collection:
         """Worker thread: the collection opened for writing until its jobs are done."""
@@ -264,9 +277,7 @@ class IndexService:
         self._deleting[file_id] += 1  # an attach from now on is a 404 (one racing the delete
         try:  # indexed the deleted file, or failed it as missing)
             links = self.registry.links(file_id=file_id)
-            await self.worker.call(lambda cm: self._check_writable(link.store_id for link in links))
-            for link in links:  # (a 409 above changed nothing)
-                await self.worker.call(lambda cm, link=link: self._detach(link.store_id, rec, link))
+            await self.worker.call(lambda cm: self._detach_all(links, rec))
             self.registry.delete_file(file_id)
             await self.uploads.delete(file_id)
         finally:
@@ -384,16 +395,27 @@ class IndexService:
             pass  # unreadable, still deletable
 
         def delete(cm: Any) -> None:
-            self._check_writable([store_id])  # clara-index holds it: a 409 before any change
-            self.worker.cancel(lambda key: key[0] == store_id)
-            col = self._writers.pop(store_id, None)
-            if col is not None:
-                col.close()
-            self._readers.drop(store_id)
-            # the record first: a crash between the two leaves a collection (listed, deletable
-            # again), not a record of a store that is gone (its name kept from new stores)
-            self.registry.delete_store(store_id)
-            delete_collection(self.root, store_id)
+            # its writer lock, held from here to the folder's removal: clara-index holding it
+            # is a 409 before any change, and cannot take it in between (it once came in
+            # after the record was gone)
+            directory = self.root / store_id
+            lock = None
+            if store_id not in self._writers and (directory / MANIFEST).exists():
+                lock = WriterLock(directory, f"collection '{store_id}'")
+            try:
+                self.worker.cancel(lambda key: key[0] == store_id)
+                col = self._writers.pop(store_id, None)
+                if col is not None:
+                    lock = col.close(keep_lock=True)
+                self._readers.drop(store_id)
+                # the record first: a crash between the two leaves a collection (listed,
+                # deletable again), not a record of a store that is gone (its name kept)
+                self.registry.delete_store(store_id)
+            except BaseException:
+                if lock is not None:
+                    lock.release()
+                raise
+            delete_collection(self.root, store_id, lock=lock)
             for hook in self.deleted_hooks:
                 hook(store_id)
 
