@@ -60,8 +60,17 @@ def sweep(collection_dir: Path, max_age_s: float = MAX_AGE_S) -> None:
 class PartialMemories:
     """The saved rows of one document (by content hash), valid under one key."""
 
-    def __init__(self, collection_dir: Path, sha256: str, key: str, row_shape: tuple[int, int]):
+    def __init__(
+        self,
+        collection_dir: Path,
+        sha256: str,
+        key: str,
+        row_shape: tuple[int, int],
+        path: str | None = None,
+    ):
         self.folder = collection_dir / PARTIAL_DIR
+        self.sha256 = sha256
+        self.path = path  # the file's, recorded: its older versions' saves go at its commit
         self.rows_path = self.folder / f"{sha256}.f16"
         self.head_path = self.folder / f"{sha256}.json"
         self.key = key
@@ -97,12 +106,31 @@ class PartialMemories:
             sync(f.fileno())
         self.saved += len(rows)
         tmp = self.head_path.with_name(f".{self.head_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": self.key, "rows": self.saved}))
+        tmp.write_text(json.dumps({"key": self.key, "rows": self.saved, "path": self.path}))
         os.replace(tmp, self.head_path)
         fsync_dir(self.folder)
         _saves += 1
         crash_point(f"index:after-partial-{_saves}")
 
     def discard(self) -> None:
+        """Remove these saves, and those of the same file's other versions (a long file
+        edited between interrupted runs: each version's saves stayed for `MAX_AGE_S`)."""
         remove_quietly(self.head_path)
         remove_quietly(self.rows_path)
+        if self.path is not None:
+            forget_path(self.folder.parent, self.path)
+
+
+def forget_path(collection_dir: Path, path: str) -> None:
+    """Remove the saves of every version of the file at `path`."""
+    folder = collection_dir / PARTIAL_DIR
+    if not folder.is_dir():
+        return
+    for head in folder.glob("*.json"):
+        try:
+            if json.loads(head.read_text()).get("path") != path:
+                continue
+        except (OSError, ValueError, AttributeError):
+            continue
+        remove_quietly(head)
+        remove_quietly(head.with_suffix(".f16"))

@@ -400,7 +400,9 @@ class Indexer:
         pending = _Pending(src, doc, chunks, memories, read.mtime, replaces)
         if len(chunks) >= partial.MIN_CHUNKS:
             key = partial.partial_key(self.manifest, [c.contextual_text for c in chunks])
-            pending.partial = PartialMemories(self.collection.directory, doc.sha256, key, shape[1:])
+            pending.partial = PartialMemories(
+                self.collection.directory, doc.sha256, key, shape[1:], path=path_text(path)
+            )
             rows = pending.partial.load()
             memories[: len(rows)] = rows
             pending.done = pending.resumed = len(rows)

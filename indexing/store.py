@@ -649,6 +649,9 @@ class Collection:
                 for p in sorted(self.directory.iterdir())
                 if p.is_file() and not p.name.startswith(".")
             }
+            saves = self.directory / "partial"  # (`indexing.partial`: long files begun)
+            if saves.is_dir():
+                files["partial/"] = sum(p.stat().st_size for p in saves.iterdir() if p.is_file())
             index = self._view.index
             return {
                 "name": self.name,

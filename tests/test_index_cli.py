@@ -712,6 +712,24 @@ def test_a_long_document_goes_on_where_a_crash_left_it(tmp_path: Path, tiny_llam
         np.testing.assert_array_equal(mine, theirs)
 
 
+def test_saves_of_an_edited_files_older_version_go_at_its_commit(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+):
+    """A long file edited between an interrupted run and the next: its older version's saves
+    stayed 7 days (`stats` did not count them). `stats` counts them; the commit of any
+    version of the file removes them all."""
+    folder = tmp_path / "book"
+    (path,) = write_corpus(folder, n=1, paragraphs=30)
+    index = tmp_path / "index"
+    proc = add_process(folder, index, tiny_llama_dir, "index:after-partial-1", "--batch-size", "8")
+    assert proc.wait(120) == -signal.SIGKILL, proc.stderr.read().decode()
+    rc, out, _ = run(capsys, "stats", "--index", index, "--json")
+    assert rc == 0 and json.loads(out)["files"]["partial/"] > 0
+    path.write_text(path.read_text() + "\n\nOne more paragraph, written after the crash.\n")
+    assert add_process(folder, index, tiny_llama_dir, None, "--batch-size", "8").wait(120) == 0
+    assert list((index / "default" / "partial").iterdir()) == []
+
+
 def test_sigkill_from_outside_mid_run(tmp_path: Path, tiny_llama_dir: Path, reference) -> None:
     folder, expected = reference
     index = tmp_path / "index"
