@@ -455,6 +455,8 @@ def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[
     guess = None if western else _guess_east_asian(data)
     if guess is not None:
         return guess[1], [guessed.format(guess[0])]
+    if (mac := _mac_roman(data)) is not None:
+        return mac, [guessed.format("mac_roman")]
     try:
         text = data.decode("cp1252")
     except UnicodeDecodeError:  # bytes cp1252 leaves undefined: Czech "ť" in cp1250, ...
@@ -615,6 +617,38 @@ def _looks_western(data: bytes) -> bool:
 
     inside = sum(letter(m.start() - 1) or letter(m.end()) for m in runs)
     return inside >= 0.5 * len(runs)
+
+
+# Letters of Western European words: what text in an 8-bit Western encoding has beside
+# its ASCII letters ("Größe", "élève").
+_WESTERN_LETTERS = frozenset("àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿßœÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝŒ")
+
+
+def _mac_roman(data: bytes) -> str | None:
+    """The text, when the bytes are Mac OS Roman (classic Mac text files): the characters
+    next to ASCII letters are Western letters read that way, and neither letters nor quotes
+    and dashes read as cp1252 (there "Größe" is "Grš§e", "Käse" "KŠse", and "crème" is
+    refused). A documents audit found such
+    files read as cp1252 without a warning, or refused as binary."""
+    sample = data[:65536]
+    if not any(b > 0x7F for b in sample):
+        return None
+    mac, win = sample.decode("mac_roman"), sample.decode("cp1252", "replace")
+
+    def beside_letters(text: str) -> list[int]:
+        return [i for i, c in enumerate(text) if ord(c) > 0x7F and (
+            (i > 0 and text[i - 1].isascii() and text[i - 1].isalpha())
+            or (i + 1 < len(text) and text[i + 1].isascii() and text[i + 1].isalpha())
+        )]  # fmt: skip
+
+    spots = beside_letters(mac)  # (one character a byte in both: the positions agree)
+    if len(spots) < 3:
+        return None
+    as_mac = sum(mac[i] in _WESTERN_LETTERS for i in spots)
+    as_win = sum(win[i] in _WESTERN_LETTERS or win[i] in "“”‘’–—…•" for i in spots)
+    if as_mac < 0.9 * len(spots) or as_win > 0.5 * len(spots):
+        return None
+    return data.decode("mac_roman")
 
 
 def _looks_like_text(text: str) -> bool:

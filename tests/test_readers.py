@@ -419,6 +419,21 @@ def test_chinese_japanese_and_korean_legacy_encodings_are_read(
 
 @pytest.mark.parametrize(
     "text",
+    ["Die Größe der Brücke über den Fluß. Müller aß Käse.",
+     "Café crème naïve « quote » élève, très été, à côté."],
+)  # fmt: skip
+def test_classic_mac_text_is_read_as_mac_roman_with_a_warning(tmp_path: Path, text: str) -> None:
+    """A documents audit: Mac OS Roman German read as cp1252 without a word ("Grš§e der
+    BrŸcke"), and French was refused as binary."""
+    doc = read_document(write(tmp_path, "brief.txt", (text + "\n").encode("mac_roman") * 3))
+    assert doc.pages[0].text.splitlines()[0] == text
+    assert doc.warnings == [
+        "not UTF-8: read as mac_roman (a guess); re-save the file as UTF-8 to be sure"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
     ["Grüße aus München", "Müller Börse Übung", "Résumé des activités", "Smörgåsbord är gött",
      "He said \u201cHello\u201d and left\u2014quickly.", "Informação São Paulo açúcar",
      "Ça marche.\n", "Ça va très bien.", "ÇA VA\n", "Élan", "Größe: 42\n", "Viele Grüße\n",
