@@ -793,21 +793,25 @@ def clean_markdown(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S)
+_FRONT_MATTER = re.compile(
+    r"\A(?:---[ \t]*\n(.*?\n)(?:---|\.\.\.)|\+\+\+[ \t]*\n(.*?\n)\+\+\+)[ \t]*(?:\n|\Z)", re.S
+)  # YAML between --- lines, or TOML between +++ lines (Hugo)
 _YAML_LINE = re.compile(r"^(?:[\w.-]+[ \t]*:(?:[ \t]|$)|[ \t]|-[ \t]|#)")  # key:, nested, item
-_TITLE_LINE = re.compile(r"^title[ \t]*:[ \t]*(.+?)[ \t]*$", re.M | re.I)
+_TOML_LINE = re.compile(r"^(?:[\w.\"-]+[ \t]*=|\[|[ \t]|#|[\]\"'\d-])")  # key =, [table], ...
+_TITLE_LINE = re.compile(r"^title[ \t]*[:=][ \t]*(.+?)[ \t]*$", re.M | re.I)
 
 
 def front_matter(text: str) -> tuple[str, str | None]:
-    """Markdown without its YAML front matter (Jekyll, Hugo, Obsidian: `---` ... `---` at the
-    very top), and the `title:` it gives, if any. The block is metadata, not prose to read."""
+    """Markdown without its front matter (Jekyll, Hugo, Obsidian: YAML between `---` lines,
+    or Hugo's TOML between `+++` lines, at the very top), and the title it gives, if any. The block is metadata, not prose to read."""
     m = _FRONT_MATTER.match(text)
     if not m or len(m.group(0)) > 16384:
         return text, None
-    lines = [line for line in m.group(1).split("\n") if line.strip()]
-    if not lines or not all(_YAML_LINE.match(line) for line in lines):
+    block, line_form = (m.group(1), _YAML_LINE) if m.group(1) else (m.group(2), _TOML_LINE)
+    lines = [line for line in block.split("\n") if line.strip()]
+    if not lines or not all(line_form.match(line) for line in lines):
         return text, None  # prose between two rules, not metadata
-    title = _TITLE_LINE.search(m.group(1))
+    title = _TITLE_LINE.search(block)
     value = title.group(1).strip().strip("\"'").strip() if title else ""
     return text[m.end() :], value or None
 
@@ -848,7 +852,24 @@ def _clean_md_prose(text: str) -> str:
     # [ref]: url (its url on the line or the next; a footnote, [^1]: text, is text)
     text = re.sub(r"(?m)^ {0,3}\[(?!\^)[^\[\]\n]+\]:[ \t]*\n?[ \t]*\S+.*$\n?", "", text)
     text = re.sub(r"(?m)^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", r"\1", text)
-    return text
+    # a setext heading's underline, a rule; bold and italic markers; inline HTML tags (named
+    # ones only: "List<String>" is text); an autolink's brackets (a documents audit found
+    # "**", "<b>" and "==========" in the indexed text)
+    text = re.sub(r"(?m)^ {0,3}(?:=+|-{3,}|\*{3,}|_{3,})[ \t]*$", "", text)
+    text = re.sub(r"\*\*(?=\S)((?:[^*\n]|\*(?!\*)){1,150}?)(?<=\S)\*\*", r"\1", text)
+    text = re.sub(r"__(?=\S)((?:[^_\n]|_(?!_)){1,150}?)(?<=\S)__", r"\1", text)
+    text = re.sub(r"(?<![\w*])\*(?=[^\s*])([^*\n]{1,150}?)(?<=[^\s*])\*(?![\w*])", r"\1", text)
+    text = re.sub(r"(?<![\w_])_(?=[^\s_])([^_\n]{1,150}?)(?<=[^\s_])_(?![\w_])", r"\1", text)
+    text = re.sub(r"<((?:https?|mailto):[^<>\s]{1,2000})>", r"\1", text)
+    return _INLINE_HTML.sub("", text)
+
+
+_INLINE_HTML = re.compile(
+    r"</?(?:a|abbr|b|big|blockquote|br|center|code|del|details|div|em|figcaption|figure|font|"
+    r"h[1-6]|hr|i|img|ins|kbd|li|mark|ol|p|pre|s|small|span|strong|sub|summary|sup|table|"
+    r"tbody|td|th|thead|tr|u|ul)(?:\s[^<>\n]{0,500})?/?>",
+    re.I,
+)
 
 
 # --- PDF ------------------------------------------------------------------------------
