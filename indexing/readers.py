@@ -817,10 +817,12 @@ def front_matter(text: str) -> tuple[str, str | None]:
 
 
 def markdown_headings(text: str) -> list[str]:
-    """The ATX (`#`) headings of Markdown text outside code blocks, as clean_markdown shows
-    them (markers and link URLs dropped)."""
+    """The headings of Markdown text outside code blocks (`#` ones, and one-line titles
+    underlined by `===` or `---`), as clean_markdown shows them (markers and link URLs
+    dropped)."""
     out, fence = [], ""
-    for line in text.split("\n"):
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
         m = _FENCE.match(line)
         if fence:
             if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
@@ -831,7 +833,23 @@ def markdown_headings(text: str) -> list[str]:
             heading = _clean_md_prose(h.group(1)).strip()
             if heading:
                 out.append(heading)
+        elif _SETEXT.match(line) and i and _setext_title(lines, i - 1):
+            heading = _clean_md_prose(lines[i - 1]).strip()
+            if heading:
+                out.append(heading)
     return out
+
+
+_SETEXT = re.compile(r"^ {0,3}(?:=+|-+)[ \t]*$")
+
+
+def _setext_title(lines: list[str], i: int) -> bool:
+    """Whether line `i` is a one-line paragraph that the next line underlines (a setext
+    heading: "Title" over "====="); not a list item, a table row or a rule."""
+    line = lines[i]
+    if not line.strip() or (i and lines[i - 1].strip()) or line.startswith((" " * 4, "\t")):
+        return False
+    return not re.match(r"^ {0,3}(?:[-*+>|#]|\d+[.)]\s|(?:=+|-+)[ \t]*$)", line)
 
 
 _ATX = re.compile(r"^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")

@@ -610,6 +610,10 @@ def test_markdown_keeps_readable_text_and_code() -> None:
         "Inline html, List<String>, https://example.com.\n\nSub\n\n```\n"
         "keep **this** <b>raw</b>\n```"
     )
+    from indexing.readers import markdown_headings
+
+    assert markdown_headings(md) == ["Title", "Sub"]  # underlined titles are headings too
+    assert markdown_headings("Two\nlines\n---\n\n- item\n---\n") == []  # (not one-line titles)
 
 
 def test_markup_built_to_be_slow_is_read_in_linear_time_or_refused(
