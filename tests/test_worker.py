@@ -351,7 +351,7 @@ def test_bulk_waits_from_its_submission_and_retry_after_counts_own_time() -> Non
     finally:
         worker.stop()
     assert log == ["chat", "upload"]
-    assert worker._task_seconds < 0.05  # its own turns are instant; the others' took 0.6 s
+    assert worker._task_seconds < 0.3  # its own turns are instant; the others' took 0.6 s
 
 
 def test_a_bulk_step_longer_than_bulk_every_s_does_not_take_every_turn() -> None:
