@@ -225,16 +225,41 @@ def test_openai_teacher_posts_chat_completions():
     assert "A document." in seen["body"]["messages"][1]["content"]
 
 
-def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+def _teacher_endpoint() -> str:
+    """An OpenAI-compatible chat endpoint on a local port (a daemon thread) that answers each
+    document with one question about its second word: the teacher a user points synth at,
+    reached over real HTTP by the real client (a test-suite audit: the client was replaced)."""
+    import http.server
+    import threading
+
+    class Teacher(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert self.path == "/v1/chat/completions" and body["model"] == "m"
+            doc = body["messages"][1]["content"].split("\n\nWrite ")[0].removeprefix("Document:\n")
+            answer = f"Q: What is this about?\nA: {doc.split()[1]}"
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, capsys):
     folder = tmp_path / "docs"
     folder.mkdir()
     for i, d in enumerate(DOCS):
         (folder / f"d{i}.txt").write_text(d + "\n")
 
-    def fake(url, model, api_key=None, **kw):
-        return lambda doc, n: f"Q: What is this about?\nA: {doc.split()[1]}"
-
-    monkeypatch.setattr("training.synth.openai_teacher", fake)
+    teacher = _teacher_endpoint()  # a real HTTP endpoint the real openai_teacher asks
     code = main(
         [
             "synth",
@@ -246,7 +271,7 @@ def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch, capsy
             "--dtype",
             "stored",
             "--teacher-url",
-            "http://x/v1",
+            teacher,
             "--teacher-model",
             "m",
             "--candidates",
@@ -260,7 +285,7 @@ def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, monkeypatch, capsy
     assert sum(r.kind == "paraphrase" for r in s1) == 3 and len(s2) == 3
     assert "fewer than --candidates" not in capsys.readouterr().err
     argv = ["synth", str(folder), "--out", str(tmp_path / "data"), "--model", str(tiny_llama_dir),
-            "--teacher-url", "http://x/v1", "--teacher-model", "m", "--candidates", "5", "-q", "--force"]  # fmt: skip
+            "--teacher-url", teacher, "--teacher-model", "m", "--candidates", "5", "-q", "--force"]  # fmt: skip
     assert main(argv) == 0  # three chunks in all: a question gets three candidates at most
     assert "3 of 3 questions have fewer than --candidates 5" in capsys.readouterr().err
 
