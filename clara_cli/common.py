@@ -51,6 +51,8 @@ def collection_arg(folder_flag: str) -> Callable[[str], str]:
     `folder_flag`, the option that takes the folder of collections."""
 
     def collection(value: str) -> str:
+        if len(value) > 128 and re.fullmatch(COLLECTION_NAME.replace("{0,127}", "*"), value):
+            raise argparse.ArgumentTypeError(f"a name of at most 128 characters, not {len(value)}")
         if not re.fullmatch(COLLECTION_NAME, value):
             hint = f"; a folder of collections goes to {folder_flag}" if "/" in value else ""
             raise argparse.ArgumentTypeError(
@@ -112,6 +114,49 @@ def non_negative_int(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
     return n
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer of at least `low`."""
+
+    def whole(value: str) -> int:
+        n = _whole(value)
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {n}")
+        return n
+
+    return whole
+
+
+def at_most(high: int) -> Callable[[str], int]:
+    """argparse type: an integer from 1 to `high`."""
+
+    def whole(value: str) -> int:
+        n = _whole(value)
+        if not 1 <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {high}, got {n}")
+        return n
+
+    return whole
+
+
+def port_arg(value: str) -> int:
+    """argparse type: a TCP port, 0-65535 (0: any free one)."""
+    n = _whole(value)
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {n}")
+    return n
+
+
+def path_arg(value: str) -> str:
+    """argparse type: a path, not empty (an unset shell variable read as the current folder:
+    `clara-index remove "$DOC"` removed the documents under it)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path (an unset variable?): name a file, folder or glob; '.' is the "
+            "current folder"
+        )
+    return value
 
 
 #: Exit statuses every clara command shares (README, "Exit status").

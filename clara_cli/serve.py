@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import threading
 from typing import Any
 
 from clara.errors import ClaraError
-from clara_cli.common import EXIT_INTERRUPTED, non_negative_float
+from clara_cli.common import EXIT_INTERRUPTED, non_negative_float, port_arg
 
 #: Seconds a stopping server waits for requests in progress (--shutdown-grace, `serve_http`).
 SHUTDOWN_GRACE_S = 30
@@ -25,7 +26,7 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
     group, for the service's own options (then `add_log_level_arg`)."""
     net = parser.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    net.add_argument("--port", type=int, default=port, help="port (default: %(default)s)")
+    net.add_argument("--port", type=port_arg, default=port, help="port (default: %(default)s)")
     net.add_argument(
         "--api-key",
         default=os.environ.get("CLARA_API_KEY"),
@@ -298,5 +299,10 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            raise ClaraError(  # (not a port in use: "pick another --port" misled)
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (--host takes an "
+                "address of this machine: 127.0.0.1 for this machine only, 0.0.0.0 for all)"
+            ) from None
         raise taken(str(exc.strerror or exc)) from None
     return sock

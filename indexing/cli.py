@@ -15,9 +15,13 @@ from clara_cli.common import (
     add_model_args,
     add_query_precision_arg,
     add_version_arg,
+    at_most,
     collection_arg,
     exit_now,
     non_negative_float,
+    non_negative_int,
+    path_arg,
+    positive_float,
     positive_int,
     run_main,
 )
@@ -217,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     add = command("add", "index files, folders and globs", "where", "out", "quiet", "wait", "model")
-    add.add_argument("paths", nargs="+", metavar="PATH", help="files, folders or glob patterns")
+    add.add_argument(
+        "paths", nargs="+", type=path_arg, metavar="PATH", help="files, folders or glob patterns"
+    )
     add.add_argument("--password", default=None, help="password of encrypted PDFs")
     add.add_argument(
         "--exclude",
@@ -243,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "32 for the chunk's context line: 224 for the default model)",
     )
     chunk.add_argument(
-        "--overlap", type=int, default=DEFAULT_OVERLAP, metavar="N", help="tokens shared by neighbouring "
+        "--overlap", type=non_negative_int, default=DEFAULT_OVERLAP, metavar="N", help="tokens shared by neighbouring "
         "chunks (default: %(default)s)",
     )  # fmt: skip
     chunk.add_argument(
@@ -256,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rm = command("remove", "remove documents by id, path, folder or glob", "where", "out", "wait")
     rm.add_argument(
-        "targets", nargs="+", metavar="DOC_ID_OR_PATH",
+        "targets", nargs="+", type=path_arg, metavar="DOC_ID_OR_PATH",
         help="a document id; a file or folder as indexed (a trailing '/': everything under "
         "the folder); a name that one stored path ends with ('notes.txt', 'old/'); or a "
         "quoted glob, which removes what `add` with the same glob indexed (see below)",
@@ -280,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", type=_query, help="the question or text to look for")
     add_query_precision_arg(search)
     search.add_argument(
-        "-k", "--top-k", type=positive_int, default=5, metavar="K",
-        help="results to show (default: %(default)s)",
+        "-k", "--top-k", type=at_most(10_000), default=5, metavar="K",
+        help="results to show, up to 10000 (default: %(default)s)",
     )  # fmt: skip
     search.add_argument(
         "--mode", choices=RETRIEVAL_MODES, default="hybrid",
@@ -291,16 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     fusion = search.add_argument_group("fusion (hybrid)")
     default = Fusion()
     fusion.add_argument(
-        "--fusion-k", type=float, default=default.k, metavar="K",
+        "--fusion-k", type=positive_float, default=default.k, metavar="K",
         help="reciprocal rank fusion constant: score = sum weight / (K + rank) "
         "(default: %(default)s)",
     )  # fmt: skip
     fusion.add_argument(
-        "--dense-weight", type=float, default=default.weights["dense"], metavar="W",
+        "--dense-weight", type=non_negative_float, default=default.weights["dense"], metavar="W",
         help="weight of the memory-vector ranking (default: %(default)s)",
     )  # fmt: skip
     fusion.add_argument(
-        "--lexical-weight", type=float, default=default.weights["lexical"], metavar="W",
+        "--lexical-weight", type=non_negative_float, default=default.weights["lexical"],
+        metavar="W",
         help="weight of the BM25 ranking (default: %(default)s)",
     )  # fmt: skip
     search.set_defaults(func=cmd_search)

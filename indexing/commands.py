@@ -609,6 +609,17 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             with _open(args.index, args.collection, index_type=args.index_type):
                 pass
     else:
+        unused = [flag for flag, given in (
+            ("--model", args.model != "smollm2-135m"), ("--checkpoint", args.checkpoint),
+            ("--dtype", getattr(args, "dtype", "auto") not in (None, "auto")),
+            ("--batch-size", args.batch_size != 8),
+        ) if given]  # fmt: skip
+        if unused:  # (a CLI audit: they were taken without a word)
+            print(
+                f"{PROG}: note: {', '.join(unused)} only matter{'s' * (len(unused) == 1)} with "
+                "--recompress; this rebuilds the search index from the stored vectors",
+                file=sys.stderr,
+            )
         with _open_writer(args, index_type=args.index_type) as col:
             col.rebuild()
         results = []

@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clara.errors import ClaraError
 from clara.retrieval import READING_MODES
 from clara_cli.common import (
     add_model_args,
     add_query_precision_arg,
     add_version_arg,
+    at_least,
+    collection_arg,
     exit_now,
     model_dtype,
+    non_negative_float,
+    non_negative_int,
     positive_int,
     run_main,
 )
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--queue-size",
-        type=int,
+        type=positive_int,
         default=16,
         metavar="N",
         help="requests that may wait for the model; more get 503 with Retry-After "
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--max-batch",
-        type=int,
+        type=positive_int,
         default=16,
         metavar="N",
         help="chat requests decoded together in one batch; more wait in the queue "
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--prefill-batch",
-        type=int,
+        type=positive_int,
         default=8,
         metavar="N",
         help="requests that arrive together are prefilled at most N at a time in one batched "
@@ -105,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--prefill-tokens",
-        type=int,
+        type=non_negative_int,
         default=320,
         metavar="N",
         help="prompt positions per prefill pass at most (longer prompts get a pass of their "
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--prefix-cache-mb",
-        type=int,
+        type=non_negative_int,
         default=256,
         metavar="MB",
         help="KV states of repeated prompt prefixes kept per adapter, at most: the system "
@@ -170,15 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rag.add_argument(
         "--collection",
+        type=collection_arg("--index"),
         default="default",
         help="collection searched when a request names none (default: %(default)s)",
     )
     rag.add_argument(
         "--top-k",
-        type=int,
+        type=non_negative_int,
         default=5,
         metavar="K",
-        help="chunks retrieved per request unless it sets top_k (default: %(default)s)",
+        help="chunks retrieved per request unless it sets top_k; 0: no retrieval (default: "
+        "%(default)s)",
     )
     rag.add_argument(
         "--mode",
@@ -193,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rag.add_argument(
         "--history-turns",
-        type=int,
+        type=non_negative_int,
         default=2,
         metavar="N",
         help="earlier user/assistant exchanges (question and answer pairs) kept in the prompt "
@@ -202,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = parser.add_argument_group("generation")
     gen.add_argument(
         "--max-context",
-        type=int,
+        type=at_least(2),
         default=None,
         metavar="N",
         help="positions the generator may use, prompt + answer (default: the model's "
@@ -210,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--max-tokens",
-        type=int,
+        type=positive_int,
         default=512,
         metavar="N",
         help="answer length when a chat or Responses request sets no max_tokens (default: "
@@ -224,29 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     gen.add_argument(
         "--temperature",
-        type=float,
+        type=non_negative_float,
         default=0.0,
         help="sampling temperature when a request sets none; 0 is greedy, as CLaRa was "
         "evaluated (default: %(default)s)",
     )
     return parser
-
-
-def _check(args: argparse.Namespace) -> None:
-    for name, low in (
-        ("queue_size", 1),
-        ("max_batch", 1),
-        ("prefill_batch", 1),
-        ("prefill_tokens", 0),
-        ("prefix_cache_mb", 0),
-        ("top_k", 0),
-        ("history_turns", 0),
-        ("max_tokens", 1),
-    ):
-        if getattr(args, name) < low:
-            raise ClaraError(f"--{name.replace('_', '-')} must be at least {low}")
-    if args.max_context is not None and args.max_context < 2:
-        raise ClaraError("--max-context must be at least 2")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -255,7 +243,6 @@ def serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.engine import Settings
 
-    _check(args)
     settings = Settings(
         model=args.model,
         checkpoint=args.checkpoint,

@@ -107,6 +107,25 @@ def test_a_file_named_like_an_option_gets_a_hint(capsys, tmp_path: Path, monkeyp
     )
 
 
+def test_an_empty_path_is_refused_not_read_as_here(capsys, tmp_path: Path, monkeypatch) -> None:
+    """A CLI audit: `clara-index remove ""` (an unset "$DOC") removed the documents under the
+    current folder, and `add ""` indexed it; out-of-range search options were tracebacks
+    after the model loaded. All are exit 2 at once."""
+    monkeypatch.chdir(tmp_path)
+    for argv, said in (
+        (["add", ""], "argument PATH: an empty path"),
+        (["remove", "doc-1", " "], "argument DOC_ID_OR_PATH: an empty path"),
+        (["search", "x", "-k", "99999999999"], "must be from 1 to 10000"),
+        (["search", "x", "--fusion-k", "0"], "--fusion-k: 0: must be a number above 0"),
+        (["search", "x", "--dense-weight", "nan"], "--dense-weight: nan: must be 0 or more"),
+        (["add", ".", "--overlap", "-1"], "--overlap: must be 0 or more, got -1"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and said in err, (argv, err)
+
+
 def test_the_skipped_files_summary_names_each_kind(tmp_path: Path) -> None:
     """A documents audit: a dangling link was counted as "1 .txt" of a type clara does not
     read, and past six kinds the rest went unsaid (9 skipped, 6 listed)."""
@@ -351,8 +370,11 @@ def test_other_checkpoint_is_refused_and_recompress_switches(
         assert rc == 1 and err.count("\n") == 1, err
         assert "index 'default' was built with checkpoint" in err and "clara-index rebuild" in err
 
-    rc, out, _ = run(capsys, "rebuild", "--index", index, "--json")  # FAISS only: no model
+    rc, out, err = run(capsys, "rebuild", "--index", index, "--json")  # FAISS only: no model
     assert rc == 0 and json.loads(out)["indexed_vectors"] == sum(map(len, before.values()))
+    assert err == ""
+    rc, _, err = run(capsys, "rebuild", "--index", index, "--checkpoint", "x", "--batch-size", "4")
+    assert rc == 0 and "--checkpoint, --batch-size only matter with --recompress" in err
     db = sqlite3.connect(index / "default" / "meta.sqlite")  # as an index made before
     db.execute("DROP TABLE chunks_fts")  # contextual chunks and the full-text table
     db.execute("DELETE FROM state WHERE key='lexical'")

@@ -213,6 +213,16 @@ def test_a_busy_port_fails_at_once_and_says_so(tmp_path: Path, tiny_llama_dir: P
     assert "model ready" not in run.stderr and "Traceback" not in run.stderr
 
 
+def test_a_host_that_is_not_this_machines_says_so() -> None:
+    """A CLI audit: `--host 999.1.1.1` was told to pick another --port."""
+    from clara.errors import ClaraError
+    from clara_cli import serve
+
+    for host in ("999.1.1.1", "no-such-host.invalid"):
+        with pytest.raises(ClaraError, match="--host takes an address of this machine"):
+            serve.listen(host, 0)
+
+
 def test_on_macos_a_server_on_every_address_is_seen_before_binding_one(monkeypatch) -> None:
     """BSD sockets let SO_REUSEADDR bind 127.0.0.1:P beside a server on 0.0.0.0:P (clients
     then reach either), so on macOS listen() asks the port first; its check runs here."""
@@ -281,15 +291,24 @@ def test_cli_help_and_bad_flags() -> None:
         "--max-tokens", "--sse-keepalive", "--history-turns",
     ):  # fmt: skip
         assert flag in text, flag
-    run = subprocess.run(
-        [sys.executable, "-m", "server.cli", "--queue-size", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 1
-    assert run.stderr.strip() == "clara-serve: error: --queue-size must be at least 1"
+    # a wrong command line is exit 2, said at once, no traceback (a CLI audit: some were
+    # 1, ports out of range a traceback, a negative temperature a 500 on every request)
+    for argv, said in (
+        (["--queue-size", "0"], "argument --queue-size: must be at least 1, got 0"),
+        (["--port", "70000"], "argument --port: must be a port from 0 to 65535, got 70000"),
+        (["--temperature", "-1"], "argument --temperature: -1: must be 0 or more"),
+        (["--temperature", "nan"], "argument --temperature: nan: must be 0 or more"),
+        (["--top-k", "-1"], "argument --top-k: must be 0 or more, got -1"),
+        (["--max-context", "1"], "argument --max-context: must be at least 2, got 1"),
+        (["--collection", "a/b"], "a folder of collections goes to --index"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "server.cli", *argv],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        last = run.stderr.strip().splitlines()[-1]
+        assert last.startswith("clara-serve: error: ") and said in last, last
 
 
 @pytest.mark.slow

@@ -288,6 +288,9 @@ def test_synth_cli_with_an_endpoint(tiny_llama_dir, tmp_path, capsys):
             "--teacher-url", teacher, "--teacher-model", "m", "--candidates", "5", "-q", "--force"]  # fmt: skip
     assert main(argv) == 0  # three chunks in all: a question gets three candidates at most
     assert "3 of 3 questions have fewer than --candidates 5" in capsys.readouterr().err
+    alone = [a for a in argv if a != teacher and a != "--teacher-url"]  # (a CLI audit: the
+    assert main(alone) == 1  # model was ignored, and the local one asked for minutes)
+    assert "--teacher-model needs --teacher-url" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,8 @@ def test_eval_cli_markdown_and_errors(trained, tiny_llama_dir, capsys, tmp_path)
     for flag in ("--predictions", "--chart"):  # refused before minutes of answers, not after
         code = main(["--data", str(bad), flag, str(tmp_path / "no" / "where.out"), "-q"])
         assert code == 1 and f"{flag} {tmp_path}/no/where.out: no folder" in capsys.readouterr().err
+    code = main(["--data", str(bad), "--chart", str(tmp_path / "chart.txt"), "-q"])  # (an audit:
+    assert code == 1 and "name a .png, .svg or .pdf file" in capsys.readouterr().err  # after)
     for bad_value in (["--limit", "0"], ["--top-k", "0"], ["--max-tokens", "-1"]):
         with pytest.raises(SystemExit):
             main(["--data", str(bad), *bad_value])

@@ -153,6 +153,12 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
+#: File types matplotlib writes a chart as (by the file name)
+CHART_FORMATS = frozenset(
+    {".png", ".svg", ".svgz", ".pdf", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp"}
+)
+
+
 def write_chart(rows, path: str) -> None:
     try:
         import matplotlib
@@ -200,6 +206,11 @@ def evaluate(args: argparse.Namespace) -> list:
     for flag, path in (("--predictions", args.predictions), ("--chart", args.chart)):
         if path and not Path(path).resolve().parent.is_dir():  # before minutes of answers
             raise ClaraError(f"{flag} {path}: no folder {Path(path).resolve().parent}")
+    if args.chart and Path(args.chart).suffix.lower() not in CHART_FORMATS:
+        raise ClaraError(
+            f"--chart {args.chart}: name a .png, .svg or .pdf file (a chart's format is its "
+            "file name's; it was found only once the answers were done)"
+        )
     records = read_qa(args.data, need_docs=args.retrieval in ("candidates", "gold"))
     if args.limit:
         records = records[: args.limit]
@@ -282,7 +293,10 @@ def evaluate(args: argparse.Namespace) -> list:
 def cmd_eval(args: argparse.Namespace) -> int:
     rows = evaluate(args)
     if not rows:
-        print(f"{PROG}: nothing to evaluate (give --checkpoint or drop --no-baselines)")
+        print(
+            f"{PROG}: nothing to evaluate (give --checkpoint or drop --no-baselines)",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))

@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from clara.errors import ClaraError, DocumentError, TeacherError
-from clara_cli.common import add_model_args, model_dtype, non_negative_int, positive_int
+from clara_cli.common import (
+    add_model_args,
+    model_dtype,
+    non_negative_int,
+    path_arg,
+    positive_int,
+)
 from training.data import PretrainRecord, QARecord, pretrain_to_json, qa_to_json, write_jsonl
 
 Teacher = Callable[[str, int], str]  # (chunk text, number of pairs) -> raw teacher reply
@@ -252,7 +258,9 @@ def add_synth_parser(sub) -> None:
             "and OUT/stage2.jsonl (for `instruct` and `joint`)."
         ),
     )
-    p.add_argument("docs", nargs="+", help="files, folders or globs (PDF, Markdown, HTML, text)")
+    p.add_argument(
+        "docs", nargs="+", type=path_arg, help="files, folders or globs (PDF, Markdown, HTML, text)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="where the jsonl files go")
     p.add_argument(
         "--force", action="store_true",
@@ -319,6 +327,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     dtype = model_dtype(args)
     if args.teacher_url and not args.teacher_model:
         raise ClaraError("--teacher-url needs --teacher-model (the model name to ask for)")
+    if args.teacher_model and not args.teacher_url:  # (it was ignored: the local model asked)
+        raise ClaraError(
+            "--teacher-model needs --teacher-url (the OpenAI-compatible endpoint serving it)"
+        )
     cm = None
     if args.cloze and (args.teacher_url or args.no_qa):
         raise ClaraError("--cloze writes its own questions: drop --teacher-url / --no-qa")

@@ -89,6 +89,23 @@ class ServiceSettings(ModelSettings):
     #: creates never gets it as its id (its uploads would answer every other client's chats)
     default_collection: str = DEFAULT_COLLECTION
 
+    def load(self, warn: Callable[[str], None] | None = None):
+        """The model, with --overlap checked against its chunks: a server started with one
+        the model cannot take refused every upload later, blaming the request's
+        chunking_strategy (a CLI audit)."""
+        from clara.errors import ChunkingError
+        from indexing.pipeline import chunk_limits
+
+        cm = super().load(warn)
+        try:
+            chunk_limits(cm, None, min(self.overlap, int(cm.config.doc_max_tokens) - 1))
+        except ChunkingError as exc:
+            raise ChunkingError(
+                f"--overlap {self.overlap} does not fit this model's chunks ({exc}): give a "
+                "smaller --overlap (default: 32)"
+            ) from None
+        return cm
+
 
 def create_app(
     settings: ServiceSettings,

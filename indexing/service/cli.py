@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from clara_cli.common import add_query_precision_arg, model_dtype, positive_float, positive_int
+from clara_cli.common import (
+    add_query_precision_arg,
+    model_dtype,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from clara_cli.serve import access_options, add_http_args, add_log_level_arg, serve_http
 from indexing.service import MAX_UPLOAD_MB
 
@@ -45,7 +51,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     idx.add_argument(
         "--overlap",
-        type=int,
+        type=non_negative_int,
         default=32,
         metavar="N",
         help="tokens shared by neighbouring chunks unless a request sets a static "
