@@ -456,6 +456,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
                 docs, why = [], str(exc)
             else:
                 near = not_found_hint(col.list_documents(), target) if not docs else ""
+                near = near or f" (see {PROG} list --collection {args.collection})"
                 why = f"{target}: no such document in '{args.collection}'{near}"
             if not docs:
                 missing.append(target)
@@ -468,7 +469,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
     else:
         for d in removed:
             print(f"removed    {show_path(d.path or d.name)}  ({_n(d.n_chunks, 'chunk')}, {d.id})")
-    return 1 if missing else 0
+    if not missing:
+        return 0
+    return EXIT_PARTIAL if removed else EXIT_ERROR  # (as add: the others were removed)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
