@@ -67,8 +67,18 @@ def indexes_dir() -> Path:
 
 def index_root(root: str | os.PathLike | None = None) -> Path:
     """An index root given by the user (`--index DIR`), or the default under CLARA_HOME;
-    absolute, so paths stored under it (uploads) still name it from another directory."""
-    return Path(os.path.abspath(Path(root).expanduser())) if root else indexes_dir()
+    absolute, so paths stored under it (uploads) still name it from another directory. A
+    file there is an `InvalidArgumentError` (a CLI audit: `--index notes.txt` was told to
+    index documents first, and indexing then failed with "File exists")."""
+    path = Path(os.path.abspath(Path(root).expanduser())) if root else indexes_dir()
+    if path.exists() and not path.is_dir():
+        from clara.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"the index folder {show_path(path)} is a file: give --index the folder that "
+            "holds (or will hold) the collections"
+        )
+    return path
 
 
 def file_sha256(path: str | os.PathLike) -> str | None:

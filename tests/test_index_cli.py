@@ -124,6 +124,10 @@ def test_an_empty_path_is_refused_not_read_as_here(capsys, tmp_path: Path, monke
             cli.main(argv)
         err = capsys.readouterr().err
         assert info.value.code == 2 and said in err, (argv, err)
+    (tmp_path / "notes.txt").write_text("Notes.")  # a file as --index: said so, not "index
+    for command in (["list"], ["collections"], ["add", "notes.txt"]):  # some documents first"
+        rc, _, err = run(capsys, *command, "--index", "notes.txt")
+        assert rc == 1 and "the index folder notes.txt is a file: give --index the folder" in err
 
 
 def test_the_skipped_files_summary_names_each_kind(tmp_path: Path) -> None:
