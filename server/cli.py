@@ -63,11 +63,20 @@ environment (Linux CPU; logged at startup as "CPU matmuls: ..."):
 """
 
 
+EXAMPLES = """examples:
+  clara-serve                                   # the default model and collection, port 8000
+  clara-serve --collection papers --top-k 3     # answer from another collection
+  clara-serve --host 0.0.0.0 --api-key "$KEY"   # reachable from other machines, with a key
+  clara-serve --checkpoint runs/s3/final        # adapters you trained (clara-train)
+
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clara-serve",
         description=DESCRIPTION,
-        epilog=CPU_SETTINGS,
+        epilog=EXAMPLES + CPU_SETTINGS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version_arg(parser)

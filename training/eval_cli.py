@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR",
         help="CLaRa checkpoint (clara-train's final/ or step-N/); repeat to compare several, "
-        "e.g. different compression rates",
+        "e.g. different compression rates (default: none, so only the text baselines are "
+        "measured)",
     )
     model.add_argument(
         "--model",
