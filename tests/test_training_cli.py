@@ -117,6 +117,9 @@ def test_one_run_at_a_time_into_an_out_folder(tiny_llama_dir, tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     assert main([*args[:-2], "--out", str(tmp_path / "afile"), "--max-steps", "2"]) == 1
     assert "is a file: give a folder" in capsys.readouterr().err
+    fresh = tmp_path / "fresh"  # a run that fails before writing leaves no folder (a CLI audit:
+    bad = [*args[:-2], "--out", str(fresh), "--data", str(tmp_path / "none.jsonl")]  # a lock)
+    assert main(bad) == 1 and not fresh.exists()
 
 
 def test_center_memory_is_fitted_once_and_kept_by_later_stages(tiny_llama_dir, tmp_path, capsys):

@@ -9,6 +9,7 @@ clara-train synth    --docs my_docs/ --out data/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -328,11 +329,18 @@ def _train(args: argparse.Namespace) -> int:
 
     if is_rank():  # (the launcher holds --out)
         return _train_in(args)
+    made = not Path(args.out).exists()
     lock = _hold_out(args.out)
     try:
         return _train_in(args)
     finally:
         lock.release()
+        if made:  # a run that failed before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                out = Path(args.out)
+                if [p.name for p in out.iterdir()] == ["writer.lock"]:
+                    (out / "writer.lock").unlink()
+                    out.rmdir()
 
 
 def _hold_out(out: str) -> Any:
