@@ -173,6 +173,32 @@ def test_eval_cli_rows(trained, tiny_llama_dir, tmp_path, capsys, mode):
     assert len(lines) == 2 and "CLaRa 16x" in lines[0]
 
 
+def test_a_stopped_eval_keeps_its_finished_rows(
+    trained, tiny_llama_dir, tmp_path, capsys, monkeypatch
+):
+    """A CLI audit: Ctrl-C lost every finished row (130, "interrupted", no predictions),
+    though the README's exit table says what was finished is kept. Stopped at its last
+    row (the text baseline; a stand-in for Ctrl-C there), the others are printed and their
+    predictions written."""
+    import training.evaluate
+
+    final, data = trained
+
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.evaluate, "text_rag_row", stop)
+    preds = tmp_path / "preds.jsonl"
+    argv = ["--data", str(data), "--checkpoint", str(final), "--model", str(tiny_llama_dir),
+            "--dtype", "stored", "--max-tokens", "2", "--json", "-q", "--predictions", str(preds)]  # fmt: skip
+    assert main(argv) == 130
+    out, err = capsys.readouterr()
+    assert [r["method"] for r in json.loads(out)] == ["none", "clara", "mixed"]
+    assert "stopped; the 3 finished rows:" in err
+    first = json.loads(preds.read_text().splitlines()[0])
+    assert {"CLaRa 16x", "mixed: best as text"} <= set(first)
+
+
 def test_eval_cli_markdown_and_errors(trained, tiny_llama_dir, capsys, tmp_path):
     final, data = trained
     assert (

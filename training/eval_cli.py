@@ -189,19 +189,12 @@ def write_chart(rows, path: str) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> list:
-    from clara.checkpoint import load_clara
     from clara.errors import ClaraError
     from training.data import read_qa
     from training.evaluate import (
-        clara_row,
-        generator_only_row,
-        mixed_row,
-        no_retrieval_row,
         retrieve,
         retrieve_from_index,
-        text_rag_row,
     )
-    from training.pipeline import load_for_training
     from training.trainer import base_of
 
     for flag, path in (("--predictions", args.predictions), ("--chart", args.chart)):
@@ -258,7 +251,32 @@ def evaluate(args: argparse.Namespace) -> list:
             return got
         return retrieve(cm, records, args.retrieval, collection, args.top_k)
 
-    rows, contexts = [], None
+    rows: list = []
+    try:
+        _rows(args, records, rows, model, dtype, get, bar)
+    except KeyboardInterrupt:  # (and SIGTERM) what was finished is kept, as the README says
+        if rows:
+            print(f"{PROG}: stopped; the {len(rows)} finished rows:", file=sys.stderr)
+            _write_predictions(args, records, rows)
+            _print_rows(args, rows)
+        raise
+    _write_predictions(args, records, rows)
+    return rows
+
+
+def _rows(args, records, rows: list, model, dtype, get, bar) -> None:
+    """`evaluate`'s rows, appended to `rows` as each is done (a stop keeps the finished)."""
+    from clara.checkpoint import load_clara
+    from training.evaluate import (
+        clara_row,
+        generator_only_row,
+        mixed_row,
+        no_retrieval_row,
+        text_rag_row,
+    )
+    from training.pipeline import load_for_training
+
+    contexts = None
     for ck in args.checkpoint:
         cm = load_for_training(model, ck, dtype=dtype)  # a full fine-tuning ck brings base/
         got = get(cm, ck)
@@ -280,15 +298,23 @@ def evaluate(args: argparse.Namespace) -> list:
             contexts = [r.docs[: args.top_k] for r in records]
         elif args.retrieval == "gold":
             contexts = [[r.docs[j] for j in r.pos_index] for r in records]
-        baseline = [no_retrieval_row(base, records, args.max_tokens, bar)]
-        baseline.append(text_rag_row(base, records, contexts, args.max_tokens, bar))
-        rows = baseline + rows
+        rows.insert(0, no_retrieval_row(base, records, args.max_tokens, bar))
+        rows.insert(1, text_rag_row(base, records, contexts, args.max_tokens, bar))
+
+
+def _write_predictions(args, records, rows) -> None:
     if args.predictions:
         with open(args.predictions, "w", encoding="utf-8") as fh:
             for i, r in enumerate(records):
                 preds = {row.name: row.predictions[i] for row in rows}
                 fh.write(json.dumps({"question": r.question, "answers": r.answers, **preds}) + "\n")
-    return rows
+
+
+def _print_rows(args, rows) -> None:
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(markdown_table(rows))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -299,10 +325,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
-    else:
-        print(markdown_table(rows))
+    _print_rows(args, rows)
     if args.chart:  # after the table: a chart that cannot be drawn loses no results
         write_chart(rows, args.chart)
     return 0
