@@ -626,29 +626,42 @@ _WESTERN_LETTERS = frozenset("àáâãäåæçèéêëìíîïñòóôõöøùú
 
 def _mac_roman(data: bytes) -> str | None:
     """The text, when the bytes are Mac OS Roman (classic Mac text files): the characters
-    next to ASCII letters are Western letters read that way, and neither letters nor quotes
-    and dashes read as cp1252 (there "Größe" is "Grš§e", "Käse" "KŠse", and "crème" is
-    refused). A documents audit found such
-    files read as cp1252 without a warning, or refused as binary."""
+    next to ASCII letters are Western letters read that way, cp1252 reads them as neither
+    letters nor its quotes, dashes and marks, and cp1252 cannot be right: a byte it leaves
+    undefined, or a symbol inside a word ("Größe" is "Grš§e" there, "crème" has no cp1252
+    reading). A documents audit found such files read as cp1252 without a warning, or
+    refused as binary; a review, that "Microsoft™" and "Košice" must stay cp1252."""
     sample = data[:65536]
     if not any(b > 0x7F for b in sample):
         return None
     mac, win = sample.decode("mac_roman"), sample.decode("cp1252", "replace")
 
-    def beside_letters(text: str) -> list[int]:
-        return [i for i, c in enumerate(text) if ord(c) > 0x7F and (
-            (i > 0 and text[i - 1].isascii() and text[i - 1].isalpha())
-            or (i + 1 < len(text) and text[i + 1].isascii() and text[i + 1].isalpha())
-        )]  # fmt: skip
+    def letter(c: str) -> bool:
+        return c.isascii() and c.isalpha()
 
-    spots = beside_letters(mac)  # (one character a byte in both: the positions agree)
+    spots = [
+        i
+        for i, c in enumerate(mac)
+        if ord(c) > 0x7F
+        and ((i > 0 and letter(mac[i - 1])) or (i + 1 < len(mac) and letter(mac[i + 1])))
+    ]  # fmt: skip  (one character a byte in both readings: the positions agree)
     if len(spots) < 3:
         return None
     as_mac = sum(mac[i] in _WESTERN_LETTERS for i in spots)
-    as_win = sum(win[i] in _WESTERN_LETTERS or win[i] in "“”‘’–—…•" for i in spots)
+    as_win = sum(win[i] in _WESTERN_LETTERS or win[i] in _CP1252_MARKS for i in spots)
     if as_mac < 0.9 * len(spots) or as_win > 0.5 * len(spots):
         return None
-    return data.decode("mac_roman")
+    undefined = any(b in (0x81, 0x8D, 0x8F, 0x90, 0x9D) for b in sample)
+    inside = any(
+        0 < i < len(win) - 1 and win[i - 1].isalpha() and win[i + 1].isalpha()
+        and unicodedata.category(win[i])[0] in "PS"
+        for i in spots
+    )  # fmt: skip
+    return data.decode("mac_roman") if undefined or inside else None
+
+
+#: What cp1252 has beside letters in its own text: quotes, dashes, trademark and note marks
+_CP1252_MARKS = frozenset("“”‘’–—…•™†‡€ƒ")
 
 
 def _looks_like_text(text: str) -> bool:
@@ -874,18 +887,36 @@ def _clean_md_prose(text: str) -> str:
     # ones only: "List<String>" is text); an autolink's brackets (a documents audit found
     # "**", "<b>" and "==========" in the indexed text)
     text = re.sub(r"(?m)^ {0,3}(?:=+|-{3,}|\*{3,}|_{3,})[ \t]*$", "", text)
-    text = re.sub(r"\*\*(?=\S)((?:[^*\n]|\*(?!\*)){1,150}?)(?<=\S)\*\*", r"\1", text)
-    text = re.sub(r"__(?=\S)((?:[^_\n]|_(?!_)){1,150}?)(?<=\S)__", r"\1", text)
-    text = re.sub(r"(?<![\w*])\*(?=[^\s*])([^*\n]{1,150}?)(?<=[^\s*])\*(?![\w*])", r"\1", text)
-    text = re.sub(r"(?<![\w_])_(?=[^\s_])([^_\n]{1,150}?)(?<=[^\s_])_(?![\w_])", r"\1", text)
-    text = re.sub(r"<((?:https?|mailto):[^<>\s]{1,2000})>", r"\1", text)
-    return _INLINE_HTML.sub("", text)
+    return "\n".join(_inline_markup(line) for line in text.split("\n"))
 
 
+def _inline_markup(line: str) -> str:
+    """A prose line without its bold and italic markers, inline HTML tags and autolink
+    brackets; its code spans, and a line indented as code, as written (a review: "`<br/>`"
+    and "`__init__`" lost their code)."""
+    if line.startswith(("    ", "\t")) or not _MARKUP_CHAR.search(line):
+        return line
+    parts = _CODE_SPAN.split(line) if "`" in line else [line]
+    for i in range(0, len(parts), 2):  # (odd parts: the code spans)
+        text = parts[i]
+        text = re.sub(r"\*\*(?=\S)((?:[^*\n]|\*(?!\*)){1,150}?)(?<=\S)\*\*", r"\1", text)
+        text = re.sub(r"__(?=\S)((?:[^_\n]|_(?!_)){1,150}?)(?<=\S)__", r"\1", text)
+        text = re.sub(r"(?<![\w*])\*(?=[^\s*])([^*\n]{1,150}?)(?<=[^\s*])\*(?![\w*])", r"\1", text)
+        text = re.sub(r"(?<![\w_])_(?=[^\s_])([^_\n]{1,150}?)(?<=[^\s_])_(?![\w_])", r"\1", text)
+        text = re.sub(r"<((?:https?|mailto):[^<>\s]{1,2000})>", r"\1", text)
+        parts[i] = _INLINE_HTML.sub("", text)
+    return "".join(parts)
+
+
+_CODE_SPAN = re.compile(r"(``[^\n]*?``|`[^`\n]*`)")
+_MARKUP_CHAR = re.compile(r"[*_<]")
+# Named inline HTML tags with attributes as CommonMark reads them ("if a<b && c>d" is text)
 _INLINE_HTML = re.compile(
     r"</?(?:a|abbr|b|big|blockquote|br|center|code|del|details|div|em|figcaption|figure|font|"
     r"h[1-6]|hr|i|img|ins|kbd|li|mark|ol|p|pre|s|small|span|strong|sub|summary|sup|table|"
-    r"tbody|td|th|thead|tr|u|ul)(?:\s[^<>\n]{0,500})?/?>",
+    r"tbody|td|th|thead|tr|u|ul)"
+    r"(?:[ \t]+[A-Za-z_:][\w.:-]{0,64}(?:[ \t]*=[ \t]*(?:\"[^\"\n]{0,500}\"|'[^'\n]{0,500}'"
+    r"|[^\s\"'=<>`]{1,500}))?){0,32}[ \t]*/?>",
     re.I,
 )
 

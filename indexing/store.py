@@ -17,6 +17,7 @@ Only numpy, faiss and sqlite3 are used here: no mlx.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -106,6 +107,21 @@ class Hit:
     ordinal: int  # position of the chunk in its document
     page_start: int | None
     page_end: int | None
+
+
+def _bytes_in(folder: Path) -> int:
+    """Bytes of the files in `folder` (0 if none), passing over those a writer renames or
+    removes as they are counted (`indexing.partial`'s temp files, a commit's cleanup)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file():
+                        total += entry.stat().st_size
+    return total
 
 
 class Collection:
@@ -237,13 +253,14 @@ class Collection:
         with self._mutex:  # (two threads closing at once: the second finds it closed)
             if self._closed:
                 return None
-            kept = None
+            kept, saved = None, False
             with self._guard():
                 try:
                     self.save_index()
+                    saved = True
                 finally:
                     if self._lock is not None:
-                        if keep_lock:
+                        if keep_lock and saved:  # (not saved: raising, so let it go)
                             kept = self._lock
                         else:
                             self._lock.release()
@@ -649,9 +666,9 @@ class Collection:
                 for p in sorted(self.directory.iterdir())
                 if p.is_file() and not p.name.startswith(".")
             }
-            saves = self.directory / "partial"  # (`indexing.partial`: long files begun)
-            if saves.is_dir():
-                files["partial/"] = sum(p.stat().st_size for p in saves.iterdir() if p.is_file())
+            files["partial/"] = _bytes_in(self.directory / "partial")  # (long files begun)
+            if not files["partial/"]:
+                del files["partial/"]
             index = self._view.index
             return {
                 "name": self.name,

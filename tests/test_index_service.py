@@ -9,6 +9,7 @@ cosine 1, even with a tiny random model.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -1122,3 +1123,43 @@ def test_a_file_stored_with_a_wide_overlap_still_lists() -> None:
     link = Link("store", "file-1", 0, "completed", chunk_tokens=100, overlap=60)
     shown = IndexService._link_object(None, link)  # (uses nothing of the service)
     assert shown.chunking_strategy.static.chunk_overlap_tokens == 60
+
+
+def test_an_upload_deleted_from_stores_keeps_no_store_locked_when_one_detach_fails(
+    tmp_path: Path,
+) -> None:
+    """A review: `_detach_all` opens every store of the upload for writing first (so that
+    clara-index cannot come in between); one detach failing left the stores after it open,
+    and clara-index found them locked until the service stopped. Each is let go."""
+    from clara_cli.worker import Worker
+    from indexing.durable import WriterLock
+    from indexing.store import Collection
+    from tests.test_store import MANIFEST
+
+    registry = Registry(tmp_path / "uploads")
+    worker = Worker(lambda: object(), name="test-mlx")
+    worker.start()
+    while worker.state == "loading":
+        time.sleep(0.01)
+    service = IndexService(ServiceSettings(index_root=str(tmp_path)), worker, registry)
+    rec = FileRecord("file-1", "a.txt", 3, 0, "assistants")
+    registry.add_file(rec)
+    links = [Link(name, rec.id, 0, "completed") for name in ("a", "b")]
+    for link in links:
+        Collection.open(tmp_path, link.store_id, manifest=MANIFEST, create=True).close()
+        registry.put_link(link)
+
+    def broken(store_id, rec, link, doc_id=None):
+        raise OSError("disk went away")
+
+    service._detach = broken  # (a disk error removing the first store's document)
+    try:
+        with pytest.raises(OSError):
+            asyncio.run(worker.call(lambda cm: service._detach_all(links, rec)))
+        assert service._writers == {}
+        for name in ("a", "b"):
+            WriterLock(tmp_path / name, name).release()  # free for clara-index
+    finally:
+        worker.stop()
+        service.close()
+        registry.close()

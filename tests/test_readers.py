@@ -434,6 +434,17 @@ def test_classic_mac_text_is_read_as_mac_roman_with_a_warning(tmp_path: Path, te
 
 @pytest.mark.parametrize(
     "text",
+    ["Microsoft™ Windows™ and Office™ are trademarks here.",
+     "Šimon and Žofia met their friends in Košice.", "See note† and word‡ for the marks."],
+)  # fmt: skip
+def test_cp1252_text_that_could_be_mac_roman_stays_cp1252(tmp_path: Path, text: str) -> None:
+    """A review: the Mac Roman check read these as "Microsoftô", "äimon" and "noteÜ"."""
+    doc = read_document(write(tmp_path, "w.txt", (text + "\n").encode("cp1252") * 3))
+    assert doc.pages[0].text.splitlines()[0] == text and doc.warnings == []
+
+
+@pytest.mark.parametrize(
+    "text",
     ["Grüße aus München", "Müller Börse Übung", "Résumé des activités", "Smörgåsbord är gött",
      "He said \u201cHello\u201d and left\u2014quickly.", "Informação São Paulo açúcar",
      "Ça marche.\n", "Ça va très bien.", "ÇA VA\n", "Élan", "Größe: 42\n", "Viele Grüße\n",
@@ -609,6 +620,11 @@ def test_markdown_keeps_readable_text_and_code() -> None:
         "Title\n\nSome bold, italic, strong and em text; snake_case_name, 2 * 3 * 4, a*b*c.\n"
         "Inline html, List<String>, https://example.com.\n\nSub\n\n```\n"
         "keep **this** <b>raw</b>\n```"
+    )
+    # code spans, code lines and what is not a tag stay as written (a review)
+    code = "Write `<b>x</b>`, `<br/>` and `__init__`; if a<b && c>d then.\n\n    <div>kept</div>\n"
+    assert clean_markdown(code) == (
+        "Write `<b>x</b>`, `<br/>` and `__init__`; if a<b && c>d then.\n\n    <div>kept</div>"
     )
     from indexing.readers import markdown_headings
 

@@ -334,13 +334,13 @@ def _train(args: argparse.Namespace) -> int:
     try:
         return _train_in(args)
     finally:
-        lock.release()
         if made:  # a run that failed before writing anything leaves no folder behind
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # (removed under the lock: no run comes between)
                 out = Path(args.out)
                 if [p.name for p in out.iterdir()] == ["writer.lock"]:
                     (out / "writer.lock").unlink()
                     out.rmdir()
+        lock.release()
 
 
 def _hold_out(out: str) -> Any:

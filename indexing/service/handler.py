@@ -221,8 +221,12 @@ class IndexService:
             for store_id in opened:  # (none of them kept from clara-index)
                 self._release(store_id)
             raise
-        for link in links:
-            self._detach(link.store_id, rec, link)
+        try:
+            for link in links:
+                self._detach(link.store_id, rec, link)
+        finally:  # (one failing: the stores after it are not kept from clara-index either)
+            for store_id in opened:
+                self._release(store_id)
 
     def _writer(self, store_id: str) -> Collection:
         """Worker thread: the collection opened for writing until its jobs are done."""
