@@ -116,25 +116,14 @@ def non_negative_int(value: str) -> int:
     return n
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """argparse type: an integer of at least `low`."""
+def whole_between(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer from `low` to `high` (no upper bound: None)."""
 
     def whole(value: str) -> int:
         n = _whole(value)
-        if n < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {n}")
-        return n
-
-    return whole
-
-
-def at_most(high: int) -> Callable[[str], int]:
-    """argparse type: an integer from 1 to `high`."""
-
-    def whole(value: str) -> int:
-        n = _whole(value)
-        if not 1 <= n <= high:
-            raise argparse.ArgumentTypeError(f"must be from 1 to {high}, got {n}")
+        if n < low or (high is not None and n > high):
+            span = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {n}")
         return n
 
     return whole

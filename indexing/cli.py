@@ -15,7 +15,6 @@ from clara_cli.common import (
     add_model_args,
     add_query_precision_arg,
     add_version_arg,
-    at_most,
     collection_arg,
     exit_now,
     non_negative_float,
@@ -24,6 +23,7 @@ from clara_cli.common import (
     positive_float,
     positive_int,
     run_main,
+    whole_between,
 )
 from indexing.commands import (
     PROG,
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", type=_query, help="the question or text to look for")
     add_query_precision_arg(search)
     search.add_argument(
-        "-k", "--top-k", type=at_most(10_000), default=5, metavar="K",
+        "-k", "--top-k", type=whole_between(1, 10_000), default=5, metavar="K",
         help="results to show, up to 10000 (default: %(default)s)",
     )  # fmt: skip
     search.add_argument(

@@ -14,7 +14,6 @@ from clara_cli.common import (
     add_model_args,
     add_query_precision_arg,
     add_version_arg,
-    at_least,
     collection_arg,
     exit_now,
     model_dtype,
@@ -22,6 +21,7 @@ from clara_cli.common import (
     non_negative_int,
     positive_int,
     run_main,
+    whole_between,
 )
 from clara_cli.serve import access_options, add_http_args, add_log_level_arg, serve_http
 from indexing.service.cli import add_max_upload_arg
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = parser.add_argument_group("generation")
     gen.add_argument(
         "--max-context",
-        type=at_least(2),
+        type=whole_between(2),
         default=None,
         metavar="N",
         help="positions the generator may use, prompt + answer (default: the model's "
