@@ -88,7 +88,7 @@ def requests(url: str, client, limits: list[int], stores: int, max_tokens: int) 
         "GET /v1/models": lambda: client.models.list(),
     }
     model = client.models.list().data[0].id
-    marks: dict[str, list[float]] = {"first": [], "end": []}
+    firsts: list[float] = []  # each chat's time to its first content
 
     def chat() -> None:
         start = time.perf_counter()
@@ -101,11 +101,10 @@ def requests(url: str, client, limits: list[int], stores: int, max_tokens: int) 
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.perf_counter() - start
         assert first is not None, "the chat streamed no content"
-        marks["first"].append(first)
-        marks["end"].append(time.perf_counter() - start)
+        firsts.append(first)
 
     out[f"chat of {max_tokens} tokens, streamed"] = chat
-    out["marks"] = marks
+    out["firsts"] = firsts
     for limit in limits:
         page = client.vector_stores.list(limit=limit, order="desc")
         assert len(page.data) == min(limit, stores), (limit, len(page.data))
@@ -139,19 +138,15 @@ def alternate(calls: dict[str, object], seconds: float) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+@contextlib.contextmanager
 def baseline_tree(rev: str, where: Path):
     """A detached worktree of `rev` at `where`, removed on leaving."""
-
-    @contextlib.contextmanager
-    def tree():
-        git = ["git", "-C", str(ROOT), "worktree"]
-        subprocess.run([*git, "add", "-q", "--detach", str(where), rev], check=True)
-        try:
-            yield where
-        finally:
-            subprocess.run([*git, "remove", "--force", str(where)], check=False)
-
-    return tree()
+    git = ["git", "-C", str(ROOT), "worktree"]
+    subprocess.run([*git, "add", "-q", "--detach", str(where), rev], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run([*git, "remove", "--force", str(where)], check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,16 +179,16 @@ def main(argv: list[str] | None = None) -> int:
                 server = stack.enter_context(serve(code, home, tmp / f"server-{n}.log"))
                 client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
                 calls[name] = requests(server.url, client, limits, args.stores, args.max_tokens)
-            marks = {name: c.pop("marks") for name, c in calls.items()}
+            firsts = {name: c.pop("firsts") for name, c in calls.items()}
             for what in calls[name]:
                 print(f"timing {what} ...", file=sys.stderr, flush=True)
-                for m in marks.values():
-                    m["first"].clear(), m["end"].clear()
+                for f in firsts.values():
+                    f.clear()
                 took = alternate({n: calls[n][what] for n in calls}, args.seconds)
                 for n, t in took.items():
                     results.setdefault(n, {})[what] = t
-                    if marks[n]["first"]:  # the chat: its first content, apart
-                        first = statistics.median(marks[n]["first"][1:] or marks[n]["first"])
+                    if firsts[n]:  # the chat: its first content, apart
+                        first = statistics.median(firsts[n][1:] or firsts[n])
                         results[n][f"{what}: first content"] = first
     names = list(results)
     rows = []

@@ -38,12 +38,25 @@ def _whole(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
 
 
-def positive_int(value: str) -> int:
-    """argparse type: an integer of at least 1."""
-    n = _whole(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+def whole_between(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer from `low` to `high` (no upper bound: None)."""
+
+    def whole(value: str) -> int:
+        n = _whole(value)
+        if n < low or (high is not None and n > high):
+            if high is not None:
+                span = f"from {low} to {high}"
+            else:
+                span = "0 or more" if low == 0 else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {n}")
+        return n
+
+    return whole
+
+
+#: argparse types: an integer of at least 1, of at least 0
+positive_int = whole_between(1)
+non_negative_int = whole_between(0)
 
 
 def collection_arg(folder_flag: str) -> Callable[[str], str]:
@@ -106,27 +119,6 @@ def ratio(value: str) -> float:
     if not 0 <= x <= 1:
         raise argparse.ArgumentTypeError(f"{value}: must be from 0 to 1")
     return x
-
-
-def non_negative_int(value: str) -> int:
-    """argparse type: an integer of at least 0."""
-    n = _whole(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
-
-
-def whole_between(low: int, high: int | None = None) -> Callable[[str], int]:
-    """argparse type: an integer from `low` to `high` (no upper bound: None)."""
-
-    def whole(value: str) -> int:
-        n = _whole(value)
-        if n < low or (high is not None and n > high):
-            span = f"at least {low}" if high is None else f"from {low} to {high}"
-            raise argparse.ArgumentTypeError(f"must be {span}, got {n}")
-        return n
-
-    return whole
 
 
 def port_arg(value: str) -> int:

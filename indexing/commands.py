@@ -614,7 +614,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     else:
         unused = [flag for flag, given in (
             ("--model", args.model != "smollm2-135m"), ("--checkpoint", args.checkpoint),
-            ("--dtype", getattr(args, "dtype", "auto") not in (None, "auto")),
+            ("--dtype", args.dtype != "auto"),
             ("--batch-size", args.batch_size != 8),
         ) if given]  # fmt: skip
         if unused:  # (a CLI audit: they were taken without a word)

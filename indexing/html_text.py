@@ -163,13 +163,8 @@ class _Parser(HTMLParser):
             if tag == self.skip[0] and tag not in VOID:  # nested alike: </div> ends one
                 self.skip.append(tag)
             return
-        if (
-            tag in SKIPPED
-            and tag not in VOID
-            or (
-                tag in _CLOSED and ("role", "navigation") in attrs  # a menu, as <nav> is
-            )
-        ):
+        menu = tag in _CLOSED and ("role", "navigation") in attrs  # (as <nav> is)
+        if (tag in SKIPPED and tag not in VOID) or menu:
             self.skip.append(tag)
             return
         if tag in ("td", "th"):

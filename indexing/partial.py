@@ -69,7 +69,6 @@ class PartialMemories:
         path: str | None = None,
     ):
         self.folder = collection_dir / PARTIAL_DIR
-        self.sha256 = sha256
         self.path = path  # the file's, recorded: its older versions' saves go at its commit
         self.rows_path = self.folder / f"{sha256}.f16"
         self.head_path = self.folder / f"{sha256}.json"

@@ -52,7 +52,6 @@ from indexing.store import ChunkRecord, Collection
 log = logging.getLogger(__name__)
 
 Status = Literal["added", "replaced", "unchanged", "duplicate", "failed", "recompressed"]
-#: Under the index root: where `recompress` builds the new collection before swapping it in.
 
 
 #: Tokens neighbouring chunks share unless told (`clara-index add --overlap`).
@@ -269,7 +268,7 @@ def _hash(path: Path) -> tuple[str | None, os.stat_result | None]:
         before = os.stat(path)
     except OSError:
         return file_sha256(path), None  # (file_sha256 says None, or a race made it appear)
-    key = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+    key = _stat_key(before)
     with _HASHED_LOCK:
         memo = _HASHED.get(str(path))
     if memo is not None and memo[0] == key:
@@ -279,8 +278,7 @@ def _hash(path: Path) -> tuple[str | None, os.stat_result | None]:
         after = os.stat(path)
     except OSError:
         return sha, None
-    same = key == (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
-    if sha is None or not same:
+    if sha is None or _stat_key(after) != key:
         return sha, None
     with _HASHED_LOCK:
         _HASHED[str(path)] = (key, sha)
@@ -288,6 +286,11 @@ def _hash(path: Path) -> tuple[str | None, os.stat_result | None]:
         while len(_HASHED) > _HASHED_MAX:
             _HASHED.popitem(last=False)
     return sha, before
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    """What changes when a file's bytes may have (a write or `utime` changes its ctime)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _same_stat(doc: Any, path: Path) -> bool:

@@ -639,12 +639,13 @@ def _mac_roman(data: bytes) -> str | None:
     def letter(c: str) -> bool:
         return c.isascii() and c.isalpha()
 
+    # (one character a byte in both readings: their positions agree)
     spots = [
         i
         for i, c in enumerate(mac)
         if ord(c) > 0x7F
         and ((i > 0 and letter(mac[i - 1])) or (i + 1 < len(mac) and letter(mac[i + 1])))
-    ]  # fmt: skip  (one character a byte in both readings: the positions agree)
+    ]
     if len(spots) < 3:
         return None
     as_mac = sum(mac[i] in _WESTERN_LETTERS for i in spots)
@@ -699,10 +700,9 @@ def clean_pdf_text(text: str) -> str:
     one blank line between paragraphs.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
-    split = re.compile(r"(?<=[^\W\d_])\u00ad?[-\u2010\u00ad][ \t]*\n[ \t]*(?=[^\W\d_])")
-    if split.search(text):
+    if _BROKEN_WORD.search(text):
         words = _Words(text)
-        text = split.sub(lambda m: _dehyphen(m, words), text)
+        text = _BROKEN_WORD.sub(lambda m: _dehyphen(m, words), text)
     text = _NOISE.sub("", text).translate(_LIGATURES)
     text = re.sub(r"[^\S\n]+", " ", text)  # tabs, NBSP, odd spaces -> one space
     text = re.sub(r" *\n *", "\n", text)
@@ -734,6 +734,9 @@ def _join_cjk_wraps(text: str) -> str:
     return "\n".join(out)
 
 
+# A letter, a hyphen (or soft hyphen) ending a line, a letter: a word broken by layout, or
+# a compound that keeps its hyphen (`_dehyphen`)
+_BROKEN_WORD = re.compile(r"(?<=[^\W\d_])\u00ad?[-\u2010\u00ad][ \t]*\n[ \t]*(?=[^\W\d_])")
 _WORD = re.compile(r"[^\W\d_]+")
 _HYPHENATED = re.compile(r"(?<![^\W\d_-])[^\W\d_]+(?:-[^\W\d_]+)+")
 _WORD_BEFORE = re.compile(r"[^\W\d_]+$")
@@ -816,7 +819,8 @@ _TITLE_LINE = re.compile(r"^title[ \t]*[:=][ \t]*(.+?)[ \t]*$", re.M | re.I)
 
 def front_matter(text: str) -> tuple[str, str | None]:
     """Markdown without its front matter (Jekyll, Hugo, Obsidian: YAML between `---` lines,
-    or Hugo's TOML between `+++` lines, at the very top), and the title it gives, if any. The block is metadata, not prose to read."""
+    or Hugo's TOML between `+++` lines, at the very top), and the title it gives, if any.
+    The block is metadata, not prose to read."""
     m = _FRONT_MATTER.match(text)
     if not m or len(m.group(0)) > 16384:
         return text, None
@@ -862,7 +866,7 @@ def _setext_title(lines: list[str], i: int) -> bool:
     line = lines[i]
     if not line.strip() or (i and lines[i - 1].strip()) or line.startswith((" " * 4, "\t")):
         return False
-    return not re.match(r"^ {0,3}(?:[-*+>|#]|\d+[.)]\s|(?:=+|-+)[ \t]*$)", line)
+    return not (re.match(r"^ {0,3}(?:[-*+>|#]|\d+[.)]\s)", line) or _SETEXT.match(line))
 
 
 _ATX = re.compile(r"^ {0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
@@ -898,14 +902,21 @@ def _inline_markup(line: str) -> str:
         return line
     parts = _CODE_SPAN.split(line) if "`" in line else [line]
     for i in range(0, len(parts), 2):  # (odd parts: the code spans)
-        text = parts[i]
-        text = re.sub(r"\*\*(?=\S)((?:[^*\n]|\*(?!\*)){1,150}?)(?<=\S)\*\*", r"\1", text)
-        text = re.sub(r"__(?=\S)((?:[^_\n]|_(?!_)){1,150}?)(?<=\S)__", r"\1", text)
-        text = re.sub(r"(?<![\w*])\*(?=[^\s*])([^*\n]{1,150}?)(?<=[^\s*])\*(?![\w*])", r"\1", text)
-        text = re.sub(r"(?<![\w_])_(?=[^\s_])([^_\n]{1,150}?)(?<=[^\s_])_(?![\w_])", r"\1", text)
-        text = re.sub(r"<((?:https?|mailto):[^<>\s]{1,2000})>", r"\1", text)
-        parts[i] = _INLINE_HTML.sub("", text)
+        for pattern in _MARKERS:
+            parts[i] = pattern.sub(r"\1", parts[i])
+        parts[i] = _INLINE_HTML.sub("", parts[i])
     return "".join(parts)
+
+
+# Bold, italic (a marker inside a word, "snake_case", "a*b", is text) and an autolink's
+# brackets, each kept as its group 1; spans bounded, so unclosed markers read in linear time
+_MARKERS = [
+    re.compile(r"\*\*(?=\S)((?:[^*\n]|\*(?!\*)){1,150}?)(?<=\S)\*\*"),
+    re.compile(r"__(?=\S)((?:[^_\n]|_(?!_)){1,150}?)(?<=\S)__"),
+    re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]{1,150}?)(?<=[^\s*])\*(?![\w*])"),
+    re.compile(r"(?<![\w_])_(?=[^\s_])([^_\n]{1,150}?)(?<=[^\s_])_(?![\w_])"),
+    re.compile(r"<((?:https?|mailto):[^<>\s]{1,2000})>"),
+]
 
 
 _CODE_SPAN = re.compile(r"(``[^\n]*?``|`[^`\n]*`)")

@@ -666,9 +666,8 @@ class Collection:
                 for p in sorted(self.directory.iterdir())
                 if p.is_file() and not p.name.startswith(".")
             }
-            files["partial/"] = _bytes_in(self.directory / "partial")  # (long files begun)
-            if not files["partial/"]:
-                del files["partial/"]
+            if begun := _bytes_in(self.directory / "partial"):  # (long files begun)
+                files["partial/"] = begun
             index = self._view.index
             return {
                 "name": self.name,

@@ -157,6 +157,7 @@ def markdown_table(rows) -> str:
 #: File types matplotlib writes a chart as (by the file name; none: PNG)
 CHART_FORMATS = frozenset(
     {
+        "",
         ".png",
         ".svg",
         ".svgz",
@@ -215,11 +216,7 @@ def evaluate(args: argparse.Namespace) -> list:
     for flag, path in (("--predictions", args.predictions), ("--chart", args.chart)):
         if path and not Path(path).resolve().parent.is_dir():  # before minutes of answers
             raise ClaraError(f"{flag} {path}: no folder {Path(path).resolve().parent}")
-    if (
-        args.chart
-        and Path(args.chart).suffix
-        and Path(args.chart).suffix.lower() not in CHART_FORMATS
-    ):
+    if args.chart and Path(args.chart).suffix.lower() not in CHART_FORMATS:
         raise ClaraError(
             f"--chart {args.chart}: name a .png, .svg or .pdf file (a chart's format is its "
             "file name's; it was found only once the answers were done)"

@@ -102,7 +102,7 @@ class ServiceSettings(ModelSettings):
         except ChunkingError as exc:
             raise ChunkingError(
                 f"--overlap {self.overlap} does not fit this model's chunks ({exc}): give a "
-                "smaller --overlap (default: 32)"
+                f"smaller --overlap (default: {ServiceSettings.overlap})"
             ) from None
         return cm
 

@@ -217,14 +217,9 @@ class IndexService:
                 except CollectionNotFoundError:
                     continue
                 opened.append(store_id)
-        except BaseException:
-            for store_id in opened:  # (none of them kept from clara-index)
-                self._release(store_id)
-            raise
-        try:
             for link in links:
                 self._detach(link.store_id, rec, link)
-        finally:  # (one failing: the stores after it are not kept from clara-index either)
+        finally:  # (a 409 or a failed detach: none of them kept from clara-index)
             for store_id in opened:
                 self._release(store_id)
 
