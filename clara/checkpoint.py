@@ -126,6 +126,15 @@ def resolve_checkpoint(model: object, checkpoint: str | os.PathLike | None) -> P
     return Path(checkpoint).expanduser()
 
 
+def checkpoint_doc_max_tokens(model: object, checkpoint: str | os.PathLike | None) -> int:
+    """The doc_max_tokens a load of `model` with `checkpoint` gets (`resolve_checkpoint`), read
+    from the checkpoint's config without loading anything: for checks made before a load."""
+    where = resolve_checkpoint(model, checkpoint)
+    if where is None:
+        return ClaraConfig().doc_max_tokens
+    return ClaraConfig.from_dict(read_checkpoint_config(where)["clara"]).doc_max_tokens
+
+
 def write_checkpoint(path: str | os.PathLike, config: dict, weights: dict[str, mx.array]) -> Path:
     """Write a checkpoint directory atomically (temp dir, then rename over any older one)."""
     path = Path(path)

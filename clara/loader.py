@@ -51,6 +51,27 @@ def _model_classes(config: dict):
     return arch.Model, arch.ModelArgs
 
 
+def check_model_name(name_or_path: str | os.PathLike) -> Path | None:
+    """What can be known of a model name without loading or fetching anything: the local
+    directory it names (None for the default model's aliases and hub ids), or
+    ModelNotFoundError. Servers check it before they bind their port."""
+    name = str(name_or_path)
+    if name.lower() in DEFAULT_ALIASES:
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path} has no config.json: not an mlx-lm model directory")
+        return path.resolve()
+    local_looking = name.startswith((".", "/", "~")) or Path(path.parts[0]).is_dir()
+    if path.exists() or local_looking or name.count("/") != 1:
+        raise ModelNotFoundError(
+            f"model {name!r} not found: give a local mlx-lm directory, a hub id (org/name), "
+            f"or {DEFAULT_MODEL!r} (run `clara-models list` to see prepared models)"
+        )
+    return None
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
     """Map a model name, alias, local directory or hub id to a local mlx-lm directory."""
     name = str(name_or_path)
@@ -58,17 +79,9 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
         from clara.gguf import prepare_default_model
 
         return prepare_default_model(), DEFAULT_MODEL
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelNotFoundError(f"{path} has no config.json: not an mlx-lm model directory")
-        return path.resolve(), str(path.resolve())
-    local_looking = name.startswith((".", "/", "~")) or Path(path.parts[0]).is_dir()
-    if path.exists() or local_looking or name.count("/") != 1:
-        raise ModelNotFoundError(
-            f"model {name!r} not found: give a local mlx-lm directory, a hub id (org/name), "
-            f"or {DEFAULT_MODEL!r} (run `clara-models list` to see prepared models)"
-        )
+    local = check_model_name(name)
+    if local is not None:
+        return local, str(local)
     try:  # a hub id: only works online or when already in the hub cache
         from huggingface_hub import snapshot_download
 

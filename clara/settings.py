@@ -27,6 +27,17 @@ class ModelSettings:
     def root(self) -> Path:
         return index_root(self.index_root)
 
+    def check(self) -> int:
+        """What can be known wrong before the model loads, without loading it: a model name
+        that names nothing here, a checkpoint folder that is not one. Servers check it before
+        they bind their port (they used to say they were listening, then end). Returns the
+        checkpoint's doc_max_tokens, for settings that depend on its chunks."""
+        from clara.checkpoint import checkpoint_doc_max_tokens
+        from clara.loader import check_model_name
+
+        check_model_name(self.model)
+        return checkpoint_doc_max_tokens(self.model, self.checkpoint)
+
     def load(self, warn: Callable[[str], None] | None = None):
         """The base model with its CLaRa checkpoint (`load_clara`), its base weights packed;
         call it on the worker thread. `warn` says what could not be had (default: the log)."""

@@ -402,23 +402,35 @@ def _error_line(error: Exception | None) -> str:
     return str(error)
 
 
-def _run_add(args: argparse.Namespace, events, n_files: int, run: _AddRun) -> None:
+def _run_add(
+    args: argparse.Namespace, events, n_files: int, run: _AddRun, *, recompress: bool = False
+) -> None:
     """Consume the pipeline's events: progress bar (files, chunks/s), one line per file, each
     file's result and the chunks compressed into `run` as they come (kept there when Ctrl-C
-    stops the run)."""
+    stops the run). `recompress`: the events are `rebuild --recompress`'s, and a stop says
+    what that keeps."""
     with progress_bar(n_files, desc="indexing", unit="file", quiet=args.quiet) as bar:
         try:
             _take_events(args, events, run, bar)
         except KeyboardInterrupt:  # (Ctrl-C: run_main says "interrupted" and exits 130)
-            kept = sum(r.status in ("added", "replaced") for r in run.results)
-            kept_text = (
-                f"the {_n(kept, 'file')} indexed in this run stay" if kept else "nothing was"
-            )
-            bar.write(
-                f"{PROG}: stopped; {kept_text} indexed, and a file cut short resumes where it "
-                "was: run the same command again to go on",
-                file=sys.stderr,
-            )
+            if recompress:  # (add's wording told of files indexed, of a collection unchanged)
+                kept = sum(r.status == "recompressed" for r in run.results)
+                done = (
+                    f"the {_n(kept, 'document')} re-encoded so far {'is' if kept == 1 else 'are'}"
+                    if kept else "nothing is"
+                )  # fmt: skip
+                said = (
+                    f"stopped; {done} kept aside, and the collection is unchanged and still "
+                    "searched: run the same command again to go on"
+                )
+            else:
+                kept = sum(r.status in ("added", "replaced") for r in run.results)
+                done = f"the {_n(kept, 'file')} indexed in this run stay" if kept else "nothing was"
+                said = (
+                    f"stopped; {done} indexed, and a file cut short resumes where it was: run "
+                    "the same command again to go on"
+                )
+            bar.write(f"{PROG}: {said}", file=sys.stderr)
             raise
 
 
@@ -606,7 +618,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             cm, args.index, args.collection, batch_size=args.batch_size, checkpoint=args.checkpoint
         )
         run = _AddRun(time.perf_counter())
-        _run_add(args, events, _count_docs(args), run)
+        _run_add(args, events, _count_docs(args), run, recompress=True)
         results = run.results
         if args.index_type is not None:
             with _open(args.index, args.collection, index_type=args.index_type):

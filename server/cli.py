@@ -247,7 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(args: argparse.Namespace) -> int:
-
     from clara.checkpoint import default_reading_mode
     from server.app import create_app
     from server.engine import Settings
@@ -266,6 +265,7 @@ def serve(args: argparse.Namespace) -> int:
         prefill_tokens=args.prefill_tokens,
         prefix_cache_mb=args.prefix_cache_mb,
     )
+    settings.check()  # before the port is bound and the model loads
     defaults = ServingDefaults(
         top_k=args.top_k,
         collection=args.collection,

@@ -529,6 +529,38 @@ def test_recompress_after_a_writer_died_with_faiss_behind(
     assert rc == 0 and top["text"] == target and top["score"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_ctrl_c_during_recompress_says_the_collection_is_unchanged(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path, monkeypatch
+) -> None:
+    """It used to say add's words: files "indexed in this run", as if the collection had
+    changed; it is unchanged until the swap, and what was re-encoded waits aside."""
+    from indexing import pipeline
+    from indexing.pipeline import FileResult
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    before = docs_of(index)
+    whole = pipeline.recompress
+
+    def stopped_after_one(*a, **kw):
+        for event in whole(*a, **kw):
+            yield event
+            if isinstance(event, FileResult):
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "recompress", stopped_after_one)
+    rc, _, err = run(
+        capsys, "rebuild", "--recompress", "--model", tiny_llama_q4_dir, "--index", index
+    )
+    assert rc == 130, err
+    assert (
+        "stopped; the 1 document re-encoded so far is kept aside, and the collection is "
+        "unchanged and still searched: run the same command again to go on" in err
+    ), err
+    assert docs_of(index) == before
+
+
 def test_a_resumed_recompress_leaves_out_what_was_removed_meanwhile(
     capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path
 ) -> None:

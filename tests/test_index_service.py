@@ -1163,3 +1163,25 @@ def test_an_upload_deleted_from_stores_keeps_no_store_locked_when_one_detach_fai
         worker.stop()
         service.close()
         registry.close()
+
+
+def test_an_overlap_the_model_cannot_take_is_refused_before_it_loads(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """--overlap is checked against the checkpoint's config before the port is bound and the
+    model loads: found only at load, the service had started, and then answered 503
+    model_failed (or, before that check, refused every upload)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "indexing.cli", "serve", "--model", str(tiny_llama_dir),
+         "--index", str(tmp_path / "index"), "--port", "0", "--overlap", "10000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CLARA_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("clara-index: error: --overlap 10000 does not fit"), run.stderr
+    assert "smaller --overlap (default: 32)" in last
+    assert "loading" not in run.stderr and "Uvicorn running" not in run.stderr, run.stderr

@@ -311,6 +311,25 @@ def test_cli_help_and_bad_flags() -> None:
         assert last.startswith("clara-serve: error: ") and said in last, last
 
 
+def test_a_model_or_checkpoint_that_names_nothing_ends_it_before_it_listens(
+    tmp_path: Path,
+) -> None:
+    """Checked before the port is bound (a CLI audit): clara-serve said it was listening, the
+    model then failed to load, and it ended; a supervisor saw a server come and go."""
+    for argv, said in (
+        (["--model", "nosuchmodel"], "model 'nosuchmodel' not found: give a local mlx-lm"),
+        (["--model", str(tmp_path)], "has no config.json: not an mlx-lm model directory"),
+        (["--checkpoint", str(tmp_path / "nowhere")], "nowhere: no such checkpoint folder"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "server.cli", *argv, "--port", "0"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "CLARA_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+        assert run.returncode == 1 and said in run.stderr, run.stderr
+        assert "listening on" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
 @pytest.mark.slow
 def test_default_model_answers(tmp_path: Path) -> None:
     pytest.importorskip("clara.gguf", reason="clara.gguf (default model converter) is missing")

@@ -429,6 +429,9 @@ def test_resume_refuses_data_regenerated_at_the_same_path(tiny_llama_dir, tmp_pa
     capsys.readouterr()
     assert main([*args, "--resume"]) == 1
     assert "belongs to a run with other settings (data_sha256 " in capsys.readouterr().err
+    args = _pretrain_args(tiny_llama_dir, tmp_path, out)  # (the data as it was)
+    assert main([*args, "--max-steps", "3", "--resume", "--lr", "0.5"]) == 1
+    assert "other settings (lr (its default) -> 0.5)" in capsys.readouterr().err  # not None
 
 
 def test_ctrl_c_to_a_ranks_run_stops_every_process_after_one_step(tiny_llama_dir, tmp_path):

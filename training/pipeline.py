@@ -216,11 +216,17 @@ def check_same_run(checkpoint: Path, config: TrainConfig) -> None:
         if None not in pair and pair[0] != pair[1]:
             changed.append((key, *pair))
     if changed:
-        said = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed)
+        said = ", ".join(f"{k} {_shown(old)} -> {_shown(new)}" for k, old, new in changed)
         raise ClaraError(
             f"--resume: {checkpoint} belongs to a run with other settings ({said}); resume "
             "with that run's data and options, or start a new run in another --out"
         )
+
+
+def _shown(value: object) -> str:
+    """A setting as `check_same_run` names it: an option left out is None in the config
+    ("lr None -> 0.5" read as a bug)."""
+    return "(its default)" if value is None else repr(value)
 
 
 def train(records: Sequence, config: TrainConfig, **kwargs) -> Path:

@@ -90,21 +90,32 @@ class ServiceSettings(ModelSettings):
     default_collection: str = DEFAULT_COLLECTION
 
     def load(self, warn: Callable[[str], None] | None = None):
-        """The model, with --overlap checked against its chunks: a server started with one
-        the model cannot take refused every upload later, blaming the request's
-        chunking_strategy (a CLI audit)."""
-        from clara.errors import ChunkingError
-        from indexing.pipeline import chunk_limits
-
+        """The model, with --overlap checked against its chunks (`check_overlap`)."""
         cm = super().load(warn)
+        self.check_overlap(int(cm.config.doc_max_tokens))
+        return cm
+
+    def check(self) -> int:
+        """`ModelSettings.check`, and --overlap against the checkpoint's chunks."""
+        doc_max_tokens = super().check()
+        self.check_overlap(doc_max_tokens)
+        return doc_max_tokens
+
+    def check_overlap(self, doc_max_tokens: int) -> None:
+        """--overlap against a model's chunks of `doc_max_tokens`: a server started with one
+        the model cannot take refused every upload later, blaming the request's
+        chunking_strategy (a CLI audit). `check` runs it before the model loads, from the
+        checkpoint's config, and the load runs it again."""
+        from clara.errors import ChunkingError
+        from indexing.pipeline import chunk_limits_for
+
         try:
-            chunk_limits(cm, None, min(self.overlap, int(cm.config.doc_max_tokens) - 1))
+            chunk_limits_for(doc_max_tokens, None, min(self.overlap, doc_max_tokens - 1))
         except ChunkingError as exc:
             raise ChunkingError(
                 f"--overlap {self.overlap} does not fit this model's chunks ({exc}): give a "
                 f"smaller --overlap (default: {ServiceSettings.overlap})"
             ) from None
-        return cm
 
 
 def create_app(

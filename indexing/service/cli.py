@@ -74,5 +74,6 @@ def serve_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overlap=args.overlap,
     )
+    settings.check()  # before the port is bound and the model loads
     app = create_app(settings, **access_options(args))
     return serve_http(app, app.state.service.worker, args)
