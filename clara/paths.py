@@ -15,7 +15,10 @@ from clara.text import printable
 
 # a collection (vector store) name: also its folder under the index root, so no separators
 # (Python: `re.fullmatch`, as `$` alone lets a final newline through; pydantic: `pattern=`)
-COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MAX_COLLECTION_NAME = 128  # characters
+COLLECTION_NAME = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_COLLECTION_NAME - 1}}}$"
+#: the same but for its length: a name only too long is told so, not which characters to use
+COLLECTION_NAME_ANY_LENGTH = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 DEFAULT_COLLECTION = "default"  # what `clara-index` and `clara-serve` use unless told
 UPLOADS = "uploads"  # <index root>/uploads/: the Files API's files (<file_id>/<name>), registry
 RESERVED_NAMES = frozenset({UPLOADS})  # folders of the index root that are not collections

@@ -24,7 +24,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
 from clara.errors import ClaraError, CollectionLockedError
-from clara.paths import COLLECTION_NAME, RESERVED_NAMES
+from clara.paths import (
+    COLLECTION_NAME,
+    COLLECTION_NAME_ANY_LENGTH,
+    MAX_COLLECTION_NAME,
+    RESERVED_NAMES,
+)
 
 T = TypeVar("T")
 
@@ -64,8 +69,10 @@ def collection_arg(folder_flag: str) -> Callable[[str], str]:
     `folder_flag`, the option that takes the folder of collections."""
 
     def collection(value: str) -> str:
-        if len(value) > 128 and re.fullmatch(COLLECTION_NAME.replace("{0,127}", "*"), value):
-            raise argparse.ArgumentTypeError(f"a name of at most 128 characters, not {len(value)}")
+        if len(value) > MAX_COLLECTION_NAME and re.fullmatch(COLLECTION_NAME_ANY_LENGTH, value):
+            raise argparse.ArgumentTypeError(
+                f"a name of at most {MAX_COLLECTION_NAME} characters, not {len(value)}"
+            )
         if not re.fullmatch(COLLECTION_NAME, value):
             hint = f"; a folder of collections goes to {folder_flag}" if "/" in value else ""
             raise argparse.ArgumentTypeError(

@@ -82,7 +82,8 @@ def retrieve(
     depth = max(k, fusion.depth) if mode == "hybrid" else k
     if vector is None and mode != "lexical":
         raise InvalidArgumentError(f"{mode} retrieval needs the question's query vector")
-    lexical = col.search_lexical(text, depth) if mode != "dense" else None
+    terms = query_terms(text)
+    lexical = col.search_lexical(terms, depth) if mode != "dense" else None
     if lexical is None and mode != "dense":
         if vector is None:
             return []  # lexical alone, nothing to search with
@@ -91,7 +92,7 @@ def retrieve(
     if mode != "lexical":
         dense = [(h.chunk_id, h.score) for h in col.search(vector, depth, rerank)[0]]
     if mode == "hybrid":  # only matches on a word that tells chunks apart
-        floor = FLOORED_WORD_BM25 * len(set(query_terms(text)))
+        floor = FLOORED_WORD_BM25 * len(terms)  # (distinct terms)
         lexical = [hit for hit in lexical if hit[1] > floor] or lexical
     dense_scores, lexical_scores = dict(dense), dict(lexical or [])
     rankings = {}

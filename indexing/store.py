@@ -583,10 +583,11 @@ class Collection:
             out_i[r, : len(best)] = best
         return out_s, out_i
 
-    def search_lexical(self, text: str, k: int = 5) -> list[tuple[int, float]] | None:
+    def search_lexical(self, text: str | list[str], k: int = 5) -> list[tuple[int, float]] | None:
         """BM25 over chunk terms: [(chunk id, score)] best first; None when `text` has no
-        usable word (or the collection has no full-text index: see `lexical`)."""
-        terms = query_terms(text)
+        usable word (or the collection has no full-text index: see `lexical`). `text` may be
+        its `query_terms` already."""
+        terms = query_terms(text) if isinstance(text, str) else text
         if not terms or not self.lexical:
             return None
         with self._guard():
