@@ -177,6 +177,10 @@ def shutting_down_error(message: str) -> APIError:
     )
 
 
+#: Retry-After of a `model_loading` 503
+LOADING_RETRY_S = 5
+
+
 def check_ready(state: str, error: str | None) -> None:
     """Raise the 503 a request gets while the model worker is in `state` (not "ready")."""
     if state == "ready":
@@ -186,16 +190,53 @@ def check_ready(state: str, error: str | None) -> None:
             503,
             "the model is still loading; retry in a few seconds",
             code="model_loading",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": str(LOADING_RETRY_S)},
         )
     if state == "stopped":
         raise shutting_down_error("the server is shutting down")
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 
+def health_response(state: str, body: dict) -> JSONResponse:
+    """A service's /health: 200 when the model worker is ready, else 503, with the
+    Retry-After its API routes' 503s carry in that state (`check_ready`)."""
+    if state == "ready":
+        return JSONResponse(body)
+    try:
+        check_ready(state, None)
+    except APIError as exc:
+        return JSONResponse(body, status_code=503, headers=exc.headers)
+    return JSONResponse(body, status_code=503)
+
+
 # union member tags pydantic puts in an error's path: types ("str", "list[int]") and model
 # names ("InputMessage"); the API's own field names are lower-case identifiers
 _UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^[A-Z]|^(str|int|float|bool|none|dict|list)$")
+
+
+def _not_json(request: Request, exc: RequestValidationError) -> APIError | None:
+    """415 for a JSON body sent as another media type (curl's `-d` sends a form's; a page's
+    `fetch` text/plain): FastAPI then reads no body, and the 400 said "the request body must
+    be a JSON object" of a body that was one. Not parsed anyway: a page of another site may
+    send text/plain without asking first (CORS), never JSON."""
+    errors = exc.errors()
+    if not errors or tuple(errors[0].get("loc", ())) != ("body",):
+        return None
+    sent_body = request.headers.get("content-length", "0") != "0" or (
+        "transfer-encoding" in request.headers
+    )
+    if not sent_body:  # no body at all: the 400 says what is missing
+        return None
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    sent = f"Content-Type: {media}" if media else "no Content-Type"
+    return APIError(
+        415,
+        f"send the request body as JSON with 'Content-Type: application/json' (this request "
+        f"has {sent})",
+        code="unsupported_media_type",
+    )
 
 
 def _param(loc: tuple) -> str | None:
@@ -288,13 +329,17 @@ def _meant(request: Request) -> str | None:
 
 
 def _methods_at(app: FastAPI, path: str) -> set[str]:
-    """Every method the app's routes take at `path`."""
+    """Every method the app's routes take at `path`: HEAD wherever GET (`HeadAsGet`), and
+    GET and HEAD under a folder of static files (a Mount names no methods: its 405 said
+    `Allow:` with none)."""
     methods: set[str] = set()
     for route in app.routes:
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(path):
+            if isinstance(getattr(route, "app", None), StaticFiles):
+                methods |= {"GET", "HEAD"}
             methods |= set(getattr(route, "methods", None) or ())
-    return methods
+    return methods | ({"HEAD"} if "GET" in methods else set())
 
 
 def _allowed(request: Request) -> list[str]:
@@ -316,7 +361,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(_validation_error(exc))
+        return error_response(_not_json(request, exc) or _validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -331,7 +376,7 @@ def install_error_handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method the path has, not only its first route's
-            headers["Allow"] = ", ".join(_allowed(request))
+            headers["Allow"] = ", ".join(_allowed(request)) or headers.get("Allow", "")
         code = "request_too_large" if exc.status_code == 413 else None  # BodyLimit's
         return error_response(APIError(exc.status_code, message, code=code, headers=headers))
 
@@ -355,7 +400,9 @@ UPLOAD_ROUTES = {("POST", "/v1/files")}
 class BodyLimit:
     """Pure ASGI middleware: a request body (other than a file upload) over `limit` bytes
     is refused with 413 before it is parsed, by its Content-Length or, sent in chunks, as soon
-    as it grows past the limit."""
+    as it grows past the limit. A body in a content coding (gzip) is refused with 415: none is
+    decoded, and a gzip body was a bare "error parsing the body", a coding named by mistake
+    ignored."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_JSON_BODY) -> None:
         self.app = app
@@ -373,10 +420,21 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        head = dict(scope.get("headers", []))
+        coding = head.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if coding not in ("identity", ""):
+            refusal = APIError(
+                415,
+                f"the request body is sent in a content coding ({coding}); send it as it is, "
+                "without Content-Encoding",
+                code="unsupported_media_type",
+                headers={"Accept-Encoding": "identity"},
+            )
+            await error_response(refusal)(scope, receive, send)
+            return
         if (scope["method"], scope["path"]) in UPLOAD_ROUTES:  # limited by --max-upload-mb
             await self.app(scope, receive, send)
             return
-        head = dict(scope.get("headers", []))
         length = head.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
             await error_response(self.refusal(f"{int(length)} bytes"))(scope, receive, send)
@@ -506,12 +564,29 @@ class JSONBodyRoute(APIRoute):
         return route
 
 
+class HeadAsGet:
+    """Pure ASGI middleware: HEAD is answered as GET is, without the body (the server leaves
+    it out, by its own record of the method). FastAPI gives its GET routes no HEAD, so a
+    load balancer's or uptime monitor's HEAD /v1/models was a 405 (RFC 9110: a server with
+    GET has HEAD). The routes' Allow lists HEAD beside GET (`_methods_at`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 def api_app(*, title: str, summary: str, lifespan: Any) -> FastAPI:
-    """A clara HTTP app: strict JSON bodies, every error as OpenAI's error body, and the API
-    reference served without a CDN. Routes are added by the caller, on the app itself (an
-    included APIRouter's routes keep their own class and so FastAPI's JSON parsing)."""
+    """A clara HTTP app: strict JSON bodies, HEAD wherever GET, every error as OpenAI's error
+    body, and the API reference served without a CDN. Routes are added by the caller, on the
+    app itself (an included APIRouter's routes keep their own class and so FastAPI's JSON
+    parsing)."""
     app = FastAPI(title=title, summary=summary, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.router.route_class = JSONBodyRoute
+    app.add_middleware(HeadAsGet)  # (innermost: the gate and the body limit see HEAD)
     install_error_handlers(app)
     serve_api_docs(app)
     return app
@@ -728,6 +803,14 @@ class AccessGate:
                 )
         if preflight or self.api_key is None or scope["path"] in self.open_paths:
             return None
+        named = [k.decode("latin-1").lower() for k, _ in scope.get("headers", [])]
+        twice = [h for h in ("authorization", "api-key", "x-api-key") if named.count(h) > 1]
+        if twice:  # (the last one counted here, the first one in FastAPI and most proxies)
+            return APIError(
+                400,
+                f"this request has {named.count(twice[0])} {twice[0]!r} headers: send the API "
+                "key once",
+            )
         scheme, _, token = headers.get("authorization", "").partition(" ")
         offered = [token] if scheme.lower() == "bearer" else []
         # Azure OpenAI's header and Anthropic-style clients' (Continue sends both with Bearer)

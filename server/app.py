@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import Response as HTTPResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara.checkpoint import resolve_checkpoint
@@ -23,6 +25,7 @@ from clara_cli.http import (
     BodyLimit,
     api_app,
     error_responses,
+    health_response,
 )
 from indexing.service import MAX_UPLOAD_MB
 from indexing.service.app import ServiceSettings, mount_files_api
@@ -275,7 +278,7 @@ def create_app(
         body["model"] = request.app.state.serving.served_model_name
         if engine.error is not None:
             body["error"] = str(engine.error)
-        return JSONResponse(body, status_code=200 if engine.state == "ready" else 503)
+        return health_response(engine.state, body)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
@@ -312,8 +315,15 @@ WEB_HEADERS = {
 
 
 def _web_file(path: Path):
-    async def web_file() -> FileResponse:
-        return FileResponse(path, headers=WEB_HEADERS)
+    async def web_file(request: Request) -> HTTPResponse:
+        """The file, or 304 when the browser's copy is it: no-cache makes the browser ask at
+        every load, and each answer used to send the whole file again."""
+        sent = FileResponse(path, headers=WEB_HEADERS, stat_result=os.stat(path))
+        etag = sent.headers["etag"]
+        asked = request.headers.get("if-none-match", "")
+        if asked.strip() == "*" or etag in (t.strip().removeprefix("W/") for t in asked.split(",")):
+            return HTTPResponse(status_code=304, headers={**WEB_HEADERS, "ETag": etag})
+        return sent
 
     return web_file
 

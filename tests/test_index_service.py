@@ -92,6 +92,21 @@ def test_files_upload_list_retrieve_delete(client: openai.OpenAI, root: Path) ->
         client.files.retrieve(f.id)
 
 
+def test_an_upload_whose_media_type_is_written_in_capitals(service, client) -> None:
+    """Media types are case-insensitive (RFC 9110): Multipart/Form-Data was a 400."""
+    body = (
+        b"--XX\r\nContent-Disposition: form-data; name=purpose\r\n\r\nassistants\r\n"
+        b'--XX\r\nContent-Disposition: form-data; name=file; filename="caps.txt"\r\n\r\n'
+        + WATER.encode() + b"\r\n--XX--\r\n"
+    )  # fmt: skip
+    r = httpx.post(
+        f"{service.url}/v1/files", content=body, timeout=30,
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "Multipart/Form-Data; boundary=XX"},
+    )  # fmt: skip
+    assert r.status_code == 200 and r.json()["filename"] == "caps.txt", r.text
+    client.files.delete(r.json()["id"])
+
+
 def test_a_long_non_ascii_file_name_is_shortened_by_bytes(client: openai.OpenAI, root: Path):
     """File systems allow 255 bytes a name: 100 CJK characters are 300. The name is cut to
     whole characters, its extension kept, and nothing is left behind."""

@@ -8,6 +8,7 @@ retrieval is still exact because a fresh model's query and compressor adapters a
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import threading
@@ -428,9 +429,62 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
 def test_405_lists_every_method_of_the_path(server) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     r = httpx.put(f"{server.url}/v1/responses/resp_x", headers=headers, timeout=10)
-    assert r.status_code == 405 and r.headers["allow"] == "GET, DELETE"
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, DELETE"
     r = httpx.delete(f"{server.url}/v1/files", headers=headers, timeout=10)
-    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
+
+
+def test_http_as_rfc_9110_has_it(server) -> None:
+    """From a protocol audit: HEAD on the API's GET routes was a 405 (a load balancer's HEAD
+    /v1/models saw the server down); JSON sent as another media type was told it was no JSON
+    object; a gzip body was a bare parse error; two Authorization headers counted the last
+    (FastAPI and proxies the first); a static folder's 405 said
+    `Allow:` with nothing; the web chat's files came whole at every load despite their ETag;
+    /health while loading had no Retry-After (see test_server_lifecycle)."""
+    url, key = server.url, {"Authorization": f"Bearer {API_KEY}"}
+    get = httpx.get(f"{url}/v1/models", headers=key, timeout=10)
+    head = httpx.head(f"{url}/v1/models", headers=key, timeout=10)
+    assert head.status_code == 200 and head.content == b"", head
+    assert head.headers["content-length"] == get.headers["content-length"]
+    r = httpx.head(f"{url}/v1/models")  # the key is still needed
+    assert r.status_code == 401
+    r = httpx.put(f"{url}/v1/models", headers=key, timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    r = httpx.put(f"{url}/docs-files/swagger-ui.css", headers=key, timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    r = httpx.request("QUERY", f"{url}/v1/models", headers=key, timeout=10)  # (not 501:
+    assert r.status_code == 405  # QUERY is on its way to a standard; schemathesis asks 405)
+
+    body = json.dumps({"input": "hi", "max_output_tokens": 1, "tools": []})
+    for sent in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {**key, **({"Content-Type": sent} if sent else {})}
+        r = httpx.post(f"{url}/v1/responses", content=body, headers=headers, timeout=30)
+        error = r.json()["error"]
+        assert r.status_code == 415 and error["code"] == "unsupported_media_type", r.text
+        assert "'Content-Type: application/json'" in error["message"]
+        assert (sent or "no Content-Type") in error["message"]
+    headers = {**key, "Content-Type": "application/json; charset=utf-8"}
+    r = httpx.post(f"{url}/v1/responses", content=body, headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    r = httpx.post(
+        f"{url}/v1/responses", content=gzip.compress(body.encode()), timeout=10,
+        headers={**headers, "Content-Encoding": "gzip"},
+    )  # fmt: skip
+    assert r.status_code == 415 and r.headers["accept-encoding"] == "identity", r.text
+    assert "content coding (gzip)" in r.json()["error"]["message"]
+
+    twice = [("Authorization", f"Bearer {API_KEY}"), ("Authorization", "Bearer wrong")]
+    for pair in (twice, twice[::-1]):
+        r = httpx.get(f"{url}/v1/models", headers=httpx.Headers(pair), timeout=10)
+        assert r.status_code == 400 and "2 'authorization' headers" in r.text, r.text
+
+    page = httpx.get(f"{url}/web/app.js", timeout=10)
+    etag = page.headers["etag"]
+    again = httpx.get(f"{url}/web/app.js", headers={"If-None-Match": etag}, timeout=10)
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert again.headers["cache-control"] == "no-cache"
+    other = httpx.get(f"{url}/web/app.js", headers={"If-None-Match": '"other"'}, timeout=10)
+    assert other.status_code == 200 and other.content == page.content
 
 
 def test_unknown_vector_store_and_model(server, client, knowledge_base) -> None:

@@ -38,6 +38,7 @@ def test_requests_get_503_until_the_model_is_loaded() -> None:
         assert r.json()["error"]["code"] == "model_loading" and r.headers["Retry-After"]
     health = call(app, "GET", "/health")
     assert health.status_code == 503 and health.json()["status"] == "loading"
+    assert health.headers["Retry-After"] == "5"  # as the API routes' (a protocol audit)
 
 
 def test_a_failed_load_is_reported(tmp_path) -> None:
@@ -47,6 +48,7 @@ def test_a_failed_load_is_reported(tmp_path) -> None:
         engine.worker._thread.join(60)
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "Retry-After" not in health.headers  # (no use waiting)
         assert "no-model" in health.json()["error"]
         r = client.post(
             "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}

@@ -31,6 +31,7 @@ from clara_cli.http import (
     BodyLimit,
     api_app,
     error_responses,
+    health_response,
 )
 from clara_cli.worker import Worker
 from indexing.service import MAX_UPLOAD_MB
@@ -168,7 +169,7 @@ def create_app(
             body["index"] = str(settings.root)
         if worker.error is not None:
             body["error"] = str(worker.error)
-        return JSONResponse(body, status_code=200 if worker.state == "ready" else 503)
+        return health_response(worker.state, body)
 
     return app
 

@@ -118,7 +118,8 @@ class Uploads:
                     raise _TooLarge
                 yield chunk
 
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "multipart/form-data":  # (media types are case-insensitive: RFC 9110)
             raise APIError(400, "upload the file as multipart/form-data with fields 'file' and "
                            "'purpose'")  # fmt: skip
         try:
