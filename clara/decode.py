@@ -12,8 +12,13 @@ each samples and sends its first token, then their KV caches join the running ba
 before the next decode step (`join_caches`: all rows prefilled since the last step are
 copied in at once). As in mlx-lm's `generate_step`, the next forward is queued
 (`mx.async_eval`) before the current tokens are read, so detokenizing and streaming overlap
-the model. Each request samples with its own random key, so a seeded
-request gives the same tokens alone or in any batch. Decoding uses the adapter merged into
+the model. Each request samples with its own random key, so no neighbour
+draws from a seeded request's random numbers. Its logits are the same to float rounding alone
+or in a batch, not always bit for bit: a prefill product of at most `CLARA_THIN_ROWS` rows
+reads the merged weights' float16 copies, a wider one their float32 panels, and the prefix
+cache and neighbours change how wide a prompt's last products are; a sampled token near a tie
+can then differ (seen with temperature 1.5; greedy tokens did not in an engine review's 12
+prompts of 48 tokens). Decoding uses the adapter merged into
 a copy of the base weights (`clara.lora.merged`): no LoRA matmuls per token. On Linux CPUs
 the decode products run through clara's thin-matmul kernel (`clara._blas`), which reads
 float16 (or int8: `CLARA_DECODE_WEIGHTS`) copies of those decode-only weights.
@@ -146,8 +151,9 @@ class Decoder:
 
     def _sample(self, logits: mx.array, seqs: list[Sequence]) -> tuple[mx.array, tuple]:
         """Next token per row of `logits` (B, V), and (logprob, top ids, top logprobs).
-        Each sampled row draws with its request's own key, so a seeded request samples the
-        same alone or in any batch (mlx-lm's samplers draw from the global key)."""
+        Each sampled row draws with its request's own key, so a seeded request draws the same
+        random numbers alone or in any batch (mlx-lm's samplers draw from the global key); its
+        logits are the same to rounding (the module's docstring says when not bit for bit)."""
         if any(s.counts is not None for s in seqs):  # frequency and presence penalties
             # in the logits' own dtype: a float32 row would promote the whole batch, and a
             # seeded neighbour (bfloat16 logits) would sample otherwise than alone
@@ -252,6 +258,8 @@ class Decoder:
         with self._attention():
             parts = self._prefill_parts([p for _, p, _ in todo], [s for _, _, s in todo])
         took = time.perf_counter() - start
+        joins = []  # joined once every part is through: a part that raises leaves none in
+        # the batch (before, the parts before it stayed, decoding for requests told they failed)
         for rows, cache, y, lp in parts:
             self._remember([todo[r][1] for r in rows], cache)  # copies queued, not waited for
             seqs = [todo[r][2] for r in rows]
@@ -275,7 +283,9 @@ class Decoder:
                     if c._right_padding is not None:
                         c._right_padding = c._right_padding[keep]
                 y = y[keep]
-            self._join([seqs[r] for r in joined], cache, y)
+            joins.append(([seqs[r] for r in joined], cache, y))
+        for seqs, cache, y in joins:
+            self._join(seqs, cache, y)
         return out
 
     def _remember(self, prompts: list[Prompt], cache: list[BatchKVCache]) -> None:
@@ -296,8 +306,9 @@ class Decoder:
         """Where clara's fused attention kernel runs (clara/attention.py), prompt rows at
         positions `prefill_step` and on take it: the rows of long prompts, whose attention is
         most of their prefill (prompts that long are never split across lanes, whose waits it
-        would serialize). A row's path depends on its position only, so a prompt gets the same
-        bits alone or beside others, from the prefix cache or not."""
+        would serialize). A row's attention path depends on its position only, alone or beside
+        others, from the prefix cache or not (its products' width may not: the module's
+        docstring)."""
         config = self.cm.info.config
         heads = int(config.get("num_attention_heads") or 1)
         head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 0) // heads)
@@ -476,6 +487,15 @@ class Decoder:
         self._joining = []
         self._cache = [join_caches(list(layer)) for layer in zip(*(c for c, _ in parts))]
         self._y = mx.concatenate([y for _, y in parts]) if len(parts) > 1 else parts[0][1]
+
+    def clear(self) -> list[Sequence]:
+        """Take every sequence out and drop the batch's caches, computing nothing (after a
+        step that raised, when how far each got is not known); returns them."""
+        left, self.sequences = self.sequences, []
+        for seq in left:
+            seq.done = True
+        self._cache, self._y, self._joining = None, None, []
+        return left
 
     def remove(self, seq: Sequence) -> None:
         """Take `seq` out of the batch (finished, cancelled, or its client left)."""

@@ -18,6 +18,9 @@ from clara.errors import ClaraError, ContextLengthError
 from clara.model import ClaraModel
 from clara.prompt import Prompt
 
+#: temperatures below this decode greedily
+GREEDY_BELOW = 1e-5
+
 
 @dataclass
 class GenerationChunk:
@@ -60,7 +63,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperature 0, or one so small that its inverse overflows float32 (1e-40 drew
+        uniformly at random, or always the last token; vLLM's bound too)."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def penalized(self) -> bool:

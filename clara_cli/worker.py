@@ -116,9 +116,10 @@ class Worker:
         self.state = "loading"
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
         """End the thread after the current step; tasks that never started hear a 503,
-        running ones are cancelled (their iterators closed, `done()` called)."""
+        running ones are cancelled (their iterators closed, `done()` called). Returns whether
+        the thread has ended (False: a step still running after `timeout` seconds)."""
         with self._cv:
             self.state = "stopped"
             self._cv.notify_all()
@@ -126,6 +127,8 @@ class Worker:
             self._thread.join(timeout)
         if not self._thread.is_alive():
             self._drain()
+            return True
+        return False
 
     def poke(self) -> None:
         """Look at the queued tasks now: something a task's `can_start` waits for is done
@@ -298,7 +301,7 @@ class Worker:
             q = self._queues[priority]
             for task in list(q):
                 if task.steps is None and task.can_start is not None and not task.cancelled:
-                    if not task.can_start():
+                    if not _can_start(task):
                         continue
                 q.remove(task)
                 return task
@@ -427,3 +430,14 @@ def deliver(future: asyncio.Future, result: Any, error: BaseException | None) ->
         future.get_loop().call_soon_threadsafe(put)
     except RuntimeError:  # the event loop is closed
         pass
+
+
+def _can_start(task: Task) -> bool:
+    """`task.can_start()`; one that raises lets the task start, where its error reaches its
+    caller (raised here, it ended the worker thread: /health said ok and every request after
+    it waited for ever)."""
+    try:
+        return bool(task.can_start())
+    except Exception as exc:  # noqa: BLE001
+        log.warning("%s: its start check failed (%s): starting it", _kind(task.key), exc)
+        return True

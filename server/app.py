@@ -175,9 +175,9 @@ def create_app(
                 "and ask with retrieval_mode lexical", settings.model, defaults.mode,
             )  # fmt: skip
         yield
-        await asyncio.to_thread(engine.stop)
+        ended = await asyncio.to_thread(engine.stop)
         store.close()
-        if files is not None:
+        if files is not None and ended:  # (not under a step still writing its collections)
             await asyncio.to_thread(files.close)
 
     app = api_app(

@@ -40,6 +40,7 @@ from clara.prompt import Prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
+from clara_cli.http import is_client_error
 from clara_cli.worker import Task, Worker, log_failure
 from indexing.layout import META
 from indexing.pipeline import model_manifest
@@ -129,11 +130,16 @@ class Engine:
     def start(self) -> None:
         self.worker.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Queued jobs get 503, running ones end; the worker thread stops."""
-        self.worker.stop(timeout)
-        if self._rag is not None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Queued jobs get 503, running ones end; the worker thread stops. The collections
+        are closed once it has, not under a step still reading them after `timeout`; returns
+        whether it has."""
+        ended = self.worker.stop(timeout)
+        if self._rag is not None and ended:
             self._rag.close()
+        elif self._rag is not None:
+            log.warning("the model thread is still in a step: its collections are left open")
+        return ended
 
     def queue_depth(self) -> int:
         return self.worker.queue_depth()
@@ -165,6 +171,8 @@ class Engine:
 
         def failed(exc: BaseException) -> None:
             job.failed = True  # not cancelled: nothing for `done` to count or log
+            if kind == "chat" and not is_client_error(exc):  # (a 400 generated nothing)
+                self.metrics.generations.inc(reason="error")
             job.emit(Failed(exc))
 
         job.task = Task((":" + kind, job), lambda cm: start(job), failed, done, can_start)
@@ -401,7 +409,9 @@ class Engine:
         else:
             prompt, adapter = self._rag.prompt(p, retrieved)
         limit = self.info.context_limit
-        while p.truncate and prompt.positions > limit and (p.history or len(retrieved.sources) > 1):
+        while (
+            p.truncate and prompt.positions >= limit and (p.history or len(retrieved.sources) > 1)
+        ):
             if p.history:  # the oldest exchange first
                 p.history = p.history[2:]
             else:  # then the lowest-ranked chunk
@@ -459,7 +469,11 @@ class Engine:
                     for seq in cancelled:
                         self._cancelled(seq)
                     batch, start = len(decoder.sequences), time.perf_counter()
-                    chunks = decoder.step()
+                    try:
+                        chunks = decoder.step()
+                    except Exception as exc:  # noqa: BLE001 - this batch's, not the worker's
+                        self._failed_batch(decoder, exc)
+                        continue
                     took = time.perf_counter() - start
                     self.metrics.step_seconds.observe(took, requests=str(batch))
                     for seq, chunk in chunks:
@@ -477,6 +491,17 @@ class Engine:
                     self._cancelled(seq)
             self._stepping = None
             self.metrics.running.set(0)
+
+    def _failed_batch(self, decoder: Decoder, exc: Exception) -> None:
+        """A decode step that raised: how far its sequences got is not known any more, so
+        each ends with the error, told to its client (they used to end with no finish reason,
+        counted as cancelled, and every other adapter's batch with them); other batches go
+        on."""
+        log_failure("chat", exc)
+        for seq in decoder.clear():
+            self.metrics.generations.inc(reason="error")
+            seq.tag.failed = True
+            seq.tag.emit(Failed(exc))
 
     def _cancelled(self, seq: Seq) -> None:
         self.metrics.generations.inc(reason="cancelled")

@@ -163,7 +163,7 @@ class Metrics:
             PHASE_BUCKETS,
         )
         self.queue_depth = Gauge("clara_queue_depth", "Jobs waiting for the MLX worker")
-        self.running = Gauge("clara_jobs_running", "Jobs the MLX worker is running (0 or 1)")
+        self.running = Gauge("clara_jobs_running", "Requests decoding in the batch now")
         self.model_ready = Gauge("clara_model_ready", "1 once the model is loaded")
         self.index_documents = Gauge("clara_index_documents", "Documents in the collection")
         self.index_chunks = Gauge("clara_index_chunks", "Chunks (memory vectors) in the collection")

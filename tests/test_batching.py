@@ -137,6 +137,18 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(cm) -> None:
     assert got["seeded"] == alone and got["other seed"] != alone
 
 
+def test_a_temperature_too_small_to_invert_decodes_greedily(cm) -> None:
+    """1 / 1e-40 overflows float32: such a temperature drew tokens uniformly at random (top_p
+    1) or always the last one (an engine review)."""
+    prompt = text_prompt(cm, "Tell me a story", None)
+    greedy = tokens_alone(cm, prompt, None, max_tokens=8, ignore_eos=True)
+    for top_p in (1.0, 0.9):
+        tiny = tokens_alone(
+            cm, prompt, None, max_tokens=8, ignore_eos=True, temperature=1e-40, top_p=top_p, seed=1
+        )
+        assert tiny == greedy, top_p
+
+
 def test_prefix_cache_changes_no_token(cm) -> None:
     mem = cm.compress(DOCS)
     cache = PrefixCache()

@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -207,6 +208,28 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
     fitted = client.responses.create(**kw, truncation="auto")
     assert fitted.truncation == "auto" and fitted.status in ("completed", "incomplete")
     assert fitted.usage.input_tokens < 100  # the long turn is gone
+
+    # exactly at the context: refused when "disabled", so "auto" must cut it (it cut only past
+    # it, and a prompt of exactly the context was a 400; an engine review)
+    def needs(words: int) -> int:  # positions of a first turn of `words` words: 0 if it fits
+        items[0]["content"] = "river " * words
+        try:
+            client.responses.create(**kw)
+        except openai.BadRequestError as e:
+            found = re.search(r"needs (\d+) positions but the model's context is (\d+)", e.message)
+            assert found, e.message  # (not the character count's early refusal)
+            return int(found[1])
+        return 0
+
+    low, high = 100, 4000  # fits, does not: the fewest words that do not fit need the context
+    assert not needs(low) and needs(high)
+    while high - low > 1:
+        low, high = (
+            (low, (low + high) // 2) if needs((low + high) // 2) else ((low + high) // 2, high)
+        )
+    assert needs(high) == 2048  # refused when "disabled"
+    fitted = client.responses.create(**kw, truncation="auto")
+    assert fitted.usage.input_tokens < 100
     assert client.responses.create(model=MODEL, input="hi", max_output_tokens=1).truncation == (
         "disabled"
     )

@@ -4,6 +4,7 @@ traceback in a 500, request -> pipeline parameters, Prometheus formatting."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -180,3 +181,33 @@ def test_max_tokens_limit_caps_every_request() -> None:
         .max_tokens
         == 10**9
     )  # no limit: the context's room cuts it later
+
+
+def test_a_decode_step_that_fails_tells_its_requests(tmp_path, tiny_llama_dir, monkeypatch):
+    """From a review of the engine: a step that raised ended every decoding request with no
+    finish reason and no error, counted as cancelled (and every other adapter's batch with
+    them). Now each hears the error, it is counted as one, and the server goes on."""
+    from clara.decode import Decoder
+
+    broken, step = [True], Decoder.step
+
+    def step_once_broken(self):
+        if broken.pop() if broken else False:
+            raise RuntimeError("a step that broke")
+        return step(self)
+
+    monkeypatch.setattr(Decoder, "step", step_once_broken)
+    app = create_app(Settings(model=str(tiny_llama_dir), index_root=str(tmp_path)))
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 120
+        while app.state.engine.state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 500, r.text
+        assert r.json()["error"]["message"].startswith("internal server error"), r.text
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"], r.text
+        metrics = client.get("/metrics").text
+    assert 'clara_generations_total{reason="error"} 1' in metrics, metrics
+    assert 'reason="cancelled"' not in metrics

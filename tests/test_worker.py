@@ -87,6 +87,22 @@ def test_full_queue_is_one_503_with_retry_after_and_can_start_holds_a_task() -> 
     worker.stop()
 
 
+def test_a_start_check_that_raises_does_not_end_the_worker() -> None:
+    """It ended the worker thread: /health said ok, and every request after waited for ever
+    (an engine review)."""
+    worker = ready_worker()
+    ran: list[str] = []
+
+    def broken() -> bool:
+        raise RuntimeError("the check broke")
+
+    worker.submit(Task("checked", lambda cm: ran.append("checked"), can_start=broken))
+    worker.submit(Task("after", lambda cm: ran.append("after")))
+    wait_until(lambda: ran == ["checked", "after"])
+    assert worker._thread.is_alive() and worker.state == "ready"
+    worker.stop()
+
+
 def test_cancel_skips_a_waiting_task_and_stops_a_running_one() -> None:
     worker = ready_worker()
     release = threading.Event()

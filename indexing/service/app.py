@@ -142,8 +142,10 @@ def create_app(
     async def lifespan(app: FastAPI):
         worker.start()  # returns at once: model routes answer 503 until it is loaded
         yield
-        await asyncio.to_thread(worker.stop)
-        await asyncio.to_thread(service.close)
+        if await asyncio.to_thread(worker.stop):
+            await asyncio.to_thread(service.close)
+        else:  # not under a step still writing them (the process ends: the locks go with it)
+            log.warning("the model thread is still in a step: its collections are left open")
 
     app = api_app(
         title="clara-index serve",
