@@ -823,7 +823,8 @@ class AccessGate:
             f"header) with the key {self.service} was started with (--api-key or CLARA_API_KEY)",
             type="invalid_request_error",
             code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
+            # RFC 6750: a key that was sent and is wrong says so; none sent, the scheme alone
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"' if offered else "Bearer"},
         )
 
     def _cross_site(self, origin: str) -> str:

@@ -470,7 +470,9 @@ def test_http_as_rfc_9110_has_it(server) -> None:
     assert head.status_code == 200 and head.content == b"", head
     assert head.headers["content-length"] == get.headers["content-length"]
     r = httpx.head(f"{url}/v1/models")  # the key is still needed
-    assert r.status_code == 401
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong"}, timeout=10)
+    assert r.headers["www-authenticate"] == 'Bearer error="invalid_token"'  # (RFC 6750)
     r = httpx.put(f"{url}/v1/models", headers=key, timeout=10)
     assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     r = httpx.put(f"{url}/docs-files/swagger-ui.css", headers=key, timeout=10)
