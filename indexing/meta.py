@@ -8,8 +8,11 @@ ids, which are also FAISS ids, are never reused).
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ from indexing.lexical import (
     prune,
     stems_of,
 )
+
+log = logging.getLogger("clara.index")
 
 SCHEMA = """
 CREATE TABLE documents (
@@ -166,6 +171,28 @@ def _file_id(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _pending_wal(path: Path) -> bool:
+    """Whether `path`'s WAL holds frames (commits, maybe, not yet in the database file)."""
+    try:
+        return os.path.getsize(f"{path}-wal") > 0
+    except OSError:
+        return False
+
+
+def _private_copy(path: Path) -> Path:
+    """`path` and its WAL copied into a new temporary folder; returns the copy's path."""
+    folder = Path(tempfile.mkdtemp(prefix="clara-meta-"))
+    try:
+        copy = folder / path.name
+        shutil.copyfile(path, copy)
+        shutil.copyfile(f"{path}-wal", f"{copy}-wal")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    log.info("%s: read-only, with commits in its WAL: read from a copy of both", path)
+    return copy
+
+
 class Meta:
     """One connection to `meta.sqlite` (WAL, synchronous=FULL, explicit transactions)."""
 
@@ -190,7 +217,15 @@ class Meta:
             code = errno.EROFS if read_only else errno.EACCES
             raise OSError(code, os.strerror(code), str(path.parent))
         mode = "rw" if writable else "ro&immutable=1"
-        target = f"file:{quote(str(path))}?mode={mode}"
+        self._copy: Path | None = None
+        source = path
+        if not writable and _pending_wal(path):
+            # An immutable read skips the WAL: commits not yet folded into the database (a
+            # copy taken while a server kept it open, or after a writer was killed) were
+            # left out without a word. Read them from a private copy, which SQLite folds.
+            source = self._copy = _private_copy(path)
+            mode = "rw"
+        target = f"file:{quote(str(source))}?mode={mode}"
         try:
             self.db = sqlite3.connect(
                 target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
@@ -231,6 +266,8 @@ class Meta:
 
     def close(self) -> None:
         self.db.close()
+        if self._copy is not None:
+            shutil.rmtree(self._copy.parent, ignore_errors=True)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -892,3 +892,35 @@ def test_a_reader_for_metadata_loads_no_vectors_until_it_searches(tmp_path: Path
     os.truncate(tmp_path / "main" / "memory-0.f16", 10)  # damage is still found at open
     with pytest.raises(DamagedCollectionError):
         Collection.open(tmp_path, "main", readonly=True, vectors=False)
+
+
+def test_a_read_only_copy_reads_the_commits_still_in_its_wal(tmp_path, monkeypatch):
+    """A copy taken while a server kept the collection open (the README's backups allow it)
+    or after a writer was killed holds commits in meta.sqlite-wal only. Read only, it was
+    opened immutable, which skips the WAL: its last documents were missing without a word
+    (an operator's audit)."""
+    import shutil
+
+    from indexing import meta
+
+    with Collection.open(tmp_path, "live", manifest=MANIFEST, create=True) as c:
+        add(c, 1)
+    reader = Collection.open(tmp_path, "live", readonly=True)  # a server: the WAL stays
+    try:
+        with Collection.open(tmp_path, "live") as c:
+            add(c, 2)
+        assert os.path.getsize(tmp_path / "live" / "meta.sqlite-wal") > 0
+        shutil.copytree(tmp_path / "live", tmp_path / "backup" / "live")
+    finally:
+        reader.close()
+    folder = str(tmp_path / "backup" / "live")
+    real_access = os.access
+    monkeypatch.setattr(
+        meta.os, "access", lambda p, mode: False if str(p) == folder else real_access(p, mode)
+    )
+    before = sorted(os.listdir(folder))
+    with Collection.open(tmp_path / "backup", "live", readonly=True) as copy:
+        assert sorted(d.name for d in copy.list_documents()) == ["d1", "d2"]
+        second = next(d.id for d in copy.list_documents() if d.name == "d2")
+        assert copy.search(doc_vectors(2, 3)[0], k=1)[0][0].doc_id == second
+    assert sorted(os.listdir(folder)) == before  # the copy is left as it was
