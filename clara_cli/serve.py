@@ -215,7 +215,7 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     if hung_up:
         logging.getLogger("clara").info("stopped on SIGHUP, as on SIGTERM")
     if worker.error is not None:
-        if isinstance(worker.error, ClaraError):
+        if isinstance(worker.error, (ClaraError, OSError)):  # (a full disk is no model's)
             raise worker.error
         raise ClaraError(f"could not load the model: {worker.error}") from worker.error
     if server.force_exit:  # a second Ctrl-C: answers in progress were cut, not finished

@@ -56,6 +56,24 @@ def sync(fd: int) -> None:
     os.fsync(fd)
 
 
+def disk_full(folder: Path | str) -> bool:
+    """Whether the file system holding `folder` has no block left for this user."""
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+def sqlite_error(exc: Exception, folder: Path | str) -> Exception:
+    """An sqlite3 error opening or writing a database in `folder`, as the OSError it is when
+    the disk is full: SQLite says "disk I/O error" when it cannot make its -shm file, and
+    "database or disk is full" on a write. Those were tracebacks (an operator's audit); the
+    OSError is one line saying to free disk space. Other errors are returned as they are."""
+    if "disk is full" in str(exc) or disk_full(folder):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return exc
+
+
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (created, renamed, deleted files) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from indexing.durable import FULLFSYNC
+from indexing.durable import FULLFSYNC, disk_full, sqlite_error
 from indexing.lexical import (
     LEXICAL_VERSION,
     TITLE_WEIGHT,
@@ -216,29 +216,43 @@ class Meta:
             read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
             code = errno.EROFS if read_only else errno.EACCES
             raise OSError(code, os.strerror(code), str(path.parent))
-        mode = "rw" if writable else "ro&immutable=1"
         self._copy: Path | None = None
-        source = path
-        if not writable and _pending_wal(path):
-            # An immutable read skips the WAL: commits not yet folded into the database (a
-            # copy taken while a server kept it open, or after a writer was killed) were
-            # left out without a word. Read them from a private copy, which SQLite folds.
+        try:
+            self.db = self._open(path, as_is=not writable)
+        except sqlite3.OperationalError as exc:
+            if not path.exists():  # deleted since the check above
+                raise MissingDatabaseError(f"{path.name} is missing") from None
+            if not (readonly and disk_full(path.parent)):
+                raise sqlite_error(exc, path.parent) from exc
+            # a WAL reader makes an -shm file, which a full disk refuses: read the files as
+            # they are, as in a read-only folder (what a writer commits once there is room
+            # again is seen after a restart)
+            log.warning("%s: the disk is full: read as it is", path)
+            self.db = self._open(path, as_is=True)
+        if readonly:
+            self.db.execute("PRAGMA query_only=ON")
+
+    def _open(self, path: Path, as_is: bool) -> sqlite3.Connection:
+        """A connection to `path`, "rw", or (`as_is`) immutable: nothing written beside it.
+        An immutable read skips the WAL, and commits not yet folded into the database (a copy
+        taken while a server kept it open, or after a writer was killed) were left out without
+        a word: with any there, a private copy of both is read, which SQLite folds."""
+        source, mode = path, "ro&immutable=1" if as_is else "rw"
+        if as_is and _pending_wal(path):
             source = self._copy = _private_copy(path)
             mode = "rw"
         target = f"file:{quote(str(source))}?mode={mode}"
+        db = sqlite3.connect(
+            target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
+        )
         try:
-            self.db = sqlite3.connect(
-                target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
-            )
-        except sqlite3.OperationalError:
-            if not path.exists():  # deleted since the check above
-                raise MissingDatabaseError(f"{path.name} is missing") from None
+            db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+            if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
+                db.execute("PRAGMA fullfsync=ON")
+        except BaseException:
+            db.close()
             raise
-        self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
-        if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
-            self.db.execute("PRAGMA fullfsync=ON")
-        if readonly:
-            self.db.execute("PRAGMA query_only=ON")
+        return db
 
     def replaced(self) -> bool:
         """Whether the database at `path` is gone or another file than the one this connection

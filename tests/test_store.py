@@ -924,3 +924,33 @@ def test_a_read_only_copy_reads_the_commits_still_in_its_wal(tmp_path, monkeypat
         second = next(d.id for d in copy.list_documents() if d.name == "d2")
         assert copy.search(doc_vectors(2, 3)[0], k=1)[0][0].doc_id == second
     assert sorted(os.listdir(folder)) == before  # the copy is left as it was
+
+
+def test_a_full_disk_leaves_readers_reading_and_tells_writers(tmp_path, monkeypatch):
+    """A WAL reader makes an -shm file, which a full disk refuses ("disk I/O error"): every
+    read (`list`, `search`, a server's start) was a traceback (an operator's audit, on a
+    full tmpfs). Readers now read the files as they are; a writer is told the disk is full."""
+    import errno
+    import sqlite3
+
+    from indexing import meta
+
+    with Collection.open(tmp_path, "full", manifest=MANIFEST, create=True) as c:
+        add(c, 1)
+    opened = meta.Meta._open
+
+    def no_shm(self, path, as_is):  # what SQLite does there: the rw open fails
+        if not as_is:
+            raise sqlite3.OperationalError("disk I/O error")
+        return opened(self, path, as_is)
+
+    monkeypatch.setattr(meta.Meta, "_open", no_shm)
+    from indexing import durable
+
+    for module in (meta, durable):
+        monkeypatch.setattr(module, "disk_full", lambda folder: True)
+    with Collection.open(tmp_path, "full", readonly=True) as reader:
+        assert [d.name for d in reader.list_documents()] == ["d1"]
+    with pytest.raises(OSError) as info:
+        Collection.open(tmp_path, "full")
+    assert info.value.errno == errno.ENOSPC

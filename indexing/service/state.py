@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from indexing.durable import FULLFSYNC
+from indexing.durable import FULLFSYNC, sqlite_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -105,11 +105,15 @@ class Registry:
         self.db = sqlite3.connect(
             directory / "registry.sqlite", isolation_level=None, check_same_thread=False
         )
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
-            self.db.execute("PRAGMA fullfsync=ON")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
+                self.db.execute("PRAGMA fullfsync=ON")
+            self.db.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:  # a full disk: one line, not a traceback
+            self.db.close()
+            raise sqlite_error(exc, directory) from exc
 
     def close(self) -> None:
         with self._lock:
