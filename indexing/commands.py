@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shlex
 import sqlite3
 import sys
 import time
@@ -19,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clara.errors import ClaraError, CollectionLockedError, DamagedCollectionError, DocumentError
+from clara.errors import (
+    ClaraError,
+    CollectionLockedError,
+    DamagedCollectionError,
+    DocumentError,
+    MissingFileError,
+)
 from clara.paths import UPLOADS, index_root, path_text, show_path
 from clara.settings import ModelSettings
 from clara.text import printable, scaled, snippet
@@ -174,6 +181,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     paths, results = _expand(args.paths, args.exclude)
     for r in results:
         print(f"{PROG}: {_error_line(r.error)}", file=sys.stderr)
+    _say_where_gone_went(args, [r.path for r in results if isinstance(r.error, MissingFileError)])
     run = _AddRun(start, results)
     try:
         _add(args, paths, run)
@@ -208,6 +216,28 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not report["failed"]:
         return 0
     return EXIT_PARTIAL if any(report[s] for s in _KINDS) else EXIT_ERROR  # (the others indexed)
+
+
+def _say_where_gone_went(args: argparse.Namespace, missing: list[Path]) -> None:
+    """For each path that is not there but documents were indexed from (a folder moved or
+    renamed: `add NEW` indexed it all again, and `add OLD --prune` only said to check the
+    path), how to remove them."""
+    if not missing or args.collection not in list_collections(args.index):
+        return
+    try:
+        with Collection.open(args.index, args.collection, readonly=True) as col:
+            found = [(p, len(find_documents(col, str(p), remove=True))) for p in missing]
+    except (ClaraError, OSError):
+        return  # (the run says what is wrong with the collection)
+    for path, n in found:
+        where = str(Path(path).expanduser().absolute())
+        if n:
+            print(
+                f"{PROG}: {_n(n, 'document')} in {args.collection!r} {'was' if n == 1 else 'were'}"
+                f" indexed from {show_path(where)}, which is gone (moved?): `{PROG} remove "
+                f"{shlex.quote(where)}` removes {'it' if n == 1 else 'them'}",
+                file=sys.stderr,
+            )
 
 
 def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:

@@ -561,6 +561,26 @@ def test_ctrl_c_during_recompress_says_the_collection_is_unchanged(
     assert docs_of(index) == before
 
 
+def test_a_moved_folder_is_named_with_the_remove_that_cleans_it(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Moving the indexed folder and adding its new place indexes it all again; `add OLD
+    --prune` then only said to check the path (an operator's audit). It now says how many
+    documents came from there and the command that removes them."""
+    from clara.paths import show_path
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    folder.rename(tmp_path / "moved")
+    rc, _, err = run(capsys, "add", folder, "--prune", "--model", tiny_llama_dir, "--index", index)
+    assert rc == 1 and "no such file or directory" in err
+    said = f"3 documents in 'default' were indexed from {show_path(str(folder))}, which is gone"
+    assert said in err and f"`clara-index remove {folder}` removes them" in err, err
+    rc, _, err = run(capsys, "remove", folder, "--index", index)
+    assert rc == 0 and docs_of(index) == {}, err
+
+
 def test_a_resumed_recompress_leaves_out_what_was_removed_meanwhile(
     capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path
 ) -> None:
