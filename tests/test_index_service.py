@@ -107,6 +107,16 @@ def test_an_upload_whose_media_type_is_written_in_capitals(service, client) -> N
     client.files.delete(r.json()["id"])
 
 
+def test_an_upload_whose_content_is_gone_from_disk_is_a_404(client, root: Path) -> None:
+    """Its content was a 500 and a traceback in the log (an operator's audit)."""
+    f = upload(client, "gone.txt", WATER)
+    (root / "uploads" / f.id / "gone.txt").unlink()
+    with pytest.raises(openai.NotFoundError) as info:
+        client.files.content(f.id)
+    assert info.value.code == "file_content_missing" and "upload it again" in info.value.message
+    client.files.delete(f.id)
+
+
 def test_a_long_non_ascii_file_name_is_shortened_by_bytes(client: openai.OpenAI, root: Path):
     """File systems allow 255 bytes a name: 100 CJK characters are 300. The name is cut to
     whole characters, its extension kept, and nothing is left behind."""

@@ -28,6 +28,7 @@ from clara.paths import DEFAULT_COLLECTION, UPLOADS
 from clara.settings import ModelSettings
 from clara_cli.http import (
     AccessGate,
+    APIError,
     BodyLimit,
     api_app,
     error_responses,
@@ -222,8 +223,15 @@ def _routes(app: FastAPI) -> None:
     async def file_content(file_id: str, request: Request):
         service = svc(request)
         rec = service._file(file_id)  # 404 if unknown
+        path = service.uploads.path(rec)
+        if not path.is_file():  # (FileResponse's FileNotFoundError was a 500 and a traceback)
+            raise APIError(
+                404, f"the content of file {file_id} is gone from the server's disk "
+                f"({path.name} under uploads/): upload it again", param="file_id",
+                code="file_content_missing",
+            )  # fmt: skip
         return FileResponse(  # (a download, read as the type it is sent as)
-            service.uploads.path(rec), filename=rec.filename,
+            path, filename=rec.filename,
             headers={"X-Content-Type-Options": "nosniff"},
         )  # fmt: skip
 
