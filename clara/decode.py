@@ -79,6 +79,17 @@ def draw(logprobs: mx.array, params: SamplingParams, key: mx.array) -> mx.array:
     return mx.random.categorical(scaled, key=key)
 
 
+class SequencesFailed(Exception):
+    """A decode step in which some sequences' own work (their text, their logprobs) raised:
+    those left the batch, the others went on. `chunks` is what `step` returns for the others,
+    `errors` the failed sequences with their errors."""
+
+    def __init__(self, chunks: list, errors: list) -> None:
+        super().__init__(f"{len(errors)} of the batch's sequences failed: {errors[0][1]!r}")
+        self.chunks = chunks
+        self.errors = errors
+
+
 @dataclass(eq=False)
 class Sequence:
     """One request in the batch."""
@@ -544,14 +555,22 @@ class Decoder:
         mx.eval(self._y)  # waits with the GIL released (the server's event loop runs meanwhile)
         tokens = self._y.tolist()
         self._y = y
-        out = []
+        out, errors = [], []
         for i, s in enumerate(seqs):
             if s.fresh:  # its token was sent when it was prefilled
                 s.fresh = False
-            else:
+                continue
+            try:  # (its own text and logprobs: an error there is its request's alone)
                 chunk = s.text.accept(tokens[i])
                 self._annotate(chunk, s)
-                out.append((s, chunk))
+            except Exception as exc:  # noqa: BLE001 - handed over in SequencesFailed
+                errors.append((s, exc))
+                continue
+            out.append((s, chunk))
         self._keep_lp(seqs, lp)
-        self.remove_many([s for s, chunk in out if chunk.finish_reason is not None])
+        self.remove_many(
+            [s for s, chunk in out if chunk.finish_reason is not None] + [s for s, _ in errors]
+        )
+        if errors:
+            raise SequencesFailed(out, errors)
         return out

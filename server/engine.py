@@ -32,7 +32,7 @@ import mlx.core as mx
 import numpy as np
 
 from clara import lanes
-from clara.decode import PREFILL_STEP, Decoder, PrefixCache
+from clara.decode import PREFILL_STEP, Decoder, PrefixCache, SequencesFailed
 from clara.decode import Sequence as Seq
 from clara.errors import ContextLengthError
 from clara.model import ClaraModel
@@ -471,6 +471,11 @@ class Engine:
                     batch, start = len(decoder.sequences), time.perf_counter()
                     try:
                         chunks = decoder.step()
+                    except SequencesFailed as part:  # those requests' own errors: the rest go on
+                        chunks = part.chunks
+                        for seq, exc in part.errors:
+                            log_failure("chat", exc)
+                            self._failed(seq, exc)
                     except Exception as exc:  # noqa: BLE001 - this batch's, not the worker's
                         self._failed_batch(decoder, exc)
                         continue
@@ -499,9 +504,13 @@ class Engine:
         on."""
         log_failure("chat", exc)
         for seq in decoder.clear():
-            self.metrics.generations.inc(reason="error")
-            seq.tag.failed = True
-            seq.tag.emit(Failed(exc))
+            self._failed(seq, exc)
+
+    def _failed(self, seq: Seq, exc: BaseException) -> None:
+        """A decoding request that ends in `exc`, told to its client (logged by the caller)."""
+        self.metrics.generations.inc(reason="error")
+        seq.tag.failed = True
+        seq.tag.emit(Failed(exc))
 
     def _cancelled(self, seq: Seq) -> None:
         self.metrics.generations.inc(reason="cancelled")

@@ -211,3 +211,45 @@ def test_a_decode_step_that_fails_tells_its_requests(tmp_path, tiny_llama_dir, m
         metrics = client.get("/metrics").text
     assert 'clara_generations_total{reason="error"} 1' in metrics, metrics
     assert 'reason="cancelled"' not in metrics
+
+
+def test_a_request_whose_own_step_fails_leaves_its_neighbour_decoding(
+    tmp_path, tiny_llama_dir, monkeypatch
+):
+    """A request's own text or logprobs raising in a step failed every request decoding
+    beside it (an engine review); it now fails that request alone."""
+    import threading
+
+    from clara.stream import TextStream
+
+    accept = TextStream.accept
+
+    def accept_unless_13(self, token):
+        if self.max_tokens == 13 and self.tokens >= 2:
+            raise RuntimeError("this request's own text broke")
+        return accept(self, token)
+
+    monkeypatch.setattr(TextStream, "accept", accept_unless_13)
+    app = create_app(Settings(model=str(tiny_llama_dir), index_root=str(tmp_path)))
+    answers: dict[int, httpx.Response] = {}
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 120
+        while app.state.engine.state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        def ask(n: int) -> None:
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": n,
+                    "ignore_eos": True}  # fmt: skip
+            answers[n] = client.post("/v1/chat/completions", json=body)
+
+        asking = [threading.Thread(target=ask, args=(n,)) for n in (13, 30)]
+        for t in asking:
+            t.start()
+        for t in asking:
+            t.join(120)
+        metrics = client.get("/metrics").text
+    assert answers[13].status_code == 500, answers[13].text
+    assert answers[30].status_code == 200, answers[30].text
+    assert answers[30].json()["usage"]["completion_tokens"] == 30
+    assert 'clara_decode_step_seconds_count{requests="2"}' in metrics  # (side by side)
+    assert 'clara_generations_total{reason="error"} 1' in metrics
