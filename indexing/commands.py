@@ -30,7 +30,14 @@ from clara.errors import (
 from clara.paths import UPLOADS, index_root, path_text, show_path
 from clara.settings import ModelSettings
 from clara.text import printable, scaled, snippet
-from clara_cli.common import EXIT_ERROR, EXIT_PARTIAL, Terminated, model_dtype, progress_bar
+from clara_cli.common import (
+    EXIT_ERROR,
+    EXIT_PARTIAL,
+    Terminated,
+    model_dtype,
+    os_error_text,
+    progress_bar,
+)
 from indexing.durable import writer_pid
 from indexing.layout import collection_dir
 from indexing.pipeline import (
@@ -189,6 +196,14 @@ def cmd_add(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(run.report(args, stopped=_stop_name(stop)))
         raise
+    except OSError as exc:  # a full disk half-way: the files indexed before it stay (exit 3,
+        # not 1, which says none was; an operator's audit)
+        if not any(r.status in ("added", "replaced") for r in run.results):
+            raise
+        print(f"{PROG}: error: {os_error_text(exc)}", file=sys.stderr)
+        if args.json:
+            _print_json({**run.report(args), "error": os_error_text(exc)})
+        return EXIT_PARTIAL
     report = run.report(args)
     if args.json:
         _print_json(report)

@@ -581,6 +581,36 @@ def test_a_moved_folder_is_named_with_the_remove_that_cleans_it(
     assert rc == 0 and docs_of(index) == {}, err
 
 
+def test_a_disk_that_fills_half_way_exits_3_with_what_was_indexed(
+    capsys, tmp_path: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """A full disk after some files were indexed exited 1, which says none was (an
+    operator's audit); it is 3, as for any files indexed beside failures."""
+    from indexing import vectors
+
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    write_corpus(folder, n=3)
+    write = vectors.faiss.write_index
+    written = []
+
+    def fills_up(faiss_index, path):  # (the first write is the new collection's, empty)
+        if len(written) == 2:
+            raise RuntimeError(
+                f"Error in write_index: write error in {path}: (No space left on device)"
+            )
+        written.append(path)
+        write(faiss_index, path)
+
+    monkeypatch.setattr(vectors.faiss, "write_index", fills_up)
+    rc, out, err = run(
+        capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING
+    )
+    assert rc == 3, err
+    assert "added" in out and "No space left on device" in err and "Traceback" not in err, err
+    monkeypatch.undo()
+    assert len(docs_of(index)) >= 1
+
+
 def test_a_resumed_recompress_leaves_out_what_was_removed_meanwhile(
     capsys, tmp_path: Path, tiny_llama_dir: Path, tiny_llama_q4_dir: Path
 ) -> None:
