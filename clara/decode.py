@@ -73,7 +73,8 @@ def draw(logprobs: mx.array, params: SamplingParams, key: mx.array) -> mx.array:
     top_p nucleus of the tempered distribution (vLLM's and transformers' order; mlx-lm's
     sampler cuts the nucleus before tempering, so temperature 2 with top_p 0.8 drew only
     from the few tokens of the untempered nucleus)."""
-    scaled = logprobs * (1 / params.temperature)
+    # float32: in float16 logits, 1 / 2e-5 times a log-probability below -1.3 overflows
+    scaled = logprobs.astype(mx.float32) * (1 / params.temperature)
     if params.top_p < 1.0:
         scaled = apply_top_p(scaled - mx.logsumexp(scaled, axis=-1, keepdims=True), params.top_p)
     return mx.random.categorical(scaled, key=key)

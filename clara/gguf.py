@@ -285,7 +285,8 @@ def convert_gguf(
         raise ModelNotFoundError(f"GGUF file {gguf} not found")
     if out.exists() and not overwrite:
         raise GGUFConversionError(
-            f"{out} already exists (remove it, or pass --force / overwrite=True)"
+            f"{out} already exists: remove it, or overwrite it (clara-models convert --force; "
+            "from Python, overwrite=True)"
         )
     tmp = paths.temp_sibling(out)
     try:

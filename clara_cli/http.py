@@ -422,7 +422,8 @@ class BodyLimit:
             return
         head = dict(scope.get("headers", []))
         coding = head.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
-        if coding not in ("identity", ""):
+        has_body = head.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in head
+        if coding not in ("identity", "") and has_body:
             refusal = APIError(
                 415,
                 f"the request body is sent in a content coding ({coding}); send it as it is, "
@@ -745,7 +746,8 @@ class AccessGate:
       the key) is answered 204 here, and every response to them (errors and streams too)
       carries Access-Control-Allow-Origin. Another site's preflight is a 403. No origins by
       default: other sites' pages cannot read the answers;
-    - the API key, on every path but `open_paths`, when there is one."""
+    - the API key, on every path but `open_paths`, when there is one; a request carrying
+      a key header twice is a 400 (proxies read the first, a dict the last)."""
 
     def __init__(
         self,

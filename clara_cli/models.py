@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clara import paths
-from clara.errors import CheckpointError, GGUFConversionError
+from clara.errors import CheckpointError
 from clara.gguf import DEFAULT_MODEL_DIR, convert_gguf, default_model_dir, prepare_default_model
 from clara.text import scaled
 from clara_cli.common import add_version_arg, run_main
@@ -119,9 +119,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    out = Path(args.out).expanduser().absolute()
-    if out.exists() and not args.force:  # (the library's message names overwrite=True)
-        raise GGUFConversionError(f"{out} already exists: remove it, or pass --force")
     print(convert_gguf(args.gguf, args.out, overwrite=args.force))
     return 0
 

@@ -211,7 +211,7 @@ class Worker:
         two steps, or one free to start); worker thread only, as `can_start` may ask it."""
         with self._cv:
             return any(
-                not t.cancelled and (t.steps is not None or t.can_start is None or t.can_start())
+                not t.cancelled and (t.steps is not None or t.can_start is None or _can_start(t))
                 for p in PRIORITIES[: priority + 1]
                 for t in self._queues[p]
             )

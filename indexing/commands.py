@@ -240,12 +240,13 @@ def _say_where_gone_went(args: argparse.Namespace, missing: list[Path]) -> None:
     if not missing or args.collection not in list_collections(args.index):
         return
     try:
-        with Collection.open(args.index, args.collection, readonly=True) as col:
-            found = [(p, len(find_documents(col, str(p), remove=True))) for p in missing]
+        with Collection.open(args.index, args.collection, readonly=True, vectors=False) as col:
+            # absolute: a relative path would match stored paths ending with it elsewhere
+            wheres = [str(Path(p).expanduser().absolute()) for p in missing]
+            found = [(w, len(find_documents(col, w, remove=True))) for w in wheres]
     except (ClaraError, OSError):
         return  # (the run says what is wrong with the collection)
-    for path, n in found:
-        where = str(Path(path).expanduser().absolute())
+    for where, n in found:
         if n:
             print(
                 f"{PROG}: {_n(n, 'document')} in {args.collection!r} {'was' if n == 1 else 'were'}"

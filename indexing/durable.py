@@ -57,20 +57,29 @@ def sync(fd: int) -> None:
 
 
 def disk_full(folder: Path | str) -> bool:
-    """Whether the file system holding `folder` has no block left for this user."""
+    """Whether the writable file system holding `folder` has no block left for this user
+    (read-only ones, squashfs or a CD, say none free: they are not full)."""
     try:
-        return os.statvfs(folder).f_bavail == 0
+        st = os.statvfs(folder)
     except OSError:
         return False
+    return st.f_bavail == 0 and not st.f_flag & os.ST_RDONLY
 
 
 def sqlite_error(exc: Exception, folder: Path | str) -> Exception:
     """An sqlite3 error opening or writing a database in `folder`, as the OSError it is when
-    the disk is full: SQLite says "disk I/O error" when it cannot make its -shm file, and
-    "database or disk is full" on a write. Those were tracebacks (an operator's audit); the
-    OSError is one line saying to free disk space. Other errors are returned as they are."""
-    if "disk is full" in str(exc) or disk_full(folder):
+    the disk is full (SQLITE_FULL on a write; an I/O error making its -shm file on a disk
+    with no block left) or read-only. Those were tracebacks (an operator's audit); the
+    OSError is one line saying what to do. Other errors are returned as they are."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or disk_full(folder):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only or name == "SQLITE_READONLY":
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
     return exc
 
 

@@ -236,21 +236,29 @@ class Meta:
         """A connection to `path`, "rw", or (`as_is`) immutable: nothing written beside it.
         An immutable read skips the WAL, and commits not yet folded into the database (a copy
         taken while a server kept it open, or after a writer was killed) were left out without
-        a word: with any there, a private copy of both is read, which SQLite folds."""
+        a word: with any there, a private copy of both is read, which SQLite folds. (Made
+        for files nobody writes, as a backup: a copy of a database being written, its file
+        then its WAL, may hold neither state.)"""
         source, mode = path, "ro&immutable=1" if as_is else "rw"
         if as_is and _pending_wal(path):
             source = self._copy = _private_copy(path)
             mode = "rw"
         target = f"file:{quote(str(source))}?mode={mode}"
-        db = sqlite3.connect(
-            target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
-        )
         try:
-            db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
-            if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
-                db.execute("PRAGMA fullfsync=ON")
+            db = sqlite3.connect(
+                target, uri=True, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            try:
+                db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+                if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
+                    db.execute("PRAGMA fullfsync=ON")
+            except BaseException:
+                db.close()
+                raise
         except BaseException:
-            db.close()
+            if self._copy is not None:
+                shutil.rmtree(self._copy.parent, ignore_errors=True)
+                self._copy = None
             raise
         return db
 

@@ -139,7 +139,11 @@ class Collection:
         self._mutex = threading.RLock()  # one operation at a time per Collection object
         self._closed = False
         self._meta = Meta(directory / META, readonly=readonly)
-        self._view = IndexView(directory, manifest, self._meta, writer=not readonly)
+        try:
+            self._view = IndexView(directory, manifest, self._meta, writer=not readonly)
+        except BaseException:
+            self._meta.close()  # (and a private copy it read, `Meta._open`)
+            raise
         self._lock: WriterLock | None = None
         self.lexical = True  # False: an old index a reader could not upgrade (dense only)
         self.notes: list[str] = []  # one-line messages for the user (e.g. an upgrade done)

@@ -138,7 +138,7 @@ class Engine:
         if self._rag is not None and ended:
             self._rag.close()
         elif self._rag is not None:
-            log.warning("the model thread is still in a step: its collections are left open")
+            log.warning("the model thread is still busy: its collections are left open")
         return ended
 
     def queue_depth(self) -> int:
@@ -171,8 +171,9 @@ class Engine:
 
         def failed(exc: BaseException) -> None:
             job.failed = True  # not cancelled: nothing for `done` to count or log
-            if kind == "chat" and not is_client_error(exc):  # (a 400 generated nothing)
-                self.metrics.generations.inc(reason="error")
+            stopping = getattr(exc, "code", None) == "shutting_down"  # (a restart: no error)
+            if kind == "chat" and not is_client_error(exc) and not stopping:  # (a 400: nothing
+                self.metrics.generations.inc(reason="error")  # was generated)
             job.emit(Failed(exc))
 
         job.task = Task((":" + kind, job), lambda cm: start(job), failed, done, can_start)

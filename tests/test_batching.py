@@ -13,7 +13,7 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
 from clara import _blas, lanes
-from clara.decode import MIN_PREFIX, Decoder, PrefixCache
+from clara.decode import MIN_PREFIX, Decoder, PrefixCache, draw
 from clara.generate import generate
 from clara.lora import merge_adapter, merged
 from clara.model import ClaraConfig, ClaraModel
@@ -147,6 +147,11 @@ def test_a_temperature_too_small_to_invert_decodes_greedily(cm) -> None:
             cm, prompt, None, max_tokens=8, ignore_eos=True, temperature=1e-40, top_p=top_p, seed=1
         )
         assert tiny == greedy, top_p
+    # tempered in float32 whatever the logits' type: 1 / 2e-5 times float16 log-probabilities
+    # below about -1.3 overflowed, and the draw was uniform (a review)
+    row = mx.full((1, 1000), -6.9, dtype=mx.float16).at[0, 0].add(2.0)
+    params = SamplingParams(temperature=2e-5, top_p=1.0)
+    assert [draw(row, params, mx.random.key(i)).item() for i in range(5)] == [0] * 5
 
 
 def test_prefix_cache_changes_no_token(cm) -> None:

@@ -166,7 +166,8 @@ def test_models_convert_error_is_one_line(tmp_path: Path, capsys, monkeypatch) -
     assert models_main(["convert", str(tmp_path / "missing.gguf"), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("clara-models: error: GGUF file") and err.count("\n") == 1
-    (tmp_path / "out").mkdir()  # the command line's flag, not the library's overwrite=True
-    assert models_main(["convert", str(tmp_path / "missing.gguf"), str(tmp_path / "out")]) == 1
+    (tmp_path / "out").mkdir()  # the command line's flag first, then the library's
+    (tmp_path / "some.gguf").write_bytes(b"GGUF")
+    assert models_main(["convert", str(tmp_path / "some.gguf"), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert err.endswith("out already exists: remove it, or pass --force\n"), err
+    assert "out already exists: remove it, or overwrite it (clara-models convert --force;" in err

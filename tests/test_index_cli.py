@@ -562,7 +562,7 @@ def test_ctrl_c_during_recompress_says_the_collection_is_unchanged(
 
 
 def test_a_moved_folder_is_named_with_the_remove_that_cleans_it(
-    capsys, tmp_path: Path, tiny_llama_dir: Path
+    capsys, tmp_path: Path, tiny_llama_dir: Path, monkeypatch
 ) -> None:
     """Moving the indexed folder and adding its new place indexes it all again; `add OLD
     --prune` then only said to check the path (an operator's audit). It now says how many
@@ -570,8 +570,11 @@ def test_a_moved_folder_is_named_with_the_remove_that_cleans_it(
     from clara.paths import show_path
 
     folder, index = tmp_path / "docs", tmp_path / "index"
-    write_corpus(folder, n=3)
+    first = write_corpus(folder, n=3)[0]
     run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    monkeypatch.chdir(tmp_path / "index")  # a stored file's name, typed where it is not: no
+    rc, _, err = run(capsys, "add", first.name, "--model", tiny_llama_dir, "--index", index)
+    assert rc == 1 and "which is gone" not in err, err  # hint (it matched by the name's tail)
     folder.rename(tmp_path / "moved")
     rc, _, err = run(capsys, "add", folder, "--prune", "--model", tiny_llama_dir, "--index", index)
     assert rc == 1 and "no such file or directory" in err

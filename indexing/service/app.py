@@ -146,7 +146,7 @@ def create_app(
         if await asyncio.to_thread(worker.stop):
             await asyncio.to_thread(service.close)
         else:  # not under a step still writing them (the process ends: the locks go with it)
-            log.warning("the model thread is still in a step: its collections are left open")
+            log.warning("the model thread is still busy: its collections are left open")
 
     app = api_app(
         title="clara-index serve",
