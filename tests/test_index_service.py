@@ -93,7 +93,8 @@ def test_files_upload_list_retrieve_delete(client: openai.OpenAI, root: Path) ->
 
 
 def test_an_upload_whose_media_type_is_written_in_capitals(service, client) -> None:
-    """Media types are case-insensitive (RFC 9110): Multipart/Form-Data was a 400."""
+    """Media types are case-insensitive (RFC 9110): Multipart/Form-Data was a 400. A body
+    cut off is said to be (a protocol audit)."""
     body = (
         b"--XX\r\nContent-Disposition: form-data; name=purpose\r\n\r\nassistants\r\n"
         b'--XX\r\nContent-Disposition: form-data; name=file; filename="caps.txt"\r\n\r\n'
@@ -105,6 +106,11 @@ def test_an_upload_whose_media_type_is_written_in_capitals(service, client) -> N
     )  # fmt: skip
     assert r.status_code == 200 and r.json()["filename"] == "caps.txt", r.text
     client.files.delete(r.json()["id"])
+    r = httpx.post(  # cut off in the file's part: it was only "missing 'file'"
+        f"{service.url}/v1/files", content=body[: len(body) - 30], timeout=30,
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "multipart/form-data; boundary=XX"},
+    )  # fmt: skip
+    assert r.status_code == 400 and "was the upload cut off?" in r.text, r.text
 
 
 def test_an_upload_whose_content_is_gone_from_disk_is_a_404(client, root: Path) -> None:

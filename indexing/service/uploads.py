@@ -31,6 +31,7 @@ from indexing.service.state import FileRecord
 
 PURPOSES = ("assistants", "user_data")
 _FORM_SLACK = 64 * 1024  # room for the form's other fields around the file
+_TAIL = 16  # bytes of a body kept to see how it ends
 
 
 class _TooLarge(Exception):
@@ -110,12 +111,15 @@ class Uploads:
         if length and length.isdigit() and int(length) > limit + _FORM_SLACK:
             raise too_large
 
+        tail = bytearray()  # the body's last bytes: did it end with its closing boundary?
+
         async def body() -> AsyncIterator[bytes]:
             seen = 0
             async for chunk in request.stream():
                 seen += len(chunk)
                 if seen > limit + _FORM_SLACK:
                     raise _TooLarge
+                tail[:] = (tail + chunk)[-_TAIL:]
                 yield chunk
 
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -131,7 +135,13 @@ class Uploads:
         try:
             upload, purpose = form.get("file"), form.get("purpose")
             if upload is None:
-                raise APIError(400, "missing required parameter: 'file'", param="file")
+                cut = b"--\r\n" not in tail[-8:] and not tail.endswith(b"--")
+                raise APIError(
+                    400, "missing required parameter: 'file'" + (
+                        " (the multipart body ends before its closing boundary: was the "
+                        "upload cut off?)" if cut else ""
+                    ), param="file",
+                )  # fmt: skip
             if isinstance(upload, str):  # (RFC 7578: a filename* alone does not make a file)
                 raise APIError(
                     400, "'file' must be a file part: Content-Disposition: form-data; "
