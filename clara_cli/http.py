@@ -7,6 +7,7 @@ A model worker that is not ready answers 503 with a code that says why.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import importlib.resources
 import ipaddress
@@ -165,6 +166,8 @@ def is_client_error(exc: BaseException) -> bool:
     """Whether `exc` reaches the client as a 4xx: the client's to fix, no traceback to log."""
     return to_api_error(exc).status < 500
 
+
+CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in metrics and logs
 
 #: Retry-After of a `shutting_down` 503: about what a restart takes to load the model again.
 RESTART_RETRY_S = 10
@@ -383,6 +386,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        with contextlib.suppress(AttributeError):  # Starlette raises it again to uvicorn,
+            exc.clara_logged = True  # which logs it a second time: `serve.logged_once`
         return error_response(
             APIError(500, "internal server error; the server log has the details")
         )

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import errno
 import os
+import re
 import signal
 import socket
 import sys
@@ -116,6 +117,16 @@ def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 KEEP_ALIVE_S = 75
 
 
+def configure_logging(args: argparse.Namespace) -> None:
+    """The servers' log format and --log-level, on stderr: called before the app is made, so
+    what it says while being made has a time and a level too (a bare line before)."""
+    import logging
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     """Run `app` under uvicorn on --host/--port/--log-level until it stops. `worker` (the MLX
     thread) stops uvicorn through `on_fatal`; its `error` is then raised as a `ClaraError`.
@@ -124,9 +135,7 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
 
     import uvicorn
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args)
 
     _more_open_files()
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
@@ -148,13 +157,23 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
+            if self.stop_signal is not None:  # (uvicorn's own line says only "Shutting down")
+                name = "SIGHUP" if hung_up else signal.Signals(self.stop_signal).name
+                logging.getLogger("clara").info(
+                    "stopping on %s: answers in progress finish, for %g s at most "
+                    "(--shutdown-grace)", name, grace,
+                )  # fmt: skip
             # the app ends what still runs before uvicorn cuts it (`app.state.stopping`)
             stopping = getattr(app.state, "stopping", None)
             if stopping is not None:
                 stopping(grace)
             await super().shutdown(sockets=sockets)
 
+        stop_signal: int | None = None  # what asked for the stop (said in `shutdown`)
+
         def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:  # (no logging in a signal handler)
+                self.stop_signal = sig
             super().handle_exit(sig, frame)
             forced = getattr(app.state, "forced", None)
             if self.force_exit and forced is not None:  # (what it cuts is the server's doing)
@@ -194,6 +213,7 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
         return not (server.force_exit and _cut_off(record))
 
     logging.getLogger("uvicorn.error").addFilter(not_cut_off)
+    logging.getLogger("uvicorn.error").addFilter(_logged_once)
 
     hung_up: list[int] = []
 
@@ -226,13 +246,31 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
 
 def _quiet_polls(record: Any) -> bool:
     """Leave successful health checks and metrics scrapes (every few seconds, from a load
-    balancer, Docker or Prometheus) out of the access log; failed ones stay."""
+    balancer, Docker or Prometheus) out of the access log; failed ones stay. A query's
+    secrets are masked (a key sent as ?api_key=..., which no route takes, went to the log)."""
     args = record.args if isinstance(record.args, tuple) else ()
     if len(args) == 5:  # uvicorn's: (client, method, path with its query, http version, status)
-        _, method, path, _, status = args
+        client, method, path, version, status = args
         poll = str(path).split("?")[0] in ("/health", "/metrics")
-        return not (method in ("GET", "HEAD") and poll and status < 400)
+        if method in ("GET", "HEAD") and poll and status < 400:
+            return False
+        if "?" in str(path):
+            record.args = (client, method, _SECRET_QUERY.sub(r"\1***", str(path)), version, status)
     return True
+
+
+#: a query parameter that may hold a secret, up to its value's end
+_SECRET_QUERY = re.compile(
+    r"([?&](?:[^=&]*(?:key|token|secret|password|auth)[^=&]*)=)[^&#\s]*", re.IGNORECASE
+)
+
+
+def _logged_once(record: Any) -> bool:
+    """Leave out uvicorn's "Exception in ASGI application" for an error clara's handler has
+    logged already (`http.install_error_handlers`: Starlette raises it again): two tracebacks
+    of ~60 lines for each 500."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not getattr(exc, "clara_logged", False)
 
 
 def _cut_off(record: Any) -> bool:

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clara.checkpoint import resolve_checkpoint
 from clara.paths import UPLOADS
 from clara_cli.http import (
+    CLIENT_GONE,
     AccessGate,
     BodyLimit,
     api_app,
@@ -53,7 +54,7 @@ from server.responses.protocol import (
 )
 from server.responses.serving import ResponsesServing
 from server.responses.store import ResponseStore
-from server.serving import CLIENT_GONE, OpenAIServing
+from server.serving import OpenAIServing
 
 log = logging.getLogger("clara.serve")
 WEB = Path(__file__).parent / "web"  # the web chat: static files shipped in the package

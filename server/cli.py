@@ -23,7 +23,13 @@ from clara_cli.common import (
     run_main,
     whole_between,
 )
-from clara_cli.serve import access_options, add_http_args, add_log_level_arg, serve_http
+from clara_cli.serve import (
+    access_options,
+    add_http_args,
+    add_log_level_arg,
+    configure_logging,
+    serve_http,
+)
 from indexing.service.cli import add_max_upload_arg
 from server.protocol import ServingDefaults
 
@@ -266,6 +272,7 @@ def serve(args: argparse.Namespace) -> int:
         prefix_cache_mb=args.prefix_cache_mb,
     )
     settings.check()  # before the port is bound and the model loads
+    configure_logging(args)
     defaults = ServingDefaults(
         top_k=args.top_k,
         collection=args.collection,

@@ -326,6 +326,9 @@ class Engine:
         room = self.settings.max_batch - self.decoding() - 1
         taken = self._admit(room)
         group = [(job, p)] + [(t.key[1], t.key[1].params) for t in taken]
+        # (being answered from now: retrieval and prefill can take seconds, and the gauges
+        # read an idle server meanwhile; `_start` counts them as decoding once they join)
+        self.metrics.running.set(self.decoding() + len(group))
         if taken:
             log.debug("admitting %d chat requests together", len(group))
         error: list[BaseException] = []
@@ -377,6 +380,7 @@ class Engine:
         finally:
             for t in taken:
                 t.done()
+            self.metrics.running.set(self.decoding())  # (those that failed are not answered)
         if error:
             raise error[0]
 
@@ -465,6 +469,8 @@ class Engine:
         try:
             while any(d.sequences for d in self._decoders.values()):
                 for decoder in list(self._decoders.values()):
+                    if not decoder.sequences:  # (another adapter's batch decodes alone)
+                        continue
                     cancelled = [s for s in decoder.sequences if s.tag.cancelled.is_set()]
                     decoder.remove_many(cancelled)
                     for seq in cancelled:

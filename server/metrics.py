@@ -44,10 +44,14 @@ class _Metric:
 
 
 class Counter(_Metric):
+    """`labelled`: every value carries labels, so none is shown before the first (an
+    unlabelled 0 went away once labelled ones came: a stale series, a false `== 0`)."""
+
     kind = "counter"
 
-    def __init__(self, name: str, help: str) -> None:
+    def __init__(self, name: str, help: str, labelled: bool = False) -> None:
         super().__init__(name, help)
+        self.labelled = labelled
         self._values: dict[Labels, float] = {}
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
@@ -60,7 +64,7 @@ class Counter(_Metric):
 
     def render(self) -> list[str]:
         with self._lock:
-            items = sorted(self._values.items()) or [((), 0.0)]
+            items = sorted(self._values.items()) or ([] if self.labelled else [((), 0.0)])
         return self.header() + [f"{self.name}{_labels(k)} {_number(v)}" for k, v in items]
 
 
@@ -118,7 +122,9 @@ class Metrics:
     """Every metric the service exports."""
 
     def __init__(self) -> None:
-        self.requests = Counter("clara_requests_total", "HTTP requests by endpoint and status")
+        self.requests = Counter(
+            "clara_requests_total", "HTTP requests by endpoint and status", labelled=True
+        )
         self.latency = Histogram(
             "clara_request_duration_seconds", "Time from request to the last byte, by endpoint"
         )
@@ -133,19 +139,24 @@ class Metrics:
         self.generations = Counter(
             "clara_generations_total",
             "Generations by how they ended (stop, length, cancelled, error)",
+            labelled=True,
         )
-        self.retrievals = Counter("clara_retrievals_total", "Retrievals by status")
+        self.retrievals = Counter("clara_retrievals_total", "Retrievals by status", labelled=True)
         self.prefills = Counter(
             "clara_prefill_passes_total",
             "Generator prefill passes, by how many requests each held (requests admitted "
             "together are prefilled as one batch)",
+            labelled=True,
         )
         self.prefix_reused = Counter(
             "clara_prefix_cache_reused_positions_total",
             "Prompt positions prefilled from the prefix cache instead of computed, by adapter",
+            labelled=True,
         )
         self.prefix_bytes = Gauge(
-            "clara_prefix_cache_bytes", "KV states the prefix cache holds, by adapter"
+            "clara_prefix_cache_bytes",
+            "KV states the prefix cache holds, by adapter",
+            labelled=True,
         )
         self.encode_seconds = Histogram(
             "clara_query_encode_seconds",
@@ -163,10 +174,16 @@ class Metrics:
             PHASE_BUCKETS,
         )
         self.queue_depth = Gauge("clara_queue_depth", "Jobs waiting for the MLX worker")
-        self.running = Gauge("clara_jobs_running", "Requests decoding in the batch now")
+        self.running = Gauge(
+            "clara_jobs_running", "Chat requests being answered now (prefilling or decoding)"
+        )
         self.model_ready = Gauge("clara_model_ready", "1 once the model is loaded")
-        self.index_documents = Gauge("clara_index_documents", "Documents in the collection")
-        self.index_chunks = Gauge("clara_index_chunks", "Chunks (memory vectors) in the collection")
+        self.index_documents = Gauge(
+            "clara_index_documents", "Documents in the collection", labelled=True
+        )
+        self.index_chunks = Gauge(
+            "clara_index_chunks", "Chunks (memory vectors) in the collection", labelled=True
+        )
 
     def all(self) -> Iterable[_Metric]:
         return [v for v in vars(self).values() if isinstance(v, _Metric)]

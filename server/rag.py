@@ -53,8 +53,14 @@ class Rag:
         when the request does not retrieve)."""
         if not p.retrieval or p.top_k == 0:
             return Retrieved("disabled", None, detail="retrieval turned off by the request")
-        with self._collections.lease(p.collection) as coll:
-            return self._retrieve(p, qvec, coll)
+        try:
+            with self._collections.lease(p.collection) as coll:
+                return self._retrieve(p, qvec, coll)
+        except CollectionNotFoundError:
+            raise  # (the request's: a 404)
+        except Exception:  # a damaged collection, a disk error: counted, as the others are
+            self.metrics.retrievals.inc(status="error")
+            raise
 
     def _retrieve(
         self, p: RagParams, qvec: np.ndarray | None, coll: Collection | None

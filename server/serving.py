@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from clara.errors import ClaraError
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import snippet
-from clara_cli.http import APIError, shutting_down_error, to_api_error
+from clara_cli.http import CLIENT_GONE, APIError, shutting_down_error, to_api_error
 from server.engine import TOO_LONG_TO_EMBED, Engine
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
 from server.protocol import (
@@ -63,7 +63,6 @@ MAX_EMBEDDING_INPUTS = 2048
 #: Seconds before the stop deadline (uvicorn's graceful-shutdown timeout) that answers still
 #: running end with a `shutting_down` error, so it reaches the client before the cut.
 STOP_MARGIN_S = 2.0
-CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in metrics and logs
 
 
 def _final(event: object) -> bool:

@@ -449,6 +449,32 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
         assert "calls no tools" in err["message"]
 
 
+def test_an_upload_the_client_abandons_is_a_499_not_a_500(server) -> None:
+    """An SRE's audit: an upload cut off by its client counted as a 500 and left two ERROR
+    tracebacks in the log (Starlette's ClientDisconnect reached the crash handler)."""
+    import socket
+
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: multipart/form-data; boundary=XX\r\nContent-Length: 200000\r\n\r\n"
+        '--XX\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+    )
+    before = server.log().count("Traceback")
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(head.encode() + b"x" * 5000)
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    metrics = ""
+    while 'endpoint="/v1/files",status="499"' not in metrics and time.monotonic() < deadline:
+        time.sleep(0.2)
+        metrics = httpx.get(
+            f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+        ).text
+    assert 'clara_requests_total{endpoint="/v1/files",status="499"} 1' in metrics
+    assert 'endpoint="/v1/files",status="500"' not in metrics
+    assert server.log().count("Traceback") == before, server.log()[-3000:]
+
+
 def test_405_lists_every_method_of_the_path(server) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     r = httpx.put(f"{server.url}/v1/responses/resp_x", headers=headers, timeout=10)

@@ -111,6 +111,38 @@ def test_prometheus_text() -> None:
     assert 'lat_seconds_bucket{le="+Inf"} 3' in lines
     assert "lat_seconds_count 3" in lines
     assert any(x.startswith("lat_seconds_sum 5.55") for x in lines)
+    # a labelled metric shows nothing before its first value (an unlabelled 0 went away
+    # once labelled values came: a stale series; an SRE's audit); an unlabelled one shows 0
+    assert Counter("y_total", "help", labelled=True).render()[2:] == []
+    assert Counter("z_total", "help").render()[2:] == ["z_total 0"]
+
+
+def test_the_log_masks_query_secrets_and_says_an_error_once() -> None:
+    """An SRE's audit: ?api_key=... went to the access log as sent; each 500's traceback was
+    logged twice, by clara's handler and again by uvicorn (Starlette raises it on)."""
+    import logging
+
+    from clara_cli.serve import _logged_once, _quiet_polls
+
+    def access(path: str, status: int = 401) -> logging.LogRecord:
+        return logging.LogRecord(
+            "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+            ("127.0.0.1:5", "GET", path, "1.1", status), None,
+        )  # fmt: skip
+
+    record = access("/v1/models?api_key=sk-SECRET&limit=5&x-auth-token=hunter2")
+    assert _quiet_polls(record)
+    said = record.getMessage()
+    assert said.endswith('"GET /v1/models?api_key=***&limit=5&x-auth-token=*** HTTP/1.1" 401')
+    assert not _quiet_polls(access("/health?x=1", 200))  # (polls that pass stay out)
+    error = RuntimeError("boom")
+    uvicorns = logging.LogRecord(
+        "uvicorn.error", logging.ERROR, "", 0, "Exception in ASGI application", None,
+        (RuntimeError, error, None),
+    )  # fmt: skip
+    assert _logged_once(uvicorns)
+    error.clara_logged = True  # (what clara's handler sets once it has logged it)
+    assert not _logged_once(uvicorns)
 
 
 def test_empty_user_message_is_accepted_a_missing_one_refused() -> None:

@@ -14,7 +14,13 @@ from clara_cli.common import (
     positive_float,
     positive_int,
 )
-from clara_cli.serve import access_options, add_http_args, add_log_level_arg, serve_http
+from clara_cli.serve import (
+    access_options,
+    add_http_args,
+    add_log_level_arg,
+    configure_logging,
+    serve_http,
+)
 from indexing.service import MAX_UPLOAD_MB
 
 
@@ -75,5 +81,6 @@ def serve_command(args: argparse.Namespace) -> int:
         overlap=args.overlap,
     )
     settings.check()  # before the port is bound and the model loads
+    configure_logging(args)
     app = create_app(settings, **access_options(args))
     return serve_http(app, app.state.service.worker, args)

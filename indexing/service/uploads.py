@@ -22,10 +22,11 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from clara.paths import upload_file_id
 from clara.text import hidden_char, whole_characters
-from clara_cli.http import APIError
+from clara_cli.http import CLIENT_GONE, APIError
 from indexing.durable import sync
 from indexing.service.state import FileRecord
 
@@ -132,6 +133,10 @@ class Uploads:
             raise too_large from None
         except MultiPartException as exc:
             raise APIError(400, f"could not read the multipart body: {exc.message}") from None
+        except ClientDisconnect:  # (a 500 and two tracebacks: an aborted upload is no fault)
+            raise APIError(
+                CLIENT_GONE, "the client closed the request", code="client_closed"
+            ) from None
         try:
             upload, purpose = form.get("file"), form.get("purpose")
             if upload is None:

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara_cli.http import APIError
+from clara_cli.http import CLIENT_GONE, APIError
 from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
 from server.jobs import Ready, SourceInfo
@@ -42,7 +42,7 @@ from server.responses.protocol import (
 )
 from server.responses.store import ResponseStore
 from server.responses.stream import ResponseRun, sse_event
-from server.serving import CLIENT_GONE, OpenAIServing
+from server.serving import OpenAIServing
 
 INDEXING_WAIT_S = 120.0
 log = logging.getLogger("clara.serve")
