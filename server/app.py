@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -16,25 +15,22 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.responses import Response as HTTPResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara.checkpoint import resolve_checkpoint
 from clara.paths import UPLOADS
 from clara_cli.http import (
-    CLIENT_GONE,
-    AccessGate,
     BodyLimit,
     api_app,
     error_responses,
     health_response,
 )
+from clara_cli.metrics import MeteredGate, endpoints
 from indexing.service import MAX_UPLOAD_MB
 from indexing.service.app import ServiceSettings, mount_files_api
 from indexing.service.handler import IndexService
 from indexing.service.state import Registry
 from server.completions import CompletionServing
 from server.engine import Engine, Settings
-from server.metrics import Metrics
 from server.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -81,49 +77,8 @@ SSE_EVENT = {
 STREAMS = {**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
 
-def _endpoint(path: str) -> str:
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{model}"
-    for prefix in ("/v1/responses", "/v1/files", "/v1/vector_stores"):
-        if path.startswith(prefix + "/"):
-            return prefix + "/*"
-    return path if path in ENDPOINTS else "other"
-
-
-class Gate:
-    """Pure ASGI middleware (streams and disconnects pass untouched): the shared
-    `AccessGate` (host, origin, API key) and request metrics."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, **access: Any) -> None:
-        self.app = app
-        self.access = AccessGate(app, service="clara-serve", open_paths=OPEN_PATHS, **access)
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:  # the gate refuses, answers an allowed origin's preflight, or calls the app
-            await self.access(scope, receive, send_status)
-        finally:
-            endpoint = _endpoint(scope["path"])
-            if status == CLIENT_GONE:  # (uvicorn logs no access line for a client gone)
-                host, port = scope.get("client") or ("?", 0)
-                log.info(
-                    '%s:%d - "%s %s" %d: the client closed the request before its answer',
-                    host, port, scope["method"], scope["path"], status,
-                )  # fmt: skip
-            self.metrics.requests.inc(endpoint=endpoint, status=str(status))
-            self.metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
+#: request metrics' endpoint labels: these paths as they are, under these prefixes "prefix/*"
+_endpoint = endpoints(ENDPOINTS, ("/v1/models", "/v1/responses", "/v1/files", "/v1/vector_stores"))
 
 
 def create_app(
@@ -158,6 +113,8 @@ def create_app(
     serving.accept_any_model = accept_any_model
     store = ResponseStore(responses_db or home() / "responses.sqlite")
     files = _files_service(settings, engine, max_upload_bytes) if files_api else None
+    if files is not None:  # its uploads' metrics among the server's
+        engine.metrics.files = files.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -194,8 +151,12 @@ def create_app(
     app.state.completions = CompletionServing(serving)
     app.add_middleware(BodyLimit)  # inside the gate: a stranger's big body is a 401 first
     app.add_middleware(
-        Gate,
-        metrics=engine.metrics,
+        MeteredGate,
+        requests=engine.metrics.requests,
+        latency=engine.metrics.latency,
+        endpoint=_endpoint,
+        service="clara-serve",
+        open_paths=OPEN_PATHS,
         api_key=api_key,
         local_only=local_only,
         allow_hosts=allow_hosts,
@@ -289,7 +250,9 @@ def create_app(
         stats = await asyncio.to_thread(engine.index_stats)
         m.index_documents.set_all((docs, {"collection": name}) for name, docs, _ in stats)
         m.index_chunks.set_all((chunks, {"collection": name}) for name, _, chunks in stats)
-        return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4")
+        if files is not None:
+            files.metrics.files_in_progress.set(await asyncio.to_thread(files.in_progress))
+        return m.response()
 
     return app
 

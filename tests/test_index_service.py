@@ -1216,3 +1216,20 @@ def test_an_overlap_the_model_cannot_take_is_refused_before_it_loads(
     assert last.startswith("clara-index: error: --overlap 10000 does not fit"), run.stderr
     assert "smaller --overlap (default: 32)" in last
     assert "loading" not in run.stderr and "Uvicorn running" not in run.stderr, run.stderr
+
+
+def test_the_service_exports_prometheus_metrics(service, client) -> None:
+    """It had no /metrics (an SRE's audit): nothing to watch while it does the indexing."""
+    f = upload(client, "metered.txt", WATER)
+    vs = client.vector_stores.create(name="metered")
+    attach(client, vs.id, f.id)
+    r = httpx.get(f"{service.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert "clara_model_ready 1" in text and "clara_files_in_progress 0" in text
+    assert 'clara_files_indexed_total{status="completed"}' in text
+    assert 'clara_requests_total{endpoint="/v1/files",status="200"}' in text
+    assert 'endpoint="/v1/vector_stores/*"' in text
+    assert httpx.get(f"{service.url}/metrics").status_code == 401  # (the key, as clara-serve)
+    client.vector_stores.delete(vs.id)
+    client.files.delete(f.id)

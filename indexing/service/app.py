@@ -22,18 +22,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from clara.paths import DEFAULT_COLLECTION, UPLOADS
 from clara.settings import ModelSettings
 from clara_cli.http import (
-    AccessGate,
     APIError,
     BodyLimit,
     api_app,
     error_responses,
     health_response,
 )
+from clara_cli.metrics import MeteredGate, ServiceMetrics, endpoints
 from clara_cli.worker import Worker
 from indexing.service import MAX_UPLOAD_MB
 from indexing.service.handler import IndexService
@@ -120,6 +120,12 @@ class ServiceSettings(ModelSettings):
             ) from None
 
 
+#: request metrics' endpoint labels: these paths as they are, under these prefixes "prefix/*"
+_endpoint = endpoints(
+    ("/v1/files", "/v1/vector_stores", "/health", "/metrics"), ("/v1/files", "/v1/vector_stores")
+)
+
+
 def create_app(
     settings: ServiceSettings,
     *,
@@ -153,9 +159,14 @@ def create_app(
         summary="OpenAI Files + Vector Stores API over CLaRa compressed-memory collections",
         lifespan=lifespan,
     )
+    metrics = ServiceMetrics()
+    metrics.files = service.metrics
     app.add_middleware(BodyLimit)  # JSON bodies; uploads have --max-upload-mb
     app.add_middleware(
-        AccessGate,
+        MeteredGate,
+        requests=metrics.requests,
+        latency=metrics.latency,
+        endpoint=_endpoint,
         api_key=api_key,
         service="`clara-index serve`",
         open_paths=OPEN_PATHS,
@@ -164,6 +175,15 @@ def create_app(
         allow_origins=allow_origins,
     )
     mount_files_api(app, service)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_text(request: Request) -> PlainTextResponse:
+        """Prometheus metrics: requests, the model worker's queue and readiness, uploads
+        being indexed and indexed (the service had none: an SRE's audit)."""
+        metrics.queue_depth.set(worker.queue_depth())
+        metrics.model_ready.set(1 if worker.state == "ready" else 0)
+        metrics.files.files_in_progress.set(await asyncio.to_thread(service.in_progress))
+        return metrics.response()
 
     @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: curl -I, uptime monitors
     async def health(request: Request) -> JSONResponse:

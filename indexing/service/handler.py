@@ -52,6 +52,7 @@ from indexing.pipeline import (
     read_source,
 )
 from indexing.pipeline import model_manifest as manifest_of
+from indexing.service.metrics import FileMetrics
 from indexing.service.protocol import (
     ChunkingStrategy,
     FileBatchCreate,
@@ -129,7 +130,12 @@ class IndexService:
         #: called with a vector store's id once it is deleted (worker thread): clara-serve's
         #: chats let go of their own open copy
         self.deleted_hooks: list[Callable[[str], None]] = []
+        self.metrics = FileMetrics()  # the owning app exports them
         self._warn_shared_default()
+
+    def in_progress(self) -> int:
+        """Uploads being indexed into a store, or waiting to be (for /metrics)."""
+        return self.registry.count_links("in_progress")
 
     def _warn_shared_default(self) -> None:
         """Clara 0.2.3 and earlier gave a store an app named "default" that id: the collection
@@ -518,6 +524,7 @@ class IndexService:
             self.registry.update_link(
                 store_id, rec.id, status="failed", error_code="server_error", error_message=message
             )
+            self.metrics.files_indexed.inc(status="failed")
 
         def can_start() -> bool:  # (worker thread: the model is loaded)
             nonlocal read
@@ -594,6 +601,7 @@ class IndexService:
                 result.doc_id,
             )  # fmt: skip
         self.registry.update_link(link.store_id, rec.id, **values)
+        self.metrics.files_indexed.inc(status=values["status"])
 
     def resume(self) -> None:
         """Worker, once the model is loaded: queue again the jobs a stop interrupted."""

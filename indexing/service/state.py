@@ -173,6 +173,9 @@ class Registry:
         )
         return [_row(Link, r) for r in self._all(sql, *(v for _, v in where))]
 
+    def count_links(self, status: str) -> int:
+        return int(self._all("SELECT COUNT(*) FROM links WHERE status=?", status)[0][0])
+
     def update_link(self, store_id: str, file_id: str, **values: Any) -> None:
         sets = ", ".join(f"{k}=?" for k in values)
         stored = [json.dumps(v) if k in _JSON and v is not None else v for k, v in values.items()]

@@ -1,0 +1,20 @@
+"""The metrics of uploads being indexed into vector stores: exported by `clara-index serve`
+and by clara-serve with its Files API, whichever owns the `IndexService`."""
+
+from __future__ import annotations
+
+from clara_cli.metrics import Counter, Gauge, MetricSet
+
+
+class FileMetrics(MetricSet):
+    def __init__(self) -> None:
+        self.files_in_progress = Gauge(
+            "clara_files_in_progress",
+            "Uploaded files being indexed into a vector store, or waiting to be",
+        )
+        self.files_indexed = Counter(
+            "clara_files_indexed_total",
+            "Uploaded files whose indexing into a vector store ended, by status (completed, "
+            "failed)",
+            labelled=True,
+        )
