@@ -127,15 +127,15 @@ def sources_of(ready: Ready) -> list[Source]:
 
 
 def annotations_of(ready: Ready, sources: list[Source], content: str) -> list[Annotation]:
-    """One `url_citation` per source the answer draws on (`Retrieved.cited`), spanning it."""
-    return [
-        Annotation(
-            url_citation=URLCitation(
-                start_index=0, end_index=len(content), title=_title(s), url=s.url
-            )
-        )
-        for s in (sources[i] for i in ready.retrieved.cited(content))
-    ]
+    """One `url_citation` per place the answer draws on (`Retrieved.cited`), spanning it:
+    two chunks of one page cite it once (they read as the same citation twice)."""
+    out: dict[tuple[str, str], Annotation] = {}
+    for s in (sources[i] for i in ready.retrieved.cited(content)):
+        title = _title(s)
+        out.setdefault((s.url, title), Annotation(
+            url_citation=URLCitation(start_index=0, end_index=len(content), title=title, url=s.url)
+        ))  # fmt: skip
+    return list(out.values())
 
 
 def _sse(data: ChatCompletionChunk | dict) -> str:

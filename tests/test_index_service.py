@@ -1233,3 +1233,14 @@ def test_the_service_exports_prometheus_metrics(service, client) -> None:
     assert httpx.get(f"{service.url}/metrics").status_code == 401  # (the key, as clara-serve)
     client.vector_stores.delete(vs.id)
     client.files.delete(f.id)
+
+
+def test_a_pdf_uploaded_without_its_extension_is_served_as_a_pdf(service, client) -> None:
+    """Its content came as application/octet-stream, which the web chat shows as text (a
+    citations audit)."""
+    f = upload(client, "scan_0042", make_pdf(["A page of text."]))
+    r = httpx.get(
+        f"{service.url}/v1/files/{f.id}/content", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
+    client.files.delete(f.id)

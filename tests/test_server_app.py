@@ -285,3 +285,22 @@ def test_a_request_whose_own_step_fails_leaves_its_neighbour_decoding(
     assert answers[30].json()["usage"]["completion_tokens"] == 30
     assert 'clara_decode_step_seconds_count{requests="2"}' in metrics  # (side by side)
     assert 'clara_generations_total{reason="error"} 1' in metrics
+
+
+def test_two_chunks_of_one_page_cite_it_once() -> None:
+    """A citations audit: an answer drawn from two chunks of page 4 had two identical
+    url_citations."""
+    from types import SimpleNamespace
+
+    from server.protocol import Source
+    from server.serving import annotations_of
+
+    def source(page: int) -> Source:
+        return Source.model_construct(
+            filename="manual.pdf", page_start=page, page_end=page, url=f"file:///m.pdf#page={page}"
+        )
+
+    ready = SimpleNamespace(retrieved=SimpleNamespace(cited=lambda content: [0, 1, 2]))
+    cited = annotations_of(ready, [source(4), source(4), source(2)], "Page four.")
+    assert [a.url_citation.title for a in cited] == ["manual.pdf, p. 4", "manual.pdf, p. 2"]
+    assert all(a.url_citation.end_index == len("Page four.") for a in cited)

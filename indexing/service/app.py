@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -250,8 +251,11 @@ def _routes(app: FastAPI) -> None:
                 f"({path.name} under uploads/): upload it again", param="file_id",
                 code="file_content_missing",
             )  # fmt: skip
+        # a PDF uploaded under a name without .pdf: its type from its first bytes (the web
+        # chat shows anything but a PDF as text)
+        pdf = not rec.filename.lower().endswith(".pdf") and _starts_pdf(path)
         return FileResponse(  # (a download, read as the type it is sent as)
-            path, filename=rec.filename,
+            path, filename=rec.filename, media_type="application/pdf" if pdf else None,
             headers={"X-Content-Type-Options": "nosniff"},
         )  # fmt: skip
 
@@ -344,3 +348,11 @@ def _routes(app: FastAPI) -> None:
         page = dict(after=after, before=before, limit=limit, order=order)
         list_files = svc(request).list_batch_files
         return await asyncio.to_thread(list_files, store_id, batch_id, filter, **page)
+
+
+def _starts_pdf(path: os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(5) == b"%PDF-"
+    except OSError:
+        return False
