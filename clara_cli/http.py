@@ -385,7 +385,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        rid = getattr(request.state, "request_id", None)
+        log.error("unhandled error on %s (request %s)", request.url.path, rid, exc_info=exc)
         with contextlib.suppress(AttributeError):  # Starlette raises it again to uvicorn,
             exc.clara_logged = True  # which logs it a second time: `serve.logged_once`
         return error_response(
@@ -656,7 +657,7 @@ CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_MAX_AGE_S = 7200
 #: Response headers an allowed origin's page may read besides the safelisted ones (the openai
 #: SDK reads Retry-After to wait before retrying a 503).
-CORS_EXPOSE = "Retry-After, WWW-Authenticate, openai-poll-after-ms"
+CORS_EXPOSE = "Retry-After, WWW-Authenticate, X-Request-ID, openai-poll-after-ms"
 #: A preflight's Access-Control-Request-Headers, echoed back: header names and commas only (the
 #: openai JS SDK sends about ten x-stainless-* headers, and adds more from release to release).
 _HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")

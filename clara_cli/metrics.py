@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from fastapi.responses import PlainTextResponse
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara_cli.http import CLIENT_GONE, AccessGate
@@ -193,11 +196,15 @@ class MeteredGate:
             return
         start = time.perf_counter()
         status = 500
+        request_id = request_id_of(scope)
+        scope.setdefault("state", {})["request_id"] = request_id  # (`Request.state`)
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message.setdefault("headers", [])
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
         try:  # the gate refuses, answers an allowed origin's preflight, or calls the app
@@ -207,11 +214,28 @@ class MeteredGate:
             if status == CLIENT_GONE:  # (uvicorn logs no access line for a client gone)
                 host, port = scope.get("client") or ("?", 0)
                 log.info(
-                    '%s:%d - "%s %s" %d: the client closed the request before its answer',
-                    host, port, scope["method"], scope["path"], status,
+                    '%s:%d - "%s %s" %d: the client closed the request before its answer '
+                    "(request %s)", host, port, scope["method"], scope["path"], status, request_id,
                 )  # fmt: skip
             self.requests.inc(endpoint=endpoint, status=str(status))
             self.latency.observe(time.perf_counter() - start, endpoint=endpoint)
+
+
+#: a request id a client or proxy may give (X-Request-ID): short, printable, no spaces
+_GIVEN_ID = re.compile(r"[!-~]{1,128}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: the X-Request-ID a client or proxy sent, or a new one. Answered in
+    X-Request-ID (as OpenAI's API does) and named in the log lines about the request, so a
+    report or a proxy's log finds them (an SRE's audit)."""
+    for key, value in scope.get("headers", []):
+        if key == b"x-request-id":
+            given = value.decode("latin-1").strip()
+            if _GIVEN_ID.fullmatch(given):
+                return given
+            break
+    return f"req_{secrets.token_hex(12)}"
 
 
 def endpoints(exact: Iterable[str], prefixes: Iterable[str]) -> Callable[[str], str]:

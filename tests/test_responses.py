@@ -492,6 +492,12 @@ def test_http_as_rfc_9110_has_it(server) -> None:
     /health while loading had no Retry-After (see test_server_lifecycle)."""
     url, key = server.url, {"Authorization": f"Bearer {API_KEY}"}
     get = httpx.get(f"{url}/v1/models", headers=key, timeout=10)
+    # every answer names its request (OpenAI's X-Request-ID): the one a proxy sent, if sane
+    assert re.fullmatch(r"req_[0-9a-f]{24}", get.headers["x-request-id"])
+    given = httpx.get(f"{url}/v1/models", headers={**key, "X-Request-ID": "abc-123"}, timeout=10)
+    assert given.headers["x-request-id"] == "abc-123"
+    odd = httpx.get(f"{url}/nope", headers={**key, "X-Request-ID": "a b"}, timeout=10)
+    assert odd.status_code == 404 and odd.headers["x-request-id"].startswith("req_")
     head = httpx.head(f"{url}/v1/models", headers=key, timeout=10)
     assert head.status_code == 200 and head.content == b"", head
     assert head.headers["content-length"] == get.headers["content-length"]

@@ -111,6 +111,10 @@ def is_vector_store(root: Path, store_id: str) -> bool:
     return (root / store_id / MANIFEST).is_file()
 
 
+#: seconds between two progress lines of one upload's indexing (as `clara-index add`'s)
+PROGRESS_LOG_S = 30
+
+
 class IndexService:
     def __init__(self, settings: Any, worker: Any, registry: Registry) -> None:
         self.settings = settings
@@ -500,12 +504,20 @@ class IndexService:
             began = time.perf_counter()
             done = read.result() if read is not None else None
             self._reads.discard(read)  # (read: the next may be read meanwhile)
+            compressed, said = 0, time.monotonic()
             for event in Indexer(cm, col, options).run([dataclasses.replace(source, read=done)]):
                 if isinstance(event, FileResult):
                     self._record(link, rec, event, cm)
                 elif event.chunks:  # a compression step: its seconds per chunk
                     took = (time.perf_counter() - began) / event.chunks
                     self._s_per_chunk = 0.7 * self._s_per_chunk + 0.3 * took
+                    compressed += event.chunks
+                    if time.monotonic() - said >= PROGRESS_LOG_S:  # (a long job said nothing
+                        said = time.monotonic()  # until it ended: an SRE's audit)
+                        log.info(
+                            "file %s (%s) into %s: %d chunks compressed so far", rec.id,
+                            printable(rec.filename), store_id, compressed,
+                        )  # fmt: skip
                 yield
                 began = time.perf_counter()
 
