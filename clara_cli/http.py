@@ -888,16 +888,15 @@ class AccessGate:
             await error_response(refusal)(scope, receive, send)
         elif allowed and _is_preflight(scope["method"], headers):
             await _preflight(headers)(scope, receive, send)
-        elif self.allow_origins:
+        else:  # (its 500 through `send`: with the CORS headers and the request's id)
             await _crash_inside(self.app, scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
 
 
 async def _crash_inside(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
     """`app`, whose unexpected exception becomes its 500 here, through `send` (with the CORS
-    headers), instead of in Starlette's outermost middleware, outside the gate (a browser app
-    then saw an opaque CORS failure). The exception goes on up to be logged."""
+    headers and `MeteredGate`'s X-Request-ID), instead of in Starlette's outermost
+    middleware, outside the gate (a browser app then saw an opaque CORS failure, and no
+    answer named its request). The exception goes on up to be logged."""
     started = False
 
     async def tracked(message: Message) -> None:

@@ -191,8 +191,8 @@ class MeteredGate:
         self.requests, self.latency, self.endpoint = requests, latency, endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http":  # (the gate closes websockets, passes the lifespan)
+            await self.access(scope, receive, send)
             return
         start = time.perf_counter()
         status = 500
@@ -238,15 +238,16 @@ def request_id_of(scope: Scope) -> str:
     return f"req_{secrets.token_hex(12)}"
 
 
-def endpoints(exact: Iterable[str], prefixes: Iterable[str]) -> Callable[[str], str]:
-    """`MeteredGate`'s endpoint labels: a path in `exact` as it is, one under a prefix as
-    "prefix/*", any other "other" (a client's made-up paths make no new series)."""
-    exact, prefixes = frozenset(exact), tuple(prefixes)
+def endpoints(exact: Iterable[str], under: dict[str, str]) -> Callable[[str], str]:
+    """`MeteredGate`'s endpoint labels: a path in `exact` as it is, one under a prefix of
+    `under` as that prefix's label, any other "other" (a client's made-up paths make no new
+    series)."""
+    exact, prefixes = frozenset(exact), tuple(under.items())
 
     def endpoint(path: str) -> str:
-        for prefix in prefixes:
+        for prefix, label in prefixes:
             if path.startswith(prefix + "/"):
-                return prefix + "/*"
+                return label
         return path if path in exact else "other"
 
     return endpoint

@@ -160,8 +160,8 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
             if self.stop_signal is not None:  # (uvicorn's own line says only "Shutting down")
                 name = "SIGHUP" if hung_up else signal.Signals(self.stop_signal).name
                 logging.getLogger("clara").info(
-                    "stopping on %s: answers in progress finish, for %g s at most "
-                    "(--shutdown-grace)", name, grace,
+                    "stopping on %s: work in progress has %g s to finish (--shutdown-grace)",
+                    name, grace,
                 )  # fmt: skip
             # the app ends what still runs before uvicorn cuts it (`app.state.stopping`)
             stopping = getattr(app.state, "stopping", None)
@@ -247,7 +247,8 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
 def _quiet_polls(record: Any) -> bool:
     """Leave successful health checks and metrics scrapes (every few seconds, from a load
     balancer, Docker or Prometheus) out of the access log; failed ones stay. A query's
-    secrets are masked (a key sent as ?api_key=..., which no route takes, went to the log)."""
+    values are masked but those of the parameters clara's routes take (a key sent as
+    ?api_key=..., which no route takes, went to the log; so would a presigned URL's)."""
     args = record.args if isinstance(record.args, tuple) else ()
     if len(args) == 5:  # uvicorn's: (client, method, path with its query, http version, status)
         client, method, path, version, status = args
@@ -255,14 +256,20 @@ def _quiet_polls(record: Any) -> bool:
         if method in ("GET", "HEAD") and poll and status < 400:
             return False
         if "?" in str(path):
-            record.args = (client, method, _SECRET_QUERY.sub(r"\1***", str(path)), version, status)
+            record.args = (client, method, _QUERY_VALUE.sub(_masked, str(path)), version, status)
     return True
 
 
-#: a query parameter that may hold a secret, up to its value's end
-_SECRET_QUERY = re.compile(
-    r"([?&](?:[^=&]*(?:key|token|secret|password|auth)[^=&]*)=)[^&#\s]*", re.IGNORECASE
-)
+#: a query parameter and its value
+_QUERY_VALUE = re.compile(r"([?&])([^=&#\s]*)=([^&#\s]*)")
+#: the query parameters clara's routes take: their values are logged as sent
+_PLAIN_QUERY = {"after", "before", "limit", "order", "purpose", "filter", "include", "include[]",
+                "stream", "starting_after"}  # fmt: skip
+
+
+def _masked(m: re.Match) -> str:
+    name = m[2]
+    return m[0] if name.lower() in _PLAIN_QUERY else f"{m[1]}{name}=***"
 
 
 def _logged_once(record: Any) -> bool:

@@ -6,6 +6,7 @@ Every error leaves as OpenAI's error body with its real status (`clara_cli.http`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -77,8 +78,11 @@ SSE_EVENT = {
 STREAMS = {**ERRORS, 200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
 
-#: request metrics' endpoint labels: these paths as they are, under these prefixes "prefix/*"
-_endpoint = endpoints(ENDPOINTS, ("/v1/models", "/v1/responses", "/v1/files", "/v1/vector_stores"))
+#: request metrics' endpoint labels: these paths as they are, those under these prefixes so
+_endpoint = endpoints(ENDPOINTS, {
+    "/v1/models": "/v1/models/{model}", "/v1/responses": "/v1/responses/*",
+    "/v1/files": "/v1/files/*", "/v1/vector_stores": "/v1/vector_stores/*",
+})  # fmt: skip
 
 
 def create_app(
@@ -251,7 +255,8 @@ def create_app(
         m.index_documents.set_all((docs, {"collection": name}) for name, docs, _ in stats)
         m.index_chunks.set_all((chunks, {"collection": name}) for name, _, chunks in stats)
         if files is not None:
-            files.metrics.files_in_progress.set(await asyncio.to_thread(files.in_progress))
+            with contextlib.suppress(Exception):  # (the rest is shown whatever the registry)
+                files.metrics.files_in_progress.set(await asyncio.to_thread(files.in_progress))
         return m.response()
 
     return app

@@ -108,6 +108,7 @@ class Engine:
         self._counts: dict[str, tuple[Any, tuple[int, int]]] = {}
         self._decoders: dict[str | None, Decoder] = {}  # by adapter (worker thread only)
         self._stepping: Task | None = None  # the decode loop, while any request decodes
+        self._admitting = 0  # chat requests admitted, not yet decoding nor failed (`running`)
         self._s_per_token = 1e-3  # query encoding, measured by embeddings steps
 
     # ---- event-loop side --------------------------------------------------------------------
@@ -328,7 +329,8 @@ class Engine:
         group = [(job, p)] + [(t.key[1], t.key[1].params) for t in taken]
         # (being answered from now: retrieval and prefill can take seconds, and the gauges
         # read an idle server meanwhile; `_start` counts them as decoding once they join)
-        self.metrics.running.set(self.decoding() + len(group))
+        self._admitting = len(group)
+        self._count_running()
         if taken:
             log.debug("admitting %d chat requests together", len(group))
         error: list[BaseException] = []
@@ -380,7 +382,8 @@ class Engine:
         finally:
             for t in taken:
                 t.done()
-            self.metrics.running.set(self.decoding())  # (those that failed are not answered)
+            self._admitting = 0  # (those that failed are not answered)
+            self._count_running()
         if error:
             raise error[0]
 
@@ -458,7 +461,8 @@ class Engine:
                 self._finished(first)
             else:
                 j.batched = True
-        self.metrics.running.set(self.decoding())
+        self._admitting = max(0, self._admitting - len(part))
+        self._count_running()
         if self.decoding() and self._stepping is None:
             self._stepping = Task((":decode", 0), lambda cm: self._decode(), bounded=False)
             self.worker.submit(self._stepping)
@@ -493,7 +497,7 @@ class Engine:
                         if chunk.finish_reason is not None:
                             self._finished(chunk)
                             seq.tag.emit(DONE)
-                self.metrics.running.set(self.decoding())
+                self._count_running()
                 yield
         finally:  # the batch is empty, or the worker is shutting down
             for decoder in self._decoders.values():
@@ -502,7 +506,12 @@ class Engine:
                 for seq in left:
                     self._cancelled(seq)
             self._stepping = None
-            self.metrics.running.set(0)
+            self._count_running()
+
+    def _count_running(self) -> None:
+        """clara_jobs_running: the chat requests decoding, and those admitted with them that
+        are still being retrieved for or prefilled."""
+        self.metrics.running.set(self.decoding() + self._admitting)
 
     def _failed_batch(self, decoder: Decoder, exc: Exception) -> None:
         """A decode step that raised: how far its sequences got is not known any more, so

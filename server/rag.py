@@ -13,6 +13,7 @@ from clara.errors import CollectionNotFoundError
 from clara.model import ClaraModel
 from clara.paths import upload_file_id
 from clara.prompt import SYSTEM_PROMPT, Prompt, memory_prompt, mixed_prompt, text_prompt
+from clara_cli.http import is_client_error
 from indexing.meta import contextual
 from indexing.open_collections import OpenCollections
 from indexing.store import Collection
@@ -56,10 +57,9 @@ class Rag:
         try:
             with self._collections.lease(p.collection) as coll:
                 return self._retrieve(p, qvec, coll)
-        except CollectionNotFoundError:
-            raise  # (the request's: a 404)
-        except Exception:  # a damaged collection, a disk error: counted, as the others are
-            self.metrics.retrievals.inc(status="error")
+        except Exception as exc:  # a damaged collection, a disk error: counted, as the others
+            if not is_client_error(exc):  # are (not the request's own: a 404, a bad name)
+                self.metrics.retrievals.inc(status="error")
             raise
 
     def _retrieve(

@@ -15,6 +15,7 @@ opened for writing only while jobs for them run, so `clara-index` may write them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -121,9 +122,10 @@ class ServiceSettings(ModelSettings):
             ) from None
 
 
-#: request metrics' endpoint labels: these paths as they are, under these prefixes "prefix/*"
+#: request metrics' endpoint labels: these paths as they are, those under these prefixes so
 _endpoint = endpoints(
-    ("/v1/files", "/v1/vector_stores", "/health", "/metrics"), ("/v1/files", "/v1/vector_stores")
+    ("/v1/files", "/v1/vector_stores", "/health", "/metrics"),
+    {"/v1/files": "/v1/files/*", "/v1/vector_stores": "/v1/vector_stores/*"},
 )
 
 
@@ -183,7 +185,8 @@ def create_app(
         being indexed and indexed (the service had none: an SRE's audit)."""
         metrics.queue_depth.set(worker.queue_depth())
         metrics.model_ready.set(1 if worker.state == "ready" else 0)
-        metrics.files.files_in_progress.set(await asyncio.to_thread(service.in_progress))
+        with contextlib.suppress(Exception):  # (a scrape shows the rest whatever the registry)
+            metrics.files.files_in_progress.set(await asyncio.to_thread(service.in_progress))
         return metrics.response()
 
     @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: curl -I, uptime monitors

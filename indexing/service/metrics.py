@@ -10,11 +10,11 @@ class FileMetrics(MetricSet):
     def __init__(self) -> None:
         self.files_in_progress = Gauge(
             "clara_files_in_progress",
-            "Uploaded files being indexed into a vector store, or waiting to be",
+            "Uploads being indexed into a vector store, or waiting to be (one per file and store)",
         )
         self.files_indexed = Counter(
             "clara_files_indexed_total",
-            "Uploaded files whose indexing into a vector store ended, by status (completed, "
-            "failed)",
+            "Uploads whose indexing into a vector store ended (one per file and store), by "
+            "status (completed, failed)",
             labelled=True,
         )
