@@ -55,6 +55,16 @@ def path_text(path: str | os.PathLike) -> str:
     return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def path_bytes(text: str) -> bytes:
+    """The file name `path_text` wrote, as the bytes it stands for: its `\\xNN` escapes
+    back to their bytes (a name that held a backslash, an x and two hex digits itself reads
+    as that byte: such names are rare)."""
+    return _ESCAPED.sub(lambda m: bytes([int(m[1], 16)]), text.encode("utf-8"))
+
+
+_ESCAPED = re.compile(rb"\\x([0-9a-f]{2})")
+
+
 def home() -> Path:
     """The data home: converted models, checkpoints, indexes."""
     return Path(os.environ.get("CLARA_HOME") or Path.home() / ".cache" / "clara").expanduser()

@@ -12,15 +12,16 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara.errors import ClaraError
+from clara.paths import path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import snippet
 from clara_cli.http import CLIENT_GONE, APIError, shutting_down_error, to_api_error
@@ -79,8 +80,8 @@ def source_url(s: SourceInfo) -> str:
     reference."""
     if s.file_id:
         url = f"/v1/files/{s.file_id}/content"
-    elif s.path:
-        url = Path(os.path.abspath(s.path)).as_uri()
+    elif s.path:  # (a name that is not UTF-8 as its bytes: `\xe9` in the text is %E9)
+        url = "file://" + urllib.parse.quote_from_bytes(path_bytes(os.path.abspath(s.path)))
     else:
         url = f"clara://{s.collection}/{s.document_id}"
     if s.page_start is not None and s.filename.lower().endswith(".pdf"):

@@ -4,6 +4,7 @@ traceback in a 500, request -> pipeline parameters, Prometheus formatting."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpx
@@ -317,3 +318,23 @@ def test_two_chunks_of_one_page_cite_it_once() -> None:
     cited = annotations_of(ready, [source(4), source(4), source(2)], "Page four.")
     assert [a.url_citation.title for a in cited] == ["manual.pdf, p. 4", "manual.pdf, p. 2"]
     assert all(a.url_citation.end_index == len("Page four.") for a in cited)
+
+
+def test_a_source_url_names_the_file_by_its_bytes() -> None:
+    """A file name that is not UTF-8 (a Latin-1 disk's) is stored with `\\xNN` escapes; its
+    file:// URL percent-encoded the escape's backslash (latin%5Cxe9), naming another file or
+    none (a citations audit). The URL now holds the name's bytes (latin%E9)."""
+    from pathlib import Path
+
+    from clara.paths import path_text
+    from server.jobs import SourceInfo
+    from server.serving import source_url
+
+    def url(path: str, page: int | None = None) -> str:
+        return source_url(SourceInfo(1, "doc-1", Path(path).name, path, page, page, 1.0, "t", "c"))
+
+    latin = path_text(os.fsdecode(b"/docs/latin\xe9 name.txt"))
+    assert latin == "/docs/latin\\xe9 name.txt"
+    assert url(latin) == "file:///docs/latin%E9%20name.txt"
+    for name in ("/docs/café #1 100%.pdf", "/docs/東京.txt"):  # as before: Path.as_uri's
+        assert url(name, 2) == Path(name).as_uri() + ("#page=2" if name.endswith(".pdf") else "")

@@ -81,6 +81,16 @@ function add(role, text) {
   return div;
 }
 
+// A file:// URL's path as a person reads it; a name that is not UTF-8 (a Latin-1 disk's
+// %E9) keeps its escapes (decodeURIComponent throws on it, and the sources went unshown)
+function fileName(path) {
+  try {
+    return decodeURIComponent(path);
+  } catch {
+    return path;
+  }
+}
+
 function note(div, text) {
   const span = document.createElement("span");
   span.className = "note";
@@ -222,7 +232,7 @@ function showSources(div, sources) {
       // a file on the server's disk: its place, to open there (a web page cannot link to it)
       const where = document.createElement("span");
       where.className = "where";
-      where.textContent = "file: " + decodeURIComponent(s.url.slice(7).split("#")[0]);
+      where.textContent = "file: " + fileName(s.url.slice(7).split("#")[0]);
       snippet.appendChild(where);
     }
     button.onclick = () => {
