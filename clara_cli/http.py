@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara.errors import (
@@ -380,7 +381,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method the path has, not only its first route's
             headers["Allow"] = ", ".join(_allowed(request)) or headers.get("Allow", "")
-        code = "request_too_large" if exc.status_code == 413 else None  # BodyLimit's
+        code = {413: "request_too_large", CLIENT_GONE: "client_closed"}.get(exc.status_code)
         return error_response(APIError(exc.status_code, message, code=code, headers=headers))
 
     @app.exception_handler(Exception)
@@ -551,6 +552,14 @@ class JSONBodyRequest(Request):
     and Infinity (and reads 1e999 as infinity), which, stored (a file's attributes), made
     every later answer that carries them a 500 and every stream that sends them unreadable
     to `JSON.parse`."""
+
+    async def body(self) -> bytes:
+        """The body; a client gone before sending it all is a 499 (FastAPI made it a 400,
+        "There was an error parsing the body": a client's fault counted in the metrics)."""
+        try:
+            return await super().body()
+        except ClientDisconnect:
+            raise StarletteHTTPException(CLIENT_GONE, "the client closed the request") from None
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):

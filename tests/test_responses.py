@@ -473,6 +473,22 @@ def test_an_upload_the_client_abandons_is_a_499_not_a_500(server) -> None:
     assert 'clara_requests_total{endpoint="/v1/files",status="499"} 1' in metrics
     assert 'endpoint="/v1/files",status="500"' not in metrics
     assert server.log().count("Traceback") == before, server.log()[-3000:]
+    # a chat's JSON body cut off the same way was a 400, "There was an error parsing the body"
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+        f"{API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 20000\r\n\r\n"
+        '{"messages": [{"role": "user", "content": "'
+    )
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(head.encode() + b"x" * 1000)
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while 'endpoint="/v1/chat/completions",status="499"' not in metrics:
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.2)
+        metrics = httpx.get(
+            f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+        ).text
 
 
 def test_405_lists_every_method_of_the_path(server) -> None:
