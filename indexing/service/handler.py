@@ -135,6 +135,7 @@ class IndexService:
         #: chats let go of their own open copy
         self.deleted_hooks: list[Callable[[str], None]] = []
         self.metrics = FileMetrics()  # the owning app exports them
+        self._queued: set[tuple[str, str]] = set()  # (store, file) jobs this service queued
         self._warn_shared_default()
 
     def in_progress(self) -> int:
@@ -248,8 +249,9 @@ class IndexService:
                 col.close()
 
     def close(self) -> None:
-        for link in self.registry.links():
-            if link.status == "in_progress":  # (the next start says "resumed")
+        for link in self.registry.links():  # this service's own (another sharing the index
+            # root names its own: both were named by each, an SRE's audit)
+            if link.status == "in_progress" and (link.store_id, link.file_id) in self._queued:
                 log.info(
                     "file %s into %s: stopped while being indexed; it resumes at the next "
                     "start", link.file_id, link.store_id,
@@ -486,6 +488,7 @@ class IndexService:
         file, a PDF whose pages decode one stream again and again, leaves the model thread to
         chats meanwhile), then compressed on the model thread as a BULK task."""
         store_id, batch = link.store_id, self.settings.batch_size
+        self._queued.add((store_id, rec.id))
         options = IndexOptions(
             link.chunk_tokens, link.overlap or 0, batch, dedupe=False, step_chunks=self._step_chunks
         )
@@ -537,6 +540,7 @@ class IndexService:
                 store_id, rec.id, status="failed", error_code="server_error", error_message=message
             )
             self.metrics.files_indexed.inc(status="failed")
+            self._queued.discard((store_id, rec.id))
 
         def can_start() -> bool:  # (worker thread: the model is loaded)
             nonlocal read
@@ -614,6 +618,7 @@ class IndexService:
             )  # fmt: skip
         self.registry.update_link(link.store_id, rec.id, **values)
         self.metrics.files_indexed.inc(status=values["status"])
+        self._queued.discard((link.store_id, rec.id))
 
     def resume(self) -> None:
         """Worker, once the model is loaded: queue again the jobs a stop interrupted."""
