@@ -27,7 +27,7 @@ from clara.errors import (
     DocumentError,
     MissingFileError,
 )
-from clara.paths import UPLOADS, index_root, path_text, show_path
+from clara.paths import DEFAULT_COLLECTION, UPLOADS, index_root, path_text, show_path
 from clara.settings import ModelSettings
 from clara.text import printable, scaled, snippet
 from clara_cli.common import (
@@ -246,12 +246,19 @@ def _say_where_gone_went(args: argparse.Namespace, missing: list[Path]) -> None:
             found = [(w, len(find_documents(col, w, remove=True))) for w in wheres]
     except (ClaraError, OSError):
         return  # (the run says what is wrong with the collection)
+    flags = "".join(  # the command as it must be typed here: with this run's collection
+        f" {flag} {shlex.quote(str(value))}"
+        for flag, value, default in (
+            ("--index", args.index, None), ("--collection", args.collection, DEFAULT_COLLECTION)
+        )
+        if value != default
+    )  # fmt: skip
     for where, n in found:
         if n:
             print(
                 f"{PROG}: {_n(n, 'document')} in {args.collection!r} {'was' if n == 1 else 'were'}"
                 f" indexed from {show_path(where)}, which is gone (moved?): `{PROG} remove "
-                f"{shlex.quote(where)}` removes {'it' if n == 1 else 'them'}",
+                f"{shlex.quote(where)}{flags}` removes {'it' if n == 1 else 'them'}",
                 file=sys.stderr,
             )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -571,17 +572,20 @@ def test_a_moved_folder_is_named_with_the_remove_that_cleans_it(
 
     folder, index = tmp_path / "docs", tmp_path / "index"
     first = write_corpus(folder, n=3)[0]
-    run(capsys, "add", folder, "--model", tiny_llama_dir, "--index", index, *CHUNKING)
+    where = ["--index", index, "--collection", "notes"]
+    run(capsys, "add", folder, "--model", tiny_llama_dir, *where, *CHUNKING)
     monkeypatch.chdir(tmp_path / "index")  # a stored file's name, typed where it is not: no
-    rc, _, err = run(capsys, "add", first.name, "--model", tiny_llama_dir, "--index", index)
+    rc, _, err = run(capsys, "add", first.name, "--model", tiny_llama_dir, *where)
     assert rc == 1 and "which is gone" not in err, err  # hint (it matched by the name's tail)
     folder.rename(tmp_path / "moved")
-    rc, _, err = run(capsys, "add", folder, "--prune", "--model", tiny_llama_dir, "--index", index)
+    rc, _, err = run(capsys, "add", folder, "--prune", "--model", tiny_llama_dir, *where)
     assert rc == 1 and "no such file or directory" in err
-    said = f"3 documents in 'default' were indexed from {show_path(str(folder))}, which is gone"
-    assert said in err and f"`clara-index remove {folder}` removes them" in err, err
-    rc, _, err = run(capsys, "remove", folder, "--index", index)
-    assert rc == 0 and docs_of(index) == {}, err
+    said = f"3 documents in 'notes' were indexed from {show_path(str(folder))}, which is gone"
+    assert said in err, err
+    command = re.search(r"`(clara-index remove [^`]*)` removes them", err)[1]
+    assert command == f"clara-index remove {folder} --index {index} --collection notes"
+    rc, _, err = run(capsys, *shlex.split(command)[1:])  # as written: it works
+    assert rc == 0 and docs_of(index, "notes") == {}, err
 
 
 def test_a_disk_that_fills_half_way_exits_3_with_what_was_indexed(

@@ -1214,7 +1214,7 @@ def test_an_overlap_the_model_cannot_take_is_refused_before_it_loads(
     assert run.returncode == 1, run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("clara-index: error: --overlap 10000 does not fit"), run.stderr
-    assert "smaller --overlap (default: 32)" in last
+    assert "does not fit this model's chunks of 224 tokens: give at most 223 (default: 32)" in last
     assert "loading" not in run.stderr and "Uvicorn running" not in run.stderr, run.stderr
 
 

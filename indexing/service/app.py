@@ -113,13 +113,12 @@ class ServiceSettings(ModelSettings):
         from clara.errors import ChunkingError
         from indexing.pipeline import chunk_limits_for
 
-        try:
-            chunk_limits_for(doc_max_tokens, None, min(self.overlap, doc_max_tokens - 1))
-        except ChunkingError as exc:
+        size, _ = chunk_limits_for(doc_max_tokens, None, 0)  # an upload's "auto" chunks
+        if self.overlap >= size:
             raise ChunkingError(
-                f"--overlap {self.overlap} does not fit this model's chunks ({exc}): give a "
-                f"smaller --overlap (default: {ServiceSettings.overlap})"
-            ) from None
+                f"--overlap {self.overlap} does not fit this model's chunks of {size} tokens: "
+                f"give at most {size - 1} (default: {ServiceSettings.overlap})"
+            )
 
 
 #: request metrics' endpoint labels: these paths as they are, those under these prefixes so

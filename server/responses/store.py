@@ -56,8 +56,12 @@ class ResponseStore:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+            except sqlite3.OperationalError as exc:  # a full disk, a read-only folder: a
+                db.close()  # storage_error, for a read too (a 500 and a traceback)
+                raise self._storage_error(exc, "open the stored responses") from None
             self._conn = db
         return self._conn
 
@@ -92,13 +96,13 @@ class ResponseStore:
                     raise self._storage_error(exc) from None
                 raise
 
-    def _storage_error(self, exc: sqlite3.Error) -> APIError:
-        """A write the disk refused, as the 507/500 `storage_error` uploads give (it was a
-        500 "internal" with a traceback; a stream was cut without a word)."""
+    def _storage_error(self, exc: sqlite3.Error, what: str = "store the response") -> APIError:
+        """What the disk refused, as the 507/500 `storage_error` uploads give (it was a 500
+        "internal" with a traceback; a stream was cut without a word)."""
         full = "full" in str(exc) or shutil.disk_usage(self.path.parent).free < 1 << 20
         return APIError(
             507 if full else 500,
-            f"could not store the response in {self.path}: {exc}; "
+            f"could not {what} in {self.path}: {exc}; "
             + ("free disk space there" if full else "check that the server may write there")
             + ", or send store: false",
             code="storage_error",
