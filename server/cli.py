@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         'clients that embed long chunks and cannot send "truncate": true',
     )
     net.add_argument(
+        "--embedding-token-ids",
+        action="store_true",
+        help="/v1/embeddings takes inputs as token ids of this model's tokenizer; without it "
+        "they are refused: a client's ids are another tokenizer's (LangChain's OpenAIEmbeddings "
+        "sends tiktoken's), and read as this model's they are other words",
+    )
+    net.add_argument(
         "--accept-any-model",
         action="store_true",
         help="answer requests whatever model they name (e.g. code written for OpenAI that "
@@ -282,6 +289,7 @@ def serve(args: argparse.Namespace) -> int:
         history_turns=args.history_turns,
         mode=default_reading_mode(args.model, args.checkpoint, args.mode),
         truncate_embeddings=args.truncate_embeddings,
+        embedding_token_ids=args.embedding_token_ids,
     )
     app = create_app(
         settings,

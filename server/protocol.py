@@ -331,6 +331,8 @@ class ServingDefaults:
     retrieval_mode: str = "hybrid"
     mode: str = "memory"
     truncate_embeddings: bool = False  # --truncate-embeddings: the default of `truncate`
+    #: --embedding-token-ids: /v1/embeddings takes token ids (of this model's tokenizer)
+    embedding_token_ids: bool = False
 
     def capped(self, max_tokens: int) -> int:
         """A request's max_tokens within --max-tokens-limit."""

@@ -411,15 +411,18 @@ class OpenAIServing:
             self.observe_ttft(start, first)
 
     def check_token_ids(self, inputs: list[str | list[int]], param: str, hint: str = "") -> None:
-        """A 400 for token ids past the model's vocabulary (another tokenizer's)."""
+        """A 400 for token ids past the model's vocabulary (another tokenizer's), naming the
+        input that holds one."""
         vocab = self.engine.info.vocab_size
-        if vocab and any(not isinstance(x, str) and max(x) >= vocab for x in inputs):
-            raise APIError(
-                400,
-                f"token id past this model's vocabulary ({vocab} tokens): token ids must come "
-                f"from its own tokenizer{hint}",
-                param=param,
-            )
+        for i, x in enumerate(inputs):
+            if vocab and not isinstance(x, str) and max(x) >= vocab:
+                where = f"{param} {i}" if len(inputs) > 1 else f"the {param}"
+                raise APIError(
+                    400,
+                    f"{where}: token id {max(x)} is past this model's vocabulary ({vocab} "
+                    f"tokens): token ids must come from its own tokenizer{hint}",
+                    param=param,
+                )
 
     def _token(self, token_id: int) -> TopLogprob:
         raw = token_bytes(self.engine.worker.cm.tokenizer, token_id)
@@ -526,10 +529,18 @@ class OpenAIServing:
             )
         if len(inputs) > MAX_EMBEDDING_INPUTS:
             raise APIError(400, f"at most {MAX_EMBEDDING_INPUTS} inputs per request", param="input")
-        self.check_token_ids(
-            inputs, "input", ". Send text instead (LangChain's OpenAIEmbeddings: "
-            "check_embedding_ctx_length=False)",
-        )  # fmt: skip
+        ids = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
+        if ids and not self.defaults.embedding_token_ids:  # (they embedded other words)
+            where = f"input {ids[0]} is" if len(inputs) > 1 else "the input is"
+            raise APIError(
+                400,
+                f"{where} token ids: send text. Ids are of a tokenizer (LangChain's "
+                "OpenAIEmbeddings sends tiktoken's unless check_embedding_ctx_length=False), "
+                "and read as this model's they are other words; a server started with "
+                "--embedding-token-ids takes ids of its own tokenizer",
+                param="input",
+            )
+        self.check_token_ids(inputs, "input", ". Send text instead")
         info = self.engine.info
         truncate = self.defaults.truncate_embeddings if req.truncate is None else req.truncate
         if truncate:  # only the start is read: no need to tokenize a megabyte for it

@@ -903,9 +903,12 @@ def test_embeddings_are_normalised_query_memories(
     r = post(server, "/v1/embeddings", {"input": "hello", "encoding_format": "base64"})
     decoded = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), "<f4")
     assert np.allclose(floats, decoded)
+    # token ids are refused unless the server is told they are its tokenizer's: a client's
+    # are another's (LangChain sends tiktoken's), and they were embedded as other words
     ids = list(cm.tokenizer.encode("hello", add_special_tokens=False))
-    by_tokens = post(server, "/v1/embeddings", {"input": ids, "encoding_format": "float"}).json()
-    assert np.allclose(by_tokens["data"][0]["embedding"], floats, atol=1e-5)
+    refused = assert_error(post(server, "/v1/embeddings", {"input": [ids, ids]}), 400, "input")
+    assert refused["message"].startswith("input 0 is token ids: send text")
+    assert "--embedding-token-ids" in refused["message"]
 
 
 def test_truncate_embeds_the_start_of_a_long_input(
@@ -917,10 +920,8 @@ def test_truncate_embeds_the_start_of_a_long_input(
     long = "the river runs past the old mill and " * 120  # ~1000 tokens
     start = cm.tokenize([long])[0]  # its first 256 tokens
     assert len(start) == 256 and len(cm.tokenize([long], cut=False)[0]) > 800
-    want = post(server, "/v1/embeddings", {"input": start, "encoding_format": "float"}).json()
     body = {"input": ["hello", long], "encoding_format": "float", "truncate": True}
     got = post(server, "/v1/embeddings", body).json()
-    assert np.allclose(got["data"][1]["embedding"], want["data"][0]["embedding"], atol=1e-5)
     assert got["usage"]["prompt_tokens"] == len(cm.tokenize(["hello"])[0]) + 256
     big = client.embeddings.create(
         model=MODEL, input="a" * 5_000_000, extra_body={"truncate": True}
@@ -929,10 +930,16 @@ def test_truncate_embeds_the_start_of_a_long_input(
     # the server's default, for clients that send no `truncate`; false still refuses
     proc = ServerProcess(
         "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"),
-        "--truncate-embeddings", env={"CLARA_HOME": str(tmp_path / "home")},
+        "--truncate-embeddings", "--embedding-token-ids", env={"CLARA_HOME": str(tmp_path / "home")},
         log=tmp_path / "server.log",
     ).wait_ready()  # fmt: skip
-    try:
+    try:  # (--embedding-token-ids: its own tokenizer's ids, embedded as the text they are)
+        want = httpx.post(
+            f"{proc.url}/v1/embeddings", json={"input": start, "encoding_format": "float"}
+        ).json()
+        assert np.allclose(got["data"][1]["embedding"], want["data"][0]["embedding"], atol=1e-5)
+        foreign = httpx.post(f"{proc.url}/v1/embeddings", json={"input": [[9906, 10**5]]})
+        assert foreign.status_code == 400 and "token id 100000 is past" in foreign.text
         cut = httpx.post(f"{proc.url}/v1/embeddings", json={"input": long}, timeout=60)
         assert cut.status_code == 200 and cut.json()["usage"]["prompt_tokens"] == 256
         strict = httpx.post(
@@ -958,6 +965,7 @@ def test_embedding_errors(server: ServerProcess, client: openai.OpenAI) -> None:
     # another tokenizer's ids (LangChain sends tiktoken's by default): refused, not embedded
     foreign = assert_error(post(server, "/v1/embeddings", {"input": [[9906, 10**5]]}), 400, "input")
     assert "check_embedding_ctx_length=False" in foreign["message"]
+    assert foreign["message"].startswith("the input is token ids: send text")
     assert_error(post(server, "/v1/embeddings", {"input": "x", "dimensions": 3}), 400, "dimensions")
     assert_error(
         post(server, "/v1/embeddings", {"model": "nope", "input": "x"}),
