@@ -59,10 +59,11 @@ def path_bytes(text: str) -> bytes:
     """The file name `path_text` wrote, as the bytes it stands for: its `\\xNN` escapes
     back to their bytes (a name that held a backslash, an x and two hex digits itself reads
     as that byte: such names are rare)."""
-    return _ESCAPED.sub(lambda m: bytes([int(m[1], 16)]), text.encode("utf-8"))
+    raw = text.encode("utf-8", "surrogateescape")
+    return _ESCAPED.sub(lambda m: bytes([int(m[1], 16)]), raw)
 
 
-_ESCAPED = re.compile(rb"\\x([0-9a-f]{2})")
+_ESCAPED = re.compile(rb"\\x([89a-f][0-9a-f])")  # (`path_text` escapes bytes 0x80-0xff only)
 
 
 def home() -> Path:

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+import urllib.parse
 from typing import Any
 
 from clara.errors import ClaraError
@@ -260,16 +261,20 @@ def _quiet_polls(record: Any) -> bool:
     return True
 
 
-#: a query parameter and its value
-_QUERY_VALUE = re.compile(r"([?&])([^=&#\s]*)=([^&#\s]*)")
-#: the query parameters clara's routes take: their values are logged as sent
-_PLAIN_QUERY = {"after", "before", "limit", "order", "purpose", "filter", "include", "include[]",
-                "stream", "starting_after"}  # fmt: skip
+#: a query's parameter (name and value, or a bare value) up to the next & or the end
+_QUERY_VALUE = re.compile(r"([?&])([^=&\s]*)(=?)([^&\s]*)")
+#: the query parameters clara's routes take: their values are logged as sent when they look
+#: like the ids, numbers and words those take
+_PLAIN_QUERY = {"after", "before", "limit", "order", "purpose", "filter", "include",
+                "include[]", "stream", "starting_after"}  # fmt: skip
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:-]*")
 
 
 def _masked(m: re.Match) -> str:
-    name = m[2]
-    return m[0] if name.lower() in _PLAIN_QUERY else f"{m[1]}{name}=***"
+    name = urllib.parse.unquote(m[2]).lower()
+    if m[3] and name in _PLAIN_QUERY and _PLAIN_VALUE.fullmatch(m[4]):
+        return m[0]
+    return f"{m[1]}{m[2]}=***" if m[3] else f"{m[1]}***"
 
 
 def _logged_once(record: Any) -> bool:

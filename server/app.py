@@ -6,7 +6,6 @@ Every error leaves as OpenAI's error body with its real status (`clara_cli.http`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -255,8 +254,10 @@ def create_app(
         m.index_documents.set_all((docs, {"collection": name}) for name, docs, _ in stats)
         m.index_chunks.set_all((chunks, {"collection": name}) for name, _, chunks in stats)
         if files is not None:
-            with contextlib.suppress(Exception):  # (the rest is shown whatever the registry)
+            try:  # (the rest is shown whatever the registry)
                 files.metrics.files_in_progress.set(await asyncio.to_thread(files.in_progress))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("metrics: could not count the uploads in progress: %s", exc)
         return m.response()
 
     return app

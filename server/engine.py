@@ -336,6 +336,8 @@ class Engine:
         error: list[BaseException] = []
 
         def fail(j: Job, exc: BaseException) -> None:  # each request hears its own error
+            self._admitting = max(0, self._admitting - 1)  # (not being answered any more)
+            self._count_running()
             if j is job:
                 error.append(exc)
                 return
@@ -356,7 +358,10 @@ class Engine:
             pending: dict[str | None, list[tuple[Job, RagParams, Prompt]]] = {}  # by adapter
             for (j, q), qvec in zip(group, qvecs):
                 try:
-                    if j.cancelled.is_set() or qvec is FAILED:
+                    if j.cancelled.is_set():  # (a failed one was uncounted by `fail`)
+                        self._admitting = max(0, self._admitting - 1)
+                        continue
+                    if qvec is FAILED:
                         continue
                     prompt, adapter = self._ready(j, q, qvec)
                 except BaseException as exc:  # noqa: BLE001

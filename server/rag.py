@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from clara.errors import CollectionNotFoundError
+from clara.errors import CollectionNameCaseError, CollectionNotFoundError
 from clara.model import ClaraModel
 from clara.paths import upload_file_id
 from clara.prompt import SYSTEM_PROMPT, Prompt, memory_prompt, mixed_prompt, text_prompt
-from clara_cli.http import is_client_error
 from indexing.meta import contextual
 from indexing.open_collections import OpenCollections
 from indexing.store import Collection
@@ -25,6 +24,10 @@ from server.protocol import RagParams
 #: held-out questions the default model's generator read the best of 5 as text and 4 as
 #: memories at F1 42.9 / cover-EM 27.0, the best 2 as text at 39.0 / 25.0 (bench_heldout.py)
 MIXED_TEXT = 1
+
+
+#: a request that names a collection there is none of: its error, not retrieval's
+_ASKED_WRONG = (CollectionNotFoundError, CollectionNameCaseError)
 
 
 class Rag:
@@ -57,9 +60,9 @@ class Rag:
         try:
             with self._collections.lease(p.collection) as coll:
                 return self._retrieve(p, qvec, coll)
-        except Exception as exc:  # a damaged collection, a disk error: counted, as the others
-            if not is_client_error(exc):  # are (not the request's own: a 404, a bad name)
-                self.metrics.retrievals.inc(status="error")
+        except Exception as exc:  # a damaged collection, a disk error, another model's index,
+            if not isinstance(exc, _ASKED_WRONG):  # a lock: counted, as the others are (not
+                self.metrics.retrievals.inc(status="error")  # the request's own wrong name)
             raise
 
     def _retrieve(

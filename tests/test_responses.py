@@ -703,6 +703,20 @@ def test_a_response_the_disk_cannot_hold_is_a_storage_error(tmp_path) -> None:
     assert info.value.status == 507 and info.value.code == "storage_error"
     assert "free disk space there, or send store: false" in info.value.message
 
+    # reads too (a review: only writes were mapped; a read was a 500 and a traceback)
+    unopenable = ResponseStore(tmp_path / "a-folder")
+    (tmp_path / "a-folder").mkdir()
+    for read in (lambda: unopenable.get("resp_1"), lambda: unopenable.delete("resp_1")):
+        with pytest.raises(APIError) as info:
+            read()
+        assert info.value.code == "storage_error" and "could not open the stored responses" in (
+            info.value.message
+        )
+    # and a store that holds nothing yet is not made by a read of an unknown id
+    empty = ResponseStore(tmp_path / "none" / "responses.sqlite")
+    assert empty.get("resp_x") is None and empty.chain("resp_x") is None
+    assert not empty.delete("resp_x") and not (tmp_path / "none").exists()
+
 
 def test_results_carry_the_files_attributes_and_requests_are_echoed(
     client: openai.OpenAI,

@@ -149,6 +149,13 @@ def test_the_log_masks_query_secrets_and_says_an_error_once() -> None:
         '"GET /v1/models?api_key=***&limit=5&x-auth-token=***&sig=*** HTTP/1.1" 401'
     )
     assert not _quiet_polls(access("/health?x=1", 200))  # (polls that pass stay out)
+    for sent, logged in (  # a value that does not look like one a route takes, a bare one
+        ("/v1/files?limit=5;api_key=sk-1&after=file-abc", "/v1/files?limit=***&after=file-abc"),
+        ("/v1/files?sk-bare-secret", "/v1/files?***"),
+        ("/v1/responses/r?include%5B%5D=x.y", "/v1/responses/r?include%5B%5D=x.y"),
+    ):
+        record = access(sent)
+        assert _quiet_polls(record) and f"GET {logged} HTTP" in record.getMessage(), sent
     error = RuntimeError("boom")
     uvicorns = logging.LogRecord(
         "uvicorn.error", logging.ERROR, "", 0, "Exception in ASGI application", None,

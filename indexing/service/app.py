@@ -15,7 +15,6 @@ opened for writing only while jobs for them run, so `clara-index` may write them
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -114,7 +113,8 @@ class ServiceSettings(ModelSettings):
         from indexing.pipeline import chunk_limits_for
 
         size, _ = chunk_limits_for(doc_max_tokens, None, 0)  # an upload's "auto" chunks
-        if self.overlap >= size:
+        # (taken as `IndexService` takes it for "auto": cut to the chunks' length)
+        if min(self.overlap, doc_max_tokens - 1) >= size:
             raise ChunkingError(
                 f"--overlap {self.overlap} does not fit this model's chunks of {size} tokens: "
                 f"give at most {size - 1} (default: {ServiceSettings.overlap})"
@@ -184,8 +184,10 @@ def create_app(
         being indexed and indexed (the service had none: an SRE's audit)."""
         metrics.queue_depth.set(worker.queue_depth())
         metrics.model_ready.set(1 if worker.state == "ready" else 0)
-        with contextlib.suppress(Exception):  # (a scrape shows the rest whatever the registry)
+        try:  # (a scrape shows the rest whatever the registry)
             metrics.files.files_in_progress.set(await asyncio.to_thread(service.in_progress))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("metrics: could not count the uploads in progress: %s", exc)
         return metrics.response()
 
     @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: curl -I, uptime monitors

@@ -54,16 +54,26 @@ class ResponseStore:
     def _db(self) -> sqlite3.Connection:
         """The connection (call with the lock held)."""
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            try:
+            db = None
+            try:  # a full disk, a read-only folder, a damaged file: a storage_error, for a
+                # read too (it was a 500 and a traceback)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
-            except sqlite3.OperationalError as exc:  # a full disk, a read-only folder: a
-                db.close()  # storage_error, for a read too (a 500 and a traceback)
+            except (OSError, sqlite3.DatabaseError) as exc:
+                if db is not None:
+                    db.close()
                 raise self._storage_error(exc, "open the stored responses") from None
             self._conn = db
         return self._conn
+
+    def _reading(self) -> sqlite3.Connection | None:
+        """The connection for a read (lock held): None while there is no file (a server that
+        stores nothing leaves none: a GET of an unknown id made it)."""
+        if self._conn is None and not self.path.exists():
+            return None
+        return self._db
 
     def put(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         row = (
@@ -78,7 +88,7 @@ class ResponseStore:
             try:
                 db = self._db
                 db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:  # (opening it on a full disk: "I/O error")
+            except sqlite3.DatabaseError as exc:  # (on a full disk: "I/O error")
                 raise self._storage_error(exc) from None
             try:
                 db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
@@ -92,19 +102,22 @@ class ResponseStore:
             except BaseException as exc:
                 if db.in_transaction:  # (SQLite ends it itself on a full disk)
                     db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):
+                if isinstance(exc, sqlite3.DatabaseError):
                     raise self._storage_error(exc) from None
                 raise
 
-    def _storage_error(self, exc: sqlite3.Error, what: str = "store the response") -> APIError:
+    def _storage_error(self, exc: Exception, what: str = "store the response") -> APIError:
         """What the disk refused, as the 507/500 `storage_error` uploads give (it was a 500
         "internal" with a traceback; a stream was cut without a word)."""
-        full = "full" in str(exc) or shutil.disk_usage(self.path.parent).free < 1 << 20
+        try:
+            full = "full" in str(exc) or shutil.disk_usage(self.path.parent).free < 1 << 20
+        except OSError:
+            full = False
         return APIError(
             507 if full else 500,
             f"could not {what} in {self.path}: {exc}; "
             + ("free disk space there" if full else "check that the server may write there")
-            + ", or send store: false",
+            + ", or send store: false without previous_response_id",
             code="storage_error",
         )
 
@@ -120,9 +133,7 @@ class ResponseStore:
 
     def _orphaned(self, response_id: str) -> bool:
         with self._lock:
-            found = self._db.execute(
-                "SELECT pid FROM running WHERE id = ?", (response_id,)
-            ).fetchone()
+            found = self._read("SELECT pid FROM running WHERE id = ?", response_id)
         if found is None:
             return True
         if found[0] == os.getpid():  # (this process's, or a dead one's under the same pid)
@@ -135,14 +146,28 @@ class ResponseStore:
 
     def _row(self, response_id: str) -> tuple[str, str] | None:
         with self._lock:
-            return self._db.execute(
-                "SELECT input, response FROM responses WHERE id = ?", (response_id,)
-            ).fetchone()
+            return self._read("SELECT input, response FROM responses WHERE id = ?", response_id)
+
+    def _read(self, sql: str, *args: Any) -> tuple | None:
+        """One row (lock held); a database the disk cannot give is a `storage_error`."""
+        db = self._reading()
+        if db is None:
+            return None
+        try:
+            return db.execute(sql, args).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._storage_error(exc, "read the stored responses") from None
 
     def delete(self, response_id: str) -> bool:
         with self._lock:
-            cur = self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
-            self._db.execute("DELETE FROM running WHERE id = ?", (response_id,))
+            db = self._reading()
+            if db is None:
+                return False
+            try:
+                cur = db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
+                db.execute("DELETE FROM running WHERE id = ?", (response_id,))
+            except sqlite3.DatabaseError as exc:
+                raise self._storage_error(exc, "delete the stored response") from None
             _WRITING.discard(response_id)
         return cur.rowcount > 0
 

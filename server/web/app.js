@@ -81,14 +81,17 @@ function add(role, text) {
   return div;
 }
 
-// A file:// URL's path as a person reads it; a name that is not UTF-8 (a Latin-1 disk's
-// %E9) keeps its escapes (decodeURIComponent throws on it, and the sources went unshown)
+// A file:// URL's path as a person reads it; the bytes of a name that are not UTF-8 (a
+// Latin-1 disk's %E9) keep their escapes (decodeURIComponent throws on them, and the sources
+// went unshown)
 function fileName(path) {
-  try {
-    return decodeURIComponent(path);
-  } catch {
-    return path;
-  }
+  return path.replace(/(%[0-9A-Fa-f]{2})+/g, (run) => {
+    try {
+      return decodeURIComponent(run);
+    } catch {
+      return run;
+    }
+  });
 }
 
 function note(div, text) {
