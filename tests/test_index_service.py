@@ -1244,3 +1244,15 @@ def test_a_pdf_uploaded_without_its_extension_is_served_as_a_pdf(service, client
     )
     assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
     client.files.delete(f.id)
+
+
+def test_the_default_overlap_fits_a_model_of_short_chunks() -> None:
+    """--overlap is cut to the chunks' length for "auto" chunking, as an upload takes it: a
+    model of 32-token chunks starts with the default 32 (a review: the start-up check had
+    refused it); one past every chunk size is refused."""
+    from clara.errors import ChunkingError
+
+    ServiceSettings().check_overlap(32)
+    ServiceSettings(overlap=100).check_overlap(32)
+    with pytest.raises(ChunkingError, match="chunks of 224 tokens: give at most 223"):
+        ServiceSettings(overlap=300).check_overlap(256)
