@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from clara.decode import Decoder
+from clara.decode import Decoder, SequencesFailed
 from clara.kv import PREFILL_STEP
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, text_prompt
@@ -52,7 +52,7 @@ def generate(
     yield first
     try:
         while first.finish_reason is None:
-            for _, chunk in decoder.step():
+            for _, chunk in _step(decoder):
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -105,7 +105,7 @@ def batch_generate(
                 if not group:
                     return
                 continue  # all finished at their first token: admit the next ones
-            for seq, chunk in decoder.step():
+            for seq, chunk in _step(decoder):
                 texts[seq.tag].append(chunk.text)
                 if chunk.finish_reason is not None:
                     yield finish(seq.tag, chunk)
@@ -140,3 +140,12 @@ def stream_from_text(
     """Uncompressed baseline (or no retrieval with `chunks=None`) on the bare base model."""
     prompt = text_prompt(cm, question, chunks, history, system)
     return generate(cm, prompt, adapter=adapter, **kwargs)
+
+
+def _step(decoder: Decoder) -> list:
+    """`decoder.step()`, a request's own error raised as it is (not as the server's
+    `SequencesFailed`, which lets the others go on)."""
+    try:
+        return decoder.step()
+    except SequencesFailed as part:
+        raise part.errors[0][1] from None
