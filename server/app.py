@@ -6,6 +6,7 @@ Every error leaves as OpenAI's error body with its real status (`clara_cli.http`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -217,8 +218,12 @@ def create_app(
 
     def openapi() -> dict:
         """The schema, stating the loaded model's embedding size as the one `dimensions` and
-        its vocabulary as the bound of token ids in `input`."""
+        its vocabulary as the bound of token ids in `input`; without --embedding-token-ids,
+        embeddings take text only (a client's ids are refused: `OpenAIServing.embeddings`)."""
         spec = schema()
+        if not serving.defaults.embedding_token_ids:
+            text = spec["components"]["schemas"]["EmbeddingRequest"]["properties"]["input"]
+            text["anyOf"] = [s for s in text["anyOf"] if "integer" not in json.dumps(s)]
         if engine.info is not None:
             request = spec["components"]["schemas"]["EmbeddingRequest"]
             request["properties"]["dimensions"]["enum"] = [engine.info.embedding_dim, None]
