@@ -218,6 +218,18 @@ def health_response(state: str, body: dict) -> JSONResponse:
 _UNION_TAG = re.compile(r"[^A-Za-z0-9_]|^[A-Z]|^(str|int|float|bool|none|dict|list)$")
 
 
+def media_type(headers: Any) -> str:
+    """A request's media type, from its Content-Type: no parameters, lower case (RFC 9110:
+    `Multipart/Form-Data; boundary=...` is multipart/form-data); "" when it names none."""
+    return headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def sends_body(scope: Scope) -> bool:
+    """Whether a request comes with a body: a Content-Length other than 0, or chunks."""
+    head = dict(scope.get("headers", []))
+    return head.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in head
+
+
 def _not_json(request: Request, exc: RequestValidationError) -> APIError | None:
     """415 for a JSON body sent as another media type (curl's `-d` sends a form's; a page's
     `fetch` text/plain): FastAPI then reads no body, and the 400 said "the request body must
@@ -226,12 +238,9 @@ def _not_json(request: Request, exc: RequestValidationError) -> APIError | None:
     errors = exc.errors()
     if not errors or tuple(errors[0].get("loc", ())) != ("body",):
         return None
-    sent_body = request.headers.get("content-length", "0") != "0" or (
-        "transfer-encoding" in request.headers
-    )
-    if not sent_body:  # no body at all: the 400 says what is missing
+    if not sends_body(request.scope):  # no body at all: the 400 says what is missing
         return None
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    media = media_type(request.headers)
     if media == "application/json" or media.endswith("+json"):
         return None
     sent = f"Content-Type: {media}" if media else "no Content-Type"
@@ -429,8 +438,7 @@ class BodyLimit:
             return
         head = dict(scope.get("headers", []))
         coding = head.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
-        has_body = head.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in head
-        if coding not in ("identity", "") and has_body:
+        if coding not in ("identity", "") and sends_body(scope):
             refusal = APIError(
                 415,
                 f"the request body is sent in a content coding ({coding}); send it as it is, "

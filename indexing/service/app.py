@@ -104,6 +104,11 @@ class ServiceSettings(ModelSettings):
         self.check_overlap(doc_max_tokens)
         return doc_max_tokens
 
+    def auto_overlap(self, doc_max_tokens: int) -> int:
+        """--overlap as an upload's "auto" chunking takes it: cut to a model's chunks of
+        `doc_max_tokens`."""
+        return min(self.overlap, doc_max_tokens - 1)
+
     def check_overlap(self, doc_max_tokens: int) -> None:
         """--overlap against a model's chunks of `doc_max_tokens`: a server started with one
         the model cannot take refused every upload later, blaming the request's
@@ -113,8 +118,7 @@ class ServiceSettings(ModelSettings):
         from indexing.pipeline import chunk_limits_for
 
         size, _ = chunk_limits_for(doc_max_tokens, None, 0)  # an upload's "auto" chunks
-        # (taken as `IndexService` takes it for "auto": cut to the chunks' length)
-        if min(self.overlap, doc_max_tokens - 1) >= size:
+        if self.auto_overlap(doc_max_tokens) >= size:
             raise ChunkingError(
                 f"--overlap {self.overlap} does not fit this model's chunks of {size} tokens: "
                 f"give at most {size - 1} (default: {ServiceSettings.overlap})"

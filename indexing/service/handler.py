@@ -475,7 +475,7 @@ class IndexService:
                     param="chunking_strategy.static.chunk_overlap_tokens",
                 )  # fmt: skip
         else:
-            overlap = min(overlap, int(self.worker.cm.config.doc_max_tokens) - 1)
+            overlap = self.settings.auto_overlap(int(self.worker.cm.config.doc_max_tokens))
         try:
             return chunk_limits(self.worker.cm, size, overlap)
         except ChunkingError as exc:

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from clara.paths import upload_file_id
 from clara.text import hidden_char, whole_characters
-from clara_cli.http import CLIENT_GONE, APIError
+from clara_cli.http import CLIENT_GONE, APIError, media_type
 from indexing.durable import sync
 from indexing.service.state import FileRecord
 
@@ -123,8 +123,7 @@ class Uploads:
                 tail[:] = (tail + chunk)[-_TAIL:]
                 yield chunk
 
-        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media != "multipart/form-data":  # (media types are case-insensitive: RFC 9110)
+        if media_type(request.headers) != "multipart/form-data":
             raise APIError(400, "upload the file as multipart/form-data with fields 'file' and "
                            "'purpose'")  # fmt: skip
         try:
