@@ -16,6 +16,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -169,6 +170,10 @@ def is_client_error(exc: BaseException) -> bool:
 
 
 CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in metrics and logs
+
+#: the id of the request being answered (`MeteredGate` sets it; X-Request-ID): work queued for
+#: the model thread keeps the one it was queued under, so its failure is logged with it
+REQUEST_ID: ContextVar[str | None] = ContextVar("clara_request_id", default=None)
 
 #: Retry-After of a `shutting_down` 503: about what a restart takes to load the model again.
 RESTART_RETRY_S = 10

@@ -20,7 +20,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clara_cli.http import CLIENT_GONE, AccessGate
+from clara_cli.http import CLIENT_GONE, REQUEST_ID, AccessGate
 
 log = logging.getLogger("clara.http")
 
@@ -207,9 +207,11 @@ class MeteredGate:
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
+        token = REQUEST_ID.set(request_id)
         try:  # the gate refuses, answers an allowed origin's preflight, or calls the app
             await self.access(scope, receive, send_status)
         finally:
+            REQUEST_ID.reset(token)
             endpoint = self.endpoint(scope["path"])
             if status == CLIENT_GONE:  # (uvicorn logs no access line for a client gone)
                 host, port = scope.get("client") or ("?", 0)

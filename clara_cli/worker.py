@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from clara.errors import ClaraError
-from clara_cli.http import APIError, check_ready, is_client_error, shutting_down_error
+from clara_cli.http import REQUEST_ID, APIError, check_ready, is_client_error, shutting_down_error
 
 log = logging.getLogger("clara.worker")
 T = TypeVar("T")
@@ -73,6 +73,7 @@ class Task:
     steps: Iterator[object] | None = field(default=None, repr=False)
     busy: float | None = None  # seconds of its own turns, once started (for Retry-After)
     on_cancel: Callable[[], None] = field(default=_ignore, repr=False)  # set by `submit`
+    request_id: str | None = field(default_factory=REQUEST_ID.get)  # the request it serves
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -326,7 +327,7 @@ class Worker:
         except StopIteration:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the task
-            log_failure(_kind(task.key), exc)
+            log_failure(_kind(task.key), exc, task.request_id)
             _quietly(task.failed, exc)
         if started or not task.cancelled:  # its own time, not the turns of others between
             task.busy = (task.busy or 0.0) + time.perf_counter() - t0
@@ -395,16 +396,19 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> None:
         log.exception("a task's %s failed", getattr(fn, "__name__", "callback"))
 
 
-def log_failure(what: str, exc: BaseException) -> None:
+def log_failure(what: str, exc: BaseException, *request_ids: str | None) -> None:
     """Log a failed request's error: nothing for a 4xx (the client's to fix), one line for a
     known condition (a library or API error says what is wrong: a damaged collection fails
-    every request alike), a traceback for anything else."""
+    every request alike), a traceback for anything else; named by the ids of the requests it
+    failed (X-Request-ID), as the access log and the client's answer name them."""
     if is_client_error(exc):
         return
+    ids = [i for i in request_ids if i]
+    named = f" (request{'s' if len(ids) > 1 else ''} {', '.join(ids)})" if ids else ""
     if isinstance(exc, (ClaraError, APIError)):
-        log.error("%s request failed: %s", what, exc)
+        log.error("%s request failed%s: %s", what, named, exc)
     else:
-        log.error("%s request failed", what, exc_info=exc)
+        log.error("%s request failed%s", what, named, exc_info=exc)
 
 
 def _kind(key: Any) -> str:

@@ -341,7 +341,7 @@ class Engine:
             if j is job:
                 error.append(exc)
                 return
-            log_failure("chat", exc)
+            log_failure("chat", exc, j.task.request_id)
             j.task.failed(exc)
 
         def start(adapter: str | None, part: list[tuple[Job, RagParams, Prompt]]) -> None:
@@ -490,7 +490,7 @@ class Engine:
                     except SequencesFailed as part:  # those requests' own errors: the rest go on
                         chunks = part.chunks
                         for seq, exc in part.errors:
-                            log_failure("chat", exc)
+                            log_failure("chat", exc, seq.tag.task.request_id)
                             self._failed(seq, exc)
                     except Exception as exc:  # noqa: BLE001 - this batch's, not the worker's
                         self._failed_batch(decoder, exc)
@@ -523,8 +523,9 @@ class Engine:
         each ends with the error, told to its client (they used to end with no finish reason,
         counted as cancelled, and every other adapter's batch with them); other batches go
         on."""
-        log_failure("chat", exc)
-        for seq in decoder.clear():
+        failed = decoder.clear()
+        log_failure("chat", exc, *(seq.tag.task.request_id for seq in failed))
+        for seq in failed:
             self._failed(seq, exc)
 
     def _failed(self, seq: Seq, exc: BaseException) -> None:

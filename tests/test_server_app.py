@@ -236,10 +236,11 @@ def test_max_tokens_limit_caps_every_request() -> None:
     )  # no limit: the context's room cuts it later
 
 
-def test_a_decode_step_that_fails_tells_its_requests(tmp_path, tiny_llama_dir, monkeypatch):
+def test_a_decode_step_that_fails_tells_its_requests(tmp_path, tiny_llama_dir, monkeypatch, caplog):
     """From a review of the engine: a step that raised ended every decoding request with no
     finish reason and no error, counted as cancelled (and every other adapter's batch with
-    them). Now each hears the error, it is counted as one, and the server goes on."""
+    them). Now each hears the error, it is counted as one, and the server goes on. The error's
+    log line names the request (it had no request id: the work ran on the model thread)."""
     from clara.decode import Decoder
 
     broken, step = [True], Decoder.step
@@ -256,18 +257,22 @@ def test_a_decode_step_that_fails_tells_its_requests(tmp_path, tiny_llama_dir, m
         deadline = time.monotonic() + 120
         while app.state.engine.state != "ready" and time.monotonic() < deadline:
             time.sleep(0.1)
-        r = client.post("/v1/chat/completions", json=body)
+        with caplog.at_level("ERROR", logger="clara.worker"):
+            r = client.post("/v1/chat/completions", json=body, headers={"X-Request-ID": "ask-1"})
         assert r.status_code == 500, r.text
         assert r.json()["error"]["message"].startswith("internal server error"), r.text
+        assert r.headers["X-Request-ID"] == "ask-1"
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"], r.text
         metrics = client.get("/metrics").text
     assert 'clara_generations_total{reason="error"} 1' in metrics, metrics
     assert 'reason="cancelled"' not in metrics
+    failed = [r for r in caplog.records if "request failed" in r.getMessage()]
+    assert [r.getMessage() for r in failed] == ["chat request failed (request ask-1)"]
 
 
 def test_a_request_whose_own_step_fails_leaves_its_neighbour_decoding(
-    tmp_path, tiny_llama_dir, monkeypatch
+    tmp_path, tiny_llama_dir, monkeypatch, caplog
 ):
     """A request's own text or logprobs raising in a step failed every request decoding
     beside it (an engine review); it now fails that request alone."""
@@ -293,14 +298,19 @@ def test_a_request_whose_own_step_fails_leaves_its_neighbour_decoding(
         def ask(n: int) -> None:
             body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": n,
                     "ignore_eos": True}  # fmt: skip
-            answers[n] = client.post("/v1/chat/completions", json=body)
+            answers[n] = client.post(
+                "/v1/chat/completions", json=body, headers={"X-Request-ID": f"ask-{n}"}
+            )
 
         asking = [threading.Thread(target=ask, args=(n,)) for n in (13, 30)]
-        for t in asking:
-            t.start()
-        for t in asking:
-            t.join(120)
+        with caplog.at_level("ERROR", logger="clara.worker"):
+            for t in asking:
+                t.start()
+            for t in asking:
+                t.join(120)
         metrics = client.get("/metrics").text
+    failed = [r.getMessage() for r in caplog.records if "request failed" in r.getMessage()]
+    assert failed == ["chat request failed (request ask-13)"]  # not its neighbour's
     assert answers[13].status_code == 500, answers[13].text
     assert answers[30].status_code == 200, answers[30].text
     assert answers[30].json()["usage"]["completion_tokens"] == 30

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from clara_cli.http import APIError
+from clara_cli.http import REQUEST_ID, APIError
 from clara_cli.worker import BULK, INTERACTIVE, Task, Worker
 
 
@@ -251,15 +251,23 @@ def test_failures_are_logged_by_kind(caplog: pytest.LogCaptureFixture) -> None:
                 def start(cm, exc=exc):
                     raise exc
 
-                worker.submit(Task((":chat", i), start, heard.append))
+                asked = REQUEST_ID.set(f"req_{i}")  # (as the gate sets it for a request)
+                try:
+                    worker.submit(Task((":chat", i), start, heard.append))
+                finally:
+                    REQUEST_ID.reset(asked)
             wait_until(lambda: len(heard) == 3)
     finally:
         worker.stop()
     assert heard == errors  # each task hears its own error, whatever is logged
     records = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
     assert records == [
-        ("chat request failed: collection 'x' is damaged (meta.sqlite is missing)", False),
-        ("chat request failed", True),
+        (
+            "chat request failed (request req_1): "
+            "collection 'x' is damaged (meta.sqlite is missing)",
+            False,
+        ),
+        ("chat request failed (request req_2)", True),
     ]
 
 
