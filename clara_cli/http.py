@@ -170,6 +170,7 @@ def is_client_error(exc: BaseException) -> bool:
 
 
 CLIENT_GONE = 499  # nginx's "client closed request": only ever seen in metrics and logs
+CLIENT_GONE_MESSAGE = "the client closed the request"
 
 #: the id of the request being answered (`MeteredGate` sets it; X-Request-ID): work queued for
 #: the model thread keeps the one it was queued under, so its failure is logged with it
@@ -177,6 +178,12 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("clara_request_id", default=None
 
 #: Retry-After of a `shutting_down` 503: about what a restart takes to load the model again.
 RESTART_RETRY_S = 10
+
+
+def client_gone_error() -> APIError:
+    """The 499 of a request whose client left before its answer: for the metrics and the log
+    (nobody reads its body)."""
+    return APIError(CLIENT_GONE, CLIENT_GONE_MESSAGE, code="client_closed")
 
 
 def shutting_down_error(message: str) -> APIError:
@@ -572,7 +579,7 @@ class JSONBodyRequest(Request):
         try:
             return await super().body()
         except ClientDisconnect:
-            raise StarletteHTTPException(CLIENT_GONE, "the client closed the request") from None
+            raise StarletteHTTPException(CLIENT_GONE, CLIENT_GONE_MESSAGE) from None
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):

@@ -24,7 +24,7 @@ from clara.errors import ClaraError
 from clara.paths import path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import snippet
-from clara_cli.http import CLIENT_GONE, APIError, shutting_down_error, to_api_error
+from clara_cli.http import APIError, client_gone_error, shutting_down_error, to_api_error
 from server.engine import TOO_LONG_TO_EMBED, Engine
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
 from server.protocol import (
@@ -323,7 +323,7 @@ class OpenAIServing:
                 job.checked = now
                 if await request.is_disconnected():
                     job.cancel()
-                    raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
+                    raise client_gone_error()
             if event is not None:
                 return event
 
@@ -347,7 +347,7 @@ class OpenAIServing:
             return event
         if isinstance(event, Failed):
             raise to_api_error(event.error)
-        raise APIError(CLIENT_GONE, "the request was cancelled", code="client_closed")
+        raise client_gone_error()
 
     def observe_ttft(self, start: float, first: float | None) -> None:
         """Time to first token of a request that began at `start` (none if it produced none)."""
@@ -575,7 +575,7 @@ class OpenAIServing:
                 error.param = "input"
             raise error
         if not isinstance(event, Embedded):
-            raise APIError(CLIENT_GONE, "the request was cancelled", code="client_closed")
+            raise client_gone_error()
         data = [
             Embedding(
                 embedding=base64.b64encode(v.astype("<f4").tobytes()).decode()

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from clara.paths import upload_file_id
 from clara.text import hidden_char, whole_characters
-from clara_cli.http import CLIENT_GONE, APIError, media_type
+from clara_cli.http import APIError, client_gone_error, media_type
 from indexing.durable import sync
 from indexing.service.state import FileRecord
 
@@ -133,9 +133,7 @@ class Uploads:
         except MultiPartException as exc:
             raise APIError(400, f"could not read the multipart body: {exc.message}") from None
         except ClientDisconnect:  # (a 500 and two tracebacks: an aborted upload is no fault)
-            raise APIError(
-                CLIENT_GONE, "the client closed the request", code="client_closed"
-            ) from None
+            raise client_gone_error() from None
         try:
             upload, purpose = form.get("file"), form.get("purpose")
             if upload is None:

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara_cli.http import CLIENT_GONE, APIError
+from clara_cli.http import APIError, client_gone_error
 from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
 from server.jobs import Ready, SourceInfo
@@ -180,7 +180,7 @@ class ResponsesServing:
                 )  # fmt: skip
                 return
             if await request.is_disconnected():
-                raise APIError(CLIENT_GONE, "client closed the request", code="client_closed")
+                raise client_gone_error()
             if (stopping := self.serving.stop_error()) is not None:  # the grace period's end
                 raise stopping
             await asyncio.sleep(0.1)
