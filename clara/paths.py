@@ -167,3 +167,13 @@ def sweep_temps(target: Path, suffix: str = ".tmp") -> None:
             stale = False
         if stale and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
+
+
+def disk_full(folder: Path | str) -> bool:
+    """Whether the writable file system holding `folder` has no block left for this user
+    (read-only ones, squashfs or a CD, say none free: they are not full)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail == 0 and not st.f_flag & os.ST_RDONLY

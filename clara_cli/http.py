@@ -8,6 +8,7 @@ A model worker that is not ready answers 503 with a code that says why.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import importlib.resources
 import ipaddress
@@ -47,6 +48,7 @@ from clara.errors import (
     UnsupportedDocumentError,
     UnsupportedModeError,
 )
+from clara.paths import disk_full
 
 log = logging.getLogger("clara.http")
 
@@ -184,6 +186,25 @@ def client_gone_error() -> APIError:
     """The 499 of a request whose client left before its answer: for the metrics and the log
     (nobody reads its body)."""
     return APIError(CLIENT_GONE, CLIENT_GONE_MESSAGE, code="client_closed")
+
+
+def storage_error(exc: BaseException, where: Path | str, what: str, *, also: str = "") -> APIError:
+    """What the disk refused while a request wrote or read clara's files (an upload, the
+    stored responses), as a `storage_error`: a 507 when the disk is full (ENOSPC or a quota,
+    SQLite's SQLITE_FULL, or no block left where it writes), else a 500; either says where
+    and what to do, then `also` (another way round it). It was judged two ways: below 1 MiB
+    free for the responses, by errno for uploads."""
+    full = (
+        (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+        or getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
+        or disk_full(where if Path(where).is_dir() else Path(where).parent)
+    )
+    why = (exc.strerror if isinstance(exc, OSError) else None) or exc
+    fix = "free disk space there" if full else "check that the server may write there"
+    return APIError(
+        507 if full else 500, f"could not {what} in {where}: {why}; {fix}{also}",
+        code="storage_error",
+    )  # fmt: skip
 
 
 def shutting_down_error(message: str) -> APIError:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from clara.errors import CollectionLockedError
+from clara.paths import disk_full
 
 CRASH_ENV = "CLARA_CRASH_AT"
 
@@ -54,16 +55,6 @@ def sync(fd: int) -> None:
         except OSError:
             pass
     os.fsync(fd)
-
-
-def disk_full(folder: Path | str) -> bool:
-    """Whether the writable file system holding `folder` has no block left for this user
-    (read-only ones, squashfs or a CD, say none free: they are not full)."""
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return False
-    return st.f_bavail == 0 and not st.f_flag & os.ST_RDONLY
 
 
 def sqlite_error(exc: Exception, folder: Path | str) -> Exception:

@@ -8,6 +8,7 @@ retrieval is still exact because a fresh model's query and compressor adapters a
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
@@ -686,7 +687,7 @@ def test_a_response_the_disk_cannot_hold_is_a_storage_error(tmp_path) -> None:
     failed and hid why, and the client got a 500 "internal" (a stream: a cut connection)."""
     import sqlite3
 
-    from clara_cli.http import APIError
+    from clara_cli.http import APIError, storage_error
     from server.responses.store import ResponseStore
 
     class FullDisk:
@@ -694,7 +695,9 @@ def test_a_response_the_disk_cannot_hold_is_a_storage_error(tmp_path) -> None:
 
         def execute(self, sql: str, *args):
             if sql.startswith("INSERT"):
-                raise sqlite3.OperationalError("database or disk is full")
+                full = sqlite3.OperationalError("database or disk is full")
+                full.sqlite_errorname = "SQLITE_FULL"  # (as SQLite raises it)
+                raise full
 
     store = ResponseStore(tmp_path / "responses.sqlite")
     store._conn = FullDisk()
@@ -702,6 +705,15 @@ def test_a_response_the_disk_cannot_hold_is_a_storage_error(tmp_path) -> None:
         store.put({"id": "resp_1", "created_at": 0, "status": "completed"}, [])
     assert info.value.status == 507 and info.value.code == "storage_error"
     assert "free disk space there, or send store: false" in info.value.message
+
+    # a refusal that is not a full disk is a 500 saying to check the folder's rights
+    denied = storage_error(PermissionError(13, "Permission denied"), tmp_path, "store the response")
+    assert denied.status == 500 and "Permission denied; check that the server may" in denied.message
+    # uploads and responses judge a full disk alike (a quota too; it was below 1 MiB free
+    # for the responses, ENOSPC alone for uploads)
+    for errno_ in (errno.ENOSPC, errno.EDQUOT):
+        full = storage_error(OSError(errno_, os.strerror(errno_)), tmp_path, "store the upload")
+        assert full.status == 507 and "; free disk space there" in full.message
 
     # reads too (a review: only writes were mapped; a read was a 500 and a traceback)
     unopenable = ResponseStore(tmp_path / "a-folder")

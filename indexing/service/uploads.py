@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import email.errors
 import email.header
-import errno
 import os
 import re
 import secrets
@@ -26,7 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from clara.paths import upload_file_id
 from clara.text import hidden_char, whole_characters
-from clara_cli.http import APIError, client_gone_error, media_type
+from clara_cli.http import APIError, client_gone_error, media_type, storage_error
 from indexing.durable import sync
 from indexing.service.state import FileRecord
 
@@ -182,16 +181,7 @@ class Uploads:
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk, ...: nothing left behind
             if isinstance(exc, OSError):  # the operator's to fix: say where and what
-                full = exc.errno == errno.ENOSPC
-                raise APIError(
-                    507 if full else 500,
-                    f"could not store the upload in {self.directory}: "
-                    f"{exc.strerror or exc}; "
-                    + (
-                        "free disk space there" if full else "check that the server may write there"
-                    ),
-                    code="storage_error",
-                ) from None
+                raise storage_error(exc, self.directory, "store the upload") from None
             raise
         return self.path(rec).stat().st_size
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 from clara.paths import pid_alive
-from clara_cli.http import APIError
+from clara_cli.http import APIError, storage_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -109,16 +108,8 @@ class ResponseStore:
     def _storage_error(self, exc: Exception, what: str = "store the response") -> APIError:
         """What the disk refused, as the 507/500 `storage_error` uploads give (it was a 500
         "internal" with a traceback; a stream was cut without a word)."""
-        try:
-            full = "full" in str(exc) or shutil.disk_usage(self.path.parent).free < 1 << 20
-        except OSError:
-            full = False
-        return APIError(
-            507 if full else 500,
-            f"could not {what} in {self.path}: {exc}; "
-            + ("free disk space there" if full else "check that the server may write there")
-            + ", or send store: false without previous_response_id",
-            code="storage_error",
+        return storage_error(
+            exc, self.path, what, also=", or send store: false without previous_response_id"
         )
 
     def get(self, response_id: str) -> dict[str, Any] | None:
