@@ -193,6 +193,10 @@ def create_app(
     def delete_response(response_id: str, request: Request):
         return request.app.state.responses.delete(response_id)
 
+    @app.post("/v1/responses/{response_id}/cancel", response_model=Response, responses=ERRORS)
+    def cancel_response(response_id: str, request: Request):
+        return request.app.state.responses.cancel(response_id)
+
     @app.get(
         "/v1/responses/{response_id}/input_items", response_model=InputItemList, responses=ERRORS
     )

@@ -266,16 +266,20 @@ class ChatCompletionRequest(_Request):
                             f"content of type {part.type!r} (this model reads text only)",
                         )
 
-    def to_params(self, defaults: ServingDefaults) -> RagParams:
-        """Split the conversation into question, history, system prompt and retrieval query."""
+    def to_params(self, defaults: ServingDefaults, whole_history: bool = False) -> RagParams:
+        """Split the conversation into question, history, system prompt and retrieval query.
+        The prompt's history is the last --history-turns exchanges, or all of them with
+        `whole_history` (a Responses chain with truncation "disabled"); the retrieval query
+        is the question and the user turns of the last --history-turns exchanges."""
         system = [m.text() for m in self.messages if m.role in ("system", "developer")]
         turns = [m for m in self.messages if m.role in ("user", "assistant")]
         last_user = max((i for i, m in enumerate(turns) if m.role == "user"), default=None)
         question = turns[last_user].text() if last_user is not None else ""
         turns = turns[:last_user] if last_user is not None else turns
         keep = 2 * defaults.history_turns
-        history = turns[-keep:] if keep else []
-        users = [m.text() for m in history if m.role == "user"] + [question]
+        recent = turns[-keep:] if keep else []
+        history = turns if whole_history else recent
+        users = [m.text() for m in recent if m.role == "user"] + [question]
         return RagParams(
             question=question,
             query="\n".join(users),

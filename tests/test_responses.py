@@ -378,6 +378,7 @@ def test_output_text_logprobs_plain_and_streamed(client: openai.OpenAI) -> None:
     # top_logprobs alone: `include` asks for them (they came back before)
     unasked = client.responses.create(model=MODEL, input=DOCS[2][1], top_logprobs=2, store=False)
     assert unasked.output[0].content[0].logprobs == []
+    assert r.top_logprobs == unasked.top_logprobs == 2  # echoed (it was not)
 
 
 def test_input_items_come_in_pages(client: openai.OpenAI) -> None:
@@ -392,6 +393,141 @@ def test_input_items_come_in_pages(client: openai.OpenAI) -> None:
     newest = client.responses.input_items.list(r.id, limit=1)  # desc by default
     assert [i.content[0].text for i in newest.data] == ["Question 2?"]
     client.responses.delete(r.id)
+
+
+def test_a_chain_is_read_whole_unless_truncation_is_auto(client: openai.OpenAI) -> None:
+    """A Responses audit: every chain was cut to the server's --history-turns (2) exchanges,
+    with truncation "disabled" too, and said nothing (a code given in turn 1 was forgotten by
+    turn 5). "disabled" now reads every turn (a 400 if they do not fit); "auto" may drop."""
+    kw = dict(model=MODEL, max_output_tokens=1, tool_choice="none")
+    previous = None
+    sent: list[dict] = []
+    for i in range(4):
+        r = client.responses.create(
+            input=f"Turn {i}: remember {i}.", previous_response_id=previous, **kw
+        )
+        sent += [{"role": "user", "content": f"Turn {i}: remember {i}."},
+                 {"role": "assistant", "content": r.output_text}]  # fmt: skip
+        previous = r.id
+    whole = client.responses.create(input="What was turn 0?", previous_response_id=previous, **kw)
+    cut = client.responses.create(
+        input="What was turn 0?", previous_response_id=previous, truncation="auto", **kw
+    )
+    inline = client.responses.create(
+        input=sent + [{"role": "user", "content": "What was turn 0?"}], store=False, **kw
+    )
+    assert whole.usage.input_tokens == inline.usage.input_tokens > cut.usage.input_tokens
+    # a server cap on the answer's length is echoed (it said null, then stopped "incomplete")
+    assert whole.max_output_tokens == 1
+    assert (
+        client.responses.create(model=MODEL, input="hi", tool_choice="none").max_output_tokens == 8
+    )
+
+
+def test_a_follow_up_searches_what_its_previous_response_searched(
+    client: openai.OpenAI, knowledge_base
+) -> None:
+    """A Responses audit: a follow-up without the file_search tool searched the server's
+    default collection, and was answered from other documents. It searches the previous
+    response's vector store again (unless it names a collection or turns retrieval off)."""
+    store_id, file_id = knowledge_base
+    tools = [{"type": "file_search", "vector_store_ids": [store_id]}]
+    first = client.responses.create(model=MODEL, input=GUIDE, tools=tools)
+    follow = client.responses.create(
+        model=MODEL, input="And the capital of Japan?", previous_response_id=first.id
+    )
+    assert follow.model_extra["retrieval"]["collection"] == store_id
+    assert [n.filename for n in follow.output[0].content[0].annotations] == ["capitals.md"]
+    named = client.responses.create(
+        model=MODEL, input="And Japan?", previous_response_id=first.id,
+        extra_body={"collection": "default"},
+    )  # fmt: skip
+    assert named.model_extra["retrieval"]["collection"] == "default"
+    unsearched = client.responses.create(model=MODEL, input="hi", tool_choice="none")
+    after = client.responses.create(model=MODEL, input="hi", previous_response_id=unsearched.id)
+    assert after.model_extra["retrieval"]["collection"] == "default"
+
+
+def test_a_chain_with_a_gap_or_no_answer_yet_says_so(client: openai.OpenAI, server, tmp) -> None:
+    """A Responses audit: a deleted earlier turn silently shortened every later turn's
+    conversation; a chain to a response still being answered (or failed with no text) read an
+    empty assistant turn."""
+    from server.responses.store import ResponseStore
+
+    kw = dict(model=MODEL, max_output_tokens=1, tool_choice="none")
+    a = client.responses.create(input="Turn a.", **kw)
+    b = client.responses.create(input="Turn b.", previous_response_id=a.id, **kw)
+    client.responses.delete(a.id)
+    with pytest.raises(openai.NotFoundError) as err:
+        client.responses.create(input="Turn c.", previous_response_id=b.id, **kw)
+    assert err.value.code == "previous_response_not_found" and a.id in err.value.message
+    assert "was deleted" in err.value.message
+    on = client.responses.create(
+        input="Turn c.", previous_response_id=b.id, truncation="auto", **kw
+    )
+    assert on.status in ("completed", "incomplete")
+
+    store = ResponseStore(tmp / "responses.sqlite")  # the server's, written from here
+    try:
+        base = {"created_at": 0, "model": MODEL, "output": [], "previous_response_id": None}
+        store.put({**base, "id": "resp_running", "status": "in_progress"}, [])  # (this pid: alive)
+        with pytest.raises(openai.BadRequestError) as err:
+            client.responses.create(input="Go on.", previous_response_id="resp_running", **kw)
+        assert "still in progress" in err.value.message
+        turn = [{"id": "msg_1", "type": "message", "role": "user", "status": "completed",
+                 "content": [{"type": "input_text", "text": "Turn one."}]}]  # fmt: skip
+        store.put({**base, "id": "resp_failed", "status": "failed"}, turn)
+    finally:
+        store.delete("resp_running")
+        store.close()
+    chained = client.responses.create(input="Turn two.", previous_response_id="resp_failed", **kw)
+    sent = [{"role": "user", "content": "Turn one."}, {"role": "user", "content": "Turn two."}]
+    inline = client.responses.create(input=sent, store=False, **kw)
+    assert chained.usage.input_tokens == inline.usage.input_tokens  # no empty assistant turn
+
+
+def test_a_failed_responses_error_code_is_one_openais_sdks_know() -> None:
+    """A Responses audit: a failed response's `error.code` was clara's ("shutting_down"),
+    which the SDK's types (a closed list) refuse."""
+    from typing import get_args
+
+    from openai.types.responses import ResponseError as SDKError
+
+    from clara_cli.http import APIError
+    from server.responses.protocol import ResponseError
+
+    known = set(get_args(SDKError.model_fields["code"].annotation))
+    for code in ("shutting_down", "model_failed", "server_overloaded", "context_length_exceeded",
+                 None, "server_error"):  # fmt: skip
+        error = ResponseError.of(APIError(503, "the server is stopping", code=code))
+        assert error.code in known
+        SDKError.model_validate(error.model_dump(), strict=True)
+        if code not in (None, "server_error"):
+            assert error.message == f"the server is stopping ({code})"  # clara's, kept
+    assert ResponseError.of(APIError(503, "busy", code="server_overloaded")).code == (
+        "rate_limit_exceeded"
+    )
+
+
+def test_cancel_and_paging_answer_as_openai_does(client: openai.OpenAI, server) -> None:
+    """A Responses audit: cancel was a 404 "Unknown request URL" (as if the response were
+    gone); an unknown `after` cursor was ignored (the first page again); content parts were
+    run together ("part Apart B")."""
+    r = client.responses.create(
+        model=MODEL, max_output_tokens=1, tool_choice="none",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "part A"},
+                                            {"type": "input_text", "text": "part B"}]}],
+    )  # fmt: skip
+    (item,) = client.responses.input_items.list(r.id).data
+    assert item.content[0].text == "part A\npart B"  # (as chat completions reads parts)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.cancel(r.id)
+    assert "background" in err.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.responses.cancel("resp_unknown")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.input_items.list(r.id, after="msg_unknown")
+    assert err.value.body["param"] == "after"
 
 
 def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> None:
@@ -418,6 +554,8 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "reasoning": {"effort": "low"}}, "reasoning"),
         ({"input": "hi", "text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"input": "hi", "text": {"format": "json_object"}}, "text.format"),  # (read as text)
+        ({"input": "hi", "text": {"format": {"name": "x"}}}, "text.format"),
         ({"input": "hi", "frobnicate": 1}, "frobnicate"),
         ({"input": "hi", "include": ["reasoning.encrypted_content"]}, "include.[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, None),
@@ -446,6 +584,8 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
     else:
         assert err["param"].startswith("input.[0].content"), err
         assert "reads text only" in err["message"]
+    if "frobnicate" in body:  # (pydantic's "Extra inputs are not permitted" said less)
+        assert err["message"].startswith("unknown parameter 'frobnicate'"), err
     if body["input"] and isinstance(body["input"], list) and "call_id" in body["input"][0]:
         assert "calls no tools" in err["message"]
 
@@ -603,9 +743,12 @@ def test_store_chain_and_lazy_file(tmp_path) -> None:
     for i, prev in ((1, None), (2, "r1"), (3, "r2")):
         response = {"id": f"r{i}", "created_at": i, "previous_response_id": prev}
         store.put(response, [{"id": f"m{i}"}])
-    assert [r["id"] for _, r in store.chain("r3")] == ["r1", "r2", "r3"]
+    assert [r["id"] for _, r in store.chain("r3").turns] == ["r1", "r2", "r3"]
+    assert store.chain("r3").gap is None
     assert store.delete("r1") and not store.delete("r1")
-    assert [items for items, _ in store.chain("r3")] == [[{"id": "m2"}], [{"id": "m3"}]]
+    chain = store.chain("r3")
+    assert [items for items, _ in chain.turns] == [[{"id": "m2"}], [{"id": "m3"}]]
+    assert chain.gap == "r1"  # (the turns before it are gone: the caller says so)
     assert store.chain("r1") is None and store.get("r1") is None
     store.close()
     again = ResponseStore(tmp_path / "sub" / "responses.sqlite")  # durable: a new connection

@@ -60,7 +60,7 @@ class InputMessage(_Request):
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(p.text or p.refusal or "" for p in self.content)
+            return "\n".join(p.text or p.refusal or "" for p in self.content)  # (as chat's)
         return self.content
 
 
@@ -149,8 +149,8 @@ class ResponseCreateRequest(_Request):
     tools: list[FileSearchTool] | None = only({"maxItems": 1}, default=None)
     """One file_search tool (clara calls no other tools)."""
     top_logprobs: json_int(ge=0, le=20) | None = None
-    """With each output token's logprob (include "message.output_text.logprobs"), this many
-    most likely alternatives (implies the logprobs)."""
+    """With each output token's logprob, this many most likely alternatives; the logprobs
+    come back when `include` has "message.output_text.logprobs" (as OpenAI's)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     truncation: Literal["auto", "disabled"] | None = None
     user: ShortText | None = None
@@ -160,7 +160,8 @@ class ResponseCreateRequest(_Request):
     """Without a file_search tool the default collection is searched, as chat completions
     does; false answers from the bare model. (With a file_search tool: its vector stores.)"""
     collection: str | None = Field(default=None, pattern=VECTOR_STORE_ID)
-    """Collection searched without a file_search tool (default: the server's --collection)."""
+    """Collection searched without a file_search tool (default: in a `previous_response_id`
+    chain, the one the previous response searched; else the server's --collection)."""
     top_k: json_int(ge=0, le=100) | None = None
     """Chunks to retrieve without a file_search tool (default: the server's --top-k)."""
     mode: Literal[READING_MODES] | None = None
@@ -195,7 +196,10 @@ class ResponseCreateRequest(_Request):
         if self.max_tool_calls is not None:
             refuse("max_tool_calls", "max_tool_calls")
         fmt = (self.text or {}).get("format")
-        if isinstance(fmt, dict) and "type" in fmt and fmt["type"] != "text":
+        if fmt is not None and not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str)):
+            raise APIError(400, "text.format must be an object with a 'type' (clara-serve "
+                           "writes \"text\")", param="text.format")  # fmt: skip
+        if isinstance(fmt, dict) and fmt["type"] != "text":
             refuse("text.format", f"text format {fmt.get('type')!r}")
         choice = self.tool_choice
         if choice not in (None, "auto", "none", "required") and not (
@@ -271,8 +275,26 @@ class ResponseUsage(_Response):
 
 
 class ResponseError(_Response):
+    """A failed response's error. Its `code` is one OpenAI's SDKs know (typed clients, in
+    TypeScript, Go or .NET, refuse others): clara's own code is kept in the message."""
+
     code: str
     message: str
+
+    @classmethod
+    def of(cls, error: Any) -> ResponseError:
+        """The error of a response that failed with the `APIError` `error`."""
+        code = error.code or "server_error"
+        if code in _ERROR_CODES:
+            return cls(code=code, message=error.message)
+        known = _ERROR_CODE_OF.get(code, "server_error")
+        return cls(code=known, message=f"{error.message} ({code})")
+
+
+#: OpenAI's codes of a response's error that clara can give, and its own codes' nearest one
+_ERROR_CODES = frozenset({"server_error", "rate_limit_exceeded", "invalid_prompt"})
+_ERROR_CODE_OF = {"server_overloaded": "rate_limit_exceeded",
+                  "context_length_exceeded": "invalid_prompt"}  # fmt: skip
 
 
 class IncompleteDetails(_Response):
@@ -301,6 +323,7 @@ class Response(_Response):
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
     tool_choice: str | dict[str, Any] = "auto"
     tools: list[dict[str, Any]] = Field(default_factory=list)
+    top_logprobs: int | None = None
     top_p: float | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
     usage: ResponseUsage | None = None

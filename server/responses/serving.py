@@ -100,6 +100,16 @@ class ResponsesServing:
             raise _not_found(response_id)
         return found
 
+    def cancel(self, response_id: str) -> dict[str, Any]:
+        """OpenAI cancels background responses only, which clara-serve does not run: a 400
+        for a stored response (it was a 404 "Unknown request URL", as if it were gone)."""
+        self.get(response_id)  # (404 if unknown)
+        raise APIError(
+            400, "Only a response created with background: true can be cancelled, and "
+            "clara-serve does not run background responses (a streamed one stops when its "
+            "client closes the stream)", param="response_id",
+        )  # fmt: skip
+
     def delete(self, response_id: str) -> ResponseDeleted:
         if not self.store.delete(response_id):
             raise _not_found(response_id)
@@ -115,7 +125,10 @@ class ResponsesServing:
             raise _not_found(response_id)
         items = items[::-1] if order == "desc" else items
         ids = [item["id"] for item in items]
-        if after in ids:
+        if after is not None:
+            if after not in ids:  # (it was ignored: the first page again, as if in a loop)
+                raise APIError(400, f"after: no input item '{after}' in response "
+                               f"'{response_id}'", param="after")  # fmt: skip
             items = items[ids.index(after) + 1 :]
         items, more = items[:limit], len(items) > limit
         first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)
@@ -134,30 +147,51 @@ class ResponsesServing:
             out.append(_message_item(item.role, item.text(), part))
         return out
 
-    def _messages(self, req: ResponseCreateRequest, turn: list[dict]) -> list[ChatMessage]:
+    def _messages(
+        self, req: ResponseCreateRequest, turn: list[dict]
+    ) -> tuple[list[ChatMessage], dict[str, Any] | None]:
+        """The conversation a response answers: `instructions`, the stored chain of
+        `previous_response_id` (its inputs and answers), then `input`; and how the previous
+        response searched (its `retrieval`), which a follow-up that names nothing to search
+        searches again."""
         history: list[dict[str, Any]] = []
-        if req.previous_response_id is not None:
-            chain = self.store.chain(req.previous_response_id)
-            if chain is None:
+        searched = None
+        if (previous := req.previous_response_id) is not None:
+            latest = self.store.get(previous)  # (one whose server died reads "failed")
+            chain = self.store.chain(previous) if latest is not None else None
+            if latest is None or chain is None:
                 raise APIError(
-                    404,
-                    f"Previous response with id '{req.previous_response_id}' not found",
-                    param="previous_response_id",
+                    404, f"Previous response with id '{previous}' not found",
+                    param="previous_response_id", code="previous_response_not_found",
+                )  # fmt: skip
+            if latest.get("status") == "in_progress":  # (its answer would read as empty)
+                raise APIError(
+                    400, f"Previous response with id '{previous}' is still in progress: "
+                    "chain to it once it has completed", param="previous_response_id",
+                )  # fmt: skip
+            if chain.gap is not None and req.truncation != "auto":
+                raise APIError(
+                    404, f"Response '{chain.gap}', an earlier turn of the conversation of "
+                    f"'{previous}', was deleted, so that conversation cannot be read whole: "
+                    'send truncation: "auto" to go on from the turns after it, or start a '
+                    "new conversation", param="previous_response_id",
                     code="previous_response_not_found",
-                )
-            for items, response in chain:
+                )  # fmt: skip
+            for items, response in chain.turns:
                 history += items
                 answer = Response.model_validate(response).output_text
-                history.append(_message_item("assistant", answer, "output_text"))
+                if answer:  # (a failed one may have none: no empty assistant turn)
+                    history.append(_message_item("assistant", answer, "output_text"))
+            searched = latest.get("retrieval")
         messages = (
             [ChatMessage(role="system", content=req.instructions)] if req.instructions else []
         )
         for item in history + turn:
-            text = "".join(p.get("text", "") for p in item["content"])
+            text = "\n".join(p.get("text", "") for p in item["content"])
             messages.append(ChatMessage(role=item["role"], content=text))
         if not any(m.role != "system" for m in messages):  # no message to answer: an empty one
             messages.append(ChatMessage(role="user", content=""))
-        return messages
+        return messages, searched
 
     async def _indexing(self, store_id: str) -> set[str]:
         """Ids of the files being indexed into the vector store now."""
@@ -206,11 +240,18 @@ class ResponsesServing:
         return store_id, tool.max_num_results or self.serving.defaults.top_k
 
     def _chat_request(
-        self, req: ResponseCreateRequest, messages: list[ChatMessage], bare: bool = False
+        self,
+        req: ResponseCreateRequest,
+        messages: list[ChatMessage],
+        bare: bool = False,
+        searched_before: dict[str, Any] | None = None,
     ):
         """The chat request a response runs, and whether it searches (not with `bare`, the
         served model without retrieval: then a file_search tool is not used, as with
-        tool_choice "none")."""
+        tool_choice "none"). A follow-up (`previous_response_id`) with no file_search tool
+        and no `collection` searches what the previous response searched, if it is still
+        there (`searched_before`): a question after one about an uploaded file searched the
+        server's default collection, and was answered from other documents."""
         search = None if bare else self._file_search(req)
         chat = ChatCompletionRequest(
             messages=messages,
@@ -228,6 +269,12 @@ class ResponsesServing:
             chat.collection, chat.top_k = search
         else:
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, req.collection, req.top_k
+            before = searched_before or {}
+            name = before.get("collection")
+            if req.collection is None and name and is_vector_store(self.root, name):
+                chat.collection = name
+                if req.top_k is None and isinstance(before.get("top_k"), int):
+                    chat.top_k = before["top_k"]
         return chat, search is not None and req.tool_choice != "none" and not bare
 
     # ---- create ----------------------------------------------------------------------------
@@ -237,9 +284,9 @@ class ResponsesServing:
         serving.check_model(req.model)
         req.check_supported()
         turn = self._turn_items(req)
-        messages = await asyncio.to_thread(self._messages, req, turn)  # reads the store
+        messages, before = await asyncio.to_thread(self._messages, req, turn)  # reads the store
         bare = serving.is_bare(req.model)
-        chat, searched = self._chat_request(req, messages, bare)
+        chat, searched = self._chat_request(req, messages, bare, before)
         waiting = await self._indexing(chat.collection) if searched else set()
         if req.stream and waiting:  # headers and keep-alives now, not after the wait
             wait_then = self._wait_then_stream(req, request, chat, turn, bare, waiting)
@@ -289,7 +336,10 @@ class ResponsesServing:
     ) -> ResponseRun:  # fmt: skip
         """Start generating the response: retrieval, the prompt, the job on the model thread."""
         serving = self.serving
-        params = chat.to_params(serving.defaults)
+        # "disabled" (OpenAI's default): the whole conversation, or a 400 if it does not fit;
+        # "auto": the last --history-turns exchanges, fewer if need be (the small default
+        # model reads long histories badly). Before, every chain was cut to --history-turns.
+        params = chat.to_params(serving.defaults, whole_history=req.truncation != "auto")
         params.truncate = req.truncation == "auto"
         try:
             job, ready = await serving.start_chat(params, request)
@@ -302,11 +352,12 @@ class ResponsesServing:
         response = Response(
             model=serving.bare_model_name if bare else serving.served_model_name,
             instructions=req.instructions,
-            max_output_tokens=req.max_output_tokens,
+            max_output_tokens=params.max_tokens,  # (the server's cap when none was asked)
             previous_response_id=req.previous_response_id,
             store=req.store is not False,
             temperature=params.temperature,
             top_p=params.top_p,
+            top_logprobs=req.top_logprobs,
             # (a tool_choice object can only be {"type": "file_search"}: its other keys dropped)
             tool_choice={"type": "file_search"} if isinstance(req.tool_choice, dict)
             else req.tool_choice or "auto",

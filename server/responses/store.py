@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clara.paths import pid_alive
 from clara_cli.http import APIError, storage_error
@@ -35,6 +35,16 @@ INTERRUPTED = {
     "code": "server_error",
     "message": "the server stopped before this response finished; send the request again",
 }
+
+
+class Chain(NamedTuple):
+    """A conversation's stored turns, oldest first: (input items, response) each; `gap` is
+    the id of a deleted ancestor where it stops (the turns before it are gone)."""
+
+    turns: list[tuple[list[dict], dict]]
+    gap: str | None = None
+
+
 MAX_CHAIN = 1000  # a chain longer than this is cut (its oldest turns would not fit anyway)
 #: Responses this process is writing now (every store of it: their rows carry its pid)
 _WRITING: set[str] = set()
@@ -162,9 +172,10 @@ class ResponseStore:
             _WRITING.discard(response_id)
         return cur.rowcount > 0
 
-    def chain(self, response_id: str) -> list[tuple[list[dict], dict]] | None:
+    def chain(self, response_id: str) -> Chain | None:
         """(input items, response) of `response_id` and its ancestors, oldest first; None if
-        `response_id` is not stored. A deleted ancestor ends the chain there."""
+        `response_id` is not stored. A deleted ancestor ends the chain there (`Chain.gap`
+        names it)."""
         out = []
         current: str | None = response_id
         while current is not None and len(out) < MAX_CHAIN:
@@ -172,11 +183,11 @@ class ResponseStore:
             if row is None:
                 if not out:
                     return None
-                break
+                return Chain(out[::-1], gap=current)
             items, response = json.loads(row[0]), json.loads(row[1])
             out.append((items, response))
             current = response.get("previous_response_id")
-        return out[::-1]
+        return Chain(out[::-1])
 
     def close(self) -> None:
         with self._lock:

@@ -89,9 +89,7 @@ class ResponseRun:
         """Store the failed response with what was generated before the error (a stop
         deadline, a worker failure): its message `incomplete`, as a cancelled one keeps it."""
         self.response.status = "failed"
-        self.response.error = ResponseError(
-            code=error.code or "server_error", message=error.message
-        )
+        self.response.error = ResponseError.of(error)
         if self.message in self.response.output:
             self._cut_short()
         await self._store()
