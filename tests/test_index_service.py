@@ -710,6 +710,66 @@ def test_model_routes_answer_503_while_loading_and_jobs_resume(
         assert hits[0]["file_id"] == "file-old" and hits[0]["content"][0]["text"] == WATER
 
 
+def test_a_starting_service_leaves_another_running_services_jobs_alone(
+    tmp_path: Path, tiny_llama_dir: Path, caplog
+) -> None:
+    """Two services on one index root (clara-serve's Files API beside clara-index serve): a
+    starting one resumed every job in progress, the other's running ones too, which then ran
+    twice. It resumes those of a process that has ended only."""
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from clara.checkpoint import load_clara
+    from indexing.pipeline import model_manifest
+    from indexing.service.app import ServiceSettings, create_app
+    from indexing.store import Collection
+
+    root = tmp_path / "index"
+    registry = Registry(root / "uploads")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    ended_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended_pid.wait()  # (a pid of a process that has ended)
+    try:
+        for file_id, owner in (("file-theirs", other.pid), ("file-stopped", ended_pid.pid)):
+            (root / "uploads" / file_id).mkdir()
+            (root / "uploads" / file_id / "w.txt").write_text(WATER)
+            registry.add_file(FileRecord(file_id, "w.txt", len(WATER), 0, "assistants"))
+            registry.put_link(Link("kept", file_id, 0, "in_progress"))
+            registry.db.execute("INSERT INTO claims VALUES ('kept', ?, ?)", (file_id, owner))
+        assert not registry.claim("kept", "file-theirs")  # a live process's
+        registry.close()
+
+        def load():
+            cm = load_clara(tiny_llama_dir, None, dtype=None)
+            Collection.open(root, "kept", model_manifest(cm), create=True).close()
+            return cm
+
+        app = create_app(ServiceSettings(index_root=str(root)), load=load)
+        with caplog.at_level("INFO"), TestClient(app) as http:
+            deadline = time.monotonic() + 120
+            status = {}
+            while time.monotonic() < deadline:
+                status = {f: http.get(f"/v1/vector_stores/kept/files/{f}").json()["status"]
+                          for f in ("file-theirs", "file-stopped")}  # fmt: skip
+                if status["file-stopped"] != "in_progress":
+                    break
+                time.sleep(0.05)
+        assert status == {"file-stopped": "completed", "file-theirs": "in_progress"}
+        assert any("file-theirs into kept: being indexed by another running service" in
+                   r.getMessage() for r in caplog.records)  # fmt: skip
+        again = Registry(root / "uploads")
+        try:  # the finished job's claim is let go; the other's is kept
+            claims = again.db.execute("SELECT file_id, pid FROM claims").fetchall()
+            assert claims == [("file-theirs", other.pid)]
+        finally:
+            again.close()
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_failed_load_answers_model_failed_like_clara_serve(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 

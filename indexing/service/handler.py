@@ -488,6 +488,8 @@ class IndexService:
         file, a PDF whose pages decode one stream again and again, leaves the model thread to
         chats meanwhile), then compressed on the model thread as a BULK task."""
         store_id, batch = link.store_id, self.settings.batch_size
+        if (store_id, rec.id) not in self._queued:
+            self.registry.claim(store_id, rec.id)  # (a new job: nobody else has it)
         self._queued.add((store_id, rec.id))
         options = IndexOptions(
             link.chunk_tokens, link.overlap or 0, batch, dedupe=False, step_chunks=self._step_chunks
@@ -541,6 +543,7 @@ class IndexService:
             )
             self.metrics.files_indexed.inc(status="failed")
             self._queued.discard((store_id, rec.id))
+            self.registry.release(store_id, rec.id)
 
         def can_start() -> bool:  # (worker thread: the model is loaded)
             nonlocal read
@@ -619,14 +622,22 @@ class IndexService:
         self.registry.update_link(link.store_id, rec.id, **values)
         self.metrics.files_indexed.inc(status=values["status"])
         self._queued.discard((link.store_id, rec.id))
+        self.registry.release(link.store_id, rec.id)
 
     def resume(self) -> None:
-        """Worker, once the model is loaded: queue again the jobs a stop interrupted."""
+        """Worker, once the model is loaded: queue again the jobs a stop interrupted, not
+        those another running service on this index root is doing (clara-serve's Files API
+        beside clara-index serve: each started the other's, which then ran twice)."""
         for link in self.registry.links():
             rec = self.registry.file(link.file_id)
-            if link.status == "in_progress" and rec is not None:
-                log.info("file %s into %s: resumed (a stop interrupted it)", rec.id, link.store_id)
-                self._queue(link, rec)
+            if link.status != "in_progress" or rec is None:
+                continue
+            if not self.registry.claim(link.store_id, rec.id):
+                log.info("file %s into %s: being indexed by another running service on this "
+                         "index root", rec.id, link.store_id)  # fmt: skip
+                continue
+            log.info("file %s into %s: resumed (a stop interrupted it)", rec.id, link.store_id)
+            self._queue(link, rec)
 
     def store_files(self, store_id: str, col: Collection | None = None) -> list[VectorStoreFile]:
         """Attached uploads (any status) + documents that `clara-index add` put there."""

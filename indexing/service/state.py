@@ -4,12 +4,14 @@ attach them to vector stores (`<index>/uploads/registry.sqlite`, next to the upl
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from clara.paths import pid_alive
 from indexing.durable import FULLFSYNC, sqlite_error
 
 SCHEMA = """
@@ -30,7 +32,14 @@ CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY, store_id TEXT NOT NULL, created_at INTEGER NOT NULL,
     file_ids TEXT NOT NULL, cancelled INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS claims (
+    store_id TEXT NOT NULL, file_id TEXT NOT NULL, pid INTEGER NOT NULL,
+    PRIMARY KEY (store_id, file_id)
+);
 """
+# `claims` (0.2.9): the process indexing a link, so that a service starting beside another on
+# the same index root (clara-serve's Files API and clara-index serve) resumes only the jobs of
+# a process that has ended, not the other's running ones. Older versions ignore the table.
 
 
 @dataclass
@@ -153,6 +162,7 @@ class Registry:
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM links WHERE store_id=?", (store_id,))
+            self.db.execute("DELETE FROM claims WHERE store_id=?", (store_id,))
             self.db.execute("DELETE FROM batches WHERE store_id=?", (store_id,))
             self.db.execute("DELETE FROM stores WHERE id=?", (store_id,))
             self.db.execute("COMMIT")
@@ -184,7 +194,37 @@ class Registry:
         )
 
     def delete_link(self, store_id: str, file_id: str) -> None:
-        self._run("DELETE FROM links WHERE store_id=? AND file_id=?", store_id, file_id)
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM links WHERE store_id=? AND file_id=?", (store_id, file_id))
+            self.db.execute(
+                "DELETE FROM claims WHERE store_id=? AND file_id=?", (store_id, file_id)
+            )
+            self.db.execute("COMMIT")
+
+    # -- claims (which process is indexing a link) -----------------------------------------
+    def claim(self, store_id: str, file_id: str) -> bool:
+        """Record that this process indexes the link, unless another live process does (its
+        pid is recorded and running): then False, and that one goes on with it."""
+        me = os.getpid()
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self.db.execute(
+                    "SELECT pid FROM claims WHERE store_id=? AND file_id=?", (store_id, file_id)
+                ).fetchall()
+                if rows and rows[0][0] != me and pid_alive(rows[0][0]):
+                    return False
+                self.db.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (store_id, file_id, me)
+                )
+                return True
+            finally:
+                self.db.execute("COMMIT")
+
+    def release(self, store_id: str, file_id: str) -> None:
+        """The link's job ended (completed or failed) in this process."""
+        self._run("DELETE FROM claims WHERE store_id=? AND file_id=?", store_id, file_id)
 
     # -- file batches ----------------------------------------------------------------------
     def add_batch(self, batch: Batch) -> None:
