@@ -285,7 +285,7 @@ def _bound_integers(schema: Any, maximum: int) -> None:
 
 
 #: The web chat's files: looked for again at each load, framed by no other site (its buttons
-#: delete documents), and read as the type they are sent as
+#: upload and index files, and ask with the key), and read as the type they are sent as
 WEB_HEADERS = {
     "Cache-Control": "no-cache",
     "Content-Security-Policy": "frame-ancestors 'none'",

@@ -123,6 +123,14 @@ def test_a_wrong_key_is_reported(server: ServerProcess, page) -> None:
     page.dispatch_event("#api-key", "change")
     sync_api.expect(page.locator("#model")).to_contain_text("API key is missing or wrong")
     assert page.locator("header .key").get_attribute("class") == "key needed"
+    # a key a browser cannot send (a curly quote pasted with it) said "the server did not
+    # answer (stopped or restarting?)" (a web chat audit)
+    page.fill("#api-key", "s3cret\u2019")
+    page.dispatch_event("#api-key", "change")
+    sync_api.expect(page.locator("#model")).to_contain_text("a character a browser cannot send")
+    page.fill("#question", "hello?")
+    page.press("#question", "Enter")
+    sync_api.expect(page.locator(".msg.assistant.error")).to_contain_text("cannot send")
 
 
 def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, page, tmp_path):
@@ -211,6 +219,15 @@ def test_upload_into_the_server_default_and_open_a_source(
     sync_api.expect(page.locator("#upload-status")).to_have_text(
         "1 of 1 files indexed into default"
     )
+    # into the server's default collection itself (a web chat audit: it made a `vs_...` store
+    # named "default", which a request naming no collection, or the page reloaded, never
+    # searched): asked without a collection, it is found
+    ask = {"messages": [{"role": "user", "content": "When was the harbour wall rebuilt?"}],
+           "retrieval_mode": "lexical", "max_tokens": 1}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=ask, timeout=60,
+                   headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+    sources = r.json()["choices"][0]["message"]["sources"]
+    assert [s["filename"] for s in sources] == ["harbour.txt"], r.text
     page.locator("#retrieval-mode").select_option("lexical")
     page.fill("#question", "When was the harbour wall rebuilt?")
     page.press("#question", "Enter")
@@ -224,6 +241,22 @@ def test_upload_into_the_server_default_and_open_a_source(
     tab.wait_for_url(lambda url: url.startswith("blob:"))
     sync_api.expect(tab.locator("body")).to_contain_text("rebuilt in 1887")
     tab.close()
+
+
+def test_a_collection_deleted_elsewhere_leaves_the_picker(server: ServerProcess, page) -> None:
+    """A web chat audit: a collection deleted by another client stayed picked, and every
+    question after it failed the same way."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    made = httpx.post(f"{server.url}/v1/vector_stores", json={"name": "doomed"}, headers=auth)
+    store_id = made.json()["id"]
+    open_page(page, server)
+    page.locator("#collection").select_option(store_id)
+    httpx.delete(f"{server.url}/v1/vector_stores/{store_id}", headers=auth).raise_for_status()
+    page.fill("#question", "anything?")
+    page.press("#question", "Enter")
+    sync_api.expect(page.locator(".msg.assistant.error")).to_contain_text("no collection")
+    sync_api.expect(page.locator("#collection")).to_have_value("")  # the server's default
+    assert page.locator(f"#collection option[value='{store_id}']").count() == 0
 
 
 def test_a_phone_gets_the_whole_width(server: ServerProcess, page) -> None:

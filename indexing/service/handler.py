@@ -441,6 +441,16 @@ class IndexService:
         default_chunking: ChunkingStrategy | None = None,
     ) -> VectorStoreFile:
         self.worker.check_ready()
+        if store_id == self.settings.default_collection and not is_vector_store(
+            self.root, store_id
+        ):  # the server's default collection is made by the first file put into it, as
+            # `clara-index add` makes it (the web chat's upload with no collection picked made
+            # a `vs_...` store named "default", which requests naming none never searched)
+            manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
+            await asyncio.to_thread(
+                lambda: Collection.open(self.root, store_id, manifest, create=True).close()
+            )
+            log.info("collection %s: made for its first upload", store_id)
         async with self.reading_async(store_id) as col:  # IndexMismatchError: 400 now, not a
             self._check_model(col, self.worker.cm)  # failed job
         rec = self._live_file(body.file_id)  # (from here to the job queued: no await, so a

@@ -11,6 +11,7 @@ let serverCollection = ""; // what "server default" searches (from /v1/models)
 let filesApi = true; // false when the server runs with --no-files-api (no listing, no uploads)
 const NO_ANSWER = "the server did not answer (stopped or restarting?)";
 const KEY_WRONG = "the API key is missing or wrong: enter the server's key in the API key field";
+const KEY_UNSENDABLE = "the API key has a character a browser cannot send (a curly quote or a dash pasted with it?): type the server's key again";
 
 // What a screen reader says: `say` when it is idle (an answer, progress), `alert` at once
 // (errors). Set to "" first, so the same words twice are said twice.
@@ -24,6 +25,10 @@ const alertUser = (text) => speak("alert", text);
 function headers(json = true) {
   const h = {};
   const key = $("api-key").value.trim();
+  if (/[^\x20-\x7e\xa0-\xff]/.test(key)) { // a browser sends no such header (fetch's TypeError
+    keyNeeded(true); // read as "the server did not answer"): say what is wrong with the key
+    throw new Error(KEY_UNSENDABLE);
+  }
   if (key) h.Authorization = "Bearer " + key;
   if (json) h["Content-Type"] = "application/json";
   return h;
@@ -40,6 +45,7 @@ function failure(r, body) {
   const message = (body.error && body.error.message) || `${r.status} ${r.statusText}`;
   const e = new Error(r.status === 401 ? KEY_WRONG : message);
   e.status = r.status;
+  e.code = body.error && body.error.code;
   e.retryAfter = Number(r.headers.get("Retry-After")) || 0;
   if (r.status === 401) {
     keyNeeded(true);
@@ -50,8 +56,9 @@ function failure(r, body) {
 
 async function api(path, options = {}) {
   let r;
+  const sent = { ...options, headers: { ...headers(!!options.body), ...(options.headers || {}) } };
   try {
-    r = await fetch(path, { ...options, headers: { ...headers(!!options.body), ...(options.headers || {}) } });
+    r = await fetch(path, sent);
   } catch (e) {
     throw new Error(NO_ANSWER);
   }
@@ -111,10 +118,12 @@ async function refresh() {
     serverCollection = card.collection || "";
   } catch (e) {
     $("model").textContent = e.message;
-    if (e.status !== 503) alertUser(e.message);
+    if (e.status && e.status !== 503) alertUser(e.message); // (not each retry's)
     if (e.status === 401) $("collection").replaceChildren(new Option("server default", ""));
-    // still loading (503 + Retry-After): look again then, so the page fills in by itself
+    // still loading (503 + Retry-After), or not answering (restarting?): look again, so the
+    // page fills in by itself (a 401 waits for the key)
     if (e.status === 503) setTimeout(refresh, 1000 * Math.min(e.retryAfter || 3, 10));
+    else if (!e.status) setTimeout(refresh, 5000);
     return;
   }
   await loadCollections();
@@ -347,6 +356,10 @@ async function ask(question) {
       div.classList.add("error");
       const message = e instanceof TypeError ? NO_ANSWER : e.message; // the connection broke
       text.data += (text.data ? "\n" : "") + "Error: " + message;
+      // what the page shows of the server may be out of date: a restart (another model, other
+      // collections) or a collection deleted elsewhere, which stayed picked
+      if (message === NO_ANSWER) refresh();
+      else if (e.code === "collection_not_found") loadCollections();
       alertUser("Error: " + message);
       if (mine === chat) turns.pop();
       if (mine === chat && !$("question").value) $("question").value = question; // to send again
@@ -398,6 +411,9 @@ async function targetCollection() {
     if (e.status !== 404) throw e;
   }
   if (!found && typed) found = (await allStores()).find((s) => s.name === typed) || null;
+  // the server's default collection is made by the first file put into it (a store created
+  // under its name would get another id, which "server default" never searches)
+  if (!found && wanted === serverCollection) return { id: wanted, name: wanted };
   if (!found) found = await api("/v1/vector_stores", { method: "POST", body: JSON.stringify({ name: wanted }) });
   return { id: found.id, name: found.name || found.id };
 }
