@@ -751,6 +751,20 @@ def test_text_that_is_not_unicode_is_a_400(client: openai.OpenAI, server: Server
                 for i in range(6)]  # fmt: skip
         codes = [f.result().status_code for f in sent]
     assert codes == [200, 200, 400, 200, 200, 200]
+    # in a large body too (looked through off the event loop, before the model's validators)
+    long = "river " * 200_000
+    big = f'{{"messages": [{{"role": "user", "content": "{long}\\ud800"}}]}}'
+    assert len(big) > 1 << 20
+    assert_error(post(server, "/v1/chat/completions", big), 400, "messages[0].content")
+
+
+def test_a_body_of_a_million_numbers_is_refused_before_validation(server: ServerProcess) -> None:
+    """A security audit: 32 MiB of token ids held the event loop for about 10 s while the
+    request was validated (/health did not answer); several at once kept the server deaf."""
+    ids = ", ".join(["1"] * 1000)
+    body = '{"input": [' + ", ".join([f"[{ids}]"] * 1000) + "]}"
+    error = assert_error(post(server, "/v1/embeddings", body), 400)
+    assert "more than 500000 JSON values" in error["message"]
 
 
 def test_client_errors_log_no_traceback(client: openai.OpenAI, server: ServerProcess) -> None:
