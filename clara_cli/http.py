@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -181,6 +182,12 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("clara_request_id", default=None
 
 #: Retry-After of a `shutting_down` 503: about what a restart takes to load the model again.
 RESTART_RETRY_S = 10
+
+
+def loggable_path(path: str) -> str:
+    """A request's path for a log line, percent-encoded as it was sent (decoded, "%0D%0A"
+    wrote a made-up line into the log, and "%1B" a terminal escape; a security audit)."""
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
 
 
 def client_gone_error() -> APIError:
@@ -435,7 +442,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         rid = getattr(request.state, "request_id", None)
-        log.error("unhandled error on %s (request %s)", request.url.path, rid, exc_info=exc)
+        log.error(
+            "unhandled error on %s (request %s)", loggable_path(request.url.path), rid,
+            exc_info=exc,
+        )  # fmt: skip
         with contextlib.suppress(AttributeError):  # Starlette raises it again to uvicorn,
             exc.clara_logged = True  # which logs it a second time: `serve.logged_once`
         return error_response(

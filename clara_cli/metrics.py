@@ -20,7 +20,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clara_cli.http import CLIENT_GONE, REQUEST_ID, AccessGate
+from clara_cli.http import CLIENT_GONE, REQUEST_ID, AccessGate, loggable_path
 
 log = logging.getLogger("clara.http")
 
@@ -215,9 +215,10 @@ class MeteredGate:
             endpoint = self.endpoint(scope["path"])
             if status == CLIENT_GONE:  # (uvicorn logs no access line for a client gone)
                 host, port = scope.get("client") or ("?", 0)
+                path = loggable_path(scope["path"])
                 log.info(
                     '%s:%d - "%s %s" %d: the client closed the request before its answer '
-                    "(request %s)", host, port, scope["method"], scope["path"], status, request_id,
+                    "(request %s)", host, port, scope["method"], path, status, request_id,
                 )  # fmt: skip
             self.requests.inc(endpoint=endpoint, status=str(status))
             self.latency.observe(time.perf_counter() - start, endpoint=endpoint)

@@ -355,3 +355,13 @@ def test_a_source_url_names_the_file_by_its_bytes() -> None:
     assert url(latin) == "file:///docs/latin%E9%20name.txt"
     for name in ("/docs/café #1 100%.pdf", "/docs/東京.txt"):  # as before: Path.as_uri's
         assert url(name, 2) == Path(name).as_uri() + ("#page=2" if name.endswith(".pdf") else "")
+
+
+def test_a_path_is_logged_as_it_was_sent() -> None:
+    """A security audit: the 499 and 500 lines logged the decoded path, so "%0D%0A" wrote a
+    made-up line into the log and "%1B" a terminal escape."""
+    from clara_cli.http import loggable_path
+
+    logged = loggable_path("/v1/files/x\r\n2026-12-06 WARNING fake\x1b[31m/content")
+    assert logged == "/v1/files/x%0D%0A2026-12-06%20WARNING%20fake%1B%5B31m/content"
+    assert loggable_path("/v1/vector_stores/vs_1/files") == "/v1/vector_stores/vs_1/files"
