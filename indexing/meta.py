@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from clara.paths import pid_alive
 from indexing.durable import FULLFSYNC, disk_full, sqlite_error
 from indexing.lexical import (
     LEXICAL_VERSION,
@@ -180,17 +182,44 @@ def _pending_wal(path: Path) -> bool:
 
 
 def _private_copy(path: Path) -> Path:
-    """`path` and its WAL copied into a new temporary folder; returns the copy's path."""
-    folder = Path(tempfile.mkdtemp(prefix="clara-meta-"))
+    """`path` and its WAL copied into a new temporary folder (`clara-meta-<pid>-...`, which
+    `Meta.close` removes; those of processes that ended without closing are removed here);
+    returns the copy's path."""
+    _sweep_copies()
+    folder = Path(tempfile.mkdtemp(prefix=f"clara-meta-{os.getpid()}-"))
     try:
         copy = folder / path.name
-        shutil.copyfile(path, copy)
-        shutil.copyfile(f"{path}-wal", f"{copy}-wal")
+        _copy_regular(path, copy)
+        _copy_regular(Path(f"{path}-wal"), Path(f"{copy}-wal"))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     log.info("%s: read-only, with commits in its WAL: read from a copy of both", path)
     return copy
+
+
+def _copy_regular(source: Path, target: Path) -> None:
+    """Copy a regular file, as long as it was when opened: a device or FIFO put in its place
+    (a `meta.sqlite` linked to /dev/zero filled the temporary folder without end; a
+    security audit) is refused as not a database."""
+    with open(source, "rb") as src:
+        size = os.fstat(src.fileno())
+        if not stat.S_ISREG(size.st_mode):
+            raise sqlite3.DatabaseError(f"{source.name} is not a database (not a regular file)")
+        with open(target, "wb") as out:
+            left = size.st_size
+            while left > 0 and (block := src.read(min(left, 1 << 20))):
+                out.write(block)
+                left -= len(block)
+
+
+def _sweep_copies() -> None:
+    """Remove the copies that processes now ended (killed, out of memory) left behind: they
+    hold documents' text."""
+    for folder in Path(tempfile.gettempdir()).glob("clara-meta-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class Meta:

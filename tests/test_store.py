@@ -925,6 +925,21 @@ def test_a_read_only_copy_reads_the_commits_still_in_its_wal(tmp_path, monkeypat
         assert copy.search(doc_vectors(2, 3)[0], k=1)[0][0].doc_id == second
     assert sorted(os.listdir(folder)) == before  # the copy is left as it was
 
+    # a security audit: the copy followed a meta.sqlite linked to /dev/zero and filled the
+    # temporary folder without end; and copies a killed process left (documents' text) stayed
+    import tempfile
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = Path(tempfile.mkdtemp(prefix=f"clara-meta-{gone.pid}-"))
+    (left / "meta.sqlite").write_text("documents' text")
+    os.replace(f"{folder}/meta.sqlite", f"{folder}/meta.sqlite.real")
+    os.symlink("/dev/zero", f"{folder}/meta.sqlite")
+    with pytest.raises(DamagedCollectionError):
+        Collection.open(tmp_path / "backup", "live", readonly=True, vectors=False)
+    assert not left.exists()  # (its process has ended)
+    assert not list(Path(tempfile.gettempdir()).glob(f"clara-meta-{os.getpid()}-*"))
+
 
 def test_a_full_disk_leaves_readers_reading_and_tells_writers(tmp_path, monkeypatch):
     """A WAL reader makes an -shm file, which a full disk refuses ("disk I/O error"): every
