@@ -545,14 +545,17 @@ class OpenAIServing:
         truncate = self.defaults.truncate_embeddings if req.truncate is None else req.truncate
         if truncate:  # only the start is read: no need to tokenize a megabyte for it
             inputs = [_head_of(x, info.embed_tokens, info.max_token_chars) for x in inputs]
-        for i, x in enumerate(inputs):  # hopelessly long text: refused before tokenizing it
-            least = info.least_tokens(len(x)) if isinstance(x, str) else 0
+        for i, x in enumerate(inputs):  # hopelessly long: refused before tokenizing it
+            if isinstance(x, str):
+                least = info.least_tokens(len(x))
+                size = f"{len(x)} characters, at least {least} tokens"
+            else:  # ids are decoded and tokenized again: 4x the limit cannot fit (2 million
+                least, size = len(x) // IDS_PER_TOKEN, f"{len(x)} tokens"  # took 7.7 s)
             if least > info.embed_tokens and not truncate:
                 where = f"input {i}" if len(inputs) > 1 else "the input"
                 raise APIError(
                     400,
-                    f"{where} has {len(x)} characters, at least {least} tokens; "
-                    + TOO_LONG_TO_EMBED.format(limit=info.embed_tokens),
+                    f"{where} has {size}; " + TOO_LONG_TO_EMBED.format(limit=info.embed_tokens),
                     param="input",
                     code="context_length_exceeded",
                 )
@@ -587,6 +590,12 @@ class OpenAIServing:
         ]
         usage = EmbeddingUsage(prompt_tokens=event.tokens, total_tokens=event.tokens)
         return EmbeddingResponse(data=data, model=self.served_model_name, usage=usage)
+
+
+#: token ids that read again as text could at most make one token of (a client that split
+#: the text finer than this model's tokenizer): more than the encoder's limit times this is
+#: refused before they are decoded
+IDS_PER_TOKEN = 4
 
 
 def _head_of(x: str | list[int], tokens: int, max_token_chars: int) -> str | list[int]:
