@@ -486,8 +486,13 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         head = dict(scope.get("headers", []))
-        coding = head.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
-        if coding not in ("identity", "") and sends_body(scope):
+        codings = [  # every header and every coding in one (a "gzip" then an "identity"
+            c.strip().lower()  # header passed as identity: the last one counted)
+            for k, v in scope.get("headers", []) if k == b"content-encoding"
+            for c in v.decode("latin-1").split(",")
+        ]  # fmt: skip
+        coding = ", ".join(c for c in codings if c not in ("identity", ""))
+        if coding and sends_body(scope):
             refusal = APIError(
                 415,
                 f"the request body is sent in a content coding ({coding}); send it as it is, "

@@ -686,6 +686,11 @@ def test_http_as_rfc_9110_has_it(server) -> None:
     )  # fmt: skip
     assert r.status_code == 415 and r.headers["accept-encoding"] == "identity", r.text
     assert "content coding (gzip)" in r.json()["error"]["message"]
+    # a gzip header then an identity one was read as identity (the last counted; an audit)
+    both = httpx.Headers([*headers.items(), ("Content-Encoding", "gzip"),
+                          ("Content-Encoding", "identity")])  # fmt: skip
+    r = httpx.post(f"{url}/v1/responses", content=gzip.compress(body.encode()), headers=both)
+    assert r.status_code == 415 and "content coding (gzip)" in r.text, r.text
 
     twice = [("Authorization", f"Bearer {API_KEY}"), ("Authorization", "Bearer wrong")]
     for pair in (twice, twice[::-1]):
