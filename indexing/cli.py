@@ -40,8 +40,8 @@ from indexing.pipeline import DEFAULT_OVERLAP
 from indexing.service.cli import add_serve_args, serve_command
 
 DESCRIPTION = """\
-Index documents (PDF, Markdown, HTML, text) into a collection of CLaRa compressed memories, and
-search, inspect and maintain it. Collections live under --index (default: $CLARA_HOME/indexes,
+Index documents (PDF, Word .docx, OpenDocument .odt, EPUB, Markdown, HTML, text) into a
+collection of CLaRa compressed memories, and search, inspect and maintain it. Collections live under --index (default: $CLARA_HOME/indexes,
 i.e. ~/.cache/clara/indexes); `clara-serve` answers from the same folder.
 """
 EXAMPLES = {
@@ -53,7 +53,7 @@ EXAMPLES = {
 
 Run `clara-index COMMAND --help` for each command's options and examples.""",
     "add": """examples:
-  clara-index add ~/papers                      # a folder (recursive): .pdf .md .txt ...
+  clara-index add ~/papers                      # a folder (recursive): .pdf .docx .md .txt ...
   clara-index add 'notes/**/*.md' report.pdf    # globs and files
   clara-index add secret.pdf --password hunter2 --collection private
   clara-index add docs --checkpoint runs/s3/final --batch-size 4   # your clara-train --out

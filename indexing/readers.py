@@ -34,6 +34,7 @@ from clara.errors import (
     UnsupportedDocumentError,
 )
 from indexing.html_text import MalformedHtmlError, SlowHtmlError, html_to_text
+from indexing.office_text import OFFICE_EXTENSIONS, OfficeError, office_text
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
@@ -41,9 +42,11 @@ HTML_EXTENSIONS = frozenset({".html", ".htm", ".xhtml"})
 TEXT_EXTENSIONS = frozenset({".txt", ".text", ".rst", ".log", ".org", ".adoc", ".asciidoc", ".tex"})
 #: What a folder or glob expands to. A file named explicitly may have any extension:
 #: if its bytes are text it is read as text, otherwise it is refused with a clear reason.
-SUPPORTED_EXTENSIONS = PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | TEXT_EXTENSIONS
+SUPPORTED_EXTENSIONS = (
+    PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | TEXT_EXTENSIONS | OFFICE_EXTENSIONS
+)
 
-DocumentKind = Literal["pdf", "text", "markdown", "html"]
+DocumentKind = Literal["pdf", "text", "markdown", "html", "docx", "odt", "epub"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class Document:
 
 
 def read_document(path: str | os.PathLike, password: str | None = None) -> Document:
-    """Read a PDF, Markdown, HTML or text file into pages of cleaned text."""
+    """Read a PDF, Word, Markdown, HTML or text file into pages of cleaned text."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(path, "no such file", "check the path")
@@ -80,7 +83,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         )
     if not path.is_file():
         raise MissingFileError(
-            path, "not a regular file", "pass a PDF, Markdown, HTML or text file"
+            path, "not a regular file", "pass a PDF, Word, Markdown, HTML or text file"
         )
     try:
         data = path.read_bytes()
@@ -104,6 +107,24 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         kind: DocumentKind = "pdf"
         pages, warnings, title = _read_pdf(path, data, password)
         headings: list[str] = []
+    elif ext in OFFICE_EXTENSIONS:
+        kind = ext[1:]  # type: ignore[assignment]  # docx, odt, epub
+        if sniffed == "legacy Office document":  # a password-protected one is stored so
+            if "EncryptedPackage".encode("utf-16-le") in data:
+                raise EncryptedDocumentError(
+                    path, "password-protected", "save a copy without a password and index that"
+                )
+            what = "legacy Office document"
+            raise UnsupportedDocumentError(path, f"unsupported file type ({what})", _hint_for(what))
+        try:
+            office = office_text(data, ext)
+        except (OfficeError, SlowHtmlError, MalformedHtmlError) as exc:
+            hint = getattr(exc, "hint", "re-export the file")
+            if isinstance(exc, OfficeError) and exc.reason == "password-protected":
+                raise EncryptedDocumentError(path, exc.reason, hint) from None
+            raise CorruptDocumentError(path, getattr(exc, "reason", str(exc)), hint) from None
+        pages, warnings = [Page(1, clean_text(office.text))], []
+        headings, title = office.headings, office.title
     else:
         what = _UNSUPPORTED.get(ext) or ("RTF document" if sniffed == "RTF document" else None)
         if what:
@@ -340,10 +361,10 @@ _MAGIC = {  # what a file is, by how its bytes start
     "database": (b"SQLite format 3\x00",),
 }
 _UNSUPPORTED = {
-    **dict.fromkeys([".docx", ".doc", ".odt", ".rtf", ".pages"], "word-processor document"),
+    **dict.fromkeys([".doc", ".rtf", ".pages"], "word-processor document"),
     **dict.fromkeys([".pptx", ".ppt", ".odp", ".key"], "presentation"),
     **dict.fromkeys([".xlsx", ".xls", ".ods", ".numbers"], "spreadsheet"),
-    **dict.fromkeys([".epub", ".mobi", ".djvu"], "e-book"),
+    **dict.fromkeys([".mobi", ".djvu"], "e-book"),
     **dict.fromkeys(
         [".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".webp", ".heic"], "image"
     ),
@@ -357,7 +378,7 @@ def _hint_for(what: str) -> str:
     if what == "archive":
         return "extract it and pass the files inside"
     if what in ("executable", "database"):
-        return "pass a PDF, Markdown, HTML or text file"
+        return "pass a PDF, Word, Markdown, HTML or text file"
     return "export it to PDF or text first (e.g. `libreoffice --convert-to pdf FILE`)"
 
 
@@ -389,7 +410,7 @@ _TERMINAL = re.compile(
     rb"|\x1b\][^\x07\x1b\n]{0,2048}(?:\x07|\x1b\\)"  # OSC, on its line (one left open: kept)
     rb"|(?:[\x20-\x7e]|[\xc2-\xf4][\x80-\xbf]{1,3})\x08"  # a character struck over
 )
-_BINARY_HINT = "pass a PDF, Markdown, HTML or text file (UTF-16 text needs a BOM)"
+_BINARY_HINT = "pass a PDF, Word, Markdown, HTML or text file (UTF-16 text needs a BOM)"
 
 
 def _decode_text(path: Path, data: bytes, declared: str | None = None) -> tuple[str, list[str]]:

@@ -725,7 +725,9 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(32)
 @pytest.mark.parametrize(
     "name, data, error, message",
     [
-        ("report.docx", docx_bytes(), UnsupportedDocumentError, "word-processor.*convert-to pdf"),
+        ("report.doc", docx_bytes(), UnsupportedDocumentError, "word-processor.*convert-to pdf"),
+        ("report.docx", docx_bytes(), CorruptDocumentError, "document.xml is not well-formed"),
+        ("report.docx", b"PK\x03\x04 cut", CorruptDocumentError, r"not a \.docx file"),
         ("report.txt", docx_bytes(), UnsupportedDocumentError, "zip archive / office document"),
         ("report", docx_bytes(), UnsupportedDocumentError, "zip archive"),
         (
@@ -804,9 +806,9 @@ def test_iter_inputs_expands_folders_and_globs(tmp_path: Path) -> None:
         p.write_text("x")
     root = tmp_path.resolve()
     names = [p.relative_to(root).as_posix() for p in iter_inputs([tmp_path])]
-    assert names == ["a.pdf", "b.md", "c.TXT", "sub/deeper/g.markdown", "sub/f.rst"]
+    assert names == ["a.pdf", "b.md", "c.TXT", "d.docx", "sub/deeper/g.markdown", "sub/f.rst"]
     flat = iter_inputs([tmp_path], recursive=False)
-    assert [p.name for p in flat] == ["a.pdf", "b.md", "c.TXT"]
+    assert [p.name for p in flat] == ["a.pdf", "b.md", "c.TXT", "d.docx"]
     # explicit files are kept whatever their type; duplicates collapse; globs filter by type
     got = iter_inputs([str(tmp_path / "d.docx"), str(tmp_path / "*.*"), str(tmp_path / "a.pdf")])
     assert [p.name for p in got] == ["a.pdf", "b.md", "c.TXT", "d.docx"]
@@ -841,7 +843,8 @@ def test_iter_inputs_reports_missing_paths(tmp_path: Path) -> None:
 
 def test_supported_extensions() -> None:
     assert {".pdf", ".txt", ".md", ".markdown", ".rst"} <= SUPPORTED_EXTENSIONS
-    assert not {".docx", ".png", ".zip"} & SUPPORTED_EXTENSIONS
+    assert {".docx", ".odt", ".epub"} <= SUPPORTED_EXTENSIONS
+    assert not {".doc", ".png", ".zip"} & SUPPORTED_EXTENSIONS
 
 
 def test_a_folder_tree_too_deep_to_walk_is_one_error(tmp_path: Path) -> None:

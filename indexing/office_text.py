@@ -1,0 +1,301 @@
+"""The text of word-processor documents and e-books, read with the standard library: Word's
+.docx (Office Open XML), OpenDocument's .odt and EPUB books (XHTML chapters, in reading order).
+
+Each is a zip of XML files. What is read: paragraphs in order, headings (a Word paragraph
+whose style is a heading or has an outline level, an OpenDocument `text:h`, a chapter's
+<h1-6>), list items as "- " lines, table rows as cells joined by " | " (as HTML tables are),
+and the title from the document's metadata. Left out: deleted tracked changes, field codes,
+footnotes, comments, headers and footers.
+
+Unpacking is bounded (`MAX_UNPACKED` in all, read by the bytes actually inflated, not the
+sizes the archive claims), and XML that declares entities is refused: a zip bomb or an
+"billion laughs" file is an error, not an exhausted machine.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import zipfile
+from dataclasses import dataclass, field
+from xml.etree import ElementTree as ET
+
+from indexing.html_text import html_to_text
+
+#: bytes unpacked from one document, all members together
+MAX_UNPACKED = 256 << 20
+OFFICE_EXTENSIONS = frozenset({".docx", ".odt", ".epub"})
+
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_TEXT = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
+_TABLE = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
+_OFFICE = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
+_DC = "{http://purl.org/dc/elements/1.1/}"
+_OPF = "{http://www.idpf.org/2007/opf}"
+_CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
+_HEADING_STYLE = re.compile(r"(heading|berschrift|titre|titolo|encabezado|kop)\s*\d|title$", re.I)
+
+
+class OfficeError(ValueError):
+    """A document that cannot be read: `reason`, and what to do (`hint`)."""
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(reason)
+        self.reason, self.hint = reason, hint
+
+
+@dataclass
+class OfficeText:
+    text: str
+    headings: list[str] = field(default_factory=list)  # in order, as lines of `text`
+    title: str | None = None
+
+
+def office_text(data: bytes, ext: str) -> OfficeText:
+    """The text of a .docx, .odt or .epub file's bytes (`ext` says which)."""
+    try:
+        archive = _Archive(zipfile.ZipFile(io.BytesIO(data)))
+    except zipfile.BadZipFile:
+        raise OfficeError(
+            f"not a {ext} file (not a zip archive)", "re-download or re-export the file"
+        ) from None
+    with archive:
+        if ext == ".docx":
+            return _docx(archive)
+        if ext == ".odt":
+            return _odt(archive)
+        return _epub(archive)
+
+
+class _Archive:
+    """A zip's members, read within MAX_UNPACKED bytes in all."""
+
+    def __init__(self, z: zipfile.ZipFile) -> None:
+        self.z, self.left = z, MAX_UNPACKED
+
+    def __enter__(self) -> _Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.z.close()
+
+    def has(self, name: str) -> bool:
+        return name in self.z.NameToInfo
+
+    def read(self, name: str) -> bytes:
+        try:
+            with self.z.open(name) as member:
+                data = member.read(self.left + 1)
+        except KeyError:
+            raise OfficeError(f"{name} is missing", "re-export the file") from None
+        except RuntimeError:  # an encrypted member
+            raise OfficeError(
+                "password-protected", "save a copy without a password and index that"
+            ) from None
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:  # (a bad CRC, a cut file)
+            raise OfficeError(f"damaged ({exc})", "re-download or re-export the file") from None
+        if len(data) > self.left:
+            raise OfficeError(
+                f"larger than {MAX_UNPACKED >> 20} MiB once unpacked",
+                "export the part you want to index as text or PDF",
+            )
+        self.left -= len(data)
+        return data
+
+    def xml(self, name: str) -> ET.Element:
+        data = self.read(name)
+        if b"<!ENTITY" in data:  # (none of these formats declares entities)
+            raise OfficeError(f"{name} declares XML entities", "re-export the file")
+        try:
+            return ET.fromstring(data)
+        except ET.ParseError as exc:
+            raise OfficeError(
+                f"{name} is not well-formed XML ({exc})", "re-export the file"
+            ) from None
+
+
+def _joined(blocks: list[str], headings: list[str], title: str | None) -> OfficeText:
+    text = "\n\n".join(b for b in blocks if b.strip())
+    return OfficeText(text, [h for h in headings if h], (title or "").strip() or None)
+
+
+def _line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ---- Word (.docx) ----------------------------------------------------------------------------
+def _docx(archive: _Archive) -> OfficeText:
+    body = archive.xml("word/document.xml").find(f"{_W}body")
+    if body is None:
+        raise OfficeError("word/document.xml has no body", "re-export the file")
+    heading_styles = _docx_heading_styles(archive)
+    blocks: list[str] = []
+    headings: list[str] = []
+    for element in body:
+        if element.tag == f"{_W}p":
+            text, is_heading, listed = _docx_paragraph(element, heading_styles)
+            if is_heading and text.strip():
+                text = _line(text)
+                headings.append(text)
+            blocks.append(f"- {text}" if listed and text.strip() else text)
+        elif element.tag == f"{_W}tbl":
+            blocks.append(_docx_table(element))
+        elif element.tag == f"{_W}sdt":  # a content control: its paragraphs
+            for p in element.iter(f"{_W}p"):
+                blocks.append(_docx_paragraph(p, heading_styles)[0])
+    return _joined(blocks, headings, _core_title(archive, "docProps/core.xml"))
+
+
+def _docx_heading_styles(archive: _Archive) -> set[str]:
+    """Ids of the paragraph styles that are headings (by name, or an outline level), and of
+    those based on one."""
+    if not archive.has("word/styles.xml"):
+        return set()
+    based: dict[str, str] = {}
+    out: set[str] = set()
+    for style in archive.xml("word/styles.xml").iter(f"{_W}style"):
+        sid = style.get(f"{_W}styleId") or ""
+        name = style.find(f"{_W}name")
+        name = (name.get(f"{_W}val") or "") if name is not None else ""
+        if _HEADING_STYLE.match(name) or _HEADING_STYLE.match(sid):
+            out.add(sid)
+        elif (level := style.find(f"{_W}pPr/{_W}outlineLvl")) is not None:
+            if (level.get(f"{_W}val") or "9") < "9":
+                out.add(sid)
+        parent = style.find(f"{_W}basedOn")
+        if parent is not None:
+            based[sid] = parent.get(f"{_W}val") or ""
+    for sid in list(based):  # a style based on a heading style is one
+        seen, current = set(), sid
+        while current in based and current not in seen and current not in out:
+            seen.add(current)
+            current = based[current]
+        if current in out:
+            out.add(sid)
+    return out
+
+
+def _docx_paragraph(p: ET.Element, heading_styles: set[str]) -> tuple[str, bool, bool]:
+    """(text, is a heading, is a list item) of a w:p."""
+    parts: list[str] = []
+    for node in p.iter():
+        tag = node.tag
+        if tag == f"{_W}t":
+            parts.append(node.text or "")
+        elif tag == f"{_W}tab":
+            parts.append("\t")
+        elif tag in (f"{_W}br", f"{_W}cr"):
+            parts.append("\n")
+        elif tag == f"{_W}noBreakHyphen":
+            parts.append("-")
+    props = p.find(f"{_W}pPr")
+    heading = listed = False
+    if props is not None:
+        style = props.find(f"{_W}pStyle")
+        sid = style.get(f"{_W}val") if style is not None else None
+        level = props.find(f"{_W}outlineLvl")
+        heading = (sid in heading_styles) or (
+            level is not None and (level.get(f"{_W}val") or "9") < "9"
+        )
+        listed = props.find(f"{_W}numPr") is not None
+    return "".join(parts).strip(), heading, listed
+
+
+def _docx_table(table: ET.Element) -> str:
+    rows = []
+    for row in table.iter(f"{_W}tr"):
+        cells = [
+            _line(" ".join(_docx_paragraph(p, set())[0] for p in cell.iter(f"{_W}p")))
+            for cell in row.findall(f"{_W}tc")
+        ]
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return "\n".join(rows)
+
+
+def _core_title(archive: _Archive, name: str) -> str | None:
+    if not archive.has(name):
+        return None
+    found = archive.xml(name).find(f".//{_DC}title")
+    return found.text if found is not None else None
+
+
+# ---- OpenDocument (.odt) ---------------------------------------------------------------------
+def _odt(archive: _Archive) -> OfficeText:
+    text_root = archive.xml("content.xml").find(f"{_OFFICE}body/{_OFFICE}text")
+    if text_root is None:
+        raise OfficeError("content.xml holds no text document", "re-export the file")
+    blocks: list[str] = []
+    headings: list[str] = []
+    _odt_blocks(text_root, blocks, headings, listed=False)
+    return _joined(blocks, headings, _core_title(archive, "meta.xml"))
+
+
+def _odt_blocks(parent: ET.Element, blocks: list[str], headings: list[str], listed: bool) -> None:
+    for element in parent:
+        tag = element.tag
+        if tag in (f"{_TEXT}p", f"{_TEXT}h"):
+            text = _odt_inline(element).strip()
+            if tag == f"{_TEXT}h" and text:
+                text = _line(text)
+                headings.append(text)
+            blocks.append(f"- {text}" if listed and text else text)
+        elif tag == f"{_TEXT}list":
+            for item in element:
+                _odt_blocks(item, blocks, headings, listed=True)
+        elif tag == f"{_TABLE}table":
+            rows = []
+            for row in element.iter(f"{_TABLE}table-row"):
+                cells = [_line(" ".join(_odt_inline(p) for p in cell.iter(f"{_TEXT}p")))
+                         for cell in row.findall(f"{_TABLE}table-cell")]  # fmt: skip
+                if any(cells):
+                    rows.append(" | ".join(cells))
+            blocks.append("\n".join(rows))
+        elif tag in (f"{_TEXT}section", f"{_TEXT}list-item", f"{_TEXT}list-header"):
+            _odt_blocks(element, blocks, headings, listed)
+
+
+def _odt_inline(element: ET.Element) -> str:
+    parts = [element.text or ""]
+    for child in element:
+        tag = child.tag
+        if tag == f"{_TEXT}s":
+            parts.append(" " * int(child.get(f"{_TEXT}c") or 1))
+        elif tag == f"{_TEXT}tab":
+            parts.append("\t")
+        elif tag == f"{_TEXT}line-break":
+            parts.append("\n")
+        elif tag not in (f"{_TEXT}note", f"{_OFFICE}annotation"):  # (footnotes, comments)
+            parts.append(_odt_inline(child))
+        parts.append(child.tail or "")
+    return "".join(parts)
+
+
+# ---- EPUB ------------------------------------------------------------------------------------
+def _epub(archive: _Archive) -> OfficeText:
+    rootfile = archive.xml("META-INF/container.xml").find(f".//{_CONTAINER}rootfile")
+    if rootfile is None or not rootfile.get("full-path"):
+        raise OfficeError("META-INF/container.xml names no package", "re-export the book")
+    opf_path = rootfile.get("full-path") or ""
+    package = archive.xml(opf_path)
+    base = posixpath.dirname(opf_path)
+    items = {
+        item.get("id"): item
+        for item in package.iter(f"{_OPF}item")
+        if item.get("id") and item.get("href")
+    }
+    blocks: list[str] = []
+    headings: list[str] = []
+    for ref in package.iter(f"{_OPF}itemref"):
+        item = items.get(ref.get("idref"))
+        if item is None or "html" not in (item.get("media-type") or ""):
+            continue
+        name = posixpath.normpath(posixpath.join(base, item.get("href") or ""))
+        if not archive.has(name):
+            continue
+        page = html_to_text(archive.read(name).decode("utf-8", errors="replace"))  # (XHTML)
+        blocks.append(page.text)
+        headings += page.headings
+    title = package.find(f".//{_DC}title")
+    return _joined(blocks, headings, title.text if title is not None else None)

@@ -1,0 +1,206 @@
+"""Word (.docx), OpenDocument (.odt) and EPUB files: read with their headings, lists, tables
+and titles, indexed and found by `clara-index add` / `search`; damaged, encrypted or
+oversized ones refused in one line. The files are built here as Word, LibreOffice and
+e-book tools write them (a zip of XML parts)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from clara.errors import CorruptDocumentError, EncryptedDocumentError
+from indexing import office_text
+from indexing.readers import read_document
+
+W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+
+
+def zipped(parts: dict[str, str | bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def para(text: str, style: str | None = None, listed: bool = False) -> str:
+    props = ""
+    if style or listed:
+        props = "<w:pPr>" + (f'<w:pStyle w:val="{style}"/>' if style else "")
+        props += '<w:numPr><w:ilvl w:val="0"/><w:numId w:val="1"/></w:numPr>' if listed else ""
+        props += "</w:pPr>"
+    return f'<w:p>{props}<w:r><w:t xml:space="preserve">{text}</w:t></w:r></w:p>'
+
+
+def docx(body: str, title: str = "The Harbour Report") -> bytes:
+    styles = (
+        f"<w:styles {W}>"
+        '<w:style w:type="paragraph" w:styleId="berschrift1"><w:name w:val="heading 1"/></w:style>'
+        '<w:style w:type="paragraph" w:styleId="MyHeading"><w:basedOn w:val="berschrift1"/>'
+        "</w:style>"
+        '<w:style w:type="paragraph" w:styleId="Quote"><w:name w:val="Quote"/></w:style>'
+        "</w:styles>"
+    )
+    core = (
+        '<cp:coreProperties xmlns:cp="http://schemas.openxmlformats.org/package/2006/metadata/'
+        'core-properties" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+        f"<dc:title>{title}</dc:title></cp:coreProperties>"
+    )
+    return zipped({
+        "[Content_Types].xml": "<Types/>",
+        "word/document.xml": f"<w:document {W}><w:body>{body}</w:body></w:document>",
+        "word/styles.xml": styles,
+        "docProps/core.xml": core,
+    })  # fmt: skip
+
+
+REPORT = (
+    para("Storm damage", "berschrift1")
+    + para("The harbour wall was rebuilt in 1887 after the great storm.")
+    + "<w:p><w:r><w:t>Cost:</w:t><w:tab/><w:t>4,000 pounds</w:t><w:br/><w:t>paid by the town"
+    "</w:t></w:r><w:del><w:r><w:delText>DELETED WORDS</w:delText></w:r></w:del>"
+    '<w:r><w:fldChar w:fldCharType="begin"/><w:instrText>PAGE</w:instrText></w:r></w:p>'
+    + para("stones from the quarry", listed=True)
+    + para("Who paid", "MyHeading")
+    + "<w:tbl><w:tr><w:tc>"
+    + para("Year")
+    + "</w:tc><w:tc>"
+    + para("Payer")
+    + "</w:tc></w:tr>"
+    "<w:tr><w:tc>" + para("1887") + "</w:tc><w:tc>" + para("the town") + "</w:tc></w:tr></w:tbl>"
+)
+
+
+def test_a_docx_reads_as_its_paragraphs_headings_lists_and_tables(tmp_path: Path) -> None:
+    path = tmp_path / "report.docx"
+    path.write_bytes(docx(REPORT))
+    doc = read_document(path)
+    assert doc.kind == "docx" and doc.title == "The Harbour Report"
+    assert doc.headings == ["Storm damage", "Who paid"]  # a localised id, a style based on it
+    assert doc.pages[0].text == (
+        "Storm damage\n\n"
+        "The harbour wall was rebuilt in 1887 after the great storm.\n\n"
+        "Cost:\t4,000 pounds\npaid by the town\n\n"
+        "- stones from the quarry\n\n"
+        "Who paid\n\n"
+        "Year | Payer\n1887 | the town"
+    )  # no deleted text, no field code
+
+
+def test_an_odt_and_an_epub_read_alike(tmp_path: Path) -> None:
+    ns = (
+        'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+        'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" '
+        'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0"'
+    )
+    content = (
+        f"<office:document-content {ns}><office:body><office:text>"
+        '<text:h text:outline-level="1">Storm damage</text:h>'
+        '<text:p>The wall<text:s text:c="2"/>was rebuilt in <text:span>1887</text:span>.'
+        "<text:note><text:note-body><text:p>A FOOTNOTE</text:p></text:note-body></text:note>"
+        "</text:p>"
+        "<text:list><text:list-item><text:p>stones</text:p></text:list-item></text:list>"
+        "<table:table><table:table-row><table:table-cell><text:p>1887</text:p></table:table-cell>"
+        "<table:table-cell><text:p>the town</text:p></table:table-cell></table:table-row>"
+        "</table:table></office:text></office:body></office:document-content>"
+    )
+    meta = (
+        '<office:document-meta xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+        'xmlns:dc="http://purl.org/dc/elements/1.1/"><office:meta><dc:title>Harbour</dc:title>'
+        "</office:meta></office:document-meta>"
+    )
+    odt = tmp_path / "report.odt"
+    odt.write_bytes(zipped({"mimetype": "application/vnd.oasis.opendocument.text",
+                            "content.xml": content, "meta.xml": meta}))  # fmt: skip
+    doc = read_document(odt)
+    assert doc.kind == "odt" and doc.title == "Harbour" and doc.headings == ["Storm damage"]
+    assert doc.pages[0].text == (
+        "Storm damage\n\nThe wall  was rebuilt in 1887.\n\n- stones\n\n1887 | the town"
+    )
+
+    container = (
+        '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles>'
+        '<rootfile full-path="OEBPS/book.opf" media-type="application/oebps-package+xml"/>'
+        "</rootfiles></container>"
+    )
+    opf = (
+        '<package xmlns="http://www.idpf.org/2007/opf" version="3.0">'
+        '<metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>Harbour Tales</dc:title>'
+        "</metadata><manifest>"
+        '<item id="c2" href="text/two.xhtml" media-type="application/xhtml+xml"/>'
+        '<item id="c1" href="text/one.xhtml" media-type="application/xhtml+xml"/>'
+        '<item id="css" href="style.css" media-type="text/css"/>'
+        '</manifest><spine><itemref idref="c1"/><itemref idref="css"/><itemref idref="c2"/>'
+        "</spine></package>"
+    )
+
+    def chapter(title: str, text: str) -> str:
+        return (f'<!DOCTYPE html><html xmlns="http://www.w3.org/1999/xhtml"><body><h1>{title}'
+                f"</h1><p>{text}</p><script>hidden()</script></body></html>")  # fmt: skip
+
+    epub = tmp_path / "tales.epub"
+    epub.write_bytes(zipped({
+        "mimetype": "application/epub+zip", "META-INF/container.xml": container,
+        "OEBPS/book.opf": opf, "OEBPS/style.css": "p {}",
+        "OEBPS/text/one.xhtml": chapter("The Storm", "The wall fell in 1886."),
+        "OEBPS/text/two.xhtml": chapter("The Rebuilding", "It was rebuilt in 1887."),
+    }))  # fmt: skip
+    doc = read_document(epub)
+    assert doc.kind == "epub" and doc.title == "Harbour Tales"
+    assert doc.headings == ["The Storm", "The Rebuilding"]  # in reading (spine) order
+    assert doc.pages[0].text == (
+        "The Storm\n\nThe wall fell in 1886.\n\nThe Rebuilding\n\nIt was rebuilt in 1887."
+    )
+
+
+def test_damaged_encrypted_and_oversized_office_files_are_one_line_errors(
+    tmp_path: Path, monkeypatch
+) -> None:
+    def refused(name: str, data: bytes, error: type, match: str) -> None:
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(error, match=match) as info:
+            read_document(path)
+        assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
+
+    refused("cut.docx", docx(REPORT)[:200], CorruptDocumentError, r"not a \.docx file")
+    refused(
+        "no-body.docx", zipped({"x.xml": "<x/>"}), CorruptDocumentError, "document.xml is missing"
+    )
+    # Word stores a password-protected .docx as an OLE file holding an "EncryptedPackage"
+    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500) + "EncryptedPackage".encode("utf-16-le")
+    refused("locked.docx", ole, EncryptedDocumentError, "password-protected")
+    laughs = (f'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]>'
+              f"<w:document {W}><w:body>{para('&a;')}</w:body></w:document>")  # fmt: skip
+    refused("laughs.docx", zipped({"word/document.xml": laughs}), CorruptDocumentError,
+            "declares XML entities")  # fmt: skip
+    # a zip bomb: counted by the bytes inflated, whatever sizes the archive claims
+    monkeypatch.setattr(office_text, "MAX_UNPACKED", 1 << 16)
+    big = docx(para("water " * 20_000))
+    assert len(big) < 1 << 16
+    refused("bomb.docx", big, CorruptDocumentError, "larger than 0 MiB once unpacked")
+
+
+def test_clara_index_adds_a_folder_of_them_and_finds_their_text(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A folder with a .docx is indexed whole (a folder's .docx files were skipped as an
+    unsupported type, and one named alone refused), and a search finds its table's row."""
+    import json
+
+    from indexing import cli
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "report.docx").write_bytes(docx(REPORT))
+    (folder / "notes.md").write_text("# Notes\n\nThe museum opened in 1902.\n")
+    index = tmp_path / "index"
+    model = ["--model", str(tiny_llama_dir), "--index", str(index)]
+    assert cli.main(["add", str(folder), *model]) == 0
+    capsys.readouterr()
+    assert cli.main(["search", "1887 | the town", *model, "--json", "--mode", "lexical"]) == 0
+    top = json.loads(capsys.readouterr().out)["results"][0]
+    assert top["file"] == "report.docx" and "1887 | the town" in top["text"]
