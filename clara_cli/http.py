@@ -50,7 +50,7 @@ from clara.errors import (
     UnsupportedDocumentError,
     UnsupportedModeError,
 )
-from clara.paths import disk_full
+from clara.paths import COLLECTION_NAME, MAX_COLLECTION_NAME, disk_full
 
 log = logging.getLogger("clara.http")
 
@@ -339,6 +339,14 @@ def _validation_error(exc: RequestValidationError) -> APIError:
                 400, f"items of type {kind!r} are not supported: this server calls no tools "
                 "(file_search is built in)", param=where,
             )  # fmt: skip
+    if first.get("type") == "string_pattern_mismatch" and (
+        first.get("ctx", {}).get("pattern") == COLLECTION_NAME
+    ):  # (the pattern itself, a regular expression, said it to a web chat user)
+        return APIError(
+            400, f"{first.get('input')!r} is not a collection name: use letters, digits, '.', "
+            f"'_' or '-', starting with a letter or digit (at most {MAX_COLLECTION_NAME})",
+            param=param,
+        )  # fmt: skip
     if first.get("type") == "extra_forbidden":  # (pydantic's "Extra inputs are not permitted")
         return APIError(
             400, f"unknown parameter '{param}': this server does not support it (an OpenAI "

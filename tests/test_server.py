@@ -608,6 +608,11 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
 def test_invalid_or_unsupported_requests_are_400(server: ServerProcess, body: dict, param) -> None:
     err = assert_error(post(server, "/v1/chat/completions", body), 400, param=param)
     assert err["type"] == "invalid_request_error"
+    if param == "collection":  # (it showed the regular expression; a web chat audit)
+        assert err["message"] == (
+            "'../etc' is not a collection name: use letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit (at most 128)"
+        )
 
 
 def test_what_chat_apps_send_is_answered(server: ServerProcess, client: openai.OpenAI) -> None:

@@ -259,6 +259,32 @@ def test_a_collection_deleted_elsewhere_leaves_the_picker(server: ServerProcess,
     assert page.locator(f"#collection option[value='{store_id}']").count() == 0
 
 
+def test_a_word_file_is_read_and_its_source_opens_as_a_download(
+    server: ServerProcess, page, tmp_path
+) -> None:
+    """A .docx is indexed from the page (it was refused), and "open" saves it under its own
+    name: a browser cannot show it, and it came as text/plain garbage."""
+    from tests.test_office_docs import docx, para
+
+    doc = tmp_path / "harbour.docx"
+    doc.write_bytes(docx(para("The lighthouse was painted red in 1921.")))
+    open_page(page, server)
+    page.fill("#new-collection", "worddocs")
+    page.set_input_files("#file", str(doc))
+    page.click("#upload")
+    sync_api.expect(page.locator("#upload-status")).to_have_text(
+        "1 of 1 files indexed into worddocs"
+    )
+    page.locator("#retrieval-mode").select_option("lexical")
+    page.fill("#question", "When was the lighthouse painted red?")
+    page.press("#question", "Enter")
+    answer = page.locator(".msg.assistant.done").last
+    sync_api.expect(answer.locator("button.source").first).to_contain_text("harbour.docx")
+    with page.expect_download() as saved:
+        answer.locator(".sources a").first.click()
+    assert saved.value.suggested_filename == "harbour.docx"
+
+
 def test_a_phone_gets_the_whole_width(server: ServerProcess, page) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     try:

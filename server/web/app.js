@@ -205,6 +205,17 @@ async function openFile(s, tab, li) {
     if (!r.ok) throw failure(r, await r.json().catch(() => ({})));
     const data = await r.blob();
     const pdf = data.type === "application/pdf";
+    if (!pdf && !/^(text\/|application\/(json|xml|xhtml\+xml))/.test(data.type)) {
+      // a Word file or a book, which a browser cannot show: saved under its own name
+      const url = URL.createObjectURL(data);
+      const save = document.createElement("a");
+      save.href = url;
+      save.download = s.filename;
+      save.click();
+      tab.close();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+      return;
+    }
     const blob = new Blob([data], { type: pdf ? "application/pdf" : "text/plain;charset=utf-8" });
     const url = URL.createObjectURL(blob);
     tab.location = url + (pdf && s.page_start ? `#page=${s.page_start}` : "");
