@@ -715,10 +715,8 @@ def test_a_starting_service_leaves_another_running_services_jobs_alone(
 ) -> None:
     """Two services on one index root (clara-serve's Files API beside clara-index serve): a
     starting one resumed every job in progress, the other's running ones too, which then ran
-    twice. It resumes those of a process that has ended only."""
-    import subprocess
-    import sys
-
+    twice. It resumes those of a service that has stopped only (a service is told running by
+    the lock it holds, not by its pid: in two containers both are pid 1)."""
     from fastapi.testclient import TestClient
 
     from clara.checkpoint import load_clara
@@ -727,19 +725,21 @@ def test_a_starting_service_leaves_another_running_services_jobs_alone(
     from indexing.store import Collection
 
     root = tmp_path / "index"
-    registry = Registry(root / "uploads")
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    ended_pid = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended_pid.wait()  # (a pid of a process that has ended)
+    running = Registry(root / "uploads")  # another service, still running
+    stopped = Registry(root / "uploads")  # one that stopped with a job in progress
     try:
-        for file_id, owner in (("file-theirs", other.pid), ("file-stopped", ended_pid.pid)):
+        for file_id, owner in (("file-theirs", running), ("file-stopped", stopped)):
             (root / "uploads" / file_id).mkdir()
             (root / "uploads" / file_id / "w.txt").write_text(WATER)
-            registry.add_file(FileRecord(file_id, "w.txt", len(WATER), 0, "assistants"))
-            registry.put_link(Link("kept", file_id, 0, "in_progress"))
-            registry.db.execute("INSERT INTO claims VALUES ('kept', ?, ?)", (file_id, owner))
-        assert not registry.claim("kept", "file-theirs")  # a live process's
-        registry.close()
+            owner.add_file(FileRecord(file_id, "w.txt", len(WATER), 0, "assistants"))
+            owner.put_link(Link("kept", file_id, 0, "in_progress"))
+            assert owner.claim("kept", file_id)
+        stopped.close()
+        other = Registry(root / "uploads")
+        try:
+            assert not other.claim("kept", "file-theirs", unless_running=True)
+        finally:
+            other.close()
 
         def load():
             cm = load_clara(tiny_llama_dir, None, dtype=None)
@@ -759,15 +759,15 @@ def test_a_starting_service_leaves_another_running_services_jobs_alone(
         assert status == {"file-stopped": "completed", "file-theirs": "in_progress"}
         assert any("file-theirs into kept: being indexed by another running service" in
                    r.getMessage() for r in caplog.records)  # fmt: skip
-        again = Registry(root / "uploads")
-        try:  # the finished job's claim is let go; the other's is kept
-            claims = again.db.execute("SELECT file_id, pid FROM claims").fetchall()
-            assert claims == [("file-theirs", other.pid)]
-        finally:
-            again.close()
+        claims = running.db.execute("SELECT file_id, owner FROM claims").fetchall()
+        assert claims == [("file-theirs", running.owner)]  # the finished job's is let go
     finally:
-        other.kill()
-        other.wait()
+        running.close()
+    again = Registry(root / "uploads")  # once it has stopped, its job is anyone's
+    try:
+        assert again.claim("kept", "file-theirs", unless_running=True)
+    finally:
+        again.close()
 
 
 def test_a_failed_load_answers_model_failed_like_clara_serve(tmp_path: Path) -> None:

@@ -498,8 +498,8 @@ class IndexService:
         file, a PDF whose pages decode one stream again and again, leaves the model thread to
         chats meanwhile), then compressed on the model thread as a BULK task."""
         store_id, batch = link.store_id, self.settings.batch_size
-        if (store_id, rec.id) not in self._queued:
-            self.registry.claim(store_id, rec.id)  # (a new job: nobody else has it)
+        if (store_id, rec.id) not in self._queued:  # (`resume` claimed it already)
+            self.registry.claim(store_id, rec.id)
         self._queued.add((store_id, rec.id))
         options = IndexOptions(
             link.chunk_tokens, link.overlap or 0, batch, dedupe=False, step_chunks=self._step_chunks
@@ -642,11 +642,12 @@ class IndexService:
             rec = self.registry.file(link.file_id)
             if link.status != "in_progress" or rec is None:
                 continue
-            if not self.registry.claim(link.store_id, rec.id):
+            if not self.registry.claim(link.store_id, rec.id, unless_running=True):
                 log.info("file %s into %s: being indexed by another running service on this "
                          "index root", rec.id, link.store_id)  # fmt: skip
                 continue
             log.info("file %s into %s: resumed (a stop interrupted it)", rec.id, link.store_id)
+            self._queued.add((link.store_id, rec.id))  # (claimed: `_queue` need not again)
             self._queue(link, rec)
 
     def store_files(self, store_id: str, col: Collection | None = None) -> list[VectorStoreFile]:
@@ -818,6 +819,8 @@ class IndexService:
                 if link is not None and link.status == "in_progress":
                     self.worker.cancel(lambda key, f=file_id: key == (store_id, f))
                     self.registry.update_link(store_id, file_id, status="cancelled")
+                    self.registry.release(store_id, file_id)
+                    self._queued.discard((store_id, file_id))
                     stopped += 1
             if stopped:  # a finished batch stays "completed"
                 self.registry.cancel_batch(batch.id)

@@ -3,15 +3,19 @@ attach them to vector stores (`<index>/uploads/registry.sqlite`, next to the upl
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import secrets
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from clara.paths import pid_alive
 from indexing.durable import FULLFSYNC, sqlite_error
 
 SCHEMA = """
@@ -33,13 +37,15 @@ CREATE TABLE IF NOT EXISTS batches (
     file_ids TEXT NOT NULL, cancelled INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS claims (
-    store_id TEXT NOT NULL, file_id TEXT NOT NULL, pid INTEGER NOT NULL,
+    store_id TEXT NOT NULL, file_id TEXT NOT NULL, owner TEXT NOT NULL,
     PRIMARY KEY (store_id, file_id)
 );
 """
-# `claims` (0.2.9): the process indexing a link, so that a service starting beside another on
+# `claims` (0.2.9): the service indexing a link, so that a service starting beside another on
 # the same index root (clara-serve's Files API and clara-index serve) resumes only the jobs of
-# a process that has ended, not the other's running ones. Older versions ignore the table.
+# one that has stopped, not the other's running ones. An owner is a random name, alive while
+# its process holds an exclusive lock on `owners/<name>.lock` (pids do not tell: in two
+# containers both services are pid 1). Older versions ignore the table.
 
 
 @dataclass
@@ -123,10 +129,32 @@ class Registry:
         except sqlite3.OperationalError as exc:  # a full disk: one line, not a traceback
             self.db.close()
             raise sqlite_error(exc, directory) from exc
+        self.owner = secrets.token_hex(8)  # this service's name in `claims`
+        self._owner_lock: int | None = None  # taken by its first claim
 
     def close(self) -> None:
         with self._lock:
             self.db.close()
+            if self._owner_lock is not None:  # its claims are a stopped service's now
+                with contextlib.suppress(OSError):
+                    os.unlink(self._owner_path(self.owner))
+                os.close(self._owner_lock)  # (closing lets the lock go)
+                self._owner_lock = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back if anything in it fails (lock held): a
+        failed statement left the shared connection in its transaction, and every later
+        BEGIN failed."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def _all(self, sql: str, *args: Any) -> list[tuple]:
         with self._lock:
@@ -159,13 +187,11 @@ class Registry:
         return _row(StoreRecord, rows[0]) if rows else None
 
     def delete_store(self, store_id: str) -> None:
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM links WHERE store_id=?", (store_id,))
-            self.db.execute("DELETE FROM claims WHERE store_id=?", (store_id,))
-            self.db.execute("DELETE FROM batches WHERE store_id=?", (store_id,))
-            self.db.execute("DELETE FROM stores WHERE id=?", (store_id,))
-            self.db.execute("COMMIT")
+        with self._transaction() as db:
+            db.execute("DELETE FROM links WHERE store_id=?", (store_id,))
+            db.execute("DELETE FROM claims WHERE store_id=?", (store_id,))
+            db.execute("DELETE FROM batches WHERE store_id=?", (store_id,))
+            db.execute("DELETE FROM stores WHERE id=?", (store_id,))
 
     # -- links (vector store files) --------------------------------------------------------
     def put_link(self, link: Link) -> None:
@@ -194,37 +220,67 @@ class Registry:
         )
 
     def delete_link(self, store_id: str, file_id: str) -> None:
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM links WHERE store_id=? AND file_id=?", (store_id, file_id))
-            self.db.execute(
-                "DELETE FROM claims WHERE store_id=? AND file_id=?", (store_id, file_id)
-            )
-            self.db.execute("COMMIT")
+        with self._transaction() as db:
+            db.execute("DELETE FROM links WHERE store_id=? AND file_id=?", (store_id, file_id))
+            db.execute("DELETE FROM claims WHERE store_id=? AND file_id=?", (store_id, file_id))
 
-    # -- claims (which process is indexing a link) -----------------------------------------
-    def claim(self, store_id: str, file_id: str) -> bool:
-        """Record that this process indexes the link, unless another live process does (its
-        pid is recorded and running): then False, and that one goes on with it."""
-        me = os.getpid()
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self.db.execute(
-                    "SELECT pid FROM claims WHERE store_id=? AND file_id=?", (store_id, file_id)
+    # -- claims (which service is indexing a link) -----------------------------------------
+    def claim(self, store_id: str, file_id: str, *, unless_running: bool = False) -> bool:
+        """Record that this service indexes the link; with `unless_running`, only if no
+        running service does (then False, and that one goes on with it)."""
+        self._hold_owner_lock()
+        with self._transaction() as db:
+            if unless_running:
+                rows = db.execute(
+                    "SELECT owner FROM claims WHERE store_id=? AND file_id=?", (store_id, file_id)
                 ).fetchall()
-                if rows and rows[0][0] != me and pid_alive(rows[0][0]):
+                if rows and rows[0][0] != self.owner and self._running(rows[0][0]):
                     return False
-                self.db.execute(
-                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (store_id, file_id, me)
-                )
-                return True
-            finally:
-                self.db.execute("COMMIT")
+            db.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (store_id, file_id, self.owner)
+            )
+        return True
 
     def release(self, store_id: str, file_id: str) -> None:
-        """The link's job ended (completed or failed) in this process."""
+        """The link's job ended (completed, failed or cancelled) in this service."""
         self._run("DELETE FROM claims WHERE store_id=? AND file_id=?", store_id, file_id)
+
+    def _owner_path(self, owner: str) -> Path:
+        return self.directory / "owners" / f"{owner}.lock"
+
+    def _hold_owner_lock(self) -> None:
+        """Hold `owners/<self.owner>.lock` for as long as this registry is open."""
+        with self._lock:
+            if self._owner_lock is None:
+                self._owner_lock = self._take_owner_lock()
+
+    def _take_owner_lock(self) -> int:
+        path = self._owner_path(self.owner)
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # (a file system without locks: claims then look stopped to others)
+            pass
+        return fd
+
+    def _running(self, owner: str) -> bool:
+        """Whether the service named `owner` still runs (holds its lock); a stopped one's
+        lock file is removed."""
+        path = self._owner_path(owner)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return False
 
     # -- file batches ----------------------------------------------------------------------
     def add_batch(self, batch: Batch) -> None:
