@@ -194,8 +194,8 @@ def test_what_a_response_stores_beside_its_input_is_bounded(client: openai.OpenA
 
 
 def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
-    """OpenAI's truncation "auto": a conversation past the context drops its oldest items
-    instead of failing; "disabled" (the default) is a 400."""
+    """OpenAI's truncation "auto" (clara's default): a conversation past the context drops its
+    oldest items instead of failing; "disabled" is a 400."""
     long = "river " * 2500
     items = [
         {"role": "user", "content": long},
@@ -203,8 +203,9 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
         {"role": "user", "content": "What flows?"},
     ]
     kw = dict(model=MODEL, input=items, max_output_tokens=2, extra_body={"retrieval": False})
+    strict = dict(kw, truncation="disabled")
     with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(**kw)
+        client.responses.create(**strict)
     assert e.value.code == "context_length_exceeded"
     fitted = client.responses.create(**kw, truncation="auto")
     assert fitted.truncation == "auto" and fitted.status in ("completed", "incomplete")
@@ -215,7 +216,7 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
     def needs(words: int) -> int:  # positions of a first turn of `words` words: 0 if it fits
         items[0]["content"] = "river " * words
         try:
-            client.responses.create(**kw)
+            client.responses.create(**strict)
         except openai.BadRequestError as e:
             found = re.search(r"needs (\d+) positions but the model's context is (\d+)", e.message)
             assert found, e.message  # (not the character count's early refusal)
@@ -231,9 +232,8 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
     assert needs(high) == 2048  # refused when "disabled"
     fitted = client.responses.create(**kw, truncation="auto")
     assert fitted.usage.input_tokens < 100
-    assert client.responses.create(model=MODEL, input="hi", max_output_tokens=1).truncation == (
-        "disabled"
-    )
+    unset = client.responses.create(**kw)  # clara's default: "auto", and it says so
+    assert unset.truncation == "auto" and unset.usage.input_tokens < 100
 
 
 def test_a_stream_the_client_leaves_is_kept_as_cancelled(client: openai.OpenAI, server) -> None:
@@ -395,10 +395,11 @@ def test_input_items_come_in_pages(client: openai.OpenAI) -> None:
     client.responses.delete(r.id)
 
 
-def test_a_chain_is_read_whole_unless_truncation_is_auto(client: openai.OpenAI) -> None:
+def test_a_chain_is_read_whole_when_truncation_is_disabled(client: openai.OpenAI) -> None:
     """A Responses audit: every chain was cut to the server's --history-turns (2) exchanges,
-    with truncation "disabled" too, and said nothing (a code given in turn 1 was forgotten by
-    turn 5). "disabled" now reads every turn (a 400 if they do not fit); "auto" may drop."""
+    with truncation "disabled" too, and said "disabled" (a code given in turn 1 was forgotten
+    by turn 5). "disabled" now reads every turn (a 400 if they do not fit); "auto", clara's
+    default, keeps the last --history-turns, and says "auto"."""
     kw = dict(model=MODEL, max_output_tokens=1, tool_choice="none")
     previous = None
     sent: list[dict] = []
@@ -409,13 +410,15 @@ def test_a_chain_is_read_whole_unless_truncation_is_auto(client: openai.OpenAI) 
         sent += [{"role": "user", "content": f"Turn {i}: remember {i}."},
                  {"role": "assistant", "content": r.output_text}]  # fmt: skip
         previous = r.id
-    whole = client.responses.create(input="What was turn 0?", previous_response_id=previous, **kw)
-    cut = client.responses.create(
-        input="What was turn 0?", previous_response_id=previous, truncation="auto", **kw
+    whole = client.responses.create(
+        input="What was turn 0?", previous_response_id=previous, truncation="disabled", **kw
     )
+    cut = client.responses.create(input="What was turn 0?", previous_response_id=previous, **kw)
+    assert cut.truncation == "auto"
     inline = client.responses.create(
-        input=sent + [{"role": "user", "content": "What was turn 0?"}], store=False, **kw
-    )
+        input=sent + [{"role": "user", "content": "What was turn 0?"}], store=False,
+        truncation="disabled", **kw,
+    )  # fmt: skip
     assert whole.usage.input_tokens == inline.usage.input_tokens > cut.usage.input_tokens
     # a server cap on the answer's length is echoed (it said null, then stopped "incomplete")
     assert whole.max_output_tokens == 1
@@ -443,8 +446,13 @@ def test_a_follow_up_searches_what_its_previous_response_searched(
         extra_body={"collection": "default"},
     )  # fmt: skip
     assert named.model_extra["retrieval"]["collection"] == "default"
-    unsearched = client.responses.create(model=MODEL, input="hi", tool_choice="none")
-    after = client.responses.create(model=MODEL, input="hi", previous_response_id=unsearched.id)
+    # a store deleted since: the default collection again (not a 404 for a store not named)
+    gone = client.vector_stores.create(name="soon gone")
+    tools = [{"type": "file_search", "vector_store_ids": [gone.id]}]
+    asked = client.responses.create(model=MODEL, input="hi", tools=tools, max_output_tokens=1)
+    assert asked.model_extra["retrieval"]["collection"] == gone.id
+    client.vector_stores.delete(gone.id)
+    after = client.responses.create(model=MODEL, input="hi", previous_response_id=asked.id)
     assert after.model_extra["retrieval"]["collection"] == "default"
 
 
@@ -459,12 +467,12 @@ def test_a_chain_with_a_gap_or_no_answer_yet_says_so(client: openai.OpenAI, serv
     b = client.responses.create(input="Turn b.", previous_response_id=a.id, **kw)
     client.responses.delete(a.id)
     with pytest.raises(openai.NotFoundError) as err:
-        client.responses.create(input="Turn c.", previous_response_id=b.id, **kw)
+        client.responses.create(
+            input="Turn c.", previous_response_id=b.id, truncation="disabled", **kw
+        )
     assert err.value.code == "previous_response_not_found" and a.id in err.value.message
     assert "was deleted" in err.value.message
-    on = client.responses.create(
-        input="Turn c.", previous_response_id=b.id, truncation="auto", **kw
-    )
+    on = client.responses.create(input="Turn c.", previous_response_id=b.id, **kw)  # ("auto")
     assert on.status in ("completed", "incomplete")
 
     store = ResponseStore(tmp / "responses.sqlite")  # the server's, written from here

@@ -153,6 +153,9 @@ class ResponseCreateRequest(_Request):
     come back when `include` has "message.output_text.logprobs" (as OpenAI's)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     truncation: Literal["auto", "disabled"] | None = None
+    """"disabled": the whole conversation is read, or the request is a 400; "auto" (clara's
+    default; OpenAI's is "disabled"): the last --history-turns exchanges of the server, then
+    older turns and the lowest-ranked chunks dropped until it fits."""
     user: ShortText | None = None
 
     # ---- CLaRa extensions (the SDK's `extra_body`) ----
@@ -325,7 +328,7 @@ class Response(_Response):
     tools: list[dict[str, Any]] = Field(default_factory=list)
     top_logprobs: int | None = None
     top_p: float | None = None
-    truncation: Literal["auto", "disabled"] = "disabled"
+    truncation: Literal["auto", "disabled"] = "auto"
     usage: ResponseUsage | None = None
     user: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)

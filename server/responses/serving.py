@@ -169,12 +169,12 @@ class ResponsesServing:
                     400, f"Previous response with id '{previous}' is still in progress: "
                     "chain to it once it has completed", param="previous_response_id",
                 )  # fmt: skip
-            if chain.gap is not None and req.truncation != "auto":
+            if chain.gap is not None and req.truncation == "disabled":
                 raise APIError(
                     404, f"Response '{chain.gap}', an earlier turn of the conversation of "
                     f"'{previous}', was deleted, so that conversation cannot be read whole: "
-                    'send truncation: "auto" to go on from the turns after it, or start a '
-                    "new conversation", param="previous_response_id",
+                    'leave truncation out (or send "auto") to go on from the turns after '
+                    "it, or start a new conversation", param="previous_response_id",
                     code="previous_response_not_found",
                 )  # fmt: skip
             for items, response in chain.turns:
@@ -336,11 +336,14 @@ class ResponsesServing:
     ) -> ResponseRun:  # fmt: skip
         """Start generating the response: retrieval, the prompt, the job on the model thread."""
         serving = self.serving
-        # "disabled" (OpenAI's default): the whole conversation, or a 400 if it does not fit;
-        # "auto": the last --history-turns exchanges, fewer if need be (the small default
-        # model reads long histories badly). Before, every chain was cut to --history-turns.
-        params = chat.to_params(serving.defaults, whole_history=req.truncation != "auto")
-        params.truncate = req.truncation == "auto"
+        # "disabled": the whole conversation, or a 400 if it does not fit (before, a chain was
+        # cut to --history-turns even so, without a word); "auto", and clara's default: the
+        # last --history-turns exchanges (the small default model reads long histories
+        # badly), fewer if need be. (OpenAI's default is "disabled": a conversation that grew
+        # past a small model's context would then be refused at every turn after.)
+        truncation = req.truncation or "auto"
+        params = chat.to_params(serving.defaults, whole_history=truncation == "disabled")
+        params.truncate = truncation == "auto"
         try:
             job, ready = await serving.start_chat(params, request)
         except APIError as exc:
@@ -368,7 +371,7 @@ class ResponsesServing:
             text=_text_echo(req.text),
             user=req.user,
             metadata=req.metadata or {},
-            truncation=req.truncation or "disabled",
+            truncation=truncation,
             retrieval={
                 "status": ready.retrieved.status, "collection": ready.retrieved.collection,
                 "mode": params.mode, "top_k": params.top_k,
