@@ -569,15 +569,16 @@ def _walk(value: Any, most: float) -> tuple[bool, int]:
     """(no lone surrogate in `value`, how many JSON values it holds), stopping once past
     `most` values. Only strings, lists and dicts are looked into (numbers are counted by
     their lists' lengths)."""
-    stack, count = [value], 1
+    stack, count, valid = [value], 1, True
     while stack and count <= most:
         item = stack.pop()
         kind = type(item)
         if kind is str:
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return False, count
+            if valid:  # (a bad one found: still counted to the end, for the cap)
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    valid = False
         elif kind is dict:
             count += 2 * len(item)
             stack.extend(item.keys())
@@ -586,16 +587,17 @@ def _walk(value: Any, most: float) -> tuple[bool, int]:
             count += len(item)
             if count <= most:
                 stack.extend(v for v in item if type(v) in _INSIDE)
-    return True, count
+    return valid, count
 
 
 _INSIDE = (str, dict, list)
 
 #: the JSON values (numbers, strings, items...) a request body may hold: more than any request
-#: needs (2048 texts to embed, 16 prompts of token ids); a body of 32 MiB of numbers held the
-#: event loop for 10 s while its requests were validated (a security audit)
-MAX_JSON_VALUES = 500_000
-#: a body larger than this is parsed and looked through off the event loop
+#: needs (2048 texts to embed, or 2048 inputs of 480 token ids; 16 prompts of token ids); a
+#: body of 32 MiB of numbers held the event loop for 10 s while it was validated (a security
+#: audit)
+MAX_JSON_VALUES = 1_000_000
+#: a body larger than this is parsed and looked through on a worker thread
 _PARSE_APART = 1 << 20
 
 #: (the body parsed, where it holds a lone surrogate): `JSONBodyRequest.json` has looked
@@ -663,7 +665,8 @@ class JSONBodyRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            if len(body) > _PARSE_APART:  # (seconds of work: the event loop answers meanwhile)
+            if len(body) > _PARSE_APART:  # (numbers and objects, counted by Python calls,
+                # let the event loop run between them; a long run of strings holds it)
                 self._json, where = await asyncio.to_thread(_parse, body)
             else:
                 self._json, where = _parse(body)
@@ -674,14 +677,35 @@ class JSONBodyRequest(Request):
 def _parse(body: bytes) -> tuple[Any, str | None]:
     """A JSON body, and where it holds a lone surrogate (None: nowhere); a 400 if it holds
     more than MAX_JSON_VALUES values."""
-    data = json.loads(body, parse_constant=_not_a_number, parse_float=_finite)
-    valid, count = _walk(data, MAX_JSON_VALUES)
-    if count > MAX_JSON_VALUES:  # (an HTTPException: FastAPI passes on only those)
+    left = MAX_JSON_VALUES
+
+    def counted(value: Any, n: int = 1) -> Any:  # numbers and objects, as they are parsed:
+        nonlocal left  # a body of millions stops at the cap, not once all are built
+        left -= n
+        if left < 0:
+            raise _TooManyValues
+        return value
+
+    try:
+        data = json.loads(
+            body, parse_constant=_not_a_number,
+            parse_int=lambda text: counted(int(text)),
+            parse_float=lambda text: counted(_finite(text)),
+            object_pairs_hook=lambda pairs: counted(dict(pairs), 1 + len(pairs)),
+        )  # fmt: skip
+        valid, count = _walk(data, MAX_JSON_VALUES)
+        if count > MAX_JSON_VALUES:
+            raise _TooManyValues
+    except _TooManyValues:  # (an HTTPException: FastAPI passes on only those)
         raise StarletteHTTPException(
             400, f"the request body holds more than {MAX_JSON_VALUES} JSON values (numbers, "
             "strings, items); send the inputs in several requests",
-        )  # fmt: skip
+        ) from None  # fmt: skip
     return data, None if valid else lone_surrogate(data)
+
+
+class _TooManyValues(Exception):
+    pass
 
 
 class JSONBodyRoute(APIRoute):

@@ -365,3 +365,31 @@ def test_a_path_is_logged_as_it_was_sent() -> None:
     logged = loggable_path("/v1/files/x\r\n2026-12-06 WARNING fake\x1b[31m/content")
     assert logged == "/v1/files/x%0D%0A2026-12-06%20WARNING%20fake%1B%5B31m/content"
     assert loggable_path("/v1/vector_stores/vs_1/files") == "/v1/vector_stores/vs_1/files"
+
+
+def test_the_json_value_cap_takes_what_the_routes_take_and_stops_early(monkeypatch) -> None:
+    """A review: 2048 token-id inputs of 250 ids (under the encoder's 256) were refused by a
+    cap of 500000 values; a lone surrogate ended the count early and let any body through
+    the cap; and the cap was checked once all of a body's values were built."""
+    import json
+
+    from starlette.exceptions import HTTPException
+
+    from clara_cli import http
+
+    data, where = http._parse(json.dumps({"input": [[7] * 480] * 2048}).encode())
+    assert len(data["input"]) == 2048 and where is None
+    bad = json.dumps({"input": [[7] * 1000] * 1001, "z": "\ud800"}).encode()
+    with pytest.raises(HTTPException, match="more than 1000000 JSON values"):
+        http._parse(bad)
+    built = []
+    finite = http._finite
+
+    def counting(text: str) -> float:
+        built.append(1)
+        return finite(text)
+
+    monkeypatch.setattr(http, "_finite", counting)
+    with pytest.raises(HTTPException):
+        http._parse(json.dumps({"input": [[7.5] * 1000] * 3000}).encode())
+    assert len(built) == http.MAX_JSON_VALUES + 1  # (not the 3 million it holds)
