@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from clara.paths import pid_alive
+from clara.paths import temp_sibling
 from indexing.durable import FULLFSYNC, disk_full, sqlite_error
 from indexing.lexical import (
     LEXICAL_VERSION,
@@ -182,11 +184,11 @@ def _pending_wal(path: Path) -> bool:
 
 
 def _private_copy(path: Path) -> Path:
-    """`path` and its WAL copied into a new temporary folder (`clara-meta-<pid>-...`, which
-    `Meta.close` removes; those of processes that ended without closing are removed here);
-    returns the copy's path."""
-    _sweep_copies()
-    folder = Path(tempfile.mkdtemp(prefix=f"clara-meta-{os.getpid()}-"))
+    """`path` and its WAL copied into a new temporary folder (`.clara-meta.<pid>-....copy`,
+    which `Meta.close` removes; those of processes that ended without closing it are removed
+    here, as they hold documents' text); returns the copy's path."""
+    folder = temp_sibling(Path(tempfile.gettempdir()) / "clara-meta", ".copy")
+    _sweep_unnamed_copies()
     try:
         copy = folder / path.name
         _copy_regular(path, copy)
@@ -199,10 +201,19 @@ def _private_copy(path: Path) -> Path:
 
 
 def _copy_regular(source: Path, target: Path) -> None:
-    """Copy a regular file, as long as it was when opened: a device or FIFO put in its place
-    (a `meta.sqlite` linked to /dev/zero filled the temporary folder without end; a
-    security audit) is refused as not a database."""
-    with open(source, "rb") as src:
+    """Copy a regular file, at most the size it had when opened: a device or FIFO in its
+    place is refused as not a database (a `meta.sqlite` linked to /dev/zero filled the
+    temporary folder without end, a security audit; a FIFO would block the open for good, a
+    review: it is opened without waiting, then looked at)."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # (a FIFO with no writer, on some systems)
+            raise sqlite3.DatabaseError(
+                f"{source.name} is not a database (not a regular file)"
+            ) from None
+        raise
+    with open(fd, "rb") as src:
         size = os.fstat(src.fileno())
         if not stat.S_ISREG(size.st_mode):
             raise sqlite3.DatabaseError(f"{source.name} is not a database (not a regular file)")
@@ -213,12 +224,18 @@ def _copy_regular(source: Path, target: Path) -> None:
                 left -= len(block)
 
 
-def _sweep_copies() -> None:
-    """Remove the copies that processes now ended (killed, out of memory) left behind: they
-    hold documents' text."""
-    for folder in Path(tempfile.gettempdir()).glob("clara-meta-*-*"):
-        pid = folder.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+#: a copy folder named before 0.2.9 (mkdtemp's `clara-meta-` and 8 characters, no pid)
+_UNNAMED_COPY = re.compile(r"clara-meta-[a-z0-9_]{8}")
+
+
+def _sweep_unnamed_copies() -> None:
+    """Remove the copies older versions left (no pid in their names) once a day old."""
+    for folder in Path(tempfile.gettempdir()).glob("clara-meta-*"):
+        try:
+            old = time.time() - folder.stat().st_mtime > 24 * 3600
+        except OSError:
+            continue
+        if _UNNAMED_COPY.fullmatch(folder.name) and old and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
 
 

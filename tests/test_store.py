@@ -931,14 +931,22 @@ def test_a_read_only_copy_reads_the_commits_still_in_its_wal(tmp_path, monkeypat
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    left = Path(tempfile.mkdtemp(prefix=f"clara-meta-{gone.pid}-"))
+    temp = Path(tempfile.gettempdir())
+    left = Path(tempfile.mkdtemp(prefix=f".clara-meta.{gone.pid}-", suffix=".copy", dir=temp))
     (left / "meta.sqlite").write_text("documents' text")
+    unnamed = Path(tempfile.mkdtemp(prefix="clara-meta-", dir=temp))  # (an older version's)
+    os.utime(unnamed, (0, 0))
     os.replace(f"{folder}/meta.sqlite", f"{folder}/meta.sqlite.real")
     os.symlink("/dev/zero", f"{folder}/meta.sqlite")
     with pytest.raises(DamagedCollectionError):
         Collection.open(tmp_path / "backup", "live", readonly=True, vectors=False)
-    assert not left.exists()  # (its process has ended)
-    assert not list(Path(tempfile.gettempdir()).glob(f"clara-meta-{os.getpid()}-*"))
+    assert not left.exists() and not unnamed.exists()  # (their processes have ended)
+    assert not list(temp.glob(f".clara-meta.{os.getpid()}-*"))
+    # a FIFO in its place is refused too (a review: the open waited for a writer for good)
+    os.unlink(f"{folder}/meta.sqlite")
+    os.mkfifo(f"{folder}/meta.sqlite")
+    with pytest.raises(DamagedCollectionError):
+        Collection.open(tmp_path / "backup", "live", readonly=True, vectors=False)
 
 
 def test_a_full_disk_leaves_readers_reading_and_tells_writers(tmp_path, monkeypatch):
