@@ -1316,3 +1316,27 @@ def test_the_default_overlap_fits_a_model_of_short_chunks() -> None:
     ServiceSettings(overlap=100).check_overlap(32)
     with pytest.raises(ChunkingError, match="chunks of 224 tokens: give at most 223"):
         ServiceSettings(overlap=300).check_overlap(256)
+
+
+def test_the_default_collection_is_made_by_its_first_good_upload(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """The web chat's upload with no collection picked made a `vs_...` store named
+    "default"; attaching to the server's --collection now makes it, but (a review) only once
+    the file is known, and by a batch as by a single attach."""
+    root = tmp_path / "index"
+    with ServiceProcess(
+        "--model", str(tiny_llama_dir), "--index", str(root), "--log-level", "warning",
+        log=tmp_path / "service.log", env={"CLARA_HOME": str(tmp_path / "home")},
+    ) as proc:  # fmt: skip
+        api = openai.OpenAI(base_url=f"{proc.wait_ready().url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            api.vector_stores.files.create(vector_store_id="default", file_id="file-unknown")
+        assert not (root / "default").exists()  # (an unknown file makes nothing)
+        f = upload(api, "water.txt", WATER)
+        batch = api.vector_stores.file_batches.create_and_poll(
+            vector_store_id="default", file_ids=[f.id], poll_interval_ms=50
+        )
+        assert batch.file_counts.completed == 1
+        hits = api.vector_stores.search(vector_store_id="default", query=WATER).data
+        assert hits[0].file_id == f.id

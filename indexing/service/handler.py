@@ -136,6 +136,7 @@ class IndexService:
         self.deleted_hooks: list[Callable[[str], None]] = []
         self.metrics = FileMetrics()  # the owning app exports them
         self._queued: set[tuple[str, str]] = set()  # (store, file) jobs this service queued
+        self._making = asyncio.Lock()  # the default collection, made by a first upload
         self._warn_shared_default()
 
     def in_progress(self) -> int:
@@ -441,16 +442,7 @@ class IndexService:
         default_chunking: ChunkingStrategy | None = None,
     ) -> VectorStoreFile:
         self.worker.check_ready()
-        if store_id == self.settings.default_collection and not is_vector_store(
-            self.root, store_id
-        ):  # the server's default collection is made by the first file put into it, as
-            # `clara-index add` makes it (the web chat's upload with no collection picked made
-            # a `vs_...` store named "default", which requests naming none never searched)
-            manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
-            await asyncio.to_thread(
-                lambda: Collection.open(self.root, store_id, manifest, create=True).close()
-            )
-            log.info("collection %s: made for its first upload", store_id)
+        await self._make_default(store_id, [body], default_chunking)
         async with self.reading_async(store_id) as col:  # IndexMismatchError: 400 now, not a
             self._check_model(col, self.worker.cm)  # failed job
         rec = self._live_file(body.file_id)  # (from here to the job queued: no await, so a
@@ -465,6 +457,25 @@ class IndexService:
         self.registry.put_link(link)
         self._queue(link, rec)
         return self._link_object(link)
+
+    async def _make_default(
+        self, store_id: str, items: list[VectorStoreFileCreate], default: ChunkingStrategy | None
+    ) -> None:
+        """The server's default collection is made by the first files put into it, as
+        `clara-index add` makes it (the web chat's upload with no collection picked made a
+        `vs_...` store named "default", which requests naming none never searched); once the
+        files and chunking are known good, and once only when two come at once."""
+        if store_id != self.settings.default_collection or is_vector_store(self.root, store_id):
+            return
+        self._check_attachable(items, default)  # (a 404 or 400 makes nothing)
+        async with self._making:
+            if is_vector_store(self.root, store_id):
+                return
+            manifest = manifest_of(self.worker.cm, self.settings.checkpoint)
+            await asyncio.to_thread(
+                lambda: Collection.open(self.root, store_id, manifest, create=True).close()
+            )
+            log.info("collection %s: made for its first upload", store_id)
 
     def _chunking(self, strategy: ChunkingStrategy | None) -> tuple[int, int]:
         """(chunk tokens, overlap) this file gets: "auto" is doc_max_tokens and --overlap."""
@@ -778,6 +789,7 @@ class IndexService:
                 for i in body.file_ids
             ]
         items = _once_each(items)
+        await self._make_default(store_id, items, body.chunking_strategy)
         await self.check_store_async(store_id)
         self._check_attachable(items, body.chunking_strategy)
         batch = Batch(f"vsfb_{secrets.token_hex(12)}", store_id, _now(), [i.file_id for i in items])
