@@ -158,6 +158,8 @@ class Worker:
         Other threads get the 503 of `check_ready` until the model is loaded."""
         if threading.current_thread() is not self._thread:
             self.check_ready()
+        if priority == BULK:  # (an indexing job outlives the request that queued it: its
+            task.request_id = None  # failure, minutes on, is logged by file and store)
         with self._cv:
             if task.bounded:
                 waiting = self._live_waiting()

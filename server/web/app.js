@@ -109,6 +109,13 @@ function note(div, text) {
 }
 
 // ---- server state: model, collections, retrieval modes -----------------------------------
+let refreshTimer = null; // one pending look at the server at most
+
+function refreshIn(ms) {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, ms);
+}
+
 async function refresh() {
   try {
     const card = (await api("/v1/models")).data[0];
@@ -118,12 +125,12 @@ async function refresh() {
     serverCollection = card.collection || "";
   } catch (e) {
     $("model").textContent = e.message;
-    if (e.status && e.status !== 503) alertUser(e.message); // (not each retry's)
+    if ((e.status && e.status !== 503) || e.message === KEY_UNSENDABLE) alertUser(e.message);
     if (e.status === 401) $("collection").replaceChildren(new Option("server default", ""));
     // still loading (503 + Retry-After), or not answering (restarting?): look again, so the
-    // page fills in by itself (a 401 waits for the key)
-    if (e.status === 503) setTimeout(refresh, 1000 * Math.min(e.retryAfter || 3, 10));
-    else if (!e.status) setTimeout(refresh, 5000);
+    // page fills in by itself (a 401, or a key a browser cannot send, waits for the key)
+    if (e.status === 503) refreshIn(1000 * Math.min(e.retryAfter || 3, 10));
+    else if (!e.status && e.message !== KEY_UNSENDABLE) refreshIn(5000);
     return;
   }
   await loadCollections();
@@ -369,7 +376,7 @@ async function ask(question) {
       text.data += (text.data ? "\n" : "") + "Error: " + message;
       // what the page shows of the server may be out of date: a restart (another model, other
       // collections) or a collection deleted elsewhere, which stayed picked
-      if (message === NO_ANSWER) refresh();
+      if (message === NO_ANSWER) refreshIn(0);
       else if (e.code === "collection_not_found") loadCollections();
       alertUser("Error: " + message);
       if (mine === chat) turns.pop();
