@@ -170,10 +170,12 @@ def sweep_temps(target: Path, suffix: str = ".tmp") -> None:
 
 
 def disk_full(folder: Path | str) -> bool:
-    """Whether the writable file system holding `folder` has no block left for this user
-    (read-only ones, squashfs or a CD, say none free: they are not full)."""
+    """Whether the writable file system holding `folder` has less than 1 MiB left for this
+    user: asked once a write failed, to tell why (SQLite fails with an I/O error, not "full",
+    when its -shm or WAL cannot grow into the last few blocks). Read-only ones, squashfs or a
+    CD, say none free: they are not full."""
     try:
         st = os.statvfs(folder)
     except OSError:
         return False
-    return st.f_bavail == 0 and not st.f_flag & os.ST_RDONLY
+    return st.f_bavail * st.f_frsize < 1 << 20 and not st.f_flag & os.ST_RDONLY
