@@ -130,8 +130,12 @@ class ResponseCreateRequest(_Request):
     stream_options: dict[str, Any] | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     text: dict[str, Any] | None = only(
-        {"properties": {"format": {"properties": {"type": {"enum": ["text"]}}}}}, default=None
-    )
+        {"properties": {"format": {"anyOf": [
+            {"type": "object", "properties": {"type": {"enum": ["text"]}}, "required": ["type"]},
+            NULL,
+        ]}}},
+        default=None,
+    )  # fmt: skip
     tool_choice: str | dict[str, Any] | None = only(
         {
             "anyOf": [
