@@ -301,3 +301,36 @@ def test_eval_on_an_index_of_other_adapters_says_how_to_recompress(
     err = capsys.readouterr().err
     assert code == 1 and f"--checkpoint {final.resolve()}" in err, err
     assert "earlier clara" not in err
+
+
+def test_recall_counts_every_question_with_a_gold_document(
+    trained, tiny_llama_dir, tmp_path, capsys
+):
+    """An evaluation audit: a question whose gold document was not retrieved (or not in the
+    collection) left Recall@k's denominator, so R@5 was 100% by construction; a collection
+    file whose lines join the documents' line breaks (the default recipe's) matched no gold."""
+    import numpy as np
+
+    from indexing.meta import ChunkRecord
+    from indexing.store import Collection
+    from training.pipeline import load_for_training
+
+    final, data = trained
+    cm = load_for_training(tiny_llama_dir, final, dtype=None)
+    others = [d for d in DOCS if d != DOCS[0]]  # the first question's gold is not indexed
+    root = tmp_path / "indexes"
+    with Collection.open(root, "t", manifest=cm.manifest(), create=True) as col:
+        col.add_document(None, "docs", "0" * 64, [ChunkRecord(d) for d in others],
+                         np.array(cm.compress(others)), size=0, mtime=0.0)  # fmt: skip
+    common = ["--data", str(data), "--checkpoint", str(final), "--model", str(tiny_llama_dir),
+              "--dtype", "stored", "--max-tokens", "1", "--json", "-q", "--no-baselines"]  # fmt: skip
+    assert main([*common, "--retrieval", "index", "--index", "t", "--index-root", str(root),
+                 "--retrieval-mode", "lexical"]) == 0  # fmt: skip
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["retrieval"]["recall@5"] == 0.5  # one of two questions can be found
+
+    joined = tmp_path / "collection.txt"  # as the default recipe writes it
+    joined.write_text("\n".join("  ".join(d.split()) for d in DOCS) + "\n")  # (spaced)
+    assert main([*common, "--retrieval", "collection", "--collection", str(joined)]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["retrieval"]["recall@5"] == 1.0  # (there was no Recall@k at all)

@@ -208,6 +208,7 @@ def evaluate(args: argparse.Namespace) -> list:
     from clara.errors import ClaraError
     from training.data import read_qa
     from training.evaluate import (
+        MISSING,
         retrieve,
         retrieve_from_index,
     )
@@ -222,6 +223,7 @@ def evaluate(args: argparse.Namespace) -> list:
             "file name's; it was found only once the answers were done)"
         )
     records = read_qa(args.data, need_docs=args.retrieval in ("candidates", "gold"))
+    every_doc = list(dict.fromkeys(d for r in records for d in r.docs))  # (before --limit)
     if args.limit:
         records = records[: args.limit]
     alone = sum(len(r.docs) < 2 for r in records) if args.retrieval == "candidates" else 0
@@ -242,11 +244,9 @@ def evaluate(args: argparse.Namespace) -> list:
     model = args.model or (str(base_of(first)) if base_of(first) else "smollm2-135m")
     collection = None
     if args.retrieval == "collection":
-        collection = (
-            read_collection(args.collection)
-            if args.collection
-            else list(dict.fromkeys(d for r in records for d in r.docs))
-        )
+        # every document of --data, not only those of the questions --limit keeps (with
+        # --limit 10, one document: Recall@k 100 whatever the ranking)
+        collection = read_collection(args.collection) if args.collection else every_doc
 
     def bar(it, n, desc):
         return progress(it, n, desc, unit="q", quiet=args.quiet)
@@ -257,11 +257,11 @@ def evaluate(args: argparse.Namespace) -> list:
                 cm, records, args.index, args.index_root, args.top_k,
                 mode=args.retrieval_mode, checkpoint=ck,
             )  # fmt: skip
-            if not any(got.gold):
+            if not any(i != MISSING for g in got.gold for i in g):
                 print(
-                    f"clara-eval: no Recall@k for {ck}: no chunk found in index "
-                    f"'{args.index}' is one of the records' gold documents word for word (the "
-                    "index cut its documents its own way); --retrieval collection measures it",
+                    f"clara-eval: warning: for {ck}, no chunk retrieved from index "
+                    f"'{args.index}' is a piece of a question's gold document: is it the "
+                    "index of these documents? (Recall@k counts each question as missed)",
                     file=sys.stderr,
                 )
             return got
