@@ -108,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-tokens", type=positive_int, default=64, help="answer length cap (default: 64)"
     )
-    p.add_argument("--limit", type=positive_int, help="evaluate the first N questions only")
+    p.add_argument(
+        "--limit", type=positive_int,
+        help="evaluate the first N questions only (in the file's order: a file grouped by "
+        "document gives the questions of its first documents)",
+    )  # fmt: skip
     p.add_argument("--no-baselines", action="store_true", help="skip the two text rows")
     p.add_argument(
         "--generator-only", action="store_true", help="add each checkpoint without documents"

@@ -104,4 +104,12 @@ def main(steps: int = 4, n_prompts: int = 1) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Appends the medians to BENCHMARKS.md."
+    )  # (a bare `--help` ran the whole benchmark and appended its section)
+    parser.add_argument("steps", nargs="?", type=int, default=4, help="decode steps (K)")
+    parser.add_argument("prompts", nargs="?", type=int, default=1, help="memory prompts")
+    args = parser.parse_args()
+    main(args.steps, args.prompts)
