@@ -40,17 +40,28 @@ def _bool_map(text: str) -> str:
     return {"True": "yes", "False": "no"}.get(text, text)
 
 
+def _normalized(prediction: str, gold: str) -> tuple[str, str]:
+    """Both answers normalised as the reference does; a gold answer that normalises to
+    nothing ("A (-)": an article and punctuation) is compared in lower case, punctuation kept
+    (it matched every prediction, and an empty one exactly; an evaluation audit)."""
+    pred, ref = normalize_answer(_bool_map(prediction)), normalize_answer(_bool_map(gold))
+    if not ref:
+        pred, ref = " ".join(prediction.lower().split()), " ".join(gold.lower().split())
+    return pred, ref
+
+
 def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(_bool_map(prediction)) == normalize_answer(_bool_map(gold)))
+    pred, ref = _normalized(prediction, gold)
+    return float(pred == ref)
 
 
 def cover_match(prediction: str, gold: str) -> float:
-    pred = normalize_answer(_bool_map(prediction)).split()
-    return float(all(t in pred for t in normalize_answer(_bool_map(gold)).split()))
+    pred, ref = _normalized(prediction, gold)
+    return float(all(t in pred.split() for t in ref.split()))
 
 
 def token_f1(prediction: str, gold: str) -> float:
-    pred, ref = normalize_answer(_bool_map(prediction)), normalize_answer(_bool_map(gold))
+    pred, ref = _normalized(prediction, gold)
     special = ("yes", "no", "noanswer")
     if (pred in special or ref in special) and pred != ref:
         return 0.0
