@@ -337,3 +337,34 @@ def test_recall_counts_every_question_with_a_gold_document(
     assert main([*common, "--retrieval", "collection", "--collection", str(joined)]) == 0
     row = json.loads(capsys.readouterr().out)[0]
     assert row["retrieval"]["recall@5"] == 1.0  # (there was no Recall@k at all)
+
+
+def test_eval_ranks_as_the_index_does_and_refuses_an_unused_retrieval_mode(
+    trained, tiny_llama_dir, capsys, monkeypatch
+):
+    """An evaluation audit: clara-eval ranked by the flattened cosine while the index
+    re-scores the shipped adapters' nearest by MaxSim, and took --retrieval-mode outside
+    --retrieval index and ignored it."""
+    from clara import retrieval
+    from clara.model import ClaraConfig
+    from training import evaluate
+
+    final, data = trained
+    common = ["--data", str(data), "--checkpoint", str(final), "--model", str(tiny_llama_dir),
+              "--dtype", "stored", "--max-tokens", "1", "--json", "-q", "--no-baselines"]  # fmt: skip
+    assert main([*common, "--retrieval", "collection", "--retrieval-mode", "dense"]) == 1
+    assert "applies to --retrieval index only" in capsys.readouterr().err
+    scored = []
+    real = retrieval.maxsim_numpy
+
+    def counting(q, d, *a, **k):
+        scored.append(len(d))
+        return real(q, d, *a, **k)
+
+    monkeypatch.setattr(evaluate, "maxsim_numpy", counting)
+    monkeypatch.setattr(ClaraConfig, "dense_rerank", property(lambda self: 100))
+    assert main([*common, "--retrieval", "candidates"]) == 0
+    assert scored == [3, 3]  # each question's three candidates, by MaxSim
+    monkeypatch.setattr(retrieval, "maxsim_numpy", counting)  # (maxsim_rerank's)
+    assert main([*common, "--retrieval", "collection"]) == 0
+    assert scored[2:] == [3, 3]  # the collection's nearest three, re-scored for each question

@@ -97,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--retrieval-mode",
-        default="hybrid",
         choices=("hybrid", "dense", "lexical"),
-        help="how --retrieval index searches: memory vectors and words fused (default), "
-        "memory vectors only, or BM25 over words only",
+        help="how --retrieval index searches: memory vectors and words fused (its default), "
+        "memory vectors only, or BM25 over words only (the other --retrieval choices rank by "
+        "the query adapter alone, as the checkpoint scores: flattened cosine or MaxSim)",
     )
     p.add_argument(
         "--top-k", type=positive_int, default=5, help="documents per question (default: 5)"
@@ -241,6 +241,11 @@ def evaluate(args: argparse.Namespace) -> list:
         raise ClaraError("--retrieval gold needs pos_index in every record")
     if args.retrieval == "index" and not args.index:
         raise ClaraError("--retrieval index needs --index NAME (a clara-index collection)")
+    if args.retrieval_mode and args.retrieval != "index":  # (it was taken and ignored)
+        raise ClaraError(
+            f"--retrieval-mode applies to --retrieval index only ({args.retrieval} ranks by the "
+            "query adapter alone)"
+        )
     if args.retrieval in ("collection", "index") and not args.checkpoint and not args.no_baselines:
         raise ClaraError(f"--retrieval {args.retrieval} retrieves with a checkpoint: add one")
     dtype = model_dtype(args)
@@ -259,7 +264,7 @@ def evaluate(args: argparse.Namespace) -> list:
         if args.retrieval == "index":
             got = retrieve_from_index(
                 cm, records, args.index, args.index_root, args.top_k,
-                mode=args.retrieval_mode, checkpoint=ck,
+                mode=args.retrieval_mode or "hybrid", checkpoint=ck,
             )  # fmt: skip
             if not any(i != MISSING for g in got.gold for i in g):
                 print(

@@ -23,7 +23,7 @@ import numpy as np
 from clara.generate import Answer, batch_generate
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt, mixed_prompt, text_prompt
-from clara.retrieval import cosine_scores, recall_precision_at_k
+from clara.retrieval import cosine_scores, maxsim_numpy, maxsim_rerank, recall_precision_at_k
 from training.data import QARecord
 
 _PUNCT = set(string.punctuation)
@@ -202,13 +202,23 @@ def retrieve(
         where = {t: i for i, t in enumerate(table)}
         return Retrieved([[mem[where[t]] for t in ts] for ts in texts], texts, [], [])
     q = cm.encode_queries(questions, batch_size=batch_size or 16)  # (Q, n_mem, d)
+    depth = cm.config.dense_rerank  # the checkpoint's MaxSim re-score, as the index applies
     if mode == "collection":
         table = list(dict.fromkeys(collection or []))
         where = {_same(t): i for i, t in enumerate(table)}  # (by text, whitespace aside)
         mem = cm.compress(table, batch_size=batch_size)  # (N, n_mem, d)
         scores = np.array(cosine_scores(q, mem))  # (Q, N)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(top_k, max(RECALL_KS))]
-        ranked = [row.tolist() for row in order]
+        keep = max(top_k, max(RECALL_KS))
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(keep, depth)]
+        if depth:  # (it ranked by the flattened cosine only: not what the product ranks by)
+            qs, ms = np.array(q, dtype=np.float32), np.array(mem, dtype=np.float32)
+            order = [
+                np.concatenate(
+                    [maxsim_rerank(qs[i], row[:depth], ms[row[:depth]])[1], row[depth:]]
+                )  # fmt: skip
+                for i, row in enumerate(order)
+            ]
+        ranked = [[int(j) for j in row[:keep]] for row in order]
         # a gold document not in the collection cannot be found: it counts as missed (MISSING)
         gold = [[where.get(_same(r.docs[j]), MISSING) for j in r.pos_index] for r in records]
     elif mode == "candidates":
@@ -218,7 +228,11 @@ def retrieve(
         ranked, gold = [], []
         for i, r in enumerate(records):
             ids = [where[d] for d in r.docs]
-            s = np.array(cosine_scores(q[i : i + 1], mem[mx.array(ids)]))[0]
+            if depth:
+                qi = np.array(q[i], dtype=np.float32)
+                s = maxsim_numpy(qi[None], np.array(mem[mx.array(ids)], dtype=np.float32))[0]
+            else:
+                s = np.array(cosine_scores(q[i : i + 1], mem[mx.array(ids)]))[0]
             ranked.append([ids[j] for j in np.argsort(-s, kind="stable")])
             gold.append([ids[j] for j in r.pos_index])
     else:
