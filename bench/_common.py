@@ -165,6 +165,45 @@ def add_no_append(p, help: str = "print only; leave BENCHMARKS.md unchanged") ->
     p.add_argument("--no-append", "--no-report", dest="no_append", action="store_true", help=help)
 
 
+def run_record() -> dict[str, str]:
+    """How this run was made, for a later report that merges runs (`--report DIR`): its
+    command, machine, date and commit (with "+changes" when the checkout differs from it).
+    The report's own header names only the merging step."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    return {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit or "unknown",
+        **({"warnings": "; ".join(run_warnings())} if run_warnings() else {}),
+    }
+
+
+def runs_made(records: list[tuple[str, dict | None]]) -> str:
+    """The "Runs merged" lines of a report: each run's tag and `run_record`."""
+    lines = ["Runs merged here (each as it was made):", ""]
+    for tag, r in records:
+        if r is None:
+            lines.append(f"- {tag}: made before runs recorded how (its command is not known)")
+        else:
+            warned = f"; {r['warnings']}" if r.get("warnings") else ""
+            lines.append(f"- {tag}: `{r['command']}` at {r['commit']}, {r['date']}, "
+                         f"{r['machine']}{warned}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def append_report(title: str, body: str, notes: str = "") -> None:
     """Print `body` and append it to BENCHMARKS.md with command, machine and date (and the
     `run_warnings`, as notes)."""

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
-from bench._common import append_report, start_run  # noqa: E402
+from bench._common import append_report, run_record, runs_made, start_run  # noqa: E402
 from clara.model import QUERY_PRECISIONS  # noqa: E402
 from clara.prompt import mixed_prompt, text_prompt  # noqa: E402
 from clara.retrieval import (  # noqa: E402
@@ -293,7 +293,10 @@ def report_retrieval(found: list[dict]) -> None:
         f"{found[0]['collection']} documents; dense: the query adapter's vectors against the "
         "compressed documents (the flattened cosine, or as the index ranks by default: its "
         "nearest re-scored by MaxSim), hybrid: the product's default fusion of dense and "
-        "BM25.\n\n" + "\n".join(lines)
+        "BM25.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + runs_made([(x["tag"], x.get("run")) for x in found])
     )
     append_report("Held-out retrieval (bench/bench_heldout.py --retrieval-only)", body)
 
@@ -338,6 +341,8 @@ def report_answers(runs: list[dict], png: Path) -> None:
         f"model (smollm2-135m float32) and questions for every row; {what}; greedy answers, "
         f"at most {runs[0].get('max_tokens', 32)} tokens. Chart: {shown}.\n\n"
         + "\n".join(lines)
+        + "\n\n"
+        + runs_made([(x["tag"], x.get("run")) for x in runs])
         + "\n\n<details><summary>JSON</summary>\n\n```json\n"
         + json.dumps(slim, indent=1)
         + "\n```\n</details>\n"
@@ -446,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as e:
         raise SystemExit(f"--checkpoint {args.checkpoint}: {e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
+    result["run"] = run_record()  # (what --report names: it merges runs made elsewhen)
     if args.retrieval_only:  # apart from the answer rows --report reads
         (args.out / f"{args.tag}.retrieval").write_text(json.dumps(result, indent=1))
         for name, r in result["retrieval"].items():
