@@ -368,3 +368,25 @@ def test_eval_ranks_as_the_index_does_and_refuses_an_unused_retrieval_mode(
     monkeypatch.setattr(retrieval, "maxsim_numpy", counting)  # (maxsim_rerank's)
     assert main([*common, "--retrieval", "collection"]) == 0
     assert scored[2:] == [3, 3]  # the collection's nearest three, re-scored for each question
+
+
+def test_every_checkpoint_is_read_before_any_answer(
+    trained, tiny_llama_dir, tmp_path, capsys, monkeypatch
+):
+    """An evaluation audit: a second --checkpoint that was no checkpoint failed once the
+    first one's rows were done, and threw them away; 'default' (the shipped adapters, as the
+    other commands name them) was "no such checkpoint folder"."""
+    from clara.checkpoint import DEFAULT_CHECKPOINT
+    from training import eval_cli
+
+    final, data = trained
+    common = ["--data", str(data), "--model", str(tiny_llama_dir), "--dtype", "stored",
+              "--max-tokens", "1", "--json", "-q", "--no-baselines"]  # fmt: skip
+    answered = []
+    monkeypatch.setattr(eval_cli, "_rows", lambda *a, **k: answered.append(1))
+    code = main([*common, "--checkpoint", str(final), "--checkpoint", str(tmp_path)])
+    assert code == 1 and not answered  # refused before any answer
+    assert str(tmp_path) in capsys.readouterr().err
+    args = eval_cli.build_parser().parse_args([*common, "--checkpoint", "default"])
+    eval_cli.evaluate(args)
+    assert args.checkpoint == [str(DEFAULT_CHECKPOINT)] and answered == [1]

@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="CLaRa checkpoint (clara-train's final/ or step-N/); repeat to compare several, "
-        "e.g. different compression rates (default: none, so only the text baselines are "
-        "measured)",
+        help="CLaRa checkpoint (clara-train's final/ or step-N/, or 'default': the shipped "
+        "adapters, as other commands name them); repeat to compare several, e.g. different "
+        "compression rates (default: none, so only the text baselines are measured)",
     )
     model.add_argument(
         "--model",
@@ -209,6 +209,7 @@ def write_chart(rows, path: str) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> list:
+    from clara.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_config
     from clara.errors import ClaraError
     from training.data import read_qa
     from training.evaluate import (
@@ -218,6 +219,11 @@ def evaluate(args: argparse.Namespace) -> list:
     )
     from training.trainer import base_of
 
+    args.checkpoint = [  # ('default' was "no such checkpoint folder")
+        str(DEFAULT_CHECKPOINT) if ck.lower() == "default" else ck for ck in args.checkpoint
+    ]
+    for ck in args.checkpoint:  # each read before minutes of answers, not after
+        read_checkpoint_config(ck)
     for flag, path in (("--predictions", args.predictions), ("--chart", args.chart)):
         if path and not Path(path).resolve().parent.is_dir():  # before minutes of answers
             raise ClaraError(f"{flag} {path}: no folder {Path(path).resolve().parent}")
@@ -279,9 +285,11 @@ def evaluate(args: argparse.Namespace) -> list:
     rows: list = []
     try:
         _rows(args, records, rows, model, dtype, get, bar)
-    except KeyboardInterrupt:  # (and SIGTERM) what was finished is kept, as the README says
+    except (KeyboardInterrupt, ClaraError) as exc:  # (and SIGTERM; a later checkpoint that
+        # fails to load) what was finished is kept, as the README says
         if rows:
-            print(f"{PROG}: stopped; the {len(rows)} finished rows:", file=sys.stderr)
+            why = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
+            print(f"{PROG}: {why}; the {len(rows)} finished rows:", file=sys.stderr)
             _write_predictions(args, records, rows)
             _print_rows(args, rows)
         raise
