@@ -18,6 +18,7 @@ import io
 import posixpath
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from xml.etree import ElementTree as ET
 
@@ -32,6 +33,7 @@ _TEXT = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
 _TABLE = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
 _OFFICE = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
 _DC = "{http://purl.org/dc/elements/1.1/}"
+_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _OPF = "{http://www.idpf.org/2007/opf}"
 _CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
 _HEADING_STYLE = re.compile(r"(heading|berschrift|titre|titolo|encabezado|kop)\s*\d|title$", re.I)
@@ -179,8 +181,8 @@ def _docx_heading_styles(archive: _Archive) -> set[str]:
 def _docx_paragraph(p: ET.Element, heading_styles: set[str]) -> tuple[str, bool, bool]:
     """(text, is a heading, is a list item) of a w:p."""
     parts: list[str] = []
-    for node in p.iter():
-        tag = node.tag
+    for node in _walk_skipping(p, _FALLBACK):  # (a shape's text is in both its Choice and
+        tag = node.tag  # its Fallback: read once)
         if tag == f"{_W}t":
             parts.append(node.text or "")
         elif tag == f"{_W}tab":
@@ -200,6 +202,14 @@ def _docx_paragraph(p: ET.Element, heading_styles: set[str]) -> tuple[str, bool,
         )
         listed = props.find(f"{_W}numPr") is not None
     return "".join(parts).strip(), heading, listed
+
+
+def _walk_skipping(element: ET.Element, skipped: str) -> Iterator[ET.Element]:
+    """`element.iter()`, without the subtrees of `skipped` elements."""
+    yield element
+    for child in element:
+        if child.tag != skipped:
+            yield from _walk_skipping(child, skipped)
 
 
 def _docx_table(table: ET.Element) -> str:

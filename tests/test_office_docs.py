@@ -64,6 +64,12 @@ REPORT = (
     "</w:t></w:r><w:del><w:r><w:delText>DELETED WORDS</w:delText></w:r></w:del>"
     '<w:r><w:fldChar w:fldCharType="begin"/><w:instrText>PAGE</w:instrText></w:r></w:p>'
     + para("stones from the quarry", listed=True)
+    + '<w:p><w:r><mc:AlternateContent xmlns:mc="http://schemas.openxmlformats.org/markup-'
+    'compatibility/2006"><mc:Choice Requires="wps"><w:txbxContent>'
+    + para("In a box.")
+    + "</w:txbxContent></mc:Choice><mc:Fallback><w:txbxContent>"
+    + para("In a box.")
+    + "</w:txbxContent></mc:Fallback></mc:AlternateContent></w:r></w:p>"
     + para("Who paid", "MyHeading")
     + "<w:tbl><w:tr><w:tc>"
     + para("Year")
@@ -85,6 +91,7 @@ def test_a_docx_reads_as_its_paragraphs_headings_lists_and_tables(tmp_path: Path
         "The harbour wall was rebuilt in 1887 after the great storm.\n\n"
         "Cost:\t4,000 pounds\npaid by the town\n\n"
         "- stones from the quarry\n\n"
+        "In a box.\n\n"  # once, though Word writes a shape's text twice
         "Who paid\n\n"
         "Year | Payer\n1887 | the town"
     )  # no deleted text, no field code
