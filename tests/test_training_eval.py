@@ -47,6 +47,8 @@ def test_cover_match():
     # matched every prediction; it is compared in lower case, punctuation kept
     assert cover_match("anything", "A (-)") == 0.0 and cover_match("type A (-)", "A (-)") == 1.0
     assert exact_match("", "A (-)") == 0.0 and exact_match("a (-)", "A (-)") == 1.0
+    assert cover_match("The answer is A (-).", "A (-)") == 1.0  # (punctuation is its own token)
+    assert cover_match("A (+)", "A (-)") == 0.0
 
 
 def test_best_over_gold_answers():
@@ -390,3 +392,5 @@ def test_every_checkpoint_is_read_before_any_answer(
     args = eval_cli.build_parser().parse_args([*common, "--checkpoint", "default"])
     eval_cli.evaluate(args)
     assert args.checkpoint == [str(DEFAULT_CHECKPOINT)] and answered == [1]
+    main([*common, "--checkpoint", "none"])  # untrained adapters: it gets to the answers
+    assert answered == [1, 1] and "no such checkpoint" not in capsys.readouterr().err

@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="CLaRa checkpoint (clara-train's final/ or step-N/, or 'default': the shipped "
-        "adapters, as other commands name them); repeat to compare several, e.g. different "
-        "compression rates (default: none, so only the text baselines are measured)",
+        help="CLaRa checkpoint (clara-train's final/ or step-N/; 'default': the shipped "
+        "adapters; 'none': untrained ones); repeat to compare several, e.g. different "
+        "compression rates (default: no checkpoint, so only the text baselines are measured)",
     )
     model.add_argument(
         "--model",
@@ -209,7 +209,7 @@ def write_chart(rows, path: str) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> list:
-    from clara.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_config
+    from clara.checkpoint import DEFAULT_CHECKPOINT, FRESH, read_checkpoint_config
     from clara.errors import ClaraError
     from training.data import read_qa
     from training.evaluate import (
@@ -219,11 +219,13 @@ def evaluate(args: argparse.Namespace) -> list:
     )
     from training.trainer import base_of
 
-    args.checkpoint = [  # ('default' was "no such checkpoint folder")
-        str(DEFAULT_CHECKPOINT) if ck.lower() == "default" else ck for ck in args.checkpoint
+    args.checkpoint = [  # ('default' was "no such checkpoint folder"; a folder of that name
+        str(DEFAULT_CHECKPOINT) if ck == "default" and not Path(ck).is_dir() else ck  # wins)
+        for ck in args.checkpoint
     ]
     for ck in args.checkpoint:  # each read before minutes of answers, not after
-        read_checkpoint_config(ck)
+        if ck.lower() not in FRESH:  # ('none': untrained adapters)
+            read_checkpoint_config(ck)
     for flag, path in (("--predictions", args.predictions), ("--chart", args.chart)):
         if path and not Path(path).resolve().parent.is_dir():  # before minutes of answers
             raise ClaraError(f"{flag} {path}: no folder {Path(path).resolve().parent}")

@@ -45,8 +45,8 @@ def _normalized(prediction: str, gold: str) -> tuple[str, str]:
     nothing ("A (-)": an article and punctuation) is compared in lower case, punctuation kept
     (it matched every prediction, and an empty one exactly; an evaluation audit)."""
     pred, ref = normalize_answer(_bool_map(prediction)), normalize_answer(_bool_map(gold))
-    if not ref:
-        pred, ref = " ".join(prediction.lower().split()), " ".join(gold.lower().split())
+    if not ref and gold.strip():  # words and punctuation marks, each a token: "a ( - )"
+        pred, ref = (" ".join(re.findall(r"\w+|[^\w\s]", t.lower())) for t in (prediction, gold))
     return pred, ref
 
 
@@ -190,7 +190,8 @@ def retrieve(
     """Compress documents and pick each question's top-k with the query adapter.
 
     mode "candidates": among the record's own docs; "collection": among `collection` (gold =
-    the record's pos_index docs found there); "gold": the record's gold docs, no ranking.
+    the record's pos_index docs; one not there counts as missed); "gold": the record's gold
+    docs, no ranking. A checkpoint that scores by MaxSim re-scores the nearest by it.
     `batch_size`: chunks per compressor pass (default: `clara-index add`'s, the measured best
     for the device) and questions per query-adapter pass (default 16).
     """
@@ -203,21 +204,16 @@ def retrieve(
         return Retrieved([[mem[where[t]] for t in ts] for ts in texts], texts, [], [])
     q = cm.encode_queries(questions, batch_size=batch_size or 16)  # (Q, n_mem, d)
     depth = cm.config.dense_rerank  # the checkpoint's MaxSim re-score, as the index applies
-    if mode == "collection":
-        table = list(dict.fromkeys(collection or []))
+    if mode == "collection":  # (documents alike but for their whitespace: one)
+        table = list({_same(t): t for t in reversed(collection or [])}.values())[::-1]
         where = {_same(t): i for i, t in enumerate(table)}  # (by text, whitespace aside)
         mem = cm.compress(table, batch_size=batch_size)  # (N, n_mem, d)
         scores = np.array(cosine_scores(q, mem))  # (Q, N)
         keep = max(top_k, max(RECALL_KS))
         order = np.argsort(-scores, axis=1, kind="stable")[:, : max(keep, depth)]
-        if depth:  # (it ranked by the flattened cosine only: not what the product ranks by)
-            qs, ms = np.array(q, dtype=np.float32), np.array(mem, dtype=np.float32)
-            order = [
-                np.concatenate(
-                    [maxsim_rerank(qs[i], row[:depth], ms[row[:depth]])[1], row[depth:]]
-                )  # fmt: skip
-                for i, row in enumerate(order)
-            ]
+        if depth:  # the nearest re-scored by MaxSim, as the index ranks (it ranked by the
+            qs, ms = _float32(q), _float32(mem)  # flattened cosine only)
+            order = [maxsim_rerank(qs[i], row, ms[row])[1] for i, row in enumerate(order)]
         ranked = [[int(j) for j in row[:keep]] for row in order]
         # a gold document not in the collection cannot be found: it counts as missed (MISSING)
         gold = [[where.get(_same(r.docs[j]), MISSING) for j in r.pos_index] for r in records]
@@ -229,8 +225,7 @@ def retrieve(
         for i, r in enumerate(records):
             ids = [where[d] for d in r.docs]
             if depth:
-                qi = np.array(q[i], dtype=np.float32)
-                s = maxsim_numpy(qi[None], np.array(mem[mx.array(ids)], dtype=np.float32))[0]
+                s = maxsim_numpy(_float32(q[i])[None], _float32(mem[mx.array(ids)]))[0]
             else:
                 s = np.array(cosine_scores(q[i : i + 1], mem[mx.array(ids)]))[0]
             ranked.append([ids[j] for j in np.argsort(-s, kind="stable")])
@@ -335,12 +330,13 @@ def retrieve_from_index(
 
     The collection must have been built with this checkpoint (its manifest is checked: the
     message names `checkpoint` in the command that recompresses it); a hit counts as gold
-    when its chunk text equals one of the record's gold documents.
+    when its chunk text is a piece of one of the record's gold documents (the first one is
+    the question's gold: Recall@k says whether its document is in the top k).
     """
     from indexing.pipeline import model_manifest
     from indexing.store import Collection
 
-    q = np.array(cm.encode_queries([r.question for r in records], batch_size=batch_size))
+    q = _float32(cm.encode_queries([r.question for r in records], batch_size=batch_size))
     manifest = model_manifest(cm, checkpoint)
     with Collection.open(root, name, manifest=manifest, readonly=True) as col:
         memories, texts, ranked, gold = [], [], [], []
@@ -354,16 +350,23 @@ def retrieve_from_index(
             texts.append([h.contextual_text for h in hits[:top_k]])
             ranked.append(ids)
             # a hit is gold when its chunk is a piece of a gold document (the index cuts
-            # documents its own way); none in the top hits: missed (it counted as no question)
+            # documents its own way), and a question is found at its first gold chunk (Recall@k:
+            # a gold document in the top k, however many of its chunks are); none in the top
+            # hits: missed (such a question left the denominator)
             golds = [_same(r.docs[j]) for j in r.pos_index]
             found = [h.chunk_id for h in hits if any(_same(h.text) in g for g in golds)]
-            gold.append(found or ([MISSING] if golds else []))
+            gold.append(found[:1] or ([MISSING] if golds else []))
     return Retrieved(memories, texts, ranked, gold)
 
 
 #: the gold id of a question whose gold document is not among those searched or retrieved:
 #: never ranked, so its Recall@k is 0 (skipping it made Recall@5 100% by construction)
 MISSING = -1
+
+
+def _float32(a: mx.array) -> np.ndarray:
+    """An MLX array as float32 numpy (numpy takes no bfloat16 buffer)."""
+    return np.array(a.astype(mx.float32))
 
 
 def _same(text: str) -> str:
