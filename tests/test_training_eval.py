@@ -370,6 +370,9 @@ def test_eval_ranks_as_the_index_does_and_refuses_an_unused_retrieval_mode(
     monkeypatch.setattr(retrieval, "maxsim_numpy", counting)  # (maxsim_rerank's)
     assert main([*common, "--retrieval", "collection"]) == 0
     assert scored[2:] == [3, 3]  # the collection's nearest three, re-scored for each question
+    import mlx.core as mx  # numpy takes no bfloat16 buffer: a bfloat16 model crashed it (a review)
+
+    assert evaluate._float32(mx.ones((2, 3), dtype=mx.bfloat16)).dtype == "float32"
 
 
 def test_every_checkpoint_is_read_before_any_answer(
