@@ -592,13 +592,13 @@ def _walk(value: Any, most: float) -> tuple[bool, int]:
 
 _INSIDE = (str, dict, list)
 
-#: the JSON values (numbers, strings, items...) a request body may hold: more than any request
-#: needs (2048 texts to embed, or 2048 inputs of 480 token ids; 16 prompts of token ids); a
-#: body of 32 MiB of numbers held the event loop for 10 s while it was validated (a security
-#: audit)
+#: the JSON values (numbers, strings, items...) a request body may hold: 2048 texts to embed,
+#: or 2048 inputs of 480 token ids, 16 prompts of token ids (longer inputs with "truncate":
+#: split the request); a body of 32 MiB of numbers held the event loop for 10 s while it was
+#: validated (a security audit)
 MAX_JSON_VALUES = 1_000_000
 #: a body larger than this is parsed and looked through on a worker thread
-_PARSE_APART = 1 << 20
+_PARSE_APART = 64 << 10  # (parsing counts values in Python: 1 MiB of numbers, 0.26 s)
 
 #: (the body parsed, where it holds a lone surrogate): `JSONBodyRequest.json` has looked
 #: through it, and a request model's `valid_unicode` need not again
@@ -677,6 +677,8 @@ class JSONBodyRequest(Request):
 def _parse(body: bytes) -> tuple[Any, str | None]:
     """A JSON body, and where it holds a lone surrogate (None: nowhere); a 400 if it holds
     more than MAX_JSON_VALUES values."""
+    if body.count(b"[") > MAX_JSON_VALUES:  # (arrays, strings and constants are built in C,
+        raise _too_many_values()  # holding the interpreter: a body of "[]," took 4 s, 880 MB)
     left = MAX_JSON_VALUES
 
     def counted(value: Any, n: int = 1) -> Any:  # numbers and objects, as they are parsed:
@@ -696,12 +698,18 @@ def _parse(body: bytes) -> tuple[Any, str | None]:
         valid, count = _walk(data, MAX_JSON_VALUES)
         if count > MAX_JSON_VALUES:
             raise _TooManyValues
-    except _TooManyValues:  # (an HTTPException: FastAPI passes on only those)
-        raise StarletteHTTPException(
-            400, f"the request body holds more than {MAX_JSON_VALUES} JSON values (numbers, "
-            "strings, items); send the inputs in several requests",
-        ) from None  # fmt: skip
+    except _TooManyValues:
+        raise _too_many_values() from None
     return data, None if valid else lone_surrogate(data)
+
+
+def _too_many_values() -> StarletteHTTPException:
+    """(an HTTPException: FastAPI passes on only those from a body's parse)"""
+    return StarletteHTTPException(
+        400,
+        f"the request body holds more than {MAX_JSON_VALUES} JSON values (numbers, "
+        "strings, items, brackets); send the inputs in several requests",
+    )
 
 
 class _TooManyValues(Exception):

@@ -172,6 +172,8 @@ def is_corrupt(exc: sqlite3.DatabaseError) -> bool:
 
 def _file_id(path: Path) -> tuple[int, int]:
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # (a FIFO there blocked SQLite's read-only open for good)
+        raise sqlite3.DatabaseError(f"{path.name} is not a database (not a regular file)")
     return st.st_dev, st.st_ino
 
 
@@ -313,7 +315,7 @@ class Meta:
         reads (its collection folder was deleted, or swapped for a rebuilt one)."""
         try:  # (the connection keeps reading its file even once renamed or deleted)
             return _file_id(self.path) != self.file_id
-        except FileNotFoundError:
+        except (FileNotFoundError, sqlite3.DatabaseError):  # (gone, or not a file any more)
             return True
 
     @staticmethod

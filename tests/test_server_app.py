@@ -379,9 +379,11 @@ def test_the_json_value_cap_takes_what_the_routes_take_and_stops_early(monkeypat
 
     data, where = http._parse(json.dumps({"input": [[7] * 480] * 2048}).encode())
     assert len(data["input"]) == 2048 and where is None
-    bad = json.dumps({"input": [[7] * 1000] * 1001, "z": "\ud800"}).encode()
+    bad = json.dumps({"input": ["a"] * 1_100_000, "z": "\ud800"}).encode()  # (strings: only
+    with pytest.raises(HTTPException, match="more than 1000000 JSON values"):  # the walk
+        http._parse(bad)  # counts them, and it stopped at the lone surrogate)
     with pytest.raises(HTTPException, match="more than 1000000 JSON values"):
-        http._parse(bad)
+        http._parse(b"[" + b"[]," * 1_000_001 + b"[]]")  # (refused before it is built)
     built = []
     finite = http._finite
 

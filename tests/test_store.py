@@ -936,15 +936,19 @@ def test_a_read_only_copy_reads_the_commits_still_in_its_wal(tmp_path, monkeypat
     (left / "meta.sqlite").write_text("documents' text")
     unnamed = Path(tempfile.mkdtemp(prefix="clara-meta-", dir=temp))  # (an older version's)
     os.utime(unnamed, (0, 0))
+    Collection.open(tmp_path / "backup", "live", readonly=True, vectors=False).close()
+    assert not left.exists() and not unnamed.exists()  # (their processes have ended)
+    assert not list(temp.glob(f".clara-meta.{os.getpid()}-*"))  # (and its own is closed)
     os.replace(f"{folder}/meta.sqlite", f"{folder}/meta.sqlite.real")
     os.symlink("/dev/zero", f"{folder}/meta.sqlite")
     with pytest.raises(DamagedCollectionError):
         Collection.open(tmp_path / "backup", "live", readonly=True, vectors=False)
-    assert not left.exists() and not unnamed.exists()  # (their processes have ended)
-    assert not list(temp.glob(f".clara-meta.{os.getpid()}-*"))
     # a FIFO in its place is refused too (a review: the open waited for a writer for good)
     os.unlink(f"{folder}/meta.sqlite")
     os.mkfifo(f"{folder}/meta.sqlite")
+    with pytest.raises(DamagedCollectionError):
+        Collection.open(tmp_path / "backup", "live", readonly=True, vectors=False)
+    os.unlink(f"{folder}/meta.sqlite-wal")  # nothing to copy: SQLite's own open (it blocked)
     with pytest.raises(DamagedCollectionError):
         Collection.open(tmp_path / "backup", "live", readonly=True, vectors=False)
 

@@ -150,11 +150,12 @@ class Registry:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
+                self.db.execute("COMMIT")  # (one that fails, on a full disk, rolls back too)
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
 
     def _all(self, sql: str, *args: Any) -> list[tuple]:
         with self._lock:
@@ -242,8 +243,10 @@ class Registry:
         return True
 
     def release(self, store_id: str, file_id: str) -> None:
-        """The link's job ended (completed, failed or cancelled) in this service."""
-        self._run("DELETE FROM claims WHERE store_id=? AND file_id=?", store_id, file_id)
+        """The link's job ended (completed, failed or cancelled) in this service (another
+        running service's claim stays)."""
+        self._run("DELETE FROM claims WHERE store_id=? AND file_id=? AND owner=?",
+                  store_id, file_id, self.owner)  # fmt: skip
 
     def _owner_path(self, owner: str) -> Path:
         return self.directory / "owners" / f"{owner}.lock"
