@@ -97,7 +97,7 @@ def start_run(repeats: int | None = None) -> list[str]:
     """Note the load as a run starts (and, for a script with a repeats option, its count);
     warn on stderr when the figures will be noisy. `append_report` adds the same warnings to
     the report's notes. Returns them."""
-    _RUN.update(load=load_average(), repeats=repeats)
+    _RUN.update(load=load_average(), repeats=repeats, started=_now(), commit=_commit())
     found = run_warnings()
     for line in found:
         print(f"warning: {line}", file=sys.stderr, flush=True)
@@ -165,10 +165,9 @@ def add_no_append(p, help: str = "print only; leave BENCHMARKS.md unchanged") ->
     p.add_argument("--no-append", "--no-report", dest="no_append", action="store_true", help=help)
 
 
-def run_record() -> dict[str, str]:
-    """How this run was made, for a later report that merges runs (`--report DIR`): its
-    command, machine, date and commit (with "+changes" when the checkout differs from it).
-    The report's own header names only the merging step."""
+def _commit() -> str:
+    """The checkout's commit, with "+changes" when tracked files differ from it
+    (BENCHMARKS.md aside: the scripts append to it themselves)."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -180,15 +179,27 @@ def run_record() -> dict[str, str]:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD")
-    if commit and git("status", "--porcelain", "--untracked-files=no"):
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":!BENCHMARKS.md"):  # fmt: skip
         commit += "+changes"
+    return commit or "unknown"
+
+
+def run_record() -> dict[str, str]:
+    """How this run was made, for a later report that merges runs (`--report DIR`): its
+    command, machine, start date and commit (as `start_run` found them: a checkout during a
+    run is not its code). The report's own header names only the merging step."""
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit or "unknown",
+        "date": _RUN.get("started") or _now(),
+        "commit": _RUN.get("commit") or _commit(),
         **({"warnings": "; ".join(run_warnings())} if run_warnings() else {}),
     }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def runs_made(records: list[tuple[str, dict | None]]) -> str:

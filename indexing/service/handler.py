@@ -330,12 +330,13 @@ class IndexService:
         return await asyncio.to_thread(self.store_object, store_id)
 
     def _check_attachable(
-        self, items: list[VectorStoreFileCreate], default: ChunkingStrategy | None
-    ) -> None:
+        self, items: list[VectorStoreFileCreate], default: ChunkingStrategy | None,
+        param: str = "file_ids",
+    ) -> None:  # fmt: skip
         """Every upload exists and every chunking strategy is valid, before anything is made."""
         for item in items:
             if self._live_file(item.file_id) is None:
-                raise _not_found("file", item.file_id, param="file_ids")
+                raise _not_found("file", item.file_id, param=param)
             self._chunking(item.chunking_strategy or default)
 
     def update_store(self, store_id: str, body: VectorStoreUpdate) -> VectorStore:
@@ -442,7 +443,7 @@ class IndexService:
         default_chunking: ChunkingStrategy | None = None,
     ) -> VectorStoreFile:
         self.worker.check_ready()
-        await self._make_default(store_id, [body], default_chunking)
+        await self._make_default(store_id, [body], default_chunking, "file_id")
         async with self.reading_async(store_id) as col:  # IndexMismatchError: 400 now, not a
             self._check_model(col, self.worker.cm)  # failed job
         rec = self._live_file(body.file_id)  # (from here to the job queued: no await, so a
@@ -459,15 +460,16 @@ class IndexService:
         return self._link_object(link)
 
     async def _make_default(
-        self, store_id: str, items: list[VectorStoreFileCreate], default: ChunkingStrategy | None
-    ) -> None:
+        self, store_id: str, items: list[VectorStoreFileCreate], default: ChunkingStrategy | None,
+        param: str = "file_ids",
+    ) -> None:  # fmt: skip
         """The server's default collection is made by the first files put into it, as
         `clara-index add` makes it (the web chat's upload with no collection picked made a
         `vs_...` store named "default", which requests naming none never searched); once the
         files and chunking are known good, and once only when two come at once."""
         if store_id != self.settings.default_collection or is_vector_store(self.root, store_id):
             return
-        self._check_attachable(items, default)  # (a 404 or 400 makes nothing)
+        self._check_attachable(items, default, param)  # (a 404 or 400 makes nothing)
         async with self._making:
             if is_vector_store(self.root, store_id):
                 return

@@ -212,7 +212,9 @@ async function openFile(s, tab, li) {
     if (!r.ok) throw failure(r, await r.json().catch(() => ({})));
     const data = await r.blob();
     const pdf = data.type === "application/pdf";
-    if (!pdf && !/^(text\/|application\/(json|xml|xhtml\+xml))/.test(data.type)) {
+    const text = /^(text\/|application\/(json|xml|xhtml\+xml))/.test(data.type) ||
+      /\.(md|markdown|mdown|mkd|html?|xhtml|txt|text|rst|log|org|adoc|asciidoc|tex)$/i.test(s.filename);
+    if (!pdf && !text) { // (by its name too: a .org file is sent as a Lotus Organizer one)
       // a Word file or a book, which a browser cannot show: saved under its own name
       const url = URL.createObjectURL(data);
       const save = document.createElement("a");
