@@ -14,25 +14,37 @@ sizes the archive claims), and XML that declares entities is refused: a zip bomb
 
 from __future__ import annotations
 
+import codecs
 import io
 import posixpath
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 from xml.etree import ElementTree as ET
 
 from indexing.html_text import html_to_text
 
 #: bytes unpacked from one document, all members together
-MAX_UNPACKED = 256 << 20
-OFFICE_EXTENSIONS = frozenset({".docx", ".odt", ".epub"})
+MAX_UNPACKED = 64 << 20
+#: XML tags in one part: a parsed tree costs about 16 times its bytes (a 373 KB .docx of
+#: 250 MiB of empty paragraphs took 96 s and 4 GB; a real 5 MB of text has ~0.5 M tags)
+MAX_TAGS = 4_000_000
+#: what a file of each name is read as (a macro-enabled or template Word file is a Word file)
+OFFICE_KINDS = {".docx": ".docx", ".docm": ".docx", ".dotx": ".docx", ".dotm": ".docx",
+                ".odt": ".odt", ".ott": ".odt", ".epub": ".epub"}  # fmt: skip
+OFFICE_EXTENSIONS = frozenset(OFFICE_KINDS)
+#: the most spaces one `text:s` makes (c="100000000" made 400 MB from a 1 KB file)
+MAX_SPACES = 100
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _TEXT = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
 _TABLE = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
 _OFFICE = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
 _DC = "{http://purl.org/dc/elements/1.1/}"
+_STRICT_W = b"http://purl.oclc.org/ooxml/wordprocessingml/main"  # Strict Open XML's
 _FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _OPF = "{http://www.idpf.org/2007/opf}"
 _CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
@@ -55,19 +67,41 @@ class OfficeText:
 
 
 def office_text(data: bytes, ext: str) -> OfficeText:
-    """The text of a .docx, .odt or .epub file's bytes (`ext` says which)."""
+    """The text of a .docx, .odt or .epub file's bytes (`ext` says which: an
+    OFFICE_EXTENSIONS name)."""
     try:
         archive = _Archive(zipfile.ZipFile(io.BytesIO(data)))
     except zipfile.BadZipFile:
         raise OfficeError(
             f"not a {ext} file (not a zip archive)", "re-download or re-export the file"
         ) from None
-    with archive:
-        if ext == ".docx":
-            return _docx(archive)
-        if ext == ".odt":
-            return _odt(archive)
-        return _epub(archive)
+    kind = OFFICE_KINDS[ext]
+    try:
+        with archive:
+            if kind == ".docx":
+                return _docx(archive)
+            if kind == ".odt":
+                return _odt(archive)
+            return _epub(archive)
+    except RecursionError:  # (100k nested spans)
+        raise OfficeError("nested too deeply to read", "re-export the file") from None
+
+
+def office_kind(data: bytes) -> str | None:
+    """Which of .docx, .odt, .epub a zip's bytes are by their parts (an upload without its
+    extension), or None."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = set(z.namelist())
+            if "word/document.xml" in names or "word/document2.xml" in names:
+                return ".docx"
+            if "mimetype" in names and z.getinfo("mimetype").file_size < 100:
+                mime = z.read("mimetype").strip()
+                return {b"application/vnd.oasis.opendocument.text": ".odt",
+                        b"application/epub+zip": ".epub"}.get(mime)  # fmt: skip
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, zlib.error):
+        return None
+    return None
 
 
 class _Archive:
@@ -91,11 +125,14 @@ class _Archive:
                 data = member.read(self.left + 1)
         except KeyError:
             raise OfficeError(f"{name} is missing", "re-export the file") from None
+        except NotImplementedError as exc:  # (Deflate64, PPMd: before RuntimeError, its base)
+            raise OfficeError(f"compressed in a way not read here ({exc})",
+                              "re-save it with ordinary zip compression") from None  # fmt: skip
         except RuntimeError:  # an encrypted member
             raise OfficeError(
                 "password-protected", "save a copy without a password and index that"
             ) from None
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:  # (a bad CRC, a cut file)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # (bad CRC, cut)
             raise OfficeError(f"damaged ({exc})", "re-download or re-export the file") from None
         if len(data) > self.left:
             raise OfficeError(
@@ -109,6 +146,10 @@ class _Archive:
         data = self.read(name)
         if b"<!ENTITY" in data:  # (none of these formats declares entities)
             raise OfficeError(f"{name} declares XML entities", "re-export the file")
+        if data.count(b"<") > MAX_TAGS:
+            raise OfficeError(f"{name} holds more than {MAX_TAGS} XML tags",
+                              "export the part you want to index as text or PDF")  # fmt: skip
+        data = data.replace(_STRICT_W, _W[1:-1].encode())  # (Strict OOXML: read alike)
         try:
             return ET.fromstring(data)
         except ET.ParseError as exc:
@@ -128,19 +169,24 @@ def _line(text: str) -> str:
 
 # ---- Word (.docx) ----------------------------------------------------------------------------
 def _docx(archive: _Archive) -> OfficeText:
-    body = archive.xml("word/document.xml").find(f"{_W}body")
+    main = "word/document.xml"
+    if not archive.has(main) and archive.has("word/document2.xml"):
+        main = "word/document2.xml"
+    body = archive.xml(main).find(f"{_W}body")  # (Word Online writes document2.xml)
     if body is None:
-        raise OfficeError("word/document.xml has no body", "re-export the file")
+        raise OfficeError(f"{main} has no body", "re-export the file")
     heading_styles = _docx_heading_styles(archive)
     blocks: list[str] = []
     headings: list[str] = []
     for element in body:
         if element.tag == f"{_W}p":
             text, is_heading, listed = _docx_paragraph(element, heading_styles)
-            if is_heading and text.strip():
-                text = _line(text)
+            if is_heading and text.strip():  # (a numbered heading is no "- " item: its line
+                text = _line(text)  # must be the heading, or the sections after it are lost)
                 headings.append(text)
-            blocks.append(f"- {text}" if listed and text.strip() else text)
+            elif listed and text.strip():
+                text = f"- {text}"
+            blocks.append(text)
         elif element.tag == f"{_W}tbl":
             blocks.append(_docx_table(element))
         elif element.tag == f"{_W}sdt":  # a content control: its paragraphs
@@ -214,7 +260,7 @@ def _walk_skipping(element: ET.Element, skipped: str) -> Iterator[ET.Element]:
 
 def _docx_table(table: ET.Element) -> str:
     rows = []
-    for row in table.iter(f"{_W}tr"):
+    for row in table.findall(f"{_W}tr"):  # (a nested table is read in its cell, once)
         cells = [
             _line(" ".join(_docx_paragraph(p, set())[0] for p in cell.iter(f"{_W}p")))
             for cell in row.findall(f"{_W}tc")
@@ -233,6 +279,10 @@ def _core_title(archive: _Archive, name: str) -> str | None:
 
 # ---- OpenDocument (.odt) ---------------------------------------------------------------------
 def _odt(archive: _Archive) -> OfficeText:
+    if archive.has("META-INF/manifest.xml") and (
+        b"encryption-data" in archive.read("META-INF/manifest.xml")
+    ):  # (LibreOffice's password: content.xml is ciphertext, read as damaged XML)
+        raise OfficeError("password-protected", "save a copy without a password and index that")
     text_root = archive.xml("content.xml").find(f"{_OFFICE}body/{_OFFICE}text")
     if text_root is None:
         raise OfficeError("content.xml holds no text document", "re-export the file")
@@ -250,13 +300,18 @@ def _odt_blocks(parent: ET.Element, blocks: list[str], headings: list[str], list
             if tag == f"{_TEXT}h" and text:
                 text = _line(text)
                 headings.append(text)
-            blocks.append(f"- {text}" if listed and text else text)
+            elif listed and text:
+                text = f"- {text}"
+            blocks.append(text)
         elif tag == f"{_TEXT}list":
             for item in element:
                 _odt_blocks(item, blocks, headings, listed=True)
         elif tag == f"{_TABLE}table":
             rows = []
-            for row in element.iter(f"{_TABLE}table-row"):
+            nested = _nested_rows(element)  # (a nested table is read in its cell, once)
+            for row in element.iter(f"{_TABLE}table-row"):  # (rows, in their groups)
+                if id(row) in nested:
+                    continue
                 cells = [_line(" ".join(_odt_inline(p) for p in cell.iter(f"{_TEXT}p")))
                          for cell in row.findall(f"{_TABLE}table-cell")]  # fmt: skip
                 if any(cells):
@@ -266,12 +321,23 @@ def _odt_blocks(parent: ET.Element, blocks: list[str], headings: list[str], list
             _odt_blocks(element, blocks, headings, listed)
 
 
+def _nested_rows(table: ET.Element) -> set[int]:
+    """ids of the rows of the tables nested in `table`'s cells."""
+    return {
+        id(row)
+        for cell in table.iter(f"{_TABLE}table-cell")
+        for inner in cell.iter(f"{_TABLE}table")
+        for row in inner.iter(f"{_TABLE}table-row")
+    }
+
+
 def _odt_inline(element: ET.Element) -> str:
     parts = [element.text or ""]
     for child in element:
         tag = child.tag
         if tag == f"{_TEXT}s":
-            parts.append(" " * int(child.get(f"{_TEXT}c") or 1))
+            count = child.get(f"{_TEXT}c") or "1"
+            parts.append(" " * (min(int(count), MAX_SPACES) if count.isdigit() else 1))
         elif tag == f"{_TEXT}tab":
             parts.append("\t")
         elif tag == f"{_TEXT}line-break":
@@ -287,6 +353,12 @@ def _epub(archive: _Archive) -> OfficeText:
     rootfile = archive.xml("META-INF/container.xml").find(f".//{_CONTAINER}rootfile")
     if rootfile is None or not rootfile.get("full-path"):
         raise OfficeError("META-INF/container.xml names no package", "re-export the book")
+    if archive.has("META-INF/encryption.xml"):  # DRM (font obfuscation alone is read)
+        algorithms = {m.get("Algorithm") for m in archive.xml("META-INF/encryption.xml").iter()
+                      if m.tag.endswith("EncryptionMethod")}  # fmt: skip
+        if algorithms - _FONT_OBFUSCATION:
+            raise OfficeError("DRM-protected (its chapters are encrypted)",
+                              "index a copy without DRM, or its text exported")  # fmt: skip
     opf_path = rootfile.get("full-path") or ""
     package = archive.xml(opf_path)
     base = posixpath.dirname(opf_path)
@@ -301,11 +373,31 @@ def _epub(archive: _Archive) -> OfficeText:
         item = items.get(ref.get("idref"))
         if item is None or "html" not in (item.get("media-type") or ""):
             continue
-        name = posixpath.normpath(posixpath.join(base, item.get("href") or ""))
+        href = unquote((item.get("href") or "").split("#")[0])  # ("chapter%201.xhtml#s2")
+        name = posixpath.normpath(posixpath.join(base, href))
         if not archive.has(name):
             continue
-        page = html_to_text(archive.read(name).decode("utf-8", errors="replace"))  # (XHTML)
+        page = html_to_text(_xml_text(archive.read(name)))
         blocks.append(page.text)
         headings += page.headings
     title = package.find(f".//{_DC}title")
     return _joined(blocks, headings, title.text if title is not None else None)
+
+
+#: encryption.xml's methods that only obfuscate fonts (IDPF's, Adobe's): the text is plain
+_FONT_OBFUSCATION = {"http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC"}
+
+
+def _xml_text(data: bytes) -> str:
+    """An XHTML chapter's text: UTF-16 or UTF-8 by its BOM, else the encoding its XML prolog
+    declares (UTF-8 if none; the spec allows UTF-16, and older books declare Latin-1)."""
+    for bom, codec in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                       (codecs.BOM_UTF16_BE, "utf-16")):  # fmt: skip
+        if data.startswith(bom):
+            return data.decode(codec, errors="replace")
+    declared = re.match(rb"""<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)["']""", data[:200])
+    try:
+        codec = codecs.lookup(declared[1].decode()).name if declared else "utf-8"
+    except LookupError:
+        codec = "utf-8"
+    return data.decode(codec, errors="replace")

@@ -34,7 +34,13 @@ from clara.errors import (
     UnsupportedDocumentError,
 )
 from indexing.html_text import MalformedHtmlError, SlowHtmlError, html_to_text
-from indexing.office_text import OFFICE_EXTENSIONS, OfficeError, office_text
+from indexing.office_text import (
+    OFFICE_EXTENSIONS,
+    OFFICE_KINDS,
+    OfficeError,
+    office_kind,
+    office_text,
+)
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
@@ -107,8 +113,11 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         kind: DocumentKind = "pdf"
         pages, warnings, title = _read_pdf(path, data, password)
         headings: list[str] = []
-    elif ext in OFFICE_EXTENSIONS:
-        kind = ext[1:]  # type: ignore[assignment]  # docx, odt, epub
+    elif ext in OFFICE_EXTENSIONS or (
+        sniffed == "zip archive / office document" and office_kind(data) is not None
+    ):  # (by its parts when its name does not say: an upload without its extension)
+        ext = ext if ext in OFFICE_EXTENSIONS else office_kind(data) or ext
+        kind = OFFICE_KINDS[ext][1:]  # type: ignore[assignment]  # docx, odt, epub
         if sniffed == "legacy Office document":  # a password-protected one is stored so
             if "EncryptedPackage".encode("utf-16-le") in data:
                 raise EncryptedDocumentError(
@@ -120,11 +129,14 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             office = office_text(data, ext)
         except (OfficeError, SlowHtmlError, MalformedHtmlError) as exc:
             hint = getattr(exc, "hint", "re-export the file")
-            if isinstance(exc, OfficeError) and exc.reason == "password-protected":
+            if isinstance(exc, OfficeError) and exc.reason.startswith(
+                ("password-protected", "DRM-protected")
+            ):
                 raise EncryptedDocumentError(path, exc.reason, hint) from None
             raise CorruptDocumentError(path, getattr(exc, "reason", str(exc)), hint) from None
         pages, warnings = [Page(1, clean_text(office.text))], []
-        headings, title = office.headings, office.title
+        # (cleaned as the text is: a soft hyphen in a heading lost it and every one after)
+        headings, title = [clean_text(h) for h in office.headings], office.title
     else:
         what = _UNSUPPORTED.get(ext) or ("RTF document" if sniffed == "RTF document" else None)
         if what:

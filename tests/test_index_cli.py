@@ -145,7 +145,10 @@ def test_the_skipped_files_summary_names_each_kind(tmp_path: Path) -> None:
         (tmp_path / name).write_text("x")
     summary = skipped_summary([tmp_path / n for n in ["gone.txt", "pipe.txt", *names]])
     assert summary.startswith("skipped 11 files in folders: 2 .py, 1 broken link, 1 not a ")
-    assert summary.endswith(", 4 of 4 other kinds (clara reads PDF, Markdown, HTML and text)")
+    assert summary.endswith(
+        ", 4 of 4 other kinds (clara reads PDF, Word, OpenDocument text, EPUB, Markdown, HTML and "
+        "text)"
+    )
     assert skipped_summary([tmp_path / "gone.txt"]) == "skipped 1 file in folders: 1 broken link"
 
 
@@ -160,8 +163,8 @@ def test_add_reports_each_bad_file_and_indexes_the_rest(
     assert rc == 3  # some files failed, the others are indexed (1: nothing could be)
     lines = err.strip().splitlines()
     assert lines.pop(0) == (  # the folder's photo.png (named explicitly too: refused below)
-        "clara-index: skipped 1 file in folders: 1 .png (clara reads PDF, Markdown, HTML and "
-        "text); name one to see why"
+        "clara-index: skipped 1 file in folders: 1 .png (clara reads PDF, Word, OpenDocument "
+        "text, EPUB, Markdown, HTML and text); name one to see why"
     )
     reasons = {
         "missing.pdf": "no such file",

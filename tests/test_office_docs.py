@@ -211,3 +211,71 @@ def test_clara_index_adds_a_folder_of_them_and_finds_their_text(
     assert cli.main(["search", "1887 | the town", *model, "--json", "--mode", "lexical"]) == 0
     top = json.loads(capsys.readouterr().out)["results"][0]
     assert top["file"] == "report.docx" and "1887 | the town" in top["text"]
+
+
+def test_what_an_audit_of_real_tools_files_found(tmp_path: Path) -> None:
+    """An audit of files as Word, LibreOffice and e-book tools write them."""
+    from clara.errors import EncryptedDocumentError
+    from indexing.context import find_headings
+
+    def read(name: str, data: bytes):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return read_document(path)
+
+    # a numbered heading was a "- " item, and a soft hyphen in a heading: its line did not
+    # match, and every section after it was lost
+    body = (
+        '<w:p><w:pPr><w:pStyle w:val="berschrift1"/><w:numPr><w:ilvl w:val="0"/>'
+        '<w:numId w:val="1"/></w:numPr></w:pPr><w:r><w:t>Background</w:t></w:r></w:p>'
+        + para("Text one.")
+        + para("Re\u00adsults", "berschrift1")
+        + para("Text two.")
+    )
+    doc = read("numbered.docx", docx(body))
+    found = find_headings(doc.pages[0].text, doc.kind, doc.headings)
+    assert [h for _, h in found] == ["Background", "Results"]
+    # Word Online's document2.xml, Strict Open XML's namespace, and a name without .docx
+    strict = zipped({"word/document2.xml": f"<w:document {W}><w:body>{para('Strict text.')}"
+                     "</w:body></w:document>".replace(
+                         "schemas.openxmlformats.org/wordprocessingml/2006/main",
+                         "purl.oclc.org/ooxml/wordprocessingml/main")})  # fmt: skip
+    assert read("strict", strict).pages[0].text == "Strict text."
+    # a nested table once, in its cell
+    inner = "<w:tbl><w:tr><w:tc>" + para("inner") + "</w:tc></w:tr></w:tbl>"
+    table = "<w:tbl><w:tr><w:tc>" + para("outer") + inner + "</w:tc></w:tr></w:tbl>"
+    assert read("nested.docx", docx(table)).pages[0].text == "outer inner"
+    # ODT: a huge text:s is a few spaces (c=100000000 made 400 MB of a 1 KB file), a bad one
+    # one space; a password-protected file says so (it was "not well-formed XML")
+    ns = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+          'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"')  # fmt: skip
+    spaced = (f"<office:document-content {ns}><office:body><office:text><text:p>a"
+              '<text:s text:c="100000000"/>b<text:s text:c="x"/>c</text:p></office:text>'
+              "</office:body></office:document-content>")  # fmt: skip
+    text = read("spaced.odt", zipped({"content.xml": spaced})).pages[0].text
+    assert text == "a" + " " * office_text.MAX_SPACES + "b c"
+    manifest = "<manifest:manifest><manifest:encryption-data/></manifest:manifest>"
+    with pytest.raises(EncryptedDocumentError, match="password-protected"):
+        read("locked.odt", zipped({"content.xml": "\x00\x01", "META-INF/manifest.xml": manifest}))
+    # EPUB: DRM is refused (it was indexed as binary junk); percent-encoded hrefs with a
+    # fragment and a Latin-1 chapter are read
+    container = ('<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles>'
+                 '<rootfile full-path="book.opf"/></rootfiles></container>')  # fmt: skip
+    opf = ('<package xmlns="http://www.idpf.org/2007/opf"><manifest>'
+           '<item id="c" href="chapter%201.xhtml#top" media-type="application/xhtml+xml"/>'
+           '</manifest><spine><itemref idref="c"/></spine></package>')  # fmt: skip
+    latin = (
+        '<?xml version="1.0" encoding="iso-8859-1"?><html><body><p>Gr\xfc\xdfe</p></body></html>'
+    )
+    parts = {"mimetype": "application/epub+zip", "META-INF/container.xml": container,
+             "book.opf": opf, "chapter 1.xhtml": latin.encode("latin-1")}  # fmt: skip
+    assert read("book.epub", zipped(parts)).pages[0].text == "Grüße"
+    drm = ('<encryption xmlns:enc="http://www.w3.org/2001/04/xmlenc#"><enc:EncryptedData>'
+           '<enc:EncryptionMethod Algorithm="http://www.w3.org/2001/04/xmlenc#aes128-cbc"/>'
+           "</enc:EncryptedData></encryption>")  # fmt: skip
+    with pytest.raises(EncryptedDocumentError, match="DRM-protected"):
+        read("drm.epub", zipped({**parts, "META-INF/encryption.xml": drm}))
+    # a compressed XML bomb: refused by its tags before it is parsed (96 s and 4 GB)
+    bomb = docx("<w:p/>" * (office_text.MAX_TAGS + 1))
+    with pytest.raises(CorruptDocumentError, match="more than 4000000 XML tags"):
+        read("bomb.docx", bomb)

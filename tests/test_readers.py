@@ -708,15 +708,20 @@ def test_markdown_file(tmp_path: Path) -> None:
 # --- refusals -------------------------------------------------------------------------
 
 
-def docx_bytes(when: tuple = (2026, 12, 5, 0, 0, 0)) -> bytes:
-    """A minimal .docx (a zip), its entries dated `when`: the date's bytes are in the file,
-    and at some times of day they read as Latin letters in words (the fallback for text that
-    looks Western then took the zip for cp1252 text, about one run in five)."""
+def docx_bytes(when: tuple = (2026, 12, 5, 0, 0, 0), part: str = "word/document.xml") -> bytes:
+    """A minimal .docx (a zip; with another `part`, e.g. a spreadsheet's, another office
+    file), its entries dated `when`: the date's bytes are in the file, and at some times of
+    day they read as Latin letters in words (the fallback for text that looks Western then
+    took the zip for cp1252 text, about one run in five)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr(zipfile.ZipInfo("[Content_Types].xml", when), "<Types/>")
-        z.writestr(zipfile.ZipInfo("word/document.xml", when), "<w:document>Hello</w:document>")
+        z.writestr(zipfile.ZipInfo(part, when), "<w:document>Hello</w:document>")
     return buf.getvalue()
+
+
+def xlsx_bytes(when: tuple = (2026, 12, 5, 0, 0, 0)) -> bytes:
+    return docx_bytes(when, "xl/workbook.xml")
 
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(32)
@@ -725,14 +730,16 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(32)
 @pytest.mark.parametrize(
     "name, data, error, message",
     [
-        ("report.doc", docx_bytes(), UnsupportedDocumentError, "word-processor.*convert-to pdf"),
+        ("report.doc", xlsx_bytes(), UnsupportedDocumentError, "word-processor.*convert-to pdf"),
         ("report.docx", docx_bytes(), CorruptDocumentError, "document.xml is not well-formed"),
         ("report.docx", b"PK\x03\x04 cut", CorruptDocumentError, r"not a \.docx file"),
-        ("report.txt", docx_bytes(), UnsupportedDocumentError, "zip archive / office document"),
-        ("report", docx_bytes(), UnsupportedDocumentError, "zip archive"),
+        # a Word file under another name is read by its parts (then found damaged here)
+        ("report.bin", docx_bytes(), CorruptDocumentError, "document.xml is not well-formed"),
+        ("report.txt", xlsx_bytes(), UnsupportedDocumentError, "zip archive / office document"),
+        ("report", xlsx_bytes(), UnsupportedDocumentError, "zip archive"),
         (
             "dated.txt",
-            docx_bytes((2026, 12, 5, 22, 42, 0)),
+            xlsx_bytes((2026, 12, 5, 22, 42, 0)),
             UnsupportedDocumentError,
             "zip archive",
         ),
