@@ -20,7 +20,7 @@ import posixpath
 import re
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 from xml.etree import ElementTree as ET
@@ -227,11 +227,11 @@ def _docx_heading_styles(archive: _Archive) -> set[str]:
 def _docx_paragraph(p: ET.Element, heading_styles: set[str]) -> tuple[str, bool, bool]:
     """(text, is a heading, is a list item) of a w:p."""
     parts: list[str] = []
-    for node in _walk_skipping(p, _FALLBACK):  # (a shape's text is in both its Choice and
-        tag = node.tag  # its Fallback: read once)
+    for node in _walk_skipping(p, _skipped):  # (a shape's text, in its Choice and Fallback,
+        tag = node.tag  # once; no moved-away or hidden text)
         if tag == f"{_W}t":
             parts.append(node.text or "")
-        elif tag == f"{_W}tab":
+        elif tag in (f"{_W}tab", f"{_W}ptab"):
             parts.append("\t")
         elif tag in (f"{_W}br", f"{_W}cr"):
             parts.append("\n")
@@ -250,12 +250,22 @@ def _docx_paragraph(p: ET.Element, heading_styles: set[str]) -> tuple[str, bool,
     return "".join(parts).strip(), heading, listed
 
 
-def _walk_skipping(element: ET.Element, skipped: str) -> Iterator[ET.Element]:
-    """`element.iter()`, without the subtrees of `skipped` elements."""
+def _walk_skipping(
+    element: ET.Element, skipped: Callable[[ET.Element], bool]
+) -> Iterator[ET.Element]:
+    """`element.iter()`, without the subtrees of elements `skipped` says."""
     yield element
     for child in element:
-        if child.tag != skipped:
+        if not skipped(child):
             yield from _walk_skipping(child, skipped)
+
+
+def _skipped(node: ET.Element) -> bool:
+    """A Word element whose text is not the document's: a shape's Fallback copy, text a
+    tracked move took away (it is read where it went), a hidden run."""
+    if node.tag in (_FALLBACK, f"{_W}moveFrom"):
+        return True
+    return node.tag == f"{_W}r" and node.find(f"{_W}rPr/{_W}vanish") is not None
 
 
 def _docx_table(table: ET.Element) -> str:

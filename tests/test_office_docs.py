@@ -241,6 +241,11 @@ def test_what_an_audit_of_real_tools_files_found(tmp_path: Path) -> None:
                          "schemas.openxmlformats.org/wordprocessingml/2006/main",
                          "purl.oclc.org/ooxml/wordprocessingml/main")})  # fmt: skip
     assert read("strict", strict).pages[0].text == "Strict text."
+    # text a tracked move took away and hidden runs are not read (moved text was twice)
+    moved = ("<w:p><w:moveFrom><w:r><w:t>MOVED AWAY</w:t></w:r></w:moveFrom><w:r><w:rPr>"
+             "<w:vanish/></w:rPr><w:t>HIDDEN</w:t></w:r><w:r><w:t>Kept</w:t><w:ptab/>"
+             "<w:t>right</w:t></w:r></w:p>")  # fmt: skip
+    assert read("moved.docx", docx(moved)).pages[0].text == "Kept\tright"
     # a nested table once, in its cell
     inner = "<w:tbl><w:tr><w:tc>" + para("inner") + "</w:tc></w:tr></w:tbl>"
     table = "<w:tbl><w:tr><w:tc>" + para("outer") + inner + "</w:tc></w:tr></w:tbl>"
