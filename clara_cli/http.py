@@ -199,9 +199,9 @@ def client_gone_error() -> APIError:
 def storage_error(exc: BaseException, where: Path | str, what: str, *, also: str = "") -> APIError:
     """What the disk refused while a request wrote or read clara's files (an upload, the
     stored responses), as a `storage_error`: a 507 when the disk is full (ENOSPC or a quota,
-    SQLite's SQLITE_FULL, or no block left where it writes), else a 500; either says where
-    and what to do, then `also` (another way round it). It was judged two ways: below 1 MiB
-    free for the responses, by errno for uploads."""
+    SQLite's SQLITE_FULL, or less than 1 MiB left where it writes: `disk_full`), else a 500;
+    either says where and what to do, then `also` (another way round it). Uploads and the
+    responses judged it two ways before."""
     full = (
         (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
         or getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
