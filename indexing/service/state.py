@@ -258,13 +258,17 @@ class Registry:
                 self._owner_lock = self._take_owner_lock()
 
     def _take_owner_lock(self) -> int:
+        """The lock file, locked before it takes its name (another service looking at it in
+        between would find it unlocked, and remove it as a stopped one's)."""
         path = self._owner_path(self.owner)
         path.parent.mkdir(exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        made = path.with_name(f".{path.name}.new")
+        fd = os.open(made, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # (a file system without locks: claims then look stopped to others)
             pass
+        os.replace(made, path)
         return fd
 
     def _running(self, owner: str) -> bool:
