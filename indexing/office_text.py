@@ -4,12 +4,14 @@
 Each is a zip of XML files. What is read: paragraphs in order, headings (a Word paragraph
 whose style is a heading or has an outline level, an OpenDocument `text:h`, a chapter's
 <h1-6>), list items as "- " lines, table rows as cells joined by " | " (as HTML tables are),
-and the title from the document's metadata. Left out: deleted tracked changes, field codes,
-footnotes, comments, headers and footers.
+and the title from the document's metadata. Left out: deleted and moved-away tracked
+changes, hidden runs, field codes, footnotes, comments, headers and footers. A
+password-protected file or a book with DRM is refused as such.
 
 Unpacking is bounded (`MAX_UNPACKED` in all, read by the bytes actually inflated, not the
-sizes the archive claims), and XML that declares entities is refused: a zip bomb or an
-"billion laughs" file is an error, not an exhausted machine.
+sizes the archive claims), an XML part of more than `MAX_TAGS` tags is refused before it is
+parsed, and XML that declares entities is refused: a zip bomb, an XML bomb or a "billion
+laughs" file is an error, not an exhausted machine.
 """
 
 from __future__ import annotations
