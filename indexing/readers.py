@@ -102,6 +102,9 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
 
     ext = path.suffix.lower()
     sniffed = _sniff(data, ext)
+    office = ext if ext in OFFICE_EXTENSIONS else None  # (else by its parts: an upload
+    if office is None and sniffed == "zip archive / office document":  # without its name's
+        office = office_kind(data)  # extension)
     if ext in PDF_EXTENSIONS or sniffed == "pdf":
         if sniffed != "pdf":
             looks_html = data.lstrip()[:15].lower().startswith((b"<!doctype", b"<html"))
@@ -113,10 +116,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         kind: DocumentKind = "pdf"
         pages, warnings, title = _read_pdf(path, data, password)
         headings: list[str] = []
-    elif ext in OFFICE_EXTENSIONS or (
-        sniffed == "zip archive / office document" and office_kind(data) is not None
-    ):  # (by its parts when its name does not say: an upload without its extension)
-        ext = ext if ext in OFFICE_EXTENSIONS else office_kind(data) or ext
+    elif office:
+        ext = office
         kind = OFFICE_KINDS[ext][1:]  # type: ignore[assignment]  # docx, odt, epub
         if sniffed == "legacy Office document":  # a password-protected one is stored so
             if "EncryptedPackage".encode("utf-16-le") in data:
