@@ -134,7 +134,7 @@ def pid_alive(pid: int) -> bool:
 #: A folder `temp_sibling` made: `.<name>.<pid>-<random><suffix>`
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]+(?P<suffix>\.\w+)?$")
 #: Temp folders named before they carried their pid are swept once this old (seconds)
-_UNNAMED_TEMP_S = 24 * 3600
+UNNAMED_TEMP_S = 24 * 3600
 
 
 def temp_sibling(target: Path, suffix: str = ".tmp") -> Path:
@@ -161,7 +161,7 @@ def sweep_temps(target: Path, suffix: str = ".tmp") -> None:
             else:  # named before they carried their pid (mkdtemp's 8 characters): a day old
                 unnamed = rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}{re.escape(suffix)}"
                 stale = bool(re.fullmatch(unnamed, old.name)) and (
-                    time.time() - old.stat().st_mtime > _UNNAMED_TEMP_S
+                    time.time() - old.stat().st_mtime > UNNAMED_TEMP_S
                 )
         except (OSError, OverflowError):  # swept by another run meanwhile; no such pid
             stale = False

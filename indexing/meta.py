@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from clara.paths import temp_sibling
+from clara.paths import UNNAMED_TEMP_S, temp_sibling
 from indexing.durable import FULLFSYNC, disk_full, sqlite_error
 from indexing.lexical import (
     LEXICAL_VERSION,
@@ -231,10 +231,11 @@ _UNNAMED_COPY = re.compile(r"clara-meta-[a-z0-9_]{8}")
 
 
 def _sweep_unnamed_copies() -> None:
-    """Remove the copies older versions left (no pid in their names) once a day old."""
+    """Remove the copies older versions left (no pid in their names) once a day old, as
+    `clara.paths.sweep_temps` removes unnamed temporary folders."""
     for folder in Path(tempfile.gettempdir()).glob("clara-meta-*"):
         try:
-            old = time.time() - folder.stat().st_mtime > 24 * 3600
+            old = time.time() - folder.stat().st_mtime > UNNAMED_TEMP_S
         except OSError:
             continue
         if _UNNAMED_COPY.fullmatch(folder.name) and old and folder.is_dir():
