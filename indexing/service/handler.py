@@ -565,8 +565,7 @@ class IndexService:
                 store_id, rec.id, status="failed", error_code="server_error", error_message=message
             )
             self.metrics.files_indexed.inc(status="failed")
-            self._queued.discard((store_id, rec.id))
-            self.registry.release(store_id, rec.id)
+            self._job_ended(store_id, rec.id)
 
         def can_start() -> bool:  # (worker thread: the model is loaded)
             nonlocal read
@@ -644,8 +643,13 @@ class IndexService:
             )  # fmt: skip
         self.registry.update_link(link.store_id, rec.id, **values)
         self.metrics.files_indexed.inc(status=values["status"])
-        self._queued.discard((link.store_id, rec.id))
-        self.registry.release(link.store_id, rec.id)
+        self._job_ended(link.store_id, rec.id)
+
+    def _job_ended(self, store_id: str, file_id: str) -> None:
+        """A job of this service ended (completed, failed or cancelled): not its own to name
+        at a stop, nor its claim any more."""
+        self._queued.discard((store_id, file_id))
+        self.registry.release(store_id, file_id)
 
     def resume(self) -> None:
         """Worker, once the model is loaded: queue again the jobs a stop interrupted, not
@@ -833,8 +837,7 @@ class IndexService:
                 if link is not None and link.status == "in_progress":
                     self.worker.cancel(lambda key, f=file_id: key == (store_id, f))
                     self.registry.update_link(store_id, file_id, status="cancelled")
-                    self.registry.release(store_id, file_id)
-                    self._queued.discard((store_id, file_id))
+                    self._job_ended(store_id, file_id)
                     stopped += 1
             if stopped:  # a finished batch stays "completed"
                 self.registry.cancel_batch(batch.id)
