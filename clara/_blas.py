@@ -389,6 +389,15 @@ def _address(array) -> int:
     return np.asarray(array).ctypes.data  # MLX's buffer protocol: the array's own memory
 
 
+def _float32_matrices(weights) -> list:
+    """The 2-D float32 arrays of `weights`: the only ones copies are made of. A model loaded
+    as bfloat16 or float16 has none, and numpy cannot take a bfloat16 array's address (its
+    panels crashed every bfloat16 prefill: `clara-eval --dtype bfloat16`)."""
+    import mlx.core as mx
+
+    return [w for w in weights if w.ndim == 2 and w.dtype == mx.float32]
+
+
 class DecodeCopies:
     """Compact copies (int8 with a scale per row, or float16) of weights only decoding reads:
     the merged adapter weights and the output embedding. The thin kernel streams them instead
@@ -418,10 +427,9 @@ class DecodeCopies:
             return 0
         kind = _KINDS[self.kind]
         wanted: dict[tuple[int, int], object] = {}
-        for w in weights:
-            if w.ndim == 2 and w.dtype == mx.float32:
-                mx.eval(w)
-                wanted[(_address(w), kind)] = w
+        for w in _float32_matrices(weights):
+            mx.eval(w)
+            wanted[(_address(w), kind)] = w
         for key in self._mine - set(wanted):
             self._release(key)
         for key, w in wanted.items():
@@ -455,7 +463,10 @@ class DecodeCopies:
             or not _thin.clara_thinmm_f32p_available()
         ):
             return 0
-        keyed = [(k, w) for w in weights if (k := (_address(w), _KINDS[self.kind])) in self._mine]
+        kind = _KINDS[self.kind]
+        keyed = [
+            (k, w) for w in _float32_matrices(weights) if (k := (_address(w), kind)) in self._mine
+        ]
         if sum(w.nbytes for _, w in keyed) > pack_budget():
             return 0
         for key, _ in keyed:  # once per copy: later prefills only look them up here

@@ -427,6 +427,25 @@ def test_batch_generate_gives_each_prompt_its_answer_alone(cm) -> None:
     assert all(a.tokens == 1 and a.finish_reason in ("length", "stop") for _, a in got)
 
 
+def test_a_bfloat16_model_answers_from_memory(tiny_llama_dir) -> None:
+    """A model loaded as bfloat16 (`--dtype bfloat16`) prefills and decodes. Before, its
+    prefill asked numpy for the address of each bfloat16 decode weight, to pack float32
+    panels of it, and every answer crashed ("'bfloat16' is not a valid PEP 3118 buffer
+    format string": `clara-eval --dtype bfloat16`)."""
+    from clara.generate import batch_generate
+    from clara.loader import load_base
+
+    model = ClaraModel(load_base(tiny_llama_dir, dtype="bfloat16"), ClaraConfig(doc_max_tokens=64))
+    _randomize_adapters(model)
+    mem = model.compress(DOCS[:2])
+    prompts = [
+        memory_prompt(model, "Where is Paris?", list(mem)),
+        text_prompt(model, "Who?", DOCS[:1]),
+    ]
+    got = dict(batch_generate(model, prompts, adapter="generator", max_tokens=4, max_batch=2))
+    assert sorted(got) == [0, 1] and all(a.tokens >= 1 for a in got.values())
+
+
 @pytest.mark.cpu_only
 @pytest.mark.parametrize("side_by_side", [False, True], ids=["one-pass", "lanes"])
 def test_prefilled_together_equals_alone(cm, monkeypatch, side_by_side) -> None:
