@@ -129,16 +129,28 @@ def rankings_recall(cm, recs, docs, mem, gold) -> dict:
     return {n: recall_precision_at_k(r, gold, (1, 3, 5)) for n, r in zip(names, ranked)}
 
 
-def compressed(cm, docs: list[str], folder: Path | None):
-    """`cm.compress(docs)`, kept in `folder` under a digest of the compressor (its LoRA
-    weights, memory-token embeddings and center) and the documents: checkpoints that share a
-    compressor (e.g. after `clara-train joint --query-only`) reuse it."""
+def compressed(cm, docs: list[str], folder: Path | None, model: str):
+    """`cm.compress(docs)`, kept in `folder` under a digest of what compression reads: the
+    base model (`model` as given, and the first values of each of its weights), the
+    compression settings, the compressor (its LoRA weights, memory-token embeddings and
+    center) and the documents.
+    Checkpoints that share a compressor (e.g. after `clara-train joint --query-only`) reuse
+    it; another base model or compression rate does not (before, only the compressor was in
+    the digest, and fresh adapters over another base model read the first one's memories)."""
     import hashlib
 
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
     h = hashlib.sha1()
+    c = cm.config
+    h.update(
+        f"{model}|{c.compression_rate}|{c.doc_max_tokens}|{c.lora_rank}|{c.lora_alpha}".encode()
+    )
+    for name, value in tree_flatten(cm.lm.parameters()):  # the base: a sample of each weight
+        if "lora_" not in name:
+            h.update(name.encode())
+            h.update(np.array(value.reshape(-1)[:4096].astype(mx.float32)).tobytes())
     for name, value in tree_flatten(cm.parameters()):
         if "lora_compressor" in name or name in ("mem_embeddings", "enc_embedding",
                                                  "memory_center"):  # fmt: skip
@@ -189,7 +201,9 @@ def run(args) -> dict:
         out["rows"] = [{"setting": "oracle", **row.to_dict(with_predictions=True)}]
         out["seconds"] = round(time.perf_counter() - start, 1)
         return out
-    mem = compressed(cm, docs, args.out)  # (N, n_mem, d): the oracle reads the gold rows
+    mem = compressed(
+        cm, docs, args.out, args.model
+    )  # (N, n_mem, d): the oracle reads the gold rows
     if args.retrieval_only:
         out["retrieval"] = rankings_recall(cm, recs, docs, mem, gold)
         out["seconds"] = round(time.perf_counter() - start, 1)

@@ -33,3 +33,32 @@ def test_a_merged_report_names_each_run_as_it_was_made(tmp_path, monkeypatch) ->
     (body,) = appended
     assert f"- a: `{made['command']}` at {made['commit']}, {made['date']}" in body
     assert "- old: made before runs recorded how" in body
+
+
+def test_kept_memories_are_not_read_back_for_another_base_model(tmp_path, tiny_llama_dir) -> None:
+    """bench_heldout keeps a collection's memories under a digest of what compression reads.
+    The digest held only the compressor's weights, so fresh (seeded, identical) adapters over
+    another base model read back the first model's memories."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    import clara  # noqa: F401  (the BLAS path before mlx loads)
+    from bench import bench_heldout
+    from clara.loader import load_base
+    from clara.model import ClaraConfig, ClaraModel
+
+    docs = ["The mill stands by the river.", "Paris is the capital of France."]
+    first = ClaraModel(load_base(tiny_llama_dir, dtype=None), ClaraConfig(doc_max_tokens=64))
+    mem = bench_heldout.compressed(first, docs, tmp_path, "tiny")
+    again = bench_heldout.compressed(first, docs, tmp_path, "tiny")
+    assert len(list(tmp_path.glob("memory-*.npy"))) == 1 and np.array_equal(mem, again)
+    base = load_base(tiny_llama_dir, dtype=None)  # another base model of the same shape
+    mlp = base.model.model.layers[0].mlp.down_proj
+    mlp.weight = mlp.weight * 3 + 0.5
+    other = ClaraModel(base, ClaraConfig(doc_max_tokens=64))
+    other.mem_embeddings = first.mem_embeddings  # as a trained checkpoint's, loaded on both
+    other.enc_embedding = first.enc_embedding
+    got = bench_heldout.compressed(other, docs, tmp_path, "tiny")
+    assert np.allclose(got, other.compress(docs), atol=1e-5)
+    assert not np.allclose(got, mem, atol=1e-3)
+    assert len(list(tmp_path.glob("memory-*.npy"))) == 2
