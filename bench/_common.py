@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import contextlib
 import datetime as _dt
 import os
@@ -157,6 +159,13 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def add_old_report_flag(p) -> None:
+    """`--report`, which bench_cloze, bench_joint and bench_train once needed to append (the
+    others appended unless told not to; now all do): still accepted, so the commands
+    BENCHMARKS.md records with it run as they did."""
+    p.add_argument("--report", action="store_true", help=argparse.SUPPRESS)
 
 
 def add_no_append(p, help: str = "print only; leave BENCHMARKS.md unchanged") -> None:

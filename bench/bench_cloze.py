@@ -1,7 +1,8 @@
 """Does teacher-free cloze QA help? Stage 1 on documents that come without questions.
 
-    python bench/bench_cloze.py --out runs/cloze             # train the arms (resumable), evaluate
-    python bench/bench_cloze.py --out runs/cloze --report    # and append the table to BENCHMARKS.md
+    python bench/bench_cloze.py --out runs/cloze               # train the arms (resumable),
+                                                               # evaluate, append to BENCHMARKS.md
+    python bench/bench_cloze.py --out runs/cloze --no-append   # print the table only
 
 A user with documents and no teacher model has two stage-1 recipes: paraphrase records alone
 (`clara-train synth --no-qa`), or paraphrase records plus fill-in-the-blank questions on the
@@ -32,7 +33,13 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
-from bench._common import append_report, markdown_table, start_run  # noqa: E402
+from bench._common import (  # noqa: E402
+    add_no_append,
+    add_old_report_flag,
+    append_report,
+    markdown_table,
+    start_run,
+)
 from bench.bench_heldout import DATA, heldout, interval  # noqa: E402
 from bench.bench_heldout import build_parser as heldout_parser  # noqa: E402
 from bench.bench_heldout import run as heldout_run  # noqa: E402
@@ -125,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=0,
         help="seed of the synthetic records, their order and training (default: 0)",
     )  # fmt: skip
-    p.add_argument("--report", action="store_true", help="append the table to BENCHMARKS.md")
+    add_no_append(p)
+    add_old_report_flag(p)
     args = p.parse_args(argv)
     if not DATA.exists():
         raise SystemExit(f"{DATA} not found: give the example data's path in CLARA_EXAMPLE_DATA")
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
          "F1 vs paraphrase only (paired)"], rows,
     )  # fmt: skip
     print(table)
-    if args.report:
+    if not args.no_append:
         body = (
             f"Stage 1 from `{args.init.name}` on the 800 training documents of the ml-clara "
             f"example data, {args.steps} steps of batch 4 per arm on {args.ranks} data-parallel "

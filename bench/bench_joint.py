@@ -7,7 +7,8 @@ collection.
     python bench/bench_joint.py --init runs/proof/instruct/final --set joint_hard=0.75 joint_steps=1500
 
 Prints one markdown row per run (run variants one after another, or two at a time with
-OPENBLAS_NUM_THREADS=1 on a 2-core machine); `--report` appends it to BENCHMARKS.md.
+OPENBLAS_NUM_THREADS=1 on a 2-core machine) and appends it to BENCHMARKS.md (`--no-append`:
+print only).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 
-from bench._common import append_report, start_run  # noqa: E402
+from bench._common import add_no_append, add_old_report_flag, append_report, start_run  # noqa: E402
 from clara.checkpoint import CONFIG_FILE  # noqa: E402
 from training.evaluate import clara_row, retrieve  # noqa: E402
 from training.pipeline import load_for_training, train  # noqa: E402
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", required=True, help="stage-2 checkpoint of a bench_learning run")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ProofConfig override")
     p.add_argument("--workdir", help="keep the joint run here (default: a temporary directory)")
-    p.add_argument("--report", action="store_true", help="append the row to BENCHMARKS.md")
+    add_no_append(p)
+    add_old_report_flag(p)
     args = p.parse_args(argv)
     if not (Path(args.init) / CONFIG_FILE).is_file():
         p.error(
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "| joint s |\n|---|---:|---:|---:|---:|---:|"
     )
     print(head + "\n" + row)
-    if args.report:
+    if not args.no_append:
         append_report("Stage-3 variant (bench/bench_joint.py)", f"{head}\n{row}")
     return 0
 

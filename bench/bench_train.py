@@ -1,7 +1,8 @@
 """Stage-1 training speed, before vs after, side by side in one run (default model, batch 4).
 
-    python bench/bench_train.py                 # timing rows + the 50-step loss check
-    python bench/bench_train.py --report        # and append the tables to BENCHMARKS.md
+    python bench/bench_train.py                 # timing rows + the 50-step loss check,
+                                                # appended to BENCHMARKS.md
+    python bench/bench_train.py --no-append     # print them only
 
 Paths (each its own model, same initial weights and data; steps interleaved so both see the
 same machine load):
@@ -41,6 +42,8 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench._common import (  # noqa: E402
+    add_no_append,
+    add_old_report_flag,
     append_report,
     markdown_table,
     sample_texts,
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         "--ranks", type=int, default=2, help="ranks of the data-parallel path (0: skip it)"
     )
     p.add_argument("--check-only", action="store_true", help="only the loss check, no timing")
-    p.add_argument("--report", action="store_true", help="append to BENCHMARKS.md")
+    add_no_append(p)
+    add_old_report_flag(p)
     p.add_argument("--rank-worker", metavar="JSON", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rank_worker:
@@ -293,7 +297,7 @@ def measure(args, threads: list[int], tmp: str) -> int:
             rows,
         )
         body += "\n"
-    if args.report:
+    if not args.no_append:
         append_report("Training speed, stage 1 (bench/bench_train.py)", body)
     else:
         print(body)

@@ -37,8 +37,8 @@ def test_a_merged_report_names_each_run_as_it_was_made(tmp_path, monkeypatch) ->
 
 def test_kept_memories_are_not_read_back_for_another_base_model(tmp_path, tiny_llama_dir) -> None:
     """bench_heldout keeps a collection's memories under a digest of what compression reads.
-    The digest held only the compressor's weights, so fresh (seeded, identical) adapters over
-    another base model read back the first model's memories."""
+    The digest held only the compressor's weights, so a checkpoint loaded over another base
+    model of the same shape read back the first model's memories."""
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
