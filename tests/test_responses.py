@@ -335,8 +335,27 @@ def test_chained_with_previous_response_id(client: openai.OpenAI, knowledge_base
     assert third.output_text == full.output_text
     got = client.responses.retrieve(second.id)
     assert got.id == second.id and got.output_text == second.output_text
-    items = client.responses.input_items.list(second.id)
-    assert [(i.role, i.content[0].text) for i in items.data] == [("user", "And Japan?")]
+    # its input items are the conversation: the first turn's input and output, then its own
+    # (they were its own input only); the instructions are not an item
+    items = client.responses.input_items.list(second.id, order="asc").data
+    assert [i.id for i in items] == [
+        client.responses.input_items.list(first.id).data[0].id, *(o.id for o in first.output),
+        client.responses.input_items.list(second.id).data[0].id,
+    ]  # fmt: skip
+    assert [(i.type, getattr(i, "role", None)) for i in items] == [
+        ("message", "user"), *((o.type, getattr(o, "role", None)) for o in first.output),
+        ("message", "user"),
+    ]  # fmt: skip
+    assert items[0].content[0].text == GUIDE and items[-1].content[0].text == "And Japan?"
+    assert items[-2].content[0].text == first.output_text
+    # an earlier turn's output sent again beside the id that holds it: OpenAI's 400 (it read
+    # the first answer twice)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(
+            model=MODEL, input=[*(o.model_dump() for o in first.output), {"role": "user", "content": "And Korea?"}],
+            previous_response_id=first.id,
+        )  # fmt: skip
+    assert "Duplicate item" in err.value.message and err.value.body["param"] == "input[0]"
     client.responses.delete(second.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(second.id)

@@ -40,7 +40,7 @@ from server.responses.protocol import (
     ResponseDeleted,
     new_id,
 )
-from server.responses.store import ResponseStore
+from server.responses.store import Chain, ResponseStore
 from server.responses.stream import ResponseRun, sse_event
 from server.serving import OpenAIServing
 
@@ -74,12 +74,49 @@ def _text_echo(text: dict[str, Any] | None) -> dict[str, Any]:
     return echo
 
 
-def _message_item(role: str, text: str, part: str = "input_text") -> dict[str, Any]:
+def _message_item(
+    role: str, text: str, part: str = "input_text", item_id: str | None = None
+) -> dict[str, Any]:
     content = [{"type": part, "text": text}]
     if part == "output_text":
         content[0]["annotations"] = []
-    return {"id": new_id("msg"), "type": "message", "role": role, "content": content,
+    return {"id": item_id or new_id("msg"), "type": "message", "role": role, "content": content,
             "status": "completed"}  # fmt: skip
+
+
+def _sent_id(item: Any) -> str | None:
+    """The id an input item was sent with (an earlier item sent back carries its own)."""
+    found = (item.model_extra or {}).get("id")
+    return found if isinstance(found, str) and found else None
+
+
+def _conversation_items(chain: Chain) -> list[dict[str, Any]]:
+    """Every item of a stored conversation, oldest first: each earlier turn's input and
+    output items, then the last turn's input."""
+    items: list[dict[str, Any]] = []
+    for n, (turn, response) in enumerate(chain.turns, 1):
+        items += turn
+        if n < len(chain.turns):
+            items += response.get("output") or []
+    return items
+
+
+def _check_not_resent(req: ResponseCreateRequest, chain: Chain, previous: str) -> None:
+    """OpenAI's 400 for an item sent again beside `previous_response_id`, which already
+    holds it (an app that re-sends the earlier output, as it would without the id, read
+    every earlier turn twice)."""
+    if isinstance(req.input, str):
+        return
+    known = {item.get("id") for turn, response in chain.turns
+             for item in turn + (response.get("output") or [])}  # fmt: skip
+    for i, item in enumerate(req.input):
+        if (sent := _sent_id(item)) is not None and sent in known:
+            raise APIError(
+                400, f"Duplicate item found with id {sent}: it is already in the conversation "
+                f"of previous_response_id '{previous}'. Send only the new turn's items with "
+                "previous_response_id, or the whole conversation without it",
+                param=f"input[{i}]",
+            )  # fmt: skip
 
 
 class ResponsesServing:
@@ -118,11 +155,15 @@ class ResponsesServing:
     def input_items(
         self, response_id: str, order: str = "desc", limit: int = 20, after: str | None = None
     ) -> InputItemList:
-        """A page of the items a response was asked with (OpenAI's: `limit` of them after the
-        cursor item `after`, newest first unless `order` is "asc")."""
-        items = self.store.input_items(response_id)
-        if items is None:
+        """A page of the items a response was made from (OpenAI's: `limit` of them after the
+        cursor item `after`, newest first unless `order` is "asc"): with `previous_response_id`
+        the whole conversation, each earlier turn's input and output items, then its own
+        input (it listed its own input only, as if the conversation began there). A deleted
+        earlier turn ends the listing at the turns after it."""
+        chain = self.store.chain(response_id)
+        if chain is None:
             raise _not_found(response_id)
+        items = _conversation_items(chain)
         items = items[::-1] if order == "desc" else items
         ids = [item["id"] for item in items]
         if after is not None:
@@ -136,7 +177,8 @@ class ResponsesServing:
 
     # ---- request -> chat job ---------------------------------------------------------------
     def _turn_items(self, req: ResponseCreateRequest) -> list[dict[str, Any]]:
-        """This request's input as message items (what GET .../input_items lists)."""
+        """This request's input as message items (what GET .../input_items lists), each with
+        the id it was sent with, if any."""
         if isinstance(req.input, str):
             return [_message_item("user", req.input)]
         out = []
@@ -144,7 +186,7 @@ class ResponsesServing:
             if isinstance(item, FileSearchCallInput):
                 continue
             part = "output_text" if item.role == "assistant" else "input_text"
-            out.append(_message_item(item.role, item.text(), part))
+            out.append(_message_item(item.role, item.text(), part, _sent_id(item)))
         return out
 
     def _messages(
@@ -177,6 +219,7 @@ class ResponsesServing:
                     "it, or start a new conversation", param="previous_response_id",
                     code="previous_response_not_found",
                 )  # fmt: skip
+            _check_not_resent(req, chain, previous)
             for items, response in chain.turns:
                 history += items
                 answer = Response.model_validate(response).output_text

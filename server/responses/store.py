@@ -141,10 +141,6 @@ class ResponseStore:
             return response_id not in _WRITING
         return not pid_alive(found[0])
 
-    def input_items(self, response_id: str) -> list[dict[str, Any]] | None:
-        row = self._row(response_id)
-        return json.loads(row[0]) if row else None
-
     def _row(self, response_id: str) -> tuple[str, str] | None:
         with self._lock:
             return self._read("SELECT input, response FROM responses WHERE id = ?", response_id)
