@@ -3,10 +3,11 @@
     python -m training.default_recipe --out runs/default            # train (resumable)
     python -m training.default_recipe --out runs/default --install  # and copy into clara/
 
-Data (`--data`, default: $CLARA_EXAMPLE_DATA, else shared/data/clara-example-pretrain.jsonl
-beside the checkout):
-Apple's ml-clara example stage-1 data, 1000 encyclopedia-style documents with 7861 short-answer
-questions. Its fixed split is kept: documents on 0-based lines with `line % 5 == 0` (200, and
+Data (`--data`, default: $CLARA_EXAMPLE_DATA): Apple's ml-clara example stage-1 data
+(example/pretrain_data.jsonl of github.com/apple/ml-clara; download it once), 1000
+encyclopedia-style documents with 7861 short-answer questions. (Without either, a copy named
+clara-example-pretrain.jsonl in a data/ folder of a `shared/` folder above the checkout is
+used: where the project's developers keep it.) Its fixed split is kept: documents on 0-based lines with `line % 5 == 0` (200, and
 their questions) are never trained on; their questions go to eval.jsonl (the gold document as
 the only doc, for `clara-eval --retrieval gold`) and all 1000 documents to collection.txt.
 

@@ -156,7 +156,7 @@ class Chunked:
 def read_chunks(
     paths: Sequence[str], tokenizer, max_tokens: int, overlap: int = 0
 ) -> list[Chunked]:
-    """Chunks of every readable document under `paths` (PDF, Markdown, HTML, text)."""
+    """Chunks of every readable document under `paths` (those `clara-index add` reads)."""
     from indexing.chunking import chunk_document
     from indexing.readers import iter_inputs, read_document
 
@@ -259,7 +259,10 @@ def add_synth_parser(sub) -> None:
         ),
     )
     p.add_argument(
-        "docs", nargs="+", type=path_arg, help="files, folders or globs (PDF, Markdown, HTML, text)"
+        "docs",
+        nargs="+",
+        type=path_arg,
+        help="files, folders or globs (PDF, Markdown, HTML, text, Word, OpenDocument, EPUB)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="where the jsonl files go")
     p.add_argument(
