@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
@@ -179,3 +180,21 @@ def disk_full(folder: Path | str) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 1 << 20 and not st.f_flag & os.ST_RDONLY
+
+
+def sqlite_error(exc: Exception, folder: Path | str) -> Exception:
+    """An sqlite3 error opening or writing a database in `folder`, as the OSError it is when
+    the disk is full (SQLITE_FULL on a write; an I/O error making its -shm file on a disk
+    with no block left) or read-only. Those were tracebacks (an operator's audit); the
+    OSError is one line saying what to do. Other errors are returned as they are. The one
+    rule of a full disk: the library's errors and the HTTP `storage_error` both ask it."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or disk_full(folder):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only or name == "SQLITE_READONLY":
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
+    return exc

@@ -50,7 +50,7 @@ from clara.errors import (
     UnsupportedDocumentError,
     UnsupportedModeError,
 )
-from clara.paths import COLLECTION_NAME, MAX_COLLECTION_NAME, disk_full
+from clara.paths import COLLECTION_NAME, MAX_COLLECTION_NAME, disk_full, sqlite_error
 
 log = logging.getLogger("clara.http")
 
@@ -202,11 +202,11 @@ def storage_error(exc: BaseException, where: Path | str, what: str, *, also: str
     SQLite's SQLITE_FULL, or less than 1 MiB left where it writes: `disk_full`), else a 500;
     either says where and what to do, then `also` (another way round it). Uploads and the
     responses judged it two ways before."""
-    full = (
-        (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
-        or getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
-        or disk_full(where if Path(where).is_dir() else Path(where).parent)
-    )
+    folder = where if Path(where).is_dir() else Path(where).parent
+    if not isinstance(exc, OSError):  # an sqlite3 error: the OSError it is, if the disk's
+        exc = sqlite_error(exc, folder)
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = full or disk_full(folder)
     why = (exc.strerror if isinstance(exc, OSError) else None) or exc
     fix = "free disk space there" if full else "check that the server may write there"
     return APIError(

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from clara.errors import CollectionLockedError
-from clara.paths import disk_full
 
 CRASH_ENV = "CLARA_CRASH_AT"
 
@@ -55,23 +54,6 @@ def sync(fd: int) -> None:
         except OSError:
             pass
     os.fsync(fd)
-
-
-def sqlite_error(exc: Exception, folder: Path | str) -> Exception:
-    """An sqlite3 error opening or writing a database in `folder`, as the OSError it is when
-    the disk is full (SQLITE_FULL on a write; an I/O error making its -shm file on a disk
-    with no block left) or read-only. Those were tracebacks (an operator's audit); the
-    OSError is one line saying what to do. Other errors are returned as they are."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name == "SQLITE_FULL" or disk_full(folder):
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only or name == "SQLITE_READONLY":
-        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
-    return exc
 
 
 def fsync_dir(path: Path) -> None:

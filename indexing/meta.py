@@ -24,8 +24,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from clara.paths import UNNAMED_TEMP_S, temp_sibling
-from indexing.durable import FULLFSYNC, disk_full, sqlite_error
+from clara.paths import UNNAMED_TEMP_S, disk_full, sqlite_error, temp_sibling
+from indexing.durable import FULLFSYNC
 from indexing.lexical import (
     LEXICAL_VERSION,
     TITLE_WEIGHT,

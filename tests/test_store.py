@@ -972,9 +972,9 @@ def test_a_full_disk_leaves_readers_reading_and_tells_writers(tmp_path, monkeypa
         return opened(self, path, as_is)
 
     monkeypatch.setattr(meta.Meta, "_open", no_shm)
-    from indexing import durable
+    from clara import paths
 
-    for module in (meta, durable):
+    for module in (meta, paths):
         monkeypatch.setattr(module, "disk_full", lambda folder: True)
     with Collection.open(tmp_path, "full", readonly=True) as reader:
         assert [d.name for d in reader.list_documents()] == ["d1"]

@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from indexing.durable import FULLFSYNC, sqlite_error
+from clara.paths import sqlite_error
+from indexing.durable import FULLFSYNC
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
