@@ -241,6 +241,13 @@ def test_upload_into_the_server_default_and_open_a_source(
     tab.wait_for_url(lambda url: url.startswith("blob:"))
     sync_api.expect(tab.locator("body")).to_contain_text("rebuilt in 1887")
     tab.close()
+    # a middle click the same (it opened the API's address itself: a 401 without the key)
+    with page.context.expect_page() as opened:
+        answer.locator(".sources a").first.click(button="middle")
+    tab = opened.value
+    tab.wait_for_url(lambda url: url.startswith("blob:"), timeout=10_000)
+    sync_api.expect(tab.locator("body")).to_contain_text("rebuilt in 1887")
+    tab.close()
 
 
 def test_a_collection_deleted_elsewhere_leaves_the_picker(server: ServerProcess, page) -> None:

@@ -284,6 +284,8 @@ function showSources(div, sources) {
         if (tab) openFile(s, tab, li);
         else note(li, "the browser blocked the new tab: allow pop-ups for this page");
       };
+      // a middle click opened the bare API address in a tab: without the key, an error
+      open.onauxclick = (e) => { if (e.button === 1) open.onclick(e); };
       li.append(open);
     }
     li.append(snippet);
