@@ -4,7 +4,8 @@
 Each is a zip of XML files. What is read: paragraphs in order, headings (a Word paragraph
 whose style is a heading or has an outline level, an OpenDocument `text:h`, a chapter's
 <h1-6>), list items as "- " lines, table rows as cells joined by " | " (as HTML tables are),
-and the title from the document's metadata. Left out: deleted and moved-away tracked
+text boxes and frames as paragraphs after the one they are anchored in, and the title from the
+document's metadata. Left out: deleted and moved-away tracked
 changes, hidden runs, field codes, footnotes, comments, headers and footers. A
 password-protected file or a book with DRM is refused as such.
 
@@ -48,6 +49,8 @@ _OFFICE = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
 _DC = "{http://purl.org/dc/elements/1.1/}"
 _STRICT_W = b"http://purl.oclc.org/ooxml/wordprocessingml/main"  # Strict Open XML's
 _FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+_TEXT_BOX = f"{_W}txbxContent"
+_DRAW = "{urn:oasis:names:tc:opendocument:xmlns:drawing:1.0}"
 _OPF = "{http://www.idpf.org/2007/opf}"
 _CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
 _HEADING_STYLE = re.compile(r"(heading|berschrift|titre|titolo|encabezado|kop)\s*\d|title$", re.I)
@@ -177,10 +180,18 @@ def _docx(archive: _Archive) -> OfficeText:
     body = archive.xml(main).find(f"{_W}body")  # (Word Online writes document2.xml)
     if body is None:
         raise OfficeError(f"{main} has no body", "re-export the file")
-    heading_styles = _docx_heading_styles(archive)
     blocks: list[str] = []
     headings: list[str] = []
-    for element in body:
+    _docx_blocks(body, _docx_heading_styles(archive), blocks, headings)
+    return _joined(blocks, headings, _core_title(archive, "docProps/core.xml"))
+
+
+def _docx_blocks(
+    parent: ET.Element, heading_styles: set[str] | None, blocks: list[str], headings: list[str]
+) -> None:
+    """The paragraphs and tables of a body, a content control's content or a text box, in
+    order; a paragraph's text boxes come after it, each paragraph of theirs its own block."""
+    for element in parent:
         if element.tag == f"{_W}p":
             text, is_heading, listed = _docx_paragraph(element, heading_styles)
             if is_heading and text.strip():  # (a numbered heading is no "- " item: its line
@@ -189,19 +200,20 @@ def _docx(archive: _Archive) -> OfficeText:
             elif listed and text.strip():
                 text = f"- {text}"
             blocks.append(text)
+            for box in _docx_text_boxes(element):  # (they were glued to the paragraph's text)
+                _docx_blocks(box, heading_styles, blocks, headings)
         elif element.tag == f"{_W}tbl":
             blocks.append(_docx_table(element))
-        elif element.tag == f"{_W}sdt":  # a content control: its paragraphs
-            for p in element.iter(f"{_W}p"):
-                blocks.append(_docx_paragraph(p, heading_styles)[0])
-    return _joined(blocks, headings, _core_title(archive, "docProps/core.xml"))
+        elif element.tag in (f"{_W}sdt", f"{_W}sdtContent"):  # a content control: its
+            _docx_blocks(element, heading_styles, blocks, headings)  # paragraphs, lists, tables
 
 
-def _docx_heading_styles(archive: _Archive) -> set[str]:
+def _docx_heading_styles(archive: _Archive) -> set[str] | None:
     """Ids of the paragraph styles that are headings (by name, or an outline level), and of
-    those based on one."""
+    those based on one; None without a styles part (then a style id such as "Heading1" says
+    it: some generators write none)."""
     if not archive.has("word/styles.xml"):
-        return set()
+        return None
     based: dict[str, str] = {}
     out: set[str] = set()
     for style in archive.xml("word/styles.xml").iter(f"{_W}style"):
@@ -226,8 +238,8 @@ def _docx_heading_styles(archive: _Archive) -> set[str]:
     return out
 
 
-def _docx_paragraph(p: ET.Element, heading_styles: set[str]) -> tuple[str, bool, bool]:
-    """(text, is a heading, is a list item) of a w:p."""
+def _docx_paragraph(p: ET.Element, heading_styles: set[str] | None) -> tuple[str, bool, bool]:
+    """(text, is a heading, is a list item) of a w:p, without its text boxes' text."""
     parts: list[str] = []
     for node in _walk_skipping(p, _skipped):  # (a shape's text, in its Choice and Fallback,
         tag = node.tag  # once; no moved-away or hidden text)
@@ -245,9 +257,11 @@ def _docx_paragraph(p: ET.Element, heading_styles: set[str]) -> tuple[str, bool,
         style = props.find(f"{_W}pStyle")
         sid = style.get(f"{_W}val") if style is not None else None
         level = props.find(f"{_W}outlineLvl")
-        heading = (sid in heading_styles) or (
-            level is not None and (level.get(f"{_W}val") or "9") < "9"
-        )
+        by_style = (
+            bool(sid and _HEADING_STYLE.match(sid)) if heading_styles is None
+            else sid in heading_styles
+        )  # fmt: skip
+        heading = by_style or (level is not None and (level.get(f"{_W}val") or "9") < "9")
         listed = props.find(f"{_W}numPr") is not None
     return "".join(parts).strip(), heading, listed
 
@@ -263,18 +277,44 @@ def _walk_skipping(
 
 
 def _skipped(node: ET.Element) -> bool:
-    """A Word element whose text is not the document's: a shape's Fallback copy, text a
-    tracked move took away (it is read where it went), a hidden run."""
+    """A Word element whose text is not the paragraph's: a shape's Fallback copy, text a
+    tracked move took away (it is read where it went), a hidden run, a text box (read after
+    the paragraph: `_docx_text_boxes`)."""
+    return _not_read(node) or node.tag == _TEXT_BOX
+
+
+def _not_read(node: ET.Element) -> bool:
     if node.tag in (_FALLBACK, f"{_W}moveFrom"):
         return True
     return node.tag == f"{_W}r" and node.find(f"{_W}rPr/{_W}vanish") is not None
 
 
+def _docx_text_boxes(p: ET.Element) -> list[ET.Element]:
+    """The text boxes anchored in a paragraph (each once: not a shape's Fallback copy)."""
+    found: list[ET.Element] = []
+
+    def walk(node: ET.Element) -> None:
+        for child in node:
+            if child.tag == _TEXT_BOX:
+                found.append(child)
+            elif not _not_read(child):
+                walk(child)
+
+    walk(p)
+    return found
+
+
 def _docx_table(table: ET.Element) -> str:
     rows = []
-    for row in table.findall(f"{_W}tr"):  # (a nested table is read in its cell, once)
-        cells = [
-            _line(" ".join(_docx_paragraph(p, set())[0] for p in cell.iter(f"{_W}p")))
+    for row in table.findall(f"{_W}tr"):  # (a nested table, or a text box, is read in its
+        cells = [  # cell, once: not a shape's Fallback copy of it)
+            _line(
+                " ".join(
+                    _docx_paragraph(p, set())[0]
+                    for p in _walk_skipping(cell, _not_read)
+                    if p.tag == f"{_W}p"
+                )
+            )  # fmt: skip
             for cell in row.findall(f"{_W}tc")
         ]
         if any(cells):
@@ -315,6 +355,13 @@ def _odt_blocks(parent: ET.Element, blocks: list[str], headings: list[str], list
             elif listed and text:
                 text = f"- {text}"
             blocks.append(text)
+            for box in _odt_text_boxes(element):  # its frames' text, after it (it was glued)
+                _odt_blocks(box, blocks, headings, listed=False)
+        elif tag == f"{_DRAW}frame":  # a frame anchored to the page (it was dropped)
+            for box in _odt_text_boxes(element):
+                _odt_blocks(box, blocks, headings, listed=False)
+        elif tag == f"{_TEXT}numbered-paragraph":  # a list item standing alone (was dropped)
+            _odt_blocks(element, blocks, headings, listed=True)
         elif tag == f"{_TEXT}list":
             for item in element:
                 _odt_blocks(item, blocks, headings, listed=True)
@@ -343,6 +390,22 @@ def _nested_rows(table: ET.Element) -> set[int]:
     }
 
 
+def _odt_text_boxes(element: ET.Element) -> list[ET.Element]:
+    """The text boxes of the frames in `element`, outermost only (a box's own frames are
+    read with it), and not inside a footnote or comment."""
+    found: list[ET.Element] = []
+
+    def walk(node: ET.Element) -> None:
+        for child in node:
+            if child.tag == f"{_DRAW}text-box":
+                found.append(child)
+            elif child.tag not in (f"{_TEXT}note", f"{_OFFICE}annotation"):
+                walk(child)
+
+    walk(element)
+    return found
+
+
 def _odt_inline(element: ET.Element) -> str:
     parts = [element.text or ""]
     for child in element:
@@ -354,8 +417,8 @@ def _odt_inline(element: ET.Element) -> str:
             parts.append("\t")
         elif tag == f"{_TEXT}line-break":
             parts.append("\n")
-        elif tag not in (f"{_TEXT}note", f"{_OFFICE}annotation"):  # (footnotes, comments)
-            parts.append(_odt_inline(child))
+        elif tag not in (f"{_TEXT}note", f"{_OFFICE}annotation", f"{_DRAW}frame"):
+            parts.append(_odt_inline(child))  # (not footnotes, comments, frames: after it)
         parts.append(child.tail or "")
     return "".join(parts)
 

@@ -284,3 +284,49 @@ def test_what_an_audit_of_real_tools_files_found(tmp_path: Path) -> None:
     bomb = docx("<w:p/>" * (office_text.MAX_TAGS + 1))
     with pytest.raises(CorruptDocumentError, match="more than 4000000 XML tags"):
         read("bomb.docx", bomb)
+
+
+def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path) -> None:
+    """A second office-files round: a text box's paragraphs were glued to the line they are
+    anchored in; a content control's list items and tables lost their shape (its table was
+    one run of words); a docx without styles.xml lost its headings; an ODT frame was glued to
+    its paragraph, or dropped when anchored to the page; a numbered paragraph was dropped."""
+
+    def read(name: str, data: bytes):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return read_document(path)
+
+    box = ("<w:p><w:r><w:t>The wall stands.</w:t></w:r><w:r><w:pict><v:shape xmlns:v="
+           '"urn:schemas-microsoft-com:vml"><v:textbox><w:txbxContent>' + para("Box one.")
+           + para("Box two.") + "</w:txbxContent></v:textbox></v:shape></w:pict></w:r></w:p>")  # fmt: skip
+    control = ("<w:sdt><w:sdtPr/><w:sdtContent>" + para("Gates", listed=True)
+               + "<w:tbl><w:tr><w:tc>" + para("1887") + "</w:tc><w:tc>" + para("the town")
+               + "</w:tc></w:tr></w:tbl></w:sdtContent></w:sdt>")  # fmt: skip
+    in_cell = ("<w:tbl><w:tr><w:tc><w:p><w:r><w:t>Cell</w:t></w:r><w:r><mc:AlternateContent "
+               'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006">'
+               "<mc:Choice><w:txbxContent>" + para("boxed") + "</w:txbxContent></mc:Choice>"
+               "<mc:Fallback><w:txbxContent>" + para("boxed") + "</w:txbxContent></mc:Fallback>"
+               "</mc:AlternateContent></w:r></w:p></w:tc></w:tr></w:tbl>")  # fmt: skip
+    doc = read("boxes.docx", docx(box + control + in_cell))
+    assert doc.pages[0].text == (
+        "The wall stands.\n\nBox one.\n\nBox two.\n\n- Gates\n\n1887 | the town\n\nCell boxed"
+    )  # (a cell's text box once: it was there twice, its Fallback copy too)
+    bare = zipped({"word/document.xml": f"<w:document {W}><w:body>"
+                   + para("Findings", "Heading1") + para("All well.") + "</w:body></w:document>"})  # fmt: skip
+    assert read("bare.docx", bare).headings == ["Findings"]
+
+    ns = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+          'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" '
+          'xmlns:draw="urn:oasis:names:tc:opendocument:xmlns:drawing:1.0"')  # fmt: skip
+    content = (
+        f"<office:document-content {ns}><office:body><office:text>"
+        '<draw:frame text:anchor-type="page"><draw:text-box><text:p>On the page.</text:p>'
+        "</draw:text-box></draw:frame>"
+        '<text:p>The wall stands.<draw:frame text:anchor-type="as-char"><draw:text-box>'
+        "<text:p>In a frame.</text:p></draw:text-box></draw:frame></text:p>"
+        "<text:numbered-paragraph><text:p>Numbered alone.</text:p></text:numbered-paragraph>"
+        "</office:text></office:body></office:document-content>"
+    )
+    text = read("frames.odt", zipped({"content.xml": content})).pages[0].text
+    assert text == "On the page.\n\nThe wall stands.\n\nIn a frame.\n\n- Numbered alone."
