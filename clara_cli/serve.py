@@ -88,15 +88,23 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
     page in needs the key)."""
     from clara_cli.http import is_loopback, origin_rules
 
-    if args.api_key is not None and not args.api_key.strip():
+    key = args.api_key.strip() if args.api_key is not None else None  # (a key read from a
+    # file ends in a newline: clients send it without, and every request was a 401)
+    if key is not None and not key:
         raise ClaraError(
             "the API key is empty (--api-key or CLARA_API_KEY): give a key, or unset "
             "CLARA_API_KEY to serve without one"
         )
+    if key is not None and not key.isascii():
+        raise ClaraError(
+            "the API key has characters other than ASCII letters, digits and punctuation "
+            "(--api-key or CLARA_API_KEY): clients cannot send those in a header; choose "
+            "another key, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'"
+        )
     origins = tuple(getattr(args, "allow_origin", None) or ())
-    origin_rules(origins, keyed=args.api_key is not None)
+    origin_rules(origins, keyed=key is not None)
     return {
-        "api_key": args.api_key,
+        "api_key": key,
         "local_only": is_loopback(args.host),
         "allow_hosts": tuple(args.allow_host),
         "allow_origins": origins,

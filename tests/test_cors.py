@@ -233,6 +233,13 @@ def test_both_servers_refuse_star_without_a_key_at_startup(
     monkeypatch.setenv("CLARA_ALLOW_ORIGINS", f"{CHATBOX}, tauri://*,")
     args = build_parser().parse_args(["--allow-origin", "file://*"])
     assert access_options(args)["allow_origins"] == (CHATBOX, "tauri://*", "file://*")
+    # a key read from a file keeps its newline: taken without it (every request was a 401,
+    # as clients send none); one clients cannot send in a header is refused at startup
+    monkeypatch.setenv("CLARA_API_KEY", "team-key-1\n")
+    assert access_options(build_parser().parse_args([]))["api_key"] == "team-key-1"
+    monkeypatch.setenv("CLARA_API_KEY", "clé")
+    assert serve_main(["--model", str(tiny_llama_dir)]) == 1
+    assert "other than ASCII" in capsys.readouterr().err
 
 
 def test_the_indexing_service_answers_allowed_origins(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 import unicodedata
@@ -396,6 +397,47 @@ def test_detach_after_a_restart_elsewhere_removes_the_chunks(tiny_llama_dir, tmp
         assert client.vector_stores.retrieve("rel").file_counts.completed == 0
         assert attach(client, "rel", third.id).status == "completed"  # and may come back
         assert [f.file_id for f in client.vector_stores.search("rel", query=WATER).data] == [third.id]  # fmt: skip
+    finally:
+        proc.stop()
+
+
+def test_a_store_restored_from_a_backup_lets_go_of_a_deleted_file(tiny_llama_dir, tmp_path) -> None:
+    """A team deployment audit: a store restored from a copy made before a file was detached
+    from it (the README's backup restores a store's folder whole; the links between stores
+    and uploads live in uploads/) listed the file under a document id no files call takes,
+    and deleting the file said deleted while its text was still found."""
+    idx = tmp_path / "index"
+
+    def start() -> tuple[ServiceProcess, openai.OpenAI]:
+        proc = ServiceProcess(
+            "--model", str(tiny_llama_dir), "--index", str(idx), "--api-key", API_KEY,
+            "--log-level", "warning", log=tmp_path / "service.log",
+            env={"CLARA_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+        proc.wait_ready()
+        return proc, openai.OpenAI(base_url=f"{proc.url}/v1", api_key=API_KEY, max_retries=0)
+
+    proc, client = start()
+    try:
+        client.vector_stores.create(name="hr")
+        water = upload(client, "water.txt", WATER)
+        assert attach(client, "hr", water.id).status == "completed"
+        shutil.copytree(idx / "hr", tmp_path / "backup")  # (the store idle)
+        client.vector_stores.files.delete(file_id=water.id, vector_store_id="hr")
+        assert client.vector_stores.search("hr", query=WATER).data == []
+    finally:
+        proc.stop()
+    shutil.rmtree(idx / "hr")
+    shutil.copytree(tmp_path / "backup", idx / "hr")
+    proc, client = start()
+    try:
+        assert [f.id for f in client.vector_stores.files.list("hr")] == [water.id]
+        assert [f.file_id for f in client.vector_stores.search("hr", query=WATER).data] == [
+            water.id
+        ]
+        assert client.files.delete(water.id).deleted
+        assert client.vector_stores.search("hr", query=WATER).data == []
+        assert list(client.vector_stores.files.list("hr")) == []
     finally:
         proc.stop()
 

@@ -215,13 +215,32 @@ class IndexService:
         loaded = manifest_of(cm, self.settings.checkpoint)  # (the fix-it names the checkpoint)
         col.manifest.check_matches(Manifest.from_dict(loaded), col.name)
 
-    def _detach_all(self, links: list[Link], rec: FileRecord) -> None:
-        """Worker: detach an upload from each of its stores, every store opened for writing
-        first, so that clara-index holding one is a 409 before any change (and cannot take
-        one in between: a 409 half-way left the file detached from some stores)."""
+    def _holding(self, rec: FileRecord, besides: set[str]) -> list[str]:
+        """Stores other than `besides` that hold a document of the upload `rec` with no link
+        to it in the registry: a store restored from a backup made before the upload was
+        detached from it (the registry lives beside the stores, in uploads/). Deleting the
+        file said deleted, and its text was still found there."""
+        out = []
+        for store_id in self.store_ids():
+            if store_id in besides:
+                continue
+            try:
+                with self.reading(store_id) as col:
+                    docs = col.list_documents()
+            except (ClaraError, APIError, OSError):  # (damaged, or deleted meanwhile)
+                continue
+            if any(self.uploads.file_id_of(d.path) == rec.id for d in docs):
+                out.append(store_id)
+        return out
+
+    def _detach_all(self, links: list[Link], rec: FileRecord, unlinked: list[str] = ()) -> None:
+        """Worker: detach an upload from each of its stores (those linked to it, and
+        `unlinked`: `_holding`'s), every store opened for writing first, so that clara-index
+        holding one is a 409 before any change (and cannot take one in between: a 409
+        half-way left the file detached from some stores)."""
         opened: list[str] = []
         try:
-            for store_id in dict.fromkeys(link.store_id for link in links):
+            for store_id in dict.fromkeys([*(link.store_id for link in links), *unlinked]):
                 if store_id in self._writers:
                     continue
                 try:
@@ -231,6 +250,8 @@ class IndexService:
                 opened.append(store_id)
             for link in links:
                 self._detach(link.store_id, rec, link)
+            for store_id in unlinked:
+                self._detach(store_id, rec, None)
         finally:  # (a 409 or a failed detach: none of them kept from clara-index)
             for store_id in opened:
                 self._release(store_id)
@@ -289,7 +310,9 @@ class IndexService:
         self._deleting[file_id] += 1  # an attach from now on is a 404 (one racing the delete
         try:  # indexed the deleted file, or failed it as missing)
             links = self.registry.links(file_id=file_id)
-            await self.worker.call(lambda cm: self._detach_all(links, rec))
+            linked = {link.store_id for link in links}
+            unlinked = await asyncio.to_thread(self._holding, rec, linked)
+            await self.worker.call(lambda cm: self._detach_all(links, rec, unlinked))
             self.registry.delete_file(file_id)
             await self.uploads.delete(file_id)
         finally:
@@ -686,9 +709,14 @@ class IndexService:
             if uploaded[doc.id] in links:
                 continue
             attributes = {"filename": doc.name, **({"path": doc.path} if doc.path else {})}
+            # an upload's document with no link (a store restored from a backup older than
+            # the registry) under its file's id, which detach and delete then find (it was
+            # listed under its document id, which no files call takes)
+            known = uploaded[doc.id] and self.registry.file(uploaded[doc.id]) is not None
             out.append(
                 VectorStoreFile(
-                    id=doc.id, created_at=int(doc.created), status="completed",
+                    id=uploaded[doc.id] if known else doc.id, created_at=int(doc.created),
+                    status="completed",
                     usage_bytes=doc.n_chunks * row_bytes, vector_store_id=store_id,
                     attributes=attributes,
                 )
