@@ -80,6 +80,22 @@ def indexes_dir() -> Path:
     return home() / "indexes"
 
 
+def make_private_dirs(path: Path) -> None:
+    """`mkdir -p path`, the folders it makes readable by this user only (0700): the index
+    root, the uploads and `CLARA_HOME` hold people's documents and conversations, which the
+    process umask (often 022) left readable by every user of the machine. Folders that
+    exist keep their modes."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # (made meanwhile by another process)
+            pass
+
+
 def index_root(root: str | os.PathLike | None = None) -> Path:
     """An index root given by the user (`--index DIR`), or the default under CLARA_HOME;
     absolute, so paths stored under it (uploads) still name it from another directory. A

@@ -110,7 +110,8 @@ Each result shows its score (hybrid: the fused score) and its rank in each retri
   POST /v1/vector_stores/{id}/search                     GET /health (no key needed)
 Uploads are kept in <index>/uploads/. Jobs run one model batch at a time on one thread and
 resume after a restart. While a job writes a collection, `clara-index add/remove` on it is
-refused (naming the service's pid): retry when the job is done. Reading is always possible.
+refused (naming the service's pid, exit 75): retry when the job is done, or give it --wait
+SECONDS to wait for it. Reading is always possible.
 
 examples:
   clara-index serve                              # http://127.0.0.1:8001/v1

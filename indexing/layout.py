@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from clara.errors import CollectionNotFoundError, DamagedCollectionError, InvalidArgumentError
-from clara.paths import COLLECTION_NAME, index_root, pid_alive
+from clara.paths import COLLECTION_NAME, index_root, make_private_dirs, pid_alive
 from indexing.durable import WriterLock, fsync_dir, fsync_file
 from indexing.manifest import MANIFEST, Manifest, write_manifest
 from indexing.meta import Meta
@@ -130,7 +130,7 @@ def _sweep_leftovers(root: Path, name: str) -> None:
 
 def create_collection_dir(directory: Path, manifest: Manifest) -> None:
     """Build an empty collection in a hidden folder, then rename it into place (atomic)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(directory.parent)
     _sweep_leftovers(directory.parent, directory.name)
     tmp = directory.with_name(f".{directory.name}.creating-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()

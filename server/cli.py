@@ -7,8 +7,10 @@ clara-serve --index ./idx --collection docs --port 8080 --api-key secret
 from __future__ import annotations
 
 import argparse
+import urllib.parse
 from pathlib import Path
 
+from clara.errors import ClaraError
 from clara.retrieval import READING_MODES
 from clara_cli.common import (
     add_model_args,
@@ -183,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not serve the Files + Vector Stores API (/v1/files, /v1/vector_stores) on this "
         "port (run `clara-index serve` for it instead)",
     )
+    net.add_argument(
+        "--files-url",
+        metavar="URL",
+        help="with --no-files-api: the address clients reach that clara-index serve at (e.g. "
+        "http://localhost:8001), which the links of uploaded sources then name (default: this "
+        "server's own /v1/files/..., which answer 404 without the Files API)",
+    )
     add_max_upload_arg(net)
     add_log_level_arg(net)
     rag = parser.add_argument_group("retrieval")
@@ -260,6 +269,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def files_url(args: argparse.Namespace) -> str | None:
+    """--files-url, checked: an http(s) address, given with --no-files-api only."""
+    url = args.files_url
+    if url is None:
+        return None
+    if args.files_api:
+        raise ClaraError(
+            "--files-url goes with --no-files-api: this server serves the Files API itself, "
+            "and its sources link there"
+        )
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ClaraError(
+            f"--files-url {url}: give the address of clara-index serve as clients reach it, "
+            "e.g. http://localhost:8001 (http or https, no query)"
+        )
+    return url.rstrip("/").removesuffix("/v1")
+
+
 def serve(args: argparse.Namespace) -> int:
     from clara.checkpoint import default_reading_mode
     from server.app import create_app
@@ -291,6 +319,7 @@ def serve(args: argparse.Namespace) -> int:
         mode=default_reading_mode(args.model, args.checkpoint, args.mode),
         truncate_embeddings=args.truncate_embeddings,
         embedding_token_ids=args.embedding_token_ids,
+        files_url=files_url(args),
     )
     app = create_app(
         settings,

@@ -337,6 +337,9 @@ class ServingDefaults:
     truncate_embeddings: bool = False  # --truncate-embeddings: the default of `truncate`
     #: --embedding-token-ids: /v1/embeddings takes token ids (of this model's tokenizer)
     embedding_token_ids: bool = False
+    #: --files-url: where the Files API of uploads that sources cite is, when this server does
+    #: not serve it (None: this server's own /v1/files)
+    files_url: str | None = None
 
     def capped(self, max_tokens: int) -> int:
         """A request's max_tokens within --max-tokens-limit."""

@@ -73,13 +73,14 @@ def _final(event: object) -> bool:
     return isinstance(event, (Embedded, Failed)) or event is DONE
 
 
-def source_url(s: SourceInfo) -> str:
+def source_url(s: SourceInfo, files_url: str | None = None) -> str:
     """Where the source's file is: an upload's Files API content route (relative to the
-    server: the server's folders are none of a client's business), the `file://` URL of a
-    file `clara-index add` indexed on this machine (with `#page=` for PDFs), else a clara://
-    reference."""
+    server: the server's folders are none of a client's business; under `files_url`, the
+    `clara-index serve` beside a server started with --no-files-api, where that route is),
+    the `file://` URL of a file `clara-index add` indexed on this machine (with `#page=` for
+    PDFs), else a clara:// reference."""
     if s.file_id:
-        url = f"/v1/files/{s.file_id}/content"
+        url = f"{(files_url or '').rstrip('/')}/v1/files/{s.file_id}/content"
     elif s.path:  # (a name that is not UTF-8 as its bytes: `\xe9` in the text is %E9)
         url = "file://" + urllib.parse.quote_from_bytes(path_bytes(os.path.abspath(s.path)))
     else:
@@ -106,7 +107,7 @@ def usage_of(last: GenerationChunk) -> Usage:
     )
 
 
-def sources_of(ready: Ready) -> list[Source]:
+def sources_of(ready: Ready, files_url: str | None = None) -> list[Source]:
     return [
         Source(
             index=i,
@@ -117,7 +118,7 @@ def sources_of(ready: Ready) -> list[Source]:
             page_end=s.page_end,
             score=round(s.score, 6),
             snippet=snippet(s.text, SNIPPET_CHARS),
-            url=source_url(s),
+            url=source_url(s, files_url),
             collection=s.collection,
             ranks=s.ranks,
             retrieval_mode=s.retrieval_mode,
@@ -365,7 +366,7 @@ class OpenAIServing:
                 if reply.logprobs and event.logprob is not None:
                     tokens.append(self.token_logprob(event))
         content = "".join(text)
-        sources = sources_of(reply.ready)
+        sources = sources_of(reply.ready, self.defaults.files_url)
         message = ChatCompletionMessage(
             content=content,
             annotations=annotations_of(reply.ready, sources, content),
@@ -503,7 +504,7 @@ class OpenAIServing:
                     yield _sse(self._chunk(reply, delta, logprobs=logprobs))
                 if event.finish_reason is None:
                     continue
-                sources = sources_of(reply.ready)
+                sources = sources_of(reply.ready, self.defaults.files_url)
                 notes = annotations_of(reply.ready, sources, "".join(said))
                 extra = DeltaMessage(sources=sources, annotations=notes)
                 chunk = self._chunk(reply, extra)

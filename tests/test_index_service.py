@@ -675,13 +675,16 @@ def test_an_upload_waits_while_another_process_writes_the_collection(
 
 
 def test_generation_server_sees_files_the_service_indexes(
-    client: openai.OpenAI, root: Path, tiny_llama_dir: Path
+    service: ServiceProcess, client: openai.OpenAI, root: Path, tiny_llama_dir: Path
 ) -> None:
+    """docker-compose.dev.yml's stack: clara-serve --no-files-api beside clara-index serve,
+    its sources' links naming the service's Files API (--files-url: they named its own
+    /v1/files, which answer 404 there: a team deployment audit)."""
     client.vector_stores.create(name="shared")
     chat = ServerProcess(
         "--model", str(tiny_llama_dir), "--index", str(root), "--collection", "shared",
-        "--max-tokens", "4", log=root.parent / "serve.log",
-        env={"CLARA_HOME": str(root.parent / "home")},
+        "--max-tokens", "4", "--no-files-api", "--files-url", f"{service.url}/v1/",
+        log=root.parent / "serve.log", env={"CLARA_HOME": str(root.parent / "home")},
     ).wait_ready()  # fmt: skip
     try:
         gen = openai.OpenAI(base_url=f"{chat.url}/v1", api_key="-", max_retries=0)
@@ -693,6 +696,9 @@ def test_generation_server_sees_files_the_service_indexes(
         sources = answer.choices[0].message.model_extra["sources"]
         assert [s["filename"] for s in sources] == ["timetable.txt"]
         assert sources[0]["ranks"] == {"dense": 1, "lexical": 1}
+        assert sources[0]["url"] == f"{service.url}/v1/files/{sources[0]['file_id']}/content"
+        got = httpx.get(sources[0]["url"], headers={"Authorization": f"Bearer {API_KEY}"})
+        assert got.status_code == 200 and got.text == TRAIN
     finally:
         chat.stop()
     client.vector_stores.delete("shared")

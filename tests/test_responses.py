@@ -786,6 +786,10 @@ def test_store_chain_and_lazy_file(tmp_path) -> None:
     again = ResponseStore(tmp_path / "sub" / "responses.sqlite")  # durable: a new connection
     assert again.get("r3")["previous_response_id"] == "r2"
     again.close()
+    # the conversations are this user's only (a team deployment audit: with umask 022 every
+    # user of the machine could read them), the folder made for them too
+    assert (tmp_path / "sub" / "responses.sqlite").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o700
 
 
 def test_a_stream_cut_by_a_crash_reads_failed_after_a_restart_as_the_same_pid(

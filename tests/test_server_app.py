@@ -395,3 +395,15 @@ def test_the_json_value_cap_takes_what_the_routes_take_and_stops_early(monkeypat
     with pytest.raises(HTTPException):
         http._parse(json.dumps({"input": [[7.5] * 1000] * 3000}).encode())
     assert len(built) == http.MAX_JSON_VALUES + 1  # (not the 3 million it holds)
+
+
+def test_files_url_is_checked_before_the_model_loads(tiny_llama_dir, capsys) -> None:
+    """--files-url names the Files API of a clara-index serve beside a server that does not
+    serve it: with the Files API on, or not an http(s) address, it is refused at startup."""
+    from server.cli import main
+
+    assert main(["--model", str(tiny_llama_dir), "--files-url", "http://localhost:8001"]) == 1
+    assert "--files-url goes with --no-files-api" in capsys.readouterr().err
+    bad = ["--model", str(tiny_llama_dir), "--no-files-api", "--files-url", "localhost:8001"]
+    assert main(bad) == 1
+    assert "http or https" in capsys.readouterr().err

@@ -981,3 +981,19 @@ def test_a_full_disk_leaves_readers_reading_and_tells_writers(tmp_path, monkeypa
     with pytest.raises(OSError) as info:
         Collection.open(tmp_path, "full")
     assert info.value.errno == errno.ENOSPC
+
+
+def test_the_index_root_it_makes_is_readable_by_this_user_only(tmp_path: Path) -> None:
+    """A team deployment audit: the index root, with everyone's documents and uploads, was
+    made with the umask's mode (often 0755), readable by every user of the machine. Folders
+    that were there keep theirs."""
+    root = tmp_path / "home" / "indexes"
+    with Collection.open(root, "team", manifest=MANIFEST, create=True) as c:
+        add(c, 1)
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert root.parent.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    Collection.open(shared, "team", manifest=MANIFEST, create=True).close()
+    assert shared.stat().st_mode & 0o777 == 0o755

@@ -315,6 +315,9 @@ class IndexService:
             await self.worker.call(lambda cm: self._detach_all(links, rec, unlinked))
             self.registry.delete_file(file_id)
             await self.uploads.delete(file_id)
+            stores = sorted({link.store_id for link in links} | set(unlinked))
+            log.info("file %s (%s) deleted%s", file_id, rec.filename,
+                     f", and removed from {', '.join(stores)}" if stores else "")  # fmt: skip
         finally:
             self._deleting -= Counter([file_id])  # (gone at 0: two deletes at once count)
         return FileDeleted(id=file_id)
@@ -456,7 +459,8 @@ class IndexService:
                 hook(store_id)
 
         await self.worker.call(delete)
-        return VectorStoreDeleted(id=store_id)
+        log.info("vector store %s deleted, with its documents", store_id)  # (who: the access
+        return VectorStoreDeleted(id=store_id)  # log line before it names the client)
 
     # ---- vector store files ----------------------------------------------------------------
     async def attach(

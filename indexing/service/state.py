@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from clara.paths import sqlite_error
+from clara.paths import make_private_dirs, sqlite_error
 from indexing.durable import FULLFSYNC
 
 SCHEMA = """
@@ -116,7 +116,7 @@ class Registry:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(directory)
         self._lock = threading.Lock()
         self.db = sqlite3.connect(
             directory / "registry.sqlite", isolation_level=None, check_same_thread=False

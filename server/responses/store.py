@@ -13,6 +13,7 @@ server is pid 1, so the pid alone said "still running" after a crash and a resta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -20,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from clara.paths import pid_alive
+from clara.paths import make_private_dirs, pid_alive
 from clara_cli.http import APIError, storage_error
 
 SCHEMA = """
@@ -66,7 +67,10 @@ class ResponseStore:
             db = None
             try:  # a full disk, a read-only folder, a damaged file: a storage_error, for a
                 # read too (it was a 500 and a traceback)
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dirs(self.path.parent)
+                with contextlib.suppress(FileExistsError):  # for this user only: it holds
+                    # conversations (SQLite gives its -wal and -shm files the same mode)
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
