@@ -23,6 +23,7 @@ from clara.paths import temp_sibling
 
 CONFIG_FILE = "clara_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
+_COPY_AGAIN = "copy the checkpoint again, or train it again (clara-train ... --resume goes on)"
 #: Trained adapters shipped with clara for the embedded default model (16x).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "smollm2-135m-16x"
 #: `checkpoint=` values that mean "fresh, untrained adapters" (e.g. before training).
@@ -88,7 +89,7 @@ def index_fingerprints(path: str | os.PathLike, config: dict | None = None) -> t
     weights = Path(path) / WEIGHTS_FILE
     config = config or read_checkpoint_config(path)
     whole = _file_fingerprint(weights, config)
-    return _index_fingerprints(mx.load(str(weights)), config, whole)
+    return _index_fingerprints(read_weights(weights, _COPY_AGAIN), config, whole)
 
 
 def checkpoint_manifest(path: str | os.PathLike) -> dict:
@@ -171,6 +172,16 @@ def save_checkpoint(cm: ClaraModel, path: str | os.PathLike, extra: dict | None 
     return path
 
 
+def read_weights(file: Path, fix: str) -> dict[str, mx.array]:
+    """`mx.load` of a safetensors file; one that is damaged or cut short (an interrupted copy
+    or download) is a `CheckpointError` saying so and what to do (`fix`), not MLX's traceback
+    ("[load_safetensors] Invalid json header length")."""
+    try:
+        return mx.load(str(file))
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{file} is damaged or incomplete ({exc}): {fix}") from None
+
+
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     path = Path(path)
     cfg = path / CONFIG_FILE
@@ -226,7 +237,7 @@ def load_checkpoint(cm: ClaraModel, path: str | os.PathLike) -> ClaraModel:
             f"{cm.info.model_id!r} (fingerprint {cm.info.fingerprint}); load it with "
             f"--model {config['base_model']} or train a checkpoint for this model"
         )
-    weights = mx.load(str(path / WEIGHTS_FILE))
+    weights = read_weights(path / WEIGHTS_FILE, _COPY_AGAIN)
     expected = _clara_weights(cm)
     missing = sorted(set(expected) - set(weights))
     if missing:

@@ -162,7 +162,16 @@ def load_base(
     dequantizes and casts, "auto" picks the fastest for this machine (see `resolve_dtype`).
     """
     path, model_id = resolve_model_path(name_or_path)
-    model, config = load_model(path, get_model_classes=_model_classes)
+    try:
+        model, config = load_model(path, get_model_classes=_model_classes)
+    except RuntimeError as exc:  # MLX's "[load_safetensors] Invalid json header length ..."
+        if not str(exc).startswith("[load"):
+            raise
+        raise ModelNotFoundError(
+            f"the weights of model {model_id!r} ({path}) are damaged or incomplete ({exc}): "
+            "download or convert it again (a model clara converted: clara-models convert "
+            "... --force)"
+        ) from None
     chosen = resolve_dtype(dtype, config)
     if chosen is not None:
         _dequantize(model, getattr(mx, chosen), config)

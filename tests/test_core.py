@@ -278,6 +278,14 @@ def test_checkpoint_round_trip(cm, tiny_llama_dir, tmp_path):
     np.testing.assert_array_equal(
         np.array(loaded.encode_queries([q])), np.array(cm.encode_queries([q]))
     )
+    # cut short (an interrupted copy): one line saying so and what to do, not MLX's traceback
+    from clara.checkpoint import WEIGHTS_FILE
+    from clara.errors import CheckpointError
+
+    weights = path / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="damaged or incomplete.*copy the checkpoint again"):
+        load_clara(tiny_llama_dir, path, dtype=None)
 
 
 def test_float16_checkpoint_runs_in_the_model_dtype(cm, tiny_llama_dir, tmp_path):

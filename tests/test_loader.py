@@ -221,6 +221,16 @@ def test_missing_model_says_what_to_pass(tmp_path: Path):
         load_base(tmp_path, dtype=None)
 
 
+def test_damaged_model_weights_say_so(tiny_llama_dir: Path, tmp_path: Path):
+    """An error audit: weights cut short or overwritten were MLX's traceback ("[load_
+    safetensors] Invalid json header length") in every command."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    (copy / "model.safetensors").write_bytes(b"\x07" * 64)
+    with pytest.raises(ModelNotFoundError, match="damaged or incomplete.*convert it again"):
+        load_base(copy, dtype=None)
+
+
 def test_fingerprint_follows_the_weights(tiny_llama_dir: Path, tmp_path: Path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_llama_dir, copy)

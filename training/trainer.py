@@ -29,7 +29,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from clara import _blas
-from clara.checkpoint import save_checkpoint
+from clara.checkpoint import read_weights, save_checkpoint
 from clara.errors import ClaraError
 from clara.loader import fingerprint_weights
 from clara.model import ClaraModel
@@ -458,8 +458,9 @@ class Trainer:
         self.step = int(state["step"])
         self._clock = (state.get("elapsed_s"), None)  # (older checkpoints: from metrics.jsonl)
         self._unlogged = list(state.get("unlogged", []))
+        fix = f"move {checkpoint} away to resume from the checkpoint before it"
         self.optimizer.state = tree_unflatten(
-            list(mx.load(str(checkpoint / OPTIMIZER_FILE)).items())
+            list(read_weights(checkpoint / OPTIMIZER_FILE, fix).items())
         )
 
     # ---- the loop ---------------------------------------------------------------------------
