@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import struct
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,7 +252,35 @@ def _source_info(gguf: Path) -> dict[str, Any]:
     return {"file": gguf.name, "size": gguf.stat().st_size, "sha256": h.hexdigest()}
 
 
+def _replaceable(out: Path) -> bool:
+    """Whether `overwrite` may replace `out`: a model clara converted, or an empty folder."""
+    return out.is_dir() and ((out / MARKER).is_file() or not any(out.iterdir()))
+
+
+def _check_header(gguf: Path) -> None:
+    """What MLX's GGUF reader trusts, checked first: a damaged header (random bytes after the
+    magic) crashed the process in it with a segmentation fault."""
+    size = gguf.stat().st_size
+    with open(gguf, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:4] != b"GGUF":
+        raise GGUFConversionError(f"{gguf} is not a GGUF file, or is cut short: re-download it")
+    version, tensors, pairs = struct.unpack("<IQQ", head[4:])
+    if version not in (2, 3):
+        raise GGUFConversionError(
+            f"{gguf}: GGUF version {version} is not one clara reads (2 or 3): the file is "
+            "damaged, or made by a tool too old or too new; re-download or re-export it"
+        )
+    # each tensor's entry takes 24 bytes or more, each metadata pair 13 or more
+    if tensors > (1 << 24) or pairs > (1 << 24) or 24 + 24 * tensors + 13 * pairs > size:
+        raise GGUFConversionError(
+            f"{gguf} is damaged or cut short (its header counts {tensors} tensors and {pairs} "
+            f"metadata entries, more than {size} bytes can hold): re-download it"
+        )
+
+
 def _write_model(gguf: Path, out: Path) -> None:
+    _check_header(gguf)
     try:
         raw, meta = mx.load(str(gguf), return_metadata=True)
     except Exception as exc:  # noqa: BLE001 - mlx raises plain RuntimeError/ValueError here
@@ -282,11 +311,17 @@ def convert_gguf(
     gguf = Path(gguf_path).expanduser()
     out = Path(out_dir).expanduser().absolute()
     if not gguf.is_file():
-        raise ModelNotFoundError(f"GGUF file {gguf} not found")
+        what = "is a folder, not a GGUF file" if gguf.is_dir() else "not found"
+        raise ModelNotFoundError(f"GGUF file {gguf} {what}")
     if out.exists() and not overwrite:
         raise GGUFConversionError(
             f"{out} already exists: remove it, or overwrite it (clara-models convert --force; "
             "from Python, overwrite=True)"
+        )
+    if out.exists() and not _replaceable(out):  # (--force deleted any folder named: notes)
+        raise GGUFConversionError(
+            f"{out} exists and is not a model clara converted; overwriting replaces only one "
+            "(a folder with its clara-gguf.json) or an empty folder: choose a new folder"
         )
     tmp = paths.temp_sibling(out)
     try:

@@ -171,3 +171,17 @@ def test_models_convert_error_is_one_line(tmp_path: Path, capsys, monkeypatch) -
     assert models_main(["convert", str(tmp_path / "some.gguf"), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "out already exists: remove it, or overwrite it (clara-models convert --force;" in err
+    # --force replaces a model clara converted or an empty folder, nothing else (it deleted a
+    # folder of notes named by mistake: an error audit)
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    argv = ["convert", str(tmp_path / "some.gguf"), str(tmp_path / "out"), "--force"]
+    assert models_main(argv) == 1
+    assert "is not a model clara converted" in capsys.readouterr().err
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+    assert models_main(["convert", str(tmp_path), str(tmp_path / "o2")]) == 1
+    assert "is a folder, not a GGUF file" in capsys.readouterr().err
+    # a damaged header is an error line (MLX's reader crashed the process: exit 139)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF\x03\0\0\0" + bytes(range(256)) * 4)
+    assert models_main(["convert", str(junk), str(tmp_path / "o3")]) == 1
+    assert "is damaged or cut short" in capsys.readouterr().err
