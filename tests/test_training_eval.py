@@ -356,6 +356,15 @@ def test_eval_ranks_as_the_index_does_and_refuses_an_unused_retrieval_mode(
               "--dtype", "stored", "--max-tokens", "1", "--json", "-q", "--no-baselines"]  # fmt: skip
     assert main([*common, "--retrieval", "collection", "--retrieval-mode", "dense"]) == 1
     assert "applies to --retrieval index only" in capsys.readouterr().err
+    # the same for the other options one kind of retrieval reads, and outputs that cannot be
+    # written are refused before the answers (a folder as --predictions lost them all)
+    for extra, said in (
+        (["--collection", str(data)], "--collection applies to --retrieval collection only"),
+        (["--index", "notes"], "--index applies to --retrieval index only"),
+        (["--predictions", str(data.parent)], "is a folder: name a file in it"),
+    ):
+        assert main([*common, "--retrieval", "candidates", *extra]) == 1
+        assert said in capsys.readouterr().err
     scored = []
     real = retrieval.maxsim_numpy
 

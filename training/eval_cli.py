@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -226,9 +227,17 @@ def evaluate(args: argparse.Namespace) -> list:
     for ck in args.checkpoint:  # each read before minutes of answers, not after
         if ck.lower() not in FRESH:  # ('none': untrained adapters)
             read_checkpoint_config(ck)
+    _check_options_apply(args)
     for flag, path in (("--predictions", args.predictions), ("--chart", args.chart)):
-        if path and not Path(path).resolve().parent.is_dir():  # before minutes of answers
-            raise ClaraError(f"{flag} {path}: no folder {Path(path).resolve().parent}")
+        if not path:
+            continue
+        where = Path(path).resolve()
+        if not where.parent.is_dir():  # before minutes of answers
+            raise ClaraError(f"{flag} {path}: no folder {where.parent}")
+        if where.is_dir():  # (found when the answers were done, and they were lost)
+            raise ClaraError(f"{flag} {path} is a folder: name a file in it")
+        if not os.access(where if where.exists() else where.parent, os.W_OK):
+            raise ClaraError(f"{flag} {path}: this user may not write there")
     if args.chart and Path(args.chart).suffix.lower() not in CHART_FORMATS:
         raise ClaraError(
             f"--chart {args.chart}: name a .png, .svg or .pdf file (a chart's format is its "
@@ -249,11 +258,6 @@ def evaluate(args: argparse.Namespace) -> list:
         raise ClaraError("--retrieval gold needs pos_index in every record")
     if args.retrieval == "index" and not args.index:
         raise ClaraError("--retrieval index needs --index NAME (a clara-index collection)")
-    if args.retrieval_mode and args.retrieval != "index":  # (it was taken and ignored)
-        raise ClaraError(
-            f"--retrieval-mode applies to --retrieval index only ({args.retrieval} ranks by the "
-            "query adapter alone)"
-        )
     if args.retrieval in ("collection", "index") and not args.checkpoint and not args.no_baselines:
         raise ClaraError(f"--retrieval {args.retrieval} retrieves with a checkpoint: add one")
     dtype = model_dtype(args)
@@ -335,6 +339,26 @@ def _rows(args, records, rows: list, model, dtype, get, bar) -> None:
             contexts = [[r.docs[j] for j in r.pos_index] for r in records]
         rows.insert(0, no_retrieval_row(base, records, args.max_tokens, bar))
         rows.insert(1, text_rag_row(base, records, contexts, args.max_tokens, bar))
+
+
+def _check_options_apply(args: argparse.Namespace) -> None:
+    """Options that would be taken and ignored are refused (an error audit: `--collection`
+    under `--retrieval candidates` exited 0, its documents never read)."""
+    from clara.errors import ClaraError
+
+    for flag, value, mode in (
+        ("--collection", args.collection, "collection"),
+        ("--index", args.index, "index"),
+        ("--index-root", args.index_root, "index"),
+        ("--retrieval-mode", args.retrieval_mode, "index"),
+    ):
+        if value is not None and args.retrieval != mode:
+            raise ClaraError(
+                f"{flag} applies to --retrieval {mode} only (this run retrieves with "
+                f"--retrieval {args.retrieval}): add --retrieval {mode}, or leave {flag} out"
+            )
+    if args.generator_only and not args.checkpoint:
+        raise ClaraError("--generator-only adds each --checkpoint's row: give a --checkpoint")
 
 
 def _write_predictions(args, records, rows) -> None:
