@@ -474,3 +474,19 @@ def test_synth_keeps_an_earlier_runs_data_unless_forced(tmp_path, tiny_llama_dir
     (out / "stage1.jsonl").write_text("kept\n")
     assert main(argv) == 1 and (out / "stage1.jsonl").read_text() == "kept\n"
     assert main([*argv, "--force"]) == 0 and "kept" not in (out / "stage1.jsonl").read_text()
+
+
+def test_synth_refuses_a_file_as_out_before_reading(tmp_path, tiny_llama_dir, capsys) -> None:
+    """An error audit: --out naming a file failed with "File exists" once every document
+    was read (after a teacher's questions, hours); a skipped file was named twice."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The river Lune floods every March. " * 8)
+    (folder / "empty.md").write_text("")
+    argv = ["synth", str(folder), "--model", str(tiny_llama_dir), "--no-qa", "-q"]
+    assert main([*argv, "--out", str(folder / "a.txt")]) == 1
+    err = capsys.readouterr().err
+    assert "is a file: give a folder for the run" in err and "skipping" not in err
+    assert main([*argv, "--out", str(tmp_path / "data")]) == 0
+    err = capsys.readouterr().err
+    assert err.count(str(folder / "empty.md")) == 1 and "1 of 2 files skipped" in err

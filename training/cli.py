@@ -3,7 +3,7 @@
 clara-train pretrain --data stage1.jsonl --out runs/s1
 clara-train instruct --data qa.jsonl --init-from runs/s1/final --out runs/s2
 clara-train joint    --data qa.jsonl --init-from runs/s2/final --out runs/s3
-clara-train synth    --docs my_docs/ --out data/
+clara-train synth    my_docs/ --out data/
 """
 
 from __future__ import annotations

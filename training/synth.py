@@ -167,17 +167,22 @@ def read_chunks(
     if not files:
         raise ClaraError(f"no documents found in {', '.join(map(str, paths))}")
     out = []
+    skipped = len(unreadable)
     for f in files:
         try:
             doc = read_document(f)
-        except DocumentError as exc:
-            print(f"clara-train synth: skipping {f}: {exc}", file=sys.stderr)
+        except DocumentError as exc:  # (its message names the file: it was named twice)
+            print(f"clara-train synth: skipping {exc}", file=sys.stderr)
+            skipped += 1
             continue
         for c in chunk_document(doc, tokenizer, max_tokens=max_tokens, overlap=overlap):
             if c.text.strip():
                 out.append(Chunked(c.text.strip(), str(f)))
     if not out:
         raise ClaraError("the documents hold no text to train on")
+    if skipped:
+        print(f"clara-train synth: {skipped} of {len(files) + len(unreadable)} files skipped "
+              "(above); the others are read", file=sys.stderr)  # fmt: skip
     return out
 
 
@@ -323,6 +328,14 @@ def add_synth_parser(sub) -> None:
     p.set_defaults(func=cmd_synth)
 
 
+def _existing(path: Path) -> Path:
+    """`path`, or its nearest folder above that exists (where it would be made)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from clara.loader import load_base
     from clara_cli.common import progress
@@ -338,6 +351,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.cloze and (args.teacher_url or args.no_qa):
         raise ClaraError("--cloze writes its own questions: drop --teacher-url / --no-qa")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # (found once every document was read, and a
+        raise ClaraError(f"--out {out} is a file: give a folder for the run")  # teacher's
+    # questions written: "File exists")
+    if not os.access(_existing(out), os.W_OK):
+        raise ClaraError(f"--out {out}: this user may not write in {_existing(out)}")
     earlier = [f.name for f in (out / "stage1.jsonl", out / "stage2.jsonl") if f.exists()]
     if earlier and not args.force:  # a teacher's questions can take hours to write again
         raise ClaraError(
