@@ -87,8 +87,8 @@ def check_context(
 ) -> None:
     if prompt.positions >= limit:
         raise ContextLengthError(
-            f"prompt needs {prompt.positions} positions but the model's context is {limit}; "
-            + advice
+            f"prompt needs {prompt.positions} positions but the context is {limit} (the "
+            "model's, or the server's --max-context); " + advice
         )
 
 

@@ -269,6 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def responses_db(args: argparse.Namespace) -> Path | None:
+    """--responses-db, checked: not a folder (the server started, and every response was a
+    500 "unable to open database file")."""
+    if not args.responses_db:
+        return None
+    path = Path(args.responses_db).expanduser()
+    if path.is_dir():
+        raise ClaraError(
+            f"--responses-db {args.responses_db} is a folder: name the SQLite file to keep "
+            f"stored responses in (e.g. {path / 'responses.sqlite'}; it is made if missing)"
+        )
+    return path
+
+
 def files_url(args: argparse.Namespace) -> str | None:
     """--files-url, checked: an http(s) address, given with --no-files-api only."""
     url = args.files_url
@@ -327,7 +341,7 @@ def serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         **access_options(args),
         keepalive_s=args.sse_keepalive,
-        responses_db=Path(args.responses_db).expanduser() if args.responses_db else None,
+        responses_db=responses_db(args),
         files_api=args.files_api,
         accept_any_model=args.accept_any_model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),

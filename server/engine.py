@@ -34,9 +34,9 @@ import numpy as np
 from clara import lanes
 from clara.decode import PREFILL_STEP, Decoder, PrefixCache, SequencesFailed
 from clara.decode import Sequence as Seq
-from clara.errors import ContextLengthError
+from clara.errors import ClaraError, ContextLengthError
 from clara.model import ClaraModel
-from clara.prompt import Prompt
+from clara.prompt import Prompt, memory_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
@@ -262,6 +262,15 @@ class Engine:
         s = self.settings
         self._cm = cm
         limit = context_limit(cm, s.max_context)
+        if s.max_context is not None:  # (it started, and every chat was a 400 blaming the
+            least = memory_prompt(cm, "?", [mx.zeros((cm.n_mem, cm.hidden_size))]).positions
+            if limit <= least:  # question: an error audit)
+                raise ClaraError(
+                    f"--max-context {limit} leaves no room for an answer: the shortest "
+                    f"question with one retrieved chunk takes {least} positions (give at "
+                    "least a few hundred, or leave --max-context out for the model's "
+                    f"{context_limit(cm)})"
+                )
         self.info = ModelInfo(
             model_id=cm.info.model_id,
             fingerprint=cm.fingerprint,

@@ -218,7 +218,7 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
         try:
             client.responses.create(**strict)
         except openai.BadRequestError as e:
-            found = re.search(r"needs (\d+) positions but the model's context is (\d+)", e.message)
+            found = re.search(r"needs (\d+) positions but the context is (\d+)", e.message)
             assert found, e.message  # (not the character count's early refusal)
             return int(found[1])
         return 0

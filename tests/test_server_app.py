@@ -397,7 +397,7 @@ def test_the_json_value_cap_takes_what_the_routes_take_and_stops_early(monkeypat
     assert len(built) == http.MAX_JSON_VALUES + 1  # (not the 3 million it holds)
 
 
-def test_files_url_is_checked_before_the_model_loads(tiny_llama_dir, capsys) -> None:
+def test_files_url_and_responses_db_are_checked_before_the_model_loads(tiny_llama_dir, capsys):
     """--files-url names the Files API of a clara-index serve beside a server that does not
     serve it: with the Files API on, or not an http(s) address, it is refused at startup."""
     from server.cli import main
@@ -407,3 +407,15 @@ def test_files_url_is_checked_before_the_model_loads(tiny_llama_dir, capsys) -> 
     bad = ["--model", str(tiny_llama_dir), "--no-files-api", "--files-url", "localhost:8001"]
     assert main(bad) == 1
     assert "http or https" in capsys.readouterr().err
+    # a folder as --responses-db: every response was a 500 (an error audit)
+    assert main(["--model", str(tiny_llama_dir), "--responses-db", str(tiny_llama_dir)]) == 1
+    assert "is a folder: name the SQLite file" in capsys.readouterr().err
+
+
+def test_a_max_context_too_small_for_any_question_stops_the_server(tiny_llama_dir, capsys) -> None:
+    """An error audit: `--max-context 10` started, and every chat was a 400 saying the
+    question was too long for "the model's context"."""
+    from server.cli import main
+
+    assert main(["--model", str(tiny_llama_dir), "--max-context", "10", "--port", "0"]) == 1
+    assert "--max-context 10 leaves no room for an answer" in capsys.readouterr().err
