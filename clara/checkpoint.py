@@ -231,11 +231,17 @@ def load_checkpoint(cm: ClaraModel, path: str | os.PathLike) -> ClaraModel:
     path = Path(path)
     config = read_checkpoint_config(path)
     if config["base_fingerprint"] != cm.info.fingerprint:
+        fix = f"load it with --model {config['base_model']} or train a checkpoint for this model"
+        if config["base_model"] == cm.info.model_id:  # (it said: load it with the model loaded)
+            fix = (
+                "the model of that name here has other weights (another conversion or "
+                "download of it): give --model the folder it was trained on, or its base/ "
+                "if the checkpoint has one, or train a checkpoint for these weights"
+            )
         raise CheckpointError(
             f"checkpoint {path} was trained on base model {config['base_model']!r} "
             f"(fingerprint {config['base_fingerprint']}), but the loaded base model is "
-            f"{cm.info.model_id!r} (fingerprint {cm.info.fingerprint}); load it with "
-            f"--model {config['base_model']} or train a checkpoint for this model"
+            f"{cm.info.model_id!r} (fingerprint {cm.info.fingerprint}); {fix}"
         )
     weights = read_weights(path / WEIGHTS_FILE, _COPY_AGAIN)
     expected = _clara_weights(cm)

@@ -278,9 +278,18 @@ def test_checkpoint_round_trip(cm, tiny_llama_dir, tmp_path):
     np.testing.assert_array_equal(
         np.array(loaded.encode_queries([q])), np.array(cm.encode_queries([q]))
     )
-    # cut short (an interrupted copy): one line saying so and what to do, not MLX's traceback
-    from clara.checkpoint import WEIGHTS_FILE
+    # the same model name with other weights: it said to load the model already loaded
+    import json
+
+    from clara.checkpoint import CONFIG_FILE, WEIGHTS_FILE
     from clara.errors import CheckpointError
+
+    config = json.loads((path / CONFIG_FILE).read_text())
+    (path / CONFIG_FILE).write_text(json.dumps({**config, "base_fingerprint": "0" * 16}))
+    with pytest.raises(CheckpointError, match="the model of that name here has other weights"):
+        load_clara(tiny_llama_dir, path, dtype=None)
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    # cut short (an interrupted copy): one line saying so and what to do, not MLX's traceback
 
     weights = path / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:1000])

@@ -490,3 +490,12 @@ def test_synth_refuses_a_file_as_out_before_reading(tmp_path, tiny_llama_dir, ca
     assert main([*argv, "--out", str(tmp_path / "data")]) == 0
     err = capsys.readouterr().err
     assert err.count(str(folder / "empty.md")) == 1 and "1 of 2 files skipped" in err
+
+
+def test_init_from_and_checkpoint_naming_two_folders_is_refused(tmp_path, capsys) -> None:
+    """An error audit: `--init-from A --checkpoint B` trained from B, without a word."""
+    argv = ["instruct", "--data", "d.jsonl", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--init-from", "runs/a/final", "--checkpoint", "runs/b/final"])
+    assert info.value.code == 2
+    assert "name the same option: give one" in capsys.readouterr().err

@@ -91,7 +91,7 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     )
     p.add_argument(
         "--init-from",
-        dest="checkpoint",
+        dest="init_from",
         metavar="DIR",
         help="start from this checkpoint (the previous stage's final/); same as --checkpoint. "
         "Not one imported with clara-models import-clara (it reads its reference's prompts)",
@@ -486,8 +486,17 @@ def _without_ranks(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = argv
+    init_from = getattr(args, "init_from", None)  # (one name of --checkpoint: given both,
+    if init_from is not None:  # the last was taken, without a word)
+        if args.checkpoint not in (None, init_from):
+            parser.error(
+                f"--init-from {init_from} and --checkpoint {args.checkpoint} name the same "
+                "option: give one"
+            )
+        args.checkpoint = init_from
     return run_main(PROG, lambda: args.func(args))
 
 
