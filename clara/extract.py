@@ -41,8 +41,14 @@ def extract_text_model(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the text model of multimodal checkpoint `src` to `out` (which must not exist)."""
     src, out = Path(src).expanduser(), Path(out).expanduser()
     cfg_file = src / "config.json"
+    if not src.is_dir():  # (it said "has no config.json")
+        what = "is a file" if src.exists() else "not found"
+        raise ModelNotFoundError(
+            f"{src} {what}: give the folder of the multimodal checkpoint (its config.json and "
+            "weights)"
+        )
     if not cfg_file.exists():
-        raise ModelNotFoundError(f"{src} has no config.json")
+        raise ModelNotFoundError(f"{src} has no config.json: not a model folder")
     config = json.loads(cfg_file.read_text())
     text = config.get("text_config")
     if not isinstance(text, dict) or "model_type" not in text:

@@ -63,6 +63,12 @@ def check_model_name(name_or_path: str | os.PathLike) -> Path | None:
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{path} has no config.json: not an mlx-lm model directory")
         return path.resolve()
+    if path.is_file():  # (it said "not found")
+        hint = ": give the GGUF to `clara-models convert` first" if path.suffix == ".gguf" else ""
+        raise ModelNotFoundError(
+            f"model {name!r} is a file: give the model's folder (config.json and its weights)"
+            + hint
+        )
     local_looking = name.startswith((".", "/", "~")) or Path(path.parts[0]).is_dir()
     if path.exists() or local_looking or name.count("/") != 1:
         raise ModelNotFoundError(

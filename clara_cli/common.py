@@ -108,7 +108,7 @@ def non_negative_float(value: str) -> float:
     """argparse type: a finite number, 0 or more."""
     x = _number(value)
     if not 0 <= x < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
+        raise argparse.ArgumentTypeError(f"{value}: must be a finite number, 0 or more")
     return x
 
 
@@ -159,6 +159,22 @@ class Terminated(KeyboardInterrupt):
 
 def _terminated(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> argparse.Namespace:
+    """`parser.parse_args(argv)` for a CLI of subcommands, an argument the subcommand does
+    not take reported with that subcommand's usage (argparse gives the top level's, which
+    lists no options: `clara-index add --colection x` showed `clara-index COMMAND ...`)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = next(
+            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
+        )
+        chosen = commands.get(getattr(args, "command", None), parser)
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def run_main(prog: str, fn: Callable[[], int | None]) -> int:

@@ -700,6 +700,13 @@ def _parse(body: bytes) -> tuple[Any, str | None]:
             raise _TooManyValues
     except _TooManyValues:
         raise _too_many_values() from None
+    except UnicodeDecodeError as exc:  # (it was "There was an error parsing the body")
+        raise StarletteHTTPException(
+            400,
+            f"the request body is not UTF-8 (byte {exc.start}: {body[exc.start : exc.start + 1]!r}"
+            "): send JSON encoded as UTF-8 (a client's file read as Latin-1 or Windows-1252 "
+            "sends such bytes)",
+        ) from None
     return data, None if valid else lone_surrogate(data)
 
 

@@ -14,7 +14,7 @@ from clara import paths
 from clara.errors import CheckpointError
 from clara.gguf import DEFAULT_MODEL_DIR, convert_gguf, default_model_dir, prepare_default_model
 from clara.text import scaled
-from clara_cli.common import add_version_arg, run_main
+from clara_cli.common import add_version_arg, parse_command_line, run_main
 
 PROG = "clara-models"
 NOT_PREPARED = "not prepared — run clara-models prepare"
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     return run_main(PROG, lambda: args.func(args))
 
 

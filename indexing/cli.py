@@ -19,6 +19,7 @@ from clara_cli.common import (
     exit_now,
     non_negative_float,
     non_negative_int,
+    parse_command_line,
     path_arg,
     positive_float,
     positive_int,
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     if args.func is not serve_command:  # a collection's notes are printed once, "clara-index:
         # ..." (commands._open), not also by Python's last-resort handler for the log record
         quiet = logging.getLogger("clara.index")

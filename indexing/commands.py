@@ -185,6 +185,8 @@ def skipped_summary(skipped: list[Path], most: int = 6) -> str:
 
 def cmd_add(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    if args.chunk_tokens is not None:  # what is known without the model, before it loads
+        chunk_limits_for(args.chunk_tokens, args.chunk_tokens, args.overlap)
     paths, results = _expand(args.paths, args.exclude)
     for r in results:
         print(f"{PROG}: {_error_line(r.error)}", file=sys.stderr)

@@ -118,13 +118,26 @@ def test_an_empty_path_is_refused_not_read_as_here(capsys, tmp_path: Path, monke
         (["remove", "doc-1", " "], "argument DOC_ID_OR_PATH: an empty path"),
         (["search", "x", "-k", "99999999999"], "must be from 1 to 10000"),
         (["search", "x", "--fusion-k", "0"], "--fusion-k: 0: must be a number above 0"),
-        (["search", "x", "--dense-weight", "nan"], "--dense-weight: nan: must be 0 or more"),
+        (
+            ["search", "x", "--dense-weight", "nan"],
+            "--dense-weight: nan: must be a finite number, 0 or more",
+        ),
         (["add", ".", "--overlap", "-1"], "--overlap: must be 0 or more, got -1"),
+        # a subcommand's unknown option with that subcommand's usage (it was the top level's)
+        (["add", "--colection", "x", "."], "clara-index add: error: unrecognized arguments"),
     ):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         err = capsys.readouterr().err
         assert info.value.code == 2 and said in err, (argv, err)
+    # an overlap past the chunk size is refused before the model loads (an error audit: after)
+    (tmp_path / "a.txt").write_text("A file to index.")
+    rc, _, err = run(capsys, "add", "a.txt", "--chunk-tokens", "10", "--overlap", "20",
+                     "--model", str(tmp_path / "no-model"))  # fmt: skip
+    assert rc == 1 and "overlap 20 must be between 0 and the chunk size - 1 (9)" in err
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")  # a file as --model: not "not found"
+    rc, _, err = run(capsys, "search", "x", "--model", "model.gguf")
+    assert rc == 1 and "is a file: give the model's folder" in err and "clara-models convert" in err
     (tmp_path / "notes.txt").write_text("Notes.")  # a file as --index: said so, not "index
     for command in (["list"], ["collections"], ["add", "notes.txt"]):  # some documents first"
         rc, _, err = run(capsys, *command, "--index", "notes.txt")

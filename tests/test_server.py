@@ -761,6 +761,11 @@ def test_text_that_is_not_unicode_is_a_400(client: openai.OpenAI, server: Server
     big = f'{{"messages": [{{"role": "user", "content": "{long}\\ud800"}}]}}'
     assert len(big) > 1 << 20
     assert_error(post(server, "/v1/chat/completions", big), 400, "messages[0].content")
+    # bytes that are not UTF-8 (a Latin-1 file sent as it is): said so, and which (it was
+    # "There was an error parsing the body")
+    latin = '{"messages": [{"role": "user", "content": "caf\xe9"}]}'.encode("latin-1")
+    r = post(server, "/v1/chat/completions", latin)
+    assert r.status_code == 400 and "not UTF-8 (byte 46: b'\\xe9')" in r.json()["error"]["message"]
 
 
 def test_a_body_of_a_million_numbers_is_refused_before_validation(server: ServerProcess) -> None:

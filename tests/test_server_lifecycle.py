@@ -296,8 +296,11 @@ def test_cli_help_and_bad_flags() -> None:
     for argv, said in (
         (["--queue-size", "0"], "argument --queue-size: must be at least 1, got 0"),
         (["--port", "70000"], "argument --port: must be a port from 0 to 65535, got 70000"),
-        (["--temperature", "-1"], "argument --temperature: -1: must be 0 or more"),
-        (["--temperature", "nan"], "argument --temperature: nan: must be 0 or more"),
+        (["--temperature", "-1"], "argument --temperature: -1: must be a finite number, 0 or more"),
+        (
+            ["--temperature", "nan"],
+            "argument --temperature: nan: must be a finite number, 0 or more",
+        ),
         (["--top-k", "-1"], "argument --top-k: must be 0 or more, got -1"),
         (["--max-context", "1"], "argument --max-context: must be at least 2, got 1"),
         (["--collection", "a/b"], "a folder of collections goes to --index"),

@@ -27,6 +27,7 @@ from clara_cli.common import (
     model_dtype,
     non_negative_float,
     non_negative_int,
+    parse_command_line,
     positive_float,
     positive_int,
     ratio,
@@ -487,7 +488,7 @@ def _without_ranks(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     args.argv = argv
     init_from = getattr(args, "init_from", None)  # (one name of --checkpoint: given both,
     if init_from is not None:  # the last was taken, without a word)
