@@ -179,6 +179,9 @@ CLIENT_GONE_MESSAGE = "the client closed the request"
 #: the id of the request being answered (`MeteredGate` sets it; X-Request-ID): work queued for
 #: the model thread keeps the one it was queued under, so its failure is logged with it
 REQUEST_ID: ContextVar[str | None] = ContextVar("clara_request_id", default=None)
+#: The name of the API key a request came with (`AccessGate`: --api-key-file names each; one
+#: --api-key is "api-key"), for the logs of what it changed; None without keys.
+CALLER: ContextVar[str | None] = ContextVar("clara_caller", default=None)
 
 #: Retry-After of a `shutting_down` 503: about what a restart takes to load the model again.
 RESTART_RETRY_S = 10
@@ -922,7 +925,7 @@ class AccessGate:
     def __init__(
         self,
         app: ASGIApp,
-        api_key: str | None,
+        api_key: str | dict[str, str] | None,
         service: str = "the server",
         open_paths: tuple[str, ...] = ("/health",),
         local_only: bool = False,
@@ -930,7 +933,10 @@ class AccessGate:
         allow_origins: tuple[str, ...] = (),
     ) -> None:
         self.app = app
-        self.api_key = api_key.encode() if api_key else None
+        # name -> key (--api-key-file: one per person or app); one key alone is "api-key"
+        keys = {"api-key": api_key} if isinstance(api_key, str) else dict(api_key or {})
+        self.keys = [(name, key.encode()) for name, key in keys.items() if key]
+        self.api_key = self.keys[0][1] if self.keys else None
         self.service = service
         self.open_paths = open_paths
         self.local_only = local_only
@@ -987,8 +993,11 @@ class AccessGate:
         offered = [token] if scheme.lower() == "bearer" else []
         # Azure OpenAI's header and Anthropic-style clients' (Continue sends both with Bearer)
         offered += [headers[name] for name in ("api-key", "x-api-key") if name in headers]
-        if any(hmac.compare_digest(k.strip().encode("latin-1"), self.api_key) for k in offered):
-            return None
+        for sent in (k.strip().encode("latin-1") for k in offered):
+            for name, key in self.keys:
+                if hmac.compare_digest(sent, key):
+                    CALLER.set(name)  # the route's logs name who did it (a deletion)
+                    return None
         return APIError(
             401,
             "Incorrect or missing API key: send 'Authorization: Bearer <key>' (or an 'api-key' "

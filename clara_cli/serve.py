@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError
@@ -35,6 +36,15 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         metavar="KEY",
         help="require 'Authorization: Bearer <key>' on every endpoint but /health "
         "(default: $CLARA_API_KEY; unset: no key)",
+    )
+    net.add_argument(
+        "--api-key-file",
+        default=os.environ.get("CLARA_API_KEY_FILE"),
+        metavar="FILE",
+        help="keys, one per line as 'NAME KEY' (a person's or an app's name; lines starting "
+        "with '#' are comments), any of which is accepted: a colleague's key is revoked by deleting its "
+        "line and restarting, and what a request deletes is logged with its key's name "
+        "(default: $CLARA_API_KEY_FILE; with --api-key, both are accepted)",
     )
     net.add_argument(
         "--allow-host",
@@ -95,20 +105,56 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
             "the API key is empty (--api-key or CLARA_API_KEY): give a key, or unset "
             "CLARA_API_KEY to serve without one"
         )
-    if key is not None and not key.isascii():
-        raise ClaraError(
-            "the API key has characters other than ASCII letters, digits and punctuation "
-            "(--api-key or CLARA_API_KEY): clients cannot send those in a header; choose "
-            "another key, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'"
-        )
+    keys = {"api-key": key} if key is not None else {}
+    if getattr(args, "api_key_file", None):
+        keys = read_api_keys(args.api_key_file, keys)
+    for name, value in keys.items():
+        if not value.isascii() or any(c.isspace() for c in value):
+            raise ClaraError(
+                f"the API key {name!r} has spaces or characters other than ASCII letters, "
+                "digits and punctuation: clients cannot send those in a header; choose another "
+                "key, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
     origins = tuple(getattr(args, "allow_origin", None) or ())
-    origin_rules(origins, keyed=key is not None)
+    origin_rules(origins, keyed=bool(keys))
     return {
-        "api_key": key,
+        "api_key": keys or None,
         "local_only": is_loopback(args.host),
         "allow_hosts": tuple(args.allow_host),
         "allow_origins": origins,
     }
+
+
+def read_api_keys(path: str, keys: dict[str, str]) -> dict[str, str]:
+    """`keys` and those of --api-key-file: 'NAME KEY' lines (and blank lines, and comment
+    lines starting with '#')."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ClaraError(f"--api-key-file {path}: {why}") from None
+    out = dict(keys)
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ClaraError(
+                f"--api-key-file {path}, line {number}: write 'NAME KEY' (a name without "
+                "spaces, then the key)"
+            )
+        name, key = parts
+        if name in out or key in out.values():
+            again = "name" if name in out else "key"
+            raise ClaraError(
+                f"--api-key-file {path}, line {number}: the {again} is there twice; each key "
+                "needs a name of its own"
+            )
+        out[name] = key
+    if not out:
+        raise ClaraError(f"--api-key-file {path} holds no key: add a 'NAME KEY' line")
+    return out
 
 
 def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -156,7 +202,7 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     )  # fmt: skip
     from clara_cli.http import is_loopback
 
-    if not is_loopback(args.host) and not args.api_key:
+    if not is_loopback(args.host) and not args.api_key and not getattr(args, "api_key_file", None):
         can = "read and change" if getattr(args, "files_api", True) else "read"
         logging.getLogger("clara").warning(
             "listening on %s without an API key: anyone who can reach this port can %s your "

@@ -214,7 +214,7 @@ def test_an_unexpected_500_still_carries_the_cors_headers() -> None:
 
 
 def test_both_servers_refuse_star_without_a_key_at_startup(
-    tiny_llama_dir: Path, capsys, monkeypatch
+    tiny_llama_dir: Path, capsys, monkeypatch, tmp_path: Path
 ) -> None:
     from clara_cli.serve import access_options
     from indexing.cli import main as index_main
@@ -236,10 +236,26 @@ def test_both_servers_refuse_star_without_a_key_at_startup(
     # a key read from a file keeps its newline: taken without it (every request was a 401,
     # as clients send none); one clients cannot send in a header is refused at startup
     monkeypatch.setenv("CLARA_API_KEY", "team-key-1\n")
-    assert access_options(build_parser().parse_args([]))["api_key"] == "team-key-1"
+    assert access_options(build_parser().parse_args([]))["api_key"] == {"api-key": "team-key-1"}
     monkeypatch.setenv("CLARA_API_KEY", "clé")
     assert serve_main(["--model", str(tiny_llama_dir)]) == 1
     assert "other than ASCII" in capsys.readouterr().err
+    # --api-key-file: named keys, each line checked, added to --api-key's
+    monkeypatch.delenv("CLARA_API_KEY")
+    keys = tmp_path / "keys"
+    for text, said in (
+        ("alice\n", "line 1: write 'NAME KEY'"),
+        ("alice k1\nalice k2\n", "line 2: the name is there twice"),
+        ("alice k1\nbob k1\n", "line 2: the key is there twice"),
+        ("# nobody yet\n", "holds no key"),
+        ("alice clé\n", "the API key 'alice' has spaces or characters other than ASCII"),
+    ):
+        keys.write_text(text)
+        assert serve_main(["--model", str(tiny_llama_dir), "--api-key-file", str(keys)]) == 1
+        assert said in capsys.readouterr().err, text
+    keys.write_text("# team\nalice k#1\n\nbob k2\n")
+    args = build_parser().parse_args(["--api-key", "k0", "--api-key-file", str(keys)])
+    assert access_options(args)["api_key"] == {"api-key": "k0", "alice": "k#1", "bob": "k2"}
 
 
 def test_the_indexing_service_answers_allowed_origins(tmp_path: Path) -> None:

@@ -442,6 +442,38 @@ def test_a_store_restored_from_a_backup_lets_go_of_a_deleted_file(tiny_llama_dir
         proc.stop()
 
 
+def test_a_key_file_lets_each_colleague_in_and_names_who_deleted(tiny_llama_dir, tmp_path) -> None:
+    """A team deployment audit: one shared key, so revoking a colleague meant a new key for
+    everyone, and a deletion's log said only the client's address. --api-key-file takes a
+    key per person; the log names the key a deletion came with."""
+    keys = tmp_path / "keys"
+    keys.write_text("# the team\nalice  sk-alice-1\n\nbob sk-bob-2\n")
+    log = tmp_path / "service.log"
+    with ServiceProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"), "--api-key-file",
+        str(keys), log=log, env={"CLARA_HOME": str(tmp_path / "home")},
+    ) as proc:  # fmt: skip
+        proc.wait_ready()
+
+        def as_(key: str) -> openai.OpenAI:
+            return openai.OpenAI(base_url=f"{proc.url}/v1", api_key=key, max_retries=0)
+
+        alice, bob = as_("sk-alice-1"), as_("sk-bob-2")
+        alice.vector_stores.create(name="notes")
+        water = upload(alice, "water.txt", WATER)
+        assert attach(alice, "notes", water.id).status == "completed"
+        with pytest.raises(openai.AuthenticationError):
+            as_("sk-carol-3").vector_stores.list()
+        bob.vector_stores.files.delete(file_id=water.id, vector_store_id="notes")
+        bob.files.delete(water.id)
+        alice.vector_stores.delete("notes")
+    text = log.read_text()
+    assert f"file {water.id} removed from notes (key bob)" in text
+    assert f"file {water.id} (water.txt) deleted (key bob)" in text
+    assert "vector store notes deleted, with its documents (key alice)" in text
+    assert "sk-" not in text  # (no key in the log)
+
+
 def test_failed_files_show_status_and_reason(
     client: openai.OpenAI, service: ServiceProcess, tmp_path: Path, root: Path, capsys
 ) -> None:
