@@ -627,6 +627,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     from clara.retrieval import Fusion
 
     fusion = Fusion(args.fusion_k, {"dense": args.dense_weight, "lexical": args.lexical_weight})
+    default = Fusion()
+    unused = [flag for flag, given in (
+        ("--fusion-k", args.fusion_k != default.k),
+        ("--dense-weight", args.dense_weight != default.weights["dense"]),
+        ("--lexical-weight", args.lexical_weight != default.weights["lexical"]),
+    ) if given]  # fmt: skip
+    if unused and args.mode != "hybrid":  # (an error audit: taken without a word, as
+        print(  # rebuild's options once were)
+            f"{PROG}: note: {', '.join(unused)} only matter{'s' * (len(unused) == 1)} with "
+            f"--mode hybrid; a {args.mode} search ranks by one list",
+            file=sys.stderr,
+        )
     cm = _load_model(args, compressing=False)
     manifest = model_manifest(cm, args.checkpoint)
     with _open(args.index, args.collection, manifest, readonly=True) as col:

@@ -374,8 +374,11 @@ def test_search_finds_a_chunk_by_its_own_text(
     every = [c for texts in docs_of(index).values() for c in texts]
     own = [n for n in re.findall(r"\d+\.\d+\.\d+", target) if sum(n in c for c in every) == 1]
     words = own[0]  # a sentence number only this chunk holds: the lexical side finds it
-    rc, out, _ = run(capsys, "search", words, "-k", "1", *model, "--json", "--mode", "lexical")
-    assert json.loads(out)["results"][0]["text"] == target
+    rc, out, err = run(capsys, "search", words, "-k", "1", *model, "--json", "--mode", "lexical")
+    assert json.loads(out)["results"][0]["text"] == target and "note" not in err
+    # fusion options with another mode: said to be unused (they were taken without a word)
+    rc, out, err = run(capsys, "search", words, *model, "--mode", "lexical", "--fusion-k", "10")
+    assert rc == 0 and "note: --fusion-k only matters with --mode hybrid" in err
 
 
 def test_other_checkpoint_is_refused_and_recompress_switches(
