@@ -201,6 +201,15 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def _pattern(value: str) -> str:
+    """argparse type: an --exclude pattern, not empty (an unset variable left nothing out)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty pattern (an unset variable?): name what to leave out"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -231,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude",
         action="append",
         default=[],
+        type=_pattern,
         metavar="PATTERN",
         help="leave out files and folders inside the folders and globs named: a pattern "
         "without '/' matches names ('*.draft.md', 'node_modules'), one with '/' paths under "

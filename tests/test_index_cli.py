@@ -125,6 +125,7 @@ def test_an_empty_path_is_refused_not_read_as_here(capsys, tmp_path: Path, monke
         (["add", ".", "--overlap", "-1"], "--overlap: must be 0 or more, got -1"),
         # a subcommand's unknown option with that subcommand's usage (it was the top level's)
         (["add", "--colection", "x", "."], "clara-index add: error: unrecognized arguments"),
+        (["add", ".", "--exclude", ""], "--exclude: an empty pattern"),
     ):
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
