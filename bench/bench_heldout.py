@@ -129,9 +129,9 @@ def rankings_recall(cm, recs, docs, mem, gold) -> dict:
     return {n: recall_precision_at_k(r, gold, (1, 3, 5)) for n, r in zip(names, ranked)}
 
 
-def compressed(cm, docs: list[str], folder: Path | None, model: str):
+def compressed(cm, docs: list[str], folder: Path | None):
     """`cm.compress(docs)`, kept in `folder` under a digest of what compression reads: the
-    base model (`model` as given, and the first values of each of its weights), the
+    base model (its fingerprint, and the first values of each of its weights as loaded), the
     compression settings, the compressor (its LoRA weights, memory-token embeddings and
     center) and the documents.
     Checkpoints that share a compressor (e.g. after `clara-train joint --query-only`) reuse
@@ -145,7 +145,8 @@ def compressed(cm, docs: list[str], folder: Path | None, model: str):
     h = hashlib.sha1()
     c = cm.config
     h.update(
-        f"{model}|{c.compression_rate}|{c.doc_max_tokens}|{c.lora_rank}|{c.lora_alpha}".encode()
+        f"{cm.info.fingerprint}|{c.compression_rate}|{c.doc_max_tokens}|{c.lora_rank}|"
+        f"{c.lora_alpha}".encode()
     )
     for name, value in tree_flatten(cm.lm.parameters()):  # the base: a sample of each weight
         if "lora_" not in name:
@@ -201,9 +202,7 @@ def run(args) -> dict:
         out["rows"] = [{"setting": "oracle", **row.to_dict(with_predictions=True)}]
         out["seconds"] = round(time.perf_counter() - start, 1)
         return out
-    mem = compressed(
-        cm, docs, args.out, args.model
-    )  # (N, n_mem, d): the oracle reads the gold rows
+    mem = compressed(cm, docs, args.out)  # (N, n_mem, d): the oracle reads the gold rows
     if args.retrieval_only:
         out["retrieval"] = rankings_recall(cm, recs, docs, mem, gold)
         out["seconds"] = round(time.perf_counter() - start, 1)

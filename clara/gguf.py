@@ -301,7 +301,11 @@ def _write_model(gguf: Path, out: Path) -> None:
 
 
 def convert_gguf(
-    gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False
+    gguf_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    _ours: bool = False,
 ) -> Path:
     """Convert a llama GGUF into an mlx-lm directory at `out_dir` and return its path.
 
@@ -318,7 +322,8 @@ def convert_gguf(
             f"{out} already exists: remove it, or overwrite it (clara-models convert --force; "
             "from Python, overwrite=True)"
         )
-    if out.exists() and not _replaceable(out):  # (--force deleted any folder named: notes)
+    if out.exists() and not _ours and not _replaceable(out):  # (--force deleted any folder
+        # named: notes; `_ours`: the default model's folder under CLARA_HOME, clara's own)
         raise GGUFConversionError(
             f"{out} exists and is not a model clara converted; overwriting replaces only one "
             "(a folder with its clara-gguf.json) or an empty folder: choose a new folder"
@@ -395,5 +400,5 @@ def prepare_default_model(force: bool = False) -> Path:
         return out
     with _locked(out.parent / f".{out.name}.lock"):
         if force or not _is_current(out, gguf):  # another process may have just finished it
-            convert_gguf(gguf, out, overwrite=True)
+            convert_gguf(gguf, out, overwrite=True, _ours=True)
     return out

@@ -169,12 +169,17 @@ def parse_command_line(
     lists no options: `clara-index add --colection x` showed `clara-index COMMAND ...`)."""
     args, extra = parser.parse_known_args(argv)
     if extra:
-        commands = next(
-            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
-        )
-        chosen = commands.get(getattr(args, "command", None), parser)
-        chosen.error(f"unrecognized arguments: {' '.join(extra)}")
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The parser of the subcommand `args` were parsed for (`parser` itself if none): its
+    `error` shows that command's usage."""
+    commands = next(
+        (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
+    )
+    return commands.get(getattr(args, "command", None), parser)
 
 
 def run_main(prog: str, fn: Callable[[], int | None]) -> int:

@@ -1001,7 +1001,8 @@ class AccessGate:
         return APIError(
             401,
             "Incorrect or missing API key: send 'Authorization: Bearer <key>' (or an 'api-key' "
-            f"header) with the key {self.service} was started with (--api-key or CLARA_API_KEY)",
+            f"header) with a key {self.service} was started with (--api-key or CLARA_API_KEY, "
+            "--api-key-file)",
             type="invalid_request_error",
             code="invalid_api_key",
             # RFC 6750: a key that was sent and is wrong says so; none sent, the scheme alone

@@ -191,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("gguf", type=Path, metavar="GGUF", help="the .gguf file")
     p.add_argument("out", type=Path, metavar="OUT", help="output directory (must not exist)")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it is a model clara converted, or an empty folder",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -108,12 +109,12 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
     keys = {"api-key": key} if key is not None else {}
     if getattr(args, "api_key_file", None):
         keys = read_api_keys(args.api_key_file, keys)
-    for name, value in keys.items():
-        if not value.isascii() or any(c.isspace() for c in value):
+    for name, value in keys.items():  # (what a header cannot carry; a space can)
+        if any(ord(c) < 32 or ord(c) == 127 or ord(c) > 255 for c in value):
             raise ClaraError(
-                f"the API key {name!r} has spaces or characters other than ASCII letters, "
-                "digits and punctuation: clients cannot send those in a header; choose another "
-                "key, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'"
+                f"the API key {name!r} has control characters, or characters past Latin-1: "
+                "clients cannot send those in a header; choose another key, e.g. "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe())'"
             )
     origins = tuple(getattr(args, "allow_origin", None) or ())
     origin_rules(origins, keyed=bool(keys))
@@ -147,12 +148,14 @@ def read_api_keys(path: str, keys: dict[str, str]) -> dict[str, str]:
         name, key = parts
         if name in out or key in out.values():
             again = "name" if name in out else "key"
+            clash = name in keys if again == "name" else key in keys.values()
+            where = "is --api-key's too (or CLARA_API_KEY's)" if clash else "is there twice"
             raise ClaraError(
-                f"--api-key-file {path}, line {number}: the {again} is there twice; each key "
-                "needs a name of its own"
+                f"--api-key-file {path}, line {number}: the {again} {where}; each key needs a "
+                "name of its own"
             )
         out[name] = key
-    if not out:
+    if len(out) == len(keys):
         raise ClaraError(f"--api-key-file {path} holds no key: add a 'NAME KEY' line")
     return out
 
@@ -202,6 +205,15 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     )  # fmt: skip
     from clara_cli.http import is_loopback
 
+    if key_file := getattr(args, "api_key_file", None):  # (a key left in CLARA_API_KEY is
+        names = ", ".join(access_options(args)["api_key"] or {})  # one of them)
+        logging.getLogger("clara").info("API keys accepted: %s", names)
+        with contextlib.suppress(OSError):
+            if Path(key_file).expanduser().stat().st_mode & 0o077:
+                logging.getLogger("clara").warning(
+                    "--api-key-file %s may be read by other users of this machine: chmod 600 "
+                    "it", key_file,
+                )  # fmt: skip
     if not is_loopback(args.host) and not args.api_key and not getattr(args, "api_key_file", None):
         can = "read and change" if getattr(args, "files_api", True) else "read"
         logging.getLogger("clara").warning(

@@ -50,6 +50,8 @@ _DC = "{http://purl.org/dc/elements/1.1/}"
 _STRICT_W = b"http://purl.oclc.org/ooxml/wordprocessingml/main"  # Strict Open XML's
 _FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _TEXT_BOX = f"{_W}txbxContent"
+#: block-level elements that hold paragraphs and tables (what is moved away is `moveFrom`)
+_DOCX_WRAPPERS = {f"{_W}{t}" for t in ("sdt", "sdtContent", "customXml", "ins", "moveTo")}
 _DRAW = "{urn:oasis:names:tc:opendocument:xmlns:drawing:1.0}"
 _OPF = "{http://www.idpf.org/2007/opf}"
 _CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
@@ -204,8 +206,8 @@ def _docx_blocks(
                 _docx_blocks(box, heading_styles, blocks, headings)
         elif element.tag == f"{_W}tbl":
             blocks.append(_docx_table(element))
-        elif element.tag in (f"{_W}sdt", f"{_W}sdtContent"):  # a content control: its
-            _docx_blocks(element, heading_styles, blocks, headings)  # paragraphs, lists, tables
+        elif element.tag in _DOCX_WRAPPERS:  # a content control, custom XML, a tracked
+            _docx_blocks(element, heading_styles, blocks, headings)  # insertion: what it holds
 
 
 def _docx_heading_styles(archive: _Archive) -> set[str] | None:
@@ -306,8 +308,8 @@ def _docx_text_boxes(p: ET.Element) -> list[ET.Element]:
 
 def _docx_table(table: ET.Element) -> str:
     rows = []
-    for row in table.findall(f"{_W}tr"):  # (a nested table, or a text box, is read in its
-        cells = [  # cell, once: not a shape's Fallback copy of it)
+    for row in _docx_parts(table, f"{_W}tr"):  # (a nested table, or a text box, is read in
+        cells = [  # its cell, once: not a shape's Fallback copy of it)
             _line(
                 " ".join(
                     _docx_paragraph(p, set())[0]
@@ -315,11 +317,21 @@ def _docx_table(table: ET.Element) -> str:
                     if p.tag == f"{_W}p"
                 )
             )  # fmt: skip
-            for cell in row.findall(f"{_W}tc")
+            for cell in _docx_parts(row, f"{_W}tc")
         ]
         if any(cells):
             rows.append(" | ".join(cells))
     return "\n".join(rows)
+
+
+def _docx_parts(parent: ET.Element, tag: str) -> Iterator[ET.Element]:
+    """`parent`'s children of `tag` (a table's rows, a row's cells), those inside content
+    controls and custom XML too (a row in a content control was dropped)."""
+    for child in parent:
+        if child.tag == tag:
+            yield child
+        elif child.tag in _DOCX_WRAPPERS:
+            yield from _docx_parts(child, tag)
 
 
 def _core_title(archive: _Archive, name: str) -> str | None:
@@ -371,7 +383,7 @@ def _odt_blocks(parent: ET.Element, blocks: list[str], headings: list[str], list
             for row in element.iter(f"{_TABLE}table-row"):  # (rows, in their groups)
                 if id(row) in nested:
                     continue
-                cells = [_line(" ".join(_odt_inline(p) for p in cell.iter(f"{_TEXT}p")))
+                cells = [_line(" ".join(_odt_inline(p) for p in _odt_cell_paragraphs(cell)))
                          for cell in row.findall(f"{_TABLE}table-cell")]  # fmt: skip
                 if any(cells):
                     rows.append(" | ".join(cells))
@@ -388,6 +400,14 @@ def _nested_rows(table: ET.Element) -> set[int]:
         for inner in cell.iter(f"{_TABLE}table")
         for row in inner.iter(f"{_TABLE}table-row")
     }
+
+
+def _odt_cell_paragraphs(cell: ET.Element) -> Iterator[ET.Element]:
+    """A table cell's paragraphs and headings (a heading was dropped), not those of its
+    footnotes or comments (they were read)."""
+    for node in _walk_skipping(cell, lambda n: n.tag in (f"{_TEXT}note", f"{_OFFICE}annotation")):
+        if node.tag in (f"{_TEXT}p", f"{_TEXT}h"):
+            yield node
 
 
 def _odt_text_boxes(element: ET.Element) -> list[ET.Element]:

@@ -49,8 +49,8 @@ def test_kept_memories_are_not_read_back_for_another_base_model(tmp_path, tiny_l
 
     docs = ["The mill stands by the river.", "Paris is the capital of France."]
     first = ClaraModel(load_base(tiny_llama_dir, dtype=None), ClaraConfig(doc_max_tokens=64))
-    mem = bench_heldout.compressed(first, docs, tmp_path, "tiny")
-    again = bench_heldout.compressed(first, docs, tmp_path, "tiny")
+    mem = bench_heldout.compressed(first, docs, tmp_path)
+    again = bench_heldout.compressed(first, docs, tmp_path)
     assert len(list(tmp_path.glob("memory-*.npy"))) == 1 and np.array_equal(mem, again)
     base = load_base(tiny_llama_dir, dtype=None)  # another base model of the same shape
     mlp = base.model.model.layers[0].mlp.down_proj
@@ -58,7 +58,7 @@ def test_kept_memories_are_not_read_back_for_another_base_model(tmp_path, tiny_l
     other = ClaraModel(base, ClaraConfig(doc_max_tokens=64))
     other.mem_embeddings = first.mem_embeddings  # as a trained checkpoint's, loaded on both
     other.enc_embedding = first.enc_embedding
-    got = bench_heldout.compressed(other, docs, tmp_path, "tiny")
+    got = bench_heldout.compressed(other, docs, tmp_path)
     assert np.allclose(got, other.compress(docs), atol=1e-5)
     assert not np.allclose(got, mem, atol=1e-3)
     assert len(list(tmp_path.glob("memory-*.npy"))) == 2

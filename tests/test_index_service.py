@@ -30,6 +30,7 @@ from indexing import cli as index_cli
 from indexing.service.app import ServiceSettings
 from indexing.service.handler import IndexService
 from indexing.service.state import FileRecord, Link, Registry, StoreRecord
+from indexing.store import Collection
 from tests.test_readers import make_pdf, make_pdf_bomb
 from tests.test_server_harness import ROOT, ServerProcess, lock_held_elsewhere
 
@@ -432,6 +433,10 @@ def test_a_store_restored_from_a_backup_lets_go_of_a_deleted_file(tiny_llama_dir
     proc, client = start()
     try:
         assert [f.id for f in client.vector_stores.files.list("hr")] == [water.id]
+        with Collection.open(idx, "hr", readonly=True) as col:  # its document id, as listed
+            (doc,) = col.list_documents()  # before: still found
+        got = client.vector_stores.files.retrieve(file_id=doc.id, vector_store_id="hr")
+        assert got.id == water.id
         assert [f.file_id for f in client.vector_stores.search("hr", query=WATER).data] == [
             water.id
         ]
@@ -471,7 +476,7 @@ def test_a_key_file_lets_each_colleague_in_and_names_who_deleted(tiny_llama_dir,
     assert f"file {water.id} removed from notes (key bob)" in text
     assert f"file {water.id} (water.txt) deleted (key bob)" in text
     assert "vector store notes deleted, with its documents (key alice)" in text
-    assert "sk-" not in text  # (no key in the log)
+    assert "API keys accepted: alice, bob" in text and "sk-" not in text  # (no key in the log)
 
 
 def test_failed_files_show_status_and_reason(

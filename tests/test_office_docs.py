@@ -302,7 +302,10 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
            + para("Box two.") + "</w:txbxContent></v:textbox></v:shape></w:pict></w:r></w:p>")  # fmt: skip
     control = ("<w:sdt><w:sdtPr/><w:sdtContent>" + para("Gates", listed=True)
                + "<w:tbl><w:tr><w:tc>" + para("1887") + "</w:tc><w:tc>" + para("the town")
-               + "</w:tc></w:tr></w:tbl></w:sdtContent></w:sdt>")  # fmt: skip
+               + "</w:tc></w:tr><w:sdt><w:sdtContent><w:tr><w:tc>" + para("1921")
+               + "</w:tc></w:tr></w:sdtContent></w:sdt></w:tbl>"
+               + "<w:customXml>" + para("Custom.") + "</w:customXml>"
+               + "</w:sdtContent></w:sdt>")  # fmt: skip
     in_cell = ("<w:tbl><w:tr><w:tc><w:p><w:r><w:t>Cell</w:t></w:r><w:r><mc:AlternateContent "
                'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006">'
                "<mc:Choice><w:txbxContent>" + para("boxed") + "</w:txbxContent></mc:Choice>"
@@ -310,7 +313,8 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
                "</mc:AlternateContent></w:r></w:p></w:tc></w:tr></w:tbl>")  # fmt: skip
     doc = read("boxes.docx", docx(box + control + in_cell))
     assert doc.pages[0].text == (
-        "The wall stands.\n\nBox one.\n\nBox two.\n\n- Gates\n\n1887 | the town\n\nCell boxed"
+        "The wall stands.\n\nBox one.\n\nBox two.\n\n- Gates\n\n1887 | the town\n1921\n\n"
+        "Custom.\n\nCell boxed"
     )  # (a cell's text box once: it was there twice, its Fallback copy too)
     bare = zipped({"word/document.xml": f"<w:document {W}><w:body>"
                    + para("Findings", "Heading1") + para("All well.") + "</w:body></w:document>"})  # fmt: skip
@@ -318,6 +322,7 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
 
     ns = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
           'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" '
+          'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '
           'xmlns:draw="urn:oasis:names:tc:opendocument:xmlns:drawing:1.0"')  # fmt: skip
     content = (
         f"<office:document-content {ns}><office:body><office:text>"
@@ -326,7 +331,12 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
         '<text:p>The wall stands.<draw:frame text:anchor-type="as-char"><draw:text-box>'
         "<text:p>In a frame.</text:p></draw:text-box></draw:frame></text:p>"
         "<text:numbered-paragraph><text:p>Numbered alone.</text:p></text:numbered-paragraph>"
+        "<table:table><table:table-row><table:table-cell><text:h>Year</text:h><text:p>1887"
+        "<text:note><text:note-body><text:p>A FOOTNOTE</text:p></text:note-body></text:note>"
+        "</text:p></table:table-cell></table:table-row></table:table>"
         "</office:text></office:body></office:document-content>"
     )
     text = read("frames.odt", zipped({"content.xml": content})).pages[0].text
-    assert text == "On the page.\n\nThe wall stands.\n\nIn a frame.\n\n- Numbered alone."
+    assert text == (
+        "On the page.\n\nThe wall stands.\n\nIn a frame.\n\n- Numbered alone.\n\nYear 1887"
+    )  # (a cell's heading was dropped, its footnote read)

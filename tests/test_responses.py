@@ -355,7 +355,13 @@ def test_chained_with_previous_response_id(client: openai.OpenAI, knowledge_base
             model=MODEL, input=[*(o.model_dump() for o in first.output), {"role": "user", "content": "And Korea?"}],
             previous_response_id=first.id,
         )  # fmt: skip
-    assert "Duplicate item" in err.value.message and err.value.body["param"] == "input[0]"
+    assert "Duplicate item" in err.value.message and err.value.body["param"] == "input"
+    # an id twice in one input: the same 400 (stored, its listing's `after` cursor looped)
+    twice = [{"id": "msg_a", "role": "user", "content": "A"}, {"role": "user", "content": "B"},
+             {"id": "msg_a", "role": "user", "content": "C"}]  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=MODEL, input=twice, store=False)
+    assert "Duplicate item found with id msg_a (input[2])" in err.value.message
     client.responses.delete(second.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(second.id)

@@ -23,6 +23,7 @@ from clara_cli.common import (
     add_model_args,
     add_quiet_arg,
     add_version_arg,
+    command_parser,
     fraction,
     model_dtype,
     non_negative_float,
@@ -492,8 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     init_from = getattr(args, "init_from", None)  # (one name of --checkpoint: given both,
     if init_from is not None:  # the last was taken, without a word)
-        if args.checkpoint not in (None, init_from):
-            parser.error(
+        if (
+            args.checkpoint is not None
+            and Path(args.checkpoint).resolve() != Path(init_from).resolve()
+        ):
+            command_parser(parser, args).error(
                 f"--init-from {init_from} and --checkpoint {args.checkpoint} name the same "
                 "option: give one"
             )

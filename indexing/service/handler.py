@@ -228,15 +228,20 @@ class IndexService:
         detached from it (the registry lives beside the stores, in uploads/). Deleting the
         file said deleted, and its text was still found there."""
         out = []
+        path = str(self.uploads.path(rec))
         for store_id in self.store_ids():
             if store_id in besides:
                 continue
-            try:
-                with self.reading(store_id) as col:
-                    docs = col.list_documents()
+            try:  # (a look, as a listing's: the stores searches keep open stay open)
+                with self._readers.peek(store_id) as col:
+                    held = col is not None and (
+                        col.find_by_path(path) is not None  # (else: a moved CLARA_HOME's)
+                        or any(self.uploads.file_id_of(d.path) == rec.id
+                               for d in col.list_documents())
+                    )  # fmt: skip
             except (ClaraError, APIError, OSError):  # (damaged, or deleted meanwhile)
                 continue
-            if any(self.uploads.file_id_of(d.path) == rec.id for d in docs):
+            if held:
                 out.append(store_id)
         return out
 
@@ -764,6 +769,11 @@ class IndexService:
             for f in self.store_files(store_id, col):
                 if f.id == file_id:
                     return f
+            if link is None and (doc := col.document(file_id)) is not None:  # an upload's
+                # document without a link, by the document id it was listed under before
+                # (it is listed under its file id now)
+                return next(f for f in self.store_files(store_id, col)
+                            if f.id == self.uploads.file_id_of(doc.path))  # fmt: skip
         raise _not_found("file", file_id)
 
     async def detach(self, store_id: str, file_id: str) -> VectorStoreFileDeleted:

@@ -96,27 +96,43 @@ def _conversation_items(chain: Chain) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for n, (turn, response) in enumerate(chain.turns, 1):
         items += turn
-        if n < len(chain.turns):
-            items += response.get("output") or []
+        if n < len(chain.turns):  # (a search's results only where a listing asks for them,
+            items += [  # as OpenAI's `include`; this one takes none)
+                {k: v for k, v in item.items() if k != "results"}
+                for item in response.get("output") or []
+            ]
     return items
 
 
-def _check_not_resent(req: ResponseCreateRequest, chain: Chain, previous: str) -> None:
-    """OpenAI's 400 for an item sent again beside `previous_response_id`, which already
-    holds it (an app that re-sends the earlier output, as it would without the id, read
-    every earlier turn twice)."""
+def _check_ids(req: ResponseCreateRequest, chain: Chain | None, previous: str | None) -> None:
+    """OpenAI's 400 for an item id sent twice: twice in the input (its listing's `after`
+    cursor then went round in a loop), or again beside `previous_response_id`, which already
+    holds it (an app re-sending the earlier output, as it would without the id, read every
+    earlier turn twice)."""
     if isinstance(req.input, str):
         return
-    known = {item.get("id") for turn, response in chain.turns
-             for item in turn + (response.get("output") or [])}  # fmt: skip
+    known = set() if chain is None else {
+        item.get("id") for turn, response in chain.turns
+        for item in turn + (response.get("output") or [])
+    }  # fmt: skip
+    seen: set[str] = set()
     for i, item in enumerate(req.input):
-        if (sent := _sent_id(item)) is not None and sent in known:
+        sent = _sent_id(item)
+        if sent is None:
+            continue
+        if sent in known:
             raise APIError(
-                400, f"Duplicate item found with id {sent}: it is already in the conversation "
-                f"of previous_response_id '{previous}'. Send only the new turn's items with "
-                "previous_response_id, or the whole conversation without it",
-                param=f"input[{i}]",
+                400, f"Duplicate item found with id {sent} (input[{i}]): it is already in the "
+                f"conversation of previous_response_id '{previous}'. Send only the new turn's "
+                "items with previous_response_id, or the whole conversation without it",
+                param="input",
             )  # fmt: skip
+        if sent in seen:
+            raise APIError(
+                400, f"Duplicate item found with id {sent} (input[{i}]): each item of the input "
+                "needs an id of its own", param="input",
+            )  # fmt: skip
+        seen.add(sent)
 
 
 class ResponsesServing:
@@ -219,7 +235,7 @@ class ResponsesServing:
                     "it, or start a new conversation", param="previous_response_id",
                     code="previous_response_not_found",
                 )  # fmt: skip
-            _check_not_resent(req, chain, previous)
+            _check_ids(req, chain, previous)
             for items, response in chain.turns:
                 history += items
                 answer = Response.model_validate(response).output_text
@@ -326,6 +342,8 @@ class ResponsesServing:
         serving.engine.check_ready()
         serving.check_model(req.model)
         req.check_supported()
+        if req.previous_response_id is None:
+            _check_ids(req, None, None)
         turn = self._turn_items(req)
         messages, before = await asyncio.to_thread(self._messages, req, turn)  # reads the store
         bare = serving.is_bare(req.model)
