@@ -140,6 +140,8 @@ def test_prepare_is_cached_and_redone_when_stale(clara_home: Path) -> None:
     (path / gguf.MARKER).write_text(json.dumps(marker))
     assert gguf.prepare_default_model() == path
     assert gguf.converted_source(path) == gguf._source_info(gguf.default_gguf_path())
+    (path / gguf.MARKER).unlink()  # its marker lost: clara's own folder is still replaced
+    assert gguf.prepare_default_model() == path and (path / gguf.MARKER).is_file()
     assert not [
         p
         for p in path.parent.iterdir()
