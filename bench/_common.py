@@ -236,8 +236,12 @@ def append_report(title: str, body: str, notes: str = "") -> None:
         f"{body}\n" + (f"\n{notes}\n" if notes else "")
     )
     print(text)
-    with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:  # (a read-only checkout: the run's figures are printed above)
+        print(f"BENCHMARKS.md not appended to ({exc.strerror}): the table is above; "
+              "--no-append prints only", file=sys.stderr)  # fmt: skip
 
 
 @contextlib.contextmanager

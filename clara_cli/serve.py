@@ -110,7 +110,7 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "api_key_file", None):
         keys = read_api_keys(args.api_key_file, keys)
     for name, value in keys.items():  # (what a header cannot carry; a space can)
-        if any(ord(c) < 32 or ord(c) == 127 or ord(c) > 255 for c in value):
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in value):
             raise ClaraError(
                 f"the API key {name!r} has control characters, or characters past Latin-1: "
                 "clients cannot send those in a header; choose another key, e.g. "

@@ -34,7 +34,7 @@ import numpy as np
 from clara import lanes
 from clara.decode import PREFILL_STEP, Decoder, PrefixCache, SequencesFailed
 from clara.decode import Sequence as Seq
-from clara.errors import ClaraError, ContextLengthError
+from clara.errors import ContextLengthError
 from clara.model import ClaraModel
 from clara.prompt import Prompt, memory_prompt
 from clara.retrieval import flatten_normalize
@@ -262,15 +262,15 @@ class Engine:
         s = self.settings
         self._cm = cm
         limit = context_limit(cm, s.max_context)
-        if s.max_context is not None:  # (it started, and every chat was a 400 blaming the
+        if s.max_context is not None:  # (every chat was a 400 blaming the question: an error
             least = memory_prompt(cm, "?", [mx.zeros((cm.n_mem, cm.hidden_size))]).positions
-            if limit <= least:  # question: an error audit)
-                raise ClaraError(
-                    f"--max-context {limit} leaves no room for an answer: the shortest "
-                    f"question with one retrieved chunk takes {least} positions (give at "
-                    "least a few hundred, or leave --max-context out for the model's "
-                    f"{context_limit(cm)})"
-                )
+            if limit <= least:  # audit; completions and embeddings may still fit)
+                log.warning(
+                    "--max-context %d leaves no room for an answer to a chat: the shortest "
+                    "question with one retrieved chunk takes %d positions (give at least a few "
+                    "hundred, or leave --max-context out for the model's %d)",
+                    limit, least, context_limit(cm),
+                )  # fmt: skip
         self.info = ModelInfo(
             model_id=cm.info.model_id,
             fingerprint=cm.fingerprint,

@@ -237,7 +237,7 @@ def test_both_servers_refuse_star_without_a_key_at_startup(
     # as clients send none); one clients cannot send in a header is refused at startup
     monkeypatch.setenv("CLARA_API_KEY", "team-key-1\n")
     assert access_options(build_parser().parse_args([]))["api_key"] == {"api-key": "team-key-1"}
-    monkeypatch.setenv("CLARA_API_KEY", "new\tline")
+    monkeypatch.setenv("CLARA_API_KEY", "new\x01line")
     assert serve_main(["--model", str(tiny_llama_dir)]) == 1
     assert "has control characters" in capsys.readouterr().err
     monkeypatch.setenv("CLARA_API_KEY", "my key é")  # (a header carries these: they worked)

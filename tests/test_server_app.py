@@ -412,10 +412,17 @@ def test_files_url_and_responses_db_are_checked_before_the_model_loads(tiny_llam
     assert "is a folder: name the SQLite file" in capsys.readouterr().err
 
 
-def test_a_max_context_too_small_for_any_question_stops_the_server(tiny_llama_dir, capsys) -> None:
-    """An error audit: `--max-context 10` started, and every chat was a 400 saying the
-    question was too long for "the model's context"."""
-    from server.cli import main
+def test_a_max_context_too_small_for_any_question_is_named(tiny_llama_dir, tmp_path) -> None:
+    """An error audit: `--max-context 10` started without a word, and every chat was a 400
+    saying the question was too long for "the model's context". It still starts (legacy
+    completions may fit), saying so in its log, and the 400 names --max-context."""
+    from tests.test_server_harness import ServerProcess
 
-    assert main(["--model", str(tiny_llama_dir), "--max-context", "10", "--port", "0"]) == 1
-    assert "--max-context 10 leaves no room for an answer" in capsys.readouterr().err
+    log = tmp_path / "serve.log"
+    with ServerProcess("--model", str(tiny_llama_dir), "--max-context", "10", log=log,
+                       env={"CLARA_HOME": str(tmp_path / "home")}) as server:  # fmt: skip
+        server.wait_ready()
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
+        assert r.status_code == 400 and "--max-context" in r.json()["error"]["message"]
+    assert "--max-context 10 leaves no room for an answer to a chat" in log.read_text()
