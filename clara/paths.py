@@ -159,7 +159,7 @@ def temp_sibling(target: Path, suffix: str = ".tmp") -> Path:
     cannot leave half of it at `target`. Its name holds this process's id, and those that
     dead processes left beside `target` are removed first (a model's conversion killed
     three times left three copies of ~100 MB; a 7B import would leave gigabytes)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(target.parent)  # (the first folder under a new CLARA_HOME: its mode)
     sweep_temps(target, suffix)
     prefix = f".{target.name}.{os.getpid()}-"
     return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
