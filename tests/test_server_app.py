@@ -426,3 +426,25 @@ def test_a_max_context_too_small_for_any_question_is_named(tiny_llama_dir, tmp_p
         r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
         assert r.status_code == 400 and "--max-context" in r.json()["error"]["message"]
     assert "--max-context 10 leaves no room for an answer to a chat" in log.read_text()
+
+
+def test_the_web_chat_offers_and_shows_the_types_the_server_reads() -> None:
+    """The web chat's file picker (`accept`) and its list of files shown as text repeat the
+    readers' sets by hand: kept equal here (the picker left out .dotm, which uploads read)."""
+    import re
+    from pathlib import Path
+
+    from indexing.readers import (
+        HTML_EXTENSIONS,
+        MARKDOWN_EXTENSIONS,
+        SUPPORTED_EXTENSIONS,
+        TEXT_EXTENSIONS,
+    )
+
+    web = Path(__file__).resolve().parent.parent / "server" / "web"
+    accept = re.search(r'accept="([^"]*)"', (web / "index.html").read_text()).group(1)
+    assert {a for a in accept.split(",") if a.startswith(".")} == set(SUPPORTED_EXTENSIONS)
+    shown = re.search(r"/\\\.\(([a-z|]+)\)\$/i", (web / "app.js").read_text()).group(1)
+    assert {f".{e}" for e in shown.split("|")} == (
+        MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | TEXT_EXTENSIONS
+    )
