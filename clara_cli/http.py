@@ -183,6 +183,14 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("clara_request_id", default=None
 #: --api-key is "api-key"), for the logs of what it changed; None without keys.
 CALLER: ContextVar[str | None] = ContextVar("clara_caller", default=None)
 
+
+def by_caller() -> str:
+    """' (key NAME)': the API key the request came with (`CALLER`), for the log of what it
+    deleted (the access log line beside it names the client's address); '' without keys."""
+    name = CALLER.get()
+    return f" (key {name})" if name else ""
+
+
 #: Retry-After of a `shutting_down` 503: about what a restart takes to load the model again.
 RESTART_RETRY_S = 10
 

@@ -37,7 +37,7 @@ from clara.paths import COLLECTION_NAME, DEFAULT_COLLECTION, RESERVED_NAMES, is_
 from clara.retrieval import Fusion
 from clara.text import printable
 from clara_cli.common import os_error_text
-from clara_cli.http import CALLER, APIError, is_client_error
+from clara_cli.http import APIError, by_caller, is_client_error
 from clara_cli.worker import BULK, Task
 from indexing.durable import WriterLock, held_elsewhere
 from indexing.layout import case_clash
@@ -113,13 +113,6 @@ def is_vector_store(root: Path, store_id: str) -> bool:
 
 #: seconds between two progress lines of one upload's indexing (as `clara-index add`'s)
 PROGRESS_LOG_S = 30
-
-
-def _by() -> str:
-    """ " (key NAME)": the API key the request came with, for the log of what it deleted (the
-    access log line beside it names the client's address)."""
-    name = CALLER.get()
-    return f" (key {name})" if name else ""
 
 
 class IndexService:
@@ -329,7 +322,7 @@ class IndexService:
             await self.uploads.delete(file_id)
             stores = sorted({link.store_id for link in links} | set(unlinked))
             log.info("file %s (%s) deleted%s%s", file_id, rec.filename,
-                     f", and removed from {', '.join(stores)}" if stores else "", _by())  # fmt: skip
+                     f", and removed from {', '.join(stores)}" if stores else "", by_caller())  # fmt: skip
         finally:
             self._deleting -= Counter([file_id])  # (gone at 0: two deletes at once count)
         return FileDeleted(id=file_id)
@@ -471,7 +464,7 @@ class IndexService:
                 hook(store_id)
 
         await self.worker.call(delete)
-        log.info("vector store %s deleted, with its documents%s", store_id, _by())
+        log.info("vector store %s deleted, with its documents%s", store_id, by_caller())
         return VectorStoreDeleted(id=store_id)
 
     # ---- vector store files ----------------------------------------------------------------
@@ -781,7 +774,7 @@ class IndexService:
         self.get_store_file(store_id, file_id)  # 404 if unknown
         rec, link = self.registry.file(file_id), self.registry.link(store_id, file_id)
         await self.worker.call(lambda cm: self._detach(store_id, rec, link, doc_id=file_id))
-        log.info("file %s removed from %s%s", file_id, store_id, _by())
+        log.info("file %s removed from %s%s", file_id, store_id, by_caller())
         return VectorStoreFileDeleted(id=file_id)
 
     def _detach(self, store_id: str, rec: FileRecord | None, link: Link | None, doc_id=None):

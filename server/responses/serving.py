@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara_cli.http import APIError, client_gone_error
+from clara_cli.http import APIError, by_caller, client_gone_error
 from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
 from server.jobs import Ready, SourceInfo
@@ -166,6 +166,7 @@ class ResponsesServing:
     def delete(self, response_id: str) -> ResponseDeleted:
         if not self.store.delete(response_id):
             raise _not_found(response_id)
+        log.info("response %s deleted%s", response_id, by_caller())
         return ResponseDeleted(id=response_id)
 
     def input_items(
