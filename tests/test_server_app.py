@@ -447,3 +447,25 @@ def test_the_web_chat_offers_and_shows_the_types_the_server_reads() -> None:
     shown = re.search(r"/\\\.\(([a-z|?]+)\)\$/i", (web / "app.js").read_text()).group(1)
     names = [e for x in shown.split("|") for e in ((x[:-2], x[:-1]) if x.endswith("?") else (x,))]
     assert {f".{e}" for e in names} == (MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | TEXT_EXTENSIONS)
+
+
+def test_a_stored_responses_deletion_is_logged_with_its_keys_name(tiny_llama_dir, tmp_path):
+    """A team deployment audit: what a colleague deleted was not logged, nor with which key."""
+    from tests.test_server_harness import ServerProcess
+
+    keys = tmp_path / "keys"
+    keys.write_text("alice sk-alice-1\n")
+    keys.chmod(0o600)
+    log = tmp_path / "serve.log"
+    with ServerProcess("--model", str(tiny_llama_dir), "--api-key-file", str(keys), log=log,
+                       env={"CLARA_HOME": str(tmp_path / "home")}) as server:  # fmt: skip
+        server.wait_ready()
+        auth = {"Authorization": "Bearer sk-alice-1"}
+        ask = {"input": "Hi", "max_output_tokens": 1, "tool_choice": "none"}
+        made = httpx.post(f"{server.url}/v1/responses", json=ask, headers=auth, timeout=60)
+        rid = made.json()["id"]
+        gone = httpx.delete(f"{server.url}/v1/responses/{rid}", headers=auth, timeout=60)
+        assert gone.status_code == 200
+    text = log.read_text()
+    assert f"response {rid} deleted (key alice)" in text and "API keys accepted: alice" in text
+    assert "may be read by other users" not in text  # (0600: no warning)
