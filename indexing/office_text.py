@@ -464,19 +464,30 @@ def _epub(archive: _Archive) -> OfficeText:
     }
     blocks: list[str] = []
     headings: list[str] = []
+    # The table of contents (EPUB 3's nav document, EPUB 2's guide "toc") is left out: its
+    # lines are the chapters' headings, and took their places as the sections' context.
+    guide = package.iter(f"{_OPF}reference")
+    contents = {_epub_name(base, r.get("href")) for r in guide
+                if (r.get("type") or "").lower() == "toc"}  # fmt: skip
+    contents |= {_epub_name(base, i.get("href")) for i in items.values()
+                 if "nav" in (i.get("properties") or "").split()}  # fmt: skip
     for ref in package.iter(f"{_OPF}itemref"):
         item = items.get(ref.get("idref"))
         if item is None or "html" not in (item.get("media-type") or ""):
             continue
-        href = unquote((item.get("href") or "").split("#")[0])  # ("chapter%201.xhtml#s2")
-        name = posixpath.normpath(posixpath.join(base, href))
-        if not archive.has(name):
+        name = _epub_name(base, item.get("href"))
+        if not archive.has(name) or name in contents:
             continue
         page = html_to_text(_xml_text(archive.read(name)))
         blocks.append(page.text)
         headings += page.headings
     title = package.find(f".//{_DC}title")
     return _joined(blocks, headings, title.text if title is not None else None)
+
+
+def _epub_name(base: str, href: str | None) -> str:
+    """The archive name of a package's `href` ("chapter%201.xhtml#s2" too)."""
+    return posixpath.normpath(posixpath.join(base, unquote((href or "").split("#")[0])))
 
 
 #: encryption.xml's methods that only obfuscate fonts (IDPF's, Adobe's): the text is plain

@@ -340,3 +340,51 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
     assert text == (
         "On the page.\n\nThe wall stands.\n\nIn a frame.\n\n- Numbered alone.\n\nYear 1887"
     )  # (a cell's heading was dropped, its footnote read)
+
+
+def test_an_epubs_table_of_contents_is_left_out(tmp_path: Path) -> None:
+    """An office-files audit: a book's table of contents (EPUB 3's nav document, EPUB 2's
+    guide "toc") lists the chapter headings as plain lines, which took the headings' places:
+    every section's context pointed at the contents page."""
+    from indexing.context import find_headings
+
+    container = ('<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles>'
+                 '<rootfile full-path="OEBPS/book.opf"/></rootfiles></container>')  # fmt: skip
+
+    def page(body: str) -> str:
+        return f'<html xmlns="http://www.w3.org/1999/xhtml"><body>{body}</body></html>'
+
+    # plain links, as EPUB 2 books write their contents page (a <nav> is dropped as a web
+    # page's navigation is)
+    nav = page('<p><a href="one.xhtml">The Storm</a></p>'
+               '<p><a href="two.xhtml">The Rebuilding</a></p>')  # fmt: skip
+    chapters = {
+        "OEBPS/one.xhtml": page("<h1>The Storm</h1><p>The wall fell in 1886.</p>"),
+        "OEBPS/two.xhtml": page("<h1>The Rebuilding</h1><p>It was rebuilt in 1887.</p>"),
+    }
+    for version, manifest, guide in (
+        ("3.0", '<item id="nav" href="nav.xhtml" properties="nav" '
+                'media-type="application/xhtml+xml"/>', ""),
+        ("2.0", '<item id="nav" href="nav.xhtml" media-type="application/xhtml+xml"/>',
+         '<guide><reference type="toc" title="Contents" href="nav.xhtml"/></guide>'),
+    ):  # fmt: skip
+        opf = (f'<package xmlns="http://www.idpf.org/2007/opf" version="{version}"><manifest>'
+               + manifest
+               + '<item id="c1" href="one.xhtml" media-type="application/xhtml+xml"/>'
+               '<item id="c2" href="two.xhtml" media-type="application/xhtml+xml"/>'
+               '</manifest><spine><itemref idref="nav"/><itemref idref="c1"/>'
+               f'<itemref idref="c2"/></spine>{guide}</package>')  # fmt: skip
+        path = tmp_path / f"book{version}.epub"
+        path.write_bytes(zipped({"mimetype": "application/epub+zip",
+                                 "META-INF/container.xml": container, "OEBPS/book.opf": opf,
+                                 "OEBPS/nav.xhtml": nav, **chapters}))  # fmt: skip
+        doc = read_document(path)
+        text = doc.pages[0].text
+        assert text == (
+            "The Storm\n\nThe wall fell in 1886.\n\nThe Rebuilding\n\nIt was rebuilt in 1887."
+        ), version
+        found = find_headings(text, doc.kind, doc.headings)
+        assert [(text[pos:].split("\n")[0], h) for pos, h in found] == [
+            ("The Storm", "The Storm"),
+            ("The Rebuilding", "The Rebuilding"),
+        ]
