@@ -50,6 +50,7 @@ _DC = "{http://purl.org/dc/elements/1.1/}"
 _STRICT_W = b"http://purl.oclc.org/ooxml/wordprocessingml/main"  # Strict Open XML's
 _FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _TEXT_BOX = f"{_W}txbxContent"
+_MATH_TEXT = "{http://schemas.openxmlformats.org/officeDocument/2006/math}t"
 #: block-level elements that hold paragraphs and tables (what is moved away is `moveFrom`)
 _DOCX_WRAPPERS = {f"{_W}{t}" for t in ("sdt", "sdtContent", "customXml", "ins", "moveTo")}
 _DRAW = "{urn:oasis:names:tc:opendocument:xmlns:drawing:1.0}"
@@ -245,8 +246,8 @@ def _docx_paragraph(p: ET.Element, heading_styles: set[str] | None) -> tuple[str
     parts: list[str] = []
     for node in _walk_skipping(p, _skipped):  # (a shape's text, in its Choice and Fallback,
         tag = node.tag  # once; no moved-away or hidden text)
-        if tag == f"{_W}t":
-            parts.append(node.text or "")
+        if tag in (f"{_W}t", _MATH_TEXT):  # (an equation's text, in reading order: it was
+            parts.append(node.text or "")  # dropped)
         elif tag in (f"{_W}tab", f"{_W}ptab"):
             parts.append("\t")
         elif tag in (f"{_W}br", f"{_W}cr"):

@@ -316,6 +316,12 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
         "The wall stands.\n\nBox one.\n\nBox two.\n\n- Gates\n\n1887 | the town\n1921\n\n"
         "Custom.\n\nCell boxed"
     )  # (a cell's text box once: it was there twice, its Fallback copy too)
+    # an equation's text is read (it was dropped: "E = mc2" was "E")
+    math = ('<w:p><w:r><w:t xml:space="preserve">Energy: </w:t></w:r><m:oMath xmlns:m="http://'
+            'schemas.openxmlformats.org/officeDocument/2006/math"><m:r><m:t>E=m</m:t></m:r>'
+            "<m:sSup><m:e><m:r><m:t>c</m:t></m:r></m:e><m:sup><m:r><m:t>2</m:t></m:r></m:sup>"
+            "</m:sSup></m:oMath></w:p>")  # fmt: skip
+    assert read("math.docx", docx(math)).pages[0].text == "Energy: E=mc2"
     bare = zipped({"word/document.xml": f"<w:document {W}><w:body>"
                    + para("Findings", "Heading1") + para("All well.") + "</w:body></w:document>"})  # fmt: skip
     assert read("bare.docx", bare).headings == ["Findings"]
