@@ -370,7 +370,8 @@ def _odt_blocks(parent: ET.Element, blocks: list[str], headings: list[str], list
             blocks.append(text)
             for box in _odt_text_boxes(element):  # its frames' text, after it (it was glued)
                 _odt_blocks(box, blocks, headings, listed=False)
-        elif tag == f"{_DRAW}frame":  # a frame anchored to the page (it was dropped)
+        elif tag in (f"{_DRAW}frame", f"{_DRAW}a", f"{_DRAW}g"):  # a frame anchored to the
+            # page, alone, linked or in a group (it was dropped)
             for box in _odt_text_boxes(element):
                 _odt_blocks(box, blocks, headings, listed=False)
         elif tag == f"{_TEXT}numbered-paragraph":  # a list item standing alone (was dropped)

@@ -334,6 +334,8 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
         f"<office:document-content {ns}><office:body><office:text>"
         '<draw:frame text:anchor-type="page"><draw:text-box><text:p>On the page.</text:p>'
         "</draw:text-box></draw:frame>"
+        '<draw:g><draw:frame text:anchor-type="page"><draw:text-box><text:p>In a group.'
+        "</text:p></draw:text-box></draw:frame></draw:g>"
         '<text:p>The wall stands.<draw:frame text:anchor-type="as-char"><draw:text-box>'
         "<text:p>In a frame.</text:p></draw:text-box></draw:frame></text:p>"
         "<text:numbered-paragraph><text:p>Numbered alone.</text:p></text:numbered-paragraph>"
@@ -344,7 +346,8 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
     )
     text = read("frames.odt", zipped({"content.xml": content})).pages[0].text
     assert text == (
-        "On the page.\n\nThe wall stands.\n\nIn a frame.\n\n- Numbered alone.\n\nYear 1887"
+        "On the page.\n\nIn a group.\n\nThe wall stands.\n\nIn a frame.\n\n- Numbered alone."
+        "\n\nYear 1887"
     )  # (a cell's heading was dropped, its footnote read)
 
 
