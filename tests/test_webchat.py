@@ -306,6 +306,17 @@ def test_a_phone_gets_the_whole_width(server: ServerProcess, page) -> None:
 
 
 def test_without_the_files_api_the_collection_is_typed(tiny_llama_dir, tmp_path, page) -> None:
+    import os
+
+    from indexing import cli as index_cli
+
+    folder = tmp_path / "docs"  # a file whose name is not UTF-8 (a Latin-1 disk's)
+    folder.mkdir()
+    latin = os.path.join(os.fsencode(folder), b"latin\xe9 notes.txt")
+    with open(latin, "w") as f:
+        f.write(TEXT)
+    argv = ["add", str(folder), "--collection", "local", "--index", str(tmp_path / "index")]
+    assert index_cli.main([*argv, "--model", str(tiny_llama_dir)]) == 0
     proc = ServerProcess(
         "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"), "--no-files-api",
         "--max-tokens", "4", env={"CLARA_HOME": str(tmp_path / "home")}, log=tmp_path / "log",
@@ -324,6 +335,15 @@ def test_without_the_files_api_the_collection_is_typed(tiny_llama_dir, tmp_path,
         sync_api.expect(page.locator("#alert")).to_contain_text("'papers'")  # and said aloud
         # the typed name has its own label (a label names only its first control)
         assert page.locator("#collection-name").evaluate("e => e.labels[0].textContent")
+        # a source's place on the disk is written as its name is (it showed %E9 beside \xe9)
+        page.fill("#collection-name", "local")
+        page.locator("#retrieval-mode").select_option("lexical")
+        page.fill("#question", "When did the museum open?")
+        page.press("#question", "Enter")
+        answer = page.locator(".msg.assistant.done").last
+        sync_api.expect(answer.locator("button.source").first).to_contain_text("latin\\xe9")
+        where = answer.locator(".snippet .where").first.text_content()
+        assert where.endswith("/docs/latin\\xe9 notes.txt"), where
     finally:
         proc.stop()
 

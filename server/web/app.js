@@ -91,13 +91,25 @@ function add(role, text) {
 // A file:// URL's path as a person reads it; the bytes of a name that are not UTF-8 (a
 // Latin-1 disk's %E9) keep their escapes (decodeURIComponent throws on them, and the sources
 // went unshown)
+// A file:// URL's path as the server writes names: bytes that are not UTF-8 (a Latin-1
+// disk's) as \xNN, as in the source's name (they showed as %E9 beside \xe9).
+const strict = new TextDecoder("utf-8", { fatal: true });
 function fileName(path) {
   return path.replace(/(%[0-9A-Fa-f]{2})+/g, (run) => {
-    try {
-      return decodeURIComponent(run);
-    } catch {
-      return run;
+    const bytes = run.slice(1).split("%").map((h) => parseInt(h, 16));
+    let out = "";
+    for (let i = 0; i < bytes.length; ) {
+      let n = 4;
+      for (; n > 0; n--) { // the longest UTF-8 character starting here
+        try {
+          out += strict.decode(new Uint8Array(bytes.slice(i, i + n)));
+          break;
+        } catch { /* shorter */ }
+      }
+      if (n === 0) out += "\\x" + bytes[i].toString(16).padStart(2, "0");
+      i += Math.max(n, 1);
     }
+    return out;
   });
 }
 
