@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import mmap
 import os
 import re
 import shutil
@@ -277,6 +278,73 @@ def _check_header(gguf: Path) -> None:
             f"{gguf} is damaged or cut short (its header counts {tensors} tensors and {pairs} "
             f"metadata entries, more than {size} bytes can hold): re-download it"
         )
+    with open(gguf, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            with memoryview(data) as view:
+                _walk_header(view, tensors, pairs)
+        except (_Damaged, struct.error) as exc:
+            raise GGUFConversionError(
+                f"{gguf} is damaged or cut short ({str(exc) or 'its header runs past its end'}): "
+                "re-download it"
+            ) from None
+
+
+class _Damaged(Exception):
+    pass
+
+
+#: GGUF's value types: 0-7 and 10-12 fixed-size (their bytes), 8 a string, 9 an array
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _walk_header(data: memoryview, tensors: int, pairs: int) -> None:
+    """Every metadata pair and tensor entry of a GGUF (after its 24-byte header), bounds
+    checked: MLX's reader trusts their lengths, and random bytes after a sound header, a
+    key length of 2**60 or a tensor of 2**32 dimensions crashed the process."""
+    end, pos = len(data), 24
+
+    def take(n: int) -> int:
+        nonlocal pos
+        if n < 0 or pos + n > end:
+            raise _Damaged
+        start, pos = pos, pos + n
+        return start
+
+    def u32() -> int:
+        return struct.unpack_from("<I", data, take(4))[0]
+
+    def u64() -> int:
+        return struct.unpack_from("<Q", data, take(8))[0]
+
+    def value(kind: int, depth: int = 0) -> None:
+        if kind in _GGUF_SIZES:
+            take(_GGUF_SIZES[kind])
+        elif kind == 8:
+            take(u64())
+        elif kind == 9 and depth < 4:
+            inner, count = u32(), u64()
+            if inner in _GGUF_SIZES:
+                take(count * _GGUF_SIZES[inner])
+            elif count > end - pos:  # (each item takes a byte or more)
+                raise _Damaged(f"an array of {count} items")
+            else:
+                for _ in range(count):
+                    value(inner, depth + 1)
+        else:
+            raise _Damaged(f"a metadata value of type {kind}")
+
+    for _ in range(pairs):
+        take(u64())  # the key
+        value(u32())
+    for _ in range(tensors):
+        take(u64())  # the name
+        dims = u32()
+        if not 1 <= dims <= 4:
+            raise _Damaged(f"a tensor of {dims} dimensions")
+        take(8 * dims)
+        kind, offset = u32(), u64()
+        if kind > 64 or offset >= end:
+            raise _Damaged(f"a tensor of type {kind} at offset {offset}")
 
 
 def _write_model(gguf: Path, out: Path) -> None:

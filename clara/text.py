@@ -11,10 +11,11 @@ BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def hidden_char(c: str) -> bool:
-    """A control character (C0, DEL, C1) or a text-direction one (`BIDI`): in a name, a
-    terminal escape ("\\x1b[31m") or a disguise (a right-to-left override shows
-    'invoice_\\u202efdp.txt' as 'invoice_txt.pdf')."""
-    return unicodedata.category(c) == "Cc" or c in BIDI
+    """A control character (C0, DEL, C1), a line or paragraph separator (U+2028, U+2029:
+    a log line split in two by a tool that splits on them), or a text-direction one
+    (`BIDI`): in a name, a terminal escape ("\\x1b[31m") or a disguise (a right-to-left
+    override shows 'invoice_\\u202efdp.txt' as 'invoice_txt.pdf')."""
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI
 
 
 def printable(name: str) -> str:

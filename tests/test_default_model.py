@@ -187,3 +187,11 @@ def test_models_convert_error_is_one_line(tmp_path: Path, capsys, monkeypatch) -
     junk.write_bytes(b"GGUF\x03\0\0\0" + bytes(range(256)) * 4)
     assert models_main(["convert", str(junk), str(tmp_path / "o3")]) == 1
     assert "is damaged or cut short" in capsys.readouterr().err
+    # small counts, then lengths past the end (a security audit: still a crash in MLX's
+    # reader): each metadata pair and tensor entry is walked first
+    import struct
+
+    for tail in (bytes(range(256)) * 16, struct.pack("<Q", 1 << 60) + b"x" * 100):
+        junk.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2, 2) + tail)
+        assert models_main(["convert", str(junk), str(tmp_path / "o3")]) == 1
+        assert "is damaged or cut short (its header runs past its end)" in capsys.readouterr().err

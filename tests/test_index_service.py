@@ -430,8 +430,17 @@ def test_a_store_restored_from_a_backup_lets_go_of_a_deleted_file(tiny_llama_dir
         proc.stop()
     shutil.rmtree(idx / "hr")
     shutil.copytree(tmp_path / "backup", idx / "hr")
+    # a file of the user's own, in a folder that looks like an uploads folder (a copy of one):
+    # not that upload (a security audit: it was listed as it, and deleting the upload removed
+    # it)
+    lookalike = tmp_path / "copy" / "uploads" / water.id / "ledger.txt"
+    lookalike.parent.mkdir(parents=True)
+    lookalike.write_text("The ledger of the harbour board, 1887 to 1921.")
+    argv = ["add", str(lookalike), "--collection", "archive", "--index", str(idx)]
+    assert index_cli.main([*argv, "--model", str(tiny_llama_dir)]) == 0
     proc, client = start()
     try:
+        assert [f.id for f in client.vector_stores.files.list("archive")] != [water.id]
         assert [f.id for f in client.vector_stores.files.list("hr")] == [water.id]
         with Collection.open(idx, "hr", readonly=True) as col:  # its document id, as listed
             (doc,) = col.list_documents()  # before: still found
@@ -443,6 +452,7 @@ def test_a_store_restored_from_a_backup_lets_go_of_a_deleted_file(tiny_llama_dir
         assert client.files.delete(water.id).deleted
         assert client.vector_stores.search("hr", query=WATER).data == []
         assert list(client.vector_stores.files.list("hr")) == []
+        assert len(list(client.vector_stores.files.list("archive"))) == 1  # (kept)
     finally:
         proc.stop()
 
@@ -474,7 +484,7 @@ def test_a_key_file_lets_each_colleague_in_and_names_who_deleted(tiny_llama_dir,
         alice.vector_stores.delete("notes")
     text = log.read_text()
     assert f"file {water.id} removed from notes (key bob)" in text
-    assert f"file {water.id} (water.txt) deleted (key bob)" in text
+    assert f"file {water.id} ('water.txt') deleted (key bob)" in text
     assert "vector store notes deleted, with its documents (key alice)" in text
     assert "API keys accepted: alice, bob" in text and "sk-" not in text  # (no key in the log)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -136,6 +137,7 @@ class IndexService:
         self.deleted_hooks: list[Callable[[str], None]] = []
         self.metrics = FileMetrics()  # the owning app exports them
         self._queued: set[tuple[str, str]] = set()  # (store, file) jobs this service queued
+        self._shas: dict[str, str] = {}  # upload id -> its file's sha256 (`_upload_of`)
         self._making = asyncio.Lock()  # the default collection, made by a first upload
         self._warn_shared_default()
 
@@ -229,14 +231,37 @@ class IndexService:
                 with self._readers.peek(store_id) as col:
                     held = col is not None and (
                         col.find_by_path(path) is not None  # (else: a moved CLARA_HOME's)
-                        or any(self.uploads.file_id_of(d.path) == rec.id
-                               for d in col.list_documents())
-                    )  # fmt: skip
+                        or any(self._upload_of(d) == rec.id for d in col.list_documents())
+                    )
             except (ClaraError, APIError, OSError):  # (damaged, or deleted meanwhile)
                 continue
             if held:
                 out.append(store_id)
         return out
+
+    def _upload_of(self, doc: Any) -> str | None:
+        """The upload a stored document is, when it is one: indexed from this root's
+        `uploads/<file_id>/<name>`, or from another root's (a `CLARA_HOME` moved since) with
+        the upload's name, size and content. A file `clara-index add` read from a folder
+        that only looks like an uploads folder is not one (a security audit: deleting the
+        upload of that id removed it, and the listing showed it as the upload)."""
+        file_id = self.uploads.file_id_of(doc.path)
+        rec = self.registry.file(file_id) if file_id else None
+        if rec is None:
+            return None
+        here = self.uploads.path(rec)
+        if Path(doc.path) == here:
+            return file_id
+        if doc.name != rec.filename or doc.size != rec.bytes:
+            return None
+        sha = self._shas.get(file_id)
+        if sha is None:
+            try:
+                with open(here, "rb") as f:
+                    sha = self._shas[file_id] = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError:
+                return None
+        return file_id if doc.sha256 == sha else None
 
     def _detach_all(self, links: list[Link], rec: FileRecord, unlinked: list[str] = ()) -> None:
         """Worker: detach an upload from each of its stores (those linked to it, and
@@ -321,7 +346,8 @@ class IndexService:
             self.registry.delete_file(file_id)
             await self.uploads.delete(file_id)
             stores = sorted({link.store_id for link in links} | set(unlinked))
-            log.info("file %s (%s) deleted%s%s", file_id, rec.filename,
+            log.info("file %s (%r) deleted%s%s", file_id, rec.filename,  # (quoted: a name
+                     # holding ") deleted (key bob)" cannot pass for the line's end)
                      f", and removed from {', '.join(stores)}" if stores else "", by_caller())  # fmt: skip
         finally:
             self._deleting -= Counter([file_id])  # (gone at 0: two deletes at once count)
@@ -664,7 +690,7 @@ class IndexService:
             )  # fmt: skip
         else:
             for warning in result.warnings:  # e.g. a page without text: the log says so
-                log.warning("file %s (%s): %s", rec.id, rec.filename, warning)
+                log.warning("file %s (%s): %s", rec.id, printable(rec.filename), warning)
             usage = result.chunks * cm.n_mem * cm.hidden_size * 2  # float16 memory rows
             values = dict(status="completed", doc_id=result.doc_id, usage_bytes=usage)
             values.update(error_code=None, error_message=None)
@@ -721,10 +747,10 @@ class IndexService:
             # an upload's document with no link (a store restored from a backup older than
             # the registry) under its file's id, which detach and delete then find (it was
             # listed under its document id, which no files call takes)
-            known = uploaded[doc.id] and self.registry.file(uploaded[doc.id]) is not None
+            known = self._upload_of(doc) if uploaded[doc.id] else None
             out.append(
                 VectorStoreFile(
-                    id=uploaded[doc.id] if known else doc.id, created_at=int(doc.created),
+                    id=known or doc.id, created_at=int(doc.created),
                     status="completed",
                     usage_bytes=doc.n_chunks * row_bytes, vector_store_id=store_id,
                     attributes=attributes,
@@ -765,8 +791,10 @@ class IndexService:
             if link is None and (doc := col.document(file_id)) is not None:  # an upload's
                 # document without a link, by the document id it was listed under before
                 # (it is listed under its file id now)
-                return next(f for f in self.store_files(store_id, col)
-                            if f.id == self.uploads.file_id_of(doc.path))  # fmt: skip
+                upload = self._upload_of(doc)
+                found = (f for f in self.store_files(store_id, col) if f.id == upload)
+                if (listed := next(found, None)) is not None:
+                    return listed
         raise _not_found("file", file_id)
 
     async def detach(self, store_id: str, file_id: str) -> VectorStoreFileDeleted:
@@ -797,7 +825,7 @@ class IndexService:
                 if doc is None and rec is not None:
                     doc = col.find_by_path(str(self.uploads.path(rec)))
                 if doc is None and rec is not None:  # indexed under a CLARA_HOME moved since
-                    found = (d for d in col.list_documents() if self.uploads.file_id_of(d.path) == rec.id)  # fmt: skip
+                    found = (d for d in col.list_documents() if self._upload_of(d) == rec.id)
                     doc = next(found, None)
                 if doc is None and doc_id is not None:
                     doc = col.document(doc_id)
