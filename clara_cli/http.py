@@ -375,7 +375,6 @@ _TOOL_ITEMS = {
     "computer_call", "computer_call_output", "web_search_call", "code_interpreter_call",
     "image_generation_call", "local_shell_call", "local_shell_call_output", "mcp_call",
     "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "reasoning",
-    "item_reference",
 }  # fmt: skip
 
 

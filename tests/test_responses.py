@@ -370,6 +370,46 @@ def test_chained_with_previous_response_id(client: openai.OpenAI, knowledge_base
     assert err.value.body["param"] == "previous_response_id"
 
 
+def test_item_references_read_the_stored_items(client: openai.OpenAI) -> None:
+    """A JavaScript app developer's audit: the Vercel AI SDK sends the earlier turns of a
+    stored conversation as `item_reference`s, which were a 400: its second turn failed. A
+    reference reads the stored item; an unknown one is a 404."""
+    greedy = dict(model=MODEL, temperature=0, max_output_tokens=4, tool_choice="none")
+    first = client.responses.create(input="Where is Paris?", **greedy)
+    asked = client.responses.input_items.list(first.id).data[0].id
+    (said,) = [o for o in first.output if o.type == "message"]
+    refs = [{"type": "item_reference", "id": asked}, {"type": "item_reference", "id": said.id},
+            {"role": "user", "content": "And Japan?"}]  # fmt: skip
+    by_ref = client.responses.create(input=refs, store=False, **greedy)
+    sent = [{"role": "user", "content": "Where is Paris?"},
+            {"role": "assistant", "content": first.output_text},
+            {"role": "user", "content": "And Japan?"}]  # fmt: skip
+    full = client.responses.create(input=sent, store=False, **greedy)
+    assert by_ref.usage.input_tokens == full.usage.input_tokens
+    assert by_ref.output_text == full.output_text
+    with pytest.raises(openai.NotFoundError) as err:
+        client.responses.create(input=[{"type": "item_reference", "id": "msg_nowhere"}], **greedy)
+    assert "msg_nowhere" in err.value.message
+
+
+def test_a_response_deleted_while_it_streams_stays_deleted(client: openai.OpenAI) -> None:
+    """A JavaScript app developer's audit: a response deleted while it streamed was written
+    again when its stream ended: the deleted conversation came back."""
+    kw = dict(model=MODEL, input="Tell me a long story.", max_output_tokens=400, temperature=0,
+              tool_choice="none")  # fmt: skip
+    rid, deleted, last = None, False, None
+    for event in client.responses.create(stream=True, **kw):
+        if event.type == "response.created":
+            rid = event.response.id
+        elif event.type == "response.output_text.delta" and not deleted:
+            client.responses.delete(rid)  # mid-stream (a 404 would raise)
+            deleted = True
+        last = event.type
+    assert deleted and last in ("response.completed", "response.incomplete")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(rid)
+
+
 def test_without_file_search_the_default_collection_is_searched(client: openai.OpenAI) -> None:
     river = DOCS[0][1]
     r = client.responses.create(model=MODEL, input=river)

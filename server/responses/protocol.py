@@ -72,6 +72,15 @@ class FileSearchCallInput(_Request):
     type: Literal["file_search_call"]
 
 
+class ItemReference(_Request):
+    """An earlier response's item by its id (what the Vercel AI SDK sends for the earlier
+    turns of a conversation it lets the server store): read as that item."""
+
+    model_config = ConfigDict(strict=True)
+    type: Literal["item_reference"]
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class FileSearchRankingOptions(_Request):
     ranker: Ranker | None = None
     score_threshold: float | None = only({"maximum": 0}, default=None, ge=0.0, le=1.0)
@@ -107,7 +116,7 @@ class ResponseCreateRequest(_Request):
 
     input: (
         Annotated[str, Field(min_length=1)]
-        | Annotated[list[InputMessage | FileSearchCallInput], Field(min_length=1)]
+        | Annotated[list[InputMessage | FileSearchCallInput | ItemReference], Field(min_length=1)]
     )
     """The model answers the latest user message (an empty question if there is none)."""
     model: str | None = None

@@ -35,6 +35,7 @@ from server.responses.protocol import (
     FileSearchCallInput,
     FileSearchResult,
     InputItemList,
+    ItemReference,
     Response,
     ResponseCreateRequest,
     ResponseDeleted,
@@ -85,8 +86,9 @@ def _message_item(
 
 
 def _sent_id(item: Any) -> str | None:
-    """The id an input item was sent with (an earlier item sent back carries its own)."""
-    found = (item.model_extra or {}).get("id")
+    """The id an input item was sent with (an earlier item sent back carries its own, an
+    `item_reference` names one)."""
+    found = item.id if isinstance(item, ItemReference) else (item.model_extra or {}).get("id")
     return found if isinstance(found, str) and found else None
 
 
@@ -195,11 +197,23 @@ class ResponsesServing:
     # ---- request -> chat job ---------------------------------------------------------------
     def _turn_items(self, req: ResponseCreateRequest) -> list[dict[str, Any]]:
         """This request's input as message items (what GET .../input_items lists), each with
-        the id it was sent with, if any."""
+        the id it was sent with, if any; an `item_reference` as the stored message it names
+        (a search it names is skipped, as one sent back is)."""
         if isinstance(req.input, str):
             return [_message_item("user", req.input)]
         out = []
-        for item in req.input:
+        for i, item in enumerate(req.input):
+            if isinstance(item, ItemReference):
+                found = self.store.item(item.id)
+                if found is None:
+                    raise APIError(
+                        404, f"Item with id '{item.id}' not found (input[{i}]): it is not an "
+                        "item of a stored response (deleted, or stored with store: false)",
+                        param="input",
+                    )  # fmt: skip
+                if found.get("type", "message") == "message" and "role" in found:
+                    out.append(found)
+                continue
             if isinstance(item, FileSearchCallInput):
                 continue
             part = "output_text" if item.role == "assistant" else "input_text"
@@ -345,7 +359,7 @@ class ResponsesServing:
         req.check_supported()
         if req.previous_response_id is None:
             _check_ids(req, None, None)
-        turn = self._turn_items(req)
+        turn = await asyncio.to_thread(self._turn_items, req)  # (references read the store)
         messages, before = await asyncio.to_thread(self._messages, req, turn)  # reads the store
         bare = serving.is_bare(req.model)
         chat, searched = self._chat_request(req, messages, bare, before)

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE TABLE IF NOT EXISTS running (id TEXT PRIMARY KEY, pid INTEGER NOT NULL);
 """
+#: The response each input and output item is in, for `item_reference` inputs (0.2.10; the
+#: rows stored before are indexed when the table is made).
+ITEMS = "CREATE TABLE items (id TEXT PRIMARY KEY, response TEXT NOT NULL)"
 #: What a stored response still "in_progress" becomes once the process writing it is gone.
 INTERRUPTED = {
     "code": "server_error",
@@ -49,6 +52,8 @@ class Chain(NamedTuple):
 MAX_CHAIN = 1000  # a chain longer than this is cut (its oldest turns would not fit anyway)
 #: Responses this process is writing now (every store of it: their rows carry its pid)
 _WRITING: set[str] = set()
+#: Of those, the ones deleted meanwhile: the stream's later writes must not bring them back
+_DELETED: set[str] = set()
 
 
 class ResponseStore:
@@ -74,6 +79,7 @@ class ResponseStore:
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
+                _index_items(db)
             except (OSError, sqlite3.DatabaseError) as exc:
                 if db is not None:
                     db.close()
@@ -97,7 +103,13 @@ class ResponseStore:
             json.dumps(response, ensure_ascii=False),
         )
         running = response.get("status") == "in_progress"  # a stream's, as it starts
+        items = [(item["id"], response["id"]) for item in _items_of(input_items, response)]
         with self._lock:
+            if response["id"] in _DELETED:  # deleted while it streamed: not written again
+                if not running:
+                    _DELETED.discard(response["id"])
+                    _WRITING.discard(response["id"])
+                return
             try:
                 db = self._db
                 db.execute("BEGIN IMMEDIATE")
@@ -105,6 +117,7 @@ class ResponseStore:
                 raise self._storage_error(exc) from None
             try:
                 db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+                db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)", items)
                 if running:
                     db.execute("INSERT OR REPLACE INTO running VALUES (?, ?)",
                                (response["id"], os.getpid()))  # fmt: skip
@@ -167,10 +180,30 @@ class ResponseStore:
             try:
                 cur = db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM running WHERE id = ?", (response_id,))
+                db.execute("DELETE FROM items WHERE response = ?", (response_id,))
             except sqlite3.DatabaseError as exc:
                 raise self._storage_error(exc, "delete the stored response") from None
-            _WRITING.discard(response_id)
+            if response_id in _WRITING and cur.rowcount:  # (its stream wrote it again at its
+                _DELETED.add(response_id)  # end: a deleted conversation came back)
         return cur.rowcount > 0
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        """A stored response's input or output item by its id (an `item_reference`)."""
+        with self._lock:
+            db = self._reading()
+            if (
+                db is None
+                or not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'items'").fetchone()
+            ):
+                return None
+            found = self._read(
+                "SELECT r.input, r.response FROM items i JOIN responses r ON r.id = i.response "
+                "WHERE i.id = ?", item_id,
+            )  # fmt: skip
+        if found is None:
+            return None
+        items = _items_of(json.loads(found[0]), json.loads(found[1]))
+        return next((item for item in items if item.get("id") == item_id), None)
 
     def chain(self, response_id: str) -> Chain | None:
         """(input items, response) of `response_id` and its ancestors, oldest first; None if
@@ -194,3 +227,34 @@ class ResponseStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _items_of(input_items: list[dict[str, Any]], response: dict[str, Any]) -> list[dict]:
+    """A stored response's input and output items that have ids."""
+    out = [*input_items, *(response.get("output") or [])]
+    return [item for item in out if isinstance(item.get("id"), str)]
+
+
+def _index_items(db: sqlite3.Connection) -> None:
+    """Make the `items` table, once, with the items of the responses stored before it (a
+    store older than the table, opened where it may not be written, is read without it:
+    its item references are not found)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'items'").fetchone():
+        return
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:  # (read-only: "attempt to write a readonly database")
+        return
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'items'").fetchone():
+            db.execute(ITEMS)
+            for rid, input_json, response_json in db.execute(
+                "SELECT id, input, response FROM responses"
+            ).fetchall():
+                items = _items_of(json.loads(input_json), json.loads(response_json))
+                db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)",
+                               [(item["id"], rid) for item in items])  # fmt: skip
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
