@@ -20,6 +20,7 @@ from fastapi.responses import Response as HTTPResponse
 from clara.checkpoint import resolve_checkpoint
 from clara.paths import UPLOADS
 from clara_cli.http import (
+    APIError,
     BodyLimit,
     api_app,
     error_responses,
@@ -186,8 +187,17 @@ def create_app(
     # Stored responses: plain functions, which FastAPI runs on its thread pool, so a slow or
     # locked SQLite file holds up these requests only, never the event loop.
     @app.get("/v1/responses/{response_id}", response_model=Response, responses=ERRORS)
-    def get_response(response_id: str, request: Request):
-        return request.app.state.responses.get(response_id)
+    def get_response(response_id: str, request: Request, stream: bool = False):
+        """The stored response. OpenAI streams a background response again with
+        `stream=true`; clara-serve runs none, so that is a 400 (the SDK's stream of it was
+        empty, without a word)."""
+        found = request.app.state.responses.get(response_id)
+        if stream:
+            raise APIError(
+                400, "stream=true streams a background response again, and clara-serve runs "
+                "none: retrieve the response without stream", param="stream",
+            )  # fmt: skip
+        return found
 
     @app.delete("/v1/responses/{response_id}", response_model=ResponseDeleted, responses=ERRORS)
     def delete_response(response_id: str, request: Request):

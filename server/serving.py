@@ -140,14 +140,16 @@ def annotations_of(ready: Ready, sources: list[Source], content: str) -> list[An
     return list(out.values())
 
 
-def _sse(data: ChatCompletionChunk | dict) -> str:
-    """One SSE event. Chunks are shaped like OpenAI's: a delta lists only what it carries."""
+def _sse(data: ChatCompletionChunk | dict, null_usage: bool = False) -> str:
+    """One SSE event. Chunks are shaped like OpenAI's: a delta lists only what it carries,
+    and `usage` is null in every chunk but the last when the client asked for it
+    (`null_usage`: stream_options.include_usage), absent otherwise."""
     if isinstance(data, ChatCompletionChunk):
         data = data.model_dump()
         for choice in data["choices"]:
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
         for key in ("usage", "retrieval"):
-            if data[key] is None:
+            if data[key] is None and not (key == "usage" and null_usage):
                 del data[key]
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -486,7 +488,11 @@ class OpenAIServing:
         self, job: Job, reply: _Reply, include_usage: bool, start: float
     ) -> AsyncIterator[str]:
         said: list[str] = []
-        role = _sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))
+
+        def sse(chunk: ChatCompletionChunk) -> str:
+            return _sse(chunk, null_usage=include_usage)
+
+        role = sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))
         async with aclosing(self.streamed(job, start, [role])) as events:
             async for event in events:
                 if isinstance(event, str):
@@ -501,7 +507,7 @@ class OpenAIServing:
                     said.append(event.text)
                     logprobs = ChoiceLogprobs(content=[token]) if token is not None else None
                     delta = DeltaMessage(content=event.text)
-                    yield _sse(self._chunk(reply, delta, logprobs=logprobs))
+                    yield sse(self._chunk(reply, delta, logprobs=logprobs))
                 if event.finish_reason is None:
                     continue
                 sources = sources_of(reply.ready, self.defaults.files_url)
@@ -509,12 +515,12 @@ class OpenAIServing:
                 extra = DeltaMessage(sources=sources, annotations=notes)
                 chunk = self._chunk(reply, extra)
                 chunk.retrieval = reply.retrieval
-                yield _sse(chunk)
-                yield _sse(self._chunk(reply, DeltaMessage(), finish_reason=event.finish_reason))
+                yield sse(chunk)
+                yield sse(self._chunk(reply, DeltaMessage(), finish_reason=event.finish_reason))
                 if include_usage:
                     chunk = self._chunk(reply, None)
                     chunk.usage = usage_of(event)
-                    yield _sse(chunk)
+                    yield sse(chunk)
         yield "data: [DONE]\n\n"
 
     # ---- embeddings ------------------------------------------------------------------------

@@ -408,6 +408,12 @@ def test_a_response_deleted_while_it_streams_stays_deleted(client: openai.OpenAI
     assert deleted and last in ("response.completed", "response.incomplete")
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(rid)
+    # a stored response streamed again (OpenAI's for background ones, which clara has none
+    # of): a 400, not an empty stream
+    done = client.responses.create(model=MODEL, input="Hi", max_output_tokens=1)
+    with pytest.raises(openai.BadRequestError) as err:
+        list(client.responses.retrieve(done.id, stream=True))
+    assert err.value.body["param"] == "stream"
 
 
 def test_without_file_search_the_default_collection_is_searched(client: openai.OpenAI) -> None:

@@ -192,6 +192,20 @@ def test_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) 
     assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
 
 
+def test_with_include_usage_every_chunk_says_usage(server: ServerProcess) -> None:
+    """OpenAI's shape, which strict typed clients check (a JS developer's audit): with
+    include_usage every chunk carries "usage", null but in the last; without, none does."""
+    for asked in (True, False):
+        body = {"messages": ask("hi"), "max_tokens": 3, "stream": True,
+                "stream_options": {"include_usage": asked}}  # fmt: skip
+        r = post(server, "/v1/chat/completions", body)
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines()
+                  if line.startswith("data: {")]  # fmt: skip
+        assert chunks and all(("usage" in c) == asked for c in chunks), r.text
+        if asked:
+            assert [c["usage"] is None for c in chunks] == [True] * (len(chunks) - 1) + [False]
+
+
 def test_an_idle_connection_outlives_the_clients_keep_alive(server: ServerProcess) -> None:
     """The server keeps an idle keep-alive connection open past the 5 s after which httpx
     (so the openai SDK) drops its own: a request sent on a pooled connection then never meets
