@@ -253,6 +253,12 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
     )
     assert done.status == "completed" and done.attributes == {"topic": "rail"}
     assert done.chunking_strategy.static.max_chunk_size_tokens == 64
+    # the file's content as indexed, chunk by chunk (the route was missing: a 404)
+    parts = list(client.vector_stores.files.content(file_id=train.id, vector_store_id="papers"))
+    assert parts and all(p.type == "text" for p in parts)
+    assert " ".join(TRAIN.split()) in " ".join(" ".join(p.text for p in parts).split())
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.files.content(file_id="file-0", vector_store_id="papers")
     # idle again, the service gives the collection's writer lock back (clara-index may write)
     from indexing.durable import WriterLock
 

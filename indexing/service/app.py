@@ -40,6 +40,7 @@ from indexing.service import MAX_UPLOAD_MB
 from indexing.service.handler import IndexService
 from indexing.service.protocol import (
     FileBatchCreate,
+    FileContentPage,
     FileDeleted,
     FileObject,
     ListPage,
@@ -319,6 +320,10 @@ def _routes(app: FastAPI) -> None:
     @app.get(files + "/{file_id}", response_model=VectorStoreFile, responses=ERRORS)
     async def get_store_file(store_id: str, file_id: str, request: Request):
         return _polled(await asyncio.to_thread(svc(request).get_store_file, store_id, file_id))
+
+    @app.get(files + "/{file_id}/content", response_model=FileContentPage, responses=ERRORS)
+    async def store_file_content(store_id: str, file_id: str, request: Request):
+        return await asyncio.to_thread(svc(request).store_file_content, store_id, file_id)
 
     @app.post(files + "/{file_id}", response_model=VectorStoreFile, responses=ERRORS)
     async def update_store_file(

@@ -57,6 +57,7 @@ from indexing.service.metrics import FileMetrics
 from indexing.service.protocol import (
     ChunkingStrategy,
     FileBatchCreate,
+    FileContentPage,
     FileCounts,
     FileDeleted,
     FileObject,
@@ -66,6 +67,7 @@ from indexing.service.protocol import (
     SearchRequest,
     SearchResult,
     StaticChunking,
+    TextContent,
     VectorStore,
     VectorStoreCreate,
     VectorStoreDeleted,
@@ -796,6 +798,29 @@ class IndexService:
                 if (listed := next(found, None)) is not None:
                     return listed
         raise _not_found("file", file_id)
+
+    def store_file_content(self, store_id: str, file_id: str) -> FileContentPage:
+        """A store's file as it was indexed: its chunks' text, in order (the text search
+        results quote; a file still being indexed has none yet)."""
+        listed = self.get_store_file(store_id, file_id)  # (404 if unknown)
+        if listed.status != "completed":
+            raise APIError(
+                400, f"'{file_id}' is {listed.status} in vector store '{store_id}': its "
+                "content is there once it is completed", param="file_id",
+            )  # fmt: skip
+        link, rec = self.registry.link(store_id, file_id), self.registry.file(file_id)
+        with self.reading(store_id) as col:
+            doc = col.document(link.doc_id) if link is not None and link.doc_id else None
+            if doc is None and rec is not None:
+                doc = col.find_by_path(str(self.uploads.path(rec))) or next(
+                    (d for d in col.list_documents() if self._upload_of(d) == file_id), None
+                )
+            if doc is None:
+                doc = col.document(file_id)  # (one clara-index added: listed by its id)
+            if doc is None:
+                raise _not_found("file", file_id)
+            chunks = col.document_chunks(doc.id)
+        return FileContentPage(data=[TextContent(text=c.text) for c in chunks])
 
     async def detach(self, store_id: str, file_id: str) -> VectorStoreFileDeleted:
         """Remove a file's chunks from the store (the upload itself stays)."""

@@ -273,6 +273,16 @@ class SearchPage(BaseModel):
     next_page: str | None = None
 
 
+class FileContentPage(BaseModel):
+    """GET /v1/vector_stores/{id}/files/{file_id}/content: the file's text as indexed, one
+    part per chunk, in order."""
+
+    object: Literal["vector_store.file_content.page"] = "vector_store.file_content.page"
+    data: list[TextContent]
+    has_more: bool = False
+    next_page: str | None = None
+
+
 class ListPage(BaseModel):
     """OpenAI's cursor page: `after`/`before` take an id from `data`."""
 
