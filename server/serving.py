@@ -596,7 +596,9 @@ class OpenAIServing:
             for i, v in enumerate(event.vectors)
         ]
         usage = EmbeddingUsage(prompt_tokens=event.tokens, total_tokens=event.tokens)
-        return EmbeddingResponse(data=data, model=self.served_model_name, usage=usage)
+        named = self.bare_model_name if self.is_bare(req.model) else self.served_model_name
+        return EmbeddingResponse(data=data, model=named, usage=usage)  # (the name asked: as
+        # chats do, and OpenAI)
 
 
 #: token ids that read again as text could at most make one token of (a client that split

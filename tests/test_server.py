@@ -924,6 +924,8 @@ def test_embeddings_are_normalised_query_memories(
 
     resp = client.embeddings.create(model=MODEL, input=[RIVER, "hello"])  # SDK asks base64
     assert resp.object == "list" and resp.model == MODEL and len(resp.data) == 2
+    bare = client.embeddings.create(model=MODEL + "-no-retrieval", input="hello")
+    assert bare.model == MODEL + "-no-retrieval"  # the name asked for (it was the other one)
     vec = np.array(resp.data[0].embedding, np.float32)
     assert vec.shape == (cm.n_mem * cm.hidden_size,)
     assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
