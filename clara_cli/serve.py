@@ -107,8 +107,14 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
             "CLARA_API_KEY to serve without one"
         )
     keys = {"api-key": key} if key is not None else {}
-    if getattr(args, "api_key_file", None):
-        keys = read_api_keys(args.api_key_file, keys)
+    key_file = getattr(args, "api_key_file", None)
+    if key_file is not None and not key_file.strip():  # (it served with no key at all)
+        raise ClaraError(
+            "the API key file is empty (--api-key-file or CLARA_API_KEY_FILE): name the "
+            "file, or unset CLARA_API_KEY_FILE"
+        )
+    if key_file:
+        keys = read_api_keys(key_file, keys)
     for name, value in keys.items():  # (what a header cannot carry; a space can)
         if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in value):
             raise ClaraError(

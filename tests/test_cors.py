@@ -255,6 +255,10 @@ def test_both_servers_refuse_star_without_a_key_at_startup(
         keys.write_text(text)
         assert serve_main(["--model", str(tiny_llama_dir), "--api-key-file", str(keys)]) == 1
         assert said in capsys.readouterr().err, text
+    monkeypatch.setenv("CLARA_API_KEY_FILE", "")  # (it served with no key at all)
+    with pytest.raises(ClaraError, match="the API key file is empty"):
+        access_options(build_parser().parse_args([]))
+    monkeypatch.delenv("CLARA_API_KEY_FILE")
     keys.write_text("# team\nalice k#1\n\nbob k2\n")
     args = build_parser().parse_args(["--api-key", "k0", "--api-key-file", str(keys)])
     assert access_options(args)["api_key"] == {"api-key": "k0", "alice": "k#1", "bob": "k2"}
