@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from clara.paths import make_private_dirs
+
 FLAGS = (
     "-march=native -ffp-contract=off -fno-math-errno -fno-trapping-math "
     "--param max-inline-insns-auto=400 --param max-inline-insns-single=800"
@@ -88,7 +90,7 @@ def _clear_stale(kernels: Path, tag: str) -> None:
     except OSError:
         pass
     try:
-        kernels.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(kernels)
         for lib in kernels.glob("lib*.so"):
             lib.unlink(missing_ok=True)
         mark.write_text(tag)
@@ -120,7 +122,7 @@ def enable() -> bool:
         return False
     tag = hashlib.sha256(f"{FLAGS}\n{real}\n{cpu_tag()}".encode()).hexdigest()[:16]
     try:
-        bindir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(bindir)
         script = bindir / "g++"
         text = _wrapper(real)
         if not script.exists() or script.read_text() != text:

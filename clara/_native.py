@@ -82,8 +82,10 @@ def build_cached(cmd: list[str], target: Path, what: str, timeout: int = 120) ->
     """Run the compiler command `cmd` with `-o` a temporary file, then move that to `target`
     (atomically: concurrent first runs both end with one file). None when built, else why not.
     Siblings unused for UNUSED_DAYS go."""
+    from clara.paths import make_private_dirs  # (the first folder under ~/.cache/clara)
+
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(target.parent)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
             done = subprocess.run(
