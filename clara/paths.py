@@ -34,16 +34,19 @@ def is_reserved(name: str) -> bool:
 def upload_file_id(root: str | os.PathLike, path: str | None) -> str | None:
     """The Files API id of a document indexed from `<root>/uploads/<file_id>/<name>`; None for
     any other path (documents `clara-index add` indexed from the user's own files). A path
-    under another root's `uploads/file-<24 hex>/` counts too when this root holds that
-    upload: documents keep the absolute path they were indexed from, which names the old
-    place once `CLARA_HOME` has moved."""
+    under another root's `uploads/file-<24 hex>/<name>` counts too when this root holds that
+    upload under the same name: documents keep the absolute path they were indexed from,
+    which names the old place once `CLARA_HOME` has moved. (A user's file in a folder that
+    only looks like an uploads folder, under another name, was taken for the upload: a
+    security audit. The Files API's listings and deletes also compare size and content.)"""
     if not path:
         return None
     p = Path(path)
     if p.parent.parent == Path(root) / UPLOADS:
         return p.parent.name
     moved = p.parent.parent.name == UPLOADS and _FILE_ID.fullmatch(p.parent.name)
-    return p.parent.name if moved and (Path(root) / UPLOADS / p.parent.name).is_dir() else None
+    here = Path(root) / UPLOADS / p.parent.name / p.name
+    return p.parent.name if moved and here.is_file() else None
 
 
 _FILE_ID = re.compile(r"file-[0-9a-f]{24}")

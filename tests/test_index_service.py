@@ -447,6 +447,8 @@ def test_a_store_restored_from_a_backup_lets_go_of_a_deleted_file(tiny_llama_dir
     proc, client = start()
     try:
         assert [f.id for f in client.vector_stores.files.list("archive")] != [water.id]
+        hits = client.vector_stores.search("archive", query="The ledger of the harbour board")
+        assert hits.data and all(h.file_id != water.id for h in hits.data)  # (it was named so)
         assert [f.id for f in client.vector_stores.files.list("hr")] == [water.id]
         with Collection.open(idx, "hr", readonly=True) as col:  # its document id, as listed
             (doc,) = col.list_documents()  # before: still found
