@@ -44,3 +44,9 @@ def test_printable_shows_hidden_characters_as_escapes() -> None:
     assert printable("esc\x1b[31mRED.txt") == "esc\\x1b[31mRED.txt"
     assert printable("invoice_\u202efdp.txt") == "invoice_\\u202efdp.txt"
     assert printable("한국어 메모.txt") == "한국어 메모.txt"
+    # line and paragraph separators split a log line for tools that split on them (a
+    # security audit: an upload's name faked a second deletion line); uploads lose them
+    assert printable("q3.pdf\u2028x\u2029y") == "q3.pdf\\u2028x\\u2029y"
+    from indexing.service.uploads import safe_name
+
+    assert safe_name("q3.pdf) deleted (key bob)\u2028x.txt") == "q3.pdf) deleted (key bob)_x.txt"
