@@ -225,21 +225,28 @@ class IndexService:
         detached from it (the registry lives beside the stores, in uploads/). Deleting the
         file said deleted, and its text was still found there."""
         out = []
-        path = str(self.uploads.path(rec))
         for store_id in self.store_ids():
             if store_id in besides:
                 continue
             try:  # (a look, as a listing's: the stores searches keep open stay open)
                 with self._readers.peek(store_id) as col:
-                    held = col is not None and (
-                        col.find_by_path(path) is not None  # (else: a moved CLARA_HOME's)
-                        or any(self._upload_of(d) == rec.id for d in col.list_documents())
-                    )
+                    held = col is not None and self._document_of(col, rec, None) is not None
             except (ClaraError, APIError, OSError):  # (damaged, or deleted meanwhile)
                 continue
             if held:
                 out.append(store_id)
         return out
+
+    def _document_of(self, col: Collection, rec: FileRecord | None, link: Link | None):
+        """The document of an upload in a store: the one its job made (`link`), else the one
+        read from its path here, else one indexed under a `CLARA_HOME` moved since (a path
+        stored relative to another working directory would not match either); None."""
+        doc = col.document(link.doc_id) if link is not None and link.doc_id else None
+        if doc is None and rec is not None:
+            doc = col.find_by_path(str(self.uploads.path(rec))) or next(
+                (d for d in col.list_documents() if self._upload_of(d) == rec.id), None
+            )
+        return doc
 
     def _upload_of(self, doc: Any) -> str | None:
         """The upload a stored document is, when it is one: indexed from this root's
@@ -347,7 +354,7 @@ class IndexService:
             await self.worker.call(lambda cm: self._detach_all(links, rec, unlinked))
             self.registry.delete_file(file_id)
             await self.uploads.delete(file_id)
-            stores = sorted({link.store_id for link in links} | set(unlinked))
+            stores = sorted(linked | set(unlinked))
             log.info("file %s (%r) deleted%s%s", file_id, rec.filename,  # (quoted: a name
                      # holding ") deleted (key bob)" cannot pass for the line's end)
                      f", and removed from {', '.join(stores)}" if stores else "", by_caller())  # fmt: skip
@@ -810,11 +817,7 @@ class IndexService:
             )  # fmt: skip
         link, rec = self.registry.link(store_id, file_id), self.registry.file(file_id)
         with self.reading(store_id) as col:
-            doc = col.document(link.doc_id) if link is not None and link.doc_id else None
-            if doc is None and rec is not None:
-                doc = col.find_by_path(str(self.uploads.path(rec))) or next(
-                    (d for d in col.list_documents() if self._upload_of(d) == file_id), None
-                )
+            doc = self._document_of(col, rec, link)
             if doc is None:
                 doc = col.document(file_id)  # (one clara-index added: listed by its id)
             if doc is None:
@@ -842,16 +845,8 @@ class IndexService:
         self.worker.cancel(lambda key: key == (store_id, rec.id if rec else None))
         try:
             doc = None
-            if col is not None:
-                # the document the job made; else the upload's path (a path stored relative to
-                # another working directory would not match), else the id the caller named
-                if link is not None and link.doc_id:
-                    doc = col.document(link.doc_id)
-                if doc is None and rec is not None:
-                    doc = col.find_by_path(str(self.uploads.path(rec)))
-                if doc is None and rec is not None:  # indexed under a CLARA_HOME moved since
-                    found = (d for d in col.list_documents() if self._upload_of(d) == rec.id)
-                    doc = next(found, None)
+            if col is not None:  # (else the id the caller named)
+                doc = self._document_of(col, rec, link)
                 if doc is None and doc_id is not None:
                     doc = col.document(doc_id)
             if doc is not None:
