@@ -943,12 +943,11 @@ class AccessGate:
         # name -> key (--api-key-file: one per person or app); one key alone is "api-key"
         keys = {"api-key": api_key} if isinstance(api_key, str) else dict(api_key or {})
         self.keys = [(name, key.encode()) for name, key in keys.items() if key]
-        self.api_key = self.keys[0][1] if self.keys else None
         self.service = service
         self.open_paths = open_paths
         self.local_only = local_only
         self.allow_hosts = {_host_name(h) for h in allow_hosts}  # ('name:port', '[v6]' too)
-        self.allow_origins = origin_rules(allow_origins, keyed=self.api_key is not None)
+        self.allow_origins = origin_rules(allow_origins, keyed=bool(self.keys))
 
     def allows_origin(self, origin: str | None) -> bool:
         """Whether pages of `origin` may use this server from a browser (`allow_origins`)."""
@@ -986,7 +985,7 @@ class AccessGate:
                     type="invalid_request_error",
                     code="cross_origin_request",
                 )
-        if preflight or self.api_key is None or scope["path"] in self.open_paths:
+        if preflight or not self.keys or scope["path"] in self.open_paths:
             return None
         named = [k.decode("latin-1").lower() for k, _ in scope.get("headers", [])]
         twice = [h for h in ("authorization", "api-key", "x-api-key") if named.count(h) > 1]
