@@ -106,7 +106,7 @@ class CompletionServing:
         head = Completion(
             id=legacy_completion_id(),
             created=int(time.time()),
-            model=s.bare_model_name if s.is_bare(req.model) else s.served_model_name,
+            model=s.model_name(s.is_bare(req.model)),
             choices=[],
             system_fingerprint=s.engine.info.fingerprint,
         )

@@ -232,6 +232,11 @@ class OpenAIServing:
     def is_bare(self, model: str | None) -> bool:
         return model == self.bare_model_name
 
+    def model_name(self, bare: bool) -> str:
+        """The name an answer carries: the bare model's when it was asked for, else the
+        served one's (what OpenAI does: the name asked)."""
+        return self.bare_model_name if bare else self.served_model_name
+
     def model_names(self) -> set[str]:
         names = {self.served_model_name, self.bare_model_name, self.engine.settings.model}
         if self.engine.info is not None:
@@ -253,7 +258,7 @@ class OpenAIServing:
     def card(self, bare: bool = False) -> ModelCard:
         info = self.engine.info
         return ModelCard(
-            id=self.bare_model_name if bare else self.served_model_name,
+            id=self.model_name(bare),
             created=self.created,
             root=info.model_id if info else self.engine.settings.model,
             max_model_len=info.context_limit if info else None,
@@ -290,7 +295,7 @@ class OpenAIServing:
         reply = _Reply(
             id=completion_id(),
             created=int(time.time()),
-            model=self.bare_model_name if bare else self.served_model_name,
+            model=self.model_name(bare),
             fingerprint=self.engine.info.fingerprint,
             ready=ready,
             retrieval=RetrievalInfo(
@@ -596,9 +601,8 @@ class OpenAIServing:
             for i, v in enumerate(event.vectors)
         ]
         usage = EmbeddingUsage(prompt_tokens=event.tokens, total_tokens=event.tokens)
-        named = self.bare_model_name if self.is_bare(req.model) else self.served_model_name
-        return EmbeddingResponse(data=data, model=named, usage=usage)  # (the name asked: as
-        # chats do, and OpenAI)
+        model = self.model_name(self.is_bare(req.model))
+        return EmbeddingResponse(data=data, model=model, usage=usage)
 
 
 #: token ids that read again as text could at most make one token of (a client that split

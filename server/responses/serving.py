@@ -41,7 +41,7 @@ from server.responses.protocol import (
     ResponseDeleted,
     new_id,
 )
-from server.responses.store import Chain, ResponseStore
+from server.responses.store import Chain, ResponseStore, items_of
 from server.responses.stream import ResponseRun, sse_event
 from server.serving import OpenAIServing
 
@@ -114,8 +114,7 @@ def _check_ids(req: ResponseCreateRequest, chain: Chain | None, previous: str | 
     if isinstance(req.input, str):
         return
     known = set() if chain is None else {
-        item.get("id") for turn, response in chain.turns
-        for item in turn + (response.get("output") or [])
+        item["id"] for turn, response in chain.turns for item in items_of(turn, response)
     }  # fmt: skip
     seen: set[str] = set()
     for i, item in enumerate(req.input):
@@ -429,7 +428,7 @@ class ResponsesServing:
                 raise _no_store(chat.collection) from None  # were waited for
             raise
         response = Response(
-            model=serving.bare_model_name if bare else serving.served_model_name,
+            model=serving.model_name(bare),
             instructions=req.instructions,
             max_output_tokens=params.max_tokens,  # (the server's cap when none was asked)
             previous_response_id=req.previous_response_id,

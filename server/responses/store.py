@@ -103,7 +103,7 @@ class ResponseStore:
             json.dumps(response, ensure_ascii=False),
         )
         running = response.get("status") == "in_progress"  # a stream's, as it starts
-        items = [(item["id"], response["id"]) for item in _items_of(input_items, response)]
+        items = [(item["id"], response["id"]) for item in items_of(input_items, response)]
         with self._lock:
             if response["id"] in _DELETED:  # deleted while it streamed: not written again
                 if not running:
@@ -202,7 +202,7 @@ class ResponseStore:
             )  # fmt: skip
         if found is None:
             return None
-        items = _items_of(json.loads(found[0]), json.loads(found[1]))
+        items = items_of(json.loads(found[0]), json.loads(found[1]))
         return next((item for item in items if item.get("id") == item_id), None)
 
     def chain(self, response_id: str) -> Chain | None:
@@ -229,7 +229,7 @@ class ResponseStore:
                 self._conn = None
 
 
-def _items_of(input_items: list[dict[str, Any]], response: dict[str, Any]) -> list[dict]:
+def items_of(input_items: list[dict[str, Any]], response: dict[str, Any]) -> list[dict]:
     """A stored response's input and output items that have ids."""
     out = [*input_items, *(response.get("output") or [])]
     return [item for item in out if isinstance(item.get("id"), str)]
@@ -251,7 +251,7 @@ def _index_items(db: sqlite3.Connection) -> None:
             for rid, input_json, response_json in db.execute(
                 "SELECT id, input, response FROM responses"
             ).fetchall():
-                items = _items_of(json.loads(input_json), json.loads(response_json))
+                items = items_of(json.loads(input_json), json.loads(response_json))
                 db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)",
                                [(item["id"], rid) for item in items])  # fmt: skip
         db.execute("COMMIT")
