@@ -11,6 +11,13 @@ an iterator; the worker then takes one `next()` per turn, rotating with the othe
 tasks of the same priority, so new interactive work gets in between two steps of a long job
 (between two decode steps of a batch, between two compressor batches).
 
+Each task carries the name of the API key its request came with (`CALLER`; None without keys),
+and clients share the worker by key: a new task's turn goes to the key whose work started
+longest ago (round robin: one key's burst of requests no longer waits ahead of a colleague's
+one question), and `max_waiting` bounds each key's waiting tasks, not all of them together (a
+script filling the queue gets the 503s, not everyone else). Without keys every request is one
+client's, first come first served, as before.
+
     worker = Worker(load=lambda: load_clara(...), max_waiting=16)
     worker.start()                         # returns at once; state "loading", then "ready"
     while worker.state == "loading":       # (before then, call/submit refuse: 503-style)
@@ -27,12 +34,20 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, zip_longest
 from typing import Any, TypeVar
 
 from clara.errors import ClaraError
-from clara_cli.http import REQUEST_ID, APIError, check_ready, is_client_error, shutting_down_error
+from clara_cli.http import (
+    CALLER,
+    REQUEST_ID,
+    APIError,
+    check_ready,
+    is_client_error,
+    shutting_down_error,
+)
 
 log = logging.getLogger("clara.worker")
 T = TypeVar("T")
@@ -74,6 +89,7 @@ class Task:
     busy: float | None = None  # seconds of its own turns, once started (for Retry-After)
     on_cancel: Callable[[], None] = field(default=_ignore, repr=False)  # set by `submit`
     request_id: str | None = field(default_factory=REQUEST_ID.get)  # the request it serves
+    caller: str | None = field(default_factory=CALLER.get)  # its API key's name (fair shares)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -106,6 +122,8 @@ class Worker:
         self.on_depth: Callable[[int], None] | None = None  # waiting-count changes (metrics)
         self._queues: dict[int, deque[Task]] = {p: deque() for p in PRIORITIES}
         self._waiting = 0  # bounded tasks not started yet
+        self._starts = 0  # tasks started so far, and when each caller's last one did (see
+        self._last_start: dict[str | None, int] = {}  # `_in_turn`)
         self._current: Task | None = None  # the task taking its turn (out of the queues)
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -145,29 +163,39 @@ class Worker:
         with self._cv:
             return self._live_waiting()
 
-    def _live_waiting(self) -> int:
-        """Bounded tasks waiting to start, but those cancelled meanwhile (a client that left):
-        the worker finishes them only when it next looks, which a long step puts off, and
-        they held the places of new requests, which got 503 (caller holds the lock)."""
-        queued = (t for q in self._queues.values() for t in q)
+    def _live_waiting(self, caller: object = all) -> int:
+        """Bounded tasks waiting to start (of one `caller`, or everyone's), but those cancelled
+        meanwhile (a client that left): the worker finishes them only when it next looks, which
+        a long step puts off, and they held the places of new requests, which got 503 (caller
+        holds the lock)."""
+        queued = [t for q in self._queues.values() for t in q]
+        if caller is not all:
+            return sum(
+                t.bounded and not t.cancelled and t.steps is None and t.caller == caller
+                for t in queued
+            )
         gone = sum(t.bounded and t.cancelled and t.steps is None for t in queued)
         return self._waiting - gone
 
     def submit(self, task: Task, priority: int = INTERACTIVE) -> Task:
-        """Queue `task`; a bounded task beyond `max_waiting` is a 503 with Retry-After.
-        Other threads get the 503 of `check_ready` until the model is loaded."""
+        """Queue `task`; a bounded task beyond `max_waiting` of its caller's (its API key's)
+        is a 503 with Retry-After. Other threads get the 503 of `check_ready` until the model
+        is loaded."""
         if threading.current_thread() is not self._thread:
             self.check_ready()
         if priority == BULK:  # (an indexing job outlives the request that queued it: its
             task.request_id = None  # failure, minutes on, is logged by file and store)
         with self._cv:
             if task.bounded:
-                waiting = self._live_waiting()
-                if waiting >= self.max_waiting:
+                own = self._live_waiting(task.caller)
+                if own >= self.max_waiting:
+                    waiting = self._live_waiting()
                     wait = max(1, round(self._task_seconds * (waiting + 1)))
+                    whose = f" with key {task.caller}" if task.caller else ""
                     raise APIError(
                         503,
-                        f"{self.service} is busy ({waiting} requests waiting); retry later",
+                        f"{self.service} is busy ({own} request{'s' * (own != 1)}{whose} "
+                        "waiting); retry later",
                         code="server_overloaded",
                         headers={"Retry-After": str(wait)},
                     )
@@ -225,23 +253,47 @@ class Worker:
 
     def take(self, match: Callable[[Any], bool], limit: int) -> list[Task]:
         """Take up to `limit` queued tasks whose key `match`es (not started, not cancelled, in
-        queue order) out of the queue, for the task running now to do alongside its own work
-        (the chat engine admits requests that arrived together as one group). Worker thread
-        only; the caller must run each one's `failed` (on an error) and `done`."""
+        turn: `_in_turn`) out of the queue, for the task running now to do alongside its own
+        work (the chat engine admits requests that arrived together as one group). Worker
+        thread only; the caller must run each one's `failed` (on an error) and `done`."""
         taken: list[Task] = []
         with self._cv:
             for priority in PRIORITIES:
-                for task in list(self._queues[priority]):
+                for task in self._in_turn(self._queues[priority]):
                     if len(taken) >= limit:
                         break
                     if task.steps is None and not task.cancelled and match(task.key):
                         self._queues[priority].remove(task)
                         if task.bounded:
                             self._waiting -= 1
+                        self._started(task)
                         taken.append(task)
         if taken:
             self._depth_changed()
         return taken
+
+    def _in_turn(self, queue: Iterable[Task]) -> list[Task]:
+        """`queue`'s tasks in the order they take their turns (caller holds the lock). Tasks
+        already started keep their places (each step requeues at the back); the places of
+        those not started go round robin by caller: the caller whose last task started longest
+        ago (or never) first, each caller's own in the order they came. With one caller (no
+        API keys, or one) this is queue order."""
+        queue = list(queue)
+        by_caller: dict[str | None, list[Task]] = {}
+        for task in queue:
+            if task.steps is None:
+                by_caller.setdefault(task.caller, []).append(task)
+        if len(by_caller) < 2:
+            return queue
+        callers = sorted(by_caller, key=lambda c: self._last_start.get(c, -1))
+        rounds = zip_longest(*(by_caller[c] for c in callers))
+        fresh = (t for t in chain.from_iterable(rounds) if t is not None)
+        return [next(fresh) if t.steps is None else t for t in queue]
+
+    def _started(self, task: Task) -> None:
+        """Count `task`'s start for its caller's turn (caller holds the lock)."""
+        self._starts += 1
+        self._last_start[task.caller] = self._starts
 
     def _queued(self) -> bool:
         return any(self._queues.values())
@@ -282,6 +334,8 @@ class Worker:
                         self._queues[task.priority].appendleft(task)
                     break
                 started = task.steps is not None
+                if not started and not task.cancelled:
+                    self._started(task)
                 if not started and task.bounded:
                     self._waiting -= 1
                 self._current = task
@@ -293,16 +347,16 @@ class Worker:
         self._drain()
 
     def _next(self) -> Task | None:
-        """The task to run now (caller holds the lock): the first runnable of the highest
-        priority, or of BULK when it has waited `bulk_every_s`; cancelled tasks that never
-        started are finished on the way."""
+        """The task to run now (caller holds the lock): the first runnable in turn
+        (`_in_turn`) of the highest priority, or of BULK when it has waited `bulk_every_s`;
+        cancelled tasks that never started are finished on the way."""
         now = time.monotonic()
         order = PRIORITIES
         if now - self._bulk_since >= self.bulk_every_s:
             order = (BULK, INTERACTIVE)  # its share: one turn, then interactive first again
         for priority in order:
             q = self._queues[priority]
-            for task in list(q):
+            for task in self._in_turn(q):
                 if task.steps is None and task.can_start is not None and not task.cancelled:
                     if not _can_start(task):
                         continue

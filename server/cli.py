@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=16,
         metavar="N",
-        help="requests that may wait for the model; more get 503 with Retry-After "
-        "(default: %(default)s)",
+        help="requests that may wait for the model, for each API key (--api-key-file) or "
+        "for all without keys; more get 503 with Retry-After; waiting requests of several keys "
+        "take turns (default: %(default)s)",
     )
     net.add_argument(
         "--max-batch",

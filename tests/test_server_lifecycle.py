@@ -93,6 +93,53 @@ def test_full_queue_is_503_and_disconnect_stops_generation(server: ServerProcess
     assert metric(text, "clara_requests_total", endpoint="/v1/chat/completions", status="503") >= 1
 
 
+def test_api_keys_take_turns_and_each_has_its_own_queue(tiny_llama_dir, tmp_path) -> None:
+    """A team on one server: a script's requests filled the one queue (a colleague's question
+    was a 503) and went first when the batch had room. With named keys each key has
+    --queue-size places of its own, and a free place in the batch goes to the key served
+    longest ago."""
+    keys = tmp_path / "keys"
+    keys.write_text("script sk-script\nalice sk-alice\n")
+    keys.chmod(0o600)
+    with ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"),
+        "--queue-size", "1", "--max-batch", "1", "--api-key-file", str(keys),
+        "--max-context", "30000",  # (the running answer outlasts the test's requests)
+        env={"CLARA_HOME": str(tmp_path / "home")}, log=tmp_path / "server.log",
+    ) as server:  # fmt: skip
+        server.wait_ready()
+        url = f"{server.url}/v1/chat/completions"
+        script = {"Authorization": "Bearer sk-script"}
+        alice = {"Authorization": "Bearer sk-alice"}
+        body = {**LONG, "max_tokens": 3}
+        answered: list[str] = []
+
+        def depth() -> float:
+            text = httpx.get(f"{server.url}/metrics", headers=alice, timeout=30).text
+            return metric(text, "clara_queue_depth")
+
+        def ask(who: str, headers: dict) -> None:
+            r = httpx.post(url, json=body, headers=headers, timeout=120)
+            answered.append(f"{who} {r.status_code}")
+
+        long = {**LONG, "max_tokens": 29000, "stream": True}
+        with httpx.stream("POST", url, json=long, headers=script) as running:
+            assert running.status_code == 200
+            lines = running.iter_lines()  # (kept: a dropped one closes the stream)
+            next(line for line in lines if '"content": "' in line)
+            waiting = [threading.Thread(target=ask, args=("script", script))]
+            waiting[0].start()
+            wait_for(lambda: depth() == 1)
+            r = httpx.post(url, json=body, headers=script, timeout=30)  # its one place is taken
+            assert r.status_code == 503 and "with key script waiting" in r.text, r.text
+            waiting.append(threading.Thread(target=ask, args=("alice", alice)))
+            waiting[1].start()  # hers is free
+            wait_for(lambda: depth() == 2)
+        for t in waiting:  # the stream closed: the batch's place goes to alice first
+            t.join(60)
+    assert answered == ["alice 200", "script 200"]
+
+
 def test_a_non_streamed_request_whose_client_leaves_stops(server: ServerProcess) -> None:
     """Tokens keep arriving while it decodes, yet the route still looks for its client (every
     0.25 s): a client that gave up frees the generation slot. The tiny model writes its whole

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from clara_cli.http import REQUEST_ID, APIError
+from clara_cli.http import CALLER, REQUEST_ID, APIError
 from clara_cli.worker import BULK, INTERACTIVE, Task, Worker
 
 
@@ -466,3 +466,100 @@ def test_a_task_whose_failure_handler_fails_does_not_end_the_worker(caplog) -> N
     finally:
         worker.stop()
     assert "a task's cannot_record failed" in caplog.text
+
+
+def submit_as(worker: Worker, caller: str | None, task: Task) -> Task:
+    """Submit `task` as a request with API key `caller` would (the gate sets `CALLER`)."""
+    token = CALLER.set(caller)
+    try:
+        return worker.submit(Task(task.key, task.start, task.failed, task.done, task.can_start))
+    finally:
+        CALLER.reset(token)
+
+
+def test_new_work_takes_turns_by_api_key() -> None:
+    """A team audit: one queue, first come first served, so a colleague's one question waited
+    behind every request of a script's burst. Now the keys take turns: the key whose last
+    task started longest ago goes first, each key's own in order; without keys (one caller)
+    it is queue order, as before."""
+    worker = ready_worker(max_waiting=8)
+    release = threading.Event()
+    ran: list[str] = []
+    finished = threading.Event()
+    submit_as(worker, "script", Task("busy", lambda cm: release.wait(5)))
+    wait_until(lambda: worker.queue_depth() == 0)  # started: "script" had the last turn
+    for i in range(3):
+        submit_as(worker, "script", Task(f"s{i}", lambda cm, i=i: ran.append(f"script{i}")))
+    submit_as(worker, "alice", Task("a0", lambda cm: ran.append("alice0")))
+    submit_as(worker, "alice", Task("a1", lambda cm: ran.append("alice1")))
+    submit_as(worker, None, Task("n0", lambda cm: ran.append("none0")))
+    submit_as(worker, "script", Task("end", lambda cm: finished.set()))
+    release.set()
+    assert finished.wait(5)
+    # never-served keys first, in the order they came (alice, then no key), then by turns
+    assert ran == ["alice0", "none0", "script0", "alice1", "script1", "script2"]
+
+    # one caller: queue order
+    release.clear()
+    ran.clear()
+    finished.clear()
+    submit_as(worker, None, Task("busy", lambda cm: release.wait(5)))
+    wait_until(lambda: worker.queue_depth() == 0)
+    for i in range(4):
+        submit_as(worker, None, Task(i, lambda cm, i=i: ran.append(i)))
+    submit_as(worker, None, Task("end", lambda cm: finished.set()))
+    release.set()
+    assert finished.wait(5)
+    assert ran == [0, 1, 2, 3]
+    worker.stop()
+
+
+def test_the_queue_bound_is_each_api_keys_own() -> None:
+    """`max_waiting` bounds each key's waiting tasks: a script that filled the queue got the
+    503s, and so did everyone after it. Without keys it bounds them all together."""
+    worker = ready_worker(max_waiting=2)
+    release = threading.Event()
+    submit_as(worker, "script", Task("busy", lambda cm: release.wait(5)))
+    wait_until(lambda: worker.queue_depth() == 0)
+    for i in range(2):
+        submit_as(worker, "script", Task(i, lambda cm: None))
+    with pytest.raises(APIError) as info:
+        submit_as(worker, "script", Task("more", lambda cm: None))
+    assert info.value.status == 503 and info.value.code == "server_overloaded"
+    assert "2 requests with key script waiting" in info.value.message
+    submit_as(worker, "alice", Task("a", lambda cm: None))  # her own places are free
+    submit_as(worker, None, Task("n", lambda cm: None))
+    assert worker.queue_depth() == 4  # (the gauge counts everyone's)
+    submit_as(worker, None, Task("n2", lambda cm: None))
+    with pytest.raises(APIError, match=r"busy \(2 requests waiting\)"):
+        submit_as(worker, None, Task("n3", lambda cm: None))
+    release.set()
+    wait_until(lambda: worker.queue_depth() == 0)
+    worker.stop()
+
+
+def test_take_hands_over_tasks_by_turns_of_api_keys() -> None:
+    """The chat engine admits queued requests as a group of up to the free places in its
+    batch: taken by turns of keys too (a script's burst took every free place)."""
+    worker = ready_worker(max_waiting=8)
+    release = threading.Event()
+    taken: list[list] = []
+
+    def leader(cm):
+        release.wait(5)
+        tasks = worker.take(lambda key: key[0] == "chat", 3)
+        taken.append([t.key[1] for t in tasks])
+        for t in tasks:
+            t.done()
+
+    submit_as(worker, "script", Task(("chat", "lead"), leader))
+    wait_until(lambda: worker.queue_depth() == 0)
+    for i in range(4):
+        submit_as(worker, "script", Task(("chat", f"s{i}"), lambda cm: None))
+    submit_as(worker, "alice", Task(("chat", "a0"), lambda cm: None))
+    submit_as(worker, "alice", Task(("chat", "a1"), lambda cm: None))
+    release.set()
+    wait_until(lambda: bool(taken))
+    assert taken == [["a0", "s0", "a1"]]
+    wait_until(lambda: worker.queue_depth() == 0)
+    worker.stop()
