@@ -66,6 +66,10 @@ class DocumentNotFoundError(CollectionError, KeyError):
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
+class ChunkNotFoundError(DocumentNotFoundError):
+    """No chunk with that id in the collection (its document removed, or never there)."""
+
+
 class CollectionLockedError(ClaraError):
     """Another process holds the collection's writer lock (`here`: this process does, so
     waiting will not free it)."""
@@ -93,6 +97,17 @@ class DocumentError(ClaraError):
         self.hint = one_line(hint)
         where = printable(path_text(path))
         super().__init__(f"{where}: {self.reason}" + (f": {self.hint}" if self.hint else ""))
+
+
+def many(value: object, what: str) -> None:
+    """Refuse one string or path where a list of `what` is asked for: it was iterated as a
+    list of its characters (`compress("text")` made a memory of each; `Indexer.run("a.txt")`
+    failed on "a", "." ...; `iter_inputs("docs")` walked "/" for the "/" of its path)."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise InvalidArgumentError(
+            f"expected a list of {what}, got one {type(value).__name__} ({value!r:.60}): pass "
+            f"it in a list, [{what[:-1] if what.endswith('s') else what}]"
+        )
 
 
 class MissingFileError(DocumentError):

@@ -14,7 +14,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_causal_mask
 
 from clara import _blas, attention, lanes
-from clara.errors import ClaraError, InvalidArgumentError
+from clara.errors import ClaraError, InvalidArgumentError, many
 from clara.last_positions import final_hidden
 from clara.loader import BaseModel
 from clara.lora import (
@@ -541,10 +541,17 @@ class ClaraModel(nn.Module):
 
     def compress(self, texts: Sequence[str], batch_size: int | None = None) -> mx.array:
         """Documents -> memory vectors `(N, n_mem, d)` with the compressor adapter, in
-        length-bucketed forward passes of `batch_size` (default: `compress_batch()`)."""
+        length-bucketed forward passes of `batch_size` (default: `compress_batch()`).
+
+        Each text is read up to `config.doc_max_tokens` tokens (what one memory holds: the
+        indexer cuts documents into chunks of that size first); the rest is not read. The
+        result is computed, so other threads may read it (`np.array(...)`)."""
         self.switch.check_thread()
+        many(texts, "texts")
         with self._compressor_products():
-            return self._encode_texts(texts, "compressor", batch_size or compress_batch())
+            out = self._encode_texts(texts, "compressor", batch_size or compress_batch())
+            mx.eval(out)  # (lazy, it could only be computed on this thread)
+        return out
 
     def encode_queries(
         self,
@@ -553,10 +560,15 @@ class ClaraModel(nn.Module):
         ids: Sequence[Sequence[int]] | None = None,
     ) -> mx.array:
         """Questions -> query memory vectors `(N, n_mem, d)` with the query adapter (its base
-        products in `query_precision`). `ids`: their `tokenize(texts)`, when already made."""
+        products in `query_precision`). `ids`: their `tokenize(texts)`, when already made.
+        Each question is read up to `config.doc_max_tokens` tokens; the result is computed,
+        so other threads may read it."""
         self.switch.check_thread()
+        many(texts, "texts")
         if not self.__dict__.get("_query_tiles"):
-            return self._encode_texts(texts, "query", batch_size, ids)
+            out = self._encode_texts(texts, "query", batch_size, ids)
+            mx.eval(out)
+            return out
         mx.synchronize()  # nothing else in flight reads the base weights on the tiles
         with _blas.bfloat16_base_products():
             out = self._encode_texts(texts, "query", batch_size, ids)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 from jinja2.exceptions import TemplateError
 
-from clara.errors import ClaraError, UnsupportedModeError
+from clara.errors import ClaraError, InvalidArgumentError, UnsupportedModeError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -203,7 +203,7 @@ def _blocks_prompt(cm: ClaraModel, question, texts, memories, history, system) -
     memories = [m if isinstance(m, mx.array) else mx.array(m) for m in memories]
     for mem in memories:
         if mem.shape != (cm.n_mem, cm.hidden_size):
-            raise ClaraError(
+            raise InvalidArgumentError(
                 f"memory block has shape {mem.shape}, expected ({cm.n_mem}, {cm.hidden_size})"
             )
     hist = [{**m, "content": clean(m["content"])} for m in history or []]

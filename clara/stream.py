@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from clara.errors import ClaraError, ContextLengthError
+from clara.errors import ContextLengthError, InvalidArgumentError
 from clara.model import ClaraModel
 from clara.prompt import Prompt
 
@@ -55,11 +55,11 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ClaraError("temperature must be >= 0 and top_p in (0, 1]")
+            raise InvalidArgumentError("temperature must be >= 0 and top_p in (0, 1]")
         if self.top_logprobs < 0:
-            raise ClaraError("top_logprobs must be >= 0")
+            raise InvalidArgumentError("top_logprobs must be >= 0")
         if not (abs(self.frequency_penalty) <= 2 and abs(self.presence_penalty) <= 2):
-            raise ClaraError("frequency_penalty and presence_penalty must be in [-2, 2]")
+            raise InvalidArgumentError("frequency_penalty and presence_penalty must be in [-2, 2]")
 
     @property
     def greedy(self) -> bool:

@@ -22,7 +22,7 @@ client's, first come first served, as before.
     worker.start()                         # returns at once; state "loading", then "ready"
     while worker.state == "loading":       # (before then, call/submit refuse: 503-style)
         await asyncio.sleep(0.1)
-    result = await worker.call(lambda cm: cm.encode_queries(["q"]))
+    vectors = await worker.call(lambda cm: np.array(cm.encode_queries(["q"])))
     worker.submit(Task(key, start, failed, bounded=False), priority=BULK)
 """
 

@@ -16,10 +16,25 @@ import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
+try:
+    from clara.errors import ClaraError
+except ImportError:  # run as `_parse_apart`'s child, which has the standard library only
+
+    class ClaraError(Exception):  # type: ignore[no-redef]  # (its errors go back as JSON)
+        pass
+
+
 #: Elements whose content is not page text.
 SKIPPED = frozenset(
-    {"script", "style", "noscript", "template", "svg", "math", "iframe", "object", "canvas",
-     "nav", "head", "select", "button"}
+    {"script", "style", "noscript", "template", "svg", "iframe", "object", "canvas", "nav",
+     "head", "select", "button", "annotation", "annotation-xml"}
+)  # fmt: skip
+#: What a <head> holds: any other tag (or text) ends a head whose </head> never comes, as
+#: HTML5 says (the optional end tag left out, a page's whole text was skipped as its head).
+#: MathML is read: its text is the formula's (`annotation`s, its TeX source, are not).
+IN_HEAD = frozenset(
+    {"title", "meta", "link", "base", "script", "style", "noscript", "template", "basefont",
+     "bgsound"}
 )  # fmt: skip
 #: Elements that start and end a block of text (a line, or a paragraph).
 BLOCKS = frozenset(
@@ -41,6 +56,11 @@ VOID = frozenset(
 _CLOSED = frozenset({"div", "ul", "ol", "section", "aside", "header", "footer", "span"})
 
 
+def _menu(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+    """A site menu to skip, as <nav> is: a `role="navigation"` block."""
+    return tag in _CLOSED and ("role", "navigation") in attrs
+
+
 @dataclass
 class HtmlText:
     text: str
@@ -51,12 +71,12 @@ class HtmlText:
 SLOW = "the page takes too long to read for its size (markup made to be slow to parse?)"
 
 
-class SlowHtmlError(ValueError):
+class SlowHtmlError(ClaraError, ValueError):
     """The page took longer than its size allows (`parse_budget`): markup built to make the
     parser scan the rest of the page again at each of its tags."""
 
 
-class MalformedHtmlError(ValueError):
+class MalformedHtmlError(ClaraError, ValueError):
     """Markup the standard parser refuses (it asserts: "<![ x" is no marked section)."""
 
 
@@ -159,12 +179,15 @@ class _Parser(HTMLParser):
         if tag == "title" and not self.skip_body:
             self.in_title = True
             return
-        if self.skip:
-            if tag == self.skip[0] and tag not in VOID:  # nested alike: </div> ends one
+        if self.skip == ["head"] and tag not in IN_HEAD:
+            self.skip = []  # body content: the head has ended
+        if self.skip:  # nested alike: </div> ends one; a head's <script> is its own
+            if (tag == self.skip[0] or self.skip == ["head"] and tag in SKIPPED) and (
+                tag not in VOID
+            ):
                 self.skip.append(tag)
             return
-        menu = tag in _CLOSED and ("role", "navigation") in attrs  # (as <nav> is)
-        if (tag in SKIPPED and tag not in VOID) or menu:
+        if (tag in SKIPPED and tag not in VOID) or _menu(tag, attrs):
             self.skip.append(tag)
             return
         if tag in ("td", "th"):
@@ -186,8 +209,8 @@ class _Parser(HTMLParser):
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._in_time()
-        if tag in SKIPPED:  # <svg/>: empty, nothing to skip
-            return
+        if tag in SKIPPED or _menu(tag, attrs):  # <svg/>: empty, nothing to skip (an XHTML
+            return  # <div role="navigation"/> skipped the rest of an EPUB's chapter)
         self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:
@@ -218,7 +241,10 @@ class _Parser(HTMLParser):
         self._in_time()
         if self.in_title:
             self.title.append(data)
-        elif not self.skip:
+            return
+        if self.skip == ["head"] and data.strip():
+            self.skip = []  # text outside <title> ends the head too
+        if not self.skip:
             self.line.append(data)
 
     # (the parser calls one of these at each step: the deadline is looked at each step)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 from xml.etree import ElementTree as ET
 
+from clara.errors import ClaraError, InvalidArgumentError
 from indexing.html_text import html_to_text
 
 #: bytes unpacked from one document, all members together
@@ -59,7 +60,7 @@ _CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
 _HEADING_STYLE = re.compile(r"(heading|berschrift|titre|titolo|encabezado|kop)\s*\d|title$", re.I)
 
 
-class OfficeError(ValueError):
+class OfficeError(ClaraError, ValueError):
     """A document that cannot be read: `reason`, and what to do (`hint`)."""
 
     def __init__(self, reason: str, hint: str) -> None:
@@ -76,14 +77,18 @@ class OfficeText:
 
 def office_text(data: bytes, ext: str) -> OfficeText:
     """The text of a .docx, .odt or .epub file's bytes (`ext` says which: an
-    OFFICE_EXTENSIONS name)."""
+    OFFICE_EXTENSIONS name, with or without its dot)."""
+    kind = OFFICE_KINDS.get("." + ext.lower().lstrip("."))
+    if kind is None:
+        raise InvalidArgumentError(
+            f"{ext!r} is not an office file type read here: one of {', '.join(OFFICE_KINDS)}"
+        )
     try:
         archive = _Archive(zipfile.ZipFile(io.BytesIO(data)))
     except zipfile.BadZipFile:
         raise OfficeError(
             f"not a {ext} file (not a zip archive)", "re-download or re-export the file"
         ) from None
-    kind = OFFICE_KINDS[ext]
     try:
         with archive:
             if kind == ".docx":
@@ -207,8 +212,9 @@ def _docx_blocks(
                 _docx_blocks(box, heading_styles, blocks, headings)
         elif element.tag == f"{_W}tbl":
             blocks.append(_docx_table(element))
-        elif element.tag in _DOCX_WRAPPERS:  # a content control, custom XML, a tracked
-            _docx_blocks(element, heading_styles, blocks, headings)  # insertion: what it holds
+        elif element.tag in _DOCX_WRAPPERS and not _not_read(element):  # a content control,
+            _docx_blocks(element, heading_styles, blocks, headings)  # custom XML, a tracked
+            # insertion: what it holds
 
 
 def _docx_heading_styles(archive: _Archive) -> set[str] | None:
@@ -265,7 +271,10 @@ def _docx_paragraph(p: ET.Element, heading_styles: set[str] | None) -> tuple[str
             else sid in heading_styles
         )  # fmt: skip
         heading = by_style or (level is not None and (level.get(f"{_W}val") or "9") < "9")
-        listed = props.find(f"{_W}numPr") is not None
+        number = props.find(f"{_W}numPr/{_W}numId")  # (numbering 0: taken off the paragraph)
+        listed = props.find(f"{_W}numPr") is not None and (
+            number is None or number.get(f"{_W}val") != "0"
+        )
     return "".join(parts).strip(), heading, listed
 
 
@@ -287,9 +296,21 @@ def _skipped(node: ET.Element) -> bool:
 
 
 def _not_read(node: ET.Element) -> bool:
+    """A shape's Fallback copy, text a tracked move took away, a hidden run, or an empty
+    content control's placeholder ("Click or tap here to enter text.")."""
     if node.tag in (_FALLBACK, f"{_W}moveFrom"):
         return True
-    return node.tag == f"{_W}r" and node.find(f"{_W}rPr/{_W}vanish") is not None
+    if node.tag == f"{_W}r":
+        return _on(node.find(f"{_W}rPr/{_W}vanish"))
+    return node.tag == f"{_W}sdt" and _on(node.find(f"{_W}sdtPr/{_W}showingPlcHdr"))
+
+
+def _on(flag: ET.Element | None) -> bool:
+    """Whether a Word on/off property is on: present, and not val "0", "false" or "off" (which
+    Word writes to turn off what a style turned on: such text was dropped as hidden)."""
+    return flag is not None and (flag.get(f"{_W}val") or "true").lower() not in (
+        "0", "false", "off"
+    )  # fmt: skip
 
 
 def _docx_text_boxes(p: ET.Element) -> list[ET.Element]:
@@ -331,7 +352,7 @@ def _docx_parts(parent: ET.Element, tag: str) -> Iterator[ET.Element]:
     for child in parent:
         if child.tag == tag:
             yield child
-        elif child.tag in _DOCX_WRAPPERS:
+        elif child.tag in _DOCX_WRAPPERS and not _not_read(child):
             yield from _docx_parts(child, tag)
 
 

@@ -38,6 +38,7 @@ from clara.errors import (
     DocumentNotFoundError,
     InvalidArgumentError,
     NoTextError,
+    many,
 )
 from clara.paths import file_sha256, index_root, path_text
 from indexing import partial
@@ -329,6 +330,7 @@ class Indexer:
         """Index every source; yields a FileResult per file and a Progress per model batch.
         A FileResult among the sources (a verdict known before, as `preflight`'s) is passed
         on where its file comes."""
+        many(sources, "sources")
         batch_size = self.options.batch_size
         todo = iter(sources)
         waiting: deque[tuple[_Pending, int]] = deque()  # (document, chunk index) to compress

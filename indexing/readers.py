@@ -1,4 +1,5 @@
-"""Read documents (PDF, plain text, Markdown, HTML) into pages of clean text.
+"""Read documents (PDF, Word, OpenDocument text, EPUB, Markdown, HTML, plain text) into pages
+of clean text.
 
 `read_document` returns a `Document` or raises a `DocumentError` whose message is one line:
 the file, what is wrong and what to do about it.
@@ -29,9 +30,11 @@ from clara.errors import (
     CorruptDocumentError,
     DocumentError,
     EncryptedDocumentError,
+    InvalidArgumentError,
     MissingFileError,
     NoTextError,
     UnsupportedDocumentError,
+    many,
 )
 from indexing.html_text import MalformedHtmlError, SlowHtmlError, html_to_text
 from indexing.office_text import (
@@ -79,7 +82,11 @@ class Document:
 
 
 def read_document(path: str | os.PathLike, password: str | None = None) -> Document:
-    """Read a PDF, Word, Markdown, HTML or text file into pages of cleaned text."""
+    """Read a PDF, Word (.docx), OpenDocument text (.odt), EPUB, Markdown, HTML or text file
+    into pages of cleaned text (a PDF's pages, one page for the others). `password` opens an
+    encrypted PDF; a wrong or missing one is an `EncryptedDocumentError`."""
+    if isinstance(path, str) and not path.strip():
+        raise InvalidArgumentError("the path to read is empty: pass a file's path")
     path = Path(path)
     if not path.exists():
         raise MissingFileError(path, "no such file", "check the path")
@@ -89,7 +96,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         )
     if not path.is_file():
         raise MissingFileError(
-            path, "not a regular file", "pass a PDF, Word, Markdown, HTML or text file"
+            path, "not a regular file", "pass a document file (PDF, Word, Markdown, HTML, text)"
         )
     try:
         data = path.read_bytes()
@@ -200,6 +207,7 @@ def iter_inputs(
     the first one is raised. Files and folders inside folders and globs that `exclude`
     patterns match are left out (`excluded`); a file named explicitly never is.
     """
+    many(paths, "paths")
     found: dict[Path, None] = {}
     skipped = [] if skipped is None else skipped
     problems: list[DocumentError] = [] if unreadable is None else unreadable

@@ -298,6 +298,12 @@ class Collection:
                 if is_corrupt(exc):
                     raise damaged(self.directory, _meta_trouble(exc)) from None
                 raise
+            except FileNotFoundError:
+                if not self.directory.exists():  # (its stats listed files no longer there)
+                    raise CollectionNotFoundError(
+                        f"collection {self.name!r} was deleted (by another process?)"
+                    ) from None
+                raise
 
     def refresh(self) -> bool:
         """Pick up commits made since the last look (one SELECT when there are none).
@@ -542,6 +548,8 @@ class Collection:
         FAISS finds the `max(k, rerank)` nearest chunks by the cosine of the flattened vectors;
         with `rerank` (the checkpoint's `ClaraConfig.dense_rerank`) those are re-scored by
         MaxSim over the stored memory vectors and the best k kept."""
+        if k < 0 or rerank < 0:
+            raise InvalidArgumentError(f"k and rerank must be 0 or more, got {k} and {rerank}")
         q = np.asarray(query)
         q = q[None] if q.ndim == 2 else q
         shape = (self.manifest.n_mem, self.manifest.hidden_size)
@@ -552,7 +560,7 @@ class Collection:
         with self._guard():
             self._view.refresh()
             index = self._view.index
-            if index is None or index.ntotal == 0:
+            if index is None or index.ntotal == 0 or k == 0:
                 return [[] for _ in range(len(q))]
             depth = min(rerank, index.ntotal)
             scores, ids = index.search(flatten_normalize(q), max(k, depth))  # (Q, n) each
@@ -611,8 +619,8 @@ class Collection:
         `vector` (n_mem, d) is the question's query-adapter encoding; `rerank` as in `search`
         (pass the checkpoint's `cm.config.dense_rerank`). Hits carry text and document, and
         with `memories` their stored memory vectors (`SearchHit.memory`)."""
-        if k < 0:
-            raise InvalidArgumentError(f"k must be 0 or more, got {k}")
+        if k < 0 or rerank < 0:
+            raise InvalidArgumentError(f"k and rerank must be 0 or more, got {k} and {rerank}")
         for _ in range(3):
             hits = retrieve(self, text, vector, k, mode, fusion, rerank)
             if not (memories and hits):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clara.errors import CollectionError
+from clara.errors import ChunkNotFoundError, CollectionError
 from clara.retrieval import flatten_normalize
 from indexing.durable import remove_quietly
 from indexing.layout import FAISS_FILE, damaged, faiss_file_name
@@ -201,7 +201,7 @@ class IndexView:
                 where = self.meta.rows_of(chunk_ids)
             missing = [i for i in chunk_ids if i not in where]
             if missing:
-                raise KeyError(f"no chunk(s) {missing[:5]} in '{self.directory.name}'")
+                raise ChunkNotFoundError(f"no chunk(s) {missing[:5]} in '{self.directory.name}'")
             try:
                 rows = np.array([where[i] for i in chunk_ids], dtype=np.int64)
                 return self.memory_for(state).read(rows)

@@ -18,8 +18,10 @@ import pytest
 import clara  # noqa: F401  (first: OpenBLAS before mlx)
 from clara.checkpoint import load_clara
 from clara.errors import (
+    ChunkNotFoundError,
     ClaraError,
     CollectionError,
+    CollectionNotFoundError,
     DocumentNotFoundError,
     InvalidArgumentError,
     ModelThreadError,
@@ -147,8 +149,18 @@ def test_library_mistakes_are_clara_errors_that_say_what_was_wrong(tmp_path):
         col.retrieve("paris", vector, mode="bogus")
     with pytest.raises(InvalidArgumentError, match="needs the question's query vector"):
         col.retrieve("paris", None)
-    with pytest.raises(InvalidArgumentError, match="k must be 0 or more"):
+    with pytest.raises(InvalidArgumentError, match="k and rerank must be 0 or more"):
         col.retrieve("paris", vector, k=-1)
+    with pytest.raises(InvalidArgumentError, match="k and rerank must be 0 or more"):
+        col.retrieve("paris", vector, rerank=-5)  # (was accepted)
+    # search and retrieve agree on k (search's k=0 and k=-1 each gave a hit)
+    assert col.search(vector, k=0) == [[]] and len(col.search(vector, k=1)[0]) == 1
+    with pytest.raises(InvalidArgumentError, match="k and rerank must be 0 or more"):
+        col.search(vector, k=-1)
+    # an unknown chunk's memory: a bare KeyError before (still one, for callers catching it)
+    with pytest.raises(ChunkNotFoundError, match=r"no chunk\(s\) \[1000000000\]") as chunk:
+        col.memories([10**9])
+    assert isinstance(chunk.value, KeyError)
     with pytest.raises(InvalidArgumentError, match="query must be"):
         col.retrieve("paris", np.zeros((3, 3)), mode="dense")
     with pytest.raises(DocumentNotFoundError) as missing:
@@ -158,6 +170,60 @@ def test_library_mistakes_are_clara_errors_that_say_what_was_wrong(tmp_path):
     col.close()  # twice: fine
     with pytest.raises(CollectionError, match="collection 'main' is closed: open it again"):
         col.retrieve("paris", vector)  # was sqlite3.ProgrammingError
+
+
+def test_a_reader_of_a_deleted_collection_is_told_so(tmp_path):
+    """A library audit: stats() of a collection another process deleted was a bare
+    FileNotFoundError."""
+    from indexing.store import delete_collection
+
+    _store(tmp_path).close()
+    reader = Collection.open(tmp_path, "main", readonly=True)
+    delete_collection(tmp_path, "main")
+    with pytest.raises(CollectionNotFoundError, match="collection 'main' was deleted"):
+        reader.stats()
+    reader.close()
+
+
+def test_one_string_where_a_list_is_asked_for_is_refused(cm, tmp_path):
+    """A library audit: a string was iterated as its characters: `compress("hello world")`
+    made 11 memories, `Indexer.run("docs/a.txt")` failed once per character, and
+    `iter_inputs("docs")` walked "/" first."""
+    from indexing.readers import iter_inputs, read_document
+
+    with pytest.raises(InvalidArgumentError, match=r"expected a list of texts, got one str"):
+        cm.compress("hello world")
+    with pytest.raises(InvalidArgumentError, match=r"pass it in a list, \[text\]"):
+        cm.encode_queries("hello")
+    with pytest.raises(InvalidArgumentError, match="expected a list of paths"):
+        iter_inputs(str(tmp_path))
+    with pytest.raises(InvalidArgumentError, match="expected a list of sources"):
+        with Collection.open(tmp_path / "i", "lib", dict(cm.manifest()), create=True) as col:
+            next(Indexer(cm, col, IndexOptions(32, 0, batch_size=4)).run(tmp_path / "a.txt"))
+    with pytest.raises(InvalidArgumentError, match="the path to read is empty"):
+        read_document("")  # (was "`.`: is a directory")
+
+
+def test_vectors_from_the_model_may_be_read_on_another_thread(cm):
+    """A library audit: the arrays encode_queries and compress returned were not computed
+    yet, and MLX computes only on the thread that made them: the worker's own example,
+    `await worker.call(lambda cm: cm.encode_queries([...]))`, handed the event loop an array
+    it could not read ("There is no Stream(cpu, 0) in current thread")."""
+    queries = cm.encode_queries(["where is paris?"])
+    memories = cm.compress(["Paris is the capital of France."])
+    read, exc = _on_a_thread(lambda: (np.array(queries), np.array(memories)))
+    assert exc is None, exc
+    assert read[0].shape == (1, cm.n_mem, cm.hidden_size) and np.isfinite(read[1]).all()
+
+
+def test_sampling_mistakes_are_invalid_argument_errors(cm):
+    """They were the base ClaraError: `except ValueError`, as for Python's own, missed them."""
+    memory = cm.compress(["Paris is the capital of France."])[0]
+    for bad in ({"temperature": -1}, {"top_p": 0}):
+        with pytest.raises(InvalidArgumentError, match="temperature must be >= 0"):
+            list(stream_from_memory(cm, "Where?", [memory], max_tokens=2, **bad))
+    with pytest.raises(InvalidArgumentError, match="memory block has shape"):
+        list(stream_from_memory(cm, "Where?", [np.zeros((2, 3))], max_tokens=2))
 
 
 def test_a_model_has_a_short_repr(cm):

@@ -397,3 +397,44 @@ def test_an_epubs_table_of_contents_is_left_out(tmp_path: Path) -> None:
             ("The Storm", "The Storm"),
             ("The Rebuilding", "The Rebuilding"),
         ]
+
+
+def test_word_on_off_properties_placeholders_and_removed_numbering(tmp_path: Path) -> None:
+    """A library audit: a run with `<w:vanish w:val="0"/>` (Word turning off a style's hidden
+    text) was dropped as hidden; an empty content control's placeholder ("Click or tap here
+    to enter text.") was indexed; a paragraph whose numbering was taken off (numId 0) read
+    as a list item."""
+    shown = '<w:p><w:r><w:rPr><w:vanish w:val="0"/></w:rPr><w:t>Shown A.</w:t></w:r></w:p>'
+    shown += '<w:p><w:r><w:rPr><w:vanish w:val="false"/></w:rPr><w:t>Shown B.</w:t></w:r></w:p>'
+    hidden = "<w:p><w:r><w:rPr><w:vanish/></w:rPr><w:t>Hidden.</w:t></w:r></w:p>"
+    placeholder = (
+        "<w:sdt><w:sdtPr><w:showingPlcHdr/></w:sdtPr><w:sdtContent>"
+        + para("Click or tap here to enter text.")
+        + "</w:sdtContent></w:sdt><w:p><w:r><w:t>Name: </w:t></w:r><w:sdt><w:sdtPr>"
+        "<w:showingPlcHdr/></w:sdtPr><w:sdtContent><w:r><w:t>Enter a name.</w:t></w:r>"
+        "</w:sdtContent></w:sdt></w:p>"
+    )
+    filled = "<w:sdt><w:sdtPr/><w:sdtContent>" + para("Filled in.") + "</w:sdtContent></w:sdt>"
+    unnumbered = (
+        '<w:p><w:pPr><w:numPr><w:ilvl w:val="0"/><w:numId w:val="0"/></w:numPr></w:pPr>'
+        "<w:r><w:t>Plain again.</w:t></w:r></w:p>"
+    )
+    path = tmp_path / "flags.docx"
+    path.write_bytes(docx(shown + hidden + placeholder + filled + unnumbered))
+    text = read_document(path).pages[0].text
+    assert text.split("\n\n") == ["Shown A.", "Shown B.", "Name:", "Filled in.", "Plain again."]
+
+
+def test_office_text_as_a_library_call() -> None:
+    """`office_text(data, "docx")` (no dot) was a KeyError; its errors were ValueErrors only,
+    not clara's."""
+    from clara.errors import ClaraError, InvalidArgumentError
+
+    data = docx(para("Hello."))
+    assert office_text.office_text(data, "docx").text == office_text.office_text(
+        data, ".DOCX"
+    ).text == "Hello."  # fmt: skip
+    with pytest.raises(InvalidArgumentError, match="'pptx' is not an office file type"):
+        office_text.office_text(data, "pptx")
+    with pytest.raises(ClaraError, match="not a .docx file"):
+        office_text.office_text(b"plain bytes", ".docx")
