@@ -321,6 +321,7 @@ class Indexer:
             raise InvalidArgumentError(
                 f"batch size must be at least 1, got {self.options.batch_size}"
             )
+        collection.check_writable()  # (a reader's: refused now, not after the first compression)
         self.committed = 0
         self.manifest = model_manifest(cm)
 

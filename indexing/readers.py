@@ -109,6 +109,10 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
 
     ext = path.suffix.lower()
     sniffed = _sniff(data, ext)
+    if sniffed == "legacy Office document" and "EncryptedPackage".encode("utf-16-le") in data:
+        raise EncryptedDocumentError(  # a password-protected .docx is stored so (with its
+            path, "password-protected", "save a copy without a password and index that"
+        )  # extension or not: an upload without it was an "unsupported legacy document")
     office = ext if ext in OFFICE_EXTENSIONS else None  # (else by its parts: an upload
     if office is None and sniffed == "zip archive / office document":  # without its name's
         office = office_kind(data)  # extension)
@@ -126,11 +130,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
     elif office:
         ext = office
         kind = OFFICE_KINDS[ext][1:]  # type: ignore[assignment]  # docx, odt, epub
-        if sniffed == "legacy Office document":  # a password-protected one is stored so
-            if "EncryptedPackage".encode("utf-16-le") in data:
-                raise EncryptedDocumentError(
-                    path, "password-protected", "save a copy without a password and index that"
-                )
+        if sniffed == "legacy Office document":
             what = "legacy Office document"
             raise UnsupportedDocumentError(path, f"unsupported file type ({what})", _hint_for(what))
         try:

@@ -373,7 +373,8 @@ class Collection:
             self._view.drop_other_faiss_files()  # e.g. the old one after a crash mid-save
 
     # -- writes ------------------------------------------------------------------------------
-    def _writable(self) -> None:
+    def check_writable(self) -> None:
+        """A `CollectionError` unless this is an open writer."""
         if self._lock is None:
             raise CollectionError(f"collection '{self.name}' is open read-only (or closed)")
 
@@ -382,7 +383,7 @@ class Collection:
         same content (touched, copied with new times, checked out again by git), in one
         write: later runs then know them unchanged without reading them. Nothing a reader
         sees changes."""
-        self._writable()
+        self.check_writable()
         if stats:
             with self._guard(), self._meta.transaction():
                 self._meta.set_file_stats(stats)
@@ -420,7 +421,7 @@ class Collection:
         return self._commit(old_doc_id, path, name, sha256, chunks, memories, size, mtime, n_pages)
 
     def _commit(self, old_id, path, name, sha256, chunks, memories, size, mtime, n_pages) -> str:
-        self._writable()
+        self.check_writable()
         n_mem, d = self.manifest.n_mem, self.manifest.hidden_size
         memories = np.asarray(memories)
         if memories.shape != (len(chunks), n_mem, d):
@@ -479,7 +480,7 @@ class Collection:
         """Remove these documents in one commit (one vector-index update: removing a folder
         of 1000 one at a time compacted the flat index 1000 times); returns the ids that
         were there."""
-        self._writable()
+        self.check_writable()
         with self._guard():
             generation = self._meta.state().generation + 1
             with self._meta.transaction():
@@ -502,7 +503,7 @@ class Collection:
 
     def compact(self) -> None:
         """Rewrite the live rows into a new memory file so removed chunks free their space."""
-        self._writable()
+        self.check_writable()
         with self._guard():
             self._compact()
             self._view.maybe_save()
@@ -534,7 +535,7 @@ class Collection:
 
     def rebuild(self) -> None:
         """Rebuild FAISS from the memory file and the full-text table from the chunks."""
-        self._writable()
+        self.check_writable()
         with self._guard():
             with self._meta.transaction():
                 self._meta.build_lexical()

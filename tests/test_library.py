@@ -204,6 +204,14 @@ def test_one_string_where_a_list_is_asked_for_is_refused(cm, tmp_path):
         read_document("")  # (was "`.`: is a directory")
 
 
+def test_an_indexer_over_a_reader_is_refused_before_any_work(cm, tmp_path):
+    """It compressed the first batch (seconds of a real model) before the write failed."""
+    Collection.open(tmp_path, "lib", dict(cm.manifest()), create=True).close()
+    with Collection.open(tmp_path, "lib", readonly=True) as reader:
+        with pytest.raises(CollectionError, match="open read-only"):
+            Indexer(cm, reader)
+
+
 def test_vectors_from_the_model_may_be_read_on_another_thread(cm):
     """A library audit: the arrays encode_queries and compress returned were not computed
     yet, and MLX computes only on the thread that made them: the worker's own example,

@@ -180,6 +180,8 @@ def test_damaged_encrypted_and_oversized_office_files_are_one_line_errors(
     # Word stores a password-protected .docx as an OLE file holding an "EncryptedPackage"
     ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500) + "EncryptedPackage".encode("utf-16-le")
     refused("locked.docx", ole, EncryptedDocumentError, "password-protected")
+    refused("locked", ole, EncryptedDocumentError, "password-protected")  # (no extension:
+    # an upload saved without it was an "unsupported legacy Office document")
     laughs = (f'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]>'
               f"<w:document {W}><w:body>{para('&a;')}</w:body></w:document>")  # fmt: skip
     refused("laughs.docx", zipped({"word/document.xml": laughs}), CorruptDocumentError,
