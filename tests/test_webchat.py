@@ -417,3 +417,49 @@ def test_the_picker_lists_collections_past_the_first_hundred(server: ServerProce
     finally:
         for store_id in made:
             httpx.delete(f"{url}/{store_id}", headers=auth, timeout=30)
+
+
+def test_the_chat_works_under_a_reverse_proxys_path(server: ServerProcess, page, tmp_path):
+    """A reverse proxy serving the chat at https://example.org/clara/ (the prefix taken off on
+    its way to the server): the page asked the server's root (/v1/..., /web/app.js), which
+    the proxy sends elsewhere. Every address is now the page's own folder's; the proxy is
+    played by the browser, which sends /clara/... to the server's /... and nothing else."""
+    asked: list[str] = []
+    base = server.url + "/clara/"
+
+    def proxy(route) -> None:
+        url = route.request.url
+        asked.append(url)
+        if url.startswith(base):
+            route.continue_(url=server.url + "/" + url[len(base) :])
+        else:  # (what the proxy would send to another site: a 404 there)
+            route.fulfill(status=404, body="not this site")
+
+    page.route(server.url + "/**", proxy)
+    try:
+        page.goto(base)
+        page.fill("#api-key", API_KEY)
+        page.dispatch_event("#api-key", "change")
+        model = httpx.get(server.url + "/health", timeout=10).json()["model"]
+        sync_api.expect(page.locator("#model")).to_have_text(model)
+        doc = tmp_path / "lighthouse.txt"
+        doc.write_text("The lighthouse lamp was lit again in 1921 by the keeper's daughter.")
+        page.set_input_files("#file", str(doc))
+        page.click("#upload")
+        sync_api.expect(page.locator("#upload-status")).to_contain_text("1 of 1 files indexed")
+        page.locator("#retrieval-mode").select_option("lexical")
+        page.fill("#question", "When was the lighthouse lamp lit again?")
+        page.press("#question", "Enter")
+        answer = page.locator(".msg.assistant.done").last
+        sync_api.expect(answer.locator("button.source").first).to_contain_text("lighthouse.txt")
+        with page.context.expect_page() as opened:
+            answer.locator(".sources a").first.click()
+        tab = opened.value
+        tab.wait_for_url(lambda url: url.startswith("blob:"))
+        sync_api.expect(tab.locator("body")).to_contain_text("lit again in 1921")
+        tab.close()
+    finally:
+        page.unroute(server.url + "/**")
+    assert asked and all(url.startswith(base) for url in asked), [
+        url for url in asked if not url.startswith(base)
+    ]

@@ -54,6 +54,13 @@ function failure(r, body) {
   return e;
 }
 
+// Every address is relative to the page, so the chat works behind a reverse proxy that serves
+// it under a path of its own (https://example.org/clara/): the API is beside the page. A source
+// link the server writes from its root ("/v1/files/...") is read from the page's folder too.
+function here(url) {
+  return url.startsWith("/v1/") ? url.slice(1) : url;
+}
+
 async function api(path, options = {}) {
   let r;
   const sent = { ...options, headers: { ...headers(!!options.body), ...(options.headers || {}) } };
@@ -130,7 +137,7 @@ function refreshIn(ms) {
 
 async function refresh() {
   try {
-    const card = (await api("/v1/models")).data[0];
+    const card = (await api("v1/models")).data[0];
     keyNeeded(false);
     $("model").textContent = card.id;
     if (card.mode) $("mode").options[0].textContent = `server default (${card.mode})`;
@@ -154,7 +161,7 @@ async function allStores() {
   const out = [];
   let after = "";
   for (;;) {
-    const page = await api(`/v1/vector_stores?limit=100${after}`);
+    const page = await api(`v1/vector_stores?limit=100${after}`);
     out.push(...page.data);
     if (!page.has_more || !page.last_id) return out;
     after = `&after=${encodeURIComponent(page.last_id)}`;
@@ -197,7 +204,7 @@ function collection() {
 async function loadRetrievalModes() {
   // retrieval modes (e.g. hybrid / dense / lexical) are offered when the server's schema has them
   try {
-    const spec = await api("/openapi.json");
+    const spec = await api("openapi.json");
     const field = spec.components.schemas.ChatCompletionRequest.properties.retrieval_mode;
     const values = field && (field.enum || (field.anyOf || []).flatMap((x) => x.enum || []));
     if (!values || !values.length) return;
@@ -220,7 +227,7 @@ function pages(s) {
 // as plain text: an uploaded HTML page must not run inside this page's origin.
 async function openFile(s, tab, li) {
   try {
-    const r = await fetch(s.url.split("#")[0], { headers: headers(false) });
+    const r = await fetch(here(s.url.split("#")[0]), { headers: headers(false) });
     if (!r.ok) throw failure(r, await r.json().catch(() => ({})));
     const data = await r.blob();
     const pdf = data.type === "application/pdf";
@@ -286,7 +293,7 @@ function showSources(div, sources) {
     li.append(button);
     if (filesApi && s.url && s.url.startsWith("/v1/files/")) { // uploads: the files API's
       const open = document.createElement("a");
-      open.href = s.url;
+      open.href = here(s.url);
       open.textContent = "open";
       open.title = `open ${s.filename}`;
       open.setAttribute("aria-label", `Open source ${i + 1}, ${s.filename} (new tab)`);
@@ -356,7 +363,7 @@ async function ask(question) {
   let retrieval = null;
   let finish = null;
   try {
-    const r = await fetch("/v1/chat/completions", {
+    const r = await fetch("v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
     });
     if (!r.ok) throw failure(r, await r.json().catch(() => ({})));
@@ -414,7 +421,7 @@ function uploadFile(file) {
     form.append("purpose", "assistants");
     form.append("file", file);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/v1/files");
+    xhr.open("POST", "v1/files");
     const auth = headers(false).Authorization;
     if (auth) xhr.setRequestHeader("Authorization", auth);
     xhr.upload.onprogress = (e) => {
@@ -440,7 +447,7 @@ async function targetCollection() {
   if (!wanted) throw new Error("pick a collection or type a new collection name");
   let found = null;
   try {
-    found = await api(`/v1/vector_stores/${encodeURIComponent(wanted)}`);
+    found = await api(`v1/vector_stores/${encodeURIComponent(wanted)}`);
   } catch (e) {
     if (e.status !== 404) throw e;
   }
@@ -448,7 +455,7 @@ async function targetCollection() {
   // the server's default collection is made by the first file put into it (a store created
   // under its name would get another id, which "server default" never searches)
   if (!found && wanted === serverCollection) return { id: wanted, name: wanted };
-  if (!found) found = await api("/v1/vector_stores", { method: "POST", body: JSON.stringify({ name: wanted }) });
+  if (!found) found = await api("v1/vector_stores", { method: "POST", body: JSON.stringify({ name: wanted }) });
   return { id: found.id, name: found.name || found.id };
 }
 
@@ -466,7 +473,7 @@ async function upload() {
   const failed = [];
   try {
     store = await targetCollection();
-    const path = `/v1/vector_stores/${encodeURIComponent(store.id)}/files`;
+    const path = `v1/vector_stores/${encodeURIComponent(store.id)}/files`;
     for (const file of files) {
       $("upload-progress").hidden = false;
       $("upload-progress").value = 0;
