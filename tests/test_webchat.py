@@ -159,7 +159,10 @@ def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, 
 
 
 def open_page(page, server: ServerProcess) -> None:
+    """The chat as a new tab shows it: nothing picked (the page keeps a tab's picks)."""
     page.goto(server.url + "/")
+    page.evaluate("sessionStorage.removeItem('clara-picks')")
+    page.reload()
     page.fill("#api-key", API_KEY)
     page.dispatch_event("#api-key", "change")
     model = httpx.get(server.url + "/health", timeout=10).json()["model"]
@@ -250,20 +253,83 @@ def test_upload_into_the_server_default_and_open_a_source(
     tab.close()
 
 
-def test_a_collection_deleted_elsewhere_leaves_the_picker(server: ServerProcess, page) -> None:
-    """A web chat audit: a collection deleted by another client stayed picked, and every
-    question after it failed the same way."""
+def test_a_collection_deleted_elsewhere_stays_picked_and_says_so(
+    server: ServerProcess, page, tmp_path
+) -> None:
+    """Web chat audits: a collection deleted by another client stayed picked, every question
+    after it failing with the server's words (its id, advice for API callers); then the page
+    swapped it for the server default, and the question sent again was answered from other
+    documents without a word. It stays picked, named as gone, and the question says to pick
+    another; an upload into it is refused (a store named after its id was made)."""
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    made = httpx.post(f"{server.url}/v1/vector_stores", json={"name": "doomed"}, headers=auth)
+    made = httpx.post(f"{server.url}/v1/vector_stores", json={"name": "doomed notes"}, headers=auth)
     store_id = made.json()["id"]
     open_page(page, server)
     page.locator("#collection").select_option(store_id)
     httpx.delete(f"{server.url}/v1/vector_stores/{store_id}", headers=auth).raise_for_status()
     page.fill("#question", "anything?")
     page.press("#question", "Enter")
-    sync_api.expect(page.locator(".msg.assistant.error")).to_contain_text("no collection")
-    sync_api.expect(page.locator("#collection")).to_have_value("")  # the server's default
-    assert page.locator(f"#collection option[value='{store_id}']").count() == 0
+    sync_api.expect(page.locator(".msg.assistant.error")).to_contain_text(
+        "the collection doomed notes is no longer on the server (deleted?): pick another one"
+    )
+    sync_api.expect(page.locator("#collection")).to_have_value(store_id)
+    sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_text(
+        "doomed notes (no longer on the server)"
+    )
+    doc = tmp_path / "note.txt"
+    doc.write_text("A note.")
+    page.set_input_files("#file", str(doc))
+    page.click("#upload")
+    sync_api.expect(page.locator("#upload-status")).to_contain_text(
+        "the collection doomed notes is no longer on the server: pick another one"
+    )
+    names = [s["name"] for s in httpx.get(f"{server.url}/v1/vector_stores?limit=100",
+                                          headers=auth).json()["data"]]  # fmt: skip
+    assert store_id not in names and "doomed notes" not in names
+    page.locator("#collection").select_option("")
+    sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_count(1)
+
+
+def test_picks_outlast_a_reload_a_wrong_key_and_a_failed_upload(
+    server: ServerProcess, page, tmp_path
+) -> None:
+    """A web chat audit: a mistyped key (a 401) set the collection back to the server default,
+    and kept it there once the right key was typed; every refresh set the retrieval mode back;
+    a reload lost both. An upload into a new name whose every file failed left that empty
+    collection behind."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    made = httpx.post(f"{server.url}/v1/vector_stores", json={"name": "kept"}, headers=auth)
+    store_id = made.json()["id"]
+    open_page(page, server)
+    page.locator("#collection").select_option(store_id)
+    page.locator("#retrieval-mode").select_option("lexical")
+    page.locator("#mode").select_option("text")
+    page.fill("#api-key", "wrong-key")
+    page.dispatch_event("#api-key", "change")
+    sync_api.expect(page.locator("#model")).to_contain_text("API key is missing or wrong")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    sync_api.expect(page.locator("#collection")).to_have_value(store_id)
+    sync_api.expect(page.locator("#retrieval-mode")).to_have_value("lexical")
+    page.reload()
+    sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_count(1)
+    sync_api.expect(page.locator("#collection")).to_have_value(store_id)
+    sync_api.expect(page.locator("#retrieval-mode")).to_have_value("lexical")
+    sync_api.expect(page.locator("#mode")).to_have_value("text")
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    page.fill("#new-collection", "only pictures")
+    page.set_input_files("#file", str(picture))
+    page.click("#upload")
+    sync_api.expect(page.locator("#upload-status")).to_contain_text(
+        "0 of 1 files indexed (collection only pictures not made)"
+    )
+    names = [s["name"] for s in httpx.get(f"{server.url}/v1/vector_stores?limit=100",
+                                          headers=auth).json()["data"]]  # fmt: skip
+    assert "only pictures" not in names
+    sync_api.expect(page.locator("#collection")).to_have_value(store_id)
+    for select in ("#collection", "#retrieval-mode", "#mode"):  # (for the tests after)
+        page.locator(select).select_option("")
 
 
 def test_a_word_file_is_read_and_its_source_opens_as_a_download(

@@ -129,6 +129,22 @@ function note(div, text) {
 
 // ---- server state: model, collections, retrieval modes -----------------------------------
 let refreshTimer = null; // one pending look at the server at most
+let listedAt = 0; // when the collections were last listed (a look again when the picker is used)
+
+// What the user picked (collection, what the model reads, retrieval), kept for this tab: a
+// reload, a refresh after a restart or a key typed again kept none of them (the next question
+// went to the server default), nor does a list that no longer holds the pick change it.
+const PICKS = ["collection", "mode", "retrieval-mode"];
+const picked = JSON.parse(sessionStorage.getItem("clara-picks") || "{}");
+function pick(id, value) {
+  picked[id] = value;
+  sessionStorage.setItem("clara-picks", JSON.stringify(picked));
+}
+function restore(id) {
+  const picker = $(id);
+  const value = picked[id] || "";
+  if ([...picker.options].some((o) => o.value === value)) picker.value = value;
+}
 
 function refreshIn(ms) {
   clearTimeout(refreshTimer);
@@ -145,7 +161,6 @@ async function refresh() {
   } catch (e) {
     $("model").textContent = e.message;
     if ((e.status && e.status !== 503) || e.message === KEY_UNSENDABLE) alertUser(e.message);
-    if (e.status === 401) $("collection").replaceChildren(new Option("server default", ""));
     // still loading (503 + Retry-After), or not answering (restarting?): look again, so the
     // page fills in by itself (a 401, or a key a browser cannot send, waits for the key)
     if (e.status === 503) refreshIn(1000 * Math.min(e.retryAfter || 3, 10));
@@ -170,18 +185,32 @@ async function allStores() {
 
 async function loadCollections(select) {
   const picker = $("collection");
-  const keep = select || picker.value;
+  if (select !== undefined) pick("collection", select || "");
   try {
     const stores = { data: await allStores() };
+    listedAt = Date.now();
+    const keep = picked.collection || ""; // (read now: a pick made while the list came counts)
     const label = serverCollection ? `server default (${serverCollection})` : "server default";
+    const shown = picker.selectedOptions[0];
+    const was = shown && shown.value === keep ? shown.dataset.name : keep;
     picker.replaceChildren(new Option(label, ""));
     const names = stores.data.map((s) => s.name || s.id);
     for (const s of stores.data) {
       const name = s.name || s.id;
       const twin = name !== s.id && names.filter((n) => n === name).length > 1; // tell them apart
-      picker.add(new Option(`${name}${twin ? ` [${s.id}]` : ""} (${s.file_counts.completed} files)`, s.id));
+      const option = new Option(`${name}${twin ? ` [${s.id}]` : ""} (${s.file_counts.completed} files)`, s.id);
+      option.dataset.name = name;
+      picker.add(option);
     }
-    picker.value = [...picker.options].some((o) => o.value === keep) ? keep : "";
+    if (keep && ![...picker.options].some((o) => o.value === keep)) {
+      // gone (deleted elsewhere): still picked and said so, not swapped for the server default,
+      // which answered the next question from other documents without a word
+      const gone = new Option(`${was || keep} (no longer on the server)`, keep);
+      gone.dataset.name = was || keep;
+      gone.dataset.gone = "true";
+      picker.add(gone);
+    }
+    picker.value = keep;
   } catch (e) {
     // --no-files-api: no listing and no uploads; the collection is typed by name instead
     if (e.status === 404) filesOff();
@@ -210,6 +239,7 @@ async function loadRetrievalModes() {
     if (!values || !values.length) return;
     const picker = $("retrieval-mode");
     picker.replaceChildren(new Option("server default", ""), ...values.map((v) => new Option(v, v)));
+    restore("retrieval-mode"); // (it went back to the server default at each refresh)
     $("retrieval-mode-label").hidden = false;
   } catch (e) {
     /* no schema: no picker */
@@ -357,6 +387,7 @@ async function ask(question) {
   const text = document.createTextNode("");
   div.appendChild(text);
   const body = { messages: turns.slice(), stream: true, retrieval: $("retrieval").checked };
+  const chosen = filesApi ? $("collection").selectedOptions[0] : null;
   if ($("mode").value) body.mode = $("mode").value;
   if (collection()) body.collection = collection();
   if (!$("retrieval-mode-label").hidden && $("retrieval-mode").value) body.retrieval_mode = $("retrieval-mode").value;
@@ -366,7 +397,13 @@ async function ask(question) {
     const r = await fetch("v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
     });
-    if (!r.ok) throw failure(r, await r.json().catch(() => ({})));
+    if (!r.ok) {
+      const e = failure(r, await r.json().catch(() => ({})));
+      if (e.code === "collection_not_found" && chosen && chosen.value) { // (it named the id)
+        e.message = `the collection ${chosen.dataset.name || chosen.value} is no longer on the server (deleted?): pick another one`;
+      }
+      throw e;
+    }
     for await (const chunk of events(r)) {
       if (chunk.error) throw new Error(chunk.error.message);
       if (chunk.retrieval) retrieval = chunk.retrieval;
@@ -455,8 +492,15 @@ async function targetCollection() {
   // the server's default collection is made by the first file put into it (a store created
   // under its name would get another id, which "server default" never searches)
   if (!found && wanted === serverCollection) return { id: wanted, name: wanted };
-  if (!found) found = await api("v1/vector_stores", { method: "POST", body: JSON.stringify({ name: wanted }) });
-  return { id: found.id, name: found.name || found.id };
+  if (!found && !typed) { // the one picked was deleted elsewhere (a store named after its id
+    const shown = $("collection").selectedOptions[0]; // was made)
+    throw new Error(`the collection ${(shown && shown.dataset.name) || wanted} is no longer on the server: pick another one, or type a name for a new one`);
+  }
+  if (!found) {
+    found = await api("v1/vector_stores", { method: "POST", body: JSON.stringify({ name: wanted }) });
+    found.made = true;
+  }
+  return { id: found.id, name: found.name || found.id, made: !!found.made };
 }
 
 function named(file, message) {
@@ -492,7 +536,13 @@ async function upload() {
       }
     }
     const done = files.length - failed.length;
-    status.textContent = [`${done} of ${files.length} files indexed into ${store.name}`, ...failed].join("\n");
+    if (!done && store.made) { // made for these files, none of which was indexed: not kept
+      await api(`v1/vector_stores/${encodeURIComponent(store.id)}`, { method: "DELETE" }).catch(() => {});
+      status.textContent = [`0 of ${files.length} files indexed (collection ${store.name} not made)`, ...failed].join("\n");
+      store = null;
+    } else {
+      status.textContent = [`${done} of ${files.length} files indexed into ${store.name}`, ...failed].join("\n");
+    }
     if (failed.length) alertUser(failed.join("; "));
     if (done) $("new-collection").value = "";
   } catch (e) {
@@ -502,7 +552,7 @@ async function upload() {
     $("upload").removeAttribute("aria-disabled");
     $("upload-progress").hidden = true;
     $("file").value = "";
-    await loadCollections(store && store.id);
+    await loadCollections(store ? store.id : undefined);
   }
 }
 
@@ -550,5 +600,13 @@ $("clear").addEventListener("click", () => {
   $("question").focus();
 });
 $("upload").addEventListener("click", upload);
+for (const id of PICKS) $(id).addEventListener("change", () => pick(id, $(id).value));
+restore("mode");
+// collections made or deleted elsewhere (the CLI, another tab) show when the page is back in view
+function lookAgain() {
+  if (filesApi && document.visibilityState === "visible" && Date.now() - listedAt > 5000) loadCollections();
+}
+window.addEventListener("focus", lookAgain); // back from the terminal that ran clara-index add
+document.addEventListener("visibilitychange", lookAgain);
 if (window.matchMedia("(max-width: 700px)").matches) $("settings").open = false; // phones
 refresh();
