@@ -1200,6 +1200,27 @@ def test_an_older_store_that_took_the_default_id_is_named_in_the_log(
     assert "clara-serve --collection NAME" in caplog.text
 
 
+def test_a_store_the_web_chat_named_default_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade audit: the web chat of 0.2.4 to 0.2.8 uploaded into a new `vs_...` store it
+    named "default" when no collection was picked, which chats naming none never search;
+    after the upgrade nothing said where those files were, nor how to move them."""
+    registry = Registry(tmp_path / "uploads")
+    settings = ServiceSettings(index_root=str(tmp_path))
+    try:
+        registry.add_store(StoreRecord("vs_0123", "default", 0))
+        registry.add_store(StoreRecord("vs_4567", "papers", 0))
+        IndexService(settings, None, registry)
+    finally:
+        registry.close()
+    assert "vector store vs_0123 is named 'default' but is not the collection" in caplog.text
+    assert "POST /v1/vector_stores/default/files with its file_id), then delete vs_0123" in (
+        caplog.text
+    )
+    assert "vs_4567" not in caplog.text
+
+
 def test_pages_of_stores_skip_damaged_ones_and_go_on(tmp_path: Path) -> None:
     """A review of the paged listing (which opens only a page's stores): a page whose stores
     were all damaged came back empty with has_more, which ended the SDK's paging there (the

@@ -844,6 +844,38 @@ def test_store_chain_and_lazy_file(tmp_path) -> None:
     assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o700
 
 
+def test_items_stored_by_an_older_clara_are_found_by_reference(tmp_path) -> None:
+    """An upgrade audit: responses an older clara stored (it writes no `items` rows) after
+    this version had made the table (a rollback, then the upgrade again) were never indexed:
+    their `item_reference`s were 404s. A store older than the table is indexed whole."""
+    import sqlite3
+
+    from server.responses.store import SCHEMA, ResponseStore
+
+    def as_older_clara(path, rid: str) -> None:  # (its SCHEMA, its INSERT, nothing else)
+        db = sqlite3.connect(path, isolation_level=None)
+        db.executescript(SCHEMA)
+        response = {"id": rid, "created_at": 1, "output": [{"id": f"out_{rid}"}]}
+        db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+            (rid, 1, None, json.dumps([{"id": f"in_{rid}"}]), json.dumps(response)),
+        )
+        db.close()
+
+    path = tmp_path / "responses.sqlite"
+    as_older_clara(path, "r_before")  # a store from before the table
+    store = ResponseStore(path)
+    store.put({"id": "r_new", "created_at": 2, "output": [{"id": "out_r_new"}]}, [])
+    assert store.item("in_r_before") == {"id": "in_r_before"}
+    store.close()
+    as_older_clara(path, "r_rolled_back")  # stored by an older clara meanwhile
+    store = ResponseStore(path)
+    assert store.item("out_r_rolled_back") == {"id": "out_r_rolled_back"}
+    assert store.item("in_r_rolled_back") == {"id": "in_r_rolled_back"}
+    assert store.item("out_r_new") == {"id": "out_r_new"} and store.item("nowhere") is None
+    store.close()
+
+
 def test_a_stream_cut_by_a_crash_reads_failed_after_a_restart_as_the_same_pid(
     tmp_path: Path,
 ) -> None:

@@ -188,6 +188,10 @@ class Registry:
         rows = self._all("SELECT * FROM stores WHERE id=?", store_id)
         return _row(StoreRecord, rows[0]) if rows else None
 
+    def stores_named(self, name: str) -> list[StoreRecord]:
+        rows = self._all("SELECT * FROM stores WHERE name=? ORDER BY created_at", name)
+        return [_row(StoreRecord, row) for row in rows]
+
     def delete_store(self, store_id: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM links WHERE store_id=?", (store_id,))

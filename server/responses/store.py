@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -24,6 +25,8 @@ from typing import Any, NamedTuple
 from clara.paths import make_private_dirs, pid_alive
 from clara_cli.http import APIError, storage_error
 
+log = logging.getLogger("clara.responses")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, previous_id TEXT,
@@ -31,9 +34,14 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE TABLE IF NOT EXISTS running (id TEXT PRIMARY KEY, pid INTEGER NOT NULL);
 """
-#: The response each input and output item is in, for `item_reference` inputs (0.2.10; the
-#: rows stored before are indexed when the table is made).
-ITEMS = "CREATE TABLE items (id TEXT PRIMARY KEY, response TEXT NOT NULL)"
+#: The response each input and output item is in, for `item_reference` inputs (0.2.10), and
+#: the last response row whose items are in it (rows an older clara stores meanwhile, which
+#: knows no items, are indexed at the next open: `_index_items`).
+ITEMS = """
+CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, response TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS items_by_response ON items (response);
+CREATE TABLE IF NOT EXISTS items_done (up_to INTEGER NOT NULL);
+"""
 #: What a stored response still "in_progress" becomes once the process writing it is gone.
 INTERRUPTED = {
     "code": "server_error",
@@ -236,24 +244,34 @@ def items_of(input_items: list[dict[str, Any]], response: dict[str, Any]) -> lis
 
 
 def _index_items(db: sqlite3.Connection) -> None:
-    """Make the `items` table, once, with the items of the responses stored before it (a
-    store older than the table, opened where it may not be written, is read without it:
-    its item references are not found)."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'items'").fetchone():
-        return
+    """Index the items of the responses stored since the last look: all of them the first
+    time (a store older than the `items` table), then those an older clara stored meanwhile
+    (it writes no items: after a rollback and an upgrade again, their `item_reference`s were
+    404s). Responses already indexed are told apart by their items, not read again. A store
+    opened where it may not be written is read without: its new item references are not
+    found."""
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError:  # (read-only: "attempt to write a readonly database")
         return
     try:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'items'").fetchone():
-            db.execute(ITEMS)
-            for rid, input_json, response_json in db.execute(
-                "SELECT id, input, response FROM responses"
-            ).fetchall():
-                items = items_of(json.loads(input_json), json.loads(response_json))
-                db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)",
-                               [(item["id"], rid) for item in items])  # fmt: skip
+        for statement in ITEMS.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        done = db.execute("SELECT max(up_to) FROM items_done").fetchone()[0] or 0
+        todo = db.execute(
+            "SELECT r.id, r.input, r.response FROM responses r WHERE r.rowid > ? AND NOT "
+            "EXISTS (SELECT 1 FROM items i WHERE i.response = r.id)", (done,),
+        ).fetchall()  # fmt: skip
+        if len(todo) > 1000:  # (seconds for 100k: said, as the word index's rebuild is)
+            log.info("indexing the items of %d stored responses (once)", len(todo))
+        for rid, input_json, response_json in todo:
+            items = items_of(json.loads(input_json), json.loads(response_json))
+            db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)",
+                           [(item["id"], rid) for item in items])  # fmt: skip
+        top = db.execute("SELECT max(rowid) FROM responses").fetchone()[0] or 0
+        db.execute("DELETE FROM items_done")
+        db.execute("INSERT INTO items_done VALUES (?)", (top,))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
