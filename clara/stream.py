@@ -54,6 +54,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.max_tokens < 0:  # (it answered "" without a word)
+            raise InvalidArgumentError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise InvalidArgumentError("temperature must be >= 0 and top_p in (0, 1]")
         if self.top_logprobs < 0:

@@ -81,6 +81,14 @@ class Document:
         return sum(len(p.text) for p in self.pages)
 
 
+#: What to do with an encrypted PDF read without its password (the CLI, an upload, a library
+#: call: each can name it, or index a copy saved without one).
+NEEDS_PASSWORD = (
+    "give its password (clara-index add --password; read_document's password), or index a "
+    "copy saved without one"
+)
+
+
 def read_document(path: str | os.PathLike, password: str | None = None) -> Document:
     """Read a PDF, Word (.docx), OpenDocument text (.odt), EPUB, Markdown, HTML or text file
     into pages of cleaned text (a PDF's pages, one page for the others). `password` opens an
@@ -1071,11 +1079,11 @@ def _open_pdf(path: Path, data: bytes, password: str | None):
             tries = [password, ""] if password else [""]
             if all(reader.decrypt(p) == PasswordType.NOT_DECRYPTED for p in tries):
                 if password is None:
-                    raise EncryptedDocumentError(
-                        path, "encrypted PDF", "give its password with --password"
-                    )
+                    raise EncryptedDocumentError(path, "encrypted PDF", NEEDS_PASSWORD)
                 raise EncryptedDocumentError(
-                    path, "wrong password for encrypted PDF", "check --password"
+                    path,
+                    "wrong password for encrypted PDF",
+                    "check the password given (clara-index add --password)",
                 )
         n_pages = len(reader.pages)
     except DocumentError:
@@ -1083,9 +1091,7 @@ def _open_pdf(path: Path, data: bytes, password: str | None):
     except DependencyError:
         raise _aes_error(path) from None
     except FileNotDecryptedError:
-        raise EncryptedDocumentError(
-            path, "encrypted PDF", "give its password with --password"
-        ) from None
+        raise EncryptedDocumentError(path, "encrypted PDF", NEEDS_PASSWORD) from None
     except NotImplementedError as e:  # e.g. certificate (public-key) security handlers
         raise EncryptedDocumentError(
             path, f"unsupported PDF encryption ({e})", "save an unencrypted copy"

@@ -185,7 +185,7 @@ def test_add_reports_each_bad_file_and_indexes_the_rest(
         "photo.png": "unsupported file type (image)",
         "binary.txt": "binary file",
         "empty.md": "empty file",
-        "locked.pdf": "encrypted PDF: give its password with --password",
+        "locked.pdf": "encrypted PDF: give its password (clara-index add --password",
     }
     assert len(lines) == len(reasons), err
     for name, reason in reasons.items():
@@ -1135,7 +1135,7 @@ def test_an_add_of_pdfs_without_text_loads_no_model_and_still_checks_its_argumen
     (folder / "blank.txt").write_text(" \n")
     reasons = {
         "scan.pdf": "no extractable text (scanned/image-only PDF?): run OCR first",
-        "locked.pdf": "encrypted PDF: give its password with --password",
+        "locked.pdf": "encrypted PDF: give its password (clara-index add --password",
         "torn.pdf": "truncated PDF",
         "blank.txt": "no text (only whitespace)",
     }

@@ -230,6 +230,8 @@ def test_sampling_mistakes_are_invalid_argument_errors(cm):
     for bad in ({"temperature": -1}, {"top_p": 0}):
         with pytest.raises(InvalidArgumentError, match="temperature must be >= 0"):
             list(stream_from_memory(cm, "Where?", [memory], max_tokens=2, **bad))
+    with pytest.raises(InvalidArgumentError, match="max_tokens must be >= 0, got -1"):
+        list(stream_from_memory(cm, "Where?", [memory], max_tokens=-1))
     with pytest.raises(InvalidArgumentError, match="memory block has shape"):
         list(stream_from_memory(cm, "Where?", [np.zeros((2, 3))], max_tokens=2))
 

@@ -223,7 +223,7 @@ def test_pdf_password_rc4(tmp_path: Path) -> None:
     path = write(tmp_path, "locked.pdf", make_pdf(["Secret harbour plans."], enc))
     with pytest.raises(
         EncryptedDocumentError,
-        match=r"locked\.pdf: encrypted PDF: give its password with --password",
+        match=r"locked\.pdf: encrypted PDF: give its password \(clara-index add --password",
     ):
         read_document(path)
     with pytest.raises(EncryptedDocumentError, match="wrong password"):
