@@ -343,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cols = command("collections", "list the collections under --index", "out")
     cols.add_argument("--index", default=None, metavar="DIR", help="default: $CLARA_HOME/indexes")
+    add_model_args(
+        cols,
+        "the CLaRa checkpoint you serve with: collections its adapters cannot read are marked "
+        "with the rebuild that re-encodes them (default: the adapters shipped for "
+        "smollm2-135m; no mark for untrained ones)",
+        model_use="the base model the checkpoint is for (nothing is loaded)",
+    )
     cols.set_defaults(func=cmd_collections)
 
     serve = command(

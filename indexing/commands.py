@@ -726,6 +726,7 @@ def _count_docs(args: argparse.Namespace) -> int:
 def cmd_collections(args: argparse.Namespace) -> int:
     rows = []
     broken = 0
+    readable = _readable_fingerprints(args)
     for name in list_collections(args.index):
         try:
             with _open(args.index, name, readonly=True, vectors=False) as col:
@@ -736,6 +737,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
             continue
         rows.append({k: s[k] for k in ("name", "documents", "chunks", "bytes_on_disk")})
         rows[-1]["fingerprint"] = s["fingerprint"]
+        if readable is not None:  # (JSON: true, false, or absent when not known)
+            rows[-1]["readable"] = s["fingerprint"] in readable
     titles = _store_names(index_root(args.index))
     for r in rows:  # a vector store's own name, when it is not its folder's ("Meine Notizen")
         if titles.get(r["name"], r["name"]) != r["name"]:
@@ -755,7 +758,41 @@ def cmd_collections(args: argparse.Namespace) -> int:
             f"{r['name']:<{width}} {r['documents']:>6} {r['chunks']:>8} "
             f"{_size(r['bytes_on_disk']):>10}  {r['fingerprint']}{titled}"
         )
+    stale = [r["name"] for r in rows if r.get("readable") is False]
+    for name in stale:  # (an upgrade audit: which ones need it was not said anywhere)
+        print(
+            f"  {name}: made with other adapters than this checkpoint's; to search or serve "
+            f"it with them: clara-index rebuild --recompress --collection {name}"
+            + _model_options(args)
+        )
     return 1 if broken else 0
+
+
+def _readable_fingerprints(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The collection fingerprints --model/--checkpoint's adapters read (from the checkpoint's
+    files: nothing is loaded); None for untrained adapters or an unreadable checkpoint."""
+    from clara.checkpoint import index_fingerprints, resolve_checkpoint
+
+    where = resolve_checkpoint(args.model, args.checkpoint)
+    if where is None:
+        return None
+    try:
+        return index_fingerprints(where)
+    except (OSError, ClaraError) as exc:
+        print(f"{PROG}: warning: cannot read checkpoint {where} ({exc})", file=sys.stderr)
+        return None
+
+
+def _model_options(args: argparse.Namespace) -> str:
+    """The --model/--checkpoint a printed command needs to use the same adapters."""
+    out = ""
+    if args.model != "smollm2-135m":
+        out += f" --model {shlex.quote(str(args.model))}"
+    if args.checkpoint is not None:
+        out += f" --checkpoint {shlex.quote(str(args.checkpoint))}"
+    if args.index is not None:
+        out += f" --index {shlex.quote(str(args.index))}"
+    return out
 
 
 def _store_names(root: Path) -> dict[str, str]:
