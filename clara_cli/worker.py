@@ -189,8 +189,10 @@ class Worker:
             if task.bounded:
                 own = self._live_waiting(task.caller)
                 if own >= self.max_waiting:
-                    waiting = self._live_waiting()
-                    wait = max(1, round(self._task_seconds * (waiting + 1)))
+                    # its next place frees after its own waiting ones, each a round of the
+                    # keys waiting (with one caller: all that wait)
+                    ahead = min(self._live_waiting(), own * len(self._waiting_callers()))
+                    wait = max(1, round(self._task_seconds * (ahead + 1)))
                     whose = f" with key {task.caller}" if task.caller else ""
                     raise APIError(
                         503,
@@ -281,14 +283,18 @@ class Worker:
         queue = list(queue)
         by_caller: dict[str | None, list[Task]] = {}
         for task in queue:
-            if task.steps is None:
+            if _waits(task):  # (a cancelled one keeps its place: it holds no caller's turn)
                 by_caller.setdefault(task.caller, []).append(task)
         if len(by_caller) < 2:
             return queue
         callers = sorted(by_caller, key=lambda c: self._last_start.get(c, -1))
         rounds = zip_longest(*(by_caller[c] for c in callers))
         fresh = (t for t in chain.from_iterable(rounds) if t is not None)
-        return [next(fresh) if t.steps is None else t for t in queue]
+        return [next(fresh) if _waits(t) else t for t in queue]
+
+    def _waiting_callers(self) -> set[str | None]:
+        """The callers with tasks waiting to start (caller holds the lock)."""
+        return {t.caller for q in self._queues.values() for t in q if _waits(t) and t.bounded}
 
     def _started(self, task: Task) -> None:
         """Count `task`'s start for its caller's turn (caller holds the lock)."""
@@ -490,6 +496,11 @@ def deliver(future: asyncio.Future, result: Any, error: BaseException | None) ->
         future.get_loop().call_soon_threadsafe(put)
     except RuntimeError:  # the event loop is closed
         pass
+
+
+def _waits(task: Task) -> bool:
+    """Whether a queued task waits for its first turn (not started, not cancelled)."""
+    return task.steps is None and not task.cancelled
 
 
 def _can_start(task: Task) -> bool:

@@ -26,12 +26,11 @@ except ImportError:  # run as `_parse_apart`'s child, which has the standard lib
 
 #: Elements whose content is not page text.
 SKIPPED = frozenset(
-    {"script", "style", "noscript", "template", "svg", "iframe", "object", "canvas", "nav",
-     "head", "select", "button", "annotation", "annotation-xml"}
+    {"script", "style", "noscript", "template", "svg", "math", "iframe", "object", "canvas",
+     "nav", "head", "select", "button"}
 )  # fmt: skip
 #: What a <head> holds: any other tag (or text) ends a head whose </head> never comes, as
 #: HTML5 says (the optional end tag left out, a page's whole text was skipped as its head).
-#: MathML is read: its text is the formula's (`annotation`s, its TeX source, are not).
 IN_HEAD = frozenset(
     {"title", "meta", "link", "base", "script", "style", "noscript", "template", "basefont",
      "bgsound"}
@@ -209,8 +208,9 @@ class _Parser(HTMLParser):
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._in_time()
-        if tag in SKIPPED or _menu(tag, attrs):  # <svg/>: empty, nothing to skip (an XHTML
-            return  # <div role="navigation"/> skipped the rest of an EPUB's chapter)
+        if tag in SKIPPED or tag == "title" or _menu(tag, attrs):  # <svg/>: empty, nothing
+            return  # to skip (an XHTML <div role="navigation"/> or <title/> took the rest of
+            # an EPUB's chapter)
         self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:

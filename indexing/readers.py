@@ -117,7 +117,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
 
     ext = path.suffix.lower()
     sniffed = _sniff(data, ext)
-    if sniffed == "legacy Office document" and "EncryptedPackage".encode("utf-16-le") in data:
+    locked = "EncryptedPackage".encode("utf-16-le") in data and ext not in _UNSUPPORTED
+    if sniffed == "legacy Office document" and locked:  # (a spreadsheet or slides: refused
         raise EncryptedDocumentError(  # a password-protected .docx is stored so (with its
             path, "password-protected", "save a copy without a password and index that"
         )  # extension or not: an upload without it was an "unsupported legacy document")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clara.errors import CorruptDocumentError, EncryptedDocumentError
+from clara.errors import CorruptDocumentError, EncryptedDocumentError, UnsupportedDocumentError
 from indexing import office_text
 from indexing.readers import read_document
 
@@ -180,6 +180,7 @@ def test_damaged_encrypted_and_oversized_office_files_are_one_line_errors(
     # Word stores a password-protected .docx as an OLE file holding an "EncryptedPackage"
     ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500) + "EncryptedPackage".encode("utf-16-le")
     refused("locked.docx", ole, EncryptedDocumentError, "password-protected")
+    refused("locked.xlsx", ole, UnsupportedDocumentError, r"unsupported file type \(spreadsheet")
     refused("locked", ole, EncryptedDocumentError, "password-protected")  # (no extension:
     # an upload saved without it was an "unsupported legacy Office document")
     laughs = (f'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]>'

@@ -286,6 +286,10 @@ def test_a_collection_deleted_elsewhere_stays_picked_and_says_so(
     names = [s["name"] for s in httpx.get(f"{server.url}/v1/vector_stores?limit=100",
                                           headers=auth).json()["data"]]  # fmt: skip
     assert store_id not in names and "doomed notes" not in names
+    page.reload()  # (by its name still, not its id: a review)
+    sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_text(
+        "doomed notes (no longer on the server)"
+    )
     page.locator("#collection").select_option("")
     sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_count(1)
 
@@ -330,6 +334,13 @@ def test_picks_outlast_a_reload_a_wrong_key_and_a_failed_upload(
     sync_api.expect(page.locator("#collection")).to_have_value(store_id)
     for select in ("#collection", "#retrieval-mode", "#mode"):  # (for the tests after)
         page.locator(select).select_option("")
+    # picks the page cannot read are none (a review: the page stopped at "connecting…")
+    for stored in ("{oops", "null", "[1]"):
+        page.evaluate(f"sessionStorage.setItem('clara-picks', {stored!r})")
+        page.reload()
+        sync_api.expect(page.locator("#model")).to_have_text(
+            httpx.get(server.url + "/health", timeout=10).json()["model"]
+        )
 
 
 def test_a_word_file_is_read_and_its_source_opens_as_a_download(

@@ -562,4 +562,19 @@ def test_take_hands_over_tasks_by_turns_of_api_keys() -> None:
     wait_until(lambda: bool(taken))
     assert taken == [["a0", "s0", "a1"]]
     wait_until(lambda: worker.queue_depth() == 0)
+    # a cancelled request (its client left) holds no turn of its key's (a review: bob's
+    # first request, cancelled, took his turn in the group and his second came after)
+    release.clear()
+    taken.clear()
+    submit_as(worker, "script", Task(("chat", "lead"), leader))
+    wait_until(lambda: worker.queue_depth() == 0)
+    for i in range(3):
+        submit_as(worker, "script", Task(("chat", f"s{i}"), lambda cm: None))
+    submit_as(worker, "bob", Task(("chat", "b0"), lambda cm: None))
+    submit_as(worker, "bob", Task(("chat", "b1"), lambda cm: None))
+    worker.cancel(lambda key: key == ("chat", "b0"))
+    release.set()
+    wait_until(lambda: bool(taken))
+    assert taken == [["b1", "s0", "s1"]]
+    wait_until(lambda: worker.queue_depth() == 0)
     worker.stop()

@@ -160,16 +160,17 @@ class IndexService:
                     "serve another collection as the default (clara-serve --collection NAME)",
                     name, name,
                 )  # fmt: skip
-            for stray in self.registry.stores_named(name):
-                if stray.id != name:
-                    log.warning(
-                        "vector store %s is named '%s' but is not the collection '%s' chats "
-                        "that name none search (the web chat of clara 0.2.4 to 0.2.8 made it "
-                        "for uploads with no collection picked): its files are not found "
-                        "there. To move them, attach each of its files to '%s' (POST "
-                        "/v1/vector_stores/%s/files with its file_id), then delete %s",
-                        stray.id, name, name, name, name, stray.id,
-                    )  # fmt: skip
+        name = self.settings.default_collection  # (what the web chat named its store)
+        for stray in self.registry.stores_named(name):
+            if stray.id != name:
+                log.warning(
+                    "vector store %s is named '%s' but is not the collection '%s' chats "
+                    "that name none search (the web chat of clara 0.2.4 to 0.2.8 made it "
+                    "for uploads with no collection picked): its files are not found "
+                    "there. To move them, attach each of its files to '%s' (POST "
+                    "/v1/vector_stores/%s/files with its file_id), then delete %s",
+                    stray.id, name, name, name, name, stray.id,
+                )  # fmt: skip
 
     # ---- collections -----------------------------------------------------------------------
     @contextmanager

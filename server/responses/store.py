@@ -34,13 +34,12 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE TABLE IF NOT EXISTS running (id TEXT PRIMARY KEY, pid INTEGER NOT NULL);
 """
-#: The response each input and output item is in, for `item_reference` inputs (0.2.10), and
-#: the last response row whose items are in it (rows an older clara stores meanwhile, which
-#: knows no items, are indexed at the next open: `_index_items`).
+#: The response each input and output item is in, for `item_reference` inputs (0.2.10);
+#: responses stored without theirs (before the table, or by an older clara meanwhile) are
+#: indexed at the next open (`_index_items`).
 ITEMS = """
 CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, response TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS items_by_response ON items (response);
-CREATE TABLE IF NOT EXISTS items_done (up_to INTEGER NOT NULL);
 """
 #: What a stored response still "in_progress" becomes once the process writing it is gone.
 INTERRUPTED = {
@@ -244,12 +243,11 @@ def items_of(input_items: list[dict[str, Any]], response: dict[str, Any]) -> lis
 
 
 def _index_items(db: sqlite3.Connection) -> None:
-    """Index the items of the responses stored since the last look: all of them the first
-    time (a store older than the `items` table), then those an older clara stored meanwhile
-    (it writes no items: after a rollback and an upgrade again, their `item_reference`s were
-    404s). Responses already indexed are told apart by their items, not read again. A store
-    opened where it may not be written is read without: its new item references are not
-    found."""
+    """Index the items of the responses stored without theirs: all of them the first time (a
+    store older than the `items` table), then those an older clara stored meanwhile (it
+    writes no items: after going back and forward again, their `item_reference`s were 404s).
+    Found by a look at each response's id, not its JSON. A store that may not be written (a
+    read-only file, a full disk) is read as it is: its new item references are not found."""
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError:  # (read-only: "attempt to write a readonly database")
@@ -258,21 +256,21 @@ def _index_items(db: sqlite3.Connection) -> None:
         for statement in ITEMS.split(";"):
             if statement.strip():
                 db.execute(statement)
-        done = db.execute("SELECT max(up_to) FROM items_done").fetchone()[0] or 0
         todo = db.execute(
-            "SELECT r.id, r.input, r.response FROM responses r WHERE r.rowid > ? AND NOT "
-            "EXISTS (SELECT 1 FROM items i WHERE i.response = r.id)", (done,),
-        ).fetchall()  # fmt: skip
+            "SELECT r.id, r.input, r.response FROM responses r WHERE NOT EXISTS "
+            "(SELECT 1 FROM items i WHERE i.response = r.id)"
+        ).fetchall()
         if len(todo) > 1000:  # (seconds for 100k: said, as the word index's rebuild is)
             log.info("indexing the items of %d stored responses (once)", len(todo))
         for rid, input_json, response_json in todo:
             items = items_of(json.loads(input_json), json.loads(response_json))
             db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)",
                            [(item["id"], rid) for item in items])  # fmt: skip
-        top = db.execute("SELECT max(rowid) FROM responses").fetchone()[0] or 0
-        db.execute("DELETE FROM items_done")
-        db.execute("INSERT INTO items_done VALUES (?)", (top,))
         db.execute("COMMIT")
+    except sqlite3.OperationalError:  # (a read-only file opened for WAL, a full disk)
+        if db.in_transaction:
+            db.execute("ROLLBACK")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise

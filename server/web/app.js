@@ -135,9 +135,20 @@ let listedAt = 0; // when the collections were last listed (a look again when th
 // reload, a refresh after a restart or a key typed again kept none of them (the next question
 // went to the server default), nor does a list that no longer holds the pick change it.
 const PICKS = ["collection", "mode", "retrieval-mode"];
-const picked = JSON.parse(sessionStorage.getItem("clara-picks") || "{}");
+const picked = (() => { // (anything unreadable there is no pick: the page must still start)
+  try {
+    const read = JSON.parse(sessionStorage.getItem("clara-picks") || "{}");
+    return read && typeof read === "object" && !Array.isArray(read) ? read : {};
+  } catch (e) {
+    return {};
+  }
+})();
 function pick(id, value) {
   picked[id] = value;
+  if (id === "collection") { // its name too: shown if it is deleted, after a reload as well
+    const option = [...$(id).options].find((o) => o.value === value);
+    picked["collection-name"] = (option && option.dataset.name) || "";
+  }
   sessionStorage.setItem("clara-picks", JSON.stringify(picked));
 }
 function restore(id) {
@@ -186,13 +197,12 @@ async function allStores() {
 async function loadCollections(select) {
   const picker = $("collection");
   if (select !== undefined) pick("collection", select || "");
+  listedAt = Date.now(); // (before the answer: a look that fails is not tried at every focus)
   try {
     const stores = { data: await allStores() };
-    listedAt = Date.now();
     const keep = picked.collection || ""; // (read now: a pick made while the list came counts)
     const label = serverCollection ? `server default (${serverCollection})` : "server default";
-    const shown = picker.selectedOptions[0];
-    const was = shown && shown.value === keep ? shown.dataset.name : keep;
+    const was = picked["collection-name"] || keep;
     picker.replaceChildren(new Option(label, ""));
     const names = stores.data.map((s) => s.name || s.id);
     for (const s of stores.data) {
@@ -211,6 +221,10 @@ async function loadCollections(select) {
       picker.add(gone);
     }
     picker.value = keep;
+    const current = picker.selectedOptions[0];
+    if (keep && current && !current.dataset.gone && current.dataset.name !== picked["collection-name"]) {
+      pick("collection", keep); // (its name, once listed: a store just made for an upload)
+    }
   } catch (e) {
     // --no-files-api: no listing and no uploads; the collection is typed by name instead
     if (e.status === 404) filesOff();
@@ -603,8 +617,9 @@ $("upload").addEventListener("click", upload);
 for (const id of PICKS) $(id).addEventListener("change", () => pick(id, $(id).value));
 restore("mode");
 // collections made or deleted elsewhere (the CLI, another tab) show when the page is back in view
-function lookAgain() {
-  if (filesApi && document.visibilityState === "visible" && Date.now() - listedAt > 5000) loadCollections();
+function lookAgain() { // (not while the key is wrong: a 401 at each focus took the focus)
+  const keyWrong = $("api-key").hasAttribute("aria-invalid");
+  if (filesApi && !keyWrong && document.visibilityState === "visible" && Date.now() - listedAt > 5000) loadCollections();
 }
 window.addEventListener("focus", lookAgain); // back from the terminal that ran clara-index add
 document.addEventListener("visibilitychange", lookAgain);
