@@ -170,10 +170,7 @@ class Worker:
         holds the lock)."""
         queued = [t for q in self._queues.values() for t in q]
         if caller is not all:
-            return sum(
-                t.bounded and not t.cancelled and t.steps is None and t.caller == caller
-                for t in queued
-            )
+            return sum(t.bounded and _waits(t) and t.caller == caller for t in queued)
         gone = sum(t.bounded and t.cancelled and t.steps is None for t in queued)
         return self._waiting - gone
 
@@ -264,7 +261,7 @@ class Worker:
                 for task in self._in_turn(self._queues[priority]):
                     if len(taken) >= limit:
                         break
-                    if task.steps is None and not task.cancelled and match(task.key):
+                    if _waits(task) and match(task.key):
                         self._queues[priority].remove(task)
                         if task.bounded:
                             self._waiting -= 1
