@@ -12,11 +12,11 @@ tasks of the same priority, so new interactive work gets in between two steps of
 (between two decode steps of a batch, between two compressor batches).
 
 Each task carries the name of the API key its request came with (`CALLER`; None without keys),
-and clients share the worker by key: a new task's turn goes to the key whose work started
-longest ago (round robin: one key's burst of requests no longer waits ahead of a colleague's
-one question), and `max_waiting` bounds each key's waiting tasks, not all of them together (a
-script filling the queue gets the 503s, not everyone else). Without keys every request is one
-client's, first come first served, as before.
+and clients share the worker by key: turns go round robin by caller, the key whose last turn
+was longest ago first (one key's burst of requests no longer goes ahead of a colleague's one
+question, nor do its many running jobs each take a turn between two steps of the chats' batch,
+which is a caller of its own: `BATCH`), and `max_waiting` bounds each key's waiting tasks, not
+all of them together (a script filling the queue gets the 503s, not everyone else).
 
     worker = Worker(load=lambda: load_clara(...), max_waiting=16)
     worker.start()                         # returns at once; state "loading", then "ready"
@@ -52,6 +52,9 @@ from clara_cli.http import (
 log = logging.getLogger("clara.worker")
 T = TypeVar("T")
 INTERACTIVE, BULK = 0, 1
+#: The caller of work done for every client at once (the chats' decode batch): a turn of its
+#: own in each round of callers (`Worker._in_turn`).
+BATCH = ":batch"
 PRIORITIES = (INTERACTIVE, BULK)
 #: Seconds between looks at queued tasks that cannot start yet (see `Task.can_start`).
 POLL_S = 1.0
@@ -122,8 +125,8 @@ class Worker:
         self.on_depth: Callable[[int], None] | None = None  # waiting-count changes (metrics)
         self._queues: dict[int, deque[Task]] = {p: deque() for p in PRIORITIES}
         self._waiting = 0  # bounded tasks not started yet
-        self._starts = 0  # tasks started so far, and when each caller's last one did (see
-        self._last_start: dict[str | None, int] = {}  # `_in_turn`)
+        self._turns = 0  # turns taken so far, and when each caller's last one was (see
+        self._last_turn: dict[str | None, int] = {}  # `_in_turn`)
         self._current: Task | None = None  # the task taking its turn (out of the queues)
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -265,38 +268,40 @@ class Worker:
                         self._queues[priority].remove(task)
                         if task.bounded:
                             self._waiting -= 1
-                        self._started(task)
+                        self._took_turn(task)
                         taken.append(task)
         if taken:
             self._depth_changed()
         return taken
 
     def _in_turn(self, queue: Iterable[Task]) -> list[Task]:
-        """`queue`'s tasks in the order they take their turns (caller holds the lock). Tasks
-        already started keep their places (each step requeues at the back); the places of
-        those not started go round robin by caller: the caller whose last task started longest
-        ago (or never) first, each caller's own in the order they came. With one caller (no
-        API keys, or one) this is queue order."""
+        """`queue`'s tasks in the order they take their turns (caller holds the lock): round
+        robin by caller, the caller whose last turn was longest ago (or never) first, each
+        caller's own in queue order (a started task's step requeues it at the back). Turns,
+        not only starts: a key's many running embeddings jobs took a turn each between two
+        steps of the chats' batch, which is a caller of its own (`BATCH`), and a colleague's
+        answer came 30-40x slower. With one caller this is queue order; a cancelled task
+        keeps its place and holds no caller's turn."""
         queue = list(queue)
         by_caller: dict[str | None, list[Task]] = {}
         for task in queue:
-            if _waits(task):  # (a cancelled one keeps its place: it holds no caller's turn)
+            if not task.cancelled:
                 by_caller.setdefault(task.caller, []).append(task)
         if len(by_caller) < 2:
             return queue
-        callers = sorted(by_caller, key=lambda c: self._last_start.get(c, -1))
+        callers = sorted(by_caller, key=lambda c: self._last_turn.get(c, -1))
         rounds = zip_longest(*(by_caller[c] for c in callers))
-        fresh = (t for t in chain.from_iterable(rounds) if t is not None)
-        return [next(fresh) if _waits(t) else t for t in queue]
+        live = (t for t in chain.from_iterable(rounds) if t is not None)
+        return [t if t.cancelled else next(live) for t in queue]
 
     def _waiting_callers(self) -> set[str | None]:
         """The callers with tasks waiting to start (caller holds the lock)."""
         return {t.caller for q in self._queues.values() for t in q if _waits(t) and t.bounded}
 
-    def _started(self, task: Task) -> None:
-        """Count `task`'s start for its caller's turn (caller holds the lock)."""
-        self._starts += 1
-        self._last_start[task.caller] = self._starts
+    def _took_turn(self, task: Task) -> None:
+        """Count a turn (a start or a step) of `task`'s caller (caller holds the lock)."""
+        self._turns += 1
+        self._last_turn[task.caller] = self._turns
 
     def _queued(self) -> bool:
         return any(self._queues.values())
@@ -337,8 +342,8 @@ class Worker:
                         self._queues[task.priority].appendleft(task)
                     break
                 started = task.steps is not None
-                if not started and not task.cancelled:
-                    self._started(task)
+                if not task.cancelled:
+                    self._took_turn(task)
                 if not started and task.bounded:
                     self._waiting -= 1
                 self._current = task

@@ -41,7 +41,7 @@ from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
 from clara_cli.http import is_client_error
-from clara_cli.worker import Task, Worker, log_failure
+from clara_cli.worker import BATCH, Task, Worker, log_failure
 from indexing.layout import META
 from indexing.pipeline import model_manifest
 from indexing.store import collection_counts, list_collections
@@ -478,7 +478,9 @@ class Engine:
         self._admitting = max(0, self._admitting - len(part))
         self._count_running()
         if self.decoding() and self._stepping is None:
-            self._stepping = Task((":decode", 0), lambda cm: self._decode(), bounded=False)
+            self._stepping = Task(
+                (":decode", 0), lambda cm: self._decode(), bounded=False, caller=BATCH
+            )
             self.worker.submit(self._stepping)
 
     def _decode(self) -> Iterator[None]:

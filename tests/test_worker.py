@@ -578,3 +578,44 @@ def test_take_hands_over_tasks_by_turns_of_api_keys() -> None:
     assert taken == [["b1", "s0", "s1"]]
     wait_until(lambda: worker.queue_depth() == 0)
     worker.stop()
+
+
+@pytest.mark.parametrize("caller", ["script", None])
+def test_running_work_takes_turns_by_caller_too(caller) -> None:
+    """A team audit: a key's 16 running embeddings jobs each took a turn between two steps of
+    the chats' decode batch, and a colleague's answer came 30-40x slower (without keys too).
+    Steps go round robin by caller, the batch being a caller of its own (`BATCH`)."""
+    from clara_cli.worker import BATCH
+
+    worker = ready_worker()
+    log: list[str] = []
+    gate = threading.Event()
+    finished = threading.Event()
+
+    def steps(name, n, wait=False):
+        def more():
+            for _ in range(n):
+                log.append(name)  # a step's turn
+                yield
+
+        def run(cm):
+            if wait:
+                gate.wait(5)
+            log.append(name)  # its start's turn
+            return more()
+
+        return run
+
+    submit_as(worker, caller, Task("hold", steps("hold", 1, wait=True)))
+    wait_until(lambda: worker.queue_depth() == 0)
+    for j in range(3):
+        submit_as(worker, caller, Task(f"e{j}", steps("embed", 4)))
+    batch = Task("batch", steps("batch", 4), done=finished.set, caller=BATCH)
+    worker.submit(batch)
+    gate.set()
+    assert finished.wait(5)
+    order = [x for x in log if x != "hold"]
+    at = [i for i, x in enumerate(order) if x == "batch"]
+    # at most one other turn between two of the batch's (before: one of each job's)
+    assert len(at) == 5 and max(b - a for a, b in zip(at, at[1:])) <= 2, (caller, order)
+    worker.stop()
