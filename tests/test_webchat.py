@@ -158,6 +158,13 @@ def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, 
     assert page.evaluate("() => window.injected") is None
 
 
+def store_names(server: ServerProcess) -> list[str]:
+    """The names of the server's vector stores (its first 100)."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    listed = httpx.get(f"{server.url}/v1/vector_stores?limit=100", headers=auth, timeout=30)
+    return [s["name"] for s in listed.json()["data"]]
+
+
 def open_page(page, server: ServerProcess) -> None:
     """The chat as a new tab shows it: nothing picked (the page keeps a tab's picks)."""
     page.goto(server.url + "/")
@@ -283,8 +290,7 @@ def test_a_collection_deleted_elsewhere_stays_picked_and_says_so(
     sync_api.expect(page.locator("#upload-status")).to_contain_text(
         "the collection doomed notes is no longer on the server: pick another one"
     )
-    names = [s["name"] for s in httpx.get(f"{server.url}/v1/vector_stores?limit=100",
-                                          headers=auth).json()["data"]]  # fmt: skip
+    names = store_names(server)
     assert store_id not in names and "doomed notes" not in names
     page.reload()  # (by its name still, not its id: a review)
     sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_text(
@@ -328,8 +334,7 @@ def test_picks_outlast_a_reload_a_wrong_key_and_a_failed_upload(
     sync_api.expect(page.locator("#upload-status")).to_contain_text(
         "0 of 1 files indexed (collection only pictures not made)"
     )
-    names = [s["name"] for s in httpx.get(f"{server.url}/v1/vector_stores?limit=100",
-                                          headers=auth).json()["data"]]  # fmt: skip
+    names = store_names(server)
     assert "only pictures" not in names
     sync_api.expect(page.locator("#collection")).to_have_value(store_id)
     for select in ("#collection", "#retrieval-mode", "#mode"):  # (for the tests after)
