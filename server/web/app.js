@@ -129,7 +129,7 @@ function note(div, text) {
 
 // ---- server state: model, collections, retrieval modes -----------------------------------
 let refreshTimer = null; // one pending look at the server at most
-let listedAt = 0; // when the collections were last listed (a look again when the picker is used)
+let listedAt = 0; // when the collections were last listed (`lookAgain`: not more than each 5 s)
 
 // What the user picked (collection, what the model reads, retrieval), kept for this tab: a
 // reload, a refresh after a restart or a key typed again kept none of them (the next question
@@ -215,8 +215,8 @@ async function loadCollections(select) {
     if (keep && ![...picker.options].some((o) => o.value === keep)) {
       // gone (deleted elsewhere): still picked and said so, not swapped for the server default,
       // which answered the next question from other documents without a word
-      const gone = new Option(`${was || keep} (no longer on the server)`, keep);
-      gone.dataset.name = was || keep;
+      const gone = new Option(`${was} (no longer on the server)`, keep);
+      gone.dataset.name = was;
       gone.dataset.gone = "true";
       picker.add(gone);
     }
@@ -229,6 +229,12 @@ async function loadCollections(select) {
     // --no-files-api: no listing and no uploads; the collection is typed by name instead
     if (e.status === 404) filesOff();
   }
+}
+
+// What a question or an upload says of a picked collection no longer on the server: its name
+// (the picker's `option`), else `id`.
+function goneCollection(option, id) {
+  return `the collection ${(option && option.dataset.name) || id} is no longer on the server`;
 }
 
 function filesOff() {
@@ -414,7 +420,7 @@ async function ask(question) {
     if (!r.ok) {
       const e = failure(r, await r.json().catch(() => ({})));
       if (e.code === "collection_not_found" && chosen && chosen.value) { // (it named the id)
-        e.message = `the collection ${chosen.dataset.name || chosen.value} is no longer on the server (deleted?): pick another one`;
+        e.message = `${goneCollection(chosen, chosen.value)} (deleted?): pick another one`;
       }
       throw e;
     }
@@ -506,9 +512,8 @@ async function targetCollection() {
   // the server's default collection is made by the first file put into it (a store created
   // under its name would get another id, which "server default" never searches)
   if (!found && wanted === serverCollection) return { id: wanted, name: wanted };
-  if (!found && !typed) { // the one picked was deleted elsewhere (a store named after its id
-    const shown = $("collection").selectedOptions[0]; // was made)
-    throw new Error(`the collection ${(shown && shown.dataset.name) || wanted} is no longer on the server: pick another one, or type a name for a new one`);
+  if (!found && !typed) { // the one picked, deleted elsewhere (a store named after its id was made)
+    throw new Error(`${goneCollection($("collection").selectedOptions[0], wanted)}: pick another one, or type a name for a new one`);
   }
   if (!found) {
     found = await api("v1/vector_stores", { method: "POST", body: JSON.stringify({ name: wanted }) });
