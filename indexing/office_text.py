@@ -4,9 +4,9 @@
 Each is a zip of XML files. What is read: paragraphs in order, headings (a Word paragraph
 whose style is a heading or has an outline level, an OpenDocument `text:h`, a chapter's
 <h1-6>), list items as "- " lines, table rows as cells joined by " | " (as HTML tables are),
-text boxes and frames as paragraphs after the one they are anchored in, and the title from the
-document's metadata. Left out: deleted and moved-away tracked
-changes, hidden runs, field codes, footnotes, comments, headers and footers. A
+text boxes and frames as paragraphs after the one they are anchored in, Word's inserted
+symbols (`w:sym`) as their characters, and the title from the document's metadata. Left out:
+deleted and moved-away tracked changes, hidden runs, field codes, footnotes, comments, headers and footers. A
 password-protected file or a book with DRM is refused as such.
 
 Unpacking is bounded (`MAX_UNPACKED` in all, read by the bytes actually inflated, not the
@@ -260,6 +260,8 @@ def _docx_paragraph(p: ET.Element, heading_styles: set[str] | None) -> tuple[str
             parts.append("\n")
         elif tag == f"{_W}noBreakHyphen":
             parts.append("-")
+        elif tag == f"{_W}sym":
+            parts.append(_docx_symbol(node))
     props = p.find(f"{_W}pPr")
     heading = listed = False
     if props is not None:
@@ -276,6 +278,45 @@ def _docx_paragraph(p: ET.Element, heading_styles: set[str] | None) -> tuple[str
             number is None or number.get(f"{_W}val") != "0"
         )
     return "".join(parts).strip(), heading, listed
+
+
+#: Adobe's Symbol font encoding, for the characters Word's Insert Symbol puts in a `w:sym`
+#: of font "Symbol" (Greek letters, arithmetic, arrows, sets, logic): code -> Unicode
+_SYMBOL_FONT = dict(
+    zip(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+        "ΑΒΧΔΕΦΓΗΙϑΚΛΜΝΟΠΘΡΣΤΥςΩΞΨΖαβχδεφγηιϕκλμνοπθρστυϖωξψζ",
+        strict=True,
+    )
+) | {
+    0x22: "∀", 0x24: "∃", 0x27: "∋", 0x2A: "∗", 0x2D: "−", 0x40: "≅", 0x5C: "∴", 0x5E: "⊥",
+    0x7E: "∼", 0xA1: "ϒ", 0xA2: "′", 0xA3: "≤", 0xA5: "∞", 0xA7: "♣", 0xA8: "♦", 0xA9: "♥",
+    0xAA: "♠", 0xAB: "↔", 0xAC: "←", 0xAD: "↑", 0xAE: "→", 0xAF: "↓", 0xB0: "°", 0xB1: "±",
+    0xB2: "″", 0xB3: "≥", 0xB4: "×", 0xB5: "∝", 0xB6: "∂", 0xB7: "•", 0xB8: "÷", 0xB9: "≠",
+    0xBA: "≡", 0xBB: "≈", 0xBC: "…", 0xC4: "⊗", 0xC5: "⊕", 0xC6: "∅", 0xC7: "∩", 0xC8: "∪",
+    0xC9: "⊃", 0xCA: "⊇", 0xCB: "⊄", 0xCC: "⊂", 0xCD: "⊆", 0xCE: "∈", 0xCF: "∉", 0xD0: "∠",
+    0xD1: "∇", 0xD5: "∏", 0xD6: "√", 0xD7: "⋅", 0xD8: "¬", 0xD9: "∧", 0xDA: "∨", 0xDB: "⇔",
+    0xDC: "⇐", 0xDD: "⇑", 0xDE: "⇒", 0xDF: "⇓", 0xE0: "◊", 0xE1: "〈", 0xE5: "∑", 0xF1: "〉",
+    0xF2: "∫",
+}  # fmt: skip
+
+
+def _docx_symbol(sym: ET.Element) -> str:
+    """The character of a `w:sym` (Insert Symbol's, a hex code in a font): a Unicode code is
+    itself; a Symbol font's code (Word adds 0xF000) is its Unicode character; a dingbat
+    font's private code (Wingdings' check marks and arrows) has no meaning as text, and a
+    bad code is nothing."""
+    try:
+        code = int(sym.get(f"{_W}char") or "", 16)
+    except ValueError:
+        return ""
+    private = 0xF000 <= code <= 0xF0FF
+    if (sym.get(f"{_W}font") or "").strip().lower() == "symbol":
+        code -= 0xF000 if private else 0  # (its digits and punctuation are ASCII's)
+        return _SYMBOL_FONT.get(code, chr(code) if 0x20 <= code < 0x7F else "")
+    if private or not 0x20 <= code <= 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+        return ""
+    return chr(code)
 
 
 def _walk_skipping(

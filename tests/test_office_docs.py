@@ -428,6 +428,26 @@ def test_word_on_off_properties_placeholders_and_removed_numbering(tmp_path: Pat
     assert text.split("\n\n") == ["Shown A.", "Shown B.", "Name:", "Filled in.", "Plain again."]
 
 
+def test_words_inserted_symbols_are_their_characters(tmp_path: Path) -> None:
+    """Insert Symbol's characters (`w:sym`) were dropped: "α = 0.05" read " = 0.05". A
+    Symbol font's code (Word adds 0xF000) is its Unicode character, digits included; a
+    Unicode code is itself; a dingbat font's private code and a bad code are nothing."""
+
+    def sym(font: str, char: str) -> str:
+        return f'<w:r><w:sym w:font="{font}" w:char="{char}"/></w:r>'
+
+    body = (
+        "<w:p>" + sym("Symbol", "F061") + '<w:r><w:t xml:space="preserve"> </w:t></w:r>'
+        + sym("Symbol", "F0A3") + sym("Symbol", "F020") + sym("symbol", "F030")
+        + "<w:r><w:t>.05, </w:t></w:r>" + sym("Symbol", "44") + "<w:r><w:t>T</w:t></w:r>"
+        + sym("Symbol", "F0AE") + sym("Cambria Math", "2211") + sym("Wingdings", "F0FC")
+        + sym("Symbol", "zz") + sym("Arial", "D800") + sym("Symbol", "F0FF") + "</w:p>"
+    )  # fmt: skip
+    path = tmp_path / "symbols.docx"
+    path.write_bytes(docx(body))
+    assert read_document(path).pages[0].text == "α ≤ 0.05, ΔT→∑"
+
+
 def test_office_text_as_a_library_call() -> None:
     """`office_text(data, "docx")` (no dot) was a KeyError; its errors were ValueErrors only,
     not clara's."""
