@@ -191,10 +191,13 @@ def configure_logging(args: argparse.Namespace) -> None:
     )
 
 
-def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
+def serve_http(
+    app, worker, args: argparse.Namespace, hello: str = "", access: dict[str, Any] | None = None
+) -> int:
     """Run `app` under uvicorn on --host/--port/--log-level until it stops. `worker` (the MLX
     thread) stops uvicorn through `on_fatal`; its `error` is then raised as a `ClaraError`.
-    Says where it listens once the port is bound (`hello`: what to add, e.g. the web page)."""
+    Says where it listens once the port is bound (`hello`: what to add, e.g. the web page)
+    and whose keys it accepts (`access`: the `access_options` the app was made with)."""
     import logging
 
     import uvicorn
@@ -212,8 +215,9 @@ def serve_http(app, worker, args: argparse.Namespace, hello: str = "") -> int:
     from clara_cli.http import is_loopback
 
     if key_file := getattr(args, "api_key_file", None):  # (a key left in CLARA_API_KEY is
-        names = ", ".join(access_options(args)["api_key"] or {})  # one of them)
-        logging.getLogger("clara").info("API keys accepted: %s", names)
+        if access is not None:  # one of them)
+            names = ", ".join(access["api_key"] or {})
+            logging.getLogger("clara").info("API keys accepted: %s", names)
         with contextlib.suppress(OSError):
             if Path(key_file).expanduser().stat().st_mode & 0o077:
                 logging.getLogger("clara").warning(

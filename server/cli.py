@@ -336,18 +336,20 @@ def serve(args: argparse.Namespace) -> int:
         embedding_token_ids=args.embedding_token_ids,
         files_url=files_url(args),
     )
+    access = access_options(args)
     app = create_app(
         settings,
         defaults,
         served_model_name=args.served_model_name,
-        **access_options(args),
+        **access,
         keepalive_s=args.sse_keepalive,
         responses_db=responses_db(args),
         files_api=args.files_api,
         accept_any_model=args.accept_any_model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
-    return serve_http(app, app.state.engine, args, hello="/ (web chat), API under /v1")
+    hello = "/ (web chat), API under /v1"
+    return serve_http(app, app.state.engine, args, hello=hello, access=access)
 
 
 def main(argv: list[str] | None = None) -> int:

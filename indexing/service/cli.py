@@ -82,5 +82,6 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     settings.check()  # before the port is bound and the model loads
     configure_logging(args)
-    app = create_app(settings, **access_options(args))
-    return serve_http(app, app.state.service.worker, args)
+    access = access_options(args)
+    app = create_app(settings, **access)
+    return serve_http(app, app.state.service.worker, args, access=access)
