@@ -51,6 +51,14 @@ def page(server: ServerProcess):
             browser.close()
 
 
+def new_tab(page, url: str) -> None:
+    """The chat at `url` as a new tab shows it: no conversation, nothing picked (the page keeps
+    a tab's conversation and picks across reloads)."""
+    page.goto(url)
+    page.evaluate("sessionStorage.removeItem('clara-picks'); sessionStorage.removeItem('clara-chat')")
+    page.reload()
+
+
 def test_page_and_assets_need_no_key(server: ServerProcess) -> None:
     for path, kind in (
         ("/", "text/html"),
@@ -68,7 +76,7 @@ def test_page_and_assets_need_no_key(server: ServerProcess) -> None:
 def test_upload_ask_and_see_sources(server: ServerProcess, page, tmp_path) -> None:
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server.url + "/")
+    new_tab(page, server.url + "/")
     page.fill("#api-key", API_KEY)
     page.dispatch_event("#api-key", "change")
     model = httpx.get(server.url + "/health", timeout=10).json()["model"]
@@ -118,7 +126,7 @@ def test_upload_ask_and_see_sources(server: ServerProcess, page, tmp_path) -> No
 
 
 def test_a_wrong_key_is_reported(server: ServerProcess, page) -> None:
-    page.goto(server.url + "/")
+    new_tab(page, server.url + "/")
     page.fill("#api-key", "wrong")
     page.dispatch_event("#api-key", "change")
     sync_api.expect(page.locator("#model")).to_contain_text("API key is missing or wrong")
@@ -138,7 +146,7 @@ def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, 
     markup = '<img src=x onerror="window.injected=1"><b id="injected">bold</b>'
     doc = tmp_path / "markup.txt"
     doc.write_text(f"The lighthouse was painted red in 1931. {markup}")
-    page.goto(server.url + "/")
+    new_tab(page, server.url + "/")
     page.fill("#api-key", API_KEY)
     page.dispatch_event("#api-key", "change")
     page.fill("#new-collection", "markupdocs")
@@ -167,9 +175,7 @@ def store_names(server: ServerProcess) -> list[str]:
 
 def open_page(page, server: ServerProcess) -> None:
     """The chat as a new tab shows it: nothing picked (the page keeps a tab's picks)."""
-    page.goto(server.url + "/")
-    page.evaluate("sessionStorage.removeItem('clara-picks')")
-    page.reload()
+    new_tab(page, server.url + "/")
     page.fill("#api-key", API_KEY)
     page.dispatch_event("#api-key", "change")
     model = httpx.get(server.url + "/health", timeout=10).json()["model"]
@@ -213,6 +219,66 @@ def test_stop_and_new_chat_cancel_a_slow_answer(server: ServerProcess, page) -> 
         page.unroute("**/v1/chat/completions")
     assert [m["content"] for m in sent[1]["messages"]] == ["Second question"]  # no "First"
     assert [m["content"] for m in sent[2]["messages"]] == ["Third question"]  # a new chat
+
+
+def test_a_reload_keeps_the_conversation_and_says_where_sources_came_from(
+    server: ServerProcess, page, tmp_path
+) -> None:
+    """A web chat audit: a reload lost the whole conversation (and the next question went
+    without its history), and an answer did not say which collection its sources came from
+    (a chat that changed collections on the way)."""
+    open_page(page, server)
+    doc = tmp_path / "mill.txt"
+    doc.write_text("The water mill on the Aldbrook ground flour until 1954.")
+    page.fill("#new-collection", "mills")
+    page.set_input_files("#file", str(doc))
+    page.click("#upload")
+    sync_api.expect(page.locator("#upload-status")).to_contain_text("1 of 1 files indexed")
+    page.locator("#retrieval-mode").select_option("lexical")
+    page.fill("#question", "Until when did the water mill grind flour?")
+    page.press("#question", "Enter")
+    answer = page.locator(".msg.assistant.done")
+    sync_api.expect(answer).to_have_count(1)
+    sync_api.expect(answer.locator(".from")).to_have_text("Sources from mills:")
+    written = answer.evaluate("e => e.firstChild.data")
+    page.reload()
+    sync_api.expect(page.locator(".msg.user")).to_have_text(
+        "Until when did the water mill grind flour?"
+    )
+    again = page.locator(".msg.assistant.done")
+    sync_api.expect(again).to_have_count(1)
+    assert again.evaluate("e => e.firstChild.data") == written
+    sync_api.expect(again.locator(".from")).to_have_text("Sources from mills:")
+    sync_api.expect(again.locator("button.source").first).to_contain_text("mill.txt")
+    again.locator("button.source").first.click()
+    sync_api.expect(again.locator(".snippet").first).to_contain_text("1954")
+    sync_api.expect(again.locator(".note")).to_contain_text("cut off")  # (--max-tokens 8)
+    sent = []
+    page.route("**/v1/chat/completions", lambda route: (
+        sent.append(route.request.post_data_json), route.continue_()))  # fmt: skip
+    try:
+        page.fill("#question", "And who owned it?")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(2)
+    finally:
+        page.unroute("**/v1/chat/completions")
+    history = [(m["role"], m["content"]) for m in sent[0]["messages"]]
+    assert history == [
+        ("user", "Until when did the water mill grind flour?"),
+        ("assistant", written),
+        ("user", "And who owned it?"),
+    ]
+    page.click("#clear")  # New chat: nothing comes back
+    page.reload()
+    sync_api.expect(page.locator("#model")).not_to_have_text("connecting…")
+    assert page.locator("#log .msg").count() == 0
+    # a conversation the page cannot read is none (the page still starts)
+    for stored in ("{oops", "null", '{"turns": 1, "shown": []}', '{"turns": [], "shown": [7]}'):
+        page.evaluate(f"sessionStorage.setItem('clara-chat', {stored!r})")
+        page.reload()
+        sync_api.expect(page.locator("#model")).not_to_have_text("connecting…")
+        assert page.locator("#log .msg").count() == 0
+    page.locator("#retrieval-mode").select_option("")
 
 
 def test_upload_into_the_server_default_and_open_a_source(
@@ -437,7 +503,7 @@ def test_screen_readers_hear_errors_and_focus_stays_in_place(
     out), focus fell to the page after Send or Stop (the button pressed was hidden), the
     source buttons of one answer all had the same name, and a page zoomed to 200% left the
     conversation one line tall."""
-    page.goto(server.url + "/")
+    new_tab(page, server.url + "/")
     page.fill("#api-key", "wrong")
     page.dispatch_event("#api-key", "change")
     sync_api.expect(page.locator("#alert")).to_contain_text("API key field")

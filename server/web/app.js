@@ -304,11 +304,21 @@ async function openFile(s, tab, li) {
   }
 }
 
-function showSources(div, sources) {
+// `from`: the collection searched (the picker's name for it), said above the list: a chat that
+// changed collections on the way did not say which answer came from which.
+function showSources(div, sources, from) {
   if (!sources || !sources.length) return;
+  if (from) {
+    const caption = document.createElement("span");
+    caption.className = "from";
+    const name = document.createElement("bdi");
+    name.textContent = from;
+    caption.append("Sources from ", name, ":");
+    div.appendChild(caption);
+  }
   const list = document.createElement("ol");
   list.className = "sources";
-  list.setAttribute("aria-label", "Sources");
+  list.setAttribute("aria-label", from ? `Sources from ${from}` : "Sources");
   for (const [i, s] of sources.entries()) {
     const li = document.createElement("li");
     const button = document.createElement("button");
@@ -363,6 +373,53 @@ function showSources(div, sources) {
   div.appendChild(list);
 }
 
+// ---- the conversation, kept for this tab ---------------------------------------------------
+// What the log shows (each question, each answer with its sources and notes) and the turns
+// sent as history, drawn again after a reload, which lost the whole conversation. Only what
+// has finished is kept: an answer being written when the page reloads is lost with its
+// question. "New chat" clears it.
+const CHAT = "clara-chat";
+const shown = []; // {role, text} and {role: "assistant", text, sources, from, notes, error}
+function saveChat() {
+  try {
+    sessionStorage.setItem(CHAT, JSON.stringify({ turns, shown }));
+  } catch (e) { /* storage full or off: the conversation stays on this page only */ }
+}
+function draw(record) {
+  const div = add(record.role, record.text);
+  if (record.role !== "assistant") return;
+  showSources(div, record.sources, record.from);
+  for (const text of record.notes) note(div, text);
+  div.classList.add(record.error ? "error" : "done");
+}
+function restoreChat() { // (anything unreadable there is no conversation: the page must start)
+  let read;
+  try {
+    read = JSON.parse(sessionStorage.getItem(CHAT) || "{}");
+  } catch (e) {
+    return;
+  }
+  const roles = ["user", "assistant"];
+  const text = (x) => typeof x === "string";
+  if (!read || !Array.isArray(read.turns) || !Array.isArray(read.shown)) return;
+  for (const t of read.turns) {
+    if (t && roles.includes(t.role) && text(t.content)) turns.push({ role: t.role, content: t.content });
+  }
+  for (const r of read.shown) {
+    if (!r || !roles.includes(r.role) || !text(r.text)) continue;
+    const record = { role: r.role, text: r.text };
+    if (r.role === "assistant") {
+      const fine = (s) => s && text(s.filename) && typeof s.score === "number";
+      record.sources = Array.isArray(r.sources) ? r.sources.filter(fine) : [];
+      record.from = text(r.from) ? r.from : "";
+      record.notes = Array.isArray(r.notes) ? r.notes.filter(text) : [];
+      record.error = r.error === true;
+    }
+    shown.push(record);
+    draw(record);
+  }
+}
+
 // ---- chat ----------------------------------------------------------------------------------
 // Send and Stop take turns; focus follows the one shown (a hidden button drops it to the page).
 function busy(on) {
@@ -408,6 +465,9 @@ async function ask(question) {
   div.appendChild(text);
   const body = { messages: turns.slice(), stream: true, retrieval: $("retrieval").checked };
   const chosen = filesApi ? $("collection").selectedOptions[0] : null;
+  const from = (chosen && chosen.value && chosen.dataset.name) || collection() || serverCollection;
+  const record = { role: "assistant", text: "", sources: [], from, notes: [], error: false };
+  const remark = (words) => { note(div, words); record.notes.push(words); };
   if ($("mode").value) body.mode = $("mode").value;
   if (collection()) body.collection = collection();
   if (!$("retrieval-mode-label").hidden && $("retrieval-mode").value) body.retrieval_mode = $("retrieval-mode").value;
@@ -430,7 +490,10 @@ async function ask(question) {
       const wasAtBottom = atBottom();
       for (const choice of chunk.choices || []) {
         if (choice.delta.content) text.data += choice.delta.content;
-        if (choice.delta.sources) showSources(div, choice.delta.sources);
+        if (choice.delta.sources) {
+          showSources(div, choice.delta.sources, from);
+          record.sources.push(...choice.delta.sources);
+        }
         if (choice.finish_reason) finish = choice.finish_reason;
       }
       follow(wasAtBottom);
@@ -438,9 +501,9 @@ async function ask(question) {
     if (mine === chat) turns.push({ role: "assistant", content: text.data });
     div.classList.add("done");
     if (retrieval && !["ok", "disabled"].includes(retrieval.status)) {
-      note(div, `no sources: ${retrieval.detail || retrieval.status.replace("_", " ")}`);
+      remark(`no sources: ${retrieval.detail || retrieval.status.replace("_", " ")}`);
     }
-    if (finish === "length") note(div, "cut off at the answer length limit; ask for the rest");
+    if (finish === "length") remark("cut off at the answer length limit; ask for the rest");
     say(text.data);
   } catch (e) {
     if (e.name === "AbortError") { // Stop, or New chat: keep what was written
@@ -448,10 +511,11 @@ async function ask(question) {
         if (text.data) turns.push({ role: "assistant", content: text.data });
         else turns.pop();
       }
-      note(div, "stopped");
+      remark("stopped");
       say("stopped");
     } else {
       div.classList.add("error");
+      record.error = true;
       const message = e instanceof TypeError ? NO_ANSWER : e.message; // the connection broke
       text.data += (text.data ? "\n" : "") + "Error: " + message;
       // what the page shows of the server may be out of date: a restart (another model, other
@@ -463,6 +527,11 @@ async function ask(question) {
       if (mine === chat && !$("question").value) $("question").value = question; // to send again
     }
   } finally {
+    if (mine === chat) { // (an answer New chat abandoned belongs to no conversation kept)
+      record.text = text.data;
+      shown.push({ role: "user", text: question }, record);
+      saveChat();
+    }
     if (running === controller) {
       running = null;
       busy(false);
@@ -613,6 +682,8 @@ $("clear").addEventListener("click", () => {
   chat += 1;
   if (running) running.abort(); // the server stops generating when the stream closes
   turns.length = 0;
+  shown.length = 0;
+  sessionStorage.removeItem(CHAT);
   $("log").replaceChildren();
   $("announce").textContent = "";
   say("New chat");
@@ -621,6 +692,7 @@ $("clear").addEventListener("click", () => {
 $("upload").addEventListener("click", upload);
 for (const id of PICKS) $(id).addEventListener("change", () => pick(id, $(id).value));
 restore("mode");
+restoreChat();
 // collections made or deleted elsewhere (the CLI, another tab) show when the page is back in view
 function lookAgain() { // (not while the key is wrong: a 401 at each focus took the focus)
   const keyWrong = $("api-key").hasAttribute("aria-invalid");
