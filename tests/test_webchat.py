@@ -55,7 +55,9 @@ def new_tab(page, url: str) -> None:
     """The chat at `url` as a new tab shows it: no conversation, nothing picked (the page keeps
     a tab's conversation and picks across reloads)."""
     page.goto(url)
-    page.evaluate("sessionStorage.removeItem('clara-picks'); sessionStorage.removeItem('clara-chat')")
+    page.evaluate(
+        "sessionStorage.removeItem('clara-picks'); sessionStorage.removeItem('clara-chat')"
+    )
     page.reload()
 
 
