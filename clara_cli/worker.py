@@ -177,10 +177,13 @@ class Worker:
         gone = sum(t.bounded and t.cancelled and t.steps is None for t in queued)
         return self._waiting - gone
 
-    def submit(self, task: Task, priority: int = INTERACTIVE) -> Task:
+    def submit(self, task: Task, priority: int = INTERACTIVE, room: int = 0) -> Task:
         """Queue `task`; a bounded task beyond `max_waiting` of its caller's (its API key's)
-        is a 503 with Retry-After. Other threads get the 503 of `check_ready` until the model
-        is loaded."""
+        is a 503 with Retry-After. `room`: places past those, for tasks that start at once
+        when their turn comes (the chat engine's free places in its decode batch: requests
+        sent together to an idle server are all queued before the first starts, and a burst
+        of max-batch + queue-size had 503s; 3 at once with --max-batch 2 --queue-size 2).
+        Other threads get the 503 of `check_ready` until the model is loaded."""
         if threading.current_thread() is not self._thread:
             self.check_ready()
         if priority == BULK:  # (an indexing job outlives the request that queued it: its
@@ -188,7 +191,7 @@ class Worker:
         with self._cv:
             if task.bounded:
                 own = self._live_waiting(task.caller)
-                if own >= self.max_waiting:
+                if own >= self.max_waiting + max(0, room):
                     # its next place frees after its own waiting ones, each a round of the
                     # keys waiting (with one caller: all that wait)
                     ahead = min(self._live_waiting(), own * len(self._waiting_callers()))

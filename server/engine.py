@@ -154,8 +154,10 @@ class Engine:
         start: Callable[[Job], Iterator[object] | None],
         can_start: Callable[[], bool] | None = None,
         params: RagParams | None = None,
+        room: int = 0,
     ) -> Job:
-        """Queue work for the MLX thread; a full queue is a 503 with Retry-After."""
+        """Queue work for the MLX thread; a full queue is a 503 with Retry-After (`room`:
+        `Worker.submit`'s)."""
         self.check_ready()
         job = Job(asyncio.get_running_loop(), kind, params)
 
@@ -178,7 +180,7 @@ class Engine:
             job.emit(Failed(exc))
 
         job.task = Task((":" + kind, job), lambda cm: start(job), failed, done, can_start)
-        self.worker.submit(job.task)
+        self.worker.submit(job.task, room=room)
         return job
 
     def chat(self, params: RagParams) -> Job:
@@ -188,6 +190,7 @@ class Engine:
             lambda job: self._chat(job, params),
             lambda: self.decoding() < self.settings.max_batch,
             params=params,
+            room=self.settings.max_batch - self.decoding() - self._admitting,  # (a hint)
         )
 
     def check_size(self, params: RagParams) -> None:

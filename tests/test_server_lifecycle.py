@@ -4,6 +4,7 @@ that appears (and grows) while it runs, a mismatched index at startup, the CLI, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -91,6 +92,22 @@ def test_full_queue_is_503_and_disconnect_stops_generation(server: ServerProcess
     generated = metric(text, "clara_completion_tokens_total") - tokens_before - 3
     assert 0 < generated < 1000, generated
     assert metric(text, "clara_requests_total", endpoint="/v1/chat/completions", status="503") >= 1
+
+
+def test_requests_sent_together_fill_the_batch_before_the_queue(server: ServerProcess) -> None:
+    """With --max-batch 1 --queue-size 1, two requests sent at once to an idle server: one
+    takes the batch's place, one waits. Both were queued before the first started, and the
+    second was a 503 (a fairness audit: a burst of max-batch + queue-size had one)."""
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            url = f"{server.url}/v1/chat/completions"
+            body = {**LONG, "max_tokens": 3}
+            sent = [client.post(url, json=body) for _ in range(2)]
+            return [r.status_code for r in await asyncio.gather(*sent)]
+
+    for _ in range(3):
+        assert asyncio.run(burst()) == [200, 200]
 
 
 def test_api_keys_take_turns_and_each_has_its_own_queue(tiny_llama_dir, tmp_path) -> None:
@@ -296,7 +313,6 @@ def test_connections_to_the_servers_socket_send_without_nagles_delay() -> None:
     for uvicorn had protocol 0, and asyncio turns Nagle off (TCP_NODELAY) only on connections
     of a socket that says TCP, so a body written after its headers waited for the client's
     delayed ACK. Connections accepted on it, as uvicorn accepts them, have TCP_NODELAY."""
-    import asyncio
     import socket
 
     from clara_cli import serve

@@ -87,6 +87,26 @@ def test_full_queue_is_one_503_with_retry_after_and_can_start_holds_a_task() -> 
     worker.stop()
 
 
+def test_room_lets_tasks_that_start_at_once_past_the_queue_bound() -> None:
+    """A burst to an idle chat server is queued whole before the first request starts: with
+    --max-batch 2 --queue-size 2, the third of three requests was a 503. The free places in
+    the decode batch (`room`) are not places in the queue."""
+    worker = ready_worker(max_waiting=1)
+    release = threading.Event()
+    worker.submit(Task("busy", lambda cm: release.wait(5)))
+    wait_until(lambda: worker.queue_depth() == 0)  # started: the rest wait
+    for name in ("a", "b", "c"):
+        worker.submit(Task(name, lambda cm: None), room=2)
+    with pytest.raises(APIError) as info:
+        worker.submit(Task("d", lambda cm: None), room=2)
+    assert info.value.status == 503 and "3 requests waiting" in str(info.value)
+    with pytest.raises(APIError):  # (no room: the queue's own bound)
+        worker.submit(Task("e", lambda cm: None))
+    release.set()
+    wait_until(lambda: worker.queue_depth() == 0)
+    worker.stop()
+
+
 def test_a_start_check_that_raises_does_not_end_the_worker() -> None:
     """It ended the worker thread: /health said ok, and every request after waited for ever
     (an engine review)."""
