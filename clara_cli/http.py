@@ -135,8 +135,22 @@ def error_responses(*codes: int) -> dict:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
+class _ErrorJSON(JSONResponse):
+    """An error's JSON answer, which tells the request's state its code (`error_code`): the
+    access log line and the refusals metric name it (`clara_cli.metrics.MeteredGate`)."""
+
+    def __init__(self, exc: APIError) -> None:
+        super().__init__(exc.body(), status_code=exc.status, headers=exc.headers)
+        self.code = exc.code
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.code:
+            scope.setdefault("state", {})["error_code"] = self.code
+        await super().__call__(scope, receive, send)
+
+
 def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return _ErrorJSON(exc)
 
 
 def to_api_error(exc: BaseException) -> APIError:
@@ -182,6 +196,10 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("clara_request_id", default=None
 #: The name of the API key a request came with (`AccessGate`: --api-key-file names each; one
 #: --api-key is "api-key"), for the logs of what it changed; None without keys.
 CALLER: ContextVar[str | None] = ContextVar("clara_caller", default=None)
+#: What uvicorn's access line of the request being answered adds: its request id, its API
+#: key's name, its error's code (`clara_cli.metrics.MeteredGate` sets it as the answer starts;
+#: `clara_cli.serve`'s access-log filter reads it).
+ACCESS_NOTE: ContextVar[str | None] = ContextVar("clara_access_note", default=None)
 
 
 def by_caller() -> str:

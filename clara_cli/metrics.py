@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,13 +22,22 @@ from fastapi.responses import PlainTextResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clara_cli.http import CLIENT_GONE, REQUEST_ID, AccessGate, loggable_path
+from clara_cli.http import (
+    ACCESS_NOTE,
+    CALLER,
+    CLIENT_GONE,
+    REQUEST_ID,
+    AccessGate,
+    loggable_path,
+)
 
 log = logging.getLogger("clara.http")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: Buckets of the MLX worker's phases (a decode step takes tens of milliseconds on a CPU)
-PHASE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 10.0)
+#: (a cold first prefill, or a long prompt on a CPU, takes more than 10 s)
+PHASE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 10.0,
+                 30.0, 60.0)  # fmt: skip
 Labels = tuple[tuple[str, str], ...]
 
 
@@ -60,14 +71,19 @@ class _Metric:
 
 class Counter(_Metric):
     """`labelled`: every value carries labels, so none is shown before the first (an
-    unlabelled 0 went away once labelled ones came: a stale series, a false `== 0`)."""
+    unlabelled 0 went away once labelled ones came: a stale series, a false `== 0`).
+    `known`: the label sets known in advance, shown at 0 from the start: a series born at 2
+    is no increase to Prometheus, and an alert on the first failures after a start missed
+    them (an SRE's audit)."""
 
     kind = "counter"
 
-    def __init__(self, name: str, help: str, labelled: bool = False) -> None:
+    def __init__(
+        self, name: str, help: str, labelled: bool = False, known: Iterable[dict[str, str]] = ()
+    ) -> None:
         super().__init__(name, help)
-        self.labelled = labelled
-        self._values: dict[Labels, float] = {}
+        self.labelled = labelled or bool(known)
+        self._values: dict[Labels, float] = {tuple(sorted(k.items())): 0.0 for k in known}
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -100,10 +116,20 @@ class Gauge(Counter):
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name: str, help: str, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+        labelled: bool = False,
+    ) -> None:
+        """`labelled` as a `Counter`'s: an unlabelled one is shown at 0 before it observes
+        anything (a dashboard read "no data" after each restart)."""
         super().__init__(name, help)
         self.buckets = tuple(sorted(buckets)) + (math.inf,)
         self._series: dict[Labels, list[float]] = {}  # bucket counts..., sum, count
+        if not labelled:
+            self._series[()] = [0.0] * (len(self.buckets) + 2)
 
     def observe(self, value: float, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -166,29 +192,87 @@ class ServiceMetrics(MetricSet):
             "clara_requests_total", "HTTP requests by endpoint and status", labelled=True
         )
         self.latency = Histogram(
-            "clara_request_duration_seconds", "Time from request to the last byte, by endpoint"
+            "clara_request_duration_seconds",
+            "Time from request to the last byte, by endpoint and status (a refusal's few "
+            "milliseconds are apart from the answers' seconds)",
+            labelled=True,
+        )
+        self.refusals = Counter(
+            "clara_refusals_total",
+            "Requests answered 503, by reason (server_overloaded: a full queue; model_loading; "
+            "shutting_down) and API key (--api-key-file's name; none without keys)",
+            labelled=True,
+        )
+        self.key_requests = Counter(
+            "clara_key_requests_total",
+            "HTTP requests by API key (--api-key-file's names) and status",
+            labelled=True,
         )
         self.queue_depth = Gauge("clara_queue_depth", "Jobs waiting for the MLX worker")
         self.model_ready = Gauge("clara_model_ready", "1 once the model is loaded")
+        self.build = Gauge(
+            "clara_build_info", "1, labelled with clara's version and the model", labelled=True
+        )
+        self.started = Gauge(
+            "process_start_time_seconds", "When the process started, in seconds since the epoch"
+        )
+        self.started.set(_process_start())
+        self.memory = Gauge(
+            "process_resident_memory_bytes",
+            "Memory the process holds (its peak where the system tells no current figure)",
+        )
+
+    def render(self) -> str:
+        self.memory.set(_resident_bytes())
+        return super().render()
+
+
+def _process_start() -> float:
+    """When this process started (Linux: from /proc; else when this module was imported)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+def _resident_bytes() -> float:
+    """The process's resident memory: Linux's current figure, else its peak (macOS's
+    getrusage counts bytes, Linux's kilobytes)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return float(peak if sys.platform == "darwin" else peak * 1024)
+
+
+_IMPORTED = time.time()
 
 
 class MeteredGate:
     """Pure ASGI middleware (streams and disconnects pass untouched): the shared
-    `AccessGate` (host, origin, API key), then the request counted in `requests` and timed in
-    `latency`, by `endpoint(path)` (a bounded set of labels) and status. A client gone before
-    its answer (499) gets a log line, as uvicorn writes none."""
+    `AccessGate` (host, origin, API key), then the request counted and timed in `metrics`
+    (`ServiceMetrics`), by `endpoint(path)` (a bounded set of labels), status, the API key's
+    name and a 503's reason. uvicorn's access line for it names its request id, its key and
+    its error's code (`ACCESS_NOTE`); a client gone before its answer (499) gets a line of
+    its own, as uvicorn writes none."""
 
     def __init__(
         self,
         app: ASGIApp,
-        requests: Counter,
-        latency: Histogram,
+        metrics: ServiceMetrics,
         endpoint: Callable[[str], str],
         **access: Any,
     ) -> None:
         self.app = app
         self.access = AccessGate(app, **access)
-        self.requests, self.latency, self.endpoint = requests, latency, endpoint
+        self.metrics, self.endpoint = metrics, endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # (the gate closes websockets, passes the lifespan)
@@ -205,6 +289,12 @@ class MeteredGate:
                 status = message["status"]
                 message.setdefault("headers", [])
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                code = scope["state"].get("error_code")
+                ACCESS_NOTE.set(
+                    f"request {request_id}"
+                    + (f", key {CALLER.get()}" if CALLER.get() else "")
+                    + (f", {code}" if code else "")
+                )  # (read by uvicorn's access line, which this `send` writes)
             await send(message)
 
         token = REQUEST_ID.set(request_id)
@@ -212,7 +302,7 @@ class MeteredGate:
             await self.access(scope, receive, send_status)
         finally:
             REQUEST_ID.reset(token)
-            endpoint = self.endpoint(scope["path"])
+            self._count(scope, status, time.perf_counter() - start)
             if status == CLIENT_GONE:  # (uvicorn logs no access line for a client gone)
                 host, port = scope.get("client") or ("?", 0)
                 path = loggable_path(scope["path"])
@@ -220,8 +310,16 @@ class MeteredGate:
                     '%s:%d - "%s %s" %d: the client closed the request before its answer '
                     "(request %s)", host, port, scope["method"], path, status, request_id,
                 )  # fmt: skip
-            self.requests.inc(endpoint=endpoint, status=str(status))
-            self.latency.observe(time.perf_counter() - start, endpoint=endpoint)
+
+    def _count(self, scope: Scope, status: int, took: float) -> None:
+        m, endpoint, key = self.metrics, self.endpoint(scope["path"]), CALLER.get()
+        m.requests.inc(endpoint=endpoint, status=str(status))
+        m.latency.observe(took, endpoint=endpoint, status=str(status))
+        if key:
+            m.key_requests.inc(key=key, status=str(status))
+        if status == 503:
+            reason = scope["state"].get("error_code") or "other"
+            m.refusals.inc(reason=reason, **({"key": key} if key else {}))
 
 
 #: a request id a client or proxy may give (X-Request-ID): short, printable, no spaces

@@ -73,6 +73,13 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         "$CLARA_ALLOW_ORIGINS. Default: none, only this server's own pages (the web chat)",
     )
     net.add_argument(
+        "--open-metrics",
+        action="store_true",
+        help="serve GET /metrics without the API key, for a Prometheus that should hold no "
+        "key (any key may also read, upload and delete): anyone who reaches the port then "
+        "sees the metrics, collection names and counts among them",
+    )
+    net.add_argument(
         "--shutdown-grace",
         type=non_negative_float,
         default=SHUTDOWN_GRACE_S,
@@ -129,6 +136,7 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
         "local_only": is_loopback(args.host),
         "allow_hosts": tuple(args.allow_host),
         "allow_origins": origins,
+        "open_metrics": bool(getattr(args, "open_metrics", False)),
     }
 
 
@@ -325,7 +333,9 @@ def _quiet_polls(record: Any) -> bool:
     """Leave successful health checks and metrics scrapes (every few seconds, from a load
     balancer, Docker or Prometheus) out of the access log; failed ones stay. A query's
     values are masked but those of the parameters clara's routes take (a key sent as
-    ?api_key=..., which no route takes, went to the log; so would a presigned URL's)."""
+    ?api_key=..., which no route takes, went to the log; so would a presigned URL's). The
+    line ends with the request's id, its API key's name and its error's code (`ACCESS_NOTE`:
+    a 503's key was in its answer only, and no line could be found by X-Request-ID)."""
     args = record.args if isinstance(record.args, tuple) else ()
     if len(args) == 5:  # uvicorn's: (client, method, path with its query, http version, status)
         client, method, path, version, status = args
@@ -334,6 +344,12 @@ def _quiet_polls(record: Any) -> bool:
             return False
         if "?" in str(path):
             record.args = (client, method, _QUERY_VALUE.sub(_masked, str(path)), version, status)
+        from clara_cli.http import ACCESS_NOTE  # (loaded by then: the app is running)
+
+        note = ACCESS_NOTE.get()
+        if note and isinstance(record.msg, str):
+            record.msg += " (%s)"
+            record.args = (*record.args, note)
     return True
 
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.responses import Response as HTTPResponse
 
+from clara import __version__
 from clara.checkpoint import resolve_checkpoint
 from clara.paths import UPLOADS
 from clara_cli.http import (
@@ -95,6 +96,7 @@ def create_app(
     local_only: bool = False,
     allow_hosts: tuple[str, ...] = (),
     allow_origins: tuple[str, ...] = (),
+    open_metrics: bool = False,
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
     responses_db: Path | None = None,
@@ -106,7 +108,7 @@ def create_app(
     Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`).
     `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
     index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`,
-    `allow_origins`: who may ask (`clara_cli.http.AccessGate`; from the options:
+    `allow_origins`, `open_metrics` (/metrics without the key): who may ask (`clara_cli.http.AccessGate`; from the options:
     `clara_cli.serve.access_options`)."""
     from clara.paths import home
 
@@ -120,6 +122,7 @@ def create_app(
     files = _files_service(settings, engine, max_upload_bytes) if files_api else None
     if files is not None:  # its uploads' metrics among the server's
         engine.metrics.files = files.metrics
+    engine.metrics.build.set(1, version=__version__, model=serving.served_model_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -157,11 +160,10 @@ def create_app(
     app.add_middleware(BodyLimit)  # inside the gate: a stranger's big body is a 401 first
     app.add_middleware(
         MeteredGate,
-        requests=engine.metrics.requests,
-        latency=engine.metrics.latency,
+        metrics=engine.metrics,
         endpoint=_endpoint,
         service="clara-serve",
-        open_paths=OPEN_PATHS,
+        open_paths=OPEN_PATHS + (("/metrics",) if open_metrics else ()),
         api_key=api_key,
         local_only=local_only,
         allow_hosts=allow_hosts,
@@ -270,8 +272,10 @@ def create_app(
         m = engine.metrics
         m.queue_depth.set(engine.queue_depth())
         stats = await asyncio.to_thread(engine.index_stats)
-        m.index_documents.set_all((docs, {"collection": name}) for name, docs, _ in stats)
-        m.index_chunks.set_all((chunks, {"collection": name}) for name, _, chunks in stats)
+        counted = [(name, counts) for name, counts in stats if counts is not None]
+        m.index_documents.set_all((docs, {"collection": name}) for name, (docs, _) in counted)
+        m.index_chunks.set_all((chunks, {"collection": name}) for name, (_, chunks) in counted)
+        m.index_damaged.set_all((1, {"collection": name}) for name, c in stats if c is None)
         if files is not None:
             try:  # (the rest is shown whatever the registry)
                 files.metrics.files_in_progress.set(await asyncio.to_thread(files.in_progress))

@@ -43,6 +43,7 @@ from clara.stream import GenerationChunk, SamplingParams, check_context, context
 from clara_cli.http import is_client_error
 from clara_cli.worker import BATCH, Task, Worker, log_failure
 from indexing.layout import META
+from indexing.meta import MissingDatabaseError
 from indexing.pipeline import model_manifest
 from indexing.store import collection_counts, list_collections
 from server.jobs import DONE, Embedded, Failed, Job, Ready
@@ -106,6 +107,7 @@ class Engine:
         self._rag: Rag | None = None  # once the model is loaded
         # /metrics: per collection, (meta.sqlite and its WAL as last seen, its counts)
         self._counts: dict[str, tuple[Any, tuple[int, int]]] = {}
+        self._damaged: set[str] = set()  # collections `index_stats` last found unreadable
         self._decoders: dict[str | None, Decoder] = {}  # by adapter (worker thread only)
         self._stepping: Task | None = None  # the decode loop, while any request decodes
         self._admitting = 0  # chat requests admitted, not yet decoding nor failed (`running`)
@@ -229,30 +231,39 @@ class Engine:
         if self._rag is not None:
             self._rag.forget(name)
 
-    def index_stats(self) -> list[tuple[str, int, int]]:
-        """(name, documents, chunks) of every collection under the index root, whether or not
-        a request opened it yet; read from their metadata alone (safe from any thread)."""
-        out = []
+    def index_stats(self) -> list[tuple[str, tuple[int, int] | None]]:
+        """(name, (documents, chunks)) of every collection under the index root, whether or
+        not a request opened it yet, read from their metadata alone (safe from any thread);
+        None for one whose metadata cannot be read (damaged: said once in the log)."""
+        out: list[tuple[str, tuple[int, int] | None]] = []
+        damaged = set()
         for name in list_collections(self.settings.root):
             meta = self.settings.root / name / META
-            try:  # counted again only when the database changed since the last scrape
-                key = tuple(
-                    (st.st_mtime_ns, st.st_size)
-                    for st in (os.stat(meta), os.stat(f"{meta}-wal"))  # WAL: writes land there
-                )
-            except OSError:
-                key = None
+            try:  # counted again only when the database changed since the last scrape (its
+                key = (_stamp(meta), _stamp(f"{meta}-wal"))  # WAL, where writes land, is
+            except OSError:  # there only while a connection is open: a key that needed
+                continue  # it was never whole after a restart, and each scrape read all)
             cached = self._counts.get(name)
-            if key is not None and cached is not None and cached[0] == key:
-                out.append((name, *cached[1]))
+            if cached is not None and cached[0] == key:
+                out.append((name, cached[1]))
                 continue
             try:
                 counts = collection_counts(self.settings.root, name)
-            except Exception:  # noqa: BLE001 - deleted or half-made under us: not listed now
+            except MissingDatabaseError:  # deleted or half-made under us: not listed now
                 continue
-            if key is not None:
-                self._counts[name] = (key, counts)
-            out.append((name, *counts))
+            except Exception as exc:  # noqa: BLE001 - its files: said once, shown as damaged
+                if name not in self._damaged:
+                    log.warning(
+                        "collection %s cannot be read (%s): chats that name it fail until "
+                        "its folder %s is restored from a backup or moved away",
+                        name, exc, self.settings.root / name,
+                    )  # fmt: skip
+                damaged.add(name)
+                out.append((name, None))
+                continue
+            self._counts[name] = (key, counts)
+            out.append((name, counts))
+        self._damaged = damaged
         return out
 
     # ---- worker side -----------------------------------------------------------------------
@@ -552,7 +563,10 @@ class Engine:
         self.metrics.generations.inc(reason="cancelled")
         self.metrics.completion_tokens.inc(seq.text.tokens)
         self.metrics.prompt_tokens.inc(seq.text.prompt_positions)
-        log.info("generation cancelled after %d tokens", seq.text.tokens)
+        log.info(
+            "generation cancelled after %d tokens (request %s)",
+            seq.text.tokens, seq.tag.task.request_id,
+        )  # fmt: skip
         seq.tag.emit(DONE)
 
     def _finished(self, chunk: GenerationChunk) -> None:
@@ -666,3 +680,12 @@ def sampling(p: RagParams) -> SamplingParams:
         frequency_penalty=p.frequency_penalty,
         presence_penalty=p.presence_penalty,
     )
+
+
+def _stamp(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(mtime, size) of a file; None when it is not there (a raised OSError: another error)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size

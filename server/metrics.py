@@ -20,7 +20,7 @@ class Metrics(ServiceMetrics):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ttft = Histogram(
+        self.ttft = Histogram(  # (unlabelled: 0 from the start)
             "clara_time_to_first_token_seconds",
             "Time from request to the first generated token (queueing, retrieval, prefill)",
         )
@@ -31,9 +31,13 @@ class Metrics(ServiceMetrics):
         self.generations = Counter(
             "clara_generations_total",
             "Generations by how they ended (stop, length, cancelled, error)",
-            labelled=True,
+            known=[{"reason": r} for r in ("stop", "length", "cancelled", "error")],
         )
-        self.retrievals = Counter("clara_retrievals_total", "Retrievals by status", labelled=True)
+        self.retrievals = Counter(
+            "clara_retrievals_total",
+            "Retrievals by status",
+            known=[{"status": s} for s in ("ok", "no_index", "empty_index", "no_match", "error")],
+        )
         self.prefills = Counter(
             "clara_prefill_passes_total",
             "Generator prefill passes, by how many requests each held (requests admitted "
@@ -54,16 +58,19 @@ class Metrics(ServiceMetrics):
             "clara_query_encode_seconds",
             "Query-adapter passes, by how many questions each encoded together",
             PHASE_BUCKETS,
+            labelled=True,
         )
         self.prefill_seconds = Histogram(
             "clara_prefill_seconds",
             "Generator prefill passes (to each request's first token), by requests per pass",
             PHASE_BUCKETS,
+            labelled=True,
         )
         self.step_seconds = Histogram(
             "clara_decode_step_seconds",
             "Batched decode steps, by how many requests each step decoded",
             PHASE_BUCKETS,
+            labelled=True,
         )
         self.running = Gauge(
             "clara_jobs_running", "Chat requests being answered now (prefilling or decoding)"
@@ -73,4 +80,10 @@ class Metrics(ServiceMetrics):
         )
         self.index_chunks = Gauge(
             "clara_index_chunks", "Chunks (memory vectors) in the collection", labelled=True
+        )
+        self.index_damaged = Gauge(
+            "clara_index_damaged",
+            "1 for a collection whose files cannot be read (the server log says which and "
+            "what to do); a deleted one is simply gone",
+            labelled=True,
         )

@@ -266,7 +266,7 @@ def test_a_decode_step_that_fails_tells_its_requests(tmp_path, tiny_llama_dir, m
         assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"], r.text
         metrics = client.get("/metrics").text
     assert 'clara_generations_total{reason="error"} 1' in metrics, metrics
-    assert 'reason="cancelled"' not in metrics
+    assert 'clara_generations_total{reason="cancelled"} 0' in metrics
     failed = [r for r in caplog.records if "request failed" in r.getMessage()]
     assert [r.getMessage() for r in failed] == ["chat request failed (request ask-1)"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from clara import __version__
 from indexing.store import delete_collection
 from tests.test_server_harness import DOCS, ROOT, ServerProcess, add_documents, metric
 
@@ -154,7 +156,61 @@ def test_api_keys_take_turns_and_each_has_its_own_queue(tiny_llama_dir, tmp_path
             wait_for(lambda: depth() == 2)
         for t in waiting:  # the stream closed: the batch's place goes to alice first
             t.join(60)
+        # whose requests were refused, for the operator (an SRE audit: in the answer only)
+        text = httpx.get(f"{server.url}/metrics", headers=alice, timeout=30).text
+        log = server.log()
     assert answered == ["alice 200", "script 200"]
+    assert metric(text, "clara_refusals_total", reason="server_overloaded", key="script") == 1
+    assert metric(text, "clara_refusals_total", reason="server_overloaded", key="alice") == 0
+    assert metric(text, "clara_key_requests_total", key="script", status="503") == 1
+    assert metric(text, "clara_key_requests_total", key="alice", status="200") >= 1  # (+ scrapes)
+    assert re.search(r'"POST /v1/chat/completions HTTP/1.1" 503 \(request req_\w+, key script, '
+                     r"server_overloaded\)", log), log  # fmt: skip
+
+
+def test_what_an_operator_monitors(tiny_llama_dir, cm, tmp_path) -> None:
+    """An SRE's audit: Prometheus needed a key that may also delete everything
+    (--open-metrics); counters of known outcomes and the first-token histogram had no series
+    before their first value (an alert missed the first failures after a start); no build,
+    start time or memory; a damaged collection vanished from the metrics as if deleted; the
+    access log named no request id (X-Request-ID) nor key; a collection's counts were read
+    again at every scrape."""
+    keys = tmp_path / "keys"
+    keys.write_text("alice sk-alice\n")
+    keys.chmod(0o600)
+    root = tmp_path / "index"
+    add_documents(root, cm, DOCS[:1], collection="kept")
+    add_documents(root, cm, DOCS[:1], collection="broken")
+    (root / "broken" / "meta.sqlite").write_bytes(b"not a database at all" * 10)
+    with ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(root), "--api-key-file", str(keys),
+        "--open-metrics", env={"CLARA_HOME": str(tmp_path / "home")}, log=tmp_path / "server.log",
+    ) as server:  # fmt: skip
+        server.wait_ready()
+        first = httpx.get(f"{server.url}/metrics", timeout=30)  # no key
+        assert httpx.get(f"{server.url}/v1/models", timeout=30).status_code == 401  # the rest
+        for reason in ("stop", "length", "cancelled", "error"):
+            assert f'clara_generations_total{{reason="{reason}"}} 0' in first.text
+        assert 'clara_retrievals_total{status="no_match"} 0' in first.text
+        assert "clara_time_to_first_token_seconds_count 0" in first.text
+        assert 'clara_build_info{model="' in first.text and f'version="{__version__}"' in first.text
+        started = metric(first.text, "process_start_time_seconds")
+        assert time.time() - 600 < started <= time.time()
+        assert metric(first.text, "process_resident_memory_bytes") > 10 * 2**20
+        assert metric(first.text, "clara_index_damaged", collection="broken") == 1
+        assert metric(first.text, "clara_index_documents", collection="kept") == 1
+        assert metric(first.text, "clara_index_documents", collection="broken") == 0
+        add_documents(root, cm, DOCS[1:], collection="kept")  # counted again: it changed
+        again = httpx.get(f"{server.url}/metrics", timeout=30).text
+        assert metric(again, "clara_index_documents", collection="kept") == len(DOCS)
+        r = httpx.get(f"{server.url}/v1/models", timeout=30,
+                      headers={"Authorization": "Bearer sk-alice", "X-Request-ID": "dash-7"})  # fmt: skip
+        assert r.status_code == 200
+        wait_for(lambda: "(request dash-7, key alice)" in server.log())
+        log = server.log()
+    assert '"GET /v1/models HTTP/1.1" 200 (request dash-7, key alice)' in log
+    assert log.count("collection broken cannot be read") == 1, log  # (once, not per scrape)
+    assert '"GET /metrics HTTP/1.1" 200' not in log  # (successful scrapes stay out)
 
 
 def test_a_non_streamed_request_whose_client_leaves_stops(server: ServerProcess) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
+from clara import __version__
 from clara.paths import DEFAULT_COLLECTION, UPLOADS
 from clara.settings import ModelSettings
 from clara_cli.http import (
@@ -140,9 +141,12 @@ def create_app(
     local_only: bool = False,
     allow_hosts: tuple[str, ...] = (),
     allow_origins: tuple[str, ...] = (),
+    open_metrics: bool = False,
     load: Callable[[], Any] | None = None,
 ) -> FastAPI:
-    """The app; `load` (default: `settings.load`) runs on the worker thread."""
+    """The app; `load` (default: `settings.load`) runs on the worker thread. `api_key`,
+    `local_only`, `allow_hosts`, `allow_origins`, `open_metrics` (/metrics without the key):
+    who may ask (`clara_cli.http.AccessGate`)."""
 
     worker = Worker(
         load or settings.load,
@@ -168,15 +172,15 @@ def create_app(
     )
     metrics = ServiceMetrics()
     metrics.files = service.metrics
+    metrics.build.set(1, version=__version__, model=str(settings.model))
     app.add_middleware(BodyLimit)  # JSON bodies; uploads have --max-upload-mb
     app.add_middleware(
         MeteredGate,
-        requests=metrics.requests,
-        latency=metrics.latency,
+        metrics=metrics,
         endpoint=_endpoint,
         api_key=api_key,
         service="`clara-index serve`",
-        open_paths=OPEN_PATHS,
+        open_paths=OPEN_PATHS + (("/metrics",) if open_metrics else ()),
         local_only=local_only,
         allow_hosts=allow_hosts,
         allow_origins=allow_origins,

@@ -16,5 +16,5 @@ class FileMetrics(MetricSet):
             "clara_files_indexed_total",
             "Uploads whose indexing into a vector store ended (one per file and store), by "
             "status (completed, failed)",
-            labelled=True,
+            known=[{"status": "completed"}, {"status": "failed"}],
         )
