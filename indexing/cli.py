@@ -245,7 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out files and folders inside the folders and globs named: a pattern "
         "without '/' matches names ('*.draft.md', 'node_modules'), one with '/' paths under "
         "the folder named ('archive/*'); may be given more than once. Documents already "
-        "indexed from them stay (clara-index remove them)",
+        "indexed from them stay (the run names them, and how to remove them)",
+    )
+    add.add_argument(
+        "--no-ignore",
+        action="store_true",
+        help="also read what folders' .gitignore files name (and, inside a git work tree, "
+        "those of the folders above and .git/info/exclude), and dependency folders "
+        "(node_modules, site-packages, __pycache__, bower_components), which are left out "
+        "by default",
     )
     add.add_argument(
         "--prune", action="store_true",

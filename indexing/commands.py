@@ -39,6 +39,7 @@ from clara_cli.common import (
     progress_bar,
 )
 from indexing.durable import writer_pid
+from indexing.ignore import DEPENDENCY_FOLDERS
 from indexing.layout import collection_dir
 from indexing.pipeline import (
     DEFAULT_OVERLAP,
@@ -130,29 +131,51 @@ def _open_read(args: argparse.Namespace) -> Collection:
 
 # ---- commands ------------------------------------------------------------------------------
 def _expand(
-    raw_paths: list[str], exclude: list[str] | None = None
-) -> tuple[list[Path], list[FileResult]]:
+    raw_paths: list[str], exclude: list[str] | None = None, ignore_files: bool = True
+) -> tuple[list[Path], list[FileResult], list[tuple[Path, str]]]:
     """Each argument on its own, so one bad path does not stop the others. Says which files
-    the folders held that are not read (other types, dangling links)."""
+    the folders held that are not read (other types, dangling links) and what `.gitignore`
+    files and dependency folders left out; returns what was left out, and why, too."""
     found: dict[Path, None] = {}
     failed = []
     skipped: list[Path] = []
+    left_out: list[tuple[Path, str]] = []
     for raw in raw_paths:
         unreadable: list[DocumentError] = []
         try:
             found.update(
                 dict.fromkeys(
                     iter_inputs(
-                        [raw], skipped=skipped, unreadable=unreadable, exclude=exclude or ()
-                    )
+                        [raw],
+                        skipped=skipped,
+                        unreadable=unreadable,
+                        exclude=exclude or (),
+                        ignore_files=ignore_files,
+                        left_out=left_out,
+                    )  # fmt: skip
                 )
             )
         except DocumentError as exc:
             failed.append(FileResult(Path(raw), "failed", error=exc))
         failed += [FileResult(e.path, "failed", error=e) for e in unreadable]
     if skipped:
-        print(f"{PROG}: {skipped_summary(skipped)}; name one to see why", file=sys.stderr)
-    return list(found), failed
+        print(
+            f"{PROG}: {skipped_summary(skipped)}; name one to read it as text or hear why "
+            "it cannot be",
+            file=sys.stderr,
+        )
+    ignored = [p for p, why in left_out if why == "ignore"]
+    if ignored:
+        folders = sum(map(is_folder, ignored))
+        said = [f"{n} {w}{'s' * (n != 1)}" for n, w in
+                ((len(ignored) - folders, "file"), (folders, "folder")) if n]  # fmt: skip
+        print(
+            f"{PROG}: left out {' and '.join(said)} that .gitignore files name or that are "
+            f"dependency folders ({', '.join(sorted(DEPENDENCY_FOLDERS))}); --no-ignore "
+            "reads them",
+            file=sys.stderr,
+        )
+    return list(found), failed, left_out
 
 
 def skipped_summary(skipped: list[Path], most: int = 6) -> str:
@@ -187,11 +210,11 @@ def cmd_add(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.chunk_tokens is not None:  # what is known without the model, before it loads
         chunk_limits_for(args.chunk_tokens, args.chunk_tokens, args.overlap)
-    paths, results = _expand(args.paths, args.exclude)
+    paths, results, left_out = _expand(args.paths, args.exclude, not args.no_ignore)
     for r in results:
         print(f"{PROG}: {_error_line(r.error)}", file=sys.stderr)
     _say_where_gone_went(args, [r.path for r in results if isinstance(r.error, MissingFileError)])
-    run = _AddRun(start, results)
+    run = _AddRun(start, results, left_paths=left_out)
     try:
         _add(args, paths, run)
     except KeyboardInterrupt as stop:  # --json still reports what this run did (if anything)
@@ -221,6 +244,15 @@ def cmd_add(args: argparse.Namespace) -> int:
                 + ("removed" if args.prune else "still searched; add --prune to remove them"),
                 file=sys.stderr,
             )
+        if run.left:  # (an --exclude or a .gitignore line added since: a secret stayed found)
+            names = " ".join(shlex.quote(show_path(d.path)) for d in run.left[:5])
+            n = f"{len(run.left)} document{'s' * (len(run.left) != 1)}"
+            print(
+                f"{PROG}: {n} {'were' if len(run.left) != 1 else 'was'} indexed from files this "
+                f"run left out (--exclude, .gitignore): still searched; remove them with "
+                f"`{PROG} remove {names}{' ...' if len(run.left) > 5 else ''}{_where_flags(args)}`",
+                file=sys.stderr,
+            )
         counts = {s: report[s] for s in (*_KINDS, "failed")}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "added")
         loaded = f", model load {run.load_s:.1f}s" if run.load_s else ""
@@ -233,6 +265,17 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not report["failed"]:
         return 0
     return EXIT_PARTIAL if any(report[s] for s in _KINDS) else EXIT_ERROR  # (the others indexed)
+
+
+def _where_flags(args: argparse.Namespace) -> str:
+    """--index and --collection as a command must be given them to act where this one did."""
+    return "".join(
+        f" {flag} {shlex.quote(str(value))}"
+        for flag, value, default in (
+            ("--index", args.index, None), ("--collection", args.collection, DEFAULT_COLLECTION)
+        )
+        if value != default
+    )  # fmt: skip
 
 
 def _say_where_gone_went(args: argparse.Namespace, missing: list[Path]) -> None:
@@ -248,13 +291,7 @@ def _say_where_gone_went(args: argparse.Namespace, missing: list[Path]) -> None:
             found = [(w, len(find_documents(col, w, remove=True))) for w in wheres]
     except (ClaraError, OSError):
         return  # (the run says what is wrong with the collection)
-    flags = "".join(  # the command as it must be typed here: with this run's collection
-        f" {flag} {shlex.quote(str(value))}"
-        for flag, value, default in (
-            ("--index", args.index, None), ("--collection", args.collection, DEFAULT_COLLECTION)
-        )
-        if value != default
-    )  # fmt: skip
+    flags = _where_flags(args)
     for where, n in found:
         if n:
             print(
@@ -304,6 +341,7 @@ def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
             events = (known[p] for p in paths)  # unchanged, duplicates, unreadable: no model
         _run_add(args, events, len(paths), run)
         run.gone = _gone(col, args.paths) if col is not None else []
+        run.left = _left_out(col, run.left_paths) if col is not None else []
         if args.prune:
             col.remove_documents([d.id for d in run.gone])
     finally:
@@ -325,6 +363,8 @@ class _AddRun:
     compressed: int = 0  # chunks this run compressed (not those an earlier run had)
     compress_s: float = 0.0  # time spent on the files (no model load, no --wait)
     gone: list[Any] = field(default_factory=list)
+    left_paths: list[tuple[Path, str]] = field(default_factory=list)  # what the walk left out
+    left: list[Any] = field(default_factory=list)  # documents indexed from those
 
     def report(self, args: argparse.Namespace, stopped: str | None = None) -> dict[str, Any]:
         seconds = time.perf_counter() - self.start
@@ -336,6 +376,7 @@ class _AddRun:
             "model_load_s": round(self.load_s, 3), "chunks_per_s": round(rate, 2),
             "files": [r.to_dict() for r in self.results],
             "gone": [d.path for d in self.gone],
+            "left_out": [d.path for d in self.left],
             "pruned": len(self.gone) if args.prune else 0,
         }  # fmt: skip
         if stopped:  # Ctrl-C or SIGTERM: these files are in, the rest were not reached
@@ -385,6 +426,26 @@ def _gone(col: Collection, targets: list[str]) -> list[Any]:
         there = {path_text(os.path.join(r, f)) for x in folders for r, _, fs in os.walk(x) for f in fs}  # fmt: skip
         missing = [d for d in missing if d.path not in there]
     return missing
+
+
+def _left_out(col: Collection, left: list[tuple[Path, str]]) -> list[Any]:
+    """The collection's documents indexed from files (or from under folders) that this run's
+    walks left out, by --exclude or .gitignore files."""
+    if not left:
+        return []
+    files, folders = set(), []
+    for path, _ in left:
+        real = path_text(path.resolve())
+        if is_folder(path):
+            folders.append(real.rstrip(os.sep) + os.sep)
+        else:
+            files.add(real)
+    under = tuple(folders)
+    return [
+        d for d in col.list_documents()
+        if d.path and (d.path in files or (under and d.path.startswith(under)))
+        and not _absent(d.path)
+    ]  # fmt: skip
 
 
 def _absent(path: str) -> bool:

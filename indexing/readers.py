@@ -37,6 +37,7 @@ from clara.errors import (
     many,
 )
 from indexing.html_text import MalformedHtmlError, SlowHtmlError, html_to_text
+from indexing.ignore import Ignored
 from indexing.office_text import (
     OFFICE_EXTENSIONS,
     OFFICE_KINDS,
@@ -205,48 +206,64 @@ def iter_inputs(
     skipped: list[Path] | None = None,
     unreadable: list[DocumentError] | None = None,
     exclude: Sequence[str] = (),
+    ignore_files: bool = True,
+    left_out: list[tuple[Path, str]] | None = None,
 ) -> list[Path]:
     """Expand files, folders and glob patterns into the files to read (sorted, deduplicated).
 
     Folders and globs yield only `SUPPORTED_EXTENSIONS`, skipping hidden files and folders
-    (the other files they hold are appended to `skipped`); symlinked folders are followed
-    once each. A file named explicitly is kept whatever its type (read_document then says
-    why it can't). A folder or file inside them that may not be read (permissions) is a
-    `DocumentError` appended to `unreadable`, the rest is still found; without that list,
-    the first one is raised. Files and folders inside folders and globs that `exclude`
-    patterns match are left out (`excluded`); a file named explicitly never is.
+    (the other files they hold are appended to `skipped`), or those of a type a glob names
+    ('docs/**/*.py'); symlinked folders are followed once each. A file named explicitly is
+    kept whatever its type (read_document then says why it can't). A folder or file inside
+    them that may not be read (permissions) is a `DocumentError` appended to `unreadable`,
+    the rest is still found; without that list, the first one is raised. Files and folders
+    inside folders and globs that `exclude` patterns match (`excluded`), or, with
+    `ignore_files`, that `.gitignore` files name or dependency folders hold
+    (`indexing.ignore`), are left out, and appended to `left_out` with why ("exclude",
+    "ignore"); a file named explicitly never is.
     """
     many(paths, "paths")
     found: dict[Path, None] = {}
     skipped = [] if skipped is None else skipped
     problems: list[DocumentError] = [] if unreadable is None else unreadable
+    out = [] if left_out is None else left_out
     for raw in paths:
         p = Path(raw).expanduser()
         kind = _kind(p)
+        walk = _Walk(recursive, skipped, problems, exclude, out)
         if kind == "file":
             found[p.resolve()] = None
         elif kind == "folder":
-            found.update(dict.fromkeys(_walked(p, recursive, skipped, problems, exclude)))
+            found.update(dict.fromkeys(walk.files(p, Ignored(p) if ignore_files else None)))
         elif kind == "denied":
             problems.append(_denied(p))
         elif kind == "other":
             problems.append(DocumentError(p, "not a regular file (a pipe, socket or device)"))
         elif GLOB_CHARS.search(str(raw)):
             # not str(p): Path drops a trailing '/', which makes 'dir/*/' mean folders only
-            matches = sorted(glob.glob(os.path.expanduser(raw), recursive=recursive))
+            pattern = os.path.expanduser(raw)
+            matches = sorted(glob.glob(pattern, recursive=recursive))
             if not matches:
                 raise MissingFileError(raw, "no files match this pattern", "check the pattern")
+            base = _glob_base(pattern)  # (.gitignore files apply from the pattern's folder)
+            ignored = Ignored(base) if ignore_files else None
+            asked = _asked_type(pattern)
             for m in map(Path, matches):
                 if excluded(m.name, m.name, exclude):
+                    out.append((m, "exclude"))
                     continue
                 kind = _kind(m)
-                if kind == "denied":
+                if ignored is not None and _below(m, base) and ignored(m, kind == "folder"):
+                    out.append((m, "ignore"))
+                elif kind == "denied":
                     problems.append(_denied(m))
                 elif kind == "folder" and _is_package(m.name):  # a pattern's match: one "file"
                     skipped.append(m)
                 elif kind == "folder":
-                    found.update(dict.fromkeys(_walked(m, recursive, skipped, problems, exclude)))
-                elif _wanted(m):
+                    found.update(dict.fromkeys(walk.files(m, ignored)))
+                elif _wanted(m) or (
+                    kind == "file" and m.suffix.lower() == asked and not is_hidden(m.name)
+                ):
                     found[m.resolve()] = None
                 elif kind == "file" and not is_hidden(m.name):
                     skipped.append(m)
@@ -301,70 +318,101 @@ def excluded(name: str, rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(rel if "/" in p else name, p) for p in patterns)
 
 
-def _walked(
-    root: Path,
-    recursive: bool,
-    skipped: list[Path],
-    unreadable: list[DocumentError],
-    exclude: Sequence[str] = (),
-) -> list[Path]:
-    """`_walk`, whole; a tree nested deeper than Python's walk recurses is one error line."""
-    try:
-        return list(_walk(root, recursive, skipped, unreadable, exclude))
-    except RecursionError:
-        raise DocumentError(
-            root, "folders nested too deep to walk (hundreds of levels)", "add its subfolders"
-        ) from None
+def _glob_base(pattern: str) -> Path:
+    """The folder a glob pattern starts from: its path before the first wildcard."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if GLOB_CHARS.search(part)), len(parts))
+    return Path(*parts[:fixed]) if fixed else Path(".")
 
 
-def _walk(
-    root: Path,
-    recursive: bool,
-    skipped: list[Path],
-    unreadable: list[DocumentError],
-    exclude: Sequence[str] = (),
-) -> Iterable[Path]:
-    seen = {os.path.realpath(root)}
-    library = os.path.realpath(Path.home() / "Library")  # macOS: apps' data, not documents
+def _below(path: Path, base: Path) -> bool:
+    return os.path.normpath(path) != os.path.normpath(base) and not os.path.relpath(
+        path, base
+    ).startswith("..")
 
-    def refused(exc: OSError) -> None:  # a folder os.walk could not list: said, not skipped
-        if isinstance(exc, PermissionError):
-            unreadable.append(_denied(exc.filename or root, "this folder"))
-        elif not isinstance(exc, FileNotFoundError):  # (removed while walked: nothing to say)
-            unreadable.append(DocumentError(exc.filename or root, f"cannot list: {exc.strerror}"))
 
-    def under(path: str) -> str:  # its path below `root`, '/'-separated
-        return Path(os.path.relpath(path, root)).as_posix()
+def _asked_type(pattern: str) -> str | None:
+    """The extension a glob names for its files ('.py' of 'src/**/*.py'): files of that type
+    are asked for, whatever types folders are searched for (None: none named)."""
+    suffix = os.path.splitext(Path(pattern).name)[1].lower()
+    return suffix if len(suffix) > 1 and not GLOB_CHARS.search(suffix) else None
 
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=refused):
-        keep = []
-        for d in sorted(dirnames) if recursive else []:
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if is_hidden(d) or d == "lost+found" or real in seen:  # a link back up would loop;
-                continue  # lost+found: the file system's own (root's), at a mount's top
-            if exclude and excluded(d, under(os.path.join(dirpath, d)), exclude):
-                continue
-            if _is_package(d) or (real == library and sys.platform == "darwin"):  # (macOS)
-                skipped.append(Path(dirpath) / d)
-            else:
-                seen.add(real)
-                keep.append(d)
-        dirnames[:] = keep
-        for name in filenames:
-            f = Path(dirpath) / name
-            if exclude and excluded(name, under(str(f)), exclude):
-                continue
-            if not _wanted(f):  # by its name: hidden, or a type clara does not read
-                if not is_hidden(name):
+
+@dataclass
+class _Walk:
+    """A folder walk's options and what it reports besides the files it finds."""
+
+    recursive: bool
+    skipped: list[Path]
+    unreadable: list[DocumentError]
+    exclude: Sequence[str]
+    left_out: list[tuple[Path, str]]
+
+    def files(self, root: Path, ignored: Ignored | None) -> list[Path]:
+        """`_walk`, whole; a tree nested deeper than Python's walk recurses is one error."""
+        try:
+            return list(self._walk(root, ignored))
+        except RecursionError:
+            raise DocumentError(
+                root, "folders nested too deep to walk (hundreds of levels)", "add its subfolders"
+            ) from None
+
+    def _walk(self, root: Path, ignored: Ignored | None) -> Iterable[Path]:
+        seen = {os.path.realpath(root)}
+        library = os.path.realpath(Path.home() / "Library")  # macOS: apps' data, not documents
+        skipped, unreadable, exclude = self.skipped, self.unreadable, self.exclude
+
+        def refused(exc: OSError) -> None:  # a folder os.walk could not list: said, not skipped
+            if isinstance(exc, PermissionError):
+                unreadable.append(_denied(exc.filename or root, "this folder"))
+            elif not isinstance(exc, FileNotFoundError):  # (removed while walked: nothing to say)
+                unreadable.append(
+                    DocumentError(exc.filename or root, f"cannot list: {exc.strerror}")
+                )
+
+        def under(path: str) -> str:  # its path below `root`, '/'-separated
+            return Path(os.path.relpath(path, root)).as_posix()
+
+        def left(path: str, folder: bool) -> bool:  # --exclude'd, or a .gitignore's
+            name = os.path.basename(path)
+            if exclude and excluded(name, under(path), exclude):
+                self.left_out.append((Path(path), "exclude"))
+                return True
+            if ignored is not None and ignored(path, folder):
+                if folder or _wanted(Path(path)):  # (other types are skipped anyway)
+                    self.left_out.append((Path(path), "ignore"))
+                return True
+            return False
+
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=refused):
+            keep = []
+            for d in sorted(dirnames) if self.recursive else []:
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if is_hidden(d) or d == "lost+found" or real in seen:  # a link back up would
+                    continue  # loop; lost+found: the file system's own (root's), at a mount's top
+                if left(os.path.join(dirpath, d), True):
+                    continue
+                if _is_package(d) or (real == library and sys.platform == "darwin"):  # (macOS)
+                    skipped.append(Path(dirpath) / d)
+                else:
+                    seen.add(real)
+                    keep.append(d)
+            dirnames[:] = keep
+            for name in filenames:
+                f = Path(dirpath) / name
+                if left(str(f), False):
+                    continue
+                if not _wanted(f):  # by its name: hidden, or a type clara does not read
+                    if not is_hidden(name):
+                        skipped.append(f)
+                    continue
+                kind = _kind(f)
+                if kind == "denied":  # (a folder that may be listed but not searched)
+                    unreadable.append(_denied(f))
+                elif kind != "file":  # a dangling link, a pipe
                     skipped.append(f)
-                continue
-            kind = _kind(f)
-            if kind == "denied":  # (a folder that may be listed but not searched)
-                unreadable.append(_denied(f))
-            elif kind != "file":  # a dangling link, a pipe
-                skipped.append(f)
-            else:
-                yield f.resolve()
+                else:
+                    yield f.resolve()
 
 
 def _is_package(name: str) -> bool:

@@ -178,7 +178,8 @@ def test_add_reports_each_bad_file_and_indexes_the_rest(
     lines = err.strip().splitlines()
     assert lines.pop(0) == (  # the folder's photo.png (named explicitly too: refused below)
         "clara-index: skipped 1 file in folders: 1 .png (clara reads PDF, Word, OpenDocument "
-        "text, EPUB, Markdown, HTML and text); name one to see why"
+        "text, EPUB, Markdown, HTML and text); name one to read it as text or hear why it "
+        "cannot be"
     )
     reasons = {
         "missing.pdf": "no such file",
@@ -1303,3 +1304,44 @@ def test_a_rerun_reads_no_file_whose_size_and_time_are_as_indexed(
     assert json.loads(out)["replaced"] == 1 and hashed == [paths[2].resolve()]
     rc, out, _ = run(capsys, "search", "written within", "--mode", "lexical", *args[:4], "--json")
     assert rc == 0 and "One more sentence, written within" in out
+
+
+def test_a_docs_repository_leaves_out_what_git_ignores(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A docs repository's audit: `add repo` indexed the .gitignore'd notes (the server then
+    answered with their password) and node_modules; an --exclude or .gitignore line added later
+    left the documents indexed without a word; 'repo/**/*.py' took none of the .py files it
+    named (and said to "name one to see why")."""
+    repo, index = tmp_path / "repo", tmp_path / "index"
+    write_corpus(repo / "docs", n=2)
+    (repo / ".git").mkdir()
+    (repo / ".gitignore").write_text("secret-notes.md\n_build/\n")
+    (repo / "secret-notes.md").write_text("The staging password is hunter2.")
+    (repo / "_build").mkdir()
+    (repo / "_build" / "index.txt").write_text("Built output of the docs.")
+    (repo / "node_modules" / "lp").mkdir(parents=True)
+    (repo / "node_modules" / "lp" / "README.md").write_text("A left-pad library.")
+    (repo / "draft.md").write_text("A draft about the river and the mill.")
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
+    rc, _, err = run(capsys, "add", repo, *args)
+    assert rc == 0 and set(docs_of(index)) == {"doc00.txt", "doc01.txt", "draft.md"}
+    assert "left out 1 file and 2 folders that .gitignore files name" in err, err
+    assert "--no-ignore reads them" in err
+    (repo / ".gitignore").write_text("secret-notes.md\n_build/\ndraft.md\n")
+    rc, out, err = run(capsys, "add", repo, *args, "--json")
+    assert json.loads(out)["left_out"] == [str((repo / "draft.md").resolve())]
+    rc, _, err = run(capsys, "add", repo, *args, "--exclude", "doc01.txt")
+    said = re.search(r"2 documents were indexed from files this run left out.*`(.*)`", err)
+    assert said, err
+    remove = shlex.split(said.group(1))
+    assert remove[:2] == ["clara-index", "remove"] and "--index" in remove
+    assert run(capsys, *remove[1:])[0] == 0
+    assert set(docs_of(index)) == {"doc00.txt"}
+    rc, _, err = run(capsys, "add", repo, *args, "--no-ignore", "--exclude", "doc01.txt")
+    assert set(docs_of(index)) == {"doc00.txt", "draft.md", "secret-notes.md", "index.txt",
+                                   "README.md"}  # fmt: skip
+    (repo / "src").mkdir()
+    (repo / "src" / "tool.py").write_text("def tool():\n    return 'the mill'\n")
+    rc, _, err = run(capsys, "add", f"{repo}/**/*.py", *args)
+    assert rc == 0 and "tool.py" in docs_of(index), err

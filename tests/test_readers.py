@@ -883,3 +883,59 @@ def test_html_read_as_browsers_do_an_unclosed_head_and_self_closed_elements() ->
     assert html_to_text(xhtml).text == "one\n\ntwo\n\nthree"
     xhtml = "<html><head><title/></head><body><p>Body text.</p></body></html>"
     assert html_to_text(xhtml).text == "Body text."  # (it was all taken as the title)
+
+
+def test_gitignore_files_and_dependency_folders_are_left_out(tmp_path: Path) -> None:
+    """A docs repository's audit: a folder walk took what .gitignore names (build output,
+    drafts, a file of private notes whose password the server then answered with) and
+    node_modules' READMEs. Git's rules: anchoring, folders only, negation, ** and [...], the
+    .gitignore of a subfolder and of the folders above (inside a work tree), and nothing
+    inside a left-out folder comes back."""
+    from indexing.ignore import parse_ignore
+
+    repo = tmp_path / "repo"
+    (repo / ".git" / "info").mkdir(parents=True)
+    (repo / ".git" / "info" / "exclude").write_text("*.local.md\n")
+    (repo / ".gitignore").write_text(
+        "# build output\n_build/\n/drafts\nsecret-notes.md\n*.log\n!keep.log\n"
+        "docs/**/gen-*.md\nnotes[0-9].txt\nspaced.md\\ \nonly-dir/\n"
+    )
+    files = [
+        "README.md", "secret-notes.md", "_build/html/index.html", "drafts/plan.md",
+        "docs/drafts/kept.md", "debug.log", "keep.log", "docs/a/b/gen-api.md", "docs/gen-x.md",
+        "notes1.txt", "notesX.txt", "spaced.md ", "only-dir", "docs/guide.md",
+        "docs/inner.md", "docs/me.local.md", "node_modules/lp/README.md",
+        "src/site-packages/pkg/README.md", "_build/html/keep.log",
+    ]  # fmt: skip
+    for name in files:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(f"text of {name}")
+    (repo / "docs" / ".gitignore").write_text("inner.md\n")
+    (repo / "only-dir").rename(repo / "only-dir.txt")  # (a file: 'only-dir/' is folders only)
+    left: list[tuple[Path, str]] = []
+    got = {p.relative_to(repo.resolve()).as_posix() for p in iter_inputs([repo], left_out=left)}
+    assert got == {"README.md", "docs/drafts/kept.md", "keep.log", "notesX.txt", "only-dir.txt",
+                   "docs/guide.md"}  # fmt: skip
+    assert {p.relative_to(repo).as_posix() for p, why in left if why == "ignore"} >= {
+        "secret-notes.md", "_build", "drafts", "node_modules", "docs/inner.md",
+        "docs/me.local.md", "docs/a/b/gen-api.md", "docs/gen-x.md", "notes1.txt",
+        "src/site-packages",
+    }  # fmt: skip
+    # a subfolder walked on its own: the .gitignore above it (in the work tree) still applies
+    sub = {p.name for p in iter_inputs([repo / "docs"])}
+    assert sub == {"kept.md", "guide.md"}
+    # a glob: what it matches is left out by the same rules, folders holding it included
+    globbed = {p.relative_to(repo.resolve()).as_posix() for p in iter_inputs([f"{repo}/**/*.md"])}
+    assert globbed == {"README.md", "docs/drafts/kept.md", "docs/guide.md"}
+    # --no-ignore: all of it
+    assert len(iter_inputs([repo], ignore_files=False)) == len(files) - 1  # (but 'spaced.md ')
+    # outside a work tree, a folder's own .gitignore still applies, not those above
+    plain = tmp_path / "plain"
+    (plain / "inner").mkdir(parents=True)
+    (tmp_path / ".gitignore").write_text("*.md\n")
+    (plain / ".gitignore").write_text("skip.txt\n")
+    for name in ("a.md", "skip.txt", "inner/skip.txt", "inner/b.txt"):
+        (plain / name).write_text("x")
+    assert {p.name for p in iter_inputs([plain])} == {"a.md", "b.txt"}
+    # patterns it cannot read are no rules
+    assert parse_ignore("[unclosed\n\n#\n!\n/\n") == []
