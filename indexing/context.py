@@ -63,20 +63,34 @@ def find_headings(
 ) -> list[tuple[int, str]]:
     """(offset, heading) of every section heading in `text`, in order.
 
-    `markdown`: the heading texts a Markdown reader saw (in order), matched to whole lines.
-    """
+    `markdown`: the heading texts a reader saw (Markdown's, HTML's, a Word file's; in order),
+    matched to whole lines. A line that is one of them beside another of them (a table of
+    contents written as plain link lines) is taken for the heading only when no later line
+    is: a contents list took every heading, and all the sections after it were labelled
+    with its last line. Underlined titles are looked for in plain text only (a Markdown
+    reader found its own: the line above a closing ``` fence was taken for one)."""
     lines = _lines(text)
     wanted = [" ".join(h.split()) for h in markdown if h.strip()]
+    norm = [" ".join(line.split()) for _, line in lines]
+    named = set(wanted)
     out: list[tuple[int, str]] = []
     for i, (pos, line) in enumerate(lines):
         stripped = line.strip()
         if not stripped or _UNDERLINE.match(line):
             continue
         nxt = lines[i + 1][1] if i + 1 < len(lines) else ""
-        if wanted and " ".join(stripped.split()) == wanted[0]:
+        if wanted and norm[i] == wanted[0]:
+            beside = {norm[j] for j in (i - 1, i + 1) if 0 <= j < len(norm)} - {"", norm[i]}
+            if beside & named and norm[i] in norm[i + 1 :]:  # a contents line: the heading
+                continue  # is further on
             out.append((pos, stripped))
             wanted.pop(0)
-        elif _UNDERLINE.match(nxt) and len(nxt.strip()) >= 0.6 * len(stripped):
+        elif (
+            kind in ("text", "pdf")
+            and _UNDERLINE.match(nxt)
+            and len(nxt.strip()) >= 0.6 * len(stripped)
+            and not nxt.strip().startswith("```")  # (a closing code fence)
+        ):
             if len(stripped) <= 2 * MAX_CHARS:
                 out.append((pos, stripped))
         elif kind == "pdf" and (h := _numbered(line)):

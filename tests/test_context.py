@@ -119,3 +119,29 @@ def test_recover_contexts_from_the_file_or_from_the_chunks():
     texts = ["Guide\n=====\nintro text", "Setup\n-----\nsetup text here"]
     assert recover_contexts(texts, "g.txt", (text, "text", [], None)) == ["", "Guide"]
     assert recover_contexts(texts, "g.txt", None) == ["", "Guide"]
+
+
+def test_a_contents_list_and_a_code_fence_are_no_headings(tmp_path) -> None:
+    """A docs repository's audit: a contents list written as plain link lines took every
+    heading of the page (each section after it was labelled "Scaling", its last line), and
+    the line above a closing ``` fence was taken for an underlined title ("}")."""
+    from indexing.readers import read_document
+
+    page = tmp_path / "operations.md"
+    page.write_text(
+        "# Operations handbook\n\n## Contents\n\n[Backups](#backups)\n[Monitoring](#monitoring)\n"
+        "[Scaling](#scaling)\n\n## Backups\n\nA restore manifest is kept.\n\n```json\n{\n"
+        '  "a": 1\n}\n```\n\nMore on backups.\n\n## Monitoring\nThe metrics endpoint is /m.\n\n'
+        "## Scaling\n\nEach shard holds 4096 widgets.\n"
+    )
+    doc = read_document(page)
+    text = doc.pages[0].text
+    found = find_headings(text, doc.kind, doc.headings)
+    assert [h for _, h in found] == ["Operations handbook", "Contents", "Backups", "Monitoring",
+                                     "Scaling"]  # fmt: skip
+    lines = {h: text[:p].count("\n") for p, h in found}
+    assert text.split("\n")[lines["Scaling"] + 2] == "Each shard holds 4096 widgets."
+    assert text.split("\n")[lines["Backups"] + 2] == "A restore manifest is kept."
+    # plain text keeps its underlined titles, reST's ~~~ included; a fence is none
+    plain = "Intro\n=====\n\nbody\n\nPart two\n~~~~~~~~\n\nmore\n}\n```\n"
+    assert [h for _, h in find_headings(plain, "text")] == ["Intro", "Part two"]
