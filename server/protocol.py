@@ -386,6 +386,9 @@ class Source(_Response):
     filename: str
     page_start: int | None = None
     page_end: int | None = None
+    # where in the document: its title and the section heading the chunk is under ("Guide /
+    # Installation"), as the generator read it; None where nothing is known
+    section: str | None = None
     score: float  # hybrid: the fused (reciprocal rank) score; dense: cosine; lexical: BM25
     snippet: str
     url: str

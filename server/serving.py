@@ -116,6 +116,7 @@ def sources_of(ready: Ready, files_url: str | None = None) -> list[Source]:
             filename=s.filename,
             page_start=s.page_start,
             page_end=s.page_end,
+            section=s.context or None,
             score=round(s.score, 6),
             snippet=snippet(s.text, SNIPPET_CHARS),
             url=source_url(s, files_url),

@@ -47,6 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, cm):
         env={"CLARA_HOME": str(tmp / "home")},
         log=tmp / "server.log",
     ) as proc:  # fmt: skip
+        proc.index = tmp / "index"
         yield proc.wait_ready()  # (stopped on leaving, ready or not)
 
 
@@ -333,6 +334,26 @@ def test_concurrent_greedy_answers_equal_sequential_ones(server: ServerProcess, 
 
 
 # ---- sources -------------------------------------------------------------------------------
+def test_a_source_says_which_section_it_is_from(server, client: openai.OpenAI, cm) -> None:
+    """A docs repository's audit: a source named its file only (a docs tree has a README.md
+    in every folder), never the section its chunk is under, which the index knows."""
+    text = "The widget store is vacuumed every night at two o'clock."
+    add_documents(server.index, cm, [("guide.md", text)], "sections", "Frob guide / Upkeep")
+    r = client.chat.completions.create(
+        model=MODEL, messages=ask(text), max_tokens=1,
+        extra_body={"collection": "sections", "retrieval_mode": "lexical"},
+    )  # fmt: skip
+    assert r.choices[0].message.model_extra["sources"][0]["section"] == "Frob guide / Upkeep"
+    plain = client.chat.completions.create(model=MODEL, messages=ask(DOCS[0][1]), max_tokens=1)
+    assert plain.choices[0].message.model_extra["sources"][0].get("section") is None
+    response = client.responses.create(
+        model=MODEL, input=text, include=["file_search_call.results"], max_output_tokens=16,
+        tools=[{"type": "file_search", "vector_store_ids": ["sections"]}],
+    )  # fmt: skip
+    found = response.output[0].results[0]
+    assert found.attributes["section"] == "Frob guide / Upkeep"
+
+
 @pytest.mark.parametrize("name,text", DOCS)
 def test_identical_text_is_the_first_source(client: openai.OpenAI, name: str, text: str) -> None:
     resp = client.chat.completions.create(model=MODEL, messages=ask(text), max_tokens=1)

@@ -48,9 +48,10 @@ def lock_held_elsewhere(folder: Path) -> Iterator[None]:
 
 
 def add_documents(
-    root: Path, cm, docs: Sequence[tuple[str, str]], collection: str = "default"
+    root: Path, cm, docs: Sequence[tuple[str, str]], collection: str = "default", context: str = ""
 ) -> list[str]:
-    """Compress each text with `cm` and commit it as a one-chunk document; returns doc ids."""
+    """Compress each text with `cm` and commit it as a one-chunk document (`context`: its
+    chunk's title and section line); returns doc ids."""
     from indexing.store import ChunkRecord, Collection
 
     memories = np.array(cm.compress([text for _, text in docs]))  # (N, n_mem, d)
@@ -58,7 +59,7 @@ def add_documents(
     with Collection.open(root, collection, cm.manifest(), create=True) as coll:
         for (name, text), mem in zip(docs, memories):
             page = 3 if name.endswith(".pdf") else None
-            chunk = ChunkRecord(text, page, page, len(cm.tokenize([text])[0]))
+            chunk = ChunkRecord(text, page, page, len(cm.tokenize([text])[0]), context)
             sha = hashlib.sha256(text.encode()).hexdigest()
             ids.append(
                 coll.add_document(f"/docs/{name}", name, sha, [chunk], mem[None], size=len(text))

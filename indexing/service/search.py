@@ -17,14 +17,17 @@ from indexing.store import Collection
 
 def clara_attributes(
     doc_id: str, chunk_id: int, page_start: int | None, page_end: int | None,
-    path: str | None, mode: str, ranks: dict[str, int | None],
+    path: str | None, mode: str, ranks: dict[str, int | None], section: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     """What CLaRa says of a hit in its `attributes`: its document and chunk, its pages (when
-    the file has pages), its path (a file `clara-index add` indexed), the mode that ranked it
-    and its 1-based rank in each retriever that found it."""
+    the file has pages), its section (the document's title and the heading it is under,
+    where they are known), its path (a file `clara-index add` indexed), the mode that ranked
+    it and its 1-based rank in each retriever that found it."""
     out: dict[str, Any] = {"document_id": doc_id, "chunk_id": chunk_id}
     if page_start is not None:
         out.update(page_start=page_start, page_end=page_end or page_start)
+    if section:
+        out["section"] = section
     if path:
         out["path"] = path
     out["retrieval_mode"] = mode
@@ -73,7 +76,7 @@ def search_results(
         file_id = link.file_id if link else (upload or h.doc_id)
         path = h.path if h.path and not upload else None
         clara = clara_attributes(
-            h.doc_id, h.chunk_id, h.page_start, h.page_end, path, h.mode, h.ranks
+            h.doc_id, h.chunk_id, h.page_start, h.page_end, path, h.mode, h.ranks, h.context
         )
         attributes = with_own_attributes(link.attributes if link else None, clara)
         content = [TextContent(text=h.text)]

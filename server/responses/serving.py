@@ -477,7 +477,14 @@ class ResponsesServing:
     def _result(self, s: SourceInfo, own: dict[str, Any] | None) -> FileSearchResult:
         path = None if s.file_id else s.path  # (an upload's is the server's folder)
         clara = clara_attributes(
-            s.document_id, s.chunk_id, s.page_start, s.page_end, path, s.retrieval_mode, s.ranks
+            s.document_id,
+            s.chunk_id,
+            s.page_start,
+            s.page_end,
+            path,
+            s.retrieval_mode,
+            s.ranks,
+            s.context,
         )
         attributes = with_own_attributes(own, clara)
         return FileSearchResult(

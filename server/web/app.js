@@ -339,6 +339,12 @@ function showSources(div, sources, from) {
     snippet.dir = "auto";
     snippet.textContent = s.snippet;
     snippet.hidden = true;
+    if (s.section) { // the document's title and the heading the chunk is under
+      const section = document.createElement("span");
+      section.className = "where";
+      section.textContent = "in: " + s.section;
+      snippet.appendChild(section);
+    }
     if (s.url && s.url.startsWith("file://")) {
       // a file on the server's disk: its place, to open there (a web page cannot link to it)
       const where = document.createElement("span");
