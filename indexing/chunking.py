@@ -17,7 +17,7 @@ from clara.errors import ChunkingError
 from clara.text import splits_character
 from indexing.context import chunk_contexts, document_title, find_headings
 from indexing.meta import Contextual
-from indexing.readers import Document, Page
+from indexing.readers import Document, Page, code_blocks
 
 PAGE_SEPARATOR = "\n\n"
 PREFER_BOUNDARY_WITHIN = 0.2  # look for a sentence/paragraph end in the last 20% of a chunk
@@ -61,10 +61,11 @@ def chunk_document(
         return len(tokenizer.encode(s, add_special_tokens=False))
 
     offsets = _token_offsets(tokenizer, text)
-    if offsets is not None:
-        spans = _TokenSplitter(text, offsets, count).spans(max_tokens, overlap)
-    else:
-        spans = _CharSplitter(text, count).spans(max_tokens, overlap)
+    splitter = (
+        _TokenSplitter(text, offsets, count) if offsets is not None else _CharSplitter(text, count)
+    )
+    splitter.fences = code_blocks(text) if doc.kind == "markdown" else ()
+    spans = splitter.spans(max_tokens, overlap)
 
     headings = find_headings(text, doc.kind, doc.headings)
     title = document_title(text, headings, doc.title, name or doc.path.name)
@@ -116,10 +117,15 @@ def _token_offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
     return offsets
 
 
-def _rank(text: str, pos: int) -> int:
-    """How good a cut before text[pos] is: 3 paragraph, 2 sentence/line end, 1 word, 0 none."""
+def _rank(text: str, pos: int, fences: Sequence[tuple[int, int]] = ()) -> int:
+    """How good a cut before text[pos] is: 3 paragraph, 2 sentence/line end, 1 word, 0 none.
+    Inside a Markdown code block (`fences`: their spans) a line is no better than a word: a
+    block that fits in a chunk is cut before it, not at a blank line of its code."""
     if pos <= 0 or pos >= len(text):
         return 3
+    k = bisect.bisect_right(fences, (pos, len(text) + 1)) - 1
+    if k >= 0 and fences[k][0] < pos < fences[k][1]:
+        return min(1, _rank(text, pos))
     i = j = pos  # the whitespace run around pos (looking at most 64 characters each way)
     while i > max(0, pos - 64) and text[i - 1].isspace():
         i -= 1
@@ -149,8 +155,11 @@ class _Splitter:
 
     text: str
     count: Callable[[str], int]
+    fences: Sequence[tuple[int, int]] = ()  # Markdown code blocks: (start, end) offsets
+    overlap: int = 0
 
     def spans(self, max_tokens: int, overlap: int) -> list[tuple[int, int, int]]:
+        self.overlap = overlap
         out: list[tuple[int, int, int]] = []
         a = self.first()
         while a is not None:
@@ -171,6 +180,25 @@ class _Splitter:
             a = self.next_start(a, b, overlap)
         return out
 
+    def whole_code(self, a: int, b: int, max_tokens: int) -> int:
+        """`b`, the end chosen for the chunk starting at `a`, or, when it falls inside a code
+        block that the next chunk can hold whole, the start of that block: a cut at one of
+        its blank lines split functions apart, too late to be looked back from. Not when the
+        chunk would keep little before it (its overlap would bring it back here again)."""
+        p = self.pos(b)
+        k = bisect.bisect_right(self.fences, (p, len(self.text) + 1)) - 1
+        if k < 0 or not self.fences[k][0] < p < self.fences[k][1]:
+            return b
+        start, end = self.fences[k]
+        f = self.index_at(start)
+        if f is None or f <= a or f >= b:
+            return b
+        if self.count(self.text[self.pos(a) : start]) <= max(self.overlap, max_tokens // 4):
+            return b
+        if self.count(self.text[start:end]) > max_tokens - self.overlap:
+            return b  # (it is cut whatever: where the tokens run out)
+        return f
+
 
 class _TokenSplitter(_Splitter):
     """Cuts at token boundaries, using character offsets from the fast tokenizer."""
@@ -186,6 +214,7 @@ class _TokenSplitter(_Splitter):
             self.max_end.append(running)
         # clean[i]: a chunk may start or end before token i (no character is split there).
         self.clean = [True] + [self.max_end[i - 1] <= offsets[i][0] for i in range(1, n)] + [True]
+        self.starts = [s for s, _ in offsets]
         self.n = n
 
     def pos(self, i: int) -> int:
@@ -197,6 +226,11 @@ class _TokenSplitter(_Splitter):
     def first(self) -> int | None:
         return 0 if self.n else None
 
+    def index_at(self, char: int) -> int | None:
+        """The token starting at character `char`, if a chunk may start there."""
+        i = bisect.bisect_left(self.starts, char)
+        return i if i < self.n and self.starts[i] == char and self._ok(i, True) else None
+
     def _ok(self, i: int, strict: bool) -> bool:
         return self.clean[i] and not (strict and splits_character(self.text, self.pos(i)))
 
@@ -207,10 +241,10 @@ class _TokenSplitter(_Splitter):
         lo = max(a + 1, a + budget - int(max_tokens * PREFER_BOUNDARY_WITHIN))
         best, best_rank = None, -1
         for i in range(limit, lo - 1, -1):
-            if self._ok(i, True) and (r := _rank(self.text, self.pos(i))) > best_rank:
+            if self._ok(i, True) and (r := _rank(self.text, self.pos(i), self.fences)) > best_rank:
                 best, best_rank = i, r
         if best is not None:
-            return best
+            return self.whole_code(a, best, max_tokens)
         for strict in (True, False):  # no clean cut near the limit: take the latest one
             for i in range(lo - 1, a, -1):
                 if self._ok(i, strict):
@@ -248,6 +282,9 @@ class _CharSplitter(_Splitter):
         a, _ = _trim(self.text, 0, self.n)
         return a if a < self.n else None
 
+    def index_at(self, char: int) -> int | None:
+        return char
+
     def _fits(self, a: int, b: int, budget: int) -> bool:
         cs, ce = _trim(self.text, a, b)
         return self.count(self.text[cs:ce]) <= budget
@@ -264,10 +301,11 @@ class _CharSplitter(_Splitter):
         window = max(1, int((lo - a) * PREFER_BOUNDARY_WITHIN))
         best, best_rank = None, 0
         for i in range(lo, lo - window, -1):
-            if i > a and not splits_character(self.text, i) and _rank(self.text, i) > best_rank:
-                best, best_rank = i, _rank(self.text, i)
+            rank = _rank(self.text, i, self.fences)
+            if i > a and not splits_character(self.text, i) and rank > best_rank:
+                best, best_rank = i, rank
         if best is not None:
-            return best
+            return self.whole_code(a, best, max_tokens)
         for i in range(lo, a, -1):
             if not splits_character(self.text, i):
                 return i

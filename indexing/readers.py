@@ -890,6 +890,14 @@ def clean_markdown(text: str) -> str:
     out: list[str] = []
     prose: list[str] = []
     fence = ""
+
+    def cleaned() -> None:  # the prose so far, its blank lines collapsed (not the code's)
+        if prose:  # (one blank line at most, the newlines joining it to code included)
+            text = re.sub(r"\n{3,}", "\n\n", _clean_md_prose("\n".join(prose)))
+            text = re.sub(r"\n+\Z", "\n", re.sub(r"\A\n+", "\n", text))
+            out.append(text if text.strip() else "")
+        prose.clear()
+
     for line in text.split("\n"):
         m = _FENCE.match(line)
         if fence:
@@ -897,15 +905,32 @@ def clean_markdown(text: str) -> str:
             if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
                 fence = ""
         elif m:
-            out.append(_clean_md_prose("\n".join(prose)))
-            prose = []
+            cleaned()
             out.append(line)
             fence = m.group(1)
         else:
             prose.append(line)
-    out.append(_clean_md_prose("\n".join(prose)))
-    text = "\n".join(s for s in out)
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+    cleaned()
+    return "\n".join(out).strip()
+
+
+def code_blocks(text: str) -> list[tuple[int, int]]:
+    """(start, end) offsets of the fenced code blocks of Markdown text (`clean_markdown`'s
+    output keeps them as they were), from the opening fence to the end of the closing one
+    (or of the text, for one left open)."""
+    out, fence, start, pos = [], "", 0, 0
+    for line in text.split("\n"):
+        m = _FENCE.match(line)
+        if fence:
+            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+                out.append((start, pos + len(line)))
+                fence = ""
+        elif m:
+            fence, start = m.group(1), pos
+        pos += len(line) + 1
+    if fence:
+        out.append((start, len(text)))
+    return out
 
 
 _FRONT_MATTER = re.compile(

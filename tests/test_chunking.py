@@ -237,3 +237,25 @@ def test_default_model_tokenizer_multibyte() -> None:
             assert tokenizer.decode(ids_of(tokenizer, c.text)) == c.text
     fallback = chunk_document(doc, OffsetlessTokenizer(tokenizer), max_tokens=48, overlap=8)
     check_chunks(doc, fallback, tokenizer, 48)
+
+
+def test_a_code_block_that_fits_is_not_cut_at_its_blank_lines(tokenizer, tmp_path) -> None:
+    """A docs repository's audit: a Python block that fit in a chunk was cut at the blank line
+    between its functions (a chunk ended mid-block, the next began without its fence), and
+    the reader collapsed the code's own blank lines."""
+    from indexing.readers import read_document
+
+    code = "\n".join(
+        f"def step_{i}(widgets):\n    return [w * {i} for w in widgets]\n\n" for i in range(6)
+    )
+    prose = " ".join(f"Sentence {i} of the guide says what the tool does." for i in range(12))
+    page = tmp_path / "install.md"
+    page.write_text(f"# Install\n\n{prose}\n\n```python\n{code}```\n\nAfter the block.\n")
+    doc = read_document(page)
+    assert f"```python\n{code}```" in doc.pages[0].text  # (blank lines kept as they were)
+    n = len(tokenizer.encode(f"```python\n{code}```", add_special_tokens=False))
+    chunks = chunk_document(doc, tokenizer, max_tokens=n + 8, overlap=0)
+    holding = [c for c in chunks if "step_" in c.text]
+    assert len(holding) == 1 and f"```python\n{code}```" in holding[0].text, [
+        c.text for c in chunks
+    ]
