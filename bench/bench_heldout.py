@@ -37,7 +37,15 @@ sys.path.insert(0, str(ROOT))
 import clara  # noqa: E402,F401  first: OpenBLAS before mlx
 import numpy as np  # noqa: E402
 
-from bench._common import append_report, run_record, runs_made, start_run  # noqa: E402
+from bench._common import (  # noqa: E402
+    add_no_append,
+    append_report,
+    run_record,
+    runs_made,
+    start_run,
+)
+from clara import _blas  # noqa: E402
+from clara._blas import decode_weights  # noqa: E402
 from clara.model import QUERY_PRECISIONS  # noqa: E402
 from clara.prompt import mixed_prompt, text_prompt  # noqa: E402
 from clara.retrieval import (  # noqa: E402
@@ -72,9 +80,8 @@ def heldout(n: int, path: Path = DATA, every: bool = False) -> tuple[list[QAReco
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
     docs = [r["docs"][0] for r in rows]
     held = [i for i in range(len(rows)) if i % 5 == 0]
-    stride = max(1, len(held) // n)
-    recs = []
-    for i in held[::stride][:n]:
+    recs = []  # (spread evenly over them: every 200/n-th; n=150 took the first 150)
+    for i in [held[k * len(held) // n] for k in range(min(n, len(held)))]:
         qs, ans = rows[i]["question"], rows[i]["answers"]
         for j in range(len(qs)) if every else [i % len(qs)]:
             recs.append(QARecord(qs[j], [docs[i]], [ans[j]], [0]))
@@ -191,6 +198,11 @@ def run(args) -> dict:
     cm.pack_base_weights(compressor=True)
     out["query_precision"] = cm.set_query_precision(args.query_precision)
     out["dense_rerank"] = cm.config.dense_rerank
+    # what the answers' products ran in: float16 (or int8) decode weights, and bfloat16
+    # generator products on CPUs with them
+    out["decode_weights"] = decode_weights() + (
+        " + bfloat16 generator products" if _blas.bf16 else ""
+    )
     out.update(top_k=args.top_k, collection=len(docs), max_tokens=args.max_tokens)
     rate = cm.config.compression_rate
     rows = []
@@ -260,34 +272,56 @@ def run(args) -> dict:
 
 def interval(row: dict, golds: list[list[str]], key: str) -> str:
     """`row[key]` in percent with a 95% interval over the questions, recomputed from the row's
-    stored predictions (`key`: "f1" or "acc", cover-EM); the bare figure without them."""
+    stored predictions (`key`: "f1" or "acc", cover-EM); the bare figure without them. Cover-EM
+    is right or wrong per question: Wilson's interval (the normal one read "0.0 ± 0.0" for 0
+    of 20, and went below 0 for 1 of 20); F1's is normal, within 0-100."""
     per = [answer_scores(p, g)[key] for p, g in zip(row.get("predictions") or [], golds)]
     if len(per) < 2:
         return f"{100 * row[key]:.1f}"
-    half = 1.96 * np.array(per).std(ddof=1) / math.sqrt(len(per))
-    return f"{100 * row[key]:.1f} ± {100 * half:.1f}"
+    n, mean = len(per), float(np.mean(per))
+    if key == "acc":
+        z = 1.96
+        centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    else:
+        centre, half = mean, 1.96 * float(np.std(per, ddof=1)) / math.sqrt(n)
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return f"{100 * row[key]:.1f} ({100 * low:.1f}-{100 * high:.1f})"
 
 
-def report(folder: Path, chart: Path | None = None) -> None:
-    """Append the results in `folder` to BENCHMARKS.md; the answers' chart goes to `chart`
-    (default: `folder`/heldout_eval.png, so a report never overwrites the docs' chart)."""
+def report(folder: Path, chart: Path | None = None, no_append: bool = False) -> None:
+    """Append the results in `folder` to BENCHMARKS.md (`no_append`: print them only); the
+    answers' chart goes to `chart` (default: `folder`/heldout_eval.png, so a report never
+    overwrites the docs' chart). Runs made with other questions or settings are refused: one
+    table's rows must differ in their adapters alone."""
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     found = [json.loads(p.read_text()) for p in sorted(folder.glob("*.retrieval"))]
     if not runs and not found:
         raise SystemExit(f"no results in {folder}")
+    for kind, results, keys in (
+        ("*.json", runs, ("questions", "top_k", "collection", "max_tokens", "oracle_only")),
+        ("*.retrieval", found, ("questions", "collection", "every_question")),
+    ):
+        settings = {tuple(x.get(k) for k in keys) for x in results}
+        if len(settings) > 1:
+            raise SystemExit(
+                f"{folder}/{kind}: runs made with different {', '.join(keys)} ({sorted(settings, key=str)}): "
+                "report each setting from a folder of its own"
+            )
     if found:
-        report_retrieval(found)
+        report_retrieval(found, no_append)
     if runs:
         if not DATA.exists():  # the gold answers, for the intervals
             raise SystemExit(
                 f"{DATA} not found: the report reads the questions' answers from the example "
                 "data; give its path in CLARA_EXAMPLE_DATA"
             )
-        report_answers(runs, chart or folder / "heldout_eval.png")
+        report_answers(runs, chart or folder / "heldout_eval.png", no_append)
 
 
-def report_retrieval(found: list[dict]) -> None:
-    """The `--retrieval-only` results as one table -> BENCHMARKS.md."""
+def report_retrieval(found: list[dict], no_append: bool = False) -> None:
+    """The `--retrieval-only` results as one table -> BENCHMARKS.md; each figure with the
+    questions it counts (a difference of a few of 1686 is no difference)."""
     lines = ["| query adapter | checkpoint | dense scoring | query precision | ranking | R@1 | R@3 "
              "| R@5 |", "|" + "---|" * 8]  # fmt: skip
     for x in found:
@@ -298,7 +332,8 @@ def report_retrieval(found: list[dict]) -> None:
             dense = name != "bm25"
             cells = [x["tag"], f"`{x['checkpoint']}`", scoring if dense else ""]
             cells += [precision if dense else "", name]
-            cells += [f"{100 * r[f'recall@{k}']:.1f}" for k in (1, 3, 5)]
+            cells += [f"{100 * r[f'recall@{k}']:.1f} ({round(r[f'recall@{k}'] * x['questions'])})"
+                      for k in (1, 3, 5)]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     per = "every question of each" if found[0].get("every_question") else "one per"
     body = (
@@ -311,10 +346,13 @@ def report_retrieval(found: list[dict]) -> None:
         + "\n\n"
         + runs_made([(x["tag"], x.get("run")) for x in found])
     )
+    if no_append:
+        print(body)
+        return
     append_report("Held-out retrieval (bench/bench_heldout.py --retrieval-only)", body)
 
 
-def report_answers(runs: list[dict], png: Path) -> None:
+def report_answers(runs: list[dict], png: Path, no_append: bool = False) -> None:
     head = "| adapters | setting | method | EM | F1 | cover-EM | R@1 | R@5 | positions |"
     lines = [head, "|" + "---|" * 9]
     chart = []
@@ -347,11 +385,14 @@ def report_answers(runs: list[dict], png: Path) -> None:
         if e2e
         else "the gold document alone as memory (oracle rows only, nothing retrieved)"
     )
+    decode = sorted({x.get("decode_weights", "not recorded") for x in runs})
     body = (
         f"{n} held-out questions (one per held-out document"
-        + (f", every {200 // n}th" if n < 200 else "")
-        + "; ± is a 95% interval over the questions), the same base "
-        f"model (smollm2-135m float32) and questions for every row; {what}; greedy answers, "
+        + (", spread evenly over the 200" if n < 200 else "")
+        + "; in brackets a 95% interval over the questions: Wilson's for cover-EM, normal for "
+        "F1), the same base model (smollm2-135m, float32 weights; the answers' decode products "
+        f"in {' and '.join(decode)} on this CPU: another CPU may change a few answers word for "
+        f"word, docs/CPU.md) and questions for every row; {what}; greedy answers, "
         f"at most {runs[0].get('max_tokens', 32)} tokens. Chart: {shown}.\n\n"
         + "\n".join(lines)
         + "\n\n"
@@ -360,6 +401,9 @@ def report_answers(runs: list[dict], png: Path) -> None:
         + json.dumps(slim, indent=1)
         + "\n```\n</details>\n"
     )
+    if no_append:
+        print(body)
+        return
     append_report("Held-out real-prose evaluation (bench/bench_heldout.py)", body)
 
 
@@ -432,6 +476,7 @@ def build_parser(report: bool = False) -> argparse.ArgumentParser:
         help="combine DIR/*.json and DIR/*.retrieval into a report appended to BENCHMARKS.md "
         "(then --checkpoint, --tag and --out are not needed)",
     )  # fmt: skip
+    add_no_append(p, "with --report: print the report only; leave BENCHMARKS.md unchanged")
     p.add_argument(
         "--chart", type=Path, metavar="PNG",
         help="with --report: where the answers' chart goes (default: DIR/heldout_eval.png; "
@@ -452,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k < 1 or args.max_tokens < 1:
         p.error("--top-k and --max-tokens must be 1 or more")
     if args.report:  # (merges earlier runs' results: nothing is measured now)
-        report(args.report, args.chart)
+        report(args.report, args.chart, args.no_append)
         return 0
     start_run()
     if args.checkpoint != "default" and not Path(args.checkpoint).is_dir():

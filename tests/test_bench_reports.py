@@ -62,3 +62,43 @@ def test_kept_memories_are_not_read_back_for_another_base_model(tmp_path, tiny_l
     assert np.allclose(got, other.compress(docs), atol=1e-5)
     assert not np.allclose(got, mem, atol=1e-3)
     assert len(list(tmp_path.glob("memory-*.npy"))) == 2
+
+
+def test_held_out_intervals_samples_and_merges_say_what_they_can(tmp_path, capsys) -> None:
+    """A researcher's audit: cover-EM's normal interval read "0.0 ± 0.0" for 0 of 20 and went
+    below 0 for 1 of 20; --questions 150 took the first 150 documents, not a spread; a report
+    merged runs made with other settings under the first one's header, and always appended."""
+    sys.path.insert(0, str(ROOT))
+    import clara  # noqa: F401
+    from bench import bench_heldout
+
+    golds = [["paris"]] * 20
+    none = {"acc": 0.0, "f1": 0.0, "predictions": ["rome"] * 20}
+    assert bench_heldout.interval(none, golds, "acc") == "0.0 (0.0-16.1)"
+    one = {"acc": 0.05, "f1": 0.05, "predictions": ["paris"] + ["rome"] * 19}
+    assert bench_heldout.interval(one, golds, "acc") == "5.0 (0.9-23.6)"
+    assert bench_heldout.interval(one, golds, "f1").startswith("5.0 (0.0-")
+    rows = [
+        {"question": [f"q{i}"], "answers": [f"a{i}"], "docs": [f"doc {i}"]} for i in range(1000)
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    recs, _ = bench_heldout.heldout(150, data)
+    picked = [int(r.question[1:]) for r in recs]
+    assert len(picked) == 150 and picked[-1] > 980 and all(i % 5 == 0 for i in picked)
+    assert [int(r.question[1:]) for r in bench_heldout.heldout(20, data)[0]][:3] == [0, 50, 100]
+    results = tmp_path / "results"
+    results.mkdir()
+    base = {"checkpoint": "default", "questions": 1686, "collection": 1000,
+            "every_question": True,
+            "retrieval": {"bm25": {"recall@1": 0.5, "recall@3": 0.6, "recall@5": 1650 / 1686}}}  # fmt: skip
+    (results / "a.retrieval").write_text(json.dumps({**base, "tag": "a"}))
+    bench_heldout.report(results, no_append=True)  # printed, with counts; nothing appended
+    assert "97.9 (1650)" in capsys.readouterr().out
+    (results / "b.retrieval").write_text(json.dumps({**base, "tag": "b", "questions": 200}))
+    try:
+        bench_heldout.report(results, no_append=True)
+    except SystemExit as stop:
+        assert "runs made with different questions" in str(stop)
+    else:
+        raise AssertionError("runs of other settings were merged")
