@@ -7,6 +7,11 @@ into a cache folder outside the repo (`--cache`, default $CLARA_HOME/bench-retri
 top 20) per mode, and search latency p50/p99 per mode (Collection.retrieve with the question's
 vector already encoded; query encoding is timed separately).
 
+Neither set is a clean test of the shipped adapters: they trained on Python's documentation
+topics (the pydoc set's documents, not its questions), the word ranking's title weight was
+chosen on the pydoc questions, and the apple set's held-out questions helped choose among
+candidate adapters (docs/TRAINING_RUNS.md).
+
     python bench/bench_retrieval.py                                              # build + table
     python bench/bench_retrieval.py --cache DIR --build-only --sets apple        # index only
     python bench/bench_retrieval.py --cache DIR --tune                           # k / weights grid

@@ -269,7 +269,11 @@ async def level(url: str, bodies: list[dict], concurrency: int) -> dict:
         "ttft_p99": ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))],
         "decode": statistics.median(decode) if decode else float("nan"),
         "latency": statistics.median(r["latency"] for r in results),
-        "prompt": statistics.mean(r["usage"].get("prompt_tokens", 0) for r in results),
+        # (llama-cpp-python streams no usage: unknown, not 0)
+        "prompt": statistics.mean(
+            [r["usage"]["prompt_tokens"] for r in results if "prompt_tokens" in r["usage"]]
+            or [float("nan")]
+        ),
         "completion": statistics.mean(completion),
         "rps": len(results) / wall,
         "tps": sum(completion) / wall,
@@ -563,7 +567,7 @@ def measure(args, systems: list[str], plan: dict, most: int, tmp: Path, load_bef
                     ]
                 print(system, concurrency, r, flush=True)
                 rows.append(
-                    [system, concurrency, r["requests"], f"{r['prompt']:.0f}", f"{r['completion']:.0f}",
+                    [system, concurrency, r["requests"], f"{r['prompt']:.0f}" if r["prompt"] == r["prompt"] else "unknown", f"{r['completion']:.0f}",
                      f"{r['ttft']:.2f}", f"{r['ttft_p99']:.2f}", f"{r['decode']:.1f}",
                      f"{r['latency']:.2f}", f"{r['tps']:.1f}"]
                 )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -160,8 +161,17 @@ def test_eval_cli_rows(trained, tiny_llama_dir, tmp_path, capsys, mode):
         ]
     )
     assert code == 0
-    rows = json.loads(capsys.readouterr().out)
+    result = json.loads(capsys.readouterr().out)
+    rows = result["rows"]
     assert [r["method"] for r in rows] == ["none", "text", "clara", "mixed", "clara-none"]
+    # what it was made of (a researcher's audit: two results could not be told apart)
+    run = result["run"]
+    assert run["data"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert run["questions"] == 2 and run["retrieval"] == mode and run["max_tokens"] == 4
+    adapters = (final / "adapters.safetensors").read_bytes()
+    assert run["checkpoints"] == [{"checkpoint": str(final.resolve()),
+                                   "adapters_sha256": hashlib.sha256(adapters).hexdigest()}]  # fmt: skip
+    assert run["clara"] and run["date"] and "BLAS" in run["cpu"]
     assert all(r["n"] == 2 and 0 <= r["em"] <= 1 for r in rows)
     clara, mixed = rows[2], rows[3]
     assert mixed["name"] == "mixed: best as text" and mixed["retrieval"] == clara["retrieval"]
@@ -198,7 +208,7 @@ def test_a_stopped_eval_keeps_its_finished_rows(
             "--dtype", "stored", "--max-tokens", "2", "--json", "-q", "--predictions", str(preds)]  # fmt: skip
     assert main(argv) == 130
     out, err = capsys.readouterr()
-    assert [r["method"] for r in json.loads(out)] == ["none", "clara", "mixed"]
+    assert [r["method"] for r in json.loads(out)["rows"]] == ["none", "clara", "mixed"]
     assert "stopped; the 3 finished rows:" in err
     first = json.loads(preds.read_text().splitlines()[0])
     assert {"CLaRa 16x", "mixed: best as text"} <= set(first)
@@ -283,7 +293,7 @@ def test_eval_cli_index_mode(trained, tiny_llama_dir, tmp_path, capsys, retrieva
         ]
     )
     assert code == 0
-    row, mixed = json.loads(capsys.readouterr().out)
+    row, mixed = json.loads(capsys.readouterr().out)["rows"]
     assert row["retrieval"]["recall@3"] == 1.0  # three documents: every mode finds them all
     assert mixed["method"] == "mixed" and mixed["retrieval"] == row["retrieval"]
 
@@ -331,13 +341,13 @@ def test_recall_counts_every_question_with_a_gold_document(
               "--dtype", "stored", "--max-tokens", "1", "--json", "-q", "--no-baselines"]  # fmt: skip
     assert main([*common, "--retrieval", "index", "--index", "t", "--index-root", str(root),
                  "--retrieval-mode", "lexical"]) == 0  # fmt: skip
-    row = json.loads(capsys.readouterr().out)[0]
+    row = json.loads(capsys.readouterr().out)["rows"][0]
     assert row["retrieval"]["recall@5"] == 0.5  # one of two questions can be found
 
     joined = tmp_path / "collection.txt"  # as the default recipe writes it
     joined.write_text("\n".join("  ".join(d.split()) for d in DOCS) + "\n")  # (spaced)
     assert main([*common, "--retrieval", "collection", "--collection", str(joined)]) == 0
-    row = json.loads(capsys.readouterr().out)[0]
+    row = json.loads(capsys.readouterr().out)["rows"][0]
     assert row["retrieval"]["recall@5"] == 1.0  # (there was no Recall@k at all)
 
 
@@ -406,3 +416,21 @@ def test_every_checkpoint_is_read_before_any_answer(
     assert args.checkpoint == [str(DEFAULT_CHECKPOINT)] and answered == [1]
     main([*common, "--checkpoint", "none"])  # untrained adapters: it gets to the answers
     assert answered == [1, 1] and "no such checkpoint" not in capsys.readouterr().err
+
+
+def test_limit_spreads_its_questions_over_the_file(trained, tiny_llama_dir, capsys, tmp_path):
+    """--limit 8 on a file grouped by document evaluated 8 questions of one document (a
+    researcher's audit): the questions are spread over the file."""
+    _, data = trained
+    first = json.loads(data.read_text().splitlines()[0])
+    many = tmp_path / "many.jsonl"
+    many.write_text(
+        "\n".join(json.dumps({**first, "question": f"Question {i}?"}) for i in range(6))
+    )
+    preds = tmp_path / "preds.jsonl"
+    argv = ["--data", str(many), "--model", str(tiny_llama_dir), "--dtype", "stored", "--limit",
+            "3", "--max-tokens", "1", "--json", "-q", "--predictions", str(preds)]  # fmt: skip
+    assert main(argv) == 0
+    asked = [json.loads(x)["question"] for x in preds.read_text().splitlines()]
+    assert asked == ["Question 0?", "Question 2?", "Question 4?"]
+    assert json.loads(capsys.readouterr().out)["run"]["limit"] == 3

@@ -111,14 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--limit", type=positive_int,
-        help="evaluate the first N questions only (in the file's order: a file grouped by "
-        "document gives the questions of its first documents)",
+        help="evaluate N questions, spread evenly over the file (every len/N-th: the first N "
+        "of a file grouped by document were the questions of one or two documents)",
     )  # fmt: skip
     p.add_argument("--no-baselines", action="store_true", help="skip the two text rows")
     p.add_argument(
         "--generator-only", action="store_true", help="add each checkpoint without documents"
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    p.add_argument(
+        "--json", action="store_true",
+        help='print JSON instead of a markdown table: {"run": what was evaluated (clara\'s '
+        "version, the data file and its sha256, the questions, each checkpoint and its "
+        'adapters\' sha256, the options, the CPU path, the date), "rows": the table}',
+    )  # fmt: skip
     p.add_argument("--chart", metavar="PNG", help="write a bar chart of EM/F1/acc per row")
     p.add_argument("--predictions", metavar="JSONL", help="write every prediction")
     add_quiet_arg(p)
@@ -245,8 +250,8 @@ def evaluate(args: argparse.Namespace) -> list:
         )
     records = read_qa(args.data, need_docs=args.retrieval in ("candidates", "gold"))
     every_doc = list(dict.fromkeys(d for r in records for d in r.docs))  # (before --limit)
-    if args.limit:
-        records = records[: args.limit]
+    if args.limit and args.limit < len(records):  # spread over the file, not its first ones
+        records = [records[i * len(records) // args.limit] for i in range(args.limit)]
     alone = sum(len(r.docs) < 2 for r in records) if args.retrieval == "candidates" else 0
     if alone:
         print(
@@ -371,9 +376,55 @@ def _write_predictions(args, records, rows) -> None:
 
 def _print_rows(args, rows) -> None:
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        print(json.dumps({"run": run_info(args, rows), "rows": [r.to_dict() for r in rows]},
+                         indent=2))  # fmt: skip
     else:
         print(markdown_table(rows))
+
+
+def run_info(args: argparse.Namespace, rows) -> dict:
+    """What a --json result was made of, so two results can be told apart and compared: the
+    data (path, sha256, questions evaluated), each checkpoint's adapters (sha256), the
+    options and the machine's CPU path."""
+    import datetime as dt
+
+    from clara import __version__
+    from clara.cpu import describe
+
+    checkpoints = []
+    for name in args.checkpoint:
+        folder = Path(name).expanduser()
+        adapters = folder / "adapters.safetensors"
+        digest = _sha256(adapters) if adapters.is_file() else None
+        checkpoints.append({"checkpoint": str(folder.resolve()), "adapters_sha256": digest})
+    return {
+        "clara": __version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "data": {"path": str(Path(args.data).resolve()), "sha256": _sha256(Path(args.data))},
+        "questions": rows[0].n if rows else 0,
+        "limit": args.limit,
+        "model": args.model,
+        "dtype": args.dtype,
+        "checkpoints": checkpoints,
+        "retrieval": args.retrieval,
+        "retrieval_mode": args.retrieval_mode,
+        "top_k": args.top_k,
+        "max_tokens": args.max_tokens,
+        "cpu": describe(),
+    }
+
+
+def _sha256(path: Path) -> str | None:
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
