@@ -411,10 +411,14 @@ class LogProgress:
             self._line()
 
     def set_postfix(self, **values: Any) -> None:
-        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+        self.set_postfix_str(", ".join(f"{k}={v}" for k, v in values.items()))
 
     def set_postfix_str(self, text: str) -> None:
+        """What goes after the count; it is said when its time comes too, as tqdm shows it
+        at once: one big file being indexed was hours without a line."""
         self.postfix = text
+        if time.monotonic() - self._last >= self.every:
+            self._line()
 
     def refresh(self) -> None:
         pass

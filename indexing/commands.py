@@ -559,7 +559,16 @@ def _take_events(args: argparse.Namespace, events, run: _AddRun, bar) -> None:
         if isinstance(event, Progress):
             run.compressed += event.chunks
             rate = run.compressed / max(run.compress_s, 1e-9)
-            bar.set_postfix_str(f"{run.compressed} chunks, {rate:.1f} chunks/s")
+            left = ""
+            if event.waiting and run.compressed and rate > 0:  # (a big file: hours of it)
+                s = int(event.waiting / rate)
+                eta = (
+                    f"{s // 3600}h{s % 3600 // 60:02d}m"
+                    if s >= 3600
+                    else f"{s // 60}m{s % 60:02d}s"
+                )
+                left = f", {event.waiting} read to go (about {eta})"
+            bar.set_postfix_str(f"{run.compressed} chunks, {rate:.1f} chunks/s{left}")
             continue
         run.results.append(event)
         if event.error is not None:

@@ -116,9 +116,11 @@ class FileResult:
 
 @dataclass
 class Progress:
-    """One compressor batch is done."""
+    """One compressor batch is done (`chunks` of it), `waiting` chunks of the files read so
+    far still to compress."""
 
     chunks: int
+    waiting: int = 0
 
 
 @dataclass
@@ -360,7 +362,8 @@ class Indexer:
                     continue
                 in_flight[prepared.doc.sha256] = src.path
                 waiting.extend((prepared, i) for i in range(prepared.done, len(prepared.chunks)))
-                yield Progress(0)  # reading a file is a step of its own (a big PDF: seconds)
+                yield Progress(0, len(waiting))  # reading a file is a step of its own (a big
+                # PDF: seconds)
             if not waiting:
                 return
             step = batch_size if self.options.step_chunks is None else self.options.step_chunks()
@@ -385,7 +388,7 @@ class Indexer:
             for p in finished:
                 in_flight.pop(p.doc.sha256, None)
                 yield self._commit(p)
-            yield Progress(len(batch))
+            yield Progress(len(batch), len(waiting))
 
     def _prepare(self, src: Source, in_flight: dict[str, Path]) -> _Pending | FileResult:
         path, coll = src.path, self.collection

@@ -1345,3 +1345,25 @@ def test_a_docs_repository_leaves_out_what_git_ignores(
     (repo / "src" / "tool.py").write_text("def tool():\n    return 'the mill'\n")
     rc, _, err = run(capsys, "add", f"{repo}/**/*.py", *args)
     assert rc == 0 and "tool.py" in docs_of(index), err
+
+
+def test_one_big_file_says_how_it_is_getting_on(capsys, monkeypatch, tmp_path, tiny_llama_dir):
+    """A docs repository's audit: a run of one big file printed nothing until it was done (a
+    3 MB log: hours), as the progress line came only when a file was."""
+    from clara_cli import common
+
+    monkeypatch.setattr(common, "LOG_EVERY_S", 0.0)
+    big = write_corpus(tmp_path / "docs", n=1, paragraphs=12)[0]
+    args = [
+        "--model",
+        tiny_llama_dir,
+        "--index",
+        tmp_path / "index",
+        *CHUNKING,
+        "--batch-size",
+        "2",
+    ]
+    rc, _, err = run(capsys, "add", big, *args)
+    assert rc == 0
+    going = [line for line in err.splitlines() if line.startswith("indexing: 0/1 (0%)")]
+    assert any("read to go (about" in line for line in going), err
