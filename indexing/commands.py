@@ -349,7 +349,7 @@ def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
             col.close()
 
 
-_KINDS = ("added", "replaced", "unchanged", "duplicate")
+_KINDS = ("added", "replaced", "unchanged", "duplicate", "moved")
 
 
 @dataclass

@@ -411,6 +411,25 @@ class Meta:
             [(int(i), *fts_row(doc_name, r.context, r.text)) for r, i in zip(records, ids)],
         )
 
+    def move_document(
+        self, doc_id: str, path: str, name: str, size: int, mtime: float | None
+    ) -> None:
+        """A document's file moved (renamed) with its content: its path, name and stat, and
+        the name its chunks' word index rows carry."""
+        self.db.execute(
+            "UPDATE documents SET path=?, name=?, size=?, mtime=? WHERE id=?",
+            (path, name, size, mtime, doc_id),
+        )
+        rows = self.db.execute(
+            "SELECT id, context, text FROM chunks WHERE doc_id=?", (doc_id,)
+        ).fetchall()
+        sql = "DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE doc_id=?)"
+        self.db.execute(sql, (doc_id,))
+        self.db.executemany(
+            "INSERT INTO chunks_fts (rowid, title, body) VALUES (?, ?, ?)",
+            [(int(i), *fts_row(name, c, t)) for i, c, t in rows],
+        )
+
     def delete_document(self, doc_id: str) -> np.ndarray:
         """Delete a document and its chunks; returns the deleted chunk ids."""
         ids = self.db.execute("SELECT id FROM chunks WHERE doc_id=?", (doc_id,)).fetchall()

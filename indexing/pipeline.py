@@ -52,7 +52,7 @@ from indexing.store import ChunkRecord, Collection
 
 log = logging.getLogger(__name__)
 
-Status = Literal["added", "replaced", "unchanged", "duplicate", "failed", "recompressed"]
+Status = Literal["added", "replaced", "unchanged", "duplicate", "moved", "failed", "recompressed"]
 
 
 #: Tokens neighbouring chunks share unless told (`clara-index add --overlap`).
@@ -191,7 +191,9 @@ def known_result(
 ) -> FileResult | None:
     """What adding `path` comes to when no model is needed to know: "unchanged" (indexed with
     its current content), or with `dedupe` "duplicate" (a new path whose content a document
-    still on disk holds); None when it has to be read and compressed. A file found unchanged
+    still on disk holds) or "moved" (a new path whose content a document whose file is gone
+    held: renamed or moved, it becomes that document, its memories kept, in a writable
+    collection); None when it has to be read and compressed. A file found unchanged
     by its content, not its stat, has its stat recorded (`Collection.note_file_stats`): at
     once, or with `touched` appended to it, for the caller to record many in one write."""
     existing = collection.find_by_path(str(path))
@@ -224,7 +226,28 @@ def _known(
                 path, "duplicate", other.id, other.n_chunks, other.n_pages,
                 detail=f"same content as {where} ({other.id}): not indexed again",
             ), sha  # fmt: skip
+        if other is not None and _gone(other.path) and not collection.readonly and st:
+            # renamed or moved: the same document under its new name (it was compressed
+            # again, and the old one kept answering from a file that is not there)
+            collection.move_document(other.id, str(path), path.name, st.st_size, st.st_mtime)
+            return FileResult(
+                path, "moved", other.id, other.n_chunks, other.n_pages,
+                detail=f"moved from {other.path}: its memories kept",
+            ), sha  # fmt: skip
     return None, sha
+
+
+def _gone(path: str | None) -> bool:
+    """Whether a document's file is not there any more (nothing at its path, for sure)."""
+    if path is None:
+        return False
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 PREFLIGHT_BYTES = 1 << 20

@@ -476,6 +476,22 @@ class Collection:
         if not self.remove_documents([doc_id]):
             raise DocumentNotFoundError(f"no document {doc_id} in '{self.name}'")
 
+    def move_document(
+        self, doc_id: str, path: str, name: str, size: int, mtime: float | None = None
+    ) -> None:
+        """Record that a document's file moved to `path` (named `name`) with the same content:
+        its chunks and memories stay, nothing is compressed again."""
+        self.check_writable()
+        with self._guard():
+            generation = self._meta.state().generation + 1
+            with self._meta.transaction():
+                if self._meta.document(doc_id) is None:
+                    raise DocumentNotFoundError(f"no document {doc_id} in '{self.name}'")
+                self._meta.move_document(doc_id, path_text(path), path_text(name), size, mtime)
+                self._meta.set_state(generation=generation)
+            empty = np.zeros(0, np.int64)
+            self._after_commit(generation, empty, empty, None)
+
     def remove_documents(self, doc_ids: Sequence[str]) -> list[str]:
         """Remove these documents in one commit (one vector-index update: removing a folder
         of 1000 one at a time compacted the flat index 1000 times); returns the ids that

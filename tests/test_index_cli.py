@@ -1215,27 +1215,40 @@ def test_names_in_the_other_unicode_form_or_with_hidden_characters(
 def test_files_gone_from_a_folder_are_named_and_pruned(
     capsys, tmp_path: Path, tiny_llama_dir: Path
 ) -> None:
-    """A renamed, moved or deleted file stayed in the index for good, searched beside its
-    new name, and `add` of its folder said nothing of it."""
+    """A deleted file stayed in the index for good, and `add` of its folder said nothing of
+    it. A renamed or moved one was compressed again, and the old document stayed searched
+    beside it (a docs repository's audit): it is the same document under its new name."""
     folder, index = tmp_path / "docs", tmp_path / "index"
     paths = write_corpus(folder, n=3)
     latin1 = folder / os.fsdecode(b"caf\xe9.txt")  # stored as text: 'caf\xe9.txt'
     latin1.write_text("A note on the cafe by the river, open every day but Monday.")
     args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
     run(capsys, "add", folder, *args)
+    before = docs_of(index)
+    with Collection.open(index, "default", readonly=True) as col:
+        first_id = col.find_by_path(str(paths[0].resolve())).id
     paths[0].rename(folder / "renamed.txt")
+    (folder / "sub").mkdir()
+    latin1.rename(folder / "sub" / os.fsdecode(b"caf\xe9 2.txt"))
     paths[1].unlink()
     rc, out, err = run(capsys, "add", folder, *args, "--json")
     report = json.loads(out)
-    assert rc == 0 and report["added"] == 1 and report["pruned"] == 0
-    assert sorted(report["gone"]) == sorted(str(p.resolve()) for p in paths[:2])
+    assert rc == 0 and report["moved"] == 2 and report["added"] == 0, report
+    assert report["model_load_s"] == 0 and report["chunks"] == 0  # nothing compressed again
+    assert report["gone"] == [str(paths[1].resolve())] and report["pruned"] == 0
+    after = docs_of(index)
+    assert after["renamed.txt"] == before["doc00.txt"] and "doc00.txt" not in after
+    assert after["caf\\xe9 2.txt"] == before["caf\\xe9.txt"]
+    with Collection.open(index, "default", readonly=True) as col:
+        assert col.find_by_path(str((folder / "renamed.txt").resolve())).id == first_id
+        (chunk_id, _), *_ = col.search_lexical("renamed", k=3)  # (its name is in the word
+        assert col.chunks([chunk_id])[0].doc_id == first_id  # index's titles now)
     rc, out, err = run(capsys, "add", folder, *args)
-    assert "2 documents were indexed from files no longer there" in err
+    assert "1 document was indexed from files no longer there" in err
     assert "add --prune to remove them" in err
-    assert set(docs_of(index)) == {"doc00.txt", "doc01.txt", "doc02.txt", "renamed.txt", "caf\\xe9.txt"}  # fmt: skip
     rc, out, err = run(capsys, "add", folder, *args, "--prune")
     assert rc == 0 and "removed" in err
-    assert set(docs_of(index)) == {"doc02.txt", "renamed.txt", "caf\\xe9.txt"}
+    assert set(docs_of(index)) == {"doc02.txt", "renamed.txt", "caf\\xe9 2.txt"}
     rc, out, err = run(capsys, "add", folder, *args)
     assert "no longer there" not in err
 
