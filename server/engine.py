@@ -533,7 +533,8 @@ class Engine:
             for decoder in self._decoders.values():
                 left = list(decoder.sequences)
                 decoder.remove_many(left)
-                for seq in left:
+                for seq in left:  # (the worker stops: the server's doing)
+                    seq.tag.cut = True
                     self._cancelled(seq)
             self._stepping = None
             self._count_running()
@@ -560,12 +561,16 @@ class Engine:
         seq.tag.emit(Failed(exc))
 
     def _cancelled(self, seq: Seq) -> None:
-        self.metrics.generations.inc(reason="cancelled")
+        """A decoding request ended before its answer: its client left ("cancelled"), or the
+        server stopped and cut it ("shutting_down")."""
+        cut = seq.tag.cut
+        self.metrics.generations.inc(reason="shutting_down" if cut else "cancelled")
         self.metrics.completion_tokens.inc(seq.text.tokens)
         self.metrics.prompt_tokens.inc(seq.text.prompt_positions)
         log.info(
-            "generation cancelled after %d tokens (request %s)",
-            seq.text.tokens, seq.tag.task.request_id,
+            "generation %s after %d tokens (request %s)",
+            "cut by the server's stop" if cut else "cancelled", seq.text.tokens,
+            seq.tag.task.request_id,
         )  # fmt: skip
         seq.tag.emit(DONE)
 

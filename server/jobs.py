@@ -97,6 +97,7 @@ class Job:
         self.params = params  # a chat request's parameters
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
+        self.cut = False  # cancelled by the server's stop, not by its client
         self.created = time.perf_counter()
         self.task: Task | None = None
         self.batched = False  # handed to the decode batch, which sends its DONE
@@ -113,7 +114,10 @@ class Job:
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.cancel()
 
-    def cancel(self) -> None:
+    def cancel(self, server_stops: bool = False) -> None:
+        """Stop the work: its client left, or (`server_stops`) the server is stopping and cut
+        the answer (`clara_generations_total` tells the two apart)."""
+        self.cut = self.cut or server_stops
         self.cancelled.set()
         if self.task is not None:
             self.task.cancel()

@@ -30,8 +30,11 @@ class Metrics(ServiceMetrics):
         self.completion_tokens = Counter("clara_completion_tokens_total", "Tokens generated")
         self.generations = Counter(
             "clara_generations_total",
-            "Generations by how they ended (stop, length, cancelled, error)",
-            known=[{"reason": r} for r in ("stop", "length", "cancelled", "error")],
+            "Generations by how they ended (stop, length, cancelled: the client left, "
+            "shutting_down: the server stopped and cut it, error)",
+            known=[
+                {"reason": r} for r in ("stop", "length", "cancelled", "shutting_down", "error")
+            ],
         )
         self.retrievals = Counter(
             "clara_retrievals_total",

@@ -219,7 +219,7 @@ class OpenAIServing:
                 event = None
         stopped = stopped or self.stop_error()
         if stopped is not None and not _final(event):
-            job.cancel()
+            job.cancel(server_stops=True)
             return Failed(stopped)
         return event
 
@@ -325,7 +325,7 @@ class OpenAIServing:
             event = await job.next(timeout=DISCONNECT_CHECK_S)
             stopped = self.stop_error()
             if stopped is not None and not _final(event):
-                job.cancel()
+                job.cancel(server_stops=True)
                 raise stopped
             now = time.monotonic()
             if event is None or now - job.checked >= DISCONNECT_CHECK_S:

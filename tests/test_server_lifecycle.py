@@ -561,6 +561,9 @@ def test_sigterm_ends_running_answers_with_an_error_the_client_reads(
         assert error["code"] == "server_error" and error["message"].endswith("(shutting_down)")
         streamed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
         assert proc.wait_exit(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+        said = proc.log()  # (an SRE's audit: counted and logged as a client's cancelling)
+        assert said.count("generation cut by the server's stop after") >= 2, said
+        assert "generation cancelled after" not in said
         proc = serve()  # the stored response keeps what was streamed before the stop
         stored = httpx.get(f"{proc.url}/v1/responses/{failed['response']['id']}").json()
         assert stored["status"] == "failed" and stored["error"] == error
