@@ -143,18 +143,17 @@ def _expand(
     for raw in raw_paths:
         unreadable: list[DocumentError] = []
         try:
-            found.update(
-                dict.fromkeys(
-                    iter_inputs(
-                        [raw],
-                        skipped=skipped,
-                        unreadable=unreadable,
-                        exclude=exclude or (),
-                        ignore_files=ignore_files,
-                        left_out=left_out,
-                    )  # fmt: skip
-                )
+            files = iter_inputs(
+                [raw],
+                skipped=skipped,
+                unreadable=unreadable,
+                exclude=exclude or (),
+                ignore_files=ignore_files,
+                left_out=left_out,
             )
+            if not files and not unreadable and is_folder(Path(raw).expanduser()):
+                print(f"{PROG}: {raw}: no file in it that clara reads", file=sys.stderr)
+            found.update(dict.fromkeys(files))
         except DocumentError as exc:
             failed.append(FileResult(Path(raw), "failed", error=exc))
         failed += [FileResult(e.path, "failed", error=e) for e in unreadable]

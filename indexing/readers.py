@@ -257,6 +257,8 @@ def iter_inputs(
                     out.append((m, "ignore"))
                 elif kind == "denied":
                     problems.append(_denied(m))
+                elif kind is None:  # a dangling link (it failed naming the link's target)
+                    skipped.append(m)
                 elif kind == "folder" and _is_package(m.name):  # a pattern's match: one "file"
                     skipped.append(m)
                 elif kind == "folder":

@@ -28,6 +28,12 @@ class Metrics(ServiceMetrics):
             "clara_prompt_tokens_total", "Prompt positions the generator read (memory slots count)"
         )
         self.completion_tokens = Counter("clara_completion_tokens_total", "Tokens generated")
+        self.embedding_inputs = Counter(
+            "clara_embedding_inputs_total", "Inputs /v1/embeddings encoded (they share the model)"
+        )
+        self.embedding_tokens = Counter(
+            "clara_embedding_tokens_total", "Tokens of the inputs /v1/embeddings encoded"
+        )
         self.generations = Counter(
             "clara_generations_total",
             "Generations by how they ended (stop, length, cancelled: the client left, "

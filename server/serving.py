@@ -602,6 +602,8 @@ class OpenAIServing:
             for i, v in enumerate(event.vectors)
         ]
         usage = EmbeddingUsage(prompt_tokens=event.tokens, total_tokens=event.tokens)
+        self.metrics.embedding_inputs.inc(len(data))
+        self.metrics.embedding_tokens.inc(event.tokens)
         model = self.model_name(self.is_bare(req.model))
         return EmbeddingResponse(data=data, model=model, usage=usage)
 

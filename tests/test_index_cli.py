@@ -1380,3 +1380,19 @@ def test_one_big_file_says_how_it_is_getting_on(capsys, monkeypatch, tmp_path, t
     assert rc == 0
     going = [line for line in err.splitlines() if line.startswith("indexing: 0/1 (0%)")]
     assert any("read to go (about" in line for line in going), err
+
+
+def test_an_empty_folder_and_a_dangling_link_say_what_they_are(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A docs repository's audit: `add emptydir` said only "0 added", and a glob matching a
+    dangling link failed with an error naming the link's target, not the link."""
+    empty, docs = tmp_path / "empty", tmp_path / "docs"
+    empty.mkdir()
+    write_corpus(docs, n=1)
+    (docs / "dangling.md").symlink_to(tmp_path / "nowhere" / "x.md")
+    args = ["--model", tiny_llama_dir, "--index", tmp_path / "index", *CHUNKING]
+    rc, _, err = run(capsys, "add", empty, *args)
+    assert rc == 0 and f"{empty}: no file in it that clara reads" in err
+    rc, out, err = run(capsys, "add", f"{docs}/*.md", f"{docs}/*.txt", *args)
+    assert rc == 0 and "nowhere" not in err and "1 broken link" in err, err

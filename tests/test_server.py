@@ -943,7 +943,13 @@ def test_embeddings_are_normalised_query_memories(
 ) -> None:
     from clara.retrieval import flatten_normalize
 
+    def counted() -> tuple[float, float]:  # (an SRE's audit: embeddings load was invisible)
+        text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+        return tuple(metric(text.text, f"clara_embedding_{x}_total") for x in ("inputs", "tokens"))
+
+    inputs, tokens = counted()
     resp = client.embeddings.create(model=MODEL, input=[RIVER, "hello"])  # SDK asks base64
+    assert counted() == (inputs + 2, tokens + resp.usage.prompt_tokens)
     assert resp.object == "list" and resp.model == MODEL and len(resp.data) == 2
     bare = client.embeddings.create(model=MODEL + "-no-retrieval", input="hello")
     assert bare.model == MODEL + "-no-retrieval"  # the name asked for (it was the other one)
