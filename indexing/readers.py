@@ -189,6 +189,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         else:
             kind = "text"
             text = clean_text(text)
+            if ext == ".rst":
+                text = clean_rst(text)
         # Form feeds separate pages (as in `pdftotext` output).
         pages = [Page(i + 1, t.strip("\n")) for i, t in enumerate(text.split("\f"))]
 
@@ -914,6 +916,54 @@ def clean_markdown(text: str) -> str:
             prose.append(line)
     cleaned()
     return "\n".join(out).strip()
+
+
+#: reStructuredText markup that is no prose: a directive's line (".. note::"), a target
+#: (".. _label:"), a substitution's definition, and a comment (".. any text")
+_RST_EXPLICIT = re.compile(r"^(\s*)\.\.(?:\s|$)")
+_RST_DIRECTIVE = re.compile(r"^\s*\.\.\s+([\w:.+-]+)::(.*)$")
+_RST_OPTION = re.compile(r"^\s+:[\w-]+:(?:\s.*)?$")
+_RST_ROLE = re.compile(r":[\w:+.-]+:`([^`<]*?)\s*(?:<[^>`]*>)?`")
+#: directives whose whole block is markup (a table of contents, index entries, a module's
+#: declaration), not text to read
+_RST_DROPPED = {"toctree", "index", "contents", "only", "raw", "include", "automodule",
+                "autoclass", "autofunction", "highlight", "sectnum", "meta", "image", "figure"}  # fmt: skip
+
+
+def clean_rst(text: str) -> str:
+    """reStructuredText as readable text: comments (Sphinx's "master file" line became every
+    chunk's title), targets, table-of-contents and index blocks, directive lines and their
+    options are dropped, roles are their text (":class:`Frobber`" reads "Frobber"); a
+    directive's content (a note's text, a code block) is kept, and headings stay as they are
+    (their underlines are found as in plain text)."""
+    out: list[str] = []
+    skip_below: int | None = None  # in a dropped block: lines indented past this are in it
+    options = False  # after a directive's line: its ":option:" lines
+    for line in text.split("\n"):
+        indent = len(line) - len(line.lstrip())
+        if skip_below is not None:
+            if not line.strip() or indent > skip_below:
+                continue
+            skip_below = None
+        if options and _RST_OPTION.match(line):
+            continue
+        options = False
+        m = _RST_EXPLICIT.match(line)
+        if m:
+            directive = _RST_DIRECTIVE.match(line)
+            if directive and directive.group(1).lower() not in _RST_DROPPED:
+                options = True  # its content, indented below, is read
+                if directive.group(2).strip() and directive.group(1).lower() in (
+                    "note", "warning", "tip", "important", "caution", "attention", "hint",
+                    "danger", "error", "admonition", "seealso", "versionadded",
+                    "versionchanged", "deprecated", "rubric", "topic", "sidebar",
+                ):  # fmt: skip
+                    out.append(" " * indent + directive.group(2).strip())
+                continue
+            skip_below = len(m.group(1))  # a comment, a target, a dropped block: all of it
+            continue
+        out.append(_RST_ROLE.sub(r"\1", line))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n")
 
 
 def code_blocks(text: str) -> list[tuple[int, int]]:

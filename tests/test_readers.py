@@ -939,3 +939,29 @@ def test_gitignore_files_and_dependency_folders_are_left_out(tmp_path: Path) -> 
     assert {p.name for p in iter_inputs([plain])} == {"a.md", "b.txt"}
     # patterns it cannot read are no rules
     assert parse_ignore("[unclosed\n\n#\n!\n/\n") == []
+
+
+def test_restructuredtext_reads_as_its_prose(tmp_path: Path) -> None:
+    """A docs repository's audit: a Sphinx index.rst's "master file" comment became the title
+    of its every chunk, and toctree blocks, options and roles were indexed as text."""
+    from indexing.context import document_title, find_headings
+
+    page = tmp_path / "index.rst"
+    page.write_text(
+        ".. Frobnicator documentation master file, created by\n   sphinx-quickstart.\n\n"
+        "Welcome to Frobnicator\n======================\n\n.. toctree::\n   :maxdepth: 2\n\n"
+        "   install\n   usage\n\n.. _api:\n\nAPI reference\n-------------\n\n"
+        ".. module:: frob.api\n   :synopsis: The API.\n\nThe :class:`Frobber` class frobs "
+        "widgets; see :ref:`the guide <guide>`.\n\n.. note:: Frobbing is idempotent.\n\n"
+        ".. code-block:: python\n\n   frob(1)\n"
+    )
+    doc = read_document(page)
+    text = doc.pages[0].text
+    assert text == (
+        "Welcome to Frobnicator\n======================\n\nAPI reference\n-------------\n\n"
+        "The Frobber class frobs widgets; see the guide.\n\nFrobbing is idempotent.\n\n"
+        "   frob(1)"
+    )
+    headings = find_headings(text, doc.kind, doc.headings)
+    assert [h for _, h in headings] == ["Welcome to Frobnicator", "API reference"]
+    assert document_title(text, headings, doc.title, page.name) == "Welcome to Frobnicator"
