@@ -32,7 +32,7 @@ from indexing.service.handler import IndexService
 from indexing.service.state import FileRecord, Link, Registry, StoreRecord
 from indexing.store import Collection
 from tests.test_readers import make_pdf, make_pdf_bomb
-from tests.test_server_harness import ROOT, ServerProcess, lock_held_elsewhere
+from tests.test_server_harness import ROOT, ServerProcess, lock_held_elsewhere, metric
 
 API_KEY = "index-key"
 WATER = "Water boils at one hundred degrees Celsius at sea level and freezes at zero degrees."
@@ -1407,7 +1407,13 @@ def test_the_service_exports_prometheus_metrics(service, client) -> None:
     f = upload(client, "metered.txt", WATER)
     vs = client.vector_stores.create(name="metered")
     attach(client, vs.id, f.id)
+    before = httpx.get(f"{service.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    blank = upload(client, "blank.txt", "   \n")  # the file's fault, not the server's (an
+    attach(client, vs.id, blank.id)  # SRE's audit: failures had no cause)
     r = httpx.get(f"{service.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+    failed = {c: metric(r.text, "clara_files_failed_total", code=c) - metric(before.text,
+              "clara_files_failed_total", code=c) for c in ("invalid_file", "server_error")}  # fmt: skip
+    assert failed == {"invalid_file": 1, "server_error": 0}
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
     assert "clara_model_ready 1" in text and "clara_files_in_progress 0" in text

@@ -643,6 +643,7 @@ class IndexService:
                 store_id, rec.id, status="failed", error_code="server_error", error_message=message
             )
             self.metrics.files_indexed.inc(status="failed")
+            self.metrics.files_failed.inc(code="server_error")
             self._job_ended(store_id, rec.id)
 
         def can_start() -> bool:  # (worker thread: the model is loaded)
@@ -721,6 +722,8 @@ class IndexService:
             )  # fmt: skip
         self.registry.update_link(link.store_id, rec.id, **values)
         self.metrics.files_indexed.inc(status=values["status"])
+        if values["status"] == "failed":
+            self.metrics.files_failed.inc(code=values["error_code"])
         self._job_ended(link.store_id, rec.id)
 
     def _job_ended(self, store_id: str, file_id: str) -> None:

@@ -18,3 +18,9 @@ class FileMetrics(MetricSet):
             "status (completed, failed)",
             known=[{"status": "completed"}, {"status": "failed"}],
         )
+        self.files_failed = Counter(
+            "clara_files_failed_total",
+            "Uploads whose indexing failed, by code: invalid_file and unsupported_file (the "
+            "file's: its uploader's to fix), server_error (the server's: a full disk, a bug)",
+            known=[{"code": c} for c in ("invalid_file", "unsupported_file", "server_error")],
+        )
