@@ -843,6 +843,29 @@ def _host_name(value: str) -> str:
 #: origin is allowed (`--allow-origin`).
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
+#: What a key of --api-key-file may do (its line's third word; none: "all")
+KEY_ROLES = {
+    "all": "ask, upload, index and delete",
+    "ask": "ask and read, change nothing: no upload, no new or deleted collection, file or "
+    "stored response",
+    "metrics": "read /metrics only, for a Prometheus",
+}
+#: The POSTs that ask rather than change: an "ask" key may send them
+_ASKING = re.compile(
+    r"/v1/(chat/completions|completions|embeddings|responses(/input_tokens)?"
+    r"|responses/[^/]+/cancel|vector_stores/[^/]+/search)/?"
+)
+
+
+def role_allows(role: str, method: str, path: str) -> bool:
+    """Whether a key of `role` (`KEY_ROLES`) may make this request."""
+    if role == "metrics":
+        return method in ("GET", "HEAD") and path == "/metrics"
+    if role == "ask":
+        return method in _SAFE_METHODS or (method == "POST" and bool(_ASKING.fullmatch(path)))
+    return True
+
+
 #: What a preflight from an allowed origin is told: the methods the APIs use, and how long the
 #: browser may keep the answer (Chromium keeps it 2 hours at most).
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
@@ -945,7 +968,8 @@ class AccessGate:
       carries Access-Control-Allow-Origin. Another site's preflight is a 403. No origins by
       default: other sites' pages cannot read the answers;
     - the API key, on every path but `open_paths`, when there is one; a request carrying
-      a key header twice is a 400 (proxies read the first, a dict the last)."""
+      a key header twice is a 400 (proxies read the first, a dict the last); a key's role
+      (`key_roles`, name -> "ask" or "metrics") refuses what it may not do with a 403."""
 
     def __init__(
         self,
@@ -956,10 +980,12 @@ class AccessGate:
         local_only: bool = False,
         allow_hosts: tuple[str, ...] = (),
         allow_origins: tuple[str, ...] = (),
+        key_roles: dict[str, str] | None = None,
     ) -> None:
         self.app = app
         # name -> key (--api-key-file: one per person or app); one key alone is "api-key"
         keys = {"api-key": api_key} if isinstance(api_key, str) else dict(api_key or {})
+        self.roles = dict(key_roles or {})  # name -> its role other than "all" (KEY_ROLES)
         self.keys = [(name, key.encode()) for name, key in keys.items() if key]
         self.service = service
         self.open_paths = open_paths
@@ -1021,7 +1047,17 @@ class AccessGate:
             for name, key in self.keys:
                 if hmac.compare_digest(sent, key):
                     CALLER.set(name)  # the route's logs name who did it (a deletion)
-                    return None
+                    role = self.roles.get(name, "all")
+                    if role_allows(role, method, scope["path"]):
+                        return None
+                    return APIError(
+                        403,
+                        f"the key {name} may {KEY_ROLES[role]} (its role in the API key file "
+                        f"is '{role}'): this {method} {loggable_path(scope['path'])} needs a "
+                        "key of the role 'all'",
+                        type="permission_error",
+                        code="insufficient_role",
+                    )
         return APIError(
             401,
             "Incorrect or missing API key: send 'Authorization: Bearer <key>' (or an 'api-key' "

@@ -43,8 +43,10 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         default=os.environ.get("CLARA_API_KEY_FILE"),
         metavar="FILE",
         help="keys, one per line as 'NAME KEY' (a person's or an app's name; lines starting "
-        "with '#' are comments), any of which is accepted: a colleague's key is revoked by deleting its "
-        "line and restarting, and what a request deletes is logged with its key's name "
+        "with '#' are comments), any of which is accepted, or 'NAME KEY ROLE' for a key that "
+        "may do less: 'ask' (ask and read; no upload, no deletion), 'metrics' (GET /metrics "
+        "only, for a Prometheus). A colleague's key is revoked by deleting its line and "
+        "restarting, and what a request deletes is logged with its key's name "
         "(default: $CLARA_API_KEY_FILE; with --api-key, both are accepted)",
     )
     net.add_argument(
@@ -114,6 +116,7 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
             "CLARA_API_KEY to serve without one"
         )
     keys = {"api-key": key} if key is not None else {}
+    roles: dict[str, str] = {}
     key_file = getattr(args, "api_key_file", None)
     if key_file is not None and not key_file.strip():  # (it served with no key at all)
         raise ClaraError(
@@ -121,7 +124,7 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
             "file, or unset CLARA_API_KEY_FILE"
         )
     if key_file:
-        keys = read_api_keys(key_file, keys)
+        keys = read_api_keys(key_file, keys, roles)
     for name, value in keys.items():  # (what a header cannot carry; a space can)
         if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in value):
             raise ClaraError(
@@ -137,12 +140,18 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
         "allow_hosts": tuple(args.allow_host),
         "allow_origins": origins,
         "open_metrics": bool(getattr(args, "open_metrics", False)),
+        "key_roles": roles,
     }
 
 
-def read_api_keys(path: str, keys: dict[str, str]) -> dict[str, str]:
-    """`keys` and those of --api-key-file: 'NAME KEY' lines (and blank lines, and comment
-    lines starting with '#')."""
+def read_api_keys(
+    path: str, keys: dict[str, str], roles: dict[str, str] | None = None
+) -> dict[str, str]:
+    """`keys` and those of --api-key-file: 'NAME KEY' or 'NAME KEY ROLE' lines (and blank
+    lines, and comment lines starting with '#'); each key's role other than "all" goes into
+    `roles` (`clara_cli.http.KEY_ROLES`)."""
+    from clara_cli.http import KEY_ROLES
+
     try:
         lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -154,12 +163,15 @@ def read_api_keys(path: str, keys: dict[str, str]) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         parts = line.split()
-        if len(parts) != 2:
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in KEY_ROLES):
             raise ClaraError(
                 f"--api-key-file {path}, line {number}: write 'NAME KEY' (a name without "
-                "spaces, then the key)"
+                "spaces, then the key), and after them a role if not all: "
+                + ", ".join(f"'{r}' ({what})" for r, what in KEY_ROLES.items())
             )
-        name, key = parts
+        name, key = parts[:2]
+        if len(parts) == 3 and parts[2] != "all" and roles is not None:
+            roles[name] = parts[2]
         if name in out or key in out.values():
             again = "name" if name in out else "key"
             clash = name in keys if again == "name" else key in keys.values()

@@ -97,6 +97,7 @@ def create_app(
     allow_hosts: tuple[str, ...] = (),
     allow_origins: tuple[str, ...] = (),
     open_metrics: bool = False,
+    key_roles: dict[str, str] | None = None,
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
     responses_db: Path | None = None,
@@ -108,7 +109,8 @@ def create_app(
     Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`).
     `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
     index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`,
-    `allow_origins`, `open_metrics` (/metrics without the key): who may ask (`clara_cli.http.AccessGate`; from the options:
+    `allow_origins`, `open_metrics` (/metrics without the key), `key_roles` (what each key
+    may do): who may ask (`clara_cli.http.AccessGate`; from the options:
     `clara_cli.serve.access_options`)."""
     from clara.paths import home
 
@@ -164,6 +166,7 @@ def create_app(
         endpoint=_endpoint,
         service="clara-serve",
         open_paths=OPEN_PATHS + (("/metrics",) if open_metrics else ()),
+        key_roles=key_roles,
         api_key=api_key,
         local_only=local_only,
         allow_hosts=allow_hosts,

@@ -1174,3 +1174,63 @@ def test_a_burst_gets_first_tokens_before_the_last_is_retrieved(
         proc.stop()
     assert metric(text, "clara_prefill_passes_total", requests="2") >= 2  # admitted together
     assert min(first for _, first in times) < max(headers for headers, _ in times)
+
+
+def test_a_keys_role_limits_what_it_may_do(tmp_path) -> None:
+    """A team's audit: every key could delete every collection, and Prometheus needed such a
+    key. A key file line may end with a role: 'ask' reads and asks, 'metrics' reads /metrics."""
+    from fastapi import FastAPI
+
+    from clara.errors import ClaraError
+    from clara_cli.http import AccessGate
+    from clara_cli.serve import read_api_keys
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("alice sk-a\nbot sk-b ask\nprom sk-p metrics\ncarol sk-c all\n")
+    roles: dict[str, str] = {}
+    keys = read_api_keys(str(keys_file), {}, roles)
+    assert keys == {"alice": "sk-a", "bot": "sk-b", "prom": "sk-p", "carol": "sk-c"}
+    assert roles == {"bot": "ask", "prom": "metrics"}
+    keys_file.write_text("bot sk-b admin\n")
+    with pytest.raises(ClaraError, match="line 1: .*'ask' \\(ask and read"):
+        read_api_keys(str(keys_file), {}, {})
+
+    app = FastAPI()
+    for method, path in (("post", "/v1/chat/completions"), ("post", "/v1/files"),
+                         ("delete", "/v1/vector_stores/{i}"), ("get", "/v1/files/{i}"),
+                         ("post", "/v1/vector_stores/{i}/search"), ("get", "/metrics"),
+                         ("post", "/v1/responses/{i}/cancel"), ("delete", "/v1/responses/{i}")):  # fmt: skip
+        getattr(app, method)(path)(lambda: {"ok": True})
+    gated = AccessGate(app, keys, key_roles=roles)
+
+    async def statuses(key: str) -> dict[str, int]:
+        transport = httpx.ASGITransport(app=gated)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            h = {"Authorization": f"Bearer {key}"}
+            return {
+                "ask": (await c.post("/v1/chat/completions", headers=h)).status_code,
+                "search": (await c.post("/v1/vector_stores/vs_1/search", headers=h)).status_code,
+                "cancel": (await c.post("/v1/responses/resp_1/cancel", headers=h)).status_code,
+                "read": (await c.get("/v1/files/file-1", headers=h)).status_code,
+                "upload": (await c.post("/v1/files", headers=h)).status_code,
+                "delete": (await c.delete("/v1/vector_stores/vs_1", headers=h)).status_code,
+                "forget": (await c.delete("/v1/responses/resp_1", headers=h)).status_code,
+                "metrics": (await c.get("/metrics", headers=h)).status_code,
+            }
+
+    everything = dict.fromkeys(("ask", "search", "cancel", "read", "upload", "delete",
+                                "forget", "metrics"), 200)  # fmt: skip
+    assert asyncio.run(statuses("sk-a")) == everything == asyncio.run(statuses("sk-c"))
+    assert asyncio.run(statuses("sk-b")) == {**everything, "upload": 403, "delete": 403,
+                                             "forget": 403}  # fmt: skip
+    assert asyncio.run(statuses("sk-p")) == {**dict.fromkeys(everything, 403), "metrics": 200}
+
+    async def refused() -> dict:
+        transport = httpx.ASGITransport(app=gated)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return (await c.post("/v1/files", headers={"Authorization": "Bearer sk-b"})).json()
+
+    error = asyncio.run(refused())["error"]
+    assert (
+        error["code"] == "insufficient_role" and "the key bot may ask and read" in error["message"]
+    )

@@ -142,11 +142,12 @@ def create_app(
     allow_hosts: tuple[str, ...] = (),
     allow_origins: tuple[str, ...] = (),
     open_metrics: bool = False,
+    key_roles: dict[str, str] | None = None,
     load: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The app; `load` (default: `settings.load`) runs on the worker thread. `api_key`,
-    `local_only`, `allow_hosts`, `allow_origins`, `open_metrics` (/metrics without the key):
-    who may ask (`clara_cli.http.AccessGate`)."""
+    `local_only`, `allow_hosts`, `allow_origins`, `open_metrics` (/metrics without the key),
+    `key_roles` (what each key may do): who may ask (`clara_cli.http.AccessGate`)."""
 
     worker = Worker(
         load or settings.load,
@@ -181,6 +182,7 @@ def create_app(
         api_key=api_key,
         service="`clara-index serve`",
         open_paths=OPEN_PATHS + (("/metrics",) if open_metrics else ()),
+        key_roles=key_roles,
         local_only=local_only,
         allow_hosts=allow_hosts,
         allow_origins=allow_origins,
