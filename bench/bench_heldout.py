@@ -23,6 +23,7 @@ Per checkpoint, on the same base model and questions:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -189,6 +190,11 @@ def run(args) -> dict:
         cm = load_for_training(args.model, args.checkpoint, dtype="float32")
     start = time.perf_counter()
     out = {"tag": args.tag, "checkpoint": str(args.checkpoint), "questions": len(recs)}
+    # which questions (a report pairs each run's predictions with their gold answers, which
+    # it reads again: runs of another selection of as many questions are refused)
+    out["question_set"] = hashlib.sha256("\n".join(r.question for r in recs).encode()).hexdigest()[
+        :16
+    ]
     out["oracle_only"] = args.oracle_only
     out["every_question"] = args.every_question
     if args.dense_scoring:
@@ -299,7 +305,11 @@ def report(folder: Path, chart: Path | None = None, no_append: bool = False) -> 
     if not runs and not found:
         raise SystemExit(f"no results in {folder}")
     for kind, results, keys in (
-        ("*.json", runs, ("questions", "top_k", "collection", "max_tokens", "oracle_only")),
+        (
+            "*.json",
+            runs,
+            ("questions", "question_set", "top_k", "collection", "max_tokens", "oracle_only"),
+        ),  # fmt: skip
         ("*.retrieval", found, ("questions", "collection", "every_question")),
     ):
         settings = {tuple(x.get(k) for k in keys) for x in results}

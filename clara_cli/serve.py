@@ -78,8 +78,9 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         "--open-metrics",
         action="store_true",
         help="serve GET /metrics without the API key, for a Prometheus that should hold no "
-        "key (any key may also read, upload and delete): anyone who reaches the port then "
-        "sees the metrics, collection names and counts among them",
+        "key (or give it a key of the role 'metrics': --api-key-file): anyone who reaches "
+        "the port then sees the metrics, collection names and counts, API key names and "
+        "the model among them",
     )
     net.add_argument(
         "--shutdown-grace",

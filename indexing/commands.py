@@ -49,6 +49,7 @@ from indexing.pipeline import (
     Progress,
     chunk_limits,
     chunk_limits_for,
+    file_gone,
     known_result,
     model_manifest,
     preflight,
@@ -332,8 +333,12 @@ def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
             else:
                 col.manifest.check_matches(Manifest.from_dict(manifest), args.collection)
             options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
-            # (a scanned PDF is not read twice; its failure comes in its place)
-            events = Indexer(cm, col, options).run(doomed.get(p, p) for p in paths)
+            # (a scanned PDF is not read twice; its failure comes in its place; a file found
+            # moved is that, not "unchanged" once the move is made)
+            moved = {p: r for p, r in known.items() if r is not None and r.status == "moved"}
+            events = Indexer(cm, col, options).run(
+                doomed.get(p) or moved.get(p) or p for p in paths
+            )
             events = _in_given_order(events, paths)
         else:
             _check_model_args(args, col)  # a bad --checkpoint is an error even with nothing to do
@@ -419,7 +424,7 @@ def _gone(col: Collection, targets: list[str]) -> list[Any]:
         return []
     under = tuple(path_text(f).rstrip(os.sep) + os.sep for f in folders)
     missing = [
-        d for d in col.list_documents() if d.path and d.path.startswith(under) and _absent(d.path)
+        d for d in col.list_documents() if d.path and d.path.startswith(under) and file_gone(d.path)
     ]
     if missing:  # a stored path is text: a name that is not UTF-8 has `\xNN` escapes there
         there = {path_text(os.path.join(r, f)) for x in folders for r, _, fs in os.walk(x) for f in fs}  # fmt: skip
@@ -443,20 +448,8 @@ def _left_out(col: Collection, left: list[tuple[Path, str]]) -> list[Any]:
     return [
         d for d in col.list_documents()
         if d.path and (d.path in files or (under and d.path.startswith(under)))
-        and not _absent(d.path)
+        and not file_gone(d.path)
     ]  # fmt: skip
-
-
-def _absent(path: str) -> bool:
-    """Whether nothing is at `path`, known for sure: a file in a folder that may not be read
-    is there as far as anyone can tell (os.path.lexists says False for both)."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except (OSError, ValueError):  # permission denied, an I/O error, a NUL in a name
-        return False
-    return False
 
 
 def _check_model_args(args: argparse.Namespace, col: Collection | None) -> None:

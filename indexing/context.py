@@ -67,8 +67,9 @@ def find_headings(
     matched to whole lines. A line that is one of them beside another of them (a table of
     contents written as plain link lines) is taken for the heading only when no later line
     is: a contents list took every heading, and all the sections after it were labelled
-    with its last line. Underlined titles are looked for in plain text only (a Markdown
-    reader found its own: the line above a closing ``` fence was taken for one)."""
+    with its last line. Underlined titles ("Title" over "=====") are looked for in plain text
+    and PDFs only: the readers of Markdown, HTML and office documents give their own headings
+    (in Markdown, the line above a closing ``` fence was taken for one)."""
     lines = _lines(text)
     wanted = [" ".join(h.split()) for h in markdown if h.strip()]
     norm = [" ".join(line.split()) for _, line in lines]
@@ -80,9 +81,8 @@ def find_headings(
             continue
         nxt = lines[i + 1][1] if i + 1 < len(lines) else ""
         if wanted and norm[i] == wanted[0]:
-            beside = {norm[j] for j in (i - 1, i + 1) if 0 <= j < len(norm)} - {"", norm[i]}
-            if beside & named and norm[i] in norm[i + 1 :]:  # a contents line: the heading
-                continue  # is further on
+            if _contents_line(norm, i, named):  # the heading is further on
+                continue
             out.append((pos, stripped))
             wanted.pop(0)
         elif (
@@ -96,6 +96,22 @@ def find_headings(
         elif kind == "pdf" and (h := _numbered(line)):
             out.append((pos, h))
     return out
+
+
+def _contents_line(norm: list[str], i: int, named: set[str]) -> bool:
+    """Whether line `i` is an entry of a contents list: a run of two or more lines, each one
+    a heading's text, whose texts all come again after it, in order (two headings on
+    adjacent lines, "Parameters" over "Example", are none: a later "Example" made the first
+    one an entry, and every heading after it was lost)."""
+    lo = hi = i
+    while lo > 0 and norm[lo - 1] in named and norm[lo - 1]:
+        lo -= 1
+    while hi + 1 < len(norm) and norm[hi + 1] in named and norm[hi + 1]:
+        hi += 1
+    if hi == lo:
+        return False
+    rest = iter(norm[hi + 1 :])
+    return all(entry in rest for entry in norm[lo : hi + 1])  # (in order: `in` consumes)
 
 
 def document_title(text: str, headings: Sequence[tuple[int, str]], meta_title: str | None,

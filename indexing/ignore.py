@@ -23,20 +23,54 @@ DEPENDENCY_FOLDERS = frozenset({"node_modules", "site-packages", "__pycache__", 
 IGNORE_FILE = ".gitignore"
 
 
+#: a segment pattern's pieces: a character, "?" (any one), "*" (any run), or a class
+_STAR, _ANY = object(), object()  # (not "*" and "?": an escaped "\\*" is a character)
+#: POSIX character classes git's patterns may use inside [...]
+_POSIX = {
+    "alnum": str.isalnum, "alpha": str.isalpha, "digit": str.isdigit, "lower": str.islower,
+    "upper": str.isupper, "space": str.isspace, "punct": lambda c: c.isprintable()
+    and not c.isalnum() and not c.isspace(), "xdigit": lambda c: c in "0123456789abcdefABCDEF",
+    "blank": lambda c: c in " \t", "print": str.isprintable, "graph": lambda c: c.isprintable()
+    and not c.isspace(), "cntrl": lambda c: not c.isprintable(),
+}  # fmt: skip
+_DOUBLE = object()  # a "**" segment: any folders, or none
+
+
+@dataclass(frozen=True)
+class _Class:
+    negated: bool
+    chars: frozenset[str]
+    ranges: tuple[tuple[str, str], ...]
+    named: tuple[str, ...]
+
+    def matches(self, c: str) -> bool:
+        hit = (
+            c in self.chars
+            or any(lo <= c <= hi for lo, hi in self.ranges)
+            or any(_POSIX[n](c) for n in self.named)
+        )
+        return hit != self.negated
+
+
 @dataclass(frozen=True)
 class _Rule:
-    regex: re.Pattern[str]
+    parts: tuple  # each folder level's pieces, or _DOUBLE
     negated: bool
     folders_only: bool
 
+    def matches(self, rel: str) -> bool:
+        """Whether the '/'-separated path `rel` (below the rule's folder) matches."""
+        return _match_parts(self.parts, rel.split("/"))
+
 
 def parse_ignore(text: str) -> list[_Rule]:
-    """The rules of one `.gitignore`'s text (lines that are no pattern are left out)."""
+    """The rules of one `.gitignore`'s text (lines that are no pattern, or that cannot be
+    read, such as an unclosed "[", are left out)."""
     rules = []
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
-        line = re.sub(r"(?<!\\)\s+$", "", line)  # trailing spaces, unless escaped
+        line = re.sub(r"(?<!\\) +$", "", line)  # trailing spaces, unless escaped
         negated = line.startswith("!")
         if negated:
             line = line[1:]
@@ -45,52 +79,139 @@ def parse_ignore(text: str) -> list[_Rule]:
         if not line:
             continue
         anchored = "/" in line
-        body = _translate(line.lstrip("/"))
-        if body is None:
-            continue
-        rules.append(
-            _Rule(
-                re.compile(("" if anchored else "(?:.*/)?") + body + r"\Z"), negated, folders_only
-            )
-        )
+        parts: list = [] if anchored else [_DOUBLE]  # (a name: at any depth)
+        segments = line.lstrip("/").split("/")
+        for i, segment in enumerate(segments):
+            if segment == "**":
+                if i == len(segments) - 1:  # "dir/**": everything inside, not dir itself
+                    parts += [(_STAR,), _DOUBLE]
+                elif not parts or parts[-1] is not _DOUBLE:
+                    parts.append(_DOUBLE)
+                continue
+            pieces = _pieces(segment)
+            if pieces is None:
+                break
+            parts.append(pieces)
+        else:
+            rules.append(_Rule(tuple(parts), negated, folders_only))
     return rules
 
 
-def _translate(pattern: str) -> str | None:
-    """A gitignore pattern as a regular expression over '/'-separated paths (None: a pattern
-    that cannot be read, such as an unclosed '[')."""
-    out, i, n = [], 0, len(pattern)
+def _pieces(pattern: str) -> tuple | None:
+    """One folder level's pattern as pieces (None: it cannot be read)."""
+    out: list = []
+    i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
-        at_start = i == 0 or pattern[i - 1] == "/"
-        if pattern.startswith("**/", i) and at_start:
-            out.append("(?:.*/)?")  # any folders, or none
-            i += 3
-        elif pattern.startswith("**", i) and at_start and i + 2 == n:
-            out.append(".*")  # everything inside
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
+        if c == "*":
+            if not out or out[-1] is not _STAR:  # ("**" within a name is one "*")
+                out.append(_STAR)
             i += 1
         elif c == "?":
-            out.append("[^/]")
+            out.append(_ANY)
             i += 1
         elif c == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "^", "]") else i + 1)
-            if end < 0:
+            found = _class(pattern, i)
+            if found is None:
                 return None
-            inner = pattern[i + 1 : end]
-            if inner.startswith("!"):
-                inner = "^" + inner[1:]
-            out.append("[" + inner.replace("\\", "\\\\") + "]")
-            i = end + 1
+            out.append(found[0])
+            i = found[1]
         elif c == "\\" and i + 1 < n:
-            out.append(re.escape(pattern[i + 1]))
+            out.append(pattern[i + 1])
             i += 2
         else:
-            out.append(re.escape(c))
+            out.append(c)
             i += 1
-    return "".join(out)
+    return tuple(out)
+
+
+def _class(pattern: str, start: int) -> tuple[_Class, int] | None:
+    """The bracket expression at `start` and the index after it (None: never closed)."""
+    i = start + 1
+    negated = i < len(pattern) and pattern[i] in "!^"
+    i += negated
+    chars: set[str] = set()
+    ranges, named = [], []
+    first = True
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "]" and not first:
+            return _Class(negated, frozenset(chars), tuple(ranges), tuple(named)), i + 1
+        first = False
+        if pattern.startswith("[:", i):
+            end = pattern.find(":]", i + 2)
+            if end > 0 and pattern[i + 2 : end] in _POSIX:
+                named.append(pattern[i + 2 : end])
+                i = end + 2
+                continue
+        if c == "\\" and i + 1 < len(pattern):
+            i += 1
+            c = pattern[i]
+        if i + 2 < len(pattern) and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            ranges.append((c, pattern[i + 2]))  # (z-a matches nothing, as in git)
+            i += 3
+            continue
+        chars.add(c)
+        i += 1
+    return None
+
+
+def _match_name(pieces: tuple, name: str) -> bool:
+    """One folder level: `pieces` against `name`, in linear time per star (no regex: a
+    .gitignore's "*a*a*a*a*b" backtracked for seconds per name)."""
+    p = s = 0
+    star_p, star_s = -1, 0
+    while s < len(name):
+        if p < len(pieces) and pieces[p] is _STAR:
+            star_p, star_s = p, s
+            p += 1
+        elif p < len(pieces) and _one(pieces[p], name[s]):
+            p += 1
+            s += 1
+        elif star_p >= 0:
+            p, star_s = star_p + 1, star_s + 1
+            s = star_s
+        else:
+            return False
+    while p < len(pieces) and pieces[p] is _STAR:
+        p += 1
+    return p == len(pieces)
+
+
+def _one(piece: object, c: str) -> bool:
+    if piece is _ANY:
+        return True
+    if isinstance(piece, _Class):
+        return piece.matches(c)
+    return piece == c
+
+
+def _match_parts(parts: tuple, names: list[str]) -> bool:
+    """Folder levels `parts` (with "**": any levels) against a path's `names`."""
+    states = _closure(parts, {0})
+    for name in names:
+        step = set()
+        for i in states:
+            if i < len(parts):
+                if parts[i] is _DOUBLE:
+                    step.add(i)  # (it takes this level too)
+                elif _match_name(parts[i], name):
+                    step.add(i + 1)
+        if not step:
+            return False
+        states = _closure(parts, step)
+    return len(parts) in states
+
+
+def _closure(parts: tuple, states: set[int]) -> set[int]:
+    """`states`, and past each "**" they stand at (it may take no level)."""
+    out, todo = set(states), list(states)
+    while todo:
+        i = todo.pop()
+        if i < len(parts) and parts[i] is _DOUBLE and i + 1 not in out:
+            out.add(i + 1)
+            todo.append(i + 1)
+    return out
 
 
 class Ignored:
@@ -150,14 +271,15 @@ class Ignored:
 def _decide(rules: list[_Rule], rel: str, is_folder: bool, ignored: bool) -> bool:
     rel = rel.replace(os.sep, "/")
     for rule in rules:
-        if (is_folder or not rule.folders_only) and rule.regex.match(rel):
+        if (is_folder or not rule.folders_only) and rule.matches(rel):
             ignored = not rule.negated
     return ignored
 
 
 def _rules_in(path: str) -> list[_Rule]:
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:  # (as os.walk's
+            # names are: a Latin-1 name in it matches the file)
             return parse_ignore(f.read())
     except OSError:
         return []

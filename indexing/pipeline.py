@@ -40,7 +40,7 @@ from clara.errors import (
     NoTextError,
     many,
 )
-from clara.paths import file_sha256, index_root, path_text
+from clara.paths import file_sha256, index_root, path_bytes, path_text
 from indexing import partial
 from indexing.chunking import Chunk, chunk_document, join_pages
 from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
@@ -226,7 +226,7 @@ def _known(
                 path, "duplicate", other.id, other.n_chunks, other.n_pages,
                 detail=f"same content as {where} ({other.id}): not indexed again",
             ), sha  # fmt: skip
-        if other is not None and _gone(other.path) and not collection.readonly and st:
+        if other is not None and file_gone(other.path) and not collection.readonly and st:
             # renamed or moved: the same document under its new name (it was compressed
             # again, and the old one kept answering from a file that is not there)
             collection.move_document(other.id, str(path), path.name, st.st_size, st.st_mtime)
@@ -237,17 +237,25 @@ def _known(
     return None, sha
 
 
-def _gone(path: str | None) -> bool:
-    """Whether a document's file is not there any more (nothing at its path, for sure)."""
-    if path is None:
+def file_gone(stored: str | None) -> bool:
+    """Whether nothing is at a document's stored path, known for sure: a file in a folder
+    that may not be read is there as far as anyone can tell (os.path.lexists says False for
+    both). The stored path is text (`path_text`: a name's bytes that are not UTF-8 as
+    `\\xNN`), looked at as the name it stands for: an existing Latin-1 name was "gone"."""
+    if stored is None:
         return False
     try:
-        os.lstat(path)
+        os.lstat(_on_disk(stored))
     except (FileNotFoundError, NotADirectoryError):
         return True
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # permission denied, an I/O error, a NUL in a name
         return False
     return False
+
+
+def _on_disk(stored: str) -> str:
+    """The file name a stored path stands for (`path_text`'s escapes undone)."""
+    return os.fsdecode(path_bytes(stored))
 
 
 PREFLIGHT_BYTES = 1 << 20
@@ -331,7 +339,7 @@ def _same_stat(doc: Any, path: Path) -> bool:
 def _still_holds(doc: Any, sha256: str) -> bool:
     """Whether the file a document was indexed from still has that content (a copy of it is
     then "unchanged"); False once that file changed or went, so the copy is indexed itself."""
-    return doc.path is None or file_sha256(Path(doc.path)) == sha256
+    return doc.path is None or file_sha256(Path(_on_disk(doc.path))) == sha256
 
 
 class Indexer:

@@ -145,3 +145,18 @@ def test_a_contents_list_and_a_code_fence_are_no_headings(tmp_path) -> None:
     # plain text keeps its underlined titles, reST's ~~~ included; a fence is none
     plain = "Intro\n=====\n\nbody\n\nPart two\n~~~~~~~~\n\nmore\n}\n```\n"
     assert [h for _, h in find_headings(plain, "text")] == ["Intro", "Part two"]
+
+
+def test_headings_on_adjacent_lines_are_headings(tmp_path) -> None:
+    """A review: "## Parameters" over "### Example", with a second "### Example" further on,
+    was taken for a contents list, and every heading after it was lost."""
+    from indexing.readers import read_document
+
+    page = tmp_path / "api.md"
+    page.write_text(
+        "# API\n\n## Parameters\n### Example\ntext one\n\n## Returns\n### Example\ntext two\n\n"
+        "## Raises\ntext three\n"
+    )
+    doc = read_document(page)
+    found = find_headings(doc.pages[0].text, doc.kind, doc.headings)
+    assert [h for _, h in found] == ["API", "Parameters", "Example", "Returns", "Example", "Raises"]

@@ -1396,3 +1396,28 @@ def test_an_empty_folder_and_a_dangling_link_say_what_they_are(
     assert rc == 0 and f"{empty}: no file in it that clara reads" in err
     rc, out, err = run(capsys, "add", f"{docs}/*.md", f"{docs}/*.txt", *args)
     assert rc == 0 and "nowhere" not in err and "1 broken link" in err, err
+
+
+def test_a_move_is_found_beside_new_files_and_not_for_a_file_still_there(
+    capsys, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A review: a rename in a run that also compressed a new file was reported "unchanged",
+    and a copy of a file whose name is not UTF-8 took that file's document (its stored,
+    escaped name was looked for on disk, and not found)."""
+    folder, index = tmp_path / "docs", tmp_path / "index"
+    paths = write_corpus(folder, n=2)
+    latin1 = folder / os.fsdecode(b"caf\xe9.txt")
+    latin1.write_text("A note on the cafe by the river, open every day but Monday.")
+    args = ["--model", tiny_llama_dir, "--index", index, *CHUNKING]
+    run(capsys, "add", folder, *args)
+    paths[0].rename(folder / "renamed.txt")
+    (folder / "new.txt").write_text("A new page about the harbour and its lighthouse keeper.")
+    rc, out, _ = run(capsys, "add", folder, *args, "--json")
+    report = json.loads(out)
+    assert rc == 0 and (report["moved"], report["added"]) == (1, 1), report
+    copy = tmp_path / "elsewhere" / "copy.txt"
+    copy.parent.mkdir()
+    copy.write_bytes(latin1.read_bytes())
+    rc, out, _ = run(capsys, "add", copy, *args, "--json")
+    assert json.loads(out)["duplicate"] == 1
+    assert "caf\\xe9.txt" in docs_of(index) and "copy.txt" not in docs_of(index)

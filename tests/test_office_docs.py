@@ -441,11 +441,12 @@ def test_words_inserted_symbols_are_their_characters(tmp_path: Path) -> None:
         + sym("Symbol", "F0A3") + sym("Symbol", "F020") + sym("symbol", "F030")
         + "<w:r><w:t>.05, </w:t></w:r>" + sym("Symbol", "44") + "<w:r><w:t>T</w:t></w:r>"
         + sym("Symbol", "F0AE") + sym("Cambria Math", "2211") + sym("Wingdings", "F0FC")
-        + sym("Symbol", "zz") + sym("Arial", "D800") + sym("Symbol", "F0FF") + "</w:p>"
+        + sym("Symbol", "zz") + sym("Arial", "D800") + sym("Symbol", "F0FF")
+        + sym("Symbol", "F0D3") + sym("Symbol", "2200") + sym("Wingdings", "F041") + "</w:p>"
     )  # fmt: skip
     path = tmp_path / "symbols.docx"
     path.write_bytes(docx(body))
-    assert read_document(path).pages[0].text == "α ≤ 0.05, ΔT→∑"
+    assert read_document(path).pages[0].text == "α ≤ 0.05, ΔT→∑©∀"
 
 
 def test_office_text_as_a_library_call() -> None:

@@ -965,3 +965,26 @@ def test_restructuredtext_reads_as_its_prose(tmp_path: Path) -> None:
     headings = find_headings(text, doc.kind, doc.headings)
     assert [h for _, h in headings] == ["Welcome to Frobnicator", "API reference"]
     assert document_title(text, headings, doc.title, page.name) == "Welcome to Frobnicator"
+
+
+def test_a_gitignore_cannot_crash_or_stall_a_walk(tmp_path: Path) -> None:
+    """A review: a bad bracket in any .gitignore ("[z-a]", "[!]x") ended `clara-index add` in
+    a traceback, "[[:digit:]]" never matched, and "*a*a*a*a*a*a*a*a*a*a*b" took seconds per
+    name (a regular expression backtracking)."""
+    import time
+
+    from indexing.ignore import parse_ignore
+
+    rules = parse_ignore("[z-a]*.tmp\n[!]x\nnotes[[:digit:]].md\n*a*a*a*a*a*a*a*a*a*a*b\nq\\?.md\n")
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / ".gitignore").write_text(
+        "[z-a]*.tmp\n[!]x\nnotes[[:digit:]].md\n*a*a*a*a*a*a*a*a*a*a*b\nq\\?.md\n"
+    )
+    for name in ("kept.md", "notes1.md", "notesX.md", "a" * 40 + ".md", "q?.md", "qx.md"):
+        (folder / name).write_text("x")
+    start = time.perf_counter()
+    assert {p.name for p in iter_inputs([folder])} == {"kept.md", "notesX.md", "a" * 40 + ".md",
+                                                        "qx.md"}  # fmt: skip
+    assert time.perf_counter() - start < 2
+    assert len(rules) == 4  # ("[!]x" is never closed: no rule)

@@ -389,18 +389,22 @@ def run_info(args: argparse.Namespace, rows) -> dict:
     import datetime as dt
 
     from clara import __version__
+    from clara.checkpoint import FRESH
     from clara.cpu import describe
+    from clara.paths import file_sha256
 
     checkpoints = []
     for name in args.checkpoint:
+        if name.lower() in FRESH:  # untrained adapters: no folder
+            checkpoints.append({"checkpoint": name, "adapters_sha256": None})
+            continue
         folder = Path(name).expanduser()
-        adapters = folder / "adapters.safetensors"
-        digest = _sha256(adapters) if adapters.is_file() else None
+        digest = file_sha256(folder / "adapters.safetensors")
         checkpoints.append({"checkpoint": str(folder.resolve()), "adapters_sha256": digest})
     return {
         "clara": __version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "data": {"path": str(Path(args.data).resolve()), "sha256": _sha256(Path(args.data))},
+        "data": {"path": str(Path(args.data).resolve()), "sha256": file_sha256(args.data)},
         "questions": rows[0].n if rows else 0,
         "limit": args.limit,
         "model": args.model,
@@ -412,19 +416,6 @@ def run_info(args: argparse.Namespace, rows) -> dict:
         "max_tokens": args.max_tokens,
         "cpu": describe(),
     }
-
-
-def _sha256(path: Path) -> str | None:
-    import hashlib
-
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError:
-        return None
-    return h.hexdigest()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

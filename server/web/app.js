@@ -415,14 +415,18 @@ function restoreChat() { // (anything unreadable there is no conversation: the p
     if (!r || !roles.includes(r.role) || !text(r.text)) continue;
     const record = { role: r.role, text: r.text };
     if (r.role === "assistant") {
-      const fine = (s) => s && text(s.filename) && typeof s.score === "number";
+      const maybe = (x) => x == null || text(x);
+      const fine = (s) => s && text(s.filename) && typeof s.score === "number" &&
+        maybe(s.url) && maybe(s.snippet) && maybe(s.section);
       record.sources = Array.isArray(r.sources) ? r.sources.filter(fine) : [];
       record.from = text(r.from) ? r.from : "";
       record.notes = Array.isArray(r.notes) ? r.notes.filter(text) : [];
       record.error = r.error === true;
     }
-    shown.push(record);
-    draw(record);
+    try {
+      draw(record);
+      shown.push(record);
+    } catch (e) { /* one the page cannot draw is left out, and the page still starts */ }
   }
 }
 
