@@ -168,6 +168,16 @@ def test_markup_in_documents_and_questions_shows_as_text(server: ServerProcess, 
     assert page.evaluate("() => window.injected") is None
 
 
+def upload_one(page, doc, text: str, collection: str) -> None:
+    """Upload `doc` (written with `text`) into `collection` from the page, and wait until it
+    is indexed."""
+    doc.write_text(text)
+    page.fill("#new-collection", collection)
+    page.set_input_files("#file", str(doc))
+    page.click("#upload")
+    sync_api.expect(page.locator("#upload-status")).to_contain_text("1 of 1 files indexed")
+
+
 def store_names(server: ServerProcess) -> list[str]:
     """The names of the server's vector stores (its first 100)."""
     auth = {"Authorization": f"Bearer {API_KEY}"}
@@ -230,12 +240,12 @@ def test_a_reload_keeps_the_conversation_and_says_where_sources_came_from(
     without its history), and an answer did not say which collection its sources came from
     (a chat that changed collections on the way)."""
     open_page(page, server)
-    doc = tmp_path / "mill.txt"
-    doc.write_text("The water mill on the Aldbrook ground flour until 1954.")
-    page.fill("#new-collection", "mills")
-    page.set_input_files("#file", str(doc))
-    page.click("#upload")
-    sync_api.expect(page.locator("#upload-status")).to_contain_text("1 of 1 files indexed")
+    upload_one(
+        page,
+        tmp_path / "mill.txt",
+        "The water mill on the Aldbrook ground flour until 1954.",
+        "mills",
+    )
     page.locator("#retrieval-mode").select_option("lexical")
     page.fill("#question", "Until when did the water mill grind flour?")
     page.press("#question", "Enter")
@@ -514,12 +524,8 @@ def test_screen_readers_hear_errors_and_focus_stays_in_place(
     assert page.locator("#api-key").get_attribute("aria-invalid") is None
     assert page.evaluate("() => sessionStorage.getItem('clara-api-key')") == API_KEY
     assert page.evaluate("() => localStorage.getItem('clara-api-key')") is None  # not kept
-    doc = tmp_path / "bridge.txt"
-    doc.write_text("The stone bridge was finished in 1764. The bridge has nine arches.")
-    page.fill("#new-collection", "a11ydocs")
-    page.set_input_files("#file", str(doc))
-    page.click("#upload")
-    sync_api.expect(page.locator("#upload-status")).to_contain_text("1 of 1 files indexed")
+    text = "The stone bridge was finished in 1764. The bridge has nine arches."
+    upload_one(page, tmp_path / "bridge.txt", text, "a11ydocs")
     page.locator("#retrieval-mode").select_option("lexical")
     page.fill("#question", "When was the stone bridge finished?")
     page.focus("#send")
