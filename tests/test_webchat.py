@@ -291,6 +291,10 @@ def test_a_reload_keeps_the_conversation_and_says_where_sources_came_from(
         sync_api.expect(page.locator("#model")).not_to_have_text("connecting…")
         assert page.locator("#log .msg").count() == 0
     page.locator("#retrieval-mode").select_option("")
+    # a name typed in another case goes into the collection of that name (it made a second)
+    upload_one(page, tmp_path / "weir.txt", "The weir was rebuilt in 1961.", "Mills")
+    sync_api.expect(page.locator("#upload-status")).to_contain_text("indexed into mills")
+    assert store_names(server).count("mills") == 1 and "Mills" not in store_names(server)
 
 
 def test_upload_into_the_server_default_and_open_a_source(

@@ -39,6 +39,10 @@ Rows, all on the same base model:
   mixed: best as text    each checkpoint's generator reading the best document's raw text
                          and the others' memory vectors (clara-serve's mode "mixed")
   (--generator-only)     each checkpoint's generator without any documents
+
+It measures your own data and adapters. The held-out tables of the project's BENCHMARKS.md
+come from bench/bench_heldout.py (BM25 and hybrid rankings, float32, top 2 or 3, 32 tokens),
+whose defaults differ from these.
 """
 
 RETRIEVAL_HELP = (

@@ -587,7 +587,11 @@ async function targetCollection() {
   } catch (e) {
     if (e.status !== 404) throw e;
   }
-  if (!found && typed) found = (await allStores()).find((s) => s.name === typed) || null;
+  if (!found && typed) { // by its name; else the one whose name differs only in case ("Docs"
+    const stores = await allStores(); // made a second store beside "docs")
+    const folded = stores.filter((s) => (s.name || "").toLowerCase() === typed.toLowerCase());
+    found = stores.find((s) => s.name === typed) || (folded.length === 1 ? folded[0] : null);
+  }
   // the server's default collection is made by the first file put into it (a store created
   // under its name would get another id, which "server default" never searches)
   if (!found && wanted === serverCollection) return { id: wanted, name: wanted };
