@@ -846,8 +846,8 @@ _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 #: What a key of --api-key-file may do (its line's third word; none: "all")
 KEY_ROLES = {
     "all": "ask, upload, index and delete",
-    "ask": "ask and read, change nothing: no upload, no new or deleted collection, file or "
-    "stored response",
+    "ask": "ask and read: no upload, no new or deleted collection or file, no deleted stored "
+    "response (its Responses are stored as any key's, unless it sends store: false)",
     "metrics": "read /metrics only, for a Prometheus",
 }
 #: The POSTs that ask rather than change: an "ask" key may send them

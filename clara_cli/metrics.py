@@ -322,8 +322,10 @@ class MeteredGate:
             m.refusals.inc(reason=reason, **({"key": key} if key else {}))
 
 
-#: a request id a client or proxy may give (X-Request-ID): short, printable, no spaces
-_GIVEN_ID = re.compile(r"[!-~]{1,128}")
+#: a request id a client or proxy may give (X-Request-ID): short, printable, no spaces, and
+#: none of the characters the access line's "(request ID, key NAME, CODE)" note is written
+#: with (a given "x), key admin" made that note lie)
+_GIVEN_ID = re.compile(r"[A-Za-z0-9!#$%&*+\-./:;<=>?@\[\]^_`{|}~]{1,128}")
 
 
 def request_id_of(scope: Scope) -> str:

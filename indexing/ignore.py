@@ -13,14 +13,18 @@ and its `.git/info/exclude` apply too. (Git's global excludes file does not.)
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 #: folders of installed packages: other projects' READMEs and licences, not the user's
 DEPENDENCY_FOLDERS = frozenset({"node_modules", "site-packages", "__pycache__", "bower_components"})
 IGNORE_FILE = ".gitignore"
+log = logging.getLogger("clara.index")
 
 
 #: a segment pattern's pieces: a character, "?" (any one), "*" (any run), or a class
@@ -224,6 +228,7 @@ class Ignored:
         self._real_root = os.path.realpath(root)
         self._read: dict[str, list[_Rule]] = {}  # a folder's own .gitignore
         self._folders: dict[str, bool] = {}  # whether a folder is left out
+        self._chains: dict[str, list[tuple[str, list[_Rule]]]] = {}  # `_chain`'s
         self._above: list[tuple[str, list[_Rule]]] = []
         top = _work_tree_top(self._real_root)
         if top is not None:
@@ -240,13 +245,38 @@ class Ignored:
             self._read[folder] = _rules_in(os.path.join(folder, IGNORE_FILE))
         return self._read[folder]
 
+    def _chain(self, folder: str) -> list[tuple[str, list[_Rule]]]:
+        """The (folder, rules) of `folder` and the walked folders above it, down from `root`,
+        that have rules: worked out once per folder (a path 900 folders deep asked each of
+        its folders again for each of its files)."""
+        todo = []  # (iterative: a tree thousands of folders deep is no recursion)
+        while folder not in self._chains:
+            todo.append(folder)
+            up = os.path.dirname(folder) or os.curdir
+            if folder == self._root or up == folder:
+                break
+            folder = up
+        for folder in reversed(todo):
+            up = os.path.dirname(folder) or os.curdir
+            inherited = [] if folder == self._root or up == folder else self._chains[up]
+            own = self._rules(folder)
+            self._chains[folder] = inherited + [(folder, own)] if own else inherited
+        return self._chains[todo[0]] if todo else self._chains[folder]
+
     def __call__(self, path: str | os.PathLike[str], is_folder: bool) -> bool:
         """Whether `path` (under `root`) is left out: itself, or a folder holding it."""
         path = os.path.normpath(path)
         parent = os.path.dirname(path) or os.curdir  # (a relative glob's match: "a.md")
         if parent != self._root and not os.path.relpath(parent, self._root).startswith(".."):
-            if parent not in self._folders:  # (a walk asked already; a glob's match not)
-                self._folders[parent] = self(parent, True)
+            todo = []  # the folders holding it not asked about yet (a walk asked each; a
+            folder = parent  # glob's match not), outermost last
+            while folder not in self._folders and folder != self._root:
+                todo.append(folder)
+                folder = os.path.dirname(folder) or os.curdir
+            left = self._folders.get(folder, False)
+            for folder in reversed(todo):
+                left = left or self._decides(folder, True)
+                self._folders[folder] = left
             if self._folders[parent]:
                 return True
         return self._decides(path, is_folder)
@@ -258,13 +288,9 @@ class Ignored:
         real = os.path.join(self._real_root, os.path.relpath(path, self._root))
         for base, rules in self._above:  # (matched against real paths: links resolved above)
             ignored = _decide(rules, os.path.relpath(real, base), is_folder, ignored)
-        folder, chain = self._root, []
-        for part in Path(os.path.relpath(path, self._root)).parts[:-1]:
-            chain.append(folder)
-            folder = os.path.join(folder, part)
-        chain.append(folder)
-        for base in chain:  # from `root` down to the folder holding `path`
-            ignored = _decide(self._rules(base), os.path.relpath(path, base), is_folder, ignored)
+        holder = os.path.dirname(path) or os.curdir
+        for base, rules in self._chain(holder):  # from `root` down to the folder holding it
+            ignored = _decide(rules, os.path.relpath(path, base), is_folder, ignored)
         return ignored
 
 
@@ -276,13 +302,41 @@ def _decide(rules: list[_Rule], rel: str, is_folder: bool, ignored: bool) -> boo
     return ignored
 
 
+#: the largest .gitignore read, and the most rules taken from one (a hostile repository's
+#: .gitignore could be /dev/zero, a pipe, or a million rules each file is matched against)
+MAX_IGNORE_BYTES = 1 << 20
+MAX_RULES = 10_000
+
+
 def _rules_in(path: str) -> list[_Rule]:
+    """The rules of the ignore file at `path`: a regular file only, not through a link (as
+    git reads it), at most MAX_IGNORE_BYTES of it and MAX_RULES rules; any other is none, and
+    said once."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:  # (as os.walk's
-            # names are: a Latin-1 name in it matches the file)
-            return parse_ignore(f.read())
-    except OSError:
+        fd = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        )
+    except FileNotFoundError:
         return []
+    except OSError as exc:  # a link (ELOOP under O_NOFOLLOW), a folder may not be read
+        if os.path.islink(path):
+            log.warning("%s is a link: not read (as git does not)", path)
+        elif exc.errno not in (errno.ENOTDIR, errno.EACCES):
+            log.warning("%s could not be read (%s): its rules are not applied", path, exc)
+        return []
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            log.warning("%s is not a regular file: not read", path)
+            return []
+        data = f.read(MAX_IGNORE_BYTES + 1)
+    if len(data) > MAX_IGNORE_BYTES:
+        log.warning("%s is over %d bytes: only its start is read", path, MAX_IGNORE_BYTES)
+        data = data[:MAX_IGNORE_BYTES].rsplit(b"\n", 1)[0]
+    rules = parse_ignore(data.decode("utf-8", "surrogateescape"))  # (as os.walk's names are:
+    if len(rules) > MAX_RULES:  # a Latin-1 name in it matches the file)
+        log.warning("%s has %d rules: only its first %d apply", path, len(rules), MAX_RULES)
+        rules = rules[:MAX_RULES]
+    return rules
 
 
 def _work_tree_top(root: Path) -> str | None:

@@ -988,3 +988,40 @@ def test_a_gitignore_cannot_crash_or_stall_a_walk(tmp_path: Path) -> None:
                                                         "qx.md"}  # fmt: skip
     assert time.perf_counter() - start < 2
     assert len(rules) == 4  # ("[!]x" is never closed: no rule)
+
+
+def test_a_hostile_gitignore_is_not_read(tmp_path: Path, caplog) -> None:
+    """A security audit: a cloned repository's .gitignore linked to /dev/zero filled the
+    memory, one that is a pipe hung the walk, and a million rules made every file take
+    seconds. A link or anything but a regular file is not read (as git does not), a big one
+    only to 1 MiB, and 10,000 rules at most; a tree 300 folders deep is walked at once."""
+    import time
+
+    from indexing import ignore
+
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / ".gitignore").symlink_to("/dev/zero")
+    (linked / "a.md").write_text("x")
+    piped = tmp_path / "piped"
+    piped.mkdir()
+    os.mkfifo(piped / ".gitignore")
+    (piped / "b.md").write_text("x")
+    many = tmp_path / "many"
+    many.mkdir()
+    (many / ".gitignore").write_text(
+        "".join(f"r{i}\n" for i in range(ignore.MAX_RULES + 5)) + "c.md\n"
+    )
+    (many / "c.md").write_text("x")
+    deep = tmp_path / "deep"
+    leaf = deep.joinpath(*["d"] * 300)
+    leaf.mkdir(parents=True)
+    (leaf / "e.md").write_text("x")
+    start = time.perf_counter()
+    with caplog.at_level("WARNING", logger="clara.index"):
+        for folder, name in ((linked, "a.md"), (piped, "b.md"), (many, "c.md"), (deep, "e.md")):
+            assert [p.name for p in iter_inputs([folder])] == [name]
+    assert time.perf_counter() - start < 10
+    said = caplog.text
+    assert "is a link: not read" in said and "is not a regular file" in said
+    assert f"only its first {ignore.MAX_RULES} apply" in said

@@ -72,8 +72,17 @@ def test_500_never_leaks_internals() -> None:
     # the 500 names its request as the log line does (with no --allow-origin it was answered
     # outside the gate, without the header: a review)
     assert r.headers["x-request-id"] == "trace-me"
+    # an id with the characters the access line's note is written with is a new one (a
+    # security audit: "x), key admin" made the note name another key)
+    lied = call(app, "GET", "/v1/models", headers={"X-Request-ID": "x), key admin"})
+    assert lied.headers["x-request-id"].startswith("req_")
+    kept = "Root=1-5f8a;Parent=53995c3f/Sampled=1"  # (a tracing id as proxies send them)
+    assert (
+        call(app, "GET", "/v1/models", headers={"X-Request-ID": kept}).headers["x-request-id"]
+        == kept
+    )
     metrics = call(app, "GET", "/metrics").text
-    assert 'clara_requests_total{endpoint="/v1/models",status="500"} 1' in metrics
+    assert 'clara_requests_total{endpoint="/v1/models",status="500"} 3' in metrics
 
 
 def test_served_model_name() -> None:
