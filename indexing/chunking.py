@@ -67,7 +67,9 @@ def chunk_document(
     splitter.fences = code_blocks(text) if doc.kind == "markdown" else ()
     spans = splitter.spans(max_tokens, overlap)
 
-    headings = find_headings(text, doc.kind, doc.headings)
+    headings = find_headings(
+        text, doc.kind, doc.headings, doc.heading_lines if len(doc.pages) == 1 else None
+    )
     title = document_title(text, headings, doc.title, name or doc.path.name)
     contexts = chunk_contexts(title, headings, [(cs, ce) for cs, ce, _ in spans], text)
     chunks = []

@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out files and folders inside the folders and globs named: a pattern "
         "without '/' matches names ('*.draft.md', 'node_modules'), one with '/' paths under "
         "the folder named ('archive/*'); may be given more than once. Documents already "
-        "indexed from them stay (the run names them, and how to remove them)",
+        "indexed from them stay until --prune (the run names them)",
     )
     add.add_argument(
         "--no-ignore",
@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--prune", action="store_true",
-        help="remove documents indexed from the folders named whose files no longer exist",
+        help="remove documents indexed from the folders named whose files no longer exist, "
+        "or that this run leaves out (--exclude, .gitignore files)",
     )  # fmt: skip
     chunk = add.add_argument_group("chunking and compression")
     chunk.add_argument(

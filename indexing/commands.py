@@ -245,12 +245,13 @@ def cmd_add(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         if run.left:  # (an --exclude or a .gitignore line added since: a secret stayed found)
-            names = " ".join(shlex.quote(show_path(d.path)) for d in run.left[:5])
+            names = ", ".join(show_path(d.path) for d in run.left[:5])
+            more = f" and {len(run.left) - 5} more" if len(run.left) > 5 else ""
             n = f"{len(run.left)} document{'s' * (len(run.left) != 1)}"
             print(
                 f"{PROG}: {n} {'were' if len(run.left) != 1 else 'was'} indexed from files this "
-                f"run left out (--exclude, .gitignore): still searched; remove them with "
-                f"`{PROG} remove {names}{' ...' if len(run.left) > 5 else ''}{_where_flags(args)}`",
+                f"run left out (--exclude, .gitignore: {names}{more}): "
+                + ("removed" if args.prune else "still searched; add --prune to remove them"),
                 file=sys.stderr,
             )
         counts = {s: report[s] for s in (*_KINDS, "failed")}
@@ -347,7 +348,7 @@ def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
         run.gone = _gone(col, args.paths) if col is not None else []
         run.left = _left_out(col, run.left_paths) if col is not None else []
         if args.prune:
-            col.remove_documents([d.id for d in run.gone])
+            col.remove_documents([d.id for d in run.gone + run.left])
     finally:
         if col is not None:
             col.close()
@@ -381,7 +382,7 @@ class _AddRun:
             "files": [r.to_dict() for r in self.results],
             "gone": [d.path for d in self.gone],
             "left_out": [d.path for d in self.left],
-            "pruned": len(self.gone) if args.prune else 0,
+            "pruned": len(self.gone) + len(self.left) if args.prune else 0,
         }  # fmt: skip
         if stopped:  # Ctrl-C or SIGTERM: these files are in, the rest were not reached
             report["stopped"] = stopped

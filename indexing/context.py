@@ -59,9 +59,15 @@ def _numbered(line: str) -> str | None:
 
 
 def find_headings(
-    text: str, kind: str = "text", markdown: Sequence[str] = ()
+    text: str,
+    kind: str = "text",
+    markdown: Sequence[str] = (),
+    lines: Sequence[int] | None = None,
 ) -> list[tuple[int, str]]:
     """(offset, heading) of every section heading in `text`, in order.
+
+    `lines`: the lines the headings are on, where the reader knows them (Markdown's): taken
+    as they are. Else, as follows.
 
     `markdown`: the heading texts a reader saw (Markdown's, HTML's, a Word file's; in order),
     matched to whole lines. A line that is one of them beside another of them (a table of
@@ -70,6 +76,9 @@ def find_headings(
     with its last line. Underlined titles ("Title" over "=====") are looked for in plain text
     and PDFs only: the readers of Markdown, HTML and office documents give their own headings
     (in Markdown, the line above a closing ``` fence was taken for one)."""
+    if lines is not None:
+        starts = _lines(text)
+        return [(starts[i][0], starts[i][1].strip()) for i in lines if starts[i][1].strip()]
     lines = _lines(text)
     wanted = [" ".join(h.split()) for h in markdown if h.strip()]
     norm = [" ".join(line.split()) for _, line in lines]

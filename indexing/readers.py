@@ -76,6 +76,9 @@ class Document:
     warnings: list[str] = field(default_factory=list)  # e.g. pages without text
     title: str | None = None  # the PDF's metadata title, when it has one
     headings: list[str] = field(default_factory=list)  # Markdown `#` / HTML <h1-6>, in order
+    # Markdown: the lines of the page's text the headings are on (None: not known), so a
+    # contents list repeating their words takes none of them
+    heading_lines: tuple[int, ...] | None = None
 
     @property
     def n_chars(self) -> int:
@@ -185,7 +188,9 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             kind = "markdown"
             text, title = front_matter(clean_text(text))
             headings = markdown_headings(text)
-            text = clean_markdown(text)
+            text, heading_lines = marked_headings(clean_markdown(_mark_headings(text)))
+            if len(heading_lines) != len(headings) or "\f" in text:  # (not as the reader saw
+                heading_lines = None  # them: found by their words, as other kinds are)
         else:
             kind = "text"
             text = clean_text(text)
@@ -199,7 +204,10 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             raise _no_pdf_text(path)
         raise NoTextError(path, "no text (only whitespace)", "nothing to index")
     sha = hashlib.sha256(data).hexdigest()
-    return Document(path, kind, pages, sha, len(data), warnings, title, headings)
+    return Document(
+        path, kind, pages, sha, len(data), warnings, title, headings,
+        heading_lines if kind == "markdown" else None,
+    )  # fmt: skip
 
 
 def iter_inputs(
@@ -926,8 +934,12 @@ _RST_OPTION = re.compile(r"^\s+:[\w-]+:(?:\s.*)?$")
 _RST_ROLE = re.compile(r":[\w:+.-]+:`([^`<]*?)\s*(?:<[^>`]*>)?`")
 #: directives whose whole block is markup (a table of contents, index entries, a module's
 #: declaration), not text to read
-_RST_DROPPED = {"toctree", "index", "contents", "only", "raw", "include", "automodule",
-                "autoclass", "autofunction", "highlight", "sectnum", "meta", "image", "figure"}  # fmt: skip
+_RST_DROPPED = {"toctree", "index", "contents", "raw", "include", "automodule", "autoclass",
+                "autofunction", "highlight", "sectnum", "meta", "image", "figure"}  # fmt: skip
+#: directives whose argument is no prose (a code block's language, a file's name): the others'
+#: are read (".. class:: Frobber(level=3)", a note's first words)
+_RST_ARGUMENT_NOISE = {"code-block", "code", "sourcecode", "literalinclude", "only", "ifconfig",
+                       "tabularcolumns", "csv-table", "list-table", "highlight"}  # fmt: skip
 
 
 def clean_rst(text: str) -> str:
@@ -953,12 +965,9 @@ def clean_rst(text: str) -> str:
             directive = _RST_DIRECTIVE.match(line)
             if directive and directive.group(1).lower() not in _RST_DROPPED:
                 options = True  # its content, indented below, is read
-                if directive.group(2).strip() and directive.group(1).lower() in (
-                    "note", "warning", "tip", "important", "caution", "attention", "hint",
-                    "danger", "error", "admonition", "seealso", "versionadded",
-                    "versionchanged", "deprecated", "rubric", "topic", "sidebar",
-                ):  # fmt: skip
-                    out.append(" " * indent + directive.group(2).strip())
+                name = directive.group(1).lower().rpartition(":")[2]  # ("py:class": "class")
+                if directive.group(2).strip() and name not in _RST_ARGUMENT_NOISE:
+                    out.append(" " * indent + _RST_ROLE.sub(r"\1", directive.group(2).strip()))
                 continue
             skip_below = len(m.group(1))  # a comment, a target, a dropped block: all of it
             continue
@@ -1007,6 +1016,42 @@ def front_matter(text: str) -> tuple[str, str | None]:
     title = _TITLE_LINE.search(block)
     value = title.group(1).strip().strip("\"'").strip() if title else ""
     return text[m.end() :], value or None
+
+
+#: put at the start of a Markdown heading's text before cleaning, and taken out after: where
+#: the headings are in the cleaned text (a private-use character, never in real text here)
+_HEADING_MARK = "\ue0f1"
+
+
+def _mark_headings(text: str) -> str:
+    """Markdown with `_HEADING_MARK` at the start of each heading's text (the headings
+    `markdown_headings` finds, in the same order)."""
+    text = text.replace(_HEADING_MARK, "")
+    out, fence = text.split("\n"), ""
+    lines = list(out)
+    for i, line in enumerate(lines):
+        m = _FENCE.match(line)
+        if fence:
+            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+                fence = ""
+        elif m:
+            fence = m.group(1)
+        elif (h := _ATX.match(line)) and _clean_md_prose(h.group(1)).strip():
+            out[i] = line[: h.start(1)] + _HEADING_MARK + line[h.start(1) :]
+        elif _SETEXT.match(line) and i and _setext_title(lines, i - 1):
+            if _clean_md_prose(lines[i - 1]).strip():
+                title = lines[i - 1]
+                indent = len(title) - len(title.lstrip())
+                out[i - 1] = title[:indent] + _HEADING_MARK + title[indent:]
+    return "\n".join(out)
+
+
+def marked_headings(text: str) -> tuple[str, tuple[int, ...]]:
+    """Cleaned Markdown with the marks `_mark_headings` put in taken out, and the lines
+    that had one."""
+    lines = text.split("\n")
+    marked = tuple(i for i, line in enumerate(lines) if _HEADING_MARK in line)
+    return text.replace(_HEADING_MARK, ""), marked
 
 
 def markdown_headings(text: str) -> list[str]:

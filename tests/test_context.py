@@ -160,3 +160,28 @@ def test_headings_on_adjacent_lines_are_headings(tmp_path) -> None:
     doc = read_document(page)
     found = find_headings(doc.pages[0].text, doc.kind, doc.headings)
     assert [h for _, h in found] == ["API", "Parameters", "Example", "Returns", "Example", "Raises"]
+
+
+def test_markdown_headings_are_where_the_reader_saw_them(tmp_path) -> None:
+    """A second docs-repository audit: a contents list whose entries are apart (blank lines
+    between) still took the headings; and a page of per-function sections repeating
+    "Parameters" over "Example" lost every heading after the first function. The Markdown
+    reader marks the heading lines themselves."""
+    from indexing.readers import read_document
+
+    page = tmp_path / "ops.md"
+    page.write_text(
+        "# Ops\n\n## Contents\n\n[Backups](#backups)\n\n[Scaling](#scaling)\n\n"
+        "## Backups\n\nKeep them.\n\n## Scaling\n\nEach shard holds 4096.\n\n"
+        "## foo\n### Parameters\n### Example\nfoo text\n\n## bar\n### Parameters\n### Example\n"
+        "bar text\n\nSetext title\n============\n\nlast words\n"
+    )
+    doc = read_document(page)
+    text = doc.pages[0].text
+    found = find_headings(text, doc.kind, doc.headings, doc.heading_lines)
+    assert [h for _, h in found] == ["Ops", "Contents", "Backups", "Scaling", "foo",
+                                     "Parameters", "Example", "bar", "Parameters", "Example",
+                                     "Setext title"]  # fmt: skip
+    after = {h: text[p:].split("\n")[2] for p, h in found if h in ("Backups", "Scaling")}
+    assert after == {"Backups": "Keep them.", "Scaling": "Each shard holds 4096."}
+    assert "\ue0f1" not in text

@@ -943,7 +943,9 @@ def test_gitignore_files_and_dependency_folders_are_left_out(tmp_path: Path) -> 
 
 def test_restructuredtext_reads_as_its_prose(tmp_path: Path) -> None:
     """A docs repository's audit: a Sphinx index.rst's "master file" comment became the title
-    of its every chunk, and toctree blocks, options and roles were indexed as text."""
+    of its every chunk, and toctree blocks, options and roles were indexed as text. A
+    directive's argument is read (".. module:: frob.api", ".. class:: Frobber(level=3)":
+    a second audit found API names lost), but a code block's language."""
     from indexing.context import document_title, find_headings
 
     page = tmp_path / "index.rst"
@@ -959,8 +961,8 @@ def test_restructuredtext_reads_as_its_prose(tmp_path: Path) -> None:
     text = doc.pages[0].text
     assert text == (
         "Welcome to Frobnicator\n======================\n\nAPI reference\n-------------\n\n"
-        "The Frobber class frobs widgets; see the guide.\n\nFrobbing is idempotent.\n\n"
-        "   frob(1)"
+        "frob.api\n\nThe Frobber class frobs widgets; see the guide.\n\n"
+        "Frobbing is idempotent.\n\n   frob(1)"
     )
     headings = find_headings(text, doc.kind, doc.headings)
     assert [h for _, h in headings] == ["Welcome to Frobnicator", "API reference"]
