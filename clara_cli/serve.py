@@ -237,7 +237,10 @@ def serve_http(
 
     if key_file := getattr(args, "api_key_file", None):  # (a key left in CLARA_API_KEY is
         if access is not None:  # one of them)
-            names = ", ".join(access["api_key"] or {})
+            roles = access.get("key_roles") or {}
+            names = ", ".join(
+                f"{n} ({roles[n]})" if n in roles else n for n in access["api_key"] or {}
+            )
             logging.getLogger("clara").info("API keys accepted: %s", names)
         with contextlib.suppress(OSError):
             if Path(key_file).expanduser().stat().st_mode & 0o077:

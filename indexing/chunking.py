@@ -119,15 +119,12 @@ def _token_offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
     return offsets
 
 
-def _rank(text: str, pos: int, fences: Sequence[tuple[int, int]] = ()) -> int:
+def _rank(text: str, pos: int) -> int:
     """How good a cut before text[pos] is: 3 paragraph, 2 sentence/line end, 1 word, 0 none.
-    Inside a Markdown code block (`fences`: their spans) a line is no better than a word: a
-    block that fits in a chunk is cut before it, not at a blank line of its code."""
+    (A Markdown code block that fits in a chunk is cut before, not inside: `whole_code`; one
+    too big for a chunk is cut at its blank lines, else its line ends.)"""
     if pos <= 0 or pos >= len(text):
         return 3
-    k = bisect.bisect_right(fences, (pos, len(text) + 1)) - 1
-    if k >= 0 and fences[k][0] < pos < fences[k][1]:
-        return min(1, _rank(text, pos))
     i = j = pos  # the whitespace run around pos (looking at most 64 characters each way)
     while i > max(0, pos - 64) and text[i - 1].isspace():
         i -= 1
@@ -243,7 +240,7 @@ class _TokenSplitter(_Splitter):
         lo = max(a + 1, a + budget - int(max_tokens * PREFER_BOUNDARY_WITHIN))
         best, best_rank = None, -1
         for i in range(limit, lo - 1, -1):
-            if self._ok(i, True) and (r := _rank(self.text, self.pos(i), self.fences)) > best_rank:
+            if self._ok(i, True) and (r := _rank(self.text, self.pos(i))) > best_rank:
                 best, best_rank = i, r
         if best is not None:
             return self.whole_code(a, best, max_tokens)
@@ -303,7 +300,7 @@ class _CharSplitter(_Splitter):
         window = max(1, int((lo - a) * PREFER_BOUNDARY_WITHIN))
         best, best_rank = None, 0
         for i in range(lo, lo - window, -1):
-            rank = _rank(self.text, i, self.fences)
+            rank = _rank(self.text, i)
             if i > a and not splits_character(self.text, i) and rank > best_rank:
                 best, best_rank = i, rank
         if best is not None:

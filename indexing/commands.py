@@ -250,7 +250,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             n = f"{len(run.left)} document{'s' * (len(run.left) != 1)}"
             print(
                 f"{PROG}: {n} {'were' if len(run.left) != 1 else 'was'} indexed from files this "
-                f"run left out (--exclude, .gitignore: {names}{more}): "
+                f"run left out (--exclude, .gitignore, dependency folders: {names}{more}): "
                 + ("removed" if args.prune else "still searched; add --prune to remove them"),
                 file=sys.stderr,
             )

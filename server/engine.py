@@ -43,6 +43,7 @@ from clara.stream import GenerationChunk, SamplingParams, check_context, context
 from clara_cli.http import is_client_error
 from clara_cli.worker import BATCH, Task, Worker, log_failure
 from indexing.layout import META
+from indexing.manifest import MANIFEST, read_manifest
 from indexing.meta import MissingDatabaseError
 from indexing.pipeline import model_manifest
 from indexing.store import collection_counts, list_collections
@@ -239,18 +240,21 @@ class Engine:
         damaged = set()
         for name in list_collections(self.settings.root):
             meta = self.settings.root / name / META
+            manifest = self.settings.root / name / MANIFEST
             try:  # counted again only when the database changed since the last scrape (its
-                key = (_stamp(meta), _stamp(f"{meta}-wal"))  # WAL, where writes land, is
-            except OSError:  # there only while a connection is open: a key that needed
-                continue  # it was never whole after a restart, and each scrape read all)
+                key = (_stamp(meta), _stamp(f"{meta}-wal"), _stamp(manifest))  # WAL, where
+            except OSError:  # writes land, is there only while a connection is open: a key
+                continue  # that needed it was never whole after a restart, and each scrape
+            # read all)
             cached = self._counts.get(name)
             if cached is not None and cached[0] == key:
                 out.append((name, cached[1]))
                 continue
             try:
                 counts = collection_counts(self.settings.root, name)
-            except MissingDatabaseError:  # deleted or half-made under us: not listed now
-                continue
+                read_manifest(self.settings.root / name)  # (its manifest damaged: chats fail)
+            except (MissingDatabaseError, FileNotFoundError):  # deleted or half-made under us:
+                continue  # not listed now
             except Exception as exc:  # noqa: BLE001 - its files: said once, shown as damaged
                 if name not in self._damaged:
                     log.warning(

@@ -259,3 +259,16 @@ def test_a_code_block_that_fits_is_not_cut_at_its_blank_lines(tokenizer, tmp_pat
     assert len(holding) == 1 and f"```python\n{code}```" in holding[0].text, [
         c.text for c in chunks
     ]
+
+
+def test_a_code_block_too_big_for_a_chunk_is_cut_at_its_line_ends(tokenizer, tmp_path) -> None:
+    """An upgrade audit: a block too big for one chunk was cut at any word ("v12 = w +" here,
+    "u + s" there) once a line end inside a block ranked no higher than a word."""
+    from indexing.readers import read_document
+
+    code = "\n".join(f"v{i} = w + u + s" for i in range(90))
+    page = tmp_path / "big.md"
+    page.write_text(f"# Big\n\nThe loop below.\n\n```python\n{code}\n```\n")
+    chunks = chunk_document(read_document(page), tokenizer, max_tokens=64, overlap=0)
+    assert len(chunks) > 3
+    assert all(c.text.endswith(" s") for c in chunks[1:-1]), [c.text[-12:] for c in chunks]

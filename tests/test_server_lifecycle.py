@@ -182,6 +182,8 @@ def test_what_an_operator_monitors(tiny_llama_dir, cm, tmp_path) -> None:
     add_documents(root, cm, DOCS[:1], collection="kept")
     add_documents(root, cm, DOCS[:1], collection="broken")
     (root / "broken" / "meta.sqlite").write_bytes(b"not a database at all" * 10)
+    add_documents(root, cm, DOCS[:1], collection="unlabelled")  # (an upgrade audit: a
+    (root / "unlabelled" / "manifest.json").write_text("{oops")  # damaged manifest too)
     with ServerProcess(
         "--model", str(tiny_llama_dir), "--index", str(root), "--api-key-file", str(keys),
         "--open-metrics", env={"CLARA_HOME": str(tmp_path / "home")}, log=tmp_path / "server.log",
@@ -198,6 +200,7 @@ def test_what_an_operator_monitors(tiny_llama_dir, cm, tmp_path) -> None:
         assert time.time() - 600 < started <= time.time()
         assert metric(first.text, "process_resident_memory_bytes") > 10 * 2**20
         assert metric(first.text, "clara_index_damaged", collection="broken") == 1
+        assert metric(first.text, "clara_index_damaged", collection="unlabelled") == 1
         assert metric(first.text, "clara_index_documents", collection="kept") == 1
         assert metric(first.text, "clara_index_documents", collection="broken") == 0
         add_documents(root, cm, DOCS[1:], collection="kept")  # counted again: it changed

@@ -411,7 +411,7 @@ def run_info(args: argparse.Namespace, rows) -> dict:
         "data": {"path": str(Path(args.data).resolve()), "sha256": file_sha256(args.data)},
         "questions": rows[0].n if rows else 0,
         "limit": args.limit,
-        "model": args.model,
+        "model": args.model or "default (the first checkpoint's base, else smollm2-135m)",
         "dtype": args.dtype,
         "checkpoints": checkpoints,
         "retrieval": args.retrieval,
