@@ -233,27 +233,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        gone = run.gone
-        if gone:
-            names = ", ".join(show_path(d.path) for d in gone[:5])
-            more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
-            n = f"{len(gone)} document{'s' * (len(gone) != 1)}"
-            print(
-                f"{PROG}: {n} {'were' if len(gone) != 1 else 'was'} indexed from files no longer "
-                f"there ({names}{more}): "
-                + ("removed" if args.prune else "still searched; add --prune to remove them"),
-                file=sys.stderr,
-            )
-        if run.left:  # (an --exclude or a .gitignore line added since: a secret stayed found)
-            names = ", ".join(show_path(d.path) for d in run.left[:5])
-            more = f" and {len(run.left) - 5} more" if len(run.left) > 5 else ""
-            n = f"{len(run.left)} document{'s' * (len(run.left) != 1)}"
-            print(
-                f"{PROG}: {n} {'were' if len(run.left) != 1 else 'was'} indexed from files this "
-                f"run left out (--exclude, .gitignore, dependency folders: {names}{more}): "
-                + ("removed" if args.prune else "still searched; add --prune to remove them"),
-                file=sys.stderr,
-            )
+        _say_pruned(args, run.gone, "files no longer there ({})")
+        # (an --exclude or a .gitignore line added since: a secret stayed found)
+        _say_pruned(args, run.left, "files this run left out (--exclude, .gitignore, "
+                    "dependency folders: {})")  # fmt: skip
         counts = {s: report[s] for s in (*_KINDS, "failed")}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "added")
         loaded = f", model load {run.load_s:.1f}s" if run.load_s else ""
@@ -266,6 +249,23 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not report["failed"]:
         return 0
     return EXIT_PARTIAL if any(report[s] for s in _KINDS) else EXIT_ERROR  # (the others indexed)
+
+
+def _say_pruned(args: argparse.Namespace, docs: list[Any], where: str) -> None:
+    """That `docs` were indexed from `where` (files gone, or left out: "{}" is their names),
+    and removed by --prune or still searched."""
+    if not docs:
+        return
+    names = ", ".join(show_path(d.path) for d in docs[:5])
+    more = f" and {len(docs) - 5} more" if len(docs) > 5 else ""
+    n = f"{len(docs)} document{'s' * (len(docs) != 1)}"
+    print(
+        f"{PROG}: {n} {'were' if len(docs) != 1 else 'was'} indexed from "
+        + where.format(names + more)
+        + ": "
+        + ("removed" if args.prune else "still searched; add --prune to remove them"),
+        file=sys.stderr,
+    )
 
 
 def _where_flags(args: argparse.Namespace) -> str:

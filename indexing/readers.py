@@ -1026,23 +1026,9 @@ _HEADING_MARK = "\ue0f1"
 def _mark_headings(text: str) -> str:
     """Markdown with `_HEADING_MARK` at the start of each heading's text (the headings
     `markdown_headings` finds, in the same order)."""
-    text = text.replace(_HEADING_MARK, "")
-    out, fence = text.split("\n"), ""
-    lines = list(out)
-    for i, line in enumerate(lines):
-        m = _FENCE.match(line)
-        if fence:
-            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
-                fence = ""
-        elif m:
-            fence = m.group(1)
-        elif (h := _ATX.match(line)) and _clean_md_prose(h.group(1)).strip():
-            out[i] = line[: h.start(1)] + _HEADING_MARK + line[h.start(1) :]
-        elif _SETEXT.match(line) and i and _setext_title(lines, i - 1):
-            if _clean_md_prose(lines[i - 1]).strip():
-                title = lines[i - 1]
-                indent = len(title) - len(title.lstrip())
-                out[i - 1] = title[:indent] + _HEADING_MARK + title[indent:]
+    out = text.replace(_HEADING_MARK, "").split("\n")
+    for i, start, _ in _headings_in(list(out)):
+        out[i] = out[i][:start] + _HEADING_MARK + out[i][start:]
     return "\n".join(out)
 
 
@@ -1058,8 +1044,13 @@ def markdown_headings(text: str) -> list[str]:
     """The headings of Markdown text outside code blocks (`#` ones, and one-line titles
     underlined by `===` or `---`), as clean_markdown shows them (markers and link URLs
     dropped)."""
-    out, fence = [], ""
-    lines = text.split("\n")
+    return [heading for _, _, heading in _headings_in(text.split("\n"))]
+
+
+def _headings_in(lines: list[str]) -> Iterator[tuple[int, int, str]]:
+    """(line, where its text starts, the heading as clean_markdown shows it) of each heading
+    of Markdown `lines` outside code blocks."""
+    fence = ""
     for i, line in enumerate(lines):
         m = _FENCE.match(line)
         if fence:
@@ -1068,14 +1059,12 @@ def markdown_headings(text: str) -> list[str]:
         elif m:
             fence = m.group(1)
         elif h := _ATX.match(line):
-            heading = _clean_md_prose(h.group(1)).strip()
-            if heading:
-                out.append(heading)
+            if heading := _clean_md_prose(h.group(1)).strip():
+                yield i, h.start(1), heading
         elif _SETEXT.match(line) and i and _setext_title(lines, i - 1):
-            heading = _clean_md_prose(lines[i - 1]).strip()
-            if heading:
-                out.append(heading)
-    return out
+            if heading := _clean_md_prose(lines[i - 1]).strip():
+                title = lines[i - 1]
+                yield i - 1, len(title) - len(title.lstrip()), heading
 
 
 _SETEXT = re.compile(r"^ {0,3}(?:=+|-+)[ \t]*$")
