@@ -18,7 +18,10 @@ removed; other combining marks (Devanagari's vowel signs) stay inside their word
 
 A query's terms are OR-ed, each one quoted, minus common English words; quotes, `-`, `*`, `:`
 or parentheses in the question are plain characters to it and never FTS5 syntax. A long
-question keeps its rarest terms (a Chinese question's key words are often its last).
+question keeps its rarest terms (a Chinese question's key words are often its last). A common
+word that names a keyword is kept: quoted or in backticks (`` `with` ``), or as a phrase with
+the noun after it ("the with statement" searches `"with statement"`, "the in operator"
+`"in operator"`).
 """
 
 from __future__ import annotations
@@ -99,6 +102,13 @@ STOPWORDS = frozenset(
     through to too under until up very was we were what when where which while who whom why
     will with would you your yours""".split()
 )
+#: A common word just before one of these names a keyword ("the if statement", "the is
+#: operator", "the else clause"): the two are searched as a phrase. ("loop" and "keyword" are
+#: left out: "a for or while loop" and "with keyword arguments" are everywhere in Python's
+#: documentation, and searching them took the wrong pages first.)
+SYNTAX_NOUNS = frozenset("statement statements clause clauses operator operators".split())
+#: A word in backticks or quotes: what the question asks about, common word or not.
+_QUOTED = re.compile(r"""[`'"\u2018\u201c]([^\W\d_]+)[`'"\u2019\u201d]""")
 
 
 def fold(text: str) -> str:
@@ -159,18 +169,29 @@ def fts_row(doc_name: str, context: str, text: str) -> tuple[str, str]:
 
 
 def query_terms(text: str) -> list[str]:
-    """A question's distinct searchable terms (no common English words), in order; `prune`
-    keeps the rarest MAX_QUERY_TERMS of them."""
+    """A question's distinct searchable terms, in order: no common English words, unless
+    quoted, and phrases ("with statement", space-separated) of a common word and a
+    SYNTAX_NOUNS noun after it; `prune` keeps the rarest MAX_QUERY_TERMS of them."""
+    folded = fold(text)
+    quoted = {m.group(1).casefold() for m in _QUOTED.finditer(folded)}
     seen: dict[str, None] = {}
-    for t in terms(text):
-        if t not in STOPWORDS and t not in seen:
-            seen[t] = None
+    all_terms = _terms(folded)
+    for i, t in enumerate(all_terms):
+        if t not in STOPWORDS or t in quoted:
+            seen.setdefault(t, None)
+        elif i + 1 < len(all_terms) and all_terms[i + 1] in SYNTAX_NOUNS:
+            seen.setdefault(f"{t} {all_terms[i + 1]}", None)
     return list(seen)[:MAX_QUESTION_TERMS]
 
 
+def words_of(term: str) -> list[str]:
+    """The words of a query term: one, or a phrase's (`query_terms`)."""
+    return term.split(" ")
+
+
 def match_query(text: str | list[str]) -> str | None:
-    """An FTS5 MATCH expression OR-ing the question's terms (or these terms); None when it has
-    no usable word."""
+    """An FTS5 MATCH expression OR-ing the question's terms (or these terms; a phrase's words
+    must be adjacent); None when it has no usable word."""
     words = query_terms(text) if isinstance(text, str) else text
     if not words:
         return None

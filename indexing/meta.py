@@ -34,6 +34,7 @@ from indexing.lexical import (
     match_query,
     prune,
     stems_of,
+    words_of,
 )
 
 log = logging.getLogger("clara.index")
@@ -525,15 +526,18 @@ class Meta:
     def lexical_search(self, terms: list[str], k: int) -> list[tuple[int, float]]:
         """(chunk id, bm25 score, higher is better) of the best `k` chunks holding any of
         `terms` (query terms; the most frequent are left out past lexical.POSTINGS_BUDGET)."""
-        stems = stems_of(terms)
-        wanted = sorted({s for s in stems if s})
+        words = sorted({w for t in terms for w in words_of(t)})
+        stem = dict(zip(words, stems_of(words)))
+        wanted = sorted({s for s in stem.values() if s})
         df = dict(
             self.db.execute(
                 f"SELECT term, doc FROM chunks_fts_vocab WHERE term IN ({_marks(len(wanted))})",
                 wanted,
             )
         )
-        match = match_query(prune(terms, [df.get(s, 0) if s else 0 for s in stems]))
+        # A phrase is in at most as many chunks as its rarest word.
+        counts = [min(df.get(stem[w], 0) if stem[w] else 0 for w in words_of(t)) for t in terms]
+        match = match_query(prune(terms, counts))
         if match is None:
             return []  # no term is in any chunk
         sql = "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"

@@ -175,6 +175,38 @@ def test_questions_without_usable_words_give_none(col: Collection):
     assert lexical.match_query("What is the pasta?") == '"pasta"'
 
 
+KEYWORD_DOCS = {
+    "with": "The with statement wraps a block in the methods of a context manager.",
+    "if": "The if statement runs the first suite whose condition is true; else runs otherwise.",
+    "membership": "The in operator tests membership: x in s is true when s holds x.",
+    "loops": "A for or while loop may end early; this statement exits the loop.",
+    "calls": "Calls with keyword arguments match them to parameters by name, with defaults.",
+}
+
+
+@pytest.mark.parametrize(
+    "query, doc",
+    [
+        ("What does the with statement do?", "with"),
+        ("How does the if statement pick its branch?", "if"),
+        ("how does the in operator work", "membership"),
+        ("what does `with` do", "with"),  # quoted: the word asked about
+        ("the 'if' keyword", "if"),
+    ],
+)
+def test_a_keyword_that_is_a_common_word_is_searched(tmp_path: Path, query: str, doc: str):
+    """Common words are left out of questions, except where they name the keyword asked
+    about: quoted, or as a phrase with "statement", "operator" or "clause"."""
+    c = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True)
+    rng = np.random.default_rng(0)
+    for name, text in KEYWORD_DOCS.items():
+        vecs = rng.standard_normal((1, N_MEM, D))
+        c.add_document(f"/docs/{name}.md", name, f"sha-{name}", [ChunkRecord(text, 1, 1, 10)], vecs)
+    assert lexical.query_terms("the with statement") == ["with statement", "statement"]
+    assert top_docs(c, query)[0] == doc
+    c.close()
+
+
 def test_remove_compact_and_rebuild_keep_the_text_index_in_step(col: Collection):
     assert top_docs(col, "pasta") == ["cooking"]
     doc = col.find_by_sha("sha-cooking")
