@@ -261,7 +261,8 @@ class MeteredGate:
     (`ServiceMetrics`), by `endpoint(path)` (a bounded set of labels), status, the API key's
     name and a 503's reason. uvicorn's access line for it names its request id, its key and
     its error's code (`ACCESS_NOTE`); a client gone before its answer (499) gets a line of
-    its own, as uvicorn writes none."""
+    its own, as uvicorn writes none, and so does a stream its client closed before the end,
+    counted as a 499 too (uvicorn's line said 200 when it began)."""
 
     def __init__(
         self,
@@ -280,11 +281,20 @@ class MeteredGate:
             return
         start = time.perf_counter()
         status = 500
+        answered = gone = False  # (the last byte of the answer sent; the client left)
         request_id = request_id_of(scope)
         scope.setdefault("state", {})["request_id"] = request_id  # (`Request.state`)
 
+        async def watched() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered, gone
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
@@ -295,20 +305,28 @@ class MeteredGate:
                     + (f", key {CALLER.get()}" if CALLER.get() else "")
                     + (f", {code}" if code else "")
                 )  # (read by uvicorn's access line, which this `send` writes)
-            await send(message)
+            try:
+                await send(message)
+            except OSError:  # (uvicorn's ClientDisconnected: the client left mid-answer)
+                gone = True
+                raise
 
         token = REQUEST_ID.set(request_id)
         try:  # the gate refuses, answers an allowed origin's preflight, or calls the app
-            await self.access(scope, receive, send_status)
+            await self.access(scope, watched, send_status)
         finally:
             REQUEST_ID.reset(token)
+            during = status != CLIENT_GONE and gone and not answered
+            if during:  # a stream its client closed: uvicorn logged a 200 as it began
+                status = CLIENT_GONE
             self._count(scope, status, time.perf_counter() - start)
             if status == CLIENT_GONE:  # (uvicorn logs no access line for a client gone)
                 host, port = scope.get("client") or ("?", 0)
                 path = loggable_path(scope["path"])
                 log.info(
-                    '%s:%d - "%s %s" %d: the client closed the request before its answer '
-                    "(request %s)", host, port, scope["method"], path, status, request_id,
+                    '%s:%d - "%s %s" %d: the client closed the request %s its answer '
+                    "(request %s)", host, port, scope["method"], path, status,
+                    "during" if during else "before", request_id,
                 )  # fmt: skip
 
     def _count(self, scope: Scope, status: int, took: float) -> None:
