@@ -131,6 +131,9 @@ def _open_read(args: argparse.Namespace) -> Collection:
 
 
 # ---- commands ------------------------------------------------------------------------------
+LEFT_OUT_SHOWN = 5  # paths named by the notice of what .gitignore files left out
+
+
 def _expand(
     raw_paths: list[str], exclude: list[str] | None = None, ignore_files: bool = True
 ) -> tuple[list[Path], list[FileResult], list[tuple[Path, str]]]:
@@ -169,10 +172,13 @@ def _expand(
         folders = sum(map(is_folder, ignored))
         said = [f"{n} {w}{'s' * (n != 1)}" for n, w in
                 ((len(ignored) - folders, "file"), (folders, "folder")) if n]  # fmt: skip
+        shown = [str(p) for p in sorted(ignored)[:LEFT_OUT_SHOWN]]
+        if len(ignored) > LEFT_OUT_SHOWN:
+            shown.append(f"{len(ignored) - LEFT_OUT_SHOWN} more")
         print(
             f"{PROG}: left out {' and '.join(said)} that .gitignore files name or that are "
-            f"dependency folders ({', '.join(sorted(DEPENDENCY_FOLDERS))}); --no-ignore "
-            "reads them",
+            f"dependency folders ({', '.join(sorted(DEPENDENCY_FOLDERS))}): "
+            f"{', '.join(shown)}; --no-ignore reads them",
             file=sys.stderr,
         )
     return list(found), failed, left_out

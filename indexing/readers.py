@@ -258,13 +258,18 @@ def iter_inputs(
             base = _glob_base(pattern)  # (.gitignore files apply from the pattern's folder)
             ignored = Ignored(base) if ignore_files else None
             asked = _asked_type(pattern)
+            covered: set[Path] = set()  # folders walked or left out ('**' matches their files)
             for m in map(Path, matches):
+                if not covered.isdisjoint(m.parents):
+                    continue  # found, skipped or left out with its folder already
                 if excluded(m.name, m.name, exclude):
                     out.append((m, "exclude"))
+                    covered.add(m)
                     continue
                 kind = _kind(m)
                 if ignored is not None and _below(m, base) and ignored(m, kind == "folder"):
                     out.append((m, "ignore"))
+                    covered.add(m)
                 elif kind == "denied":
                     problems.append(_denied(m))
                 elif kind is None:  # a dangling link (it failed naming the link's target)
@@ -273,6 +278,7 @@ def iter_inputs(
                     skipped.append(m)
                 elif kind == "folder":
                     found.update(dict.fromkeys(walk.files(m, ignored)))
+                    covered.add(m)
                 elif _wanted(m) or (
                     kind == "file" and m.suffix.lower() == asked and not is_hidden(m.name)
                 ):

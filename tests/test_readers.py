@@ -841,6 +841,21 @@ def test_iter_inputs_follows_linked_folders_once_and_lists_what_it_skips(tmp_pat
     assert sorted(p.name for p in skipped) == ["gone.txt", "table.xlsx"]
 
 
+def test_a_double_star_glob_counts_each_file_it_skips_or_leaves_out_once(tmp_path: Path) -> None:
+    """A docs-repository audit: 'docs/**' matched each folder and each file below it, so
+    "skipped 7 files" named 2 pictures, and node_modules was left out twice."""
+    for rel in ["a/b/one.md", "a/b/pic.png", "a/pic2.png", "node_modules/x/r.md"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    for pattern in ["**", "**/*", "*/"]:
+        skipped: list[Path] = []
+        left_out: list[tuple[Path, str]] = []
+        got = iter_inputs([f"{tmp_path}/{pattern}"], skipped=skipped, left_out=left_out)
+        assert [p.name for p in got] == ["one.md"]
+        assert sorted(p.name for p in skipped) == ["pic.png", "pic2.png"], pattern
+        assert [(p.name, why) for p, why in left_out] == [("node_modules", "ignore")], pattern
+
+
 def test_iter_inputs_reports_missing_paths(tmp_path: Path) -> None:
     with pytest.raises(MissingFileError, match="no such file or directory"):
         iter_inputs([tmp_path / "missing"])
