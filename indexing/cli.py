@@ -30,6 +30,7 @@ from indexing.commands import (
     PROG,
     cmd_add,
     cmd_collections,
+    cmd_compact,
     cmd_list,
     cmd_rebuild,
     cmd_remove,
@@ -99,6 +100,16 @@ Each result shows its score (hybrid: the fused score) and its rank in each retri
   clara-index rebuild --index-type hnsw          # convert it to HNSW
   clara-index rebuild --recompress --checkpoint runs/s3/final
                                                  # re-encode every chunk with a new checkpoint""",
+    "compact": """Removing a document (clara-index remove, add --prune, a changed file indexed again, an
+upload deleted or detached) takes it out of every answer at once; some of its data stays on
+disk until later: its memory rows until a quarter of the memory file is removed rows, its
+words in the full-text index until a merge, freed database pages, and what an interrupted
+run kept of a file deleted since. compact erases all of it now (for a deletion request, or
+to get the space back); searches and a running server go on meanwhile.
+
+examples:
+  clara-index remove report.pdf && clara-index compact
+  clara-index compact --collection papers --json""",
     "collections": "examples:\n  clara-index collections\n  clara-index collections --json",
     "serve": """endpoints (OpenAI's Files + Vector Stores API; a vector store is a collection):
   POST /v1/files (multipart: file, purpose=assistants)   GET /v1/files
@@ -349,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _index_type(rebuild)
     rebuild.set_defaults(func=cmd_rebuild)
+
+    compact = command(
+        "compact", "erase from disk what removed documents left there", "where", "out", "wait"
+    )
+    compact.set_defaults(func=cmd_compact)
 
     cols = command("collections", "list the collections under --index", "out")
     cols.add_argument("--index", default=None, metavar="DIR", help="default: $CLARA_HOME/indexes")

@@ -27,7 +27,14 @@ from clara.errors import (
     DocumentError,
     MissingFileError,
 )
-from clara.paths import DEFAULT_COLLECTION, UPLOADS, index_root, path_text, show_path
+from clara.paths import (
+    DEFAULT_COLLECTION,
+    UPLOADS,
+    index_root,
+    path_text,
+    show_path,
+    upload_file_id,
+)
 from clara.settings import ModelSettings
 from clara.text import printable, scaled, snippet
 from clara_cli.common import (
@@ -605,6 +612,13 @@ def cmd_remove(args: argparse.Namespace) -> int:
     else:
         for d in removed:
             print(f"removed    {show_path(d.path or d.name)}  ({_n(d.n_chunks, 'chunk')}, {d.id})")
+    uploads = [f for d in removed if (f := upload_file_id(_root(args), d.path))]
+    if uploads:  # (a privacy audit: its original stayed, listed and downloadable)
+        print(
+            f"{PROG}: {', '.join(uploads)}: uploaded through the Files API; the upload itself "
+            "stays there (delete it with DELETE /v1/files/ID, or client.files.delete)",
+            file=sys.stderr,
+        )
     if not missing:
         return 0
     return EXIT_PARTIAL if removed else EXIT_ERROR  # (as add: the others were removed)
@@ -624,7 +638,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{d.id:<16} {d.n_chunks:>6} {pages:>5} {_size(d.size):>9}  {added:<16} "
             f"{show_path(d.path or d.name)}"
         )
-    print(f"{len(docs)} documents, {sum(d.n_chunks for d in docs)} chunks")
+    print(f"{_n(len(docs), 'document')}, {_n(sum(d.n_chunks for d in docs), 'chunk')}")
     return 0
 
 
@@ -783,6 +797,24 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         print(
             f"{what}{stats['chunks']} chunks, index {stats['index_type']} -> "
             f"{stats['index_kind']}, checkpoint {stats['fingerprint']}"
+        )
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with _open_writer(args) as col:
+        dropped = col.compact()
+        stats = col.stats()
+    if args.json:
+        _print_json({"dropped": dropped, **stats})
+    else:
+        rows, saves = dropped["memory_rows"], dropped["partial"]
+        print(
+            f"compacted '{args.collection}': {_n(rows, 'removed memory row')} and "
+            f"{_n(dropped['index_vectors'], 'removed index vector')} dropped, words of "
+            f"removed chunks merged away, database rewritten"
+            + (f", {_n(saves, 'interrupted save')} of files gone removed" if saves else "")
+            + f"; {_size(stats['bytes_on_disk'])} on disk"
         )
     return 0
 

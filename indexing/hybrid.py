@@ -79,7 +79,8 @@ def retrieve(
     `rerank` re-scored by MaxSim (`Collection.search`)."""
     check_mode(mode)
     fusion = fusion or Fusion()
-    depth = max(k, fusion.depth) if mode == "hybrid" else k
+    # (twice k from one retriever: room for the copies `_hits` leaves out)
+    depth = max(k, fusion.depth) if mode == "hybrid" else 2 * k
     if vector is None and mode != "lexical":
         raise InvalidArgumentError(f"{mode} retrieval needs the question's query vector")
     terms = query_terms(text)
@@ -110,16 +111,22 @@ def retrieve(
 
 
 def _hits(col, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchHit]:
-    """Fused items -> hits with text and document; ids removed meanwhile are skipped."""
+    """Fused items -> hits with text and document; ids removed meanwhile are skipped, and so
+    is a chunk whose text a better hit has (the same file indexed twice, uploaded twice, or a
+    notice every page repeats: one place of the answer's few was taken by each copy)."""
     top = fused[:limit]
     chunks = {c.id: c for c in col.chunks([f.id for f in top])}
     docs = {d: col.document(d) for d in {c.doc_id for c in chunks.values()}}
-    out = []
+    out, seen = [], set()
     for f in top:
         c = chunks.get(f.id)
         d = docs.get(c.doc_id) if c is not None else None
         if d is None:
             continue
+        text = " ".join(c.text.split())
+        if text in seen:
+            continue
+        seen.add(text)
         scores = {"dense": dense_scores.get(f.id), "lexical": lexical_scores.get(f.id)}
         out.append(
             SearchHit(

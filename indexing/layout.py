@@ -133,7 +133,7 @@ def create_collection_dir(directory: Path, manifest: Manifest) -> None:
     make_private_dirs(directory.parent)
     _sweep_leftovers(directory.parent, directory.name)
     tmp = directory.with_name(f".{directory.name}.creating-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)  # (its documents' text: this user's only, whatever the root's mode)
     try:
         write_manifest(tmp, manifest)
         memory = memory_file_name(0)

@@ -300,6 +300,7 @@ class Meta:
             )
             try:
                 db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+                db.execute("PRAGMA secure_delete=ON")  # deleted text zeroed, not left in pages
                 if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)
                     db.execute("PRAGMA fullfsync=ON")
             except BaseException:
@@ -324,6 +325,7 @@ class Meta:
     def create(path: Path, memory_file: str) -> None:
         db = sqlite3.connect(path, isolation_level=None)
         try:
+            db.execute("PRAGMA secure_delete=ON")
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # lets compaction give pages back
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -568,4 +570,15 @@ class Meta:
     def shrink(self) -> None:
         """Give freed pages back to the filesystem and empty the WAL (after big deletes)."""
         self.db.execute("PRAGMA incremental_vacuum")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def erase_freed(self) -> None:
+        """Leave nothing of deleted rows in the file: the full-text index merged into one
+        segment (FTS5 keeps a deleted row's terms, with their positions, in its segments until
+        a merge), the database rewritten (VACUUM: no free pages, no free space inside pages
+        from before `secure_delete`), the WAL emptied."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name='chunks_fts'").fetchone():
+            with self.transaction():
+                self.db.execute("INSERT INTO chunks_fts (chunks_fts) VALUES ('optimize')")
+        self.db.execute("VACUUM")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

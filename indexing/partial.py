@@ -133,3 +133,22 @@ def forget_path(collection_dir: Path, path: str) -> None:
             continue
         remove_quietly(head)
         remove_quietly(head.with_suffix(".f16"))
+
+
+def forget_gone(collection_dir: Path) -> int:
+    """Remove the saves of files no longer there (an upload deleted, a file removed before
+    its run went on); returns how many. Those of files still there stay, for their run."""
+    folder = collection_dir / PARTIAL_DIR
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for head in folder.glob("*.json"):
+        try:
+            path = json.loads(head.read_text()).get("path")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(path, str) and not os.path.lexists(path):
+            remove_quietly(head)
+            remove_quietly(head.with_suffix(".f16"))
+            n += 1
+    return n

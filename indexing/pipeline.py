@@ -40,7 +40,7 @@ from clara.errors import (
     NoTextError,
     many,
 )
-from clara.paths import file_sha256, index_root, path_bytes, path_text
+from clara.paths import file_sha256, index_root, path_bytes, path_text, upload_file_id
 from indexing import partial
 from indexing.chunking import Chunk, chunk_document, join_pages
 from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
@@ -220,6 +220,9 @@ def _known(
         return unchanged, sha
     if dedupe and existing is None:
         other = collection.find_by_sha(sha)
+        if other is not None and upload_file_id(collection.directory.parent, other.path):
+            other = None  # (an upload, whose deletion through the API took this file's
+            # text out of answers with it: an audit; search leaves out the second copy)
         if other is not None and _still_holds(other, sha):
             where = other.path or other.name
             return FileResult(

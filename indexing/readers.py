@@ -249,6 +249,11 @@ def iter_inputs(
             problems.append(_denied(p))
         elif kind == "other":
             problems.append(DocumentError(p, "not a regular file (a pipe, socket or device)"))
+        elif re.match(r"(?i)(https?|ftp)://", str(raw)):  # ('https:/example.com/...': no
+            raise MissingFileError(  # such file, with the URL's '//' folded by Path)
+                str(raw), "web addresses are not fetched", "download the page or file first "
+                f"(curl -LO '{raw}', or the browser's Save As) and add what you saved",
+            )  # fmt: skip
         elif GLOB_CHARS.search(str(raw)):
             # not str(p): Path drops a trailing '/', which makes 'dir/*/' mean folders only
             pattern = os.path.expanduser(raw)

@@ -42,6 +42,7 @@ from clara.errors import (
 )
 from clara.paths import is_reserved, path_text
 from clara.retrieval import Fusion, flatten_normalize, maxsim_rerank
+from indexing import partial
 from indexing.durable import (
     WriterLock,
     crash_point,
@@ -508,6 +509,7 @@ class Collection:
                 crash_point("remove:before-commit")
             crash_point("remove:after-commit")
             self._after_commit(generation, removed, np.zeros(0, np.int64), None)
+            self._meta.shrink()  # (the WAL held their text until a checkpoint: `compact`)
             return there
 
     def _after_commit(self, generation: int, removed: np.ndarray, ids: np.ndarray, vecs) -> None:
@@ -517,12 +519,29 @@ class Collection:
             self._compact()
         self._view.maybe_save()
 
-    def compact(self) -> None:
-        """Rewrite the live rows into a new memory file so removed chunks free their space."""
+    def compact(self) -> dict[str, int]:
+        """Erase from disk what removed (and replaced) documents left there; searches go on
+        meanwhile. Removing takes a document out of every answer at once, but its memory rows
+        stay in the memory file until a quarter of the rows are dead (then compaction drops
+        them), an HNSW index keeps its vectors as tombstones, FTS5 keeps its words in its
+        segments until a merge, and the database and its WAL may keep freed pages. This
+        drops the rows, rebuilds an HNSW index without tombstones, merges the words, rewrites
+        the database and empties its WAL. Also removes what interrupted runs kept of files no
+        longer there (`indexing.partial`). Returns the memory rows, index vectors and partial
+        saves dropped."""
         self.check_writable()
         with self._guard():
-            self._compact()
-            self._view.maybe_save()
+            self._view.refresh()
+            dead_rows = self._meta.state().n_rows - self._view.index.ntotal
+            if dead_rows:
+                self._compact()
+            dead_vectors = int(self._view.index.index.ntotal) - self._view.index.ntotal
+            if dead_vectors:  # (HNSW tombstones; a flat or IVF index removes at once)
+                self._view.refresh(rebuild=True)
+            self._view.maybe_save(force=bool(dead_vectors))
+            self._meta.erase_freed()
+            saves = partial.forget_gone(self.directory)
+            return {"memory_rows": dead_rows, "index_vectors": dead_vectors, "partial": saves}
 
     def _compact(self) -> None:
         state = self._meta.state()

@@ -101,12 +101,14 @@ def create_app(
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
     responses_db: Path | None = None,
+    keep_responses_days: float = 0,
     files_api: bool = True,
     max_upload_bytes: int = int(MAX_UPLOAD_MB * 2**20),
     accept_any_model: bool = False,
 ) -> FastAPI:
     """The clara-serve app; the model loads in the lifespan, on the MLX worker thread.
-    Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`).
+    Stored responses live in `responses_db` (default `$CLARA_HOME/responses.sqlite`), for
+    `keep_responses_days` (0: until deleted).
     `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
     index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`,
     `allow_origins`, `open_metrics` (/metrics without the key), `key_roles` (what each key
@@ -120,7 +122,7 @@ def create_app(
         engine, defaults, served_model_name or served_name(settings.model), keepalive_s
     )
     serving.accept_any_model = accept_any_model
-    store = ResponseStore(responses_db or home() / "responses.sqlite")
+    store = ResponseStore(responses_db or home() / "responses.sqlite", keep_responses_days)
     files = _files_service(settings, engine, max_upload_bytes) if files_api else None
     if files is not None:  # its uploads' metrics among the server's
         engine.metrics.files = files.metrics

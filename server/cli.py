@@ -160,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
         "GET /v1/responses/{id} (default: $CLARA_HOME/responses.sqlite)",
     )
     net.add_argument(
+        "--keep-responses",
+        type=non_negative_float,
+        default=0.0,
+        metavar="DAYS",
+        help="delete stored responses older than DAYS (OpenAI keeps them 30 days): when the "
+        "store is first used, then hourly as responses are stored (default: 0, keep them "
+        "until deleted)",
+    )
+    net.add_argument(
         "--truncate-embeddings",
         action="store_true",
         help="/v1/embeddings reads the start of an input longer than the query encoder does "
@@ -344,6 +353,7 @@ def serve(args: argparse.Namespace) -> int:
         **access,
         keepalive_s=args.sse_keepalive,
         responses_db=responses_db(args),
+        keep_responses_days=args.keep_responses,
         files_api=args.files_api,
         accept_any_model=args.accept_any_model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),

@@ -449,15 +449,15 @@ class Engine:
         else:
             prompt, adapter = self._rag.prompt(p, retrieved)
         limit = self.info.context_limit
-        while (
-            p.truncate and prompt.positions >= limit and (p.history or len(retrieved.sources) > 1)
-        ):
-            if p.history:  # the oldest exchange first
+        while prompt.positions >= limit:
+            if p.truncate and p.history:  # (Responses' truncation "auto") the oldest exchange
                 p.history = p.history[2:]
-            else:  # then the lowest-ranked chunk
-                retrieved.sources.pop()
-                if retrieved.memories is not None:
+            elif retrieved.sources and len(retrieved.sources) > 1:  # the lowest-ranked chunk:
+                retrieved.sources.pop()  # what the server added, not what the client sent (a
+                if retrieved.memories is not None:  # top_k the server takes was a 400)
                     retrieved.memories = retrieved.memories[: len(retrieved.sources)]
+            else:
+                break
             prompt, adapter = self._rag.prompt(p, retrieved)
         if p.raw is not None:  # before Ready: the 400 precedes any byte
             check_context(prompt, limit, "shorten the prompt")

@@ -142,3 +142,18 @@ def test_in_a_collection_where_every_word_is_floored_words_still_rank(tmp_path: 
         }
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
+def test_a_text_held_twice_is_one_hit(col: Collection, mode: str):
+    """The same file uploaded twice (or a notice every page repeats) took two of the answer's
+    few places with one text: the better copy stays, the next distinct text takes the place."""
+    rng = np.random.default_rng(3)
+    twice = rng.standard_normal((1, N_MEM, D)).astype(np.float32)
+    for name in ("tea-copy", "tea-again"):  # (whitespace aside, the same text)
+        text = TEXTS["tea"].replace(" at ", "  at\n") if name == "tea-again" else TEXTS["tea"]
+        col.add_document(f"/d/{name}.txt", name, f"sha-{name}", [ChunkRecord(text, 1, 1, 9)], twice)
+    hits = col.retrieve("green tea brewed", col.vecs["tea"], k=3, mode=mode)
+    texts = [" ".join(h.text.split()) for h in hits]
+    assert len(texts) == len(set(texts)) and TEXTS["tea"] in texts
+    assert len(hits) == (3 if mode != "lexical" else 1)  # (words: only the tea texts match)

@@ -284,6 +284,15 @@ def test_rerun_is_incremental_and_a_changed_file_replaces_its_chunks(
     status = {Path(f["path"]).name: f["status"] for f in json.loads(out)["files"]}
     assert (status["copy.txt"], status["doc00.txt"]) == ("added", "replaced")
     assert docs_of(index)["copy.txt"] == copied
+    # a copy of an upload is indexed itself (an R2R user's audit: deleting the upload through
+    # the Files API took the folder's file, "not indexed again", out of every answer)
+    upload = index / "uploads" / "file-0123456789abcdef01234567" / "policy.txt"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("Holidays carry over to March; ask your manager before.")
+    (folder / "policy.txt").write_bytes(upload.read_bytes())
+    rc, out, _ = run(capsys, "add", upload, *args)
+    rc, out, _ = run(capsys, "add", folder / "policy.txt", *args)
+    assert [f["status"] for f in json.loads(out)["files"]] == ["added"]
 
 
 def test_read_commands_are_model_free_and_speak_json(

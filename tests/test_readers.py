@@ -861,6 +861,10 @@ def test_iter_inputs_reports_missing_paths(tmp_path: Path) -> None:
         iter_inputs([tmp_path / "missing"])
     with pytest.raises(MissingFileError, match="no files match"):
         iter_inputs([str(tmp_path / "*.pdf")])
+    # a web address (an R2R user's audit: "https:/example.com/a.html: no such file")
+    with pytest.raises(MissingFileError, match="web addresses are not fetched") as err:
+        iter_inputs(["https://example.com/a.html?page=2"])
+    assert "curl -LO 'https://example.com/a.html?page=2'" in str(err.value)
 
 
 def test_supported_extensions() -> None:

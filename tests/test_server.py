@@ -428,6 +428,43 @@ def test_top_k_retrieval_off_and_text_mode(client: openai.OpenAI, cm) -> None:
     assert text.usage.prompt_tokens == text_prompt(cm, RIVER, chunks).positions
 
 
+def test_chunks_past_the_context_are_dropped_lowest_ranked_first(client: openai.OpenAI, cm):
+    """An R2R user's audit: a top_k the server takes (up to 100) was a 400
+    context_length_exceeded in text mode once its chunks did not fit, where the Responses API
+    dropped some. The lowest-ranked chunks go; the client's own messages are read whole."""
+    from clara.prompt import text_prompt
+
+    limit = client.models.list().data[0].model_extra["max_model_len"]
+    extra = {"mode": "text", "top_k": 3, "retrieval_mode": "lexical"}
+
+    def create(question: str):
+        return client.chat.completions.create(
+            model=MODEL, messages=ask(question), max_tokens=1, extra_body=extra
+        )
+
+    # (the words side searches each distinct word once: the same chunks whatever the repeats)
+    chunks = [s["snippet"] for s in create("mill water cat").choices[0].message.sources]
+    assert len(chunks) == 3
+
+    def question(n: int) -> str:
+        return "mill water cat" + " mill" * n
+
+    lo, hi = 0, limit  # the shortest question whose prompt with all three chunks is too long
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (
+            (mid + 1, hi) if text_prompt(cm, question(mid), chunks).positions < limit else (lo, mid)
+        )
+    asked = question(lo)
+    assert text_prompt(cm, asked, chunks[:2]).positions < limit  # (two fit)
+    fitted = create(asked)
+    assert [s["snippet"] for s in fitted.choices[0].message.sources] == chunks[:2]
+    assert fitted.usage.prompt_tokens == text_prompt(cm, asked, chunks[:2]).positions
+    with pytest.raises(openai.BadRequestError) as info:  # (the question alone too long: a 400)
+        create(question(limit))
+    assert info.value.code == "context_length_exceeded"
+
+
 def test_mixed_mode_reads_the_best_chunk_as_text(client: openai.OpenAI, cm) -> None:
     from clara.prompt import mixed_prompt
 

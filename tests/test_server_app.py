@@ -458,22 +458,38 @@ def test_the_web_chat_offers_and_shows_the_types_the_server_reads() -> None:
     assert {f".{e}" for e in names} == (MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | TEXT_EXTENSIONS)
 
 
-def test_a_stored_responses_deletion_is_logged_with_its_keys_name(tiny_llama_dir, tmp_path):
-    """A team deployment audit: what a colleague deleted was not logged, nor with which key."""
+def test_a_stored_response_is_its_keys_and_its_deletion_is_logged(tiny_llama_dir, tmp_path):
+    """A team deployment audit: what a colleague deleted was not logged, nor with which key.
+    An R2R user's audit: with his own key bob read alice's stored conversation by its id (and
+    could continue or delete it). A stored response is now its key's alone: for any other key
+    it does not exist."""
     from tests.test_server_harness import ServerProcess
 
     keys = tmp_path / "keys"
-    keys.write_text("alice sk-alice-1\n")
+    keys.write_text("alice sk-alice-1\nbob sk-bob-1\n")
     keys.chmod(0o600)
     log = tmp_path / "serve.log"
     with ServerProcess("--model", str(tiny_llama_dir), "--api-key-file", str(keys), log=log,
                        env={"CLARA_HOME": str(tmp_path / "home")}) as server:  # fmt: skip
         server.wait_ready()
         auth = {"Authorization": "Bearer sk-alice-1"}
+        bob = {"Authorization": "Bearer sk-bob-1"}
+        url = f"{server.url}/v1/responses"
         ask = {"input": "Hi", "max_output_tokens": 1, "tool_choice": "none"}
-        made = httpx.post(f"{server.url}/v1/responses", json=ask, headers=auth, timeout=60)
+        made = httpx.post(url, json=ask, headers=auth, timeout=60)
         rid = made.json()["id"]
-        gone = httpx.delete(f"{server.url}/v1/responses/{rid}", headers=auth, timeout=60)
+        item = made.json()["output"][0]["id"]
+        for method, path, body in [
+            ("GET", f"/{rid}", None), ("GET", f"/{rid}/input_items", None),
+            ("DELETE", f"/{rid}", None), ("POST", "", {**ask, "previous_response_id": rid}),
+            ("POST", "", {**ask, "input": [{"type": "item_reference", "id": item}]}),
+        ]:  # fmt: skip
+            r = httpx.request(method, url + path, json=body, headers=bob, timeout=60)
+            assert r.status_code == 404, (method, path, r.text)
+        assert httpx.get(f"{url}/{rid}/input_items", headers=auth, timeout=60).status_code == 200
+        on = httpx.post(url, json={**ask, "previous_response_id": rid}, headers=auth, timeout=60)
+        assert on.status_code == 200
+        gone = httpx.delete(f"{url}/{rid}", headers=auth, timeout=60)
         assert gone.status_code == 200
     text = log.read_text()
     assert f"response {rid} deleted (key alice)" in text and "API keys accepted: alice" in text

@@ -180,6 +180,48 @@ def test_small_removal_waits_for_compact(col: Collection):
     assert after == before
 
 
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_compact_erases_what_a_removed_document_left_on_disk(tmp_path: Path, index_type: str):
+    """A privacy audit: after `remove`, answers never had the document again, but the disk
+    did: FTS5 kept its words with their positions in its segments (also after a restart),
+    its memory rows stayed (below a quarter of the rows dead), an HNSW index kept its
+    vectors, and a save for an interrupted run of a file deleted since stayed a week."""
+    import faiss
+
+    from indexing import partial
+
+    col = Collection.open(tmp_path, "main", manifest=MANIFEST, create=True, index_type=index_type)
+    try:
+        assert col._meta.db.execute("PRAGMA secure_delete").fetchone()[0] == 1
+        keep = [add(col, s) for s in range(6)]
+        secret = [ChunkRecord(f"Patient zorbolitis{i} employee purplewombat{i}") for i in range(3)]
+        doc = col.add_document("/d/secret.md", "secret.md", "sha-secret", secret, doc_vectors(99))
+        saves = tmp_path / "main" / partial.PARTIAL_DIR
+        saves.mkdir()
+        for name, path in (("gone", "/nowhere/secret-upload.md"), ("here", str(tmp_path))):
+            (saves / f"{name}.json").write_text(json.dumps({"key": "k", "rows": 1, "path": path}))
+            (saves / f"{name}.f16").write_bytes(b"\0" * 64)
+        col.remove_document(doc)
+
+        def files() -> bytes:
+            return b"".join(p.read_bytes() for p in (tmp_path / "main").rglob("*") if p.is_file())
+
+        dropped = col.compact()
+        assert dropped["memory_rows"] == 3 and dropped["partial"] == 1
+        assert dropped["index_vectors"] == (3 if index_type == "hnsw" else 0)
+        on_disk = files()
+        assert b"purplewombat" not in on_disk and b"zorbolitis" not in on_disk
+        assert sorted(p.stem for p in saves.iterdir()) == ["here", "here"]
+        assert col.stats()["dead_rows"] == 0 and col.stats()["documents"] == len(keep)
+        index = faiss.read_index(str(next((tmp_path / "main").glob("faiss-*.index"))))
+        assert index.ntotal == 18  # (the saved index holds only the live vectors)
+        hits = col.retrieve("d3 chunk", doc_vectors(3)[0], k=3)
+        assert hits and hits[0].doc_id == keep[3]
+        assert col.retrieve("purplewombat0", None, k=3, mode="lexical") == []
+    finally:
+        col.close()
+
+
 def test_replace_and_find_for_incremental_indexing(col: Collection):
     old = add(col, 1)
     for seed in range(10, 14):
@@ -997,3 +1039,6 @@ def test_the_index_root_it_makes_is_readable_by_this_user_only(tmp_path: Path) -
     shared.chmod(0o755)
     Collection.open(shared, "team", manifest=MANIFEST, create=True).close()
     assert shared.stat().st_mode & 0o777 == 0o755
+    # the collection itself is private all the same (a privacy audit: in an --index folder
+    # of the user's own, 0755, every user of the machine read its documents' text)
+    assert (shared / "team").stat().st_mode & 0o777 == 0o700

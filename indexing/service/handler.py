@@ -34,12 +34,13 @@ from clara.errors import (
     EncryptedDocumentError,
     UnsupportedDocumentError,
 )
-from clara.paths import COLLECTION_NAME, DEFAULT_COLLECTION, RESERVED_NAMES, is_reserved
+from clara.paths import COLLECTION_NAME, DEFAULT_COLLECTION, RESERVED_NAMES, is_reserved, path_text
 from clara.retrieval import Fusion
 from clara.text import printable
 from clara_cli.common import os_error_text
 from clara_cli.http import APIError, by_caller, is_client_error
 from clara_cli.worker import BULK, Task
+from indexing import partial
 from indexing.durable import WriterLock, held_elsewhere
 from indexing.layout import case_clash
 from indexing.manifest import MANIFEST, read_manifest
@@ -868,6 +869,9 @@ class IndexService:
                     col.remove_document(doc.id)
                 except DocumentNotFoundError:
                     pass
+            if col is not None and rec is not None:  # what a stopped job kept of it (its
+                # compressed chunks stayed a week: a privacy audit)
+                partial.forget_path(col.directory, path_text(self.uploads.path(rec)))
         finally:
             if col is not None:
                 self._release(store_id)

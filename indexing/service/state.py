@@ -122,6 +122,7 @@ class Registry:
             directory / "registry.sqlite", isolation_level=None, check_same_thread=False
         )
         try:
+            self.db.execute("PRAGMA secure_delete=ON")  # a deleted upload's name zeroed
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             if FULLFSYNC is not None:  # (macOS: to the disk, not its cache)

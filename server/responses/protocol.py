@@ -94,6 +94,17 @@ class FileSearchTool(_Request):
     )
     """One vector store (a clara collection) per request."""
     max_num_results: json_int(ge=1, le=50) | None = None
+
+    @field_validator("vector_store_ids", mode="before")
+    @classmethod
+    def _one_store(cls, ids: Any) -> Any:
+        if isinstance(ids, list) and len(ids) > 1:  # (pydantic's "List should have at most 1
+            raise APIError(  # item after validation" did not say whose limit it is)
+                400, f"clara-serve searches one vector store per request, not {len(ids)}: ask "
+                "each apart, or add the files to one store", param="tools.[0].vector_store_ids",
+            )  # fmt: skip
+        return ids
+
     filters: dict[str, Any] | None = only(NULL, default=None)
     ranking_options: FileSearchRankingOptions | None = None
 

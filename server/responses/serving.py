@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara_cli.http import APIError, by_caller, client_gone_error
+from clara_cli.http import CALLER, APIError, by_caller, client_gone_error
 from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
 from server.jobs import Ready, SourceInfo
@@ -149,7 +149,7 @@ class ResponsesServing:
 
     # ---- stored responses ------------------------------------------------------------------
     def get(self, response_id: str) -> dict[str, Any]:
-        found = self.store.get(response_id)
+        found = self.store.get(response_id, CALLER.get())
         if found is None:
             raise _not_found(response_id)
         return found
@@ -165,7 +165,7 @@ class ResponsesServing:
         )  # fmt: skip
 
     def delete(self, response_id: str) -> ResponseDeleted:
-        if not self.store.delete(response_id):
+        if not self.store.delete(response_id, CALLER.get()):
             raise _not_found(response_id)
         log.info("response %s deleted%s", response_id, by_caller())
         return ResponseDeleted(id=response_id)
@@ -178,7 +178,7 @@ class ResponsesServing:
         the whole conversation, each earlier turn's input and output items, then its own
         input (it listed its own input only, as if the conversation began there). A deleted
         earlier turn ends the listing at the turns after it."""
-        chain = self.store.chain(response_id)
+        chain = self.store.chain(response_id, CALLER.get())
         if chain is None:
             raise _not_found(response_id)
         items = _conversation_items(chain)
@@ -203,7 +203,7 @@ class ResponsesServing:
         out = []
         for i, item in enumerate(req.input):
             if isinstance(item, ItemReference):
-                found = self.store.item(item.id)
+                found = self.store.item(item.id, CALLER.get())
                 if found is None:
                     raise APIError(
                         404, f"Item with id '{item.id}' not found (input[{i}]): it is not an "
@@ -229,8 +229,10 @@ class ResponsesServing:
         history: list[dict[str, Any]] = []
         searched = None
         if (previous := req.previous_response_id) is not None:
-            latest = self.store.get(previous)  # (one whose server died reads "failed")
-            chain = self.store.chain(previous) if latest is not None else None
+            latest = self.store.get(
+                previous, CALLER.get()
+            )  # (one whose server died reads "failed")
+            chain = self.store.chain(previous, CALLER.get()) if latest is not None else None
             if latest is None or chain is None:
                 raise APIError(
                     404, f"Previous response with id '{previous}' not found",
@@ -348,6 +350,18 @@ class ResponsesServing:
                 chat.collection = name
                 if req.top_k is None and isinstance(before.get("top_k"), int):
                     chat.top_k = before["top_k"]
+            elif (
+                req.collection is None
+                and req.retrieval
+                and name
+                and name != self.serving.defaults.collection
+            ):  # (it searched the server's default collection, another team's documents:
+                raise APIError(  # an audit)
+                    404, f"the vector store '{name}' this conversation searched was deleted: "
+                    "give a file_search tool or `collection` to search another one, or send "
+                    "`retrieval: false` to go on without documents",
+                    param="previous_response_id", code="collection_not_found",
+                )  # fmt: skip
         return chat, search is not None and req.tool_choice != "none" and not bare
 
     # ---- create ----------------------------------------------------------------------------

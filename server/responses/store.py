@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,7 +34,11 @@ CREATE TABLE IF NOT EXISTS responses (
     input TEXT NOT NULL, response TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS running (id TEXT PRIMARY KEY, pid INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (id TEXT PRIMARY KEY, key TEXT NOT NULL);
 """
+# `owners` (0.2.13): the name of the API key that made a response (--api-key-file), the only
+# key that reads, continues and deletes it; a response without a row (made without keys, or by
+# an older clara) is every key's. A table of its own, so an older clara still writes this file.
 #: The response each input and output item is in, for `item_reference` inputs (0.2.10);
 #: responses stored without theirs (before the table, or by an older clara meanwhile) are
 #: indexed at the next open (`_index_items`).
@@ -56,6 +61,8 @@ class Chain(NamedTuple):
     gap: str | None = None
 
 
+#: seconds between two looks for responses past --keep-responses (also at the first use)
+EXPIRE_EVERY_S = 3600
 MAX_CHAIN = 1000  # a chain longer than this is cut (its oldest turns would not fit anyway)
 #: Responses this process is writing now (every store of it: their rows carry its pid)
 _WRITING: set[str] = set()
@@ -67,10 +74,15 @@ class ResponseStore:
     """Thread-safe; every write is committed before the call returns. The file is made on
     first use (a server that stores nothing leaves none)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_days: float = 0) -> None:
+        """`keep_days` (--keep-responses): responses older than that are deleted, at the
+        first use and then at most hourly as responses are stored; 0 keeps them until
+        deleted."""
         self.path = path
+        self.keep_days = keep_days
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._expired_at = 0.0  # (monotonic) when `_expire` last ran
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -84,6 +96,7 @@ class ResponseStore:
                     # conversations (SQLite gives its -wal and -shm files the same mode)
                     os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA secure_delete=ON")  # a deleted response's text zeroed
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
                 _index_items(db)
@@ -92,7 +105,35 @@ class ResponseStore:
                     db.close()
                 raise self._storage_error(exc, "open the stored responses") from None
             self._conn = db
+            self._expire()
         return self._conn
+
+    def _expire(self) -> None:
+        """Delete the responses older than `keep_days` (lock held, connection open), with
+        their items, owners and running marks; the WAL emptied after, as `delete` does."""
+        if self.keep_days <= 0 or time.monotonic() - self._expired_at < EXPIRE_EVERY_S:
+            return
+        self._expired_at = time.monotonic()
+        before = int(time.time() - self.keep_days * 86400)
+        db = self._conn
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                old = "SELECT id FROM responses WHERE created_at < ?"
+                for table, column in (("items", "response"), ("owners", "id"), ("running", "id")):
+                    db.execute(f"DELETE FROM {table} WHERE {column} IN ({old})", (before,))
+                n = db.execute("DELETE FROM responses WHERE created_at < ?", (before,)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if n:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                log.info("%d stored response%s older than %g days deleted (--keep-responses)",
+                         n, "s" * (n != 1), self.keep_days)  # fmt: skip
+        except sqlite3.DatabaseError as exc:  # (a full disk: the next store says so)
+            log.warning("could not delete the expired stored responses: %s", exc)
 
     def _reading(self) -> sqlite3.Connection | None:
         """The connection for a read (lock held): None while there is no file (a server that
@@ -101,7 +142,11 @@ class ResponseStore:
             return None
         return self._db
 
-    def put(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+    def put(
+        self, response: dict[str, Any], input_items: list[dict[str, Any]], key: str | None = None
+    ) -> None:
+        """Store (or update) a response and the input items of its turn, made with the API
+        key named `key` (None: no key), the one that may read it from then on."""
         row = (
             response["id"],
             response["created_at"],
@@ -119,12 +164,15 @@ class ResponseStore:
                 return
             try:
                 db = self._db
+                self._expire()
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.DatabaseError as exc:  # (on a full disk: "I/O error")
                 raise self._storage_error(exc) from None
             try:
                 db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
                 db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)", items)
+                if key is not None:
+                    db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (response["id"], key))
                 if running:
                     db.execute("INSERT OR REPLACE INTO running VALUES (?, ?)",
                                (response["id"], os.getpid()))  # fmt: skip
@@ -146,14 +194,15 @@ class ResponseStore:
             exc, self.path, what, also=", or send store: false without previous_response_id"
         )
 
-    def get(self, response_id: str) -> dict[str, Any] | None:
-        row = self._row(response_id)
+    def get(self, response_id: str, key: str | None = None) -> dict[str, Any] | None:
+        """The response, if stored and `key`'s (the API key name asking; see `owners`)."""
+        row = self._row(response_id, key)
         if row is None:
             return None
         response = json.loads(row[1])
         if response.get("status") == "in_progress" and self._orphaned(response_id):
             response.update(status="failed", error=INTERRUPTED)  # its server died mid-answer
-            self.put(response, json.loads(row[0]))
+            self.put(response, json.loads(row[0]), key)
         return response
 
     def _orphaned(self, response_id: str) -> bool:
@@ -165,9 +214,19 @@ class ResponseStore:
             return response_id not in _WRITING
         return not pid_alive(found[0])
 
-    def _row(self, response_id: str) -> tuple[str, str] | None:
+    def _row(self, response_id: str, key: str | None) -> tuple[str, str] | None:
+        """(input, response) of a stored response `key` may read (another key's: None)."""
         with self._lock:
-            return self._read("SELECT input, response FROM responses WHERE id = ?", response_id)
+            found = self._read(
+                "SELECT r.input, r.response, o.key FROM responses r "
+                "LEFT JOIN owners o ON o.id = r.id WHERE r.id = ?", response_id,
+            )  # fmt: skip
+        return found[:2] if found is not None and found[2] in (None, key) else None
+
+    def _owner_bars(self, db: sqlite3.Connection, response_id: str, key: str | None) -> bool:
+        """Whether the response is another key's (lock held)."""
+        found = db.execute("SELECT key FROM owners WHERE id = ?", (response_id,)).fetchone()
+        return found is not None and found[0] != key
 
     def _read(self, sql: str, *args: Any) -> tuple | None:
         """One row (lock held); a database the disk cannot give is a `storage_error`."""
@@ -179,23 +238,30 @@ class ResponseStore:
         except sqlite3.DatabaseError as exc:
             raise self._storage_error(exc, "read the stored responses") from None
 
-    def delete(self, response_id: str) -> bool:
+    def delete(self, response_id: str, key: str | None = None) -> bool:
+        """Delete a response `key` may read; False if there is none."""
         with self._lock:
             db = self._reading()
             if db is None:
                 return False
             try:
+                if self._owner_bars(db, response_id, key):
+                    return False
                 cur = db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM running WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM items WHERE response = ?", (response_id,))
+                db.execute("DELETE FROM owners WHERE id = ?", (response_id,))
+                if cur.rowcount:  # (its text stayed in the WAL until a checkpoint: a crash
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # kept it for good)
             except sqlite3.DatabaseError as exc:
                 raise self._storage_error(exc, "delete the stored response") from None
             if response_id in _WRITING and cur.rowcount:  # (its stream wrote it again at its
                 _DELETED.add(response_id)  # end: a deleted conversation came back)
         return cur.rowcount > 0
 
-    def item(self, item_id: str) -> dict[str, Any] | None:
-        """A stored response's input or output item by its id (an `item_reference`)."""
+    def item(self, item_id: str, key: str | None = None) -> dict[str, Any] | None:
+        """A stored response's input or output item by its id (an `item_reference`), of a
+        response `key` may read."""
         with self._lock:
             db = self._reading()
             if (
@@ -204,22 +270,22 @@ class ResponseStore:
             ):
                 return None
             found = self._read(
-                "SELECT r.input, r.response FROM items i JOIN responses r ON r.id = i.response "
-                "WHERE i.id = ?", item_id,
+                "SELECT r.input, r.response, o.key FROM items i JOIN responses r "
+                "ON r.id = i.response LEFT JOIN owners o ON o.id = r.id WHERE i.id = ?", item_id,
             )  # fmt: skip
-        if found is None:
+        if found is None or found[2] not in (None, key):
             return None
         items = items_of(json.loads(found[0]), json.loads(found[1]))
         return next((item for item in items if item.get("id") == item_id), None)
 
-    def chain(self, response_id: str) -> Chain | None:
+    def chain(self, response_id: str, key: str | None = None) -> Chain | None:
         """(input items, response) of `response_id` and its ancestors, oldest first; None if
-        `response_id` is not stored. A deleted ancestor ends the chain there (`Chain.gap`
-        names it)."""
+        `response_id` is not stored (or not `key`'s). A deleted ancestor ends the chain there
+        (`Chain.gap` names it)."""
         out = []
         current: str | None = response_id
         while current is not None and len(out) < MAX_CHAIN:
-            row = self._row(current)
+            row = self._row(current, key)
             if row is None:
                 if not out:
                     return None

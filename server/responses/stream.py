@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 
 from clara.stream import GenerationChunk
-from clara_cli.http import APIError, to_api_error
+from clara_cli.http import CALLER, APIError, to_api_error
 from server.jobs import DONE, Failed, Job, Ready
 from server.responses.protocol import (
     FileSearchCall,
@@ -48,6 +48,7 @@ class ResponseRun:
                  call: FileSearchCall | None, turn: list[dict], logprobs: bool) -> None:  # fmt: skip
         self.owner, self.job, self.ready, self.response = owner, job, ready, response
         self.call, self.turn = call, turn
+        self.key = CALLER.get()  # (the API key's name: the one that may read it back)
         self.message = OutputMessage()
         self.text: list[str] = []
         self.logprobs: list[dict[str, Any]] = []
@@ -105,7 +106,9 @@ class ResponseRun:
         """Store the response (store: true) off the event loop: a slow or locked disk holds
         up this request only."""
         if self.response.store:
-            await asyncio.to_thread(self.owner.store.put, self.response.model_dump(), self.turn)
+            await asyncio.to_thread(
+                self.owner.store.put, self.response.model_dump(), self.turn, self.key
+            )
 
     def _keep_abandoned(self) -> None:
         """The client hung up mid-stream: keep what was generated as a "cancelled" response
@@ -122,7 +125,7 @@ class ResponseRun:
             r.status, r.error = "failed", ResponseError(**INTERRUPTED)
         r.output = ([self.call] if self.call else []) + [self.message]
         try:
-            self.owner.store.put(r.model_dump(), self.turn)
+            self.owner.store.put(r.model_dump(), self.turn, self.key)
         except Exception:  # noqa: BLE001 - the client is gone; the log keeps the reason
             log.exception("could not store the cancelled response %s", r.id)
 

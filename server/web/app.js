@@ -208,7 +208,7 @@ async function loadCollections(select) {
     for (const s of stores.data) {
       const name = s.name || s.id;
       const twin = name !== s.id && names.filter((n) => n === name).length > 1; // tell them apart
-      const option = new Option(`${name}${twin ? ` [${s.id}]` : ""} (${s.file_counts.completed} files)`, s.id);
+      const option = new Option(`${name}${twin ? ` [${s.id}]` : ""} (${s.file_counts.completed} file${s.file_counts.completed === 1 ? "" : "s"})`, s.id);
       option.dataset.name = name;
       picker.add(option);
     }
