@@ -39,6 +39,7 @@ from clara.settings import ModelSettings
 from clara.text import printable, scaled, snippet
 from clara_cli.common import (
     EXIT_ERROR,
+    EXIT_LOCKED,
     EXIT_PARTIAL,
     Terminated,
     model_dtype,
@@ -179,7 +180,7 @@ def _expand(
         folders = sum(map(is_folder, ignored))
         said = [f"{n} {w}{'s' * (n != 1)}" for n, w in
                 ((len(ignored) - folders, "file"), (folders, "folder")) if n]  # fmt: skip
-        shown = [str(p) for p in sorted(ignored)[:LEFT_OUT_SHOWN]]
+        shown = [show_path(p) for p in sorted(ignored)[:LEFT_OUT_SHOWN]]
         if len(ignored) > LEFT_OUT_SHOWN:
             shown.append(f"{len(ignored) - LEFT_OUT_SHOWN} more")
         print(
@@ -816,6 +817,14 @@ def cmd_compact(args: argparse.Namespace) -> int:
             + (f", {_n(saves, 'interrupted save')} of files gone removed" if saves else "")
             + f"; {_size(stats['bytes_on_disk'])} on disk"
         )
+    if not dropped["wal_emptied"]:  # (a server mid-search for 30 s: its old pages stay)
+        print(
+            f"{PROG}: another process kept reading an older state of '{args.collection}', so "
+            "the database's log still holds freed pages: run compact again (or once the "
+            "servers reading it are stopped)",
+            file=sys.stderr,
+        )
+        return EXIT_LOCKED
     return 0
 
 

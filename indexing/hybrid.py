@@ -73,25 +73,29 @@ def retrieve(
     mode: str = "hybrid",
     fusion: Fusion | None = None,
     rerank: int = 0,
+    only: np.ndarray | None = None,
 ) -> list[SearchHit]:
     """Up to `k` hits for the question `text` (and its query vector (n_mem, d), needed by
-    dense and hybrid, and by lexical when it falls back), best first; the dense side's nearest
-    `rerank` re-scored by MaxSim (`Collection.search`)."""
+    dense and hybrid, and by lexical when it falls back), best first, among the chunk ids
+    `only` when given; the dense side's nearest `rerank` re-scored by MaxSim
+    (`Collection.search`)."""
     check_mode(mode)
+    if only is not None and len(only) == 0:
+        return []  # (a filter no document passes)
     fusion = fusion or Fusion()
     # (twice k from one retriever: room for the copies `_hits` leaves out)
     depth = max(k, fusion.depth) if mode == "hybrid" else 2 * k
     if vector is None and mode != "lexical":
         raise InvalidArgumentError(f"{mode} retrieval needs the question's query vector")
     terms = query_terms(text)
-    lexical = col.search_lexical(terms, depth) if mode != "dense" else None
+    lexical = col.search_lexical(terms, depth, only) if mode != "dense" else None
     if lexical is None and mode != "dense":
         if vector is None:
             return []  # lexical alone, nothing to search with
         mode = "dense"  # no usable word, or no full-text index
     dense: list = []
     if mode != "lexical":
-        dense = [(h.chunk_id, h.score) for h in col.search(vector, depth, rerank)[0]]
+        dense = [(h.chunk_id, h.score) for h in col.search(vector, depth, rerank, only)[0]]
     if mode == "hybrid":  # only matches on a word that tells chunks apart
         floor = FLOORED_WORD_BM25 * len(terms)  # (distinct terms)
         lexical = [hit for hit in lexical if hit[1] > floor] or lexical

@@ -95,6 +95,9 @@ log = logging.getLogger("clara.index")
 
 #: Compact the memory file once this share of its rows belongs to removed chunks.
 COMPACT_DEAD_SHARE = 0.25
+#: An attribute filter letting through at most this many chunks is searched exactly, from their
+#: stored memories (~18 KB each with the default model), in an HNSW or IVF index
+EXACT_FILTERED = 4096
 
 
 @dataclass
@@ -509,7 +512,8 @@ class Collection:
                 crash_point("remove:before-commit")
             crash_point("remove:after-commit")
             self._after_commit(generation, removed, np.zeros(0, np.int64), None)
-            self._meta.shrink()  # (the WAL held their text until a checkpoint: `compact`)
+            # (the WAL held their text until a checkpoint; a reader mid-search lets it be)
+            self._meta.empty_wal(wait_ms=200)
             return there
 
     def _after_commit(self, generation: int, removed: np.ndarray, ids: np.ndarray, vecs) -> None:
@@ -519,7 +523,7 @@ class Collection:
             self._compact()
         self._view.maybe_save()
 
-    def compact(self) -> dict[str, int]:
+    def compact(self) -> dict[str, Any]:
         """Erase from disk what removed (and replaced) documents left there; searches go on
         meanwhile. Removing takes a document out of every answer at once, but its memory rows
         stay in the memory file until a quarter of the rows are dead (then compaction drops
@@ -528,7 +532,8 @@ class Collection:
         drops the rows, rebuilds an HNSW index without tombstones, merges the words, rewrites
         the database and empties its WAL. Also removes what interrupted runs kept of files no
         longer there (`indexing.partial`). Returns the memory rows, index vectors and partial
-        saves dropped."""
+        saves dropped, and whether the WAL could be emptied (`wal_emptied`: False while another
+        process read an older state; the old pages may then stay until a later compact)."""
         self.check_writable()
         with self._guard():
             self._view.refresh()
@@ -538,10 +543,13 @@ class Collection:
             dead_vectors = int(self._view.index.index.ntotal) - self._view.index.ntotal
             if dead_vectors:  # (HNSW tombstones; a flat or IVF index removes at once)
                 self._view.refresh(rebuild=True)
-            self._view.maybe_save(force=bool(dead_vectors))
-            self._meta.erase_freed()
+            self._view.maybe_save(force=True)  # (a big flat index saves only past a share
+            emptied = self._meta.erase_freed()  # of changes: the old file kept them)
             saves = partial.forget_gone(self.directory)
-            return {"memory_rows": dead_rows, "index_vectors": dead_vectors, "partial": saves}
+            return {
+                "memory_rows": dead_rows, "index_vectors": dead_vectors, "partial": saves,
+                "wal_emptied": emptied,
+            }  # fmt: skip
 
     def _compact(self) -> None:
         state = self._meta.state()
@@ -578,12 +586,15 @@ class Collection:
             self._view.maybe_save(force=True)
 
     # -- reads -------------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int = 5, rerank: int = 0) -> list[list[Hit]]:
+    def search(
+        self, query: np.ndarray, k: int = 5, rerank: int = 0, only: np.ndarray | None = None
+    ) -> list[list[Hit]]:
         """query (Q, n_mem, d) or (n_mem, d) -> for each query up to k hits, best first.
 
-        FAISS finds the `max(k, rerank)` nearest chunks by the cosine of the flattened vectors;
-        with `rerank` (the checkpoint's `ClaraConfig.dense_rerank`) those are re-scored by
-        MaxSim over the stored memory vectors and the best k kept."""
+        FAISS finds the `max(k, rerank)` nearest chunks by the cosine of the flattened vectors
+        (among the chunk ids `only`, when given); with `rerank` (the checkpoint's
+        `ClaraConfig.dense_rerank`) those are re-scored by MaxSim over the stored memory
+        vectors and the best k kept."""
         if k < 0 or rerank < 0:
             raise InvalidArgumentError(f"k and rerank must be 0 or more, got {k} and {rerank}")
         q = np.asarray(query)
@@ -599,7 +610,15 @@ class Collection:
             if index is None or index.ntotal == 0 or k == 0:
                 return [[] for _ in range(len(q))]
             depth = min(rerank, index.ntotal)
-            scores, ids = index.search(flatten_normalize(q), max(k, depth))  # (Q, n) each
+            if only is not None and len(only) == 0:
+                return [[] for _ in range(len(q))]
+            exact = only is not None and index.kind != "flat" and len(only) <= EXACT_FILTERED
+            try:  # (an approximate index walks past the few it may return: 0 of 10 hits)
+                scores, ids = self._exact(q, only, max(k, depth)) if exact else (None, None)
+            except KeyError:  # (one removed meanwhile by another process)
+                exact = False
+            if not exact:
+                scores, ids = index.search(flatten_normalize(q), max(k, depth), only)  # (Q, n)
             if depth:
                 scores, ids = self._maxsim(q, ids, k)
             info = self._meta.hit_info(np.unique(ids[ids >= 0]).tolist())
@@ -608,6 +627,18 @@ class Collection:
             [Hit(i, info[i][0], float(s), *info[i][1:]) for s, i in zip(srow, irow) if i in info]
             for srow, irow in zip(scores, ids.tolist())
         ]
+
+    def _exact(self, q: np.ndarray, only: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's answer for the chunk ids `only`, computed exactly from their stored memories
+        (the flattened cosine): (Q, k) scores and ids, -1 where fewer exist."""
+        memory = flatten_normalize(self._view.read(only.tolist()))  # (n, D)
+        sims = flatten_normalize(q) @ memory.T  # (Q, n)
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        ids = np.full((len(q), k), -1, np.int64)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        ids[:, : top.shape[1]] = only[top]
+        scores[:, : top.shape[1]] = np.take_along_axis(sims, top, axis=1)
+        return scores, ids
 
     def _maxsim(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's candidates `ids` (Q, n; -1 for none) re-scored by MaxSim, best k first."""
@@ -631,15 +662,22 @@ class Collection:
             out_i[r, : len(best)] = best
         return out_s, out_i
 
-    def search_lexical(self, text: str | list[str], k: int = 5) -> list[tuple[int, float]] | None:
-        """BM25 over chunk terms: [(chunk id, score)] best first; None when `text` has no
-        usable word (or the collection has no full-text index: see `lexical`). `text` may be
-        its `query_terms` already."""
+    def search_lexical(
+        self, text: str | list[str], k: int = 5, only: np.ndarray | None = None
+    ) -> list[tuple[int, float]] | None:
+        """BM25 over chunk terms: [(chunk id, score)] best first (among the chunk ids `only`,
+        when given); None when `text` has no usable word (or the collection has no full-text
+        index: see `lexical`). `text` may be its `query_terms` already."""
         terms = query_terms(text) if isinstance(text, str) else text
         if not terms or not self.lexical:
             return None
         with self._guard():
-            return self._meta.lexical_search(terms, k)
+            return self._meta.lexical_search(terms, k, only)
+
+    def chunk_ids_of(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """The chunk ids of these documents (those still there), sorted."""
+        with self._guard():
+            return np.array(sorted(self._meta.chunk_ids_of(doc_ids)), dtype=np.int64)
 
     def retrieve(
         self,
@@ -650,15 +688,18 @@ class Collection:
         fusion: Fusion | None = None,
         rerank: int = 0,
         memories: bool = False,
+        documents: Sequence[str] | None = None,
     ) -> list[SearchHit]:
         """Search by question: "hybrid" (default), "dense" or "lexical" (`indexing.hybrid`).
         `vector` (n_mem, d) is the question's query-adapter encoding; `rerank` as in `search`
-        (pass the checkpoint's `cm.config.dense_rerank`). Hits carry text and document, and
-        with `memories` their stored memory vectors (`SearchHit.memory`)."""
+        (pass the checkpoint's `cm.config.dense_rerank`); `documents`: among these documents'
+        chunks only (an attribute filter's). Hits carry text and document, and with
+        `memories` their stored memory vectors (`SearchHit.memory`)."""
         if k < 0 or rerank < 0:
             raise InvalidArgumentError(f"k and rerank must be 0 or more, got {k} and {rerank}")
+        only = None if documents is None else self.chunk_ids_of(documents)
         for _ in range(3):
-            hits = retrieve(self, text, vector, k, mode, fusion, rerank)
+            hits = retrieve(self, text, vector, k, mode, fusion, rerank, only)
             if not (memories and hits):
                 return hits
             try:

@@ -279,8 +279,11 @@ class VectorIndex:
         return len(gone) + len(new_pos)
 
     # -- search and persistence -------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """queries (Q, D) normalised -> scores (Q, k') and ids (Q, k'), -1 where fewer exist."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """queries (Q, D) normalised -> scores (Q, k') and ids (Q, k'), -1 where fewer exist;
+        with `allowed` (ids), among those only (an attribute filter's documents)."""
         k = max(1, min(k, self.ntotal))
         params = None
         if self.kind == "hnsw":
@@ -290,7 +293,23 @@ class VectorIndex:
                     batch = faiss.IDSelectorBatch(self._tombstones)
                     self._selector = (batch, faiss.IDSelectorNot(batch))  # keep batch alive
                 params.sel = self._selector[1]
+        keep = []  # (the selectors' objects, alive while FAISS reads them)
+        if allowed is not None:
+            only = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+            keep.append(only)
+            if self.kind == "ivf":  # (a selector filters what the probed lists hold: all)
+                params = faiss.SearchParametersIVF(nprobe=self.inner.nlist)
+            elif params is None:
+                params = faiss.SearchParameters()
+            if self.kind == "hnsw":  # (and what the graph walk meets: wider, as it is sparser)
+                wider = k * max(1, int(self.index.ntotal) // max(1, len(allowed)))
+                params.efSearch = int(min(max(params.efSearch, wider), self.index.ntotal))
+            if params.sel is not None:
+                only = faiss.IDSelectorAnd(only, params.sel)
+                keep.append(only)
+            params.sel = only
         scores, ids = self.index.search(queries, k, params=params)
+        del keep
         return scores, ids
 
     def save(self, path: Path) -> None:

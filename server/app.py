@@ -124,8 +124,9 @@ def create_app(
     serving.accept_any_model = accept_any_model
     store = ResponseStore(responses_db or home() / "responses.sqlite", keep_responses_days)
     files = _files_service(settings, engine, max_upload_bytes) if files_api else None
-    if files is not None:  # its uploads' metrics among the server's
-        engine.metrics.files = files.metrics
+    if files is not None:  # its uploads' metrics among the server's, and their attributes
+        engine.metrics.files = files.metrics  # for attribute filters
+        engine.document_attributes = files.document_attributes
     engine.metrics.build.set(1, version=__version__, model=serving.served_model_name)
 
     @asynccontextmanager

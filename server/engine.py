@@ -106,6 +106,9 @@ class Engine:
         self.worker.on_depth = self.metrics.queue_depth.set
         self._cm: ClaraModel | None = None
         self._rag: Rag | None = None  # once the model is loaded
+        #: each document's attributes for attribute filters, (collection name, collection) ->
+        #: {doc id: attributes}; the Files API's when it is mounted (uploads' own attributes)
+        self.document_attributes: Callable[[str, Any], dict[str, dict[str, Any]]] | None = None
         # /metrics: per collection, (meta.sqlite and its WAL as last seen, its counts)
         self._counts: dict[str, tuple[Any, tuple[int, int]]] = {}
         self._damaged: set[str] = set()  # collections `index_stats` last found unreadable
@@ -300,7 +303,9 @@ class Engine:
             embed_tokens=cm.config.doc_max_tokens,
         )
         # An index made by another checkpoint must stop the server now, not fail per request.
-        self._rag = Rag(cm, s.root, s.collection, self.info.manifest, self.metrics)
+        self._rag = Rag(
+            cm, s.root, s.collection, self.info.manifest, self.metrics, self.document_attributes
+        )
         chunks = self._rag.chunks(s.collection)
         mx.eval(cm.encode_queries(["warm-up"]))
         where = s.root / s.collection

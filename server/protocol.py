@@ -18,12 +18,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from clara.errors import InvalidArgumentError
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
 from clara.text import printable
 from clara_cli.http import APIError, JSONInt, json_int, valid_unicode
+from indexing.filters import AttributeFilter, filter_dict
 
 log = logging.getLogger("clara.serve")
 
@@ -63,6 +65,17 @@ def only(schema: dict[str, Any], **field: Any) -> Any:
 
 
 NULL = {"type": "null"}
+
+
+def checked_filters(filters: Any, param: str) -> dict[str, Any] | None:
+    """Attribute filters a request sent (parsed as `AttributeFilter`), as the plain data
+    `indexing.filters.matches` reads, their size checked; a 400 naming `param`."""
+    try:
+        return filter_dict(filters, param)
+    except InvalidArgumentError as exc:
+        raise APIError(400, str(exc), param=param) from None
+
+
 MAX_STOPS = 16
 StopString = Annotated[str, Field(max_length=1000)]
 TEXT_ROLES = ["system", "developer", "user", "assistant"]
@@ -219,8 +232,17 @@ class ChatCompletionRequest(_Request):
     retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
     """How chunks are found: "hybrid" (default) fuses "dense" (query adapter vs compressed
     memories) and "lexical" (BM25 over the chunks' words) by reciprocal rank fusion."""
+    filters: AttributeFilter | None = None
+    """Attribute filters, as OpenAI's file search takes them: only documents whose attributes
+    pass are searched (`{"type": "eq", "key": "team", "value": "hr"}`; `indexing.filters`).
+    Kept as plain data once checked."""
     ignore_eos: bool = False
     """Decode to max_tokens even past end-of-sequence (as vLLM's; benchmarks use it)."""
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, filters: Any) -> dict[str, Any] | None:
+        return checked_filters(filters, "filters")
 
     def check_supported(self) -> None:
         """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
@@ -288,6 +310,7 @@ class ChatCompletionRequest(_Request):
             retrieval=self.retrieval and self.top_k != 0,
             mode=self.mode or defaults.mode,
             retrieval_mode=self.retrieval_mode or defaults.retrieval_mode,
+            filters=self.filters,
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or defaults.collection,
             max_tokens=defaults.capped(
@@ -358,6 +381,7 @@ class RagParams:
     retrieval: bool = True
     mode: str = "memory"
     retrieval_mode: str = "hybrid"
+    filters: dict[str, Any] | None = None  # attribute filters (checked): which documents
     top_k: int = 5
     collection: str = "default"
     max_tokens: int = 512

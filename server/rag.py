@@ -4,6 +4,7 @@ as text, or the best as text and the rest as memory ("mixed")."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from clara.paths import upload_file_id
 from clara.prompt import SYSTEM_PROMPT, Prompt, memory_prompt, mixed_prompt, text_prompt
 from indexing.meta import contextual
 from indexing.open_collections import OpenCollections
+from indexing.service.search import document_attributes, filtered_documents
 from indexing.store import Collection
 from server.jobs import Retrieved, SourceInfo
 from server.metrics import Metrics
@@ -35,10 +37,21 @@ class Rag:
     (checked against the loaded model's `manifest`), `default` the one requests get."""
 
     def __init__(
-        self, cm: ClaraModel, root: Path, default: str, manifest: dict[str, Any], metrics: Metrics
+        self,
+        cm: ClaraModel,
+        root: Path,
+        default: str,
+        manifest: dict[str, Any],
+        metrics: Metrics,
+        attributes: Callable[[str, Collection], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
+        """`attributes(name, collection)`: each document's attributes, for attribute filters
+        (the Files API's, with the attributes uploads were given; else clara's own)."""
         self.cm, self.root, self.default, self.metrics = cm, root, default, metrics
         self._collections = OpenCollections(root, manifest)
+        self.attributes = attributes or (
+            lambda name, col: document_attributes(col, [], lambda p: upload_file_id(root, p))
+        )
 
     def close(self) -> None:
         self._collections.close()
@@ -77,6 +90,9 @@ class Rag:
             self.metrics.retrievals.inc(status="no_index")
             where = self.root / p.collection
             return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
+        documents = None
+        if p.filters is not None:  # (the documents an attribute filter lets through)
+            documents = filtered_documents(self.attributes(p.collection, coll), p.filters)
         hits = coll.retrieve(  # text + document (+ memories)
             p.query,
             qvec,
@@ -84,12 +100,19 @@ class Rag:
             p.retrieval_mode,
             rerank=self.cm.config.dense_rerank,
             memories=p.mode in ("memory", "mixed"),
+            documents=documents,
         )
         if not hits:
             empty = coll.stats()["chunks"] == 0
             status = "empty_index" if empty else "no_match"
             self.metrics.retrievals.inc(status=status)
             detail = "the collection is empty" if empty else "no chunk matched the words"
+            if documents is not None and not empty:
+                detail = (
+                    "no chunk of the documents the filters let through matched"
+                    if (documents)
+                    else "no document's attributes pass the filters"
+                )
             return Retrieved(status, p.collection, detail=detail)
         memories = np.stack([h.memory for h in hits]) if hits[0].memory is not None else None
         sources = [

@@ -1349,7 +1349,9 @@ def test_a_docs_repository_leaves_out_what_git_ignores(
     rc, _, err = run(capsys, "add", repo, *args)
     assert rc == 0 and set(docs_of(index)) == {"doc00.txt", "doc01.txt", "draft.md"}
     assert "left out 1 file and 2 folders that .gitignore files name" in err, err
-    named = ", ".join(str(repo / n) for n in ["_build", "node_modules", "secret-notes.md"])
+    from clara.paths import show_path
+
+    named = ", ".join(show_path(repo / n) for n in ["_build", "node_modules", "secret-notes.md"])
     assert f"): {named}; --no-ignore" in err  # (they were counted, not named)
     assert "--no-ignore reads them" in err
     (repo / ".gitignore").write_text("secret-notes.md\n_build/\ndraft.md\n")

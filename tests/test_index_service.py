@@ -320,6 +320,17 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
         with pytest.raises(openai.BadRequestError) as err:
             client.vector_stores.search("papers", query=WATER, **body)
         assert err.value.body["param"] == param
+    # attribute filters (an R2R user's audit: a 400, "not supported here"), on the upload's
+    # own attributes and clara's (filename): the water text is searched for, the rail file found
+    rail_only = {"type": "eq", "key": "topic", "value": "rail"}
+    for filters in (rail_only, {"type": "in", "key": "filename", "value": ["train.md"]}):
+        found = client.vector_stores.search("papers", query=WATER, filters=filters).data
+        assert found and {h.file_id for h in found} == {train.id}, filters
+    none = {"type": "and", "filters": [rail_only, {"type": "eq", "key": "topic", "value": "x"}]}
+    assert client.vector_stores.search("papers", query=WATER, filters=none).data == []
+    with pytest.raises(openai.BadRequestError) as err:
+        client.vector_stores.search("papers", query=WATER, filters={"type": "like", "key": "a"})
+    assert err.value.body["param"].startswith("filters") and "'like'" in err.value.message
 
     removed = client.vector_stores.files.delete(file_id=water.id, vector_store_id="papers")
     assert (removed.id, removed.deleted, removed.object) == (

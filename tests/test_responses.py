@@ -498,6 +498,53 @@ def test_a_chain_is_read_whole_when_truncation_is_disabled(client: openai.OpenAI
     )
 
 
+def test_attribute_filters_choose_the_documents_searched(client: openai.OpenAI) -> None:
+    """An R2R user's audit: `filters` (file_search's, OpenAI's shape) were a 400; chats had
+    none. Only documents whose attributes pass are searched, in the Responses API's
+    file_search and in chat completions (`extra_body`)."""
+    vs = client.vector_stores.create(name="teams")
+    for name, team in (("hr.md", "hr"), ("eng.md", "eng")):
+        text = f"The {team} team's holiday policy: five days carry over to March."
+        f = client.files.create(file=(name, text.encode()), purpose="assistants")
+        client.vector_stores.files.create_and_poll(
+            vector_store_id=vs.id, file_id=f.id, attributes={"team": team}, poll_interval_ms=50
+        )
+    question = "What is the holiday policy?"
+    for team in ("hr", "eng"):
+        only = {"type": "eq", "key": "team", "value": team}
+        tool = {"type": "file_search", "vector_store_ids": [vs.id], "filters": only}
+        r = client.responses.create(model=MODEL, input=question, tools=[tool],
+                                    include=["file_search_call.results"], max_output_tokens=2)  # fmt: skip
+        assert [x.filename for x in r.output[0].results] == [f"{team}.md"]
+        # a follow-up searches the same documents (a review: the whole store again)
+        on = client.responses.create(model=MODEL, input="And for new hires?", max_output_tokens=2,
+                                     previous_response_id=r.id)  # fmt: skip
+        assert on.model_extra["retrieval"]["filters"] == only
+        assert [a.filename for a in on.output[0].content[0].annotations] in ([], [f"{team}.md"])
+        chat = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=2,
+            extra_body={"collection": vs.id, "filters": only},
+        )  # fmt: skip
+        assert [s["filename"] for s in chat.choices[0].message.sources] == [f"{team}.md"]
+    nobody = {"type": "eq", "key": "team", "value": "ops"}
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=2,
+        extra_body={"collection": vs.id, "filters": nobody},
+    )  # fmt: skip
+    assert chat.choices[0].message.sources == []
+    for bad in ({"type": "eq", "key": "team"}, {"type": "xor", "filters": []}):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": question}],
+                extra_body={"collection": vs.id, "filters": bad},
+            )  # fmt: skip
+        assert err.value.body["param"].startswith("filters")
+        tool = {"type": "file_search", "vector_store_ids": [vs.id], "filters": bad}
+        with pytest.raises(openai.BadRequestError) as err:
+            client.responses.create(model=MODEL, input=question, tools=[tool])
+        assert err.value.body["param"].startswith("tools.[0].filters")
+
+
 def test_a_follow_up_searches_what_its_previous_response_searched(
     client: openai.OpenAI, knowledge_base
 ) -> None:

@@ -79,7 +79,7 @@ from indexing.service.protocol import (
     VectorStoreUpdate,
     paginate,
 )
-from indexing.service.search import search_results
+from indexing.service.search import document_attributes, search_results
 from indexing.service.state import Batch, FileRecord, Link, Registry, StoreRecord
 from indexing.service.uploads import Uploads
 from indexing.store import (
@@ -871,7 +871,7 @@ class IndexService:
                     pass
             if col is not None and rec is not None:  # what a stopped job kept of it (its
                 # compressed chunks stayed a week: a privacy audit)
-                partial.forget_path(col.directory, path_text(self.uploads.path(rec)))
+                partial.forget_path(col.directory, path_text(self.uploads.path(rec).resolve()))
         finally:
             if col is not None:
                 self._release(store_id)
@@ -959,10 +959,14 @@ class IndexService:
         return paginate([f for f in files if status in (None, f.status)], **page)
 
     # ---- search ----------------------------------------------------------------------------
+    def document_attributes(self, store_id: str, col: Collection) -> dict[str, dict[str, Any]]:
+        """The attributes attribute filters read, by document (`search.document_attributes`);
+        any thread."""
+        links = self.registry.links(store_id=store_id)
+        return document_attributes(col, links, self.uploads.file_id_of)
+
     async def search(self, store_id: str, body: SearchRequest) -> SearchPage:
         queries = [body.query] if isinstance(body.query, str) else list(body.query)
-        if body.filters is not None:
-            raise APIError(400, "attribute filters are not supported here", param="filters")
         async with self.reading_async(store_id) as col:  # (open while it waits for the model)
             return await self._search(store_id, col, queries, body)
 
@@ -998,7 +1002,7 @@ class IndexService:
 
         def searched() -> list[SearchResult]:
             try:
-                return search_results(col, *args, rerank)
+                return search_results(col, *args, rerank, body.filters)
             finally:
                 self._readers.release(col)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clara_cli.http import Metadata, ShortText, json_int, valid_unicode
+from clara.errors import InvalidArgumentError
+from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicode
+from indexing.filters import AttributeFilter, filter_dict
 
 #: A file's attributes as returned (numbers keep their type: 1889 stays an int), and as a
 #: request may set them: OpenAI's bounds, 16 pairs, keys of 64 characters, strings of 512
@@ -234,8 +236,19 @@ class SearchRequest(_Request):
         ]
     )
     """Text to search for, or several (a chunk keeps its best score)."""
-    filters: dict[str, Any] | None = Field(default=None, json_schema_extra={"type": "null"})
-    """Attribute filters are not supported (null only)."""
+    filters: AttributeFilter | None = None
+    """Attribute filters (OpenAI's comparison and compound filters: `indexing.filters`):
+    only documents whose attributes pass them are searched (kept as plain data once
+    checked)."""
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, filters: Any) -> dict[str, Any] | None:
+        try:
+            return filter_dict(filters)
+        except InvalidArgumentError as exc:
+            raise APIError(400, str(exc), param="filters") from None
+
     max_num_results: json_int(ge=1, le=50) = 10
     ranking_options: RankingOptions | None = None
     rewrite_query: bool | None = Field(default=None, json_schema_extra={"enum": [False, None]})

@@ -1,14 +1,17 @@
 """Vector-store search results for the indexing service: a collection's hits for one or more
-queries (hybrid, dense or lexical: `Collection.retrieve`), merged (a chunk keeps its best
-score), thresholded and shaped as OpenAI's `vector_stores.search` results."""
+queries (hybrid, dense or lexical: `Collection.retrieve`), among the documents an attribute
+filter passes, merged (a chunk keeps its best score), thresholded and shaped as OpenAI's
+`vector_stores.search` results."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from clara.retrieval import Fusion
+from indexing.filters import matches
 from indexing.service.protocol import SearchResult, TextContent
 from indexing.service.state import Link
 from indexing.service.uploads import Uploads
@@ -44,6 +47,30 @@ def with_own_attributes(own: dict[str, Any] | None, clara: dict[str, Any]) -> di
     return attributes
 
 
+def document_attributes(
+    col: Collection, links: list[Link], file_id_of: Callable[[str | None], str | None]
+) -> dict[str, dict[str, Any]]:
+    """Each document's attributes, as attribute filters read them (`indexing.filters`): those
+    its upload was given in this store (`links`), then `filename`, `document_id`, and `path`
+    for a file clara-index read (`file_id_of(path)`: the upload a stored path is, or None)."""
+    by_doc = {link.doc_id: link for link in links}
+    by_file = {link.file_id: link for link in links}
+    out = {}
+    for d in col.list_documents():
+        upload = file_id_of(d.path)
+        link = by_doc.get(d.id) or by_file.get(upload or "")
+        clara: dict[str, Any] = {"filename": d.name, "document_id": d.id}
+        if d.path and not upload:
+            clara["path"] = d.path
+        out[d.id] = with_own_attributes(link.attributes if link else None, clara)
+    return out
+
+
+def filtered_documents(attributes: dict[str, dict[str, Any]], node: dict[str, Any]) -> list[str]:
+    """The documents whose attributes pass the (checked) filter `node`."""
+    return [doc for doc, attrs in attributes.items() if matches(node, attrs)]
+
+
 def search_results(
     col: Collection,
     texts: list[str],
@@ -55,15 +82,27 @@ def search_results(
     mode: str = "hybrid",
     fusion: Fusion | None = None,
     rerank: int = 0,
+    filters: dict[str, Any] | None = None,
 ) -> list[SearchResult]:
     """Questions `texts` and their vectors `queries` (Q, n_mem, d) -> up to k results with
-    score >= threshold, best first (`rerank`: the checkpoint's `dense_rerank`)."""
+    score >= threshold, best first (`rerank`: the checkpoint's `dense_rerank`), of documents
+    that pass the attribute `filters` (checked) when given."""
+    documents = None
+    if filters is not None:
+        attributes = document_attributes(col, links, uploads.file_id_of)
+        documents = filtered_documents(attributes, filters)
     best: dict[int, Any] = {}
     for text, query in zip(texts, queries, strict=True):
-        for h in col.retrieve(text, query, k, mode, fusion, rerank):
+        for h in col.retrieve(text, query, k, mode, fusion, rerank, documents=documents):
             if h.chunk_id not in best or h.score > best[h.chunk_id].score:
                 best[h.chunk_id] = h
-    hits = sorted(best.values(), key=lambda h: -h.score)[:k]
+    hits, seen = [], set()  # (one text once: each query's search leaves out copies, but two
+    for h in sorted(best.values(), key=lambda h: -h.score):  # queries may find two copies)
+        text = " ".join(h.text.split())
+        if text not in seen:
+            seen.add(text)
+            hits.append(h)
+    hits = hits[:k]
     hits = [h for h in hits if h.score >= threshold]
     by_doc = {link.doc_id: link for link in links}
     by_file = {link.file_id: link for link in links}

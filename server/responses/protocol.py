@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicode
+from indexing.filters import AttributeFilter
 from indexing.service.protocol import Attributes, Ranker
-from server.protocol import NULL, only, refuse
+from server.protocol import NULL, checked_filters, only, refuse
 
 VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
 
@@ -105,8 +106,15 @@ class FileSearchTool(_Request):
             )  # fmt: skip
         return ids
 
-    filters: dict[str, Any] | None = only(NULL, default=None)
+    filters: AttributeFilter | None = None
+    """Attribute filters: only documents whose attributes pass are searched (kept as plain
+    data once checked)."""
     ranking_options: FileSearchRankingOptions | None = None
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, filters: Any) -> dict[str, Any] | None:
+        return checked_filters(filters, "tools.[0].filters")
 
 
 #: tool_choice "required" or {"type": "file_search"} needs the tool in `tools`
@@ -240,9 +248,6 @@ class ResponseCreateRequest(_Request):
                     "'tools' (without tools, leave tool_choice unset: clara-serve then "
                     "searches its default collection)", param="tool_choice",
                 )  # fmt: skip
-        for i, tool in enumerate(self.tools or []):
-            if tool.filters is not None:
-                refuse(f"tools.[{i}].filters", "attribute filters")
 
 
 # ---- response ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from clara_cli.http import CALLER, APIError, by_caller, client_gone_error
 from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
 from server.jobs import Ready, SourceInfo
-from server.protocol import ChatCompletionRequest, ChatMessage
+from server.protocol import ChatCompletionRequest, ChatMessage, checked_filters
 from server.responses.protocol import (
     FileCitation,
     FileSearchCall,
@@ -342,6 +342,7 @@ class ResponsesServing:
             chat.retrieval = False
         elif search is not None:
             chat.collection, chat.top_k = search
+            chat.filters = req.tools[0].filters
         else:
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, req.collection, req.top_k
             before = searched_before or {}
@@ -350,6 +351,9 @@ class ResponsesServing:
                 chat.collection = name
                 if req.top_k is None and isinstance(before.get("top_k"), int):
                     chat.top_k = before["top_k"]
+                if isinstance(before.get("filters"), dict):  # (the same documents: a follow-up
+                    chat.filters = checked_filters(before["filters"], "previous_response_id")
+                    # searched the whole store, past a filter that kept it to one team's)
             elif (
                 req.collection is None
                 and req.retrieval
@@ -465,6 +469,7 @@ class ResponsesServing:
                 "status": ready.retrieved.status, "collection": ready.retrieved.collection,
                 "mode": params.mode, "top_k": params.top_k,
                 "retrieval_mode": params.retrieval_mode,
+                **({"filters": params.filters} if params.filters is not None else {}),
             },
         )  # fmt: skip
         call = None

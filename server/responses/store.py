@@ -82,7 +82,7 @@ class ResponseStore:
         self.keep_days = keep_days
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._expired_at = 0.0  # (monotonic) when `_expire` last ran
+        self._expired_at = -float("inf")  # (monotonic) when `_expire` last ran
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -202,7 +202,7 @@ class ResponseStore:
         response = json.loads(row[1])
         if response.get("status") == "in_progress" and self._orphaned(response_id):
             response.update(status="failed", error=INTERRUPTED)  # its server died mid-answer
-            self.put(response, json.loads(row[0]), key)
+            self.put(response, json.loads(row[0]), row[2])  # (its owner, not the reader)
         return response
 
     def _orphaned(self, response_id: str) -> bool:
@@ -214,14 +214,15 @@ class ResponseStore:
             return response_id not in _WRITING
         return not pid_alive(found[0])
 
-    def _row(self, response_id: str, key: str | None) -> tuple[str, str] | None:
-        """(input, response) of a stored response `key` may read (another key's: None)."""
+    def _row(self, response_id: str, key: str | None) -> tuple[str, str, str | None] | None:
+        """(input, response, owner) of a stored response `key` may read (another key's:
+        None)."""
         with self._lock:
             found = self._read(
                 "SELECT r.input, r.response, o.key FROM responses r "
                 "LEFT JOIN owners o ON o.id = r.id WHERE r.id = ?", response_id,
             )  # fmt: skip
-        return found[:2] if found is not None and found[2] in (None, key) else None
+        return found if found is not None and found[2] in (None, key) else None
 
     def _owner_bars(self, db: sqlite3.Connection, response_id: str, key: str | None) -> bool:
         """Whether the response is another key's (lock held)."""
