@@ -50,7 +50,8 @@ turn (with the user turns before it, --history-turns) and answers from what they
 `sources` (and `annotations`). Request extensions (OpenAI SDK: extra_body): top_k,
 collection, retrieval (false: no retrieval), mode ("memory" | "text": the chunks' raw text |
 "mixed": the best chunk's text and the others' memories; default --mode), retrieval_mode
-("hybrid" | "dense" | "lexical"), ignore_eos.
+("hybrid" | "dense" | "lexical"), filters (OpenAI's attribute filters: which documents),
+ignore_eos.
 """
 
 

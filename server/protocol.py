@@ -234,15 +234,15 @@ class ChatCompletionRequest(_Request):
     memories) and "lexical" (BM25 over the chunks' words) by reciprocal rank fusion."""
     filters: AttributeFilter | None = None
     """Attribute filters, as OpenAI's file search takes them: only documents whose attributes
-    pass are searched (`{"type": "eq", "key": "team", "value": "hr"}`; `indexing.filters`).
-    Kept as plain data once checked."""
+    pass are searched (`{"type": "eq", "key": "team", "value": "hr"}`; `indexing.filters`)."""
     ignore_eos: bool = False
     """Decode to max_tokens even past end-of-sequence (as vLLM's; benchmarks use it)."""
 
     @field_validator("filters")
     @classmethod
-    def _filters(cls, filters: Any) -> dict[str, Any] | None:
-        return checked_filters(filters, "filters")
+    def _filters(cls, filters: Any) -> Any:
+        checked_filters(filters, "filters")
+        return filters
 
     def check_supported(self) -> None:
         """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
@@ -310,7 +310,7 @@ class ChatCompletionRequest(_Request):
             retrieval=self.retrieval and self.top_k != 0,
             mode=self.mode or defaults.mode,
             retrieval_mode=self.retrieval_mode or defaults.retrieval_mode,
-            filters=self.filters,
+            filters=filter_dict(self.filters),
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or defaults.collection,
             max_tokens=defaults.capped(

@@ -12,11 +12,12 @@ import numpy as np
 
 from clara.errors import CollectionNameCaseError, CollectionNotFoundError
 from clara.model import ClaraModel
-from clara.paths import upload_file_id
+from clara.paths import UPLOADS, upload_file_id
 from clara.prompt import SYSTEM_PROMPT, Prompt, memory_prompt, mixed_prompt, text_prompt
 from indexing.meta import contextual
 from indexing.open_collections import OpenCollections
 from indexing.service.search import document_attributes, filtered_documents
+from indexing.service.state import Registry
 from indexing.store import Collection
 from server.jobs import Retrieved, SourceInfo
 from server.metrics import Metrics
@@ -46,15 +47,27 @@ class Rag:
         attributes: Callable[[str, Collection], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         """`attributes(name, collection)`: each document's attributes, for attribute filters
-        (the Files API's, with the attributes uploads were given; else clara's own)."""
+        (the mounted Files API's; without one, `_attributes`)."""
         self.cm, self.root, self.default, self.metrics = cm, root, default, metrics
         self._collections = OpenCollections(root, manifest)
-        self.attributes = attributes or (
-            lambda name, col: document_attributes(col, [], lambda p: upload_file_id(root, p))
-        )
+        self.attributes = attributes or self._attributes
+        self._registry: Registry | None = None
+
+    def _attributes(self, name: str, col: Collection) -> dict[str, dict[str, Any]]:
+        """Each document's attributes without a mounted Files API: those its upload was given
+        as a `clara-index serve` beside this server records them (a review: they were left
+        out, and `ne`/`nin` filters let every upload through), and clara's own."""
+        links = []
+        if (self.root / UPLOADS / "registry.sqlite").is_file():
+            if self._registry is None:
+                self._registry = Registry(self.root / UPLOADS)
+            links = self._registry.links(store_id=name)
+        return document_attributes(col, links, lambda p: upload_file_id(self.root, p))
 
     def close(self) -> None:
         self._collections.close()
+        if self._registry is not None:
+            self._registry.close()
 
     def forget(self, name: str) -> None:
         """`name` was deleted: closed once no request reads it."""

@@ -765,6 +765,16 @@ def test_generation_server_sees_files_the_service_indexes(
         assert sources[0]["url"] == f"{service.url}/v1/files/{sources[0]['file_id']}/content"
         got = httpx.get(sources[0]["url"], headers={"Authorization": f"Bearer {API_KEY}"})
         assert got.status_code == 200 and got.text == TRAIN
+        # attribute filters read the attributes the service recorded (a filters audit: left
+        # out there, a `ne` filter let every upload through)
+        attach(client, "shared", upload(client, "rota.txt", WATER).id, attributes={"team": "x"})
+        for kind, names in (("ne", ["timetable.txt"]), ("eq", ["rota.txt"])):
+            answer = gen.chat.completions.create(
+                model=gen.models.list().data[0].id, messages=[{"role": "user", "content": TRAIN}],
+                extra_body={"top_k": 5, "filters": {"type": kind, "key": "team", "value": "x"}},
+            )  # fmt: skip
+            sources = answer.choices[0].message.model_extra["sources"]
+            assert [s["filename"] for s in sources] == names, kind
     finally:
         chat.stop()
     client.vector_stores.delete("shared")

@@ -520,6 +520,10 @@ def test_attribute_filters_choose_the_documents_searched(client: openai.OpenAI) 
         on = client.responses.create(model=MODEL, input="And for new hires?", max_output_tokens=2,
                                      previous_response_id=r.id)  # fmt: skip
         assert on.model_extra["retrieval"]["filters"] == only
+        # without a tool, as chat completions take them (a filters audit: a 400)
+        plain = client.responses.create(model=MODEL, input=question, max_output_tokens=2,
+                                        extra_body={"collection": vs.id, "filters": only})  # fmt: skip
+        assert plain.model_extra["retrieval"]["filters"] == only
         assert [a.filename for a in on.output[0].content[0].annotations] in ([], [f"{team}.md"])
         chat = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=2,

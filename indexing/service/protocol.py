@@ -238,16 +238,16 @@ class SearchRequest(_Request):
     """Text to search for, or several (a chunk keeps its best score)."""
     filters: AttributeFilter | None = None
     """Attribute filters (OpenAI's comparison and compound filters: `indexing.filters`):
-    only documents whose attributes pass them are searched (kept as plain data once
-    checked)."""
+    only documents whose attributes pass them are searched."""
 
     @field_validator("filters")
     @classmethod
-    def _filters(cls, filters: Any) -> dict[str, Any] | None:
+    def _filters(cls, filters: Any) -> Any:
         try:
-            return filter_dict(filters)
+            filter_dict(filters)
         except InvalidArgumentError as exc:
             raise APIError(400, str(exc), param="filters") from None
+        return filters
 
     max_num_results: json_int(ge=1, le=50) = 10
     ranking_options: RankingOptions | None = None

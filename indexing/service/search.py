@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from clara.retrieval import Fusion
-from indexing.filters import matches
+from indexing.filters import matches, prepared
 from indexing.service.protocol import SearchResult, TextContent
 from indexing.service.state import Link
 from indexing.service.uploads import Uploads
@@ -68,7 +68,8 @@ def document_attributes(
 
 def filtered_documents(attributes: dict[str, dict[str, Any]], node: dict[str, Any]) -> list[str]:
     """The documents whose attributes pass the (checked) filter `node`."""
-    return [doc for doc, attrs in attributes.items() if matches(node, attrs)]
+    ready = prepared(node)
+    return [doc for doc, attrs in attributes.items() if matches(ready, attrs)]
 
 
 def search_results(

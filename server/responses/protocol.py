@@ -107,14 +107,14 @@ class FileSearchTool(_Request):
         return ids
 
     filters: AttributeFilter | None = None
-    """Attribute filters: only documents whose attributes pass are searched (kept as plain
-    data once checked)."""
+    """Attribute filters: only documents whose attributes pass are searched."""
     ranking_options: FileSearchRankingOptions | None = None
 
     @field_validator("filters")
     @classmethod
-    def _filters(cls, filters: Any) -> dict[str, Any] | None:
-        return checked_filters(filters, "tools.[0].filters")
+    def _filters(cls, filters: Any) -> Any:
+        checked_filters(filters, "tools.[0].filters")
+        return filters
 
 
 #: tool_choice "required" or {"type": "file_search"} needs the tool in `tools`
@@ -205,6 +205,16 @@ class ResponseCreateRequest(_Request):
     retrieval_mode: Literal["hybrid", "dense", "lexical"] | None = None
     """How chunks are found, with or without a file_search tool (as in chat completions):
     "hybrid" (the server's default) fuses "dense" and "lexical" (BM25) rankings."""
+    filters: AttributeFilter | None = None
+    """Attribute filters without a file_search tool (as in chat completions; a tool takes
+    its own): only documents whose attributes pass are searched. Default: in a
+    `previous_response_id` chain that searches the same collection, the previous one's."""
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, filters: Any) -> Any:
+        checked_filters(filters, "filters")
+        return filters
 
     @field_validator("tools", mode="before")
     @classmethod

@@ -345,13 +345,14 @@ class ResponsesServing:
             chat.filters = req.tools[0].filters
         else:
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, req.collection, req.top_k
+            chat.filters = req.filters
             before = searched_before or {}
             name = before.get("collection")
             if req.collection is None and name and is_vector_store(self.root, name):
                 chat.collection = name
                 if req.top_k is None and isinstance(before.get("top_k"), int):
                     chat.top_k = before["top_k"]
-                if isinstance(before.get("filters"), dict):  # (the same documents: a follow-up
+                if req.filters is None and isinstance(before.get("filters"), dict):  # (a follow-up
                     chat.filters = checked_filters(before["filters"], "previous_response_id")
                     # searched the whole store, past a filter that kept it to one team's)
             elif (
