@@ -475,6 +475,8 @@ class Indexer:
         self.committed += 1
         if p.partial is not None:
             p.partial.discard()
+        else:  # (a short new version: an older, longer one's saves went only at their age
+            partial.forget_path(self.collection.directory, path_text(path))  # limit)
         crash_point(f"index:after-document-{self.committed}")
         detail = (
             f"resumed: {p.resumed} of {len(records)} chunks were compressed by an earlier run"

@@ -504,7 +504,8 @@ class Collection:
         with self._guard():
             generation = self._meta.state().generation + 1
             with self._meta.transaction():
-                there = [d for d in dict.fromkeys(doc_ids) if self._meta.document(d) is not None]
+                found = [self._meta.document(d) for d in dict.fromkeys(doc_ids)]
+                there = [d.id for d in found if d is not None]
                 if not there:
                     return []
                 removed = np.concatenate([self._meta.delete_document(d) for d in there])
@@ -514,6 +515,9 @@ class Collection:
             self._after_commit(generation, removed, np.zeros(0, np.int64), None)
             # (the WAL held their text until a checkpoint; a reader mid-search lets it be)
             self._meta.empty_wal(wait_ms=200)
+            for d in found:  # what interrupted runs kept of their files (a privacy audit)
+                if d is not None and d.path:
+                    partial.forget_path(self.directory, d.path)
             return there
 
     def _after_commit(self, generation: int, removed: np.ndarray, ids: np.ndarray, vecs) -> None:
@@ -572,6 +576,8 @@ class Collection:
         self._view.memory = new
         self._view.generation = generation  # same ids, same vectors: the index is still exact
         old.close()
+        with contextlib.suppress(OSError):  # (erased, not only unlinked: see zero_rows)
+            old.zero_rows(np.setdiff1d(np.arange(state.n_rows, dtype=np.int64), rows))
         remove_quietly(old.path)
         fsync_dir(self.directory)
         self._meta.shrink()

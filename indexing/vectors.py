@@ -141,6 +141,22 @@ class MemoryFile:
             f.flush()
             sync(f.fileno())
 
+    def zero_rows(self, rows: np.ndarray) -> None:
+        """Overwrite these rows with zeros, then fsync (the removed rows of a file about to be
+        deleted: a reader that still has it open, a server until its next search, holds its
+        blocks, which kept the removed documents' memories)."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size == 0:
+            return
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+        with open(self.path, "r+b") as f:
+            for run in runs:
+                f.seek(int(run[0]) * self.row_bytes)
+                for start in range(0, len(run), 1024):
+                    f.write(bytes(min(1024, len(run) - start) * self.row_bytes))
+            f.flush()
+            sync(f.fileno())
+
     def truncate(self, n_rows: int) -> None:
         """Drop bytes past the committed rows (writer only); creates the file when missing."""
         self._mm = None

@@ -120,12 +120,10 @@ class Rag:
             status = "empty_index" if empty else "no_match"
             self.metrics.retrievals.inc(status=status)
             detail = "the collection is empty" if empty else "no chunk matched the words"
-            if documents is not None and not empty:
-                detail = (
-                    "no chunk of the documents the filters let through matched"
-                    if (documents)
-                    else "no document's attributes pass the filters"
-                )
+            if documents == []:
+                detail = "no document's attributes pass the filters"
+            elif documents is not None and not empty:
+                detail = "no chunk of the documents the filters let through matched"
             return Retrieved(status, p.collection, detail=detail)
         memories = np.stack([h.memory for h in hits]) if hits[0].memory is not None else None
         sources = [

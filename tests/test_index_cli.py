@@ -885,6 +885,23 @@ def test_saves_of_an_edited_files_older_version_go_at_its_commit(
     path.write_text(path.read_text() + "\n\nOne more paragraph, written after the crash.\n")
     assert add_process(folder, index, tiny_llama_dir, None, "--batch-size", "8").wait(120) == 0
     assert list((index / "default" / "partial").iterdir()) == []
+    # a short new version (a redaction), or a removal, takes them too (a privacy audit: only
+    # a version long enough to be saved itself did, and `compact` kept them: the file was there)
+    long_text = path.read_text()
+    for then in ("short", "remove"):
+        path.write_text(long_text + f"\n\nAnother edit, {then}.\n")
+        proc = add_process(
+            folder, index, tiny_llama_dir, "index:after-partial-1", "--batch-size", "8"
+        )
+        assert proc.wait(120) == -signal.SIGKILL, proc.stderr.read().decode()
+        assert list((index / "default" / "partial").iterdir()) != []
+        if then == "short":
+            path.write_text("Redacted.")
+            assert add_process(folder, index, tiny_llama_dir, None).wait(120) == 0
+        else:
+            rc, _, err = run(capsys, "remove", path, "--index", index)
+            assert rc == 0, err
+        assert list((index / "default" / "partial").iterdir()) == [], then
 
 
 def test_sigkill_from_outside_mid_run(tmp_path: Path, tiny_llama_dir: Path, reference) -> None:

@@ -1491,3 +1491,21 @@ def test_the_default_collection_is_made_by_its_first_good_upload(
         assert batch.file_counts.completed == 1
         hits = api.vector_stores.search(vector_store_id="default", query=WATER).data
         assert hits[0].file_id == f.id
+
+
+def test_a_deleted_uploads_name_and_attributes_leave_the_registrys_log(tmp_path: Path) -> None:
+    """A privacy audit: the registry's WAL kept a deleted upload's name and its attributes
+    until the service stopped."""
+    from indexing.service.state import FileRecord, Link, Registry, StoreRecord
+
+    registry = Registry(tmp_path / "uploads")
+    try:
+        registry.add_store(StoreRecord("hr", "hr", 1))
+        registry.add_file(FileRecord("file-1", "salary_CANARY.txt", 3, 1, "assistants"))
+        registry.put_link(Link("hr", "file-1", 1, "completed", attributes={"tag": "ATTRCANARY"}))
+        registry.delete_link("hr", "file-1")
+        registry.delete_file("file-1")
+        on_disk = b"".join(p.read_bytes() for p in (tmp_path / "uploads").iterdir())
+        assert b"CANARY" not in on_disk
+    finally:
+        registry.close()

@@ -930,9 +930,16 @@ def test_responses_past_keep_responses_are_deleted_and_erased(tmp_path) -> None:
         store.put(response, [{"id": f"m_{rid}"}], key="alice")
     assert store.get("r_new", "bob") is None and store.item("m_r_new", "bob") is None
     assert not store.delete("r_new", "bob") and store.get("r_new", "alice") is not None
+    # bob sending alice's item id in his input does not take it over (a privacy audit)
+    store.put({"id": "r_bob", "created_at": now}, [{"id": "m_r_new", "bob": 1}], key="bob")
+    assert store.item("m_r_new", "alice") == {"id": "m_r_new"}
+    assert store.item("m_r_new", "bob") is None
     store.close()
     kept = ResponseStore(path, keep_days=30)
     assert kept.get("r_old", "alice") is None and kept.item("m_r_old", "alice") is None
+    kept.keep_days = 0.5  # (past keeping since the last look: gone to readers at once)
+    assert kept.get("r_new", "alice") is None
+    kept.keep_days = 30
     assert kept.get("r_new", "alice")["secret"] == "CANARY-r_new"
     assert kept.delete("r_new", "alice")
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())  # the file, its WAL

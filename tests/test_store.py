@@ -206,6 +206,8 @@ def test_compact_erases_what_a_removed_document_left_on_disk(
         for name, path in (("gone", "/nowhere/secret-upload.md"), ("here", str(tmp_path))):
             (saves / f"{name}.json").write_text(json.dumps({"key": "k", "rows": 1, "path": path}))
             (saves / f"{name}.f16").write_bytes(b"\0" * 64)
+        (memory,) = (tmp_path / "main").glob("memory-*.f16")
+        held = os.open(memory, os.O_RDONLY)  # (as a server holds it until its next search)
         col.remove_document(doc)
 
         def files() -> bytes:
@@ -213,6 +215,12 @@ def test_compact_erases_what_a_removed_document_left_on_disk(
 
         dropped = col.compact()
         assert dropped["memory_rows"] == 3 and dropped["partial"] == 1
+        still = os.pread(held, 1 << 20, 0)  # the deleted file's blocks: zeroed first
+        os.close(held)
+        assert doc_vectors(99)[0].astype(np.float16).tobytes() not in still
+        assert (
+            doc_vectors(5)[0].astype(np.float16).tobytes() in still
+        )  # (kept rows are as they were)
         assert dropped["index_vectors"] == (3 if index_type == "hnsw" else 0)
         on_disk = files()
         assert b"purplewombat" not in on_disk and b"zorbolitis" not in on_disk

@@ -180,6 +180,19 @@ class Registry:
 
     def delete_file(self, file_id: str) -> None:
         self._run("DELETE FROM files WHERE id=?", file_id)
+        self._empty_wal()
+
+    def _empty_wal(self) -> None:
+        """Empty the WAL after a deletion (it held the deleted upload's name and attributes
+        until the service stopped: a privacy audit), not waiting long for readers."""
+        with self._lock:
+            self.db.execute("PRAGMA busy_timeout=200")
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:
+                pass
+            finally:
+                self.db.execute("PRAGMA busy_timeout=5000")
 
     # -- vector stores ---------------------------------------------------------------------
     def add_store(self, rec: StoreRecord) -> None:
@@ -199,6 +212,7 @@ class Registry:
             db.execute("DELETE FROM claims WHERE store_id=?", (store_id,))
             db.execute("DELETE FROM batches WHERE store_id=?", (store_id,))
             db.execute("DELETE FROM stores WHERE id=?", (store_id,))
+        self._empty_wal()
 
     # -- links (vector store files) --------------------------------------------------------
     def put_link(self, link: Link) -> None:
@@ -230,6 +244,7 @@ class Registry:
         with self._transaction() as db:
             db.execute("DELETE FROM links WHERE store_id=? AND file_id=?", (store_id, file_id))
             db.execute("DELETE FROM claims WHERE store_id=? AND file_id=?", (store_id, file_id))
+        self._empty_wal()
 
     # -- claims (which service is indexing a link) -----------------------------------------
     def claim(self, store_id: str, file_id: str, *, unless_running: bool = False) -> bool:

@@ -229,10 +229,9 @@ class ResponsesServing:
         history: list[dict[str, Any]] = []
         searched = None
         if (previous := req.previous_response_id) is not None:
-            latest = self.store.get(
-                previous, CALLER.get()
-            )  # (one whose server died reads "failed")
-            chain = self.store.chain(previous, CALLER.get()) if latest is not None else None
+            key = CALLER.get()  # (another key's response is none: a 404)
+            latest = self.store.get(previous, key)  # (one whose server died reads "failed")
+            chain = self.store.chain(previous, key) if latest is not None else None
             if latest is None or chain is None:
                 raise APIError(
                     404, f"Previous response with id '{previous}' not found",

@@ -170,7 +170,9 @@ class ResponseStore:
                 raise self._storage_error(exc) from None
             try:
                 db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
-                db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)", items)
+                # (an item id is its first response's: a client sending another key's item id
+                # in its input took it over, and that key's `item_reference` became a 404)
+                db.executemany("INSERT OR IGNORE INTO items VALUES (?, ?)", items)
                 if key is not None:
                     db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (response["id"], key))
                 if running:
@@ -219,10 +221,17 @@ class ResponseStore:
         None)."""
         with self._lock:
             found = self._read(
-                "SELECT r.input, r.response, o.key FROM responses r "
+                "SELECT r.input, r.response, o.key, r.created_at FROM responses r "
                 "LEFT JOIN owners o ON o.id = r.id WHERE r.id = ?", response_id,
             )  # fmt: skip
-        return found if found is not None and found[2] in (None, key) else None
+        if found is None or found[2] not in (None, key) or self._past_keeping(found[3]):
+            return None
+        return found[:3]
+
+    def _past_keeping(self, created_at: int) -> bool:
+        """Whether a response made then is older than --keep-responses (gone to its readers
+        at once; its row goes at the next `_expire`)."""
+        return self.keep_days > 0 and created_at < time.time() - self.keep_days * 86400
 
     def _owner_bars(self, db: sqlite3.Connection, response_id: str, key: str | None) -> bool:
         """Whether the response is another key's (lock held)."""
@@ -245,6 +254,7 @@ class ResponseStore:
             db = self._reading()
             if db is None:
                 return False
+            self._expire()
             try:
                 if self._owner_bars(db, response_id, key):
                     return False
@@ -271,10 +281,10 @@ class ResponseStore:
             ):
                 return None
             found = self._read(
-                "SELECT r.input, r.response, o.key FROM items i JOIN responses r "
+                "SELECT r.input, r.response, o.key, r.created_at FROM items i JOIN responses r "
                 "ON r.id = i.response LEFT JOIN owners o ON o.id = r.id WHERE i.id = ?", item_id,
             )  # fmt: skip
-        if found is None or found[2] not in (None, key):
+        if found is None or found[2] not in (None, key) or self._past_keeping(found[3]):
             return None
         items = items_of(json.loads(found[0]), json.loads(found[1]))
         return next((item for item in items if item.get("id") == item_id), None)
