@@ -444,6 +444,7 @@ class RetrievalInfo(_Response):
     top_k: int
     detail: str | None = None
     retrieval_mode: str | None = None  # hybrid | dense | lexical, as requested
+    filters: dict[str, Any] | None = None  # the attribute filters searched with, if any
 
 
 class ChatCompletionMessage(_Response):

@@ -306,6 +306,7 @@ class OpenAIServing:
                 top_k=params.top_k,
                 detail=r.detail,
                 retrieval_mode=params.retrieval_mode,
+                filters=params.filters,
             ),
             logprobs=params.logprobs,
         )

@@ -530,6 +530,7 @@ def test_attribute_filters_choose_the_documents_searched(client: openai.OpenAI) 
             extra_body={"collection": vs.id, "filters": only},
         )  # fmt: skip
         assert [s["filename"] for s in chat.choices[0].message.sources] == [f"{team}.md"]
+        assert chat.model_extra["retrieval"]["filters"] == only
     nobody = {"type": "eq", "key": "team", "value": "ops"}
     chat = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=2,
