@@ -568,6 +568,11 @@ class Collection:
         )
         new.copy_rows_from(old, rows)
         fsync_dir(self.directory)
+        # The removed rows zeroed before the commit (no live chunk is in them): a crash after
+        # it left the old file to be deleted with them as they were; a server that still
+        # holds the file reads the live rows until its next search (see zero_rows)
+        with contextlib.suppress(OSError):
+            old.zero_rows(np.setdiff1d(np.arange(state.n_rows, dtype=np.int64), rows))
         crash_point("compact:after-write")
         with self._meta.transaction():
             self._meta.renumber(ids, np.arange(len(ids), dtype=np.int64))
@@ -576,8 +581,6 @@ class Collection:
         self._view.memory = new
         self._view.generation = generation  # same ids, same vectors: the index is still exact
         old.close()
-        with contextlib.suppress(OSError):  # (erased, not only unlinked: see zero_rows)
-            old.zero_rows(np.setdiff1d(np.arange(state.n_rows, dtype=np.int64), rows))
         remove_quietly(old.path)
         fsync_dir(self.directory)
         self._meta.shrink()

@@ -4,6 +4,8 @@ as text, or the best as text and the rest as memory ("mixed")."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,13 @@ from clara.prompt import SYSTEM_PROMPT, Prompt, memory_prompt, mixed_prompt, tex
 from indexing.meta import contextual
 from indexing.open_collections import OpenCollections
 from indexing.service.search import document_attributes, filtered_documents
-from indexing.service.state import Registry
+from indexing.service.state import read_links
 from indexing.store import Collection
 from server.jobs import Retrieved, SourceInfo
 from server.metrics import Metrics
 from server.protocol import RagParams
+
+log = logging.getLogger("clara.serve")
 
 #: Chunks a "mixed" request reads as text, best first (the rest as memories). On the 200
 #: held-out questions the default model's generator read the best of 5 as text and 4 as
@@ -51,23 +55,29 @@ class Rag:
         self.cm, self.root, self.default, self.metrics = cm, root, default, metrics
         self._collections = OpenCollections(root, manifest)
         self.attributes = attributes or self._attributes
-        self._registry: Registry | None = None
 
     def _attributes(self, name: str, col: Collection) -> dict[str, dict[str, Any]]:
         """Each document's attributes without a mounted Files API: those its upload was given
         as a `clara-index serve` beside this server records them (a review: they were left
-        out, and `ne`/`nin` filters let every upload through), and clara's own."""
-        links = []
+        out, and `ne`/`nin` filters let every upload through), and clara's own. A registry
+        that cannot be read leaves the uploads out (no filter lets them through)."""
+        links, unread = [], False
         if (self.root / UPLOADS / "registry.sqlite").is_file():
-            if self._registry is None:
-                self._registry = Registry(self.root / UPLOADS)
-            links = self._registry.links(store_id=name)
-        return document_attributes(col, links, lambda p: upload_file_id(self.root, p))
+            try:
+                links = read_links(self.root / UPLOADS, name)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("attribute filters leave out the uploads of '%s': their registry "
+                            "cannot be read (%s)", name, exc)  # fmt: skip
+                unread = True
+        is_upload = lambda p: upload_file_id(self.root, p)  # noqa: E731
+        found = document_attributes(col, links, is_upload)
+        if unread:
+            uploads = {d.id for d in col.list_documents() if is_upload(d.path)}
+            found = {d: a for d, a in found.items() if d not in uploads}
+        return found
 
     def close(self) -> None:
         self._collections.close()
-        if self._registry is not None:
-            self._registry.close()
 
     def forget(self, name: str) -> None:
         """`name` was deleted: closed once no request reads it."""
@@ -120,7 +130,7 @@ class Rag:
             status = "empty_index" if empty else "no_match"
             self.metrics.retrievals.inc(status=status)
             detail = "the collection is empty" if empty else "no chunk matched the words"
-            if documents == []:
+            if documents == [] and not empty:
                 detail = "no document's attributes pass the filters"
             elif documents is not None and not empty:
                 detail = "no chunk of the documents the filters let through matched"

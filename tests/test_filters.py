@@ -160,3 +160,28 @@ def test_a_narrow_filter_finds_its_chunks_in_an_approximate_index(
             query = rng.standard_normal((STORE_N_MEM, STORE_D)).astype(np.float32)
     finally:
         col.close()
+
+
+def test_a_registry_clara_serve_cannot_read_leaves_the_uploads_out(tmp_path: Path) -> None:
+    """A review: clara-serve beside a `clara-index serve` opened its registry for writing (a
+    read-only copy, another user's folder: every filtered chat failed). It reads it read-only
+    now; one it cannot read at all leaves the uploads out of what a filter lets through, not
+    in (their attributes unknown, `ne` would have passed them all)."""
+    from server.metrics import Metrics
+    from server.rag import Rag
+
+    rng = np.random.default_rng(2)
+    col = Collection.open(tmp_path, "c", manifest=STORE_MANIFEST, create=True)
+    try:
+        upload = tmp_path / "uploads" / "file-0123456789abcdef01234567" / "hr.md"
+        for path in (upload, tmp_path / "notes" / "eng.md"):
+            vecs = rng.standard_normal((1, STORE_N_MEM, STORE_D)).astype(np.float32)
+            col.add_document(str(path), path.name, f"sha-{path.name}", [ChunkRecord("x")], vecs)
+        rag = Rag(None, tmp_path, "c", STORE_MANIFEST, Metrics())
+        names = lambda: sorted(a["filename"] for a in rag.attributes("c", col).values())  # noqa: E731
+        assert names() == ["eng.md", "hr.md"]  # (no registry: no upload attributes to read)
+        (tmp_path / "uploads").mkdir()
+        (tmp_path / "uploads" / "registry.sqlite").write_bytes(b"not a database" * 100)
+        assert names() == ["eng.md"]
+    finally:
+        col.close()

@@ -524,6 +524,15 @@ def test_attribute_filters_choose_the_documents_searched(client: openai.OpenAI) 
         plain = client.responses.create(model=MODEL, input=question, max_output_tokens=2,
                                         extra_body={"collection": vs.id, "filters": only})  # fmt: skip
         assert plain.model_extra["retrieval"]["filters"] == only
+        # beside a tool without its own (a proxy scoping an app's requests); both: a 400
+        bare_tool = {"type": "file_search", "vector_store_ids": [vs.id]}
+        beside = client.responses.create(model=MODEL, input=question, tools=[bare_tool],
+                                         max_output_tokens=2, extra_body={"filters": only})  # fmt: skip
+        assert beside.model_extra["retrieval"]["filters"] == only
+        with pytest.raises(openai.BadRequestError) as err:
+            client.responses.create(model=MODEL, input=question, tools=[tool],
+                                    extra_body={"filters": only})  # fmt: skip
+        assert err.value.body["param"] == "filters"
         assert [a.filename for a in on.output[0].content[0].annotations] in ([], [f"{team}.md"])
         chat = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=2,
@@ -935,12 +944,20 @@ def test_responses_past_keep_responses_are_deleted_and_erased(tmp_path) -> None:
     store.put({"id": "r_bob", "created_at": now}, [{"id": "m_r_new", "bob": 1}], key="bob")
     assert store.item("m_r_new", "alice") == {"id": "m_r_new"}
     assert store.item("m_r_new", "bob") is None
+    # alice replaying her items in a later response: they are its, and outlive the first
+    store.put({"id": "r_first", "created_at": now}, [{"id": "m_replayed"}], key="alice")
+    store.put({"id": "r_again", "created_at": now}, [{"id": "m_replayed", "n": 2}], key="alice")
+    assert store.delete("r_first", "alice")
+    assert store.item("m_replayed", "alice") == {"id": "m_replayed", "n": 2}
     store.close()
     kept = ResponseStore(path, keep_days=30)
     assert kept.get("r_old", "alice") is None and kept.item("m_r_old", "alice") is None
+    kept.put({"id": "r_day", "created_at": now - 86400}, [], key="alice")
     kept.keep_days = 0.5  # (past keeping since the last look: gone to readers at once)
-    assert kept.get("r_new", "alice") is None
+    assert kept.get("r_day", "alice") is None
+    assert not kept.delete("r_day", "alice")  # (as GET says: none; its row goes)
     kept.keep_days = 30
+    assert kept.get("r_day", "alice") is None
     assert kept.get("r_new", "alice")["secret"] == "CANARY-r_new"
     assert kept.delete("r_new", "alice")
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())  # the file, its WAL

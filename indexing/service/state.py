@@ -104,6 +104,20 @@ def _row(cls, row: tuple) -> Any:
     return cls(*values)
 
 
+def read_links(directory: Path, store_id: str) -> list[Link]:
+    """A store's links as the registry in `directory` records them, read without writing
+    anything (for clara-serve beside a `clara-index serve`, whose registry it may not write:
+    a read-only copy, another user's folder). An OSError or sqlite3.Error when it cannot be
+    read."""
+    uri = f"{(directory / 'registry.sqlite').resolve().as_uri()}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        rows = db.execute("SELECT * FROM links WHERE store_id=?", (store_id,)).fetchall()
+    finally:
+        db.close()
+    return [_row(Link, r) for r in rows]
+
+
 def _values(obj: Any) -> list[Any]:
     return [
         json.dumps(v) if f.name in _JSON and v is not None else v

@@ -206,8 +206,8 @@ class ResponseCreateRequest(_Request):
     """How chunks are found, with or without a file_search tool (as in chat completions):
     "hybrid" (the server's default) fuses "dense" and "lexical" (BM25) rankings."""
     filters: AttributeFilter | None = None
-    """Attribute filters without a file_search tool (as in chat completions; a tool takes
-    its own): only documents whose attributes pass are searched. Default: in a
+    """Attribute filters (as in chat completions): only documents whose attributes pass are
+    searched; with a file_search tool, for a tool without its own. Default: in a
     `previous_response_id` chain that searches the same collection, the previous one's."""
 
     @field_validator("filters")

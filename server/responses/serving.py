@@ -341,13 +341,18 @@ class ResponsesServing:
             chat.retrieval = False
         elif search is not None:
             chat.collection, chat.top_k = search
-            chat.filters = req.tools[0].filters
+            chat.filters = req.tools[0].filters or req.filters  # (a proxy's, beside an app's tool)
+            if req.tools[0].filters is not None and req.filters is not None:  # (one of them
+                raise APIError(  # would be dropped without a word)
+                    400, "give the filters in the file_search tool or beside it, not both",
+                    param="filters",
+                )  # fmt: skip
         else:
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, req.collection, req.top_k
             chat.filters = req.filters
             before = searched_before or {}
             name = before.get("collection")
-            if req.collection is None and name and is_vector_store(self.root, name):
+            if req.collection in (None, name) and name and is_vector_store(self.root, name):
                 chat.collection = name
                 if req.top_k is None and isinstance(before.get("top_k"), int):
                     chat.top_k = before["top_k"]

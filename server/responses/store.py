@@ -170,9 +170,17 @@ class ResponseStore:
                 raise self._storage_error(exc) from None
             try:
                 db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
-                # (an item id is its first response's: a client sending another key's item id
-                # in its input took it over, and that key's `item_reference` became a 404)
-                db.executemany("INSERT OR IGNORE INTO items VALUES (?, ?)", items)
+                # (an item id is its latest response's, unless that is another key's: a client
+                # sending another key's item id took it over, whose `item_reference` was a 404)
+                for item_id, response_id in items:
+                    held = db.execute(
+                        "SELECT o.key FROM items i JOIN owners o ON o.id = i.response "
+                        "WHERE i.id = ?", (item_id,),
+                    ).fetchone()  # fmt: skip
+                    if held is None or held[0] == key:
+                        db.execute(
+                            "INSERT OR REPLACE INTO items VALUES (?, ?)", (item_id, response_id)
+                        )
                 if key is not None:
                     db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (response["id"], key))
                 if running:
@@ -258,6 +266,10 @@ class ResponseStore:
             try:
                 if self._owner_bars(db, response_id, key):
                     return False
+                row = db.execute(
+                    "SELECT created_at FROM responses WHERE id = ?", (response_id,)
+                ).fetchone()
+                gone = row is not None and self._past_keeping(row[0])  # (as GET: none)
                 cur = db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM running WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM items WHERE response = ?", (response_id,))
@@ -268,7 +280,7 @@ class ResponseStore:
                 raise self._storage_error(exc, "delete the stored response") from None
             if response_id in _WRITING and cur.rowcount:  # (its stream wrote it again at its
                 _DELETED.add(response_id)  # end: a deleted conversation came back)
-        return cur.rowcount > 0
+        return cur.rowcount > 0 and not gone
 
     def item(self, item_id: str, key: str | None = None) -> dict[str, Any] | None:
         """A stored response's input or output item by its id (an `item_reference`), of a
