@@ -19,6 +19,7 @@ import errno
 import fcntl
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from typing import ClassVar
 
@@ -91,6 +92,19 @@ def remove_quietly(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def empty_wal(db: sqlite3.Connection, wait_ms: int) -> bool:
+    """Copy a WAL-mode database's log into it and empty the log (after deletions: it held
+    the deleted text until a later checkpoint), waiting at most `wait_ms` for readers of
+    older states (a server mid-search); whether it was emptied."""
+    before = db.execute("PRAGMA busy_timeout").fetchone()[0]
+    db.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+    try:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.execute(f"PRAGMA busy_timeout={int(before)}")
+    return busy == 0
 
 
 def held_elsewhere(directory: Path) -> bool:

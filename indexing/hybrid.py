@@ -114,23 +114,31 @@ def retrieve(
     return _hits(col, fused, k * 2, mode, dense_scores, lexical_scores)[:k]
 
 
+def without_copies(hits: list[SearchHit]) -> list[SearchHit]:
+    """`hits` (best first) without those whose text, spaces aside, a better one has: the same
+    file indexed twice, uploaded twice, or a notice every page repeats took one place of the
+    answer's few for each copy."""
+    out, seen = [], set()
+    for h in hits:
+        text = " ".join(h.text.split())
+        if text not in seen:
+            seen.add(text)
+            out.append(h)
+    return out
+
+
 def _hits(col, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchHit]:
-    """Fused items -> hits with text and document; ids removed meanwhile are skipped, and so
-    is a chunk whose text a better hit has (the same file indexed twice, uploaded twice, or a
-    notice every page repeats: one place of the answer's few was taken by each copy)."""
+    """Fused items -> hits with text and document, `without_copies`; ids removed meanwhile
+    are skipped."""
     top = fused[:limit]
     chunks = {c.id: c for c in col.chunks([f.id for f in top])}
     docs = {d: col.document(d) for d in {c.doc_id for c in chunks.values()}}
-    out, seen = [], set()
+    out = []
     for f in top:
         c = chunks.get(f.id)
         d = docs.get(c.doc_id) if c is not None else None
         if d is None:
             continue
-        text = " ".join(c.text.split())
-        if text in seen:
-            continue
-        seen.add(text)
         scores = {"dense": dense_scores.get(f.id), "lexical": lexical_scores.get(f.id)}
         out.append(
             SearchHit(
@@ -139,4 +147,4 @@ def _hits(col, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchH
                 {n: float(v) for n, v in scores.items() if v is not None},
             )
         )  # fmt: skip
-    return out
+    return without_copies(out)

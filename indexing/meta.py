@@ -26,7 +26,7 @@ from urllib.parse import quote
 import numpy as np
 
 from clara.paths import UNNAMED_TEMP_S, disk_full, sqlite_error, temp_sibling
-from indexing.durable import FULLFSYNC
+from indexing.durable import FULLFSYNC, empty_wal
 from indexing.lexical import (
     LEXICAL_VERSION,
     TITLE_WEIGHT,
@@ -593,15 +593,8 @@ class Meta:
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def empty_wal(self, wait_ms: int) -> bool:
-        """Copy the WAL into the database and empty it, waiting at most `wait_ms` for readers
-        of older states (a server mid-search); whether it was emptied (else it keeps what it
-        holds until a later checkpoint)."""
-        self.db.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
-        try:
-            busy, _, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        finally:
-            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return busy == 0
+        """`durable.empty_wal` of this database."""
+        return empty_wal(self.db, wait_ms)
 
     def erase_freed(self) -> bool:
         """Leave nothing of deleted rows in the file: the full-text index merged into one

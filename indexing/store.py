@@ -544,8 +544,8 @@ class Collection:
             dead_rows = self._meta.state().n_rows - self._view.index.ntotal
             if dead_rows:
                 self._compact()
-            dead_vectors = int(self._view.index.index.ntotal) - self._view.index.ntotal
-            if dead_vectors:  # (HNSW tombstones; a flat or IVF index removes at once)
+            dead_vectors = self._view.index.tombstones
+            if dead_vectors:
                 self._view.refresh(rebuild=True)
             self._view.maybe_save(force=True)  # (a big flat index saves only past a share
             emptied = self._meta.erase_freed()  # of changes: the old file kept them)

@@ -258,6 +258,11 @@ class VectorIndex:
     def ntotal(self) -> int:
         return int(self.index.ntotal) - len(self._tombstones)
 
+    @property
+    def tombstones(self) -> int:
+        """Removed vectors still in the structure (HNSW's; the others remove at once)."""
+        return len(self._tombstones)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
             self.index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
@@ -277,7 +282,7 @@ class VectorIndex:
         """True when the structure has drifted: too many HNSW tombstones, IVF lists too long."""
         total = int(self.index.ntotal)
         if self.kind == "hnsw":
-            return total > 0 and len(self._tombstones) > HNSW_MAX_TOMBSTONES * total
+            return total > 0 and self.tombstones > HNSW_MAX_TOMBSTONES * total
         if self.kind == "ivf":
             return ivf_nlist(total) >= 2 * self.inner.nlist
         return False

@@ -12,6 +12,7 @@ import numpy as np
 
 from clara.retrieval import Fusion
 from indexing.filters import matches, prepared
+from indexing.hybrid import without_copies
 from indexing.service.protocol import SearchResult, TextContent
 from indexing.service.state import Link
 from indexing.service.uploads import Uploads
@@ -47,18 +48,32 @@ def with_own_attributes(own: dict[str, Any] | None, clara: dict[str, Any]) -> di
     return attributes
 
 
+def link_finder(
+    links: list[Link], file_id_of: Callable[[str | None], str | None]
+) -> Callable[[str, str | None], tuple[Link | None, str | None]]:
+    """(doc id, stored path) -> (its link among `links`, the upload its path is, or None for
+    a file clara-index read): by the document the job made; by the upload it came from once
+    `rebuild --recompress` gave the document a new id."""
+    by_doc = {link.doc_id: link for link in links}
+    by_file = {link.file_id: link for link in links}
+
+    def find(doc_id: str, path: str | None) -> tuple[Link | None, str | None]:
+        upload = file_id_of(path)
+        return by_doc.get(doc_id) or by_file.get(upload or ""), upload
+
+    return find
+
+
 def document_attributes(
     col: Collection, links: list[Link], file_id_of: Callable[[str | None], str | None]
 ) -> dict[str, dict[str, Any]]:
     """Each document's attributes, as attribute filters read them (`indexing.filters`): those
     its upload was given in this store (`links`), then `filename`, `document_id`, and `path`
     for a file clara-index read (`file_id_of(path)`: the upload a stored path is, or None)."""
-    by_doc = {link.doc_id: link for link in links}
-    by_file = {link.file_id: link for link in links}
+    find = link_finder(links, file_id_of)
     out = {}
     for d in col.list_documents():
-        upload = file_id_of(d.path)
-        link = by_doc.get(d.id) or by_file.get(upload or "")
+        link, upload = find(d.id, d.path)
         clara: dict[str, Any] = {"filename": d.name, "document_id": d.id}
         if d.path and not upload:
             clara["path"] = d.path
@@ -97,22 +112,13 @@ def search_results(
         for h in col.retrieve(text, query, k, mode, fusion, rerank, documents=documents):
             if h.chunk_id not in best or h.score > best[h.chunk_id].score:
                 best[h.chunk_id] = h
-    hits, seen = [], set()  # (one text once: each query's search leaves out copies, but two
-    for h in sorted(best.values(), key=lambda h: -h.score):  # queries may find two copies)
-        text = " ".join(h.text.split())
-        if text not in seen:
-            seen.add(text)
-            hits.append(h)
-    hits = hits[:k]
+    # (one text once: each query's search leaves out copies, but two queries may find two)
+    hits = without_copies(sorted(best.values(), key=lambda h: -h.score))[:k]
     hits = [h for h in hits if h.score >= threshold]
-    by_doc = {link.doc_id: link for link in links}
-    by_file = {link.file_id: link for link in links}
+    find = link_finder(links, uploads.file_id_of)
     out = []
     for h in hits:  # (each with its document's name and path, read with its text)
-        # by the document the job made; by the upload it came from once `rebuild
-        # --recompress` gave the document a new id
-        upload = uploads.file_id_of(h.path)
-        link = by_doc.get(h.doc_id) or by_file.get(upload or "")
+        link, upload = find(h.doc_id, h.path)
         file_id = link.file_id if link else (upload or h.doc_id)
         path = h.path if h.path and not upload else None
         clara = clara_attributes(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clara.paths import make_private_dirs, sqlite_error
-from indexing.durable import FULLFSYNC
+from indexing.durable import FULLFSYNC, empty_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -199,14 +199,8 @@ class Registry:
     def _empty_wal(self) -> None:
         """Empty the WAL after a deletion (it held the deleted upload's name and attributes
         until the service stopped: a privacy audit), not waiting long for readers."""
-        with self._lock:
-            self.db.execute("PRAGMA busy_timeout=200")
-            try:
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.OperationalError:
-                pass
-            finally:
-                self.db.execute("PRAGMA busy_timeout=5000")
+        with self._lock, contextlib.suppress(sqlite3.OperationalError):
+            empty_wal(self.db, wait_ms=200)
 
     # -- vector stores ---------------------------------------------------------------------
     def add_store(self, rec: StoreRecord) -> None:

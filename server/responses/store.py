@@ -61,6 +61,11 @@ class Chain(NamedTuple):
     gap: str | None = None
 
 
+#: What `_readable` decides on: a stored response's input and response, its owner (the API
+#: key that made it, or NULL) and when it was made
+_READ = (
+    "r.input, r.response, o.key, r.created_at FROM responses r LEFT JOIN owners o ON o.id = r.id"
+)
 #: seconds between two looks for responses past --keep-responses (also at the first use)
 EXPIRE_EVERY_S = 3600
 MAX_CHAIN = 1000  # a chain longer than this is cut (its oldest turns would not fit anyway)
@@ -228,23 +233,18 @@ class ResponseStore:
         """(input, response, owner) of a stored response `key` may read (another key's:
         None)."""
         with self._lock:
-            found = self._read(
-                "SELECT r.input, r.response, o.key, r.created_at FROM responses r "
-                "LEFT JOIN owners o ON o.id = r.id WHERE r.id = ?", response_id,
-            )  # fmt: skip
-        if found is None or found[2] not in (None, key) or self._past_keeping(found[3]):
+            found = self._read(f"SELECT {_READ} WHERE r.id = ?", response_id)
+        return self._readable(found, key)
+
+    def _readable(self, found: tuple | None, key: str | None) -> tuple | None:
+        """(input, response, owner) of a row of `_READ`, if `key` may read it: its own or every
+        key's (`owners`), and not older than --keep-responses (gone to its readers at once;
+        its row goes at the next `_expire`)."""
+        if found is None or found[2] not in (None, key):
+            return None
+        if self.keep_days > 0 and found[3] < time.time() - self.keep_days * 86400:
             return None
         return found[:3]
-
-    def _past_keeping(self, created_at: int) -> bool:
-        """Whether a response made then is older than --keep-responses (gone to its readers
-        at once; its row goes at the next `_expire`)."""
-        return self.keep_days > 0 and created_at < time.time() - self.keep_days * 86400
-
-    def _owner_bars(self, db: sqlite3.Connection, response_id: str, key: str | None) -> bool:
-        """Whether the response is another key's (lock held)."""
-        found = db.execute("SELECT key FROM owners WHERE id = ?", (response_id,)).fetchone()
-        return found is not None and found[0] != key
 
     def _read(self, sql: str, *args: Any) -> tuple | None:
         """One row (lock held); a database the disk cannot give is a `storage_error`."""
@@ -264,12 +264,11 @@ class ResponseStore:
                 return False
             self._expire()
             try:
-                if self._owner_bars(db, response_id, key):
-                    return False
-                row = db.execute(
-                    "SELECT created_at FROM responses WHERE id = ?", (response_id,)
-                ).fetchone()
-                gone = row is not None and self._past_keeping(row[0])  # (as GET: none)
+                found = db.execute(f"SELECT {_READ} WHERE r.id = ?", (response_id,)).fetchone()
+                if found is not None and found[2] not in (None, key):
+                    return False  # (another key's: not there for this one)
+                # (past --keep-responses: none, as GET says; its row goes all the same)
+                gone = found is not None and self._readable(found, key) is None
                 cur = db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM running WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM items WHERE response = ?", (response_id,))
@@ -293,10 +292,9 @@ class ResponseStore:
             ):
                 return None
             found = self._read(
-                "SELECT r.input, r.response, o.key, r.created_at FROM items i JOIN responses r "
-                "ON r.id = i.response LEFT JOIN owners o ON o.id = r.id WHERE i.id = ?", item_id,
-            )  # fmt: skip
-        if found is None or found[2] not in (None, key) or self._past_keeping(found[3]):
+                f"SELECT {_READ} JOIN items i ON i.response = r.id WHERE i.id = ?", item_id
+            )
+        if self._readable(found, key) is None:
             return None
         items = items_of(json.loads(found[0]), json.loads(found[1]))
         return next((item for item in items if item.get("id") == item_id), None)
