@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Iterable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 from urllib.parse import quote
@@ -196,6 +197,26 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("clara_request_id", default=None
 #: The name of the API key a request came with (`AccessGate`: --api-key-file names each; one
 #: --api-key is "api-key"), for the logs of what it changed; None without keys.
 CALLER: ContextVar[str | None] = ContextVar("clara_caller", default=None)
+
+
+@dataclass(frozen=True)
+class KeyScope:
+    """What a key limited to some collections may read (`collections=` on its line of
+    --api-key-file): the collections it names, and the vector stores and uploads the key made
+    itself (their recorded owner is its name). Anything else does not exist for it (404)."""
+
+    key: str
+    collections: tuple[str, ...]
+
+    def sees(self, name: str, owner: str | None = None) -> bool:
+        """Whether the collection (vector store) or upload `name`, made by the key `owner`
+        (None: by none, or before owners were recorded), is there for this key."""
+        return name in self.collections or (owner is not None and owner == self.key)
+
+
+#: The scope of the key a request came with (`AccessGate`); None: it reads every collection
+#: (a key without `collections=`, one --api-key, or no keys at all).
+SCOPE: ContextVar[KeyScope | None] = ContextVar("clara_scope", default=None)
 #: What uvicorn's access line of the request being answered adds: its request id, its API
 #: key's name, its error's code (`clara_cli.metrics.MeteredGate` sets it as the answer starts;
 #: `clara_cli.serve`'s access-log filter reads it).
@@ -969,7 +990,9 @@ class AccessGate:
       default: other sites' pages cannot read the answers;
     - the API key, on every path but `open_paths`, when there is one; a request carrying
       a key header twice is a 400 (proxies read the first, a dict the last); a key's role
-      (`key_roles`, name -> "ask" or "metrics") refuses what it may not do with a 403."""
+      (`key_roles`, name -> "ask" or "metrics") refuses what it may not do with a 403, and
+      its scope (`key_scopes`, name -> the collections it may read) is the request's
+      `SCOPE`, which the routes that open a collection, an upload or a stored response ask."""
 
     def __init__(
         self,
@@ -981,11 +1004,13 @@ class AccessGate:
         allow_hosts: tuple[str, ...] = (),
         allow_origins: tuple[str, ...] = (),
         key_roles: dict[str, str] | None = None,
+        key_scopes: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.app = app
         # name -> key (--api-key-file: one per person or app); one key alone is "api-key"
         keys = {"api-key": api_key} if isinstance(api_key, str) else dict(api_key or {})
         self.roles = dict(key_roles or {})  # name -> its role other than "all" (KEY_ROLES)
+        self.scopes = {n: KeyScope(n, tuple(c)) for n, c in (key_scopes or {}).items()}
         self.keys = [(name, key.encode()) for name, key in keys.items() if key]
         self.service = service
         self.open_paths = open_paths
@@ -1047,7 +1072,17 @@ class AccessGate:
             for name, key in self.keys:
                 if hmac.compare_digest(sent, key):
                     CALLER.set(name)  # the route's logs name who did it (a deletion)
+                    SCOPE.set(self.scopes.get(name))
                     role = self.roles.get(name, "all")
+                    if name in self.scopes and scope["path"] == "/metrics":
+                        return APIError(
+                            403,
+                            f"the key {name} may read some collections only, and /metrics "
+                            "names and counts them all: give the Prometheus a key of its own "
+                            "('NAME KEY metrics' in the API key file)",
+                            type="permission_error",
+                            code="insufficient_role",
+                        )
                     if role_allows(role, method, scope["path"]):
                         return None
                     return APIError(

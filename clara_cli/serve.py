@@ -45,7 +45,9 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         help="keys, one per line as 'NAME KEY' (a person's or an app's name; lines starting "
         "with '#' are comments), any of which is accepted, or 'NAME KEY ROLE' for a key that "
         "may do less: 'ask' (ask and read; no upload, no deletion), 'metrics' (GET /metrics "
-        "only, for a Prometheus). A colleague's key is revoked by deleting its line and "
+        "only, for a Prometheus); a last word 'collections=NAME,NAME' limits a key to those "
+        "collections and the vector stores and files it makes itself. A colleague's key is "
+        "revoked by deleting its line and "
         "restarting, and what a request deletes is logged with its key's name "
         "(default: $CLARA_API_KEY_FILE; with --api-key, both are accepted)",
     )
@@ -118,6 +120,7 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
         )
     keys = {"api-key": key} if key is not None else {}
     roles: dict[str, str] = {}
+    scopes: dict[str, tuple[str, ...]] = {}
     key_file = getattr(args, "api_key_file", None)
     if key_file is not None and not key_file.strip():  # (it served with no key at all)
         raise ClaraError(
@@ -125,7 +128,7 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
             "file, or unset CLARA_API_KEY_FILE"
         )
     if key_file:
-        keys = read_api_keys(key_file, keys, roles)
+        keys = read_api_keys(key_file, keys, roles, scopes)
     for name, value in keys.items():  # (what a header cannot carry; a space can)
         if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in value):
             raise ClaraError(
@@ -142,15 +145,20 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
         "allow_origins": origins,
         "open_metrics": bool(getattr(args, "open_metrics", False)),
         "key_roles": roles,
+        "key_scopes": scopes,
     }
 
 
 def read_api_keys(
-    path: str, keys: dict[str, str], roles: dict[str, str] | None = None
+    path: str,
+    keys: dict[str, str],
+    roles: dict[str, str] | None = None,
+    scopes: dict[str, tuple[str, ...]] | None = None,
 ) -> dict[str, str]:
-    """`keys` and those of --api-key-file: 'NAME KEY' or 'NAME KEY ROLE' lines (and blank
-    lines, and comment lines starting with '#'); each key's role other than "all" goes into
-    `roles` (`clara_cli.http.KEY_ROLES`)."""
+    """`keys` and those of --api-key-file: 'NAME KEY', then optionally a role and a scope
+    (`collections=A,B`) lines (and blank lines, and comment lines starting with '#'); each
+    key's role other than "all" goes into `roles` (`clara_cli.http.KEY_ROLES`), and the
+    collections of a key limited to some into `scopes` (`clara_cli.http.KeyScope`)."""
     from clara_cli.http import KEY_ROLES
 
     try:
@@ -164,15 +172,26 @@ def read_api_keys(
         if not line or line.startswith("#"):
             continue
         parts = line.split()
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in KEY_ROLES):
+        scope = None
+        if len(parts) > 2 and parts[-1].startswith(_SCOPE_WORD):
+            scope = _collections(parts.pop()[len(_SCOPE_WORD) :], f"{path}, line {number}")
+        if (
+            len(parts) not in (2, 3)
+            or (len(parts) == 3 and parts[2] not in KEY_ROLES)
+            or parts[1].startswith(_SCOPE_WORD)  # (a line with its key left out)
+        ):
             raise ClaraError(
                 f"--api-key-file {path}, line {number}: write 'NAME KEY' (a name without "
                 "spaces, then the key), and after them a role if not all: "
                 + ", ".join(f"'{r}' ({what})" for r, what in KEY_ROLES.items())
+                + f"; then, for a key that may read only some collections, {_SCOPE_WORD}"
+                "NAME,NAME (and the vector stores and files it makes itself)"
             )
         name, key = parts[:2]
         if len(parts) == 3 and parts[2] != "all" and roles is not None:
             roles[name] = parts[2]
+        if scope is not None and scopes is not None:
+            scopes[name] = scope
         if name in out or key in out.values():
             again = "name" if name in out else "key"
             clash = name in keys if again == "name" else key in keys.values()
@@ -185,6 +204,26 @@ def read_api_keys(
     if len(out) == len(keys):
         raise ClaraError(f"--api-key-file {path} holds no key: add a 'NAME KEY' line")
     return out
+
+
+#: What starts the last word of a key's line in --api-key-file that limits it to some
+#: collections (`clara_cli.http.KeyScope`)
+_SCOPE_WORD = "collections="
+
+
+def _collections(value: str, where: str) -> tuple[str, ...]:
+    """The collection names of a `collections=A,B` word (none: only what the key makes)."""
+    from clara.paths import COLLECTION_NAME
+
+    names = tuple(n for n in value.split(",") if n)
+    for name in names:
+        if not re.fullmatch(COLLECTION_NAME, name):
+            raise ClaraError(
+                f"--api-key-file {where}: {name!r} is not a collection name (letters, digits, "
+                "'.', '_' and '-', starting with a letter or digit); write "
+                f"{_SCOPE_WORD}NAME,NAME with no spaces"
+            )
+    return names
 
 
 def add_log_level_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -237,10 +276,15 @@ def serve_http(
 
     if key_file := getattr(args, "api_key_file", None):  # (a key left in CLARA_API_KEY is
         if access is not None:  # one of them)
-            roles = access.get("key_roles") or {}
-            names = ", ".join(
-                f"{n} ({roles[n]})" if n in roles else n for n in access["api_key"] or {}
-            )
+            roles, scopes = access.get("key_roles") or {}, access.get("key_scopes") or {}
+
+            def shown_key(name: str) -> str:
+                notes = [roles[name]] if name in roles else []
+                if name in scopes:
+                    notes.append("reads " + (", ".join(scopes[name]) or "none") + " and its own")
+                return f"{name} ({'; '.join(notes)})" if notes else name
+
+            names = ", ".join(shown_key(n) for n in access["api_key"] or {})
             logging.getLogger("clara").info("API keys accepted: %s", names)
         with contextlib.suppress(OSError):
             if Path(key_file).expanduser().stat().st_mode & 0o077:

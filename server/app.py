@@ -98,6 +98,7 @@ def create_app(
     allow_origins: tuple[str, ...] = (),
     open_metrics: bool = False,
     key_roles: dict[str, str] | None = None,
+    key_scopes: dict[str, tuple[str, ...]] | None = None,
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
     responses_db: Path | None = None,
@@ -112,8 +113,8 @@ def create_app(
     `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
     index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`,
     `allow_origins`, `open_metrics` (/metrics without the key), `key_roles` (what each key
-    may do): who may ask (`clara_cli.http.AccessGate`; from the options:
-    `clara_cli.serve.access_options`)."""
+    may do), `key_scopes` (the collections a key may read): who may ask
+    (`clara_cli.http.AccessGate`; from the options: `clara_cli.serve.access_options`)."""
     from clara.paths import home
 
     engine = engine or Engine(settings)
@@ -170,6 +171,7 @@ def create_app(
         service="clara-serve",
         open_paths=OPEN_PATHS + (("/metrics",) if open_metrics else ()),
         key_roles=key_roles,
+        key_scopes=key_scopes,
         api_key=api_key,
         local_only=local_only,
         allow_hosts=allow_hosts,

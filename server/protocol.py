@@ -24,7 +24,7 @@ from clara.errors import InvalidArgumentError
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
 from clara.text import printable
-from clara_cli.http import APIError, JSONInt, json_int, valid_unicode
+from clara_cli.http import SCOPE, APIError, JSONInt, KeyScope, json_int, valid_unicode
 from indexing.filters import AttributeFilter, filter_dict
 
 log = logging.getLogger("clara.serve")
@@ -312,7 +312,7 @@ class ChatCompletionRequest(_Request):
             retrieval_mode=self.retrieval_mode or defaults.retrieval_mode,
             filters=filter_dict(self.filters),
             top_k=defaults.top_k if self.top_k is None else self.top_k,
-            collection=self.collection or defaults.collection,
+            collection=self.collection or default_collection(defaults),
             max_tokens=defaults.capped(
                 self.max_completion_tokens or self.max_tokens or defaults.max_tokens
             ),
@@ -370,6 +370,15 @@ class ServingDefaults:
         return max_tokens if limit is None else min(max_tokens, limit)
 
 
+def default_collection(defaults: ServingDefaults) -> str:
+    """The collection a request that names none searches: the server's --collection, or, for
+    a key limited to others (`SCOPE`), the first of those on its line of --api-key-file."""
+    scope = SCOPE.get()
+    if scope is None or scope.sees(defaults.collection) or not scope.collections:
+        return defaults.collection
+    return scope.collections[0]
+
+
 @dataclass
 class RagParams:
     """One request, as the engine's pipeline needs it (plain data: no pydantic, no MLX)."""
@@ -398,6 +407,8 @@ class RagParams:
     presence_penalty: float = 0.0
     raw: str | list[int] | None = None  # a legacy completion's prompt: read as it is by the
     # bare model (no chat template, no retrieval)
+    scope: KeyScope | None = field(default_factory=SCOPE.get)  # the collections its API key
+    # may read (None: all), taken from the request it was made for
 
 
 # ---- chat completion response ------------------------------------------------------------

@@ -52,6 +52,7 @@ from server.protocol import (
     URLCitation,
     Usage,
     completion_id,
+    default_collection,
 )
 
 DISCONNECT_CHECK_S = 0.25  # how often a non-streamed request looks for its client
@@ -264,7 +265,7 @@ class OpenAIServing:
             root=info.model_id if info else self.engine.settings.model,
             max_model_len=info.context_limit if info else None,
             mode=self.defaults.mode,
-            collection=None if bare else self.defaults.collection,
+            collection=None if bare else default_collection(self.defaults),
             retrieval=not bare,
         )
 

@@ -143,11 +143,13 @@ def create_app(
     allow_origins: tuple[str, ...] = (),
     open_metrics: bool = False,
     key_roles: dict[str, str] | None = None,
+    key_scopes: dict[str, tuple[str, ...]] | None = None,
     load: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The app; `load` (default: `settings.load`) runs on the worker thread. `api_key`,
     `local_only`, `allow_hosts`, `allow_origins`, `open_metrics` (/metrics without the key),
-    `key_roles` (what each key may do): who may ask (`clara_cli.http.AccessGate`)."""
+    `key_roles` (what each key may do), `key_scopes` (the collections a key
+    may read): who may ask (`clara_cli.http.AccessGate`)."""
 
     worker = Worker(
         load or settings.load,
@@ -183,6 +185,7 @@ def create_app(
         service="`clara-index serve`",
         open_paths=OPEN_PATHS + (("/metrics",) if open_metrics else ()),
         key_roles=key_roles,
+        key_scopes=key_scopes,
         local_only=local_only,
         allow_hosts=allow_hosts,
         allow_origins=allow_origins,

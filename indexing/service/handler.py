@@ -38,7 +38,7 @@ from clara.paths import COLLECTION_NAME, DEFAULT_COLLECTION, RESERVED_NAMES, is_
 from clara.retrieval import Fusion
 from clara.text import printable
 from clara_cli.common import os_error_text
-from clara_cli.http import APIError, by_caller, is_client_error
+from clara_cli.http import CALLER, SCOPE, APIError, by_caller, is_client_error
 from clara_cli.worker import BULK, Task
 from indexing import partial
 from indexing.durable import WriterLock, held_elsewhere
@@ -202,6 +202,7 @@ class IndexService:
     def _acquire(self, store_id: str) -> Collection:
         if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
             raise _not_found("vector store", store_id)
+        self.check_sees(store_id)
         col = self._readers.acquire(store_id)
         if col is None:
             raise _not_found("vector store", store_id)
@@ -218,6 +219,17 @@ class IndexService:
             asyncio.get_running_loop().run_in_executor(None, self._readers.release, col)
         except RuntimeError:  # (the loop's threads are stopping: the server is)
             self._readers.release(col)
+
+    def sees_store(self, store_id: str) -> bool:
+        """Whether the request's API key may read the vector store (`SCOPE`: a key limited to
+        some collections reads those and the stores it made)."""
+        scope = SCOPE.get()
+        return scope is None or scope.sees(store_id, self.registry.maker("store", store_id))
+
+    def check_sees(self, store_id: str) -> None:
+        """A 404, as for a store that is not there, unless the request's key may read it."""
+        if not self.sees_store(store_id):
+            raise _not_found("vector store", store_id)
 
     def check_store(self, store_id: str) -> None:
         """404 unless the vector store exists (a damaged one raises its damage)."""
@@ -341,24 +353,43 @@ class IndexService:
     async def create_file(self, request: Request) -> FileObject:
         rec = await self.uploads.receive(request)
         self.registry.add_file(rec)
+        self.registry.set_maker("file", rec.id, CALLER.get())
         return _file_object(rec)
 
     def list_files(self, purpose: str | None, after: str | None, limit: int, order: str):
-        files = [_file_object(f) for f in self.registry.files() if purpose in (None, f.purpose)]
+        scope = SCOPE.get()
+        made = self.registry.makers("file") if scope is not None else {}
+        files = [
+            _file_object(f)
+            for f in self.registry.files()
+            if purpose in (None, f.purpose) and (scope is None or made.get(f.id) == scope.key)
+        ]
         return paginate(files, after=after, before=None, limit=limit, order=order)
 
     def get_file(self, file_id: str) -> FileObject:
         return _file_object(self._file(file_id))
 
-    def _file(self, file_id: str) -> FileRecord:
-        rec = self.registry.file(file_id)
+    def _file(self, file_id: str, own: bool = False) -> FileRecord:
+        rec = self._visible_file(file_id, own)
         if rec is None:
             raise _not_found("file", file_id)
         return rec
 
+    def _visible_file(self, file_id: str, own: bool = False) -> FileRecord | None:
+        """The upload `file_id`, if there is one and the request's key may use it: a key
+        limited to some collections (`SCOPE`) uses the files it uploaded, and reads those in
+        a vector store it may read (not `own`: it deletes only its own, as a file's deletion
+        takes it out of every store)."""
+        scope = SCOPE.get()
+        if scope is not None and self.registry.maker("file", file_id) != scope.key:
+            stores = {link.store_id for link in self.registry.links(file_id=file_id)}
+            if own or not any(self.sees_store(store) for store in stores):
+                return None
+        return self.registry.file(file_id)
+
     async def delete_file(self, file_id: str) -> FileDeleted:
         """Delete an upload and remove it from every vector store (as OpenAI does)."""
-        rec = self._file(file_id)
+        rec = self._file(file_id, own=True)
         self._deleting[file_id] += 1  # an attach from now on is a 404 (one racing the delete
         try:  # indexed the deleted file, or failed it as missing)
             links = self.registry.links(file_id=file_id)
@@ -377,7 +408,7 @@ class IndexService:
 
     def _live_file(self, file_id: str) -> FileRecord | None:
         """The upload `file_id`, unless there is none or it is being deleted."""
-        return None if file_id in self._deleting else self.registry.file(file_id)
+        return None if file_id in self._deleting else self._visible_file(file_id)
 
     # ---- vector stores ---------------------------------------------------------------------
     async def create_store(self, body: VectorStoreCreate) -> VectorStore:
@@ -387,7 +418,9 @@ class IndexService:
         self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing
         name = body.name or ""
         usable = (  # (in this order: a name too long for a file name is not looked for)
-            _NAME.fullmatch(name)
+            SCOPE.get() is None  # (a limited key's store named as a collection another key
+            # is given, or will be, would be that key's to read: its id is vs_...)
+            and _NAME.fullmatch(name)
             and not is_reserved(name)
             and name.lower() not in {DEFAULT_COLLECTION, self.settings.default_collection.lower()}
             and not (self.root / name).exists()
@@ -404,6 +437,7 @@ class IndexService:
             lambda: Collection.open(self.root, store_id, manifest, create=True).close()
         )
         self.registry.add_store(StoreRecord(store_id, name or store_id, _now(), body.metadata))
+        self.registry.set_maker("store", store_id, CALLER.get())
         for item in items:
             await self.attach(store_id, item, body.chunking_strategy)
         return await asyncio.to_thread(self.store_object, store_id)
@@ -438,7 +472,7 @@ class IndexService:
         page's stores opened (a listing of 5 of 400 stores opened all 400: 4 s). One that
         cannot be read (damaged, deleted meanwhile) is left out and the next takes its place."""
         keys = []
-        for store_id in self.store_ids():
+        for store_id in filter(self.sees_store, self.store_ids()):
             rec = self.registry.store(store_id)
             keys.append(_StoreKey(store_id, rec.created_at if rec else _made(self.root / store_id)))
         return paginate(
@@ -523,6 +557,7 @@ class IndexService:
         default_chunking: ChunkingStrategy | None = None,
     ) -> VectorStoreFile:
         self.worker.check_ready()
+        self.check_sees(store_id)  # (before the default collection is made for it)
         await self._make_default(store_id, [body], default_chunking, "file_id")
         async with self.reading_async(store_id) as col:  # IndexMismatchError: 400 now, not a
             self._check_model(col, self.worker.cm)  # failed job
@@ -804,6 +839,7 @@ class IndexService:
         return paginate(files, **page)
 
     def get_store_file(self, store_id: str, file_id: str) -> VectorStoreFile:
+        self.check_sees(store_id)
         link = self.registry.link(store_id, file_id)
         if link is not None and link.status != "completed":  # (an upload being indexed,
             return self._link_object(link)  # polled: no full listing, the store not opened)
@@ -880,6 +916,7 @@ class IndexService:
             self.registry.delete_link(store_id, link.file_id)
 
     def update_store_file(self, store_id: str, file_id: str, attributes) -> VectorStoreFile:
+        self.check_sees(store_id)
         if self.registry.link(store_id, file_id) is None:
             self.get_store_file(store_id, file_id)  # 404 if unknown
             raise APIError(
@@ -905,6 +942,7 @@ class IndexService:
                 for i in body.file_ids
             ]
         items = _once_each(items)
+        self.check_sees(store_id)
         await self._make_default(store_id, items, body.chunking_strategy)
         await self.check_store_async(store_id)
         self._check_attachable(items, body.chunking_strategy)

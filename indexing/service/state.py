@@ -41,12 +41,19 @@ CREATE TABLE IF NOT EXISTS claims (
     store_id TEXT NOT NULL, file_id TEXT NOT NULL, owner TEXT NOT NULL,
     PRIMARY KEY (store_id, file_id)
 );
+CREATE TABLE IF NOT EXISTS made_by (
+    kind TEXT NOT NULL, id TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (kind, id)
+);
 """
 # `claims` (0.2.9): the service indexing a link, so that a service starting beside another on
 # the same index root (clara-serve's Files API and clara-index serve) resumes only the jobs of
 # one that has stopped, not the other's running ones. An owner is a random name, alive while
 # its process holds an exclusive lock on `owners/<name>.lock` (pids do not tell: in two
 # containers both services are pid 1). Older versions ignore the table.
+# `made_by` (0.2.14): the name of the API key that uploaded a file (kind "file") or made a
+# vector store ("store"), with --api-key-file: a key limited to some collections sees those
+# and what it made (`clara_cli.http.KeyScope`). Older versions ignore the table; what they
+# made has no maker, and only keys without a limit see it.
 
 
 @dataclass
@@ -116,6 +123,23 @@ def read_links(directory: Path, store_id: str) -> list[Link]:
     finally:
         db.close()
     return [_row(Link, r) for r in rows]
+
+
+def read_maker(directory: Path, kind: str, ident: str) -> str | None:
+    """`Registry.maker`, read without writing anything (as `read_links`): None when there is
+    no registry, no such table yet, or no maker recorded. An OSError or sqlite3.Error when the
+    registry cannot be read."""
+    path = directory / "registry.sqlite"
+    if not path.is_file():
+        return None
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name='made_by'").fetchone():
+            return None
+        row = db.execute("SELECT key FROM made_by WHERE kind=? AND id=?", (kind, ident)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
 
 
 def _values(obj: Any) -> list[Any]:
@@ -193,8 +217,27 @@ class Registry:
         return [_row(FileRecord, r) for r in self._all("SELECT * FROM files")]
 
     def delete_file(self, file_id: str) -> None:
-        self._run("DELETE FROM files WHERE id=?", file_id)
+        with self._transaction() as db:
+            db.execute("DELETE FROM files WHERE id=?", (file_id,))
+            db.execute("DELETE FROM made_by WHERE kind='file' AND id=?", (file_id,))
         self._empty_wal()
+
+    # -- makers (the API key that made a file or a store: `made_by`) -----------------------
+    def set_maker(self, kind: str, ident: str, key: str | None) -> None:
+        """Record that the API key named `key` made the file or store `ident` (None: made
+        without keys, or by `clara-index`: no maker)."""
+        if key is None:
+            self._run("DELETE FROM made_by WHERE kind=? AND id=?", kind, ident)
+        else:
+            self._run("INSERT OR REPLACE INTO made_by VALUES (?, ?, ?)", kind, ident, key)
+
+    def maker(self, kind: str, ident: str) -> str | None:
+        rows = self._all("SELECT key FROM made_by WHERE kind=? AND id=?", kind, ident)
+        return rows[0][0] if rows else None
+
+    def makers(self, kind: str) -> dict[str, str]:
+        """id -> the name of the key that made it, for each file or store with one."""
+        return dict(self._all("SELECT id, key FROM made_by WHERE kind=?", kind))
 
     def _empty_wal(self) -> None:
         """Empty the WAL after a deletion (it held the deleted upload's name and attributes
@@ -220,6 +263,7 @@ class Registry:
             db.execute("DELETE FROM claims WHERE store_id=?", (store_id,))
             db.execute("DELETE FROM batches WHERE store_id=?", (store_id,))
             db.execute("DELETE FROM stores WHERE id=?", (store_id,))
+            db.execute("DELETE FROM made_by WHERE kind='store' AND id=?", (store_id,))
         self._empty_wal()
 
     # -- links (vector store files) --------------------------------------------------------

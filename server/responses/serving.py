@@ -24,11 +24,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from clara_cli.http import CALLER, APIError, by_caller, client_gone_error
+from clara_cli.http import CALLER, SCOPE, APIError, by_caller, client_gone_error
 from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
 from server.jobs import Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage, checked_filters
+from server.rag import key_sees
 from server.responses.protocol import (
     FileCitation,
     FileSearchCall,
@@ -302,7 +303,9 @@ class ResponsesServing:
         if len(req.tools) > 1:
             raise APIError(400, "one file_search tool per request is supported", param="tools")
         store_id = tool.vector_store_ids[0]
-        if not is_vector_store(self.root, store_id):
+        if not is_vector_store(self.root, store_id) or not key_sees(
+            self.root, store_id, SCOPE.get()
+        ):  # (another key's: none, before its files being indexed are waited for)
             raise _no_store(store_id)
         threshold = tool.ranking_options.score_threshold if tool.ranking_options else None
         if threshold:

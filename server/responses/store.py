@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from clara.paths import make_private_dirs, pid_alive
-from clara_cli.http import APIError, storage_error
+from clara_cli.http import SCOPE, APIError, storage_error
 
 log = logging.getLogger("clara.responses")
 
@@ -240,7 +240,7 @@ class ResponseStore:
         """(input, response, owner) of a row of `_READ`, if `key` may read it: its own or every
         key's (`owners`), and not older than --keep-responses (gone to its readers at once;
         its row goes at the next `_expire`)."""
-        if found is None or found[2] not in (None, key):
+        if found is None or not _visible_to(found[2], key):
             return None
         if self.keep_days > 0 and found[3] < time.time() - self.keep_days * 86400:
             return None
@@ -265,7 +265,7 @@ class ResponseStore:
             self._expire()
             try:
                 found = db.execute(f"SELECT {_READ} WHERE r.id = ?", (response_id,)).fetchone()
-                if found is not None and found[2] not in (None, key):
+                if found is not None and not _visible_to(found[2], key):
                     return False  # (another key's: not there for this one)
                 # (past --keep-responses: none, as GET says; its row goes all the same)
                 gone = found is not None and self._readable(found, key) is None
@@ -321,6 +321,13 @@ class ResponseStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _visible_to(owner: str | None, key: str | None) -> bool:
+    """Whether the API key named `key` may see a response its `owner` made: its own, or one
+    made without keys (every key's), unless the key is limited to some collections (`SCOPE`):
+    that one may quote any collection."""
+    return owner == key or (owner is None and SCOPE.get() is None)
 
 
 def items_of(input_items: list[dict[str, Any]], response: dict[str, Any]) -> list[dict]:
