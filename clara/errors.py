@@ -79,6 +79,12 @@ class CollectionLockedError(ClaraError):
         self.here = here
 
 
+#: The type of a pydantic validation error a request model raises for a malformed part it
+#: checks itself (an attribute filter): its ctx holds `what` is wrong and `at`, the path
+#: inside the part; the HTTP layer answers a 400 naming the whole path.
+INVALID_PART = "invalid_part"
+
+
 class InvalidArgumentError(ClaraError, ValueError):
     """A call's argument is malformed or out of range: a collection name, a retrieval mode, a
     vector's shape (a ValueError too, as Python's own would be)."""

@@ -38,6 +38,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clara.errors import (
+    INVALID_PART,
     ChunkingError,
     ClaraError,
     CollectionLockedError,
@@ -365,6 +366,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         first = min(errors, key=_telling)
     if first.get("type") == NOT_UNICODE:  # found by the model's `valid_unicode`: its field
         return APIError(400, first["msg"], param=first["ctx"]["field"])
+    if first.get("type") == INVALID_PART:  # a part its model checks itself: where inside it
+        where = _param((*first.get("loc", ()), *first["ctx"]["at"]))
+        return APIError(400, f"{where}: {first['ctx']['what']}", param=where)
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "invalid JSON")
         return APIError(

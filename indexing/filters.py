@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic_core import PydanticCustomError
 
-from clara.errors import InvalidArgumentError
+from clara.errors import INVALID_PART, InvalidArgumentError
 
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
 COMPOUNDS = ("and", "or")
@@ -77,70 +78,96 @@ class CompoundFilter(_Filter):
     ]  # fmt: skip
 
 
-#: What a request's `filters` is (OpenAI's comparison and compound filters, and `in`/`nin`)
-AttributeFilter = Annotated[
-    ComparisonFilter | ListFilter | CompoundFilter, Field(discriminator="type")
-]
+class FilterError(InvalidArgumentError):
+    """A malformed filter: `what` is wrong `at` its place inside the filter (a path of keys
+    and list indexes: ("filters", 1, "value"))."""
+
+    def __init__(self, at: tuple[str | int, ...], what: str, param: str = "filters") -> None:
+        self.at, self.what = at, what
+        super().__init__(f"{param}{_path(at)}: {what}")
 
 
-def filter_dict(node: Any, param: str = "filters") -> dict[str, Any] | None:
-    """A parsed filter (model) as the plain data `matches` reads, checked for its size."""
-    if node is None:
-        return None
-    return check_filter(node.model_dump() if isinstance(node, BaseModel) else node, param)
+def _path(at: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in at)
 
 
 def check_filter(node: Any, param: str = "filters") -> dict[str, Any]:
-    """`node` if it is a filter clara can apply; else an `InvalidArgumentError` naming where
-    (`param` is its place in the request, e.g. "filters.filters[1].value")."""
-    _check(node, param, 0)
+    """`node` if it is a filter clara can apply; else a `FilterError` naming where (`param`
+    is its place in the request, e.g. "filters" -> "filters.filters[1].value")."""
+    try:
+        _check(node, (), 0)
+    except FilterError as exc:
+        raise FilterError(exc.at, exc.what, param) from None
     return node
 
 
-def _check(node: Any, param: str, depth: int) -> None:
+def _check(node: Any, at: tuple[str | int, ...], depth: int) -> None:
     if depth > MAX_DEPTH:
-        raise InvalidArgumentError(
-            f"{param}: an 'and'/'or' filter may hold comparisons and 'and'/'or' filters of "
-            "comparisons, not deeper ones"
-        )
+        raise FilterError(
+            at, f"filters nest {MAX_DEPTH} levels deep at most: an 'and'/'or' filter may hold "
+            "comparisons and 'and'/'or' filters of comparisons, not deeper ones",
+        )  # fmt: skip
     if not isinstance(node, Mapping):
-        raise InvalidArgumentError(f"{param}: a filter is an object with a 'type'")
+        raise FilterError(at, "a filter is an object with a 'type'")
     kind = node.get("type")
     if kind in COMPOUNDS:
         extra = set(node) - {"type", "filters"}
         subs = node.get("filters")
         if extra or not isinstance(subs, list) or not subs or len(subs) > MAX_FILTERS:
-            raise InvalidArgumentError(
-                f"{param}: an '{kind}' filter has 'type' and a list 'filters' of 1 to "
-                f"{MAX_FILTERS} filters"
-                + (f" (not {', '.join(sorted(map(str, extra)))})" if extra else "")
-            )
+            raise FilterError(
+                at, f"an '{kind}' filter has 'type' and a list 'filters' of 1 to {MAX_FILTERS} "
+                "filters" + (f" (not {', '.join(sorted(map(str, extra)))})" if extra else ""),
+            )  # fmt: skip
         for i, sub in enumerate(subs):
-            _check(sub, f"{param}.filters[{i}]", depth + 1)
+            _check(sub, (*at, "filters", i), depth + 1)
         return
     if kind not in COMPARISONS:
-        raise InvalidArgumentError(
-            f"{param}.type: {kind!r} is no filter type; one of {', '.join(COMPARISONS)} "
-            f"(comparisons) or {', '.join(COMPOUNDS)}"
-        )
+        raise FilterError(
+            (*at, "type"), f"{kind!r} is no filter type; one of {', '.join(COMPARISONS)} "
+            f"(comparisons) or {', '.join(COMPOUNDS)}",
+        )  # fmt: skip
     extra = set(node) - {"type", "key", "value"}
     if extra or not isinstance(node.get("key"), str) or "value" not in node:
-        raise InvalidArgumentError(
-            f"{param}: a '{kind}' filter has 'type', a string 'key' and a 'value'"
-            + (f" (not {', '.join(sorted(map(str, extra)))})" if extra else "")
-        )
+        raise FilterError(
+            at, f"a{'n' * (kind[0] in 'aeio')} '{kind}' filter has 'type', a string 'key' and a "
+            "'value'"
+            + (f" (not {', '.join(sorted(map(str, extra)))})" if extra else ""),
+        )  # fmt: skip
     value = node["value"]
     if kind in ("in", "nin"):
         if not isinstance(value, list) or not all(_scalar(v) for v in value):
-            raise InvalidArgumentError(
-                f"{param}.value: '{kind}' takes a list of strings, numbers or booleans"
+            raise FilterError(
+                (*at, "value"), f"'{kind}' takes a list of strings, numbers or booleans"
             )
         if len(value) > MAX_VALUES:
-            raise InvalidArgumentError(f"{param}.value: at most {MAX_VALUES} values")
+            raise FilterError((*at, "value"), f"at most {MAX_VALUES} values")
     elif not _scalar(value):
-        raise InvalidArgumentError(
-            f"{param}.value: '{kind}' compares with a string, a number or a boolean"
-        )
+        raise FilterError((*at, "value"), f"'{kind}' compares with a string, a number or a boolean")
+
+
+def _validated(node: Any) -> dict[str, Any]:
+    """A request's filter, checked by `check_filter`'s rules; a malformed one is a validation
+    error whose `ctx` says what is wrong and where inside it (`clara_cli.http` adds where the
+    filter was in the request: "tools.[0].filters.filters.[1].value")."""
+    try:
+        _check(node, (), 0)
+    except FilterError as exc:
+        raise PydanticCustomError(
+            INVALID_PART, "{what}", {"what": exc.what, "at": list(exc.at)}
+        ) from None
+    return node
+
+
+#: The schema of a filter (OpenAI's comparison and compound filters, and `in`/`nin`)
+FilterSchema = Annotated[
+    ComparisonFilter | ListFilter | CompoundFilter, Field(discriminator="type")
+]
+#: What a request's `filters` is: a filter as plain data (what `matches` reads), checked by
+#: `check_filter`'s rules (the one grammar: requests, stored follow-ups, library callers), its
+#: OpenAPI schema `FilterSchema`'s.
+AttributeFilter = Annotated[
+    dict[str, Any], PlainValidator(_validated, json_schema_input_type=FilterSchema)
+]
 
 
 def _scalar(value: Any) -> bool:

@@ -18,14 +18,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clara.errors import InvalidArgumentError
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
 from clara.text import printable
 from clara_cli.http import SCOPE, APIError, JSONInt, KeyScope, json_int, valid_unicode
-from indexing.filters import AttributeFilter, filter_dict
+from indexing.filters import AttributeFilter, check_filter
 
 log = logging.getLogger("clara.serve")
 
@@ -68,10 +68,10 @@ NULL = {"type": "null"}
 
 
 def checked_filters(filters: Any, param: str) -> dict[str, Any] | None:
-    """Attribute filters a request sent (parsed as `AttributeFilter`), as the plain data
-    `indexing.filters.matches` reads, their size checked; a 400 naming `param`."""
+    """Attribute filters kept from before (a stored response's, which a follow-up searches
+    with), checked again; a 400 naming `param`."""
     try:
-        return filter_dict(filters, param)
+        return None if filters is None else check_filter(filters, param)
     except InvalidArgumentError as exc:
         raise APIError(400, str(exc), param=param) from None
 
@@ -238,12 +238,6 @@ class ChatCompletionRequest(_Request):
     ignore_eos: bool = False
     """Decode to max_tokens even past end-of-sequence (as vLLM's; benchmarks use it)."""
 
-    @field_validator("filters")
-    @classmethod
-    def _filters(cls, filters: Any) -> Any:
-        checked_filters(filters, "filters")
-        return filters
-
     def check_supported(self) -> None:
         """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
         if (self.n or 1) > 1:
@@ -310,7 +304,7 @@ class ChatCompletionRequest(_Request):
             retrieval=self.retrieval and self.top_k != 0,
             mode=self.mode or defaults.mode,
             retrieval_mode=self.retrieval_mode or defaults.retrieval_mode,
-            filters=filter_dict(self.filters),
+            filters=self.filters,
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or default_collection(defaults),
             max_tokens=defaults.capped(

@@ -330,7 +330,21 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
     assert client.vector_stores.search("papers", query=WATER, filters=none).data == []
     with pytest.raises(openai.BadRequestError) as err:
         client.vector_stores.search("papers", query=WATER, filters={"type": "like", "key": "a"})
-    assert err.value.body["param"].startswith("filters") and "'like'" in err.value.message
+    assert err.value.body["param"] == "filters.type" and "'like'" in err.value.message
+    # where inside the filter, without pydantic's union tags (it said
+    # 'filters.and.filters.[0].eq.value'), and a filter too deep is told so (it was told that
+    # its type was unknown)
+    deep = {"type": "eq", "key": "a", "value": 1}
+    for _ in range(3):
+        deep = {"type": "and", "filters": [deep]}
+    for filters, param, says in [
+        ({"type": "and", "filters": [{"type": "eq", "key": "a", "value": [1]}]},
+         "filters.filters.[0].value", "'eq' compares with a string, a number or a boolean"),
+        (deep, "filters.filters.[0].filters.[0].filters.[0]", "nest 2 levels deep at most"),
+    ]:  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as err:
+            client.vector_stores.search("papers", query=WATER, filters=filters)
+        assert err.value.body["param"] == param and says in err.value.message, err.value.body
 
     removed = client.vector_stores.files.delete(file_id=water.id, vector_store_id="papers")
     assert (removed.id, removed.deleted, removed.object) == (

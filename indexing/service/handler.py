@@ -42,7 +42,6 @@ from clara_cli.http import CALLER, SCOPE, APIError, by_caller, is_client_error
 from clara_cli.worker import BULK, Task
 from indexing import partial
 from indexing.durable import WriterLock, held_elsewhere
-from indexing.filters import filter_dict
 from indexing.layout import case_clash
 from indexing.manifest import MANIFEST, read_manifest
 from indexing.open_collections import OpenCollections
@@ -1041,7 +1040,7 @@ class IndexService:
 
         def searched() -> list[SearchResult]:
             try:
-                return search_results(col, *args, rerank, filter_dict(body.filters))
+                return search_results(col, *args, rerank, body.filters)
             finally:
                 self._readers.release(col)
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clara.errors import InvalidArgumentError
-from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicode
-from indexing.filters import AttributeFilter, filter_dict
+from clara_cli.http import Metadata, ShortText, json_int, valid_unicode
+from indexing.filters import AttributeFilter
 
 #: A file's attributes as returned (numbers keep their type: 1889 stays an int), and as a
 #: request may set them: OpenAI's bounds, 16 pairs, keys of 64 characters, strings of 512
@@ -239,15 +238,6 @@ class SearchRequest(_Request):
     filters: AttributeFilter | None = None
     """Attribute filters (OpenAI's comparison and compound filters: `indexing.filters`):
     only documents whose attributes pass them are searched."""
-
-    @field_validator("filters")
-    @classmethod
-    def _filters(cls, filters: Any) -> Any:
-        try:
-            filter_dict(filters)
-        except InvalidArgumentError as exc:
-            raise APIError(400, str(exc), param="filters") from None
-        return filters
 
     max_num_results: json_int(ge=1, le=50) = 10
     ranking_options: RankingOptions | None = None

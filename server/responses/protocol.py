@@ -22,7 +22,7 @@ from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicode
 from indexing.filters import AttributeFilter
 from indexing.service.protocol import Attributes, Ranker
-from server.protocol import NULL, checked_filters, only, refuse
+from server.protocol import NULL, only, refuse
 
 VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
 
@@ -109,12 +109,6 @@ class FileSearchTool(_Request):
     filters: AttributeFilter | None = None
     """Attribute filters: only documents whose attributes pass are searched."""
     ranking_options: FileSearchRankingOptions | None = None
-
-    @field_validator("filters")
-    @classmethod
-    def _filters(cls, filters: Any) -> Any:
-        checked_filters(filters, "tools.[0].filters")
-        return filters
 
 
 #: tool_choice "required" or {"type": "file_search"} needs the tool in `tools`
@@ -209,12 +203,6 @@ class ResponseCreateRequest(_Request):
     """Attribute filters (as in chat completions): only documents whose attributes pass are
     searched; with a file_search tool, for a tool without its own. Default: in a
     `previous_response_id` chain that searches the same collection, the previous one's."""
-
-    @field_validator("filters")
-    @classmethod
-    def _filters(cls, filters: Any) -> Any:
-        checked_filters(filters, "filters")
-        return filters
 
     @field_validator("tools", mode="before")
     @classmethod
