@@ -7,6 +7,7 @@ Updated from the event loop and the MLX worker thread alike, so every update tak
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import os
@@ -178,9 +179,29 @@ class MetricSet:
             lines += metric.render()
         return "\n".join(lines) + "\n"
 
-    def response(self) -> PlainTextResponse:
-        """GET /metrics's answer."""
-        return PlainTextResponse(self.render(), media_type="text/plain; version=0.0.4")
+    def response(self, accept_encoding: str = "") -> PlainTextResponse:
+        """GET /metrics's answer: gzipped when the scraper takes it (`accept_encoding`, its
+        Accept-Encoding header: Prometheus sends gzip) and it is big enough to gain (a
+        server over thousands of collections has three series for each)."""
+        text = self.render().encode()
+        headers = {"Vary": "Accept-Encoding"}
+        takes = {
+            coding.strip().lower()
+            for coding, _, q in (e.partition(";") for e in accept_encoding.split(","))
+            if q.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+        }
+        if len(text) >= GZIP_FROM_BYTES and "gzip" in takes:
+            text = gzip.compress(text, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4", headers=headers)
+
+
+#: /metrics answers this long and longer are gzipped for a scraper that takes it
+GZIP_FROM_BYTES = 1024
+
+#: The methods the metrics name (any other is "other": a label value per made-up method
+#: would let any client add series)
+_METHODS = ("GET", "HEAD", "POST", "DELETE", "OPTIONS")
 
 
 class ServiceMetrics(MetricSet):
@@ -189,11 +210,11 @@ class ServiceMetrics(MetricSet):
 
     def __init__(self) -> None:
         self.requests = Counter(
-            "clara_requests_total", "HTTP requests by endpoint and status", labelled=True
+            "clara_requests_total", "HTTP requests by method, endpoint and status", labelled=True
         )
         self.latency = Histogram(
             "clara_request_duration_seconds",
-            "Time from request to the last byte, by endpoint and status (a refusal's few "
+            "Time from request to the last byte, by method, endpoint and status (a refusal's few "
             "milliseconds are apart from the answers' seconds)",
             labelled=True,
         )
@@ -331,8 +352,9 @@ class MeteredGate:
 
     def _count(self, scope: Scope, status: int, took: float) -> None:
         m, endpoint, key = self.metrics, self.endpoint(scope["path"]), CALLER.get()
-        m.requests.inc(endpoint=endpoint, status=str(status))
-        m.latency.observe(took, endpoint=endpoint, status=str(status))
+        method = scope["method"] if scope["method"] in _METHODS else "other"
+        m.requests.inc(method=method, endpoint=endpoint, status=str(status))
+        m.latency.observe(took, method=method, endpoint=endpoint, status=str(status))
         if key:
             m.key_requests.inc(key=key, status=str(status))
         if status == 503:

@@ -289,7 +289,7 @@ def create_app(
                 files.metrics.files_in_progress.set(await asyncio.to_thread(files.in_progress))
             except Exception as exc:  # noqa: BLE001
                 log.warning("metrics: could not count the uploads in progress: %s", exc)
-        return m.response()
+        return m.response(request.headers.get("accept-encoding", ""))
 
     return app
 

@@ -366,11 +366,12 @@ class ServingDefaults:
 
 def default_collection(defaults: ServingDefaults) -> str:
     """The collection a request that names none searches: the server's --collection, or, for
-    a key limited to others (`SCOPE`), the first of those on its line of --api-key-file."""
+    a key limited to others (`SCOPE`), the first of those on its line of --api-key-file ("" for
+    one given none: it names a store it made, and is not told the server's default)."""
     scope = SCOPE.get()
-    if scope is None or scope.sees(defaults.collection) or not scope.collections:
+    if scope is None or scope.sees(defaults.collection):
         return defaults.collection
-    return scope.collections[0]
+    return scope.collections[0] if scope.collections else ""
 
 
 @dataclass

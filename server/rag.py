@@ -110,20 +110,30 @@ class Rag:
         if not p.retrieval or p.top_k == 0:
             return Retrieved("disabled", None, detail="retrieval turned off by the request")
         if not key_sees(self.root, p.collection, p.scope):
-            scope = p.scope
-            theirs = ", ".join(scope.collections) if scope and scope.collections else "none"
-            raise CollectionNotFoundError(
-                f"no collection '{p.collection}' for the API key {scope and scope.key}: it "
-                f"reads the collections its line of the key file names ({theirs}) and the "
-                "vector stores it made; name one of them ('collection', or a file_search tool)"
-            )
+            raise self._not_its(p)
         try:
             with self._collections.lease(p.collection) as coll:
                 return self._retrieve(p, qvec, coll)
+        except CollectionNameCaseError:  # (its message names the collection there is)
+            if p.scope is not None:
+                raise self._not_its(p) from None
+            raise
         except Exception as exc:  # a damaged collection, a disk error, another model's index,
             if not isinstance(exc, _ASKED_WRONG):  # a lock: counted, as the others are (not
                 self.metrics.retrievals.inc(status="error")  # the request's own wrong name)
             raise
+
+    @staticmethod
+    def _not_its(p: RagParams) -> CollectionNotFoundError:
+        """What a key limited to some collections is told of one it may not read."""
+        scope = p.scope
+        theirs = ", ".join(scope.collections) if scope and scope.collections else "none"
+        what = f"no collection '{p.collection}'" if p.collection else "no collection named"
+        return CollectionNotFoundError(
+            f"{what} for the API key {scope and scope.key}: it reads the collections its line "
+            f"of the key file names ({theirs}) and the vector stores it made; name one of them "
+            "('collection', or a file_search tool)"
+        )
 
     def _retrieve(
         self, p: RagParams, qvec: np.ndarray | None, coll: Collection | None

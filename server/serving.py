@@ -265,7 +265,7 @@ class OpenAIServing:
             root=info.model_id if info else self.engine.settings.model,
             max_model_len=info.context_limit if info else None,
             mode=self.defaults.mode,
-            collection=None if bare else default_collection(self.defaults),
+            collection=None if bare else default_collection(self.defaults) or None,
             retrieval=not bare,
         )
 

@@ -219,4 +219,9 @@ def test_a_too_long_prompt_among_several_is_named(server: ServerProcess) -> None
 def test_metrics_count_the_route(server: ServerProcess) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     text = httpx.get(f"{server.url}/metrics", headers=headers).text
-    assert metric(text, "clara_requests_total", endpoint="/v1/completions", status="200") >= 1
+    assert (
+        metric(
+            text, "clara_requests_total", method="POST", endpoint="/v1/completions", status="200"
+        )
+        >= 1
+    )

@@ -48,7 +48,10 @@ def test_langchain_chat_openai(server: ServerProcess, responses_api: bool) -> No
     assert answer.response_metadata["model_name"] == MODEL
     endpoint = "/v1/responses" if responses_api else "/v1/chat/completions"
     metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
-    assert metric(metrics.text, "clara_requests_total", endpoint=endpoint, status="200") >= 2
+    assert (
+        metric(metrics.text, "clara_requests_total", method="POST", endpoint=endpoint, status="200")
+        >= 2
+    )
 
 
 def test_langchain_openai_embeddings(server: ServerProcess) -> None:

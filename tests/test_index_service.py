@@ -1453,7 +1453,7 @@ def test_the_service_exports_prometheus_metrics(service, client) -> None:
     text = r.text
     assert "clara_model_ready 1" in text and "clara_files_in_progress 0" in text
     assert 'clara_files_indexed_total{status="completed"}' in text
-    assert 'clara_requests_total{endpoint="/v1/files",status="200"}' in text
+    assert 'clara_requests_total{endpoint="/v1/files",method="GET",status="200"}' in text
     assert 'endpoint="/v1/vector_stores/*"' in text
     assert httpx.get(f"{service.url}/metrics").status_code == 401  # (the key, as clara-serve)
     client.vector_stores.delete(vs.id)

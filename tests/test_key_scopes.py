@@ -20,6 +20,7 @@ KEYS = (
     "hr sk-hr all collections=handbook\n"
     "sales sk-sales collections=pricing,handbook\n"
     "guest sk-guest ask collections=\n"
+    "typo sk-typo collections=Handbook\n"
 )
 
 
@@ -29,9 +30,11 @@ def test_the_key_file_takes_a_scope_after_the_role(tmp_path: Path) -> None:
     roles: dict[str, str] = {}
     scopes: dict[str, tuple[str, ...]] = {}
     keys = read_api_keys(str(path), {}, roles, scopes)
-    assert keys == {"admin": "sk-admin", "hr": "sk-hr", "sales": "sk-sales", "guest": "sk-guest"}
+    assert list(keys) == ["admin", "hr", "sales", "guest", "typo"] and keys["hr"] == "sk-hr"
     assert roles == {"guest": "ask"}
-    assert scopes == {"hr": ("handbook",), "sales": ("pricing", "handbook"), "guest": ()}
+    assert scopes == {
+        "hr": ("handbook",), "sales": ("pricing", "handbook"), "guest": (), "typo": ("Handbook",)
+    }  # fmt: skip
     for bad, says in [
         ("bob sk-b collections=../etc\n", "'../etc' is not a collection name"),
         ("bob sk-b collections=a b\n", "write 'NAME KEY'"),
@@ -114,13 +117,22 @@ def test_a_limited_key_sees_its_collections_and_what_it_made(tiny_llama_dir, tmp
         assert admin.vector_stores.retrieve("payroll").file_counts.completed == 1  # untouched
         assert [f.id for f in admin.vector_stores.files.list("payroll")] == [secret.id]
         assert httpx.get(f"{proc.url}/metrics", headers=auth, timeout=30).status_code == 403
+        # a name on its line in another case than the store's: none (the error that says so
+        # names the store there is, and the index's folder)
+        typo = {"Authorization": "Bearer sk-typo"}
+        for method, path in [
+            ("GET", "/vector_stores/Handbook"),
+            ("POST", "/vector_stores/Handbook/search"),
+        ]:
+            r = httpx.request(method, url + path, json={"query": "x"}, headers=typo, timeout=60)
+            assert r.status_code == 404 and "handbook" not in r.text, r.text
         # what it may read, it reads: an upload of a store it is given too (the web chat's
         # "open" of a source), but it deletes only its own
         guide = upload(admin, "guide.txt", "Holidays are booked a month ahead.")
         assert attach(admin, "handbook", guide.id).status == "completed"
         assert sales.files.retrieve(guide.id).filename == "guide.txt"
         assert sales.files.content(guide.id).read().startswith(b"Holidays")
-        with pytest.raises(openai.NotFoundError):
+        with pytest.raises(openai.PermissionDeniedError, match="delete only the files it"):
             sales.files.delete(guide.id)
         assert admin.files.retrieve(guide.id).id == guide.id
         assert hr.vector_stores.search(mine.id, query="water").data
@@ -175,8 +187,14 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
                 tools=[{"type": "file_search", "vector_store_ids": ["payroll"]}],
             )  # fmt: skip
         guest = as_(server.url, "sk-guest")
-        with pytest.raises(openai.NotFoundError, match=r"names \(none\)"):
+        with pytest.raises(openai.NotFoundError, match=r"names \(none\)") as e:
             guest.chat.completions.create(**chat)  # (given none: it names one it made)
+        assert "'default'" not in str(e.value)  # (nor is it told the server's default)
+        assert guest.models.list().data[0].model_extra["collection"] is None
+        typo = as_(server.url, "sk-typo")
+        with pytest.raises(openai.NotFoundError) as e:
+            typo.chat.completions.create(**chat)
+        assert "'Handbook'" in str(e.value) and "'handbook'" not in str(e.value)
         assert guest.chat.completions.create(**chat, extra_body={"retrieval": False}).choices
         # its own store answers, in chats and in Responses
         store = hr.vector_stores.create(name="notes")

@@ -764,13 +764,13 @@ def test_an_upload_the_client_abandons_is_a_499_not_a_500(server) -> None:
         time.sleep(0.5)
     deadline = time.monotonic() + 10
     metrics = ""
-    while 'endpoint="/v1/files",status="499"' not in metrics and time.monotonic() < deadline:
+    while 'method="POST",status="499"' not in metrics and time.monotonic() < deadline:
         time.sleep(0.2)
         metrics = httpx.get(
             f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
         ).text
-    assert 'clara_requests_total{endpoint="/v1/files",status="499"} 1' in metrics
-    assert 'endpoint="/v1/files",status="500"' not in metrics
+    assert 'clara_requests_total{endpoint="/v1/files",method="POST",status="499"} 1' in metrics
+    assert 'endpoint="/v1/files",method="POST",status="500"' not in metrics
     assert server.log().count("Traceback") == before, server.log()[-3000:]
     # a chat's JSON body cut off the same way was a 400, "There was an error parsing the body"
     head = (
@@ -782,7 +782,7 @@ def test_an_upload_the_client_abandons_is_a_499_not_a_500(server) -> None:
         sock.sendall(head.encode() + b"x" * 1000)
         time.sleep(0.5)
     deadline = time.monotonic() + 10
-    while 'endpoint="/v1/chat/completions",status="499"' not in metrics:
+    while 'endpoint="/v1/chat/completions",method="POST",status="499"' not in metrics:
         assert time.monotonic() < deadline, metrics
         time.sleep(0.2)
         metrics = httpx.get(

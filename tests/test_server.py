@@ -1122,14 +1122,21 @@ def test_metrics_prometheus_text(server: ServerProcess, client: openai.OpenAI) -
     r = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    ok = metric(text, "clara_requests_total", endpoint="/v1/chat/completions", status="200")
+    assert r.headers["content-encoding"] == "gzip" and len(text) > 1024  # (httpx takes gzip)
+    for encoding in ("identity", "gzip;q=0"):  # (a scraper that takes no gzip gets plain text)
+        plain = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_KEY}",
+                                                            "Accept-Encoding": encoding})  # fmt: skip
+        assert "content-encoding" not in plain.headers and "clara_requests_total" in plain.text
+    timed = {"method": "POST", "endpoint": "/v1/chat/completions", "status": "200"}
+    bad = {**timed, "status": "400"}
+    ok = metric(text, "clara_requests_total", **timed)
     assert ok >= 1
-    assert metric(text, "clara_requests_total", endpoint="/v1/chat/completions", status="400") >= 1
-    timed = {"endpoint": "/v1/chat/completions", "status": "200"}  # (by status: an SRE audit
-    assert metric(text, "clara_request_duration_seconds_count", **timed) == ok  # found 400s'
-    # and 503s' milliseconds pulling the answers' latency down)
-    bad = {"endpoint": "/v1/chat/completions", "status": "400"}
+    assert metric(text, "clara_requests_total", **bad) >= 1
+    # by status (an SRE audit found 400s' and 503s' milliseconds pulling the answers' latency
+    # down), and by method
+    assert metric(text, "clara_request_duration_seconds_count", **timed) == ok
     assert metric(text, "clara_request_duration_seconds_count", **bad) >= 1
+    assert metric(text, "clara_requests_total", **{**timed, "method": "GET"}) == 0
     assert metric(text, "clara_time_to_first_token_seconds_count") >= 1
     assert 'clara_time_to_first_token_seconds_bucket{le="+Inf"}' in text
     assert metric(text, "clara_completion_tokens_total") >= 2

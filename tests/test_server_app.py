@@ -82,7 +82,7 @@ def test_500_never_leaks_internals() -> None:
         == kept
     )
     metrics = call(app, "GET", "/metrics").text
-    assert 'clara_requests_total{endpoint="/v1/models",status="500"} 3' in metrics
+    assert 'clara_requests_total{endpoint="/v1/models",method="GET",status="500"} 3' in metrics
 
 
 def test_served_model_name() -> None:

@@ -202,7 +202,7 @@ def create_app(
             metrics.files.files_in_progress.set(await asyncio.to_thread(service.in_progress))
         except Exception as exc:  # noqa: BLE001
             log.warning("metrics: could not count the uploads in progress: %s", exc)
-        return metrics.response()
+        return metrics.response(request.headers.get("accept-encoding", ""))
 
     @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: curl -I, uptime monitors
     async def health(request: Request) -> JSONResponse:

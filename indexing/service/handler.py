@@ -29,6 +29,7 @@ from clara.errors import (
     ChunkingError,
     ClaraError,
     CollectionLockedError,
+    CollectionNameCaseError,
     DamagedCollectionError,
     DocumentError,
     EncryptedDocumentError,
@@ -202,7 +203,12 @@ class IndexService:
         if not _NAME.fullmatch(store_id) or store_id in RESERVED_NAMES:
             raise _not_found("vector store", store_id)
         self.check_sees(store_id)
-        col = self._readers.acquire(store_id)
+        try:
+            col = self._readers.acquire(store_id)
+        except CollectionNameCaseError:  # (it names the store there is: not to a key that
+            if SCOPE.get() is not None:  # may read only some, an audit)
+                raise _not_found("vector store", store_id) from None
+            raise
         if col is None:
             raise _not_found("vector store", store_id)
         return col
@@ -388,7 +394,13 @@ class IndexService:
 
     async def delete_file(self, file_id: str) -> FileDeleted:
         """Delete an upload and remove it from every vector store (as OpenAI does)."""
-        rec = self._file(file_id, own=True)
+        rec = self._file(file_id)
+        if self._visible_file(file_id, own=True) is None:  # (one it reads in a store it is
+            raise APIError(  # given, which a deletion would take out of every store)
+                403, f"the key {CALLER.get()} may read the file {file_id} (it is in a "
+                "collection the key reads) but delete only the files it uploaded",
+                type="permission_error", code="insufficient_role",
+            )  # fmt: skip
         self._deleting[file_id] += 1  # an attach from now on is a 404 (one racing the delete
         try:  # indexed the deleted file, or failed it as missing)
             links = self.registry.links(file_id=file_id)

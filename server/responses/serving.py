@@ -303,10 +303,10 @@ class ResponsesServing:
         if len(req.tools) > 1:
             raise APIError(400, "one file_search tool per request is supported", param="tools")
         store_id = tool.vector_store_ids[0]
-        if not is_vector_store(self.root, store_id) or not key_sees(
-            self.root, store_id, SCOPE.get()
-        ):  # (another key's: none, before its files being indexed are waited for)
-            raise _no_store(store_id)
+        if not key_sees(self.root, store_id, SCOPE.get()) or not is_vector_store(
+            self.root, store_id
+        ):  # (another key's: none, before its files being indexed are waited for; looked at
+            raise _no_store(store_id)  # first: one there took longer to refuse, an audit)
         threshold = tool.ranking_options.score_threshold if tool.ranking_options else None
         if threshold:
             raise APIError(
