@@ -42,8 +42,8 @@ from indexing.pipeline import DEFAULT_OVERLAP
 from indexing.service.cli import add_serve_args, serve_command
 
 DESCRIPTION = """\
-Index documents (PDF, Word .docx, OpenDocument .odt, EPUB, Markdown, HTML, text) into a
-collection of CLaRa compressed memories, and search, inspect and maintain it. Collections live under --index (default: $CLARA_HOME/indexes,
+Index documents (PDF, Word .docx, OpenDocument .odt, EPUB, PowerPoint .pptx, Excel .xlsx,
+Markdown, HTML, text) into a collection of CLaRa compressed memories, and search, inspect and maintain it. Collections live under --index (default: $CLARA_HOME/indexes,
 i.e. ~/.cache/clara/indexes); `clara-serve` answers from the same folder.
 """
 EXAMPLES = {

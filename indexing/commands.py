@@ -215,7 +215,8 @@ def skipped_summary(skipped: list[Path], most: int = 6) -> str:
     if rest := len(skipped) - sum(n for _, n in shown):
         listed += f", {rest} of {len(kinds) - len(shown)} other kind{'s' * (len(kinds) > most + 1)}"
     other = "" if {"broken link", "not a regular file"} >= set(kinds) else (
-        " (clara reads PDF, Word, OpenDocument text, EPUB, Markdown, HTML and text)"
+        " (clara reads PDF, Word, OpenDocument text, EPUB, PowerPoint, Excel, Markdown, HTML and "
+        "text)"
     )  # fmt: skip
     return f"skipped {len(skipped)} file{'s' * (len(skipped) != 1)} in folders: {listed}{other}"
 

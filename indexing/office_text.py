@@ -1,5 +1,6 @@
 """The text of word-processor documents and e-books, read with the standard library: Word's
-.docx (Office Open XML), OpenDocument's .odt and EPUB books (XHTML chapters, in reading order).
+.docx (Office Open XML), OpenDocument's .odt and EPUB books (XHTML chapters, in reading order);
+and the dispatch to `indexing.slides_sheets` for PowerPoint's .pptx and Excel's .xlsx.
 
 Each is a zip of XML files. What is read: paragraphs in order, headings (a Word paragraph
 whose style is a heading or has an outline level, an OpenDocument `text:h`, a chapter's
@@ -38,7 +39,9 @@ MAX_UNPACKED = 64 << 20
 MAX_TAGS = 4_000_000
 #: what a file of each name is read as (a macro-enabled or template Word file is a Word file)
 OFFICE_KINDS = {".docx": ".docx", ".docm": ".docx", ".dotx": ".docx", ".dotm": ".docx",
-                ".odt": ".odt", ".ott": ".odt", ".epub": ".epub"}  # fmt: skip
+                ".odt": ".odt", ".ott": ".odt", ".epub": ".epub",
+                ".pptx": ".pptx", ".pptm": ".pptx", ".ppsx": ".pptx", ".potx": ".pptx",
+                ".xlsx": ".xlsx", ".xlsm": ".xlsx", ".xltx": ".xlsx"}  # fmt: skip
 OFFICE_EXTENSIONS = frozenset(OFFICE_KINDS)
 #: the most spaces one `text:s` makes (c="100000000" made 400 MB from a 1 KB file)
 MAX_SPACES = 100
@@ -73,11 +76,14 @@ class OfficeText:
     text: str
     headings: list[str] = field(default_factory=list)  # in order, as lines of `text`
     title: str | None = None
+    pages: list[tuple[int, str]] | None = None  # a presentation's slides: (number, text)
 
 
 def office_text(data: bytes, ext: str) -> OfficeText:
-    """The text of a .docx, .odt or .epub file's bytes (`ext` says which: an
+    """The text of a .docx, .odt, .epub, .pptx or .xlsx file's bytes (`ext` says which: an
     OFFICE_EXTENSIONS name, with or without its dot)."""
+    from indexing.slides_sheets import pptx_text, xlsx_text
+
     kind = OFFICE_KINDS.get("." + ext.lower().lstrip("."))
     if kind is None:
         raise InvalidArgumentError(
@@ -95,19 +101,27 @@ def office_text(data: bytes, ext: str) -> OfficeText:
                 return _docx(archive)
             if kind == ".odt":
                 return _odt(archive)
+            if kind == ".pptx":
+                return pptx_text(archive)
+            if kind == ".xlsx":
+                return xlsx_text(archive)
             return _epub(archive)
     except RecursionError:  # (100k nested spans)
         raise OfficeError("nested too deeply to read", "re-export the file") from None
 
 
 def office_kind(data: bytes) -> str | None:
-    """Which of .docx, .odt, .epub a zip's bytes are by their parts (an upload without its
-    extension), or None."""
+    """Which of .docx, .odt, .epub, .pptx, .xlsx a zip's bytes are by their parts (an upload
+    without its extension), or None."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             names = set(z.namelist())
             if "word/document.xml" in names or "word/document2.xml" in names:
                 return ".docx"
+            if "ppt/presentation.xml" in names:
+                return ".pptx"
+            if "xl/workbook.xml" in names:
+                return ".xlsx"
             if "mimetype" in names and z.getinfo("mimetype").file_size < 100:
                 mime = z.read("mimetype").strip()
                 return {b"application/vnd.oasis.opendocument.text": ".odt",

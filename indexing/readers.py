@@ -56,7 +56,7 @@ SUPPORTED_EXTENSIONS = (
     PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | TEXT_EXTENSIONS | OFFICE_EXTENSIONS
 )
 
-DocumentKind = Literal["pdf", "text", "markdown", "html", "docx", "odt", "epub"]
+DocumentKind = Literal["pdf", "text", "markdown", "html", "docx", "odt", "epub", "pptx", "xlsx"]
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,9 @@ NEEDS_PASSWORD = (
 
 
 def read_document(path: str | os.PathLike, password: str | None = None) -> Document:
-    """Read a PDF, Word (.docx), OpenDocument text (.odt), EPUB, Markdown, HTML or text file
-    into pages of cleaned text (a PDF's pages, one page for the others). `password` opens an
+    """Read a PDF, Word (.docx), OpenDocument text (.odt), EPUB, PowerPoint (.pptx), Excel
+    (.xlsx), Markdown, HTML or text file into pages of cleaned text (a PDF's pages, a
+    presentation's slides, one page for the others). `password` opens an
     encrypted PDF; a wrong or missing one is an `EncryptedDocumentError`."""
     if isinstance(path, str) and not path.strip():
         raise InvalidArgumentError("the path to read is empty: pass a file's path")
@@ -142,7 +143,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
         headings: list[str] = []
     elif office:
         ext = office
-        kind = OFFICE_KINDS[ext][1:]  # type: ignore[assignment]  # docx, odt, epub
+        kind = OFFICE_KINDS[ext][1:]  # type: ignore[assignment]  # docx, odt, epub, pptx, xlsx
         if sniffed == "legacy Office document":
             what = "legacy Office document"
             raise UnsupportedDocumentError(path, f"unsupported file type ({what})", _hint_for(what))
@@ -156,6 +157,8 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
                 raise EncryptedDocumentError(path, exc.reason, hint) from None
             raise CorruptDocumentError(path, getattr(exc, "reason", str(exc)), hint) from None
         pages, warnings = [Page(1, clean_text(office.text))], []
+        if office.pages is not None:  # a presentation: each slide its page
+            pages = [Page(number, clean_text(t)) for number, t in office.pages]
         # (cleaned as the text is: a soft hyphen in a heading lost it and every one after)
         headings, title = [clean_text(h) for h in office.headings], office.title
     else:
@@ -463,8 +466,8 @@ _MAGIC = {  # what a file is, by how its bytes start
 }
 _UNSUPPORTED = {
     **dict.fromkeys([".doc", ".rtf", ".pages"], "word-processor document"),
-    **dict.fromkeys([".pptx", ".ppt", ".odp", ".key"], "presentation"),
-    **dict.fromkeys([".xlsx", ".xls", ".ods", ".numbers"], "spreadsheet"),
+    **dict.fromkeys([".ppt", ".odp", ".key"], "presentation"),
+    **dict.fromkeys([".xls", ".ods", ".numbers"], "spreadsheet"),
     **dict.fromkeys([".mobi", ".djvu"], "e-book"),
     **dict.fromkeys(
         [".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".webp", ".heic"], "image"

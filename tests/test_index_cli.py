@@ -160,8 +160,8 @@ def test_the_skipped_files_summary_names_each_kind(tmp_path: Path) -> None:
     summary = skipped_summary([tmp_path / n for n in ["gone.txt", "pipe.txt", *names]])
     assert summary.startswith("skipped 11 files in folders: 2 .py, 1 broken link, 1 not a ")
     assert summary.endswith(
-        ", 4 of 4 other kinds (clara reads PDF, Word, OpenDocument text, EPUB, Markdown, HTML and "
-        "text)"
+        ", 4 of 4 other kinds (clara reads PDF, Word, OpenDocument text, EPUB, PowerPoint, Excel, "
+        "Markdown, HTML and text)"
     )
     assert skipped_summary([tmp_path / "gone.txt"]) == "skipped 1 file in folders: 1 broken link"
 

@@ -1,7 +1,9 @@
-"""Word (.docx), OpenDocument (.odt) and EPUB files: read with their headings, lists, tables
-and titles, indexed and found by `clara-index add` / `search`; damaged, encrypted or
-oversized ones refused in one line. The files are built here as Word, LibreOffice and
-e-book tools write them (a zip of XML parts)."""
+"""Word (.docx), OpenDocument (.odt), EPUB, PowerPoint (.pptx) and Excel (.xlsx) files: read
+with their headings, lists, tables and titles, indexed and found by `clara-index add` /
+`search`; damaged, encrypted or oversized ones refused in one line. The Word, OpenDocument and
+EPUB files are built here as Word, LibreOffice and e-book tools write them (a zip of XML
+parts); the slides and the workbook in tests/data were written by python-pptx and openpyxl
+(tests/data/make_office_files.py)."""
 
 from __future__ import annotations
 
@@ -180,7 +182,8 @@ def test_damaged_encrypted_and_oversized_office_files_are_one_line_errors(
     # Word stores a password-protected .docx as an OLE file holding an "EncryptedPackage"
     ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500) + "EncryptedPackage".encode("utf-16-le")
     refused("locked.docx", ole, EncryptedDocumentError, "password-protected")
-    refused("locked.xlsx", ole, UnsupportedDocumentError, r"unsupported file type \(spreadsheet")
+    refused("locked.xlsx", ole, EncryptedDocumentError, "password-protected")  # (read now)
+    refused("locked.xls", ole, UnsupportedDocumentError, r"unsupported file type \(spreadsheet")
     refused("locked", ole, EncryptedDocumentError, "password-protected")  # (no extension:
     # an upload saved without it was an "unsupported legacy Office document")
     laughs = (f'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]>'
@@ -458,7 +461,76 @@ def test_office_text_as_a_library_call() -> None:
     assert office_text.office_text(data, "docx").text == office_text.office_text(
         data, ".DOCX"
     ).text == "Hello."  # fmt: skip
-    with pytest.raises(InvalidArgumentError, match="'pptx' is not an office file type"):
-        office_text.office_text(data, "pptx")
+    with pytest.raises(InvalidArgumentError, match="'odp' is not an office file type"):
+        office_text.office_text(data, "odp")
     with pytest.raises(ClaraError, match="not a .docx file"):
         office_text.office_text(b"plain bytes", ".docx")
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_slides_read_as_pages_with_titles_notes_and_tables() -> None:
+    """A deck as python-pptx writes it: one page per slide shown, numbered as the deck
+    numbers them (slide 3 is hidden), its title a heading, bullets by level, a table's rows,
+    a grouped text box, the speaker notes; the hidden slide's text nowhere."""
+    doc = read_document(DATA / "deck.pptx")
+    assert (doc.kind, doc.title) == ("pptx", "Quarterly review")
+    assert [p.number for p in doc.pages] == [1, 2, 4]
+    assert doc.headings == ["Quarterly review", "Highlights", "Sales by region"]
+    assert doc.pages[1].text == (
+        "Highlights\n- Revenue grew in every region\n  - The north led with 1200 units\n"
+        "- Returns fell to two percent\n\nNotes: Mention the new warehouse in Oslo."
+    )
+    assert doc.pages[2].text.splitlines()[1:] == [
+        "Region | Units", "North | 1200", "South | 950", "Source: the sales ledger",
+    ]  # fmt: skip
+    assert all("hidden slide" not in p.text for p in doc.pages)
+    assert office_text.office_kind((DATA / "deck.pptx").read_bytes()) == ".pptx"  # (an upload
+    # without its extension)
+
+
+def test_a_workbook_reads_each_visible_sheet_its_rows_naming_their_columns() -> None:
+    """A workbook as openpyxl writes it: each visible sheet under its name; under a header
+    row every value after its column's name (a chunk of rows far from the top still says
+    what each number is), dates as dates (they are stored as day counts), booleans as
+    TRUE/FALSE; a sheet whose first row is numbers has no header; a hidden sheet is left out."""
+    doc = read_document(DATA / "sales.xlsx")
+    assert (doc.kind, doc.title, doc.headings) == ("xlsx", "Sales 2026", ["Sales", "Targets"])
+    assert doc.pages[0].text == (
+        "Sales\nRegion | Units | Shipped | Paid\n"
+        "Region: North | Units: 1200 | Shipped: 2026-03-14 | Paid: TRUE\n"
+        "Region: South | Units: 950 | Shipped: 2026-03-20 | Paid: FALSE\n"
+        "Region: East\n\n"
+        "Targets\n2026 | 5000\nThe target for 2027 is six thousand units."
+    )
+    assert "Alice" not in doc.pages[0].text  # (the hidden sheet)
+    assert office_text.office_kind((DATA / "sales.xlsx").read_bytes()) == ".xlsx"
+
+
+def test_a_slide_deck_is_indexed_and_its_slide_cited(
+    capsys, tmp_path: Path, tiny_llama_dir
+) -> None:
+    """`clara-index add` of a .pptx and an .xlsx (refused before as "unsupported file type"):
+    a search finds a slide's bullet on that slide's page, and a spreadsheet's row."""
+    import json
+    import shutil
+
+    from indexing import cli
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    shutil.copy(DATA / "deck.pptx", folder)
+    shutil.copy(DATA / "sales.xlsx", folder)
+    model = ["--model", str(tiny_llama_dir), "--index", str(tmp_path / "index")]
+    assert cli.main(["add", str(folder), *model]) == 0
+    capsys.readouterr()
+    found = ["search", "--json", "--mode", "lexical", *model]
+    assert cli.main([*found, "warehouse in Oslo"]) == 0
+    top = json.loads(capsys.readouterr().out)["results"][0]
+    assert top["file"] == "deck.pptx" and "Oslo" in top["text"]
+    assert (top["page_start"], top["page_end"]) == (1, 4)  # (the tiny deck: one chunk; slide
+    # 3 hidden, the last slide still 4)
+    assert cli.main([*found, "Shipped 2026-03-20"]) == 0
+    top = json.loads(capsys.readouterr().out)["results"][0]
+    assert top["file"] == "sales.xlsx" and "Region: South" in top["text"]
