@@ -52,6 +52,9 @@ def note_unknown(cls: type[BaseModel], data: Any) -> Any:
 
 
 _NOTED: set[tuple[str, tuple[str, ...]]] = set()  # (request, unknown fields) already logged
+_NOTED_TOOLS: list[bool] = []  # whether tools sent and not called were logged
+#: tools (or functions) a chat completion may name (OpenAI takes 128)
+MAX_TOOLS = 128
 
 
 def refuse(param: str, what: str) -> NoReturn:
@@ -177,8 +180,11 @@ class ChatCompletionRequest(_Request):
     audio: dict[str, Any] | None = only(NULL, default=None)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     """Lowers each token's logit by this times the times it was generated (OpenAI's)."""
-    function_call: str | dict[str, Any] | None = only({"enum": ["none", None]}, default=None)
-    functions: list[dict[str, Any]] | None = only({"maxItems": 0}, default=None)
+    function_call: str | dict[str, Any] | None = only(
+        {"enum": ["none", "auto", None]}, default=None
+    )
+    functions: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+    """As `tools` (their older form)."""
     logit_bias: dict[str, float] | None = only({"maxProperties": 0}, default=None)
     logprobs: bool | None = None
     """Return each output token's log-probability (in `choices[].logprobs.content`)."""
@@ -208,8 +214,12 @@ class ChatCompletionRequest(_Request):
     """Only with `stream` (as OpenAI's)."""
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     """Default: the server's --temperature, itself 0 (greedy), not OpenAI's 1."""
-    tool_choice: str | dict[str, Any] | None = only({"enum": ["none", None]}, default=None)
-    tools: list[dict[str, Any]] | None = only({"maxItems": 0}, default=None)
+    tool_choice: str | dict[str, Any] | None = only({"enum": ["none", "auto", None]}, default=None)
+    """With `tools`: "auto" (or none given) and "none" are answered with text, "required" or a
+    named function is a 400: this server calls no tools."""
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
+    """Taken and not called: the answer is text, as when a model chooses to call none (a chat
+    app's built-in tools, which Open WebUI sends with every chat, failed every chat)."""
     top_logprobs: json_int(ge=0, le=20) | None = None
     """With each token, this many most likely alternatives (with `logprobs: true`)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -245,11 +255,13 @@ class ChatCompletionRequest(_Request):
                 400, "n > 1 (several choices per request) is not supported by clara-serve: send "
                 "the request n times (with temperature > 0 for different answers)", param="n"
             )  # fmt: skip
-        if self.tools or self.functions:
-            refuse("tools" if self.tools else "functions", "tool / function calling")
         for name in ("tool_choice", "function_call"):
-            if getattr(self, name) not in (None, "none"):
-                refuse(name, "tool / function calling")
+            if getattr(self, name) not in (None, "none", "auto"):
+                refuse(name, f"{name} {getattr(self, name)!r} (this server calls no tools)")
+        if (self.tools or self.functions) and not _NOTED_TOOLS:
+            _NOTED_TOOLS.append(True)
+            log.info("chat completions with tools are answered with text: clara-serve calls "
+                     "no tools (said once)")  # fmt: skip
         if self.logit_bias:
             refuse("logit_bias", "logit_bias")
         if self.audio is not None:

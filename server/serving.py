@@ -270,7 +270,11 @@ class OpenAIServing:
         )
 
     def models(self) -> ModelList:
-        self.engine.check_ready()
+        """The served models, while the model loads too (their names are known from the
+        start): a chat app that lists them then (Open WebUI) dropped the model, and told its
+        user "Model '' was not found" instead of the chat's "still loading"."""
+        if self.engine.state == "failed":
+            self.engine.check_ready()  # (its model_failed 503)
         return ModelList(data=[self.card(), self.card(bare=True)])
 
     def model(self, model_id: str) -> ModelCard:
@@ -279,7 +283,8 @@ class OpenAIServing:
                 404, "no model id after /v1/models/: GET /v1/models lists the served models",
                 param="model", code="model_not_found",
             )  # fmt: skip
-        self.engine.check_ready()
+        if self.engine.state == "failed":
+            self.engine.check_ready()
         self.check_model(model_id)
         return self.card(bare=self.is_bare(model_id))
 

@@ -616,6 +616,26 @@ def test_logprob_bytes_join_into_the_answer(client: openai.OpenAI) -> None:
         assert t.token == "bytes:" + "".join(f"\\x{b:02x}" for b in t.bytes)
 
 
+TOOLS = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]
+
+
+def test_tools_sent_with_a_chat_are_not_called_and_it_is_answered(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    """An Open WebUI audit: it sends its built-in tools with every chat (no tool_choice), and
+    every chat was a 400. With tool_choice "auto" or none the model may answer with text, as
+    this one always does."""
+    for choice in ({}, {"tool_choice": "auto"}, {"tool_choice": "none"}):
+        r = client.chat.completions.create(
+            model=MODEL, messages=ask("hi"), max_tokens=2, tools=TOOLS, **choice
+        )
+        assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason == "length"
+    deadline = time.time() + 10
+    while "answered with text: clara-serve calls no tools" not in server.log():
+        assert time.time() < deadline, server.log()[-2000:]
+        time.sleep(0.1)
+
+
 def test_malformed_json_is_400(server: ServerProcess) -> None:
     err = assert_error(post(server, "/v1/chat/completions", b'{"messages": [}'), 400)
     assert "JSON" in err["message"]
@@ -628,11 +648,15 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
         ({"model": MODEL}, "messages"),
         ({"model": MODEL, "messages": []}, "messages"),
         ({"model": MODEL, "messages": ask("hi"), "n": 2}, "n"),
+        ({"messages": ask("hi"), "tool_choice": "required", "tools": TOOLS}, "tool_choice"),
         (
-            {"messages": ask("hi"), "tools": [{"type": "function", "function": {"name": "f"}}]},
-            "tools",
-        ),
-        ({"messages": ask("hi"), "tool_choice": "required"}, "tool_choice"),
+            {
+                "messages": ask("hi"),
+                "tools": TOOLS,
+                "tool_choice": {"type": "function", "function": {"name": "now"}},
+            },
+            "tool_choice",
+        ),  # fmt: skip
         ({"messages": ask("hi"), "top_logprobs": 21}, "top_logprobs"),
         ({"messages": ask("hi"), "temperature": 3}, "temperature"),
         ({"messages": ask("hi"), "max_tokens": 0}, "max_tokens"),

@@ -33,11 +33,19 @@ def test_requests_get_503_until_the_model_is_loaded() -> None:
     for method, path, kw in [
         ("POST", "/v1/chat/completions", {"json": body}),
         ("POST", "/v1/embeddings", {"json": {"input": "hi"}}),
-        ("GET", "/v1/models", {}),
     ]:
         r = call(app, method, path, **kw)
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "model_loading" and r.headers["Retry-After"]
+    # the models are listed meanwhile (an Open WebUI audit: a 503 there dropped the model,
+    # and its user read "Model '' was not found" instead of the chat's "still loading")
+    listed = call(app, "GET", "/v1/models")
+    assert listed.status_code == 200, listed.text
+    assert [m["id"] for m in listed.json()["data"]] == [
+        "clara-nowhere",
+        "clara-nowhere-no-retrieval",
+    ]
+    assert call(app, "GET", "/v1/models/clara-nowhere").json()["max_model_len"] is None
     health = call(app, "GET", "/health")
     assert health.status_code == 503 and health.json()["status"] == "loading"
     assert health.headers["Retry-After"] == "5"  # as the API routes' (a protocol audit)
@@ -55,6 +63,8 @@ def test_a_failed_load_is_reported(tmp_path) -> None:
         r = client.post(
             "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
         )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_failed"
+        r = client.get("/v1/models")  # (listed while loading, not once the load failed)
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_failed"
 
 
