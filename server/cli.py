@@ -177,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         'clients that embed long chunks and cannot send "truncate": true',
     )
     net.add_argument(
+        "--source-events",
+        action="store_true",
+        help="streamed chat completions also send each source as an Open WebUI source event "
+        '(a \'data:\' line holding {"event": {"type": "source", ...}}), so that Open '
+        "WebUI shows every retrieved chunk with its text (without it, one citation of the "
+        "answer's likeliest source); other OpenAI clients read such a line as a chunk without "
+        "choices: only for a server that Open WebUI alone uses",
+    )
+    net.add_argument(
         "--embedding-token-ids",
         action="store_true",
         help="/v1/embeddings takes inputs as token ids of this model's tokenizer; without it "
@@ -345,6 +354,7 @@ def serve(args: argparse.Namespace) -> int:
         truncate_embeddings=args.truncate_embeddings,
         embedding_token_ids=args.embedding_token_ids,
         files_url=files_url(args),
+        source_events=args.source_events,
     )
     access = access_options(args)
     app = create_app(

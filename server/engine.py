@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
@@ -40,7 +41,7 @@ from clara.prompt import Prompt, memory_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
-from clara_cli.http import is_client_error
+from clara_cli.http import CALLER, is_client_error
 from clara_cli.worker import BATCH, Task, Worker, log_failure
 from indexing.layout import META
 from indexing.manifest import MANIFEST, read_manifest
@@ -116,6 +117,10 @@ class Engine:
         self._stepping: Task | None = None  # the decode loop, while any request decodes
         self._admitting = 0  # chat requests admitted, not yet decoding nor failed (`running`)
         self._s_per_token = 1e-3  # query encoding, measured by embeddings steps
+        # embeddings requests queued and not started, by (API key, truncate): one more of
+        # the same key joins it (`embed`)
+        self._open_embeds: dict[tuple[str | None, bool], _EmbedBatch] = {}
+        self._embed_lock = threading.Lock()
 
     # ---- event-loop side --------------------------------------------------------------------
     @property
@@ -226,8 +231,30 @@ class Engine:
 
     def embed(self, inputs: list[str | list[int]], truncate: bool = False) -> Job:
         """Query-adapter embeddings of `inputs`; one longer than the encoder reads fails the
-        job (ContextLengthError), or with `truncate` is read up to that length."""
-        return self.submit("embeddings", lambda job: self._embed(job, inputs, truncate))
+        job (ContextLengthError), or with `truncate` is read up to that length.
+
+        Requests of one API key that come while another of its embeddings requests waits to
+        start join it, up to EMBED_JOIN_INPUTS inputs: one task on the model's thread, one
+        place in the queue, one batched encoding (an Open WebUI audit: it sends a request per
+        chunk of a document, all at once, and those past the 16 places were refused)."""
+        self.check_ready()
+        job = Job(asyncio.get_running_loop(), "embeddings")
+        key = (CALLER.get(), truncate)
+        with self._embed_lock:  # (held while queued: the batch's start takes it first)
+            batch = self._open_embeds.get(key)
+            if batch is None or batch.inputs + len(inputs) > EMBED_JOIN_INPUTS:
+                batch = _EmbedBatch()
+                task = Task(
+                    (":embeddings", batch),
+                    lambda cm: self._embed_batch(batch, key),
+                    batch.fail,
+                    lambda: self._embed_ended(batch),
+                )
+                self.worker.submit(task)  # (a full queue: its 503, nothing joined)
+                self._open_embeds[key] = batch
+            batch.members.append((job, inputs))
+            batch.inputs += len(inputs)
+        return job
 
     def forget_collection(self, name: str) -> None:
         """Collection `name` was deleted: the copy chats have open is closed (once no request
@@ -588,33 +615,36 @@ class Engine:
         self.metrics.completion_tokens.inc(chunk.generation_tokens)
         self.metrics.prompt_tokens.inc(chunk.prompt_positions)
 
-    def _embed(self, job: Job, inputs: list[str | list[int]], truncate: bool) -> Iterator[None]:
-        """Embeddings in steps: every input is tokenized and checked first (one too long is a
-        400 before any encoding), then encoded a few at a time, one worker turn each, so chats
-        decode between two steps and a client that leaves stops the job at the next one. A
-        step takes about EMBED_STEP_SHARED_S seconds while other work could run (measured
-        seconds per token), EMBED_STEP_ALONE_S alone."""
-        job.progress = (0, len(inputs))  # for the log, if it is cancelled
+    def _embed_batch(self, batch: _EmbedBatch, key: tuple[str | None, bool]) -> Iterator[None]:
+        """Embeddings of a batch's requests in steps: every request's inputs are tokenized
+        and checked first (one too long fails its own request, a 400 before any encoding),
+        then all are encoded a few at a time, one worker turn each, so chats decode between
+        two steps and requests whose clients all left stop it at the next one. A step takes
+        about EMBED_STEP_SHARED_S seconds while other work could run (measured seconds per
+        token), EMBED_STEP_ALONE_S alone."""
+        with self._embed_lock:  # (no request joins it from now on)
+            if self._open_embeds.get(key) is batch:
+                del self._open_embeds[key]
+        texts, ids, members = [], [], []
+        for job, inputs in batch.members:
+            if job.cancelled.is_set():
+                continue
+            try:
+                read = self._checked(inputs, truncate=key[1])
+            except ContextLengthError as exc:
+                batch.end(job, Failed(exc))
+                continue
+            members.append((job, len(texts), len(inputs)))
+            texts += read[0]
+            ids += read[1]
         cm = self._cm
-        texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
-        limit = cm.config.doc_max_tokens
-        ids = cm.tokenize(texts, cut=truncate)  # whole, counted once (the reference layout cuts)
-        for i, (x, read) in enumerate(zip(inputs, ids)):
-            if len(read) < limit or truncate:
-                continue  # nothing was cut, or cutting was asked for
-            if cm.config.reference:  # its ids were cut at the limit: count the text's own
-                n = len(x) if not isinstance(x, str) else len(cm.tokenizer.encode(x, **NO_SPECIALS))
-            else:
-                n = len(read)
-            if n > limit:  # as OpenAI: refused, not silently cut (unless `truncate`)
-                where = f"input {i}" if len(inputs) > 1 else "the input"
-                raise ContextLengthError(
-                    f"{where} has {n} tokens; " + TOO_LONG_TO_EMBED.format(limit=limit)
-                )
         parts: list[np.ndarray] = []
         done = 0
         while done < len(texts):
-            yield  # a turn: chats (and a client that left) are heard between two steps
+            yield  # a turn: chats (and clients that left) are heard between two steps
+            if all(job.cancelled.is_set() for job, _, _ in members):
+                batch.progress = (done, len(texts))
+                return
             shared = self.worker.contended() or self.decoding() > 0
             budget = EMBED_STEP_SHARED_S if shared else EMBED_STEP_ALONE_S
             end, tokens = done, 0
@@ -627,8 +657,45 @@ class Engine:
             took = (time.perf_counter() - t0) / tokens
             self._s_per_token = 0.7 * self._s_per_token + 0.3 * took
             done = end
-            job.progress = (done, len(texts))  # for the log, if it is cancelled
-        job.emit(Embedded(np.concatenate(parts), sum(len(t) for t in ids)))
+        vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        for job, first, n in members:
+            tokens = sum(len(t) for t in ids[first : first + n])
+            batch.end(job, Embedded(vectors[first : first + n], tokens))
+
+    def _checked(
+        self, inputs: list[str | list[int]], truncate: bool
+    ) -> tuple[list[str], list[list[int]]]:
+        """One request's texts and token ids; one longer than the encoder reads is a
+        ContextLengthError (as OpenAI: refused, not silently cut, unless `truncate`)."""
+        cm = self._cm
+        texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
+        limit = cm.config.doc_max_tokens
+        ids = cm.tokenize(texts, cut=truncate)  # whole, counted once (the reference layout cuts)
+        for i, (x, read) in enumerate(zip(inputs, ids)):
+            if len(read) < limit or truncate:
+                continue  # nothing was cut, or cutting was asked for
+            if cm.config.reference:  # its ids were cut at the limit: count the text's own
+                n = len(x) if not isinstance(x, str) else len(cm.tokenizer.encode(x, **NO_SPECIALS))
+            else:
+                n = len(read)
+            if n > limit:
+                where = f"input {i}" if len(inputs) > 1 else "the input"
+                raise ContextLengthError(
+                    f"{where} has {n} tokens; " + TOO_LONG_TO_EMBED.format(limit=limit)
+                )
+        return texts, ids
+
+    def _embed_ended(self, batch: _EmbedBatch) -> None:
+        """The batch's task ended (done, failed, cancelled or never started): every request
+        still waiting hears the end; one whose client left mid-way is logged."""
+        with self._embed_lock:
+            for key, open_batch in list(self._open_embeds.items()):
+                if open_batch is batch:  # (the server stopped before it started)
+                    del self._open_embeds[key]
+        if batch.progress is not None and batch.progress[0] < batch.progress[1]:
+            log.info("embeddings cancelled after %d of %d inputs", *batch.progress)
+        for job, _ in batch.members:
+            batch.end(job, None)
 
 
 NO_SPECIALS = {"add_special_tokens": False}  # count a text's own tokens
@@ -641,6 +708,37 @@ TOO_LONG_TO_EMBED = (
 #: work waits or decodes: one input of ~220 tokens is ~0.3 s of the default model on 2 cores,
 #: so a chat waits at most about this long for its turn.
 EMBED_STEP_ALONE_S, EMBED_STEP_SHARED_S = 1.5, 0.25
+#: inputs of the embeddings requests of one API key that join one task (`Engine.embed`)
+EMBED_JOIN_INPUTS = 256
+
+
+@dataclass
+class _EmbedBatch:
+    """Embeddings requests of one API key that run as one task: each request's job and its
+    inputs, in the order they came."""
+
+    members: list[tuple[Job, list[str | list[int]]]] = field(default_factory=list)
+    inputs: int = 0
+    progress: tuple[int, int] | None = None  # (inputs done, of): set when its clients left
+    ended: set[int] = field(default_factory=set)  # ids of the jobs told their end
+
+    def end(self, job: Job, event: object | None) -> None:
+        """Tell `job` its result (or failure) and DONE, once (worker thread)."""
+        if id(job) in self.ended:
+            return
+        self.ended.add(id(job))
+        if event is not None:
+            if isinstance(event, Failed):
+                job.failed = True
+            job.emit(event)
+        job.emit(DONE)
+
+    def fail(self, exc: BaseException) -> None:
+        """The task failed, or the server stopped before it started: every request hears it."""
+        for job, _ in self.members:
+            self.end(job, Failed(exc))
+
+
 ADMIT_POLL = 0.005  # s: an idle engine admitting a request looks this often for more ...
 ADMIT_WINDOW = 0.03  # ... while they keep arriving, this long at most
 

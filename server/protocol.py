@@ -369,6 +369,8 @@ class ServingDefaults:
     #: --files-url: where the Files API of uploads that sources cite is, when this server does
     #: not serve it (None: this server's own /v1/files)
     files_url: str | None = None
+    #: --source-events: streamed chats send each source as an Open WebUI source event too
+    source_events: bool = False
 
     def capped(self, max_tokens: int) -> int:
         """A request's max_tokens within --max-tokens-limit."""

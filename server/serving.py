@@ -142,6 +142,23 @@ def annotations_of(ready: Ready, sources: list[Source], content: str) -> list[An
     return list(out.values())
 
 
+def source_event(source: Source, text: str) -> str:
+    """A source as the SSE line Open WebUI reads as a "source" event (`--source-events`): one
+    citation card per retrieved chunk, named by its file, section and pages, showing its
+    `text` (the chunk's)."""
+    name = source.filename + (f" ({source.section})" if source.section else "")
+    if source.page_start is not None:
+        name += f", p. {source.page_start}"
+        if source.page_end not in (None, source.page_start):
+            name += f"-{source.page_end}"
+    data = {
+        "source": {"name": name, "url": source.url},
+        "document": [text],
+        "metadata": [{"source": source.url, "name": source.filename, "score": source.score}],
+    }
+    return f"data: {json.dumps({'event': {'type': 'source', 'data': data}})}\n\n"
+
+
 def _sse(data: ChatCompletionChunk | dict, null_usage: bool = False) -> str:
     """One SSE event. Chunks are shaped like OpenAI's: a delta lists only what it carries,
     and `usage` is null in every chunk but the last when the client asked for it
@@ -524,6 +541,9 @@ class OpenAIServing:
                 if event.finish_reason is None:
                     continue
                 sources = sources_of(reply.ready, self.defaults.files_url)
+                if self.defaults.source_events:
+                    for source, found in zip(sources, reply.ready.retrieved.sources):
+                        yield source_event(source, found.text)
                 notes = annotations_of(reply.ready, sources, "".join(said))
                 extra = DeltaMessage(sources=sources, annotations=notes)
                 chunk = self._chunk(reply, extra)

@@ -1109,6 +1109,33 @@ def test_embedding_errors(server: ServerProcess, client: openai.OpenAI) -> None:
     )
 
 
+def test_a_flood_of_small_embeddings_requests_joins_one_batch(server: ServerProcess, cm) -> None:
+    """An Open WebUI audit: it embeds a document with a request per chunk, all at once, and
+    those past the queue's 16 places were refused (503), so the document failed. Requests of
+    one key that come while one of its embeddings requests waits join it: all 40 answered,
+    each with its own input's vector, and one too long fails alone."""
+    from clara.retrieval import flatten_normalize
+
+    texts = [f"chunk {i}: the river runs past mill number {i}" for i in range(40)]
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=120) as c:
+            asks = [c.post("/v1/embeddings", json={"input": [t], "encoding_format": "float"})
+                    for t in texts]  # fmt: skip
+            asks.append(c.post("/v1/embeddings", json={"input": ["word " * 2000]}))
+            return await asyncio.gather(*asks)
+
+    answers = asyncio.run(flood())
+    assert [r.status_code for r in answers] == [200] * 40 + [400], [r.text for r in answers]
+    assert answers[-1].json()["error"]["code"] == "context_length_exceeded"
+    expected = flatten_normalize(np.array(cm.encode_queries([texts[0], texts[-1]])))
+    for r, text, want in zip([answers[0], answers[39]], [texts[0], texts[-1]], expected):
+        assert len(r.json()["data"]) == 1
+        assert np.allclose(r.json()["data"][0]["embedding"], want, atol=1e-4)
+        assert r.json()["usage"]["prompt_tokens"] == len(cm.tokenize([text])[0])
+
+
 def test_a_long_embeddings_job_lets_chats_through_and_stops_when_its_client_leaves(
     server: ServerProcess, client: openai.OpenAI
 ) -> None:
