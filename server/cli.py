@@ -177,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         'clients that embed long chunks and cannot send "truncate": true',
     )
     net.add_argument(
+        "--collection-models",
+        action="store_true",
+        help="/v1/models also lists a model NAME@COLLECTION for each collection (those the "
+        "request's API key may read), for chat apps whose only choice is the model: a chat "
+        "with it searches that collection (any client may ask for such a name without it)",
+    )
+    net.add_argument(
         "--source-events",
         action="store_true",
         help="streamed chat completions also send each source as an Open WebUI source event "
@@ -355,6 +362,7 @@ def serve(args: argparse.Namespace) -> int:
         embedding_token_ids=args.embedding_token_ids,
         files_url=files_url(args),
         source_events=args.source_events,
+        collection_models=args.collection_models,
     )
     access = access_options(args)
     app = create_app(

@@ -106,7 +106,7 @@ class CompletionServing:
         head = Completion(
             id=legacy_completion_id(),
             created=int(time.time()),
-            model=s.model_name(s.is_bare(req.model)),
+            model=s.model_name(s.is_bare(req.model), req.model),
             choices=[],
             system_fingerprint=s.engine.info.fingerprint,
         )

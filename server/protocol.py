@@ -371,6 +371,8 @@ class ServingDefaults:
     files_url: str | None = None
     #: --source-events: streamed chats send each source as an Open WebUI source event too
     source_events: bool = False
+    #: --collection-models: /v1/models lists NAME@COLLECTION for each collection
+    collection_models: bool = False
 
     def capped(self, max_tokens: int) -> int:
         """A request's max_tokens within --max-tokens-limit."""

@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
@@ -21,10 +22,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara.errors import ClaraError
-from clara.paths import path_bytes
+from clara.paths import COLLECTION_NAME, path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import snippet
-from clara_cli.http import APIError, client_gone_error, shutting_down_error, to_api_error
+from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_error, to_api_error
+from indexing.store import list_collections
 from server.engine import TOO_LONG_TO_EMBED, Engine
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
 from server.protocol import (
@@ -54,6 +56,7 @@ from server.protocol import (
     completion_id,
     default_collection,
 )
+from server.rag import key_sees
 
 DISCONNECT_CHECK_S = 0.25  # how often a non-streamed request looks for its client
 #: `/v1/models` also lists the served model under its name plus this: the same model without
@@ -251,10 +254,33 @@ class OpenAIServing:
     def is_bare(self, model: str | None) -> bool:
         return model == self.bare_model_name
 
-    def model_name(self, bare: bool) -> str:
-        """The name an answer carries: the bare model's when it was asked for, else the
-        served one's (what OpenAI does: the name asked)."""
+    def model_name(self, bare: bool, asked: str | None = None) -> str:
+        """The name an answer carries: the bare model's when it was asked for, a collection's
+        model's (`asked`, NAME@COLLECTION) when it was, else the served one's (what OpenAI
+        does: the name asked)."""
+        if asked is not None and self.collection_of(asked) is not None:
+            return asked
         return self.bare_model_name if bare else self.served_model_name
+
+    def collection_of(self, model: str | None) -> str | None:
+        """The collection a model name NAME@COLLECTION asks for (NAME: the served model's),
+        so that a chat app whose only choice is the model (Open WebUI, Chatbox, Jan) can pick
+        one; None for another name."""
+        name, at, collection = (model or "").rpartition("@")
+        if not at or name != self.served_model_name:
+            return None
+        return collection if re.fullmatch(COLLECTION_NAME, collection) else None
+
+    def named_collection(self, model: str | None, collection: str | None, param: str) -> str | None:
+        """The collection of a request's model name (`collection_of`), checked against the one
+        it names (`collection`, the request's `param`): both and not the same is a 400."""
+        named = self.collection_of(model)
+        if named is not None and collection not in (None, named):
+            raise APIError(
+                400, f"the model '{model}' searches the collection '{named}', and the request "
+                f"names '{collection}': name one of them", param=param,
+            )  # fmt: skip
+        return named
 
     def model_names(self) -> set[str]:
         names = {self.served_model_name, self.bare_model_name, self.engine.settings.model}
@@ -263,7 +289,12 @@ class OpenAIServing:
         return names
 
     def check_model(self, model: str | None) -> None:
-        if model is not None and not self.accept_any_model and model not in self.model_names():
+        if (
+            model is not None
+            and not self.accept_any_model
+            and model not in self.model_names()
+            and self.collection_of(model) is None
+        ):
             raise APIError(
                 404,
                 f"The model '{model}' does not exist; this server serves "
@@ -274,15 +305,16 @@ class OpenAIServing:
                 code="model_not_found",
             )
 
-    def card(self, bare: bool = False) -> ModelCard:
+    def card(self, bare: bool = False, collection: str | None = None) -> ModelCard:
+        """The served model, its `bare` twin, or its twin for a `collection`."""
         info = self.engine.info
         return ModelCard(
-            id=self.model_name(bare),
+            id=f"{self.served_model_name}@{collection}" if collection else self.model_name(bare),
             created=self.created,
             root=info.model_id if info else self.engine.settings.model,
             max_model_len=info.context_limit if info else None,
             mode=self.defaults.mode,
-            collection=None if bare else default_collection(self.defaults) or None,
+            collection=None if bare else collection or default_collection(self.defaults) or None,
             retrieval=not bare,
         )
 
@@ -292,7 +324,12 @@ class OpenAIServing:
         user "Model '' was not found" instead of the chat's "still loading"."""
         if self.engine.state == "failed":
             self.engine.check_ready()  # (its model_failed 503)
-        return ModelList(data=[self.card(), self.card(bare=True)])
+        cards = [self.card(), self.card(bare=True)]
+        if self.defaults.collection_models:  # (those the request's key may read)
+            root, scope = self.engine.settings.root, SCOPE.get()
+            names = [n for n in list_collections(root) if key_sees(root, n, scope)]
+            cards += [self.card(collection=name) for name in sorted(names)]
+        return ModelList(data=cards)
 
     def model(self, model_id: str) -> ModelCard:
         if not model_id:  # GET /v1/models/ (a base URL ending in a slash)
@@ -303,7 +340,7 @@ class OpenAIServing:
         if self.engine.state == "failed":
             self.engine.check_ready()
         self.check_model(model_id)
-        return self.card(bare=self.is_bare(model_id))
+        return self.card(bare=self.is_bare(model_id), collection=self.collection_of(model_id))
 
     # ---- chat ------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, request: Request):
@@ -312,6 +349,8 @@ class OpenAIServing:
         self.check_model(req.model)
         req.check_supported()
         params = req.to_params(self.defaults)
+        if named := self.named_collection(req.model, req.collection, "collection"):
+            params.collection = named
         bare = self.is_bare(req.model)
         params.retrieval = params.retrieval and not bare
         job, ready = await self.start_chat(params, request)
@@ -319,7 +358,7 @@ class OpenAIServing:
         reply = _Reply(
             id=completion_id(),
             created=int(time.time()),
-            model=self.model_name(bare),
+            model=self.model_name(bare, req.model),
             fingerprint=self.engine.info.fingerprint,
             ready=ready,
             retrieval=RetrievalInfo(
@@ -631,7 +670,7 @@ class OpenAIServing:
         usage = EmbeddingUsage(prompt_tokens=event.tokens, total_tokens=event.tokens)
         self.metrics.embedding_inputs.inc(len(data))
         self.metrics.embedding_tokens.inc(event.tokens)
-        model = self.model_name(self.is_bare(req.model))
+        model = self.model_name(self.is_bare(req.model), req.model)
         return EmbeddingResponse(data=data, model=model, usage=usage)
 
 

@@ -162,7 +162,7 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
         r = httpx.post(f"{server.url}/v1/responses", json=ask, timeout=60)
         old = r.json()["id"]
     with ServerProcess("--model", str(tiny_llama_dir), "--index", str(root),
-                       "--api-key-file", str(keys), "--accept-any-model",
+                       "--api-key-file", str(keys), "--accept-any-model", "--collection-models",
                        env={"CLARA_HOME": str(home)}) as server:  # fmt: skip
         server.wait_ready()
         hr, admin = as_(server.url, "sk-hr"), as_(server.url, "sk-admin")
@@ -174,6 +174,25 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
         assert {s["filename"] for s in sources} <= {n for n, _ in DOCS[2:4]}
         assert hr.models.list().data[0].model_extra["collection"] == "handbook"
         assert admin.models.list().data[0].model_extra["collection"] == "default"
+        # a model per collection (--collection-models), for apps whose only choice is the
+        # model: each key's own
+        served = admin.models.list().data[0].id
+        listed = {m.id: m.model_extra["collection"] for m in admin.models.list().data[2:]}
+        assert listed == {f"{served}@{n}": n for n in ("default", "handbook", "payroll")}
+        assert [m.id for m in hr.models.list().data[2:]] == [f"{served}@handbook"]
+        by_model = hr.chat.completions.create(**{**chat, "model": f"{served}@handbook"})
+        assert by_model.model == f"{served}@handbook"
+        assert by_model.model_extra["retrieval"]["collection"] == "handbook"
+        with pytest.raises(openai.NotFoundError):  # (not hr's)
+            hr.chat.completions.create(**{**chat, "model": f"{served}@payroll"})
+        with pytest.raises(openai.BadRequestError, match="name one of them"):
+            admin.chat.completions.create(
+                **{**chat, "model": f"{served}@handbook"}, extra_body={"collection": "payroll"}
+            )
+        on = admin.responses.create(model=f"{served}@payroll", input="hi", max_output_tokens=1)
+        assert on.model == f"{served}@payroll"
+        assert on.model_extra["retrieval"]["collection"] == "payroll"
+        assert admin.models.retrieve(f"{served}@payroll").model_extra["collection"] == "payroll"
         for collection in ("payroll", "default", "nope"):
             with pytest.raises(openai.NotFoundError) as e:
                 hr.chat.completions.create(**chat, extra_body={"collection": collection})

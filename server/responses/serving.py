@@ -352,6 +352,10 @@ class ResponsesServing:
                 )  # fmt: skip
         else:
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, req.collection, req.top_k
+            chat.collection = (
+                self.serving.named_collection(req.model, req.collection, "collection")
+                or req.collection
+            )
             chat.filters = req.filters
             before = searched_before or {}
             name = before.get("collection")
@@ -454,7 +458,7 @@ class ResponsesServing:
                 raise _no_store(chat.collection) from None  # were waited for
             raise
         response = Response(
-            model=serving.model_name(bare),
+            model=serving.model_name(bare, req.model),
             instructions=req.instructions,
             max_output_tokens=params.max_tokens,  # (the server's cap when none was asked)
             previous_response_id=req.previous_response_id,
