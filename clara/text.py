@@ -78,3 +78,16 @@ def scaled(n: float, units: Sequence[str], step: float, sep: str = "") -> str:
             return f"{n:.0f}{sep}{unit}" if unit == units[0] else f"{n:.1f}{sep}{unit}"
         n /= step
     return f"{n:.1f}{sep}{units[-1]}"
+
+
+#: file names whose pages are slides (a presentation's: `indexing.slides_sheets`)
+SLIDE_SUFFIXES = (".pptx", ".pptm", ".ppsx", ".potx")
+
+
+def pages_label(name: str, start: int | None, end: int | None) -> str:
+    """Where in the file `name` a chunk is: "p. 3", "pp. 3-4", or "slide 3", "slides 3-4" for
+    a presentation; "" without pages."""
+    if start is None:
+        return ""
+    one, many = ("slide ", "slides ") if name.lower().endswith(SLIDE_SUFFIXES) else ("p. ", "pp. ")
+    return f"{one}{start}" if end in (None, start) else f"{many}{start}-{end}"

@@ -36,7 +36,7 @@ from clara.paths import (
     upload_file_id,
 )
 from clara.settings import ModelSettings
-from clara.text import printable, scaled, snippet
+from clara.text import pages_label, printable, scaled, snippet
 from clara_cli.common import (
     EXIT_ERROR,
     EXIT_LOCKED,
@@ -102,11 +102,10 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _pages(start: int | None, end: int | None, before: str = "") -> str:
-    """`before` + "p. 3" / "pp. 3-4"; "" for text without pages."""
-    if start is None:
-        return ""
-    return before + (f"p. {start}" if end in (None, start) else f"pp. {start}-{end}")
+def _pages(name: str, start: int | None, end: int | None, before: str = "") -> str:
+    """`before` + "p. 3" / "pp. 3-4" (a presentation's: "slide 3"); "" without pages."""
+    where = pages_label(name, start, end)
+    return before + where if where else ""
 
 
 def _print_json(obj: Any) -> None:
@@ -670,7 +669,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     for c in chunks:
         text = c.text if args.full else snippet(c.text, SNIPPET)
-        pages = _pages(c.page_start, c.page_end, " ")
+        pages = _pages(doc.name, c.page_start, c.page_end, " ")
         print(f"\n[{c.ordinal}]{pages}, {c.n_tokens} tokens\n{text}")
     return 0
 
@@ -752,7 +751,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         where = show_path(r["path"] or r["file"])
         ranks = ", ".join(f"{n} #{v}" for n, v in r["ranks"].items() if v is not None)
         print(
-            f"{r['rank']}. {r['score']:.4f}  {where}{_pages(r['page_start'], r['page_end'], '  ')}"
+            f"{r['rank']}. {r['score']:.4f}  {where}"
+            f"{_pages(r['file'], r['page_start'], r['page_end'], '  ')}"
             f"  [{ranks}]"
         )
         print(f"   {snippet(r['text'], SNIPPET)}")

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from clara.errors import ClaraError
 from clara.paths import COLLECTION_NAME, path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
-from clara.text import snippet
+from clara.text import pages_label, snippet
 from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_error, to_api_error
 from indexing.store import list_collections
 from server.engine import TOO_LONG_TO_EMBED, Engine
@@ -95,11 +95,8 @@ def source_url(s: SourceInfo, files_url: str | None = None) -> str:
 
 
 def _title(s: Source) -> str:
-    if s.page_start is None:
-        return s.filename
-    if s.page_end is None or s.page_end == s.page_start:
-        return f"{s.filename}, p. {s.page_start}"
-    return f"{s.filename}, pp. {s.page_start}-{s.page_end}"
+    where = pages_label(s.filename, s.page_start, s.page_end)
+    return f"{s.filename}, {where}" if where else s.filename
 
 
 def usage_of(last: GenerationChunk) -> Usage:
@@ -150,10 +147,8 @@ def source_event(source: Source, text: str) -> str:
     citation card per retrieved chunk, named by its file, section and pages, showing its
     `text` (the chunk's)."""
     name = source.filename + (f" ({source.section})" if source.section else "")
-    if source.page_start is not None:
-        name += f", p. {source.page_start}"
-        if source.page_end not in (None, source.page_start):
-            name += f"-{source.page_end}"
+    if where := pages_label(source.filename, source.page_start, source.page_end):
+        name += f", {where}"
     data = {
         "source": {"name": name, "url": source.url},
         "document": [text],

@@ -178,8 +178,8 @@ def test_add_reports_each_bad_file_and_indexes_the_rest(
     lines = err.strip().splitlines()
     assert lines.pop(0) == (  # the folder's photo.png (named explicitly too: refused below)
         "clara-index: skipped 1 file in folders: 1 .png (clara reads PDF, Word, OpenDocument "
-        "text, EPUB, Markdown, HTML and text); name one to read it as text or hear why it "
-        "cannot be"
+        "text, EPUB, PowerPoint, Excel, Markdown, HTML and text); name one to read it as text "
+        "or hear why it cannot be"
     )
     reasons = {
         "missing.pdf": "no such file",

@@ -534,3 +534,5 @@ def test_a_slide_deck_is_indexed_and_its_slide_cited(
     assert cli.main([*found, "Shipped 2026-03-20"]) == 0
     top = json.loads(capsys.readouterr().out)["results"][0]
     assert top["file"] == "sales.xlsx" and "Region: South" in top["text"]
+    assert cli.main(["search", "--mode", "lexical", *model, "warehouse in Oslo"]) == 0
+    assert "deck.pptx  slides 1-4" in capsys.readouterr().out  # (a deck's pages are slides)

@@ -270,7 +270,10 @@ async function loadRetrievalModes() {
 let snippets = 0; // ids tying each source button to its text
 function pages(s) {
   if (s.page_start == null) return "";
-  return s.page_end == null || s.page_end === s.page_start ? `, p. ${s.page_start}` : `, pp. ${s.page_start}-${s.page_end}`;
+  const name = (s.filename || "").toLowerCase();
+  const slides = [".pptx", ".pptm", ".ppsx", ".potx"].some((x) => name.endsWith(x)); // (its pages)
+  const [one, many] = slides ? ["slide", "slides"] : ["p.", "pp."];
+  return s.page_end == null || s.page_end === s.page_start ? `, ${one} ${s.page_start}` : `, ${many} ${s.page_start}-${s.page_end}`;
 }
 
 // An uploaded file, fetched with the API key and shown from memory. Anything but a PDF is shown
