@@ -1,6 +1,7 @@
 """The text of word-processor documents and e-books, read with the standard library: Word's
 .docx (Office Open XML), OpenDocument's .odt and EPUB books (XHTML chapters, in reading order);
-and the dispatch to `indexing.slides_sheets` for PowerPoint's .pptx and Excel's .xlsx.
+and the dispatch to `indexing.slides_sheets` for slides and workbooks (.pptx, .xlsx, .odp,
+.ods).
 
 Each is a zip of XML files. What is read: paragraphs in order, headings (a Word paragraph
 whose style is a heading or has an outline level, an OpenDocument `text:h`, a chapter's
@@ -41,7 +42,8 @@ MAX_TAGS = 4_000_000
 OFFICE_KINDS = {".docx": ".docx", ".docm": ".docx", ".dotx": ".docx", ".dotm": ".docx",
                 ".odt": ".odt", ".ott": ".odt", ".epub": ".epub",
                 ".pptx": ".pptx", ".pptm": ".pptx", ".ppsx": ".pptx", ".potx": ".pptx",
-                ".xlsx": ".xlsx", ".xlsm": ".xlsx", ".xltx": ".xlsx"}  # fmt: skip
+                ".xlsx": ".xlsx", ".xlsm": ".xlsx", ".xltx": ".xlsx",
+                ".odp": ".odp", ".otp": ".odp", ".ods": ".ods", ".ots": ".ods"}  # fmt: skip
 OFFICE_EXTENSIONS = frozenset(OFFICE_KINDS)
 #: the most spaces one `text:s` makes (c="100000000" made 400 MB from a 1 KB file)
 MAX_SPACES = 100
@@ -80,9 +82,9 @@ class OfficeText:
 
 
 def office_text(data: bytes, ext: str) -> OfficeText:
-    """The text of a .docx, .odt, .epub, .pptx or .xlsx file's bytes (`ext` says which: an
-    OFFICE_EXTENSIONS name, with or without its dot)."""
-    from indexing.slides_sheets import pptx_text, xlsx_text
+    """The text of a .docx, .odt, .epub, .pptx, .xlsx, .odp or .ods file's bytes (`ext` says
+    which: an OFFICE_EXTENSIONS name, with or without its dot)."""
+    from indexing.slides_sheets import odp_text, ods_text, pptx_text, xlsx_text
 
     kind = OFFICE_KINDS.get("." + ext.lower().lstrip("."))
     if kind is None:
@@ -105,14 +107,18 @@ def office_text(data: bytes, ext: str) -> OfficeText:
                 return pptx_text(archive)
             if kind == ".xlsx":
                 return xlsx_text(archive)
+            if kind == ".odp":
+                return odp_text(archive)
+            if kind == ".ods":
+                return ods_text(archive)
             return _epub(archive)
     except RecursionError:  # (100k nested spans)
         raise OfficeError("nested too deeply to read", "re-export the file") from None
 
 
 def office_kind(data: bytes) -> str | None:
-    """Which of .docx, .odt, .epub, .pptx, .xlsx a zip's bytes are by their parts (an upload
-    without its extension), or None."""
+    """Which of .docx, .odt, .epub, .pptx, .xlsx, .odp, .ods a zip's bytes are by their parts
+    (an upload without its extension), or None."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             names = set(z.namelist())
@@ -125,6 +131,8 @@ def office_kind(data: bytes) -> str | None:
             if "mimetype" in names and z.getinfo("mimetype").file_size < 100:
                 mime = z.read("mimetype").strip()
                 return {b"application/vnd.oasis.opendocument.text": ".odt",
+                        b"application/vnd.oasis.opendocument.presentation": ".odp",
+                        b"application/vnd.oasis.opendocument.spreadsheet": ".ods",
                         b"application/epub+zip": ".epub"}.get(mime)  # fmt: skip
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, zlib.error):
         return None
@@ -423,10 +431,7 @@ def _core_title(archive: _Archive, name: str) -> str | None:
 
 # ---- OpenDocument (.odt) ---------------------------------------------------------------------
 def _odt(archive: _Archive) -> OfficeText:
-    if archive.has("META-INF/manifest.xml") and (
-        b"encryption-data" in archive.read("META-INF/manifest.xml")
-    ):  # (LibreOffice's password: content.xml is ciphertext, read as damaged XML)
-        raise OfficeError("password-protected", "save a copy without a password and index that")
+    _odt_locked(archive)
     text_root = archive.xml("content.xml").find(f"{_OFFICE}body/{_OFFICE}text")
     if text_root is None:
         raise OfficeError("content.xml holds no text document", "re-export the file")
@@ -434,6 +439,14 @@ def _odt(archive: _Archive) -> OfficeText:
     headings: list[str] = []
     _odt_blocks(text_root, blocks, headings, listed=False)
     return _joined(blocks, headings, _core_title(archive, "meta.xml"))
+
+
+def _odt_locked(archive: _Archive) -> None:
+    """An OpenDocument file saved with a password is an OfficeError saying so."""
+    if archive.has("META-INF/manifest.xml") and (
+        b"encryption-data" in archive.read("META-INF/manifest.xml")
+    ):  # (LibreOffice's password: content.xml is ciphertext, read as damaged XML)
+        raise OfficeError("password-protected", "save a copy without a password and index that")
 
 
 def _odt_blocks(parent: ET.Element, blocks: list[str], headings: list[str], listed: bool) -> None:

@@ -56,7 +56,9 @@ SUPPORTED_EXTENSIONS = (
     PDF_EXTENSIONS | MARKDOWN_EXTENSIONS | HTML_EXTENSIONS | TEXT_EXTENSIONS | OFFICE_EXTENSIONS
 )
 
-DocumentKind = Literal["pdf", "text", "markdown", "html", "docx", "odt", "epub", "pptx", "xlsx"]
+DocumentKind = Literal[
+    "pdf", "text", "markdown", "html", "docx", "odt", "epub", "pptx", "xlsx", "odp", "ods"
+]
 
 
 @dataclass(frozen=True)
@@ -466,8 +468,8 @@ _MAGIC = {  # what a file is, by how its bytes start
 }
 _UNSUPPORTED = {
     **dict.fromkeys([".doc", ".rtf", ".pages"], "word-processor document"),
-    **dict.fromkeys([".ppt", ".odp", ".key"], "presentation"),
-    **dict.fromkeys([".xls", ".ods", ".numbers"], "spreadsheet"),
+    **dict.fromkeys([".ppt", ".key"], "presentation"),
+    **dict.fromkeys([".xls", ".numbers"], "spreadsheet"),
     **dict.fromkeys([".mobi", ".djvu"], "e-book"),
     **dict.fromkeys(
         [".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".webp", ".heic"], "image"

@@ -1,5 +1,6 @@
-"""The text of PowerPoint slides (.pptx) and Excel workbooks (.xlsx), read with the standard
-library, as `indexing.office_text` reads Word files (the same bounded unpacking and XML checks).
+"""The text of slides (PowerPoint's .pptx, OpenDocument's .odp) and workbooks (Excel's .xlsx,
+OpenDocument's .ods), read with the standard library, as `indexing.office_text` reads Word files
+(the same bounded unpacking and XML checks).
 
 Slides: one page per slide shown, in the presentation's order, numbered as the deck numbers
 them (hidden slides are left out, and counted), so that a source cites its slide as its page. A slide's title is its heading; then the text of
@@ -21,7 +22,19 @@ import re
 from collections.abc import Iterator
 from xml.etree import ElementTree as ET
 
-from indexing.office_text import OfficeError, OfficeText, _Archive, _core_title, _line
+from indexing.office_text import (
+    _DRAW,
+    _OFFICE,
+    _TABLE,
+    _TEXT,
+    OfficeError,
+    OfficeText,
+    _Archive,
+    _core_title,
+    _line,
+    _odt_inline,
+    _odt_locked,
+)
 
 _P = "{http://schemas.openxmlformats.org/presentationml/2006/main}"
 _A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
@@ -33,6 +46,11 @@ _NOTES = "/notesSlide"  # (the end of a notes relationship's type)
 _CHROME = {"sldNum", "dt", "ftr", "hdr", "sldImg"}
 #: cells of one row written at most (a row of 16384 columns is a spreadsheet's largest)
 MAX_COLUMNS = 200
+#: times one row with text is written when a file repeats it (OpenDocument's
+#: number-rows-repeated: 1048576 copies of a row took a file of a few bytes)
+MAX_REPEATS = 100
+_PRES = "{urn:oasis:names:tc:opendocument:xmlns:presentation:1.0}"
+_STYLE = "{urn:oasis:names:tc:opendocument:xmlns:style:1.0}"
 
 
 def _rels(archive: _Archive, part: str) -> dict[str, tuple[str, str]]:
@@ -291,3 +309,158 @@ def _number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# ---- OpenDocument presentations (.odp) and spreadsheets (.ods) -------------------------------
+def odp_text(archive: _Archive) -> OfficeText:
+    _odt_locked(archive)
+    content = archive.xml("content.xml")
+    body = content.find(f"{_OFFICE}body/{_OFFICE}presentation")
+    if body is None:
+        raise OfficeError("content.xml holds no presentation", "re-export the file")
+    hidden = _styles_with(
+        content, f"{_STYLE}drawing-page-properties", f"{_PRES}visibility", "hidden"
+    )
+    pages: list[tuple[int, str]] = []
+    headings: list[str] = []
+    for number, page in enumerate(body.findall(f"{_DRAW}page"), 1):
+        if page.get(f"{_DRAW}style-name") in hidden:
+            continue
+        title, lines = "", []
+        for frame in _odp_frames(page):
+            kind = frame.get(f"{_PRES}class")
+            if kind in ("page-number", "date-time", "footer", "header"):
+                continue
+            said = _odp_lines(frame)
+            if kind == "title" and not title and said:
+                title = _line(" ".join(text for text, _ in said))
+                continue
+            bulleted = kind == "outline"
+            lines += [("  " * level + "- " + t) if bulleted else t for t, level in said]
+        notes = page.find(f"{_PRES}notes")
+        said = (
+            [t for frame in _odp_frames(notes) for t, _ in _odp_lines(frame)]
+            if notes is not None
+            else []
+        )
+        if said:
+            lines += ["", "Notes: " + said[0], *said[1:]]
+        if title:
+            headings.append(title)
+            lines.insert(0, title)
+        pages.append((number, "\n".join(lines).strip()))
+    if not pages:
+        raise OfficeError("no slides to read (none, or all hidden)", "nothing to index")
+    text = "\n\n".join(t for _, t in pages if t)
+    return OfficeText(text, headings, _odf_title(archive), pages)
+
+
+def _odp_frames(parent: ET.Element) -> Iterator[ET.Element]:
+    """The frames and shapes of a page in drawing order, a group's in its place (not the
+    notes page, read apart)."""
+    for child in parent:
+        if child.tag == f"{_DRAW}g":
+            yield from _odp_frames(child)
+        elif child.tag.startswith(_DRAW) and child.tag != f"{_DRAW}page-thumbnail":
+            yield child
+
+
+def _odp_lines(frame: ET.Element) -> list[tuple[str, int]]:
+    """A frame's or shape's paragraphs (text, list level) and table rows, in order."""
+    out: list[tuple[str, int]] = []
+
+    def walk(node: ET.Element, level: int) -> None:
+        for child in node:
+            if child.tag in (f"{_TEXT}p", f"{_TEXT}h"):
+                if text := _line(_odt_inline(child)):
+                    out.append((text, max(level, 0)))
+            elif child.tag == f"{_TEXT}list":
+                walk(child, level + 1)
+            elif child.tag == f"{_TABLE}table":
+                for row in child.iter(f"{_TABLE}table-row"):
+                    cells = [_line(" ".join(_odt_inline(p) for p in c.iter(f"{_TEXT}p")))
+                             for c in row.findall(f"{_TABLE}table-cell")]  # fmt: skip
+                    if any(cells):
+                        out.append((" | ".join(cells), 0))
+            elif child.tag not in (f"{_OFFICE}annotation", f"{_PRES}notes"):
+                walk(child, level)
+
+    walk(frame, -1)
+    return out
+
+
+def ods_text(archive: _Archive) -> OfficeText:
+    _odt_locked(archive)
+    content = archive.xml("content.xml")
+    body = content.find(f"{_OFFICE}body/{_OFFICE}spreadsheet")
+    if body is None:
+        raise OfficeError("content.xml holds no spreadsheet", "re-export the file")
+    hidden = _styles_with(content, f"{_STYLE}table-properties", f"{_TABLE}display", "false")
+    blocks: list[str] = []
+    headings: list[str] = []
+    for table in body.findall(f"{_TABLE}table"):
+        if table.get(f"{_TABLE}style-name") in hidden:
+            continue
+        rows = _ods_rows(table)
+        if not rows:
+            continue
+        name = _line(table.get(f"{_TABLE}name") or "")
+        headings.append(name)
+        blocks.append("\n".join([name, *_named(rows)]))
+    if not blocks:
+        raise OfficeError("no cells to read (empty, or every sheet hidden)", "nothing to index")
+    return OfficeText("\n\n".join(blocks), headings, _odf_title(archive))
+
+
+def _ods_rows(table: ET.Element) -> list[list[str]]:
+    """A sheet's rows of cell texts: repeated rows and cells as many times as they repeat
+    when they hold text (at most MAX_REPEATS rows, MAX_COLUMNS cells), empty ones not at all."""
+    out: list[list[str]] = []
+    for row in table.iter(f"{_TABLE}table-row"):
+        cells: list[str] = []
+        for cell in row:
+            if cell.tag not in (f"{_TABLE}table-cell", f"{_TABLE}covered-table-cell"):
+                continue
+            repeat = _count(cell.get(f"{_TABLE}number-columns-repeated"))
+            cells += [_ods_cell(cell)] * min(repeat, MAX_COLUMNS - len(cells))  # (an empty
+            if len(cells) >= MAX_COLUMNS:  # cell keeps the place of the next one)
+                break
+        while cells and not cells[-1]:
+            cells.pop()
+        if cells:
+            out += [cells] * min(_count(row.get(f"{_TABLE}number-rows-repeated")), MAX_REPEATS)
+    return out
+
+
+def _count(value: str | None) -> int:
+    try:
+        return max(1, int(value or 1))
+    except ValueError:
+        return 1
+
+
+def _ods_cell(cell: ET.Element) -> str:
+    kind = cell.get(f"{_OFFICE}value-type")
+    if kind in ("float", "percentage", "currency"):
+        return cell.get(f"{_OFFICE}value") or ""
+    if kind == "date":
+        return (cell.get(f"{_OFFICE}date-value") or "").replace("T00:00:00", "").replace("T", " ")
+    if kind == "boolean":
+        return (cell.get(f"{_OFFICE}boolean-value") or "").upper()
+    return _line(" ".join(_odt_inline(p) for p in cell.findall(f"{_TEXT}p")))
+
+
+def _styles_with(content: ET.Element, props: str, attribute: str, value: str) -> set[str]:
+    """The names of the automatic styles whose `props` element has `attribute` = `value` (a
+    hidden slide's page style, a hidden sheet's table style)."""
+    styles = content.find(f"{_OFFICE}automatic-styles")
+    return {
+        style.get(f"{_STYLE}name") or ""
+        for style in (styles if styles is not None else [])
+        if (found := style.find(props)) is not None and found.get(attribute) == value
+    }
+
+
+def _odf_title(archive: _Archive) -> str | None:
+    title = _core_title(archive, "meta.xml")
+    return (title or "").strip() or None

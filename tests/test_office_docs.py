@@ -461,8 +461,8 @@ def test_office_text_as_a_library_call() -> None:
     assert office_text.office_text(data, "docx").text == office_text.office_text(
         data, ".DOCX"
     ).text == "Hello."  # fmt: skip
-    with pytest.raises(InvalidArgumentError, match="'odp' is not an office file type"):
-        office_text.office_text(data, "odp")
+    with pytest.raises(InvalidArgumentError, match="'odg' is not an office file type"):
+        office_text.office_text(data, "odg")
     with pytest.raises(ClaraError, match="not a .docx file"):
         office_text.office_text(b"plain bytes", ".docx")
 
@@ -506,6 +506,26 @@ def test_a_workbook_reads_each_visible_sheet_its_rows_naming_their_columns() -> 
     )
     assert "Alice" not in doc.pages[0].text  # (the hidden sheet)
     assert office_text.office_kind((DATA / "sales.xlsx").read_bytes()) == ".xlsx"
+
+
+def test_opendocument_slides_and_sheets_read_as_their_office_twins() -> None:
+    """The same deck and workbook as LibreOffice's formats (written by odfpy): the same
+    pages, headings and lines; a spreadsheet's million padding rows of empty cells cost
+    nothing; a date with a time keeps it."""
+    deck, twin = read_document(DATA / "deck.odp"), read_document(DATA / "deck.pptx")
+    assert (deck.kind, deck.title, deck.headings) == ("odp", twin.title, twin.headings)
+    assert [p.number for p in deck.pages] == [1, 2, 4]
+    assert deck.pages[1].text == twin.pages[1].text  # (bullets by level, then the notes)
+    assert deck.pages[2].text == "Sales by region"  # (its page number frame left out)
+    book = read_document(DATA / "sales.ods")
+    assert (book.kind, book.title, book.headings) == ("ods", "Sales 2026", ["Sales"])
+    assert book.pages[0].text == (
+        "Sales\nRegion | Units | Shipped | Paid\n"
+        "Region: North | Units: 1200 | Shipped: 2026-03-14 | Paid: TRUE\n"
+        "Region: South | Units: 950.5 | Shipped: 2026-03-20 09:30:00 | Paid: FALSE"
+    )
+    for name, kind in [("deck.odp", ".odp"), ("sales.ods", ".ods")]:
+        assert office_text.office_kind((DATA / name).read_bytes()) == kind
 
 
 def test_a_slide_deck_is_indexed_and_its_slide_cited(

@@ -720,11 +720,11 @@ def docx_bytes(when: tuple = (2026, 12, 5, 0, 0, 0), part: str = "word/document.
     return buf.getvalue()
 
 
-def ods_bytes(when: tuple = (2026, 12, 5, 0, 0, 0)) -> bytes:
-    """An OpenDocument spreadsheet (a zip; an office file not read here), dated `when`."""
+def odg_bytes(when: tuple = (2026, 12, 5, 0, 0, 0)) -> bytes:
+    """An OpenDocument drawing (a zip; an office file not read here), dated `when`."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        mime = "application/vnd.oasis.opendocument.spreadsheet"
+        mime = "application/vnd.oasis.opendocument.graphics"
         z.writestr(zipfile.ZipInfo("mimetype", when), mime)
         z.writestr(zipfile.ZipInfo("content.xml", when), "<office:document-content/>")
     return buf.getvalue()
@@ -736,16 +736,16 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(32)
 @pytest.mark.parametrize(
     "name, data, error, message",
     [
-        ("report.doc", ods_bytes(), UnsupportedDocumentError, "word-processor.*convert-to pdf"),
+        ("report.doc", odg_bytes(), UnsupportedDocumentError, "word-processor.*convert-to pdf"),
         ("report.docx", docx_bytes(), CorruptDocumentError, "document.xml is not well-formed"),
         ("report.docx", b"PK\x03\x04 cut", CorruptDocumentError, r"not a \.docx file"),
         # a Word file under another name is read by its parts (then found damaged here)
         ("report.bin", docx_bytes(), CorruptDocumentError, "document.xml is not well-formed"),
-        ("report.txt", ods_bytes(), UnsupportedDocumentError, "zip archive / office document"),
-        ("report", ods_bytes(), UnsupportedDocumentError, "zip archive"),
+        ("report.txt", odg_bytes(), UnsupportedDocumentError, "zip archive / office document"),
+        ("report", odg_bytes(), UnsupportedDocumentError, "zip archive"),
         (
             "dated.txt",
-            ods_bytes((2026, 12, 5, 22, 42, 0)),
+            odg_bytes((2026, 12, 5, 22, 42, 0)),
             UnsupportedDocumentError,
             "zip archive",
         ),
@@ -834,7 +834,7 @@ def test_iter_inputs_follows_linked_folders_once_and_lists_what_it_skips(tmp_pat
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "a.md").write_text("x")
-    (shared / "table.ods").write_text("x")
+    (shared / "drawing.odg").write_text("x")
     root = tmp_path / "root"
     root.mkdir()
     (root / "page.html").write_text("<p>x</p>")
@@ -844,7 +844,7 @@ def test_iter_inputs_follows_linked_folders_once_and_lists_what_it_skips(tmp_pat
     skipped: list[Path] = []
     got = iter_inputs([root], skipped=skipped)
     assert got == [(root / "page.html").resolve(), (shared / "a.md").resolve()]
-    assert sorted(p.name for p in skipped) == ["gone.txt", "table.ods"]
+    assert sorted(p.name for p in skipped) == ["drawing.odg", "gone.txt"]
 
 
 def test_a_double_star_glob_counts_each_file_it_skips_or_leaves_out_once(tmp_path: Path) -> None:
