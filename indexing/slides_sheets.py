@@ -49,6 +49,9 @@ MAX_COLUMNS = 200
 #: times one row with text is written when a file repeats it (OpenDocument's
 #: number-rows-repeated: 1048576 copies of a row took a file of a few bytes)
 MAX_REPEATS = 100
+#: cells with text that repeats make in one workbook, all together: past it, the file is
+#: refused (a few megabytes of repeated rows of repeated cells made gigabytes of text)
+MAX_REPEATED_CELLS = 1_000_000
 _PRES = "{urn:oasis:names:tc:opendocument:xmlns:presentation:1.0}"
 _STYLE = "{urn:oasis:names:tc:opendocument:xmlns:style:1.0}"
 
@@ -398,10 +401,11 @@ def ods_text(archive: _Archive) -> OfficeText:
     hidden = _styles_with(content, f"{_STYLE}table-properties", f"{_TABLE}display", "false")
     blocks: list[str] = []
     headings: list[str] = []
+    budget = [MAX_REPEATED_CELLS]
     for table in body.findall(f"{_TABLE}table"):
         if table.get(f"{_TABLE}style-name") in hidden:
             continue
-        rows = _ods_rows(table)
+        rows = _ods_rows(table, budget)
         if not rows:
             continue
         name = _line(table.get(f"{_TABLE}name") or "")
@@ -412,24 +416,41 @@ def ods_text(archive: _Archive) -> OfficeText:
     return OfficeText("\n\n".join(blocks), headings, _odf_title(archive))
 
 
-def _ods_rows(table: ET.Element) -> list[list[str]]:
+def _ods_rows(table: ET.Element, budget: list[int]) -> list[list[str]]:
     """A sheet's rows of cell texts: repeated rows and cells as many times as they repeat
-    when they hold text (at most MAX_REPEATS rows, MAX_COLUMNS cells), empty ones not at all."""
+    when they hold text (at most MAX_REPEATS rows, MAX_COLUMNS cells), empty ones not at all.
+    `budget`: the repeated cells with text the workbook may still make (MAX_REPEATED_CELLS)."""
     out: list[list[str]] = []
     for row in table.iter(f"{_TABLE}table-row"):
         cells: list[str] = []
         for cell in row:
             if cell.tag not in (f"{_TABLE}table-cell", f"{_TABLE}covered-table-cell"):
                 continue
-            repeat = _count(cell.get(f"{_TABLE}number-columns-repeated"))
-            cells += [_ods_cell(cell)] * min(repeat, MAX_COLUMNS - len(cells))  # (an empty
-            if len(cells) >= MAX_COLUMNS:  # cell keeps the place of the next one)
+            text = _ods_cell(cell)
+            times = min(
+                _count(cell.get(f"{_TABLE}number-columns-repeated")), MAX_COLUMNS - len(cells)
+            )
+            cells += [text] * times  # (an empty cell keeps the place of the next one)
+            if text:
+                _spend(budget, times - 1)
+            if len(cells) >= MAX_COLUMNS:
                 break
         while cells and not cells[-1]:
             cells.pop()
         if cells:
-            out += [cells] * min(_count(row.get(f"{_TABLE}number-rows-repeated")), MAX_REPEATS)
+            times = min(_count(row.get(f"{_TABLE}number-rows-repeated")), MAX_REPEATS)
+            _spend(budget, (times - 1) * sum(1 for c in cells if c))
+            out += [cells] * times
     return out
+
+
+def _spend(budget: list[int], cells: int) -> None:
+    budget[0] -= cells
+    if budget[0] < 0:
+        raise OfficeError(
+            f"repeats its cells more than {MAX_REPEATED_CELLS} times",
+            "export the part you want to index as text or CSV",
+        )
 
 
 def _count(value: str | None) -> int:

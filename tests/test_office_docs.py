@@ -508,6 +508,25 @@ def test_a_workbook_reads_each_visible_sheet_its_rows_naming_their_columns() -> 
     assert office_text.office_kind((DATA / "sales.xlsx").read_bytes()) == ".xlsx"
 
 
+def test_a_spreadsheet_that_repeats_its_cells_past_reason_is_refused(tmp_path: Path) -> None:
+    """OpenDocument repeats a row or a cell by a count: 600 rows of 170 bytes, each repeated
+    100 times, of a cell repeated 200 times, would be 12 million cells of text."""
+    ns = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+          'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '
+          'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"')  # fmt: skip
+    row = ('<table:table-row table:number-rows-repeated="100"><table:table-cell '
+           'table:number-columns-repeated="200" office:value-type="string"><text:p>x</text:p>'
+           "</table:table-cell></table:table-row>")  # fmt: skip
+    content = (f"<office:document-content {ns}><office:body><office:spreadsheet>"
+               f'<table:table table:name="S">{row * 600}</table:table>'
+               "</office:spreadsheet></office:body></office:document-content>")  # fmt: skip
+    mime = "application/vnd.oasis.opendocument.spreadsheet"
+    path = tmp_path / "repeats.ods"
+    path.write_bytes(zipped({"mimetype": mime, "content.xml": content}))
+    with pytest.raises(CorruptDocumentError, match="repeats its cells more than 1000000 times"):
+        read_document(path)
+
+
 def test_opendocument_slides_and_sheets_read_as_their_office_twins() -> None:
     """The same deck and workbook as LibreOffice's formats (written by odfpy): the same
     pages, headings and lines; a spreadsheet's million padding rows of empty cells cost
