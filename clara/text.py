@@ -81,7 +81,7 @@ def scaled(n: float, units: Sequence[str], step: float, sep: str = "") -> str:
 
 
 #: file names whose pages are slides (a presentation's: `indexing.slides_sheets`)
-SLIDE_SUFFIXES = (".pptx", ".pptm", ".ppsx", ".potx", ".odp", ".otp")
+SLIDE_SUFFIXES = (".pptx", ".pptm", ".ppsx", ".ppsm", ".potx", ".potm", ".odp", ".otp")
 
 
 def pages_label(name: str, start: int | None, end: int | None) -> str:

@@ -41,8 +41,9 @@ MAX_TAGS = 4_000_000
 #: what a file of each name is read as (a macro-enabled or template Word file is a Word file)
 OFFICE_KINDS = {".docx": ".docx", ".docm": ".docx", ".dotx": ".docx", ".dotm": ".docx",
                 ".odt": ".odt", ".ott": ".odt", ".epub": ".epub",
-                ".pptx": ".pptx", ".pptm": ".pptx", ".ppsx": ".pptx", ".potx": ".pptx",
-                ".xlsx": ".xlsx", ".xlsm": ".xlsx", ".xltx": ".xlsx",
+                ".pptx": ".pptx", ".pptm": ".pptx", ".ppsx": ".pptx", ".ppsm": ".pptx",
+                ".potx": ".pptx", ".potm": ".pptx",
+                ".xlsx": ".xlsx", ".xlsm": ".xlsx", ".xltx": ".xlsx", ".xltm": ".xlsx",
                 ".odp": ".odp", ".otp": ".odp", ".ods": ".ods", ".ots": ".ods"}  # fmt: skip
 OFFICE_EXTENSIONS = frozenset(OFFICE_KINDS)
 #: the most spaces one `text:s` makes (c="100000000" made 400 MB from a 1 KB file)
@@ -53,7 +54,18 @@ _TEXT = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
 _TABLE = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
 _OFFICE = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
 _DC = "{http://purl.org/dc/elements/1.1/}"
-_STRICT_W = b"http://purl.oclc.org/ooxml/wordprocessingml/main"  # Strict Open XML's
+#: Strict Open XML's namespaces, read as their transitional twins (Word's, Excel's and
+#: PowerPoint's "Strict" files were "empty")
+_STRICT = [
+    (b"http://purl.oclc.org/ooxml/" + strict, b"http://schemas.openxmlformats.org/" + plain)
+    for strict, plain in [
+        (b"wordprocessingml/main", b"wordprocessingml/2006/main"),
+        (b"spreadsheetml/main", b"spreadsheetml/2006/main"),
+        (b"presentationml/main", b"presentationml/2006/main"),
+        (b"drawingml/main", b"drawingml/2006/main"),
+        (b"officeDocument/relationships", b"officeDocument/2006/relationships"),
+    ]
+]
 _FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _TEXT_BOX = f"{_W}txbxContent"
 _MATH_TEXT = "{http://schemas.openxmlformats.org/officeDocument/2006/math}t"
@@ -79,6 +91,7 @@ class OfficeText:
     headings: list[str] = field(default_factory=list)  # in order, as lines of `text`
     title: str | None = None
     pages: list[tuple[int, str]] | None = None  # a presentation's slides: (number, text)
+    warnings: list[str] = field(default_factory=list)  # what was left out, for its reader
 
 
 def office_text(data: bytes, ext: str) -> OfficeText:
@@ -184,7 +197,9 @@ class _Archive:
         if data.count(b"<") > MAX_TAGS:
             raise OfficeError(f"{name} holds more than {MAX_TAGS} XML tags",
                               "export the part you want to index as text or PDF")  # fmt: skip
-        data = data.replace(_STRICT_W, _W[1:-1].encode())  # (Strict OOXML: read alike)
+        for strict, plain in _STRICT:  # (Strict OOXML: read alike)
+            if strict in data:
+                data = data.replace(strict, plain)
         try:
             return ET.fromstring(data)
         except ET.ParseError as exc:

@@ -158,7 +158,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
             ):
                 raise EncryptedDocumentError(path, exc.reason, hint) from None
             raise CorruptDocumentError(path, getattr(exc, "reason", str(exc)), hint) from None
-        pages, warnings = [Page(1, clean_text(office.text))], []
+        pages, warnings = [Page(1, clean_text(office.text))], list(office.warnings)
         if office.pages is not None:  # a presentation: each slide its page
             pages = [Page(number, clean_text(t)) for number, t in office.pages]
         # (cleaned as the text is: a soft hyphen in a heading lost it and every one after)

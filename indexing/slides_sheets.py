@@ -44,7 +44,8 @@ _S = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
 _NOTES = "/notesSlide"  # (the end of a notes relationship's type)
 #: placeholders that hold no content of the slide's own (numbers, dates, footers)
 _CHROME = {"sldNum", "dt", "ftr", "hdr", "sldImg"}
-#: cells of one row written at most (a row of 16384 columns is a spreadsheet's largest)
+#: cells with text of one row read at most (a row of 16384 columns is a spreadsheet's largest):
+#: those past it are left out, and a warning says so
 MAX_COLUMNS = 200
 #: times one row with text is written when a file repeats it (OpenDocument's
 #: number-rows-repeated: 1048576 copies of a row took a file of a few bytes)
@@ -52,6 +53,10 @@ MAX_REPEATS = 100
 #: cells with text that repeats make in one workbook, all together: past it, the file is
 #: refused (a few megabytes of repeated rows of repeated cells made gigabytes of text)
 MAX_REPEATED_CELLS = 1_000_000
+#: characters of one cell (Excel's own limit), and of a workbook's text all together: a
+#: 36 KB file of cells that all name one 30 MB shared string took 6 GB before it failed
+MAX_CELL_CHARS = 32_767
+MAX_BOOK_CHARS = 64 << 20
 _PRES = "{urn:oasis:names:tc:opendocument:xmlns:presentation:1.0}"
 _STYLE = "{urn:oasis:names:tc:opendocument:xmlns:style:1.0}"
 
@@ -113,17 +118,18 @@ def _slide_lines(slide: ET.Element, notes: bool = False) -> tuple[str, list[str]
         if kind in _CHROME or (notes and kind != "body"):
             continue
         if shape.tag == f"{_P}graphicFrame":
-            lines += [row for table in shape.iter(f"{_A}tbl") for row in _table_rows(table)]
+            table = shape.find(f"{_A}graphic/{_A}graphicData/{_A}tbl")
+            lines += _table_rows(table) if table is not None else []
             continue
         body = shape.find(f"{_P}txBody")
         if body is None:
             continue
-        paragraphs = [(_paragraph(p), _level(p)) for p in body.iter(f"{_A}p")]
+        paragraphs = [(_paragraph(p), _level(p)) for p in body.findall(f"{_A}p")]
         paragraphs = [(text, level) for text, level in paragraphs if text]
         if kind in ("title", "ctrTitle") and not title:
             title = _line(" ".join(text for text, _ in paragraphs))
             continue
-        bulleted = kind in ("body", "obj", None) and len(paragraphs) > 1
+        bulleted = kind in ("body", "obj") and not notes and len(paragraphs) > 1
         lines += [("  " * level + "- " + text) if bulleted else text for text, level in paragraphs]
     return title, lines
 
@@ -151,7 +157,7 @@ def _paragraph(p: ET.Element) -> str:
     parts = []
     for node in p:
         if node.tag in (f"{_A}r", f"{_A}fld"):
-            parts.append("".join(t.text or "" for t in node.iter(f"{_A}t")))
+            parts.append("".join(t.text or "" for t in node.findall(f"{_A}t")))
         elif node.tag == f"{_A}br":
             parts.append(" ")
     return _line("".join(parts))
@@ -166,97 +172,156 @@ def _level(p: ET.Element) -> int:
 
 
 def _table_rows(table: ET.Element) -> list[str]:
+    """A table's rows, cells joined by " | " (its own rows and cells only: a file of tables
+    nested in cells, read at every depth, took minutes)."""
     rows = []
-    for tr in table.iter(f"{_A}tr"):
-        cells = [_line(" ".join(_paragraph(p) for p in tc.iter(f"{_A}p"))) for tc in tr]
+    for tr in table.findall(f"{_A}tr"):
+        cells = [
+            _line(" ".join(_paragraph(p) for p in tc.findall(f"{_A}txBody/{_A}p")))
+            for tc in tr.findall(f"{_A}tc")
+        ]
+        while cells and not cells[-1]:  # (merged cells)
+            cells.pop()
         if any(cells):
             rows.append(" | ".join(cells))
     return rows
 
 
 # ---- Excel (.xlsx) ---------------------------------------------------------------------------
-#: built-in number formats that show a date or a time (ECMA-376 18.8.30)
-_DATE_FORMATS = {14, 15, 16, 17, 18, 19, 20, 21, 22, 45, 46, 47}
+#: built-in number formats (ECMA-376 18.8.30) that show a date, a time, both, a percentage
+_BUILTIN_FORMATS = {
+    **dict.fromkeys((14, 15, 16, 17), "date"),
+    **dict.fromkeys((18, 19, 20, 21, 45, 46, 47), "time"),
+    22: "datetime",
+    **dict.fromkeys((9, 10), "percent"),
+}
 _QUOTED = re.compile(r'"[^"]*"|\\.|\[[^\]]*\]')  # literal text and colours in a format code
+_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")  # a character Excel escapes in text (_x000D_)
+
+
+class _Book:
+    """What a workbook's cells are read with: its shared strings, the kind each cell style
+    shows (`_BUILTIN_FORMATS`' kinds), its date system, and what is left of MAX_BOOK_CHARS."""
+
+    def __init__(self, archive: _Archive, book: ET.Element, rels: dict) -> None:
+        self.left = MAX_BOOK_CHARS
+        self.strings = _shared_strings(archive, rels)
+        self.formats = _cell_formats(archive, rels)
+        props = book.find(f"{_S}workbookPr")
+        self.date1904 = props is not None and props.get("date1904") in ("1", "true")
+
+    def spend(self, text: str) -> str:
+        self.left -= len(text)
+        if self.left < 0:
+            raise OfficeError(
+                f"holds more than {MAX_BOOK_CHARS >> 20} MiB of text once its cells are read",
+                "export the part you want to index as text or CSV",
+            )
+        return text
 
 
 def xlsx_text(archive: _Archive) -> OfficeText:
     main = "xl/workbook.xml"
     book = archive.xml(main)
     rels = _rels(archive, main)
-    strings = _shared_strings(archive, rels)
-    dates = _date_styles(archive, rels)
-    props = book.find(f"{_S}workbookPr")
-    epoch = dt.datetime(1904, 1, 1) if props is not None and props.get("date1904") in ("1", "true") else dt.datetime(1899, 12, 30)  # fmt: skip
+    cells = _Book(archive, book, rels)
     blocks: list[str] = []
     headings: list[str] = []
+    warnings: list[str] = []
     sheets = book.find(f"{_S}sheets")
     for sheet in sheets if sheets is not None else []:
-        found = rels.get(sheet.get(f"{_R}id") or "")
-        if sheet.get("state") in ("hidden", "veryHidden") or found is None:
-            continue
-        if not archive.has(found[1]):
-            continue
-        rows = _rows(archive.xml(found[1]), strings, dates, epoch)
-        if not rows:
-            continue
         name = _line(sheet.get("name") or "")
-        headings.append(name)
-        blocks.append("\n".join([name, *_named(rows)]))
+        found = rels.get(sheet.get(f"{_R}id") or "")
+        if sheet.get("state") in ("hidden", "veryHidden"):
+            continue
+        if found is None or not archive.has(found[1]):
+            if found is not None and not found[0].endswith("/worksheet"):
+                continue  # (a chart sheet, a dialog sheet: no cells)
+            raise OfficeError(f"the sheet '{name}' is missing from the file", "re-export it")
+        rows, wide = _rows(archive.xml(found[1]), cells)
+        if wide:
+            warnings.append(f"sheet '{name}': cells past the first {MAX_COLUMNS} of a row left out")
+        if rows:
+            headings.append(name)
+            blocks.append("\n".join([name, *_named(rows)]))
     if not blocks:
         raise OfficeError("no cells to read (empty, or every sheet hidden)", "nothing to index")
     title = _core_title(archive, "docProps/core.xml")
-    return OfficeText("\n\n".join(blocks), headings, (title or "").strip() or None)
+    return OfficeText("\n\n".join(blocks), headings, (title or "").strip() or None, None, warnings)
 
 
 def _shared_strings(archive: _Archive, rels: dict[str, tuple[str, str]]) -> list[str]:
     part = next((p for t, p in rels.values() if t.endswith("/sharedStrings")), None)
     if part is None or not archive.has(part):
         return []
-    out = []
-    for si in archive.xml(part).iter(f"{_S}si"):
-        # its text runs (not the phonetic guides of Japanese text, `rPh`)
-        runs = [si.find(f"{_S}t")] + [r.find(f"{_S}t") for r in si.findall(f"{_S}r")]
-        out.append("".join(t.text or "" for t in runs if t is not None))
-    return out
+    return [_string(si) for si in archive.xml(part).findall(f"{_S}si")]
 
 
-def _date_styles(archive: _Archive, rels: dict[str, tuple[str, str]]) -> set[int]:
-    """The cell styles (indexes of cellXfs) whose number format shows a date."""
+def _string(node: ET.Element) -> str:
+    """A shared or inline string's text: its own text and its runs' (not the phonetic guides
+    of Japanese text, `rPh`), Excel's escapes undone, at most MAX_CELL_CHARS."""
+    runs = [node.find(f"{_S}t")] + [r.find(f"{_S}t") for r in node.findall(f"{_S}r")]
+    text = "".join(t.text or "" for t in runs if t is not None)[: MAX_CELL_CHARS * 2]
+    return _line(_ESCAPED.sub(lambda m: chr(int(m[1], 16)), text))[:MAX_CELL_CHARS]
+
+
+def _cell_formats(archive: _Archive, rels: dict[str, tuple[str, str]]) -> dict[int, str]:
+    """The kind each cell style (index of cellXfs) shows, for those that show a date, a time,
+    both or a percentage."""
     part = next((p for t, p in rels.values() if t.endswith("/styles")), None)
     if part is None or not archive.has(part):
-        return set()
+        return {}
     styles = archive.xml(part)
-    custom = set()
-    for fmt in styles.iter(f"{_S}numFmt"):
-        code = _QUOTED.sub("", (fmt.get("formatCode") or "").lower())
-        if re.search(r"[dy]|m{3,}", code) and "0" not in code.split(";")[0]:
-            custom.add(int(fmt.get("numFmtId") or -1))
+    kinds = dict(_BUILTIN_FORMATS)
+    formats = styles.find(f"{_S}numFmts")
+    for fmt in formats if formats is not None else []:
+        code = _QUOTED.sub("", (fmt.get("formatCode") or "").lower()).split(";")[0]
+        code = re.sub(r"(?<=s)\.0+", "", code)  # (fractions of a second: hh:mm:ss.000)
+        day, clock = bool(re.search(r"[dy]|m{3,}", code)), bool(re.search(r"[hs]", code))
+        kind = "datetime" if day and clock else "date" if day else "time" if clock else None
+        if "%" in code:
+            kind = "percent"
+        elif "0" in code or "#" in code:
+            kind = None  # (a number format)
+        if kind is not None:
+            kinds[_int(fmt.get("numFmtId"), -1)] = kind
     xfs = styles.find(f"{_S}cellXfs")
     return {
-        i
+        i: kinds[number]
         for i, xf in enumerate(xfs if xfs is not None else [])
-        if (number := int(xf.get("numFmtId") or 0)) in _DATE_FORMATS or number in custom
+        if (number := _int(xf.get("numFmtId"), 0)) in kinds
     }
 
 
-def _rows(
-    sheet: ET.Element, strings: list[str], dates: set[int], epoch: dt.datetime
-) -> list[list[str]]:
-    """The sheet's rows of cell texts (empty rows left out, empty cells as "")."""
-    out = []
-    for row in sheet.iter(f"{_S}row"):
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value or default)
+    except ValueError:
+        return default
+
+
+def _rows(sheet: ET.Element, book: _Book) -> tuple[list[dict[int, str]], bool]:
+    """The sheet's rows (empty ones left out), each its cells with text by column; and
+    whether a row had more than MAX_COLUMNS of them (those past it are left out). Its own rows
+    and cells only: rows nested in rows, read at every depth, took minutes."""
+    out: list[dict[int, str]] = []
+    wide = False
+    data = sheet.find(f"{_S}sheetData")
+    for row in data.findall(f"{_S}row") if data is not None else []:
         cells: dict[int, str] = {}
-        for i, c in enumerate(row.iter(f"{_S}c")):
-            column = _column(c.get("r")) if c.get("r") else i
-            if column >= MAX_COLUMNS:
+        column = -1
+        for c in row.findall(f"{_S}c"):
+            column = _column(c.get("r")) if c.get("r") else column + 1
+            text = _cell(c, book)
+            if not text:
                 continue
-            text = _cell(c, strings, dates, epoch)
-            if text:
-                cells[column] = text
+            if len(cells) >= MAX_COLUMNS:
+                wide = True
+                break
+            cells[column] = book.spend(text)
         if cells:
-            out.append([cells.get(i, "") for i in range(max(cells) + 1)])
-    return out
+            out.append(cells)
+    return out, wide
 
 
 def _column(ref: str | None) -> int:
@@ -269,49 +334,96 @@ def _column(ref: str | None) -> int:
     return n - 1
 
 
-def _cell(c: ET.Element, strings: list[str], dates: set[int], epoch: dt.datetime) -> str:
+def _cell(c: ET.Element, book: _Book) -> str:
     kind = c.get("t") or "n"
     if kind == "inlineStr":
-        return _line("".join(t.text or "" for t in c.iter(f"{_S}t")))
+        inline = c.find(f"{_S}is")
+        return _string(inline) if inline is not None else ""
     value = c.find(f"{_S}v")
-    raw = (value.text or "") if value is not None else ""
+    raw = (value.text or "").strip() if value is not None else ""
     if not raw:
-        return ""
+        return ""  # (a formula saved without its result: nothing to read)
     if kind == "s":
         try:
-            return _line(strings[int(raw)])
+            return book.strings[int(raw)]
         except (ValueError, IndexError):
             return ""
     if kind == "b":
         return "TRUE" if raw == "1" else "FALSE"
-    if kind == "n" and int(c.get("s") or 0) in dates:
-        try:
-            when = epoch + dt.timedelta(days=float(raw))
-        except (ValueError, OverflowError):
-            return raw
-        return when.date().isoformat() if when.time() == dt.time() else when.isoformat(" ")
-    return _line(raw)  # a number as stored, a formula's text result, an error (#N/A)
+    if kind == "d":  # (an ISO 8601 date cell)
+        return raw.removesuffix("T00:00:00").replace("T", " ")[:MAX_CELL_CHARS]
+    if kind != "n":
+        return _line(raw)[:MAX_CELL_CHARS]  # a formula's text result, an error (#N/A)
+    try:
+        number = float(raw)
+    except ValueError:
+        return _line(raw)[:MAX_CELL_CHARS]
+    shown = book.formats.get(_int(c.get("s"), 0))
+    if shown == "percent":
+        return _number_text(number * 100) + "%"
+    if shown is not None:
+        return _when(number, shown, book.date1904) or _number_text(number)
+    return _number_text(number)
 
 
-def _named(rows: list[list[str]]) -> list[str]:
-    """Each row as a line; under a first row of column headers, each value after its header."""
-    header = rows[0]
-    named = len(rows) > 1 and all(h and not _number(h) for h in header)
-    if not named:
-        return [" | ".join(rows_cells).strip(" |") for rows_cells in rows]
-    lines = [" | ".join(header)]
-    for row in rows[1:]:
-        pairs = [f"{header[i]}: {v}" if i < len(header) else v for i, v in enumerate(row) if v]
-        lines.append(" | ".join(pairs))
+def _number_text(number: float) -> str:
+    """A number as a spreadsheet shows it at most: 15 significant digits (0.1 + 0.2 is
+    stored 0.30000000000000004 and shown 0.3), a whole number without its ".0"."""
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return format(number, ".15g")
+
+
+def _when(serial: float, shown: str, date1904: bool) -> str | None:
+    """A date or time cell's day count as an ISO date, time or both (`shown`); None out of
+    range. The 1900 system counts a 29 February 1900 that never was: days before it are one
+    more than their count."""
+    if date1904:
+        epoch = dt.datetime(1904, 1, 1)
+    else:
+        epoch = dt.datetime(1899, 12, 31 if serial < 60 else 30)
+    try:
+        when = epoch + dt.timedelta(days=serial)
+    except (OverflowError, ValueError):
+        return None
+    when = (when + dt.timedelta(milliseconds=0.5)).replace(microsecond=0)  # (float noise)
+    if shown == "time":
+        return when.time().isoformat()
+    if shown == "date" or when.time() == dt.time():
+        return when.date().isoformat()
+    return when.isoformat(" ")
+
+
+def _named(rows: list[dict[int, str]]) -> list[str]:
+    """Each row as a line, its cells joined by " | ". Under a header row (the first with two
+    cells or more, all text, over a column whose cells below hold numbers, dates or TRUE/
+    FALSE), each value after its column's header; rows above it (a title) as they are."""
+    at = next((i for i, r in enumerate(rows) if len(r) >= 2), None)
+    header = rows[at] if at is not None else {}
+    typed = (
+        header
+        and not any(_typed(v) for v in header.values())
+        and any(_typed(v) for r in rows[at + 1 :] for c, v in r.items() if c in header)
+    )  # (a list of names under names, "Alice | Bob", is no header: "Alice: Carol")
+    first = min(min(row) for row in rows)  # (the sheet's first column with text)
+    lines = []
+    for i, row in enumerate(rows):
+        cells = sorted(row.items())
+        if typed and i > at:
+            lines.append(" | ".join(f"{header[c]}: {v}" if c in header else v for c, v in cells))
+        elif cells[-1][0] - first < 2 * len(cells) + 8:  # its empty cells keep their places
+            lines.append(" | ".join(row.get(c, "") for c in range(first, cells[-1][0] + 1)))
+        else:  # (cells far apart: a line of empty places)
+            lines.append(" | ".join(v for _, v in cells))
     return lines
 
 
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+_TYPED = re.compile(r"-?[\d.,]+%?|\d{4}-\d\d-\d\d( \d\d:\d\d:\d\d)?|\d\d:\d\d:\d\d|TRUE|FALSE")
+
+
+def _typed(text: str) -> bool:
+    """Whether a cell's text is a number, a percentage, a date, a time or a boolean."""
+    return bool(_TYPED.fullmatch(text))
 
 
 # ---- OpenDocument presentations (.odp) and spreadsheets (.ods) -------------------------------
@@ -380,8 +492,8 @@ def _odp_lines(frame: ET.Element) -> list[tuple[str, int]]:
             elif child.tag == f"{_TEXT}list":
                 walk(child, level + 1)
             elif child.tag == f"{_TABLE}table":
-                for row in child.iter(f"{_TABLE}table-row"):
-                    cells = [_line(" ".join(_odt_inline(p) for p in c.iter(f"{_TEXT}p")))
+                for row in _table_own_rows(child):
+                    cells = [_line(" ".join(_odt_inline(p) for p in c.findall(f"{_TEXT}p")))
                              for c in row.findall(f"{_TABLE}table-cell")]  # fmt: skip
                     if any(cells):
                         out.append((" | ".join(cells), 0))
@@ -401,54 +513,75 @@ def ods_text(archive: _Archive) -> OfficeText:
     hidden = _styles_with(content, f"{_STYLE}table-properties", f"{_TABLE}display", "false")
     blocks: list[str] = []
     headings: list[str] = []
-    budget = [MAX_REPEATED_CELLS]
+    warnings: list[str] = []
+    budget = [MAX_REPEATED_CELLS, MAX_BOOK_CHARS]
     for table in body.findall(f"{_TABLE}table"):
         if table.get(f"{_TABLE}style-name") in hidden:
             continue
-        rows = _ods_rows(table, budget)
-        if not rows:
-            continue
         name = _line(table.get(f"{_TABLE}name") or "")
-        headings.append(name)
-        blocks.append("\n".join([name, *_named(rows)]))
+        rows, wide = _ods_rows(table, budget)
+        if wide:
+            warnings.append(f"sheet '{name}': cells past the first {MAX_COLUMNS} of a row left out")
+        if rows:
+            headings.append(name)
+            blocks.append("\n".join([name, *_named(rows)]))
     if not blocks:
         raise OfficeError("no cells to read (empty, or every sheet hidden)", "nothing to index")
-    return OfficeText("\n\n".join(blocks), headings, _odf_title(archive))
+    return OfficeText("\n\n".join(blocks), headings, _odf_title(archive), None, warnings)
 
 
-def _ods_rows(table: ET.Element, budget: list[int]) -> list[list[str]]:
-    """A sheet's rows of cell texts: repeated rows and cells as many times as they repeat
-    when they hold text (at most MAX_REPEATS rows, MAX_COLUMNS cells), empty ones not at all.
-    `budget`: the repeated cells with text the workbook may still make (MAX_REPEATED_CELLS)."""
-    out: list[list[str]] = []
-    for row in table.iter(f"{_TABLE}table-row"):
-        cells: list[str] = []
-        for cell in row:
-            if cell.tag not in (f"{_TABLE}table-cell", f"{_TABLE}covered-table-cell"):
-                continue
+def _ods_rows(table: ET.Element, budget: list[int]) -> tuple[list[dict[int, str]], bool]:
+    """A sheet's rows, each its cells with text by column: repeated rows and cells as many
+    times as they repeat when they hold text (at most MAX_REPEATS rows, MAX_COLUMNS cells),
+    empty ones not at all; and whether a row had more than MAX_COLUMNS cells with text.
+    `budget`: [the repeated cells with text, the characters] the workbook may still make."""
+    out: list[dict[int, str]] = []
+    wide = False
+    for row in _table_own_rows(table):
+        cells: dict[int, str] = {}
+        column = 0
+        own = [c for c in row if c.tag in (f"{_TABLE}table-cell", f"{_TABLE}covered-table-cell")]
+        for at, cell in enumerate(own):
+            repeat = _count(cell.get(f"{_TABLE}number-columns-repeated"))
             text = _ods_cell(cell)
-            times = min(
-                _count(cell.get(f"{_TABLE}number-columns-repeated")), MAX_COLUMNS - len(cells)
-            )
-            cells += [text] * times  # (an empty cell keeps the place of the next one)
             if text:
-                _spend(budget, times - 1)
+                times = min(repeat, MAX_COLUMNS - len(cells))
+                wide = wide or times < repeat
+                _spend(budget, times - 1, len(text) * times)
+                cells.update((column + i, text) for i in range(times))
+            column += repeat  # (an empty cell keeps the place of the next one)
             if len(cells) >= MAX_COLUMNS:
+                wide = wide or any(_ods_cell(c) for c in own[at + 1 :])
                 break
-        while cells and not cells[-1]:
-            cells.pop()
         if cells:
             times = min(_count(row.get(f"{_TABLE}number-rows-repeated")), MAX_REPEATS)
-            _spend(budget, (times - 1) * sum(1 for c in cells if c))
+            _spend(budget, (times - 1) * len(cells), (times - 1) * sum(map(len, cells.values())))
             out += [cells] * times
-    return out
+    return out, wide
 
 
-def _spend(budget: list[int], cells: int) -> None:
+def _table_own_rows(table: ET.Element) -> Iterator[ET.Element]:
+    """A table's own rows, those of its row groups too (not those of tables in its cells: a
+    file of tables nested in cells, read at every depth, took minutes)."""
+    for child in table:
+        if child.tag == f"{_TABLE}table-row":
+            yield child
+        elif child.tag in (f"{_TABLE}table-row-group", f"{_TABLE}table-header-rows",
+                           f"{_TABLE}table-rows"):  # fmt: skip
+            yield from _table_own_rows(child)
+
+
+def _spend(budget: list[int], cells: int, chars: int) -> None:
     budget[0] -= cells
+    budget[1] -= chars
     if budget[0] < 0:
         raise OfficeError(
             f"repeats its cells more than {MAX_REPEATED_CELLS} times",
+            "export the part you want to index as text or CSV",
+        )
+    if budget[1] < 0:
+        raise OfficeError(
+            f"holds more than {MAX_BOOK_CHARS >> 20} MiB of text once its cells are read",
             "export the part you want to index as text or CSV",
         )
 
@@ -463,12 +596,16 @@ def _count(value: str | None) -> int:
 def _ods_cell(cell: ET.Element) -> str:
     kind = cell.get(f"{_OFFICE}value-type")
     if kind in ("float", "percentage", "currency"):
-        return cell.get(f"{_OFFICE}value") or ""
+        try:
+            number = float(cell.get(f"{_OFFICE}value") or "")
+        except ValueError:
+            return ""
+        return _number_text(number * 100) + "%" if kind == "percentage" else _number_text(number)
     if kind == "date":
         return (cell.get(f"{_OFFICE}date-value") or "").replace("T00:00:00", "").replace("T", " ")
     if kind == "boolean":
         return (cell.get(f"{_OFFICE}boolean-value") or "").upper()
-    return _line(" ".join(_odt_inline(p) for p in cell.findall(f"{_TEXT}p")))
+    return _line(" ".join(_odt_inline(p) for p in cell.findall(f"{_TEXT}p")))[:MAX_CELL_CHARS]
 
 
 def _styles_with(content: ET.Element, props: str, attribute: str, value: str) -> set[str]:

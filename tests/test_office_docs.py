@@ -575,3 +575,81 @@ def test_a_slide_deck_is_indexed_and_its_slide_cited(
     assert top["file"] == "sales.xlsx" and "Region: South" in top["text"]
     assert cli.main(["search", "--mode", "lexical", *model, "warehouse in Oslo"]) == 0
     assert "deck.pptx  slides 1-4" in capsys.readouterr().out  # (a deck's pages are slides)
+
+
+S = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+SHEET_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet"
+
+
+def xlsx(rows: str, shared: list[str] = (), styles: str = "", strict: bool = False) -> bytes:
+    """A workbook of one sheet "S" whose sheetData holds `rows` (as Excel writes the parts)."""
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    rels = [("rId1", SHEET_REL, "worksheets/sheet1.xml"),
+            ("rId2", rel + "/sharedStrings", "sharedStrings.xml"),
+            ("rId3", rel + "/styles", "styles.xml")]  # fmt: skip
+    parts = {
+        "xl/workbook.xml": f'<workbook {S} xmlns:r="{rel}"><sheets>'
+        '<sheet name="S" sheetId="1" r:id="rId1"/></sheets></workbook>',
+        "xl/_rels/workbook.xml.rels": '<Relationships xmlns="http://schemas.openxmlformats.org/'
+        'package/2006/relationships">' + "".join(
+            f'<Relationship Id="{i}" Type="{t}" Target="{x}"/>' for i, t, x in rels
+        ) + "</Relationships>",
+        "xl/worksheets/sheet1.xml": f"<worksheet {S}><sheetData>{rows}</sheetData></worksheet>",
+        "xl/sharedStrings.xml": f"<sst {S}>" + "".join(f"<si><t>{x}</t></si>" for x in shared)
+        + "</sst>",
+        "xl/styles.xml": f"<styleSheet {S}>{styles}</styleSheet>",
+    }  # fmt: skip
+    if strict:  # (Excel's "Strict Open XML Spreadsheet")
+        for name, text in parts.items():
+            parts[name] = text.replace(
+                "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+                "http://purl.oclc.org/ooxml/spreadsheetml/main",
+            ).replace(
+                'http://schemas.openxmlformats.org/officeDocument/2006/relationships"',
+                'http://purl.oclc.org/ooxml/officeDocument/relationships"',
+            )
+    return zipped(parts)
+
+
+def cells(*values: str) -> str:
+    return "<row>" + "".join(values) + "</row>"
+
+
+def test_what_an_audit_of_crafted_workbooks_found(tmp_path: Path) -> None:
+    """An audit of the new readers: a 36 KB workbook whose cells all named one 30 MB shared
+    string took 6 GB before it failed; rows nested in rows took minutes; a Strict file was
+    "empty"; times read as 1899 dates, percentages and float noise as stored."""
+    import time
+
+    def read(name: str, data: bytes):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return read_document(path)
+
+    big = "ab" * 20_000  # (40,000 characters: one cell holds 32,767 at most, as Excel's)
+    one = read("one.xlsx", xlsx(cells('<c t="s"><v>0</v></c>'), [big]))
+    assert len(one.pages[0].text) == len("S\n") + 32_767
+    many = xlsx("".join(cells('<c t="s"><v>0</v></c>') for _ in range(3000)), [big])
+    with pytest.raises(CorruptDocumentError, match="more than 64 MiB of text"):
+        read("many.xlsx", many)
+    nested = "<row>" * 3000 + '<c t="s"><v>0</v></c>' + "</row>" * 3000
+    start = time.perf_counter()
+    assert read("nested.xlsx", xlsx(nested + cells('<c t="s"><v>1</v></c>'), ["in", "top"]))
+    assert time.perf_counter() - start < 5
+    strict = read("strict.xlsx", xlsx(cells('<c t="s"><v>0</v></c>'), ["Strict"], strict=True))
+    assert strict.pages[0].text == "S\nStrict"
+    styles = ('<numFmts><numFmt numFmtId="164" formatCode="hh:mm"/>'
+              '<numFmt numFmtId="165" formatCode="yyyy-mm-dd hh:mm:ss.000"/></numFmts>'
+              '<cellXfs><xf numFmtId="0"/><xf numFmtId="164"/><xf numFmtId="165"/>'
+              '<xf numFmtId="9"/><xf numFmtId="oops"/></cellXfs>')  # fmt: skip
+    values = read("values.xlsx", xlsx(
+        cells('<c t="s"><v>0</v></c>', '<c t="s"><v>1</v></c>', '<c t="s"><v>2</v></c>',
+              '<c t="s"><v>3</v></c>', '<c t="s"><v>4</v></c>')
+        + cells('<c s="1"><v>0.75</v></c>', '<c s="2"><v>45366.5</v></c>',
+                '<c s="3"><v>0.125</v></c>', '<c><v>0.30000000000000004</v></c>',
+                '<c s="4"><v>7</v></c>'),
+        ["Start", "Stamp", "Share", "Sum", "Odd"], styles,
+    ))  # fmt: skip
+    assert values.pages[0].text.splitlines()[-1] == (
+        "Start: 18:00:00 | Stamp: 2024-03-15 12:00:00 | Share: 12.5% | Sum: 0.3 | Odd: 7"
+    )

@@ -271,7 +271,7 @@ let snippets = 0; // ids tying each source button to its text
 function pages(s) {
   if (s.page_start == null) return "";
   const name = (s.filename || "").toLowerCase();
-  const slides = [".pptx", ".pptm", ".ppsx", ".potx", ".odp", ".otp"].some((x) => name.endsWith(x)); // (its pages)
+  const slides = [".pptx", ".pptm", ".ppsx", ".ppsm", ".potx", ".potm", ".odp", ".otp"].some((x) => name.endsWith(x)); // (its pages)
   const [one, many] = slides ? ["slide", "slides"] : ["p.", "pp."];
   return s.page_end == null || s.page_end === s.page_start ? `, ${one} ${s.page_start}` : `, ${many} ${s.page_start}-${s.page_end}`;
 }
