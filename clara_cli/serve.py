@@ -190,6 +190,11 @@ def read_api_keys(
         name, key = parts[:2]
         if len(parts) == 3 and parts[2] != "all" and roles is not None:
             roles[name] = parts[2]
+        if scope is not None and len(parts) == 3 and parts[2] == "metrics":
+            raise ClaraError(
+                f"--api-key-file {path}, line {number}: a 'metrics' key reads /metrics only, "
+                f"which names every collection: leave out its {_SCOPE_WORD}"
+            )
         if scope is not None and scopes is not None:
             scopes[name] = scope
         if name in out or key in out.values():

@@ -231,12 +231,12 @@ def create_app(
         return await request.app.state.serving.embeddings(body, request)
 
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS)
-    async def models(request: Request):
-        return request.app.state.serving.models()
+    async def models(request: Request):  # (on a thread: --collection-models reads the disk)
+        return await asyncio.to_thread(request.app.state.serving.models)
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
     async def model(model_id: str, request: Request):
-        return request.app.state.serving.model(model_id)
+        return await asyncio.to_thread(request.app.state.serving.model, model_id)
 
     schema = app.openapi
 

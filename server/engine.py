@@ -252,8 +252,10 @@ class Engine:
                 )
                 self.worker.submit(task)  # (a full queue: its 503, nothing joined)
                 self._open_embeds[key] = batch
+                batch.task = task
             batch.members.append((job, inputs))
             batch.inputs += len(inputs)
+            job.on_cancel = batch.left
         return job
 
     def forget_collection(self, name: str) -> None:
@@ -640,10 +642,10 @@ class Engine:
         cm = self._cm
         parts: list[np.ndarray] = []
         done = 0
+        batch.progress = (0, len(texts))
         while done < len(texts):
             yield  # a turn: chats (and clients that left) are heard between two steps
             if all(job.cancelled.is_set() for job, _, _ in members):
-                batch.progress = (done, len(texts))
                 return
             shared = self.worker.contended() or self.decoding() > 0
             budget = EMBED_STEP_SHARED_S if shared else EMBED_STEP_ALONE_S
@@ -657,6 +659,7 @@ class Engine:
             took = (time.perf_counter() - t0) / tokens
             self._s_per_token = 0.7 * self._s_per_token + 0.3 * took
             done = end
+            batch.progress = (done, len(texts))  # (for the log, if its clients leave)
         vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
         for job, first, n in members:
             tokens = sum(len(t) for t in ids[first : first + n])
@@ -719,7 +722,15 @@ class _EmbedBatch:
 
     members: list[tuple[Job, list[str | list[int]]]] = field(default_factory=list)
     inputs: int = 0
-    progress: tuple[int, int] | None = None  # (inputs done, of): set when its clients left
+    progress: tuple[int, int] | None = None  # (inputs done, of), once it started
+    task: Task | None = None  # its task on the model's thread
+
+    def left(self) -> None:
+        """A request's client left (or its route ended it): once every one has, the task
+        stops, and one that waits gives its place in the queue back (event loop)."""
+        if self.task is not None and all(job.cancelled.is_set() for job, _ in self.members):
+            self.task.cancel()
+
     ended: set[int] = field(default_factory=set)  # ids of the jobs told their end
 
     def end(self, job: Job, event: object | None) -> None:

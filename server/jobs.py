@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,6 +107,8 @@ class Job:
         self.failed = False  # it ended in an error (its route then cancels it: not "cancelled")
         self.finished = False  # its answer ended at its first token (the route may cancel it
         # as it ends, before the worker's `done`: not "cancelled" either)
+        self.on_cancel: Callable[[], None] | None = None  # told when it is cancelled (a job
+        # that shares a task with others: the task stops once they all are)
 
     def emit(self, event: object) -> None:
         """Hand an event to the event loop (worker thread)."""
@@ -121,6 +124,8 @@ class Job:
         self.cancelled.set()
         if self.task is not None:
             self.task.cancel()
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     async def next(self, timeout: float | None = None) -> object | None:
         """The next event, or None after `timeout` seconds without one."""

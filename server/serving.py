@@ -335,7 +335,17 @@ class OpenAIServing:
         if self.engine.state == "failed":
             self.engine.check_ready()
         self.check_model(model_id)
-        return self.card(bare=self.is_bare(model_id), collection=self.collection_of(model_id))
+        collection = self.collection_of(model_id)
+        root = self.engine.settings.root
+        if collection is not None and not (
+            collection in list_collections(root) and key_sees(root, collection, SCOPE.get())
+        ):  # (NAME@X is taken by any request; its card is there for a collection there)
+            raise APIError(
+                404, f"The model '{model_id}' does not exist: there is no collection "
+                f"'{collection}' this key may read (GET /v1/models lists the served models)",
+                param="model", code="model_not_found",
+            )  # fmt: skip
+        return self.card(bare=self.is_bare(model_id), collection=collection)
 
     # ---- chat ------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, request: Request):

@@ -39,6 +39,7 @@ def test_the_key_file_takes_a_scope_after_the_role(tmp_path: Path) -> None:
         ("bob sk-b collections=../etc\n", "'../etc' is not a collection name"),
         ("bob sk-b collections=a b\n", "write 'NAME KEY'"),
         ("bob collections=a\n", "write 'NAME KEY'"),  # (no key: the scope is not one)
+        ("prom sk-p metrics collections=a\n", "a 'metrics' key reads /metrics only"),
     ]:
         path.write_text(bad)
         with pytest.raises(ClaraError, match=says):
@@ -192,6 +193,11 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
         on = admin.responses.create(model=f"{served}@payroll", input="hi", max_output_tokens=1)
         assert on.model == f"{served}@payroll"
         assert on.model_extra["retrieval"]["collection"] == "payroll"
+        follow = admin.responses.create(  # (its model's collection, not the previous one's)
+            model=f"{served}@handbook", input="and?", previous_response_id=on.id,
+            max_output_tokens=1,
+        )  # fmt: skip
+        assert follow.model_extra["retrieval"]["collection"] == "handbook"
         assert admin.models.retrieve(f"{served}@payroll").model_extra["collection"] == "payroll"
         for collection in ("payroll", "default", "nope"):
             with pytest.raises(openai.NotFoundError) as e:

@@ -653,3 +653,17 @@ def test_what_an_audit_of_crafted_workbooks_found(tmp_path: Path) -> None:
     assert values.pages[0].text.splitlines()[-1] == (
         "Start: 18:00:00 | Stamp: 2024-03-15 12:00:00 | Share: 12.5% | Sum: 0.3 | Odd: 7"
     )
+
+
+def test_what_is_called_a_slide_is_what_is_read_as_slides() -> None:
+    """The names whose pages are shown as slides (clara/text.py, the web chat) are those the
+    readers read as presentations: four lists of one thing, kept equal here."""
+    import re
+
+    from clara.text import SLIDE_SUFFIXES
+
+    decks = {ext for ext, kind in office_text.OFFICE_KINDS.items() if kind in (".pptx", ".odp")}
+    assert set(SLIDE_SUFFIXES) == decks
+    app = (Path(__file__).resolve().parent.parent / "server/web/app.js").read_text()
+    listed = re.search(r"const slides = \[([^\]]*)\]", app).group(1)
+    assert set(re.findall(r'"([^"]+)"', listed)) == decks

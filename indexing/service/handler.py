@@ -374,8 +374,8 @@ class IndexService:
     def get_file(self, file_id: str) -> FileObject:
         return _file_object(self._file(file_id))
 
-    def _file(self, file_id: str, own: bool = False) -> FileRecord:
-        rec = self._visible_file(file_id, own)
+    def _file(self, file_id: str) -> FileRecord:
+        rec = self._visible_file(file_id)
         if rec is None:
             raise _not_found("file", file_id)
         return rec

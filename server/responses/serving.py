@@ -352,14 +352,15 @@ class ResponsesServing:
                 )  # fmt: skip
         else:
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, req.collection, req.top_k
-            chat.collection = (
-                self.serving.named_collection(req.model, req.collection, "collection")
-                or req.collection
-            )
+            # the collection asked for: `collection`, or a model NAME@COLLECTION's (which a
+            # follow-up's previous collection does not override: a review)
+            asked = self.serving.named_collection(req.model, req.collection, "collection")
+            asked = asked or req.collection
+            chat.collection = asked
             chat.filters = req.filters
             before = searched_before or {}
             name = before.get("collection")
-            if req.collection in (None, name) and name and is_vector_store(self.root, name):
+            if asked in (None, name) and name and is_vector_store(self.root, name):
                 chat.collection = name
                 if req.top_k is None and isinstance(before.get("top_k"), int):
                     chat.top_k = before["top_k"]
@@ -367,7 +368,7 @@ class ResponsesServing:
                     chat.filters = checked_filters(before["filters"], "previous_response_id")
                     # searched the whole store, past a filter that kept it to one team's)
             elif (
-                req.collection is None
+                asked is None
                 and req.retrieval
                 and name
                 and name != self.serving.defaults.collection
