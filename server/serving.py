@@ -144,16 +144,19 @@ def annotations_of(ready: Ready, sources: list[Source], content: str) -> list[An
 
 def source_event(source: Source, text: str) -> str:
     """A source as the SSE line Open WebUI reads as a "source" event (`--source-events`): one
-    citation card per retrieved chunk, named by its file, section and pages, showing its
-    `text` (the chunk's)."""
+    citation card per retrieved chunk (Open WebUI makes a card of each `metadata.source`, named
+    by its `metadata.name`: its file, section and pages), showing its `text` (the chunk's)."""
     name = source.filename + (f" ({source.section})" if source.section else "")
     if where := pages_label(source.filename, source.page_start, source.page_end):
         name += f", {where}"
     data = {
         "source": {"name": name, "url": source.url},
         "document": [text],
-        "metadata": [{"source": source.url, "name": source.filename, "score": source.score}],
-    }
+        "metadata": [{
+            "source": f"clara:{source.collection}/{source.chunk_id}", "name": name,
+            "file": source.filename, "url": source.url, "score": source.score,
+        }],
+    }  # fmt: skip
     return f"data: {json.dumps({'event': {'type': 'source', 'data': data}})}\n\n"
 
 
@@ -566,8 +569,12 @@ class OpenAIServing:
         def sse(chunk: ChatCompletionChunk) -> str:
             return _sse(chunk, null_usage=include_usage)
 
-        role = sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))
-        async with aclosing(self.streamed(job, start, [role])) as events:
+        first = [sse(self._chunk(reply, DeltaMessage(role="assistant", content="")))]
+        if self.defaults.source_events:  # (before the answer: one stopped keeps them)
+            found = reply.ready.retrieved.sources
+            sources = sources_of(reply.ready, self.defaults.files_url)
+            first += [source_event(s, f.text) for s, f in zip(sources, found)]
+        async with aclosing(self.streamed(job, start, first)) as events:
             async for event in events:
                 if isinstance(event, str):
                     yield event
@@ -585,10 +592,9 @@ class OpenAIServing:
                 if event.finish_reason is None:
                     continue
                 sources = sources_of(reply.ready, self.defaults.files_url)
-                if self.defaults.source_events:
-                    for source, found in zip(sources, reply.ready.retrieved.sources):
-                        yield source_event(source, found.text)
                 notes = annotations_of(reply.ready, sources, "".join(said))
+                if self.defaults.source_events:  # (Open WebUI makes each a card of its own,
+                    notes = None  # showing only the file's name, beside the events' cards)
                 extra = DeltaMessage(sources=sources, annotations=notes)
                 chunk = self._chunk(reply, extra)
                 chunk.retrieval = reply.retrieval

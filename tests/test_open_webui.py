@@ -58,12 +58,21 @@ def test_a_chat_as_open_webui_sends_it_gets_a_source_event_per_chunk(
     sources = next(c["choices"][0]["delta"]["sources"] for c in chunks
                    if c["choices"] and "sources" in c["choices"][0]["delta"])  # fmt: skip
     assert len(events) == len(sources) == 3
+    assert "event" in parsed[1] and "event" not in parsed[0]  # (before the answer: right
+    # after the role chunk, so that an answer the user stops keeps them)
     texts = dict(DOCS)
+    cards = set()
     for event, source in zip(events, sources):
         assert event["type"] == "source"
         data = event["data"]
         assert data["source"]["name"].startswith(source["filename"])
         assert data["document"] == [texts[source["filename"]]]  # (the chunk's whole text)
-        assert data["metadata"][0]["score"] == source["score"]
+        meta = data["metadata"][0]
+        assert meta["name"] == data["source"]["name"] and meta["score"] == source["score"]
+        cards.add(meta["source"])  # (Open WebUI makes a card of each: one per chunk)
+    assert len(cards) == 3
+    done = next(c for c in chunks if c["choices"] and "sources" in c["choices"][0]["delta"])
+    assert "annotations" not in done["choices"][0]["delta"]  # (Open WebUI shows each as a card
+    # holding only a file's name)
     assert chunks[-1]["usage"]["completion_tokens"] >= 1  # (the usage chunk, still last)
     assert all("choices" in c for c in chunks)
