@@ -1,7 +1,7 @@
 """The text of word-processor documents and e-books, read with the standard library: Word's
 .docx (Office Open XML), OpenDocument's .odt and EPUB books (XHTML chapters, in reading order);
-and the dispatch to `indexing.slides_sheets` for slides and workbooks (.pptx, .xlsx, .odp,
-.ods).
+and what every office reader shares (`Archive`: a zip read within bounds, its XML checked;
+`OfficeText`, `OfficeError`). `indexing.office` says which kind a file is and reads it.
 
 Each is a zip of XML files. What is read: paragraphs in order, headings (a Word paragraph
 whose style is a heading or has an outline level, an OpenDocument `text:h`, a chapter's
@@ -20,7 +20,6 @@ laughs" file is an error, not an exhausted machine.
 from __future__ import annotations
 
 import codecs
-import io
 import posixpath
 import re
 import zipfile
@@ -30,7 +29,8 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 from xml.etree import ElementTree as ET
 
-from clara.errors import ClaraError, InvalidArgumentError
+from clara.errors import ClaraError
+from clara.text import one_line
 from indexing.html_text import html_to_text
 
 #: bytes unpacked from one document, all members together
@@ -38,21 +38,13 @@ MAX_UNPACKED = 64 << 20
 #: XML tags in one part: a parsed tree costs about 16 times its bytes (a 373 KB .docx of
 #: 250 MiB of empty paragraphs took 96 s and 4 GB; a real 5 MB of text has ~0.5 M tags)
 MAX_TAGS = 4_000_000
-#: what a file of each name is read as (a macro-enabled or template Word file is a Word file)
-OFFICE_KINDS = {".docx": ".docx", ".docm": ".docx", ".dotx": ".docx", ".dotm": ".docx",
-                ".odt": ".odt", ".ott": ".odt", ".epub": ".epub",
-                ".pptx": ".pptx", ".pptm": ".pptx", ".ppsx": ".pptx", ".ppsm": ".pptx",
-                ".potx": ".pptx", ".potm": ".pptx",
-                ".xlsx": ".xlsx", ".xlsm": ".xlsx", ".xltx": ".xlsx", ".xltm": ".xlsx",
-                ".odp": ".odp", ".otp": ".odp", ".ods": ".ods", ".ots": ".ods"}  # fmt: skip
-OFFICE_EXTENSIONS = frozenset(OFFICE_KINDS)
 #: the most spaces one `text:s` makes (c="100000000" made 400 MB from a 1 KB file)
 MAX_SPACES = 100
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
-_TEXT = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
-_TABLE = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
-_OFFICE = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
+ODF_TEXT = "{urn:oasis:names:tc:opendocument:xmlns:text:1.0}"
+ODF_TABLE = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
+ODF_OFFICE = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
 _DC = "{http://purl.org/dc/elements/1.1/}"
 #: Strict Open XML's namespaces, read as their transitional twins (Word's, Excel's and
 #: PowerPoint's "Strict" files were "empty")
@@ -71,7 +63,7 @@ _TEXT_BOX = f"{_W}txbxContent"
 _MATH_TEXT = "{http://schemas.openxmlformats.org/officeDocument/2006/math}t"
 #: block-level elements that hold paragraphs and tables (what is moved away is `moveFrom`)
 _DOCX_WRAPPERS = {f"{_W}{t}" for t in ("sdt", "sdtContent", "customXml", "ins", "moveTo")}
-_DRAW = "{urn:oasis:names:tc:opendocument:xmlns:drawing:1.0}"
+ODF_DRAW = "{urn:oasis:names:tc:opendocument:xmlns:drawing:1.0}"
 _OPF = "{http://www.idpf.org/2007/opf}"
 _CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
 _HEADING_STYLE = re.compile(r"(heading|berschrift|titre|titolo|encabezado|kop)\s*\d|title$", re.I)
@@ -94,71 +86,13 @@ class OfficeText:
     warnings: list[str] = field(default_factory=list)  # what was left out, for its reader
 
 
-def office_text(data: bytes, ext: str) -> OfficeText:
-    """The text of a .docx, .odt, .epub, .pptx, .xlsx, .odp or .ods file's bytes (`ext` says
-    which: an OFFICE_EXTENSIONS name, with or without its dot)."""
-    from indexing.slides_sheets import odp_text, ods_text, pptx_text, xlsx_text
-
-    kind = OFFICE_KINDS.get("." + ext.lower().lstrip("."))
-    if kind is None:
-        raise InvalidArgumentError(
-            f"{ext!r} is not an office file type read here: one of {', '.join(OFFICE_KINDS)}"
-        )
-    try:
-        archive = _Archive(zipfile.ZipFile(io.BytesIO(data)))
-    except zipfile.BadZipFile:
-        raise OfficeError(
-            f"not a {ext} file (not a zip archive)", "re-download or re-export the file"
-        ) from None
-    try:
-        with archive:
-            if kind == ".docx":
-                return _docx(archive)
-            if kind == ".odt":
-                return _odt(archive)
-            if kind == ".pptx":
-                return pptx_text(archive)
-            if kind == ".xlsx":
-                return xlsx_text(archive)
-            if kind == ".odp":
-                return odp_text(archive)
-            if kind == ".ods":
-                return ods_text(archive)
-            return _epub(archive)
-    except RecursionError:  # (100k nested spans)
-        raise OfficeError("nested too deeply to read", "re-export the file") from None
-
-
-def office_kind(data: bytes) -> str | None:
-    """Which of .docx, .odt, .epub, .pptx, .xlsx, .odp, .ods a zip's bytes are by their parts
-    (an upload without its extension), or None."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            names = set(z.namelist())
-            if "word/document.xml" in names or "word/document2.xml" in names:
-                return ".docx"
-            if "ppt/presentation.xml" in names:
-                return ".pptx"
-            if "xl/workbook.xml" in names:
-                return ".xlsx"
-            if "mimetype" in names and z.getinfo("mimetype").file_size < 100:
-                mime = z.read("mimetype").strip()
-                return {b"application/vnd.oasis.opendocument.text": ".odt",
-                        b"application/vnd.oasis.opendocument.presentation": ".odp",
-                        b"application/vnd.oasis.opendocument.spreadsheet": ".ods",
-                        b"application/epub+zip": ".epub"}.get(mime)  # fmt: skip
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, zlib.error):
-        return None
-    return None
-
-
-class _Archive:
+class Archive:
     """A zip's members, read within MAX_UNPACKED bytes in all."""
 
     def __init__(self, z: zipfile.ZipFile) -> None:
         self.z, self.left = z, MAX_UNPACKED
 
-    def __enter__(self) -> _Archive:
+    def __enter__(self) -> Archive:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -213,12 +147,8 @@ def _joined(blocks: list[str], headings: list[str], title: str | None) -> Office
     return OfficeText(text, [h for h in headings if h], (title or "").strip() or None)
 
 
-def _line(text: str) -> str:
-    return " ".join(text.split())
-
-
 # ---- Word (.docx) ----------------------------------------------------------------------------
-def _docx(archive: _Archive) -> OfficeText:
+def docx_text(archive: Archive) -> OfficeText:
     main = "word/document.xml"
     if not archive.has(main) and archive.has("word/document2.xml"):
         main = "word/document2.xml"
@@ -228,7 +158,7 @@ def _docx(archive: _Archive) -> OfficeText:
     blocks: list[str] = []
     headings: list[str] = []
     _docx_blocks(body, _docx_heading_styles(archive), blocks, headings)
-    return _joined(blocks, headings, _core_title(archive, "docProps/core.xml"))
+    return _joined(blocks, headings, core_title(archive, "docProps/core.xml"))
 
 
 def _docx_blocks(
@@ -240,7 +170,7 @@ def _docx_blocks(
         if element.tag == f"{_W}p":
             text, is_heading, listed = _docx_paragraph(element, heading_styles)
             if is_heading and text.strip():  # (a numbered heading is no "- " item: its line
-                text = _line(text)  # must be the heading, or the sections after it are lost)
+                text = one_line(text)  # must be the heading, or the sections after it are lost)
                 headings.append(text)
             elif listed and text.strip():
                 text = f"- {text}"
@@ -254,7 +184,7 @@ def _docx_blocks(
             # insertion: what it holds
 
 
-def _docx_heading_styles(archive: _Archive) -> set[str] | None:
+def _docx_heading_styles(archive: Archive) -> set[str] | None:
     """Ids of the paragraph styles that are headings (by name, or an outline level), and of
     those based on one; None without a styles part (then a style id such as "Heading1" says
     it: some generators write none)."""
@@ -413,7 +343,7 @@ def _docx_table(table: ET.Element) -> str:
     rows = []
     for row in _docx_parts(table, f"{_W}tr"):  # (a nested table, or a text box, is read in
         cells = [  # its cell, once: not a shape's Fallback copy of it)
-            _line(
+            one_line(
                 " ".join(
                     _docx_paragraph(p, set())[0]
                     for p in _walk_skipping(cell, _not_read)
@@ -437,7 +367,7 @@ def _docx_parts(parent: ET.Element, tag: str) -> Iterator[ET.Element]:
             yield from _docx_parts(child, tag)
 
 
-def _core_title(archive: _Archive, name: str) -> str | None:
+def core_title(archive: Archive, name: str) -> str | None:
     if not archive.has(name):
         return None
     found = archive.xml(name).find(f".//{_DC}title")
@@ -445,18 +375,18 @@ def _core_title(archive: _Archive, name: str) -> str | None:
 
 
 # ---- OpenDocument (.odt) ---------------------------------------------------------------------
-def _odt(archive: _Archive) -> OfficeText:
-    _odt_locked(archive)
-    text_root = archive.xml("content.xml").find(f"{_OFFICE}body/{_OFFICE}text")
+def odt_text(archive: Archive) -> OfficeText:
+    odf_locked(archive)
+    text_root = archive.xml("content.xml").find(f"{ODF_OFFICE}body/{ODF_OFFICE}text")
     if text_root is None:
         raise OfficeError("content.xml holds no text document", "re-export the file")
     blocks: list[str] = []
     headings: list[str] = []
     _odt_blocks(text_root, blocks, headings, listed=False)
-    return _joined(blocks, headings, _core_title(archive, "meta.xml"))
+    return _joined(blocks, headings, core_title(archive, "meta.xml"))
 
 
-def _odt_locked(archive: _Archive) -> None:
+def odf_locked(archive: Archive) -> None:
     """An OpenDocument file saved with a password is an OfficeError saying so."""
     if archive.has("META-INF/manifest.xml") and (
         b"encryption-data" in archive.read("META-INF/manifest.xml")
@@ -467,37 +397,37 @@ def _odt_locked(archive: _Archive) -> None:
 def _odt_blocks(parent: ET.Element, blocks: list[str], headings: list[str], listed: bool) -> None:
     for element in parent:
         tag = element.tag
-        if tag in (f"{_TEXT}p", f"{_TEXT}h"):
-            text = _odt_inline(element).strip()
-            if tag == f"{_TEXT}h" and text:
-                text = _line(text)
+        if tag in (f"{ODF_TEXT}p", f"{ODF_TEXT}h"):
+            text = odf_inline(element).strip()
+            if tag == f"{ODF_TEXT}h" and text:
+                text = one_line(text)
                 headings.append(text)
             elif listed and text:
                 text = f"- {text}"
             blocks.append(text)
             for box in _odt_text_boxes(element):  # its frames' text, after it (it was glued)
                 _odt_blocks(box, blocks, headings, listed=False)
-        elif tag in (f"{_DRAW}frame", f"{_DRAW}a", f"{_DRAW}g"):  # a frame anchored to the
+        elif tag in (f"{ODF_DRAW}frame", f"{ODF_DRAW}a", f"{ODF_DRAW}g"):  # a frame anchored to the
             # page, alone, linked or in a group (it was dropped)
             for box in _odt_text_boxes(element):
                 _odt_blocks(box, blocks, headings, listed=False)
-        elif tag == f"{_TEXT}numbered-paragraph":  # a list item standing alone (was dropped)
+        elif tag == f"{ODF_TEXT}numbered-paragraph":  # a list item standing alone (was dropped)
             _odt_blocks(element, blocks, headings, listed=True)
-        elif tag == f"{_TEXT}list":
+        elif tag == f"{ODF_TEXT}list":
             for item in element:
                 _odt_blocks(item, blocks, headings, listed=True)
-        elif tag == f"{_TABLE}table":
+        elif tag == f"{ODF_TABLE}table":
             rows = []
             nested = _nested_rows(element)  # (a nested table is read in its cell, once)
-            for row in element.iter(f"{_TABLE}table-row"):  # (rows, in their groups)
+            for row in element.iter(f"{ODF_TABLE}table-row"):  # (rows, in their groups)
                 if id(row) in nested:
                     continue
-                cells = [_line(" ".join(_odt_inline(p) for p in _odt_cell_paragraphs(cell)))
-                         for cell in row.findall(f"{_TABLE}table-cell")]  # fmt: skip
+                cells = [one_line(" ".join(odf_inline(p) for p in _odt_cell_paragraphs(cell)))
+                         for cell in row.findall(f"{ODF_TABLE}table-cell")]  # fmt: skip
                 if any(cells):
                     rows.append(" | ".join(cells))
             blocks.append("\n".join(rows))
-        elif tag in (f"{_TEXT}section", f"{_TEXT}list-item", f"{_TEXT}list-header"):
+        elif tag in (f"{ODF_TEXT}section", f"{ODF_TEXT}list-item", f"{ODF_TEXT}list-header"):
             _odt_blocks(element, blocks, headings, listed)
 
 
@@ -505,17 +435,19 @@ def _nested_rows(table: ET.Element) -> set[int]:
     """ids of the rows of the tables nested in `table`'s cells."""
     return {
         id(row)
-        for cell in table.iter(f"{_TABLE}table-cell")
-        for inner in cell.iter(f"{_TABLE}table")
-        for row in inner.iter(f"{_TABLE}table-row")
+        for cell in table.iter(f"{ODF_TABLE}table-cell")
+        for inner in cell.iter(f"{ODF_TABLE}table")
+        for row in inner.iter(f"{ODF_TABLE}table-row")
     }
 
 
 def _odt_cell_paragraphs(cell: ET.Element) -> Iterator[ET.Element]:
     """A table cell's paragraphs and headings (a heading was dropped), not those of its
     footnotes or comments (they were read)."""
-    for node in _walk_skipping(cell, lambda n: n.tag in (f"{_TEXT}note", f"{_OFFICE}annotation")):
-        if node.tag in (f"{_TEXT}p", f"{_TEXT}h"):
+    for node in _walk_skipping(
+        cell, lambda n: n.tag in (f"{ODF_TEXT}note", f"{ODF_OFFICE}annotation")
+    ):
+        if node.tag in (f"{ODF_TEXT}p", f"{ODF_TEXT}h"):
             yield node
 
 
@@ -526,34 +458,34 @@ def _odt_text_boxes(element: ET.Element) -> list[ET.Element]:
 
     def walk(node: ET.Element) -> None:
         for child in node:
-            if child.tag == f"{_DRAW}text-box":
+            if child.tag == f"{ODF_DRAW}text-box":
                 found.append(child)
-            elif child.tag not in (f"{_TEXT}note", f"{_OFFICE}annotation"):
+            elif child.tag not in (f"{ODF_TEXT}note", f"{ODF_OFFICE}annotation"):
                 walk(child)
 
     walk(element)
     return found
 
 
-def _odt_inline(element: ET.Element) -> str:
+def odf_inline(element: ET.Element) -> str:
     parts = [element.text or ""]
     for child in element:
         tag = child.tag
-        if tag == f"{_TEXT}s":
-            count = child.get(f"{_TEXT}c") or "1"
+        if tag == f"{ODF_TEXT}s":
+            count = child.get(f"{ODF_TEXT}c") or "1"
             parts.append(" " * (min(int(count), MAX_SPACES) if count.isdigit() else 1))
-        elif tag == f"{_TEXT}tab":
+        elif tag == f"{ODF_TEXT}tab":
             parts.append("\t")
-        elif tag == f"{_TEXT}line-break":
+        elif tag == f"{ODF_TEXT}line-break":
             parts.append("\n")
-        elif tag not in (f"{_TEXT}note", f"{_OFFICE}annotation", f"{_DRAW}frame"):
-            parts.append(_odt_inline(child))  # (not footnotes, comments, frames: after it)
+        elif tag not in (f"{ODF_TEXT}note", f"{ODF_OFFICE}annotation", f"{ODF_DRAW}frame"):
+            parts.append(odf_inline(child))  # (not footnotes, comments, frames: after it)
         parts.append(child.tail or "")
     return "".join(parts)
 
 
 # ---- EPUB ------------------------------------------------------------------------------------
-def _epub(archive: _Archive) -> OfficeText:
+def epub_text(archive: Archive) -> OfficeText:
     rootfile = archive.xml("META-INF/container.xml").find(f".//{_CONTAINER}rootfile")
     if rootfile is None or not rootfile.get("full-path"):
         raise OfficeError("META-INF/container.xml names no package", "re-export the book")

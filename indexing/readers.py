@@ -38,7 +38,7 @@ from clara.errors import (
 )
 from indexing.html_text import MalformedHtmlError, SlowHtmlError, html_to_text
 from indexing.ignore import Ignored
-from indexing.office_text import (
+from indexing.office import (
     OFFICE_EXTENSIONS,
     OFFICE_KINDS,
     OfficeError,

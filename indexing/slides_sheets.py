@@ -22,18 +22,18 @@ import re
 from collections.abc import Iterator
 from xml.etree import ElementTree as ET
 
+from clara.text import one_line
 from indexing.office_text import (
-    _DRAW,
-    _OFFICE,
-    _TABLE,
-    _TEXT,
+    ODF_DRAW,
+    ODF_OFFICE,
+    ODF_TABLE,
+    ODF_TEXT,
+    Archive,
     OfficeError,
     OfficeText,
-    _Archive,
-    _core_title,
-    _line,
-    _odt_inline,
-    _odt_locked,
+    core_title,
+    odf_inline,
+    odf_locked,
 )
 
 _P = "{http://schemas.openxmlformats.org/presentationml/2006/main}"
@@ -61,7 +61,7 @@ _PRES = "{urn:oasis:names:tc:opendocument:xmlns:presentation:1.0}"
 _STYLE = "{urn:oasis:names:tc:opendocument:xmlns:style:1.0}"
 
 
-def _rels(archive: _Archive, part: str) -> dict[str, tuple[str, str]]:
+def _rels(archive: Archive, part: str) -> dict[str, tuple[str, str]]:
     """A part's relationships: id -> (type, the target's archive name)."""
     folder, name = posixpath.split(part)
     rels = posixpath.join(folder, "_rels", name + ".rels")
@@ -78,7 +78,7 @@ def _rels(archive: _Archive, part: str) -> dict[str, tuple[str, str]]:
 
 
 # ---- PowerPoint (.pptx) ----------------------------------------------------------------------
-def pptx_text(archive: _Archive) -> OfficeText:
+def pptx_text(archive: Archive) -> OfficeText:
     main = "ppt/presentation.xml"
     rels = _rels(archive, main)
     order = archive.xml(main).find(f"{_P}sldIdLst")
@@ -103,7 +103,7 @@ def pptx_text(archive: _Archive) -> OfficeText:
         pages.append((number, "\n".join(lines).strip()))
     if not pages:
         raise OfficeError("no slides to read (none, or all hidden)", "nothing to index")
-    title = _core_title(archive, "docProps/core.xml")
+    title = core_title(archive, "docProps/core.xml")
     text = "\n\n".join(t for _, t in pages if t)
     return OfficeText(text, headings, (title or "").strip() or None, pages)
 
@@ -127,7 +127,7 @@ def _slide_lines(slide: ET.Element, notes: bool = False) -> tuple[str, list[str]
         paragraphs = [(_paragraph(p), _level(p)) for p in body.findall(f"{_A}p")]
         paragraphs = [(text, level) for text, level in paragraphs if text]
         if kind in ("title", "ctrTitle") and not title:
-            title = _line(" ".join(text for text, _ in paragraphs))
+            title = one_line(" ".join(text for text, _ in paragraphs))
             continue
         bulleted = kind in ("body", "obj") and not notes and len(paragraphs) > 1
         lines += [("  " * level + "- " + text) if bulleted else text for text, level in paragraphs]
@@ -160,7 +160,7 @@ def _paragraph(p: ET.Element) -> str:
             parts.append("".join(t.text or "" for t in node.findall(f"{_A}t")))
         elif node.tag == f"{_A}br":
             parts.append(" ")
-    return _line("".join(parts))
+    return one_line("".join(parts))
 
 
 def _level(p: ET.Element) -> int:
@@ -177,7 +177,7 @@ def _table_rows(table: ET.Element) -> list[str]:
     rows = []
     for tr in table.findall(f"{_A}tr"):
         cells = [
-            _line(" ".join(_paragraph(p) for p in tc.findall(f"{_A}txBody/{_A}p")))
+            one_line(" ".join(_paragraph(p) for p in tc.findall(f"{_A}txBody/{_A}p")))
             for tc in tr.findall(f"{_A}tc")
         ]
         while cells and not cells[-1]:  # (merged cells)
@@ -203,7 +203,7 @@ class _Book:
     """What a workbook's cells are read with: its shared strings, the kind each cell style
     shows (`_BUILTIN_FORMATS`' kinds), its date system, and what is left of MAX_BOOK_CHARS."""
 
-    def __init__(self, archive: _Archive, book: ET.Element, rels: dict) -> None:
+    def __init__(self, archive: Archive, book: ET.Element, rels: dict) -> None:
         self.left = MAX_BOOK_CHARS
         self.strings = _shared_strings(archive, rels)
         self.formats = _cell_formats(archive, rels)
@@ -220,7 +220,7 @@ class _Book:
         return text
 
 
-def xlsx_text(archive: _Archive) -> OfficeText:
+def xlsx_text(archive: Archive) -> OfficeText:
     main = "xl/workbook.xml"
     book = archive.xml(main)
     rels = _rels(archive, main)
@@ -230,7 +230,7 @@ def xlsx_text(archive: _Archive) -> OfficeText:
     warnings: list[str] = []
     sheets = book.find(f"{_S}sheets")
     for sheet in sheets if sheets is not None else []:
-        name = _line(sheet.get("name") or "")
+        name = one_line(sheet.get("name") or "")
         found = rels.get(sheet.get(f"{_R}id") or "")
         if sheet.get("state") in ("hidden", "veryHidden"):
             continue
@@ -246,11 +246,11 @@ def xlsx_text(archive: _Archive) -> OfficeText:
             blocks.append("\n".join([name, *_named(rows)]))
     if not blocks:
         raise OfficeError("no cells to read (empty, or every sheet hidden)", "nothing to index")
-    title = _core_title(archive, "docProps/core.xml")
+    title = core_title(archive, "docProps/core.xml")
     return OfficeText("\n\n".join(blocks), headings, (title or "").strip() or None, None, warnings)
 
 
-def _shared_strings(archive: _Archive, rels: dict[str, tuple[str, str]]) -> list[str]:
+def _shared_strings(archive: Archive, rels: dict[str, tuple[str, str]]) -> list[str]:
     part = next((p for t, p in rels.values() if t.endswith("/sharedStrings")), None)
     if part is None or not archive.has(part):
         return []
@@ -262,10 +262,10 @@ def _string(node: ET.Element) -> str:
     of Japanese text, `rPh`), Excel's escapes undone, at most MAX_CELL_CHARS."""
     runs = [node.find(f"{_S}t")] + [r.find(f"{_S}t") for r in node.findall(f"{_S}r")]
     text = "".join(t.text or "" for t in runs if t is not None)[: MAX_CELL_CHARS * 2]
-    return _line(_ESCAPED.sub(lambda m: chr(int(m[1], 16)), text))[:MAX_CELL_CHARS]
+    return one_line(_ESCAPED.sub(lambda m: chr(int(m[1], 16)), text))[:MAX_CELL_CHARS]
 
 
-def _cell_formats(archive: _Archive, rels: dict[str, tuple[str, str]]) -> dict[int, str]:
+def _cell_formats(archive: Archive, rels: dict[str, tuple[str, str]]) -> dict[int, str]:
     """The kind each cell style (index of cellXfs) shows, for those that show a date, a time,
     both or a percentage."""
     part = next((p for t, p in rels.values() if t.endswith("/styles")), None)
@@ -353,11 +353,11 @@ def _cell(c: ET.Element, book: _Book) -> str:
     if kind == "d":  # (an ISO 8601 date cell)
         return raw.removesuffix("T00:00:00").replace("T", " ")[:MAX_CELL_CHARS]
     if kind != "n":
-        return _line(raw)[:MAX_CELL_CHARS]  # a formula's text result, an error (#N/A)
+        return one_line(raw)[:MAX_CELL_CHARS]  # a formula's text result, an error (#N/A)
     try:
         number = float(raw)
     except ValueError:
-        return _line(raw)[:MAX_CELL_CHARS]
+        return one_line(raw)[:MAX_CELL_CHARS]
     shown = book.formats.get(_int(c.get("s"), 0))
     if shown == "percent":
         return _number_text(number * 100) + "%"
@@ -427,10 +427,10 @@ def _typed(text: str) -> bool:
 
 
 # ---- OpenDocument presentations (.odp) and spreadsheets (.ods) -------------------------------
-def odp_text(archive: _Archive) -> OfficeText:
-    _odt_locked(archive)
+def odp_text(archive: Archive) -> OfficeText:
+    odf_locked(archive)
     content = archive.xml("content.xml")
-    body = content.find(f"{_OFFICE}body/{_OFFICE}presentation")
+    body = content.find(f"{ODF_OFFICE}body/{ODF_OFFICE}presentation")
     if body is None:
         raise OfficeError("content.xml holds no presentation", "re-export the file")
     hidden = _styles_with(
@@ -438,8 +438,8 @@ def odp_text(archive: _Archive) -> OfficeText:
     )
     pages: list[tuple[int, str]] = []
     headings: list[str] = []
-    for number, page in enumerate(body.findall(f"{_DRAW}page"), 1):
-        if page.get(f"{_DRAW}style-name") in hidden:
+    for number, page in enumerate(body.findall(f"{ODF_DRAW}page"), 1):
+        if page.get(f"{ODF_DRAW}style-name") in hidden:
             continue
         title, lines = "", []
         for frame in _odp_frames(page):
@@ -448,7 +448,7 @@ def odp_text(archive: _Archive) -> OfficeText:
                 continue
             said = _odp_lines(frame)
             if kind == "title" and not title and said:
-                title = _line(" ".join(text for text, _ in said))
+                title = one_line(" ".join(text for text, _ in said))
                 continue
             bulleted = kind == "outline"
             lines += [("  " * level + "- " + t) if bulleted else t for t, level in said]
@@ -474,9 +474,9 @@ def _odp_frames(parent: ET.Element) -> Iterator[ET.Element]:
     """The frames and shapes of a page in drawing order, a group's in its place (not the
     notes page, read apart)."""
     for child in parent:
-        if child.tag == f"{_DRAW}g":
+        if child.tag == f"{ODF_DRAW}g":
             yield from _odp_frames(child)
-        elif child.tag.startswith(_DRAW) and child.tag != f"{_DRAW}page-thumbnail":
+        elif child.tag.startswith(ODF_DRAW) and child.tag != f"{ODF_DRAW}page-thumbnail":
             yield child
 
 
@@ -486,39 +486,39 @@ def _odp_lines(frame: ET.Element) -> list[tuple[str, int]]:
 
     def walk(node: ET.Element, level: int) -> None:
         for child in node:
-            if child.tag in (f"{_TEXT}p", f"{_TEXT}h"):
-                if text := _line(_odt_inline(child)):
+            if child.tag in (f"{ODF_TEXT}p", f"{ODF_TEXT}h"):
+                if text := one_line(odf_inline(child)):
                     out.append((text, max(level, 0)))
-            elif child.tag == f"{_TEXT}list":
+            elif child.tag == f"{ODF_TEXT}list":
                 walk(child, level + 1)
-            elif child.tag == f"{_TABLE}table":
+            elif child.tag == f"{ODF_TABLE}table":
                 for row in _table_own_rows(child):
-                    cells = [_line(" ".join(_odt_inline(p) for p in c.findall(f"{_TEXT}p")))
-                             for c in row.findall(f"{_TABLE}table-cell")]  # fmt: skip
+                    cells = [one_line(" ".join(odf_inline(p) for p in c.findall(f"{ODF_TEXT}p")))
+                             for c in row.findall(f"{ODF_TABLE}table-cell")]  # fmt: skip
                     if any(cells):
                         out.append((" | ".join(cells), 0))
-            elif child.tag not in (f"{_OFFICE}annotation", f"{_PRES}notes"):
+            elif child.tag not in (f"{ODF_OFFICE}annotation", f"{_PRES}notes"):
                 walk(child, level)
 
     walk(frame, -1)
     return out
 
 
-def ods_text(archive: _Archive) -> OfficeText:
-    _odt_locked(archive)
+def ods_text(archive: Archive) -> OfficeText:
+    odf_locked(archive)
     content = archive.xml("content.xml")
-    body = content.find(f"{_OFFICE}body/{_OFFICE}spreadsheet")
+    body = content.find(f"{ODF_OFFICE}body/{ODF_OFFICE}spreadsheet")
     if body is None:
         raise OfficeError("content.xml holds no spreadsheet", "re-export the file")
-    hidden = _styles_with(content, f"{_STYLE}table-properties", f"{_TABLE}display", "false")
+    hidden = _styles_with(content, f"{_STYLE}table-properties", f"{ODF_TABLE}display", "false")
     blocks: list[str] = []
     headings: list[str] = []
     warnings: list[str] = []
     budget = [MAX_REPEATED_CELLS, MAX_BOOK_CHARS]
-    for table in body.findall(f"{_TABLE}table"):
-        if table.get(f"{_TABLE}style-name") in hidden:
+    for table in body.findall(f"{ODF_TABLE}table"):
+        if table.get(f"{ODF_TABLE}style-name") in hidden:
             continue
-        name = _line(table.get(f"{_TABLE}name") or "")
+        name = one_line(table.get(f"{ODF_TABLE}name") or "")
         rows, wide = _ods_rows(table, budget)
         if wide:
             warnings.append(f"sheet '{name}': cells past the first {MAX_COLUMNS} of a row left out")
@@ -540,9 +540,11 @@ def _ods_rows(table: ET.Element, budget: list[int]) -> tuple[list[dict[int, str]
     for row in _table_own_rows(table):
         cells: dict[int, str] = {}
         column = 0
-        own = [c for c in row if c.tag in (f"{_TABLE}table-cell", f"{_TABLE}covered-table-cell")]
+        own = [
+            c for c in row if c.tag in (f"{ODF_TABLE}table-cell", f"{ODF_TABLE}covered-table-cell")
+        ]
         for at, cell in enumerate(own):
-            repeat = _count(cell.get(f"{_TABLE}number-columns-repeated"))
+            repeat = _count(cell.get(f"{ODF_TABLE}number-columns-repeated"))
             text = _ods_cell(cell)
             if text:
                 times = min(repeat, MAX_COLUMNS - len(cells))
@@ -554,7 +556,7 @@ def _ods_rows(table: ET.Element, budget: list[int]) -> tuple[list[dict[int, str]
                 wide = wide or any(_ods_cell(c) for c in own[at + 1 :])
                 break
         if cells:
-            times = min(_count(row.get(f"{_TABLE}number-rows-repeated")), MAX_REPEATS)
+            times = min(_count(row.get(f"{ODF_TABLE}number-rows-repeated")), MAX_REPEATS)
             _spend(budget, (times - 1) * len(cells), (times - 1) * sum(map(len, cells.values())))
             out += [cells] * times
     return out, wide
@@ -564,10 +566,10 @@ def _table_own_rows(table: ET.Element) -> Iterator[ET.Element]:
     """A table's own rows, those of its row groups too (not those of tables in its cells: a
     file of tables nested in cells, read at every depth, took minutes)."""
     for child in table:
-        if child.tag == f"{_TABLE}table-row":
+        if child.tag == f"{ODF_TABLE}table-row":
             yield child
-        elif child.tag in (f"{_TABLE}table-row-group", f"{_TABLE}table-header-rows",
-                           f"{_TABLE}table-rows"):  # fmt: skip
+        elif child.tag in (f"{ODF_TABLE}table-row-group", f"{ODF_TABLE}table-header-rows",
+                           f"{ODF_TABLE}table-rows"):  # fmt: skip
             yield from _table_own_rows(child)
 
 
@@ -594,24 +596,26 @@ def _count(value: str | None) -> int:
 
 
 def _ods_cell(cell: ET.Element) -> str:
-    kind = cell.get(f"{_OFFICE}value-type")
+    kind = cell.get(f"{ODF_OFFICE}value-type")
     if kind in ("float", "percentage", "currency"):
         try:
-            number = float(cell.get(f"{_OFFICE}value") or "")
+            number = float(cell.get(f"{ODF_OFFICE}value") or "")
         except ValueError:
             return ""
         return _number_text(number * 100) + "%" if kind == "percentage" else _number_text(number)
     if kind == "date":
-        return (cell.get(f"{_OFFICE}date-value") or "").replace("T00:00:00", "").replace("T", " ")
+        return (
+            (cell.get(f"{ODF_OFFICE}date-value") or "").replace("T00:00:00", "").replace("T", " ")
+        )
     if kind == "boolean":
-        return (cell.get(f"{_OFFICE}boolean-value") or "").upper()
-    return _line(" ".join(_odt_inline(p) for p in cell.findall(f"{_TEXT}p")))[:MAX_CELL_CHARS]
+        return (cell.get(f"{ODF_OFFICE}boolean-value") or "").upper()
+    return one_line(" ".join(odf_inline(p) for p in cell.findall(f"{ODF_TEXT}p")))[:MAX_CELL_CHARS]
 
 
 def _styles_with(content: ET.Element, props: str, attribute: str, value: str) -> set[str]:
     """The names of the automatic styles whose `props` element has `attribute` = `value` (a
     hidden slide's page style, a hidden sheet's table style)."""
-    styles = content.find(f"{_OFFICE}automatic-styles")
+    styles = content.find(f"{ODF_OFFICE}automatic-styles")
     return {
         style.get(f"{_STYLE}name") or ""
         for style in (styles if styles is not None else [])
@@ -619,6 +623,6 @@ def _styles_with(content: ET.Element, props: str, attribute: str, value: str) ->
     }
 
 
-def _odf_title(archive: _Archive) -> str | None:
-    title = _core_title(archive, "meta.xml")
+def _odf_title(archive: Archive) -> str | None:
+    title = core_title(archive, "meta.xml")
     return (title or "").strip() or None

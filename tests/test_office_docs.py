@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clara.errors import CorruptDocumentError, EncryptedDocumentError, UnsupportedDocumentError
-from indexing import office_text
+from indexing import office, office_text
 from indexing.readers import read_document
 
 W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
@@ -458,13 +458,13 @@ def test_office_text_as_a_library_call() -> None:
     from clara.errors import ClaraError, InvalidArgumentError
 
     data = docx(para("Hello."))
-    assert office_text.office_text(data, "docx").text == office_text.office_text(
+    assert office.office_text(data, "docx").text == office.office_text(
         data, ".DOCX"
     ).text == "Hello."  # fmt: skip
     with pytest.raises(InvalidArgumentError, match="'odg' is not an office file type"):
-        office_text.office_text(data, "odg")
+        office.office_text(data, "odg")
     with pytest.raises(ClaraError, match="not a .docx file"):
-        office_text.office_text(b"plain bytes", ".docx")
+        office.office_text(b"plain bytes", ".docx")
 
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -486,7 +486,7 @@ def test_slides_read_as_pages_with_titles_notes_and_tables() -> None:
         "Region | Units", "North | 1200", "South | 950", "Source: the sales ledger",
     ]  # fmt: skip
     assert all("hidden slide" not in p.text for p in doc.pages)
-    assert office_text.office_kind((DATA / "deck.pptx").read_bytes()) == ".pptx"  # (an upload
+    assert office.office_kind((DATA / "deck.pptx").read_bytes()) == ".pptx"  # (an upload
     # without its extension)
 
 
@@ -505,7 +505,7 @@ def test_a_workbook_reads_each_visible_sheet_its_rows_naming_their_columns() -> 
         "Targets\n2026 | 5000\nThe target for 2027 is six thousand units."
     )
     assert "Alice" not in doc.pages[0].text  # (the hidden sheet)
-    assert office_text.office_kind((DATA / "sales.xlsx").read_bytes()) == ".xlsx"
+    assert office.office_kind((DATA / "sales.xlsx").read_bytes()) == ".xlsx"
 
 
 def test_a_spreadsheet_that_repeats_its_cells_past_reason_is_refused(tmp_path: Path) -> None:
@@ -544,7 +544,7 @@ def test_opendocument_slides_and_sheets_read_as_their_office_twins() -> None:
         "Region: South | Units: 950.5 | Shipped: 2026-03-20 09:30:00 | Paid: FALSE"
     )
     for name, kind in [("deck.odp", ".odp"), ("sales.ods", ".ods")]:
-        assert office_text.office_kind((DATA / name).read_bytes()) == kind
+        assert office.office_kind((DATA / name).read_bytes()) == kind
 
 
 def test_a_slide_deck_is_indexed_and_its_slide_cited(
@@ -662,7 +662,7 @@ def test_what_is_called_a_slide_is_what_is_read_as_slides() -> None:
 
     from clara.text import SLIDE_SUFFIXES
 
-    decks = {ext for ext, kind in office_text.OFFICE_KINDS.items() if kind in (".pptx", ".odp")}
+    decks = {ext for ext, kind in office.OFFICE_KINDS.items() if kind in (".pptx", ".odp")}
     assert set(SLIDE_SUFFIXES) == decks
     app = (Path(__file__).resolve().parent.parent / "server/web/app.js").read_text()
     listed = re.search(r"const slides = \[([^\]]*)\]", app).group(1)
