@@ -357,8 +357,7 @@ class IndexService:
     # ---- files -----------------------------------------------------------------------------
     async def create_file(self, request: Request) -> FileObject:
         rec = await self.uploads.receive(request)
-        self.registry.add_file(rec)
-        self.registry.set_maker("file", rec.id, CALLER.get())
+        self.registry.add_file(rec, CALLER.get())
         return _file_object(rec)
 
     def list_files(self, purpose: str | None, after: str | None, limit: int, order: str):
@@ -447,8 +446,8 @@ class IndexService:
         await asyncio.to_thread(
             lambda: Collection.open(self.root, store_id, manifest, create=True).close()
         )
-        self.registry.add_store(StoreRecord(store_id, name or store_id, _now(), body.metadata))
-        self.registry.set_maker("store", store_id, CALLER.get())
+        record = StoreRecord(store_id, name or store_id, _now(), body.metadata)
+        self.registry.add_store(record, CALLER.get(), made=True)
         for item in items:
             await self.attach(store_id, item, body.chunking_strategy)
         return await asyncio.to_thread(self.store_object, store_id)

@@ -125,6 +125,15 @@ def read_links(directory: Path, store_id: str) -> list[Link]:
     return [_row(Link, r) for r in rows]
 
 
+def _made(db: sqlite3.Connection, kind: str, ident: str, key: str | None) -> None:
+    """Record that the API key named `key` made the file or store `ident` (None: made without
+    keys, or by `clara-index`: no maker)."""
+    if key is None:
+        db.execute("DELETE FROM made_by WHERE kind=? AND id=?", (kind, ident))
+    else:
+        db.execute("INSERT OR REPLACE INTO made_by VALUES (?, ?, ?)", (kind, ident, key))
+
+
 def read_maker(directory: Path, kind: str, ident: str) -> str | None:
     """`Registry.maker`, read without writing anything (as `read_links`): None when there is
     no registry, no such table yet, or no maker recorded. An OSError or sqlite3.Error when the
@@ -206,8 +215,11 @@ class Registry:
             self.db.execute(sql, args)
 
     # -- files -----------------------------------------------------------------------------
-    def add_file(self, rec: FileRecord) -> None:
-        self._run("INSERT INTO files VALUES (?, ?, ?, ?, ?)", *_values(rec))
+    def add_file(self, rec: FileRecord, maker: str | None = None) -> None:
+        """Record an upload, and the API key that made it (`made_by`), in one transaction."""
+        with self._transaction() as db:
+            db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?)", _values(rec))
+            _made(db, "file", rec.id, maker)
 
     def file(self, file_id: str) -> FileRecord | None:
         rows = self._all("SELECT * FROM files WHERE id=?", file_id)
@@ -223,14 +235,6 @@ class Registry:
         self._empty_wal()
 
     # -- makers (the API key that made a file or a store: `made_by`) -----------------------
-    def set_maker(self, kind: str, ident: str, key: str | None) -> None:
-        """Record that the API key named `key` made the file or store `ident` (None: made
-        without keys, or by `clara-index`: no maker)."""
-        if key is None:
-            self._run("DELETE FROM made_by WHERE kind=? AND id=?", kind, ident)
-        else:
-            self._run("INSERT OR REPLACE INTO made_by VALUES (?, ?, ?)", kind, ident, key)
-
     def maker(self, kind: str, ident: str) -> str | None:
         rows = self._all("SELECT key FROM made_by WHERE kind=? AND id=?", kind, ident)
         return rows[0][0] if rows else None
@@ -246,8 +250,13 @@ class Registry:
             empty_wal(self.db, wait_ms=200)
 
     # -- vector stores ---------------------------------------------------------------------
-    def add_store(self, rec: StoreRecord) -> None:
-        self._run("INSERT OR REPLACE INTO stores VALUES (?, ?, ?, ?)", *_values(rec))
+    def add_store(self, rec: StoreRecord, maker: str | None = None, made: bool = False) -> None:
+        """Record a store (new, or its name and metadata changed); a new one (`made`) with
+        the API key that made it (`made_by`), in one transaction."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO stores VALUES (?, ?, ?, ?)", _values(rec))
+            if made:
+                _made(db, "store", rec.id, maker)
 
     def store(self, store_id: str) -> StoreRecord | None:
         rows = self._all("SELECT * FROM stores WHERE id=?", store_id)
