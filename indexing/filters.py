@@ -88,12 +88,13 @@ class FilterError(InvalidArgumentError):
 
 
 def _path(at: tuple[str | int, ...]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in at)
+    """The place inside a filter as the HTTP API's errors write one: ".filters.[1].value"."""
+    return "".join(f".[{p}]" if isinstance(p, int) else f".{p}" for p in at)
 
 
 def check_filter(node: Any, param: str = "filters") -> dict[str, Any]:
     """`node` if it is a filter clara can apply; else a `FilterError` naming where (`param`
-    is its place in the request, e.g. "filters" -> "filters.filters[1].value")."""
+    is its place in the request, e.g. "filters" -> "filters.filters.[1].value")."""
     try:
         _check(node, (), 0)
     except FilterError as exc:

@@ -68,7 +68,7 @@ def test_a_filter_passes_the_documents_whose_attributes_match(node, passes: bool
         ({"type": "eq", "key": "a", "value": {"x": 1}}, "compares with a string"),
         ({"type": "in", "key": "a", "value": "x"}, "takes a list"),
         ({"type": "and", "filters": []}, "a list 'filters' of 1 to 16"),
-        ({"type": "and", "filters": [{"type": "eq", "key": 1, "value": 1}]}, "filters.filters[0]"),
+        ({"type": "and", "filters": [{"type": "eq", "key": 1, "value": 1}]}, "filters.filters.[0]"),
         ({"type": "eq", "key": "a", "value": 1, "extra": 2}, "(not extra)"),
         ("team = hr", "a filter is an object"),
     ],
