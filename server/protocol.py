@@ -319,6 +319,7 @@ class ChatCompletionRequest(_Request):
             filters=self.filters,
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             collection=self.collection or default_collection(defaults),
+            scope=SCOPE.get(),
             max_tokens=defaults.capped(
                 self.max_completion_tokens or self.max_tokens or defaults.max_tokens
             ),
@@ -418,8 +419,8 @@ class RagParams:
     presence_penalty: float = 0.0
     raw: str | list[int] | None = None  # a legacy completion's prompt: read as it is by the
     # bare model (no chat template, no retrieval)
-    scope: KeyScope | None = field(default_factory=SCOPE.get)  # the collections its API key
-    # may read (None: all), taken from the request it was made for
+    scope: KeyScope | None | str = "unset"  # the collections its API key may read (None:
+    # all): the request's `SCOPE`, given where it is made; "unset" retrieves nothing (`Rag`)
 
 
 # ---- chat completion response ------------------------------------------------------------

@@ -109,6 +109,8 @@ class Rag:
         when the request does not retrieve)."""
         if not p.retrieval or p.top_k == 0:
             return Retrieved("disabled", None, detail="retrieval turned off by the request")
+        if isinstance(p.scope, str):  # (made without its request's key: whose is unknown)
+            raise RuntimeError("RagParams.scope was not given: which collections may be read?")
         if not key_sees(self.root, p.collection, p.scope):
             raise self._not_its(p)
         try:
