@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from xml.etree import ElementTree as ET
 
 from clara.text import one_line
@@ -211,13 +211,16 @@ class _Book:
         self.date1904 = props is not None and props.get("date1904") in ("1", "true")
 
     def spend(self, text: str) -> str:
-        self.left -= len(text)
+        self.charge(len(text))
+        return text
+
+    def charge(self, chars: int) -> None:
+        self.left -= chars
         if self.left < 0:
             raise OfficeError(
                 f"holds more than {MAX_BOOK_CHARS >> 20} MiB of text once its cells are read",
                 "export the part you want to index as text or CSV",
             )
-        return text
 
 
 def xlsx_text(archive: Archive) -> OfficeText:
@@ -243,7 +246,7 @@ def xlsx_text(archive: Archive) -> OfficeText:
             warnings.append(f"sheet '{name}': cells past the first {MAX_COLUMNS} of a row left out")
         if rows:
             headings.append(name)
-            blocks.append("\n".join([name, *_named(rows)]))
+            blocks.append("\n".join([name, *_named(rows, cells.charge)]))
     if not blocks:
         raise OfficeError("no cells to read (empty, or every sheet hidden)", "nothing to index")
     title = core_title(archive, "docProps/core.xml")
@@ -394,12 +397,14 @@ def _when(serial: float, shown: str, date1904: bool) -> str | None:
     return when.isoformat(" ")
 
 
-def _named(rows: list[dict[int, str]]) -> list[str]:
+def _named(rows: list[dict[int, str]], charge: Callable[[int], None]) -> list[str]:
     """Each row as a line, its cells joined by " | ". Under a header row (the first with two
     cells or more, all text, over a column whose cells below hold numbers, dates or TRUE/
-    FALSE), each value after its column's header; rows above it (a title) as they are."""
+    FALSE), each value after its column's header (its first MAX_LABEL characters); rows above
+    it (a title) as they are. `charge(n)`: n more characters written (the workbook's bound:
+    a long header written before each of many values was gigabytes)."""
     at = next((i for i, r in enumerate(rows) if len(r) >= 2), None)
-    header = rows[at] if at is not None else {}
+    header = {c: _label(v) for c, v in rows[at].items()} if at is not None else {}
     typed = (
         header
         and not any(_typed(v) for v in header.values())
@@ -415,7 +420,16 @@ def _named(rows: list[dict[int, str]]) -> list[str]:
             lines.append(" | ".join(row.get(c, "") for c in range(first, cells[-1][0] + 1)))
         else:  # (cells far apart: a line of empty places)
             lines.append(" | ".join(v for _, v in cells))
+        charge(len(lines[-1]) - sum(len(v) for v in row.values()))  # (the values: counted)
     return lines
+
+
+#: characters of a column's header written before each of its values
+MAX_LABEL = 64
+
+
+def _label(header: str) -> str:
+    return header if len(header) <= MAX_LABEL else header[: MAX_LABEL - 1].rstrip() + "…"
 
 
 _TYPED = re.compile(r"-?[\d.,]+%?|\d{4}-\d\d-\d\d( \d\d:\d\d:\d\d)?|\d\d:\d\d:\d\d|TRUE|FALSE")
@@ -524,7 +538,7 @@ def ods_text(archive: Archive) -> OfficeText:
             warnings.append(f"sheet '{name}': cells past the first {MAX_COLUMNS} of a row left out")
         if rows:
             headings.append(name)
-            blocks.append("\n".join([name, *_named(rows)]))
+            blocks.append("\n".join([name, *_named(rows, lambda n: _spend(budget, 0, n))]))
     if not blocks:
         raise OfficeError("no cells to read (empty, or every sheet hidden)", "nothing to index")
     return OfficeText("\n\n".join(blocks), headings, _odf_title(archive), None, warnings)

@@ -632,6 +632,11 @@ def test_what_an_audit_of_crafted_workbooks_found(tmp_path: Path) -> None:
     many = xlsx("".join(cells('<c t="s"><v>0</v></c>') for _ in range(3000)), [big])
     with pytest.raises(CorruptDocumentError, match="more than 64 MiB of text"):
         read("many.xlsx", many)
+    long_header = cells('<c t="s"><v>2</v></c>', '<c t="s"><v>2</v></c>')  # (written before
+    named = xlsx(long_header + cells("<c><v>1</v></c>", "<c><v>2</v></c>") * 2000, [big, "", big])
+    assert read("named.xlsx", named).pages[0].text.splitlines()[2].startswith("abab")  # each
+    # value, its header cut: 2000 rows of two 32,767-character labels were 131 MB)
+    assert len(read("named.xlsx", named).pages[0].text) < 2_000_000
     nested = "<row>" * 3000 + '<c t="s"><v>0</v></c>' + "</row>" * 3000
     start = time.perf_counter()
     assert read("nested.xlsx", xlsx(nested + cells('<c t="s"><v>1</v></c>'), ["in", "top"]))
