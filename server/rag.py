@@ -16,11 +16,10 @@ from clara.errors import CollectionNameCaseError, CollectionNotFoundError
 from clara.model import ClaraModel
 from clara.paths import UPLOADS, upload_file_id
 from clara.prompt import SYSTEM_PROMPT, Prompt, memory_prompt, mixed_prompt, text_prompt
-from clara_cli.http import KeyScope
 from indexing.meta import contextual
 from indexing.open_collections import OpenCollections
 from indexing.service.search import document_attributes, filtered_documents
-from indexing.service.state import read_links, read_maker
+from indexing.service.state import key_sees, read_links
 from indexing.store import Collection
 from server.jobs import Retrieved, SourceInfo
 from server.metrics import Metrics
@@ -36,21 +35,6 @@ MIXED_TEXT = 1
 
 #: a request that names a collection there is none of: its error, not retrieval's
 _ASKED_WRONG = (CollectionNotFoundError, CollectionNameCaseError)
-
-
-def key_sees(root: Path, collection: str, scope: KeyScope | None) -> bool:
-    """Whether an API key of `scope` (None: unlimited) may read `collection` under the index
-    `root`: one its line of the key file names, or a vector store it made (the registry's
-    `made_by`, read read-only; one that cannot be read gives none)."""
-    if scope is None or collection in scope.collections:
-        return True
-    try:
-        maker = read_maker(root / UPLOADS, "store", collection)
-    except (OSError, sqlite3.Error) as exc:
-        log.warning("the vector stores' makers cannot be read (%s): a key limited to some "
-                    "collections reads those only", exc)  # fmt: skip
-        maker = None
-    return scope.sees(collection, maker)
 
 
 class Rag:

@@ -26,6 +26,7 @@ from clara.paths import COLLECTION_NAME, path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import pages_label, snippet
 from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_error, to_api_error
+from indexing.service.state import key_sees
 from indexing.store import list_collections
 from server.engine import TOO_LONG_TO_EMBED, Engine
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
@@ -56,7 +57,6 @@ from server.protocol import (
     completion_id,
     default_collection,
 )
-from server.rag import key_sees
 
 DISCONNECT_CHECK_S = 0.25  # how often a non-streamed request looks for its client
 #: `/v1/models` also lists the served model under its name plus this: the same model without

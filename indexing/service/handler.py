@@ -81,7 +81,7 @@ from indexing.service.protocol import (
     paginate,
 )
 from indexing.service.search import document_attributes, search_results
-from indexing.service.state import Batch, FileRecord, Link, Registry, StoreRecord
+from indexing.service.state import Batch, FileRecord, Link, Registry, StoreRecord, key_sees
 from indexing.service.uploads import Uploads
 from indexing.store import (
     Collection,
@@ -228,8 +228,7 @@ class IndexService:
     def sees_store(self, store_id: str) -> bool:
         """Whether the request's API key may read the vector store (`SCOPE`: a key limited to
         some collections reads those and the stores it made)."""
-        scope = SCOPE.get()
-        return scope is None or scope.sees(store_id, self.registry.maker("store", store_id))
+        return key_sees(self.root, store_id, SCOPE.get())
 
     def check_sees(self, store_id: str) -> None:
         """A 404, as for a store that is not there, unless the request's key may read it."""

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -14,10 +15,15 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clara.paths import make_private_dirs, sqlite_error
+from clara.paths import UPLOADS, make_private_dirs, sqlite_error
 from indexing.durable import FULLFSYNC, empty_wal
+
+if TYPE_CHECKING:
+    from clara_cli.http import KeyScope
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -149,6 +155,22 @@ def read_maker(directory: Path, kind: str, ident: str) -> str | None:
     finally:
         db.close()
     return row[0] if row else None
+
+
+def key_sees(root: Path, collection: str, scope: KeyScope | None) -> bool:
+    """Whether an API key of `scope` (None: unlimited) may read `collection` (a vector store)
+    under the index `root`: one its line of the key file names, or a store it made (`made_by`,
+    read read-only; a registry that cannot be read gives no maker: the key reads what its
+    line names). The one lookup both servers make."""
+    if scope is None or collection in scope.collections:
+        return True
+    try:
+        maker = read_maker(root / UPLOADS, "store", collection)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("the vector stores' makers cannot be read (%s): a key limited to some "
+                    "collections reads those only", exc)  # fmt: skip
+        maker = None
+    return scope.sees(collection, maker)
 
 
 def _values(obj: Any) -> list[Any]:

@@ -27,9 +27,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from clara_cli.http import CALLER, SCOPE, APIError, by_caller, client_gone_error
 from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
+from indexing.service.state import key_sees
 from server.jobs import Ready, SourceInfo
 from server.protocol import ChatCompletionRequest, ChatMessage, checked_filters
-from server.rag import key_sees
 from server.responses.protocol import (
     FileCitation,
     FileSearchCall,
