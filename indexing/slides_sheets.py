@@ -92,20 +92,34 @@ def pptx_text(archive: Archive) -> OfficeText:
         if slide.get("show") in ("0", "false"):  # a hidden slide
             continue
         title, lines = _slide_lines(slide)
-        for kind, notes in _rels(archive, found[1]).values():
-            if kind.endswith(_NOTES) and archive.has(notes):
-                said = _slide_lines(archive.xml(notes), notes=True)[1]
-                if said:
-                    lines += ["", "Notes: " + said[0], *said[1:]]
-        if title:
-            headings.append(title)
-            lines.insert(0, title)
-        pages.append((number, "\n".join(lines).strip()))
+        said = [
+            line
+            for kind, notes in _rels(archive, found[1]).values()
+            if kind.endswith(_NOTES) and archive.has(notes)
+            for line in _slide_lines(archive.xml(notes), notes=True)[1]
+        ]
+        pages.append((number, _slide(title, lines, said, headings)))
+    title = core_title(archive, "docProps/core.xml")
+    return _deck(pages, headings, (title or "").strip() or None)
+
+
+def _slide(title: str, lines: list[str], notes: list[str], headings: list[str]) -> str:
+    """A slide's page: its title (added to the deck's `headings`), its lines, then its
+    speaker notes."""
+    if notes:
+        lines = [*lines, "", "Notes: " + notes[0], *notes[1:]]
+    if title:
+        headings.append(title)
+        lines = [title, *lines]
+    return "\n".join(lines).strip()
+
+
+def _deck(pages: list[tuple[int, str]], headings: list[str], title: str | None) -> OfficeText:
+    """A deck's text: its slides' pages (number, text) and their titles."""
     if not pages:
         raise OfficeError("no slides to read (none, or all hidden)", "nothing to index")
-    title = core_title(archive, "docProps/core.xml")
     text = "\n\n".join(t for _, t in pages if t)
-    return OfficeText(text, headings, (title or "").strip() or None, pages)
+    return OfficeText(text, headings, title, pages)
 
 
 def _slide_lines(slide: ET.Element, notes: bool = False) -> tuple[str, list[str]]:
@@ -441,12 +455,18 @@ def _typed(text: str) -> bool:
 
 
 # ---- OpenDocument presentations (.odp) and spreadsheets (.ods) -------------------------------
-def odp_text(archive: Archive) -> OfficeText:
+def _odf_body(archive: Archive, kind: str) -> tuple[ET.Element, ET.Element]:
+    """An OpenDocument file's content and its body of `kind` ("presentation", ...)."""
     odf_locked(archive)
     content = archive.xml("content.xml")
-    body = content.find(f"{ODF_OFFICE}body/{ODF_OFFICE}presentation")
+    body = content.find(f"{ODF_OFFICE}body/{ODF_OFFICE}{kind}")
     if body is None:
-        raise OfficeError("content.xml holds no presentation", "re-export the file")
+        raise OfficeError(f"content.xml holds no {kind}", "re-export the file")
+    return content, body
+
+
+def odp_text(archive: Archive) -> OfficeText:
+    content, body = _odf_body(archive, "presentation")
     hidden = _styles_with(
         content, f"{_STYLE}drawing-page-properties", f"{_PRES}visibility", "hidden"
     )
@@ -467,21 +487,10 @@ def odp_text(archive: Archive) -> OfficeText:
             bulleted = kind == "outline"
             lines += [("  " * level + "- " + t) if bulleted else t for t, level in said]
         notes = page.find(f"{_PRES}notes")
-        said = (
-            [t for frame in _odp_frames(notes) for t, _ in _odp_lines(frame)]
-            if notes is not None
-            else []
-        )
-        if said:
-            lines += ["", "Notes: " + said[0], *said[1:]]
-        if title:
-            headings.append(title)
-            lines.insert(0, title)
-        pages.append((number, "\n".join(lines).strip()))
-    if not pages:
-        raise OfficeError("no slides to read (none, or all hidden)", "nothing to index")
-    text = "\n\n".join(t for _, t in pages if t)
-    return OfficeText(text, headings, _odf_title(archive), pages)
+        frames = _odp_frames(notes) if notes is not None else []
+        said = [t for frame in frames for t, _ in _odp_lines(frame)]
+        pages.append((number, _slide(title, lines, said, headings)))
+    return _deck(pages, headings, _odf_title(archive))
 
 
 def _odp_frames(parent: ET.Element) -> Iterator[ET.Element]:
@@ -519,11 +528,7 @@ def _odp_lines(frame: ET.Element) -> list[tuple[str, int]]:
 
 
 def ods_text(archive: Archive) -> OfficeText:
-    odf_locked(archive)
-    content = archive.xml("content.xml")
-    body = content.find(f"{ODF_OFFICE}body/{ODF_OFFICE}spreadsheet")
-    if body is None:
-        raise OfficeError("content.xml holds no spreadsheet", "re-export the file")
+    content, body = _odf_body(archive, "spreadsheet")
     hidden = _styles_with(content, f"{_STYLE}table-properties", f"{ODF_TABLE}display", "false")
     blocks: list[str] = []
     headings: list[str] = []
