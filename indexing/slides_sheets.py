@@ -623,11 +623,10 @@ def _ods_cell(cell: ET.Element) -> str:
             return ""
         return _number_text(number * 100) + "%" if kind == "percentage" else _number_text(number)
     if kind == "date":
-        return (
-            (cell.get(f"{ODF_OFFICE}date-value") or "").replace("T00:00:00", "").replace("T", " ")
-        )
+        when = (cell.get(f"{ODF_OFFICE}date-value") or "")[:64]  # (an ISO date: no longer)
+        return when.removesuffix("T00:00:00").replace("T", " ")
     if kind == "boolean":
-        return (cell.get(f"{ODF_OFFICE}boolean-value") or "").upper()
+        return (cell.get(f"{ODF_OFFICE}boolean-value") or "")[:5].upper()
     return one_line(" ".join(odf_inline(p) for p in cell.findall(f"{ODF_TEXT}p")))[:MAX_CELL_CHARS]
 
 
