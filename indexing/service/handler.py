@@ -228,7 +228,8 @@ class IndexService:
     def sees_store(self, store_id: str) -> bool:
         """Whether the request's API key may read the vector store (`SCOPE`: a key limited to
         some collections reads those and the stores it made)."""
-        return key_sees(self.root, store_id, SCOPE.get())
+        scope = SCOPE.get()
+        return scope is None or key_sees(self.root, store_id, scope)
 
     def check_sees(self, store_id: str) -> None:
         """A 404, as for a store that is not there, unless the request's key may read it."""
