@@ -62,13 +62,12 @@ class Rag:
         out, and `ne`/`nin` filters let every upload through), and clara's own. A registry
         that cannot be read leaves the uploads out (no filter lets them through)."""
         links, unread = [], False
-        if (self.root / UPLOADS / "registry.sqlite").is_file():
-            try:
-                links = read_links(self.root / UPLOADS, name)
-            except (OSError, sqlite3.Error) as exc:
-                log.warning("attribute filters leave out the uploads of '%s': their registry "
-                            "cannot be read (%s)", name, exc)  # fmt: skip
-                unread = True
+        try:
+            links = read_links(self.root / UPLOADS, name)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("attribute filters leave out the uploads of '%s': their registry "
+                        "cannot be read (%s)", name, exc)  # fmt: skip
+            unread = True
         is_upload = lambda p: upload_file_id(self.root, p)  # noqa: E731
         found = document_attributes(col, links, is_upload)
         if unread:

@@ -117,17 +117,29 @@ def _row(cls, row: tuple) -> Any:
     return cls(*values)
 
 
-def read_links(directory: Path, store_id: str) -> list[Link]:
-    """A store's links as the registry in `directory` records them, read without writing
-    anything (for clara-serve beside a `clara-index serve`, whose registry it may not write:
-    a read-only copy, another user's folder). An OSError or sqlite3.Error when it cannot be
-    read."""
-    uri = f"{(directory / 'registry.sqlite').resolve().as_uri()}?mode=ro"
-    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+@contextlib.contextmanager
+def _read_only(directory: Path) -> Iterator[sqlite3.Connection | None]:
+    """The registry in `directory` opened read-only, writing nothing (for clara-serve beside a
+    `clara-index serve`, whose registry it may not write: a read-only copy, another user's
+    folder); None when there is none. An OSError or sqlite3.Error when it cannot be read."""
+    path = directory / "registry.sqlite"
+    if not path.is_file():
+        yield None
+        return
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     try:
-        rows = db.execute("SELECT * FROM links WHERE store_id=?", (store_id,)).fetchall()
+        yield db
     finally:
         db.close()
+
+
+def read_links(directory: Path, store_id: str) -> list[Link]:
+    """A store's links as the registry in `directory` records them, read read-only
+    (`_read_only`: none without a registry)."""
+    with _read_only(directory) as db:
+        if db is None:
+            return []
+        rows = db.execute("SELECT * FROM links WHERE store_id=?", (store_id,)).fetchall()
     return [_row(Link, r) for r in rows]
 
 
@@ -141,19 +153,15 @@ def _made(db: sqlite3.Connection, kind: str, ident: str, key: str | None) -> Non
 
 
 def read_maker(directory: Path, kind: str, ident: str) -> str | None:
-    """`Registry.maker`, read without writing anything (as `read_links`): None when there is
-    no registry, no such table yet, or no maker recorded. An OSError or sqlite3.Error when the
-    registry cannot be read."""
-    path = directory / "registry.sqlite"
-    if not path.is_file():
-        return None
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    try:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name='made_by'").fetchone():
+    """`Registry.maker`, read read-only (`_read_only`): None when there is no registry, no
+    such table yet, or no maker recorded."""
+    with _read_only(directory) as db:
+        if (
+            db is None
+            or not db.execute("SELECT 1 FROM sqlite_master WHERE name='made_by'").fetchone()
+        ):
             return None
         row = db.execute("SELECT key FROM made_by WHERE kind=? AND id=?", (kind, ident)).fetchone()
-    finally:
-        db.close()
     return row[0] if row else None
 
 
