@@ -351,12 +351,11 @@ class ResponsesServing:
                     param="filters",
                 )  # fmt: skip
         else:
-            chat.retrieval, chat.collection, chat.top_k = req.retrieval, req.collection, req.top_k
             # the collection asked for: `collection`, or a model NAME@COLLECTION's (which a
             # follow-up's previous collection does not override: a review)
             asked = self.serving.named_collection(req.model, req.collection, "collection")
             asked = asked or req.collection
-            chat.collection = asked
+            chat.retrieval, chat.collection, chat.top_k = req.retrieval, asked, req.top_k
             chat.filters = req.filters
             before = searched_before or {}
             name = before.get("collection")
