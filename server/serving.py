@@ -26,7 +26,7 @@ from clara.paths import COLLECTION_NAME, path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import pages_label, snippet
 from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_error, to_api_error
-from indexing.service.state import key_sees
+from indexing.service.state import key_sees, visible_to
 from indexing.store import list_collections
 from server.engine import TOO_LONG_TO_EMBED, Engine
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
@@ -324,8 +324,8 @@ class OpenAIServing:
             self.engine.check_ready()  # (its model_failed 503)
         cards = [self.card(), self.card(bare=True)]
         if self.defaults.collection_models:  # (those the request's key may read)
-            root, scope = self.engine.settings.root, SCOPE.get()
-            names = [n for n in list_collections(root) if key_sees(root, n, scope)]
+            root = self.engine.settings.root
+            names = visible_to(root, list_collections(root), SCOPE.get())
             cards += [self.card(collection=name) for name in sorted(names)]
         return ModelList(data=cards)
 

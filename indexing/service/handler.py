@@ -81,7 +81,15 @@ from indexing.service.protocol import (
     paginate,
 )
 from indexing.service.search import document_attributes, search_results
-from indexing.service.state import Batch, FileRecord, Link, Registry, StoreRecord, key_sees
+from indexing.service.state import (
+    Batch,
+    FileRecord,
+    Link,
+    Registry,
+    StoreRecord,
+    key_sees,
+    visible_to,
+)
 from indexing.service.uploads import Uploads
 from indexing.store import (
     Collection,
@@ -482,7 +490,7 @@ class IndexService:
         page's stores opened (a listing of 5 of 400 stores opened all 400: 4 s). One that
         cannot be read (damaged, deleted meanwhile) is left out and the next takes its place."""
         keys = []
-        for store_id in filter(self.sees_store, self.store_ids()):
+        for store_id in visible_to(self.root, self.store_ids(), SCOPE.get()):
             rec = self.registry.store(store_id)
             keys.append(_StoreKey(store_id, rec.created_at if rec else _made(self.root / store_id)))
         return paginate(

@@ -152,33 +152,34 @@ def _made(db: sqlite3.Connection, kind: str, ident: str, key: str | None) -> Non
         db.execute("INSERT OR REPLACE INTO made_by VALUES (?, ?, ?)", (kind, ident, key))
 
 
-def read_maker(directory: Path, kind: str, ident: str) -> str | None:
-    """`Registry.maker`, read read-only (`_read_only`): None when there is no registry, no
-    such table yet, or no maker recorded."""
-    with _read_only(directory) as db:
-        if (
-            db is None
-            or not db.execute("SELECT 1 FROM sqlite_master WHERE name='made_by'").fetchone()
-        ):
-            return None
-        row = db.execute("SELECT key FROM made_by WHERE kind=? AND id=?", (kind, ident)).fetchone()
-    return row[0] if row else None
-
-
-def key_sees(root: Path, collection: str, scope: KeyScope | None) -> bool:
-    """Whether an API key of `scope` (None: unlimited) may read `collection` (a vector store)
-    under the index `root`: one its line of the key file names, or a store it made (`made_by`,
-    read read-only; a registry that cannot be read gives no maker: the key reads what its
-    line names). The one lookup both servers make."""
-    if scope is None or collection in scope.collections:
-        return True
+def visible_to(root: Path, collections: list[str], scope: KeyScope | None) -> list[str]:
+    """Those of `collections` (vector stores under the index `root`) an API key of `scope`
+    (None: unlimited) may read: those its line of the key file names, and the stores it made
+    (`made_by`, read read-only, once for all; a registry that cannot be read gives no maker:
+    the key reads what its line names). The one lookup both servers make."""
+    if scope is None:
+        return list(collections)
+    made: dict[str, str] = {}
     try:
-        maker = read_maker(root / UPLOADS, "store", collection)
+        with _read_only(root / UPLOADS) as db:
+            if (
+                db is not None
+                and db.execute("SELECT 1 FROM sqlite_master WHERE name='made_by'").fetchone()
+            ):  # (not in a registry an older clara made)
+                made = dict(db.execute("SELECT id, key FROM made_by WHERE kind='store'"))
     except (OSError, sqlite3.Error) as exc:
         log.warning("the vector stores' makers cannot be read (%s): a key limited to some "
                     "collections reads those only", exc)  # fmt: skip
-        maker = None
-    return scope.sees(collection, maker)
+    return [c for c in collections if scope.sees(c, made.get(c))]
+
+
+def key_sees(root: Path, collection: str, scope: KeyScope | None) -> bool:
+    """Whether an API key of `scope` may read `collection` (`visible_to`)."""
+    return (
+        scope is None
+        or collection in scope.collections
+        or bool(visible_to(root, [collection], scope))
+    )
 
 
 def _values(obj: Any) -> list[Any]:
