@@ -11,6 +11,7 @@ its text, context line, document and where it ranked in each retriever.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ class SearchHit(Contextual):
     scores: dict[str, float] = field(default_factory=dict)  # each retriever's own score
     # (n_mem, d) float32 stored memory vectors, when asked for (`Collection.retrieve`)
     memory: np.ndarray | None = field(default=None, repr=False)
+    collection: str = ""  # the collection it is in (`retrieve_across` searches several)
 
 
 # FTS5's BM25 floors a word's IDF at 1e-6 when it is in half the chunks or more, so a chunk
@@ -79,8 +81,28 @@ def retrieve(
     dense and hybrid, and by lexical when it falls back), best first, among the chunk ids
     `only` when given; the dense side's nearest `rerank` re-scored by MaxSim
     (`Collection.search`)."""
+    return retrieve_across([(col, only)], text, vector, k, mode, fusion, rerank)
+
+
+def retrieve_across(
+    searched: Sequence[tuple[Collection, np.ndarray | None]],
+    text: str,
+    vector: np.ndarray | None,
+    k: int = 5,
+    mode: str = "hybrid",
+    fusion: Fusion | None = None,
+    rerank: int = 0,
+) -> list[SearchHit]:
+    """`retrieve` over several collections at once, each among its chunk ids `only` when
+    given (`searched`: [(collection, only)]), as if they were one: each retriever's
+    candidates from all of them are ranked together by its own score, then fused. The dense
+    scores of collections indexed by one model are the same cosine (or MaxSim); BM25 weighs
+    a word by how rare it is in its own collection, so lexical scores are close, not equal.
+    A collection without a full-text index adds no lexical candidates (alone, it is searched
+    dense, as `retrieve` does)."""
     check_mode(mode)
-    if only is not None and len(only) == 0:
+    searched = [(col, only) for col, only in searched if only is None or len(only)]
+    if not searched:
         return []  # (a filter no document passes)
     fusion = fusion or Fusion()
     # (twice k from one retriever: room for the copies `_hits` leaves out)
@@ -88,14 +110,26 @@ def retrieve(
     if vector is None and mode != "lexical":
         raise InvalidArgumentError(f"{mode} retrieval needs the question's query vector")
     terms = query_terms(text)
-    lexical = col.search_lexical(terms, depth, only) if mode != "dense" else None
+    lexical = None
+    if mode != "dense":
+        found = [
+            (i, col.search_lexical(terms, depth, only)) for i, (col, only) in enumerate(searched)
+        ]
+        if any(hits is not None for _, hits in found):
+            lexical = _ranked([(i, cid, s) for i, hits in found for cid, s in hits or []])
     if lexical is None and mode != "dense":
         if vector is None:
             return []  # lexical alone, nothing to search with
         mode = "dense"  # no usable word, or no full-text index
     dense: list = []
     if mode != "lexical":
-        dense = [(h.chunk_id, h.score) for h in col.search(vector, depth, rerank, only)[0]]
+        dense = _ranked(
+            [
+                (i, h.chunk_id, h.score)
+                for i, (col, only) in enumerate(searched)
+                for h in col.search(vector, depth, rerank, only)[0]
+            ]
+        )
     if mode == "hybrid":  # only matches on a word that tells chunks apart
         floor = FLOORED_WORD_BM25 * len(terms)  # (distinct terms)
         lexical = [hit for hit in lexical if hit[1] > floor] or lexical
@@ -111,7 +145,18 @@ def retrieve(
         only = rankings[mode]
         own = dense_scores if mode == "dense" else lexical_scores
         fused = [Fused(i, own[i], {mode: r}) for r, i in enumerate(only, start=1)]
-    return _hits(col, fused, k * 2, mode, dense_scores, lexical_scores)[:k]
+    cols = [col for col, _ in searched]
+    return _hits(cols, fused, k * 2, mode, dense_scores, lexical_scores)[:k]
+
+
+def _ranked(found: list[tuple[int, int, float]]) -> list[tuple[tuple[int, int], float]]:
+    """[((collection's place, chunk id), score)] best first: one retriever's candidates, each
+    collection's best first, from every collection searched (a stable sort: one
+    collection's ties keep its order; one collection's list is taken as it is)."""
+    ranked = [((i, cid), s) for i, cid, s in found]
+    if len({i for i, _, _ in found}) > 1:
+        ranked.sort(key=lambda t: -t[1])
+    return ranked
 
 
 def without_copies(hits: list[SearchHit]) -> list[SearchHit]:
@@ -127,16 +172,22 @@ def without_copies(hits: list[SearchHit]) -> list[SearchHit]:
     return out
 
 
-def _hits(col, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchHit]:
-    """Fused items -> hits with text and document, `without_copies`; ids removed meanwhile
-    are skipped."""
+def _hits(cols, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchHit]:
+    """Fused items ((collection's place in `cols`, chunk id)) -> hits with text and
+    document, `without_copies`; ids removed meanwhile are skipped."""
     top = fused[:limit]
-    chunks = {c.id: c for c in col.chunks([f.id for f in top])}
-    docs = {d: col.document(d) for d in {c.doc_id for c in chunks.values()}}
+    chunks, docs = {}, {}
+    for i, col in enumerate(cols):
+        ids = [cid for at, cid in (f.id for f in top) if at == i]
+        if not ids:
+            continue
+        found = {c.id: c for c in col.chunks(ids)}
+        chunks.update({(i, cid): c for cid, c in found.items()})
+        docs.update({(i, d): col.document(d) for d in {c.doc_id for c in found.values()}})
     out = []
     for f in top:
         c = chunks.get(f.id)
-        d = docs.get(c.doc_id) if c is not None else None
+        d = docs.get((f.id[0], c.doc_id)) if c is not None else None
         if d is None:
             continue
         scores = {"dense": dense_scores.get(f.id), "lexical": lexical_scores.get(f.id)}
@@ -145,6 +196,7 @@ def _hits(col, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchH
                 c.id, c.doc_id, d.name, d.path, c.ordinal, c.page_start, c.page_end, c.text,
                 c.context, float(f.score), mode, dict(f.ranks),
                 {n: float(v) for n, v in scores.items() if v is not None},
+                collection=cols[f.id[0]].name,
             )
         )  # fmt: skip
     return without_copies(out)

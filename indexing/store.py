@@ -49,7 +49,7 @@ from indexing.durable import (
     fsync_dir,
     remove_quietly,
 )
-from indexing.hybrid import SearchHit, retrieve
+from indexing.hybrid import SearchHit, retrieve_across
 from indexing.layout import (
     META,
     case_clash,
@@ -706,19 +706,7 @@ class Collection:
         `memories` their stored memory vectors (`SearchHit.memory`)."""
         if k < 0 or rerank < 0:
             raise InvalidArgumentError(f"k and rerank must be 0 or more, got {k} and {rerank}")
-        only = None if documents is None else self.chunk_ids_of(documents)
-        for _ in range(3):
-            hits = retrieve(self, text, vector, k, mode, fusion, rerank, only)
-            if not (memories and hits):
-                return hits
-            try:
-                vectors = self.memories([h.chunk_id for h in hits])
-            except KeyError:  # a document removed between search and read: search again
-                continue
-            for hit, memory in zip(hits, vectors):
-                hit.memory = memory
-            return hits
-        raise CollectionError(f"collection '{self.name}' keeps changing; try again")
+        return retrieve_from([(self, documents)], text, vector, k, mode, fusion, rerank, memories)
 
     def memories(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Stored memory vectors of these chunks: (k, n_mem, d) float32, in the order asked."""
@@ -800,3 +788,36 @@ def collection_counts(root: str | Path | None, name: str) -> tuple[int, int]:
             return meta.counts()
     finally:
         meta.close()
+
+
+def retrieve_from(
+    searched: Sequence[tuple[Collection, Sequence[str] | None]],
+    text: str,
+    vector: np.ndarray | None,
+    k: int = 5,
+    mode: str = "hybrid",
+    fusion: Fusion | None = None,
+    rerank: int = 0,
+    memories: bool = False,
+) -> list[SearchHit]:
+    """`Collection.retrieve` over several collections as one (`searched`: [(collection,
+    documents)], documents None for all of its own); each hit names its `collection`."""
+    if k < 0 or rerank < 0:
+        raise InvalidArgumentError(f"k and rerank must be 0 or more, got {k} and {rerank}")
+    cols = {col.name: col for col, _ in searched}
+    for _ in range(3):
+        only = [(c, None if d is None else c.chunk_ids_of(d)) for c, d in searched]
+        hits = retrieve_across(only, text, vector, k, mode, fusion, rerank)
+        if not (memories and hits):
+            return hits
+        try:
+            for name in {h.collection for h in hits}:
+                mine = [h for h in hits if h.collection == name]
+                for hit, memory in zip(mine, cols[name].memories([h.chunk_id for h in mine])):
+                    hit.memory = memory
+        except KeyError:  # a document removed between search and read: search again
+            continue
+        return hits
+    names = ", ".join(f"'{n}'" for n in cols)
+    what = f"collection {names} keeps" if len(cols) == 1 else f"collections {names} keep"
+    raise CollectionError(f"{what} changing; try again")

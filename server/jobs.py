@@ -45,6 +45,8 @@ class Retrieved:
     memories: np.ndarray | None = None  # (k, n_mem, d) float32, memory mode only
     detail: str | None = None  # why there are no sources
     query: str = ""  # what was searched for
+    collections: list[str] = field(default_factory=list)  # every one searched, when several
+    # (`collection` is then the first)
 
     def cited(self, answer: str) -> list[int]:
         """Positions of the sources `answer` draws on, as its words tell (the generator reads

@@ -55,6 +55,18 @@ _NOTED: set[tuple[str, tuple[str, ...]]] = set()  # (request, unknown fields) al
 _NOTED_TOOLS: list[bool] = []  # whether tools sent and not called were logged
 #: tools (or functions) a chat completion may name (OpenAI takes 128)
 MAX_TOOLS = 128
+#: collections one request may search together (`collection` as a list, or a file_search
+#: tool's vector stores)
+MAX_SEARCHED = 8
+CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME)]
+CollectionNames = Annotated[list[CollectionName], Field(min_length=1, max_length=MAX_SEARCHED)]
+
+
+def collection_names(collection: str | list[str] | None) -> list[str]:
+    """A request's `collection` (a name, or several) as a list, without repeats."""
+    if collection is None:
+        return []
+    return list(dict.fromkeys([collection] if isinstance(collection, str) else collection))
 
 
 def refuse(param: str, what: str) -> NoReturn:
@@ -229,8 +241,9 @@ class ChatCompletionRequest(_Request):
     # ---- CLaRa extensions (the SDK's `extra_body`) ----
     top_k: json_int(ge=0, le=100) | None = None
     """Chunks to retrieve (default: the server's --top-k); 0 turns retrieval off."""
-    collection: str | None = Field(default=None, pattern=COLLECTION_NAME)
-    """Index collection to search (default: the server's --collection)."""
+    collection: CollectionName | CollectionNames | None = None
+    """Index collection to search (default: the server's --collection), or a list of up to
+    MAX_SEARCHED searched as one."""
     retrieval: bool = True
     """False: answer with the bare base model, no retrieval."""
     mode: Literal[READING_MODES] | None = None
@@ -318,7 +331,7 @@ class ChatCompletionRequest(_Request):
             retrieval_mode=self.retrieval_mode or defaults.retrieval_mode,
             filters=self.filters,
             top_k=defaults.top_k if self.top_k is None else self.top_k,
-            collection=self.collection or default_collection(defaults),
+            collections=collection_names(self.collection) or [default_collection(defaults)],
             scope=SCOPE.get(),
             max_tokens=defaults.capped(
                 self.max_completion_tokens or self.max_tokens or defaults.max_tokens
@@ -404,7 +417,7 @@ class RagParams:
     retrieval_mode: str = "hybrid"
     filters: dict[str, Any] | None = None  # attribute filters (checked): which documents
     top_k: int = 5
-    collection: str = "default"
+    collections: list[str] = field(default_factory=lambda: ["default"])  # searched as one
     max_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
@@ -463,6 +476,8 @@ class RetrievalInfo(_Response):
 
     status: str
     collection: str | None = None
+    collections: list[str] | None = None  # every one searched, when several (`collection`
+    # is then the first)
     mode: str
     top_k: int
     detail: str | None = None
@@ -716,7 +731,7 @@ class CompletionRequest(_Request):
             retrieval=False,
             mode="text",
             top_k=0,
-            collection=defaults.collection,
+            collections=[defaults.collection],
             max_tokens=defaults.capped(self.max_tokens or 16),
             logprobs=self.logprobs is not None,
             top_logprobs=self.logprobs or 0,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from indexing.meta import contextual
 from indexing.open_collections import OpenCollections
 from indexing.service.search import document_attributes, filtered_documents
 from indexing.service.state import key_sees, read_links
-from indexing.store import Collection
+from indexing.store import Collection, retrieve_from
 from server.jobs import Retrieved, SourceInfo
 from server.metrics import Metrics
 from server.protocol import RagParams
@@ -89,31 +90,39 @@ class Rag:
 
     def retrieve(self, p: RagParams, qvec: np.ndarray | None) -> Retrieved:
         """The request's sources (and memories); `qvec` is its query encoding (None exactly
-        when the request does not retrieve)."""
+        when the request does not retrieve). Several collections are searched as one
+        (`retrieve_from`)."""
         if not p.retrieval or p.top_k == 0:
             return Retrieved("disabled", None, detail="retrieval turned off by the request")
         if isinstance(p.scope, str):  # (made without its request's key: whose is unknown)
             raise RuntimeError("RagParams.scope was not given: which collections may be read?")
-        if not key_sees(self.root, p.collection, p.scope):
-            raise self._not_its(p)
+        for name in p.collections:
+            if not key_sees(self.root, name, p.scope):
+                raise self._not_its(p, name)
         try:
-            with self._collections.lease(p.collection) as coll:
-                return self._retrieve(p, qvec, coll)
-        except CollectionNameCaseError:  # (its message names the collection there is)
-            if p.scope is not None:
-                raise self._not_its(p) from None
-            raise
+            with ExitStack() as leases:
+                found = [(name, self._lease(leases, p, name)) for name in p.collections]
+                return self._retrieve(p, qvec, found)
         except Exception as exc:  # a damaged collection, a disk error, another model's index,
             if not isinstance(exc, _ASKED_WRONG):  # a lock: counted, as the others are (not
                 self.metrics.retrievals.inc(status="error")  # the request's own wrong name)
             raise
 
+    def _lease(self, leases: ExitStack, p: RagParams, name: str) -> Collection | None:
+        """Collection `name` open until `leases` close (None: there is none yet)."""
+        try:
+            return leases.enter_context(self._collections.lease(name))
+        except CollectionNameCaseError:  # (its message names the collection there is)
+            if p.scope is not None:
+                raise self._not_its(p, name) from None
+            raise
+
     @staticmethod
-    def _not_its(p: RagParams) -> CollectionNotFoundError:
+    def _not_its(p: RagParams, name: str) -> CollectionNotFoundError:
         """What a key limited to some collections is told of one it may not read."""
         scope = p.scope
         theirs = ", ".join(scope.collections) if scope and scope.collections else "none"
-        what = f"no collection '{p.collection}'" if p.collection else "no collection named"
+        what = f"no collection '{name}'" if name else "no collection named"
         return CollectionNotFoundError(
             f"{what} for the API key {scope and scope.key}: it reads the collections its line "
             f"of the key file names ({theirs}) and the vector stores it made; name one of them "
@@ -121,39 +130,50 @@ class Rag:
         )
 
     def _retrieve(
-        self, p: RagParams, qvec: np.ndarray | None, coll: Collection | None
+        self, p: RagParams, qvec: np.ndarray | None, found: list[tuple[str, Collection | None]]
     ) -> Retrieved:
-        if coll is None:
-            if p.collection != self.default:
+        names = [name for name, _ in found]
+        first, several = names[0], names if len(names) > 1 else []
+        for name, coll in found:
+            if coll is None and name != self.default:
                 raise CollectionNotFoundError(
-                    f"no collection '{p.collection}' on this server; index documents into "
-                    "it first (clara-index add --collection NAME) or leave 'collection' out"
+                    f"no collection '{name}' on this server; index documents into it first "
+                    "(clara-index add --collection NAME) or leave 'collection' out"
                 )
+        found = [(name, coll) for name, coll in found if coll is not None]
+        if not found:  # (the server's default collection, before anything was indexed)
             self.metrics.retrievals.inc(status="no_index")
-            where = self.root / p.collection
-            return Retrieved("no_index", p.collection, detail=f"no index at {where} yet")
-        documents = None
-        if p.filters is not None:  # (the documents an attribute filter lets through)
-            documents = filtered_documents(self.attributes(p.collection, coll), p.filters)
-        hits = coll.retrieve(  # text + document (+ memories)
+            where = self.root / self.default
+            return Retrieved(
+                "no_index", first, detail=f"no index at {where} yet", collections=several
+            )
+        searched = []  # [(collection, the documents an attribute filter lets through)]
+        for name, coll in found:
+            documents = None
+            if p.filters is not None:
+                documents = filtered_documents(self.attributes(name, coll), p.filters)
+            searched.append((coll, documents))
+        hits = retrieve_from(  # text + document (+ memories)
+            searched,
             p.query,
             qvec,
             p.top_k,
             p.retrieval_mode,
             rerank=self.cm.config.dense_rerank,
             memories=p.mode in ("memory", "mixed"),
-            documents=documents,
         )
         if not hits:
-            empty = coll.stats()["chunks"] == 0
+            empty = all(coll.stats()["chunks"] == 0 for _, coll in found)
             status = "empty_index" if empty else "no_match"
             self.metrics.retrievals.inc(status=status)
-            detail = "the collection is empty" if empty else "no chunk matched the words"
-            if documents == [] and not empty:
+            it = "the collection is" if len(names) == 1 else "the collections are"
+            detail = f"{it} empty" if empty else "no chunk matched the words"
+            passed = [d for _, d in searched]
+            if all(d == [] for d in passed) and not empty:
                 detail = "no document's attributes pass the filters"
-            elif documents is not None and not empty:
+            elif p.filters is not None and not empty:
                 detail = "no chunk of the documents the filters let through matched"
-            return Retrieved(status, p.collection, detail=detail)
+            return Retrieved(status, first, detail=detail, collections=several)
         memories = np.stack([h.memory for h in hits]) if hits[0].memory is not None else None
         sources = [
             SourceInfo(
@@ -165,7 +185,7 @@ class Rag:
                 page_end=h.page_end,
                 score=h.score,
                 text=h.text,
-                collection=p.collection,
+                collection=h.collection,
                 context=h.context,
                 ranks=h.ranks,
                 retrieval_mode=h.mode,
@@ -174,7 +194,7 @@ class Rag:
             for h in hits
         ]
         self.metrics.retrievals.inc(status="ok")
-        return Retrieved("ok", p.collection, sources, memories, query=p.query)
+        return Retrieved("ok", first, sources, memories, query=p.query, collections=several)
 
     def prompt(self, p: RagParams, r: Retrieved) -> tuple[Prompt, str | None]:
         """(prompt, adapter): memories (and for "mixed" the best chunk's text) -> generator

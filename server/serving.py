@@ -54,6 +54,7 @@ from server.protocol import (
     TopLogprob,
     URLCitation,
     Usage,
+    collection_names,
     completion_id,
     default_collection,
 )
@@ -269,14 +270,17 @@ class OpenAIServing:
             return None
         return collection if re.fullmatch(COLLECTION_NAME, collection) else None
 
-    def named_collection(self, model: str | None, collection: str | None, param: str) -> str | None:
-        """The collection of a request's model name (`collection_of`), checked against the one
+    def named_collection(
+        self, model: str | None, collection: str | list[str] | None, param: str
+    ) -> str | None:
+        """The collection of a request's model name (`collection_of`), checked against those
         it names (`collection`, the request's `param`): both and not the same is a 400."""
         named = self.collection_of(model)
-        if named is not None and collection not in (None, named):
+        asked = collection_names(collection)
+        if named is not None and asked not in ([], [named]):
             raise APIError(
                 400, f"the model '{model}' searches the collection '{named}', and the request "
-                f"names '{collection}': name one of them", param=param,
+                f"names {', '.join(repr(n) for n in asked)}: name one of them", param=param,
             )  # fmt: skip
         return named
 
@@ -358,7 +362,7 @@ class OpenAIServing:
         req.check_supported()
         params = req.to_params(self.defaults)
         if named := self.named_collection(req.model, req.collection, "collection"):
-            params.collection = named
+            params.collections = [named]
         bare = self.is_bare(req.model)
         params.retrieval = params.retrieval and not bare
         job, ready = await self.start_chat(params, request)
@@ -372,6 +376,7 @@ class OpenAIServing:
             retrieval=RetrievalInfo(
                 status=r.status,
                 collection=r.collection,
+                collections=r.collections or None,
                 mode=params.mode,
                 top_k=params.top_k,
                 detail=r.detail,

@@ -157,3 +157,65 @@ def test_a_text_held_twice_is_one_hit(col: Collection, mode: str):
     texts = [" ".join(h.text.split()) for h in hits]
     assert len(texts) == len(set(texts)) and TEXTS["tea"] in texts
     assert len(hits) == (3 if mode != "lexical" else 1)  # (words: only the tea texts match)
+
+
+def test_several_collections_are_searched_as_one(tmp_path: Path):
+    """`retrieve_from` over two collections ranks as one collection holding both would, by
+    dense score (the same cosine in each); each hit names its collection and, asked for, has
+    its own memory; a document filter applies to its own collection; a text in both is one
+    hit."""
+    from indexing.store import retrieve_from
+
+    rng = np.random.default_rng(1)
+    texts = {
+        **TEXTS,
+        "rye": "Rye bread keeps a week wrapped in linen.",
+        "ink": "Ink dries faster on warm paper.",
+    }
+    whole = Collection.open(tmp_path, "whole", manifest=MANIFEST, create=True)
+    parts = [Collection.open(tmp_path, n, manifest=MANIFEST, create=True) for n in ("a", "b")]
+    vecs = {}
+    for i, (name, text) in enumerate(texts.items()):
+        vecs[name] = rng.standard_normal((1, N_MEM, D)).astype(np.float32)
+        for c in (whole, parts[i % 2]):
+            c.add_document(
+                f"/d/{name}.txt",
+                name,
+                f"sha-{name}",
+                [ChunkRecord(text, 1, 1, 9, name)],
+                vecs[name],
+            )
+    for query in ("rye", "ink", "git"):
+        q = vecs[query][0] + 0.5 * rng.standard_normal((N_MEM, D)).astype(np.float32)
+        one = whole.retrieve("x", q, k=5, mode="dense")
+        both = retrieve_from(
+            [(parts[0], None), (parts[1], None)], "x", q, 5, "dense", memories=True
+        )
+        assert names(both) == names(one) and [h.score for h in both] == pytest.approx(
+            [h.score for h in one]
+        )
+        owner = {name: "ab"[i % 2] for i, name in enumerate(texts)}
+        assert [h.collection for h in both] == [owner[h.doc_name] for h in both]
+        for h in both:
+            np.testing.assert_allclose(h.memory, vecs[h.doc_name][0], atol=1e-2)
+        hybrid = retrieve_from([(parts[0], None), (parts[1], None)], query, q, 2, "hybrid")
+        assert names(hybrid)[0] == query  # its word and its vector
+    tea_doc = parts[0].find_by_path("/d/tea.txt").id
+    only_tea = retrieve_from(
+        [(parts[0], [tea_doc]), (parts[1], None)], "x", vecs["tea"][0], 5, "dense"
+    )
+    assert "tea" in names(only_tea) and not {"bikes", "ink"} & set(names(only_tea))  # (a's others)
+    assert retrieve_from([(parts[0], []), (parts[1], [])], "x", vecs["tea"][0], 5, "dense") == []
+    parts[1].add_document(
+        "/e/tea.txt",
+        "tea-copy",
+        "sha-tea2",
+        [ChunkRecord(TEXTS["tea"], 1, 1, 9, "tea")],
+        vecs["tea"],
+    )
+    copies = retrieve_from(
+        [(parts[0], None), (parts[1], None)], "green tea", vecs["tea"][0], 5, "hybrid"
+    )
+    assert [h.text for h in copies].count(TEXTS["tea"]) == 1
+    for c in (whole, *parts):
+        c.close()

@@ -231,6 +231,16 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
             tools=[{"type": "file_search", "vector_store_ids": [store.id]}],
         )  # fmt: skip
         assert searched.output[0].type == "file_search_call"
+        both = hr.chat.completions.create(**chat, extra_body={"collection": [store.id, "handbook"]})
+        assert both.model_extra["retrieval"]["collections"] == [store.id, "handbook"]
+        for mixed in ([store.id, "payroll"], ["handbook", "nope"]):  # one not its own: a 404
+            with pytest.raises(openai.NotFoundError, match=f"no collection '{mixed[1]}'"):
+                hr.chat.completions.create(**chat, extra_body={"collection": mixed})
+            with pytest.raises(openai.NotFoundError, match=f"'{mixed[1]}'"):
+                hr.responses.create(
+                    model="clara", input="salary?", max_output_tokens=1,
+                    tools=[{"type": "file_search", "vector_store_ids": mixed}],
+                )  # fmt: skip
         assert as_(server.url, "sk-sales").vector_stores.list().data[0].id == "handbook"
         # the keyless response: every unlimited key's, no limited key's
         assert admin.responses.retrieve(old).id == old

@@ -600,6 +600,57 @@ def test_a_follow_up_searches_what_its_previous_response_searched(
     assert named.model_extra["retrieval"]["collection"] == "default"
 
 
+def test_file_search_over_several_stores_searches_them_as_one(
+    client: openai.OpenAI, knowledge_base
+) -> None:
+    """A file_search tool with two vector stores (a 400 before): their chunks are ranked
+    together, each result keeps its own store's attributes, a filter applies to both, a
+    follow-up searches both again, and one deleted since is named in its 404. Chat
+    completions take a list in `collection` the same way."""
+    store_id, file_id = knowledge_base
+    text = "The ferry to the island leaves the harbour at dawn and returns at dusk."
+    f = client.files.create(file=("ferry.md", text.encode()), purpose="assistants")
+    other = client.vector_stores.create(name="ferries")
+    client.vector_stores.files.create_and_poll(
+        file_id=f.id, vector_store_id=other.id, attributes={"team": "boats"},
+        poll_interval_ms=50,
+    )  # fmt: skip
+    tool = {"type": "file_search", "vector_store_ids": [store_id, other.id], "max_num_results": 2}
+    for question, first in ((text, f.id), (GUIDE, file_id)):
+        r = client.responses.create(
+            model=MODEL, input=question, tools=[tool], include=["file_search_call.results"],
+            max_output_tokens=1,
+        )  # fmt: skip
+        assert [x.file_id for x in r.output[0].results] == [
+            first,
+            ({f.id, file_id} - {first}).pop(),
+        ]
+        assert r.model_extra["retrieval"]["collections"] == [store_id, other.id]
+        attributes = {x.file_id: x.attributes for x in r.output[0].results}
+        assert attributes[f.id]["team"] == "boats" and "team" not in attributes[file_id]
+    boats = {"type": "eq", "key": "team", "value": "boats"}
+    only = client.responses.create(
+        model=MODEL, input=GUIDE, tools=[{**tool, "filters": boats}], max_output_tokens=1,
+        include=["file_search_call.results"],
+    )  # fmt: skip
+    assert [x.file_id for x in only.output[0].results] == [f.id]
+    follow = client.responses.create(
+        model=MODEL, input=text, previous_response_id=r.id, max_output_tokens=1
+    )
+    assert follow.model_extra["retrieval"]["collections"] == [store_id, other.id]
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=1,
+        extra_body={"collection": [other.id, store_id], "top_k": 2},
+    )  # fmt: skip
+    assert [s["filename"] for s in chat.choices[0].message.sources] == ["ferry.md", "capitals.md"]
+    assert [s["collection"] for s in chat.choices[0].message.sources] == [other.id, store_id]
+    client.vector_stores.delete(other.id)
+    with pytest.raises(openai.NotFoundError) as err:
+        client.responses.create(model=MODEL, input=text, previous_response_id=r.id)
+    assert err.value.code == "collection_not_found" and f"'{other.id}'" in err.value.message
+    assert f"'{store_id}'" not in err.value.message
+
+
 def test_a_chain_with_a_gap_or_no_answer_yet_says_so(client: openai.OpenAI, server, tmp) -> None:
     """A Responses audit: a deleted earlier turn silently shortened every later turn's
     conversation; a chain to a response still being answered (or failed with no text) read an
@@ -720,7 +771,7 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
             "tools.[0].vector_store_ids.[0]",
         ),
         (
-            {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["a", "b"]}]},
+            {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["a"] * 9}]},
             "tools.[0].vector_store_ids",
         ),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
@@ -740,8 +791,8 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
     else:
         assert err["param"].startswith("input.[0].content"), err
         assert "reads text only" in err["message"]
-    if param == "tools.[0].vector_store_ids":  # (pydantic's "List should have at most 1
-        assert "one vector store per request, not 2" in err["message"]  # item": whose limit?)
+    if param == "tools.[0].vector_store_ids":  # (pydantic's "List should have at most 8
+        assert "at most 8 vector stores per request, not 9" in err["message"]  # items": whose)
     if "frobnicate" in body:  # (pydantic's "Extra inputs are not permitted" said less)
         assert err["message"].startswith("unknown parameter 'frobnicate'"), err
     if body["input"] and isinstance(body["input"], list) and "call_id" in body["input"][0]:

@@ -114,7 +114,7 @@ def test_request_to_pipeline_params() -> None:
     assert p.question == "last" and p.system == "Be brief."
     assert [m["content"] for m in p.history] == ["q2", "a2", "q3", "a3"]
     assert p.query == "q2\nq3\nlast"  # recent user turns: what retrieval encodes
-    assert p.stop == ["END"] and p.max_tokens == 4 and p.top_k == 3 and p.collection == "docs"
+    assert p.stop == ["END"] and p.max_tokens == 4 and p.top_k == 3 and p.collections == ["docs"]
     assert p.temperature == 0.0 and p.retrieval and p.mode == "memory"
     zero = ChatCompletionRequest.model_validate(
         {"messages": msgs[-1:], "top_p": 0, "temperature": 1.0, "top_k": 0}

@@ -22,7 +22,7 @@ from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicode
 from indexing.filters import AttributeFilter
 from indexing.service.protocol import Attributes, Ranker
-from server.protocol import NULL, only, refuse
+from server.protocol import MAX_SEARCHED, NULL, CollectionName, CollectionNames, only, refuse
 
 VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
 
@@ -91,18 +91,19 @@ class FileSearchRankingOptions(_Request):
 class FileSearchTool(_Request):
     type: Literal["file_search"]
     vector_store_ids: list[Annotated[str, Field(pattern=VECTOR_STORE_ID)]] = Field(
-        min_length=1, max_length=1
+        min_length=1, max_length=MAX_SEARCHED
     )
-    """One vector store (a clara collection) per request."""
+    """Vector stores (clara collections), searched as one: up to MAX_SEARCHED."""
     max_num_results: json_int(ge=1, le=50) | None = None
 
     @field_validator("vector_store_ids", mode="before")
     @classmethod
-    def _one_store(cls, ids: Any) -> Any:
-        if isinstance(ids, list) and len(ids) > 1:  # (pydantic's "List should have at most 1
-            raise APIError(  # item after validation" did not say whose limit it is)
-                400, f"clara-serve searches one vector store per request, not {len(ids)}: ask "
-                "each apart, or add the files to one store", param="tools.[0].vector_store_ids",
+    def _few_stores(cls, ids: Any) -> Any:
+        if isinstance(ids, list) and len(ids) > MAX_SEARCHED:  # (pydantic's "List should have
+            raise APIError(  # at most 8 items after validation" did not say whose limit it is)
+                400, f"clara-serve searches at most {MAX_SEARCHED} vector stores per request, "
+                f"not {len(ids)}: add the files to fewer stores, or ask each group apart",
+                param="tools.[0].vector_store_ids",
             )  # fmt: skip
         return ids
 
@@ -188,9 +189,10 @@ class ResponseCreateRequest(_Request):
     retrieval: bool = True
     """Without a file_search tool the default collection is searched, as chat completions
     does; false answers from the bare model. (With a file_search tool: its vector stores.)"""
-    collection: str | None = Field(default=None, pattern=VECTOR_STORE_ID)
-    """Collection searched without a file_search tool (default: in a `previous_response_id`
-    chain, the one the previous response searched; else the server's --collection)."""
+    collection: CollectionName | CollectionNames | None = None
+    """Collection searched without a file_search tool, or a list of up to MAX_SEARCHED
+    searched as one (default: in a `previous_response_id` chain, those the previous response
+    searched; else the server's --collection)."""
     top_k: json_int(ge=0, le=100) | None = None
     """Chunks to retrieve without a file_search tool (default: the server's --top-k)."""
     mode: Literal[READING_MODES] | None = None

@@ -6,8 +6,8 @@ job; the job's `Ready` (retrieval done) becomes the `file_search_call` output it
 generation chunks the output message, whose `output_text` cites the retrieved files with
 `file_citation` annotations.
 
-A file_search tool searches its vector store (a clara collection; one per request). Without
-one the default collection is searched as chat completions does (the `retrieval` extension
+A file_search tool searches its vector stores (clara collections, up to MAX_SEARCHED, as
+one). Without one the default collection is searched as chat completions does (the `retrieval` extension
 turns that off); `tool_choice: "none"` searches nothing.
 """
 
@@ -29,7 +29,7 @@ from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
 from indexing.service.state import key_sees
 from server.jobs import Ready, SourceInfo
-from server.protocol import ChatCompletionRequest, ChatMessage, checked_filters
+from server.protocol import ChatCompletionRequest, ChatMessage, checked_filters, collection_names
 from server.responses.protocol import (
     FileCitation,
     FileSearchCall,
@@ -268,16 +268,21 @@ class ResponsesServing:
             messages.append(ChatMessage(role="user", content=""))
         return messages, searched
 
-    async def _indexing(self, store_id: str) -> set[str]:
-        """Ids of the files being indexed into the vector store now."""
+    async def _indexing(self, store_ids: list[str]) -> set[tuple[str, str]]:
+        """(store, file id) of the files being indexed into these vector stores now."""
         if self.files is None:
             return set()
-        links = await asyncio.to_thread(self.files.registry.links, store_id=store_id)
-        return {link.file_id for link in links if link.status == "in_progress"}
+        found = set()
+        for store_id in store_ids:
+            links = await asyncio.to_thread(self.files.registry.links, store_id=store_id)
+            found |= {(store_id, ln.file_id) for ln in links if ln.status == "in_progress"}
+        return found
 
-    async def _indexed(self, store_id: str, request: Request, waiting: set[str]) -> None:
+    async def _indexed(
+        self, store_ids: list[str], request: Request, waiting: set[tuple[str, str]]
+    ) -> None:
         """Wait (up to INDEXING_WAIT_S) for `waiting`, the files being indexed into the vector
-        store when the question came, so that a file attached just before it is searched
+        stores when the question came, so that a file attached just before it is searched
         (OpenAI's guide asks right after `vector_stores.files.create`). Files attached later
         are not waited for, and a client that leaves stops the wait."""
         deadline = time.monotonic() + INDEXING_WAIT_S
@@ -285,7 +290,8 @@ class ResponsesServing:
             if time.monotonic() > deadline:
                 log.info(
                     "file_search in %s: %d file(s) still being indexed after %.0f s; answering "
-                    "from what is indexed", store_id, len(waiting), INDEXING_WAIT_S,
+                    "from what is indexed", ", ".join(sorted({s for s, _ in waiting})),
+                    len(waiting), INDEXING_WAIT_S,
                 )  # fmt: skip
                 return
             if await request.is_disconnected():
@@ -293,20 +299,24 @@ class ResponsesServing:
             if (stopping := self.serving.stop_error()) is not None:  # the grace period's end
                 raise stopping
             await asyncio.sleep(0.1)
-            waiting &= await self._indexing(store_id)
+            waiting &= await self._indexing(sorted({s for s, _ in waiting}))
 
-    def _file_search(self, req: ResponseCreateRequest) -> tuple[str, int] | None:
-        """(collection, top_k) of the request's file_search tool; None without one."""
+    def _file_search(self, req: ResponseCreateRequest) -> tuple[list[str], int] | None:
+        """(vector stores, top_k) of the request's file_search tool; None without one."""
         if not req.tools:
             return None
         tool = req.tools[0]
         if len(req.tools) > 1:
-            raise APIError(400, "one file_search tool per request is supported", param="tools")
-        store_id = tool.vector_store_ids[0]
-        if not key_sees(self.root, store_id, SCOPE.get()) or not is_vector_store(
-            self.root, store_id
-        ):  # (another key's: none, before its files being indexed are waited for; looked at
-            raise _no_store(store_id)  # first: one there took longer to refuse, an audit)
+            raise APIError(
+                400, "one file_search tool per request is supported: list every vector store "
+                "in its vector_store_ids", param="tools",
+            )  # fmt: skip
+        store_ids = collection_names(tool.vector_store_ids)
+        for store_id in store_ids:
+            if not key_sees(self.root, store_id, SCOPE.get()) or not is_vector_store(
+                self.root, store_id
+            ):  # (another key's: none, before its files being indexed are waited for; looked
+                raise _no_store(store_id)  # at first: one there took longer to refuse, an audit)
         threshold = tool.ranking_options.score_threshold if tool.ranking_options else None
         if threshold:
             raise APIError(
@@ -314,7 +324,7 @@ class ResponsesServing:
                 "retrieved chunks are all read by the generator)",
                 param="tools.[0].ranking_options.score_threshold",
             )  # fmt: skip
-        return store_id, tool.max_num_results or self.serving.defaults.top_k
+        return store_ids, tool.max_num_results or self.serving.defaults.top_k
 
     def _chat_request(
         self,
@@ -358,9 +368,11 @@ class ResponsesServing:
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, asked, req.top_k
             chat.filters = req.filters
             before = searched_before or {}
-            name = before.get("collection")
-            if asked in (None, name) and name and is_vector_store(self.root, name):
-                chat.collection = name
+            names = before.get("collections") or [before.get("collection")]
+            names = [n for n in names if isinstance(n, str) and n]  # (as stored: checked)
+            there = [n for n in names if is_vector_store(self.root, n)]
+            if collection_names(asked) in ([], names) and names and there == names:
+                chat.collection = names
                 if req.top_k is None and isinstance(before.get("top_k"), int):
                     chat.top_k = before["top_k"]
                 if req.filters is None and isinstance(before.get("filters"), dict):  # (a follow-up
@@ -369,11 +381,13 @@ class ResponsesServing:
             elif (
                 asked is None
                 and req.retrieval
-                and name
-                and name != self.serving.defaults.collection
+                and names
+                and names != [self.serving.defaults.collection]
             ):  # (it searched the server's default collection, another team's documents:
-                raise APIError(  # an audit)
-                    404, f"the vector store '{name}' this conversation searched was deleted: "
+                gone = [n for n in names if n not in there]  # an audit)
+                which = ", ".join(f"'{n}'" for n in gone or names)
+                raise APIError(
+                    404, f"the vector store {which} this conversation searched was deleted: "
                     "give a file_search tool or `collection` to search another one, or send "
                     "`retrieval: false` to go on without documents",
                     param="previous_response_id", code="collection_not_found",
@@ -392,12 +406,13 @@ class ResponsesServing:
         messages, before = await asyncio.to_thread(self._messages, req, turn)  # reads the store
         bare = serving.is_bare(req.model)
         chat, searched = self._chat_request(req, messages, bare, before)
-        waiting = await self._indexing(chat.collection) if searched else set()
+        stores = collection_names(chat.collection)
+        waiting = await self._indexing(stores) if searched else set()
         if req.stream and waiting:  # headers and keep-alives now, not after the wait
             wait_then = self._wait_then_stream(req, request, chat, turn, bare, waiting)
             return self._streamed(wait_then)
         if waiting:
-            await self._indexed(chat.collection, request, waiting)
+            await self._indexed(stores, request, waiting)
         run = await self._start(req, request, chat, searched, turn, bare)
         if req.stream:
             return self._streamed(run.events())
@@ -418,7 +433,8 @@ class ResponsesServing:
         """A stream whose vector store has files being indexed: keep-alive comments while
         they finish (a proxy would cut a silent request), then the response's events; what
         fails before the first of them is an `error` event, as headers are sent."""
-        wait = asyncio.ensure_future(self._indexed(chat.collection, request, waiting))
+        stores = collection_names(chat.collection)
+        wait = asyncio.ensure_future(self._indexed(stores, request, waiting))
         try:
             while not wait.done():
                 await asyncio.wait({wait}, timeout=self.serving.keepalive_s)
@@ -455,7 +471,9 @@ class ResponsesServing:
             if exc.param == "messages":  # chat's name for what a response takes as `input`
                 exc.param = "input"
             if searched and exc.code == "collection_not_found":  # deleted while its files
-                raise _no_store(chat.collection) from None  # were waited for
+                stores = collection_names(chat.collection)  # were waited for
+                gone = [n for n in stores if not is_vector_store(self.root, n)] or stores
+                raise _no_store(gone[0]) from None
             raise
         response = Response(
             model=serving.model_name(bare, req.model),
@@ -479,6 +497,7 @@ class ResponsesServing:
             truncation=truncation,
             retrieval={
                 "status": ready.retrieved.status, "collection": ready.retrieved.collection,
+                **({"collections": r} if (r := ready.retrieved.collections) else {}),
                 "mode": params.mode, "top_k": params.top_k,
                 "retrieval_mode": params.retrieval_mode,
                 **({"filters": params.filters} if params.filters is not None else {}),
@@ -488,8 +507,9 @@ class ResponsesServing:
         if searched:
             results = None
             if "file_search_call.results" in (req.include or []):
-                own = await asyncio.to_thread(self._own_attributes, chat.collection)
-                results = [self._result(s, own.get(s.file_id)) for s in ready.retrieved.sources]
+                sources = ready.retrieved.sources
+                own = await asyncio.to_thread(self._own_attributes, {s.collection for s in sources})
+                results = [self._result(s, own.get((s.collection, s.file_id))) for s in sources]
             call = FileSearchCall(queries=[params.query], results=results)
         return ResponseRun(self, job, ready, response, call, turn, params.logprobs)
 
@@ -498,12 +518,16 @@ class ResponsesServing:
         `clara-index add` indexed have no upload)."""
         return s.file_id or s.document_id
 
-    def _own_attributes(self, store_id: str) -> dict[str, dict[str, Any]]:
-        """file id -> the attributes the app gave it in this vector store."""
+    def _own_attributes(self, store_ids: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
+        """(store, file id) -> the attributes the app gave the file in that vector store."""
         if self.files is None:
             return {}
-        links = self.files.registry.links(store_id=store_id)
-        return {link.file_id: link.attributes for link in links if link.attributes}
+        return {
+            (store_id, link.file_id): link.attributes
+            for store_id in store_ids
+            for link in self.files.registry.links(store_id=store_id)
+            if link.attributes
+        }
 
     def _result(self, s: SourceInfo, own: dict[str, Any] | None) -> FileSearchResult:
         path = None if s.file_id else s.path  # (an upload's is the server's folder)
