@@ -20,7 +20,13 @@ from indexing.meta import Contextual
 from indexing.readers import Document, Page, code_blocks
 
 PAGE_SEPARATOR = "\n\n"
+#: kinds whose pages are slides: no chunk spans two (a fact on slide 7 is cited "slide 7",
+#: not "slides 5-8", and its memory holds that slide only)
+SLIDE_KINDS = frozenset({"pptx", "odp"})
+#: kinds whose lines are table rows: a chunk starts at a row's start, with its column names
+ROW_KINDS = frozenset({"xlsx", "ods"})
 PREFER_BOUNDARY_WITHIN = 0.2  # look for a sentence/paragraph end in the last 20% of a chunk
+PREFER_ROW_END_WITHIN = 0.5  # and for a table row's end in the last half
 
 _SENTENCE_END = ".!?;:…؟۔।॥"  # (Arabic and Urdu, Devanagari too)
 _CJK_SENTENCE_END = "。！？；"
@@ -60,12 +66,22 @@ def chunk_document(
     def count(s: str) -> int:
         return len(tokenizer.encode(s, add_special_tokens=False))
 
-    offsets = _token_offsets(tokenizer, text)
-    splitter = (
-        _TokenSplitter(text, offsets, count) if offsets is not None else _CharSplitter(text, count)
-    )
-    splitter.fences = code_blocks(text) if doc.kind == "markdown" else ()
-    spans = splitter.spans(max_tokens, overlap)
+    def spans_of(part: str, at: int) -> list[tuple[int, int, int]]:
+        offsets = _token_offsets(tokenizer, part)
+        splitter = (
+            _TokenSplitter(part, offsets, count)
+            if offsets is not None
+            else _CharSplitter(part, count)
+        )
+        splitter.fences = code_blocks(part) if doc.kind == "markdown" else ()
+        splitter.rows = doc.kind in ROW_KINDS
+        return [(at + cs, at + ce, n) for cs, ce, n in splitter.spans(max_tokens, overlap)]
+
+    if doc.kind in SLIDE_KINDS:  # each slide apart: a chunk is cited by its own slide
+        ends = [s - len(PAGE_SEPARATOR) for s in starts[1:]] + [len(text)]
+        spans = [span for a, b in zip(starts, ends) for span in spans_of(text[a:b], a)]
+    else:
+        spans = spans_of(text, 0)
 
     headings = find_headings(
         text, doc.kind, doc.headings, doc.heading_lines if len(doc.pages) == 1 else None
@@ -141,6 +157,32 @@ def _rank(text: str, pos: int) -> int:
     return 1 if gap else 0
 
 
+def _line_start(text: str, pos: int) -> bool:
+    """Whether a cut before text[pos] is between lines: the whitespace around it holds a line
+    break (a tokenizer may put the break in the next line's first token)."""
+    i = j = pos
+    while i > max(0, pos - 64) and text[i - 1].isspace():
+        i -= 1
+    while j < min(len(text), pos + 64) and text[j].isspace():
+        j += 1
+    return pos <= 0 or pos >= len(text) or "\n" in text[i:j]
+
+
+def _start(
+    text: str, starts: list[int], pos: Callable[[int], int], rows: bool, default: int
+) -> int:
+    """The next chunk's start among `starts` (the overlap's candidates, earliest first): the
+    first at a line's start for table rows (a row cut in two lost its first columns' names;
+    `default`, the end of the chunk before, when none is), else the first at a word's start
+    (chunks do not begin mid-word), else the first."""
+    if rows:  # (no row starts in the overlap: none, rather than the tail of a row)
+        return next((i for i in starts if _line_start(text, pos(i))), default)
+    for i in starts:
+        if _rank(text, pos(i)) >= 1:
+            return i
+    return starts[0] if starts else default
+
+
 def _trim(text: str, cs: int, ce: int) -> tuple[int, int]:
     while cs < ce and text[cs].isspace():
         cs += 1
@@ -156,6 +198,7 @@ class _Splitter:
     count: Callable[[str], int]
     fences: Sequence[tuple[int, int]] = ()  # Markdown code blocks: (start, end) offsets
     overlap: int = 0
+    rows: bool = False  # lines are table rows: the overlap starts at a line's start if it can
 
     def spans(self, max_tokens: int, overlap: int) -> list[tuple[int, int, int]]:
         self.overlap = overlap
@@ -178,6 +221,17 @@ class _Splitter:
                 out.append((cs, ce, n))
             a = self.next_start(a, b, overlap)
         return out
+
+    @property
+    def within(self) -> float:
+        """The end of the budget a chunk's end is looked for in, best cut first."""
+        return PREFER_ROW_END_WITHIN if self.rows else PREFER_BOUNDARY_WITHIN
+
+    def rank(self, pos: int) -> int:
+        """`_rank` of a cut before text[pos]; for table rows a line's end ranks as a
+        paragraph's (a row's "Region: North" is a sentence end too)."""
+        r = _rank(self.text, pos)
+        return 3 if self.rows and r == 2 and _line_start(self.text, pos) else r
 
     def whole_code(self, a: int, b: int, max_tokens: int) -> int:
         """`b`, the end chosen for the chunk starting at `a`, or, when it falls inside a code
@@ -237,10 +291,10 @@ class _TokenSplitter(_Splitter):
         limit = min(a + budget, self.n)
         if limit == self.n:
             return limit
-        lo = max(a + 1, a + budget - int(max_tokens * PREFER_BOUNDARY_WITHIN))
+        lo = max(a + 1, a + budget - int(max_tokens * self.within))
         best, best_rank = None, -1
         for i in range(limit, lo - 1, -1):
-            if self._ok(i, True) and (r := _rank(self.text, self.pos(i))) > best_rank:
+            if self._ok(i, True) and (r := self.rank(self.pos(i))) > best_rank:
                 best, best_rank = i, r
         if best is not None:
             return self.whole_code(a, best, max_tokens)
@@ -258,10 +312,7 @@ class _TokenSplitter(_Splitter):
         starts = [
             i for i in range(lo, b) if self._ok(i, True) and self.text[self.pos(i) : end].strip()
         ]
-        for i in starts:  # prefer a word start, so chunks do not begin mid-word
-            if _rank(self.text, self.pos(i)) >= 1:
-                return i
-        return starts[0] if starts else b
+        return _start(self.text, starts, self.pos, self.rows, b)
 
 
 class _CharSplitter(_Splitter):
@@ -297,10 +348,10 @@ class _CharSplitter(_Splitter):
         while lo + 1 < hi:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if self._fits(a, mid, budget) else (lo, mid)
-        window = max(1, int((lo - a) * PREFER_BOUNDARY_WITHIN))
+        window = max(1, int((lo - a) * self.within))
         best, best_rank = None, 0
         for i in range(lo, lo - window, -1):
-            rank = _rank(self.text, i)
+            rank = self.rank(i)
             if i > a and not splits_character(self.text, i) and rank > best_rank:
                 best, best_rank = i, rank
         if best is not None:
@@ -324,7 +375,4 @@ class _CharSplitter(_Splitter):
         starts = [
             i for i in range(lo, b) if not text[i].isspace() and not splits_character(text, i)
         ]
-        for i in starts:  # prefer a word start, so chunks do not begin mid-word
-            if _rank(text, i) >= 1:
-                return i
-        return starts[0] if starts else rest
+        return _start(text, starts, lambda i: i, self.rows, rest)

@@ -272,3 +272,43 @@ def test_a_code_block_too_big_for_a_chunk_is_cut_at_its_line_ends(tokenizer, tmp
     chunks = chunk_document(read_document(page), tokenizer, max_tokens=64, overlap=0)
     assert len(chunks) > 3
     assert all(c.text.endswith(" s") for c in chunks[1:-1]), [c.text[-12:] for c in chunks]
+
+
+def test_no_chunk_spans_two_slides(tokenizer) -> None:
+    """A deck's slides are chunked apart (packed together before, a bullet on slide 2 was
+    cited "slides 1-4", and its memory held four slides); a slide too long for one chunk is
+    cut as any text, its chunks overlapping."""
+    slides = [
+        f"Slide {n} title\n\n" + " ".join(f"point{n}x{i}." for i in range(k))
+        for n, k in ((1, 3), (2, 4), (4, 60))
+    ]
+    doc = Document(
+        Path("deck.pptx"),
+        "pptx",
+        [Page(1, slides[0]), Page(2, slides[1]), Page(4, slides[2])],
+        "",
+        0,
+    )
+    chunks = chunk_document(doc, tokenizer, max_tokens=64, overlap=8)
+    assert all(c.page_start == c.page_end for c in chunks)
+    assert [c.text for c in chunks[:2]] == slides[:2]
+    assert {c.page_start for c in chunks} == {1, 2, 4} and len(chunks) > 3
+    text = "\n\n".join(slides)
+    assert all(text.find(c.text) >= 0 for c in chunks)
+    packed = chunk_document(Document(doc.path, "text", doc.pages, "", 0), tokenizer, 64, 8)
+    assert packed[0].page_end == 2  # (any other kind packs pages together, as before)
+
+
+def test_a_sheets_chunks_start_and_end_at_row_boundaries(tokenizer) -> None:
+    """A spreadsheet's rows ("Region: North | Units: 12", a sentence end after each column's
+    name) are lines: chunks start at a row's start, overlap included, and end at a row's end,
+    so each row in a chunk keeps its first columns' names."""
+    rows = [f"Region: R{i} | Units: {i * 7} | Note: shipped on day {i}" for i in range(80)]
+    doc = Document(Path("sales.xlsx"), "xlsx", [Page(1, "Sheet: S\n" + "\n".join(rows))], "", 0)
+    chunks = chunk_document(doc, tokenizer, max_tokens=48, overlap=16)
+    assert len(chunks) > 5
+    for c in chunks[1:]:
+        assert c.text.startswith("Region: R"), c.text[:40]
+        assert c.text.split("\n")[-1] in rows, c.text[-60:]
+    prose = chunk_document(Document(doc.path, "text", doc.pages, "", 0), tokenizer, 48, 16)
+    assert any(not c.text.startswith("Region: R") for c in prose[1:])  # (text: word starts)

@@ -568,13 +568,15 @@ def test_a_slide_deck_is_indexed_and_its_slide_cited(
     assert cli.main([*found, "warehouse in Oslo"]) == 0
     top = json.loads(capsys.readouterr().out)["results"][0]
     assert top["file"] == "deck.pptx" and "Oslo" in top["text"]
-    assert (top["page_start"], top["page_end"]) == (1, 4)  # (the tiny deck: one chunk; slide
-    # 3 hidden, the last slide still 4)
+    assert (top["page_start"], top["page_end"]) == (2, 2)  # (its notes: a chunk per slide)
     assert cli.main([*found, "Shipped 2026-03-20"]) == 0
     top = json.loads(capsys.readouterr().out)["results"][0]
     assert top["file"] == "sales.xlsx" and "Region: South" in top["text"]
     assert cli.main(["search", "--mode", "lexical", *model, "warehouse in Oslo"]) == 0
-    assert "deck.pptx  slides 1-4" in capsys.readouterr().out  # (a deck's pages are slides)
+    assert "deck.pptx  slide 2" in capsys.readouterr().out  # (a deck's pages are slides)
+    assert cli.main([*found, "the sales ledger"]) == 0
+    top = json.loads(capsys.readouterr().out)["results"][0]  # (slide 3 hidden: the last is 4)
+    assert (top["file"], top["page_start"], top["page_end"]) == ("deck.pptx", 4, 4)
 
 
 S = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
