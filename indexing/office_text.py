@@ -60,7 +60,7 @@ _STRICT = [
 ]
 _FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _TEXT_BOX = f"{_W}txbxContent"
-_MATH_TEXT = "{http://schemas.openxmlformats.org/officeDocument/2006/math}t"
+_M = "{http://schemas.openxmlformats.org/officeDocument/2006/math}"
 #: block-level elements that hold paragraphs and tables (what is moved away is `moveFrom`)
 _DOCX_WRAPPERS = {f"{_W}{t}" for t in ("sdt", "sdtContent", "customXml", "ins", "moveTo")}
 ODF_DRAW = "{urn:oasis:names:tc:opendocument:xmlns:drawing:1.0}"
@@ -219,8 +219,10 @@ def _docx_paragraph(p: ET.Element, heading_styles: set[str] | None) -> tuple[str
     parts: list[str] = []
     for node in _walk_skipping(p, _skipped):  # (a shape's text, in its Choice and Fallback,
         tag = node.tag  # once; no moved-away or hidden text)
-        if tag in (f"{_W}t", _MATH_TEXT):  # (an equation's text, in reading order: it was
-            parts.append(node.text or "")  # dropped)
+        if tag == f"{_W}t":
+            parts.append(node.text or "")
+        elif tag == f"{_M}oMath":  # (an equation, in reading order: it was dropped)
+            parts.append(math_text(node))
         elif tag in (f"{_W}tab", f"{_W}ptab"):
             parts.append("\t")
         elif tag in (f"{_W}br", f"{_W}cr"):
@@ -289,11 +291,42 @@ def _docx_symbol(sym: ET.Element) -> str:
     return chr(code)
 
 
+#: Office Math structures written in one line: (children read, how they are joined)
+_MATH = {
+    "f": (("num", "den"), "{}/{}"),
+    "sSup": (("e", "sup"), "{}^{}"),
+    "sSub": (("e", "sub"), "{}_{}"),
+    "sSubSup": (("e", "sub", "sup"), "{}_{}^{}"),
+    "rad": (("deg", "e"), "root{}({})"),
+}
+
+
+def math_text(node: ET.Element) -> str:
+    """An Office Math equation in one line, as typed in a linear format: `m=p/r`, `x^2`,
+    `a_i`, `root(x)`; a part of more than one symbol in parentheses."""
+    name = node.tag.removeprefix(_M)
+    if node.tag == f"{_M}t":
+        return node.text or ""
+    if name in _MATH:
+        names, form = _MATH[name]
+        found = [node.find(f"{_M}{n}") for n in names]
+        texts = [math_text(f) if f is not None else "" for f in found]
+        if name == "rad":
+            texts[0] = f"[{texts[0]}]" if texts[0] else ""
+        else:
+            texts = [t if len(t) <= 1 else f"({t})" for t in texts]
+        return form.format(*texts)
+    return "".join(math_text(child) for child in node if not child.tag.endswith("Pr"))
+
+
 def _walk_skipping(
     element: ET.Element, skipped: Callable[[ET.Element], bool]
 ) -> Iterator[ET.Element]:
-    """`element.iter()`, without the subtrees of elements `skipped` says."""
+    """`element.iter()`, without the subtrees of elements `skipped` says, nor an equation's
+    (`math_text` reads it whole)."""
     yield element
+    if element.tag == f"{_M}oMath":
+        return
     for child in element:
         if not skipped(child):
             yield from _walk_skipping(child, skipped)

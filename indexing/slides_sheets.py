@@ -5,7 +5,9 @@ OpenDocument's .ods), read with the standard library, as `indexing.office_text` 
 Slides: one page per slide shown, in the presentation's order, numbered as the deck numbers
 them (hidden slides are left out, and counted), so that a source cites its slide as its page. A slide's title is its heading; then the text of
 its other shapes in the order they are drawn (groups inside out), bullet levels as "- " lines,
-tables as rows of cells joined by " | ", then its speaker notes after "Notes:".
+tables as rows of cells joined by " | ", charts as their title and a line of values per series,
+SmartArt as its nodes' text, equations in one line (`math_text`), then its speaker notes after
+"Notes:".
 
 Workbooks: each visible sheet under its name as a heading, one line per row. When a sheet's
 first row is all text (its column headers) every later row names them ("Region: North |
@@ -32,6 +34,7 @@ from indexing.office_text import (
     OfficeError,
     OfficeText,
     core_title,
+    math_text,
     odf_inline,
     odf_locked,
 )
@@ -41,7 +44,14 @@ _A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
 _R = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
 _REL = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 _S = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_C = "{http://schemas.openxmlformats.org/drawingml/2006/chart}"
+_DGM = "{http://schemas.openxmlformats.org/drawingml/2006/diagram}"
+_MC = "{http://schemas.openxmlformats.org/markup-compatibility/2006}"
+_A14 = "{http://schemas.microsoft.com/office/drawing/2010/main}"
 _NOTES = "/notesSlide"  # (the end of a notes relationship's type)
+#: a chart's series read at most, and values of each: a chart of thousands of points is
+#: data, which its workbook holds; its title and first values say what it shows
+MAX_SERIES, MAX_POINTS = 32, 64
 #: placeholders that hold no content of the slide's own (numbers, dates, footers)
 _CHROME = {"sldNum", "dt", "ftr", "hdr", "sldImg"}
 #: cells with text of one row read at most (a row of 16384 columns is a spreadsheet's largest):
@@ -91,12 +101,12 @@ def pptx_text(archive: Archive) -> OfficeText:
         slide = archive.xml(found[1])
         if slide.get("show") in ("0", "false"):  # a hidden slide
             continue
-        title, lines = _slide_lines(slide)
+        title, lines = _slide_lines(slide, _linked(archive, found[1]))
         said = [
             line
             for kind, notes in _rels(archive, found[1]).values()
             if kind.endswith(_NOTES) and archive.has(notes)
-            for line in _slide_lines(archive.xml(notes), notes=True)[1]
+            for line in _slide_lines(archive.xml(notes), _linked(archive, notes), notes=True)[1]
         ]
         pages.append((number, _slide(title, lines, said, headings)))
     title = core_title(archive, "docProps/core.xml")
@@ -122,9 +132,23 @@ def _deck(pages: list[tuple[int, str]], headings: list[str], title: str | None) 
     return OfficeText(text, headings, title, pages)
 
 
-def _slide_lines(slide: ET.Element, notes: bool = False) -> tuple[str, list[str]]:
+def _linked(archive: Archive, part: str) -> Callable[[str | None], ET.Element | None]:
+    """The parts `part` links to, by relationship id (None: no such part)."""
+    rels = _rels(archive, part)
+
+    def find(rel_id: str | None) -> ET.Element | None:
+        found = rels.get(rel_id or "")
+        return archive.xml(found[1]) if found and archive.has(found[1]) else None
+
+    return find
+
+
+def _slide_lines(
+    slide: ET.Element, linked: Callable[[str | None], ET.Element | None], notes: bool = False
+) -> tuple[str, list[str]]:
     """A slide's title and its other lines, in drawing order (a notes page: the text of its
-    body placeholder, the notes themselves)."""
+    body placeholder, the notes themselves); its charts and SmartArt read from the parts
+    they are in (`linked`)."""
     tree = slide.find(f"{_P}cSld/{_P}spTree")
     title, lines = "", []
     for shape in _shapes(tree) if tree is not None else []:
@@ -132,8 +156,7 @@ def _slide_lines(slide: ET.Element, notes: bool = False) -> tuple[str, list[str]
         if kind in _CHROME or (notes and kind != "body"):
             continue
         if shape.tag == f"{_P}graphicFrame":
-            table = shape.find(f"{_A}graphic/{_A}graphicData/{_A}tbl")
-            lines += _table_rows(table) if table is not None else []
+            lines += _graphic_lines(shape.find(f"{_A}graphic/{_A}graphicData"), linked)
             continue
         body = shape.find(f"{_P}txBody")
         if body is None:
@@ -148,13 +171,108 @@ def _slide_lines(slide: ET.Element, notes: bool = False) -> tuple[str, list[str]
     return title, lines
 
 
+def _graphic_lines(
+    data: ET.Element | None, linked: Callable[[str | None], ET.Element | None]
+) -> list[str]:
+    """A graphic frame's lines: a table's rows, a chart's title and values, a SmartArt
+    diagram's text (a bullet each); nothing for a picture, a video or what clara cannot
+    read."""
+    if data is None:
+        return []
+    table = data.find(f"{_A}tbl")
+    if table is not None:
+        return _table_rows(table)
+    chart = data.find(f"{_C}chart")
+    if chart is not None:
+        part = linked(chart.get(f"{_R}id"))
+        return _chart_lines(part) if part is not None else []
+    diagram = data.find(f"{_DGM}relIds")
+    if diagram is not None:
+        part = linked(diagram.get(f"{_R}dm"))
+        return _diagram_lines(part) if part is not None else []
+    return []
+
+
+def _chart_lines(space: ET.Element) -> list[str]:
+    """A chart's title ("Chart: Units by region"), then a line per series: its name and its
+    values by category ("Units: North 1200, South 950"), at most MAX_SERIES of MAX_POINTS."""
+    chart = space.find(f"{_C}chart")
+    if chart is None:
+        return []
+    title, named = chart.find(f"{_C}title"), ""
+    if title is not None:  # (its own text, or a cell's it names)
+        named = one_line(" ".join(_paragraph(p) for p in title.iter(f"{_A}p")))
+        named = named or one_line(" ".join(_points(title.find(f"{_C}tx")).values()))
+    lines = []
+    plot = chart.find(f"{_C}plotArea")
+    series = [
+        ser for kind in (plot if plot is not None else []) for ser in kind.findall(f"{_C}ser")
+    ]
+    for ser in series[:MAX_SERIES]:
+        name = one_line(" ".join(_points(ser.find(f"{_C}tx")).values()))
+        cats = _points(ser.find(f"{_C}cat")) or _points(ser.find(f"{_C}xVal"))
+        vals = _points(ser.find(f"{_C}val")) or _points(ser.find(f"{_C}yVal"))
+        points = [f"{cats.get(i, '')} {v}".strip() for i, v in sorted(vals.items())]
+        more = ", ..." if len(points) > MAX_POINTS else ""
+        points = points[:MAX_POINTS]
+        if points or name:
+            lines.append(f"{name}: {', '.join(points)}{more}" if name else ", ".join(points) + more)
+    if len(series) > MAX_SERIES:
+        lines.append(f"(and {len(series) - MAX_SERIES} more series)")
+    return ([f"Chart: {named}"] if named else ["Chart:"] if lines else []) + lines
+
+
+def _points(ref: ET.Element | None) -> dict[int, str]:
+    """The values a chart's reference (c:tx, c:cat, c:val, ...) caches, by point index: text,
+    numbers as stored, a literal's; of categories of several levels, the first level's."""
+    if ref is None:
+        return {}
+    if ref.find(f"{_C}v") is not None:
+        return {0: one_line(ref.findtext(f"{_C}v") or "")}  # (a series named in place)
+    for cache in ref.iter():
+        if cache.tag == f"{_C}multiLvlStrCache":
+            cache = cache.find(f"{_C}lvl")
+        elif cache.tag not in (f"{_C}strCache", f"{_C}numCache", f"{_C}strLit", f"{_C}numLit"):
+            continue
+        found = {}
+        for pt in cache.findall(f"{_C}pt") if cache is not None else []:
+            try:
+                found[int(pt.get("idx") or 0)] = one_line(pt.findtext(f"{_C}v") or "")
+            except ValueError:
+                continue
+        return found
+    return {}
+
+
+def _diagram_lines(data: ET.Element) -> list[str]:
+    """A SmartArt diagram's text: its nodes' text, a bullet each, in the order the data part
+    keeps them (connectors and layout points hold none of the user's)."""
+    points = data.find(f"{_DGM}ptLst")
+    lines = []
+    for pt in points.findall(f"{_DGM}pt") if points is not None else []:
+        if pt.get("type") not in (None, "node", "asst"):
+            continue
+        text = one_line(" ".join(_paragraph(p) for p in pt.findall(f"{_DGM}t/{_A}p")))
+        if text:
+            lines.append(f"- {text}")
+    return lines
+
+
 def _shapes(tree: ET.Element) -> Iterator[ET.Element]:
-    """The shapes of a shape tree in drawing order, a group's shapes in its place."""
+    """The shapes of a shape tree in drawing order, a group's shapes in its place; of a
+    shape PowerPoint writes twice (mc:AlternateContent: an equation, and a picture of it
+    for older readers), the first choice that holds shapes."""
     for child in tree:
         if child.tag == f"{_P}grpSp":
             yield from _shapes(child)
         elif child.tag in (f"{_P}sp", f"{_P}graphicFrame"):
             yield child
+        elif child.tag == f"{_MC}AlternateContent":
+            for choice in child:
+                shapes = list(_shapes(choice))
+                if shapes:
+                    yield from shapes
+                    break
 
 
 def _placeholder(shape: ET.Element) -> str | None:
@@ -174,7 +292,19 @@ def _paragraph(p: ET.Element) -> str:
             parts.append("".join(t.text or "" for t in node.findall(f"{_A}t")))
         elif node.tag == f"{_A}br":
             parts.append(" ")
+        elif node.tag == f"{_A14}m":  # an equation
+            parts.append(f" {math_text(node)} ")
+        elif node.tag == f"{_MC}AlternateContent":  # (an equation in a text run)
+            choice = next(iter(node), None)
+            parts.append(" ".join(_paragraph_in(c) for c in (choice if choice is not None else [])))
     return one_line("".join(parts))
+
+
+def _paragraph_in(node: ET.Element) -> str:
+    """The text of a run-level node written as an alternate content's choice."""
+    wrapper = ET.Element(f"{_A}p")
+    wrapper.append(node)
+    return _paragraph(wrapper)
 
 
 def _level(p: ET.Element) -> int:

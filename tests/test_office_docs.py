@@ -327,7 +327,7 @@ def test_text_boxes_content_controls_and_frames_keep_their_shape(tmp_path: Path)
             'schemas.openxmlformats.org/officeDocument/2006/math"><m:r><m:t>E=m</m:t></m:r>'
             "<m:sSup><m:e><m:r><m:t>c</m:t></m:r></m:e><m:sup><m:r><m:t>2</m:t></m:r></m:sup>"
             "</m:sSup></m:oMath></w:p>")  # fmt: skip
-    assert read("math.docx", docx(math)).pages[0].text == "Energy: E=mc2"
+    assert read("math.docx", docx(math)).pages[0].text == "Energy: E=mc^2"
     bare = zipped({"word/document.xml": f"<w:document {W}><w:body>"
                    + para("Findings", "Heading1") + para("All well.") + "</w:body></w:document>"})  # fmt: skip
     assert read("bare.docx", bare).headings == ["Findings"]
@@ -488,6 +488,75 @@ def test_slides_read_as_pages_with_titles_notes_and_tables() -> None:
     assert all("hidden slide" not in p.text for p in doc.pages)
     assert office.office_kind((DATA / "deck.pptx").read_bytes()) == ".pptx"  # (an upload
     # without its extension)
+
+
+def test_charts_smartart_and_equations_on_slides_are_read(tmp_path: Path) -> None:
+    """An audit left out a slide's charts, SmartArt and equations, which often say what a
+    slide is about. A chart (as python-pptx writes it) reads as its title and a line per
+    series of values by category; SmartArt as its nodes' text (the diagram's data part, as
+    PowerPoint links it), connectors left out; an equation (in mc:AlternateContent, with a
+    picture of it for older readers) as its symbols, the picture's text not."""
+    doc = read_document(DATA / "charts.pptx")
+    assert doc.pages[0].text.splitlines() == [
+        "Results", "Chart: Units shipped by region", "Units: North 1200, South 950",
+        "Returns: North 24, South 31.5",
+    ]  # fmt: skip
+    assert doc.pages[1].text.splitlines() == [
+        "Chart:",
+        "Freight share: Rail 0.5, Road 0.3, Sea 0.2",
+    ]
+    with zipfile.ZipFile(DATA / "charts.pptx") as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    ns = (
+        'xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" '
+        'xmlns:p="http://schemas.openxmlformats.org/presentationml/2006/main" '
+        'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships" '
+        'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" '
+        'xmlns:a14="http://schemas.microsoft.com/office/drawing/2010/main" '
+        'xmlns:m="http://schemas.openxmlformats.org/officeDocument/2006/math" '
+        'xmlns:dgm="http://schemas.openxmlformats.org/drawingml/2006/diagram"'
+    )
+    diagram = (
+        '<p:graphicFrame><p:nvGraphicFramePr><p:cNvPr id="4" name="Diagram 3"/>'
+        "<p:cNvGraphicFramePr/><p:nvPr/></p:nvGraphicFramePr><a:graphic>"
+        '<a:graphicData uri="http://schemas.openxmlformats.org/drawingml/2006/diagram">'
+        '<dgm:relIds r:dm="rId9" r:lo="rId10" r:qs="rId11" r:cs="rId12"/></a:graphicData>'
+        "</a:graphic></p:graphicFrame>"
+    )
+    equation = (
+        '<mc:AlternateContent><mc:Choice Requires="a14"><p:sp><p:nvSpPr><p:cNvPr id="5" '
+        'name="Eq"/><p:cNvSpPr/><p:nvPr/></p:nvSpPr><p:spPr/><p:txBody><a:bodyPr/><a:p>'
+        "<a:r><a:t>Margin:</a:t></a:r><a14:m><m:oMathPara><m:oMath><m:r><m:t>m=</m:t></m:r>"
+        "<m:f><m:num><m:r><m:t>p</m:t></m:r></m:num><m:den><m:r><m:t>r</m:t></m:r></m:den>"
+        "</m:f></m:oMath></m:oMathPara></a14:m></a:p></p:txBody></p:sp></mc:Choice>"
+        '<mc:Fallback><p:sp><p:nvSpPr><p:cNvPr id="5" name="Eq"/><p:cNvSpPr/><p:nvPr/>'
+        "</p:nvSpPr><p:spPr/><p:txBody><a:bodyPr/><a:p><a:r><a:t>picture of it</a:t></a:r>"
+        "</a:p></p:txBody></p:sp></mc:Fallback></mc:AlternateContent>"
+    )
+    parts["ppt/slides/slide2.xml"] = (
+        f"<p:sld {ns}><p:cSld><p:spTree>{diagram}{equation}</p:spTree></p:cSld></p:sld>"
+    )
+    rels = parts["ppt/slides/_rels/slide2.xml.rels"].decode()
+    parts["ppt/slides/_rels/slide2.xml.rels"] = rels.replace(
+        "</Relationships>",
+        '<Relationship Id="rId9" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+        'relationships/diagramData" Target="../diagrams/data1.xml"/></Relationships>',
+    )
+    point = '<dgm:pt modelId="{{{0}}}"{1}><dgm:t><a:bodyPr/><a:p><a:r><a:t>{2}</a:t></a:r></a:p></dgm:t></dgm:pt>'
+    parts["ppt/diagrams/data1.xml"] = (
+        f"<dgm:dataModel {ns}><dgm:ptLst>"
+        + point.format(0, ' type="doc"', "")
+        + point.format(1, "", "Plan the route")
+        + point.format(2, ' type="parTrans"', "connector")
+        + point.format(3, "", "Load the trucks")
+        + point.format(4, ' type="pres"', "layout")
+        + "</dgm:ptLst></dgm:dataModel>"
+    )
+    (path := tmp_path / "charts.pptx").write_bytes(zipped(parts))
+    doc = read_document(path)
+    assert doc.pages[1].text.splitlines() == [
+        "- Plan the route", "- Load the trucks", "Margin: m=p/r",
+    ]  # fmt: skip
 
 
 def test_a_workbook_reads_each_visible_sheet_its_rows_naming_their_columns() -> None:

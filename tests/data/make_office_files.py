@@ -1,4 +1,5 @@
-"""Writes deck.pptx, sales.xlsx, deck.odp and sales.ods (tests/test_office_docs.py reads them)
+"""Writes deck.pptx, charts.pptx, sales.xlsx, deck.odp and sales.ods (tests/test_office_docs.py
+reads them)
 into the folder it is given, with python-pptx 1.0.2, openpyxl 3.1.5 and odfpy 1.4.1: files as
 real writers make them, for clara's readers, the same slides and sheets in both formats. Not a
 dependency of clara or of its tests; to write them again:
@@ -59,6 +60,31 @@ def pptx(out: str) -> None:
     box = group.shapes.add_textbox(Inches(1), Inches(5), Inches(4), Inches(1))
     box.text_frame.text = "Source: the sales ledger"
     prs.save(f"{out}/deck.pptx")
+
+
+def charts(out: str) -> None:
+    """A deck of charts: a titled column chart of two series, an untitled pie chart."""
+    from pptx.chart.data import CategoryChartData
+    from pptx.enum.chart import XL_CHART_TYPE
+
+    prs = Presentation()
+    s = prs.slides.add_slide(prs.slide_layouts[5])
+    s.shapes.title.text = "Results"
+    data = CategoryChartData()
+    data.categories = ["North", "South"]
+    data.add_series("Units", (1200, 950))
+    data.add_series("Returns", (24, 31.5))
+    frame = s.shapes.add_chart(
+        XL_CHART_TYPE.COLUMN_CLUSTERED, Inches(1), Inches(2), Inches(6), Inches(4), data
+    )
+    frame.chart.has_title = True
+    frame.chart.chart_title.text_frame.text = "Units shipped by region"
+    s = prs.slides.add_slide(prs.slide_layouts[6])
+    data = CategoryChartData()
+    data.categories = ["Rail", "Road", "Sea"]
+    data.add_series("Freight share", (0.5, 0.3, 0.2))
+    s.shapes.add_chart(XL_CHART_TYPE.PIE, Inches(1), Inches(1), Inches(6), Inches(4), data)
+    prs.save(f"{out}/charts.pptx")
 
 
 def xlsx(out: str) -> None:
@@ -183,5 +209,5 @@ def ods(out: str) -> None:
 
 
 if __name__ == "__main__":
-    for make in (pptx, xlsx, odp, ods):
+    for make in (pptx, charts, xlsx, odp, ods):
         make(sys.argv[1])
