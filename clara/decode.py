@@ -251,6 +251,8 @@ class Decoder:
         todo: list[tuple[int, Prompt, Sequence]] = []
         for i, (prompt, params, tag) in enumerate(requests):
             text = TextStream.create(self.cm, params, prompt, self.limit)
+            if self.prefix_cache is not None:  # (what earlier requests left: before any of
+                text.cached_positions = self.prefix_cache.held(text_prefix(prompt))  # these)
             seq = Sequence(params, text, params.key(), tag=tag)
             if text.max_tokens == 0:
                 seq.done = True

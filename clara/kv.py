@@ -54,6 +54,11 @@ class PrefixCache:
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for kv in self._items.values() for k, v in kv)
 
+    def held(self, plain: list[int]) -> int:
+        """Positions of `plain` the cache holds now (0 below MIN_PREFIX); nothing moves."""
+        best = max((self._common(k, plain) for k in self._items), default=0)
+        return best if best >= MIN_PREFIX else 0
+
     def lookup(self, plain: list[int]) -> tuple[int, list[KVCache] | None]:
         """(positions reused, caches holding them) for a prompt whose text tokens are `plain`."""
         best, key = 0, None

@@ -33,6 +33,8 @@ class GenerationChunk:
     finish_reason: str | None = None  # "stop" | "length" on the last chunk
     prompt_seconds: float = 0.0  # time to first token
     logprob: float | None = None  # log-probability of `token` (when logprobs were asked)
+    cached_positions: int = 0  # of prompt_positions, those the prefix cache held (earlier
+    # requests') when it came: OpenAI's usage `cached_tokens`
     top_logprobs: list[tuple[int, float]] | None = None  # best (token, logprob), best first
 
 
@@ -88,10 +90,11 @@ def check_context(
     prompt: Prompt, limit: int, advice: str = "shorten the conversation or retrieve fewer chunks"
 ) -> None:
     if prompt.positions >= limit:
-        raise ContextLengthError(
-            f"prompt needs {prompt.positions} positions but the context is {limit} (the "
-            "model's, or the server's --max-context); " + advice
-        )
+        raise ContextLengthError(  # (OpenAI's first words: clients such as litellm tell a
+            f"This model's maximum context length is {limit} tokens (the model's, or the "
+            f"server's --max-context). However, the prompt needs {prompt.positions} positions "
+            "(its tokens and memory vectors), and the answer at least one more: " + advice
+        )  # context-length error by them)
 
 
 def _whole_tail(tokenizer, tokens: Sequence[int], most: int = 8) -> list[int]:
@@ -128,6 +131,7 @@ class TextStream:
     max_tokens: int
     prompt_positions: int
     prompt_seconds: float = 0.0
+    cached_positions: int = 0
     text: str = ""
     emitted: int = 0  # chars of `text` already sent
     tokens: int = 0
@@ -156,8 +160,9 @@ class TextStream:
     def _chunk(self, text: str, token: int | None, reason: str | None = None) -> GenerationChunk:
         self.finish_reason = reason
         return GenerationChunk(
-            text, token, self.prompt_positions, self.tokens, reason, self.prompt_seconds
-        )
+            text, token, self.prompt_positions, self.tokens, reason, self.prompt_seconds,
+            cached_positions=self.cached_positions,
+        )  # fmt: skip
 
     def _finalize(self) -> str:
         """The last text: a character whose bytes the answer did not finish (it ran out of

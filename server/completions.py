@@ -28,6 +28,7 @@ from server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
+    PromptTokensDetails,
     RagParams,
     Usage,
     legacy_completion_id,
@@ -140,6 +141,9 @@ class CompletionServing:
             prompt_tokens=sum(u.prompt_tokens for _, u in done),
             completion_tokens=sum(u.completion_tokens for _, u in done),
             total_tokens=sum(u.total_tokens for _, u in done),
+            prompt_tokens_details=PromptTokensDetails(
+                cached_tokens=sum(u.prompt_tokens_details.cached_tokens for _, u in done)
+            ),
         )
         return JSONResponse(
             head.model_copy(update={"choices": choices, "usage": usage}).model_dump()

@@ -219,9 +219,9 @@ class Engine:
         least = info.least_tokens(chars)
         if least > info.context_limit:
             what = "the prompt holds" if params.raw is not None else "the messages hold"
-            raise ContextLengthError(
-                f"{what} {chars} characters, at least {least} tokens, more than "
-                f"the model's context of {info.context_limit}; shorten "
+            raise ContextLengthError(  # (OpenAI's first words, as `check_context`'s)
+                f"This model's maximum context length is {info.context_limit} tokens. However, "
+                f"{what} {chars} characters, at least {least} tokens: shorten "
                 + ("it" if params.raw is not None else "them")
             )
 
@@ -684,7 +684,7 @@ class Engine:
             if n > limit:
                 where = f"input {i}" if len(inputs) > 1 else "the input"
                 raise ContextLengthError(
-                    f"{where} has {n} tokens; " + TOO_LONG_TO_EMBED.format(limit=limit)
+                    TOO_LONG_TO_EMBED.format(limit=limit, where=where, size=f"{n} tokens")
                 )
         return texts, ids
 
@@ -702,10 +702,13 @@ class Engine:
 
 
 NO_SPECIALS = {"add_special_tokens": False}  # count a text's own tokens
+#: an embeddings input too long: "{where} has {size}" goes first (OpenAI's first words, which
+#: clients such as litellm tell a context-length error by)
 TOO_LONG_TO_EMBED = (
-    "this model embeds at most {limit} tokens per input (its query encoder's length): split "
-    'the text into shorter pieces, or send "truncate": true to embed its start (clara-serve '
-    "--truncate-embeddings makes that the default, for clients that cannot send it)"
+    "This model's maximum context length is {limit} tokens per input (its query encoder's "
+    "length), and {where} has {size}: split the text into shorter pieces, or send "
+    '"truncate": true to embed its start (clara-serve --truncate-embeddings makes that the '
+    "default, for clients that cannot send it)"
 )
 #: Seconds of query encoding per embeddings step when nothing else could run, and while other
 #: work waits or decodes: one input of ~220 tokens is ~0.3 s of the default model on 2 cores,

@@ -12,6 +12,7 @@ the schema narrows them (`only`) to the values that pass: null, false, "none", 0
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -71,7 +72,7 @@ def collection_names(collection: str | list[str] | None) -> list[str]:
 
 def refuse(param: str, what: str) -> NoReturn:
     """Raise the 400 for a request field (`param`) asking for `what` clara cannot honour."""
-    raise APIError(400, f"{what} is not supported by clara-serve", param=param)
+    raise APIError(400, f"clara-serve does not support {what}", param=param)
 
 
 def only(schema: dict[str, Any], **field: Any) -> Any:
@@ -270,7 +271,8 @@ class ChatCompletionRequest(_Request):
             )  # fmt: skip
         for name in ("tool_choice", "function_call"):
             if getattr(self, name) not in (None, "none", "auto"):
-                refuse(name, f"{name} {getattr(self, name)!r} (this server calls no tools)")
+                asked = json.dumps(getattr(self, name))
+                refuse(name, f"{name} {asked} (this server calls no tools)")
         if (self.tools or self.functions) and not _NOTED_TOOLS:
             _NOTED_TOOLS.append(True)
             log.info("chat completions with tools are answered with text: clara-serve calls "
@@ -516,10 +518,15 @@ class Choice(_Response):
     finish_reason: Literal["stop", "length"] | None = None
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int = 0  # prompt positions the prefix cache held (earlier requests')
+
+
 class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 def completion_id() -> str:

@@ -26,6 +26,7 @@ from clara.paths import COLLECTION_NAME, path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import pages_label, snippet
 from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_error, to_api_error
+from indexing.service.handler import is_vector_store
 from indexing.service.state import key_sees, visible_to
 from indexing.store import list_collections
 from server.engine import TOO_LONG_TO_EMBED, Engine
@@ -46,6 +47,7 @@ from server.protocol import (
     EmbeddingUsage,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     RagParams,
     RetrievalInfo,
     ServingDefaults,
@@ -106,6 +108,7 @@ def usage_of(last: GenerationChunk) -> Usage:
         prompt_tokens=last.prompt_positions,
         completion_tokens=last.generation_tokens,
         total_tokens=last.prompt_positions + last.generation_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=last.cached_positions),
     )
 
 
@@ -281,6 +284,13 @@ class OpenAIServing:
             raise APIError(
                 400, f"the model '{model}' searches the collection '{named}', and the request "
                 f"names {', '.join(repr(n) for n in asked)}: name one of them", param=param,
+            )  # fmt: skip
+        root = self.engine.settings.root
+        if named not in (None, self.defaults.collection) and not is_vector_store(root, named):
+            raise APIError(  # (a client audit: it was told to "leave 'collection' out")
+                404, f"The model '{model}' does not exist: there is no collection '{named}' "
+                "(GET /v1/models lists the served models)", param="model",
+                code="model_not_found",
             )  # fmt: skip
         return named
 
@@ -650,7 +660,7 @@ class OpenAIServing:
                 where = f"input {i}" if len(inputs) > 1 else "the input"
                 raise APIError(
                     400,
-                    f"{where} has {size}; " + TOO_LONG_TO_EMBED.format(limit=info.embed_tokens),
+                    TOO_LONG_TO_EMBED.format(limit=info.embed_tokens, where=where, size=size),
                     param="input",
                     code="context_length_exceeded",
                 )

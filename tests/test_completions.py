@@ -211,9 +211,9 @@ def test_a_too_long_prompt_among_several_is_named(server: ServerProcess) -> None
     err = r.json()["error"]
     assert r.status_code == 400 and err["code"] == "context_length_exceeded", r.text
     assert err["param"] == "prompt" and err["message"].startswith("prompt 1 (counting from 0): ")
-    assert err["message"].endswith("; shorten the prompt")  # no chat advice
+    assert err["message"].endswith(": shorten the prompt")  # no chat advice
     one = post(server, {"prompt": "river " * 3000}).json()["error"]["message"]
-    assert "counting from" not in one and one.endswith("; shorten the prompt")
+    assert "counting from" not in one and one.endswith(": shorten the prompt")
 
 
 def test_metrics_count_the_route(server: ServerProcess) -> None:

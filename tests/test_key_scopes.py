@@ -199,6 +199,9 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
         )  # fmt: skip
         assert follow.model_extra["retrieval"]["collection"] == "handbook"
         assert admin.models.retrieve(f"{served}@payroll").model_extra["collection"] == "payroll"
+        with pytest.raises(openai.NotFoundError) as e:  # (a client audit: it was told to
+            admin.chat.completions.create(**{**chat, "model": f"{served}@nope"})  # leave
+        assert (e.value.code, e.value.param) == ("model_not_found", "model")  # 'collection' out)
         for collection in ("payroll", "default", "nope"):
             with pytest.raises(openai.NotFoundError) as e:
                 hr.chat.completions.create(**chat, extra_body={"collection": collection})

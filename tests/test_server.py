@@ -158,6 +158,31 @@ def test_chat_non_streaming_shape_and_usage(client: openai.OpenAI, cm) -> None:
     assert resp.usage.total_tokens == expected + 5
 
 
+def test_usage_counts_the_prompt_positions_the_prefix_cache_held(client: openai.OpenAI) -> None:
+    """A client-library audit: cached tokens were always 0, while /metrics counted positions
+    reused from the prefix cache. A system message asked twice is held the second time; the
+    Responses API and streams say the same."""
+    system = "You answer as a ferry captain. " + " ".join(f"dock{i}" for i in range(40))
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": "hi"}]
+    kwargs = dict(model=MODEL, messages=msgs, max_tokens=1, extra_body={"retrieval": False})
+    first = client.chat.completions.create(**kwargs).usage
+    again = client.chat.completions.create(**kwargs).usage
+    held = again.prompt_tokens_details.cached_tokens
+    assert first.prompt_tokens_details.cached_tokens < held < again.prompt_tokens
+    assert held >= 40  # (the system message: what the two share with nothing else asked)
+    streamed = list(
+        client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert streamed[-1].usage.prompt_tokens_details.cached_tokens >= held
+    r = client.responses.create(
+        model=MODEL, instructions=system, input="hi", max_output_tokens=1,
+        extra_body={"retrieval": False}, store=False,
+    )  # fmt: skip
+    assert r.usage.input_tokens_details.cached_tokens >= 40
+
+
 def _mx(a):
     import mlx.core as mx
 
@@ -793,6 +818,8 @@ def test_context_length_exceeded(client: openai.OpenAI, server: ServerProcess) -
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=ask("river " * 3000))
     assert info.value.code == "context_length_exceeded"
+    # OpenAI's words first: litellm's ContextWindowExceededError (and its fallbacks) go by them
+    assert info.value.body["message"].startswith("This model's maximum context length is ")
     # the worker ends jobs in order: once the next one is answered, that one's end is counted
     client.chat.completions.create(model=MODEL, messages=ask("river"), max_tokens=1)
     assert cancelled() == before
@@ -815,12 +842,14 @@ def test_huge_prompts_are_refused_before_tokenizing(
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=ask(big))
     assert info.value.code == "context_length_exceeded" and "5000000 characters" in str(info.value)
+    assert info.value.body["message"].startswith("This model's maximum context length is ")
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model=MODEL, input=big)
     assert info.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model=MODEL, input=big)
     assert info.value.code == "context_length_exceeded" and info.value.param == "input"
+    assert info.value.body["message"].startswith("This model's maximum context length is ")
     assert time.perf_counter() - start < 15  # tokenizing 5 MB three times took far longer
     # a body announced past the limit: refused from its headers, before a byte of it is read
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
@@ -996,6 +1025,11 @@ def test_api_reference_pages_need_no_network(server: ServerProcess) -> None:
             r = httpx.get(f"{server.url}{url}", headers=auth)
             assert r.status_code == 200 and len(r.content) > 1000, url
     assert httpx.get(f"{server.url}/docs").status_code == 401  # behind the key like the API
+    # one operation id each (GET and HEAD /health shared one: client generators refuse that)
+    schema = httpx.get(f"{server.url}/openapi.json", headers=auth).json()
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)) and "health_health_get" in ids
+    assert httpx.head(f"{server.url}/health").status_code == 200
 
 
 # ---- embeddings ----------------------------------------------------------------------------
@@ -1080,7 +1114,10 @@ def test_truncate_embeds_the_start_of_a_long_input(
         many = {"input": [100] * 400_000, "truncate": False}
         refused = httpx.post(f"{proc.url}/v1/embeddings", json=many, timeout=60)
         assert refused.status_code == 400
-        assert refused.json()["error"]["message"].startswith("the input has 400000 tokens")
+        assert refused.json()["error"]["message"].startswith(
+            "This model's maximum context length is 256 tokens"
+        )
+        assert "the input has 400000 tokens" in refused.json()["error"]["message"]
     finally:
         proc.stop()
 
@@ -1095,7 +1132,7 @@ def test_embedding_errors(server: ServerProcess, client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model=MODEL, input=["hello", "word " * 2000])
     assert info.value.code == "context_length_exceeded" and info.value.param == "input"
-    assert "input 1 has" in info.value.message and "at most 256 tokens" in info.value.message
+    assert "input 1 has" in info.value.message and "is 256 tokens per input" in info.value.message
     # another tokenizer's ids (LangChain sends tiktoken's by default): refused, not embedded
     foreign = assert_error(post(server, "/v1/embeddings", {"input": [[9906, 10**5]]}), 400, "input")
     assert "check_embedding_ctx_length=False" in foreign["message"]

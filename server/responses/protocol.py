@@ -139,13 +139,22 @@ class ResponseCreateRequest(_Request):
     include: list[Literal["file_search_call.results", "message.output_text.logprobs"]] | None = None
     instructions: str | None = None
     max_output_tokens: json_int(ge=1) | None = None
-    max_tool_calls: json_int(ge=1) | None = only(NULL, default=None)
+    max_tool_calls: json_int(ge=1) | None = None
+    """Any limit is kept: clara makes at most one file_search call per response."""
     metadata: Metadata | None = None
     parallel_tool_calls: bool | None = None
     previous_response_id: str | None = None
     prompt: dict[str, Any] | None = only(NULL, default=None)
     prompt_cache_key: ShortText | None = None
-    reasoning: dict[str, Any] | None = only(NULL, default=None)
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    """A hint (clara keeps what its prefix cache can hold, in memory)."""
+    reasoning: dict[str, Any] | None = only(
+        {"anyOf": [{"type": "object", "properties": {"effort": {"enum": [None, "none", "minimal"]}}},
+                   NULL]},
+        default=None,
+    )  # fmt: skip
+    """Effort "none" or "minimal" only, as chat's reasoning_effort: this model does not
+    reason."""
     safety_identifier: ShortText | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     store: bool | None = True
@@ -226,10 +235,19 @@ class ResponseCreateRequest(_Request):
             refuse("conversation", "conversations (use previous_response_id)")
         if self.prompt is not None:
             refuse("prompt", "prompt templates")
-        if self.reasoning is not None:
-            refuse("reasoning", "reasoning")
-        if self.max_tool_calls is not None:
-            refuse("max_tool_calls", "max_tool_calls")
+        reasoning = self.reasoning or {}
+        if reasoning.get("effort") not in (None, "none", "minimal"):
+            refuse(
+                "reasoning.effort", "reasoning effort above 'minimal' (this model does not reason)"
+            )
+        if reasoning.get("summary") not in (None, "auto", "concise", "detailed"):
+            raise APIError(400, "reasoning.summary must be auto, concise or detailed",
+                           param="reasoning.summary")  # fmt: skip
+        if set(reasoning) - {"effort", "summary", "generate_summary"}:
+            refuse(
+                "reasoning",
+                f"reasoning options {sorted(set(reasoning) - {'effort', 'summary', 'generate_summary'})}",
+            )
         fmt = (self.text or {}).get("format")
         if fmt is not None and not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str)):
             raise APIError(400, "text.format must be an object with a 'type' (clara-serve "

@@ -53,7 +53,8 @@ log = logging.getLogger("clara.serve")
 def _not_found(response_id: str) -> APIError:
     return APIError(
         404,
-        f"No response found with id '{response_id}' (stored responses only: store was true)",
+        f"No response found with id '{response_id}' (only responses made with store true are "
+        "kept, until deleted)",
         param="response_id",
         code="not_found",
     )

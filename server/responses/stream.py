@@ -21,6 +21,7 @@ from server.jobs import DONE, Failed, Job, Ready
 from server.responses.protocol import (
     FileSearchCall,
     IncompleteDetails,
+    InputTokensDetails,
     OutputMessage,
     OutputText,
     Response,
@@ -75,6 +76,7 @@ class ResponseRun:
         r.usage = ResponseUsage(
             input_tokens=chunk.prompt_positions, output_tokens=chunk.generation_tokens,
             total_tokens=chunk.prompt_positions + chunk.generation_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=chunk.cached_positions),
         )  # fmt: skip
         await self._store()
 
