@@ -31,6 +31,7 @@ from xml.etree import ElementTree as ET
 
 from clara.errors import ClaraError
 from clara.text import one_line
+from indexing.drawing import graphic_lines, linked, math_text
 from indexing.html_text import html_to_text
 
 #: bytes unpacked from one document, all members together
@@ -60,6 +61,7 @@ _STRICT = [
 ]
 _FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _TEXT_BOX = f"{_W}txbxContent"
+_GRAPHIC_DATA = "{http://schemas.openxmlformats.org/drawingml/2006/main}graphicData"
 _M = "{http://schemas.openxmlformats.org/officeDocument/2006/math}"
 #: block-level elements that hold paragraphs and tables (what is moved away is `moveFrom`)
 _DOCX_WRAPPERS = {f"{_W}{t}" for t in ("sdt", "sdtContent", "customXml", "ins", "moveTo")}
@@ -157,31 +159,40 @@ def docx_text(archive: Archive) -> OfficeText:
         raise OfficeError(f"{main} has no body", "re-export the file")
     blocks: list[str] = []
     headings: list[str] = []
-    _docx_blocks(body, _docx_heading_styles(archive), blocks, headings)
+    read = _DocxBlocks(_docx_heading_styles(archive), linked(archive, main), blocks, headings)
+    read(body)
     return _joined(blocks, headings, core_title(archive, "docProps/core.xml"))
 
 
-def _docx_blocks(
-    parent: ET.Element, heading_styles: set[str] | None, blocks: list[str], headings: list[str]
-) -> None:
-    """The paragraphs and tables of a body, a content control's content or a text box, in
-    order; a paragraph's text boxes come after it, each paragraph of theirs its own block."""
-    for element in parent:
-        if element.tag == f"{_W}p":
-            text, is_heading, listed = _docx_paragraph(element, heading_styles)
-            if is_heading and text.strip():  # (a numbered heading is no "- " item: its line
-                text = one_line(text)  # must be the heading, or the sections after it are lost)
-                headings.append(text)
-            elif listed and text.strip():
-                text = f"- {text}"
-            blocks.append(text)
-            for box in _docx_text_boxes(element):  # (they were glued to the paragraph's text)
-                _docx_blocks(box, heading_styles, blocks, headings)
-        elif element.tag == f"{_W}tbl":
-            blocks.append(_docx_table(element))
-        elif element.tag in _DOCX_WRAPPERS and not _not_read(element):  # a content control,
-            _docx_blocks(element, heading_styles, blocks, headings)  # custom XML, a tracked
-            # insertion: what it holds
+@dataclass
+class _DocxBlocks:
+    """Reads the paragraphs and tables of a body, a content control's content or a text box
+    into `blocks`, in order: a paragraph's text boxes come after it, each paragraph of theirs
+    its own block, then its charts and SmartArt (read from the parts `find` gives)."""
+
+    heading_styles: set[str] | None
+    find: Callable[[str | None], ET.Element | None]
+    blocks: list[str]
+    headings: list[str]
+
+    def __call__(self, parent: ET.Element) -> None:
+        for element in parent:
+            if element.tag == f"{_W}p":
+                text, is_heading, listed = _docx_paragraph(element, self.heading_styles)
+                if is_heading and text.strip():  # (a numbered heading is no "- " item: its
+                    text = one_line(text)  # line must be the heading, or the sections after
+                    self.headings.append(text)  # it are lost)
+                elif listed and text.strip():
+                    text = f"- {text}"
+                self.blocks.append(text)
+                for box in _docx_text_boxes(element):  # (they were glued to its text)
+                    self(box)
+                for data in _docx_graphics(element):
+                    self.blocks.append("\n".join(graphic_lines(data, self.find)))
+            elif element.tag == f"{_W}tbl":
+                self.blocks.append(_docx_table(element))
+            elif element.tag in _DOCX_WRAPPERS and not _not_read(element):  # a content
+                self(element)  # control, custom XML, a tracked insertion: what it holds
 
 
 def _docx_heading_styles(archive: Archive) -> set[str] | None:
@@ -291,34 +302,6 @@ def _docx_symbol(sym: ET.Element) -> str:
     return chr(code)
 
 
-#: Office Math structures written in one line: (children read, how they are joined)
-_MATH = {
-    "f": (("num", "den"), "{}/{}"),
-    "sSup": (("e", "sup"), "{}^{}"),
-    "sSub": (("e", "sub"), "{}_{}"),
-    "sSubSup": (("e", "sub", "sup"), "{}_{}^{}"),
-    "rad": (("deg", "e"), "root{}({})"),
-}
-
-
-def math_text(node: ET.Element) -> str:
-    """An Office Math equation in one line, as typed in a linear format: `m=p/r`, `x^2`,
-    `a_i`, `root(x)`; a part of more than one symbol in parentheses."""
-    name = node.tag.removeprefix(_M)
-    if node.tag == f"{_M}t":
-        return node.text or ""
-    if name in _MATH:
-        names, form = _MATH[name]
-        found = [node.find(f"{_M}{n}") for n in names]
-        texts = [math_text(f) if f is not None else "" for f in found]
-        if name == "rad":
-            texts[0] = f"[{texts[0]}]" if texts[0] else ""
-        else:
-            texts = [t if len(t) <= 1 else f"({t})" for t in texts]
-        return form.format(*texts)
-    return "".join(math_text(child) for child in node if not child.tag.endswith("Pr"))
-
-
 def _walk_skipping(
     element: ET.Element, skipped: Callable[[ET.Element], bool]
 ) -> Iterator[ET.Element]:
@@ -366,6 +349,22 @@ def _docx_text_boxes(p: ET.Element) -> list[ET.Element]:
             if child.tag == _TEXT_BOX:
                 found.append(child)
             elif not _not_read(child):
+                walk(child)
+
+    walk(p)
+    return found
+
+
+def _docx_graphics(p: ET.Element) -> list[ET.Element]:
+    """The charts and SmartArt drawn in a paragraph (their a:graphicData; each once: not a
+    shape's Fallback copy, nor one in a text box, read with the box)."""
+    found: list[ET.Element] = []
+
+    def walk(node: ET.Element) -> None:
+        for child in node:
+            if child.tag == _GRAPHIC_DATA:
+                found.append(child)
+            elif child.tag != _TEXT_BOX and not _not_read(child):
                 walk(child)
 
     walk(p)

@@ -19,12 +19,12 @@ formulas by their last computed value. Left out: hidden sheets, charts, comments
 from __future__ import annotations
 
 import datetime as dt
-import posixpath
 import re
 from collections.abc import Callable, Iterator
 from xml.etree import ElementTree as ET
 
 from clara.text import one_line
+from indexing.drawing import graphic_lines, linked, paragraph_text, part_links
 from indexing.office_text import (
     ODF_DRAW,
     ODF_OFFICE,
@@ -34,7 +34,6 @@ from indexing.office_text import (
     OfficeError,
     OfficeText,
     core_title,
-    math_text,
     odf_inline,
     odf_locked,
 )
@@ -42,16 +41,9 @@ from indexing.office_text import (
 _P = "{http://schemas.openxmlformats.org/presentationml/2006/main}"
 _A = "{http://schemas.openxmlformats.org/drawingml/2006/main}"
 _R = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
-_REL = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 _S = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
-_C = "{http://schemas.openxmlformats.org/drawingml/2006/chart}"
-_DGM = "{http://schemas.openxmlformats.org/drawingml/2006/diagram}"
 _MC = "{http://schemas.openxmlformats.org/markup-compatibility/2006}"
-_A14 = "{http://schemas.microsoft.com/office/drawing/2010/main}"
 _NOTES = "/notesSlide"  # (the end of a notes relationship's type)
-#: a chart's series read at most, and values of each: a chart of thousands of points is
-#: data, which its workbook holds; its title and first values say what it shows
-MAX_SERIES, MAX_POINTS = 32, 64
 #: placeholders that hold no content of the slide's own (numbers, dates, footers)
 _CHROME = {"sldNum", "dt", "ftr", "hdr", "sldImg"}
 #: cells with text of one row read at most (a row of 16384 columns is a spreadsheet's largest):
@@ -71,26 +63,10 @@ _PRES = "{urn:oasis:names:tc:opendocument:xmlns:presentation:1.0}"
 _STYLE = "{urn:oasis:names:tc:opendocument:xmlns:style:1.0}"
 
 
-def _rels(archive: Archive, part: str) -> dict[str, tuple[str, str]]:
-    """A part's relationships: id -> (type, the target's archive name)."""
-    folder, name = posixpath.split(part)
-    rels = posixpath.join(folder, "_rels", name + ".rels")
-    if not archive.has(rels):
-        return {}
-    out = {}
-    for rel in archive.xml(rels).iter(f"{_REL}Relationship"):
-        target = rel.get("Target") or ""
-        if rel.get("TargetMode") == "External":
-            continue
-        path = target.lstrip("/") if target.startswith("/") else posixpath.join(folder, target)
-        out[rel.get("Id") or ""] = (rel.get("Type") or "", posixpath.normpath(path))
-    return out
-
-
 # ---- PowerPoint (.pptx) ----------------------------------------------------------------------
 def pptx_text(archive: Archive) -> OfficeText:
     main = "ppt/presentation.xml"
-    rels = _rels(archive, main)
+    rels = part_links(archive, main)
     order = archive.xml(main).find(f"{_P}sldIdLst")
     pages: list[tuple[int, str]] = []  # (its place in the deck, hidden slides counted)
     headings: list[str] = []
@@ -101,12 +77,12 @@ def pptx_text(archive: Archive) -> OfficeText:
         slide = archive.xml(found[1])
         if slide.get("show") in ("0", "false"):  # a hidden slide
             continue
-        title, lines = _slide_lines(slide, _linked(archive, found[1]))
+        title, lines = _slide_lines(slide, linked(archive, found[1]))
         said = [
             line
-            for kind, notes in _rels(archive, found[1]).values()
+            for kind, notes in part_links(archive, found[1]).values()
             if kind.endswith(_NOTES) and archive.has(notes)
-            for line in _slide_lines(archive.xml(notes), _linked(archive, notes), notes=True)[1]
+            for line in _slide_lines(archive.xml(notes), linked(archive, notes), notes=True)[1]
         ]
         pages.append((number, _slide(title, lines, said, headings)))
     title = core_title(archive, "docProps/core.xml")
@@ -132,17 +108,6 @@ def _deck(pages: list[tuple[int, str]], headings: list[str], title: str | None) 
     return OfficeText(text, headings, title, pages)
 
 
-def _linked(archive: Archive, part: str) -> Callable[[str | None], ET.Element | None]:
-    """The parts `part` links to, by relationship id (None: no such part)."""
-    rels = _rels(archive, part)
-
-    def find(rel_id: str | None) -> ET.Element | None:
-        found = rels.get(rel_id or "")
-        return archive.xml(found[1]) if found and archive.has(found[1]) else None
-
-    return find
-
-
 def _slide_lines(
     slide: ET.Element, linked: Callable[[str | None], ET.Element | None], notes: bool = False
 ) -> tuple[str, list[str]]:
@@ -156,12 +121,12 @@ def _slide_lines(
         if kind in _CHROME or (notes and kind != "body"):
             continue
         if shape.tag == f"{_P}graphicFrame":
-            lines += _graphic_lines(shape.find(f"{_A}graphic/{_A}graphicData"), linked)
+            lines += graphic_lines(shape.find(f"{_A}graphic/{_A}graphicData"), linked)
             continue
         body = shape.find(f"{_P}txBody")
         if body is None:
             continue
-        paragraphs = [(_paragraph(p), _level(p)) for p in body.findall(f"{_A}p")]
+        paragraphs = [(paragraph_text(p), _level(p)) for p in body.findall(f"{_A}p")]
         paragraphs = [(text, level) for text, level in paragraphs if text]
         if kind in ("title", "ctrTitle") and not title:
             title = one_line(" ".join(text for text, _ in paragraphs))
@@ -169,93 +134,6 @@ def _slide_lines(
         bulleted = kind in ("body", "obj") and not notes and len(paragraphs) > 1
         lines += [("  " * level + "- " + text) if bulleted else text for text, level in paragraphs]
     return title, lines
-
-
-def _graphic_lines(
-    data: ET.Element | None, linked: Callable[[str | None], ET.Element | None]
-) -> list[str]:
-    """A graphic frame's lines: a table's rows, a chart's title and values, a SmartArt
-    diagram's text (a bullet each); nothing for a picture, a video or what clara cannot
-    read."""
-    if data is None:
-        return []
-    table = data.find(f"{_A}tbl")
-    if table is not None:
-        return _table_rows(table)
-    chart = data.find(f"{_C}chart")
-    if chart is not None:
-        part = linked(chart.get(f"{_R}id"))
-        return _chart_lines(part) if part is not None else []
-    diagram = data.find(f"{_DGM}relIds")
-    if diagram is not None:
-        part = linked(diagram.get(f"{_R}dm"))
-        return _diagram_lines(part) if part is not None else []
-    return []
-
-
-def _chart_lines(space: ET.Element) -> list[str]:
-    """A chart's title ("Chart: Units by region"), then a line per series: its name and its
-    values by category ("Units: North 1200, South 950"), at most MAX_SERIES of MAX_POINTS."""
-    chart = space.find(f"{_C}chart")
-    if chart is None:
-        return []
-    title, named = chart.find(f"{_C}title"), ""
-    if title is not None:  # (its own text, or a cell's it names)
-        named = one_line(" ".join(_paragraph(p) for p in title.iter(f"{_A}p")))
-        named = named or one_line(" ".join(_points(title.find(f"{_C}tx")).values()))
-    lines = []
-    plot = chart.find(f"{_C}plotArea")
-    series = [
-        ser for kind in (plot if plot is not None else []) for ser in kind.findall(f"{_C}ser")
-    ]
-    for ser in series[:MAX_SERIES]:
-        name = one_line(" ".join(_points(ser.find(f"{_C}tx")).values()))
-        cats = _points(ser.find(f"{_C}cat")) or _points(ser.find(f"{_C}xVal"))
-        vals = _points(ser.find(f"{_C}val")) or _points(ser.find(f"{_C}yVal"))
-        points = [f"{cats.get(i, '')} {v}".strip() for i, v in sorted(vals.items())]
-        more = ", ..." if len(points) > MAX_POINTS else ""
-        points = points[:MAX_POINTS]
-        if points or name:
-            lines.append(f"{name}: {', '.join(points)}{more}" if name else ", ".join(points) + more)
-    if len(series) > MAX_SERIES:
-        lines.append(f"(and {len(series) - MAX_SERIES} more series)")
-    return ([f"Chart: {named}"] if named else ["Chart:"] if lines else []) + lines
-
-
-def _points(ref: ET.Element | None) -> dict[int, str]:
-    """The values a chart's reference (c:tx, c:cat, c:val, ...) caches, by point index: text,
-    numbers as stored, a literal's; of categories of several levels, the first level's."""
-    if ref is None:
-        return {}
-    if ref.find(f"{_C}v") is not None:
-        return {0: one_line(ref.findtext(f"{_C}v") or "")}  # (a series named in place)
-    for cache in ref.iter():
-        if cache.tag == f"{_C}multiLvlStrCache":
-            cache = cache.find(f"{_C}lvl")
-        elif cache.tag not in (f"{_C}strCache", f"{_C}numCache", f"{_C}strLit", f"{_C}numLit"):
-            continue
-        found = {}
-        for pt in cache.findall(f"{_C}pt") if cache is not None else []:
-            try:
-                found[int(pt.get("idx") or 0)] = one_line(pt.findtext(f"{_C}v") or "")
-            except ValueError:
-                continue
-        return found
-    return {}
-
-
-def _diagram_lines(data: ET.Element) -> list[str]:
-    """A SmartArt diagram's text: its nodes' text, a bullet each, in the order the data part
-    keeps them (connectors and layout points hold none of the user's)."""
-    points = data.find(f"{_DGM}ptLst")
-    lines = []
-    for pt in points.findall(f"{_DGM}pt") if points is not None else []:
-        if pt.get("type") not in (None, "node", "asst"):
-            continue
-        text = one_line(" ".join(_paragraph(p) for p in pt.findall(f"{_DGM}t/{_A}p")))
-        if text:
-            lines.append(f"- {text}")
-    return lines
 
 
 def _shapes(tree: ET.Element) -> Iterator[ET.Element]:
@@ -285,50 +163,12 @@ def _placeholder(shape: ET.Element) -> str | None:
     return None
 
 
-def _paragraph(p: ET.Element) -> str:
-    parts = []
-    for node in p:
-        if node.tag in (f"{_A}r", f"{_A}fld"):
-            parts.append("".join(t.text or "" for t in node.findall(f"{_A}t")))
-        elif node.tag == f"{_A}br":
-            parts.append(" ")
-        elif node.tag == f"{_A14}m":  # an equation
-            parts.append(f" {math_text(node)} ")
-        elif node.tag == f"{_MC}AlternateContent":  # (an equation in a text run)
-            choice = next(iter(node), None)
-            parts.append(" ".join(_paragraph_in(c) for c in (choice if choice is not None else [])))
-    return one_line("".join(parts))
-
-
-def _paragraph_in(node: ET.Element) -> str:
-    """The text of a run-level node written as an alternate content's choice."""
-    wrapper = ET.Element(f"{_A}p")
-    wrapper.append(node)
-    return _paragraph(wrapper)
-
-
 def _level(p: ET.Element) -> int:
     props = p.find(f"{_A}pPr")
     try:
         return min(int(props.get("lvl") or 0), 8) if props is not None else 0
     except ValueError:
         return 0
-
-
-def _table_rows(table: ET.Element) -> list[str]:
-    """A table's rows, cells joined by " | " (its own rows and cells only: a file of tables
-    nested in cells, read at every depth, took minutes)."""
-    rows = []
-    for tr in table.findall(f"{_A}tr"):
-        cells = [
-            one_line(" ".join(_paragraph(p) for p in tc.findall(f"{_A}txBody/{_A}p")))
-            for tc in tr.findall(f"{_A}tc")
-        ]
-        while cells and not cells[-1]:  # (merged cells)
-            cells.pop()
-        if any(cells):
-            rows.append(" | ".join(cells))
-    return rows
 
 
 # ---- Excel (.xlsx) ---------------------------------------------------------------------------
@@ -370,7 +210,7 @@ class _Book:
 def xlsx_text(archive: Archive) -> OfficeText:
     main = "xl/workbook.xml"
     book = archive.xml(main)
-    rels = _rels(archive, main)
+    rels = part_links(archive, main)
     cells = _Book(archive, book, rels)
     blocks: list[str] = []
     headings: list[str] = []

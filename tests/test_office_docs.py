@@ -559,6 +559,47 @@ def test_charts_smartart_and_equations_on_slides_are_read(tmp_path: Path) -> Non
     ]  # fmt: skip
 
 
+def test_a_word_files_charts_are_read_after_their_paragraph(tmp_path: Path) -> None:
+    """A chart drawn in a Word paragraph (its part as python-pptx writes it, linked from the
+    document as Word links it) reads as on a slide, in a block after the paragraph; a
+    picture adds nothing."""
+    with zipfile.ZipFile(DATA / "charts.pptx") as z:
+        chart = z.read("ppt/charts/chart1.xml")
+    graphic = (
+        '<w:r><w:drawing><wp:inline xmlns:wp="http://schemas.openxmlformats.org/'
+        'drawingml/2006/wordprocessingDrawing"><a:graphic xmlns:a="http://schemas.'
+        'openxmlformats.org/drawingml/2006/main"><a:graphicData uri="http://schemas.'
+        'openxmlformats.org/drawingml/2006/{0}">{1}</a:graphicData></a:graphic></wp:inline>'
+        "</w:drawing></w:r>"
+    )
+    chart_ref = (
+        '<c:chart xmlns:c="http://schemas.openxmlformats.org/drawingml/2006/chart" xmlns:r="'
+        'http://schemas.openxmlformats.org/officeDocument/2006/relationships" r:id="rId7"/>'
+    )
+    body = (
+        para("Shipments rose this spring.")
+        + f"<w:p>{graphic.format('chart', chart_ref)}</w:p>"
+        + f"<w:p>{graphic.format('picture', '')}</w:p>"
+        + para("The end.")
+    )
+    parts = {}
+    with zipfile.ZipFile(io.BytesIO(docx(body))) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    parts["word/charts/chart7.xml"] = chart
+    parts["word/_rels/document.xml.rels"] = (
+        '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+        '<Relationship Id="rId7" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+        'relationships/chart" Target="charts/chart7.xml"/></Relationships>'
+    )
+    (path := tmp_path / "report.docx").write_bytes(zipped(parts))
+    assert read_document(path).pages[0].text.split("\n\n") == [
+        "Shipments rose this spring.",
+        "Chart: Units shipped by region\nUnits: North 1200, South 950\n"
+        "Returns: North 24, South 31.5",
+        "The end.",
+    ]
+
+
 def test_a_workbook_reads_each_visible_sheet_its_rows_naming_their_columns() -> None:
     """A workbook as openpyxl writes it: each visible sheet under its name; under a header
     row every value after its column's name (a chunk of rows far from the top still says
