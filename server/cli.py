@@ -260,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         metavar="N",
         help="earlier user/assistant exchanges (question and answer pairs) kept in the prompt "
-        'of a chat completion or a response (a response with truncation "disabled" reads '
-        "its whole conversation), and in every retrieval query (default: %(default)s)",
+        'of a chat completion or a response (one with truncation "disabled" reads its '
+        "whole conversation), and in every retrieval query (default: %(default)s)",
     )
     gen = parser.add_argument_group("generation")
     gen.add_argument(

@@ -674,6 +674,7 @@ class Engine:
         texts = [x if isinstance(x, str) else cm.tokenizer.decode(x) for x in inputs]
         limit = cm.config.doc_max_tokens
         ids = cm.tokenize(texts, cut=truncate)  # whole, counted once (the reference layout cuts)
+        found = []
         for i, (x, read) in enumerate(zip(inputs, ids)):
             if len(read) < limit or truncate:
                 continue  # nothing was cut, or cutting was asked for
@@ -682,10 +683,9 @@ class Engine:
             else:
                 n = len(read)
             if n > limit:
-                where = f"input {i}" if len(inputs) > 1 else "the input"
-                raise ContextLengthError(
-                    TOO_LONG_TO_EMBED.format(limit=limit, where=where, size=f"{n} tokens")
-                )
+                found.append((i, f"{n} tokens"))
+        if found:
+            raise ContextLengthError(too_long_to_embed(limit, found, len(inputs)))
         return texts, ids
 
     def _embed_ended(self, batch: _EmbedBatch) -> None:
@@ -702,14 +702,31 @@ class Engine:
 
 
 NO_SPECIALS = {"add_special_tokens": False}  # count a text's own tokens
-#: an embeddings input too long: "{where} has {size}" goes first (OpenAI's first words, which
-#: clients such as litellm tell a context-length error by)
-TOO_LONG_TO_EMBED = (
-    "This model's maximum context length is {limit} tokens per input (its query encoder's "
-    "length), and {where} has {size}: split the text into shorter pieces, or send "
-    '"truncate": true to embed its start (clara-serve --truncate-embeddings makes that the '
-    "default, for clients that cannot send it)"
-)
+#: inputs too long to embed named in its error, at most (then how many more)
+NAMED_TOO_LONG = 10
+
+
+def too_long_to_embed(limit: int, found: list[tuple[int, str]], inputs: int) -> str:
+    """The error of an embeddings request whose inputs `found` ([(place, size)], "272
+    tokens") are longer than the encoder reads: each named, so that one request tells which
+    chunks to cut (a framework's index build failed at the first, then the next). OpenAI's
+    first words, which clients such as litellm tell a context-length error by."""
+    if inputs == 1:
+        what = f"the input has {found[0][1]}"
+    elif len(found) == 1:
+        what = f"input {found[0][0]} has {found[0][1]}"
+    else:
+        named = ", ".join(f"{i} ({size})" for i, size in found[:NAMED_TOO_LONG])
+        more = f" and {len(found) - NAMED_TOO_LONG} more" if len(found) > NAMED_TOO_LONG else ""
+        what = f"{len(found)} of the {inputs} inputs are longer: {named}{more}"
+    return (
+        f"This model's maximum context length is {limit} tokens per input (its query "
+        f"encoder's length), and {what}: split the text into shorter pieces, or send "
+        '"truncate": true to embed its start (clara-serve --truncate-embeddings makes that '
+        "the default, for clients that cannot send it)"
+    )
+
+
 #: Seconds of query encoding per embeddings step when nothing else could run, and while other
 #: work waits or decodes: one input of ~220 tokens is ~0.3 s of the default model on 2 cores,
 #: so a chat waits at most about this long for its turn.

@@ -259,6 +259,11 @@ class ChatCompletionRequest(_Request):
     filters: AttributeFilter | None = None
     """Attribute filters, as OpenAI's file search takes them: only documents whose attributes
     pass are searched (`{"type": "eq", "key": "team", "value": "hr"}`; `indexing.filters`)."""
+    truncation: Literal["auto", "disabled"] | None = None
+    """The conversation read (as the Responses API's): by default its last --history-turns
+    exchanges (the small default model reads long histories badly), a 400 if they do not
+    fit; "disabled": all of it, a 400 if it does not fit; "auto": the last --history-turns
+    exchanges, then older turns and the lowest-ranked chunks dropped until it fits."""
     ignore_eos: bool = False
     """Decode to max_tokens even past end-of-sequence (as vLLM's; benchmarks use it)."""
 
@@ -321,7 +326,7 @@ class ChatCompletionRequest(_Request):
         turns = turns[:last_user] if last_user is not None else turns
         keep = 2 * defaults.history_turns
         recent = turns[-keep:] if keep else []
-        history = turns if whole_history else recent
+        history = turns if whole_history or self.truncation == "disabled" else recent
         users = [m.text() for m in recent if m.role == "user"] + [question]
         return RagParams(
             question=question,
@@ -340,6 +345,7 @@ class ChatCompletionRequest(_Request):
             ),
             logprobs=bool(self.logprobs),
             top_logprobs=self.top_logprobs or 0,
+            truncate=self.truncation == "auto",
             **_sampling(self, defaults),
         )
 

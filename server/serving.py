@@ -29,7 +29,7 @@ from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_err
 from indexing.service.handler import is_vector_store
 from indexing.service.state import key_sees, visible_to
 from indexing.store import list_collections
-from server.engine import TOO_LONG_TO_EMBED, Engine
+from server.engine import Engine, too_long_to_embed
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
 from server.protocol import (
     Annotation,
@@ -650,20 +650,20 @@ class OpenAIServing:
         truncate = self.defaults.truncate_embeddings if req.truncate is None else req.truncate
         if truncate:  # only the start is read: no need to tokenize a megabyte for it
             inputs = [_head_of(x, info.embed_tokens, info.max_token_chars) for x in inputs]
-        for i, x in enumerate(inputs):  # hopelessly long: refused before tokenizing it
+        found = []  # hopelessly long: refused before tokenizing them
+        for i, x in enumerate(inputs):
             if isinstance(x, str):
                 least = info.least_tokens(len(x))
                 size = f"{len(x)} characters, at least {least} tokens"
             else:  # ids are decoded and tokenized again: 4x the limit cannot fit (2 million
                 least, size = len(x) // IDS_PER_TOKEN, f"{len(x)} tokens"  # took 7.7 s)
             if least > info.embed_tokens and not truncate:
-                where = f"input {i}" if len(inputs) > 1 else "the input"
-                raise APIError(
-                    400,
-                    TOO_LONG_TO_EMBED.format(limit=info.embed_tokens, where=where, size=size),
-                    param="input",
-                    code="context_length_exceeded",
-                )
+                found.append((i, size))
+        if found:
+            raise APIError(
+                400, too_long_to_embed(info.embed_tokens, found, len(inputs)), param="input",
+                code="context_length_exceeded",
+            )  # fmt: skip
         dim = self.engine.info.embedding_dim
         if req.dimensions is not None and req.dimensions != dim:
             raise APIError(

@@ -827,6 +827,17 @@ def test_context_length_exceeded(client: openai.OpenAI, server: ServerProcess) -
     assert_error(
         post(server, "/v1/chat/completions", body), 400, "messages", "context_length_exceeded"
     )
+    long_ago = [
+        {"role": "user", "content": "river " * 3000},
+        {"role": "assistant", "content": "ok"},
+    ]
+    with pytest.raises(openai.BadRequestError):  # a long turn before the question: a 400 ...
+        client.chat.completions.create(model=MODEL, messages=long_ago + ask("river"), max_tokens=1)
+    cut = client.chat.completions.create(  # ... unless truncation "auto" drops it
+        model=MODEL, messages=long_ago + ask("river"), max_tokens=1,
+        extra_body={"truncation": "auto"},
+    )  # fmt: skip
+    assert cut.usage.prompt_tokens < 500
     with pytest.raises(openai.BadRequestError) as info:  # the Responses API names its input
         client.responses.create(model=MODEL, input="river " * 3000)
     assert info.value.code == "context_length_exceeded" and info.value.param == "input"
@@ -1133,6 +1144,14 @@ def test_embedding_errors(server: ServerProcess, client: openai.OpenAI) -> None:
         client.embeddings.create(model=MODEL, input=["hello", "word " * 2000])
     assert info.value.code == "context_length_exceeded" and info.value.param == "input"
     assert "input 1 has" in info.value.message and "is 256 tokens per input" in info.value.message
+    # each too long named (a framework audit: an index build failed at one, then the next)
+    inputs = ["word " * (300 + i) if i in (2, 5, 7) else "hello" for i in range(9)]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=MODEL, input=inputs)
+    assert re.search(
+        r"3 of the 9 inputs are longer: 2 \(\d+ tokens\), 5 \(\d+ tokens\), 7 \(\d+ tokens\)",
+        info.value.message,
+    ), info.value.message
     # another tokenizer's ids (LangChain sends tiktoken's by default): refused, not embedded
     foreign = assert_error(post(server, "/v1/embeddings", {"input": [[9906, 10**5]]}), 400, "input")
     assert "check_embedding_ctx_length=False" in foreign["message"]

@@ -115,6 +115,16 @@ def test_request_to_pipeline_params() -> None:
     assert [m["content"] for m in p.history] == ["q2", "a2", "q3", "a3"]
     assert p.query == "q2\nq3\nlast"  # recent user turns: what retrieval encodes
     assert p.stop == ["END"] and p.max_tokens == 4 and p.top_k == 3 and p.collections == ["docs"]
+    assert not p.truncate
+    # truncation (as the Responses API's; a framework audit: "My name is Bob" four exchanges
+    # back was dropped, and nothing a request could send kept it)
+    whole = req.model_copy(update={"truncation": "disabled"}).to_params(
+        ServingDefaults(top_k=5, collection="docs", history_turns=2)
+    )
+    assert [m["content"] for m in whole.history] == ["q0", "a0", "q1", "a1", "q2", "a2", "q3", "a3"]
+    assert whole.query == p.query and not whole.truncate  # (retrieval asks as before)
+    auto = req.model_copy(update={"truncation": "auto"}).to_params(ServingDefaults(history_turns=2))
+    assert auto.history == p.history and auto.truncate
     assert p.temperature == 0.0 and p.retrieval and p.mode == "memory"
     zero = ChatCompletionRequest.model_validate(
         {"messages": msgs[-1:], "top_p": 0, "temperature": 1.0, "top_k": 0}
