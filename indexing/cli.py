@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--password", default=None, help="password of encrypted PDFs")
     add.add_argument(
+        "--reread",
+        action="store_true",
+        help="read and compress the files named again even when they are indexed unchanged "
+        "(after an upgrade that reads their type better: README, Upgrading)",
+    )
+    add.add_argument(
         "--exclude",
         action="append",
         default=[],

@@ -325,7 +325,11 @@ def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
         col = None
     try:
         touched: list = []  # (files unchanged but for their time: recorded in one write)
-        known = {p: known_result(col, p, touched=touched) for p in paths} if col is not None else {}
+        known = (
+            {p: known_result(col, p, touched=touched, reread=args.reread) for p in paths}
+            if col is not None
+            else {}
+        )
         if col is not None:
             col.note_file_stats(touched)
         todo = [p for p in paths if known.get(p) is None]
@@ -347,7 +351,10 @@ def _add(args: argparse.Namespace, paths: list[Path], run: _AddRun) -> None:
                 col = _open_writer(args, manifest, create=True, index_type=args.index_type)
             else:
                 col.manifest.check_matches(Manifest.from_dict(manifest), args.collection)
-            options = IndexOptions(args.chunk_tokens, args.overlap, args.batch_size, args.password)
+            options = IndexOptions(
+                args.chunk_tokens, args.overlap, args.batch_size, args.password,
+                reread=args.reread,
+            )  # fmt: skip
             # (a scanned PDF is not read twice; its failure comes in its place; a file found
             # moved is that, not "unchanged" once the move is made)
             moved = {p: r for p, r in known.items() if r is not None and r.status == "moved"}

@@ -66,6 +66,8 @@ class IndexOptions:
     batch_size: int = 8  # chunks per step (the model picks its forward-pass batch)
     password: str | None = None  # for encrypted PDFs
     dedupe: bool = True  # skip a new path whose content is already indexed under another
+    reread: bool = False  # read and compress a file already indexed even when unchanged
+    # (after an upgrade whose readers read it better)
     # chunks to compress in the next step, at most batch_size (the indexing service: fewer
     # while chats run beside it, so a chat waits less for the step under way)
     step_chunks: Callable[[], int] | None = None
@@ -187,7 +189,11 @@ def fit_contexts(cm: Any, chunks: list[Any]) -> list[Any]:
 
 
 def known_result(
-    collection: Collection, path: Path, dedupe: bool = True, touched: list | None = None
+    collection: Collection,
+    path: Path,
+    dedupe: bool = True,
+    touched: list | None = None,
+    reread: bool = False,
 ) -> FileResult | None:
     """What adding `path` comes to when no model is needed to know: "unchanged" (indexed with
     its current content), or with `dedupe` "duplicate" (a new path whose content a document
@@ -195,16 +201,24 @@ def known_result(
     held: renamed or moved, it becomes that document, its memories kept, in a writable
     collection); None when it has to be read and compressed. A file found unchanged
     by its content, not its stat, has its stat recorded (`Collection.note_file_stats`): at
-    once, or with `touched` appended to it, for the caller to record many in one write."""
+    once, or with `touched` appended to it, for the caller to record many in one write.
+    With `reread`, a file indexed already is read again whatever its content (None)."""
     existing = collection.find_by_path(str(path))
-    return _known(collection, path, existing, dedupe, touched)[0]
+    return _known(collection, path, existing, dedupe, touched, reread)[0]
 
 
 def _known(
-    collection: Collection, path: Path, existing: Any, dedupe: bool, touched: list | None = None
+    collection: Collection,
+    path: Path,
+    existing: Any,
+    dedupe: bool,
+    touched: list | None = None,
+    reread: bool = False,
 ) -> tuple[FileResult | None, str | None]:
     """`known_result`, given the document stored for `path` (or None), and the file's SHA-256
     (None when it was not read: unchanged by its size and time, or unreadable)."""
+    if reread and existing is not None:
+        return None, _hash(path)[0]
     if existing is not None and _same_stat(existing, path):
         # size and modification time as indexed: unchanged without reading it (as rsync and
         # make judge; a re-run over a 50 GB library read all of it, twice for a new file)
@@ -427,7 +441,9 @@ class Indexer:
     def _prepare(self, src: Source, in_flight: dict[str, Path]) -> _Pending | FileResult:
         path, coll = src.path, self.collection
         existing = coll.find_by_path(str(path))
-        known, sha = _known(coll, path, existing, self.options.dedupe)  # (read once at most)
+        known, sha = _known(  # (read once at most)
+            coll, path, existing, self.options.dedupe, reread=self.options.reread
+        )
         if known is not None:
             return known
         if sha is not None and self.options.dedupe and existing is None and sha in in_flight:

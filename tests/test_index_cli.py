@@ -255,6 +255,10 @@ def test_rerun_is_incremental_and_a_changed_file_replaces_its_chunks(
     report = json.loads(out)
     assert rc == 0 and report["unchanged"] == 4 and report["added"] == 0
     assert docs_of(index) == before
+    # --reread: read and compressed again, unchanged (after an upgrade whose readers read a
+    # type better, which said "add it again", and that left it as it was)
+    rc, out, _ = run(capsys, "add", folder / "doc02.txt", "--reread", *args)
+    assert rc == 0 and json.loads(out)["replaced"] == 1 and docs_of(index) == before
 
     old_id = next(f["doc_id"] for f in report["files"] if f["path"].endswith("doc01.txt"))
     paths[1].write_text("A brand new text about the stone bridge.")
