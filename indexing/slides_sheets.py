@@ -193,6 +193,7 @@ class _Book:
         self.formats = _cell_formats(archive, rels)
         props = book.find(f"{_S}workbookPr")
         self.date1904 = props is not None and props.get("date1904") in ("1", "true")
+        self.unsaved = 0  # formulas saved without their result (they read as empty)
 
     def spend(self, text: str) -> str:
         self.charge(len(text))
@@ -231,6 +232,13 @@ def xlsx_text(archive: Archive) -> OfficeText:
         if rows:
             headings.append(name)
             blocks.append("\n".join([name, *_named(rows, cells.charge)]))
+    if cells.unsaved:
+        warnings.append(
+            f"{cells.unsaved} formula cell{'s' if cells.unsaved > 1 else ''} saved without "
+            "a result, read as empty (written by a program that does not compute formulas, "
+            "such as openpyxl: open and save the file in Excel or LibreOffice, then add it "
+            "with --reread)"
+        )
     if not blocks:
         raise OfficeError("no cells to read (empty, or every sheet hidden)", "nothing to index")
     title = core_title(archive, "docProps/core.xml")
@@ -329,7 +337,9 @@ def _cell(c: ET.Element, book: _Book) -> str:
     value = c.find(f"{_S}v")
     raw = (value.text or "").strip() if value is not None else ""
     if not raw:
-        return ""  # (a formula saved without its result: nothing to read)
+        if c.find(f"{_S}f") is not None:  # a formula saved without its result: nothing to
+            book.unsaved += 1  # read (counted: a warning says so)
+        return ""
     if kind == "s":
         try:
             return book.strings[int(raw)]

@@ -772,6 +772,24 @@ def test_what_an_audit_of_crafted_workbooks_found(tmp_path: Path) -> None:
     )
 
 
+def test_formulas_saved_without_their_result_are_named_in_a_warning(tmp_path: Path) -> None:
+    """A workbook written by openpyxl keeps formulas without results: they read as empty,
+    and nothing said so (a total row indexed as blanks)."""
+    rows = cells("<c><v>3</v></c>", "<c><v>4</v></c>") + cells(
+        "<c><f>SUM(A1:B1)</f></c>", "<c><f>A1*2</f><v>6</v></c>", "<c><f>B1</f><v></v></c>"
+    )
+    (path := tmp_path / "totals.xlsx").write_bytes(xlsx(rows))
+    doc = read_document(path)
+    assert doc.pages[0].text.splitlines()[-1] == " | 6"  # (empty cells keep their place)
+    assert [w for w in doc.warnings if "formula" in w] == [
+        "2 formula cells saved without a result, read as empty (written by a program that does "
+        "not compute formulas, such as openpyxl: open and save the file in Excel or "
+        "LibreOffice, then add it with --reread)"
+    ]
+    (path := tmp_path / "saved.xlsx").write_bytes(xlsx(cells("<c><f>1+1</f><v>2</v></c>")))
+    assert not read_document(path).warnings
+
+
 def test_what_is_called_a_slide_is_what_is_read_as_slides() -> None:
     """The names whose pages are shown as slides (clara/text.py, the web chat) are those the
     readers read as presentations: four lists of one thing, kept equal here."""
