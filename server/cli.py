@@ -187,10 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-events",
         action="store_true",
         help="streamed chat completions also send each source as an Open WebUI source event "
-        '(a \'data:\' line holding {"event": {"type": "source", ...}}), so that Open '
-        "WebUI shows every retrieved chunk with its text (without it, one citation of the "
-        "answer's likeliest source); other OpenAI clients read such a line as a chunk without "
-        "choices: only for a server that Open WebUI alone uses",
+        '(a \'data:\' line holding {"event": {"type": "source", ...}}), and answers not '
+        "streamed list them in a top-level 'sources', so that Open WebUI shows every "
+        "retrieved chunk with its text (without it, one citation of the answer's likeliest "
+        "source); other OpenAI clients read such a line as a chunk without choices: only for "
+        "a server that Open WebUI alone uses",
     )
     net.add_argument(
         "--embedding-token-ids",

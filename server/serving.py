@@ -17,6 +17,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -146,14 +147,14 @@ def annotations_of(ready: Ready, sources: list[Source], content: str) -> list[An
     return list(out.values())
 
 
-def source_event(source: Source, text: str) -> str:
-    """A source as the SSE line Open WebUI reads as a "source" event (`--source-events`): one
-    citation card per retrieved chunk (Open WebUI makes a card of each `metadata.source`, named
-    by its `metadata.name`: its file, section and pages), showing its `text` (the chunk's)."""
+def open_webui_source(source: Source, text: str) -> dict[str, Any]:
+    """A source as Open WebUI reads one (`--source-events`): one citation card per retrieved
+    chunk (Open WebUI makes a card of each `metadata.source`, named by its `metadata.name`:
+    its file, section and pages), showing its `text` (the chunk's)."""
     name = source.filename + (f" ({source.section})" if source.section else "")
     if where := pages_label(source.filename, source.page_start, source.page_end):
         name += f", {where}"
-    data = {
+    return {
         "source": {"name": name, "url": source.url},
         "document": [text],
         "metadata": [{
@@ -161,7 +162,12 @@ def source_event(source: Source, text: str) -> str:
             "file": source.filename, "url": source.url, "score": source.score,
         }],
     }  # fmt: skip
-    return f"data: {json.dumps({'event': {'type': 'source', 'data': data}})}\n\n"
+
+
+def source_event(source: Source, text: str) -> str:
+    """A source as the SSE line Open WebUI reads as a "source" event, in a stream."""
+    event = {"type": "source", "data": open_webui_source(source, text)}
+    return f"data: {json.dumps({'event': event})}\n\n"
 
 
 def _sse(data: ChatCompletionChunk | dict, null_usage: bool = False) -> str:
@@ -402,7 +408,12 @@ class OpenAIServing:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return JSONResponse((await self._complete(job, reply, request, start)).model_dump())
+        done = (await self._complete(job, reply, request, start)).model_dump()
+        if self.defaults.source_events:  # (Open WebUI shows an answer's top-level `sources`
+            found = reply.ready.retrieved.sources  # when it does not stream: an audit)
+            listed = zip(sources_of(reply.ready, self.defaults.files_url), found)
+            done["sources"] = [open_webui_source(s, f.text) for s, f in listed]
+        return JSONResponse(done)
 
     async def next_event(self, job: Job, request: Request) -> object:
         """The job's next event; a client that hung up cancels the job (checked every

@@ -51,6 +51,10 @@ def test_a_chat_as_open_webui_sends_it_gets_a_source_event_per_chunk(
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
             assert r.status_code == 200, r.read()
             lines = [x[6:] for x in r.iter_lines() if x.startswith("data: ")]
+        # streaming off (a chat model's setting in Open WebUI): the same cards, in the
+        # answer's top-level `sources`, which Open WebUI shows (it showed none: an audit)
+        plain = {k: v for k, v in body.items() if k != "stream_options"} | {"stream": False}
+        whole = httpx.post(f"{server.url}/v1/chat/completions", json=plain, timeout=60).json()
     assert lines[-1] == "[DONE]"
     parsed = [json.loads(x) for x in lines[:-1]]
     events = [p["event"] for p in parsed if "event" in p]
@@ -76,3 +80,7 @@ def test_a_chat_as_open_webui_sends_it_gets_a_source_event_per_chunk(
     # holding only a file's name)
     assert chunks[-1]["usage"]["completion_tokens"] >= 1  # (the usage chunk, still last)
     assert all("choices" in c for c in chunks)
+    assert [c["metadata"][0]["source"] for c in whole["sources"]] == [
+        e["data"]["metadata"][0]["source"] for e in events
+    ]
+    assert whole["sources"][0] == events[0]["data"]
