@@ -15,6 +15,12 @@ candidate adapters (docs/TRAINING_RUNS.md).
     python bench/bench_retrieval.py                                              # build + table
     python bench/bench_retrieval.py --cache DIR --build-only --sets apple        # index only
     python bench/bench_retrieval.py --cache DIR --tune                           # k / weights grid
+    python bench/bench_retrieval.py --cache DIR --no-build --split 2              # 2 collections
+
+`--split N` also asks each set's questions of its documents dealt round-robin into N
+collections searched as one (`indexing.store.retrieve_from`: a file_search tool with N vector
+stores), beside the one collection holding them all: the parts are copies of its documents,
+chunks and memories (no model work), and each part's words are weighed by its own BM25.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from bench.retrieval_sets import apple_name, apple_train_questions, write_set
 from clara import paths
 from clara.errors import CollectionNotFoundError
 from clara.retrieval import DENSE_SCORINGS, RETRIEVAL_MODES, Fusion, reciprocal_rank_fusion
-from indexing.store import Collection
+from indexing.meta import ChunkRecord
+from indexing.store import Collection, retrieve_from
 
 SETS = ("apple", "pydoc")
 
@@ -141,6 +148,51 @@ def run_modes(col, texts, golds, vecs, chunk_doc, fusion: Fusion, rerank: int = 
     return rows
 
 
+def split_collections(index: Path, col: Collection, n: int, manifest: dict) -> list[Collection]:
+    """`col`'s documents dealt round-robin (by name) into n collections "<name>-part<i>of<n>",
+    copied with their chunks and memories (made once: a part holding its share is kept),
+    opened read-only."""
+    docs = sorted(col.list_documents(), key=lambda d: d.name)
+    parts = []
+    for i in range(n):
+        name = f"{col.name}-part{i + 1}of{n}"
+        share = docs[i::n]
+        with Collection.open(index, name, manifest, create=True) as part:
+            if part.stats()["documents"] != len(share):
+                for d in part.list_documents():
+                    part.remove_document(d.id)
+                for d in share:
+                    chunks = col.document_chunks(d.id)
+                    records = [
+                        ChunkRecord(c.text, c.page_start, c.page_end, c.n_tokens, c.context)
+                        for c in chunks
+                    ]
+                    part.add_document(
+                        d.path, d.name, d.sha256, records, col.memories([c.id for c in chunks]),
+                        size=d.size, mtime=d.mtime, n_pages=d.n_pages,
+                    )  # fmt: skip
+        parts.append(Collection.open(index, name, manifest, readonly=True))
+    return parts
+
+
+def run_modes_across(parts, texts, golds, vecs, fusion: Fusion, rerank: int = 0) -> list[list]:
+    """`run_modes` over several collections searched as one (`retrieve_from`)."""
+    rows, searched = [], [(c, None) for c in parts]
+    for mode in RETRIEVAL_MODES:
+        retrieve_from(searched, texts[0], vecs[0], 20, mode, fusion, rerank)  # warm-up
+        firsts, times = [], []
+        for text, vec, gold in zip(texts, vecs, golds):
+            t = time.perf_counter()
+            hits = retrieve_from(searched, text, vec, 20, mode, fusion, rerank)
+            times.append(1000 * (time.perf_counter() - t))
+            firsts.append(first_hit([h.doc_name for h in hits], gold))
+        m = metrics(firsts)
+        p50, p99 = np.percentile(times, 50), np.percentile(times, 99)
+        rows.append([mode, len(texts), f"{m['R@1']:.1f}", f"{m['R@5']:.1f}", f"{m['MRR']:.3f}",
+                     f"{p50:.1f}", f"{p99:.1f}"])  # fmt: skip
+    return rows
+
+
 def tune(col, texts, golds, vecs, chunk_doc, rerank: int = 0) -> tuple[Fusion, list[list]]:
     """Grid over k and the dense weight (lexical weight 1): best mean of R@1 and R@5."""
     cands = candidates(col, texts, vecs, Fusion().depth, rerank)
@@ -195,12 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         "table says how many of the set's documents it holds)",
     )
     p.add_argument(
+        "--split", type=int, default=1, metavar="N",
+        help="also ask each set's questions of its documents dealt into N collections "
+        "searched as one, beside the one collection (default: 1, not)",
+    )  # fmt: skip
+    p.add_argument(
         "--dense-scoring", choices=DENSE_SCORINGS,
         help="rank the dense side this way instead of as the checkpoint says",
     )  # fmt: skip
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be 1 or more")
+    if args.split < 1:
+        p.error("--split must be 1 or more")
     start_run()
     if args.no_build:
         questions = {which: write_set(which, args.cache / which) for which in args.sets}
@@ -239,9 +298,17 @@ def main(argv: list[str] | None = None) -> int:
             texts, golds = [all_texts[i] for i in keep], [qs[i][0] for i in keep]
             vecs = all_vecs[keep]
             for row in run_modes(col, texts, golds, vecs, doc_of_chunk(col), fusion, rerank):
-                rows.append([which, stats["documents"], stats["chunks"], *row])
-    headers = ["set", "docs", "chunks", "mode", "questions", "R@1", "R@5", "MRR@20",
-               "p50 ms", "p99 ms"]  # fmt: skip
+                rows.append([which, 1, stats["documents"], stats["chunks"], *row])
+            if args.split > 1:
+                parts = split_collections(index, col, args.split, cm.manifest())
+                try:
+                    for row in run_modes_across(parts, texts, golds, vecs, fusion, rerank):
+                        rows.append([which, args.split, stats["documents"], stats["chunks"], *row])
+                finally:
+                    for part in parts:
+                        part.close()
+    headers = ["set", "collections", "docs", "chunks", "mode", "questions", "R@1", "R@5",
+               "MRR@20", "p50 ms", "p99 ms"]  # fmt: skip
     body = markdown_table(headers, rows)
     body += (
         f"\n\nFusion used: k={fusion.k:g}, weights {dict(fusion.weights)}, depth {fusion.depth}."
@@ -265,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         "documentation topics up to 9000 characters, 70 hand-written questions naming their "
         "topic. Latency: Collection.retrieve (k=20) with the question already encoded, "
         "one question at a time; the default model (smollm2-135m + shipped adapters)."
+        + (
+            f" collections {args.split}: the set's documents dealt round-robin into "
+            f"{args.split} collections searched as one (retrieve_from, each with its own "
+            "BM25 statistics), the same chunks and memories as the one collection's."
+            if args.split > 1
+            else ""
+        )
     )
     if args.no_append:
         print(body)
