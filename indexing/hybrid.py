@@ -11,6 +11,7 @@ its text, context line, document and where it ranked in each retriever.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ import numpy as np
 
 from clara.errors import InvalidArgumentError
 from clara.retrieval import RETRIEVAL_MODES, Fused, Fusion, reciprocal_rank_fusion
-from indexing.lexical import TITLE_WEIGHT, query_terms
+from indexing.lexical import TITLE_WEIGHT, prune, query_terms
 from indexing.meta import Contextual
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ def retrieve_across(
             (i, col.search_lexical(terms, depth, only)) for i, (col, only) in enumerate(searched)
         ]
         if any(hits is not None for _, hits in found):
+            if len(searched) > 1:  # (each collection's scores weigh words by its own counts)
+                found = _shared_bm25([col for col, _ in searched], terms, found)
             lexical = _ranked([(i, cid, s) for i, hits in found for cid, s in hits or []])
     if lexical is None and mode != "dense":
         if vector is None:
@@ -146,7 +149,47 @@ def retrieve_across(
         own = dense_scores if mode == "dense" else lexical_scores
         fused = [Fused(i, own[i], {mode: r}) for r, i in enumerate(only, start=1)]
     cols = [col for col, _ in searched]
-    return _hits(cols, fused, k * 2, mode, dense_scores, lexical_scores)[:k]
+    # (room for the copies `_hits` leaves out: a file in every collection searched is in each)
+    return _hits(cols, fused, k * (1 + len(cols)), mode, dense_scores, lexical_scores)[:k]
+
+
+def fts_idf(rows: int, holding: int) -> float:
+    """The weight FTS5's bm25 gives a term held by `holding` of `rows` chunks (at least 1e-6:
+    one in half of them or more weighs almost nothing)."""
+    idf = math.log((rows - holding + 0.5) / (holding + 0.5)) if rows else 0.0
+    return idf if idf > 0 else 1e-6
+
+
+def _shared_bm25(
+    cols: list[Collection], terms: list[str], found: list[tuple[int, list | None]]
+) -> list[tuple[int, list | None]]:
+    """Each collection's lexical hits scored as if the collections were one: BM25 weighs a
+    term by how rare it is among all their chunks, not among each one's own. A word in both
+    chunks of a 2-chunk store weighed nothing there (every score 0), and a store of 13 chunks
+    weighed a word 3 or 4 times less than the 436 chunks of all the stores did, so a small
+    store's best chunks ranked below any match of a large one (an audit). Each hit's score is
+    the sum of each term's own score in its collection, times the term's weight over all of
+    them divided by its weight in its own (the words' frequencies in the chunk and its
+    length, normalized in its own collection, are kept as they are)."""
+    stats = [col.term_stats(terms) for col in cols]
+    rows = sum(n for n, _ in stats)
+    holding = [sum(counts[t] for _, counts in stats) for t in range(len(terms))]
+    shared = [fts_idf(rows, h) for h in holding]
+    out: list[tuple[int, list | None]] = []
+    for i, hits in found:
+        if not hits:
+            out.append((i, hits))
+            continue
+        n, counts = stats[i]
+        ids = [cid for cid, _ in hits]
+        score = dict.fromkeys(ids, 0.0)
+        for t in prune(terms, counts):  # (the terms its search scored: `Meta.lexical_search`)
+            at = terms.index(t)
+            ratio = shared[at] / fts_idf(n, counts[at])
+            for cid, part in cols[i].term_scores(t, ids).items():
+                score[cid] += part * ratio
+        out.append((i, sorted(score.items(), key=lambda kv: -kv[1])))
+    return out
 
 
 def _ranked(found: list[tuple[int, int, float]]) -> list[tuple[tuple[int, int], float]]:

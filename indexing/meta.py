@@ -541,18 +541,7 @@ class Meta:
         """(chunk id, bm25 score, higher is better) of the best `k` chunks holding any of
         `terms` (query terms; the most frequent are left out past lexical.POSTINGS_BUDGET),
         among the chunk ids `only` when given."""
-        words = sorted({w for t in terms for w in words_of(t)})
-        stem = dict(zip(words, stems_of(words)))
-        wanted = sorted({s for s in stem.values() if s})
-        df = dict(
-            self.db.execute(
-                f"SELECT term, doc FROM chunks_fts_vocab WHERE term IN ({_marks(len(wanted))})",
-                wanted,
-            )
-        )
-        # A phrase is in at most as many chunks as its rarest word.
-        counts = [min(df.get(stem[w], 0) if stem[w] else 0 for w in words_of(t)) for t in terms]
-        match = match_query(prune(terms, counts))
+        match = match_query(prune(terms, self.term_counts(terms)))
         if match is None:
             return []  # no term is in any chunk
         if only is not None:  # (one JSON array: no bound-parameter limit; `+rowid` keeps the
@@ -564,6 +553,31 @@ class Meta:
             return [(int(i), -float(r)) for i, r in self.db.execute(sql, args)]
         sql = "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"
         return [(int(i), -float(r)) for i, r in self.db.execute(sql, (match, int(k)))]
+
+    def term_counts(self, terms: list[str]) -> list[int]:
+        """The chunks holding each query term (a phrase: its rarest word's, at most)."""
+        words = sorted({w for t in terms for w in words_of(t)})
+        stem = dict(zip(words, stems_of(words)))
+        wanted = sorted({s for s in stem.values() if s})
+        df = dict(
+            self.db.execute(
+                f"SELECT term, doc FROM chunks_fts_vocab WHERE term IN ({_marks(len(wanted))})",
+                wanted,
+            )
+        )
+        # A phrase is in at most as many chunks as its rarest word.
+        return [min(df.get(stem[w], 0) if stem[w] else 0 for w in words_of(t)) for t in terms]
+
+    def term_scores(self, term: str, ids: Sequence[int]) -> dict[int, float]:
+        """Each of the chunks `ids` holding `term`: its bm25 score for that term alone (what
+        the term adds to a question's score: the score of several terms is their sum)."""
+        match = match_query([term])
+        sql = (
+            "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? AND +rowid IN "
+            "(SELECT value FROM json_each(?))"
+        )
+        rows = self.db.execute(sql, (match, json.dumps([int(i) for i in ids])))
+        return {int(i): -float(r) for i, r in rows}
 
     def rows_of(self, ids: Sequence[int]) -> dict[int, int]:
         out: dict[int, int] = {}
@@ -587,6 +601,13 @@ class Meta:
     def lexical_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM chunks_fts").fetchone()[0])
 
+    def lexical_rows(self) -> int:
+        """The rows FTS5's bm25 counts (its "averages" record, read without a scan: the
+        table's first varint); `lexical_count` where that record cannot be read."""
+        row = self.db.execute("SELECT block FROM chunks_fts_data WHERE id = 1").fetchone()
+        n = _varint(bytes(row[0])) if row and row[0] else None
+        return self.lexical_count() if n is None else n
+
     def shrink(self) -> None:
         """Give freed pages back to the filesystem and empty the WAL (after big deletes)."""
         self.db.execute("PRAGMA incremental_vacuum")
@@ -607,3 +628,15 @@ class Meta:
                 self.db.execute("INSERT INTO chunks_fts (chunks_fts) VALUES ('optimize')")
         self.db.execute("VACUUM")
         return self.empty_wal(BUSY_TIMEOUT_MS)
+
+
+def _varint(data: bytes) -> int | None:
+    """SQLite's variable-length integer at the start of `data` (None: cut short)."""
+    value = 0
+    for i, byte in enumerate(data[:9]):
+        if i == 8:
+            return (value << 8) | byte
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value
+    return None

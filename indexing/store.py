@@ -683,6 +683,17 @@ class Collection:
         with self._guard():
             return self._meta.lexical_search(terms, k, only)
 
+    def term_stats(self, terms: list[str]) -> tuple[int, list[int]]:
+        """(chunks in the full-text index, the chunks holding each query term): what BM25
+        weighs a term by (`hybrid.retrieve_across` adds them up over collections)."""
+        with self._guard():
+            return self._meta.lexical_rows(), self._meta.term_counts(terms)
+
+    def term_scores(self, term: str, chunk_ids: Sequence[int]) -> dict[int, float]:
+        """BM25 of `term` alone in each of these chunks that holds it (`Meta.term_scores`)."""
+        with self._guard():
+            return self._meta.term_scores(term, chunk_ids)
+
     def chunk_ids_of(self, doc_ids: Sequence[str]) -> np.ndarray:
         """The chunk ids of these documents (those still there), sorted."""
         with self._guard():

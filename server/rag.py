@@ -133,7 +133,6 @@ class Rag:
         self, p: RagParams, qvec: np.ndarray | None, found: list[tuple[str, Collection | None]]
     ) -> Retrieved:
         names = [name for name, _ in found]
-        first, several = names[0], names if len(names) > 1 else []
         for name, coll in found:
             if coll is None and name != self.default:
                 raise CollectionNotFoundError(
@@ -141,6 +140,11 @@ class Rag:
                     "(clara-index add --collection NAME) or leave 'collection' out"
                 )
         found = [(name, coll) for name, coll in found if coll is not None]
+        # what was searched: not the server's default collection beside others before anything
+        # was indexed into it (a follow-up that searched "it" again was told it was deleted)
+        searched_names = [name for name, _ in found] or names
+        first = searched_names[0]
+        several = searched_names if len(searched_names) > 1 else []
         if not found:  # (the server's default collection, before anything was indexed)
             self.metrics.retrievals.inc(status="no_index")
             where = self.root / self.default
@@ -166,7 +170,7 @@ class Rag:
             empty = all(coll.stats()["chunks"] == 0 for _, coll in found)
             status = "empty_index" if empty else "no_match"
             self.metrics.retrievals.inc(status=status)
-            it = "the collection is" if len(names) == 1 else "the collections are"
+            it = "the collection is" if len(found) == 1 else "the collections are"
             detail = f"{it} empty" if empty else "no chunk matched the words"
             passed = [d for _, d in searched]
             if all(d == [] for d in passed) and not empty:

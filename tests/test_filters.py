@@ -185,3 +185,35 @@ def test_a_registry_clara_serve_cannot_read_leaves_the_uploads_out(tmp_path: Pat
         assert names() == ["eng.md"]
     finally:
         col.close()
+
+
+def test_several_collections_name_only_those_searched(tmp_path: Path, tiny_llama_dir) -> None:
+    """A multi-store audit: the server's default collection listed beside a store before
+    anything was indexed into it was not searched, yet `retrieval.collections` named it, and
+    a follow-up that searched "it" again was told it had been deleted."""
+    from clara.checkpoint import load_clara
+    from server.metrics import Metrics
+    from server.protocol import RagParams
+    from server.rag import Rag
+    from tests.test_server_harness import DOCS, add_documents
+
+    cm = load_clara(tiny_llama_dir, None, dtype=None)
+    add_documents(tmp_path, cm, DOCS[:2], collection="store")
+    add_documents(tmp_path, cm, DOCS[2:4], collection="other")
+    rag = Rag(cm, tmp_path, "default", cm.manifest(), Metrics())
+    try:
+        question = DOCS[3][1]
+        qvec = np.array(cm.encode_queries([question]))[0].astype(np.float32)
+
+        def ask(*names: str):
+            p = RagParams(question, question, collections=list(names), scope=None, top_k=4)
+            return rag.retrieve(p, qvec)
+
+        alone = ask("store", "default")
+        assert (alone.status, alone.collection, alone.collections) == ("ok", "store", [])
+        both = ask("default", "store", "other")
+        assert (both.collection, both.collections) == ("store", ["store", "other"])
+        assert both.sources[0].filename == DOCS[3][0] and both.sources[0].collection == "other"
+        assert {s.collection for s in both.sources} == {"store", "other"}
+    finally:
+        rag.close()

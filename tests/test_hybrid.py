@@ -219,3 +219,50 @@ def test_several_collections_are_searched_as_one(tmp_path: Path):
     assert [h.text for h in copies].count(TEXTS["tea"]) == 1
     for c in (whole, *parts):
         c.close()
+
+
+def test_a_small_collection_beside_a_large_one_ranks_as_in_one_collection(tmp_path: Path):
+    """An audit: BM25 weighs a word by its own collection's counts, so the one chunk of a
+    personal store (every word in half its chunks or more: weighed 1e-6, scored 0) ranked
+    below any match of a 30-file store, even holding every word of the question. Lexical
+    scores across collections are now those of one collection holding them all."""
+    from indexing.hybrid import _shared_bm25
+    from indexing.lexical import query_terms
+    from indexing.store import retrieve_from
+
+    rng = np.random.default_rng(2)
+    note = "My hotel in Lisbon: confirmation number 4417, for the conference."
+    filler = [f"Table {i}: the number of items in row {i} is {i * 3}." for i in range(40)]
+    big = Collection.open(tmp_path, "big", manifest=MANIFEST, create=True)
+    small = Collection.open(tmp_path, "small", manifest=MANIFEST, create=True)
+    whole = Collection.open(tmp_path, "whole", manifest=MANIFEST, create=True)
+
+    def add(col, name, text):
+        v = rng.standard_normal((1, N_MEM, D)).astype(np.float32)
+        col.add_document(f"/d/{name}.txt", name, f"sha-{name}", [ChunkRecord(text, 1, 1, 9, "")], v)
+
+    for i, text in enumerate(filler):
+        add(big, f"t{i}", text)
+        add(whole, f"t{i}", text)
+    add(small, "note", note)
+    add(whole, "note", note)
+    question = "What is the confirmation number of the hotel in Lisbon?"
+    alone = whole.retrieve(question, None, k=5, mode="lexical")
+    assert alone[0].doc_name == "note"
+    both = retrieve_from([(big, None), (small, None)], question, None, 5, "lexical")
+    assert [h.doc_name for h in both] == [h.doc_name for h in alone]
+    assert [h.score for h in both] == pytest.approx([h.score for h in alone], rel=0.05)
+    assert both[0].collection == "small"
+    # one collection: the sum of each term's own score is the collection's score
+    terms = query_terms(question)
+    for col in (big, whole):
+        found = [(0, col.search_lexical(terms, 10))]
+        ((_, rescored),) = _shared_bm25([col], terms, found)
+        assert [i for i, _ in rescored] == [i for i, _ in found[0][1]]
+        assert [s for _, s in rescored] == pytest.approx([s for _, s in found[0][1]], rel=1e-6)
+    # a file in each of three collections: still k hits (copies left out after the k-th)
+    q = rng.standard_normal((N_MEM, D)).astype(np.float32)
+    copies = retrieve_from([(big, None)] * 3, "x", q, 5, "dense")
+    assert len(copies) == 5 and len({h.text for h in copies}) == 5
+    for c in (big, small, whole):
+        c.close()

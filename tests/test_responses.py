@@ -644,6 +644,14 @@ def test_file_search_over_several_stores_searches_them_as_one(
     )  # fmt: skip
     assert [s["filename"] for s in chat.choices[0].message.sources] == ["ferry.md", "capitals.md"]
     assert [s["collection"] for s in chat.choices[0].message.sources] == [other.id, store_id]
+    twice = {**tool, "vector_store_ids": [other.id] * 9 + [store_id]}  # (a name given twice
+    r2 = client.responses.create(model=MODEL, input=text, tools=[twice], max_output_tokens=1)
+    assert r2.model_extra["retrieval"]["collections"] == [other.id, store_id]  # counts once)
+    with pytest.raises(openai.BadRequestError) as err:  # (the model's collection and the
+        client.responses.create(  # tool's: it searched the tool's, and named the model's)
+            model=f"{MODEL}@default", input=text, tools=[tool], max_output_tokens=1
+        )
+    assert err.value.body["param"] == "tools.[0].vector_store_ids"
     client.vector_stores.delete(other.id)
     with pytest.raises(openai.NotFoundError) as err:
         client.responses.create(model=MODEL, input=text, previous_response_id=r.id)
@@ -783,7 +791,10 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
             "tools.[0].vector_store_ids.[0]",
         ),
         (
-            {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["a"] * 9}]},
+            {
+                "input": "hi",
+                "tools": [{"type": "file_search", "vector_store_ids": [f"s{i}" for i in range(9)]}],
+            },
             "tools.[0].vector_store_ids",
         ),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),

@@ -22,7 +22,15 @@ from clara.retrieval import READING_MODES
 from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicode
 from indexing.filters import AttributeFilter
 from indexing.service.protocol import Attributes, Ranker
-from server.protocol import MAX_SEARCHED, NULL, CollectionName, CollectionNames, only, refuse
+from server.protocol import (
+    MAX_SEARCHED,
+    NULL,
+    CollectionName,
+    CollectionNames,
+    only,
+    refuse,
+    without_repeats,
+)
 
 VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
 
@@ -99,6 +107,7 @@ class FileSearchTool(_Request):
     @field_validator("vector_store_ids", mode="before")
     @classmethod
     def _few_stores(cls, ids: Any) -> Any:
+        ids = without_repeats(ids)
         if isinstance(ids, list) and len(ids) > MAX_SEARCHED:  # (pydantic's "List should have
             raise APIError(  # at most 8 items after validation" did not say whose limit it is)
                 400, f"clara-serve searches at most {MAX_SEARCHED} vector stores per request, "

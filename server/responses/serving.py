@@ -355,6 +355,9 @@ class ResponsesServing:
             chat.retrieval = False
         elif search is not None:
             chat.collection, chat.top_k = search
+            # a model NAME@COLLECTION searches its collection: a tool's others are a 400, as
+            # `collection` is (they were searched, and the answer named the model's)
+            self.serving.named_collection(req.model, search[0], "tools.[0].vector_store_ids")
             chat.filters = req.tools[0].filters or req.filters  # (a proxy's, beside an app's tool)
             if req.tools[0].filters is not None and req.filters is not None:  # (one of them
                 raise APIError(  # would be dropped without a word)
