@@ -31,7 +31,7 @@ from xml.etree import ElementTree as ET
 
 from clara.errors import ClaraError
 from clara.text import one_line
-from indexing.drawing import graphic_lines, linked, math_text
+from indexing.drawing import Linked, graphic_lines, math_text
 from indexing.html_text import html_to_text
 
 #: bytes unpacked from one document, all members together
@@ -56,12 +56,18 @@ _STRICT = [
         (b"spreadsheetml/main", b"spreadsheetml/2006/main"),
         (b"presentationml/main", b"presentationml/2006/main"),
         (b"drawingml/main", b"drawingml/2006/main"),
+        (b"drawingml/chart", b"drawingml/2006/chart"),
+        (b"drawingml/diagram", b"drawingml/2006/diagram"),
+        (b"officeDocument/math", b"officeDocument/2006/math"),
         (b"officeDocument/relationships", b"officeDocument/2006/relationships"),
     ]
 ]
 _FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _TEXT_BOX = f"{_W}txbxContent"
 _GRAPHIC_DATA = "{http://schemas.openxmlformats.org/drawingml/2006/main}graphicData"
+#: what a graphic's data holds that clara reads: a chart, a SmartArt diagram
+_GRAPHICS = {"{http://schemas.openxmlformats.org/drawingml/2006/chart}chart",
+             "{http://schemas.openxmlformats.org/drawingml/2006/diagram}relIds"}  # fmt: skip
 _M = "{http://schemas.openxmlformats.org/officeDocument/2006/math}"
 #: block-level elements that hold paragraphs and tables (what is moved away is `moveFrom`)
 _DOCX_WRAPPERS = {f"{_W}{t}" for t in ("sdt", "sdtContent", "customXml", "ins", "moveTo")}
@@ -102,6 +108,11 @@ class Archive:
 
     def has(self, name: str) -> bool:
         return name in self.z.NameToInfo
+
+    def size(self, name: str) -> int:
+        """A member's size once unpacked, as the zip declares it (`read` checks it)."""
+        info = self.z.NameToInfo.get(name)
+        return info.file_size if info is not None else 0
 
     def read(self, name: str) -> bytes:
         try:
@@ -159,9 +170,12 @@ def docx_text(archive: Archive) -> OfficeText:
         raise OfficeError(f"{main} has no body", "re-export the file")
     blocks: list[str] = []
     headings: list[str] = []
-    read = _DocxBlocks(_docx_heading_styles(archive), linked(archive, main), blocks, headings)
+    graphics = Linked(archive)
+    read = _DocxBlocks(_docx_heading_styles(archive), graphics.of(main), blocks, headings)
     read(body)
-    return _joined(blocks, headings, core_title(archive, "docProps/core.xml"))
+    doc = _joined(blocks, headings, core_title(archive, "docProps/core.xml"))
+    doc.warnings += graphics.warnings()
+    return doc
 
 
 @dataclass
@@ -171,7 +185,7 @@ class _DocxBlocks:
     its own block, then its charts and SmartArt (read from the parts `find` gives)."""
 
     heading_styles: set[str] | None
-    find: Callable[[str | None], ET.Element | None]
+    find: Callable[[str | None, str], ET.Element | None]
     blocks: list[str]
     headings: list[str]
 
@@ -191,6 +205,8 @@ class _DocxBlocks:
                     self.blocks.append("\n".join(graphic_lines(data, self.find)))
             elif element.tag == f"{_W}tbl":
                 self.blocks.append(_docx_table(element))
+                for data in _docx_graphics(element):  # (in its cells: after the table)
+                    self.blocks.append("\n".join(graphic_lines(data, self.find)))
             elif element.tag in _DOCX_WRAPPERS and not _not_read(element):  # a content
                 self(element)  # control, custom XML, a tracked insertion: what it holds
 
@@ -325,8 +341,8 @@ def _skipped(node: ET.Element) -> bool:
 def _not_read(node: ET.Element) -> bool:
     """A shape's Fallback copy, text a tracked move took away, a hidden run, or an empty
     content control's placeholder ("Click or tap here to enter text.")."""
-    if node.tag in (_FALLBACK, f"{_W}moveFrom"):
-        return True
+    if node.tag in (_FALLBACK, f"{_W}moveFrom", f"{_W}del"):  # (a deleted equation's text
+        return True  # is no w:delText: it was read)
     if node.tag == f"{_W}r":
         return _on(node.find(f"{_W}rPr/{_W}vanish"))
     return node.tag == f"{_W}sdt" and _on(node.find(f"{_W}sdtPr/{_W}showingPlcHdr"))
@@ -356,16 +372,17 @@ def _docx_text_boxes(p: ET.Element) -> list[ET.Element]:
 
 
 def _docx_graphics(p: ET.Element) -> list[ET.Element]:
-    """The charts and SmartArt drawn in a paragraph (their a:graphicData; each once: not a
-    shape's Fallback copy, nor one in a text box, read with the box)."""
+    """The charts and SmartArt drawn in a paragraph or a table's cells (their a:graphicData,
+    in groups too; each once: not a shape's Fallback copy, nor one in a text box, read with
+    the box)."""
     found: list[ET.Element] = []
 
     def walk(node: ET.Element) -> None:
         for child in node:
-            if child.tag == _GRAPHIC_DATA:
+            if child.tag == _GRAPHIC_DATA and any(c.tag in _GRAPHICS for c in child):
                 found.append(child)
             elif child.tag != _TEXT_BOX and not _not_read(child):
-                walk(child)
+                walk(child)  # (a group's graphic holds its shapes' own)
 
     walk(p)
     return found

@@ -18,13 +18,13 @@ formulas by their last computed value. Left out: hidden sheets, charts, comments
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Callable, Iterator
 from xml.etree import ElementTree as ET
 
 from clara.text import one_line
-from indexing.drawing import graphic_lines, linked, paragraph_text, part_links
+from indexing.drawing import Linked, graphic_lines, paragraph_text, part_links
+from indexing.office_numbers import format_kind, number_text, shown_when
 from indexing.office_text import (
     ODF_DRAW,
     ODF_OFFICE,
@@ -70,6 +70,7 @@ def pptx_text(archive: Archive) -> OfficeText:
     order = archive.xml(main).find(f"{_P}sldIdLst")
     pages: list[tuple[int, str]] = []  # (its place in the deck, hidden slides counted)
     headings: list[str] = []
+    graphics = Linked(archive)
     for number, slide_id in enumerate(order if order is not None else [], 1):
         found = rels.get(slide_id.get(f"{_R}id") or "")
         if found is None or not archive.has(found[1]):
@@ -77,16 +78,18 @@ def pptx_text(archive: Archive) -> OfficeText:
         slide = archive.xml(found[1])
         if slide.get("show") in ("0", "false"):  # a hidden slide
             continue
-        title, lines = _slide_lines(slide, linked(archive, found[1]))
+        title, lines = _slide_lines(slide, graphics.of(found[1]))
         said = [
             line
             for kind, notes in part_links(archive, found[1]).values()
             if kind.endswith(_NOTES) and archive.has(notes)
-            for line in _slide_lines(archive.xml(notes), linked(archive, notes), notes=True)[1]
+            for line in _slide_lines(archive.xml(notes), graphics.of(notes), notes=True)[1]
         ]
         pages.append((number, _slide(title, lines, said, headings)))
     title = core_title(archive, "docProps/core.xml")
-    return _deck(pages, headings, (title or "").strip() or None)
+    deck = _deck(pages, headings, (title or "").strip() or None)
+    deck.warnings += graphics.warnings()
+    return deck
 
 
 def _slide(title: str, lines: list[str], notes: list[str], headings: list[str]) -> str:
@@ -109,11 +112,11 @@ def _deck(pages: list[tuple[int, str]], headings: list[str], title: str | None) 
 
 
 def _slide_lines(
-    slide: ET.Element, linked: Callable[[str | None], ET.Element | None], notes: bool = False
+    slide: ET.Element, find: Callable[[str | None, str], ET.Element | None], notes: bool = False
 ) -> tuple[str, list[str]]:
     """A slide's title and its other lines, in drawing order (a notes page: the text of its
     body placeholder, the notes themselves); its charts and SmartArt read from the parts
-    they are in (`linked`)."""
+    they are in (`find`: `Linked.of`)."""
     tree = slide.find(f"{_P}cSld/{_P}spTree")
     title, lines = "", []
     for shape in _shapes(tree) if tree is not None else []:
@@ -121,7 +124,7 @@ def _slide_lines(
         if kind in _CHROME or (notes and kind != "body"):
             continue
         if shape.tag == f"{_P}graphicFrame":
-            lines += graphic_lines(shape.find(f"{_A}graphic/{_A}graphicData"), linked)
+            lines += graphic_lines(shape.find(f"{_A}graphic/{_A}graphicData"), find)
             continue
         body = shape.find(f"{_P}txBody")
         if body is None:
@@ -179,7 +182,6 @@ _BUILTIN_FORMATS = {
     22: "datetime",
     **dict.fromkeys((9, 10), "percent"),
 }
-_QUOTED = re.compile(r'"[^"]*"|\\.|\[[^\]]*\]')  # literal text and colours in a format code
 _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")  # a character Excel escapes in text (_x000D_)
 
 
@@ -270,15 +272,7 @@ def _cell_formats(archive: Archive, rels: dict[str, tuple[str, str]]) -> dict[in
     kinds = dict(_BUILTIN_FORMATS)
     formats = styles.find(f"{_S}numFmts")
     for fmt in formats if formats is not None else []:
-        code = _QUOTED.sub("", (fmt.get("formatCode") or "").lower()).split(";")[0]
-        code = re.sub(r"(?<=s)\.0+", "", code)  # (fractions of a second: hh:mm:ss.000)
-        day, clock = bool(re.search(r"[dy]|m{3,}", code)), bool(re.search(r"[hs]", code))
-        kind = "datetime" if day and clock else "date" if day else "time" if clock else None
-        if "%" in code:
-            kind = "percent"
-        elif "0" in code or "#" in code:
-            kind = None  # (a number format)
-        if kind is not None:
+        if (kind := format_kind(fmt.get("formatCode") or "")) is not None:
             kinds[_int(fmt.get("numFmtId"), -1)] = kind
     xfs = styles.find(f"{_S}cellXfs")
     return {
@@ -357,38 +351,10 @@ def _cell(c: ET.Element, book: _Book) -> str:
         return one_line(raw)[:MAX_CELL_CHARS]
     shown = book.formats.get(_int(c.get("s"), 0))
     if shown == "percent":
-        return _number_text(number * 100) + "%"
+        return number_text(number * 100) + "%"
     if shown is not None:
-        return _when(number, shown, book.date1904) or _number_text(number)
-    return _number_text(number)
-
-
-def _number_text(number: float) -> str:
-    """A number as a spreadsheet shows it at most: 15 significant digits (0.1 + 0.2 is
-    stored 0.30000000000000004 and shown 0.3), a whole number without its ".0"."""
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return format(number, ".15g")
-
-
-def _when(serial: float, shown: str, date1904: bool) -> str | None:
-    """A date or time cell's day count as an ISO date, time or both (`shown`); None out of
-    range. The 1900 system counts a 29 February 1900 that never was: days before it are one
-    more than their count."""
-    if date1904:
-        epoch = dt.datetime(1904, 1, 1)
-    else:
-        epoch = dt.datetime(1899, 12, 31 if serial < 60 else 30)
-    try:
-        when = epoch + dt.timedelta(days=serial)
-    except (OverflowError, ValueError):
-        return None
-    when = (when + dt.timedelta(milliseconds=0.5)).replace(microsecond=0)  # (float noise)
-    if shown == "time":
-        return when.time().isoformat()
-    if shown == "date" or when.time() == dt.time():
-        return when.date().isoformat()
-    return when.isoformat(" ")
+        return shown_when(number, shown, book.date1904) or number_text(number)
+    return number_text(number)
 
 
 def _named(rows: list[dict[int, str]], charge: Callable[[int], None]) -> list[str]:
@@ -601,7 +567,7 @@ def _ods_cell(cell: ET.Element) -> str:
             number = float(cell.get(f"{ODF_OFFICE}value") or "")
         except ValueError:
             return ""
-        return _number_text(number * 100) + "%" if kind == "percentage" else _number_text(number)
+        return number_text(number * 100) + "%" if kind == "percentage" else number_text(number)
     if kind == "date":
         when = (cell.get(f"{ODF_OFFICE}date-value") or "")[:64]  # (an ISO date: no longer)
         return when.removesuffix("T00:00:00").replace("T", " ")

@@ -557,6 +557,27 @@ def test_charts_smartart_and_equations_on_slides_are_read(tmp_path: Path) -> Non
     assert doc.pages[1].text.splitlines() == [
         "- Plan the route", "- Load the trucks", "Margin: m=p/r",
     ]  # fmt: skip
+    # as PowerPoint shows them: by the parent-of connections, in their source order, a
+    # point under its parent (an audit of real decks: stored in the order of their making,
+    # sub-points came under the wrong headings); one no connection reaches comes last
+    cxn = '<dgm:cxn modelId="{{9{0}}}" srcId="{{{1}}}" destId="{{{2}}}" srcOrd="{3}"{4}/>'
+    parts["ppt/diagrams/data1.xml"] = (
+        parts["ppt/diagrams/data1.xml"].replace("</dgm:ptLst>", point.format(5, "", "Check the tires")
+        + point.format(6, "", "Loose note") + "</dgm:ptLst><dgm:cxnLst>"
+        + cxn.format(1, 0, 1, 1, "") + cxn.format(2, 0, 3, 0, "") + cxn.format(3, 3, 5, 0, "")
+        + cxn.format(4, 3, 4, 0, ' type="presOf"') + "</dgm:cxnLst>")
+    )  # fmt: skip
+    path.write_bytes(zipped(parts))
+    assert read_document(path).pages[1].text.splitlines()[:4] == [
+        "- Load the trucks", "  - Check the tires", "- Plan the route", "- Loose note",
+    ]  # fmt: skip
+    # a chart part that cannot be read is left out, said in a warning: not the whole deck
+    parts["ppt/charts/chart1.xml"] = b"<c:chartSpace broken"
+    path.write_bytes(zipped(parts))
+    doc = read_document(path)
+    assert doc.pages[0].text == "Results" and any(
+        "1 chart or diagram left out" in w for w in doc.warnings
+    )
 
 
 def test_a_word_files_charts_are_read_after_their_paragraph(tmp_path: Path) -> None:
@@ -802,3 +823,74 @@ def test_what_is_called_a_slide_is_what_is_read_as_slides() -> None:
     app = (Path(__file__).resolve().parent.parent / "server/web/app.js").read_text()
     listed = re.search(r"const slides = \[([^\]]*)\]", app).group(1)
     assert set(re.findall(r'"([^"]+)"', listed)) == decks
+
+
+def test_equations_read_in_one_line_as_typed() -> None:
+    """An audit of real files: sums, integrals, brackets, functions, matrices and equation
+    arrays came out run together ("i=1nx_i", "fxy", "1234"), an invisible U+2061 stayed in
+    the text, and a tracked deletion's symbols were read."""
+    from xml.etree import ElementTree as ET
+
+    from indexing.drawing import math_text
+
+    m = 'xmlns:m="http://schemas.openxmlformats.org/officeDocument/2006/math"'
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+
+    def r(text: str) -> str:
+        return f"<m:r><m:t>{text}</m:t></m:r>"
+
+    def e(*parts: str, tag: str = "e") -> str:
+        return f"<m:{tag}>{''.join(parts)}</m:{tag}>"
+
+    cases = {
+        "∑_(i=1)^n x_i": '<m:nary><m:naryPr><m:chr m:val="∑"/></m:naryPr>'
+        + e(r("i=1"), tag="sub") + e(r("n"), tag="sup") + e(r("x_i")) + "</m:nary>",
+        "f(x, y)": r("f") + "<m:d>" + e(r("x")) + e(r("y")) + "</m:d>",
+        "[0, 1)": '<m:d><m:dPr><m:begChr m:val="["/><m:endChr m:val=")"/></m:dPr>'
+        + e(r("0")) + e(r("1")) + "</m:d>",
+        "sin(x)": "<m:func>" + e(r("sin"), tag="fName") + e(r("x")) + "</m:func>",
+        "x=1; y=2": "<m:eqArr>" + e(r("x=1")) + e(r("y=2")) + "</m:eqArr>",
+        "[1, 2; 3, 4]": "<m:m>" + "".join(f"<m:mr>{e(r(a))}{e(r(b))}</m:mr>" for a, b in ("12", "34"))
+        + "</m:m>",
+        "(n over k)": '<m:d><m:e><m:f><m:fPr><m:type m:val="noBar"/></m:fPr>'
+        + e(r("n"), tag="num") + e(r("k"), tag="den") + "</m:f></m:e></m:d>",
+        "lim_(n→∞) a": "<m:limLow>" + e(r("lim")) + e(r("n→∞"), tag="lim") + "</m:limLow>" + r(" a"),
+        "f(x)": r("f\u2061") + "<m:d>" + e(r("x")) + "</m:d>",
+        "a=b": r("a=") + f"<w:del {w}>{r('OLD')}</w:del>" + r("b"),
+    }  # fmt: skip
+    for want, xml in cases.items():
+        assert math_text(ET.fromstring(f"<m:oMath {m} {w}>{xml}</m:oMath>")) == want
+
+
+def test_a_charts_numbers_read_as_it_shows_them() -> None:
+    """An audit: a date axis read as day counts ("45292.0"), percentages as fractions ("Q1
+    0.125"), Office's own charts with float noise ("4.4000000000000004"), and the axes'
+    titles (their units) were left out."""
+    from xml.etree import ElementTree as ET
+
+    from indexing.drawing import chart_lines
+
+    c = 'xmlns:c="http://schemas.openxmlformats.org/drawingml/2006/chart"'
+    a = 'xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main"'
+
+    def cache(kind: str, code: str, values: list[str]) -> str:
+        pts = "".join(f'<c:pt idx="{i}"><c:v>{v}</c:v></c:pt>' for i, v in enumerate(values))
+        fmt = f"<c:formatCode>{code}</c:formatCode>" if code else ""
+        return f"<c:{kind}Ref><c:{kind}Cache>{fmt}{pts}</c:{kind}Cache></c:{kind}Ref>"
+
+    def title(text: str) -> str:
+        return f"<c:title><c:tx><c:rich><a:p><a:r><a:t>{text}</a:t></a:r></a:p></c:rich></c:tx></c:title>"
+
+    space = (
+        f"<c:chartSpace {c} {a}><c:chart>{title('Sales')}<c:plotArea><c:lineChart><c:ser>"
+        f"<c:tx>{cache('str', '', ['Share'])}</c:tx>"
+        f"<c:cat>{cache('num', 'm/d/yyyy', ['45292', '45323'])}</c:cat>"
+        f"<c:val>{cache('num', '0.0%', ['0.125', '0.30000000000000004'])}</c:val>"
+        "</c:ser></c:lineChart>"
+        f"<c:dateAx>{title('Month')}</c:dateAx><c:valAx>{title('Share of sales')}</c:valAx>"
+        "</c:plotArea></c:chart></c:chartSpace>"
+    )  # fmt: skip
+    assert chart_lines(ET.fromstring(space)) == [
+        "Chart: Sales (axes: Month; Share of sales)",
+        "Share: 2024-01-01 12.5%, 2024-02-01 30%",
+    ]
