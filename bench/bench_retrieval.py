@@ -20,7 +20,7 @@ candidate adapters (docs/TRAINING_RUNS.md).
 `--split N` also asks each set's questions of its documents dealt round-robin into N
 collections searched as one (`indexing.store.retrieve_from`: a file_search tool with N vector
 stores), beside the one collection holding them all: the parts are copies of its documents,
-chunks and memories (no model work), and each part's words are weighed by its own BM25.
+chunks and memories (no model work).
 """
 
 from __future__ import annotations
@@ -334,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "one question at a time; the default model (smollm2-135m + shipped adapters)."
         + (
             f" collections {args.split}: the set's documents dealt round-robin into "
-            f"{args.split} collections searched as one (retrieve_from, each with its own "
-            "BM25 statistics), the same chunks and memories as the one collection's."
+            f"{args.split} collections searched as one (retrieve_from: each term's BM25 "
+            "reweighed by its rarity over all of them), the same chunks and memories as the "
+            "one collection's."
             if args.split > 1
             else ""
         )
