@@ -97,9 +97,9 @@ def retrieve_across(
     """`retrieve` over several collections at once, each among its chunk ids `only` when
     given (`searched`: [(collection, only)]), as if they were one: each retriever's
     candidates from all of them are ranked together by its own score, then fused. The dense
-    scores of collections indexed by one model are the same cosine (or MaxSim); BM25 weighs
-    a word by how rare it is in its own collection, so lexical scores are close, not equal.
-    A collection without a full-text index adds no lexical candidates (alone, it is searched
+    scores of collections indexed by one model are the same cosine (or MaxSim); lexical
+    scores are reweighed to those of one collection holding them all (`_shared_bm25`). A
+    collection without a full-text index adds no lexical candidates (alone, it is searched
     dense, as `retrieve` does)."""
     check_mode(mode)
     searched = [(col, only) for col, only in searched if only is None or len(only)]

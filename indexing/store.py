@@ -686,6 +686,8 @@ class Collection:
     def term_stats(self, terms: list[str]) -> tuple[int, list[int]]:
         """(chunks in the full-text index, the chunks holding each query term): what BM25
         weighs a term by (`hybrid.retrieve_across` adds them up over collections)."""
+        if not self.lexical:  # (an index made before words were: none to weigh)
+            return 0, [0] * len(terms)
         with self._guard():
             return self._meta.lexical_rows(), self._meta.term_counts(terms)
 
