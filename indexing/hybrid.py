@@ -136,6 +136,9 @@ def retrieve_across(
     if mode == "hybrid":  # only matches on a word that tells chunks apart
         floor = FLOORED_WORD_BM25 * len(terms)  # (distinct terms)
         lexical = [hit for hit in lexical if hit[1] > floor] or lexical
+        # each list as deep as one collection holding them all would make it: fused, what
+        # ranks below it would count (one collection's lists are that deep already)
+        dense, lexical = dense[:depth], lexical[:depth]
     dense_scores, lexical_scores = dict(dense), dict(lexical or [])
     rankings = {}
     if mode != "lexical":
@@ -149,8 +152,14 @@ def retrieve_across(
         own = dense_scores if mode == "dense" else lexical_scores
         fused = [Fused(i, own[i], {mode: r}) for r, i in enumerate(only, start=1)]
     cols = [col for col, _ in searched]
-    # (room for the copies `_hits` leaves out: a file in every collection searched is in each)
-    return _hits(cols, fused, k * (1 + len(cols)), mode, dense_scores, lexical_scores)[:k]
+    page, out = 2 * k, []  # (twice k: room for the copies `without_copies` leaves out)
+    for start in range(0, len(fused), page):
+        out = without_copies(
+            out + _hits(cols, fused[start : start + page], mode, dense_scores, lexical_scores)
+        )
+        if len(out) >= k or len(cols) == 1:  # (a file in each of several collections searched
+            break  # is there once for each: read on; one collection: its first page, as ever)
+    return out[:k]
 
 
 def fts_idf(rows: int, holding: int) -> float:
@@ -215,10 +224,9 @@ def without_copies(hits: list[SearchHit]) -> list[SearchHit]:
     return out
 
 
-def _hits(cols, fused, limit, mode, dense_scores, lexical_scores) -> list[SearchHit]:
+def _hits(cols, top, mode, dense_scores, lexical_scores) -> list[SearchHit]:
     """Fused items ((collection's place in `cols`, chunk id)) -> hits with text and
-    document, `without_copies`; ids removed meanwhile are skipped."""
-    top = fused[:limit]
+    document; ids removed meanwhile are skipped."""
     chunks, docs = {}, {}
     for i, col in enumerate(cols):
         ids = [cid for at, cid in (f.id for f in top) if at == i]
@@ -242,4 +250,4 @@ def _hits(cols, fused, limit, mode, dense_scores, lexical_scores) -> list[Search
                 collection=cols[f.id[0]].name,
             )
         )  # fmt: skip
-    return without_copies(out)
+    return out

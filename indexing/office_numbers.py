@@ -40,11 +40,11 @@ def shown_when(serial: float, shown: str, date1904: bool) -> str | None:
         epoch = dt.datetime(1904, 1, 1)
     else:
         epoch = dt.datetime(1899, 12, 31 if serial < 60 else 30)
-    try:
-        when = epoch + dt.timedelta(days=serial)
+    try:  # (rounded to the second: float noise; the last second of 9999 is out of range)
+        when = epoch + dt.timedelta(days=serial) + dt.timedelta(milliseconds=0.5)
     except (OverflowError, ValueError):
         return None
-    when = (when + dt.timedelta(milliseconds=0.5)).replace(microsecond=0)  # (float noise)
+    when = when.replace(microsecond=0)
     if shown == "time":
         return when.time().isoformat()
     if shown == "date" or when.time() == dt.time():

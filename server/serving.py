@@ -292,7 +292,11 @@ class OpenAIServing:
                 f"names {', '.join(repr(n) for n in asked)}: name one of them", param=param,
             )  # fmt: skip
         root = self.engine.settings.root
-        if named not in (None, self.defaults.collection) and not is_vector_store(root, named):
+        if (  # (another key's, or none, for a key limited to some: the scoped 404 of `Rag`,
+            named not in (None, self.defaults.collection)  # the same for both: a review)
+            and not is_vector_store(root, named)
+            and key_sees(root, named, SCOPE.get())
+        ):
             raise APIError(  # (a client audit: it was told to "leave 'collection' out")
                 404, f"The model '{model}' does not exist: there is no collection '{named}' "
                 "(GET /v1/models lists the served models)", param="model",

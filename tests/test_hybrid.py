@@ -266,3 +266,32 @@ def test_a_small_collection_beside_a_large_one_ranks_as_in_one_collection(tmp_pa
     assert len(copies) == 5 and len({h.text for h in copies}) == 5
     for c in (big, small, whole):
         c.close()
+
+
+def test_a_collection_without_a_full_text_index_is_searched_beside_others(tmp_path: Path):
+    """A review: one collection an old clara made (no full-text table, and a reader that
+    could not add it) made every search of several collections fail as "damaged"; it adds
+    no word matches, as when it is searched alone."""
+    import sqlite3
+
+    from indexing.store import retrieve_from
+
+    rng = np.random.default_rng(3)
+    cols = [Collection.open(tmp_path, n, manifest=MANIFEST, create=True) for n in ("a", "b")]
+    vecs = {}
+    for col, (name, text) in zip(cols * 2, TEXTS.items()):
+        vecs[name] = rng.standard_normal((1, N_MEM, D)).astype(np.float32)
+        col.add_document(
+            f"/d/{name}.txt", name, f"sha-{name}", [ChunkRecord(text, 1, 1, 9, name)], vecs[name]
+        )
+    db = sqlite3.connect(tmp_path / "b" / "meta.sqlite")
+    db.execute("DROP TABLE chunks_fts_vocab")
+    db.execute("DROP TABLE chunks_fts")
+    db.commit()
+    db.close()
+    cols[1].lexical = False
+    for mode in ("hybrid", "lexical"):
+        hits = retrieve_from([(c, None) for c in cols], "green tea brewed", vecs["git"][0], 3, mode)
+        assert hits and hits[0].doc_name in ("tea", "git")
+    for c in cols:
+        c.close()

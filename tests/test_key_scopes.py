@@ -202,6 +202,10 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
         with pytest.raises(openai.NotFoundError) as e:  # (a client audit: it was told to
             admin.chat.completions.create(**{**chat, "model": f"{served}@nope"})  # leave
         assert (e.value.code, e.value.param) == ("model_not_found", "model")  # 'collection' out)
+        for hidden in ("payroll", "nope"):  # a limited key: one answer for another key's and
+            with pytest.raises(openai.NotFoundError) as e:  # for none (a review: the model's
+                hr.chat.completions.create(**{**chat, "model": f"{served}@{hidden}"})  # 404 told)
+            assert e.value.code == "collection_not_found" and "(handbook)" in str(e.value)
         for collection in ("payroll", "default", "nope"):
             with pytest.raises(openai.NotFoundError) as e:
                 hr.chat.completions.create(**chat, extra_body={"collection": collection})
