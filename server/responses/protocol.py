@@ -29,7 +29,6 @@ from server.protocol import (
     CollectionNames,
     only,
     refuse,
-    without_repeats,
 )
 
 VECTOR_STORE_ID = COLLECTION_NAME  # a vector store is a collection
@@ -107,7 +106,6 @@ class FileSearchTool(_Request):
     @field_validator("vector_store_ids", mode="before")
     @classmethod
     def _few_stores(cls, ids: Any) -> Any:
-        ids = without_repeats(ids)
         if isinstance(ids, list) and len(ids) > MAX_SEARCHED:  # (pydantic's "List should have
             raise APIError(  # at most 8 items after validation" did not say whose limit it is)
                 400, f"clara-serve searches at most {MAX_SEARCHED} vector stores per request, "
