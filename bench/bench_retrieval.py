@@ -130,15 +130,19 @@ def fused_firsts(cands, golds, chunk_doc, k: float, weights: dict[str, float]) -
     return firsts
 
 
-def run_modes(col, texts, golds, vecs, chunk_doc, fusion: Fusion, rerank: int = 0) -> list[list]:
-    """The real path: Collection.retrieve per question and mode; quality and latency."""
-    rows = []
+def run_modes(
+    cols: list[Collection], texts, golds, vecs, fusion: Fusion, rerank: int = 0
+) -> list[list]:
+    """The real path: the question searched per mode in `cols` (one collection, or several
+    searched as one: `retrieve_from`, which is `Collection.retrieve` for one); quality and
+    latency."""
+    rows, searched = [], [(c, None) for c in cols]
     for mode in RETRIEVAL_MODES:
-        col.retrieve(texts[0], vecs[0], 20, mode, fusion, rerank)  # warm-up
+        retrieve_from(searched, texts[0], vecs[0], 20, mode, fusion, rerank)  # warm-up
         firsts, times = [], []
         for text, vec, gold in zip(texts, vecs, golds):
             t = time.perf_counter()
-            hits = col.retrieve(text, vec, 20, mode, fusion, rerank)
+            hits = retrieve_from(searched, text, vec, 20, mode, fusion, rerank)
             times.append(1000 * (time.perf_counter() - t))
             firsts.append(first_hit([h.doc_name for h in hits], gold))
         m = metrics(firsts)
@@ -173,24 +177,6 @@ def split_collections(index: Path, col: Collection, n: int, manifest: dict) -> l
                     )  # fmt: skip
         parts.append(Collection.open(index, name, manifest, readonly=True))
     return parts
-
-
-def run_modes_across(parts, texts, golds, vecs, fusion: Fusion, rerank: int = 0) -> list[list]:
-    """`run_modes` over several collections searched as one (`retrieve_from`)."""
-    rows, searched = [], [(c, None) for c in parts]
-    for mode in RETRIEVAL_MODES:
-        retrieve_from(searched, texts[0], vecs[0], 20, mode, fusion, rerank)  # warm-up
-        firsts, times = [], []
-        for text, vec, gold in zip(texts, vecs, golds):
-            t = time.perf_counter()
-            hits = retrieve_from(searched, text, vec, 20, mode, fusion, rerank)
-            times.append(1000 * (time.perf_counter() - t))
-            firsts.append(first_hit([h.doc_name for h in hits], gold))
-        m = metrics(firsts)
-        p50, p99 = np.percentile(times, 50), np.percentile(times, 99)
-        rows.append([mode, len(texts), f"{m['R@1']:.1f}", f"{m['R@5']:.1f}", f"{m['MRR']:.3f}",
-                     f"{p50:.1f}", f"{p99:.1f}"])  # fmt: skip
-    return rows
 
 
 def tune(col, texts, golds, vecs, chunk_doc, rerank: int = 0) -> tuple[Fusion, list[list]]:
@@ -297,12 +283,12 @@ def main(argv: list[str] | None = None) -> int:
                                f"{len(qs)} questions asked")  # fmt: skip
             texts, golds = [all_texts[i] for i in keep], [qs[i][0] for i in keep]
             vecs = all_vecs[keep]
-            for row in run_modes(col, texts, golds, vecs, doc_of_chunk(col), fusion, rerank):
+            for row in run_modes([col], texts, golds, vecs, fusion, rerank):
                 rows.append([which, 1, stats["documents"], stats["chunks"], *row])
             if args.split > 1:
                 parts = split_collections(index, col, args.split, cm.manifest())
                 try:
-                    for row in run_modes_across(parts, texts, golds, vecs, fusion, rerank):
+                    for row in run_modes(parts, texts, golds, vecs, fusion, rerank):
                         rows.append([which, args.split, stats["documents"], stats["chunks"], *row])
                 finally:
                     for part in parts:
