@@ -113,12 +113,15 @@ def retrieve_across(
     terms = query_terms(text)
     lexical = None
     if mode != "dense":
+        # several: each term's chunks counted once in each, for its search and its weight
+        stats = [col.term_stats(terms) for col, _ in searched] if len(searched) > 1 else None
         found = [
-            (i, col.search_lexical(terms, depth, only)) for i, (col, only) in enumerate(searched)
+            (i, col.search_lexical(terms, depth, only, stats[i][1] if stats else None))
+            for i, (col, only) in enumerate(searched)
         ]
         if any(hits is not None for _, hits in found):
-            if len(searched) > 1:  # (each collection's scores weigh words by its own counts)
-                found = _shared_bm25([col for col, _ in searched], terms, found)
+            if stats:  # (each collection's scores weigh words by its own counts)
+                found = _shared_bm25([col for col, _ in searched], terms, found, stats)
             lexical = _ranked([(i, cid, s) for i, hits in found for cid, s in hits or []])
     if lexical is None and mode != "dense":
         if vector is None:
@@ -170,7 +173,10 @@ def fts_idf(rows: int, holding: int) -> float:
 
 
 def _shared_bm25(
-    cols: list[Collection], terms: list[str], found: list[tuple[int, list | None]]
+    cols: list[Collection],
+    terms: list[str],
+    found: list[tuple[int, list | None]],
+    stats: list[tuple[int, list[int]]] | None = None,
 ) -> list[tuple[int, list | None]]:
     """Each collection's lexical hits scored as if the collections were one: BM25 weighs a
     term by how rare it is among all their chunks, not among each one's own. A word in both
@@ -179,8 +185,9 @@ def _shared_bm25(
     store's best chunks ranked below any match of a large one (an audit). Each hit's score is
     the sum of each term's own score in its collection, times the term's weight over all of
     them divided by its weight in its own (the words' frequencies in the chunk and its
-    length, normalized in its own collection, are kept as they are)."""
-    stats = [col.term_stats(terms) for col in cols]
+    length, normalized in its own collection, are kept as they are). `stats`: each
+    collection's `term_stats(terms)`, when the caller has them."""
+    stats = stats if stats is not None else [col.term_stats(terms) for col in cols]
     rows = sum(n for n, _ in stats)
     holding = [sum(counts[t] for _, counts in stats) for t in range(len(terms))]
     shared = [fts_idf(rows, h) for h in holding]

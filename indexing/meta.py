@@ -536,12 +536,18 @@ class Meta:
         return [i for (i,) in self.db.execute(sql, (json.dumps(list(doc_ids)),))]
 
     def lexical_search(
-        self, terms: list[str], k: int, only: Sequence[int] | None = None
+        self,
+        terms: list[str],
+        k: int,
+        only: Sequence[int] | None = None,
+        counts: list[int] | None = None,
     ) -> list[tuple[int, float]]:
         """(chunk id, bm25 score, higher is better) of the best `k` chunks holding any of
         `terms` (query terms; the most frequent are left out past lexical.POSTINGS_BUDGET),
-        among the chunk ids `only` when given."""
-        match = match_query(prune(terms, self.term_counts(terms)))
+        among the chunk ids `only` when given. `counts`: `term_counts(terms)`, when the
+        caller has them already."""
+        counts = self.term_counts(terms) if counts is None else counts
+        match = match_query(prune(terms, counts))
         if match is None:
             return []  # no term is in any chunk
         if only is not None:  # (one JSON array: no bound-parameter limit; `+rowid` keeps the

@@ -672,16 +672,21 @@ class Collection:
         return out_s, out_i
 
     def search_lexical(
-        self, text: str | list[str], k: int = 5, only: np.ndarray | None = None
+        self,
+        text: str | list[str],
+        k: int = 5,
+        only: np.ndarray | None = None,
+        counts: list[int] | None = None,
     ) -> list[tuple[int, float]] | None:
         """BM25 over chunk terms: [(chunk id, score)] best first (among the chunk ids `only`,
         when given); None when `text` has no usable word (or the collection has no full-text
-        index: see `lexical`). `text` may be its `query_terms` already."""
+        index: see `lexical`). `text` may be its `query_terms` already, and `counts` their
+        `term_stats` counts (not looked up again)."""
         terms = query_terms(text) if isinstance(text, str) else text
         if not terms or not self.lexical:
             return None
         with self._guard():
-            return self._meta.lexical_search(terms, k, only)
+            return self._meta.lexical_search(terms, k, only, counts)
 
     def term_stats(self, terms: list[str]) -> tuple[int, list[int]]:
         """(chunks in the full-text index, the chunks holding each query term): what BM25

@@ -253,6 +253,20 @@ def test_a_small_collection_beside_a_large_one_ranks_as_in_one_collection(tmp_pa
     assert [h.doc_name for h in both] == [h.doc_name for h in alone]
     assert [h.score for h in both] == pytest.approx([h.score for h in alone], rel=0.05)
     assert both[0].collection == "small"
+    # each collection's term counts are looked up once, for its search and for the weights
+    from indexing.meta import Meta
+
+    looked: list[list[str]] = []
+    counts_of = Meta.term_counts
+
+    def counting(self, terms):
+        looked.append(terms)
+        return counts_of(self, terms)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Meta, "term_counts", counting)
+        again = retrieve_from([(big, None), (small, None)], question, None, 5, "lexical")
+    assert [h.score for h in again] == [h.score for h in both] and len(looked) == 2
     # one collection: the sum of each term's own score is the collection's score
     terms = query_terms(question)
     for col in (big, whole):
