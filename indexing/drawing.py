@@ -75,9 +75,7 @@ class Linked:
     def of(self, part: str) -> Callable[[str | None, str], ET.Element | None]:
         """`find(rel_id, kind)` for `part`: the part it links to, if of that kind ("chart",
         "diagramData"), read; None otherwise."""
-        if part not in self.links:
-            self.links[part] = part_links(self.archive, part)
-        links = self.links[part]
+        links = self.rels(part)
 
         def find(rel_id: str | None, kind: str) -> ET.Element | None:
             found = links.get(rel_id or "")
@@ -86,6 +84,12 @@ class Linked:
             return self._read(found[1])
 
         return find
+
+    def rels(self, part: str) -> dict[str, tuple[str, str]]:
+        """`part_links(part)`, read once (a slide's: for its charts and its notes)."""
+        if part not in self.links:
+            self.links[part] = part_links(self.archive, part)
+        return self.links[part]
 
     def _read(self, name: str) -> ET.Element | None:
         if name in self.read:

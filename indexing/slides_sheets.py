@@ -81,7 +81,7 @@ def pptx_text(archive: Archive) -> OfficeText:
         title, lines = _slide_lines(slide, graphics.of(found[1]))
         said = [
             line
-            for kind, notes in part_links(archive, found[1]).values()
+            for kind, notes in graphics.rels(found[1]).values()
             if kind.endswith(_NOTES) and archive.has(notes)
             for line in _slide_lines(archive.xml(notes), graphics.of(notes), notes=True)[1]
         ]
