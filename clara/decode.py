@@ -45,7 +45,7 @@ from mlx_lm.sample_utils import apply_top_p
 from clara import _blas, lanes
 from clara.attention import decode_steps, fused_from, fused_passes, fused_takes
 from clara.attention import usable as attention_usable
-from clara.kv import MIN_PREFIX, PREFILL_STEP, PrefixCache, join_caches, text_prefix
+from clara.kv import MIN_PREFIX, PREFILL_STEP, PrefixCache, join_caches, shared_text, text_prefix
 from clara.lora import check_adapter, merge_adapter, merged, merged_weights
 from clara.model import ClaraModel
 from clara.prompt import Prompt
@@ -277,6 +277,11 @@ class Decoder:
         for rows, cache, y, lp in parts:
             self._remember([todo[r][1] for r in rows], cache)  # copies queued, not waited for
             seqs = [todo[r][2] for r in rows]
+            # a pass takes from the cache only the text all its rows share: of what the cache
+            # held of a row, what its pass took (more was counted for a row beside others)
+            shared = shared_text([todo[r][1] for r in rows])
+            for seq in seqs:
+                seq.text.cached_positions = min(seq.text.cached_positions, shared)
             self._keep_lp(seqs, lp)
             joined = []
             for row, (seq, token) in enumerate(zip(seqs, y.tolist())):
@@ -371,9 +376,7 @@ class Decoder:
         positions. `count`: the positions taken from the cache count as reused, once a row."""
         if self.prefix_cache is None:
             return 0, None
-        plains = [text_prefix(p) for p in prompts]
-        first = plains[0]
-        shared = min(PrefixCache._common(tuple(first), pl) for pl in plains)
+        first, shared = text_prefix(prompts[0]), shared_text(prompts, at_least=0)
         reused, cache = self.prefix_cache.lookup(first[:shared])
         if count:
             self.prefix_cache.count(reused, len(prompts))

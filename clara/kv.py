@@ -115,6 +115,14 @@ def text_prefix(prompt: Prompt) -> list[int]:
     return prompt.tokens[: min(prompt.text_len or 0, len(prompt.tokens) - 1)]
 
 
+def shared_text(prompts: list[Prompt], at_least: int = MIN_PREFIX) -> int:
+    """The leading text positions (`text_prefix`) all `prompts` share: what a pass prefilling
+    them together can take from the prefix cache (0 when fewer than `at_least`)."""
+    plains = [text_prefix(p) for p in prompts]
+    n = min(PrefixCache._common(tuple(plains[0]), pl) for pl in plains)
+    return n if n >= at_least else 0
+
+
 def join_caches(caches: list[BatchKVCache]) -> BatchKVCache:
     """One batch cache holding the rows of `caches` in order, every row's positions moved to
     end at the same index (its left padding grows; a right-padded prefill's padding becomes

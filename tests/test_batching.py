@@ -208,6 +208,39 @@ def test_prefix_cache_reuses_a_repeated_best_chunk(cm) -> None:
         decoder.remove(seq)
         assert cache.reused_positions - before == len(text_prefix(prompt))
         assert first.token == tokens_alone(cm, prompt, "generator", max_tokens=1)[0]
+        assert first.cached_positions == len(text_prefix(prompt))  # (usage's cached_tokens)
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["one-pass", "lanes"])
+def test_cached_positions_are_what_each_prompt_took_from_the_cache(
+    cm, monkeypatch, side_by_side
+) -> None:
+    """Usage's `cached_tokens`: a prompt whose whole text the cache held, prefilled in one
+    pass beside a prompt sharing only the template, took the template from the cache (it
+    was counted whole, a review); on lanes of one row each, it took its whole text."""
+    from clara.decode import text_prefix
+    from clara.kv import shared_text
+    from clara.prompt import mixed_prompt
+
+    monkeypatch.setenv("CLARA_CPU_LANES", "2" if side_by_side else "1")
+    monkeypatch.setattr(lanes, "MIN_ROWS", 1)
+    mem = cm.compress(DOCS)
+    cache = PrefixCache()
+    decoder = Decoder(cm, "generator", prefix_cache=cache)
+    params = SamplingParams(max_tokens=1)
+    seq, _ = decoder.add(mixed_prompt(cm, "Where?", [DOCS[0]], [mem[2]]), params)
+    decoder.remove(seq)
+    pair = [mixed_prompt(cm, "Why?", [DOCS[i]], [mem[2]]) for i in (0, 1)]
+    before = cache.reused_positions
+    got = [
+        chunk.cached_positions for _, chunk in decoder.add_many([(p, params, None) for p in pair])
+    ]
+    template = shared_text(pair)
+    assert MIN_PREFIX <= template < len(text_prefix(pair[0])) - 10
+    assert got == ([len(text_prefix(pair[0])), template] if side_by_side else [template] * 2)
+    if not side_by_side:
+        assert cache.reused_positions - before == 2 * template
 
 
 def test_prefix_cache_text_prompts_in_chunks(cm) -> None:
