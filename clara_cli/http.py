@@ -16,8 +16,10 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -976,6 +978,41 @@ def _headers_of(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
+#: seconds between two looks at --api-key-file's time stamp (by requests: none when idle)
+KEY_FILE_CHECK_S = 1.0
+
+#: (name -> key, name -> role, name -> the collections it may read) of an API key file
+Keys = tuple[dict[str, str], dict[str, str], dict[str, tuple[str, ...]]]
+
+
+def _few(names: list[str], most: int = 10) -> str:
+    """`names` for a log line: the first `most`, then how many more."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+@dataclass
+class KeyFile:
+    """--api-key-file, read again when it changes: a key added is let in, and a key taken
+    out refused, from the next request on, with no restart (which cut every client off, and
+    left a leaked key working until it was made). `load` reads it (a `ClaraError` when it
+    is wrong: the keys read before still count, and the log says why); `stamp` is what it
+    was when they were read."""
+
+    path: Path
+    load: Callable[[], Keys]
+    stamp: tuple[int, int, int] | None = None
+    checked: float = 0.0
+
+    @staticmethod
+    def stamp_of(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 class AccessGate:
     """Pure ASGI middleware (streams and disconnects pass untouched), the one check before
     any route of either server:
@@ -1009,18 +1046,56 @@ class AccessGate:
         allow_origins: tuple[str, ...] = (),
         key_roles: dict[str, str] | None = None,
         key_scopes: dict[str, tuple[str, ...]] | None = None,
+        key_file: KeyFile | None = None,
     ) -> None:
         self.app = app
         # name -> key (--api-key-file: one per person or app); one key alone is "api-key"
         keys = {"api-key": api_key} if isinstance(api_key, str) else dict(api_key or {})
-        self.roles = dict(key_roles or {})  # name -> its role other than "all" (KEY_ROLES)
-        self.scopes = {n: KeyScope(n, tuple(c)) for n, c in (key_scopes or {}).items()}
-        self.keys = [(name, key.encode()) for name, key in keys.items() if key]
+        self._use(keys, key_roles or {}, key_scopes or {})
+        self.key_file = key_file  # read again when it changes (`_reread`)
         self.service = service
         self.open_paths = open_paths
         self.local_only = local_only
         self.allow_hosts = {_host_name(h) for h in allow_hosts}  # ('name:port', '[v6]' too)
         self.allow_origins = origin_rules(allow_origins, keyed=bool(self.keys))
+
+    def _use(
+        self, keys: dict[str, str], roles: dict[str, str], scopes: dict[str, tuple[str, ...]]
+    ) -> None:
+        """Check requests against these keys from now on (one assignment each: a request
+        never sees a mix of the old keys and the new)."""
+        self.roles = dict(roles)  # name -> its role other than "all" (KEY_ROLES)
+        self.scopes = {n: KeyScope(n, tuple(c)) for n, c in scopes.items()}
+        self.keys = [(name, key.encode()) for name, key in keys.items() if key]
+
+    def _reread(self) -> None:
+        """The key file read again if it changed since it was (looked at once a second at
+        most, by a request); a file that cannot be used keeps the keys read before."""
+        kf = self.key_file
+        now = time.monotonic()
+        if kf is None or now - kf.checked < KEY_FILE_CHECK_S:
+            return
+        kf.checked = now
+        stamp = KeyFile.stamp_of(kf.path)
+        if stamp == kf.stamp:
+            return
+        kf.stamp = stamp
+        if stamp is None:
+            log.error("--api-key-file %s cannot be read: the keys read before still count",
+                      kf.path)  # fmt: skip
+            return
+        try:
+            keys, roles, scopes = kf.load()
+        except ClaraError as exc:
+            log.error("--api-key-file %s changed and cannot be used (%s): the keys read before "
+                      "still count", kf.path, exc)  # fmt: skip
+            return
+        before = {name for name, _ in self.keys}
+        self._use(keys, roles, scopes)
+        added, removed = sorted(set(keys) - before), sorted(before - set(keys))
+        log.info("--api-key-file %s read again: %d keys%s%s", kf.path, len(keys),
+                 f"; added: {_few(added)}" if added else "",
+                 f"; removed: {_few(removed)}" if removed else "")  # fmt: skip
 
     def allows_origin(self, origin: str | None) -> bool:
         """Whether pages of `origin` may use this server from a browser (`allow_origins`)."""
@@ -1060,6 +1135,7 @@ class AccessGate:
                 )
         if preflight or not self.keys or scope["path"] in self.open_paths:
             return None
+        self._reread()
         named = [k.decode("latin-1").lower() for k, _ in scope.get("headers", [])]
         twice = [h for h in ("authorization", "api-key", "x-api-key") if named.count(h) > 1]
         if twice:  # (the last one counted here, the first one in FastAPI and most proxies)

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from clara_cli.common import EXIT_INTERRUPTED, non_negative_float, port_arg
 
 #: Seconds a stopping server waits for requests in progress (--shutdown-grace, `serve_http`).
 SHUTDOWN_GRACE_S = 30
+#: API keys the start-up log names one by one at most (more: how many)
+MAX_KEYS_LOGGED = 20
 
 
 def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._ArgumentGroup:
@@ -109,7 +112,7 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
     the server listens on this machine only, the other names it answers to, and the origins
     whose pages may use it (checked here, before the model loads: a pattern that lets any
     page in needs the key)."""
-    from clara_cli.http import is_loopback, origin_rules
+    from clara_cli.http import KeyFile, Keys, is_loopback, origin_rules
 
     key = args.api_key.strip() if args.api_key is not None else None  # (a key read from a
     # file ends in a newline: clients send it without, and every request was a 401)
@@ -118,24 +121,32 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
             "the API key is empty (--api-key or CLARA_API_KEY): give a key, or unset "
             "CLARA_API_KEY to serve without one"
         )
-    keys = {"api-key": key} if key is not None else {}
-    roles: dict[str, str] = {}
-    scopes: dict[str, tuple[str, ...]] = {}
+    given = {"api-key": key} if key is not None else {}
     key_file = getattr(args, "api_key_file", None)
     if key_file is not None and not key_file.strip():  # (it served with no key at all)
         raise ClaraError(
             "the API key file is empty (--api-key-file or CLARA_API_KEY_FILE): name the "
             "file, or unset CLARA_API_KEY_FILE"
         )
-    if key_file:
-        keys = read_api_keys(key_file, keys, roles, scopes)
-    for name, value in keys.items():  # (what a header cannot carry; a space can)
-        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in value):
-            raise ClaraError(
-                f"the API key {name!r} has control characters, or characters past Latin-1: "
-                "clients cannot send those in a header; choose another key, e.g. "
-                "python3 -c 'import secrets; print(secrets.token_urlsafe())'"
-            )
+
+    def load() -> Keys:
+        roles: dict[str, str] = {}
+        scopes: dict[str, tuple[str, ...]] = {}
+        keys = read_api_keys(key_file, given, roles, scopes) if key_file else dict(given)
+        for name, value in keys.items():  # (what a header cannot carry; a space can)
+            if any((ord(c) < 32 and c != "\t") or ord(c) == 127 or ord(c) > 255 for c in value):
+                raise ClaraError(
+                    f"the API key {name!r} has control characters, or characters past "
+                    "Latin-1: clients cannot send those in a header; choose another key, e.g. "
+                    "python3 -c 'import secrets; print(secrets.token_urlsafe())'"
+                )
+        return keys, roles, scopes
+
+    watched = None
+    if key_file:  # (its stamp before it is read: a change meanwhile is read again)
+        path = Path(key_file).expanduser()
+        watched = KeyFile(path, load, KeyFile.stamp_of(path), time.monotonic())
+    keys, roles, scopes = load()
     origins = tuple(getattr(args, "allow_origin", None) or ())
     origin_rules(origins, keyed=bool(keys))
     return {
@@ -146,6 +157,7 @@ def access_options(args: argparse.Namespace) -> dict[str, Any]:
         "open_metrics": bool(getattr(args, "open_metrics", False)),
         "key_roles": roles,
         "key_scopes": scopes,
+        "key_file": watched,
     }
 
 
@@ -289,8 +301,16 @@ def serve_http(
                     notes.append("reads " + (", ".join(scopes[name]) or "none") + " and its own")
                 return f"{name} ({'; '.join(notes)})" if notes else name
 
-            names = ", ".join(shown_key(n) for n in access["api_key"] or {})
-            logging.getLogger("clara").info("API keys accepted: %s", names)
+            names = [shown_key(n) for n in access["api_key"] or {}]
+            if len(names) <= MAX_KEYS_LOGGED:
+                logging.getLogger("clara").info("API keys accepted: %s", ", ".join(names))
+            else:  # (200 keys made one line of 6 KB: an audit)
+                logging.getLogger("clara").info(
+                    "API keys accepted: %d (%d limited to some collections, %d with a role "
+                    "other than 'all'; --log-level debug lists them)",
+                    len(names), len(scopes), len(roles),
+                )  # fmt: skip
+                logging.getLogger("clara").debug("API keys accepted: %s", ", ".join(names))
         with contextlib.suppress(OSError):
             if Path(key_file).expanduser().stat().st_mode & 0o077:
                 logging.getLogger("clara").warning(

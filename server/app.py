@@ -23,6 +23,7 @@ from clara.paths import UPLOADS
 from clara_cli.http import (
     APIError,
     BodyLimit,
+    KeyFile,
     api_app,
     error_responses,
     health_response,
@@ -99,6 +100,7 @@ def create_app(
     open_metrics: bool = False,
     key_roles: dict[str, str] | None = None,
     key_scopes: dict[str, tuple[str, ...]] | None = None,
+    key_file: KeyFile | None = None,
     keepalive_s: float = 5.0,
     engine: Engine | None = None,
     responses_db: Path | None = None,
@@ -113,7 +115,8 @@ def create_app(
     `files_api`: also serve the Files + Vector Stores API (`indexing.service`) over the same
     index root, on the same model worker. `api_key`, `local_only`, `allow_hosts`,
     `allow_origins`, `open_metrics` (/metrics without the key), `key_roles` (what each key
-    may do), `key_scopes` (the collections a key may read): who may ask
+    may do), `key_scopes` (the collections a key may read), `key_file` (--api-key-file, read again
+    when it changes): who may ask
     (`clara_cli.http.AccessGate`; from the options: `clara_cli.serve.access_options`)."""
     from clara.paths import home
 
@@ -172,6 +175,7 @@ def create_app(
         open_paths=OPEN_PATHS + (("/metrics",) if open_metrics else ()),
         key_roles=key_roles,
         key_scopes=key_scopes,
+        key_file=key_file,
         api_key=api_key,
         local_only=local_only,
         allow_hosts=allow_hosts,

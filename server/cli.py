@@ -194,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         "a server that Open WebUI alone uses",
     )
     net.add_argument(
+        "--sources-in-text",
+        action="store_true",
+        help="a chat completion's answer ends with a line naming the files it draws on "
+        "('Sources: handbook.pdf, page 3'), or saying that no document matched, for chat apps "
+        "that show the answer's text alone (Chatbox, Jan, LibreChat, Msty): the sources are "
+        "otherwise in fields of the answer they do not show. It is part of the answer's text, "
+        "and of the conversation's history a client sends back",
+    )
+    net.add_argument(
         "--embedding-token-ids",
         action="store_true",
         help="/v1/embeddings takes inputs as token ids of this model's tokenizer; without it "
@@ -364,6 +373,7 @@ def serve(args: argparse.Namespace) -> int:
         files_url=files_url(args),
         source_events=args.source_events,
         collection_models=args.collection_models,
+        sources_in_text=args.sources_in_text,
     )
     access = access_options(args)
     app = create_app(

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from clara.errors import InvalidArgumentError
 from clara.paths import COLLECTION_NAME
@@ -64,6 +64,9 @@ CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME)]
 
 #: (a name given twice is searched once: `collection_names`; it counts twice toward the
 #: limit, as the API's schema says, which a client may check before sending)
+#: a request's model name, spaces around it dropped (a chat app's pasted id kept one: a 404
+#: whose text looked like the name served)
+ModelName = Annotated[str, AfterValidator(str.strip)]
 CollectionNames = Annotated[list[CollectionName], Field(min_length=1, max_length=MAX_SEARCHED)]
 
 
@@ -193,7 +196,7 @@ class ChatCompletionRequest(_Request):
     """The model answers the latest user message (an empty question if there is none); the
     system and developer messages are its instructions, earlier turns its history. Messages
     after the latest user message are not read."""
-    model: str | None = None
+    model: ModelName | None = None
     audio: dict[str, Any] | None = only(NULL, default=None)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     """Lowers each token's logit by this times the times it was generated (OpenAI's)."""
@@ -399,6 +402,8 @@ class ServingDefaults:
     source_events: bool = False
     #: --collection-models: /v1/models lists NAME@COLLECTION for each collection
     collection_models: bool = False
+    #: --sources-in-text: a chat's answer ends with a line naming its sources
+    sources_in_text: bool = False
 
     def capped(self, max_tokens: int) -> int:
         """A request's max_tokens within --max-tokens-limit."""
@@ -600,7 +605,7 @@ class EmbeddingRequest(_Request):
         ]
     )
     """Text, texts, token ids, or lists of token ids (none empty; at most 2048 inputs)."""
-    model: str | None = None
+    model: ModelName | None = None
     dimensions: json_int(ge=1) | None = None
     """Must be the model's embedding size (the schema served at /openapi.json states it
     once the model is loaded)."""
@@ -641,6 +646,7 @@ class ModelCard(_Response):
     max_model_len: int | None = None
     mode: str | None = None  # what the model reads when a request names no mode (--mode)
     collection: str | None = None  # what a request that names no collection searches
+    collections: list[str] | None = None  # ... several: a model NAME@A+B's
     retrieval: bool | None = None  # False: this id answers without retrieval
 
 
@@ -692,7 +698,7 @@ class CompletionRequest(_Request):
     ) = only(_prompts_at_most(MAX_PROMPTS))  # (more: a 400 that says so)
     """Text or token ids, or a list of up to 16 prompts, each answered as its own choice
     (`index`), decoded side by side; a stream takes one."""
-    model: str | None = None
+    model: ModelName | None = None
     best_of: json_int(ge=1) | None = only({"maximum": 1}, default=None)
     echo: bool | None = False
     """Return the prompt before the completion (not with logprobs)."""

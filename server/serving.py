@@ -11,7 +11,6 @@ import base64
 import json
 import logging
 import os
-import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
@@ -23,16 +22,16 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara.errors import ClaraError
-from clara.paths import COLLECTION_NAME, path_bytes
+from clara.paths import path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import pages_label, snippet
 from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_error, to_api_error
-from indexing.service.handler import is_vector_store
-from indexing.service.state import key_sees, visible_to
+from indexing.service.state import store_names, visible_to
 from indexing.store import list_collections
 from server.engine import Engine, too_long_to_embed
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
 from server.protocol import (
+    MAX_SEARCHED,
     Annotation,
     ChatCompletion,
     ChatCompletionChunk,
@@ -145,6 +144,32 @@ def annotations_of(ready: Ready, sources: list[Source], content: str) -> list[An
             url_citation=URLCitation(start_index=0, end_index=len(content), title=title, url=s.url)
         ))  # fmt: skip
     return list(out.values())
+
+
+def sources_line(
+    ready: Ready, sources: list[Source], answer: str, names: dict[str, str] | None = None
+) -> str:
+    """What an answer's text ends with under `--sources-in-text`: the places it draws on
+    (`Retrieved.cited`), each once, with its collection when several were searched (by the
+    name its vector store was given, in `names`); else the retrieved ones, said to be
+    uncited; else that no document matched. Nothing for an answer asked without retrieval."""
+    r = ready.retrieved
+    if r.status == "disabled":
+        return ""
+    if not sources:
+        return "\n\n(No document matched the question: this answer is not from your documents.)"
+    several, names = len(r.collections) > 1, names or {}
+
+    def listed(found: list[Source]) -> str:
+        titles = [
+            _title(s) + (f" ({names.get(s.collection) or s.collection})" if several else "")
+            for s in found
+        ]
+        return "; ".join(dict.fromkeys(titles))
+
+    if cited := r.cited(answer):
+        return f"\n\nSources: {listed([sources[i] for i in cited])}"
+    return f"\n\nSearched, not cited: {listed(sources)}"
 
 
 def open_webui_source(source: Source, text: str) -> dict[str, Any]:
@@ -266,41 +291,82 @@ class OpenAIServing:
         """The name an answer carries: the bare model's when it was asked for, a collection's
         model's (`asked`, NAME@COLLECTION) when it was, else the served one's (what OpenAI
         does: the name asked)."""
-        if asked is not None and self.collection_of(asked) is not None:
+        if asked is not None and self._at(asked) is not None:
             return asked
         return self.bare_model_name if bare else self.served_model_name
 
-    def collection_of(self, model: str | None) -> str | None:
-        """The collection a model name NAME@COLLECTION asks for (NAME: the served model's),
-        so that a chat app whose only choice is the model (Open WebUI, Chatbox, Jan) can pick
-        one; None for another name."""
-        name, at, collection = (model or "").rpartition("@")
-        if not at or name != self.served_model_name:
+    def _at(self, model: str | None) -> str | None:
+        """What a model name NAME@WHICH names after the served model's name and its '@'
+        (None for another model name)."""
+        prefix = self.served_model_name + "@"
+        return model[len(prefix) :] if model and model.startswith(prefix) else None
+
+    def collection_of(self, model: str | None) -> list[str] | None:
+        """The collections a model name NAME@WHICH searches (NAME: the served model's), so
+        that a chat app whose only choice is the model (Open WebUI, Chatbox, Jan) can pick
+        them; None for another model name. WHICH is a collection (a vector store's id), a
+        vector store's name (one of those the request's key may read, which no other of them
+        has), or up to MAX_SEARCHED of these joined by '+' ("handbook+Team notes"). One that
+        is none of those is the model's 404 (the same for another key's as for none)."""
+        which = self._at(model)
+        if which is None:
             return None
-        return collection if re.fullmatch(COLLECTION_NAME, collection) else None
+        root, scope = self.engine.settings.root, SCOPE.get()
+        ids = visible_to(root, list_collections(root), scope)
+        names = store_names(root) if set(ids) - {self.defaults.collection} else {}
+        parts = [which]
+        if self._resolve(which, ids, names) is None and "+" in which:
+            parts = [p.strip() for p in which.split("+")]
+            if len(parts) > MAX_SEARCHED:
+                raise APIError(
+                    400, f"the model '{model}' names {len(parts)} collections: a model "
+                    f"name searches at most {MAX_SEARCHED}", param="model",
+                )  # fmt: skip
+        out = []
+        for part in parts:
+            found = self._resolve(part, ids, names)
+            if found is None:
+                raise self._no_collection(model, part, ids, names, scope is not None)
+            out.append(found)
+        return list(dict.fromkeys(out))
+
+    def _resolve(self, part: str, ids: list[str], names: dict[str, str]) -> str | None:
+        """The collection `part` of a model name is (`collection_of`), if any."""
+        if part in ids or (part and part == self.defaults.collection):
+            return part  # (the default: there or not yet, searched as when none is named)
+        named = [i for i in ids if names.get(i) == part]
+        return named[0] if len(named) == 1 else None
+
+    def _no_collection(
+        self, model: str | None, part: str, ids: list[str], names: dict[str, str], scoped: bool
+    ) -> APIError:
+        """The 404 of a model NAME@WHICH whose `part` is no collection the key may read."""
+        if not part:
+            why = "no collection is named after its '@'"
+        elif sum(names.get(i) == part for i in ids) > 1:
+            why = (
+                f"several vector stores are named '{part}': name one by its id, as GET "
+                "/v1/models lists them"
+            )
+        else:
+            why = f"there is no collection '{part}'" + (" this key may read" if scoped else "")
+        return APIError(
+            404, f"The model '{model}' does not exist: {why} (GET /v1/models lists the "
+            "served models)", param="model", code="model_not_found",
+        )  # fmt: skip
 
     def named_collection(
         self, model: str | None, collection: str | list[str] | None, param: str
-    ) -> str | None:
-        """The collection of a request's model name (`collection_of`), checked against those
-        it names (`collection`, the request's `param`): both and not the same is a 400."""
+    ) -> list[str] | None:
+        """The collections of a request's model name (`collection_of`), checked against
+        those it names (`collection`, the request's `param`): both and not the same is a 400."""
         named = self.collection_of(model)
         asked = collection_names(collection)
-        if named is not None and asked not in ([], [named]):
+        if named is not None and asked and set(asked) != set(named):
             raise APIError(
-                400, f"the model '{model}' searches the collection '{named}', and the request "
-                f"names {', '.join(repr(n) for n in asked)}: name one of them", param=param,
-            )  # fmt: skip
-        root = self.engine.settings.root
-        if (  # (another key's, or none, for a key limited to some: the scoped 404 of `Rag`,
-            named not in (None, self.defaults.collection)  # the same for both: a review)
-            and not is_vector_store(root, named)
-            and key_sees(root, named, SCOPE.get())
-        ):
-            raise APIError(  # (a client audit: it was told to "leave 'collection' out")
-                404, f"The model '{model}' does not exist: there is no collection '{named}' "
-                "(GET /v1/models lists the served models)", param="model",
-                code="model_not_found",
+                400, f"the model '{model}' searches {_listed('the collection', named)}, and "
+                f"the request names {', '.join(repr(n) for n in asked)}: name one of them",
+                param=param,
             )  # fmt: skip
         return named
 
@@ -311,32 +377,46 @@ class OpenAIServing:
         return names
 
     def check_model(self, model: str | None) -> None:
+        """A 404 for a model name this server does not serve: another name (unless
+        --accept-any-model), or NAME@WHICH naming no collection the key may read (an audit:
+        completions and embeddings took any, which /v1/models said did not exist)."""
+        if self._at(model) is not None:
+            self.collection_of(model)
+            return
         if (
             model is not None
             and not self.accept_any_model
             and model not in self.model_names()
-            and self.collection_of(model) is None
+            and self._at(model) is None
         ):
+            near = next((n for n in self.model_names() if model.endswith("/" + n)), None)
             raise APIError(
                 404,
                 f"The model '{model}' does not exist; this server serves "
-                f"'{self.served_model_name}' (GET /v1/models lists it; start clara-serve with "
-                "--accept-any-model to answer any model name, e.g. OpenAI's in unchanged code)",
+                f"'{self.served_model_name}' (GET /v1/models lists it; "
+                + (f"leave the provider's prefix out: '{near}'; " if near else "")
+                + "start clara-serve with --accept-any-model to answer any model name, e.g. "
+                "OpenAI's in unchanged code)",
                 type="invalid_request_error",
                 param="model",
                 code="model_not_found",
             )
 
-    def card(self, bare: bool = False, collection: str | None = None) -> ModelCard:
-        """The served model, its `bare` twin, or its twin for a `collection`."""
+    def card(
+        self, bare: bool = False, collections: list[str] | None = None, label: str | None = None
+    ) -> ModelCard:
+        """The served model, its `bare` twin, or its twin NAME@`label` for `collections`."""
         info = self.engine.info
         return ModelCard(
-            id=f"{self.served_model_name}@{collection}" if collection else self.model_name(bare),
+            id=f"{self.served_model_name}@{label}" if collections else self.model_name(bare),
             created=self.created,
             root=info.model_id if info else self.engine.settings.model,
             max_model_len=info.context_limit if info else None,
             mode=self.defaults.mode,
-            collection=None if bare else collection or default_collection(self.defaults) or None,
+            collection=None
+            if bare
+            else (collections or [default_collection(self.defaults)])[0] or None,
+            collections=collections if collections and len(collections) > 1 else None,
             retrieval=not bare,
         )
 
@@ -347,10 +427,18 @@ class OpenAIServing:
         if self.engine.state == "failed":
             self.engine.check_ready()  # (its model_failed 503)
         cards = [self.card(), self.card(bare=True)]
-        if self.defaults.collection_models:  # (those the request's key may read)
-            root = self.engine.settings.root
-            names = visible_to(root, list_collections(root), SCOPE.get())
-            cards += [self.card(collection=name) for name in sorted(names)]
+        root, scope = self.engine.settings.root, SCOPE.get()
+        listed = self.defaults.collection_models
+        ids = (
+            sorted(visible_to(root, list_collections(root), scope))
+            if listed or (scope is not None and not scope.collections)
+            else []
+        )
+        if scope is not None and not scope.collections and not ids:
+            cards = cards[1:]  # (a key with nothing to search: its model failed every time)
+        if listed:  # (those the request's key may read, by name where the name tells them apart)
+            names = store_names(root)
+            cards += [self.card(collections=[i], label=_label(i, ids, names)) for i in ids]
         return ModelList(data=cards)
 
     def model(self, model_id: str) -> ModelCard:
@@ -362,17 +450,14 @@ class OpenAIServing:
         if self.engine.state == "failed":
             self.engine.check_ready()
         self.check_model(model_id)
-        collection = self.collection_of(model_id)
+        collections = self.collection_of(model_id)
         root = self.engine.settings.root
-        if collection is not None and not (
-            collection in list_collections(root) and key_sees(root, collection, SCOPE.get())
-        ):  # (NAME@X is taken by any request; its card is there for a collection there)
-            raise APIError(
-                404, f"The model '{model_id}' does not exist: there is no collection "
-                f"'{collection}' this key may read (GET /v1/models lists the served models)",
-                param="model", code="model_not_found",
-            )  # fmt: skip
-        return self.card(bare=self.is_bare(model_id), collection=collection)
+        for name in collections or []:  # (NAME@X is taken by any request; its card is there
+            if name not in list_collections(root):  # for a collection there: the default
+                raise self._no_collection(model_id, name, [], {}, SCOPE.get() is not None)
+        return self.card(
+            bare=self.is_bare(model_id), collections=collections, label=self._at(model_id)
+        )
 
     # ---- chat ------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, request: Request):
@@ -382,7 +467,7 @@ class OpenAIServing:
         req.check_supported()
         params = req.to_params(self.defaults)
         if named := self.named_collection(req.model, req.collection, "collection"):
-            params.collections = [named]
+            params.collections = named
         bare = self.is_bare(req.model)
         params.retrieval = params.retrieval and not bare
         job, ready = await self.start_chat(params, request)
@@ -464,6 +549,13 @@ class OpenAIServing:
         if first is not None:
             self.metrics.ttft.observe(first - start)
 
+    def _store_names(self, reply: _Reply) -> dict[str, str]:
+        """The vector stores' names, where an answer's sources come from several (for
+        `sources_line`)."""
+        if len(reply.ready.retrieved.collections) < 2:
+            return {}
+        return store_names(self.engine.settings.root)
+
     async def _complete(
         self, job: Job, reply: _Reply, request: Request, start: float
     ) -> ChatCompletion:
@@ -476,11 +568,10 @@ class OpenAIServing:
                     tokens.append(self.token_logprob(event))
         content = "".join(text)
         sources = sources_of(reply.ready, self.defaults.files_url)
-        message = ChatCompletionMessage(
-            content=content,
-            annotations=annotations_of(reply.ready, sources, content),
-            sources=sources,
-        )
+        notes = annotations_of(reply.ready, sources, content)
+        if self.defaults.sources_in_text:
+            content += sources_line(reply.ready, sources, content, self._store_names(reply))
+        message = ChatCompletionMessage(content=content, annotations=notes, sources=sources)
         return ChatCompletion(
             id=reply.id,
             created=reply.created,
@@ -623,6 +714,12 @@ class OpenAIServing:
                     continue
                 sources = sources_of(reply.ready, self.defaults.files_url)
                 notes = annotations_of(reply.ready, sources, "".join(said))
+                if self.defaults.sources_in_text and (
+                    line := sources_line(
+                        reply.ready, sources, "".join(said), self._store_names(reply)
+                    )
+                ):
+                    yield sse(self._chunk(reply, DeltaMessage(content=line)))
                 if self.defaults.source_events:  # (Open WebUI makes each a card of its own,
                     notes = None  # showing only the file's name, beside the events' cards)
                 extra = DeltaMessage(sources=sources, annotations=notes)
@@ -727,3 +824,27 @@ def _head_of(x: str | list[int], tokens: int, max_token_chars: int) -> str | lis
     if not isinstance(x, str):
         return x[:tokens]
     return x[: tokens * max_token_chars] if max_token_chars else x
+
+
+def _label(collection: str, ids: list[str], names: dict[str, str]) -> str:
+    """What a model NAME@... of `collection` shows in a model picker: the name its vector
+    store was given where a model name can say it (as typed: no spaces around it, printable),
+    no other of `ids` has it and no collection is called it; else its id (vs_...: what a
+    store an app named "Team Handbook", or a key limited to some collections, is given)."""
+    name = names.get(collection)
+    if (
+        not name
+        or name == collection
+        or name != name.strip()
+        or not name.isprintable()
+        or name in ids
+        or sum(names.get(i) == name for i in ids) > 1
+    ):
+        return collection
+    return name
+
+
+def _listed(what: str, names: list[str]) -> str:
+    """ "the collection 'a'" or "the collections 'a', 'b'"."""
+    quoted = ", ".join(repr(n) for n in names)
+    return f"{what}s {quoted}" if len(names) > 1 else f"{what} {quoted}"

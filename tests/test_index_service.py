@@ -522,6 +522,56 @@ def test_a_key_file_lets_each_colleague_in_and_names_who_deleted(tiny_llama_dir,
     assert "API keys accepted: alice, bob" in text and "sk-" not in text  # (no key in the log)
 
 
+def test_the_key_file_is_read_again_when_it_changes(tiny_llama_dir, tmp_path) -> None:
+    """A SaaS operator audit: adding or revoking a key meant restarting the server for every
+    customer, and a revoked key worked until then. The file is read again when it changes;
+    one that cannot be used keeps the keys read before, and the log says why."""
+    import os
+    import time
+
+    from clara_cli.http import KEY_FILE_CHECK_S
+
+    keys = tmp_path / "keys"
+    keys.write_text("alice sk-alice-1\nbob sk-bob-2 ask\n")
+    keys.chmod(0o600)
+    log = tmp_path / "service.log"
+
+    def rewrite(text: str) -> None:  # (as an operator's script would: whole, then renamed)
+        new = keys.with_suffix(".new")
+        new.write_text(text)
+        os.replace(new, keys)
+        time.sleep(KEY_FILE_CHECK_S + 0.1)
+
+    with ServiceProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"), "--api-key-file",
+        str(keys), log=log, env={"CLARA_HOME": str(tmp_path / "home")},
+    ) as proc:  # fmt: skip
+        proc.wait_ready()
+
+        def status(key: str, method: str = "GET") -> int:
+            headers = {"Authorization": f"Bearer {key}"}
+            if method == "POST":
+                r = httpx.post(f"{proc.url}/v1/vector_stores", json={}, headers=headers)
+            else:
+                r = httpx.get(f"{proc.url}/v1/vector_stores", headers=headers)
+            return r.status_code
+
+        assert (status("sk-alice-1"), status("sk-bob-2"), status("sk-carol-3")) == (200, 200, 401)
+        assert status("sk-bob-2", "POST") == 403  # (bob may ask only)
+        rewrite("bob sk-bob-2\ncarol sk-carol-3 collections=\n")
+        assert (status("sk-alice-1"), status("sk-bob-2"), status("sk-carol-3")) == (401, 200, 200)
+        assert status("sk-bob-2", "POST") == 200  # (its new role)
+        rewrite("bob sk-bob-2\ncarol\n")  # a line without its key: the keys before still count
+        assert (status("sk-alice-1"), status("sk-bob-2"), status("sk-carol-3")) == (401, 200, 200)
+        keys.unlink()
+        time.sleep(KEY_FILE_CHECK_S + 0.1)
+        assert (status("sk-bob-2"), status("sk-carol-3")) == (200, 200)
+    text = log.read_text()
+    assert "read again: 2 keys; added: carol; removed: alice" in text
+    assert "changed and cannot be used (--api-key-file" in text and "line 2" in text
+    assert "cannot be read: the keys read before still count" in text
+
+
 def test_failed_files_show_status_and_reason(
     client: openai.OpenAI, service: ServiceProcess, tmp_path: Path, root: Path, capsys
 ) -> None:

@@ -202,10 +202,14 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
         with pytest.raises(openai.NotFoundError) as e:  # (a client audit: it was told to
             admin.chat.completions.create(**{**chat, "model": f"{served}@nope"})  # leave
         assert (e.value.code, e.value.param) == ("model_not_found", "model")  # 'collection' out)
+        said = []
         for hidden in ("payroll", "nope"):  # a limited key: one answer for another key's and
             with pytest.raises(openai.NotFoundError) as e:  # for none (a review: the model's
                 hr.chat.completions.create(**{**chat, "model": f"{served}@{hidden}"})  # 404 told)
-            assert e.value.code == "collection_not_found" and "(handbook)" in str(e.value)
+            assert (e.value.code, e.value.param) == ("model_not_found", "model")
+            said.append(str(e.value).replace(hidden, "X"))
+            assert f"no collection '{hidden}' this key may read" in str(e.value)
+        assert said[0] == said[1]  # (a chat app audit: it spoke of 'collection' and file_search)
         for collection in ("payroll", "default", "nope"):
             with pytest.raises(openai.NotFoundError) as e:
                 hr.chat.completions.create(**chat, extra_body={"collection": collection})
@@ -222,7 +226,9 @@ def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tm
         with pytest.raises(openai.NotFoundError, match=r"names \(none\)") as e:
             guest.chat.completions.create(**chat)  # (given none: it names one it made)
         assert "'default'" not in str(e.value)  # (nor is it told the server's default)
-        assert guest.models.list().data[0].model_extra["collection"] is None
+        # a key with nothing to search is not offered the model that searches (it failed
+        # every chat: a chat app audit), only the one that answers without the documents
+        assert [m.id for m in guest.models.list().data] == [f"{served}-no-retrieval"]
         typo = as_(server.url, "sk-typo")
         with pytest.raises(openai.NotFoundError) as e:
             typo.chat.completions.create(**chat)

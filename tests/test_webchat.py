@@ -297,6 +297,59 @@ def test_a_reload_keeps_the_conversation_and_says_where_sources_came_from(
     assert store_names(server).count("mills") == 1 and "Mills" not in store_names(server)
 
 
+def test_a_question_searches_the_collections_ticked_under_also_search(
+    server: ServerProcess, page, tmp_path
+) -> None:
+    """A chat app audit: several collections could be searched as one by the API, not from
+    the page (one collection picked, and sources that did not say which one each came
+    from). The collections ticked under "Also search" are searched with the one picked; each
+    source names its collection; the ticks stay across a reload."""
+    open_page(page, server)
+    upload_one(page, tmp_path / "bridge.txt", "The stone bridge at Harlow was built in 1820.",
+               "Old bridges")  # fmt: skip
+    upload_one(page, tmp_path / "canal.txt", "The Harlow canal opened in 1794 for coal barges.",
+               "canals")  # fmt: skip
+    picker = page.locator("#collection")
+    sync_api.expect(picker).to_have_value("canals")  # (picked once listed)
+    bridges = picker.locator("option", has_text="Old bridges").get_attribute("value")
+    assert bridges.startswith("vs_")
+    picker.select_option(bridges)
+    page.click("#also summary")
+    also = page.locator("#also-list label", has_text="canals").locator("input")
+    sync_api.expect(page.locator("#also-list label", has_text="Old bridges")).to_have_count(0)
+    also.check()
+    page.locator("#retrieval-mode").select_option("lexical")
+    sent = []
+    page.route("**/v1/chat/completions", lambda route: (
+        sent.append(route.request.post_data_json), route.continue_()))  # fmt: skip
+    try:
+        page.fill("#question", "When were the Harlow bridge and the Harlow canal built?")
+        page.press("#question", "Enter")
+        answer = page.locator(".msg.assistant.done")
+        sync_api.expect(answer).to_have_count(1)
+    finally:
+        page.unroute("**/v1/chat/completions")
+    assert sent[0]["collection"] == [bridges, "canals"]
+    sync_api.expect(answer.locator(".from")).to_have_text("Sources from Old bridges, canals:")
+    sync_api.expect(answer.locator("button.source", has_text="bridge.txt")).to_contain_text(
+        " in Old bridges"
+    )
+    sync_api.expect(answer.locator("button.source", has_text="canal.txt")).to_contain_text(
+        " in canals"
+    )
+    page.reload()  # the ticks and the sources' collections stay
+    sync_api.expect(
+        page.locator("#also-list label", has_text="canals").locator("input")
+    ).to_be_checked()
+    sync_api.expect(
+        page.locator(".msg.assistant.done button.source", has_text="canal.txt")
+    ).to_contain_text(" in canals")
+    page.click("#also summary")
+    page.locator("#also-list label", has_text="canals").locator("input").uncheck()
+    page.locator("#retrieval-mode").select_option("")
+    page.click("#clear")
+
+
 def test_upload_into_the_server_default_and_open_a_source(
     server: ServerProcess, page, tmp_path
 ) -> None:

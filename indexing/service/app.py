@@ -31,6 +31,7 @@ from clara.settings import ModelSettings
 from clara_cli.http import (
     APIError,
     BodyLimit,
+    KeyFile,
     api_app,
     error_responses,
     health_response,
@@ -144,12 +145,13 @@ def create_app(
     open_metrics: bool = False,
     key_roles: dict[str, str] | None = None,
     key_scopes: dict[str, tuple[str, ...]] | None = None,
+    key_file: KeyFile | None = None,
     load: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The app; `load` (default: `settings.load`) runs on the worker thread. `api_key`,
     `local_only`, `allow_hosts`, `allow_origins`, `open_metrics` (/metrics without the key),
     `key_roles` (what each key may do), `key_scopes` (the collections a key
-    may read): who may ask (`clara_cli.http.AccessGate`)."""
+    may read), `key_file` (--api-key-file, read again when it changes): who may ask (`clara_cli.http.AccessGate`)."""
 
     worker = Worker(
         load or settings.load,
@@ -186,6 +188,7 @@ def create_app(
         open_paths=OPEN_PATHS + (("/metrics",) if open_metrics else ()),
         key_roles=key_roles,
         key_scopes=key_scopes,
+        key_file=key_file,
         local_only=local_only,
         allow_hosts=allow_hosts,
         allow_origins=allow_origins,

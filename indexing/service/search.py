@@ -22,12 +22,15 @@ from indexing.store import Collection
 def clara_attributes(
     doc_id: str, chunk_id: int, page_start: int | None, page_end: int | None,
     path: str | None, mode: str, ranks: dict[str, int | None], section: str = "",
+    store: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """What CLaRa says of a hit in its `attributes`: its document and chunk, its pages (when
-    the file has pages), its section (the document's title and the heading it is under,
-    where they are known), its path (a file `clara-index add` indexed), the mode that ranked
-    it and its 1-based rank in each retriever that found it."""
-    out: dict[str, Any] = {"document_id": doc_id, "chunk_id": chunk_id}
+    """What CLaRa says of a hit in its `attributes`: its vector store (`store`: where a
+    search may have had several), its document and chunk, its pages (when the file has
+    pages), its section (the document's title and the heading it is under, where they are
+    known), its path (a file `clara-index add` indexed), the mode that ranked it and its
+    1-based rank in each retriever that found it."""
+    out: dict[str, Any] = {"vector_store_id": store} if store else {}
+    out.update(document_id=doc_id, chunk_id=chunk_id)
     if page_start is not None:
         out.update(page_start=page_start, page_end=page_end or page_start)
     if section:

@@ -173,6 +173,17 @@ def visible_to(root: Path, collections: list[str], scope: KeyScope | None) -> li
     return [c for c in collections if scope.sees(c, made.get(c))]
 
 
+def store_names(root: Path) -> dict[str, str]:
+    """Each vector store's name (id -> the name it was given), read read-only (`_read_only`:
+    none without a registry, or one that cannot be read)."""
+    try:
+        with _read_only(root / UPLOADS) as db:
+            return {} if db is None else dict(db.execute("SELECT id, name FROM stores"))
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("the vector stores' names cannot be read (%s)", exc)
+        return {}
+
+
 def key_sees(root: Path, collection: str, scope: KeyScope | None) -> bool:
     """Whether an API key of `scope` may read `collection` (`visible_to`)."""
     return (

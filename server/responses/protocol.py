@@ -27,6 +27,7 @@ from server.protocol import (
     NULL,
     CollectionName,
     CollectionNames,
+    ModelName,
     only,
     refuse,
 )
@@ -140,7 +141,7 @@ class ResponseCreateRequest(_Request):
         | Annotated[list[InputMessage | FileSearchCallInput | ItemReference], Field(min_length=1)]
     )
     """The model answers the latest user message (an empty question if there is none)."""
-    model: str | None = None
+    model: ModelName | None = None
     background: bool | None = only({"enum": [False, None]}, default=None)
     conversation: str | dict[str, Any] | None = only(NULL, default=None)
     include: list[Literal["file_search_call.results", "message.output_text.logprobs"]] | None = None

@@ -544,6 +544,7 @@ class ResponsesServing:
             s.retrieval_mode,
             s.ranks,
             s.context,
+            s.collection,  # (a file of one name in two stores searched: which one)
         )
         attributes = with_own_attributes(own, clara)
         return FileSearchResult(

@@ -9,6 +9,8 @@ let chat = 0; // "New chat" counts up: an answer of an earlier chat changes noth
 let running = null; // the AbortController of the answer streaming now
 let serverCollection = ""; // what "server default" searches (from /v1/models)
 let filesApi = true; // false when the server runs with --no-files-api (no listing, no uploads)
+const storeNames = {}; // vector store id -> its name, as last listed
+const MAX_SEARCHED = 8; // collections one question searches at most (the server's limit)
 const NO_ANSWER = "the server did not answer (stopped or restarting?)";
 const KEY_WRONG = "the API key is missing or wrong: enter the server's key in the API key field";
 const KEY_UNSENDABLE = "the API key has a character a browser cannot send (a curly quote or a dash pasted with it?): type the server's key again";
@@ -215,7 +217,7 @@ async function loadCollections(select) {
     if (keep && ![...picker.options].some((o) => o.value === keep)) {
       // gone (deleted elsewhere): still picked and said so, not swapped for the server default,
       // which answered the next question from other documents without a word
-      const gone = new Option(`${was} (no longer on the server)`, keep);
+      const gone = new Option(`${was} (${notListed()})`, keep);
       gone.dataset.name = was;
       gone.dataset.gone = "true";
       picker.add(gone);
@@ -225,6 +227,8 @@ async function loadCollections(select) {
     if (keep && current && !current.dataset.gone && current.dataset.name !== picked["collection-name"]) {
       pick("collection", keep); // (its name, once listed: a store just made for an upload)
     }
+    for (const s of stores.data) storeNames[s.id] = s.name || s.id;
+    drawAlso(stores.data);
   } catch (e) {
     // --no-files-api: no listing and no uploads; the collection is typed by name instead
     if (e.status === 404) filesOff();
@@ -232,9 +236,76 @@ async function loadCollections(select) {
 }
 
 // What a question or an upload says of a picked collection no longer on the server: its name
-// (the picker's `option`), else `id`.
+// (the picker's `option`), else `id`. With an API key it may be there and not for this key
+// (one limited to some collections, typed after the pick): the words say so.
 function goneCollection(option, id) {
-  return `the collection ${(option && option.dataset.name) || id} is no longer on the server`;
+  return `the collection ${(option && option.dataset.name) || id} is ${notListed()}`;
+}
+function notListed() {
+  return $("api-key").value.trim() ? "no longer on the server, or not one this API key may read" : "no longer on the server";
+}
+
+// ---- several collections: "Also search" ------------------------------------------------------
+// Collections searched with the one picked, ticked in a list of the others (at most 7: a
+// question searches 8 at most); ticks kept for this tab, as the pick is. A ticked one that is
+// no longer listed stays ticked and says so (a question then names it, and is refused), never
+// dropped without a word.
+function alsoPicked() {
+  return Array.isArray(picked.also) ? picked.also.filter((id) => typeof id === "string") : [];
+}
+function primary() {
+  return collection() || serverCollection;
+}
+function drawAlso(stores) {
+  const box = $("also-list");
+  const ticked = alsoPicked();
+  const listed = new Set(stores.map((s) => s.id));
+  const names = { ...(picked["also-names"] || {}), ...storeNames };
+  const all = stores.map((s) => storeNames[s.id]);
+  const rows = stores.filter((s) => s.id !== primary()).map((s) => {
+    const name = storeNames[s.id];
+    return [s.id, name !== s.id && all.filter((n) => n === name).length > 1 ? `${name} [${s.id}]` : name];
+  });
+  for (const id of ticked) if (!listed.has(id)) rows.push([id, `${names[id] || id} (${notListed()})`]);
+  box.replaceChildren();
+  for (const [id, label] of rows) {
+    const row = document.createElement("label");
+    const box_ = document.createElement("input");
+    box_.type = "checkbox";
+    box_.value = id;
+    box_.checked = ticked.includes(id);
+    box_.addEventListener("change", tickAlso);
+    const name = document.createElement("bdi");
+    name.textContent = label;
+    row.append(box_, " ", name);
+    box.append(row);
+  }
+  $("also").hidden = rows.length === 0;
+  limitAlso();
+}
+function tickAlso() {
+  const ticked = [...$("also-list").querySelectorAll("input:checked")].map((b) => b.value);
+  picked.also = ticked;
+  picked["also-names"] = Object.fromEntries(ticked.map((id) => [id, storeNames[id] || (picked["also-names"] || {})[id] || id]));
+  sessionStorage.setItem("clara-picks", JSON.stringify(picked));
+  limitAlso();
+}
+function limitAlso() { // (the 8th tick would be refused by the server: it cannot be made)
+  const boxes = [...$("also-list").querySelectorAll("input")];
+  const full = boxes.filter((b) => b.checked).length >= MAX_SEARCHED - 1;
+  for (const b of boxes) b.disabled = full && !b.checked;
+}
+// What a question searches: the collection picked, and those ticked under "Also search" (a
+// list: the server ranks their chunks together); without the files API, the names typed,
+// separated by commas.
+function searched() {
+  if (!filesApi) {
+    const typed = collection().split(",").map((n) => n.trim()).filter(Boolean);
+    return typed.length > 1 ? typed : collection();
+  }
+  const also = alsoPicked().filter((id) => id !== primary());
+  if (!also.length) return collection();
+  return [...(primary() ? [primary()] : []), ...also];
 }
 
 function filesOff() {
@@ -330,10 +401,16 @@ function showSources(div, sources, from) {
     const name = document.createElement("bdi"); // a Hebrew or Arabic name, kept apart
     name.textContent = s.filename;
     button.append(name, `${pages(s)} (score ${s.score.toFixed(3)})`);
+    if (s.collection_name) { // several collections searched: which one it is in
+      const where = document.createElement("bdi");
+      where.textContent = s.collection_name;
+      button.append(" in ", where);
+    }
     // six words; Chinese and Japanese have no spaces: then 24 characters
     const words = (s.snippet || "").split(/\s+/).slice(0, 6).join(" ");
     const first = [...words].length > 60 ? [...words].slice(0, 24).join("") : words;
-    button.setAttribute("aria-label", `Source ${i + 1}: ${s.filename}${pages(s)}, "${first}…"`);
+    const in_ = s.collection_name ? ` in ${s.collection_name}` : "";
+    button.setAttribute("aria-label", `Source ${i + 1}: ${s.filename}${pages(s)}${in_}, "${first}…"`);
     button.setAttribute("aria-expanded", "false");
     const snippet = document.createElement("div");
     snippet.id = `snippet-${++snippets}`;
@@ -478,11 +555,15 @@ async function ask(question) {
   div.appendChild(text);
   const body = { messages: turns.slice(), stream: true, retrieval: $("retrieval").checked };
   const chosen = filesApi ? $("collection").selectedOptions[0] : null;
-  const from = (chosen && chosen.value && chosen.dataset.name) || collection() || serverCollection;
+  const asked = searched();
+  const several = Array.isArray(asked);
+  const from = several
+    ? asked.map((id) => storeNames[id] || (picked["also-names"] || {})[id] || id).join(", ")
+    : (chosen && chosen.value && chosen.dataset.name) || collection() || serverCollection;
   const record = { role: "assistant", text: "", sources: [], from, notes: [], error: false };
   const remark = (words) => { note(div, words); record.notes.push(words); };
   if ($("mode").value) body.mode = $("mode").value;
-  if (collection()) body.collection = collection();
+  if (several || asked) body.collection = asked;
   if (!$("retrieval-mode-label").hidden && $("retrieval-mode").value) body.retrieval_mode = $("retrieval-mode").value;
   let retrieval = null;
   let finish = null;
@@ -492,7 +573,10 @@ async function ask(question) {
     });
     if (!r.ok) {
       const e = failure(r, await r.json().catch(() => ({})));
-      if (e.code === "collection_not_found" && chosen && chosen.value) { // (it named the id)
+      if (e.code === "collection_not_found" && several) { // (it named an id: name it)
+        const id = asked.find((n) => e.message.includes(`'${n}'`));
+        if (id) e.message = `${goneCollection(null, storeNames[id] || (picked["also-names"] || {})[id] || id)}: untick it under Also search, or pick another one`;
+      } else if (e.code === "collection_not_found" && chosen && chosen.value) { // (it named the id)
         e.message = `${goneCollection(chosen, chosen.value)} (deleted?): pick another one`;
       }
       throw e;
@@ -504,6 +588,9 @@ async function ask(question) {
       for (const choice of chunk.choices || []) {
         if (choice.delta.content) text.data += choice.delta.content;
         if (choice.delta.sources) {
+          if (several) { // each says its collection, by name (kept with the conversation)
+            for (const src of choice.delta.sources) src.collection_name = storeNames[src.collection] || src.collection;
+          }
           showSources(div, choice.delta.sources, from);
           record.sources.push(...choice.delta.sources);
         }
@@ -708,6 +795,9 @@ $("clear").addEventListener("click", () => {
 });
 $("upload").addEventListener("click", upload);
 for (const id of PICKS) $(id).addEventListener("change", () => pick(id, $(id).value));
+$("collection").addEventListener("change", () => { // (the one picked is not listed under Also)
+  if (filesApi) drawAlso(Object.keys(storeNames).filter((id) => [...$("collection").options].some((o) => o.value === id && !o.dataset.gone)).map((id) => ({ id, name: storeNames[id] })));
+});
 restore("mode");
 restoreChat();
 // collections made or deleted elsewhere (the CLI, another tab) show when the page is back in view
