@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     net.add_argument(
+        "--max-batch-per-key",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="one API key's chat requests (--api-key-file, --api-key) decode at most N at a time, so "
+        "that one client's burst leaves room in the batch for the others' (its others wait "
+        "their turn in the queue); default: up to --max-batch",
+    )
+    net.add_argument(
         "--prefill-batch",
         type=positive_int,
         default=8,
@@ -354,6 +363,7 @@ def serve(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         queue_size=args.queue_size,
         max_batch=args.max_batch,
+        max_batch_per_key=args.max_batch_per_key,
         prefill_batch=args.prefill_batch,
         prefill_tokens=args.prefill_tokens,
         prefix_cache_mb=args.prefix_cache_mb,

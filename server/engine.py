@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +66,8 @@ class Settings(ModelSettings):
     max_context: int | None = None
     queue_size: int = 16
     max_batch: int = 16  # chat requests generating at once
+    #: ... of one API key (--api-key-file) at most; None: up to max_batch (--max-batch-per-key)
+    max_batch_per_key: int | None = None
     prefill_batch: int = 8  # requests admitted together are prefilled at most this many at a time
     prefill_tokens: int = 320  # ... and at most this many prompt positions a pass (0: no limit)
     prefix_cache_mb: int = 256  # KV of repeated prompt prefixes each decoder keeps, at most
@@ -196,10 +200,14 @@ class Engine:
 
     def chat(self, params: RagParams) -> Job:
         self.check_size(params)
+        caller = CALLER.get()
         return self.submit(
             "chat",
             lambda job: self._chat(job, params),
-            lambda: self.decoding() < self.settings.max_batch,
+            lambda: (
+                self.decoding() < self.settings.max_batch
+                and self._running_by_key()[caller] < self._key_cap(caller)
+            ),
             params=params,
             room=self.settings.max_batch - self.decoding() - self._admitting,  # (a hint)
         )
@@ -228,6 +236,19 @@ class Engine:
     def decoding(self) -> int:
         """Requests in the decode batch."""
         return sum(len(d.sequences) for d in list(self._decoders.values()))
+
+    def _running_by_key(self) -> Counter[str | None]:
+        """Requests in the decode batch by API key name."""
+        return Counter(
+            s.tag.task.caller for d in list(self._decoders.values()) for s in d.sequences
+        )
+
+    def _key_cap(self, caller: str | None) -> float:
+        """Places in the decode batch one key's requests take at most (--max-batch-per-key;
+        none without keys): one key's flood of requests took all 16, and every other key's
+        chat waited behind its answers, 12x slower (a SaaS operator audit)."""
+        cap = self.settings.max_batch_per_key
+        return math.inf if cap is None or caller is None else cap
 
     def embed(self, inputs: list[str | list[int]], truncate: bool = False) -> Job:
         """Query-adapter embeddings of `inputs`; one longer than the encoder reads fails the
@@ -386,7 +407,7 @@ class Engine:
         encode in about the time of 3 one at a time) and prefill time (2 memory prompts
         together: 0.84x the time each takes alone, bench/bench_burst.py)."""
         room = self.settings.max_batch - self.decoding() - 1
-        taken = self._admit(room)
+        taken = self._admit(room, job.task.caller)
         group = [(job, p)] + [(t.key[1], t.key[1].params) for t in taken]
         # (being answered from now: retrieval and prefill can take seconds, and the gauges
         # read an idle server meanwhile; `_start` counts them as decoding once they join)
@@ -453,8 +474,9 @@ class Engine:
         if error:
             raise error[0]
 
-    def _admit(self, room: int) -> list[Task]:
-        """Up to `room` queued chat requests to admit with the one starting. With nothing
+    def _admit(self, room: int, caller: str | None) -> list[Task]:
+        """Up to `room` queued chat requests to admit with the one starting (of the API key
+        `caller`), no key past its places in the batch (`_key_cap`). With nothing
         decoding, requests sent at once reach the worker over a few milliseconds (the event
         loop parses them one by one) and the first would otherwise be admitted alone, its
         encoding and prefill ahead of all the others: so wait while more keep arriving
@@ -462,13 +484,25 @@ class Engine:
         step and are all queued already."""
         if room <= 0:
             return []
-        taken = self.worker.take(_is_chat, room)
+        running = self._running_by_key()
+        running[caller] += 1
+
+        def admits(key: Any) -> bool:  # (`take` takes each task it is true for: counted here)
+            if not _is_chat(key):
+                return False
+            who = key[1].task.caller
+            if running[who] >= self._key_cap(who):
+                return False
+            running[who] += 1
+            return True
+
+        taken = self.worker.take(admits, room)
         if self.decoding():
             return taken
         deadline = time.perf_counter() + ADMIT_WINDOW
         while len(taken) < room and time.perf_counter() < deadline:
             time.sleep(ADMIT_POLL)
-            more = self.worker.take(_is_chat, room - len(taken))
+            more = self.worker.take(admits, room - len(taken))
             if not more:
                 break
             taken += more

@@ -412,24 +412,24 @@ def test_a_collection_deleted_elsewhere_stays_picked_and_says_so(
     page.fill("#question", "anything?")
     page.press("#question", "Enter")
     sync_api.expect(page.locator(".msg.assistant.error")).to_contain_text(
-        "the collection doomed notes is no longer on the server (deleted?): pick another one"
+        "the collection doomed notes is no longer on the server, or not readable with this API key: pick another one"
     )
     sync_api.expect(page.locator("#collection")).to_have_value(store_id)
     sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_text(
-        "doomed notes (no longer on the server)"
+        "doomed notes (no longer on the server, or not readable with this API key)"
     )
     doc = tmp_path / "note.txt"
     doc.write_text("A note.")
     page.set_input_files("#file", str(doc))
     page.click("#upload")
     sync_api.expect(page.locator("#upload-status")).to_contain_text(
-        "the collection doomed notes is no longer on the server: pick another one"
+        "the collection doomed notes is no longer on the server, or not readable with this API key: pick another one"
     )
     names = store_names(server)
     assert store_id not in names and "doomed notes" not in names
     page.reload()  # (by its name still, not its id: a review)
     sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_text(
-        "doomed notes (no longer on the server)"
+        "doomed notes (no longer on the server, or not readable with this API key)"
     )
     page.locator("#collection").select_option("")
     sync_api.expect(page.locator(f"#collection option[value='{store_id}']")).to_have_count(1)

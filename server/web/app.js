@@ -242,7 +242,7 @@ function goneCollection(option, id) {
   return `the collection ${(option && option.dataset.name) || id} is ${notListed()}`;
 }
 function notListed() {
-  return $("api-key").value.trim() ? "no longer on the server, or not one this API key may read" : "no longer on the server";
+  return $("api-key").value.trim() ? "no longer on the server, or not readable with this API key" : "no longer on the server";
 }
 
 // ---- several collections: "Also search" ------------------------------------------------------
@@ -577,7 +577,7 @@ async function ask(question) {
         const id = asked.find((n) => e.message.includes(`'${n}'`));
         if (id) e.message = `${goneCollection(null, storeNames[id] || (picked["also-names"] || {})[id] || id)}: untick it under Also search, or pick another one`;
       } else if (e.code === "collection_not_found" && chosen && chosen.value) { // (it named the id)
-        e.message = `${goneCollection(chosen, chosen.value)} (deleted?): pick another one`;
+        e.message = `${goneCollection(chosen, chosen.value)}: pick another one`;
       }
       throw e;
     }
