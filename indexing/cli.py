@@ -110,7 +110,8 @@ to get the space back); searches and a running server go on meanwhile.
 examples:
   clara-index remove report.pdf && clara-index compact
   clara-index compact --collection papers --json""",
-    "collections": "examples:\n  clara-index collections\n  clara-index collections --json",
+    "collections": "examples:\n  clara-index collections\n  clara-index collections --json\n"
+    "  clara-index collections --made-by alice",
     "serve": """endpoints (OpenAI's Files + Vector Stores API; a vector store is a collection):
   POST /v1/files (multipart: file, purpose=assistants)   GET /v1/files
   GET|DELETE /v1/files/{file_id}                         GET /v1/files/{file_id}/content
@@ -374,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cols = command("collections", "list the collections under --index", "out")
     cols.add_argument("--index", default=None, metavar="DIR", help="default: $CLARA_HOME/indexes")
+    cols.add_argument(
+        "--made-by", default=None, metavar="KEY_NAME",
+        help="only the vector stores made through the API with this API key (its name in "
+        "--api-key-file): what to delete when a customer leaves",
+    )  # fmt: skip
     add_model_args(
         cols,
         "the CLaRa checkpoint you serve with: collections its adapters cannot read are marked "

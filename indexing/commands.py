@@ -6,12 +6,10 @@ Only `add`, `search` and `rebuild --recompress` load the model; the rest read th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import shlex
-import sqlite3
 import sys
 import time
 from collections import Counter
@@ -29,7 +27,6 @@ from clara.errors import (
 )
 from clara.paths import (
     DEFAULT_COLLECTION,
-    UPLOADS,
     index_root,
     path_text,
     show_path,
@@ -63,6 +60,7 @@ from indexing.pipeline import (
     preflight,
 )
 from indexing.readers import SUPPORTED_EXTENSIONS, is_folder, iter_inputs
+from indexing.service.state import store_makers, store_names
 from indexing.store import (
     Collection,
     CollectionNotFoundError,
@@ -857,21 +855,30 @@ def cmd_collections(args: argparse.Namespace) -> int:
         rows[-1]["fingerprint"] = s["fingerprint"]
         if readable is not None:  # (JSON: true, false, or absent when not known)
             rows[-1]["readable"] = s["fingerprint"] in readable
-    titles = _store_names(index_root(args.index))
+    titles = store_names(index_root(args.index))
+    makers = store_makers(index_root(args.index))
     for r in rows:  # a vector store's own name, when it is not its folder's ("Meine Notizen")
         if titles.get(r["name"], r["name"]) != r["name"]:
             r["store_name"] = titles[r["name"]]
+        if r["name"] in makers:  # the API key that made it (--api-key-file's name)
+            r["made_by"] = makers[r["name"]]
+    if args.made_by is not None:
+        rows = [r for r in rows if r.get("made_by") == args.made_by]
     if args.json:
         _print_json(rows)
         return 1 if broken else 0
     root = index_root(args.index)
-    if not rows and not broken:
+    if not rows and not broken and args.made_by is not None:
+        print(f"no collection in {root} was made by the API key {args.made_by}")
+    elif not rows and not broken:
         print(f"no collections in {root}; add documents with `clara-index add PATH`")
     width = max([len(r["name"]) for r in rows] + [10])  # vector store ids run to 27
     if rows:
         print(f"{'NAME':<{width}} {'DOCS':>6} {'CHUNKS':>8} {'SIZE':>10}  CHECKPOINT")
     for r in rows:
-        titled = f"  (name: {printable(r['store_name'])})" if "store_name" in r else ""
+        notes = [f"name: {printable(r['store_name'])}"] if "store_name" in r else []
+        notes += [f"made by key {r['made_by']}"] if "made_by" in r else []
+        titled = f"  ({'; '.join(notes)})" if notes else ""
         print(
             f"{r['name']:<{width}} {r['documents']:>6} {r['chunks']:>8} "
             f"{_size(r['bytes_on_disk']):>10}  {r['fingerprint']}{titled}"
@@ -911,16 +918,3 @@ def _model_options(args: argparse.Namespace) -> str:
     if args.index is not None:
         out += f" --index {shlex.quote(str(args.index))}"
     return out
-
-
-def _store_names(root: Path) -> dict[str, str]:
-    """Vector store id -> the name it was created with (the Files API's registry, read only;
-    {} when there is none or it cannot be read)."""
-    db = root / UPLOADS / "registry.sqlite"
-    if not db.exists():
-        return {}
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
-            return dict(conn.execute("SELECT id, name FROM stores").fetchall())
-    except sqlite3.Error:
-        return {}

@@ -4,6 +4,7 @@ servers (real servers, real clients)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -140,6 +141,22 @@ def test_a_limited_key_sees_its_collections_and_what_it_made(tiny_llama_dir, tmp
         assert hr.files.content(water.id).read().decode() == WATER
         assert sales.vector_stores.retrieve("handbook").id == "handbook"
     assert "hr (reads handbook and its own)" in log.read_text()
+    # the operator sees who made each store, and lists a leaving customer's (an audit)
+    import json
+    import subprocess
+    import sys
+
+    def collections(*extra: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "indexing.cli", "collections", "--index",
+                str(tmp_path / "index"), *extra]  # fmt: skip
+        env = {**os.environ, "CLARA_HOME": str(tmp_path / "home")}
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+    listed = {r["name"]: r.get("made_by") for r in json.loads(collections("--json").stdout)}
+    assert listed == {"handbook": "admin", "payroll": "admin", mine.id: "hr"}
+    out = collections("--made-by", "hr").stdout
+    assert mine.id in out and "(name: payroll; made by key hr)" in out and "handbook" not in out
+    assert "was made by the API key carol" in collections("--made-by", "carol").stdout
 
 
 def test_a_limited_keys_chats_search_its_collections_only(tiny_llama_dir, cm, tmp_path) -> None:

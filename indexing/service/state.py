@@ -184,6 +184,22 @@ def store_names(root: Path) -> dict[str, str]:
         return {}
 
 
+def store_makers(root: Path) -> dict[str, str]:
+    """Each vector store's maker (id -> the name of the API key that made it, where one did),
+    read read-only: {} without a registry, or one that cannot be read."""
+    try:
+        with _read_only(root / UPLOADS) as db:
+            if (
+                db is None
+                or not db.execute("SELECT 1 FROM sqlite_master WHERE name='made_by'").fetchone()
+            ):
+                return {}
+            return dict(db.execute("SELECT id, key FROM made_by WHERE kind='store'"))
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("the vector stores' makers cannot be read (%s)", exc)
+        return {}
+
+
 def key_sees(root: Path, collection: str, scope: KeyScope | None) -> bool:
     """Whether an API key of `scope` may read `collection` (`visible_to`)."""
     return (
