@@ -107,6 +107,8 @@ def create_app(
     keep_responses_days: float = 0,
     files_api: bool = True,
     max_upload_bytes: int = int(MAX_UPLOAD_MB * 2**20),
+    max_stores_per_key: int | None = None,
+    max_upload_bytes_per_key: int | None = None,
     accept_any_model: bool = False,
 ) -> FastAPI:
     """The clara-serve app; the model loads in the lifespan, on the MLX worker thread.
@@ -127,7 +129,12 @@ def create_app(
     )
     serving.accept_any_model = accept_any_model
     store = ResponseStore(responses_db or home() / "responses.sqlite", keep_responses_days)
-    files = _files_service(settings, engine, max_upload_bytes) if files_api else None
+    limits = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_stores_per_key": max_stores_per_key,
+        "max_upload_bytes_per_key": max_upload_bytes_per_key,
+    }
+    files = _files_service(settings, engine, limits) if files_api else None
     if files is not None:  # its uploads' metrics among the server's, and their attributes
         engine.metrics.files = files.metrics  # for attribute filters
         engine.document_attributes = files.document_attributes
@@ -336,14 +343,15 @@ def _web_file(path: Path):
     return web_file
 
 
-def _files_service(settings: Settings, engine: Engine, max_upload_bytes: int) -> IndexService:
-    """The indexing service's handler over clara-serve's index root and model worker."""
+def _files_service(settings: Settings, engine: Engine, limits: dict[str, Any]) -> IndexService:
+    """The indexing service's handler over clara-serve's index root and model worker (its
+    upload `limits`: `ServiceSettings`' fields)."""
     service_settings = ServiceSettings(
         model=settings.model,
         checkpoint=settings.checkpoint,
         dtype=settings.dtype,
         index_root=settings.index_root,
-        max_upload_bytes=max_upload_bytes,
+        **limits,
         default_collection=settings.collection,
     )
     registry = Registry(settings.root / UPLOADS)

@@ -32,7 +32,7 @@ from clara_cli.serve import (
     configure_logging,
     serve_http,
 )
-from indexing.service.cli import add_max_upload_arg
+from indexing.service.cli import add_upload_limit_args, upload_limits
 from server.protocol import ServingDefaults
 
 DESCRIPTION = """\
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "http://localhost:8001), which the links of uploaded sources then name (default: this "
         "server's own /v1/files/..., which answer 404 without the Files API)",
     )
-    add_max_upload_arg(net)
+    add_upload_limit_args(net)
     add_log_level_arg(net)
     rag = parser.add_argument_group("retrieval")
     rag.add_argument(
@@ -396,7 +396,7 @@ def serve(args: argparse.Namespace) -> int:
         keep_responses_days=args.keep_responses,
         files_api=args.files_api,
         accept_any_model=args.accept_any_model,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        **upload_limits(args),
     )
     hello = "/ (web chat), API under /v1"
     return serve_http(app, app.state.engine, args, hello=hello, access=access)

@@ -522,6 +522,40 @@ def test_a_key_file_lets_each_colleague_in_and_names_who_deleted(tiny_llama_dir,
     assert "API keys accepted: alice, bob" in text and "sk-" not in text  # (no key in the log)
 
 
+def test_each_key_makes_and_uploads_up_to_its_limits(tiny_llama_dir, tmp_path) -> None:
+    """A SaaS operator audit: one customer's key made 150 vector stores in 4 s, and nothing
+    kept it from filling the disk every other customer's uploads need. --max-stores-per-key
+    and --max-upload-mb-per-key bound each key's (a 403 quota_exceeded, not a 429 that
+    OpenAI's clients would send again)."""
+    keys = tmp_path / "keys"
+    keys.write_text("alice sk-alice\nbob sk-bob\n")
+    keys.chmod(0o600)
+    with ServiceProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"), "--api-key-file",
+        str(keys), "--max-stores-per-key", "2", "--max-upload-mb-per-key", "0.0001",
+        env={"CLARA_HOME": str(tmp_path / "home")},
+    ) as proc:  # fmt: skip
+        proc.wait_ready()
+        alice, bob = (
+            openai.OpenAI(base_url=f"{proc.url}/v1", api_key=k, max_retries=0)
+            for k in ("sk-alice", "sk-bob")
+        )
+        made = [alice.vector_stores.create(name=f"s{i}") for i in range(2)]
+        with pytest.raises(openai.PermissionDeniedError, match="has made 2 vector stores") as e:
+            alice.vector_stores.create(name="s2")
+        assert (e.value.code, e.value.body["type"]) == ("quota_exceeded", "insufficient_quota")
+        assert bob.vector_stores.create(name="b0").id  # (another key's own limit)
+        alice.vector_stores.delete(made[0].id)
+        assert alice.vector_stores.create(name="s3").id  # (a store deleted: room again)
+        first = upload(alice, "a.txt", "x" * 60)  # 0.0001 MB: 104 bytes in all
+        with pytest.raises(openai.PermissionDeniedError, match="--max-upload-mb-per-key"):
+            upload(alice, "b.txt", "y" * 60)
+        assert [f.filename for f in alice.files.list()] == ["a.txt"]  # (the refused one gone)
+        assert upload(bob, "c.txt", "z" * 60).id
+        alice.files.delete(first.id)
+        assert upload(alice, "b.txt", "y" * 60).id
+
+
 def test_the_key_file_is_read_again_when_it_changes(tiny_llama_dir, tmp_path) -> None:
     """A SaaS operator audit: adding or revoking a key meant restarting the server for every
     customer, and a revoked key worked until then. The file is read again when it changes;

@@ -88,6 +88,8 @@ UPLOAD = {  # POST /v1/files reads its multipart body itself (streamed, size-lim
 class ServiceSettings(ModelSettings):
     pack_compressor: bool = True  # compressing is this service's work
     max_upload_bytes: int = int(MAX_UPLOAD_MB * 2**20)
+    max_stores_per_key: int | None = None  # vector stores one API key may make (None: any)
+    max_upload_bytes_per_key: int | None = None  # what one key's uploads may hold in all
     batch_size: int = 8
     overlap: int = 32
     max_waiting_calls: int = 64

@@ -24,7 +24,8 @@ from clara_cli.serve import (
 from indexing.service import MAX_UPLOAD_MB
 
 
-def add_max_upload_arg(group: argparse._ArgumentGroup) -> None:
+def add_upload_limit_args(group: argparse._ArgumentGroup) -> None:
+    """What the Files and Vector Stores API of either server takes at most."""
     group.add_argument(
         "--max-upload-mb",
         type=positive_float,
@@ -32,11 +33,37 @@ def add_max_upload_arg(group: argparse._ArgumentGroup) -> None:
         metavar="MB",
         help="largest file POST /v1/files accepts; bigger ones get 413 (default: %(default)s)",
     )
+    group.add_argument(
+        "--max-stores-per-key",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="vector stores one API key (--api-key-file) may make through the API; past it, "
+        "a 403 quota_exceeded (default: no limit)",
+    )
+    group.add_argument(
+        "--max-upload-mb-per-key",
+        type=positive_float,
+        default=None,
+        metavar="MB",
+        help="what one API key's uploads (POST /v1/files) may hold in all; past it, a 403 "
+        "quota_exceeded (default: no limit)",
+    )
+
+
+def upload_limits(args: argparse.Namespace) -> dict[str, int | None]:
+    """`ServiceSettings`' upload limits from `add_upload_limit_args`' options."""
+    per_key = args.max_upload_mb_per_key
+    return {
+        "max_upload_bytes": int(args.max_upload_mb * 2**20),
+        "max_stores_per_key": args.max_stores_per_key,
+        "max_upload_bytes_per_key": None if per_key is None else int(per_key * 2**20),
+    }
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     net = add_http_args(parser, port=8001)
-    add_max_upload_arg(net)
+    add_upload_limit_args(net)
     add_log_level_arg(net)
     add_query_precision_arg(parser.add_argument_group("search"))
     idx = parser.add_argument_group("index")
@@ -76,7 +103,7 @@ def serve_command(args: argparse.Namespace) -> int:
         dtype=model_dtype(args),
         index_root=args.index,
         query_precision=args.query_precision,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        **upload_limits(args),
         batch_size=args.batch_size,
         overlap=args.overlap,
     )

@@ -113,6 +113,16 @@ READS_AHEAD = 2
 log = logging.getLogger(__name__)
 
 
+def _over_quota(message: str) -> APIError:
+    """The 403 of a key past one of its limits (`ServiceSettings.max_*_per_key`): not a 429,
+    which OpenAI's clients send again and again."""
+    return APIError(403, message, type="insufficient_quota", code="quota_exceeded")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
 def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
     return APIError(404, f"No {what} found with id '{ident}'", param=param, code="not_found")
 
@@ -365,7 +375,18 @@ class IndexService:
     # ---- files -----------------------------------------------------------------------------
     async def create_file(self, request: Request) -> FileObject:
         rec = await self.uploads.receive(request)
-        self.registry.add_file(rec, CALLER.get())
+        caller, most = CALLER.get(), self.settings.max_upload_bytes_per_key
+        if caller is not None and most is not None:  # (its bytes are known once received)
+            made = self.registry.makers("file")
+            held = sum(f.bytes for f in self.registry.files() if made.get(f.id) == caller)
+            if held + rec.bytes > most:
+                await self.uploads.delete(rec.id)
+                raise _over_quota(
+                    f"the key {caller}'s uploads hold {_mb(held)}, and this one "
+                    f"({_mb(rec.bytes)}) would take them past the {_mb(most)} one key may "
+                    "upload (--max-upload-mb-per-key): delete files it no longer needs"
+                )
+        self.registry.add_file(rec, caller)
         return _file_object(rec)
 
     def list_files(self, purpose: str | None, after: str | None, limit: int, order: str):
@@ -431,6 +452,14 @@ class IndexService:
     # ---- vector stores ---------------------------------------------------------------------
     async def create_store(self, body: VectorStoreCreate) -> VectorStore:
         self.worker.check_ready()
+        caller, most = CALLER.get(), self.settings.max_stores_per_key
+        if caller is not None and most is not None:
+            made = sum(key == caller for key in self.registry.makers("store").values())
+            if made >= most:
+                raise _over_quota(
+                    f"the key {caller} has made {made} vector stores, the most one key may "
+                    "make (--max-stores-per-key): delete one it no longer needs"
+                )
         _no_expiry(body.expires_after)
         items = _once_each([VectorStoreFileCreate(file_id=i) for i in body.file_ids or []])
         self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing

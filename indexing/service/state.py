@@ -159,17 +159,7 @@ def visible_to(root: Path, collections: list[str], scope: KeyScope | None) -> li
     the key reads what its line names). The one lookup both servers make."""
     if scope is None:
         return list(collections)
-    made: dict[str, str] = {}
-    try:
-        with _read_only(root / UPLOADS) as db:
-            if (
-                db is not None
-                and db.execute("SELECT 1 FROM sqlite_master WHERE name='made_by'").fetchone()
-            ):  # (not in a registry an older clara made)
-                made = dict(db.execute("SELECT id, key FROM made_by WHERE kind='store'"))
-    except (OSError, sqlite3.Error) as exc:
-        log.warning("the vector stores' makers cannot be read (%s): a key limited to some "
-                    "collections reads those only", exc)  # fmt: skip
+    made = store_makers(root)
     return [c for c in collections if scope.sees(c, made.get(c))]
 
 
@@ -192,11 +182,12 @@ def store_makers(root: Path) -> dict[str, str]:
             if (
                 db is None
                 or not db.execute("SELECT 1 FROM sqlite_master WHERE name='made_by'").fetchone()
-            ):
+            ):  # (not in a registry an older clara made)
                 return {}
             return dict(db.execute("SELECT id, key FROM made_by WHERE kind='store'"))
     except (OSError, sqlite3.Error) as exc:
-        log.warning("the vector stores' makers cannot be read (%s)", exc)
+        log.warning("the vector stores' makers cannot be read (%s): a key limited to some "
+                    "collections reads only those its line names", exc)  # fmt: skip
         return {}
 
 
