@@ -561,6 +561,15 @@ def test_without_the_files_api_the_collection_is_typed(tiny_llama_dir, tmp_path,
         sync_api.expect(answer.locator("button.source").first).to_contain_text("latin\\xe9")
         where = answer.locator(".snippet .where").first.text_content()
         assert where.endswith("/docs/latin\\xe9 notes.txt"), where
+        # several names, separated by commas: searched as one
+        sent = []
+        page.route("**/v1/chat/completions", lambda route: (
+            sent.append(route.request.post_data_json), route.continue_()))  # fmt: skip
+        page.fill("#collection-name", "local, papers")
+        page.fill("#question", "When did the museum open?")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator(".msg.assistant.error").last).to_contain_text("'papers'")
+        assert sent[0]["collection"] == ["local", "papers"]
     finally:
         proc.stop()
 
