@@ -980,6 +980,9 @@ def _headers_of(scope: Scope) -> dict[str, str]:
 
 #: seconds between two looks at --api-key-file's time stamp (by requests: none when idle)
 KEY_FILE_CHECK_S = 1.0
+#: ... and how long it must have been left as it is before it is read: a file being written
+#: in place, read half-way, could drop a key's role or its collections (a review)
+KEY_FILE_SETTLE_S = 0.5
 
 #: (name -> key, name -> role, name -> the collections it may read) of an API key file
 Keys = tuple[dict[str, str], dict[str, str], dict[str, tuple[str, ...]]]
@@ -1001,16 +1004,23 @@ class KeyFile:
 
     path: Path
     load: Callable[[], Keys]
-    stamp: tuple[int, int, int] | None = None
+    stamp: tuple[int, ...] | None = None
     checked: float = 0.0
 
     @staticmethod
-    def stamp_of(path: Path) -> tuple[int, int, int] | None:
+    def stamp_of(path: Path) -> tuple[int, ...] | None:
+        """(modified, changed, size, inode): what tells the file changed (the inode change
+        time too: `cp -p` keeps the modification time, and a new key may be as long)."""
         try:
             st = os.stat(path)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+    @staticmethod
+    def settled(stamp: tuple[int, ...]) -> bool:
+        """Whether the file was left as it is for KEY_FILE_SETTLE_S (not being written)."""
+        return time.time_ns() - max(stamp[0], stamp[1]) >= KEY_FILE_SETTLE_S * 1e9
 
 
 class AccessGate:
@@ -1077,8 +1087,8 @@ class AccessGate:
             return
         kf.checked = now
         stamp = KeyFile.stamp_of(kf.path)
-        if stamp == kf.stamp:
-            return
+        if stamp == kf.stamp or (stamp is not None and not KeyFile.settled(stamp)):
+            return  # (as it was; or written just now: looked at again at the next check)
         kf.stamp = stamp
         if stamp is None:
             log.error("--api-key-file %s cannot be read: the keys read before still count",

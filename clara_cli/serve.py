@@ -49,9 +49,10 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         "with '#' are comments), any of which is accepted, or 'NAME KEY ROLE' for a key that "
         "may do less: 'ask' (ask and read; no upload, no deletion), 'metrics' (GET /metrics "
         "only, for a Prometheus); a last word 'collections=NAME,NAME' limits a key to those "
-        "collections and the vector stores and files it makes itself. A colleague's key is "
-        "revoked by deleting its line and "
-        "restarting, and what a request deletes is logged with its key's name "
+        "collections and the vector stores and files it makes itself. The file is read again "
+        "when it changes (write it whole and rename it into place): a colleague's key is "
+        "revoked by deleting its line, with no restart. What a request deletes is logged with "
+        "its key's name "
         "(default: $CLARA_API_KEY_FILE; with --api-key, both are accepted)",
     )
     net.add_argument(

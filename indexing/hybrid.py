@@ -114,7 +114,8 @@ def retrieve_across(
     lexical = None
     if mode != "dense":
         # several: each term's chunks counted once in each, for its search and its weight
-        stats = [col.term_stats(terms) for col, _ in searched] if len(searched) > 1 else None
+        several = len(searched) > 1 and bool(terms)
+        stats = [col.term_stats(terms) for col, _ in searched] if several else None
         found = [
             (i, col.search_lexical(terms, depth, only, stats[i][1] if stats else None))
             for i, (col, only) in enumerate(searched)

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         metavar="N",
-        help="one API key's chat requests (--api-key-file, --api-key) decode at most N at a time, so "
+        help="with --api-key-file: one key's chat requests decode at most N at a time, so "
         "that one client's burst leaves room in the batch for the others' (its others wait "
         "their turn in the queue); default: up to --max-batch",
     )
@@ -189,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--collection-models",
         action="store_true",
         help="/v1/models also lists a model NAME@COLLECTION for each collection (those the "
-        "request's API key may read), for chat apps whose only choice is the model: a chat "
-        "with it searches that collection (any client may ask for such a name without it)",
+        "request's API key may read; a vector store by the name it was given where no other "
+        "has it), for chat apps whose only choice is the model: a chat with it searches that "
+        "collection (any client may ask for such a name without it, and for several joined "
+        "by '+': NAME@handbook+notes)",
     )
     net.add_argument(
         "--source-events",
@@ -222,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--accept-any-model",
         action="store_true",
         help="answer requests whatever model they name (e.g. code written for OpenAI that "
-        "asks for gpt-4.1), instead of 404 model_not_found; answers name the served model",
+        "asks for gpt-4.1), instead of 404 model_not_found; answers name the served model "
+        "(a name NAME@COLLECTION of the served model still needs a collection there)",
     )
     net.add_argument(
         "--no-files-api",
@@ -352,6 +355,13 @@ def serve(args: argparse.Namespace) -> int:
     from clara.checkpoint import default_reading_mode
     from server.app import create_app
     from server.engine import Settings
+
+    if args.max_batch_per_key is not None and not args.api_key_file:
+        raise ClaraError(  # (a review: one --api-key made the cap the whole server's)
+            "--max-batch-per-key gives each API key of --api-key-file its places in the "
+            "batch; without that file every client is the same key (or none): use "
+            "--max-batch to size the batch"
+        )
 
     settings = Settings(
         model=args.model,

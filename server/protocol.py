@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -62,11 +63,11 @@ MAX_SEARCHED = 8
 CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME)]
 
 
-#: (a name given twice is searched once: `collection_names`; it counts twice toward the
-#: limit, as the API's schema says, which a client may check before sending)
 #: a request's model name, spaces around it dropped (a chat app's pasted id kept one: a 404
 #: whose text looked like the name served)
 ModelName = Annotated[str, AfterValidator(str.strip)]
+#: (a name given twice is searched once: `collection_names`; it counts twice toward the
+#: limit, as the API's schema says, which a client may check before sending)
 CollectionNames = Annotated[list[CollectionName], Field(min_length=1, max_length=MAX_SEARCHED)]
 
 
@@ -178,6 +179,23 @@ _CHAT_LIMITS = {
         },
     ]
 }
+
+
+#: What --sources-in-text ends an answer with (`server.serving.sources_line`): taken off the
+#: answers a conversation's history sends back, which the model read and imitated (writing
+#: file names of its own, which the citations then matched: a review)
+NO_MATCH_LINE = "(No document matched the question: this answer is not from your documents.)"
+SOURCES_LINE = re.compile(
+    r"\n\n(?:Sources: |Searched, not cited: |" + re.escape(NO_MATCH_LINE) + r")[^\n]*\Z"
+)
+
+
+def _answer(message: ChatMessage, sources_in_text: bool) -> str:
+    """A history message's text, an answer's sources line left out (`SOURCES_LINE`)."""
+    text = message.text()
+    if sources_in_text and message.role == "assistant":
+        return SOURCES_LINE.sub("", text)
+    return text
 
 
 class StreamOptions(_Request):
@@ -338,7 +356,9 @@ class ChatCompletionRequest(_Request):
         return RagParams(
             question=question,
             query="\n".join(users),
-            history=[{"role": m.role, "content": m.text()} for m in history],
+            history=[
+                {"role": m.role, "content": _answer(m, defaults.sources_in_text)} for m in history
+            ],
             system="\n".join(system) if system else None,
             retrieval=self.retrieval and self.top_k != 0,
             mode=self.mode or defaults.mode,

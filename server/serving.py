@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -24,14 +25,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from clara.errors import ClaraError
 from clara.paths import path_bytes
 from clara.stream import GenerationChunk, token_bytes, token_text
-from clara.text import pages_label, snippet
+from clara.text import pages_label, printable, snippet
 from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_error, to_api_error
-from indexing.service.state import store_names, visible_to
+from indexing.service.state import key_sees, store_names, visible_to
 from indexing.store import list_collections
 from server.engine import Engine, too_long_to_embed
 from server.jobs import DONE, Embedded, Failed, Job, Ready, SourceInfo
 from server.protocol import (
     MAX_SEARCHED,
+    NO_MATCH_LINE,
     Annotation,
     ChatCompletion,
     ChatCompletionChunk,
@@ -157,12 +159,13 @@ def sources_line(
     if r.status == "disabled":
         return ""
     if not sources:
-        return "\n\n(No document matched the question: this answer is not from your documents.)"
+        return f"\n\n{NO_MATCH_LINE}"
     several, names = len(r.collections) > 1, names or {}
 
     def listed(found: list[Source]) -> str:
         titles = [
-            _title(s) + (f" ({names.get(s.collection) or s.collection})" if several else "")
+            _title(s)
+            + (f" ({printable(names.get(s.collection) or s.collection)})" if several else "")
             for s in found
         ]
         return "; ".join(dict.fromkeys(titles))
@@ -291,31 +294,39 @@ class OpenAIServing:
         """The name an answer carries: the bare model's when it was asked for, a collection's
         model's (`asked`, NAME@COLLECTION) when it was, else the served one's (what OpenAI
         does: the name asked)."""
-        if asked is not None and self._at(asked) is not None:
+        if asked is not None and self._after_at(asked) is not None:
             return asked
         return self.bare_model_name if bare else self.served_model_name
 
-    def _at(self, model: str | None) -> str | None:
+    def _after_at(self, model: str | None) -> str | None:
         """What a model name NAME@WHICH names after the served model's name and its '@'
         (None for another model name)."""
         prefix = self.served_model_name + "@"
         return model[len(prefix) :] if model and model.startswith(prefix) else None
 
-    def collection_of(self, model: str | None) -> list[str] | None:
+    def _readable(self) -> _Readable:
+        """What the request's key may read, for model names NAME@WHICH."""
+        root, scope = self.engine.settings.root, SCOPE.get()
+        ids = set(visible_to(root, list_collections(root), scope))
+        names = store_names(root) if ids - {self.defaults.collection} else {}
+        default = self.defaults.collection
+        sees = scope is None or key_sees(root, default, scope)  # (there or not yet: a key
+        return _Readable(ids, names, default, sees)  # given it searches it, as when unnamed)
+
+    def collections_of(self, model: str | None) -> list[str] | None:
         """The collections a model name NAME@WHICH searches (NAME: the served model's), so
         that a chat app whose only choice is the model (Open WebUI, Chatbox, Jan) can pick
         them; None for another model name. WHICH is a collection (a vector store's id), a
         vector store's name (one of those the request's key may read, which no other of them
         has), or up to MAX_SEARCHED of these joined by '+' ("handbook+Team notes"). One that
-        is none of those is the model's 404 (the same for another key's as for none)."""
-        which = self._at(model)
+        is none of those is the model's 404 (the same for another key's as for none: the
+        server's default too, for a key that may not read it)."""
+        which = self._after_at(model)
         if which is None:
             return None
-        root, scope = self.engine.settings.root, SCOPE.get()
-        ids = visible_to(root, list_collections(root), scope)
-        names = store_names(root) if set(ids) - {self.defaults.collection} else {}
+        readable = self._readable()
         parts = [which]
-        if self._resolve(which, ids, names) is None and "+" in which:
+        if readable.resolve(which) is None and "+" in which:
             parts = [p.strip() for p in which.split("+")]
             if len(parts) > MAX_SEARCHED:
                 raise APIError(
@@ -324,43 +335,37 @@ class OpenAIServing:
                 )  # fmt: skip
         out = []
         for part in parts:
-            found = self._resolve(part, ids, names)
+            found = readable.resolve(part)
             if found is None:
-                raise self._no_collection(model, part, ids, names, scope is not None)
+                raise self._no_collection(model, part, readable, len(parts) > 1)
             out.append(found)
         return list(dict.fromkeys(out))
 
-    def _resolve(self, part: str, ids: list[str], names: dict[str, str]) -> str | None:
-        """The collection `part` of a model name is (`collection_of`), if any."""
-        if part in ids or (part and part == self.defaults.collection):
-            return part  # (the default: there or not yet, searched as when none is named)
-        named = [i for i in ids if names.get(i) == part]
-        return named[0] if len(named) == 1 else None
-
     def _no_collection(
-        self, model: str | None, part: str, ids: list[str], names: dict[str, str], scoped: bool
+        self, model: str | None, part: str, readable: _Readable | None, joined: bool = False
     ) -> APIError:
         """The 404 of a model NAME@WHICH whose `part` is no collection the key may read."""
         if not part:
-            why = "no collection is named after its '@'"
-        elif sum(names.get(i) == part for i in ids) > 1:
+            why = "an empty name between two '+'" if joined else "no collection after its '@'"
+        elif readable is not None and readable.named[part] > 1:
             why = (
                 f"several vector stores are named '{part}': name one by its id, as GET "
                 "/v1/models lists them"
             )
         else:
+            scoped = SCOPE.get() is not None
             why = f"there is no collection '{part}'" + (" this key may read" if scoped else "")
         return APIError(
             404, f"The model '{model}' does not exist: {why} (GET /v1/models lists the "
             "served models)", param="model", code="model_not_found",
         )  # fmt: skip
 
-    def named_collection(
+    def named_collections(
         self, model: str | None, collection: str | list[str] | None, param: str
     ) -> list[str] | None:
-        """The collections of a request's model name (`collection_of`), checked against
+        """The collections of a request's model name (`collections_of`), checked against
         those it names (`collection`, the request's `param`): both and not the same is a 400."""
-        named = self.collection_of(model)
+        named = self.collections_of(model)
         asked = collection_names(collection)
         if named is not None and asked and set(asked) != set(named):
             raise APIError(
@@ -376,19 +381,16 @@ class OpenAIServing:
             names.add(self.engine.info.model_id)
         return names
 
-    def check_model(self, model: str | None) -> None:
+    def check_model(self, model: str | None, resolve: bool = True) -> None:
         """A 404 for a model name this server does not serve: another name (unless
         --accept-any-model), or NAME@WHICH naming no collection the key may read (an audit:
-        completions and embeddings took any, which /v1/models said did not exist)."""
-        if self._at(model) is not None:
-            self.collection_of(model)
+        completions and embeddings took any, which /v1/models said did not exist; with
+        `resolve` False the caller resolves it: `named_collections`)."""
+        if self._after_at(model) is not None:
+            if resolve:
+                self.collections_of(model)
             return
-        if (
-            model is not None
-            and not self.accept_any_model
-            and model not in self.model_names()
-            and self._at(model) is None
-        ):
+        if model is not None and not self.accept_any_model and model not in self.model_names():
             near = next((n for n in self.model_names() if model.endswith("/" + n)), None)
             raise APIError(
                 404,
@@ -427,18 +429,11 @@ class OpenAIServing:
         if self.engine.state == "failed":
             self.engine.check_ready()  # (its model_failed 503)
         cards = [self.card(), self.card(bare=True)]
-        root, scope = self.engine.settings.root, SCOPE.get()
-        listed = self.defaults.collection_models
-        ids = (
-            sorted(visible_to(root, list_collections(root), scope))
-            if listed or (scope is not None and not scope.collections)
-            else []
-        )
-        if scope is not None and not scope.collections and not ids:
-            cards = cards[1:]  # (a key with nothing to search: its model failed every time)
-        if listed:  # (those the request's key may read, by name where the name tells them apart)
-            names = store_names(root)
-            cards += [self.card(collections=[i], label=_label(i, ids, names)) for i in ids]
+        if self.defaults.collection_models:  # (those the request's key may read, by name
+            readable = self._readable()  # where the name tells them apart)
+            cards += [
+                self.card(collections=[i], label=readable.label(i)) for i in sorted(readable.ids)
+            ]
         return ModelList(data=cards)
 
     def model(self, model_id: str) -> ModelCard:
@@ -449,24 +444,24 @@ class OpenAIServing:
             )  # fmt: skip
         if self.engine.state == "failed":
             self.engine.check_ready()
-        self.check_model(model_id)
-        collections = self.collection_of(model_id)
-        root = self.engine.settings.root
+        self.check_model(model_id, resolve=False)
+        collections = self.collections_of(model_id)
+        there = list_collections(self.engine.settings.root)
         for name in collections or []:  # (NAME@X is taken by any request; its card is there
-            if name not in list_collections(root):  # for a collection there: the default
-                raise self._no_collection(model_id, name, [], {}, SCOPE.get() is not None)
+            if name not in there:  # for a collection there: the default may not be yet)
+                raise self._no_collection(model_id, name, None)
         return self.card(
-            bare=self.is_bare(model_id), collections=collections, label=self._at(model_id)
+            bare=self.is_bare(model_id), collections=collections, label=self._after_at(model_id)
         )
 
     # ---- chat ------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, request: Request):
         start = time.perf_counter()
         self.engine.check_ready()
-        self.check_model(req.model)
+        self.check_model(req.model, resolve=False)  # (`named_collections` resolves it)
         req.check_supported()
         params = req.to_params(self.defaults)
-        if named := self.named_collection(req.model, req.collection, "collection"):
+        if named := self.named_collections(req.model, req.collection, "collection"):
             params.collections = named
         bare = self.is_bare(req.model)
         params.retrieval = params.retrieval and not bare
@@ -826,22 +821,46 @@ def _head_of(x: str | list[int], tokens: int, max_token_chars: int) -> str | lis
     return x[: tokens * max_token_chars] if max_token_chars else x
 
 
-def _label(collection: str, ids: list[str], names: dict[str, str]) -> str:
-    """What a model NAME@... of `collection` shows in a model picker: the name its vector
-    store was given where a model name can say it (as typed: no spaces around it, printable),
-    no other of `ids` has it and no collection is called it; else its id (vs_...: what a
-    store an app named "Team Handbook", or a key limited to some collections, is given)."""
-    name = names.get(collection)
-    if (
-        not name
-        or name == collection
-        or name != name.strip()
-        or not name.isprintable()
-        or name in ids
-        or sum(names.get(i) == name for i in ids) > 1
-    ):
-        return collection
-    return name
+@dataclass
+class _Readable:
+    """What a request's key may read, to resolve and list model names NAME@WHICH: the
+    collections there it may read (`ids`), the names their vector stores were given, the
+    server's default collection and whether the key may read it."""
+
+    ids: set[str]
+    names: dict[str, str]  # id -> the name its vector store was given (any store's)
+    default: str
+    sees_default: bool
+
+    def __post_init__(self) -> None:
+        own = [self.names.get(i) for i in self.ids]
+        self.named = Counter(n for n in own if n)  # name -> the readable stores that have it
+        self.by_name = {self.names[i]: i for i in self.ids if self.named[self.names.get(i)] == 1}
+
+    def resolve(self, part: str) -> str | None:
+        """The collection `part` of a model name is, if any."""
+        if part in self.ids or (part and part == self.default and self.sees_default):
+            return part
+        return self.by_name.get(part)
+
+    def label(self, collection: str) -> str:
+        """What a model NAME@... of `collection` shows in a model picker: the name its vector
+        store was given, where a model name can say it (as typed: no spaces around it,
+        printable) and it is the name of nothing else (no other store, no collection, not
+        the server's default); else its id (vs_...: what a store an app named "Team
+        Handbook", or a key limited to some collections, is given)."""
+        name = self.names.get(collection)
+        if (
+            not name
+            or name == collection
+            or name != name.strip()
+            or not name.isprintable()
+            or name in self.ids
+            or name == self.default
+            or self.named[name] > 1
+        ):
+            return collection
+        return name
 
 
 def _listed(what: str, names: list[str]) -> str:

@@ -6,12 +6,14 @@ real streams."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
 import httpx
 import pytest
 
+from clara_cli.http import KEY_FILE_CHECK_S
 from tests.test_server_harness import ServerProcess
 
 
@@ -28,13 +30,14 @@ def stream(url: str, key: str, max_tokens: int, said: list[tuple[str, float]], n
         assert r.status_code == 200
         first = True
         for line in r.iter_lines():
-            if not first or not line.startswith("data: {"):
+            if not line.startswith("data: {"):
                 continue
-            chunk = json.loads(line[6:])
-            if any(c["delta"].get("content") for c in chunk.get("choices") or []):
+            choices = json.loads(line[6:]).get("choices") or []
+            if first and any(c["delta"].get("content") for c in choices):
                 said.append((f"{name}-first", time.monotonic()))
                 first = False
-    said.append((f"{name}-end", time.monotonic()))
+            if any(c.get("finish_reason") for c in choices):  # (it leaves the batch)
+                said.append((f"{name}-end", time.monotonic()))
 
 
 @pytest.mark.parametrize("cap", [1, None], ids=["capped", "uncapped"])
@@ -54,17 +57,39 @@ def test_one_keys_requests_wait_for_its_places_in_the_batch(tiny_llama_dir, tmp_
             threading.Thread(target=stream, args=(server.url, "sk-alice", 8, said, "a2")),
             threading.Thread(target=stream, args=(server.url, "sk-bob", 8, said, "b")),
         ]
-        runs[0].start()
+        runs[0].start()  # (alice's two at once: admitted together at an idle server, but
+        runs[1].start()  # for the cap)
         deadline = time.monotonic() + 60
         while not any(n == "a1-first" for n, _ in said) and time.monotonic() < deadline:
             time.sleep(0.01)
-        for t in runs[1:]:
-            t.start()
+        runs[2].start()
         for t in runs:
             t.join(120)
+        if cap is None:  # the key file is read again when it changes, by clara-serve too
+            keys.with_suffix(".new").write_text("alice sk-alice\n")
+            keys.with_suffix(".new").replace(keys)
+            time.sleep(KEY_FILE_CHECK_S + 0.1)
+            bob = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer sk-bob"})
+            assert bob.status_code == 401
     order = [n for n, _ in sorted(said, key=lambda x: x[1])]
-    assert order.index("b-end") < order.index("a1-end")  # another key: not held back
-    if cap == 1:  # alice's second waits for her first to leave the batch
-        assert order.index("a2-first") > order.index("a1-end"), order
-    else:  # (the test can fail: without the cap, it decodes beside the first)
-        assert order.index("a2-end") < order.index("a1-end"), order
+    assert order.index("b-end") < order.index("a1-end"), order  # another key: not held back
+    at = dict(said)
+    together = at["a1-first"] < at["a2-end"] and at["a2-first"] < at["a1-end"]
+    if cap == 1:  # one of alice's waits for the other to leave the batch
+        assert not together, order
+    else:  # (the test can fail: without the cap, they decode side by side)
+        assert together, order
+
+
+def test_the_cap_goes_with_a_key_file(tmp_path) -> None:
+    """A review: with one --api-key every client is the same key, and the cap was the whole
+    server's."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "server.cli", "--max-batch-per-key", "2", "--api-key", "k"]
+    env = {**os.environ, "CLARA_HOME": str(tmp_path), "CLARA_API_KEY_FILE": ""}
+    env.pop("CLARA_API_KEY_FILE")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "goes with" not in done.stderr
+    assert "--max-batch-per-key gives each API key of --api-key-file its places" in done.stderr

@@ -5,6 +5,8 @@ get a 404 that says what is wrong with the name. A real clara-serve, the openai 
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -43,6 +45,9 @@ def test_models_by_store_name_and_several_at_once(tiny_llama_dir, cm, tmp_path) 
             f = upload(client, f"{len(stores)}.txt", text)
             assert attach(client, stores[name], f.id).status == "completed"
         twins = [client.vector_stores.create(name="my notes").id for _ in range(2)]
+        # (named as the server's default collection: listed by its id, as that name searches
+        # the default, a review)
+        twins.append(client.vector_stores.create(name="default").id)
         # the picker shows a store's name where it tells it apart; else its id
         listed = {m.id: m.model_extra["collection"] for m in client.models.list().data[2:]}
         assert listed == {
@@ -76,10 +81,11 @@ def test_models_by_store_name_and_several_at_once(tiny_llama_dir, cm, tmp_path) 
             (f"{served}@my notes", "several vector stores are named 'my notes': name one by"),
             (f"{served}@nope", "there is no collection 'nope'"),
             (f"{served}@handbook+nope", "there is no collection 'nope'"),
-            (f"{served}@", "no collection is named after its '@'"),
+            (f"{served}@", "no collection after its '@'"),
+            (f"{served}@handbook++my notes", "an empty name between two '+'"),
             (f"openai/{served}", f"leave the provider's prefix out: '{served}'"),
         ]:
-            with pytest.raises(openai.NotFoundError, match=says) as e:
+            with pytest.raises(openai.NotFoundError, match=re.escape(says)) as e:
                 client.chat.completions.create(model=model, **chat)
             assert (e.value.code, e.value.param) == ("model_not_found", "model")
         with pytest.raises(openai.NotFoundError, match="there is no collection 'nope'"):
@@ -112,6 +118,18 @@ def test_models_by_store_name_and_several_at_once(tiny_llama_dir, cm, tmp_path) 
         assert nothing.choices[0].message.content.endswith(
             "\n\n(No document matched the question: this answer is not from your documents.)"
         )
+        # the line comes back in the history an app sends: left out of what the model reads
+        # (it wrote file names of its own, which the citations then matched: a review)
+        said = text.split("\n\n")[0]
+
+        def prompt_tokens(answer: str) -> int:
+            history = [chat["messages"][0], {"role": "assistant", "content": answer},
+                       {"role": "user", "content": "And ice?"}]  # fmt: skip
+            return client.chat.completions.create(
+                model=f"{served}-no-retrieval", messages=history, max_tokens=1
+            ).usage.prompt_tokens
+
+        assert prompt_tokens(f"{said}\n\n{last}") == prompt_tokens(said)
         bare = client.chat.completions.create(model=f"{served}-no-retrieval", **chat)
         assert "Sources" not in bare.choices[0].message.content  # (asked without retrieval)
         # the Responses API's file_search results say which store each came from

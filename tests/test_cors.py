@@ -363,3 +363,37 @@ def test_a_websocket_is_closed_before_any_route() -> None:
     scope = {"type": "websocket", "path": "/ws", "headers": [], "query_string": b""}
     asyncio.run(gate()(scope, receive, send))
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_a_key_file_being_written_is_read_once_it_is_left_as_it_is(tmp_path: Path) -> None:
+    """A review: the key file was read as soon as it changed, and a file caught half-written
+    ('bob sk-bob' of 'bob sk-bob ask collections=handbook') gave bob every right for a
+    second. It is read once left as it is for KEY_FILE_SETTLE_S."""
+    import os
+    import time
+
+    from clara_cli.http import KEY_FILE_SETTLE_S, KeyFile
+
+    path = tmp_path / "keys"
+    path.write_text("bob sk-bob ask collections=handbook\n")
+    loads: list[str] = []
+
+    def load():
+        loads.append(path.read_text())
+        return {"bob": "sk-bob"}, {}, {}
+
+    kf = KeyFile(path, load, KeyFile.stamp_of(path))
+    g = gate(key={"bob": "sk-bob", "old": "sk-old"}, key_file=kf)
+    path.write_text("bob sk-bob\n")  # (half-way through a write, say)
+    g._reread()
+    assert loads == [] and [n for n, _ in g.keys] == ["bob", "old"]  # not yet: just written
+    time.sleep(KEY_FILE_SETTLE_S + 0.05)
+    kf.checked = 0.0  # (the next look, a second later)
+    g._reread()
+    assert loads == ["bob sk-bob\n"] and [n for n, _ in g.keys] == ["bob"]
+    stamp = kf.stamp
+    os.utime(path, ns=(stamp[0], stamp[0]))  # the same time, a new inode change time: read
+    kf.checked = 0.0
+    time.sleep(KEY_FILE_SETTLE_S + 0.05)
+    g._reread()
+    assert len(loads) == 2

@@ -152,8 +152,9 @@ def create_app(
 ) -> FastAPI:
     """The app; `load` (default: `settings.load`) runs on the worker thread. `api_key`,
     `local_only`, `allow_hosts`, `allow_origins`, `open_metrics` (/metrics without the key),
-    `key_roles` (what each key may do), `key_scopes` (the collections a key
-    may read), `key_file` (--api-key-file, read again when it changes): who may ask (`clara_cli.http.AccessGate`)."""
+    `key_roles` (what each key may do), `key_scopes` (the collections a key may read),
+    `key_file` (--api-key-file, read again when it changes): who may ask
+    (`clara_cli.http.AccessGate`)."""
 
     worker = Worker(
         load or settings.load,

@@ -357,7 +357,7 @@ class ResponsesServing:
             chat.collection, chat.top_k = search
             # a model NAME@COLLECTION searches its collection: a tool's others are a 400, as
             # `collection` is (they were searched, and the answer named the model's)
-            self.serving.named_collection(req.model, search[0], "tools.[0].vector_store_ids")
+            self.serving.named_collections(req.model, search[0], "tools.[0].vector_store_ids")
             chat.filters = req.tools[0].filters or req.filters  # (a proxy's, beside an app's tool)
             if req.tools[0].filters is not None and req.filters is not None:  # (one of them
                 raise APIError(  # would be dropped without a word)
@@ -367,7 +367,7 @@ class ResponsesServing:
         else:
             # the collection asked for: `collection`, or a model NAME@COLLECTION's (which a
             # follow-up's previous collection does not override: a review)
-            asked = self.serving.named_collection(req.model, req.collection, "collection")
+            asked = self.serving.named_collections(req.model, req.collection, "collection")
             asked = asked or req.collection
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, asked, req.top_k
             chat.filters = req.filters

@@ -9,8 +9,8 @@ let chat = 0; // "New chat" counts up: an answer of an earlier chat changes noth
 let running = null; // the AbortController of the answer streaming now
 let serverCollection = ""; // what "server default" searches (from /v1/models)
 let filesApi = true; // false when the server runs with --no-files-api (no listing, no uploads)
-const storeNames = {}; // vector store id -> its name, as last listed
-const MAX_SEARCHED = 8; // collections one question searches at most (the server's limit)
+const storeNames = {}; // vector store id -> its name, as last listed for this key
+const MAX_SEARCHED = 8; // collections one question searches at most (server/protocol.py's)
 const NO_ANSWER = "the server did not answer (stopped or restarting?)";
 const KEY_WRONG = "the API key is missing or wrong: enter the server's key in the API key field";
 const KEY_UNSENDABLE = "the API key has a character a browser cannot send (a curly quote or a dash pasted with it?): type the server's key again";
@@ -227,6 +227,7 @@ async function loadCollections(select) {
     if (keep && current && !current.dataset.gone && current.dataset.name !== picked["collection-name"]) {
       pick("collection", keep); // (its name, once listed: a store just made for an upload)
     }
+    for (const id of Object.keys(storeNames)) delete storeNames[id]; // (another key's, before)
     for (const s of stores.data) storeNames[s.id] = s.name || s.id;
     drawAlso(stores.data);
   } catch (e) {
@@ -253,6 +254,9 @@ function notListed() {
 function alsoPicked() {
   return Array.isArray(picked.also) ? picked.also.filter((id) => typeof id === "string") : [];
 }
+function nameOf(id) { // a store's name: as listed, else as it was when ticked, else its id
+  return storeNames[id] || (picked["also-names"] || {})[id] || id;
+}
 function primary() {
   return collection() || serverCollection;
 }
@@ -260,33 +264,37 @@ function drawAlso(stores) {
   const box = $("also-list");
   const ticked = alsoPicked();
   const listed = new Set(stores.map((s) => s.id));
-  const names = { ...(picked["also-names"] || {}), ...storeNames };
   const all = stores.map((s) => storeNames[s.id]);
   const rows = stores.filter((s) => s.id !== primary()).map((s) => {
     const name = storeNames[s.id];
     return [s.id, name !== s.id && all.filter((n) => n === name).length > 1 ? `${name} [${s.id}]` : name];
   });
-  for (const id of ticked) if (!listed.has(id)) rows.push([id, `${names[id] || id} (${notListed()})`]);
+  for (const id of ticked) {
+    if (!listed.has(id) && id !== primary()) rows.push([id, `${nameOf(id)} (${notListed()})`]);
+  }
   box.replaceChildren();
   for (const [id, label] of rows) {
     const row = document.createElement("label");
-    const box_ = document.createElement("input");
-    box_.type = "checkbox";
-    box_.value = id;
-    box_.checked = ticked.includes(id);
-    box_.addEventListener("change", tickAlso);
+    const tick = document.createElement("input");
+    tick.type = "checkbox";
+    tick.value = id;
+    tick.checked = ticked.includes(id);
+    tick.addEventListener("change", tickAlso);
     const name = document.createElement("bdi");
     name.textContent = label;
-    row.append(box_, " ", name);
+    row.append(tick, " ", name);
     box.append(row);
   }
   $("also").hidden = rows.length === 0;
   limitAlso();
 }
 function tickAlso() {
-  const ticked = [...$("also-list").querySelectorAll("input:checked")].map((b) => b.value);
+  const boxes = [...$("also-list").querySelectorAll("input")];
+  const shown = new Set(boxes.map((b) => b.value));
+  // (a tick not shown, the one picked now, is kept: it counts again once another is picked)
+  const ticked = [...alsoPicked().filter((id) => !shown.has(id)), ...boxes.filter((b) => b.checked).map((b) => b.value)];
+  picked["also-names"] = Object.fromEntries(ticked.map((id) => [id, nameOf(id)]));
   picked.also = ticked;
-  picked["also-names"] = Object.fromEntries(ticked.map((id) => [id, storeNames[id] || (picked["also-names"] || {})[id] || id]));
   sessionStorage.setItem("clara-picks", JSON.stringify(picked));
   limitAlso();
 }
@@ -303,7 +311,7 @@ function searched() {
     const typed = collection().split(",").map((n) => n.trim()).filter(Boolean);
     return typed.length > 1 ? typed : collection();
   }
-  const also = alsoPicked().filter((id) => id !== primary());
+  const also = alsoPicked().filter((id) => id !== primary()).slice(0, MAX_SEARCHED - 1);
   if (!also.length) return collection();
   return [...(primary() ? [primary()] : []), ...also];
 }
@@ -558,7 +566,7 @@ async function ask(question) {
   const asked = searched();
   const several = Array.isArray(asked);
   const from = several
-    ? asked.map((id) => storeNames[id] || (picked["also-names"] || {})[id] || id).join(", ")
+    ? asked.map(nameOf).join(", ")
     : (chosen && chosen.value && chosen.dataset.name) || collection() || serverCollection;
   const record = { role: "assistant", text: "", sources: [], from, notes: [], error: false };
   const remark = (words) => { note(div, words); record.notes.push(words); };
@@ -573,9 +581,9 @@ async function ask(question) {
     });
     if (!r.ok) {
       const e = failure(r, await r.json().catch(() => ({})));
-      if (e.code === "collection_not_found" && several) { // (it named an id: name it)
-        const id = asked.find((n) => e.message.includes(`'${n}'`));
-        if (id) e.message = `${goneCollection(null, storeNames[id] || (picked["also-names"] || {})[id] || id)}: untick it under Also search, or pick another one`;
+      const missing = several && asked.find((n) => e.message.includes(`'${n}'`));
+      if (e.code === "collection_not_found" && missing && missing !== primary()) { // (an id)
+        e.message = `${goneCollection(null, nameOf(missing))}: untick it under Also search`;
       } else if (e.code === "collection_not_found" && chosen && chosen.value) { // (it named the id)
         e.message = `${goneCollection(chosen, chosen.value)}: pick another one`;
       }
@@ -796,7 +804,7 @@ $("clear").addEventListener("click", () => {
 $("upload").addEventListener("click", upload);
 for (const id of PICKS) $(id).addEventListener("change", () => pick(id, $(id).value));
 $("collection").addEventListener("change", () => { // (the one picked is not listed under Also)
-  if (filesApi) drawAlso(Object.keys(storeNames).filter((id) => [...$("collection").options].some((o) => o.value === id && !o.dataset.gone)).map((id) => ({ id, name: storeNames[id] })));
+  if (filesApi) drawAlso(Object.keys(storeNames).map((id) => ({ id, name: storeNames[id] })));
 });
 restore("mode");
 restoreChat();
