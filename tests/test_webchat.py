@@ -185,6 +185,21 @@ def store_names(server: ServerProcess) -> list[str]:
     return [s["name"] for s in listed.json()["data"]]
 
 
+def ask_and_wait(page, question: str, answers: int) -> list[dict]:
+    """Ask `question` from the page and wait until `answers` answers are done: the bodies
+    of the chat requests the page sent meanwhile."""
+    sent: list[dict] = []
+    page.route("**/v1/chat/completions", lambda route: (
+        sent.append(route.request.post_data_json), route.continue_()))  # fmt: skip
+    try:
+        page.fill("#question", question)
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(answers)
+    finally:
+        page.unroute("**/v1/chat/completions")
+    return sent
+
+
 def open_page(page, server: ServerProcess) -> None:
     """The chat as a new tab shows it: nothing picked (the page keeps a tab's picks)."""
     new_tab(page, server.url + "/")
@@ -265,15 +280,7 @@ def test_a_reload_keeps_the_conversation_and_says_where_sources_came_from(
     again.locator("button.source").first.click()
     sync_api.expect(again.locator(".snippet").first).to_contain_text("1954")
     sync_api.expect(again.locator(".note")).to_contain_text("cut off")  # (--max-tokens 8)
-    sent = []
-    page.route("**/v1/chat/completions", lambda route: (
-        sent.append(route.request.post_data_json), route.continue_()))  # fmt: skip
-    try:
-        page.fill("#question", "And who owned it?")
-        page.press("#question", "Enter")
-        sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(2)
-    finally:
-        page.unroute("**/v1/chat/completions")
+    sent = ask_and_wait(page, "And who owned it?", 2)
     history = [(m["role"], m["content"]) for m in sent[0]["messages"]]
     assert history == [
         ("user", "Until when did the water mill grind flour?"),
@@ -319,16 +326,8 @@ def test_a_question_searches_the_collections_ticked_under_also_search(
     sync_api.expect(page.locator("#also-list label", has_text="Old bridges")).to_have_count(0)
     also.check()
     page.locator("#retrieval-mode").select_option("lexical")
-    sent = []
-    page.route("**/v1/chat/completions", lambda route: (
-        sent.append(route.request.post_data_json), route.continue_()))  # fmt: skip
-    try:
-        page.fill("#question", "When were the Harlow bridge and the Harlow canal built?")
-        page.press("#question", "Enter")
-        answer = page.locator(".msg.assistant.done")
-        sync_api.expect(answer).to_have_count(1)
-    finally:
-        page.unroute("**/v1/chat/completions")
+    sent = ask_and_wait(page, "When were the Harlow bridge and the Harlow canal built?", 1)
+    answer = page.locator(".msg.assistant.done")
     assert sent[0]["collection"] == [bridges, "canals"]
     sync_api.expect(answer.locator(".from")).to_have_text("Sources from Old bridges, canals:")
     sync_api.expect(answer.locator("button.source", has_text="bridge.txt")).to_contain_text(
