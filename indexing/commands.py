@@ -860,8 +860,7 @@ def cmd_collections(args: argparse.Namespace) -> int:
     for r in rows:  # a vector store's own name, when it is not its folder's ("Meine Notizen")
         if titles.get(r["name"], r["name"]) != r["name"]:
             r["store_name"] = titles[r["name"]]
-        if r["name"] in makers:  # the API key that made it (--api-key-file's name)
-            r["made_by"] = makers[r["name"]]
+        r["made_by"] = makers.get(r["name"])  # the API key that made it (None: no key did)
     if args.made_by is not None:
         rows = [r for r in rows if r.get("made_by") == args.made_by]
     if args.json:
@@ -877,7 +876,7 @@ def cmd_collections(args: argparse.Namespace) -> int:
         print(f"{'NAME':<{width}} {'DOCS':>6} {'CHUNKS':>8} {'SIZE':>10}  CHECKPOINT")
     for r in rows:
         notes = [f"name: {printable(r['store_name'])}"] if "store_name" in r else []
-        notes += [f"made by key {r['made_by']}"] if "made_by" in r else []
+        notes += [f"made by key {r['made_by']}"] if r["made_by"] else []
         titled = f"  ({'; '.join(notes)})" if notes else ""
         print(
             f"{r['name']:<{width}} {r['documents']:>6} {r['chunks']:>8} "

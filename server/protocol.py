@@ -185,8 +185,8 @@ _CHAT_LIMITS = {
 #: answers a conversation's history sends back, which the model read and imitated (writing
 #: file names of its own, which the citations then matched: a review)
 NO_MATCH_LINE = "(No document matched the question: this answer is not from your documents.)"
-SOURCES_LINE = re.compile(
-    r"\n\n(?:Sources: |Searched, not cited: |" + re.escape(NO_MATCH_LINE) + r")[^\n]*\Z"
+SOURCES_LINE = re.compile(  # (sent back with a newline after it, or CRLF, too)
+    r"\r?\n\r?\n(?:Sources: |Searched, not cited: |" + re.escape(NO_MATCH_LINE) + r")[^\r\n]*\s*\Z"
 )
 
 

@@ -346,7 +346,7 @@ class OpenAIServing:
     ) -> APIError:
         """The 404 of a model NAME@WHICH whose `part` is no collection the key may read."""
         if not part:
-            why = "an empty name between two '+'" if joined else "no collection after its '@'"
+            why = "an empty name beside a '+'" if joined else "no collection after its '@'"
         elif readable is not None and readable.named[part] > 1:
             why = (
                 f"several vector stores are named '{part}': name one by its id, as GET "
@@ -437,6 +437,7 @@ class OpenAIServing:
         return ModelList(data=cards)
 
     def model(self, model_id: str) -> ModelCard:
+        model_id = model_id.strip()  # (as a request's model name is)
         if not model_id:  # GET /v1/models/ (a base URL ending in a slash)
             raise APIError(
                 404, "no model id after /v1/models/: GET /v1/models lists the served models",

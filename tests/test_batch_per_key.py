@@ -81,15 +81,20 @@ def test_one_keys_requests_wait_for_its_places_in_the_batch(tiny_llama_dir, tmp_
         assert together, order
 
 
-def test_the_cap_goes_with_a_key_file(tmp_path) -> None:
+def test_limits_per_key_go_with_a_key_file(tmp_path) -> None:
     """A review: with one --api-key every client is the same key, and the cap was the whole
-    server's."""
+    server's; a re-audit: the limits on stores and uploads did nothing without keys."""
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "server.cli", "--max-batch-per-key", "2", "--api-key", "k"]
-    env = {**os.environ, "CLARA_HOME": str(tmp_path), "CLARA_API_KEY_FILE": ""}
-    env.pop("CLARA_API_KEY_FILE")
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode != 0 and "goes with" not in done.stderr
-    assert "--max-batch-per-key gives each API key of --api-key-file its places" in done.stderr
+    env = {**os.environ, "CLARA_HOME": str(tmp_path)}
+    env.pop("CLARA_API_KEY_FILE", None)
+    for module, flag, says in [
+        ("server.cli", "--max-batch-per-key", "gives each API key of --api-key-file its places"),
+        ("server.cli", "--max-stores-per-key", "limits each API key of --api-key-file"),
+        (("indexing.cli", "serve"), "--max-upload-mb-per-key", "limits each API key of"),
+    ]:
+        argv = [sys.executable, "-m", *([module] if isinstance(module, str) else module)]
+        argv += [flag, "2", "--api-key", "k"]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode != 0 and f"{flag} {says}" in done.stderr, done.stderr

@@ -82,7 +82,7 @@ def test_models_by_store_name_and_several_at_once(tiny_llama_dir, cm, tmp_path) 
             (f"{served}@nope", "there is no collection 'nope'"),
             (f"{served}@handbook+nope", "there is no collection 'nope'"),
             (f"{served}@", "no collection after its '@'"),
-            (f"{served}@handbook++my notes", "an empty name between two '+'"),
+            (f"{served}@handbook++my notes", "an empty name beside a '+'"),
             (f"openai/{served}", f"leave the provider's prefix out: '{served}'"),
         ]:
             with pytest.raises(openai.NotFoundError, match=re.escape(says)) as e:

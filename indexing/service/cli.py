@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from clara.errors import ClaraError
 from clara_cli.common import (
     add_query_precision_arg,
     model_dtype,
@@ -52,8 +53,15 @@ def add_upload_limit_args(group: argparse._ArgumentGroup) -> None:
 
 
 def upload_limits(args: argparse.Namespace) -> dict[str, int | None]:
-    """`ServiceSettings`' upload limits from `add_upload_limit_args`' options."""
+    """`ServiceSettings`' upload limits from `add_upload_limit_args`' options (a limit per
+    key goes with --api-key-file: without it every client is one key, or none)."""
     per_key = args.max_upload_mb_per_key
+    given = [f for f in ("max_stores_per_key", "max_upload_mb_per_key") if getattr(args, f)]
+    if given and not getattr(args, "api_key_file", None):
+        raise ClaraError(
+            f"--{given[0].replace('_', '-')} limits each API key of --api-key-file: without "
+            "that file every client is the same key (or none)"
+        )
     return {
         "max_upload_bytes": int(args.max_upload_mb * 2**20),
         "max_stores_per_key": args.max_stores_per_key,

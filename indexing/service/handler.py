@@ -120,7 +120,10 @@ def _over_quota(message: str) -> APIError:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
+    """A size for a message: MB, KB, or bytes below a KB (a limit of 100 bytes read 0.0 MB)."""
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MB"
+    return f"{n / 1024:.1f} KB" if n >= 1024 else f"{n} bytes"
 
 
 def _not_found(what: str, ident: str, param: str | None = None) -> APIError:
@@ -161,6 +164,10 @@ class IndexService:
         self._queued: set[tuple[str, str]] = set()  # (store, file) jobs this service queued
         self._shas: dict[str, str] = {}  # upload id -> its file's sha256 (`_upload_of`)
         self._making = asyncio.Lock()  # the default collection, made by a first upload
+        #: one store made at a time: a key's count and its new store's record in one step (10
+        #: made at once with 1 place left under --max-stores-per-key made 8: an audit), and
+        #: two stores of one new name are not both made under it
+        self._creating = asyncio.Lock()
         self._warn_shared_default()
 
     def in_progress(self) -> int:
@@ -452,6 +459,18 @@ class IndexService:
     # ---- vector stores ---------------------------------------------------------------------
     async def create_store(self, body: VectorStoreCreate) -> VectorStore:
         self.worker.check_ready()
+        _no_expiry(body.expires_after)
+        items = _once_each([VectorStoreFileCreate(file_id=i) for i in body.file_ids or []])
+        self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing
+        async with self._creating:
+            store_id = await self._new_store(body)
+        for item in items:
+            await self.attach(store_id, item, body.chunking_strategy)
+        return await asyncio.to_thread(self.store_object, store_id)
+
+    async def _new_store(self, body: VectorStoreCreate) -> str:
+        """Make the store `body` asks for (empty) and record it, within the key's limit:
+        its id (under `_creating`)."""
         caller, most = CALLER.get(), self.settings.max_stores_per_key
         if caller is not None and most is not None:
             made = sum(key == caller for key in self.registry.makers("store").values())
@@ -460,9 +479,6 @@ class IndexService:
                     f"the key {caller} has made {made} vector stores, the most one key may "
                     "make (--max-stores-per-key): delete one it no longer needs"
                 )
-        _no_expiry(body.expires_after)
-        items = _once_each([VectorStoreFileCreate(file_id=i) for i in body.file_ids or []])
-        self._check_attachable(items, body.chunking_strategy)  # a wrong one creates nothing
         name = body.name or ""
         usable = (  # (in this order: a name too long for a file name is not looked for)
             SCOPE.get() is None  # (a limited key's store named as a collection another key
@@ -484,10 +500,8 @@ class IndexService:
             lambda: Collection.open(self.root, store_id, manifest, create=True).close()
         )
         record = StoreRecord(store_id, name or store_id, _now(), body.metadata)
-        self.registry.add_store(record, CALLER.get(), made=True)
-        for item in items:
-            await self.attach(store_id, item, body.chunking_strategy)
-        return await asyncio.to_thread(self.store_object, store_id)
+        self.registry.add_store(record, caller, made=True)
+        return store_id
 
     def _check_attachable(
         self, items: list[VectorStoreFileCreate], default: ChunkingStrategy | None,

@@ -10,6 +10,7 @@ let running = null; // the AbortController of the answer streaming now
 let serverCollection = ""; // what "server default" searches (from /v1/models)
 let filesApi = true; // false when the server runs with --no-files-api (no listing, no uploads)
 const storeNames = {}; // vector store id -> its name, as last listed for this key
+let keyChanged = false; // the API key was typed again since the stores were listed
 const MAX_SEARCHED = 8; // collections one question searches at most (server/protocol.py's)
 const NO_ANSWER = "the server did not answer (stopped or restarting?)";
 const KEY_WRONG = "the API key is missing or wrong: enter the server's key in the API key field";
@@ -229,6 +230,10 @@ async function loadCollections(select) {
     }
     for (const id of Object.keys(storeNames)) delete storeNames[id]; // (another key's, before)
     for (const s of stores.data) storeNames[s.id] = s.name || s.id;
+    if (keyChanged) { // another key's ticks are not this one's to search (they blocked each
+      keepTicks(alsoPicked().filter((id) => id in storeNames)); // question until unticked)
+      keyChanged = false;
+    }
     drawAlso(stores.data);
   } catch (e) {
     // --no-files-api: no listing and no uploads; the collection is typed by name instead
@@ -289,14 +294,14 @@ function drawAlso(stores) {
   limitAlso();
 }
 function tickAlso() {
-  const boxes = [...$("also-list").querySelectorAll("input")];
-  const shown = new Set(boxes.map((b) => b.value));
-  // (a tick not shown, the one picked now, is kept: it counts again once another is picked)
-  const ticked = [...alsoPicked().filter((id) => !shown.has(id)), ...boxes.filter((b) => b.checked).map((b) => b.value)];
+  const ticked = [...$("also-list").querySelectorAll("input:checked")].map((b) => b.value);
+  keepTicks(ticked);
+  limitAlso();
+}
+function keepTicks(ticked) {
   picked["also-names"] = Object.fromEntries(ticked.map((id) => [id, nameOf(id)]));
   picked.also = ticked;
   sessionStorage.setItem("clara-picks", JSON.stringify(picked));
-  limitAlso();
 }
 function limitAlso() { // (the 8th tick would be refused by the server: it cannot be made)
   const boxes = [...$("also-list").querySelectorAll("input")];
@@ -311,7 +316,7 @@ function searched() {
     const typed = collection().split(",").map((n) => n.trim()).filter(Boolean);
     return typed.length > 1 ? typed : collection();
   }
-  const also = alsoPicked().filter((id) => id !== primary()).slice(0, MAX_SEARCHED - 1);
+  const also = alsoPicked().filter((id) => id !== primary()); // (more than 7: the server's 400)
   if (!also.length) return collection();
   return [...(primary() ? [primary()] : []), ...also];
 }
@@ -769,6 +774,7 @@ $("remember-key").checked = localStorage.getItem("clara-api-key") !== null;
 $("api-key").value = localStorage.getItem("clara-api-key") || sessionStorage.getItem("clara-api-key") || "";
 $("remember-key").addEventListener("change", storeKey);
 $("api-key").addEventListener("change", () => {
+  keyChanged = true;
   storeKey();
   refresh();
 });
@@ -803,8 +809,10 @@ $("clear").addEventListener("click", () => {
 });
 $("upload").addEventListener("click", upload);
 for (const id of PICKS) $(id).addEventListener("change", () => pick(id, $(id).value));
-$("collection").addEventListener("change", () => { // (the one picked is not listed under Also)
-  if (filesApi) drawAlso(Object.keys(storeNames).map((id) => ({ id, name: storeNames[id] })));
+$("collection").addEventListener("change", () => { // (the one picked is not listed under Also:
+  if (!filesApi) return; // its tick goes, and the ticks stay at most 7, as the boxes show)
+  keepTicks(alsoPicked().filter((id) => id !== primary()));
+  drawAlso(Object.keys(storeNames).map((id) => ({ id, name: storeNames[id] })));
 });
 restore("mode");
 restoreChat();
