@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import clara  # noqa: E402,F401  (OpenBLAS before mlx)
-from bench._common import add_no_append, append_report, markdown_table, sample_texts, start_run  # noqa: E402
-from bench.bench_upload_contention import QUESTIONS, chat, summary  # noqa: E402
+from bench._chats import QUESTIONS, chat, chats, index_topics, phases_table, slowdown  # noqa: E402
+from bench._common import add_no_append, append_report, start_run  # noqa: E402
 from clara_cli.process import ServerProcess, free_port  # noqa: E402
 
 KEYS = "flood sk-bench-flood\ncolleague sk-bench-colleague\n"
@@ -96,8 +94,7 @@ def measure(args, index: Path, tmp: Path, cap: int | None) -> dict:
         chat(colleague, model, "warm-up", 4)
         label = f"cap {cap}" if cap else "no cap"
         print(f"[{label}] the colleague's chats alone ...", flush=True)
-        alone = [chat(colleague, model, QUESTIONS[i % len(QUESTIONS)], args.max_tokens)
-                 for i in range(args.chats)]  # fmt: skip
+        alone = chats(colleague, model, args.chats, args.max_tokens)
         print(f"[{label}] the same beside {args.flood} chats of another key ...", flush=True)
         stop, counted = threading.Event(), [0]
         threads = [
@@ -108,8 +105,7 @@ def measure(args, index: Path, tmp: Path, cap: int | None) -> dict:
             t.start()
         time.sleep(5)  # (the flood fills the batch)
         start, before = time.perf_counter(), counted[0]
-        beside = [chat(colleague, model, QUESTIONS[i % len(QUESTIONS)], args.max_tokens)
-                  for i in range(args.chats)]  # fmt: skip
+        beside = chats(colleague, model, args.chats, args.max_tokens)
         flood_rate = (counted[0] - before) / (time.perf_counter() - start)
         stop.set()
         for t in threads:
@@ -122,33 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     start_run()
     with tempfile.TemporaryDirectory(prefix="bench-keys-") as tmp:
         tmp = Path(tmp)
-        docs = tmp / "docs"
-        docs.mkdir()
-        for i, text in enumerate(sample_texts()[:6]):
-            (docs / f"topic{i}.txt").write_text(text)
-        index = tmp / "index"
-        print("indexing 6 documentation topics ...", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "indexing.cli", "add", str(docs), "--index", str(index), "-q"],
-            check=True, cwd=ROOT,
-        )  # fmt: skip
+        index = index_topics(tmp)
         runs = {cap: measure(args, index, tmp, cap) for cap in (None, args.cap)}
     names = {None: "shared batch (no cap)", args.cap: f"--max-batch-per-key {args.cap}"}
-    rows = []
-    for cap, r in runs.items():
-        rows.append(summary(f"{names[cap]}: colleague alone", r["alone"]))
-        rows.append(summary(f"{names[cap]}: colleague beside the flood", r["beside"]))
-    table = markdown_table(
-        ["batch: the colleague's chats", "n", "TTFT median s", "TTFT p90 s", "total median s",
-         "total p90 s"], rows,
-    )  # fmt: skip
-    ratios = []
-    for cap, r in runs.items():
-        slower = statistics.median(x[1] for x in r["beside"]) / statistics.median(
-            x[1] for x in r["alone"]
-        )
-        ratios.append(f"{names[cap]}: the colleague's chats {slower:.2f}x their time alone, "
-                      f"the flooding key {r['flood_rate']:.1f} tokens/s")  # fmt: skip
+    table = phases_table("batch: the colleague's chats", names, runs, "colleague alone",
+                         "colleague beside the flood")  # fmt: skip
+    ratios = [
+        f"{names[cap]}: the colleague's chats {slowdown(r):.2f}x their time alone, the "
+        f"flooding key {r['flood_rate']:.1f} tokens/s"
+        for cap, r in runs.items()
+    ]
     notes = (
         "; ".join(ratios) + f". The colleague's chats ran one after another ({args.max_tokens} "
         f"tokens each, streamed) while another key kept {args.flood} streamed chats of "

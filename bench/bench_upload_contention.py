@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,19 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import clara  # noqa: E402,F401  (OpenBLAS before mlx)
+from bench._chats import TOPICS, chat, chats, index_topics, phases_table, slowdown  # noqa: E402
 from bench._common import add_no_append, append_report, markdown_table, sample_texts, start_run  # noqa: E402
 from clara_cli.process import ServerProcess, free_port  # noqa: E402
-
-QUESTIONS = [
-    "What does the assert statement do?",
-    "How does a for loop work?",
-    "What is a lambda expression?",
-    "What does the with statement do?",
-    "How are exceptions raised?",
-    "What is the global statement for?",
-    "What does the return statement do?",
-    "How does the import statement find modules?",
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,23 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def chat(client, model: str, question: str, max_tokens: int) -> tuple[float, float]:
-    """(seconds to the first token, seconds in all) of one streamed chat."""
-    start = time.perf_counter()
-    first = None
-    stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": question}],
-        max_tokens=max_tokens,
-        stream=True,
-    )
-    for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter() - start
-    total = time.perf_counter() - start
-    return (first if first is not None else total), total
-
-
 def index_upload(client, file_id: str, store: str) -> float:
     """Seconds from attaching the file to a new vector store until it is indexed."""
     vs = client.vector_stores.create(name=store)
@@ -91,20 +62,6 @@ def index_upload(client, file_id: str, store: str) -> float:
                 raise RuntimeError(f"the upload ended {f.status}: {f.last_error}")
             return time.perf_counter() - start
         time.sleep(0.1)
-
-
-def chats(client, model: str, n: int, max_tokens: int) -> list[tuple[float, float]]:
-    return [chat(client, model, QUESTIONS[i % len(QUESTIONS)], max_tokens) for i in range(n)]
-
-
-def summary(name: str, rows: list[tuple[float, float]]) -> list:
-    ttft, total = [r[0] for r in rows], [r[1] for r in rows]
-
-    def p90(xs: list[float]) -> float:
-        return sorted(xs)[max(0, round(0.9 * len(xs)) - 1)]
-
-    return [name, len(rows), f"{statistics.median(ttft):.2f}", f"{p90(ttft):.2f}",
-            f"{statistics.median(total):.2f}", f"{p90(total):.2f}"]  # fmt: skip
 
 
 def measure(args, index: Path, upload: Path, tmp: Path, step_s: str) -> dict:
@@ -144,43 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     start_run()
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
         tmp = Path(tmp)
-        docs = tmp / "docs"
-        docs.mkdir()
+        index = index_topics(tmp)
         texts = sample_texts()
-        for i, text in enumerate(texts[:6]):
-            (docs / f"topic{i}.txt").write_text(text)
-        index = tmp / "index"
-        print("indexing 6 documentation topics ...", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "indexing.cli", "add", str(docs), "--index", str(index), "-q"],
-            check=True, cwd=ROOT,
-        )  # fmt: skip
         upload = tmp / "upload.txt"
-        body, i = "", 6
+        body, i = "", TOPICS  # (the topics after those indexed)
         while len(body.encode()) < args.upload_kb * 1024:
             body += texts[i % len(texts)] + "\n\n"
             i += 1
         upload.write_text(body[: args.upload_kb * 1024])
         runs = {step: measure(args, index, upload, tmp, step) for step in ("0", "0.25")}
     names = {"0": "whole batches (8 chunks)", "0.25": "steps of 0.25 s while chats run"}
-    rows = []
-    for step, r in runs.items():
-        rows.append(summary(f"{names[step]}: chats alone", r["alone"]))
-        rows.append(summary(f"{names[step]}: chats beside the upload", r["beside"]))
-    table = markdown_table(
-        ["indexing steps: chats", "n", "TTFT median s", "TTFT p90 s", "total median s",
-         "total p90 s"], rows,
-    )  # fmt: skip
+    table = phases_table("indexing steps: chats", names, runs, "chats alone",
+                         "chats beside the upload")  # fmt: skip
     table += "\n\n" + markdown_table(
         ["indexing steps", f"{args.upload_kb} KB indexed alone, s", "beside the chats, s"],
         [[names[s], f"{r['upload_alone']:.1f}", f"{r['upload']:.1f}"] for s, r in runs.items()],
     )
     ratios = []
     for step, r in runs.items():
-        slower = statistics.median(x[1] for x in r["beside"]) / statistics.median(
-            x[1] for x in r["alone"]
-        )
-        ratios.append(f"{names[step]}: chats {slower:.2f}x their time alone, the upload "
+        ratios.append(f"{names[step]}: chats {slowdown(r):.2f}x their time alone, the upload "
                       f"{r['upload'] / r['upload_alone']:.2f}x")  # fmt: skip
     notes = (
         "; ".join(ratios) + f". Chats ran one after another ({args.max_tokens} tokens each, "
