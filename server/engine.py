@@ -206,7 +206,10 @@ class Engine:
             lambda job: self._chat(job, params),
             lambda: (
                 self.decoding() < self.settings.max_batch
-                and self._running_by_key()[caller] < self._key_cap(caller)
+                and (
+                    (cap := self._key_cap(caller)) == math.inf  # (no cap: nothing to count)
+                    or self._running_by_key()[caller] < cap
+                )
             ),
             params=params,
             room=self.settings.max_batch - self.decoding() - self._admitting,  # (a hint)
