@@ -200,6 +200,11 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("clara_request_id", default=None
 #: The name of the API key a request came with (`AccessGate`: --api-key-file names each; one
 #: --api-key is "api-key"), for the logs of what it changed; None without keys.
 CALLER: ContextVar[str | None] = ContextVar("clara_caller", default=None)
+#: The response header that tells a request's key its role (`KEY_ROLES`; sent only when the
+#: server has keys): the web chat hides its upload form from an "ask" key (an audit: the form
+#: was there, and each upload was a 403 after the file was picked).
+ROLE_HEADER = "X-Clara-Key-Role"
+_ROLE: ContextVar[str | None] = ContextVar("clara_key_role", default=None)
 
 
 @dataclass(frozen=True)
@@ -899,7 +904,7 @@ CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_MAX_AGE_S = 7200
 #: Response headers an allowed origin's page may read besides the safelisted ones (the openai
 #: SDK reads Retry-After to wait before retrying a 503).
-CORS_EXPOSE = "Retry-After, WWW-Authenticate, X-Request-ID, openai-poll-after-ms"
+CORS_EXPOSE = f"Retry-After, WWW-Authenticate, X-Request-ID, {ROLE_HEADER}, openai-poll-after-ms"
 #: A preflight's Access-Control-Request-Headers, echoed back: header names and commas only (the
 #: openai JS SDK sends about ten x-stainless-* headers, and adds more from release to release).
 _HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
@@ -1164,6 +1169,7 @@ class AccessGate:
                     CALLER.set(name)  # the route's logs name who did it (a deletion)
                     SCOPE.set(self.scopes.get(name))
                     role = self.roles.get(name, "all")
+                    _ROLE.set(role)
                     if name in self.scopes and scope["path"] == "/metrics":
                         return APIError(
                             403,
@@ -1248,7 +1254,21 @@ class AccessGate:
         elif allowed and _is_preflight(scope["method"], headers):
             await _preflight(headers)(scope, receive, send)
         else:  # (its 500 through `send`: with the CORS headers and the request's id)
+            if (role := _ROLE.get()) is not None:
+                send = _with_header(send, ROLE_HEADER, role)
             await _crash_inside(self.app, scope, receive, send)
+
+
+def _with_header(send: Send, name: str, value: str) -> Send:
+    """`send`, adding the header `name` to the response."""
+
+    async def headed(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message.setdefault("headers", [])
+            MutableHeaders(scope=message)[name] = value
+        await send(message)
+
+    return headed
 
 
 async def _crash_inside(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:

@@ -365,7 +365,14 @@ class OpenAIServing:
     ) -> list[str] | None:
         """The collections of a request's model name (`collections_of`), checked against
         those it names (`collection`, the request's `param`): both and not the same is a 400."""
-        named = self.collections_of(model)
+        return self.agree(model, self.collections_of(model), collection, param)
+
+    @staticmethod
+    def agree(
+        model: str | None, named: list[str] | None, collection: str | list[str] | None, param: str
+    ) -> list[str] | None:
+        """`named`, the collections model NAME@WHICH resolved to, checked against those the
+        request names (`named_collections`, for a caller that resolved the name already)."""
         asked = collection_names(collection)
         if named is not None and asked and set(asked) != set(named):
             raise APIError(

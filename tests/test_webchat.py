@@ -690,3 +690,30 @@ def test_the_chat_works_under_a_reverse_proxys_path(server: ServerProcess, page,
     assert asked and all(url.startswith(base) for url in asked), [
         url for url in asked if not url.startswith(base)
     ]
+
+
+def test_an_ask_key_sees_no_upload_form(tiny_llama_dir, tmp_path, page) -> None:
+    # a key of the role "ask" was shown the upload form, and each upload was a 403 once the
+    # file was sent (a chat app audit): the server tells a key its role, and the page says
+    # where documents come from instead
+    keys = tmp_path / "keys"
+    keys.write_text("boss sk-boss\nreader sk-reader ask\n")
+    proc = ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"), "--api-key-file",
+        str(keys), "--max-tokens", "4", env={"CLARA_HOME": str(tmp_path / "home")},
+        log=tmp_path / "log",
+    )  # fmt: skip
+    try:
+        proc.wait_ready()
+        said = httpx.get(proc.url + "/v1/models", headers={"Authorization": "Bearer sk-reader"})
+        assert said.headers["X-Clara-Key-Role"] == "ask"
+        new_tab(page, proc.url + "/")
+        for key, ask in [("sk-reader", True), ("sk-boss", False), ("sk-reader", True)]:
+            page.fill("#api-key", key)
+            page.dispatch_event("#api-key", "change")
+            uploads, told = page.locator("#uploads"), page.locator("#ask-only")
+            sync_api.expect(told if ask else uploads).to_be_visible()
+            sync_api.expect(uploads if ask else told).to_be_hidden()
+        assert "not upload" in page.locator("#ask-only").text_content()
+    finally:
+        proc.stop()

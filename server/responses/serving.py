@@ -331,10 +331,12 @@ class ResponsesServing:
         self,
         req: ResponseCreateRequest,
         messages: list[ChatMessage],
+        named: list[str] | None,
         bare: bool = False,
         searched_before: dict[str, Any] | None = None,
     ):
-        """The chat request a response runs, and whether it searches (not with `bare`, the
+        """The chat request a response runs (`named`: the collections of the request's model
+        NAME@WHICH, resolved by `create`), and whether it searches (not with `bare`, the
         served model without retrieval: then a file_search tool is not used, as with
         tool_choice "none"). A follow-up (`previous_response_id`) with no file_search tool
         and no `collection` searches what the previous response searched, if it is still
@@ -357,7 +359,7 @@ class ResponsesServing:
             chat.collection, chat.top_k = search
             # a model NAME@COLLECTION searches its collection: a tool's others are a 400, as
             # `collection` is (they were searched, and the answer named the model's)
-            self.serving.named_collections(req.model, search[0], "tools.[0].vector_store_ids")
+            self.serving.agree(req.model, named, search[0], "tools.[0].vector_store_ids")
             chat.filters = req.tools[0].filters or req.filters  # (a proxy's, beside an app's tool)
             if req.tools[0].filters is not None and req.filters is not None:  # (one of them
                 raise APIError(  # would be dropped without a word)
@@ -367,7 +369,7 @@ class ResponsesServing:
         else:
             # the collection asked for: `collection`, or a model NAME@COLLECTION's (which a
             # follow-up's previous collection does not override: a review)
-            asked = self.serving.named_collections(req.model, req.collection, "collection")
+            asked = self.serving.agree(req.model, named, req.collection, "collection")
             asked = asked or req.collection
             chat.retrieval, chat.collection, chat.top_k = req.retrieval, asked, req.top_k
             chat.filters = req.filters
@@ -402,14 +404,15 @@ class ResponsesServing:
     async def create(self, req: ResponseCreateRequest, request: Request):
         serving = self.serving
         serving.engine.check_ready()
-        serving.check_model(req.model)
+        serving.check_model(req.model, resolve=False)
+        named = serving.collections_of(req.model)  # (NAME@WHICH resolved once, here)
         req.check_supported()
         if req.previous_response_id is None:
             _check_ids(req, None, None)
         turn = await asyncio.to_thread(self._turn_items, req)  # (references read the store)
         messages, before = await asyncio.to_thread(self._messages, req, turn)  # reads the store
         bare = serving.is_bare(req.model)
-        chat, searched = self._chat_request(req, messages, bare, before)
+        chat, searched = self._chat_request(req, messages, named, bare, before)
         stores = collection_names(chat.collection)
         waiting = await self._indexing(stores) if searched else set()
         if req.stream and waiting:  # headers and keep-alives now, not after the wait

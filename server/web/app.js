@@ -11,6 +11,7 @@ let serverCollection = ""; // what "server default" searches (from /v1/models)
 let filesApi = true; // false when the server runs with --no-files-api (no listing, no uploads)
 const storeNames = {}; // vector store id -> its name, as last listed for this key
 let keyChanged = false; // the API key was typed again since the stores were listed
+let keyRole = "all"; // the API key's role, as the server's answers say (X-Clara-Key-Role)
 const MAX_SEARCHED = 8; // collections one question searches at most (server/protocol.py's)
 const NO_ANSWER = "the server did not answer (stopped or restarting?)";
 const KEY_WRONG = "the API key is missing or wrong: enter the server's key in the API key field";
@@ -74,7 +75,21 @@ async function api(path, options = {}) {
   }
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw failure(r, body);
+  const role = r.headers.get("X-Clara-Key-Role"); // (none: the server has no keys)
+  if (role !== null && role !== keyRole) {
+    keyRole = role;
+    uploadsFor();
+  }
   return body;
+}
+
+// The upload form, for a key that may upload: an "ask" key's uploads are refused (a 403 once
+// the file was picked and sent), so it is told where documents come from instead.
+function uploadsFor() {
+  if (!filesApi) return; // (--no-files-api: `filesOff` says so)
+  const ask = keyRole === "ask";
+  $("uploads").hidden = ask;
+  $("ask-only").hidden = !ask;
 }
 
 // Follow the newest text only while the reader is at the bottom: scrolling up to read stays put.
@@ -327,6 +342,7 @@ function filesOff() {
   $("collection-name-label").hidden = false;
   $("collection-name").placeholder = serverCollection ? `server default (${serverCollection})` : "server default";
   $("uploads").hidden = true;
+  $("ask-only").hidden = true;
   $("no-uploads").hidden = false;
 }
 
