@@ -1,6 +1,7 @@
 """HTML pages as readable text: what a browser shows, laid out the way clara reads Markdown.
 
-Scripts, styles, navigation menus and other markup that is not page text are dropped;
+Scripts, styles, navigation menus, elements a browser does not show (`hidden`, an inline
+`display: none` or `visibility: hidden`) and other markup that is not page text are dropped;
 headings become their own lines (and the document's section headings), list items start with
 "- ", table cells are joined with " | ", `<pre>` blocks keep their layout, and character
 references are decoded. Only the standard library's `html.parser` is used.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -50,14 +52,37 @@ VOID = frozenset(
 )  # fmt: skip
 
 
-#: Elements always closed by their end tag, that a `role="navigation"` makes a menu to skip
-#: (as <nav>; a documents audit found site menus built of them indexed)
-_CLOSED = frozenset({"div", "ul", "ol", "section", "aside", "header", "footer", "span"})
+#: Elements always closed by their end tag, skipped when they are a site menu or not shown
+#: (`_not_shown`: an element whose end tag may be left out, a <p>, could not be skipped safely)
+_CLOSED = frozenset(
+    {"div", "ul", "ol", "section", "aside", "header", "footer", "span", "table", "article",
+     "main", "form", "figure", "blockquote", "details", "fieldset", "a", "label"}
+)  # fmt: skip
+#: An inline style that keeps an element off the page
+_UNSHOWN_STYLE = re.compile(
+    r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden)\s*(?:!\s*important\s*)?(?:;|$)",
+    re.IGNORECASE,
+)
 
 
-def _menu(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
-    """A site menu to skip, as <nav> is: a `role="navigation"` block."""
-    return tag in _CLOSED and ("role", "navigation") in attrs
+def _not_shown(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+    """An element to skip as <nav> is: a site menu (`role="navigation"`: a documents audit
+    found menus built of <div>s indexed), or one a browser does not show (`hidden`, but not
+    `hidden="until-found"`, which find-in-page opens; an inline `display: none`): text a
+    reader never sees, which a page may hide to steer what a model answers). A hidden tab
+    panel (`role="tabpanel"`: the other tabs of a docs page's install instructions) is read:
+    a reader opens it with a click."""
+    if tag not in _CLOSED:
+        return False
+    first: dict[str, str] = {}  # (a browser takes an attribute's first value)
+    for name, value in attrs:
+        first.setdefault(name, value or "")
+    role = first.get("role", "").strip().lower()
+    if role in ("navigation", "tabpanel"):
+        return role == "navigation"
+    if "hidden" in first and first["hidden"].strip().lower() != "until-found":
+        return True
+    return bool(_UNSHOWN_STYLE.search(first.get("style", "")))
 
 
 @dataclass
@@ -186,7 +211,7 @@ class _Parser(HTMLParser):
             ):
                 self.skip.append(tag)
             return
-        if (tag in SKIPPED and tag not in VOID) or _menu(tag, attrs):
+        if (tag in SKIPPED and tag not in VOID) or _not_shown(tag, attrs):
             self.skip.append(tag)
             return
         if tag in ("td", "th"):
@@ -208,7 +233,7 @@ class _Parser(HTMLParser):
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._in_time()
-        if tag in SKIPPED or tag == "title" or _menu(tag, attrs):  # <svg/>: empty, nothing
+        if tag in SKIPPED or tag == "title" or _not_shown(tag, attrs):  # <svg/>: empty, nothing
             return  # to skip (an XHTML <div role="navigation"/> or <title/> took the rest of
             # an EPUB's chapter)
         self.handle_starttag(tag, attrs)
