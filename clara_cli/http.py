@@ -397,8 +397,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
             loc = tuple(e.get("loc", ()))
             where = _param(loc[:-1] if e.get("type") == "missing" else loc)  # the item's place
             return APIError(
-                400, f"items of type {kind!r} are not supported: this server calls no tools "
-                "(file_search is built in)", param=where,
+                400, f"items of type {kind!r} are not supported: clara-serve runs no hosted "
+                "tools but file_search (function calls and their outputs are read as text)",
+                param=where, code="unsupported_value",
             )  # fmt: skip
     if first.get("type") == "string_pattern_mismatch" and (
         first.get("ctx", {}).get("pattern") == COLLECTION_NAME
@@ -421,10 +422,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 
 
 _TOOL_ITEMS = {
-    "function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output",
     "computer_call", "computer_call_output", "web_search_call", "code_interpreter_call",
     "image_generation_call", "local_shell_call", "local_shell_call_output", "mcp_call",
-    "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "reasoning",
+    "mcp_list_tools", "mcp_approval_request", "mcp_approval_response",
 }  # fmt: skip
 
 

@@ -78,9 +78,31 @@ def collection_names(collection: str | list[str] | None) -> list[str]:
     return list(dict.fromkeys([collection] if isinstance(collection, str) else collection))
 
 
-def refuse(param: str, what: str) -> NoReturn:
-    """Raise the 400 for a request field (`param`) asking for `what` clara cannot honour."""
-    raise APIError(400, f"clara-serve does not support {what}", param=param)
+def note_tools() -> None:
+    """Log, once, that requests with function tools are answered with text."""
+    if not _NOTED_TOOLS:
+        _NOTED_TOOLS.append(True)
+        log.info("requests with function tools are answered with text: clara-serve calls no "
+                 "tools but file_search (said once)")  # fmt: skip
+
+
+def refuse(param: str, what: str, value: bool = True, then: str = "") -> NoReturn:
+    """Raise the 400 for a request field (`param`) asking for `what` clara cannot honour: a
+    `value` of it (code `unsupported_value`), else the field itself (`unsupported_parameter`),
+    as OpenAI's codes say (an agent audit: clients that branch on the code found none);
+    `then` says what to do instead."""
+    code = "unsupported_value" if value else "unsupported_parameter"
+    raise APIError(
+        400, f"clara-serve does not support {what}" + (f": {then}" if then else ""),
+        param=param, code=code,
+    )  # fmt: skip
+
+
+#: What a refused JSON output format says to do (structured output)
+JSON_BY_PROMPT = (
+    "ask for JSON in the prompt and parse the answer's text (the small default model rarely "
+    "writes valid JSON)"
+)
 
 
 def only(schema: dict[str, Any], **field: Any) -> Any:
@@ -103,6 +125,8 @@ def checked_filters(filters: Any, param: str) -> dict[str, Any] | None:
 MAX_STOPS = 16
 StopString = Annotated[str, Field(max_length=1000)]
 TEXT_ROLES = ["system", "developer", "user", "assistant"]
+#: the roles of a tool call's result (a conversation begun with a model that calls tools)
+TOOL_ROLES = ["tool", "function"]
 
 
 class _Response(BaseModel):
@@ -111,24 +135,66 @@ class _Response(BaseModel):
 
 # ---- chat completion request -------------------------------------------------------------
 class ContentPart(_Request):
-    """One part of a message's content; only `{"type": "text", "text": ...}` is readable."""
+    """One part of a message's content: `{"type": "text", "text": ...}`, or an assistant's
+    `{"type": "refusal", "refusal": ...}` read as its text (as the Responses API reads one)."""
 
-    model_config = ConfigDict(
-        extra="allow", strict=True, json_schema_extra={"required": ["type", "text"]}
-    )
-    type: str = only({"enum": ["text"]})
-    text: str | None = only({"type": "string"}, default=None)
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str = only({"enum": ["text", "refusal"]})
+    text: str | None = None
+    refusal: str | None = None
 
     @model_validator(mode="after")
     def _text_needed(self) -> ContentPart:
         if self.type == "text" and self.text is None:
             raise ValueError("a text part needs 'text'")
+        if self.type == "refusal" and self.refusal is None:
+            raise ValueError("a refusal part needs 'refusal'")
         return self
+
+
+class FunctionCall(_Request):
+    """A function a model called: its name and its arguments (a JSON string, as OpenAI's)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(_Request):
+    """A tool call of an assistant message in a conversation's history (made by another
+    model, or an agent framework's own; clara calls no tools): read as a line of text."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    id: str | None = None
+    type: Literal["function", "custom"] = "function"
+    function: FunctionCall | None = None
+    custom: dict[str, Any] | None = None  # {"name", "input"}: a custom tool's
+
+    def name(self) -> str:
+        if self.function is not None:
+            return self.function.name
+        return str((self.custom or {}).get("name") or "tool")
+
+    def text(self) -> str:
+        if self.function is not None:
+            return call_line(self.function.name, self.function.arguments)
+        return call_line(self.name(), str((self.custom or {}).get("input") or ""))
+
+
+def call_line(name: str, arguments: str) -> str:
+    """How a tool call of a conversation's history is read by the model (clara's chat
+    templates have no tool turns; a small model reads a line of text)."""
+    return f"Tool call: {name}({arguments})"
+
+
+def result_line(name: str | None, text: str) -> str:
+    """How a tool call's result in a conversation's history is read by the model."""
+    return f"Tool result ({name}): {text}" if name else f"Tool result: {text}"
 
 
 #: only an assistant message (one that made tool calls, in OpenAI's API) may leave out content
 _CONTENT_NEEDED = {
-    "if": {"properties": {"role": {"enum": ["system", "developer", "user"]}}},
+    "if": {"properties": {"role": {"enum": ["system", "developer", "user", "tool"]}}},
     "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
 }
 
@@ -137,28 +203,73 @@ class ChatMessage(_Request):
     model_config = ConfigDict(  # tool_calls ...: checked below
         extra="allow", strict=True, json_schema_extra=_CONTENT_NEEDED
     )
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"] = only(
-        {"enum": TEXT_ROLES}
-    )
-    """Tool and function messages are not supported (this server calls no tools)."""
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    """A `tool` (or older `function`) message is a tool call's result: clara calls no tools,
+    and reads a conversation that another model's tool calls began (`conversation`)."""
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = only(
-        {"anyOf": [NULL, {"type": "array", "maxItems": 0}]}, default=None
-    )  # (some clients send an empty list on every assistant message)
-    function_call: dict[str, Any] | None = only(NULL, default=None)
+    tool_calls: list[ToolCall] | None = None
+    """An assistant's tool calls (another model's): read as lines of text."""
+    tool_call_id: str | None = None
+    """A tool message's call (whose function's name the model reads with the result)."""
+    function_call: FunctionCall | None = None
     audio: dict[str, Any] | None = only(NULL, default=None)
 
     @model_validator(mode="after")
     def _content_needed(self) -> ChatMessage:
-        if self.content is None and self.role in ("system", "developer", "user"):
+        if self.content is None and self.role in ("system", "developer", "user", "tool"):
             raise ValueError(f"a {self.role} message needs 'content'")
         return self
 
     def text(self) -> str:
         if isinstance(self.content, list):  # (parts are lines, as vLLM reads them)
-            return "\n".join(part.text or "" for part in self.content)
+            return "\n".join(part.text or part.refusal or "" for part in self.content)
         return self.content or ""
+
+
+@dataclass
+class _Turn:
+    """A turn of a conversation as the model reads it: a user's, or an assistant's (its
+    answers, and the tool calls and results that came before the next user message)."""
+
+    role: str
+    text: str
+    tools: bool = False  # it holds tool calls or results
+
+
+def conversation(messages: list[ChatMessage], sources_in_text: bool) -> list[_Turn]:
+    """The user and assistant turns of `messages` (system and developer messages left out):
+    an assistant's tool calls and the tools' results are lines of its turn (an agent audit:
+    any conversation holding a tool call was a 400, on both APIs), consecutive assistant
+    messages one turn."""
+    names: dict[str, str] = {}  # tool call id -> its function's name
+    turns: list[_Turn] = []
+    for m in messages:
+        if m.role in ("system", "developer"):
+            continue
+        if m.role == "user":
+            turns.append(_Turn("user", m.text()))
+            continue
+        if m.role == "assistant":
+            lines = [_answer(m, sources_in_text)]
+            for call in m.tool_calls or []:
+                if call.id:
+                    names[call.id] = call.name()
+                lines.append(call.text())
+            if m.function_call is not None:
+                lines.append(call_line(m.function_call.name, m.function_call.arguments))
+            tools = bool(m.tool_calls or m.function_call)
+        else:  # a tool's result
+            name = m.name or names.get(m.tool_call_id or "")
+            lines, tools = [result_line(name, m.text())], True
+        text = "\n".join(line for line in lines if line)
+        if turns and turns[-1].role == "assistant":
+            before = turns[-1]
+            before.text = "\n".join(t for t in (before.text, text) if t)
+            before.tools = before.tools or tools
+        else:
+            turns.append(_Turn("assistant", text, tools))
+    return turns
 
 
 #: A request's own limits, in its schema: top_logprobs with logprobs, stream_options with
@@ -235,11 +346,15 @@ class ChatCompletionRequest(_Request):
     prediction: dict[str, Any] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     """Lowers the logit of every token generated at least once by this (OpenAI's)."""
+    prompt_cache_key: str | None = None
+    """A hint, ignored: clara's prefix cache keeps what it can hold."""
     reasoning_effort: str | None = only({"enum": [None, "none", "minimal"]}, default=None)
     """This model does not reason: "none" and "minimal" pass, more is a 400."""
     response_format: dict[str, Any] | None = only(
         {"properties": {"type": {"enum": ["text"]}}, "required": ["type"]}, default=None
     )
+    safety_identifier: str | None = None
+    """Ignored (OpenAI's, for its abuse detection), as `user` is."""
     seed: JSONInt | None = None
     service_tier: str | None = None
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOPS)] | None = None
@@ -262,6 +377,8 @@ class ChatCompletionRequest(_Request):
     """With each token, this many most likely alternatives (with `logprobs: true`)."""
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    """Ignored: this model writes as it does (the OpenAI Agents SDK may send it)."""
     web_search_options: dict[str, Any] | None = only(NULL, default=None)
 
     # ---- CLaRa extensions (the SDK's `extra_body`) ----
@@ -302,38 +419,35 @@ class ChatCompletionRequest(_Request):
         for name in ("tool_choice", "function_call"):
             if getattr(self, name) not in (None, "none", "auto"):
                 asked = json.dumps(getattr(self, name))
-                refuse(name, f"{name} {asked} (this server calls no tools)")
-        if (self.tools or self.functions) and not _NOTED_TOOLS:
-            _NOTED_TOOLS.append(True)
-            log.info("chat completions with tools are answered with text: clara-serve calls "
-                     "no tools (said once)")  # fmt: skip
+                refuse(name, f"{name} {asked} (this server calls no tools)",
+                       then='leave it out or send "auto": the answer is then text')  # fmt: skip
+        if self.tools or self.functions:
+            note_tools()
         if self.logit_bias:
-            refuse("logit_bias", "logit_bias")
+            refuse("logit_bias", "logit_bias", value=False)
         if self.audio is not None:
-            refuse("audio", "audio output")
+            refuse("audio", "audio output", value=False)
         if any(m != "text" for m in self.modalities or []):
             refuse("modalities", "audio output")
         if self.response_format is not None and self.response_format.get("type") != "text":
             if "type" not in self.response_format:
                 raise APIError(400, "response_format needs a 'type' ('text')",
                                param="response_format.type")  # fmt: skip
-            refuse("response_format", f"response_format {self.response_format.get('type')!r}")
+            refuse("response_format", f"response_format {self.response_format.get('type')!r}",
+                   then=JSON_BY_PROMPT)  # fmt: skip
         if self.reasoning_effort not in (None, "none", "minimal"):
             refuse("reasoning_effort", "reasoning_effort (this model does not reason)")
         if self.web_search_options is not None:
-            refuse("web_search_options", "web search")
+            refuse("web_search_options", "web search", value=False)
         if self.top_logprobs and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         _stream_options_need_stream(self)
         for i, msg in enumerate(self.messages):
-            if msg.role in ("tool", "function"):
-                refuse(f"messages.[{i}].role", f"a {msg.role!r} message")
-            for key in ("tool_calls", "function_call", "audio"):
-                if getattr(msg, key) not in (None, []):
-                    refuse(f"messages.[{i}].{key}", f"{key} in messages")
+            if msg.audio is not None:
+                refuse(f"messages.[{i}].audio", "audio in messages", value=False)
             if isinstance(msg.content, list):
                 for j, part in enumerate(msg.content):
-                    if part.type != "text":
+                    if part.type not in ("text", "refusal"):
                         refuse(
                             f"messages.[{i}].content.[{j}].type",
                             f"content of type {part.type!r} (this model reads text only)",
@@ -345,20 +459,24 @@ class ChatCompletionRequest(_Request):
         `whole_history` (a Responses chain with truncation "disabled"); the retrieval query
         is the question and the user turns of the last --history-turns exchanges."""
         system = [m.text() for m in self.messages if m.role in ("system", "developer")]
-        turns = [m for m in self.messages if m.role in ("user", "assistant")]
+        turns = conversation(self.messages, defaults.sources_in_text)
         last_user = max((i for i, m in enumerate(turns) if m.role == "user"), default=None)
-        question = turns[last_user].text() if last_user is not None else ""
-        turns = turns[:last_user] if last_user is not None else turns
+        question = turns[last_user].text if last_user is not None else ""
+        after = turns[last_user + 1 :] if last_user is not None else turns
+        turns = turns[:last_user] if last_user is not None else []
+        query = question
+        # the tool calls and results after the question (an agent's loop went on from it with
+        # another model) are read with it; an answer begun after it is not (no prefill)
+        if after and after[0].tools:
+            question = "\n\n".join(t for t in (question, after[0].text) if t)
         keep = 2 * defaults.history_turns
         recent = turns[-keep:] if keep else []
         history = turns if whole_history or self.truncation == "disabled" else recent
-        users = [m.text() for m in recent if m.role == "user"] + [question]
+        users = [m.text for m in recent if m.role == "user"] + [query]
         return RagParams(
             question=question,
             query="\n".join(users),
-            history=[
-                {"role": m.role, "content": _answer(m, defaults.sources_in_text)} for m in history
-            ],
+            history=[{"role": m.role, "content": m.text} for m in history],
             system="\n".join(system) if system else None,
             retrieval=self.retrieval and self.top_k != 0,
             mode=self.mode or defaults.mode,
@@ -748,9 +866,9 @@ class CompletionRequest(_Request):
             if (getattr(self, name) or 1) > 1:
                 refuse(name, f"{name} > 1 (several choices per request)")
         if self.suffix:
-            refuse("suffix", "suffix (fill in the middle)")
+            refuse("suffix", "suffix (fill in the middle)", value=False)
         if self.logit_bias:
-            refuse("logit_bias", "logit_bias")
+            refuse("logit_bias", "logit_bias", value=False)
         n = len(self.prompts())
         if n > MAX_PROMPTS:
             refuse("prompt", f"more than {MAX_PROMPTS} prompts per request")

@@ -54,6 +54,36 @@ def test_langchain_chat_openai(server: ServerProcess, responses_api: bool) -> No
     )
 
 
+@pytest.mark.parametrize("responses_api", [False, True], ids=["chat", "responses"])
+def test_langchain_agent_history_with_tool_calls(server: ServerProcess, responses_api: bool):
+    """An agent audit: LangGraph's loop sends the tools bound to the model, and a history with
+    an AIMessage's tool calls and a ToolMessage; both APIs refused it (400). Now answered
+    with text (clara calls no tools), the calls and results read as lines of the history."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "Sunny"
+
+    llm = langchain_openai.ChatOpenAI(
+        model=MODEL, base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0,
+        use_responses_api=responses_api, temperature=0,
+    ).bind_tools([get_weather])  # fmt: skip
+    call = {"id": "call_1", "name": "get_weather", "args": {"city": "Paris"}}
+    history = [
+        HumanMessage("Weather in Paris?"),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage("Sunny", tool_call_id="call_1"),
+        HumanMessage(DOCS[0][1]),
+    ]
+    answer = llm.invoke(history)
+    assert answer.text and not answer.tool_calls
+    plain = llm.invoke([history[0], history[-1]])
+    assert answer.usage_metadata["input_tokens"] > plain.usage_metadata["input_tokens"]
+
+
 def test_langchain_openai_embeddings(server: ServerProcess) -> None:
     """OpenAIEmbeddings sending text (its token-id path needs tiktoken's files from the
     network, and other ids than this model's: README) gets the server's query embeddings."""

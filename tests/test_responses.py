@@ -142,6 +142,75 @@ def test_results_only_when_included(client: openai.OpenAI, knowledge_base) -> No
         client.responses.retrieve(response.id)  # store: false keeps nothing
 
 
+def test_an_agents_function_tools_and_tool_items_are_taken(
+    client: openai.OpenAI, knowledge_base
+) -> None:
+    """An agent audit: the OpenAI Agents SDK sends an agent's function tools with each turn,
+    and a conversation begun with another model holds function_call, function_call_output
+    and reasoning items; each was a 400. Function tools are taken and not called (as chat
+    completions takes them); calls and results are read as text, and listed as sent."""
+    store_id, file_id = knowledge_base
+    fn = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    search = {"type": "file_search", "vector_store_ids": [store_id]}
+    r = client.responses.create(model=MODEL, input=GUIDE, tools=[fn, search], max_output_tokens=2)
+    assert [i.type for i in r.output] == ["file_search_call", "message"]
+    assert [t.type for t in r.tools] == ["function", "file_search"]
+    turn = [
+        {"role": "user", "content": "Weather?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "x"},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "Sunny and warm"},
+        {"role": "user", "content": "What is the capital of Japan?"},
+    ]
+    plain = [turn[0], turn[-1]]
+    sizes = []
+    for items in (plain, turn):
+        got = client.responses.create(
+            model=MODEL + "-no-retrieval", input=items, tools=[fn], max_output_tokens=1
+        )
+        sizes.append(got.usage.input_tokens)
+    assert sizes[1] > sizes[0]  # the call and its result were read
+    listed = client.responses.input_items.list(got.id, order="asc").data
+    assert [i.type for i in listed] == [
+        "message", "function_call", "function_call_output", "message"
+    ]  # fmt: skip
+    assert listed[2].output == "Sunny and warm" and listed[1].id.startswith("fc_")
+    # an agent loop goes on: the next turn is the tool's output, chained to the last response
+    more = client.responses.create(
+        model=MODEL, previous_response_id=got.id, tools=[fn], max_output_tokens=1, input=[
+            {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": ""},
+            {"type": "function_call_output", "call_id": "c2", "output": "Rain"},
+        ],
+    )  # fmt: skip
+    assert more.status in ("completed", "incomplete")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=MODEL, input="hi", tools=[fn], tool_choice="required")
+    assert err.value.body["param"] == "tool_choice"  # (no file_search tool to call)
+
+
+def test_a_search_without_a_tool_shows_its_results_when_included(
+    client: openai.OpenAI, knowledge_base
+) -> None:
+    """An agent audit: asked without a file_search tool (the server's search, or a chained
+    follow-up's), `include=["file_search_call.results"]` gave nothing, without a word."""
+    store_id, file_id = knowledge_base
+    r = client.responses.create(
+        model=MODEL, input=GUIDE, max_output_tokens=1, include=["file_search_call.results"],
+        extra_body={"collection": store_id},
+    )  # fmt: skip
+    call = r.output[0]
+    assert call.type == "file_search_call" and call.results[0].file_id == file_id
+    plain = client.responses.create(
+        model=MODEL, input=GUIDE, max_output_tokens=1, extra_body={"collection": store_id}
+    )
+    assert [i.type for i in plain.output] == ["message"]  # (as before, unless asked)
+    off = client.responses.create(
+        model=MODEL, input=GUIDE, max_output_tokens=1, include=["file_search_call.results"],
+        tool_choice="none",
+    )  # fmt: skip
+    assert [i.type for i in off.output] == ["message"]  # nothing searched: nothing shown
+
+
 def test_chat_sources_of_uploads_name_the_file_not_the_servers_folder(
     client: openai.OpenAI, server, knowledge_base
 ) -> None:
@@ -773,7 +842,14 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
     "body, param",
     [
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.[0].type"),
-        ({"input": "hi", "tools": [{"type": "function", "name": "f"}]}, "tools.[0].type"),
+        (
+            {
+                "input": "hi",
+                "tools": [{"type": "function", "name": "f"}],
+                "tool_choice": {"type": "function", "name": "f"},
+            },
+            "tool_choice",
+        ),
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "reasoning": {"effort": "low"}}, "reasoning.effort"),
         ({"input": "hi", "reasoning": {"effort": "none", "frob": 1}}, "reasoning"),
@@ -786,7 +862,7 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ({"input": ""}, "input"),
         ({"input": []}, "input"),
         ({"input": [{"role": "user"}]}, "input.[0].content"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input.[0]"),
+        ({"input": [{"type": "computer_call_output", "call_id": "c", "output": {}}]}, "input.[0]"),
         (
             {"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["../x"]}]},
             "tools.[0].vector_store_ids.[0]",
@@ -820,7 +896,7 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
     if "frobnicate" in body:  # (pydantic's "Extra inputs are not permitted" said less)
         assert err["message"].startswith("unknown parameter 'frobnicate'"), err
     if body["input"] and isinstance(body["input"], list) and "call_id" in body["input"][0]:
-        assert "calls no tools" in err["message"]
+        assert "runs no hosted tools" in err["message"]
 
 
 def test_an_upload_the_client_abandons_is_a_499_not_a_500(server) -> None:

@@ -134,6 +134,32 @@ def test_without_retrieval_the_messages_are_read_as_sent(
     assert "ignored fields not in its API: max_token" in server.log()
 
 
+def test_a_conversation_begun_with_tool_calls_goes_on(
+    server: ServerProcess, client: openai.OpenAI, cm
+) -> None:
+    """An agent audit: a history holding another model's tool calls and their results (what
+    LangGraph and the Agents SDK send after a tool ran) was a 400. They are read as lines of
+    the assistant's turn: the bare model's prompt is exactly that conversation's; with
+    retrieval, the chat is answered with its sources."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"}}  # fmt: skip
+    messages = [
+        *ask("Weather?"),
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        *ask(DOCS[0][1]),
+    ]
+    read = [*ask("Weather?"), {"role": "assistant", "content": (
+        "Tool call: get_weather({})\nTool result (get_weather): Sunny")}, *ask(DOCS[0][1])]  # fmt: skip
+    want = len(cm.tokenizer.apply_chat_template(read, add_generation_prompt=True))
+    bare = client.chat.completions.create(
+        model=MODEL + "-no-retrieval", messages=messages, max_tokens=1, tools=TOOLS
+    )
+    assert bare.usage.prompt_tokens == want
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, tools=TOOLS)
+    assert r.choices[0].message.tool_calls is None and r.choices[0].message.model_extra["sources"]
+
+
 def test_base_model_id_is_accepted(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
     resp = client.chat.completions.create(
         model=str(tiny_llama_dir), messages=ask("hello"), max_tokens=2
@@ -641,6 +667,13 @@ def test_logprob_bytes_join_into_the_answer(client: openai.OpenAI) -> None:
         assert t.token == "bytes:" + "".join(f"\\x{b:02x}" for b in t.bytes)
 
 
+#: the code of each refusal of something clara cannot do (by `param`), in the tests below
+UNSUPPORTED = {
+    "tool_choice": "unsupported_value", "response_format": "unsupported_value",
+    "messages.[0].audio": "unsupported_parameter",
+    "messages.[0].content.[0].type": "unsupported_value", "reasoning_effort": "unsupported_value",
+    "web_search_options": "unsupported_parameter",
+}  # fmt: skip
 TOOLS = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]
 
 
@@ -689,9 +722,13 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
         ({"messages": [{"role": "user"}]}, "messages.[0]"),  # only an assistant may omit it
         ({"messages": [{"role": "system", "content": None}, *ask("hi")]}, "messages.[0]"),
         (
-            {"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}, *ask("hi")]},
-            "messages.[0].role",
-        ),
+            {"messages": [{"role": "tool", "tool_call_id": "1"}, *ask("hi")]},
+            "messages.[0]",
+        ),  # (a tool's result needs its content)
+        (
+            {"messages": [{"role": "assistant", "audio": {"id": "a"}}, *ask("hi")]},
+            "messages.[0].audio",
+        ),  # fmt: skip
         (
             {
                 "messages": [
@@ -727,7 +764,10 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
     ],
 )
 def test_invalid_or_unsupported_requests_are_400(server: ServerProcess, body: dict, param) -> None:
-    err = assert_error(post(server, "/v1/chat/completions", body), 400, param=param)
+    # what clara cannot do has OpenAI's code (an agent audit: clients that branch on it got
+    # none); a malformed request has none
+    code = UNSUPPORTED.get(param)
+    err = assert_error(post(server, "/v1/chat/completions", body), 400, param=param, code=code)
     assert err["type"] == "invalid_request_error"
     if param == "collection":  # (it showed the regular expression; a web chat audit)
         assert err["message"] == (

@@ -132,6 +132,50 @@ def test_request_to_pipeline_params() -> None:
     assert zero.temperature == 0.0 and not zero.retrieval and zero.history == []
 
 
+def test_a_conversation_with_tool_calls_is_read_as_text() -> None:
+    """An agent audit: a conversation holding another model's tool calls (an assistant's
+    `tool_calls`, `tool` results) was a 400, so an agent loop begun elsewhere could not go
+    on here. Calls and results are lines of the assistant's turn; those after the question
+    are read with it; retrieval asks with the user's words only."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+    msgs = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        {"role": "assistant", "content": "It is sunny."},
+        {"role": "user", "content": "What does pass do?"},
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"id": "c2", "type": "custom", "custom": {"name": "grep", "input": "pass"}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "no-op"}]},
+        {"role": "function", "name": "old_style", "content": "42"},
+    ]  # fmt: skip
+    req = ChatCompletionRequest.model_validate({"messages": msgs})
+    req.check_supported()
+    p = req.to_params(ServingDefaults(history_turns=2))
+    assert p.history == [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": 'Tool call: get_weather({"city": "Paris"})\n'
+         "Tool result (get_weather): Sunny\nIt is sunny."},
+    ]  # fmt: skip
+    assert p.question == (
+        "What does pass do?\n\nLet me look.\nTool call: grep(pass)\nTool result (grep): no-op\n"
+        "Tool result (old_style): 42"
+    )
+    assert p.query == "Weather?\nWhat does pass do?"
+    # an assistant's answer begun after the question is not read (no prefill), as before
+    begun = req.model_copy(update={"messages": req.messages[:5] + [req.messages[3]]})
+    assert begun.to_params(ServingDefaults()).question == "What does pass do?"
+    # an assistant's refusal part is read as its text (the Responses API read it; chat: a 400)
+    refused = ChatCompletionRequest.model_validate({"messages": [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]},
+        {"role": "user", "content": "b"},
+    ]})  # fmt: skip
+    refused.check_supported()
+    assert refused.to_params(ServingDefaults()).history[1]["content"] == "I cannot."
+
+
 def test_prometheus_text() -> None:
     c = Counter("x_total", "help")
     c.inc(endpoint='/a"b', status="200")

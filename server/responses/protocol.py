@@ -23,11 +23,14 @@ from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicod
 from indexing.filters import AttributeFilter
 from indexing.service.protocol import Attributes, Ranker
 from server.protocol import (
+    JSON_BY_PROMPT,
     MAX_SEARCHED,
+    MAX_TOOLS,
     NULL,
     CollectionName,
     CollectionNames,
     ModelName,
+    note_tools,
     only,
     refuse,
 )
@@ -81,6 +84,45 @@ class FileSearchCallInput(_Request):
     type: Literal["file_search_call"]
 
 
+class FunctionCallInput(_Request):
+    """A function (or custom tool) call of an earlier turn, made by another model or sent
+    back by an agent framework: read as a line of that turn's answer (clara calls no tools;
+    an agent audit found any such conversation refused)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)  # id, status
+    type: Literal["function_call", "custom_tool_call"]
+    call_id: str
+    name: str
+    arguments: str | None = None  # a function_call's (a JSON string)
+    input: str | None = None  # a custom_tool_call's
+
+
+class FunctionCallOutputInput(_Request):
+    """The result of a function (or custom tool) call: read with its call."""
+
+    model_config = ConfigDict(extra="allow", strict=True)  # id, status
+    type: Literal["function_call_output", "custom_tool_call_output"]
+    call_id: str
+    output: str | list[dict[str, Any]]
+
+    def text(self) -> str:
+        if isinstance(self.output, str):
+            return self.output
+        return "\n".join(p["text"] for p in self.output if isinstance(p.get("text"), str))
+
+
+class ReasoningInput(_Request):
+    """A reasoning item of another model's earlier turn (skipped: this model does not reason,
+    and an encrypted one cannot be read)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["reasoning"]
+
+
+#: the input items read as a tool call and its result
+ToolItem = FunctionCallInput | FunctionCallOutputInput
+
+
 class ItemReference(_Request):
     """An earlier response's item by its id (what the Vercel AI SDK sends for the earlier
     turns of a conversation it lets the server store): read as that item."""
@@ -94,6 +136,16 @@ class FileSearchRankingOptions(_Request):
     ranker: Ranker | None = None
     score_threshold: float | None = only({"maximum": 0}, default=None, ge=0.0, le=1.0)
     """Not supported: every retrieved chunk is read by the generator (0 or null only)."""
+
+
+class FunctionTool(_Request):
+    """A tool the app runs (a function, or a custom tool): taken and not called, as chat
+    completions takes `tools` (the answer is text, as when a model calls none). The OpenAI
+    Agents SDK sends an agent's function tools and handoffs with every turn."""
+
+    model_config = ConfigDict(extra="allow", strict=True)  # parameters, strict, description
+    type: Literal["function", "custom"]
+    name: str
 
 
 class FileSearchTool(_Request):
@@ -138,7 +190,17 @@ class ResponseCreateRequest(_Request):
 
     input: (
         Annotated[str, Field(min_length=1)]
-        | Annotated[list[InputMessage | FileSearchCallInput | ItemReference], Field(min_length=1)]
+        | Annotated[
+            list[
+                InputMessage
+                | FileSearchCallInput
+                | ItemReference
+                | FunctionCallInput
+                | FunctionCallOutputInput
+                | ReasoningInput
+            ],
+            Field(min_length=1),
+        ]
     )
     """The model answers the latest user message (an empty question if there is none)."""
     model: ModelName | None = None
@@ -190,8 +252,8 @@ class ResponseCreateRequest(_Request):
         },
         default=None,
     )
-    tools: list[FileSearchTool] | None = only({"maxItems": 1}, default=None)
-    """One file_search tool (clara calls no other tools)."""
+    tools: list[FileSearchTool | FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    """One file_search tool, and function tools, which clara takes and does not call."""
     top_logprobs: json_int(ge=0, le=20) | None = None
     """With each output token's logprob, this many most likely alternatives; the logprobs
     come back when `include` has "message.output_text.logprobs" (as OpenAI's)."""
@@ -228,21 +290,32 @@ class ResponseCreateRequest(_Request):
     def _only_file_search(cls, tools: Any) -> Any:
         for i, tool in enumerate(tools if isinstance(tools, list) else []):
             kind = tool.get("type") if isinstance(tool, dict) else None
-            if isinstance(kind, str) and kind != "file_search":
+            if isinstance(kind, str) and kind not in ("file_search", "function", "custom"):
                 raise APIError(
-                    400, f"tools of type {kind!r} are not supported by clara-serve (only "
-                    "file_search)", param=f"tools.[{i}].type",
+                    400, f"tools of type {kind!r} are not supported by clara-serve: it runs "
+                    "file_search, and takes function tools without calling them",
+                    param=f"tools.[{i}].type", code="unsupported_value",
                 )  # fmt: skip
         return tools
+
+    def file_search(self) -> tuple[int, FileSearchTool] | None:
+        """The file_search tool and its place in `tools` (a 400 for two)."""
+        found = [(i, t) for i, t in enumerate(self.tools or []) if isinstance(t, FileSearchTool)]
+        if len(found) > 1:
+            raise APIError(
+                400, "one file_search tool per request is supported: list every vector store "
+                "in its vector_store_ids", param=f"tools.[{found[1][0]}]",
+            )  # fmt: skip
+        return found[0] if found else None
 
     def check_supported(self) -> None:
         """Raise a 400 naming each field clara cannot honour (rather than ignoring it)."""
         if self.background:
             refuse("background", "background mode")
         if self.conversation is not None:
-            refuse("conversation", "conversations (use previous_response_id)")
+            refuse("conversation", "conversations", value=False, then="use previous_response_id")
         if self.prompt is not None:
-            refuse("prompt", "prompt templates")
+            refuse("prompt", "prompt templates", value=False)
         reasoning = self.reasoning or {}
         if reasoning.get("effort") not in (None, "none", "minimal"):
             refuse(
@@ -255,23 +328,28 @@ class ResponseCreateRequest(_Request):
             refuse(
                 "reasoning",
                 f"reasoning options {sorted(set(reasoning) - {'effort', 'summary', 'generate_summary'})}",
+                value=False,
             )
         fmt = (self.text or {}).get("format")
         if fmt is not None and not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str)):
             raise APIError(400, "text.format must be an object with a 'type' (clara-serve "
                            "writes \"text\")", param="text.format")  # fmt: skip
         if isinstance(fmt, dict) and fmt["type"] != "text":
-            refuse("text.format", f"text format {fmt.get('type')!r}")
+            refuse("text.format", f"text format {fmt.get('type')!r}", then=JSON_BY_PROMPT)
+        if any(isinstance(t, FunctionTool) for t in self.tools or []):
+            note_tools()
         choice = self.tool_choice
         if choice not in (None, "auto", "none", "required") and not (
             isinstance(choice, dict) and choice.get("type", 0) == "file_search"
         ):
-            refuse("tool_choice", "this tool_choice (only auto, none, required, file_search)")
+            refuse("tool_choice", f"tool_choice {json.dumps(choice)} (this server calls no "
+                   "tools but file_search)", then='send "auto", "none", "required" or '
+                   '{"type": "file_search"}')  # fmt: skip
         if choice == "required" or isinstance(choice, dict):
-            if not self.tools:
+            if self.file_search() is None:
                 raise APIError(
                     400, f"tool_choice {json.dumps(choice)} needs a file_search tool in "
-                    "'tools' (without tools, leave tool_choice unset: clara-serve then "
+                    "'tools' (without one, leave tool_choice unset: clara-serve then "
                     "searches its default collection)", param="tool_choice",
                 )  # fmt: skip
 

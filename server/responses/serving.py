@@ -29,14 +29,24 @@ from indexing.service.handler import IndexService, is_vector_store
 from indexing.service.search import clara_attributes, with_own_attributes
 from indexing.service.state import key_sees
 from server.jobs import Ready, SourceInfo
-from server.protocol import ChatCompletionRequest, ChatMessage, checked_filters, collection_names
+from server.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    FunctionCall,
+    ToolCall,
+    checked_filters,
+    collection_names,
+)
 from server.responses.protocol import (
     FileCitation,
     FileSearchCall,
     FileSearchCallInput,
     FileSearchResult,
+    FunctionCallInput,
+    FunctionCallOutputInput,
     InputItemList,
     ItemReference,
+    ReasoningInput,
     Response,
     ResponseCreateRequest,
     ResponseDeleted,
@@ -60,11 +70,43 @@ def _not_found(response_id: str) -> APIError:
     )
 
 
-def _no_store(store_id: str) -> APIError:
+def _no_store(store_id: str, tool: int = 0) -> APIError:
     return APIError(
         404, f"No vector store found with id '{store_id}'",
-        param="tools.[0].vector_store_ids", code="not_found",
+        param=f"tools.[{tool}].vector_store_ids", code="not_found",
     )  # fmt: skip
+
+
+#: the input items of a tool call (another model's: clara calls none) and of its result
+CALL_ITEMS = ("function_call", "custom_tool_call")
+RESULT_ITEMS = ("function_call_output", "custom_tool_call_output")
+
+
+def _tool_item(item: FunctionCallInput | FunctionCallOutputInput) -> dict[str, Any]:
+    """A tool call or result of the input, as kept and listed (`input_items`) with an id."""
+    kept = item.model_dump(exclude_none=True)
+    kept["id"] = _sent_id(item) or new_id("fc" if item.type in CALL_ITEMS else "fco")
+    kept.setdefault("status", "completed")
+    return kept
+
+
+def _tool_message(item: dict[str, Any]) -> ChatMessage:
+    """A kept tool call or result (`_tool_item`) as the chat message the model reads: an
+    assistant's call, or a tool's result (`server.protocol.conversation`)."""
+    if item["type"] in RESULT_ITEMS:
+        text = FunctionCallOutputInput.model_validate(item).text()
+        return ChatMessage(role="tool", tool_call_id=item["call_id"], content=text)
+    if item["type"] == "function_call":
+        call = ToolCall(
+            id=item["call_id"],
+            function=FunctionCall(name=item["name"], arguments=item.get("arguments") or ""),
+        )
+    else:
+        call = ToolCall(
+            id=item["call_id"], type="custom",
+            custom={"name": item["name"], "input": item.get("input") or ""},
+        )  # fmt: skip
+    return ChatMessage(role="assistant", content=None, tool_calls=[call])
 
 
 def _text_echo(text: dict[str, Any] | None) -> dict[str, Any]:
@@ -214,8 +256,13 @@ class ResponsesServing:
                     )  # fmt: skip
                 if found.get("type", "message") == "message" and "role" in found:
                     out.append(found)
+                elif found.get("type") in CALL_ITEMS + RESULT_ITEMS:
+                    out.append(found)
                 continue
-            if isinstance(item, FileSearchCallInput):
+            if isinstance(item, FileSearchCallInput | ReasoningInput):
+                continue
+            if isinstance(item, FunctionCallInput | FunctionCallOutputInput):
+                out.append(_tool_item(item))
                 continue
             part = "output_text" if item.role == "assistant" else "input_text"
             out.append(_message_item(item.role, item.text(), part, _sent_id(item)))
@@ -263,6 +310,9 @@ class ResponsesServing:
             [ChatMessage(role="system", content=req.instructions)] if req.instructions else []
         )
         for item in history + turn:
+            if item.get("type") in CALL_ITEMS + RESULT_ITEMS:
+                messages.append(_tool_message(item))
+                continue
             text = "\n".join(p.get("text", "") for p in item["content"])
             messages.append(ChatMessage(role=item["role"], content=text))
         if not any(m.role != "system" for m in messages):  # no message to answer: an empty one
@@ -304,26 +354,22 @@ class ResponsesServing:
 
     def _file_search(self, req: ResponseCreateRequest) -> tuple[list[str], int] | None:
         """(vector stores, top_k) of the request's file_search tool; None without one."""
-        if not req.tools:
+        found = req.file_search()
+        if found is None:
             return None
-        tool = req.tools[0]
-        if len(req.tools) > 1:
-            raise APIError(
-                400, "one file_search tool per request is supported: list every vector store "
-                "in its vector_store_ids", param="tools",
-            )  # fmt: skip
+        at, tool = found
         store_ids = collection_names(tool.vector_store_ids)
         for store_id in store_ids:
             if not key_sees(self.root, store_id, SCOPE.get()) or not is_vector_store(
                 self.root, store_id
             ):  # (another key's: none, before its files being indexed are waited for; looked
-                raise _no_store(store_id)  # at first: one there took longer to refuse, an audit)
+                raise _no_store(store_id, at)  # at first: one there took longer to refuse)
         threshold = tool.ranking_options.score_threshold if tool.ranking_options else None
         if threshold:
             raise APIError(
                 400, "ranking_options.score_threshold is not supported by clara-serve (the "
                 "retrieved chunks are all read by the generator)",
-                param="tools.[0].ranking_options.score_threshold",
+                param=f"tools.[{at}].ranking_options.score_threshold",
             )  # fmt: skip
         return store_ids, tool.max_num_results or self.serving.defaults.top_k
 
@@ -359,9 +405,11 @@ class ResponsesServing:
             chat.collection, chat.top_k = search
             # a model NAME@COLLECTION searches its collection: a tool's others are a 400, as
             # `collection` is (they were searched, and the answer named the model's)
-            self.serving.agree(req.model, named, search[0], "tools.[0].vector_store_ids")
-            chat.filters = req.tools[0].filters or req.filters  # (a proxy's, beside an app's tool)
-            if req.tools[0].filters is not None and req.filters is not None:  # (one of them
+            at, tool = req.file_search() or (0, None)
+            assert tool is not None  # (`search`: there is one)
+            self.serving.agree(req.model, named, search[0], f"tools.[{at}].vector_store_ids")
+            chat.filters = tool.filters or req.filters  # (a proxy's, beside an app's tool)
+            if tool.filters is not None and req.filters is not None:  # (one of them
                 raise APIError(  # would be dropped without a word)
                     400, "give the filters in the file_search tool or beside it, not both",
                     param="filters",
@@ -480,7 +528,7 @@ class ResponsesServing:
             if searched and exc.code == "collection_not_found":  # deleted while its files
                 stores = collection_names(chat.collection)  # were waited for
                 gone = [n for n in stores if not is_vector_store(self.root, n)] or stores
-                raise _no_store(gone[0]) from None
+                raise _no_store(gone[0], (req.file_search() or (0, None))[0]) from None
             raise
         response = Response(
             model=serving.model_name(bare, req.model),
@@ -511,7 +559,10 @@ class ResponsesServing:
             },
         )  # fmt: skip
         call = None
-        if searched:
+        # the search made without a file_search tool is shown as one when `include` asks for
+        # its results (an agent audit: they were dropped without a word)
+        include = req.include or []
+        if searched or (params.retrieval and "file_search_call.results" in include):
             results = None
             if "file_search_call.results" in (req.include or []):
                 sources = ready.retrieved.sources
