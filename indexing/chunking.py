@@ -80,6 +80,11 @@ def chunk_document(
     if doc.kind in SLIDE_KINDS:  # each slide apart: a chunk is cited by its own slide
         ends = [s - len(PAGE_SEPARATOR) for s in starts[1:]] + [len(text)]
         spans = [span for a, b in zip(starts, ends) for span in spans_of(text[a:b], a)]
+    elif doc.kind in ROW_KINDS and len(sheets := _sheet_starts(text, doc.headings)) > 1:
+        # each sheet apart: a chunk's rows are one sheet's (a chunk ending one sheet and
+        # starting the next read the second's rows under the first's name, in `section` too)
+        ends = [s - len(PAGE_SEPARATOR) for s in sheets[1:]] + [len(text)]
+        spans = [span for a, b in zip(sheets, ends) for span in spans_of(text[a:b], a)]
     else:
         spans = spans_of(text, 0)
 
@@ -94,6 +99,22 @@ def chunk_document(
         last = numbers[bisect.bisect_right(starts, ce - 1) - 1]
         chunks.append(Chunk(text[cs:ce], first, last, n, len(chunks), context))
     return chunks
+
+
+def _sheet_starts(text: str, names: list[str]) -> list[int]:
+    """Where each sheet of a workbook's text starts: its block is its name on a line, then its
+    rows, after a blank line (`indexing.slides_sheets`; `names`: the sheets with rows, in
+    order). [0] when a name is not found where it should be: the workbook as one."""
+    if not names or not text.startswith(names[0] + "\n"):
+        return [0]
+    starts, at = [0], 0
+    for name in names[1:]:
+        found = text.find(f"{PAGE_SEPARATOR}{name}\n", at)
+        if found < 0:
+            return [0]
+        at = found + len(PAGE_SEPARATOR)
+        starts.append(at)
+    return starts
 
 
 def join_pages(pages: Sequence[Page]) -> tuple[str, list[int], list[int]]:

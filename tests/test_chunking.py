@@ -312,3 +312,17 @@ def test_a_sheets_chunks_start_and_end_at_row_boundaries(tokenizer) -> None:
         assert c.text.split("\n")[-1] in rows, c.text[-60:]
     prose = chunk_document(Document(doc.path, "text", doc.pages, "", 0), tokenizer, 48, 16)
     assert any(not c.text.startswith("Region: R") for c in prose[1:])  # (text: word starts)
+
+
+def test_a_workbooks_chunks_keep_to_one_sheet(tokenizer) -> None:
+    """A chunk that ended one sheet and began the next held two sheets' rows (its memory
+    mixed them, and its source named one sheet): each sheet is chunked apart."""
+    north = "\n".join(f"Region: N{i} | Units: {i}" for i in range(6))
+    south = "\n".join(f"Town: S{i} | Stock: {i * 3}" for i in range(6))
+    text = f"North\n{north}\n\nSouth\n{south}"
+    doc = Document(Path("sales.xlsx"), "xlsx", [Page(1, text)], "", 0, headings=["North", "South"])
+    chunks = chunk_document(doc, tokenizer, max_tokens=256, overlap=16)
+    assert [c.text for c in chunks] == [f"North\n{north}", f"South\n{south}"]
+    # a name not where the reader puts it (no sheet block): the workbook as one, as before
+    odd = Document(doc.path, "xlsx", doc.pages, "", 0, headings=["North", "West"])
+    assert [c.text for c in chunk_document(odd, tokenizer, 256, 16)] == [text]
