@@ -797,9 +797,14 @@ def test_what_chat_apps_send_is_answered(server: ServerProcess, client: openai.O
     err = assert_error(post(server, "/v1/chat/completions", {**body, "n": 2}), 400, "n")
     assert "send the request n times" in err["message"]
     calls = [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    history[-1]["tool_calls"] = calls  # a real one still says what is not supported
+    history[-1]["tool_calls"] = calls  # a real one is read as text (an agent audit)
+    called = post(server, "/v1/chat/completions", {"messages": [*history, *ask("more")]})
+    assert called.status_code == 200, called.text
+    calls[0]["function"] = {"arguments": "{}"}  # (without its name: a 400 that names it)
     bad = {"messages": [*history, *ask("more")]}
-    assert_error(post(server, "/v1/chat/completions", bad), 400, "messages.[1].tool_calls")
+    assert_error(
+        post(server, "/v1/chat/completions", bad), 400, "messages.[1].tool_calls.[0].function.name"
+    )
 
 
 def test_unknown_fields_are_tolerated(server: ServerProcess) -> None:
