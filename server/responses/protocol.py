@@ -298,15 +298,14 @@ class ResponseCreateRequest(_Request):
                 )  # fmt: skip
         return tools
 
+    def file_searches(self) -> list[tuple[int, FileSearchTool]]:
+        """The file_search tools, with their places in `tools` (one is searched: the server
+        refuses more, once their stores are found to be there)."""
+        return [(i, t) for i, t in enumerate(self.tools or []) if isinstance(t, FileSearchTool)]
+
     def file_search(self) -> tuple[int, FileSearchTool] | None:
-        """The file_search tool and its place in `tools` (a 400 for two)."""
-        found = [(i, t) for i, t in enumerate(self.tools or []) if isinstance(t, FileSearchTool)]
-        if len(found) > 1:
-            raise APIError(
-                400, "one file_search tool per request is supported: list every vector store "
-                "in its vector_store_ids", param=f"tools.[{found[1][0]}]",
-            )  # fmt: skip
-        return found[0] if found else None
+        """The (first) file_search tool and its place in `tools`."""
+        return next(iter(self.file_searches()), None)
 
     def check_supported(self) -> None:
         """Raise a 400 naming each field clara cannot honour (rather than ignoring it)."""

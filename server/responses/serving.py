@@ -354,16 +354,22 @@ class ResponsesServing:
 
     def _file_search(self, req: ResponseCreateRequest) -> tuple[list[str], int] | None:
         """(vector stores, top_k) of the request's file_search tool; None without one."""
-        found = req.file_search()
-        if found is None:
+        tools = req.file_searches()
+        if not tools:
             return None
-        at, tool = found
+        for at, tool in tools:
+            for store_id in collection_names(tool.vector_store_ids):
+                if not key_sees(self.root, store_id, SCOPE.get()) or not is_vector_store(
+                    self.root, store_id
+                ):  # (another key's: none, before its files being indexed are waited for;
+                    raise _no_store(store_id, at)  # looked at first: one there took longer)
+        if len(tools) > 1:
+            raise APIError(
+                400, "one file_search tool per request is supported: list every vector store "
+                "in its vector_store_ids", param=f"tools.[{tools[1][0]}]",
+            )  # fmt: skip
+        at, tool = tools[0]
         store_ids = collection_names(tool.vector_store_ids)
-        for store_id in store_ids:
-            if not key_sees(self.root, store_id, SCOPE.get()) or not is_vector_store(
-                self.root, store_id
-            ):  # (another key's: none, before its files being indexed are waited for; looked
-                raise _no_store(store_id, at)  # at first: one there took longer to refuse)
         threshold = tool.ranking_options.score_threshold if tool.ranking_options else None
         if threshold:
             raise APIError(
