@@ -186,6 +186,9 @@ def test_an_agents_function_tools_and_tool_items_are_taken(
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model=MODEL, input="hi", tools=[fn], tool_choice="required")
     assert err.value.body["param"] == "tool_choice"  # (no file_search tool to call)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=MODEL, input="hi", tools=[search, fn, search])
+    assert err.value.body["param"] == "tools.[2]" and "one file_search tool" in err.value.message
 
 
 def test_a_search_without_a_tool_shows_its_results_when_included(
