@@ -57,6 +57,7 @@ from clara.stream import (
     check_context,
     context_limit,
 )
+from clara.structured import Constraint
 
 #: On the CPU a prefill chunk holds at most this many attention scores per prompt (heads x
 #: chunk rows x positions so far, float32: 4 MB), down to MIN_CHUNK rows: the softmax makes
@@ -101,6 +102,7 @@ class Sequence:
     fresh: bool = True  # its current token was sent at prefill, not by a step
     lp: tuple = ()  # logprob info of its current token (lazy), when it asked for it
     counts: mx.array | None = None  # (V,) times each token was generated, if penalized
+    constraint: Constraint | None = None  # the grammar its answer is held to, if any
     done: bool = False
     tag: object = field(default=None, repr=False)  # the caller's (e.g. the server's job)
 
@@ -174,6 +176,15 @@ class Decoder:
                 for row, s in zip(logits, seqs)
             ]
             logits = mx.stack(own)
+        if any(s.constraint is not None for s in seqs):  # structured output: the tokens its
+            no = mx.array(-mx.inf, dtype=logits.dtype)  # grammar does not allow next are out
+            held = [
+                row
+                if s.constraint is None
+                else mx.where(s.constraint.allowed(row.shape[-1]), row, no)
+                for row, s in zip(logits, seqs)
+            ]
+            logits = mx.stack(held)
         wants_lp = any(s.params.logprobs or s.params.top_logprobs for s in seqs)
         # Greedy rows take the argmax of the logits: no normalizing (the vocabulary-wide
         # logsumexp, MLX's scalar exp per logit, was ~9% of a batch-8 decode step), and the
@@ -254,6 +265,8 @@ class Decoder:
             if self.prefix_cache is not None:  # (what earlier requests left: before any of
                 text.cached_positions = self.prefix_cache.held(text_prefix(prompt))  # these)
             seq = Sequence(params, text, params.key(), tag=tag)
+            if params.grammar is not None:
+                seq.constraint = Constraint(self.cm.tokenizer, params.grammar)
             if text.max_tokens == 0:
                 seq.done = True
                 out[i] = (seq, text.empty())
@@ -550,6 +563,11 @@ class Decoder:
         if all(not s.fresh and s.text.tokens + 1 >= s.text.max_tokens for s in seqs):
             y, lp = self._y, ()  # every current token is its sequence's last: no next forward
         else:
+            if any(s.constraint is not None for s in seqs):  # a grammar reads each current
+                current = self._y.tolist()  # token before it says what may follow (this step
+                for s, token in zip(seqs, current):  # waits for them: no overlap)
+                    if s.constraint is not None:
+                        s.constraint.consume(token)
             with decode_steps():
                 logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
             for i, s in enumerate(seqs):  # the current tokens count (still lazy: no wait)

@@ -54,6 +54,8 @@ class SamplingParams:
     # has generated it, and by presence_penalty once it has (negative values raise it)
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    #: the grammar the answer is held to (`clara.structured.json_grammar`); None: free text
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 0:  # (it answered "" without a word)

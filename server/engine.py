@@ -859,6 +859,7 @@ def sampling(p: RagParams) -> SamplingParams:
         top_logprobs=p.top_logprobs,
         frequency_penalty=p.frequency_penalty,
         presence_penalty=p.presence_penalty,
+        grammar=p.grammar,
     )
 
 

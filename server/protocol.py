@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from clara.errors import InvalidArgumentError
 from clara.paths import COLLECTION_NAME
 from clara.retrieval import READING_MODES
+from clara.structured import json_grammar
 from clara.text import printable
 from clara_cli.http import SCOPE, APIError, JSONInt, KeyScope, json_int, valid_unicode
 from indexing.filters import AttributeFilter, check_filter
@@ -98,11 +99,52 @@ def refuse(param: str, what: str, value: bool = True, then: str = "") -> NoRetur
     )  # fmt: skip
 
 
-#: What a refused JSON output format says to do (structured output)
-JSON_BY_PROMPT = (
-    "ask for JSON in the prompt and parse the answer's text (the small default model rarely "
-    "writes valid JSON)"
-)
+#: The output formats a chat completion takes (`response_format`; Responses' `text.format`
+#: has the json_schema's fields at its top level)
+FORMATS = ["text", "json_object", "json_schema"]
+RESPONSE_FORMAT = {
+    "properties": {
+        "type": {"enum": FORMATS},
+        "json_schema": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "schema": {"type": "object"}},
+        },
+    },
+    "required": ["type"],
+}
+
+
+def format_grammar(fmt: Any, param: str, schema_at: str = "json_schema") -> str | None:
+    """The grammar of an output format (`response_format`, or Responses' `text.format`,
+    whose schema is at its top level: `schema_at` ""); None for text; a 400 naming `param`
+    for a format clara does not write or a schema it cannot hold an answer to."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise APIError(400, f"{param} must be an object with a 'type' ({', '.join(FORMATS)})",
+                       param=f"{param}.type" if isinstance(fmt, dict) else param)  # fmt: skip
+    kind = fmt["type"]
+    if kind == "text":
+        return None
+    if kind not in FORMATS:
+        refuse(f"{param}.type", f"{param} type {kind!r}", then=f"send one of {FORMATS}")
+    schema = None
+    if kind == "json_schema":
+        holder = fmt.get(schema_at) if schema_at else fmt
+        where = f"{param}.{schema_at}" if schema_at else param
+        if not isinstance(holder, dict):
+            raise APIError(400, f"{param} type 'json_schema' needs '{where}' (an object with "
+                           "the 'schema')", param=where)  # fmt: skip
+        schema = holder.get("schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise APIError(400, "the schema must be a JSON object", param=f"{where}.schema")
+        where = f"{where}.schema"
+    else:
+        where = param
+    try:
+        return json_grammar(schema)
+    except InvalidArgumentError as exc:
+        raise APIError(400, str(exc), param=where) from None
 
 
 def only(schema: dict[str, Any], **field: Any) -> Any:
@@ -350,9 +392,10 @@ class ChatCompletionRequest(_Request):
     """A hint, ignored: clara's prefix cache keeps what it can hold."""
     reasoning_effort: str | None = only({"enum": [None, "none", "minimal"]}, default=None)
     """This model does not reason: "none" and "minimal" pass, more is a 400."""
-    response_format: dict[str, Any] | None = only(
-        {"properties": {"type": {"enum": ["text"]}}, "required": ["type"]}, default=None
-    )
+    response_format: dict[str, Any] | None = only(RESPONSE_FORMAT, default=None)
+    """{"type": "json_object"}: the answer is a JSON object; {"type": "json_schema",
+    "json_schema": {"name", "schema"}}: a JSON value valid under the schema (decoding is held
+    to it: `clara.structured`); {"type": "text"}: free text (the default)."""
     safety_identifier: str | None = None
     """Ignored (OpenAI's, for its abuse detection), as `user` is."""
     seed: JSONInt | None = None
@@ -429,12 +472,6 @@ class ChatCompletionRequest(_Request):
             refuse("audio", "audio output", value=False)
         if any(m != "text" for m in self.modalities or []):
             refuse("modalities", "audio output")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            if "type" not in self.response_format:
-                raise APIError(400, "response_format needs a 'type' ('text')",
-                               param="response_format.type")  # fmt: skip
-            refuse("response_format", f"response_format {self.response_format.get('type')!r}",
-                   then=JSON_BY_PROMPT)  # fmt: skip
         if self.reasoning_effort not in (None, "none", "minimal"):
             refuse("reasoning_effort", "reasoning_effort (this model does not reason)")
         if self.web_search_options is not None:
@@ -452,6 +489,10 @@ class ChatCompletionRequest(_Request):
                             f"messages.[{i}].content.[{j}].type",
                             f"content of type {part.type!r} (this model reads text only)",
                         )
+
+    def grammar(self) -> str | None:
+        """The grammar `response_format` holds the answer to (None: free text)."""
+        return format_grammar(self.response_format, "response_format")
 
     def to_params(self, defaults: ServingDefaults, whole_history: bool = False) -> RagParams:
         """Split the conversation into question, history, system prompt and retrieval query.
@@ -491,6 +532,7 @@ class ChatCompletionRequest(_Request):
             logprobs=bool(self.logprobs),
             top_logprobs=self.top_logprobs or 0,
             truncate=self.truncation == "auto",
+            grammar=self.grammar(),
             **_sampling(self, defaults),
         )
 
@@ -585,6 +627,7 @@ class RagParams:
     # truncation "auto"), instead of a 400
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    grammar: str | None = None  # the JSON the answer is held to (`clara.structured`)
     raw: str | list[int] | None = None  # a legacy completion's prompt: read as it is by the
     # bare model (no chat template, no retrieval)
     scope: KeyScope | None | str = "unset"  # the collections its API key may read (None:

@@ -223,6 +223,7 @@ class _Reply:
     ready: Ready
     retrieval: RetrievalInfo
     logprobs: bool = False
+    json: bool = False  # the answer is held to JSON: no sources line after it
 
 
 class OpenAIServing:
@@ -492,6 +493,7 @@ class OpenAIServing:
                 filters=params.filters,
             ),
             logprobs=params.logprobs,
+            json=params.grammar is not None,
         )
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -572,7 +574,7 @@ class OpenAIServing:
         content = "".join(text)
         sources = sources_of(reply.ready, self.defaults.files_url)
         notes = annotations_of(reply.ready, sources, content)
-        if self.defaults.sources_in_text:
+        if self.defaults.sources_in_text and not reply.json:
             content += sources_line(reply.ready, sources, content, self._store_names(reply))
         message = ChatCompletionMessage(content=content, annotations=notes, sources=sources)
         return ChatCompletion(
@@ -717,9 +719,13 @@ class OpenAIServing:
                     continue
                 sources = sources_of(reply.ready, self.defaults.files_url)
                 notes = annotations_of(reply.ready, sources, "".join(said))
-                if self.defaults.sources_in_text and (
-                    line := sources_line(
-                        reply.ready, sources, "".join(said), self._store_names(reply)
+                if (
+                    self.defaults.sources_in_text
+                    and not reply.json
+                    and (
+                        line := sources_line(
+                            reply.ready, sources, "".join(said), self._store_names(reply)
+                        )
                     )
                 ):
                     yield sse(self._chunk(reply, DeltaMessage(content=line)))

@@ -84,6 +84,25 @@ def test_langchain_agent_history_with_tool_calls(server: ServerProcess, response
     assert answer.usage_metadata["input_tokens"] > plain.usage_metadata["input_tokens"]
 
 
+@pytest.mark.parametrize("responses_api", [False, True], ids=["chat", "responses"])
+def test_langchain_structured_output(server: ServerProcess, responses_api: bool) -> None:
+    """`with_structured_output(method="json_schema")` (LangChain's default for OpenAI) was a
+    400: decoding is now held to the schema, and LangChain parses the answer."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Verdict(BaseModel):
+        answer: Literal["yes", "no"]
+
+    llm = langchain_openai.ChatOpenAI(
+        model=MODEL, base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0,
+        use_responses_api=responses_api, temperature=0, max_tokens=24,
+    )  # fmt: skip
+    verdict = llm.with_structured_output(Verdict, method="json_schema").invoke("Is it true?")
+    assert isinstance(verdict, Verdict) and verdict.answer in ("yes", "no")
+
+
 def test_langchain_openai_embeddings(server: ServerProcess) -> None:
     """OpenAIEmbeddings sending text (its token-id path needs tiktoken's files from the
     network, and other ids than this model's: README) gets the server's query embeddings."""

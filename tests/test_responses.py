@@ -214,6 +214,22 @@ def test_a_search_without_a_tool_shows_its_results_when_included(
     assert [i.type for i in off.output] == ["message"]  # nothing searched: nothing shown
 
 
+def test_text_format_holds_the_answer_to_a_json_schema(client: openai.OpenAI) -> None:
+    """Structured output on the Responses API (the Agents SDK's `output_type`, the SDK's
+    `responses.parse`): the answer is JSON valid under the schema, and says its format."""
+    schema = {
+        "type": "object", "properties": {"answer": {"enum": ["yes", "no"]}},
+        "required": ["answer"], "additionalProperties": False,
+    }  # fmt: skip
+    fmt = {"type": "json_schema", "name": "yes_no", "schema": schema, "strict": True}
+    r = client.responses.create(
+        model=MODEL, input="Is it true?", max_output_tokens=24, text={"format": fmt}
+    )
+    assert r.status == "completed", r.output_text
+    assert json.loads(r.output_text)["answer"] in ("yes", "no")
+    assert r.text.format.type == "json_schema" and r.text.format.name == "yes_no"
+
+
 def test_chat_sources_of_uploads_name_the_file_not_the_servers_folder(
     client: openai.OpenAI, server, knowledge_base
 ) -> None:
@@ -856,9 +872,13 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "reasoning": {"effort": "low"}}, "reasoning.effort"),
         ({"input": "hi", "reasoning": {"effort": "none", "frob": 1}}, "reasoning"),
-        ({"input": "hi", "text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
+        (
+            {"input": "hi", "text": {"format": {"type": "json_schema", "schema": {"type": "x"}}}},
+            "text.format.schema",
+        ),
         ({"input": "hi", "text": {"format": "json_object"}}, "text.format"),  # (read as text)
-        ({"input": "hi", "text": {"format": {"name": "x"}}}, "text.format"),
+        ({"input": "hi", "text": {"format": {"name": "x"}}}, "text.format.type"),
         ({"input": "hi", "frobnicate": 1}, "frobnicate"),
         ({"input": "hi", "include": ["reasoning.encrypted_content"]}, "include.[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, None),

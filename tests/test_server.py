@@ -160,6 +160,43 @@ def test_a_conversation_begun_with_tool_calls_goes_on(
     assert r.choices[0].message.tool_calls is None and r.choices[0].message.model_extra["sources"]
 
 
+#: a JSON schema the tiny random model's answer is held to: a few tokens to write in all
+YES_NO = {
+    "type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"],
+    "additionalProperties": False,
+}  # fmt: skip
+
+
+def test_structured_output_holds_the_answer_to_json(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    """An agent audit: `response_format` JSON modes (LangChain's with_structured_output,
+    the Agents SDK's output_type) were a 400. Decoding is held to the schema, so even the
+    tiny random model answers valid JSON; a free-text chat decoding beside one is
+    unchanged (the grammar masks its own row only)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "yes_no", "schema": YES_NO}}
+    r = client.chat.completions.create(
+        model=MODEL, messages=ask("Is it true?"), max_tokens=24, response_format=fmt
+    )
+    assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+    assert json.loads(r.choices[0].message.content)["answer"] in ("yes", "no")
+    free = client.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=12)
+    with ThreadPoolExecutor(4) as pool:  # (one batch: JSON rows beside a free one)
+        held = [pool.submit(client.chat.completions.create, model=MODEL, max_tokens=24,
+                            messages=ask("Is it true?"), response_format=fmt)
+                for _ in range(3)]  # fmt: skip
+        beside = pool.submit(client.chat.completions.create, model=MODEL, messages=ask("hi"),
+                             max_tokens=12)  # fmt: skip
+        assert beside.result().choices[0].message.content == free.choices[0].message.content
+        assert all(json.loads(h.result().choices[0].message.content) for h in held)
+    # any JSON object: the answer starts one (the tiny model seldom ends it in 8 tokens)
+    obj = client.chat.completions.create(
+        model=MODEL, messages=ask("hi"), max_tokens=8, response_format={"type": "json_object"},
+        stream=True,
+    )  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in obj if c.choices).startswith("{")
+
+
 def test_base_model_id_is_accepted(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
     resp = client.chat.completions.create(
         model=str(tiny_llama_dir), messages=ask("hello"), max_tokens=2
@@ -669,7 +706,7 @@ def test_logprob_bytes_join_into_the_answer(client: openai.OpenAI) -> None:
 
 #: the code of each refusal of something clara cannot do (by `param`), in the tests below
 UNSUPPORTED = {
-    "tool_choice": "unsupported_value", "response_format": "unsupported_value",
+    "tool_choice": "unsupported_value", "response_format.type": "unsupported_value",
     "messages.[0].audio": "unsupported_parameter",
     "messages.[0].content.[0].type": "unsupported_value", "reasoning_effort": "unsupported_value",
     "web_search_options": "unsupported_parameter",
@@ -748,7 +785,18 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
             },
             "messages.[0].content.[0].type",
         ),
-        ({"messages": ask("hi"), "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": ask("hi"), "response_format": {"type": "yaml"}}, "response_format.type"),
+        (
+            {
+                "messages": ask("hi"),
+                "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}},
+            },
+            "response_format.json_schema.schema",
+        ),
+        (
+            {"messages": ask("hi"), "response_format": {"type": "json_schema"}},
+            "response_format.json_schema",
+        ),  # fmt: skip
         ({"messages": ask("hi"), "collection": "../etc"}, "collection"),
         # an OpenAI-parameters audit: each was answered as if it had not been sent
         ({"messages": ask("hi"), "response_format": {"json_schema": {}}}, "response_format.type"),
@@ -767,6 +815,8 @@ def test_invalid_or_unsupported_requests_are_400(server: ServerProcess, body: di
     # what clara cannot do has OpenAI's code (an agent audit: clients that branch on it got
     # none); a malformed request has none
     code = UNSUPPORTED.get(param)
+    if param == "response_format.type" and "type" not in body["response_format"]:
+        code = None  # (no type at all: malformed)
     err = assert_error(post(server, "/v1/chat/completions", body), 400, param=param, code=code)
     assert err["type"] == "invalid_request_error"
     if param == "collection":  # (it showed the regular expression; a web chat audit)

@@ -23,13 +23,14 @@ from clara_cli.http import APIError, Metadata, ShortText, json_int, valid_unicod
 from indexing.filters import AttributeFilter
 from indexing.service.protocol import Attributes, Ranker
 from server.protocol import (
-    JSON_BY_PROMPT,
+    FORMATS,
     MAX_SEARCHED,
     MAX_TOOLS,
     NULL,
     CollectionName,
     CollectionNames,
     ModelName,
+    format_grammar,
     note_tools,
     only,
     refuse,
@@ -233,11 +234,24 @@ class ResponseCreateRequest(_Request):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     text: dict[str, Any] | None = only(
         {"properties": {"format": {"anyOf": [
-            {"type": "object", "properties": {"type": {"enum": ["text"]}}, "required": ["type"]},
+            {"type": "object", "required": ["type"], "properties": {
+                "type": {"enum": FORMATS}, "name": {"type": "string"},
+                "schema": {"type": "object"}}},
             NULL,
         ]}}},
         default=None,
     )  # fmt: skip
+    """`format`: {"type": "text"} (the default), {"type": "json_object"}, or {"type":
+    "json_schema", "name", "schema"}: the answer is JSON, valid under the schema."""
+
+    def chat_format(self) -> dict[str, Any] | None:
+        """`text.format` as chat completions' `response_format`."""
+        fmt = (self.text or {}).get("format")
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+            return fmt
+        return {"type": "json_schema", "json_schema": {k: fmt[k] for k in ("name", "schema")
+                                                       if k in fmt}}  # fmt: skip
+
     tool_choice: str | dict[str, Any] | None = only(
         {
             "anyOf": [
@@ -329,12 +343,7 @@ class ResponseCreateRequest(_Request):
                 f"reasoning options {sorted(set(reasoning) - {'effort', 'summary', 'generate_summary'})}",
                 value=False,
             )
-        fmt = (self.text or {}).get("format")
-        if fmt is not None and not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str)):
-            raise APIError(400, "text.format must be an object with a 'type' (clara-serve "
-                           "writes \"text\")", param="text.format")  # fmt: skip
-        if isinstance(fmt, dict) and fmt["type"] != "text":
-            refuse("text.format", f"text format {fmt.get('type')!r}", then=JSON_BY_PROMPT)
+        format_grammar((self.text or {}).get("format"), "text.format", schema_at="")
         if any(isinstance(t, FunctionTool) for t in self.tools or []):
             note_tools()
         choice = self.tool_choice

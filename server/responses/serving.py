@@ -110,9 +110,10 @@ def _tool_message(item: dict[str, Any]) -> ChatMessage:
 
 
 def _text_echo(text: dict[str, Any] | None) -> dict[str, Any]:
-    """The response's `text`: the one format clara writes, and the verbosity asked (other
+    """The response's `text`: the format it was written in, and the verbosity asked (other
     keys are not echoed: stored with every response, they could be megabytes)."""
-    echo: dict[str, Any] = {"format": {"type": "text"}}
+    fmt = (text or {}).get("format") or {"type": "text"}
+    echo: dict[str, Any] = {"format": fmt}
     verbosity = (text or {}).get("verbosity")
     if verbosity in ("low", "medium", "high"):
         echo["verbosity"] = verbosity
@@ -402,6 +403,7 @@ class ResponsesServing:
             top_p=req.top_p,
             mode=req.mode,
             retrieval_mode=req.retrieval_mode,
+            response_format=req.chat_format(),
             logprobs=(lp := "message.output_text.logprobs" in (req.include or [])),
             top_logprobs=req.top_logprobs if lp else None,  # (asked for by `include` only)
         )
