@@ -39,14 +39,17 @@ def generate(
     ignore_eos: bool = False,
     logprobs: bool = False,
     top_logprobs: int = 0,
+    grammar: str | None = None,
 ) -> Iterator[GenerationChunk]:
     """Stream tokens for `prompt`; the last chunk carries `finish_reason`.
 
-    `ignore_eos` keeps decoding to `max_tokens` (benchmarks compare equal lengths).
+    `ignore_eos` keeps decoding to `max_tokens` (benchmarks compare equal lengths);
+    `grammar` holds the answer to JSON (`clara.structured.json_grammar(schema)`).
     """
     params = SamplingParams(
-        max_tokens, temperature, top_p, seed, stop, ignore_eos, logprobs, top_logprobs
-    )
+        max_tokens, temperature, top_p, seed, stop, ignore_eos, logprobs, top_logprobs,
+        grammar=grammar,
+    )  # fmt: skip
     decoder = Decoder(cm, adapter, max_context=max_context, prefill_step=prefill_step)
     seq, first = decoder.add(prompt, params)
     yield first

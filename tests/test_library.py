@@ -270,3 +270,20 @@ def test_the_readme_python_example_runs(tmp_path):
     assert lines[1].endswith(
         "notes.md: Paris is the capital of France. The Eiffel Tower was finishe"
     )
+
+
+def test_generate_holds_an_answer_to_a_json_schema(cm):
+    """`generate(..., grammar=json_grammar(schema))`: the library's structured output (the
+    server's response_format); a schema it cannot use is an InvalidArgumentError."""
+    import json
+
+    from clara.structured import json_grammar
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}  # fmt: skip
+    prompt = text_prompt(cm, "Is it?", None)
+    chunks = list(generate(cm, prompt, adapter=None, max_tokens=16, grammar=json_grammar(schema)))
+    assert chunks[-1].finish_reason == "stop"
+    assert isinstance(json.loads("".join(c.text for c in chunks))["ok"], bool)
+    with pytest.raises(InvalidArgumentError, match="minLength"):
+        json_grammar({"type": "string", "minLength": "x"})
