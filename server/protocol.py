@@ -124,23 +124,25 @@ def format_grammar(fmt: Any, param: str, schema_at: str = "json_schema") -> str 
         raise APIError(400, f"{param} must be an object with a 'type' ({', '.join(FORMATS)})",
                        param=f"{param}.type" if isinstance(fmt, dict) else param)  # fmt: skip
     kind = fmt["type"]
+    if schema_at and schema_at in fmt and not isinstance(fmt[schema_at], dict):
+        raise APIError(
+            400, f"'{param}.{schema_at}' must be an object", param=f"{param}.{schema_at}"
+        )
+    holder = fmt.get(schema_at) if schema_at else fmt
+    base = f"{param}.{schema_at}" if schema_at else param
+    for key, kind_of, what in (("name", str, "a string"), ("schema", dict, "an object")):
+        if isinstance(holder, dict) and key in holder and not isinstance(holder[key], kind_of):
+            raise APIError(400, f"'{base}.{key}' must be {what}", param=f"{base}.{key}")
     if kind == "text":
         return None
     if kind not in FORMATS:
         refuse(f"{param}.type", f"{param} type {kind!r}", then=f"send one of {FORMATS}")
-    schema = None
+    schema, where = None, param
     if kind == "json_schema":
-        holder = fmt.get(schema_at) if schema_at else fmt
-        where = f"{param}.{schema_at}" if schema_at else param
         if not isinstance(holder, dict):
-            raise APIError(400, f"{param} type 'json_schema' needs '{where}' (an object with "
-                           "the 'schema')", param=where)  # fmt: skip
-        schema = holder.get("schema")
-        if schema is not None and not isinstance(schema, dict):
-            raise APIError(400, "the schema must be a JSON object", param=f"{where}.schema")
-        where = f"{where}.schema"
-    else:
-        where = param
+            raise APIError(400, f"{param} type 'json_schema' needs '{base}' (an object with "
+                           "the 'schema')", param=base)  # fmt: skip
+        schema, where = holder.get("schema"), f"{base}.schema"
     try:
         return json_grammar(schema)
     except InvalidArgumentError as exc:
