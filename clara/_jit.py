@@ -31,6 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from clara import _native
 from clara.paths import make_private_dirs
 
 FLAGS = (
@@ -45,7 +46,7 @@ reason: str | None = None
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "jit-bin"
+    return _native.cache_home() / "jit-bin"
 
 
 def _mlx_kernels() -> Path | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import platform
 import subprocess
@@ -39,9 +40,43 @@ def cpu_tag() -> str:
     return f"{platform.machine()} {cpuinfo('flags', 'Features')}"
 
 
+@functools.cache
+def cache_home() -> Path:
+    """Where clara keeps what it compiles: $XDG_CACHE_HOME/clara (default ~/.cache/clara);
+    where that cannot be written (a container run as another user, its home read-only),
+    $CLARA_HOME/cache, then a folder of this user's in the temporary folder. A container
+    audit: without a cache every kernel was off, and decoding 2-3x slower, with one INFO
+    line. A folder another user owns, or may write, is never used: what is loaded from it
+    runs in this process."""
+    try:
+        user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara"
+    except RuntimeError:  # (no home: no HOME, and no passwd entry)
+        user = None
+    candidates = [user] if user is not None else []
+    if os.environ.get("CLARA_HOME"):
+        candidates.append(Path(os.environ["CLARA_HOME"]).expanduser() / "cache")
+    candidates.append(Path(tempfile.gettempdir()) / f"clara-cache-{os.getuid()}")
+    for place in candidates:
+        try:
+            place.mkdir(parents=True, exist_ok=True, mode=0o700)
+            st = place.stat()
+        except OSError:
+            continue
+        if st.st_uid == os.getuid() and not st.st_mode & 0o022 and os.access(place, os.W_OK):
+            if place != candidates[0]:
+                logging.getLogger("clara").warning(
+                    "%s cannot be written: compiled kernels are kept in %s (set "
+                    "XDG_CACHE_HOME to a writable folder to choose)",
+                    candidates[0],
+                    place,
+                )
+            return place
+    return candidates[0]
+
+
 def lib_cache() -> Path:
-    """Where clara keeps the libraries it compiles: $XDG_CACHE_HOME/clara/lib."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara" / "lib"
+    """Where clara keeps the libraries it compiles (`cache_home`/lib)."""
+    return cache_home() / "lib"
 
 
 #: A built library unused this long is removed when a sibling (same name before the key) is

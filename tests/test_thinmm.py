@@ -619,3 +619,32 @@ def test_bf16_training_copies_take_forward_and_backward_products():
     np.testing.assert_array_equal(np.array(grad), backward)
     copies.close()
     assert np.array_equal(np.array(x @ w.T), exact)
+
+
+def test_kernels_are_cached_where_they_can_be_written(tmp_path, monkeypatch):
+    """A container audit: run as another user with a read-only home, nothing could be
+    cached, every kernel was off and decoding 2-3x slower. The cache goes to
+    $CLARA_HOME/cache, then a folder of this user's in the temporary folder; a folder others
+    may write is never used (what is loaded from it runs in this process)."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    monkeypatch.setenv("CLARA_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(_native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    _native.cache_home.cache_clear()
+    try:
+        assert _native.cache_home() == tmp_path / "home" / "cache"
+        assert _native.lib_cache() == tmp_path / "home" / "cache" / "lib"
+        (tmp_path / "home" / "cache").rmdir()  # (a file where the folder would be: unusable
+        (tmp_path / "home" / "cache").write_text("")  # even for root, who writes anywhere)
+        (tmp_path / "tmp").mkdir()
+        shared = tmp_path / "tmp" / f"clara-cache-{os.getuid()}"
+        shared.mkdir(mode=0o777)
+        shared.chmod(0o777)  # made by someone else, writable by all: not used
+        _native.cache_home.cache_clear()
+        assert _native.cache_home() == blocked / "clara"  # (none usable: as before)
+        shared.chmod(0o700)
+        _native.cache_home.cache_clear()
+        assert _native.cache_home() == shared
+    finally:
+        _native.cache_home.cache_clear()
