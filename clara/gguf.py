@@ -349,8 +349,21 @@ def _walk_header(data: memoryview, tensors: int, pairs: int) -> None:
 
 def _write_model(gguf: Path, out: Path) -> None:
     _check_header(gguf)
+    copy = None
+    if not os.access(gguf, os.W_OK):  # MLX's GGUF reader opens the file for writing too: a
+        copy = out / ".source.gguf"  # read-only one (a package installed by root, read by a
+        shutil.copyfile(gguf, copy)  # container's user) failed as "cannot read ... as GGUF"
     try:
-        raw, meta = mx.load(str(gguf), return_metadata=True)
+        _convert(copy or gguf, gguf, out)
+    finally:
+        if copy is not None:
+            copy.unlink(missing_ok=True)
+
+
+def _convert(source: Path, gguf: Path, out: Path) -> None:
+    """`_write_model` of the GGUF file at `source` (`gguf`, or a copy of it)."""
+    try:
+        raw, meta = mx.load(str(source), return_metadata=True)
     except Exception as exc:  # noqa: BLE001 - mlx raises plain RuntimeError/ValueError here
         raise GGUFConversionError(f"cannot read {gguf} as GGUF: {exc}") from exc
     if "rope_freqs.weight" in raw:

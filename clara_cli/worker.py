@@ -117,6 +117,7 @@ class Worker:
         self.max_waiting = max(1, max_waiting)
         self.service = service
         self.state = "starting"  # starting | loading | ready | failed | stopped
+        self.crashed = False  # failed after it was ready (not while loading)
         self.error: BaseException | None = None
         self.cm: Any = None  # the loaded model (worker thread only, besides plain attributes)
         # Run on the worker after loading, in order; an exception there fails the start.
@@ -159,6 +160,11 @@ class Worker:
             self._cv.notify_all()
 
     def check_ready(self) -> None:
+        if self.crashed:
+            raise APIError(
+                503, f"{self.service}'s model worker stopped ({self.error!r}): it is stopping, "
+                "to be started again", code="model_failed",
+            )  # fmt: skip
         check_ready(self.state, self.error)
 
     def queue_depth(self) -> int:
@@ -332,6 +338,23 @@ class Worker:
                 self.on_fatal(exc)
             return
         log.info("model ready")
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - a bug outside any task's own work
+            # (a container audit: the thread died, /health said ok and every request hung):
+            # failed, the queue told, the server stopped for its supervisor to start again
+            self.state, self.error, self.crashed = "failed", exc, True
+            log.critical("the model worker stopped: %r; the server stops", exc, exc_info=exc)
+            with self._cv:  # (the task it was running is told too)
+                if self._current is not None:
+                    self._queues[self._current.priority].appendleft(self._current)
+                    self._current = None
+            self._drain()
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+
+    def _serve(self) -> None:
+        """Run tasks until stopped, then `_drain`."""
         while True:
             with self._cv:
                 task = self._next()

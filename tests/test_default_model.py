@@ -113,6 +113,30 @@ def test_conversion_is_deterministic(tmp_path: Path) -> None:
     assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 32
 
 
+def test_a_gguf_this_user_may_not_write_converts_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container audit: run as a user who may read the packaged GGUF but not write it, the
+    conversion failed ("cannot read ... as GGUF": MLX's reader opens it for writing too). It
+    reads a copy then, which it removes; the model is the same, byte for byte."""
+    source = gguf.default_gguf_path()
+    plain = gguf.convert_gguf(source, tmp_path / "plain")
+    loaded: list[str] = []
+    real_load = gguf.mx.load
+
+    def load(path, **kw):
+        loaded.append(path)
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(gguf.mx, "load", load)
+    monkeypatch.setattr(gguf.os, "access", lambda path, mode: Path(path) != source)
+    copied = gguf.convert_gguf(source, tmp_path / "copied")
+    assert loaded and Path(loaded[0]) != source and not Path(loaded[0]).exists()
+    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in plain.iterdir())
+    for p in plain.iterdir():
+        assert (copied / p.name).read_bytes() == p.read_bytes(), p.name
+
+
 def test_failed_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash while writing the tokenizer")

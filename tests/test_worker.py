@@ -168,6 +168,34 @@ def test_a_failed_load_is_reported_and_refuses_work() -> None:
     assert info.value.code == "model_failed"
 
 
+def test_a_worker_whose_loop_breaks_fails_its_work_and_stops_the_server() -> None:
+    """A container audit: the model thread died of a bug outside any task (its loop), while
+    /health said ok and every request waited for ever. Now it is failed (/health's 503), the
+    waiting work is told, and `on_fatal` stops the server for its supervisor to restart."""
+    fatal: list[BaseException] = []
+    worker = ready_worker()
+    worker.on_fatal = fatal.append
+    gate = threading.Event()
+    worker.submit(Task("running", lambda cm: gate.wait(10)))
+    wait_until(lambda: worker._current is not None)
+    told: list[BaseException] = []
+    waiting = Task("waiting", lambda cm: None)
+    waiting.failed = told.append
+    worker.submit(waiting)
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the loop")
+
+    worker._next = broken  # (the next look at the queue breaks)
+    gate.set()
+    wait_until(lambda: fatal)
+    assert worker.state == "failed" and worker.crashed and "a bug" in repr(fatal[0])
+    assert told and not worker._thread.is_alive()
+    with pytest.raises(APIError) as info:
+        worker.check_ready()
+    assert info.value.code == "model_failed" and "model worker stopped" in info.value.message
+
+
 def test_work_before_the_model_is_loaded_is_a_503() -> None:
     release = threading.Event()
     worker = Worker(lambda: release.wait(5) and "model")
