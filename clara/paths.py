@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import glob
 import hashlib
 import os
@@ -138,6 +140,40 @@ def show_path(path: str | os.PathLike | None) -> str:
     except ValueError:
         return printable(path_text(path))
     return printable(path_text(rel if not rel.startswith("..") else path))
+
+
+def hold_owner_lock(path: Path) -> int:
+    """Lock the file `path` for as long as this process keeps the descriptor returned: the
+    sign that an owner (a service, a writer of stored responses) runs, which pids do not
+    give (in two containers both processes are pid 1). Locked before it takes its name:
+    another process looking at it in between would find it unlocked, and think it stopped."""
+    path.parent.mkdir(exist_ok=True)
+    made = path.with_name(f".{path.name}.new")
+    fd = os.open(made, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # (a file system without locks: its owner then looks stopped to others)
+        pass
+    os.replace(made, path)
+    return fd
+
+
+def owner_running(path: Path) -> bool:
+    """Whether the owner of the lock file `path` (`hold_owner_lock`) still runs; a stopped
+    one's file is removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return False
 
 
 def pid_alive(pid: int) -> bool:

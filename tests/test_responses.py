@@ -1218,6 +1218,37 @@ def test_a_stream_cut_by_a_crash_reads_failed_after_a_restart_as_the_same_pid(
     restarted.close()
 
 
+def test_a_replica_in_another_container_is_seen_writing_its_responses(tmp_path: Path) -> None:
+    """A container audit: replicas sharing the store in their own containers (each pid 1, or
+    the other's pid not there) read each other's running responses as failed, and wrote
+    that into the row. A writer is known by the lock it holds, not by its pid."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from server.responses.store import ResponseStore
+
+    db = tmp_path / "responses.sqlite"
+    writing = (  # another replica, streaming r1 (it holds its writer lock until killed)
+        "import sys, time; from pathlib import Path; from server.responses.store import "
+        "ResponseStore; s = ResponseStore(Path(sys.argv[1])); s.put({'id': 'r1', "
+        "'created_at': 1, 'status': 'in_progress'}, []); print('ok', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", writing, str(db)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == b"ok"
+        with sqlite3.connect(db) as conn:  # its pid, as seen from here: this one's (both pid 1)
+            conn.execute("UPDATE running SET pid = ?", (os.getpid(),))
+        reader = ResponseStore(db)
+        assert reader.get("r1")["status"] == "in_progress"
+        child.kill()
+        child.wait()
+        assert reader.get("r1")["status"] == "failed"  # (gone: its lock went with it)
+        reader.close()
+    finally:
+        child.kill()
+
+
 def test_a_locked_response_store_holds_up_only_its_own_request(server, client, tmp) -> None:
     """Another process holds the SQLite file's write lock: the DELETE waits for it, while
     the event loop goes on answering everyone else (/health) at once."""

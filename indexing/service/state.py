@@ -4,8 +4,6 @@ attach them to vector stores (`<index>/uploads/registry.sqlite`, next to the upl
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -17,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clara.paths import UPLOADS, make_private_dirs, sqlite_error
+from clara.paths import UPLOADS, hold_owner_lock, make_private_dirs, owner_running, sqlite_error
 from indexing.durable import FULLFSYNC, empty_wal
 
 if TYPE_CHECKING:
@@ -389,36 +387,11 @@ class Registry:
                 self._owner_lock = self._take_owner_lock()
 
     def _take_owner_lock(self) -> int:
-        """The lock file, locked before it takes its name (another service looking at it in
-        between would find it unlocked, and remove it as a stopped one's)."""
-        path = self._owner_path(self.owner)
-        path.parent.mkdir(exist_ok=True)
-        made = path.with_name(f".{path.name}.new")
-        fd = os.open(made, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # (a file system without locks: claims then look stopped to others)
-            pass
-        os.replace(made, path)
-        return fd
+        return hold_owner_lock(self._owner_path(self.owner))
 
     def _running(self, owner: str) -> bool:
-        """Whether the service named `owner` still runs (holds its lock); a stopped one's
-        lock file is removed."""
-        path = self._owner_path(owner)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
-        finally:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        return False
+        """Whether the service named `owner` still runs (holds its lock)."""
+        return owner_running(self._owner_path(owner))
 
     # -- file batches ----------------------------------------------------------------------
     def add_batch(self, batch: Batch) -> None:

@@ -17,13 +17,14 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from clara.paths import make_private_dirs, pid_alive
+from clara.paths import hold_owner_lock, make_private_dirs, owner_running, pid_alive
 from clara_cli.http import SCOPE, APIError, storage_error
 
 log = logging.getLogger("clara.responses")
@@ -35,7 +36,13 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE TABLE IF NOT EXISTS running (id TEXT PRIMARY KEY, pid INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS owners (id TEXT PRIMARY KEY, key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS writers (id TEXT PRIMARY KEY, writer TEXT NOT NULL);
 """
+# `writers` (0.2.17): the name of the process writing a response still in progress, alive
+# while it holds `<db>.writers/<name>.lock` (`clara.paths.hold_owner_lock`): replicas sharing
+# the file in their own containers (each pid 1, or the other's pid not there) read each
+# other's running responses as failed, and wrote it. `running` keeps the pid for an older
+# clara, which reads that alone.
 # `owners` (0.2.13): the name of the API key that made a response (--api-key-file), the only
 # key that reads, continues and deletes it; a response without a row (made without keys, or by
 # an older clara) is every key's. A table of its own, so an older clara still writes this file.
@@ -88,6 +95,8 @@ class ResponseStore:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._expired_at = -float("inf")  # (monotonic) when `_expire` last ran
+        self.writer = secrets.token_hex(8)  # this process's name in `writers`
+        self._writer_lock: int | None = None  # held from its first running response on
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -125,7 +134,12 @@ class ResponseStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 old = "SELECT id FROM responses WHERE created_at < ?"
-                for table, column in (("items", "response"), ("owners", "id"), ("running", "id")):
+                for table, column in (
+                    ("items", "response"),
+                    ("owners", "id"),
+                    ("running", "id"),
+                    ("writers", "id"),
+                ):
                     db.execute(f"DELETE FROM {table} WHERE {column} IN ({old})", (before,))
                 n = db.execute("DELETE FROM responses WHERE created_at < ?", (before,)).rowcount
                 db.execute("COMMIT")
@@ -189,10 +203,15 @@ class ResponseStore:
                 if key is not None:
                     db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (response["id"], key))
                 if running:
+                    if self._writer_lock is None:
+                        self._writer_lock = hold_owner_lock(self._writer_path(self.writer))
                     db.execute("INSERT OR REPLACE INTO running VALUES (?, ?)",
                                (response["id"], os.getpid()))  # fmt: skip
+                    db.execute("INSERT OR REPLACE INTO writers VALUES (?, ?)",
+                               (response["id"], self.writer))  # fmt: skip
                 else:
                     db.execute("DELETE FROM running WHERE id = ?", (response["id"],))
+                    db.execute("DELETE FROM writers WHERE id = ?", (response["id"],))
                 db.execute("COMMIT")
                 (_WRITING.add if running else _WRITING.discard)(response["id"])
             except BaseException as exc:
@@ -220,9 +239,17 @@ class ResponseStore:
             self.put(response, json.loads(row[0]), row[2])  # (its owner, not the reader)
         return response
 
+    def _writer_path(self, writer: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.writers") / f"{writer}.lock"
+
     def _orphaned(self, response_id: str) -> bool:
         with self._lock:
+            writer = self._read("SELECT writer FROM writers WHERE id = ?", response_id)
             found = self._read("SELECT pid FROM running WHERE id = ?", response_id)
+        if writer is not None:  # (its lock: any container's, on this file system)
+            if writer[0] == self.writer:
+                return response_id not in _WRITING
+            return not owner_running(self._writer_path(writer[0]))
         if found is None:
             return True
         if found[0] == os.getpid():  # (this process's, or a dead one's under the same pid)
@@ -271,6 +298,7 @@ class ResponseStore:
                 gone = found is not None and self._readable(found, key) is None
                 cur = db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM running WHERE id = ?", (response_id,))
+                db.execute("DELETE FROM writers WHERE id = ?", (response_id,))
                 db.execute("DELETE FROM items WHERE response = ?", (response_id,))
                 db.execute("DELETE FROM owners WHERE id = ?", (response_id,))
                 if cur.rowcount:  # (its text stayed in the WAL until a checkpoint: a crash
@@ -321,6 +349,11 @@ class ResponseStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._writer_lock is not None:  # its running responses are a stopped one's
+                with contextlib.suppress(OSError):
+                    os.unlink(self._writer_path(self.writer))
+                os.close(self._writer_lock)
+                self._writer_lock = None
 
 
 def _visible_to(owner: str | None, key: str | None) -> bool:
