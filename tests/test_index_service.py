@@ -1004,6 +1004,54 @@ def test_a_starting_service_leaves_another_running_services_jobs_alone(
         again.close()
 
 
+def test_a_running_service_takes_the_jobs_of_one_that_stops_later(
+    tmp_path: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    """A container audit: in a rolling upgrade the new replica starts while the old one is
+    indexing, and leaves its jobs alone; once the old one stopped, they stayed
+    "in_progress" until some service started again. A running service now looks for the
+    jobs of services that stopped (every ADOPT_EVERY_S) and takes them."""
+    from fastapi.testclient import TestClient
+
+    from clara.checkpoint import load_clara
+    from indexing.pipeline import model_manifest
+    from indexing.service import app as service_app
+    from indexing.store import Collection
+
+    monkeypatch.setattr(service_app, "ADOPT_EVERY_S", 0.2)
+    root = tmp_path / "index"
+    old = Registry(root / "uploads")  # the replica being replaced, indexing
+    (root / "uploads" / "file-old").mkdir(parents=True)
+    (root / "uploads" / "file-old" / "w.txt").write_text(WATER)
+    old.add_file(FileRecord("file-old", "w.txt", len(WATER), 0, "assistants"))
+    old.put_link(Link("kept", "file-old", 0, "in_progress"))
+    assert old.claim("kept", "file-old")
+
+    def load():
+        cm = load_clara(tiny_llama_dir, None, dtype=None)
+        Collection.open(root, "kept", model_manifest(cm), create=True).close()
+        return cm
+
+    app = service_app.create_app(service_app.ServiceSettings(index_root=str(root)), load=load)
+    try:
+        with TestClient(app) as http:
+
+            def status() -> str:
+                return http.get("/v1/vector_stores/kept/files/file-old").json()["status"]
+
+            deadline = time.monotonic() + 120
+            while app.state.service.worker.state != "ready" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # (several looks: the old one still runs)
+            assert status() == "in_progress"
+            old.close()  # the old replica stops mid-job
+            while status() == "in_progress" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status() == "completed"
+    finally:
+        old.close()
+
+
 def test_a_failed_load_answers_model_failed_like_clara_serve(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 

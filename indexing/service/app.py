@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -231,8 +233,28 @@ def mount_files_api(app: FastAPI, service: IndexService) -> None:
     jobs a stop interrupted are queued again once the worker's model is loaded."""
     app.state.service = service
     service.worker.ready_hooks.append(lambda cm: service.resume())
+    service.worker.ready_hooks.append(lambda cm: threading.Thread(
+        target=_adopting, args=(service,), name="clara-adopt", daemon=True).start())  # fmt: skip
 
     _routes(app)
+
+
+#: How often a service looks for jobs another one stopped in the middle of (`adopt`)
+ADOPT_EVERY_S = 15.0
+
+
+def _adopting(service: IndexService) -> None:
+    """Every ADOPT_EVERY_S while the model serves: take over the jobs of a service on this
+    index root that stopped mid-job (`IndexService.adopt`)."""
+    worker = service.worker
+    while True:
+        time.sleep(ADOPT_EVERY_S)
+        if worker.state != "ready":  # (stopped, or failed)
+            return
+        try:
+            service.adopt()
+        except Exception as exc:  # noqa: BLE001 - looked at again next time
+            log.warning("looking for jobs a stopped service left: %s", exc)
 
 
 def _polled(obj: Any) -> Any:

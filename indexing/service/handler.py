@@ -830,6 +830,14 @@ class IndexService:
         self._queued.discard((store_id, file_id))
         self.registry.release(store_id, file_id)
 
+    def adopt(self) -> None:
+        """Queue the jobs another service on this index root was doing when it stopped, if
+        there are any (`resume` once the model is loaded; then looked at every ADOPT_EVERY_S
+        by `clara_cli`'s apps): a replica that started while another was indexing left those
+        jobs "in_progress" for good once the other stopped (a container audit)."""
+        if self.registry.stopped_claims():
+            self.worker.submit(Task("resume", lambda cm: self.resume(), bounded=False), BULK)
+
     def resume(self) -> None:
         """Worker, once the model is loaded: queue again the jobs a stop interrupted, not
         those another running service on this index root is doing (clara-serve's Files API
@@ -837,6 +845,8 @@ class IndexService:
         for link in self.registry.links():
             rec = self.registry.file(link.file_id)
             if link.status != "in_progress" or rec is None:
+                continue
+            if (link.store_id, rec.id) in self._queued:  # (its own: queued already)
                 continue
             if not self.registry.claim(link.store_id, rec.id, unless_running=True):
                 log.info("file %s into %s: being indexed by another running service on this "

@@ -371,6 +371,20 @@ class Registry:
             )
         return True
 
+    def stopped_claims(self) -> list[tuple[str, str]]:
+        """(store, file) of the jobs claimed by another service that has stopped (a replica
+        stopped by a rolling upgrade mid-job): this one may take them (`claim`)."""
+        rows = self._all(
+            "SELECT c.store_id, c.file_id, c.owner FROM claims c JOIN links l ON "
+            "l.store_id = c.store_id AND l.file_id = c.file_id WHERE l.status = 'in_progress' "
+            "AND c.owner != ?", self.owner,
+        )  # fmt: skip
+        running: dict[str, bool] = {}
+        for _, _, owner in rows:
+            if owner not in running:
+                running[owner] = self._running(owner)
+        return [(store, file) for store, file, owner in rows if not running[owner]]
+
     def release(self, store_id: str, file_id: str) -> None:
         """The link's job ended (completed, failed or cancelled) in this service (another
         running service's claim stays)."""
