@@ -56,7 +56,13 @@ ignore_eos.
 
 
 CPU_SETTINGS = """\
-environment (Linux CPU; logged at startup as "CPU matmuls: ..."):
+environment:
+  XDG_CACHE_HOME        where compiled kernels are kept (clara/ under it; default ~/.cache;
+                        where it cannot be written: $CLARA_HOME/cache, then TMPDIR)
+  FORWARDED_ALLOW_IPS   proxies whose X-Forwarded-For the access log believes (uvicorn's;
+                        default 127.0.0.1)
+  CLARA_DEBUG           1: a failed start prints its traceback
+CPU settings (Linux; logged at startup as "CPU matmuls: ..."):
   CLARA_DECODE_WEIGHTS  float16 (default) | int8 | float32: the decode-only weights' copies
                         the thin-matmul kernel reads (int8 is faster; its greedy answers
                         drift from float32's)
