@@ -474,34 +474,30 @@ class OpenAIServing:
             params.collections = named
         bare = self.is_bare(req.model)
         params.retrieval = params.retrieval and not bare
-        job, ready = await self.start_chat(params, request)
-        r = ready.retrieved
-        reply = _Reply(
-            id=completion_id(),
-            created=int(time.time()),
-            model=self.model_name(bare, req.model),
-            fingerprint=self.engine.info.fingerprint,
-            ready=ready,
-            retrieval=RetrievalInfo(
-                status=r.status,
-                collection=r.collection,
-                collections=r.collections or None,
-                mode=params.mode,
-                top_k=params.top_k,
-                detail=r.detail,
-                retrieval_mode=params.retrieval_mode,
-                filters=params.filters,
-            ),
-            logprobs=params.logprobs,
-            json=params.grammar is not None,
-        )
+        model = self.model_name(bare, req.model)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
+            job = self.queue_chat(params)
+            waiting = asyncio.ensure_future(self.until_ready(job, request))
+            try:
+                await asyncio.wait({waiting}, timeout=self.keepalive_s)
+            except BaseException:  # (the route cancelled)
+                waiting.cancel()
+                job.cancel()
+                raise
+            if waiting.done():  # (its refusal as HTTP, as before)
+                ready = self._ready_of(waiting, job)
+                events = self._stream(job, self._reply(params, model, ready), usage, start)
+            else:  # a queue longer than a keep-alive: the answer's headers and keep-alive
+                # comments while it waits (a proxy cut a silent request: a container audit)
+                events = self._wait_then_stream(waiting, job, params, model, usage, start)
             return StreamingResponse(
-                self._stream(job, reply, usage, start),
+                events,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+        job, ready = await self.start_chat(params, request)
+        reply = self._reply(params, model, ready)
         done = (await self._complete(job, reply, request, start)).model_dump()
         if self.defaults.source_events:  # (Open WebUI shows an answer's top-level `sources`
             found = reply.ready.retrieved.sources  # when it does not stream: an audit)
@@ -527,13 +523,76 @@ class OpenAIServing:
             if event is not None:
                 return event
 
+    def _reply(self, params: RagParams, model: str, ready: Ready) -> _Reply:
+        """What every chunk of a chat's answer says of it."""
+        r = ready.retrieved
+        return _Reply(
+            id=completion_id(),
+            created=int(time.time()),
+            model=model,
+            fingerprint=self.engine.info.fingerprint,
+            ready=ready,
+            retrieval=RetrievalInfo(
+                status=r.status,
+                collection=r.collection,
+                collections=r.collections or None,
+                mode=params.mode,
+                top_k=params.top_k,
+                detail=r.detail,
+                retrieval_mode=params.retrieval_mode,
+                filters=params.filters,
+            ),
+            logprobs=params.logprobs,
+            json=params.grammar is not None,
+        )
+
+    def queue_chat(self, params: RagParams) -> Job:
+        """Queue a chat job (refused before queueing, e.g. far too long: as HTTP)."""
+        try:
+            return self.engine.chat(params)
+        except ClaraError as exc:
+            raise to_api_error(exc) from None
+
+    @staticmethod
+    def _ready_of(waiting: asyncio.Future, job: Job) -> Ready:
+        """The `Ready` of a finished `until_ready`; its error cancels the job."""
+        try:
+            return waiting.result()
+        except BaseException:
+            job.cancel()
+            raise
+
+    async def _wait_then_stream(
+        self, waiting: asyncio.Future, job: Job, params: RagParams, model: str, usage: bool,
+        start: float,
+    ) -> AsyncIterator[str]:  # fmt: skip
+        """A streamed chat still waiting for its turn: keep-alive comments until its
+        retrieval and prompt are done, then its answer; a failure meanwhile is the stream's
+        error event (its headers are sent)."""
+        try:
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=self.keepalive_s)
+                if not waiting.done():
+                    yield ": keep-alive\n\n"
+            ready = self._ready_of(waiting, job)
+        except APIError as exc:
+            yield _sse(exc.body())
+            yield "data: [DONE]\n\n"
+            return
+        finally:
+            if not waiting.done():  # (the client left: the stream was closed)
+                waiting.cancel()
+                job.cancel()
+        async with aclosing(
+            self._stream(job, self._reply(params, model, ready), usage, start)
+        ) as events:
+            async for event in events:
+                yield event
+
     async def start_chat(self, params: RagParams, request: Request) -> tuple[Job, Ready]:
         """Queue a chat job and wait until its retrieval and prompt are done (`Ready`); the
         job is cancelled if that fails or the client leaves. Chat and Responses both start here."""
-        try:
-            job = self.engine.chat(params)
-        except ClaraError as exc:  # refused before queueing (e.g. far too long): as HTTP
-            raise to_api_error(exc) from None
+        job = self.queue_chat(params)
         try:
             return job, await self.until_ready(job, request)
         except BaseException:
