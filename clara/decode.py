@@ -57,7 +57,7 @@ from clara.stream import (
     check_context,
     context_limit,
 )
-from clara.structured import Constraint
+from clara.structured import Constraint, GrammarError
 
 #: On the CPU a prefill chunk holds at most this many attention scores per prompt (heads x
 #: chunk rows x positions so far, float32: 4 MB), down to MIN_CHUNK rows: the softmax makes
@@ -298,6 +298,8 @@ class Decoder:
             self._keep_lp(seqs, lp)
             joined = []
             for row, (seq, token) in enumerate(zip(seqs, y.tolist())):
+                if seq.constraint is not None and seq.constraint.error is not None:
+                    raise GrammarError(seq.constraint.error)  # (`check_grammar` makes it rare)
                 seq.text.prompt_seconds = took
                 chunk = seq.text.accept(int(token))
                 self._annotate(chunk, seq)
@@ -584,6 +586,9 @@ class Decoder:
             if s.fresh:  # its token was sent when it was prefilled
                 s.fresh = False
                 continue
+            if s.constraint is not None and s.constraint.error is not None:
+                errors.append((s, GrammarError(s.constraint.error)))  # (its answer, cut: not
+                continue  # a "stop" on invalid JSON)
             try:  # (its own text and logprobs: an error there is its request's alone)
                 chunk = s.text.accept(tokens[i])
                 self._annotate(chunk, s)

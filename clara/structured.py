@@ -1,14 +1,20 @@
 """Structured output: answers held to JSON, or to a JSON schema, token by token.
 
-A request's format becomes a grammar (`json_grammar`, checked where the request arrives);
-each sequence decoding under it has a `Constraint` (an llguidance matcher) that reads every
-token the sequence takes and says which tokens may come next (`allowed`): the decoder sets
-the others' logits to -inf before sampling. End of sequence is allowed only once the value is
-complete, so an answer that ends by itself is valid JSON; one cut by max_tokens is not (its
-finish_reason says "length", as OpenAI's does).
+A request's format becomes a grammar (`json_grammar`, checked where the request arrives, and
+`check_grammar` against the model's tokens before its answer starts); each sequence decoding
+under it has a `Constraint` (an llguidance matcher) that reads every token the sequence takes
+and says which tokens may come next (`allowed`): the decoder sets the others' logits to -inf
+before sampling. End of sequence is allowed only once the value is complete, so an answer
+that ends by itself is valid JSON; one cut by max_tokens is not (its finish_reason says
+"length", as OpenAI's does), nor one cut by a stop string.
 
 JSON is written compactly (`", "` and `": "` between items, no other whitespace): a small
 model allowed free whitespace may write newlines until max_tokens.
+
+A schema is at most MAX_SCHEMA_CHARS of JSON, and its grammar is held to `_LIMITS`: a review
+found a 10 MB enum that held the server 5.7 s, and a 52-byte pattern that took 1.1 s per token
+for every answer in the batch. A grammar that runs past them mid-answer fails its answer
+(`Constraint.error`), never a "stop" on invalid JSON.
 """
 
 from __future__ import annotations
@@ -27,31 +33,63 @@ from clara.errors import InvalidArgumentError
 LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 #: the schema of a JSON object without more said of it (`response_format: json_object`)
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+#: the longest schema taken, as JSON text
+MAX_SCHEMA_CHARS = 64 * 1024
+#: llguidance's limits, tighter than its defaults (lexer fuel: ~14k a ms of a token's mask)
+_LIMITS = {
+    "initial_lexer_fuel": 200_000, "step_lexer_fuel": 50_000, "step_max_items": 10_000,
+    "max_lexer_states": 20_000, "max_grammar_size": 50_000, "verbose_errors": False,
+}  # fmt: skip
 
 _tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
+class GrammarError(InvalidArgumentError):
+    """A schema clara cannot hold an answer to, or one whose grammar ran past its limits."""
+
+
+def _limits() -> Any:
+    from llguidance import LLParserLimits
+
+    return LLParserLimits(**_LIMITS)
+
+
 def json_grammar(schema: dict[str, Any] | None) -> str:
-    """The grammar of JSON values valid under `schema` (None: any JSON object), or an
-    `InvalidArgumentError` saying why the schema cannot be used."""
+    """The grammar of JSON values valid under `schema` (None: any JSON object), or a
+    `GrammarError` saying why the schema cannot be used."""
     from llguidance import LLMatcher
 
-    try:
-        grammar = LLMatcher.grammar_from_json_schema(
-            json.dumps(ANY_OBJECT if schema is None else schema), overrides=LAYOUT
+    text = json.dumps(ANY_OBJECT if schema is None else schema)
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise GrammarError(
+            f"the JSON schema is {len(text)} characters long: clara takes {MAX_SCHEMA_CHARS} "
+            "at most (a small model fills a small schema best)"
         )
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(text, overrides=LAYOUT)
     except (ValueError, TypeError) as exc:
-        raise InvalidArgumentError(f"the JSON schema cannot be used: {exc}") from None
-    error = LLMatcher.validate_grammar(grammar)
+        raise GrammarError(f"the JSON schema cannot be used: {exc}") from None
+    error = LLMatcher.validate_grammar(grammar, limits=_limits())
     if error:
-        raise InvalidArgumentError(f"the JSON schema cannot be used: {error}")
+        raise GrammarError(f"the JSON schema cannot be used: {error}")
     return grammar
 
 
+def check_grammar(tokenizer: Any, grammar: str) -> None:
+    """A `GrammarError` for a grammar that cannot be followed with this model's tokens
+    within its limits (which `json_grammar`, without them, cannot tell): a matcher made and
+    dropped before the answer starts, so that it fails alone, not the requests prefilled
+    with it; its first mask too."""
+    first = Constraint(tokenizer, grammar)
+    first.allowed(1)
+    if first.error is not None:
+        raise GrammarError(first.error)
+
+
 def _lltokenizer(tokenizer: Any) -> Any:
-    """The llguidance view of an mlx-lm (or Hugging Face) tokenizer, made once per tokenizer
-    (about 0.4 s for the default model's 49k tokens)."""
+    """The llguidance view of an mlx-lm tokenizer (its Hugging Face fast tokenizer), made
+    once per tokenizer (about 0.4 s for the default model's 49k tokens)."""
     import llguidance.hf
 
     hf = getattr(tokenizer, "_tokenizer", tokenizer)  # (mlx-lm's TokenizerWrapper)
@@ -63,32 +101,42 @@ def _lltokenizer(tokenizer: Any) -> Any:
 
 
 class Constraint:
-    """One sequence's grammar state: `consume` each token it takes, `allowed` the next."""
+    """One sequence's grammar state: `consume` each token it takes, `allowed` the next. A
+    grammar that runs past its limits sets `error`: its sequence must fail with it."""
 
     def __init__(self, tokenizer: Any, grammar: str) -> None:
         from llguidance import LLMatcher
 
-        self.matcher = LLMatcher(_lltokenizer(tokenizer), grammar, log_level=0)
+        self.matcher = LLMatcher(_lltokenizer(tokenizer), grammar, log_level=0, limits=_limits())
         self.eos = getattr(tokenizer, "eos_token_id", None)
-        if self.matcher.is_error():
-            raise InvalidArgumentError(
-                f"the JSON schema cannot be used: {self.matcher.get_error()}"
+        self.error: str | None = None
+        if self._failed():
+            raise GrammarError(self.error)
+
+    def _failed(self) -> bool:
+        if self.error is None and self.matcher.is_error():
+            self.error = (
+                "the answer's JSON schema could not be followed within clara's limits "
+                f"({self.matcher.get_error()}): simplify it (fewer or shorter patterns)"
             )
+        return self.error is not None
 
     def consume(self, token: int) -> None:
         """Take the token the sequence sampled (allowed by the last `allowed`)."""
-        self.matcher.consume_token(int(token))
+        if not self._failed():
+            self.matcher.consume_token(int(token))
+            self._failed()
 
     def allowed(self, width: int) -> mx.array:
-        """(width,) bool: the tokens that may come next. A matcher in error (it cannot be,
-        but for a token it never allowed) allows end of sequence only."""
-        if self.matcher.is_error():
-            keep = np.zeros(width, dtype=bool)
-            if self.eos is not None and self.eos < width:
-                keep[self.eos] = True
-            return mx.array(keep)
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        keep = np.unpackbits(bits, bitorder="little")[:width].astype(bool)
-        if keep.size < width:  # (rows of the output head past the tokenizer's vocabulary)
-            keep = np.concatenate([keep, np.zeros(width - keep.size, dtype=bool)])
+        """(width,) bool: the tokens that may come next. A failed grammar (`error`) allows
+        one token (end of sequence) for the row's place until its sequence is taken out."""
+        if not self._failed():
+            bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+            if not self._failed():  # (the mask itself may run past its fuel)
+                keep = np.unpackbits(bits, bitorder="little")[:width].astype(bool)
+                if keep.size < width:  # (rows of the output head past the vocabulary)
+                    keep = np.concatenate([keep, np.zeros(width - keep.size, dtype=bool)])
+                return mx.array(keep)
+        keep = np.zeros(width, dtype=bool)
+        keep[self.eos if self.eos is not None and self.eos < width else 0] = True
         return mx.array(keep)

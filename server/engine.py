@@ -43,6 +43,7 @@ from clara.prompt import Prompt, memory_prompt
 from clara.retrieval import flatten_normalize
 from clara.settings import ModelSettings
 from clara.stream import GenerationChunk, SamplingParams, check_context, context_limit
+from clara.structured import check_grammar
 from clara_cli.http import CALLER, is_client_error
 from clara_cli.worker import BATCH, Task, Worker, log_failure
 from indexing.layout import META
@@ -534,6 +535,8 @@ class Engine:
             check_context(prompt, limit, "shorten the prompt")
         else:
             check_context(prompt, limit)
+        if p.grammar is not None:  # (with the model's tokens: what the request could not tell)
+            check_grammar(self._cm.tokenizer, p.grammar)
         job.emit(Ready(retrieved, prompt.positions))
         return prompt, adapter
 

@@ -107,17 +107,30 @@ RESPONSE_FORMAT = {
         "type": {"enum": FORMATS},
         "json_schema": {
             "type": "object",
-            "properties": {"name": {"type": "string"}, "schema": {"type": "object"}},
+            "properties": {
+                "name": {"type": "string"},
+                "schema": {
+                    "type": "object",
+                    "description": "a JSON schema of at most 64 KiB, checked by the server "
+                    "(one llguidance cannot hold an answer to is a 400)",
+                },
+            },
         },
     },
     "required": ["type"],
+    "if": {"properties": {"type": {"const": "json_schema"}}, "required": ["type"]},
+    "then": {"required": ["json_schema"]},
 }
 
 
-def format_grammar(fmt: Any, param: str, schema_at: str = "json_schema") -> str | None:
+def format_grammar(
+    fmt: Any, param: str, schema_at: str = "json_schema", compile: bool = True
+) -> str | None:
     """The grammar of an output format (`response_format`, or Responses' `text.format`,
     whose schema is at its top level: `schema_at` ""); None for text; a 400 naming `param`
-    for a format clara does not write or a schema it cannot hold an answer to."""
+    for a format clara does not write or a schema it cannot hold an answer to. Compiling
+    takes time (a large schema: 0.1 s and more): off the event loop (`asyncio.to_thread`);
+    `compile` False checks the format's shape only."""
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
@@ -143,6 +156,8 @@ def format_grammar(fmt: Any, param: str, schema_at: str = "json_schema") -> str 
             raise APIError(400, f"{param} type 'json_schema' needs '{base}' (an object with "
                            "the 'schema')", param=base)  # fmt: skip
         schema, where = holder.get("schema"), f"{base}.schema"
+    if not compile:
+        return None
     try:
         return json_grammar(schema)
     except InvalidArgumentError as exc:
@@ -493,7 +508,12 @@ class ChatCompletionRequest(_Request):
                         )
 
     def grammar(self) -> str | None:
-        """The grammar `response_format` holds the answer to (None: free text)."""
+        """The grammar `response_format` holds the answer to (None: free text): slow for a
+        large schema, so `to_params` leaves it to the caller, off the event loop."""
+        if self.ignore_eos and self.response_format is not None:
+            if self.response_format.get("type") not in (None, "text"):
+                raise APIError(400, "ignore_eos cannot be sent with a JSON response_format (the "
+                               "answer ends where its JSON does)", param="ignore_eos")  # fmt: skip
         return format_grammar(self.response_format, "response_format")
 
     def to_params(self, defaults: ServingDefaults, whole_history: bool = False) -> RagParams:
@@ -505,8 +525,8 @@ class ChatCompletionRequest(_Request):
         turns = conversation(self.messages, defaults.sources_in_text)
         last_user = max((i for i, m in enumerate(turns) if m.role == "user"), default=None)
         question = turns[last_user].text if last_user is not None else ""
-        after = turns[last_user + 1 :] if last_user is not None else turns
-        turns = turns[:last_user] if last_user is not None else []
+        after = turns[last_user + 1 :] if last_user is not None else []
+        turns = turns[:last_user] if last_user is not None else turns  # (none: all history)
         query = question
         # the tool calls and results after the question (an agent's loop went on from it with
         # another model) are read with it; an answer begun after it is not (no prefill)
@@ -534,7 +554,6 @@ class ChatCompletionRequest(_Request):
             logprobs=bool(self.logprobs),
             top_logprobs=self.top_logprobs or 0,
             truncate=self.truncation == "auto",
-            grammar=self.grammar(),
             **_sampling(self, defaults),
         )
 

@@ -475,6 +475,8 @@ class OpenAIServing:
         bare = self.is_bare(req.model)
         params.retrieval = params.retrieval and not bare
         model = self.model_name(bare, req.model)
+        if req.response_format is not None:  # (a schema's grammar: off the event loop)
+            params.grammar = await asyncio.to_thread(req.grammar)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             job = self.queue_chat(params)

@@ -287,3 +287,22 @@ def test_generate_holds_an_answer_to_a_json_schema(cm):
     assert isinstance(json.loads("".join(c.text for c in chunks))["ok"], bool)
     with pytest.raises(InvalidArgumentError, match="minLength"):
         json_grammar({"type": "string", "minLength": "x"})
+
+
+def test_a_schema_past_the_grammar_limits_is_refused_not_answered_as_invalid_json(cm):
+    """A review: a 52-byte pattern took 1.1 s per token for the whole batch, and a matcher
+    that failed mid-answer forced end of sequence: invalid JSON with finish_reason "stop".
+    Such a grammar is held to limits and refused before its answer starts; a schema over
+    64 KiB before it is compiled."""
+    from clara.structured import GrammarError, check_grammar, json_grammar
+
+    slow = json_grammar({"type": "string", "pattern": "^(a{1000}){1000}$"})
+    try:  # (the default model's 49k tokens: refused at once; this tiny model's: as it goes)
+        check_grammar(cm.tokenizer, slow)
+        prompt = text_prompt(cm, "Say a", None)
+        with pytest.raises(GrammarError, match="within clara's limits"):
+            list(generate(cm, prompt, adapter=None, max_tokens=64, grammar=slow))
+    except GrammarError as exc:
+        assert "within clara's limits" in str(exc)
+    with pytest.raises(GrammarError, match="at most"):
+        json_grammar({"enum": [str(i) for i in range(20000)]})

@@ -189,6 +189,18 @@ def test_an_agents_function_tools_and_tool_items_are_taken(
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model=MODEL, input="hi", tools=[search, fn, search])
     assert err.value.body["param"] == "tools.[2]" and "one file_search tool" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:  # (a hosted tool clara does not run)
+        client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])
+    assert err.value.code == "unsupported_value" and err.value.body["param"] == "tools.[0].type"
+    custom = client.responses.create(
+        model=MODEL + "-no-retrieval", max_output_tokens=1, input=[
+            {"role": "user", "content": "Run it."},
+            {"type": "custom_tool_call", "call_id": "k1", "name": "shell", "input": "ls"},
+            {"type": "custom_tool_call_output", "call_id": "k1", "output": "a.txt"},
+        ],
+    )  # fmt: skip
+    listed = client.responses.input_items.list(custom.id, order="asc").data
+    assert [i.type for i in listed][1:] == ["custom_tool_call", "custom_tool_call_output"]
 
 
 def test_a_search_without_a_tool_shows_its_results_when_included(

@@ -797,6 +797,10 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
             {"messages": ask("hi"), "response_format": {"type": "json_schema"}},
             "response_format.json_schema",
         ),  # fmt: skip
+        (  # (the answer ends where its JSON does: a review)
+            {"messages": ask("hi"), "ignore_eos": True, "response_format": {"type": "json_object"}},
+            "ignore_eos",
+        ),
         ({"messages": ask("hi"), "collection": "../etc"}, "collection"),
         # an OpenAI-parameters audit: each was answered as if it had not been sent
         ({"messages": ask("hi"), "response_format": {"json_schema": {}}}, "response_format.type"),

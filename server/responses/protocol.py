@@ -244,6 +244,11 @@ class ResponseCreateRequest(_Request):
     """`format`: {"type": "text"} (the default), {"type": "json_object"}, or {"type":
     "json_schema", "name", "schema"}: the answer is JSON, valid under the schema."""
 
+    def grammar(self) -> str | None:
+        """The grammar `text.format` holds the answer to (None: text); slow for a large
+        schema: off the event loop."""
+        return format_grammar((self.text or {}).get("format"), "text.format", schema_at="")
+
     def chat_format(self) -> dict[str, Any] | None:
         """`text.format` as chat completions' `response_format`."""
         fmt = (self.text or {}).get("format")
@@ -343,7 +348,7 @@ class ResponseCreateRequest(_Request):
                 f"reasoning options {sorted(set(reasoning) - {'effort', 'summary', 'generate_summary'})}",
                 value=False,
             )
-        format_grammar((self.text or {}).get("format"), "text.format", schema_at="")
+        format_grammar((self.text or {}).get("format"), "text.format", "", compile=False)
         if any(isinstance(t, FunctionTool) for t in self.tools or []):
             note_tools()
         choice = self.tool_choice

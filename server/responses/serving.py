@@ -84,7 +84,8 @@ RESULT_ITEMS = ("function_call_output", "custom_tool_call_output")
 
 def _tool_item(item: FunctionCallInput | FunctionCallOutputInput) -> dict[str, Any]:
     """A tool call or result of the input, as kept and listed (`input_items`) with an id."""
-    kept = item.model_dump(exclude_none=True)
+    fields = ("type", "call_id", "name", "arguments", "input", "output", "status")
+    kept = {k: v for k, v in item.model_dump(exclude_none=True).items() if k in fields}
     kept["id"] = _sent_id(item) or new_id("fc" if item.type in CALL_ITEMS else "fco")
     kept.setdefault("status", "completed")
     return kept
@@ -113,7 +114,8 @@ def _text_echo(text: dict[str, Any] | None) -> dict[str, Any]:
     """The response's `text`: the format it was written in, and the verbosity asked (other
     keys are not echoed: stored with every response, they could be megabytes)."""
     fmt = (text or {}).get("format") or {"type": "text"}
-    echo: dict[str, Any] = {"format": fmt}
+    kept = ("type", "name", "schema", "strict", "description")  # (what OpenAI's format has)
+    echo: dict[str, Any] = {"format": {k: fmt[k] for k in kept if k in fmt}}
     verbosity = (text or {}).get("verbosity")
     if verbosity in ("low", "medium", "high"):
         echo["verbosity"] = verbosity
@@ -528,6 +530,8 @@ class ResponsesServing:
         truncation = req.truncation or "auto"
         params = chat.to_params(serving.defaults, whole_history=truncation == "disabled")
         params.truncate = truncation == "auto"
+        if req.text is not None:  # (a schema's grammar: off the event loop, once)
+            params.grammar = await asyncio.to_thread(req.grammar)
         try:
             job, ready = await serving.start_chat(params, request)
         except APIError as exc:
