@@ -251,8 +251,9 @@ def test_keepalive_comments_during_prefill(server: ServerProcess) -> None:
     assert "data: [DONE]" in lines[-2:]
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
 def test_a_streamed_chat_waiting_in_the_queue_gets_its_headers_and_keep_alives(
-    server: ServerProcess,
+    server: ServerProcess, api: str
 ) -> None:
     """A container audit: a streamed chat waiting for its turn got no byte at all until it
     started (24.6 s behind 18 chats): a proxy's first-byte or idle timeout cut it. Its
@@ -262,6 +263,9 @@ def test_a_streamed_chat_waiting_in_the_queue_gets_its_headers_and_keep_alives(
         lines = running.iter_lines()
         next(line for line in lines if '"content": "' in line and '"content": ""' not in line)
         body = {**LONG, "max_tokens": 2, "stream": True}
+        if api == "responses":
+            url = f"{server.url}/v1/responses"
+            body = {"input": "Hello?", "max_output_tokens": 2, "stream": True}
         with httpx.stream("POST", url, json=body, timeout=60) as queued:
             assert queued.status_code == 200  # (the one place in the batch is taken)
             said = queued.iter_lines()
@@ -269,6 +273,9 @@ def test_a_streamed_chat_waiting_in_the_queue_gets_its_headers_and_keep_alives(
             assert metric(metrics(server), "clara_queue_depth") == 1  # still waiting
             running.close()  # its place frees: the waiting one answers
             rest = [x for x in said if x]
+    if api == "responses":
+        assert any("response.completed" in x or "response.incomplete" in x for x in rest)
+        return
     assert rest[-1] == "data: [DONE]"
     assert any('"finish_reason": "length"' in x for x in rest), rest[-3:]
 

@@ -478,9 +478,18 @@ class ResponsesServing:
             return self._streamed(wait_then)
         if waiting:
             await self._indexed(stores, request, waiting)
+        if req.stream:  # a queue longer than a keep-alive: headers and keep-alives while it
+            # waits (a proxy cut a silent request: a container audit)
+            starting = asyncio.ensure_future(self._start(req, request, chat, searched, turn, bare))
+            try:
+                await asyncio.wait({starting}, timeout=self.serving.keepalive_s)
+            except BaseException:  # (the route cancelled)
+                starting.cancel()
+                raise
+            if starting.done():  # (its refusal as HTTP, as before)
+                return self._streamed(starting.result().events())
+            return self._streamed(self._when_started(starting))
         run = await self._start(req, request, chat, searched, turn, bare)
-        if req.stream:
-            return self._streamed(run.events())
         return JSONResponse(await run.complete(request))
 
     @staticmethod
@@ -506,12 +515,32 @@ class ResponsesServing:
                 if not wait.done():
                     yield ": keep-alive\n\n"
             wait.result()
-            run = await self._start(req, request, chat, True, turn, bare)
         except APIError as exc:
             yield sse_event("error", 0, code=exc.code, message=exc.message, param=exc.param)
             return
         finally:
             wait.cancel()
+        starting = asyncio.ensure_future(self._start(req, request, chat, True, turn, bare))
+        async with aclosing(self._when_started(starting)) as events:
+            async for event in events:
+                yield event
+
+    async def _when_started(self, starting: asyncio.Future) -> AsyncIterator[str]:
+        """Keep-alive comments until `starting` (`_start`: its turn in the queue, retrieval,
+        the prompt) is done, then the response's events; a failure meanwhile is an `error`
+        event, as headers are sent."""
+        try:
+            while not starting.done():
+                await asyncio.wait({starting}, timeout=self.serving.keepalive_s)
+                if not starting.done():
+                    yield ": keep-alive\n\n"
+            run = starting.result()
+        except APIError as exc:
+            yield sse_event("error", 0, code=exc.code, message=exc.message, param=exc.param)
+            return
+        finally:
+            if not starting.done():  # (the client left: the stream was closed)
+                starting.cancel()
         async with aclosing(run.events()) as events:  # (a client gone: its job ends now)
             async for event in events:
                 yield event
