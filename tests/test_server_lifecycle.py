@@ -349,6 +349,27 @@ def test_index_of_another_checkpoint_fails_at_startup(
     assert "Traceback" not in proc.log()
 
 
+def test_json_logs_are_one_object_a_line(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """A container audit: log shippers read each line as a record, and a traceback's lines
+    as records of their own. `--log-format json` writes every record, access lines and the
+    request id included, as one JSON object a line."""
+    import json
+
+    with ServerProcess(
+        "--model", str(tiny_llama_dir), "--index", str(tmp_path / "index"),
+        "--log-format", "json", env={"CLARA_HOME": str(tmp_path / "home")},
+        log=tmp_path / "server.log",
+    ) as proc:  # fmt: skip
+        proc.wait_ready()
+        said = httpx.get(f"{proc.url}/v1/models", headers={"X-Request-ID": "req_json_1"})
+        assert said.status_code == 200
+        wait_for(lambda: "/v1/models" in proc.log())
+    records = [json.loads(line) for line in proc.log().splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    access = next(r for r in records if "/v1/models" in r["message"])
+    assert access["logger"] == "uvicorn.access" and "req_json_1" in access["message"]
+
+
 def test_a_busy_port_fails_at_once_and_says_so(tmp_path: Path, tiny_llama_dir: Path) -> None:
     import socket
 
