@@ -46,8 +46,9 @@ def cache_home() -> Path:
     where that cannot be written (a container run as another user, its home read-only),
     $CLARA_HOME/cache, then a folder of this user's in the temporary folder. A container
     audit: without a cache every kernel was off, and decoding 2-3x slower, with one INFO
-    line. A folder another user owns, or may write, is never used: what is loaded from it
-    runs in this process."""
+    line. A folder another user owns, or that everyone may write, is never used: what is
+    loaded from it runs in this process (one its group may write is: a umask of 002, a
+    Kubernetes volume's fsGroup)."""
     try:
         user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clara"
     except RuntimeError:  # (no home: no HOME, and no passwd entry)
@@ -62,7 +63,7 @@ def cache_home() -> Path:
             st = place.stat()
         except OSError:
             continue
-        if st.st_uid == os.getuid() and not st.st_mode & 0o022 and os.access(place, os.W_OK):
+        if st.st_uid == os.getuid() and not st.st_mode & 0o002 and os.access(place, os.W_OK):
             if place != candidates[0]:
                 logging.getLogger("clara").warning(
                     "%s cannot be written: compiled kernels are kept in %s (set "

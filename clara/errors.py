@@ -90,6 +90,11 @@ class InvalidArgumentError(ClaraError, ValueError):
     vector's shape (a ValueError too, as Python's own would be)."""
 
 
+class GrammarError(InvalidArgumentError):
+    """A JSON schema clara cannot hold an answer to, or one whose grammar ran past its
+    limits (`clara.structured`)."""
+
+
 class ChunkingError(ClaraError, ValueError):
     """Invalid chunking options, or text that cannot be cut within the token budget."""
 

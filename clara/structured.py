@@ -27,7 +27,9 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from clara.errors import InvalidArgumentError
+from clara.errors import GrammarError
+
+__all__ = ["GrammarError", "Constraint", "check_grammar", "json_grammar"]
 
 #: how the JSON is laid out (`whitespace_flexible` off: no runs of newlines)
 LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -43,10 +45,6 @@ _LIMITS = {
 
 _tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-
-
-class GrammarError(InvalidArgumentError):
-    """A schema clara cannot hold an answer to, or one whose grammar ran past its limits."""
 
 
 def _limits() -> Any:

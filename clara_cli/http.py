@@ -50,6 +50,7 @@ from clara.errors import (
     DamagedCollectionError,
     DocumentError,
     DocumentNotFoundError,
+    GrammarError,
     IndexMismatchError,
     UnsupportedDocumentError,
     UnsupportedModeError,
@@ -181,6 +182,9 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param="file", code="invalid_file")
     if isinstance(exc, ChunkingError):
         return APIError(400, str(exc), code="invalid_chunking")
+    if isinstance(exc, GrammarError):  # (a schema that runs past its limits mid-answer: a 400,
+        # which clients do not retry; a 500 was tried three times by the SDKs, a re-audit)
+        return APIError(400, str(exc), param="response_format", code="invalid_schema")
     if isinstance(exc, ClaraError):  # written to be read by users
         return APIError(500, str(exc))
     return APIError(500, "internal server error; the server log has the details")

@@ -447,7 +447,7 @@ def serve_http(
         if isinstance(worker.error, (ClaraError, OSError)):  # (a full disk is no model's)
             raise worker.error
         what = "the model worker stopped" if worker.crashed else "could not load the model"
-        raise ClaraError(f"{what}: {worker.error!r}") from worker.error
+        raise ClaraError(f"{what}: {worker.error}") from worker.error
     if server.force_exit:  # a second Ctrl-C: answers in progress were cut, not finished
         logging.getLogger("clara").warning("forced to stop: answers in progress were cut off")
         return EXIT_INTERRUPTED

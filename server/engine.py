@@ -137,6 +137,10 @@ class Engine:
         return self.worker.error
 
     @property
+    def crashed(self) -> bool:
+        return self.worker.crashed
+
+    @property
     def on_fatal(self) -> Callable[[BaseException], None] | None:
         return self.worker.on_fatal
 

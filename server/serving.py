@@ -667,6 +667,7 @@ class OpenAIServing:
                 if isinstance(event, Failed):
                     raise to_api_error(event.error)
                 if event is DONE:
+                    self.engine.check_ready()  # (the model worker broke: its 503 model_failed)
                     raise APIError(500, "generation ended without a finish reason")
                 if isinstance(event, GenerationChunk):
                     first = first or time.perf_counter()
@@ -737,7 +738,11 @@ class OpenAIServing:
                     yield _sse(to_api_error(event.error).body())
                     return
                 elif event is DONE:
-                    yield _sse(APIError(500, "generation ended without a finish reason").body())
+                    try:
+                        self.engine.check_ready()  # (the model worker broke: model_failed)
+                        raise APIError(500, "generation ended without a finish reason")
+                    except APIError as exc:
+                        yield _sse(exc.body())
                     return
                 elif isinstance(event, GenerationChunk):
                     first = first or time.perf_counter()

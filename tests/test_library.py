@@ -306,3 +306,7 @@ def test_a_schema_past_the_grammar_limits_is_refused_not_answered_as_invalid_jso
         assert "within clara's limits" in str(exc)
     with pytest.raises(GrammarError, match="at most"):
         json_grammar({"enum": [str(i) for i in range(20000)]})
+    from clara_cli.http import to_api_error  # (a 400: the SDKs retried its 500 thrice)
+
+    said = to_api_error(GrammarError("too long"))
+    assert (said.status, said.code, said.param) == (400, "invalid_schema", "response_format")

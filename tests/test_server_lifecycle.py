@@ -349,6 +349,29 @@ def test_index_of_another_checkpoint_fails_at_startup(
     assert "Traceback" not in proc.log()
 
 
+def test_a_model_that_fails_to_load_after_listening_says_so_in_one_line(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """A re-audit: the check for a worker that broke while serving read an attribute
+    clara-serve's engine did not have, so a model failing to load (after the port was
+    bound) ended in an AttributeError's traceback instead of its one line."""
+    import shutil
+
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, bad)
+    for weights in bad.glob("*.safetensors"):
+        weights.write_text("garbage")
+    run = subprocess.run(
+        [sys.executable, "-m", "server.cli", "--model", str(bad), "--port", "0",
+         "--index", str(tmp_path / "index")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CLARA_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("clara-serve: error: could not load the model: "), last
+
+
 def test_json_logs_are_one_object_a_line(tmp_path: Path, tiny_llama_dir: Path) -> None:
     """A container audit: log shippers read each line as a record, and a traceback's lines
     as records of their own. `--log-format json` writes every record, access lines and the

@@ -370,7 +370,8 @@ class IndexService:
             if link.status == "in_progress" and (link.store_id, link.file_id) in self._queued:
                 log.info(
                     "file %s into %s: stopped while being indexed; it resumes at the next "
-                    "start", link.file_id, link.store_id,
+                    "start, or in another service running on this index root",
+                    link.file_id, link.store_id,
                 )  # fmt: skip
         self._reader.shutdown(wait=False, cancel_futures=True)
         for col in self._writers.values():

@@ -566,6 +566,8 @@ class ResponsesServing:
         except APIError as exc:
             if exc.param == "messages":  # chat's name for what a response takes as `input`
                 exc.param = "input"
+            if exc.param == "response_format":  # (and as `text.format`)
+                exc.param = "text.format"
             if searched and exc.code == "collection_not_found":  # deleted while its files
                 stores = collection_names(chat.collection)  # were waited for
                 gone = [n for n in stores if not is_vector_store(self.root, n)] or stores
