@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
 
@@ -177,14 +178,11 @@ class Decoder:
             ]
             logits = mx.stack(own)
         if any(s.constraint is not None for s in seqs):  # structured output: the tokens its
-            no = mx.array(-mx.inf, dtype=logits.dtype)  # grammar does not allow next are out
-            held = [
-                row
-                if s.constraint is None
-                else mx.where(s.constraint.allowed(row.shape[-1]), row, no)
-                for row, s in zip(logits, seqs)
-            ]
-            logits = mx.stack(held)
+            keep = np.ones(logits.shape, dtype=bool)  # grammar does not allow next are out,
+            for i, s in enumerate(seqs):  # each held row's, in one op (a per-row op cost
+                if s.constraint is not None:  # the batch's step more: per-op overhead)
+                    keep[i] = s.constraint.allowed(logits.shape[-1])
+            logits = mx.where(mx.array(keep), logits, mx.array(-mx.inf, dtype=logits.dtype))
         wants_lp = any(s.params.logprobs or s.params.top_logprobs for s in seqs)
         # Greedy rows take the argmax of the logits: no normalizing (the vocabulary-wide
         # logsumexp, MLX's scalar exp per logit, was ~9% of a batch-8 decode step), and the

@@ -24,7 +24,6 @@ import threading
 import weakref
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 
 from clara.errors import GrammarError
@@ -125,16 +124,16 @@ class Constraint:
             self.matcher.consume_token(int(token))
             self._failed()
 
-    def allowed(self, width: int) -> mx.array:
-        """(width,) bool: the tokens that may come next. A failed grammar (`error`) allows
-        one token (end of sequence) for the row's place until its sequence is taken out."""
+    def allowed(self, width: int) -> np.ndarray:
+        """(width,) bool: the tokens that may come next (NumPy: the decoder masks every held
+        row of a batch in one MLX op). A failed grammar (`error`) allows one token (end of
+        sequence) for the row's place until its sequence is taken out."""
+        keep = np.zeros(width, dtype=bool)
         if not self._failed():
             bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
             if not self._failed():  # (the mask itself may run past its fuel)
-                keep = np.unpackbits(bits, bitorder="little")[:width].astype(bool)
-                if keep.size < width:  # (rows of the output head past the vocabulary)
-                    keep = np.concatenate([keep, np.zeros(width - keep.size, dtype=bool)])
-                return mx.array(keep)
-        keep = np.zeros(width, dtype=bool)
+                found = np.unpackbits(bits, bitorder="little")[:width]
+                keep[: found.size] = found  # (rows of the head past the vocabulary: out)
+                return keep
         keep[self.eos if self.eos is not None and self.eos < width else 0] = True
-        return mx.array(keep)
+        return keep
