@@ -58,6 +58,9 @@ _CLOSED = frozenset(
     {"div", "ul", "ol", "section", "aside", "header", "footer", "span", "table", "article",
      "main", "form", "figure", "blockquote", "details", "fieldset", "a", "label"}
 )  # fmt: skip
+#: Of those, the ones skipped when hidden: blocks (an inline <span hidden> left unclosed, as
+#: pages do, took the visible rest of the page with it: a re-audit)
+_HIDEABLE = _CLOSED - {"span", "a", "label"}
 #: An inline style that keeps an element off the page
 _UNSHOWN_STYLE = re.compile(
     r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden)\s*(?:!\s*important\s*)?(?:;|$)",
@@ -80,6 +83,8 @@ def _not_shown(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
     role = first.get("role", "").strip().lower()
     if role in ("navigation", "tabpanel"):
         return role == "navigation"
+    if tag not in _HIDEABLE:
+        return False
     if "hidden" in first and first["hidden"].strip().lower() != "until-found":
         return True
     return bool(_UNSHOWN_STYLE.search(first.get("style", "")))
