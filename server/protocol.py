@@ -480,7 +480,9 @@ class ChatCompletionRequest(_Request):
             if getattr(self, name) not in (None, "none", "auto"):
                 asked = json.dumps(getattr(self, name))
                 refuse(name, f"{name} {asked} (this server calls no tools)",
-                       then='leave it out or send "auto": the answer is then text')  # fmt: skip
+                       then='leave it out or send "auto": the answer is then text; for '
+                       "structured output send response_format json_schema (LangChain: "
+                       'with_structured_output(..., method="json_schema"))')  # fmt: skip
         if self.tools or self.functions:
             note_tools()
         if self.logit_bias:
