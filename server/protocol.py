@@ -183,9 +183,6 @@ def checked_filters(filters: Any, param: str) -> dict[str, Any] | None:
 
 MAX_STOPS = 16
 StopString = Annotated[str, Field(max_length=1000)]
-TEXT_ROLES = ["system", "developer", "user", "assistant"]
-#: the roles of a tool call's result (a conversation begun with a model that calls tools)
-TOOL_ROLES = ["tool", "function"]
 
 
 class _Response(BaseModel):

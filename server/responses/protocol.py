@@ -85,13 +85,18 @@ class FileSearchCallInput(_Request):
     type: Literal["file_search_call"]
 
 
+#: the input items of a tool call (another model's: clara calls none) and of its result
+CALL_ITEMS = ("function_call", "custom_tool_call")
+RESULT_ITEMS = ("function_call_output", "custom_tool_call_output")
+
+
 class FunctionCallInput(_Request):
     """A function (or custom tool) call of an earlier turn, made by another model or sent
     back by an agent framework: read as a line of that turn's answer (clara calls no tools;
     an agent audit found any such conversation refused)."""
 
     model_config = ConfigDict(extra="allow", strict=True)  # id, status
-    type: Literal["function_call", "custom_tool_call"]
+    type: Literal[CALL_ITEMS]
     call_id: str
     name: str
     arguments: str | None = None  # a function_call's (a JSON string)
@@ -102,7 +107,7 @@ class FunctionCallOutputInput(_Request):
     """The result of a function (or custom tool) call: read with its call."""
 
     model_config = ConfigDict(extra="allow", strict=True)  # id, status
-    type: Literal["function_call_output", "custom_tool_call_output"]
+    type: Literal[RESULT_ITEMS]
     call_id: str
     output: str | list[dict[str, Any]]
 
@@ -118,10 +123,6 @@ class ReasoningInput(_Request):
 
     model_config = ConfigDict(extra="allow", strict=True)
     type: Literal["reasoning"]
-
-
-#: the input items read as a tool call and its result
-ToolItem = FunctionCallInput | FunctionCallOutputInput
 
 
 class ItemReference(_Request):
@@ -248,14 +249,6 @@ class ResponseCreateRequest(_Request):
         """The grammar `text.format` holds the answer to (None: text); slow for a large
         schema: off the event loop."""
         return format_grammar((self.text or {}).get("format"), "text.format", schema_at="")
-
-    def chat_format(self) -> dict[str, Any] | None:
-        """`text.format` as chat completions' `response_format`."""
-        fmt = (self.text or {}).get("format")
-        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
-            return fmt
-        return {"type": "json_schema", "json_schema": {k: fmt[k] for k in ("name", "schema")
-                                                       if k in fmt}}  # fmt: skip
 
     tool_choice: str | dict[str, Any] | None = only(
         {

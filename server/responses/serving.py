@@ -38,6 +38,8 @@ from server.protocol import (
     collection_names,
 )
 from server.responses.protocol import (
+    CALL_ITEMS,
+    RESULT_ITEMS,
     FileCitation,
     FileSearchCall,
     FileSearchCallInput,
@@ -75,11 +77,6 @@ def _no_store(store_id: str, tool: int = 0) -> APIError:
         404, f"No vector store found with id '{store_id}'",
         param=f"tools.[{tool}].vector_store_ids", code="not_found",
     )  # fmt: skip
-
-
-#: the input items of a tool call (another model's: clara calls none) and of its result
-CALL_ITEMS = ("function_call", "custom_tool_call")
-RESULT_ITEMS = ("function_call_output", "custom_tool_call_output")
 
 
 def _tool_item(item: FunctionCallInput | FunctionCallOutputInput) -> dict[str, Any]:
@@ -405,7 +402,6 @@ class ResponsesServing:
             top_p=req.top_p,
             mode=req.mode,
             retrieval_mode=req.retrieval_mode,
-            response_format=req.chat_format(),
             logprobs=(lp := "message.output_text.logprobs" in (req.include or [])),
             top_logprobs=req.top_logprobs if lp else None,  # (asked for by `include` only)
         )
