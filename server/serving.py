@@ -14,7 +14,7 @@ import os
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -481,13 +481,7 @@ class OpenAIServing:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             job = self.queue_chat(params)
             waiting = asyncio.ensure_future(self.until_ready(job, request))
-            try:
-                await asyncio.wait({waiting}, timeout=self.keepalive_s)
-            except BaseException:  # (the route cancelled)
-                waiting.cancel()
-                job.cancel()
-                raise
-            if waiting.done():  # (its refusal as HTTP, as before)
+            if await self.done_within_keepalive(waiting, job.cancel):  # (its refusal as HTTP)
                 ready = self._ready_of(waiting, job)
                 events = self._stream(job, self._reply(params, model, ready), usage, start)
             else:  # a queue longer than a keep-alive: the answer's headers and keep-alive
@@ -548,6 +542,29 @@ class OpenAIServing:
             json=params.grammar is not None,
         )
 
+    async def done_within_keepalive(
+        self, waiting: asyncio.Future, cancel: Callable[[], None] = lambda: None
+    ) -> bool:
+        """Wait for `waiting` up to `keepalive_s`: whether it is done (a streamed request
+        whose wait is longer sends its headers and keep-alives: `keep_alive`). The route
+        cancelled, `waiting` is cancelled, and `cancel` called."""
+        try:
+            await asyncio.wait({waiting}, timeout=self.keepalive_s)
+        except BaseException:
+            waiting.cancel()
+            cancel()
+            raise
+        return waiting.done()
+
+    async def keep_alive(self, waiting: asyncio.Future) -> AsyncIterator[str]:
+        """A keep-alive comment every `keepalive_s` until `waiting` is done: a stream's
+        headers are sent and a proxy does not cut it while it waits (its turn in the queue,
+        files being indexed)."""
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=self.keepalive_s)
+            if not waiting.done():
+                yield ": keep-alive\n\n"
+
     def queue_chat(self, params: RagParams) -> Job:
         """Queue a chat job (refused before queueing, e.g. far too long: as HTTP)."""
         try:
@@ -572,10 +589,9 @@ class OpenAIServing:
         retrieval and prompt are done, then its answer; a failure meanwhile is the stream's
         error event (its headers are sent)."""
         try:
-            while not waiting.done():
-                await asyncio.wait({waiting}, timeout=self.keepalive_s)
-                if not waiting.done():
-                    yield ": keep-alive\n\n"
+            async with aclosing(self.keep_alive(waiting)) as comments:
+                async for comment in comments:
+                    yield comment
             ready = self._ready_of(waiting, job)
         except APIError as exc:
             yield _sse(exc.body())

@@ -477,12 +477,7 @@ class ResponsesServing:
         if req.stream:  # a queue longer than a keep-alive: headers and keep-alives while it
             # waits (a proxy cut a silent request: a container audit)
             starting = asyncio.ensure_future(self._start(req, request, chat, searched, turn, bare))
-            try:
-                await asyncio.wait({starting}, timeout=self.serving.keepalive_s)
-            except BaseException:  # (the route cancelled)
-                starting.cancel()
-                raise
-            if starting.done():  # (its refusal as HTTP, as before)
+            if await self.serving.done_within_keepalive(starting):  # (its refusal as HTTP)
                 return self._streamed(starting.result().events())
             return self._streamed(self._when_started(starting))
         run = await self._start(req, request, chat, searched, turn, bare)
@@ -506,10 +501,9 @@ class ResponsesServing:
         stores = collection_names(chat.collection)
         wait = asyncio.ensure_future(self._indexed(stores, request, waiting))
         try:
-            while not wait.done():
-                await asyncio.wait({wait}, timeout=self.serving.keepalive_s)
-                if not wait.done():
-                    yield ": keep-alive\n\n"
+            async with aclosing(self.serving.keep_alive(wait)) as comments:
+                async for comment in comments:
+                    yield comment
             wait.result()
         except APIError as exc:
             yield sse_event("error", 0, code=exc.code, message=exc.message, param=exc.param)
@@ -526,10 +520,9 @@ class ResponsesServing:
         the prompt) is done, then the response's events; a failure meanwhile is an `error`
         event, as headers are sent."""
         try:
-            while not starting.done():
-                await asyncio.wait({starting}, timeout=self.serving.keepalive_s)
-                if not starting.done():
-                    yield ": keep-alive\n\n"
+            async with aclosing(self.serving.keep_alive(starting)) as comments:
+                async for comment in comments:
+                    yield comment
             run = starting.result()
         except APIError as exc:
             yield sse_event("error", 0, code=exc.code, message=exc.message, param=exc.param)
