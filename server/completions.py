@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from clara.errors import ClaraError
 from clara.stream import GenerationChunk
 from clara_cli.http import APIError, to_api_error
-from server.jobs import Job
+from server.jobs import Job, Ready
 from server.protocol import (
     Completion,
     CompletionChoice,
@@ -98,7 +98,7 @@ class CompletionServing:
             )  # fmt: skip
         s.check_token_ids(prompts, "prompt")
         params = [req.to_params(s.defaults, prompt) for prompt in prompts]
-        jobs = await self._start(params, request)
+        jobs = self._queue(params)
         cm = s.engine.worker.cm
         echoes = [
             "" if not req.echo else p.raw if isinstance(p.raw, str) else cm.tokenizer.decode(p.raw)
@@ -114,11 +114,23 @@ class CompletionServing:
         texts = [_Text(logprobs=p.logprobs, offset=len(e)) for p, e in zip(params, echoes)]
         if req.stream:  # (one prompt: the schema says so)
             usage = bool(req.stream_options and req.stream_options.include_usage)
+            job = jobs[0]
+
+            def answer(_: Ready) -> AsyncIterator[str]:
+                return self._stream(job, head, echoes[0], texts[0], usage, start)
+
+            waiting = asyncio.ensure_future(self._ready(jobs, 0, request))
+            if await s.done_within_keepalive(waiting, job.cancel):  # (its refusal as HTTP)
+                events = answer(s.ready_of(waiting, job))
+            else:  # a queue longer than a keep-alive: headers and keep-alives while it waits
+                events = s.wait_then_stream(waiting, job, answer)
             return StreamingResponse(
-                self._stream(jobs[0], head, echoes[0], texts[0], usage, start),
+                events,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+        for i in range(len(jobs)):
+            await self._ready(jobs, i, request)
         # several prompts decode side by side, in the one batch; one failing ends all
         tasks = [
             asyncio.ensure_future(self._whole(j, e, t, request, start))
@@ -149,35 +161,44 @@ class CompletionServing:
             head.model_copy(update={"choices": choices, "usage": usage}).model_dump()
         )
 
-    async def _start(self, params: list[RagParams], request: Request) -> list[Job]:
-        """Queue every prompt's job first (so they are admitted and prefilled together), then
-        wait until each is ready; a failure cancels them all."""
-        s = self.serving
+    def _queue(self, params: list[RagParams]) -> list[Job]:
+        """Queue every prompt's job first (so they are admitted and prefilled together); one
+        refused before queueing (far too long) cancels those queued, as HTTP."""
         jobs: list[Job] = []
-        which = 0  # the prompt being queued or waited for, to name in its error
         try:
-            for p in params:
-                which = len(jobs)
+            for which, p in enumerate(params):
                 try:
-                    jobs.append(s.engine.chat(p))
-                except ClaraError as exc:  # refused before queueing (far too long)
-                    raise to_api_error(exc) from None
-            for i, job in enumerate(jobs):
-                which = i
-                await s.until_ready(job, request)
-        except APIError as exc:
-            for job in jobs:
-                job.cancel()
-            if exc.code == "context_length_exceeded":
-                exc.param = "prompt"
-                if len(params) > 1:
-                    exc.message = f"prompt {which} (counting from 0): {exc.message}"
-            raise
+                    jobs.append(self.serving.engine.chat(p))
+                except ClaraError as exc:
+                    raise self._named(to_api_error(exc), which, len(params)) from None
         except BaseException:
             for job in jobs:
                 job.cancel()
             raise
         return jobs
+
+    async def _ready(self, jobs: list[Job], which: int, request: Request) -> Ready:
+        """Wait until prompt `which` is ready (retrieval and prompt done); a failure cancels
+        every job of the request."""
+        try:
+            return await self.serving.until_ready(jobs[which], request)
+        except APIError as exc:
+            for job in jobs:
+                job.cancel()
+            raise self._named(exc, which, len(jobs)) from None
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            raise
+
+    @staticmethod
+    def _named(exc: APIError, which: int, count: int) -> APIError:
+        """A prompt too long for the context names its parameter, and which prompt it is."""
+        if exc.code == "context_length_exceeded":
+            exc.param = "prompt"
+            if count > 1:
+                exc.message = f"prompt {which} (counting from 0): {exc.message}"
+        return exc
 
     async def _whole(
         self, job: Job, echo: str, text: _Text, request: Request, start: float

@@ -481,12 +481,15 @@ class OpenAIServing:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             job = self.queue_chat(params)
             waiting = asyncio.ensure_future(self.until_ready(job, request))
+
+            def answer(ready: Ready) -> AsyncIterator[str]:
+                return self._stream(job, self._reply(params, model, ready), usage, start)
+
             if await self.done_within_keepalive(waiting, job.cancel):  # (its refusal as HTTP)
-                ready = self._ready_of(waiting, job)
-                events = self._stream(job, self._reply(params, model, ready), usage, start)
+                events = answer(self.ready_of(waiting, job))
             else:  # a queue longer than a keep-alive: the answer's headers and keep-alive
                 # comments while it waits (a proxy cut a silent request: a container audit)
-                events = self._wait_then_stream(waiting, job, params, model, usage, start)
+                events = self.wait_then_stream(waiting, job, answer)
             return StreamingResponse(
                 events,
                 media_type="text/event-stream",
@@ -573,7 +576,7 @@ class OpenAIServing:
             raise to_api_error(exc) from None
 
     @staticmethod
-    def _ready_of(waiting: asyncio.Future, job: Job) -> Ready:
+    def ready_of(waiting: asyncio.Future, job: Job) -> Ready:
         """The `Ready` of a finished `until_ready`; its error cancels the job."""
         try:
             return waiting.result()
@@ -581,18 +584,18 @@ class OpenAIServing:
             job.cancel()
             raise
 
-    async def _wait_then_stream(
-        self, waiting: asyncio.Future, job: Job, params: RagParams, model: str, usage: bool,
-        start: float,
-    ) -> AsyncIterator[str]:  # fmt: skip
-        """A streamed chat still waiting for its turn: keep-alive comments until its
-        retrieval and prompt are done, then its answer; a failure meanwhile is the stream's
-        error event (its headers are sent)."""
+    async def wait_then_stream(
+        self, waiting: asyncio.Future, job: Job, then: Callable[[Ready], AsyncIterator[str]]
+    ) -> AsyncIterator[str]:
+        """A streamed request still waiting for its turn: keep-alive comments until its
+        retrieval and prompt are done (`waiting`, an `until_ready`), then the stream `then`
+        makes of them; a failure meanwhile is the stream's error event (its headers are sent).
+        Chat and legacy completions stream this way."""
         try:
             async with aclosing(self.keep_alive(waiting)) as comments:
                 async for comment in comments:
                     yield comment
-            ready = self._ready_of(waiting, job)
+            ready = self.ready_of(waiting, job)
         except APIError as exc:
             yield _sse(exc.body())
             yield "data: [DONE]\n\n"
@@ -601,9 +604,7 @@ class OpenAIServing:
             if not waiting.done():  # (the client left: the stream was closed)
                 waiting.cancel()
                 job.cancel()
-        async with aclosing(
-            self._stream(job, self._reply(params, model, ready), usage, start)
-        ) as events:
+        async with aclosing(then(ready)) as events:
             async for event in events:
                 yield event
 

@@ -251,7 +251,7 @@ def test_keepalive_comments_during_prefill(server: ServerProcess) -> None:
     assert "data: [DONE]" in lines[-2:]
 
 
-@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("api", ["chat", "responses", "completions"])
 def test_a_streamed_chat_waiting_in_the_queue_gets_its_headers_and_keep_alives(
     server: ServerProcess, api: str
 ) -> None:
@@ -266,6 +266,9 @@ def test_a_streamed_chat_waiting_in_the_queue_gets_its_headers_and_keep_alives(
         if api == "responses":
             url = f"{server.url}/v1/responses"
             body = {"input": "Hello?", "max_output_tokens": 2, "stream": True}
+        elif api == "completions":  # (legacy: the re-audit of session 51)
+            url = f"{server.url}/v1/completions"
+            body = {"prompt": "Hello?", "max_tokens": 2, "stream": True}
         with httpx.stream("POST", url, json=body, timeout=60) as queued:
             assert queued.status_code == 200  # (the one place in the batch is taken)
             said = queued.iter_lines()
@@ -278,6 +281,8 @@ def test_a_streamed_chat_waiting_in_the_queue_gets_its_headers_and_keep_alives(
         return
     assert rest[-1] == "data: [DONE]"
     assert any('"finish_reason": "length"' in x for x in rest), rest[-3:]
+    if api == "completions":
+        assert any('"text_completion"' in x for x in rest)
 
 
 def test_no_index_then_new_documents_without_restart(
