@@ -119,7 +119,7 @@ RESPONSE_FORMAT = {
     },
     "required": ["type"],
     "if": {"properties": {"type": {"const": "json_schema"}}, "required": ["type"]},
-    "then": {"required": ["json_schema"]},
+    "then": {"required": ["json_schema"], "properties": {"json_schema": {"required": ["schema"]}}},
 }
 
 
@@ -135,33 +135,37 @@ def format_grammar(
         return None
     if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
         raise APIError(400, f"{param} must be an object with a 'type' ({', '.join(FORMATS)})",
-                       param=f"{param}.type" if isinstance(fmt, dict) else param)  # fmt: skip
+                       param=f"{param}.type" if isinstance(fmt, dict) else param,
+                       code="invalid_type")  # fmt: skip
     kind = fmt["type"]
     if schema_at and schema_at in fmt and not isinstance(fmt[schema_at], dict):
-        raise APIError(
-            400, f"'{param}.{schema_at}' must be an object", param=f"{param}.{schema_at}"
-        )
+        raise APIError(400, f"'{param}.{schema_at}' must be an object",
+                       param=f"{param}.{schema_at}", code="invalid_type")  # fmt: skip
     holder = fmt.get(schema_at) if schema_at else fmt
     base = f"{param}.{schema_at}" if schema_at else param
     for key, kind_of, what in (("name", str, "a string"), ("schema", dict, "an object")):
         if isinstance(holder, dict) and key in holder and not isinstance(holder[key], kind_of):
-            raise APIError(400, f"'{base}.{key}' must be {what}", param=f"{base}.{key}")
+            raise APIError(400, f"'{base}.{key}' must be {what}", param=f"{base}.{key}",
+                           code="invalid_type")  # fmt: skip
     if kind == "text":
         return None
     if kind not in FORMATS:
         refuse(f"{param}.type", f"{param} type {kind!r}", then=f"send one of {FORMATS}")
     schema, where = None, param
-    if kind == "json_schema":
-        if not isinstance(holder, dict):
-            raise APIError(400, f"{param} type 'json_schema' needs '{base}' (an object with "
-                           "the 'schema')", param=base)  # fmt: skip
-        schema, where = holder.get("schema"), f"{base}.schema"
+    if kind == "json_schema":  # (its schema is needed, as OpenAI's Responses API says: any
+        # JSON object is type json_object; chat and Responses alike, a re-audit found them apart)
+        if not isinstance(holder, dict) or "schema" not in holder:
+            at = f"{base}.schema" if isinstance(holder, dict) else base
+            raise APIError(400, f"{param} type 'json_schema' needs '{base}.schema' (a JSON "
+                           "schema; for any JSON object send type 'json_object')", param=at,
+                           code="missing_required_parameter")  # fmt: skip
+        schema, where = holder["schema"], f"{base}.schema"
     if not compile:
         return None
     try:
         return json_grammar(schema)
     except InvalidArgumentError as exc:
-        raise APIError(400, str(exc), param=where) from None
+        raise APIError(400, str(exc), param=where, code="invalid_schema") from None
 
 
 def only(schema: dict[str, Any], **field: Any) -> Any:
@@ -469,10 +473,8 @@ class ChatCompletionRequest(_Request):
     def check_supported(self) -> None:
         """Raise a 400 `APIError` for what this server cannot do, instead of ignoring it."""
         if (self.n or 1) > 1:
-            raise APIError(
-                400, "n > 1 (several choices per request) is not supported by clara-serve: send "
-                "the request n times (with temperature > 0 for different answers)", param="n"
-            )  # fmt: skip
+            refuse("n", "n > 1 (several choices per request)", then="send the request n times "
+                   "(with temperature > 0 for different answers)")  # fmt: skip
         for name in ("tool_choice", "function_call"):
             if getattr(self, name) not in (None, "none", "auto"):
                 asked = json.dumps(getattr(self, name))

@@ -911,14 +911,25 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "hi", "temperature": 3}, "temperature"),
-        ({"input": "hi", "tool_choice": "required"}, "tool_choice"),
+        ({"input": "hi", "tool_choice": "required"}, ("tool_choice", "invalid_value")),
         ({"input": "hi", "tool_choice": {"type": "file_search"}}, "tool_choice"),
+        (  # (no schema: a 400 on chat and Responses alike; any JSON object is json_object)
+            {"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}},
+            ("text.format.schema", "missing_required_parameter"),
+        ),
+        (
+            {"input": "hi", "text": {"format": {"type": "json_schema", "schema": {"not": {}}}}},
+            ("text.format.schema", "invalid_schema"),
+        ),
     ],
 )
 def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> None:
     r = post(server, body)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
+    if isinstance(param, tuple):  # (and OpenAI's code for it: clients branch on it)
+        param, code = param
+        assert err["code"] == code, err
     assert err["message"] and "Traceback" not in err["message"]
     assert "more problems" not in err["message"]  # no noise from union members it is not
     if param is not None:

@@ -709,7 +709,7 @@ UNSUPPORTED = {
     "tool_choice": "unsupported_value", "response_format.type": "unsupported_value",
     "messages.[0].audio": "unsupported_parameter",
     "messages.[0].content.[0].type": "unsupported_value", "reasoning_effort": "unsupported_value",
-    "web_search_options": "unsupported_parameter",
+    "web_search_options": "unsupported_parameter", "n": "unsupported_value",
 }  # fmt: skip
 TOOLS = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]
 
@@ -791,11 +791,18 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
                 "messages": ask("hi"),
                 "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}},
             },
-            "response_format.json_schema.schema",
+            ("response_format.json_schema.schema", "invalid_schema"),
         ),
         (
             {"messages": ask("hi"), "response_format": {"type": "json_schema"}},
-            "response_format.json_schema",
+            ("response_format.json_schema", "missing_required_parameter"),
+        ),  # fmt: skip
+        (  # (no schema: a 400 on chat and Responses alike; any JSON object is json_object)
+            {
+                "messages": ask("hi"),
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
+            },
+            ("response_format.json_schema.schema", "missing_required_parameter"),
         ),  # fmt: skip
         (  # (the answer ends where its JSON does: a review)
             {"messages": ask("hi"), "ignore_eos": True, "response_format": {"type": "json_object"}},
@@ -818,9 +825,9 @@ def test_malformed_json_is_400(server: ServerProcess) -> None:
 def test_invalid_or_unsupported_requests_are_400(server: ServerProcess, body: dict, param) -> None:
     # what clara cannot do has OpenAI's code (an agent audit: clients that branch on it got
     # none); a malformed request has none
-    code = UNSUPPORTED.get(param)
+    param, code = param if isinstance(param, tuple) else (param, UNSUPPORTED.get(param))
     if param == "response_format.type" and "type" not in body["response_format"]:
-        code = None  # (no type at all: malformed)
+        code = "invalid_type"  # (no type at all: malformed)
     err = assert_error(post(server, "/v1/chat/completions", body), 400, param=param, code=code)
     assert err["type"] == "invalid_request_error"
     if param == "collection":  # (it showed the regular expression; a web chat audit)
@@ -848,7 +855,8 @@ def test_what_chat_apps_send_is_answered(server: ServerProcess, client: openai.O
     assert [c for c in streamed if c.choices and c.choices[0].finish_reason]
     for field, value in (("frequency_penalty", 2.5), ("presence_penalty", -3)):
         assert_error(post(server, "/v1/chat/completions", {**body, field: value}), 400, field)
-    err = assert_error(post(server, "/v1/chat/completions", {**body, "n": 2}), 400, "n")
+    n2 = post(server, "/v1/chat/completions", {**body, "n": 2})
+    err = assert_error(n2, 400, "n", "unsupported_value")
     assert "send the request n times" in err["message"]
     calls = [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     history[-1]["tool_calls"] = calls  # a real one is read as text (an agent audit)

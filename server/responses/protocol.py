@@ -237,7 +237,9 @@ class ResponseCreateRequest(_Request):
         {"properties": {"format": {"anyOf": [
             {"type": "object", "required": ["type"], "properties": {
                 "type": {"enum": FORMATS}, "name": {"type": "string"},
-                "schema": {"type": "object"}}},
+                "schema": {"type": "object"}},
+             "if": {"properties": {"type": {"const": "json_schema"}}},
+             "then": {"required": ["schema"]}},
             NULL,
         ]}}},
         default=None,
@@ -357,6 +359,7 @@ class ResponseCreateRequest(_Request):
                     400, f"tool_choice {json.dumps(choice)} needs a file_search tool in "
                     "'tools' (without one, leave tool_choice unset: clara-serve then "
                     "searches its default collection)", param="tool_choice",
+                    code="invalid_value",
                 )  # fmt: skip
 
 
