@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -52,8 +53,8 @@ VOID = frozenset(
 )  # fmt: skip
 
 
-#: Elements always closed by their end tag, skipped when they are a site menu or not shown
-#: (`_not_shown`: an element whose end tag may be left out, a <p>, could not be skipped safely)
+#: Elements always closed by their end tag, skipped to it when they are a site menu or not
+#: shown (`_not_shown`; those whose end tag may be left out, a <p>: `_Unclosed`)
 _CLOSED = frozenset(
     {"div", "ul", "ol", "section", "aside", "header", "footer", "span", "table", "article",
      "main", "form", "figure", "blockquote", "details", "fieldset", "a", "label"}
@@ -68,6 +69,79 @@ _UNSHOWN_STYLE = re.compile(
 )
 
 
+#: Elements whose end tag may be left out, skipped when hidden until what ends them in a
+#: browser: their own end tag, one of these start tags (`_Unclosed`), or an end tag of a
+#: block around them (`_ENDED_BY_END`). A <p> ends at any block's start tag.
+_ENDED_BY_START = {
+    "p": (BLOCKS | {"td", "th", "nav", "menu", "hgroup", "dialog", "search"}) - {"br"},
+    "li": {"li"},
+    "dt": {"dt", "dd"},
+    "dd": {"dt", "dd"},
+    "td": {"td", "th", "tr", "tbody", "thead", "tfoot"},
+    "th": {"td", "th", "tr", "tbody", "thead", "tfoot"},
+    "tr": {"tr", "tbody", "thead", "tfoot"},
+    "tbody": {"tbody", "thead", "tfoot"},
+    "thead": {"tbody", "thead", "tfoot"},
+    "tfoot": {"tbody", "thead", "tfoot"},
+    **dict.fromkeys(HEADINGS, HEADINGS),
+}
+#: End tags that end any of them (the block around them ends), besides their own
+_ENDED_BY_END = (BLOCKS | {"td", "th"}) - {"br", "hr"}
+#: Their own end tags: a heading ends at any heading's end tag, a cell at a cell's
+_OWN_END = {
+    **{tag: {tag} for tag in _ENDED_BY_START},
+    **dict.fromkeys(HEADINGS, HEADINGS),
+    "td": {"td", "th"}, "th": {"td", "th"}, "dt": {"dt", "dd"}, "dd": {"dt", "dd"},
+}  # fmt: skip
+
+
+@dataclass
+class _Unclosed:
+    """A hidden element whose end tag may be left out (`_ENDED_BY_START`), being skipped.
+    `inner` holds the blocks opened inside it, so that their end tags do not end it, nor
+    what would end it inside an always-closed one (a list in a hidden <li>). (`counts`
+    counts them by tag: each tag costs the same however many are open.)"""
+
+    tag: str
+    inner: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    closed: int = 0  # of them, always-closed blocks
+
+    def ends_at_start(self, tag: str) -> bool:
+        """Whether start tag `tag` ends it (then `tag` is read as usual); else it is skipped."""
+        if tag in _ENDED_BY_START[self.tag] and not self.closed:
+            return True
+        if (tag in BLOCKS or tag in _ENDED_BY_START) and tag not in VOID:
+            self.inner.append(tag)
+            self.counts[tag] += 1
+            self.closed += tag in _CLOSED
+        return False
+
+    def ends_at_end(self, tag: str) -> tuple[bool, bool]:
+        """(whether end tag `tag` ends it, whether `tag` is then read as usual: not its own)"""
+        if self.counts[tag]:  # (and those left open inside it)
+            while True:
+                inner = self.inner.pop()
+                self.counts[inner] -= 1
+                self.closed -= inner in _CLOSED
+                if inner == tag:
+                    return False, False
+        if tag in _OWN_END[self.tag]:
+            return True, False
+        return (True, True) if tag in _ENDED_BY_END else (False, False)
+
+
+def _hidden(attrs: list[tuple[str, str | None]]) -> bool:
+    """Marked not shown: `hidden` (not `hidden="until-found"`, which find-in-page opens), an
+    inline `display: none` or `visibility: hidden`."""
+    first: dict[str, str] = {}  # (a browser takes an attribute's first value)
+    for name, value in attrs:
+        first.setdefault(name, value or "")
+    if "hidden" in first and first["hidden"].strip().lower() != "until-found":
+        return True
+    return bool(_UNSHOWN_STYLE.search(first.get("style", "")))
+
+
 def _not_shown(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
     """An element to skip as <nav> is: a site menu (`role="navigation"`: a documents audit
     found menus built of <div>s indexed), or one a browser does not show (`hidden`, but not
@@ -76,18 +150,14 @@ def _not_shown(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
     panel (`role="tabpanel"`: the other tabs of a docs page's install instructions) is read:
     a reader opens it with a click."""
     if tag not in _CLOSED:
-        return False
+        return tag in _ENDED_BY_START and _hidden(attrs)  # (`_Unclosed`)
     first: dict[str, str] = {}  # (a browser takes an attribute's first value)
     for name, value in attrs:
         first.setdefault(name, value or "")
     role = first.get("role", "").strip().lower()
     if role in ("navigation", "tabpanel"):
         return role == "navigation"
-    if tag not in _HIDEABLE:
-        return False
-    if "hidden" in first and first["hidden"].strip().lower() != "until-found":
-        return True
-    return bool(_UNSHOWN_STYLE.search(first.get("style", "")))
+    return tag in _HIDEABLE and _hidden(attrs)
 
 
 @dataclass
@@ -198,6 +268,7 @@ class _Parser(HTMLParser):
         self.headings: list[str] = []
         self.title: list[str] = []
         self.skip: list[str] = []  # open skipped elements
+        self.unclosed: _Unclosed | None = None  # a hidden <p>, <li>, heading... being skipped
         self.pre = 0  # depth of <pre>
         self.in_title = False
         self.heading = False
@@ -210,6 +281,10 @@ class _Parser(HTMLParser):
             return
         if self.skip == ["head"] and tag not in IN_HEAD:
             self.skip = []  # body content: the head has ended
+        if self.unclosed is not None:
+            if not self.unclosed.ends_at_start(tag):
+                return
+            self.unclosed = None
         if self.skip:  # nested alike: </div> ends one; a head's <script> is its own
             if (tag == self.skip[0] or self.skip == ["head"] and tag in SKIPPED) and (
                 tag not in VOID
@@ -217,7 +292,11 @@ class _Parser(HTMLParser):
                 self.skip.append(tag)
             return
         if (tag in SKIPPED and tag not in VOID) or _not_shown(tag, attrs):
-            self.skip.append(tag)
+            if tag in _CLOSED or tag in SKIPPED:
+                self.skip.append(tag)
+            else:  # (a hidden cell still ends the cell before it)
+                self._ended_by(tag)
+                self.unclosed = _Unclosed(tag)
             return
         if tag in ("td", "th"):
             self._start_cell()
@@ -254,6 +333,12 @@ class _Parser(HTMLParser):
             elif tag in self.skip:  # unclosed elements inside: close them too
                 del self.skip[self.skip.index(tag) :]
             return
+        if self.unclosed is not None:
+            ended, read = self.unclosed.ends_at_end(tag)
+            if ended:
+                self.unclosed = None
+            if not read:
+                return
         if tag in ("td", "th"):
             self._end_cell()
         elif tag == "tr":
@@ -274,7 +359,7 @@ class _Parser(HTMLParser):
             return
         if self.skip == ["head"] and data.strip():
             self.skip = []  # text outside <title> ends the head too
-        if not self.skip:
+        if not self.skip and self.unclosed is None:
             self.line.append(data)
 
     # (the parser calls one of these at each step: the deadline is looked at each step)
@@ -305,6 +390,18 @@ class _Parser(HTMLParser):
         if self.pre:
             return raw.strip("\n")
         return " ".join(raw.split())
+
+    def _ended_by(self, tag: str) -> None:
+        """What the start of a hidden `tag` ends of the text before it: a cell, a row, or
+        the line (a block in a cell: a space)."""
+        if tag in ("td", "th"):
+            self._end_cell()
+        elif tag in ("tr", "tbody", "thead", "tfoot"):
+            self._end_row()
+        elif self.in_cell:
+            self.line.append(" ")
+        else:
+            self._flush()
 
     def _start_cell(self) -> None:
         if self.in_cell:  # the previous cell was not closed

@@ -1066,10 +1066,32 @@ def test_html_text_a_browser_does_not_show_is_skipped() -> None:
         "<section style='VISIBILITY: hidden'>secret</section>"
         '<div hidden="until-found">Found by search.</div>'
         '<div role="tabpanel" hidden><p>pip install acme</p></div>'
-        '<div style="display: block">Block.</div><p hidden>Kept: a p may lose its end tag'
-        "</p><p>End.</p></body>"
+        '<div style="display: block">Block.</div><p hidden>A hidden p.</p><p>End.</p></body>'
     )
     assert html_to_text(html).text == (
         "Shown.\n\nunclosed inline\n\nVisible after it.\n\nFound by search.\n\n"
-        "pip install acme\n\nBlock.\n\nKept: a p may lose its end tag\n\nEnd."
+        "pip install acme\n\nBlock.\n\nEnd."
     )  # (an inline element is not skipped: one left unclosed took the rest of the page)
+
+
+def test_html_hidden_elements_whose_end_tag_may_be_left_out_end_where_a_browser_ends_them():
+    """A re-audit: a hidden <p>, list item, heading, cell or row was indexed, since its end
+    tag may be left out and skipping to it could take the page. Each now ends where a
+    browser ends it: the next item, cell or row, a block's start (a <p>), the list or table
+    around it; not inside a list it holds."""
+    html = (
+        "<body><p hidden>Hidden p<p>Shown p.</p>"
+        "<ul><li hidden>secret item<li>Item two<li hidden>sec<ul><li>nested secret</ul>still "
+        "secret<li>Item three<li hidden><p>para</p> more secret</li><li>Item four</ul>"
+        "<h2 hidden>Secret heading</h2><h2>Heading</h2>"
+        "<table><tr><td>a<td hidden>secret cell<td>b</tr><tr hidden><td>secret row<tr><td>c"
+        "<td>d</table><dl><dt>Term<dd hidden>secret def<dt>Term two<dd>Def</dl>"
+        '<div><p hidden>unclosed in a div</div><p>After the div.</p><p style="display:none">x'
+        '<h3 hidden="until-found">Found</h3></body>'
+    )
+    page = html_to_text(html)
+    assert page.text == (
+        "Shown p.\n\n- Item two\n\n- Item three\n\n- Item four\n\nHeading\n\na | b\n\n"
+        "c | d\n\nTerm\n\nTerm two\n\nDef\n\nAfter the div.\n\nFound"
+    )
+    assert page.headings == ["Heading", "Found"]
