@@ -136,6 +136,19 @@ def port_arg(value: str) -> int:
     return n
 
 
+def root_path_arg(value: str) -> str:
+    """argparse type: a URL path a reverse proxy serves a server under ('/clara', or '' for
+    none), without its last slash."""
+    path = value.strip()
+    if not path or path == "/":
+        return ""
+    if not path.startswith("/") or any(c in path for c in "?#\\ ") or "//" in path:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give the path the proxy serves this server under, e.g. /clara"
+        )
+    return path.rstrip("/")
+
+
 def path_arg(value: str) -> str:
     """argparse type: a path, not empty (an unset shell variable read as the current folder:
     `clara-index remove "$DOC"` removed the documents under it)."""

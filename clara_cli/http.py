@@ -835,23 +835,27 @@ def serve_api_docs(app: FastAPI) -> None:
     app.mount(DOCS_FILES, StaticFiles(directory=files), name="docs-files")
     title = f"{app.title} API"
 
+    # (addresses relative to the page: behind a proxy that serves the server under a path
+    # of its own, /clara/docs reads /clara/openapi.json)
+    schema, files = (app.openapi_url or "/openapi.json").lstrip("/"), DOCS_FILES.lstrip("/")
+
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=schema,
             title=title,
-            swagger_js_url=f"{DOCS_FILES}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_FILES}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_FILES}/favicon.png",
+            swagger_js_url=f"{files}/swagger-ui-bundle.js",
+            swagger_css_url=f"{files}/swagger-ui.css",
+            swagger_favicon_url=f"{files}/favicon.png",
         )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=schema,
             title=title,
-            redoc_js_url=f"{DOCS_FILES}/redoc.standalone.js",
-            redoc_favicon_url=f"{DOCS_FILES}/favicon.png",
+            redoc_js_url=f"{files}/redoc.standalone.js",
+            redoc_favicon_url=f"{files}/favicon.png",
             with_google_fonts=False,
         )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from clara.errors import ClaraError
-from clara_cli.common import EXIT_INTERRUPTED, non_negative_float, port_arg
+from clara_cli.common import EXIT_INTERRUPTED, non_negative_float, port_arg, root_path_arg
 
 #: Seconds a stopping server waits for requests in progress (--shutdown-grace, `serve_http`).
 SHUTDOWN_GRACE_S = 30
@@ -57,6 +57,16 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         "revoked by deleting its line, with no restart. What a request deletes is logged with "
         "its key's name "
         "(default: $CLARA_API_KEY_FILE; with --api-key, both are accepted)",
+    )
+    net.add_argument(
+        "--root-path",
+        type=root_path_arg,
+        default=os.environ.get("CLARA_ROOT_PATH", ""),  # (argparse checks it by `type`)
+        metavar="PATH",
+        help="the path a reverse proxy serves this server under and strips before passing "
+        "requests on (e.g. /clara for https://example.org/clara/): the links the server "
+        "writes start with it (an upload's source link, the API reference's requests); the "
+        "web chat needs none (default: $CLARA_ROOT_PATH; unset: none)",
     )
     net.add_argument(
         "--allow-host",
@@ -319,6 +329,8 @@ def serve_http(
     import uvicorn
 
     configure_logging(args)
+    if args.root_path:  # (the API reference's "Try it out" asks there)
+        app.servers = [{"url": args.root_path}]
 
     _more_open_files()
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once

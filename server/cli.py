@@ -339,10 +339,11 @@ def responses_db(args: argparse.Namespace) -> Path | None:
 
 
 def files_url(args: argparse.Namespace) -> str | None:
-    """--files-url, checked: an http(s) address, given with --no-files-api only."""
+    """Where sources' upload links point: --files-url, checked (an http(s) address, given
+    with --no-files-api only), else this server under its --root-path (None: its root)."""
     url = args.files_url
     if url is None:
-        return None
+        return args.root_path or None
     if args.files_api:
         raise ClaraError(
             "--files-url goes with --no-files-api: this server serves the Files API itself, "

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -259,6 +260,38 @@ def test_chat_sources_of_uploads_name_the_file_not_the_servers_folder(
     headers = {"Authorization": f"Bearer {API_KEY}"}
     got = httpx.get(server.url + top["url"], headers=headers, timeout=10)
     assert got.status_code == 200 and got.text == GUIDE
+
+
+def test_behind_a_proxy_under_a_path_the_links_name_it(tmp, tiny_llama_dir, knowledge_base):
+    """A container audit: behind https://host/clara/ (a proxy that strips /clara) source
+    links and the API reference pointed outside the prefix. With --root-path they name it;
+    requests are routed as before (the proxy strips it)."""
+    store, file_id = knowledge_base
+    other = start_server(tmp, tiny_llama_dir, "--root-path", "/clara/")
+    proxied = "http://proxy.example/clara/"  # what the browser sees; the proxy strips /clara
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def through_proxy(url: str) -> httpx.Response:
+        full = urllib.parse.urljoin(proxied, url)
+        assert full.startswith(proxied), full  # (inside the prefix)
+        return httpx.get(other.url + "/" + full.removeprefix(proxied), headers=headers)
+
+    try:
+        body = {"messages": [{"role": "user", "content": GUIDE}], "max_tokens": 2,
+                "collection": store}  # fmt: skip
+        chat = httpx.post(f"{other.url}/v1/chat/completions", json=body, headers=headers)
+        top = chat.json()["choices"][0]["message"]["sources"][0]
+        assert top["url"] == f"/clara/v1/files/{file_id}/content"
+        assert through_proxy(top["url"]).text == GUIDE
+        schema = httpx.get(f"{other.url}/openapi.json", headers=headers).json()
+        assert schema["servers"] == [{"url": "/clara"}]  # ("Try it out" asks through it)
+        docs = through_proxy("docs")
+        assets = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", docs.text)
+        assert "openapi.json" in assets and len(assets) > 2
+        for url in assets:
+            assert through_proxy(urllib.parse.urljoin(proxied + "docs", url)).status_code == 200
+    finally:
+        other.stop()
 
 
 def test_metadata_is_bounded_as_openai_bounds_it(client: openai.OpenAI) -> None:

@@ -60,9 +60,15 @@ function failure(r, body) {
 
 // Every address is relative to the page, so the chat works behind a reverse proxy that serves
 // it under a path of its own (https://example.org/clara/): the API is beside the page. A source
-// link the server writes from its root ("/v1/files/...") is read from the page's folder too.
+// link the server writes from its root ("/v1/files/...", or "/clara/v1/files/..." under
+// --root-path) is read from the page's folder too.
 function here(url) {
-  return url.startsWith("/v1/") ? url.slice(1) : url;
+  const at = url.startsWith("/") ? url.indexOf("/v1/") : -1;
+  return at >= 0 ? url.slice(at + 1) : url;
+}
+
+function isUpload(url) {
+  return !!url && url.startsWith("/") && url.includes("/v1/files/");
 }
 
 async function api(path, options = {}) {
@@ -466,7 +472,7 @@ function showSources(div, sources, from) {
       button.setAttribute("aria-expanded", String(!snippet.hidden));
     };
     li.append(button);
-    if (filesApi && s.url && s.url.startsWith("/v1/files/")) { // uploads: the files API's
+    if (filesApi && isUpload(s.url)) { // uploads: the files API's
       const open = document.createElement("a");
       open.href = here(s.url);
       open.textContent = "open";
