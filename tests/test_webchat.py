@@ -6,6 +6,8 @@ real clara-serve: enter the API key, upload a document into a new collection (pr
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import httpx
@@ -717,3 +719,143 @@ def test_an_ask_key_sees_no_upload_form(tiny_llama_dir, tmp_path, page) -> None:
         assert "not upload" in page.locator("#ask-only").text_content()
     finally:
         proc.stop()
+
+
+def _contrast(fg: str, bg: str) -> float:
+    """WCAG contrast ratio of two `rgb(r, g, b)` colours."""
+
+    def luminance(color: str) -> float:
+        r, g, b = (int(x) / 255 for x in re.findall(r"\d+", color)[:3])
+        lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_on_a_phone_fields_and_targets_are_touch_sized(server: ServerProcess, page) -> None:
+    """A mobile audit: fields of 13-15 px (iOS zooms into them on focus), buttons 38 px and
+    source toggles 20 px tall to tap, the dark placeholder at 2.4:1; the settings stayed open
+    when a phone was turned to portrait, squeezing the chat to 134 px."""
+    context = page.context.browser.new_context(
+        viewport={"width": 750, "height": 342}, is_mobile=True, has_touch=True,
+        device_scale_factor=3, color_scheme="dark",
+    )  # fmt: skip
+    phone = context.new_page()
+    phone.set_default_timeout(60_000)
+    try:
+        open_page(phone, server)  # on its side: wide enough for the settings beside the chat
+        assert phone.locator("#settings").get_attribute("open") is not None
+        phone.set_viewport_size({"width": 390, "height": 664})  # turned to portrait
+        sync_api.expect(phone.locator("#collection")).to_be_hidden()  # folded away
+        for field in ("#question", "#api-key", "#collection", "#new-collection"):
+            size = phone.evaluate(
+                f"() => getComputedStyle(document.querySelector('{field}')).fontSize"
+            )
+            assert float(size.removesuffix("px")) >= 16, (field, size)
+        assert "Shift" not in phone.get_attribute("#question", "placeholder")  # (no Shift key)
+        assert phone.get_attribute("#question", "enterkeyhint") == "send"
+        phone.fill("#question", "What is the river called?")
+        phone.tap("#send")
+        answer = phone.locator(".msg.assistant.done").last
+        sync_api.expect(answer).to_have_count(1)
+        for target in ("#send", "#clear", "#settings > summary"):
+            assert phone.locator(target).bounding_box()["height"] >= 44, target
+        placeholder, field = phone.evaluate(
+            """() => { const q = document.querySelector('#question');
+                return [getComputedStyle(q, '::placeholder').color, getComputedStyle(q).backgroundColor]; }"""
+        )  # fmt: skip
+        background = field if "rgb(" in field else "rgb(35, 35, 38)"  # (transparent: the form's)
+        assert _contrast(placeholder, background) >= 4.5, (placeholder, field)
+    finally:
+        context.close()
+
+
+def test_a_phone_on_its_side_follows_the_answer_and_keeps_the_readers_place(
+    server: ServerProcess, page
+) -> None:
+    """A mobile audit: in a short window the page scrolls, not the log, so an answer was not
+    followed, and when it ended the focus put back in the question box scrolled the page to
+    the bottom under a reader who had scrolled up."""
+    long = "".join(f"Line {i} of a long answer.\n" for i in range(60))
+    body = (
+        "".join(
+            f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': part}}]})}\n\n"
+            for part in (long[: len(long) // 2], long[len(long) // 2 :])
+        )
+        + 'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    held, calls = [], []
+
+    def answer(route) -> None:
+        calls.append(route)
+        if len(calls) == 1:
+            held.append(route)  # the first waits until the test lets it go
+        else:
+            route.fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream"})
+
+    page.set_viewport_size({"width": 750, "height": 342})
+    page.route("**/v1/chat/completions", answer)
+    try:
+        open_page(page, server)
+        page.fill("#question", "Tell me everything.")
+        page.click("#send")
+        sync_api.expect(page.locator("#stop")).to_be_visible()
+        page.evaluate("() => window.scrollTo(0, 0)")  # the reader scrolls up to read
+        held.pop().fulfill(status=200, body=body, headers={"Content-Type": "text/event-stream"})
+        sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(1)
+        assert page.evaluate("() => window.scrollY") == 0  # left where they were
+        page.evaluate("() => window.scrollTo(0, document.scrollingElement.scrollHeight)")
+        page.fill("#question", "And more?")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(2)
+        at_end = page.evaluate(
+            "() => { const s = document.scrollingElement; return s.scrollHeight - s.scrollTop - s.clientHeight; }"
+        )  # fmt: skip
+        assert at_end < 40, at_end  # followed to the end of the answer
+    finally:
+        page.unroute("**/v1/chat/completions")
+        page.set_viewport_size({"width": 1280, "height": 720})
+
+
+def test_new_chat_can_be_undone_and_a_reload_or_lost_network_is_no_server_error(
+    server: ServerProcess, page
+) -> None:
+    """A mobile audit: New chat, a tap beside Send, cleared the conversation for good; a
+    reload while an answer streamed kept it as "the server did not answer"; a phone offline
+    was told the server did not answer."""
+    open_page(page, server)
+    page.fill("#question", "Where is the mill?")
+    page.press("#question", "Enter")
+    sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(1)
+    page.click("#clear")
+    sync_api.expect(page.locator("#log .msg")).to_have_count(0)
+    page.get_by_role("button", name="Bring back the last chat").click()
+    sync_api.expect(page.locator("#log .msg")).to_have_count(2)
+    assert "Where is the mill?" in page.evaluate("() => sessionStorage.getItem('clara-chat')")
+    page.click("#clear")
+    page.fill("#question", "A new question")
+    page.press("#question", "Enter")
+    sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(1)
+    sync_api.expect(page.locator(".cleared")).to_have_count(0)  # (gone with the new chat)
+
+    page.context.set_offline(True)
+    try:
+        page.fill("#question", "Offline?")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator(".msg.assistant.error")).to_contain_text("offline")
+    finally:
+        page.context.set_offline(False)
+
+    page.route("**/v1/chat/completions", lambda route: None)  # held: an answer under way
+    try:
+        page.fill("#question", "Cut by a reload")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator("#stop")).to_be_visible()
+        sync_api.expect(page.locator(".msg.assistant").last).to_contain_text("Answering")
+        page.reload()
+        sync_api.expect(page.locator("#log .msg").first).to_be_visible()
+        kept = page.evaluate("() => sessionStorage.getItem('clara-chat')")
+        assert "Cut by a reload" not in kept and "did not answer" not in kept, kept
+    finally:
+        page.unroute("**/v1/chat/completions")

@@ -14,6 +14,8 @@ let keyChanged = false; // the API key was typed again since the stores were lis
 let keyRole = "all"; // the API key's role, as the server's answers say (X-Clara-Key-Role)
 const MAX_SEARCHED = 8; // collections one question searches at most (server/protocol.py's)
 const NO_ANSWER = "the server did not answer (stopped or restarting?)";
+const OFFLINE = "this device is offline: send it again once it is back online";
+let leaving = false; // the page is being reloaded or closed (an answer cut by it is no error)
 const KEY_WRONG = "the API key is missing or wrong: enter the server's key in the API key field";
 const KEY_UNSENDABLE = "the API key has a character a browser cannot send (a curly quote or a dash pasted with it?): type the server's key again";
 
@@ -99,13 +101,34 @@ function uploadsFor() {
 }
 
 // Follow the newest text only while the reader is at the bottom: scrolling up to read stays put.
-function atBottom() {
+// What scrolls is the log, or the page itself in a short window (a phone on its side: style.css).
+function scroller() {
   const log = $("log");
-  return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  return getComputedStyle(log).overflowY === "visible" ? document.scrollingElement : log;
+}
+
+function atBottom() {
+  const s = scroller();
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 40;
 }
 
 function follow(wasAtBottom) {
-  if (wasAtBottom) $("log").scrollTop = $("log").scrollHeight;
+  if (wasAtBottom) { const s = scroller(); s.scrollTop = s.scrollHeight; }
+}
+
+// The reader's place, kept across a turn of the phone (which changes what scrolls): at the
+// bottom, or the first message in view.
+let pinned = true;
+let reading = null;
+function notePlace() {
+  pinned = atBottom();
+  const s = scroller();
+  const top = s === $("log") ? s.getBoundingClientRect().top : 0;
+  reading = [...$("log").children].find((m) => m.getBoundingClientRect().bottom > top + 1) || null;
+}
+function keepPlace() {
+  if (pinned || !reading) follow(true);
+  else reading.scrollIntoView({ block: "start" });
 }
 
 function add(role, text) {
@@ -552,7 +575,8 @@ function busy(on) {
   $("send").hidden = on;
   $("stop").hidden = !on;
   if (on && had === $("send")) $("stop").focus();
-  if (!on && (had === $("stop") || had === document.body || had === null)) $("question").focus();
+  // (without scrolling: a reader who scrolled up to read stays there when the answer ends)
+  if (!on && (had === $("stop") || had === document.body || had === null)) $("question").focus({ preventScroll: true });
 }
 
 // The SSE events of one streamed answer, as parsed JSON chunks. A stream that ends without
@@ -579,6 +603,7 @@ async function* events(response) {
 
 async function ask(question) {
   const mine = chat;
+  for (const line of $("log").querySelectorAll(".cleared")) line.remove(); // (a new chat began)
   const controller = new AbortController();
   running = controller;
   busy(true);
@@ -587,7 +612,11 @@ async function ask(question) {
   turns.push({ role: "user", content: question });
   const div = add("assistant", "");
   const text = document.createTextNode("");
-  div.appendChild(text);
+  const waiting = document.createElement("span"); // until the first words come (a slow network)
+  waiting.className = "muted";
+  waiting.textContent = "Answering…";
+  div.append(text, waiting);
+  div.setAttribute("aria-busy", "true");
   const body = { messages: turns.slice(), stream: true, retrieval: $("retrieval").checked };
   const chosen = filesApi ? $("collection").selectedOptions[0] : null;
   const asked = searched();
@@ -621,7 +650,7 @@ async function ask(question) {
       if (chunk.retrieval) retrieval = chunk.retrieval;
       const wasAtBottom = atBottom();
       for (const choice of chunk.choices || []) {
-        if (choice.delta.content) text.data += choice.delta.content;
+        if (choice.delta.content) { text.data += choice.delta.content; waiting.remove(); }
         if (choice.delta.sources) {
           if (several) { // each says its collection, by name (kept with the conversation)
             for (const src of choice.delta.sources) src.collection_name = storeNames[src.collection] || src.collection;
@@ -641,6 +670,7 @@ async function ask(question) {
     if (finish === "length") remark("cut off at the answer length limit; ask for the rest");
     say(text.data);
   } catch (e) {
+    if (leaving) return; // the page reloads or closes: nothing failed, nothing is kept
     if (e.name === "AbortError") { // Stop, or New chat: keep what was written
       if (mine === chat) {
         if (text.data) turns.push({ role: "assistant", content: text.data });
@@ -651,7 +681,8 @@ async function ask(question) {
     } else {
       div.classList.add("error");
       record.error = true;
-      const message = e instanceof TypeError ? NO_ANSWER : e.message; // the connection broke
+      // the connection broke: this device's, or the server's
+      const message = e instanceof TypeError ? (navigator.onLine ? NO_ANSWER : OFFLINE) : e.message;
       text.data += (text.data ? "\n" : "") + "Error: " + message;
       // what the page shows of the server may be out of date: a restart (another model, other
       // collections) or a collection deleted elsewhere, which stayed picked
@@ -662,7 +693,9 @@ async function ask(question) {
       if (mine === chat && !$("question").value) $("question").value = question; // to send again
     }
   } finally {
-    if (mine === chat) { // (an answer New chat abandoned belongs to no conversation kept)
+    waiting.remove();
+    div.removeAttribute("aria-busy");
+    if (mine === chat && !leaving) { // (an answer New chat abandoned belongs to no conversation kept)
       record.text = text.data;
       shown.push({ role: "user", text: question }, record);
       saveChat();
@@ -779,6 +812,7 @@ async function upload() {
     $("upload").removeAttribute("aria-disabled");
     $("upload-progress").hidden = true;
     $("file").value = "";
+    status.scrollIntoView({ block: "nearest" }); // (the settings fold scrolls on a phone)
     await loadCollections(store ? store.id : undefined);
   }
 }
@@ -821,11 +855,33 @@ document.addEventListener("keydown", (e) => { // Escape stops the answer being w
 $("clear").addEventListener("click", () => {
   chat += 1;
   if (running) running.abort(); // the server stops generating when the stream closes
+  // the chat cleared can be brought back until the next question (a tap beside Send cleared
+  // it for good: a mobile audit)
+  const before = shown.length ? { turns: turns.slice(), shown: shown.slice() } : null;
   turns.length = 0;
   shown.length = 0;
   sessionStorage.removeItem(CHAT);
   $("log").replaceChildren();
   $("announce").textContent = "";
+  if (before) {
+    const line = document.createElement("p");
+    line.className = "muted cleared";
+    const back = document.createElement("button");
+    back.type = "button";
+    back.className = "secondary";
+    back.textContent = "Bring back the last chat";
+    back.onclick = () => {
+      if (shown.length || running) return; // (a new one has begun)
+      line.remove();
+      turns.push(...before.turns);
+      for (const record of before.shown) { draw(record); shown.push(record); }
+      saveChat();
+      say("last chat back");
+      $("question").focus();
+    };
+    line.append("New chat. ", back);
+    $("log").appendChild(line);
+  }
   say("New chat");
   $("question").focus();
 });
@@ -845,5 +901,18 @@ function lookAgain() { // (not while the key is wrong: a 401 at each focus took 
 }
 window.addEventListener("focus", lookAgain); // back from the terminal that ran clara-index add
 document.addEventListener("visibilitychange", lookAgain);
-if (window.matchMedia("(max-width: 700px)").matches) $("settings").open = false; // phones
+const phone = window.matchMedia("(max-width: 700px)");
+if (phone.matches) $("settings").open = false; // phones: the settings fold above the chat
+phone.addEventListener("change", (e) => { if (e.matches) $("settings").open = false; }); // turned
+// a phone turned changes what scrolls (style.css: short windows): the reader keeps their place
+for (const query of ["(max-width: 700px)", "(max-height: 560px)"]) {
+  window.matchMedia(query).addEventListener("change", keepPlace);
+}
+$("log").addEventListener("scroll", notePlace, { passive: true });
+window.addEventListener("scroll", notePlace, { passive: true });
+window.addEventListener("pagehide", () => { leaving = true; });
+window.addEventListener("online", () => refreshIn(0)); // back online: the server's state at once
+if (window.matchMedia("(pointer: coarse)").matches) { // a touch keyboard has no Shift+Enter
+  $("question").placeholder = "Ask about your documents";
+}
 refresh();
