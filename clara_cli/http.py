@@ -1257,13 +1257,13 @@ class AccessGate:
         if self.allow_origins:  # answers then depend on the Origin: say so to caches
             send = self._with_cors(send, origin.strip() if allowed and origin else None)
         refusal = self.refusal(scope)
+        if (role := _ROLE.get()) is not None:  # (a key's 403 too: an upgrade audit)
+            send = _with_header(send, ROLE_HEADER, role)
         if refusal is not None:
             await error_response(refusal)(scope, receive, send)
         elif allowed and _is_preflight(scope["method"], headers):
             await _preflight(headers)(scope, receive, send)
         else:  # (its 500 through `send`: with the CORS headers and the request's id)
-            if (role := _ROLE.get()) is not None:
-                send = _with_header(send, ROLE_HEADER, role)
             await _crash_inside(self.app, scope, receive, send)
 
 

@@ -83,18 +83,26 @@ def test_one_keys_requests_wait_for_its_places_in_the_batch(tiny_llama_dir, tmp_
 
 def test_limits_per_key_go_with_a_key_file(tmp_path) -> None:
     """A review: with one --api-key every client is the same key, and the cap was the whole
-    server's; a re-audit: the limits on stores and uploads did nothing without keys."""
+    server's; a re-audit: the limits on stores and uploads did nothing without keys. An
+    upgrade audit: those two took one --api-key before 0.2.17 (a limit on the whole server),
+    and a server started so stopped starting: they take it again."""
     import subprocess
     import sys
 
     env = {**os.environ, "CLARA_HOME": str(tmp_path)}
     env.pop("CLARA_API_KEY_FILE", None)
-    for module, flag, says in [
-        ("server.cli", "--max-batch-per-key", "gives each API key of --api-key-file its places"),
-        ("server.cli", "--max-stores-per-key", "limits each API key of --api-key-file"),
-        (("indexing.cli", "serve"), "--max-upload-mb-per-key", "limits each API key of"),
+    env.pop("CLARA_API_KEY", None)
+    for module, flag, key, says in [
+        ("server.cli", "--max-batch-per-key", "k", "gives each API key of --api-key-file its"),
+        ("server.cli", "--max-stores-per-key", None, "limits each API key: start with"),
+        (("indexing.cli", "serve"), "--max-upload-mb-per-key", None, "limits each API key:"),
     ]:
         argv = [sys.executable, "-m", *([module] if isinstance(module, str) else module)]
-        argv += [flag, "2", "--api-key", "k"]
+        argv += [flag, "2", *(["--api-key", key] if key else [])]
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode != 0 and f"{flag} {says}" in done.stderr, done.stderr
+    from indexing.cli import build_parser
+    from indexing.service.cli import upload_limits
+
+    args = build_parser().parse_args(["serve", "--api-key", "k", "--max-stores-per-key", "1"])
+    assert upload_limits(args)["max_stores_per_key"] == 1  # (one key: the server's limit)

@@ -709,6 +709,11 @@ def test_an_ask_key_sees_no_upload_form(tiny_llama_dir, tmp_path, page) -> None:
         proc.wait_ready()
         said = httpx.get(proc.url + "/v1/models", headers={"Authorization": "Bearer sk-reader"})
         assert said.headers["X-Clara-Key-Role"] == "ask"
+        refused = httpx.delete(
+            proc.url + "/v1/files/file-x", headers={"Authorization": "Bearer sk-reader"}
+        )
+        assert refused.status_code == 403  # (its refusal says the role too: an upgrade audit)
+        assert refused.headers["X-Clara-Key-Role"] == "ask"
         new_tab(page, proc.url + "/")
         for key, ask in [("sk-reader", True), ("sk-boss", False), ("sk-reader", True)]:
             page.fill("#api-key", key)

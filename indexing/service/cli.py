@@ -39,8 +39,9 @@ def add_upload_limit_args(group: argparse._ArgumentGroup) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="vector stores one API key (--api-key-file) may make through the API; past it, "
-        "a 403 quota_exceeded (default: no limit)",
+        help="vector stores one API key may make through the API; past it, a 403 "
+        "quota_exceeded (needs a key: with one --api-key alone, the whole server's limit; "
+        "default: no limit)",
     )
     group.add_argument(
         "--max-upload-mb-per-key",
@@ -48,19 +49,21 @@ def add_upload_limit_args(group: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="MB",
         help="what one API key's uploads (POST /v1/files) may hold in all; past it, a 403 "
-        "quota_exceeded (default: no limit)",
+        "quota_exceeded (needs a key: with one --api-key alone, the whole server's limit; "
+        "default: no limit)",
     )
 
 
 def upload_limits(args: argparse.Namespace) -> dict[str, int | None]:
     """`ServiceSettings`' upload limits from `add_upload_limit_args`' options (a limit per
-    key goes with --api-key-file: without it every client is one key, or none)."""
+    key needs a key: with one --api-key alone, every client is that key, and the limit the
+    whole server's, as before 0.2.17, which refused it: an upgrade audit)."""
     per_key = args.max_upload_mb_per_key
     given = [f for f in ("max_stores_per_key", "max_upload_mb_per_key") if getattr(args, f)]
-    if given and not getattr(args, "api_key_file", None):
+    if given and not (getattr(args, "api_key_file", None) or getattr(args, "api_key", None)):
         raise ClaraError(
-            f"--{given[0].replace('_', '-')} limits each API key of --api-key-file: without "
-            "that file every client is the same key (or none)"
+            f"--{given[0].replace('_', '-')} limits each API key: start with --api-key-file "
+            "(or --api-key: one key, a limit for the whole server)"
         )
     return {
         "max_upload_bytes": int(args.max_upload_mb * 2**20),
