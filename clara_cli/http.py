@@ -304,9 +304,19 @@ def check_ready(state: str, error: str | None) -> None:
     raise APIError(503, f"the model could not be loaded: {error}", code="model_failed")
 
 
-def health_response(state: str, body: dict) -> JSONResponse:
+def health_response(state: str, body: dict, worker: Any = None, app: Any = None) -> JSONResponse:
     """A service's /health: 200 when the model worker is ready, else 503, with the
-    Retry-After its API routes' 503s carry in that state (`check_ready`)."""
+    Retry-After its API routes' 503s carry in that state (`check_ready`). A ready `worker`
+    on one step longer than the app's `unhealthy_after` seconds (`--unhealthy-after`) is a
+    503 "stalled": a hang a liveness probe can restart (a container audit)."""
+    limit = getattr(getattr(app, "state", None), "unhealthy_after", 0) or 0
+    if state == "ready" and worker is not None and limit and (stuck := worker.stuck_for()) > limit:
+        body["status"] = "stalled"
+        body["error"] = (
+            f"the model worker has been on one step for {stuck:.0f} s (--unhealthy-after "
+            f"{limit:g}): it may hang; restart the server if it stays so"
+        )
+        return JSONResponse(body, status_code=503)
     if state == "ready":
         return JSONResponse(body)
     try:

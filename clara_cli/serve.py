@@ -27,6 +27,9 @@ from clara_cli.common import EXIT_INTERRUPTED, non_negative_float, port_arg, roo
 
 #: Seconds a stopping server waits for requests in progress (--shutdown-grace, `serve_http`).
 SHUTDOWN_GRACE_S = 30
+#: Seconds one step of the model worker may take before /health calls it stalled: far past
+#: any real step (an 8B model's prefill of a full batch on a slow CPU takes about a minute)
+UNHEALTHY_AFTER_S = 600.0
 #: API keys the start-up log names one by one at most (more: how many)
 MAX_KEYS_LOGGED = 20
 
@@ -100,6 +103,15 @@ def add_http_args(parser: argparse.ArgumentParser, port: int) -> argparse._Argum
         "key (or give it a key of the role 'metrics': --api-key-file): anyone who reaches "
         "the port then sees the metrics, collection names and counts, API key names and "
         "the model among them",
+    )
+    net.add_argument(
+        "--unhealthy-after",
+        type=non_negative_float,
+        default=UNHEALTHY_AFTER_S,
+        metavar="SECONDS",
+        help="/health answers 503 ('stalled') while the model worker has been on one step "
+        "(a decode step, a prefill, a compression batch) this long: a hang, which a "
+        "liveness probe on /health can restart; 0: never (default: %(default)s)",
     )
     net.add_argument(
         "--shutdown-grace",
@@ -329,6 +341,7 @@ def serve_http(
     import uvicorn
 
     configure_logging(args)
+    app.state.unhealthy_after = args.unhealthy_after  # (/health: `health_response`)
     if args.root_path:  # (the API reference's "Try it out" asks there)
         app.servers = [{"url": args.root_path}]
 

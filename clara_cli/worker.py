@@ -133,6 +133,7 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._task_seconds = 1.0  # moving average of a bounded task's run, for Retry-After
         self._interactive_at = -math.inf  # when an INTERACTIVE turn last ended
+        self._step_since: float | None = None  # when the step running now began
 
     # ---- any thread ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -152,6 +153,12 @@ class Worker:
             self._drain()
             return True
         return False
+
+    def stuck_for(self) -> float:
+        """Seconds the step running now has taken (0: none runs). A step that never ends (a
+        hang, not a failure) makes it grow: /health then says so (`--unhealthy-after`)."""
+        since = self._step_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def poke(self) -> None:
         """Look at the queued tasks now: something a task's `can_start` waits for is done
@@ -401,6 +408,7 @@ class Worker:
     def _turn(self, task: Task, started: bool) -> None:
         """Start `task` or take one step of it; requeue it at the back if it goes on."""
         t0 = time.perf_counter()
+        self._step_since = time.monotonic()
         more = False
         try:
             if task.cancelled:
@@ -419,6 +427,8 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the task
             log_failure(_kind(task.key), exc, task.request_id)
             _quietly(task.failed, exc)
+        finally:
+            self._step_since = None
         if started or not task.cancelled:  # its own time, not the turns of others between
             task.busy = (task.busy or 0.0) + time.perf_counter() - t0
         if task.priority == INTERACTIVE:

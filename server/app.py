@@ -283,7 +283,7 @@ def create_app(
         body["model"] = request.app.state.serving.served_model_name
         if engine.error is not None:
             body["error"] = str(engine.error)
-        return health_response(engine.state, body)
+        return health_response(engine.state, body, engine.worker, request.app)
 
     # HEAD too (curl -I, uptime monitors), apart: one operation id for each in the schema
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)

@@ -510,6 +510,8 @@ def test_cli_help_and_bad_flags() -> None:
         (["--top-k", "-1"], "argument --top-k: must be 0 or more, got -1"),
         (["--max-context", "1"], "argument --max-context: must be at least 2, got 1"),
         (["--collection", "a/b"], "a folder of collections goes to --index"),
+        (["--root-path", "clara"], "argument --root-path: 'clara': give the path the proxy"),
+        (["--unhealthy-after", "-1"], "argument --unhealthy-after: -1: must be a finite"),
     ):
         run = subprocess.run(
             [sys.executable, "-m", "server.cli", *argv],

@@ -667,3 +667,28 @@ def test_running_work_takes_turns_by_caller_too(caller) -> None:
     # at most one other turn between two of the batch's (before: one of each job's)
     assert len(at) == 5 and max(b - a for a, b in zip(at, at[1:])) <= 2, (caller, order)
     worker.stop()
+
+
+def test_a_step_that_hangs_makes_health_say_stalled(tmp_path) -> None:
+    """A container audit: a model worker stuck in one step (not failed) left /health at 200,
+    so a liveness probe never restarted the server. Past --unhealthy-after it is a 503."""
+    from fastapi.testclient import TestClient
+
+    from indexing.service.app import ServiceSettings, create_app
+
+    app = create_app(ServiceSettings(index_root=str(tmp_path / "index")), load=lambda: "model")
+    app.state.unhealthy_after = 0.3  # (what `serve_http` sets from --unhealthy-after)
+    release = threading.Event()
+    with TestClient(app) as http:
+        worker = app.state.service.worker
+        wait_until(lambda: http.get("/health").status_code == 200)
+        worker.submit(Task("hang", lambda cm: release.wait(30)), BULK)
+        wait_until(lambda: worker.stuck_for() > 0)
+        assert http.get("/health").status_code == 200  # (a step under the limit is fine)
+        wait_until(lambda: worker.stuck_for() > 0.4)
+        r = http.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "stalled", r.json()
+        assert "--unhealthy-after" in r.json()["error"]
+        release.set()
+        wait_until(lambda: worker.stuck_for() == 0)
+        assert http.get("/health").status_code == 200

@@ -219,7 +219,7 @@ def create_app(
             body["index"] = str(settings.root)
         if worker.error is not None:
             body["error"] = str(worker.error)
-        return health_response(worker.state, body)
+        return health_response(worker.state, body, worker, request.app)
 
     # HEAD too (curl -I, uptime monitors), apart: one operation id for each in the schema
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
