@@ -19,6 +19,7 @@ for every answer in the batch. A grammar that runs past them mid-answer fails it
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import weakref
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from clara.errors import GrammarError
+from clara.errors import ClaraError, GrammarError
 
 __all__ = ["GrammarError", "Constraint", "check_grammar", "json_grammar"]
 
@@ -46,16 +47,37 @@ _tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def _limits() -> Any:
-    from llguidance import LLParserLimits
+#: What a structured-output request says where llguidance is not installed (an upgrade audit:
+#: code updated without `make install` answered them with a bare 500)
+MISSING = (
+    "structured output needs the llguidance package, which is not installed here: run "
+    "`make install` (or `pip install -e .`) in clara's checkout, then restart the server"
+)
 
-    return LLParserLimits(**_LIMITS)
+
+def available() -> bool:
+    """Whether llguidance is installed (clara-serve warns at its start when not)."""
+    return importlib.util.find_spec("llguidance") is not None
+
+
+def _llguidance() -> Any:
+    """The llguidance package, or a `ClaraError` saying how to install it."""
+    try:
+        import llguidance
+        import llguidance.hf
+    except ImportError:
+        raise ClaraError(MISSING) from None
+    return llguidance
+
+
+def _limits() -> Any:
+    return _llguidance().LLParserLimits(**_LIMITS)
 
 
 def json_grammar(schema: dict[str, Any] | None) -> str:
     """The grammar of JSON values valid under `schema` (None: any JSON object), or a
     `GrammarError` saying why the schema cannot be used."""
-    from llguidance import LLMatcher
+    LLMatcher = _llguidance().LLMatcher  # noqa: N806 (the class, as llguidance names it)
 
     text = json.dumps(ANY_OBJECT if schema is None else schema)
     if len(text) > MAX_SCHEMA_CHARS:
@@ -87,8 +109,7 @@ def check_grammar(tokenizer: Any, grammar: str) -> None:
 def _lltokenizer(tokenizer: Any) -> Any:
     """The llguidance view of an mlx-lm tokenizer (its Hugging Face fast tokenizer), made
     once per tokenizer (about 0.4 s for the default model's 49k tokens)."""
-    import llguidance.hf
-
+    llguidance = _llguidance()
     hf = getattr(tokenizer, "_tokenizer", tokenizer)  # (mlx-lm's TokenizerWrapper)
     with _lock:
         found = _tokenizers.get(hf)
@@ -102,9 +123,9 @@ class Constraint:
     grammar that runs past its limits sets `error`: its sequence must fail with it."""
 
     def __init__(self, tokenizer: Any, grammar: str) -> None:
-        from llguidance import LLMatcher
-
-        self.matcher = LLMatcher(_lltokenizer(tokenizer), grammar, log_level=0, limits=_limits())
+        self.matcher = _llguidance().LLMatcher(
+            _lltokenizer(tokenizer), grammar, log_level=0, limits=_limits()
+        )
         self.eos = getattr(tokenizer, "eos_token_id", None)
         self.error: str | None = None
         if self._failed():

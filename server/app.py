@@ -17,7 +17,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.responses import Response as HTTPResponse
 
-from clara import __version__
+from clara import __version__, structured
 from clara.checkpoint import resolve_checkpoint
 from clara.paths import UPLOADS
 from clara_cli.http import (
@@ -146,6 +146,8 @@ def create_app(
         log.info(
             "requests that name no mode read %s (--mode, else the checkpoint's)", defaults.mode
         )
+        if not structured.available():  # (JSON answers then fail, each saying so)
+            log.warning("%s", structured.MISSING)
         if (
             resolve_checkpoint(settings.model, settings.checkpoint) is None
             and defaults.mode != "text"

@@ -875,6 +875,7 @@ class OpenAIServing:
                 f"this model's embeddings have {dim} dimensions (n_mem x hidden size); "
                 "other 'dimensions' are not supported",
                 param="dimensions",
+                code="unsupported_value",
             )
         job = self.engine.embed(list(inputs), truncate=truncate)
         try:

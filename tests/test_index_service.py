@@ -215,6 +215,7 @@ def test_file_batches_content_and_updates_with_the_sdk(client: openai.OpenAI) ->
     with pytest.raises(openai.BadRequestError) as e:  # nothing honoured silently
         client.vector_stores.update(vs.id, expires_after={"anchor": "last_active_at", "days": 1})
     assert e.value.body["param"] == "expires_after"
+    assert e.value.body["code"] == "unsupported_parameter"  # (OpenAI's: clients branch on it)
     with pytest.raises(openai.BadRequestError):
         client.vector_stores.create(
             name="expiring", expires_after={"anchor": "last_active_at", "days": 1}
@@ -1255,6 +1256,7 @@ def test_what_openai_bounds_is_bounded_and_attributes_keep_theirs(client: openai
             expires_after={"anchor": "created_at", "seconds": 3600},
         )  # fmt: skip
     assert e.value.body["param"] == "expires_after"
+    assert e.value.body["code"] == "unsupported_parameter"
     vs = client.vector_stores.create(name="bounded")
     f = upload(client, "train.txt", TRAIN)
     overlap = {

@@ -289,6 +289,21 @@ def test_generate_holds_an_answer_to_a_json_schema(cm):
         json_grammar({"type": "string", "minLength": "x"})
 
 
+def test_without_llguidance_a_json_answer_says_how_to_install_it(monkeypatch):
+    """An upgrade audit: code updated without `make install` (no llguidance) answered each
+    JSON request with a bare 500 "internal server error"."""
+    import sys
+
+    from clara import structured
+    from clara_cli.http import to_api_error
+
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # (its import fails, as uninstalled)
+    with pytest.raises(ClaraError) as failed:
+        structured.json_grammar({"type": "object"})
+    said = to_api_error(failed.value)
+    assert said.status == 500 and "make install" in said.message
+
+
 def test_a_schema_past_the_grammar_limits_is_refused_not_answered_as_invalid_json(cm):
     """A review: a 52-byte pattern took 1.1 s per token for the whole batch, and a matcher
     that failed mid-answer forced end of sequence: invalid JSON with finish_reason "stop".

@@ -190,6 +190,7 @@ def test_an_agents_function_tools_and_tool_items_are_taken(
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model=MODEL, input="hi", tools=[search, fn, search])
     assert err.value.body["param"] == "tools.[2]" and "one file_search tool" in err.value.message
+    assert err.value.body["code"] == "unsupported_value"
     with pytest.raises(openai.BadRequestError) as err:  # (a hosted tool clara does not run)
         client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])
     assert err.value.code == "unsupported_value" and err.value.body["param"] == "tools.[0].type"

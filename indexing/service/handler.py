@@ -1092,7 +1092,8 @@ class IndexService:
                 param="ranking_options.score_threshold",
             )  # fmt: skip
         if body.rewrite_query:
-            raise APIError(400, "rewrite_query is not supported here", param="rewrite_query")
+            raise APIError(400, "rewrite_query is not supported here", param="rewrite_query",
+                           code="unsupported_value")  # fmt: skip
         k = body.max_num_results
 
         def encode(cm: Any) -> tuple[np.ndarray, int]:
@@ -1157,7 +1158,7 @@ def _no_expiry(expires_after: dict | None) -> None:
     if expires_after is not None:
         raise APIError(
             400, "expires_after is not supported: a vector store lasts until it is deleted",
-            param="expires_after",
+            param="expires_after", code="unsupported_parameter",
         )  # fmt: skip
 
 

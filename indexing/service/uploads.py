@@ -151,7 +151,7 @@ class Uploads:
             if any(key.startswith("expires_after") for key in form.keys()):
                 raise APIError(
                     400, "expires_after is not supported: an upload lasts until it is deleted",
-                    param="expires_after",
+                    param="expires_after", code="unsupported_parameter",
                 )  # fmt: skip
             if purpose not in PURPOSES:
                 raise APIError(

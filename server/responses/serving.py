@@ -367,6 +367,7 @@ class ResponsesServing:
             raise APIError(
                 400, "one file_search tool per request is supported: list every vector store "
                 "in its vector_store_ids", param=f"tools.[{tools[1][0]}]",
+                code="unsupported_value",
             )  # fmt: skip
         at, tool = tools[0]
         store_ids = collection_names(tool.vector_store_ids)
@@ -375,7 +376,7 @@ class ResponsesServing:
             raise APIError(
                 400, "ranking_options.score_threshold is not supported by clara-serve (the "
                 "retrieved chunks are all read by the generator)",
-                param=f"tools.[{at}].ranking_options.score_threshold",
+                param=f"tools.[{at}].ranking_options.score_threshold", code="unsupported_value",
             )  # fmt: skip
         return store_ids, tool.max_num_results or self.serving.defaults.top_k
 
