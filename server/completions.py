@@ -98,7 +98,6 @@ class CompletionServing:
             )  # fmt: skip
         s.check_token_ids(prompts, "prompt")
         params = [req.to_params(s.defaults, prompt) for prompt in prompts]
-        jobs = self._queue(params)
         cm = s.engine.worker.cm
         echoes = [
             "" if not req.echo else p.raw if isinstance(p.raw, str) else cm.tokenizer.decode(p.raw)
@@ -112,6 +111,7 @@ class CompletionServing:
             system_fingerprint=s.engine.info.fingerprint,
         )
         texts = [_Text(logprobs=p.logprobs, offset=len(e)) for p, e in zip(params, echoes)]
+        jobs = self._queue(params)  # (then nothing between may fail and leave them running)
         if req.stream:  # (one prompt: the schema says so)
             usage = bool(req.stream_options and req.stream_options.include_usage)
             job = jobs[0]
