@@ -613,6 +613,8 @@ def test_screen_readers_hear_errors_and_focus_stays_in_place(
     assert answer.locator(".snippet").first.get_attribute("dir") == "auto"
     names = [b.get_attribute("aria-label") for b in answer.locator("button.source").all()]
     assert names and names[0].startswith("Source 1: bridge.txt") and len(set(names)) == len(names)
+    shown = answer.locator("button.source").first.text_content()  # (label in name: WCAG 2.5.3)
+    assert shown.split("(score")[1].split(")")[0] in names[0], (shown, names[0])
     # 200% zoom of a 1280x800 window: the conversation keeps its height, nothing scrolls sideways
     page.set_viewport_size({"width": 640, "height": 400})
     try:

@@ -458,7 +458,8 @@ function showSources(div, sources, from) {
     button.className = "source";
     const name = document.createElement("bdi"); // a Hebrew or Arabic name, kept apart
     name.textContent = s.filename;
-    button.append(name, `${pages(s)} (score ${s.score.toFixed(3)})`);
+    const scored = `${pages(s)} (score ${s.score.toFixed(3)})`;
+    button.append(name, scored);
     if (s.collection_name) { // several collections searched: which one it is in
       const where = document.createElement("bdi");
       where.textContent = s.collection_name;
@@ -468,7 +469,8 @@ function showSources(div, sources, from) {
     const words = (s.snippet || "").split(/\s+/).slice(0, 6).join(" ");
     const first = [...words].length > 60 ? [...words].slice(0, 24).join("") : words;
     const in_ = s.collection_name ? ` in ${s.collection_name}` : "";
-    button.setAttribute("aria-label", `Source ${i + 1}: ${s.filename}${pages(s)}${in_}, "${first}…"`);
+    // (its name holds what it shows, score too: voice control and WCAG 2.5.3 Label in Name)
+    button.setAttribute("aria-label", `Source ${i + 1}: ${s.filename}${scored}${in_}, "${first}…"`);
     button.setAttribute("aria-expanded", "false");
     const snippet = document.createElement("div");
     snippet.id = `snippet-${++snippets}`;
