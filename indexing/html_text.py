@@ -43,7 +43,8 @@ BLOCKS = frozenset(
     {"p", "div", "section", "article", "main", "header", "footer", "aside", "blockquote",
      "figure", "figcaption", "form", "fieldset", "address", "details", "summary", "dl", "dt",
      "dd", "ul", "ol", "li", "table", "thead", "tbody", "tfoot", "tr", "caption", "hr", "br",
-     "pre", "h1", "h2", "h3", "h4", "h5", "h6", "body", "html"}
+     "pre", "h1", "h2", "h3", "h4", "h5", "h6", "body", "html", "center", "menu", "dir",
+     "dialog", "search", "hgroup", "listing", "xmp"}
 )  # fmt: skip
 HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 #: Void elements: they never have an end tag, so they never open a skipped region.
@@ -62,59 +63,88 @@ _CLOSED = frozenset(
 #: Of those, the ones skipped when hidden: blocks (an inline <span hidden> left unclosed, as
 #: pages do, took the visible rest of the page with it: a re-audit)
 _HIDEABLE = _CLOSED - {"span", "a", "label"}
-#: An inline style that keeps an element off the page
-_UNSHOWN_STYLE = re.compile(
-    r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden)\s*(?:!\s*important\s*)?(?:;|$)",
-    re.IGNORECASE,
+#: Inline styles that keep an element off the page: `display: none` takes its box away,
+#: `visibility: hidden` leaves it empty (a table cell keeps its column)
+_NO_DISPLAY = re.compile(
+    r"(?:^|;)\s*display\s*:\s*none\s*(?:!\s*important\s*)?(?:;|$)", re.IGNORECASE
+)
+_INVISIBLE = re.compile(
+    r"(?:^|;)\s*visibility\s*:\s*hidden\s*(?:!\s*important\s*)?(?:;|$)", re.IGNORECASE
 )
 
-
-#: Elements whose end tag may be left out, skipped when hidden until what ends them in a
-#: browser: their own end tag, one of these start tags (`_Unclosed`), or an end tag of a
-#: block around them (`_ENDED_BY_END`). A <p> ends at any block's start tag.
+#: Block-level elements (HTML's "special" ones): their start or end tag may end a hidden
+#: element whose end tag may be left out (`_Unclosed`)
+_SPECIAL = frozenset(
+    {"address", "applet", "article", "aside", "blockquote", "body", "caption", "center",
+     "colgroup", "dd", "details", "dialog", "dir", "div", "dl", "dt", "fieldset", "figcaption",
+     "figure", "footer", "form", "frameset", "header", "hgroup", "html", "li", "listing",
+     "main", "marquee", "menu", "ol", "p", "plaintext", "pre", "search", "section", "summary",
+     "table", "tbody", "td", "textarea", "tfoot", "th", "thead", "tr", "ul", "xmp"}
+    | HEADINGS | (SKIPPED - {"svg", "math", "canvas"})
+)  # fmt: skip
+_TABLE_PARTS = frozenset({"td", "th", "tr", "tbody", "thead", "tfoot", "caption"})
+#: Elements whose end tag may be left out, skipped when hidden to where a browser ends them
+#: (`_Unclosed`): their own end tag, one of these start tags, or the end tag of a block
+#: around them. What is unsure ends them: hidden text read is better than shown text lost.
 _ENDED_BY_START = {
-    "p": (BLOCKS | {"td", "th", "nav", "menu", "hgroup", "dialog", "search"}) - {"br"},
-    "li": {"li"},
-    "dt": {"dt", "dd"},
-    "dd": {"dt", "dd"},
+    "p": _SPECIAL - (SKIPPED - {"nav"}) - {"html", "body", "textarea", "marquee", "applet"},
+    "li": {"li"} | _TABLE_PARTS,
+    "dt": {"dt", "dd"} | _TABLE_PARTS,
+    "dd": {"dt", "dd"} | _TABLE_PARTS,
     "td": {"td", "th", "tr", "tbody", "thead", "tfoot"},
     "th": {"td", "th", "tr", "tbody", "thead", "tfoot"},
     "tr": {"tr", "tbody", "thead", "tfoot"},
     "tbody": {"tbody", "thead", "tfoot"},
     "thead": {"tbody", "thead", "tfoot"},
     "tfoot": {"tbody", "thead", "tfoot"},
-    **dict.fromkeys(HEADINGS, HEADINGS),
+    **dict.fromkeys(HEADINGS, HEADINGS | _TABLE_PARTS),
 }
-#: End tags that end any of them (the block around them ends), besides their own
-_ENDED_BY_END = (BLOCKS | {"td", "th"}) - {"br", "hr"}
-#: Their own end tags: a heading ends at any heading's end tag, a cell at a cell's
+#: Blocks open inside one that keep those start tags from ending it (a list in a hidden
+#: <li>, a table in a hidden cell); a <p> holds no block
+_BLOCKED_BY = {
+    "p": frozenset(),
+    **dict.fromkeys(("li", "dt", "dd"), _SPECIAL - {"address", "div", "p"}),
+    **dict.fromkeys(("td", "th", "tr", "tbody", "thead", "tfoot"), frozenset({"table"})),
+    **dict.fromkeys(HEADINGS, _SPECIAL - {"p"}),
+}
+#: Their own end tags (a heading ends at any heading's, a cell at a cell's), and the end tags
+#: of other blocks that do not end them (a stray </p> in an item makes an empty paragraph)
 _OWN_END = {
     **{tag: {tag} for tag in _ENDED_BY_START},
     **dict.fromkeys(HEADINGS, HEADINGS),
     "td": {"td", "th"}, "th": {"td", "th"}, "dt": {"dt", "dd"}, "dd": {"dt", "dd"},
 }  # fmt: skip
+_NOT_ENDED_BY = {
+    "p": frozenset(),
+    **dict.fromkeys(("li", "dt", "dd"), frozenset({"p", "li", "dt", "dd"})),
+    **dict.fromkeys(
+        ("td", "th", "tr", "tbody", "thead", "tfoot"), frozenset({"p", "li", "dt", "dd"})
+    ),
+    **dict.fromkeys(HEADINGS, frozenset({"p"})),
+}
 
 
 @dataclass
 class _Unclosed:
     """A hidden element whose end tag may be left out (`_ENDED_BY_START`), being skipped.
-    `inner` holds the blocks opened inside it, so that their end tags do not end it, nor
-    what would end it inside an always-closed one (a list in a hidden <li>). (`counts`
-    counts them by tag: each tag costs the same however many are open.)"""
+    `inner` holds the blocks opened inside it, so that their end tags do not end it, and
+    `blocking` those of them that keep its ending start tags from ending it (`_BLOCKED_BY`).
+    (`counts` counts them by tag: each tag costs the same however many are open.)"""
 
     tag: str
     inner: list[str] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
-    closed: int = 0  # of them, always-closed blocks
+    blocking: int = 0
 
-    def ends_at_start(self, tag: str) -> bool:
-        """Whether start tag `tag` ends it (then `tag` is read as usual); else it is skipped."""
-        if tag in _ENDED_BY_START[self.tag] and not self.closed:
+    def ends_at_start(self, tag: str, opens: bool = True) -> bool:
+        """Whether start tag `tag` ends it (then `tag` is read as usual); else it is skipped
+        (and, `opens`, a block in it: not a self-closed XHTML one)."""
+        if tag in _ENDED_BY_START[self.tag] and not self.blocking:
             return True
-        if (tag in BLOCKS or tag in _ENDED_BY_START) and tag not in VOID:
+        if opens and tag in _SPECIAL and tag not in VOID:
             self.inner.append(tag)
             self.counts[tag] += 1
-            self.closed += tag in _CLOSED
+            self.blocking += tag in _BLOCKED_BY[self.tag]
         return False
 
     def ends_at_end(self, tag: str) -> tuple[bool, bool]:
@@ -123,41 +153,49 @@ class _Unclosed:
             while True:
                 inner = self.inner.pop()
                 self.counts[inner] -= 1
-                self.closed -= inner in _CLOSED
+                self.blocking -= inner in _BLOCKED_BY[self.tag]
                 if inner == tag:
                     return False, False
         if tag in _OWN_END[self.tag]:
             return True, False
-        return (True, True) if tag in _ENDED_BY_END else (False, False)
+        if tag in _SPECIAL and tag not in _NOT_ENDED_BY[self.tag]:
+            return True, True  # (a block around it ended)
+        return False, False
 
 
-def _hidden(attrs: list[tuple[str, str | None]]) -> bool:
-    """Marked not shown: `hidden` (not `hidden="until-found"`, which find-in-page opens), an
-    inline `display: none` or `visibility: hidden`."""
-    first: dict[str, str] = {}  # (a browser takes an attribute's first value)
+def _first_values(attrs: list[tuple[str, str | None]]) -> dict[str, str]:
+    """A tag's attributes, each with its first value (as a browser takes them)."""
+    first: dict[str, str] = {}
     for name, value in attrs:
         first.setdefault(name, value or "")
+    return first
+
+
+def _hiding(first: dict[str, str]) -> str | None:
+    """How attributes keep an element off the page: "none" (`hidden`, but not
+    `hidden="until-found"`, which find-in-page opens; an inline `display: none`),
+    "invisible" (`visibility: hidden`: its box stays, empty), else None."""
     if "hidden" in first and first["hidden"].strip().lower() != "until-found":
-        return True
-    return bool(_UNSHOWN_STYLE.search(first.get("style", "")))
+        return "none"
+    style = first.get("style", "")
+    if _NO_DISPLAY.search(style):
+        return "none"
+    return "invisible" if _INVISIBLE.search(style) else None
 
 
-def _not_shown(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
-    """An element to skip as <nav> is: a site menu (`role="navigation"`: a documents audit
-    found menus built of <div>s indexed), or one a browser does not show (`hidden`, but not
-    `hidden="until-found"`, which find-in-page opens; an inline `display: none`): text a
-    reader never sees, which a page may hide to steer what a model answers). A hidden tab
-    panel (`role="tabpanel"`: the other tabs of a docs page's install instructions) is read:
-    a reader opens it with a click."""
-    if tag not in _CLOSED:
-        return tag in _ENDED_BY_START and _hidden(attrs)  # (`_Unclosed`)
-    first: dict[str, str] = {}  # (a browser takes an attribute's first value)
-    for name, value in attrs:
-        first.setdefault(name, value or "")
+def _not_shown(tag: str, attrs: list[tuple[str, str | None]]) -> str | None:
+    """How an element is skipped as <nav> is (else None): a site menu (`role="navigation"`:
+    a documents audit found menus built of <div>s indexed: "none"), or one a browser does
+    not show (`_hiding`): text a reader never sees, which a page may hide to steer what a
+    model answers. A hidden tab panel (`role="tabpanel"`: the other tabs of a docs page's
+    install instructions) is read: a reader opens it with a click."""
+    if tag not in _CLOSED and tag not in _ENDED_BY_START:
+        return None
+    first = _first_values(attrs)
     role = first.get("role", "").strip().lower()
-    if role in ("navigation", "tabpanel"):
-        return role == "navigation"
-    return tag in _HIDEABLE and _hidden(attrs)
+    if tag in _CLOSED and role in ("navigation", "tabpanel"):
+        return "none" if role == "navigation" else None
+    return _hiding(first) if tag in _HIDEABLE or tag in _ENDED_BY_START else None
 
 
 @dataclass
@@ -276,27 +314,36 @@ class _Parser(HTMLParser):
     # -- parser callbacks ---------------------------------------------------------------------
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._in_time()
-        if tag == "title" and not self.skip_body:
+        if tag == "title" and not self.skip_body and self.unclosed is None:
             self.in_title = True
             return
         if self.skip == ["head"] and tag not in IN_HEAD:
             self.skip = []  # body content: the head has ended
-        if self.unclosed is not None:
-            if not self.unclosed.ends_at_start(tag):
-                return
-            self.unclosed = None
         if self.skip:  # nested alike: </div> ends one; a head's <script> is its own
             if (tag == self.skip[0] or self.skip == ["head"] and tag in SKIPPED) and (
                 tag not in VOID
             ):
                 self.skip.append(tag)
             return
-        if (tag in SKIPPED and tag not in VOID) or _not_shown(tag, attrs):
-            if tag in _CLOSED or tag in SKIPPED:
+        skipped = tag in SKIPPED and tag not in VOID
+        if self.unclosed is not None:  # (a <template> or an <svg> in it: skipped as ever)
+            if not self.unclosed.ends_at_start(tag, opens=not skipped):
+                if skipped:
+                    self.skip.append(tag)
+                return
+            self.unclosed = None
+        hiding = None if skipped else _not_shown(tag, attrs)
+        if skipped or hiding:
+            if tag in _CLOSED or skipped:
                 self.skip.append(tag)
-            else:  # (a hidden cell still ends the cell before it)
+                return
+            # a hidden cell still ends the one before it; one that is only invisible keeps
+            # its column (an empty cell)
+            if tag in ("td", "th") and hiding == "invisible":
+                self._start_cell()
+            else:
                 self._ended_by(tag)
-                self.unclosed = _Unclosed(tag)
+            self.unclosed = _Unclosed(tag)
             return
         if tag in ("td", "th"):
             self._start_cell()
@@ -320,6 +367,12 @@ class _Parser(HTMLParser):
         if tag in SKIPPED or tag == "title" or _not_shown(tag, attrs):  # <svg/>: empty, nothing
             return  # to skip (an XHTML <div role="navigation"/> or <title/> took the rest of
             # an EPUB's chapter)
+        if self.skip and self.skip != ["head"]:  # (an XHTML <div/> in a skipped <div> opens
+            return  # nothing: it was pushed, and the rest of the page skipped)
+        if self.unclosed is not None:
+            if not self.unclosed.ends_at_start(tag, opens=False):
+                return
+            self.unclosed = None
         self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:

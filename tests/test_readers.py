@@ -1095,3 +1095,39 @@ def test_html_hidden_elements_whose_end_tag_may_be_left_out_end_where_a_browser_
         "c | d\n\nTerm\n\nTerm two\n\nDef\n\nAfter the div.\n\nFound"
     )
     assert page.headings == ["Heading", "Found"]
+
+
+@pytest.mark.parametrize(
+    "html, text",
+    [  # a review: what a browser shows must never be lost (hidden text read is the lesser harm)
+        ("<ul><li hidden><div>secret<li>Shown one</ul><p>After</p>", "- Shown one\n\nAfter"),
+        ("<dl><dd hidden><div>secret<dt>Term<dd>Def</dl>", "Term\n\nDef"),
+        ("<table><tr><td hidden><form>secret<td>a<td>b</table>", "a | b"),
+        ("<table><tr><td hidden><div>secret<td>a<td>b</tr><tr><td>c</table>", "a | b\n\nc"),
+        ("<table><tr hidden><td><div>secret<tr><td>Shown row</table>", "Shown row"),
+        ("<menu><li hidden>s</menu>After<p>More</p>", "After\n\nMore"),
+        ("<p hidden>secret<center>Centred</center>next<p>after", "Centred\n\nnext\n\nafter"),
+        ("<dialog open><p hidden>s</dialog>Shown", "Shown"),
+        ("<ul><li hidden>s<div class='x'/>t<li>Shown</li></ul>", "- Shown"),  # (XHTML)
+        ("<div hidden><div/>text</div>visible", "visible"),
+        ("<h2 hidden><p>x</p><h3>Next</h3>", "Next"),
+        # what is skipped stays skipped inside a hidden element
+        ("<p hidden>s<template><div>t</div></template>x<p>Shown", "Shown"),
+        ("<ul><li hidden>s<nav><li>menu</li></nav></li><li>Item</ul>", "- Item"),
+        ("<ul><li hidden><p>a</p></p>still hidden</li><li>Item</ul>", "- Item"),
+        # an invisible cell keeps its column; one not displayed does not
+        ("<table><tr><td>1<td style='visibility:hidden'>2<td>3<tr><td>4<td hidden>5<td>6</table>",
+         "1 |  | 3\n\n4 | 6"),
+    ],
+)  # fmt: skip
+def test_html_hidden_elements_never_take_shown_text_with_them(html: str, text: str) -> None:
+    assert html_to_text("<body>" + html + "</body>").text == text
+
+
+def test_an_icons_title_in_a_hidden_item_is_not_the_pages_title() -> None:
+    html = (
+        "<title>Install guide</title><ul><li hidden>Menu <svg><title>Close icon</title></svg>"
+        "<li>Step one</ul>"
+    )
+    page = html_to_text(html)
+    assert (page.title, page.text) == ("Install guide", "- Step one")
