@@ -139,14 +139,21 @@ def port_arg(value: str) -> int:
 def root_path_arg(value: str) -> str:
     """argparse type: a URL path a reverse proxy serves a server under ('/clara', or '' for
     none), without its last slash."""
-    path = value.strip()
-    if not path or path == "/":
+    path = value.strip().rstrip("/")
+    if not path:
         return ""
-    if not path.startswith("/") or any(c in path for c in "?#\\ ") or "//" in path:
+    segments = path.split("/")[1:]
+    if not _ROOT_PATH.fullmatch(path) or any(s in ("", ".", "..") for s in segments):
         raise argparse.ArgumentTypeError(
-            f"{value!r}: give the path the proxy serves this server under, e.g. /clara"
+            f"{value!r}: give the path the proxy serves this server under, e.g. /clara "
+            "(letters, digits and - . _ ~ between slashes; %XX for others)"
         )
-    return path.rstrip("/")
+    return path
+
+
+#: A URL path (RFC 3986 segments: unreserved characters and %-escapes; not the sub-delims,
+#: which the links it starts are not escaped for)
+_ROOT_PATH = re.compile(r"(?:/(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})+)+")
 
 
 def path_arg(value: str) -> str:

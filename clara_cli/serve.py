@@ -341,9 +341,10 @@ def serve_http(
     import uvicorn
 
     configure_logging(args)
-    app.state.unhealthy_after = args.unhealthy_after  # (/health: `health_response`)
-    if args.root_path:  # (the API reference's "Try it out" asks there)
-        app.servers = [{"url": args.root_path}]
+    # (getattr: a program that runs the server itself may make `args` without them)
+    app.state.unhealthy_after = getattr(args, "unhealthy_after", UNHEALTHY_AFTER_S)
+    if root := getattr(args, "root_path", ""):  # (the API reference's "Try it out" asks
+        app.servers = [{"url": root}, {"url": "/"}]  # through the proxy, or else directly)
 
     _more_open_files()
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once

@@ -343,7 +343,7 @@ def files_url(args: argparse.Namespace) -> str | None:
     with --no-files-api only), else this server under its --root-path (None: its root)."""
     url = args.files_url
     if url is None:
-        return args.root_path or None
+        return getattr(args, "root_path", "") or None
     if args.files_api:
         raise ClaraError(
             "--files-url goes with --no-files-api: this server serves the Files API itself, "

@@ -285,7 +285,7 @@ def test_behind_a_proxy_under_a_path_the_links_name_it(tmp, tiny_llama_dir, know
         assert top["url"] == f"/clara/v1/files/{file_id}/content"
         assert through_proxy(top["url"]).text == GUIDE
         schema = httpx.get(f"{other.url}/openapi.json", headers=headers).json()
-        assert schema["servers"] == [{"url": "/clara"}]  # ("Try it out" asks through it)
+        assert schema["servers"][0] == {"url": "/clara"}  # ("Try it out" asks through it)
         docs = through_proxy("docs")
         assets = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", docs.text)
         assert "openapi.json" in assets and len(assets) > 2
