@@ -119,7 +119,7 @@ RESPONSE_FORMAT = {
     },
     "required": ["type"],
     "if": {"properties": {"type": {"const": "json_schema"}}, "required": ["type"]},
-    "then": {"required": ["json_schema"], "properties": {"json_schema": {"required": ["schema"]}}},
+    "then": {"required": ["json_schema"]},
 }
 
 
@@ -152,14 +152,14 @@ def format_grammar(
     if kind not in FORMATS:
         refuse(f"{param}.type", f"{param} type {kind!r}", then=f"send one of {FORMATS}")
     schema, where = None, param
-    if kind == "json_schema":  # (its schema is needed, as OpenAI's Responses API says: any
-        # JSON object is type json_object; chat and Responses alike, a re-audit found them apart)
-        if not isinstance(holder, dict) or "schema" not in holder:
+    if kind == "json_schema":  # as OpenAI's: chat needs the json_schema object, whose schema
+        # may be left out (any JSON object); the Responses API needs the schema
+        if not isinstance(holder, dict) or (not schema_at and "schema" not in holder):
             at = f"{base}.schema" if isinstance(holder, dict) else base
-            raise APIError(400, f"{param} type 'json_schema' needs '{base}.schema' (a JSON "
-                           "schema; for any JSON object send type 'json_object')", param=at,
+            raise APIError(400, f"{param} type 'json_schema' needs '{at}' (a JSON schema; for "
+                           "any JSON object send type 'json_object')", param=at,
                            code="missing_required_parameter")  # fmt: skip
-        schema, where = holder["schema"], f"{base}.schema"
+        schema, where = holder.get("schema"), f"{base}.schema"
     if not compile:
         return None
     try:

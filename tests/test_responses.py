@@ -947,7 +947,7 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ({"input": "hi", "temperature": 3}, "temperature"),
         ({"input": "hi", "tool_choice": "required"}, ("tool_choice", "invalid_value")),
         ({"input": "hi", "tool_choice": {"type": "file_search"}}, "tool_choice"),
-        (  # (no schema: a 400 on chat and Responses alike; any JSON object is json_object)
+        (  # (no schema: a 400, as OpenAI says: any JSON object is json_object)
             {"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}},
             ("text.format.schema", "missing_required_parameter"),
         ),
