@@ -65,8 +65,8 @@ function failure(r, body) {
 // link the server writes from its root ("/v1/files/...", or "/clara/v1/files/..." under
 // --root-path) is read from the page's folder too.
 function here(url) {
-  const at = url.startsWith("/") ? url.indexOf("/v1/") : -1;
-  return at >= 0 ? url.slice(at + 1) : url;
+  const at = url.startsWith("/") ? url.lastIndexOf("/v1/files/") : -1; // (the path may hold
+  return at >= 0 ? url.slice(at + 1) : url; // a "/v1/" of its own)
 }
 
 function isUpload(url) {
@@ -120,11 +120,17 @@ function follow(wasAtBottom) {
 // bottom, or the first message in view.
 let pinned = true;
 let reading = null;
-function notePlace() {
-  pinned = atBottom();
-  const s = scroller();
-  const top = s === $("log") ? s.getBoundingClientRect().top : 0;
-  reading = [...$("log").children].find((m) => m.getBoundingClientRect().bottom > top + 1) || null;
+let noting = false;
+function notePlace() { // (once a frame at most: scroll events come with every streamed chunk)
+  if (noting) return;
+  noting = true;
+  requestAnimationFrame(() => {
+    noting = false;
+    pinned = atBottom();
+    const s = scroller();
+    const top = s === $("log") ? s.getBoundingClientRect().top : 0;
+    reading = [...$("log").children].find((m) => m.getBoundingClientRect().bottom > top + 1) || null;
+  });
 }
 function keepPlace() {
   if (pinned || !reading) follow(true);
@@ -606,6 +612,7 @@ async function* events(response) {
 async function ask(question) {
   const mine = chat;
   for (const line of $("log").querySelectorAll(".cleared")) line.remove(); // (a new chat began)
+  cleared = null;
   const controller = new AbortController();
   running = controller;
   busy(true);
@@ -854,12 +861,16 @@ $("stop").addEventListener("click", () => { if (running) running.abort(); });
 document.addEventListener("keydown", (e) => { // Escape stops the answer being written
   if (e.key === "Escape" && running) running.abort();
 });
+let cleared = null; // the chat New chat cleared, until the next question
 $("clear").addEventListener("click", () => {
   chat += 1;
-  if (running) running.abort(); // the server stops generating when the stream closes
   // the chat cleared can be brought back until the next question (a tap beside Send cleared
-  // it for good: a mobile audit)
-  const before = shown.length ? { turns: turns.slice(), shown: shown.slice() } : null;
+  // it for good: a mobile audit); an answer being written is not kept, nor its question
+  if (shown.length) {
+    cleared = { turns: turns.slice(0, running ? turns.length - 1 : turns.length), shown: shown.slice() };
+  } // (else a second tap: the chat before stays the one to bring back)
+  if (running) running.abort(); // the server stops generating when the stream closes
+  const before = cleared;
   turns.length = 0;
   shown.length = 0;
   sessionStorage.removeItem(CHAT);
@@ -873,7 +884,8 @@ $("clear").addEventListener("click", () => {
     back.className = "secondary";
     back.textContent = "Bring back the last chat";
     back.onclick = () => {
-      if (shown.length || running) return; // (a new one has begun)
+      if (shown.length || cleared !== before) return; // (a new one has begun)
+      cleared = null;
       line.remove();
       turns.push(...before.turns);
       for (const record of before.shown) { draw(record); shown.push(record); }
@@ -905,7 +917,9 @@ window.addEventListener("focus", lookAgain); // back from the terminal that ran 
 document.addEventListener("visibilitychange", lookAgain);
 const phone = window.matchMedia("(max-width: 700px)");
 if (phone.matches) $("settings").open = false; // phones: the settings fold above the chat
-phone.addEventListener("change", (e) => { if (e.matches) $("settings").open = false; }); // turned
+phone.addEventListener("change", (e) => { // turned (not a window narrowed under a hand at work)
+  if (e.matches && !$("settings").contains(document.activeElement)) $("settings").open = false;
+});
 // a phone turned changes what scrolls (style.css: short windows): the reader keeps their place
 for (const query of ["(max-width: 700px)", "(max-height: 560px)"]) {
   window.matchMedia(query).addEventListener("change", keepPlace);
@@ -913,6 +927,7 @@ for (const query of ["(max-width: 700px)", "(max-height: 560px)"]) {
 $("log").addEventListener("scroll", notePlace, { passive: true });
 window.addEventListener("scroll", notePlace, { passive: true });
 window.addEventListener("pagehide", () => { leaving = true; });
+window.addEventListener("pageshow", () => { leaving = false; }); // (back from the page cache)
 window.addEventListener("online", () => refreshIn(0)); // back online: the server's state at once
 if (window.matchMedia("(pointer: coarse)").matches) { // a touch keyboard has no Shift+Enter
   $("question").placeholder = "Ask about your documents";
