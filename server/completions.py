@@ -119,18 +119,14 @@ class CompletionServing:
             def answer(_: Ready) -> AsyncIterator[str]:
                 return self._stream(job, head, echoes[0], texts[0], usage, start)
 
-            waiting = asyncio.ensure_future(self._ready(jobs, 0, request))
-            if await s.done_within_keepalive(waiting, job.cancel):  # (its refusal as HTTP)
-                events = answer(s.ready_of(waiting, job))
-            else:  # a queue longer than a keep-alive: headers and keep-alives while it waits
-                events = s.wait_then_stream(waiting, job, answer)
+            waiting = asyncio.ensure_future(self._wait_ready(jobs, 0, request))
             return StreamingResponse(
-                events,
+                await s.stream_when_ready(waiting, job, answer),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         for i in range(len(jobs)):
-            await self._ready(jobs, i, request)
+            await self._wait_ready(jobs, i, request)
         # several prompts decode side by side, in the one batch; one failing ends all
         tasks = [
             asyncio.ensure_future(self._whole(j, e, t, request, start))
@@ -177,7 +173,7 @@ class CompletionServing:
             raise
         return jobs
 
-    async def _ready(self, jobs: list[Job], which: int, request: Request) -> Ready:
+    async def _wait_ready(self, jobs: list[Job], which: int, request: Request) -> Ready:
         """Wait until prompt `which` is ready (retrieval and prompt done); a failure cancels
         every job of the request."""
         try:

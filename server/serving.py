@@ -485,13 +485,8 @@ class OpenAIServing:
             def answer(ready: Ready) -> AsyncIterator[str]:
                 return self._stream(job, self._reply(params, model, ready), usage, start)
 
-            if await self.done_within_keepalive(waiting, job.cancel):  # (its refusal as HTTP)
-                events = answer(self.ready_of(waiting, job))
-            else:  # a queue longer than a keep-alive: the answer's headers and keep-alive
-                # comments while it waits (a proxy cut a silent request: a container audit)
-                events = self.wait_then_stream(waiting, job, answer)
             return StreamingResponse(
-                events,
+                await self.stream_when_ready(waiting, job, answer),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -583,6 +578,17 @@ class OpenAIServing:
         except BaseException:
             job.cancel()
             raise
+
+    async def stream_when_ready(
+        self, waiting: asyncio.Future, job: Job, answer: Callable[[Ready], AsyncIterator[str]]
+    ) -> AsyncIterator[str]:
+        """A streamed request's events once `waiting` (its `until_ready`) is done: its
+        refusal within a keep-alive is raised as HTTP; a queue longer than that sends the
+        answer's headers and keep-alive comments while it waits (`wait_then_stream`: a proxy
+        cut a silent request, a container audit). Chat and legacy completions stream so."""
+        if await self.done_within_keepalive(waiting, job.cancel):
+            return answer(self.ready_of(waiting, job))
+        return self.wait_then_stream(waiting, job, answer)
 
     async def wait_then_stream(
         self, waiting: asyncio.Future, job: Job, then: Callable[[Ready], AsyncIterator[str]]
