@@ -1,4 +1,4 @@
-"""`make demo`: index sample documents, start the server, ask through the official openai SDK.
+"""`make demo` (`clara-demo`): index sample documents, start the server, ask through the official openai SDK.
 
 Sample documents are ones every machine has (a few of Python's documentation topics) plus a
 small PDF this script writes, so nothing is downloaded. Everything lives under
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import clara  # noqa: F401  preloads OpenBLAS before anything imports mlx
@@ -80,7 +81,17 @@ def answer(resp) -> str:
     return text + f" [cut at {MAX_TOKENS} tokens]" if choice.finish_reason == "length" else text
 
 
+#: What the demo needs beyond clara's own dependencies: module -> its package on PyPI
+NEEDS = {"openai": "openai", "fpdf": "fpdf2"}
+
+
 def main() -> int:
+    missing = [package for module, package in NEEDS.items() if find_spec(module) is None]
+    if missing:  # (a package user had a traceback after the sample texts were written)
+        raise SystemExit(
+            f"demo: it needs {' and '.join(missing)}: pip install 'clara-rag[demo]' (in a "
+            "checkout: pip install -e '.[demo]', or make install)"
+        )
     root = home() / "demo"
     docs = write_documents(root / "docs")
     index = root / "index"

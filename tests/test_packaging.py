@@ -40,3 +40,21 @@ def test_the_wheel_holds_what_clara_reads_at_run_time(tmp_path: Path) -> None:
             assert f.relative_to(REPO).as_posix() in names, f
     for f in (REPO / "server" / "web").iterdir():
         assert f"server/web/{f.name}" in names, f
+    entry_points = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    ).decode()
+    assert "clara-demo = clara_cli.demo:main" in entry_points  # (a package user's demo)
+
+
+def test_the_demo_says_what_it_needs_before_it_writes_anything(tmp_path, monkeypatch) -> None:
+    """A package user's audit: without fpdf2 (a dev extra) the demo wrote its sample texts,
+    then ended in a ModuleNotFoundError traceback. It says what to install first."""
+    import pytest
+
+    from clara_cli import demo
+
+    monkeypatch.setenv("CLARA_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(sys.modules, "fpdf", None)  # (its import fails: not installed)
+    with pytest.raises(SystemExit, match=r"it needs fpdf2: pip install 'clara-rag\[demo\]'"):
+        demo.main()
+    assert not (tmp_path / "home" / "demo").exists()
