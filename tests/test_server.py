@@ -20,6 +20,7 @@ import numpy as np
 import openai
 import pytest
 
+from clara import __version__
 from clara.retrieval import Fusion
 from tests.test_server_harness import API_KEY, DOCS, ServerProcess, add_documents, metric
 
@@ -1146,6 +1147,7 @@ def test_api_reference_pages_need_no_network(server: ServerProcess) -> None:
     assert httpx.get(f"{server.url}/docs").status_code == 401  # behind the key like the API
     # one operation id each (GET and HEAD /health shared one: client generators refuse that)
     schema = httpx.get(f"{server.url}/openapi.json", headers=auth).json()
+    assert schema["info"]["version"] == __version__  # (it said FastAPI's 0.1.0)
     ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
     assert len(ids) == len(set(ids)) and "health_health_get" in ids
     assert httpx.head(f"{server.url}/health").status_code == 200

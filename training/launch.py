@@ -117,4 +117,6 @@ def is_rank() -> bool:
 
 def self_command(argv: Sequence[str]) -> list[str]:
     """This Python running `training.cli` with `argv`."""
-    return [sys.executable, "-m", "training.cli", *argv]
+    # -P: clara's own `training`, not a training.py in the folder it runs in (a package
+    # user's audit: a project's own module of that name was run as each rank)
+    return [sys.executable, "-P", "-m", "training.cli", *argv]
