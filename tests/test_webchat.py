@@ -892,3 +892,39 @@ def test_new_chat_can_be_undone_and_a_reload_or_lost_network_is_no_server_error(
         assert "Cut by a reload" not in kept and "did not answer" not in kept, kept
     finally:
         page.unroute("**/v1/chat/completions")
+
+
+def test_an_answers_markdown_shows_as_code_and_bold_and_its_markup_stays_text(
+    server: ServerProcess, page
+) -> None:
+    """A mobile audit: an answer's code fences and bold marks showed raw. Once written,
+    fenced blocks are code blocks, `code` and **bold** are marked; markup stays text, and a
+    reload draws the same."""
+    answer = (
+        'Use **assert** like this:\n```python\nassert x > 0, "<b>x</b>"\n```\n'
+        "Then call `check()`. <img src=x onerror=alert(1)>"
+    )
+    body = (
+        f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': answer}}]})}\n\n"
+        'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+        "data: [DONE]\n\n"
+    )
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(body=body, headers={"Content-Type": "text/event-stream"}),
+    )
+    try:
+        open_page(page, server)
+        page.fill("#question", "How do I use assert?")
+        page.press("#question", "Enter")
+        for reloaded in (False, True):
+            if reloaded:
+                page.reload()
+            done = page.locator(".msg.assistant.done").last
+            sync_api.expect(done.locator("pre.code code")).to_have_text('assert x > 0, "<b>x</b>"')
+            sync_api.expect(done.locator("strong")).to_have_text("assert")
+            sync_api.expect(done.locator(":scope > code")).to_have_text("check()")
+            assert done.locator("img, b").count() == 0  # (markup in an answer stays text)
+            assert "<img src=x onerror=alert(1)>" in done.text_content()
+    finally:
+        page.unroute("**/v1/chat/completions")

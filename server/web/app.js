@@ -173,6 +173,64 @@ function fileName(path) {
   });
 }
 
+// An answer's Markdown as a reader expects it, once it is written: fenced code blocks,
+// `inline code` and **bold** (a model writes them; they showed as raw marks: a mobile audit).
+// Built of elements and text nodes, never innerHTML: markup in an answer stays text.
+const FENCE = /^\s*(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/;
+function formatted(text) {
+  const out = document.createDocumentFragment();
+  let prose = [];
+  let code = null; // the lines of an open fence
+  let fence = "";
+  let lang = "";
+  const flush = () => {
+    if (prose.length) inline(out, prose.join("\n"));
+    prose = [];
+  };
+  for (const line of text.split("\n")) {
+    const m = line.match(FENCE);
+    if (code === null && m) {
+      flush();
+      [code, fence, lang] = [[], m[1], m[2]];
+    } else if (code !== null && m && !m[2] && m[1][0] === fence[0] && m[1].length >= fence.length) {
+      out.append(codeBlock(code, lang));
+      code = null;
+    } else {
+      (code === null ? prose : code).push(line);
+    }
+  }
+  if (code !== null) out.append(codeBlock(code, lang)); // (an answer cut inside its block)
+  flush();
+  return out;
+}
+
+function inline(parent, text) {
+  for (const part of text.split(/(`[^`\n]+`|\*\*[^*\n]+\*\*)/)) {
+    if (/^`[^`\n]+`$/.test(part)) {
+      const c = document.createElement("code");
+      c.textContent = part.slice(1, -1);
+      parent.append(c);
+    } else if (/^\*\*[^*\n]+\*\*$/.test(part)) {
+      const b = document.createElement("strong");
+      b.textContent = part.slice(2, -2);
+      parent.append(b);
+    } else if (part) {
+      parent.append(part);
+    }
+  }
+}
+
+function codeBlock(lines, lang) {
+  const pre = document.createElement("pre");
+  pre.className = "code";
+  pre.tabIndex = 0; // (a wide block scrolls inside its box: from the keyboard too)
+  const code = document.createElement("code");
+  code.textContent = lines.join("\n");
+  if (lang) pre.setAttribute("aria-label", `${lang} code`);
+  pre.append(code);
+  return pre;
+}
+
 function note(div, text) {
   const span = document.createElement("span");
   span.className = "note";
@@ -538,7 +596,9 @@ function saveChat() {
   } catch (e) { /* storage full or off: the conversation stays on this page only */ }
 }
 function draw(record) {
-  const div = add(record.role, record.text);
+  const shaped = record.role === "assistant" && !record.error; // (an error's words as they are)
+  const div = add(record.role, shaped ? "" : record.text);
+  if (shaped) div.prepend(formatted(record.text));
   if (record.role !== "assistant") return;
   showSources(div, record.sources, record.from);
   for (const text of record.notes) note(div, text);
@@ -672,6 +732,7 @@ async function ask(question) {
       follow(wasAtBottom);
     }
     if (mine === chat) turns.push({ role: "assistant", content: text.data });
+    text.replaceWith(formatted(text.data)); // (its words stay in `text` for the record)
     div.classList.add("done");
     if (retrieval && !["ok", "disabled"].includes(retrieval.status)) {
       remark(`no sources: ${retrieval.detail || retrieval.status.replace("_", " ")}`);
@@ -685,6 +746,7 @@ async function ask(question) {
         if (text.data) turns.push({ role: "assistant", content: text.data });
         else turns.pop();
       }
+      text.replaceWith(formatted(text.data));
       remark("stopped");
       say("stopped");
     } else {
