@@ -851,6 +851,10 @@ class ModelCard(_Response):
     collection: str | None = None  # what a request that names no collection searches
     collections: list[str] | None = None  # ... several: a model NAME@A+B's
     retrieval: bool | None = None  # False: this id answers without retrieval
+    # the retrieval modes a request may name, and the one it gets naming none (the web chat's
+    # picker: it read them from the 100 KB /openapi.json at each load, a mobile audit)
+    retrieval_modes: list[str] | None = None
+    retrieval_mode: str | None = None
 
 
 class ModelList(_Response):

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from clara.errors import ClaraError
 from clara.paths import path_bytes
+from clara.retrieval import RETRIEVAL_MODES
 from clara.stream import GenerationChunk, token_bytes, token_text
 from clara.text import pages_label, printable, snippet
 from clara_cli.http import SCOPE, APIError, client_gone_error, shutting_down_error, to_api_error
@@ -428,6 +429,8 @@ class OpenAIServing:
             else (collections or [default_collection(self.defaults)])[0] or None,
             collections=collections if collections and len(collections) > 1 else None,
             retrieval=not bare,
+            retrieval_modes=None if bare else list(RETRIEVAL_MODES),
+            retrieval_mode=None if bare else self.defaults.retrieval_mode,
         )
 
     def models(self) -> ModelList:

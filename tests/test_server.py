@@ -85,6 +85,9 @@ def assert_error(r: httpx.Response, status: int, param=None, code=None) -> dict:
 def test_models_list_served_name(client: openai.OpenAI, tiny_llama_dir: Path) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL, MODEL + "-no-retrieval"]
+    card, bare = (m.model_extra for m in models.data)
+    assert card["retrieval_modes"] == ["hybrid", "dense", "lexical"]
+    assert card["retrieval_mode"] == "hybrid" and bare["retrieval_modes"] is None
     assert models.data[0].object == "model" and models.data[0].owned_by == "clara"
     assert client.models.retrieve(MODEL).id == MODEL
     assert models.data[0].model_extra["mode"] == "memory"  # fresh adapters: the server's --mode

@@ -280,6 +280,7 @@ async function refresh() {
     $("model").textContent = card.id;
     if (card.mode) $("mode").options[0].textContent = `server default (${card.mode})`;
     serverCollection = card.collection || "";
+    showRetrievalModes(card);
   } catch (e) {
     $("model").textContent = e.message;
     if ((e.status && e.status !== 503) || e.message === KEY_UNSENDABLE) alertUser(e.message);
@@ -290,7 +291,6 @@ async function refresh() {
     return;
   }
   await loadCollections();
-  await loadRetrievalModes();
 }
 
 // Every vector store, page after page (a picker cut at the first 100 hid the rest).
@@ -443,20 +443,15 @@ function collection() {
   return filesApi ? $("collection").value : $("collection-name").value.trim();
 }
 
-async function loadRetrievalModes() {
-  // retrieval modes (e.g. hybrid / dense / lexical) are offered when the server's schema has them
-  try {
-    const spec = await api("openapi.json");
-    const field = spec.components.schemas.ChatCompletionRequest.properties.retrieval_mode;
-    const values = field && (field.enum || (field.anyOf || []).flatMap((x) => x.enum || []));
-    if (!values || !values.length) return;
-    const picker = $("retrieval-mode");
-    picker.replaceChildren(new Option("server default", ""), ...values.map((v) => new Option(v, v)));
-    restore("retrieval-mode"); // (it went back to the server default at each refresh)
-    $("retrieval-mode-label").hidden = false;
-  } catch (e) {
-    /* no schema: no picker */
-  }
+// The retrieval modes (hybrid / dense / lexical) the server's model card lists
+function showRetrievalModes(card) {
+  const values = card.retrieval_modes;
+  if (!Array.isArray(values) || !values.length) return;
+  const picker = $("retrieval-mode");
+  const fallback = card.retrieval_mode ? `server default (${card.retrieval_mode})` : "server default";
+  picker.replaceChildren(new Option(fallback, ""), ...values.map((v) => new Option(v, v)));
+  restore("retrieval-mode"); // (it went back to the server default at each refresh)
+  $("retrieval-mode-label").hidden = false;
 }
 
 // ---- sources -------------------------------------------------------------------------------
