@@ -87,7 +87,8 @@ _TABLE_PARTS = frozenset({"td", "th", "tr", "tbody", "thead", "tfoot", "caption"
 #: (`_Unclosed`): their own end tag, one of these start tags, or the end tag of a block
 #: around them. What is unsure ends them: hidden text read is better than shown text lost.
 _ENDED_BY_START = {
-    "p": _SPECIAL - (SKIPPED - {"nav"}) - {"html", "body", "textarea", "marquee", "applet"},
+    "p": (_SPECIAL - (SKIPPED - {"nav"}) - {"html", "body", "textarea", "marquee", "applet"})
+    | {"hr"},  # (a rule ends a paragraph too: a re-audit)
     "li": {"li"} | _TABLE_PARTS,
     "dt": {"dt", "dd"} | _TABLE_PARTS,
     "dd": {"dt", "dd"} | _TABLE_PARTS,
