@@ -68,6 +68,7 @@ _HIDEABLE = _CLOSED - {"span", "a", "label"}
 _NO_DISPLAY = re.compile(
     r"(?:^|;)\s*display\s*:\s*none\s*(?:!\s*important\s*)?(?:;|$)", re.IGNORECASE
 )
+_DISPLAY = re.compile(r"(?:^|;)\s*display\s*:", re.IGNORECASE)
 _INVISIBLE = re.compile(
     r"(?:^|;)\s*visibility\s*:\s*hidden\s*(?:!\s*important\s*)?(?:;|$)", re.IGNORECASE
 )
@@ -176,11 +177,13 @@ def _hiding(first: dict[str, str]) -> str | None:
     """How attributes keep an element off the page: "none" (`hidden`, but not
     `hidden="until-found"`, which find-in-page opens; an inline `display: none`),
     "invisible" (`visibility: hidden`: its box stays, empty), else None."""
-    if "hidden" in first and first["hidden"].strip().lower() != "until-found":
-        return "none"
     style = first.get("style", "")
     if _NO_DISPLAY.search(style):
         return "none"
+    shown_anyway = _DISPLAY.search(style)  # (an inline display overrides `hidden`'s)
+    if "hidden" in first and first["hidden"].strip().lower() != "until-found":
+        if not shown_anyway:
+            return "none"
     return "invisible" if _INVISIBLE.search(style) else None
 
 

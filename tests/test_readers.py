@@ -1109,6 +1109,7 @@ def test_html_hidden_elements_whose_end_tag_may_be_left_out_end_where_a_browser_
         ("<p hidden>secret<center>Centred</center>next<p>after", "Centred\n\nnext\n\nafter"),
         ("<dialog open><p hidden>s</dialog>Shown", "Shown"),
         ("<p hidden>secret<hr>Shown after the rule", "Shown after the rule"),
+        ('<div hidden style="display: block">Shown: its style wins</div>', "Shown: its style wins"),
         ("<ul><li hidden>s<div class='x'/>t<li>Shown</li></ul>", "- Shown"),  # (XHTML)
         ("<div hidden><div/>text</div>visible", "visible"),
         ("<h2 hidden><p>x</p><h3>Next</h3>", "Next"),
