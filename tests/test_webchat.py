@@ -521,7 +521,7 @@ def test_a_phone_gets_the_whole_width(server: ServerProcess, page) -> None:
     try:
         open_page(page, server)
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
-        assert page.locator("#question").bounding_box()["width"] > 300
+        assert page.locator("#question").bounding_box()["width"] > 250  # (Send beside it)
         sync_api.expect(page.locator("#collection")).to_be_hidden()  # settings folded away
         page.click("#settings summary")
         sync_api.expect(page.locator("#collection")).to_be_visible()
@@ -770,6 +770,12 @@ def test_on_a_phone_fields_and_targets_are_touch_sized(server: ServerProcess, pa
         sync_api.expect(answer).to_have_count(1)
         for target in ("#send", "#clear", "#settings > summary"):
             assert phone.locator(target).bounding_box()["height"] >= 44, target
+        # Send beside the question box (a keyboard hid one below it), New chat under them
+        box, send, clear = (
+            phone.locator(x).bounding_box() for x in ("#question", "#send", "#clear")
+        )
+        assert box["y"] <= send["y"] < box["y"] + box["height"], (box, send)
+        assert clear["y"] >= send["y"] + send["height"], (send, clear)
         placeholder, field = phone.evaluate(
             """() => { const q = document.querySelector('#question');
                 return [getComputedStyle(q, '::placeholder').color, getComputedStyle(q).backgroundColor]; }"""
