@@ -19,7 +19,6 @@ for every answer in the batch. A grammar that runs past them mid-answer fails it
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import weakref
@@ -57,8 +56,13 @@ MISSING = (
 
 
 def available() -> bool:
-    """Whether llguidance is installed (clara-serve warns at its start when not)."""
-    return importlib.util.find_spec("llguidance") is not None
+    """Whether llguidance can be used: installed, and importable (a broken install is as
+    good as none: a re-audit). clara-serve warns at its start when not."""
+    try:
+        _llguidance()
+    except ClaraError:
+        return False
+    return True
 
 
 def _llguidance() -> Any:
@@ -68,6 +72,11 @@ def _llguidance() -> Any:
         import llguidance.hf
     except ImportError:
         raise ClaraError(MISSING) from None
+    except Exception as exc:  # noqa: BLE001 - installed, broken (its native library)
+        raise ClaraError(
+            f"structured output needs the llguidance package, which is installed but cannot "
+            f"be loaded ({exc}): pip install --force-reinstall 'llguidance>=1.2'"
+        ) from None
     return llguidance
 
 

@@ -313,7 +313,7 @@ def health_response(state: str, body: dict, worker: Any = None, app: Any = None)
     if state == "ready" and worker is not None and limit and (stuck := worker.stuck_for()) > limit:
         body["status"] = "stalled"
         body["error"] = (
-            f"the model worker has been on one step for {stuck:.0f} s (--unhealthy-after "
+            f"the model worker has been on one step for {stuck:.3g} s (--unhealthy-after "
             f"{limit:g}): it may hang; restart the server if it stays so"
         )
         return JSONResponse(body, status_code=503)

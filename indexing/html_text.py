@@ -63,15 +63,21 @@ _CLOSED = frozenset(
 #: Of those, the ones skipped when hidden: blocks (an inline <span hidden> left unclosed, as
 #: pages do, took the visible rest of the page with it: a re-audit)
 _HIDEABLE = _CLOSED - {"span", "a", "label"}
-#: Inline styles that keep an element off the page: `display: none` takes its box away,
-#: `visibility: hidden` leaves it empty (a table cell keeps its column)
-_NO_DISPLAY = re.compile(
-    r"(?:^|;)\s*display\s*:\s*none\s*(?:!\s*important\s*)?(?:;|$)", re.IGNORECASE
-)
-_DISPLAY = re.compile(r"(?:^|;)\s*display\s*:", re.IGNORECASE)
-_INVISIBLE = re.compile(
-    r"(?:^|;)\s*visibility\s*:\s*hidden\s*(?:!\s*important\s*)?(?:;|$)", re.IGNORECASE
-)
+#: An inline style's declarations: `name: value` between semicolons
+_DECLARATION = re.compile(r"\s*([\w-]+)\s*:\s*([^;]*)")
+
+
+def _style(style: str) -> dict[str, str]:
+    """An inline style's properties, the last of each winning (as in a browser), values in
+    lower case without `!important`."""
+    found: dict[str, str] = {}
+    for part in style.split(";"):
+        m = _DECLARATION.match(part)
+        if m:
+            value = m.group(2).strip().lower()
+            found[m.group(1).lower()] = value.removesuffix("!important").strip()
+    return found
+
 
 #: Block-level elements (HTML's "special" ones): their start or end tag may end a hidden
 #: element whose end tag may be left out (`_Unclosed`)
@@ -177,14 +183,13 @@ def _hiding(first: dict[str, str]) -> str | None:
     """How attributes keep an element off the page: "none" (`hidden`, but not
     `hidden="until-found"`, which find-in-page opens; an inline `display: none`),
     "invisible" (`visibility: hidden`: its box stays, empty), else None."""
-    style = first.get("style", "")
-    if _NO_DISPLAY.search(style):
+    style = _style(first.get("style", ""))
+    if style.get("display") == "none":
         return "none"
-    shown_anyway = _DISPLAY.search(style)  # (an inline display overrides `hidden`'s)
     if "hidden" in first and first["hidden"].strip().lower() != "until-found":
-        if not shown_anyway:
+        if "display" not in style:  # (an inline display overrides `hidden`'s)
             return "none"
-    return "invisible" if _INVISIBLE.search(style) else None
+    return "invisible" if style.get("visibility") in ("hidden", "collapse") else None
 
 
 def _not_shown(tag: str, attrs: list[tuple[str, str | None]]) -> str | None:

@@ -321,6 +321,7 @@ def test_vector_store_jobs_search_and_removal(client: openai.OpenAI, root: Path)
         with pytest.raises(openai.BadRequestError) as err:
             client.vector_stores.search("papers", query=WATER, **body)
         assert err.value.body["param"] == param
+        assert err.value.body["code"] == "unsupported_value"  # (OpenAI's: clients branch)
     # attribute filters (an R2R user's audit: a 400, "not supported here"), on the upload's
     # own attributes and clara's (filename): the water text is searched for, the rail file found
     rail_only = {"type": "eq", "key": "topic", "value": "rail"}

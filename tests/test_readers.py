@@ -1110,6 +1110,8 @@ def test_html_hidden_elements_whose_end_tag_may_be_left_out_end_where_a_browser_
         ("<dialog open><p hidden>s</dialog>Shown", "Shown"),
         ("<p hidden>secret<hr>Shown after the rule", "Shown after the rule"),
         ('<div hidden style="display: block">Shown: its style wins</div>', "Shown: its style wins"),
+        ('<p style="display:none; display: block">The last one wins</p>', "The last one wins"),
+        ('<p style="display: block; DISPLAY: NONE !important">x</p>Shown', "Shown"),
         ("<ul><li hidden>s<div class='x'/>t<li>Shown</li></ul>", "- Shown"),  # (XHTML)
         ("<div hidden><div/>text</div>visible", "visible"),
         ("<h2 hidden><p>x</p><h3>Next</h3>", "Next"),

@@ -1089,7 +1089,7 @@ class IndexService:
             raise APIError(
                 400, f"score_threshold is on the dense scores' scale (0 to 1): send it with "
                 f"retrieval_mode 'dense' (a {body.retrieval_mode} score has a scale of its own)",
-                param="ranking_options.score_threshold",
+                param="ranking_options.score_threshold", code="unsupported_value",
             )  # fmt: skip
         if body.rewrite_query:
             raise APIError(400, "rewrite_query is not supported here", param="rewrite_query",

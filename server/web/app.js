@@ -975,7 +975,9 @@ document.addEventListener("visibilitychange", lookAgain);
 const phone = window.matchMedia("(max-width: 700px)");
 if (phone.matches) $("settings").open = false; // phones: the settings fold above the chat
 phone.addEventListener("change", (e) => { // turned (not a window narrowed under a hand at work)
-  if (e.matches && !$("settings").contains(document.activeElement)) $("settings").open = false;
+  // (kept open only for a field being typed in: a picker keeps the focus after a pick)
+  const typing = $("settings").contains(document.activeElement) && document.activeElement.matches("input:not([type=checkbox]):not([type=file])");
+  if (e.matches && !typing) $("settings").open = false;
 });
 // a phone turned changes what scrolls (style.css: short windows): the reader keeps their place
 for (const query of ["(max-width: 700px)", "(max-height: 560px)"]) {
