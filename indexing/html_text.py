@@ -328,10 +328,12 @@ class _Parser(HTMLParser):
             return
         if self.skip == ["head"] and tag not in IN_HEAD:
             self.skip = []  # body content: the head has ended
-        if self.skip:  # nested alike: </div> ends one; a head's <script> is its own
-            if (tag == self.skip[0] or self.skip == ["head"] and tag in SKIPPED) and (
-                tag not in VOID
-            ):
+        if self.skip:  # a head's <script> is its own; in the body, the blocks opened inside
+            # (their end tags end them, not what was skipped; one that is not, ends it)
+            if self.skip[0] == "head":
+                if self.skip == ["head"] and tag in SKIPPED and tag not in VOID:
+                    self.skip.append(tag)
+            elif tag not in VOID and (tag == self.skip[0] or tag in _SPECIAL):
                 self.skip.append(tag)
             return
         skipped = tag in SKIPPED and tag not in VOID
@@ -392,9 +394,15 @@ class _Parser(HTMLParser):
         if self.skip:
             if tag == self.skip[-1]:
                 self.skip.pop()
-            elif tag in self.skip:  # unclosed elements inside: close them too
-                del self.skip[self.skip.index(tag) :]
-            return
+                return
+            if tag in self.skip:  # unclosed elements inside: close them too
+                del self.skip[len(self.skip) - 1 - self.skip[::-1].index(tag) :]
+                return
+            if self.skip[0] == "head" or tag not in _SPECIAL or tag == "p":
+                return  # (a stray </p> makes an empty paragraph: nothing ends)
+            # a block around the skipped one ended, and it with it (a hidden <ul> left
+            # unclosed in a <div> took the rest of the page: a re-audit): read on
+            self.skip = []
         if self.unclosed is not None:
             ended, read = self.unclosed.ends_at_end(tag)
             if ended:

@@ -1109,6 +1109,11 @@ def test_html_hidden_elements_whose_end_tag_may_be_left_out_end_where_a_browser_
         ("<p hidden>secret<center>Centred</center>next<p>after", "Centred\n\nnext\n\nafter"),
         ("<dialog open><p hidden>s</dialog>Shown", "Shown"),
         ("<p hidden>secret<hr>Shown after the rule", "Shown after the rule"),
+        # a hidden block left unclosed ends with the block around it (it took the page)
+        ("<div><ul hidden><li>x</div><p>Shown", "Shown"),
+        ("<ul><li><div hidden>x</li><li>Shown</ul>", "- Shown"),
+        ("<div hidden><p>x</p></p>still hidden</div>Shown", "Shown"),
+        ("<nav><ul><li>a<li>b</ul>menu</nav>Shown", "Shown"),
         ('<div hidden style="display: block">Shown: its style wins</div>', "Shown: its style wins"),
         ('<p style="display:none; display: block">The last one wins</p>', "The last one wins"),
         ('<p style="display: block; DISPLAY: NONE !important">x</p>Shown', "Shown"),
