@@ -566,6 +566,15 @@ class OpenAIServing:
             if not waiting.done():
                 yield ": keep-alive\n\n"
 
+    def _ended_unfinished(self) -> APIError:
+        """The error of a job that ended without a finish reason: the model worker broke
+        (its 503 model_failed), else a 500."""
+        try:
+            self.engine.check_ready()
+        except APIError as exc:
+            return exc
+        return APIError(500, "generation ended without a finish reason")
+
     def queue_chat(self, params: RagParams) -> Job:
         """Queue a chat job (refused before queueing, e.g. far too long: as HTTP)."""
         try:
@@ -574,7 +583,7 @@ class OpenAIServing:
             raise to_api_error(exc) from None
 
     @staticmethod
-    def ready_of(waiting: asyncio.Future, job: Job) -> Ready:
+    def _ready_of(waiting: asyncio.Future, job: Job) -> Ready:
         """The `Ready` of a finished `until_ready`; its error cancels the job."""
         try:
             return waiting.result()
@@ -587,13 +596,13 @@ class OpenAIServing:
     ) -> AsyncIterator[str]:
         """A streamed request's events once `waiting` (its `until_ready`) is done: its
         refusal within a keep-alive is raised as HTTP; a queue longer than that sends the
-        answer's headers and keep-alive comments while it waits (`wait_then_stream`: a proxy
+        answer's headers and keep-alive comments while it waits (`_wait_then_stream`: a proxy
         cut a silent request, a container audit). Chat and legacy completions stream so."""
         if await self.done_within_keepalive(waiting, job.cancel):
-            return answer(self.ready_of(waiting, job))
-        return self.wait_then_stream(waiting, job, answer)
+            return answer(self._ready_of(waiting, job))
+        return self._wait_then_stream(waiting, job, answer)
 
-    async def wait_then_stream(
+    async def _wait_then_stream(
         self, waiting: asyncio.Future, job: Job, then: Callable[[Ready], AsyncIterator[str]]
     ) -> AsyncIterator[str]:
         """A streamed request still waiting for its turn: keep-alive comments until its
@@ -604,7 +613,7 @@ class OpenAIServing:
             async with aclosing(self.keep_alive(waiting)) as comments:
                 async for comment in comments:
                     yield comment
-            ready = self.ready_of(waiting, job)
+            ready = self._ready_of(waiting, job)
         except APIError as exc:
             yield _sse(exc.body())
             yield "data: [DONE]\n\n"
@@ -693,8 +702,7 @@ class OpenAIServing:
                 if isinstance(event, Failed):
                     raise to_api_error(event.error)
                 if event is DONE:
-                    self.engine.check_ready()  # (the model worker broke: its 503 model_failed)
-                    raise APIError(500, "generation ended without a finish reason")
+                    raise self._ended_unfinished()
                 if isinstance(event, GenerationChunk):
                     first = first or time.perf_counter()
                     yield event
@@ -764,11 +772,7 @@ class OpenAIServing:
                     yield _sse(to_api_error(event.error).body())
                     return
                 elif event is DONE:
-                    try:
-                        self.engine.check_ready()  # (the model worker broke: model_failed)
-                        raise APIError(500, "generation ended without a finish reason")
-                    except APIError as exc:
-                        yield _sse(exc.body())
+                    yield _sse(self._ended_unfinished().body())
                     return
                 elif isinstance(event, GenerationChunk):
                     first = first or time.perf_counter()
