@@ -937,3 +937,52 @@ def test_an_answers_markdown_shows_as_code_and_bold_and_its_markup_stays_text(
             assert "<img src=x onerror=alert(1)>" in done.text_content()
     finally:
         page.unroute("**/v1/chat/completions")
+
+
+def test_an_answers_lists_and_tables_show_as_lists_and_tables(server: ServerProcess, page) -> None:
+    """Session 52 left an answer's Markdown lists and tables as raw marks. Once written, runs
+    of items are a list (numbered from their first number; blank lines between items and an
+    item's indented next line stay in it), a header row over its |---| rule is a table with
+    its alignment; markup in a cell stays text, and a line with a bar but no rule stays prose."""
+    answer = (
+        "Steps:\n\n3. Open the **valve**\n   slowly\n\n4. Read `p`\n"
+        "- one\n- two <i>x</i>\n\n"
+        "| Part | Count |\n|:-----|------:|\n| gear <b>1</b> | 12 |\n| a \\| b | 3 |\n\n"
+        "Not a table: a | b\nThe end."
+    )
+    body = (
+        f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': answer}}]})}\n\n"
+        'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+        "data: [DONE]\n\n"
+    )
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(body=body, headers={"Content-Type": "text/event-stream"}),
+    )
+    try:
+        open_page(page, server)
+        page.fill("#question", "How?")
+        page.press("#question", "Enter")
+        for reloaded in (False, True):
+            if reloaded:
+                page.reload()
+            done = page.locator(".msg.assistant.done").last
+            sync_api.expect(done.locator("ol > li")).to_have_text(
+                ["Open the valve\nslowly", "Read p"]
+            )
+            assert done.locator("ol").get_attribute("start") == "3"
+            sync_api.expect(done.locator("ol strong")).to_have_text("valve")
+            sync_api.expect(done.locator("ul > li")).to_have_text(["one", "two <i>x</i>"])
+            sync_api.expect(done.locator("table th")).to_have_text(["Part", "Count"])
+            sync_api.expect(done.locator("table tbody td")).to_have_text(
+                ["gear <b>1</b>", "12", "a | b", "3"]
+            )
+            align = (
+                done.locator("table tbody td").nth(1).evaluate("c => getComputedStyle(c).textAlign")
+            )
+            assert align == "right", align
+            assert done.locator("i, b, img").count() == 0  # (markup in an answer stays text)
+            assert done.locator("table").count() == 1 and done.locator("ul, ol").count() == 2
+            assert "Not a table: a | b\nThe end." in done.text_content()
+    finally:
+        page.unroute("**/v1/chat/completions")

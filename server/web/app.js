@@ -173,10 +173,12 @@ function fileName(path) {
   });
 }
 
-// An answer's Markdown as a reader expects it, once it is written: fenced code blocks,
-// `inline code` and **bold** (a model writes them; they showed as raw marks: a mobile audit).
-// Built of elements and text nodes, never innerHTML: markup in an answer stays text.
+// An answer's Markdown as a reader expects it, once it is written: fenced code blocks, lists,
+// tables, `inline code` and **bold** (a model writes them; they showed as raw marks: a mobile
+// audit). Built of elements and text nodes, never innerHTML: markup in an answer stays text.
 const FENCE = /^\s*(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/;
+const ITEM = /^\s{0,3}(?:([-*+])|(\d{1,9})[.)])\s+(.*)$/;
+const RULE = /^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$/; // a table's |---|:--:|
 function formatted(text) {
   const out = document.createDocumentFragment();
   let prose = [];
@@ -184,7 +186,7 @@ function formatted(text) {
   let fence = "";
   let lang = "";
   const flush = () => {
-    if (prose.length) inline(out, prose.join("\n"));
+    for (const block of blocks(prose)) out.append(block);
     prose = [];
   };
   for (const line of text.split("\n")) {
@@ -202,6 +204,90 @@ function formatted(text) {
   if (code !== null) out.append(codeBlock(code, lang)); // (an answer cut inside its block)
   flush();
   return out;
+}
+
+// Prose lines as what they show: runs of list items as a list, a header row over its |---|
+// rule (and the rows after it) as a table, the rest as text with its line breaks.
+function* blocks(lines) {
+  let text = [];
+  const para = function* () {
+    while (text.length && !text[text.length - 1].trim()) text.pop(); // (a list's or table's
+    if (text.length) { //                                                own margin spaces it)
+      const span = document.createDocumentFragment();
+      inline(span, text.join("\n"));
+      yield span;
+    }
+    text = [];
+  };
+  const next = (j) => { // the first line from j that is not blank
+    while (j < lines.length && !lines[j].trim()) j++;
+    return j;
+  };
+  let i = 0;
+  while (i < lines.length) {
+    const item = lines[i].match(ITEM);
+    if (item) {
+      yield* para();
+      const ordered = item[2] !== undefined;
+      const list = document.createElement(ordered ? "ol" : "ul");
+      if (ordered && item[2] !== "1") list.start = Number(item[2]);
+      let li = null;
+      for (; i < lines.length; i++) {
+        const m = lines[i].match(ITEM);
+        if (m && (m[2] !== undefined) === ordered) {
+          li = document.createElement("li");
+          inline(li, m[3]);
+          list.append(li);
+        } else if (!m && /^\s{2,}\S/.test(lines[i])) { // an item's next line, indented
+          inline(li, "\n" + lines[i].trim());
+        } else if (!lines[i].trim()) { // items apart by blank lines: one list
+          const after = (lines[next(i)] ?? "").match(ITEM);
+          if (!after || (after[2] !== undefined) !== ordered) break;
+          i = next(i) - 1;
+        } else {
+          break;
+        }
+      }
+      yield list;
+      i = next(i);
+    } else if (lines[i].includes("|") && i + 1 < lines.length && RULE.test(lines[i + 1])) {
+      yield* para();
+      const rows = [lines[i]];
+      const rule = cells(lines[i + 1]);
+      for (i += 2; i < lines.length && lines[i].includes("|") && lines[i].trim(); i++) rows.push(lines[i]);
+      yield table(rows.map(cells), rule);
+      i = next(i);
+    } else {
+      text.push(lines[i++]);
+    }
+  }
+  yield* para();
+}
+
+function cells(line) {
+  const row = line.trim().replace(/^\|/, "").replace(/(?<!\\)\|$/, "");
+  return row.split(/(?<!\\)\|/).map((c) => c.trim().replace(/\\\|/g, "|"));
+}
+
+function table(rows, rule) {
+  const wrap = document.createElement("div");
+  wrap.className = "table";
+  wrap.tabIndex = 0; // (a wide table scrolls inside its box: from the keyboard too)
+  const t = document.createElement("table");
+  const align = rule.map((c) => (c.endsWith(":") ? (c.startsWith(":") ? "center" : "right") : ""));
+  rows.forEach((row, r) => {
+    const tr = document.createElement("tr");
+    for (let c = 0; c < rows[0].length; c++) {
+      const cell = document.createElement(r ? "td" : "th");
+      if (!r) cell.scope = "col";
+      if (align[c]) cell.style.textAlign = align[c];
+      inline(cell, row[c] ?? "");
+      tr.append(cell);
+    }
+    (r ? t.tBodies[0] ?? t.createTBody() : t.createTHead()).append(tr);
+  });
+  wrap.append(t);
+  return wrap;
 }
 
 function inline(parent, text) {
