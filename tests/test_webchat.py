@@ -607,6 +607,8 @@ def test_screen_readers_hear_errors_and_focus_stays_in_place(
     sync_api.expect(answer).to_have_count(1)
     assert page.evaluate("() => document.activeElement.id") in ("question", "stop")
     sync_api.expect(page.locator("#announce")).not_to_be_empty()
+    # emptied once said: a reader going through the page read the answer twice (an audit)
+    sync_api.expect(page.locator("#announce")).to_be_empty(timeout=20_000)
     assert answer.get_attribute("aria-label") == "clara's answer"
     # right-to-left text reads right to left: the browser tells each message's direction
     assert answer.get_attribute("dir") == "auto" == page.get_attribute("#question", "dir")

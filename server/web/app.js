@@ -20,10 +20,17 @@ const KEY_WRONG = "the API key is missing or wrong: enter the server's key in th
 const KEY_UNSENDABLE = "the API key has a character a browser cannot send (a curly quote or a dash pasted with it?): type the server's key again";
 
 // What a screen reader says: `say` when it is idle (an answer, progress), `alert` at once
-// (errors). Set to "" first, so the same words twice are said twice.
+// (errors). Set to "" first, so the same words twice are said twice; emptied once said (a
+// reader going through the page read the last answer twice, there and in the log: an audit).
+const SAID_FOR = 8000; // ms: the words are spoken (or queued to be) when they change
+const unsay = {};
 function speak(id, text) {
   $(id).textContent = "";
-  setTimeout(() => { $(id).textContent = text; }, 50);
+  clearTimeout(unsay[id]);
+  setTimeout(() => {
+    $(id).textContent = text;
+    unsay[id] = setTimeout(() => { $(id).textContent = ""; }, SAID_FOR);
+  }, 50);
 }
 const say = (text) => speak("announce", text);
 const alertUser = (text) => speak("alert", text);
