@@ -905,6 +905,20 @@ def test_new_chat_can_be_undone_and_a_reload_or_lost_network_is_no_server_error(
         page.unroute("**/v1/chat/completions")
 
 
+def answered_with(page, answer: str) -> None:
+    """Every chat question answered with `answer`, streamed as the server streams (unroute
+    "**/v1/chat/completions" after)."""
+    body = (
+        f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': answer}}]})}\n\n"
+        'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+        "data: [DONE]\n\n"
+    )
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(body=body, headers={"Content-Type": "text/event-stream"}),
+    )
+
+
 def test_an_answers_markdown_shows_as_code_and_bold_and_its_markup_stays_text(
     server: ServerProcess, page
 ) -> None:
@@ -915,15 +929,7 @@ def test_an_answers_markdown_shows_as_code_and_bold_and_its_markup_stays_text(
         'Use **assert** like this:\n```python\nassert x > 0, "<b>x</b>"\n```\n'
         "Then call `check()`. <img src=x onerror=alert(1)>"
     )
-    body = (
-        f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': answer}}]})}\n\n"
-        'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
-        "data: [DONE]\n\n"
-    )
-    page.route(
-        "**/v1/chat/completions",
-        lambda route: route.fulfill(body=body, headers={"Content-Type": "text/event-stream"}),
-    )
+    answered_with(page, answer)
     try:
         open_page(page, server)
         page.fill("#question", "How do I use assert?")
@@ -952,15 +958,7 @@ def test_an_answers_lists_and_tables_show_as_lists_and_tables(server: ServerProc
         "| Part | Count |\n|:-----|------:|\n| gear <b>1</b> | 12 |\n| a \\| b | 3 |\n\n"
         "Not a table: a | b\nThe end."
     )
-    body = (
-        f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': answer}}]})}\n\n"
-        'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
-        "data: [DONE]\n\n"
-    )
-    page.route(
-        "**/v1/chat/completions",
-        lambda route: route.fulfill(body=body, headers={"Content-Type": "text/event-stream"}),
-    )
+    answered_with(page, answer)
     try:
         open_page(page, server)
         page.fill("#question", "How?")
