@@ -869,6 +869,7 @@ def test_new_chat_can_be_undone_and_a_reload_or_lost_network_is_no_server_error(
         page.click("#clear")
         page.get_by_role("button", name="Bring back the last chat").click()
         sync_api.expect(page.locator("#log .msg")).to_have_count(2)
+        sync_api.expect(page.locator("#question")).to_have_value("Cut short")  # (to send again)
         page.fill("#question", "Next")
         page.press("#question", "Enter")
         sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(2)
@@ -882,6 +883,21 @@ def test_new_chat_can_be_undone_and_a_reload_or_lost_network_is_no_server_error(
     page.press("#question", "Enter")
     sync_api.expect(page.locator(".msg.assistant.done")).to_have_count(1)
     sync_api.expect(page.locator(".cleared")).to_have_count(0)  # (gone with the new chat)
+
+    page.route("**/v1/chat/completions", lambda route: None)  # held: an answer under way
+    try:  # a new chat's first question, cut by New chat, comes back to be sent again
+        page.click("#clear")
+        page.fill("#question", "First and cut")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator("#stop")).to_be_visible()
+        page.click("#clear")
+        page.click("#clear")  # (a second tap keeps it)
+        page.get_by_role("button", name="Bring back the last chat").click()
+        sync_api.expect(page.locator("#question")).to_have_value("First and cut")
+        sync_api.expect(page.locator("#log .msg")).to_have_count(0)
+    finally:
+        page.unroute("**/v1/chat/completions")
+    page.fill("#question", "")
 
     page.context.set_offline(True)
     try:

@@ -1015,9 +1015,12 @@ let cleared = null; // the chat New chat cleared, until the next question
 $("clear").addEventListener("click", () => {
   chat += 1;
   // the chat cleared can be brought back until the next question (a tap beside Send cleared
-  // it for good: a mobile audit); an answer being written is not kept, nor its question
-  if (shown.length) {
-    cleared = { turns: turns.slice(0, running ? turns.length - 1 : turns.length), shown: shown.slice() };
+  // it for good: a mobile audit); an answer being written is not kept: its question comes
+  // back in the question box (a chat's first question cut so had nothing to bring back)
+  const writing = running && turns.length; // (not on a second tap: the first took the turns)
+  if (shown.length || writing) {
+    const cut = writing ? turns[turns.length - 1].content : "";
+    cleared = { turns: turns.slice(0, writing ? turns.length - 1 : turns.length), shown: shown.slice(), cut };
   } // (else a second tap: the chat before stays the one to bring back)
   if (running) running.abort(); // the server stops generating when the stream closes
   const before = cleared;
@@ -1039,6 +1042,7 @@ $("clear").addEventListener("click", () => {
       line.remove();
       turns.push(...before.turns);
       for (const record of before.shown) { draw(record); shown.push(record); }
+      if (before.cut && !$("question").value.trim()) $("question").value = before.cut;
       saveChat();
       say("last chat back");
       $("question").focus();
