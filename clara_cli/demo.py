@@ -3,11 +3,12 @@
 Sample documents are ones every machine has (a few of Python's documentation topics) plus a
 small PDF this script writes, so nothing is downloaded. Everything lives under
 `$CLARA_HOME/demo`; a second run reuses the index (unchanged files are skipped). The
-server takes a free port, or `$CLARA_DEMO_PORT`.
+server takes a free port, or `--port` (`$CLARA_DEMO_PORT`).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -85,7 +86,34 @@ def answer(resp) -> str:
 NEEDS = {"openai": "openai", "fpdf": "fpdf2"}
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from clara_cli.common import add_version_arg
+
+    parser = argparse.ArgumentParser(
+        prog="clara-demo",
+        description="Index a few sample documents (Python's documentation of eight statements "
+        "and a small PDF it writes; nothing is downloaded) under $CLARA_HOME/demo, start "
+        "clara-serve on them, and ask one question through the openai SDK: as 16x memory, as "
+        "raw text and mixed, with the sources. A second run reuses the index.",
+        epilog="examples:\n  clara-demo\n  clara-demo --port 8000\n  CLARA_HOME=/tmp/c "
+        "clara-demo                  # somewhere else than ~/.cache/clara",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("CLARA_DEMO_PORT") or 0),
+        help="the port of the server it starts (default: $CLARA_DEMO_PORT, else a free one)",
+    )
+    add_version_arg(parser)
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: a port is 1-65535 (0: a free one)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     missing = [package for module, package in NEEDS.items() if find_spec(module) is None]
     if missing:  # (a package user had a traceback after the sample texts were written)
         raise SystemExit(
@@ -104,7 +132,7 @@ def main() -> int:
     if status not in (0, 1):
         return status
 
-    port = int(os.environ.get("CLARA_DEMO_PORT") or free_port())
+    port = args.port or free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"==> Starting clara-serve on {url}", flush=True)
     env = {**os.environ, "CLARA_QUIET_BLAS": "1"}

@@ -426,7 +426,7 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if first.get("type") == "extra_forbidden":  # (pydantic's "Extra inputs are not permitted")
         return APIError(
             400, f"unknown parameter '{param}': this server does not support it (an OpenAI "
-            "parameter it lacks, or a misspelt one)", param=param,
+            "parameter it lacks, or a misspelt one)", param=param, code="unknown_parameter",
         )  # fmt: skip
     # the same union member's other problems (those of the members it is not are noise)
     others = sum(1 for e in errors if e is not first and _member(e) == _member(first))

@@ -4,6 +4,7 @@ machine, the shipped adapters and the web chat."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -62,5 +63,20 @@ def test_the_demo_says_what_it_needs_before_it_writes_anything(tmp_path, monkeyp
     monkeypatch.setenv("CLARA_HOME", str(tmp_path / "home"))
     monkeypatch.setitem(sys.modules, "fpdf", None)  # (its import fails: not installed)
     with pytest.raises(SystemExit, match=r"it needs fpdf2: pip install 'clara-rag\[demo\]'"):
-        demo.main()
+        demo.main([])
     assert not (tmp_path / "home" / "demo").exists()
+
+
+def test_the_demo_answers_help_and_version_without_running(tmp_path) -> None:
+    """A docs audit: `clara-demo --help` and `--version` ran the whole demo (it read no
+    arguments), writing its index and starting a server."""
+    env = {**os.environ, "CLARA_HOME": str(tmp_path / "home")}
+    run = [sys.executable, "-P", "-m", "clara_cli.demo"]
+    helped = subprocess.run(run + ["--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: clara-demo"), helped
+    assert "--port" in helped.stdout and "CLARA_DEMO_PORT" in helped.stdout
+    version = subprocess.run(run + ["--version"], env=env, capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("clara-demo 0."), version
+    wrong = subprocess.run(run + ["--port", "70000"], env=env, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "a port is 1-65535" in wrong.stderr, wrong
+    assert not (tmp_path / "home").exists()

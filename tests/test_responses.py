@@ -925,7 +925,13 @@ def test_stored_responses_outlive_the_process(client, tmp, tiny_llama_dir) -> No
         ),
         ({"input": "hi", "text": {"format": "json_object"}}, "text.format"),  # (read as text)
         ({"input": "hi", "text": {"format": {"name": "x"}}}, "text.format.type"),
-        ({"input": "hi", "frobnicate": 1}, "frobnicate"),
+        (  # (unknown at the top: ignored, as chat's are; inside a tool: a misshapen tool)
+            {
+                "input": "hi",
+                "tools": [{"type": "file_search", "vector_store_ids": ["d"], "frobnicate": 1}],
+            },
+            ("tools.[0].frobnicate", "unknown_parameter"),
+        ),
         ({"input": "hi", "include": ["reasoning.encrypted_content"]}, "include.[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, None),
         ({"input": ""}, "input"),
@@ -973,8 +979,8 @@ def test_unsupported_or_invalid_requests_name_the_field(server, body, param) -> 
         assert "reads text only" in err["message"]
     if param == "tools.[0].vector_store_ids":  # (pydantic's "List should have at most 8
         assert "at most 8 vector stores per request, not 9" in err["message"]  # items": whose)
-    if "frobnicate" in body:  # (pydantic's "Extra inputs are not permitted" said less)
-        assert err["message"].startswith("unknown parameter 'frobnicate'"), err
+    if "frobnicate" in str(body):  # (pydantic's "Extra inputs are not permitted" said less)
+        assert err["message"].startswith("unknown parameter 'tools.[0].frobnicate'"), err
     if body["input"] and isinstance(body["input"], list) and "call_id" in body["input"][0]:
         assert "runs no hosted tools" in err["message"]
 
@@ -1505,3 +1511,13 @@ def test_a_deleted_store_is_closed_by_chats_too(client: openai.OpenAI, server) -
     assert any(vs.id in p for p in open_files())
     client.vector_stores.delete(vs.id)
     assert not [p for p in open_files() if vs.id in p]
+
+
+def test_unknown_request_fields_are_ignored_and_logged_as_chat_does(server) -> None:
+    """A docs audit: the README says fields the API does not have are ignored (apps send
+    other servers' options) and named in the log; the Responses API answered them a 400."""
+    body = {"input": "hi", "store": False, "max_output_tokens": 16, "frobnicate_resp": {"x": 1}}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] in ("completed", "incomplete")
+    assert "ignored fields not in its API: frobnicate_resp" in server.log()

@@ -32,6 +32,7 @@ from server.protocol import (
     ModelName,
     format_grammar,
     note_tools,
+    note_unknown,
     only,
     refuse,
 )
@@ -187,8 +188,12 @@ _CHOICE_NEEDS_TOOL = {
 class ResponseCreateRequest(_Request):
     """POST /v1/responses (OpenAI's fields, then CLaRa's extension block)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_CHOICE_NEEDS_TOOL)
+    # fields it does not know are ignored and logged, as chat completions' are (a docs audit:
+    # the README says so, and apps send other servers' options here too); inside its items
+    # and tools an unknown field is a 400, as a misshapen item is
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_CHOICE_NEEDS_TOOL)
     _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates anywhere
+    _unknown = model_validator(mode="before")(classmethod(note_unknown))
 
     input: (
         Annotated[str, Field(min_length=1)]
