@@ -386,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with the rebuild that re-encodes them (default: the adapters shipped for "
         "smollm2-135m; no mark for untrained ones)",
         model_use="the base model the checkpoint is for (nothing is loaded)",
+        dtype=False,
     )
     cols.set_defaults(func=cmd_collections)
 

@@ -731,6 +731,8 @@ def test_every_subcommand_has_help_with_examples(capsys) -> None:
         assert exit_.value.code == 0 and "examples:" in out, command
         if command in ("add", "search", "rebuild", "serve"):
             assert "--checkpoint" in out
+        # (a docs audit: collections offered --dtype, yet loads no weights)
+        assert ("--dtype" in out) == (command in ("add", "search", "rebuild", "serve")), command
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out

@@ -5,9 +5,7 @@
 
 Data (`--data`, default: $CLARA_EXAMPLE_DATA): Apple's ml-clara example stage-1 data
 (example/pretrain_data.jsonl of github.com/apple/ml-clara; download it once), 1000
-encyclopedia-style documents with 7861 short-answer questions. (Without either, a copy named
-clara-example-pretrain.jsonl in a data/ folder of a `shared/` folder above the checkout is
-used: where the project's developers keep it.) Its fixed split is kept: documents on 0-based lines with `line % 5 == 0` (200, and
+encyclopedia-style documents with 7861 short-answer questions. Its fixed split is kept: documents on 0-based lines with `line % 5 == 0` (200, and
 their questions) are never trained on; their questions go to eval.jsonl (the gold document as
 the only doc, for `clara-eval --retrieval gold`) and all 1000 documents to collection.txt.
 
@@ -67,9 +65,10 @@ def split_example(path: Path) -> tuple[list[dict], list[dict], list[str]]:
     """(training rows, held-out rows, all documents) of the example data's fixed split."""
     if not path.is_file():
         raise SystemExit(
-            f"{path}: not found. The default recipe trains on Apple's ml-clara example data "
-            "(example/pretrain_data.jsonl of github.com/apple/ml-clara): give its path with "
-            "--data, or to the scripts under docs/runs in CLARA_EXAMPLE_DATA"
+            "give the example data's path with --data (or in CLARA_EXAMPLE_DATA, which the "
+            "scripts under docs/runs read): the default recipe trains on Apple's ml-clara "
+            "example data (example/pretrain_data.jsonl of github.com/apple/ml-clara; download "
+            f"it once). Not found: {path}"
         )
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     train = [r for i, r in enumerate(rows) if i % 5]
@@ -182,12 +181,30 @@ def train_stage(argv: list[str], run: Path, ranks: int) -> int:
     return train_main([*argv, "--ranks", str(ranks), *resume])
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default after its help (where the help
+    does not say it already)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m training.default_recipe",
+        description=__doc__,
+        formatter_class=_Help,  # (each option's default stated)
     )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--data", type=Path, default=default_data(), help="clara-example jsonl")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=default_data(),
+        help="the example data (a jsonl file; default: $CLARA_EXAMPLE_DATA)",
+    )
     p.add_argument("--pydoc", type=int, default=150, help="pydoc paraphrase + cloze records each")
     p.add_argument("--instruct-k", type=int, default=2, help="candidates per question, stage 2")
     p.add_argument("--joint-docs", type=int, default=40, help="training documents in stage 3")
