@@ -169,7 +169,8 @@ def _add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
         default=None,
         help="examples per forward/backward pass inside a batch (same gradients; default: 1 on "
         "a CPU and a Mac, the fastest on a CPU and the least memory: a whole batch of 8 "
-        "instruct examples needs ~35 GB; the whole batch on a CUDA GPU)",
+        "instruct examples would need ~35 GB (a pass of 4 grew past 19 GB); the whole batch "
+        "on a CUDA GPU)",
     )
     o.add_argument(
         "--save-every",
