@@ -1002,3 +1002,99 @@ def test_an_answers_lists_and_tables_show_as_lists_and_tables(server: ServerProc
             assert "Not a table: a | b\nThe end." in done.text_content()
     finally:
         page.unroute("**/v1/chat/completions")
+
+
+#: (Markdown, the HTML the page makes of it): CommonMark's and GitHub's block rules, as a
+#: tablet audit found them broken: nested lists, fences with more than a language, prose
+#: with a bar over a rule, ordered items that cannot interrupt a paragraph
+MARKDOWN = [
+    (
+        '```python title="main.py"\nprint(1)\n```\nThen run it.',
+        '<pre class="code scrolls" role="group" aria-label="python code"><code>print(1)</code>'
+        "</pre>Then run it.",
+    ),
+    (
+        "```{r}\nx\n```",
+        '<pre class="code scrolls" role="group" aria-label="r code"><code>x</code></pre>',
+    ),
+    (
+        "1. Step one\n   - detail a\n   - detail b\n2. Step two\n    - deeper",
+        "<ol><li>Step one<ul><li>detail a</li><li>detail b</li></ul></li>"
+        "<li>Step two<ul><li>deeper</li></ul></li></ol>",
+    ),
+    (
+        "1. Code:\n   ```sh\n   ls\n   ```\n2. Done",
+        '<ol><li>Code:<pre class="code scrolls" role="group" aria-label="sh code"><code>ls'
+        "</code></pre></li><li>Done</li></ol>",
+    ),
+    ("1. First\ncontinues\n2. Second", "<ol><li>First\ncontinues</li><li>Second</li></ol>"),
+    ("Run `ls | wc` now.\n---\nNext.", "Run <code>ls | wc</code> now.<hr>Next."),
+    ("| a | b | c |\n|---|\n| 1 | 2 | 3 |", "| a | b | c |\n|---|\n| 1 | 2 | 3 |"),
+    ("By the end of\n1999. was the year.", "By the end of\n1999. was the year."),
+    ("* * *", "<hr>"),
+    (
+        "## Sum\n\n*it*, snake_case, 2 * 3, [a](https://e.org/x), [b](javascript:x) __bo__",
+        '<h4>Sum</h4><em>it</em>, snake_case, 2 * 3, <a href="https://e.org/x" target="_blank" '
+        'rel="noopener noreferrer">a</a>, [b](javascript:x) <strong>bo</strong>',
+    ),
+]
+
+
+def test_answer_markdown_follows_commonmark_block_rules(server: ServerProcess, page) -> None:
+    open_page(page, server)
+    for text, html in MARKDOWN:
+        made = page.evaluate(
+            "t => { const d = document.createElement('div'); d.append(formatted(t));"
+            " return d.innerHTML; }",
+            text,
+        )
+        assert made == html, (text, made)
+
+
+def test_a_formatted_answer_is_spoken_as_shown_and_its_end_stays_in_view(
+    server: ServerProcess, page
+) -> None:
+    """A tablet audit: the screen reader was given the raw Markdown (a 200-row table: 4,795
+    characters of pipes), the end of an answer a long table made taller was left below the
+    fold, every short code block was a tab stop, a draft was lost on reload, an input
+    method's Escape stopped the answer, and an iPad keyboard (no Escape) could not."""
+    rows = "\n".join(f"| row {i} | {i} |" for i in range(60))
+    answered_with(
+        page, f"Intro **bold**.\n\n| k | v |\n|---|---|\n{rows}\n\n```\nx\n```\nLast line."
+    )
+    try:
+        open_page(page, server)
+        page.fill("#question", "A table?")
+        page.press("#question", "Enter")
+        done = page.locator(".msg.assistant.done").last
+        sync_api.expect(done.locator("table tbody tr")).to_have_count(60)
+        said = page.locator("#announce")
+        sync_api.expect(said).to_have_text("Intro bold. (table, 60 rows) x Last line.")
+        gap = page.evaluate("() => { const l = document.getElementById('log');"
+                            " return l.scrollHeight - l.scrollTop - l.clientHeight; }")  # fmt: skip
+        assert gap < 40, gap
+        assert done.locator("pre.code").get_attribute("tabindex") == "-1"  # (fits: no stop)
+    finally:
+        page.unroute("**/v1/chat/completions")
+
+    page.fill("#question", "a draft")
+    page.reload()
+    sync_api.expect(page.locator("#question")).to_have_value("a draft")
+    page.fill("#question", "")
+
+    page.route("**/v1/chat/completions", lambda route: None)  # held: an answer under way
+    try:
+        page.fill("#question", "Held")
+        page.press("#question", "Enter")
+        sync_api.expect(page.locator("#stop")).to_be_visible()
+        page.evaluate(
+            "() => document.getElementById('question').dispatchEvent(new KeyboardEvent("
+            "'keydown', {key: 'Escape', keyCode: 229, isComposing: true, bubbles: true}))"
+        )
+        page.wait_for_timeout(300)
+        sync_api.expect(page.locator("#stop")).to_be_visible()  # (the input method's Escape)
+        page.keyboard.press("Meta+Period")
+        sync_api.expect(page.locator("#send")).to_be_visible()
+        sync_api.expect(page.locator(".msg.assistant").last).to_contain_text("stopped")
+    finally:
+        page.unroute("**/v1/chat/completions")

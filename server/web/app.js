@@ -180,95 +180,140 @@ function fileName(path) {
   });
 }
 
-// An answer's Markdown as a reader expects it, once it is written: fenced code blocks, lists,
-// tables, `inline code` and **bold** (a model writes them; they showed as raw marks: a mobile
-// audit). Built of elements and text nodes, never innerHTML: markup in an answer stays text.
-const FENCE = /^\s*(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/;
-const ITEM = /^\s{0,3}(?:([-*+])|(\d{1,9})[.)])\s+(.*)$/;
-const RULE = /^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$/; // a table's |---|:--:|
+// An answer's Markdown as a reader expects it, once it is written: fenced code blocks,
+// headings, lists (nested by their indentation), tables, rules, `code`, **bold**, *italics*
+// and links (http and https only). Built of elements and text nodes, never innerHTML: markup
+// in an answer stays text. The block rules are CommonMark's and GitHub's, simplified.
+const FENCE = /^ {0,3}(`{3,}|~{3,})(.*)$/; // and its info string: the language first
+const ITEM = /^( {0,3})(?:([-*+])|(\d{1,9})([.)]))( +|$)(.*)$/;
+const RULE = /^ {0,3}([-*_])(?: *\1){2,} *$/; // --- *** ___ (spaced too)
+const HEADING = /^ {0,3}(#{1,6})(?: +(.*?))?(?: +#+)? *$/;
+const DELIMITER = /^ *\|? *:?-+:? *(?:\| *:?-+:? *)*\|? *$/; // a table's |---|:--:|
+const DEEPEST = 8; // lists in lists: deeper ones are read as text
+
 function formatted(text) {
   const out = document.createDocumentFragment();
-  let prose = [];
-  let code = null; // the lines of an open fence
-  let fence = "";
-  let lang = "";
-  const flush = () => {
-    for (const block of blocks(prose)) out.append(block);
-    prose = [];
-  };
-  for (const line of text.split("\n")) {
-    const m = line.match(FENCE);
-    if (code === null && m) {
-      flush();
-      [code, fence, lang] = [[], m[1], m[2]];
-    } else if (code !== null && m && !m[2] && m[1][0] === fence[0] && m[1].length >= fence.length) {
-      out.append(codeBlock(code, lang));
-      code = null;
-    } else {
-      (code === null ? prose : code).push(line);
-    }
-  }
-  if (code !== null) out.append(codeBlock(code, lang)); // (an answer cut inside its block)
-  flush();
+  const lines = text.split("\n").map((l) => l.replace(/^[ \t]+/, (w) => w.replace(/\t/g, "    ")));
+  for (const block of blocks(lines, 0)) out.append(block);
   return out;
 }
 
-// Prose lines as what they show: runs of list items as a list, a header row over its |---|
-// rule (and the rows after it) as a table, the rest as text with its line breaks.
-function* blocks(lines) {
-  let text = [];
-  const para = function* () {
-    while (text.length && !text[text.length - 1].trim()) text.pop(); // (a list's or table's
-    if (text.length) { //                                                own margin spaces it)
-      const span = document.createDocumentFragment();
-      inline(span, text.join("\n"));
-      yield span;
+const indentOf = (line) => line.length - line.trimStart().length;
+
+function fenceOf(line) { // [marks, info] of an opening fence, else null
+  const m = line.match(FENCE);
+  return m && !(m[1][0] === "`" && m[2].includes("`")) ? [m[1], m[2]] : null;
+}
+
+function* blocks(lines, depth) {
+  let para = [];
+  const flush = function* () {
+    while (para.length && !para[para.length - 1].trim()) para.pop();
+    while (para.length && !para[0].trim()) para.shift();
+    if (para.length) {
+      const text = document.createDocumentFragment();
+      inline(text, para.join("\n"));
+      yield text;
     }
-    text = [];
-  };
-  const next = (j) => { // the first line from j that is not blank
-    while (j < lines.length && !lines[j].trim()) j++;
-    return j;
+    para = [];
   };
   let i = 0;
   while (i < lines.length) {
-    const item = lines[i].match(ITEM);
-    if (item) {
-      yield* para();
-      const ordered = item[2] !== undefined;
-      const list = document.createElement(ordered ? "ol" : "ul");
-      if (ordered && item[2] !== "1") list.start = Number(item[2]);
-      let li = null;
-      for (; i < lines.length; i++) {
-        const m = lines[i].match(ITEM);
-        if (m && (m[2] !== undefined) === ordered) {
-          li = document.createElement("li");
-          inline(li, m[3]);
-          list.append(li);
-        } else if (!m && /^\s{2,}\S/.test(lines[i])) { // an item's next line, indented
-          inline(li, "\n" + lines[i].trim());
-        } else if (!lines[i].trim()) { // items apart by blank lines: one list
-          const after = (lines[next(i)] ?? "").match(ITEM);
-          if (!after || (after[2] !== undefined) !== ordered) break;
-          i = next(i) - 1;
-        } else {
-          break;
-        }
+    const line = lines[i];
+    const fence = fenceOf(line);
+    const item = line.match(ITEM);
+    const heading = line.match(HEADING);
+    const inPara = para.length > 0 && para[para.length - 1].trim() !== "";
+    if (fence) {
+      yield* flush();
+      const [marks, info] = fence;
+      const code = [];
+      const pad = new RegExp(`^ {0,${indentOf(line)}}`);
+      for (i++; i < lines.length; i++) {
+        const close = lines[i].match(FENCE);
+        if (close && close[1][0] === marks[0] && close[1].length >= marks.length && !close[2].trim()) break;
+        code.push(lines[i].replace(pad, ""));
       }
-      yield list;
-      i = next(i);
-    } else if (lines[i].includes("|") && i + 1 < lines.length && RULE.test(lines[i + 1])) {
-      yield* para();
-      const rows = [lines[i]];
+      i++; // (past the closing fence; an answer cut inside its block ends it)
+      yield codeBlock(code, (info.trim().split(/[\s:,{}]+/).find(Boolean) || "").replace(/[^\w+#.-]/g, ""));
+    } else if (isTable(lines, i)) {
+      yield* flush();
       const rule = cells(lines[i + 1]);
-      for (i += 2; i < lines.length && lines[i].includes("|") && lines[i].trim(); i++) rows.push(lines[i]);
-      yield table(rows.map(cells), rule);
-      i = next(i);
+      const rows = [cells(line)];
+      for (i += 2; i < lines.length && lines[i].includes("|") && lines[i].trim(); i++) rows.push(cells(lines[i]));
+      yield table(rows, rule);
+    } else if (RULE.test(line)) {
+      yield* flush();
+      yield document.createElement("hr");
+      i++;
+    } else if (heading) {
+      yield* flush();
+      const h = document.createElement(`h${Math.min(6, heading[1].length + 2)}`); // (in an answer)
+      inline(h, heading[2] || "");
+      yield h;
+      i++;
+    } else if (item && depth < DEEPEST && !(inPara && (!item[6].trim() || (item[3] && item[3] !== "1")))) {
+      yield* flush(); // (a paragraph goes on past "1999. " and an empty "- ": CommonMark's rule)
+      const [list, next] = listAt(lines, i, depth);
+      yield list;
+      i = next;
     } else {
-      text.push(lines[i++]);
+      para.push(line);
+      i++;
     }
   }
-  yield* para();
+  yield* flush();
+}
+
+// A header row over a delimiter row of as many cells (a line holding "|" over a "---" is no
+// table: it is prose and a rule)
+function isTable(lines, i) {
+  if (!lines[i].includes("|") || i + 1 >= lines.length || !DELIMITER.test(lines[i + 1])) return false;
+  const columns = cells(lines[i]).length;
+  return columns === cells(lines[i + 1]).length && (columns > 1 || lines[i + 1].includes("|"));
+}
+
+// The list starting at lines[i], and the line after it. An item holds the lines indented to
+// its text's column (its paragraphs, code, lists in it) and a paragraph's lazy next lines.
+function listAt(lines, i, depth) {
+  const first = lines[i].match(ITEM);
+  const ordered = first[3] !== undefined;
+  const kind = (m) => (m[3] !== undefined ? "1" + m[4] : m[2]);
+  const list = document.createElement(ordered ? "ol" : "ul");
+  if (ordered && first[3] !== "1") list.start = Number(first[3]);
+  const nextFilled = (j) => { while (j < lines.length && !lines[j].trim()) j++; return j; };
+  while (i < lines.length) {
+    if (!lines[i].trim()) { // items apart by blank lines: one list
+      const j = nextFilled(i);
+      const m = j < lines.length && lines[j].match(ITEM);
+      if (!m || kind(m) !== kind(first) || indentOf(lines[j]) > 3) break;
+      i = j;
+    }
+    const m = lines[i].match(ITEM);
+    if (!m || kind(m) !== kind(first) || RULE.test(lines[i])) break;
+    const marker = m[1].length + (m[2] || m[3] + m[4]).length;
+    const column = marker + (m[6] && m[5].length <= 4 ? m[5].length : 1);
+    const own = [m[6]];
+    for (i++; i < lines.length; i++) {
+      const l = lines[i];
+      if (!l.trim()) {
+        const j = nextFilled(i);
+        if (j < lines.length && indentOf(lines[j]) >= column) {
+          own.push(...lines.slice(i, j).map(() => ""));
+          i = j - 1;
+          continue;
+        }
+        break;
+      }
+      if (indentOf(l) >= column) own.push(l.slice(column));
+      else if (!ITEM.test(l) && !RULE.test(l) && !fenceOf(l) && !HEADING.test(l) && own[own.length - 1].trim()) own.push(l.trim());
+      else break;
+    }
+    const li = document.createElement("li");
+    for (const block of blocks(own, depth + 1)) li.append(block);
+    list.append(li);
+  }
+  return [list, i];
 }
 
 function cells(line) {
@@ -278,8 +323,9 @@ function cells(line) {
 
 function table(rows, rule) {
   const wrap = document.createElement("div");
-  wrap.className = "table";
-  wrap.tabIndex = 0; // (a wide table scrolls inside its box: from the keyboard too)
+  wrap.className = "table scrolls";
+  wrap.setAttribute("role", "group");
+  wrap.setAttribute("aria-label", `table, ${rows.length - 1} ${rows.length === 2 ? "row" : "rows"}`);
   const t = document.createElement("table");
   const align = rule.map((c) => (c.endsWith(":") ? (c.startsWith(":") ? "center" : "right") : ""));
   rows.forEach((row, r) => {
@@ -297,31 +343,68 @@ function table(rows, rule) {
   return wrap;
 }
 
+const INLINE = new RegExp([
+  /`[^`\n]+`/, /\*\*[^*\n]+\*\*/, /__[^_\n]+__/,
+  /(?<![\w*])\*[^*\s](?:[^*\n]*[^*\s])?\*(?![\w*])/, /(?<![\w_])_[^_\s](?:[^_\n]*[^_\s])?_(?![\w_])/,
+  /\[[^\]\n]+\]\(https?:\/\/[^\s()]+\)/,
+].map((r) => r.source).join("|"));
+const INLINE_PARTS = new RegExp(`(${INLINE.source})`);
+const INLINE_WHOLE = new RegExp(`^(?:${INLINE.source})$`);
 function inline(parent, text) {
-  for (const part of text.split(/(`[^`\n]+`|\*\*[^*\n]+\*\*)/)) {
-    if (/^`[^`\n]+`$/.test(part)) {
-      const c = document.createElement("code");
-      c.textContent = part.slice(1, -1);
-      parent.append(c);
-    } else if (/^\*\*[^*\n]+\*\*$/.test(part)) {
-      const b = document.createElement("strong");
-      b.textContent = part.slice(2, -2);
-      parent.append(b);
-    } else if (part) {
+  for (const part of text.split(INLINE_PARTS)) {
+    if (!part) continue;
+    let el = null;
+    if (!INLINE_WHOLE.test(part)) {
       parent.append(part);
+      continue;
+    } else if (part[0] === "`") {
+      el = document.createElement("code");
+      el.textContent = part.slice(1, -1);
+    } else if (part.startsWith("**") || part.startsWith("__")) {
+      el = document.createElement("strong");
+      el.textContent = part.slice(2, -2);
+    } else if (part[0] === "[") {
+      const [, words, url] = part.match(/^\[([^\]]+)\]\((.+)\)$/);
+      el = document.createElement("a");
+      el.href = url; // (http or https: the pattern takes no other)
+      el.target = "_blank";
+      el.rel = "noopener noreferrer";
+      el.textContent = words;
+    } else {
+      el = document.createElement("em");
+      el.textContent = part.slice(1, -1);
     }
+    parent.append(el);
   }
 }
 
 function codeBlock(lines, lang) {
   const pre = document.createElement("pre");
-  pre.className = "code";
-  pre.tabIndex = 0; // (a wide block scrolls inside its box: from the keyboard too)
+  pre.className = "code scrolls";
+  pre.setAttribute("role", "group"); // (named: a generic element's name is not read)
+  pre.setAttribute("aria-label", lang ? `${lang} code` : "code");
   const code = document.createElement("code");
   code.textContent = lines.join("\n");
-  if (lang) pre.setAttribute("aria-label", `${lang} code`);
   pre.append(code);
   return pre;
+}
+
+// A wide code block or table scrolls inside its box: from the keyboard too, so it is a tab
+// stop while it overflows (only then: a chat of short snippets had a stop for each).
+function tabStops(root) {
+  for (const box of root.querySelectorAll(".scrolls")) {
+    box.tabIndex = box.scrollWidth > box.clientWidth + 1 ? 0 : -1;
+  }
+}
+
+// What a screen reader says of an answer: its text as shown, a table by its size (its cells
+// are read with table navigation; a 200-row table said 4,795 characters of pipes: an audit)
+function spoken(fragment) {
+  const copy = document.createElement("div");
+  copy.append(fragment.cloneNode(true));
+  for (const t of copy.querySelectorAll(".table")) t.replaceWith(` (${t.getAttribute("aria-label")}) `);
+  for (const b of copy.querySelectorAll("li, h3, h4, h5, h6, pre, hr")) b.append(" ");
+  return copy.textContent.replace(/\s+/g, " ").trim();
 }
 
 function note(div, text) {
@@ -687,6 +770,7 @@ function draw(record) {
   const shaped = record.role === "assistant" && !record.error; // (an error's words as they are)
   const div = add(record.role, shaped ? "" : record.text);
   if (shaped) div.prepend(formatted(record.text));
+  tabStops(div);
   if (record.role !== "assistant") return;
   showSources(div, record.sources, record.from);
   for (const text of record.notes) note(div, text);
@@ -820,13 +904,18 @@ async function ask(question) {
       follow(wasAtBottom);
     }
     if (mine === chat) turns.push({ role: "assistant", content: text.data });
-    text.replaceWith(formatted(text.data)); // (its words stay in `text` for the record)
+    const shaped = formatted(text.data);
+    const words = spoken(shaped);
+    const wasAtBottom = atBottom(); // (a table is taller than its lines: the end stays in view)
+    text.replaceWith(shaped); // (its words stay in `text` for the record)
+    tabStops(div);
+    follow(wasAtBottom);
     div.classList.add("done");
     if (retrieval && !["ok", "disabled"].includes(retrieval.status)) {
       remark(`no sources: ${retrieval.detail || retrieval.status.replace("_", " ")}`);
     }
     if (finish === "length") remark("cut off at the answer length limit; ask for the rest");
-    say(text.data);
+    say(words);
   } catch (e) {
     if (leaving) return; // the page reloads or closes: nothing failed, nothing is kept
     if (e.name === "AbortError") { // Stop, or New chat: keep what was written
@@ -834,7 +923,10 @@ async function ask(question) {
         if (text.data) turns.push({ role: "assistant", content: text.data });
         else turns.pop();
       }
+      const wasAtBottom = atBottom();
       text.replaceWith(formatted(text.data));
+      tabStops(div);
+      follow(wasAtBottom);
       remark("stopped");
       say("stopped");
     } else {
@@ -998,8 +1090,18 @@ $("ask").addEventListener("submit", (e) => {
   const q = $("question").value.trim();
   if (!q || running) return;
   $("question").value = "";
+  keepDraft();
   ask(q);
 });
+// A question typed and not sent yet survives a reload (the conversation did, not it)
+const DRAFT = "clara-draft";
+function keepDraft() {
+  try {
+    if ($("question").value) sessionStorage.setItem(DRAFT, $("question").value);
+    else sessionStorage.removeItem(DRAFT);
+  } catch (e) { /* storage full or off */ }
+}
+$("question").addEventListener("input", keepDraft);
 $("question").addEventListener("keydown", (e) => {
   // Enter sends, except while an input method composes (Japanese, Chinese, Korean, ...)
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
@@ -1008,8 +1110,14 @@ $("question").addEventListener("keydown", (e) => {
   }
 });
 $("stop").addEventListener("click", () => { if (running) running.abort(); });
-document.addEventListener("keydown", (e) => { // Escape stops the answer being written
-  if (e.key === "Escape" && running) running.abort();
+document.addEventListener("keydown", (e) => { // Escape stops the answer being written, or
+  // Cmd+. (iPad keyboards have no Escape key), but not an input method's Escape, which
+  // cancels what it is converting
+  const stop = (e.key === "Escape" && !e.isComposing && e.keyCode !== 229) || (e.metaKey && e.key === ".");
+  if (stop && running) {
+    e.preventDefault();
+    running.abort();
+  }
 });
 let cleared = null; // the chat New chat cleared, until the next question
 $("clear").addEventListener("click", () => {
@@ -1042,7 +1150,10 @@ $("clear").addEventListener("click", () => {
       line.remove();
       turns.push(...before.turns);
       for (const record of before.shown) { draw(record); shown.push(record); }
-      if (before.cut && !$("question").value.trim()) $("question").value = before.cut;
+      if (before.cut && !$("question").value.trim()) {
+        $("question").value = before.cut;
+        keepDraft();
+      }
       saveChat();
       say("last chat back");
       $("question").focus();
@@ -1062,6 +1173,9 @@ $("collection").addEventListener("change", () => { // (the one picked is not lis
 });
 restore("mode");
 restoreChat();
+try {
+  if (!$("question").value) $("question").value = sessionStorage.getItem(DRAFT) || "";
+} catch (e) { /* storage off */ }
 // collections made or deleted elsewhere (the CLI, another tab) show when the page is back in view
 function lookAgain() { // (not while the key is wrong: a 401 at each focus took the focus)
   const keyWrong = $("api-key").hasAttribute("aria-invalid");
@@ -1080,6 +1194,16 @@ phone.addEventListener("change", (e) => { // turned (not a window narrowed under
 for (const query of ["(max-width: 700px)", "(max-height: 560px)"]) {
   window.matchMedia(query).addEventListener("change", keepPlace);
 }
+let resizing = false; // a tablet turned, a window resized: the place kept, wide boxes a tab stop
+window.addEventListener("resize", () => { // (or not) as they now are; once a frame at most
+  if (resizing) return;
+  resizing = true;
+  requestAnimationFrame(() => {
+    resizing = false;
+    keepPlace();
+    tabStops($("log"));
+  });
+});
 $("log").addEventListener("scroll", notePlace, { passive: true });
 window.addEventListener("scroll", notePlace, { passive: true });
 window.addEventListener("pagehide", () => { leaving = true; });
