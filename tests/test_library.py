@@ -325,3 +325,33 @@ def test_a_schema_past_the_grammar_limits_is_refused_not_answered_as_invalid_jso
 
     said = to_api_error(GrammarError("too long"))
     assert (said.status, said.code, said.param) == (400, "invalid_schema", "response_format")
+
+
+def test_a_hub_id_in_the_local_cache_is_loaded_without_asking_the_hub(tiny_llama_dir, tmp_path):
+    """An air-gapped audit: a hub id always asked huggingface.co first; behind a proxy that
+    accepts and never answers, `clara-index add --model org/name` hung with no word. A model
+    in the local hub cache is used without a network request."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "hub" / "models--local--tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_llama_dir, snapshot)
+    (tmp_path / "hub" / "models--local--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--local--tiny" / "refs" / "main").write_text("0" * 40)
+    dead = socket.socket()  # a proxy that takes connections and never answers
+    dead.bind(("127.0.0.1", 0))
+    dead.listen(8)
+    proxy = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HTTPS_PROXY": proxy,
+           "HTTP_PROXY": proxy, "NO_PROXY": "", "HF_HUB_OFFLINE": "0"}  # fmt: skip
+    code = "import clara.loader as l; print(l.resolve_model_path('local/tiny')[0])"
+    try:
+        found = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        dead.close()
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()) == snapshot

@@ -80,3 +80,22 @@ def test_the_demo_answers_help_and_version_without_running(tmp_path) -> None:
     wrong = subprocess.run(run + ["--port", "70000"], env=env, capture_output=True, text=True)
     assert wrong.returncode == 2 and "a port is 1-65535" in wrong.stderr, wrong
     assert not (tmp_path / "home").exists()
+
+
+def test_a_server_on_this_machine_is_waited_for_past_an_http_proxy(tmp_path, monkeypatch) -> None:
+    """An air-gapped audit: with HTTP_PROXY set and NO_PROXY naming only localhost, clara-demo
+    asked the proxy for its own 127.0.0.1 server and said it never became healthy."""
+    from clara_cli.process import free_port, stop, wait_healthy
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    port = free_port()
+    (tmp_path / "health").write_text("ok")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", server, timeout=30, interval=0.2)
+    finally:
+        stop(server)

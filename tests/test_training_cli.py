@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import httpx
@@ -432,6 +433,15 @@ def test_resume_refuses_data_regenerated_at_the_same_path(tiny_llama_dir, tmp_pa
     args = _pretrain_args(tiny_llama_dir, tmp_path, out)  # (the data as it was)
     assert main([*args, "--max-steps", "3", "--resume", "--lr", "0.5"]) == 1
     assert "other settings (lr (its default) -> 0.5)" in capsys.readouterr().err  # not None
+    # the same data at another path (a run and its data moved to another machine: an
+    # air-gapped audit) resumes
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(tmp_path / "s1.jsonl", moved / "s1.jsonl")
+    (tmp_path / "s1.jsonl").unlink()
+    args[args.index("--data") + 1] = str(moved / "s1.jsonl")
+    assert main([*args, "--max-steps", "3", "--resume"]) == 0, capsys.readouterr().err
+    assert (out / "final").is_dir()
 
 
 def test_ctrl_c_to_a_ranks_run_stops_every_process_after_one_step(tiny_llama_dir, tmp_path):

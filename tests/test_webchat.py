@@ -1098,3 +1098,19 @@ def test_a_formatted_answer_is_spoken_as_shown_and_its_end_stays_in_view(
         sync_api.expect(page.locator(".msg.assistant").last).to_contain_text("stopped")
     finally:
         page.unroute("**/v1/chat/completions")
+
+
+def test_the_api_reference_pages_ask_nothing_of_other_hosts(server: ServerProcess, page) -> None:
+    """An air-gapped audit: /redoc's bundle asked Redocly's CDN for its footer's logo (an
+    egress alarm on a monitored network). Both reference pages load from the server alone."""
+    page.set_extra_http_headers({"Authorization": f"Bearer {API_KEY}"})
+    asked = []  # what went out: finished, or failed but not refused by the page's policy
+    page.on("requestfinished", lambda r: asked.append(r.url))
+    page.on("requestfailed", lambda r: "csp" in (r.failure or "").lower() or asked.append(r.url))
+    for path in ("/docs", "/redoc"):
+        page.goto(server.url + path)
+        page.wait_for_load_state("networkidle")
+        sync_api.expect(page.get_by_text("/v1/chat/completions").first).to_be_attached()
+    here = (server.url, f"blob:{server.url}")
+    elsewhere = [u for u in asked if not u.startswith(here)]
+    assert asked and not elsewhere, elsewhere

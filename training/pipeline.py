@@ -211,10 +211,14 @@ def check_same_run(checkpoint: Path, config: TrainConfig) -> None:
     changed = [
         (k, before[k], now.get(k)) for k in SAME_RUN if k in before and before[k] != now.get(k)
     ]
-    for key in ("data", "data_sha256"):  # the file, and what it held (regenerated since?)
-        pair = (before.get("extra") or {}).get(key), (now.get("extra") or {}).get(key)
-        if None not in pair and pair[0] != pair[1]:
-            changed.append((key, *pair))
+    pairs = {
+        key: ((before.get("extra") or {}).get(key), (now.get("extra") or {}).get(key))
+        for key in ("data", "data_sha256")  # the file, and what it held (regenerated since?)
+    }
+    moved_only = None not in pairs["data_sha256"] and len(set(pairs["data_sha256"])) == 1
+    for key, pair in pairs.items():  # (the same bytes elsewhere: a run moved to another
+        if None not in pair and pair[0] != pair[1] and not (key == "data" and moved_only):
+            changed.append((key, *pair))  # machine resumes: an air-gapped audit)
     if changed:
         said = ", ".join(f"{k} {_shown(old)} -> {_shown(new)}" for k, old, new in changed)
         raise ClaraError(
