@@ -91,10 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(
         prog="clara-demo",
-        description="Index a few sample documents (Python's documentation of eight statements "
-        "and a small PDF it writes; nothing is downloaded) under $CLARA_HOME/demo, start "
-        "clara-serve on them, and ask one question through the openai SDK: as 16x memory, as "
-        "raw text and mixed, with the sources. A second run reuses the index.",
+        description="Index a few sample documents (Python's documentation of eight statements\n"
+        "and a small PDF it writes; nothing is downloaded) under $CLARA_HOME/demo, start\n"
+        "clara-serve on them, and ask one question through the openai SDK: as 16x memory,\n"
+        "as raw text and mixed, with the sources. A second run reuses the index.",
         epilog="examples:\n  clara-demo\n  clara-demo --port 8000\n  CLARA_HOME=/tmp/c "
         "clara-demo                  # somewhere else than ~/.cache/clara",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -102,13 +102,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("CLARA_DEMO_PORT") or 0),
+        default=None,
         help="the port of the server it starts (default: $CLARA_DEMO_PORT, else a free one)",
     )
     add_version_arg(parser)
     args = parser.parse_args(argv)
+    given = "--port"
+    if args.port is None:
+        given, env = "CLARA_DEMO_PORT", os.environ.get("CLARA_DEMO_PORT", "").strip()
+        try:
+            args.port = int(env or 0)
+        except ValueError:
+            parser.error(f"CLARA_DEMO_PORT={env!r}: give a port number (1-65535)")
     if not 0 <= args.port <= 65535:
-        parser.error(f"--port {args.port}: a port is 1-65535 (0: a free one)")
+        parser.error(f"{given} {args.port}: a port is 1-65535 (0: a free one)")
     return args
 
 

@@ -78,7 +78,10 @@ def test_the_demo_answers_help_and_version_without_running(tmp_path) -> None:
     version = subprocess.run(run + ["--version"], env=env, capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("clara-demo 0."), version
     wrong = subprocess.run(run + ["--port", "70000"], env=env, capture_output=True, text=True)
-    assert wrong.returncode == 2 and "a port is 1-65535" in wrong.stderr, wrong
+    assert wrong.returncode == 2 and "--port 70000: a port is 1-65535" in wrong.stderr, wrong
+    env["CLARA_DEMO_PORT"] = "abc"  # (a traceback, even for --help: a review)
+    wrong = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "CLARA_DEMO_PORT='abc': give a port" in wrong.stderr, wrong
     assert not (tmp_path / "home").exists()
 
 

@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         type=Path,
         default=default_data(),
-        help="the example data (a jsonl file; default: $CLARA_EXAMPLE_DATA)",
+        help="the example data (a jsonl file; default: $CLARA_EXAMPLE_DATA, else "
+        f"shared/data/{DATA_NAME} in a folder above the checkout, where one is)",
     )
     p.add_argument("--pydoc", type=int, default=150, help="pydoc paraphrase + cloze records each")
     p.add_argument("--instruct-k", type=int, default=2, help="candidates per question, stage 2")

@@ -189,8 +189,8 @@ class ResponseCreateRequest(_Request):
     """POST /v1/responses (OpenAI's fields, then CLaRa's extension block)."""
 
     # fields it does not know are ignored and logged, as chat completions' are (a docs audit:
-    # the README says so, and apps send other servers' options here too); inside its items
-    # and tools an unknown field is a 400, as a misshapen item is
+    # the README says so, and apps send other servers' options here too); input items and
+    # function tools pass over what clara does not read, a file_search tool refuses it
     model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_CHOICE_NEEDS_TOOL)
     _unicode = model_validator(mode="before")(valid_unicode)  # no lone surrogates anywhere
     _unknown = model_validator(mode="before")(classmethod(note_unknown))

@@ -23,14 +23,14 @@ const KEY_UNSENDABLE = "the API key has a character a browser cannot send (a cur
 // (errors). Set to "" first, so the same words twice are said twice; emptied once said (a
 // reader going through the page read the last answer twice, there and in the log: an audit).
 const SAID_FOR = 8000; // ms: the words are spoken (or queued to be) when they change
-const unsay = {};
+const timers = {}; // id -> [the timer that shows the words, the one that empties them]
 function speak(id, text) {
   $(id).textContent = "";
-  clearTimeout(unsay[id]);
-  setTimeout(() => {
+  for (const t of timers[id] || []) clearTimeout(t);
+  timers[id] = [setTimeout(() => {
     $(id).textContent = text;
-    unsay[id] = setTimeout(() => { $(id).textContent = ""; }, SAID_FOR);
-  }, 50);
+    timers[id][1] = setTimeout(() => { $(id).textContent = ""; }, SAID_FOR);
+  }, 50)];
 }
 const say = (text) => speak("announce", text);
 const alertUser = (text) => speak("alert", text);
@@ -183,17 +183,22 @@ function fileName(path) {
 // An answer's Markdown as a reader expects it, once it is written: fenced code blocks,
 // headings, lists (nested by their indentation), tables, rules, `code`, **bold**, *italics*
 // and links (http and https only). Built of elements and text nodes, never innerHTML: markup
-// in an answer stays text. The block rules are CommonMark's and GitHub's, simplified.
+// in an answer stays text. The block rules are CommonMark's and GitHub's, simplified: no
+// setext headings (a "---" under a line is a rule: models write it between sections), no
+// indented code. Every pattern is linear in its line (a model looping on spaces or brackets
+// writes 100 KB of them), and a table's cells are bounded (`MOST_CELLS`).
 const FENCE = /^ {0,3}(`{3,}|~{3,})(.*)$/; // and its info string: the language first
 const ITEM = /^( {0,3})(?:([-*+])|(\d{1,9})([.)]))( +|$)(.*)$/;
 const RULE = /^ {0,3}([-*_])(?: *\1){2,} *$/; // --- *** ___ (spaced too)
-const HEADING = /^ {0,3}(#{1,6})(?: +(.*?))?(?: +#+)? *$/;
+const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*))?$/; // (its closing #s: `headingText`)
 const DELIMITER = /^ *\|? *:?-+:? *(?:\| *:?-+:? *)*\|? *$/; // a table's |---|:--:|
 const DEEPEST = 8; // lists in lists: deeper ones are read as text
+const MOST_COLUMNS = 64; // a table wider, or of more cells, is shown as its lines (each row is
+const MOST_CELLS = 20000; // filled to the header's width: 6 KB of bars made a million cells)
 
 function formatted(text) {
   const out = document.createDocumentFragment();
-  const lines = text.split("\n").map((l) => l.replace(/^[ \t]+/, (w) => w.replace(/\t/g, "    ")));
+  const lines = text.replace(/\r\n?/g, "\n").split("\n").map((l) => l.replace(/^[ \t]+/, (w) => w.replace(/\t/g, "    ")));
   for (const block of blocks(lines, 0)) out.append(block);
   return out;
 }
@@ -207,12 +212,13 @@ function fenceOf(line) { // [marks, info] of an opening fence, else null
 
 function* blocks(lines, depth) {
   let para = [];
-  const flush = function* () {
-    while (para.length && !para[para.length - 1].trim()) para.pop();
-    while (para.length && !para[0].trim()) para.shift();
-    if (para.length) {
+  const flush = function* () { // (its blank lines at either end left out)
+    const first = para.findIndex((l) => l.trim());
+    if (first >= 0) {
+      let last = para.length - 1;
+      while (!para[last].trim()) last--;
       const text = document.createDocumentFragment();
-      inline(text, para.join("\n"));
+      inline(text, para.slice(first, last + 1).join("\n"));
       yield text;
     }
     para = [];
@@ -222,7 +228,7 @@ function* blocks(lines, depth) {
     const line = lines[i];
     const fence = fenceOf(line);
     const item = line.match(ITEM);
-    const heading = line.match(HEADING);
+    const heading = headingText(line);
     const inPara = para.length > 0 && para[para.length - 1].trim() !== "";
     if (fence) {
       yield* flush();
@@ -248,8 +254,9 @@ function* blocks(lines, depth) {
       i++;
     } else if (heading) {
       yield* flush();
-      const h = document.createElement(`h${Math.min(6, heading[1].length + 2)}`); // (in an answer)
-      inline(h, heading[2] || "");
+      // (h3 and below: the page's h1 and h2 come first)
+      const h = document.createElement(`h${Math.min(6, heading[0] + 2)}`);
+      inline(h, heading[1]);
       yield h;
       i++;
     } else if (item && depth < DEEPEST && !(inPara && (!item[6].trim() || (item[3] && item[3] !== "1")))) {
@@ -265,12 +272,26 @@ function* blocks(lines, depth) {
   yield* flush();
 }
 
+// [level, text] of an ATX heading with words ("## Notes ##"), else null (a lone "#" is text)
+function headingText(line) {
+  const m = line.match(HEADING);
+  if (!m || !m[2] || !m[2].trim()) return null;
+  let text = m[2].trimEnd();
+  let k = text.length;
+  while (k > 0 && text[k - 1] === "#") k--;
+  if (k === 0 || text[k - 1] === " " || text[k - 1] === "\t") text = text.slice(0, k).trimEnd();
+  return text ? [m[1].length, text] : null;
+}
+
 // A header row over a delimiter row of as many cells (a line holding "|" over a "---" is no
 // table: it is prose and a rule)
 function isTable(lines, i) {
   if (!lines[i].includes("|") || i + 1 >= lines.length || !DELIMITER.test(lines[i + 1])) return false;
   const columns = cells(lines[i]).length;
-  return columns === cells(lines[i + 1]).length && (columns > 1 || lines[i + 1].includes("|"));
+  if (columns !== cells(lines[i + 1]).length || (columns === 1 && !lines[i + 1].includes("|"))) return false;
+  let rows = 1;
+  for (let j = i + 2; j < lines.length && lines[j].includes("|") && lines[j].trim(); j++) rows++;
+  return columns <= MOST_COLUMNS && columns * rows <= MOST_CELLS;
 }
 
 // The list starting at lines[i], and the line after it. An item holds the lines indented to
@@ -325,7 +346,8 @@ function table(rows, rule) {
   const wrap = document.createElement("div");
   wrap.className = "table scrolls";
   wrap.setAttribute("role", "group");
-  wrap.setAttribute("aria-label", `table, ${rows.length - 1} ${rows.length === 2 ? "row" : "rows"}`);
+  const n = rows.length - 1;
+  wrap.setAttribute("aria-label", n ? `table, ${n} ${n === 1 ? "row" : "rows"}` : "table");
   const t = document.createElement("table");
   const align = rule.map((c) => (c.endsWith(":") ? (c.startsWith(":") ? "center" : "right") : ""));
   rows.forEach((row, r) => {
@@ -346,36 +368,49 @@ function table(rows, rule) {
 const INLINE = new RegExp([
   /`[^`\n]+`/, /\*\*[^*\n]+\*\*/, /__[^_\n]+__/,
   /(?<![\w*])\*[^*\s](?:[^*\n]*[^*\s])?\*(?![\w*])/, /(?<![\w_])_[^_\s](?:[^_\n]*[^_\s])?_(?![\w_])/,
-  /\[[^\]\n]+\]\(https?:\/\/[^\s()]+\)/,
+  /\[[^[\]\n]{1,500}\]\(https?:\/\/[^\s()]{1,2000}\)/,
 ].map((r) => r.source).join("|"));
-const INLINE_PARTS = new RegExp(`(${INLINE.source})`);
-const INLINE_WHOLE = new RegExp(`^(?:${INLINE.source})$`);
+const INLINE_PARTS = new RegExp(`(${INLINE.source})`); // (split: the marks at odd places)
 function inline(parent, text) {
-  for (const part of text.split(INLINE_PARTS)) {
-    if (!part) continue;
+  text.split(INLINE_PARTS).forEach((part, k) => {
+    if (k % 2 === 0) {
+      if (part) parent.append(part);
+      return;
+    }
     let el = null;
-    if (!INLINE_WHOLE.test(part)) {
-      parent.append(part);
-      continue;
-    } else if (part[0] === "`") {
+    if (part[0] === "`") {
       el = document.createElement("code");
       el.textContent = part.slice(1, -1);
     } else if (part.startsWith("**") || part.startsWith("__")) {
       el = document.createElement("strong");
       el.textContent = part.slice(2, -2);
     } else if (part[0] === "[") {
-      const [, words, url] = part.match(/^\[([^\]]+)\]\((.+)\)$/);
-      el = document.createElement("a");
-      el.href = url; // (http or https: the pattern takes no other)
-      el.target = "_blank";
-      el.rel = "noopener noreferrer";
-      el.textContent = words;
+      el = link(...part.match(/^\[([^\]]+)\]\((.+)\)$/).slice(1));
     } else {
       el = document.createElement("em");
       el.textContent = part.slice(1, -1);
     }
     parent.append(el);
+  });
+}
+
+// A link (http or https: the pattern takes no other) that says where it goes: a touch screen
+// shows no address on hover, and an answer may word a link as another site
+function link(words, url) {
+  const a = document.createElement("a");
+  a.href = url;
+  a.target = "_blank";
+  a.rel = "noopener noreferrer";
+  a.title = url;
+  a.textContent = words;
+  const host = a.hostname.replace(/^www\./, "");
+  if (!words.toLowerCase().includes(host)) {
+    const where = document.createElement("span");
+    where.className = "muted";
+    where.textContent = ` (${host})`;
+    a.append(where);
   }
+  return a;
 }
 
 function codeBlock(lines, lang) {
@@ -393,7 +428,8 @@ function codeBlock(lines, lang) {
 // stop while it overflows (only then: a chat of short snippets had a stop for each).
 function tabStops(root) {
   for (const box of root.querySelectorAll(".scrolls")) {
-    box.tabIndex = box.scrollWidth > box.clientWidth + 1 ? 0 : -1;
+    if (box.scrollWidth > box.clientWidth + 1) box.tabIndex = 0;
+    else box.removeAttribute("tabindex");
   }
 }
 
@@ -403,7 +439,13 @@ function spoken(fragment) {
   const copy = document.createElement("div");
   copy.append(fragment.cloneNode(true));
   for (const t of copy.querySelectorAll(".table")) t.replaceWith(` (${t.getAttribute("aria-label")}) `);
-  for (const b of copy.querySelectorAll("li, h3, h4, h5, h6, pre, hr")) b.append(" ");
+  for (const ol of copy.querySelectorAll("ol")) { // (the numbers the page shows)
+    [...ol.children].forEach((li, k) => li.prepend(`${ol.start + k}. `));
+  }
+  for (const b of copy.querySelectorAll("li, h3, h4, h5, h6, pre, hr, ul, ol")) {
+    b.before(" ");
+    b.append(" ");
+  }
   return copy.textContent.replace(/\s+/g, " ").trim();
 }
 
@@ -941,7 +983,10 @@ async function ask(question) {
       else if (e.code === "collection_not_found") loadCollections();
       alertUser("Error: " + message);
       if (mine === chat) turns.pop();
-      if (mine === chat && !$("question").value) $("question").value = question; // to send again
+      if (mine === chat && !$("question").value) { // to send again
+        $("question").value = question;
+        keepDraft();
+      }
     }
   } finally {
     waiting.remove();
@@ -1110,10 +1155,16 @@ $("question").addEventListener("keydown", (e) => {
   }
 });
 $("stop").addEventListener("click", () => { if (running) running.abort(); });
+const APPLE = /Mac|iPhone|iPad/.test(navigator.platform || navigator.userAgentData?.platform || "");
+if (APPLE) {
+  $("stop").setAttribute("aria-keyshortcuts", "Escape Meta+.");
+  $("stop").title = "Stop (Escape or Cmd+.)";
+}
 document.addEventListener("keydown", (e) => { // Escape stops the answer being written, or
   // Cmd+. (iPad keyboards have no Escape key), but not an input method's Escape, which
   // cancels what it is converting
-  const stop = (e.key === "Escape" && !e.isComposing && e.keyCode !== 229) || (e.metaKey && e.key === ".");
+  const stop = (e.key === "Escape" && !e.isComposing && e.keyCode !== 229) ||
+    (APPLE && e.metaKey && e.key === "."); // (Windows+. opens the emoji panel)
   if (stop && running) {
     e.preventDefault();
     running.abort();
@@ -1194,13 +1245,13 @@ phone.addEventListener("change", (e) => { // turned (not a window narrowed under
 for (const query of ["(max-width: 700px)", "(max-height: 560px)"]) {
   window.matchMedia(query).addEventListener("change", keepPlace);
 }
-let resizing = false; // a tablet turned, a window resized: the place kept, wide boxes a tab stop
-window.addEventListener("resize", () => { // (or not) as they now are; once a frame at most
+let resizing = false; // a tablet turned, a window resized: the end followed, wide boxes a tab
+window.addEventListener("resize", () => { // stop (or not) as they now are; once a frame at most
   if (resizing) return;
   resizing = true;
   requestAnimationFrame(() => {
     resizing = false;
-    keepPlace();
+    if (pinned) follow(true); // (not keepPlace: a reader mid-answer stays where they are)
     tabStops($("log"));
   });
 });
