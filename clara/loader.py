@@ -99,7 +99,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
         return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True)), name
     except Exception:  # noqa: BLE001 - not (completely) in the cache: fetch it
         pass
-    log.warning("%s is not in the local Hugging Face cache: fetching it from the hub", name)
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+        log.warning("%s is not in the local Hugging Face cache: fetching it from the hub", name)
     try:
         local = snapshot_download(name, allow_patterns=patterns)
     except Exception as exc:  # noqa: BLE001 - any hub failure means "not available here"

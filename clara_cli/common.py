@@ -296,7 +296,8 @@ def add_model_args(
         "--model",
         default="smollm2-135m",
         help="base model: 'smollm2-135m' (the embedded default), a local mlx-lm directory, "
-        f"or a Hugging Face id already in the local cache{use} (default: %(default)s)",
+        "or a Hugging Face id (from the local hub cache; fetched when not there and online)"
+        f"{use} (default: %(default)s)",
     )
     if checkpoint:
         group.add_argument(

@@ -86,6 +86,19 @@ def answer(resp) -> str:
 NEEDS = {"openai": "openai", "fpdf": "fpdf2"}
 
 
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` (the demo's server would fail to bind it,
+    and its health check would take the other server's answer for its own)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from clara_cli.common import add_version_arg
 
@@ -126,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"demo: it needs {' and '.join(missing)}: pip install 'clara-rag[demo]' (in a "
             "checkout: pip install -e '.[demo]', or make install)"
+        )
+    if args.port and not port_free(args.port):  # (another server there answered for the demo's)
+        raise SystemExit(
+            f"demo: port {args.port} is in use (another clara-serve?): give another with "
+            "--port, or leave it out for a free one"
         )
     root = home() / "demo"
     docs = write_documents(root / "docs")

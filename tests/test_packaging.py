@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import zipfile
@@ -82,6 +83,12 @@ def test_the_demo_answers_help_and_version_without_running(tmp_path) -> None:
     env["CLARA_DEMO_PORT"] = "abc"  # (a traceback, even for --help: a review)
     wrong = subprocess.run(run, env=env, capture_output=True, text=True)
     assert wrong.returncode == 2 and "CLARA_DEMO_PORT='abc': give a port" in wrong.stderr, wrong
+    with socket.socket() as taken:  # (another server there answered as the demo's: a re-audit)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        busy = subprocess.run(run + ["--port", port], env=env, capture_output=True, text=True)
+    assert busy.returncode == 1 and f"port {port} is in use" in busy.stderr, busy
     assert not (tmp_path / "home").exists()
 
 

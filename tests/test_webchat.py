@@ -1047,6 +1047,17 @@ MARKDOWN = [
         "<ul><li>a</li></ul>",
     ),
     ("**b***x*", "<strong>b</strong>*x*"),
+    (  # a re-audit: quotes, task items, struck text, autolinks, a URL with parentheses, and a
+        # link whose words name another site than its own
+        "> a *q*\n> - b\n\n- [x] done\n- [ ] not ~~yet~~\n\n<https://a.org/x>"
+        " [paypal.com](https://paypal.co/(l))",
+        '<blockquote>a <em>q</em><ul><li>b</li></ul></blockquote><ul><li class="task">'
+        '<input type="checkbox" disabled="" checked=""> done</li><li class="task"><input type="checkbox"'
+        ' disabled=""> not <del>yet</del></li></ul><a href="https://a.org/x" target="_blank" '
+        'rel="noopener noreferrer" title="https://a.org/x">https://a.org/x</a> <a '
+        'href="https://paypal.co/(l)" target="_blank" rel="noopener noreferrer" '
+        'title="https://paypal.co/(l)">paypal.com<span class="muted"> (paypal.co)</span></a>',
+    ),
 ]
 
 
@@ -1064,6 +1075,8 @@ def test_answer_markdown_follows_its_block_rules(server: ServerProcess, page) ->
     slow = page.evaluate(
         """() => Math.max(...["[".repeat(100000), "# a" + " ".repeat(100000) + "b",
              "- " + " ".repeat(100000) + "\\r", "\\n".repeat(200000) + "x",
+             "|-\\n".repeat(50000), "| a | b |\\n| --- " + " ".repeat(100000) + "Note",
+             "1. " + " ".repeat(100000) + "\\u2029",
              "|a".repeat(1000) + "|\\n" + "|-".repeat(1000) + "|\\n" + "|\\n".repeat(1000)]
            .map((t) => { const s = performance.now(); formatted(t); return performance.now() - s; }))"""
     )

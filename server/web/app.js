@@ -181,24 +181,27 @@ function fileName(path) {
 }
 
 // An answer's Markdown as a reader expects it, once it is written: fenced code blocks,
-// headings, lists (nested by their indentation), tables, rules, `code`, **bold**, *italics*
-// and links (http and https only). Built of elements and text nodes, never innerHTML: markup
+// headings, lists (nested by their indentation; task items ticked or not), tables, quotes,
+// rules, `code`, **bold**, *italics*, ~~struck~~ and links (http and https only). Built of elements and text nodes, never innerHTML: markup
 // in an answer stays text. The block rules are CommonMark's and GitHub's, simplified: no
 // setext headings (a "---" under a line is a rule: models write it between sections), no
-// indented code. Every pattern is linear in its line (a model looping on spaces or brackets
+// indented code, no footnotes, no HTML; a list's items share its marker. Every pattern is linear in its line (a model looping on spaces or brackets
 // writes 100 KB of them), and a table's cells are bounded (`MOST_CELLS`).
 const FENCE = /^ {0,3}(`{3,}|~{3,})(.*)$/; // and its info string: the language first
 const ITEM = /^( {0,3})(?:([-*+])|(\d{1,9})([.)]))( +|$)(.*)$/;
 const RULE = /^ {0,3}([-*_])(?: *\1){2,} *$/; // --- *** ___ (spaced too)
 const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*))?$/; // (its closing #s: `headingText`)
-const DELIMITER = /^ *\|? *:?-+:? *(?:\| *:?-+:? *)*\|? *$/; // a table's |---|:--:|
+// a table's |---|:--:| (tested trimmed: no two runs of spaces meet, which backtracked on
+// a model's run of spaces)
+const DELIMITER = /^\|?(?: *:?-+:? *\|)* *:?-+:? *\|?$/;
+const QUOTE = /^ {0,3}> ?(.*)$/;
 const DEEPEST = 8; // lists in lists: deeper ones are read as text
 const MOST_COLUMNS = 64; // a table wider, or of more cells, is shown as its lines (each row is
 const MOST_CELLS = 20000; // filled to the header's width: 6 KB of bars made a million cells)
 
 function formatted(text) {
   const out = document.createDocumentFragment();
-  const lines = text.replace(/\r\n?/g, "\n").split("\n").map((l) => l.replace(/^[ \t]+/, (w) => w.replace(/\t/g, "    ")));
+  const lines = text.replace(/\r\n?|[\u2028\u2029]/g, "\n").split("\n").map((l) => l.replace(/^[ \t]+/, (w) => w.replace(/\t/g, "    ")));
   for (const block of blocks(lines, 0)) out.append(block);
   return out;
 }
@@ -224,6 +227,7 @@ function* blocks(lines, depth) {
     para = [];
   };
   let i = 0;
+  let shape = null;
   while (i < lines.length) {
     const line = lines[i];
     const fence = fenceOf(line);
@@ -242,12 +246,25 @@ function* blocks(lines, depth) {
       }
       i++; // (past the closing fence; an answer cut inside its block ends it)
       yield codeBlock(code, (info.trim().split(/[\s:,{}]+/).find(Boolean) || "").replace(/[^\w+#.-]/g, ""));
-    } else if (isTable(lines, i)) {
+    } else if ((shape = tableAt(lines, i))) {
+      const [end, fits] = shape;
+      if (fits) {
+        yield* flush();
+        yield table(lines.slice(i, end).filter((_, k) => k !== 1).map(cells), cells(lines[i + 1]));
+      } else { // (too big: its lines as text, past them at once: each was read again before)
+        para.push(...lines.slice(i, end));
+      }
+      i = end;
+    } else if (QUOTE.test(line) && depth < DEEPEST) { // > quoted lines (and their lazy next ones)
       yield* flush();
-      const rule = cells(lines[i + 1]);
-      const rows = [cells(line)];
-      for (i += 2; i < lines.length && lines[i].includes("|") && lines[i].trim(); i++) rows.push(cells(lines[i]));
-      yield table(rows, rule);
+      const quoted = [];
+      for (; i < lines.length && lines[i].trim(); i++) {
+        const q = lines[i].match(QUOTE);
+        quoted.push(q ? q[1] : lines[i]);
+      }
+      const quote = document.createElement("blockquote");
+      for (const block of blocks(quoted, depth + 1)) quote.append(block);
+      yield quote;
     } else if (RULE.test(line)) {
       yield* flush();
       yield document.createElement("hr");
@@ -283,15 +300,17 @@ function headingText(line) {
   return text ? [m[1].length, text] : null;
 }
 
-// A header row over a delimiter row of as many cells (a line holding "|" over a "---" is no
-// table: it is prose and a rule)
-function isTable(lines, i) {
-  if (!lines[i].includes("|") || i + 1 >= lines.length || !DELIMITER.test(lines[i + 1])) return false;
+// A table at lines[i]: a header row over a delimiter row of as many cells (a line holding "|"
+// over a "---" is no table: it is prose and a rule), and its rows: [the line after it,
+// whether it is small enough to draw], else null
+function tableAt(lines, i) {
+  const rule = (lines[i + 1] ?? "").trim();
+  if (!lines[i].includes("|") || !rule.includes("-") || !DELIMITER.test(rule)) return null;
   const columns = cells(lines[i]).length;
-  if (columns !== cells(lines[i + 1]).length || (columns === 1 && !lines[i + 1].includes("|"))) return false;
-  let rows = 1;
-  for (let j = i + 2; j < lines.length && lines[j].includes("|") && lines[j].trim(); j++) rows++;
-  return columns <= MOST_COLUMNS && columns * rows <= MOST_CELLS;
+  if (columns !== cells(rule).length || (columns === 1 && !rule.includes("|"))) return null;
+  let end = i + 2;
+  while (end < lines.length && lines[end].includes("|") && lines[end].trim()) end++;
+  return [end, columns <= MOST_COLUMNS && columns * (end - i - 1) <= MOST_CELLS];
 }
 
 // The list starting at lines[i], and the line after it. An item holds the lines indented to
@@ -331,6 +350,16 @@ function listAt(lines, i, depth) {
       else break;
     }
     const li = document.createElement("li");
+    const task = own[0].match(/^\[([ xX])\] +(.*)$/); // - [ ] to do, - [x] done
+    if (task) {
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.disabled = true;
+      box.defaultChecked = task[1] !== " "; // (the attribute: a copy of the answer keeps it)
+      li.className = "task";
+      li.append(box, " ");
+      own[0] = task[2];
+    }
     for (const block of blocks(own, depth + 1)) li.append(block);
     list.append(li);
   }
@@ -368,7 +397,8 @@ function table(rows, rule) {
 const INLINE = new RegExp([
   /`[^`\n]+`/, /\*\*[^*\n]+\*\*/, /__[^_\n]+__/,
   /(?<![\w*])\*[^*\s](?:[^*\n]*[^*\s])?\*(?![\w*])/, /(?<![\w_])_[^_\s](?:[^_\n]*[^_\s])?_(?![\w_])/,
-  /\[[^[\]\n]{1,500}\]\(https?:\/\/[^\s()]{1,2000}\)/,
+  /\[[^[\]\n]{1,500}\]\(https?:\/\/(?:[^\s()]|\([^\s()]{0,200}\)){1,2000}\)/, /<https?:\/\/[^\s<>]{1,2000}>/,
+  /~~[^~\n]+~~/,
 ].map((r) => r.source).join("|"));
 const INLINE_PARTS = new RegExp(`(${INLINE.source})`); // (split: the marks at odd places)
 function inline(parent, text) {
@@ -386,6 +416,11 @@ function inline(parent, text) {
       el.textContent = part.slice(2, -2);
     } else if (part[0] === "[") {
       el = link(...part.match(/^\[([^\]]+)\]\((.+)\)$/).slice(1));
+    } else if (part[0] === "<") {
+      el = link(part.slice(1, -1), part.slice(1, -1));
+    } else if (part.startsWith("~~")) {
+      el = document.createElement("del");
+      el.textContent = part.slice(2, -2);
     } else {
       el = document.createElement("em");
       el.textContent = part.slice(1, -1);
@@ -404,7 +439,8 @@ function link(words, url) {
   a.title = url;
   a.textContent = words;
   const host = a.hostname.replace(/^www\./, "");
-  if (!words.toLowerCase().includes(host)) {
+  const named = words.match(/(?:https?:\/\/)?((?:[\w-]+\.)+[a-z][\w-]+)/i); // (a site the words name)
+  if (!named || named[1].toLowerCase().replace(/^www\./, "") !== host) {
     const where = document.createElement("span");
     where.className = "muted";
     where.textContent = ` (${host})`;
@@ -1260,7 +1296,8 @@ window.addEventListener("scroll", notePlace, { passive: true });
 window.addEventListener("pagehide", () => { leaving = true; });
 window.addEventListener("pageshow", () => { leaving = false; }); // (back from the page cache)
 window.addEventListener("online", () => refreshIn(0)); // back online: the server's state at once
-if (window.matchMedia("(pointer: coarse)").matches) { // a touch keyboard has no Shift+Enter
+// a phone's keyboard has no Shift+Enter (a tablet's may be a real one: it keeps the hint)
+if (window.matchMedia("(pointer: coarse) and (max-width: 700px), (pointer: coarse) and (max-height: 560px)").matches) {
   $("question").placeholder = "Ask about your documents";
 }
 refresh();
