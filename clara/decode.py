@@ -563,17 +563,18 @@ class Decoder:
         if all(not s.fresh and s.text.tokens + 1 >= s.text.max_tokens for s in seqs):
             y, lp = self._y, ()  # every current token is its sequence's last: no next forward
         else:
-            if any(s.constraint is not None for s in seqs):  # a grammar reads each current
-                current = self._y.tolist()  # token before it says what may follow (this step
-                for s, token in zip(seqs, current):  # waits for them: no overlap)
-                    if s.constraint is not None:
-                        s.constraint.consume(token)
             with decode_steps():
                 logits = self._forward(self._y[:, None], self._cache)[:, -1, :]  # (B, V)
             for i, s in enumerate(seqs):  # the current tokens count (still lazy: no wait)
                 if s.params.penalized:
                     counts = mx.zeros(logits.shape[-1]) if s.counts is None else s.counts
                     s.counts = counts.at[self._y[i]].add(1.0)
+            if any(s.constraint is not None for s in seqs):  # a grammar reads each current
+                mx.async_eval(logits)  # token before it says what may follow: while the
+                current = self._y.tolist()  # forward runs (it waited for them before it)
+                for s, token in zip(seqs, current):
+                    if s.constraint is not None:
+                        s.constraint.consume(token)
             y, lp = self._sample(logits, seqs)
             mx.async_eval(y, *lp)  # runs while the current tokens are detokenized and sent
         mx.eval(self._y)  # waits with the GIL released (the server's event loop runs meanwhile)
