@@ -92,6 +92,8 @@ def port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as probe:
+        # (as a server binds: a port a stopped server left in TIME_WAIT is free to it)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -1047,6 +1047,11 @@ MARKDOWN = [
         "<ul><li>a</li></ul>",
     ),
     ("**b***x*", "<strong>b</strong>*x*"),
+    (  # (a review: the lines after a quote were taken into it, a code fence cut in two)
+        "> Tip\nmore\n```py\nx = 1\n\ny = 2\n```\n## A | B\n|---|---|\n~~ x ~~",
+        '<blockquote>Tip\nmore</blockquote><pre class="code scrolls" role="group" '
+        'aria-label="py code"><code>x = 1\n\ny = 2</code></pre><h4>A | B</h4>|---|---|\n~~ x ~~',
+    ),
     (  # a re-audit: quotes, task items, struck text, autolinks, a URL with parentheses, and a
         # link whose words name another site than its own
         "> a *q*\n> - b\n\n- [x] done\n- [ ] not ~~yet~~\n\n<https://a.org/x>"
@@ -1095,7 +1100,7 @@ def test_a_formatted_answer_is_spoken_as_shown_and_its_end_stays_in_view(
     answered_with(
         page,
         f"Intro **bold**:\n\n| k | v |\n|---|---|\n{rows}\n\n```\nx\n```\n```\n{wide}\n```\n"
-        "1. One\n2. Two\n\nLast line.",
+        "1. One\n2. Two\n\n> quoted\n\n- [x] ~~a~~\n\nLast line.",
     )
     try:
         open_page(page, server)
@@ -1105,7 +1110,8 @@ def test_a_formatted_answer_is_spoken_as_shown_and_its_end_stays_in_view(
         sync_api.expect(done.locator("table tbody tr")).to_have_count(60)
         said = page.locator("#announce")
         sync_api.expect(said).to_have_text(
-            f"Intro bold: (table, 60 rows) x {wide} 1. One 2. Two Last line."
+            f"Intro bold: (table, 60 rows) x {wide} 1. One 2. Two quoted (done) (struck) a"
+            " Last line."
         )
         gap = page.evaluate("() => { const l = document.getElementById('log');"
                             " return l.scrollHeight - l.scrollTop - l.clientHeight; }")  # fmt: skip

@@ -213,6 +213,11 @@ function fenceOf(line) { // [marks, info] of an opening fence, else null
   return m && !(m[1][0] === "`" && m[2].includes("`")) ? [m[1], m[2]] : null;
 }
 
+// Whether a line starts a block of its own (it ends a quoted paragraph, not goes on with it)
+function startsBlock(line) {
+  return Boolean(fenceOf(line) || ITEM.test(line) || RULE.test(line) || headingText(line) || QUOTE.test(line) || line.includes("|"));
+}
+
 function* blocks(lines, depth) {
   let para = [];
   const flush = function* () { // (its blank lines at either end left out)
@@ -252,15 +257,17 @@ function* blocks(lines, depth) {
         yield* flush();
         yield table(lines.slice(i, end).filter((_, k) => k !== 1).map(cells), cells(lines[i + 1]));
       } else { // (too big: its lines as text, past them at once: each was read again before)
-        para.push(...lines.slice(i, end));
+        for (let k = i; k < end; k++) para.push(lines[k]); // (no spread: 130k lines overflowed)
       }
       i = end;
-    } else if (QUOTE.test(line) && depth < DEEPEST) { // > quoted lines (and their lazy next ones)
-      yield* flush();
+    } else if (QUOTE.test(line) && depth < DEEPEST) { // > quoted lines, and the lines that go
+      yield* flush(); // on with a quoted paragraph (not a line that starts a block of its own)
       const quoted = [];
       for (; i < lines.length && lines[i].trim(); i++) {
         const q = lines[i].match(QUOTE);
-        quoted.push(q ? q[1] : lines[i]);
+        if (q) quoted.push(q[1]);
+        else if (startsBlock(lines[i]) || startsBlock(quoted[quoted.length - 1]) || !quoted[quoted.length - 1].trim()) break;
+        else quoted.push(lines[i]);
       }
       const quote = document.createElement("blockquote");
       for (const block of blocks(quoted, depth + 1)) quote.append(block);
@@ -305,7 +312,8 @@ function headingText(line) {
 // whether it is small enough to draw], else null
 function tableAt(lines, i) {
   const rule = (lines[i + 1] ?? "").trim();
-  if (!lines[i].includes("|") || !rule.includes("-") || !DELIMITER.test(rule)) return null;
+  if (!lines[i].includes("|") || !rule.includes("-") || headingText(lines[i])) return null;
+  if (indentOf(lines[i + 1]) > 3 || !DELIMITER.test(rule)) return null;
   const columns = cells(lines[i]).length;
   if (columns !== cells(rule).length || (columns === 1 && !rule.includes("|"))) return null;
   let end = i + 2;
@@ -398,7 +406,7 @@ const INLINE = new RegExp([
   /`[^`\n]+`/, /\*\*[^*\n]+\*\*/, /__[^_\n]+__/,
   /(?<![\w*])\*[^*\s](?:[^*\n]*[^*\s])?\*(?![\w*])/, /(?<![\w_])_[^_\s](?:[^_\n]*[^_\s])?_(?![\w_])/,
   /\[[^[\]\n]{1,500}\]\(https?:\/\/(?:[^\s()]|\([^\s()]{0,200}\)){1,2000}\)/, /<https?:\/\/[^\s<>]{1,2000}>/,
-  /~~[^~\n]+~~/,
+  /~~[^~\s](?:[^~\n]*[^~\s])?~~/,
 ].map((r) => r.source).join("|"));
 const INLINE_PARTS = new RegExp(`(${INLINE.source})`); // (split: the marks at odd places)
 function inline(parent, text) {
@@ -439,6 +447,7 @@ function link(words, url) {
   a.title = url;
   a.textContent = words;
   const host = a.hostname.replace(/^www\./, "");
+  if (!host) return a; // (an address the browser cannot read: its title says it)
   const named = words.match(/(?:https?:\/\/)?((?:[\w-]+\.)+[a-z][\w-]+)/i); // (a site the words name)
   if (!named || named[1].toLowerCase().replace(/^www\./, "") !== host) {
     const where = document.createElement("span");
@@ -478,7 +487,11 @@ function spoken(fragment) {
   for (const ol of copy.querySelectorAll("ol")) { // (the numbers the page shows)
     [...ol.children].forEach((li, k) => li.prepend(`${ol.start + k}. `));
   }
-  for (const b of copy.querySelectorAll("li, h3, h4, h5, h6, pre, hr, ul, ol")) {
+  for (const box of copy.querySelectorAll("li.task > input")) {
+    box.replaceWith(box.hasAttribute("checked") ? "(done) " : "(to do) ");
+  }
+  for (const del of copy.querySelectorAll("del")) del.prepend("(struck) ");
+  for (const b of copy.querySelectorAll("li, h3, h4, h5, h6, pre, hr, ul, ol, blockquote")) {
     b.before(" ");
     b.append(" ");
   }
