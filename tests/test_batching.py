@@ -748,3 +748,28 @@ def test_a_penalized_row_leaves_its_neighbours_logits_as_they_are() -> None:
         beside = Decoder._sample(None, logits, [pen, Sequence(params, None, params.key())])
         assert alone[0].item() == beside[0][1].item()
         assert alone[1][0].item() == beside[1][0][1].item()
+
+
+def test_json_answers_joining_mid_batch_are_what_they_are_alone(cm) -> None:
+    """A grammar reads each token its sequence takes, once and in order, whatever step it
+    joined at and whatever its neighbours (free, sampled text): the decode step builds the
+    masks while its forward pass runs (a review asked for this check of that order)."""
+    from clara.structured import json_grammar
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
+              "required": ["n", "ok"], "additionalProperties": False}  # fmt: skip
+    grammar = json_grammar(schema)
+    prompts = [text_prompt(cm, q, [DOCS[k]]) for k, q in enumerate(["One?", "Two?", "Three?"])]
+    kinds = [
+        {"max_tokens": 24, "grammar": grammar},
+        {"max_tokens": 9, "temperature": 0.8, "seed": 3, "ignore_eos": True},
+        {"max_tokens": 24, "grammar": grammar},
+    ]
+    schedule = {step: [(f"p{i}", prompts[i], SamplingParams(**kinds[i]))]
+                for i, step in enumerate((0, 1, 3))}  # fmt: skip
+    got = run_batch(Decoder(cm, None), schedule, cancel={})
+    for i, p in enumerate(prompts):
+        assert got[f"p{i}"] == tokens_alone(cm, p, None, **kinds[i]), i
+    for i in (0, 2):  # (held to the schema; a tiny random model may be cut mid-number)
+        answer = cm.tokenizer.decode([t for t in got[f"p{i}"] if t != cm.tokenizer.eos_token_id])
+        assert answer.replace(" ", "").startswith('{"n":'), answer
