@@ -569,9 +569,11 @@ class Decoder:
                 if s.params.penalized:
                     counts = mx.zeros(logits.shape[-1]) if s.counts is None else s.counts
                     s.counts = counts.at[self._y[i]].add(1.0)
-            if any(s.constraint is not None for s in seqs):  # a grammar reads each current
-                mx.async_eval(logits)  # token before it says what may follow: while the
-                current = self._y.tolist()  # forward runs (it waited for them before it)
+            if any(s.constraint is not None for s in seqs):
+                # each grammar reads its current token before it says what may follow: the
+                # forward starts first, so that they read and build their masks meanwhile
+                mx.async_eval(logits)
+                current = self._y.tolist()
                 for s, token in zip(seqs, current):
                     if s.constraint is not None:
                         s.constraint.consume(token)
