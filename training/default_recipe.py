@@ -6,8 +6,9 @@
 Data (`--data`, default: $CLARA_EXAMPLE_DATA): Apple's ml-clara example stage-1 data
 (example/pretrain_data.jsonl of github.com/apple/ml-clara; download it once), 1000
 encyclopedia-style documents with 7861 short-answer questions. Its fixed split is kept:
-documents on 0-based lines with `line % 5 == 0` (200, and their questions) are never trained on; their questions go to eval.jsonl (the gold document as
-the only doc, for `clara-eval --retrieval gold`) and all 1000 documents to collection.txt.
+documents on 0-based lines with `line % 5 == 0` (200, and their questions) are never trained
+on; their questions go to eval.jsonl (the gold document as the only doc, for `clara-eval
+--retrieval gold`) and all 1000 documents to collection.txt.
 
 - Stage 1 (`pretrain`): per training document, QA records (its questions in groups of 4) and a
   paraphrase record; plus Python's documentation topics (`pydoc_data.topics`, real prose every
