@@ -182,11 +182,12 @@ function fileName(path) {
 
 // An answer's Markdown as a reader expects it, once it is written: fenced code blocks,
 // headings, lists (nested by their indentation; task items ticked or not), tables, quotes,
-// rules, `code`, **bold**, *italics*, ~~struck~~ and links (http and https only). Built of elements and text nodes, never innerHTML: markup
-// in an answer stays text. The block rules are CommonMark's and GitHub's, simplified: no
-// setext headings (a "---" under a line is a rule: models write it between sections), no
-// indented code, no footnotes, no HTML; a list's items share its marker. Every pattern is linear in its line (a model looping on spaces or brackets
-// writes 100 KB of them), and a table's cells are bounded (`MOST_CELLS`).
+// rules, `code`, **bold**, *italics*, ~~struck~~ and links (http and https only). Built of
+// elements and text nodes, never innerHTML: markup in an answer stays text. The block rules
+// are CommonMark's and GitHub's, simplified: no setext headings (a "---" under a line is a
+// rule: models write it between sections), no indented code, no footnotes, no HTML; a list's
+// items share its marker. Every pattern is linear in its line (a model looping on spaces or
+// brackets writes 100 KB of them), and a table's cells are bounded (`MOST_CELLS`).
 const FENCE = /^ {0,3}(`{3,}|~{3,})(.*)$/; // and its info string: the language first
 const ITEM = /^( {0,3})(?:([-*+])|(\d{1,9})([.)]))( +|$)(.*)$/;
 const RULE = /^ {0,3}([-*_])(?: *\1){2,} *$/; // --- *** ___ (spaced too)
@@ -201,7 +202,8 @@ const MOST_CELLS = 20000; // filled to the header's width: 6 KB of bars made a m
 
 function formatted(text) {
   const out = document.createDocumentFragment();
-  const lines = text.replace(/\r\n?|[\u2028\u2029]/g, "\n").split("\n").map((l) => l.replace(/^[ \t]+/, (w) => w.replace(/\t/g, "    ")));
+  const lines = text.replace(/\r\n?|[\u2028\u2029]/g, "\n").split("\n")
+    .map((l) => l.replace(/^[ \t]+/, (w) => w.replace(/\t/g, "    "))); // (tabs: 4 columns)
   for (const block of blocks(lines, 0)) out.append(block);
   return out;
 }
@@ -215,7 +217,8 @@ function fenceOf(line) { // [marks, info] of an opening fence, else null
 
 // Whether a line starts a block of its own (it ends a quoted paragraph, not goes on with it)
 function startsBlock(line) {
-  return Boolean(fenceOf(line) || ITEM.test(line) || RULE.test(line) || headingText(line) || QUOTE.test(line) || line.includes("|"));
+  return Boolean(fenceOf(line) || ITEM.test(line) || RULE.test(line) || headingText(line) ||
+    QUOTE.test(line) || line.includes("|"));
 }
 
 function* blocks(lines, depth) {
