@@ -560,6 +560,7 @@ class Decoder:
         self._merge()
         _blas.for_decode()
         seqs = list(self.sequences)
+        tokens = None  # the current tokens, once read
         if all(not s.fresh and s.text.tokens + 1 >= s.text.max_tokens for s in seqs):
             y, lp = self._y, ()  # every current token is its sequence's last: no next forward
         else:
@@ -573,14 +574,15 @@ class Decoder:
                 # each grammar reads its current token before it says what may follow: the
                 # forward starts first, so that they read and build their masks meanwhile
                 mx.async_eval(logits)
-                current = self._y.tolist()
-                for s, token in zip(seqs, current):
+                tokens = self._y.tolist()
+                for s, token in zip(seqs, tokens):
                     if s.constraint is not None:
                         s.constraint.consume(token)
             y, lp = self._sample(logits, seqs)
             mx.async_eval(y, *lp)  # runs while the current tokens are detokenized and sent
-        mx.eval(self._y)  # waits with the GIL released (the server's event loop runs meanwhile)
-        tokens = self._y.tolist()
+        if tokens is None:  # (a batch holding grammars read them already)
+            mx.eval(self._y)  # waits with the GIL released (the server's event loop runs)
+            tokens = self._y.tolist()
         self._y = y
         out, errors = [], []
         for i, s in enumerate(seqs):

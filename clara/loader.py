@@ -91,7 +91,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
     local = check_model_name(name)
     if local is not None:
         return local, str(local)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
     try:  # a hub id: the local hub cache first, without asking the hub (behind a proxy that
@@ -99,7 +99,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[Path, str]:
         return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True)), name
     except Exception:  # noqa: BLE001 - not (completely) in the cache: fetch it
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+    if not constants.HF_HUB_OFFLINE:  # (as the hub library reads HF_HUB_OFFLINE)
         log.warning("%s is not in the local Hugging Face cache: fetching it from the hub", name)
     try:
         local = snapshot_download(name, allow_patterns=patterns)

@@ -22,6 +22,7 @@ from clara_cli.process import (
     ServerProcess,
     ServerTimeoutError,
     free_port,
+    port_free,
 )
 
 TOPICS = ("assert", "lambda", "pass", "continue", "while", "global", "del", "return")
@@ -84,21 +85,6 @@ def answer(resp) -> str:
 
 #: What the demo needs beyond clara's own dependencies: module -> its package on PyPI
 NEEDS = {"openai": "openai", "fpdf": "fpdf2"}
-
-
-def port_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:`port` (the demo's server would fail to bind it,
-    and its health check would take the other server's answer for its own)."""
-    import socket
-
-    with socket.socket() as probe:
-        # (as a server binds: a port a stopped server left in TIME_WAIT is free to it)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

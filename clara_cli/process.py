@@ -51,6 +51,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port`: a server started there would fail to bind
+    it, and a health check would take the other server's answer for its own."""
+    with socket.socket() as probe:
+        # (as a server binds: a port a stopped server left in TIME_WAIT is free to it)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_server(
     argv: Sequence[str],
     *,

@@ -863,8 +863,10 @@ function saveChat() {
 function draw(record) {
   const shaped = record.role === "assistant" && !record.error; // (an error's words as they are)
   const div = add(record.role, shaped ? "" : record.text);
-  if (shaped) div.prepend(formatted(record.text));
-  tabStops(div);
+  if (shaped) {
+    div.prepend(formatted(record.text));
+    tabStops(div);
+  }
   if (record.role !== "assistant") return;
   showSources(div, record.sources, record.from);
   for (const text of record.notes) note(div, text);
@@ -935,6 +937,18 @@ async function* events(response) {
   }
 }
 
+// An answer's text node replaced by what its Markdown shows, the end kept in view when the
+// reader was there (a table is taller than its lines); returns the words a screen reader says
+function reshape(div, text) {
+  const shaped = formatted(text.data);
+  const words = spoken(shaped);
+  const wasAtBottom = atBottom();
+  text.replaceWith(shaped);
+  tabStops(div);
+  follow(wasAtBottom);
+  return words;
+}
+
 async function ask(question) {
   const mine = chat;
   for (const line of $("log").querySelectorAll(".cleared")) line.remove(); // (a new chat began)
@@ -998,12 +1012,7 @@ async function ask(question) {
       follow(wasAtBottom);
     }
     if (mine === chat) turns.push({ role: "assistant", content: text.data });
-    const shaped = formatted(text.data);
-    const words = spoken(shaped);
-    const wasAtBottom = atBottom(); // (a table is taller than its lines: the end stays in view)
-    text.replaceWith(shaped); // (its words stay in `text` for the record)
-    tabStops(div);
-    follow(wasAtBottom);
+    const words = reshape(div, text); // (its words stay in `text` for the record)
     div.classList.add("done");
     if (retrieval && !["ok", "disabled"].includes(retrieval.status)) {
       remark(`no sources: ${retrieval.detail || retrieval.status.replace("_", " ")}`);
@@ -1017,10 +1026,7 @@ async function ask(question) {
         if (text.data) turns.push({ role: "assistant", content: text.data });
         else turns.pop();
       }
-      const wasAtBottom = atBottom();
-      text.replaceWith(formatted(text.data));
-      tabStops(div);
-      follow(wasAtBottom);
+      reshape(div, text);
       remark("stopped");
       say("stopped");
     } else {
@@ -1294,9 +1300,8 @@ phone.addEventListener("change", (e) => { // turned (not a window narrowed under
   if (e.matches && !typing) $("settings").open = false;
 });
 // a phone turned changes what scrolls (style.css: short windows): the reader keeps their place
-for (const query of ["(max-width: 700px)", "(max-height: 560px)"]) {
-  window.matchMedia(query).addEventListener("change", keepPlace);
-}
+const PHONE_SIZES = ["(max-width: 700px)", "(max-height: 560px)"];
+for (const query of PHONE_SIZES) window.matchMedia(query).addEventListener("change", keepPlace);
 let resizing = false; // a tablet turned, a window resized: the end followed, wide boxes a tab
 window.addEventListener("resize", () => { // stop (or not) as they now are; once a frame at most
   if (resizing) return;
@@ -1313,7 +1318,7 @@ window.addEventListener("pagehide", () => { leaving = true; });
 window.addEventListener("pageshow", () => { leaving = false; }); // (back from the page cache)
 window.addEventListener("online", () => refreshIn(0)); // back online: the server's state at once
 // a phone's keyboard has no Shift+Enter (a tablet's may be a real one: it keeps the hint)
-if (window.matchMedia("(pointer: coarse) and (max-width: 700px), (pointer: coarse) and (max-height: 560px)").matches) {
+if (window.matchMedia(PHONE_SIZES.map((size) => `(pointer: coarse) and ${size}`).join(", ")).matches) {
   $("question").placeholder = "Ask about your documents";
 }
 refresh();
