@@ -935,6 +935,22 @@ def answered_with(page, answer: str) -> None:
     )
 
 
+def check_drawn_and_redrawn(page, server: ServerProcess, question: str, answer: str, check) -> None:
+    """`check` the finished answer to `question`, answered with `answer`: as streamed, and as
+    a reload draws it again from the page's record."""
+    answered_with(page, answer)
+    try:
+        open_page(page, server)
+        page.fill("#question", question)
+        page.press("#question", "Enter")
+        for reloaded in (False, True):
+            if reloaded:
+                page.reload()
+            check(page.locator(".msg.assistant.done").last)
+    finally:
+        page.unroute("**/v1/chat/completions")
+
+
 def test_an_answers_markdown_shows_as_code_and_bold_and_its_markup_stays_text(
     server: ServerProcess, page
 ) -> None:
@@ -945,22 +961,15 @@ def test_an_answers_markdown_shows_as_code_and_bold_and_its_markup_stays_text(
         'Use **assert** like this:\n```python\nassert x > 0, "<b>x</b>"\n```\n'
         "Then call `check()`. <img src=x onerror=alert(1)>"
     )
-    answered_with(page, answer)
-    try:
-        open_page(page, server)
-        page.fill("#question", "How do I use assert?")
-        page.press("#question", "Enter")
-        for reloaded in (False, True):
-            if reloaded:
-                page.reload()
-            done = page.locator(".msg.assistant.done").last
-            sync_api.expect(done.locator("pre.code code")).to_have_text('assert x > 0, "<b>x</b>"')
-            sync_api.expect(done.locator("strong")).to_have_text("assert")
-            sync_api.expect(done.locator(":scope > code")).to_have_text("check()")
-            assert done.locator("img, b").count() == 0  # (markup in an answer stays text)
-            assert "<img src=x onerror=alert(1)>" in done.text_content()
-    finally:
-        page.unroute("**/v1/chat/completions")
+
+    def check(done) -> None:
+        sync_api.expect(done.locator("pre.code code")).to_have_text('assert x > 0, "<b>x</b>"')
+        sync_api.expect(done.locator("strong")).to_have_text("assert")
+        sync_api.expect(done.locator(":scope > code")).to_have_text("check()")
+        assert done.locator("img, b").count() == 0  # (markup in an answer stays text)
+        assert "<img src=x onerror=alert(1)>" in done.text_content()
+
+    check_drawn_and_redrawn(page, server, "How do I use assert?", answer, check)
 
 
 def test_an_answers_lists_and_tables_show_as_lists_and_tables(server: ServerProcess, page) -> None:
@@ -974,34 +983,23 @@ def test_an_answers_lists_and_tables_show_as_lists_and_tables(server: ServerProc
         "| Part | Count |\n|:-----|------:|\n| gear <b>1</b> | 12 |\n| a \\| b | 3 |\n\n"
         "Not a table: a | b\nThe end."
     )
-    answered_with(page, answer)
-    try:
-        open_page(page, server)
-        page.fill("#question", "How?")
-        page.press("#question", "Enter")
-        for reloaded in (False, True):
-            if reloaded:
-                page.reload()
-            done = page.locator(".msg.assistant.done").last
-            sync_api.expect(done.locator("ol > li")).to_have_text(
-                ["Open the valve\nslowly", "Read p"]
-            )
-            assert done.locator("ol").get_attribute("start") == "3"
-            sync_api.expect(done.locator("ol strong")).to_have_text("valve")
-            sync_api.expect(done.locator("ul > li")).to_have_text(["one", "two <i>x</i>"])
-            sync_api.expect(done.locator("table th")).to_have_text(["Part", "Count"])
-            sync_api.expect(done.locator("table tbody td")).to_have_text(
-                ["gear <b>1</b>", "12", "a | b", "3"]
-            )
-            align = (
-                done.locator("table tbody td").nth(1).evaluate("c => getComputedStyle(c).textAlign")
-            )
-            assert align == "right", align
-            assert done.locator("i, b, img").count() == 0  # (markup in an answer stays text)
-            assert done.locator("table").count() == 1 and done.locator("ul, ol").count() == 2
-            assert "Not a table: a | b\nThe end." in done.text_content()
-    finally:
-        page.unroute("**/v1/chat/completions")
+
+    def check(done) -> None:
+        sync_api.expect(done.locator("ol > li")).to_have_text(["Open the valve\nslowly", "Read p"])
+        assert done.locator("ol").get_attribute("start") == "3"
+        sync_api.expect(done.locator("ol strong")).to_have_text("valve")
+        sync_api.expect(done.locator("ul > li")).to_have_text(["one", "two <i>x</i>"])
+        sync_api.expect(done.locator("table th")).to_have_text(["Part", "Count"])
+        sync_api.expect(done.locator("table tbody td")).to_have_text(
+            ["gear <b>1</b>", "12", "a | b", "3"]
+        )
+        align = done.locator("table tbody td").nth(1).evaluate("c => getComputedStyle(c).textAlign")
+        assert align == "right", align
+        assert done.locator("i, b, img").count() == 0  # (markup in an answer stays text)
+        assert done.locator("table").count() == 1 and done.locator("ul, ol").count() == 2
+        assert "Not a table: a | b\nThe end." in done.text_content()
+
+    check_drawn_and_redrawn(page, server, "How?", answer, check)
 
 
 #: (Markdown, the HTML the page makes of it): CommonMark's and GitHub's block rules where a
