@@ -45,6 +45,7 @@ from indexing.office import (
     office_kind,
     office_text,
 )
+from indexing.page_furniture import strip_furniture
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
@@ -1201,6 +1202,8 @@ def _read_pdf(
         )
     if b"%%EOF" not in data[-2048:]:
         warnings.append("file looks truncated (no %%EOF); indexed what could be read")
+    texts = strip_furniture([(page.number, page.text) for page in pages])
+    pages = [Page(page.number, text) for page, text in zip(pages, texts)]
     return pages, warnings, _pdf_title(reader)
 
 

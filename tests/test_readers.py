@@ -212,6 +212,89 @@ def test_pdf_compounds_broken_at_a_line_end_keep_their_hyphen(tmp_path: Path) ->
     )
 
 
+class _Article(FPDF):
+    """A journal article's pages: a running head alternating between odd and even pages, a
+    footer "Page N of M", the body in between."""
+
+    def header(self) -> None:
+        self.set_font("helvetica", size=8)
+        odd = self.page_no() % 2
+        self.cell(0, 5, "Journal of Harbour Studies, Vol 3 (2024)" if odd else "A. Keeper et al.")
+        self.ln(10)
+
+    def footer(self) -> None:
+        self.set_y(-15)
+        self.set_font("helvetica", size=8)
+        self.cell(0, 5, f"Page {self.page_no()} of {{nb}}", align="C")
+
+
+def test_pdf_running_heads_and_page_numbers_are_not_read_into_the_text(tmp_path: Path) -> None:
+    """A PDF audit: every page's "Journal of Harbour Studies, Vol 3 (2024)" and "Page 3 of
+    7" were read in among the prose, so a sentence crossing a page break was indexed with them
+    in its middle. A running head's first time stays (the document's own words), its repeats
+    and every page number go; the prose, numbers in it included, stays whole."""
+    import random
+
+    rng = random.Random(0)
+    words = "harbour keeper lamp tide ship rope anchor storm beacon wave stone cliff gull".split()
+    pdf = _Article()
+    bodies = []
+    for n in range(1, 8):
+        pdf.add_page()
+        pdf.set_font("helvetica", size=11)
+        body = " ".join(rng.choice(words) for _ in range(150)) + f" and {n * 40} gulls"
+        bodies.append(body)
+        pdf.multi_cell(0, 6, body)
+    doc = read_document(write(tmp_path, "article.pdf", bytes(pdf.output())))
+    texts = [p.text for p in doc.pages]
+    assert texts[0].startswith("Journal of Harbour Studies, Vol 3 (2024)\n")
+    assert texts[1].startswith("A. Keeper et al.\n")  # (the even pages' first)
+    assert not any("Journal" in t or "Keeper et al" in t for t in texts[2:])
+    assert not any("Page " in t or " of 7" in t for t in texts)
+    for text, body in zip(texts, bodies):  # every word of the prose, in order
+        assert " ".join(text.split()).endswith(body)
+
+
+def test_page_furniture_is_told_from_the_text_by_repetition() -> None:
+    """strip_furniture on its own: page numbers in any dress (roman front matter too), and
+    what it must leave: a page's last line that only happens to hold its number, a table's
+    figures, a slide title on a few slides, any document of one or two pages."""
+    from indexing.page_furniture import strip_furniture
+
+    def pages(*texts: str) -> list[tuple[int, str]]:
+        return list(enumerate(texts, 1))
+
+    # front matter numbered i, ii, iii, then arabic numbers from 1 on the fourth page
+    numbered = pages(
+        "Contents\nOne\ni", "Preface words\nii", "More preface\niii",
+        *[f"Body {n} of the book\n- {n} -" for n in range(1, 6)],
+    )  # fmt: skip
+    assert strip_furniture(numbered) == [
+        "Contents\nOne", "Preface words", "More preface", *[f"Body {n} of the book" for n in range(1, 6)]
+    ]  # fmt: skip
+    # a head with the page number in it ("Harbour Studies 117"), offset from the file's pages
+    prose = ["Tides.", "Ropes.", "Gulls.", "Lamps.", "Storms."]
+    heads = pages(*[f"Harbour Studies {116 + n}\n{t}" for n, t in enumerate(prose, 1)])
+    assert strip_furniture(heads) == prose
+    # only page 7 ends in "7": not a page number (its shape is on no other page)
+    kept = pages(*[f"{t}\n{n}" for n, t in enumerate(prose, 1)], "Fog.", "Text.\nIt took 7 steps.")
+    assert strip_furniture(kept) == [*prose, "Fog.", "Text.\nIt took 7 steps."]
+    # a table's totals at the pages' ends: numbers, not page numbers
+    table = pages(
+        *[f"Region | Units\nNorth | {n * 1200}\nTotal {n * 1200 + 7}" for n in range(1, 6)]
+    )
+    assert strip_furniture(table)[0] == table[0][1]
+    assert all("Total" in t and "North" in t for t in strip_furniture(table))
+    assert [t.count("Region | Units") for t in strip_furniture(table)] == [1, 0, 0, 0, 0]
+    # a slide title on 3 slides of 10 is the slides' own words
+    titles = ["Results"] * 3 + ["Aims", "Methods", "Data", "Costs", "Risks", "Plan", "Team"]
+    slides = pages(*[f"{title}\n{point}" for title, point in zip(titles, prose + prose)])
+    assert strip_furniture(slides) == [t for _, t in slides]
+    # two pages cannot tell a running head from a coincidence
+    two = pages("Head\nOne\n1", "Head\nTwo\n2")
+    assert strip_furniture(two) == ["Head\nOne\n1", "Head\nTwo\n2"]
+
+
 def test_clean_pdf_text_is_conservative() -> None:
     raw = "  The  \ufb01rst\tre-\n  sult\x00 is\x07 he\u0301re.\r\n\r\n\r\n\r\nNext para-\n\nGraph 3-\n4 E-\nMail\n"
     assert clean_pdf_text(raw) == "The first result is hére.\n\nNext para-\n\nGraph 3-\n4 E-\nMail"

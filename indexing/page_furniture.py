@@ -1,0 +1,177 @@
+"""A PDF's page furniture: the running headers, footers and page numbers printed on every page.
+
+A PDF holds no mark that says which of a page's lines are its header or footer: its text
+comes out with "Journal of Harbour Studies, Vol 3" and "Page 7 of 12" in among the prose, and
+a sentence that crosses a page break was indexed with them in its middle (and a chunk's
+context line could take a running head for a heading). They are found the way a reader finds
+them, by repetition: lines near a page's top or bottom (the first and last `EDGE` lines of its
+text) that recur on many pages.
+
+- A **page number**, alone or in a line ("Page 7 of 12", "- 7 -", "vii", "Harbour Studies 117"):
+  a number at the line's start or end, or after "page", that counts with the pages (the
+  page's own number plus an offset the document keeps). The offset must hold on at least
+  `_least_pages` pages or on three pages in a row (front matter numbered on its own), and a
+  line is taken for one only if it is a bare number or its shape (its digits as "#") recurs
+  on another page: a last line "in 7 steps." on page 7 stays.
+- A **running head or foot**: the same line (letter case and spacing aside) at the same edge
+  on at least `_least_pages` pages. Its first time stays, as the document's own words (a
+  table's column headers repeated on each page keep one copy); the repeats go.
+
+Short documents (under 3 pages with text) are left as they are: two pages cannot tell a
+running head from a coincidence.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+#: How many lines at each end of a page's text may be furniture
+EDGE = 3
+#: The longest line taken for furniture (a header is a line, not a paragraph)
+LONGEST = 100
+
+_DIGITS = re.compile(r"\d+")
+_SPACES = re.compile(r"\s+")
+# A number where page numbers go: at the line's start or end, or after "page"/"p."/"seite"...
+_NUMBER_AT = re.compile(
+    r"^\W*(\d{1,5})\b|\b(\d{1,5})\W*$|\b(?:page|p\.|pg\.?|seite|s\.|página|pagina|pagine)\s*(\d{1,5})\b",
+    re.IGNORECASE,
+)
+# A line that is only a page number: "7", "- 7 -", "[7]", "Page 7", "Page 7 of 12", "7/12", "vii"
+_BARE = re.compile(
+    r"^\W*(?:(?:page|p\.|pg\.?|seite|s\.|página|pagina|pagine)\s*)?"
+    r"(?:\d{1,5}|[ivxlcdm]{1,8})(?:\s*(?:/|of|von|de|di)\s*\d{1,5})?\W*$",
+    re.IGNORECASE,
+)
+_ROMAN = re.compile(r"^\W*([ivxlcdm]{1,8})\W*$", re.IGNORECASE)
+_ROMAN_VALUES = {"i": 1, "v": 5, "x": 10, "l": 50, "c": 100, "d": 500, "m": 1000}
+
+
+def strip_furniture(pages: Sequence[tuple[int, str]]) -> list[str]:
+    """Each page's text without its running heads, foots and page numbers (see the module's
+    docstring); `pages`: (page number, text) in order. Texts come back in the same order,
+    their blank lines collapsed where a line went."""
+    lines = [text.split("\n") for _, text in pages]
+    edges = [_edge_lines(page_lines) for page_lines in lines]
+    least = _least_pages(sum(1 for _, text in pages if text.strip()))
+    if least is None:
+        return [text for _, text in pages]
+    drop: list[set[int]] = [set() for _ in pages]
+    _page_numbers(pages, lines, edges, least, drop)
+    _running_lines(lines, edges, least, drop)
+    out = []
+    for (_, text), page_lines, gone in zip(pages, lines, drop):
+        if not gone:
+            out.append(text)
+            continue
+        kept = "\n".join(line for i, line in enumerate(page_lines) if i not in gone)
+        out.append(re.sub(r"\n{3,}", "\n\n", kept).strip())
+    return out
+
+
+def _least_pages(n_pages: int) -> int | None:
+    """On how many pages a line must recur to be furniture: 3, and 40% of the pages with
+    text (a running head alternating between odd and even pages is on half of them; a slide
+    deck's title "Results" on 3 of 10 slides is not furniture). None: too few pages."""
+    if n_pages < 3:
+        return None
+    return max(3, math.ceil(0.4 * n_pages))
+
+
+def _edge_lines(page_lines: list[str]) -> list[tuple[str, int]]:
+    """(edge, index) of the page's first and last `EDGE` non-blank lines, edge "top" or
+    "bottom"; a line at both (a short page) is counted once, at the top."""
+    filled = [i for i, line in enumerate(page_lines) if line.strip()]
+    top = filled[:EDGE]
+    bottom = [i for i in filled[-EDGE:] if i not in top]
+    return [("top", i) for i in top] + [("bottom", i) for i in bottom]
+
+
+def _shape(line: str) -> str:
+    return _DIGITS.sub("#", _SPACES.sub(" ", line.strip().lower()))
+
+
+def _numbers(line: str) -> list[int]:
+    """The numbers standing where a page number would in `line` (a lone roman numeral too)."""
+    roman = _ROMAN.match(line)
+    if roman:
+        value = _roman_value(roman.group(1))
+        return [value] if value else []
+    return [int(n) for m in _NUMBER_AT.finditer(line) for n in m.groups() if n]
+
+
+def _roman_value(s: str) -> int | None:
+    values = [_ROMAN_VALUES[c] for c in s.lower()]
+    total = sum(-v if v < w else v for v, w in zip(values, values[1:] + [0]))
+    return total if total > 0 and _to_roman(total) == s.lower() else None  # "iiii": not one
+
+
+def _to_roman(n: int) -> str:
+    out = ""
+    for value, letters in (
+        (1000, "m"), (900, "cm"), (500, "d"), (400, "cd"), (100, "c"), (90, "xc"),
+        (50, "l"), (40, "xl"), (10, "x"), (9, "ix"), (5, "v"), (4, "iv"), (1, "i"),
+    ):  # fmt: skip
+        while n >= value:
+            out, n = out + letters, n - value
+    return out
+
+
+def _page_numbers(
+    pages: Sequence[tuple[int, str]],
+    lines: list[list[str]],
+    edges: list[list[tuple[str, int]]],
+    least: int,
+    drop: list[set[int]],
+) -> None:
+    """Mark the edge lines that print their page's number (see the module's docstring)."""
+    candidates = []  # (page index, line index, shape, offsets the line's numbers give)
+    for p, ((number, _), page_edges) in enumerate(zip(pages, edges)):
+        for _, i in page_edges:
+            line = lines[p][i].strip()
+            if len(line) > LONGEST:
+                continue
+            offsets = {n - number for n in _numbers(line)}
+            if offsets:
+                candidates.append((p, i, _shape(line), offsets))
+    # Offsets are told apart by kind: front matter in roman numerals counts on its own.
+    support: dict[int, set[int]] = defaultdict(set)
+    for p, _, _, offsets in candidates:
+        for offset in offsets:
+            support[offset].add(p)
+    offsets_held = {offset for offset, on in support.items() if len(on) >= least or _runs_three(on)}
+    if not offsets_held:
+        return
+    shape_pages: dict[str, set[int]] = defaultdict(set)
+    for p, _, shape, _ in candidates:
+        shape_pages[shape].add(p)
+    for p, i, shape, offsets in candidates:
+        if offsets & offsets_held and (_BARE.match(lines[p][i]) or len(shape_pages[shape]) >= 2):
+            drop[p].add(i)
+
+
+def _runs_three(pages: set[int]) -> bool:
+    """Whether `pages` holds three in a row: numbers counting with three pages running are a
+    numbering of their own (a book's front matter in roman numerals before its arabic ones)."""
+    return any(p + 1 in pages and p + 2 in pages for p in pages)
+
+
+def _running_lines(
+    lines: list[list[str]], edges: list[list[tuple[str, int]]], least: int, drop: list[set[int]]
+) -> None:
+    """Mark the repeats of a line that recurs at the same edge of `least` pages or more."""
+    seen: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for p, page_edges in enumerate(edges):
+        for edge, i in page_edges:
+            if i in drop[p]:
+                continue
+            line = _SPACES.sub(" ", lines[p][i].strip().lower())
+            if len(line) <= LONGEST:
+                seen[(edge, line)].append((p, i))
+    for places in seen.values():
+        if len(Counter(p for p, _ in places)) >= least:
+            for p, i in places[1:]:
+                drop[p].add(i)
