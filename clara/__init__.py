@@ -7,4 +7,4 @@ _limits.enable()  # before anything imports mlx_lm
 _jit.enable()  # before mlx compiles a kernel
 _omp.enable()  # before anything imports faiss or torch
 
-__version__ = "0.2.19"
+__version__ = "0.2.20"

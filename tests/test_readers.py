@@ -276,6 +276,9 @@ def test_page_furniture_is_told_from_the_text_by_repetition() -> None:
     prose = ["Tides.", "Ropes.", "Gulls.", "Lamps.", "Storms."]
     heads = pages(*[f"Harbour Studies {116 + n}\n{t}" for n, t in enumerate(prose, 1)])
     assert strip_furniture(heads) == prose
+    # (read in, "117 Harbour Studies" was taken for a numbered section heading)
+    numbered_heads = pages(*[f"{116 + n} Harbour Studies\n{t}" for n, t in enumerate(prose, 1)])
+    assert strip_furniture(numbered_heads) == prose
     # only page 7 ends in "7": not a page number (its shape is on no other page)
     kept = pages(*[f"{t}\n{n}" for n, t in enumerate(prose, 1)], "Fog.", "Text.\nIt took 7 steps.")
     assert strip_furniture(kept) == [*prose, "Fog.", "Text.\nIt took 7 steps."]
