@@ -9,6 +9,7 @@ re-tokenises to at most `max_tokens` tokens: `n_tokens` is that count.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ PAGE_SEPARATOR = "\n\n"
 SLIDE_KINDS = frozenset({"pptx", "odp"})
 #: kinds whose lines are table rows: a chunk starts at a row's start, with its column names
 ROW_KINDS = frozenset({"xlsx", "ods"})
+#: kinds whose prose runs on from one page to the next (`join_pages`)
+FLOWING_KINDS = frozenset({"pdf"})
 PREFER_BOUNDARY_WITHIN = 0.2  # look for a sentence/paragraph end in the last 20% of a chunk
 PREFER_ROW_END_WITHIN = 0.5  # and for a table row's end in the last half
 
@@ -59,7 +62,7 @@ def chunk_document(
         raise ChunkingError(
             f"overlap must be between 0 and max_tokens - 1 ({max_tokens - 1}), got {overlap!r}"
         )
-    text, starts, numbers = join_pages(doc.pages)
+    text, starts, numbers = document_text(doc)
     if not text.strip():
         return []
 
@@ -117,19 +120,36 @@ def _sheet_starts(text: str, names: list[str]) -> list[int]:
     return starts
 
 
-def join_pages(pages: Sequence[Page]) -> tuple[str, list[int], list[int]]:
-    """Pages with text joined by PAGE_SEPARATOR -> (text, start offset of each, page numbers)."""
+def join_pages(pages: Sequence[Page], flowing: bool = False) -> tuple[str, list[int], list[int]]:
+    """Pages with text joined by PAGE_SEPARATOR -> (text, start offset of each, page numbers).
+    `flowing` (a PDF's pages, whose prose runs on over the break): a page that ends mid-
+    sentence and a next one that starts with a small letter are joined by a line break, as
+    a wrapped line is, not by a paragraph's blank line, where chunks were cut first."""
     parts, starts, numbers, pos = [], [], [], 0
     for page in pages:
         if not page.text.strip():
             continue
         if parts:
-            pos += len(PAGE_SEPARATOR)
+            sep = _page_break(parts[-1], page.text) if flowing else PAGE_SEPARATOR
+            parts.append(sep)
+            pos += len(sep)
         parts.append(page.text)
         starts.append(pos)
         numbers.append(page.number)
         pos += len(page.text)
-    return PAGE_SEPARATOR.join(parts), starts, numbers
+    return "".join(parts), starts, numbers
+
+
+def document_text(doc: Document) -> tuple[str, list[int], list[int]]:
+    """`join_pages` of a document's pages as its kind reads (a PDF's flow on)."""
+    return join_pages(doc.pages, flowing=doc.kind in FLOWING_KINDS)
+
+
+def _page_break(before: str, after: str) -> str:
+    last = before.rstrip()[-1:]
+    if last and last not in _SENTENCE_END + _CJK_SENTENCE_END + _CLOSERS and after[:1].islower():
+        return "\n"
+    return PAGE_SEPARATOR
 
 
 def _token_offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
@@ -157,11 +177,15 @@ def _token_offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
 
 
 def _rank(text: str, pos: int) -> int:
-    """How good a cut before text[pos] is: 3 paragraph, 2 sentence/line end, 1 word, 0 none.
-    (A Markdown code block that fits in a chunk is cut before, not inside: `whole_code`; one
-    too big for a chunk is cut at its blank lines, else its line ends.)"""
+    """How good a cut before text[pos] is: 4 paragraph, 3 sentence end (or a line's end
+    before a list item or heading), 2 another line's end, 1 word, 0 none. A line's end
+    outranks a word's (a list item or table row stays whole), but not a sentence's: a PDF
+    wraps its prose at every line, and the latest wrap won over a sentence end a few words
+    earlier, so chunks ended mid-sentence. (A Markdown code block that fits in a chunk is
+    cut before, not inside: `whole_code`; one too big for a chunk is cut at its blank lines,
+    else its line ends.)"""
     if pos <= 0 or pos >= len(text):
-        return 3
+        return 4
     i = j = pos  # the whitespace run around pos (looking at most 64 characters each way)
     while i > max(0, pos - 64) and text[i - 1].isspace():
         i -= 1
@@ -169,13 +193,20 @@ def _rank(text: str, pos: int) -> int:
         j += 1
     gap, left = text[i:j], text[max(0, i - 2) : i]
     if gap.count("\n") >= 2:
-        return 3
+        return 4
     last = left[-1:]
-    if "\n" in gap or (last and last in _CJK_SENTENCE_END):
-        return 2
-    if gap and last and (last in _SENTENCE_END or (last in _CLOSERS and left[0] in _SENTENCE_END)):
-        return 2
+    if last and (
+        last in _CJK_SENTENCE_END
+        or (gap and (last in _SENTENCE_END or (last in _CLOSERS and left[0] in _SENTENCE_END)))
+    ):
+        return 3
+    if "\n" in gap:
+        return 3 if _ITEM_OR_HEADING.match(text, j) else 2
     return 1 if gap else 0
+
+
+#: A line that starts a list item or a heading ("- ", "* ", "• ", "1. ", "2) ", "#")
+_ITEM_OR_HEADING = re.compile(r"[-*•·▪–]\s|\d{1,3}[.)]\s|#")
 
 
 def _line_start(text: str, pos: int) -> bool:
@@ -252,7 +283,7 @@ class _Splitter:
         """`_rank` of a cut before text[pos]; for table rows a line's end ranks as a
         paragraph's (a row's "Region: North" is a sentence end too)."""
         r = _rank(self.text, pos)
-        return 3 if self.rows and r == 2 and _line_start(self.text, pos) else r
+        return 4 if self.rows and r in (2, 3) and _line_start(self.text, pos) else r
 
     def whole_code(self, a: int, b: int, max_tokens: int) -> int:
         """`b`, the end chosen for the chunk starting at `a`, or, when it falls inside a code

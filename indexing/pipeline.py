@@ -42,7 +42,7 @@ from clara.errors import (
 )
 from clara.paths import file_sha256, index_root, path_bytes, path_text, upload_file_id
 from indexing import partial
-from indexing.chunking import Chunk, chunk_document, join_pages
+from indexing.chunking import Chunk, chunk_document, document_text
 from indexing.context import CONTEXT_TOKENS, fit_context, recover_contexts
 from indexing.durable import crash_point, fsync_dir
 from indexing.layout import STAGING, finish_swap
@@ -623,7 +623,7 @@ def _source(d: Any) -> tuple[str, str, list[str], str | None] | None:
         doc = read_document(d.path)
     except ClaraError:
         return None
-    return join_pages(doc.pages)[0], doc.kind, doc.headings, doc.title
+    return document_text(doc)[0], doc.kind, doc.headings, doc.title
 
 
 def _same_model(staging_root: Path, name: str, manifest: dict[str, Any]) -> bool:

@@ -833,10 +833,54 @@ def clean_pdf_text(text: str) -> str:
         text = _BROKEN_WORD.sub(lambda m: _dehyphen(m, words), text)
     text = _NOISE.sub("", text).translate(_LIGATURES)
     text = re.sub(r"[^\S\n]+", " ", text)  # tabs, NBSP, odd spaces -> one space
+    text = _LEADERS.sub(" … ", text)
     text = re.sub(r" *\n *", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
+    text = _SPACING_ACCENT.sub(_accented, text)
     text = unicodedata.normalize("NFC", text)  # PDFs often decompose accents
-    return _join_cjk_wraps(text).strip()
+    text = _COMPAT_FORMS.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
+    return _join_cjk_wraps(text.translate(_RADICALS)).strip()
+
+
+# A contents page's dot leaders ("Results . . . . . . 12"): a token a dot, they filled chunks
+_LEADERS = re.compile(r"(?: ?[.·…]){4,} ?")
+# An accent drawn as a glyph of its own before its letter, as pdfTeX's default fonts draw
+# them ("M¨uller", "Fran¸cois", "( ´Ecole"): put on the letter where the two make one
+# (`_accented`); the grave only inside a word ("Lef`evre"), a space only before a capital
+_ACCENT_MARKS = {
+    "¨": "\u0308", "´": "\u0301", "`": "\u0300", "ˆ": "\u0302", "˜": "\u0303", "¸": "\u0327",
+    "˚": "\u030a", "ˇ": "\u030c", "˘": "\u0306", "˝": "\u030b", "¯": "\u0304", "˙": "\u0307",
+}  # fmt: skip
+_SPACING_ACCENT = re.compile(
+    r"([¨´ˆ˜¸˚ˇ˘˝¯˙])(?:([^\W\d_])| ([^\W\d_a-z]))|(?<=[^\W\d_])(`)([^\W\d_])"
+)
+# Compatibility forms some PDF fonts map their glyphs to: Kangxi radicals for the Chinese and
+# Japanese characters they look like ("四⼗⼋": U+2F17, U+2F0B), Arabic presentation forms
+# (a word's letters as drawn, more tokens than its letters), Hebrew's; read as NFKC reads them
+_COMPAT_FORMS = re.compile("[\u2f00-\u2fdf\ufb00-\ufdff\ufe70-\ufefe]+")
+# The CJK radicals NFKC leaves as they are (U+2E80-2EF3: "台⻛" for 台风), each with the
+# ideograph it is drawn as (the one Noto CJK's fonts draw with the same glyph)
+_RADICALS = str.maketrans(
+    dict(
+        zip(
+            *[
+                iter(
+                    "⺂乛⺃乚⺅亻⺇𠘨⺉刂⺋㔾⺍𭕄⺎兀⺏尣⺐尢⺒巳⺓幺⺔彑⺕彐⺖忄⺘扌⺙攵⺛旡⺞歺⺠民⺡氵⺣灬⺤爫⺦丬⺨犭⺩𤣩⺫罒⺭礻⺮𥫗⺯糹"
+                    "⺰纟⺱罓⺲罒⺳㓁⺹耂⺺肀⺽𦥑⺾艹⺿艹⻀艹⻂衤⻃覀⻄西⻅见⻆角⻇𧢲⻈讠⻉贝⻊𧾷⻋车⻌辶⻍辶⻎辶⻐钅⻑長⻒镸⻓长⻔门⻕𨸏⻖阝"
+                    "⻘青⻙韦⻚页⻛风⻜飞⻝食⻞𩙿⻟飠⻠饣⻡𩠐⻢马⻣骨⻤鬼⻥鱼⻦鸟⻧卤⻨麦⻩黄⻪黾⻫斉⻬齐⻭歯⻮齿⻯竜⻰龙⻱龜⻲亀"
+                )
+            ]
+            * 2
+        )
+    )
+)
+
+
+def _accented(m: re.Match) -> str:
+    accent = m.group(1) or m.group(4)
+    letter = m.group(2) or m.group(3) or m.group(5)
+    composed = unicodedata.normalize("NFC", letter + _ACCENT_MARKS[accent])
+    return composed if len(composed) == 1 else m.group(0)  # (no such letter: as it was)
 
 
 _HAN_KANA = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
@@ -907,6 +951,32 @@ def _dehyphen(m: re.Match, seen: _Words) -> str:
     if first in _COMPOUND_FIRST and (len(second) >= 5 or seen.words[second] > 1):
         return "-"
     return ""
+
+
+_SPLIT_AT_END = re.compile(r"[^\W\d_]\u00ad?[-\u2010\u00ad]$")
+
+
+def _join_split_words(texts: list[str]) -> list[str]:
+    """A word hyphenated across a page break ("calibra-" ending one page, "tion" starting the
+    next) joined as one within a page is (`_dehyphen`), and kept on the page it starts on:
+    the next page gives up its first word."""
+    texts = list(texts)
+    filled = [i for i, text in enumerate(texts) if text]
+    for a, b in zip(filled, filled[1:]):
+        before, after = texts[a], texts[b]
+        head = _WORD.match(after)
+        if head is None or not after[0].islower() or not _SPLIT_AT_END.search(before):
+            continue
+        joined = f"{before}\n{after}"
+        m = _BROKEN_WORD.search(joined, len(before) - 2)
+        if m is None or m.end() != len(before) + 1:
+            continue
+        end = len(head.group(0))
+        while end < len(after) and not after[end].isspace():  # its punctuation too
+            end += 1
+        texts[a] = before[: m.start()] + _dehyphen(m, _Words(joined)) + after[:end]
+        texts[b] = after[end:].lstrip()
+    return texts
 
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -1202,7 +1272,7 @@ def _read_pdf(
         )
     if b"%%EOF" not in data[-2048:]:
         warnings.append("file looks truncated (no %%EOF); indexed what could be read")
-    texts = strip_furniture([(page.number, page.text) for page in pages])
+    texts = _join_split_words(strip_furniture([(page.number, page.text) for page in pages]))
     pages = [Page(page.number, text) for page, text in zip(pages, texts)]
     return pages, warnings, _pdf_title(reader)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clara.errors import ChunkingError
-from indexing.chunking import Chunk, chunk_document, join_pages
+from indexing.chunking import Chunk, chunk_document, document_text, join_pages
 from indexing.readers import Document, Page
 
 WORDS = (
@@ -161,6 +161,44 @@ def test_chunks_end_at_sentence_ends_when_one_is_near(tokenizer) -> None:
     check_chunks(doc, chunks, tokenizer, 80)
     assert len(chunks) > 3
     assert all(c.text.endswith(".") for c in chunks)  # each sentence < 20% of the budget
+
+
+def test_a_sentence_end_beats_a_later_line_wrap(tokenizer) -> None:
+    """A PDF audit: PDF text breaks its prose at every line, and the latest line break won
+    over a sentence end a few words before it: chunks ended mid-sentence ("The final
+    calibration constant was found to" | "be exactly 7.25 newton metres"). A line's end
+    still beats a cut between two words of one line (a list item stays whole)."""
+    import textwrap
+
+    rng = random.Random(3)
+    words = "the keeper wrote that storms and tides moved the old harbour light".split()
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 5))) for _ in range(80)]
+    prose = textwrap.fill(". ".join(s.capitalize() for s in sentences) + ".", width=40)
+    doc = make_doc([prose])
+    chunks = chunk_document(doc, tokenizer, max_tokens=160, overlap=0)
+    check_chunks(doc, chunks, tokenizer, 160)
+    assert len(chunks) > 5 and all(c.text.endswith(".") for c in chunks)
+    items = "\n".join(f"- the tide {i} no stop" for i in range(90))
+    chunks = chunk_document(make_doc([items]), tokenizer, max_tokens=80, overlap=0)
+    assert len(chunks) > 5 and all(c.text.endswith("no stop") for c in chunks)
+
+
+def test_a_pdf_page_ending_mid_sentence_runs_on_into_the_next(wrapper) -> None:
+    """A PDF audit: pages were joined by a paragraph's blank line, the best place to cut, so
+    a chunk ended at a page break mid-sentence, before a sentence end in reach. A PDF page
+    that ends mid-sentence and a next one starting with a small letter join as lines do;
+    other page breaks, and every page break of a text file, stay paragraph breaks."""
+    first = "A page of words on the harbour and its light and the keeper of its light"
+    pages = [f"{first}. So", "water meters."]
+    pages += ["Its last sentence ends here.", "Next page starts a paragraph."]
+    pdf = Document(Path("d.pdf"), "pdf", [Page(i + 1, t) for i, t in enumerate(pages)], "", 0)
+    text, starts, numbers = document_text(pdf)
+    assert text == pages[0] + "\n" + "\n\n".join(pages[1:])
+    assert [text[s : s + 5] for s in starts] == [p[:5] for p in pages] and numbers == [1, 2, 3, 4]
+    assert document_text(make_doc(pages))[0] == "\n\n".join(pages)  # (a text file's form feeds)
+    n = len(ids_of(wrapper, pages[0] + "\nwater"))  # the budget ends just after "water"
+    chunk = chunk_document(pdf, wrapper, max_tokens=n, overlap=0)[0]
+    assert chunk.text == f"{first}." and (chunk.page_start, chunk.page_end) == (1, 1)
 
 
 def test_paragraph_end_beats_a_later_sentence_end(wrapper) -> None:

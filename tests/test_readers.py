@@ -298,6 +298,46 @@ def test_page_furniture_is_told_from_the_text_by_repetition() -> None:
     assert strip_furniture(two) == ["Head\nOne\n1", "Head\nTwo\n2"]
 
 
+def test_pdf_text_as_fonts_draw_it_is_read_as_written() -> None:
+    """A PDF audit: pdfTeX's default fonts draw an accent as a glyph before its letter
+    ("M¨uller": no search for Müller found it); Chromium's PDFs map Chinese to the radicals
+    that look like them ("四⼗⼋", "台⻛": 台风 found nothing), Arabic to its presentation
+    forms (2.6 times the tokens); a contents page's dot leaders took 144 of a chunk's 223
+    tokens. What is not such a glyph stays as it was."""
+    raw = (
+        "J¨urgen M¨uller (Universit¨at G¨ottingen), Fran¸cois Lef`evre (´Ecole sup´erieure), "
+        "Pe˜na, ˚Angstr¨om; ( ´Ecole"
+    )
+    assert clean_pdf_text(raw) == (
+        "Jürgen Müller (Universität Göttingen), François Lefèvre (École supérieure), "
+        "Peña, Ångström; ( École"
+    )
+    kept = "don´t, O´Brien, a `code` span, x^2, ˆα, the mark ´ is an acute"
+    assert clean_pdf_text(kept) == kept
+    cjk = "研究区域位于福建省沿海，共设置了四⼗\n⼋个监测断⾯。台⻛使海岸侵⻝，⻓江"
+    assert (
+        clean_pdf_text(cjk)
+        == "研究区域位于福建省沿海，共设置了四十八个监测断面。台风使海岸侵食，长江"
+    )
+    assert clean_pdf_text("ﺗﻘﻊ ﻣﺪﻳﻨﺔ اﻹﺳﻜﻨﺪرﻳﺔ") == "تقع مدينة الإسكندرية"
+    contents = (
+        "2.2 Adaptive scheduling . . . . . . . . . 5\n3 Method.............. 9\nSo... we wait."
+    )
+    assert clean_pdf_text(contents) == "2.2 Adaptive scheduling … 5\n3 Method … 9\nSo... we wait."
+
+
+def test_a_word_hyphenated_across_a_pdf_page_break_is_joined(tmp_path: Path) -> None:
+    """A PDF audit: "calibra-" ending one page and "tion" starting the next were indexed as
+    two words ("calibration" was nowhere). The word is joined onto the page it starts on."""
+    pages = ["The key point concerns the calibra-", "tion, of the meters. A well-", "known fact."]
+    pages += ["Named Jean-", "Paul."]
+    doc = read_document(write(tmp_path, "split.pdf", make_pdf(pages)))
+    assert [p.text for p in doc.pages] == [
+        "The key point concerns the calibration,", "of the meters. A well-known", "fact.",
+        "Named Jean-", "Paul.",
+    ]  # fmt: skip
+
+
 def test_clean_pdf_text_is_conservative() -> None:
     raw = "  The  \ufb01rst\tre-\n  sult\x00 is\x07 he\u0301re.\r\n\r\n\r\n\r\nNext para-\n\nGraph 3-\n4 E-\nMail\n"
     assert clean_pdf_text(raw) == "The first result is hére.\n\nNext para-\n\nGraph 3-\n4 E-\nMail"
