@@ -102,9 +102,88 @@ def find_headings(
         ):
             if len(stripped) <= 2 * MAX_CHARS:
                 out.append((pos, stripped))
-        elif kind == "pdf" and (h := _numbered(line)):
+        elif kind == "pdf" and (h := _pdf_heading(norm, i)):
             out.append((pos, h))
     return out
+
+
+def _pdf_heading(norm: list[str], i: int) -> str | None:
+    """Line `i` of a PDF's text (`norm`: its lines, spaces collapsed) as a section heading:
+    numbered ("3.2 Results", "IV. Costs") unless its neighbours show it is none (a PDF audit
+    found wrapped prose, list items, dates and contents entries taken for headings: a
+    chunk's context said "… / 5 Conclusion 1"); "Chapter 4" with its title on the next line
+    ("Chapter 4: Results"); or a section every paper has, alone on its line ("Abstract",
+    "References": unnumbered, they were never found)."""
+    line = norm[i]
+    if _NAMED_SECTION.match(line):
+        chapter = _CHAPTER.match(_previous_line(norm, i))
+        return None if chapter and not chapter.group(1) else line.rstrip(":")  # (its title)
+    if m := _CHAPTER.match(line):
+        if m.group(1) or not (title := _next_line(norm, i)) or _ends_sentence(title):
+            return line if len(line) <= MAX_CHARS else None
+        return f"{line}: {title}" if len(title) <= MAX_CHARS else line
+    h = _numbered(line)
+    if h is None or _MONTH.match(_NUMBERED.match(line).group(3)):  # "14 March 2024"
+        return None
+    before, after = _previous_line(norm, i), _next_line(norm, i)
+    if before and len(before) >= 40 and not _ends_sentence(before):
+        return None  # a wrapped line of prose: "… reached after\n2 Tagen erhöhte Werte"
+    if _PAGE_AT_END.search(line) and (
+        "…" in line or any(_PAGE_AT_END.search(x or "") for x in (before, after))
+    ):
+        return None  # a contents list's entry: "1 Introduction 1", "2.2 Design … 5"
+    if any(_siblings(line, x) for x in (before, after) if x):
+        return None  # list items: "1. Growth was highest …", "2. Fees stay …"
+    return h
+
+
+def _previous_line(norm: list[str], i: int) -> str:
+    return next((x for x in reversed(norm[max(0, i - 3) : i]) if x), "")
+
+
+def _next_line(norm: list[str], i: int) -> str:
+    return next((x for x in norm[i + 1 : i + 4] if x), "")
+
+
+def _ends_sentence(line: str) -> bool:
+    return line[-1:] in ".!?:;。！？；" or (line[-1:] in "\"')]»”’" and line[-2:-1] in ".!?")
+
+
+def _siblings(line: str, other: str) -> bool:
+    """Whether two numbered lines are neighbours of one list: "2." and "3.", "b)" and "c)"."""
+    a, b = _NUMBERED.match(line), _NUMBERED.match(other)
+    if a is None or b is None or a.group(1).endswith(".") != b.group(1).endswith("."):
+        return False
+    x, y = a.group(1).rstrip(".").split("."), b.group(1).rstrip(".").split(".")
+    if len(x) != len(y) or x[:-1] != y[:-1]:
+        return False
+    p, q = x[-1], y[-1]
+    if p.isdigit() and q.isdigit():
+        return abs(int(p) - int(q)) == 1
+    return len(p) == len(q) == 1 and abs(ord(p) - ord(q)) == 1
+
+
+_NAMED_SECTION = re.compile(
+    r"^(abstract|summary|executive summary|introduction|conclusions?|acknowledge?ments|"
+    r"references|bibliography|appendix(?: [A-Z]\b.*)?|appendices|(?:table of )?contents|"
+    r"preface|foreword|glossary|zusammenfassung|einleitung|literatur(?:verzeichnis)?|"
+    r"inhaltsverzeichnis|anhang|fazit|bibliographie|résumé|introducción|conclusiones|"
+    r"referencias):?$",
+    re.IGNORECASE,
+)
+_CHAPTER = re.compile(
+    r"^(?:chapter|chapitre|kapitel|capítulo|capitolo|part|teil) (?:\d{1,3}|[IVXLC]{1,6})"
+    r"(?:[.:]? ([^\W\d_].*))?$",
+    re.IGNORECASE,
+)
+_MONTH = re.compile(
+    r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|januar|februar|märz|mai|juni|juli|"
+    r"okt|dez|janvier|février|mars|avril|juin|juillet|août|septembre|octobre|novembre|"
+    r"décembre|enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|octubre|"
+    r"noviembre|diciembre)[a-z]*\.?(?: \d{2,4})?$",
+    re.IGNORECASE,
+)
+_PAGE_AT_END = re.compile(r"(?:…|\s)\s*\d{1,4}$")
 
 
 def _contents_line(norm: list[str], i: int, named: set[str]) -> bool:
@@ -123,11 +202,17 @@ def _contents_line(norm: list[str], i: int, named: set[str]) -> bool:
     return all(entry in rest for entry in norm[lo : hi + 1])  # (in order: `in` consumes)
 
 
+def usable_title(title: str) -> bool:
+    """Whether a document's metadata title names it ("Untitled", "Microsoft Word - x.docx",
+    "Slide 1" do not)."""
+    return bool(title.strip()) and not _JUNK_TITLE.match(title.strip())
+
+
 def document_title(text: str, headings: Sequence[tuple[int, str]], meta_title: str | None,
                    name: str) -> str:  # fmt: skip
     """Metadata title, else the first line (the first heading when the document opens with
     a paragraph), else the file name."""
-    if meta_title and meta_title.strip() and not _JUNK_TITLE.match(meta_title.strip()):
+    if meta_title and usable_title(meta_title):
         return _clip(meta_title)
     first = next((ln for ln in text.split("\n") if ln.strip() and not _UNDERLINE.match(ln)), "")
     if headings and (len(first.strip()) > MAX_CHARS or first.strip() == headings[0][1]):

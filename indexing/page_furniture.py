@@ -11,8 +11,9 @@ text) that recur on many pages.
   a number at the line's start or end, or after "page", that counts with the pages (the
   page's own number plus an offset the document keeps). The offset must hold on at least
   `_least_pages` pages or on three pages in a row (front matter numbered on its own), and a
-  line is taken for one only if it is a bare number or its shape (its digits as "#") recurs
-  on another page: a last line "in 7 steps." on page 7 stays.
+  line is taken for one only if it is a bare number or its shape (its digits as "#") recurs,
+  counting with the pages, on another page and on most pages it is on: a last line "in 7
+  steps." on page 7 stays, and so does "Chapter 1" on the page numbered 1.
 - A **running head or foot**: the same line (letter case and spacing aside) at the same edge
   on at least `_least_pages` pages. Its first time stays, as the document's own words (a
   table's column headers repeated on each page keep one copy); the repeats go.
@@ -137,7 +138,6 @@ def _page_numbers(
             offsets = {n - number for n in _numbers(line)}
             if offsets:
                 candidates.append((p, i, _shape(line), offsets))
-    # Offsets are told apart by kind: front matter in roman numerals counts on its own.
     support: dict[int, set[int]] = defaultdict(set)
     for p, _, _, offsets in candidates:
         for offset in offsets:
@@ -145,12 +145,24 @@ def _page_numbers(
     offsets_held = {offset for offset, on in support.items() if len(on) >= least or _runs_three(on)}
     if not offsets_held:
         return
-    shape_pages: dict[str, set[int]] = defaultdict(set)
-    for p, _, shape, _ in candidates:
+    shape_pages: dict[str, set[int]] = defaultdict(set)  # where each shape is
+    shape_counts: dict[str, set[int]] = defaultdict(set)  # ... counting with the pages
+    for p, _, shape, offsets in candidates:
         shape_pages[shape].add(p)
+        if offsets & offsets_held:
+            shape_counts[shape].add(p)
     for p, i, shape, offsets in candidates:
-        if offsets & offsets_held and (_BARE.match(lines[p][i]) or len(shape_pages[shape]) >= 2):
+        if offsets & offsets_held and (
+            _BARE.match(lines[p][i]) or _counts(shape, shape_pages, shape_counts)
+        ):
             drop[p].add(i)
+
+
+def _counts(shape: str, pages: dict[str, set[int]], counting: dict[str, set[int]]) -> bool:
+    """Whether a line of this shape numbers its pages: on two pages or more, and on three in
+    four of the pages it is on ("Chapter 1" on page 6 and "Chapter 2" on page 7 of a book
+    whose page 6 is its first: two of four chapter headings count with the pages, by chance)."""
+    return len(counting[shape]) >= 2 and len(counting[shape]) >= 0.75 * len(pages[shape])
 
 
 def _runs_three(pages: set[int]) -> bool:

@@ -13,6 +13,7 @@ import glob
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import stat
@@ -36,6 +37,7 @@ from clara.errors import (
     UnsupportedDocumentError,
     many,
 )
+from indexing.context import usable_title
 from indexing.html_text import MalformedHtmlError, SlowHtmlError, html_to_text
 from indexing.ignore import Ignored
 from indexing.office import (
@@ -1496,11 +1498,45 @@ def _has_image(page) -> bool:
 
 
 def _pdf_title(reader) -> str | None:
+    """The PDF's metadata title, else the words set largest on its first page (a PDF audit:
+    a thesis without one was titled by its cover's first line, "University of Northbridge",
+    in every chunk's context line)."""
     try:
         title = reader.metadata.title if reader.metadata else None
     except Exception:  # noqa: BLE001 - a broken info dictionary only loses the title
+        title = None
+    title = " ".join(str(title).split()) if title else None
+    if title and usable_title(title):
+        return title
+    try:
+        with _quiet_pypdf():
+            return _largest_words(reader.pages[0]) or title
+    except Exception:  # noqa: BLE001 - a page that cannot be read again has no title
+        return title
+
+
+def _largest_words(page: Any) -> str | None:
+    """The words set in the page's largest type, when that is at least 1.2 times the size of
+    most of its text and they make a title's length (4 to 200 characters)."""
+    runs: list[tuple[float, str]] = []
+
+    def seen(text: str, cm: list[float], tm: list[float], font: Any, size: float) -> None:
+        if text.strip() and size:  # (the size as drawn: the font's, scaled by both matrices)
+            runs.append(
+                (round(size * math.hypot(tm[2], tm[3]) * math.hypot(cm[2], cm[3]), 1), text)
+            )
+
+    page.extract_text(visitor_text=seen)
+    if not runs:
         return None
-    return " ".join(str(title).split()) or None if title else None
+    chars: Counter[float] = Counter()
+    for size, text in runs:
+        chars[size] += len(text.strip())
+    body, largest = chars.most_common(1)[0][0], max(chars)
+    if largest < 1.2 * body:
+        return None
+    title = " ".join(" ".join(text for size, text in runs if abs(size - largest) < 0.5).split())
+    return title if 4 <= len(title) <= 200 else None
 
 
 def _aes_error(path: Path) -> EncryptedDocumentError:

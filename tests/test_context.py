@@ -75,6 +75,32 @@ def test_pdf_metadata_title_and_numbered_headings(tmp_path: Path, tok):
     assert chunks[-1].context == "Warranty Handbook / 2.1 Claims and returns"
 
 
+@pytest.mark.parametrize("meta", [None, "Untitled"])
+def test_a_pdf_without_a_title_is_titled_by_its_largest_words(tmp_path: Path, tok, meta):
+    """A PDF audit: a thesis without a metadata title was titled by its cover's first line,
+    "University of Northbridge", in every chunk's context line. The words set largest on
+    its first page are its title (a title cut over two lines joined)."""
+    pdf = FPDF()
+    if meta:
+        pdf.set_title(meta)
+    pdf.add_page()
+    pdf.set_font("helvetica", size=11)
+    pdf.cell(0, 7, "University of Northbridge")
+    pdf.ln(20)
+    pdf.set_font("helvetica", size=24)
+    for line in ("Adaptive Scheduling of", "Hospital Night Shifts"):
+        pdf.cell(0, 12, line)
+        pdf.ln()
+    pdf.set_font("helvetica", size=11)
+    pdf.multi_cell(0, 7, "Doctoral thesis by K. Weiss. " + FILLER)
+    path = tmp_path / "thesis.pdf"
+    path.write_bytes(bytes(pdf.output()))
+    doc = read_document(path)
+    assert doc.title == "Adaptive Scheduling of Hospital Night Shifts"
+    chunks = chunk_document(doc, tok, max_tokens=64, overlap=0)
+    assert chunks[-1].context == "Adaptive Scheduling of Hospital Night Shifts"
+
+
 def test_title_fallbacks_and_context_line():
     assert document_title("", [], None, "dir/report-2024.txt") == "report-2024"
     assert (
@@ -90,9 +116,30 @@ def test_title_fallbacks_and_context_line():
 def test_numbered_lines_that_are_sentences_are_not_headings():
     text = "1. Install the package.\n2 Results\nplain\n3.4 Setup: steps,\n12"
     assert find_headings(text, "pdf") == [(24, "2 Results")]
-    other = "1. 서론\n2. Überblick\n3. the next step\n4. résumé"  # scripts without case count
+    other = "1. 서론\n본문.\n2. Überblick\nText.\n3. the next step\nMore.\n4. résumé"
+    # (scripts without case count)
     assert [h for _, h in find_headings(other, "pdf")] == ["1. 서론", "2. Überblick"]
     assert find_headings(text, "text") == []  # numbered headings are a PDF thing
+
+
+def test_pdf_headings_are_told_from_lines_that_only_look_like_them():
+    """A PDF audit: a wrapped line of German prose ("2 Tagen erhöhte Ammoniumwerte"), list
+    items, a date and a contents list were taken for numbered headings (a chunk's context
+    read "… / 5 Conclusion 1"), while "Chapter 4" over "Results", "Abstract" and
+    "References" were never found (a Results chapter was labelled "3.3 Scheduler")."""
+    text = "\n".join([
+        "Minutes of the Board", "14 March 2024", "Contents", "1 Introduction 1",
+        "2 Finances 3", "2.2 Adaptive scheduling … 5", "Abstract", "We met and agreed.",
+        "1 Betrieb der Anlage", "Im Berichtsjahr zeigten sich nach den starken Regenfällen an",
+        "2 Tagen erhöhte Ammoniumwerte, die nach 6 Stunden", "wieder sanken.",
+        "2 Finances", "The board decided:", "1. Growth Rates were highest in the control group",
+        "2. Membership fees stay unchanged for 2025", "Chapter 4", "Results", "The rosters.",
+        "Chapter 5: Outlook", "More.", "Chapter 6", "Conclusions", "Done.", "3.1 Phase 2", "Text.", "References", "[1] A. Author.",
+    ])  # fmt: skip
+    assert [h for _, h in find_headings(text, "pdf")] == [
+        "Contents", "Abstract", "1 Betrieb der Anlage", "2 Finances", "Chapter 4: Results",
+        "Chapter 5: Outlook", "Chapter 6: Conclusions", "3.1 Phase 2", "References",
+    ]  # fmt: skip
 
 
 def test_chunk_contexts_use_the_heading_in_force_early_in_the_chunk():

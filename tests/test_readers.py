@@ -282,6 +282,17 @@ def test_page_furniture_is_told_from_the_text_by_repetition() -> None:
     # only page 7 ends in "7": not a page number (its shape is on no other page)
     kept = pages(*[f"{t}\n{n}" for n, t in enumerate(prose, 1)], "Fog.", "Text.\nIt took 7 steps.")
     assert strip_furniture(kept) == [*prose, "Fog.", "Text.\nIt took 7 steps."]
+    # chapter headings whose numbers happen to count with two pages (page 6 is numbered 1)
+    book = pages(
+        *["Title page", "Preface", "Contents", "Tables", "Figures"],
+        *[f"{head}\n{t}\n{n - 5}" for n, head, t in zip(range(6, 12), [
+            "Chapter 1", "Chapter 2", "More prose.", "Chapter 3", "Prose.", "Chapter 4"
+        ], prose + ["Fog."])],
+    )  # fmt: skip
+    assert strip_furniture(book)[5:] == [
+        "Chapter 1\nTides.", "Chapter 2\nRopes.", "More prose.\nGulls.", "Chapter 3\nLamps.",
+        "Prose.\nStorms.", "Chapter 4\nFog."
+    ]  # fmt: skip
     # a table's totals at the pages' ends: numbers, not page numbers
     table = pages(
         *[f"Region | Units\nNorth | {n * 1200}\nTotal {n * 1200 + 7}" for n in range(1, 6)]
