@@ -80,7 +80,7 @@ def chunk_document(
         splitter.rows = doc.kind in ROW_KINDS
         return [(at + cs, at + ce, n) for cs, ce, n in splitter.spans(max_tokens, overlap)]
 
-    if doc.kind in SLIDE_KINDS:  # each slide apart: a chunk is cited by its own slide
+    if doc.kind in SLIDE_KINDS or doc.slides:  # each slide apart: cited by its own slide
         ends = [s - len(PAGE_SEPARATOR) for s in starts[1:]] + [len(text)]
         spans = [span for a, b in zip(starts, ends) for span in spans_of(text[a:b], a)]
     elif doc.kind in ROW_KINDS and len(sheets := _sheet_starts(text, doc.headings)) > 1:
@@ -142,7 +142,7 @@ def join_pages(pages: Sequence[Page], flowing: bool = False) -> tuple[str, list[
 
 def document_text(doc: Document) -> tuple[str, list[int], list[int]]:
     """`join_pages` of a document's pages as its kind reads (a PDF's flow on)."""
-    return join_pages(doc.pages, flowing=doc.kind in FLOWING_KINDS)
+    return join_pages(doc.pages, flowing=doc.kind in FLOWING_KINDS and not doc.slides)
 
 
 def _page_break(before: str, after: str) -> str:

@@ -38,7 +38,8 @@ _DIGITS = re.compile(r"\d+")
 _SPACES = re.compile(r"\s+")
 # A number where page numbers go: at the line's start or end, or after "page"/"p."/"seite"...
 _NUMBER_AT = re.compile(
-    r"^\W*(\d{1,5})\b|\b(\d{1,5})\W*$|\b(?:page|p\.|pg\.?|seite|s\.|página|pagina|pagine)\s*(\d{1,5})\b",
+    r"^\W*(\d{1,5})\b|\b(\d{1,5})\W*$|\b(?:page|p\.|pg\.?|seite|s\.|página|pagina|pagine)\s*(\d{1,5})\b"
+    r"|\b(\d{1,5}) ?(?:/|of|von|de|di) ?\d{1,5}\W*$",  # ("ICM 2023 3 / 7": a slide's footline)
     re.IGNORECASE,
 )
 # A line that is only a page number: "7", "- 7 -", "[7]", "Page 7", "Page 7 of 12", "7/12", "vii"

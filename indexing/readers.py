@@ -84,6 +84,8 @@ class Document:
     # Markdown: the lines of the page's text the headings are on (None: not known), so a
     # contents list repeating their words takes none of them
     heading_lines: tuple[int, ...] | None = None
+    # a PDF of slides (`_is_deck`): chunked a slide at a time, as a presentation's slides are
+    slides: bool = False
 
     @property
     def n_chars(self) -> int:
@@ -144,8 +146,9 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
                 "re-download or re-export the file",
             )
         kind: DocumentKind = "pdf"
-        pages, warnings, title = _read_pdf(path, data, password)
-        headings: list[str] = []
+        pages, warnings, title, slides = _read_pdf(path, data, password)
+        # a deck's slides are titled by their first lines
+        headings: list[str] = [_first_line(p.text) for p in pages if p.text] if slides else []
     elif office:
         ext = office
         kind = OFFICE_KINDS[ext][1:]  # type: ignore[assignment]  # docx, odt, epub, pptx, xlsx
@@ -214,7 +217,7 @@ def read_document(path: str | os.PathLike, password: str | None = None) -> Docum
     sha = hashlib.sha256(data).hexdigest()
     return Document(
         path, kind, pages, sha, len(data), warnings, title, headings,
-        heading_lines if kind == "markdown" else None,
+        heading_lines if kind == "markdown" else None, kind == "pdf" and slides,
     )  # fmt: skip
 
 
@@ -1236,10 +1239,12 @@ _INLINE_HTML = re.compile(
 
 def _read_pdf(
     path: Path, data: bytes, password: str | None
-) -> tuple[list[Page], list[str], str | None]:
+) -> tuple[list[Page], list[str], str | None, bool]:
+    """(pages, warnings, title, whether it is a deck of slides)"""
     with _quiet_pypdf():
         reader = _open_pdf(path, data, password)
         n_pages = len(reader.pages)
+        deck = _is_deck(reader)
         pages, failed, empty, sparse = [], [], [], []
         most, chars = pdf_text_bound(len(data)), 0
         for number, page, text in _pdf_texts(path, data, reader):
@@ -1256,7 +1261,7 @@ def _read_pdf(
                 failed.append(number)
             elif not text:
                 empty.append(number)
-            elif len(text) < SPARSE_PAGE_CHARS and _has_image(page):
+            elif len(text) < SPARSE_PAGE_CHARS and not deck and _has_image(page):
                 sparse.append(number)  # a scan with a stamp or page number on it?
             pages.append(Page(number, text))
 
@@ -1274,9 +1279,42 @@ def _read_pdf(
         )
     if b"%%EOF" not in data[-2048:]:
         warnings.append("file looks truncated (no %%EOF); indexed what could be read")
-    texts = _join_split_words(strip_furniture([(page.number, page.text) for page in pages]))
+    texts = strip_furniture([(page.number, page.text) for page in pages])
+    texts = texts if deck else _join_split_words(texts)
     pages = [Page(page.number, text) for page, text in zip(pages, texts)]
-    return pages, warnings, _pdf_title(reader)
+    return pages, warnings, _pdf_title(reader), deck
+
+
+#: What a presentation program writes as a PDF's creator or producer
+_PRESENTERS = re.compile(r"beamer|powerpoint|keynote|impress|google slides", re.IGNORECASE)
+
+
+def _is_deck(reader: Any) -> bool:
+    """Whether a PDF is slides (a PDF audit: a deck was chunked three slides at a time and
+    cited "pages 3-5" for a fact on slide 5; a title and a chart were said to be a scan): its
+    creator is a presentation program (Beamer, PowerPoint, Keynote, Impress), or every page
+    is landscape, at least 1.25 times as wide as high, as a 4:3 or 16:9 slide is."""
+    try:
+        info = reader.metadata or {}
+        made_by = f"{info.get('/Creator', '')} {info.get('/Producer', '')}"
+        if _PRESENTERS.search(made_by):
+            return True
+        pages = reader.pages
+        if len(pages) < 2:
+            return False
+        for page in pages:
+            width, height = float(page.mediabox.width), float(page.mediabox.height)
+            if (page.rotation or 0) % 180:
+                width, height = height, width
+            if width < 1.25 * height:
+                return False
+        return True
+    except Exception:  # noqa: BLE001 - a damaged page box or info dictionary: read as pages
+        return False
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.split("\n") if line.strip()), "")
 
 
 def check_pdf_text(path: str | os.PathLike, password: str | None = None) -> None:

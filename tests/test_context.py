@@ -3,6 +3,7 @@ headings (Markdown, underlined reST/text, numbered PDF), and the context line of
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,50 @@ def test_a_pdf_without_a_title_is_titled_by_its_largest_words(tmp_path: Path, to
     assert doc.title == "Adaptive Scheduling of Hospital Night Shifts"
     chunks = chunk_document(doc, tok, max_tokens=64, overlap=0)
     assert chunks[-1].context == "Adaptive Scheduling of Hospital Night Shifts"
+
+
+def test_a_pdf_of_slides_is_chunked_a_slide_at_a_time(tmp_path: Path, tok) -> None:
+    """A PDF audit: slides exported to PDF were chunked three slides at a time (a fact on one
+    slide cited "pages 3-5"), with the footline on every slide in the text, and a slide of a
+    title and a chart was said to be a scan needing OCR. A landscape deck is read as a
+    presentation's slides are: one chunk a slide, each titled by its first line."""
+    from PIL import Image
+
+    slides = [("Motivation", "Widgets are calibrated once a year"), ("Data", None)]
+    slides += [("Main result", "Median field drift: 2.1 % per year"), ("Thanks", "Questions?")]
+    pdf = FPDF(orientation="L", format=(90.0, 160.0))  # (mm: 16:9)
+    pdf.set_auto_page_break(False)
+    for n, (title, point) in enumerate(slides, 1):
+        pdf.add_page()
+        pdf.set_font("helvetica", size=16)
+        pdf.cell(0, 10, title)
+        pdf.ln()
+        pdf.set_font("helvetica", size=11)
+        if point:
+            pdf.cell(0, 8, point)
+        else:  # a chart
+            png = io.BytesIO()
+            Image.new("RGB", (60, 40), (30, 90, 200)).save(png, format="PNG")
+            pdf.image(png, x=20, y=25, w=100)
+        pdf.set_y(-12)
+        pdf.set_font("helvetica", size=7)
+        pdf.cell(0, 5, f"A. Keeper - Torque drift - ICM 2023   {n} / {len(slides)}")
+    path = tmp_path / "talk.pdf"
+    path.write_bytes(bytes(pdf.output()))
+    doc = read_document(path)
+    assert doc.slides and doc.warnings == []
+    chunks = chunk_document(doc, tok, max_tokens=256, overlap=0)
+    assert [(c.page_start, c.page_end, c.text) for c in chunks] == [
+        (1, 1, "Motivation\nWidgets are calibrated once a year"), (2, 2, "Data"),
+        (3, 3, "Main result\nMedian field drift: 2.1 % per year"), (4, 4, "Thanks\nQuestions?"),
+    ]  # fmt: skip
+    portrait = FPDF()
+    for _ in range(3):
+        portrait.add_page()
+        portrait.set_font("helvetica", size=11)
+        portrait.cell(0, 8, "A page of a report.")
+    path.write_bytes(bytes(portrait.output()))
+    assert not read_document(path).slides
 
 
 def test_title_fallbacks_and_context_line():
