@@ -1,26 +1,35 @@
-"""A clara checkpoint from train_torch.py's outputs: the shipped checkpoint's config and any
-tensor the run did not write, with the run's float16 adapters and memory-token embeddings.
+"""A clara checkpoint from train_torch.py's outputs: the config of the checkpoint the run
+started from (`--base`, default the shipped one) and any tensor the run did not write, with the
+run's float16 adapters and memory-token embeddings.
 
-    .venv/bin/python docs/runs/2026-12-04-h200/assemble.py RUN_OUTPUT_DIR runs/h200
+    .venv/bin/python docs/runs/2026-12-04-h200/assemble.py RUN_OUTPUT_DIR runs/h200 [--base DIR]
+
+`--base` must be the checkpoint whose adapters the run's `--init` held (a chain of calls: the
+one its first call started from), or the tensors the run did not train come from another.
 """
 
+import argparse
 import json
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+import clara  # noqa: E402,F401,I001  (before mlx: clara's BLAS)
 import mlx.core as mx  # noqa: E402
-
-import clara  # noqa: E402,F401
-from clara.checkpoint import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
+from clara.checkpoint import COMPATIBLE_KEY, CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
 
 SHIPPED = Path(clara.__file__).resolve().parent / "checkpoints" / "smollm2-135m-16x"
 
 
 def main() -> int:
-    src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-    weights = mx.load(str(SHIPPED / WEIGHTS_FILE))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("src", type=Path, help="the trainer's --out")
+    p.add_argument("dst", type=Path, help="the clara checkpoint folder to write")
+    p.add_argument("--base", type=Path, default=SHIPPED, help="the checkpoint the run began from")
+    args = p.parse_args()
+    src, dst, base = args.src, args.dst, args.base
+    weights = mx.load(str(base / WEIGHTS_FILE))
     replaced = 0
     for name in ("compressor", "generator", "query", "tokens"):
         f = src / f"{name}.safetensors"
@@ -32,12 +41,18 @@ def main() -> int:
                 raise SystemExit(f"{f}: unexpected tensor {k} {v.shape}")
             weights[k] = v if k == "memory_center" else v.astype(mx.float16)
             replaced += 1
-    config = json.loads((SHIPPED / CONFIG_FILE).read_text())
+    config = json.loads((base / CONFIG_FILE).read_text())
     config.pop("soup", None)
     log = [json.loads(x) for x in (src / "log.jsonl").read_text().splitlines() if x.strip()]
+    if (src / "compressor.safetensors").exists() or (src / "tokens.safetensors").exists():
+        # new memory: collections of the checkpoints before are not readable with it
+        config.pop(COMPATIBLE_KEY, None)
+        config.pop("query_only", None)
+    devices = sorted({r.get("device_name", r.get("device", "?")) for r in log if "args" in r})
     config["training"] = {
-        "recipe": "docs/runs/2026-12-04-h200 (PyTorch on one H200, from the adapters shipped before)",
-        "init_from": config.get("installed_from", "clara/checkpoints/smollm2-135m-16x"),
+        "recipe": f"docs/runs/2026-12-04-h200/train_torch.py (PyTorch on {', '.join(devices)})",
+        "init_from": str(base),
+        "calls": sum(1 for r in log if "args" in r),
         "log": [r for r in log if "done" in r],
     }
     config["installed_from"] = str(dst)

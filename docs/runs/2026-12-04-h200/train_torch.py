@@ -16,18 +16,29 @@ and MaxSim, the two scores clara's index ranks by). It writes clara-named float1
 compressor.safetensors, generator.safetensors, query.safetensors, tokens.safetensors.
 
     python3 train_torch.py --model model.safetensors --init adapters.safetensors \
-        --data data.npz --out OUT --seconds-a 330 --seconds-b 75
+        --data data.npz --out OUT --seconds-a 400 --seconds-b 90
     python3 train_torch.py --check ...   # CPU: compare against clara's MLX outputs (check.npz)
+
+A run longer than one call (a lent GPU's 10-minute calls) goes on with `--resume PREV`, the
+`--out` of the call before: its tensors over `--init`, and its `state.json` (steps, examples,
+seconds of phase A done, the next batch of the data order) so that the learning-rate schedule
+(`--total-seconds-a`) and the data order run on over the calls instead of starting again.
+Every save writes the tensors and state.json atomically; SIGINT or SIGTERM (`timeout -s INT`)
+stops after the step in hand and saves. `--accum N` splits each batch into N micro-batches
+(the same gradient in 1/N of the activation memory: batch 64 needs about 105 GiB at its
+heaviest, over an H100's 80). docs/runs/gpu-chain has the calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import lzma
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -287,14 +298,41 @@ def trainable(model, names, tokens):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def save(model, out, names, tag=""):
+def save(model, out, names, tag="", state=None):
+    """The adapters `names` and the token rows as float16 tensors, then `state` (state.json);
+    each file written whole under another name and renamed over the old one, so a call killed
+    mid-save leaves the last save as it was."""
     for n in names:
         t = {k.replace("__", "."): p.detach().float().cpu().numpy().astype(np.float16)
              for k, p in model.lora.items() if f"lora_{n}__" in k}  # fmt: skip
-        save_file(t, os.path.join(out, f"{n}{tag}.safetensors"))
+        _atomic(os.path.join(out, f"{n}{tag}.safetensors"), lambda f, t=t: save_file(t, f))
     t = {k: p.detach().float().cpu().numpy().astype(np.float16) for k, p in model.tok.items()}
     t["memory_center"] = model.center.cpu().numpy()
-    save_file(t, os.path.join(out, f"tokens{tag}.safetensors"))
+    _atomic(os.path.join(out, f"tokens{tag}.safetensors"), lambda f: save_file(t, f))
+    if state is not None:
+        text = json.dumps(state, indent=1, sort_keys=True) + "\n"
+        _atomic(os.path.join(out, "state.json"), lambda f: open(f, "w").write(text))
+
+
+def _atomic(path, write):
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+STOP = {"asked": False}  # set by SIGINT / SIGTERM: stop after the step in hand, and save
+
+
+def _stop(signum, frame):
+    STOP["asked"] = True
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def schedule(frac, peak, warm=0.03):
@@ -303,7 +341,10 @@ def schedule(frac, peak, warm=0.03):
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - warm) / (1 - warm)))))
 
 
-def phase_a(model, data, args, dev, dtype, log):
+def phase_a(model, data, args, dev, dtype, log, state):
+    """Phase A for `--seconds-a` seconds of this call, on from `state` (a resumed run's): the
+    schedule spans `--total-seconds-a`, and the batches follow the seed's order from the one
+    after the last batch trained."""
     params = trainable(model, ("compressor", "generator"), True)
     opt = torch.optim.AdamW(params, lr=args.lr_a, weight_decay=0.0, betas=(0.9, 0.99))
     order = list(range(data.n))
@@ -315,40 +356,86 @@ def phase_a(model, data, args, dev, dtype, log):
         win = sorted(order[w : w + args.batch * 16], key=lambda i: lens[i])
         groups += [win[j : j + args.batch] for j in range(0, len(win), args.batch)]
     rng.shuffle(groups)
+    total = args.total_seconds_a or args.seconds_a
+    start = dict(state)  # where the calls before left off
+    if dev.type == "cuda":  # the heaviest batch first (each call: a new card): an OOM in
+        heaviest = max(groups, key=lambda g: _weight(data, g, lens))  # seconds, not minutes
+        train_step(model, data, heaviest, args, dev, dtype, None, params)
+        log({"phase": "a", "probe": "heaviest batch", "peak_gib": _peak()})
     model.drop = DROPOUT
     t0, step, seen, last_save = time.time(), 0, 0, time.time()
-    while True:
-        frac = (time.time() - t0) / args.seconds_a
-        if frac >= 1:
+
+    def now():
+        return {**start, "steps": start["steps"] + step, "seen": start["seen"] + seen,
+                "cursor": (start["cursor"] + step) % len(groups),
+                "seconds_a": round(start["seconds_a"] + time.time() - t0, 1)}  # fmt: skip
+
+    while not STOP["asked"]:
+        elapsed = time.time() - t0
+        if elapsed >= args.seconds_a or start["seconds_a"] + elapsed >= total:
             break
-        ids = groups[step % len(groups)]
+        ids = groups[(start["cursor"] + step) % len(groups)]
         for g in opt.param_groups:
-            g["lr"] = schedule(frac, args.lr_a)
-        (tok, slots, pos, tgt, mask), docs = data.batch(ids, dev)
+            g["lr"] = schedule((start["seconds_a"] + elapsed) / total, args.lr_a)
+        loss, ce, mse = train_step(model, data, ids, args, dev, dtype, opt, params)
+        step += 1
+        seen += len(ids)
+        if step % 20 == 0 or step == 1:
+            kinds = data.z["gen_kind"][ids]
+            qa = ce[kinds != 0].mean() if (kinds != 0).any() else 0.0
+            log({"phase": "a", "step": start["steps"] + step, "seen": start["seen"] + seen,
+                 "t": round(time.time() - t0, 1), "loss": round(loss, 4),
+                 "ce_qa": round(float(qa), 4), "mse": round(float(mse.mean()), 4),
+                 "lr": opt.param_groups[0]["lr"], "peak_gib": _peak()})  # fmt: skip
+        if time.time() - last_save > args.save_every:
+            save(model, args.out, ("compressor", "generator"), state=now())
+            last_save = time.time()
+    state.update(now())
+    save(model, args.out, ("compressor", "generator"), state=state)
+    log({"phase": "a", "done": step, "steps": state["steps"], "seen": state["seen"],
+         "seconds_a": state["seconds_a"], "epochs": round(state["seen"] / data.n, 2),
+         "stopped": STOP["asked"]})  # fmt: skip
+    model.drop = 0.0
+
+
+def _weight(data, ids, lens):
+    """A batch's size in tokens: its prompts and the documents it compresses."""
+    docs = [d for i in ids for d in data.example(i)[3]]
+    return sum(lens[i] for i in ids) + sum(len(data.docs[d]) + N_MEM + 3 for d in docs)
+
+
+def _peak():
+    return round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else 0
+
+
+def train_step(model, data, ids, args, dev, dtype, opt, params):
+    """One optimizer step over batch `ids` in `--accum` micro-batches, each's loss weighted by
+    its share of the examples and documents (the batch's gradient, in less memory). With no
+    `opt`, the gradients are computed and dropped (the memory probe). Returns (loss, per-example
+    CE, per-document MSE) as numpy."""
+    parts = [p for p in np.array_split(np.asarray(ids), max(1, args.accum)) if len(p)]
+    n_docs = sum(len(data.example(i)[3]) for i in ids)
+    if opt is not None:
+        opt.zero_grad(set_to_none=True)
+    loss_sum, ces, mses = 0.0, [], []
+    for part in parts:
+        (tok, slots, pos, tgt, mask), docs = data.batch(part.tolist(), dev)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
             mem, mse = model.encode(
                 [data.docs[d] for d in docs], "compressor", data.bos, data.eos, dtype
             )
             ce, _ = model.generate_loss((tok, slots, pos, tgt, mask), mem, dtype)
-        loss = ce.mean() + 0.1 * mse.mean()
-        opt.zero_grad(set_to_none=True)
+        loss = ce.sum() / len(ids) + 0.1 * mse.sum() / max(1, n_docs)
         loss.backward()
+        loss_sum += loss.item()
+        ces.append(ce.detach().float().cpu().numpy())
+        mses.append(mse.detach().float().cpu().numpy())
+    if opt is None:
+        model.zero_grad(set_to_none=True)
+    else:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        step += 1
-        seen += len(ids)
-        if step % 20 == 0:
-            kinds = data.z["gen_kind"][ids]
-            qa = ce[torch.from_numpy(kinds != 0).to(dev)].mean().item() if (kinds != 0).any() else 0
-            log({"phase": "a", "step": step, "seen": seen, "t": round(time.time() - t0, 1),
-                 "loss": round(loss.item(), 4), "ce_qa": round(qa, 4),
-                 "mse": round(mse.mean().item(), 4), "lr": opt.param_groups[0]["lr"]})  # fmt: skip
-        if time.time() - last_save > args.save_every:
-            save(model, args.out, ("compressor", "generator"))
-            last_save = time.time()
-    save(model, args.out, ("compressor", "generator"))
-    log({"phase": "a", "done": step, "seen": seen, "epochs": round(seen / data.n, 2)})
-    model.drop = 0.0
+    return loss_sum, np.concatenate(ces), np.concatenate(mses)
 
 
 def phase_b(model, data, args, dev, dtype, log):
@@ -428,7 +515,16 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", required=True)
-    p.add_argument("--init", required=True)
+    p.add_argument("--init", help="the adapters to start from (not with --model random)")
+    p.add_argument("--resume", help="the --out of the call before: its tensors and state.json")
+    p.add_argument(
+        "--total-seconds-a",
+        type=float,
+        default=0,
+        help="phase A's whole run over every call (the schedule spans it); "
+        "0: this call's --seconds-a",
+    )
+    p.add_argument("--accum", type=int, default=1, help="micro-batches per batch")
     p.add_argument("--data")
     p.add_argument("--out", default="out")
     p.add_argument("--seconds-a", type=float, default=330)
@@ -443,6 +539,8 @@ def main() -> int:
     p.add_argument("--check")
     p.add_argument("--cpu", action="store_true")
     args = p.parse_args()
+    if not args.check and not args.data:
+        p.error("--data is needed to train (only --check goes without)")
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     t = time.time()
@@ -450,7 +548,14 @@ def main() -> int:
         base = random_base()
         init = random_init(base)
     else:
+        if not args.init:
+            p.error("--init is needed with a real --model")
         base, init = load_base(args.model), read(args.init)
+    if args.resume:  # the call before's tensors over --init
+        for name in ("compressor", "generator", "query", "tokens"):
+            f = os.path.join(args.resume, f"{name}.safetensors")
+            if os.path.exists(f):
+                init.update({k: v.astype(np.float32) for k, v in load_file(f).items()})
     model = Clara(base, init, dev,
                   torch.bfloat16 if dev.type == "cuda" else torch.float32)  # fmt: skip
     print(f"loaded in {time.time() - t:.1f}s on {dev}", flush=True)
@@ -468,9 +573,21 @@ def main() -> int:
         logf.flush()
 
     data = Data(args.data)
+    state = {"steps": 0, "seen": 0, "seconds_a": 0.0, "cursor": 0, "calls": 0}
+    if args.resume and os.path.exists(os.path.join(args.resume, "state.json")):
+        state.update(json.load(open(os.path.join(args.resume, "state.json"))))
+    digest = sha256(args.data)
+    for key, now in (("data_sha256", digest), ("seed", args.seed), ("batch", args.batch)):
+        if state.get(key, now) != now:  # another data order: the cursor would mean nothing
+            p.error(f"--resume {args.resume} ran with {key} {state[key]}, this call {now}")
+    state.update(data_sha256=digest, seed=args.seed, batch=args.batch, calls=state["calls"] + 1)
+    name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
     log({"examples": data.n, "docs": len(data.docs), "queries": len(data.queries),
-         "device": str(dev), "args": vars(args)})  # fmt: skip
-    phase_a(model, data, args, dev, dtype, log)
+         "device": str(dev), "device_name": name, "args": vars(args), "state": state})  # fmt: skip
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if args.seconds_a > 0:
+        phase_a(model, data, args, dev, dtype, log, state)
     if args.smoke:
         data.shrink(args.smoke)
     phase_b(model, data, args, dev, dtype, log)
