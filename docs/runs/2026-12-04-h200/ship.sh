@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# How the default adapters shipped since 2026-12-04 (evening) were made. Run from the repo root.
+# How the default adapters shipped since 2026-12-04 (evening) were made: a record, with that
+# session's paths (runs/soup-3 from git history, step 2 run by hand on the GPU). To train on
+# over several GPU sessions: docs/runs/gpu-chain. Run from the repo root.
 # Steps 2 needs a CUDA GPU with PyTorch (an H200 took 400 + 90 s of training); the rest runs here.
 set -euo pipefail
 PY=.venv/bin/python

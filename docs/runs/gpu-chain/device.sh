@@ -24,6 +24,7 @@ INIT=$(chain init)
 echo "$(chain init_sha256)  $INIT" | sha256sum -c --quiet || { echo "$INIT is not the chain's"; exit 3; }
 RESUME=()
 if [ -f "$G/prev/state.json" ]; then RESUME=(--resume "$G/prev"); fi
+python3 -c "import torch, safetensors" || { echo "this python3 has no PyTorch (or safetensors)"; exit 3; }
 GIB=$(python3 -c "import torch; c = torch.cuda; print(c.get_device_properties(0).total_memory >> 30 if c.is_available() else 0)")
 ACCUM=1; [ "$GIB" -lt 120 ] && ACCUM=2  # batch 64 peaks near 105 GiB: halves on an H100
 CPU=()
