@@ -78,6 +78,7 @@ def chunk_document(
         )
         splitter.fences = code_blocks(part) if doc.kind == "markdown" else ()
         splitter.rows = doc.kind in ROW_KINDS
+        splitter.flowing = doc.kind in FLOWING_KINDS and not doc.slides
         return [(at + cs, at + ce, n) for cs, ce, n in splitter.spans(max_tokens, overlap)]
 
     if doc.kind in SLIDE_KINDS or doc.slides:  # each slide apart: cited by its own slide
@@ -176,12 +177,13 @@ def _token_offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
     return offsets
 
 
-def _rank(text: str, pos: int) -> int:
-    """How good a cut before text[pos] is: 4 paragraph, 3 sentence end (or a line's end
-    before a list item or heading), 2 another line's end, 1 word, 0 none. A line's end
-    outranks a word's (a list item or table row stays whole), but not a sentence's: a PDF
-    wraps its prose at every line, and the latest wrap won over a sentence end a few words
-    earlier, so chunks ended mid-sentence. (A Markdown code block that fits in a chunk is
+def _rank(text: str, pos: int, flowing: bool = False) -> int:
+    """How good a cut before text[pos] is: 4 paragraph, 3 sentence or line end, 1 word, 0
+    none. In `flowing` text (a PDF's, wrapped at every line) a line's end ranks 2, below a
+    sentence's (unless a list item or heading starts the next line): the latest wrap won over
+    a sentence end a few words earlier, so chunks ended mid-sentence. Elsewhere a line's end
+    is as good as a sentence's (a table row or a line of code stays whole: a review found
+    ". " inside them taken for sentence ends). (A Markdown code block that fits in a chunk is
     cut before, not inside: `whole_code`; one too big for a chunk is cut at its blank lines,
     else its line ends.)"""
     if pos <= 0 or pos >= len(text):
@@ -195,13 +197,15 @@ def _rank(text: str, pos: int) -> int:
     if gap.count("\n") >= 2:
         return 4
     last = left[-1:]
+    if "\n" in gap and not flowing:
+        return 3
     if last and (
         last in _CJK_SENTENCE_END
         or (gap and (last in _SENTENCE_END or (last in _CLOSERS and left[0] in _SENTENCE_END)))
     ):
-        return 3
+        return 3 if flowing or "\n" in gap else 2
     if "\n" in gap:
-        return 3 if _ITEM_OR_HEADING.match(text, j) else 2
+        return 3 if not flowing or _ITEM_OR_HEADING.match(text, j) else 2
     return 1 if gap else 0
 
 
@@ -251,6 +255,7 @@ class _Splitter:
     fences: Sequence[tuple[int, int]] = ()  # Markdown code blocks: (start, end) offsets
     overlap: int = 0
     rows: bool = False  # lines are table rows: the overlap starts at a line's start if it can
+    flowing: bool = False  # prose wrapped at every line (a PDF's): `_rank`
 
     def spans(self, max_tokens: int, overlap: int) -> list[tuple[int, int, int]]:
         self.overlap = overlap
@@ -282,7 +287,7 @@ class _Splitter:
     def rank(self, pos: int) -> int:
         """`_rank` of a cut before text[pos]; for table rows a line's end ranks as a
         paragraph's (a row's "Region: North" is a sentence end too)."""
-        r = _rank(self.text, pos)
+        r = _rank(self.text, pos, self.flowing)
         return 4 if self.rows and r in (2, 3) and _line_start(self.text, pos) else r
 
     def whole_code(self, a: int, b: int, max_tokens: int) -> int:

@@ -115,26 +115,49 @@ def _pdf_heading(norm: list[str], i: int) -> str | None:
     ("Chapter 4: Results"); or a section every paper has, alone on its line ("Abstract",
     "References": unnumbered, they were never found)."""
     line = norm[i]
+    before, after = _previous_line(norm, i), _next_line(norm, i)
     if _NAMED_SECTION.match(line):
-        chapter = _CHAPTER.match(_previous_line(norm, i))
+        chapter = _CHAPTER.match(before)
         return None if chapter and not chapter.group(1) else line.rstrip(":")  # (its title)
-    if m := _CHAPTER.match(line):
-        if m.group(1) or not (title := _next_line(norm, i)) or _ends_sentence(title):
-            return line if len(line) <= MAX_CHARS else None
-        return f"{line}: {title}" if len(title) <= MAX_CHARS else line
+    if m := _CHAPTER.match(line):  # "Chapter 4", "Chapter 4: Results", "Appendix B"
+        if m.group(1):
+            return line if _title_like(m.group(1)) and not _wrapped(before) else None
+        if after and _title_like(after) and not _ends_sentence(after):
+            return f"{line}: {after}"
+        return line
     h = _numbered(line)
     if h is None or _MONTH.match(_NUMBERED.match(line).group(3)):  # "14 March 2024"
         return None
-    before, after = _previous_line(norm, i), _next_line(norm, i)
-    if before and len(before) >= 40 and not _ends_sentence(before):
+    if _wrapped(before):
         return None  # a wrapped line of prose: "… reached after\n2 Tagen erhöhte Werte"
     if _PAGE_AT_END.search(line) and (
-        "…" in line or any(_PAGE_AT_END.search(x or "") for x in (before, after))
+        "…" in line or any(_PAGE_AT_END.search(x) and _NUMBERED.match(x) for x in (before, after))
     ):
         return None  # a contents list's entry: "1 Introduction 1", "2.2 Design … 5"
     if any(_siblings(line, x) for x in (before, after) if x):
         return None  # list items: "1. Growth was highest …", "2. Fees stay …"
     return h
+
+
+def _title_like(title: str) -> bool:
+    """Whether words after "Chapter 3" are a title: a capital first, at most 12 words, no
+    sentence's end ("Chapter 3 we present the method." is prose)."""
+    return (
+        not title[0].islower() and len(title.split()) <= 12 and title[-1] not in ".,;:"
+        and len(title) <= MAX_CHARS
+    )  # fmt: skip
+
+
+def _wrapped(before: str) -> bool:
+    """Whether the line before a heading-like line is prose running on into it: a long line
+    ending without a sentence's end. Not a label ("Keywords: …"), a caption ("Figure 3: …")
+    or a heading of its own ("3.1 Effects of temperature on seal wear")."""
+    if len(before) < 40 or _ends_sentence(before):
+        return False
+    return not (_LABEL.match(before) or _numbered(before) or _CHAPTER.match(before))
+
+
+_LABEL = re.compile(r"^(?:[^\W\d_][\w-]*(?: [\w-]+){0,2}:|(?:figure|fig\.|table|tab\.) ?\d)", re.I)
 
 
 def _previous_line(norm: list[str], i: int) -> str:
@@ -165,22 +188,23 @@ def _siblings(line: str, other: str) -> bool:
 
 _NAMED_SECTION = re.compile(
     r"^(abstract|summary|executive summary|introduction|conclusions?|acknowledge?ments|"
-    r"references|bibliography|appendix(?: [A-Z]\b.*)?|appendices|(?:table of )?contents|"
+    r"references|bibliography|appendices|(?:table of )?contents|"
     r"preface|foreword|glossary|zusammenfassung|einleitung|literatur(?:verzeichnis)?|"
     r"inhaltsverzeichnis|anhang|fazit|bibliographie|résumé|introducción|conclusiones|"
     r"referencias):?$",
     re.IGNORECASE,
 )
-_CHAPTER = re.compile(
-    r"^(?:chapter|chapitre|kapitel|capítulo|capitolo|part|teil) (?:\d{1,3}|[IVXLC]{1,6})"
-    r"(?:[.:]? ([^\W\d_].*))?$",
-    re.IGNORECASE,
+_CHAPTER = re.compile(  # (capitalised: "part 2 of the lease" is prose)
+    r"^(?:Chapter|CHAPTER|Chapitre|CHAPITRE|Kapitel|KAPITEL|Capítulo|CAPÍTULO|Capitolo|"
+    r"CAPITOLO|Part|PART|Teil|TEIL|Appendix|APPENDIX|Anhang|ANHANG) "
+    r"(?:\d{1,3}|[IVXLC]{1,6}|[A-H])(?:[.:]? ([^\W\d_].*))?$"
 )
-_MONTH = re.compile(
-    r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|januar|februar|märz|mai|juni|juli|"
-    r"okt|dez|janvier|février|mars|avril|juin|juillet|août|septembre|octobre|novembre|"
-    r"décembre|enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|octubre|"
-    r"noviembre|diciembre)[a-z]*\.?(?: \d{2,4})?$",
+_MONTH = re.compile(  # month names whole, or their short forms: "7 Maintenance" is a heading
+    r"(?:jan(?:uary|uar)?|feb(?:ruary|ruar)?|mar(?:ch)?|märz|apr(?:il)?|may|mai|june?|juni|"
+    r"july?|juli|aug(?:ust)?|sep(?:t|tember)?|oct(?:ober)?|okt(?:ober)?|nov(?:ember)?|"
+    r"dec(?:ember)?|dez(?:ember)?|janvier|février|mars|avril|juin|juillet|août|septembre|"
+    r"octobre|novembre|décembre|enero|febrero|marzo|abril|mayo|junio|julio|agosto|"
+    r"septiembre|octubre|noviembre|diciembre)\.?(?: \d{2,4})?$",
     re.IGNORECASE,
 )
 _PAGE_AT_END = re.compile(r"(?:…|\s)\s*\d{1,4}$")

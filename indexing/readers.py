@@ -47,7 +47,13 @@ from indexing.office import (
     office_kind,
     office_text,
 )
-from indexing.page_furniture import strip_furniture
+from indexing.page_furniture import (
+    Level,
+    body_size,
+    page_levels,
+    page_margins,
+    strip_furniture,
+)
 
 PDF_EXTENSIONS = frozenset({".pdf"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown", ".mdown", ".mkd"})
@@ -84,7 +90,7 @@ class Document:
     # Markdown: the lines of the page's text the headings are on (None: not known), so a
     # contents list repeating their words takes none of them
     heading_lines: tuple[int, ...] | None = None
-    # a PDF of slides (`_is_deck`): chunked a slide at a time, as a presentation's slides are
+    # a PDF of slides (`_read_pdf`): chunked a slide at a time, as a presentation's slides are
     slides: bool = False
 
     @property
@@ -825,12 +831,13 @@ def clean_text(text: str) -> str:
     return unicodedata.normalize("NFC", _NOISE.sub("", text))
 
 
-def clean_pdf_text(text: str) -> str:
+def clean_pdf_text(text: str, tex: bool = False) -> str:
     """Conservative cleanup of extracted PDF text.
 
     Joins words hyphenated across lines ("exam-\\nple" -> "example", only before a lowercase
     letter), expands Latin ligatures, collapses runs of spaces, trims lines and keeps at most
-    one blank line between paragraphs.
+    one blank line between paragraphs. `tex`: a TeX engine wrote it (`_made_by_tex`), so an
+    accent drawn before its letter is put on it.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
     if _BROKEN_WORD.search(text):
@@ -841,7 +848,8 @@ def clean_pdf_text(text: str) -> str:
     text = _LEADERS.sub(" … ", text)
     text = re.sub(r" *\n *", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
-    text = _SPACING_ACCENT.sub(_accented, text)
+    if tex:  # (elsewhere a lone ´ is an apostrophe or a minute sign: "It´s", "31´N")
+        text = _SPACING_ACCENT.sub(_accented, text)
     text = unicodedata.normalize("NFC", text)  # PDFs often decompose accents
     text = _COMPAT_FORMS.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
     return _join_cjk_wraps(text.translate(_RADICALS)).strip()
@@ -884,8 +892,15 @@ _RADICALS = str.maketrans(
 def _accented(m: re.Match) -> str:
     accent = m.group(1) or m.group(4)
     letter = m.group(2) or m.group(3) or m.group(5)
+    before = m.string[m.start() - 1 : m.start()]
+    if accent == "´" and before.isalnum():  # an apostrophe or a minute sign, not an accent:
+        if letter.isupper() or _CONTRACTION.match(m.string, m.end() - 1):  # O´Neill, It´s
+            return m.group(0)
     composed = unicodedata.normalize("NFC", letter + _ACCENT_MARKS[accent])
     return composed if len(composed) == 1 else m.group(0)  # (no such letter: as it was)
+
+
+_CONTRACTION = re.compile(r"(?:s|m|d|t|re|ll|ve)\b")
 
 
 _HAN_KANA = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
@@ -1244,10 +1259,12 @@ def _read_pdf(
     with _quiet_pypdf():
         reader = _open_pdf(path, data, password)
         n_pages = len(reader.pages)
-        deck = _is_deck(reader)
+        presented, slide_shaped = _made_by_presenter(reader), _slide_shaped(reader)
         pages, failed, empty, sparse = [], [], [], []
         most, chars = pdf_text_bound(len(data)), 0
-        for number, page, text in _pdf_texts(path, data, reader):
+        drawn: list[list[Level] | None] = []
+        for number, page, text, levels in _pdf_texts(path, data, reader):
+            drawn.append(levels)
             chars += len(text or "")
             if chars > most:  # pages that decode one small stream again and again
                 raise CorruptDocumentError(
@@ -1261,7 +1278,7 @@ def _read_pdf(
                 failed.append(number)
             elif not text:
                 empty.append(number)
-            elif len(text) < SPARSE_PAGE_CHARS and not deck and _has_image(page):
+            elif len(text) < SPARSE_PAGE_CHARS and not presented and _has_image(page):
                 sparse.append(number)  # a scan with a stamp or page number on it?
             pages.append(Page(number, text))
 
@@ -1279,7 +1296,11 @@ def _read_pdf(
         )
     if b"%%EOF" not in data[-2048:]:
         warnings.append("file looks truncated (no %%EOF); indexed what could be read")
-    texts = strip_furniture([(page.number, page.text) for page in pages])
+    filled = sorted(len(p.text) for p in pages if p.text)
+    deck = presented or (slide_shaped and bool(filled) and filled[len(filled) // 2] < 600)
+    body = body_size([levels for levels in drawn if levels])
+    margins = [None if levels is None else page_margins(levels, body) for levels in drawn]
+    texts = strip_furniture([(page.number, page.text) for page in pages], margins)
     texts = texts if deck else _join_split_words(texts)
     pages = [Page(page.number, text) for page, text in zip(pages, texts)]
     return pages, warnings, _pdf_title(reader), deck
@@ -1289,16 +1310,23 @@ def _read_pdf(
 _PRESENTERS = re.compile(r"beamer|powerpoint|keynote|impress|google slides", re.IGNORECASE)
 
 
-def _is_deck(reader: Any) -> bool:
-    """Whether a PDF is slides (a PDF audit: a deck was chunked three slides at a time and
-    cited "pages 3-5" for a fact on slide 5; a title and a chart were said to be a scan): its
-    creator is a presentation program (Beamer, PowerPoint, Keynote, Impress), or every page
-    is landscape, at least 1.25 times as wide as high, as a 4:3 or 16:9 slide is."""
+def _made_by_presenter(reader: Any) -> bool:
+    """Whether a presentation program (Beamer, PowerPoint, Keynote, Impress) made the PDF, by
+    its creator or producer: its pages are slides (a PDF audit: a deck was chunked three
+    slides at a time and cited "pages 3-5" for a fact on slide 5, and a slide of a title and
+    a chart was said to be a scan)."""
     try:
         info = reader.metadata or {}
-        made_by = f"{info.get('/Creator', '')} {info.get('/Producer', '')}"
-        if _PRESENTERS.search(made_by):
-            return True
+        return bool(_PRESENTERS.search(f"{info.get('/Creator', '')} {info.get('/Producer', '')}"))
+    except Exception:  # noqa: BLE001 - a broken info dictionary: not known to be slides
+        return False
+
+
+def _slide_shaped(reader: Any) -> bool:
+    """Whether every page (two or more) has a slide's shape: 4:3, 16:10 or 16:9. With little
+    text on a page (`_read_pdf`), such a PDF is read as slides whoever made it; a landscape
+    A4 or Letter report is not (a review)."""
+    try:
         pages = reader.pages
         if len(pages) < 2:
             return False
@@ -1306,10 +1334,10 @@ def _is_deck(reader: Any) -> bool:
             width, height = float(page.mediabox.width), float(page.mediabox.height)
             if (page.rotation or 0) % 180:
                 width, height = height, width
-            if width < 1.25 * height:
+            if not any(abs(width / height - r) < 0.03 for r in (4 / 3, 16 / 10, 16 / 9)):
                 return False
         return True
-    except Exception:  # noqa: BLE001 - a damaged page box or info dictionary: read as pages
+    except Exception:  # noqa: BLE001 - a damaged page box: read as pages
         return False
 
 
@@ -1334,7 +1362,7 @@ def check_pdf_text(path: str | os.PathLike, password: str | None = None) -> None
     with _quiet_pypdf():
         reader = _open_pdf(path, data, password)
         read_any = False
-        for _number, _page, text in _pdf_texts(path, data, reader):
+        for _number, _page, text, _margins in _pdf_texts(path, data, reader):
             if text:
                 return
             read_any = read_any or text is not None
@@ -1392,9 +1420,11 @@ def _open_pdf(path: Path, data: bytes, password: str | None):
     return reader
 
 
-def _pdf_texts(path: Path, data: bytes, reader) -> Iterator[tuple[int, Any, str | None]]:
-    """(page number, page, its cleaned text) in order; text None for a page that could not
-    be read. Past `pdf_time_budget`, looked at between pages, the `CorruptDocumentError`
+def _pdf_texts(
+    path: Path, data: bytes, reader
+) -> Iterator[tuple[int, Any, str | None, list[Level] | None]]:
+    """(page number, page, its cleaned text, its lines as drawn: `page_levels`) in order;
+    text None for a page that could not be read. Past `pdf_time_budget`, looked at between pages, the `CorruptDocumentError`
     that says so (pages that decode a big stream showing no text escape the bound on text;
     one page drawing a big stream many times is bounded by pypdf's own limits on a stream's
     operators and a page's forms). Not at each operator: a visitor makes pypdf read pages and
@@ -1404,12 +1434,20 @@ def _pdf_texts(path: Path, data: bytes, reader) -> Iterator[tuple[int, Any, str 
 
     budget = pdf_time_budget(len(data))
     deadline = time.monotonic() + budget
+    tex = _made_by_tex(reader)
     for number in range(1, len(reader.pages) + 1):
         if time.monotonic() > deadline:
             raise _too_slow(path, data, number, budget)
         try:
             page = reader.pages[number - 1]
-            text = clean_pdf_text(page.extract_text() or "")
+            runs: list[tuple[float, float, str]] = []
+            raw = page.extract_text(visitor_text=lambda *a, runs=runs: runs.append(_drawn(*a)))
+            raw = raw or ""
+            text = clean_pdf_text(raw, tex=tex)
+            try:
+                levels: list[Level] | None = page_levels(runs)
+            except Exception:  # noqa: BLE001 - a layout not understood: lines as they read
+                levels = None
             try:
                 filled = form_values(page)  # (not in the page's own text)
             except Exception:  # noqa: BLE001 - never at the cost of the page's text
@@ -1419,9 +1457,26 @@ def _pdf_texts(path: Path, data: bytes, reader) -> Iterator[tuple[int, Any, str 
         except DependencyError:
             raise _aes_error(path) from None
         except Exception:  # noqa: BLE001 - the caller counts it as a failed page
-            yield number, None, None
+            yield number, None, None, None
         else:
-            yield number, page, text
+            yield number, page, text, levels
+
+
+def _drawn(text: str, cm: Any, tm: Any, font: Any, size: float) -> tuple[float, float, str]:
+    """A piece of a page's text as pypdf's visitor sees it: (its baseline's height on the
+    page, its type size as drawn, its text)."""
+    y = tm[4] * cm[1] + tm[5] * cm[3] + cm[5]
+    return y, (size or 0) * math.hypot(tm[2], tm[3]) * math.hypot(cm[2], cm[3]), text
+
+
+def _made_by_tex(reader: Any) -> bool:
+    """Whether a TeX engine wrote the PDF (its producer: pdfTeX, XeTeX's xdvipdfmx, LuaTeX,
+    dvipdfm), whose default fonts draw accents apart from their letters."""
+    try:
+        info = reader.metadata or {}
+        return bool(re.search(r"tex|dvipdf", str(info.get("/Producer", "")), re.IGNORECASE))
+    except Exception:  # noqa: BLE001 - a broken info dictionary: not known to be TeX
+        return False
 
 
 def form_values(page: Any, most: int = 20_000) -> str:

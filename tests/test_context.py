@@ -112,6 +112,7 @@ def test_a_pdf_of_slides_is_chunked_a_slide_at_a_time(tmp_path: Path, tok) -> No
     slides = [("Motivation", "Widgets are calibrated once a year"), ("Data", None)]
     slides += [("Main result", "Median field drift: 2.1 % per year"), ("Thanks", "Questions?")]
     pdf = FPDF(orientation="L", format=(90.0, 160.0))  # (mm: 16:9)
+    pdf.set_creator("Microsoft® PowerPoint® for Microsoft 365")
     pdf.set_auto_page_break(False)
     for n, (title, point) in enumerate(slides, 1):
         pdf.add_page()
@@ -137,13 +138,14 @@ def test_a_pdf_of_slides_is_chunked_a_slide_at_a_time(tmp_path: Path, tok) -> No
         (1, 1, "Motivation\nWidgets are calibrated once a year"), (2, 2, "Data"),
         (3, 3, "Main result\nMedian field drift: 2.1 % per year"), (4, 4, "Thanks\nQuestions?"),
     ]  # fmt: skip
-    portrait = FPDF()
-    for _ in range(3):
-        portrait.add_page()
-        portrait.set_font("helvetica", size=11)
-        portrait.cell(0, 8, "A page of a report.")
-    path.write_bytes(bytes(portrait.output()))
-    assert not read_document(path).slides
+    for shape in ("P", "L"):  # a report, upright or landscape A4 (a review): no slides
+        report = FPDF(orientation=shape)
+        for _ in range(3):
+            report.add_page()
+            report.set_font("helvetica", size=11)
+            report.cell(0, 8, "A page of a report.")
+        path.write_bytes(bytes(report.output()))
+        assert not read_document(path).slides
 
 
 def test_title_fallbacks_and_context_line():
@@ -185,6 +187,34 @@ def test_pdf_headings_are_told_from_lines_that_only_look_like_them():
         "Contents", "Abstract", "1 Betrieb der Anlage", "2 Finances", "Chapter 4: Results",
         "Chapter 5: Outlook", "Chapter 6: Conclusions", "3.1 Phase 2", "References",
     ]  # fmt: skip
+
+
+def test_pdf_headings_after_labels_captions_and_headings_are_kept():
+    """A review of the rules above: a heading after a keywords line, a caption or a long
+    heading was taken for wrapped prose; "7 Maintenance" for a date (its first letters);
+    a heading after a table row for a contents entry; prose starting "part 2 of",
+    "Chapter 3 we present" or "Appendix B lists" for headings."""
+    kept = [
+        ("Keywords: seal wear, harbour pumps, maintenance scheduling, night shifts\n"
+         "1 Introduction\nPumps.", ["1 Introduction"]),
+        ("Figure 3: Distribution of seal wear by pump type and pressure\n4 Discussion\nLow.",
+         ["4 Discussion"]),
+        ("3.1 Effects of temperature on long-term seal wear\n3.1.1 Field data\nWe measured.",
+         ["3.1 Effects of temperature on long-term seal wear", "3.1.1 Field data"]),
+        ("Intro.\n7 Maintenance\nSeals.\n8 Decisions\nA.\n3 Marketing\nAds.",
+         ["7 Maintenance", "8 Decisions", "3 Marketing"]),
+        ("Region | 2023 | 1200\n5 Outlook 2030\nThe plan.", ["5 Outlook 2030"]),
+        ("Text.\nAppendix B: Interview questions\nQ1.\nAppendix C\nRaw data\nx",
+         ["Appendix B: Interview questions", "Appendix C: Raw data"]),
+        ("as described in the following paragraphs of this lease\npart 2 of the lease the "
+         "tenant pays rent.\nMore.", []),
+        ("as is explained in the rest of this thesis, namely. In\nChapter 3 we present the "
+         "method and its results.\nText.", []),
+        ("shown in the questionnaire of the study in the appendix as\nAppendix B lists the "
+         "interview questions used in the second round of the study and\nthe answers.", []),
+    ]  # fmt: skip
+    for text, headings in kept:
+        assert [h for _, h in find_headings(text, "pdf")] == headings, text
 
 
 def test_chunk_contexts_use_the_heading_in_force_early_in_the_chunk():

@@ -33,6 +33,8 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.requested_at: float | None = None
+        self._first: int | None = None  # the signal that asked
+        self._passed_on = False  # the launcher's SIGTERM after a Ctrl-C's SIGINT, taken
         self._forced = False
         self._writing = 0
         self._previous: dict[int, object] = {}
@@ -57,7 +59,11 @@ class StopRequests:
     def _on_signal(self, signum: int, frame: object) -> None:
         now = monotonic()
         if self.requested_at is None:
-            self.requested_at = now
+            self.requested_at, self._first = now, signum
+        elif signum == signal.SIGTERM and self._first == signal.SIGINT and not self._passed_on:
+            self._passed_on = True  # the launcher passing the same Ctrl-C on, however late
+            # (on a loaded machine it came over a second after, and stopped a rank mid-step:
+            # the other rank then failed with "connection to a peer was lost")
         elif now - self.requested_at >= FORCE_AFTER_S:
             if self._writing:
                 self._forced = True
