@@ -1614,7 +1614,9 @@ def _largest_words(page: Any) -> str | None:
     runs: list[tuple[float, str]] = []
 
     def seen(text: str, cm: list[float], tm: list[float], font: Any, size: float) -> None:
-        if text.strip() and size:  # (the size as drawn: the font's, scaled by both matrices)
+        upright = not (tm[1] or tm[2] or cm[1] or cm[2])  # (a "DRAFT" watermark set across
+        # the page in huge type is no title: a review)
+        if text.strip() and size and upright:  # (the size as drawn: scaled by both matrices)
             runs.append(
                 (round(size * math.hypot(tm[2], tm[3]) * math.hypot(cm[2], cm[3]), 1), text)
             )

@@ -100,6 +100,18 @@ def test_a_pdf_without_a_title_is_titled_by_its_largest_words(tmp_path: Path, to
     assert doc.title == "Adaptive Scheduling of Hospital Night Shifts"
     chunks = chunk_document(doc, tok, max_tokens=64, overlap=0)
     assert chunks[-1].context == "Adaptive Scheduling of Hospital Night Shifts"
+    # a watermark across the page, in the largest type of all, is no title (a review)
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=11)
+    pdf.cell(0, 8, "Harbour board minutes, 14 March")
+    pdf.ln()
+    pdf.multi_cell(0, 6, FILLER)
+    with pdf.rotation(45, x=100, y=150):
+        pdf.set_font("helvetica", size=80)
+        pdf.text(40, 180, "DRAFT")
+    path.write_bytes(bytes(pdf.output()))
+    assert read_document(path).title in (None, meta)
 
 
 def test_a_pdf_of_slides_is_chunked_a_slide_at_a_time(tmp_path: Path, tok) -> None:

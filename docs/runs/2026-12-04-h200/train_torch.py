@@ -22,7 +22,8 @@ compressor.safetensors, generator.safetensors, query.safetensors, tokens.safeten
 A run longer than one call (a lent GPU's 10-minute calls) goes on with `--resume PREV`, the
 `--out` of the call before: its tensors over `--init`, and its `state.json` (steps, examples,
 seconds of phase A done, the next batch of the data order) so that the learning-rate schedule
-(`--total-seconds-a`) and the data order run on over the calls instead of starting again.
+(`--total-seconds-a`) and the data order run on over the calls instead of starting again (the
+optimizer's moments do not travel: a resumed call warms its rate up again over `REWARM` steps).
 Every save writes the tensors and state.json atomically; SIGINT or SIGTERM (`timeout -s INT`)
 stops after the step in hand and saves. `--accum N` splits each batch into N micro-batches
 (the same gradient in 1/N of the activation memory: batch 64 needs about 105 GiB at its
@@ -320,6 +321,10 @@ def _atomic(path, write):
     os.replace(tmp, path)
 
 
+#: Steps over which a resumed call brings the learning rate back up: its AdamW starts with no
+#: moments (they are not carried between calls), and its first steps at the schedule's rate
+#: were about 4 times the usual update (a review)
+REWARM = 40
 STOP = {"asked": False}  # set by SIGINT / SIGTERM: stop after the step in hand, and save
 
 
@@ -375,8 +380,9 @@ def phase_a(model, data, args, dev, dtype, log, state):
         if elapsed >= args.seconds_a or start["seconds_a"] + elapsed >= total:
             break
         ids = groups[(start["cursor"] + step) % len(groups)]
+        rewarm = min(1.0, (step + 1) / REWARM) if start["steps"] else 1.0
         for g in opt.param_groups:
-            g["lr"] = schedule((start["seconds_a"] + elapsed) / total, args.lr_a)
+            g["lr"] = rewarm * schedule((start["seconds_a"] + elapsed) / total, args.lr_a)
         loss, ce, mse = train_step(model, data, ids, args, dev, dtype, opt, params)
         step += 1
         seen += len(ids)

@@ -29,8 +29,8 @@ if [ ! -f .gpu/m/model.xz.$((PARTS - 1)) ]; then
   xz -9 -T0 -c "$MODEL" > .gpu/model.xz
   split -n "$PARTS" -d -a 1 .gpu/model.xz .gpu/m/model.xz. && rm .gpu/model.xz
 fi
-TREE=$( (git ls-files; git ls-files --others --exclude-standard) | sort -u \
-  | xargs -d '\n' stat -c %s 2>/dev/null | awk '{s += $1} END {print s}')
+TREE=$(git ls-files -z --cached --others --exclude-standard \
+  | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}' || true)
 BIG=$(stat -c %s .gpu/m/model.xz.0)
 echo "working tree $((TREE >> 20)) MiB + a part $((BIG >> 20)) MiB (64 at most a call)"
 [ $((TREE + BIG)) -le $((60 << 20)) ] \
@@ -39,6 +39,9 @@ echo "working tree $((TREE >> 20)) MiB + a part $((BIG >> 20)) MiB (64 at most a
 # the state the last session left, kept in git history (the tree stays small)
 rm -rf .gpu/prev
 if [ "$(chain state_commit)" != None ]; then
+  git cat-file -e "$(chain state_commit)^{commit}" 2>/dev/null || {
+    echo "the last state's commit $(chain state_commit) is not in this clone's history"
+    echo "(fetch it, or unshallow: git fetch --unshallow); nothing restored"; exit 1; }
   mkdir -p .gpu/prev
   for f in compressor generator tokens; do
     git show "$(chain state_commit):$HERE/state/$f.safetensors" > .gpu/prev/$f.safetensors
