@@ -298,9 +298,18 @@ def recover_contexts(
         for t in texts:
             at = text.find(t, max(0, pos - len(t)))
             at = text.find(t) if at < 0 else at
-            spans.append((max(at, 0), max(at, 0) + len(t)))
+            spans.append((at, at + len(t)) if at >= 0 else None)
             pos = max(pos, at + len(t))
-        return chunk_contexts(title, headings, spans, text)
+        found = iter(chunk_contexts(title, headings, [s for s in spans if s], text))
+        # A chunk the file's text no longer holds (read by an older clara, whose reader left
+        # a running head in it): its own headings, under the document's title (a review: it
+        # was placed at the text's start, and its context came out empty).
+        return [
+            next(found)
+            if span
+            else chunk_contexts(title, find_headings(t, kind), [(0, len(t))], t)[0]
+            for t, span in zip(texts, spans)
+        ]
     joined = "\n".join(texts)
     headings = find_headings(joined)
     title = document_title(joined, headings, None, name)

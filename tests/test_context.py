@@ -253,6 +253,12 @@ def test_recover_contexts_from_the_file_or_from_the_chunks():
     texts = ["Guide\n=====\nintro text", "Setup\n-----\nsetup text here"]
     assert recover_contexts(texts, "g.txt", (text, "text", [], None)) == ["", "Guide"]
     assert recover_contexts(texts, "g.txt", None) == ["", "Guide"]
+    # a chunk an older reader stored with a running head in it, not in the file's text now
+    text = "Harbour Report\nSome words on the harbour.\n1 Intro\nalpha beta.\n2 Methods\ngamma."
+    texts = ["Some words on the harbour.\n1 Intro\nalpha beta.", "2 Methods\nHEAD 3\ngamma."]
+    assert recover_contexts(texts, "r.pdf", (text, "pdf", [], None)) == [
+        "Harbour Report", "Harbour Report"
+    ]  # fmt: skip
 
 
 def test_a_contents_list_and_a_code_fence_are_no_headings(tmp_path) -> None:
