@@ -53,6 +53,7 @@ def _numbered(line: str) -> str | None:
         or len(line.strip()) > MAX_CHARS
         or line.rstrip()[-1] in ".,;:"
         or m.group(3)[0].islower()
+        or _SENTENCE_INSIDE.search(m.group(3))  # "E. Golay. Marcel Jules …": prose
     ):
         return None
     return line.strip() if len(m.group(3).split()) <= 12 else None
@@ -82,6 +83,8 @@ def find_headings(
     lines = _lines(text)
     wanted = [" ".join(h.split()) for h in markdown if h.strip()]
     norm = [" ".join(line.split()) for _, line in lines]
+    widths = sorted(len(x) for x in norm if x)
+    full = max(30.0, 0.85 * widths[int(0.9 * (len(widths) - 1))]) if widths else 30.0
     named = set(wanted)
     out: list[tuple[int, str]] = []
     for i, (pos, line) in enumerate(lines):
@@ -102,12 +105,12 @@ def find_headings(
         ):
             if len(stripped) <= 2 * MAX_CHARS:
                 out.append((pos, stripped))
-        elif kind == "pdf" and (h := _pdf_heading(norm, i)):
+        elif kind == "pdf" and (h := _pdf_heading(norm, i, full)):
             out.append((pos, h))
     return out
 
 
-def _pdf_heading(norm: list[str], i: int) -> str | None:
+def _pdf_heading(norm: list[str], i: int, full: float) -> str | None:
     """Line `i` of a PDF's text (`norm`: its lines, spaces collapsed) as a section heading:
     numbered ("3.2 Results", "IV. Costs") unless its neighbours show it is none (a PDF audit
     found wrapped prose, list items, dates and contents entries taken for headings: a
@@ -121,15 +124,15 @@ def _pdf_heading(norm: list[str], i: int) -> str | None:
         return None if chapter and not chapter.group(1) else line.rstrip(":")  # (its title)
     if m := _CHAPTER.match(line):  # "Chapter 4", "Chapter 4: Results", "Appendix B"
         if m.group(1):
-            return line if _title_like(m.group(1)) and not _wrapped(before) else None
+            return line if _title_like(m.group(1)) and not _wrapped(norm, i, full) else None
         if after and _title_like(after) and not _ends_sentence(after):
             return f"{line}: {after}"
         return line
     h = _numbered(line)
     if h is None or _MONTH.match(_NUMBERED.match(line).group(3)):  # "14 March 2024"
         return None
-    if _wrapped(before):
-        return None  # a wrapped line of prose: "… reached after\n2 Tagen erhöhte Werte"
+    if _wrapped(norm, i, full):  # a wrapped line of prose: "… am Ablauf meldete an\n2 Tagen"
+        return None
     if _PAGE_AT_END.search(line) and (
         "…" in line or any(_PAGE_AT_END.search(x) and _NUMBERED.match(x) for x in (before, after))
     ):
@@ -148,15 +151,26 @@ def _title_like(title: str) -> bool:
     )  # fmt: skip
 
 
-def _wrapped(before: str) -> bool:
-    """Whether the line before a heading-like line is prose running on into it: a long line
-    ending without a sentence's end. Not a label ("Keywords: …"), a caption ("Figure 3: …")
-    or a heading of its own ("3.1 Effects of temperature on seal wear")."""
-    if len(before) < 40 or _ends_sentence(before):
+def _wrapped(norm: list[str], i: int, full: float) -> bool:
+    """Whether the line before line `i` is prose running on into it: a full line ending
+    without a sentence's end, full as the lines of its paragraph before it are (two columns'
+    lines are half a page's), or as the text's long lines are (`full`) when it has none. Not a
+    label ("Keywords: …"), a caption ("Figure 3: …") or a heading of its own ("3.1 Effects of
+    temperature on seal wear"); a paragraph's last line is seldom full."""
+    at = next((j for j in range(i - 1, max(-1, i - 4), -1) if norm[j]), None)
+    if at is None:
+        return False
+    before = norm[at]
+    if len(before) < 25 or _ends_sentence(before):
+        return False
+    above = [x for x in norm[max(0, at - 3) : at] if x]
+    widths = sorted(len(x) for x in above)
+    if len(before) < 0.85 * (widths[len(widths) // 2] if widths else full):
         return False
     return not (_LABEL.match(before) or _numbered(before) or _CHAPTER.match(before))
 
 
+_SENTENCE_INSIDE = re.compile(r"[^\W\d_]{4,}\. [A-Z]")
 _LABEL = re.compile(r"^(?:[^\W\d_][\w-]*(?: [\w-]+){0,2}:|(?:figure|fig\.|table|tab\.) ?\d)", re.I)
 
 

@@ -15,8 +15,9 @@ text) that recur on many pages.
   counting with the pages, on another page and on most pages it is on: a last line "in 7
   steps." on page 7 stays, and so does "Chapter 1" on the page numbered 1.
 - A **running head or foot**: the same line (letter case and spacing aside) at the same edge
-  on at least `_least_pages` pages. Its first time stays, as the document's own words (a
-  table's column headers repeated on each page keep one copy); the repeats go.
+  on at least `_least_pages` pages. Where the pages' layout is known (`page_margins`), only a
+  line set in a margin counts, and every copy goes; where it is not, the first copy stays,
+  as the document's own words (a table's column names heading each page).
 
 Short documents (under 3 pages with text) are left as they are: two pages cannot tell a
 running head from a coincidence.
@@ -74,7 +75,7 @@ def strip_furniture(
         return [text for _, text in pages]
     drop: list[set[int]] = [set() for _ in pages]
     _page_numbers(pages, lines, edges, least, drop)
-    _running_lines(lines, edges, least, drop)
+    _running_lines(lines, edges, least, drop, keep_first=margins is None)
     out = []
     for (_, text), page_lines, gone in zip(pages, lines, drop):
         if not gone:
@@ -255,9 +256,15 @@ def _runs_three(pages: set[int]) -> bool:
 
 
 def _running_lines(
-    lines: list[list[str]], edges: list[list[tuple[str, int]]], least: int, drop: list[set[int]]
+    lines: list[list[str]],
+    edges: list[list[tuple[str, int]]],
+    least: int,
+    drop: list[set[int]],
+    keep_first: bool,
 ) -> None:
-    """Mark the repeats of a line that recurs at the same edge of `least` pages or more."""
+    """Mark a line that recurs at the same edge of `least` pages or more: every time when
+    it is known to be set in the margins, else its repeats only (a table's column names
+    heading each page keep one copy)."""
     seen: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     for p, page_edges in enumerate(edges):
         for edge, i in page_edges:
@@ -268,5 +275,5 @@ def _running_lines(
                 seen[(edge, line)].append((p, i))
     for places in seen.values():
         if len(Counter(p for p, _ in places)) >= least:
-            for p, i in places[1:]:
+            for p, i in places[1 if keep_first else 0 :]:
                 drop[p].add(i)

@@ -231,8 +231,8 @@ class _Article(FPDF):
 def test_pdf_running_heads_and_page_numbers_are_not_read_into_the_text(tmp_path: Path) -> None:
     """A PDF audit: every page's "Journal of Harbour Studies, Vol 3 (2024)" and "Page 3 of
     7" were read in among the prose, so a sentence crossing a page break was indexed with them
-    in its middle. A running head's first time stays (the document's own words), its repeats
-    and every page number go; the prose, numbers in it included, stays whole."""
+    in its middle. Running heads (each of two, on odd and even pages) and page numbers go;
+    the prose, numbers in it included, stays whole."""
     import random
 
     rng = random.Random(0)
@@ -247,9 +247,7 @@ def test_pdf_running_heads_and_page_numbers_are_not_read_into_the_text(tmp_path:
         pdf.multi_cell(0, 6, body)
     doc = read_document(write(tmp_path, "article.pdf", bytes(pdf.output())))
     texts = [p.text for p in doc.pages]
-    assert texts[0].startswith("Journal of Harbour Studies, Vol 3 (2024)\n")
-    assert texts[1].startswith("A. Keeper et al.\n")  # (the even pages' first)
-    assert not any("Journal" in t or "Keeper et al" in t for t in texts[2:])
+    assert not any("Journal" in t or "Keeper et al" in t for t in texts)
     assert not any("Page " in t or " of 7" in t for t in texts)
     for text, body in zip(texts, bodies):  # every word of the prose, in order
         assert " ".join(text.split()).endswith(body)
