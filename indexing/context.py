@@ -154,7 +154,8 @@ def _title_like(title: str) -> bool:
 def _wrapped(norm: list[str], i: int, full: float) -> bool:
     """Whether the line before line `i` is prose running on into it: a full line ending
     without a sentence's end, full as the lines of its paragraph before it are (two columns'
-    lines are half a page's), or as the text's long lines are (`full`) when it has none. Not a
+    lines are half a page's), or as the text's long lines are (`full`) when it has none, and
+    line `i` at least half as long. Not a
     label ("Keywords: …"), a caption ("Figure 3: …") or a heading of its own ("3.1 Effects of
     temperature on seal wear"); a paragraph's last line is seldom full."""
     at = next((j for j in range(i - 1, max(-1, i - 4), -1) if norm[j]), None)
@@ -165,8 +166,9 @@ def _wrapped(norm: list[str], i: int, full: float) -> bool:
         return False
     above = [x for x in norm[max(0, at - 3) : at] if x]
     widths = sorted(len(x) for x in above)
-    if len(before) < 0.85 * (widths[len(widths) // 2] if widths else full):
-        return False
+    width = widths[len(widths) // 2] if widths else full
+    if len(before) < 0.85 * width or len(norm[i]) < 0.5 * width:
+        return False  # (a heading is short: "9 Starbucks" after a line cut off mid-sentence)
     return not (_LABEL.match(before) or _numbered(before) or _CHAPTER.match(before))
 
 
