@@ -177,13 +177,13 @@ def _token_offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
     return offsets
 
 
-def _rank(text: str, pos: int, flowing: bool = False) -> int:
+def _rank(text: str, pos: int, flowing: bool = False, code: bool = False) -> int:
     """How good a cut before text[pos] is: 4 paragraph, 3 sentence or line end, 1 word, 0
     none. In `flowing` text (a PDF's, wrapped at every line) a line's end ranks 2, below a
     sentence's (unless a list item or heading starts the next line): the latest wrap won over
     a sentence end a few words earlier, so chunks ended mid-sentence. Elsewhere a line's end
-    is as good as a sentence's (a table row or a line of code stays whole: a review found
-    ". " inside them taken for sentence ends). (A Markdown code block that fits in a chunk is
+    is as good as a sentence's, and better than a ". " inside a table row or a line of `code`
+    (a review found rows and statements cut there). (A Markdown code block that fits in a chunk is
     cut before, not inside: `whole_code`; one too big for a chunk is cut at its blank lines,
     else its line ends.)"""
     if pos <= 0 or pos >= len(text):
@@ -203,7 +203,10 @@ def _rank(text: str, pos: int, flowing: bool = False) -> int:
         last in _CJK_SENTENCE_END
         or (gap and (last in _SENTENCE_END or (last in _CLOSERS and left[0] in _SENTENCE_END)))
     ):
-        return 3 if flowing or "\n" in gap else 2
+        if flowing or "\n" in gap:
+            return 3
+        line = text.rfind("\n", 0, i) + 1  # (a table row or code: its line's end is better)
+        return 2 if code or text.startswith(("|", "    ", "\t"), line) else 3
     if "\n" in gap:
         return 3 if not flowing or _ITEM_OR_HEADING.match(text, j) else 2
     return 1 if gap else 0
@@ -287,7 +290,9 @@ class _Splitter:
     def rank(self, pos: int) -> int:
         """`_rank` of a cut before text[pos]; for table rows a line's end ranks as a
         paragraph's (a row's "Region: North" is a sentence end too)."""
-        r = _rank(self.text, pos, self.flowing)
+        k = bisect.bisect_right(self.fences, (pos, len(self.text) + 1)) - 1
+        code = k >= 0 and self.fences[k][0] < pos < self.fences[k][1]
+        r = _rank(self.text, pos, self.flowing, code)
         return 4 if self.rows and r in (2, 3) and _line_start(self.text, pos) else r
 
     def whole_code(self, a: int, b: int, max_tokens: int) -> int:

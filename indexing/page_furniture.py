@@ -15,9 +15,9 @@ text) that recur on many pages.
   counting with the pages, on another page and on most pages it is on: a last line "in 7
   steps." on page 7 stays, and so does "Chapter 1" on the page numbered 1.
 - A **running head or foot**: the same line (letter case and spacing aside) at the same edge
-  on at least `_least_pages` pages. Where the pages' layout is known (`page_margins`), only a
-  line set in a margin counts, and every copy goes; where it is not, the first copy stays,
-  as the document's own words (a table's column names heading each page).
+  on at least `_least_pages` pages, where the pages' layout is known (`page_margins`) set in
+  a margin at one height. Its first copy stays, as the document's own words (a letterhead);
+  the repeats go.
 
 Short documents (under 3 pages with text) are left as they are: two pages cannot tell a
 running head from a coincidence.
@@ -56,7 +56,7 @@ _ROMAN_VALUES = {"i": 1, "v": 5, "x": 10, "l": 50, "c": 100, "d": 500, "m": 1000
 
 
 def strip_furniture(
-    pages: Sequence[tuple[int, str]], margins: Sequence[set[str] | None] | None = None
+    pages: Sequence[tuple[int, str]], margins: Sequence[dict[str, float] | None] | None = None
 ) -> list[str]:
     """Each page's text without its running heads, foots and page numbers (see the module's
     docstring); `pages`: (page number, text) in order. `margins`: each page's `page_margins`
@@ -75,7 +75,7 @@ def strip_furniture(
         return [text for _, text in pages]
     drop: list[set[int]] = [set() for _ in pages]
     _page_numbers(pages, lines, edges, least, drop)
-    _running_lines(lines, edges, least, drop, keep_first=margins is None)
+    _running_lines(lines, edges, least, drop, margins)
     out = []
     for (_, text), page_lines, gone in zip(pages, lines, drop):
         if not gone:
@@ -126,16 +126,16 @@ def body_size(pages: Sequence[Sequence[Level]]) -> float:
     return sizes.most_common(1)[0][0] if sizes else 0.0
 
 
-def page_margins(levels: Sequence[Level], body: float) -> set[str]:
-    """The lines a page sets in its margins, `squash`ed (`levels`: `page_levels`; `body`:
-    `body_size`). A line is in the top (or bottom) margin when a gap of at least 1.8 times the
+def page_margins(levels: Sequence[Level], body: float) -> dict[str, float]:
+    """The lines a page sets in its margins, `squash`ed, with their heights on the page
+    (`levels`: `page_levels`; `body`: `body_size`); none set larger than the text. A line is in the top (or bottom) margin when a gap of at least 1.8 times the
     page's usual line spacing parts it from the text below (above) it (a running head, a page
     number), or when it is among the page's two top (bottom) lines and set smaller than the
     document's text. A review found the text alone could not tell a report's "Test case 3"
     heading each page, or its "Result: PASS" closing each, from a running head: they recur as
     heads do, but sit in the text's own lines."""
     if not levels:
-        return set()
+        return {}
     margin = {id(lv) for lv in levels[:2] + levels[-2:] if lv.size < 0.95 * body}
     gaps = [a.y - b.y for a, b in zip(levels, levels[1:])]
     if gaps:
@@ -147,7 +147,11 @@ def page_margins(levels: Sequence[Level], body: float) -> set[str]:
             if gaps[widest] >= 1.8 * spacing:
                 outer = levels[: widest + 1] if ends is top else levels[widest + 1 :]
                 margin.update(id(lv) for lv in outer)
-    return {squash(lv.text) for lv in levels if id(lv) in margin}
+    return {
+        squash(lv.text): lv.y
+        for lv in levels
+        if id(lv) in margin and lv.size <= 1.05 * body  # (a record's "Question 3" set large
+    }  # over its text, on every page, is a heading: a re-audit)
 
 
 def squash(line: str) -> str:
@@ -260,20 +264,23 @@ def _running_lines(
     edges: list[list[tuple[str, int]]],
     least: int,
     drop: list[set[int]],
-    keep_first: bool,
+    margins: Sequence[dict[str, float] | None] | None,
 ) -> None:
-    """Mark a line that recurs at the same edge of `least` pages or more: every time when
-    it is known to be set in the margins, else its repeats only (a table's column names
-    heading each page keep one copy)."""
-    seen: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    """Mark the repeats of a line that recurs at the same edge of `least` pages or more (its
+    first copy stays, the document's own words: a letterhead, a table's column names heading
+    each page). Where the pages' layout is known, only at one height on the page (a running
+    foot stays put; a report's "Result: PASS" after steps of any length moves)."""
+    seen: dict[tuple[str, str, float], list[tuple[int, int]]] = defaultdict(list)
     for p, page_edges in enumerate(edges):
         for edge, i in page_edges:
             if i in drop[p]:
                 continue
             line = _SPACES.sub(" ", lines[p][i].strip().lower())
+            known = margins[p] if margins is not None else None
+            height = round(known.get(squash(lines[p][i]), 0.0) / 3) if known else 0.0
             if len(line) <= LONGEST:
-                seen[(edge, line)].append((p, i))
+                seen[(edge, line, height)].append((p, i))
     for places in seen.values():
         if len(Counter(p for p, _ in places)) >= least:
-            for p, i in places[1 if keep_first else 0 :]:
+            for p, i in places[1:]:
                 drop[p].add(i)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import fnmatch
+import functools
 import glob
 import hashlib
 import io
@@ -18,6 +19,7 @@ import os
 import re
 import stat
 import sys
+import threading
 import time
 import unicodedata
 from collections import Counter
@@ -1441,13 +1443,22 @@ def _pdf_texts(
         try:
             page = reader.pages[number - 1]
             runs: list[tuple[float, float, str]] = []
-            raw = page.extract_text(visitor_text=lambda *a, runs=runs: runs.append(_drawn(*a)))
-            raw = raw or ""
-            text = clean_pdf_text(raw, tex=tex)
-            try:
-                levels: list[Level] | None = page_levels(runs)
-            except Exception:  # noqa: BLE001 - a layout not understood: lines as they read
-                levels = None
+            levels: list[Level] | None = None
+            if _text_only_visitor():
+                _VISITING.text_only = True
+                try:
+                    raw = page.extract_text(
+                        visitor_text=lambda *a, runs=runs: runs.append(_drawn(*a))
+                    )
+                finally:
+                    _VISITING.text_only = False
+                try:
+                    levels = page_levels(runs)
+                except Exception:  # noqa: BLE001 - a layout not understood: lines as they read
+                    levels = None
+            else:
+                raw = page.extract_text()
+            text = clean_pdf_text(raw or "", tex=tex)
             try:
                 filled = form_values(page)  # (not in the page's own text)
             except Exception:  # noqa: BLE001 - never at the cost of the page's text
@@ -1460,6 +1471,37 @@ def _pdf_texts(
             yield number, None, None, None
         else:
             yield number, page, text, levels
+
+
+_VISITING = threading.local()
+
+
+@functools.cache
+def _text_only_visitor() -> bool:
+    """Whether pypdf can be asked for where its text is drawn without reading what draws no
+    text. Given any visitor, pypdf parses every content stream and form, text or not, which
+    it otherwise skips: a vector logo in a report's header made it 16 times slower to read,
+    and a 198-page one was refused as a bomb (a re-audit; the same slowdown an earlier fix
+    had removed). While `_VISITING.text_only` is set, its check for text is kept (a private
+    function of pypdf's, wrapped here; without it, pages are read without their layout)."""
+    try:
+        from pypdf import _text_extraction as extraction
+    except ImportError:
+        return False
+    original = getattr(extraction, "_get_content_stream_for_text", None)
+    if original is None:
+        return False
+    if getattr(original, "clara_text_only", False):
+        return True
+
+    def content_for_text(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_VISITING, "text_only", False) and "has_visitor" in kwargs:
+            kwargs["has_visitor"] = False  # (a stream without text operators gives no text)
+        return original(*args, **kwargs)
+
+    content_for_text.clara_text_only = True  # type: ignore[attr-defined]
+    extraction._get_content_stream_for_text = content_for_text
+    return True
 
 
 def _drawn(text: str, cm: Any, tm: Any, font: Any, size: float) -> tuple[float, float, str]:

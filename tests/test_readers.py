@@ -125,6 +125,29 @@ def test_a_pdf_holding_more_text_than_its_size_allows_is_refused(
         check_pdf_text(write(tmp_path, "slow.pdf", make_pdf_bomb(2**17, 8, text=b" ")))
 
 
+def test_layout_is_read_without_parsing_what_draws_no_text() -> None:
+    """A re-audit: reading each page with a visitor (for where its lines are drawn) made pypdf
+    parse every stream and form without text, which it otherwise skips: a vector logo in a
+    report's header made it 16 times slower, and a 198-page one was refused as a bomb. While
+    clara reads a page's layout, a stream holding no text operator is still skipped."""
+    from pypdf import _text_extraction as extraction
+    from pypdf.generic import DecodedStreamObject
+
+    assert readers._text_only_visitor()
+    drawing = DecodedStreamObject()
+    drawing.set_data(b"0 0 m 10 10 l S\n" * 1000)
+    skip = extraction._get_content_stream_for_text
+    assert skip(drawing, None, None, has_visitor=True) is not None  # (pypdf's own way)
+    readers._VISITING.text_only = True
+    try:
+        assert skip(drawing, None, None, has_visitor=True) is None
+        text = DecodedStreamObject()
+        text.set_data(b"BT /F1 12 Tf (words) Tj ET\n")
+        assert skip(text, None, None, has_visitor=True) is not None
+    finally:
+        readers._VISITING.text_only = False
+
+
 def test_pdf_pages_keep_their_numbers_text_and_hash(tmp_path: Path) -> None:
     data = make_pdf(["Alpha page about lighthouses.", "Beta page about harbours.", "Gamma."])
     doc = read_document(write(tmp_path, "three.pdf", data))
@@ -231,8 +254,8 @@ class _Article(FPDF):
 def test_pdf_running_heads_and_page_numbers_are_not_read_into_the_text(tmp_path: Path) -> None:
     """A PDF audit: every page's "Journal of Harbour Studies, Vol 3 (2024)" and "Page 3 of
     7" were read in among the prose, so a sentence crossing a page break was indexed with them
-    in its middle. Running heads (each of two, on odd and even pages) and page numbers go;
-    the prose, numbers in it included, stays whole."""
+    in its middle. A running head's first copy stays (the document's own words), its repeats
+    and every page number go; the prose, numbers in it included, stays whole."""
     import random
 
     rng = random.Random(0)
@@ -247,7 +270,9 @@ def test_pdf_running_heads_and_page_numbers_are_not_read_into_the_text(tmp_path:
         pdf.multi_cell(0, 6, body)
     doc = read_document(write(tmp_path, "article.pdf", bytes(pdf.output())))
     texts = [p.text for p in doc.pages]
-    assert not any("Journal" in t or "Keeper et al" in t for t in texts)
+    assert texts[0].startswith("Journal of Harbour Studies, Vol 3 (2024)\n")
+    assert texts[1].startswith("A. Keeper et al.\n")  # (the even pages' first)
+    assert not any("Journal" in t or "Keeper et al" in t for t in texts[2:])
     assert not any("Page " in t or " of 7" in t for t in texts)
     for text, body in zip(texts, bodies):  # every word of the prose, in order
         assert " ".join(text.split()).endswith(body)
@@ -272,6 +297,17 @@ def test_a_record_on_each_page_is_no_running_head(tmp_path: Path) -> None:
     doc = read_document(write(tmp_path, "tests.pdf", bytes(pdf.output())))
     assert [p.text.split("\n")[0] for p in doc.pages] == [f"Test case {n}" for n in range(1, 9)]
     assert [p.text.split("\n")[-1][8:] for p in doc.pages] == ["PASS"] * 4 + ["FAIL"] + ["PASS"] * 3
+    # a record's heading set large with space below it, as headings are (a re-audit)
+    pdf = FPDF()
+    for n in range(1, 9):
+        pdf.add_page()
+        pdf.set_font("helvetica", "B", 16)
+        pdf.cell(0, 10, f"Question {n}")
+        pdf.ln(24)
+        pdf.set_font("helvetica", size=11)
+        pdf.multi_cell(0, 6, f"Explain why pump {'ABC'[n % 3]} loses {10 + n} bar an hour. " * 3)
+    doc = read_document(write(tmp_path, "exam.pdf", bytes(pdf.output())))
+    assert [p.text.split("\n")[0] for p in doc.pages] == [f"Question {n}" for n in range(1, 9)]
 
 
 def test_page_furniture_is_told_from_the_text_by_repetition() -> None:
