@@ -19,6 +19,12 @@ text) that recur on many pages.
   a margin at one height. Its first copy stays, as the document's own words (a letterhead);
   the repeats go.
 
+Where the pages' layout is known (the reader's `page_margins`: where pypdf draws each line),
+only a line set in a page's margins is a candidate: apart from the text by a wide gap, or in
+smaller type, and never in larger type. A report's "Test case 3" heading each page, or an
+exam's "Question 3" set large over its question, recurs as running heads do but is no
+furniture (a review and a re-audit found them dropped).
+
 Short documents (under 3 pages with text) are left as they are: two pages cannot tell a
 running head from a coincidence.
 """

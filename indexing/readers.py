@@ -895,6 +895,8 @@ def _accented(m: re.Match) -> str:
     accent = m.group(1) or m.group(4)
     letter = m.group(2) or m.group(3) or m.group(5)
     before = m.string[m.start() - 1 : m.start()]
+    if accent == "˜" and before in "/:~":  # a URL's "~user" (TeX prints \~{} so), not ñ
+        return m.group(0)
     if accent == "´" and before.isalnum():  # an apostrophe or a minute sign, not an accent:
         if letter.isupper() or _CONTRACTION.match(m.string, m.end() - 1):  # O´Neill, It´s
             return m.group(0)
@@ -1426,12 +1428,14 @@ def _pdf_texts(
     path: Path, data: bytes, reader
 ) -> Iterator[tuple[int, Any, str | None, list[Level] | None]]:
     """(page number, page, its cleaned text, its lines as drawn: `page_levels`) in order;
-    text None for a page that could not be read. Past `pdf_time_budget`, looked at between pages, the `CorruptDocumentError`
-    that says so (pages that decode a big stream showing no text escape the bound on text;
-    one page drawing a big stream many times is bounded by pypdf's own limits on a stream's
-    operators and a page's forms). Not at each operator: a visitor makes pypdf read pages and
-    forms that hold no text, which it otherwise skips; a logo drawn on every page made a
-    250 KB file 25 times slower to read."""
+    text None for a page that could not be read. Past `pdf_time_budget`, looked at between
+    pages, the `CorruptDocumentError` that says so (pages that decode a big stream showing no
+    text escape the bound on text; one page drawing a big stream many times is bounded by
+    pypdf's own limits on a stream's operators and a page's forms). Not at each operator: a
+    visitor of operators makes pypdf read pages and forms that hold no text, which it
+    otherwise skips (a logo drawn on every page made a 250 KB file 25 times slower to read);
+    the visitor of text that gives each line's place reads them as pypdf does without one
+    (`_text_only_visitor`)."""
     from pypdf.errors import DependencyError
 
     budget = pdf_time_budget(len(data))
@@ -1516,7 +1520,8 @@ def _made_by_tex(reader: Any) -> bool:
     dvipdfm), whose default fonts draw accents apart from their letters."""
     try:
         info = reader.metadata or {}
-        return bool(re.search(r"tex|dvipdf", str(info.get("/Producer", "")), re.IGNORECASE))
+        producer = str(info.get("/Producer", ""))  # (not "iText", a re-audit found)
+        return bool(re.search(r"\b(?:pdf|xe|lua)?tex\b|dvipdf", producer, re.IGNORECASE))
     except Exception:  # noqa: BLE001 - a broken info dictionary: not known to be TeX
         return False
 
@@ -1663,7 +1668,11 @@ def _largest_words(page: Any) -> str | None:
                 (round(size * math.hypot(tm[2], tm[3]) * math.hypot(cm[2], cm[3]), 1), text)
             )
 
-    page.extract_text(visitor_text=seen)
+    _VISITING.text_only = _text_only_visitor()  # (what draws no text stays unread)
+    try:
+        page.extract_text(visitor_text=seen)
+    finally:
+        _VISITING.text_only = False
     if not runs:
         return None
     chars: Counter[float] = Counter()

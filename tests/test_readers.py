@@ -379,7 +379,7 @@ def test_pdf_text_as_fonts_draw_it_is_read_as_written() -> None:
         "Peña, Ångström; ( École"
     )
     assert clean_pdf_text(raw) == raw  # (only TeX draws accents so: a review)
-    kept = "don´t, O´Brien, O´Neill, It´s, I´m, we´ll, 52°31´N, `code`, x^2, ˆα, the mark ´ is"
+    kept = "don´t, O´Brien, O´Neill, It´s, I´m, we´ll, 52°31´N, `code`, x^2, ˆα, /˜nlee/, ´ is"
     assert clean_pdf_text(kept, tex=True) == clean_pdf_text(kept) == kept
     cjk = "研究区域位于福建省沿海，共设置了四⼗\n⼋个监测断⾯。台⻛使海岸侵⻝，⻓江"
     assert (
