@@ -25,8 +25,9 @@ smaller type, and never in larger type. A report's "Test case 3" heading each pa
 exam's "Question 3" set large over its question, recurs as running heads do but is no
 furniture (a review and a re-audit found them dropped).
 
-Short documents (under 3 pages with text) are left as they are: two pages cannot tell a
-running head from a coincidence.
+Short documents are left as they are: one page, and two pages whose layout is not known
+(two pages of text alone cannot tell a running head from a coincidence; set in both pages'
+margins at one height, it is one).
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def strip_furniture(
             e if m is None else [(edge, i) for edge, i in e if squash(page_lines[i]) in m]
             for e, m, page_lines in zip(edges, margins, lines)
         ]
-    least = _least_pages(sum(1 for _, text in pages if text.strip()))
+    filled = sum(1 for _, text in pages if text.strip())
+    least = _least_pages(filled)
+    if least is None and filled == 2 and margins is not None and None not in margins:
+        least = 2  # (two pages whose margins are known: a line in both, at one height)
     if least is None:
         return [text for _, text in pages]
     drop: list[set[int]] = [set() for _ in pages]

@@ -278,6 +278,33 @@ def test_pdf_running_heads_and_page_numbers_are_not_read_into_the_text(tmp_path:
         assert " ".join(text.split()).endswith(body)
 
 
+def test_a_two_page_pdf_loses_its_running_head_and_page_numbers_too(tmp_path: Path) -> None:
+    """A re-audit: PDFs of one or two pages (a letter, a short paper) kept their running head
+    and "Page 1 of 2" in the middle of a sentence across the break. Set in both pages'
+    margins at one height, they are furniture on two pages too; one page is left as it is."""
+
+    class Note(_Article):
+        def header(self) -> None:
+            self.set_font("helvetica", size=8)
+            self.cell(0, 5, "Northbridge Harbour Authority - Technical Note 12")
+            self.ln(10)
+
+    pdf = Note()
+    for words in ("The pump", "failed twice during a week at full load."):
+        pdf.add_page()
+        pdf.set_font("helvetica", size=11)
+        pdf.multi_cell(
+            0, 6, "A line of the note about harbour pumps and their seals. " * 12 + words
+        )
+    doc = read_document(write(tmp_path, "note.pdf", bytes(pdf.output())))
+    first, second = (p.text for p in doc.pages)
+    assert first.startswith("Northbridge Harbour Authority") and first.endswith("The pump")
+    assert "Northbridge" not in second and "Page" not in first + second
+    assert second.startswith("A line of the note")
+    one = read_document(write(tmp_path, "one.pdf", make_pdf(["Head line\nText.\n1"])))
+    assert one.pages[0].text == "Head line\nText.\n1"
+
+
 def test_a_record_on_each_page_is_no_running_head(tmp_path: Path) -> None:
     """A review: a report of one test case a page lost every "Test case N" (its number counts
     with the pages, as a page number does) and every "Result: PASS" but the first (it recurs
