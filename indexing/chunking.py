@@ -183,9 +183,9 @@ def _rank(text: str, pos: int, flowing: bool = False, code: bool = False) -> int
     sentence's (unless a list item or heading starts the next line): the latest wrap won over
     a sentence end a few words earlier, so chunks ended mid-sentence. Elsewhere a line's end
     is as good as a sentence's, and better than a ". " inside a table row or a line of `code`
-    (a review found rows and statements cut there). (A Markdown code block that fits in a chunk is
-    cut before, not inside: `whole_code`; one too big for a chunk is cut at its blank lines,
-    else its line ends.)"""
+    (a review found rows and statements cut there). (A Markdown code block that fits in a
+    chunk is cut before, not inside: `whole_code`; one too big for a chunk is cut at its
+    blank lines, else its line ends.)"""
     if pos <= 0 or pos >= len(text):
         return 4
     i = j = pos  # the whitespace run around pos (looking at most 64 characters each way)

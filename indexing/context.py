@@ -155,9 +155,9 @@ def _wrapped(norm: list[str], i: int, full: float) -> bool:
     """Whether the line before line `i` is prose running on into it: a full line ending
     without a sentence's end, full as the lines of its paragraph before it are (two columns'
     lines are half a page's), or as the text's long lines are (`full`) when it has none, and
-    line `i` at least half as long. Not a
-    label ("Keywords: …"), a caption ("Figure 3: …") or a heading of its own ("3.1 Effects of
-    temperature on seal wear"); a paragraph's last line is seldom full."""
+    line `i` at least half as long. Not a label ("Keywords: …"), a caption ("Figure 3: …")
+    or a heading of its own ("3.1 Effects of temperature on seal wear"); a paragraph's last
+    line is seldom full."""
     at = next((j for j in range(i - 1, max(-1, i - 4), -1) if norm[j]), None)
     if at is None:
         return False
